@@ -1,0 +1,208 @@
+// Package api is Spry's management API under /api/v1: functions, users
+// and tokens, one file per resource. Every call is authenticated with a
+// bearer token; errors are JSON with the status of their errdefs class.
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/spry-run/spry/internal/auth"
+	"github.com/spry-run/spry/internal/backend"
+	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/functions"
+	"github.com/spry-run/spry/internal/store"
+)
+
+// Functions is what the API needs of the functions service.
+type Functions interface {
+	Deploy(ctx context.Context, req functions.DeployRequest) (store.Function, error)
+	Delete(ctx context.Context, owner, name string) error
+	Get(ctx context.Context, owner, name string) (store.Function, error)
+	List(ctx context.Context, owner string) ([]store.Function, error)
+}
+
+// Authenticator checks tokens and issues new ones.
+type Authenticator interface {
+	Authenticate(ctx context.Context, token string) (auth.Principal, error)
+	IssueToken(ctx context.Context, user, name string) (string, store.Token, error)
+}
+
+// Instances reports running instances per version key.
+type Instances interface {
+	Counts() map[string]int
+}
+
+// Config is the API's setup.
+type Config struct {
+	MaxCodeBytes int64
+	// PublicURL is the base of function URLs in responses; empty means
+	// "derive from the request's Host".
+	PublicURL string
+	Now       func() time.Time
+	Logger    *slog.Logger
+}
+
+// API serves /api/v1.
+type API struct {
+	cfg       Config
+	fns       Functions
+	auth      Authenticator
+	users     store.Users
+	tokens    store.Tokens
+	instances Instances
+	log       *slog.Logger
+}
+
+// New returns the API.
+func New(fns Functions, authn Authenticator, users store.Users, tokens store.Tokens, instances Instances, cfg Config) *API {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &API{cfg: cfg, fns: fns, auth: authn, users: users, tokens: tokens, instances: instances, log: cfg.Logger}
+}
+
+// Handler returns the API's routes, all behind authentication.
+func (a *API) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/api/v1/whoami", methods{"GET": a.whoami})
+	mux.Handle("/api/v1/functions", methods{"GET": a.listFunctions})
+	mux.Handle("/api/v1/functions/{name}", methods{"GET": a.getFunction, "PUT": a.deployFunction, "DELETE": a.deleteFunction})
+	mux.Handle("/api/v1/users", methods{"GET": a.listUsers, "POST": a.createUser})
+	mux.Handle("/api/v1/users/{name}", methods{"GET": a.getUser, "DELETE": a.deleteUser})
+	mux.Handle("/api/v1/tokens", methods{"GET": a.listTokens, "POST": a.createToken})
+	mux.Handle("/api/v1/tokens/{id}", methods{"DELETE": a.revokeToken})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		a.fail(w, r, errdefs.New(errdefs.ErrNotFound, "no API endpoint at %s", r.URL.Path))
+	})
+	return a.authenticate(mux)
+}
+
+// handlerFunc is an API handler; it returns an error instead of writing
+// one, so failures are answered in one place.
+type handlerFunc func(w http.ResponseWriter, r *http.Request) error
+
+// methods dispatches on the request method and answers others with a JSON
+// 405 and an Allow header.
+type methods map[string]handlerFunc
+
+func (m methods) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h, ok := m[r.Method]
+	if !ok && r.Method == http.MethodHead {
+		h, ok = m[http.MethodGet]
+	}
+	if !ok {
+		allow := make([]string, 0, len(m))
+		for k := range m {
+			allow = append(allow, k)
+		}
+		sort.Strings(allow)
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		errdefs.WriteHTTP(w, errdefs.New(errdefs.ErrMethodNotAllowed, "method %s is not allowed here; use %s", r.Method, strings.Join(allow, ", ")))
+		return
+	}
+	if err := h(w, r); err != nil {
+		api := r.Context().Value(apiKey).(*API)
+		api.fail(w, r, err)
+	}
+}
+
+type ctxKey int
+
+const (
+	principalKey ctxKey = iota
+	apiKey
+)
+
+func principal(r *http.Request) auth.Principal {
+	p, _ := r.Context().Value(principalKey).(auth.Principal)
+	return p
+}
+
+func (a *API) authenticate(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tok, ok := auth.BearerToken(r.Header.Get("Authorization"))
+		if !ok {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="spry"`)
+			a.fail(w, r, errdefs.New(errdefs.ErrUnauthenticated, "missing bearer token: send Authorization: Bearer <token>"))
+			return
+		}
+		p, err := a.auth.Authenticate(r.Context(), tok)
+		if err != nil {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="spry", error="invalid_token"`)
+			a.fail(w, r, err)
+			return
+		}
+		ctx := context.WithValue(r.Context(), principalKey, p)
+		ctx = context.WithValue(ctx, apiKey, a)
+		next.ServeHTTP(w, r.WithContext(ctx))
+	})
+}
+
+// fail answers with err's class and logs errors that are the server's
+// fault.
+func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		err = errdefs.New(errdefs.ErrTooLarge, "request body is over the %d byte limit", mbe.Limit)
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		err = errdefs.New(errdefs.ErrTimeout, "request cancelled or timed out")
+	}
+	if status := errdefs.HTTPStatus(err); status >= 500 {
+		a.log.Error("api error", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
+	}
+	errdefs.WriteHTTP(w, err)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// maxJSONBody bounds JSON requests other than deploys.
+const maxJSONBody = 64 << 10
+
+// readJSON decodes a small JSON body strictly: unknown fields and
+// trailing data are errors.
+func readJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	r.Body = http.MaxBytesReader(w, r.Body, maxJSONBody)
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return err
+		}
+		if errors.Is(err, io.EOF) {
+			return errdefs.Invalid("request body is empty; send a JSON object")
+		}
+		return errdefs.Invalid("invalid JSON body: %v", err)
+	}
+	if dec.More() {
+		return errdefs.Invalid("invalid JSON body: more than one value")
+	}
+	return nil
+}
+
+// instanceCount is the number of running instances of fn's live version.
+func (a *API) instanceCount(fn store.Function) int {
+	if a.instances == nil {
+		return 0
+	}
+	spec := backend.Spec{FunctionID: fn.ID, Version: fn.LiveVersion}
+	return a.instances.Counts()[spec.Key()]
+}

@@ -1,0 +1,207 @@
+package api
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/functions"
+	"github.com/spry-run/spry/internal/names"
+	"github.com/spry-run/spry/internal/store"
+)
+
+// FunctionView is a function as the API shows it.
+type FunctionView struct {
+	Owner         string            `json:"owner"`
+	Name          string            `json:"name"`
+	Version       int64             `json:"version"`
+	Runtime       string            `json:"runtime"`
+	URL           string            `json:"url"`
+	Digest        string            `json:"digest"`
+	Size          int64             `json:"size"`
+	State         string            `json:"state"`
+	Instances     int               `json:"instances"`
+	Env           map[string]string `json:"env,omitempty"`
+	Limits        store.Limits      `json:"limits"`
+	CreatedAt     time.Time         `json:"created_at"`
+	UpdatedAt     time.Time         `json:"updated_at"`
+	DeployedBy    string            `json:"deployed_by,omitempty"`
+	LastInvokedAt *time.Time        `json:"last_invoked_at"`
+}
+
+// DeployBody is the JSON form of a deploy (the CLI's); a body of any
+// other content type is the code itself, with settings in the query.
+type DeployBody struct {
+	Code     string            `json:"code"`
+	Filename string            `json:"filename,omitempty"`
+	Runtime  string            `json:"runtime,omitempty"`
+	Env      map[string]string `json:"env,omitempty"`
+}
+
+func (a *API) baseURL(r *http.Request) string {
+	if a.cfg.PublicURL != "" {
+		return strings.TrimRight(a.cfg.PublicURL, "/")
+	}
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	return scheme + "://" + r.Host
+}
+
+func (a *API) view(r *http.Request, fn store.Function) FunctionView {
+	n := a.instanceCount(fn)
+	state := "idle"
+	if n > 0 {
+		state = "running"
+	}
+	v := FunctionView{
+		Owner:      fn.Owner,
+		Name:       fn.Name,
+		Version:    fn.LiveVersion,
+		Runtime:    fn.Live.Config.Runtime,
+		URL:        a.baseURL(r) + "/fn/" + fn.Owner + "/" + fn.Name,
+		Digest:     fn.Live.Digest,
+		Size:       fn.Live.Size,
+		State:      state,
+		Instances:  n,
+		Env:        fn.Live.Config.Env,
+		Limits:     fn.Live.Config.Limits,
+		CreatedAt:  fn.CreatedAt,
+		UpdatedAt:  fn.UpdatedAt,
+		DeployedBy: fn.Live.CreatedBy,
+	}
+	if !fn.LastInvokedAt.IsZero() {
+		t := fn.LastInvokedAt
+		v.LastInvokedAt = &t
+	}
+	return v
+}
+
+// target resolves the owner and name a function request is about, and
+// checks the caller may manage that owner's functions.
+func (a *API) target(r *http.Request) (owner, name string, err error) {
+	p := principal(r)
+	owner = r.URL.Query().Get("owner")
+	if owner == "" {
+		owner = p.User
+	}
+	if err := names.User(owner); err != nil {
+		return "", "", err
+	}
+	if !p.CanManage(owner) {
+		return "", "", errdefs.New(errdefs.ErrPermissionDenied, "you may not manage functions of user %q", owner)
+	}
+	name = r.PathValue("name")
+	if name != "" {
+		if err := names.Function(name); err != nil {
+			return "", "", err
+		}
+	}
+	return owner, name, nil
+}
+
+func (a *API) listFunctions(w http.ResponseWriter, r *http.Request) error {
+	p := principal(r)
+	owner := r.URL.Query().Get("owner")
+	switch {
+	case owner == "" && p.Admin:
+		// The admin sees everyone's functions.
+	case owner == "":
+		owner = p.User
+	case !p.CanManage(owner):
+		return errdefs.New(errdefs.ErrPermissionDenied, "you may not list functions of user %q", owner)
+	}
+	fns, err := a.fns.List(r.Context(), owner)
+	if err != nil {
+		return err
+	}
+	out := make([]FunctionView, 0, len(fns))
+	for _, fn := range fns {
+		out = append(out, a.view(r, fn))
+	}
+	return writeJSON(w, http.StatusOK, map[string]any{"functions": out})
+}
+
+func (a *API) getFunction(w http.ResponseWriter, r *http.Request) error {
+	owner, name, err := a.target(r)
+	if err != nil {
+		return err
+	}
+	fn, err := a.fns.Get(r.Context(), owner, name)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, a.view(r, fn))
+}
+
+func (a *API) deleteFunction(w http.ResponseWriter, r *http.Request) error {
+	owner, name, err := a.target(r)
+	if err != nil {
+		return err
+	}
+	if err := a.fns.Delete(r.Context(), owner, name); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (a *API) deployFunction(w http.ResponseWriter, r *http.Request) error {
+	owner, name, err := a.target(r)
+	if err != nil {
+		return err
+	}
+	if owner != principal(r).User {
+		if _, err := a.users.GetUser(r.Context(), owner); err != nil {
+			return err
+		}
+	}
+	q := r.URL.Query()
+	req := functions.DeployRequest{Owner: owner, Name: name, By: principal(r).User, Filename: q.Get("filename"), Runtime: q.Get("runtime")}
+	isJSON := strings.HasPrefix(r.Header.Get("Content-Type"), "application/json")
+	limit := a.cfg.MaxCodeBytes
+	if isJSON {
+		// JSON escaping can grow code up to six-fold (\u00XX); allow for
+		// it here and apply the code limit to the decoded code.
+		limit = limit*6 + maxJSONBody
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		return err
+	}
+	if isJSON {
+		if !utf8.Valid(body) {
+			return errdefs.Invalid("request body is not valid UTF-8")
+		}
+		var d DeployBody
+		dec := json.NewDecoder(strings.NewReader(string(body)))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&d); err != nil {
+			return errdefs.Invalid("invalid JSON body: %v", err)
+		}
+		req.Code = []byte(d.Code)
+		if d.Filename != "" {
+			req.Filename = d.Filename
+		}
+		if d.Runtime != "" {
+			req.Runtime = d.Runtime
+		}
+		req.Env = d.Env
+	} else {
+		req.Code = body
+	}
+	fn, err := a.fns.Deploy(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	status := http.StatusOK
+	if fn.LiveVersion == 1 {
+		status = http.StatusCreated
+	}
+	return writeJSON(w, status, a.view(r, fn))
+}

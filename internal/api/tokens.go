@@ -1,0 +1,103 @@
+package api
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/store"
+)
+
+// TokenView is a token as the API shows it; the secret is never shown
+// again after creation.
+type TokenView struct {
+	ID        string     `json:"id"`
+	User      string     `json:"user"`
+	Name      string     `json:"name"`
+	CreatedAt time.Time  `json:"created_at"`
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+}
+
+func tokenView(t store.Token) TokenView {
+	v := TokenView{ID: t.ID, User: t.User, Name: t.Name, CreatedAt: t.CreatedAt}
+	if !t.RevokedAt.IsZero() {
+		r := t.RevokedAt
+		v.RevokedAt = &r
+	}
+	return v
+}
+
+// tokenUser is whose tokens a request is about: the caller's own, or any
+// user's for an admin.
+func tokenUser(r *http.Request, user string) (string, error) {
+	p := principal(r)
+	if user == "" || user == p.User {
+		return p.User, nil
+	}
+	if !p.Admin {
+		return "", errdefs.New(errdefs.ErrPermissionDenied, "you may not manage tokens of user %q", user)
+	}
+	return user, nil
+}
+
+func (a *API) listTokens(w http.ResponseWriter, r *http.Request) error {
+	user, err := tokenUser(r, r.URL.Query().Get("user"))
+	if err != nil {
+		return err
+	}
+	ts, err := a.tokens.ListTokens(r.Context(), user)
+	if err != nil {
+		return err
+	}
+	out := make([]TokenView, 0, len(ts))
+	for _, t := range ts {
+		out = append(out, tokenView(t))
+	}
+	return writeJSON(w, http.StatusOK, map[string]any{"tokens": out})
+}
+
+// CreateTokenBody is the body of POST /api/v1/tokens.
+type CreateTokenBody struct {
+	Name string `json:"name,omitempty"`
+	User string `json:"user,omitempty"`
+}
+
+func (a *API) createToken(w http.ResponseWriter, r *http.Request) error {
+	var body CreateTokenBody
+	if err := readJSON(w, r, &body); err != nil {
+		return err
+	}
+	if len(body.Name) > 200 {
+		return errdefs.Invalid("token name is over 200 bytes")
+	}
+	user, err := tokenUser(r, body.User)
+	if err != nil {
+		return err
+	}
+	if _, err := a.users.GetUser(r.Context(), user); err != nil {
+		return err
+	}
+	tok, t, err := a.auth.IssueToken(r.Context(), user, body.Name)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusCreated, map[string]any{"token": tok, "id": t.ID, "user": t.User, "name": t.Name})
+}
+
+func (a *API) revokeToken(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	t, err := a.tokens.GetToken(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	if p := principal(r); !p.Admin && t.User != p.User {
+		// Not found rather than forbidden: ids of others' tokens are not
+		// the caller's business.
+		return errdefs.New(errdefs.ErrNotFound, "token %q not found", id)
+	}
+	if err := a.tokens.RevokeToken(r.Context(), id, a.cfg.Now()); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}

@@ -1,0 +1,135 @@
+// Package auth issues and checks API tokens and says who may do what.
+// Tokens are "spry_<id>_<secret>": the id finds the record, only a SHA-256
+// of the 256-bit secret is stored, and the comparison is constant-time. A
+// fast hash is right here because the secret is random, not a password.
+package auth
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/store"
+)
+
+// Store is what auth needs of the metadata store.
+type Store interface {
+	store.Users
+	store.Tokens
+}
+
+// Principal is an authenticated caller.
+type Principal struct {
+	User    string
+	Admin   bool
+	TokenID string
+}
+
+// CanManage reports whether p may see and change functions owned by owner.
+func (p Principal) CanManage(owner string) bool { return p.Admin || p.User == owner }
+
+// Service authenticates callers and issues tokens.
+type Service struct {
+	store Store
+	now   func() time.Time
+}
+
+// New returns a Service over s.
+func New(s Store, now func() time.Time) *Service {
+	if now == nil {
+		now = time.Now
+	}
+	return &Service{store: s, now: now}
+}
+
+var errBadToken = errdefs.New(errdefs.ErrUnauthenticated, "invalid or revoked token")
+
+// Authenticate checks a bearer token and returns who it belongs to.
+func (s *Service) Authenticate(ctx context.Context, token string) (Principal, error) {
+	id, secret, ok := parse(token)
+	if !ok {
+		return Principal{}, errBadToken
+	}
+	t, err := s.store.GetToken(ctx, id)
+	if err != nil {
+		if errors.Is(err, errdefs.ErrNotFound) {
+			// Compare anyway so a missing id costs what a wrong secret does.
+			subtle.ConstantTimeCompare(hash(secret), make([]byte, sha256.Size))
+			return Principal{}, errBadToken
+		}
+		return Principal{}, err
+	}
+	if subtle.ConstantTimeCompare(hash(secret), t.Hash) != 1 || !t.RevokedAt.IsZero() {
+		return Principal{}, errBadToken
+	}
+	u, err := s.store.GetUser(ctx, t.User)
+	if err != nil {
+		if errors.Is(err, errdefs.ErrNotFound) {
+			return Principal{}, errBadToken
+		}
+		return Principal{}, err
+	}
+	return Principal{User: u.Name, Admin: u.Admin, TokenID: t.ID}, nil
+}
+
+// IssueToken creates a new token for user and returns its plaintext, which
+// is never stored and cannot be shown again.
+func (s *Service) IssueToken(ctx context.Context, user, name string) (string, store.Token, error) {
+	var idb [8]byte
+	var sec [32]byte
+	if _, err := rand.Read(idb[:]); err != nil {
+		return "", store.Token{}, err
+	}
+	if _, err := rand.Read(sec[:]); err != nil {
+		return "", store.Token{}, err
+	}
+	id := hex.EncodeToString(idb[:])
+	secret := base64.RawURLEncoding.EncodeToString(sec[:])
+	t := store.Token{ID: id, User: user, Hash: hash(secret), Name: name, CreatedAt: s.now()}
+	if err := s.store.CreateToken(ctx, t); err != nil {
+		return "", store.Token{}, fmt.Errorf("issue token: %w", err)
+	}
+	return "spry_" + id + "_" + secret, t, nil
+}
+
+func hash(secret string) []byte {
+	h := sha256.Sum256([]byte(secret))
+	return h[:]
+}
+
+// parse splits "spry_<16 hex>_<43 base64url>".
+func parse(token string) (id, secret string, ok bool) {
+	rest, ok := strings.CutPrefix(token, "spry_")
+	if !ok {
+		return "", "", false
+	}
+	id, secret, ok = strings.Cut(rest, "_")
+	if !ok || len(id) != 16 || len(secret) != 43 {
+		return "", "", false
+	}
+	if _, err := hex.DecodeString(id); err != nil {
+		return "", "", false
+	}
+	if _, err := base64.RawURLEncoding.DecodeString(secret); err != nil {
+		return "", "", false
+	}
+	return id, secret, true
+}
+
+// BearerToken extracts the token from an Authorization header value.
+func BearerToken(header string) (string, bool) {
+	scheme, tok, ok := strings.Cut(header, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	tok = strings.TrimSpace(tok)
+	return tok, tok != ""
+}

@@ -1,0 +1,71 @@
+// Package backend holds what every backend (local now, Kubernetes next)
+// shares: the spec of what to run and the instance it yields. The interface
+// a backend satisfies is declared by its consumer (the activator), kept to
+// starting and stopping instances.
+package backend
+
+import (
+	"fmt"
+	"sync"
+)
+
+// Spec is one function version, as a backend needs it to run instances.
+type Spec struct {
+	FunctionID string // never reused, unlike names
+	Owner      string
+	Name       string
+	Version    int64
+	Runtime    string
+	Digest     string // bundle digest, "sha256:<hex>"
+	Env        map[string]string
+	MemoryMiB  int
+}
+
+// Key identifies the version across the platform.
+func (s *Spec) Key() string { return fmt.Sprintf("%s/%d", s.FunctionID, s.Version) }
+
+// Exit says why an instance ended.
+type Exit struct {
+	Reason string // ExitStopped, ExitCrashed, ExitOOM, ExitTimeout
+	Code   int    // exit code, or -1 if killed by a signal
+	Detail string // human-readable, for logs and error messages
+}
+
+// Exit reasons.
+const (
+	ExitStopped = "stopped"
+	ExitCrashed = "crashed"
+	ExitOOM     = "out_of_memory"
+	ExitTimeout = "timeout"
+)
+
+// Instance is one running, specialized instance of a function version.
+type Instance struct {
+	ID      string
+	Spec    *Spec
+	Network string // "unix" or "tcp"
+	Address string
+
+	done     chan struct{}
+	exitOnce sync.Once
+	exit     Exit
+}
+
+// NewInstance returns an instance that is running until Finish is called.
+func NewInstance(id string, spec *Spec, network, address string) *Instance {
+	return &Instance{ID: id, Spec: spec, Network: network, Address: address, done: make(chan struct{})}
+}
+
+// Done is closed when the instance has ended.
+func (i *Instance) Done() <-chan struct{} { return i.done }
+
+// Exit is why the instance ended; valid once Done is closed.
+func (i *Instance) Exit() Exit { return i.exit }
+
+// Finish records the instance's end; only the first call counts.
+func (i *Instance) Finish(e Exit) {
+	i.exitOnce.Do(func() {
+		i.exit = e
+		close(i.done)
+	})
+}

@@ -1,0 +1,257 @@
+package local
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spry-run/spry/internal/backend"
+	"github.com/spry-run/spry/internal/blob"
+	"github.com/spry-run/spry/internal/runtime"
+	"github.com/spry-run/spry/internal/sandbox"
+)
+
+func TestMain(m *testing.M) {
+	sandbox.MaybeExec()
+	os.Exit(m.Run())
+}
+
+type lines struct {
+	mu  sync.Mutex
+	out []string
+}
+
+func (l *lines) InstanceOutput(spec *backend.Spec, instance, stream string, line []byte) {
+	l.mu.Lock()
+	l.out = append(l.out, stream+": "+string(line))
+	l.mu.Unlock()
+}
+
+func (l *lines) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.out, "\n")
+}
+
+type env struct {
+	b     *Backend
+	blobs *blob.Store
+	logs  *lines
+}
+
+func newEnv(t *testing.T, poolSize int) *env {
+	t.Helper()
+	if os.Getuid() != 0 {
+		t.Skip("the local backend needs root (cgroups, instance uids)")
+	}
+	denoBin, err := runtime.FindDeno("")
+	if err != nil {
+		t.Skip(err)
+	}
+	// Sandboxes reach their mounts as an unprivileged uid, and t.TempDir's
+	// parent is private; use a directory under /tmp instead.
+	dir, err := os.MkdirTemp("", "spry-run-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := sandbox.MkdirReachable(dir); err != nil {
+		t.Fatal(err)
+	}
+	denoBin, err = sandbox.Expose(denoBin, "/var/lib/spry/runtimes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rnd [4]byte
+	_, _ = rand.Read(rnd[:])
+	deno, err := runtime.NewDeno(denoBin, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	libs, err := sandbox.SharedLibs(denoBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb, err := sandbox.New(sandbox.Config{CgroupParent: "spry-test/" + hex.EncodeToString(rnd[:]), SystemLibs: libs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	blobs, err := blob.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &lines{}
+	b, err := New(Config{
+		RunDir:           dir,
+		Sandbox:          sb,
+		Runtimes:         []Runtime{deno},
+		Blobs:            blobs,
+		Logs:             logs,
+		Logger:           slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		PoolSize:         poolSize,
+		DefaultMemoryMiB: 128,
+		UIDBase:          300000,
+		Pids:             256,
+		TmpBytes:         16 << 20,
+		NoFiles:          1024,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		b.Close()
+		if n := sb.Sweep(); n != 0 {
+			t.Errorf("%d processes left behind", n)
+		}
+	})
+	return &env{b: b, blobs: blobs, logs: logs}
+}
+
+func (e *env) spec(t *testing.T, code string) *backend.Spec {
+	digest, err := e.blobs.Put([]byte(code))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &backend.Spec{FunctionID: "f1", Owner: "alice", Name: "hello", Version: 1, Runtime: "deno", Digest: digest, Env: map[string]string{"GREETING": "hi"}}
+}
+
+func client(inst *backend.Instance) *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", inst.Address)
+		},
+	}, Timeout: 10 * time.Second}
+}
+
+func get(t *testing.T, inst *backend.Instance, path string) (int, string) {
+	t.Helper()
+	res, err := client(inst).Get("http://instance" + path)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return res.StatusCode, string(b)
+}
+
+func TestStartServeStop(t *testing.T) {
+	e := newEnv(t, 1)
+	spec := e.spec(t, `export default { fetch(req, ctx) { console.log("called", new URL(req.url).pathname); return new Response(ctx.env.GREETING + " " + ctx.name + " " + new URL(req.url).pathname); } }`)
+	ctx := context.Background()
+	inst, err := e.b.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, body := get(t, inst, "/a/b?x=1")
+	if code != 200 || body != "hi hello /a/b" {
+		t.Fatalf("got %d %q", code, body)
+	}
+	if err := e.b.Stop(ctx, inst.ID); err != nil {
+		t.Fatal(err)
+	}
+	<-inst.Done()
+	if r := inst.Exit().Reason; r != backend.ExitStopped {
+		t.Fatalf("exit reason %q", r)
+	}
+	if !strings.Contains(e.logs.String(), "stdout: called /a/b") {
+		t.Fatalf("logs missing the function's output:\n%s", e.logs)
+	}
+}
+
+func TestSandboxContainsFunction(t *testing.T) {
+	e := newEnv(t, 0)
+	spec := e.spec(t, `export default { async fetch(req) {
+		const what = new URL(req.url).searchParams.get("what");
+		try {
+			if (what === "read") return new Response(await Deno.readTextFile(new URL(req.url).searchParams.get("path")));
+			if (what === "env") return new Response(JSON.stringify(Deno.env.toObject()));
+			if (what === "run") { const o = await new Deno.Command("/bin/sh", { args: ["-c", "id"] }).output(); return new Response(new TextDecoder().decode(o.stdout)); }
+			if (what === "writeroot") { await Deno.writeTextFile("/x", "x"); return new Response("wrote"); }
+			if (what === "tmp") { await Deno.writeTextFile("/tmp/x", "ok"); return new Response(await Deno.readTextFile("/tmp/x")); }
+		} catch (e) { return new Response("denied: " + e.name, { status: 403 }); }
+		return new Response("?", { status: 400 });
+	} }`)
+	inst, err := e.b.Start(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ q, want string }{
+		{"what=read&path=/etc/shadow", "denied"},
+		{"what=read&path=/etc/passwd", "denied"},
+		{"what=read&path=/proc/1/environ", "denied"},
+		{"what=env", "denied"},
+		{"what=run", "denied"},
+		{"what=writeroot", "denied"},
+		{"what=tmp", "ok"},
+	} {
+		if _, body := get(t, inst, "/?"+tc.q); !strings.HasPrefix(body, tc.want) {
+			t.Errorf("%s: got %q, want prefix %q", tc.q, body, tc.want)
+		}
+	}
+}
+
+func TestCrashIsReported(t *testing.T) {
+	e := newEnv(t, 1)
+	spec := e.spec(t, `export default { fetch() { setTimeout(() => Deno.exit(3), 10); return new Response("bye"); } }`)
+	inst, err := e.b.Start(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	get(t, inst, "/")
+	select {
+	case <-inst.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("instance did not end")
+	}
+	if ex := inst.Exit(); ex.Reason != backend.ExitCrashed || ex.Code != 3 {
+		t.Fatalf("exit = %+v", ex)
+	}
+}
+
+func TestOutOfMemory(t *testing.T) {
+	e := newEnv(t, 0)
+	spec := e.spec(t, `const keep = []; export default { fetch() { for (;;) keep.push(new Uint8Array(1 << 20).fill(7)); } }`)
+	spec.MemoryMiB = 64
+	inst, err := e.b.Start(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client(inst).Get("http://instance/"); err == nil {
+		t.Fatal("request to an instance that ran out of memory succeeded")
+	}
+	<-inst.Done()
+	if ex := inst.Exit(); ex.Reason != backend.ExitOOM {
+		t.Fatalf("exit = %+v", ex)
+	}
+}
+
+func TestPoolColdStart(t *testing.T) {
+	e := newEnv(t, 2)
+	deadline := time.Now().Add(20 * time.Second)
+	for e.b.PoolIdle()["deno"] < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("pool did not fill")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	spec := e.spec(t, `export default () => new Response("warm")`)
+	start := time.Now()
+	inst, err := e.b.Start(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, body := get(t, inst, "/"); body != "warm" {
+		t.Fatalf("body %q", body)
+	}
+	t.Logf("cold start from pool: %v", time.Since(start))
+}

@@ -1,0 +1,122 @@
+// Package blob is the content-addressed store for function bundles: one
+// immutable file per digest under the data directory. Writes are atomic
+// (temp file, fsync, rename), so a crash never leaves a half-written bundle
+// under a valid name.
+package blob
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spry-run/spry/internal/errdefs"
+)
+
+// Store keeps blobs in dir/sha256/<hex>.
+type Store struct {
+	dir string
+}
+
+// Open opens (creating if needed) the blob store in dir.
+func Open(dir string) (*Store, error) {
+	if err := os.MkdirAll(filepath.Join(dir, "sha256"), 0o700); err != nil {
+		return nil, err
+	}
+	return &Store{dir: dir}, nil
+}
+
+// Digest returns the digest of data, "sha256:<hex>".
+func Digest(data []byte) string {
+	sum := sha256.Sum256(data)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+func (s *Store) path(digest string) (string, error) {
+	hexPart, ok := strings.CutPrefix(digest, "sha256:")
+	if !ok || len(hexPart) != 64 {
+		return "", errdefs.Invalid("bad digest %q", digest)
+	}
+	if _, err := hex.DecodeString(hexPart); err != nil || strings.ToLower(hexPart) != hexPart {
+		return "", errdefs.Invalid("bad digest %q", digest)
+	}
+	return filepath.Join(s.dir, "sha256", hexPart), nil
+}
+
+// Put stores data under its digest. Storing an existing blob is a no-op.
+func (s *Store) Put(data []byte) (string, error) {
+	digest := Digest(data)
+	p, _ := s.path(digest)
+	if _, err := os.Stat(p); err == nil {
+		return digest, nil
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(p), ".tmp-*")
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return "", err
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return "", err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return "", err
+	}
+	if err := tmp.Close(); err != nil {
+		return "", err
+	}
+	if err := os.Rename(tmp.Name(), p); err != nil {
+		return "", err
+	}
+	return digest, nil
+}
+
+// Path returns the file holding digest, checking it exists.
+func (s *Store) Path(digest string) (string, error) {
+	p, err := s.path(digest)
+	if err != nil {
+		return "", err
+	}
+	if _, err := os.Stat(p); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return "", fmt.Errorf("blob %s: %w", digest, errdefs.ErrNotFound)
+		}
+		return "", err
+	}
+	return p, nil
+}
+
+// Get returns the blob's bytes.
+func (s *Store) Get(digest string) ([]byte, error) {
+	p, err := s.Path(digest)
+	if err != nil {
+		return nil, err
+	}
+	return os.ReadFile(p)
+}
+
+// Collect removes every blob not in keep; it returns how many it removed.
+func (s *Store) Collect(keep map[string]bool) (int, error) {
+	entries, err := os.ReadDir(filepath.Join(s.dir, "sha256"))
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, e := range entries {
+		if keep["sha256:"+e.Name()] {
+			continue
+		}
+		if os.Remove(filepath.Join(s.dir, "sha256", e.Name())) == nil {
+			n++
+		}
+	}
+	return n, nil
+}

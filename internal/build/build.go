@@ -1,0 +1,344 @@
+// Package build turns user source into the immutable bundle a version runs.
+// It runs once, at deploy time, and is never on the request path: the
+// bundle and its digest are stored and every later request runs them as is.
+package build
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"path"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/evanw/esbuild/pkg/api"
+
+	"github.com/spry-run/spry/internal/errdefs"
+)
+
+// DefaultMaxSize is the source size limit used when Options.MaxSize is 0.
+const DefaultMaxSize = 5 << 20
+
+// DefaultFilename is the name given to source that comes without one.
+const DefaultFilename = "index.ts"
+
+// maxFilenameLen keeps names usable as a single path component everywhere.
+const maxFilenameLen = 255
+
+// maxErrors is how many build errors are spelled out; more rarely help and
+// would bloat the API response.
+const maxErrors = 5
+
+// maxLineText bounds the quoted source line in an error message, so one
+// minified line can't make a megabyte-long error.
+const maxLineText = 80
+
+// Source is the code a user deploys.
+type Source struct {
+	// Filename is the file's base name, e.g. "hello.ts". Its extension picks
+	// the loader (.ts, .mts, .tsx, .js, .mjs, .jsx); empty means "index.ts".
+	Filename string
+	Code     []byte
+}
+
+// Result is a built bundle.
+type Result struct {
+	Code   []byte // the bundled ES module, with an inline source map
+	Digest string // "sha256:" + lowercase hex of Code
+}
+
+// Options tune Bundle.
+type Options struct {
+	MaxSize int64 // maximum source size in bytes; 0 (or less) means 5 MiB
+}
+
+// loaders maps the extensions we accept to esbuild loaders. CommonJS
+// extensions (.cjs, .cts) are left out: a function is an ES module.
+var loaders = map[string]api.Loader{
+	".ts":  api.LoaderTS,
+	".mts": api.LoaderTS,
+	".tsx": api.LoaderTSX,
+	".js":  api.LoaderJS,
+	".mjs": api.LoaderJS,
+	".jsx": api.LoaderJSX,
+}
+
+// external lists the imports left for the runtime to resolve. Anything else
+// (relative, absolute or bare paths) fails to resolve, because Stdin has no
+// ResolveDir: a deploy is one file and must never read the server's disk.
+//
+// data: is external too: esbuild would otherwise inline the module and
+// honour a sourceMappingURL=file:... comment inside it, reading a server
+// file into the bundle. Deno and Node both import data: URLs themselves.
+var external = []string{"npm:*", "jsr:*", "node:*", "https://*", "http://*", "data:*"}
+
+// Bundle validates src and bundles it into a single ES module whose default
+// export is the function. The same input always gives byte-identical output.
+//
+// Errors are of class errdefs.ErrInvalidArgument (bad filename, bad code,
+// build errors, no default export) or errdefs.ErrTooLarge, with messages
+// meant for the user; ctx.Err() is returned as is if ctx is done.
+func Bundle(ctx context.Context, src Source, opts Options) (Result, error) {
+	if err := ctx.Err(); err != nil {
+		return Result{}, err
+	}
+	name := src.Filename
+	if name == "" {
+		name = DefaultFilename
+	}
+	loader, err := checkFilename(name)
+	if err != nil {
+		return Result{}, err
+	}
+	if err := checkCode(name, src.Code, opts.MaxSize); err != nil {
+		return Result{}, err
+	}
+
+	// api.Build can't be interrupted, but a build takes milliseconds, so
+	// checking ctx before and after is enough.
+	res := api.Build(api.BuildOptions{
+		Stdin: &api.StdinOptions{
+			Contents:   string(src.Code),
+			Loader:     loader,
+			Sourcefile: name,
+			// ResolveDir stays empty so that no import resolves to a file.
+		},
+		Bundle:    true,
+		Format:    api.FormatESModule,
+		Platform:  api.PlatformNeutral,
+		Target:    api.ESNext,
+		Write:     false,
+		Metafile:  true,
+		LogLevel:  api.LogLevelSilent,
+		Sourcemap: api.SourceMapInline,
+		Charset:   api.CharsetUTF8,
+		External:  external,
+		// An explicit (empty) tsconfig keeps a tsconfig.json lying around
+		// the server's working directory from changing the output.
+		TsconfigRaw: "{}",
+	})
+	if err := ctx.Err(); err != nil {
+		return Result{}, err
+	}
+	if len(res.Errors) > 0 {
+		return Result{}, buildError(name, res.Errors)
+	}
+	if len(res.OutputFiles) != 1 {
+		return Result{}, fmt.Errorf("build: esbuild wrote %d output files, want 1: %w", len(res.OutputFiles), errdefs.ErrInternal)
+	}
+	ok, err := hasDefaultExport(res.Metafile)
+	if err != nil {
+		return Result{}, err
+	}
+	if !ok {
+		return Result{}, errdefs.Invalid("%s: no default export; export default { fetch(req, ctx) { ... } } or export default function (req, ctx) { ... }", name)
+	}
+	code := res.OutputFiles[0].Contents
+	sum := sha256.Sum256(code)
+	return Result{Code: code, Digest: "sha256:" + hex.EncodeToString(sum[:])}, nil
+}
+
+// checkFilename validates name and returns its loader. The name ends up in
+// error messages and the source map, so it must be one printable path
+// component.
+func checkFilename(name string) (api.Loader, error) {
+	if len(name) > maxFilenameLen {
+		return 0, errdefs.Invalid("filename is %d bytes long; the limit is %d", len(name), maxFilenameLen)
+	}
+	if !utf8.ValidString(name) {
+		return 0, errdefs.Invalid("filename %q is not valid UTF-8", name)
+	}
+	for _, r := range name {
+		if unicode.IsControl(r) {
+			return 0, errdefs.Invalid("filename %q contains a control character", name)
+		}
+	}
+	if strings.ContainsAny(name, `/\`) {
+		return 0, errdefs.Invalid("filename %q must be a base name, without '/' or '\\'", name)
+	}
+	ext := strings.ToLower(path.Ext(name))
+	loader, ok := loaders[ext]
+	if !ok || len(name) == len(ext) {
+		return 0, errdefs.Invalid("filename %q must end in .ts, .mts, .tsx, .js, .mjs or .jsx", name)
+	}
+	return loader, nil
+}
+
+// checkCode rejects code esbuild should not see: empty, too large, not
+// UTF-8 (esbuild would silently replace bad bytes), or pointing esbuild at
+// a file on the server through a source map comment.
+func checkCode(name string, code []byte, maxSize int64) error {
+	if maxSize <= 0 {
+		maxSize = DefaultMaxSize
+	}
+	if int64(len(code)) > maxSize {
+		return errdefs.New(errdefs.ErrTooLarge, "code is %d bytes; the limit is %d bytes", len(code), maxSize)
+	}
+	if len(bytes.TrimSpace(code)) == 0 {
+		return errdefs.Invalid("code is empty")
+	}
+	if off := invalidUTF8(code); off >= 0 {
+		line, col := position(code, off)
+		return errdefs.Invalid("%s: code is not valid UTF-8: invalid byte 0x%02x at offset %d (line %d, column %d)", name, code[off], off, line, col)
+	}
+	if off := fileSourceMap(code); off >= 0 {
+		line, col := position(code, off)
+		return errdefs.Invalid("%s:%d:%d: sourceMappingURL must not be a file: URL; inline the map as a data: URL or remove the comment", name, line, col)
+	}
+	return nil
+}
+
+// invalidUTF8 returns the byte offset of the first invalid UTF-8 sequence
+// in b, or -1.
+func invalidUTF8(b []byte) int {
+	for i := 0; i < len(b); {
+		if b[i] < utf8.RuneSelf {
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRune(b[i:])
+		if r == utf8.RuneError && size == 1 {
+			return i
+		}
+		i += size
+	}
+	return -1
+}
+
+// sourceMappingPragma is what esbuild looks for in a comment to load an
+// input source map.
+const sourceMappingPragma = "sourceMappingURL="
+
+// fileSourceMap returns the offset of a sourceMappingURL pragma whose URL
+// has the file: scheme, or -1. With source maps on, esbuild reads such a
+// file from the server's disk and embeds it in the bundle, which would let
+// a user read server files. Relative URLs are harmless (esbuild can't
+// resolve them without a ResolveDir) and data: URLs are useful, so only
+// file: is refused. Scanning the whole code, not only comments, errs on
+// the safe side.
+func fileSourceMap(code []byte) int {
+	for off := 0; ; {
+		i := bytes.Index(code[off:], []byte(sourceMappingPragma))
+		if i < 0 {
+			return -1
+		}
+		start := off + i
+		rest := bytes.TrimLeftFunc(code[start+len(sourceMappingPragma):], unicode.IsSpace)
+		if len(rest) >= 5 && bytes.EqualFold(rest[:5], []byte("file:")) {
+			return start
+		}
+		off = start + len(sourceMappingPragma)
+	}
+}
+
+// position returns the 1-based line and column (in characters) of byte
+// offset off in code.
+func position(code []byte, off int) (line, col int) {
+	before := code[:off]
+	lineStart := bytes.LastIndexByte(before, '\n') + 1
+	return bytes.Count(before, []byte{'\n'}) + 1, utf8.RuneCount(before[lineStart:]) + 1
+}
+
+// buildError turns esbuild's errors into one ErrInvalidArgument with up to
+// maxErrors lines of `file:line:col: text (in "source line")`.
+func buildError(name string, msgs []api.Message) error {
+	var b strings.Builder
+	for i, m := range msgs {
+		if i == maxErrors {
+			fmt.Fprintf(&b, "\n(and %d more)", len(msgs)-maxErrors)
+			break
+		}
+		if i > 0 {
+			b.WriteByte('\n')
+		}
+		b.WriteString(formatMessage(name, m))
+	}
+	return errdefs.Invalid("%s", b.String())
+}
+
+func formatMessage(name string, m api.Message) string {
+	text := oneLine(m.Text)
+	loc := m.Location
+	if loc == nil {
+		return name + ": " + text
+	}
+	file := loc.File
+	if file == "" || len(file) > maxFilenameLen {
+		file = name
+	}
+	// esbuild's column is a 0-based byte offset into the line; users and
+	// editors count characters from 1.
+	col := loc.Column
+	if col >= 0 && col <= len(loc.LineText) {
+		col = utf8.RuneCountInString(loc.LineText[:col])
+	}
+	s := fmt.Sprintf("%s:%d:%d: %s", oneLine(file), loc.Line, col+1, text)
+	if excerpt := lineExcerpt(loc.LineText, loc.Column); excerpt != "" {
+		// Not %q: escaped quotes would make the code harder to read.
+		s += ` (in "` + excerpt + `")`
+	}
+	return s
+}
+
+// lineExcerpt returns the source line, trimmed, and cut to about
+// maxLineText characters around byte offset col when it is long.
+func lineExcerpt(line string, col int) string {
+	runes := []rune(line)
+	if col < 0 || col > len(line) {
+		col = 0
+	}
+	at := utf8.RuneCountInString(line[:col])
+	start, end := 0, len(runes)
+	if len(runes) > maxLineText {
+		start = max(at-maxLineText/2, 0)
+		end = min(start+maxLineText, len(runes))
+		start = max(end-maxLineText, 0)
+	}
+	s := strings.TrimSpace(oneLine(string(runes[start:end])))
+	if s == "" {
+		return ""
+	}
+	if start > 0 {
+		s = "..." + s
+	}
+	if end < len(runes) {
+		s += "..."
+	}
+	return s
+}
+
+// oneLine replaces control characters (tabs, newlines) with spaces so each
+// error stays on its own line.
+func oneLine(s string) string {
+	return strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, s)
+}
+
+// hasDefaultExport reports whether the bundle exports "default", using the
+// exports esbuild lists in its metafile.
+func hasDefaultExport(metafile string) (bool, error) {
+	var meta struct {
+		Outputs map[string]struct {
+			Exports []string `json:"exports"`
+		} `json:"outputs"`
+	}
+	if err := json.Unmarshal([]byte(metafile), &meta); err != nil {
+		return false, fmt.Errorf("build: parse esbuild metafile: %v: %w", err, errdefs.ErrInternal)
+	}
+	for _, out := range meta.Outputs {
+		for _, e := range out.Exports {
+			if e == "default" {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
+}

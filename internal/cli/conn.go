@@ -1,0 +1,92 @@
+package cli
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/spry-run/spry/internal/client"
+)
+
+// connFlags resolves where the server is and which token to use: flags,
+// then SPRY_URL/SPRY_TOKEN, then the file `spry login` writes.
+type connFlags struct {
+	env   Env
+	url   string
+	token string
+}
+
+// fileConfig is the login config file.
+type fileConfig struct {
+	URL   string `json:"url"`
+	Token string `json:"token"`
+}
+
+func configPath(environ []string) (string, error) {
+	if p := lookupEnv(environ, "SPRY_CONFIG"); p != "" {
+		return p, nil
+	}
+	dir := lookupEnv(environ, "XDG_CONFIG_HOME")
+	if dir == "" {
+		home := lookupEnv(environ, "HOME")
+		if home == "" {
+			return "", errors.New("cannot find a config directory: set HOME or SPRY_CONFIG")
+		}
+		dir = filepath.Join(home, ".config")
+	}
+	return filepath.Join(dir, "spry", "config.json"), nil
+}
+
+func readFileConfig(environ []string) fileConfig {
+	var fc fileConfig
+	p, err := configPath(environ)
+	if err != nil {
+		return fc
+	}
+	data, err := os.ReadFile(p)
+	if err != nil {
+		return fc
+	}
+	_ = json.Unmarshal(data, &fc)
+	return fc
+}
+
+func writeFileConfig(environ []string, fc fileConfig) (string, error) {
+	p, err := configPath(environ)
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return "", err
+	}
+	data, _ := json.MarshalIndent(fc, "", "  ")
+	return p, os.WriteFile(p, append(data, '\n'), 0o600)
+}
+
+const defaultURL = "http://127.0.0.1:8080"
+
+func (c *connFlags) resolve() (url, token string) {
+	fc := readFileConfig(c.env.Environ)
+	url = first(c.url, lookupEnv(c.env.Environ, "SPRY_URL"), fc.URL, defaultURL)
+	token = first(c.token, lookupEnv(c.env.Environ, "SPRY_TOKEN"), fc.Token)
+	return url, token
+}
+
+func (c *connFlags) client() (*client.Client, error) {
+	url, token := c.resolve()
+	if token == "" {
+		return nil, fmt.Errorf("no API token: set SPRY_TOKEN, pass --token, or run `spry login`")
+	}
+	return client.New(url, token), nil
+}
+
+func first(vals ...string) string {
+	for _, v := range vals {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}

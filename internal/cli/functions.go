@@ -1,0 +1,243 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/spry-run/spry/internal/api"
+	"github.com/spry-run/spry/internal/errdefs"
+)
+
+func newDeployCmd(conn *connFlags) *cobra.Command {
+	var name, runtime, owner string
+	var envs []string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "deploy FILE",
+		Short: "Deploy a function from a TypeScript or JavaScript file (a new version each time)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			file := args[0]
+			code, err := os.ReadFile(file)
+			if err != nil {
+				return errdefs.Invalid("%v", err)
+			}
+			if name == "" {
+				base := filepath.Base(file)
+				name = strings.TrimSuffix(base, filepath.Ext(base))
+			}
+			env, err := parseEnv(envs)
+			if err != nil {
+				return err
+			}
+			c, err := conn.client()
+			if err != nil {
+				return err
+			}
+			v, err := c.Deploy(cmd.Context(), owner, name, api.DeployBody{Code: string(code), Filename: filepath.Base(file), Runtime: runtime, Env: env})
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), v)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "deployed %s/%s version %d\n%s\n", v.Owner, v.Name, v.Version, v.URL)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&name, "name", "", "function name (default: the file name without its extension)")
+	cmd.Flags().StringVar(&runtime, "runtime", "", "runtime: deno (default)")
+	cmd.Flags().StringArrayVarP(&envs, "env", "e", nil, "environment variable KEY=VALUE, available as ctx.env (repeatable)")
+	cmd.Flags().StringVar(&owner, "owner", "", "deploy into another user's namespace (admin only)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
+	return cmd
+}
+
+func parseEnv(kvs []string) (map[string]string, error) {
+	if len(kvs) == 0 {
+		return nil, nil
+	}
+	env := map[string]string{}
+	for _, kv := range kvs {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, errdefs.Invalid("--env %q: want KEY=VALUE", kv)
+		}
+		env[k] = v
+	}
+	return env, nil
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func newLsCmd(conn *connFlags) *cobra.Command {
+	var owner string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:     "ls",
+		Aliases: []string{"list"},
+		Short:   "List functions",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := conn.client()
+			if err != nil {
+				return err
+			}
+			fns, err := c.Functions(cmd.Context(), owner)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), fns)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tVERSION\tRUNTIME\tURL\tSTATE\tLAST INVOKED")
+			for _, f := range fns {
+				last := "never"
+				if f.LastInvokedAt != nil {
+					last = ago(time.Since(*f.LastInvokedAt))
+				}
+				state := f.State
+				if f.Instances > 0 {
+					state = fmt.Sprintf("%s (%d)", f.State, f.Instances)
+				}
+				fmt.Fprintf(tw, "%s/%s\t%d\t%s\t%s\t%s\t%s\n", f.Owner, f.Name, f.Version, f.Runtime, f.URL, state, last)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().StringVar(&owner, "owner", "", "list another user's functions (admin only; the admin lists all by default)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func ago(d time.Duration) string {
+	switch {
+	case d < time.Second:
+		return "just now"
+	case d < time.Minute:
+		return fmt.Sprintf("%ds ago", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm ago", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh ago", int(d.Hours()))
+	default:
+		return fmt.Sprintf("%dd ago", int(d.Hours()/24))
+	}
+}
+
+func newRmCmd(conn *connFlags) *cobra.Command {
+	var owner string
+	cmd := &cobra.Command{
+		Use:     "rm NAME",
+		Aliases: []string{"delete"},
+		Short:   "Delete a function, all its versions and instances",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := conn.client()
+			if err != nil {
+				return err
+			}
+			if err := c.DeleteFunction(cmd.Context(), owner, args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "deleted %s\n", args[0])
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&owner, "owner", "", "the function's owner (admin only)")
+	return cmd
+}
+
+func newInvokeCmd(conn *connFlags) *cobra.Command {
+	var path, method, data, owner string
+	var headers []string
+	var include, fail bool
+	cmd := &cobra.Command{
+		Use:   "invoke NAME",
+		Short: "Call a function over HTTP and print its response body",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := conn.client()
+			if err != nil {
+				return err
+			}
+			if owner == "" {
+				who, err := c.Whoami(cmd.Context())
+				if err != nil {
+					return err
+				}
+				owner = who.User
+			}
+			var body io.Reader
+			switch {
+			case strings.HasPrefix(data, "@"):
+				f, err := os.Open(data[1:])
+				if err != nil {
+					return errdefs.Invalid("%v", err)
+				}
+				defer f.Close()
+				body = f
+			case data == "-":
+				body = cmd.InOrStdin()
+			case data != "":
+				body = strings.NewReader(data)
+			}
+			if method == "" {
+				method = "GET"
+				if body != nil {
+					method = "POST"
+				}
+			}
+			h := http.Header{}
+			for _, hv := range headers {
+				k, v, ok := strings.Cut(hv, ":")
+				if !ok {
+					return errdefs.Invalid("--header %q: want 'Name: value'", hv)
+				}
+				h.Add(strings.TrimSpace(k), strings.TrimSpace(v))
+			}
+			res, err := c.Invoke(cmd.Context(), owner, args[0], strings.ToUpper(method), path, body, h)
+			if err != nil {
+				return err
+			}
+			defer res.Body.Close()
+			out := cmd.OutOrStdout()
+			if include {
+				fmt.Fprintf(out, "%s %s\n", res.Proto, res.Status)
+				_ = res.Header.Write(out)
+				fmt.Fprintln(out)
+			}
+			if _, err := io.Copy(out, res.Body); err != nil {
+				return err
+			}
+			if fail && res.StatusCode >= 400 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "function answered %s\n", res.Status)
+				return &exitError{code: 22}
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&path, "path", "p", "/", "path (and query) to call on the function, e.g. '/users/1?full=1'")
+	f.StringVarP(&method, "method", "X", "", "HTTP method (default GET, or POST with --data)")
+	f.StringVarP(&data, "data", "d", "", "request body: a string, @FILE, or - for stdin")
+	f.StringArrayVarP(&headers, "header", "H", nil, "request header 'Name: value' (repeatable)")
+	f.BoolVarP(&include, "include", "i", false, "print the response status and headers")
+	f.BoolVar(&fail, "fail", false, "exit with code 22 if the function answers 400 or more")
+	f.StringVar(&owner, "owner", "", "the function's owner (default: you)")
+	return cmd
+}

@@ -1,0 +1,110 @@
+// Package cli is the spry command tree: `spry serve` runs the platform,
+// the other commands talk to its API. The tree is built by a function, with
+// the environment and streams passed in, so tests can run commands in
+// process.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/spry-run/spry/internal/client"
+	"github.com/spry-run/spry/internal/errdefs"
+)
+
+// Env is what a command may read and write of the outside world.
+type Env struct {
+	Args    []string
+	Environ []string
+	Stdin   io.Reader
+	Stdout  io.Writer
+	Stderr  io.Writer
+}
+
+// Main runs the CLI and returns the process exit code.
+func Main(ctx context.Context, env Env) int {
+	root := NewRoot(env)
+	root.SetArgs(env.Args)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return 0
+	}
+	var exit *exitError
+	if errors.As(err, &exit) {
+		return exit.code
+	}
+	fmt.Fprintln(env.Stderr, "error:", err)
+	var ce *client.Error
+	if errors.As(err, &ce) || errdefs.Code(err) != "internal" {
+		return errdefs.ExitCode(err)
+	}
+	return 1
+}
+
+// exitError ends a command with a code and no further message.
+type exitError struct{ code int }
+
+func (e *exitError) Error() string { return fmt.Sprintf("exit %d", e.code) }
+
+// NewRoot builds the command tree.
+func NewRoot(env Env) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "spry",
+		Short:         "Spry: deploy JavaScript and TypeScript functions and call them over HTTP",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetIn(env.Stdin)
+	root.SetOut(env.Stdout)
+	root.SetErr(env.Stderr)
+	conn := &connFlags{env: env}
+	root.PersistentFlags().StringVar(&conn.url, "url", "", "Spry server URL (default $SPRY_URL, the login config, or http://127.0.0.1:8080)")
+	root.PersistentFlags().StringVar(&conn.token, "token", "", "API token (default $SPRY_TOKEN or the login config)")
+	root.AddCommand(
+		newServeCmd(env),
+		newDeployCmd(conn),
+		newInvokeCmd(conn),
+		newLsCmd(conn),
+		newRmCmd(conn),
+		newLoginCmd(conn),
+		newUserCmd(conn),
+		newTokenCmd(conn),
+		newVersionCmd(),
+	)
+	return root
+}
+
+// Version is set at build time with -ldflags.
+var Version = "dev"
+
+func newVersionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print spry's version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fmt.Fprintln(cmd.OutOrStdout(), "spry", Version)
+			return nil
+		},
+	}
+}
+
+func lookupEnv(environ []string, key string) string {
+	for i := len(environ) - 1; i >= 0; i-- {
+		kv := environ[i]
+		if len(kv) > len(key) && kv[:len(key)] == key && kv[len(key)] == '=' {
+			return kv[len(key)+1:]
+		}
+	}
+	return ""
+}
+
+// OSEnv is the real process environment.
+func OSEnv() Env {
+	return Env{Args: os.Args[1:], Environ: os.Environ(), Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr}
+}

@@ -1,0 +1,88 @@
+package cli
+
+import (
+	"log/slog"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/spry-run/spry/internal/config"
+	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/server"
+)
+
+func newServeCmd(env Env) *cobra.Command {
+	var cfg server.Config
+	var logLevel, logFormat string
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the Spry platform: API, router, autoscaler and runtimes in one process",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := config.ApplyEnv(cmd.Flags(), env.Environ); err != nil {
+				return errdefs.Invalid("%v", err)
+			}
+			if err := validate(cfg); err != nil {
+				return err
+			}
+			var level slog.Level
+			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+				return errdefs.Invalid("--log-level: %v", err)
+			}
+			opts := &slog.HandlerOptions{Level: level}
+			var log *slog.Logger
+			if strings.EqualFold(logFormat, "json") {
+				log = slog.New(slog.NewJSONHandler(env.Stderr, opts))
+			} else {
+				log = slog.New(slog.NewTextHandler(env.Stderr, opts))
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			s, err := server.New(ctx, cfg, log)
+			if err != nil {
+				return err
+			}
+			if err := s.Listen(); err != nil {
+				return err
+			}
+			return s.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:8080", "address to serve the API and functions on")
+	f.StringVar(&cfg.DataDir, "data", "./spry-data", "data directory: database, bundles, admin token")
+	f.StringVar(&cfg.RunDir, "run-dir", "", "directory for instance sockets and code (default /run/spry/<id of the data dir>)")
+	f.StringVar(&cfg.PublicURL, "public-url", "", "base URL in function URLs the API returns (default: from the request)")
+	f.DurationVar(&cfg.ScaleToZeroAfter, "scale-to-zero-after", 5*time.Minute, "stop an instance after it has been idle this long")
+	f.DurationVar(&cfg.Timeout, "timeout", 60*time.Second, "longest an invocation may take, cold start included")
+	f.Int64Var(&cfg.MaxCodeBytes, "max-code-size", 5<<20, "largest function source accepted, in bytes")
+	f.IntVar(&cfg.PoolSize, "pool-size", 2, "warm, generic runtime instances kept ready for cold starts")
+	f.IntVar(&cfg.DefaultMemoryMiB, "memory", 128, "default memory limit of an instance, in MiB")
+	f.StringVar(&cfg.DenoBinary, "deno", "", "deno binary (default: the pinned one `make build` installs)")
+	f.IntVar(&cfg.UIDBase, "uid-base", 2000000, "first host uid for instance sandboxes (each instance gets its own)")
+	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long shutdown waits for in-flight requests")
+	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	return cmd
+}
+
+func validate(cfg server.Config) error {
+	switch {
+	case cfg.ScaleToZeroAfter <= 0:
+		return errdefs.Invalid("--scale-to-zero-after must be positive")
+	case cfg.Timeout <= 0:
+		return errdefs.Invalid("--timeout must be positive")
+	case cfg.MaxCodeBytes <= 0:
+		return errdefs.Invalid("--max-code-size must be positive")
+	case cfg.PoolSize < 0:
+		return errdefs.Invalid("--pool-size must not be negative")
+	case cfg.DefaultMemoryMiB < 32:
+		return errdefs.Invalid("--memory must be at least 32 (MiB)")
+	case cfg.UIDBase < 1000:
+		return errdefs.Invalid("--uid-base must be at least 1000")
+	}
+	return nil
+}

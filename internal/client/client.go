@@ -1,0 +1,222 @@
+// Package client is a Go client of Spry's management API, used by the CLI
+// and by the integration tests.
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/spry-run/spry/internal/api"
+	"github.com/spry-run/spry/internal/errdefs"
+)
+
+// Client talks to one Spry server.
+type Client struct {
+	URL   string // e.g. http://127.0.0.1:8080
+	Token string
+	HTTP  *http.Client
+}
+
+// New returns a client for the server at baseURL.
+func New(baseURL, token string) *Client {
+	return &Client{URL: strings.TrimRight(baseURL, "/"), Token: token, HTTP: &http.Client{Timeout: 5 * time.Minute}}
+}
+
+// Error is an error answered by the server. errors.Is matches it against
+// the errdefs class of its code.
+type Error struct {
+	Status  int
+	Code    string
+	Message string
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// Unwrap returns the errdefs class, so errors.Is(err, errdefs.ErrNotFound)
+// works on the client side too.
+func (e *Error) Unwrap() error { return errdefs.FromCode(e.Code) }
+
+func (c *Client) do(ctx context.Context, method, path string, q url.Values, body io.Reader, contentType string, out any) error {
+	u := c.URL + path
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, body)
+	if err != nil {
+		return err
+	}
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	res, err := c.HTTP.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the Spry server at %s: %w", c.URL, err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode >= 400 {
+		return decodeError(res)
+	}
+	if out == nil {
+		_, _ = io.Copy(io.Discard, res.Body)
+		return nil
+	}
+	if err := json.NewDecoder(res.Body).Decode(out); err != nil {
+		return fmt.Errorf("decode %s %s response: %w", method, path, err)
+	}
+	return nil
+}
+
+func decodeError(res *http.Response) error {
+	data, _ := io.ReadAll(io.LimitReader(res.Body, 1<<20))
+	var b errdefs.Body
+	if json.Unmarshal(data, &b) == nil && b.Error.Code != "" {
+		return &Error{Status: res.StatusCode, Code: b.Error.Code, Message: b.Error.Message}
+	}
+	return &Error{Status: res.StatusCode, Code: "internal", Message: fmt.Sprintf("server answered %s: %s", res.Status, strings.TrimSpace(string(data)))}
+}
+
+func ownerQuery(owner string) url.Values {
+	if owner == "" {
+		return nil
+	}
+	return url.Values{"owner": {owner}}
+}
+
+// Deploy creates or updates a function.
+func (c *Client) Deploy(ctx context.Context, owner, name string, body api.DeployBody) (api.FunctionView, error) {
+	var v api.FunctionView
+	data, err := json.Marshal(body)
+	if err != nil {
+		return v, err
+	}
+	err = c.do(ctx, "PUT", "/api/v1/functions/"+url.PathEscape(name), ownerQuery(owner), bytes.NewReader(data), "application/json", &v)
+	return v, err
+}
+
+// Functions lists functions (the admin's call with owner "" lists all).
+func (c *Client) Functions(ctx context.Context, owner string) ([]api.FunctionView, error) {
+	var out struct {
+		Functions []api.FunctionView `json:"functions"`
+	}
+	err := c.do(ctx, "GET", "/api/v1/functions", ownerQuery(owner), nil, "", &out)
+	return out.Functions, err
+}
+
+// Function gets one function.
+func (c *Client) Function(ctx context.Context, owner, name string) (api.FunctionView, error) {
+	var v api.FunctionView
+	err := c.do(ctx, "GET", "/api/v1/functions/"+url.PathEscape(name), ownerQuery(owner), nil, "", &v)
+	return v, err
+}
+
+// DeleteFunction deletes a function.
+func (c *Client) DeleteFunction(ctx context.Context, owner, name string) error {
+	return c.do(ctx, "DELETE", "/api/v1/functions/"+url.PathEscape(name), ownerQuery(owner), nil, "", nil)
+}
+
+// Whoami says who the token belongs to.
+type Whoami struct {
+	User    string `json:"user"`
+	Admin   bool   `json:"admin"`
+	TokenID string `json:"token_id"`
+}
+
+// Whoami asks the server who the client's token belongs to.
+func (c *Client) Whoami(ctx context.Context) (Whoami, error) {
+	var w Whoami
+	err := c.do(ctx, "GET", "/api/v1/whoami", nil, nil, "", &w)
+	return w, err
+}
+
+// NewUser is a created user and its first token.
+type NewUser struct {
+	User    api.UserView `json:"user"`
+	Token   string       `json:"token"`
+	TokenID string       `json:"token_id"`
+}
+
+// CreateUser creates a user (admin only) and returns its first token.
+func (c *Client) CreateUser(ctx context.Context, name string, admin bool) (NewUser, error) {
+	var out NewUser
+	data, _ := json.Marshal(api.CreateUserBody{Name: name, Admin: admin})
+	err := c.do(ctx, "POST", "/api/v1/users", nil, bytes.NewReader(data), "application/json", &out)
+	return out, err
+}
+
+// Users lists users (admin only).
+func (c *Client) Users(ctx context.Context) ([]api.UserView, error) {
+	var out struct {
+		Users []api.UserView `json:"users"`
+	}
+	err := c.do(ctx, "GET", "/api/v1/users", nil, nil, "", &out)
+	return out.Users, err
+}
+
+// DeleteUser deletes a user and their functions (admin only).
+func (c *Client) DeleteUser(ctx context.Context, name string) error {
+	return c.do(ctx, "DELETE", "/api/v1/users/"+url.PathEscape(name), nil, nil, "", nil)
+}
+
+// NewToken is a created token; Token is shown only this once.
+type NewToken struct {
+	Token string `json:"token"`
+	ID    string `json:"id"`
+	User  string `json:"user"`
+	Name  string `json:"name"`
+}
+
+// CreateToken issues a token for the caller (or, for an admin, for user).
+func (c *Client) CreateToken(ctx context.Context, user, name string) (NewToken, error) {
+	var out NewToken
+	data, _ := json.Marshal(api.CreateTokenBody{Name: name, User: user})
+	err := c.do(ctx, "POST", "/api/v1/tokens", nil, bytes.NewReader(data), "application/json", &out)
+	return out, err
+}
+
+// Tokens lists the caller's tokens (or, for an admin, user's).
+func (c *Client) Tokens(ctx context.Context, user string) ([]api.TokenView, error) {
+	var out struct {
+		Tokens []api.TokenView `json:"tokens"`
+	}
+	var q url.Values
+	if user != "" {
+		q = url.Values{"user": {user}}
+	}
+	err := c.do(ctx, "GET", "/api/v1/tokens", q, nil, "", &out)
+	return out.Tokens, err
+}
+
+// RevokeToken revokes a token by id.
+func (c *Client) RevokeToken(ctx context.Context, id string) error {
+	return c.do(ctx, "DELETE", "/api/v1/tokens/"+url.PathEscape(id), nil, nil, "", nil)
+}
+
+// Invoke calls a function at path (which may hold a query) and returns
+// the raw response; the caller closes its body.
+func (c *Client) Invoke(ctx context.Context, owner, name, method, path string, body io.Reader, header http.Header) (*http.Response, error) {
+	if !strings.HasPrefix(path, "/") {
+		path = "/" + path
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.URL+"/fn/"+owner+"/"+name+path, body)
+	if err != nil {
+		return nil, err
+	}
+	for k, vs := range header {
+		req.Header[k] = vs
+	}
+	res, err := c.HTTP.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("cannot reach the Spry server at %s: %w", c.URL, err)
+	}
+	return res, nil
+}

@@ -1,0 +1,116 @@
+// Package errdefs defines Spry's error classes. Every layer wraps its errors
+// with one of these classes (with %w) so that the API can map a class to an
+// HTTP status and a stable code in one place, and the CLI to an exit code,
+// without driver or database errors leaking to users.
+package errdefs
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+)
+
+// Error classes. Wrap them with fmt.Errorf("...: %w", errdefs.ErrNotFound)
+// or build one with the helpers below.
+var (
+	ErrInvalidArgument    = errors.New("invalid argument")
+	ErrUnauthenticated    = errors.New("unauthenticated")
+	ErrPermissionDenied   = errors.New("permission denied")
+	ErrNotFound           = errors.New("not found")
+	ErrMethodNotAllowed   = errors.New("method not allowed")
+	ErrAlreadyExists      = errors.New("already exists")
+	ErrConflict           = errors.New("conflict")
+	ErrTooLarge           = errors.New("too large")
+	ErrUnsupportedMedia   = errors.New("unsupported media type")
+	ErrRateLimited        = errors.New("rate limited")
+	ErrUnavailable        = errors.New("unavailable")
+	ErrTimeout            = errors.New("timeout")
+	ErrBadGateway         = errors.New("bad gateway")
+	ErrFunctionFailed     = errors.New("function failed")
+	ErrInternal           = errors.New("internal error")
+	ErrRequestHeaderLarge = errors.New("request header too large")
+)
+
+type class struct {
+	err    error
+	status int
+	code   string
+	exit   int
+}
+
+// classes is the single table that maps an error class to its HTTP status,
+// its API code and the CLI exit code.
+var classes = []class{
+	{ErrInvalidArgument, http.StatusBadRequest, "invalid_argument", 2},
+	{ErrUnauthenticated, http.StatusUnauthorized, "unauthenticated", 3},
+	{ErrPermissionDenied, http.StatusForbidden, "permission_denied", 3},
+	{ErrNotFound, http.StatusNotFound, "not_found", 4},
+	{ErrMethodNotAllowed, http.StatusMethodNotAllowed, "method_not_allowed", 2},
+	{ErrAlreadyExists, http.StatusConflict, "already_exists", 5},
+	{ErrConflict, http.StatusConflict, "conflict", 5},
+	{ErrTooLarge, http.StatusRequestEntityTooLarge, "too_large", 2},
+	{ErrRequestHeaderLarge, http.StatusRequestHeaderFieldsTooLarge, "header_too_large", 2},
+	{ErrUnsupportedMedia, http.StatusUnsupportedMediaType, "unsupported_media_type", 2},
+	{ErrRateLimited, http.StatusTooManyRequests, "rate_limited", 6},
+	{ErrUnavailable, http.StatusServiceUnavailable, "unavailable", 6},
+	{ErrTimeout, http.StatusGatewayTimeout, "timeout", 6},
+	{ErrBadGateway, http.StatusBadGateway, "bad_gateway", 6},
+	{ErrFunctionFailed, http.StatusBadGateway, "function_failed", 6},
+	{ErrInternal, http.StatusInternalServerError, "internal", 1},
+}
+
+func lookup(err error) class {
+	for _, c := range classes {
+		if errors.Is(err, c.err) {
+			return c
+		}
+	}
+	return class{ErrInternal, http.StatusInternalServerError, "internal", 1}
+}
+
+// HTTPStatus returns the HTTP status for err's class (500 when it has none).
+func HTTPStatus(err error) int { return lookup(err).status }
+
+// Code returns the stable API code for err's class ("internal" when it has none).
+func Code(err error) string { return lookup(err).code }
+
+// ExitCode returns the CLI exit code for err's class.
+func ExitCode(err error) int { return lookup(err).exit }
+
+// FromCode returns the class for an API code, so a client can turn an API
+// error back into a class that errors.Is understands.
+func FromCode(code string) error {
+	for _, c := range classes {
+		if c.code == code {
+			return c.err
+		}
+	}
+	return ErrInternal
+}
+
+// Public reports whether err's message may be shown to a client. Errors
+// without a class are internal and their text (which may hold paths or
+// driver details) is replaced by a generic message.
+func Public(err error) bool {
+	c := lookup(err)
+	return c.err != ErrInternal || errors.Is(err, ErrInternal)
+}
+
+// Invalid returns an ErrInvalidArgument with a formatted message.
+func Invalid(format string, args ...any) error {
+	return &msgError{msg: fmt.Sprintf(format, args...), class: ErrInvalidArgument}
+}
+
+// New returns an error of the given class whose message is exactly msg, so
+// clients see msg rather than "msg: class".
+func New(class error, format string, args ...any) error {
+	return &msgError{msg: fmt.Sprintf(format, args...), class: class}
+}
+
+type msgError struct {
+	msg   string
+	class error
+}
+
+func (e *msgError) Error() string { return e.msg }
+func (e *msgError) Unwrap() error { return e.class }

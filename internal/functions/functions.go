@@ -1,0 +1,366 @@
+// Package functions owns the life of a function: deploying a version
+// (validate, bundle, store the bundle by digest, record the version and make
+// it live), deleting, listing, and resolving a name to its live version for
+// the router, from a cache so the request path does not touch the database.
+package functions
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/spry-run/spry/internal/backend"
+	"github.com/spry-run/spry/internal/build"
+	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/names"
+	"github.com/spry-run/spry/internal/store"
+)
+
+// Blobs stores bundles by digest.
+type Blobs interface {
+	Put(data []byte) (string, error)
+}
+
+// Retirer is told when versions stop being live, so their instances drain.
+type Retirer interface {
+	RetireExcept(functionID string, keep ...string)
+}
+
+// Config is the service's setup.
+type Config struct {
+	MaxCodeBytes     int64
+	DefaultRuntime   string
+	Runtimes         []string // runtimes this server runs
+	DefaultMemoryMiB int
+	Now              func() time.Time
+	Logger           *slog.Logger
+}
+
+// Service deploys, deletes and resolves functions.
+type Service struct {
+	cfg     Config
+	store   store.Functions
+	blobs   Blobs
+	retirer Retirer
+	log     *slog.Logger
+
+	// deployMu serialises deploys of one function, so that "make live"
+	// and "retire the others" happen in the order the versions were made.
+	deployMu sync.Mutex
+
+	mu      sync.RWMutex
+	live    map[store.FunctionKey]*backend.Spec
+	invoked map[store.FunctionKey]time.Time // not yet flushed to the store
+}
+
+// New returns a Service.
+func New(s store.Functions, blobs Blobs, retirer Retirer, cfg Config) *Service {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Service{
+		cfg: cfg, store: s, blobs: blobs, retirer: retirer, log: cfg.Logger,
+		live:    map[store.FunctionKey]*backend.Spec{},
+		invoked: map[store.FunctionKey]time.Time{},
+	}
+}
+
+// DeployRequest is one deploy.
+type DeployRequest struct {
+	Owner    string
+	Name     string
+	Filename string
+	Code     []byte
+	Runtime  string
+	Env      map[string]string
+	Limits   store.Limits
+	By       string
+}
+
+// MaxEnvVars and MaxEnvBytes bound a function's environment.
+const (
+	MaxEnvVars  = 128
+	MaxEnvBytes = 64 << 10
+)
+
+func (s *Service) validate(req *DeployRequest) error {
+	if err := names.User(req.Owner); err != nil {
+		return err
+	}
+	if err := names.Function(req.Name); err != nil {
+		return err
+	}
+	if req.Runtime == "" {
+		req.Runtime = s.cfg.DefaultRuntime
+	}
+	known := false
+	for _, r := range s.cfg.Runtimes {
+		known = known || r == req.Runtime
+	}
+	if !known {
+		return errdefs.Invalid("unknown runtime %q (this server runs %v)", req.Runtime, s.cfg.Runtimes)
+	}
+	return ValidateEnv(req.Env)
+}
+
+// ValidateEnv checks environment variable names and sizes.
+func ValidateEnv(env map[string]string) error {
+	if len(env) > MaxEnvVars {
+		return errdefs.Invalid("%d environment variables; the limit is %d", len(env), MaxEnvVars)
+	}
+	total := 0
+	for k, v := range env {
+		if !validEnvName(k) {
+			return errdefs.Invalid("invalid environment variable name %q: use letters, digits and '_', not starting with a digit", k)
+		}
+		if !utf8.ValidString(v) {
+			return errdefs.Invalid("environment variable %s is not valid UTF-8", k)
+		}
+		total += len(k) + len(v)
+	}
+	if total > MaxEnvBytes {
+		return errdefs.New(errdefs.ErrTooLarge, "environment is %d bytes; the limit is %d", total, MaxEnvBytes)
+	}
+	return nil
+}
+
+func validEnvName(k string) bool {
+	if k == "" || len(k) > 256 {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		switch {
+		case c == '_', c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z':
+		case c >= '0' && c <= '9' && i > 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// Deploy bundles the code and makes it the function's new live version.
+// Nothing is stored unless the code builds.
+func (s *Service) Deploy(ctx context.Context, req DeployRequest) (store.Function, error) {
+	if err := s.validate(&req); err != nil {
+		return store.Function{}, err
+	}
+	res, err := build.Bundle(ctx, build.Source{Filename: req.Filename, Code: req.Code}, build.Options{MaxSize: s.cfg.MaxCodeBytes})
+	if err != nil {
+		return store.Function{}, err
+	}
+	digest, err := s.blobs.Put(res.Code)
+	if err != nil {
+		return store.Function{}, fmt.Errorf("store bundle: %w", err)
+	}
+	now := s.cfg.Now()
+	s.deployMu.Lock()
+	defer s.deployMu.Unlock()
+	v, err := s.store.Deploy(ctx, newID(), store.Version{
+		Owner:     req.Owner,
+		Name:      req.Name,
+		Digest:    digest,
+		Size:      int64(len(res.Code)),
+		Config:    store.Config{Runtime: req.Runtime, Env: req.Env, Limits: req.Limits},
+		CreatedAt: now,
+		CreatedBy: req.By,
+	})
+	if err != nil {
+		return store.Function{}, err
+	}
+	fn, err := s.store.GetFunction(ctx, req.Owner, req.Name)
+	if err != nil {
+		return store.Function{}, err
+	}
+	s.makeLive(fn)
+	s.log.Info("deployed", "owner", v.Owner, "function", v.Name, "version", v.Number, "digest", v.Digest, "size", v.Size)
+	return fn, nil
+}
+
+// makeLive updates the cache and retires every other version's instances.
+func (s *Service) makeLive(fn store.Function) {
+	spec := s.specOf(fn)
+	s.mu.Lock()
+	s.live[store.FunctionKey{Owner: fn.Owner, Name: fn.Name}] = spec
+	s.mu.Unlock()
+	s.retirer.RetireExcept(fn.ID, spec.Key())
+}
+
+func (s *Service) specOf(fn store.Function) *backend.Spec {
+	mem := fn.Live.Config.Limits.MemoryMiB
+	if mem == 0 {
+		mem = s.cfg.DefaultMemoryMiB
+	}
+	return &backend.Spec{
+		FunctionID: fn.ID,
+		Owner:      fn.Owner,
+		Name:       fn.Name,
+		Version:    fn.LiveVersion,
+		Runtime:    fn.Live.Config.Runtime,
+		Digest:     fn.Live.Digest,
+		Env:        fn.Live.Config.Env,
+		MemoryMiB:  mem,
+	}
+}
+
+// Delete deletes a function, all its versions, and its instances.
+func (s *Service) Delete(ctx context.Context, owner, name string) error {
+	s.deployMu.Lock()
+	defer s.deployMu.Unlock()
+	fn, err := s.store.GetFunction(ctx, owner, name)
+	if err != nil {
+		return err
+	}
+	if err := s.store.DeleteFunction(ctx, owner, name); err != nil {
+		return err
+	}
+	key := store.FunctionKey{Owner: owner, Name: name}
+	s.mu.Lock()
+	delete(s.live, key)
+	delete(s.invoked, key)
+	s.mu.Unlock()
+	s.retirer.RetireExcept(fn.ID)
+	s.log.Info("deleted", "owner", owner, "function", name)
+	return nil
+}
+
+// Get returns one function with its live version.
+func (s *Service) Get(ctx context.Context, owner, name string) (store.Function, error) {
+	fn, err := s.store.GetFunction(ctx, owner, name)
+	if err != nil {
+		return fn, err
+	}
+	s.overlayInvoked(&fn)
+	return fn, nil
+}
+
+// List returns owner's functions, or everyone's if owner is "".
+func (s *Service) List(ctx context.Context, owner string) ([]store.Function, error) {
+	fns, err := s.store.ListFunctions(ctx, owner)
+	if err != nil {
+		return nil, err
+	}
+	for i := range fns {
+		s.overlayInvoked(&fns[i])
+	}
+	return fns, nil
+}
+
+func (s *Service) overlayInvoked(fn *store.Function) {
+	s.mu.RLock()
+	t, ok := s.invoked[store.FunctionKey{Owner: fn.Owner, Name: fn.Name}]
+	s.mu.RUnlock()
+	if ok && t.After(fn.LastInvokedAt) {
+		fn.LastInvokedAt = t
+	}
+}
+
+// Resolve returns the live version of owner/name; it is on the request
+// path, so it answers from memory once the function has been seen.
+func (s *Service) Resolve(ctx context.Context, owner, name string) (*backend.Spec, error) {
+	key := store.FunctionKey{Owner: owner, Name: name}
+	s.mu.RLock()
+	spec := s.live[key]
+	s.mu.RUnlock()
+	if spec != nil {
+		return spec, nil
+	}
+	if err := names.User(owner); err != nil {
+		return nil, fmt.Errorf("function %s/%s: %w", owner, name, errdefs.ErrNotFound)
+	}
+	if err := names.Function(name); err != nil {
+		return nil, fmt.Errorf("function %s/%s: %w", owner, name, errdefs.ErrNotFound)
+	}
+	s.deployMu.Lock()
+	defer s.deployMu.Unlock()
+	fn, err := s.store.GetFunction(ctx, owner, name)
+	if err != nil {
+		return nil, err
+	}
+	spec = s.specOf(fn)
+	s.mu.Lock()
+	s.live[key] = spec
+	s.mu.Unlock()
+	return spec, nil
+}
+
+// Invoked records that a function was invoked now; the time reaches the
+// store at the next Flush.
+func (s *Service) Invoked(spec *backend.Spec) {
+	now := s.cfg.Now()
+	key := store.FunctionKey{Owner: spec.Owner, Name: spec.Name}
+	s.mu.Lock()
+	s.invoked[key] = now
+	s.mu.Unlock()
+}
+
+// Flush writes recorded invocation times to the store.
+func (s *Service) Flush(ctx context.Context) error {
+	s.mu.Lock()
+	batch := s.invoked
+	s.invoked = map[store.FunctionKey]time.Time{}
+	s.mu.Unlock()
+	if len(batch) == 0 {
+		return nil
+	}
+	if err := s.store.SetLastInvoked(ctx, batch); err != nil {
+		// Put them back so the next flush retries.
+		s.mu.Lock()
+		for k, t := range batch {
+			if cur, ok := s.invoked[k]; !ok || t.After(cur) {
+				s.invoked[k] = t
+			}
+		}
+		s.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
+// RunFlusher flushes every interval until ctx ends, then once more.
+func (s *Service) RunFlusher(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := s.Flush(fctx); err != nil {
+				s.log.Error("flush invocation times", "err", err)
+			}
+			return
+		case <-t.C:
+			if err := s.Flush(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				s.log.Error("flush invocation times", "err", err)
+			}
+		}
+	}
+}
+
+// EnvKeys lists env var names, sorted, for display.
+func EnvKeys(env map[string]string) []string {
+	keys := make([]string, 0, len(env))
+	for k := range env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func newID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

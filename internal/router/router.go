@@ -1,0 +1,240 @@
+// Package router serves /fn/<owner>/<name>/<rest>: it resolves the
+// function's live version, leases an instance from the activator (which
+// may cold start one), and proxies the request to it over its Unix socket
+// with keep-alive connections. The function sees the request with path
+// /<rest> and the original query, method, headers and streamed body.
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spry-run/spry/internal/activator"
+	"github.com/spry-run/spry/internal/backend"
+	"github.com/spry-run/spry/internal/errdefs"
+)
+
+// Resolver finds a function's live version.
+type Resolver interface {
+	Resolve(ctx context.Context, owner, name string) (*backend.Spec, error)
+	Invoked(spec *backend.Spec)
+}
+
+// Leaser leases instances.
+type Leaser interface {
+	Acquire(ctx context.Context, spec *backend.Spec) (*activator.Lease, error)
+}
+
+// Prefix is where functions are served.
+const Prefix = "/fn/"
+
+// Config is the router's setup.
+type Config struct {
+	// Timeout bounds one invocation, cold start included.
+	Timeout time.Duration
+	Logger  *slog.Logger
+}
+
+// Router proxies invocations.
+type Router struct {
+	cfg      Config
+	resolver Resolver
+	leaser   Leaser
+	proxy    *httputil.ReverseProxy
+	log      *slog.Logger
+}
+
+type ctxKey int
+
+const (
+	leaseKey ctxKey = iota
+)
+
+// New returns a Router.
+func New(res Resolver, leaser Leaser, cfg Config) *Router {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 60 * time.Second
+	}
+	rt := &Router{cfg: cfg, resolver: res, leaser: leaser, log: cfg.Logger}
+	transport := &http.Transport{
+		// The URL's host is the instance id, so each instance gets its
+		// own pool of keep-alive connections; the dialer finds the
+		// instance's socket through the request's lease.
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			st, _ := ctx.Value(leaseKey).(*invocation)
+			if st == nil {
+				return nil, errors.New("no instance for this request")
+			}
+			inst := st.lease.Instance()
+			var d net.Dialer
+			return d.DialContext(ctx, inst.Network, inst.Address)
+		},
+		MaxIdleConns:        0,
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
+		ForceAttemptHTTP2:   false,
+	}
+	rt.proxy = &httputil.ReverseProxy{
+		Rewrite:        rt.rewrite,
+		Transport:      transport,
+		ModifyResponse: rt.modifyResponse,
+		ErrorHandler:   rt.proxyError,
+		// Flush at once: functions may stream (server-sent events).
+		FlushInterval: -1,
+	}
+	return rt
+}
+
+// invocation is the per-request state the proxy callbacks need.
+type invocation struct {
+	lease *activator.Lease
+	start time.Time
+	rest  string
+	query string
+	reqID string
+}
+
+func (rt *Router) rewrite(pr *httputil.ProxyRequest) {
+	inv := pr.In.Context().Value(leaseKey).(*invocation)
+	pr.Out.URL = &url.URL{Scheme: "http", Host: inv.lease.Instance().ID, RawPath: inv.rest, RawQuery: inv.query}
+	if p, err := url.PathUnescape(inv.rest); err == nil {
+		pr.Out.URL.Path = p
+	} else {
+		pr.Out.URL.Path = inv.rest
+		pr.Out.URL.RawPath = ""
+	}
+	pr.Out.Host = pr.In.Host
+	pr.SetXForwarded()
+	pr.Out.Header.Set("Spry-Request-Id", inv.reqID)
+}
+
+func (rt *Router) modifyResponse(res *http.Response) error {
+	inv := res.Request.Context().Value(leaseKey).(*invocation)
+	res.Header.Set("Spry-Request-Id", inv.reqID)
+	if inv.lease.Cold {
+		ms := float64(time.Since(inv.start).Microseconds()) / 1000
+		res.Header.Set("Spry-Cold-Start", strconv.FormatFloat(ms, 'f', 2, 64))
+	}
+	return nil
+}
+
+func (rt *Router) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	inv := r.Context().Value(leaseKey).(*invocation)
+	inst := inv.lease.Instance()
+	if errors.Is(r.Context().Err(), context.DeadlineExceeded) {
+		rt.writeError(w, inv.reqID, errdefs.New(errdefs.ErrTimeout, "the function did not respond within %s", rt.cfg.Timeout))
+		return
+	}
+	if errors.Is(r.Context().Err(), context.Canceled) {
+		// The client went away; nobody reads the answer.
+		w.WriteHeader(499)
+		return
+	}
+	// If the instance died, its reaper learns why a moment later; wait
+	// briefly so the caller gets the reason (out of memory, crash).
+	select {
+	case <-inst.Done():
+	case <-time.After(200 * time.Millisecond):
+	}
+	select {
+	case <-inst.Done():
+		ex := inst.Exit()
+		rt.writeError(w, inv.reqID, errdefs.New(errdefs.ErrFunctionFailed, "the function's instance ended while handling the request: %s", ex.Detail))
+	default:
+		rt.log.Warn("proxy error", "instance", inst.ID, "request_id", inv.reqID, "err", err)
+		rt.writeError(w, inv.reqID, errdefs.New(errdefs.ErrBadGateway, "the function's instance could not be reached"))
+	}
+}
+
+func (rt *Router) writeError(w http.ResponseWriter, reqID string, err error) {
+	if reqID != "" {
+		w.Header().Set("Spry-Request-Id", reqID)
+	}
+	errdefs.WriteHTTP(w, err)
+}
+
+// ServeHTTP handles /fn/... requests.
+func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	reqID := newRequestID()
+	owner, name, rest, err := SplitPath(r.URL.EscapedPath())
+	if err != nil {
+		rt.writeError(w, reqID, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), rt.cfg.Timeout)
+	defer cancel()
+	var lease *activator.Lease
+	var spec *backend.Spec
+	for attempt := 0; ; attempt++ {
+		spec, err = rt.resolver.Resolve(ctx, owner, name)
+		if err != nil {
+			if errors.Is(err, errdefs.ErrNotFound) {
+				err = errdefs.New(errdefs.ErrNotFound, "function %s/%s not found", owner, name)
+			}
+			rt.writeError(w, reqID, err)
+			return
+		}
+		lease, err = rt.leaser.Acquire(ctx, spec)
+		// A deploy may retire the version between resolving and
+		// leasing; resolve again to get the new one.
+		if errors.Is(err, activator.ErrRetired) && attempt < 3 {
+			continue
+		}
+		break
+	}
+	if err != nil {
+		rt.log.Warn("no instance", "owner", owner, "function", name, "request_id", reqID, "err", err)
+		rt.writeError(w, reqID, err)
+		return
+	}
+	defer lease.Release()
+	rt.resolver.Invoked(spec)
+	inv := &invocation{lease: lease, start: start, rest: rest, query: r.URL.RawQuery, reqID: reqID}
+	rt.proxy.ServeHTTP(w, r.WithContext(context.WithValue(ctx, leaseKey, inv)))
+}
+
+// SplitPath splits an escaped request path "/fn/<owner>/<name>[/<rest>]"
+// into its parts; rest always starts with "/". Owner and name are checked
+// only for shape here (the resolver decides whether they exist).
+func SplitPath(p string) (owner, name, rest string, err error) {
+	tail, ok := strings.CutPrefix(p, Prefix)
+	if !ok {
+		return "", "", "", errdefs.New(errdefs.ErrNotFound, "not found")
+	}
+	owner, tail, _ = strings.Cut(tail, "/")
+	name, rest, hasRest := strings.Cut(tail, "/")
+	if owner == "" || name == "" {
+		return "", "", "", errdefs.New(errdefs.ErrNotFound, "no function at %q: use /fn/<owner>/<name>/", truncate(p))
+	}
+	rest = "/" + rest
+	if !hasRest {
+		rest = "/"
+	}
+	return owner, name, rest, nil
+}
+
+func truncate(s string) string {
+	if len(s) > 100 {
+		return s[:100] + "..."
+	}
+	return s
+}
+
+func newRequestID() string {
+	return fmt.Sprintf("%016x", rand.Uint64())
+}

@@ -1,0 +1,148 @@
+// Package runtime knows the function runtimes (Deno now, Node next): where
+// their binaries are, their embedded bootstrap scripts, and the program,
+// flags, environment and mounts that start one generic, not yet
+// specialized, instance inside a sandbox.
+package runtime
+
+import (
+	_ "embed"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/spry-run/spry/internal/sandbox"
+)
+
+// Paths inside the sandbox, shared by every runtime.
+const (
+	// CodeDir holds the specialized function's bundle.
+	CodeDir = "/code"
+	// SocketDir holds the Unix socket the instance serves HTTP on.
+	SocketDir = "/run/spry"
+	// SocketName is the socket's file name in SocketDir.
+	SocketName = "http.sock"
+	// ReadyLine is the first line an instance writes on stdout once it
+	// listens; it is written before any user code is loaded.
+	ReadyLine = "SPRY-READY"
+)
+
+// Launch is what starts one generic instance.
+type Launch struct {
+	Program string
+	Args    []string
+	Env     []string
+	Mounts  []sandbox.Mount
+}
+
+// Specialization is the one message an instance reads on stdin: which
+// bundle to import and the context its handler gets.
+type Specialization struct {
+	Module  string            `json:"module"` // file:///code/<file>
+	Name    string            `json:"name"`
+	Owner   string            `json:"owner"`
+	Version int64             `json:"version"`
+	Env     map[string]string `json:"env"`
+}
+
+//go:embed deno_bootstrap.js
+var denoBootstrap []byte
+
+// Deno is the Deno runtime.
+type Deno struct {
+	Binary    string // host path of the deno binary
+	bootstrap string // host path of the bootstrap script
+	Version   string
+}
+
+// DenoBinaryPath is where `npm ci --prefix runtimes` puts the pinned Deno
+// binary, relative to the project (or install) directory.
+const DenoBinaryPath = "runtimes/node_modules/@deno/linux-x64-glibc/deno"
+
+// FindDeno locates the deno binary: an explicit path, then next to the spry
+// binary (bin/spry -> ../runtimes/...), then in the working directory or
+// one of its parents, then $PATH.
+func FindDeno(explicit string) (string, error) {
+	if explicit != "" {
+		if _, err := os.Stat(explicit); err != nil {
+			return "", fmt.Errorf("deno binary: %w", err)
+		}
+		return explicit, nil
+	}
+	var candidates []string
+	if exe, err := os.Executable(); err == nil {
+		dir := filepath.Dir(exe)
+		candidates = append(candidates, filepath.Join(dir, "..", DenoBinaryPath), filepath.Join(dir, DenoBinaryPath))
+	}
+	// Walk up from the working directory, so tests run in a package
+	// directory find the project's runtimes.
+	if wd, err := os.Getwd(); err == nil {
+		for dir := wd; ; dir = filepath.Dir(dir) {
+			candidates = append(candidates, filepath.Join(dir, DenoBinaryPath))
+			if dir == filepath.Dir(dir) {
+				break
+			}
+		}
+	}
+	for _, c := range candidates {
+		if fi, err := os.Stat(c); err == nil && fi.Mode().IsRegular() {
+			return filepath.Clean(c), nil
+		}
+	}
+	if p, err := exec.LookPath("deno"); err == nil {
+		return p, nil
+	}
+	return "", errors.New("deno not found: run `make build` (installs the pinned Deno from npm into runtimes/) or pass --deno")
+}
+
+// NewDeno prepares the Deno runtime: it writes the bootstrap into dir (a
+// directory the server owns) and reads the binary's version.
+func NewDeno(binary, dir string) (*Deno, error) {
+	out, err := exec.Command(binary, "--version").Output()
+	if err != nil {
+		return nil, fmt.Errorf("run %s --version: %w", binary, err)
+	}
+	version := strings.TrimPrefix(strings.Fields(string(out) + " ")[1], "v")
+	boot := filepath.Join(dir, "deno-bootstrap.js")
+	if err := os.WriteFile(boot, denoBootstrap, 0o644); err != nil {
+		return nil, err
+	}
+	return &Deno{Binary: binary, bootstrap: boot, Version: version}, nil
+}
+
+// Name is the runtime's name as users give it (--runtime deno).
+func (d *Deno) Name() string { return "deno" }
+
+// Launch returns how to start a generic Deno instance whose V8 heap fits in
+// memoryMiB.
+func (d *Deno) Launch(memoryMiB int) Launch {
+	heap := memoryMiB * 3 / 4
+	if heap < 16 {
+		heap = 16
+	}
+	return Launch{
+		Program: "/spry/deno",
+		Args: []string{
+			"run",
+			"--no-prompt", "--no-config", "--no-lock", "--cached-only",
+			fmt.Sprintf("--v8-flags=--max-old-space-size=%d", heap),
+			"--allow-net",
+			"--allow-read=" + CodeDir + "," + SocketDir + ",/tmp",
+			"--allow-write=" + SocketDir + ",/tmp",
+			"/spry/bootstrap.js",
+		},
+		Env: []string{
+			"HOME=/tmp",
+			"DENO_DIR=/tmp/.deno",
+			"DENO_NO_UPDATE_CHECK=1",
+			"NO_COLOR=1",
+			"TZ=UTC",
+		},
+		Mounts: []sandbox.Mount{
+			{Source: d.Binary, Dest: "/spry/deno"},
+			{Source: d.bootstrap, Dest: "/spry/bootstrap.js"},
+		},
+	}
+}

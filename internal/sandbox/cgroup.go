@@ -1,0 +1,275 @@
+package sandbox
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	cgv3 "github.com/containerd/cgroups/v3"
+	"github.com/containerd/cgroups/v3/cgroup1"
+	"github.com/containerd/cgroups/v3/cgroup2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+const cgroupRoot = "/sys/fs/cgroup"
+
+// Resources are the cgroup limits of one instance.
+type Resources struct {
+	MemoryBytes int64 // hard limit, swap included
+	Pids        int64 // processes and threads
+	CPUShares   uint64
+	CPUQuotaUs  int64 // per 100ms period; 0 means unlimited
+}
+
+// cgroups creates and removes instance cgroups under one parent, named for
+// the server, so that a restarted server can find and kill what a killed
+// one left behind. v1 (and hybrid, whose controllers are v1) and v2 unified
+// hosts are both handled through containerd's cgroups library.
+type cgroups struct {
+	v2     bool
+	parent string // e.g. "spry/3f2a9c" (v2: relative to the root; v1: nested in ours)
+}
+
+func newCgroups(parent string) (*cgroups, error) {
+	switch cgv3.Mode() {
+	case cgv3.Unified:
+		return &cgroups{v2: true, parent: parent}, nil
+	case cgv3.Legacy, cgv3.Hybrid:
+		return &cgroups{parent: parent}, nil
+	default:
+		return nil, errors.New("no cgroup filesystem mounted at /sys/fs/cgroup")
+	}
+}
+
+// v1Hierarchy limits the library to the controllers we use, so that a host
+// missing an unrelated controller does not stop us.
+func v1Hierarchy() ([]cgroup1.Subsystem, error) {
+	return []cgroup1.Subsystem{
+		cgroup1.NewMemory(cgroupRoot),
+		cgroup1.NewPids(cgroupRoot),
+		cgroup1.NewCpu(cgroupRoot),
+		cgroup1.NewFreezer(cgroupRoot),
+	}, nil
+}
+
+var v1Names = []cgroup1.Name{cgroup1.Memory, cgroup1.Pids, cgroup1.Cpu, cgroup1.Freezer}
+
+func (r Resources) spec() *specs.LinuxResources {
+	lr := &specs.LinuxResources{}
+	if r.MemoryBytes > 0 {
+		m := r.MemoryBytes
+		lr.Memory = &specs.LinuxMemory{Limit: &m}
+	}
+	if r.Pids > 0 {
+		p := r.Pids
+		lr.Pids = &specs.LinuxPids{Limit: &p}
+	}
+	cpu := &specs.LinuxCPU{}
+	if r.CPUShares > 0 {
+		s := r.CPUShares
+		cpu.Shares = &s
+	}
+	if r.CPUQuotaUs > 0 {
+		q, p := r.CPUQuotaUs, uint64(100000)
+		cpu.Quota, cpu.Period = &q, &p
+	}
+	lr.CPU = cpu
+	return lr
+}
+
+// group is one instance's cgroup.
+type group struct {
+	v1   cgroup1.Cgroup
+	v2   *cgroup2.Manager
+	dirs []string // one per hierarchy; cgroup.procs lives in each
+}
+
+func (c *cgroups) create(name string, r Resources) (*group, error) {
+	rel := filepath.Join(c.parent, name)
+	if c.v2 {
+		m, err := cgroup2.NewManager(cgroupRoot, "/"+rel, cgroup2.ToResources(r.spec()))
+		if err != nil {
+			return nil, fmt.Errorf("create cgroup %s: %w", rel, err)
+		}
+		return &group{v2: m, dirs: []string{filepath.Join(cgroupRoot, rel)}}, nil
+	}
+	path := cgroup1.NestedPath(rel)
+	cg, err := cgroup1.New(path, r.spec(), cgroup1.WithHierarchy(v1Hierarchy))
+	if err != nil {
+		return nil, fmt.Errorf("create cgroup %s: %w", rel, err)
+	}
+	g := &group{v1: cg}
+	for _, n := range v1Names {
+		p, err := path(n)
+		if err != nil {
+			continue
+		}
+		g.dirs = append(g.dirs, filepath.Join(cgroupRoot, string(n), p))
+	}
+	return g, nil
+}
+
+// procsFiles are the files the instance's first process writes itself into.
+func (g *group) procsFiles() []string {
+	out := make([]string, len(g.dirs))
+	for i, d := range g.dirs {
+		out[i] = filepath.Join(d, "cgroup.procs")
+	}
+	return out
+}
+
+// setMemory changes the memory limit, for a pooled instance specialized to
+// a function with a different limit.
+func (g *group) setMemory(bytes int64) error {
+	r := Resources{MemoryBytes: bytes}.spec()
+	r.CPU = nil
+	if g.v2 != nil {
+		return g.v2.Update(cgroup2.ToResources(r))
+	}
+	return g.v1.Update(r)
+}
+
+// oomKills reports how many processes the kernel's OOM killer has killed in
+// this cgroup.
+func (g *group) oomKills() uint64 {
+	var file, key string
+	if g.v2 != nil {
+		file, key = filepath.Join(g.dirs[0], "memory.events"), "oom_kill"
+	} else {
+		file, key = filepath.Join(g.dirs[0], "memory.oom_control"), "oom_kill"
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 2 && f[0] == key {
+			n, _ := strconv.ParseUint(f[1], 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// memoryPeak is the most memory the instance used, for logs and metrics.
+func (g *group) memoryPeak() uint64 {
+	name := "memory.max_usage_in_bytes"
+	if g.v2 != nil {
+		name = "memory.peak"
+	}
+	b, err := os.ReadFile(filepath.Join(g.dirs[0], name))
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	return n
+}
+
+// destroy kills whatever is still in the cgroup and removes it.
+func (g *group) destroy() error {
+	if g.v2 != nil {
+		_ = g.v2.Kill()
+		return g.v2.Delete()
+	}
+	killV1(g.dirs)
+	return g.v1.Delete()
+}
+
+// killV1 kills every process in the given v1 cgroup directories. Freezing
+// first (when the freezer is among them) stops a fork bomb from outrunning us.
+func killV1(dirs []string) {
+	var freezer string
+	for _, d := range dirs {
+		if strings.Contains(d, "/freezer/") {
+			freezer = d
+		}
+	}
+	if freezer != "" {
+		_ = os.WriteFile(filepath.Join(freezer, "freezer.state"), []byte("FROZEN"), 0)
+	}
+	for _, d := range dirs {
+		for _, pid := range readPids(d) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	if freezer != "" {
+		_ = os.WriteFile(filepath.Join(freezer, "freezer.state"), []byte("THAWED"), 0)
+	}
+}
+
+func readPids(dir string) []int {
+	var pids []int
+	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || d.Name() != "cgroup.procs" {
+			return nil
+		}
+		b, _ := os.ReadFile(p)
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil && pid > 0 {
+				pids = append(pids, pid)
+			}
+		}
+		return nil
+	})
+	return pids
+}
+
+// sweep kills every process left in cgroups under the parent (by a server
+// that was killed) and removes the cgroups. It returns how many processes it
+// killed.
+func (c *cgroups) sweep() int {
+	var dirs []string
+	if c.v2 {
+		dirs = []string{filepath.Join(cgroupRoot, c.parent)}
+	} else {
+		path := cgroup1.NestedPath(c.parent)
+		for _, n := range v1Names {
+			if p, err := path(n); err == nil {
+				dirs = append(dirs, filepath.Join(cgroupRoot, string(n), p))
+			}
+		}
+	}
+	killed := 0
+	for i := 0; i < 10; i++ {
+		n := 0
+		for _, d := range dirs {
+			n += len(readPids(d))
+		}
+		if n == 0 {
+			break
+		}
+		killed += n
+		if c.v2 {
+			for _, d := range dirs {
+				_ = os.WriteFile(filepath.Join(d, "cgroup.kill"), []byte("1"), 0)
+			}
+		}
+		killV1(dirs)
+		// Let the kernel reap before removing directories.
+		waitBriefly()
+	}
+	for _, d := range dirs {
+		removeTree(d)
+	}
+	return killed
+}
+
+// removeTree removes cgroup directories bottom-up (cgroupfs only allows
+// rmdir of empty groups, never unlink of their files).
+func removeTree(dir string) {
+	var all []string
+	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			all = append(all, p)
+		}
+		return nil
+	})
+	for i := len(all) - 1; i >= 0; i-- {
+		_ = syscall.Rmdir(all[i])
+	}
+}

@@ -1,0 +1,234 @@
+package sandbox
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Mount makes a host path visible inside the sandbox. The host path is
+// opened by the (privileged) server and handed to bubblewrap as a file
+// descriptor, so the sandbox's unprivileged uid needs no access to the
+// path's parent directories.
+type Mount struct {
+	Source   string // host path
+	Dest     string // path inside the sandbox
+	Writable bool
+}
+
+// Spec describes one sandboxed process.
+type Spec struct {
+	Name      string   // unique among live sandboxes; names the cgroup
+	Program   string   // path inside the sandbox
+	Args      []string // arguments after Program
+	Env       []string // the complete environment inside ("K=V")
+	Mounts    []Mount
+	UID       int // host uid (and gid) the sandbox runs as; unprivileged
+	Resources Resources
+	TmpBytes  int64 // size of the private /tmp
+	NoFiles   uint64
+}
+
+// Config is the sandbox's host-wide setup, resolved once at start.
+type Config struct {
+	// Bwrap is the bubblewrap binary.
+	Bwrap string
+	// Self is the spry binary that runs the __sandbox-exec step.
+	Self string
+	// CgroupParent names this server's cgroup subtree, e.g. "spry/3f2a9c".
+	CgroupParent string
+	// SystemLibs are host files (shared libraries) the runtime needs,
+	// bound read-only at the same path.
+	SystemLibs []string
+}
+
+// Sandbox builds sandboxed commands.
+type Sandbox struct {
+	cfg     Config
+	cgroups *cgroups
+}
+
+// New checks the host can run sandboxes and returns a Sandbox.
+func New(cfg Config) (*Sandbox, error) {
+	if cfg.Bwrap == "" {
+		p, err := exec.LookPath("bwrap")
+		if err != nil {
+			return nil, errors.New("bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
+		}
+		cfg.Bwrap = p
+	}
+	if cfg.Self == "" {
+		cfg.Self = "/proc/self/exe"
+	}
+	cg, err := newCgroups(cfg.CgroupParent)
+	if err != nil {
+		return nil, err
+	}
+	return &Sandbox{cfg: cfg, cgroups: cg}, nil
+}
+
+// Sweep kills and removes whatever a previous run of this server left
+// behind (after a kill -9). It returns the number of processes killed.
+func (s *Sandbox) Sweep() int { return s.cgroups.sweep() }
+
+// Cmd is a built, not yet started, sandboxed command. The caller sets
+// Stdin/Stdout/Stderr on Cmd.Cmd, starts it, waits for it, and then calls
+// Cleanup exactly once.
+type Cmd struct {
+	*exec.Cmd
+	group   *group
+	fds     []*os.File
+	once    sync.Once
+	oomBase uint64
+}
+
+// Command builds the command for spec. It creates the cgroup and opens the
+// mount sources; Cleanup releases them.
+func (s *Sandbox) Command(spec Spec) (*Cmd, error) {
+	if spec.UID <= 0 {
+		return nil, fmt.Errorf("sandbox %s: refusing to run as uid %d", spec.Name, spec.UID)
+	}
+	g, err := s.cgroups.create(spec.Name, spec.Resources)
+	if err != nil {
+		return nil, err
+	}
+	c := &Cmd{group: g}
+	ok := false
+	defer func() {
+		if !ok {
+			c.Cleanup()
+		}
+	}()
+
+	// Mount sources become fds 3, 4, ... in the exec step and in bwrap.
+	bw := []string{
+		"--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+		"--unshare-cgroup-try", "--unshare-net",
+		"--uid", "65534", "--gid", "65534",
+		"--disable-userns",
+		"--die-with-parent", "--new-session",
+		"--hostname", "spry",
+		"--clearenv",
+	}
+	for _, e := range spec.Env {
+		k, v, _ := cut(e)
+		bw = append(bw, "--setenv", k, v)
+	}
+	for _, lib := range s.cfg.SystemLibs {
+		bw = append(bw, "--ro-bind", lib, lib)
+	}
+	for _, m := range spec.Mounts {
+		f, err := os.OpenFile(m.Source, unix.O_PATH|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, fmt.Errorf("sandbox %s: mount source: %w", spec.Name, err)
+		}
+		c.fds = append(c.fds, f)
+		fd := strconv.Itoa(2 + len(c.fds))
+		flag := "--ro-bind-fd"
+		if m.Writable {
+			flag = "--bind-fd"
+		}
+		bw = append(bw, flag, fd, m.Dest)
+	}
+	bw = append(bw, "--proc", "/proc", "--dev", "/dev")
+	if spec.TmpBytes > 0 {
+		bw = append(bw, "--size", strconv.FormatInt(spec.TmpBytes, 10))
+	}
+	bw = append(bw, "--tmpfs", "/tmp", "--chdir", "/tmp", "--remount-ro", "/")
+	bw = append(bw, "--", spec.Program)
+	bw = append(bw, spec.Args...)
+
+	args := []string{ExecCommand, "--uid", strconv.Itoa(spec.UID)}
+	for _, p := range g.procsFiles() {
+		args = append(args, "--cgroup", p)
+	}
+	if spec.NoFiles > 0 {
+		args = append(args, "--nofile", strconv.FormatUint(spec.NoFiles, 10))
+	}
+	args = append(args, "--", s.cfg.Bwrap)
+	args = append(args, bw...)
+
+	cmd := exec.Command(s.cfg.Self, args...)
+	cmd.Env = []string{}
+	cmd.ExtraFiles = c.fds
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		// The exec step re-arms this after dropping privileges (a uid
+		// change clears it); here it covers the moment before that.
+		Pdeathsig: syscall.SIGKILL,
+		Setpgid:   true,
+	}
+	c.Cmd = cmd
+	c.oomBase = g.oomKills()
+	ok = true
+	return c, nil
+}
+
+// SetMemory changes the instance's memory limit.
+func (c *Cmd) SetMemory(bytes int64) error { return c.group.setMemory(bytes) }
+
+// OOMKilled reports whether the kernel's OOM killer killed a process of
+// this sandbox. Call it after Wait and before Cleanup.
+func (c *Cmd) OOMKilled() bool { return c.group.oomKills() > c.oomBase }
+
+// MemoryPeak is the most memory the sandbox used, in bytes.
+func (c *Cmd) MemoryPeak() uint64 { return c.group.memoryPeak() }
+
+// CloseFiles closes the server's copies of the mount fds; call it once the
+// command has started (the child has its own copies).
+func (c *Cmd) CloseFiles() {
+	for _, f := range c.fds {
+		f.Close()
+	}
+	c.fds = nil
+}
+
+// Cleanup kills anything left in the sandbox's cgroup and removes it.
+func (c *Cmd) Cleanup() {
+	c.once.Do(func() {
+		c.CloseFiles()
+		for i := 0; i < 50; i++ {
+			if err := c.group.destroy(); err == nil {
+				return
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	})
+}
+
+func cut(e string) (string, string, bool) {
+	for i := 0; i < len(e); i++ {
+		if e[i] == '=' {
+			return e[:i], e[i+1:], true
+		}
+	}
+	return e, "", false
+}
+
+func waitBriefly() { time.Sleep(20 * time.Millisecond) }
+
+// SharedLibs returns the shared libraries an ELF binary needs (its
+// interpreter and DT_NEEDED entries, resolved in the standard directories),
+// so the sandbox can bind exactly those instead of the host's /lib.
+func SharedLibs(binary string) ([]string, error) {
+	return sharedLibs(binary, map[string]bool{})
+}
+
+var libDirs = []string{"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib", "/lib/aarch64-linux-gnu", "/usr/lib/aarch64-linux-gnu"}
+
+func resolveLib(name string) string {
+	for _, d := range libDirs {
+		p := filepath.Join(d, name)
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return ""
+}

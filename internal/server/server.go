@@ -1,0 +1,313 @@
+// Package server assembles `spry serve`: the store, the sandbox and local
+// backend, the activator, the functions service, the management API and
+// the router, behind one HTTP listener; and it shuts them down in order.
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/spry-run/spry/internal/activator"
+	"github.com/spry-run/spry/internal/api"
+	"github.com/spry-run/spry/internal/auth"
+	"github.com/spry-run/spry/internal/backend"
+	"github.com/spry-run/spry/internal/backend/local"
+	"github.com/spry-run/spry/internal/blob"
+	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/functions"
+	"github.com/spry-run/spry/internal/router"
+	"github.com/spry-run/spry/internal/runtime"
+	"github.com/spry-run/spry/internal/sandbox"
+	"github.com/spry-run/spry/internal/store"
+	"github.com/spry-run/spry/internal/store/sqlite"
+)
+
+// Config is everything `spry serve` is told, resolved once.
+type Config struct {
+	Listen           string
+	DataDir          string
+	RunDir           string // "" means /run/spry/<hash of DataDir>
+	PublicURL        string
+	ScaleToZeroAfter time.Duration
+	Timeout          time.Duration // per invocation
+	MaxCodeBytes     int64
+	PoolSize         int
+	DefaultMemoryMiB int
+	DenoBinary       string
+	UIDBase          int
+	ShutdownTimeout  time.Duration
+}
+
+// Server is a running Spry.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	lock  *os.File
+	store *sqlite.Store
+	back  *local.Backend
+	act   *activator.Activator
+	fns   *functions.Service
+	http  *http.Server
+	ln    net.Listener
+	ready atomic.Bool
+	stop  context.CancelFunc
+	bg    chan struct{}
+}
+
+// New prepares a server: it opens (or initialises) the data directory,
+// cleans up after a previous run that was killed, and starts the warm pool.
+// It does not listen yet.
+func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err error) {
+	s := &Server{cfg: cfg, log: log, bg: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			s.closeAll()
+		}
+	}()
+	dataDir, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	if s.lock, err = lockDir(dataDir); err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256([]byte(dataDir))
+	id := hex.EncodeToString(sum[:6])
+	runDir := cfg.RunDir
+	if runDir == "" {
+		runDir = filepath.Join("/run/spry", id)
+	}
+	if err := sandbox.MkdirReachable(runDir); err != nil {
+		return nil, fmt.Errorf("run dir: %w", err)
+	}
+
+	s.store, err = sqlite.Open(ctx, filepath.Join(dataDir, "spry.db"))
+	if err != nil {
+		return nil, err
+	}
+	blobs, err := blob.Open(filepath.Join(dataDir, "blobs"))
+	if err != nil {
+		return nil, err
+	}
+
+	denoPath, err := runtime.FindDeno(cfg.DenoBinary)
+	if err != nil {
+		return nil, err
+	}
+	libs, err := sandbox.SharedLibs(denoPath)
+	if err != nil {
+		return nil, err
+	}
+	if denoPath, err = sandbox.Expose(denoPath, "/var/lib/spry/runtimes"); err != nil {
+		return nil, fmt.Errorf("make the deno binary reachable from sandboxes: %w", err)
+	}
+	deno, err := runtime.NewDeno(denoPath, runDir)
+	if err != nil {
+		return nil, err
+	}
+	sb, err := sandbox.New(sandbox.Config{CgroupParent: "spry/" + id, SystemLibs: libs})
+	if err != nil {
+		return nil, err
+	}
+	s.back, err = local.New(local.Config{
+		RunDir:           runDir,
+		Sandbox:          sb,
+		Runtimes:         []local.Runtime{deno},
+		Blobs:            blobs,
+		Logs:             &logSink{log: log},
+		Logger:           log,
+		PoolSize:         cfg.PoolSize,
+		DefaultMemoryMiB: cfg.DefaultMemoryMiB,
+		UIDBase:          cfg.UIDBase,
+		Pids:             256,
+		TmpBytes:         64 << 20,
+		NoFiles:          1024,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.act = activator.New(s.back, activator.Config{ScaleToZeroAfter: cfg.ScaleToZeroAfter, Logger: log})
+	s.fns = functions.New(s.store, blobs, s.act, functions.Config{
+		MaxCodeBytes:     cfg.MaxCodeBytes,
+		DefaultRuntime:   deno.Name(),
+		Runtimes:         []string{deno.Name()},
+		DefaultMemoryMiB: cfg.DefaultMemoryMiB,
+		Logger:           log,
+	})
+	authn := auth.New(s.store, nil)
+	if err := s.bootstrapAdmin(ctx, authn, dataDir); err != nil {
+		return nil, err
+	}
+	apiH := api.New(s.fns, authn, s.store, s.store, s.act, api.Config{
+		MaxCodeBytes: cfg.MaxCodeBytes,
+		PublicURL:    cfg.PublicURL,
+		Logger:       log,
+	}).Handler()
+	rt := router.New(s.fns, s.act, router.Config{Timeout: cfg.Timeout, Logger: log})
+
+	mux := http.NewServeMux()
+	mux.Handle(router.Prefix, rt)
+	mux.Handle("/api/", apiH)
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"status":"ok"}` + "\n"))
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if !s.ready.Load() {
+			errdefs.WriteHTTP(w, errdefs.New(errdefs.ErrUnavailable, "not ready"))
+			return
+		}
+		_, _ = w.Write([]byte(`{"status":"ready"}` + "\n"))
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		errdefs.WriteHTTP(w, errdefs.New(errdefs.ErrNotFound, "nothing at %s: functions are under /fn/<owner>/<name>/, the API under /api/v1/", r.URL.Path))
+	})
+	s.http = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	return s, nil
+}
+
+// lockDir takes an exclusive lock on the data dir, so two servers never
+// share one.
+func lockDir(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, "spry.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("another spry serve is using %s", dir)
+	}
+	return f, nil
+}
+
+// AdminTokenFile is where the first start writes the admin's token.
+const AdminTokenFile = "admin.token"
+
+func (s *Server) bootstrapAdmin(ctx context.Context, authn *auth.Service, dataDir string) error {
+	users, err := s.store.ListUsers(ctx)
+	if err != nil {
+		return err
+	}
+	if len(users) > 0 {
+		return nil
+	}
+	if err := s.store.CreateUser(ctx, store.User{Name: "admin", Admin: true, CreatedAt: time.Now()}); err != nil {
+		return err
+	}
+	tok, _, err := authn.IssueToken(ctx, "admin", "created at first start")
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(dataDir, AdminTokenFile)
+	if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
+		return err
+	}
+	s.log.Info("created the admin user; its API token is in "+path, "path", path)
+	return nil
+}
+
+// Listen binds the listener; Addr is valid after it.
+func (s *Server) Listen() error {
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return err
+	}
+	s.ln = ln
+	return nil
+}
+
+// Addr is the address the server listens on.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// Run serves until ctx ends, then shuts down gracefully: it stops taking
+// new connections, lets in-flight requests finish (up to ShutdownTimeout),
+// stops every instance and flushes state.
+func (s *Server) Run(ctx context.Context) error {
+	if s.ln == nil {
+		if err := s.Listen(); err != nil {
+			return err
+		}
+	}
+	bgCtx, stop := context.WithCancel(context.Background())
+	s.stop = stop
+	go func() {
+		defer close(s.bg)
+		done := make(chan struct{})
+		go func() { s.fns.RunFlusher(bgCtx, 10*time.Second); close(done) }()
+		interval := s.cfg.ScaleToZeroAfter / 10
+		interval = max(min(interval, time.Second), 10*time.Millisecond)
+		s.act.Run(bgCtx, interval)
+		<-done
+	}()
+	errc := make(chan error, 1)
+	go func() { errc <- s.http.Serve(s.ln) }()
+	s.ready.Store(true)
+	s.log.Info("spry is serving", "addr", s.Addr(), "data", s.cfg.DataDir)
+
+	select {
+	case err := <-errc:
+		s.closeAll()
+		return err
+	case <-ctx.Done():
+	}
+	s.log.Info("shutting down")
+	s.ready.Store(false)
+	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer cancel()
+	err := s.http.Shutdown(sctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		s.log.Warn("in-flight requests did not finish in time", "timeout", s.cfg.ShutdownTimeout)
+		s.http.Close()
+		err = nil
+	}
+	s.closeAll()
+	return err
+}
+
+// closeAll stops what New started, in dependency order.
+func (s *Server) closeAll() {
+	if s.stop != nil {
+		s.stop()
+		<-s.bg
+	}
+	if s.back != nil {
+		s.back.Close()
+	}
+	if s.act != nil {
+		s.act.Close()
+	}
+	if s.store != nil {
+		s.store.Close()
+	}
+	if s.lock != nil {
+		s.lock.Close()
+	}
+}
+
+// logSink sends instance output to the server log for now.
+type logSink struct{ log *slog.Logger }
+
+func (l *logSink) InstanceOutput(spec *backend.Spec, instance, stream string, line []byte) {
+	l.log.Info("function output", "owner", spec.Owner, "function", spec.Name, "version", spec.Version, "instance", instance, "stream", stream, "line", string(line))
+}

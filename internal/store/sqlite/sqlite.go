@@ -1,0 +1,599 @@
+// Package sqlite implements store.Store on a single SQLite database file, so
+// that a one-node Spry needs no database server. It uses the pure-Go driver
+// modernc.org/sqlite, which keeps Spry buildable without cgo.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/store"
+)
+
+// busyTimeout bounds how long a statement waits for another connection's
+// write lock. Writes here hold it for milliseconds, so reaching it means
+// something is wrong rather than merely busy.
+const busyTimeout = 10 * time.Second
+
+// migrations are applied in order, each in the same transaction as the
+// PRAGMA user_version bump that records it. Only ever append: a database's
+// user_version is the number of entries it has already applied.
+var migrations = []string{
+	// 1: initial schema. Times are Unix milliseconds; NULL is the zero time.
+	`
+CREATE TABLE users (
+	name       TEXT PRIMARY KEY,
+	admin      INTEGER NOT NULL DEFAULT 0,
+	created_at INTEGER
+) STRICT;
+
+CREATE TABLE tokens (
+	id         TEXT PRIMARY KEY,
+	user_name  TEXT NOT NULL REFERENCES users (name) ON DELETE CASCADE,
+	hash       BLOB NOT NULL,
+	name       TEXT NOT NULL,
+	created_at INTEGER,
+	revoked_at INTEGER
+) STRICT;
+
+-- Serves ListTokens and the ON DELETE CASCADE from users.
+CREATE INDEX tokens_by_user ON tokens (user_name, created_at);
+
+CREATE TABLE functions (
+	owner           TEXT NOT NULL,
+	name            TEXT NOT NULL,
+	id              TEXT NOT NULL UNIQUE,
+	live_version    INTEGER NOT NULL,
+	created_at      INTEGER,
+	updated_at      INTEGER,
+	last_invoked_at INTEGER,
+	PRIMARY KEY (owner, name)
+) STRICT;
+
+CREATE TABLE versions (
+	owner      TEXT NOT NULL,
+	name       TEXT NOT NULL,
+	number     INTEGER NOT NULL,
+	digest     TEXT NOT NULL,
+	size       INTEGER NOT NULL,
+	config     TEXT NOT NULL,
+	created_at INTEGER,
+	created_by TEXT NOT NULL,
+	PRIMARY KEY (owner, name, number),
+	FOREIGN KEY (owner, name) REFERENCES functions (owner, name) ON DELETE CASCADE
+) STRICT;
+
+-- Serves Digests, which the blob garbage collector calls.
+CREATE INDEX versions_by_digest ON versions (digest);
+`,
+}
+
+// Store is a store.Store kept in one SQLite database file. It is safe for
+// concurrent use, also by several processes sharing the file.
+type Store struct {
+	db *sql.DB
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Open opens the database at path, creating it if needed, and brings its
+// schema up to date.
+func Open(ctx context.Context, path string) (*Store, error) {
+	if path == "" {
+		return nil, errdefs.Invalid("sqlite: database path is empty")
+	}
+	// SQLite would create the file world-readable, and it holds token
+	// hashes. Creating it first fixes its mode; SQLite gives the -wal and
+	// -shm files the mode of the database file.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return nil, fmt.Errorf("sqlite: %w", err)
+	}
+
+	db, err := sql.Open("sqlite", dsn(path))
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	s := &Store{db: db}
+	if err := s.init(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// dsn builds the driver's connection string. The pragmas in it are
+// per-connection, so the driver must run them on every connection the pool
+// opens rather than once.
+func dsn(path string) string {
+	q := url.Values{}
+	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyTimeout.Milliseconds()))
+	q.Add("_pragma", "foreign_keys(1)")
+	// NORMAL is durable across application crashes in WAL mode; only a power
+	// loss can drop the last commits, and never corrupts the file.
+	q.Add("_pragma", "synchronous(NORMAL)")
+	// A deferred transaction that reads and then writes fails at once with
+	// SQLITE_BUSY, without waiting, if another connection wrote in between.
+	// Taking the write lock at BEGIN makes writers queue under busy_timeout.
+	q.Set("_txlock", "immediate")
+	// A file: URI, with the path escaped, so that a '?' or '#' in the path
+	// is not taken for the start of the parameters.
+	return "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
+}
+
+func (s *Store) init(ctx context.Context) error {
+	// journal_mode is a property of the file, so setting it once suffices.
+	// WAL lets readers proceed while a writer commits.
+	var mode string
+	if err := s.db.QueryRowContext(ctx, "PRAGMA journal_mode = WAL").Scan(&mode); err != nil {
+		return fmt.Errorf("set journal mode: %w", err)
+	}
+	if !strings.EqualFold(mode, "wal") {
+		return fmt.Errorf("set journal mode: got %q, want wal", mode)
+	}
+	return s.migrate(ctx)
+}
+
+func (s *Store) migrate(ctx context.Context) error {
+	// The transaction is immediate, so two processes opening a new file at
+	// once cannot both apply the same migration.
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	defer tx.Rollback()
+
+	var v int
+	if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
+		return fmt.Errorf("migrate: read schema version: %w", err)
+	}
+	if v > len(migrations) {
+		return fmt.Errorf("migrate: database schema version %d is newer than this program's (%d)", v, len(migrations))
+	}
+	if v == len(migrations) {
+		return nil
+	}
+	for i := v; i < len(migrations); i++ {
+		if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
+			return fmt.Errorf("migrate to schema version %d: %w", i+1, err)
+		}
+	}
+	// PRAGMA takes no bound parameters.
+	if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", len(migrations))); err != nil {
+		return fmt.Errorf("migrate: set schema version: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	return nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error {
+	return s.db.Close()
+}
+
+// errorf gives a driver error its errdefs class and names the resource it
+// concerns. Errors without a class keep the driver error in their chain for
+// logs; errdefs keeps their text from clients.
+func errorf(ctx context.Context, err error, format string, args ...any) error {
+	what := fmt.Sprintf(format, args...)
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("%s: %w", what, errdefs.ErrNotFound)
+	}
+	if ctx.Err() != nil {
+		// The driver reports an interrupted statement in its own words;
+		// callers should see why it was interrupted.
+		return fmt.Errorf("%s: %w", what, ctx.Err())
+	}
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		switch se.Code() {
+		case sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY, sqlite3.SQLITE_CONSTRAINT_UNIQUE:
+			return fmt.Errorf("%s: %w", what, errdefs.ErrAlreadyExists)
+		}
+		switch se.Code() & 0xff {
+		case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED:
+			return fmt.Errorf("%s: database is busy: %w", what, errdefs.ErrUnavailable)
+		}
+	}
+	return fmt.Errorf("sqlite: %s: %w", what, err)
+}
+
+func isConstraint(err error, code int) bool {
+	var se *sqlite.Error
+	return errors.As(err, &se) && se.Code() == code
+}
+
+// millis is how times are stored: Unix milliseconds, and NULL for the zero
+// time, which has no meaningful Unix representation.
+func millis(t time.Time) any {
+	if t.IsZero() {
+		return nil
+	}
+	return t.UnixMilli()
+}
+
+// msTime scans a column written by millis.
+type msTime struct{ t *time.Time }
+
+func (m msTime) Scan(src any) error {
+	switch v := src.(type) {
+	case nil:
+		*m.t = time.Time{}
+	case int64:
+		*m.t = time.UnixMilli(v).UTC()
+	default:
+		return fmt.Errorf("time column holds %T, want INTEGER", src)
+	}
+	return nil
+}
+
+type scanner interface{ Scan(dest ...any) error }
+
+func fnName(owner, name string) string { return owner + "/" + name }
+
+// Users
+
+func (s *Store) CreateUser(ctx context.Context, u store.User) error {
+	_, err := s.db.ExecContext(ctx,
+		`INSERT INTO users (name, admin, created_at) VALUES (?, ?, ?)`,
+		u.Name, u.Admin, millis(u.CreatedAt))
+	if err != nil {
+		return errorf(ctx, err, "user %q", u.Name)
+	}
+	return nil
+}
+
+const userColumns = `name, admin, created_at`
+
+func scanUser(sc scanner) (store.User, error) {
+	var u store.User
+	err := sc.Scan(&u.Name, &u.Admin, msTime{&u.CreatedAt})
+	return u, err
+}
+
+func (s *Store) GetUser(ctx context.Context, name string) (store.User, error) {
+	u, err := scanUser(s.db.QueryRowContext(ctx,
+		`SELECT `+userColumns+` FROM users WHERE name = ?`, name))
+	if err != nil {
+		return store.User{}, errorf(ctx, err, "user %q", name)
+	}
+	return u, nil
+}
+
+func (s *Store) ListUsers(ctx context.Context) ([]store.User, error) {
+	users, err := list(ctx, s.db, scanUser,
+		`SELECT `+userColumns+` FROM users ORDER BY name`)
+	if err != nil {
+		return nil, errorf(ctx, err, "list users")
+	}
+	return users, nil
+}
+
+func (s *Store) DeleteUser(ctx context.Context, name string) error {
+	// Tokens go by ON DELETE CASCADE, in the same statement.
+	res, err := s.db.ExecContext(ctx, `DELETE FROM users WHERE name = ?`, name)
+	return affected(ctx, res, err, "user %q", name)
+}
+
+// Tokens
+
+func (s *Store) CreateToken(ctx context.Context, t store.Token) error {
+	hash := t.Hash
+	if hash == nil {
+		hash = []byte{} // NULL is not a hash
+	}
+	_, err := s.db.ExecContext(ctx,
+		`INSERT INTO tokens (id, user_name, hash, name, created_at, revoked_at)
+		 VALUES (?, ?, ?, ?, ?, ?)`,
+		t.ID, t.User, hash, t.Name, millis(t.CreatedAt), millis(t.RevokedAt))
+	if isConstraint(err, sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY) {
+		return fmt.Errorf("token %q: user %q: %w", t.ID, t.User, errdefs.ErrNotFound)
+	}
+	if err != nil {
+		return errorf(ctx, err, "token %q", t.ID)
+	}
+	return nil
+}
+
+const tokenColumns = `id, user_name, hash, name, created_at, revoked_at`
+
+func scanToken(sc scanner) (store.Token, error) {
+	var t store.Token
+	err := sc.Scan(&t.ID, &t.User, &t.Hash, &t.Name, msTime{&t.CreatedAt}, msTime{&t.RevokedAt})
+	return t, err
+}
+
+func (s *Store) GetToken(ctx context.Context, id string) (store.Token, error) {
+	t, err := scanToken(s.db.QueryRowContext(ctx,
+		`SELECT `+tokenColumns+` FROM tokens WHERE id = ?`, id))
+	if err != nil {
+		return store.Token{}, errorf(ctx, err, "token %q", id)
+	}
+	return t, nil
+}
+
+func (s *Store) ListTokens(ctx context.Context, user string) ([]store.Token, error) {
+	tokens, err := list(ctx, s.db, scanToken,
+		`SELECT `+tokenColumns+` FROM tokens WHERE user_name = ? ORDER BY created_at, id`, user)
+	if err != nil {
+		return nil, errorf(ctx, err, "list tokens of user %q", user)
+	}
+	return tokens, nil
+}
+
+func (s *Store) RevokeToken(ctx context.Context, id string, at time.Time) error {
+	res, err := s.db.ExecContext(ctx,
+		`UPDATE tokens SET revoked_at = ? WHERE id = ?`, millis(at), id)
+	return affected(ctx, res, err, "token %q", id)
+}
+
+// Functions
+
+func (s *Store) Deploy(ctx context.Context, id string, v store.Version) (store.Version, error) {
+	name := fnName(v.Owner, v.Name)
+	config, err := json.Marshal(v.Config)
+	if err != nil {
+		return store.Version{}, fmt.Errorf("function %q: encode config: %w", name, err)
+	}
+
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return store.Version{}, errorf(ctx, err, "deploy function %q", name)
+	}
+	defer tx.Rollback()
+
+	// The id only names a new function: an existing one keeps its own, so a
+	// redeploy must not fail because the id it was given is taken.
+	var exists bool
+	if err := tx.QueryRowContext(ctx,
+		`SELECT EXISTS (SELECT 1 FROM functions WHERE owner = ? AND name = ?)`,
+		v.Owner, v.Name).Scan(&exists); err != nil {
+		return store.Version{}, errorf(ctx, err, "deploy function %q", name)
+	}
+	if !exists {
+		// live_version 0 joins no version until the UPDATE below; no one
+		// sees it before the commit.
+		_, err := tx.ExecContext(ctx,
+			`INSERT INTO functions (owner, name, id, live_version, created_at, updated_at)
+			 VALUES (?, ?, ?, 0, ?, ?)`,
+			v.Owner, v.Name, id, millis(v.CreatedAt), millis(v.CreatedAt))
+		if err != nil {
+			return store.Version{}, errorf(ctx, err, "function %q: id %q", name, id)
+		}
+	}
+
+	// Safe without further locking: the transaction holds the write lock.
+	if err := tx.QueryRowContext(ctx,
+		`SELECT COALESCE(MAX(number), 0) + 1 FROM versions WHERE owner = ? AND name = ?`,
+		v.Owner, v.Name).Scan(&v.Number); err != nil {
+		return store.Version{}, errorf(ctx, err, "deploy function %q", name)
+	}
+	if _, err := tx.ExecContext(ctx,
+		`INSERT INTO versions (owner, name, number, digest, size, config, created_at, created_by)
+		 VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+		v.Owner, v.Name, v.Number, v.Digest, v.Size, string(config), millis(v.CreatedAt), v.CreatedBy); err != nil {
+		return store.Version{}, errorf(ctx, err, "version %d of function %q", v.Number, name)
+	}
+	if _, err := tx.ExecContext(ctx,
+		`UPDATE functions SET live_version = ?, updated_at = ? WHERE owner = ? AND name = ?`,
+		v.Number, millis(v.CreatedAt), v.Owner, v.Name); err != nil {
+		return store.Version{}, errorf(ctx, err, "deploy function %q", name)
+	}
+	if err := tx.Commit(); err != nil {
+		return store.Version{}, errorf(ctx, err, "deploy function %q", name)
+	}
+	return v, nil
+}
+
+const functionQuery = `
+SELECT f.id, f.owner, f.name, f.live_version, f.created_at, f.updated_at, f.last_invoked_at,
+       v.number, v.digest, v.size, v.config, v.created_at, v.created_by
+FROM functions f
+JOIN versions v ON v.owner = f.owner AND v.name = f.name AND v.number = f.live_version`
+
+func scanFunction(sc scanner) (store.Function, error) {
+	var (
+		f      store.Function
+		config string
+	)
+	err := sc.Scan(&f.ID, &f.Owner, &f.Name, &f.LiveVersion,
+		msTime{&f.CreatedAt}, msTime{&f.UpdatedAt}, msTime{&f.LastInvokedAt},
+		&f.Live.Number, &f.Live.Digest, &f.Live.Size, &config,
+		msTime{&f.Live.CreatedAt}, &f.Live.CreatedBy)
+	if err != nil {
+		return store.Function{}, err
+	}
+	f.Live.Owner, f.Live.Name = f.Owner, f.Name
+	if err := json.Unmarshal([]byte(config), &f.Live.Config); err != nil {
+		return store.Function{}, fmt.Errorf("decode config of version %d: %w", f.Live.Number, err)
+	}
+	return f, nil
+}
+
+func (s *Store) GetFunction(ctx context.Context, owner, name string) (store.Function, error) {
+	f, err := scanFunction(s.db.QueryRowContext(ctx,
+		functionQuery+` WHERE f.owner = ? AND f.name = ?`, owner, name))
+	if err != nil {
+		return store.Function{}, errorf(ctx, err, "function %q", fnName(owner, name))
+	}
+	return f, nil
+}
+
+func (s *Store) ListFunctions(ctx context.Context, owner string) ([]store.Function, error) {
+	var (
+		fns []store.Function
+		err error
+	)
+	if owner == "" {
+		fns, err = list(ctx, s.db, scanFunction, functionQuery+` ORDER BY f.owner, f.name`)
+	} else {
+		fns, err = list(ctx, s.db, scanFunction, functionQuery+` WHERE f.owner = ? ORDER BY f.name`, owner)
+	}
+	if err != nil {
+		return nil, errorf(ctx, err, "list functions of owner %q", owner)
+	}
+	return fns, nil
+}
+
+func (s *Store) DeleteFunction(ctx context.Context, owner, name string) error {
+	// Versions go by ON DELETE CASCADE, in the same statement.
+	res, err := s.db.ExecContext(ctx,
+		`DELETE FROM functions WHERE owner = ? AND name = ?`, owner, name)
+	return affected(ctx, res, err, "function %q", fnName(owner, name))
+}
+
+const versionColumns = `owner, name, number, digest, size, config, created_at, created_by`
+
+func scanVersion(sc scanner) (store.Version, error) {
+	var (
+		v      store.Version
+		config string
+	)
+	if err := sc.Scan(&v.Owner, &v.Name, &v.Number, &v.Digest, &v.Size, &config,
+		msTime{&v.CreatedAt}, &v.CreatedBy); err != nil {
+		return store.Version{}, err
+	}
+	if err := json.Unmarshal([]byte(config), &v.Config); err != nil {
+		return store.Version{}, fmt.Errorf("decode config of version %d: %w", v.Number, err)
+	}
+	return v, nil
+}
+
+func (s *Store) GetVersion(ctx context.Context, owner, name string, number int64) (store.Version, error) {
+	v, err := scanVersion(s.db.QueryRowContext(ctx,
+		`SELECT `+versionColumns+` FROM versions WHERE owner = ? AND name = ? AND number = ?`,
+		owner, name, number))
+	if err != nil {
+		return store.Version{}, errorf(ctx, err, "version %d of function %q", number, fnName(owner, name))
+	}
+	return v, nil
+}
+
+func (s *Store) ListVersions(ctx context.Context, owner, name string) ([]store.Version, error) {
+	vs, err := list(ctx, s.db, scanVersion,
+		`SELECT `+versionColumns+` FROM versions WHERE owner = ? AND name = ? ORDER BY number DESC`,
+		owner, name)
+	if err != nil {
+		return nil, errorf(ctx, err, "list versions of function %q", fnName(owner, name))
+	}
+	// Deploy creates a function with its first version and versions are
+	// only deleted with their function, so no versions means no function.
+	if len(vs) == 0 {
+		return nil, fmt.Errorf("function %q: %w", fnName(owner, name), errdefs.ErrNotFound)
+	}
+	return vs, nil
+}
+
+func (s *Store) SetLive(ctx context.Context, owner, name string, number int64, at time.Time) error {
+	res, err := s.db.ExecContext(ctx,
+		`UPDATE functions SET live_version = ?1, updated_at = ?2
+		 WHERE owner = ?3 AND name = ?4 AND EXISTS (
+			SELECT 1 FROM versions WHERE owner = ?3 AND name = ?4 AND number = ?1)`,
+		number, millis(at), owner, name)
+	err = affected(ctx, res, err, "version %d of function %q", number, fnName(owner, name))
+	if !errors.Is(err, errdefs.ErrNotFound) {
+		return err
+	}
+	// Say which one is missing. Not atomic with the update, but it only
+	// picks the message.
+	var one int
+	if e := s.db.QueryRowContext(ctx,
+		`SELECT 1 FROM functions WHERE owner = ? AND name = ?`, owner, name).Scan(&one); errors.Is(e, sql.ErrNoRows) {
+		return fmt.Errorf("function %q: %w", fnName(owner, name), errdefs.ErrNotFound)
+	}
+	return err
+}
+
+func (s *Store) SetLastInvoked(ctx context.Context, at map[store.FunctionKey]time.Time) error {
+	if len(at) == 0 {
+		return nil
+	}
+	// One transaction, so the batch costs one fsync rather than one each.
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return errorf(ctx, err, "set last invoked")
+	}
+	defer tx.Rollback()
+	stmt, err := tx.PrepareContext(ctx,
+		`UPDATE functions SET last_invoked_at = ? WHERE owner = ? AND name = ?`)
+	if err != nil {
+		return errorf(ctx, err, "set last invoked")
+	}
+	defer stmt.Close()
+	for k, t := range at {
+		// Functions deleted since their invocation are not an error.
+		if _, err := stmt.ExecContext(ctx, millis(t), k.Owner, k.Name); err != nil {
+			return errorf(ctx, err, "set last invoked of function %q", fnName(k.Owner, k.Name))
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return errorf(ctx, err, "set last invoked")
+	}
+	return nil
+}
+
+func (s *Store) Digests(ctx context.Context) (map[string]bool, error) {
+	digests, err := list(ctx, s.db, func(sc scanner) (string, error) {
+		var d string
+		err := sc.Scan(&d)
+		return d, err
+	}, `SELECT DISTINCT digest FROM versions`)
+	if err != nil {
+		return nil, errorf(ctx, err, "list digests")
+	}
+	set := make(map[string]bool, len(digests))
+	for _, d := range digests {
+		set[d] = true
+	}
+	return set, nil
+}
+
+// list runs a query and scans every row with scan.
+func list[T any](ctx context.Context, db *sql.DB, scan func(scanner) (T, error), query string, args ...any) ([]T, error) {
+	rows, err := db.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		x, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, x)
+	}
+	return out, rows.Err()
+}
+
+// affected turns the result of a statement that targets one row by key
+// into ErrNotFound when the row did not exist.
+func affected(ctx context.Context, res sql.Result, err error, format string, args ...any) error {
+	if err != nil {
+		return errorf(ctx, err, format, args...)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return errorf(ctx, err, format, args...)
+	}
+	if n == 0 {
+		return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), errdefs.ErrNotFound)
+	}
+	return nil
+}

@@ -1,0 +1,128 @@
+// Package store defines Spry's persistent records and the small per-resource
+// interfaces that hold them. Implementations live in sub-packages
+// (store/sqlite now, store/postgres later) and all pass the conformance
+// suite in store/storetest. Every method takes ctx first and returns errors
+// of the errdefs classes (ErrNotFound, ErrAlreadyExists, ErrConflict), never
+// raw driver errors.
+package store
+
+import (
+	"context"
+	"time"
+)
+
+// User is an account. Functions live in their owner's namespace.
+type User struct {
+	Name      string
+	Admin     bool
+	CreatedAt time.Time
+}
+
+// Token is an API token. Only a hash of its secret is stored; ID is public
+// and is the part of the token used to look it up.
+type Token struct {
+	ID        string
+	User      string
+	Hash      []byte // SHA-256 of the secret part
+	Name      string
+	CreatedAt time.Time
+	RevokedAt time.Time // zero while the token is valid
+}
+
+// Limits are the per-version resource settings. Zero values mean "the
+// server's default".
+type Limits struct {
+	MemoryMiB   int    `json:"memory_mib,omitempty"`
+	TimeoutMs   int    `json:"timeout_ms,omitempty"`
+	Network     string `json:"network,omitempty"`
+	MinScale    int    `json:"min,omitempty"`
+	MaxScale    int    `json:"max,omitempty"`
+	Concurrency int    `json:"concurrency,omitempty"`
+}
+
+// Config is everything about a version besides its code. It is stored as
+// one JSON document so that new settings need no schema change.
+type Config struct {
+	Runtime string            `json:"runtime"`
+	Env     map[string]string `json:"env,omitempty"`
+	Limits  Limits            `json:"limits"`
+}
+
+// Version is one immutable deploy of a function: its bundle (by digest, in
+// the content-addressed blob store) and its config.
+type Version struct {
+	Owner     string
+	Name      string
+	Number    int64
+	Digest    string // "sha256:<hex>" of the bundle
+	Size      int64  // bundle size in bytes
+	Config    Config
+	CreatedAt time.Time
+	CreatedBy string
+}
+
+// Function is a named function in an owner's namespace. ID is assigned at
+// creation and never reused, so instances of a deleted function can never be
+// mistaken for those of a new function with the same name.
+type Function struct {
+	ID            string
+	Owner         string
+	Name          string
+	LiveVersion   int64
+	CreatedAt     time.Time
+	UpdatedAt     time.Time
+	LastInvokedAt time.Time // zero if never invoked
+	Live          Version   // the live version, filled by Get and List
+}
+
+// Users stores accounts.
+type Users interface {
+	CreateUser(ctx context.Context, u User) error // ErrAlreadyExists
+	GetUser(ctx context.Context, name string) (User, error)
+	ListUsers(ctx context.Context) ([]User, error)
+	DeleteUser(ctx context.Context, name string) error // also deletes the user's tokens
+}
+
+// Tokens stores API tokens.
+type Tokens interface {
+	CreateToken(ctx context.Context, t Token) error // ErrAlreadyExists on a duplicate ID
+	GetToken(ctx context.Context, id string) (Token, error)
+	ListTokens(ctx context.Context, user string) ([]Token, error)
+	RevokeToken(ctx context.Context, id string, at time.Time) error
+}
+
+// Functions stores functions and their versions.
+type Functions interface {
+	// Deploy stores v as the next version of its function (creating the
+	// function, with the given id, if it does not exist) and makes it live,
+	// atomically. v.Number is ignored and assigned; the stored version is
+	// returned.
+	Deploy(ctx context.Context, id string, v Version) (Version, error)
+	GetFunction(ctx context.Context, owner, name string) (Function, error)
+	// ListFunctions lists owner's functions, or everyone's if owner is "",
+	// ordered by owner then name.
+	ListFunctions(ctx context.Context, owner string) ([]Function, error)
+	// DeleteFunction deletes the function and all its versions.
+	DeleteFunction(ctx context.Context, owner, name string) error
+	GetVersion(ctx context.Context, owner, name string, number int64) (Version, error)
+	// ListVersions lists versions newest first.
+	ListVersions(ctx context.Context, owner, name string) ([]Version, error)
+	// SetLive makes an existing version live (a rollback).
+	SetLive(ctx context.Context, owner, name string, number int64, at time.Time) error
+	// SetLastInvoked records when functions were last invoked, in one batch.
+	SetLastInvoked(ctx context.Context, at map[FunctionKey]time.Time) error
+	// Digests lists every bundle digest still referenced by some version, so
+	// unreferenced blobs can be collected.
+	Digests(ctx context.Context) (map[string]bool, error)
+}
+
+// FunctionKey names a function.
+type FunctionKey struct{ Owner, Name string }
+
+// Store is the whole metadata store.
+type Store interface {
+	Users
+	Tokens
+	Functions
+	Close() error
+}
