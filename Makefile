@@ -1,0 +1,58 @@
+# Spry's build. `make run` and `make test` work on a fresh Debian machine:
+# they install what is missing (bubblewrap from Debian, the pinned Deno
+# from npm, Go modules from the module proxy) and then build.
+SHELL := /bin/bash
+GO ?= go
+DENO := runtimes/node_modules/@deno/linux-x64-glibc/deno
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# Short fuzzing runs of every parser of user input, in `make test`.
+FUZZTIME ?= 10s
+FUZZ := ./internal/names:FuzzValidate ./internal/auth:FuzzParse ./internal/build:FuzzBundle ./internal/router:FuzzSplitPath
+
+.PHONY: all build run test lint unit fuzz deps clean
+
+all: build
+
+## build: bin/spry and the pinned runtimes it runs
+build: $(DENO) bin/spry
+
+bin/spry: FORCE
+	$(GO) build -o bin/spry ./cmd/spry
+
+$(DENO): runtimes/package.json runtimes/package-lock.json
+	cd runtimes && npm install --no-audit --no-fund --loglevel=error
+	@test -x $(DENO) || { echo "npm did not install the Deno binary at $(DENO)"; exit 1; }
+	touch $(DENO)
+
+## deps: system packages the sandbox needs (Debian)
+deps:
+	@if ! command -v bwrap >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends bubblewrap; \
+	fi
+
+## run: build and start the platform on 127.0.0.1:8080 with ./spry-data
+run: deps build
+	bin/spry serve
+
+## test: everything CI checks
+test: deps build lint unit fuzz
+
+lint:
+	@out=$$(gofmt -l cmd internal e2e); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+unit:
+	SPRY_BIN=$(CURDIR)/bin/spry $(GO) test -race -count=1 -timeout 40m ./...
+
+fuzz:
+	@for t in $(FUZZ); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$pkg $$name ($(FUZZTIME))"; \
+		$(GO) test -run='^$$' -fuzz="^$$name$$" -fuzztime=$(FUZZTIME) $$pkg || exit 1; \
+	done
+
+clean:
+	rm -rf bin runtimes/node_modules
+
+FORCE:

@@ -1,0 +1,431 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestTour follows the README's tour: deploy, curl, invoke, ls, rm.
+func TestTour(t *testing.T) {
+	s := startServer(t)
+	out := s.mustSpry("deploy", "examples/hello.ts", "--name", "hello")
+	if !strings.Contains(out, "version 1") || !strings.Contains(out, s.url+"/fn/admin/hello") {
+		t.Fatalf("deploy printed %q; want the version and the URL", out)
+	}
+	r := s.get("/fn/admin/hello?name=Ada")
+	if r.status != 200 || string(r.body) != "Hello, Ada\n" {
+		t.Fatalf("curl: %d %q", r.status, r.body)
+	}
+	if r.header.Get("Spry-Request-Id") == "" {
+		t.Error("no Spry-Request-Id header")
+	}
+	if out := s.mustSpry("invoke", "hello", "--path", "/?name=Ada"); out != "Hello, Ada\n" {
+		t.Fatalf("invoke printed %q", out)
+	}
+	ls := lines(s.mustSpry("ls"))
+	if len(ls) != 2 {
+		t.Fatalf("ls printed %d lines:\n%s", len(ls), strings.Join(ls, "\n"))
+	}
+	for _, col := range []string{"NAME", "VERSION", "RUNTIME", "URL", "STATE", "LAST INVOKED"} {
+		if !strings.Contains(ls[0], col) {
+			t.Errorf("ls header %q lacks %s", ls[0], col)
+		}
+	}
+	for _, want := range []string{"admin/hello", " 1 ", "deno", s.url + "/fn/admin/hello", "running", "ago"} {
+		if !strings.Contains(ls[1], want) && !(want == "ago" && strings.Contains(ls[1], "just now")) {
+			t.Errorf("ls row %q lacks %q", ls[1], want)
+		}
+	}
+	s.mustSpry("rm", "hello")
+	r = s.get("/fn/admin/hello?name=Ada")
+	if r.status != 404 || r.errorCode(t) != "not_found" {
+		t.Fatalf("after rm: %d %s", r.status, r.body)
+	}
+}
+
+// TestExamples deploys every example through the CLI and the raw API and
+// checks each answers as documented.
+func TestExamples(t *testing.T) {
+	s := startServer(t)
+	s.mustSpry("deploy", "examples/api.ts")
+	s.mustSpry("deploy", "examples/env.ts", "--env", "GREETING=Howdy", "--env", "TARGET=partner")
+	if r := s.putCode(s.token, "echo", example(t, "echo.js"), "filename=echo.js"); r.status != 201 {
+		t.Fatalf("raw PUT: %d %s", r.status, r.body)
+	} else {
+		m := r.json(t)
+		for _, k := range []string{"name", "owner", "version", "url"} {
+			if _, ok := m[k]; !ok {
+				t.Errorf("deploy response lacks %q: %s", k, r.body)
+			}
+		}
+	}
+
+	t.Run("json api routes on the sub-path", func(t *testing.T) {
+		r := s.get("/fn/admin/api/users/2")
+		if r.status != 200 || r.json(t)["name"] != "Grace" {
+			t.Fatalf("%d %s", r.status, r.body)
+		}
+		r = s.do("POST", "/fn/admin/api/users", "", strings.NewReader(`{"name":"Linus"}`), map[string]string{"Content-Type": "application/json"})
+		if r.status != 201 || r.json(t)["id"] != float64(3) {
+			t.Fatalf("%d %s", r.status, r.body)
+		}
+		if r := s.get("/fn/admin/api/nope"); r.status != 404 {
+			t.Fatalf("%d %s", r.status, r.body)
+		}
+	})
+
+	t.Run("env", func(t *testing.T) {
+		r := s.get("/fn/admin/env")
+		if r.status != 200 || !strings.HasPrefix(string(r.body), "Howdy, partner! (from env, request ") {
+			t.Fatalf("%d %q", r.status, r.body)
+		}
+		if id := r.header.Get("Spry-Request-Id"); !strings.Contains(string(r.body), id) {
+			t.Fatalf("ctx.requestId is not the request id %s: %q", id, r.body)
+		}
+	})
+
+	t.Run("echo gets method, path, query, headers and body", func(t *testing.T) {
+		for _, method := range []string{"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"} {
+			var body io.Reader
+			if method != "GET" {
+				body = strings.NewReader("payload-" + method)
+			}
+			r := s.do(method, "/fn/admin/echo/rest/of/path?q=1&r=a%20b", "", body, map[string]string{"X-Custom": "v1"})
+			if r.status != 200 {
+				t.Fatalf("%s: %d %s", method, r.status, r.body)
+			}
+			var e struct {
+				Method  string            `json:"method"`
+				Path    string            `json:"path"`
+				Query   string            `json:"query"`
+				Headers map[string]string `json:"headers"`
+				Body    string            `json:"body"`
+			}
+			if err := json.Unmarshal(r.body, &e); err != nil {
+				t.Fatal(err)
+			}
+			if e.Method != method || e.Path != "/rest/of/path" || e.Query != "?q=1&r=a%20b" || e.Headers["x-custom"] != "v1" {
+				t.Fatalf("%s: echo = %+v", method, e)
+			}
+			if method != "GET" && e.Body != "payload-"+method {
+				t.Fatalf("%s: body = %q", method, e.Body)
+			}
+			if r.header.Get("X-Echo") != "yes" {
+				t.Fatalf("%s: the function's header did not come back", method)
+			}
+		}
+		if r := s.do("HEAD", "/fn/admin/echo/", "", nil, nil); r.status != 200 {
+			t.Fatalf("HEAD: %d", r.status)
+		}
+	})
+
+	t.Run("large bodies stream through both ways", func(t *testing.T) {
+		big := bytes.Repeat([]byte("0123456789abcdef"), 1<<20) // 16 MiB
+		sum := sha256.Sum256(big)
+		r := s.do("POST", "/fn/admin/echo/", "", bytes.NewReader(big), nil)
+		m := r.json(t)
+		if m["bodySize"] != float64(len(big)) || m["bodySha256"] != hex.EncodeToString(sum[:]) {
+			t.Fatalf("echo saw %v bytes, sha %v", m["bodySize"], m["bodySha256"])
+		}
+	})
+
+	t.Run("invoke through the CLI with a body", func(t *testing.T) {
+		out := s.mustSpry("invoke", "echo", "--path", "/x?y=1", "-d", "hi", "-H", "X-A: b")
+		if !strings.Contains(out, `"method":"POST"`) || !strings.Contains(out, `"body":"hi"`) || !strings.Contains(out, `"x-a":"b"`) {
+			t.Fatalf("invoke printed %s", out)
+		}
+	})
+}
+
+// TestUsersAndNamespaces: the admin creates alice; alice's functions live
+// under /fn/alice; users see and change only their own functions.
+func TestUsersAndNamespaces(t *testing.T) {
+	s := startServer(t)
+	s.mustSpry("deploy", "examples/hello.ts", "--name", "hello")
+	alice := strings.TrimSpace(s.mustSpry("user", "create", "alice"))
+	if !strings.HasPrefix(alice, "spry_") {
+		t.Fatalf("user create printed %q, want a token", alice)
+	}
+	bob := strings.TrimSpace(s.mustSpry("user", "create", "bob"))
+
+	if out, errOut, code := s.spry(alice, "deploy", "examples/hello.ts"); code != 0 {
+		t.Fatalf("alice deploy: %d %s %s", code, out, errOut)
+	}
+	if r := s.get("/fn/alice/hello?name=Alice"); r.status != 200 || string(r.body) != "Hello, Alice\n" {
+		t.Fatalf("alice's function: %d %q", r.status, r.body)
+	}
+	// Alice's list holds only her function; the admin's holds both.
+	if out, _, _ := s.spry(alice, "ls"); strings.Contains(out, "admin/") || !strings.Contains(out, "alice/hello") {
+		t.Fatalf("alice's ls:\n%s", out)
+	}
+	if out := s.mustSpry("ls"); !strings.Contains(out, "admin/hello") || !strings.Contains(out, "alice/hello") {
+		t.Fatalf("admin's ls:\n%s", out)
+	}
+	// Bob can neither see, change nor delete alice's function.
+	for _, tc := range []struct{ method, path string }{
+		{"GET", "/api/v1/functions/hello?owner=alice"},
+		{"DELETE", "/api/v1/functions/hello?owner=alice"},
+		{"GET", "/api/v1/functions?owner=alice"},
+	} {
+		if r := s.do(tc.method, tc.path, bob, nil, nil); r.status != 403 || r.errorCode(t) != "permission_denied" {
+			t.Errorf("bob %s %s: %d %s", tc.method, tc.path, r.status, r.body)
+		}
+	}
+	if r := s.putCode(bob, "hello", []byte(`export default () => new Response("pwned")`), "owner=alice"); r.status != 403 {
+		t.Errorf("bob deploying into alice's namespace: %d %s", r.status, r.body)
+	}
+	if r := s.get("/fn/alice/hello?name=Alice"); string(r.body) != "Hello, Alice\n" {
+		t.Fatalf("alice's function changed: %q", r.body)
+	}
+	// Only the admin manages users.
+	if _, _, code := s.spry(alice, "user", "create", "mallory"); code == 0 {
+		t.Error("a non-admin created a user")
+	}
+	if r := s.do("GET", "/api/v1/users", alice, nil, nil); r.status != 403 {
+		t.Errorf("alice listing users: %d", r.status)
+	}
+	// The admin manages everyone's functions.
+	if r := s.do("GET", "/api/v1/functions/hello?owner=alice", s.token, nil, nil); r.status != 200 {
+		t.Errorf("admin get alice's function: %d %s", r.status, r.body)
+	}
+	// Tokens are stored hashed: no token's text is in the database.
+	db, err := os.ReadFile(filepath.Join(s.data, "spry.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wal, _ := os.ReadFile(filepath.Join(s.data, "spry.db-wal"))
+	for _, tok := range []string{s.token, alice, bob} {
+		secret := tok[strings.LastIndex(tok, "_")+1:]
+		if bytes.Contains(db, []byte(secret)) || bytes.Contains(wal, []byte(secret)) {
+			t.Fatal("a token's secret is stored in the clear")
+		}
+	}
+	// Deleting a user takes their functions with them.
+	s.mustSpry("user", "rm", "alice")
+	if r := s.get("/fn/alice/hello"); r.status != 404 {
+		t.Fatalf("deleted user's function still answers: %d", r.status)
+	}
+	if r := s.do("GET", "/api/v1/whoami", alice, nil, nil); r.status != 401 {
+		t.Fatalf("deleted user's token still works: %d", r.status)
+	}
+}
+
+// TestBadInput: every bad request gets a clear 4xx JSON error and changes
+// nothing that is stored.
+func TestBadInput(t *testing.T) {
+	s := startServer(t, "--max-code-size", "65536")
+	if r := s.putCode(s.token, "hello", example(t, "hello.ts"), ""); r.status != 201 {
+		t.Fatalf("deploy: %d %s", r.status, r.body)
+	}
+	stable := func(t *testing.T) {
+		t.Helper()
+		r := s.do("GET", "/api/v1/functions/hello", s.token, nil, nil)
+		if r.status != 200 || r.json(t)["version"] != float64(1) {
+			t.Fatalf("stored function changed: %d %s", r.status, r.body)
+		}
+		if r := s.get("/fn/admin/hello?name=Ada"); string(r.body) != "Hello, Ada\n" {
+			t.Fatalf("function no longer serves: %d %q", r.status, r.body)
+		}
+	}
+	tests := []struct {
+		name     string
+		method   string
+		path     string
+		token    string
+		body     []byte
+		ctype    string
+		status   int
+		code     string
+		contains string
+	}{
+		{"no token", "GET", "/api/v1/functions", "-", nil, "", 401, "unauthenticated", "token"},
+		{"wrong token", "GET", "/api/v1/functions", "spry_0123456789abcdef_" + strings.Repeat("A", 43), nil, "", 401, "unauthenticated", "token"},
+		{"garbage token", "PUT", "/api/v1/functions/hello", "hunter2", []byte("x"), "", 401, "unauthenticated", ""},
+		{"unknown function", "GET", "/api/v1/functions/nope", "", nil, "", 404, "not_found", "nope"},
+		{"unknown function url", "GET", "/fn/admin/nope", "-", nil, "", 404, "not_found", "admin/nope"},
+		{"unknown owner url", "GET", "/fn/nobody/hello", "-", nil, "", 404, "not_found", ""},
+		{"uppercase name", "PUT", "/api/v1/functions/Hello", "", []byte("export default () => new Response()"), "", 400, "invalid_argument", "name"},
+		{"underscore name", "PUT", "/api/v1/functions/he_llo", "", []byte("export default () => new Response()"), "", 400, "invalid_argument", "name"},
+		{"long name", "PUT", "/api/v1/functions/" + strings.Repeat("a", 64), "", []byte("export default () => new Response()"), "", 400, "invalid_argument", "63"},
+		{"empty code", "PUT", "/api/v1/functions/hello", "", nil, "", 400, "invalid_argument", "empty"},
+		{"whitespace code", "PUT", "/api/v1/functions/hello", "", []byte("  \n\t "), "", 400, "invalid_argument", "empty"},
+		{"oversized code", "PUT", "/api/v1/functions/hello", "", bytes.Repeat([]byte("// pad\n"), 20000), "", 413, "too_large", "limit"},
+		{"non-utf8 code", "PUT", "/api/v1/functions/hello", "", []byte("export default () => new Response('\xff\xfe')"), "", 400, "invalid_argument", "UTF-8"},
+		{"non-utf8 json", "PUT", "/api/v1/functions/hello", "", []byte("{\"code\":\"\xff\"}"), "application/json", 400, "invalid_argument", "UTF-8"},
+		{"syntax error", "PUT", "/api/v1/functions/hello", "", []byte("export default {\n  fetch() { return new Response(\"x\" }\n};\n"), "", 400, "invalid_argument", ":2:"},
+		{"no default export", "PUT", "/api/v1/functions/hello", "", []byte("export const x = 1;"), "", 400, "invalid_argument", "default export"},
+		{"bad json", "PUT", "/api/v1/functions/hello", "", []byte(`{"code":`), "application/json", 400, "invalid_argument", "JSON"},
+		{"unknown runtime", "PUT", "/api/v1/functions/hello?runtime=cobol", "", []byte("export default () => new Response()"), "", 400, "invalid_argument", "runtime"},
+		{"wrong method", "POST", "/api/v1/functions/hello", "", []byte("x"), "", 405, "method_not_allowed", "PUT"},
+		{"wrong method on list", "DELETE", "/api/v1/functions", "", nil, "", 405, "method_not_allowed", ""},
+		{"unknown endpoint", "GET", "/api/v1/nope", "", nil, "", 404, "not_found", ""},
+		{"bad env name", "PUT", "/api/v1/functions/hello", "", []byte(`{"code":"export default () => new Response()","env":{"1BAD":"x"}}`), "application/json", 400, "invalid_argument", "environment"},
+		{"bad user name", "POST", "/api/v1/users", "", []byte(`{"name":"Not Valid"}`), "application/json", 400, "invalid_argument", "name"},
+		{"unknown json field", "POST", "/api/v1/users", "", []byte(`{"name":"x","role":"god"}`), "application/json", 400, "invalid_argument", "unknown field"},
+		{"deploy for missing owner", "PUT", "/api/v1/functions/hello?owner=ghost", "", []byte("export default () => new Response()"), "", 404, "not_found", "ghost"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tok := tt.token
+			switch tok {
+			case "":
+				tok = s.token
+			case "-":
+				tok = ""
+			}
+			hdr := map[string]string{}
+			if tt.ctype != "" {
+				hdr["Content-Type"] = tt.ctype
+			}
+			var body io.Reader
+			if tt.body != nil {
+				body = bytes.NewReader(tt.body)
+			}
+			r := s.do(tt.method, tt.path, tok, body, hdr)
+			if r.status != tt.status {
+				t.Fatalf("status %d, want %d: %s", r.status, tt.status, r.body)
+			}
+			if code := r.errorCode(t); code != tt.code {
+				t.Fatalf("code %q, want %q", code, tt.code)
+			}
+			if !strings.Contains(string(r.body), tt.contains) {
+				t.Fatalf("message lacks %q: %s", tt.contains, r.body)
+			}
+			stable(t)
+		})
+	}
+	t.Run("syntax error names line and column", func(t *testing.T) {
+		r := s.putCode(s.token, "hello", []byte("export default {\n  fetch() { return new Response(\"x\" }\n};\n"), "filename=hello.ts")
+		var b struct {
+			Error struct{ Message string } `json:"error"`
+		}
+		_ = json.Unmarshal(r.body, &b)
+		if !strings.Contains(b.Error.Message, "hello.ts:2:") {
+			t.Fatalf("message %q does not name hello.ts line 2 and a column", b.Error.Message)
+		}
+	})
+	t.Run("the CLI exits non-zero with the message", func(t *testing.T) {
+		bad := filepath.Join(t.TempDir(), "bad.ts")
+		_ = os.WriteFile(bad, []byte("export default {"), 0o644)
+		_, errOut, code := s.spry("", "deploy", bad, "--name", "hello")
+		if code == 0 || !strings.Contains(errOut, "bad.ts:1:") {
+			t.Fatalf("exit %d, stderr %q", code, errOut)
+		}
+		stable(t)
+	})
+}
+
+// TestRestartKeepsServing: functions survive a restart, and a kill -9
+// leaves nothing the next start does not clean up.
+func TestRestartKeepsServing(t *testing.T) {
+	s := startServer(t)
+	s.mustSpry("deploy", "examples/hello.ts")
+	s.mustSpry("deploy", "examples/env.ts", "--env", "GREETING=Hi", "--env", "TARGET=there")
+	if r := s.get("/fn/admin/hello?name=A"); r.status != 200 {
+		t.Fatalf("%d", r.status)
+	}
+	s.restart()
+	if r := s.get("/fn/admin/hello?name=B"); string(r.body) != "Hello, B\n" {
+		t.Fatalf("after restart: %d %q", r.status, r.body)
+	}
+	if r := s.get("/fn/admin/env"); !strings.HasPrefix(string(r.body), "Hi, there!") {
+		t.Fatalf("env after restart: %q", r.body)
+	}
+	// The token from the first start still works.
+	s.mustSpry("ls")
+
+	// kill -9: the sandboxes die with the server (parent-death signal).
+	s.kill9()
+	eventually(t, 5*time.Second, "sandboxes of the killed server to die", func() bool { return len(s.sandboxProcs()) == 0 })
+	s.start()
+	if r := s.get("/fn/admin/hello?name=C"); string(r.body) != "Hello, C\n" {
+		t.Fatalf("after kill -9 and start: %d %q", r.status, r.body)
+	}
+}
+
+// TestGracefulShutdown: a request in flight when SIGTERM arrives finishes.
+func TestGracefulShutdown(t *testing.T) {
+	s := startServer(t)
+	slow := []byte(`export default { async fetch() { await new Promise((r) => setTimeout(r, 1500)); return new Response("finished"); } }`)
+	if r := s.putCode(s.token, "slow", slow, ""); r.status != 201 {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	var wg sync.WaitGroup
+	var got response
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		res, err := http.Get(s.url + "/fn/admin/slow")
+		if err != nil {
+			t.Errorf("in-flight request failed: %v", err)
+			return
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		got = response{status: res.StatusCode, body: b}
+	}()
+	time.Sleep(500 * time.Millisecond) // the request is now inside the function
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	wg.Wait()
+	if got.status != 200 || string(got.body) != "finished" {
+		t.Fatalf("in-flight request: %d %q", got.status, got.body)
+	}
+	<-s.done
+	if code := s.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+}
+
+// TestCrashAndScaleToZero: a crashing instance gets a 502 JSON error and is
+// replaced; idle functions scale to zero and come back on the next call.
+func TestCrashAndScaleToZero(t *testing.T) {
+	// No warm pool, so every sandbox process belongs to the function.
+	s := startServer(t, "--scale-to-zero-after", "1s", "--pool-size", "0")
+	crash := []byte(`export default { fetch(req) {
+		if (new URL(req.url).pathname === "/crash") Deno.exit(7);
+		return new Response("alive");
+	} }`)
+	if r := s.putCode(s.token, "crashy", crash, ""); r.status != 201 {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	if r := s.get("/fn/admin/crashy/"); string(r.body) != "alive" {
+		t.Fatalf("%d %q", r.status, r.body)
+	}
+	r := s.get("/fn/admin/crashy/crash")
+	if r.status != 502 {
+		t.Fatalf("crash: %d %s", r.status, r.body)
+	}
+	if code := r.errorCode(t); code != "function_failed" {
+		t.Fatalf("crash code %q", code)
+	}
+	if r := s.get("/fn/admin/crashy/"); string(r.body) != "alive" {
+		t.Fatalf("after crash: %d %q", r.status, r.body)
+	}
+	if r := s.get("/healthz"); r.status != 200 {
+		t.Fatalf("healthz %d", r.status)
+	}
+	state := func() string {
+		r := s.do("GET", "/api/v1/functions/crashy", s.token, nil, nil)
+		return fmt.Sprint(r.json(t)["state"])
+	}
+	if st := state(); st != "running" {
+		t.Fatalf("state %q right after a call", st)
+	}
+	eventually(t, 10*time.Second, "scale to zero", func() bool { return state() == "idle" })
+	eventually(t, 5*time.Second, "the idle instance's process to end", func() bool { return len(s.sandboxProcs()) == 0 })
+	if r := s.get("/fn/admin/crashy/"); string(r.body) != "alive" {
+		t.Fatalf("after scale to zero: %d %q", r.status, r.body)
+	}
+}
