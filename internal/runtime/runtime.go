@@ -29,6 +29,22 @@ const (
 	ReadyLine = "SPRY-READY"
 )
 
+// Network modes of an instance.
+const (
+	// NetworkNone gives the instance no network interfaces at all.
+	NetworkNone = "none"
+	// NetworkEgress lets the instance reach the public internet, and
+	// nothing on the host or in private ranges.
+	NetworkEgress = "egress"
+)
+
+// LaunchOptions are the settings fixed when a generic instance starts
+// (so warm pools are kept per combination).
+type LaunchOptions struct {
+	MemoryMiB int
+	Network   string
+}
+
 // Launch is what starts one generic instance.
 type Launch struct {
 	Program string
@@ -116,9 +132,9 @@ func NewDeno(binary, dir string) (*Deno, error) {
 func (d *Deno) Name() string { return "deno" }
 
 // Launch returns how to start a generic Deno instance whose V8 heap fits in
-// memoryMiB.
-func (d *Deno) Launch(memoryMiB int) Launch {
-	heap := memoryMiB * 3 / 4
+// its memory limit.
+func (d *Deno) Launch(o LaunchOptions) Launch {
+	heap := o.MemoryMiB * 3 / 4
 	if heap < 16 {
 		heap = 16
 	}

@@ -32,7 +32,7 @@ import (
 // instance.
 type Runtime interface {
 	Name() string
-	Launch(memoryMiB int) runtime.Launch
+	Launch(o runtime.LaunchOptions) runtime.Launch
 }
 
 // Blobs gives the file holding a bundle.
@@ -395,7 +395,7 @@ func (b *Backend) spawn(ctx context.Context, key poolKey) (*proc, error) {
 	if err := os.Chown(sock, uid, uid); err != nil {
 		return fail(err)
 	}
-	l := rt.Launch(key.memoryMiB)
+	l := rt.Launch(runtime.LaunchOptions{MemoryMiB: key.memoryMiB})
 	mounts := append(l.Mounts,
 		sandbox.Mount{Source: filepath.Join(p.dir, "code"), Dest: runtime.CodeDir},
 		sandbox.Mount{Source: sock, Dest: runtime.SocketDir, Writable: true},
