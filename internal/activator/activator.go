@@ -23,6 +23,8 @@ import (
 type Backend interface {
 	Start(ctx context.Context, spec *backend.Spec) (*backend.Instance, error)
 	Stop(ctx context.Context, id string) error
+	// Kill ends an instance at once, recording why.
+	Kill(id, reason string)
 }
 
 // Config is the activator's policy.
@@ -116,6 +118,16 @@ func (l *Lease) Release() {
 	if drain {
 		l.a.stop(l.rev, l.in)
 	}
+}
+
+// Kill ends the leased instance at once and takes it out of rotation: a
+// function that overran its timeout may be stuck in a loop that would
+// hold the instance forever.
+func (l *Lease) Kill(reason string) {
+	l.rev.mu.Lock()
+	l.in.stopping = true
+	l.rev.mu.Unlock()
+	l.a.backend.Kill(l.in.inst.ID, reason)
 }
 
 // ErrRetired is returned for a version that is no longer live.

@@ -53,6 +53,15 @@ func (f *fakeBackend) Stop(ctx context.Context, id string) error {
 	return nil
 }
 
+func (f *fakeBackend) Kill(id, reason string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if inst := f.live[id]; inst != nil {
+		inst.Finish(backend.Exit{Reason: reason})
+		delete(f.live, id)
+	}
+}
+
 func (f *fakeBackend) stoppedIDs() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -40,6 +41,35 @@ type DeployBody struct {
 	Filename string            `json:"filename,omitempty"`
 	Runtime  string            `json:"runtime,omitempty"`
 	Env      map[string]string `json:"env,omitempty"`
+	// Per-function settings; empty means the server's default.
+	Memory      string `json:"memory,omitempty"`  // e.g. "128Mi"
+	Timeout     string `json:"timeout,omitempty"` // e.g. "2s"
+	Network     string `json:"network,omitempty"` // "none" or "egress"
+	Min         *int   `json:"min,omitempty"`
+	Max         *int   `json:"max,omitempty"`
+	Concurrency *int   `json:"concurrency,omitempty"`
+}
+
+// settings turns the body's settings into the strings ParseLimits reads.
+func (d *DeployBody) settings() map[string]string {
+	m := map[string]string{}
+	put := func(k, v string) {
+		if v != "" {
+			m[k] = v
+		}
+	}
+	putInt := func(k string, v *int) {
+		if v != nil {
+			m[k] = strconv.Itoa(*v)
+		}
+	}
+	put(functions.SettingMemory, d.Memory)
+	put(functions.SettingTimeout, d.Timeout)
+	put(functions.SettingNetwork, d.Network)
+	putInt(functions.SettingMin, d.Min)
+	putInt(functions.SettingMax, d.Max)
+	putInt(functions.SettingConcurrency, d.Concurrency)
+	return m
 }
 
 func (a *API) baseURL(r *http.Request) string {
@@ -192,8 +222,15 @@ func (a *API) deployFunction(w http.ResponseWriter, r *http.Request) error {
 			req.Runtime = d.Runtime
 		}
 		req.Env = d.Env
+		req.Settings = d.settings()
 	} else {
 		req.Code = body
+		req.Settings = map[string]string{}
+		for _, k := range functions.Settings {
+			if v := q.Get(k); v != "" {
+				req.Settings[k] = v
+			}
+		}
 	}
 	fn, err := a.fns.Deploy(r.Context(), req)
 	if err != nil {

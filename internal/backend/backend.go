@@ -7,6 +7,7 @@ package backend
 import (
 	"fmt"
 	"sync"
+	"time"
 )
 
 // Spec is one function version, as a backend needs it to run instances.
@@ -19,6 +20,12 @@ type Spec struct {
 	Digest     string // bundle digest, "sha256:<hex>"
 	Env        map[string]string
 	MemoryMiB  int
+	Network    string        // "none" or "egress"
+	Timeout    time.Duration // per invocation
+	// Scaling policy.
+	MinScale    int
+	MaxScale    int
+	Concurrency int
 }
 
 // Key identifies the version across the platform.

@@ -21,6 +21,7 @@ func newDeployCmd(conn *connFlags) *cobra.Command {
 	var name, runtime, owner string
 	var envs []string
 	var asJSON bool
+	var lim limitFlags
 	cmd := &cobra.Command{
 		Use:   "deploy FILE",
 		Short: "Deploy a function from a TypeScript or JavaScript file (a new version each time)",
@@ -43,7 +44,9 @@ func newDeployCmd(conn *connFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			v, err := c.Deploy(cmd.Context(), owner, name, api.DeployBody{Code: string(code), Filename: filepath.Base(file), Runtime: runtime, Env: env})
+			body := api.DeployBody{Code: string(code), Filename: filepath.Base(file), Runtime: runtime, Env: env}
+			lim.apply(cmd, &body)
+			v, err := c.Deploy(cmd.Context(), owner, name, body)
 			if err != nil {
 				return err
 			}
@@ -59,7 +62,39 @@ func newDeployCmd(conn *connFlags) *cobra.Command {
 	cmd.Flags().StringArrayVarP(&envs, "env", "e", nil, "environment variable KEY=VALUE, available as ctx.env (repeatable)")
 	cmd.Flags().StringVar(&owner, "owner", "", "deploy into another user's namespace (admin only)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
+	lim.register(cmd)
 	return cmd
+}
+
+// limitFlags are the per-function settings flags.
+type limitFlags struct {
+	memory, timeout, network string
+	min, max, concurrency    int
+}
+
+func (l *limitFlags) register(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&l.memory, "memory", "", "memory limit of each instance, e.g. 128Mi or 1Gi (default: the server's)")
+	f.StringVar(&l.timeout, "timeout", "", "longest an invocation may run, e.g. 2s (default: the server's)")
+	f.StringVar(&l.network, "network", "", "network access: none, or egress (public internet only; the default)")
+	f.IntVar(&l.min, "min", 0, "instances kept running even when idle")
+	f.IntVar(&l.max, "max", 0, "most instances to scale to")
+	f.IntVar(&l.concurrency, "concurrency", 0, "most requests one instance handles at once")
+}
+
+// apply copies the flags the user set into body.
+func (l *limitFlags) apply(cmd *cobra.Command, body *api.DeployBody) {
+	body.Memory, body.Timeout, body.Network = l.memory, l.timeout, l.network
+	f := cmd.Flags()
+	if f.Changed("min") {
+		body.Min = &l.min
+	}
+	if f.Changed("max") {
+		body.Max = &l.max
+	}
+	if f.Changed("concurrency") {
+		body.Concurrency = &l.concurrency
+	}
 }
 
 func parseEnv(kvs []string) (map[string]string, error) {

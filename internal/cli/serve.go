@@ -11,12 +11,14 @@ import (
 
 	"github.com/spry-run/spry/internal/config"
 	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/sandbox"
 	"github.com/spry-run/spry/internal/server"
 )
 
 func newServeCmd(env Env) *cobra.Command {
 	var cfg server.Config
 	var logLevel, logFormat string
+	var egressAllow []string
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the Spry platform: API, router, autoscaler and runtimes in one process",
@@ -28,6 +30,11 @@ func newServeCmd(env Env) *cobra.Command {
 			if err := validate(cfg); err != nil {
 				return err
 			}
+			allow, err := sandbox.ParsePrefixes(egressAllow)
+			if err != nil {
+				return errdefs.Invalid("--egress-allow: %v", err)
+			}
+			cfg.EgressAllow = allow
 			var level slog.Level
 			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
 				return errdefs.Invalid("--log-level: %v", err)
@@ -57,7 +64,13 @@ func newServeCmd(env Env) *cobra.Command {
 	f.StringVar(&cfg.RunDir, "run-dir", "", "directory for instance sockets and code (default /run/spry/<id of the data dir>)")
 	f.StringVar(&cfg.PublicURL, "public-url", "", "base URL in function URLs the API returns (default: from the request)")
 	f.DurationVar(&cfg.ScaleToZeroAfter, "scale-to-zero-after", 5*time.Minute, "stop an instance after it has been idle this long")
-	f.DurationVar(&cfg.Timeout, "timeout", 60*time.Second, "longest an invocation may take, cold start included")
+	f.DurationVar(&cfg.Timeout, "timeout", 60*time.Second, "default for how long an invocation may take, cold start included")
+	f.DurationVar(&cfg.MaxTimeout, "max-timeout", 15*time.Minute, "longest timeout a function may ask for")
+	f.IntVar(&cfg.MaxMemoryMiB, "max-memory", 2048, "most memory a function may ask for, in MiB")
+	f.IntVar(&cfg.Concurrency, "concurrency", 50, "default for how many requests one instance handles at once")
+	f.IntVar(&cfg.MaxScale, "max-scale", 100, "default and ceiling for the instances of one function")
+	f.StringVar(&cfg.DefaultNetwork, "network", "egress", "default network of functions: egress (public internet only) or none")
+	f.StringSliceVar(&egressAllow, "egress-allow", nil, "private CIDR ranges egress functions may reach anyway (e.g. 10.1.2.0/24)")
 	f.Int64Var(&cfg.MaxCodeBytes, "max-code-size", 5<<20, "largest function source accepted, in bytes")
 	f.IntVar(&cfg.PoolSize, "pool-size", 2, "warm, generic runtime instances kept ready for cold starts")
 	f.IntVar(&cfg.DefaultMemoryMiB, "memory", 128, "default memory limit of an instance, in MiB")
@@ -81,6 +94,14 @@ func validate(cfg server.Config) error {
 		return errdefs.Invalid("--pool-size must not be negative")
 	case cfg.DefaultMemoryMiB < 32:
 		return errdefs.Invalid("--memory must be at least 32 (MiB)")
+	case cfg.DefaultNetwork != "egress" && cfg.DefaultNetwork != "none":
+		return errdefs.Invalid("--network must be egress or none")
+	case cfg.MaxMemoryMiB < cfg.DefaultMemoryMiB:
+		return errdefs.Invalid("--max-memory is below --memory")
+	case cfg.MaxTimeout < cfg.Timeout:
+		return errdefs.Invalid("--max-timeout is below --timeout")
+	case cfg.Concurrency < 1 || cfg.MaxScale < 1:
+		return errdefs.Invalid("--concurrency and --max-scale must be at least 1")
 	case cfg.UIDBase < 1000:
 		return errdefs.Invalid("--uid-base must be at least 1000")
 	}

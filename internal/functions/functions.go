@@ -39,8 +39,15 @@ type Config struct {
 	DefaultRuntime   string
 	Runtimes         []string // runtimes this server runs
 	DefaultMemoryMiB int
-	Now              func() time.Time
-	Logger           *slog.Logger
+	DefaultTimeout   time.Duration
+	DefaultNetwork   string
+	// DefaultConcurrency is how many requests one instance takes at once.
+	DefaultConcurrency int
+	// DefaultMaxScale caps a function's instances unless it sets max.
+	DefaultMaxScale int
+	Bounds          Bounds
+	Now             func() time.Time
+	Logger          *slog.Logger
 }
 
 // Service deploys, deletes and resolves functions.
@@ -83,7 +90,9 @@ type DeployRequest struct {
 	Code     []byte
 	Runtime  string
 	Env      map[string]string
-	Limits   store.Limits
+	// Settings are the per-function limits as strings ("memory": "128Mi"),
+	// parsed with ParseLimits.
+	Settings map[string]string
 	By       string
 }
 
@@ -156,6 +165,10 @@ func (s *Service) Deploy(ctx context.Context, req DeployRequest) (store.Function
 	if err := s.validate(&req); err != nil {
 		return store.Function{}, err
 	}
+	limits, err := ParseLimits(req.Settings, s.cfg.Bounds)
+	if err != nil {
+		return store.Function{}, err
+	}
 	res, err := build.Bundle(ctx, build.Source{Filename: req.Filename, Code: req.Code}, build.Options{MaxSize: s.cfg.MaxCodeBytes})
 	if err != nil {
 		return store.Function{}, err
@@ -172,7 +185,7 @@ func (s *Service) Deploy(ctx context.Context, req DeployRequest) (store.Function
 		Name:      req.Name,
 		Digest:    digest,
 		Size:      int64(len(res.Code)),
-		Config:    store.Config{Runtime: req.Runtime, Env: req.Env, Limits: req.Limits},
+		Config:    store.Config{Runtime: req.Runtime, Env: req.Env, Limits: limits},
 		CreatedAt: now,
 		CreatedBy: req.By,
 	})
@@ -198,20 +211,36 @@ func (s *Service) makeLive(fn store.Function) {
 }
 
 func (s *Service) specOf(fn store.Function) *backend.Spec {
-	mem := fn.Live.Config.Limits.MemoryMiB
-	if mem == 0 {
-		mem = s.cfg.DefaultMemoryMiB
+	l := fn.Live.Config.Limits
+	spec := &backend.Spec{
+		FunctionID:  fn.ID,
+		Owner:       fn.Owner,
+		Name:        fn.Name,
+		Version:     fn.LiveVersion,
+		Runtime:     fn.Live.Config.Runtime,
+		Digest:      fn.Live.Digest,
+		Env:         fn.Live.Config.Env,
+		MemoryMiB:   or(l.MemoryMiB, s.cfg.DefaultMemoryMiB),
+		Network:     l.Network,
+		Timeout:     time.Duration(l.TimeoutMs) * time.Millisecond,
+		MinScale:    l.MinScale,
+		MaxScale:    or(l.MaxScale, s.cfg.DefaultMaxScale),
+		Concurrency: or(l.Concurrency, s.cfg.DefaultConcurrency),
 	}
-	return &backend.Spec{
-		FunctionID: fn.ID,
-		Owner:      fn.Owner,
-		Name:       fn.Name,
-		Version:    fn.LiveVersion,
-		Runtime:    fn.Live.Config.Runtime,
-		Digest:     fn.Live.Digest,
-		Env:        fn.Live.Config.Env,
-		MemoryMiB:  mem,
+	if spec.Network == "" {
+		spec.Network = s.cfg.DefaultNetwork
 	}
+	if spec.Timeout == 0 {
+		spec.Timeout = s.cfg.DefaultTimeout
+	}
+	return spec
+}
+
+func or(v, def int) int {
+	if v != 0 {
+		return v
+	}
+	return def
 }
 
 // Delete deletes a function, all its versions, and its instances.

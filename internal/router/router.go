@@ -136,7 +136,10 @@ func (rt *Router) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 	inv := r.Context().Value(leaseKey).(*invocation)
 	inst := inv.lease.Instance()
 	if errors.Is(r.Context().Err(), context.DeadlineExceeded) {
-		rt.writeError(w, inv.reqID, errdefs.New(errdefs.ErrTimeout, "the function did not respond within %s", rt.cfg.Timeout))
+		timeout := inv.lease.Instance().Spec.Timeout
+		rt.log.Warn("invocation timed out; killing the instance", "instance", inst.ID, "request_id", inv.reqID, "timeout", timeout)
+		inv.lease.Kill(backend.ExitTimeout)
+		rt.writeError(w, inv.reqID, errdefs.New(errdefs.ErrTimeout, "the function did not respond within its %s timeout", timeout))
 		return
 	}
 	if errors.Is(r.Context().Err(), context.Canceled) {
@@ -176,12 +179,11 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rt.writeError(w, reqID, err)
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), rt.cfg.Timeout)
-	defer cancel()
 	var lease *activator.Lease
 	var spec *backend.Spec
+	ctx, cancel := r.Context(), context.CancelFunc(func() {})
 	for attempt := 0; ; attempt++ {
-		spec, err = rt.resolver.Resolve(ctx, owner, name)
+		spec, err = rt.resolver.Resolve(r.Context(), owner, name)
 		if err != nil {
 			if errors.Is(err, errdefs.ErrNotFound) {
 				err = errdefs.New(errdefs.ErrNotFound, "function %s/%s not found", owner, name)
@@ -189,6 +191,13 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			rt.writeError(w, reqID, err)
 			return
 		}
+		// One timeout covers the whole invocation, cold start included.
+		cancel()
+		timeout := spec.Timeout
+		if timeout <= 0 {
+			timeout = rt.cfg.Timeout
+		}
+		ctx, cancel = context.WithDeadline(r.Context(), start.Add(timeout))
 		lease, err = rt.leaser.Acquire(ctx, spec)
 		// A deploy may retire the version between resolving and
 		// leasing; resolve again to get the new one.
@@ -197,6 +206,7 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		break
 	}
+	defer cancel()
 	if err != nil {
 		rt.log.Warn("no instance", "owner", owner, "function", name, "request_id", reqID, "err", err)
 		rt.writeError(w, reqID, err)

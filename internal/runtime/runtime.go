@@ -6,7 +6,6 @@ package runtime
 
 import (
 	_ "embed"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -43,6 +42,9 @@ const (
 type LaunchOptions struct {
 	MemoryMiB int
 	Network   string
+	// DenyNet lists ranges an egress instance may not reach; the runtime
+	// denies them itself too, behind the sandbox's own rules.
+	DenyNet []string
 }
 
 // Launch is what starts one generic instance.
@@ -81,36 +83,7 @@ const DenoBinaryPath = "runtimes/node_modules/@deno/linux-x64-glibc/deno"
 // binary (bin/spry -> ../runtimes/...), then in the working directory or
 // one of its parents, then $PATH.
 func FindDeno(explicit string) (string, error) {
-	if explicit != "" {
-		if _, err := os.Stat(explicit); err != nil {
-			return "", fmt.Errorf("deno binary: %w", err)
-		}
-		return explicit, nil
-	}
-	var candidates []string
-	if exe, err := os.Executable(); err == nil {
-		dir := filepath.Dir(exe)
-		candidates = append(candidates, filepath.Join(dir, "..", DenoBinaryPath), filepath.Join(dir, DenoBinaryPath))
-	}
-	// Walk up from the working directory, so tests run in a package
-	// directory find the project's runtimes.
-	if wd, err := os.Getwd(); err == nil {
-		for dir := wd; ; dir = filepath.Dir(dir) {
-			candidates = append(candidates, filepath.Join(dir, DenoBinaryPath))
-			if dir == filepath.Dir(dir) {
-				break
-			}
-		}
-	}
-	for _, c := range candidates {
-		if fi, err := os.Stat(c); err == nil && fi.Mode().IsRegular() {
-			return filepath.Clean(c), nil
-		}
-	}
-	if p, err := exec.LookPath("deno"); err == nil {
-		return p, nil
-	}
-	return "", errors.New("deno not found: run `make build` (installs the pinned Deno from npm into runtimes/) or pass --deno")
+	return findBinary(explicit, DenoBinaryPath, "deno", "--deno")
 }
 
 // NewDeno prepares the Deno runtime: it writes the bootstrap into dir (a
@@ -138,17 +111,28 @@ func (d *Deno) Launch(o LaunchOptions) Launch {
 	if heap < 16 {
 		heap = 16
 	}
+	args := []string{
+		"run",
+		"--no-prompt", "--no-config", "--no-lock", "--cached-only",
+		fmt.Sprintf("--v8-flags=--max-old-space-size=%d", heap),
+		// Least privilege: read the code, the socket and /tmp, write only
+		// the socket and /tmp; no env, run, ffi or sys permission.
+		"--allow-read=" + CodeDir + "," + SocketDir + ",/tmp",
+		"--allow-write=" + SocketDir + ",/tmp",
+	}
+	if o.Network == NetworkEgress {
+		args = append(args, "--allow-net")
+		if len(o.DenyNet) > 0 {
+			args = append(args, "--deny-net="+strings.Join(append(o.DenyNet, "localhost"), ","))
+		}
+	} else {
+		// Only its own socket: no network at all.
+		args = append(args, "--allow-net=unix:"+SocketDir+"/"+SocketName)
+	}
+	args = append(args, "/spry/bootstrap.js")
 	return Launch{
 		Program: "/spry/deno",
-		Args: []string{
-			"run",
-			"--no-prompt", "--no-config", "--no-lock", "--cached-only",
-			fmt.Sprintf("--v8-flags=--max-old-space-size=%d", heap),
-			"--allow-net",
-			"--allow-read=" + CodeDir + "," + SocketDir + ",/tmp",
-			"--allow-write=" + SocketDir + ",/tmp",
-			"/spry/bootstrap.js",
-		},
+		Args:    args,
 		Env: []string{
 			"HOME=/tmp",
 			"DENO_DIR=/tmp/.deno",

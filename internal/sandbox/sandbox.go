@@ -3,6 +3,7 @@ package sandbox
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,7 +32,8 @@ type Spec struct {
 	Args      []string // arguments after Program
 	Env       []string // the complete environment inside ("K=V")
 	Mounts    []Mount
-	UID       int // host uid (and gid) the sandbox runs as; unprivileged
+	UID       int    // host uid (and gid) the sandbox runs as; unprivileged
+	Network   string // NetworkNone or NetworkEgress
 	Resources Resources
 	TmpBytes  int64 // size of the private /tmp
 	NoFiles   uint64
@@ -48,12 +50,32 @@ type Config struct {
 	// SystemLibs are host files (shared libraries) the runtime needs,
 	// bound read-only at the same path.
 	SystemLibs []string
+	// StateDir is a directory (reachable by other uids) where the sandbox
+	// keeps files it binds into sandboxes, such as resolv.conf.
+	StateDir string
+	// EgressAllow are private ranges egress sandboxes may reach anyway
+	// (the operator's choice, e.g. an internal database).
+	EgressAllow []netip.Prefix
+	// Slirp4netns is the slirp4netns binary ("" finds it on $PATH).
+	Slirp4netns string
 }
+
+// Network modes.
+const (
+	// NetworkNone: a network namespace with only a loopback interface.
+	NetworkNone = "none"
+	// NetworkEgress: outbound to public addresses through a user-mode
+	// network stack (slirp4netns); the host, link-local and private
+	// ranges are rejected inside the sandbox's own namespace.
+	NetworkEgress = "egress"
+)
 
 // Sandbox builds sandboxed commands.
 type Sandbox struct {
-	cfg     Config
-	cgroups *cgroups
+	cfg       Config
+	cgroups   *cgroups
+	netMounts []Mount // /etc files for egress sandboxes
+	blocked   []string
 }
 
 // New checks the host can run sandboxes and returns a Sandbox.
@@ -72,7 +94,11 @@ func New(cfg Config) (*Sandbox, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Sandbox{cfg: cfg, cgroups: cg}, nil
+	s := &Sandbox{cfg: cfg, cgroups: cg}
+	if err := s.setupNetwork(); err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 // Sweep kills and removes whatever a previous run of this server left
@@ -84,10 +110,20 @@ func (s *Sandbox) Sweep() int { return s.cgroups.sweep() }
 // Cleanup exactly once.
 type Cmd struct {
 	*exec.Cmd
+	sb      *Sandbox
 	group   *group
-	fds     []*os.File
+	fds     []*os.File // passed to the child as fds 3, 4, ...
+	info    *os.File   // bwrap's --info-fd, read for the sandbox's pid
+	slirp   *exec.Cmd
+	slirpFD *os.File // closing it tells slirp4netns to exit
 	once    sync.Once
 	oomBase uint64
+}
+
+// addFile passes f to the child and returns its fd number there.
+func (c *Cmd) addFile(f *os.File) string {
+	c.fds = append(c.fds, f)
+	return strconv.Itoa(2 + len(c.fds))
 }
 
 // Command builds the command for spec. It creates the cgroup and opens the
@@ -100,7 +136,7 @@ func (s *Sandbox) Command(spec Spec) (*Cmd, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cmd{group: g}
+	c := &Cmd{sb: s, group: g}
 	ok := false
 	defer func() {
 		if !ok {
@@ -125,20 +161,36 @@ func (s *Sandbox) Command(spec Spec) (*Cmd, error) {
 	for _, lib := range s.cfg.SystemLibs {
 		bw = append(bw, "--ro-bind", lib, lib)
 	}
-	for _, m := range spec.Mounts {
+	mounts := spec.Mounts
+	if spec.Network == NetworkEgress {
+		mounts = append(mounts, s.netMounts...)
+		r, w, err := os.Pipe()
+		if err != nil {
+			return nil, err
+		}
+		c.info = r
+		bw = append(bw, "--info-fd", c.addFile(w))
+	} else if spec.Network != NetworkNone {
+		return nil, fmt.Errorf("sandbox %s: unknown network mode %q", spec.Name, spec.Network)
+	}
+	for _, m := range mounts {
 		f, err := os.OpenFile(m.Source, unix.O_PATH|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return nil, fmt.Errorf("sandbox %s: mount source: %w", spec.Name, err)
 		}
-		c.fds = append(c.fds, f)
-		fd := strconv.Itoa(2 + len(c.fds))
 		flag := "--ro-bind-fd"
 		if m.Writable {
 			flag = "--bind-fd"
 		}
-		bw = append(bw, flag, fd, m.Dest)
+		bw = append(bw, flag, c.addFile(f), m.Dest)
 	}
-	bw = append(bw, "--proc", "/proc", "--dev", "/dev")
+	bw = append(bw, "--proc", "/proc")
+	// Only the harmless devices: no /dev/shm, ttys or anything else.
+	bw = append(bw, "--tmpfs", "/dev")
+	for _, d := range []string{"null", "zero", "random", "urandom"} {
+		bw = append(bw, "--dev-bind", "/dev/"+d, "/dev/"+d)
+	}
+	bw = append(bw, "--symlink", "/proc/self/fd", "/dev/fd", "--remount-ro", "/dev")
 	if spec.TmpBytes > 0 {
 		bw = append(bw, "--size", strconv.FormatInt(spec.TmpBytes, 10))
 	}
@@ -194,6 +246,7 @@ func (c *Cmd) CloseFiles() {
 func (c *Cmd) Cleanup() {
 	c.once.Do(func() {
 		c.CloseFiles()
+		c.stopNetwork()
 		for i := 0; i < 50; i++ {
 			if err := c.group.destroy(); err == nil {
 				return

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -40,7 +41,13 @@ type Config struct {
 	RunDir           string // "" means /run/spry/<hash of DataDir>
 	PublicURL        string
 	ScaleToZeroAfter time.Duration
-	Timeout          time.Duration // per invocation
+	Timeout          time.Duration // default per invocation
+	MaxTimeout       time.Duration
+	MaxMemoryMiB     int
+	Concurrency      int // default per instance
+	MaxScale         int // default and ceiling of instances per function
+	DefaultNetwork   string
+	EgressAllow      []netip.Prefix
 	MaxCodeBytes     int64
 	PoolSize         int
 	DefaultMemoryMiB int
@@ -119,7 +126,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	if err != nil {
 		return nil, err
 	}
-	sb, err := sandbox.New(sandbox.Config{CgroupParent: "spry/" + id, SystemLibs: libs})
+	sb, err := sandbox.New(sandbox.Config{CgroupParent: "spry/" + id, SystemLibs: libs, StateDir: runDir, EgressAllow: cfg.EgressAllow})
 	if err != nil {
 		return nil, err
 	}
@@ -132,6 +139,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		Logger:           log,
 		PoolSize:         cfg.PoolSize,
 		DefaultMemoryMiB: cfg.DefaultMemoryMiB,
+		DefaultNetwork:   cfg.DefaultNetwork,
 		UIDBase:          cfg.UIDBase,
 		Pids:             256,
 		TmpBytes:         64 << 20,
@@ -142,11 +150,21 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	}
 	s.act = activator.New(s.back, activator.Config{ScaleToZeroAfter: cfg.ScaleToZeroAfter, Logger: log})
 	s.fns = functions.New(s.store, blobs, s.act, functions.Config{
-		MaxCodeBytes:     cfg.MaxCodeBytes,
-		DefaultRuntime:   deno.Name(),
-		Runtimes:         []string{deno.Name()},
-		DefaultMemoryMiB: cfg.DefaultMemoryMiB,
-		Logger:           log,
+		MaxCodeBytes:       cfg.MaxCodeBytes,
+		DefaultRuntime:     deno.Name(),
+		Runtimes:           []string{deno.Name()},
+		DefaultMemoryMiB:   cfg.DefaultMemoryMiB,
+		DefaultTimeout:     cfg.Timeout,
+		DefaultNetwork:     cfg.DefaultNetwork,
+		DefaultConcurrency: cfg.Concurrency,
+		DefaultMaxScale:    cfg.MaxScale,
+		Bounds: functions.Bounds{
+			MaxMemoryMiB:   cfg.MaxMemoryMiB,
+			MaxTimeout:     cfg.MaxTimeout,
+			MaxScale:       cfg.MaxScale,
+			MaxConcurrency: 10000,
+		},
+		Logger: log,
 	})
 	authn := auth.New(s.store, nil)
 	if err := s.bootstrapAdmin(ctx, authn, dataDir); err != nil {

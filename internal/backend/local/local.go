@@ -53,8 +53,9 @@ type Config struct {
 	Blobs            Blobs
 	Logs             LogSink
 	Logger           *slog.Logger
-	PoolSize         int // warm generic instances kept per runtime at the default memory size
+	PoolSize         int // warm generic instances kept per runtime at the default memory size and network
 	DefaultMemoryMiB int
+	DefaultNetwork   string
 	UIDBase          int // first host uid for instances
 	UIDCount         int
 	StartTimeout     time.Duration
@@ -84,6 +85,7 @@ type Backend struct {
 type poolKey struct {
 	runtime   string
 	memoryMiB int
+	network   string
 }
 
 // proc is one sandboxed runtime process, generic until specialized.
@@ -110,6 +112,9 @@ func New(cfg Config) (*Backend, error) {
 	}
 	if cfg.StartTimeout == 0 {
 		cfg.StartTimeout = 10 * time.Second
+	}
+	if cfg.DefaultNetwork == "" {
+		cfg.DefaultNetwork = runtime.NetworkEgress
 	}
 	if cfg.UIDCount <= 0 {
 		cfg.UIDCount = 10000
@@ -150,7 +155,7 @@ func (b *Backend) defaultKeys() []poolKey {
 	}
 	keys := make([]poolKey, 0, len(b.runtimes))
 	for name := range b.runtimes {
-		keys = append(keys, poolKey{name, b.cfg.DefaultMemoryMiB})
+		keys = append(keys, poolKey{name, b.cfg.DefaultMemoryMiB, b.cfg.DefaultNetwork})
 	}
 	return keys
 }
@@ -246,7 +251,11 @@ func (b *Backend) Start(ctx context.Context, spec *backend.Spec) (*backend.Insta
 	if mem <= 0 {
 		mem = b.cfg.DefaultMemoryMiB
 	}
-	key := poolKey{rt.Name(), mem}
+	network := spec.Network
+	if network == "" {
+		network = b.cfg.DefaultNetwork
+	}
+	key := poolKey{rt.Name(), mem, network}
 	code, err := b.cfg.Blobs.Path(spec.Digest)
 	if err != nil {
 		return nil, fmt.Errorf("bundle of %s/%s v%d: %w", spec.Owner, spec.Name, spec.Version, err)
@@ -395,7 +404,7 @@ func (b *Backend) spawn(ctx context.Context, key poolKey) (*proc, error) {
 	if err := os.Chown(sock, uid, uid); err != nil {
 		return fail(err)
 	}
-	l := rt.Launch(runtime.LaunchOptions{MemoryMiB: key.memoryMiB})
+	l := rt.Launch(runtime.LaunchOptions{MemoryMiB: key.memoryMiB, Network: key.network, DenyNet: b.cfg.Sandbox.EgressRanges()})
 	mounts := append(l.Mounts,
 		sandbox.Mount{Source: filepath.Join(p.dir, "code"), Dest: runtime.CodeDir},
 		sandbox.Mount{Source: sock, Dest: runtime.SocketDir, Writable: true},
@@ -407,6 +416,7 @@ func (b *Backend) spawn(ctx context.Context, key poolKey) (*proc, error) {
 		Env:     l.Env,
 		Mounts:  mounts,
 		UID:     uid,
+		Network: key.network,
 		Resources: sandbox.Resources{
 			MemoryBytes: int64(key.memoryMiB) << 20,
 			Pids:        b.cfg.Pids,
@@ -451,6 +461,13 @@ func (b *Backend) spawn(ctx context.Context, key poolKey) (*proc, error) {
 	go func() { defer readers.Done(); b.readOutput(p, "stderr", stderr, false) }()
 	b.wg.Add(1)
 	go b.reap(p, &readers)
+
+	// The network is set up before the process can be given any code.
+	if err := cmd.StartNetwork(ctx); err != nil {
+		b.kill(p, backend.ExitCrashed)
+		<-p.exited
+		return nil, fmt.Errorf("instance network: %w: %w", err, errdefs.ErrUnavailable)
+	}
 
 	timer := time.NewTimer(b.cfg.StartTimeout)
 	defer timer.Stop()

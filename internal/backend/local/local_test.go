@@ -16,6 +16,7 @@ import (
 
 	"github.com/spry-run/spry/internal/backend"
 	"github.com/spry-run/spry/internal/blob"
+	"github.com/spry-run/spry/internal/nettest"
 	"github.com/spry-run/spry/internal/runtime"
 	"github.com/spry-run/spry/internal/sandbox"
 )
@@ -81,7 +82,7 @@ func newEnv(t *testing.T, poolSize int) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sb, err := sandbox.New(sandbox.Config{CgroupParent: "spry-test/" + hex.EncodeToString(rnd[:]), SystemLibs: libs})
+	sb, err := sandbox.New(sandbox.Config{CgroupParent: "spry-test/" + hex.EncodeToString(rnd[:]), SystemLibs: libs, StateDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,4 +255,48 @@ func TestPoolColdStart(t *testing.T) {
 		t.Fatalf("body %q", body)
 	}
 	t.Logf("cold start from pool: %v", time.Since(start))
+}
+
+func TestNetworkPolicy(t *testing.T) {
+	e := newEnv(t, 0)
+	pub := nettest.New(t, 8080, "198.51.100.20", "169.254.169.254", "10.213.0.1")
+	code := `export default { async fetch(req) {
+		const target = new URL(req.url).searchParams.get("to");
+		try {
+			const res = await fetch("http://" + target + ":8080/", { signal: AbortSignal.timeout(3000) });
+			return new Response("reached: " + await res.text());
+		} catch (e) { return new Response("blocked: " + e.name + " " + e.message); }
+	} }`
+	tests := []struct {
+		network, to string
+		reached     bool
+	}{
+		{"egress", "198.51.100.20", true},
+		{"egress", "169.254.169.254", false},
+		{"egress", "10.213.0.1", false},
+		{"egress", "127.0.0.1", false},
+		{"none", "198.51.100.20", false},
+	}
+	insts := map[string]*backend.Instance{}
+	for _, network := range []string{"egress", "none"} {
+		spec := e.spec(t, code)
+		spec.Network = network
+		inst, err := e.b.Start(context.Background(), spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		insts[network] = inst
+	}
+	for _, tt := range tests {
+		t.Run(tt.network+"-"+tt.to, func(t *testing.T) {
+			before := pub.Hits.Load()
+			_, body := get(t, insts[tt.network], "/?to="+tt.to)
+			if got := strings.HasPrefix(body, "reached: hello from "+tt.to); got != tt.reached {
+				t.Fatalf("got %q, reached=%v want %v", body, got, tt.reached)
+			}
+			if !tt.reached && pub.Hits.Load() != before {
+				t.Fatal("a connection reached the test host although the function was told it was blocked")
+			}
+		})
+	}
 }

@@ -1,0 +1,120 @@
+package functions
+
+import (
+	"math"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/store"
+)
+
+// Setting names, as the API's query parameters and JSON fields and the
+// CLI's flags spell them.
+const (
+	SettingMemory      = "memory"
+	SettingTimeout     = "timeout"
+	SettingNetwork     = "network"
+	SettingMin         = "min"
+	SettingMax         = "max"
+	SettingConcurrency = "concurrency"
+)
+
+// Settings lists the setting names ParseLimits understands.
+var Settings = []string{SettingMemory, SettingTimeout, SettingNetwork, SettingMin, SettingMax, SettingConcurrency}
+
+// Bounds are the server's limits on what a function may ask for.
+type Bounds struct {
+	MaxMemoryMiB   int
+	MaxTimeout     time.Duration
+	MaxScale       int
+	MaxConcurrency int
+}
+
+// ParseLimits reads per-function settings given as strings ("memory":
+// "128Mi", "timeout": "2s", "network": "none", "min": "1", ...). Settings
+// not given stay zero (the server's default). Unknown names are errors.
+func ParseLimits(settings map[string]string, b Bounds) (store.Limits, error) {
+	var l store.Limits
+	for k, v := range settings {
+		v = strings.TrimSpace(v)
+		switch k {
+		case SettingMemory:
+			mib, err := ParseMemory(v)
+			if err != nil {
+				return l, err
+			}
+			if mib < 32 || mib > b.MaxMemoryMiB {
+				return l, errdefs.Invalid("memory %s is out of range: 32Mi to %dMi", v, b.MaxMemoryMiB)
+			}
+			l.MemoryMiB = mib
+		case SettingTimeout:
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				return l, errdefs.Invalid("timeout %q: want a duration like 2s or 500ms", v)
+			}
+			if d < 10*time.Millisecond || d > b.MaxTimeout {
+				return l, errdefs.Invalid("timeout %s is out of range: 10ms to %s", v, b.MaxTimeout)
+			}
+			l.TimeoutMs = int(d.Milliseconds())
+		case SettingNetwork:
+			if v != "none" && v != "egress" {
+				return l, errdefs.Invalid("network %q: want none or egress", v)
+			}
+			l.Network = v
+		case SettingMin, SettingMax, SettingConcurrency:
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				return l, errdefs.Invalid("%s %q: want a non-negative integer", k, v)
+			}
+			switch k {
+			case SettingMin:
+				if n > b.MaxScale {
+					return l, errdefs.Invalid("min %d is over the server's limit of %d instances", n, b.MaxScale)
+				}
+				l.MinScale = n
+			case SettingMax:
+				if n < 1 || n > b.MaxScale {
+					return l, errdefs.Invalid("max %d is out of range: 1 to %d", n, b.MaxScale)
+				}
+				l.MaxScale = n
+			case SettingConcurrency:
+				if n < 1 || n > b.MaxConcurrency {
+					return l, errdefs.Invalid("concurrency %d is out of range: 1 to %d", n, b.MaxConcurrency)
+				}
+				l.Concurrency = n
+			}
+		default:
+			return l, errdefs.Invalid("unknown setting %q (known: %s)", k, strings.Join(Settings, ", "))
+		}
+	}
+	if l.MaxScale > 0 && l.MinScale > l.MaxScale {
+		return l, errdefs.Invalid("min %d is above max %d", l.MinScale, l.MaxScale)
+	}
+	return l, nil
+}
+
+// ParseMemory parses a memory size into MiB: "128Mi", "1Gi", "512M",
+// "1G", "262144Ki", or a bare number of MiB. Sizes round up to a MiB.
+func ParseMemory(s string) (int, error) {
+	units := []struct {
+		suffix string
+		bytes  float64
+	}{
+		{"Ki", 1 << 10}, {"Mi", 1 << 20}, {"Gi", 1 << 30},
+		{"K", 1e3}, {"M", 1e6}, {"G", 1e9},
+	}
+	num, mult := s, float64(1<<20)
+	for _, u := range units {
+		if strings.HasSuffix(s, u.suffix) {
+			num, mult = strings.TrimSuffix(s, u.suffix), u.bytes
+			break
+		}
+	}
+	f, err := strconv.ParseFloat(num, 64)
+	if err != nil || f <= 0 || math.IsInf(f, 0) || math.IsNaN(f) || f*mult > 1<<50 {
+		return 0, errdefs.Invalid("memory %q: want a size like 128Mi or 1Gi", s)
+	}
+	return int(math.Ceil(f * mult / (1 << 20))), nil
+}

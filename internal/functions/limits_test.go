@@ -1,0 +1,76 @@
+package functions
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/store"
+)
+
+var bounds = Bounds{MaxMemoryMiB: 2048, MaxTimeout: 15 * time.Minute, MaxScale: 100, MaxConcurrency: 1000}
+
+func TestParseLimits(t *testing.T) {
+	tests := []struct {
+		name string
+		in   map[string]string
+		want store.Limits
+		ok   bool
+	}{
+		{"empty", nil, store.Limits{}, true},
+		{"all", map[string]string{"memory": "256Mi", "timeout": "2s", "network": "none", "min": "1", "max": "20", "concurrency": "50"},
+			store.Limits{MemoryMiB: 256, TimeoutMs: 2000, Network: "none", MinScale: 1, MaxScale: 20, Concurrency: 50}, true},
+		{"gi", map[string]string{"memory": "1Gi"}, store.Limits{MemoryMiB: 1024}, true},
+		{"si", map[string]string{"memory": "200M"}, store.Limits{MemoryMiB: 191}, true},
+		{"bare", map[string]string{"memory": "64"}, store.Limits{MemoryMiB: 64}, true},
+		{"too small", map[string]string{"memory": "1Mi"}, store.Limits{}, false},
+		{"too big", map[string]string{"memory": "64Gi"}, store.Limits{}, false},
+		{"bad memory", map[string]string{"memory": "lots"}, store.Limits{}, false},
+		{"negative memory", map[string]string{"memory": "-5Mi"}, store.Limits{}, false},
+		{"bad timeout", map[string]string{"timeout": "soon"}, store.Limits{}, false},
+		{"long timeout", map[string]string{"timeout": "1h"}, store.Limits{}, false},
+		{"bad network", map[string]string{"network": "host"}, store.Limits{}, false},
+		{"min above max", map[string]string{"min": "5", "max": "2"}, store.Limits{}, false},
+		{"zero max", map[string]string{"max": "0"}, store.Limits{}, false},
+		{"zero concurrency", map[string]string{"concurrency": "0"}, store.Limits{}, false},
+		{"unknown", map[string]string{"cpu": "2"}, store.Limits{}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ParseLimits(tt.in, bounds)
+			if (err == nil) != tt.ok {
+				t.Fatalf("err = %v", err)
+			}
+			if err != nil && !errors.Is(err, errdefs.ErrInvalidArgument) {
+				t.Fatalf("wrong class: %v", err)
+			}
+			if tt.ok && got != tt.want {
+				t.Fatalf("got %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func FuzzParseLimits(f *testing.F) {
+	f.Add("memory", "128Mi")
+	f.Add("timeout", "1.5s")
+	f.Add("min", "3")
+	f.Add("network", "egress")
+	f.Add("memory", "1e300Gi")
+	f.Fuzz(func(t *testing.T, k, v string) {
+		l, err := ParseLimits(map[string]string{k: v}, bounds)
+		if err != nil {
+			if !errors.Is(err, errdefs.ErrInvalidArgument) {
+				t.Fatalf("wrong class: %v", err)
+			}
+			return
+		}
+		if l.MemoryMiB != 0 && (l.MemoryMiB < 32 || l.MemoryMiB > bounds.MaxMemoryMiB) ||
+			l.TimeoutMs < 0 || time.Duration(l.TimeoutMs)*time.Millisecond > bounds.MaxTimeout ||
+			l.MaxScale > bounds.MaxScale || l.Concurrency > bounds.MaxConcurrency ||
+			(l.Network != "" && l.Network != "none" && l.Network != "egress") {
+			t.Fatalf("accepted out-of-bounds %q=%q: %+v", k, v, l)
+		}
+	})
+}

@@ -1,0 +1,201 @@
+package sandbox
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// blockedRanges are never reachable from an egress sandbox unless the
+// operator allows them: the host's loopback, private and shared ranges,
+// link-local (cloud metadata at 169.254.169.254), and the reserved ones.
+var blockedRanges = []string{
+	"0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+	"172.16.0.0/12", "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15",
+	"224.0.0.0/4", "240.0.0.0/4",
+}
+
+// slirpDNS is slirp4netns's built-in DNS forwarder inside the sandbox.
+const slirpDNS = "10.0.2.3"
+
+func (s *Sandbox) setupNetwork() error {
+	if s.cfg.StateDir == "" {
+		return nil
+	}
+	etc := filepath.Join(s.cfg.StateDir, "etc")
+	if err := MkdirReachable(etc); err != nil {
+		return err
+	}
+	files := map[string]string{
+		"resolv.conf": "nameserver " + slirpDNS + "\noptions timeout:2 attempts:2\n",
+		"hosts":       "127.0.0.1 localhost\n::1 localhost\n",
+	}
+	for name, content := range files {
+		p := filepath.Join(etc, name)
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			return err
+		}
+		s.netMounts = append(s.netMounts, Mount{Source: p, Dest: "/etc/" + name})
+	}
+	blocked := append([]string(nil), blockedRanges...)
+	// The host's own addresses too: slirp4netns connects from the host,
+	// so without this a sandbox could reach services on the host's
+	// public address.
+	if addrs, err := net.InterfaceAddrs(); err == nil {
+		for _, a := range addrs {
+			if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil {
+				blocked = append(blocked, ipn.IP.String()+"/32")
+			}
+		}
+	}
+	s.blocked = blocked
+	return nil
+}
+
+// EgressRanges returns what egress sandboxes may not reach, for the
+// runtime's own deny list (a second layer).
+func (s *Sandbox) EgressRanges() []string { return append([]string(nil), blockedRanges...) }
+
+// nftRules is the ruleset loaded into an egress sandbox's network
+// namespace. The sandbox has no capabilities there, so it cannot change it.
+func (s *Sandbox) nftRules() string {
+	var b strings.Builder
+	b.WriteString("table inet spry {\n chain output {\n  type filter hook output priority 0; policy accept;\n  oifname \"lo\" accept\n")
+	fmt.Fprintf(&b, "  ip daddr %s udp dport 53 accept\n  ip daddr %s tcp dport 53 accept\n", slirpDNS, slirpDNS)
+	for _, p := range s.cfg.EgressAllow {
+		if p.Addr().Is4() {
+			fmt.Fprintf(&b, "  ip daddr %s accept\n", p)
+		}
+	}
+	fmt.Fprintf(&b, "  ip daddr { %s } reject\n", strings.Join(s.blocked, ", "))
+	b.WriteString("  meta nfproto ipv6 reject\n }\n}\n")
+	return b.String()
+}
+
+// StartNetwork gives a started egress sandbox its network: it loads the
+// filter rules into the sandbox's namespace, then attaches slirp4netns.
+// It must run before any user code is given to the sandbox. For other
+// network modes it does nothing.
+func (c *Cmd) StartNetwork(ctx context.Context) error {
+	if c.info == nil {
+		return nil
+	}
+	pid, err := readChildPid(c.info)
+	c.info.Close()
+	c.info = nil
+	if err != nil {
+		return fmt.Errorf("sandbox network: %w", err)
+	}
+	netns := fmt.Sprintf("/proc/%d/ns/net", pid)
+	nft := exec.CommandContext(ctx, "nsenter", "--net="+netns, "--", "nft", "-f", "-")
+	nft.Stdin = strings.NewReader(c.sb.nftRules())
+	if out, err := nft.CombinedOutput(); err != nil {
+		return fmt.Errorf("sandbox network: load filter rules: %v: %s", err, bytes.TrimSpace(out))
+	}
+	slirpBin := c.sb.cfg.Slirp4netns
+	if slirpBin == "" {
+		if slirpBin, err = exec.LookPath("slirp4netns"); err != nil {
+			return errors.New("sandbox network: slirp4netns is not installed: apt-get install slirp4netns")
+		}
+	}
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer readyR.Close()
+	exitR, exitW, err := os.Pipe()
+	if err != nil {
+		readyW.Close()
+		return err
+	}
+	// By path, not by pid: given a pid, slirp4netns would also join the
+	// sandbox's (nested, unprivileged) user namespace and then lack the
+	// right to enter its network namespace.
+	slirp := exec.Command(slirpBin, "--configure", "--mtu=65520", "--disable-host-loopback",
+		"--enable-sandbox", "--enable-seccomp", "--ready-fd=3", "--exit-fd=4",
+		"--netns-type=path", netns, "tap0")
+	slirp.ExtraFiles = []*os.File{readyW, exitR}
+	slirp.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	var stderr bytes.Buffer
+	slirp.Stderr = &stderr
+	err = slirp.Start()
+	readyW.Close()
+	exitR.Close()
+	if err != nil {
+		exitW.Close()
+		return fmt.Errorf("sandbox network: start slirp4netns: %w", err)
+	}
+	c.slirp, c.slirpFD = slirp, exitW
+	ready := make(chan error, 1)
+	go func() {
+		var b [1]byte
+		_, err := readyR.Read(b[:])
+		ready <- err
+	}()
+	select {
+	case err := <-ready:
+		if err != nil {
+			return fmt.Errorf("sandbox network: slirp4netns did not start: %v: %s", err, bytes.TrimSpace(stderr.Bytes()))
+		}
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(10 * time.Second):
+		return errors.New("sandbox network: slirp4netns did not become ready within 10s")
+	}
+}
+
+func readChildPid(r io.Reader) (int, error) {
+	dec := json.NewDecoder(r)
+	var info struct {
+		ChildPid int `json:"child-pid"`
+	}
+	if err := dec.Decode(&info); err != nil {
+		return 0, fmt.Errorf("read bubblewrap's info: %w", err)
+	}
+	if info.ChildPid <= 0 {
+		return 0, errors.New("bubblewrap reported no child pid")
+	}
+	return info.ChildPid, nil
+}
+
+func (c *Cmd) stopNetwork() {
+	if c.info != nil {
+		c.info.Close()
+		c.info = nil
+	}
+	if c.slirp != nil {
+		c.slirpFD.Close()
+		_ = c.slirp.Process.Kill()
+		_ = c.slirp.Wait()
+		c.slirp = nil
+	}
+}
+
+// ParsePrefixes parses a list of CIDR prefixes (an operator flag).
+func ParsePrefixes(list []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range list {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a CIDR prefix: %w", s, err)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
