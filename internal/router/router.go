@@ -179,34 +179,26 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rt.writeError(w, reqID, err)
 		return
 	}
-	var lease *activator.Lease
-	var spec *backend.Spec
-	ctx, cancel := r.Context(), context.CancelFunc(func() {})
-	for attempt := 0; ; attempt++ {
-		spec, err = rt.resolver.Resolve(r.Context(), owner, name)
-		if err != nil {
-			if errors.Is(err, errdefs.ErrNotFound) {
-				err = errdefs.New(errdefs.ErrNotFound, "function %s/%s not found", owner, name)
-			}
-			rt.writeError(w, reqID, err)
-			return
-		}
-		// One timeout covers the whole invocation, cold start included.
-		cancel()
-		timeout := spec.Timeout
-		if timeout <= 0 {
-			timeout = rt.cfg.Timeout
-		}
-		ctx, cancel = context.WithDeadline(r.Context(), start.Add(timeout))
-		lease, err = rt.leaser.Acquire(ctx, spec)
-		// A deploy may retire the version between resolving and
-		// leasing; resolve again to get the new one.
-		if errors.Is(err, activator.ErrRetired) && attempt < 3 {
-			continue
-		}
-		break
+	spec, err := rt.resolve(r.Context(), owner, name)
+	if err != nil {
+		rt.writeError(w, reqID, err)
+		return
 	}
+	// One timeout covers the whole invocation, cold start included.
+	timeout := spec.Timeout
+	if timeout <= 0 {
+		timeout = rt.cfg.Timeout
+	}
+	ctx, cancel := context.WithDeadline(r.Context(), start.Add(timeout))
 	defer cancel()
+	lease, err := rt.leaser.Acquire(ctx, spec)
+	// A deploy may retire the version between resolving and leasing;
+	// resolve again to get the new one.
+	for attempt := 0; errors.Is(err, activator.ErrRetired) && attempt < 3; attempt++ {
+		if spec, err = rt.resolve(ctx, owner, name); err == nil {
+			lease, err = rt.leaser.Acquire(ctx, spec)
+		}
+	}
 	if err != nil {
 		rt.log.Warn("no instance", "owner", owner, "function", name, "request_id", reqID, "err", err)
 		rt.writeError(w, reqID, err)
@@ -216,6 +208,14 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rt.resolver.Invoked(spec)
 	inv := &invocation{lease: lease, start: start, rest: rest, query: r.URL.RawQuery, reqID: reqID}
 	rt.proxy.ServeHTTP(w, r.WithContext(context.WithValue(ctx, leaseKey, inv)))
+}
+
+func (rt *Router) resolve(ctx context.Context, owner, name string) (*backend.Spec, error) {
+	spec, err := rt.resolver.Resolve(ctx, owner, name)
+	if errors.Is(err, errdefs.ErrNotFound) {
+		err = errdefs.New(errdefs.ErrNotFound, "function %s/%s not found", owner, name)
+	}
+	return spec, err
 }
 
 // SplitPath splits an escaped request path "/fn/<owner>/<name>[/<rest>]"
