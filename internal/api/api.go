@@ -9,8 +9,10 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -24,6 +26,7 @@ import (
 // Functions is what the API needs of the functions service.
 type Functions interface {
 	Deploy(ctx context.Context, req functions.DeployRequest) (store.Function, error)
+	Reconfigure(ctx context.Context, owner, name, by string, ch functions.Change) (store.Function, error)
 	Delete(ctx context.Context, owner, name string) error
 	Get(ctx context.Context, owner, name string) (store.Function, error)
 	List(ctx context.Context, owner string) ([]store.Function, error)
@@ -58,6 +61,7 @@ type API struct {
 	users     store.Users
 	tokens    store.Tokens
 	instances Instances
+	limiter   *auth.FailureLimiter
 	log       *slog.Logger
 }
 
@@ -69,7 +73,9 @@ func New(fns Functions, authn Authenticator, users store.Users, tokens store.Tok
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &API{cfg: cfg, fns: fns, auth: authn, users: users, tokens: tokens, instances: instances, log: cfg.Logger}
+	// Ten wrong tokens at once, then one every six seconds, per client.
+	limiter := auth.NewFailureLimiter(6*time.Second, 10, cfg.Now)
+	return &API{cfg: cfg, fns: fns, auth: authn, users: users, tokens: tokens, instances: instances, limiter: limiter, log: cfg.Logger}
 }
 
 // Handler returns the API's routes, all behind authentication.
@@ -77,7 +83,7 @@ func (a *API) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/api/v1/whoami", methods{"GET": a.whoami})
 	mux.Handle("/api/v1/functions", methods{"GET": a.listFunctions})
-	mux.Handle("/api/v1/functions/{name}", methods{"GET": a.getFunction, "PUT": a.deployFunction, "DELETE": a.deleteFunction})
+	mux.Handle("/api/v1/functions/{name}", methods{"GET": a.getFunction, "PUT": a.deployFunction, "PATCH": a.configureFunction, "DELETE": a.deleteFunction})
 	mux.Handle("/api/v1/users", methods{"GET": a.listUsers, "POST": a.createUser})
 	mux.Handle("/api/v1/users/{name}", methods{"GET": a.getUser, "DELETE": a.deleteUser})
 	mux.Handle("/api/v1/tokens", methods{"GET": a.listTokens, "POST": a.createToken})
@@ -131,6 +137,12 @@ func principal(r *http.Request) auth.Principal {
 
 func (a *API) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		client, _, _ := net.SplitHostPort(r.RemoteAddr)
+		if ok, wait := a.limiter.Allowed(client); !ok {
+			w.Header().Set("Retry-After", strconv.Itoa(int(wait.Seconds())+1))
+			a.fail(w, r, errdefs.New(errdefs.ErrRateLimited, "too many failed authentication attempts; retry in %s", wait.Round(time.Second)+time.Second))
+			return
+		}
 		tok, ok := auth.BearerToken(r.Header.Get("Authorization"))
 		if !ok {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="spry"`)
@@ -138,6 +150,9 @@ func (a *API) authenticate(next http.Handler) http.Handler {
 			return
 		}
 		p, err := a.auth.Authenticate(r.Context(), tok)
+		if errors.Is(err, errdefs.ErrUnauthenticated) {
+			a.limiter.Failed(client)
+		}
 		if err != nil {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="spry", error="invalid_token"`)
 			a.fail(w, r, err)

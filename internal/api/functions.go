@@ -27,6 +27,7 @@ type FunctionView struct {
 	State         string            `json:"state"`
 	Instances     int               `json:"instances"`
 	Env           map[string]string `json:"env,omitempty"`
+	Secrets       []string          `json:"secrets,omitempty"` // names only; values are never returned
 	Limits        store.Limits      `json:"limits"`
 	CreatedAt     time.Time         `json:"created_at"`
 	UpdatedAt     time.Time         `json:"updated_at"`
@@ -41,7 +42,10 @@ type DeployBody struct {
 	Filename string            `json:"filename,omitempty"`
 	Runtime  string            `json:"runtime,omitempty"`
 	Env      map[string]string `json:"env,omitempty"`
-	// Per-function settings; empty means the server's default.
+	// Secrets are set like env but stored encrypted and never shown again.
+	Secrets map[string]string `json:"secrets,omitempty"`
+	// Per-function settings; empty keeps the live version's (or takes the
+	// server's default).
 	Memory      string `json:"memory,omitempty"`  // e.g. "128Mi"
 	Timeout     string `json:"timeout,omitempty"` // e.g. "2s"
 	Network     string `json:"network,omitempty"` // "none" or "egress"
@@ -100,6 +104,7 @@ func (a *API) view(r *http.Request, fn store.Function) FunctionView {
 		State:      state,
 		Instances:  n,
 		Env:        fn.Live.Config.Env,
+		Secrets:    functions.EnvKeys(fn.Live.Config.Secrets),
 		Limits:     fn.Live.Config.Limits,
 		CreatedAt:  fn.CreatedAt,
 		UpdatedAt:  fn.UpdatedAt,
@@ -222,6 +227,7 @@ func (a *API) deployFunction(w http.ResponseWriter, r *http.Request) error {
 			req.Runtime = d.Runtime
 		}
 		req.Env = d.Env
+		req.Secrets = d.Secrets
 		req.Settings = d.settings()
 	} else {
 		req.Code = body
@@ -241,4 +247,44 @@ func (a *API) deployFunction(w http.ResponseWriter, r *http.Request) error {
 		status = http.StatusCreated
 	}
 	return writeJSON(w, status, a.view(r, fn))
+}
+
+// ConfigBody is the body of PATCH /api/v1/functions/{name}: a change of
+// configuration, made as a new version with the same code.
+type ConfigBody struct {
+	Runtime      string            `json:"runtime,omitempty"`
+	Memory       string            `json:"memory,omitempty"`
+	Timeout      string            `json:"timeout,omitempty"`
+	Network      string            `json:"network,omitempty"`
+	Min          *int              `json:"min,omitempty"`
+	Max          *int              `json:"max,omitempty"`
+	Concurrency  *int              `json:"concurrency,omitempty"`
+	Env          map[string]string `json:"env,omitempty"`
+	UnsetEnv     []string          `json:"unset_env,omitempty"`
+	Secrets      map[string]string `json:"secrets,omitempty"`
+	UnsetSecrets []string          `json:"unset_secrets,omitempty"`
+}
+
+func (a *API) configureFunction(w http.ResponseWriter, r *http.Request) error {
+	owner, name, err := a.target(r)
+	if err != nil {
+		return err
+	}
+	var body ConfigBody
+	if err := readJSON(w, r, &body); err != nil {
+		return err
+	}
+	d := DeployBody{Memory: body.Memory, Timeout: body.Timeout, Network: body.Network, Min: body.Min, Max: body.Max, Concurrency: body.Concurrency}
+	fn, err := a.fns.Reconfigure(r.Context(), owner, name, principal(r).User, functions.Change{
+		Runtime:      body.Runtime,
+		Settings:     d.settings(),
+		SetEnv:       body.Env,
+		UnsetEnv:     body.UnsetEnv,
+		SetSecrets:   body.Secrets,
+		UnsetSecrets: body.UnsetSecrets,
+	})
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, a.view(r, fn))
 }

@@ -58,7 +58,7 @@ func newDeployCmd(conn *connFlags) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&name, "name", "", "function name (default: the file name without its extension)")
-	cmd.Flags().StringVar(&runtime, "runtime", "", "runtime: deno (default)")
+	cmd.Flags().StringVar(&runtime, "runtime", "", "runtime: deno or node (default: the live version's, or deno)")
 	cmd.Flags().StringArrayVarP(&envs, "env", "e", nil, "environment variable KEY=VALUE, available as ctx.env (repeatable)")
 	cmd.Flags().StringVar(&owner, "owner", "", "deploy into another user's namespace (admin only)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")

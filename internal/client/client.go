@@ -220,3 +220,14 @@ func (c *Client) Invoke(ctx context.Context, owner, name, method, path string, b
 	}
 	return res, nil
 }
+
+// Configure changes a function's configuration (a new version, same code).
+func (c *Client) Configure(ctx context.Context, owner, name string, body api.ConfigBody) (api.FunctionView, error) {
+	var v api.FunctionView
+	data, err := json.Marshal(body)
+	if err != nil {
+		return v, err
+	}
+	err = c.do(ctx, "PATCH", "/api/v1/functions/"+url.PathEscape(name), ownerQuery(owner), bytes.NewReader(data), "application/json", &v)
+	return v, err
+}

@@ -28,6 +28,12 @@ type Blobs interface {
 	Put(data []byte) (string, error)
 }
 
+// Sealer encrypts secrets for storage.
+type Sealer interface {
+	Seal(value, context string) (string, error)
+	Open(sealed, context string) (string, error)
+}
+
 // Retirer is told when versions stop being live, so their instances drain.
 type Retirer interface {
 	RetireExcept(functionID string, keep ...string)
@@ -56,6 +62,7 @@ type Service struct {
 	store   store.Functions
 	blobs   Blobs
 	retirer Retirer
+	sealer  Sealer
 	log     *slog.Logger
 
 	// deployMu serialises deploys of one function, so that "make live"
@@ -68,7 +75,7 @@ type Service struct {
 }
 
 // New returns a Service.
-func New(s store.Functions, blobs Blobs, retirer Retirer, cfg Config) *Service {
+func New(s store.Functions, blobs Blobs, retirer Retirer, sealer Sealer, cfg Config) *Service {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -76,7 +83,7 @@ func New(s store.Functions, blobs Blobs, retirer Retirer, cfg Config) *Service {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Service{
-		cfg: cfg, store: s, blobs: blobs, retirer: retirer, log: cfg.Logger,
+		cfg: cfg, store: s, blobs: blobs, retirer: retirer, sealer: sealer, log: cfg.Logger,
 		live:    map[store.FunctionKey]*backend.Spec{},
 		invoked: map[store.FunctionKey]time.Time{},
 	}
@@ -90,6 +97,7 @@ type DeployRequest struct {
 	Code     []byte
 	Runtime  string
 	Env      map[string]string
+	Secrets  map[string]string // plaintext; sealed before storing
 	// Settings are the per-function limits as strings ("memory": "128Mi"),
 	// parsed with ParseLimits.
 	Settings map[string]string
@@ -109,10 +117,9 @@ func (s *Service) validate(req *DeployRequest) error {
 	if err := names.Function(req.Name); err != nil {
 		return err
 	}
-	if req.Runtime == "" {
-		req.Runtime = s.cfg.DefaultRuntime
-	}
-	known := false
+	// An empty runtime keeps the live version's (or, for a new function,
+	// takes the server's default).
+	known := req.Runtime == ""
 	for _, r := range s.cfg.Runtimes {
 		known = known || r == req.Runtime
 	}
@@ -160,9 +167,13 @@ func validEnvName(k string) bool {
 }
 
 // Deploy bundles the code and makes it the function's new live version.
-// Nothing is stored unless the code builds.
+// Settings, env and secrets the request names change; the rest carry over
+// from the live version. Nothing is stored unless the code builds.
 func (s *Service) Deploy(ctx context.Context, req DeployRequest) (store.Function, error) {
 	if err := s.validate(&req); err != nil {
+		return store.Function{}, err
+	}
+	if err := ValidateEnv(req.Secrets); err != nil {
 		return store.Function{}, err
 	}
 	limits, err := ParseLimits(req.Settings, s.cfg.Bounds)
@@ -177,40 +188,190 @@ func (s *Service) Deploy(ctx context.Context, req DeployRequest) (store.Function
 	if err != nil {
 		return store.Function{}, fmt.Errorf("store bundle: %w", err)
 	}
-	now := s.cfg.Now()
+	return s.newVersion(ctx, req.Owner, req.Name, req.By, &bundle{digest, int64(len(res.Code))}, Change{
+		Runtime:    req.Runtime,
+		limits:     limits,
+		SetEnv:     req.Env,
+		SetSecrets: req.Secrets,
+	})
+}
+
+// Change is a change of a function's configuration, made as a new version
+// with the live version's code.
+type Change struct {
+	Runtime      string
+	Settings     map[string]string // as ParseLimits reads them
+	SetEnv       map[string]string
+	UnsetEnv     []string
+	SetSecrets   map[string]string // plaintext; sealed before storing
+	UnsetSecrets []string
+
+	limits store.Limits // parsed Settings
+}
+
+type bundle struct {
+	digest string
+	size   int64
+}
+
+// Reconfigure makes a new version of a function with the live version's
+// code and ch applied to its configuration.
+func (s *Service) Reconfigure(ctx context.Context, owner, name, by string, ch Change) (store.Function, error) {
+	if err := ValidateEnv(ch.SetEnv); err != nil {
+		return store.Function{}, err
+	}
+	if err := ValidateEnv(ch.SetSecrets); err != nil {
+		return store.Function{}, err
+	}
+	if ch.Runtime != "" {
+		req := DeployRequest{Owner: owner, Name: name, Runtime: ch.Runtime}
+		if err := s.validate(&req); err != nil {
+			return store.Function{}, err
+		}
+	}
+	limits, err := ParseLimits(ch.Settings, s.cfg.Bounds)
+	if err != nil {
+		return store.Function{}, err
+	}
+	ch.limits = limits
+	return s.newVersion(ctx, owner, name, by, nil, ch)
+}
+
+// newVersion stores a new live version: code is b, or the live version's
+// if b is nil; its configuration is the live version's with ch applied.
+func (s *Service) newVersion(ctx context.Context, owner, name, by string, b *bundle, ch Change) (store.Function, error) {
 	s.deployMu.Lock()
 	defer s.deployMu.Unlock()
+	var cfg store.Config
+	cur, err := s.store.GetFunction(ctx, owner, name)
+	switch {
+	case err == nil:
+		cfg = cur.Live.Config
+		if b == nil {
+			b = &bundle{cur.Live.Digest, cur.Live.Size}
+		}
+	case errors.Is(err, errdefs.ErrNotFound) && b != nil:
+		cfg = store.Config{Runtime: s.cfg.DefaultRuntime}
+	default:
+		return store.Function{}, err
+	}
+	if ch.Runtime != "" {
+		cfg.Runtime = ch.Runtime
+	}
+	cfg.Limits = overlay(cfg.Limits, ch.limits)
+	if cfg.Limits.MaxScale > 0 && cfg.Limits.MinScale > cfg.Limits.MaxScale {
+		return store.Function{}, errdefs.Invalid("min %d is above max %d", cfg.Limits.MinScale, cfg.Limits.MaxScale)
+	}
+	cfg.Env = edit(cfg.Env, ch.SetEnv, ch.UnsetEnv)
+	sealed := map[string]string{}
+	for k, v := range ch.SetSecrets {
+		if sealed[k], err = s.sealer.Seal(v, secretContext(owner, name, k)); err != nil {
+			return store.Function{}, fmt.Errorf("seal secret: %w", err)
+		}
+	}
+	cfg.Secrets = edit(cfg.Secrets, sealed, ch.UnsetSecrets)
+	if err := ValidateEnv(cfg.Env); err != nil {
+		return store.Function{}, err
+	}
+	if len(cfg.Env)+len(cfg.Secrets) > MaxEnvVars {
+		return store.Function{}, errdefs.Invalid("%d environment variables and secrets; the limit is %d", len(cfg.Env)+len(cfg.Secrets), MaxEnvVars)
+	}
 	v, err := s.store.Deploy(ctx, newID(), store.Version{
-		Owner:     req.Owner,
-		Name:      req.Name,
-		Digest:    digest,
-		Size:      int64(len(res.Code)),
-		Config:    store.Config{Runtime: req.Runtime, Env: req.Env, Limits: limits},
-		CreatedAt: now,
-		CreatedBy: req.By,
+		Owner:     owner,
+		Name:      name,
+		Digest:    b.digest,
+		Size:      b.size,
+		Config:    cfg,
+		CreatedAt: s.cfg.Now(),
+		CreatedBy: by,
 	})
 	if err != nil {
 		return store.Function{}, err
 	}
-	fn, err := s.store.GetFunction(ctx, req.Owner, req.Name)
+	fn, err := s.store.GetFunction(ctx, owner, name)
 	if err != nil {
 		return store.Function{}, err
 	}
-	s.makeLive(fn)
+	if err := s.makeLive(fn); err != nil {
+		return store.Function{}, err
+	}
 	s.log.Info("deployed", "owner", v.Owner, "function", v.Name, "version", v.Number, "digest", v.Digest, "size", v.Size)
 	return fn, nil
 }
 
+// secretContext binds a sealed secret to its function and name.
+func secretContext(owner, name, key string) string { return owner + "/" + name + "/" + key }
+
+// overlay returns base with every setting that is set in ch replaced.
+func overlay(base, ch store.Limits) store.Limits {
+	if ch.MemoryMiB != 0 {
+		base.MemoryMiB = ch.MemoryMiB
+	}
+	if ch.TimeoutMs != 0 {
+		base.TimeoutMs = ch.TimeoutMs
+	}
+	if ch.Network != "" {
+		base.Network = ch.Network
+	}
+	if ch.MinScale != 0 {
+		base.MinScale = ch.MinScale
+	}
+	if ch.MaxScale != 0 {
+		base.MaxScale = ch.MaxScale
+	}
+	if ch.Concurrency != 0 {
+		base.Concurrency = ch.Concurrency
+	}
+	return base
+}
+
+// edit returns a copy of m with set applied and unset removed (nil if
+// empty), leaving m itself, which a stored version shares, untouched.
+func edit(m, set map[string]string, unset []string) map[string]string {
+	out := make(map[string]string, len(m)+len(set))
+	for k, v := range m {
+		out[k] = v
+	}
+	for k, v := range set {
+		out[k] = v
+	}
+	for _, k := range unset {
+		delete(out, k)
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
+}
+
 // makeLive updates the cache and retires every other version's instances.
-func (s *Service) makeLive(fn store.Function) {
-	spec := s.specOf(fn)
+func (s *Service) makeLive(fn store.Function) error {
+	spec, err := s.specOf(fn)
+	if err != nil {
+		return err
+	}
 	s.mu.Lock()
 	s.live[store.FunctionKey{Owner: fn.Owner, Name: fn.Name}] = spec
 	s.mu.Unlock()
 	s.retirer.RetireExcept(fn.ID, spec.Key())
+	return nil
 }
 
-func (s *Service) specOf(fn store.Function) *backend.Spec {
+func (s *Service) specOf(fn store.Function) (*backend.Spec, error) {
+	env := fn.Live.Config.Env
+	if len(fn.Live.Config.Secrets) > 0 {
+		env = edit(env, nil, nil)
+		if env == nil {
+			env = map[string]string{}
+		}
+		for k, sealed := range fn.Live.Config.Secrets {
+			v, err := s.sealer.Open(sealed, secretContext(fn.Owner, fn.Name, k))
+			if err != nil {
+				return nil, fmt.Errorf("secret %s of %s/%s: %v: %w", k, fn.Owner, fn.Name, err, errdefs.ErrInternal)
+			}
+			env[k] = v
+		}
+	}
 	l := fn.Live.Config.Limits
 	spec := &backend.Spec{
 		FunctionID:  fn.ID,
@@ -219,7 +380,7 @@ func (s *Service) specOf(fn store.Function) *backend.Spec {
 		Version:     fn.LiveVersion,
 		Runtime:     fn.Live.Config.Runtime,
 		Digest:      fn.Live.Digest,
-		Env:         fn.Live.Config.Env,
+		Env:         env,
 		MemoryMiB:   or(l.MemoryMiB, s.cfg.DefaultMemoryMiB),
 		Network:     l.Network,
 		Timeout:     time.Duration(l.TimeoutMs) * time.Millisecond,
@@ -233,7 +394,7 @@ func (s *Service) specOf(fn store.Function) *backend.Spec {
 	if spec.Timeout == 0 {
 		spec.Timeout = s.cfg.DefaultTimeout
 	}
-	return spec
+	return spec, nil
 }
 
 func or(v, def int) int {
@@ -317,7 +478,9 @@ func (s *Service) Resolve(ctx context.Context, owner, name string) (*backend.Spe
 	if err != nil {
 		return nil, err
 	}
-	spec = s.specOf(fn)
+	if spec, err = s.specOf(fn); err != nil {
+		return nil, err
+	}
 	s.mu.Lock()
 	s.live[key] = spec
 	s.mu.Unlock()

@@ -30,6 +30,7 @@ import (
 	"github.com/spry-run/spry/internal/router"
 	"github.com/spry-run/spry/internal/runtime"
 	"github.com/spry-run/spry/internal/sandbox"
+	"github.com/spry-run/spry/internal/secrets"
 	"github.com/spry-run/spry/internal/store"
 	"github.com/spry-run/spry/internal/store/sqlite"
 )
@@ -149,7 +150,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		return nil, err
 	}
 	s.act = activator.New(s.back, activator.Config{ScaleToZeroAfter: cfg.ScaleToZeroAfter, Logger: log})
-	s.fns = functions.New(s.store, blobs, s.act, functions.Config{
+	box, err := secrets.OpenKeyFile(filepath.Join(dataDir, "secret.key"))
+	if err != nil {
+		return nil, err
+	}
+	s.fns = functions.New(s.store, blobs, s.act, box, functions.Config{
 		MaxCodeBytes:       cfg.MaxCodeBytes,
 		DefaultRuntime:     deno.Name(),
 		Runtimes:           []string{deno.Name()},

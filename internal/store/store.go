@@ -45,6 +45,9 @@ type Limits struct {
 type Config struct {
 	Runtime string            `json:"runtime"`
 	Env     map[string]string `json:"env,omitempty"`
+	// Secrets are sealed (encrypted) values, decrypted only to hand them
+	// to an instance.
+	Secrets map[string]string `json:"secrets,omitempty"`
 	Limits  Limits            `json:"limits"`
 }
 

@@ -462,17 +462,19 @@ func (b *Backend) spawn(ctx context.Context, key poolKey) (*proc, error) {
 	b.wg.Add(1)
 	go b.reap(p, &readers)
 
-	// The network is set up before the process can be given any code.
-	if err := cmd.StartNetwork(ctx); err != nil {
-		b.kill(p, backend.ExitCrashed)
-		<-p.exited
-		return nil, fmt.Errorf("instance network: %w: %w", err, errdefs.ErrUnavailable)
-	}
 
 	timer := time.NewTimer(b.cfg.StartTimeout)
 	defer timer.Stop()
 	select {
 	case <-p.ready:
+		// The network is set up before the process can be given any code,
+		// and after bubblewrap has set up the namespace's loopback (doing
+		// both at once makes bubblewrap's setup fail now and then).
+		if err := cmd.StartNetwork(ctx); err != nil {
+			b.kill(p, backend.ExitCrashed)
+			<-p.exited
+			return nil, fmt.Errorf("instance network: %w: %w", err, errdefs.ErrUnavailable)
+		}
 		return p, nil
 	case <-p.exited:
 		return nil, fmt.Errorf("runtime %s exited while starting: %s: %w", key.runtime, exitDetail(p), errdefs.ErrUnavailable)

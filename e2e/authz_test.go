@@ -1,0 +1,200 @@
+package e2e
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// endpoint is one management API call, with a body if it needs one. The
+// matrix below runs every endpoint as each user against each owner.
+type endpoint struct {
+	method, path, body string
+}
+
+// managementEndpoints are the calls that act on one function; {owner}
+// and {name} are filled in.
+var managementEndpoints = []endpoint{
+	{"GET", "/api/v1/functions?owner={owner}", ""},
+	{"GET", "/api/v1/functions/{name}?owner={owner}", ""},
+	{"PUT", "/api/v1/functions/{name}?owner={owner}", `export default () => new Response("replaced")`},
+	{"PATCH", "/api/v1/functions/{name}?owner={owner}", `{"env":{"X":"1"}}`},
+	{"DELETE", "/api/v1/functions/{name}?owner={owner}", ""},
+}
+
+func fill(s, owner, name string) string {
+	return strings.NewReplacer("{owner}", owner, "{name}", name).Replace(s)
+}
+
+// TestAuthorizationMatrix: user A cannot read, change, delete or manage
+// user B's functions through any endpoint; only the admin manages users
+// and everyone's functions.
+func TestAuthorizationMatrix(t *testing.T) {
+	s := startServer(t)
+	tokens := map[string]string{"admin": s.token}
+	for _, u := range []string{"alice", "bob"} {
+		tokens[u] = strings.TrimSpace(s.mustSpry("user", "create", u))
+	}
+	deploy := func(owner string) {
+		t.Helper()
+		if r := s.putCode(tokens["admin"], "fn", []byte(`export default () => new Response("`+owner+`")`), "owner="+owner); r.status/100 != 2 {
+			t.Fatalf("deploy %s/fn: %d %s", owner, r.status, r.body)
+		}
+	}
+	for _, caller := range []string{"alice", "bob"} {
+		for _, owner := range []string{"alice", "bob", "admin"} {
+			if owner == caller {
+				continue
+			}
+			for _, ep := range managementEndpoints {
+				t.Run(caller+" "+ep.method+" "+fill(ep.path, owner, "fn"), func(t *testing.T) {
+					deploy(owner)
+					r := s.do(ep.method, fill(ep.path, owner, "fn"), tokens[caller], strings.NewReader(ep.body), map[string]string{"Content-Type": contentType(ep)})
+					if r.status != 403 || r.errorCode(t) != "permission_denied" {
+						t.Fatalf("%s got %d %s", caller, r.status, r.body)
+					}
+					// Nothing changed: still version 1 with its code.
+					if got := s.get("/fn/" + owner + "/fn"); string(got.body) != owner {
+						t.Fatalf("%s's function now answers %q", owner, got.body)
+					}
+				})
+			}
+		}
+	}
+	// Each user may do all of it to their own functions, and the admin to
+	// anyone's.
+	for _, caller := range []string{"alice", "admin"} {
+		for _, ep := range managementEndpoints {
+			owner := "alice"
+			t.Run("allowed "+caller+" "+ep.method, func(t *testing.T) {
+				deploy(owner)
+				r := s.do(ep.method, fill(ep.path, owner, "fn"), tokens[caller], strings.NewReader(ep.body), map[string]string{"Content-Type": contentType(ep)})
+				if r.status/100 != 2 {
+					t.Fatalf("%s %s: %d %s", caller, ep.method, r.status, r.body)
+				}
+			})
+		}
+	}
+
+	userOnly := []endpoint{
+		{"GET", "/api/v1/users", ""},
+		{"POST", "/api/v1/users", `{"name":"mallory"}`},
+		{"GET", "/api/v1/users/bob", ""},
+		{"DELETE", "/api/v1/users/bob", ""},
+		{"GET", "/api/v1/tokens?user=bob", ""},
+		{"POST", "/api/v1/tokens", `{"user":"bob"}`},
+	}
+	for _, ep := range userOnly {
+		t.Run("alice "+ep.method+" "+ep.path, func(t *testing.T) {
+			r := s.do(ep.method, ep.path, tokens["alice"], strings.NewReader(ep.body), map[string]string{"Content-Type": "application/json"})
+			if r.status != 403 {
+				t.Fatalf("got %d %s", r.status, r.body)
+			}
+		})
+	}
+	t.Run("alice cannot revoke bob's token", func(t *testing.T) {
+		who := s.do("GET", "/api/v1/whoami", tokens["bob"], nil, nil).json(t)
+		r := s.do("DELETE", "/api/v1/tokens/"+who["token_id"].(string), tokens["alice"], nil, nil)
+		if r.status != 404 {
+			t.Fatalf("got %d %s", r.status, r.body)
+		}
+		if r := s.do("GET", "/api/v1/whoami", tokens["bob"], nil, nil); r.status != 200 {
+			t.Fatal("bob's token stopped working")
+		}
+	})
+}
+
+func contentType(ep endpoint) string {
+	if strings.HasPrefix(ep.body, "{") {
+		return "application/json"
+	}
+	return "application/typescript"
+}
+
+// TestTokens: tokens are revocable, failed attempts are rate limited.
+func TestTokens(t *testing.T) {
+	s := startServer(t)
+	tok := strings.TrimSpace(s.mustSpry("token", "create", "--name", "ci"))
+	if r := s.do("GET", "/api/v1/whoami", tok, nil, nil); r.status != 200 {
+		t.Fatalf("new token: %d", r.status)
+	}
+	id := s.do("GET", "/api/v1/whoami", tok, nil, nil).json(t)["token_id"].(string)
+	if out := s.mustSpry("token", "ls"); !strings.Contains(out, id) || !strings.Contains(out, "ci") {
+		t.Fatalf("token ls:\n%s", out)
+	}
+	s.mustSpry("token", "revoke", id)
+	if r := s.do("GET", "/api/v1/whoami", tok, nil, nil); r.status != 401 {
+		t.Fatalf("revoked token: %d", r.status)
+	}
+
+	// Ten wrong tokens (the revoked one was the first) are answered 401;
+	// then the client is refused with 429 and Retry-After, even with a
+	// right token, until it has waited.
+	bad := "spry_0123456789abcdef_" + strings.Repeat("B", 43)
+	for i := 1; i < 10; i++ {
+		if r := s.do("GET", "/api/v1/whoami", bad, nil, nil); r.status != 401 {
+			t.Fatalf("attempt %d: %d", i, r.status)
+		}
+	}
+	r := s.do("GET", "/api/v1/whoami", s.token, nil, nil)
+	if r.status != 429 || r.errorCode(t) != "rate_limited" || r.header.Get("Retry-After") == "" {
+		t.Fatalf("after 10 failures: %d %s (Retry-After %q)", r.status, r.body, r.header.Get("Retry-After"))
+	}
+}
+
+// TestEnvAndSecrets: env and secrets reach the function; secret values are
+// stored encrypted and never returned.
+func TestEnvAndSecrets(t *testing.T) {
+	s := startServer(t)
+	code := `export default { fetch(req, ctx) { return Response.json(ctx.env); } }`
+	path := filepath.Join(t.TempDir(), "envy.ts")
+	if err := os.WriteFile(path, []byte(code), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.mustSpry("deploy", path, "--env", "PLAIN=visible")
+	const secret = "s3cr3t-value-9f8e7d"
+	if out, errOut, code := s.spryIn("", strings.NewReader(secret+"\n"), "secret", "set", "envy", "DB_PASSWORD"); code != 0 || !strings.Contains(out, "version 2") {
+		t.Fatalf("secret set: %d %s %s", code, out, errOut)
+	}
+	s.mustSpry("env", "set", "envy", "MORE=yes")
+	env := s.get("/fn/admin/envy").json(t)
+	if env["PLAIN"] != "visible" || env["DB_PASSWORD"] != secret || env["MORE"] != "yes" {
+		t.Fatalf("function env: %v", env)
+	}
+	// The API lists the secret's name only.
+	r := s.do("GET", "/api/v1/functions/envy", s.token, nil, nil)
+	if bytes.Contains(r.body, []byte(secret)) || !bytes.Contains(r.body, []byte("DB_PASSWORD")) {
+		t.Fatalf("API shows: %s", r.body)
+	}
+	if out := s.mustSpry("env", "ls", "envy"); !strings.Contains(out, "DB_PASSWORD=<secret>") || strings.Contains(out, secret) {
+		t.Fatalf("env ls:\n%s", out)
+	}
+	// Not in the database or its WAL, not in the server log.
+	for _, f := range []string{"spry.db", "spry.db-wal"} {
+		data, _ := os.ReadFile(filepath.Join(s.data, f))
+		if bytes.Contains(data, []byte(secret)) {
+			t.Fatalf("secret in clear in %s", f)
+		}
+	}
+	if strings.Contains(s.logs.String(), secret) {
+		t.Fatal("secret in the server log")
+	}
+	// A redeploy of the code keeps env and secrets; unset removes them.
+	s.mustSpry("deploy", path)
+	if env := s.get("/fn/admin/envy").json(t); env["DB_PASSWORD"] != secret || env["PLAIN"] != "visible" {
+		t.Fatalf("after redeploy: %v", env)
+	}
+	s.mustSpry("secret", "unset", "envy", "DB_PASSWORD")
+	s.mustSpry("env", "unset", "envy", "PLAIN")
+	if env := s.get("/fn/admin/envy").json(t); len(env) != 1 || env["MORE"] != "yes" {
+		t.Fatalf("after unset: %v", env)
+	}
+	// Secrets survive a restart (the key is in the data dir).
+	s.spryIn("", strings.NewReader(secret), "secret", "set", "envy", "TOKEN")
+	s.restart()
+	if env := s.get("/fn/admin/envy").json(t); env["TOKEN"] != secret {
+		t.Fatalf("after restart: %v", env)
+	}
+}

@@ -1,0 +1,73 @@
+package auth
+
+import (
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// FailureLimiter rate-limits failed authentication per client, so tokens
+// cannot be guessed at speed: each client may fail Burst times at once,
+// then once per Every; while it is over the limit, every attempt (right or
+// wrong) is refused without being checked.
+type FailureLimiter struct {
+	every time.Duration
+	burst int
+	now   func() time.Time
+
+	mu      sync.Mutex
+	clients map[string]*rate.Limiter
+}
+
+// maxClients bounds the limiter's memory; past it, clients whose budget has
+// fully recovered are forgotten.
+const maxClients = 10000
+
+// NewFailureLimiter allows burst failures, then one per every.
+func NewFailureLimiter(every time.Duration, burst int, now func() time.Time) *FailureLimiter {
+	if now == nil {
+		now = time.Now
+	}
+	return &FailureLimiter{every: every, burst: burst, now: now, clients: map[string]*rate.Limiter{}}
+}
+
+// Allowed reports whether client may try to authenticate now, and if not,
+// how long until it may.
+func (l *FailureLimiter) Allowed(client string) (bool, time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	lim := l.clients[client]
+	if lim == nil {
+		return true, 0
+	}
+	tokens := lim.TokensAt(l.now())
+	if tokens >= 1 {
+		return true, 0
+	}
+	return false, time.Duration((1 - tokens) * float64(l.every))
+}
+
+// Failed records a failed attempt by client.
+func (l *FailureLimiter) Failed(client string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	lim := l.clients[client]
+	if lim == nil {
+		if len(l.clients) >= maxClients {
+			l.prune(now)
+		}
+		lim = rate.NewLimiter(rate.Every(l.every), l.burst)
+		l.clients[client] = lim
+	}
+	lim.AllowN(now, 1)
+}
+
+func (l *FailureLimiter) prune(now time.Time) {
+	for k, lim := range l.clients {
+		if lim.TokensAt(now) >= float64(l.burst) {
+			delete(l.clients, k)
+		}
+	}
+}

@@ -1,0 +1,40 @@
+package auth
+
+import (
+	"testing"
+	"time"
+)
+
+func TestFailureLimiter(t *testing.T) {
+	now := time.Unix(0, 0)
+	l := NewFailureLimiter(6*time.Second, 3, func() time.Time { return now })
+	steps := []struct {
+		advance time.Duration
+		fail    bool
+		allowed bool
+	}{
+		{0, true, true},
+		{0, true, true},
+		{0, true, true},
+		{0, false, false}, // three failures spent the burst
+		{5 * time.Second, false, false},
+		{time.Second, true, true}, // one token back after 6s
+		{0, false, false},
+	}
+	for i, s := range steps {
+		now = now.Add(s.advance)
+		ok, wait := l.Allowed("1.2.3.4")
+		if ok != s.allowed {
+			t.Fatalf("step %d: allowed = %v (wait %v), want %v", i, ok, wait, s.allowed)
+		}
+		if !ok && wait <= 0 {
+			t.Fatalf("step %d: refused without a wait", i)
+		}
+		if s.fail {
+			l.Failed("1.2.3.4")
+		}
+	}
+	if ok, _ := l.Allowed("5.6.7.8"); !ok {
+		t.Fatal("another client is limited too")
+	}
+}

@@ -1,0 +1,179 @@
+package cli
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/spry-run/spry/internal/api"
+	"github.com/spry-run/spry/internal/errdefs"
+)
+
+func printVersion(cmd *cobra.Command, v api.FunctionView) {
+	fmt.Fprintf(cmd.OutOrStdout(), "%s/%s is now version %d\n", v.Owner, v.Name, v.Version)
+}
+
+func newConfigCmd(conn *connFlags) *cobra.Command {
+	var owner, runtime string
+	var lim limitFlags
+	cmd := &cobra.Command{
+		Use:   "config NAME",
+		Short: "Change a function's settings (a new version with the same code)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := conn.client()
+			if err != nil {
+				return err
+			}
+			var d api.DeployBody
+			lim.apply(cmd, &d)
+			body := api.ConfigBody{Runtime: runtime, Memory: d.Memory, Timeout: d.Timeout, Network: d.Network, Min: d.Min, Max: d.Max, Concurrency: d.Concurrency}
+			v, err := c.Configure(cmd.Context(), owner, args[0], body)
+			if err != nil {
+				return err
+			}
+			printVersion(cmd, v)
+			return nil
+		},
+	}
+	lim.register(cmd)
+	cmd.Flags().StringVar(&runtime, "runtime", "", "runtime: deno or node")
+	cmd.Flags().StringVar(&owner, "owner", "", "the function's owner (admin only)")
+	return cmd
+}
+
+func newEnvCmd(conn *connFlags) *cobra.Command {
+	var owner string
+	cmd := &cobra.Command{Use: "env", Short: "Manage a function's environment variables (ctx.env, process.env)"}
+	cmd.PersistentFlags().StringVar(&owner, "owner", "", "the function's owner (admin only)")
+	set := &cobra.Command{
+		Use:   "set NAME KEY=VALUE...",
+		Short: "Set environment variables (a new version)",
+		Args:  cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			env, err := parseEnv(args[1:])
+			if err != nil {
+				return err
+			}
+			return configure(cmd, conn, owner, args[0], api.ConfigBody{Env: env})
+		},
+	}
+	unset := &cobra.Command{
+		Use:   "unset NAME KEY...",
+		Short: "Remove environment variables (a new version)",
+		Args:  cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return configure(cmd, conn, owner, args[0], api.ConfigBody{UnsetEnv: args[1:]})
+		},
+	}
+	ls := &cobra.Command{
+		Use:   "ls NAME",
+		Short: "List environment variables (secrets by name only)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := conn.client()
+			if err != nil {
+				return err
+			}
+			v, err := c.Function(cmd.Context(), owner, args[0])
+			if err != nil {
+				return err
+			}
+			keys := make([]string, 0, len(v.Env))
+			for k := range v.Env {
+				keys = append(keys, k)
+			}
+			sort.Strings(keys)
+			for _, k := range keys {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s=%s\n", k, v.Env[k])
+			}
+			for _, k := range v.Secrets {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s=<secret>\n", k)
+			}
+			return nil
+		},
+	}
+	cmd.AddCommand(set, unset, ls)
+	return cmd
+}
+
+func newSecretCmd(conn *connFlags) *cobra.Command {
+	var owner string
+	cmd := &cobra.Command{Use: "secret", Short: "Manage a function's secrets: env vars stored encrypted and never shown"}
+	cmd.PersistentFlags().StringVar(&owner, "owner", "", "the function's owner (admin only)")
+	set := &cobra.Command{
+		Use:   "set NAME KEY",
+		Short: "Set a secret, reading its value from stdin (a new version)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			value, err := readSecret(cmd.InOrStdin())
+			if err != nil {
+				return err
+			}
+			return configure(cmd, conn, owner, args[0], api.ConfigBody{Secrets: map[string]string{args[1]: value}})
+		},
+	}
+	unset := &cobra.Command{
+		Use:   "unset NAME KEY...",
+		Short: "Remove secrets (a new version)",
+		Args:  cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return configure(cmd, conn, owner, args[0], api.ConfigBody{UnsetSecrets: args[1:]})
+		},
+	}
+	ls := &cobra.Command{
+		Use:   "ls NAME",
+		Short: "List secret names",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := conn.client()
+			if err != nil {
+				return err
+			}
+			v, err := c.Function(cmd.Context(), owner, args[0])
+			if err != nil {
+				return err
+			}
+			for _, k := range v.Secrets {
+				fmt.Fprintln(cmd.OutOrStdout(), k)
+			}
+			return nil
+		},
+	}
+	cmd.AddCommand(set, unset, ls)
+	return cmd
+}
+
+// readSecret reads a value from stdin: all of it, less one trailing
+// newline (so `echo value | spry secret set` works).
+func readSecret(r io.Reader) (string, error) {
+	data, err := io.ReadAll(io.LimitReader(bufio.NewReader(r), 64<<10+1))
+	if err != nil {
+		return "", err
+	}
+	if len(data) > 64<<10 {
+		return "", errdefs.Invalid("secret is over 64 KiB")
+	}
+	v := strings.TrimSuffix(strings.TrimSuffix(string(data), "\n"), "\r")
+	if v == "" {
+		return "", errdefs.Invalid("no secret value on stdin")
+	}
+	return v, nil
+}
+
+func configure(cmd *cobra.Command, conn *connFlags, owner, name string, body api.ConfigBody) error {
+	c, err := conn.client()
+	if err != nil {
+		return err
+	}
+	v, err := c.Configure(cmd.Context(), owner, name, body)
+	if err != nil {
+		return err
+	}
+	printVersion(cmd, v)
+	return nil
+}

@@ -1,0 +1,18 @@
+// Package logstore keeps the log lines of functions: what their instances
+// write to stdout and stderr, the platform's own messages about them
+// (crashes, out-of-memory kills, timeouts) and one access line per
+// invocation. It serves them, newest first or followed live, to
+// `spry logs NAME [--follow] [--since 10m] [--version N]`.
+//
+// The lines live in their own SQLite database file, apart from the metadata
+// database, so that however much functions print, log writes never contend
+// with metadata writes. The store is bounded: each function keeps at most
+// Options.MaxEntriesPerFunction lines, none older than Options.MaxAge, and
+// no line longer than MaxLineBytes.
+//
+// Append is called on a function's output path and never blocks: lines go to
+// a bounded in-memory queue that a single writer goroutine drains, writing
+// one transaction per flush. When the queue is full, lines are dropped and
+// counted, and the writer later stores a "system" line saying how many of a
+// function's lines were lost.
+package logstore

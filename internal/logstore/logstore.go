@@ -1,0 +1,722 @@
+package logstore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/spry-run/spry/internal/errdefs"
+)
+
+// Streams an entry can come from.
+const (
+	StreamStdout = "stdout"
+	StreamStderr = "stderr"
+	StreamSystem = "system" // the platform's messages about a function: crashes, OOM kills, timeouts, dropped lines
+	StreamAccess = "access" // one line per invocation
+)
+
+// MaxLineBytes bounds the stored length of a line, in bytes. Longer lines
+// are cut at a character boundary and end with a marker saying so.
+const MaxLineBytes = 16 << 10
+
+// Defaults for Options.
+const (
+	DefaultMaxEntriesPerFunction = 10000
+	DefaultMaxAge                = 7 * 24 * time.Hour
+	DefaultBufferSize            = 8192
+	DefaultFlushInterval         = 200 * time.Millisecond
+	DefaultFollowBuffer          = 1024
+)
+
+const (
+	// busyTimeout bounds how long a statement waits for another
+	// connection's write lock, as in the metadata store.
+	busyTimeout = 10 * time.Second
+	// journalSizeLimit is what the WAL file is truncated to after a
+	// checkpoint, so that a burst of output does not leave it large.
+	journalSizeLimit = 64 << 20
+	// maxBatch bounds the entries written in one transaction: a full batch
+	// is written at once rather than at the next tick.
+	maxBatch = 1024
+	// deleteBatch bounds the rows one retention statement deletes, so that
+	// no single statement holds the write lock for long.
+	deleteBatch = 1000
+	// Retention runs every retentionTicks flush intervals (5s by default),
+	// after retentionRows entries have been written since the last pass,
+	// and on every Flush.
+	retentionTicks = 25
+	retentionRows  = 4096
+)
+
+var (
+	// ErrClosed is returned by calls on a closed Store, and ends Follow
+	// when the store is closed under it.
+	ErrClosed = fmt.Errorf("logstore: store is closed: %w", errdefs.ErrUnavailable)
+	// ErrLagged ends Follow when its reader fell so far behind that its
+	// buffer overflowed. The entries before the gap have been delivered;
+	// follow again with Query.AfterID set to the last ID received to go on
+	// from there.
+	ErrLagged = fmt.Errorf("logstore: follower fell behind: %w", errdefs.ErrUnavailable)
+)
+
+// migrations are applied in order, each in the same transaction as the
+// PRAGMA user_version bump that records it. Only ever append: a database's
+// user_version is the number of entries it has already applied.
+var migrations = []string{
+	// 1: initial schema. Times are Unix microseconds.
+	`
+-- AUTOINCREMENT so that an ID is never reused, even after the newest
+-- entries are deleted: followers and pagers resume after an ID.
+CREATE TABLE entries (
+	id         INTEGER PRIMARY KEY AUTOINCREMENT,
+	time_us    INTEGER NOT NULL,
+	owner      TEXT NOT NULL,
+	name       TEXT NOT NULL,
+	version    INTEGER NOT NULL,
+	instance   TEXT NOT NULL,
+	stream     TEXT NOT NULL,
+	request_id TEXT NOT NULL,
+	line       TEXT NOT NULL
+) STRICT;
+
+-- Serves Query, retention by count and DeleteFunction.
+CREATE INDEX entries_by_function ON entries (owner, name, id);
+
+-- Serves retention by age.
+CREATE INDEX entries_by_time ON entries (time_us);
+`,
+}
+
+// Entry is one log line.
+type Entry struct {
+	ID        int64 // assigned by the store, increasing in the order entries are stored
+	Time      time.Time
+	Owner     string
+	Function  string
+	Version   int64
+	Instance  string
+	Stream    string // StreamStdout, StreamStderr, StreamSystem or StreamAccess
+	RequestID string
+	Line      string
+}
+
+// Options tunes a Store. Zero values take the defaults.
+type Options struct {
+	MaxEntriesPerFunction int              // oldest entries beyond it are deleted; default 10000
+	MaxAge                time.Duration    // older entries are deleted; default 7 days
+	BufferSize            int              // entries Append can queue before it drops; default 8192
+	FlushInterval         time.Duration    // how often queued entries are written; default 200ms
+	FollowBuffer          int              // entries queued for each follower before it fails with ErrLagged; default 1024
+	Now                   func() time.Time // default time.Now; called concurrently
+	Logger                *slog.Logger     // for errors of the writer goroutine; default discards
+}
+
+func (o *Options) setDefaults() error {
+	if o.MaxEntriesPerFunction < 0 || o.MaxAge < 0 || o.BufferSize < 0 || o.FlushInterval < 0 || o.FollowBuffer < 0 {
+		return errdefs.Invalid("logstore: options must not be negative")
+	}
+	if o.MaxEntriesPerFunction == 0 {
+		o.MaxEntriesPerFunction = DefaultMaxEntriesPerFunction
+	}
+	if o.MaxAge == 0 {
+		o.MaxAge = DefaultMaxAge
+	}
+	if o.BufferSize == 0 {
+		o.BufferSize = DefaultBufferSize
+	}
+	if o.FlushInterval == 0 {
+		o.FlushInterval = DefaultFlushInterval
+	}
+	if o.FollowBuffer == 0 {
+		o.FollowBuffer = DefaultFollowBuffer
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// Store is a log store in one SQLite file. It is safe for concurrent use,
+// but only one Store (one process) may use a file at a time.
+type Store struct {
+	db   *sql.DB
+	opts Options
+
+	queue chan item
+	stop  chan struct{} // closed by Close
+	done  chan struct{} // closed when the writer has exited
+
+	closed    atomic.Bool
+	closeOnce sync.Once
+	closeErr  error
+
+	dropped atomic.Uint64
+	dropMu  sync.Mutex
+	drops   map[fnKey]dropCount // lost lines not yet reported in a system line
+
+	subMu      sync.Mutex
+	subs       map[fnKey]map[*subscriber]struct{}
+	subsClosed bool
+
+	// Owned by the writer goroutine.
+	batch          []pending
+	touched        map[fnKey]struct{} // functions written to since their last count check
+	sinceRetention int
+	ticks          int
+	err            error  // first failure since the last Flush
+	beforeWrite    func() // test hook, called before each batch is written
+
+	// Test hook, called by Follow's goroutine after it subscribes and
+	// after its initial query. Set before calling Follow.
+	followHook func(stage string)
+}
+
+type fnKey struct{ owner, name string }
+
+func keyOf(e *Entry) fnKey { return fnKey{e.Owner, e.Function} }
+
+type dropCount struct {
+	n        uint64
+	version  int64 // of the last line lost, so that --version N shows the notice
+	instance string
+}
+
+// item is what the queue carries: an entry, or a request for the writer.
+type item struct {
+	e   Entry
+	req *request
+}
+
+type request struct {
+	del  *fnKey     // nil: flush
+	done chan error // buffered, so the writer never waits for the caller
+}
+
+// pending is an entry waiting in the writer's batch.
+type pending struct {
+	e      Entry
+	notice uint64 // > 0: a drop notice standing for this many lost lines
+}
+
+// Open opens the log database at path, creating it if needed, and starts
+// its writer. Close it to flush and stop.
+func Open(ctx context.Context, path string, opts Options) (*Store, error) {
+	return open(ctx, path, opts, nil)
+}
+
+func open(ctx context.Context, path string, opts Options, beforeWrite func()) (*Store, error) {
+	if path == "" {
+		return nil, errdefs.Invalid("logstore: database path is empty")
+	}
+	if err := opts.setDefaults(); err != nil {
+		return nil, err
+	}
+	// SQLite would create the file world-readable, and functions' output
+	// may hold anything. Creating it first fixes its mode; SQLite gives the
+	// -wal and -shm files the mode of the database file.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("logstore: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return nil, fmt.Errorf("logstore: %w", err)
+	}
+	db, err := sql.Open("sqlite", dsn(path))
+	if err != nil {
+		return nil, fmt.Errorf("logstore: open %s: %w", path, err)
+	}
+	if err := initDB(ctx, db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("logstore: open %s: %w", path, err)
+	}
+	s := &Store{
+		db:          db,
+		opts:        opts,
+		queue:       make(chan item, opts.BufferSize),
+		stop:        make(chan struct{}),
+		done:        make(chan struct{}),
+		drops:       make(map[fnKey]dropCount),
+		subs:        make(map[fnKey]map[*subscriber]struct{}),
+		touched:     make(map[fnKey]struct{}),
+		beforeWrite: beforeWrite,
+	}
+	go s.run()
+	return s, nil
+}
+
+// dsn builds the driver's connection string, with the metadata store's
+// per-connection pragmas.
+func dsn(path string) string {
+	q := url.Values{}
+	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyTimeout.Milliseconds()))
+	// NORMAL is durable across application crashes in WAL mode; only a power
+	// loss can drop the last commits, and never corrupts the file.
+	q.Add("_pragma", "synchronous(NORMAL)")
+	q.Add("_pragma", fmt.Sprintf("journal_size_limit(%d)", journalSizeLimit))
+	// Writers take the write lock at BEGIN and queue under busy_timeout.
+	q.Set("_txlock", "immediate")
+	// A file: URI, with the path escaped, so that a '?' or '#' in the path
+	// is not taken for the start of the parameters.
+	return "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
+}
+
+func initDB(ctx context.Context, db *sql.DB) error {
+	// journal_mode is a property of the file, so setting it once suffices.
+	// WAL lets Query and Follow read while the writer commits.
+	var mode string
+	if err := db.QueryRowContext(ctx, "PRAGMA journal_mode = WAL").Scan(&mode); err != nil {
+		return fmt.Errorf("set journal mode: %w", err)
+	}
+	if !strings.EqualFold(mode, "wal") {
+		return fmt.Errorf("set journal mode: got %q, want wal", mode)
+	}
+	return migrate(ctx, db)
+}
+
+func migrate(ctx context.Context, db *sql.DB) error {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	defer tx.Rollback()
+
+	var v int
+	if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
+		return fmt.Errorf("migrate: read schema version: %w", err)
+	}
+	if v > len(migrations) {
+		return fmt.Errorf("migrate: database schema version %d is newer than this program's (%d)", v, len(migrations))
+	}
+	if v == len(migrations) {
+		return nil
+	}
+	for i := v; i < len(migrations); i++ {
+		if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
+			return fmt.Errorf("migrate to schema version %d: %w", i+1, err)
+		}
+	}
+	// PRAGMA takes no bound parameters.
+	if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", len(migrations))); err != nil {
+		return fmt.Errorf("migrate: set schema version: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	return nil
+}
+
+// Append queues e to be stored. It never blocks: when the queue is full, e
+// is dropped and counted (see Dropped), and a system line saying how many
+// lines were lost is stored for e's function later. A zero e.Time means
+// now; e.ID is ignored. Lines over MaxLineBytes are truncated and invalid
+// UTF-8 is replaced with U+FFFD. Entries appended after Close are dropped.
+func (s *Store) Append(e Entry) {
+	if s.closed.Load() {
+		s.dropped.Add(1)
+		return
+	}
+	e.ID = 0
+	if e.Time.IsZero() {
+		e.Time = s.opts.Now()
+	}
+	// The precision stored, so that followers see what Query returns.
+	e.Time = time.UnixMicro(e.Time.UnixMicro()).UTC()
+	e.Line = cleanLine(e.Line)
+	select {
+	case s.queue <- item{e: e}:
+	default:
+		s.dropped.Add(1)
+		s.countDrop(&e, 1)
+	}
+}
+
+// countDrop remembers n lost lines of e's function for a drop notice. The
+// lock is only taken when lines are lost, never on Append's usual path.
+func (s *Store) countDrop(e *Entry, n uint64) {
+	s.dropMu.Lock()
+	k := keyOf(e)
+	d := s.drops[k]
+	d.n += n
+	d.version, d.instance = e.Version, e.Instance
+	s.drops[k] = d
+	s.dropMu.Unlock()
+}
+
+// Dropped returns how many appended entries were lost since Open, because
+// the queue was full, the store was closed or a write failed.
+func (s *Store) Dropped() uint64 { return s.dropped.Load() }
+
+// cleanLine makes line valid UTF-8 of at most MaxLineBytes.
+func cleanLine(line string) string {
+	if len(line) <= MaxLineBytes && utf8.ValidString(line) {
+		return line
+	}
+	orig := len(line)
+	if orig > MaxLineBytes {
+		// Nothing past MaxLineBytes is kept; cut there first so that a huge
+		// line costs no more than a long one. Back off to a character start
+		// so that a character split by the cut does not become U+FFFD.
+		cut := MaxLineBytes
+		for i := 0; i < utf8.UTFMax-1 && !utf8.RuneStart(line[cut]); i++ {
+			cut--
+		}
+		line = line[:cut]
+	}
+	line = strings.ToValidUTF8(line, "\uFFFD")
+	if orig <= MaxLineBytes && len(line) <= MaxLineBytes {
+		return line
+	}
+	// U+FFFD takes 3 bytes, so an invalid line can also grow past the limit.
+	marker := fmt.Sprintf("…[truncated, %d bytes in all]", orig)
+	keep := min(MaxLineBytes-len(marker), len(line))
+	for keep > 0 && keep < len(line) && !utf8.RuneStart(line[keep]) {
+		keep--
+	}
+	return line[:keep] + marker
+}
+
+// Flush waits until everything appended before it was called is stored,
+// published to followers and subject to retention. It returns the first
+// error the writer met since the previous Flush.
+func (s *Store) Flush(ctx context.Context) error {
+	return s.do(ctx, &request{})
+}
+
+// DeleteFunction deletes the entries of a function, including those
+// appended before the call and not yet stored. Followers of the function
+// stay; they see whatever is appended afterwards.
+func (s *Store) DeleteFunction(ctx context.Context, owner, function string) error {
+	if owner == "" || function == "" {
+		return errdefs.Invalid("logstore: owner and function are required")
+	}
+	return s.do(ctx, &request{del: &fnKey{owner, function}})
+}
+
+// do hands r to the writer, behind every entry queued before it, and waits
+// for its answer.
+func (s *Store) do(ctx context.Context, r *request) error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	r.done = make(chan error, 1)
+	select {
+	case s.queue <- item{req: r}:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.done:
+		return ErrClosed
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.done:
+		// The writer may have answered just before it exited.
+		select {
+		case err := <-r.done:
+			return err
+		default:
+			return ErrClosed
+		}
+	}
+}
+
+// Close writes what is queued, ends followers with ErrClosed and closes the
+// database. It returns the writer's last unreported error, if any.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		s.closed.Store(true)
+		close(s.stop)
+		<-s.done
+		s.closeErr = errors.Join(s.err, s.db.Close())
+	})
+	return s.closeErr
+}
+
+// run is the writer goroutine: the only one that writes to the database.
+func (s *Store) run() {
+	defer close(s.done)
+	ticker := time.NewTicker(s.opts.FlushInterval)
+	defer ticker.Stop()
+
+	// Options may have changed since the file was last open, so every
+	// function's count is checked once.
+	if keys, err := s.functions(context.Background()); err != nil {
+		s.fail("list functions", err)
+	} else {
+		for _, k := range keys {
+			s.touched[k] = struct{}{}
+		}
+	}
+	s.retain()
+
+	for {
+		select {
+		case it := <-s.queue:
+			s.handle(it)
+		case <-ticker.C:
+			s.write()
+			s.ticks++
+			if s.ticks%retentionTicks == 0 {
+				s.retain()
+			}
+		case <-s.stop:
+			for drained := false; !drained; {
+				select {
+				case it := <-s.queue:
+					s.handle(it)
+				default:
+					drained = true
+				}
+			}
+			s.write()
+			s.closeSubscribers()
+			return
+		}
+	}
+}
+
+func (s *Store) handle(it item) {
+	if it.req == nil {
+		s.batch = append(s.batch, pending{e: it.e})
+		if len(s.batch) >= maxBatch {
+			s.write()
+		}
+		return
+	}
+	s.write()
+	if k := it.req.del; k != nil {
+		it.req.done <- s.deleteFunction(*k)
+		return
+	}
+	s.retain()
+	it.req.done <- s.err
+	s.err = nil
+}
+
+// fail logs a writer error and keeps the first one for Flush.
+func (s *Store) fail(what string, err error) {
+	s.opts.Logger.Error("logstore: "+what, "err", err)
+	if s.err == nil {
+		s.err = fmt.Errorf("logstore: %s: %w", what, err)
+	}
+}
+
+// write stores the batch in one transaction and publishes it to followers.
+func (s *Store) write() {
+	s.addDropNotices()
+	if len(s.batch) == 0 {
+		return
+	}
+	if s.beforeWrite != nil {
+		s.beforeWrite()
+	}
+	batch := s.batch
+	s.batch = s.batch[:0] // reused: publish copies what it sends
+	if err := s.insert(batch); err != nil {
+		s.fail(fmt.Sprintf("write %d entries", len(batch)), err)
+		for i := range batch {
+			p := &batch[i]
+			if p.notice > 0 {
+				// Still lost, and the loss still to be told.
+				s.countDrop(&p.e, p.notice)
+			} else {
+				s.dropped.Add(1)
+				s.countDrop(&p.e, 1)
+			}
+		}
+		return
+	}
+	for i := range batch {
+		s.touched[keyOf(&batch[i].e)] = struct{}{}
+	}
+	s.publish(batch)
+	s.sinceRetention += len(batch)
+	if s.sinceRetention >= retentionRows {
+		s.retain()
+	}
+}
+
+// addDropNotices puts one system line into the batch for each function
+// that lost lines since the last write.
+func (s *Store) addDropNotices() {
+	s.dropMu.Lock()
+	defer s.dropMu.Unlock()
+	if len(s.drops) == 0 {
+		return
+	}
+	now := time.UnixMicro(s.opts.Now().UnixMicro()).UTC()
+	for k, d := range s.drops {
+		line := "spry: 1 log line was dropped because the log store fell behind"
+		if d.n != 1 {
+			line = fmt.Sprintf("spry: %d log lines were dropped because the log store fell behind", d.n)
+		}
+		s.batch = append(s.batch, pending{
+			e: Entry{
+				Time:     now,
+				Owner:    k.owner,
+				Function: k.name,
+				Version:  d.version,
+				Instance: d.instance,
+				Stream:   StreamSystem,
+				Line:     line,
+			},
+			notice: d.n,
+		})
+	}
+	clear(s.drops)
+}
+
+// insert writes batch in one transaction and sets the IDs SQLite gave it.
+func (s *Store) insert(batch []pending) error {
+	ctx := context.Background()
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	stmt, err := tx.PrepareContext(ctx, `INSERT INTO entries
+		(time_us, owner, name, version, instance, stream, request_id, line)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`)
+	if err != nil {
+		return err
+	}
+	defer stmt.Close()
+	for i := range batch {
+		e := &batch[i].e
+		res, err := stmt.ExecContext(ctx, e.Time.UnixMicro(), e.Owner, e.Function, e.Version,
+			e.Instance, e.Stream, e.RequestID, e.Line)
+		if err != nil {
+			return err
+		}
+		if e.ID, err = res.LastInsertId(); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
+}
+
+// retain deletes entries older than MaxAge and, for each function written
+// to since its last check, those beyond the newest MaxEntriesPerFunction.
+func (s *Store) retain() {
+	ctx := context.Background()
+	s.sinceRetention = 0
+	cutoff := s.opts.Now().Add(-s.opts.MaxAge).UnixMicro()
+	if err := s.deleteBatches(ctx,
+		`DELETE FROM entries WHERE id IN (
+			SELECT id FROM entries WHERE time_us < ? ORDER BY time_us LIMIT ?)`,
+		cutoff); err != nil {
+		s.fail("delete old entries", err)
+	}
+	for k := range s.touched {
+		// The ID of the newest entry past the limit, if there is one: it and
+		// all before it go.
+		var last int64
+		err := s.db.QueryRowContext(ctx,
+			`SELECT id FROM entries WHERE owner = ? AND name = ?
+			 ORDER BY id DESC LIMIT 1 OFFSET ?`,
+			k.owner, k.name, s.opts.MaxEntriesPerFunction).Scan(&last)
+		if err == nil {
+			err = s.deleteBatches(ctx,
+				`DELETE FROM entries WHERE id IN (
+					SELECT id FROM entries WHERE owner = ? AND name = ? AND id <= ?
+					ORDER BY id LIMIT ?)`,
+				k.owner, k.name, last)
+		}
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			s.fail(fmt.Sprintf("trim entries of %s/%s", k.owner, k.name), err)
+			continue // checked again next time
+		}
+		delete(s.touched, k)
+	}
+}
+
+// deleteBatches runs query, whose last parameter is a LIMIT, until it
+// deletes fewer than deleteBatch rows. Each run is its own transaction.
+func (s *Store) deleteBatches(ctx context.Context, query string, args ...any) error {
+	args = append(args, deleteBatch)
+	for {
+		res, err := s.db.ExecContext(ctx, query, args...)
+		if err != nil {
+			return err
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return err
+		}
+		if n < deleteBatch {
+			return nil
+		}
+	}
+}
+
+func (s *Store) deleteFunction(k fnKey) error {
+	// Lines it lost are not worth a notice any more.
+	s.dropMu.Lock()
+	delete(s.drops, k)
+	s.dropMu.Unlock()
+	err := s.deleteBatches(context.Background(),
+		`DELETE FROM entries WHERE id IN (
+			SELECT id FROM entries WHERE owner = ? AND name = ? ORDER BY id LIMIT ?)`,
+		k.owner, k.name)
+	if err != nil {
+		return errorf(context.Background(), err, "delete logs of %s/%s", k.owner, k.name)
+	}
+	delete(s.touched, k)
+	return nil
+}
+
+// functions lists the functions that have entries. Each step seeks the
+// index to the next function, so it costs one lookup per function rather
+// than a scan of every entry.
+func (s *Store) functions(ctx context.Context) ([]fnKey, error) {
+	var keys []fnKey
+	var k fnKey
+	err := s.db.QueryRowContext(ctx,
+		`SELECT owner, name FROM entries ORDER BY owner, name LIMIT 1`).Scan(&k.owner, &k.name)
+	for err == nil {
+		keys = append(keys, k)
+		err = s.db.QueryRowContext(ctx,
+			`SELECT owner, name FROM entries WHERE (owner, name) > (?, ?)
+			 ORDER BY owner, name LIMIT 1`, k.owner, k.name).Scan(&k.owner, &k.name)
+	}
+	if !errors.Is(err, sql.ErrNoRows) {
+		return nil, err
+	}
+	return keys, nil
+}
+
+// errorf gives a driver error its errdefs class and names what it concerns.
+func errorf(ctx context.Context, err error, format string, args ...any) error {
+	what := fmt.Sprintf(format, args...)
+	if ctx.Err() != nil {
+		// The driver reports an interrupted statement in its own words;
+		// callers should see why it was interrupted.
+		return fmt.Errorf("logstore: %s: %w", what, ctx.Err())
+	}
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		switch se.Code() & 0xff {
+		case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED:
+			return fmt.Errorf("logstore: %s: database is busy: %w", what, errdefs.ErrUnavailable)
+		}
+	}
+	return fmt.Errorf("logstore: %s: %w", what, err)
+}

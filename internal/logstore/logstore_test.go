@@ -1,0 +1,784 @@
+package logstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"github.com/spry-run/spry/internal/errdefs"
+)
+
+// clock is an injectable Options.Now.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newClock() *clock { return &clock{t: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)} }
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// openAt opens a store at path. Unless the test sets one, the flush interval
+// is an hour, so that only Flush writes and tests are deterministic.
+func openAt(t *testing.T, path string, opts Options) *Store {
+	t.Helper()
+	if opts.FlushInterval == 0 {
+		opts.FlushInterval = time.Hour
+	}
+	s, err := Open(t.Context(), path, opts)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	return s
+}
+
+func openTemp(t *testing.T, opts Options) *Store {
+	t.Helper()
+	s := openAt(t, filepath.Join(t.TempDir(), "logs.db"), opts)
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return s
+}
+
+func flush(t *testing.T, s *Store) {
+	t.Helper()
+	if err := s.Flush(t.Context()); err != nil {
+		t.Fatalf("Flush: %v", err)
+	}
+}
+
+func query(t *testing.T, s *Store, q Query) []Entry {
+	t.Helper()
+	entries, err := s.Query(t.Context(), q)
+	if err != nil {
+		t.Fatalf("Query(%+v): %v", q, err)
+	}
+	return entries
+}
+
+func all(t *testing.T, s *Store, owner, function string) []Entry {
+	t.Helper()
+	return query(t, s, Query{Owner: owner, Function: function, Limit: MaxLimit})
+}
+
+func lines(entries []Entry) []string {
+	out := make([]string, len(entries))
+	for i, e := range entries {
+		out[i] = e.Line
+	}
+	return out
+}
+
+func appendLines(s *Store, owner, function string, n int) {
+	for i := range n {
+		s.Append(Entry{Owner: owner, Function: function, Version: 1, Stream: StreamStdout, Line: fmt.Sprintf("line %d", i)})
+	}
+}
+
+func numbered(prefix string, from, to int) []string {
+	var out []string
+	for i := from; i < to; i++ {
+		out = append(out, fmt.Sprintf("%s%d", prefix, i))
+	}
+	return out
+}
+
+// checkAscending fails unless IDs strictly increase.
+func checkAscending(t *testing.T, entries []Entry) {
+	t.Helper()
+	for i := 1; i < len(entries); i++ {
+		if entries[i].ID <= entries[i-1].ID {
+			t.Fatalf("entry %d has ID %d after ID %d", i, entries[i].ID, entries[i-1].ID)
+		}
+	}
+}
+
+func TestQueryFilters(t *testing.T) {
+	c := newClock()
+	s := openTemp(t, Options{Now: c.Now})
+	t0 := c.Now()
+	for i := range 10 {
+		version := int64(1)
+		if i >= 5 {
+			version = 2
+		}
+		s.Append(Entry{
+			Time: t0.Add(time.Duration(i) * time.Minute), Owner: "alice", Function: "hello",
+			Version: version, Instance: "i1", Stream: StreamStdout, RequestID: fmt.Sprint("r", i),
+			Line: fmt.Sprint("line ", i),
+		})
+		// Another function of the same name and one of the same owner,
+		// interleaved, must not show up.
+		s.Append(Entry{Owner: "bob", Function: "hello", Version: version, Line: "bob's"})
+		s.Append(Entry{Owner: "alice", Function: "other", Version: version, Line: "other"})
+	}
+	flush(t, s)
+
+	stored := all(t, s, "alice", "hello")
+	if len(stored) != 10 {
+		t.Fatalf("stored %d entries, want 10", len(stored))
+	}
+	checkAscending(t, stored)
+	want := Entry{
+		ID: stored[3].ID, Time: t0.Add(3 * time.Minute), Owner: "alice", Function: "hello",
+		Version: 1, Instance: "i1", Stream: StreamStdout, RequestID: "r3", Line: "line 3",
+	}
+	if !reflect.DeepEqual(stored[3], want) {
+		t.Errorf("entry 3 = %+v, want %+v", stored[3], want)
+	}
+
+	tests := []struct {
+		name string
+		q    Query
+		want []string
+	}{
+		{"all", Query{}, numbered("line ", 0, 10)},
+		{"since", Query{Since: t0.Add(7 * time.Minute)}, numbered("line ", 7, 10)},
+		{"since between entries", Query{Since: t0.Add(6*time.Minute + time.Second)}, numbered("line ", 7, 10)},
+		{"since after all", Query{Since: t0.Add(time.Hour)}, nil},
+		{"version", Query{Version: 1}, numbered("line ", 0, 5)},
+		{"version and since", Query{Version: 2, Since: t0.Add(8 * time.Minute)}, numbered("line ", 8, 10)},
+		{"unknown version", Query{Version: 3}, nil},
+		{"limit takes newest", Query{Limit: 3}, numbered("line ", 7, 10)},
+		{"limit over count", Query{Limit: 50}, numbered("line ", 0, 10)},
+		{"limit and version", Query{Version: 1, Limit: 2}, numbered("line ", 3, 5)},
+		{"after ID", Query{AfterID: stored[5].ID}, numbered("line ", 6, 10)},
+		{"after ID and limit", Query{AfterID: stored[2].ID, Limit: 2}, numbered("line ", 8, 10)},
+		{"after last ID", Query{AfterID: stored[9].ID}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.q.Owner, tt.q.Function = "alice", "hello"
+			got := query(t, s, tt.q)
+			checkAscending(t, got)
+			if !reflect.DeepEqual(lines(got), tt.want) && !(len(got) == 0 && len(tt.want) == 0) {
+				t.Errorf("got %q, want %q", lines(got), tt.want)
+			}
+		})
+	}
+}
+
+func TestQueryInvalid(t *testing.T) {
+	s := openTemp(t, Options{})
+	tests := []struct {
+		name string
+		q    Query
+	}{
+		{"no owner", Query{Function: "f"}},
+		{"no function", Query{Owner: "o"}},
+		{"negative limit", Query{Owner: "o", Function: "f", Limit: -1}},
+		{"limit over max", Query{Owner: "o", Function: "f", Limit: MaxLimit + 1}},
+		{"negative version", Query{Owner: "o", Function: "f", Version: -1}},
+		{"negative after ID", Query{Owner: "o", Function: "f", AfterID: -1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := s.Query(t.Context(), tt.q); !errors.Is(err, errdefs.ErrInvalidArgument) {
+				t.Errorf("Query: got %v, want invalid argument", err)
+			}
+			ch, errf := s.Follow(t.Context(), tt.q)
+			if _, ok := <-ch; ok {
+				t.Error("Follow sent an entry")
+			}
+			if err := errf(); !errors.Is(err, errdefs.ErrInvalidArgument) {
+				t.Errorf("Follow: got %v, want invalid argument", err)
+			}
+		})
+	}
+}
+
+func TestOpenInvalid(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct {
+		name string
+		path string
+		opts Options
+	}{
+		{"empty path", "", Options{}},
+		{"negative count", filepath.Join(dir, "a.db"), Options{MaxEntriesPerFunction: -1}},
+		{"negative age", filepath.Join(dir, "b.db"), Options{MaxAge: -time.Hour}},
+		{"negative buffer", filepath.Join(dir, "c.db"), Options{BufferSize: -1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := Open(t.Context(), tt.path, tt.opts)
+			if err == nil {
+				s.Close()
+			}
+			if !errors.Is(err, errdefs.ErrInvalidArgument) {
+				t.Errorf("got %v, want invalid argument", err)
+			}
+		})
+	}
+}
+
+func TestReopen(t *testing.T) {
+	// Odd characters check that the path survives the trip through the DSN.
+	dir := filepath.Join(t.TempDir(), "a dir?#%")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "logs.db")
+	s := openAt(t, path, Options{})
+	appendLines(s, "alice", "hello", 3)
+	appendLines(s, "alice", "doomed", 2)
+	// Appended but not flushed: Close must store them.
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	for _, p := range []string{path, path + "-wal"} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			if p != path && errors.Is(err, os.ErrNotExist) {
+				continue // checkpointed and removed on close
+			}
+			t.Fatal(err)
+		}
+		if mode := fi.Mode().Perm(); mode != 0o600 {
+			t.Errorf("%s has mode %v, want 0600", filepath.Base(p), mode)
+		}
+	}
+
+	s = openAt(t, path, Options{})
+	before := all(t, s, "alice", "hello")
+	if got, want := lines(before), numbered("line ", 0, 3); !reflect.DeepEqual(got, want) {
+		t.Fatalf("after reopen got %q, want %q", got, want)
+	}
+	doomed := all(t, s, "alice", "doomed")
+	if len(doomed) != 2 {
+		t.Fatalf("got %d entries of doomed, want 2", len(doomed))
+	}
+	// Deleting the newest entries must not free their IDs for reuse, even
+	// across a restart: followers resume after an ID.
+	if err := s.DeleteFunction(t.Context(), "alice", "doomed"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s = openTemp(t, Options{}) // a different file must not see them
+	if got := all(t, s, "alice", "hello"); len(got) != 0 {
+		t.Errorf("fresh file has %d entries", len(got))
+	}
+	s = openAt(t, path, Options{})
+	defer s.Close()
+	if got := all(t, s, "alice", "hello"); !reflect.DeepEqual(got, before) {
+		t.Errorf("after second reopen got %+v, want %+v", got, before)
+	}
+	appendLines(s, "alice", "hello", 1)
+	flush(t, s)
+	after := all(t, s, "alice", "hello")
+	if last := after[len(after)-1].ID; last <= doomed[len(doomed)-1].ID {
+		t.Errorf("new entry has ID %d, not above the deleted ID %d", last, doomed[len(doomed)-1].ID)
+	}
+}
+
+func TestRetentionByCount(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "logs.db")
+	s := openAt(t, path, Options{MaxEntriesPerFunction: 10})
+	// More than several delete batches' worth.
+	appendLines(s, "alice", "chatty", 3*deleteBatch+17)
+	appendLines(s, "alice", "quiet", 5)
+	flush(t, s)
+	if got, want := lines(all(t, s, "alice", "chatty")), numbered("line ", 3*deleteBatch+7, 3*deleteBatch+17); !reflect.DeepEqual(got, want) {
+		t.Errorf("chatty keeps %q, want %q", got, want)
+	}
+	if got := all(t, s, "alice", "quiet"); len(got) != 5 {
+		t.Errorf("quiet keeps %d entries, want 5", len(got))
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A lower limit applies to what is already stored, not only to
+	// functions that print again.
+	s = openAt(t, path, Options{MaxEntriesPerFunction: 3})
+	defer s.Close()
+	flush(t, s)
+	if got, want := lines(all(t, s, "alice", "chatty")), numbered("line ", 3*deleteBatch+14, 3*deleteBatch+17); !reflect.DeepEqual(got, want) {
+		t.Errorf("after reopen chatty keeps %q, want %q", got, want)
+	}
+	if got, want := lines(all(t, s, "alice", "quiet")), numbered("line ", 2, 5); !reflect.DeepEqual(got, want) {
+		t.Errorf("after reopen quiet keeps %q, want %q", got, want)
+	}
+}
+
+func TestRetentionByAge(t *testing.T) {
+	c := newClock()
+	s := openTemp(t, Options{Now: c.Now, MaxAge: time.Hour})
+	for range 2*deleteBatch + 3 {
+		s.Append(Entry{Owner: "alice", Function: "hello", Line: "old"})
+	}
+	// Entries may carry their own time; one already past MaxAge goes at the
+	// next pass.
+	s.Append(Entry{Owner: "alice", Function: "hello", Line: "stale", Time: c.Now().Add(-2 * time.Hour)})
+	s.Append(Entry{Owner: "bob", Function: "hello", Line: "old"})
+	flush(t, s)
+	if got := all(t, s, "alice", "hello"); len(got) != 2*deleteBatch+3 {
+		t.Fatalf("kept %d entries, want %d", len(got), 2*deleteBatch+3)
+	}
+
+	c.Add(30 * time.Minute)
+	s.Append(Entry{Owner: "alice", Function: "hello", Line: "new"})
+	flush(t, s)
+	if got := all(t, s, "alice", "hello"); len(got) != 2*deleteBatch+4 {
+		t.Fatalf("after 30m kept %d entries, want %d", len(got), 2*deleteBatch+4)
+	}
+
+	c.Add(31 * time.Minute) // the old ones are 61m old, the new one 31m
+	flush(t, s)
+	if got, want := lines(all(t, s, "alice", "hello")), []string{"new"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("after 61m kept %q, want %q", got, want)
+	}
+	if got := all(t, s, "bob", "hello"); len(got) != 0 {
+		t.Errorf("bob's old entry was kept")
+	}
+}
+
+func TestDeleteFunction(t *testing.T) {
+	s := openTemp(t, Options{})
+	appendLines(s, "alice", "hello", 3)
+	flush(t, s)
+	// Queued and not yet stored: deleted too.
+	appendLines(s, "alice", "hello", 2)
+	appendLines(s, "alice", "kept", 2)
+	appendLines(s, "bob", "hello", 2)
+	if err := s.DeleteFunction(t.Context(), "alice", "hello"); err != nil {
+		t.Fatal(err)
+	}
+	flush(t, s)
+	if got := all(t, s, "alice", "hello"); len(got) != 0 {
+		t.Errorf("deleted function has %d entries", len(got))
+	}
+	for _, fn := range [][2]string{{"alice", "kept"}, {"bob", "hello"}} {
+		if got := all(t, s, fn[0], fn[1]); len(got) != 2 {
+			t.Errorf("%s/%s has %d entries, want 2", fn[0], fn[1], len(got))
+		}
+	}
+	// A function of the same name later starts afresh.
+	appendLines(s, "alice", "hello", 1)
+	flush(t, s)
+	if got, want := lines(all(t, s, "alice", "hello")), []string{"line 0"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("recreated function has %q, want %q", got, want)
+	}
+	if err := s.DeleteFunction(t.Context(), "", "hello"); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("DeleteFunction without owner: got %v, want invalid argument", err)
+	}
+}
+
+// receive reads n entries from ch, failing if it closes first.
+func receive(t *testing.T, ch <-chan Entry, errf func() error, n int) []Entry {
+	t.Helper()
+	var got []Entry
+	for len(got) < n {
+		e, ok := <-ch
+		if !ok {
+			t.Fatalf("follow ended after %d of %d entries: %v", len(got), n, errf())
+		}
+		got = append(got, e)
+	}
+	return got
+}
+
+// drain reads ch until it closes.
+func drain(ch <-chan Entry) []Entry {
+	var got []Entry
+	for e := range ch {
+		got = append(got, e)
+	}
+	return got
+}
+
+func TestFollowConcurrent(t *testing.T) {
+	const writers, perWriter = 4, 500
+	// A short interval, so that writes interleave with the follow's start.
+	s := openTemp(t, Options{FlushInterval: time.Millisecond, FollowBuffer: writers * perWriter})
+
+	var wg sync.WaitGroup
+	started := make(chan struct{})
+	for w := range writers {
+		wg.Go(func() {
+			for i := range perWriter {
+				if w == 0 && i == perWriter/5 {
+					close(started)
+				}
+				s.Append(Entry{Owner: "alice", Function: "hello", Version: 1, Line: fmt.Sprintf("%d-%d", w, i)})
+			}
+		})
+	}
+	<-started
+	ctx, cancel := context.WithCancel(t.Context())
+	ch, errf := s.Follow(ctx, Query{Owner: "alice", Function: "hello", Limit: 50})
+	wg.Wait()
+	flush(t, s)
+
+	stored := all(t, s, "alice", "hello")
+	if len(stored) != writers*perWriter {
+		t.Fatalf("stored %d entries, want %d (dropped %d)", len(stored), writers*perWriter, s.Dropped())
+	}
+	// Each writer's lines are stored in the order it appended them.
+	next := make([]int, writers)
+	for _, e := range stored {
+		var w, i int
+		if _, err := fmt.Sscanf(e.Line, "%d-%d", &w, &i); err != nil {
+			t.Fatal(err)
+		}
+		if i != next[w] {
+			t.Fatalf("writer %d: line %d stored where %d was due", w, i, next[w])
+		}
+		next[w]++
+	}
+
+	// The follower gets the newest 50 at its start and everything after,
+	// which is a suffix of what is stored: no gaps, no repeats.
+	var got []Entry
+	last := stored[len(stored)-1].ID
+	for len(got) == 0 || got[len(got)-1].ID < last {
+		got = append(got, receive(t, ch, errf, 1)...)
+	}
+	if len(got) < 50 || len(got) > len(stored) {
+		t.Fatalf("follower got %d entries", len(got))
+	}
+	if want := stored[len(stored)-len(got):]; !reflect.DeepEqual(got, want) {
+		checkAscending(t, got)
+		t.Fatalf("follower's entries are not the stored suffix: first ID %d, want %d", got[0].ID, want[0].ID)
+	}
+
+	cancel()
+	if extra := drain(ch); len(extra) != 0 {
+		t.Errorf("follower got %d entries past the last", len(extra))
+	}
+	if err := errf(); !errors.Is(err, context.Canceled) {
+		t.Errorf("follow ended with %v, want context.Canceled", err)
+	}
+}
+
+func TestFollowFilters(t *testing.T) {
+	c := newClock()
+	s := openTemp(t, Options{Now: c.Now})
+	t0 := c.Now()
+	s.Append(Entry{Owner: "alice", Function: "hello", Version: 2, Time: t0, Line: "stored v2"})
+	s.Append(Entry{Owner: "alice", Function: "hello", Version: 1, Time: t0, Line: "stored v1"})
+	flush(t, s)
+	stored := all(t, s, "alice", "hello")
+
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	ch, errf := s.Follow(ctx, Query{Owner: "alice", Function: "hello", Version: 2, Since: t0.Add(time.Minute), AfterID: stored[0].ID - 1})
+	for _, e := range []Entry{
+		{Version: 2, Time: t0.Add(2 * time.Minute), Line: "live v2"},
+		{Version: 1, Time: t0.Add(2 * time.Minute), Line: "live v1"},
+		{Version: 2, Time: t0, Line: "live v2 too early"},
+		{Version: 2, Time: t0.Add(3 * time.Minute), Line: "live v2 again"},
+	} {
+		e.Owner, e.Function = "alice", "hello"
+		s.Append(e)
+		s.Append(Entry{Owner: "bob", Function: "hello", Version: 2, Time: e.Time, Line: "bob's"})
+	}
+	flush(t, s)
+	if got, want := lines(receive(t, ch, errf, 2)), []string{"live v2", "live v2 again"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("follower got %q, want %q", got, want)
+	}
+}
+
+func TestFollowWithoutFlush(t *testing.T) {
+	s := openTemp(t, Options{FlushInterval: time.Millisecond})
+	ch, errf := s.Follow(t.Context(), Query{Owner: "alice", Function: "hello"})
+	appendLines(s, "alice", "hello", 3)
+	// The writer's own ticks deliver them.
+	if got, want := lines(receive(t, ch, errf, 3)), numbered("line ", 0, 3); !reflect.DeepEqual(got, want) {
+		t.Errorf("follower got %q, want %q", got, want)
+	}
+}
+
+func TestFollowEnds(t *testing.T) {
+	t.Run("cancel", func(t *testing.T) {
+		s := openTemp(t, Options{})
+		appendLines(s, "alice", "hello", 2)
+		flush(t, s)
+		ctx, cancel := context.WithCancel(t.Context())
+		ch, errf := s.Follow(ctx, Query{Owner: "alice", Function: "hello"})
+		receive(t, ch, errf, 1)
+		// Cancelled while it waits to send the second entry, then while it
+		// waits for live ones.
+		cancel()
+		if got := drain(ch); len(got) > 1 {
+			t.Errorf("got %d entries after cancel", len(got))
+		}
+		if err := errf(); !errors.Is(err, context.Canceled) {
+			t.Errorf("got %v, want context.Canceled", err)
+		}
+		// Its subscription is gone.
+		s.subMu.Lock()
+		n := len(s.subs)
+		s.subMu.Unlock()
+		if n != 0 {
+			t.Errorf("%d subscriptions left", n)
+		}
+	})
+	t.Run("close", func(t *testing.T) {
+		s := openAt(t, filepath.Join(t.TempDir(), "logs.db"), Options{})
+		ch, errf := s.Follow(t.Context(), Query{Owner: "alice", Function: "hello"})
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		drain(ch)
+		if err := errf(); !errors.Is(err, ErrClosed) {
+			t.Errorf("got %v, want ErrClosed", err)
+		}
+	})
+}
+
+func TestSlowFollower(t *testing.T) {
+	const n = 1000
+	s := openTemp(t, Options{FollowBuffer: 16})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	ch, errf := s.Follow(ctx, Query{Owner: "alice", Function: "hello"})
+	// Nothing reads ch. Appending and storing must go on regardless; the
+	// test hangs if they wait for the follower.
+	appendLines(s, "alice", "hello", n)
+	flush(t, s)
+	if d := s.Dropped(); d != 0 {
+		t.Fatalf("dropped %d entries", d)
+	}
+	stored := all(t, s, "alice", "hello")
+	if len(stored) != n {
+		t.Fatalf("stored %d entries, want %d", len(stored), n)
+	}
+
+	got := drain(ch)
+	if err := errf(); !errors.Is(err, ErrLagged) || !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("follow ended with %v, want ErrLagged", err)
+	}
+	if len(got) == 0 || len(got) >= n {
+		t.Fatalf("slow follower got %d entries", len(got))
+	}
+	if !reflect.DeepEqual(got, stored[:len(got)]) {
+		t.Fatal("slow follower's entries are not a prefix of those stored")
+	}
+
+	// It can go on from where it was cut off, without a gap.
+	ch, errf = s.Follow(ctx, Query{Owner: "alice", Function: "hello", AfterID: got[len(got)-1].ID, Limit: MaxLimit})
+	rest := receive(t, ch, errf, n-len(got))
+	if !reflect.DeepEqual(append(got, rest...), stored) {
+		t.Error("resumed follow does not continue where the first ended")
+	}
+}
+
+func TestAppendWhenFull(t *testing.T) {
+	const buffer, extra = 8, 92
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	stall := func() { once.Do(func() { close(entered); <-release }) }
+	s, err := open(t.Context(), filepath.Join(t.TempDir(), "logs.db"),
+		Options{BufferSize: buffer, FlushInterval: time.Hour}, stall)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+
+	// Get the writer stuck in its first write, with an empty queue.
+	s.Append(Entry{Owner: "alice", Function: "hello", Version: 1, Line: "first"})
+	flushed := make(chan error, 1)
+	go func() { flushed <- s.Flush(t.Context()) }()
+	<-entered
+
+	// The queue fills; the rest are dropped without waiting.
+	for i := range buffer + extra {
+		s.Append(Entry{Owner: "alice", Function: "hello", Version: 7, Instance: "i9", Line: fmt.Sprint("line ", i)})
+	}
+	if d := s.Dropped(); d != extra {
+		t.Errorf("Dropped() = %d, want %d", d, extra)
+	}
+	close(release)
+	if err := <-flushed; err != nil {
+		t.Fatal(err)
+	}
+	flush(t, s)
+
+	got := all(t, s, "alice", "hello")
+	want := append([]string{"first"}, numbered("line ", 0, buffer)...)
+	want = append(want, fmt.Sprintf("spry: %d log lines were dropped because the log store fell behind", extra))
+	if !reflect.DeepEqual(lines(got), want) {
+		t.Fatalf("stored %q, want %q", lines(got), want)
+	}
+	notice := got[len(got)-1]
+	if notice.Stream != StreamSystem || notice.Version != 7 || notice.Instance != "i9" {
+		t.Errorf("notice is %+v, want a system line of version 7, instance i9", notice)
+	}
+	// Told once.
+	flush(t, s)
+	if n := len(all(t, s, "alice", "hello")); n != len(want) {
+		t.Errorf("%d entries after another flush, want %d", n, len(want))
+	}
+}
+
+func TestClosed(t *testing.T) {
+	s := openAt(t, filepath.Join(t.TempDir(), "logs.db"), Options{})
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	s.Append(Entry{Owner: "alice", Function: "hello", Line: "late"})
+	if d := s.Dropped(); d != 1 {
+		t.Errorf("Dropped() = %d, want 1", d)
+	}
+	q := Query{Owner: "alice", Function: "hello"}
+	if _, err := s.Query(t.Context(), q); !errors.Is(err, ErrClosed) {
+		t.Errorf("Query: got %v, want ErrClosed", err)
+	}
+	if err := s.Flush(t.Context()); !errors.Is(err, ErrClosed) {
+		t.Errorf("Flush: got %v, want ErrClosed", err)
+	}
+	if err := s.DeleteFunction(t.Context(), "alice", "hello"); !errors.Is(err, ErrClosed) {
+		t.Errorf("DeleteFunction: got %v, want ErrClosed", err)
+	}
+	ch, errf := s.Follow(t.Context(), q)
+	drain(ch)
+	if err := errf(); !errors.Is(err, ErrClosed) {
+		t.Errorf("Follow: got %v, want ErrClosed", err)
+	}
+}
+
+func TestCleanLine(t *testing.T) {
+	long := strings.Repeat("x", MaxLineBytes+1)
+	accents := strings.Repeat("é", MaxLineBytes) // 2 bytes each
+	tests := []struct {
+		name      string
+		in        string
+		want      string // exact, when not truncated
+		truncated bool
+		prefix    string
+	}{
+		{"short", "hello", "hello", false, ""},
+		{"empty", "", "", false, ""},
+		{"at the limit", long[:MaxLineBytes], long[:MaxLineBytes], false, ""},
+		{"invalid byte", "a\xffb", "a\uFFFDb", false, ""},
+		{"invalid run", "a\xff\xfe\xfdb", "a\uFFFDb", false, ""},
+		{"cut rune", "ab\xc3", "ab\uFFFD", false, ""},
+		{"NUL", "a\x00b", "a\x00b", false, ""},
+		{"one over", long, "", true, "xxxx"},
+		{"huge", strings.Repeat("y", 10*MaxLineBytes), "", true, "yyyy"},
+		{"multibyte", accents, "", true, "éééé"},
+		{"all invalid", strings.Repeat("\xff", 2*MaxLineBytes), "", true, "\uFFFD"},
+		// Short enough in bytes, but U+FFFD makes it longer than allowed.
+		{"grows past the limit", strings.Repeat("\xffa", MaxLineBytes/2), "", true, "\uFFFDa\uFFFDa"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := cleanLine(tt.in)
+			if !utf8.ValidString(got) {
+				t.Errorf("result is not valid UTF-8")
+			}
+			if len(got) > MaxLineBytes {
+				t.Errorf("result has %d bytes, over %d", len(got), MaxLineBytes)
+			}
+			if !tt.truncated {
+				if got != tt.want {
+					t.Errorf("got %q, want %q", got, tt.want)
+				}
+				return
+			}
+			marker := fmt.Sprintf("…[truncated, %d bytes in all]", len(tt.in))
+			if !strings.HasSuffix(got, marker) || !strings.HasPrefix(got, tt.prefix) {
+				t.Errorf("got %q…%q, want prefix %q and suffix %q", got[:min(20, len(got))], got[max(0, len(got)-40):], tt.prefix, marker)
+			}
+			if len(got) < MaxLineBytes/2 && tt.name != "all invalid" {
+				t.Errorf("kept only %d bytes", len(got))
+			}
+		})
+	}
+}
+
+func TestLinesStoredSafely(t *testing.T) {
+	s := openTemp(t, Options{})
+	long := strings.Repeat("z", 3*MaxLineBytes)
+	ins := []string{"bad \xff\xfe byte", "nul \x00 inside", "emoji 🙂", long}
+	for _, l := range ins {
+		s.Append(Entry{Owner: "alice", Function: "hello", Stream: StreamStderr, Line: l})
+	}
+	flush(t, s)
+	got := lines(all(t, s, "alice", "hello"))
+	want := []string{"bad \uFFFD byte", "nul \x00 inside", "emoji 🙂", cleanLine(long)}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("stored %q, want %q", got, want)
+	}
+	if len(got) == 4 && (len(got[3]) > MaxLineBytes || !strings.Contains(got[3], "truncated")) {
+		t.Errorf("long line stored with %d bytes", len(got[3]))
+	}
+}
+
+// TestFollowWritesAroundBacklog stores entries at the two moments that
+// matter to Follow: after it subscribes but before its initial query (the
+// entry reaches it twice and must be sent once), and after the query (the
+// entry reaches it only live and must not be missed).
+func TestFollowWritesAroundBacklog(t *testing.T) {
+	s := openTemp(t, Options{})
+	appendLines(s, "alice", "hello", 3)
+	flush(t, s)
+	s.followHook = func(stage string) {
+		s.Append(Entry{Owner: "alice", Function: "hello", Line: "during " + stage})
+		if err := s.Flush(context.Background()); err != nil {
+			t.Errorf("Flush in %s: %v", stage, err)
+		}
+	}
+	ch, errf := s.Follow(t.Context(), Query{Owner: "alice", Function: "hello"})
+	got := receive(t, ch, errf, 5)
+	s.Append(Entry{Owner: "alice", Function: "hello", Line: "after"})
+	flush(t, s)
+	got = append(got, receive(t, ch, errf, 1)...)
+	want := append(numbered("line ", 0, 3), "during subscribed", "during queried", "after")
+	if !reflect.DeepEqual(lines(got), want) {
+		t.Errorf("follower got %q, want %q", lines(got), want)
+	}
+	if stored := all(t, s, "alice", "hello"); !reflect.DeepEqual(got, stored) {
+		t.Errorf("follower's entries differ from those stored")
+	}
+}
+
+func TestWriteFailure(t *testing.T) {
+	s := openAt(t, filepath.Join(t.TempDir(), "logs.db"), Options{})
+	appendLines(s, "alice", "hello", 2)
+	// Pull the database from under the writer.
+	if err := s.db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Flush(t.Context()); err == nil {
+		t.Error("Flush reported no error for a failed write")
+	}
+	if d := s.Dropped(); d != 2 {
+		t.Errorf("Dropped() = %d, want 2", d)
+	}
+	// The notice of the loss is still pending and fails again at Close.
+	if err := s.Close(); err == nil {
+		t.Error("Close reported no error for a failed write")
+	}
+	if d := s.Dropped(); d != 2 {
+		t.Errorf("after Close, Dropped() = %d, want 2", d)
+	}
+}
