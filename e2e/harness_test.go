@@ -7,6 +7,8 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -207,6 +209,12 @@ func (s *server) stop() {
 		<-s.done
 		s.t.Errorf("spry serve did not stop within 40s of SIGTERM")
 	}
+}
+
+// runDir is where the server keeps instance sockets and code.
+func (s *server) runDir() string {
+	sum := sha256.Sum256([]byte(s.data))
+	return filepath.Join("/run/spry", hex.EncodeToString(sum[:6]))
 }
 
 // kill9 kills the server the hard way.

@@ -61,12 +61,13 @@ type API struct {
 	users     store.Users
 	tokens    store.Tokens
 	instances Instances
+	logs      Logs
 	limiter   *auth.FailureLimiter
 	log       *slog.Logger
 }
 
 // New returns the API.
-func New(fns Functions, authn Authenticator, users store.Users, tokens store.Tokens, instances Instances, cfg Config) *API {
+func New(fns Functions, authn Authenticator, users store.Users, tokens store.Tokens, instances Instances, logs Logs, cfg Config) *API {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -75,7 +76,7 @@ func New(fns Functions, authn Authenticator, users store.Users, tokens store.Tok
 	}
 	// Ten wrong tokens at once, then one every six seconds, per client.
 	limiter := auth.NewFailureLimiter(6*time.Second, 10, cfg.Now)
-	return &API{cfg: cfg, fns: fns, auth: authn, users: users, tokens: tokens, instances: instances, limiter: limiter, log: cfg.Logger}
+	return &API{cfg: cfg, fns: fns, auth: authn, users: users, tokens: tokens, instances: instances, logs: logs, limiter: limiter, log: cfg.Logger}
 }
 
 // Handler returns the API's routes, all behind authentication.
@@ -84,6 +85,7 @@ func (a *API) Handler() http.Handler {
 	mux.Handle("/api/v1/whoami", methods{"GET": a.whoami})
 	mux.Handle("/api/v1/functions", methods{"GET": a.listFunctions})
 	mux.Handle("/api/v1/functions/{name}", methods{"GET": a.getFunction, "PUT": a.deployFunction, "PATCH": a.configureFunction, "DELETE": a.deleteFunction})
+	mux.Handle("/api/v1/functions/{name}/logs", methods{"GET": a.functionLogs})
 	mux.Handle("/api/v1/users", methods{"GET": a.listUsers, "POST": a.createUser})
 	mux.Handle("/api/v1/users/{name}", methods{"GET": a.getUser, "DELETE": a.deleteUser})
 	mux.Handle("/api/v1/tokens", methods{"GET": a.listTokens, "POST": a.createToken})

@@ -72,6 +72,7 @@ func NewRoot(env Env) *cobra.Command {
 		newLsCmd(conn),
 		newRmCmd(conn),
 		newConfigCmd(conn),
+		newLogsCmd(conn),
 		newEnvCmd(conn),
 		newSecretCmd(conn),
 		newLoginCmd(conn),

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -230,4 +231,63 @@ func (c *Client) Configure(ctx context.Context, owner, name string, body api.Con
 	}
 	err = c.do(ctx, "PATCH", "/api/v1/functions/"+url.PathEscape(name), ownerQuery(owner), bytes.NewReader(data), "application/json", &v)
 	return v, err
+}
+
+// LogOptions select log entries.
+type LogOptions struct {
+	Owner   string
+	Since   string // "10m" or an RFC 3339 time
+	Version int64
+	Limit   int
+	Follow  bool
+}
+
+// Logs streams a function's log entries to fn until the server ends the
+// stream (at once, unless following) or ctx ends.
+func (c *Client) Logs(ctx context.Context, name string, o LogOptions, fn func(api.LogLine) error) error {
+	q := url.Values{}
+	if o.Owner != "" {
+		q.Set("owner", o.Owner)
+	}
+	if o.Since != "" {
+		q.Set("since", o.Since)
+	}
+	if o.Version > 0 {
+		q.Set("version", strconv.FormatInt(o.Version, 10))
+	}
+	if o.Limit > 0 {
+		q.Set("limit", strconv.Itoa(o.Limit))
+	}
+	if o.Follow {
+		q.Set("follow", "1")
+	}
+	req, err := http.NewRequestWithContext(ctx, "GET", c.URL+"/api/v1/functions/"+url.PathEscape(name)+"/logs?"+q.Encode(), nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.Token)
+	// A followed stream has no end; only ctx bounds it.
+	hc := *c.HTTP
+	hc.Timeout = 0
+	res, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the Spry server at %s: %w", c.URL, err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode >= 400 {
+		return decodeError(res)
+	}
+	dec := json.NewDecoder(res.Body)
+	for {
+		var l api.LogLine
+		if err := dec.Decode(&l); err != nil {
+			if err == io.EOF || ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		if err := fn(l); err != nil {
+			return err
+		}
+	}
 }

@@ -34,6 +34,11 @@ type Sealer interface {
 	Open(sealed, context string) (string, error)
 }
 
+// LogDeleter removes a function's logs when it is deleted.
+type LogDeleter interface {
+	DeleteFunction(ctx context.Context, owner, name string) error
+}
+
 // Retirer is told when versions stop being live, so their instances drain.
 type Retirer interface {
 	RetireExcept(functionID string, keep ...string)
@@ -63,6 +68,7 @@ type Service struct {
 	blobs   Blobs
 	retirer Retirer
 	sealer  Sealer
+	logs    LogDeleter
 	log     *slog.Logger
 
 	// deployMu serialises deploys of one function, so that "make live"
@@ -75,7 +81,7 @@ type Service struct {
 }
 
 // New returns a Service.
-func New(s store.Functions, blobs Blobs, retirer Retirer, sealer Sealer, cfg Config) *Service {
+func New(s store.Functions, blobs Blobs, retirer Retirer, sealer Sealer, logs LogDeleter, cfg Config) *Service {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -83,7 +89,7 @@ func New(s store.Functions, blobs Blobs, retirer Retirer, sealer Sealer, cfg Con
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Service{
-		cfg: cfg, store: s, blobs: blobs, retirer: retirer, sealer: sealer, log: cfg.Logger,
+		cfg: cfg, store: s, blobs: blobs, retirer: retirer, sealer: sealer, logs: logs, log: cfg.Logger,
 		live:    map[store.FunctionKey]*backend.Spec{},
 		invoked: map[store.FunctionKey]time.Time{},
 	}
@@ -421,6 +427,9 @@ func (s *Service) Delete(ctx context.Context, owner, name string) error {
 	delete(s.invoked, key)
 	s.mu.Unlock()
 	s.retirer.RetireExcept(fn.ID)
+	if err := s.logs.DeleteFunction(ctx, owner, name); err != nil {
+		s.log.Error("delete logs", "owner", owner, "function", name, "err", err)
+	}
 	s.log.Info("deleted", "owner", owner, "function", name)
 	return nil
 }

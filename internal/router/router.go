@@ -38,11 +38,30 @@ type Leaser interface {
 // Prefix is where functions are served.
 const Prefix = "/fn/"
 
+// AccessLogger records one line per invocation.
+type AccessLogger interface {
+	Access(a Access)
+}
+
+// Access describes one finished invocation.
+type Access struct {
+	Spec      *backend.Spec
+	Instance  string
+	RequestID string
+	Method    string
+	Path      string
+	Status    int
+	Duration  time.Duration
+	Cold      bool
+}
+
 // Config is the router's setup.
 type Config struct {
-	// Timeout bounds one invocation, cold start included.
+	// Timeout bounds one invocation, cold start included, for functions
+	// that do not set their own.
 	Timeout time.Duration
 	Logger  *slog.Logger
+	Access  AccessLogger // optional
 }
 
 // Router proxies invocations.
@@ -207,8 +226,43 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer lease.Release()
 	rt.resolver.Invoked(spec)
 	inv := &invocation{lease: lease, start: start, rest: rest, query: r.URL.RawQuery, reqID: reqID}
-	rt.proxy.ServeHTTP(w, r.WithContext(context.WithValue(ctx, leaseKey, inv)))
+	if rt.cfg.Access == nil {
+		rt.proxy.ServeHTTP(w, r.WithContext(context.WithValue(ctx, leaseKey, inv)))
+		return
+	}
+	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+	rt.proxy.ServeHTTP(sw, r.WithContext(context.WithValue(ctx, leaseKey, inv)))
+	path := rest
+	if r.URL.RawQuery != "" {
+		path += "?" + r.URL.RawQuery
+	}
+	rt.cfg.Access.Access(Access{
+		Spec: spec, Instance: lease.Instance().ID, RequestID: reqID, Method: r.Method, Path: path,
+		Status: sw.status, Duration: time.Since(start), Cold: lease.Cold,
+	})
 }
+
+// statusWriter remembers the status written, for the access log.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+	wrote  bool
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	if !s.wrote && code >= 200 {
+		s.status, s.wrote = code, true
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusWriter) Write(b []byte) (int, error) {
+	s.wrote = true
+	return s.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the real writer (to flush).
+func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
 func (rt *Router) resolve(ctx context.Context, owner, name string) (*backend.Spec, error) {
 	spec, err := rt.resolver.Resolve(ctx, owner, name)

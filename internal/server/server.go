@@ -27,6 +27,7 @@ import (
 	"github.com/spry-run/spry/internal/blob"
 	"github.com/spry-run/spry/internal/errdefs"
 	"github.com/spry-run/spry/internal/functions"
+	"github.com/spry-run/spry/internal/logstore"
 	"github.com/spry-run/spry/internal/router"
 	"github.com/spry-run/spry/internal/runtime"
 	"github.com/spry-run/spry/internal/sandbox"
@@ -63,6 +64,7 @@ type Server struct {
 	log   *slog.Logger
 	lock  *os.File
 	store *sqlite.Store
+	logs  *logstore.Store
 	back  *local.Backend
 	act   *activator.Activator
 	fns   *functions.Service
@@ -111,6 +113,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	if err != nil {
 		return nil, err
 	}
+	s.logs, err = logstore.Open(ctx, filepath.Join(dataDir, "logs.db"), logstore.Options{Logger: log})
+	if err != nil {
+		return nil, err
+	}
 
 	denoPath, err := runtime.FindDeno(cfg.DenoBinary)
 	if err != nil {
@@ -136,7 +142,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		Sandbox:          sb,
 		Runtimes:         []local.Runtime{deno},
 		Blobs:            blobs,
-		Logs:             &logSink{log: log},
+		Logs:             logSink{s.logs},
 		Logger:           log,
 		PoolSize:         cfg.PoolSize,
 		DefaultMemoryMiB: cfg.DefaultMemoryMiB,
@@ -154,7 +160,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	if err != nil {
 		return nil, err
 	}
-	s.fns = functions.New(s.store, blobs, s.act, box, functions.Config{
+	s.fns = functions.New(s.store, blobs, s.act, box, s.logs, functions.Config{
 		MaxCodeBytes:       cfg.MaxCodeBytes,
 		DefaultRuntime:     deno.Name(),
 		Runtimes:           []string{deno.Name()},
@@ -175,12 +181,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	if err := s.bootstrapAdmin(ctx, authn, dataDir); err != nil {
 		return nil, err
 	}
-	apiH := api.New(s.fns, authn, s.store, s.store, s.act, api.Config{
+	apiH := api.New(s.fns, authn, s.store, s.store, s.act, s.logs, api.Config{
 		MaxCodeBytes: cfg.MaxCodeBytes,
 		PublicURL:    cfg.PublicURL,
 		Logger:       log,
 	}).Handler()
-	rt := router.New(s.fns, s.act, router.Config{Timeout: cfg.Timeout, Logger: log})
+	rt := router.New(s.fns, s.act, router.Config{Timeout: cfg.Timeout, Logger: log, Access: logSink{s.logs}})
 
 	mux := http.NewServeMux()
 	mux.Handle(router.Prefix, rt)
@@ -323,14 +329,29 @@ func (s *Server) closeAll() {
 	if s.store != nil {
 		s.store.Close()
 	}
+	if s.logs != nil {
+		s.logs.Close()
+	}
 	if s.lock != nil {
 		s.lock.Close()
 	}
 }
 
-// logSink sends instance output to the server log for now.
-type logSink struct{ log *slog.Logger }
+// logSink files instance output and access lines in the log store.
+type logSink struct{ logs *logstore.Store }
 
-func (l *logSink) InstanceOutput(spec *backend.Spec, instance, stream string, line []byte) {
-	l.log.Info("function output", "owner", spec.Owner, "function", spec.Name, "version", spec.Version, "instance", instance, "stream", stream, "line", string(line))
+func (l logSink) InstanceOutput(spec *backend.Spec, instance, stream string, line []byte) {
+	l.logs.Append(logstore.Entry{Owner: spec.Owner, Function: spec.Name, Version: spec.Version, Instance: instance, Stream: stream, Line: string(line)})
+}
+
+func (l logSink) Access(a router.Access) {
+	temp := "warm"
+	if a.Cold {
+		temp = "cold"
+	}
+	l.logs.Append(logstore.Entry{
+		Owner: a.Spec.Owner, Function: a.Spec.Name, Version: a.Spec.Version, Instance: a.Instance,
+		Stream: logstore.StreamAccess, RequestID: a.RequestID,
+		Line: fmt.Sprintf("%s %s %d %.1fms %s", a.Method, a.Path, a.Status, float64(a.Duration.Microseconds())/1000, temp),
+	})
 }

@@ -462,7 +462,6 @@ func (b *Backend) spawn(ctx context.Context, key poolKey) (*proc, error) {
 	b.wg.Add(1)
 	go b.reap(p, &readers)
 
-
 	timer := time.NewTimer(b.cfg.StartTimeout)
 	defer timer.Stop()
 	select {

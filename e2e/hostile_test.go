@@ -1,0 +1,226 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/spry-run/spry/internal/nettest"
+)
+
+// attack is one hostile function. Its code answers JSON {"ok": bool,
+// "detail": string}: ok means the attack was contained. Some attacks kill
+// their own instance instead; want then names the status the caller must
+// get.
+type attack struct {
+	name     string
+	code     string
+	query    string // settings for the deploy
+	status   int    // expected status; 0 means 200 with ok=true
+	errCode  string // expected error code when status is not 200
+	logWants string // a line the function's logs must hold afterwards
+}
+
+// contained wraps a body that throws when the attack succeeds.
+func contained(body string) string {
+	return `export default { async fetch(req, ctx) {
+		try {
+			const detail = await (async () => { ` + body + ` })();
+			return Response.json({ ok: false, detail: String(detail) });
+		} catch (e) {
+			return Response.json({ ok: true, detail: e.name + ": " + e.message });
+		}
+	} }`
+}
+
+func hostileAttacks(dataDir, spryAddr, otherSocket string) []attack {
+	return []attack{
+		{name: "read-shadow", code: contained(`return await Deno.readTextFile("/etc/shadow");`)},
+		{name: "read-passwd", code: contained(`return await Deno.readTextFile("/etc/passwd");`)},
+		{name: "read-proc1-environ", code: contained(`return await Deno.readTextFile("/proc/1/environ");`)},
+		{name: "read-self-environ", code: contained(`return await Deno.readTextFile("/proc/self/environ");`)},
+		{name: "read-data-dir-db", code: contained(`return (await Deno.readFile("` + filepath.Join(dataDir, "spry.db") + `")).length;`)},
+		{name: "read-admin-token", code: contained(`return await Deno.readTextFile("` + filepath.Join(dataDir, "admin.token") + `");`)},
+		{name: "list-root", code: contained(`const names = []; for await (const e of Deno.readDir("/")) names.push(e.name); return names.join(",");`)},
+		{name: "list-code-dir", code: contained(`const names = []; for await (const e of Deno.readDir("/code")) names.push(e.name); if (names.length !== 1) return names.join(","); throw new Error("only its own bundle: " + names);`)},
+		{name: "read-other-code", code: contained(`for await (const e of Deno.readDir("/run")) return e.name; throw new Error("no other instance visible");`)},
+		{name: "read-env", code: contained(`return JSON.stringify(Deno.env.toObject());`)},
+		{name: "spawn-subprocess", code: contained(`const o = await new Deno.Command("/bin/sh", { args: ["-c", "id"] }).output(); return new TextDecoder().decode(o.stdout);`)},
+		{name: "ffi-dlopen-libc", code: contained(`return Deno.dlopen("libc.so.6", { getpid: { parameters: [], result: "i32" } });`)},
+		{name: "write-outside-tmp", code: contained(`await Deno.writeTextFile("/code/pwned.js", "x"); return "wrote /code";`)},
+		{name: "write-root", code: contained(`await Deno.writeTextFile("/pwned", "x"); return "wrote /";`)},
+		{name: "connect-spry-api", code: contained(`const c = await Deno.connect({ hostname: "127.0.0.1", port: ` + spryPort(spryAddr) + ` }); c.close(); return "connected to spry";`)},
+		{name: "fetch-spry-api-egress", query: "network=egress", code: contained(`const r = await fetch("http://127.0.0.1:` + spryPort(spryAddr) + `/api/v1/functions", { signal: AbortSignal.timeout(3000) }); return "status " + r.status;`)},
+		{name: "connect-other-instance-socket", code: contained(`const c = await Deno.connect({ transport: "unix", path: "` + otherSocket + `" }); c.close(); return "connected to another instance";`)},
+		{name: "metadata-service", query: "network=egress", code: contained(`const r = await fetch("http://169.254.169.254:8080/", { signal: AbortSignal.timeout(3000) }); return await r.text();`)},
+		{name: "private-range", query: "network=egress", code: contained(`const r = await fetch("http://10.213.0.1:8080/", { signal: AbortSignal.timeout(3000) }); return await r.text();`)},
+		{name: "no-network", query: "network=none", code: contained(`const r = await fetch("http://198.51.100.20:8080/", { signal: AbortSignal.timeout(3000) }); return await r.text();`)},
+		{name: "raw-udp-to-host", query: "network=egress", code: contained(`const l = Deno.listenDatagram({ transport: "udp", hostname: "0.0.0.0", port: 0 }); await l.send(new Uint8Array([1]), { transport: "udp", hostname: "127.0.0.1", port: 53 }); return "sent";`)},
+		{name: "fill-tmp", code: contained(`const chunk = new Uint8Array(1 << 20); const f = await Deno.open("/tmp/fill", { write: true, create: true });
+			for (let i = 0; i < 1024; i++) await f.write(chunk); return "wrote 1 GiB to /tmp";`)},
+		{name: "worker-bomb", code: contained(`const ws = []; for (let i = 0; i < 2000; i++) ws.push(new Worker("data:text/javascript,setInterval(()=>{},1000)", { type: "module" }));
+			await new Promise((r) => setTimeout(r, 3000)); return "2000 workers";`), status: 502},
+		{name: "out-of-memory", query: "memory=64Mi", code: `const keep = []; export default { fetch() { for (;;) keep.push(new Uint8Array(1 << 20).fill(1)); } }`,
+			status: 502, errCode: "function_failed", logWants: "out of memory"},
+		{name: "spin-forever", query: "timeout=1s", code: `export default { fetch() { for (;;) {} } }`,
+			status: 504, errCode: "timeout", logWants: "timeout"},
+		{name: "huge-response", query: "timeout=3s", code: `export default { fetch() {
+			const chunk = new Uint8Array(1 << 20);
+			return new Response(new ReadableStream({ pull(c) { c.enqueue(chunk); } }));
+		} }`, status: 200},
+		{name: "slow-headers", query: "timeout=1s", code: `export default { async fetch() { await new Promise((r) => setTimeout(r, 60000)); return new Response("late"); } }`,
+			status: 504, errCode: "timeout"},
+	}
+}
+
+func spryPort(addr string) string { return addr[strings.LastIndex(addr, ":")+1:] }
+
+// TestHostileFunctions deploys functions that each try one attack, and
+// checks every attack fails while an innocent function keeps answering,
+// the server stays healthy, and nothing is left behind.
+func TestHostileFunctions(t *testing.T) {
+	mountsBefore := countMounts(t)
+	s := startServer(t)
+	// Test hosts for the network attacks: a "public" one, the metadata
+	// address and a private address, all inside a namespace this test
+	// owns, so no packet can leave the machine.
+	host := nettest.New(t, 8080, "198.51.100.20", "169.254.169.254", "10.213.0.1")
+
+	if r := s.putCode(s.token, "innocent", example(t, "hello.ts"), ""); r.status != 201 {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	// The innocent function answers throughout the attacks.
+	stop := make(chan struct{})
+	var innocentFailures, innocentCalls atomic.Int64
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		c := &http.Client{Timeout: 10 * time.Second}
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			res, err := c.Get(s.url + "/fn/admin/innocent?name=x")
+			innocentCalls.Add(1)
+			if err != nil {
+				innocentFailures.Add(1)
+				continue
+			}
+			b, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			if res.StatusCode != 200 || string(b) != "Hello, x\n" {
+				innocentFailures.Add(1)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+
+	// The innocent function's instance socket, as the host sees it: an
+	// attacker who guessed it still must not reach it.
+	s.get("/fn/admin/innocent")
+	socks, _ := filepath.Glob(filepath.Join(s.runDir(), "i", "*", "sock", "http.sock"))
+	if len(socks) == 0 {
+		t.Fatal("found no instance socket")
+	}
+	attacks := hostileAttacks(s.data, s.addr, socks[0])
+	for _, a := range attacks {
+		a := a
+		t.Run(a.name, func(t *testing.T) {
+			if r := s.putCode(s.token, a.name, []byte(a.code), a.query); r.status/100 != 2 {
+				t.Fatalf("deploy: %d %s", r.status, r.body)
+			}
+			client := &http.Client{Timeout: 30 * time.Second}
+			res, err := client.Get(s.url + "/fn/admin/" + a.name + "/")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer res.Body.Close()
+			if a.name == "huge-response" {
+				// Read some, then hang up: the server must cope, and the
+				// function's timeout bounds the stream anyway.
+				n, _ := io.CopyN(io.Discard, res.Body, 64<<20)
+				if res.StatusCode != 200 || n != 64<<20 {
+					t.Fatalf("huge response: %d, read %d", res.StatusCode, n)
+				}
+				return
+			}
+			body, _ := io.ReadAll(io.LimitReader(res.Body, 1<<20))
+			want := a.status
+			if want == 0 {
+				want = 200
+			}
+			if res.StatusCode != want {
+				t.Fatalf("status %d, want %d: %s", res.StatusCode, want, body)
+			}
+			if want == 200 {
+				var out struct {
+					OK     bool   `json:"ok"`
+					Detail string `json:"detail"`
+				}
+				if err := json.Unmarshal(body, &out); err != nil {
+					t.Fatalf("bad answer %q", body)
+				}
+				if !out.OK {
+					t.Fatalf("attack succeeded: %s", out.Detail)
+				}
+				t.Logf("contained: %s", out.Detail)
+			} else if a.errCode != "" {
+				r := response{status: res.StatusCode, header: res.Header, body: body}
+				if code := r.errorCode(t); code != a.errCode {
+					t.Fatalf("error code %q, want %q: %s", code, a.errCode, body)
+				}
+			}
+			if a.logWants != "" {
+				eventually(t, 5*time.Second, "the logs to say "+a.logWants, func() bool {
+					out, _, _ := s.spry("", "logs", a.name)
+					return strings.Contains(out, a.logWants)
+				})
+			}
+		})
+	}
+	if n := host.Hits.Load(); n != 0 {
+		t.Errorf("%d connections reached the test hosts", n)
+	}
+	close(stop)
+	wg.Wait()
+	if f := innocentFailures.Load(); f != 0 {
+		t.Errorf("the innocent function failed %d of %d calls during the attacks", f, innocentCalls.Load())
+	}
+	if r := s.get("/healthz"); r.status != 200 {
+		t.Fatalf("healthz %d", r.status)
+	}
+	s.stop()
+	s.checkNothingLeft()
+	if after := countMounts(t); after != mountsBefore {
+		t.Errorf("host mounts: %d before, %d after", mountsBefore, after)
+	}
+}
+
+func countMounts(t *testing.T) int {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, l := range strings.Split(string(data), "\n") {
+		// Other tests' network namespaces come and go under /run/netns.
+		if l != "" && !strings.Contains(l, "/run/netns") {
+			n++
+		}
+	}
+	return n
+}
+
+var _ = fmt.Sprint

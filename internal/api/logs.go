@@ -1,0 +1,113 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/logstore"
+)
+
+// Logs reads function logs.
+type Logs interface {
+	Query(ctx context.Context, q logstore.Query) ([]logstore.Entry, error)
+	Follow(ctx context.Context, q logstore.Query) (<-chan logstore.Entry, func() error)
+}
+
+// LogLine is one log entry as the API streams it (NDJSON).
+type LogLine struct {
+	ID        int64     `json:"id"`
+	Time      time.Time `json:"time"`
+	Version   int64     `json:"version"`
+	Instance  string    `json:"instance,omitempty"`
+	Stream    string    `json:"stream"`
+	RequestID string    `json:"request_id,omitempty"`
+	Line      string    `json:"line"`
+}
+
+// parseSince reads "10m" (that long ago) or an RFC 3339 time.
+func parseSince(s string, now time.Time) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
+		return now.Add(-d), nil
+	}
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t, nil
+	}
+	return time.Time{}, errdefs.Invalid("since %q: want a duration like 10m or an RFC 3339 time", s)
+}
+
+func (a *API) functionLogs(w http.ResponseWriter, r *http.Request) error {
+	owner, name, err := a.target(r)
+	if err != nil {
+		return err
+	}
+	if _, err := a.fns.Get(r.Context(), owner, name); err != nil {
+		return err
+	}
+	qv := r.URL.Query()
+	q := logstore.Query{Owner: owner, Function: name}
+	if q.Since, err = parseSince(qv.Get("since"), a.cfg.Now()); err != nil {
+		return err
+	}
+	for _, p := range []struct {
+		key string
+		dst *int64
+	}{{"version", &q.Version}, {"after", &q.AfterID}} {
+		if v := qv.Get(p.key); v != "" {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n < 0 {
+				return errdefs.Invalid("%s %q: want a non-negative integer", p.key, v)
+			}
+			*p.dst = n
+		}
+	}
+	if v := qv.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > logstore.MaxLimit {
+			return errdefs.Invalid("limit %q: want 1 to %d", v, logstore.MaxLimit)
+		}
+		q.Limit = n
+	}
+	follow := qv.Get("follow") == "1" || strings.EqualFold(qv.Get("follow"), "true")
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	enc := json.NewEncoder(w)
+	write := func(e logstore.Entry) error {
+		return enc.Encode(LogLine{ID: e.ID, Time: e.Time, Version: e.Version, Instance: e.Instance, Stream: e.Stream, RequestID: e.RequestID, Line: e.Line})
+	}
+	if !follow {
+		entries, err := a.logs.Query(r.Context(), q)
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			if err := write(e); err != nil {
+				return nil
+			}
+		}
+		return nil
+	}
+	ch, errf := a.logs.Follow(r.Context(), q)
+	rc := http.NewResponseController(w)
+	w.WriteHeader(http.StatusOK)
+	_ = rc.Flush()
+	for e := range ch {
+		if err := write(e); err != nil {
+			return nil
+		}
+		if len(ch) == 0 {
+			_ = rc.Flush()
+		}
+	}
+	if err := errf(); err != nil && r.Context().Err() == nil {
+		a.log.Warn("log follow ended", "owner", owner, "function", name, "err", err)
+	}
+	return nil
+}

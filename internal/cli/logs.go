@@ -1,0 +1,42 @@
+package cli
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/spry-run/spry/internal/api"
+	"github.com/spry-run/spry/internal/client"
+)
+
+func newLogsCmd(conn *connFlags) *cobra.Command {
+	var o client.LogOptions
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "logs NAME",
+		Short: "Print a function's logs: its output, one access line per invocation, crashes and timeouts",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := conn.client()
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			return c.Logs(cmd.Context(), args[0], o, func(l api.LogLine) error {
+				if asJSON {
+					return printJSON(out, l)
+				}
+				_, err := fmt.Fprintf(out, "%s v%d %s %-6s %s\n", l.Time.UTC().Format("2006-01-02T15:04:05.000Z"), l.Version, l.Instance, l.Stream, l.Line)
+				return err
+			})
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVarP(&o.Follow, "follow", "f", false, "keep printing new entries as they come")
+	f.StringVar(&o.Since, "since", "", "only entries newer than this: a duration (10m) or an RFC 3339 time")
+	f.Int64Var(&o.Version, "version", 0, "only entries of this version")
+	f.IntVarP(&o.Limit, "tail", "n", 0, "print only the newest N entries (default 1000)")
+	f.StringVar(&o.Owner, "owner", "", "the function's owner (admin only)")
+	f.BoolVar(&asJSON, "json", false, "print JSON lines")
+	return cmd
+}
