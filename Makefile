@@ -7,7 +7,7 @@ DENO := runtimes/node_modules/@deno/linux-x64-glibc/deno
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Short fuzzing runs of every parser of user input, in `make test`.
 FUZZTIME ?= 10s
-FUZZ := ./internal/names:FuzzValidate ./internal/auth:FuzzParse ./internal/build:FuzzBundle ./internal/router:FuzzSplitPath
+FUZZ := ./internal/names:FuzzValidate ./internal/auth:FuzzParse ./internal/build:FuzzBundle ./internal/router:FuzzSplitPath ./internal/functions:FuzzParseLimits
 
 .PHONY: all build run test lint unit fuzz deps clean
 

@@ -72,6 +72,8 @@ func newServeCmd(env Env) *cobra.Command {
 	f.StringVar(&cfg.DefaultNetwork, "network", "egress", "default network of functions: egress (public internet only) or none")
 	f.StringSliceVar(&egressAllow, "egress-allow", nil, "private CIDR ranges egress functions may reach anyway (e.g. 10.1.2.0/24)")
 	f.Int64Var(&cfg.MaxCodeBytes, "max-code-size", 5<<20, "largest function source accepted, in bytes")
+	f.Int64Var(&cfg.MaxBodyBytes, "max-body-size", 100<<20, "largest request body a function may be sent, in bytes")
+	f.Float64Var(&cfg.CPU, "cpu", 1, "CPUs one instance may use (a cgroup quota; 0 for none)")
 	f.IntVar(&cfg.PoolSize, "pool-size", 2, "warm, generic runtime instances kept ready for cold starts")
 	f.IntVar(&cfg.DefaultMemoryMiB, "memory", 128, "default memory limit of an instance, in MiB")
 	f.StringVar(&cfg.DenoBinary, "deno", "", "deno binary (default: the pinned one `make build` installs)")
@@ -90,6 +92,10 @@ func validate(cfg server.Config) error {
 		return errdefs.Invalid("--timeout must be positive")
 	case cfg.MaxCodeBytes <= 0:
 		return errdefs.Invalid("--max-code-size must be positive")
+	case cfg.MaxBodyBytes <= 0:
+		return errdefs.Invalid("--max-body-size must be positive")
+	case cfg.CPU < 0:
+		return errdefs.Invalid("--cpu must not be negative")
 	case cfg.PoolSize < 0:
 		return errdefs.Invalid("--pool-size must not be negative")
 	case cfg.DefaultMemoryMiB < 32:

@@ -60,8 +60,10 @@ type Config struct {
 	// Timeout bounds one invocation, cold start included, for functions
 	// that do not set their own.
 	Timeout time.Duration
-	Logger  *slog.Logger
-	Access  AccessLogger // optional
+	// MaxBodyBytes bounds a request body (413 beyond it); 0 means 100 MiB.
+	MaxBodyBytes int64
+	Logger       *slog.Logger
+	Access       AccessLogger // optional
 }
 
 // Router proxies invocations.
@@ -86,6 +88,9 @@ func New(res Resolver, leaser Leaser, cfg Config) *Router {
 	}
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 60 * time.Second
+	}
+	if cfg.MaxBodyBytes == 0 {
+		cfg.MaxBodyBytes = 100 << 20
 	}
 	rt := &Router{cfg: cfg, resolver: res, leaser: leaser, log: cfg.Logger}
 	transport := &http.Transport{
@@ -161,6 +166,11 @@ func (rt *Router) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 		rt.writeError(w, inv.reqID, errdefs.New(errdefs.ErrTimeout, "the function did not respond within its %s timeout", timeout))
 		return
 	}
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		rt.writeError(w, inv.reqID, errdefs.New(errdefs.ErrTooLarge, "request body is over the %d byte limit", mbe.Limit))
+		return
+	}
 	if errors.Is(r.Context().Err(), context.Canceled) {
 		// The client went away; nobody reads the answer.
 		w.WriteHeader(499)
@@ -198,6 +208,11 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rt.writeError(w, reqID, err)
 		return
 	}
+	if r.ContentLength > rt.cfg.MaxBodyBytes {
+		rt.writeError(w, reqID, errdefs.New(errdefs.ErrTooLarge, "request body is over the %d byte limit", rt.cfg.MaxBodyBytes))
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, rt.cfg.MaxBodyBytes)
 	spec, err := rt.resolve(r.Context(), owner, name)
 	if err != nil {
 		rt.writeError(w, reqID, err)

@@ -51,6 +51,8 @@ type Config struct {
 	DefaultNetwork   string
 	EgressAllow      []netip.Prefix
 	MaxCodeBytes     int64
+	MaxBodyBytes     int64   // largest invocation request body
+	CPU              float64 // CPUs one instance may use
 	PoolSize         int
 	DefaultMemoryMiB int
 	DenoBinary       string
@@ -149,6 +151,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		DefaultNetwork:   cfg.DefaultNetwork,
 		UIDBase:          cfg.UIDBase,
 		Pids:             256,
+		CPUQuotaUs:       int64(cfg.CPU * 100000),
 		TmpBytes:         64 << 20,
 		NoFiles:          1024,
 	})
@@ -186,7 +189,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		PublicURL:    cfg.PublicURL,
 		Logger:       log,
 	}).Handler()
-	rt := router.New(s.fns, s.act, router.Config{Timeout: cfg.Timeout, Logger: log, Access: logSink{s.logs}})
+	rt := router.New(s.fns, s.act, router.Config{Timeout: cfg.Timeout, MaxBodyBytes: cfg.MaxBodyBytes, Logger: log, Access: logSink{s.logs}})
 
 	mux := http.NewServeMux()
 	mux.Handle(router.Prefix, rt)

@@ -60,6 +60,7 @@ type Config struct {
 	UIDCount         int
 	StartTimeout     time.Duration
 	Pids             int64
+	CPUQuotaUs       int64 // per 100ms; 100000 is one CPU, 0 no quota
 	TmpBytes         int64
 	NoFiles          uint64
 }
@@ -421,6 +422,7 @@ func (b *Backend) spawn(ctx context.Context, key poolKey) (*proc, error) {
 			MemoryBytes: int64(key.memoryMiB) << 20,
 			Pids:        b.cfg.Pids,
 			CPUShares:   1024,
+			CPUQuotaUs:  b.cfg.CPUQuotaUs,
 		},
 		TmpBytes: b.cfg.TmpBytes,
 		NoFiles:  b.cfg.NoFiles,

@@ -1,0 +1,531 @@
+// Spry's Node.js bootstrap. It runs inside the sandbox before any user
+// code. It listens on the instance's Unix socket at once, so a pooled
+// instance is ready before it knows its function; then it reads one
+// specialization message on stdin, imports that function's bundle and
+// serves it. Requests that arrive while the import runs wait for it.
+//
+// Two contracts are served:
+//
+//   fetch:   export default { fetch(req, ctx) }  or
+//            export default async function (req, ctx)
+//            req is a WHATWG Request; the handler returns a Response.
+//   express: module.exports = (req, res) => { ... }  or
+//            export default function (req, res) { ... }
+//            req/res are Node's, with a small Express-like surface
+//            (req.query, req.body, res.status(), res.send(), res.json()...).
+//
+// Which one a module uses (see pickHandler):
+//   1. an explicit `export const contract = "fetch" | "express"` (or a
+//      `contract` property on the default export, for CommonJS) wins;
+//   2. a default export with a fetch method (an object, or a class with a
+//      static one) is fetch;
+//   3. a function declaring at most one parameter (Function.length) is
+//      fetch: an express handler needs res;
+//   4. a function declaring two or more is fetch if its second parameter is
+//      named ctx, context or env (or is destructured, as in
+//      `(req, { env })`), and express otherwise: (req, res),
+//      (request, response), (req, res, next), minified names...
+import http from "node:http";
+import { createRequire } from "node:module";
+import querystring from "node:querystring";
+import { Readable } from "node:stream";
+
+const SOCKET = "/run/spry/http.sock";
+const MAX_BODY = 10 << 20; // express contract: bodies are read in full
+const STREAM_PREFETCH = 1 << 20; // bytes of a Response read before deciding on Content-Length
+
+let handler = null; // (req, res) => Promise<void>
+let failed = false;
+let resolveLoaded;
+const loaded = new Promise((r) => (resolveLoaded = r));
+let meta = { name: "", owner: "", version: 0, env: Object.freeze({}) };
+
+class HTTPError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+function sendError(res, status, code, message, extraHeaders = {}) {
+  if (res.headersSent) {
+    // Too late for a status: cut the response short so the client sees
+    // it is incomplete.
+    res.destroy();
+    return;
+  }
+  for (const name of res.getHeaderNames()) res.removeHeader(name);
+  res.statusMessage = undefined;
+  const body = JSON.stringify({ error: { code, message } });
+  res.writeHead(status, {
+    "content-type": "application/json",
+    "content-length": Buffer.byteLength(body),
+    "spry-error": code,
+    ...extraHeaders,
+  });
+  res.end(body);
+}
+
+async function serve(req, res) {
+  // Misuse such as writing after end() is logged rather than left to crash
+  // the instance as an unhandled 'error' event; a client that goes away
+  // mid-request is not worth a log line.
+  res.on("error", (err) => console.error("response error:", err));
+  req.on("error", () => {});
+  try {
+    if (handler === null) await loaded;
+    if (failed) {
+      sendError(res, 502, "function_failed", "the function failed to load; see its logs");
+      return;
+    }
+    await handler(req, res);
+  } catch (err) {
+    try {
+      if (err instanceof HTTPError) {
+        sendError(res, err.status, err.code, err.message, err.status === 413 ? { connection: "close" } : {});
+        return;
+      }
+      console.error("uncaught exception in function:", err);
+      sendError(res, 500, "function_error", "the function threw an uncaught exception; see its logs");
+    } catch {
+      res.destroy();
+    }
+  }
+}
+
+const server = http.createServer({
+  maxHeaderSize: 64 << 10,
+  // The platform reuses connections; keep them longer than its idle
+  // timeout so it never sends on a connection we are closing.
+  keepAliveTimeout: 120_000,
+  // The platform enforces the invocation timeout.
+  headersTimeout: 0,
+  requestTimeout: 0,
+}, serve);
+server.keepAliveTimeout = 120_000;
+server.headersTimeout = 0;
+server.requestTimeout = 0;
+server.timeout = 0;
+server.listen(SOCKET, () => {
+  // The first line on stdout, written before any user code exists, tells
+  // the supervisor the instance is ready. Writes to a pipe are synchronous.
+  process.stdout.write("SPRY-READY\n");
+});
+
+// ---------------------------------------------------------------------------
+// The fetch contract.
+
+function makeContext(requestId) {
+  return {
+    env: meta.env,
+    name: meta.name,
+    owner: meta.owner,
+    version: meta.version,
+    requestId,
+    waitUntil(p) {
+      Promise.resolve(p).catch((err) => console.error("waitUntil:", err));
+    },
+  };
+}
+
+function requestURL(req) {
+  // A Host header that is not just an authority (one with a path, query,
+  // fragment or userinfo in it) must not change the URL's path.
+  const h = req.headers.host;
+  const host = h && /^[^/?#@\\\s]+$/.test(h) ? h : "localhost";
+  try {
+    // Concatenate rather than resolve: a path like //a/b must stay a path.
+    if (req.url.startsWith("/")) return new URL("http://" + host + req.url);
+    return new URL(req.url);
+  } catch {
+    try {
+      return new URL("http://localhost" + (req.url.startsWith("/") ? req.url : "/"));
+    } catch {
+      return new URL("http://localhost/");
+    }
+  }
+}
+
+function toRequest(req, signal) {
+  const headers = new Headers();
+  const raw = req.rawHeaders;
+  for (let i = 0; i < raw.length; i += 2) {
+    try {
+      headers.append(raw[i], raw[i + 1]);
+    } catch {
+      // A header Node accepted but Headers does not: leave it out.
+    }
+  }
+  const init = { method: req.method, headers, signal };
+  if (req.method !== "GET" && req.method !== "HEAD") {
+    init.body = Readable.toWeb(req);
+    init.duplex = "half";
+  }
+  return new Request(requestURL(req), init);
+}
+
+function fetchAdapter(fn) {
+  return async (req, res) => {
+    const ac = new AbortController();
+    res.once("close", () => {
+      if (!res.writableFinished) ac.abort();
+    });
+    const request = toRequest(req, ac.signal);
+    const out = await fn(request, makeContext(req.headers["spry-request-id"] ?? ""));
+    if (!(out instanceof Response)) {
+      console.error(`function returned ${out === null ? "null" : typeof out}, not a Response`);
+      sendError(res, 500, "function_error", "the function did not return a Response; see its logs");
+      return;
+    }
+    await writeResponse(res, out);
+  };
+}
+
+function chunkBytes(value) {
+  if (value instanceof Uint8Array) return value;
+  if (typeof value === "string") return Buffer.from(value);
+  if (ArrayBuffer.isView(value)) return new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
+  if (value instanceof ArrayBuffer) return new Uint8Array(value);
+  throw new TypeError("a Response body stream yielded a chunk that is not a Uint8Array");
+}
+
+// write writes chunk, waiting for the socket to drain; false once the
+// client is gone.
+function write(res, chunk, gone) {
+  if (gone.value) return Promise.resolve(false);
+  if (res.write(chunk)) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const done = () => {
+      res.off("drain", done);
+      res.off("close", done);
+      resolve(!gone.value);
+    };
+    res.on("drain", done);
+    res.on("close", done);
+  });
+}
+
+const TICK = Symbol("tick");
+
+// read reads the next chunk. Its failure is handled where it is awaited,
+// possibly later (after writes); the no-op catch keeps it from counting
+// as an unhandled rejection, which would end the process, meanwhile.
+function read(reader) {
+  const p = reader.read();
+  p.catch(() => {});
+  return p;
+}
+
+async function writeResponse(res, out) {
+  res.statusCode = out.status;
+  if (out.statusText) res.statusMessage = out.statusText;
+  for (const [name, value] of out.headers) {
+    if (name !== "set-cookie") res.setHeader(name, value);
+  }
+  const cookies = out.headers.getSetCookie();
+  if (cookies.length > 0) res.setHeader("set-cookie", cookies);
+  if (out.body === null) {
+    res.end();
+    return;
+  }
+  const gone = { value: false };
+  const reader = out.body.getReader();
+  res.once("close", () => {
+    if (!res.writableFinished) {
+      gone.value = true;
+      reader.cancel().catch(() => {});
+    }
+  });
+  // What the stream yields within this turn of the event loop: a body made
+  // from a string or buffer is complete by then and goes out with a
+  // Content-Length; anything slower is streamed (chunked) as it comes.
+  const tick = new Promise((r) => setImmediate(r, TICK));
+  const early = [];
+  let size = 0;
+  let pending = read(reader);
+  for (;;) {
+    const r = await Promise.race([pending, tick]);
+    if (r === TICK) break;
+    if (r.done) {
+      res.end(early.length === 1 ? early[0] : Buffer.concat(early));
+      return;
+    }
+    const chunk = chunkBytes(r.value);
+    early.push(chunk);
+    size += chunk.byteLength;
+    pending = read(reader);
+    if (size >= STREAM_PREFETCH) break;
+  }
+  if (early.length === 0) res.flushHeaders(); // e.g. server-sent events: headers now
+  try {
+    for (const chunk of early) {
+      if (!(await write(res, chunk, gone))) return;
+    }
+    for (;;) {
+      const r = await pending;
+      if (r.done) break;
+      if (!(await write(res, chunkBytes(r.value), gone))) return;
+      pending = read(reader);
+    }
+  } catch (err) {
+    if (gone.value) return;
+    console.error("the function's response body failed:", err);
+    res.destroy();
+    return;
+  }
+  res.end();
+}
+
+// ---------------------------------------------------------------------------
+// The express contract.
+
+function readBody(req) {
+  const declared = Number(req.headers["content-length"]);
+  if (declared > MAX_BODY) {
+    return Promise.reject(new HTTPError(413, "payload_too_large", "the request body is larger than 10 MiB"));
+  }
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    let size = 0;
+    const onData = (chunk) => {
+      size += chunk.length;
+      if (size > MAX_BODY) {
+        req.off("data", onData);
+        req.pause();
+        reject(new HTTPError(413, "payload_too_large", "the request body is larger than 10 MiB"));
+        return;
+      }
+      chunks.push(chunk);
+    };
+    req.on("data", onData);
+    req.once("end", () => resolve(Buffer.concat(chunks, size)));
+    // The client went away mid-body: nobody to answer, nothing to log.
+    const cut = () => reject(new HTTPError(400, "bad_request", "the request body was cut short"));
+    req.once("error", cut);
+    req.once("close", () => {
+      if (!req.complete) cut();
+    });
+  });
+}
+
+function parseBody(req, raw) {
+  const type = (req.headers["content-type"] ?? "").split(";")[0].trim().toLowerCase();
+  if (raw.length === 0) return type.startsWith("text/") ? "" : {};
+  if (type === "application/json" || type.endsWith("+json")) {
+    try {
+      return JSON.parse(raw.toString("utf8"));
+    } catch (err) {
+      throw new HTTPError(400, "bad_request", "the request body is not valid JSON: " + err.message);
+    }
+  }
+  if (type === "application/x-www-form-urlencoded") return querystring.parse(raw.toString("utf8"));
+  if (type.startsWith("text/")) return raw.toString("utf8");
+  return raw;
+}
+
+const MIME = {
+  html: "text/html; charset=utf-8",
+  text: "text/plain; charset=utf-8",
+  json: "application/json; charset=utf-8",
+  bin: "application/octet-stream",
+};
+
+function decorate(req, res, raw) {
+  const url = requestURL(req);
+  req.originalUrl = req.url;
+  req.path = url.pathname;
+  req.query = querystring.parse(url.search.slice(1));
+  req.params = {};
+  req.rawBody = raw;
+  req.body = parseBody(req, raw);
+  req._body = true; // tells body-parser (Express) the body is parsed already
+  req.get = req.header = (name) => {
+    const key = String(name).toLowerCase();
+    if (key === "referer" || key === "referrer") return req.headers.referer ?? req.headers.referrer;
+    return req.headers[key];
+  };
+
+  res.locals = {};
+  res.status = (code) => {
+    res.statusCode = code;
+    return res;
+  };
+  res.set = res.header = (field, value) => {
+    if (field !== null && typeof field === "object") {
+      for (const [k, v] of Object.entries(field)) res.set(k, v);
+    } else {
+      res.setHeader(field, Array.isArray(value) ? value.map(String) : String(value));
+    }
+    return res;
+  };
+  res.get = (field) => res.getHeader(field);
+  res.append = (field, value) => {
+    res.appendHeader(field, Array.isArray(value) ? value.map(String) : String(value));
+    return res;
+  };
+  res.type = (type) => {
+    res.setHeader("content-type", MIME[type] ?? (type.includes("/") ? type : "application/octet-stream"));
+    return res;
+  };
+  res.json = (obj) => {
+    if (!res.hasHeader("content-type")) res.setHeader("content-type", MIME.json);
+    const body = JSON.stringify(obj);
+    res.end(body === undefined ? "" : body);
+    return res;
+  };
+  res.send = (body) => {
+    if (body === undefined || body === null) {
+      res.end();
+    } else if (typeof body === "string") {
+      if (!res.hasHeader("content-type")) res.setHeader("content-type", MIME.html);
+      res.end(body);
+    } else if (body instanceof Uint8Array || body instanceof ArrayBuffer) {
+      if (!res.hasHeader("content-type")) res.setHeader("content-type", MIME.bin);
+      res.end(body instanceof ArrayBuffer ? Buffer.from(body) : body);
+    } else {
+      res.json(body);
+    }
+    return res;
+  };
+  res.sendStatus = (code) => {
+    res.statusCode = code;
+    res.setHeader("content-type", MIME.text);
+    res.end(http.STATUS_CODES[code] ?? String(code));
+    return res;
+  };
+  res.redirect = (a, b) => {
+    const [code, location] = typeof a === "number" ? [a, b] : [302, a];
+    res.statusCode = code;
+    res.setHeader("location", location);
+    res.end();
+    return res;
+  };
+}
+
+function expressAdapter(fn) {
+  return async (req, res) => {
+    const raw = await readBody(req);
+    decorate(req, res, raw);
+    await fn(req, res);
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Loading the function.
+
+// secondParam returns the source text of fn's second declared parameter,
+// or "" when it cannot tell.
+function secondParam(fn) {
+  let src;
+  try {
+    src = Function.prototype.toString.call(fn);
+  } catch {
+    return "";
+  }
+  const open = src.indexOf("(");
+  if (open < 0) return "";
+  const params = [];
+  let depth = 0;
+  let quote = "";
+  let start = open + 1;
+  for (let i = open + 1; i < src.length; i++) {
+    const c = src[i];
+    if (quote) {
+      if (c === "\\") i++;
+      else if (c === quote) quote = "";
+    } else if (c === '"' || c === "'" || c === "`") {
+      quote = c;
+    } else if (c === "(" || c === "[" || c === "{") {
+      depth++;
+    } else if (c === ")" || c === "]" || c === "}") {
+      if (depth === 0) {
+        params.push(src.slice(start, i));
+        break;
+      }
+      depth--;
+    } else if (c === "," && depth === 0) {
+      params.push(src.slice(start, i));
+      start = i + 1;
+    }
+  }
+  const p = params[1] ?? "";
+  return p.replace(/\/\*[\s\S]*?\*\/|\/\/[^\n]*/g, "").trim();
+}
+
+function detectContract(fn) {
+  if (fn.length <= 1) return "fetch";
+  const second = secondParam(fn);
+  if (second.startsWith("{") || /^_*(ctx|context|env)\d*(\s*=.*)?$/is.test(second)) return "fetch";
+  return "express";
+}
+
+function pickHandler(mod) {
+  let d = mod.default;
+  // CommonJS that set exports.default (with __esModule) nests it once more.
+  if (d !== null && typeof d === "object" && typeof d.fetch !== "function" &&
+      (typeof d.default === "function" || typeof d.default?.fetch === "function")) {
+    d = d.default;
+  }
+  const contract = mod.contract ?? d?.contract;
+  if (contract !== undefined && contract !== "fetch" && contract !== "express") {
+    throw new TypeError(`the module's contract is ${JSON.stringify(contract)}; want "fetch" or "express"`);
+  }
+  let fn;
+  let chosen = contract;
+  if (d !== null && (typeof d === "object" || typeof d === "function") && typeof d.fetch === "function") {
+    fn = d.fetch.bind(d);
+    chosen ??= "fetch";
+  } else if (typeof d === "function") {
+    fn = d;
+    chosen ??= detectContract(d);
+  } else {
+    throw new TypeError("the module's default export is neither a function nor an object with a fetch method");
+  }
+  return chosen === "express" ? expressAdapter(fn) : fetchAdapter(fn);
+}
+
+function readSpecialization() {
+  return new Promise((resolve, reject) => {
+    let buf = "";
+    const stdin = process.stdin;
+    stdin.setEncoding("utf8");
+    const onEnd = () => process.exit(0); // the supervisor closed stdin: retire quietly
+    const onData = (s) => {
+      buf += s;
+      const nl = buf.indexOf("\n");
+      if (nl < 0) return;
+      stdin.off("data", onData);
+      stdin.off("end", onEnd);
+      stdin.pause();
+      try {
+        resolve(JSON.parse(buf.slice(0, nl)));
+      } catch (err) {
+        reject(err);
+      }
+    };
+    stdin.on("data", onData);
+    stdin.on("end", onEnd);
+  });
+}
+
+const spec = await readSpecialization();
+const env = Object.fromEntries(Object.entries(spec.env ?? {}).map(([k, v]) => [k, String(v)]));
+meta = { name: spec.name, owner: spec.owner, version: spec.version, env: Object.freeze(env) };
+// The function's environment, and nothing else.
+for (const k of Object.keys(process.env)) delete process.env[k];
+Object.assign(process.env, env);
+// Bundles are ES modules; CommonJS code bundled into one calls require()
+// for node: built-ins, which an ES module does not have.
+globalThis.require = createRequire(new URL(spec.module));
+try {
+  handler = pickHandler(await import(spec.module));
+} catch (err) {
+  failed = true;
+  console.error("function failed to load:", err);
+  resolveLoaded();
+  // Answer what is waiting, then exit so the supervisor records the crash
+  // and the next request starts a fresh instance.
+  setTimeout(() => process.exit(1), 50);
+}
+resolveLoaded();
