@@ -184,6 +184,23 @@ func (s *Sandbox) Command(spec Spec) (*Cmd, error) {
 		}
 		bw = append(bw, flag, c.addFile(f), m.Dest)
 	}
+	// The seccomp filter travels through a pipe; bubblewrap loads it just
+	// before it execs the runtime.
+	filter, err := SeccompFilter()
+	if err != nil {
+		return nil, fmt.Errorf("sandbox %s: %w", spec.Name, err)
+	}
+	fr, fw, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	_, err = fw.Write(filter)
+	fw.Close()
+	if err != nil {
+		fr.Close()
+		return nil, fmt.Errorf("sandbox %s: write seccomp filter: %w", spec.Name, err)
+	}
+	bw = append(bw, "--seccomp", c.addFile(fr))
 	bw = append(bw, "--proc", "/proc")
 	// Only the harmless devices: no /dev/shm, ttys or anything else.
 	bw = append(bw, "--tmpfs", "/dev")
