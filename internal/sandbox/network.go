@@ -88,12 +88,15 @@ func (s *Sandbox) nftRules() string {
 // It must run before any user code is given to the sandbox. For other
 // network modes it does nothing.
 func (c *Cmd) StartNetwork(ctx context.Context) error {
-	if c.info == nil {
+	c.netMu.Lock()
+	info := c.info
+	c.netMu.Unlock()
+	if info == nil {
 		return nil
 	}
-	pid, err := readChildPid(c.info)
-	c.info.Close()
-	c.info = nil
+	// Cleanup may close info meanwhile (the sandbox died): the read then
+	// fails, which is the right answer.
+	pid, err := readChildPid(info)
 	if err != nil {
 		return fmt.Errorf("sandbox network: %w", err)
 	}
@@ -136,7 +139,18 @@ func (c *Cmd) StartNetwork(ctx context.Context) error {
 		exitW.Close()
 		return fmt.Errorf("sandbox network: start slirp4netns: %w", err)
 	}
-	c.slirp, c.slirpFD = slirp, exitW
+	c.netMu.Lock()
+	stopped := c.netStopped
+	if !stopped {
+		c.slirp, c.slirpFD = slirp, exitW
+	}
+	c.netMu.Unlock()
+	if stopped {
+		exitW.Close()
+		_ = slirp.Process.Kill()
+		_ = slirp.Wait()
+		return errors.New("sandbox network: the sandbox ended while its network was set up")
+	}
 	ready := make(chan error, 1)
 	go func() {
 		var b [1]byte
@@ -171,15 +185,18 @@ func readChildPid(r io.Reader) (int, error) {
 }
 
 func (c *Cmd) stopNetwork() {
-	if c.info != nil {
-		c.info.Close()
-		c.info = nil
+	c.netMu.Lock()
+	c.netStopped = true
+	info, slirp, slirpFD := c.info, c.slirp, c.slirpFD
+	c.info, c.slirp, c.slirpFD = nil, nil, nil
+	c.netMu.Unlock()
+	if info != nil {
+		info.Close()
 	}
-	if c.slirp != nil {
-		c.slirpFD.Close()
-		_ = c.slirp.Process.Kill()
-		_ = c.slirp.Wait()
-		c.slirp = nil
+	if slirp != nil {
+		slirpFD.Close()
+		_ = slirp.Process.Kill()
+		_ = slirp.Wait()
 	}
 }
 

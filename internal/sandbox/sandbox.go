@@ -110,14 +110,18 @@ func (s *Sandbox) Sweep() int { return s.cgroups.sweep() }
 // Cleanup exactly once.
 type Cmd struct {
 	*exec.Cmd
-	sb      *Sandbox
-	group   *group
-	fds     []*os.File // passed to the child as fds 3, 4, ...
-	info    *os.File   // bwrap's --info-fd, read for the sandbox's pid
-	slirp   *exec.Cmd
-	slirpFD *os.File // closing it tells slirp4netns to exit
-	once    sync.Once
-	oomBase uint64
+	sb    *Sandbox
+	group *group
+	fds   []*os.File // passed to the child as fds 3, 4, ...
+	// The network's parts, guarded by netMu: Cleanup (when the sandbox
+	// dies) may run while StartNetwork does.
+	netMu      sync.Mutex
+	netStopped bool
+	info       *os.File // bwrap's --info-fd, read for the sandbox's pid
+	slirp      *exec.Cmd
+	slirpFD    *os.File // closing it tells slirp4netns to exit
+	once       sync.Once
+	oomBase    uint64
 }
 
 // addFile passes f to the child and returns its fd number there.

@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -56,6 +57,7 @@ type Config struct {
 	PoolSize         int
 	DefaultMemoryMiB int
 	DenoBinary       string
+	NodeBinary       string
 	UIDBase          int
 	ShutdownTimeout  time.Duration
 }
@@ -135,6 +137,28 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	if err != nil {
 		return nil, err
 	}
+	runtimes := []local.Runtime{deno}
+	names := []string{deno.Name()}
+	if nodePath, err := runtime.FindNode(cfg.NodeBinary); err != nil {
+		log.Warn("the node runtime is not available; functions run on deno only", "err", err)
+	} else {
+		nodeLibs, err := sandbox.SharedLibs(nodePath)
+		if err != nil {
+			return nil, err
+		}
+		libs = append(libs, nodeLibs...)
+		if nodePath, err = sandbox.Expose(nodePath, "/var/lib/spry/runtimes"); err != nil {
+			return nil, fmt.Errorf("make the node binary reachable from sandboxes: %w", err)
+		}
+		node, err := runtime.NewNode(nodePath, runDir)
+		if err != nil {
+			return nil, err
+		}
+		runtimes = append(runtimes, node)
+		names = append(names, node.Name())
+	}
+	slices.Sort(libs)
+	libs = slices.Compact(libs)
 	sb, err := sandbox.New(sandbox.Config{CgroupParent: "spry/" + id, SystemLibs: libs, StateDir: runDir, EgressAllow: cfg.EgressAllow})
 	if err != nil {
 		return nil, err
@@ -142,7 +166,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	s.back, err = local.New(local.Config{
 		RunDir:           runDir,
 		Sandbox:          sb,
-		Runtimes:         []local.Runtime{deno},
+		Runtimes:         runtimes,
 		Blobs:            blobs,
 		Logs:             logSink{s.logs},
 		Logger:           log,
@@ -166,7 +190,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	s.fns = functions.New(s.store, blobs, s.act, box, s.logs, functions.Config{
 		MaxCodeBytes:       cfg.MaxCodeBytes,
 		DefaultRuntime:     deno.Name(),
-		Runtimes:           []string{deno.Name()},
+		Runtimes:           names,
 		DefaultMemoryMiB:   cfg.DefaultMemoryMiB,
 		DefaultTimeout:     cfg.Timeout,
 		DefaultNetwork:     cfg.DefaultNetwork,

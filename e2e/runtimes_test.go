@@ -1,0 +1,67 @@
+package e2e
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestRuntimesAndContracts: the same platform runs Deno and Node, with the
+// fetch contract on both, the Express contract on Node and the old
+// Deno.RequestEvent style of the svrless seed on Deno.
+func TestRuntimesAndContracts(t *testing.T) {
+	s := startServer(t)
+	tests := []struct {
+		name, query, code string
+		method, path      string
+		body, ctype       string
+		status            int
+		want              string
+	}{
+		{
+			name: "deno-fetch", code: `export default { fetch(req, ctx) { return new Response("deno " + ctx.name + " " + new URL(req.url).pathname); } }`,
+			method: "GET", path: "/a/b", status: 200, want: "deno deno-fetch /a/b",
+		},
+		{
+			name: "deno-svrless", code: `export default async function handler({ req }) {
+				const url = new URL(req.request.url);
+				await req.respondWith(new Response("svrless " + req.request.method + " " + url.searchParams.get("q")));
+			}`,
+			method: "GET", path: "/?q=old", status: 200, want: "svrless GET old",
+		},
+		{
+			name: "node-fetch", query: "runtime=node", code: `export default { async fetch(req, ctx) {
+				return Response.json({ rt: typeof process.versions.node, name: ctx.name, body: await req.text() }, { status: 202 });
+			} }`,
+			method: "POST", path: "/x", body: "hi", status: 202, want: `{"rt":"string","name":"node-fetch","body":"hi"}`,
+		},
+		{
+			name: "node-express", query: "runtime=node&filename=fn.js", code: `module.exports = (req, res) => {
+				res.status(201).json({ q: req.query, body: req.body, path: req.path });
+			};`,
+			method: "POST", path: "/items?color=red", body: `{"n":1}`, ctype: "application/json",
+			status: 201, want: `{"q":{"color":"red"},"body":{"n":1},"path":"/items"}`,
+		},
+		{
+			name: "node-express-send", query: "runtime=node&filename=fn.js", code: `module.exports = function (req, res) { res.set("x-kind", "express"); res.send("text " + req.method); };`,
+			method: "PUT", path: "/", body: "x", status: 200, want: "text PUT",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if r := s.putCode(s.token, tt.name, []byte(tt.code), tt.query); r.status/100 != 2 {
+				t.Fatalf("deploy: %d %s", r.status, r.body)
+			}
+			hdr := map[string]string{}
+			if tt.ctype != "" {
+				hdr["Content-Type"] = tt.ctype
+			}
+			r := s.do(tt.method, "/fn/admin/"+tt.name+tt.path, "", strings.NewReader(tt.body), hdr)
+			if r.status != tt.status || strings.TrimSpace(string(r.body)) != tt.want {
+				t.Fatalf("got %d %q, want %d %q", r.status, r.body, tt.status, tt.want)
+			}
+		})
+	}
+	if out := s.mustSpry("ls"); !strings.Contains(out, "node") {
+		t.Fatalf("ls does not show the node runtime:\n%s", out)
+	}
+}
