@@ -61,7 +61,12 @@ func New(t testing.TB, port int, addrs ...string) *Host {
 	id := hex.EncodeToString(rnd[:])
 	h := &Host{Addrs: addrs, ns: "spry-th-" + id}
 	hostIf, nsIf := "sth"+id+"h", "sth"+id+"n"
+	// Concurrent `ip netns add` calls race while setting up /run/netns
+	// (one can hide the other's namespace mount), so test binaries take
+	// turns creating them.
+	unlock := lockFile(t, "spry-nettest-netns.lock")
 	run(t, "ip", "netns", "add", h.ns)
+	unlock()
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", h.ns).Run() })
 	run(t, "ip", "link", "add", hostIf, "type", "veth", "peer", "name", nsIf)
 	t.Cleanup(func() { exec.Command("ip", "link", "del", hostIf).Run() })
@@ -127,15 +132,23 @@ func (h *Host) listen(t testing.TB, port int) {
 }
 
 // lock serialises test hosts owning the same address across test
-// binaries running at once.
+// binaries running at once, for the test's lifetime.
 func lock(t testing.TB, addr string) {
 	t.Helper()
-	f, err := os.OpenFile(filepath.Join(os.TempDir(), "spry-nettest-"+addr+".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	t.Cleanup(lockFile(t, "spry-nettest-"+addr+".lock"))
+}
+
+// lockFile takes an exclusive lock on a file in the temp dir and returns
+// the function that releases it.
+func lockFile(t testing.TB, name string) func() {
+	t.Helper()
+	f, err := os.OpenFile(filepath.Join(os.TempDir(), name), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { f.Close() })
+	var once sync.Once
+	return func() { once.Do(func() { f.Close() }) }
 }
