@@ -1,20 +1,26 @@
 // Package activator hands each request an instance of its function
-// version: the least-loaded running one, or, when the version has none, a
-// new one whose cold start is shared by every request that arrives while it
-// happens. It also retires instances: idle ones after the scale-to-zero
-// grace period, and all of a version's once it is no longer live (after
-// their in-flight requests finish).
+// version with free capacity: the least-loaded running one, or, when every
+// instance is at its concurrency limit, a place in a bounded queue while
+// more instances start. Concurrent requests share cold starts. A periodic
+// tick feeds the version's concurrency into its autoscaler (KPA-style
+// stable and panic windows) and applies the decision: start instances up
+// to the desired count, stop idle ones down to it, never below min or
+// above max, and to zero only after the grace period without traffic.
+// Versions that are no longer live drain their in-flight requests and stop.
 package activator
 
 import (
+	"container/list"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
+	"sort"
 	"sync"
 	"time"
 
+	"github.com/spry-run/spry/internal/autoscaler"
 	"github.com/spry-run/spry/internal/backend"
 	"github.com/spry-run/spry/internal/errdefs"
 )
@@ -29,17 +35,26 @@ type Backend interface {
 
 // Config is the activator's policy.
 type Config struct {
-	// ScaleToZeroAfter is how long an instance may sit idle before it is
-	// stopped.
+	// ScaleToZeroAfter is how long a version may go without requests
+	// before its last instance is stopped.
 	ScaleToZeroAfter time.Duration
 	// StartTimeout bounds one cold start.
 	StartTimeout time.Duration
+	// QueueSize bounds the requests waiting for capacity per version;
+	// past it requests are refused with ErrOverloaded.
+	QueueSize int
+	// StableWindow is the autoscaler's averaging window (default 60s);
+	// scaling down follows it, and so does scaling to zero.
+	StableWindow time.Duration
+	// TargetUtilization is the share of an instance's concurrency the
+	// autoscaler aims to use (default 0.7).
+	TargetUtilization float64
 	// Now is the clock; tests inject one so they never sleep for policy.
 	Now    func() time.Time
 	Logger *slog.Logger
-	// OnColdStart, if set, is told how long each cold start took (until
-	// the backend handed over an instance).
-	OnColdStart func(spec *backend.Spec, d time.Duration, err error)
+	// OnStart, if set, is told how each instance start went and how long
+	// the backend took.
+	OnStart func(spec *backend.Spec, d time.Duration, err error)
 }
 
 // Activator tracks the instances of every version.
@@ -54,16 +69,20 @@ type Activator struct {
 	// by RetireExcept; a request that resolved a version just before it was
 	// retired cannot start it again.
 	live map[string][]string
-	wg   sync.WaitGroup
+	wg   sync.WaitGroup // every goroutine
+	ops  sync.WaitGroup // starts and stops in progress
 }
 
 type revision struct {
-	spec *backend.Spec
+	spec   *backend.Spec
+	scaler *autoscaler.Scaler
 
-	mu        sync.Mutex
-	instances []*instance
-	starting  *startOp
-	retired   bool
+	mu           sync.Mutex
+	instances    []*instance
+	starting     int
+	waiters      list.List // of *waiter, oldest first
+	retired      bool
+	lastActivity time.Time // last request in or out, for the scale-to-zero grace
 }
 
 type instance struct {
@@ -73,10 +92,22 @@ type instance struct {
 	stopping bool
 }
 
-type startOp struct {
-	done chan struct{}
+// waiter is a request queued for capacity. ch is closed to wake it; err,
+// set before, fails it.
+type waiter struct {
+	ch   chan struct{}
 	err  error
+	elem *list.Element
 }
+
+// Errors of Acquire.
+var (
+	// ErrRetired: the version is no longer live; resolve it again.
+	ErrRetired = fmt.Errorf("version is no longer live: %w", errdefs.ErrConflict)
+	// ErrOverloaded: every instance is busy, max is reached and the queue
+	// is full.
+	ErrOverloaded = errdefs.New(errdefs.ErrUnavailable, "the function is at its maximum scale and its queue is full; retry later")
+)
 
 // New returns an activator that starts instances on b.
 func New(b Backend, cfg Config) *Activator {
@@ -89,7 +120,24 @@ func New(b Backend, cfg Config) *Activator {
 	if cfg.StartTimeout == 0 {
 		cfg.StartTimeout = 30 * time.Second
 	}
+	if cfg.QueueSize == 0 {
+		cfg.QueueSize = 1000
+	}
+	if cfg.ScaleToZeroAfter == 0 {
+		cfg.ScaleToZeroAfter = 5 * time.Minute
+	}
 	return &Activator{cfg: cfg, backend: b, log: cfg.Logger, revs: map[string]*revision{}, live: map[string][]string{}}
+}
+
+func (a *Activator) scalerConfig(spec *backend.Spec) autoscaler.Config {
+	return autoscaler.Config{
+		Min:               spec.MinScale,
+		Max:               spec.MaxScale,
+		Concurrency:       max(spec.Concurrency, 1),
+		TargetUtilization: a.cfg.TargetUtilization,
+		StableWindow:      a.cfg.StableWindow,
+		ScaleToZeroGrace:  a.cfg.ScaleToZeroAfter,
+	}
 }
 
 // Lease is one request's hold on an instance; Release it when the
@@ -97,7 +145,7 @@ func New(b Backend, cfg Config) *Activator {
 type Lease struct {
 	rev  *revision
 	in   *instance
-	Cold bool // this request waited for a cold start
+	Cold bool // this request waited for an instance to start
 	a    *Activator
 }
 
@@ -107,16 +155,20 @@ func (l *Lease) Instance() *backend.Instance { return l.in.inst }
 // Release gives the instance back.
 func (l *Lease) Release() {
 	now := l.a.cfg.Now()
-	l.rev.mu.Lock()
+	rev := l.rev
+	rev.mu.Lock()
 	l.in.inflight--
 	l.in.lastUsed = now
-	drain := l.rev.retired && l.in.inflight == 0 && !l.in.stopping
+	rev.lastActivity = now
+	drain := rev.retired && l.in.inflight == 0 && !l.in.stopping
 	if drain {
 		l.in.stopping = true
+	} else if !l.in.stopping {
+		rev.wakeOne()
 	}
-	l.rev.mu.Unlock()
+	rev.mu.Unlock()
 	if drain {
-		l.a.stop(l.rev, l.in)
+		l.a.stopAsync(rev, l.in)
 	}
 }
 
@@ -130,47 +182,65 @@ func (l *Lease) Kill(reason string) {
 	l.a.backend.Kill(l.in.inst.ID, reason)
 }
 
-// ErrRetired is returned for a version that is no longer live.
-var ErrRetired = fmt.Errorf("version is no longer live: %w", errdefs.ErrConflict)
-
-// Acquire returns a lease on an instance of spec's version, starting one
-// if there is none. It waits for a cold start no longer than ctx allows.
+// Acquire returns a lease on an instance of spec's version with free
+// capacity, starting instances or queueing as needed, for no longer than
+// ctx allows.
 func (a *Activator) Acquire(ctx context.Context, spec *backend.Spec) (*Lease, error) {
 	rev := a.revision(spec)
 	if rev == nil {
 		return nil, ErrRetired
 	}
+	var w *waiter
 	cold := false
 	rev.mu.Lock()
 	for {
 		if rev.retired {
+			rev.unqueue(w)
 			rev.mu.Unlock()
 			return nil, ErrRetired
 		}
 		if in := rev.pick(); in != nil {
+			now := a.cfg.Now()
 			in.inflight++
-			in.lastUsed = a.cfg.Now()
+			in.lastUsed = now
+			rev.lastActivity = now
+			rev.unqueue(w)
 			rev.mu.Unlock()
 			return &Lease{rev: rev, in: in, Cold: cold, a: a}, nil
 		}
-		op := rev.starting
-		if op == nil {
-			op = &startOp{done: make(chan struct{})}
-			rev.starting = op
-			a.wg.Add(1)
-			go a.start(rev, op)
+		if w == nil {
+			if rev.waiters.Len() >= a.cfg.QueueSize {
+				rev.mu.Unlock()
+				return nil, ErrOverloaded
+			}
+			w = &waiter{ch: make(chan struct{})}
+			w.elem = rev.waiters.PushBack(w)
+			if rev.running() == 0 {
+				cold = true
+			}
+		} else if w.elem == nil {
+			// Woken but beaten to the capacity: back to the front.
+			w.ch = make(chan struct{})
+			w.elem = rev.waiters.PushFront(w)
 		}
+		a.scaleForQueue(rev)
+		ch := w.ch
 		rev.mu.Unlock()
-		cold = true
 		select {
-		case <-op.done:
+		case <-ch:
 		case <-ctx.Done():
+			rev.mu.Lock()
+			rev.unqueue(w)
+			rev.wakeIfSpare()
+			rev.mu.Unlock()
 			return nil, fmt.Errorf("waiting for an instance of %s/%s: %w", spec.Owner, spec.Name, ctxErr(ctx))
 		}
-		if op.err != nil {
-			return nil, op.err
-		}
 		rev.mu.Lock()
+		if w.err != nil {
+			err := w.err
+			rev.mu.Unlock()
+			return nil, err
+		}
 	}
 }
 
@@ -181,11 +251,13 @@ func ctxErr(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// pick returns the least-loaded running instance. Callers hold rev.mu.
+// pick returns the least-loaded running instance with free capacity.
+// Callers hold rev.mu.
 func (r *revision) pick() *instance {
 	var best *instance
+	limit := max(r.spec.Concurrency, 1)
 	for _, in := range r.instances {
-		if in.stopping {
+		if in.stopping || in.inflight >= limit {
 			continue
 		}
 		select {
@@ -200,32 +272,116 @@ func (r *revision) pick() *instance {
 	return best
 }
 
-// start runs one cold start for rev, shared by everyone waiting on op.
-func (a *Activator) start(rev *revision, op *startOp) {
+// running counts instances that take requests (not stopping).
+func (r *revision) running() int {
+	n := 0
+	for _, in := range r.instances {
+		if !in.stopping {
+			n++
+		}
+	}
+	return n
+}
+
+func (r *revision) unqueue(w *waiter) {
+	if w != nil && w.elem != nil {
+		r.waiters.Remove(w.elem)
+		w.elem = nil
+	}
+}
+
+// wakeOne wakes the oldest waiter (capacity was freed).
+func (r *revision) wakeOne() {
+	if e := r.waiters.Front(); e != nil {
+		w := r.waiters.Remove(e).(*waiter)
+		w.elem = nil
+		close(w.ch)
+	}
+}
+
+// wakeIfSpare passes on a wake-up a departing waiter may have taken.
+func (r *revision) wakeIfSpare() {
+	if r.pick() != nil {
+		r.wakeOne()
+	}
+}
+
+// wakeN wakes up to n waiters.
+func (r *revision) wakeN(n int) {
+	for i := 0; i < n; i++ {
+		r.wakeOne()
+	}
+}
+
+// failAll fails every waiter with err.
+func (r *revision) failAll(err error) {
+	for e := r.waiters.Front(); e != nil; e = r.waiters.Front() {
+		w := r.waiters.Remove(e).(*waiter)
+		w.elem = nil
+		w.err = err
+		close(w.ch)
+	}
+}
+
+// scaleForQueue starts one more instance when the queued requests exceed
+// what the instances already starting will take, so a burst is answered
+// at once rather than at the next tick. Callers hold rev.mu.
+func (a *Activator) scaleForQueue(rev *revision) {
+	limit := max(rev.spec.Concurrency, 1)
+	maxScale := rev.spec.MaxScale
+	if maxScale <= 0 {
+		maxScale = 1000
+	}
+	if rev.running()+rev.starting >= maxScale {
+		return
+	}
+	if rev.starting*limit >= rev.waiters.Len() {
+		return
+	}
+	a.startLocked(rev)
+}
+
+// startLocked begins one instance start. Callers hold rev.mu.
+func (a *Activator) startLocked(rev *revision) {
+	rev.starting++
+	a.wg.Add(1)
+	a.ops.Add(1)
+	go a.start(rev)
+}
+
+func (a *Activator) start(rev *revision) {
 	defer a.wg.Done()
+	defer a.ops.Done()
 	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.StartTimeout)
 	defer cancel()
 	t0 := time.Now()
 	inst, err := a.backend.Start(ctx, rev.spec)
-	if a.cfg.OnColdStart != nil {
-		a.cfg.OnColdStart(rev.spec, time.Since(t0), err)
+	if a.cfg.OnStart != nil {
+		a.cfg.OnStart(rev.spec, time.Since(t0), err)
 	}
 	rev.mu.Lock()
-	rev.starting = nil
+	rev.starting--
 	if err != nil {
-		op.err = fmt.Errorf("start %s/%s v%d: %w", rev.spec.Owner, rev.spec.Name, rev.spec.Version, err)
-	} else {
-		in := &instance{inst: inst, lastUsed: a.cfg.Now()}
-		rev.instances = append(rev.instances, in)
-		if rev.retired {
-			in.stopping = true
-			defer a.stop(rev, in)
+		err = fmt.Errorf("start %s/%s v%d: %w", rev.spec.Owner, rev.spec.Name, rev.spec.Version, err)
+		a.log.Error("instance start failed", "owner", rev.spec.Owner, "function", rev.spec.Name, "version", rev.spec.Version, "err", err)
+		if rev.running() == 0 && rev.starting == 0 {
+			rev.failAll(err)
 		}
-		a.wg.Add(1)
-		go a.watch(rev, in)
+		rev.mu.Unlock()
+		return
 	}
-	rev.mu.Unlock()
-	close(op.done)
+	in := &instance{inst: inst, lastUsed: a.cfg.Now()}
+	rev.instances = append(rev.instances, in)
+	if rev.retired {
+		in.stopping = true
+		rev.mu.Unlock()
+		a.stopAsync(rev, in)
+	} else {
+		rev.wakeN(max(rev.spec.Concurrency, 1))
+		rev.mu.Unlock()
+	}
+	a.wg.Add(1)
+	go a.watch(rev, in)
 }
 
 // watch forgets an instance once it has ended, whatever the reason.
@@ -239,12 +395,18 @@ func (a *Activator) watch(rev *revision, in *instance) {
 			break
 		}
 	}
+	// Requests queued for it must not wait for a tick: start another.
+	if rev.waiters.Len() > 0 && !rev.retired {
+		a.scaleForQueue(rev)
+	}
 	rev.mu.Unlock()
 	if ex := in.inst.Exit(); ex.Reason != backend.ExitStopped {
 		a.log.Warn("instance ended", "owner", rev.spec.Owner, "function", rev.spec.Name, "version", rev.spec.Version, "instance", in.inst.ID, "reason", ex.Reason, "detail", ex.Detail)
 	}
 }
 
+// revision returns the state of spec's version, or nil if the version is
+// no longer live.
 func (a *Activator) revision(spec *backend.Spec) *revision {
 	key := spec.Key()
 	a.mu.Lock()
@@ -254,18 +416,30 @@ func (a *Activator) revision(spec *backend.Spec) *revision {
 		return nil
 	}
 	if rev == nil {
-		rev = &revision{spec: spec}
+		rev = &revision{spec: spec, scaler: autoscaler.New(a.scalerConfig(spec)), lastActivity: a.cfg.Now()}
 		a.revs[key] = rev
 	}
 	return rev
 }
 
-func (a *Activator) stop(rev *revision, in *instance) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := a.backend.Stop(ctx, in.inst.ID); err != nil {
-		a.log.Error("stop instance", "instance", in.inst.ID, "err", err)
-	}
+// Ensure makes the activator track spec's version before any request, so
+// that its minimum instances are started at the next tick.
+func (a *Activator) Ensure(spec *backend.Spec) {
+	a.revision(spec)
+}
+
+func (a *Activator) stopAsync(rev *revision, in *instance) {
+	a.wg.Add(1)
+	a.ops.Add(1)
+	go func() {
+		defer a.wg.Done()
+		defer a.ops.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := a.backend.Stop(ctx, in.inst.ID); err != nil {
+			a.log.Error("stop instance", "instance", in.inst.ID, "err", err)
+		}
+	}()
 }
 
 // RetireExcept retires every version of a function except those in keep
@@ -287,7 +461,8 @@ func (a *Activator) RetireExcept(functionID string, keep ...string) {
 }
 
 // Retire marks a version as no longer live: new requests for it fail with
-// ErrRetired, and its instances stop once their in-flight requests finish.
+// ErrRetired (the router resolves again), and its instances stop once
+// their in-flight requests finish.
 func (a *Activator) Retire(key string) {
 	a.mu.Lock()
 	rev := a.revs[key]
@@ -301,6 +476,8 @@ func (a *Activator) Retire(key string) {
 func (a *Activator) retire(rev *revision) {
 	rev.mu.Lock()
 	rev.retired = true
+	// Queued requests go back to the router, which finds the new version.
+	rev.failAll(ErrRetired)
 	var idle []*instance
 	for _, in := range rev.instances {
 		if in.inflight == 0 && !in.stopping {
@@ -310,13 +487,14 @@ func (a *Activator) retire(rev *revision) {
 	}
 	rev.mu.Unlock()
 	for _, in := range idle {
-		a.stop(rev, in)
+		a.stopAsync(rev, in)
 	}
 }
 
-// Tick applies the scale-to-zero policy as of now: it stops instances idle
-// for at least ScaleToZeroAfter. Run calls it periodically; tests call it
-// with the time they choose.
+// Tick runs the autoscaler for every version as of now: it records each
+// version's concurrency (in flight plus queued), asks for the desired
+// instance count, and starts or stops instances to reach it. Run calls it
+// periodically; tests call it with the time they choose.
 func (a *Activator) Tick(now time.Time) {
 	a.mu.Lock()
 	revs := make([]*revision, 0, len(a.revs))
@@ -325,19 +503,51 @@ func (a *Activator) Tick(now time.Time) {
 	}
 	a.mu.Unlock()
 	for _, rev := range revs {
-		var idle []*instance
-		rev.mu.Lock()
+		a.scale(rev, now)
+	}
+}
+
+func (a *Activator) scale(rev *revision, now time.Time) {
+	rev.mu.Lock()
+	if rev.retired {
+		rev.mu.Unlock()
+		return
+	}
+	load := rev.waiters.Len()
+	for _, in := range rev.instances {
+		load += in.inflight
+	}
+	running := rev.running()
+	rev.scaler.Record(now, float64(load))
+	d := rev.scaler.Decide(now, running+rev.starting)
+	desired := d.Desired
+	// Never to zero while requests are recent (the scaler samples at
+	// ticks and may not have seen short ones).
+	if desired == 0 && (load > 0 || now.Sub(rev.lastActivity) < a.cfg.ScaleToZeroAfter) && running+rev.starting > 0 {
+		desired = 1
+	}
+	for n := desired - running - rev.starting; n > 0; n-- {
+		a.startLocked(rev)
+	}
+	var stop []*instance
+	if excess := running - desired; excess > 0 {
+		// Idle instances only, least recently used first.
+		idle := make([]*instance, 0, len(rev.instances))
 		for _, in := range rev.instances {
-			if in.inflight == 0 && !in.stopping && now.Sub(in.lastUsed) >= a.cfg.ScaleToZeroAfter {
-				in.stopping = true
+			if !in.stopping && in.inflight == 0 {
 				idle = append(idle, in)
 			}
 		}
-		rev.mu.Unlock()
-		for _, in := range idle {
-			a.log.Debug("scaling to zero", "owner", rev.spec.Owner, "function", rev.spec.Name, "version", rev.spec.Version, "instance", in.inst.ID)
-			a.stop(rev, in)
+		sort.Slice(idle, func(i, j int) bool { return idle[i].lastUsed.Before(idle[j].lastUsed) })
+		for _, in := range idle[:min(excess, len(idle))] {
+			in.stopping = true
+			stop = append(stop, in)
 		}
+	}
+	rev.mu.Unlock()
+	for _, in := range stop {
+		a.log.Debug("scaling down", "owner", rev.spec.Owner, "function", rev.spec.Name, "version", rev.spec.Version, "instance", in.inst.ID, "desired", desired)
+		a.stopAsync(rev, in)
 	}
 }
 
@@ -357,26 +567,68 @@ func (a *Activator) Run(ctx context.Context, interval time.Duration) {
 
 // Counts reports the running instances of each version, by Spec.Key.
 func (a *Activator) Counts() map[string]int {
+	out := map[string]int{}
+	for _, r := range a.snapshot() {
+		r.mu.Lock()
+		out[r.spec.Key()] = r.running()
+		r.mu.Unlock()
+	}
+	return out
+}
+
+func (a *Activator) snapshot() []*revision {
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	revs := make([]*revision, 0, len(a.revs))
 	for _, r := range a.revs {
 		revs = append(revs, r)
 	}
-	a.mu.Unlock()
-	out := make(map[string]int, len(revs))
-	for _, r := range revs {
+	return revs
+}
+
+// InstanceStates counts live versions' instances by state: "busy" (with
+// requests in flight), "idle", "starting".
+type InstanceStates struct {
+	Owner, Function string
+	Busy, Idle      int
+	Starting        int
+}
+
+// States reports instance states of every live version.
+func (a *Activator) States() []InstanceStates {
+	var out []InstanceStates
+	for _, r := range a.snapshot() {
 		r.mu.Lock()
-		n := 0
+		s := InstanceStates{Owner: r.spec.Owner, Function: r.spec.Name, Starting: r.starting}
 		for _, in := range r.instances {
-			if !in.stopping {
-				n++
+			switch {
+			case in.stopping:
+			case in.inflight > 0:
+				s.Busy++
+			default:
+				s.Idle++
 			}
 		}
 		r.mu.Unlock()
-		out[r.spec.Key()] = n
+		out = append(out, s)
 	}
 	return out
 }
+
+// QueueDepth reports how many requests wait for capacity, over all versions.
+func (a *Activator) QueueDepth() int {
+	n := 0
+	for _, r := range a.snapshot() {
+		r.mu.Lock()
+		n += r.waiters.Len()
+		r.mu.Unlock()
+	}
+	return n
+}
+
+// settle waits for the starts and stops in progress (for tests: the policy
+// is synchronous, its effects are not).
+func (a *Activator) settle() { a.ops.Wait() }
 
 // Close waits for the activator's goroutines; stop the backend first so
 // that instances end.

@@ -62,6 +62,16 @@ func (f *fakeBackend) Kill(id, reason string) {
 	}
 }
 
+func (f *fakeBackend) liveInstances() []*backend.Instance {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []*backend.Instance
+	for _, in := range f.live {
+		out = append(out, in)
+	}
+	return out
+}
+
 func (f *fakeBackend) stoppedIDs() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -81,7 +91,7 @@ func (c *clock) add(d time.Duration) time.Time {
 	return c.t
 }
 
-var spec = &backend.Spec{FunctionID: "f", Owner: "alice", Name: "hello", Version: 1, Runtime: "deno"}
+var spec = &backend.Spec{FunctionID: "f", Owner: "alice", Name: "hello", Version: 1, Runtime: "deno", Concurrency: 100}
 
 func TestConcurrentFirstRequestsShareOneColdStart(t *testing.T) {
 	fb := &fakeBackend{gate: make(chan struct{})}
@@ -147,6 +157,7 @@ func TestScaleToZeroAfterGrace(t *testing.T) {
 	}
 	for _, tt := range tests {
 		a.Tick(c.add(tt.advance))
+		a.settle()
 		if got := len(fb.stoppedIDs()); got != tt.stopped {
 			t.Fatalf("after +%v: %d stopped, want %d", tt.advance, got, tt.stopped)
 		}
@@ -183,10 +194,12 @@ func TestRetireDrainsInFlight(t *testing.T) {
 	a := New(fb, Config{ScaleToZeroAfter: time.Minute})
 	l, _ := a.Acquire(context.Background(), spec)
 	a.Retire(spec.Key())
+	a.settle()
 	if len(fb.stoppedIDs()) != 0 {
 		t.Fatal("retire stopped an instance with a request in flight")
 	}
 	l.Release()
+	a.settle()
 	if got := fb.stoppedIDs(); len(got) != 1 {
 		t.Fatalf("stopped %v after the last request, want one instance", got)
 	}
@@ -205,5 +218,252 @@ func TestStartFailureAndTimeout(t *testing.T) {
 	defer cancel()
 	if _, err := a2.Acquire(ctx, spec); !errors.Is(err, errdefs.ErrTimeout) {
 		t.Fatalf("err = %v, want timeout", err)
+	}
+}
+
+func specWith(c, min, max int) *backend.Spec {
+	s := *spec
+	s.Concurrency, s.MinScale, s.MaxScale = c, min, max
+	s.FunctionID = fmt.Sprintf("f-%d-%d-%d", c, min, max)
+	return &s
+}
+
+func TestConcurrencyLimitQueuesAndHandsOver(t *testing.T) {
+	fb := &fakeBackend{}
+	a := New(fb, Config{QueueSize: 10})
+	sp := specWith(2, 0, 1)
+	l1, _ := a.Acquire(context.Background(), sp)
+	l2, _ := a.Acquire(context.Background(), sp)
+	if l1.Instance() != l2.Instance() {
+		t.Fatal("two requests within the concurrency limit went to different instances")
+	}
+	got := make(chan *Lease)
+	go func() {
+		l, err := a.Acquire(context.Background(), sp)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- l
+	}()
+	select {
+	case <-got:
+		t.Fatal("a third request got the instance past its concurrency limit of 2")
+	case <-time.After(50 * time.Millisecond):
+	}
+	if a.QueueDepth() != 1 {
+		t.Fatalf("queue depth %d, want 1", a.QueueDepth())
+	}
+	l1.Release()
+	l3 := <-got
+	if l3.Instance() != l1.Instance() {
+		t.Fatal("the queued request did not get the freed capacity")
+	}
+	l2.Release()
+	l3.Release()
+	if n := fb.starts.Load(); n != 1 {
+		t.Fatalf("%d starts with max 1", n)
+	}
+}
+
+func TestQueueFullAndTimeout(t *testing.T) {
+	fb := &fakeBackend{}
+	a := New(fb, Config{QueueSize: 1})
+	sp := specWith(1, 0, 1)
+	l, _ := a.Acquire(context.Background(), sp)
+	defer l.Release()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { _, err := a.Acquire(ctx, sp); errc <- err }()
+	for a.QueueDepth() != 1 {
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := a.Acquire(context.Background(), sp); !errors.Is(err, ErrOverloaded) || !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("queue full: err = %v", err)
+	}
+	if err := <-errc; !errors.Is(err, errdefs.ErrTimeout) {
+		t.Fatalf("queued past the deadline: err = %v", err)
+	}
+	if a.QueueDepth() != 0 {
+		t.Fatal("a timed-out request stayed queued")
+	}
+}
+
+func TestBurstStartsInstancesAtOnceUpToMax(t *testing.T) {
+	tests := []struct {
+		concurrency, max, requests int
+		wantStarts                 int32
+	}{
+		{1, 5, 5, 5},
+		{1, 2, 6, 2},
+		{4, 10, 16, 4},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("c%d-max%d-n%d", tt.concurrency, tt.max, tt.requests), func(t *testing.T) {
+			fb := &fakeBackend{gate: make(chan struct{})}
+			a := New(fb, Config{})
+			sp := specWith(tt.concurrency, 0, tt.max)
+			leases := make(chan *Lease, tt.requests)
+			for i := 0; i < tt.requests; i++ {
+				go func() {
+					l, err := a.Acquire(context.Background(), sp)
+					if err != nil {
+						t.Error(err)
+					}
+					leases <- l
+				}()
+			}
+			for a.QueueDepth() != tt.requests {
+				time.Sleep(time.Millisecond)
+			}
+			close(fb.gate)
+			var held []*Lease
+			for len(held) < min(tt.requests, tt.max*tt.concurrency) {
+				held = append(held, <-leases)
+			}
+			if got := fb.starts.Load(); got != tt.wantStarts {
+				t.Fatalf("%d starts, want %d", got, tt.wantStarts)
+			}
+			for _, l := range held {
+				l.Release()
+			}
+			for i := len(held); i < tt.requests; i++ {
+				(<-leases).Release()
+			}
+		})
+	}
+}
+
+func TestAutoscalerTicks(t *testing.T) {
+	c := &clock{t: time.Unix(10000, 0)}
+	fb := &fakeBackend{}
+	a := New(fb, Config{ScaleToZeroAfter: 5 * time.Minute, Now: c.now})
+	sp := specWith(1, 0, 10)
+	// Six requests at once: six instances.
+	var ls []*Lease
+	for i := 0; i < 6; i++ {
+		l, err := a.Acquire(context.Background(), sp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+	}
+	if got := fb.starts.Load(); got != 6 {
+		t.Fatalf("%d starts for 6 concurrent requests at concurrency 1", got)
+	}
+	tick := func() { a.Tick(c.add(time.Second)); a.settle() }
+	// Hold the load for a while: no scale down (the autoscaler may add
+	// instances to keep utilisation at its target).
+	for i := 0; i < 30; i++ {
+		tick()
+	}
+	if len(fb.stoppedIDs()) != 0 {
+		t.Fatal("scaled down under steady load")
+	}
+	for _, l := range ls {
+		l.Release()
+	}
+	// The load is gone: scale down comes slowly (stable window) and to
+	// zero only after the grace period.
+	counts := func() int { return a.Counts()[sp.Key()] }
+	tick()
+	if counts() < 6 {
+		t.Fatalf("dropped to %d instances one second after the load ended", counts())
+	}
+	for i := 0; i < 120; i++ {
+		tick()
+	}
+	if n := counts(); n != 1 {
+		t.Fatalf("%d instances two minutes after the load, want 1 (grace not over)", n)
+	}
+	for i := 0; i < 200; i++ {
+		tick()
+	}
+	if n := counts(); n != 0 {
+		t.Fatalf("%d instances after the grace period, want 0", n)
+	}
+}
+
+func TestMinInstancesKeptWarm(t *testing.T) {
+	c := &clock{t: time.Unix(10000, 0)}
+	fb := &fakeBackend{}
+	a := New(fb, Config{ScaleToZeroAfter: time.Minute, Now: c.now})
+	sp := specWith(10, 2, 5)
+	a.Ensure(sp)
+	a.Tick(c.add(time.Second))
+	a.settle()
+	if n := a.Counts()[sp.Key()]; n != 2 {
+		t.Fatalf("%d instances after the first tick, want min 2", n)
+	}
+	for i := 0; i < 600; i++ {
+		a.Tick(c.add(time.Second))
+		a.settle()
+	}
+	if n := a.Counts()[sp.Key()]; n != 2 {
+		t.Fatalf("%d instances after 10 idle minutes, want min 2", n)
+	}
+	// A crashed instance is replaced at the next tick.
+	for _, in := range fb.liveInstances() {
+		in.Finish(backend.Exit{Reason: backend.ExitCrashed})
+		break
+	}
+	waitFor(t, func() bool { return a.Counts()[sp.Key()] == 1 })
+	a.Tick(c.add(time.Second))
+	a.settle()
+	if n := a.Counts()[sp.Key()]; n != 2 {
+		t.Fatalf("%d instances after a crash and a tick, want 2", n)
+	}
+}
+
+// waitFor waits for the fake backend's goroutines (starts and stops run
+// asynchronously); the policy itself never needs waiting.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestStartFailureFailsQueuedRequests(t *testing.T) {
+	fb := &fakeBackend{fail: fmt.Errorf("boom: %w", errdefs.ErrUnavailable)}
+	a := New(fb, Config{})
+	var wg sync.WaitGroup
+	for i := 0; i < 5; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := a.Acquire(context.Background(), spec); !errors.Is(err, errdefs.ErrUnavailable) {
+				t.Errorf("err = %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func TestRetireSendsQueuedRequestsBack(t *testing.T) {
+	fb := &fakeBackend{}
+	a := New(fb, Config{})
+	sp := specWith(1, 0, 1)
+	l, _ := a.Acquire(context.Background(), sp)
+	errc := make(chan error)
+	go func() { _, err := a.Acquire(context.Background(), sp); errc <- err }()
+	for a.QueueDepth() != 1 {
+		time.Sleep(time.Millisecond)
+	}
+	a.RetireExcept(sp.FunctionID, "other-version")
+	if err := <-errc; !errors.Is(err, ErrRetired) {
+		t.Fatalf("queued request: err = %v", err)
+	}
+	if _, err := a.Acquire(context.Background(), sp); !errors.Is(err, ErrRetired) {
+		t.Fatalf("new request for a retired version: err = %v", err)
+	}
+	l.Release()
+	a.settle()
+	if len(fb.stoppedIDs()) != 1 {
+		t.Fatal("the retired version's instance was not stopped after its last request")
 	}
 }

@@ -223,3 +223,25 @@ func (a *API) instanceCount(fn store.Function) int {
 	spec := backend.Spec{FunctionID: fn.ID, Version: fn.LiveVersion}
 	return a.instances.Counts()[spec.Key()]
 }
+
+// RequireAdmin serves h only to callers with an admin token.
+func RequireAdmin(authn Authenticator, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tok, ok := auth.BearerToken(r.Header.Get("Authorization"))
+		if !ok {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="spry"`)
+			errdefs.WriteHTTP(w, errdefs.New(errdefs.ErrUnauthenticated, "missing bearer token"))
+			return
+		}
+		p, err := authn.Authenticate(r.Context(), tok)
+		if err != nil {
+			errdefs.WriteHTTP(w, err)
+			return
+		}
+		if !p.Admin {
+			errdefs.WriteHTTP(w, errdefs.New(errdefs.ErrPermissionDenied, "only an admin may read metrics"))
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}

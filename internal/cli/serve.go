@@ -63,7 +63,8 @@ func newServeCmd(env Env) *cobra.Command {
 	f.StringVar(&cfg.DataDir, "data", "./spry-data", "data directory: database, bundles, admin token")
 	f.StringVar(&cfg.RunDir, "run-dir", "", "directory for instance sockets and code (default /run/spry/<id of the data dir>)")
 	f.StringVar(&cfg.PublicURL, "public-url", "", "base URL in function URLs the API returns (default: from the request)")
-	f.DurationVar(&cfg.ScaleToZeroAfter, "scale-to-zero-after", 5*time.Minute, "stop an instance after it has been idle this long")
+	f.DurationVar(&cfg.ScaleToZeroAfter, "scale-to-zero-after", 5*time.Minute, "stop a function's last instance after it has had no requests this long")
+	f.DurationVar(&cfg.AutoscaleWindow, "autoscale-window", 60*time.Second, "the autoscaler's stable window: scale-down follows the average concurrency over it")
 	f.DurationVar(&cfg.Timeout, "timeout", 60*time.Second, "default for how long an invocation may take, cold start included")
 	f.DurationVar(&cfg.MaxTimeout, "max-timeout", 15*time.Minute, "longest timeout a function may ask for")
 	f.IntVar(&cfg.MaxMemoryMiB, "max-memory", 2048, "most memory a function may ask for, in MiB")
@@ -74,6 +75,7 @@ func newServeCmd(env Env) *cobra.Command {
 	f.Int64Var(&cfg.MaxCodeBytes, "max-code-size", 5<<20, "largest function source accepted, in bytes")
 	f.Int64Var(&cfg.MaxBodyBytes, "max-body-size", 100<<20, "largest request body a function may be sent, in bytes")
 	f.Float64Var(&cfg.CPU, "cpu", 1, "CPUs one instance may use (a cgroup quota; 0 for none)")
+	f.IntVar(&cfg.QueueSize, "queue-size", 1000, "requests that may wait for a busy function's capacity before new ones get 503")
 	f.IntVar(&cfg.PoolSize, "pool-size", 2, "warm, generic runtime instances kept ready for cold starts")
 	f.IntVar(&cfg.DefaultMemoryMiB, "memory", 128, "default memory limit of an instance, in MiB")
 	f.StringVar(&cfg.DenoBinary, "deno", "", "deno binary (default: the pinned one `make build` installs)")
@@ -89,6 +91,8 @@ func validate(cfg server.Config) error {
 	switch {
 	case cfg.ScaleToZeroAfter <= 0:
 		return errdefs.Invalid("--scale-to-zero-after must be positive")
+	case cfg.AutoscaleWindow < time.Second:
+		return errdefs.Invalid("--autoscale-window must be at least 1s")
 	case cfg.Timeout <= 0:
 		return errdefs.Invalid("--timeout must be positive")
 	case cfg.MaxCodeBytes <= 0:
@@ -97,6 +101,8 @@ func validate(cfg server.Config) error {
 		return errdefs.Invalid("--max-body-size must be positive")
 	case cfg.CPU < 0:
 		return errdefs.Invalid("--cpu must not be negative")
+	case cfg.QueueSize < 1:
+		return errdefs.Invalid("--queue-size must be at least 1")
 	case cfg.PoolSize < 0:
 		return errdefs.Invalid("--pool-size must not be negative")
 	case cfg.DefaultMemoryMiB < 32:

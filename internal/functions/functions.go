@@ -39,9 +39,12 @@ type LogDeleter interface {
 	DeleteFunction(ctx context.Context, owner, name string) error
 }
 
-// Retirer is told when versions stop being live, so their instances drain.
+// Retirer is told when versions become live (so those with minimum
+// instances get them at once) and when they stop being live (so their
+// instances drain).
 type Retirer interface {
 	RetireExcept(functionID string, keep ...string)
+	Ensure(spec *backend.Spec)
 }
 
 // Config is the service's setup.
@@ -360,6 +363,25 @@ func (s *Service) makeLive(fn store.Function) error {
 	s.live[store.FunctionKey{Owner: fn.Owner, Name: fn.Name}] = spec
 	s.mu.Unlock()
 	s.retirer.RetireExcept(fn.ID, spec.Key())
+	if spec.MinScale > 0 {
+		s.retirer.Ensure(spec)
+	}
+	return nil
+}
+
+// Load reads every function's live version at start, so the request path
+// never waits on the database for a known function and functions with
+// minimum instances get them without waiting for a request.
+func (s *Service) Load(ctx context.Context) error {
+	fns, err := s.store.ListFunctions(ctx, "")
+	if err != nil {
+		return err
+	}
+	for _, fn := range fns {
+		if err := s.makeLive(fn); err != nil {
+			s.log.Error("load function", "owner", fn.Owner, "function", fn.Name, "err", err)
+		}
+	}
 	return nil
 }
 

@@ -85,6 +85,13 @@ func New(t testing.TB, port int, addrs ...string) *Host {
 	return h
 }
 
+// Mounted reports whether the host's mount of the test host's namespace
+// is still in place (something that unmounts shared mounts would remove it).
+func (h *Host) Mounted() bool {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	return err == nil && strings.Contains(string(data), "/run/netns/"+h.ns+" ")
+}
+
 // listen opens the listeners from a thread that has joined the namespace;
 // a socket stays in the namespace it was made in.
 func (h *Host) listen(t testing.TB, port int) {

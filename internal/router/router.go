@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -64,6 +65,9 @@ type Config struct {
 	MaxBodyBytes int64
 	Logger       *slog.Logger
 	Access       AccessLogger // optional
+	// OnColdStart, if set, is told how long a request that waited for a
+	// cold start took to its first response byte.
+	OnColdStart func(spec *backend.Spec, d time.Duration)
 }
 
 // Router proxies invocations.
@@ -130,6 +134,9 @@ type invocation struct {
 	rest  string
 	query string
 	reqID string
+	// retry is set by the error handler when the request can go to another
+	// instance; retried marks the second attempt.
+	retry, retried bool
 }
 
 func (rt *Router) rewrite(pr *httputil.ProxyRequest) {
@@ -150,8 +157,14 @@ func (rt *Router) modifyResponse(res *http.Response) error {
 	inv := res.Request.Context().Value(leaseKey).(*invocation)
 	res.Header.Set("Spry-Request-Id", inv.reqID)
 	if inv.lease.Cold {
-		ms := float64(time.Since(inv.start).Microseconds()) / 1000
-		res.Header.Set("Spry-Cold-Start", strconv.FormatFloat(ms, 'f', 2, 64))
+		d := time.Since(inv.start)
+		res.Header.Set("Spry-Cold-Start", strconv.FormatFloat(float64(d.Microseconds())/1000, 'f', 2, 64))
+		spec := inv.lease.Instance().Spec
+		rt.log.Info("cold start", "owner", spec.Owner, "function", spec.Name, "version", spec.Version,
+			"instance", inv.lease.Instance().ID, "request_id", inv.reqID, "duration", d)
+		if rt.cfg.OnColdStart != nil {
+			rt.cfg.OnColdStart(spec, d)
+		}
 	}
 	return nil
 }
@@ -159,6 +172,15 @@ func (rt *Router) modifyResponse(res *http.Response) error {
 func (rt *Router) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	inv := r.Context().Value(leaseKey).(*invocation)
 	inst := inv.lease.Instance()
+	// A dial error means the request never reached the instance (it died
+	// before reading it): safe to try once more on another instance. Once
+	// a request was sent it is never replayed.
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" && !inv.retried && r.Context().Err() == nil {
+		inv.retry = true
+		inv.lease.Kill(backend.ExitCrashed)
+		return
+	}
 	if errors.Is(r.Context().Err(), context.DeadlineExceeded) {
 		timeout := inv.lease.Instance().Spec.Timeout
 		rt.log.Warn("invocation timed out; killing the instance", "instance", inst.ID, "request_id", inv.reqID, "timeout", timeout)
@@ -212,7 +234,10 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rt.writeError(w, reqID, errdefs.New(errdefs.ErrTooLarge, "request body is over the %d byte limit", rt.cfg.MaxBodyBytes))
 		return
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, rt.cfg.MaxBodyBytes)
+	// The transport closes the body on a failed attempt; keep it open so
+	// an undelivered request can be retried (the server closes it after
+	// the handler anyway).
+	r.Body = holdBody{http.MaxBytesReader(w, r.Body, rt.cfg.MaxBodyBytes)}
 	spec, err := rt.resolve(r.Context(), owner, name)
 	if err != nil {
 		rt.writeError(w, reqID, err)
@@ -225,37 +250,66 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithDeadline(r.Context(), start.Add(timeout))
 	defer cancel()
+	lease, err := rt.acquire(ctx, owner, name, spec)
+	if err != nil {
+		rt.log.Warn("no instance", "owner", owner, "function", name, "request_id", reqID, "err", err)
+		if errors.Is(err, errdefs.ErrUnavailable) {
+			w.Header().Set("Retry-After", "1")
+		}
+		rt.writeError(w, reqID, err)
+		rt.finished(spec, "", reqID, r, errdefs.HTTPStatus(err), start, false)
+		return
+	}
+	rt.resolver.Invoked(spec)
+	inv := &invocation{lease: lease, start: start, rest: rest, query: r.URL.RawQuery, reqID: reqID}
+	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+	out := r.WithContext(context.WithValue(ctx, leaseKey, inv))
+	rt.proxy.ServeHTTP(sw, out)
+	if inv.retry {
+		lease.Release()
+		lease, err = rt.acquire(ctx, owner, name, spec)
+		if err != nil {
+			rt.writeError(sw, reqID, err)
+			rt.finished(spec, "", reqID, r, sw.status, start, false)
+			return
+		}
+		inv.lease, inv.retry, inv.retried = lease, false, true
+		rt.proxy.ServeHTTP(sw, out)
+	}
+	lease.Release()
+	rt.finished(spec, lease.Instance().ID, reqID, r, sw.status, start, inv.lease.Cold)
+}
+
+// acquire leases an instance of spec, resolving again if a deploy
+// retired the version in between.
+func (rt *Router) acquire(ctx context.Context, owner, name string, spec *backend.Spec) (*activator.Lease, error) {
 	lease, err := rt.leaser.Acquire(ctx, spec)
-	// A deploy may retire the version between resolving and leasing;
-	// resolve again to get the new one.
 	for attempt := 0; errors.Is(err, activator.ErrRetired) && attempt < 3; attempt++ {
 		if spec, err = rt.resolve(ctx, owner, name); err == nil {
 			lease, err = rt.leaser.Acquire(ctx, spec)
 		}
 	}
-	if err != nil {
-		rt.log.Warn("no instance", "owner", owner, "function", name, "request_id", reqID, "err", err)
-		rt.writeError(w, reqID, err)
-		return
-	}
-	defer lease.Release()
-	rt.resolver.Invoked(spec)
-	inv := &invocation{lease: lease, start: start, rest: rest, query: r.URL.RawQuery, reqID: reqID}
+	return lease, err
+}
+
+// finished reports a finished invocation to the access log and metrics.
+func (rt *Router) finished(spec *backend.Spec, instance, reqID string, r *http.Request, status int, start time.Time, cold bool) {
 	if rt.cfg.Access == nil {
-		rt.proxy.ServeHTTP(w, r.WithContext(context.WithValue(ctx, leaseKey, inv)))
 		return
 	}
-	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
-	rt.proxy.ServeHTTP(sw, r.WithContext(context.WithValue(ctx, leaseKey, inv)))
-	path := rest
+	path := r.URL.EscapedPath()
 	if r.URL.RawQuery != "" {
 		path += "?" + r.URL.RawQuery
 	}
 	rt.cfg.Access.Access(Access{
-		Spec: spec, Instance: lease.Instance().ID, RequestID: reqID, Method: r.Method, Path: path,
-		Status: sw.status, Duration: time.Since(start), Cold: lease.Cold,
+		Spec: spec, Instance: instance, RequestID: reqID, Method: r.Method, Path: path,
+		Status: status, Duration: time.Since(start), Cold: cold,
 	})
 }
+
+type holdBody struct{ io.ReadCloser }
+
+func (holdBody) Close() error { return nil }
 
 // statusWriter remembers the status written, for the access log.
 type statusWriter struct {

@@ -129,7 +129,15 @@ func (c *Cmd) StartNetwork(ctx context.Context) error {
 		"--enable-sandbox", "--enable-seccomp", "--ready-fd=3", "--exit-fd=4",
 		"--netns-type=path", netns, "tap0")
 	slirp.ExtraFiles = []*os.File{readyW, exitR}
-	slirp.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	slirp.SysProcAttr = &syscall.SysProcAttr{
+		Pdeathsig: syscall.SIGKILL,
+		Setpgid:   true,
+		// slirp4netns's own sandbox unmounts things in its mount namespace;
+		// in a namespace of its own, made private (Go does that for
+		// CLONE_NEWNS), none of it propagates to the host's shared mounts
+		// (such as /run/netns).
+		Unshareflags: syscall.CLONE_NEWNS,
+	}
 	var stderr bytes.Buffer
 	slirp.Stderr = &stderr
 	err = slirp.Start()

@@ -29,6 +29,7 @@ import (
 	"github.com/spry-run/spry/internal/errdefs"
 	"github.com/spry-run/spry/internal/functions"
 	"github.com/spry-run/spry/internal/logstore"
+	"github.com/spry-run/spry/internal/metrics"
 	"github.com/spry-run/spry/internal/router"
 	"github.com/spry-run/spry/internal/runtime"
 	"github.com/spry-run/spry/internal/sandbox"
@@ -44,6 +45,7 @@ type Config struct {
 	RunDir           string // "" means /run/spry/<hash of DataDir>
 	PublicURL        string
 	ScaleToZeroAfter time.Duration
+	AutoscaleWindow  time.Duration
 	Timeout          time.Duration // default per invocation
 	MaxTimeout       time.Duration
 	MaxMemoryMiB     int
@@ -52,6 +54,7 @@ type Config struct {
 	DefaultNetwork   string
 	EgressAllow      []netip.Prefix
 	MaxCodeBytes     int64
+	QueueSize        int     // requests waiting for capacity, per version
 	MaxBodyBytes     int64   // largest invocation request body
 	CPU              float64 // CPUs one instance may use
 	PoolSize         int
@@ -64,19 +67,20 @@ type Config struct {
 
 // Server is a running Spry.
 type Server struct {
-	cfg   Config
-	log   *slog.Logger
-	lock  *os.File
-	store *sqlite.Store
-	logs  *logstore.Store
-	back  *local.Backend
-	act   *activator.Activator
-	fns   *functions.Service
-	http  *http.Server
-	ln    net.Listener
-	ready atomic.Bool
-	stop  context.CancelFunc
-	bg    chan struct{}
+	cfg     Config
+	log     *slog.Logger
+	lock    *os.File
+	store   *sqlite.Store
+	logs    *logstore.Store
+	metrics *metrics.Metrics
+	back    *local.Backend
+	act     *activator.Activator
+	fns     *functions.Service
+	http    *http.Server
+	ln      net.Listener
+	ready   atomic.Bool
+	stop    context.CancelFunc
+	bg      chan struct{}
 }
 
 // New prepares a server: it opens (or initialises) the data directory,
@@ -168,7 +172,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		Sandbox:          sb,
 		Runtimes:         runtimes,
 		Blobs:            blobs,
-		Logs:             logSink{s.logs},
+		Logs:             logSink{logs: s.logs},
 		Logger:           log,
 		PoolSize:         cfg.PoolSize,
 		DefaultMemoryMiB: cfg.DefaultMemoryMiB,
@@ -182,7 +186,20 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	if err != nil {
 		return nil, err
 	}
-	s.act = activator.New(s.back, activator.Config{ScaleToZeroAfter: cfg.ScaleToZeroAfter, Logger: log})
+	s.metrics = metrics.New(gauges{s})
+	s.act = activator.New(s.back, activator.Config{
+		ScaleToZeroAfter: cfg.ScaleToZeroAfter,
+		StableWindow:     cfg.AutoscaleWindow,
+		QueueSize:        cfg.QueueSize,
+		Logger:           log,
+		OnStart: func(spec *backend.Spec, d time.Duration, err error) {
+			result := "ok"
+			if err != nil {
+				result = "error"
+			}
+			s.metrics.ColdStart(spec.Owner, spec.Name, result)
+		},
+	})
 	box, err := secrets.OpenKeyFile(filepath.Join(dataDir, "secret.key"))
 	if err != nil {
 		return nil, err
@@ -204,6 +221,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		},
 		Logger: log,
 	})
+	if err := s.fns.Load(ctx); err != nil {
+		return nil, err
+	}
 	authn := auth.New(s.store, nil)
 	if err := s.bootstrapAdmin(ctx, authn, dataDir); err != nil {
 		return nil, err
@@ -213,11 +233,17 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		PublicURL:    cfg.PublicURL,
 		Logger:       log,
 	}).Handler()
-	rt := router.New(s.fns, s.act, router.Config{Timeout: cfg.Timeout, MaxBodyBytes: cfg.MaxBodyBytes, Logger: log, Access: logSink{s.logs}})
+	sink := logSink{s.logs, s.metrics}
+	rt := router.New(s.fns, s.act, router.Config{
+		Timeout: cfg.Timeout, MaxBodyBytes: cfg.MaxBodyBytes, Logger: log, Access: sink,
+		OnColdStart: func(spec *backend.Spec, d time.Duration) { s.metrics.ColdStartLatency(spec.Runtime, d) },
+	})
 
 	mux := http.NewServeMux()
 	mux.Handle(router.Prefix, rt)
 	mux.Handle("/api/", apiH)
+	// Metrics name every function, so they are for the admin only.
+	mux.Handle("/metrics", api.RequireAdmin(authn, s.metrics.Handler()))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write([]byte(`{"status":"ok"}` + "\n"))
@@ -311,8 +337,8 @@ func (s *Server) Run(ctx context.Context) error {
 		defer close(s.bg)
 		done := make(chan struct{})
 		go func() { s.fns.RunFlusher(bgCtx, 10*time.Second); close(done) }()
-		interval := s.cfg.ScaleToZeroAfter / 10
-		interval = max(min(interval, time.Second), 10*time.Millisecond)
+		// The autoscaler samples concurrency at each tick.
+		interval := max(min(s.cfg.AutoscaleWindow/60, 500*time.Millisecond), 20*time.Millisecond)
 		s.act.Run(bgCtx, interval)
 		<-done
 	}()
@@ -364,14 +390,19 @@ func (s *Server) closeAll() {
 	}
 }
 
-// logSink files instance output and access lines in the log store.
-type logSink struct{ logs *logstore.Store }
+// logSink files instance output and access lines in the log store, and
+// counts invocations.
+type logSink struct {
+	logs    *logstore.Store
+	metrics *metrics.Metrics
+}
 
 func (l logSink) InstanceOutput(spec *backend.Spec, instance, stream string, line []byte) {
 	l.logs.Append(logstore.Entry{Owner: spec.Owner, Function: spec.Name, Version: spec.Version, Instance: instance, Stream: stream, Line: string(line)})
 }
 
 func (l logSink) Access(a router.Access) {
+	l.metrics.Invocation(a.Spec.Owner, a.Spec.Name, a.Status, a.Duration)
 	temp := "warm"
 	if a.Cold {
 		temp = "cold"
@@ -382,3 +413,19 @@ func (l logSink) Access(a router.Access) {
 		Line: fmt.Sprintf("%s %s %d %.1fms %s", a.Method, a.Path, a.Status, float64(a.Duration.Microseconds())/1000, temp),
 	})
 }
+
+// gauges reads the metrics that are states, at scrape time.
+type gauges struct{ s *Server }
+
+func (g gauges) Instances() []metrics.InstanceCount {
+	var out []metrics.InstanceCount
+	for _, st := range g.s.act.States() {
+		for state, n := range map[string]int{"busy": st.Busy, "idle": st.Idle, "starting": st.Starting} {
+			out = append(out, metrics.InstanceCount{Owner: st.Owner, Function: st.Function, State: state, Count: n})
+		}
+	}
+	return out
+}
+
+func (g gauges) PoolIdle() map[string]int { return g.s.back.PoolIdle() }
+func (g gauges) QueueDepth() int          { return g.s.act.QueueDepth() }

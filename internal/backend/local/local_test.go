@@ -287,6 +287,9 @@ func TestNetworkPolicy(t *testing.T) {
 		}
 		insts[network] = inst
 	}
+	if !pub.Mounted() {
+		t.Fatal("starting an egress sandbox unmounted a host network namespace (mount propagation leak)")
+	}
 	for _, tt := range tests {
 		t.Run(tt.network+"-"+tt.to, func(t *testing.T) {
 			before := pub.Hits.Load()

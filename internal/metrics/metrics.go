@@ -1,0 +1,128 @@
+// Package metrics holds Spry's Prometheus registry and metric definitions
+// (client_golang, an own registry, not the global one). Labels are bounded:
+// owner and function names, status codes, states; never paths or ids.
+package metrics
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Gauges are read at scrape time from the parts that own the numbers.
+type Gauges interface {
+	// Instances reports running instances per owner, function and state.
+	Instances() []InstanceCount
+	// PoolIdle reports generic warm instances waiting, per runtime.
+	PoolIdle() map[string]int
+	// QueueDepth reports requests waiting for an instance.
+	QueueDepth() int
+}
+
+// InstanceCount is one row of the spry_instances gauge.
+type InstanceCount struct {
+	Owner, Function, State string
+	Count                  int
+}
+
+// Metrics are Spry's metrics.
+type Metrics struct {
+	reg         *prometheus.Registry
+	invocations *prometheus.CounterVec
+	duration    *prometheus.HistogramVec
+	coldStarts  *prometheus.CounterVec
+	coldStart   *prometheus.HistogramVec
+}
+
+// latencyBuckets span 100 µs to 60 s.
+var latencyBuckets = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
+
+// New returns the metrics; g is read at each scrape (it may be nil).
+func New(g Gauges) *Metrics {
+	m := &Metrics{reg: prometheus.NewRegistry()}
+	m.invocations = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "spry_invocations_total",
+		Help: "Function invocations, by owner, function and response status code.",
+	}, []string{"owner", "function", "code"})
+	m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "spry_invocation_duration_seconds",
+		Help:    "Time from a request's arrival to the end of its response, cold starts included.",
+		Buckets: latencyBuckets,
+	}, []string{"owner", "function"})
+	m.coldStarts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "spry_cold_starts_total",
+		Help: "Instances started for a function, by how they started (pool or spawn) and outcome.",
+	}, []string{"owner", "function", "result"})
+	m.coldStart = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "spry_cold_start_duration_seconds",
+		Help:    "Time from a request finding no instance to the first byte of its response.",
+		Buckets: latencyBuckets,
+	}, []string{"runtime"})
+	m.reg.MustRegister(m.invocations, m.duration, m.coldStarts, m.coldStart,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if g != nil {
+		m.reg.MustRegister(&gaugeCollector{g: g})
+	}
+	return m
+}
+
+// Handler serves the metrics in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// Registry is the registry, for tests.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Invocation records one finished invocation.
+func (m *Metrics) Invocation(owner, function string, code int, d time.Duration) {
+	m.invocations.WithLabelValues(owner, function, strconv.Itoa(code)).Inc()
+	m.duration.WithLabelValues(owner, function).Observe(d.Seconds())
+}
+
+// ColdStart records one instance start for a function.
+func (m *Metrics) ColdStart(owner, function, result string) {
+	m.coldStarts.WithLabelValues(owner, function, result).Inc()
+}
+
+// ColdStartLatency records how long a request waited for its cold start,
+// to the first byte of the response.
+func (m *Metrics) ColdStartLatency(runtime string, d time.Duration) {
+	m.coldStart.WithLabelValues(runtime).Observe(d.Seconds())
+}
+
+// Forget drops a deleted function's series.
+func (m *Metrics) Forget(owner, function string) {
+	labels := prometheus.Labels{"owner": owner, "function": function}
+	m.invocations.DeletePartialMatch(labels)
+	m.duration.DeletePartialMatch(labels)
+	m.coldStarts.DeletePartialMatch(labels)
+}
+
+var (
+	instancesDesc = prometheus.NewDesc("spry_instances", "Running instances, by owner, function and state (busy, idle, starting, draining).", []string{"owner", "function", "state"}, nil)
+	poolDesc      = prometheus.NewDesc("spry_pool_idle", "Generic, already sandboxed runtime instances waiting in the warm pool.", []string{"runtime"}, nil)
+	queueDesc     = prometheus.NewDesc("spry_queue_depth", "Requests waiting for an instance with free capacity.", nil, nil)
+)
+
+type gaugeCollector struct{ g Gauges }
+
+func (c *gaugeCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- instancesDesc
+	ch <- poolDesc
+	ch <- queueDesc
+}
+
+func (c *gaugeCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, ic := range c.g.Instances() {
+		ch <- prometheus.MustNewConstMetric(instancesDesc, prometheus.GaugeValue, float64(ic.Count), ic.Owner, ic.Function, ic.State)
+	}
+	for rt, n := range c.g.PoolIdle() {
+		ch <- prometheus.MustNewConstMetric(poolDesc, prometheus.GaugeValue, float64(n), rt)
+	}
+	ch <- prometheus.MustNewConstMetric(queueDesc, prometheus.GaugeValue, float64(c.g.QueueDepth()))
+}
