@@ -406,13 +406,13 @@ func (a *Activator) watch(rev *revision, in *instance) {
 }
 
 // revision returns the state of spec's version, or nil if the version is
-// no longer live.
-func (a *Activator) revision(spec *backend.Spec) *revision {
+// no longer live (unless force).
+func (a *Activator) revision(spec *backend.Spec, force ...bool) *revision {
 	key := spec.Key()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	rev := a.revs[key]
-	if keep, ok := a.live[spec.FunctionID]; rev == nil && ok && !slices.Contains(keep, key) {
+	if keep, ok := a.live[spec.FunctionID]; rev == nil && ok && !slices.Contains(keep, key) && len(force) == 0 {
 		return nil
 	}
 	if rev == nil {
@@ -422,10 +422,11 @@ func (a *Activator) revision(spec *backend.Spec) *revision {
 	return rev
 }
 
-// Ensure makes the activator track spec's version before any request, so
-// that its minimum instances are started at the next tick.
+// Ensure makes the activator track spec's version, even one that is not
+// live (asked for by number): its minimum instances start at the next tick
+// and requests may start it until routing changes again.
 func (a *Activator) Ensure(spec *backend.Spec) {
-	a.revision(spec)
+	a.revision(spec, true)
 }
 
 func (a *Activator) stopAsync(rev *revision, in *instance) {

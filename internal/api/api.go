@@ -27,6 +27,10 @@ import (
 type Functions interface {
 	Deploy(ctx context.Context, req functions.DeployRequest) (store.Function, error)
 	Reconfigure(ctx context.Context, owner, name, by string, ch functions.Change) (store.Function, error)
+	Versions(ctx context.Context, owner, name string) (store.Function, []store.Version, error)
+	Rollback(ctx context.Context, owner, name string, version int64) (store.Function, error)
+	SetTraffic(ctx context.Context, owner, name string, split []store.Split) (store.Function, error)
+	SetTag(ctx context.Context, owner, name, tag string, version int64) (store.Function, error)
 	Delete(ctx context.Context, owner, name string) error
 	Get(ctx context.Context, owner, name string) (store.Function, error)
 	List(ctx context.Context, owner string) ([]store.Function, error)
@@ -86,6 +90,10 @@ func (a *API) Handler() http.Handler {
 	mux.Handle("/api/v1/functions", methods{"GET": a.listFunctions})
 	mux.Handle("/api/v1/functions/{name}", methods{"GET": a.getFunction, "PUT": a.deployFunction, "PATCH": a.configureFunction, "DELETE": a.deleteFunction})
 	mux.Handle("/api/v1/functions/{name}/logs", methods{"GET": a.functionLogs})
+	mux.Handle("/api/v1/functions/{name}/versions", methods{"GET": a.listVersions})
+	mux.Handle("/api/v1/functions/{name}/rollback", methods{"POST": a.rollback})
+	mux.Handle("/api/v1/functions/{name}/traffic", methods{"PUT": a.setTraffic})
+	mux.Handle("/api/v1/functions/{name}/tags/{tag}", methods{"PUT": a.setTag, "DELETE": a.deleteTag})
 	mux.Handle("/api/v1/users", methods{"GET": a.listUsers, "POST": a.createUser})
 	mux.Handle("/api/v1/users/{name}", methods{"GET": a.getUser, "DELETE": a.deleteUser})
 	mux.Handle("/api/v1/tokens", methods{"GET": a.listTokens, "POST": a.createToken})

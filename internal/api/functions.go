@@ -29,6 +29,8 @@ type FunctionView struct {
 	Env           map[string]string `json:"env,omitempty"`
 	Secrets       []string          `json:"secrets,omitempty"` // names only; values are never returned
 	Limits        store.Limits      `json:"limits"`
+	Traffic       []store.Split     `json:"traffic,omitempty"`
+	Tags          map[string]int64  `json:"tags,omitempty"`
 	CreatedAt     time.Time         `json:"created_at"`
 	UpdatedAt     time.Time         `json:"updated_at"`
 	DeployedBy    string            `json:"deployed_by,omitempty"`
@@ -105,6 +107,8 @@ func (a *API) view(r *http.Request, fn store.Function) FunctionView {
 		Instances:  n,
 		Env:        fn.Live.Config.Env,
 		Secrets:    functions.EnvKeys(fn.Live.Config.Secrets),
+		Traffic:    fn.Routing.Traffic,
+		Tags:       fn.Routing.Tags,
 		Limits:     fn.Live.Config.Limits,
 		CreatedAt:  fn.CreatedAt,
 		UpdatedAt:  fn.UpdatedAt,

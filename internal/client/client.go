@@ -291,3 +291,38 @@ func (c *Client) Logs(ctx context.Context, name string, o LogOptions, fn func(ap
 		}
 	}
 }
+
+// Versions lists a function's versions, newest first.
+func (c *Client) Versions(ctx context.Context, owner, name string) ([]api.VersionView, error) {
+	var out struct {
+		Versions []api.VersionView `json:"versions"`
+	}
+	err := c.do(ctx, "GET", "/api/v1/functions/"+url.PathEscape(name)+"/versions", ownerQuery(owner), nil, "", &out)
+	return out.Versions, err
+}
+
+// Rollback makes an earlier version live (0: the one before the live one).
+func (c *Client) Rollback(ctx context.Context, owner, name string, version int64) (api.FunctionView, error) {
+	var v api.FunctionView
+	data, _ := json.Marshal(api.RollbackBody{Version: version})
+	err := c.do(ctx, "POST", "/api/v1/functions/"+url.PathEscape(name)+"/rollback", ownerQuery(owner), bytes.NewReader(data), "application/json", &v)
+	return v, err
+}
+
+// SetTraffic splits traffic between versions (version -> percent).
+func (c *Client) SetTraffic(ctx context.Context, owner, name string, split api.TrafficBody) (api.FunctionView, error) {
+	var v api.FunctionView
+	data, _ := json.Marshal(split)
+	err := c.do(ctx, "PUT", "/api/v1/functions/"+url.PathEscape(name)+"/traffic", ownerQuery(owner), bytes.NewReader(data), "application/json", &v)
+	return v, err
+}
+
+// SetTag points a tag at a version; version 0 removes the tag.
+func (c *Client) SetTag(ctx context.Context, owner, name, tag string, version int64) error {
+	path := "/api/v1/functions/" + url.PathEscape(name) + "/tags/" + url.PathEscape(tag)
+	if version == 0 {
+		return c.do(ctx, "DELETE", path, ownerQuery(owner), nil, "", nil)
+	}
+	data, _ := json.Marshal(api.TagBody{Version: version})
+	return c.do(ctx, "PUT", path, ownerQuery(owner), bytes.NewReader(data), "application/json", nil)
+}

@@ -79,7 +79,7 @@ type Service struct {
 	deployMu sync.Mutex
 
 	mu      sync.RWMutex
-	live    map[store.FunctionKey]*backend.Spec
+	routes  map[store.FunctionKey]*route
 	invoked map[store.FunctionKey]time.Time // not yet flushed to the store
 }
 
@@ -93,7 +93,7 @@ func New(s store.Functions, blobs Blobs, retirer Retirer, sealer Sealer, logs Lo
 	}
 	return &Service{
 		cfg: cfg, store: s, blobs: blobs, retirer: retirer, sealer: sealer, logs: logs, log: cfg.Logger,
-		live:    map[store.FunctionKey]*backend.Spec{},
+		routes:  map[store.FunctionKey]*route{},
 		invoked: map[store.FunctionKey]time.Time{},
 	}
 }
@@ -301,7 +301,7 @@ func (s *Service) newVersion(ctx context.Context, owner, name, by string, b *bun
 	if err != nil {
 		return store.Function{}, err
 	}
-	if err := s.makeLive(fn); err != nil {
+	if err := s.makeLive(ctx, fn); err != nil {
 		return store.Function{}, err
 	}
 	s.log.Info("deployed", "owner", v.Owner, "function", v.Name, "version", v.Number, "digest", v.Digest, "size", v.Size)
@@ -353,22 +353,6 @@ func edit(m, set map[string]string, unset []string) map[string]string {
 	return out
 }
 
-// makeLive updates the cache and retires every other version's instances.
-func (s *Service) makeLive(fn store.Function) error {
-	spec, err := s.specOf(fn)
-	if err != nil {
-		return err
-	}
-	s.mu.Lock()
-	s.live[store.FunctionKey{Owner: fn.Owner, Name: fn.Name}] = spec
-	s.mu.Unlock()
-	s.retirer.RetireExcept(fn.ID, spec.Key())
-	if spec.MinScale > 0 {
-		s.retirer.Ensure(spec)
-	}
-	return nil
-}
-
 // Load reads every function's live version at start, so the request path
 // never waits on the database for a known function and functions with
 // minimum instances get them without waiting for a request.
@@ -378,51 +362,11 @@ func (s *Service) Load(ctx context.Context) error {
 		return err
 	}
 	for _, fn := range fns {
-		if err := s.makeLive(fn); err != nil {
+		if err := s.makeLive(ctx, fn); err != nil {
 			s.log.Error("load function", "owner", fn.Owner, "function", fn.Name, "err", err)
 		}
 	}
 	return nil
-}
-
-func (s *Service) specOf(fn store.Function) (*backend.Spec, error) {
-	env := fn.Live.Config.Env
-	if len(fn.Live.Config.Secrets) > 0 {
-		env = edit(env, nil, nil)
-		if env == nil {
-			env = map[string]string{}
-		}
-		for k, sealed := range fn.Live.Config.Secrets {
-			v, err := s.sealer.Open(sealed, secretContext(fn.Owner, fn.Name, k))
-			if err != nil {
-				return nil, fmt.Errorf("secret %s of %s/%s: %v: %w", k, fn.Owner, fn.Name, err, errdefs.ErrInternal)
-			}
-			env[k] = v
-		}
-	}
-	l := fn.Live.Config.Limits
-	spec := &backend.Spec{
-		FunctionID:  fn.ID,
-		Owner:       fn.Owner,
-		Name:        fn.Name,
-		Version:     fn.LiveVersion,
-		Runtime:     fn.Live.Config.Runtime,
-		Digest:      fn.Live.Digest,
-		Env:         env,
-		MemoryMiB:   or(l.MemoryMiB, s.cfg.DefaultMemoryMiB),
-		Network:     l.Network,
-		Timeout:     time.Duration(l.TimeoutMs) * time.Millisecond,
-		MinScale:    l.MinScale,
-		MaxScale:    or(l.MaxScale, s.cfg.DefaultMaxScale),
-		Concurrency: or(l.Concurrency, s.cfg.DefaultConcurrency),
-	}
-	if spec.Network == "" {
-		spec.Network = s.cfg.DefaultNetwork
-	}
-	if spec.Timeout == 0 {
-		spec.Timeout = s.cfg.DefaultTimeout
-	}
-	return spec, nil
 }
 
 func or(v, def int) int {
@@ -445,7 +389,7 @@ func (s *Service) Delete(ctx context.Context, owner, name string) error {
 	}
 	key := store.FunctionKey{Owner: owner, Name: name}
 	s.mu.Lock()
-	delete(s.live, key)
+	delete(s.routes, key)
 	delete(s.invoked, key)
 	s.mu.Unlock()
 	s.retirer.RetireExcept(fn.ID)
@@ -485,37 +429,6 @@ func (s *Service) overlayInvoked(fn *store.Function) {
 	if ok && t.After(fn.LastInvokedAt) {
 		fn.LastInvokedAt = t
 	}
-}
-
-// Resolve returns the live version of owner/name; it is on the request
-// path, so it answers from memory once the function has been seen.
-func (s *Service) Resolve(ctx context.Context, owner, name string) (*backend.Spec, error) {
-	key := store.FunctionKey{Owner: owner, Name: name}
-	s.mu.RLock()
-	spec := s.live[key]
-	s.mu.RUnlock()
-	if spec != nil {
-		return spec, nil
-	}
-	if err := names.User(owner); err != nil {
-		return nil, fmt.Errorf("function %s/%s: %w", owner, name, errdefs.ErrNotFound)
-	}
-	if err := names.Function(name); err != nil {
-		return nil, fmt.Errorf("function %s/%s: %w", owner, name, errdefs.ErrNotFound)
-	}
-	s.deployMu.Lock()
-	defer s.deployMu.Unlock()
-	fn, err := s.store.GetFunction(ctx, owner, name)
-	if err != nil {
-		return nil, err
-	}
-	if spec, err = s.specOf(fn); err != nil {
-		return nil, err
-	}
-	s.mu.Lock()
-	s.live[key] = spec
-	s.mu.Unlock()
-	return spec, nil
 }
 
 // Invoked records that a function was invoked now; the time reaches the

@@ -27,7 +27,9 @@ import (
 
 // Resolver finds a function's live version.
 type Resolver interface {
-	Resolve(ctx context.Context, owner, name string) (*backend.Spec, error)
+	// Resolve picks the version for one request: by tag (a name or a
+	// version number) if tag is set, else by the function's traffic split.
+	Resolve(ctx context.Context, owner, name, tag string) (*backend.Spec, error)
 	Invoked(spec *backend.Spec)
 }
 
@@ -333,8 +335,11 @@ func (s *statusWriter) Write(b []byte) (int, error) {
 // Unwrap lets http.ResponseController reach the real writer (to flush).
 func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
+// resolve finds the version for a request to owner/name or
+// owner/name@tag.
 func (rt *Router) resolve(ctx context.Context, owner, name string) (*backend.Spec, error) {
-	spec, err := rt.resolver.Resolve(ctx, owner, name)
+	fn, tag, _ := strings.Cut(name, "@")
+	spec, err := rt.resolver.Resolve(ctx, owner, fn, tag)
 	if errors.Is(err, errdefs.ErrNotFound) {
 		err = errdefs.New(errdefs.ErrNotFound, "function %s/%s not found", owner, name)
 	}

@@ -76,6 +76,23 @@ type Function struct {
 	UpdatedAt     time.Time
 	LastInvokedAt time.Time // zero if never invoked
 	Live          Version   // the live version, filled by Get and List
+	Routing       Routing
+}
+
+// Split sends a share of a function's traffic to one version.
+type Split struct {
+	Version int64 `json:"version"`
+	Percent int   `json:"percent"`
+}
+
+// Routing says which versions serve a function besides the live one.
+type Routing struct {
+	// Traffic splits requests between versions (percents sum to 100);
+	// empty means all go to the live version. Deploy and SetLive clear it.
+	Traffic []Split `json:"traffic,omitempty"`
+	// Tags name versions, which are then reachable at a fixed URL
+	// (/fn/<owner>/<name>@<tag>/).
+	Tags map[string]int64 `json:"tags,omitempty"`
 }
 
 // Users stores accounts.
@@ -98,8 +115,8 @@ type Tokens interface {
 type Functions interface {
 	// Deploy stores v as the next version of its function (creating the
 	// function, with the given id, if it does not exist) and makes it live,
-	// atomically. v.Number is ignored and assigned; the stored version is
-	// returned.
+	// atomically, clearing any traffic split (tags stay). v.Number is
+	// ignored and assigned; the stored version is returned.
 	Deploy(ctx context.Context, id string, v Version) (Version, error)
 	GetFunction(ctx context.Context, owner, name string) (Function, error)
 	// ListFunctions lists owner's functions, or everyone's if owner is "",
@@ -110,8 +127,12 @@ type Functions interface {
 	GetVersion(ctx context.Context, owner, name string, number int64) (Version, error)
 	// ListVersions lists versions newest first.
 	ListVersions(ctx context.Context, owner, name string) ([]Version, error)
-	// SetLive makes an existing version live (a rollback).
+	// SetLive makes an existing version live (a rollback) and clears the
+	// traffic split.
 	SetLive(ctx context.Context, owner, name string, number int64, at time.Time) error
+	// SetRouting replaces a function's traffic split and tags. Every
+	// version they name must exist (else ErrNotFound, changing nothing).
+	SetRouting(ctx context.Context, owner, name string, r Routing, at time.Time) error
 	// SetLastInvoked records when functions were last invoked, in one batch.
 	SetLastInvoked(ctx context.Context, at map[FunctionKey]time.Time) error
 	// Digests lists every bundle digest still referenced by some version, so

@@ -77,6 +77,8 @@ CREATE TABLE versions (
 -- Serves Digests, which the blob garbage collector calls.
 CREATE INDEX versions_by_digest ON versions (digest);
 `,
+	// 2: traffic splits and tags, as one JSON document (store.Routing).
+	`ALTER TABLE functions ADD COLUMN routing TEXT NOT NULL DEFAULT '{}';`,
 }
 
 // Store is a store.Store kept in one SQLite database file. It is safe for
@@ -391,7 +393,8 @@ func (s *Store) Deploy(ctx context.Context, id string, v store.Version) (store.V
 		return store.Version{}, errorf(ctx, err, "version %d of function %q", v.Number, name)
 	}
 	if _, err := tx.ExecContext(ctx,
-		`UPDATE functions SET live_version = ?, updated_at = ? WHERE owner = ? AND name = ?`,
+		`UPDATE functions SET live_version = ?, updated_at = ?, routing = json_remove(routing, '$.traffic')
+		 WHERE owner = ? AND name = ?`,
 		v.Number, millis(v.CreatedAt), v.Owner, v.Name); err != nil {
 		return store.Version{}, errorf(ctx, err, "deploy function %q", name)
 	}
@@ -402,18 +405,19 @@ func (s *Store) Deploy(ctx context.Context, id string, v store.Version) (store.V
 }
 
 const functionQuery = `
-SELECT f.id, f.owner, f.name, f.live_version, f.created_at, f.updated_at, f.last_invoked_at,
+SELECT f.id, f.owner, f.name, f.live_version, f.created_at, f.updated_at, f.last_invoked_at, f.routing,
        v.number, v.digest, v.size, v.config, v.created_at, v.created_by
 FROM functions f
 JOIN versions v ON v.owner = f.owner AND v.name = f.name AND v.number = f.live_version`
 
 func scanFunction(sc scanner) (store.Function, error) {
 	var (
-		f      store.Function
-		config string
+		f       store.Function
+		config  string
+		routing string
 	)
 	err := sc.Scan(&f.ID, &f.Owner, &f.Name, &f.LiveVersion,
-		msTime{&f.CreatedAt}, msTime{&f.UpdatedAt}, msTime{&f.LastInvokedAt},
+		msTime{&f.CreatedAt}, msTime{&f.UpdatedAt}, msTime{&f.LastInvokedAt}, &routing,
 		&f.Live.Number, &f.Live.Digest, &f.Live.Size, &config,
 		msTime{&f.Live.CreatedAt}, &f.Live.CreatedBy)
 	if err != nil {
@@ -422,6 +426,9 @@ func scanFunction(sc scanner) (store.Function, error) {
 	f.Live.Owner, f.Live.Name = f.Owner, f.Name
 	if err := json.Unmarshal([]byte(config), &f.Live.Config); err != nil {
 		return store.Function{}, fmt.Errorf("decode config of version %d: %w", f.Live.Number, err)
+	}
+	if err := json.Unmarshal([]byte(routing), &f.Routing); err != nil {
+		return store.Function{}, fmt.Errorf("decode routing of function %q: %w", f.Name, err)
 	}
 	return f, nil
 }
@@ -502,7 +509,7 @@ func (s *Store) ListVersions(ctx context.Context, owner, name string) ([]store.V
 
 func (s *Store) SetLive(ctx context.Context, owner, name string, number int64, at time.Time) error {
 	res, err := s.db.ExecContext(ctx,
-		`UPDATE functions SET live_version = ?1, updated_at = ?2
+		`UPDATE functions SET live_version = ?1, updated_at = ?2, routing = json_remove(routing, '$.traffic')
 		 WHERE owner = ?3 AND name = ?4 AND EXISTS (
 			SELECT 1 FROM versions WHERE owner = ?3 AND name = ?4 AND number = ?1)`,
 		number, millis(at), owner, name)
@@ -518,6 +525,47 @@ func (s *Store) SetLive(ctx context.Context, owner, name string, number int64, a
 		return fmt.Errorf("function %q: %w", fnName(owner, name), errdefs.ErrNotFound)
 	}
 	return err
+}
+
+func (s *Store) SetRouting(ctx context.Context, owner, name string, r store.Routing, at time.Time) error {
+	data, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("encode routing: %w", err)
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return errorf(ctx, err, "set routing of function %q", fnName(owner, name))
+	}
+	defer tx.Rollback()
+	check := func(number int64) error {
+		var one int
+		err := tx.QueryRowContext(ctx,
+			`SELECT 1 FROM versions WHERE owner = ? AND name = ? AND number = ?`, owner, name, number).Scan(&one)
+		if err != nil {
+			return errorf(ctx, err, "version %d of function %q", number, fnName(owner, name))
+		}
+		return nil
+	}
+	for _, sp := range r.Traffic {
+		if err := check(sp.Version); err != nil {
+			return err
+		}
+	}
+	for _, v := range r.Tags {
+		if err := check(v); err != nil {
+			return err
+		}
+	}
+	res, err := tx.ExecContext(ctx,
+		`UPDATE functions SET routing = ?, updated_at = ? WHERE owner = ? AND name = ?`,
+		string(data), millis(at), owner, name)
+	if err := affected(ctx, res, err, "function %q", fnName(owner, name)); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return errorf(ctx, err, "set routing of function %q", fnName(owner, name))
+	}
+	return nil
 }
 
 func (s *Store) SetLastInvoked(ctx context.Context, at map[store.FunctionKey]time.Time) error {

@@ -34,6 +34,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ListFunctions", testListFunctions},
 		{"DeleteFunction", testDeleteFunction},
 		{"SetLive", testSetLive},
+		{"Routing", testRouting},
 		{"SetLastInvoked", testSetLastInvoked},
 		{"Digests", testDigests},
 		{"NotFound", testNotFound},
@@ -730,4 +731,52 @@ func testConcurrentDeploy(t *testing.T, s store.Store) {
 		t.Errorf("function id %q is none of the ids deployed with", fn.ID)
 	}
 	checkVersion(t, fn.Live, vs[0])
+}
+
+func testRouting(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	for n := 1; n <= 3; n++ {
+		deploy(t, s, "id", version("alice", "hello", n))
+	}
+	want := store.Routing{
+		Traffic: []store.Split{{Version: 2, Percent: 90}, {Version: 3, Percent: 10}},
+		Tags:    map[string]int64{"canary": 3, "stable": 1},
+	}
+	noErr(t, s.SetRouting(ctx, "alice", "hello", want, at(10)), "SetRouting")
+	fn, err := s.GetFunction(ctx, "alice", "hello")
+	noErr(t, err, "GetFunction")
+	if !reflect.DeepEqual(fn.Routing, want) {
+		t.Fatalf("routing = %+v, want %+v", fn.Routing, want)
+	}
+	fns, err := s.ListFunctions(ctx, "alice")
+	noErr(t, err, "ListFunctions")
+	if !reflect.DeepEqual(fns[0].Routing, want) {
+		t.Fatalf("listed routing = %+v, want %+v", fns[0].Routing, want)
+	}
+
+	// Naming a missing version changes nothing.
+	for _, bad := range []store.Routing{
+		{Traffic: []store.Split{{Version: 9, Percent: 100}}},
+		{Tags: map[string]int64{"x": 42}},
+	} {
+		wantErr(t, s.SetRouting(ctx, "alice", "hello", bad, at(11)), errdefs.ErrNotFound, "SetRouting with a missing version")
+	}
+	wantErr(t, s.SetRouting(ctx, "alice", "nope", store.Routing{}, at(11)), errdefs.ErrNotFound, "SetRouting of a missing function")
+	fn, _ = s.GetFunction(ctx, "alice", "hello")
+	if !reflect.DeepEqual(fn.Routing, want) {
+		t.Fatalf("a failed SetRouting changed routing to %+v", fn.Routing)
+	}
+
+	// A rollback and a deploy clear the split and keep the tags.
+	noErr(t, s.SetLive(ctx, "alice", "hello", 1, at(12)), "SetLive")
+	fn, _ = s.GetFunction(ctx, "alice", "hello")
+	if len(fn.Routing.Traffic) != 0 || fn.Routing.Tags["canary"] != 3 {
+		t.Fatalf("after SetLive: routing %+v", fn.Routing)
+	}
+	noErr(t, s.SetRouting(ctx, "alice", "hello", want, at(13)), "SetRouting")
+	deploy(t, s, "id", version("alice", "hello", 4))
+	fn, _ = s.GetFunction(ctx, "alice", "hello")
+	if len(fn.Routing.Traffic) != 0 || fn.Routing.Tags["stable"] != 1 || fn.LiveVersion != 4 {
+		t.Fatalf("after Deploy: live %d routing %+v", fn.LiveVersion, fn.Routing)
+	}
 }

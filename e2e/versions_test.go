@@ -1,0 +1,193 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func versionCode(n int) []byte {
+	return []byte(fmt.Sprintf(`export default { fetch(req, ctx) { return new Response("v%d " + ctx.version); } }`, n))
+}
+
+// TestVersionsRollbackTrafficTags covers versions, rollback, a traffic
+// split, and tags.
+func TestVersionsRollbackTrafficTags(t *testing.T) {
+	s := startServer(t)
+	for n := 1; n <= 3; n++ {
+		if r := s.putCode(s.token, "ver", versionCode(n), ""); r.status/100 != 2 {
+			t.Fatalf("deploy %d: %d %s", n, r.status, r.body)
+		}
+	}
+	body := func(path string) string { return string(s.get("/fn/admin/ver" + path).body) }
+	if got := body("/"); got != "v3 3" {
+		t.Fatalf("live: %q", got)
+	}
+	out := s.mustSpry("versions", "ver")
+	if ls := lines(out); len(ls) != 4 || !strings.Contains(ls[1], "3") || !strings.Contains(ls[1], "*") || !strings.Contains(out, "sha256:") || !strings.Contains(out, "admin") {
+		t.Fatalf("versions:\n%s", out)
+	}
+
+	// Rollback: to the previous version, then to a named one.
+	s.mustSpry("rollback", "ver")
+	if got := body("/"); got != "v2 2" {
+		t.Fatalf("after rollback: %q", got)
+	}
+	s.mustSpry("rollback", "ver", "1")
+	if got := body("/"); got != "v1 1" {
+		t.Fatalf("after rollback to 1: %q", got)
+	}
+	if _, errOut, code := s.spry("", "rollback", "ver", "9"); code == 0 || !strings.Contains(errOut, "not found") {
+		t.Fatalf("rollback to a missing version: %d %s", code, errOut)
+	}
+
+	// Tags and version numbers give fixed URLs.
+	s.mustSpry("tag", "ver", "canary", "3")
+	if got := body("@canary/"); got != "v3 3" {
+		t.Fatalf("@canary: %q", got)
+	}
+	if got := body("@2/"); got != "v2 2" {
+		t.Fatalf("@2: %q", got)
+	}
+	if r := s.get("/fn/admin/ver@nope/"); r.status != 404 {
+		t.Fatalf("unknown tag: %d", r.status)
+	}
+	if r := s.putCode(s.token, "ver", versionCode(4), ""); r.status != 200 {
+		t.Fatalf("deploy 4: %d", r.status)
+	}
+	if got := body("@canary/"); got != "v3 3" {
+		t.Fatalf("@canary after a deploy: %q", got)
+	}
+
+	// A 90/10 split over 2,000 requests lands within +-5%.
+	s.mustSpry("traffic", "ver", "3=90", "4=10")
+	counts := map[string]int{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	client := &http.Client{}
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 250; i++ {
+				res, err := client.Get(s.url + "/fn/admin/ver/")
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				b, _ := io.ReadAll(res.Body)
+				res.Body.Close()
+				mu.Lock()
+				counts[string(b)]++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if counts["v3 3"]+counts["v4 4"] != 2000 {
+		t.Fatalf("responses: %v", counts)
+	}
+	share := float64(counts["v4 4"]) / 2000
+	if share < 0.05 || share > 0.15 {
+		t.Fatalf("version 4 got %.1f%% of 2000 requests, want 10%% +- 5%%: %v", share*100, counts)
+	}
+	t.Logf("split 90/10: %v", counts)
+	if out := s.mustSpry("versions", "ver"); !strings.Contains(out, "90%") || !strings.Contains(out, "10%") || !strings.Contains(out, "canary") {
+		t.Fatalf("versions after split:\n%s", out)
+	}
+	// A deploy ends the split.
+	s.putCode(s.token, "ver", versionCode(5), "")
+	if got := body("/"); got != "v5 5" {
+		t.Fatalf("after deploy: %q", got)
+	}
+	// Bad splits are refused.
+	for _, args := range [][]string{{"5=50", "4=40"}, {"5=100", "99=0"}, {"x=100"}} {
+		if _, _, code := s.spry("", append([]string{"traffic", "ver"}, args...)...); code == 0 {
+			t.Errorf("traffic %v accepted", args)
+		}
+	}
+}
+
+// TestZeroDowntimeRedeploys: under steady load, 20 redeploys and
+// rollbacks lose no request, and every response comes whole from one
+// version; old instances drain and stop.
+func TestZeroDowntimeRedeploys(t *testing.T) {
+	s := startServer(t)
+	slowish := func(n int) []byte {
+		return []byte(fmt.Sprintf(`export default { async fetch() {
+			await new Promise((r) => setTimeout(r, 20));
+			return new Response("version-%d-start|" + "x".repeat(10000) + "|version-%d-end");
+		} }`, n, n))
+	}
+	if r := s.putCode(s.token, "steady", slowish(1), ""); r.status != 201 {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	stop := make(chan struct{})
+	var failures, total atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			client := &http.Client{Timeout: 30 * time.Second}
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				total.Add(1)
+				res, err := client.Get(s.url + "/fn/admin/steady/")
+				if err != nil {
+					failures.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+					continue
+				}
+				b, _ := io.ReadAll(res.Body)
+				res.Body.Close()
+				parts := strings.Split(string(b), "|")
+				if res.StatusCode != 200 || len(parts) != 3 ||
+					strings.TrimSuffix(strings.TrimPrefix(parts[0], "version-"), "-start") != strings.TrimSuffix(strings.TrimPrefix(parts[2], "version-"), "-end") {
+					failures.Add(1)
+					firstErr.CompareAndSwap(nil, fmt.Sprintf("%d %.200s", res.StatusCode, b))
+				}
+			}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond)
+	for i := 2; i <= 21; i++ {
+		if i%5 == 0 {
+			s.mustSpry("rollback", "steady")
+		} else if r := s.putCode(s.token, "steady", slowish(i), ""); r.status != 200 {
+			t.Fatalf("redeploy %d: %d %s", i, r.status, r.body)
+		}
+		time.Sleep(150 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	if f := failures.Load(); f != 0 {
+		t.Fatalf("%d of %d requests failed during 20 redeploys; first: %v", f, total.Load(), firstErr.Load())
+	}
+	t.Logf("%d requests, 0 failures, during 20 redeploys and rollbacks", total.Load())
+	// Old versions' instances drain and stop: only the live version runs.
+	eventually(t, 10*time.Second, "old instances to stop", func() bool {
+		r := s.do("GET", "/metrics", s.token, nil, nil)
+		running := 0
+		for _, l := range strings.Split(string(r.body), "\n") {
+			if strings.HasPrefix(l, `spry_instances{function="steady"`) && (strings.Contains(l, `state="idle"`) || strings.Contains(l, `state="busy"`)) {
+				f := strings.Fields(l)
+				n, _ := strconv.Atoi(f[len(f)-1])
+				running += n
+			}
+		}
+		return running == 1
+	})
+}

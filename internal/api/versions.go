@@ -1,0 +1,146 @@
+package api
+
+import (
+	"net/http"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/store"
+)
+
+// VersionView is one version as the API shows it.
+type VersionView struct {
+	Version   int64     `json:"version"`
+	Live      bool      `json:"live"`
+	Percent   int       `json:"traffic_percent"`
+	Tags      []string  `json:"tags,omitempty"`
+	Runtime   string    `json:"runtime"`
+	Digest    string    `json:"digest"`
+	Size      int64     `json:"size"`
+	CreatedAt time.Time `json:"created_at"`
+	CreatedBy string    `json:"created_by"`
+}
+
+func (a *API) listVersions(w http.ResponseWriter, r *http.Request) error {
+	owner, name, err := a.target(r)
+	if err != nil {
+		return err
+	}
+	fn, vs, err := a.fns.Versions(r.Context(), owner, name)
+	if err != nil {
+		return err
+	}
+	percent := map[int64]int{}
+	if len(fn.Routing.Traffic) == 0 {
+		percent[fn.LiveVersion] = 100
+	}
+	for _, sp := range fn.Routing.Traffic {
+		percent[sp.Version] = sp.Percent
+	}
+	tags := map[int64][]string{}
+	for t, v := range fn.Routing.Tags {
+		tags[v] = append(tags[v], t)
+	}
+	out := make([]VersionView, 0, len(vs))
+	for _, v := range vs {
+		sort.Strings(tags[v.Number])
+		out = append(out, VersionView{
+			Version: v.Number, Live: v.Number == fn.LiveVersion, Percent: percent[v.Number], Tags: tags[v.Number],
+			Runtime: v.Config.Runtime, Digest: v.Digest, Size: v.Size, CreatedAt: v.CreatedAt, CreatedBy: v.CreatedBy,
+		})
+	}
+	return writeJSON(w, http.StatusOK, map[string]any{"versions": out})
+}
+
+// RollbackBody is the body of POST .../rollback; version 0 (or none)
+// means the version before the live one.
+type RollbackBody struct {
+	Version int64 `json:"version,omitempty"`
+}
+
+func (a *API) rollback(w http.ResponseWriter, r *http.Request) error {
+	owner, name, err := a.target(r)
+	if err != nil {
+		return err
+	}
+	var body RollbackBody
+	if r.ContentLength != 0 {
+		if err := readJSON(w, r, &body); err != nil {
+			return err
+		}
+	}
+	if body.Version < 0 {
+		return errdefs.Invalid("version must be positive")
+	}
+	fn, err := a.fns.Rollback(r.Context(), owner, name, body.Version)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, a.view(r, fn))
+}
+
+// TrafficBody is the body of PUT .../traffic: version number -> percent.
+type TrafficBody map[string]int
+
+func (a *API) setTraffic(w http.ResponseWriter, r *http.Request) error {
+	owner, name, err := a.target(r)
+	if err != nil {
+		return err
+	}
+	var body TrafficBody
+	if err := readJSON(w, r, &body); err != nil {
+		return err
+	}
+	var split []store.Split
+	for k, p := range body {
+		n, err := strconv.ParseInt(k, 10, 64)
+		if err != nil || n <= 0 {
+			return errdefs.Invalid("traffic key %q is not a version number", k)
+		}
+		split = append(split, store.Split{Version: n, Percent: p})
+	}
+	sort.Slice(split, func(i, j int) bool { return split[i].Version < split[j].Version })
+	fn, err := a.fns.SetTraffic(r.Context(), owner, name, split)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, a.view(r, fn))
+}
+
+// TagBody is the body of PUT .../tags/{tag}.
+type TagBody struct {
+	Version int64 `json:"version"`
+}
+
+func (a *API) setTag(w http.ResponseWriter, r *http.Request) error {
+	owner, name, err := a.target(r)
+	if err != nil {
+		return err
+	}
+	var body TagBody
+	if err := readJSON(w, r, &body); err != nil {
+		return err
+	}
+	if body.Version <= 0 {
+		return errdefs.Invalid("version must be positive")
+	}
+	fn, err := a.fns.SetTag(r.Context(), owner, name, r.PathValue("tag"), body.Version)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, a.view(r, fn))
+}
+
+func (a *API) deleteTag(w http.ResponseWriter, r *http.Request) error {
+	owner, name, err := a.target(r)
+	if err != nil {
+		return err
+	}
+	if _, err := a.fns.SetTag(r.Context(), owner, name, r.PathValue("tag"), 0); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}

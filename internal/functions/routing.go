@@ -1,0 +1,383 @@
+package functions
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"time"
+
+	"github.com/spry-run/spry/internal/backend"
+	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/names"
+	"github.com/spry-run/spry/internal/store"
+)
+
+// route is what the request path needs of one function, built once per
+// change: the live version, the traffic split and the tagged versions.
+type route struct {
+	id       string
+	live     *backend.Spec
+	split    []weighted // empty: everything to live
+	tags     map[string]*backend.Spec
+	versions map[int64]*backend.Spec // by number, for @<n> requests; filled on demand
+}
+
+type weighted struct {
+	spec *backend.Spec
+	upto int // cumulative percent
+}
+
+// pick chooses the version for one request without a tag.
+func (r *route) pick() *backend.Spec {
+	if len(r.split) == 0 {
+		return r.live
+	}
+	n := rand.IntN(100)
+	for _, w := range r.split {
+		if n < w.upto {
+			return w.spec
+		}
+	}
+	return r.live
+}
+
+// keys are the versions that may run without being asked for by number.
+func (r *route) keys() []string {
+	keys := []string{r.live.Key()}
+	for _, w := range r.split {
+		keys = append(keys, w.spec.Key())
+	}
+	for _, sp := range r.tags {
+		keys = append(keys, sp.Key())
+	}
+	return keys
+}
+
+// specOf builds the backend's view of one version of fn.
+func (s *Service) specOf(fn store.Function, v store.Version) (*backend.Spec, error) {
+	env := v.Config.Env
+	if len(v.Config.Secrets) > 0 {
+		env = edit(env, nil, nil)
+		if env == nil {
+			env = map[string]string{}
+		}
+		for k, sealed := range v.Config.Secrets {
+			val, err := s.sealer.Open(sealed, secretContext(fn.Owner, fn.Name, k))
+			if err != nil {
+				return nil, fmt.Errorf("secret %s of %s/%s: %v: %w", k, fn.Owner, fn.Name, err, errdefs.ErrInternal)
+			}
+			env[k] = val
+		}
+	}
+	l := v.Config.Limits
+	spec := &backend.Spec{
+		FunctionID:  fn.ID,
+		Owner:       fn.Owner,
+		Name:        fn.Name,
+		Version:     v.Number,
+		Runtime:     v.Config.Runtime,
+		Digest:      v.Digest,
+		Env:         env,
+		MemoryMiB:   or(l.MemoryMiB, s.cfg.DefaultMemoryMiB),
+		Network:     l.Network,
+		Timeout:     time.Duration(l.TimeoutMs) * time.Millisecond,
+		MinScale:    l.MinScale,
+		MaxScale:    or(l.MaxScale, s.cfg.DefaultMaxScale),
+		Concurrency: or(l.Concurrency, s.cfg.DefaultConcurrency),
+	}
+	if spec.Network == "" {
+		spec.Network = s.cfg.DefaultNetwork
+	}
+	if spec.Timeout == 0 {
+		spec.Timeout = s.cfg.DefaultTimeout
+	}
+	return spec, nil
+}
+
+// buildRoute reads the versions fn's routing names.
+func (s *Service) buildRoute(ctx context.Context, fn store.Function) (*route, error) {
+	live, err := s.specOf(fn, fn.Live)
+	if err != nil {
+		return nil, err
+	}
+	r := &route{id: fn.ID, live: live, tags: map[string]*backend.Spec{}, versions: map[int64]*backend.Spec{live.Version: live}}
+	version := func(n int64) (*backend.Spec, error) {
+		if sp := r.versions[n]; sp != nil {
+			return sp, nil
+		}
+		v, err := s.store.GetVersion(ctx, fn.Owner, fn.Name, n)
+		if err != nil {
+			return nil, err
+		}
+		sp, err := s.specOf(fn, v)
+		if err != nil {
+			return nil, err
+		}
+		r.versions[n] = sp
+		return sp, nil
+	}
+	total := 0
+	for _, split := range fn.Routing.Traffic {
+		sp, err := version(split.Version)
+		if err != nil {
+			return nil, err
+		}
+		total += split.Percent
+		r.split = append(r.split, weighted{spec: sp, upto: total})
+	}
+	for tag, n := range fn.Routing.Tags {
+		sp, err := version(n)
+		if err != nil {
+			return nil, err
+		}
+		r.tags[tag] = sp
+	}
+	return r, nil
+}
+
+// makeLive updates the cache from fn and retires the instances of every
+// version its routing no longer names.
+func (s *Service) makeLive(ctx context.Context, fn store.Function) error {
+	r, err := s.buildRoute(ctx, fn)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.routes[store.FunctionKey{Owner: fn.Owner, Name: fn.Name}] = r
+	s.mu.Unlock()
+	s.retirer.RetireExcept(fn.ID, r.keys()...)
+	for _, sp := range append([]*backend.Spec{r.live}, r.versionsInUse()...) {
+		if sp.MinScale > 0 {
+			s.retirer.Ensure(sp)
+		}
+	}
+	return nil
+}
+
+func (r *route) versionsInUse() []*backend.Spec {
+	var out []*backend.Spec
+	for _, w := range r.split {
+		out = append(out, w.spec)
+	}
+	for _, sp := range r.tags {
+		out = append(out, sp)
+	}
+	return out
+}
+
+// Resolve returns the version to serve a request for owner/name, or for
+// owner/name@tag when tag is set (a tag name or a version number). It is
+// on the request path, so it answers from memory once the function has
+// been seen.
+func (s *Service) Resolve(ctx context.Context, owner, name, tag string) (*backend.Spec, error) {
+	key := store.FunctionKey{Owner: owner, Name: name}
+	s.mu.RLock()
+	r := s.routes[key]
+	s.mu.RUnlock()
+	if r == nil {
+		var err error
+		if r, err = s.loadRoute(ctx, owner, name); err != nil {
+			return nil, err
+		}
+	}
+	if tag == "" {
+		return r.pick(), nil
+	}
+	if sp := r.tags[tag]; sp != nil {
+		return sp, nil
+	}
+	n, err := strconv.ParseInt(tag, 10, 64)
+	if err != nil || n <= 0 {
+		return nil, fmt.Errorf("function %s/%s has no tag %q: %w", owner, name, tag, errdefs.ErrNotFound)
+	}
+	s.mu.RLock()
+	sp := r.versions[n]
+	s.mu.RUnlock()
+	if sp == nil {
+		if sp, err = s.loadVersion(ctx, r, owner, name, n); err != nil {
+			return nil, err
+		}
+	}
+	// Asked for by number: it may run even if no routing names it.
+	s.retirer.Ensure(sp)
+	return sp, nil
+}
+
+func (s *Service) loadRoute(ctx context.Context, owner, name string) (*route, error) {
+	if names.User(owner) != nil || names.Function(name) != nil {
+		return nil, fmt.Errorf("function %s/%s: %w", owner, name, errdefs.ErrNotFound)
+	}
+	s.deployMu.Lock()
+	defer s.deployMu.Unlock()
+	key := store.FunctionKey{Owner: owner, Name: name}
+	s.mu.RLock()
+	r := s.routes[key]
+	s.mu.RUnlock()
+	if r != nil {
+		return r, nil
+	}
+	fn, err := s.store.GetFunction(ctx, owner, name)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.makeLive(ctx, fn); err != nil {
+		return nil, err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.routes[key], nil
+}
+
+func (s *Service) loadVersion(ctx context.Context, r *route, owner, name string, n int64) (*backend.Spec, error) {
+	fn := store.Function{ID: r.id, Owner: owner, Name: name}
+	v, err := s.store.GetVersion(ctx, owner, name, n)
+	if err != nil {
+		return nil, err
+	}
+	sp, err := s.specOf(fn, v)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	r.versions[n] = sp
+	s.mu.Unlock()
+	return sp, nil
+}
+
+// Versions lists a function's versions, newest first.
+func (s *Service) Versions(ctx context.Context, owner, name string) (store.Function, []store.Version, error) {
+	fn, err := s.store.GetFunction(ctx, owner, name)
+	if err != nil {
+		return fn, nil, err
+	}
+	vs, err := s.store.ListVersions(ctx, owner, name)
+	return fn, vs, err
+}
+
+// Rollback makes an earlier version live at once (no rebuild): version,
+// or if it is 0 the newest version older than the live one. It clears any
+// traffic split.
+func (s *Service) Rollback(ctx context.Context, owner, name string, version int64) (store.Function, error) {
+	s.deployMu.Lock()
+	defer s.deployMu.Unlock()
+	fn, err := s.store.GetFunction(ctx, owner, name)
+	if err != nil {
+		return fn, err
+	}
+	if version == 0 {
+		vs, err := s.store.ListVersions(ctx, owner, name)
+		if err != nil {
+			return fn, err
+		}
+		for _, v := range vs {
+			if v.Number < fn.LiveVersion {
+				version = v.Number
+				break
+			}
+		}
+		if version == 0 {
+			return fn, errdefs.New(errdefs.ErrConflict, "version %d is the oldest; there is nothing to roll back to", fn.LiveVersion)
+		}
+	}
+	if err := s.store.SetLive(ctx, owner, name, version, s.cfg.Now()); err != nil {
+		return fn, err
+	}
+	return s.reload(ctx, owner, name)
+}
+
+func (s *Service) reload(ctx context.Context, owner, name string) (store.Function, error) {
+	fn, err := s.store.GetFunction(ctx, owner, name)
+	if err != nil {
+		return fn, err
+	}
+	return fn, s.makeLive(ctx, fn)
+}
+
+// MaxSplits bounds a traffic split.
+const MaxSplits = 10
+
+// SetTraffic splits a function's traffic between versions (percents sum
+// to 100). A split of one version at 100% makes it live.
+func (s *Service) SetTraffic(ctx context.Context, owner, name string, split []store.Split) (store.Function, error) {
+	if len(split) == 0 || len(split) > MaxSplits {
+		return store.Function{}, errdefs.Invalid("a traffic split has 1 to %d versions", MaxSplits)
+	}
+	seen := map[int64]bool{}
+	total := 0
+	for _, sp := range split {
+		if sp.Percent < 0 || sp.Percent > 100 {
+			return store.Function{}, errdefs.Invalid("version %d: percent %d is not between 0 and 100", sp.Version, sp.Percent)
+		}
+		if seen[sp.Version] {
+			return store.Function{}, errdefs.Invalid("version %d appears twice", sp.Version)
+		}
+		seen[sp.Version] = true
+		total += sp.Percent
+	}
+	if total != 100 {
+		return store.Function{}, errdefs.Invalid("the percents add up to %d, not 100", total)
+	}
+	s.deployMu.Lock()
+	defer s.deployMu.Unlock()
+	fn, err := s.store.GetFunction(ctx, owner, name)
+	if err != nil {
+		return fn, err
+	}
+	var kept []store.Split
+	for _, sp := range split {
+		// Every version named must exist, even at 0%.
+		if _, err := s.store.GetVersion(ctx, owner, name, sp.Version); err != nil {
+			return fn, err
+		}
+		if sp.Percent > 0 {
+			kept = append(kept, sp)
+		}
+	}
+	if len(kept) == 1 {
+		if err := s.store.SetLive(ctx, owner, name, kept[0].Version, s.cfg.Now()); err != nil {
+			return fn, err
+		}
+		return s.reload(ctx, owner, name)
+	}
+	r := fn.Routing
+	r.Traffic = kept
+	if err := s.store.SetRouting(ctx, owner, name, r, s.cfg.Now()); err != nil {
+		return fn, err
+	}
+	return s.reload(ctx, owner, name)
+}
+
+// SetTag points tag at a version of the function; version 0 removes the tag.
+func (s *Service) SetTag(ctx context.Context, owner, name, tag string, version int64) (store.Function, error) {
+	if err := names.Validate("tag", tag); err != nil {
+		return store.Function{}, err
+	}
+	if _, err := strconv.ParseInt(tag, 10, 64); err == nil {
+		return store.Function{}, errdefs.Invalid("tag %q is a number; numbers already name versions (@%s)", tag, tag)
+	}
+	s.deployMu.Lock()
+	defer s.deployMu.Unlock()
+	fn, err := s.store.GetFunction(ctx, owner, name)
+	if err != nil {
+		return fn, err
+	}
+	r := fn.Routing
+	tags := map[string]int64{}
+	for k, v := range r.Tags {
+		tags[k] = v
+	}
+	if version == 0 {
+		if _, ok := tags[tag]; !ok {
+			return fn, fmt.Errorf("function %s/%s has no tag %q: %w", owner, name, tag, errdefs.ErrNotFound)
+		}
+		delete(tags, tag)
+	} else {
+		tags[tag] = version
+	}
+	r.Tags = tags
+	if err := s.store.SetRouting(ctx, owner, name, r, s.cfg.Now()); err != nil {
+		return fn, err
+	}
+	return s.reload(ctx, owner, name)
+}
