@@ -1,0 +1,222 @@
+package e2e
+
+import (
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// metric sums the samples of a metric whose line starts with prefix
+// (name and label selectors in the text format).
+func (s *server) metric(t *testing.T, prefix string, match ...string) float64 {
+	t.Helper()
+	r := s.do("GET", "/metrics", s.token, nil, nil)
+	if r.status != 200 {
+		t.Fatalf("metrics: %d %s", r.status, r.body)
+	}
+	sum := 0.0
+lines:
+	for _, l := range strings.Split(string(r.body), "\n") {
+		if !strings.HasPrefix(l, prefix) {
+			continue
+		}
+		for _, m := range match {
+			if !strings.Contains(l, m) {
+				continue lines
+			}
+		}
+		f := strings.Fields(l)
+		v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+		sum += v
+	}
+	return sum
+}
+
+func (s *server) running(t *testing.T, fn string) int {
+	return int(s.metric(t, "spry_instances{", `function="`+fn+`"`, `state="busy"`) + s.metric(t, "spry_instances{", `function="`+fn+`"`, `state="idle"`))
+}
+
+// TestColdStartSharedAndMetrics: concurrent first requests share one cold
+// start, the cold request says so in a header, and /metrics has the
+// metrics the platform promises (for the admin only).
+func TestColdStartSharedAndMetrics(t *testing.T) {
+	s := startServer(t)
+	if r := s.putCode(s.token, "shared", []byte(`export default { async fetch() { await new Promise((r) => setTimeout(r, 50)); return new Response("ok"); } }`), "concurrency=50"); r.status != 201 {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	var wg sync.WaitGroup
+	var cold atomic.Int32
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := http.Get(s.url + "/fn/admin/shared/")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+			if res.StatusCode != 200 {
+				t.Errorf("status %d", res.StatusCode)
+			}
+			if res.Header.Get("Spry-Cold-Start") != "" {
+				cold.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := s.metric(t, "spry_cold_starts_total{", `function="shared"`); n != 1 {
+		t.Fatalf("%v cold starts for 20 concurrent first requests, want 1", n)
+	}
+	if cold.Load() == 0 {
+		t.Fatal("no response carried Spry-Cold-Start")
+	}
+	for _, name := range []string{
+		`spry_invocations_total{code="200",function="shared",owner="admin"} 20`,
+		"spry_invocation_duration_seconds_bucket{",
+		"spry_cold_start_duration_seconds_bucket{",
+		"spry_instances{",
+		"spry_pool_idle{runtime=\"deno\"}",
+		"spry_queue_depth 0",
+	} {
+		if !strings.Contains(string(s.do("GET", "/metrics", s.token, nil, nil).body), name) {
+			t.Errorf("metrics lack %s", name)
+		}
+	}
+	alice := strings.TrimSpace(s.mustSpry("user", "create", "alice"))
+	if r := s.do("GET", "/metrics", alice, nil, nil); r.status != 403 {
+		t.Errorf("a non-admin read metrics: %d", r.status)
+	}
+	if r := s.get("/metrics"); r.status != 401 {
+		t.Errorf("metrics without a token: %d", r.status)
+	}
+}
+
+// TestScaleUpAndDownToZero: under load an instance's concurrency limit
+// makes more instances start; after the load they go, down to zero after
+// the grace; the next request comes back with a cold start.
+func TestScaleUpAndDownToZero(t *testing.T) {
+	s := startServer(t, "--autoscale-window", "2s", "--scale-to-zero-after", "2s")
+	if r := s.putCode(s.token, "busy", []byte(`export default { async fetch() { await new Promise((r) => setTimeout(r, 20)); return new Response("ok"); } }`), "concurrency=2&max=10"); r.status != 201 {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	stop := make(chan struct{})
+	var failures atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < 12; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				res, err := http.Get(s.url + "/fn/admin/busy/")
+				if err != nil || res.StatusCode != 200 {
+					failures.Add(1)
+				}
+				if err == nil {
+					io.Copy(io.Discard, res.Body)
+					res.Body.Close()
+				}
+			}
+		}()
+	}
+	peak := 0
+	eventually(t, 15*time.Second, "at least 6 instances under 12 concurrent requests at concurrency 2", func() bool {
+		peak = max(peak, s.running(t, "busy"))
+		return peak >= 6
+	})
+	close(stop)
+	wg.Wait()
+	if f := failures.Load(); f != 0 {
+		t.Fatalf("%d requests failed while scaling up", f)
+	}
+	if n := s.running(t, "busy"); n > 10 {
+		t.Fatalf("%d instances, above max 10", n)
+	}
+	eventually(t, 30*time.Second, "scale to zero after the load", func() bool { return s.running(t, "busy") == 0 })
+	r := s.get("/fn/admin/busy/")
+	if r.status != 200 || r.header.Get("Spry-Cold-Start") == "" {
+		t.Fatalf("after zero: %d, cold start header %q", r.status, r.header.Get("Spry-Cold-Start"))
+	}
+}
+
+// TestOverloadAndTimeouts: with max instances busy and the queue full,
+// requests get 503 with Retry-After at once; a queued request past the
+// function's timeout gets 504; nothing hangs.
+func TestOverloadAndTimeouts(t *testing.T) {
+	s := startServer(t, "--queue-size", "2")
+	if r := s.putCode(s.token, "jam", []byte(`export default { async fetch() { await new Promise((r) => setTimeout(r, 1500)); return new Response("done"); } }`), "concurrency=1&max=1&timeout=1s"); r.status != 201 {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	type result struct {
+		status     int
+		retryAfter string
+		took       time.Duration
+	}
+	results := make(chan result, 6)
+	for i := 0; i < 6; i++ {
+		go func() {
+			t0 := time.Now()
+			c := &http.Client{Timeout: 20 * time.Second}
+			res, err := c.Get(s.url + "/fn/admin/jam/")
+			if err != nil {
+				results <- result{status: -1, took: time.Since(t0)}
+				return
+			}
+			io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+			results <- result{res.StatusCode, res.Header.Get("Retry-After"), time.Since(t0)}
+		}()
+		time.Sleep(30 * time.Millisecond)
+	}
+	counts := map[int]int{}
+	for i := 0; i < 6; i++ {
+		r := <-results
+		counts[r.status]++
+		if r.status == 503 && r.retryAfter == "" {
+			t.Error("503 without Retry-After")
+		}
+		if r.took > 5*time.Second {
+			t.Errorf("a request took %v: something hung", r.took)
+		}
+	}
+	// One runs (and times out after 1s: the function sleeps 1.5s), two
+	// wait in the queue (and time out), three are refused at once.
+	if counts[503] != 3 || counts[504] != 3 {
+		t.Fatalf("statuses %v, want 3x503 and 3x504", counts)
+	}
+	if r := s.get("/healthz"); r.status != 200 {
+		t.Fatal("unhealthy after overload")
+	}
+}
+
+// TestMinInstancesKeptWarm: min instances start without a request and
+// stay through idle time; the first request is warm.
+func TestMinInstancesKeptWarm(t *testing.T) {
+	s := startServer(t, "--scale-to-zero-after", "1s", "--autoscale-window", "1s")
+	if r := s.putCode(s.token, "warm", example(t, "hello.ts"), "min=2"); r.status != 201 {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	eventually(t, 10*time.Second, "two warm instances", func() bool { return s.running(t, "warm") == 2 })
+	time.Sleep(3 * time.Second) // well past the grace and the window
+	if n := s.running(t, "warm"); n != 2 {
+		t.Fatalf("%d instances after idling, want min 2", n)
+	}
+	r := s.get("/fn/admin/warm/?name=x")
+	if r.status != 200 || r.header.Get("Spry-Cold-Start") != "" {
+		t.Fatalf("first request: %d, cold start %q", r.status, r.header.Get("Spry-Cold-Start"))
+	}
+	// Kept across a restart too.
+	s.restart()
+	eventually(t, 10*time.Second, "two warm instances after a restart", func() bool { return s.running(t, "warm") == 2 })
+}
