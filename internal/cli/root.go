@@ -67,6 +67,8 @@ func NewRoot(env Env) *cobra.Command {
 	root.PersistentFlags().StringVar(&conn.token, "token", "", "API token (default $SPRY_TOKEN or the login config)")
 	root.AddCommand(
 		newServeCmd(env),
+		newDevCmd(env),
+		newInitCmd(),
 		newDeployCmd(conn),
 		newInvokeCmd(conn),
 		newLsCmd(conn),

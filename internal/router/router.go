@@ -123,8 +123,9 @@ func New(res Resolver, leaser Leaser, cfg Config) *Router {
 		Transport:      transport,
 		ModifyResponse: rt.modifyResponse,
 		ErrorHandler:   rt.proxyError,
-		// Flush at once: functions may stream (server-sent events).
-		FlushInterval: -1,
+		// FlushInterval 0: the proxy flushes at once for streamed responses
+		// (unknown length, server-sent events) and buffers the rest, so a
+		// small response costs one write.
 	}
 	return rt
 }

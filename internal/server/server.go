@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -63,6 +64,7 @@ type Config struct {
 	NodeBinary       string
 	UIDBase          int
 	ShutdownTimeout  time.Duration
+	DebugListen      string // pprof, on its own listener
 }
 
 // Server is a running Spry.
@@ -81,6 +83,7 @@ type Server struct {
 	ready   atomic.Bool
 	stop    context.CancelFunc
 	bg      chan struct{}
+	runDir  string
 }
 
 // New prepares a server: it opens (or initialises) the data directory,
@@ -112,6 +115,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	if err := sandbox.MkdirReachable(runDir); err != nil {
 		return nil, fmt.Errorf("run dir: %w", err)
 	}
+	s.runDir = runDir
 
 	s.store, err = sqlite.Open(ctx, filepath.Join(dataDir, "spry.db"))
 	if err != nil {
@@ -342,6 +346,15 @@ func (s *Server) Run(ctx context.Context) error {
 		s.act.Run(bgCtx, interval)
 		<-done
 	}()
+	if s.cfg.DebugListen != "" {
+		dbg := &http.Server{Addr: s.cfg.DebugListen, Handler: debugMux(), ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := dbg.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.log.Error("debug listener", "err", err)
+			}
+		}()
+		defer dbg.Close()
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.Serve(s.ln) }()
 	s.ready.Store(true)
@@ -375,6 +388,9 @@ func (s *Server) closeAll() {
 	}
 	if s.back != nil {
 		s.back.Close()
+		// Instances are gone; so goes their directory (bootstrap files,
+		// sockets, code copies).
+		_ = os.RemoveAll(s.runDir)
 	}
 	if s.act != nil {
 		s.act.Close()
@@ -429,3 +445,14 @@ func (g gauges) Instances() []metrics.InstanceCount {
 
 func (g gauges) PoolIdle() map[string]int { return g.s.back.PoolIdle() }
 func (g gauges) QueueDepth() int          { return g.s.act.QueueDepth() }
+
+// debugMux serves pprof; it is only ever on the --debug-listen listener.
+func debugMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
+}

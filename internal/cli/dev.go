@@ -1,0 +1,123 @@
+package cli
+
+import (
+	"log/slog"
+	"net"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/spry-run/spry/internal/dev"
+	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/functions"
+	"github.com/spry-run/spry/internal/names"
+)
+
+func newDevCmd(env Env) *cobra.Command {
+	var cfg dev.Config
+	var port int
+	var host, memory, logLevel string
+	var envs []string
+	cmd := &cobra.Command{
+		Use:   "dev FILE",
+		Short: "Run one function locally, in the platform's runtime and sandbox, reloading it on save",
+		Long: `Run one function locally, in the platform's runtime and sandbox, reloading it on save.
+
+The function answers at the root of the port: http://127.0.0.1:8787/a/b?q=1
+reaches it as /a/b?q=1. Saving the file rebuilds it; a build error is
+printed and the previous version keeps serving. The function's output and
+one line per request are printed here. Needs no server, store or token, but
+needs root, as spry serve does.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg.File = args[0]
+			if cfg.Name == "" {
+				name, err := defaultDevName(cfg.File)
+				if err != nil {
+					return err
+				}
+				cfg.Name = name
+			} else if err := names.Function(cfg.Name); err != nil {
+				return err
+			}
+			if cfg.Runtime != "deno" && cfg.Runtime != "node" {
+				return errdefs.Invalid("--runtime must be deno or node")
+			}
+			if cfg.Network != "egress" && cfg.Network != "none" {
+				return errdefs.Invalid("--network must be egress or none")
+			}
+			mib, err := functions.ParseMemory(memory)
+			if err != nil {
+				return err
+			}
+			if mib < 32 {
+				return errdefs.Invalid("--memory must be at least 32Mi")
+			}
+			cfg.MemoryMiB = mib
+			if cfg.Timeout < 10*time.Millisecond {
+				return errdefs.Invalid("--timeout must be at least 10ms")
+			}
+			if port < 0 || port > 65535 {
+				return errdefs.Invalid("--port must be between 0 and 65535")
+			}
+			if cfg.UIDBase != 0 && cfg.UIDBase < 1000 {
+				return errdefs.Invalid("--uid-base must be at least 1000")
+			}
+			if cfg.Env, err = parseEnv(envs); err != nil {
+				return err
+			}
+			var level slog.Level
+			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+				return errdefs.Invalid("--log-level: %v", err)
+			}
+			cfg.Listen = net.JoinHostPort(host, strconv.Itoa(port))
+			cfg.Out = env.Stdout
+			cfg.Logger = slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: level}))
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			go func() {
+				// A second Ctrl-C ends the process at once (its sandboxes die
+				// with it).
+				<-ctx.Done()
+				stop()
+			}()
+			return dev.Run(ctx, cfg)
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&port, "port", 8787, "port to serve the function on (0 picks a free one)")
+	f.StringVar(&host, "listen", "127.0.0.1", "address to serve the function on")
+	f.StringVar(&cfg.Runtime, "runtime", "deno", "runtime: deno or node")
+	f.StringArrayVarP(&envs, "env", "e", nil, "environment variable KEY=VALUE, available as ctx.env (repeatable)")
+	f.StringVar(&memory, "memory", "128Mi", "memory limit of each instance, e.g. 128Mi or 1Gi")
+	f.DurationVar(&cfg.Timeout, "timeout", 30*time.Second, "longest an invocation may run, cold start included")
+	f.StringVar(&cfg.Network, "network", "egress", "network access: none, or egress (public internet only)")
+	f.StringVar(&cfg.Name, "name", "", "function name, as ctx.name (default: the file name without its extension; for index.* the directory's name)")
+	f.IntVar(&cfg.UIDBase, "uid-base", 0, "first host uid for instance sandboxes (default: 2100000 + 100 × the port)")
+	f.StringVar(&cfg.DenoBinary, "deno", "", "deno binary (default: the pinned one `make build` installs)")
+	f.StringVar(&cfg.NodeBinary, "node", "", "node binary, 22.13 or newer (default: the pinned one `make build` installs)")
+	f.StringVar(&logLevel, "log-level", "warn", "level of the platform's own log lines (on stderr): debug, info, warn, error")
+	return cmd
+}
+
+// defaultDevName is the function's name when --name is not given: the
+// file's name without its extension, or for index.ts and the like the
+// directory's name, as a project made by `spry init NAME` has it.
+func defaultDevName(file string) (string, error) {
+	base := filepath.Base(file)
+	name := strings.TrimSuffix(base, filepath.Ext(base))
+	if name == "index" {
+		if abs, err := filepath.Abs(file); err == nil {
+			name = filepath.Base(filepath.Dir(abs))
+		}
+	}
+	if err := names.Function(name); err != nil {
+		return "", errdefs.Invalid("%v; pass --name", err)
+	}
+	return name, nil
+}

@@ -1,0 +1,431 @@
+// Package dev runs one function on this machine for development (`spry
+// dev`). It assembles the platform's own parts around a single source file
+// — build, blob, sandbox, a runtime, backend/local, the activator and the
+// router — so the function runs exactly as it would when deployed, with no
+// data directory, store or token. It serves the function's paths at the
+// root of a local port, rebuilds and swaps in a new version whenever the
+// file changes (a build error keeps the previous version serving), and
+// prints the function's output and one line per request.
+package dev
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spry-run/spry/internal/activator"
+	"github.com/spry-run/spry/internal/backend"
+	"github.com/spry-run/spry/internal/backend/local"
+	"github.com/spry-run/spry/internal/blob"
+	"github.com/spry-run/spry/internal/build"
+	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/router"
+	"github.com/spry-run/spry/internal/runtime"
+	"github.com/spry-run/spry/internal/sandbox"
+)
+
+// Owner is the namespace the function runs in: ctx.owner.
+const Owner = "dev"
+
+// Default instance uids start here (plus 100 per port number, so that
+// sessions on different ports get distinct uids, well away from the
+// range `spry serve` uses by default).
+const (
+	defaultUIDBase = 2100000
+	uidCount       = 100
+)
+
+// Config is one `spry dev` session.
+type Config struct {
+	File      string            // the function's source
+	Name      string            // ctx.name; a valid function name
+	Listen    string            // host:port to serve on
+	Runtime   string            // "deno" or "node"
+	Env       map[string]string // ctx.env
+	MemoryMiB int
+	Timeout   time.Duration // per invocation
+	Network   string        // "egress" or "none"
+	// UIDBase is the first host uid for instances; 0 picks one from the
+	// port.
+	UIDBase    int
+	DenoBinary string // "" finds the pinned one
+	NodeBinary string
+	Poll       time.Duration // how often the file is checked; 0 means 250ms
+	// Out is the terminal: builds, reloads, the function's output and one
+	// access line per request.
+	Out io.Writer
+	// Logger gets the parts' own logs (failed starts and the like).
+	Logger *slog.Logger
+}
+
+// session is a running `spry dev`.
+type session struct {
+	cfg    Config
+	log    *slog.Logger
+	blobs  *blob.Store
+	act    *activator.Activator
+	prefix string // "/fn/dev/<name>", what the router expects in front of the path
+
+	live    atomic.Pointer[backend.Spec]
+	lastErr atomic.Pointer[string] // the build error while nothing is live
+
+	outMu sync.Mutex
+}
+
+// Run serves cfg.File until ctx ends, then stops every instance and
+// removes what it made (run directory, cgroups, bundles). It needs root,
+// as `spry serve` does.
+func Run(ctx context.Context, cfg Config) (err error) {
+	if os.Geteuid() != 0 {
+		return errdefs.New(errdefs.ErrPermissionDenied, "spry dev needs root: it runs the function in the platform's sandbox (a cgroup and a host uid per instance); run it with sudo")
+	}
+	if cfg.Poll <= 0 {
+		cfg.Poll = 250 * time.Millisecond
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if _, err := os.Stat(cfg.File); err != nil {
+		return errdefs.Invalid("%v", err)
+	}
+	s := &session{cfg: cfg, log: cfg.Logger, prefix: router.Prefix + Owner + "/" + cfg.Name}
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return errdefs.New(errdefs.ErrUnavailable, "%v", err)
+	}
+	defer ln.Close()
+	uidBase := cfg.UIDBase
+	if uidBase == 0 {
+		uidBase = defaultUIDBase + ln.Addr().(*net.TCPAddr).Port*uidCount
+	}
+
+	// Everything this session makes is named by one random id and removed
+	// on the way out, in the reverse order.
+	var cleanups []func()
+	defer func() {
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			cleanups[i]()
+		}
+	}()
+	id := "dev-" + randomHex(6)
+	blobDir, err := os.MkdirTemp("", "spry-"+id+"-")
+	if err != nil {
+		return err
+	}
+	cleanups = append(cleanups, func() { os.RemoveAll(blobDir) })
+	if s.blobs, err = blob.Open(blobDir); err != nil {
+		return err
+	}
+	runDir := filepath.Join("/run/spry", id)
+	cleanups = append(cleanups, func() { os.RemoveAll(runDir) })
+	if err := sandbox.MkdirReachable(runDir); err != nil {
+		return fmt.Errorf("run dir: %w", err)
+	}
+
+	rt, libs, err := newRuntime(cfg, runDir)
+	if err != nil {
+		return err
+	}
+	sb, err := sandbox.New(sandbox.Config{CgroupParent: "spry/" + id, SystemLibs: libs, StateDir: runDir})
+	if err != nil {
+		return err
+	}
+	// Sweep after the backend has stopped: whatever is left in the
+	// session's cgroups is killed, and the cgroups removed.
+	cleanups = append(cleanups, func() { sb.Sweep() })
+	back, err := local.New(local.Config{
+		RunDir:           runDir,
+		Sandbox:          sb,
+		Runtimes:         []local.Runtime{rt},
+		Blobs:            s.blobs,
+		Logs:             s,
+		Logger:           s.log,
+		PoolSize:         1,
+		DefaultMemoryMiB: cfg.MemoryMiB,
+		DefaultNetwork:   cfg.Network,
+		UIDBase:          uidBase,
+		UIDCount:         uidCount,
+		Pids:             256,
+		CPUQuotaUs:       100000,
+		TmpBytes:         64 << 20,
+		NoFiles:          1024,
+	})
+	if err != nil {
+		return err
+	}
+	s.act = activator.New(back, activator.Config{ScaleToZeroAfter: time.Hour, Logger: s.log})
+	cleanups = append(cleanups, func() {
+		back.Close()
+		s.act.Close()
+	})
+	rtr := router.New(s, s.act, router.Config{Timeout: cfg.Timeout, Logger: s.log, Access: s})
+
+	s.reload()
+	srv := &http.Server{
+		Handler:           s.handler(rtr),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	bg, stopBG := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); s.act.Run(bg, 500*time.Millisecond) }()
+	go func() { defer wg.Done(); s.watch(bg) }()
+	cleanups = append(cleanups, func() { stopBG(); wg.Wait() })
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	s.printf("serving %s (%s) on http://%s/\n", cfg.File, rt.Name(), ln.Addr())
+	s.printf("instances run in %s as uids %d-%d; reloading on save; Ctrl-C stops\n", runDir, uidBase, uidBase+uidCount-1)
+
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	s.printf("stopping\n")
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		srv.Close()
+	}
+	return nil
+}
+
+// newRuntime prepares the one runtime the session uses and the host
+// libraries its binary needs inside the sandbox.
+func newRuntime(cfg Config, runDir string) (local.Runtime, []string, error) {
+	find, cache := runtime.FindDeno, "/var/lib/spry/runtimes"
+	explicit := cfg.DenoBinary
+	if cfg.Runtime == "node" {
+		find, explicit = runtime.FindNode, cfg.NodeBinary
+	}
+	bin, err := find(explicit)
+	if err != nil {
+		return nil, nil, err
+	}
+	libs, err := sandbox.SharedLibs(bin)
+	if err != nil {
+		return nil, nil, err
+	}
+	if bin, err = sandbox.Expose(bin, cache); err != nil {
+		return nil, nil, fmt.Errorf("make %s reachable from sandboxes: %w", bin, err)
+	}
+	switch cfg.Runtime {
+	case "deno":
+		rt, err := runtime.NewDeno(bin, runDir)
+		return rt, libs, err
+	case "node":
+		rt, err := runtime.NewNode(bin, runDir)
+		return rt, libs, err
+	}
+	return nil, nil, errdefs.Invalid("unknown runtime %q: want deno or node", cfg.Runtime)
+}
+
+// handler gives the router the path it serves, /fn/dev/<name>/<rest>, for
+// a request to /<rest>.
+func (s *session) handler(rt http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		path, raw := r.URL.Path, r.URL.EscapedPath()
+		if !strings.HasPrefix(path, "/") {
+			path, raw = "/"+path, "/"+raw
+		}
+		if s.live.Load() == nil {
+			// Nothing to route to yet: say why, and log the request as the
+			// router would.
+			start := time.Now()
+			errdefs.WriteHTTP(w, s.notBuilt())
+			s.access(nil, r.Method, r.URL.RequestURI(), http.StatusServiceUnavailable, time.Since(start), false)
+			return
+		}
+		r2 := r.Clone(r.Context())
+		r2.URL.Path = s.prefix + path
+		r2.URL.RawPath = s.prefix + raw
+		rt.ServeHTTP(w, r2)
+	})
+}
+
+// Resolve is the router's resolver: there is one function, and its live
+// version is the last one that built.
+func (s *session) Resolve(_ context.Context, owner, name, _ string) (*backend.Spec, error) {
+	if owner != Owner || name != s.cfg.Name {
+		return nil, errdefs.ErrNotFound
+	}
+	if spec := s.live.Load(); spec != nil {
+		return spec, nil
+	}
+	return nil, s.notBuilt()
+}
+
+// notBuilt is the answer to requests while no version has built.
+func (s *session) notBuilt() error {
+	msg := "the build failed"
+	if p := s.lastErr.Load(); p != nil {
+		msg = *p
+	}
+	return errdefs.New(errdefs.ErrUnavailable, "%s does not build yet; fix it and save: %s", filepath.Base(s.cfg.File), msg)
+}
+
+// Invoked is part of the resolver; nothing records invocations here.
+func (s *session) Invoked(*backend.Spec) {}
+
+// watch rebuilds the function whenever the file's modification time or
+// size changes.
+func (s *session) watch(ctx context.Context) {
+	type stamp struct {
+		mod  time.Time
+		size int64
+	}
+	var last stamp
+	if fi, err := os.Stat(s.cfg.File); err == nil {
+		last = stamp{fi.ModTime(), fi.Size()}
+	}
+	missing := false
+	t := time.NewTicker(s.cfg.Poll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		fi, err := os.Stat(s.cfg.File)
+		if err != nil {
+			// Editors that save by renaming leave the file missing for a
+			// moment; say so once, and keep serving.
+			if !missing {
+				s.printf("cannot read %s: %v\n", s.cfg.File, err)
+			}
+			missing = true
+			continue
+		}
+		missing = false
+		now := stamp{fi.ModTime(), fi.Size()}
+		if now == last {
+			continue
+		}
+		last = now
+		s.reload()
+	}
+}
+
+// reload builds the file and, if it built into a new bundle, makes that
+// the live version: the next request starts it, and the previous
+// version's instances finish their requests and stop.
+func (s *session) reload() {
+	cur := s.live.Load()
+	code, err := os.ReadFile(s.cfg.File)
+	var res build.Result
+	if err == nil {
+		res, err = build.Bundle(context.Background(), build.Source{Filename: filepath.Base(s.cfg.File), Code: code}, build.Options{})
+	}
+	if err == nil {
+		_, err = s.blobs.Put(res.Code)
+	}
+	if err != nil {
+		msg := err.Error()
+		s.lastErr.Store(&msg)
+		if cur == nil {
+			s.printf("build failed:\n%s\n", indent(msg))
+		} else {
+			s.printf("build failed; still serving version %d:\n%s\n", cur.Version, indent(msg))
+		}
+		return
+	}
+	hadErr := s.lastErr.Swap(nil) != nil
+	if cur != nil && cur.Digest == res.Digest {
+		if hadErr {
+			s.printf("builds again; unchanged (version %d)\n", cur.Version)
+		}
+		return
+	}
+	spec := &backend.Spec{
+		FunctionID:  Owner + "/" + s.cfg.Name,
+		Owner:       Owner,
+		Name:        s.cfg.Name,
+		Version:     1,
+		Runtime:     s.cfg.Runtime,
+		Digest:      res.Digest,
+		Env:         s.cfg.Env,
+		MemoryMiB:   s.cfg.MemoryMiB,
+		Network:     s.cfg.Network,
+		Timeout:     s.cfg.Timeout,
+		MaxScale:    10,
+		Concurrency: 50,
+	}
+	if cur != nil {
+		spec.Version = cur.Version + 1
+	}
+	s.live.Store(spec)
+	s.act.RetireExcept(spec.FunctionID, spec.Key())
+	if cur != nil {
+		s.printf("reloaded (version %d)\n", spec.Version)
+		// Keep the bundle of the version being replaced (a start of it may
+		// be under way) and drop older ones.
+		_, _ = s.blobs.Collect(map[string]bool{spec.Digest: true, cur.Digest: true})
+	} else {
+		s.printf("built %s (version 1)\n", filepath.Base(s.cfg.File))
+	}
+}
+
+// InstanceOutput prints a line the function wrote.
+func (s *session) InstanceOutput(spec *backend.Spec, _ string, stream string, line []byte) {
+	switch stream {
+	case "stdout":
+		s.printf("v%d | %s\n", spec.Version, line)
+	default:
+		s.printf("v%d %s | %s\n", spec.Version, stream, line)
+	}
+}
+
+// Access prints one line per request: method, path, status, duration and
+// whether it waited for a cold start.
+func (s *session) Access(a router.Access) {
+	path := strings.TrimPrefix(a.Path, s.prefix)
+	if path == "" || path[0] == '?' {
+		path = "/" + path
+	}
+	s.access(a.Spec, a.Method, path, a.Status, a.Duration, a.Cold)
+}
+
+func (s *session) access(spec *backend.Spec, method, path string, status int, d time.Duration, cold bool) {
+	version, temp := "--", "not built"
+	if spec != nil {
+		version, temp = fmt.Sprintf("v%d", spec.Version), "warm"
+		if cold {
+			temp = "cold"
+		}
+	}
+	s.printf("%s %s %s %d %.1fms %s\n", version, method, path, status, float64(d.Microseconds())/1000, temp)
+}
+
+// printf writes one timestamped entry to the terminal.
+func (s *session) printf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	s.outMu.Lock()
+	defer s.outMu.Unlock()
+	_, _ = io.WriteString(s.cfg.Out, time.Now().Format("15:04:05")+" "+msg)
+}
+
+func indent(s string) string {
+	return "  " + strings.ReplaceAll(s, "\n", "\n  ")
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
