@@ -49,7 +49,7 @@ type env struct {
 	logs  *lines
 }
 
-func newEnv(t *testing.T, poolSize int) *env {
+func newEnv(t testing.TB, poolSize int) *env {
 	t.Helper()
 	if os.Getuid() != 0 {
 		t.Skip("the local backend needs root (cgroups, instance uids)")
@@ -117,7 +117,7 @@ func newEnv(t *testing.T, poolSize int) *env {
 	return &env{b: b, blobs: blobs, logs: logs}
 }
 
-func (e *env) spec(t *testing.T, code string) *backend.Spec {
+func (e *env) spec(t testing.TB, code string) *backend.Spec {
 	digest, err := e.blobs.Put([]byte(code))
 	if err != nil {
 		t.Fatal(err)
@@ -134,7 +134,7 @@ func client(inst *backend.Instance) *http.Client {
 	}, Timeout: 10 * time.Second}
 }
 
-func get(t *testing.T, inst *backend.Instance, path string) (int, string) {
+func get(t testing.TB, inst *backend.Instance, path string) (int, string) {
 	t.Helper()
 	res, err := client(inst).Get("http://instance" + path)
 	if err != nil {
