@@ -18,8 +18,8 @@ func TestRuntimesAndContracts(t *testing.T) {
 		want              string
 	}{
 		{
-			name: "deno-fetch", code: `export default { fetch(req, ctx) { return new Response("deno " + ctx.name + " " + new URL(req.url).pathname); } }`,
-			method: "GET", path: "/a/b", status: 200, want: "deno deno-fetch /a/b",
+			name: "deno-fetch", code: `export default { fetch(req, ctx) { const u = new URL(req.url); return new Response("deno " + ctx.name + " " + u.protocol + " " + u.pathname); } }`,
+			method: "GET", path: "/a/b", status: 200, want: "deno deno-fetch http: /a/b",
 		},
 		{
 			name: "deno-svrless", code: `export default async function handler({ req }) {

@@ -151,49 +151,72 @@ func TestScaleUpAndDownToZero(t *testing.T) {
 }
 
 // TestOverloadAndTimeouts: with max instances busy and the queue full,
-// requests get 503 with Retry-After at once; a queued request past the
-// function's timeout gets 504; nothing hangs.
+// requests get 503 with Retry-After at once while queued ones are served;
+// a request past the function's timeout gets 504; nothing hangs.
 func TestOverloadAndTimeouts(t *testing.T) {
 	s := startServer(t, "--queue-size", "2")
-	if r := s.putCode(s.token, "jam", []byte(`export default { async fetch() { await new Promise((r) => setTimeout(r, 1500)); return new Response("done"); } }`), "concurrency=1&max=1&timeout=1s"); r.status != 201 {
+	code := []byte(`export default { async fetch(req) {
+		const ms = Number(new URL(req.url).searchParams.get("ms") ?? "0");
+		await new Promise((r) => setTimeout(r, ms));
+		return new Response("done");
+	} }`)
+	if r := s.putCode(s.token, "jam", code, "concurrency=1&max=1&timeout=5s"); r.status != 201 {
 		t.Fatalf("%d %s", r.status, r.body)
+	}
+	if r := s.get("/fn/admin/jam/"); r.status != 200 {
+		t.Fatalf("warm-up: %d", r.status)
 	}
 	type result struct {
 		status     int
 		retryAfter string
 		took       time.Duration
 	}
+	call := func(path string, results chan<- result) {
+		t0 := time.Now()
+		c := &http.Client{Timeout: 20 * time.Second}
+		res, err := c.Get(s.url + path)
+		if err != nil {
+			results <- result{status: -1, took: time.Since(t0)}
+			return
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		results <- result{res.StatusCode, res.Header.Get("Retry-After"), time.Since(t0)}
+	}
+	// One runs, two wait in the queue (and are served in turn), three are
+	// refused at once.
 	results := make(chan result, 6)
 	for i := 0; i < 6; i++ {
-		go func() {
-			t0 := time.Now()
-			c := &http.Client{Timeout: 20 * time.Second}
-			res, err := c.Get(s.url + "/fn/admin/jam/")
-			if err != nil {
-				results <- result{status: -1, took: time.Since(t0)}
-				return
-			}
-			io.Copy(io.Discard, res.Body)
-			res.Body.Close()
-			results <- result{res.StatusCode, res.Header.Get("Retry-After"), time.Since(t0)}
-		}()
-		time.Sleep(30 * time.Millisecond)
+		go call("/fn/admin/jam/?ms=600", results)
+		time.Sleep(50 * time.Millisecond)
 	}
 	counts := map[int]int{}
 	for i := 0; i < 6; i++ {
 		r := <-results
 		counts[r.status]++
-		if r.status == 503 && r.retryAfter == "" {
-			t.Error("503 without Retry-After")
+		if r.status == 503 && (r.retryAfter == "" || r.took > time.Second) {
+			t.Errorf("503 after %v with Retry-After %q: want at once, with Retry-After", r.took, r.retryAfter)
 		}
 		if r.took > 5*time.Second {
 			t.Errorf("a request took %v: something hung", r.took)
 		}
 	}
-	// One runs (and times out after 1s: the function sleeps 1.5s), two
-	// wait in the queue (and time out), three are refused at once.
-	if counts[503] != 3 || counts[504] != 3 {
-		t.Fatalf("statuses %v, want 3x503 and 3x504", counts)
+	if counts[503] != 3 || counts[200] != 3 {
+		t.Fatalf("statuses %v, want 3x200 and 3x503", counts)
+	}
+
+	// Past its timeout an invocation gets 504 (and its instance, which may
+	// be stuck, is replaced).
+	if r := s.putCode(s.token, "stuck", code, "timeout=1s"); r.status != 201 {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	one := make(chan result, 1)
+	call("/fn/admin/stuck/?ms=3000", one)
+	if r := <-one; r.status != 504 || r.took > 3*time.Second {
+		t.Fatalf("slow invocation: %d after %v, want 504 after about 1s", r.status, r.took)
+	}
+	if r := s.get("/fn/admin/stuck/"); r.status != 200 {
+		t.Fatalf("after a timeout: %d", r.status)
 	}
 	if r := s.get("/healthz"); r.status != 200 {
 		t.Fatal("unhealthy after overload")

@@ -76,6 +76,13 @@ needs root, as spry serve does.`,
 				return errdefs.Invalid("--log-level: %v", err)
 			}
 			cfg.Listen = net.JoinHostPort(host, strconv.Itoa(port))
+			if _, _, err := net.SplitHostPort(host); err == nil {
+				// --listen HOST:PORT, as spry serve takes it.
+				if cmd.Flags().Changed("port") {
+					return errdefs.Invalid("--listen %s already has a port; drop --port", host)
+				}
+				cfg.Listen = host
+			}
 			cfg.Out = env.Stdout
 			cfg.Logger = slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: level}))
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
@@ -91,7 +98,7 @@ needs root, as spry serve does.`,
 	}
 	f := cmd.Flags()
 	f.IntVar(&port, "port", 8787, "port to serve the function on (0 picks a free one)")
-	f.StringVar(&host, "listen", "127.0.0.1", "address to serve the function on")
+	f.StringVar(&host, "listen", "127.0.0.1", "address to serve the function on (or ADDRESS:PORT)")
 	f.StringVar(&cfg.Runtime, "runtime", "deno", "runtime: deno or node")
 	f.StringArrayVarP(&envs, "env", "e", nil, "environment variable KEY=VALUE, available as ctx.env (repeatable)")
 	f.StringVar(&memory, "memory", "128Mi", "memory limit of each instance, e.g. 128Mi or 1Gi")

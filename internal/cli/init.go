@@ -30,7 +30,7 @@ func newInitCmd() *cobra.Command {
 			if runtime == "node" {
 				main, test, flag = "index.mjs", "node --test", " --runtime node"
 			}
-			fmt.Fprintf(w, "\nNext:\n  cd %s\n  sudo spry dev %s%s      # serve it on http://127.0.0.1:8787/, reloading on save\n  %s\n  spry deploy %s --name %s%s\n",
+			fmt.Fprintf(w, "\nNext:\n  cd %s\n  sudo spry dev %s%s   # serve it on http://127.0.0.1:8787/, reloading on save\n  %s\n  spry deploy %s --name %s%s\n",
 				dir, main, flag, test, main, name, flag)
 			return nil
 		},

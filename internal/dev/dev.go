@@ -86,7 +86,7 @@ type session struct {
 // Run serves cfg.File until ctx ends, then stops every instance and
 // removes what it made (run directory, cgroups, bundles). It needs root,
 // as `spry serve` does.
-func Run(ctx context.Context, cfg Config) (err error) {
+func Run(ctx context.Context, cfg Config) error {
 	if os.Geteuid() != 0 {
 		return errdefs.New(errdefs.ErrPermissionDenied, "spry dev needs root: it runs the function in the platform's sandbox (a cgroup and a host uid per instance); run it with sudo")
 	}
@@ -172,6 +172,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	})
 	rtr := router.New(s, s.act, router.Config{Timeout: cfg.Timeout, Logger: s.log, Access: s})
 
+	last := s.stat()
 	s.reload()
 	srv := &http.Server{
 		Handler:           s.handler(rtr),
@@ -184,7 +185,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); s.act.Run(bg, 500*time.Millisecond) }()
-	go func() { defer wg.Done(); s.watch(bg) }()
+	go func() { defer wg.Done(); s.watch(bg, last) }()
 	cleanups = append(cleanups, func() { stopBG(); wg.Wait() })
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -221,9 +222,11 @@ func newRuntime(cfg Config, runDir string) (local.Runtime, []string, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	if bin, err = sandbox.Expose(bin, cache); err != nil {
+	exposed, err := sandbox.Expose(bin, cache)
+	if err != nil {
 		return nil, nil, fmt.Errorf("make %s reachable from sandboxes: %w", bin, err)
 	}
+	bin = exposed
 	switch cfg.Runtime {
 	case "deno":
 		rt, err := runtime.NewDeno(bin, runDir)
@@ -282,17 +285,22 @@ func (s *session) notBuilt() error {
 // Invoked is part of the resolver; nothing records invocations here.
 func (s *session) Invoked(*backend.Spec) {}
 
-// watch rebuilds the function whenever the file's modification time or
-// size changes.
-func (s *session) watch(ctx context.Context) {
-	type stamp struct {
-		mod  time.Time
-		size int64
-	}
-	var last stamp
+// stamp is what tells a changed file: modification time and size.
+type stamp struct {
+	mod  time.Time
+	size int64
+}
+
+func (s *session) stat() stamp {
 	if fi, err := os.Stat(s.cfg.File); err == nil {
-		last = stamp{fi.ModTime(), fi.Size()}
+		return stamp{fi.ModTime(), fi.Size()}
 	}
+	return stamp{}
+}
+
+// watch rebuilds the function whenever the file's stamp differs from
+// last, checking every Poll.
+func (s *session) watch(ctx context.Context, last stamp) {
 	missing := false
 	t := time.NewTicker(s.cfg.Poll)
 	defer t.Stop()
@@ -314,7 +322,7 @@ func (s *session) watch(ctx context.Context) {
 		}
 		missing = false
 		now := stamp{fi.ModTime(), fi.Size()}
-		if now == last {
+		if now.mod.Equal(last.mod) && now.size == last.size {
 			continue
 		}
 		last = now

@@ -16,7 +16,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"strconv"
+	"os"
 	"strings"
 	"time"
 
@@ -77,7 +77,8 @@ type Router struct {
 	cfg      Config
 	resolver Resolver
 	leaser   Leaser
-	proxy    *httputil.ReverseProxy
+	proxy    *httputil.ReverseProxy // for protocol upgrades only
+	pool     pool
 	log      *slog.Logger
 }
 
@@ -98,7 +99,7 @@ func New(res Resolver, leaser Leaser, cfg Config) *Router {
 	if cfg.MaxBodyBytes == 0 {
 		cfg.MaxBodyBytes = 100 << 20
 	}
-	rt := &Router{cfg: cfg, resolver: res, leaser: leaser, log: cfg.Logger}
+	rt := &Router{cfg: cfg, resolver: res, leaser: leaser, log: cfg.Logger, pool: pool{idle: map[string][]*upConn{}}}
 	transport := &http.Transport{
 		// The URL's host is the instance id, so each instance gets its
 		// own pool of keep-alive connections; the dialer finds the
@@ -159,32 +160,30 @@ func (rt *Router) rewrite(pr *httputil.ProxyRequest) {
 func (rt *Router) modifyResponse(res *http.Response) error {
 	inv := res.Request.Context().Value(leaseKey).(*invocation)
 	res.Header.Set("Spry-Request-Id", inv.reqID)
-	if inv.lease.Cold {
-		d := time.Since(inv.start)
-		res.Header.Set("Spry-Cold-Start", strconv.FormatFloat(float64(d.Microseconds())/1000, 'f', 2, 64))
-		spec := inv.lease.Instance().Spec
-		rt.log.Info("cold start", "owner", spec.Owner, "function", spec.Name, "version", spec.Version,
-			"instance", inv.lease.Instance().ID, "request_id", inv.reqID, "duration", d)
-		if rt.cfg.OnColdStart != nil {
-			rt.cfg.OnColdStart(spec, d)
-		}
-	}
+	rt.markCold(res.Header, inv)
 	return nil
 }
 
 func (rt *Router) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	inv := r.Context().Value(leaseKey).(*invocation)
+	rt.fail(w, r.Context(), inv, err)
+}
+
+// fail answers a request whose instance did not give a response, or marks
+// it for a retry elsewhere when it was never delivered.
+func (rt *Router) fail(w http.ResponseWriter, ctx context.Context, inv *invocation, err error) {
 	inst := inv.lease.Instance()
 	// A dial error means the request never reached the instance (it died
 	// before reading it): safe to try once more on another instance. Once
 	// a request was sent it is never replayed.
 	var op *net.OpError
-	if errors.As(err, &op) && op.Op == "dial" && !inv.retried && r.Context().Err() == nil {
+	undelivered := errors.Is(err, errUndelivered) || errors.As(err, &op) && op.Op == "dial"
+	if undelivered && !inv.retried && ctx.Err() == nil {
 		inv.retry = true
 		inv.lease.Kill(backend.ExitCrashed)
 		return
 	}
-	if errors.Is(r.Context().Err(), context.DeadlineExceeded) {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
 		timeout := inv.lease.Instance().Spec.Timeout
 		rt.log.Warn("invocation timed out; killing the instance", "instance", inst.ID, "request_id", inv.reqID, "timeout", timeout)
 		inv.lease.Kill(backend.ExitTimeout)
@@ -196,7 +195,7 @@ func (rt *Router) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 		rt.writeError(w, inv.reqID, errdefs.New(errdefs.ErrTooLarge, "request body is over the %d byte limit", mbe.Limit))
 		return
 	}
-	if errors.Is(r.Context().Err(), context.Canceled) {
+	if errors.Is(ctx.Err(), context.Canceled) {
 		// The client went away; nobody reads the answer.
 		w.WriteHeader(499)
 		return
@@ -266,8 +265,17 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rt.resolver.Invoked(spec)
 	inv := &invocation{lease: lease, start: start, rest: rest, query: r.URL.RawQuery, reqID: reqID}
 	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
-	out := r.WithContext(context.WithValue(ctx, leaseKey, inv))
-	rt.proxy.ServeHTTP(sw, out)
+	send := func() {
+		if r.Header.Get("Upgrade") != "" {
+			// Protocol upgrades (WebSockets) are spliced by ReverseProxy.
+			rt.proxy.ServeHTTP(sw, r.WithContext(context.WithValue(ctx, leaseKey, inv)))
+			return
+		}
+		if err := rt.forward(ctx, sw, r, inv); err != nil {
+			rt.fail(sw, ctx, inv, err)
+		}
+	}
+	send()
 	if inv.retry {
 		lease.Release()
 		lease, err = rt.acquire(ctx, owner, name, spec)
@@ -277,7 +285,7 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		inv.lease, inv.retry, inv.retried = lease, false, true
-		rt.proxy.ServeHTTP(sw, out)
+		send()
 	}
 	lease.Release()
 	rt.finished(spec, lease.Instance().ID, reqID, r, sw.status, start, inv.lease.Cold)
@@ -287,7 +295,9 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // retired the version in between.
 func (rt *Router) acquire(ctx context.Context, owner, name string, spec *backend.Spec) (*activator.Lease, error) {
 	lease, err := rt.leaser.Acquire(ctx, spec)
-	for attempt := 0; errors.Is(err, activator.ErrRetired) && attempt < 3; attempt++ {
+	// Each retirement means a newer version is live, so this makes
+	// progress; the bound only guards against a deploy storm.
+	for attempt := 0; errors.Is(err, activator.ErrRetired) && attempt < 50 && ctx.Err() == nil; attempt++ {
 		if spec, err = rt.resolve(ctx, owner, name); err == nil {
 			lease, err = rt.leaser.Acquire(ctx, spec)
 		}

@@ -43,8 +43,9 @@ Deno.serve({
     console.error("uncaught exception in function:", err);
     return errorResponse(500, "function_error", "the function threw an uncaught exception; see its logs");
   },
-}, async (req) => {
+}, async (raw) => {
   if (handler === null) await loaded;
+  const req = publicRequest(raw);
   if (failed) {
     return errorResponse(502, "function_failed", "the function failed to load; see its logs");
   }
@@ -88,6 +89,14 @@ function callLegacyCompatible(req) {
       // (answered as one below), not a wait.
       .then(answer, reject);
   });
+}
+
+// Deno names requests on a Unix socket http+unix://; the function sees
+// the scheme its caller used instead.
+function publicRequest(req) {
+  if (!req.url.startsWith("http+unix:")) return req;
+  const scheme = req.headers.get("x-forwarded-proto") === "https" ? "https" : "http";
+  return new Request(scheme + req.url.slice("http+unix".length), req);
 }
 
 function pickHandler(mod) {

@@ -1,0 +1,419 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/spry-run/spry/internal/runtime"
+)
+
+// devSession is one running `spry dev`.
+type devSession struct {
+	t       *testing.T
+	cmd     *exec.Cmd
+	out     *syncBuffer // stdout: builds, function output, access lines
+	errOut  *syncBuffer
+	url     string
+	uidBase int
+	runDir  string
+	done    chan struct{}
+	stopped bool
+}
+
+var runDirLine = regexp.MustCompile(`instances run in (/run/spry/dev-[0-9a-f]+) as uids`)
+
+// startDev runs `spry dev FILE` (in FILE's directory) on a free port with
+// its own uid range, and waits until it answers HTTP.
+func startDev(t *testing.T, file string, extra ...string) *devSession {
+	t.Helper()
+	addr := freePort(t)
+	_, port, _ := net.SplitHostPort(addr)
+	d := &devSession{
+		t:       t,
+		url:     "http://" + addr,
+		uidBase: 3000000 + int(uidBases.Add(1))*20000,
+		out:     &syncBuffer{},
+		errOut:  &syncBuffer{},
+		done:    make(chan struct{}),
+	}
+	args := append([]string{"dev", filepath.Base(file), "--port", port, "--uid-base", strconv.Itoa(d.uidBase)}, extra...)
+	if !slices.Contains(extra, "--runtime") {
+		deno, err := runtime.FindDeno("")
+		if err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, "--deno", deno)
+	}
+	d.cmd = exec.Command(binary(t), args...)
+	d.cmd.Dir = filepath.Dir(file)
+	d.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}
+	d.cmd.Stdout, d.cmd.Stderr = d.out, d.errOut
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = d.cmd.Wait(); close(d.done) }()
+	t.Cleanup(func() {
+		if !d.stopped {
+			d.stop()
+		}
+		if t.Failed() {
+			t.Logf("spry dev stdout:\n%s\nstderr:\n%s", d.out.String(), d.errOut.String())
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	client := &http.Client{Timeout: 5 * time.Second}
+	for {
+		res, err := client.Get(d.url + "/")
+		if err == nil {
+			res.Body.Close()
+			break
+		}
+		select {
+		case <-d.done:
+			t.Fatalf("spry dev exited while starting:\n%s\n%s", d.out.String(), d.errOut.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("spry dev did not answer within 30s:\n%s\n%s", d.out.String(), d.errOut.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	m := runDirLine.FindStringSubmatch(d.out.String())
+	if m == nil {
+		t.Fatalf("spry dev did not say where its instances run:\n%s", d.out.String())
+	}
+	d.runDir = m[1]
+	return d
+}
+
+// get sends a GET and returns status and body.
+func (d *devSession) get(path string) (int, string) {
+	d.t.Helper()
+	client := &http.Client{Timeout: 30 * time.Second}
+	res, err := client.Get(d.url + path)
+	if err != nil {
+		d.t.Fatalf("GET %s: %v", path, err)
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil {
+		d.t.Fatalf("GET %s: %v", path, err)
+	}
+	return res.StatusCode, string(body)
+}
+
+// stop sends SIGTERM, expects a clean exit, and checks that no sandbox
+// process and no run directory is left.
+func (d *devSession) stop() {
+	t := d.t
+	t.Helper()
+	d.stopped = true
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+		if code := d.cmd.ProcessState.ExitCode(); code != 0 {
+			t.Errorf("spry dev exited with %d after SIGTERM", code)
+		}
+	case <-time.After(30 * time.Second):
+		_ = d.cmd.Process.Kill()
+		<-d.done
+		t.Errorf("spry dev did not stop within 30s of SIGTERM")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		left := d.procs()
+		if len(left) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("processes left behind after spry dev stopped:\n%s", strings.Join(left, "\n"))
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if d.runDir != "" {
+		if _, err := os.Stat(d.runDir); !os.IsNotExist(err) {
+			t.Errorf("run dir %s is still there (%v)", d.runDir, err)
+		}
+	}
+}
+
+// procs lists live processes of this session's sandboxes: running as one
+// of its uids, or naming its run directory.
+func (d *devSession) procs() []string {
+	var out []string
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			continue
+		}
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		cmd := strings.ReplaceAll(string(cmdline), "\x00", " ")
+		uid := -1
+		for _, line := range strings.Split(string(status), "\n") {
+			if f := strings.Fields(line); len(f) > 1 && f[0] == "Uid:" {
+				uid, _ = strconv.Atoi(f[1])
+			}
+		}
+		if uid >= d.uidBase && uid < d.uidBase+10000 || d.runDir != "" && strings.Contains(cmd, d.runDir) {
+			out = append(out, fmt.Sprintf("pid %d uid %d: %s", pid, uid, cmd))
+		}
+	}
+	return out
+}
+
+// waitOutput waits until the dev output matches re.
+func (d *devSession) waitOutput(re *regexp.Regexp, what string) {
+	d.t.Helper()
+	eventually(d.t, 10*time.Second, what+" in the spry dev output", func() bool { return re.MatchString(d.out.String()) })
+}
+
+// writeFile replaces a file's content and moves its mtime forward, as an
+// editor's save does (and past what a coarse clock could confuse).
+func writeFile(t *testing.T, path, content string, bump time.Duration) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mt := time.Now().Add(bump)
+	if err := os.Chtimes(path, mt, mt); err != nil {
+		t.Fatal(err)
+	}
+}
+
+const devFnTemplate = `export default {
+  fetch(req: Request, ctx: { env: Record<string, string>; name: string; owner: string }): Response {
+    const u = new URL(req.url);
+    console.log("handling " + u.pathname);
+    return Response.json({ v: VERSION, path: u.pathname, search: u.search, name: ctx.name, owner: ctx.owner, greeting: ctx.env.GREETING });
+  },
+};
+`
+
+type devAnswer struct {
+	V        int    `json:"v"`
+	Path     string `json:"path"`
+	Search   string `json:"search"`
+	Name     string `json:"name"`
+	Owner    string `json:"owner"`
+	Greeting string `json:"greeting"`
+}
+
+func (d *devSession) answer(path string) devAnswer {
+	d.t.Helper()
+	status, body := d.get(path)
+	if status != 200 {
+		d.t.Fatalf("GET %s: %d %s", path, status, body)
+	}
+	var a devAnswer
+	if err := json.Unmarshal([]byte(body), &a); err != nil {
+		d.t.Fatalf("GET %s: %v: %s", path, err, body)
+	}
+	return a
+}
+
+// TestDevDeno: spry dev serves a TypeScript file at the root of its port,
+// reloads it on save, keeps the old version on a build error (naming the
+// line and column), prints the function's output and access lines, and
+// leaves nothing behind on SIGTERM.
+func TestDevDeno(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "hello.ts")
+	writeFile(t, file, strings.Replace(devFnTemplate, "VERSION", "1", 1), 0)
+	d := startDev(t, file, "--env", "GREETING=Howdy")
+
+	a := d.answer("/any/path?q=1&x=%2F")
+	want := devAnswer{V: 1, Path: "/any/path", Search: "?q=1&x=%2F", Name: "hello", Owner: "dev", Greeting: "Howdy"}
+	if a != want {
+		t.Fatalf("got %+v, want %+v", a, want)
+	}
+	// The leak check below sees the session's sandboxes while they run.
+	if len(d.procs()) == 0 {
+		t.Fatalf("no sandbox process found for uids %d+ or %s", d.uidBase, d.runDir)
+	}
+	d.waitOutput(regexp.MustCompile(`(?m)v1 \| handling /any/path$`), "the function's console.log")
+	d.waitOutput(regexp.MustCompile(`(?m)v1 GET /any/path\?q=1&x=%2F 200 [0-9.]+ms (cold|warm)$`), "the access line")
+
+	// Save a new version: it answers within 10 s.
+	writeFile(t, file, strings.Replace(devFnTemplate, "VERSION", "2", 1), 2*time.Second)
+	eventually(t, 10*time.Second, "version 2 to answer", func() bool { return d.answer("/v").V == 2 })
+	d.waitOutput(regexp.MustCompile(`(?m)reloaded \(version 2\)$`), "the reload")
+
+	// A syntax error: reported with its line and column; version 2 keeps
+	// answering.
+	bad := "export default {\n  fetch() { return new Response(\"x\" }\n};\n"
+	col := strings.Index(strings.Split(bad, "\n")[1], "}") + 1
+	writeFile(t, file, bad, 4*time.Second)
+	d.waitOutput(regexp.MustCompile(regexp.QuoteMeta(fmt.Sprintf("hello.ts:2:%d: ", col))), "the build error's line:col")
+	if !strings.Contains(d.out.String(), "still serving version 2") {
+		t.Errorf("the build error does not say version 2 still serves:\n%s", d.out.String())
+	}
+	if a := d.answer("/after-error"); a.V != 2 || a.Path != "/after-error" {
+		t.Fatalf("after a build error: got %+v, want version 2", a)
+	}
+
+	// Fixed again: version 3.
+	writeFile(t, file, strings.Replace(devFnTemplate, "VERSION", "3", 1), 6*time.Second)
+	eventually(t, 10*time.Second, "version 3 to answer", func() bool { return d.answer("/").V == 3 })
+	d.waitOutput(regexp.MustCompile(`(?m)reloaded \(version 3\)$`), "the reload")
+
+	d.stop()
+}
+
+// TestDevNode: spry dev runs a CommonJS Express-style handler on Node.
+func TestDevNode(t *testing.T) {
+	node, err := runtime.FindNode("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "fn.js")
+	writeFile(t, file, `module.exports = (req, res) => { console.log("node saw " + req.path); res.send("hi"); };`+"\n", 0)
+	d := startDev(t, file, "--runtime", "node", "--node", node, "--network", "none")
+	if status, body := d.get("/x?y=1"); status != 200 || body != "hi" {
+		t.Fatalf("got %d %q, want 200 \"hi\"", status, body)
+	}
+	d.waitOutput(regexp.MustCompile(`(?m)v1 GET /x\?y=1 200 [0-9.]+ms (cold|warm)$`), "the access line")
+	d.waitOutput(regexp.MustCompile(`(?m)v1 \| node saw /x$`), "the function's console.log")
+	d.stop()
+}
+
+// runIn runs a program in dir with a minimal environment and returns its
+// combined output and exit code.
+func runIn(t *testing.T, dir, prog string, args ...string) (string, int) {
+	t.Helper()
+	cmd := exec.Command(prog, args...)
+	cmd.Dir = dir
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir(), "NO_COLOR=1", "DENO_NO_UPDATE_CHECK=1"}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		ee, ok := err.(*exec.ExitError)
+		if !ok {
+			t.Fatalf("run %s %v: %v", prog, args, err)
+		}
+		return string(out), ee.ExitCode()
+	}
+	return string(out), 0
+}
+
+func checkFiles(t *testing.T, dir string, want ...string) {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range entries {
+		got = append(got, e.Name())
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("%s holds %v, want %v", dir, got, want)
+	}
+}
+
+// TestInitDeno: spry init makes a Deno project whose own test passes with
+// the pinned Deno and which spry dev serves.
+func TestInitDeno(t *testing.T) {
+	bin := binary(t)
+	work := t.TempDir()
+	out, code := runIn(t, work, bin, "init", "demo")
+	if code != 0 {
+		t.Fatalf("spry init: exit %d\n%s", code, out)
+	}
+	dir := filepath.Join(work, "demo")
+	checkFiles(t, dir, "index.ts", "index_test.ts", "README.md", ".gitignore")
+	for _, f := range []string{"index.ts", "index_test.ts", "README.md", ".gitignore"} {
+		if !strings.Contains(out, filepath.Join("demo", f)) {
+			t.Errorf("spry init does not list %s:\n%s", f, out)
+		}
+	}
+	readme, _ := os.ReadFile(filepath.Join(dir, "README.md"))
+	for _, s := range []string{"spry dev index.ts", "deno test", "spry deploy index.ts --name demo"} {
+		if !strings.Contains(string(readme), s) {
+			t.Errorf("README.md does not mention %q:\n%s", s, readme)
+		}
+	}
+
+	deno, err := runtime.FindDeno("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, code := runIn(t, dir, deno, "test", "--allow-read", "index_test.ts"); code != 0 {
+		t.Fatalf("deno test: exit %d\n%s", code, out)
+	}
+
+	// Never over an existing project; names are checked.
+	if out, code := runIn(t, work, bin, "init", "demo"); code == 0 || !strings.Contains(out, "not empty") {
+		t.Errorf("spry init over a non-empty dir: exit %d\n%s", code, out)
+	}
+	if out, code := runIn(t, work, bin, "init", "Bad_Name"); code != 2 {
+		t.Errorf("spry init Bad_Name: exit %d, want 2\n%s", code, out)
+	}
+	if _, err := os.Stat(filepath.Join(work, "Bad_Name")); !os.IsNotExist(err) {
+		t.Errorf("spry init Bad_Name made a directory")
+	}
+
+	// spry dev serves it, named after its directory.
+	d := startDev(t, filepath.Join(dir, "index.ts"))
+	status, body := d.get("/hello?name=Ada")
+	var got map[string]any
+	if err := json.Unmarshal([]byte(body), &got); status != 200 || err != nil || got["message"] != "Hello, Ada!" || got["function"] != "demo" || got["path"] != "/hello" {
+		t.Fatalf("spry dev of the new project: %d %s", status, body)
+	}
+	d.stop()
+}
+
+// TestInitNode: the same for Node, in another directory (--dir), with
+// node --test.
+func TestInitNode(t *testing.T) {
+	bin := binary(t)
+	work := t.TempDir()
+	out, code := runIn(t, work, bin, "init", "demo", "--runtime", "node", "--dir", "sub")
+	if code != 0 {
+		t.Fatalf("spry init: exit %d\n%s", code, out)
+	}
+	dir := filepath.Join(work, "sub", "demo")
+	checkFiles(t, dir, "index.mjs", "index.test.mjs", "package.json", "README.md", ".gitignore")
+	var pkg struct {
+		Type    string            `json:"type"`
+		Scripts map[string]string `json:"scripts"`
+	}
+	data, _ := os.ReadFile(filepath.Join(dir, "package.json"))
+	if err := json.Unmarshal(data, &pkg); err != nil || pkg.Type != "module" || pkg.Scripts["test"] != "node --test" {
+		t.Fatalf("package.json: %v\n%s", err, data)
+	}
+
+	node, err := runtime.FindNode("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, code := runIn(t, dir, node, "--test"); code != 0 || !strings.Contains(out, "# pass 2") {
+		t.Fatalf("node --test: exit %d\n%s", code, out)
+	}
+
+	d := startDev(t, filepath.Join(dir, "index.mjs"), "--runtime", "node", "--node", node)
+	status, body := d.get("/hello?name=Ada")
+	var got map[string]any
+	if err := json.Unmarshal([]byte(body), &got); status != 200 || err != nil || got["message"] != "Hello, Ada!" || got["function"] != "demo" {
+		t.Fatalf("spry dev of the new project: %d %s", status, body)
+	}
+	d.stop()
+}
