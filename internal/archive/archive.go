@@ -133,7 +133,7 @@ func Extract(r io.Reader, format string, dst string, lim Limits) error {
 	}
 	switch format {
 	case FormatZip:
-		err = x.zip(br, lim)
+		err = x.zip(br)
 	default:
 		var tr io.Reader = br
 		if format != FormatTar || bytes.HasPrefix(magic, []byte{0x1f, 0x8b}) {
@@ -283,7 +283,8 @@ func (c *countingReader) Read(p []byte) (int, error) {
 // zip extracts a zip archive. zip needs random access, so r is used as is
 // when it has it, else spooled (to memory, then a temporary file) up to a
 // bound derived from the limits.
-func (x *extractor) zip(r io.Reader, lim Limits) error {
+func (x *extractor) zip(r io.Reader) error {
+	lim := x.lim
 	max := lim.MaxTotalBytes + int64(lim.MaxFiles+16)*entryOverhead
 	ra, size, cleanup, err := spool(r, max)
 	if err != nil {

@@ -28,6 +28,9 @@ var epoch = time.Unix(0, 0)
 // errdefs.ErrInvalidArgument: Extract refuses links, so they are reported
 // here, where they can be fixed.
 func Pack(dir string, w io.Writer, ignore func(rel string, isDir bool) bool) error {
+	if real, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = real // a link to the project is fine; links inside it are not
+	}
 	zw := gzip.NewWriter(w)
 	tw := tar.NewWriter(zw)
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {

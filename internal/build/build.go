@@ -100,32 +100,45 @@ func Bundle(ctx context.Context, src Source, opts Options) (Result, error) {
 
 	// api.Build can't be interrupted, but a build takes milliseconds, so
 	// checking ctx before and after is enough.
-	res := api.Build(api.BuildOptions{
-		Stdin: &api.StdinOptions{
-			Contents:   string(src.Code),
-			Loader:     loader,
-			Sourcefile: name,
-			// ResolveDir stays empty so that no import resolves to a file.
-		},
+	bo := commonOptions()
+	bo.Stdin = &api.StdinOptions{
+		Contents:   string(src.Code),
+		Loader:     loader,
+		Sourcefile: name,
+		// ResolveDir stays empty so that no import resolves to a file.
+	}
+	bo.Platform = api.PlatformNeutral
+	bo.External = external
+	// An explicit (empty) tsconfig keeps a tsconfig.json lying around the
+	// server's working directory from changing the output.
+	bo.TsconfigRaw = "{}"
+	res := api.Build(bo)
+	if err := ctx.Err(); err != nil {
+		return Result{}, err
+	}
+	return finish(res, messageFormat{name: name, maxFile: maxFilenameLen})
+}
+
+// commonOptions returns the esbuild options every build shares: one
+// self-contained ES module with an inline source map, in memory.
+func commonOptions() api.BuildOptions {
+	return api.BuildOptions{
 		Bundle:    true,
 		Format:    api.FormatESModule,
-		Platform:  api.PlatformNeutral,
 		Target:    api.ESNext,
 		Write:     false,
 		Metafile:  true,
 		LogLevel:  api.LogLevelSilent,
 		Sourcemap: api.SourceMapInline,
 		Charset:   api.CharsetUTF8,
-		External:  external,
-		// An explicit (empty) tsconfig keeps a tsconfig.json lying around
-		// the server's working directory from changing the output.
-		TsconfigRaw: "{}",
-	})
-	if err := ctx.Err(); err != nil {
-		return Result{}, err
 	}
+}
+
+// finish turns an esbuild result into a Result: errors become one
+// ErrInvalidArgument, and the bundle must have a default export.
+func finish(res api.BuildResult, mf messageFormat) (Result, error) {
 	if len(res.Errors) > 0 {
-		return Result{}, buildError(name, res.Errors)
+		return Result{}, buildError(mf, res.Errors)
 	}
 	if len(res.OutputFiles) != 1 {
 		return Result{}, fmt.Errorf("build: esbuild wrote %d output files, want 1: %w", len(res.OutputFiles), errdefs.ErrInternal)
@@ -135,7 +148,7 @@ func Bundle(ctx context.Context, src Source, opts Options) (Result, error) {
 		return Result{}, err
 	}
 	if !ok {
-		return Result{}, errdefs.Invalid("%s: no default export; export default { fetch(req, ctx) { ... } } or export default function (req, ctx) { ... }", name)
+		return Result{}, errdefs.Invalid("%s: no default export; export default { fetch(req, ctx) { ... } } or export default function (req, ctx) { ... }", mf.name)
 	}
 	code := res.OutputFiles[0].Contents
 	sum := sha256.Sum256(code)
@@ -187,10 +200,13 @@ func checkCode(name string, code []byte, maxSize int64) error {
 	}
 	if off := fileSourceMap(code); off >= 0 {
 		line, col := position(code, off)
-		return errdefs.Invalid("%s:%d:%d: sourceMappingURL must not be a file: URL; inline the map as a data: URL or remove the comment", name, line, col)
+		return errdefs.Invalid("%s:%d:%d: %s", name, line, col, fileSourceMapText)
 	}
 	return nil
 }
+
+// fileSourceMapText is the error for a sourceMappingURL with a file: URL.
+const fileSourceMapText = "sourceMappingURL must not be a file: URL; inline the map as a data: URL or remove the comment"
 
 // invalidUTF8 returns the byte offset of the first invalid UTF-8 sequence
 // in b, or -1.
@@ -221,16 +237,37 @@ const sourceMappingPragma = "sourceMappingURL="
 // file: is refused. Scanning the whole code, not only comments, errs on
 // the safe side.
 func fileSourceMap(code []byte) int {
+	for _, ref := range sourceMapRefs(code) {
+		if len(ref.url) >= 5 && strings.EqualFold(ref.url[:5], "file:") {
+			return ref.off
+		}
+	}
+	return -1
+}
+
+// sourceMapRef is one sourceMappingURL pragma: its offset and the URL
+// after it (up to white space).
+type sourceMapRef struct {
+	off int
+	url string
+}
+
+// sourceMapRefs returns every sourceMappingURL pragma in code, wherever it
+// is (in a comment or not).
+func sourceMapRefs(code []byte) []sourceMapRef {
+	var refs []sourceMapRef
 	for off := 0; ; {
 		i := bytes.Index(code[off:], []byte(sourceMappingPragma))
 		if i < 0 {
-			return -1
+			return refs
 		}
 		start := off + i
 		rest := bytes.TrimLeftFunc(code[start+len(sourceMappingPragma):], unicode.IsSpace)
-		if len(rest) >= 5 && bytes.EqualFold(rest[:5], []byte("file:")) {
-			return start
+		end := bytes.IndexFunc(rest, unicode.IsSpace)
+		if end < 0 {
+			end = len(rest)
 		}
+		refs = append(refs, sourceMapRef{off: start, url: string(rest[:end])})
 		off = start + len(sourceMappingPragma)
 	}
 }
@@ -243,9 +280,18 @@ func position(code []byte, off int) (line, col int) {
 	return bytes.Count(before, []byte{'\n'}) + 1, utf8.RuneCount(before[lineStart:]) + 1
 }
 
-// buildError turns esbuild's errors into one ErrInvalidArgument with up to
-// maxErrors lines of `file:line:col: text (in "source line")`.
-func buildError(name string, msgs []api.Message) error {
+// messageFormat says how build errors name files.
+type messageFormat struct {
+	name    string              // for messages without a file
+	maxFile int                 // longer file names are replaced by name
+	class   error               // the error's class; nil means ErrInvalidArgument
+	scrub   func(string) string // if set, applied to each message line
+}
+
+// buildError turns esbuild's errors into one error (of class mf.class,
+// ErrInvalidArgument by default) with up to maxErrors lines of
+// `file:line:col: text (in "source line")`.
+func buildError(mf messageFormat, msgs []api.Message) error {
 	var b strings.Builder
 	for i, m := range msgs {
 		if i == maxErrors {
@@ -255,20 +301,28 @@ func buildError(name string, msgs []api.Message) error {
 		if i > 0 {
 			b.WriteByte('\n')
 		}
-		b.WriteString(formatMessage(name, m))
+		line := formatMessage(mf, m)
+		if mf.scrub != nil {
+			line = mf.scrub(line)
+		}
+		b.WriteString(line)
 	}
-	return errdefs.Invalid("%s", b.String())
+	class := mf.class
+	if class == nil {
+		class = errdefs.ErrInvalidArgument
+	}
+	return errdefs.New(class, "%s", b.String())
 }
 
-func formatMessage(name string, m api.Message) string {
+func formatMessage(mf messageFormat, m api.Message) string {
 	text := oneLine(m.Text)
 	loc := m.Location
 	if loc == nil {
-		return name + ": " + text
+		return mf.name + ": " + text
 	}
 	file := loc.File
-	if file == "" || len(file) > maxFilenameLen {
-		file = name
+	if file == "" || len(file) > mf.maxFile {
+		file = mf.name
 	}
 	// esbuild's column is a 0-based byte offset into the line; users and
 	// editors count characters from 1.

@@ -1,0 +1,521 @@
+package build
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spry-run/spry/internal/errdefs"
+)
+
+// DefaultRegistry is the npm registry used when DirOptions.Registry is
+// empty.
+const DefaultRegistry = "https://registry.npmjs.org/"
+
+// DefaultInstallTimeout bounds one npm run when DirOptions.InstallTimeout
+// is 0.
+const DefaultInstallTimeout = 2 * time.Minute
+
+// npmImportsDir is where the packages named by npm: specifiers are
+// installed, relative to the project. It lies inside node_modules, which
+// the server owns (uploads leave it out), and inside the project, so that
+// the bundle names its files by a path that does not depend on where the
+// build ran.
+const npmImportsDir = "node_modules/.spry-npm"
+
+// stderrLines is how much of npm's error output an install failure shows.
+const stderrLines = 20
+
+// npmrcAllowed are the settings of a project's .npmrc that are honoured.
+// Everything else (registries, credentials, proxies, the git binary, cafile
+// and other paths) could make the server talk to other hosts, run programs
+// or read its own files, so the file itself is never given to npm.
+var npmrcAllowed = map[string]bool{
+	"legacy-peer-deps": true,
+	"strict-peer-deps": true,
+	"engine-strict":    true,
+	"install-strategy": true,
+	"prefer-dedupe":    true,
+}
+
+var (
+	// npmNameRE matches package names, legacy upper case included.
+	npmNameRE = regexp.MustCompile(`^(?:@[A-Za-z0-9][A-Za-z0-9._~-]*/)?[A-Za-z0-9][A-Za-z0-9._~-]*$`)
+	// npmRangeRE matches semver ranges and dist-tags, and nothing that
+	// names a file, a URL or a git repository.
+	npmRangeRE  = regexp.MustCompile(`^[A-Za-z0-9.^~<>=|*+ -]*$`)
+	npmrcLineRE = regexp.MustCompile(`^\s*([a-z-]+)\s*=\s*([A-Za-z0-9._-]+)\s*$`)
+)
+
+// npmRunner runs npm with a scrubbed environment.
+type npmRunner struct {
+	bin      string
+	registry string
+	cache    string
+	home     string // an empty HOME, so no user .npmrc is read
+	tmp      string
+	timeout  time.Duration
+	extraEnv []string // allowed .npmrc settings
+	scrub    func(string) string
+}
+
+// env is npm's whole environment: PATH (npm needs node), proxies, and
+// settings that make it quiet, scriptless and bound to one registry. No
+// token or other variable of the server gets through.
+func (n *npmRunner) env() []string {
+	env := []string{
+		"PATH=" + os.Getenv("PATH"),
+		"HOME=" + n.home,
+		"TMPDIR=" + n.tmp,
+		"NO_COLOR=1",
+		"npm_config_cache=" + n.cache,
+		"npm_config_userconfig=" + filepath.Join(n.home, ".npmrc"),
+		"npm_config_registry=" + n.registry,
+		"npm_config_ignore_scripts=true",
+		"npm_config_audit=false",
+		"npm_config_fund=false",
+		"npm_config_update_notifier=false",
+		"npm_config_progress=false",
+		"npm_config_color=false",
+	}
+	for _, k := range []string{"HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "no_proxy"} {
+		if v, ok := os.LookupEnv(k); ok {
+			env = append(env, k+"="+v)
+		}
+	}
+	return append(env, n.extraEnv...)
+}
+
+// install runs `npm ci` (with a lockfile) or `npm install` in dir.
+//
+// --ignore-scripts: no install script of any package (nor node-gyp builds)
+// ever runs on the server; packages that need one to work won't.
+// --omit=dev: only what the function needs at run time.
+func (n *npmRunner) install(ctx context.Context, dir string, ci bool) error {
+	cmd := "install"
+	if ci {
+		cmd = "ci"
+	}
+	return n.run(ctx, dir, cmd, "--omit=dev", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error")
+}
+
+func (n *npmRunner) run(ctx context.Context, dir string, args ...string) error {
+	runCtx, cancel := context.WithTimeout(ctx, n.timeout)
+	defer cancel()
+	cmd := exec.CommandContext(runCtx, n.bin, args...)
+	cmd.Dir = dir
+	cmd.Env = n.env()
+	stderr := &tailBuffer{max: 64 << 10}
+	cmd.Stderr = stderr
+	// npm starts node, which may start more: they share a process group,
+	// killed as one on timeout or cancellation.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
+	err := cmd.Run()
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case runCtx.Err() != nil:
+		return errdefs.New(errdefs.ErrTimeout, "dependency install timed out after %v", n.timeout)
+	}
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		return fmt.Errorf("build: run npm: %w", err)
+	}
+	return errdefs.Invalid("dependency install failed:\n%s", n.tail(stderr.String()))
+}
+
+// tail returns the last lines of npm's error output, without the pointer
+// to its log file, and with the server's paths taken out.
+func (n *npmRunner) tail(s string) string {
+	var lines []string
+	sc := bufio.NewScanner(strings.NewReader(s))
+	sc.Buffer(make([]byte, 0, 4096), 1<<20)
+	for sc.Scan() {
+		line := strings.TrimRight(sc.Text(), " \t\r")
+		if strings.TrimSpace(line) == "" || strings.Contains(line, "A complete log of this run") || strings.Contains(line, "_logs"+string(filepath.Separator)) {
+			continue
+		}
+		lines = append(lines, oneLine(line))
+	}
+	if len(lines) > stderrLines {
+		lines = lines[len(lines)-stderrLines:]
+	}
+	if len(lines) == 0 {
+		return "npm failed without a message"
+	}
+	out := strings.Join(lines, "\n")
+	if n.scrub != nil {
+		out = n.scrub(out)
+	}
+	return out
+}
+
+// tailBuffer keeps the last max bytes written to it.
+type tailBuffer struct {
+	mu  sync.Mutex
+	max int
+	buf []byte
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, p...)
+	if over := len(t.buf) - t.max; over > 0 {
+		t.buf = append(t.buf[:0], t.buf[over:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.buf)
+}
+
+// readNPMRC returns the allowed settings of the project's .npmrc as npm
+// environment variables, and removes the file so npm never reads it.
+func readNPMRC(dir string) ([]string, error) {
+	p := filepath.Join(dir, ".npmrc")
+	fi, err := os.Lstat(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("build: %w", err)
+	}
+	var env []string
+	if fi.Mode().IsRegular() && fi.Size() <= maxConfigSize {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("build: %w", err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			m := npmrcLineRE.FindStringSubmatch(line)
+			if m != nil && npmrcAllowed[m[1]] {
+				env = append(env, "npm_config_"+strings.ReplaceAll(m[1], "-", "_")+"="+m[2])
+			}
+		}
+	}
+	if err := os.Remove(p); err != nil {
+		return nil, fmt.Errorf("build: %w", err)
+	}
+	return env, nil
+}
+
+// checkPackageJSON refuses dependencies npm would fetch from somewhere
+// other than the registry (files and directories on the server, git
+// repositories, tarball URLs) and workspaces outside the project.
+func checkPackageJSON(p *packageJSON) error {
+	for field, deps := range map[string]map[string]string{
+		"dependencies":         p.Dependencies,
+		"optionalDependencies": p.OptionalDependencies,
+		"peerDependencies":     p.PeerDependencies,
+	} {
+		names := make([]string, 0, len(deps))
+		for name := range deps {
+			names = append(names, name)
+		}
+		sort.Strings(names)
+		for _, name := range names {
+			if !validNPMName(name) {
+				return errdefs.Invalid("package.json: %s: %s is not a valid package name", field, quoteName(name))
+			}
+			if err := checkDependencySpec(deps[name]); err != nil {
+				return errdefs.Invalid("package.json: %s: %s: %v", field, name, err)
+			}
+		}
+	}
+	if len(p.Overrides) > 0 {
+		var walk func(v any) error
+		walk = func(v any) error {
+			switch v := v.(type) {
+			case string:
+				if strings.HasPrefix(v, "$") && validNPMName(v[1:]) {
+					return nil // a reference to a direct dependency's spec
+				}
+				return checkDependencySpec(v)
+			case map[string]any:
+				for _, x := range v {
+					if err := walk(x); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		}
+		var v any
+		if err := json.Unmarshal(p.Overrides, &v); err != nil {
+			return errdefs.Invalid("package.json: overrides: %v", err)
+		}
+		if err := walk(v); err != nil {
+			return errdefs.Invalid("package.json: overrides: %v", err)
+		}
+	}
+	if len(p.Workspaces) > 0 {
+		var list []string
+		if err := json.Unmarshal(p.Workspaces, &list); err != nil {
+			var obj struct {
+				Packages []string `json:"packages"`
+			}
+			if err := json.Unmarshal(p.Workspaces, &obj); err != nil {
+				return errdefs.Invalid("package.json: workspaces must be a list of paths")
+			}
+			list = obj.Packages
+		}
+		for _, w := range list {
+			if _, err := localPath(w); err != nil {
+				return errdefs.Invalid("package.json: workspaces: %v", err)
+			}
+		}
+	}
+	return nil
+}
+
+func validNPMName(name string) bool {
+	return len(name) <= 214 && npmNameRE.MatchString(name)
+}
+
+// checkDependencySpec accepts registry specs: semver ranges, dist-tags and
+// npm: aliases.
+func checkDependencySpec(spec string) error {
+	if rest, ok := strings.CutPrefix(spec, "npm:"); ok {
+		imp, err := parseNPMImport(rest)
+		if err != nil {
+			return err
+		}
+		if imp.sub != "" {
+			return fmt.Errorf("alias %s must not have a subpath", quoteName(spec))
+		}
+		return nil
+	}
+	if !npmRangeRE.MatchString(spec) {
+		return fmt.Errorf("%s is not a version range; only registry packages can be installed (no files, URLs or git repositories)", quoteName(spec))
+	}
+	return nil
+}
+
+// checkLockfile refuses lockfile entries that point npm ci anywhere but the
+// registry, or outside the project.
+func checkLockfile(b []byte, registry string) error {
+	var lock struct {
+		Packages map[string]struct {
+			Resolved string `json:"resolved"`
+			Link     bool   `json:"link"`
+		} `json:"packages"`
+		Dependencies map[string]json.RawMessage `json:"dependencies"`
+	}
+	if err := json.Unmarshal(b, &lock); err != nil {
+		return errdefs.Invalid("package-lock.json: %v", jsonError(b, err))
+	}
+	okURL := func(u string) bool {
+		return u == "" || strings.HasPrefix(u, registry) || strings.HasPrefix(u, DefaultRegistry)
+	}
+	keys := make([]string, 0, len(lock.Packages))
+	for k := range lock.Packages {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		e := lock.Packages[k]
+		if k != "" {
+			if _, err := localPath(k); err != nil {
+				return errdefs.Invalid("package-lock.json: packages: %v", err)
+			}
+		}
+		if e.Link {
+			if _, err := localPath(e.Resolved); err != nil {
+				return errdefs.Invalid("package-lock.json: %s: %v", k, err)
+			}
+		} else if !okURL(e.Resolved) {
+			return errdefs.Invalid("package-lock.json: %s is resolved to %s; only packages from %s can be installed", k, quoteName(e.Resolved), registry)
+		}
+	}
+	// Lockfile version 1 nests "dependencies".
+	var walk func(deps map[string]json.RawMessage) error
+	walk = func(deps map[string]json.RawMessage) error {
+		for name, raw := range deps {
+			var d struct {
+				Version      string                     `json:"version"`
+				Resolved     string                     `json:"resolved"`
+				Dependencies map[string]json.RawMessage `json:"dependencies"`
+			}
+			if err := json.Unmarshal(raw, &d); err != nil {
+				return errdefs.Invalid("package-lock.json: %s: %v", name, err)
+			}
+			if !okURL(d.Resolved) || strings.Contains(d.Version, ":") {
+				return errdefs.Invalid("package-lock.json: %s is not from the registry; only packages from %s can be installed", name, registry)
+			}
+			if err := walk(d.Dependencies); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return walk(lock.Dependencies)
+}
+
+// npmImport is an npm: specifier: npm:name@range/sub.
+type npmImport struct {
+	name, rng, sub string
+}
+
+// parseNPMImport parses what follows "npm:" in a specifier.
+func parseNPMImport(s string) (npmImport, error) {
+	orig := s
+	s = strings.TrimPrefix(s, "/")
+	var imp npmImport
+	nameEnd := 0
+	if strings.HasPrefix(s, "@") {
+		slash := strings.IndexByte(s, '/')
+		if slash < 0 {
+			return imp, fmt.Errorf("npm:%s: a scoped package needs a name after the scope", orig)
+		}
+		nameEnd = slash + 1
+	}
+	if i := strings.IndexAny(s[nameEnd:], "@/"); i >= 0 {
+		nameEnd += i
+	} else {
+		nameEnd = len(s)
+	}
+	imp.name, s = s[:nameEnd], s[nameEnd:]
+	if !validNPMName(imp.name) {
+		return imp, fmt.Errorf("npm:%s: %s is not a valid package name", orig, quoteName(imp.name))
+	}
+	if strings.HasPrefix(s, "@") {
+		end := strings.IndexByte(s, '/')
+		if end < 0 {
+			end = len(s)
+		}
+		imp.rng, s = s[1:end], s[end:]
+		if imp.rng == "" || !npmRangeRE.MatchString(imp.rng) {
+			return imp, fmt.Errorf("npm:%s: %s is not a version range", orig, quoteName(imp.rng))
+		}
+	}
+	if s != "" {
+		for _, c := range strings.Split(strings.TrimPrefix(s, "/"), "/") {
+			if c == "" || c == "." || c == ".." {
+				return imp, fmt.Errorf("npm:%s: invalid subpath %s", orig, quoteName(s))
+			}
+		}
+		imp.sub = s
+	}
+	return imp, nil
+}
+
+// npmImports collects the npm: specifiers a build meets, to install them
+// together.
+type npmImports struct {
+	mu     sync.Mutex
+	ranges map[string]map[string]bool // name -> ranges ("" for none)
+}
+
+func (c *npmImports) add(imp npmImport) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ranges == nil {
+		c.ranges = map[string]map[string]bool{}
+	}
+	if c.ranges[imp.name] == nil {
+		c.ranges[imp.name] = map[string]bool{}
+	}
+	c.ranges[imp.name][imp.rng] = true
+}
+
+// dependencies returns the package.json dependencies to install: each
+// package at the one range it is imported with ("latest" if none). Two
+// different ranges for one package are refused: one copy is bundled.
+func (c *npmImports) dependencies() (map[string]string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	deps := map[string]string{}
+	for name, set := range c.ranges {
+		var ranges []string
+		for r := range set {
+			if r != "" {
+				ranges = append(ranges, r)
+			}
+		}
+		sort.Strings(ranges)
+		switch len(ranges) {
+		case 0:
+			deps[name] = "latest"
+		case 1:
+			deps[name] = ranges[0]
+		default:
+			return nil, errdefs.Invalid("npm:%s is imported with different versions (%s); import one version", name, strings.Join(ranges, ", "))
+		}
+	}
+	return deps, nil
+}
+
+// writeImportsPackage prepares the directory npm: imports are installed in.
+func writeImportsPackage(dir string, deps map[string]string) (string, error) {
+	nm := filepath.Join(dir, "node_modules")
+	if fi, err := os.Lstat(nm); err == nil && !fi.IsDir() {
+		return "", errdefs.Invalid("node_modules is not a directory")
+	}
+	target := filepath.Join(dir, filepath.FromSlash(npmImportsDir))
+	if err := os.RemoveAll(target); err != nil {
+		return "", fmt.Errorf("build: %w", err)
+	}
+	if err := os.MkdirAll(target, 0o755); err != nil {
+		return "", fmt.Errorf("build: %w", err)
+	}
+	pkg, err := json.MarshalIndent(map[string]any{
+		"name":         "spry-npm-imports",
+		"private":      true,
+		"dependencies": deps,
+	}, "", "  ")
+	if err != nil {
+		return "", fmt.Errorf("build: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(target, "package.json"), pkg, 0o644); err != nil {
+		return "", fmt.Errorf("build: %w", err)
+	}
+	return target, nil
+}
+
+// registryURL normalizes a registry URL to end in "/".
+func registryURL(s string) (string, error) {
+	if s == "" {
+		return DefaultRegistry, nil
+	}
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return "", fmt.Errorf("build: invalid npm registry %q", s)
+	}
+	if !strings.HasSuffix(u.Path, "/") {
+		u.Path += "/"
+	}
+	return u.String(), nil
+}
+
+// isDependency reports whether rel (slash-separated, relative to the
+// project) is inside a node_modules directory.
+func isDependency(rel string) bool {
+	for _, c := range strings.Split(path.Clean(rel), "/") {
+		if c == "node_modules" {
+			return true
+		}
+	}
+	return false
+}
