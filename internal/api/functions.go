@@ -40,7 +40,11 @@ type FunctionView struct {
 // DeployBody is the JSON form of a deploy (the CLI's); a body of any
 // other content type is the code itself, with settings in the query.
 type DeployBody struct {
-	Code     string            `json:"code"`
+	Code string `json:"code,omitempty"`
+	// Archive, instead of Code, is a project as tar.gz, tar or zip
+	// (base64 in JSON), bundled from Entry or its package.json.
+	Archive  []byte            `json:"archive,omitempty"`
+	Entry    string            `json:"entry,omitempty"`
 	Filename string            `json:"filename,omitempty"`
 	Runtime  string            `json:"runtime,omitempty"`
 	Env      map[string]string `json:"env,omitempty"`
@@ -224,6 +228,7 @@ func (a *API) deployFunction(w http.ResponseWriter, r *http.Request) error {
 			return errdefs.Invalid("invalid JSON body: %v", err)
 		}
 		req.Code = []byte(d.Code)
+		req.Archive, req.Entry = d.Archive, d.Entry
 		if d.Filename != "" {
 			req.Filename = d.Filename
 		}
@@ -234,7 +239,11 @@ func (a *API) deployFunction(w http.ResponseWriter, r *http.Request) error {
 		req.Secrets = d.Secrets
 		req.Settings = d.settings()
 	} else {
-		req.Code = body
+		if isArchive(r.Header.Get("Content-Type")) {
+			req.Archive, req.Entry = body, q.Get("entry")
+		} else {
+			req.Code = body
+		}
 		req.Settings = map[string]string{}
 		for _, k := range functions.Settings {
 			if v := q.Get(k); v != "" {
@@ -291,4 +300,14 @@ func (a *API) configureFunction(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return writeJSON(w, http.StatusOK, a.view(r, fn))
+}
+
+// isArchive reports whether a raw deploy body is a project archive.
+func isArchive(contentType string) bool {
+	ct, _, _ := strings.Cut(contentType, ";")
+	switch strings.TrimSpace(strings.ToLower(ct)) {
+	case "application/gzip", "application/x-gzip", "application/x-tar", "application/zip", "application/x-zip-compressed":
+		return true
+	}
+	return false
 }

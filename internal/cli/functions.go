@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -14,26 +15,59 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/spry-run/spry/internal/api"
+	"github.com/spry-run/spry/internal/archive"
+	"github.com/spry-run/spry/internal/build"
 	"github.com/spry-run/spry/internal/errdefs"
 )
 
 func newDeployCmd(conn *connFlags) *cobra.Command {
-	var name, runtime, owner string
+	var name, runtime, owner, entry string
 	var envs []string
-	var asJSON bool
+	var asJSON, bundleHere bool
 	var lim limitFlags
 	cmd := &cobra.Command{
-		Use:   "deploy FILE",
-		Short: "Deploy a function from a TypeScript or JavaScript file (a new version each time)",
-		Args:  cobra.ExactArgs(1),
+		Use:   "deploy FILE_OR_DIR",
+		Short: "Deploy a function from a file, or a project directory with dependencies (a new version each time)",
+		Long: `Deploy a function. FILE is one TypeScript or JavaScript module. A directory is
+packed (without what its .gitignore excludes, .git and node_modules) and the
+server installs its package.json dependencies and bundles it from --entry, its
+package.json, or index.ts/index.js/main.ts/mod.ts. With --bundle the project is
+bundled here instead (npm on this machine) and only the bundle is sent.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			file := args[0]
-			code, err := os.ReadFile(file)
+			path := args[0]
+			fi, err := os.Stat(path)
 			if err != nil {
 				return errdefs.Invalid("%v", err)
 			}
+			body := api.DeployBody{Runtime: runtime, Entry: entry}
+			switch {
+			case !fi.IsDir():
+				code, err := os.ReadFile(path)
+				if err != nil {
+					return errdefs.Invalid("%v", err)
+				}
+				body.Code, body.Filename = string(code), filepath.Base(path)
+			case bundleHere:
+				res, err := build.BundleDir(cmd.Context(), path, build.DirOptions{Entry: entry, Runtime: runtime})
+				if err != nil {
+					return err
+				}
+				body.Code, body.Filename = string(res.Code), "bundle.js"
+			default:
+				ignore, err := archive.LoadGitignore(path)
+				if err != nil {
+					return errdefs.Invalid("%v", err)
+				}
+				var buf bytes.Buffer
+				if err := archive.Pack(path, &buf, ignore); err != nil {
+					return errdefs.Invalid("pack %s: %v", path, err)
+				}
+				body.Archive = buf.Bytes()
+			}
 			if name == "" {
-				base := filepath.Base(file)
+				abs, _ := filepath.Abs(path)
+				base := filepath.Base(abs)
 				name = strings.TrimSuffix(base, filepath.Ext(base))
 			}
 			env, err := parseEnv(envs)
@@ -44,7 +78,7 @@ func newDeployCmd(conn *connFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			body := api.DeployBody{Code: string(code), Filename: filepath.Base(file), Runtime: runtime, Env: env}
+			body.Env = env
 			lim.apply(cmd, &body)
 			v, err := c.Deploy(cmd.Context(), owner, name, body)
 			if err != nil {
@@ -57,7 +91,9 @@ func newDeployCmd(conn *connFlags) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&name, "name", "", "function name (default: the file name without its extension)")
+	cmd.Flags().StringVar(&name, "name", "", "function name (default: the file or directory name without its extension)")
+	cmd.Flags().StringVar(&entry, "entry", "", "a project's entry file, relative to its directory")
+	cmd.Flags().BoolVar(&bundleHere, "bundle", false, "bundle a project directory here rather than on the server")
 	cmd.Flags().StringVar(&runtime, "runtime", "", "runtime: deno or node (default: the live version's, or deno)")
 	cmd.Flags().StringArrayVarP(&envs, "env", "e", nil, "environment variable KEY=VALUE, available as ctx.env (repeatable)")
 	cmd.Flags().StringVar(&owner, "owner", "", "deploy into another user's namespace (admin only)")

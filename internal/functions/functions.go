@@ -5,17 +5,21 @@
 package functions
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"sort"
 	"sync"
 	"time"
 	"unicode/utf8"
 
+	"github.com/spry-run/spry/internal/archive"
 	"github.com/spry-run/spry/internal/backend"
 	"github.com/spry-run/spry/internal/build"
 	"github.com/spry-run/spry/internal/errdefs"
@@ -60,8 +64,11 @@ type Config struct {
 	// DefaultMaxScale caps a function's instances unless it sets max.
 	DefaultMaxScale int
 	Bounds          Bounds
-	Now             func() time.Time
-	Logger          *slog.Logger
+	// NPMCache and NPMRegistry serve dependency installs at deploy time.
+	NPMCache    string
+	NPMRegistry string
+	Now         func() time.Time
+	Logger      *slog.Logger
 }
 
 // Service deploys, deletes and resolves functions.
@@ -104,9 +111,13 @@ type DeployRequest struct {
 	Name     string
 	Filename string
 	Code     []byte
-	Runtime  string
-	Env      map[string]string
-	Secrets  map[string]string // plaintext; sealed before storing
+	// Archive, if set instead of Code, is a project (tar, tar.gz or zip)
+	// bundled from its Entry (or its package.json, or index.ts, ...).
+	Archive []byte
+	Entry   string
+	Runtime string
+	Env     map[string]string
+	Secrets map[string]string // plaintext; sealed before storing
 	// Settings are the per-function limits as strings ("memory": "128Mi"),
 	// parsed with ParseLimits.
 	Settings map[string]string
@@ -189,7 +200,12 @@ func (s *Service) Deploy(ctx context.Context, req DeployRequest) (store.Function
 	if err != nil {
 		return store.Function{}, err
 	}
-	res, err := build.Bundle(ctx, build.Source{Filename: req.Filename, Code: req.Code}, build.Options{MaxSize: s.cfg.MaxCodeBytes})
+	var res build.Result
+	if req.Archive != nil {
+		res, err = s.bundleArchive(ctx, req)
+	} else {
+		res, err = build.Bundle(ctx, build.Source{Filename: req.Filename, Code: req.Code}, build.Options{MaxSize: s.cfg.MaxCodeBytes})
+	}
 	if err != nil {
 		return store.Function{}, err
 	}
@@ -202,6 +218,34 @@ func (s *Service) Deploy(ctx context.Context, req DeployRequest) (store.Function
 		limits:     limits,
 		SetEnv:     req.Env,
 		SetSecrets: req.Secrets,
+	})
+}
+
+// bundleArchive unpacks a project upload into a scratch directory and
+// bundles it, installing its dependencies.
+func (s *Service) bundleArchive(ctx context.Context, req DeployRequest) (build.Result, error) {
+	if int64(len(req.Archive)) > s.cfg.MaxCodeBytes {
+		return build.Result{}, errdefs.New(errdefs.ErrTooLarge, "archive is %d bytes; the limit is %d", len(req.Archive), s.cfg.MaxCodeBytes)
+	}
+	tmp, err := os.MkdirTemp("", "spry-build-")
+	if err != nil {
+		return build.Result{}, err
+	}
+	defer os.RemoveAll(tmp)
+	dir := filepath.Join(tmp, "src")
+	if err := archive.Extract(bytes.NewReader(req.Archive), archive.FormatAuto, dir, archive.Limits{}); err != nil {
+		return build.Result{}, err
+	}
+	runtime := req.Runtime
+	if runtime == "" {
+		runtime = s.cfg.DefaultRuntime
+	}
+	return build.BundleDir(ctx, dir, build.DirOptions{
+		Entry:    req.Entry,
+		Runtime:  runtime,
+		MaxSize:  s.cfg.MaxCodeBytes,
+		NPMCache: s.cfg.NPMCache,
+		Registry: s.cfg.NPMRegistry,
 	})
 }
 

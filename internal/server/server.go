@@ -65,6 +65,7 @@ type Config struct {
 	UIDBase          int
 	ShutdownTimeout  time.Duration
 	DebugListen      string // pprof, on its own listener
+	NPMRegistry      string // for dependencies at deploy time; "" is npm's public registry
 }
 
 // Server is a running Spry.
@@ -217,6 +218,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		DefaultNetwork:     cfg.DefaultNetwork,
 		DefaultConcurrency: cfg.Concurrency,
 		DefaultMaxScale:    cfg.MaxScale,
+		NPMCache:           filepath.Join(dataDir, "npm-cache"),
+		NPMRegistry:        cfg.NPMRegistry,
 		Bounds: functions.Bounds{
 			MaxMemoryMiB:   cfg.MaxMemoryMiB,
 			MaxTimeout:     cfg.MaxTimeout,

@@ -1,0 +1,120 @@
+package e2e
+
+import (
+	"archive/tar"
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/spry-run/spry/internal/archive"
+)
+
+func writeTree(t *testing.T, files map[string]string) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "proj")
+	for name, content := range files {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// TestDeployProjects: a directory with relative imports, an npm
+// dependency from the registry (installed and bundled at deploy time, on
+// the server), a deno.json import map and a .gitignore; a bad dependency
+// fails the deploy with npm's message and the previous version keeps
+// serving; the raw API takes an archive; --bundle bundles on the client;
+// Node runs the same kind of project.
+func TestDeployProjects(t *testing.T) {
+	s := startServer(t)
+	dir := writeTree(t, map[string]string{
+		"index.ts": `import isNumber from "is-number";
+import { greet } from "./lib/greet.ts";
+import { shout } from "util/shout.ts";
+export default { fetch(req: Request) {
+	const q = new URL(req.url).searchParams.get("n") ?? "";
+	return new Response(shout(greet(q)) + " " + isNumber(q));
+} };`,
+		"lib/greet.ts":      `export const greet = (s: string): string => "hello " + s;`,
+		"vendor/shout.ts":   `export const shout = (s: string): string => s.toUpperCase();`,
+		"deno.json":         `{"imports": {"util/": "./vendor/"}}`,
+		"package.json":      `{"name": "proj", "dependencies": {"is-number": "7.0.0"}}`,
+		".gitignore":        "scratch/\n",
+		"scratch/broken.ts": "this is not code {",
+	})
+	out := s.mustSpry("deploy", dir, "--name", "proj")
+	if !strings.Contains(out, "version 1") {
+		t.Fatalf("deploy printed %q", out)
+	}
+	if r := s.get("/fn/admin/proj/?n=42"); r.status != 200 || string(r.body) != "HELLO 42 true" {
+		t.Fatalf("project: %d %q", r.status, r.body)
+	}
+
+	// A dependency that does not exist: 400 with npm's words; version 1
+	// still serves.
+	bad := writeTree(t, map[string]string{
+		"index.ts":     `import x from "spry-definitely-not-a-package-xyz"; export default () => new Response(String(x));`,
+		"package.json": `{"dependencies": {"spry-definitely-not-a-package-xyz": "1.0.0"}}`,
+	})
+	_, errOut, code := s.spry("", "deploy", bad, "--name", "proj")
+	if code == 0 || !strings.Contains(errOut, "dependency install failed") {
+		t.Fatalf("bad dependency: exit %d, stderr %q", code, errOut)
+	}
+	if r := s.get("/fn/admin/proj/?n=x"); string(r.body) != "HELLO X false" {
+		t.Fatalf("after a failed deploy: %d %q", r.status, r.body)
+	}
+
+	// The raw API takes a tar.gz.
+	var buf bytes.Buffer
+	ignore, _ := archive.LoadGitignore(dir)
+	if err := archive.Pack(dir, &buf, ignore); err != nil {
+		t.Fatal(err)
+	}
+	r := s.do("PUT", "/api/v1/functions/proj-raw", s.token, &buf, map[string]string{"Content-Type": "application/gzip"})
+	if r.status != 201 {
+		t.Fatalf("raw archive deploy: %d %s", r.status, r.body)
+	}
+	if r := s.get("/fn/admin/proj-raw/?n=7"); string(r.body) != "HELLO 7 true" {
+		t.Fatalf("raw archive: %q", r.body)
+	}
+	// An archive that escapes its directory is refused.
+	evil := s.do("PUT", "/api/v1/functions/evil", s.token, bytes.NewReader(tarWithEntry(t, "../../etc/x", "boom")), map[string]string{"Content-Type": "application/x-tar"})
+	if evil.status != 400 {
+		t.Fatalf("path traversal archive: %d %s", evil.status, evil.body)
+	}
+
+	// --bundle bundles here and sends only the bundle.
+	s.mustSpry("deploy", dir, "--name", "proj-local", "--bundle")
+	if r := s.get("/fn/admin/proj-local/?n=1"); string(r.body) != "HELLO 1 true" {
+		t.Fatalf("--bundle: %q", r.body)
+	}
+
+	// Node, with an npm dependency and the Express contract.
+	nodeDir := writeTree(t, map[string]string{
+		"main.js":      `const isNumber = require("is-number"); module.exports = (req, res) => res.json({ ok: isNumber(req.query.n) });`,
+		"package.json": `{"main": "main.js", "dependencies": {"is-number": "7.0.0"}}`,
+	})
+	s.mustSpry("deploy", nodeDir, "--name", "proj-node", "--runtime", "node")
+	if r := s.get("/fn/admin/proj-node/?n=5"); strings.TrimSpace(string(r.body)) != `{"ok":true}` {
+		t.Fatalf("node project: %d %q", r.status, r.body)
+	}
+}
+
+func tarWithEntry(t *testing.T, name, content string) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(content)), Typeflag: tar.TypeReg}); err != nil {
+		t.Fatal(err)
+	}
+	tw.Write([]byte(content))
+	tw.Close()
+	return buf.Bytes()
+}
