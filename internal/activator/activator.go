@@ -443,6 +443,25 @@ func (a *Activator) stopAsync(rev *revision, in *instance) {
 	}()
 }
 
+// Admit lets versions of a function run, keeping those already allowed.
+// A version is admitted before requests can resolve to it and the old
+// ones are retired after, so no request finds its version neither live nor
+// admitted.
+func (a *Activator) Admit(functionID string, keys ...string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	live, ok := a.live[functionID]
+	if !ok {
+		return // everything is allowed until the first RetireExcept
+	}
+	for _, k := range keys {
+		if !slices.Contains(live, k) {
+			live = append(live, k)
+		}
+	}
+	a.live[functionID] = live
+}
+
 // RetireExcept retires every version of a function except those in keep
 // (Spec.Keys; none retires them all, as when the function is deleted).
 func (a *Activator) RetireExcept(functionID string, keep ...string) {

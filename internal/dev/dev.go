@@ -377,6 +377,7 @@ func (s *session) reload() {
 	if cur != nil {
 		spec.Version = cur.Version + 1
 	}
+	s.act.Admit(spec.FunctionID, spec.Key())
 	s.live.Store(spec)
 	s.act.RetireExcept(spec.FunctionID, spec.Key())
 	if cur != nil {

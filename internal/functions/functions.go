@@ -47,6 +47,7 @@ type LogDeleter interface {
 // instances get them at once) and when they stop being live (so their
 // instances drain).
 type Retirer interface {
+	Admit(functionID string, keys ...string)
 	RetireExcept(functionID string, keep ...string)
 	Ensure(spec *backend.Spec)
 }

@@ -143,6 +143,10 @@ func (s *Service) makeLive(ctx context.Context, fn store.Function) error {
 	if err != nil {
 		return err
 	}
+	// Admit the new versions, publish the route, then retire the old
+	// ones: a request resolving either way always finds its version
+	// allowed to run or retired after the new route is visible.
+	s.retirer.Admit(fn.ID, r.keys()...)
 	s.mu.Lock()
 	s.routes[store.FunctionKey{Owner: fn.Owner, Name: fn.Name}] = r
 	s.mu.Unlock()

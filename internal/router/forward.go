@@ -186,8 +186,10 @@ func (rt *Router) forward(ctx context.Context, w http.ResponseWriter, r *http.Re
 	} else {
 		c.close()
 	}
-	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
-		// The function's time ran out mid-response: it may be stuck.
+	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		// The function's time ran out mid-response: it may be stuck. (A
+		// client that went away also ends the copy, but says nothing
+		// about the function.)
 		inv.lease.Kill(backend.ExitTimeout)
 	}
 	// The status is written; errors copying the body can only end the

@@ -24,6 +24,7 @@ import (
 type upstreamBackend struct {
 	addr   string
 	starts atomic.Int32
+	kills  atomic.Int32
 }
 
 func (b *upstreamBackend) Start(ctx context.Context, spec *backend.Spec) (*backend.Instance, error) {
@@ -31,7 +32,7 @@ func (b *upstreamBackend) Start(ctx context.Context, spec *backend.Spec) (*backe
 	return backend.NewInstance(fmt.Sprintf("i-%d", n), spec, "unix", b.addr), nil
 }
 func (b *upstreamBackend) Stop(ctx context.Context, id string) error { return nil }
-func (b *upstreamBackend) Kill(id, reason string)                    {}
+func (b *upstreamBackend) Kill(id, reason string)                    { b.kills.Add(1) }
 
 type oneSpec struct{ spec *backend.Spec }
 
@@ -182,5 +183,56 @@ func TestForwardHead(t *testing.T) {
 			t.Fatalf("HEAD: %v %v", res, err)
 		}
 		res.Body.Close()
+	}
+}
+
+// A client that hangs up says nothing about the function: its instance
+// must live on (only the function's own timeout kills it).
+func TestClientDisconnectKeepsInstance(t *testing.T) {
+	for _, phase := range []string{"before headers", "mid-body"} {
+		t.Run(phase, func(t *testing.T) {
+			b := &upstreamBackend{}
+			b.addr = serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if phase == "mid-body" {
+					w.Write([]byte("partial"))
+					w.(http.Flusher).Flush()
+				}
+				time.Sleep(300 * time.Millisecond)
+				w.Write([]byte("late"))
+			}))
+			spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 5 * time.Second}
+			srv := httptest.NewServer(New(oneSpec{spec}, activator.New(b, activator.Config{}), Config{}))
+			defer srv.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			defer cancel()
+			req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+"/fn/alice/fn/", nil)
+			if res, err := http.DefaultClient.Do(req); err == nil {
+				io.ReadAll(res.Body)
+				res.Body.Close()
+			}
+			time.Sleep(400 * time.Millisecond)
+			if n := b.kills.Load(); n != 0 {
+				t.Fatalf("a client disconnect killed the instance (%d kills)", n)
+			}
+		})
+	}
+}
+
+// The function's own timeout does kill it: it may be stuck.
+func TestTimeoutKillsInstance(t *testing.T) {
+	b := &upstreamBackend{}
+	b.addr = serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(500 * time.Millisecond)
+	}))
+	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 100 * time.Millisecond}
+	srv := httptest.NewServer(New(oneSpec{spec}, activator.New(b, activator.Config{}), Config{}))
+	defer srv.Close()
+	res, err := http.Get(srv.URL + "/fn/alice/fn/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 504 || b.kills.Load() != 1 {
+		t.Fatalf("status %d, %d kills; want 504 and 1", res.StatusCode, b.kills.Load())
 	}
 }

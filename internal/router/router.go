@@ -183,6 +183,13 @@ func (rt *Router) fail(w http.ResponseWriter, ctx context.Context, inv *invocati
 		inv.lease.Kill(backend.ExitCrashed)
 		return
 	}
+	// The client went away (its context was cancelled, which also cuts
+	// the instance connection's deadline short): nobody reads an answer,
+	// and the function did nothing wrong.
+	if errors.Is(ctx.Err(), context.Canceled) {
+		w.WriteHeader(499)
+		return
+	}
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
 		timeout := inv.lease.Instance().Spec.Timeout
 		rt.log.Warn("invocation timed out; killing the instance", "instance", inst.ID, "request_id", inv.reqID, "timeout", timeout)
@@ -193,11 +200,6 @@ func (rt *Router) fail(w http.ResponseWriter, ctx context.Context, inv *invocati
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
 		rt.writeError(w, inv.reqID, errdefs.New(errdefs.ErrTooLarge, "request body is over the %d byte limit", mbe.Limit))
-		return
-	}
-	if errors.Is(ctx.Err(), context.Canceled) {
-		// The client went away; nobody reads the answer.
-		w.WriteHeader(499)
 		return
 	}
 	// If the instance died, its reaper learns why a moment later; wait

@@ -1,10 +1,15 @@
 // Spry's Deno bootstrap. It runs inside the sandbox before any user code.
 // It listens on the instance's Unix socket at once, so a pooled instance is
-// ready before it knows its function; then it reads one specialization
-// message on stdin, imports that function's bundle and serves it. Requests
-// that arrive while the import runs wait for it.
+// ready before it knows its function, and warms up the request path (Deno
+// loads parts of itself on first use). Then it takes one specialization
+// request on its control socket (which only the supervisor can reach; the
+// router never sends there), imports that function's bundle, answers the
+// supervisor and serves. Requests that arrive while the import runs wait.
 const SOCKET = "/run/spry/http.sock";
+const CONTROL = "/run/spry/control.sock";
 const encoder = new TextEncoder();
+// Answers the bootstrap's own warm-up request; unknowable from outside.
+const WARMUP = crypto.randomUUID();
 
 let handler = null;
 let failed = false;
@@ -32,19 +37,50 @@ function makeContext(req) {
   };
 }
 
+let listening = 0;
+function onListen() {
+  if (++listening === 2) warmUp().then(ready, ready);
+}
+
+// ready writes the first line on stdout, before any user code exists:
+// it tells the supervisor the instance is ready.
+function ready() {
+  Deno.stdout.writeSync(encoder.encode("SPRY-READY\n"));
+}
+
+// warmUp runs one request through the server and the usual web APIs, so
+// the first real request does not pay for loading them.
+async function warmUp() {
+  const conn = await Deno.connect({ transport: "unix", path: SOCKET });
+  await conn.write(encoder.encode(`POST /warm?x=1 HTTP/1.1\r\nHost: spry\r\nSpry-Warmup: ${WARMUP}\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}`));
+  const buf = new Uint8Array(4096);
+  while ((await conn.read(buf)) !== null) { /* read to the end */ }
+  conn.close();
+}
+
+async function warmRequest(raw) {
+  const req = publicRequest(raw);
+  await req.json();
+  new URL(req.url).searchParams.get("x");
+  new Headers(req.headers).get("host");
+  const res = Response.json({ ok: true }, { headers: { "x-warm": "1" } });
+  await new Response(new ReadableStream({ start(c) { c.enqueue(encoder.encode("x")); c.close(); } })).text();
+  new TextDecoder().decode(encoder.encode("warm"));
+  return res;
+}
+
 Deno.serve({
   path: SOCKET,
-  onListen() {
-    // The first line on stdout, written before any user code exists, tells
-    // the supervisor the instance is ready.
-    Deno.stdout.writeSync(encoder.encode("SPRY-READY\n"));
-  },
+  onListen,
   onError(err) {
     console.error("uncaught exception in function:", err);
     return errorResponse(500, "function_error", "the function threw an uncaught exception; see its logs");
   },
 }, async (raw) => {
-  if (handler === null) await loaded;
+  if (handler === null) {
+    if (raw.headers.get("spry-warmup") === WARMUP) return warmRequest(raw);
+    await loaded;
+  }
   const req = publicRequest(raw);
   if (failed) {
     return errorResponse(502, "function_failed", "the function failed to load; see its logs");
@@ -109,23 +145,24 @@ function pickHandler(mod) {
   throw new TypeError("the module's default export is neither a function nor an object with a fetch method");
 }
 
-async function readSpecialization() {
-  const reader = Deno.stdin.readable.getReader();
-  const decoder = new TextDecoder();
-  let buf = "";
-  while (true) {
-    const { value, done } = await reader.read();
-    if (done) Deno.exit(0); // the supervisor closed stdin: retire quietly
-    buf += decoder.decode(value, { stream: true });
-    const nl = buf.indexOf("\n");
-    if (nl >= 0) {
-      reader.releaseLock();
-      return JSON.parse(buf.slice(0, nl));
-    }
-  }
+// readSpecialization serves the control socket until the supervisor sends
+// the function; answer (a Response) goes back to it once the import ends.
+function readSpecialization() {
+  return new Promise((resolve) => {
+    let taken = false;
+    Deno.serve({ path: CONTROL, onListen }, async (req) => {
+      if (taken) return new Response("already specialized", { status: 409 });
+      taken = true;
+      const spec = await req.json();
+      const { promise, resolve: answer } = Promise.withResolvers();
+      resolve({ spec, answer });
+      return await promise;
+    });
+  });
 }
 
-const spec = await readSpecialization();
+// One specialization per life: the control socket refuses any other.
+const { spec, answer } = await readSpecialization();
 meta = {
   name: spec.name,
   owner: spec.owner,
@@ -134,9 +171,11 @@ meta = {
 };
 try {
   handler = pickHandler(await import(spec.module));
+  answer(Response.json({ ok: true }));
 } catch (err) {
   failed = true;
   console.error("function failed to load:", err);
+  answer(Response.json({ error: String(err?.message ?? err).slice(0, 1000) }, { status: 500 }));
   resolveLoaded();
   // Answer what is waiting, then exit so the supervisor records the crash
   // and the next request starts a fresh instance.

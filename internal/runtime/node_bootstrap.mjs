@@ -25,12 +25,16 @@
 //      named ctx, context or env (or is destructured, as in
 //      `(req, { env })`), and express otherwise: (req, res),
 //      (request, response), (req, res, next), minified names...
+import { randomUUID } from "node:crypto";
 import http from "node:http";
 import { createRequire } from "node:module";
 import querystring from "node:querystring";
 import { Readable } from "node:stream";
 
 const SOCKET = "/run/spry/http.sock";
+const CONTROL = "/run/spry/control.sock";
+// Answers the bootstrap's own warm-up request; unknowable from outside.
+const WARMUP = randomUUID();
 const MAX_BODY = 10 << 20; // express contract: bodies are read in full
 const STREAM_PREFETCH = 1 << 20; // bytes of a Response read before deciding on Content-Length
 
@@ -74,7 +78,13 @@ async function serve(req, res) {
   res.on("error", (err) => console.error("response error:", err));
   req.on("error", () => {});
   try {
-    if (handler === null) await loaded;
+    if (handler === null) {
+      if (req.headers["spry-warmup"] === WARMUP) {
+        await warmHandler(req, res);
+        return;
+      }
+      await loaded;
+    }
     if (failed) {
       sendError(res, 502, "function_failed", "the function failed to load; see its logs");
       return;
@@ -107,11 +117,42 @@ server.keepAliveTimeout = 120_000;
 server.headersTimeout = 0;
 server.requestTimeout = 0;
 server.timeout = 0;
-server.listen(SOCKET, () => {
-  // The first line on stdout, written before any user code exists, tells
-  // the supervisor the instance is ready. Writes to a pipe are synchronous.
+// warmHandler runs the fetch contract's path once (Request from the
+// incoming message, Response back), before any function exists.
+let warmHandler = (req, res) =>
+  fetchAdapter(async (r) => {
+    await r.json();
+    new URL(r.url).searchParams.get("x");
+    return Response.json({ ok: true });
+  })(req, res);
+
+let listening = 0;
+function onListen() {
+  if (++listening === 2) warmUp().then(ready, ready);
+}
+
+// ready writes the first line on stdout, before any user code exists: it
+// tells the supervisor the instance is ready. Writes to a pipe are
+// synchronous.
+function ready() {
   process.stdout.write("SPRY-READY\n");
-});
+}
+
+// warmUp sends one request through the server, so the first real request
+// does not pay for loading and compiling that path.
+function warmUp() {
+  return new Promise((resolve) => {
+    const req = http.request({ socketPath: SOCKET, method: "POST", path: "/warm?x=1", headers: { "spry-warmup": WARMUP, "content-type": "application/json" } }, (res) => {
+      res.resume();
+      res.on("end", resolve);
+      res.on("error", resolve);
+    });
+    req.on("error", resolve);
+    req.end("{}");
+  });
+}
+
+server.listen(SOCKET, onListen);
 
 // ---------------------------------------------------------------------------
 // The fetch contract.
@@ -485,31 +526,36 @@ function pickHandler(mod) {
   return chosen === "express" ? expressAdapter(fn) : fetchAdapter(fn);
 }
 
+// readSpecialization serves the control socket until the supervisor sends
+// the function; answer(status, body) goes back to it once the import ends.
 function readSpecialization() {
-  return new Promise((resolve, reject) => {
-    let buf = "";
-    const stdin = process.stdin;
-    stdin.setEncoding("utf8");
-    const onEnd = () => process.exit(0); // the supervisor closed stdin: retire quietly
-    const onData = (s) => {
-      buf += s;
-      const nl = buf.indexOf("\n");
-      if (nl < 0) return;
-      stdin.off("data", onData);
-      stdin.off("end", onEnd);
-      stdin.pause();
-      try {
-        resolve(JSON.parse(buf.slice(0, nl)));
-      } catch (err) {
-        reject(err);
+  return new Promise((resolve) => {
+    let taken = false;
+    const control = http.createServer((req, res) => {
+      if (taken) {
+        res.writeHead(409).end("already specialized");
+        return;
       }
-    };
-    stdin.on("data", onData);
-    stdin.on("end", onEnd);
+      taken = true;
+      let body = "";
+      req.setEncoding("utf8");
+      req.on("data", (s) => (body += s));
+      req.on("end", () => {
+        const answer = (status, obj) => {
+          res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(obj), () => control.close());
+        };
+        try {
+          resolve({ spec: JSON.parse(body), answer });
+        } catch (err) {
+          answer(400, { error: String(err) });
+        }
+      });
+    });
+    control.listen(CONTROL, onListen);
   });
 }
 
-const spec = await readSpecialization();
+const { spec, answer } = await readSpecialization();
 const env = Object.fromEntries(Object.entries(spec.env ?? {}).map(([k, v]) => [k, String(v)]));
 meta = { name: spec.name, owner: spec.owner, version: spec.version, env: Object.freeze(env) };
 // The function's environment, and nothing else.
@@ -520,9 +566,11 @@ Object.assign(process.env, env);
 globalThis.require = createRequire(new URL(spec.module));
 try {
   handler = pickHandler(await import(spec.module));
+  answer(200, { ok: true });
 } catch (err) {
   failed = true;
   console.error("function failed to load:", err);
+  answer(500, { error: String(err?.message ?? err).slice(0, 1000) });
   resolveLoaded();
   // Answer what is waiting, then exit so the supervisor records the crash
   // and the next request starts a fresh instance.

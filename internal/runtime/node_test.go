@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -22,6 +23,7 @@ import (
 	"github.com/spry-run/spry/internal/backend"
 	"github.com/spry-run/spry/internal/backend/local"
 	"github.com/spry-run/spry/internal/blob"
+	"github.com/spry-run/spry/internal/errdefs"
 	"github.com/spry-run/spry/internal/nettest"
 	"github.com/spry-run/spry/internal/runtime"
 	"github.com/spry-run/spry/internal/sandbox"
@@ -538,17 +540,18 @@ func TestNodeErrors(t *testing.T) {
 
 func TestNodeImportFailure(t *testing.T) {
 	e := newNodeEnv(t, 1)
-	// The request is sent while the import is still running; it waits and
-	// gets the failure.
-	inst := e.start(t, `await new Promise((r) => setTimeout(r, 100)); throw new Error("boom at import"); export default () => new Response("never")`)
-	checkFunctionError(t, do(t, inst, "GET", "/", nil, nil), 502, "function_failed")
-	select {
-	case <-inst.Done():
-	case <-time.After(10 * time.Second):
-		t.Fatal("the instance did not exit after its import failed")
+	// The start waits for the import and reports its failure; the
+	// instance exits.
+	_, err := e.b.Start(context.Background(), e.spec(t, `await new Promise((r) => setTimeout(r, 100)); throw new Error("boom at import"); export default () => new Response("never")`))
+	if !errors.Is(err, errdefs.ErrFunctionFailed) || !strings.Contains(err.Error(), "boom at import") {
+		t.Fatalf("Start = %v, want a function_failed error naming the cause", err)
 	}
-	if ex := inst.Exit(); ex.Reason != backend.ExitCrashed || ex.Code != 1 {
-		t.Fatalf("exit = %+v", ex)
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(e.logs.String(), "instance ended") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the instance did not exit after its import failed; logs:\n%s", e.logs)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	if !strings.Contains(e.logs.String(), "boom at import") {
 		t.Fatalf("logs:\n%s", e.logs)

@@ -23,6 +23,10 @@ const (
 	SocketDir = "/run/spry"
 	// SocketName is the socket's file name in SocketDir.
 	SocketName = "http.sock"
+	// ControlSocketName is where a generic instance takes its one
+	// specialization (a POST of a Specialization); only the supervisor
+	// connects to it.
+	ControlSocketName = "control.sock"
 	// ReadyLine is the first line an instance writes on stdout once it
 	// listens; it is written before any user code is loaded.
 	ReadyLine = "SPRY-READY"
@@ -55,8 +59,10 @@ type Launch struct {
 	Mounts  []sandbox.Mount
 }
 
-// Specialization is the one message an instance reads on stdin: which
-// bundle to import and the context its handler gets.
+// Specialization is the one message an instance takes on its control
+// socket: which bundle to import and the context its handler gets. The
+// instance answers 200 once the import succeeded, or 500 with
+// {"error": "..."} if it failed.
 type Specialization struct {
 	Module  string            `json:"module"` // file:///code/<file>
 	Name    string            `json:"name"`
@@ -127,7 +133,7 @@ func (d *Deno) Launch(o LaunchOptions) Launch {
 		}
 	} else {
 		// Only its own socket: no network at all.
-		args = append(args, "--allow-net=unix:"+SocketDir+"/"+SocketName)
+		args = append(args, "--allow-net=unix:"+SocketDir+"/"+SocketName+",unix:"+SocketDir+"/"+ControlSocketName)
 	}
 	args = append(args, "/spry/bootstrap.js")
 	return Launch{

@@ -133,6 +133,16 @@ func (g *group) setMemory(bytes int64) error {
 	return g.v1.Update(r)
 }
 
+// setCPUShares changes the CPU weight (v2: cpu.weight, converted by the
+// library).
+func (g *group) setCPUShares(shares uint64) error {
+	r := &specs.LinuxResources{CPU: &specs.LinuxCPU{Shares: &shares}}
+	if g.v2 != nil {
+		return g.v2.Update(cgroup2.ToResources(r))
+	}
+	return g.v1.Update(r)
+}
+
 // oomKills reports how many processes the kernel's OOM killer has killed in
 // this cgroup.
 func (g *group) oomKills() uint64 {

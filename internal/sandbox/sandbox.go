@@ -244,6 +244,9 @@ func (s *Sandbox) Command(spec Spec) (*Cmd, error) {
 	return c, nil
 }
 
+// SetCPUShares changes the sandbox's CPU weight.
+func (c *Cmd) SetCPUShares(shares uint64) error { return c.group.setCPUShares(shares) }
+
 // SetMemory changes the instance's memory limit.
 func (c *Cmd) SetMemory(bytes int64) error { return c.group.setMemory(bytes) }
 

@@ -59,6 +59,7 @@ type Config struct {
 	MaxBodyBytes     int64   // largest invocation request body
 	CPU              float64 // CPUs one instance may use
 	PoolSize         int
+	NodePoolSize     int
 	DefaultMemoryMiB int
 	DenoBinary       string
 	NodeBinary       string
@@ -180,6 +181,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		Logs:             logSink{logs: s.logs},
 		Logger:           log,
 		PoolSize:         cfg.PoolSize,
+		PoolSizes:        map[string]int{"node": cfg.NodePoolSize},
 		DefaultMemoryMiB: cfg.DefaultMemoryMiB,
 		DefaultNetwork:   cfg.DefaultNetwork,
 		UIDBase:          cfg.UIDBase,

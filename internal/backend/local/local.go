@@ -7,6 +7,7 @@ package local
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -15,6 +16,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -53,7 +56,8 @@ type Config struct {
 	Blobs            Blobs
 	Logs             LogSink
 	Logger           *slog.Logger
-	PoolSize         int // warm generic instances kept per runtime at the default memory size and network
+	PoolSize         int            // warm generic instances kept per runtime at the default memory size and network
+	PoolSizes        map[string]int // per-runtime pool sizes, overriding PoolSize
 	DefaultMemoryMiB int
 	DefaultNetwork   string
 	UIDBase          int // first host uid for instances
@@ -64,6 +68,16 @@ type Config struct {
 	TmpBytes         int64
 	NoFiles          uint64
 }
+
+// CPU weights (cgroup shares) of a generic instance waiting in the pool
+// and of a specialized one.
+const (
+	pooledShares = 64
+	activeShares = 1024
+)
+
+// refillDelay is how long after a cold start the pool refill begins.
+const refillDelay = 25 * time.Millisecond
 
 // Backend runs instances on this machine.
 type Backend struct {
@@ -96,7 +110,6 @@ type proc struct {
 	uid    int
 	dir    string
 	cmd    *sandbox.Cmd
-	stdin  io.WriteCloser
 	ready  chan struct{} // closed when the runtime listens
 	exited chan struct{}
 
@@ -151,14 +164,20 @@ func New(cfg Config) (*Backend, error) {
 }
 
 func (b *Backend) defaultKeys() []poolKey {
-	if b.cfg.PoolSize <= 0 {
-		return nil
-	}
 	keys := make([]poolKey, 0, len(b.runtimes))
 	for name := range b.runtimes {
-		keys = append(keys, poolKey{name, b.cfg.DefaultMemoryMiB, b.cfg.DefaultNetwork})
+		if b.poolSize(name) > 0 {
+			keys = append(keys, poolKey{name, b.cfg.DefaultMemoryMiB, b.cfg.DefaultNetwork})
+		}
 	}
 	return keys
+}
+
+func (b *Backend) poolSize(runtime string) int {
+	if n, ok := b.cfg.PoolSizes[runtime]; ok {
+		return n
+	}
+	return b.cfg.PoolSize
 }
 
 func (b *Backend) kick() {
@@ -220,7 +239,7 @@ func (b *Backend) nextToFill() (poolKey, bool) {
 		return poolKey{}, false
 	}
 	for _, k := range b.defaultKeys() {
-		if len(b.pool[k])+b.filling[k] < b.cfg.PoolSize {
+		if len(b.pool[k])+b.filling[k] < b.poolSize(k.runtime) {
 			b.filling[k]++
 			return k, true
 		}
@@ -267,8 +286,15 @@ func (b *Backend) Start(ctx context.Context, spec *backend.Spec) (*backend.Insta
 			return nil, err
 		}
 	}
-	b.kick()
-	inst, err := b.specialize(p, spec, code)
+	// Refill the pool once this cold start is done and its first request
+	// served: a spawn started now would take the CPU from them.
+	defer time.AfterFunc(refillDelay, b.kick)
+	// Pooled sandboxes run at a low CPU weight, so refilling the pool
+	// yields to instances doing real work; this one now is one.
+	if err := p.cmd.SetCPUShares(activeShares); err != nil {
+		b.log.Warn("raise cpu shares", "instance", p.id, "err", err)
+	}
+	inst, err := b.specialize(ctx, p, spec, code)
 	if err != nil {
 		b.kill(p, backend.ExitCrashed)
 		return nil, err
@@ -421,7 +447,7 @@ func (b *Backend) spawn(ctx context.Context, key poolKey) (*proc, error) {
 		Resources: sandbox.Resources{
 			MemoryBytes: int64(key.memoryMiB) << 20,
 			Pids:        b.cfg.Pids,
-			CPUShares:   1024,
+			CPUShares:   pooledShares,
 			CPUQuotaUs:  b.cfg.CPUQuotaUs,
 		},
 		TmpBytes: b.cfg.TmpBytes,
@@ -431,11 +457,6 @@ func (b *Backend) spawn(ctx context.Context, key poolKey) (*proc, error) {
 		return fail(err)
 	}
 	p.cmd = cmd
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		cmd.Cleanup()
-		return fail(err)
-	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		cmd.Cleanup()
@@ -446,7 +467,6 @@ func (b *Backend) spawn(ctx context.Context, key poolKey) (*proc, error) {
 		cmd.Cleanup()
 		return fail(err)
 	}
-	p.stdin = stdin
 	if err := cmd.Start(); err != nil {
 		cmd.Cleanup()
 		return fail(fmt.Errorf("start sandbox: %w", err))
@@ -597,7 +617,7 @@ func describeExit(p *proc, waitErr error) string {
 }
 
 // specialize hands spec's bundle to a generic process.
-func (b *Backend) specialize(p *proc, spec *backend.Spec, codePath string) (*backend.Instance, error) {
+func (b *Backend) specialize(ctx context.Context, p *proc, spec *backend.Spec, codePath string) (*backend.Instance, error) {
 	file := strings.TrimPrefix(spec.Digest, "sha256:") + ".js"
 	dst := filepath.Join(p.dir, "code", file)
 	if err := linkOrCopy(codePath, dst); err != nil {
@@ -617,10 +637,51 @@ func (b *Backend) specialize(p *proc, spec *backend.Spec, codePath string) (*bac
 	p.mu.Lock()
 	p.spec, p.inst = spec, inst
 	p.mu.Unlock()
-	if _, err := p.stdin.Write(append(msg, '\n')); err != nil {
-		return nil, fmt.Errorf("specialize instance: %w: %w", err, errdefs.ErrUnavailable)
+	if err := postSpecialization(ctx, filepath.Join(p.dir, "sock", runtime.ControlSocketName), msg); err != nil {
+		return nil, err
 	}
 	return inst, nil
+}
+
+// postSpecialization hands the function to a generic instance over its
+// control socket (a pipe would cost milliseconds: runtimes read stdin on
+// a blocking thread) and waits until it has imported it.
+func postSpecialization(ctx context.Context, sock string, msg []byte) error {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+		DisableKeepAlives: true,
+	}
+	defer tr.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, "POST", "http://instance/", bytes.NewReader(msg))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	res, err := tr.RoundTrip(req)
+	if err != nil {
+		return fmt.Errorf("specialize instance: %w: %w", err, errdefs.ErrUnavailable)
+	}
+	defer res.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(res.Body, 4096))
+	if res.StatusCode != http.StatusOK {
+		var e struct {
+			Error string `json:"error"`
+		}
+		_ = json.Unmarshal(body, &e)
+		return errdefs.New(errdefs.ErrFunctionFailed, "the function failed to load: %s", oneLine(e.Error))
+	}
+	return nil
+}
+
+func oneLine(s string) string {
+	s = strings.ReplaceAll(strings.TrimSpace(s), "\n", " ")
+	if len(s) > 300 {
+		s = s[:300] + "..."
+	}
+	return s
 }
 
 func linkOrCopy(src, dst string) error {
