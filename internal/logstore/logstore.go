@@ -21,6 +21,9 @@ import (
 )
 
 // Streams an entry can come from.
+// insertRows is how many entries one INSERT statement writes.
+const insertRows = 100
+
 const (
 	StreamStdout = "stdout"
 	StreamStderr = "stderr"
@@ -58,7 +61,7 @@ const (
 	// after retentionRows entries have been written since the last pass,
 	// and on every Flush.
 	retentionTicks = 25
-	retentionRows  = 4096
+	retentionRows  = 50000
 )
 
 var (
@@ -592,22 +595,35 @@ func (s *Store) insert(batch []pending) error {
 		return err
 	}
 	defer tx.Rollback()
-	stmt, err := tx.PrepareContext(ctx, `INSERT INTO entries
-		(time_us, owner, name, version, instance, stream, request_id, line)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`)
-	if err != nil {
-		return err
-	}
-	defer stmt.Close()
-	for i := range batch {
-		e := &batch[i].e
-		res, err := stmt.ExecContext(ctx, e.Time.UnixMicro(), e.Owner, e.Function, e.Version,
-			e.Instance, e.Stream, e.RequestID, e.Line)
+	// Many rows per statement: one statement per row was most of the
+	// writer's cost at high invocation rates.
+	for len(batch) > 0 {
+		n := min(len(batch), insertRows)
+		chunk := batch[:n]
+		batch = batch[n:]
+		var q strings.Builder
+		q.WriteString("INSERT INTO entries (time_us, owner, name, version, instance, stream, request_id, line) VALUES ")
+		args := make([]any, 0, 8*n)
+		for i := range chunk {
+			if i > 0 {
+				q.WriteString(",")
+			}
+			q.WriteString("(?,?,?,?,?,?,?,?)")
+			e := &chunk[i].e
+			args = append(args, e.Time.UnixMicro(), e.Owner, e.Function, e.Version, e.Instance, e.Stream, e.RequestID, e.Line)
+		}
+		res, err := tx.ExecContext(ctx, q.String(), args...)
 		if err != nil {
 			return err
 		}
-		if e.ID, err = res.LastInsertId(); err != nil {
+		last, err := res.LastInsertId()
+		if err != nil {
 			return err
+		}
+		// One writer and AUTOINCREMENT: a statement's rows get consecutive
+		// ids ending at the last one.
+		for i := range chunk {
+			chunk[i].e.ID = last - int64(n-1-i)
 		}
 	}
 	return tx.Commit()

@@ -58,8 +58,7 @@ async function warmUp() {
   conn.close();
 }
 
-async function warmRequest(raw) {
-  const req = publicRequest(raw);
+async function warmRequest(req) {
   await req.json();
   new URL(req.url).searchParams.get("x");
   new Headers(req.headers).get("host");
@@ -76,12 +75,11 @@ Deno.serve({
     console.error("uncaught exception in function:", err);
     return errorResponse(500, "function_error", "the function threw an uncaught exception; see its logs");
   },
-}, async (raw) => {
+}, async (req) => {
   if (handler === null) {
-    if (raw.headers.get("spry-warmup") === WARMUP) return warmRequest(raw);
+    if (req.headers.get("spry-warmup") === WARMUP) return warmRequest(req);
     await loaded;
   }
-  const req = publicRequest(raw);
   if (failed) {
     return errorResponse(502, "function_failed", "the function failed to load; see its logs");
   }
@@ -106,6 +104,18 @@ Deno.serve({
 // first (the returned Response or the one given to respondWith) is used.
 let legacy = false;
 
+// answers maps a request served in the RequestEvent style to the function
+// that settles its response; the `req` getter below reaches it, so nothing
+// is attached to each request unless a handler asks for it.
+const answers = new WeakMap();
+Object.defineProperty(Request.prototype, "req", {
+  configurable: true,
+  get() {
+    const request = this;
+    return { request, respondWith: (r) => answers.get(request)?.(r) };
+  },
+});
+
 function callLegacyCompatible(req) {
   return new Promise((resolve, reject) => {
     let answered = false;
@@ -115,10 +125,7 @@ function callLegacyCompatible(req) {
         Promise.resolve(r).then(resolve, reject);
       }
     };
-    Object.defineProperty(req, "req", {
-      value: { request: req, respondWith: answer },
-      enumerable: false,
-    });
+    answers.set(req, answer);
     Promise.resolve()
       .then(() => handler(req, makeContext(req)))
       // Returning without a Response and without respondWith is an error
@@ -127,13 +134,19 @@ function callLegacyCompatible(req) {
   });
 }
 
-// Deno names requests on a Unix socket http+unix://; the function sees
-// the scheme its caller used instead.
-function publicRequest(req) {
-  if (!req.url.startsWith("http+unix:")) return req;
-  const scheme = req.headers.get("x-forwarded-proto") === "https" ? "https" : "http";
-  return new Request(scheme + req.url.slice("http+unix".length), req);
-}
+// Deno names requests on a Unix socket http+unix://; functions see the
+// scheme their caller used instead. Patching the getter once costs nothing
+// per request (a new Request per request would halve throughput).
+const urlGetter = Object.getOwnPropertyDescriptor(Request.prototype, "url");
+Object.defineProperty(Request.prototype, "url", {
+  configurable: true,
+  enumerable: urlGetter.enumerable,
+  get() {
+    const url = urlGetter.get.call(this);
+    if (!url.startsWith("http+unix:")) return url;
+    return (this.headers.get("x-forwarded-proto") === "https" ? "https" : "http") + url.slice("http+unix".length);
+  },
+});
 
 function pickHandler(mod) {
   const d = mod.default;
