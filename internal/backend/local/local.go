@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	goruntime "runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -95,6 +96,10 @@ type Backend struct {
 	refill chan struct{}
 	stop   chan struct{}
 	wg     sync.WaitGroup
+	// spawns bounds sandboxes starting at once: a burst of fifty on two
+	// cores makes every one of them slow, while a few at a time finish
+	// in turn.
+	spawns chan struct{}
 }
 
 type poolKey struct {
@@ -143,6 +148,7 @@ func New(cfg Config) (*Backend, error) {
 		uids:     make([]bool, cfg.UIDCount),
 		refill:   make(chan struct{}, 1),
 		stop:     make(chan struct{}),
+		spawns:   make(chan struct{}, max(2, goruntime.NumCPU())),
 	}
 	for _, r := range cfg.Runtimes {
 		b.runtimes[r.Name()] = r
@@ -409,6 +415,12 @@ func (b *Backend) freeUID(uid int) {
 // spawn starts a generic runtime process in a new sandbox and waits until
 // it listens.
 func (b *Backend) spawn(ctx context.Context, key poolKey) (*proc, error) {
+	select {
+	case b.spawns <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-b.spawns }()
 	rt := b.runtimes[key.runtime]
 	uid, err := b.allocUID()
 	if err != nil {
