@@ -449,7 +449,7 @@ func scenBurst(ctx context.Context, env *benchEnv) error {
 	if env.quick {
 		k = 5
 	}
-	s0, err := startSpry(ctx, env, "spawn-ref", uidBaseFor(4)+uidSpan, "--pool-size", "0")
+	s0, err := startSpry(ctx, env, "spawn-ref", uidBaseFor(4)+uidSpan, "--pool-size", "0", "--node-pool-size", "0")
 	defer s0.shutdown(env)
 	if err != nil {
 		return err
@@ -770,7 +770,7 @@ func scenDensity(ctx context.Context, env *benchEnv) error {
 		M, W = 300, 20
 	}
 	P := env.poolSize
-	s, err := startSpry(ctx, env, "density", uidBaseFor(7), "--pool-size", strconv.Itoa(P), "--scale-to-zero-after", "30m")
+	s, err := startSpry(ctx, env, "density", uidBaseFor(7), "--pool-size", strconv.Itoa(P), "--node-pool-size", strconv.Itoa(P), "--scale-to-zero-after", "30m")
 	defer s.shutdown(env)
 	if err != nil {
 		return err

@@ -130,14 +130,27 @@ func New(b Backend, cfg Config) *Activator {
 }
 
 func (a *Activator) scalerConfig(spec *backend.Spec) autoscaler.Config {
+	target := spec.TargetUtilization
+	if target == 0 {
+		target = a.cfg.TargetUtilization
+	}
 	return autoscaler.Config{
 		Min:               spec.MinScale,
 		Max:               spec.MaxScale,
 		Concurrency:       max(spec.Concurrency, 1),
-		TargetUtilization: a.cfg.TargetUtilization,
+		TargetUtilization: target,
 		StableWindow:      a.cfg.StableWindow,
-		ScaleToZeroGrace:  a.cfg.ScaleToZeroAfter,
+		ScaleToZeroGrace:  a.grace(spec),
 	}
+}
+
+// grace is how long spec's version may go without requests before its
+// last instance stops.
+func (a *Activator) grace(spec *backend.Spec) time.Duration {
+	if spec.ScaleToZeroAfter > 0 {
+		return spec.ScaleToZeroAfter
+	}
+	return a.cfg.ScaleToZeroAfter
 }
 
 // Lease is one request's hold on an instance; Release it when the
@@ -543,7 +556,7 @@ func (a *Activator) scale(rev *revision, now time.Time) {
 	desired := d.Desired
 	// Never to zero while requests are recent (the scaler samples at
 	// ticks and may not have seen short ones).
-	if desired == 0 && (load > 0 || now.Sub(rev.lastActivity) < a.cfg.ScaleToZeroAfter) && running+rev.starting > 0 {
+	if desired == 0 && (load > 0 || now.Sub(rev.lastActivity) < a.grace(rev.spec)) && running+rev.starting > 0 {
 		desired = 1
 	}
 	for n := desired - running - rev.starting; n > 0; n-- {

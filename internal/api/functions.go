@@ -58,6 +58,9 @@ type DeployBody struct {
 	Min         *int   `json:"min,omitempty"`
 	Max         *int   `json:"max,omitempty"`
 	Concurrency *int   `json:"concurrency,omitempty"`
+	CPU         string `json:"cpu,omitempty"`                 // e.g. "0.5"
+	Target      string `json:"target_utilization,omitempty"`  // e.g. "70"
+	Grace       string `json:"scale_to_zero_after,omitempty"` // e.g. "10m"
 }
 
 // settings turns the body's settings into the strings ParseLimits reads.
@@ -79,6 +82,9 @@ func (d *DeployBody) settings() map[string]string {
 	putInt(functions.SettingMin, d.Min)
 	putInt(functions.SettingMax, d.Max)
 	putInt(functions.SettingConcurrency, d.Concurrency)
+	put(functions.SettingCPU, d.CPU)
+	put(functions.SettingTarget, d.Target)
+	put(functions.SettingGrace, d.Grace)
 	return m
 }
 
@@ -272,6 +278,9 @@ type ConfigBody struct {
 	Min          *int              `json:"min,omitempty"`
 	Max          *int              `json:"max,omitempty"`
 	Concurrency  *int              `json:"concurrency,omitempty"`
+	CPU          string            `json:"cpu,omitempty"`
+	Target       string            `json:"target_utilization,omitempty"`
+	Grace        string            `json:"scale_to_zero_after,omitempty"`
 	Env          map[string]string `json:"env,omitempty"`
 	UnsetEnv     []string          `json:"unset_env,omitempty"`
 	Secrets      map[string]string `json:"secrets,omitempty"`
@@ -287,7 +296,8 @@ func (a *API) configureFunction(w http.ResponseWriter, r *http.Request) error {
 	if err := readJSON(w, r, &body); err != nil {
 		return err
 	}
-	d := DeployBody{Memory: body.Memory, Timeout: body.Timeout, Network: body.Network, Min: body.Min, Max: body.Max, Concurrency: body.Concurrency}
+	d := DeployBody{Memory: body.Memory, Timeout: body.Timeout, Network: body.Network, Min: body.Min, Max: body.Max,
+		Concurrency: body.Concurrency, CPU: body.CPU, Target: body.Target, Grace: body.Grace}
 	fn, err := a.fns.Reconfigure(r.Context(), owner, name, principal(r).User, functions.Change{
 		Runtime:      body.Runtime,
 		Settings:     d.settings(),

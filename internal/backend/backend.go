@@ -23,9 +23,12 @@ type Spec struct {
 	Network    string        // "none" or "egress"
 	Timeout    time.Duration // per invocation
 	// Scaling policy.
-	MinScale    int
-	MaxScale    int
-	Concurrency int
+	MinScale          int
+	MaxScale          int
+	Concurrency       int
+	TargetUtilization float64       // 0: the autoscaler's default
+	ScaleToZeroAfter  time.Duration // 0: the server's default
+	CPUMilli          int           // CPU quota in thousandths of a CPU; 0: the server's default
 }
 
 // Key identifies the version across the platform.

@@ -105,6 +105,7 @@ bundled here instead (npm on this machine) and only the bundle is sent.`,
 // limitFlags are the per-function settings flags.
 type limitFlags struct {
 	memory, timeout, network string
+	cpu, target, grace       string
 	min, max, concurrency    int
 }
 
@@ -116,11 +117,15 @@ func (l *limitFlags) register(cmd *cobra.Command) {
 	f.IntVar(&l.min, "min", 0, "instances kept running even when idle")
 	f.IntVar(&l.max, "max", 0, "most instances to scale to")
 	f.IntVar(&l.concurrency, "concurrency", 0, "most requests one instance handles at once")
+	f.StringVar(&l.cpu, "cpu", "", "CPU quota of each instance, e.g. 0.5 or 2 (default: the server's)")
+	f.StringVar(&l.target, "target-utilization", "", "share of --concurrency the autoscaler aims for, e.g. 70 (percent)")
+	f.StringVar(&l.grace, "scale-to-zero-after", "", "stop the last instance after this long without requests (default: the server's)")
 }
 
 // apply copies the flags the user set into body.
 func (l *limitFlags) apply(cmd *cobra.Command, body *api.DeployBody) {
 	body.Memory, body.Timeout, body.Network = l.memory, l.timeout, l.network
+	body.CPU, body.Target, body.Grace = l.cpu, l.target, l.grace
 	f := cmd.Flags()
 	if f.Changed("min") {
 		body.Min = &l.min

@@ -376,6 +376,15 @@ func overlay(base, ch store.Limits) store.Limits {
 	if ch.Concurrency != 0 {
 		base.Concurrency = ch.Concurrency
 	}
+	if ch.CPUMilli != 0 {
+		base.CPUMilli = ch.CPUMilli
+	}
+	if ch.TargetPercent != 0 {
+		base.TargetPercent = ch.TargetPercent
+	}
+	if ch.ScaleToZeroMs != 0 {
+		base.ScaleToZeroMs = ch.ScaleToZeroMs
+	}
 	return base
 }
 

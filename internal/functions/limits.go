@@ -19,10 +19,13 @@ const (
 	SettingMin         = "min"
 	SettingMax         = "max"
 	SettingConcurrency = "concurrency"
+	SettingCPU         = "cpu"
+	SettingTarget      = "target-utilization"
+	SettingGrace       = "scale-to-zero-after"
 )
 
 // Settings lists the setting names ParseLimits understands.
-var Settings = []string{SettingMemory, SettingTimeout, SettingNetwork, SettingMin, SettingMax, SettingConcurrency}
+var Settings = []string{SettingMemory, SettingTimeout, SettingNetwork, SettingMin, SettingMax, SettingConcurrency, SettingCPU, SettingTarget, SettingGrace}
 
 // Bounds are the server's limits on what a function may ask for.
 type Bounds struct {
@@ -30,6 +33,7 @@ type Bounds struct {
 	MaxTimeout     time.Duration
 	MaxScale       int
 	MaxConcurrency int
+	MaxCPUMilli    int
 }
 
 // ParseLimits reads per-function settings given as strings ("memory":
@@ -58,6 +62,30 @@ func ParseLimits(settings map[string]string, b Bounds) (store.Limits, error) {
 				return l, errdefs.Invalid("timeout %s is out of range: 10ms to %s", v, b.MaxTimeout)
 			}
 			l.TimeoutMs = int(d.Milliseconds())
+		case SettingCPU:
+			f, err := strconv.ParseFloat(strings.TrimSuffix(v, "m"), 64)
+			if strings.HasSuffix(v, "m") {
+				f /= 1000
+			}
+			if err != nil || math.IsNaN(f) || f < 0.05 || f*1000 > float64(b.MaxCPUMilli) {
+				return l, errdefs.Invalid("cpu %q: want CPUs between 0.05 and %g, like 0.5 or 500m", v, float64(b.MaxCPUMilli)/1000)
+			}
+			l.CPUMilli = int(math.Round(f * 1000))
+		case SettingTarget:
+			f, err := strconv.ParseFloat(strings.TrimSuffix(v, "%"), 64)
+			if err == nil && f > 0 && f <= 1 && !strings.HasSuffix(v, "%") {
+				f *= 100 // 0.7 means 70%
+			}
+			if err != nil || math.IsNaN(f) || f < 10 || f > 100 {
+				return l, errdefs.Invalid("target-utilization %q: want 10%% to 100%%, like 70 or 0.7", v)
+			}
+			l.TargetPercent = int(math.Round(f))
+		case SettingGrace:
+			d, err := time.ParseDuration(v)
+			if err != nil || d < time.Second || d > 24*time.Hour {
+				return l, errdefs.Invalid("scale-to-zero-after %q: want a duration from 1s to 24h", v)
+			}
+			l.ScaleToZeroMs = d.Milliseconds()
 		case SettingNetwork:
 			if v != "none" && v != "egress" {
 				return l, errdefs.Invalid("network %q: want none or egress", v)

@@ -9,7 +9,7 @@ import (
 	"github.com/spry-run/spry/internal/store"
 )
 
-var bounds = Bounds{MaxMemoryMiB: 2048, MaxTimeout: 15 * time.Minute, MaxScale: 100, MaxConcurrency: 1000}
+var bounds = Bounds{MaxMemoryMiB: 2048, MaxTimeout: 15 * time.Minute, MaxScale: 100, MaxConcurrency: 1000, MaxCPUMilli: 2000}
 
 func TestParseLimits(t *testing.T) {
 	tests := []struct {
@@ -34,7 +34,12 @@ func TestParseLimits(t *testing.T) {
 		{"min above max", map[string]string{"min": "5", "max": "2"}, store.Limits{}, false},
 		{"zero max", map[string]string{"max": "0"}, store.Limits{}, false},
 		{"zero concurrency", map[string]string{"concurrency": "0"}, store.Limits{}, false},
-		{"unknown", map[string]string{"cpu": "2"}, store.Limits{}, false},
+		{"cpu", map[string]string{"cpu": "0.5", "target-utilization": "70", "scale-to-zero-after": "10m"}, store.Limits{CPUMilli: 500, TargetPercent: 70, ScaleToZeroMs: 600000}, true},
+		{"cpu milli", map[string]string{"cpu": "250m", "target-utilization": "0.8"}, store.Limits{CPUMilli: 250, TargetPercent: 80}, true},
+		{"too much cpu", map[string]string{"cpu": "8"}, store.Limits{}, false},
+		{"bad target", map[string]string{"target-utilization": "5"}, store.Limits{}, false},
+		{"short grace", map[string]string{"scale-to-zero-after": "10ms"}, store.Limits{}, false},
+		{"unknown", map[string]string{"gpu": "2"}, store.Limits{}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -69,6 +74,7 @@ func FuzzParseLimits(f *testing.F) {
 		if l.MemoryMiB != 0 && (l.MemoryMiB < 32 || l.MemoryMiB > bounds.MaxMemoryMiB) ||
 			l.TimeoutMs < 0 || time.Duration(l.TimeoutMs)*time.Millisecond > bounds.MaxTimeout ||
 			l.MaxScale > bounds.MaxScale || l.Concurrency > bounds.MaxConcurrency ||
+			l.CPUMilli < 0 || l.CPUMilli > bounds.MaxCPUMilli || l.TargetPercent < 0 || l.TargetPercent > 100 ||
 			(l.Network != "" && l.Network != "none" && l.Network != "egress") {
 			t.Fatalf("accepted out-of-bounds %q=%q: %+v", k, v, l)
 		}

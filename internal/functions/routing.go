@@ -85,6 +85,10 @@ func (s *Service) specOf(fn store.Function, v store.Version) (*backend.Spec, err
 		MinScale:    l.MinScale,
 		MaxScale:    or(l.MaxScale, s.cfg.DefaultMaxScale),
 		Concurrency: or(l.Concurrency, s.cfg.DefaultConcurrency),
+		CPUMilli:    l.CPUMilli,
+		// Zero means the server's default for these two.
+		TargetUtilization: float64(l.TargetPercent) / 100,
+		ScaleToZeroAfter:  time.Duration(l.ScaleToZeroMs) * time.Millisecond,
 	}
 	if spec.Network == "" {
 		spec.Network = s.cfg.DefaultNetwork

@@ -133,10 +133,14 @@ func (g *group) setMemory(bytes int64) error {
 	return g.v1.Update(r)
 }
 
-// setCPUShares changes the CPU weight (v2: cpu.weight, converted by the
-// library).
-func (g *group) setCPUShares(shares uint64) error {
-	r := &specs.LinuxResources{CPU: &specs.LinuxCPU{Shares: &shares}}
+// setCPU changes the CPU weight (v2: cpu.weight, converted by the
+// library) and quota.
+func (g *group) setCPU(shares uint64, quotaUs int64) error {
+	quota, period := quotaUs, uint64(100000)
+	if quota <= 0 {
+		quota = -1
+	}
+	r := &specs.LinuxResources{CPU: &specs.LinuxCPU{Shares: &shares, Quota: &quota, Period: &period}}
 	if g.v2 != nil {
 		return g.v2.Update(cgroup2.ToResources(r))
 	}

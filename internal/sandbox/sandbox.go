@@ -244,8 +244,9 @@ func (s *Sandbox) Command(spec Spec) (*Cmd, error) {
 	return c, nil
 }
 
-// SetCPUShares changes the sandbox's CPU weight.
-func (c *Cmd) SetCPUShares(shares uint64) error { return c.group.setCPUShares(shares) }
+// SetCPU changes the sandbox's CPU weight and its quota (per 100 ms; 0
+// removes it).
+func (c *Cmd) SetCPU(shares uint64, quotaUs int64) error { return c.group.setCPU(shares, quotaUs) }
 
 // SetMemory changes the instance's memory limit.
 func (c *Cmd) SetMemory(bytes int64) error { return c.group.setMemory(bytes) }

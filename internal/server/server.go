@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	goruntime "runtime"
 	"slices"
 	"sync/atomic"
 	"syscall"
@@ -227,6 +228,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 			MaxTimeout:     cfg.MaxTimeout,
 			MaxScale:       cfg.MaxScale,
 			MaxConcurrency: 10000,
+			MaxCPUMilli:    goruntime.NumCPU() * 1000,
 		},
 		Logger: log,
 	})

@@ -38,6 +38,13 @@ type Limits struct {
 	MinScale    int    `json:"min,omitempty"`
 	MaxScale    int    `json:"max,omitempty"`
 	Concurrency int    `json:"concurrency,omitempty"`
+	// CPUMilli is the CPU quota in thousandths of a CPU.
+	CPUMilli int `json:"cpu_milli,omitempty"`
+	// TargetPercent is the share of Concurrency the autoscaler aims for.
+	TargetPercent int `json:"target_percent,omitempty"`
+	// ScaleToZeroMs is how long without requests before the last
+	// instance stops.
+	ScaleToZeroMs int64 `json:"scale_to_zero_ms,omitempty"`
 }
 
 // Config is everything about a version besides its code. It is stored as

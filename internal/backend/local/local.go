@@ -77,6 +77,15 @@ const (
 	activeShares = 1024
 )
 
+// cpuQuota is the quota per 100 ms period for a function asking for
+// milli thousandths of a CPU (0: the default).
+func cpuQuota(milli int, def int64) int64 {
+	if milli > 0 {
+		return int64(milli) * 100
+	}
+	return def
+}
+
 // refillDelay is how long after a cold start the pool refill begins.
 const refillDelay = 25 * time.Millisecond
 
@@ -297,8 +306,8 @@ func (b *Backend) Start(ctx context.Context, spec *backend.Spec) (*backend.Insta
 	defer time.AfterFunc(refillDelay, b.kick)
 	// Pooled sandboxes run at a low CPU weight, so refilling the pool
 	// yields to instances doing real work; this one now is one.
-	if err := p.cmd.SetCPUShares(activeShares); err != nil {
-		b.log.Warn("raise cpu shares", "instance", p.id, "err", err)
+	if err := p.cmd.SetCPU(activeShares, cpuQuota(spec.CPUMilli, b.cfg.CPUQuotaUs)); err != nil {
+		b.log.Warn("set cpu limits", "instance", p.id, "err", err)
 	}
 	inst, err := b.specialize(ctx, p, spec, code)
 	if err != nil {
