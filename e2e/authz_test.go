@@ -21,6 +21,11 @@ var managementEndpoints = []endpoint{
 	{"GET", "/api/v1/functions/{name}?owner={owner}", ""},
 	{"PUT", "/api/v1/functions/{name}?owner={owner}", `export default () => new Response("replaced")`},
 	{"PATCH", "/api/v1/functions/{name}?owner={owner}", `{"env":{"X":"1"}}`},
+	{"GET", "/api/v1/functions/{name}/logs?owner={owner}", ""},
+	{"GET", "/api/v1/functions/{name}/versions?owner={owner}", ""},
+	{"POST", "/api/v1/functions/{name}/rollback?owner={owner}", `{"version":1}`},
+	{"PUT", "/api/v1/functions/{name}/traffic?owner={owner}", `{"1":100}`},
+	{"PUT", "/api/v1/functions/{name}/tags/canary?owner={owner}", `{"version":1}`},
 	{"DELETE", "/api/v1/functions/{name}?owner={owner}", ""},
 }
 

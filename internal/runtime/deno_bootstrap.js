@@ -37,6 +37,16 @@ function makeContext(req) {
   };
 }
 
+// stdin is the supervisor's lifeline: it closes when the supervisor dies,
+// however it dies, and the instance must not outlive it.
+(async () => {
+  try {
+    for await (const _ of Deno.stdin.readable) { /* nothing is ever sent */ }
+  } finally {
+    Deno.exit(0);
+  }
+})();
+
 let listening = 0;
 function onListen() {
   if (++listening === 2) warmUp().then(ready, ready);

@@ -126,6 +126,12 @@ let warmHandler = (req, res) =>
     return Response.json({ ok: true });
   })(req, res);
 
+// stdin is the supervisor's lifeline: it closes when the supervisor dies,
+// however it dies, and the instance must not outlive it.
+process.stdin.on("end", () => process.exit(0));
+process.stdin.on("error", () => process.exit(0));
+process.stdin.resume();
+
 let listening = 0;
 function onListen() {
   if (++listening === 2) warmUp().then(ready, ready);

@@ -126,6 +126,8 @@ type proc struct {
 	cmd    *sandbox.Cmd
 	ready  chan struct{} // closed when the runtime listens
 	exited chan struct{}
+	// lifeline is the runtime's stdin; see spawn.
+	lifeline io.WriteCloser
 
 	mu       sync.Mutex
 	spec     *backend.Spec // nil while generic
@@ -267,6 +269,9 @@ func (b *Backend) PoolIdle() map[string]int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	out := map[string]int{}
+	for name := range b.runtimes {
+		out[name] = 0
+	}
 	for k, ps := range b.pool {
 		out[k.runtime] += len(ps)
 	}
@@ -478,6 +483,16 @@ func (b *Backend) spawn(ctx context.Context, key poolKey) (*proc, error) {
 		return fail(err)
 	}
 	p.cmd = cmd
+	// stdin is the sandbox's lifeline: nothing is ever written to it, and
+	// the runtime exits when it closes, which the kernel does when this
+	// process dies however it dies (the parent-death signal alone does not
+	// always reach through bubblewrap).
+	lifeline, err := cmd.StdinPipe()
+	if err != nil {
+		cmd.Cleanup()
+		return fail(err)
+	}
+	p.lifeline = lifeline
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		cmd.Cleanup()

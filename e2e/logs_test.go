@@ -1,0 +1,104 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestLogs: a function's output, access lines and crash reasons are in
+// its logs, filtered by version and time, followed live, kept across a
+// restart, and gone with the function.
+func TestLogs(t *testing.T) {
+	s := startServer(t)
+	code := func(v string) []byte {
+		return []byte(`export default { fetch(req) {
+			const p = new URL(req.url).pathname;
+			console.log("` + v + ` says " + p);
+			console.error("` + v + ` warns");
+			if (p === "/crash") Deno.exit(9);
+			return new Response("ok");
+		} }`)
+	}
+	if r := s.putCode(s.token, "talk", code("one"), ""); r.status != 201 {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	s.get("/fn/admin/talk/hello")
+	s.get("/fn/admin/talk/crash")
+	eventually(t, 5*time.Second, "v1 lines", func() bool {
+		out, _, _ := s.spry("", "logs", "talk")
+		return strings.Contains(out, "stdout one says /hello") && strings.Contains(out, "stderr one warns") &&
+			strings.Contains(out, "access GET /fn/admin/talk/hello 200") && strings.Contains(out, "cold") &&
+			strings.Contains(out, "system instance ended") && strings.Contains(out, "exit status 9")
+	})
+	mark := time.Now()
+	time.Sleep(20 * time.Millisecond)
+	if r := s.putCode(s.token, "talk", code("two"), ""); r.status != 200 {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+
+	// Follow: new lines arrive as they are written.
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, s.bin, "logs", "talk", "--follow", "--version", "2")
+	cmd.Env = []string{"SPRY_URL=" + s.url, "SPRY_TOKEN=" + s.token, "HOME=" + t.TempDir()}
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 100)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			got <- sc.Text()
+		}
+		close(got)
+	}()
+	time.Sleep(300 * time.Millisecond)
+	s.get("/fn/admin/talk/live")
+	deadline := time.After(10 * time.Second)
+wait:
+	for {
+		select {
+		case l, ok := <-got:
+			if !ok {
+				t.Fatal("follow ended")
+			}
+			if strings.Contains(l, "one says") {
+				t.Fatalf("--version 2 printed a version 1 line: %s", l)
+			}
+			if strings.Contains(l, "two says /live") {
+				break wait
+			}
+		case <-deadline:
+			t.Fatal("a live line did not arrive while following")
+		}
+	}
+	cancel()
+	cmd.Wait()
+
+	// --since and --version filter.
+	out := s.mustSpry("logs", "talk", "--since", time.Since(mark).Round(time.Millisecond).String())
+	if strings.Contains(out, "one says") || !strings.Contains(out, "two says /live") {
+		t.Fatalf("--since:\n%s", out)
+	}
+	if out := s.mustSpry("logs", "talk", "--version", "1"); strings.Contains(out, "two says") || !strings.Contains(out, "one says") {
+		t.Fatalf("--version 1:\n%s", out)
+	}
+
+	// Kept across a restart; gone with the function.
+	s.restart()
+	if out := s.mustSpry("logs", "talk"); !strings.Contains(out, "one says /hello") {
+		t.Fatalf("after restart:\n%s", out)
+	}
+	s.mustSpry("rm", "talk")
+	if r := s.putCode(s.token, "talk", code("three"), ""); r.status != 201 {
+		t.Fatalf("%d", r.status)
+	}
+	if out := s.mustSpry("logs", "talk"); strings.Contains(out, "one says") {
+		t.Fatalf("a deleted function's logs survived:\n%s", out)
+	}
+}
