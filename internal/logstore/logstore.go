@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,6 +16,7 @@ import (
 	sqlite3 "modernc.org/sqlite/lib"
 
 	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/sqlitedb"
 )
 
 // Streams an entry can come from.
@@ -45,9 +44,6 @@ const (
 )
 
 const (
-	// busyTimeout bounds how long a statement waits for another
-	// connection's write lock, as in the metadata store.
-	busyTimeout = 10 * time.Second
 	// journalSizeLimit is what the WAL file is truncated to after a
 	// checkpoint, so that a burst of output does not leave it large.
 	journalSizeLimit = 64 << 20
@@ -230,23 +226,9 @@ func open(ctx context.Context, path string, opts Options, beforeWrite func()) (*
 	if err := opts.setDefaults(); err != nil {
 		return nil, err
 	}
-	// SQLite would create the file world-readable, and functions' output
-	// may hold anything. Creating it first fixes its mode; SQLite gives the
-	// -wal and -shm files the mode of the database file.
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	db, err := sqlitedb.Open(ctx, path, []string{fmt.Sprintf("journal_size_limit(%d)", journalSizeLimit)}, migrations)
 	if err != nil {
 		return nil, fmt.Errorf("logstore: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return nil, fmt.Errorf("logstore: %w", err)
-	}
-	db, err := sql.Open("sqlite", dsn(path))
-	if err != nil {
-		return nil, fmt.Errorf("logstore: open %s: %w", path, err)
-	}
-	if err := initDB(ctx, db); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("logstore: open %s: %w", path, err)
 	}
 	s := &Store{
 		db:          db,
@@ -261,67 +243,6 @@ func open(ctx context.Context, path string, opts Options, beforeWrite func()) (*
 	}
 	go s.run()
 	return s, nil
-}
-
-// dsn builds the driver's connection string, with the metadata store's
-// per-connection pragmas.
-func dsn(path string) string {
-	q := url.Values{}
-	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyTimeout.Milliseconds()))
-	// NORMAL is durable across application crashes in WAL mode; only a power
-	// loss can drop the last commits, and never corrupts the file.
-	q.Add("_pragma", "synchronous(NORMAL)")
-	q.Add("_pragma", fmt.Sprintf("journal_size_limit(%d)", journalSizeLimit))
-	// Writers take the write lock at BEGIN and queue under busy_timeout.
-	q.Set("_txlock", "immediate")
-	// A file: URI, with the path escaped, so that a '?' or '#' in the path
-	// is not taken for the start of the parameters.
-	return "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
-}
-
-func initDB(ctx context.Context, db *sql.DB) error {
-	// journal_mode is a property of the file, so setting it once suffices.
-	// WAL lets Query and Follow read while the writer commits.
-	var mode string
-	if err := db.QueryRowContext(ctx, "PRAGMA journal_mode = WAL").Scan(&mode); err != nil {
-		return fmt.Errorf("set journal mode: %w", err)
-	}
-	if !strings.EqualFold(mode, "wal") {
-		return fmt.Errorf("set journal mode: got %q, want wal", mode)
-	}
-	return migrate(ctx, db)
-}
-
-func migrate(ctx context.Context, db *sql.DB) error {
-	tx, err := db.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("migrate: %w", err)
-	}
-	defer tx.Rollback()
-
-	var v int
-	if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
-		return fmt.Errorf("migrate: read schema version: %w", err)
-	}
-	if v > len(migrations) {
-		return fmt.Errorf("migrate: database schema version %d is newer than this program's (%d)", v, len(migrations))
-	}
-	if v == len(migrations) {
-		return nil
-	}
-	for i := v; i < len(migrations); i++ {
-		if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
-			return fmt.Errorf("migrate to schema version %d: %w", i+1, err)
-		}
-	}
-	// PRAGMA takes no bound parameters.
-	if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", len(migrations))); err != nil {
-		return fmt.Errorf("migrate: set schema version: %w", err)
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("migrate: %w", err)
-	}
-	return nil
 }
 
 // Append queues e to be stored. It never blocks: when the queue is full, e

@@ -9,22 +9,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/url"
-	"os"
-	"strings"
 	"time"
 
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
 
 	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/sqlitedb"
 	"github.com/spry-run/spry/internal/store"
 )
-
-// busyTimeout bounds how long a statement waits for another connection's
-// write lock. Writes here hold it for milliseconds, so reaching it means
-// something is wrong rather than merely busy.
-const busyTimeout = 10 * time.Second
 
 // migrations are applied in order, each in the same transaction as the
 // PRAGMA user_version bump that records it. Only ever append: a database's
@@ -95,93 +88,11 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	if path == "" {
 		return nil, errdefs.Invalid("sqlite: database path is empty")
 	}
-	// SQLite would create the file world-readable, and it holds token
-	// hashes. Creating it first fixes its mode; SQLite gives the -wal and
-	// -shm files the mode of the database file.
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	db, err := sqlitedb.Open(ctx, path, []string{"foreign_keys(1)"}, migrations)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: %w", err)
 	}
-	if err := f.Close(); err != nil {
-		return nil, fmt.Errorf("sqlite: %w", err)
-	}
-
-	db, err := sql.Open("sqlite", dsn(path))
-	if err != nil {
-		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
-	}
-	s := &Store{db: db}
-	if err := s.init(ctx); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
-	}
-	return s, nil
-}
-
-// dsn builds the driver's connection string. The pragmas in it are
-// per-connection, so the driver must run them on every connection the pool
-// opens rather than once.
-func dsn(path string) string {
-	q := url.Values{}
-	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyTimeout.Milliseconds()))
-	q.Add("_pragma", "foreign_keys(1)")
-	// NORMAL is durable across application crashes in WAL mode; only a power
-	// loss can drop the last commits, and never corrupts the file.
-	q.Add("_pragma", "synchronous(NORMAL)")
-	// A deferred transaction that reads and then writes fails at once with
-	// SQLITE_BUSY, without waiting, if another connection wrote in between.
-	// Taking the write lock at BEGIN makes writers queue under busy_timeout.
-	q.Set("_txlock", "immediate")
-	// A file: URI, with the path escaped, so that a '?' or '#' in the path
-	// is not taken for the start of the parameters.
-	return "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
-}
-
-func (s *Store) init(ctx context.Context) error {
-	// journal_mode is a property of the file, so setting it once suffices.
-	// WAL lets readers proceed while a writer commits.
-	var mode string
-	if err := s.db.QueryRowContext(ctx, "PRAGMA journal_mode = WAL").Scan(&mode); err != nil {
-		return fmt.Errorf("set journal mode: %w", err)
-	}
-	if !strings.EqualFold(mode, "wal") {
-		return fmt.Errorf("set journal mode: got %q, want wal", mode)
-	}
-	return s.migrate(ctx)
-}
-
-func (s *Store) migrate(ctx context.Context) error {
-	// The transaction is immediate, so two processes opening a new file at
-	// once cannot both apply the same migration.
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("migrate: %w", err)
-	}
-	defer tx.Rollback()
-
-	var v int
-	if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
-		return fmt.Errorf("migrate: read schema version: %w", err)
-	}
-	if v > len(migrations) {
-		return fmt.Errorf("migrate: database schema version %d is newer than this program's (%d)", v, len(migrations))
-	}
-	if v == len(migrations) {
-		return nil
-	}
-	for i := v; i < len(migrations); i++ {
-		if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
-			return fmt.Errorf("migrate to schema version %d: %w", i+1, err)
-		}
-	}
-	// PRAGMA takes no bound parameters.
-	if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", len(migrations))); err != nil {
-		return fmt.Errorf("migrate: set schema version: %w", err)
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("migrate: %w", err)
-	}
-	return nil
+	return &Store{db: db}, nil
 }
 
 // Close closes the database.

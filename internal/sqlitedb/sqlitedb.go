@@ -1,0 +1,112 @@
+// Package sqlitedb opens Spry's SQLite files (modernc.org/sqlite) the one
+// way they all want: created private (0600), WAL, a busy timeout, writers
+// that take the lock at BEGIN, and a schema brought up to date by numbered
+// migrations recorded in PRAGMA user_version.
+package sqlitedb
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	_ "modernc.org/sqlite" // the driver
+)
+
+// BusyTimeout is how long a writer waits for the write lock. Writes hold
+// it for milliseconds, so reaching it means something is wrong rather than
+// merely busy.
+const BusyTimeout = 10 * time.Second
+
+// Open opens (creating if needed) the database at path with the given
+// per-connection pragmas (besides busy_timeout and synchronous(NORMAL),
+// which every file gets) and applies the migrations it lacks. Migrations
+// are only ever appended: a database's user_version is the number of them
+// it has applied.
+func Open(ctx context.Context, path string, pragmas []string, migrations []string) (*sql.DB, error) {
+	// SQLite would create the file world-readable, and it holds secrets'
+	// hashes or functions' output. Creating it first fixes its mode; SQLite
+	// gives the -wal and -shm files the mode of the database file.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.Close(); err != nil {
+		return nil, err
+	}
+	db, err := sql.Open("sqlite", dsn(path, pragmas))
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	if err := initDB(ctx, db, migrations); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	return db, nil
+}
+
+// dsn builds the driver's connection string. The pragmas in it are
+// per-connection, so the driver runs them on every connection it opens.
+func dsn(path string, pragmas []string) string {
+	q := url.Values{}
+	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", BusyTimeout.Milliseconds()))
+	// NORMAL is durable across application crashes in WAL mode; only a power
+	// loss can drop the last commits, and never corrupts the file.
+	q.Add("_pragma", "synchronous(NORMAL)")
+	for _, p := range pragmas {
+		q.Add("_pragma", p)
+	}
+	// A deferred transaction that reads and then writes fails at once with
+	// SQLITE_BUSY if another connection wrote in between. Taking the write
+	// lock at BEGIN makes writers queue under busy_timeout.
+	q.Set("_txlock", "immediate")
+	// A file: URI, with the path escaped, so that a '?' or '#' in the path
+	// is not taken for the start of the parameters.
+	return "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
+}
+
+func initDB(ctx context.Context, db *sql.DB, migrations []string) error {
+	// journal_mode is a property of the file, so setting it once suffices.
+	// WAL lets readers proceed while a writer commits.
+	var mode string
+	if err := db.QueryRowContext(ctx, "PRAGMA journal_mode = WAL").Scan(&mode); err != nil {
+		return fmt.Errorf("set journal mode: %w", err)
+	}
+	if !strings.EqualFold(mode, "wal") {
+		return fmt.Errorf("set journal mode: got %q, want wal", mode)
+	}
+	return migrate(ctx, db, migrations)
+}
+
+func migrate(ctx context.Context, db *sql.DB, migrations []string) error {
+	// The transaction is immediate, so two processes opening a new file at
+	// once cannot both apply the same migration.
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	defer tx.Rollback()
+	var v int
+	if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
+		return fmt.Errorf("migrate: read schema version: %w", err)
+	}
+	if v > len(migrations) {
+		return fmt.Errorf("migrate: database schema version %d is newer than this program's (%d)", v, len(migrations))
+	}
+	if v == len(migrations) {
+		return nil
+	}
+	for i := v; i < len(migrations); i++ {
+		if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
+			return fmt.Errorf("migrate to schema version %d: %w", i+1, err)
+		}
+	}
+	// PRAGMA takes no bound parameters.
+	if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", len(migrations))); err != nil {
+		return fmt.Errorf("migrate: set schema version: %w", err)
+	}
+	return tx.Commit()
+}
