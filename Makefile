@@ -27,10 +27,11 @@ $(DENO): runtimes/package.json runtimes/package-lock.json
 	touch $(DENO)
 
 ## deps: system packages the sandbox needs (Debian): bubblewrap, slirp4netns
-## and nftables for the egress network, iproute2 for the network tests
+## and nftables for the egress network, runsc for gVisor isolation, iproute2
+## for the network tests
 deps:
 	@missing=""; \
-	for p in bwrap:bubblewrap slirp4netns:slirp4netns nft:nftables nsenter:util-linux ip:iproute2; do \
+	for p in bwrap:bubblewrap slirp4netns:slirp4netns nft:nftables nsenter:util-linux ip:iproute2 runsc:runsc; do \
 		command -v $${p%%:*} >/dev/null || missing="$$missing $${p##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \

@@ -2,10 +2,10 @@ package e2e
 
 import (
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -223,4 +223,30 @@ func countMounts(t *testing.T) int {
 	return n
 }
 
-var _ = fmt.Sprint
+// TestGVisorIsolation: a function deployed with --isolation gvisor runs
+// under gVisor's user-space kernel, with the same contract; gVisor has no
+// network for it, so egress is refused at deploy time.
+func TestGVisorIsolation(t *testing.T) {
+	if _, err := exec.LookPath("runsc"); err != nil {
+		t.Skip("runsc is not installed")
+	}
+	s := startServer(t)
+	code := []byte(`export default { async fetch(req) {
+		let passwd;
+		try { passwd = await Deno.readTextFile("/etc/passwd"); } catch (e) { passwd = e.name; }
+		return new Response("gvisor " + new URL(req.url).pathname + " " + passwd);
+	} }`)
+	if r := s.putCode(s.token, "kernel", code, "isolation=gvisor"); r.status != 201 {
+		t.Fatalf("deploy: %d %s", r.status, r.body)
+	}
+	r := s.get("/fn/admin/kernel/inside")
+	if r.status != 200 || string(r.body) != "gvisor /inside NotCapable" {
+		t.Fatalf("got %d %q", r.status, r.body)
+	}
+	if out := s.mustSpry("ls"); !strings.Contains(out, "admin/kernel") {
+		t.Fatalf("ls:\n%s", out)
+	}
+	if r := s.putCode(s.token, "kernel2", code, "isolation=gvisor&network=egress"); r.status != 400 {
+		t.Fatalf("gvisor with egress: %d %s", r.status, r.body)
+	}
+}

@@ -61,6 +61,7 @@ type DeployBody struct {
 	CPU         string `json:"cpu,omitempty"`                 // e.g. "0.5"
 	Target      string `json:"target_utilization,omitempty"`  // e.g. "70"
 	Grace       string `json:"scale_to_zero_after,omitempty"` // e.g. "10m"
+	Isolation   string `json:"isolation,omitempty"`           // "standard" or "gvisor"
 }
 
 // settings turns the body's settings into the strings ParseLimits reads.
@@ -85,6 +86,7 @@ func (d *DeployBody) settings() map[string]string {
 	put(functions.SettingCPU, d.CPU)
 	put(functions.SettingTarget, d.Target)
 	put(functions.SettingGrace, d.Grace)
+	put(functions.SettingIsolation, d.Isolation)
 	return m
 }
 
@@ -281,6 +283,7 @@ type ConfigBody struct {
 	CPU          string            `json:"cpu,omitempty"`
 	Target       string            `json:"target_utilization,omitempty"`
 	Grace        string            `json:"scale_to_zero_after,omitempty"`
+	Isolation    string            `json:"isolation,omitempty"`
 	Env          map[string]string `json:"env,omitempty"`
 	UnsetEnv     []string          `json:"unset_env,omitempty"`
 	Secrets      map[string]string `json:"secrets,omitempty"`
@@ -297,7 +300,7 @@ func (a *API) configureFunction(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	d := DeployBody{Memory: body.Memory, Timeout: body.Timeout, Network: body.Network, Min: body.Min, Max: body.Max,
-		Concurrency: body.Concurrency, CPU: body.CPU, Target: body.Target, Grace: body.Grace}
+		Concurrency: body.Concurrency, CPU: body.CPU, Target: body.Target, Grace: body.Grace, Isolation: body.Isolation}
 	fn, err := a.fns.Reconfigure(r.Context(), owner, name, principal(r).User, functions.Change{
 		Runtime:      body.Runtime,
 		Settings:     d.settings(),

@@ -29,6 +29,7 @@ type Spec struct {
 	TargetUtilization float64       // 0: the autoscaler's default
 	ScaleToZeroAfter  time.Duration // 0: the server's default
 	CPUMilli          int           // CPU quota in thousandths of a CPU; 0: the server's default
+	Isolation         string        // "" (standard) or "gvisor"
 }
 
 // Key identifies the version across the platform.

@@ -32,7 +32,7 @@ func newConfigCmd(conn *connFlags) *cobra.Command {
 			var d api.DeployBody
 			lim.apply(cmd, &d)
 			body := api.ConfigBody{Runtime: runtime, Memory: d.Memory, Timeout: d.Timeout, Network: d.Network, Min: d.Min, Max: d.Max,
-				Concurrency: d.Concurrency, CPU: d.CPU, Target: d.Target, Grace: d.Grace}
+				Concurrency: d.Concurrency, CPU: d.CPU, Target: d.Target, Grace: d.Grace, Isolation: d.Isolation}
 			v, err := c.Configure(cmd.Context(), owner, args[0], body)
 			if err != nil {
 				return err

@@ -106,6 +106,7 @@ bundled here instead (npm on this machine) and only the bundle is sent.`,
 type limitFlags struct {
 	memory, timeout, network string
 	cpu, target, grace       string
+	isolation                string
 	min, max, concurrency    int
 }
 
@@ -120,12 +121,13 @@ func (l *limitFlags) register(cmd *cobra.Command) {
 	f.StringVar(&l.cpu, "cpu", "", "CPU quota of each instance, e.g. 0.5 or 2 (default: the server's)")
 	f.StringVar(&l.target, "target-utilization", "", "share of --concurrency the autoscaler aims for, e.g. 70 (percent)")
 	f.StringVar(&l.grace, "scale-to-zero-after", "", "stop the last instance after this long without requests (default: the server's)")
+	f.StringVar(&l.isolation, "isolation", "", "standard (bubblewrap), or gvisor: a user-space kernel in between (slower to start; no network)")
 }
 
 // apply copies the flags the user set into body.
 func (l *limitFlags) apply(cmd *cobra.Command, body *api.DeployBody) {
 	body.Memory, body.Timeout, body.Network = l.memory, l.timeout, l.network
-	body.CPU, body.Target, body.Grace = l.cpu, l.target, l.grace
+	body.CPU, body.Target, body.Grace, body.Isolation = l.cpu, l.target, l.grace, l.isolation
 	f := cmd.Flags()
 	if f.Changed("min") {
 		body.Min = &l.min

@@ -313,6 +313,9 @@ func (s *Service) newVersion(ctx context.Context, owner, name, by string, b *bun
 		cfg.Runtime = ch.Runtime
 	}
 	cfg.Limits = overlay(cfg.Limits, ch.limits)
+	if err := CheckIsolation(cfg.Limits); err != nil {
+		return store.Function{}, err
+	}
 	if cfg.Limits.MaxScale > 0 && cfg.Limits.MinScale > cfg.Limits.MaxScale {
 		return store.Function{}, errdefs.Invalid("min %d is above max %d", cfg.Limits.MinScale, cfg.Limits.MaxScale)
 	}
@@ -384,6 +387,9 @@ func overlay(base, ch store.Limits) store.Limits {
 	}
 	if ch.ScaleToZeroMs != 0 {
 		base.ScaleToZeroMs = ch.ScaleToZeroMs
+	}
+	if ch.Isolation != "" {
+		base.Isolation = ch.Isolation
 	}
 	return base
 }

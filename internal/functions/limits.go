@@ -22,10 +22,11 @@ const (
 	SettingCPU         = "cpu"
 	SettingTarget      = "target-utilization"
 	SettingGrace       = "scale-to-zero-after"
+	SettingIsolation   = "isolation"
 )
 
 // Settings lists the setting names ParseLimits understands.
-var Settings = []string{SettingMemory, SettingTimeout, SettingNetwork, SettingMin, SettingMax, SettingConcurrency, SettingCPU, SettingTarget, SettingGrace}
+var Settings = []string{SettingMemory, SettingTimeout, SettingNetwork, SettingMin, SettingMax, SettingConcurrency, SettingCPU, SettingTarget, SettingGrace, SettingIsolation}
 
 // Bounds are the server's limits on what a function may ask for.
 type Bounds struct {
@@ -86,6 +87,15 @@ func ParseLimits(settings map[string]string, b Bounds) (store.Limits, error) {
 				return l, errdefs.Invalid("scale-to-zero-after %q: want a duration from 1s to 24h", v)
 			}
 			l.ScaleToZeroMs = d.Milliseconds()
+		case SettingIsolation:
+			switch v {
+			case "standard":
+				l.Isolation = ""
+			case "gvisor":
+				l.Isolation = v
+			default:
+				return l, errdefs.Invalid("isolation %q: want standard or gvisor", v)
+			}
 		case SettingNetwork:
 			if v != "none" && v != "egress" {
 				return l, errdefs.Invalid("network %q: want none or egress", v)
@@ -120,6 +130,9 @@ func ParseLimits(settings map[string]string, b Bounds) (store.Limits, error) {
 	if l.MaxScale > 0 && l.MinScale > l.MaxScale {
 		return l, errdefs.Invalid("min %d is above max %d", l.MinScale, l.MaxScale)
 	}
+	if err := CheckIsolation(l); err != nil {
+		return l, err
+	}
 	return l, nil
 }
 
@@ -145,4 +158,12 @@ func ParseMemory(s string) (int, error) {
 		return 0, errdefs.Invalid("memory %q: want a size like 128Mi or 1Gi", s)
 	}
 	return int(math.Ceil(f * mult / (1 << 20))), nil
+}
+
+// CheckIsolation refuses settings gVisor isolation cannot honour.
+func CheckIsolation(l store.Limits) error {
+	if l.Isolation == "gvisor" && l.Network == "egress" {
+		return errdefs.Invalid("gvisor isolation runs without a network: use --network none (the default with gvisor)")
+	}
+	return nil
 }

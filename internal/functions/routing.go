@@ -89,9 +89,13 @@ func (s *Service) specOf(fn store.Function, v store.Version) (*backend.Spec, err
 		// Zero means the server's default for these two.
 		TargetUtilization: float64(l.TargetPercent) / 100,
 		ScaleToZeroAfter:  time.Duration(l.ScaleToZeroMs) * time.Millisecond,
+		Isolation:         l.Isolation,
 	}
 	if spec.Network == "" {
 		spec.Network = s.cfg.DefaultNetwork
+		if l.Isolation == "gvisor" {
+			spec.Network = "none"
+		}
 	}
 	if spec.Timeout == 0 {
 		spec.Timeout = s.cfg.DefaultTimeout

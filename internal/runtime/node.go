@@ -93,7 +93,7 @@ func (n *Node) Launch(o LaunchOptions) Launch {
 	}
 	return Launch{
 		Program: nodeProgram,
-		Args: []string{
+		Args: append([]string{
 			fmt.Sprintf("--max-old-space-size=%d", heap),
 			"--permission",
 			// One path per flag: a comma-separated list is deprecated.
@@ -106,7 +106,7 @@ func (n *Node) Launch(o LaunchOptions) Launch {
 			// function's logs then point into its own source.
 			"--enable-source-maps",
 			nodeBootPath,
-		},
+		}, bootstrapArgs(o)...),
 		// The complete environment: nothing (NODE_OPTIONS included) comes
 		// from the host. The bootstrap replaces it with the function's own
 		// before importing the function.

@@ -49,6 +49,16 @@ type LaunchOptions struct {
 	// DenyNet lists ranges an egress instance may not reach; the runtime
 	// denies them itself too, behind the sandbox's own rules.
 	DenyNet []string
+	// Isolation is the sandbox's isolation level ("" or "gvisor").
+	Isolation string
+}
+
+// bootstrapArgs are the arguments after a bootstrap script.
+func bootstrapArgs(o LaunchOptions) []string {
+	if o.Isolation == "gvisor" {
+		return []string{"--no-warmup"}
+	}
+	return nil
 }
 
 // Launch is what starts one generic instance.
@@ -136,6 +146,7 @@ func (d *Deno) Launch(o LaunchOptions) Launch {
 		args = append(args, "--allow-net=unix:"+SocketDir+"/"+SocketName+",unix:"+SocketDir+"/"+ControlSocketName)
 	}
 	args = append(args, "/spry/bootstrap.js")
+	args = append(args, bootstrapArgs(o)...)
 	return Launch{
 		Program: "/spry/deno",
 		Args:    args,

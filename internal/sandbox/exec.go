@@ -45,7 +45,7 @@ func execMain(args []string) error {
 		switch a {
 		case "--uid":
 			n, err := strconv.Atoi(v)
-			if err != nil || n <= 0 {
+			if err != nil || n < 0 {
 				return fmt.Errorf("bad --uid %q", v)
 			}
 			uid = n
@@ -62,7 +62,9 @@ func execMain(args []string) error {
 		}
 	}
 	argv := args[i:]
-	if uid <= 0 || len(argv) == 0 {
+	// uid 0 is only for gVisor's runsc, which needs root to build its
+	// sandbox and drops it itself.
+	if uid < 0 || len(argv) == 0 {
 		return fmt.Errorf("usage: %s --uid N [--cgroup FILE]... -- PROGRAM ARGS", ExecCommand)
 	}
 	// Join the cgroups first: every process the sandbox forks inherits them.
@@ -79,14 +81,16 @@ func execMain(args []string) error {
 	if err := unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{}); err != nil {
 		return fmt.Errorf("rlimit core: %w", err)
 	}
-	if err := syscall.Setgroups(nil); err != nil {
-		return fmt.Errorf("setgroups: %w", err)
-	}
-	if err := syscall.Setresgid(uid, uid, uid); err != nil {
-		return fmt.Errorf("setgid: %w", err)
-	}
-	if err := syscall.Setresuid(uid, uid, uid); err != nil {
-		return fmt.Errorf("setuid: %w", err)
+	if uid > 0 {
+		if err := syscall.Setgroups(nil); err != nil {
+			return fmt.Errorf("setgroups: %w", err)
+		}
+		if err := syscall.Setresgid(uid, uid, uid); err != nil {
+			return fmt.Errorf("setgid: %w", err)
+		}
+		if err := syscall.Setresuid(uid, uid, uid); err != nil {
+			return fmt.Errorf("setuid: %w", err)
+		}
 	}
 	// A credential change cleared the parent-death signal; re-arm it, then
 	// make sure the parent did not die in between.

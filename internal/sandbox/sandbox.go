@@ -34,6 +34,10 @@ type Spec struct {
 	Mounts    []Mount
 	UID       int    // host uid (and gid) the sandbox runs as; unprivileged
 	Network   string // NetworkNone or NetworkEgress
+	Isolation string // IsolationStandard ("" too) or IsolationGVisor
+	// BundleDir is a private directory gVisor isolation writes its OCI
+	// bundle to.
+	BundleDir string
 	Resources Resources
 	TmpBytes  int64 // size of the private /tmp
 	NoFiles   uint64
@@ -58,6 +62,8 @@ type Config struct {
 	EgressAllow []netip.Prefix
 	// Slirp4netns is the slirp4netns binary ("" finds it on $PATH).
 	Slirp4netns string
+	// Runsc is gVisor's runsc binary ("" finds it on $PATH when needed).
+	Runsc string
 }
 
 // Network modes.
@@ -122,6 +128,8 @@ type Cmd struct {
 	slirpFD    *os.File // closing it tells slirp4netns to exit
 	once       sync.Once
 	oomBase    uint64
+	// runsc's state, under gVisor isolation.
+	runscBin, runscRoot, runscID string
 }
 
 // addFile passes f to the child and returns its fd number there.
@@ -219,15 +227,24 @@ func (s *Sandbox) Command(spec Spec) (*Cmd, error) {
 	bw = append(bw, "--", spec.Program)
 	bw = append(bw, spec.Args...)
 
-	args := []string{ExecCommand, "--uid", strconv.Itoa(spec.UID)}
+	uid, program := spec.UID, append([]string{s.cfg.Bwrap}, bw...)
+	if spec.Isolation == IsolationGVisor {
+		// The files opened for bubblewrap are not passed to runsc.
+		c.CloseFiles()
+		if program, err = s.gvisorCommand(c, spec); err != nil {
+			return nil, err
+		}
+		uid = 0
+	}
+	args := []string{ExecCommand, "--uid", strconv.Itoa(uid)}
 	for _, p := range g.procsFiles() {
 		args = append(args, "--cgroup", p)
 	}
 	if spec.NoFiles > 0 {
 		args = append(args, "--nofile", strconv.FormatUint(spec.NoFiles, 10))
 	}
-	args = append(args, "--", s.cfg.Bwrap)
-	args = append(args, bw...)
+	args = append(args, "--")
+	args = append(args, program...)
 
 	cmd := exec.Command(s.cfg.Self, args...)
 	cmd.Env = []string{}
@@ -272,6 +289,7 @@ func (c *Cmd) Cleanup() {
 	c.once.Do(func() {
 		c.CloseFiles()
 		c.stopNetwork()
+		c.deleteRunsc()
 		for i := 0; i < 50; i++ {
 			if err := c.group.destroy(); err == nil {
 				return

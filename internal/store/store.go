@@ -45,6 +45,8 @@ type Limits struct {
 	// ScaleToZeroMs is how long without requests before the last
 	// instance stops.
 	ScaleToZeroMs int64 `json:"scale_to_zero_ms,omitempty"`
+	// Isolation is "" (standard: bubblewrap) or "gvisor".
+	Isolation string `json:"isolation,omitempty"`
 }
 
 // Config is everything about a version besides its code. It is stored as

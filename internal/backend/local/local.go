@@ -115,6 +115,7 @@ type poolKey struct {
 	runtime   string
 	memoryMiB int
 	network   string
+	isolation string
 }
 
 // proc is one sandboxed runtime process, generic until specialized.
@@ -184,7 +185,7 @@ func (b *Backend) defaultKeys() []poolKey {
 	keys := make([]poolKey, 0, len(b.runtimes))
 	for name := range b.runtimes {
 		if b.poolSize(name) > 0 {
-			keys = append(keys, poolKey{name, b.cfg.DefaultMemoryMiB, b.cfg.DefaultNetwork})
+			keys = append(keys, poolKey{name, b.cfg.DefaultMemoryMiB, b.cfg.DefaultNetwork, ""})
 		}
 	}
 	return keys
@@ -295,7 +296,7 @@ func (b *Backend) Start(ctx context.Context, spec *backend.Spec) (*backend.Insta
 	if network == "" {
 		network = b.cfg.DefaultNetwork
 	}
-	key := poolKey{rt.Name(), mem, network}
+	key := poolKey{rt.Name(), mem, network, spec.Isolation}
 	code, err := b.cfg.Blobs.Path(spec.Digest)
 	if err != nil {
 		return nil, fmt.Errorf("bundle of %s/%s v%d: %w", spec.Owner, spec.Name, spec.Version, err)
@@ -457,19 +458,21 @@ func (b *Backend) spawn(ctx context.Context, key poolKey) (*proc, error) {
 	if err := os.Chown(sock, uid, uid); err != nil {
 		return fail(err)
 	}
-	l := rt.Launch(runtime.LaunchOptions{MemoryMiB: key.memoryMiB, Network: key.network, DenyNet: b.cfg.Sandbox.EgressRanges()})
+	l := rt.Launch(runtime.LaunchOptions{MemoryMiB: key.memoryMiB, Network: key.network, DenyNet: b.cfg.Sandbox.EgressRanges(), Isolation: key.isolation})
 	mounts := append(l.Mounts,
 		sandbox.Mount{Source: filepath.Join(p.dir, "code"), Dest: runtime.CodeDir},
 		sandbox.Mount{Source: sock, Dest: runtime.SocketDir, Writable: true},
 	)
 	cmd, err := b.cfg.Sandbox.Command(sandbox.Spec{
-		Name:    p.id,
-		Program: l.Program,
-		Args:    l.Args,
-		Env:     l.Env,
-		Mounts:  mounts,
-		UID:     uid,
-		Network: key.network,
+		Name:      p.id,
+		Program:   l.Program,
+		Args:      l.Args,
+		Env:       l.Env,
+		Mounts:    mounts,
+		UID:       uid,
+		Network:   key.network,
+		Isolation: key.isolation,
+		BundleDir: filepath.Join(p.dir, "bundle"),
 		Resources: sandbox.Resources{
 			MemoryBytes: int64(key.memoryMiB) << 20,
 			Pids:        b.cfg.Pids,

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -302,4 +303,31 @@ func TestNetworkPolicy(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestGVisorIsolation(t *testing.T) {
+	if _, err := exec.LookPath("runsc"); err != nil {
+		t.Skip("runsc is not installed")
+	}
+	e := newEnv(t, 0)
+	spec := e.spec(t, `export default { async fetch(req) {
+		let passwd = "unreadable";
+		try { passwd = await Deno.readTextFile("/etc/passwd"); } catch (e) { passwd = e.name; }
+		return new Response("gvisor " + new URL(req.url).pathname + " " + passwd);
+	} }`)
+	spec.Isolation, spec.Network = "gvisor", "none"
+	t0 := time.Now()
+	inst, err := e.b.Start(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, body := get(t, inst, "/under")
+	t.Logf("gVisor cold start (spawn included): %v", time.Since(t0))
+	if code != 200 || body != "gvisor /under NotCapable" {
+		t.Fatalf("got %d %q", code, body)
+	}
+	if err := e.b.Stop(context.Background(), inst.ID); err != nil {
+		t.Fatal(err)
+	}
+	<-inst.Done()
 }
