@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -138,7 +139,7 @@ func (c *Cmd) StartNetwork(ctx context.Context) error {
 		// (such as /run/netns).
 		Unshareflags: syscall.CLONE_NEWNS,
 	}
-	var stderr bytes.Buffer
+	var stderr lockedBuffer
 	slirp.Stderr = &stderr
 	err = slirp.Start()
 	readyW.Close()
@@ -168,7 +169,7 @@ func (c *Cmd) StartNetwork(ctx context.Context) error {
 	select {
 	case err := <-ready:
 		if err != nil {
-			return fmt.Errorf("sandbox network: slirp4netns did not start: %v: %s", err, bytes.TrimSpace(stderr.Bytes()))
+			return fmt.Errorf("sandbox network: slirp4netns did not start: %v: %s", err, bytes.TrimSpace(stderr.bytes()))
 		}
 		return nil
 	case <-ctx.Done():
@@ -223,4 +224,23 @@ func ParsePrefixes(list []string) ([]netip.Prefix, error) {
 		out = append(out, p.Masked())
 	}
 	return out, nil
+}
+
+// lockedBuffer collects a child's stderr, which os/exec copies from its
+// own goroutine while we may already be reading it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) bytes() []byte {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]byte(nil), l.b.Bytes()...)
 }
