@@ -154,30 +154,9 @@ func (d *devSession) stop() {
 // procs lists live processes of this session's sandboxes: running as one
 // of its uids, or naming its run directory.
 func (d *devSession) procs() []string {
-	var out []string
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-		if err != nil {
-			continue
-		}
-		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		cmd := strings.ReplaceAll(string(cmdline), "\x00", " ")
-		uid := -1
-		for _, line := range strings.Split(string(status), "\n") {
-			if f := strings.Fields(line); len(f) > 1 && f[0] == "Uid:" {
-				uid, _ = strconv.Atoi(f[1])
-			}
-		}
-		if uid >= d.uidBase && uid < d.uidBase+10000 || d.runDir != "" && strings.Contains(cmd, d.runDir) {
-			out = append(out, fmt.Sprintf("pid %d uid %d: %s", pid, uid, cmd))
-		}
-	}
-	return out
+	return liveProcs(func(uid int, cmd string) bool {
+		return uid >= d.uidBase && uid < d.uidBase+10000 || d.runDir != "" && strings.Contains(cmd, d.runDir)
+	})
 }
 
 // waitOutput waits until the dev output matches re.

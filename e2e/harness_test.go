@@ -233,6 +233,13 @@ func (s *server) restart() {
 // sandboxProcs lists live processes running as one of this server's
 // instance uids.
 func (s *server) sandboxProcs() []string {
+	return liveProcs(func(uid int, _ string) bool { return uid >= s.uidBase && uid < s.uidBase+10000 })
+}
+
+// liveProcs lists live processes (zombies excepted: they are dead, waiting
+// for a reaper that, after a kill -9, is init and not ours) for which match
+// says yes, given their uid and command line.
+func liveProcs(match func(uid int, cmdline string) bool) []string {
 	var out []string
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
@@ -240,25 +247,20 @@ func (s *server) sandboxProcs() []string {
 		if err != nil {
 			continue
 		}
-		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-		if err != nil {
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil || strings.Contains(string(status), "\nState:\tZ") {
 			continue
 		}
-		// A zombie is dead, waiting for its reaper: after a kill -9 of the
-		// server that is init, which this test does not control.
-		if strings.Contains(string(data), "\nState:\tZ") {
-			continue
+		uid := -1
+		for _, line := range strings.Split(string(status), "\n") {
+			if f := strings.Fields(line); len(f) > 1 && f[0] == "Uid:" {
+				uid, _ = strconv.Atoi(f[1])
+			}
 		}
-		for _, line := range strings.Split(string(data), "\n") {
-			if !strings.HasPrefix(line, "Uid:") {
-				continue
-			}
-			f := strings.Fields(line)
-			uid, _ := strconv.Atoi(f[1])
-			if uid >= s.uidBase && uid < s.uidBase+10000 {
-				cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-				out = append(out, fmt.Sprintf("pid %d uid %d: %s", pid, uid, bytes.ReplaceAll(cmdline, []byte{0}, []byte{' '})))
-			}
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		cmd := strings.TrimSpace(strings.ReplaceAll(string(cmdline), "\x00", " "))
+		if match(uid, cmd) {
+			out = append(out, fmt.Sprintf("pid %d uid %d: %s", pid, uid, cmd))
 		}
 	}
 	return out
