@@ -493,19 +493,6 @@ func (a *Activator) RetireExcept(functionID string, keep ...string) {
 	}
 }
 
-// Retire marks a version as no longer live: new requests for it fail with
-// ErrRetired (the router resolves again), and its instances stop once
-// their in-flight requests finish.
-func (a *Activator) Retire(key string) {
-	a.mu.Lock()
-	rev := a.revs[key]
-	delete(a.revs, key)
-	a.mu.Unlock()
-	if rev != nil {
-		a.retire(rev)
-	}
-}
-
 func (a *Activator) retire(rev *revision) {
 	rev.mu.Lock()
 	rev.retired = true

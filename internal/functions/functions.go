@@ -68,8 +68,11 @@ type Config struct {
 	// NPMCache and NPMRegistry serve dependency installs at deploy time.
 	NPMCache    string
 	NPMRegistry string
-	Now         func() time.Time
-	Logger      *slog.Logger
+	// Forget, if set, is told when a function is deleted (its metrics
+	// series go with it).
+	Forget func(owner, name string)
+	Now    func() time.Time
+	Logger *slog.Logger
 }
 
 // Service deploys, deletes and resolves functions.
@@ -455,6 +458,9 @@ func (s *Service) Delete(ctx context.Context, owner, name string) error {
 	s.retirer.RetireExcept(fn.ID)
 	if err := s.logs.DeleteFunction(ctx, owner, name); err != nil {
 		s.log.Error("delete logs", "owner", owner, "function", name, "err", err)
+	}
+	if s.cfg.Forget != nil {
+		s.cfg.Forget(owner, name)
 	}
 	s.log.Info("deleted", "owner", owner, "function", name)
 	return nil

@@ -122,17 +122,6 @@ func (g *group) procsFiles() []string {
 	return out
 }
 
-// setMemory changes the memory limit, for a pooled instance specialized to
-// a function with a different limit.
-func (g *group) setMemory(bytes int64) error {
-	r := Resources{MemoryBytes: bytes}.spec()
-	r.CPU = nil
-	if g.v2 != nil {
-		return g.v2.Update(cgroup2.ToResources(r))
-	}
-	return g.v1.Update(r)
-}
-
 // setCPU changes the CPU weight (v2: cpu.weight, converted by the
 // library) and quota.
 func (g *group) setCPU(shares uint64, quotaUs int64) error {
@@ -168,20 +157,6 @@ func (g *group) oomKills() uint64 {
 		}
 	}
 	return 0
-}
-
-// memoryPeak is the most memory the instance used, for logs and metrics.
-func (g *group) memoryPeak() uint64 {
-	name := "memory.max_usage_in_bytes"
-	if g.v2 != nil {
-		name = "memory.peak"
-	}
-	b, err := os.ReadFile(filepath.Join(g.dirs[0], name))
-	if err != nil {
-		return 0
-	}
-	n, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
-	return n
 }
 
 // destroy kills whatever is still in the cgroup and removes it.

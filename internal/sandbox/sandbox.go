@@ -265,15 +265,9 @@ func (s *Sandbox) Command(spec Spec) (*Cmd, error) {
 // removes it).
 func (c *Cmd) SetCPU(shares uint64, quotaUs int64) error { return c.group.setCPU(shares, quotaUs) }
 
-// SetMemory changes the instance's memory limit.
-func (c *Cmd) SetMemory(bytes int64) error { return c.group.setMemory(bytes) }
-
 // OOMKilled reports whether the kernel's OOM killer killed a process of
 // this sandbox. Call it after Wait and before Cleanup.
 func (c *Cmd) OOMKilled() bool { return c.group.oomKills() > c.oomBase }
-
-// MemoryPeak is the most memory the sandbox used, in bytes.
-func (c *Cmd) MemoryPeak() uint64 { return c.group.memoryPeak() }
 
 // CloseFiles closes the server's copies of the mount fds; call it once the
 // command has started (the child has its own copies).
