@@ -53,6 +53,12 @@ func TestTour(t *testing.T) {
 	if r.status != 404 || r.errorCode(t) != "not_found" {
 		t.Fatalf("after rm: %d %s", r.status, r.body)
 	}
+	// Deployed again at once, it answers at once (a name just found
+	// missing is not remembered past a deploy).
+	s.mustSpry("deploy", "examples/hello.ts", "--name", "hello")
+	if r := s.get("/fn/admin/hello?name=Bo"); r.status != 200 || string(r.body) != "Hello, Bo\n" {
+		t.Fatalf("redeployed: %d %q", r.status, r.body)
+	}
 }
 
 // TestExamples deploys every example through the CLI and the raw API and

@@ -89,8 +89,11 @@ type Service struct {
 	// and "retire the others" happen in the order the versions were made.
 	deployMu sync.Mutex
 
-	mu      sync.RWMutex
-	routes  map[store.FunctionKey]*route
+	mu     sync.RWMutex
+	routes map[store.FunctionKey]*route
+	// misses remembers names recently found missing; see missTTL.
+	missMu  sync.Mutex
+	misses  map[store.FunctionKey]time.Time
 	invoked map[store.FunctionKey]time.Time // not yet flushed to the store
 }
 
@@ -105,6 +108,7 @@ func New(s store.Functions, blobs Blobs, retirer Retirer, sealer Sealer, logs Lo
 	return &Service{
 		cfg: cfg, store: s, blobs: blobs, retirer: retirer, sealer: sealer, logs: logs, log: cfg.Logger,
 		routes:  map[store.FunctionKey]*route{},
+		misses:  map[store.FunctionKey]time.Time{},
 		invoked: map[store.FunctionKey]time.Time{},
 	}
 }

@@ -2,6 +2,7 @@ package functions
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
@@ -155,6 +156,9 @@ func (s *Service) makeLive(ctx context.Context, fn store.Function) error {
 	// ones: a request resolving either way always finds its version
 	// allowed to run or retired after the new route is visible.
 	s.retirer.Admit(fn.ID, r.keys()...)
+	s.missMu.Lock()
+	delete(s.misses, store.FunctionKey{Owner: fn.Owner, Name: fn.Name})
+	s.missMu.Unlock()
 	s.mu.Lock()
 	s.routes[store.FunctionKey{Owner: fn.Owner, Name: fn.Name}] = r
 	s.mu.Unlock()
@@ -188,8 +192,14 @@ func (s *Service) Resolve(ctx context.Context, owner, name, tag string) (*backen
 	r := s.routes[key]
 	s.mu.RUnlock()
 	if r == nil {
+		if s.recentlyMissing(key) {
+			return nil, fmt.Errorf("function %s/%s: %w", owner, name, errdefs.ErrNotFound)
+		}
 		var err error
 		if r, err = s.loadRoute(ctx, owner, name); err != nil {
+			if errors.Is(err, errdefs.ErrNotFound) {
+				s.noteMissing(key)
+			}
 			return nil, err
 		}
 	}
@@ -214,6 +224,27 @@ func (s *Service) Resolve(ctx context.Context, owner, name, tag string) (*backen
 	// Asked for by number: it may run even if no routing names it.
 	s.retirer.Ensure(sp)
 	return sp, nil
+}
+
+// missTTL is how long a name found missing is answered from memory: a
+// flood of requests for unknown functions must not queue database reads
+// (and deploys) behind each other.
+const missTTL = time.Second
+
+func (s *Service) recentlyMissing(key store.FunctionKey) bool {
+	s.missMu.Lock()
+	defer s.missMu.Unlock()
+	at, ok := s.misses[key]
+	return ok && s.cfg.Now().Sub(at) < missTTL
+}
+
+func (s *Service) noteMissing(key store.FunctionKey) {
+	s.missMu.Lock()
+	defer s.missMu.Unlock()
+	if len(s.misses) >= 10000 {
+		s.misses = map[store.FunctionKey]time.Time{}
+	}
+	s.misses[key] = s.cfg.Now()
 }
 
 func (s *Service) loadRoute(ctx context.Context, owner, name string) (*route, error) {
