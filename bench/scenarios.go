@@ -192,24 +192,27 @@ func scenWarm(ctx context.Context, env *benchEnv, do1, do2 bool) error {
 		return t
 	}
 
-	if do1 {
-		const sc = "1 warm throughput"
-		// Warm both paths up (JIT, connection pools) before measuring.
+	// warmUp runs both paths once (JIT, connection pools) before measuring.
+	warmUp := func(threads, conns int) error {
 		wu := 2 * time.Second
 		if env.quick {
 			wu = time.Second
 		}
-		for _, who := range []string{"spry", "nginx"} {
+		for _, u := range []string{spryURL, nginxURL} {
 			if err := repoint(); err != nil {
 				return err
 			}
-			u := spryURL
-			if who == "nginx" {
-				u = nginxURL
-			}
-			if _, err := runWrk(ctx, env, u, 2, 32, wu); err != nil {
+			if _, err := runWrk(ctx, env, u, threads, conns, wu); err != nil {
 				return err
 			}
+		}
+		return nil
+	}
+
+	if do1 {
+		const sc = "1 warm throughput"
+		if err := warmUp(2, 32); err != nil {
+			return err
 		}
 		sp, nx, err := run(2, 32, env.wrkDur)
 		if err != nil {
@@ -236,21 +239,8 @@ func scenWarm(ctx context.Context, env *benchEnv, do1, do2 bool) error {
 	}
 	if do2 {
 		const sc = "2 warm latency"
-		wu := 2 * time.Second
-		if env.quick {
-			wu = time.Second
-		}
-		for _, who := range []string{"spry", "nginx"} {
-			if err := repoint(); err != nil {
-				return err
-			}
-			u := spryURL
-			if who == "nginx" {
-				u = nginxURL
-			}
-			if _, err := runWrk(ctx, env, u, 1, 1, wu); err != nil {
-				return err
-			}
+		if err := warmUp(1, 1); err != nil {
+			return err
 		}
 		sp, nx, err := run(1, 1, env.wrkDur)
 		if err != nil {

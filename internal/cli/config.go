@@ -76,11 +76,7 @@ func newEnvCmd(conn *connFlags) *cobra.Command {
 		Short: "List environment variables (secrets by name only)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := conn.client()
-			if err != nil {
-				return err
-			}
-			v, err := c.Function(cmd.Context(), owner, args[0])
+			v, err := getFunction(cmd, conn, owner, args[0])
 			if err != nil {
 				return err
 			}
@@ -131,11 +127,7 @@ func newSecretCmd(conn *connFlags) *cobra.Command {
 		Short: "List secret names",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := conn.client()
-			if err != nil {
-				return err
-			}
-			v, err := c.Function(cmd.Context(), owner, args[0])
+			v, err := getFunction(cmd, conn, owner, args[0])
 			if err != nil {
 				return err
 			}
@@ -164,6 +156,14 @@ func readSecret(r io.Reader) (string, error) {
 		return "", errdefs.Invalid("no secret value on stdin")
 	}
 	return v, nil
+}
+
+func getFunction(cmd *cobra.Command, conn *connFlags, owner, name string) (api.FunctionView, error) {
+	c, err := conn.client()
+	if err != nil {
+		return api.FunctionView{}, err
+	}
+	return c.Function(cmd.Context(), owner, name)
 }
 
 func configure(cmd *cobra.Command, conn *connFlags, owner, name string, body api.ConfigBody) error {
