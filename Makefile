@@ -15,7 +15,7 @@ FUZZ := ./internal/names:FuzzValidate:300000x ./internal/auth:FuzzParse:200000x 
 	./internal/functions:FuzzParseLimits:100000x ./internal/archive:FuzzExtractTar:40000x \
 	./internal/archive:FuzzExtractZip:20000x
 
-.PHONY: all build run test lint unit fuzz deps clean
+.PHONY: all build run test lint unit fuzz deps clean test-cgroupv2
 
 all: build
 
@@ -50,6 +50,11 @@ run: deps build
 
 ## test: everything CI checks
 test: deps build lint unit fuzz
+
+## test-cgroupv2: the sandbox tests (and e2e) on a cgroup v2 unified host,
+## in a QEMU guest (this machine kind is v1/hybrid); slow, not part of test
+test-cgroupv2:
+	test/cgroupv2/run.sh $(RUN) $(PKGS)
 
 lint:
 	@out=$$(gofmt -l cmd internal e2e bench); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
