@@ -30,7 +30,11 @@ for pkg in ${pkgs//,/ }; do
 	echo "=== $pkg"
 	(cd "$pkg" && "$work/$t.test" -test.run "$run" -test.timeout 30m -test.v >/tmp/$t.log 2>&1); c=$?
 	grep -E '^(=== RUN|\s*--- |PASS|FAIL|ok|panic)|_test.go:' /tmp/$t.log
-	[ $c -ne 0 ] && code=$c
+	if [ $c -ne 0 ]; then
+		code=$c
+		echo "--- last lines of the $pkg log"
+		tail -n 300 /tmp/$t.log
+	fi
 done
 echo "SPRY-CGROUPV2-EXIT=$code"
 busybox poweroff -f
