@@ -60,6 +60,7 @@ type Instance struct {
 	done     chan struct{}
 	exitOnce sync.Once
 	exit     Exit
+	diagnose func() (Exit, bool)
 }
 
 // NewInstance returns an instance that is running until Finish is called.
@@ -72,6 +73,26 @@ func (i *Instance) Done() <-chan struct{} { return i.done }
 
 // Exit is why the instance ended; valid once Done is closed.
 func (i *Instance) Exit() Exit { return i.exit }
+
+// SetDiagnose installs the backend's early answer to "why is this instance
+// failing?", for the moment between a request failing and the reaper
+// finishing the instance. The kernel's OOM kill, say, is known at once,
+// while reaping a sandbox can take a while on a loaded host. Call it
+// before the instance is handed out.
+func (i *Instance) SetDiagnose(f func() (Exit, bool)) { i.diagnose = f }
+
+// Diagnose reports why the instance ended, or is known to be ending.
+func (i *Instance) Diagnose() (Exit, bool) {
+	select {
+	case <-i.done:
+		return i.exit, true
+	default:
+	}
+	if i.diagnose != nil {
+		return i.diagnose()
+	}
+	return Exit{}, false
+}
 
 // Finish records the instance's end; only the first call counts.
 func (i *Instance) Finish(e Exit) {

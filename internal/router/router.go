@@ -202,20 +202,26 @@ func (rt *Router) fail(w http.ResponseWriter, ctx context.Context, inv *invocati
 		rt.writeError(w, inv.reqID, errdefs.New(errdefs.ErrTooLarge, "request body is over the %d byte limit", mbe.Limit))
 		return
 	}
-	// If the instance died, its reaper learns why a moment later; wait
-	// briefly so the caller gets the reason (out of memory, crash).
+	if ex, ok := whyEnded(inst); ok {
+		rt.writeError(w, inv.reqID, errdefs.New(errdefs.ErrFunctionFailed, "the function's instance ended while handling the request: %s", ex.Detail))
+		return
+	}
+	rt.log.Warn("proxy error", "instance", inst.ID, "request_id", inv.reqID, "err", err)
+	rt.writeError(w, inv.reqID, errdefs.New(errdefs.ErrBadGateway, "the function's instance could not be reached"))
+}
+
+// whyEnded tells the caller why a failed instance failed (out of memory, a
+// crash). The backend may know at once; otherwise its reaper learns a
+// moment later, so wait briefly.
+func whyEnded(inst *backend.Instance) (backend.Exit, bool) {
+	if ex, ok := inst.Diagnose(); ok {
+		return ex, true
+	}
 	select {
 	case <-inst.Done():
 	case <-time.After(200 * time.Millisecond):
 	}
-	select {
-	case <-inst.Done():
-		ex := inst.Exit()
-		rt.writeError(w, inv.reqID, errdefs.New(errdefs.ErrFunctionFailed, "the function's instance ended while handling the request: %s", ex.Detail))
-	default:
-		rt.log.Warn("proxy error", "instance", inst.ID, "request_id", inv.reqID, "err", err)
-		rt.writeError(w, inv.reqID, errdefs.New(errdefs.ErrBadGateway, "the function's instance could not be reached"))
-	}
+	return inst.Diagnose()
 }
 
 func (rt *Router) writeError(w http.ResponseWriter, reqID string, err error) {

@@ -130,6 +130,9 @@ func (d *Deno) Launch(o LaunchOptions) Launch {
 	args := []string{
 		"run",
 		"--no-prompt", "--no-config", "--no-lock", "--cached-only",
+		// An instance imports its module once; caching V8's code for it
+		// would only fill the function's own /tmp (where DENO_DIR is).
+		"--no-code-cache",
 		fmt.Sprintf("--v8-flags=--max-old-space-size=%d", heap),
 		// Least privilege: read the code, the socket and /tmp, write only
 		// the socket and /tmp; no env, run, ffi or sys permission.

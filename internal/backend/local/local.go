@@ -311,11 +311,18 @@ func (b *Backend) Start(ctx context.Context, spec *backend.Spec) (*backend.Insta
 	// served: a spawn started now would take the CPU from them.
 	defer time.AfterFunc(refillDelay, b.kick)
 	// Pooled sandboxes run at a low CPU weight, so refilling the pool
-	// yields to instances doing real work; this one now is one.
-	if err := p.cmd.SetCPU(activeShares, cpuQuota(spec.CPUMilli, b.cfg.CPUQuotaUs)); err != nil {
-		b.log.Warn("set cpu limits", "instance", p.id, "err", err)
-	}
+	// yields to instances doing real work; this one now is one. The cgroup
+	// writes take ~0.3 ms (v1's CFS bandwidth update), so they overlap the
+	// runtime's import instead of preceding it.
+	cpuSet := make(chan struct{})
+	go func() {
+		defer close(cpuSet)
+		if err := p.cmd.SetCPU(activeShares, cpuQuota(spec.CPUMilli, b.cfg.CPUQuotaUs)); err != nil {
+			b.log.Warn("set cpu limits", "instance", p.id, "err", err)
+		}
+	}()
 	inst, err := b.specialize(ctx, p, spec, code)
+	<-cpuSet
 	if err != nil {
 		b.kill(p, backend.ExitCrashed)
 		return nil, err
@@ -616,8 +623,8 @@ func (b *Backend) reap(p *proc, readers *sync.WaitGroup) {
 	exit := backend.Exit{Reason: reason, Code: code}
 	switch {
 	case oom:
-		exit.Reason = backend.ExitOOM
-		exit.Detail = fmt.Sprintf("out of memory: the instance exceeded its %d MiB limit and was killed", p.key.memoryMiB)
+		exit = oomExit(p)
+		exit.Code = code
 	case reason == backend.ExitTimeout:
 		exit.Detail = "killed after the function's timeout"
 	case reason != "":
@@ -640,6 +647,11 @@ func (b *Backend) reap(p *proc, readers *sync.WaitGroup) {
 		b.log.Debug("instance ended", "instance", p.id, "function", spec.Name, "owner", spec.Owner, "version", spec.Version, "reason", exit.Reason)
 		inst.Finish(exit)
 	}
+}
+
+func oomExit(p *proc) backend.Exit {
+	return backend.Exit{Reason: backend.ExitOOM, Code: -1,
+		Detail: fmt.Sprintf("out of memory: the instance exceeded its %d MiB limit and was killed", p.key.memoryMiB)}
 }
 
 func describeExit(p *proc, waitErr error) string {
@@ -673,6 +685,12 @@ func (b *Backend) specialize(ctx context.Context, p *proc, spec *backend.Spec, c
 		return nil, err
 	}
 	inst := backend.NewInstance(p.id, spec, "unix", filepath.Join(p.dir, "sock", runtime.SocketName))
+	inst.SetDiagnose(func() (backend.Exit, bool) {
+		if p.cmd.OOMKilled() {
+			return oomExit(p), true
+		}
+		return backend.Exit{}, false
+	})
 	p.mu.Lock()
 	p.spec, p.inst = spec, inst
 	p.mu.Unlock()
