@@ -323,15 +323,28 @@ var hopHeaders = []string{
 // instance will close the connection.
 func (rt *Router) fixHeader(h *fasthttp.ResponseHeader, inv *invocation) (upClose bool) {
 	upClose = h.ConnectionClose()
-	if v := h.Peek("Connection"); len(v) > 0 {
-		for _, f := range bytes.Split(bytes.Clone(v), []byte{','}) {
-			if f = bytes.TrimSpace(f); len(f) > 0 {
-				h.DelBytes(f)
-			}
+	h.ResetConnectionClose()
+	// One look for hop-by-hop headers first: responses rarely carry any,
+	// and deleting each by name costs more than the look.
+	hop := false
+	for k := range h.All() {
+		switch string(k) {
+		case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+			"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
+			hop = true
 		}
 	}
-	for _, k := range hopHeaders {
-		h.Del(k) // Connection's also forgets the instance's "close"
+	if hop {
+		if v := h.Peek("Connection"); len(v) > 0 {
+			for _, f := range bytes.Split(bytes.Clone(v), []byte{','}) {
+				if f = bytes.TrimSpace(f); len(f) > 0 {
+					h.DelBytes(f)
+				}
+			}
+		}
+		for _, k := range hopHeaders {
+			h.Del(k)
+		}
 	}
 	h.Set("Spry-Request-Id", inv.reqID)
 	rt.markCold(h, inv)

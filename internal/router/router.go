@@ -13,12 +13,12 @@ package router
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -171,8 +171,8 @@ func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string)
 		// the function's time rather than the header timeout.
 		_ = ctx.Conn().SetReadDeadline(inv.deadline)
 	}
-	actx, cancel := context.WithDeadline(context.Background(), inv.deadline)
-	defer cancel()
+	actx := &lazyDeadline{deadline: inv.deadline}
+	defer actx.stop()
 	lease, err := rt.acquire(actx, owner, name, spec)
 	if err != nil {
 		rt.log.Warn("no instance", "owner", owner, "function", name, "request_id", inv.reqID, "err", err)
@@ -211,6 +211,33 @@ func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string)
 			return
 		}
 		inv.lease, inv.retry, inv.retried = lease, false, true
+	}
+}
+
+// lazyDeadline is a context with a deadline whose timer starts only when
+// something waits on it: a lease is usually granted at once, without
+// looking at the context, and a timer per request is a measurable cost.
+type lazyDeadline struct {
+	deadline time.Time
+	once     sync.Once
+	ctx      context.Context
+	cancel   context.CancelFunc
+}
+
+func (c *lazyDeadline) init() {
+	c.once.Do(func() { c.ctx, c.cancel = context.WithDeadline(context.Background(), c.deadline) })
+}
+
+func (c *lazyDeadline) Deadline() (time.Time, bool) { return c.deadline, true }
+func (c *lazyDeadline) Done() <-chan struct{}       { c.init(); return c.ctx.Done() }
+func (c *lazyDeadline) Err() error                  { c.init(); return c.ctx.Err() }
+func (c *lazyDeadline) Value(key any) any           { return nil }
+
+// stop releases the timer, if one was started.
+func (c *lazyDeadline) stop() {
+	c.once.Do(func() {})
+	if c.cancel != nil {
+		c.cancel()
 	}
 }
 
@@ -359,6 +386,14 @@ func truncate(s string) string {
 	return s
 }
 
+// newRequestID returns 16 random hex digits.
 func newRequestID() string {
-	return fmt.Sprintf("%016x", rand.Uint64())
+	const digits = "0123456789abcdef"
+	var b [16]byte
+	v := rand.Uint64()
+	for i := len(b) - 1; i >= 0; i-- {
+		b[i] = digits[v&15]
+		v >>= 4
+	}
+	return string(b[:])
 }
