@@ -389,3 +389,26 @@ func TestForwardUpgrade(t *testing.T) {
 		t.Fatalf("%q %v", line, err)
 	}
 }
+
+// A request target with control characters is refused here, not passed
+// to the instance on a shared connection.
+func TestRejectsMalformedTarget(t *testing.T) {
+	srv := newTestRouter(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "reached") }))
+	for _, target := range []string{"/fn/alice/fn/a\rb", "/fn/alice/fn/a b", "/fn/alice/fn/a\x01b", "/fn/alice/fn/?a\x7f"} {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", target)
+		res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("%q: %v", target, err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		conn.Close()
+		if res.StatusCode != 400 || !strings.Contains(string(b), "invalid_argument") {
+			t.Fatalf("%q: %d %s", target, res.StatusCode, b)
+		}
+	}
+}

@@ -139,6 +139,11 @@ func (rt *Router) ServeFunction(ctx *fasthttp.RequestCtx, owner, name, rest stri
 }
 
 func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string) {
+	if !validTarget(uri) {
+		rt.writeError(ctx, "", errdefs.New(errdefs.ErrInvalidArgument, "malformed request target"))
+		ctx.SetConnectionClose()
+		return
+	}
 	_, query, _ := strings.Cut(uri, "?")
 	cl := bodyLength(&ctx.Request.Header)
 	inv := &invocation{rt: rt, start: time.Now(), method: string(ctx.Method()), uri: uri, rest: rest, query: query,
@@ -331,6 +336,18 @@ func (rt *Router) resolve(ctx context.Context, owner, name string) (*backend.Spe
 		err = errdefs.New(errdefs.ErrNotFound, "function %s/%s not found", owner, name)
 	}
 	return spec, err
+}
+
+// validTarget says whether a request target is fit to pass on: fasthttp
+// accepts control characters and spaces in it, which the instance's
+// parser would refuse on a connection other requests share.
+func validTarget(uri string) bool {
+	for i := 0; i < len(uri); i++ {
+		if c := uri[i]; c <= ' ' || c == 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 // Routes says whether a request URI is for the router.
