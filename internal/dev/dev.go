@@ -16,7 +16,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,12 +23,15 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/valyala/fasthttp"
+
 	"github.com/spry-run/spry/internal/activator"
 	"github.com/spry-run/spry/internal/backend"
 	"github.com/spry-run/spry/internal/backend/local"
 	"github.com/spry-run/spry/internal/blob"
 	"github.com/spry-run/spry/internal/build"
 	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/httpserve"
 	"github.com/spry-run/spry/internal/router"
 	"github.com/spry-run/spry/internal/runtime"
 	"github.com/spry-run/spry/internal/sandbox"
@@ -174,13 +176,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	last := s.stat()
 	s.reload()
-	srv := &http.Server{
-		Handler:           s.handler(rtr),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-	}
+	srv := httpserve.New(s.handler(rtr), s.log)
 	bg, stopBG := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Add(2)
@@ -200,9 +196,7 @@ func Run(ctx context.Context, cfg Config) error {
 	s.printf("stopping\n")
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		srv.Close()
-	}
+	_ = srv.ShutdownWithContext(sctx)
 	return nil
 }
 
@@ -238,27 +232,24 @@ func newRuntime(cfg Config, runDir string) (local.Runtime, []string, error) {
 	return nil, nil, errdefs.Invalid("unknown runtime %q: want deno or node", cfg.Runtime)
 }
 
-// handler gives the router the path it serves, /fn/dev/<name>/<rest>, for
-// a request to /<rest>.
-func (s *session) handler(rt http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		path, raw := r.URL.Path, r.URL.EscapedPath()
-		if !strings.HasPrefix(path, "/") {
-			path, raw = "/"+path, "/"+raw
-		}
+// handler gives the router the function to serve a request to /<rest>
+// with: this session's.
+func (s *session) handler(rt *router.Router) fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
 		if s.live.Load() == nil {
 			// Nothing to route to yet: say why, and log the request as the
 			// router would.
 			start := time.Now()
-			errdefs.WriteHTTP(w, s.notBuilt())
-			s.access(nil, r.Method, r.URL.RequestURI(), http.StatusServiceUnavailable, time.Since(start), false)
+			httpserve.WriteError(ctx, s.notBuilt())
+			s.access(nil, string(ctx.Method()), string(ctx.RequestURI()), ctx.Response.StatusCode(), time.Since(start), false)
 			return
 		}
-		r2 := r.Clone(r.Context())
-		r2.URL.Path = s.prefix + path
-		r2.URL.RawPath = s.prefix + raw
-		rt.ServeHTTP(w, r2)
-	})
+		path := string(ctx.URI().PathOriginal())
+		if !strings.HasPrefix(path, "/") {
+			path = "/" + path
+		}
+		rt.ServeFunction(ctx, Owner, s.cfg.Name, path)
+	}
 }
 
 // Resolve is the router's resolver: there is one function, and its live

@@ -14,10 +14,10 @@ type Body struct {
 	} `json:"error"`
 }
 
-// WriteHTTP writes err as a JSON error with its class's status. Errors
-// without a class are answered with a generic message; the caller logs the
-// cause.
-func WriteHTTP(w http.ResponseWriter, err error) {
+// Encode returns err's HTTP status and its JSON body (newline-terminated),
+// for servers that do not write through an http.ResponseWriter. Errors
+// without a class get a generic message; the caller logs the cause.
+func Encode(err error) (status int, body []byte) {
 	var b Body
 	b.Error.Code = Code(err)
 	if Public(err) {
@@ -26,10 +26,16 @@ func WriteHTTP(w http.ResponseWriter, err error) {
 		b.Error.Message = "internal error"
 	}
 	data, _ := json.Marshal(b)
+	return HTTPStatus(err), append(data, '\n')
+}
+
+// WriteHTTP writes err as a JSON error with its class's status.
+func WriteHTTP(w http.ResponseWriter, err error) {
+	status, body := Encode(err)
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Del("Content-Length")
-	w.WriteHeader(HTTPStatus(err))
-	_, _ = w.Write(append(data, '\n'))
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
 }

@@ -2,29 +2,29 @@ package router
 
 import (
 	"bufio"
-	"context"
+	"bytes"
 	"errors"
 	"io"
 	"net"
-	"net/http"
-	neturl "net/url"
+	"net/http/httputil"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
+
+	"github.com/valyala/fasthttp"
 
 	"github.com/spry-run/spry/internal/backend"
 )
 
-// The hot path. httputil.ReverseProxy with http.Transport costs two
-// goroutines, several channel handoffs and a header clone per request,
-// which on two cores is most of the proxy's CPU. Here each request uses
-// the serving goroutine alone: it takes a kept-alive connection to the
-// instance from a small per-instance pool, writes the request with
-// net/http's own serializer, parses the response with http.ReadResponse
-// and copies it back. Upgrades (WebSockets) still go through
-// ReverseProxy, which knows how to splice them.
+// The hot path. Each request uses the serving goroutine alone: it takes a
+// kept-alive connection to the instance from a small per-instance pool,
+// writes the request head straight from the server's parsed header, reads
+// the response head into the server's response, and hands the body to
+// the server as a stream (or, when it has already arrived whole, as
+// bytes, so the connection and the lease are free before the handler
+// returns). Upgrades (WebSockets) get a connection of their own, spliced
+// to the client's.
 
 // upConn is one keep-alive connection to an instance.
 type upConn struct {
@@ -58,7 +58,7 @@ func (p *pool) get(inst *backend.Instance) *upConn {
 func (p *pool) put(inst *backend.Instance, c *upConn) {
 	select {
 	case <-inst.Done():
-		c.conn.Close()
+		c.close()
 		p.drop(inst.ID)
 		return
 	default:
@@ -66,7 +66,7 @@ func (p *pool) put(inst *backend.Instance, c *upConn) {
 	p.mu.Lock()
 	if len(p.idle[inst.ID]) >= maxIdlePerInstance {
 		p.mu.Unlock()
-		c.conn.Close()
+		c.close()
 		return
 	}
 	p.idle[inst.ID] = append(p.idle[inst.ID], c)
@@ -80,19 +80,21 @@ func (p *pool) drop(id string) {
 	delete(p.idle, id)
 	p.mu.Unlock()
 	for _, c := range cs {
-		c.conn.Close()
+		c.close()
 	}
 }
 
 var (
-	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 16<<10) }}
+	// The reader holds a whole response head (fasthttp parses it in
+	// place), so it is as large as the heads clients may send.
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 64<<10) }}
 	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 16<<10) }}
 	copyPool   = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 )
 
-func (rt *Router) dial(ctx context.Context, inst *backend.Instance) (*upConn, error) {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, inst.Network, inst.Address)
+func (rt *Router) dial(inst *backend.Instance, deadline time.Time) (*upConn, error) {
+	d := net.Dialer{Deadline: deadline}
+	conn, err := d.Dial(inst.Network, inst.Address)
 	if err != nil {
 		return nil, err
 	}
@@ -111,52 +113,39 @@ func (c *upConn) close() {
 	writerPool.Put(c.bw)
 }
 
-// hopHeaders are connection-level; they never cross the proxy.
-var hopHeaders = []string{
-	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
-}
+var (
+	// errUndelivered marks a failure before the request reached the
+	// instance: safe to send again.
+	errUndelivered = errors.New("request not delivered")
+	errTooLarge    = errors.New("request body too large")
+)
 
-func removeHop(h http.Header) {
-	if c := h["Connection"]; len(c) > 0 {
-		for _, v := range c {
-			for _, f := range strings.Split(v, ",") {
-				if f = strings.TrimSpace(f); f != "" {
-					delete(h, http.CanonicalHeaderKey(f))
-				}
-			}
-		}
-	}
-	for _, k := range hopHeaders {
-		delete(h, k)
-	}
-}
-
-// errUndelivered marks a failure before the request reached the instance:
-// safe to send again.
-var errUndelivered = errors.New("request not delivered")
-
-// forward sends r to the leased instance and copies the answer to w. It
-// returns an error only if nothing was written to w yet; an error wrapping
-// errUndelivered means the request may be sent elsewhere.
-func (rt *Router) forward(ctx context.Context, w http.ResponseWriter, r *http.Request, inv *invocation) error {
+// forward sends the request to the leased instance and sets the response.
+// It returns an error only if no response was set; an error wrapping
+// errUndelivered means the request may be sent elsewhere. streaming says
+// the body streams after the handler returns (and the invocation ends
+// when it does).
+func (rt *Router) forward(ctx *fasthttp.RequestCtx, inv *invocation) (streaming bool, err error) {
 	inst := inv.lease.Instance()
-	out := rt.outgoing(r, inv)
-	deadline, _ := ctx.Deadline()
-
-	var resp *http.Response
+	h := &ctx.Response.Header
+	hasBody := bodyLength(&ctx.Request.Header) != 0
 	var c *upConn
 	for attempt := 0; ; attempt++ {
 		reused := true
 		if c = rt.pool.get(inst); c == nil {
 			reused = false
-			var err error
-			if c, err = rt.dial(ctx, inst); err != nil {
-				return errors.Join(errUndelivered, err)
+			if c, err = rt.dial(inst, inv.deadline); err != nil {
+				return false, errors.Join(errUndelivered, err)
 			}
 		}
-		var err error
-		resp, err = rt.roundTrip(ctx, c, out, deadline)
+		// The deadline is left set when the connection goes back to the
+		// pool: the next use sets its own before any I/O.
+		_ = c.conn.SetDeadline(inv.deadline)
+		if err = rt.writeRequest(c.bw, ctx, inv, false); err == nil {
+			if err = c.bw.Flush(); err == nil {
+				err = readHead(c.br, h)
+			}
+		}
 		if err == nil {
 			break
 		}
@@ -164,132 +153,334 @@ func (rt *Router) forward(ctx context.Context, w http.ResponseWriter, r *http.Re
 		// A kept-alive connection the instance had already closed fails
 		// before any answer; with no body sent, trying a fresh connection
 		// cannot replay anything.
-		if reused && attempt == 0 && out.Body == nil && !errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() == nil {
+		if reused && attempt == 0 && !hasBody && !isTimeout(err) && time.Now().Before(inv.deadline) {
 			continue
 		}
-		return err
+		return false, err
 	}
+	upClose := rt.fixHeader(h, inv)
+	return rt.respond(ctx, inv, c, !upClose), nil
+}
 
-	h := w.Header()
-	for k, vv := range resp.Header {
-		h[k] = vv
+// respond sets the response body from c, whose response head is read:
+// at once if it is all here, else as a stream. reuse says c may go back
+// to the pool once the body is read.
+func (rt *Router) respond(ctx *fasthttp.RequestCtx, inv *invocation, c *upConn, reuse bool) (streaming bool) {
+	inst := inv.lease.Instance()
+	h := &ctx.Response.Header
+	status := h.StatusCode()
+	if inv.method == fasthttp.MethodHead || status == fasthttp.StatusNoContent || status == fasthttp.StatusNotModified {
+		rt.release(inst, c, reuse)
+		return false
 	}
-	removeHop(h)
-	h.Set("Spry-Request-Id", inv.reqID)
-	rt.markCold(h, inv)
-	w.WriteHeader(resp.StatusCode)
+	n := h.ContentLength()
+	if n >= 0 && n <= c.br.Buffered() {
+		b, _ := c.br.Peek(n)
+		ctx.Response.SetBody(b)
+		_, _ = c.br.Discard(n)
+		rt.release(inst, c, reuse)
+		return false
+	}
+	body := &respBody{rt: rt, inv: inv, c: c, reuse: reuse, status: status}
+	switch {
+	case n >= 0:
+		body.r = &fixedReader{r: c.br, left: int64(n)}
+	case n == -1:
+		body.r = httputil.NewChunkedReader(c.br)
+		body.chunked = true
+	default: // no length: the body ends when the connection does
+		body.r = c.br
+		body.reuse = false
+		n = -1
+	}
+	// A body of unknown length is sent chunked, each piece flushed as it
+	// comes (a stream, such as server-sent events, reaches the client as
+	// it is produced).
+	ctx.SetBodyStream(body, n)
+	return true
+}
 
-	err := copyBody(w, resp, c.conn)
-	if err == nil && !resp.Close {
-		c.conn.SetDeadline(time.Time{})
+func (rt *Router) release(inst *backend.Instance, c *upConn, reuse bool) {
+	if reuse {
 		rt.pool.put(inst, c)
 	} else {
 		c.close()
 	}
-	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+}
+
+// respBody streams a response body from the instance to the server,
+// which closes it when the response is written or failed.
+type respBody struct {
+	rt      *Router
+	inv     *invocation
+	c       *upConn
+	r       io.Reader
+	chunked bool
+	reuse   bool
+	status  int
+	eof     bool
+	err     error
+	closed  bool
+}
+
+func (b *respBody) Read(p []byte) (int, error) {
+	if b.eof {
+		return 0, io.EOF
+	}
+	n, err := b.r.Read(p)
+	if err == io.EOF {
+		b.eof = true
+		if b.chunked {
+			// The chunked reader stops at the last chunk; trailers and
+			// the final blank line are left.
+			err = skipTrailer(b.c.br)
+			if err == nil {
+				err = io.EOF
+			}
+		}
+	}
+	if err != nil && err != io.EOF {
+		b.err = err
+	}
+	return n, err
+}
+
+// CloseWithError ends the invocation; err is the server's error writing
+// to the client, if any.
+func (b *respBody) CloseWithError(err error) error {
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	inv := b.inv
+	b.rt.release(inv.lease.Instance(), b.c, b.eof && b.err == nil && b.reuse)
+	if b.err != nil && !time.Now().Before(inv.deadline) {
 		// The function's time ran out mid-response: it may be stuck. (A
 		// client that went away also ends the copy, but says nothing
 		// about the function.)
 		inv.lease.Kill(backend.ExitTimeout)
 	}
-	// The status is written; errors copying the body can only end the
-	// response early (the client sees it cut short).
+	inv.finish(b.status)
 	return nil
 }
 
-// outgoing is the request the instance gets: the function's own path and
-// query, the client's method, headers and body, plus forwarding headers.
-// It reuses r's header map: the handler owns r.
-func (rt *Router) outgoing(r *http.Request, inv *invocation) *http.Request {
-	h := r.Header
-	removeHop(h)
-	delete(h, "Expect")
-	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		if prior := h["X-Forwarded-For"]; len(prior) > 0 {
-			ip = strings.Join(prior, ", ") + ", " + ip
+func skipTrailer(br *bufio.Reader) error {
+	for {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			return err
 		}
-		h["X-Forwarded-For"] = []string{ip}
+		if len(bytes.TrimRight(line, "\r\n")) == 0 {
+			return nil
+		}
 	}
-	h["X-Forwarded-Host"] = []string{r.Host}
-	proto := "http"
-	if r.TLS != nil {
-		proto = "https"
-	}
-	h["X-Forwarded-Proto"] = []string{proto}
-	h["Spry-Request-Id"] = []string{inv.reqID}
-	if _, ok := h["User-Agent"]; !ok {
-		// Request.Write would add Go's own.
-		h["User-Agent"] = []string{""}
-	}
-	out := &http.Request{
-		Method:        r.Method,
-		URL:           target{path: inv.rest, query: inv.query}.url(),
-		Proto:         "HTTP/1.1",
-		ProtoMajor:    1,
-		ProtoMinor:    1,
-		Header:        h,
-		Host:          r.Host,
-		ContentLength: r.ContentLength,
-	}
-	if r.ContentLength != 0 {
-		out.Body = r.Body
-	}
-	return out
 }
 
-// roundTrip writes out on c and reads the response head.
-func (rt *Router) roundTrip(ctx context.Context, c *upConn, out *http.Request, deadline time.Time) (*http.Response, error) {
-	if !deadline.IsZero() {
-		c.conn.SetDeadline(deadline)
+// fixedReader reads a body of known length, failing if it ends early.
+type fixedReader struct {
+	r    io.Reader
+	left int64
+}
+
+func (f *fixedReader) Read(p []byte) (int, error) {
+	if f.left <= 0 {
+		return 0, io.EOF
 	}
-	// A client that goes away ends the exchange at once.
-	stop := context.AfterFunc(ctx, func() { c.conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
-	if err := out.Write(c.bw); err != nil {
-		return nil, err
+	if int64(len(p)) > f.left {
+		p = p[:f.left]
 	}
-	if err := c.bw.Flush(); err != nil {
-		return nil, err
+	n, err := f.r.Read(p)
+	f.left -= int64(n)
+	if err == io.EOF && f.left > 0 {
+		err = io.ErrUnexpectedEOF
+	} else if f.left == 0 {
+		err = io.EOF
 	}
+	return n, err
+}
+
+// readHead reads a response head into h, skipping informational answers
+// (103 Early Hints) other than 101.
+func readHead(br *bufio.Reader, h *fasthttp.ResponseHeader) error {
 	for {
-		resp, err := http.ReadResponse(c.br, out)
-		if err != nil {
-			return nil, err
+		if err := h.Read(br); err != nil {
+			return err
 		}
-		// Informational answers (103 Early Hints) are not forwarded.
-		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+		if s := h.StatusCode(); s < 100 || s >= 200 || s == fasthttp.StatusSwitchingProtocols {
+			return nil
+		}
+	}
+}
+
+// hopHeaders are connection-level; they never cross the proxy.
+var hopHeaders = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+// fixHeader makes the instance's response head the client's: hop-by-hop
+// headers go, the request id and cold start come. It reports whether the
+// instance will close the connection.
+func (rt *Router) fixHeader(h *fasthttp.ResponseHeader, inv *invocation) (upClose bool) {
+	upClose = h.ConnectionClose()
+	h.ResetConnectionClose()
+	// One look for hop-by-hop headers first: responses rarely carry any,
+	// and deleting each by name costs more than the look.
+	hop := false
+	for k := range h.All() {
+		switch string(k) {
+		case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+			"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
+			hop = true
+		}
+	}
+	if hop {
+		if v := h.Peek("Connection"); len(v) > 0 {
+			for _, f := range bytes.Split(bytes.Clone(v), []byte{','}) {
+				if f = bytes.TrimSpace(f); len(f) > 0 {
+					h.DelBytes(f)
+				}
+			}
+		}
+		for _, k := range hopHeaders {
+			h.Del(k)
+		}
+	}
+	h.Set("Spry-Request-Id", inv.reqID)
+	rt.markCold(h, inv)
+	return upClose
+}
+
+// skipRequestHeader says whether a client header stays behind: hop-by-hop
+// ones (including those the client's Connection names), framing (set
+// anew) and those the router sets itself.
+func skipRequestHeader(k, connection []byte) bool {
+	switch string(k) {
+	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+		"Content-Length", "Expect", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Spry-Request-Id":
+		return true
+	}
+	for len(connection) > 0 {
+		var f []byte
+		f, connection, _ = bytes.Cut(connection, []byte{','})
+		if bytes.EqualFold(bytes.TrimSpace(f), k) {
+			return true
+		}
+	}
+	return false
+}
+
+// writeRequest writes the request the instance gets: the function's own
+// path and query, the client's method, headers and body, plus forwarding
+// headers.
+func (rt *Router) writeRequest(bw *bufio.Writer, ctx *fasthttp.RequestCtx, inv *invocation, upgrade bool) error {
+	rh := &ctx.Request.Header
+	bw.Write(rh.Method())
+	bw.WriteByte(' ')
+	bw.WriteString(inv.rest)
+	if inv.query != "" {
+		bw.WriteByte('?')
+		bw.WriteString(inv.query)
+	}
+	bw.WriteString(" HTTP/1.1\r\n")
+	connection := rh.Peek("Connection")
+	var xff []byte
+	for k, v := range rh.All() {
+		if string(k) == "X-Forwarded-For" {
+			if len(xff) > 0 {
+				xff = append(xff, ", "...)
+			}
+			xff = append(xff, v...)
+		}
+		if skipRequestHeader(k, connection) {
 			continue
 		}
-		return resp, nil
+		bw.Write(k)
+		bw.WriteString(": ")
+		bw.Write(v)
+		bw.WriteString("\r\n")
 	}
+	bw.WriteString("X-Forwarded-For: ")
+	if len(xff) > 0 {
+		bw.Write(xff)
+		bw.WriteString(", ")
+	}
+	bw.WriteString(ctx.RemoteIP().String())
+	bw.WriteString("\r\nX-Forwarded-Host: ")
+	bw.Write(rh.Host())
+	if ctx.IsTLS() {
+		bw.WriteString("\r\nX-Forwarded-Proto: https")
+	} else {
+		bw.WriteString("\r\nX-Forwarded-Proto: http")
+	}
+	bw.WriteString("\r\nSpry-Request-Id: ")
+	bw.WriteString(inv.reqID)
+	bw.WriteString("\r\n")
+	if upgrade {
+		bw.WriteString("Connection: Upgrade\r\nUpgrade: ")
+		bw.Write(rh.Peek("Upgrade"))
+		bw.WriteString("\r\n")
+	}
+	cl := bodyLength(rh)
+	switch {
+	case cl > 0:
+		bw.WriteString("Content-Length: ")
+		bw.WriteString(strconv.Itoa(cl))
+		bw.WriteString("\r\n\r\n")
+		if err := rt.copyBody(bw, ctx.RequestBodyStream(), int64(cl), false); err != nil {
+			return err
+		}
+	case cl == -1:
+		bw.WriteString("Transfer-Encoding: chunked\r\n\r\n")
+		if err := rt.copyBody(bw, ctx.RequestBodyStream(), -1, true); err != nil {
+			return err
+		}
+	default:
+		switch string(rh.Method()) {
+		case fasthttp.MethodPost, fasthttp.MethodPut, fasthttp.MethodPatch:
+			bw.WriteString("Content-Length: 0\r\n")
+		}
+		_, err := bw.WriteString("\r\n")
+		return err
+	}
+	inv.bodyPending = false
+	return nil
 }
 
-// copyBody copies the response body, flushing at once when the length is
-// unknown (a stream, such as server-sent events) so it reaches the client
-// as it is produced.
-func copyBody(w http.ResponseWriter, resp *http.Response, conn net.Conn) error {
-	defer resp.Body.Close()
+// copyBody copies the client's body: n bytes, or (n < 0) until it ends,
+// re-chunked, up to the body limit.
+func (rt *Router) copyBody(bw *bufio.Writer, body io.Reader, n int64, chunked bool) error {
+	if body == nil {
+		return io.ErrUnexpectedEOF
+	}
 	bufp := copyPool.Get().(*[]byte)
 	defer copyPool.Put(bufp)
 	buf := *bufp
-	stream := resp.ContentLength < 0 || strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
-	if !stream {
-		_, err := io.CopyBuffer(writerOnly{w}, resp.Body, buf)
+	if !chunked {
+		m, err := io.CopyBuffer(writerOnly{bw}, io.LimitReader(body, n), buf)
+		if err == nil && m < n {
+			err = io.ErrUnexpectedEOF
+		}
 		return err
 	}
-	rc := http.NewResponseController(w)
+	var total int64
 	for {
-		n, err := resp.Body.Read(buf)
-		if n > 0 {
-			if _, werr := w.Write(buf[:n]); werr != nil {
-				return werr
+		m, err := body.Read(buf)
+		if m > 0 {
+			if total += int64(m); total > rt.cfg.MaxBodyBytes {
+				return errTooLarge
 			}
-			if ferr := rc.Flush(); ferr != nil {
-				return ferr
+			bw.WriteString(strconv.FormatInt(int64(m), 16))
+			bw.WriteString("\r\n")
+			bw.Write(buf[:m])
+			if _, werr := bw.WriteString("\r\n"); werr != nil {
+				return werr
 			}
 		}
 		if err == io.EOF {
-			return nil
+			_, err = bw.WriteString("0\r\n\r\n")
+			return err
 		}
 		if err != nil {
 			return err
@@ -300,18 +491,71 @@ func copyBody(w http.ResponseWriter, resp *http.Response, conn net.Conn) error {
 // writerOnly hides ReadFrom, so io.CopyBuffer uses the pooled buffer.
 type writerOnly struct{ io.Writer }
 
-// target builds the outgoing URL without parsing one.
-type target struct{ path, query string }
-
-func (u target) url() *neturl.URL {
-	out := &neturl.URL{Path: u.path, RawQuery: u.query}
-	if p, err := neturl.PathUnescape(u.path); err == nil {
-		out.Path, out.RawPath = p, u.path
-	}
-	return out
+func isTimeout(err error) bool {
+	return errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, fasthttp.ErrTimeout)
 }
 
-func (rt *Router) markCold(h http.Header, inv *invocation) {
+// bodyLength is the request body's length: -1 when chunked, 0 when there
+// is none (fasthttp says -2 for a GET or HEAD without one).
+func bodyLength(h *fasthttp.RequestHeader) int {
+	if n := h.ContentLength(); n >= -1 {
+		return n
+	}
+	return 0
+}
+
+func isUpgrade(h *fasthttp.RequestHeader) bool {
+	return len(h.Peek("Upgrade")) > 0
+}
+
+// upgrade forwards a protocol upgrade (WebSocket) on a connection of its
+// own; if the instance switches protocols, the client's connection is
+// spliced to it until either side closes or the function's time is up.
+func (rt *Router) upgrade(ctx *fasthttp.RequestCtx, inv *invocation) (streaming bool, err error) {
+	inst := inv.lease.Instance()
+	c, err := rt.dial(inst, inv.deadline)
+	if err != nil {
+		return false, errors.Join(errUndelivered, err)
+	}
+	_ = c.conn.SetDeadline(inv.deadline)
+	h := &ctx.Response.Header
+	if err = rt.writeRequest(c.bw, ctx, inv, true); err == nil {
+		if err = c.bw.Flush(); err == nil {
+			err = readHead(c.br, h)
+		}
+	}
+	if err != nil {
+		c.close()
+		return false, err
+	}
+	if h.StatusCode() != fasthttp.StatusSwitchingProtocols {
+		rt.fixHeader(h, inv)
+		return rt.respond(ctx, inv, c, false), nil
+	}
+	h.Set("Spry-Request-Id", inv.reqID)
+	rt.markCold(h, inv)
+	head := h.AppendBytes(nil)
+	ctx.HijackSetNoResponse(true)
+	ctx.Hijack(func(client net.Conn) {
+		defer inv.finish(fasthttp.StatusSwitchingProtocols)
+		defer c.close()
+		_ = client.SetDeadline(inv.deadline)
+		if _, err := client.Write(head); err != nil {
+			return
+		}
+		done := make(chan struct{}, 2)
+		go func() { _, _ = io.Copy(c.conn, client); done <- struct{}{} }()
+		go func() { _, _ = io.Copy(client, c.br); done <- struct{}{} }()
+		<-done
+		// One side ended: end the other.
+		client.Close()
+		c.conn.Close()
+		<-done
+	})
+	return true, nil
+}
+
+func (rt *Router) markCold(h *fasthttp.ResponseHeader, inv *invocation) {
 	if !inv.lease.Cold {
 		return
 	}

@@ -2,12 +2,12 @@ package router
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -16,6 +16,8 @@ import (
 
 	"github.com/spry-run/spry/internal/activator"
 	"github.com/spry-run/spry/internal/backend"
+	"github.com/spry-run/spry/internal/httpserve"
+	"github.com/valyala/fasthttp"
 )
 
 // The router is tested against real HTTP servers on Unix sockets standing
@@ -55,14 +57,32 @@ func serveUnix(t *testing.T, h http.Handler) string {
 	return path
 }
 
-func newTestRouter(t *testing.T, upstream http.Handler) *httptest.Server {
+// testServer serves a router on loopback, as the public listener does.
+type testServer struct {
+	URL string
+	srv *fasthttp.Server
+}
+
+func (s *testServer) Close() { _ = s.srv.Shutdown() }
+
+func serveRouter(t *testing.T, rt *Router) *testServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httpserve.New(rt.Handle, nil)
+	go srv.Serve(ln)
+	s := &testServer{URL: "http://" + ln.Addr().String(), srv: srv}
+	t.Cleanup(s.Close)
+	return s
+}
+
+func newTestRouter(t *testing.T, upstream http.Handler) *testServer {
 	t.Helper()
 	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 5 * time.Second}
 	act := activator.New(&upstreamBackend{addr: serveUnix(t, upstream)}, activator.Config{})
-	rt := New(oneSpec{spec}, act, Config{})
-	srv := httptest.NewServer(rt)
-	t.Cleanup(srv.Close)
-	return srv
+	return serveRouter(t, New(oneSpec{spec}, act, Config{}))
 }
 
 func TestForwardRequestAndResponse(t *testing.T) {
@@ -142,7 +162,7 @@ func TestForwardReusesConnectionsAndSurvivesStaleOnes(t *testing.T) {
 	defer upstream.Close()
 	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 5 * time.Second}
 	rt := New(oneSpec{spec}, activator.New(&upstreamBackend{addr: path}, activator.Config{}), Config{})
-	srv := httptest.NewServer(rt)
+	srv := serveRouter(t, rt)
 	defer srv.Close()
 	get := func() {
 		t.Helper()
@@ -201,7 +221,7 @@ func TestClientDisconnectKeepsInstance(t *testing.T) {
 				w.Write([]byte("late"))
 			}))
 			spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 5 * time.Second}
-			srv := httptest.NewServer(New(oneSpec{spec}, activator.New(b, activator.Config{}), Config{}))
+			srv := serveRouter(t, New(oneSpec{spec}, activator.New(b, activator.Config{}), Config{}))
 			defer srv.Close()
 			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 			defer cancel()
@@ -225,7 +245,7 @@ func TestTimeoutKillsInstance(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 	}))
 	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 100 * time.Millisecond}
-	srv := httptest.NewServer(New(oneSpec{spec}, activator.New(b, activator.Config{}), Config{}))
+	srv := serveRouter(t, New(oneSpec{spec}, activator.New(b, activator.Config{}), Config{}))
 	defer srv.Close()
 	res, err := http.Get(srv.URL + "/fn/alice/fn/")
 	if err != nil {
@@ -234,5 +254,161 @@ func TestTimeoutKillsInstance(t *testing.T) {
 	res.Body.Close()
 	if res.StatusCode != 504 || b.kills.Load() != 1 {
 		t.Fatalf("status %d, %d kills; want 504 and 1", res.StatusCode, b.kills.Load())
+	}
+}
+
+// Bodies stream both ways: a request body of known or unknown length, a
+// response body larger than any buffer.
+func TestForwardLargeBodies(t *testing.T) {
+	const size = 16 << 20
+	srv := newTestRouter(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, err := io.Copy(io.Discard, r.Body)
+		if err != nil {
+			w.WriteHeader(400)
+			return
+		}
+		w.Header().Set("X-Got", fmt.Sprint(n))
+		if r.URL.Query().Get("chunked") == "" {
+			w.Header().Set("Content-Length", fmt.Sprint(size))
+		}
+		chunk := bytes.Repeat([]byte("x"), 1<<20)
+		for i := 0; i < size>>20; i++ {
+			w.Write(chunk)
+		}
+	}))
+	for _, tt := range []struct {
+		name string
+		body io.Reader
+		q    string
+	}{
+		{"known length", bytes.NewReader(make([]byte, size)), ""},
+		{"chunked both ways", io.MultiReader(bytes.NewReader(make([]byte, size))), "?chunked=1"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			res, err := http.Post(srv.URL+"/fn/alice/fn/"+tt.q, "application/octet-stream", tt.body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer res.Body.Close()
+			n, err := io.Copy(io.Discard, res.Body)
+			if err != nil || n != size || res.StatusCode != 200 || res.Header.Get("X-Got") != fmt.Sprint(size) {
+				t.Fatalf("status %d, got %s, read %d (%v)", res.StatusCode, res.Header.Get("X-Got"), n, err)
+			}
+		})
+	}
+}
+
+func TestForwardBodyLimit(t *testing.T) {
+	b := &upstreamBackend{}
+	b.addr = serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.Copy(io.Discard, r.Body) }))
+	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 5 * time.Second}
+	srv := serveRouter(t, New(oneSpec{spec}, activator.New(b, activator.Config{}), Config{MaxBodyBytes: 1000}))
+	for _, body := range []io.Reader{bytes.NewReader(make([]byte, 1001)), io.MultiReader(bytes.NewReader(make([]byte, 1001)))} {
+		res, err := http.Post(srv.URL+"/fn/alice/fn/", "text/plain", body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != 413 || !strings.Contains(string(msg), `"code":"too_large"`) {
+			t.Fatalf("%d %s", res.StatusCode, msg)
+		}
+	}
+	res, err := http.Post(srv.URL+"/fn/alice/fn/", "text/plain", strings.NewReader("small"))
+	if err != nil || res.StatusCode != 200 {
+		t.Fatalf("%v %v", res, err)
+	}
+	res.Body.Close()
+}
+
+// A request that never reached an instance (it was gone) goes to another.
+func TestForwardRetriesUndelivered(t *testing.T) {
+	good := serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	b := &retryBackend{addrs: []string{filepath.Join(t.TempDir(), "gone.sock"), good}}
+	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 5 * time.Second, MaxScale: 2}
+	srv := serveRouter(t, New(oneSpec{spec}, activator.New(b, activator.Config{}), Config{}))
+	res, err := http.Post(srv.URL+"/fn/alice/fn/", "text/plain", strings.NewReader("once"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != 200 || string(body) != "ok" || b.kills.Load() != 1 {
+		t.Fatalf("%d %q, %d kills", res.StatusCode, body, b.kills.Load())
+	}
+}
+
+// retryBackend starts instances at the given addresses in turn.
+type retryBackend struct {
+	addrs []string
+	n     atomic.Int32
+	kills atomic.Int32
+}
+
+func (b *retryBackend) Start(ctx context.Context, spec *backend.Spec) (*backend.Instance, error) {
+	n := int(b.n.Add(1)) - 1
+	inst := backend.NewInstance(fmt.Sprintf("i-%d", n), spec, "unix", b.addrs[min(n, len(b.addrs)-1)])
+	return inst, nil
+}
+func (b *retryBackend) Stop(ctx context.Context, id string) error { return nil }
+func (b *retryBackend) Kill(id, reason string)                    { b.kills.Add(1) }
+
+// Upgrades (WebSockets) are spliced: after the 101, bytes flow both ways.
+func TestForwardUpgrade(t *testing.T) {
+	srv := newTestRouter(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "echo" || r.URL.Path != "/ws" {
+			w.WriteHeader(400)
+			return
+		}
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+		brw.Flush()
+		line, _ := brw.ReadString('\n')
+		brw.WriteString("echo: " + line)
+		brw.Flush()
+	}))
+	conn, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(conn, "GET /fn/alice/fn/ws HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+	br := bufio.NewReader(conn)
+	res, err := http.ReadResponse(br, nil)
+	if err != nil || res.StatusCode != 101 || res.Header.Get("Upgrade") != "echo" {
+		t.Fatalf("%v %v", res, err)
+	}
+	fmt.Fprintf(conn, "hello\n")
+	line, err := br.ReadString('\n')
+	if line != "echo: hello\n" {
+		t.Fatalf("%q %v", line, err)
+	}
+}
+
+// A request target with control characters is refused here, not passed
+// to the instance on a shared connection.
+func TestRejectsMalformedTarget(t *testing.T) {
+	srv := newTestRouter(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "reached") }))
+	for _, target := range []string{"/fn/alice/fn/a\rb", "/fn/alice/fn/a b", "/fn/alice/fn/a\x01b", "/fn/alice/fn/?a\x7f"} {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", target)
+		res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("%q: %v", target, err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		conn.Close()
+		if res.StatusCode != 400 || !strings.Contains(string(b), "invalid_argument") {
+			t.Fatalf("%q: %d %s", target, res.StatusCode, b)
+		}
 	}
 }

@@ -3,26 +3,30 @@
 // may cold start one), and proxies the request to it over its Unix socket
 // with keep-alive connections. The function sees the request with path
 // /<rest> and the original query, method, headers and streamed body.
+//
+// The router is a fasthttp handler (see internal/httpserve for why): it
+// works on the server's request and response in place, and a response
+// body that is not already in hand streams from the instance after the
+// handler returns, so the lease ends when that body does.
 package router
 
 import (
 	"context"
 	"errors"
-	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
-	"net/http"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"time"
+
+	"github.com/valyala/fasthttp"
 
 	"github.com/spry-run/spry/internal/activator"
 	"github.com/spry-run/spry/internal/backend"
 	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/httpserve"
 )
 
 // Resolver finds a function's live version.
@@ -77,16 +81,9 @@ type Router struct {
 	cfg      Config
 	resolver Resolver
 	leaser   Leaser
-	proxy    *httputil.ReverseProxy // for protocol upgrades only
 	pool     pool
 	log      *slog.Logger
 }
-
-type ctxKey int
-
-const (
-	leaseKey ctxKey = iota
-)
 
 // New returns a Router.
 func New(res Resolver, leaser Leaser, cfg Config) *Router {
@@ -99,115 +96,195 @@ func New(res Resolver, leaser Leaser, cfg Config) *Router {
 	if cfg.MaxBodyBytes == 0 {
 		cfg.MaxBodyBytes = 100 << 20
 	}
-	rt := &Router{cfg: cfg, resolver: res, leaser: leaser, log: cfg.Logger, pool: pool{idle: map[string][]*upConn{}}}
-	transport := &http.Transport{
-		// The URL's host is the instance id, so each instance gets its
-		// own pool of keep-alive connections; the dialer finds the
-		// instance's socket through the request's lease.
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			st, _ := ctx.Value(leaseKey).(*invocation)
-			if st == nil {
-				return nil, errors.New("no instance for this request")
-			}
-			inst := st.lease.Instance()
-			var d net.Dialer
-			return d.DialContext(ctx, inst.Network, inst.Address)
-		},
-		MaxIdleConns:        0,
-		MaxIdleConnsPerHost: 256,
-		IdleConnTimeout:     90 * time.Second,
-		DisableCompression:  true,
-		ForceAttemptHTTP2:   false,
-	}
-	rt.proxy = &httputil.ReverseProxy{
-		Rewrite:        rt.rewrite,
-		Transport:      transport,
-		ModifyResponse: rt.modifyResponse,
-		ErrorHandler:   rt.proxyError,
-		// FlushInterval 0: the proxy flushes at once for streamed responses
-		// (unknown length, server-sent events) and buffers the rest, so a
-		// small response costs one write.
-	}
-	return rt
+	return &Router{cfg: cfg, resolver: res, leaser: leaser, log: cfg.Logger, pool: pool{idle: map[string][]*upConn{}}}
 }
 
-// invocation is the per-request state the proxy callbacks need.
+// invocation is one request's state, from the lease to the end of the
+// response body.
 type invocation struct {
-	lease *activator.Lease
-	start time.Time
-	rest  string
-	query string
-	reqID string
-	// retry is set by the error handler when the request can go to another
-	// instance; retried marks the second attempt.
+	rt       *Router
+	spec     *backend.Spec
+	lease    *activator.Lease
+	start    time.Time
+	deadline time.Time
+	method   string
+	uri      string // as the client sent it, for the access log
+	rest     string // the function's path, escaped
+	query    string
+	reqID    string
+	status   int
+	// bodyPending: the client's body was not read through yet.
+	bodyPending bool
+	// retry is set by fail when the request can go to another instance;
+	// retried marks the second attempt.
 	retry, retried bool
 }
 
-func (rt *Router) rewrite(pr *httputil.ProxyRequest) {
-	inv := pr.In.Context().Value(leaseKey).(*invocation)
-	pr.Out.URL = &url.URL{Scheme: "http", Host: inv.lease.Instance().ID, RawPath: inv.rest, RawQuery: inv.query}
-	if p, err := url.PathUnescape(inv.rest); err == nil {
-		pr.Out.URL.Path = p
-	} else {
-		pr.Out.URL.Path = inv.rest
-		pr.Out.URL.RawPath = ""
+// Handle serves a request for a path under Prefix.
+func (rt *Router) Handle(ctx *fasthttp.RequestCtx) {
+	uri := string(ctx.Request.Header.RequestURI())
+	path, _, _ := strings.Cut(originForm(uri), "?")
+	owner, name, rest, err := SplitPath(path)
+	if err != nil {
+		rt.writeError(ctx, newRequestID(), err)
+		return
 	}
-	pr.Out.Host = pr.In.Host
-	pr.SetXForwarded()
-	pr.Out.Header.Set("Spry-Request-Id", inv.reqID)
+	rt.serve(ctx, owner, name, rest, uri)
 }
 
-func (rt *Router) modifyResponse(res *http.Response) error {
-	inv := res.Request.Context().Value(leaseKey).(*invocation)
-	res.Header.Set("Spry-Request-Id", inv.reqID)
-	rt.markCold(res.Header, inv)
-	return nil
+// ServeFunction serves the request in ctx with function owner/name, as if
+// it had come to Prefix+owner/name+rest (rest is the escaped path).
+func (rt *Router) ServeFunction(ctx *fasthttp.RequestCtx, owner, name, rest string) {
+	rt.serve(ctx, owner, name, rest, string(ctx.Request.Header.RequestURI()))
 }
 
-func (rt *Router) proxyError(w http.ResponseWriter, r *http.Request, err error) {
-	inv := r.Context().Value(leaseKey).(*invocation)
-	rt.fail(w, r.Context(), inv, err)
+func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string) {
+	if !validTarget(uri) {
+		rt.writeError(ctx, "", errdefs.New(errdefs.ErrInvalidArgument, "malformed request target"))
+		ctx.SetConnectionClose()
+		return
+	}
+	_, query, _ := strings.Cut(uri, "?")
+	cl := bodyLength(&ctx.Request.Header)
+	inv := &invocation{rt: rt, start: time.Now(), method: string(ctx.Method()), uri: uri, rest: rest, query: query,
+		reqID: newRequestID(), bodyPending: cl != 0}
+	defer func() {
+		// An answer given before the body was read leaves it unread, so
+		// the connection cannot carry another request.
+		if inv.bodyPending {
+			ctx.SetConnectionClose()
+		}
+	}()
+	if int64(cl) > rt.cfg.MaxBodyBytes {
+		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrTooLarge, "request body is over the %d byte limit", rt.cfg.MaxBodyBytes))
+		return
+	}
+	spec, err := rt.resolve(context.Background(), owner, name)
+	if err != nil {
+		rt.writeError(ctx, inv.reqID, err)
+		return
+	}
+	inv.spec = spec
+	// One timeout covers the whole invocation, cold start included.
+	timeout := spec.Timeout
+	if timeout <= 0 {
+		timeout = rt.cfg.Timeout
+	}
+	inv.deadline = inv.start.Add(timeout)
+	if cl != 0 {
+		// The client's body is read while the function runs, so it gets
+		// the function's time rather than the header timeout.
+		_ = ctx.Conn().SetReadDeadline(inv.deadline)
+	}
+	actx := &lazyDeadline{deadline: inv.deadline}
+	defer actx.stop()
+	lease, err := rt.acquire(actx, owner, name, spec)
+	if err != nil {
+		rt.log.Warn("no instance", "owner", owner, "function", name, "request_id", inv.reqID, "err", err)
+		if errors.Is(err, errdefs.ErrUnavailable) {
+			ctx.Response.Header.Set("Retry-After", "1")
+		}
+		rt.writeError(ctx, inv.reqID, err)
+		inv.status = ctx.Response.StatusCode()
+		rt.finished(inv, "", false)
+		return
+	}
+	rt.resolver.Invoked(spec)
+	inv.lease = lease
+	upgrade := isUpgrade(&ctx.Request.Header)
+	for {
+		var streaming bool
+		if upgrade {
+			streaming, err = rt.upgrade(ctx, inv)
+		} else {
+			streaming, err = rt.forward(ctx, inv)
+		}
+		if err != nil {
+			rt.fail(ctx, inv, err)
+		}
+		if !inv.retry {
+			if !streaming {
+				inv.finish(ctx.Response.StatusCode())
+			}
+			return
+		}
+		lease.Release()
+		if lease, err = rt.acquire(actx, owner, name, spec); err != nil {
+			rt.writeError(ctx, inv.reqID, err)
+			inv.status = ctx.Response.StatusCode()
+			rt.finished(inv, "", false)
+			return
+		}
+		inv.lease, inv.retry, inv.retried = lease, false, true
+	}
+}
+
+// lazyDeadline is a context with a deadline whose timer starts only when
+// something waits on it: a lease is usually granted at once, without
+// looking at the context, and a timer per request is a measurable cost.
+type lazyDeadline struct {
+	deadline time.Time
+	once     sync.Once
+	ctx      context.Context
+	cancel   context.CancelFunc
+}
+
+func (c *lazyDeadline) init() {
+	c.once.Do(func() { c.ctx, c.cancel = context.WithDeadline(context.Background(), c.deadline) })
+}
+
+func (c *lazyDeadline) Deadline() (time.Time, bool) { return c.deadline, true }
+func (c *lazyDeadline) Done() <-chan struct{}       { c.init(); return c.ctx.Done() }
+func (c *lazyDeadline) Err() error                  { c.init(); return c.ctx.Err() }
+func (c *lazyDeadline) Value(key any) any           { return nil }
+
+// stop releases the timer, if one was started.
+func (c *lazyDeadline) stop() {
+	c.once.Do(func() {})
+	if c.cancel != nil {
+		c.cancel()
+	}
+}
+
+// finish ends the invocation: the lease is released and it is logged.
+func (inv *invocation) finish(status int) {
+	inv.status = status
+	inv.lease.Release()
+	inv.rt.finished(inv, inv.lease.Instance().ID, inv.lease.Cold)
 }
 
 // fail answers a request whose instance did not give a response, or marks
 // it for a retry elsewhere when it was never delivered.
-func (rt *Router) fail(w http.ResponseWriter, ctx context.Context, inv *invocation, err error) {
+func (rt *Router) fail(ctx *fasthttp.RequestCtx, inv *invocation, err error) {
 	inst := inv.lease.Instance()
 	// A dial error means the request never reached the instance (it died
 	// before reading it): safe to try once more on another instance. Once
 	// a request was sent it is never replayed.
 	var op *net.OpError
 	undelivered := errors.Is(err, errUndelivered) || errors.As(err, &op) && op.Op == "dial"
-	if undelivered && !inv.retried && ctx.Err() == nil {
+	if undelivered && !inv.retried && time.Now().Before(inv.deadline) {
 		inv.retry = true
 		inv.lease.Kill(backend.ExitCrashed)
 		return
 	}
-	// The client went away (its context was cancelled, which also cuts
-	// the instance connection's deadline short): nobody reads an answer,
-	// and the function did nothing wrong.
-	if errors.Is(ctx.Err(), context.Canceled) {
-		w.WriteHeader(499)
+	ctx.Response.Reset()
+	if errors.Is(err, errTooLarge) {
+		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrTooLarge, "request body is over the %d byte limit", rt.cfg.MaxBodyBytes))
 		return
 	}
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
-		timeout := inv.lease.Instance().Spec.Timeout
+	if !time.Now().Before(inv.deadline) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, fasthttp.ErrTimeout) {
+		timeout := inst.Spec.Timeout
 		rt.log.Warn("invocation timed out; killing the instance", "instance", inst.ID, "request_id", inv.reqID, "timeout", timeout)
 		inv.lease.Kill(backend.ExitTimeout)
-		rt.writeError(w, inv.reqID, errdefs.New(errdefs.ErrTimeout, "the function did not respond within its %s timeout", timeout))
-		return
-	}
-	var mbe *http.MaxBytesError
-	if errors.As(err, &mbe) {
-		rt.writeError(w, inv.reqID, errdefs.New(errdefs.ErrTooLarge, "request body is over the %d byte limit", mbe.Limit))
+		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrTimeout, "the function did not respond within its %s timeout", timeout))
 		return
 	}
 	if ex, ok := whyEnded(inst); ok {
-		rt.writeError(w, inv.reqID, errdefs.New(errdefs.ErrFunctionFailed, "the function's instance ended while handling the request: %s", ex.Detail))
+		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrFunctionFailed, "the function's instance ended while handling the request: %s", ex.Detail))
 		return
 	}
 	rt.log.Warn("proxy error", "instance", inst.ID, "request_id", inv.reqID, "err", err)
-	rt.writeError(w, inv.reqID, errdefs.New(errdefs.ErrBadGateway, "the function's instance could not be reached"))
+	rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrBadGateway, "the function's instance could not be reached"))
 }
 
 // whyEnded tells the caller why a failed instance failed (out of memory, a
@@ -224,79 +301,11 @@ func whyEnded(inst *backend.Instance) (backend.Exit, bool) {
 	return inst.Diagnose()
 }
 
-func (rt *Router) writeError(w http.ResponseWriter, reqID string, err error) {
+func (rt *Router) writeError(ctx *fasthttp.RequestCtx, reqID string, err error) {
+	httpserve.WriteError(ctx, err)
 	if reqID != "" {
-		w.Header().Set("Spry-Request-Id", reqID)
+		ctx.Response.Header.Set("Spry-Request-Id", reqID)
 	}
-	errdefs.WriteHTTP(w, err)
-}
-
-// ServeHTTP handles /fn/... requests.
-func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
-	reqID := newRequestID()
-	owner, name, rest, err := SplitPath(r.URL.EscapedPath())
-	if err != nil {
-		rt.writeError(w, reqID, err)
-		return
-	}
-	if r.ContentLength > rt.cfg.MaxBodyBytes {
-		rt.writeError(w, reqID, errdefs.New(errdefs.ErrTooLarge, "request body is over the %d byte limit", rt.cfg.MaxBodyBytes))
-		return
-	}
-	// The transport closes the body on a failed attempt; keep it open so
-	// an undelivered request can be retried (the server closes it after
-	// the handler anyway).
-	r.Body = holdBody{http.MaxBytesReader(w, r.Body, rt.cfg.MaxBodyBytes)}
-	spec, err := rt.resolve(r.Context(), owner, name)
-	if err != nil {
-		rt.writeError(w, reqID, err)
-		return
-	}
-	// One timeout covers the whole invocation, cold start included.
-	timeout := spec.Timeout
-	if timeout <= 0 {
-		timeout = rt.cfg.Timeout
-	}
-	ctx, cancel := context.WithDeadline(r.Context(), start.Add(timeout))
-	defer cancel()
-	lease, err := rt.acquire(ctx, owner, name, spec)
-	if err != nil {
-		rt.log.Warn("no instance", "owner", owner, "function", name, "request_id", reqID, "err", err)
-		if errors.Is(err, errdefs.ErrUnavailable) {
-			w.Header().Set("Retry-After", "1")
-		}
-		rt.writeError(w, reqID, err)
-		rt.finished(spec, "", reqID, r, errdefs.HTTPStatus(err), start, false)
-		return
-	}
-	rt.resolver.Invoked(spec)
-	inv := &invocation{lease: lease, start: start, rest: rest, query: r.URL.RawQuery, reqID: reqID}
-	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
-	send := func() {
-		if r.Header.Get("Upgrade") != "" {
-			// Protocol upgrades (WebSockets) are spliced by ReverseProxy.
-			rt.proxy.ServeHTTP(sw, r.WithContext(context.WithValue(ctx, leaseKey, inv)))
-			return
-		}
-		if err := rt.forward(ctx, sw, r, inv); err != nil {
-			rt.fail(sw, ctx, inv, err)
-		}
-	}
-	send()
-	if inv.retry {
-		lease.Release()
-		lease, err = rt.acquire(ctx, owner, name, spec)
-		if err != nil {
-			rt.writeError(sw, reqID, err)
-			rt.finished(spec, "", reqID, r, sw.status, start, false)
-			return
-		}
-		inv.lease, inv.retry, inv.retried = lease, false, true
-		send()
-	}
-	lease.Release()
-	rt.finished(spec, lease.Instance().ID, reqID, r, sw.status, start, inv.lease.Cold)
 }
 
 // acquire leases an instance of spec, resolving again if a deploy
@@ -314,45 +323,15 @@ func (rt *Router) acquire(ctx context.Context, owner, name string, spec *backend
 }
 
 // finished reports a finished invocation to the access log and metrics.
-func (rt *Router) finished(spec *backend.Spec, instance, reqID string, r *http.Request, status int, start time.Time, cold bool) {
+func (rt *Router) finished(inv *invocation, instance string, cold bool) {
 	if rt.cfg.Access == nil {
 		return
 	}
-	path := r.URL.EscapedPath()
-	if r.URL.RawQuery != "" {
-		path += "?" + r.URL.RawQuery
-	}
 	rt.cfg.Access.Access(Access{
-		Spec: spec, Instance: instance, RequestID: reqID, Method: r.Method, Path: path,
-		Status: status, Duration: time.Since(start), Cold: cold,
+		Spec: inv.spec, Instance: instance, RequestID: inv.reqID, Method: inv.method, Path: originForm(inv.uri),
+		Status: inv.status, Duration: time.Since(inv.start), Cold: cold,
 	})
 }
-
-type holdBody struct{ io.ReadCloser }
-
-func (holdBody) Close() error { return nil }
-
-// statusWriter remembers the status written, for the access log.
-type statusWriter struct {
-	http.ResponseWriter
-	status int
-	wrote  bool
-}
-
-func (s *statusWriter) WriteHeader(code int) {
-	if !s.wrote && code >= 200 {
-		s.status, s.wrote = code, true
-	}
-	s.ResponseWriter.WriteHeader(code)
-}
-
-func (s *statusWriter) Write(b []byte) (int, error) {
-	s.wrote = true
-	return s.ResponseWriter.Write(b)
-}
-
-// Unwrap lets http.ResponseController reach the real writer (to flush).
-func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
 // resolve finds the version for a request to owner/name or
 // owner/name@tag.
@@ -363,6 +342,44 @@ func (rt *Router) resolve(ctx context.Context, owner, name string) (*backend.Spe
 		err = errdefs.New(errdefs.ErrNotFound, "function %s/%s not found", owner, name)
 	}
 	return spec, err
+}
+
+// validTarget says whether a request target is fit to pass on: fasthttp
+// accepts control characters and spaces in it, which the instance's
+// parser would refuse on a connection other requests share.
+func validTarget(uri string) bool {
+	for i := 0; i < len(uri); i++ {
+		if c := uri[i]; c <= ' ' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// Routes says whether a request URI is for the router.
+func Routes(uri []byte) bool {
+	if len(uri) > 0 && uri[0] == '/' {
+		return len(uri) >= len(Prefix) && string(uri[:len(Prefix)]) == Prefix
+	}
+	return strings.HasPrefix(originForm(string(uri)), Prefix)
+}
+
+// originForm strips the scheme and host of an absolute request URI
+// ("http://h/fn/a/b" is "/fn/a/b"); others are returned as they are.
+func originForm(uri string) string {
+	if strings.HasPrefix(uri, "/") {
+		return uri
+	}
+	if _, after, ok := strings.Cut(uri, "://"); ok {
+		if i := strings.IndexAny(after, "/?"); i >= 0 {
+			if after[i] == '?' {
+				return "/" + after[i:]
+			}
+			return after[i:]
+		}
+		return "/"
+	}
+	return uri
 }
 
 // SplitPath splits an escaped request path "/fn/<owner>/<name>[/<rest>]"
@@ -392,6 +409,14 @@ func truncate(s string) string {
 	return s
 }
 
+// newRequestID returns 16 random hex digits.
 func newRequestID() string {
-	return fmt.Sprintf("%016x", rand.Uint64())
+	const digits = "0123456789abcdef"
+	var b [16]byte
+	v := rand.Uint64()
+	for i := len(b) - 1; i >= 0; i-- {
+		b[i] = digits[v&15]
+		v >>= 4
+	}
+	return string(b[:])
 }

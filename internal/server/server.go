@@ -22,6 +22,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/valyala/fasthttp"
+
 	"github.com/spry-run/spry/internal/activator"
 	"github.com/spry-run/spry/internal/api"
 	"github.com/spry-run/spry/internal/auth"
@@ -30,6 +32,7 @@ import (
 	"github.com/spry-run/spry/internal/blob"
 	"github.com/spry-run/spry/internal/errdefs"
 	"github.com/spry-run/spry/internal/functions"
+	"github.com/spry-run/spry/internal/httpserve"
 	"github.com/spry-run/spry/internal/logstore"
 	"github.com/spry-run/spry/internal/metrics"
 	"github.com/spry-run/spry/internal/router"
@@ -81,7 +84,7 @@ type Server struct {
 	back    *local.Backend
 	act     *activator.Activator
 	fns     *functions.Service
-	http    *http.Server
+	http    *fasthttp.Server
 	ln      net.Listener
 	ready   atomic.Bool
 	stop    context.CancelFunc
@@ -250,8 +253,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		OnColdStart: func(spec *backend.Spec, d time.Duration) { s.metrics.ColdStartLatency(spec.Runtime, d) },
 	})
 
+	// Everything but functions is net/http, served through the adaptor.
 	mux := http.NewServeMux()
-	mux.Handle(router.Prefix, rt)
 	mux.Handle("/api/", apiH)
 	// Metrics name every function, so they are for the admin only.
 	mux.Handle("/metrics", api.RequireAdmin(authn, s.metrics.Handler()))
@@ -270,13 +273,14 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		errdefs.WriteHTTP(w, errdefs.New(errdefs.ErrNotFound, "nothing at %s: functions are under /fn/<owner>/<name>/, the API under /api/v1/", r.URL.Path))
 	})
-	s.http = &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	rest := httpserve.Adapt(mux, log)
+	s.http = httpserve.New(func(ctx *fasthttp.RequestCtx) {
+		if router.Routes(ctx.Request.Header.RequestURI()) {
+			rt.Handle(ctx)
+			return
+		}
+		rest(ctx)
+	}, log)
 	return s, nil
 }
 
@@ -377,10 +381,10 @@ func (s *Server) Run(ctx context.Context) error {
 	s.ready.Store(false)
 	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 	defer cancel()
-	err := s.http.Shutdown(sctx)
+	err := s.http.ShutdownWithContext(sctx)
 	if errors.Is(err, context.DeadlineExceeded) {
+		// What is still in flight ends with the instances, below.
 		s.log.Warn("in-flight requests did not finish in time", "timeout", s.cfg.ShutdownTimeout)
-		s.http.Close()
 		err = nil
 	}
 	s.closeAll()

@@ -1,0 +1,97 @@
+// Package httpserve is Spry's public HTTP server. It is fasthttp rather
+// than net/http because the function hot path (/fn/...) is a proxy whose
+// cost is mostly the server's own per-request work: net/http spends a
+// goroutine wake-up, a background read and several allocations on each
+// request, fasthttp a fraction of that (see docs/performance.md). New
+// configures the server with the limits every listener needs and JSON
+// errors for requests that cannot be parsed; Adapt serves net/http
+// handlers (the management API, metrics, health) on it, with streaming.
+package httpserve
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/spry-run/spry/internal/errdefs"
+)
+
+// Limits of every public listener.
+const (
+	// HeaderTimeout bounds reading a request's head, so slow clients
+	// cannot hold connections open. Handlers that read a body move the
+	// read deadline themselves.
+	HeaderTimeout = 10 * time.Second
+	// IdleTimeout closes keep-alive connections with no request.
+	IdleTimeout = 120 * time.Second
+	// MaxHeaderBytes bounds a request's head (431 beyond it): fasthttp
+	// parses the head inside its read buffer, so this is also that
+	// buffer's size.
+	MaxHeaderBytes = 64 << 10
+)
+
+// New returns a server for h.
+func New(h fasthttp.RequestHandler, log *slog.Logger) *fasthttp.Server {
+	return &fasthttp.Server{
+		Handler:         h,
+		ReadTimeout:     HeaderTimeout,
+		IdleTimeout:     IdleTimeout,
+		ReadBufferSize:  MaxHeaderBytes,
+		WriteBufferSize: 16 << 10,
+		// Bodies are streamed to the handler, never buffered whole; each
+		// handler enforces its own size limit.
+		StreamRequestBody:            true,
+		MaxRequestBodySize:           1 << 62,
+		DisablePreParseMultipartForm: true,
+		// Responses carry what the handler set, nothing invented.
+		NoDefaultServerHeader: true,
+		NoDefaultContentType:  true,
+		// Keep-alive connections end after the in-flight response once
+		// shutdown begins.
+		CloseOnShutdown: true,
+		ErrorHandler:    errorHandler,
+		Logger:          logger{log},
+	}
+}
+
+// errorHandler answers requests fasthttp could not read.
+func errorHandler(ctx *fasthttp.RequestCtx, err error) {
+	var small *fasthttp.ErrSmallBuffer
+	var ne net.Error
+	switch {
+	case errors.As(err, &small):
+		err = errdefs.New(errdefs.ErrRequestHeaderLarge, "request header is over the %d byte limit", MaxHeaderBytes)
+	case errors.As(err, &ne) && ne.Timeout():
+		ctx.SetConnectionClose()
+		ctx.Response.Header.SetContentLength(0)
+		ctx.SetStatusCode(fasthttp.StatusRequestTimeout)
+		return
+	default:
+		err = errdefs.New(errdefs.ErrInvalidArgument, "malformed request")
+	}
+	WriteError(ctx, err)
+}
+
+// WriteError answers with err as Spry's JSON error.
+func WriteError(ctx *fasthttp.RequestCtx, err error) {
+	status, body := errdefs.Encode(err)
+	ctx.Response.ResetBody()
+	h := &ctx.Response.Header
+	h.SetContentType("application/json")
+	h.Set("X-Content-Type-Options", "nosniff")
+	ctx.SetStatusCode(status)
+	ctx.SetBody(body)
+}
+
+// logger sends fasthttp's own messages (connection errors) to slog.
+type logger struct{ log *slog.Logger }
+
+func (l logger) Printf(format string, args ...any) {
+	if l.log != nil {
+		l.log.Warn(fmt.Sprintf(format, args...))
+	}
+}
