@@ -541,7 +541,9 @@ function pickHandler(mod) {
 function readSpecialization() {
   return new Promise((resolve) => {
     let taken = false;
-    const control = http.createServer((req, res) => {
+    // The supervisor connects while the process waits in the pool, long
+    // before it sends anything: no header or request timeout here.
+    const control = http.createServer({ headersTimeout: 0, requestTimeout: 0 }, (req, res) => {
       if (taken) {
         res.writeHead(409).end("already specialized");
         return;

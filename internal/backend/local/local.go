@@ -7,7 +7,6 @@ package local
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -129,6 +128,10 @@ type proc struct {
 	exited chan struct{}
 	// lifeline is the runtime's stdin; see spawn.
 	lifeline io.WriteCloser
+	// control is a connection to the runtime's control socket, made while
+	// the process waits in the pool so that a cold start does not pay for
+	// connecting; used once, by specialize.
+	control net.Conn
 
 	mu       sync.Mutex
 	spec     *backend.Spec // nil while generic
@@ -542,6 +545,16 @@ func (b *Backend) spawn(ctx context.Context, key poolKey) (*proc, error) {
 			<-p.exited
 			return nil, fmt.Errorf("instance network: %w: %w", err, errdefs.ErrUnavailable)
 		}
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "unix", filepath.Join(p.dir, "sock", runtime.ControlSocketName))
+		if err != nil {
+			b.kill(p, backend.ExitCrashed)
+			<-p.exited
+			return nil, fmt.Errorf("connect to the runtime's control socket: %w: %w", err, errdefs.ErrUnavailable)
+		}
+		p.mu.Lock()
+		p.control = c
+		p.mu.Unlock()
 		return p, nil
 	case <-p.exited:
 		return nil, fmt.Errorf("runtime %s exited while starting: %s: %w", key.runtime, exitDetail(p), errdefs.ErrUnavailable)
@@ -613,8 +626,12 @@ func (b *Backend) reap(p *proc, readers *sync.WaitGroup) {
 	waitErr := p.cmd.Wait()
 	readers.Wait()
 	p.mu.Lock()
-	reason, inst, spec := p.stopping, p.inst, p.spec
+	reason, inst, spec, control := p.stopping, p.inst, p.spec, p.control
+	p.control = nil
 	p.mu.Unlock()
+	if control != nil {
+		control.Close()
+	}
 	oom := p.cmd.OOMKilled()
 	code := -1
 	if p.cmd.ProcessState != nil {
@@ -693,31 +710,33 @@ func (b *Backend) specialize(ctx context.Context, p *proc, spec *backend.Spec, c
 	})
 	p.mu.Lock()
 	p.spec, p.inst = spec, inst
+	control := p.control
+	p.control = nil
 	p.mu.Unlock()
-	if err := postSpecialization(ctx, filepath.Join(p.dir, "sock", runtime.ControlSocketName), msg); err != nil {
+	if control == nil {
+		return nil, fmt.Errorf("specialize instance: no control connection: %w", errdefs.ErrUnavailable)
+	}
+	if err := postSpecialization(ctx, control, msg); err != nil {
 		return nil, err
 	}
 	return inst, nil
 }
 
 // postSpecialization hands the function to a generic instance over its
-// control socket (a pipe would cost milliseconds: runtimes read stdin on
-// a blocking thread) and waits until it has imported it.
-func postSpecialization(ctx context.Context, sock string, msg []byte) error {
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
-		},
-		DisableKeepAlives: true,
+// control connection (a pipe would cost milliseconds: runtimes read stdin
+// on a blocking thread) and waits until it has imported it. It closes c.
+func postSpecialization(ctx context.Context, c net.Conn, msg []byte) error {
+	defer c.Close()
+	if d, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(d)
 	}
-	defer tr.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, "POST", "http://instance/", bytes.NewReader(msg))
-	if err != nil {
-		return err
+	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })
+	defer stop()
+	req := fmt.Sprintf("POST / HTTP/1.1\r\nHost: instance\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n", len(msg))
+	if _, err := c.Write(append([]byte(req), msg...)); err != nil {
+		return fmt.Errorf("specialize instance: %w: %w", err, errdefs.ErrUnavailable)
 	}
-	req.Header.Set("Content-Type", "application/json")
-	res, err := tr.RoundTrip(req)
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil {
 		return fmt.Errorf("specialize instance: %w: %w", err, errdefs.ErrUnavailable)
 	}
