@@ -81,6 +81,7 @@ type Server struct {
 	store   *sqlite.Store
 	logs    *logstore.Store
 	metrics *metrics.Metrics
+	access  *accessSampler
 	back    *local.Backend
 	act     *activator.Activator
 	fns     *functions.Service
@@ -247,7 +248,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		PublicURL:    cfg.PublicURL,
 		Logger:       log,
 	}).Handler()
-	sink := logSink{s.logs, s.metrics}
+	s.access = newAccessSampler(s.logs, accessPerSecond, time.Now)
+	sink := logSink{s.logs, s.metrics, s.access}
 	rt := router.New(s.fns, s.act, router.Config{
 		Timeout: cfg.Timeout, MaxBodyBytes: cfg.MaxBodyBytes, Logger: log, Access: sink,
 		OnColdStart: func(spec *backend.Spec, d time.Duration) { s.metrics.ColdStartLatency(spec.Runtime, d) },
@@ -352,6 +354,9 @@ func (s *Server) Run(ctx context.Context) error {
 		defer close(s.bg)
 		done := make(chan struct{})
 		go func() { s.fns.RunFlusher(bgCtx, 10*time.Second); close(done) }()
+		accessDone := make(chan struct{})
+		go func() { s.access.run(bgCtx); close(accessDone) }()
+		defer func() { <-accessDone }()
 		// The autoscaler samples concurrency at each tick.
 		interval := max(min(s.cfg.AutoscaleWindow/60, 500*time.Millisecond), 20*time.Millisecond)
 		s.act.Run(bgCtx, interval)
@@ -422,6 +427,7 @@ func (s *Server) closeAll() {
 type logSink struct {
 	logs    *logstore.Store
 	metrics *metrics.Metrics
+	access  *accessSampler
 }
 
 func (l logSink) InstanceOutput(spec *backend.Spec, instance, stream string, line []byte) {
@@ -430,6 +436,13 @@ func (l logSink) InstanceOutput(spec *backend.Spec, instance, stream string, lin
 
 func (l logSink) Access(a router.Access) {
 	l.metrics.Invocation(a.Spec.Owner, a.Spec.Name, a.Status, a.Duration)
+	logged, summary := l.access.admit(&a)
+	if summary != nil {
+		l.logs.Append(*summary)
+	}
+	if !logged {
+		return
+	}
 	temp := "warm"
 	if a.Cold {
 		temp = "cold"

@@ -1,0 +1,129 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/spry-run/spry/internal/logstore"
+	"github.com/spry-run/spry/internal/router"
+)
+
+// accessPerSecond is how many ordinary requests per function and second get
+// an access line of their own.
+const accessPerSecond = 100
+
+// accessSampler decides which invocations get an access line. Every error
+// and every cold start does, and other requests up to a rate per function;
+// the rest of each second is counted and told in one summary line. At
+// thousands of requests a second a line each would cost a fifth of the
+// router's CPU, and would push the function's own output out of its
+// 10,000-entry log within a second. /metrics counts every request.
+type accessSampler struct {
+	perSecond int
+	now       func() time.Time
+	logs      *logstore.Store
+
+	mu  sync.Mutex
+	fns map[accessKey]*accessWindow
+}
+
+type accessKey struct{ owner, name string }
+
+// accessWindow is one function's current second.
+type accessWindow struct {
+	sec     int64
+	n       int   // lines logged in sec
+	skipped int   // requests not logged in sec
+	version int64 // of the last skipped request
+}
+
+func newAccessSampler(logs *logstore.Store, perSecond int, now func() time.Time) *accessSampler {
+	return &accessSampler{perSecond: perSecond, now: now, logs: logs, fns: map[accessKey]*accessWindow{}}
+}
+
+// admit says whether a's line is logged. It returns the summary of the
+// function's previous second, if that second skipped requests.
+func (s *accessSampler) admit(a *router.Access) (bool, *logstore.Entry) {
+	sec := s.now().Unix()
+	k := accessKey{a.Spec.Owner, a.Spec.Name}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w := s.fns[k]
+	if w == nil {
+		w = &accessWindow{sec: sec}
+		s.fns[k] = w
+	}
+	var summary *logstore.Entry
+	if w.sec != sec {
+		summary = s.close(k, w)
+		*w = accessWindow{sec: sec}
+	}
+	if a.Status >= 400 || a.Cold || w.n < s.perSecond {
+		w.n++
+		return true, summary
+	}
+	w.skipped++
+	w.version = a.Spec.Version
+	return false, summary
+}
+
+// close returns the summary line of w's second, or nil if it skipped none.
+func (s *accessSampler) close(k accessKey, w *accessWindow) *logstore.Entry {
+	if w.skipped == 0 {
+		return nil
+	}
+	return &logstore.Entry{
+		Time:  time.Unix(w.sec+1, 0),
+		Owner: k.owner, Function: k.name, Version: w.version, Stream: logstore.StreamAccess,
+		Line: fmt.Sprintf("... and %d more %s in the second from %s UTC, not logged one by one (over %d a second; every error and cold start is logged)",
+			w.skipped, plural(w.skipped, "request", "requests"), time.Unix(w.sec, 0).UTC().Format(time.TimeOnly), s.perSecond),
+	}
+}
+
+// sweep writes the summaries of seconds that are over (all of them, at
+// shutdown) and forgets functions idle for a minute. run calls it every
+// second.
+func (s *accessSampler) sweep(all bool) {
+	sec := s.now().Unix()
+	var out []*logstore.Entry
+	s.mu.Lock()
+	for k, w := range s.fns {
+		if w.sec == sec && !all {
+			continue
+		}
+		if e := s.close(k, w); e != nil {
+			out = append(out, e)
+		}
+		w.skipped, w.n = 0, 0
+		if sec-w.sec > 60 {
+			delete(s.fns, k)
+		}
+	}
+	s.mu.Unlock()
+	for _, e := range out {
+		s.logs.Append(*e)
+	}
+}
+
+func (s *accessSampler) run(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			s.sweep(true)
+			return
+		case <-t.C:
+			s.sweep(false)
+		}
+	}
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
