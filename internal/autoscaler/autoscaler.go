@@ -240,7 +240,12 @@ func (s *Scaler) Decide(now time.Time, ready int) Decision {
 	panicking := !s.panicTime.IsZero()
 
 	hi := c.maxInstances()
-	desired := limitedStable
+	// Outside panic mode the stable window decides, but it never removes
+	// instances the panic window still needs: the activator starts
+	// instances for queued requests on its own, which can keep a ramp-up
+	// below the panic threshold while the stable window still holds the
+	// quiet seconds before it.
+	desired := max(limitedStable, min(limitedPanic, float64(ready)))
 	if panicking {
 		// Never scale down while panicking: keep the highest count
 		// asked for in this panic, and the instances already ready.

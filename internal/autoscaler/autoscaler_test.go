@@ -825,3 +825,29 @@ func TestConcurrentUse(t *testing.T) {
 		t.Fatalf("after concurrent use: %+v", d)
 	}
 }
+
+// TestNoScaleDownDuringRampWithReactiveStarts: the activator starts
+// instances for queued requests on its own, so a ramp-up can arrive with
+// enough instances ready that the panic threshold is never crossed. The
+// stable window, still full of quiet seconds, must not take them away
+// while the panic window shows they are needed.
+func TestNoScaleDownDuringRampWithReactiveStarts(t *testing.T) {
+	cfg := Config{Concurrency: 8, StableWindow: 10 * time.Second, PanicWindow: time.Second}
+	m := newSim(cfg, 1)
+	m.follow = false
+	m.run(3*time.Second, 1, nil) // one client
+	// 64 clients; the activator has already started 9 instances for them
+	// (64/8/0.7 = 11.4 wanted, 11.4/9 < the panic threshold of 2).
+	m.ready = 9
+	m.run(5*time.Second, 64, func(now time.Time, ready int, d Decision) {
+		if d.Desired < ready {
+			t.Fatalf("%v into the ramp: desired %d < %d ready (stable %.1f, panic %.1f)", now.Sub(base), d.Desired, ready, d.StableConcurrency, d.PanicConcurrency)
+		}
+	})
+	// Once the load has gone for a panic window, the stable window may
+	// scale down again.
+	m.run(20*time.Second, 0, nil)
+	if d := m.s.Decide(m.now, m.ready); d.Desired >= m.ready {
+		t.Fatalf("after the load went: desired %d, ready %d", d.Desired, m.ready)
+	}
+}

@@ -224,7 +224,7 @@ func (b *Backend) filler() {
 				break
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), b.cfg.StartTimeout)
-			p, err := b.spawn(ctx, key)
+			p, err := b.spawn(ctx, key, pooledShares)
 			cancel()
 			b.mu.Lock()
 			b.filling[key]--
@@ -306,7 +306,9 @@ func (b *Backend) Start(ctx context.Context, spec *backend.Spec) (*backend.Insta
 	}
 	p := b.take(key)
 	if p == nil {
-		if p, err = b.spawn(ctx, key); err != nil {
+		// A request waits for this one: full CPU weight from the start,
+		// or under load its start crawls behind the running instances.
+		if p, err = b.spawn(ctx, key, activeShares); err != nil {
 			return nil, err
 		}
 	}
@@ -437,9 +439,9 @@ func (b *Backend) freeUID(uid int) {
 	b.mu.Unlock()
 }
 
-// spawn starts a generic runtime process in a new sandbox and waits until
-// it listens.
-func (b *Backend) spawn(ctx context.Context, key poolKey) (*proc, error) {
+// spawn starts a generic runtime process in a new sandbox, at the given
+// CPU weight, and waits until it listens.
+func (b *Backend) spawn(ctx context.Context, key poolKey, shares uint64) (*proc, error) {
 	select {
 	case b.spawns <- struct{}{}:
 	case <-ctx.Done():
@@ -486,7 +488,7 @@ func (b *Backend) spawn(ctx context.Context, key poolKey) (*proc, error) {
 		Resources: sandbox.Resources{
 			MemoryBytes: int64(key.memoryMiB) << 20,
 			Pids:        b.cfg.Pids,
-			CPUShares:   pooledShares,
+			CPUShares:   shares,
 			CPUQuotaUs:  b.cfg.CPUQuotaUs,
 		},
 		TmpBytes: b.cfg.TmpBytes,
