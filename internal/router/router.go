@@ -180,13 +180,7 @@ func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string)
 	defer actx.stop()
 	lease, err := rt.acquire(actx, owner, name, spec)
 	if err != nil {
-		rt.log.Warn("no instance", "owner", owner, "function", name, "request_id", inv.reqID, "err", err)
-		if errors.Is(err, errdefs.ErrUnavailable) {
-			ctx.Response.Header.Set("Retry-After", "1")
-		}
-		rt.writeError(ctx, inv.reqID, err)
-		inv.status = ctx.Response.StatusCode()
-		rt.finished(inv, "", false)
+		rt.noInstance(ctx, inv, err)
 		return
 	}
 	rt.resolver.Invoked(spec)
@@ -210,13 +204,22 @@ func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string)
 		}
 		lease.Release()
 		if lease, err = rt.acquire(actx, owner, name, spec); err != nil {
-			rt.writeError(ctx, inv.reqID, err)
-			inv.status = ctx.Response.StatusCode()
-			rt.finished(inv, "", false)
+			rt.noInstance(ctx, inv, err)
 			return
 		}
 		inv.lease, inv.retry, inv.retried = lease, false, true
 	}
+}
+
+// noInstance answers a request that got no instance, and logs it.
+func (rt *Router) noInstance(ctx *fasthttp.RequestCtx, inv *invocation, err error) {
+	rt.log.Warn("no instance", "owner", inv.spec.Owner, "function", inv.spec.Name, "request_id", inv.reqID, "err", err)
+	if errors.Is(err, errdefs.ErrUnavailable) {
+		ctx.Response.Header.Set("Retry-After", "1")
+	}
+	rt.writeError(ctx, inv.reqID, err)
+	inv.status = ctx.Response.StatusCode()
+	rt.finished(inv, "", false)
 }
 
 // lazyDeadline is a context with a deadline whose timer starts only when

@@ -57,8 +57,7 @@ func (s *accessSampler) admit(a *router.Access) (bool, *logstore.Entry) {
 	}
 	var summary *logstore.Entry
 	if w.sec != sec {
-		summary = s.close(k, w)
-		*w = accessWindow{sec: sec}
+		summary = s.roll(k, w, sec)
 	}
 	if a.Status >= 400 || a.Cold || w.n < s.perSecond {
 		w.n++
@@ -69,16 +68,19 @@ func (s *accessSampler) admit(a *router.Access) (bool, *logstore.Entry) {
 	return false, summary
 }
 
-// close returns the summary line of w's second, or nil if it skipped none.
-func (s *accessSampler) close(k accessKey, w *accessWindow) *logstore.Entry {
-	if w.skipped == 0 {
+// roll starts second sec in w and returns the summary line of the second
+// it ends, or nil if that skipped none.
+func (s *accessSampler) roll(k accessKey, w *accessWindow, sec int64) *logstore.Entry {
+	old := *w
+	*w = accessWindow{sec: sec}
+	if old.skipped == 0 {
 		return nil
 	}
 	return &logstore.Entry{
-		Time:  time.Unix(w.sec+1, 0),
-		Owner: k.owner, Function: k.name, Version: w.version, Stream: logstore.StreamAccess,
+		Time:  time.Unix(old.sec+1, 0),
+		Owner: k.owner, Function: k.name, Version: old.version, Stream: logstore.StreamAccess,
 		Line: fmt.Sprintf("... and %d more %s in the second from %s UTC, not logged one by one (over %d a second; every error and cold start is logged)",
-			w.skipped, plural(w.skipped, "request", "requests"), time.Unix(w.sec, 0).UTC().Format(time.TimeOnly), s.perSecond),
+			old.skipped, plural(old.skipped, "request", "requests"), time.Unix(old.sec, 0).UTC().Format(time.TimeOnly), s.perSecond),
 	}
 }
 
@@ -93,10 +95,10 @@ func (s *accessSampler) sweep(all bool) {
 		if w.sec == sec && !all {
 			continue
 		}
-		if e := s.close(k, w); e != nil {
+		// Keep the window's own second, so an idle function stays idle.
+		if e := s.roll(k, w, w.sec); e != nil {
 			out = append(out, e)
 		}
-		w.skipped, w.n = 0, 0
 		if sec-w.sec > 60 {
 			delete(s.fns, k)
 		}

@@ -539,20 +539,21 @@ func (b *Backend) spawn(ctx context.Context, key poolKey, shares uint64) (*proc,
 	defer timer.Stop()
 	select {
 	case <-p.ready:
+		fail := func(what string, err error) (*proc, error) {
+			b.kill(p, backend.ExitCrashed)
+			<-p.exited
+			return nil, fmt.Errorf("%s: %w: %w", what, err, errdefs.ErrUnavailable)
+		}
 		// The network is set up before the process can be given any code,
 		// and after bubblewrap has set up the namespace's loopback (doing
 		// both at once makes bubblewrap's setup fail now and then).
 		if err := cmd.StartNetwork(ctx); err != nil {
-			b.kill(p, backend.ExitCrashed)
-			<-p.exited
-			return nil, fmt.Errorf("instance network: %w: %w", err, errdefs.ErrUnavailable)
+			return fail("instance network", err)
 		}
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "unix", filepath.Join(p.dir, "sock", runtime.ControlSocketName))
 		if err != nil {
-			b.kill(p, backend.ExitCrashed)
-			<-p.exited
-			return nil, fmt.Errorf("connect to the runtime's control socket: %w: %w", err, errdefs.ErrUnavailable)
+			return fail("connect to the runtime's control socket", err)
 		}
 		p.mu.Lock()
 		p.control = c
@@ -729,9 +730,7 @@ func (b *Backend) specialize(ctx context.Context, p *proc, spec *backend.Spec, c
 // on a blocking thread) and waits until it has imported it. It closes c.
 func postSpecialization(ctx context.Context, c net.Conn, msg []byte) error {
 	defer c.Close()
-	if d, ok := ctx.Deadline(); ok {
-		_ = c.SetDeadline(d)
-	}
+	// Ends a blocked read or write when ctx ends, by deadline or cancel.
 	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })
 	defer stop()
 	req := fmt.Sprintf("POST / HTTP/1.1\r\nHost: instance\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n", len(msg))
