@@ -30,7 +30,11 @@ function makeContext(req) {
     name: meta.name,
     owner: meta.owner,
     version: meta.version,
-    requestId: req.headers.get("spry-request-id") ?? "",
+    // A getter: reading headers builds the Request's Headers object, a
+    // cost most functions never ask for.
+    get requestId() {
+      return req.headers.get("spry-request-id") ?? "";
+    },
     waitUntil(p) {
       Promise.resolve(p).catch((err) => console.error("waitUntil:", err));
     },
