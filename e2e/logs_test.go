@@ -3,6 +3,8 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"fmt"
+	"net"
 	"os/exec"
 	"strings"
 	"testing"
@@ -100,5 +102,46 @@ wait:
 	}
 	if out := s.mustSpry("logs", "talk"); strings.Contains(out, "one says") {
 		t.Fatalf("a deleted function's logs survived:\n%s", out)
+	}
+}
+
+// TestClientHangUp: a client that hangs up while its function computes
+// aborts the function's request.signal (Deno and Node), the access line
+// says 499, and the instance stays to serve the next request.
+func TestClientHangUp(t *testing.T) {
+	s := startServer(t)
+	code := []byte(`export default { async fetch(req) {
+		if (new URL(req.url).pathname !== "/wait") return new Response("still here");
+		console.log("waiting");
+		await new Promise((resolve) => {
+			req.signal.addEventListener("abort", () => { console.log("aborted by the client"); resolve(); });
+			setTimeout(resolve, 20000);
+		});
+		return new Response("late");
+	} }`)
+	for _, rt := range []string{"deno", "node"} {
+		t.Run(rt, func(t *testing.T) {
+			name := "hang-" + rt
+			if r := s.putCode(s.token, name, code, "runtime="+rt); r.status != 201 {
+				t.Fatalf("%d %s", r.status, r.body)
+			}
+			c, err := net.Dial("tcp", strings.TrimPrefix(s.url, "http://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			fmt.Fprintf(c, "GET /fn/admin/%s/wait HTTP/1.1\r\nHost: x\r\n\r\n", name)
+			eventually(t, 10*time.Second, "the function to start waiting", func() bool {
+				out, _, _ := s.spry("", "logs", name)
+				return strings.Contains(out, "waiting")
+			})
+			c.Close()
+			eventually(t, 5*time.Second, "the abort and a 499 access line", func() bool {
+				out, _, _ := s.spry("", "logs", name)
+				return strings.Contains(out, "aborted by the client") && strings.Contains(out, "access GET /fn/admin/"+name+"/wait 499")
+			})
+			if r := s.get("/fn/admin/" + name + "/"); r.status != 200 || string(r.body) != "still here" || r.header.Get("Spry-Cold-Start") != "" {
+				t.Fatalf("after the hang-up: %d %q cold=%q; want the same instance to answer", r.status, r.body, r.header.Get("Spry-Cold-Start"))
+			}
+		})
 	}
 }

@@ -5,7 +5,7 @@
 package backend
 
 import (
-	"fmt"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -33,7 +33,8 @@ type Spec struct {
 }
 
 // Key identifies the version across the platform.
-func (s *Spec) Key() string { return fmt.Sprintf("%s/%d", s.FunctionID, s.Version) }
+// (It is looked up on every request: no fmt.)
+func (s *Spec) Key() string { return s.FunctionID + "/" + strconv.FormatInt(s.Version, 10) }
 
 // Exit says why an instance ended.
 type Exit struct {

@@ -118,6 +118,7 @@ var (
 	// instance: safe to send again.
 	errUndelivered = errors.New("request not delivered")
 	errTooLarge    = errors.New("request body too large")
+	errClientGone  = errors.New("the client hung up")
 )
 
 // forward sends the request to the leased instance and sets the response.
@@ -138,11 +139,16 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 				return false, errors.Join(errUndelivered, err)
 			}
 		}
+		inv.up.Store(c)
 		// The deadline is left set when the connection goes back to the
 		// pool: the next use sets its own before any I/O.
 		_ = c.conn.SetDeadline(inv.deadline)
 		if err = rt.writeRequest(c.bw, ctx, inv, false); err == nil {
 			if err = c.bw.Flush(); err == nil {
+				if inv.watch == nil && hasBody {
+					// The body is read now: the connection is free to watch.
+					inv.watch = rt.watchClient(ctx, inv)
+				}
 				err = readHead(c.br, h)
 			}
 		}
@@ -153,10 +159,18 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 		// A kept-alive connection the instance had already closed fails
 		// before any answer; with no body sent, trying a fresh connection
 		// cannot replay anything.
-		if reused && attempt == 0 && !hasBody && !isTimeout(err) && time.Now().Before(inv.deadline) {
+		if reused && attempt == 0 && !hasBody && !isTimeout(err) && time.Now().Before(inv.deadline) && !inv.gone.Load() {
 			continue
 		}
+		inv.watch.end()
 		return false, err
+	}
+	// After end, a hang-up closes nothing: c may go back to the pool,
+	// unless the hang-up came first and closed it.
+	inv.watch.end()
+	if inv.gone.Load() {
+		c.close()
+		return false, errClientGone
 	}
 	upClose := rt.fixHeader(h, inv)
 	return rt.respond(ctx, inv, c, !upClose), nil

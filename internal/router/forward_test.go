@@ -72,7 +72,7 @@ func serveRouter(t *testing.T, rt *Router) *testServer {
 		t.Fatal(err)
 	}
 	srv := httpserve.New(rt.Handle, nil)
-	go srv.Serve(ln)
+	go srv.Serve(httpserve.Listener(ln))
 	s := &testServer{URL: "http://" + ln.Addr().String(), srv: srv}
 	t.Cleanup(s.Close)
 	return s
@@ -235,6 +235,100 @@ func TestClientDisconnectKeepsInstance(t *testing.T) {
 				t.Fatalf("a client disconnect killed the instance (%d kills)", n)
 			}
 		})
+	}
+}
+
+// accessRecorder keeps the status of each finished invocation.
+type accessRecorder chan int
+
+func (r accessRecorder) Access(a Access) { r <- a.Status }
+
+// A client that hangs up while the function computes ends the function's
+// request (the instance connection closes, so its request context, or
+// request.signal in a runtime, is aborted), and the invocation is logged
+// as 499, not left running to its timeout. The instance lives on.
+func TestClientHangUpAbortsTheRequest(t *testing.T) {
+	for _, tc := range []struct{ name, request string }{
+		{"no body", "GET /fn/alice/fn/ HTTP/1.1\r\nHost: x\r\n\r\n"},
+		{"with a body", "POST /fn/alice/fn/ HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			started, aborted := make(chan struct{}, 1), make(chan struct{}, 1)
+			b := &upstreamBackend{}
+			b.addr = serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				io.ReadAll(r.Body)
+				started <- struct{}{}
+				select {
+				case <-r.Context().Done():
+					aborted <- struct{}{}
+				case <-time.After(10 * time.Second):
+				}
+			}))
+			spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 30 * time.Second}
+			access := make(accessRecorder, 4)
+			srv := serveRouter(t, New(oneSpec{spec}, activator.New(b, activator.Config{}), Config{Access: access, WatchAfter: time.Millisecond}))
+			c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.WriteString(c, tc.request); err != nil {
+				t.Fatal(err)
+			}
+			<-started
+			c.Close()
+			select {
+			case <-aborted:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the function's request was not aborted after the client hung up")
+			}
+			select {
+			case st := <-access:
+				if st != StatusClientClosed {
+					t.Fatalf("logged status %d, want %d", st, StatusClientClosed)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("the invocation did not end")
+			}
+			if n := b.kills.Load(); n != 0 {
+				t.Fatalf("a hang-up killed the instance (%d kills)", n)
+			}
+		})
+	}
+}
+
+// A request pipelined behind a watched one is served, whether the watch
+// or the server reads its first byte.
+func TestWatchKeepsPipelinedRequests(t *testing.T) {
+	b := &upstreamBackend{}
+	b.addr = serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			time.Sleep(50 * time.Millisecond)
+		}
+		io.WriteString(w, r.URL.Path)
+	}))
+	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 30 * time.Second}
+	srv := serveRouter(t, New(oneSpec{spec}, activator.New(b, activator.Config{}), Config{WatchAfter: time.Millisecond}))
+	c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	for i := 0; i < 5; i++ {
+		io.WriteString(c, "GET /fn/alice/fn/slow HTTP/1.1\r\nHost: x\r\n\r\n")
+		time.Sleep(time.Duration(i*5) * time.Millisecond) // the second request lands at different points of the wait
+		io.WriteString(c, "GET /fn/alice/fn/next HTTP/1.1\r\nHost: x\r\n\r\n")
+		for _, want := range []string{"/slow", "/next"} {
+			res, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			if res.StatusCode != 200 || string(body) != want {
+				t.Fatalf("round %d: got %d %q, want 200 %q", i, res.StatusCode, body, want)
+			}
+		}
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -74,6 +75,10 @@ type Config struct {
 	// OnColdStart, if set, is told how long a request that waited for a
 	// cold start took to its first response byte.
 	OnColdStart func(spec *backend.Spec, d time.Duration)
+	// WatchAfter is how long a request waits (for an instance, then for
+	// the function's answer) before its client is watched for a hang-up;
+	// faster requests never pay for the watch. 0 means 100 ms.
+	WatchAfter time.Duration
 }
 
 // Router proxies invocations.
@@ -92,6 +97,9 @@ func New(res Resolver, leaser Leaser, cfg Config) *Router {
 	}
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 60 * time.Second
+	}
+	if cfg.WatchAfter == 0 {
+		cfg.WatchAfter = 100 * time.Millisecond
 	}
 	if cfg.MaxBodyBytes == 0 {
 		cfg.MaxBodyBytes = 100 << 20
@@ -118,6 +126,12 @@ type invocation struct {
 	// retry is set by fail when the request can go to another instance;
 	// retried marks the second attempt.
 	retry, retried bool
+	// The client watch (watch.go): gone says the client hung up; up is
+	// the instance connection a hang-up closes.
+	watch *clientWatch
+	actx  *lazyDeadline
+	gone  atomic.Bool
+	up    atomic.Pointer[upConn]
 }
 
 // Handle serves a request for a path under Prefix.
@@ -178,6 +192,15 @@ func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string)
 	}
 	actx := &lazyDeadline{deadline: inv.deadline}
 	defer actx.stop()
+	inv.actx = actx
+	upgrade := isUpgrade(&ctx.Request.Header)
+	defer func() { inv.watch.end() }()
+	if !upgrade && cl == 0 {
+		// A request with a body is watched once the body is read (see
+		// forward); an upgraded connection is spliced both ways, so a
+		// hang-up ends it anyway.
+		inv.watch = rt.watchClient(ctx, inv)
+	}
 	lease, err := rt.acquire(actx, owner, name, spec)
 	if err != nil {
 		rt.noInstance(ctx, inv, err)
@@ -185,7 +208,6 @@ func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string)
 	}
 	rt.resolver.Invoked(spec)
 	inv.lease = lease
-	upgrade := isUpgrade(&ctx.Request.Header)
 	for {
 		var streaming bool
 		if upgrade {
@@ -213,6 +235,12 @@ func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string)
 
 // noInstance answers a request that got no instance, and logs it.
 func (rt *Router) noInstance(ctx *fasthttp.RequestCtx, inv *invocation, err error) {
+	if inv.gone.Load() {
+		clientClosed(ctx)
+		inv.status = StatusClientClosed
+		rt.finished(inv, "", false)
+		return
+	}
 	rt.log.Warn("no instance", "owner", inv.spec.Owner, "function", inv.spec.Name, "request_id", inv.reqID, "err", err)
 	if errors.Is(err, errdefs.ErrUnavailable) {
 		ctx.Response.Header.Set("Retry-After", "1")
@@ -241,6 +269,12 @@ func (c *lazyDeadline) Done() <-chan struct{}       { c.init(); return c.ctx.Don
 func (c *lazyDeadline) Err() error                  { c.init(); return c.ctx.Err() }
 func (c *lazyDeadline) Value(key any) any           { return nil }
 
+// abort ends the context early.
+func (c *lazyDeadline) abort() {
+	c.init()
+	c.cancel()
+}
+
 // stop releases the timer, if one was started.
 func (c *lazyDeadline) stop() {
 	c.once.Do(func() {})
@@ -260,6 +294,10 @@ func (inv *invocation) finish(status int) {
 // it for a retry elsewhere when it was never delivered.
 func (rt *Router) fail(ctx *fasthttp.RequestCtx, inv *invocation, err error) {
 	inst := inv.lease.Instance()
+	if inv.gone.Load() {
+		clientClosed(ctx)
+		return
+	}
 	// A dial error means the request never reached the instance (it died
 	// before reading it): safe to try once more on another instance. Once
 	// a request was sent it is never replayed.

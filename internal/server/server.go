@@ -372,7 +372,9 @@ func (s *Server) Run(ctx context.Context) error {
 		defer dbg.Close()
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- s.http.Serve(s.ln) }()
+	// Its connections can be watched for a client's hang-up while a
+	// function computes (see the router).
+	go func() { errc <- s.http.Serve(httpserve.Listener(s.ln)) }()
 	s.ready.Store(true)
 	s.log.Info("spry is serving", "addr", s.Addr(), "data", s.cfg.DataDir)
 
