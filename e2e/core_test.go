@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -455,5 +457,73 @@ func TestCrashAndScaleToZero(t *testing.T) {
 	eventually(t, 5*time.Second, "the idle instance's process to end", func() bool { return len(s.sandboxProcs()) == 0 })
 	if r := s.get("/fn/admin/crashy/"); string(r.body) != "alive" {
 		t.Fatalf("after scale to zero: %d %q", r.status, r.body)
+	}
+}
+
+// TestListPages: the function list comes in pages (100 by default, at
+// most 1000) joined by cursors, and `spry ls` walks them all.
+func TestListPages(t *testing.T) {
+	s := startServer(t)
+	const n = 1005
+	code := []byte(`export default { fetch() { return new Response("x"); } };`)
+	var wg sync.WaitGroup
+	errs := make(chan string, n)
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += 8 {
+				if r := s.putCode(s.token, fmt.Sprintf("f%04d", i), code, ""); r.status != 201 {
+					errs <- fmt.Sprintf("deploy f%04d: %d %s", i, r.status, r.body)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Fatal(e)
+	}
+	type page struct {
+		Functions []struct{ Name string } `json:"functions"`
+		Next      string                  `json:"next"`
+	}
+	get := func(q string) page {
+		t.Helper()
+		r := s.do("GET", "/api/v1/functions"+q, s.token, nil, nil)
+		if r.status != 200 {
+			t.Fatalf("GET %s: %d %s", q, r.status, r.body)
+		}
+		var p page
+		if err := json.Unmarshal(r.body, &p); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	if p := get(""); len(p.Functions) != 100 || p.Next == "" || p.Functions[0].Name != "f0000" {
+		t.Fatalf("first default page: %d functions, next %q", len(p.Functions), p.Next)
+	}
+	var seen []string
+	for q := "?limit=400"; ; {
+		p := get(q)
+		for _, f := range p.Functions {
+			seen = append(seen, f.Name)
+		}
+		if p.Next == "" {
+			break
+		}
+		q = "?limit=400&after=" + url.QueryEscape(p.Next)
+	}
+	if len(seen) != n || seen[n-1] != fmt.Sprintf("f%04d", n-1) || !slices.IsSorted(seen) {
+		t.Fatalf("walked %d functions (want %d, in order)", len(seen), n)
+	}
+	for _, q := range []string{"?limit=0", "?limit=1001", "?after=nonsense"} {
+		if r := s.do("GET", "/api/v1/functions"+q, s.token, nil, nil); r.status != 400 || r.errorCode(t) != "invalid_argument" {
+			t.Errorf("GET %s: %d %s", q, r.status, r.body)
+		}
+	}
+	out := s.mustSpry("ls")
+	if got := strings.Count(out, "\nadmin/f"); got != n {
+		t.Fatalf("spry ls shows %d functions, want %d", got, n)
 	}
 }

@@ -33,7 +33,7 @@ type Functions interface {
 	SetTag(ctx context.Context, owner, name, tag string, version int64) (store.Function, error)
 	Delete(ctx context.Context, owner, name string) error
 	Get(ctx context.Context, owner, name string) (store.Function, error)
-	List(ctx context.Context, owner string) ([]store.Function, error)
+	List(ctx context.Context, owner string, page store.Page) ([]store.Function, error)
 }
 
 // Authenticator checks tokens and issues new ones.

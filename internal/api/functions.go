@@ -1,9 +1,11 @@
 package api
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -167,15 +169,77 @@ func (a *API) listFunctions(w http.ResponseWriter, r *http.Request) error {
 	case !p.CanManage(owner):
 		return errdefs.New(errdefs.ErrPermissionDenied, "you may not list functions of user %q", owner)
 	}
-	fns, err := a.fns.List(r.Context(), owner)
+	page, err := parsePage(r.URL.Query())
 	if err != nil {
 		return err
 	}
-	out := make([]FunctionView, 0, len(fns))
-	for _, fn := range fns {
-		out = append(out, a.view(r, fn))
+	want := page.Limit
+	page.Limit++ // one more says whether there is a next page
+	fns, err := a.fns.List(r.Context(), owner, page)
+	if err != nil {
+		return err
 	}
-	return writeJSON(w, http.StatusOK, map[string]any{"functions": out})
+	res := FunctionList{Functions: make([]FunctionView, 0, min(len(fns), want))}
+	if len(fns) > want {
+		fns = fns[:want]
+		last := fns[want-1]
+		res.Next = encodeCursor(store.FunctionKey{Owner: last.Owner, Name: last.Name})
+	}
+	for _, fn := range fns {
+		res.Functions = append(res.Functions, a.view(r, fn))
+	}
+	return writeJSON(w, http.StatusOK, res)
+}
+
+// FunctionList is one page of functions; Next, if set, is the cursor
+// (?after=) of the page after it.
+type FunctionList struct {
+	Functions []FunctionView `json:"functions"`
+	Next      string         `json:"next,omitempty"`
+}
+
+// Page sizes of the function list.
+const (
+	DefaultPageSize = 100
+	MaxPageSize     = 1000
+)
+
+// parsePage reads ?limit= and ?after= (a cursor from a previous page).
+func parsePage(q url.Values) (store.Page, error) {
+	page := store.Page{Limit: DefaultPageSize}
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > MaxPageSize {
+			return page, errdefs.Invalid("limit must be a whole number from 1 to %d", MaxPageSize)
+		}
+		page.Limit = n
+	}
+	if s := q.Get("after"); s != "" {
+		key, ok := decodeCursor(s)
+		if !ok {
+			return page, errdefs.Invalid("after is not a cursor from this list's next")
+		}
+		page.After = key
+	}
+	return page, nil
+}
+
+// A cursor is the last function of a page, owner/name, base64url: opaque
+// to clients, so its form may change.
+func encodeCursor(k store.FunctionKey) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(k.Owner + "/" + k.Name))
+}
+
+func decodeCursor(s string) (store.FunctionKey, bool) {
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		return store.FunctionKey{}, false
+	}
+	owner, name, ok := strings.Cut(string(b), "/")
+	if !ok || names.User(owner) != nil || names.Function(name) != nil {
+		return store.FunctionKey{}, false
+	}
+	return store.FunctionKey{Owner: owner, Name: name}, true
 }
 
 func (a *API) getFunction(w http.ResponseWriter, r *http.Request) error {

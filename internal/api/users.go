@@ -99,7 +99,7 @@ func (a *API) deleteUser(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	// A user's functions go with the user.
-	fns, err := a.fns.List(r.Context(), name)
+	fns, err := a.fns.List(r.Context(), name, store.Page{})
 	if err != nil {
 		return err
 	}

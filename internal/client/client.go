@@ -104,13 +104,25 @@ func (c *Client) Deploy(ctx context.Context, owner, name string, body api.Deploy
 	return v, err
 }
 
-// Functions lists functions (the admin's call with owner "" lists all).
+// Functions lists functions (the admin's call with owner "" lists all),
+// page after page.
 func (c *Client) Functions(ctx context.Context, owner string) ([]api.FunctionView, error) {
-	var out struct {
-		Functions []api.FunctionView `json:"functions"`
+	var all []api.FunctionView
+	q := url.Values{"limit": {strconv.Itoa(api.MaxPageSize)}}
+	if owner != "" {
+		q.Set("owner", owner)
 	}
-	err := c.do(ctx, "GET", "/api/v1/functions", ownerQuery(owner), nil, "", &out)
-	return out.Functions, err
+	for {
+		var page api.FunctionList
+		if err := c.do(ctx, "GET", "/api/v1/functions", q, nil, "", &page); err != nil {
+			return all, err
+		}
+		all = append(all, page.Functions...)
+		if page.Next == "" {
+			return all, nil
+		}
+		q.Set("after", page.Next)
+	}
 }
 
 // Function gets one function.

@@ -424,7 +424,7 @@ func edit(m, set map[string]string, unset []string) map[string]string {
 // never waits on the database for a known function and functions with
 // minimum instances get them without waiting for a request.
 func (s *Service) Load(ctx context.Context) error {
-	fns, err := s.store.ListFunctions(ctx, "")
+	fns, err := s.store.ListFunctions(ctx, "", store.Page{})
 	if err != nil {
 		return err
 	}
@@ -480,9 +480,10 @@ func (s *Service) Get(ctx context.Context, owner, name string) (store.Function, 
 	return fn, nil
 }
 
-// List returns owner's functions, or everyone's if owner is "".
-func (s *Service) List(ctx context.Context, owner string) ([]store.Function, error) {
-	fns, err := s.store.ListFunctions(ctx, owner)
+// List returns owner's functions, or everyone's if owner is "": the part
+// page selects.
+func (s *Service) List(ctx context.Context, owner string, page store.Page) ([]store.Function, error) {
+	fns, err := s.store.ListFunctions(ctx, owner, page)
 	if err != nil {
 		return nil, err
 	}

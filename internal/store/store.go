@@ -129,8 +129,8 @@ type Functions interface {
 	Deploy(ctx context.Context, id string, v Version) (Version, error)
 	GetFunction(ctx context.Context, owner, name string) (Function, error)
 	// ListFunctions lists owner's functions, or everyone's if owner is "",
-	// ordered by owner then name.
-	ListFunctions(ctx context.Context, owner string) ([]Function, error)
+	// ordered by owner then name: the part of that list page selects.
+	ListFunctions(ctx context.Context, owner string, page Page) ([]Function, error)
 	// DeleteFunction deletes the function and all its versions.
 	DeleteFunction(ctx context.Context, owner, name string) error
 	GetVersion(ctx context.Context, owner, name string, number int64) (Version, error)
@@ -151,6 +151,15 @@ type Functions interface {
 
 // FunctionKey names a function.
 type FunctionKey struct{ Owner, Name string }
+
+// Page selects part of a list ordered by owner then name: the entries
+// after After (the zero key: from the start), at most Limit (0: all).
+// Paging by key rather than offset keeps each page as cheap as the first
+// and skips nothing when functions come and go between pages.
+type Page struct {
+	After FunctionKey
+	Limit int
+}
 
 // Store is the whole metadata store.
 type Store interface {

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"modernc.org/sqlite"
@@ -353,16 +354,27 @@ func (s *Store) GetFunction(ctx context.Context, owner, name string) (store.Func
 	return f, nil
 }
 
-func (s *Store) ListFunctions(ctx context.Context, owner string) ([]store.Function, error) {
+func (s *Store) ListFunctions(ctx context.Context, owner string, page store.Page) ([]store.Function, error) {
 	var (
-		fns []store.Function
-		err error
+		where []string
+		args  []any
 	)
-	if owner == "" {
-		fns, err = list(ctx, s.db, scanFunction, functionQuery+` ORDER BY f.owner, f.name`)
-	} else {
-		fns, err = list(ctx, s.db, scanFunction, functionQuery+` WHERE f.owner = ? ORDER BY f.name`, owner)
+	if owner != "" {
+		where, args = append(where, "f.owner = ?"), append(args, owner)
 	}
+	if page.After != (store.FunctionKey{}) {
+		// A row value: the primary key index serves it as a range.
+		where, args = append(where, "(f.owner, f.name) > (?, ?)"), append(args, page.After.Owner, page.After.Name)
+	}
+	q := functionQuery
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	q += " ORDER BY f.owner, f.name"
+	if page.Limit > 0 {
+		q, args = q+" LIMIT ?", append(args, page.Limit)
+	}
+	fns, err := list(ctx, s.db, scanFunction, q, args...)
 	if err != nil {
 		return nil, errorf(ctx, err, "list functions of owner %q", owner)
 	}

@@ -32,6 +32,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Deploy", testDeploy},
 		{"ConfigRoundTrip", testConfigRoundTrip},
 		{"ListFunctions", testListFunctions},
+		{"ListFunctionsPaged", testListFunctionsPaged},
 		{"DeleteFunction", testDeleteFunction},
 		{"SetLive", testSetLive},
 		{"Routing", testRouting},
@@ -439,7 +440,7 @@ func testListFunctions(t *testing.T, s store.Store) {
 	}
 	for _, tc := range cases {
 		t.Run("owner="+tc.owner, func(t *testing.T) {
-			list, err := s.ListFunctions(ctx, tc.owner)
+			list, err := s.ListFunctions(ctx, tc.owner, store.Page{})
 			noErr(t, err, "ListFunctions")
 			if len(list) != len(tc.want) {
 				t.Fatalf("ListFunctions(%q): got %d functions, want %d: %+v", tc.owner, len(list), len(tc.want), list)
@@ -448,6 +449,59 @@ func testListFunctions(t *testing.T, s store.Store) {
 				checkFunction(t, list[i], tc.want[i])
 			}
 		})
+	}
+}
+
+// Walking pages gives the whole list in order, whatever the page size,
+// and a page may start after a function that no longer exists.
+func testListFunctionsPaged(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	for i, k := range []store.FunctionKey{
+		{"bob", "b"}, {"alice", "c"}, {"alice", "a"}, {"carol", "a"}, {"bob", "a"}, {"alice", "b"}, {"alice-x", "a"},
+	} {
+		deploy(t, s, fmt.Sprintf("id-%d", i), version(k.Owner, k.Name, i+1))
+	}
+	all := []store.FunctionKey{{"alice", "a"}, {"alice", "b"}, {"alice", "c"}, {"alice-x", "a"}, {"bob", "a"}, {"bob", "b"}, {"carol", "a"}}
+	keys := func(fns []store.Function) []store.FunctionKey {
+		var out []store.FunctionKey
+		for _, f := range fns {
+			out = append(out, store.FunctionKey{Owner: f.Owner, Name: f.Name})
+		}
+		return out
+	}
+	for _, owner := range []string{"", "alice", "bob"} {
+		var want []store.FunctionKey
+		for _, k := range all {
+			if owner == "" || k.Owner == owner {
+				want = append(want, k)
+			}
+		}
+		for limit := 1; limit <= len(all)+1; limit++ {
+			var got []store.FunctionKey
+			page := store.Page{Limit: limit}
+			for n := 0; ; n++ {
+				fns, err := s.ListFunctions(ctx, owner, page)
+				noErr(t, err, "ListFunctions")
+				if len(fns) > limit || n > len(all) {
+					t.Fatalf("owner %q, limit %d: page %d has %d functions", owner, limit, n, len(fns))
+				}
+				got = append(got, keys(fns)...)
+				if len(fns) < limit {
+					break
+				}
+				last := fns[len(fns)-1]
+				page.After = store.FunctionKey{Owner: last.Owner, Name: last.Name}
+			}
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Fatalf("owner %q, limit %d: walked %v, want %v", owner, limit, got, want)
+			}
+		}
+	}
+	noErr(t, s.DeleteFunction(ctx, "alice", "b"), "DeleteFunction")
+	fns, err := s.ListFunctions(ctx, "", store.Page{After: store.FunctionKey{Owner: "alice", Name: "b"}, Limit: 2})
+	noErr(t, err, "ListFunctions after a deleted key")
+	if got := fmt.Sprint(keys(fns)); got != "[{alice c} {alice-x a}]" {
+		t.Fatalf("after deleted alice/b: got %s", got)
 	}
 }
 
@@ -469,7 +523,7 @@ func testDeleteFunction(t *testing.T, s store.Store) {
 	wantErr(t, err, errdefs.ErrNotFound, "ListVersions deleted")
 	wantErr(t, s.DeleteFunction(ctx, "alice", "hello"), errdefs.ErrNotFound, "DeleteFunction again")
 
-	list, err := s.ListFunctions(ctx, "alice")
+	list, err := s.ListFunctions(ctx, "alice", store.Page{})
 	noErr(t, err, "ListFunctions")
 	if len(list) != 1 || list[0].Name != "other" {
 		t.Errorf("ListFunctions after delete: got %+v, want only other", list)
@@ -590,7 +644,7 @@ func testSetLastInvoked(t *testing.T, s store.Store) {
 		})
 	}
 
-	list, err := s.ListFunctions(ctx, "")
+	list, err := s.ListFunctions(ctx, "", store.Page{})
 	noErr(t, err, "ListFunctions")
 	for _, fn := range list {
 		if fn.Owner == "alice" && fn.Name == "a" && !sameTime(fn.LastInvokedAt, at(20)) {
@@ -748,7 +802,7 @@ func testRouting(t *testing.T, s store.Store) {
 	if !reflect.DeepEqual(fn.Routing, want) {
 		t.Fatalf("routing = %+v, want %+v", fn.Routing, want)
 	}
-	fns, err := s.ListFunctions(ctx, "alice")
+	fns, err := s.ListFunctions(ctx, "alice", store.Page{})
 	noErr(t, err, "ListFunctions")
 	if !reflect.DeepEqual(fns[0].Routing, want) {
 		t.Fatalf("listed routing = %+v, want %+v", fns[0].Routing, want)
