@@ -4,30 +4,80 @@ import (
 	"errors"
 	"net"
 	"os"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
 // fasthttp does not read a connection while its handler runs, so a client
 // that hangs up is not noticed until the response is written. A handler
-// that waits long (a function computing) can watch the connection itself:
-// Listener's connections let it.
+// that may wait long (a function computing) marks the wait on its
+// connection (Conn.Await); one goroutine per listener looks at the
+// waiting connections a few times a second and watches those waiting
+// longer than a set time. A timer per request would cost more than the
+// rest of a fast request's bookkeeping: arming it wakes the network
+// poller.
 
-// Listener wraps ln so that its connections are *Conn.
-func Listener(ln net.Listener) net.Listener { return watchListener{ln} }
+// Listener wraps ln so that its connections are *Conn, and watches those
+// whose handler has been waiting longer than after. Closing it stops the
+// watching.
+func Listener(ln net.Listener, after time.Duration) net.Listener {
+	l := &watchListener{Listener: ln, after: after, conns: map[*Conn]struct{}{}, done: make(chan struct{})}
+	go l.sweep()
+	return l
+}
 
-type watchListener struct{ net.Listener }
+type watchListener struct {
+	net.Listener
+	after     time.Duration
+	mu        sync.Mutex
+	conns     map[*Conn]struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+}
 
-func (l watchListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
+func (l *watchListener) Accept() (net.Conn, error) {
+	nc, err := l.Listener.Accept()
 	if err != nil {
 		return nil, err
 	}
-	return &Conn{Conn: c}, nil
+	c := &Conn{Conn: nc, l: l}
+	l.mu.Lock()
+	l.conns[c] = struct{}{}
+	l.mu.Unlock()
+	return c, nil
 }
 
-// Conn is a client connection a handler can watch while it waits.
+func (l *watchListener) Close() error {
+	l.closeOnce.Do(func() { close(l.done) })
+	return l.Listener.Close()
+}
+
+// sweep starts the watches that are due.
+func (l *watchListener) sweep() {
+	t := time.NewTicker(max(l.after/2, time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-l.done:
+			return
+		case now := <-t.C:
+			l.mu.Lock()
+			for c := range l.conns {
+				if w := c.wait.Load(); w != nil && now.Sub(w.since) >= l.after {
+					w.start(c)
+				}
+			}
+			l.mu.Unlock()
+		}
+	}
+}
+
+// Conn is a client connection whose handler's wait can be watched.
 type Conn struct {
 	net.Conn
+	l     *watchListener
+	wait  atomic.Pointer[Wait]
 	early []byte // read by a watch before the server asked for it
 }
 
@@ -40,20 +90,65 @@ func (c *Conn) Read(p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
+func (c *Conn) Close() error {
+	c.l.mu.Lock()
+	delete(c.l.conns, c)
+	c.l.mu.Unlock()
+	return c.Conn.Close()
+}
+
+// Goner is told that a waiting request's client hung up.
+type Goner interface{ ClientGone() }
+
+// Wait is one request's wait on its connection.
+type Wait struct {
+	since time.Time
+	gone  Goner
+	mu    sync.Mutex
+	stop  func() // set once the watch started
+	ended bool
+}
+
+// Await marks the handler as waiting since since: from then on nothing
+// but a watch may read the connection (the request, body included, must
+// have been read). If the wait lasts, the connection is watched, and
+// g.ClientGone is called (once, from another goroutine) if the client
+// closes it or it fails. A byte that arrives meanwhile (a pipelined
+// request) ends the watch quietly and is kept for the server.
+func (c *Conn) Await(w *Wait, since time.Time, g Goner) {
+	w.since, w.gone = since, g
+	c.wait.Store(w)
+}
+
+// EndWait ends the wait Await marked, if any. Once it returns, no watch
+// reads the connection and ClientGone, if it was called, has returned;
+// the read deadline is then cleared, for the server to set its own.
+func (c *Conn) EndWait() {
+	w := c.wait.Swap(nil)
+	if w == nil {
+		return
+	}
+	w.mu.Lock()
+	w.ended = true
+	stop := w.stop
+	w.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+}
+
 // aLongTimeAgo, as a read deadline, ends a blocked read at once.
 var aLongTimeAgo = time.Unix(1, 0)
 
-// Watch reads the connection in the background and calls gone (once,
-// from another goroutine) if the client closes it or it fails. It is for
-// a handler that has read its whole request and is waiting on something
-// else. A byte that arrives meanwhile (a pipelined request) ends the
-// watch quietly and is kept for the server. stop ends the watch and
-// returns once the background read is over (and gone, if called, has
-// returned); the read deadline is then cleared, for the server to set
-// its own.
-func (c *Conn) Watch(gone func()) (stop func()) {
+// start starts w's watch on c, unless it ended or already started.
+func (w *Wait) start(c *Conn) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.ended || w.stop != nil {
+		return
+	}
 	// A deadline left from reading the request head would end the watch
-	// early; stop sets the only one that matters.
+	// early; the stop function sets the only one that matters.
 	_ = c.Conn.SetReadDeadline(time.Time{})
 	done := make(chan struct{})
 	go func() {
@@ -65,10 +160,10 @@ func (c *Conn) Watch(gone func()) (stop func()) {
 			return
 		}
 		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-			gone()
+			w.gone.ClientGone()
 		}
 	}()
-	return func() {
+	w.stop = func() {
 		_ = c.Conn.SetReadDeadline(aLongTimeAgo)
 		<-done
 		_ = c.Conn.SetReadDeadline(time.Time{})

@@ -145,9 +145,9 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 		_ = c.conn.SetDeadline(inv.deadline)
 		if err = rt.writeRequest(c.bw, ctx, inv, false); err == nil {
 			if err = c.bw.Flush(); err == nil {
-				if inv.watch == nil && hasBody {
+				if hasBody {
 					// The body is read now: the connection is free to watch.
-					inv.watch = rt.watchClient(ctx, inv)
+					inv.watchClient(ctx)
 				}
 				err = readHead(c.br, h)
 			}
@@ -162,12 +162,12 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 		if reused && attempt == 0 && !hasBody && !isTimeout(err) && time.Now().Before(inv.deadline) && !inv.gone.Load() {
 			continue
 		}
-		inv.watch.end()
+		inv.endWatch()
 		return false, err
 	}
 	// After end, a hang-up closes nothing: c may go back to the pool,
 	// unless the hang-up came first and closed it.
-	inv.watch.end()
+	inv.endWatch()
 	if inv.gone.Load() {
 		c.close()
 		return false, errClientGone

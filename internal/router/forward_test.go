@@ -72,7 +72,7 @@ func serveRouter(t *testing.T, rt *Router) *testServer {
 		t.Fatal(err)
 	}
 	srv := httpserve.New(rt.Handle, nil)
-	go srv.Serve(httpserve.Listener(ln))
+	go srv.Serve(httpserve.Listener(ln, time.Millisecond))
 	s := &testServer{URL: "http://" + ln.Addr().String(), srv: srv}
 	t.Cleanup(s.Close)
 	return s
@@ -266,7 +266,7 @@ func TestClientHangUpAbortsTheRequest(t *testing.T) {
 			}))
 			spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 30 * time.Second}
 			access := make(accessRecorder, 4)
-			srv := serveRouter(t, New(oneSpec{spec}, activator.New(b, activator.Config{}), Config{Access: access, WatchAfter: time.Millisecond}))
+			srv := serveRouter(t, New(oneSpec{spec}, activator.New(b, activator.Config{}), Config{Access: access}))
 			c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
 			if err != nil {
 				t.Fatal(err)
@@ -307,7 +307,7 @@ func TestWatchKeepsPipelinedRequests(t *testing.T) {
 		io.WriteString(w, r.URL.Path)
 	}))
 	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 30 * time.Second}
-	srv := serveRouter(t, New(oneSpec{spec}, activator.New(b, activator.Config{}), Config{WatchAfter: time.Millisecond}))
+	srv := serveRouter(t, New(oneSpec{spec}, activator.New(b, activator.Config{}), Config{}))
 	c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
 	if err != nil {
 		t.Fatal(err)

@@ -75,10 +75,6 @@ type Config struct {
 	// OnColdStart, if set, is told how long a request that waited for a
 	// cold start took to its first response byte.
 	OnColdStart func(spec *backend.Spec, d time.Duration)
-	// WatchAfter is how long a request waits (for an instance, then for
-	// the function's answer) before its client is watched for a hang-up;
-	// faster requests never pay for the watch. 0 means 100 ms.
-	WatchAfter time.Duration
 }
 
 // Router proxies invocations.
@@ -97,9 +93,6 @@ func New(res Resolver, leaser Leaser, cfg Config) *Router {
 	}
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 60 * time.Second
-	}
-	if cfg.WatchAfter == 0 {
-		cfg.WatchAfter = 100 * time.Millisecond
 	}
 	if cfg.MaxBodyBytes == 0 {
 		cfg.MaxBodyBytes = 100 << 20
@@ -128,10 +121,11 @@ type invocation struct {
 	retry, retried bool
 	// The client watch (watch.go): gone says the client hung up; up is
 	// the instance connection a hang-up closes.
-	watch *clientWatch
-	actx  *lazyDeadline
-	gone  atomic.Bool
-	up    atomic.Pointer[upConn]
+	watched *httpserve.Conn
+	wait    httpserve.Wait
+	actx    *lazyDeadline
+	gone    atomic.Bool
+	up      atomic.Pointer[upConn]
 }
 
 // Handle serves a request for a path under Prefix.
@@ -194,12 +188,12 @@ func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string)
 	defer actx.stop()
 	inv.actx = actx
 	upgrade := isUpgrade(&ctx.Request.Header)
-	defer func() { inv.watch.end() }()
+	defer inv.endWatch()
 	if !upgrade && cl == 0 {
 		// A request with a body is watched once the body is read (see
 		// forward); an upgraded connection is spliced both ways, so a
 		// hang-up ends it anyway.
-		inv.watch = rt.watchClient(ctx, inv)
+		inv.watchClient(ctx)
 	}
 	lease, err := rt.acquire(actx, owner, name, spec)
 	if err != nil {

@@ -1,9 +1,6 @@
 package router
 
 import (
-	"sync"
-	"time"
-
 	"github.com/valyala/fasthttp"
 
 	"github.com/spry-run/spry/internal/httpserve"
@@ -13,56 +10,34 @@ import (
 // up before the function answered (nginx's 499).
 const StatusClientClosed = 499
 
-// clientWatch notices a client that hangs up while its request waits:
-// the wait for an instance ends, and the connection to the instance is
-// closed, which aborts the function's request (its request.signal).
-type clientWatch struct {
-	mu    sync.Mutex
-	timer *time.Timer
-	stop  func()
-	ended bool
+// watchClient marks the request as waiting (for an instance, then for the
+// function's answer) on a connection the listener watches once the wait
+// lasts (httpserve.Listener): a hang-up then ends the wait for an
+// instance, and closes the connection to the instance, which aborts the
+// function's request (its request.signal). Nothing else may read the
+// client's connection until endWatch: the request's body must have been
+// read.
+func (inv *invocation) watchClient(ctx *fasthttp.RequestCtx) {
+	if c, ok := ctx.Conn().(*httpserve.Conn); ok && inv.watched == nil {
+		inv.watched = c
+		c.Await(&inv.wait, inv.start, inv)
+	}
 }
 
-// watchClient starts the timer that starts the watch; nil if the
-// connection cannot be watched. Nothing else may read the client's
-// connection meanwhile: the request's body must have been read.
-func (rt *Router) watchClient(ctx *fasthttp.RequestCtx, inv *invocation) *clientWatch {
-	conn, ok := ctx.Conn().(*httpserve.Conn)
-	if !ok {
-		return nil
+// endWatch ends the watch. Once it returns, a hang-up closes nothing more,
+// so the instance's connection may go back to the pool.
+func (inv *invocation) endWatch() {
+	if inv.watched != nil {
+		inv.watched.EndWait()
 	}
-	w := &clientWatch{}
-	w.timer = time.AfterFunc(rt.cfg.WatchAfter, func() {
-		w.mu.Lock()
-		defer w.mu.Unlock()
-		if w.ended {
-			return
-		}
-		w.stop = conn.Watch(func() {
-			inv.gone.Store(true)
-			inv.actx.abort()
-			if c := inv.up.Load(); c != nil {
-				c.conn.Close()
-			}
-		})
-	})
-	return w
 }
 
-// end stops the watch. Once it returns, the watch closes nothing more, so
-// the instance's connection may go back to the pool.
-func (w *clientWatch) end() {
-	if w == nil {
-		return
-	}
-	w.timer.Stop()
-	w.mu.Lock()
-	w.ended = true
-	stop := w.stop
-	w.stop = nil
-	w.mu.Unlock()
-	if stop != nil {
-		stop()
+// ClientGone is called by the watch when the client hangs up.
+func (inv *invocation) ClientGone() {
+	inv.gone.Store(true)
+	inv.actx.abort()
+	if c := inv.up.Load(); c != nil {
+		c.conn.Close()
 	}
 }
 
