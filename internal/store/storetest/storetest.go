@@ -456,12 +456,13 @@ func testListFunctions(t *testing.T, s store.Store) {
 // and a page may start after a function that no longer exists.
 func testListFunctionsPaged(t *testing.T, s store.Store) {
 	ctx := t.Context()
+	key := func(owner, name string) store.FunctionKey { return store.FunctionKey{Owner: owner, Name: name} }
 	for i, k := range []store.FunctionKey{
-		{"bob", "b"}, {"alice", "c"}, {"alice", "a"}, {"carol", "a"}, {"bob", "a"}, {"alice", "b"}, {"alice-x", "a"},
+		key("bob", "b"), key("alice", "c"), key("alice", "a"), key("carol", "a"), key("bob", "a"), key("alice", "b"), key("alice-x", "a"),
 	} {
 		deploy(t, s, fmt.Sprintf("id-%d", i), version(k.Owner, k.Name, i+1))
 	}
-	all := []store.FunctionKey{{"alice", "a"}, {"alice", "b"}, {"alice", "c"}, {"alice-x", "a"}, {"bob", "a"}, {"bob", "b"}, {"carol", "a"}}
+	all := []store.FunctionKey{key("alice", "a"), key("alice", "b"), key("alice", "c"), key("alice-x", "a"), key("bob", "a"), key("bob", "b"), key("carol", "a")}
 	keys := func(fns []store.Function) []store.FunctionKey {
 		var out []store.FunctionKey
 		for _, f := range fns {
