@@ -368,37 +368,25 @@ func secretContext(owner, name, key string) string { return owner + "/" + name +
 
 // overlay returns base with every setting that is set in ch replaced.
 func overlay(base, ch store.Limits) store.Limits {
-	if ch.MemoryMiB != 0 {
-		base.MemoryMiB = ch.MemoryMiB
-	}
-	if ch.TimeoutMs != 0 {
-		base.TimeoutMs = ch.TimeoutMs
-	}
-	if ch.Network != "" {
-		base.Network = ch.Network
-	}
-	if ch.MinScale != 0 {
-		base.MinScale = ch.MinScale
-	}
-	if ch.MaxScale != 0 {
-		base.MaxScale = ch.MaxScale
-	}
-	if ch.Concurrency != 0 {
-		base.Concurrency = ch.Concurrency
-	}
-	if ch.CPUMilli != 0 {
-		base.CPUMilli = ch.CPUMilli
-	}
-	if ch.TargetPercent != 0 {
-		base.TargetPercent = ch.TargetPercent
-	}
-	if ch.ScaleToZeroMs != 0 {
-		base.ScaleToZeroMs = ch.ScaleToZeroMs
-	}
-	if ch.Isolation != "" {
-		base.Isolation = ch.Isolation
-	}
+	set(&base.MemoryMiB, ch.MemoryMiB)
+	set(&base.TimeoutMs, ch.TimeoutMs)
+	set(&base.Network, ch.Network)
+	set(&base.MinScale, ch.MinScale)
+	set(&base.MaxScale, ch.MaxScale)
+	set(&base.Concurrency, ch.Concurrency)
+	set(&base.CPUMilli, ch.CPUMilli)
+	set(&base.TargetPercent, ch.TargetPercent)
+	set(&base.ScaleToZeroMs, ch.ScaleToZeroMs)
+	set(&base.Isolation, ch.Isolation)
 	return base
+}
+
+// set replaces *dst with v unless v is the zero value (not set).
+func set[T comparable](dst *T, v T) {
+	var zero T
+	if v != zero {
+		*dst = v
+	}
 }
 
 // edit returns a copy of m with set applied and unset removed (nil if

@@ -162,7 +162,8 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 		if reused && attempt == 0 && !hasBody && !isTimeout(err) && time.Now().Before(inv.deadline) && !inv.gone.Load() {
 			continue
 		}
-		inv.endWatch()
+		// The watch goes on (serve ends it): a retry on another instance
+		// is watched too.
 		return false, err
 	}
 	// After end, a hang-up closes nothing: c may go back to the pool,
