@@ -66,6 +66,11 @@ func Adapt(h http.Handler, log *slog.Logger) fasthttp.RequestHandler {
 		w.setHeader(ctx)
 		if !w.streaming {
 			ctx.SetBody(w.buf.Bytes())
+			// fasthttp would read what the handler left of the body as the
+			// next request.
+			if r.Body.(*body).unread() {
+				ctx.SetConnectionClose()
+			}
 			return
 		}
 		// The handler goes on after this returns: it must not read the
@@ -130,8 +135,9 @@ func request(ctx *fasthttp.RequestCtx, rctx context.Context) (*http.Request, err
 // body is a request body that stops being readable once the fasthttp
 // handler has returned.
 type body struct {
-	mu sync.Mutex
-	r  io.Reader
+	mu  sync.Mutex
+	r   io.Reader
+	eof bool
 }
 
 func (b *body) Read(p []byte) (int, error) {
@@ -140,7 +146,18 @@ func (b *body) Read(p []byte) (int, error) {
 	if b.r == nil {
 		return 0, io.EOF
 	}
-	return b.r.Read(p)
+	n, err := b.r.Read(p)
+	if err == io.EOF {
+		b.eof = true
+	}
+	return n, err
+}
+
+// unread says whether the body was not read to its end.
+func (b *body) unread() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.r != nil && !b.eof
 }
 
 func (b *body) Close() error { return nil }

@@ -32,6 +32,10 @@ const (
 	// parses the head inside its read buffer, so this is also that
 	// buffer's size.
 	MaxHeaderBytes = 64 << 10
+	// WatchAfter is how long a handler waits on its client's connection
+	// before the connection is watched for a hang-up (see Listener): fast
+	// requests never pay for a watch.
+	WatchAfter = 100 * time.Millisecond
 )
 
 // New returns a server for h.

@@ -113,3 +113,84 @@ func TestAdaptPanic(t *testing.T) {
 		t.Fatalf("%d", res.StatusCode)
 	}
 }
+
+// A request refused before its body is read (too large) or with a head
+// over the limit gets its answer, not a connection reset: the server
+// closes lingering.
+func TestRefusalReachesClient(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := New(func(ctx *fasthttp.RequestCtx) {
+		ctx.SetConnectionClose()
+		ctx.SetStatusCode(413)
+	}, nil)
+	go srv.Serve(Listener(ln, time.Second))
+	t.Cleanup(func() { _ = srv.Shutdown() })
+	url := "http://" + ln.Addr().String()
+	for i := range 20 {
+		req, _ := http.NewRequest("POST", url, strings.NewReader(strings.Repeat("x", 4<<20)))
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("body %d: %v", i, err)
+		}
+		res.Body.Close()
+		if res.StatusCode != 413 {
+			t.Fatalf("body %d: status %d", i, res.StatusCode)
+		}
+		req, _ = http.NewRequest("GET", url, nil)
+		req.Header.Set("X-Big", strings.Repeat("h", 2*MaxHeaderBytes))
+		res, err = http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("head %d: %v", i, err)
+		}
+		res.Body.Close()
+		if res.StatusCode != 431 {
+			t.Fatalf("head %d: status %d", i, res.StatusCode)
+		}
+	}
+}
+
+// What a handler leaves of a body is never read as the next request: the
+// connection closes after the answer.
+func TestAdaptUnreadBodyEndsConnection(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := New(Adapt(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == "PUT" {
+			_, _ = io.ReadFull(r.Body, make([]byte, 10))
+			w.WriteHeader(413)
+			return
+		}
+		io.WriteString(w, "ok")
+	}), nil), nil)
+	go srv.Serve(Listener(ln, time.Second))
+	t.Cleanup(func() { _ = srv.Shutdown() })
+	url := "http://" + ln.Addr().String()
+	// The leftover is a request of its own, as a smuggler would send it.
+	smuggled := "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+	body := strings.Repeat("x", 64<<10) + smuggled
+	for i := range 5 {
+		req, _ := http.NewRequest("PUT", url, strings.NewReader(body))
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != 413 || !res.Close {
+			t.Fatalf("put %d: status %d, close %v", i, res.StatusCode, res.Close)
+		}
+		res, err = http.Get(url + "/next")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != 200 || string(b) != "ok" {
+			t.Fatalf("get %d: %d %q", i, res.StatusCode, b)
+		}
+	}
+}

@@ -18,9 +18,9 @@ import (
 // rest of a fast request's bookkeeping: arming it wakes the network
 // poller.
 
-// Listener wraps ln so that its connections are *Conn, and watches those
-// whose handler has been waiting longer than after. Closing it stops the
-// watching.
+// Listener wraps ln so that its connections are *Conn: watched while
+// their handler has been waiting longer than after, and closed lingering.
+// Closing it stops the watching.
 func Listener(ln net.Listener, after time.Duration) net.Listener {
 	l := &watchListener{Listener: ln, after: after, conns: map[*Conn]struct{}{}, done: make(chan struct{})}
 	go l.sweep()
@@ -90,11 +90,47 @@ func (c *Conn) Read(p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
+// Close closes the connection lingering, as nginx and net/http do: when
+// the server ends a connection while the client is still sending (a
+// request refused for its size or its head), closing with unread data
+// makes the kernel send a reset, and the reset can destroy the response
+// before the client reads it. So the write side is shut first (the client
+// sees the response, then EOF) and what still arrives is read and dropped
+// until the client closes, for a bounded time.
 func (c *Conn) Close() error {
 	c.l.mu.Lock()
 	delete(c.l.conns, c)
 	c.l.mu.Unlock()
-	return c.Conn.Close()
+	hc, ok := c.Conn.(interface{ CloseWrite() error })
+	if !ok || hc.CloseWrite() != nil {
+		return c.Conn.Close()
+	}
+	go linger(c.Conn)
+	return nil
+}
+
+// Bounds of a lingering close: how long the client may take between two
+// reads and in all.
+const (
+	lingerGap   = time.Second
+	lingerTotal = 10 * time.Second
+)
+
+// linger reads and drops what the client still sends, then closes nc.
+func linger(nc net.Conn) {
+	defer nc.Close()
+	end := time.Now().Add(lingerTotal)
+	buf := make([]byte, 4096)
+	for {
+		d := time.Until(end)
+		if d <= 0 {
+			return
+		}
+		_ = nc.SetReadDeadline(time.Now().Add(min(d, lingerGap)))
+		if _, err := nc.Read(buf); err != nil {
+			return
+		}
+	}
 }
 
 // Goner is told that a waiting request's client hung up.

@@ -374,7 +374,7 @@ func (s *Server) Run(ctx context.Context) error {
 	errc := make(chan error, 1)
 	// Its connections can be watched for a client's hang-up while a
 	// function computes (see the router).
-	go func() { errc <- s.http.Serve(httpserve.Listener(s.ln, 100*time.Millisecond)) }()
+	go func() { errc <- s.http.Serve(httpserve.Listener(s.ln, httpserve.WatchAfter)) }()
 	s.ready.Store(true)
 	s.log.Info("spry is serving", "addr", s.Addr(), "data", s.cfg.DataDir)
 
