@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/spry-run/spry/internal/archive"
+	"github.com/spry-run/spry/internal/npmtest"
 )
 
 func writeTree(t *testing.T, files map[string]string) string {
@@ -27,13 +28,14 @@ func writeTree(t *testing.T, files map[string]string) string {
 }
 
 // TestDeployProjects: a directory with relative imports, an npm
-// dependency from the registry (installed and bundled at deploy time, on
-// the server), a deno.json import map and a .gitignore; a bad dependency
+// dependency (installed by the server's npm at deploy time from a
+// registry on loopback, and bundled), a deno.json import map and a .gitignore; a bad dependency
 // fails the deploy with npm's message and the previous version keeps
 // serving; the raw API takes an archive; --bundle bundles on the client;
 // Node runs the same kind of project.
 func TestDeployProjects(t *testing.T) {
-	s := startServer(t)
+	reg := npmtest.Start(t, npmtest.IsNumber)
+	s := startServer(t, "--npm-registry", reg.URL)
 	dir := writeTree(t, map[string]string{
 		"index.ts": `import isNumber from "is-number";
 import { greet } from "./lib/greet.ts";
@@ -91,7 +93,7 @@ export default { fetch(req: Request) {
 	}
 
 	// --bundle bundles here and sends only the bundle.
-	s.mustSpry("deploy", dir, "--name", "proj-local", "--bundle")
+	s.mustSpry("deploy", dir, "--name", "proj-local", "--bundle", "--npm-registry", reg.URL)
 	if r := s.get("/fn/admin/proj-local/?n=1"); string(r.body) != "HELLO 1 true" {
 		t.Fatalf("--bundle: %q", r.body)
 	}

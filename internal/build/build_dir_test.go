@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/npmtest"
 )
 
 // writeProject writes files (slash-separated names) into a new directory.
@@ -825,22 +826,24 @@ func TestStripJSONC(t *testing.T) {
 	}
 }
 
-// needNPM skips tests that install from the npm registry when npm is
-// missing or in -short mode.
-func needNPM(t *testing.T) {
+// needNPM skips tests that run npm when npm is missing or in -short
+// mode, and otherwise starts a registry on loopback with the test
+// packages: the tests never reach the public registry.
+func needNPM(t *testing.T) *npmtest.Registry {
 	t.Helper()
 	if testing.Short() {
-		t.Skip("installs from the npm registry")
+		t.Skip("runs npm")
 	}
 	if _, err := exec.LookPath("npm"); err != nil {
 		t.Skip("npm not found")
 	}
+	return npmtest.Start(t, npmtest.IsNumber, npmtest.MS)
 }
 
-// TestBundleDirNPMDependency installs a real package from the registry,
+// TestBundleDirNPMDependency installs a package with the real npm,
 // bundles it, and runs the bundle.
 func TestBundleDirNPMDependency(t *testing.T) {
-	needNPM(t)
+	reg := needNPM(t)
 	t.Parallel()
 	files := map[string]string{
 		"package.json": `{"name": "fn", "dependencies": {"is-number": "7.0.0"}, "devDependencies": {"ms": "2.1.3"}}`,
@@ -848,7 +851,7 @@ func TestBundleDirNPMDependency(t *testing.T) {
 	}
 	cache := t.TempDir()
 	dir := writeProject(t, files)
-	res, err := BundleDir(context.Background(), dir, DirOptions{NPMCache: cache})
+	res, err := BundleDir(context.Background(), dir, DirOptions{NPMCache: cache, Registry: reg.URL})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -872,7 +875,7 @@ func TestBundleDirNPMDependency(t *testing.T) {
 		t.Fatal(err)
 	}
 	files["package-lock.json"] = string(lock)
-	again, err := BundleDir(context.Background(), writeProject(t, files), DirOptions{NPMCache: cache})
+	again, err := BundleDir(context.Background(), writeProject(t, files), DirOptions{NPMCache: cache, Registry: reg.URL})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -882,13 +885,13 @@ func TestBundleDirNPMDependency(t *testing.T) {
 }
 
 func TestBundleDirNPMSpecifier(t *testing.T) {
-	needNPM(t)
+	reg := needNPM(t)
 	t.Parallel()
 	dir := writeProject(t, map[string]string{
 		"index.ts":  "import ms from 'npm:ms@2.1.3';\nimport isNumber from 'num';\nexport default () => new Response(ms(60000) + isNumber(1));\n",
 		"deno.json": `{"imports": {"num": "npm:is-number@7.0.0"}}`,
 	})
-	res, err := BundleDir(context.Background(), dir, DirOptions{})
+	res, err := BundleDir(context.Background(), dir, DirOptions{Registry: reg.URL})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -907,13 +910,13 @@ func TestBundleDirNPMSpecifier(t *testing.T) {
 }
 
 func TestBundleDirNPMFailure(t *testing.T) {
-	needNPM(t)
+	reg := needNPM(t)
 	t.Parallel()
 	dir := writeProject(t, map[string]string{
 		"package.json": `{"dependencies": {"spry-definitely-not-a-package-xyz": "^1.0.0"}}`,
 		"index.ts":     "export default 1;\n",
 	})
-	_, err := BundleDir(context.Background(), dir, DirOptions{})
+	_, err := BundleDir(context.Background(), dir, DirOptions{Registry: reg.URL})
 	if !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Fatalf("err = %v, want ErrInvalidArgument", err)
 	}

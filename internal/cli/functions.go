@@ -21,7 +21,7 @@ import (
 )
 
 func newDeployCmd(conn *connFlags) *cobra.Command {
-	var name, runtime, owner, entry string
+	var name, runtime, owner, entry, registry string
 	var envs []string
 	var asJSON, bundleHere bool
 	var lim limitFlags
@@ -49,7 +49,10 @@ bundled here instead (npm on this machine) and only the bundle is sent.`,
 				}
 				body.Code, body.Filename = string(code), filepath.Base(path)
 			case bundleHere:
-				res, err := build.BundleDir(cmd.Context(), path, build.DirOptions{Entry: entry, Runtime: runtime})
+				if registry == "" {
+					registry = os.Getenv("npm_config_registry")
+				}
+				res, err := build.BundleDir(cmd.Context(), path, build.DirOptions{Entry: entry, Runtime: runtime, Registry: registry})
 				if err != nil {
 					return err
 				}
@@ -94,6 +97,7 @@ bundled here instead (npm on this machine) and only the bundle is sent.`,
 	cmd.Flags().StringVar(&name, "name", "", "function name (default: the file or directory name without its extension)")
 	cmd.Flags().StringVar(&entry, "entry", "", "a project's entry file, relative to its directory")
 	cmd.Flags().BoolVar(&bundleHere, "bundle", false, "bundle a project directory here rather than on the server")
+	cmd.Flags().StringVar(&registry, "npm-registry", "", "with --bundle: the npm registry for dependencies (default: $npm_config_registry, else npm's public registry)")
 	cmd.Flags().StringVar(&runtime, "runtime", "", "runtime: deno or node (default: the live version's, or deno)")
 	cmd.Flags().StringArrayVarP(&envs, "env", "e", nil, "environment variable KEY=VALUE, available as ctx.env (repeatable)")
 	cmd.Flags().StringVar(&owner, "owner", "", "deploy into another user's namespace (admin only)")
