@@ -35,7 +35,8 @@ func writeTree(t *testing.T, files map[string]string) string {
 // Node runs the same kind of project.
 func TestDeployProjects(t *testing.T) {
 	reg := npmtest.Start(t, npmtest.IsNumber)
-	s := startServer(t, "--npm-registry", reg.URL)
+	jsr := npmtest.Start(t, npmtest.Greet)
+	s := startServer(t, "--npm-registry", reg.URL, "--jsr-registry", jsr.URL)
 	dir := writeTree(t, map[string]string{
 		"index.ts": `import isNumber from "is-number";
 import { greet } from "./lib/greet.ts";
@@ -57,6 +58,17 @@ export default { fetch(req: Request) {
 	}
 	if r := s.get("/fn/admin/proj/?n=42"); r.status != 200 || string(r.body) != "HELLO 42 true" {
 		t.Fatalf("project: %d %q", r.status, r.body)
+	}
+
+	// One file with npm: and jsr: imports: installed and bundled at
+	// deploy, as a project's are (the instance has no network to fetch
+	// them with).
+	one := filepath.Join(writeTree(t, map[string]string{"one.ts": `import isNumber from "npm:is-number@7";
+import { shout } from "jsr:@spry/greet@^1.2/loud";
+export default { fetch: () => new Response(shout("x") + " " + isNumber("3")) };`}), "one.ts")
+	s.mustSpry("deploy", one)
+	if r := s.get("/fn/admin/one/"); r.status != 200 || string(r.body) != "HELLO X true" {
+		t.Fatalf("one file with npm: and jsr: imports: %d %q", r.status, r.body)
 	}
 
 	// A dependency that does not exist: 400 with npm's words; version 1

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"path"
+	"slices"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -49,6 +50,10 @@ type Source struct {
 type Result struct {
 	Code   []byte // the bundled ES module, with an inline source map
 	Digest string // "sha256:" + lowercase hex of Code
+	// Fetched lists the imports Code leaves for the runtime that it would
+	// have to fetch (npm:, jsr:, http:, https: specifiers). Bundle leaves
+	// them all; BundleDir none.
+	Fetched []string
 }
 
 // Options tune Bundle.
@@ -143,7 +148,7 @@ func finish(res api.BuildResult, mf messageFormat) (Result, error) {
 	if len(res.OutputFiles) != 1 {
 		return Result{}, fmt.Errorf("build: esbuild wrote %d output files, want 1: %w", len(res.OutputFiles), errdefs.ErrInternal)
 	}
-	ok, err := hasDefaultExport(res.Metafile)
+	ok, fetched, err := outputMeta(res.Metafile)
 	if err != nil {
 		return Result{}, err
 	}
@@ -152,7 +157,7 @@ func finish(res api.BuildResult, mf messageFormat) (Result, error) {
 	}
 	code := res.OutputFiles[0].Contents
 	sum := sha256.Sum256(code)
-	return Result{Code: code, Digest: "sha256:" + hex.EncodeToString(sum[:])}, nil
+	return Result{Code: code, Digest: "sha256:" + hex.EncodeToString(sum[:]), Fetched: fetched}, nil
 }
 
 // checkFilename validates name and returns its loader. The name ends up in
@@ -376,23 +381,39 @@ func oneLine(s string) string {
 	}, s)
 }
 
-// hasDefaultExport reports whether the bundle exports "default", using the
-// exports esbuild lists in its metafile.
-func hasDefaultExport(metafile string) (bool, error) {
+// outputMeta reads what finish needs from esbuild's metafile: whether the
+// bundle has a default export, and the imports it leaves for the runtime
+// that the runtime would have to fetch (npm:, jsr:, http:, https:).
+func outputMeta(metafile string) (hasDefault bool, fetched []string, err error) {
 	var meta struct {
 		Outputs map[string]struct {
 			Exports []string `json:"exports"`
+			Imports []struct {
+				Path     string `json:"path"`
+				External bool   `json:"external"`
+			} `json:"imports"`
 		} `json:"outputs"`
 	}
 	if err := json.Unmarshal([]byte(metafile), &meta); err != nil {
-		return false, fmt.Errorf("build: parse esbuild metafile: %v: %w", err, errdefs.ErrInternal)
+		return false, nil, fmt.Errorf("build: parse esbuild metafile: %v: %w", err, errdefs.ErrInternal)
 	}
 	for _, out := range meta.Outputs {
-		for _, e := range out.Exports {
-			if e == "default" {
-				return true, nil
+		hasDefault = hasDefault || slices.Contains(out.Exports, "default")
+		for _, imp := range out.Imports {
+			if imp.External && fetchedImport(imp.Path) && !slices.Contains(fetched, imp.Path) {
+				fetched = append(fetched, imp.Path)
 			}
 		}
 	}
-	return false, nil
+	return hasDefault, fetched, nil
+}
+
+// fetchedImport says whether the runtime would fetch spec to import it.
+func fetchedImport(spec string) bool {
+	for _, p := range []string{"npm:", "jsr:", "http:", "https:"} {
+		if strings.HasPrefix(spec, p) {
+			return true
+		}
+	}
+	return false
 }

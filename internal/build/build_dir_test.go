@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -909,6 +910,42 @@ func TestBundleDirNPMSpecifier(t *testing.T) {
 	}
 }
 
+// jsr: imports are installed from JSR's npm registry (here a second
+// registry on loopback, for the @jsr scope) and bundled.
+func TestBundleDirJSRSpecifier(t *testing.T) {
+	reg := needNPM(t)
+	jsr := npmtest.Start(t, npmtest.Greet)
+	t.Parallel()
+	dir := writeProject(t, map[string]string{
+		"index.ts": "import { greet } from 'jsr:@spry/greet@^1';\nimport { shout } from 'jsr:@spry/greet@^1/loud';\nimport isNumber from 'npm:is-number@7';\n" +
+			"export default () => new Response(greet('a') + ' ' + shout('b') + ' ' + isNumber(1));\n",
+	})
+	res, err := BundleDir(context.Background(), dir, DirOptions{Registry: reg.URL, JSRRegistry: jsr.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := codeOf(res); strings.Contains(code, "jsr:") || strings.Contains(code, "npm:") || len(res.Fetched) != 0 {
+		t.Errorf("output still imports jsr: or npm: specifiers (%v):\n%s", res.Fetched, code)
+	}
+	if out := runDeno(t, res.Code); out != "hello a HELLO B true" {
+		t.Errorf("bundle answered %q", out)
+	}
+
+	for spec, msg := range map[string]string{
+		"jsr:@spry/missing@1":  "dependency install failed",
+		"jsr:spry/greet":       "a JSR package is named @scope/name",
+		"jsr:@Spry/greet":      "a JSR package is named @scope/name",
+		"jsr:@spry/Greet":      "is not a valid package name",
+		"jsr:@spry/greet@1/..": "invalid subpath",
+	} {
+		dir := writeProject(t, map[string]string{"index.ts": "import x from '" + spec + "';\nexport default x;\n"})
+		_, err := BundleDir(context.Background(), dir, DirOptions{Registry: reg.URL, JSRRegistry: jsr.URL})
+		if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), msg) {
+			t.Errorf("%s: err = %v, want %q", spec, err, msg)
+		}
+	}
+}
+
 func TestBundleDirNPMFailure(t *testing.T) {
 	reg := needNPM(t)
 	t.Parallel()
@@ -961,4 +998,33 @@ console.log(await res.text());
 		t.Fatalf("deno: %v\n%s\nbundle:\n%s", err, stderr.String(), bundle)
 	}
 	return strings.TrimSpace(string(out))
+}
+
+// BundleFile leaves a file without npm:, jsr: or URL imports to Bundle,
+// and installs those of a file that has them.
+func TestBundleFile(t *testing.T) {
+	plain := Source{Filename: "a.ts", Code: []byte("import { Buffer } from 'node:buffer';\nexport default () => new Response(String(Buffer.alloc(1).length));\n")}
+	want, err := Bundle(context.Background(), plain, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := BundleFile(context.Background(), plain, DirOptions{NPM: fakeNPM(t, "exit 1")})
+	if err != nil || got.Digest != want.Digest || len(got.Fetched) != 0 {
+		t.Fatalf("plain file: %v, digest %s want %s, fetched %v", err, got.Digest, want.Digest, got.Fetched)
+	}
+
+	fetched := Source{Filename: "b.ts", Code: []byte("import isNumber from 'npm:is-number@7';\nimport { greet } from 'jsr:@spry/greet@1';\nexport default () => new Response(greet(String(isNumber(2))));\n")}
+	left, err := Bundle(context.Background(), fetched, Options{})
+	if err != nil || !slices.Equal(left.Fetched, []string{"npm:is-number@7", "jsr:@spry/greet@1"}) {
+		t.Fatalf("Bundle: %v, fetched %q", err, left.Fetched)
+	}
+	reg := needNPM(t)
+	jsr := npmtest.Start(t, npmtest.Greet)
+	res, err := BundleFile(context.Background(), fetched, DirOptions{Registry: reg.URL, JSRRegistry: jsr.URL})
+	if err != nil || len(res.Fetched) != 0 {
+		t.Fatalf("BundleFile: %v, fetched %q", err, res.Fetched)
+	}
+	if out := runDeno(t, res.Code); out != "hello true" {
+		t.Errorf("bundle answered %q", out)
+	}
 }

@@ -44,6 +44,9 @@ type DirOptions struct {
 	NPMCache string
 	// Registry is the npm registry; empty means DefaultRegistry.
 	Registry string
+	// JSRRegistry is the registry of the @jsr scope, where jsr: imports
+	// are installed from; empty means DefaultJSRRegistry.
+	JSRRegistry string
 	// InstallTimeout bounds each npm run; 0 means DefaultInstallTimeout.
 	InstallTimeout time.Duration
 
@@ -124,13 +127,15 @@ type remoteData struct{ url string }
 //     install scripts never run) and bundled;
 //   - npm:name@range/sub imports, installed with npm into
 //     node_modules/.spry-npm and bundled;
+//   - jsr:@scope/name@range/sub imports, installed with npm from JSR's npm
+//     registry (as @jsr/scope__name) and bundled;
 //   - http: and https: imports, fetched (with their relative imports) and
 //     bundled;
 //   - deno.json (or deno.jsonc, or its "importMap" file) "imports", exact
 //     and prefix ("key/") mappings to paths, URLs or npm: specifiers.
 //
-// node: imports, and bare Node built-ins (as node:name), jsr: and data:
-// imports stay for the runtime. No file outside dir is read: imports that
+// node: imports, bare Node built-ins (as node:name) and data: imports
+// stay for the runtime. No file outside dir is read: imports that
 // resolve outside it (through "..", an absolute path or a symbolic link)
 // are errors. The project's .npmrc is not given to npm (only a few
 // harmless settings of it are kept, see npmrcAllowed), and BundleDir
@@ -156,6 +161,31 @@ func BundleDir(ctx context.Context, dir string, opts DirOptions) (Result, error)
 	b := &dirBuild{ctx: ctx, dir: real, given: abs, opts: opts}
 	defer b.cleanup()
 	return b.run()
+}
+
+// BundleFile bundles one file: as Bundle does, unless it imports npm:,
+// jsr: or URL specifiers, which Bundle leaves for the runtime to fetch;
+// then as BundleDir does a project of that file alone, so they are
+// installed or fetched now and a cold start never fetches anything.
+// opts.Entry is not used.
+func BundleFile(ctx context.Context, src Source, opts DirOptions) (Result, error) {
+	res, err := Bundle(ctx, src, Options{MaxSize: opts.MaxSize})
+	if err != nil || len(res.Fetched) == 0 {
+		return res, err
+	}
+	tmp, err := os.MkdirTemp("", "spry-build-")
+	if err != nil {
+		return Result{}, fmt.Errorf("build: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	opts.Entry = src.Filename
+	if opts.Entry == "" {
+		opts.Entry = DefaultFilename
+	}
+	if err := os.WriteFile(filepath.Join(tmp, opts.Entry), src.Code, 0o644); err != nil {
+		return Result{}, fmt.Errorf("build: %w", err)
+	}
+	return BundleDir(ctx, tmp, opts)
 }
 
 // dirBuild is one BundleDir call.
@@ -333,7 +363,7 @@ func (b *dirBuild) inside(p string) bool {
 // callbacks in order; the first returning a path wins.
 func (b *dirBuild) setup(pb api.PluginBuild, collect bool) {
 	pb.OnResolve(api.OnResolveOptions{Filter: ".*"}, func(a api.OnResolveArgs) (api.OnResolveResult, error) { return b.resolveMapped(pb, a) })
-	pb.OnResolve(api.OnResolveOptions{Filter: "^npm:"}, func(a api.OnResolveArgs) (api.OnResolveResult, error) {
+	pb.OnResolve(api.OnResolveOptions{Filter: "^(npm|jsr):"}, func(a api.OnResolveArgs) (api.OnResolveResult, error) {
 		return b.resolveNPM(pb, a, collect)
 	})
 	pb.OnResolve(api.OnResolveOptions{Filter: "^https?://"}, func(a api.OnResolveArgs) (api.OnResolveResult, error) {
@@ -347,7 +377,7 @@ func (b *dirBuild) setup(pb api.PluginBuild, collect bool) {
 		}
 		return api.OnResolveResult{Path: s, Namespace: "http-url"}, nil
 	})
-	pb.OnResolve(api.OnResolveOptions{Filter: "^(node|jsr|data):"}, func(a api.OnResolveArgs) (api.OnResolveResult, error) {
+	pb.OnResolve(api.OnResolveOptions{Filter: "^(node|data):"}, func(a api.OnResolveArgs) (api.OnResolveResult, error) {
 		return api.OnResolveResult{Path: a.Path, External: true}, nil
 	})
 	pb.OnResolve(api.OnResolveOptions{Filter: builtinFilter}, func(a api.OnResolveArgs) (api.OnResolveResult, error) {
@@ -402,10 +432,17 @@ func fromResolve(r api.ResolveResult, what string) (api.OnResolveResult, error) 
 	}, nil
 }
 
-// resolveNPM handles npm: specifiers: collected (and external) in the
+// resolveNPM handles npm: and jsr: specifiers (a JSR package is
+// installed from JSR's npm registry): collected (and external) in the
 // first pass, resolved in the installed packages afterwards.
 func (b *dirBuild) resolveNPM(pb api.PluginBuild, a api.OnResolveArgs, collect bool) (api.OnResolveResult, error) {
-	imp, err := parseNPMImport(strings.TrimPrefix(a.Path, "npm:"))
+	var imp npmImport
+	var err error
+	if rest, ok := strings.CutPrefix(a.Path, "jsr:"); ok {
+		imp, err = parseJSRImport(rest)
+	} else {
+		imp, err = parseNPMImport(strings.TrimPrefix(a.Path, "npm:"))
+	}
 	if err != nil {
 		return api.OnResolveResult{}, err
 	}
@@ -610,7 +647,7 @@ func (b *dirBuild) installProject() error {
 		}
 		if lb != nil {
 			ci = true
-			if err := checkLockfile(lb, registry); err != nil {
+			if err := checkLockfile(lb, registry, n.jsr); err != nil {
 				return err
 			}
 		}
@@ -641,7 +678,11 @@ func (b *dirBuild) npm() (*npmRunner, error) {
 	if b.runner != nil {
 		return b.runner, nil
 	}
-	registry, err := registryURL(b.opts.Registry)
+	registry, err := registryURL(b.opts.Registry, DefaultRegistry)
+	if err != nil {
+		return nil, err
+	}
+	jsr, err := registryURL(b.opts.JSRRegistry, DefaultJSRRegistry)
 	if err != nil {
 		return nil, err
 	}
@@ -680,6 +721,7 @@ func (b *dirBuild) npm() (*npmRunner, error) {
 	b.runner = &npmRunner{
 		bin:      bin,
 		registry: registry,
+		jsr:      jsr,
 		cache:    cache,
 		home:     filepath.Join(b.tmp, "home"),
 		tmp:      filepath.Join(b.tmp, "tmp"),

@@ -26,6 +26,11 @@ import (
 // empty.
 const DefaultRegistry = "https://registry.npmjs.org/"
 
+// DefaultJSRRegistry is the npm registry of JSR packages (the @jsr scope)
+// used when DirOptions.JSRRegistry is empty: JSR serves every package
+// there, as @jsr/<scope>__<name>, compiled to JavaScript.
+const DefaultJSRRegistry = "https://npm.jsr.io/"
+
 // DefaultInstallTimeout bounds one npm run when DirOptions.InstallTimeout
 // is 0.
 const DefaultInstallTimeout = 2 * time.Minute
@@ -65,6 +70,7 @@ var (
 type npmRunner struct {
 	bin      string
 	registry string
+	jsr      string // the @jsr scope's registry
 	cache    string
 	home     string // an empty HOME, so no user .npmrc is read
 	tmp      string
@@ -85,6 +91,7 @@ func (n *npmRunner) env() []string {
 		"npm_config_cache=" + n.cache,
 		"npm_config_userconfig=" + filepath.Join(n.home, ".npmrc"),
 		"npm_config_registry=" + n.registry,
+		"npm_config_@jsr:registry=" + n.jsr,
 		"npm_config_ignore_scripts=true",
 		"npm_config_audit=false",
 		"npm_config_fund=false",
@@ -315,7 +322,7 @@ func checkDependencySpec(spec string) error {
 
 // checkLockfile refuses lockfile entries that point npm ci anywhere but the
 // registry, or outside the project.
-func checkLockfile(b []byte, registry string) error {
+func checkLockfile(b []byte, registry, jsr string) error {
 	var lock struct {
 		Packages map[string]struct {
 			Resolved string `json:"resolved"`
@@ -327,7 +334,12 @@ func checkLockfile(b []byte, registry string) error {
 		return errdefs.Invalid("package-lock.json: %v", jsonError(b, err))
 	}
 	okURL := func(u string) bool {
-		return u == "" || strings.HasPrefix(u, registry) || strings.HasPrefix(u, DefaultRegistry)
+		for _, r := range []string{registry, DefaultRegistry, jsr, DefaultJSRRegistry} {
+			if strings.HasPrefix(u, r) {
+				return true
+			}
+		}
+		return u == ""
 	}
 	keys := make([]string, 0, len(lock.Packages))
 	for k := range lock.Packages {
@@ -371,6 +383,43 @@ func checkLockfile(b []byte, registry string) error {
 		return nil
 	}
 	return walk(lock.Dependencies)
+}
+
+// jsrPartRE matches a JSR scope or package name.
+var jsrPartRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`)
+
+// parseJSRImport parses what follows "jsr:" in a specifier
+// (@scope/name@range/sub) into the npm import of the same package in
+// JSR's npm registry: @jsr/scope__name@range/sub.
+func parseJSRImport(s string) (npmImport, error) {
+	orig := s
+	s = strings.TrimPrefix(s, "/")
+	scope, rest, ok := strings.Cut(strings.TrimPrefix(s, "@"), "/")
+	if !strings.HasPrefix(s, "@") || !ok || !jsrPartRE.MatchString(scope) {
+		return npmImport{}, fmt.Errorf("jsr:%s: a JSR package is named @scope/name", orig)
+	}
+	end := strings.IndexAny(rest, "@/")
+	if end < 0 {
+		end = len(rest)
+	}
+	if !jsrPartRE.MatchString(rest[:end]) {
+		return npmImport{}, fmt.Errorf("jsr:%s: %s is not a valid package name", orig, quoteName(rest[:end]))
+	}
+	imp, err := parseNPMImport("@jsr/" + scope + "__" + rest)
+	if err != nil {
+		return imp, fmt.Errorf("jsr:%s: %v", orig, strings.TrimPrefix(err.Error(), "npm:@jsr/"+scope+"__"+rest+": "))
+	}
+	return imp, nil
+}
+
+// specifier names an installed package as the code imports it.
+func specifier(name string) string {
+	if rest, ok := strings.CutPrefix(name, "@jsr/"); ok {
+		if scope, pkg, ok := strings.Cut(rest, "__"); ok {
+			return "jsr:@" + scope + "/" + pkg
+		}
+	}
+	return "npm:" + name
 }
 
 // npmImport is an npm: specifier: npm:name@range/sub.
@@ -461,7 +510,7 @@ func (c *npmImports) dependencies() (map[string]string, error) {
 		case 1:
 			deps[name] = ranges[0]
 		default:
-			return nil, errdefs.Invalid("npm:%s is imported with different versions (%s); import one version", name, strings.Join(ranges, ", "))
+			return nil, errdefs.Invalid("%s is imported with different versions (%s); import one version", specifier(name), strings.Join(ranges, ", "))
 		}
 	}
 	return deps, nil
@@ -494,10 +543,10 @@ func writeImportsPackage(dir string, deps map[string]string) (string, error) {
 	return target, nil
 }
 
-// registryURL normalizes a registry URL to end in "/".
-func registryURL(s string) (string, error) {
+// registryURL normalizes a registry URL to end in "/"; empty means def.
+func registryURL(s, def string) (string, error) {
 	if s == "" {
-		return DefaultRegistry, nil
+		return def, nil
 	}
 	u, err := url.Parse(s)
 	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {

@@ -101,6 +101,7 @@ func newServeCmd(env Env) *cobra.Command {
 	f.IntVar(&cfg.UIDBase, "uid-base", 2000000, "first host uid for instance sandboxes (each instance gets its own)")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long shutdown waits for in-flight requests")
 	f.StringVar(&cfg.NPMRegistry, "npm-registry", "", "npm registry for function dependencies at deploy time (default: npm's public registry)")
+	f.StringVar(&cfg.JSRRegistry, "jsr-registry", "", "npm registry of JSR packages (the @jsr scope), for jsr: imports at deploy time (default: https://npm.jsr.io/)")
 	f.StringVar(&cfg.DebugListen, "debug-listen", "", "serve pprof on this (loopback) address, e.g. 127.0.0.1:6060; never on the public listener")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")

@@ -329,7 +329,7 @@ func (s *session) reload() {
 	code, err := os.ReadFile(s.cfg.File)
 	var res build.Result
 	if err == nil {
-		res, err = build.Bundle(context.Background(), build.Source{Filename: filepath.Base(s.cfg.File), Code: code}, build.Options{})
+		res, err = build.BundleFile(context.Background(), build.Source{Filename: filepath.Base(s.cfg.File), Code: code}, build.DirOptions{Runtime: s.cfg.Runtime})
 	}
 	if err == nil {
 		_, err = s.blobs.Put(res.Code)

@@ -65,9 +65,11 @@ type Config struct {
 	// DefaultMaxScale caps a function's instances unless it sets max.
 	DefaultMaxScale int
 	Bounds          Bounds
-	// NPMCache and NPMRegistry serve dependency installs at deploy time.
+	// NPMCache, NPMRegistry and JSRRegistry serve dependency installs at
+	// deploy time.
 	NPMCache    string
 	NPMRegistry string
+	JSRRegistry string
 	// Forget, if set, is told when a function is deleted (its metrics
 	// series go with it).
 	Forget func(owner, name string)
@@ -212,7 +214,7 @@ func (s *Service) Deploy(ctx context.Context, req DeployRequest) (store.Function
 	if req.Archive != nil {
 		res, err = s.bundleArchive(ctx, req)
 	} else {
-		res, err = build.Bundle(ctx, build.Source{Filename: req.Filename, Code: req.Code}, build.Options{MaxSize: s.cfg.MaxCodeBytes})
+		res, err = build.BundleFile(ctx, build.Source{Filename: req.Filename, Code: req.Code}, s.dirOptions(req))
 	}
 	if err != nil {
 		return store.Function{}, err
@@ -244,17 +246,23 @@ func (s *Service) bundleArchive(ctx context.Context, req DeployRequest) (build.R
 	if err := archive.Extract(bytes.NewReader(req.Archive), archive.FormatAuto, dir, archive.Limits{}); err != nil {
 		return build.Result{}, err
 	}
+	return build.BundleDir(ctx, dir, s.dirOptions(req))
+}
+
+// dirOptions are the build options of req's deploy.
+func (s *Service) dirOptions(req DeployRequest) build.DirOptions {
 	runtime := req.Runtime
 	if runtime == "" {
 		runtime = s.cfg.DefaultRuntime
 	}
-	return build.BundleDir(ctx, dir, build.DirOptions{
-		Entry:    req.Entry,
-		Runtime:  runtime,
-		MaxSize:  s.cfg.MaxCodeBytes,
-		NPMCache: s.cfg.NPMCache,
-		Registry: s.cfg.NPMRegistry,
-	})
+	return build.DirOptions{
+		Entry:       req.Entry,
+		Runtime:     runtime,
+		MaxSize:     s.cfg.MaxCodeBytes,
+		NPMCache:    s.cfg.NPMCache,
+		Registry:    s.cfg.NPMRegistry,
+		JSRRegistry: s.cfg.JSRRegistry,
+	}
 }
 
 // Change is a change of a function's configuration, made as a new version

@@ -187,3 +187,12 @@ module.exports = function isNumber(v) {
 };
 `}}
 )
+
+// Greet is a JSR package (@spry/greet) as JSR's npm registry serves it:
+// @jsr/spry__greet, ES modules, with a subpath export.
+var Greet = Package{Name: "@jsr/spry__greet", Version: "1.2.0", Files: map[string]string{
+	"package.json": `{"name": "@jsr/spry__greet", "version": "1.2.0", "type": "module",
+  "exports": {".": "./mod.js", "./loud": "./loud.js"}}`,
+	"mod.js":  "export function greet(name) { return `hello ${name}`; }\n",
+	"loud.js": "import { greet } from \"./mod.js\";\nexport function shout(name) { return greet(name).toUpperCase(); }\n",
+}}

@@ -71,6 +71,7 @@ type Config struct {
 	ShutdownTimeout  time.Duration
 	DebugListen      string // pprof, on its own listener
 	NPMRegistry      string // for dependencies at deploy time; "" is npm's public registry
+	JSRRegistry      string // for jsr: imports at deploy time; "" is JSR's npm registry
 }
 
 // Server is a running Spry.
@@ -227,6 +228,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		DefaultMaxScale:    cfg.MaxScale,
 		NPMCache:           filepath.Join(dataDir, "npm-cache"),
 		NPMRegistry:        cfg.NPMRegistry,
+		JSRRegistry:        cfg.JSRRegistry,
 		Bounds: functions.Bounds{
 			MaxMemoryMiB:   cfg.MaxMemoryMiB,
 			MaxTimeout:     cfg.MaxTimeout,
