@@ -243,3 +243,28 @@ func TestMinInstancesKeptWarm(t *testing.T) {
 	s.restart()
 	eventually(t, 10*time.Second, "two warm instances after a restart", func() bool { return s.running(t, "warm") == 2 })
 }
+
+// TestInstanceQuotaPerUser: a user's functions together run no more
+// instances than --max-instances-per-user; past it a function with no
+// instance gets 429 with Retry-After, never a hang, and a stopped
+// instance gives its place back.
+func TestInstanceQuotaPerUser(t *testing.T) {
+	s := startServer(t, "--max-instances-per-user", "1")
+	for _, name := range []string{"first", "second"} {
+		if r := s.putCode(s.token, name, example(t, "hello.ts"), ""); r.status != 201 {
+			t.Fatalf("deploy %s: %d %s", name, r.status, r.body)
+		}
+	}
+	if r := s.get("/fn/admin/first/?name=a"); r.status != 200 {
+		t.Fatalf("first: %d %s", r.status, r.body)
+	}
+	r := s.get("/fn/admin/second/?name=b")
+	if r.status != 429 || r.header.Get("Retry-After") == "" || r.errorCode(t) != "rate_limited" || !strings.Contains(string(r.body), "max-instances-per-user") {
+		t.Fatalf("over the quota: %d %v %s", r.status, r.header, r.body)
+	}
+	// Deleting first stops its instance; second may start then.
+	s.mustSpry("rm", "first")
+	eventually(t, 10*time.Second, "second served once first's instance stopped", func() bool {
+		return s.get("/fn/admin/second/?name=b").status == 200
+	})
+}

@@ -49,6 +49,10 @@ type Config struct {
 	// TargetUtilization is the share of an instance's concurrency the
 	// autoscaler aims to use (default 0.7).
 	TargetUtilization float64
+	// MaxInstancesPerOwner bounds the instances (starting, running or
+	// stopping) of all of one owner's functions together, so one user
+	// cannot take the machine from the others; 0 means no bound.
+	MaxInstancesPerOwner int
 	// Now is the clock; tests inject one so they never sleep for policy.
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -71,6 +75,9 @@ type Activator struct {
 	live map[string][]string
 	wg   sync.WaitGroup // every goroutine
 	ops  sync.WaitGroup // starts and stops in progress
+
+	quotaMu sync.Mutex     // a leaf lock: taken under rev.mu
+	owned   map[string]int // instances counted against each owner's quota
 }
 
 type revision struct {
@@ -107,6 +114,9 @@ var (
 	// ErrOverloaded: every instance is busy, max is reached and the queue
 	// is full.
 	ErrOverloaded = errdefs.New(errdefs.ErrUnavailable, "the function is at its maximum scale and its queue is full; retry later")
+	// ErrQuota: the version has no instance and its owner runs as many as
+	// one user may.
+	ErrQuota = errdefs.New(errdefs.ErrRateLimited, "the function's owner runs as many instances as one user may (spry serve --max-instances-per-user); retry later")
 )
 
 // New returns an activator that starts instances on b.
@@ -126,7 +136,7 @@ func New(b Backend, cfg Config) *Activator {
 	if cfg.ScaleToZeroAfter == 0 {
 		cfg.ScaleToZeroAfter = 5 * time.Minute
 	}
-	return &Activator{cfg: cfg, backend: b, log: cfg.Logger, revs: map[string]*revision{}, live: map[string][]string{}}
+	return &Activator{cfg: cfg, backend: b, log: cfg.Logger, revs: map[string]*revision{}, live: map[string][]string{}, owned: map[string]int{}}
 }
 
 func (a *Activator) scalerConfig(spec *backend.Spec) autoscaler.Config {
@@ -351,15 +361,43 @@ func (a *Activator) scaleForQueue(rev *revision) {
 	if rev.starting*limit >= rev.waiters.Len() {
 		return
 	}
-	a.startLocked(rev)
+	if !a.startLocked(rev) && rev.running()+rev.starting == 0 {
+		// Nothing would ever serve the queue.
+		rev.failAll(ErrQuota)
+	}
 }
 
-// startLocked begins one instance start. Callers hold rev.mu.
-func (a *Activator) startLocked(rev *revision) {
+// startLocked begins one instance start, unless the owner's quota is
+// used up. Callers hold rev.mu.
+func (a *Activator) startLocked(rev *revision) bool {
+	if !a.reserve(rev.spec.Owner) {
+		return false
+	}
 	rev.starting++
 	a.wg.Add(1)
 	a.ops.Add(1)
 	go a.start(rev)
+	return true
+}
+
+// reserve counts one more instance against owner's quota, if it allows.
+func (a *Activator) reserve(owner string) bool {
+	a.quotaMu.Lock()
+	defer a.quotaMu.Unlock()
+	if limit := a.cfg.MaxInstancesPerOwner; limit > 0 && a.owned[owner] >= limit {
+		return false
+	}
+	a.owned[owner]++
+	return true
+}
+
+// unreserve gives back what reserve counted.
+func (a *Activator) unreserve(owner string) {
+	a.quotaMu.Lock()
+	defer a.quotaMu.Unlock()
+	if a.owned[owner]--; a.owned[owner] <= 0 {
+		delete(a.owned, owner)
+	}
 }
 
 func (a *Activator) start(rev *revision) {
@@ -375,6 +413,7 @@ func (a *Activator) start(rev *revision) {
 	rev.mu.Lock()
 	rev.starting--
 	if err != nil {
+		a.unreserve(rev.spec.Owner)
 		err = fmt.Errorf("start %s/%s v%d: %w", rev.spec.Owner, rev.spec.Name, rev.spec.Version, err)
 		a.log.Error("instance start failed", "owner", rev.spec.Owner, "function", rev.spec.Name, "version", rev.spec.Version, "err", err)
 		if rev.running() == 0 && rev.starting == 0 {
@@ -401,6 +440,7 @@ func (a *Activator) start(rev *revision) {
 func (a *Activator) watch(rev *revision, in *instance) {
 	defer a.wg.Done()
 	<-in.inst.Done()
+	a.unreserve(rev.spec.Owner)
 	rev.mu.Lock()
 	for i, x := range rev.instances {
 		if x == in {
@@ -547,7 +587,10 @@ func (a *Activator) scale(rev *revision, now time.Time) {
 		desired = 1
 	}
 	for n := desired - running - rev.starting; n > 0; n-- {
-		a.startLocked(rev)
+		if !a.startLocked(rev) {
+			a.log.Debug("instance quota reached", "owner", rev.spec.Owner, "function", rev.spec.Name, "version", rev.spec.Version, "desired", desired)
+			break
+		}
 	}
 	var stop []*instance
 	if excess := running - desired; excess > 0 {

@@ -467,3 +467,68 @@ func TestRetireSendsQueuedRequestsBack(t *testing.T) {
 		t.Fatal("the retired version's instance was not stopped after its last request")
 	}
 }
+
+// One owner's functions together run no more instances than the quota: a
+// function of that owner with no instance is refused (429) rather than
+// queued forever, other owners are not affected, and an instance that
+// ends gives its place back.
+func TestOwnerInstanceQuota(t *testing.T) {
+	fb := &fakeBackend{}
+	clk := &clock{t: time.Unix(1000, 0)}
+	a := New(fb, Config{ScaleToZeroAfter: time.Minute, MaxInstancesPerOwner: 2, Now: clk.now})
+	fn := func(owner, name string, min int) *backend.Spec {
+		return &backend.Spec{FunctionID: owner + "/" + name, Owner: owner, Name: name, Version: 1, Runtime: "deno", Concurrency: 1, MinScale: min, MaxScale: 10}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	// min 5 asks for more than the quota: the ticks start 2 and no more.
+	big := fn("alice", "big", 5)
+	a.Ensure(big)
+	for range 3 {
+		a.Tick(clk.add(time.Second))
+		a.settle()
+	}
+	if n := fb.starts.Load(); n != 2 {
+		t.Fatalf("alice's min 5 started %d instances, want the quota's 2", n)
+	}
+
+	// Another of alice's functions: no instance, none may start.
+	other := fn("alice", "other", 0)
+	_, err := a.Acquire(ctx, other)
+	if !errors.Is(err, ErrQuota) || !errors.Is(err, errdefs.ErrRateLimited) {
+		t.Fatalf("over quota: err = %v, want ErrQuota", err)
+	}
+
+	// Bob is not alice.
+	l, err := a.Acquire(ctx, fn("bob", "x", 0))
+	if err != nil {
+		t.Fatalf("bob: %v", err)
+	}
+	l.Release()
+
+	// One of alice's instances ends: her next request gets its place.
+	fb.Kill(fb.liveInstances()[0].ID, "test")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		a.mu.Lock()
+		rev := a.revs[big.Key()]
+		a.mu.Unlock()
+		rev.mu.Lock()
+		n := len(rev.instances)
+		rev.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the killed instance was not forgotten")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	l, err = a.Acquire(ctx, other)
+	if err != nil {
+		t.Fatalf("after an instance ended: %v", err)
+	}
+	l.Release()
+	a.settle()
+}

@@ -236,7 +236,7 @@ func (rt *Router) noInstance(ctx *fasthttp.RequestCtx, inv *invocation, err erro
 		return
 	}
 	rt.log.Warn("no instance", "owner", inv.spec.Owner, "function", inv.spec.Name, "request_id", inv.reqID, "err", err)
-	if errors.Is(err, errdefs.ErrUnavailable) {
+	if errors.Is(err, errdefs.ErrUnavailable) || errors.Is(err, errdefs.ErrRateLimited) {
 		ctx.Response.Header.Set("Retry-After", "1")
 	}
 	rt.writeError(ctx, inv.reqID, err)

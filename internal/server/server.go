@@ -59,19 +59,22 @@ type Config struct {
 	DefaultNetwork   string
 	EgressAllow      []netip.Prefix
 	MaxCodeBytes     int64
-	QueueSize        int     // requests waiting for capacity, per version
-	MaxBodyBytes     int64   // largest invocation request body
-	CPU              float64 // CPUs one instance may use
-	PoolSize         int
-	NodePoolSize     int
-	DefaultMemoryMiB int
-	DenoBinary       string
-	NodeBinary       string
-	UIDBase          int
-	ShutdownTimeout  time.Duration
-	DebugListen      string // pprof, on its own listener
-	NPMRegistry      string // for dependencies at deploy time; "" is npm's public registry
-	JSRRegistry      string // for jsr: imports at deploy time; "" is JSR's npm registry
+	QueueSize        int // requests waiting for capacity, per version
+	// MaxInstancesPerUser bounds the instances of one user's functions
+	// together; 0 means no bound.
+	MaxInstancesPerUser int
+	MaxBodyBytes        int64   // largest invocation request body
+	CPU                 float64 // CPUs one instance may use
+	PoolSize            int
+	NodePoolSize        int
+	DefaultMemoryMiB    int
+	DenoBinary          string
+	NodeBinary          string
+	UIDBase             int
+	ShutdownTimeout     time.Duration
+	DebugListen         string // pprof, on its own listener
+	NPMRegistry         string // for dependencies at deploy time; "" is npm's public registry
+	JSRRegistry         string // for jsr: imports at deploy time; "" is JSR's npm registry
 }
 
 // Server is a running Spry.
@@ -201,10 +204,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	}
 	s.metrics = metrics.New(gauges{s})
 	s.act = activator.New(s.back, activator.Config{
-		ScaleToZeroAfter: cfg.ScaleToZeroAfter,
-		StableWindow:     cfg.AutoscaleWindow,
-		QueueSize:        cfg.QueueSize,
-		Logger:           log,
+		ScaleToZeroAfter:     cfg.ScaleToZeroAfter,
+		StableWindow:         cfg.AutoscaleWindow,
+		QueueSize:            cfg.QueueSize,
+		MaxInstancesPerOwner: cfg.MaxInstancesPerUser,
+		Logger:               log,
 		OnStart: func(spec *backend.Spec, d time.Duration, err error) {
 			result := "ok"
 			if err != nil {
