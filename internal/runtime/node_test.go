@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,7 +14,6 @@ import (
 	"os"
 	"reflect"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,6 +23,7 @@ import (
 	"github.com/spry-run/spry/internal/errdefs"
 	"github.com/spry-run/spry/internal/nettest"
 	"github.com/spry-run/spry/internal/runtime"
+	"github.com/spry-run/spry/internal/runtime/runtimetest"
 	"github.com/spry-run/spry/internal/sandbox"
 )
 
@@ -34,27 +32,10 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-type lines struct {
-	mu  sync.Mutex
-	out []string
-}
-
-func (l *lines) InstanceOutput(spec *backend.Spec, instance, stream string, line []byte) {
-	l.mu.Lock()
-	l.out = append(l.out, stream+": "+string(line))
-	l.mu.Unlock()
-}
-
-func (l *lines) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Join(l.out, "\n")
-}
-
 type nodeEnv struct {
 	b     *local.Backend
 	blobs *blob.Store
-	logs  *lines
+	logs  *runtimetest.Lines
 }
 
 // functionEnv is every test function's environment.
@@ -62,53 +43,13 @@ var functionEnv = map[string]string{"FOO": "bar", "GREETING": "hi"}
 
 func newNodeEnv(t *testing.T, poolSize int) *nodeEnv {
 	t.Helper()
-	if os.Getuid() != 0 {
-		t.Skip("sandboxed instances need root (cgroups, instance uids)")
-	}
-	nodeBin, err := runtime.FindNode("")
-	if err != nil {
-		t.Skip(err)
-	}
-	// Sandboxes reach their mounts as an unprivileged uid, and t.TempDir's
-	// parent is private; use a directory under /tmp instead.
-	dir, err := os.MkdirTemp("", "spry-node-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := sandbox.MkdirReachable(dir); err != nil {
-		t.Fatal(err)
-	}
-	nodeBin, err = sandbox.Expose(nodeBin, "/var/lib/spry/runtimes")
-	if err != nil {
-		t.Fatal(err)
-	}
-	node, err := runtime.NewNode(nodeBin, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Node needs libstdc++ and libgcc_s besides libc.
-	libs, err := sandbox.SharedLibs(nodeBin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rnd [4]byte
-	_, _ = rand.Read(rnd[:])
-	sb, err := sandbox.New(sandbox.Config{CgroupParent: "spry-test/" + hex.EncodeToString(rnd[:]), SystemLibs: libs, StateDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	blobs, err := blob.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := &lines{}
+	re := runtimetest.New(t, "node")
 	b, err := local.New(local.Config{
-		RunDir:           dir,
-		Sandbox:          sb,
-		Runtimes:         []local.Runtime{node},
-		Blobs:            blobs,
-		Logs:             logs,
+		RunDir:           re.Dir,
+		Sandbox:          re.Sandbox,
+		Runtimes:         []local.Runtime{re.Node},
+		Blobs:            re.Blobs,
+		Logs:             re.Logs,
 		Logger:           slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		PoolSize:         poolSize,
 		DefaultMemoryMiB: 128,
@@ -123,16 +64,8 @@ func newNodeEnv(t *testing.T, poolSize int) *nodeEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		b.Close()
-		if n := sb.Sweep(); n != 0 {
-			t.Errorf("%d processes left behind", n)
-		}
-		if t.Failed() {
-			t.Logf("instance output:\n%s", logs)
-		}
-	})
-	return &nodeEnv{b: b, blobs: blobs, logs: logs}
+	t.Cleanup(func() { b.Close() })
+	return &nodeEnv{b: b, blobs: re.Blobs, logs: re.Logs}
 }
 
 // spec deploys code as a node function.
@@ -161,14 +94,7 @@ func (e *nodeEnv) run(t *testing.T, spec *backend.Spec) *backend.Instance {
 	return inst
 }
 
-func client(inst *backend.Instance) *http.Client {
-	return &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", inst.Address)
-		},
-	}, Timeout: 20 * time.Second}
-}
+func client(inst *backend.Instance) *http.Client { return runtimetest.Client(inst, 20*time.Second) }
 
 type reply struct {
 	status int

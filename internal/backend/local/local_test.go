@@ -2,23 +2,19 @@ package local
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/spry-run/spry/internal/backend"
 	"github.com/spry-run/spry/internal/blob"
 	"github.com/spry-run/spry/internal/nettest"
-	"github.com/spry-run/spry/internal/runtime"
+	"github.com/spry-run/spry/internal/runtime/runtimetest"
 	"github.com/spry-run/spry/internal/sandbox"
 )
 
@@ -27,77 +23,21 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-type lines struct {
-	mu  sync.Mutex
-	out []string
-}
-
-func (l *lines) InstanceOutput(spec *backend.Spec, instance, stream string, line []byte) {
-	l.mu.Lock()
-	l.out = append(l.out, stream+": "+string(line))
-	l.mu.Unlock()
-}
-
-func (l *lines) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Join(l.out, "\n")
-}
-
 type env struct {
 	b     *Backend
 	blobs *blob.Store
-	logs  *lines
+	logs  *runtimetest.Lines
 }
 
 func newEnv(t testing.TB, poolSize int) *env {
 	t.Helper()
-	if os.Getuid() != 0 {
-		t.Skip("the local backend needs root (cgroups, instance uids)")
-	}
-	denoBin, err := runtime.FindDeno("")
-	if err != nil {
-		t.Skip(err)
-	}
-	// Sandboxes reach their mounts as an unprivileged uid, and t.TempDir's
-	// parent is private; use a directory under /tmp instead.
-	dir, err := os.MkdirTemp("", "spry-run-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := sandbox.MkdirReachable(dir); err != nil {
-		t.Fatal(err)
-	}
-	denoBin, err = sandbox.Expose(denoBin, "/var/lib/spry/runtimes")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rnd [4]byte
-	_, _ = rand.Read(rnd[:])
-	deno, err := runtime.NewDeno(denoBin, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	libs, err := sandbox.SharedLibs(denoBin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sb, err := sandbox.New(sandbox.Config{CgroupParent: "spry-test/" + hex.EncodeToString(rnd[:]), SystemLibs: libs, StateDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	blobs, err := blob.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := &lines{}
+	re := runtimetest.New(t, "deno")
 	b, err := New(Config{
-		RunDir:           dir,
-		Sandbox:          sb,
-		Runtimes:         []Runtime{deno},
-		Blobs:            blobs,
-		Logs:             logs,
+		RunDir:           re.Dir,
+		Sandbox:          re.Sandbox,
+		Runtimes:         []Runtime{re.Deno},
+		Blobs:            re.Blobs,
+		Logs:             re.Logs,
 		Logger:           slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		PoolSize:         poolSize,
 		DefaultMemoryMiB: 128,
@@ -109,13 +49,8 @@ func newEnv(t testing.TB, poolSize int) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		b.Close()
-		if n := sb.Sweep(); n != 0 {
-			t.Errorf("%d processes left behind", n)
-		}
-	})
-	return &env{b: b, blobs: blobs, logs: logs}
+	t.Cleanup(func() { b.Close() })
+	return &env{b: b, blobs: re.Blobs, logs: re.Logs}
 }
 
 func (e *env) spec(t testing.TB, code string) *backend.Spec {
@@ -126,14 +61,7 @@ func (e *env) spec(t testing.TB, code string) *backend.Spec {
 	return &backend.Spec{FunctionID: "f1", Owner: "alice", Name: "hello", Version: 1, Runtime: "deno", Digest: digest, Env: map[string]string{"GREETING": "hi"}}
 }
 
-func client(inst *backend.Instance) *http.Client {
-	return &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", inst.Address)
-		},
-	}, Timeout: 10 * time.Second}
-}
+func client(inst *backend.Instance) *http.Client { return runtimetest.Client(inst, 10*time.Second) }
 
 func get(t testing.TB, inst *backend.Instance, path string) (int, string) {
 	t.Helper()
