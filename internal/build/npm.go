@@ -405,11 +405,7 @@ func parseJSRImport(s string) (npmImport, error) {
 	if !jsrPartRE.MatchString(rest[:end]) {
 		return npmImport{}, fmt.Errorf("jsr:%s: %s is not a valid package name", orig, quoteName(rest[:end]))
 	}
-	imp, err := parseNPMImport("@jsr/" + scope + "__" + rest)
-	if err != nil {
-		return imp, fmt.Errorf("jsr:%s: %v", orig, strings.TrimPrefix(err.Error(), "npm:@jsr/"+scope+"__"+rest+": "))
-	}
-	return imp, nil
+	return parsePackageImport("@jsr/"+scope+"__"+rest, "jsr:"+orig)
 }
 
 // specifier names an installed package as the code imports it.
@@ -428,15 +424,18 @@ type npmImport struct {
 }
 
 // parseNPMImport parses what follows "npm:" in a specifier.
-func parseNPMImport(s string) (npmImport, error) {
-	orig := s
+func parseNPMImport(s string) (npmImport, error) { return parsePackageImport(s, "npm:"+s) }
+
+// parsePackageImport parses name@range/sub (s) of the specifier spec,
+// which its errors name.
+func parsePackageImport(s, spec string) (npmImport, error) {
 	s = strings.TrimPrefix(s, "/")
 	var imp npmImport
 	nameEnd := 0
 	if strings.HasPrefix(s, "@") {
 		slash := strings.IndexByte(s, '/')
 		if slash < 0 {
-			return imp, fmt.Errorf("npm:%s: a scoped package needs a name after the scope", orig)
+			return imp, fmt.Errorf("%s: a scoped package needs a name after the scope", spec)
 		}
 		nameEnd = slash + 1
 	}
@@ -447,7 +446,7 @@ func parseNPMImport(s string) (npmImport, error) {
 	}
 	imp.name, s = s[:nameEnd], s[nameEnd:]
 	if !validNPMName(imp.name) {
-		return imp, fmt.Errorf("npm:%s: %s is not a valid package name", orig, quoteName(imp.name))
+		return imp, fmt.Errorf("%s: %s is not a valid package name", spec, quoteName(imp.name))
 	}
 	if strings.HasPrefix(s, "@") {
 		end := strings.IndexByte(s, '/')
@@ -456,13 +455,13 @@ func parseNPMImport(s string) (npmImport, error) {
 		}
 		imp.rng, s = s[1:end], s[end:]
 		if imp.rng == "" || !npmRangeRE.MatchString(imp.rng) {
-			return imp, fmt.Errorf("npm:%s: %s is not a version range", orig, quoteName(imp.rng))
+			return imp, fmt.Errorf("%s: %s is not a version range", spec, quoteName(imp.rng))
 		}
 	}
 	if s != "" {
 		for _, c := range strings.Split(strings.TrimPrefix(s, "/"), "/") {
 			if c == "" || c == "." || c == ".." {
-				return imp, fmt.Errorf("npm:%s: invalid subpath %s", orig, quoteName(s))
+				return imp, fmt.Errorf("%s: invalid subpath %s", spec, quoteName(s))
 			}
 		}
 		imp.sub = s
