@@ -760,7 +760,8 @@ func scenDensity(ctx context.Context, env *benchEnv) error {
 		M, W = 300, 20
 	}
 	P := env.poolSize
-	s, err := startSpry(ctx, env, "density", uidBaseFor(7), "--pool-size", strconv.Itoa(P), "--node-pool-size", strconv.Itoa(P), "--scale-to-zero-after", "30m")
+	s, err := startSpry(ctx, env, "density", uidBaseFor(7), "--pool-size", strconv.Itoa(P), "--node-pool-size", strconv.Itoa(P), "--scale-to-zero-after", "30m",
+		"--max-functions-per-user", "0")
 	defer s.shutdown(env)
 	if err != nil {
 		return err

@@ -268,3 +268,39 @@ func TestInstanceQuotaPerUser(t *testing.T) {
 		return s.get("/fn/admin/second/?name=b").status == 200
 	})
 }
+
+// TestFunctionQuotaPerUser: a user has no more functions than
+// --max-functions-per-user. One more is refused with 403 quota_exceeded
+// and nothing stored changes; a new version of an existing function is
+// not a new function; other users have their own count; deleting one
+// makes room.
+func TestFunctionQuotaPerUser(t *testing.T) {
+	s := startServer(t, "--max-functions-per-user", "2")
+	code := example(t, "hello.ts")
+	for _, name := range []string{"a", "b"} {
+		if r := s.putCode(s.token, name, code, ""); r.status != 201 {
+			t.Fatalf("deploy %s: %d %s", name, r.status, r.body)
+		}
+	}
+	r := s.putCode(s.token, "c", code, "")
+	if r.status != 403 || r.errorCode(t) != "quota_exceeded" || !strings.Contains(string(r.body), "max-functions-per-user") {
+		t.Fatalf("a third function: %d %s", r.status, r.body)
+	}
+	if r := s.do("GET", "/api/v1/functions/c", s.token, nil, nil); r.status != 404 {
+		t.Fatalf("the refused function exists: %d %s", r.status, r.body)
+	}
+	if r := s.putCode(s.token, "a", code, ""); r.status/100 != 2 {
+		t.Fatalf("a new version of a: %d %s", r.status, r.body)
+	}
+	alice := strings.TrimSpace(s.mustSpry("user", "create", "alice"))
+	if r := s.putCode(alice, "c", code, ""); r.status != 201 {
+		t.Fatalf("alice's first function: %d %s", r.status, r.body)
+	}
+	s.mustSpry("rm", "b")
+	if r := s.putCode(s.token, "c", code, ""); r.status != 201 {
+		t.Fatalf("a function after deleting one: %d %s", r.status, r.body)
+	}
+	if r := s.get("/fn/admin/c/?name=q"); r.status != 200 {
+		t.Fatalf("the new function: %d %s", r.status, r.body)
+	}
+}

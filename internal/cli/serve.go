@@ -94,6 +94,7 @@ func newServeCmd(env Env) *cobra.Command {
 	f.Float64Var(&cfg.CPU, "cpu", 1, "CPUs one instance may use (a cgroup quota; 0 for none)")
 	f.IntVar(&cfg.QueueSize, "queue-size", 1000, "requests that may wait for a busy function's capacity before new ones get 503")
 	f.IntVar(&cfg.MaxInstancesPerUser, "max-instances-per-user", 1000, "instances one user's functions may run together (0: no limit); past it a function with no instance gets 429")
+	f.IntVar(&cfg.MaxFunctionsPerUser, "max-functions-per-user", 1000, "functions one user may have (0: no limit); deploying one more gets 403 quota_exceeded")
 	f.IntVar(&cfg.PoolSize, "pool-size", 4, "warm, generic Deno instances kept ready for cold starts")
 	f.IntVar(&cfg.NodePoolSize, "node-pool-size", 1, "warm, generic Node instances kept ready for cold starts")
 	f.IntVar(&cfg.DefaultMemoryMiB, "memory", 128, "default memory limit of an instance, in MiB")
@@ -127,6 +128,8 @@ func validate(cfg server.Config) error {
 		return errdefs.Invalid("--queue-size must be at least 1")
 	case cfg.MaxInstancesPerUser < 0:
 		return errdefs.Invalid("--max-instances-per-user must be 0 (no limit) or more")
+	case cfg.MaxFunctionsPerUser < 0:
+		return errdefs.Invalid("--max-functions-per-user must be 0 (no limit) or more")
 	case cfg.PoolSize < 0 || cfg.NodePoolSize < 0:
 		return errdefs.Invalid("--pool-size must not be negative")
 	case cfg.DefaultMemoryMiB < 32:

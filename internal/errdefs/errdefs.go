@@ -23,6 +23,7 @@ var (
 	ErrTooLarge           = errors.New("too large")
 	ErrUnsupportedMedia   = errors.New("unsupported media type")
 	ErrRateLimited        = errors.New("rate limited")
+	ErrQuotaExceeded      = errors.New("quota exceeded")
 	ErrUnavailable        = errors.New("unavailable")
 	ErrTimeout            = errors.New("timeout")
 	ErrBadGateway         = errors.New("bad gateway")
@@ -52,6 +53,9 @@ var classes = []class{
 	{ErrRequestHeaderLarge, http.StatusRequestHeaderFieldsTooLarge, "header_too_large", 2},
 	{ErrUnsupportedMedia, http.StatusUnsupportedMediaType, "unsupported_media_type", 2},
 	{ErrRateLimited, http.StatusTooManyRequests, "rate_limited", 6},
+	// A quota is not lifted by waiting, so not 429: the user must free
+	// something or have the limit raised.
+	{ErrQuotaExceeded, http.StatusForbidden, "quota_exceeded", 3},
 	{ErrUnavailable, http.StatusServiceUnavailable, "unavailable", 6},
 	{ErrTimeout, http.StatusGatewayTimeout, "timeout", 6},
 	{ErrBadGateway, http.StatusBadGateway, "bad_gateway", 6},

@@ -64,7 +64,10 @@ type Config struct {
 	DefaultConcurrency int
 	// DefaultMaxScale caps a function's instances unless it sets max.
 	DefaultMaxScale int
-	Bounds          Bounds
+	// MaxFunctionsPerOwner bounds how many functions one owner may have
+	// (0: no limit); deploying one more is refused with ErrQuotaExceeded.
+	MaxFunctionsPerOwner int
+	Bounds               Bounds
 	// NPMCache, NPMRegistry and JSRRegistry serve dependency installs at
 	// deploy time.
 	NPMCache    string
@@ -320,6 +323,9 @@ func (s *Service) newVersion(ctx context.Context, owner, name, by string, b *bun
 			b = &bundle{cur.Live.Digest, cur.Live.Size}
 		}
 	case errors.Is(err, errdefs.ErrNotFound) && b != nil:
+		if err := s.checkFunctionQuota(ctx, owner); err != nil {
+			return store.Function{}, err
+		}
 		cfg = store.Config{Runtime: s.cfg.DefaultRuntime}
 	default:
 		return store.Function{}, err
@@ -369,6 +375,24 @@ func (s *Service) newVersion(ctx context.Context, owner, name, by string, b *bun
 	}
 	s.log.Info("deployed", "owner", v.Owner, "function", v.Name, "version", v.Number, "digest", v.Digest, "size", v.Size)
 	return fn, nil
+}
+
+// checkFunctionQuota refuses a new function to an owner at the limit.
+// Deploys are serialised by deployMu, so the count cannot go stale
+// before the new function is stored.
+func (s *Service) checkFunctionQuota(ctx context.Context, owner string) error {
+	limit := s.cfg.MaxFunctionsPerOwner
+	if limit <= 0 {
+		return nil
+	}
+	n, err := s.store.CountFunctions(ctx, owner)
+	if err != nil {
+		return err
+	}
+	if n >= limit {
+		return errdefs.New(errdefs.ErrQuotaExceeded, "%s has %d functions, as many as one user may (spry serve --max-functions-per-user); delete one to deploy another", owner, n)
+	}
+	return nil
 }
 
 // secretContext binds a sealed secret to its function and name.

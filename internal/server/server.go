@@ -63,6 +63,9 @@ type Config struct {
 	// MaxInstancesPerUser bounds the instances of one user's functions
 	// together; 0 means no bound.
 	MaxInstancesPerUser int
+	// MaxFunctionsPerUser bounds how many functions one user may have;
+	// 0 means no bound.
+	MaxFunctionsPerUser int
 	MaxBodyBytes        int64   // largest invocation request body
 	CPU                 float64 // CPUs one instance may use
 	PoolSize            int
@@ -222,17 +225,18 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		return nil, err
 	}
 	s.fns = functions.New(s.store, blobs, s.act, box, s.logs, functions.Config{
-		MaxCodeBytes:       cfg.MaxCodeBytes,
-		DefaultRuntime:     deno.Name(),
-		Runtimes:           names,
-		DefaultMemoryMiB:   cfg.DefaultMemoryMiB,
-		DefaultTimeout:     cfg.Timeout,
-		DefaultNetwork:     cfg.DefaultNetwork,
-		DefaultConcurrency: cfg.Concurrency,
-		DefaultMaxScale:    cfg.MaxScale,
-		NPMCache:           filepath.Join(dataDir, "npm-cache"),
-		NPMRegistry:        cfg.NPMRegistry,
-		JSRRegistry:        cfg.JSRRegistry,
+		MaxCodeBytes:         cfg.MaxCodeBytes,
+		DefaultRuntime:       deno.Name(),
+		Runtimes:             names,
+		DefaultMemoryMiB:     cfg.DefaultMemoryMiB,
+		DefaultTimeout:       cfg.Timeout,
+		DefaultNetwork:       cfg.DefaultNetwork,
+		DefaultConcurrency:   cfg.Concurrency,
+		DefaultMaxScale:      cfg.MaxScale,
+		MaxFunctionsPerOwner: cfg.MaxFunctionsPerUser,
+		NPMCache:             filepath.Join(dataDir, "npm-cache"),
+		NPMRegistry:          cfg.NPMRegistry,
+		JSRRegistry:          cfg.JSRRegistry,
 		Bounds: functions.Bounds{
 			MaxMemoryMiB:   cfg.MaxMemoryMiB,
 			MaxTimeout:     cfg.MaxTimeout,

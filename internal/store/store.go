@@ -131,6 +131,8 @@ type Functions interface {
 	// ListFunctions lists owner's functions, or everyone's if owner is "",
 	// ordered by owner then name: the part of that list page selects.
 	ListFunctions(ctx context.Context, owner string, page Page) ([]Function, error)
+	// CountFunctions counts owner's functions.
+	CountFunctions(ctx context.Context, owner string) (int, error)
 	// DeleteFunction deletes the function and all its versions.
 	DeleteFunction(ctx context.Context, owner, name string) error
 	GetVersion(ctx context.Context, owner, name string, number int64) (Version, error)

@@ -381,6 +381,15 @@ func (s *Store) ListFunctions(ctx context.Context, owner string, page store.Page
 	return fns, nil
 }
 
+func (s *Store) CountFunctions(ctx context.Context, owner string) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM functions WHERE owner = ?`, owner).Scan(&n)
+	if err != nil {
+		return 0, errorf(ctx, err, "count functions of owner %q", owner)
+	}
+	return n, nil
+}
+
 func (s *Store) DeleteFunction(ctx context.Context, owner, name string) error {
 	// Versions go by ON DELETE CASCADE, in the same statement.
 	res, err := s.db.ExecContext(ctx,

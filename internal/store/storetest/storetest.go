@@ -448,6 +448,15 @@ func testListFunctions(t *testing.T, s store.Store) {
 			for i := range list {
 				checkFunction(t, list[i], tc.want[i])
 			}
+			if tc.owner == "" {
+				return
+			}
+			// A function deployed twice counts once.
+			n, err := s.CountFunctions(ctx, tc.owner)
+			noErr(t, err, "CountFunctions")
+			if n != len(tc.want) {
+				t.Errorf("CountFunctions(%q) = %d, want %d", tc.owner, n, len(tc.want))
+			}
 		})
 	}
 }
