@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"strings"
 	"testing"
 )
@@ -63,5 +64,33 @@ func TestRuntimesAndContracts(t *testing.T) {
 	}
 	if out := s.mustSpry("ls"); !strings.Contains(out, "node") {
 		t.Fatalf("ls does not show the node runtime:\n%s", out)
+	}
+}
+
+// TestEarlyAnswersAndStreamedBodies: on both runtimes, a function that
+// answers an upload before reading it (refusing it) is heard, not turned
+// into a 502; and one that streams the request body back as it reads it
+// (new Response(req.body)) echoes it whole.
+func TestEarlyAnswersAndStreamedBodies(t *testing.T) {
+	s := startServer(t)
+	const code = `export default { fetch(req) {
+		if (new URL(req.url).pathname === "/refuse") return new Response("no thanks", { status: 413 });
+		return new Response(req.body);
+	} }`
+	body := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
+	big := bytes.Repeat([]byte("x"), 16<<20)
+	for _, rt := range []string{"deno", "node"} {
+		t.Run(rt, func(t *testing.T) {
+			name := "duplex-" + rt
+			if r := s.putCode(s.token, name, []byte(code), "runtime="+rt); r.status/100 != 2 {
+				t.Fatalf("deploy: %d %s", r.status, r.body)
+			}
+			if r := s.do("POST", "/fn/admin/"+name+"/refuse", "", bytes.NewReader(big), nil); r.status != 413 || string(r.body) != "no thanks" {
+				t.Fatalf("refused upload: %d %.200q", r.status, r.body)
+			}
+			if r := s.do("POST", "/fn/admin/"+name+"/echo", "", bytes.NewReader(body), nil); r.status != 200 || !bytes.Equal(r.body, body) {
+				t.Fatalf("echo: %d, %d bytes back of %d", r.status, len(r.body), len(body))
+			}
+		})
 	}
 }

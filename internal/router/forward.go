@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -130,7 +131,10 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 	inst := inv.lease.Instance()
 	h := &ctx.Response.Header
 	hasBody := bodyLength(&ctx.Request.Header) != 0
-	var c *upConn
+	var (
+		c      *upConn
+		sender *bodySender
+	)
 	for attempt := 0; ; attempt++ {
 		reused := true
 		if c = rt.pool.get(inst); c == nil {
@@ -143,12 +147,13 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 		// The deadline is left set when the connection goes back to the
 		// pool: the next use sets its own before any I/O.
 		_ = c.conn.SetDeadline(inv.deadline)
-		if err = rt.writeRequest(c.bw, ctx, inv, false); err == nil {
+		if hasBody {
+			sender = rt.sendRequest(ctx, inv, c)
+			if err = readHead(c.br, h); err != nil {
+				err = sender.failed(err)
+			}
+		} else if err = rt.writeRequest(c.bw, ctx, inv, false); err == nil {
 			if err = c.bw.Flush(); err == nil {
-				if hasBody {
-					// The body is read now: the connection is free to watch.
-					inv.watchClient(ctx)
-				}
 				err = readHead(c.br, h)
 			}
 		}
@@ -166,6 +171,18 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 		// is watched too.
 		return false, err
 	}
+	var early *respBody
+	bodySent := true
+	if sender != nil {
+		if sender.running() && hasAnswerBody(inv, h) {
+			// The function answered before it had the whole body. It may
+			// be refusing it, or streaming its answer as it reads: take
+			// some of the answer while the body still goes, then stop.
+			early = rt.answerBody(inv, c, h)
+			early.prefetch(earlyAnswerMax)
+		}
+		bodySent = sender.stop()
+	}
 	// After end, a hang-up closes nothing: c may go back to the pool,
 	// unless the hang-up came first and closed it.
 	inv.endWatch()
@@ -174,29 +191,24 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 		return false, errClientGone
 	}
 	upClose := rt.fixHeader(h, inv)
-	return rt.respond(ctx, inv, c, !upClose), nil
+	return rt.respond(ctx, inv, c, early, !upClose && bodySent), nil
 }
 
-// respond sets the response body from c, whose response head is read:
-// at once if it is all here, else as a stream. reuse says c may go back
-// to the pool once the body is read.
-func (rt *Router) respond(ctx *fasthttp.RequestCtx, inv *invocation, c *upConn, reuse bool) (streaming bool) {
-	inst := inv.lease.Instance()
-	h := &ctx.Response.Header
+// earlyAnswerMax bounds how much of an answer that came before the
+// request's body was all sent is read ahead while the body still goes.
+const earlyAnswerMax = 4 << 20
+
+// hasAnswerBody says whether the response whose head is h has a body.
+func hasAnswerBody(inv *invocation, h *fasthttp.ResponseHeader) bool {
 	status := h.StatusCode()
-	if inv.method == fasthttp.MethodHead || status == fasthttp.StatusNoContent || status == fasthttp.StatusNotModified {
-		rt.release(inst, c, reuse)
-		return false
-	}
+	return inv.method != fasthttp.MethodHead && status != fasthttp.StatusNoContent && status != fasthttp.StatusNotModified
+}
+
+// answerBody prepares to read the body of the response whose head h was
+// read from c.
+func (rt *Router) answerBody(inv *invocation, c *upConn, h *fasthttp.ResponseHeader) *respBody {
 	n := h.ContentLength()
-	if n >= 0 && n <= c.br.Buffered() {
-		b, _ := c.br.Peek(n)
-		ctx.Response.SetBody(b)
-		_, _ = c.br.Discard(n)
-		rt.release(inst, c, reuse)
-		return false
-	}
-	body := &respBody{rt: rt, inv: inv, c: c, reuse: reuse, status: status}
+	body := &respBody{rt: rt, inv: inv, c: c, reuse: true, status: h.StatusCode(), length: n}
 	switch {
 	case n >= 0:
 		body.r = &fixedReader{r: c.br, left: int64(n)}
@@ -206,12 +218,42 @@ func (rt *Router) respond(ctx *fasthttp.RequestCtx, inv *invocation, c *upConn, 
 	default: // no length: the body ends when the connection does
 		body.r = c.br
 		body.reuse = false
-		n = -1
+		body.length = -1
 	}
+	return body
+}
+
+// respond sets the response body from c, whose response head is read:
+// at once if it is all here, else as a stream. reuse says c may go back
+// to the pool once the body is read. early, if not nil, holds the part
+// of the body forward read ahead.
+func (rt *Router) respond(ctx *fasthttp.RequestCtx, inv *invocation, c *upConn, early *respBody, reuse bool) (streaming bool) {
+	inst := inv.lease.Instance()
+	h := &ctx.Response.Header
+	if !hasAnswerBody(inv, h) {
+		rt.release(inst, c, reuse)
+		return false
+	}
+	body := early
+	switch n := h.ContentLength(); {
+	case body == nil && n >= 0 && n <= c.br.Buffered():
+		b, _ := c.br.Peek(n)
+		ctx.Response.SetBody(b)
+		_, _ = c.br.Discard(n)
+		rt.release(inst, c, reuse)
+		return false
+	case body == nil:
+		body = rt.answerBody(inv, c, h)
+	case body.eof && body.err == nil:
+		ctx.Response.SetBody(body.pre)
+		rt.release(inst, c, reuse && body.reuse)
+		return false
+	}
+	body.reuse = body.reuse && reuse
 	// A body of unknown length is sent chunked, each piece flushed as it
 	// comes (a stream, such as server-sent events, reaches the client as
 	// it is produced).
-	ctx.SetBodyStream(body, n)
+	ctx.SetBodyStream(body, body.length)
 	return true
 }
 
@@ -230,15 +272,41 @@ type respBody struct {
 	inv     *invocation
 	c       *upConn
 	r       io.Reader
+	length  int // as fasthttp's SetBodyStream takes it: -1 unknown
 	chunked bool
 	reuse   bool
 	status  int
+	pre     []byte // read ahead (prefetch), given out first
 	eof     bool
 	err     error
 	closed  bool
 }
 
+// prefetch reads up to max bytes of the body ahead, into pre.
+func (b *respBody) prefetch(max int) {
+	b.pre = make([]byte, 0, min(max, 64<<10))
+	for len(b.pre) < max && !b.eof && b.err == nil {
+		if len(b.pre) == cap(b.pre) {
+			b.pre = append(b.pre, 0)[:len(b.pre)]
+		}
+		n, _ := b.read(b.pre[len(b.pre):min(cap(b.pre), max)])
+		b.pre = b.pre[:len(b.pre)+n]
+	}
+}
+
 func (b *respBody) Read(p []byte) (int, error) {
+	if len(b.pre) > 0 {
+		n := copy(p, b.pre)
+		b.pre = b.pre[n:]
+		return n, nil
+	}
+	if b.err != nil {
+		return 0, b.err
+	}
+	return b.read(p)
+}
+
+func (b *respBody) read(p []byte) (int, error) {
 	if b.eof {
 		return 0, io.EOF
 	}
@@ -464,18 +532,19 @@ func (rt *Router) writeRequest(bw *bufio.Writer, ctx *fasthttp.RequestCtx, inv *
 }
 
 // copyBody copies the client's body: n bytes, or (n < 0) until it ends,
-// re-chunked, up to the body limit.
+// re-chunked, up to the body limit. A failure of the client's side is a
+// *clientBodyError (or errTooLarge).
 func (rt *Router) copyBody(bw *bufio.Writer, body io.Reader, n int64, chunked bool) error {
 	if body == nil {
-		return io.ErrUnexpectedEOF
+		return &clientBodyError{io.ErrUnexpectedEOF}
 	}
 	bufp := copyPool.Get().(*[]byte)
 	defer copyPool.Put(bufp)
 	buf := *bufp
 	if !chunked {
-		m, err := io.CopyBuffer(writerOnly{bw}, io.LimitReader(body, n), buf)
+		m, err := io.CopyBuffer(writerOnly{bw}, io.LimitReader(clientBody{body}, n), buf)
 		if err == nil && m < n {
-			err = io.ErrUnexpectedEOF
+			err = &clientBodyError{io.ErrUnexpectedEOF}
 		}
 		return err
 	}
@@ -498,9 +567,114 @@ func (rt *Router) copyBody(bw *bufio.Writer, body io.Reader, n int64, chunked bo
 			return err
 		}
 		if err != nil {
-			return err
+			return &clientBodyError{err}
 		}
 	}
+}
+
+// clientBodyError is a failure reading the client's body, as against
+// writing to the instance.
+type clientBodyError struct{ err error }
+
+func (e *clientBodyError) Error() string { return "reading the request body: " + e.err.Error() }
+func (e *clientBodyError) Unwrap() error { return e.err }
+
+// clientBody marks the client's read errors.
+type clientBody struct{ r io.Reader }
+
+func (b clientBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = &clientBodyError{err}
+	}
+	return n, err
+}
+
+func clientSide(err error) bool {
+	var ce *clientBodyError
+	return errors.As(err, &ce) || errors.Is(err, errTooLarge)
+}
+
+// bodySender sends a request with a body to the instance on a goroutine
+// of its own while forward reads the answer: a function may answer before
+// it has read the whole body (refusing an upload, say), and must not wait
+// on a router that sends all of the body first. forward always stops it
+// (stop) before it lets go of the connection or the request.
+type bodySender struct {
+	done chan struct{}
+	err  error
+	// clientFailed: err is the client's failure (not one stop caused),
+	// which ended the exchange.
+	clientFailed bool
+	stopped      atomic.Bool
+	c            *upConn
+	ctx          *fasthttp.RequestCtx
+	inv          *invocation
+}
+
+func (rt *Router) sendRequest(ctx *fasthttp.RequestCtx, inv *invocation, c *upConn) *bodySender {
+	s := &bodySender{done: make(chan struct{}), c: c, ctx: ctx, inv: inv}
+	go func() {
+		defer close(s.done)
+		err := rt.writeRequest(c.bw, ctx, inv, false)
+		if err == nil {
+			err = c.bw.Flush()
+		}
+		s.err = err
+		switch {
+		case err == nil:
+			// The body is read now: the connection is free to watch.
+			inv.watchClient(ctx)
+		case clientSide(err) && !s.stopped.Load():
+			// The exchange cannot go on: closing ends the wait for an
+			// answer and tells the function its request was aborted.
+			s.clientFailed = true
+			c.conn.Close()
+		}
+	}()
+	return s
+}
+
+func (s *bodySender) running() bool {
+	select {
+	case <-s.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// stop ends the sending if it still goes and waits for it; it reports
+// whether the whole request was sent. Otherwise neither connection can
+// carry another request.
+func (s *bodySender) stop() (sent bool) {
+	if s.running() {
+		s.stopped.Store(true)
+		// Deadlines in the past end a blocked write to the instance or
+		// read from the client at once.
+		now := time.Now()
+		_ = s.c.conn.SetWriteDeadline(now)
+		_ = s.ctx.Conn().SetReadDeadline(now)
+		<-s.done
+	}
+	if s.err != nil || s.stopped.Load() {
+		// Even a body sent whole as it was stopped leaves a deadline
+		// in the past on the client's connection.
+		s.inv.bodyPending = true
+		return false
+	}
+	return true
+}
+
+// failed stops the sending after the answer's head could not be read,
+// and says which failure to report: the client's (a body too large or
+// cut short) when it caused the other.
+func (s *bodySender) failed(headErr error) error {
+	s.stop()
+	if s.clientFailed {
+		return s.err
+	}
+	return headErr
 }
 
 // writerOnly hides ReadFrom, so io.CopyBuffer uses the pooled buffer.
@@ -545,7 +719,7 @@ func (rt *Router) upgrade(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 	}
 	if h.StatusCode() != fasthttp.StatusSwitchingProtocols {
 		rt.fixHeader(h, inv)
-		return rt.respond(ctx, inv, c, false), nil
+		return rt.respond(ctx, inv, c, nil, false), nil
 	}
 	h.Set("Spry-Request-Id", inv.reqID)
 	rt.markCold(h, inv)

@@ -506,3 +506,49 @@ func TestRejectsMalformedTarget(t *testing.T) {
 		}
 	}
 }
+
+// A function may answer before it reads the request's body (a 413 for an
+// upload it will not take, say). The answer reaches the client even though
+// the rest of the body is never delivered.
+func TestForwardEarlyAnswerToLargeBody(t *testing.T) {
+	srv := newTestRouter(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusRequestEntityTooLarge)
+		io.WriteString(w, "too big for me")
+	}))
+	body := bytes.Repeat([]byte("x"), 16<<20)
+	res, err := http.Post(srv.URL+"/fn/alice/fn/upload", "application/octet-stream", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	got, _ := io.ReadAll(res.Body)
+	if res.StatusCode != http.StatusRequestEntityTooLarge || string(got) != "too big for me" {
+		t.Fatalf("got %d %q, want the function's 413", res.StatusCode, got)
+	}
+}
+
+// A function that streams its answer as it reads the body (an echo) gets
+// the whole body, and the client the whole answer, though the answer's
+// head comes first.
+func TestForwardFullDuplexEcho(t *testing.T) {
+	srv := newTestRouter(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := http.NewResponseController(w).EnableFullDuplex(); err != nil {
+			t.Error(err)
+		}
+		w.WriteHeader(200)
+		w.(http.Flusher).Flush()
+		io.Copy(w, r.Body)
+	}))
+	for _, size := range []int{100, 1 << 20, 3 << 20} {
+		body := bytes.Repeat([]byte("0123456789abcdef"), size/16)
+		res, err := http.Post(srv.URL+"/fn/alice/fn/echo", "application/octet-stream", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(res.Body)
+		res.Body.Close()
+		if err != nil || res.StatusCode != 200 || !bytes.Equal(got, body) {
+			t.Fatalf("%d bytes: status %d, echoed %d bytes (%v)", size, res.StatusCode, len(got), err)
+		}
+	}
+}
