@@ -468,7 +468,8 @@ func TestCrashAndScaleToZero(t *testing.T) {
 // TestListPages: the function list comes in pages (100 by default, at
 // most 1000) joined by cursors, and `spry ls` walks them all.
 func TestListPages(t *testing.T) {
-	s := startServer(t)
+	// More functions than one user may have by default.
+	s := startServer(t, "--max-functions-per-user", "0")
 	const n = 1005
 	code := []byte(`export default { fetch() { return new Response("x"); } };`)
 	var wg sync.WaitGroup
