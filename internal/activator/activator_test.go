@@ -508,7 +508,18 @@ func TestOwnerInstanceQuota(t *testing.T) {
 	l.Release()
 
 	// One of alice's instances ends: her next request gets its place.
-	fb.Kill(fb.liveInstances()[0].ID, "test")
+	// (Bob's instance lives too, so pick one of big's.)
+	killed := false
+	for _, in := range fb.liveInstances() {
+		if in.Spec.FunctionID == big.FunctionID {
+			fb.Kill(in.ID, "test")
+			killed = true
+			break
+		}
+	}
+	if !killed {
+		t.Fatal("no instance of alice's big is live")
+	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		a.mu.Lock()
