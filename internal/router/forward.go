@@ -179,7 +179,7 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 			// be refusing it, or streaming its answer as it reads: take
 			// some of the answer while the body still goes, then stop.
 			early = rt.answerBody(inv, c, h)
-			early.prefetch(earlyAnswerMax)
+			early.prefetch(earlyAnswerMax, sender.running)
 		}
 		bodySent = sender.stop()
 	}
@@ -282,10 +282,11 @@ type respBody struct {
 	closed  bool
 }
 
-// prefetch reads up to max bytes of the body ahead, into pre.
-func (b *respBody) prefetch(max int) {
+// prefetch reads up to max bytes of the body ahead, into pre, while
+// more is true: a stream's pieces then reach the client as they come.
+func (b *respBody) prefetch(max int, more func() bool) {
 	b.pre = make([]byte, 0, min(max, 64<<10))
-	for len(b.pre) < max && !b.eof && b.err == nil {
+	for len(b.pre) < max && !b.eof && b.err == nil && more() {
 		if len(b.pre) == cap(b.pre) {
 			b.pre = append(b.pre, 0)[:len(b.pre)]
 		}

@@ -552,3 +552,30 @@ func TestForwardFullDuplexEcho(t *testing.T) {
 		}
 	}
 }
+
+// A stream begun before the (small) body was read, such as events
+// answering a POST, reaches the client as it comes: the router reads ahead
+// only while the body is still being sent.
+func TestForwardEarlyStreamFlows(t *testing.T) {
+	hold := make(chan struct{})
+	defer close(hold)
+	srv := newTestRouter(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(200)
+		io.WriteString(w, "data: first\n\n")
+		w.(http.Flusher).Flush()
+		<-hold
+	}))
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "POST", srv.URL+"/fn/alice/fn/events", strings.NewReader(`{"prompt":"hi"}`))
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	line, err := bufio.NewReader(res.Body).ReadString('\n')
+	if err != nil || line != "data: first\n" {
+		t.Fatalf("first event: %q (%v)", line, err)
+	}
+}
