@@ -393,7 +393,7 @@ func TestRestartKeepsServing(t *testing.T) {
 // TestGracefulShutdown: a request in flight when SIGTERM arrives finishes.
 func TestGracefulShutdown(t *testing.T) {
 	s := startServer(t)
-	slow := []byte(`export default { async fetch() { await new Promise((r) => setTimeout(r, 1500)); return new Response("finished"); } }`)
+	slow := []byte(`export default { async fetch() { await new Promise((r) => setTimeout(r, 3000)); return new Response("finished"); } }`)
 	if r := s.putCode(s.token, "slow", slow, ""); r.status != 201 {
 		t.Fatalf("%d %s", r.status, r.body)
 	}
@@ -411,7 +411,11 @@ func TestGracefulShutdown(t *testing.T) {
 		b, _ := io.ReadAll(res.Body)
 		got = response{status: res.StatusCode, body: b}
 	}()
-	time.Sleep(500 * time.Millisecond) // the request is now inside the function
+	// Signal only once the request is inside the function (its instance
+	// busy), however long the cold start took on a loaded machine.
+	eventually(t, 10*time.Second, "the request inside the function", func() bool {
+		return s.metric(t, "spry_instances{", `function="slow"`, `state="busy"`) == 1
+	})
 	_ = s.cmd.Process.Signal(syscall.SIGTERM)
 	wg.Wait()
 	if got.status != 200 || string(got.body) != "finished" {
