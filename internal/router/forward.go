@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http/httputil"
@@ -11,6 +12,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -32,6 +34,8 @@ type upConn struct {
 	conn net.Conn
 	br   *bufio.Reader
 	bw   *bufio.Writer
+	// idleSince is when the connection went back to the pool.
+	idleSince time.Time
 }
 
 // pool keeps idle connections per instance.
@@ -44,15 +48,32 @@ type pool struct {
 // be open while busy.
 const maxIdlePerInstance = 128
 
+// maxIdleTime is how long an idle connection is kept: well under the
+// runtimes' own keep-alive timeout (120 s), so an instance does not close
+// a connection just as a request is written to it (a request answered by
+// a close is not sent again: it may have been delivered).
+const maxIdleTime = 60 * time.Second
+
 func (p *pool) get(inst *backend.Instance) *upConn {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	cs := p.idle[inst.ID]
 	if len(cs) == 0 {
+		p.mu.Unlock()
 		return nil
 	}
 	c := cs[len(cs)-1]
 	p.idle[inst.ID] = cs[:len(cs)-1]
+	var stale []*upConn
+	if time.Since(c.idleSince) > maxIdleTime {
+		// The most recently used is too old, so are the rest.
+		stale = append(p.idle[inst.ID], c)
+		p.idle[inst.ID] = nil
+		c = nil
+	}
+	p.mu.Unlock()
+	for _, s := range stale {
+		s.close()
+	}
 	return c
 }
 
@@ -70,6 +91,7 @@ func (p *pool) put(inst *backend.Instance, c *upConn) {
 		c.close()
 		return
 	}
+	c.idleSince = time.Now()
 	p.idle[inst.ID] = append(p.idle[inst.ID], c)
 	p.mu.Unlock()
 }
@@ -136,7 +158,7 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 		sender *bodySender
 	)
 	for attempt := 0; ; attempt++ {
-		reused := true
+		reused, sent := true, false
 		if c = rt.pool.get(inst); c == nil {
 			reused = false
 			if c, err = rt.dial(inst, inv.deadline); err != nil {
@@ -154,6 +176,7 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 			}
 		} else if err = rt.writeRequest(c.bw, ctx, inv, false); err == nil {
 			if err = c.bw.Flush(); err == nil {
+				sent = true
 				err = readHead(c.br, h)
 			}
 		}
@@ -161,10 +184,12 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 			break
 		}
 		c.close()
-		// A kept-alive connection the instance had already closed fails
-		// before any answer; with no body sent, trying a fresh connection
-		// cannot replay anything.
-		if reused && attempt == 0 && !hasBody && !isTimeout(err) && time.Now().Before(inv.deadline) && !inv.gone.Load() {
+		// Writing to a kept-alive connection the instance had already
+		// closed fails (EPIPE) before anything reached it: trying a fresh
+		// connection cannot replay anything. Once the request is written,
+		// a failure may come after the function ran, so it is not sent
+		// again.
+		if reused && attempt == 0 && !hasBody && !sent && !isTimeout(err) && time.Now().Before(inv.deadline) && !inv.gone.Load() {
 			continue
 		}
 		// The watch goes on (serve ends it): a retry on another instance
@@ -252,7 +277,11 @@ func (rt *Router) respond(ctx *fasthttp.RequestCtx, inv *invocation, c *upConn, 
 	body.reuse = body.reuse && reuse
 	// A body of unknown length is sent chunked, each piece flushed as it
 	// comes (a stream, such as server-sent events, reaches the client as
-	// it is produced).
+	// it is produced). The head goes at once: the client learns the answer
+	// has begun, and a body the instance cuts short reaches the client
+	// cut short (as through any proxy) rather than as a connection closed
+	// with nothing on it.
+	ctx.Response.ImmediateHeaderFlush = true
 	ctx.SetBodyStream(body, body.length)
 	return true
 }
@@ -383,14 +412,28 @@ func (f *fixedReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// errBadAnswer is a response head that cannot be passed on.
+var errBadAnswer = errors.New("malformed response from the instance")
+
 // readHead reads a response head into h, skipping informational answers
-// (103 Early Hints) other than 101.
+// (103 Early Hints) other than 101. The parser is lenient, and a function
+// is untrusted: a status that is not three digits is refused rather than
+// passed on to the client malformed.
 func readHead(br *bufio.Reader, h *fasthttp.ResponseHeader) error {
 	for {
 		if err := h.Read(br); err != nil {
-			return err
+			var ne net.Error
+			if errors.Is(err, io.EOF) || errors.As(err, &ne) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) {
+				return err
+			}
+			// The instance answered, with something not HTTP.
+			return fmt.Errorf("%w: %w", errBadAnswer, err)
 		}
-		if s := h.StatusCode(); s < 100 || s >= 200 || s == fasthttp.StatusSwitchingProtocols {
+		s := h.StatusCode()
+		if s < 100 || s > 999 {
+			return errBadAnswer
+		}
+		if s >= 200 || s == fasthttp.StatusSwitchingProtocols {
 			return nil
 		}
 	}

@@ -65,7 +65,7 @@ type testServer struct {
 
 func (s *testServer) Close() { _ = s.srv.Shutdown() }
 
-func serveRouter(t *testing.T, rt *Router) *testServer {
+func serveRouter(t testing.TB, rt *Router) *testServer {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -577,5 +577,36 @@ func TestForwardEarlyStreamFlows(t *testing.T) {
 	line, err := bufio.NewReader(res.Body).ReadString('\n')
 	if err != nil || line != "data: first\n" {
 		t.Fatalf("first event: %q (%v)", line, err)
+	}
+}
+
+// A request the function received is never sent again, even on a
+// kept-alive connection: here the instance reads the second request and
+// drops the connection without answering (as a crash mid-request does).
+func TestForwardNeverReplaysDelivered(t *testing.T) {
+	var calls atomic.Int32
+	srv := newTestRouter(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) == 1 {
+			io.WriteString(w, "first")
+			return
+		}
+		c, _, err := http.NewResponseController(w).Hijack()
+		if err == nil {
+			c.Close()
+		}
+	}))
+	for i, want := range []int{200, 502} {
+		res, err := http.Post(srv.URL+"/fn/alice/fn/", "text/plain", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if res.StatusCode != want {
+			t.Fatalf("request %d: %d, want %d", i, res.StatusCode, want)
+		}
+	}
+	if n := calls.Load(); n != 2 {
+		t.Fatalf("the function ran %d times for 2 requests", n)
 	}
 }

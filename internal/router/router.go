@@ -314,6 +314,11 @@ func (rt *Router) fail(ctx *fasthttp.RequestCtx, inv *invocation, err error) {
 		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrTimeout, "the function did not respond within its %s timeout", timeout))
 		return
 	}
+	if errors.Is(err, errBadAnswer) {
+		rt.log.Warn("malformed response", "instance", inst.ID, "request_id", inv.reqID, "err", err)
+		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrBadGateway, "the function's instance sent a malformed response"))
+		return
+	}
 	if ex, ok := whyEnded(inst); ok {
 		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrFunctionFailed, "the function's instance ended while handling the request: %s", ex.Detail))
 		return
