@@ -287,7 +287,10 @@ func (rt *Router) respond(ctx *fasthttp.RequestCtx, inv *invocation, c *upConn, 
 }
 
 func (rt *Router) release(inst *backend.Instance, c *upConn, reuse bool) {
-	if reuse {
+	// Bytes past the answer are not an answer to anything sent yet: an
+	// instance that says more than it was asked would hand them to the
+	// next request.
+	if reuse && c.br.Buffered() == 0 {
 		rt.pool.put(inst, c)
 	} else {
 		c.close()

@@ -610,3 +610,48 @@ func TestForwardNeverReplaysDelivered(t *testing.T) {
 		t.Fatalf("the function ran %d times for 2 requests", n)
 	}
 }
+
+// An instance that answers one request twice must not have its extra
+// answer given to the next request (a desync): a connection with bytes
+// left over after an answer is closed, not pooled.
+func TestForwardDropsConnectionWithLeftovers(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for i := 0; ; i++ {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					io.Copy(io.Discard, req.Body)
+					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n%cHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nX", 'A'+i)
+				}
+			}()
+		}
+	}()
+	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 5 * time.Second}
+	srv := serveRouter(t, New(oneSpec{spec}, activator.New(&upstreamBackend{addr: sock}, activator.Config{}), Config{}))
+	for i := 0; i < 3; i++ {
+		res, err := http.Get(srv.URL + "/fn/alice/fn/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if string(b) != "A" {
+			t.Fatalf("request %d got %q, an answer meant for another request", i, b)
+		}
+	}
+}
