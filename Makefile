@@ -14,7 +14,7 @@ FUZZ := ./internal/names:FuzzValidate:300000x ./internal/auth:FuzzParse:200000x 
 	./internal/build:FuzzBundle:8000x ./internal/router:FuzzSplitPath:200000x \
 	./internal/functions:FuzzParseLimits:100000x ./internal/archive:FuzzExtractTar:40000x \
 	./internal/archive:FuzzExtractZip:20000x ./internal/api:FuzzDecodeCursor:50000x \
-	./internal/router:FuzzInstanceResponse:300x
+	./internal/router:FuzzInstanceResponse:300x ./internal/router:FuzzClientRequest:20000x
 
 .PHONY: all build run test lint unit fuzz deps clean test-cgroupv2
 

@@ -126,7 +126,7 @@ func request(ctx *fasthttp.RequestCtx, rctx context.Context) (*http.Request, err
 	}
 	b := &body{}
 	if r.ContentLength != 0 {
-		b.r = ctx.RequestBodyStream()
+		b.r = BodyStream(ctx)
 	}
 	r.Body = b
 	return r.WithContext(rctx), nil

@@ -9,8 +9,10 @@
 package httpserve
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"time"
@@ -41,7 +43,7 @@ const (
 // New returns a server for h.
 func New(h fasthttp.RequestHandler, log *slog.Logger) *fasthttp.Server {
 	return &fasthttp.Server{
-		Handler:         h,
+		Handler:         refuseAmbiguousFraming(h),
 		ReadTimeout:     HeaderTimeout,
 		IdleTimeout:     IdleTimeout,
 		ReadBufferSize:  MaxHeaderBytes,
@@ -60,6 +62,36 @@ func New(h fasthttp.RequestHandler, log *slog.Logger) *fasthttp.Server {
 		ErrorHandler:    errorHandler,
 		Logger:          logger{log},
 	}
+}
+
+// refuseAmbiguousFraming refuses a request that has both
+// Transfer-Encoding and Content-Length. fasthttp goes by the first and
+// drops the second, but a proxy in front may go by the second, and the
+// difference smuggles requests (RFC 9112, 6.1). Only chunked requests pay
+// for the look.
+func refuseAmbiguousFraming(h fasthttp.RequestHandler) fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
+		if ctx.Request.Header.ContentLength() == -1 && hasContentLength(ctx.Request.Header.RawHeaders()) {
+			WriteError(ctx, errdefs.New(errdefs.ErrInvalidArgument, "the request has both Transfer-Encoding and Content-Length"))
+			ctx.SetConnectionClose()
+			return
+		}
+		h(ctx)
+	}
+}
+
+// hasContentLength says whether a raw header block has a Content-Length
+// field.
+func hasContentLength(raw []byte) bool {
+	const name = "content-length:"
+	for len(raw) > 0 {
+		var line []byte
+		line, raw, _ = bytes.Cut(raw, []byte{'\n'})
+		if len(line) >= len(name) && bytes.EqualFold(line[:len(name)], []byte(name)) {
+			return true
+		}
+	}
+	return false
 }
 
 // errorHandler answers requests fasthttp could not read.
@@ -98,4 +130,32 @@ func (l logger) Printf(format string, args ...any) {
 	if l.log != nil {
 		l.log.Warn(fmt.Sprintf(format, args...))
 	}
+}
+
+// BodyStream returns the request's body as a stream. fasthttp ends a
+// chunked body cleanly when the connection ends at a chunk boundary
+// before the last chunk, so a client cut off mid-upload would look done;
+// such an end is reported as io.ErrUnexpectedEOF instead.
+func BodyStream(ctx *fasthttp.RequestCtx) io.Reader {
+	r := ctx.RequestBodyStream()
+	c, ok := ctx.Conn().(*Conn)
+	if r == nil || !ok || ctx.Request.Header.ContentLength() != -1 {
+		return r
+	}
+	return &chunkedBody{r: r, c: c}
+}
+
+type chunkedBody struct {
+	r io.Reader
+	c *Conn
+}
+
+func (b *chunkedBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	// The last chunk is parsed from bytes already read, so a connection
+	// at its end when the body ends means the body ended with it.
+	if err == io.EOF && b.c.eof.Load() {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
 }

@@ -20,7 +20,8 @@ func serve(t *testing.T, h fasthttp.RequestHandler) string {
 		t.Fatal(err)
 	}
 	srv := New(h, nil)
-	go srv.Serve(ln)
+	// As in production: connections are *Conn.
+	go srv.Serve(Listener(ln, WatchAfter))
 	t.Cleanup(func() { _ = srv.Shutdown() })
 	return "http://" + ln.Addr().String()
 }
@@ -192,5 +193,74 @@ func TestAdaptUnreadBodyEndsConnection(t *testing.T) {
 		if res.StatusCode != 200 || string(b) != "ok" {
 			t.Fatalf("get %d: %d %q", i, res.StatusCode, b)
 		}
+	}
+}
+
+// A request framed two ways (Transfer-Encoding and Content-Length) is
+// refused and its connection closed, so nothing it carries is read as a
+// further request; the handler never sees it.
+func TestRefusesAmbiguousFraming(t *testing.T) {
+	called := 0
+	url := serve(t, func(ctx *fasthttp.RequestCtx) { called++ })
+	for _, head := range []string{
+		"Content-Length: 44\r\nTransfer-Encoding: chunked",
+		"Transfer-Encoding: chunked\r\ncontent-length: 44",
+	} {
+		c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: a\r\n%s\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n", head)
+		br := bufio.NewReader(c)
+		res, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != 400 {
+			t.Fatalf("%q: status %d, want 400", head, res.StatusCode)
+		}
+		if _, err := http.ReadResponse(br, nil); err == nil {
+			t.Fatalf("%q: a second response: the smuggled request was served", head)
+		}
+		c.Close()
+	}
+	if called != 0 {
+		t.Fatalf("the handler ran %d times", called)
+	}
+}
+
+// A chunked body whose connection ends before its last chunk is an error
+// to the reader, not a complete body, even when it ends at a chunk
+// boundary; a complete one followed by the client's half-close is not.
+func TestTruncatedChunkedBody(t *testing.T) {
+	got := make(chan string, 1)
+	url := serve(t, Adapt(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, err := io.ReadAll(r.Body)
+		got <- fmt.Sprintf("%s|%v", b, err)
+	}), nil))
+	for _, tc := range []struct{ body, want string }{
+		{"", "|unexpected EOF"},
+		{"5\r\nhello\r\n", "hello|unexpected EOF"},
+		{"5\r\nhel", "hel|unexpected EOF"},
+		{"5\r\nhello\r\n0\r\n\r\n", "hello|<nil>"},
+	} {
+		c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n%s", tc.body)
+		_ = c.(*net.TCPConn).CloseWrite()
+		select {
+		case g := <-got:
+			if g != tc.want {
+				t.Errorf("body %q read as %q, want %q", tc.body, g, tc.want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("body %q: the handler did not finish", tc.body)
+		}
+		c.Close()
 	}
 }

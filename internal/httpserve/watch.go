@@ -2,6 +2,7 @@ package httpserve
 
 import (
 	"errors"
+	"io"
 	"net"
 	"os"
 	"sync"
@@ -79,6 +80,7 @@ type Conn struct {
 	l     *watchListener
 	wait  atomic.Pointer[Wait]
 	early []byte // read by a watch before the server asked for it
+	eof   atomic.Bool
 }
 
 func (c *Conn) Read(p []byte) (int, error) {
@@ -87,7 +89,11 @@ func (c *Conn) Read(p []byte) (int, error) {
 		c.early = c.early[n:]
 		return n, nil
 	}
-	return c.Conn.Read(p)
+	n, err := c.Conn.Read(p)
+	if err == io.EOF {
+		c.eof.Store(true)
+	}
+	return n, err
 }
 
 // Close closes the connection lingering, as nginx and net/http do: when

@@ -18,6 +18,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/spry-run/spry/internal/backend"
+	"github.com/spry-run/spry/internal/httpserve"
 )
 
 // The hot path. Each request uses the serving goroutine alone: it takes a
@@ -558,12 +559,12 @@ func (rt *Router) writeRequest(bw *bufio.Writer, ctx *fasthttp.RequestCtx, inv *
 		bw.WriteString("Content-Length: ")
 		bw.WriteString(strconv.Itoa(cl))
 		bw.WriteString("\r\n\r\n")
-		if err := rt.copyBody(bw, ctx.RequestBodyStream(), int64(cl), false); err != nil {
+		if err := rt.copyBody(bw, httpserve.BodyStream(ctx), int64(cl), false); err != nil {
 			return err
 		}
 	case cl == -1:
 		bw.WriteString("Transfer-Encoding: chunked\r\n\r\n")
-		if err := rt.copyBody(bw, ctx.RequestBodyStream(), -1, true); err != nil {
+		if err := rt.copyBody(bw, httpserve.BodyStream(ctx), -1, true); err != nil {
 			return err
 		}
 	default:

@@ -67,12 +67,19 @@ func (s *testServer) Close() { _ = s.srv.Shutdown() }
 
 func serveRouter(t testing.TB, rt *Router) *testServer {
 	t.Helper()
+	return serveRouterWatching(t, rt, time.Millisecond)
+}
+
+// serveRouterWatching is serveRouter with the client watch starting after
+// watchAfter.
+func serveRouterWatching(t testing.TB, rt *Router, watchAfter time.Duration) *testServer {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := httpserve.New(rt.Handle, nil)
-	go srv.Serve(httpserve.Listener(ln, time.Millisecond))
+	go srv.Serve(httpserve.Listener(ln, watchAfter))
 	s := &testServer{URL: "http://" + ln.Addr().String(), srv: srv}
 	t.Cleanup(s.Close)
 	return s

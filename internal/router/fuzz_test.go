@@ -3,10 +3,13 @@ package router
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"path/filepath"
+	"strconv"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -124,4 +127,132 @@ func FuzzInstanceResponse(f *testing.F) {
 
 func isReset(err error) bool {
 	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.ErrUnexpectedEOF)
+}
+
+// FuzzClientRequest: whatever bytes a client sends, every request the
+// instance gets is well-formed HTTP and answers a request the client sees
+// answered (no request smuggled past the router inside another's body or
+// headers), and the client gets well-formed responses.
+func FuzzClientRequest(f *testing.F) {
+	for _, s := range []string{
+		"GET /fn/alice/fn/x HTTP/1.1\r\nHost: a\r\n\r\n",
+		"POST /fn/alice/fn/ HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+		"POST /fn/alice/fn/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+		"POST /fn/alice/fn/ HTTP/1.1\r\nHost: a\r\nContent-Length: 36\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /fn/alice/fn/smuggled HTTP/1.1\r\n\r\n",
+		"POST /fn/alice/fn/ HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 38\r\n\r\nGET /fn/alice/fn/smuggled HTTP/1.1\r\n\r\n",
+		"GET /fn/alice/fn/a HTTP/1.1\r\nHost: a\r\n\r\nGET /fn/alice/fn/b HTTP/1.1\r\nHost: a\r\n\r\n",
+		"GET /fn/alice/fn/ HTTP/1.1\r\nHost: a\r\nX-A: a\r\n b\r\n\r\n",
+		"GET /fn/alice/fn/ HTTP/1.1\nHost: a\n\n",
+		"GET /fn/alice/fn/ HTTP/1.0\r\n\r\n",
+		"GET /fn/alice/fn/%0d%0aX: y HTTP/1.1\r\nHost: a\r\n\r\n",
+		"GET /fn/alice/fn/ HTTP/1.1\r\nHost: a\r\nConnection: close, X-Forwarded-For\r\n\r\n",
+	} {
+		f.Add([]byte(s))
+	}
+	// Each run dials from its own loopback address, which the instance
+	// sees in X-Forwarded-For: a request of an earlier run that the
+	// instance gets late (its client gone) is not counted against this one.
+	var (
+		mu     sync.Mutex
+		issued map[string][]int // by client address
+		bad    []string
+		next   int
+		run    int
+	)
+	sock := filepath.Join(f.TempDir(), "s.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						if err != io.EOF && !errors.Is(err, net.ErrClosed) && !isReset(err) {
+							mu.Lock()
+							bad = append(bad, err.Error())
+							mu.Unlock()
+						}
+						return
+					}
+					if _, err := io.Copy(io.Discard, req.Body); err != nil {
+						return // the router gave up on the body (the client's was short)
+					}
+					mu.Lock()
+					next++
+					id := next
+					from := req.Header.Get("X-Forwarded-For")
+					issued[from] = append(issued[from], id)
+					mu.Unlock()
+					body := strconv.Itoa(id)
+					if _, err := fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 5 * time.Second}
+	// The client half-closes once it has sent its bytes, which the client
+	// watch would rightly take for a hang-up; this is not about the watch.
+	srv := serveRouterWatching(f, New(oneSpec{spec}, activator.New(&upstreamBackend{addr: sock}, activator.Config{}), Config{}), time.Minute)
+	addr := srv.URL[len("http://"):]
+
+	f.Fuzz(func(t *testing.T, in []byte) {
+		mu.Lock()
+		issued, bad = map[string][]int{}, nil
+		run++
+		from := fmt.Sprintf("127.0.%d.%d", run/250%250, 2+run%250)
+		mu.Unlock()
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+		c, err := d.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write(in); err != nil {
+			return
+		}
+		_ = c.(*net.TCPConn).CloseWrite()
+		got := map[int]bool{}
+		br := bufio.NewReader(c)
+		for {
+			res, err := http.ReadResponse(br, nil)
+			if err != nil {
+				if err == io.EOF || isReset(err) {
+					break
+				}
+				t.Fatalf("unreadable response (%v) to client bytes %q", err, in)
+			}
+			b, err := io.ReadAll(res.Body)
+			res.Body.Close()
+			if res.StatusCode == 200 {
+				id, _ := strconv.Atoi(string(b))
+				got[id] = true
+			}
+			if err != nil || res.Close {
+				break
+			}
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if len(bad) > 0 {
+			t.Fatalf("the instance got malformed requests %q from client bytes %q", bad, in)
+		}
+		for _, id := range issued[from] {
+			if !got[id] {
+				t.Fatalf("the instance answered a request the client never saw answered (smuggled?) from client bytes %q", in)
+			}
+		}
+	})
 }

@@ -13,6 +13,7 @@ package router
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -312,6 +313,13 @@ func (rt *Router) fail(ctx *fasthttp.RequestCtx, inv *invocation, err error) {
 		rt.log.Warn("invocation timed out; killing the instance", "instance", inst.ID, "request_id", inv.reqID, "timeout", timeout)
 		inv.lease.Kill(backend.ExitTimeout)
 		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrTimeout, "the function did not respond within its %s timeout", timeout))
+		return
+	}
+	if ce := (*clientBodyError)(nil); errors.As(err, &ce) && errors.Is(err, io.ErrUnexpectedEOF) {
+		// The client's side ended mid-body; the function saw its request
+		// aborted.
+		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrInvalidArgument, "the request body ended before its end"))
+		ctx.SetConnectionClose()
 		return
 	}
 	if errors.Is(err, errBadAnswer) {
