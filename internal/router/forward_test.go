@@ -87,9 +87,41 @@ func serveRouterWatching(t testing.TB, rt *Router, watchAfter time.Duration) *te
 
 func newTestRouter(t *testing.T, upstream http.Handler) *testServer {
 	t.Helper()
+	return routerTo(t, serveUnix(t, upstream), time.Millisecond)
+}
+
+// routerTo serves a router whose one function's instance is at sock, with
+// the client watch starting after watchAfter.
+func routerTo(t testing.TB, sock string, watchAfter time.Duration) *testServer {
+	t.Helper()
 	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 5 * time.Second}
-	act := activator.New(&upstreamBackend{addr: serveUnix(t, upstream)}, activator.Config{})
-	return serveRouter(t, New(oneSpec{spec}, act, Config{}))
+	act := activator.New(&upstreamBackend{addr: sock}, activator.Config{})
+	return serveRouterWatching(t, New(oneSpec{spec}, act, Config{}), watchAfter)
+}
+
+// serveRawUnix runs handle on each connection to a Unix socket, for
+// instances that misbehave below HTTP, and returns the socket's path.
+func serveRawUnix(t testing.TB, handle func(net.Conn)) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+	return sock
 }
 
 func TestForwardRequestAndResponse(t *testing.T) {
@@ -622,34 +654,18 @@ func TestForwardNeverReplaysDelivered(t *testing.T) {
 // answer given to the next request (a desync): a connection with bytes
 // left over after an answer is closed, not pooled.
 func TestForwardDropsConnectionWithLeftovers(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "s.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
+	sock := serveRawUnix(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		for i := 0; ; i++ {
+			req, err := http.ReadRequest(br)
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for i := 0; ; i++ {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					io.Copy(io.Discard, req.Body)
-					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n%cHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nX", 'A'+i)
-				}
-			}()
+			io.Copy(io.Discard, req.Body)
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n%cHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nX", 'A'+i)
 		}
-	}()
-	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 5 * time.Second}
-	srv := serveRouter(t, New(oneSpec{spec}, activator.New(&upstreamBackend{addr: sock}, activator.Config{}), Config{}))
+	})
+	srv := routerTo(t, sock, time.Millisecond)
 	for i := 0; i < 3; i++ {
 		res, err := http.Get(srv.URL + "/fn/alice/fn/")
 		if err != nil {
@@ -660,5 +676,31 @@ func TestForwardDropsConnectionWithLeftovers(t *testing.T) {
 		if string(b) != "A" {
 			t.Fatalf("request %d got %q, an answer meant for another request", i, b)
 		}
+	}
+}
+
+// A chunked body cut off before its last chunk never reaches the function
+// as a whole body: the client gets 400 and its connection closes.
+func TestForwardTruncatedChunkedBody(t *testing.T) {
+	srv := newTestRouter(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := io.ReadAll(r.Body); err == nil {
+			t.Error("the function read a cut-off body as whole")
+		}
+	}))
+	c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "POST /fn/alice/fn/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+	_ = c.(*net.TCPConn).CloseWrite()
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 400 || !res.Close {
+		t.Fatalf("status %d, close %v; want 400 and close", res.StatusCode, res.Close)
 	}
 }

@@ -7,16 +7,12 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/spry-run/spry/internal/activator"
-	"github.com/spry-run/spry/internal/backend"
 )
 
 // FuzzInstanceResponse: a function is untrusted, so whatever bytes its
@@ -48,38 +44,21 @@ func FuzzInstanceResponse(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	var answer atomic.Pointer[[]byte]
-	sock := filepath.Join(f.TempDir(), "s.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		f.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
+	sock := serveRawUnix(f, func(c net.Conn) {
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		br := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
+			line, err := br.ReadString('\n')
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-				br := bufio.NewReader(c)
-				for {
-					line, err := br.ReadString('\n')
-					if err != nil {
-						return
-					}
-					if line == "\r\n" {
-						break
-					}
-				}
-				_, _ = c.Write(*answer.Load())
-			}()
+			if line == "\r\n" {
+				break
+			}
 		}
-	}()
-	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 5 * time.Second}
-	act := activator.New(&upstreamBackend{addr: sock}, activator.Config{})
-	srv := serveRouter(f, New(oneSpec{spec}, act, Config{}))
+		_, _ = c.Write(*answer.Load())
+	})
+	srv := routerTo(f, sock, time.Millisecond)
 	addr := srv.URL[len("http://"):]
 
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -159,52 +138,36 @@ func FuzzClientRequest(f *testing.F) {
 		next   int
 		run    int
 	)
-	sock := filepath.Join(f.TempDir(), "s.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		f.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
+	sock := serveRawUnix(f, func(c net.Conn) {
+		br := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
+			req, err := http.ReadRequest(br)
 			if err != nil {
+				if err != io.EOF && !errors.Is(err, net.ErrClosed) && !isReset(err) {
+					mu.Lock()
+					bad = append(bad, err.Error())
+					mu.Unlock()
+				}
 				return
 			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						if err != io.EOF && !errors.Is(err, net.ErrClosed) && !isReset(err) {
-							mu.Lock()
-							bad = append(bad, err.Error())
-							mu.Unlock()
-						}
-						return
-					}
-					if _, err := io.Copy(io.Discard, req.Body); err != nil {
-						return // the router gave up on the body (the client's was short)
-					}
-					mu.Lock()
-					next++
-					id := next
-					from := req.Header.Get("X-Forwarded-For")
-					issued[from] = append(issued[from], id)
-					mu.Unlock()
-					body := strconv.Itoa(id)
-					if _, err := fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body); err != nil {
-						return
-					}
-				}
-			}()
+			if _, err := io.Copy(io.Discard, req.Body); err != nil {
+				return // the router gave up on the body (the client's was short)
+			}
+			mu.Lock()
+			next++
+			id := next
+			from := req.Header.Get("X-Forwarded-For")
+			issued[from] = append(issued[from], id)
+			mu.Unlock()
+			body := strconv.Itoa(id)
+			if _, err := fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body); err != nil {
+				return
+			}
 		}
-	}()
-	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 5 * time.Second}
+	})
 	// The client half-closes once it has sent its bytes, which the client
 	// watch would rightly take for a hang-up; this is not about the watch.
-	srv := serveRouterWatching(f, New(oneSpec{spec}, activator.New(&upstreamBackend{addr: sock}, activator.Config{}), Config{}), time.Minute)
+	srv := routerTo(f, sock, time.Minute)
 	addr := srv.URL[len("http://"):]
 
 	f.Fuzz(func(t *testing.T, in []byte) {

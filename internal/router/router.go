@@ -17,7 +17,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -308,18 +307,17 @@ func (rt *Router) fail(ctx *fasthttp.RequestCtx, inv *invocation, err error) {
 		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrTooLarge, "request body is over the %d byte limit", rt.cfg.MaxBodyBytes))
 		return
 	}
-	if !time.Now().Before(inv.deadline) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, fasthttp.ErrTimeout) {
+	if !time.Now().Before(inv.deadline) || isTimeout(err) {
 		timeout := inst.Spec.Timeout
 		rt.log.Warn("invocation timed out; killing the instance", "instance", inst.ID, "request_id", inv.reqID, "timeout", timeout)
 		inv.lease.Kill(backend.ExitTimeout)
 		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrTimeout, "the function did not respond within its %s timeout", timeout))
 		return
 	}
-	if ce := (*clientBodyError)(nil); errors.As(err, &ce) && errors.Is(err, io.ErrUnexpectedEOF) {
+	if clientSide(err) && errors.Is(err, io.ErrUnexpectedEOF) {
 		// The client's side ended mid-body; the function saw its request
-		// aborted.
+		// aborted (and the connection closes: its body was not read).
 		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrInvalidArgument, "the request body ended before its end"))
-		ctx.SetConnectionClose()
 		return
 	}
 	if errors.Is(err, errBadAnswer) {
