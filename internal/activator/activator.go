@@ -267,6 +267,31 @@ func (a *Activator) Acquire(ctx context.Context, spec *backend.Spec) (*Lease, er
 	}
 }
 
+// TryAcquire returns a lease on an instance of spec's version with free
+// capacity now, or nil: when none has any, when requests already wait (a
+// caller that cannot wait must not pass them), or when the version is
+// retired. It never starts an instance; Acquire does what it does not.
+func (a *Activator) TryAcquire(spec *backend.Spec) *Lease {
+	rev := a.revision(spec)
+	if rev == nil {
+		return nil
+	}
+	rev.mu.Lock()
+	defer rev.mu.Unlock()
+	if rev.retired || rev.waiters.Len() > 0 {
+		return nil
+	}
+	in := rev.pick()
+	if in == nil {
+		return nil
+	}
+	now := a.cfg.Now()
+	in.inflight++
+	in.lastUsed = now
+	rev.lastActivity = now
+	return &Lease{rev: rev, in: in, a: a}
+}
+
 func ctxErr(ctx context.Context) error {
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		return errdefs.ErrTimeout

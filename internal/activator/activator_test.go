@@ -543,3 +543,48 @@ func TestOwnerInstanceQuota(t *testing.T) {
 	l.Release()
 	a.settle()
 }
+
+func TestTryAcquire(t *testing.T) {
+	one := *spec
+	one.Concurrency = 1
+	tests := []struct {
+		name  string
+		setup func(a *Activator) (cleanup func())
+		want  bool
+	}{
+		{"no instance yet: it never starts one", func(a *Activator) func() { return func() {} }, false},
+		{"an idle instance", func(a *Activator) func() {
+			l, _ := a.Acquire(context.Background(), &one)
+			l.Release()
+			return func() {}
+		}, true},
+		{"the only instance is full", func(a *Activator) func() {
+			l, _ := a.Acquire(context.Background(), &one)
+			return l.Release
+		}, false},
+		{"retired", func(a *Activator) func() {
+			l, _ := a.Acquire(context.Background(), &one)
+			l.Release()
+			a.RetireExcept(one.FunctionID, "another-version")
+			return func() {}
+		}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fb := &fakeBackend{}
+			a := New(fb, Config{ScaleToZeroAfter: time.Minute})
+			defer tt.setup(a)()
+			starts := fb.starts.Load()
+			l := a.TryAcquire(&one)
+			if (l != nil) != tt.want {
+				t.Fatalf("TryAcquire gave %v, want a lease: %v", l, tt.want)
+			}
+			if l != nil {
+				l.Release()
+			}
+			if fb.starts.Load() != starts {
+				t.Fatal("TryAcquire started an instance")
+			}
+		})
+	}
+}

@@ -507,47 +507,11 @@ func skipRequestHeader(k, connection []byte) bool {
 // headers.
 func (rt *Router) writeRequest(bw *bufio.Writer, ctx *fasthttp.RequestCtx, inv *invocation, upgrade bool) error {
 	rh := &ctx.Request.Header
-	bw.Write(rh.Method())
-	bw.WriteByte(' ')
-	bw.WriteString(inv.rest)
-	if inv.query != "" {
-		bw.WriteByte('?')
-		bw.WriteString(inv.query)
-	}
-	bw.WriteString(" HTTP/1.1\r\n")
-	connection := rh.Peek("Connection")
-	var xff []byte
-	for k, v := range rh.All() {
-		if string(k) == "X-Forwarded-For" {
-			if len(xff) > 0 {
-				xff = append(xff, ", "...)
-			}
-			xff = append(xff, v...)
-		}
-		if skipRequestHeader(k, connection) {
-			continue
-		}
-		bw.Write(k)
-		bw.WriteString(": ")
-		bw.Write(v)
-		bw.WriteString("\r\n")
-	}
-	bw.WriteString("X-Forwarded-For: ")
-	if len(xff) > 0 {
-		bw.Write(xff)
-		bw.WriteString(", ")
-	}
-	bw.WriteString(ctx.RemoteIP().String())
-	bw.WriteString("\r\nX-Forwarded-Host: ")
-	bw.Write(rh.Host())
-	if ctx.IsTLS() {
-		bw.WriteString("\r\nX-Forwarded-Proto: https")
-	} else {
-		bw.WriteString("\r\nX-Forwarded-Proto: http")
-	}
-	bw.WriteString("\r\nSpry-Request-Id: ")
-	bw.WriteString(inv.reqID)
-	bw.WriteString("\r\n")
+	bufp := headPool.Get().(*[]byte)
+	head := appendRequestHead((*bufp)[:0], rh, inv, ctx.RemoteIP().String(), ctx.IsTLS())
+	bw.Write(head)
+	*bufp = head
+	headPool.Put(bufp)
 	if upgrade {
 		bw.WriteString("Connection: Upgrade\r\nUpgrade: ")
 		bw.Write(rh.Peek("Upgrade"))
@@ -568,8 +532,7 @@ func (rt *Router) writeRequest(bw *bufio.Writer, ctx *fasthttp.RequestCtx, inv *
 			return err
 		}
 	default:
-		switch string(rh.Method()) {
-		case fasthttp.MethodPost, fasthttp.MethodPut, fasthttp.MethodPatch:
+		if zeroLength(rh) {
 			bw.WriteString("Content-Length: 0\r\n")
 		}
 		_, err := bw.WriteString("\r\n")
@@ -577,6 +540,70 @@ func (rt *Router) writeRequest(bw *bufio.Writer, ctx *fasthttp.RequestCtx, inv *
 	}
 	inv.bodyPending = false
 	return nil
+}
+
+// zeroLength says whether a request without a body says so with
+// "Content-Length: 0" (methods that usually carry one).
+func zeroLength(rh *fasthttp.RequestHeader) bool {
+	switch string(rh.Method()) {
+	case fasthttp.MethodPost, fasthttp.MethodPut, fasthttp.MethodPatch:
+		return true
+	}
+	return false
+}
+
+var headPool = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
+
+// appendRequestHead appends the head of the request the instance gets,
+// all but its framing (Content-Length or Transfer-Encoding) and the blank
+// line: the function's own path and query, the client's method and
+// headers, and forwarding headers.
+func appendRequestHead(dst []byte, rh *fasthttp.RequestHeader, inv *invocation, remoteIP string, tls bool) []byte {
+	dst = append(dst, rh.Method()...)
+	dst = append(dst, ' ')
+	dst = append(dst, inv.rest...)
+	if inv.query != "" {
+		dst = append(dst, '?')
+		dst = append(dst, inv.query...)
+	}
+	dst = append(dst, " HTTP/1.1\r\n"...)
+	connection := rh.Peek("Connection")
+	xff := false
+	for k, v := range rh.All() {
+		xff = xff || string(k) == "X-Forwarded-For"
+		if skipRequestHeader(k, connection) {
+			continue
+		}
+		dst = append(dst, k...)
+		dst = append(dst, ": "...)
+		dst = append(dst, v...)
+		dst = append(dst, "\r\n"...)
+	}
+	dst = append(dst, "X-Forwarded-For: "...)
+	if xff {
+		first := true
+		for k, v := range rh.All() {
+			if string(k) == "X-Forwarded-For" {
+				if !first {
+					dst = append(dst, ", "...)
+				}
+				dst = append(dst, v...)
+				first = false
+			}
+		}
+		dst = append(dst, ", "...)
+	}
+	dst = append(dst, remoteIP...)
+	dst = append(dst, "\r\nX-Forwarded-Host: "...)
+	dst = append(dst, rh.Host()...)
+	if tls {
+		dst = append(dst, "\r\nX-Forwarded-Proto: https"...)
+	} else {
+		dst = append(dst, "\r\nX-Forwarded-Proto: http"...)
+	}
+	dst = append(dst, "\r\nSpry-Request-Id: "...)
+	dst = append(dst, inv.reqID...)
+	return append(dst, "\r\n"...)
 }
 
 // copyBody copies the client's body: n bytes, or (n < 0) until it ends,
