@@ -14,7 +14,8 @@ FUZZ := ./internal/names:FuzzValidate:300000x ./internal/auth:FuzzParse:200000x 
 	./internal/build:FuzzBundle:8000x ./internal/router:FuzzSplitPath:200000x \
 	./internal/functions:FuzzParseLimits:100000x ./internal/archive:FuzzExtractTar:40000x \
 	./internal/archive:FuzzExtractZip:20000x ./internal/api:FuzzDecodeCursor:50000x \
-	./internal/router:FuzzInstanceResponse:300x ./internal/router:FuzzClientRequest:20000x
+	./internal/router:FuzzInstanceResponse:300x ./internal/router:FuzzClientRequest:20000x \
+	./internal/router:FuzzChunkRelay:100000x
 
 .PHONY: all build run test lint unit fuzz deps clean test-cgroupv2
 
@@ -64,6 +65,9 @@ lint:
 
 unit:
 	SPRY_BIN=$(CURDIR)/bin/spry $(GO) test -race -count=1 -timeout 40m ./...
+	# The router's suite once more without its event loops (the path of
+	# connections they hand over, and of spry serve --router-loops 0).
+	$(GO) test -race -count=1 ./internal/router -lane=false
 
 fuzz:
 	@for t in $(FUZZ); do \

@@ -91,6 +91,7 @@ func newServeCmd(env Env) *cobra.Command {
 	f.StringSliceVar(&egressAllow, "egress-allow", nil, "private CIDR ranges egress functions may reach anyway (e.g. 10.1.2.0/24)")
 	f.Int64Var(&cfg.MaxCodeBytes, "max-code-size", 5<<20, "largest function source accepted, in bytes")
 	f.Int64Var(&cfg.MaxBodyBytes, "max-body-size", 100<<20, "largest request body a function may be sent, in bytes")
+	f.IntVar(&cfg.RouterLoops, "router-loops", max(1, runtime.NumCPU()/2), "event loops serving the router's fast path (0: none, every request takes the goroutine-per-connection path)")
 	f.Float64Var(&cfg.CPU, "cpu", 1, "CPUs one instance may use (a cgroup quota; 0 for none)")
 	f.IntVar(&cfg.QueueSize, "queue-size", 1000, "requests that may wait for a busy function's capacity before new ones get 503")
 	f.IntVar(&cfg.MaxInstancesPerUser, "max-instances-per-user", 1000, "instances one user's functions may run together (0: no limit); past it a function with no instance gets 429")
@@ -128,6 +129,8 @@ func validate(cfg server.Config) error {
 		return errdefs.Invalid("--queue-size must be at least 1")
 	case cfg.MaxInstancesPerUser < 0:
 		return errdefs.Invalid("--max-instances-per-user must be 0 (no limit) or more")
+	case cfg.RouterLoops < 0:
+		return errdefs.Invalid("--router-loops must be 0 (none) or more")
 	case cfg.MaxFunctionsPerUser < 0:
 		return errdefs.Invalid("--max-functions-per-user must be 0 (no limit) or more")
 	case cfg.PoolSize < 0 || cfg.NodePoolSize < 0:

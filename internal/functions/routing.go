@@ -226,6 +226,24 @@ func (s *Service) Resolve(ctx context.Context, owner, name, tag string) (*backen
 	return sp, nil
 }
 
+// Cached is Resolve from memory alone, for callers that must not wait
+// (the router's event loop): nil when the function, or the tag asked for,
+// is not in memory, or when the tag is a version number (Resolve loads
+// those, and says when something does not exist).
+func (s *Service) Cached(owner, name, tag string) *backend.Spec {
+	key := store.FunctionKey{Owner: owner, Name: name}
+	s.mu.RLock()
+	r := s.routes[key]
+	s.mu.RUnlock()
+	switch {
+	case r == nil:
+		return nil
+	case tag == "":
+		return r.pick()
+	}
+	return r.tags[tag]
+}
+
 // missTTL is how long a name found missing is answered from memory: a
 // flood of requests for unknown functions must not queue database reads
 // (and deploys) behind each other.

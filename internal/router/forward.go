@@ -732,12 +732,14 @@ func (s *bodySender) stop() (sent bool) {
 		_ = s.ctx.Conn().SetReadDeadline(now)
 		<-s.done
 	}
-	if s.err != nil || s.stopped.Load() {
-		// Even a body sent whole as it was stopped leaves a deadline
-		// in the past on the client's connection.
+	if s.err != nil {
 		s.inv.bodyPending = true
 		return false
 	}
+	// Sent whole, perhaps just as it was stopped: the deadlines left in
+	// the past are replaced before the next use of either connection (the
+	// server sets its own before it reads the next request), so a request
+	// pipelined behind this one is still served.
 	return true
 }
 

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -42,6 +43,9 @@ func (o oneSpec) Resolve(ctx context.Context, owner, name, tag string) (*backend
 	return o.spec, nil
 }
 func (o oneSpec) Invoked(*backend.Spec) {}
+func (o oneSpec) Cached(owner, name, tag string) *backend.Spec {
+	return o.spec
+}
 
 // serveUnix serves h on a Unix socket and returns its path.
 func serveUnix(t *testing.T, h http.Handler) string {
@@ -57,13 +61,28 @@ func serveUnix(t *testing.T, h http.Handler) string {
 	return path
 }
 
+// viaLane serves the tests' routers as spry serve does, through the
+// event loops (Lane) with the fasthttp server behind them; -lane=false
+// tests the fasthttp path alone (spry serve --router-loops 0).
+var viaLane = flag.Bool("lane", true, "serve test routers through the event loops")
+
 // testServer serves a router on loopback, as the public listener does.
 type testServer struct {
-	URL string
-	srv *fasthttp.Server
+	URL  string
+	srv  *fasthttp.Server
+	lane *Lane
+	ln   net.Listener
 }
 
-func (s *testServer) Close() { _ = s.srv.Shutdown() }
+func (s *testServer) Close() {
+	_ = s.srv.Shutdown()
+	if s.lane != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = s.lane.Shutdown(ctx)
+		s.ln.Close()
+	}
+}
 
 func serveRouter(t testing.TB, rt *Router) *testServer {
 	t.Helper()
@@ -79,8 +98,15 @@ func serveRouterWatching(t testing.TB, rt *Router, watchAfter time.Duration) *te
 		t.Fatal(err)
 	}
 	srv := httpserve.New(rt.Handle, nil)
-	go srv.Serve(httpserve.Listener(ln, watchAfter))
-	s := &testServer{URL: "http://" + ln.Addr().String(), srv: srv}
+	s := &testServer{URL: "http://" + ln.Addr().String(), srv: srv, ln: ln}
+	if *viaLane {
+		if s.lane, err = rt.NewLane(ln, 1); err != nil {
+			t.Fatal(err)
+		}
+		go srv.Serve(httpserve.Listener(s.lane.Handoff(), watchAfter))
+	} else {
+		go srv.Serve(httpserve.Listener(ln, watchAfter))
+	}
 	t.Cleanup(s.Close)
 	return s
 }

@@ -391,12 +391,18 @@ func (rt *Router) resolve(ctx context.Context, owner, name string) (*backend.Spe
 }
 
 // validTarget says whether a request target is fit to pass on: fasthttp
-// accepts control characters and spaces in it, which the instance's
-// parser would refuse on a connection other requests share.
+// accepts control characters, spaces and broken percent-escapes in it,
+// which the instance's parser would refuse on a connection other
+// requests share.
 func validTarget(uri string) bool {
 	for i := 0; i < len(uri); i++ {
-		if c := uri[i]; c <= ' ' || c == 0x7f {
+		switch c := uri[i]; {
+		case c <= ' ' || c == 0x7f:
 			return false
+		case c == '%':
+			if i+2 >= len(uri) || unhex(uri[i+1]) < 0 || unhex(uri[i+2]) < 0 {
+				return false
+			}
 		}
 	}
 	return true

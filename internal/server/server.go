@@ -66,18 +66,21 @@ type Config struct {
 	// MaxFunctionsPerUser bounds how many functions one user may have;
 	// 0 means no bound.
 	MaxFunctionsPerUser int
-	MaxBodyBytes        int64   // largest invocation request body
-	CPU                 float64 // CPUs one instance may use
-	PoolSize            int
-	NodePoolSize        int
-	DefaultMemoryMiB    int
-	DenoBinary          string
-	NodeBinary          string
-	UIDBase             int
-	ShutdownTimeout     time.Duration
-	DebugListen         string // pprof, on its own listener
-	NPMRegistry         string // for dependencies at deploy time; "" is npm's public registry
-	JSRRegistry         string // for jsr: imports at deploy time; "" is JSR's npm registry
+	MaxBodyBytes        int64 // largest invocation request body
+	// RouterLoops is how many event loops serve the public listener's
+	// fast path (router.Lane); 0 serves every connection with fasthttp.
+	RouterLoops      int
+	CPU              float64 // CPUs one instance may use
+	PoolSize         int
+	NodePoolSize     int
+	DefaultMemoryMiB int
+	DenoBinary       string
+	NodeBinary       string
+	UIDBase          int
+	ShutdownTimeout  time.Duration
+	DebugListen      string // pprof, on its own listener
+	NPMRegistry      string // for dependencies at deploy time; "" is npm's public registry
+	JSRRegistry      string // for jsr: imports at deploy time; "" is JSR's npm registry
 }
 
 // Server is a running Spry.
@@ -93,6 +96,8 @@ type Server struct {
 	act     *activator.Activator
 	fns     *functions.Service
 	http    *fasthttp.Server
+	router  *router.Router
+	lane    *router.Lane
 	ln      net.Listener
 	ready   atomic.Bool
 	stop    context.CancelFunc
@@ -285,6 +290,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		errdefs.WriteHTTP(w, errdefs.New(errdefs.ErrNotFound, "nothing at %s: functions are under /fn/<owner>/<name>/, the API under /api/v1/", r.URL.Path))
 	})
+	s.router = rt
 	rest := httpserve.Adapt(mux, log)
 	s.http = httpserve.New(func(ctx *fasthttp.RequestCtx) {
 		if router.Routes(ctx.Request.Header.RequestURI()) {
@@ -382,14 +388,23 @@ func (s *Server) Run(ctx context.Context) error {
 		defer dbg.Close()
 	}
 	errc := make(chan error, 1)
+	ln := s.ln
+	if s.cfg.RouterLoops > 0 {
+		lane, err := s.router.NewLane(s.ln, s.cfg.RouterLoops)
+		if err != nil {
+			return err
+		}
+		s.lane, ln = lane, lane.Handoff()
+	}
 	// Its connections can be watched for a client's hang-up while a
 	// function computes (see the router).
-	go func() { errc <- s.http.Serve(httpserve.Listener(s.ln, httpserve.WatchAfter)) }()
+	go func() { errc <- s.http.Serve(httpserve.Listener(ln, httpserve.WatchAfter)) }()
 	s.ready.Store(true)
 	s.log.Info("spry is serving", "addr", s.Addr(), "data", s.cfg.DataDir)
 
 	select {
 	case err := <-errc:
+		s.stopLane(context.Background())
 		s.closeAll()
 		return err
 	case <-ctx.Done():
@@ -398,7 +413,10 @@ func (s *Server) Run(ctx context.Context) error {
 	s.ready.Store(false)
 	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 	defer cancel()
+	laneDone := make(chan struct{})
+	go func() { s.stopLane(sctx); close(laneDone) }()
 	err := s.http.ShutdownWithContext(sctx)
+	<-laneDone
 	if errors.Is(err, context.DeadlineExceeded) {
 		// What is still in flight ends with the instances, below.
 		s.log.Warn("in-flight requests did not finish in time", "timeout", s.cfg.ShutdownTimeout)
@@ -406,6 +424,16 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.closeAll()
 	return err
+}
+
+// stopLane stops the event loops (letting their requests finish while
+// ctx lasts) and closes the listener they served.
+func (s *Server) stopLane(ctx context.Context) {
+	if s.lane == nil {
+		return
+	}
+	_ = s.lane.Shutdown(ctx)
+	s.ln.Close()
 }
 
 // closeAll stops what New started, in dependency order.

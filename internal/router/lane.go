@@ -1,0 +1,1198 @@
+package router
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/spry-run/spry/internal/activator"
+	"github.com/spry-run/spry/internal/backend"
+	"github.com/spry-run/spry/internal/httpserve"
+)
+
+// The lane is the router's event-loop fast path. A goroutine per
+// connection costs a scheduler wake-up and a read that finds nothing at
+// each step of each request, which is most of what kept the fasthttp
+// router behind nginx (docs/performance.md, item 16). So the public
+// listener is served by a few loops, each on one locked thread with its
+// own epoll set, in nginx's manner: non-blocking sockets, level-triggered,
+// one epoll_wait per batch of events.
+//
+// A loop serves the common case in place: a whole request head (and a
+// small body, if any) in one read, for a function with an instance free
+// now, answered with a Content-Length, chunked or close-delimited body,
+// relayed as it comes. Every other connection (the API, a cold start or a
+// queue, an upgrade, a large or streamed body, a head split across reads,
+// HTTP/1.0, "Connection: close") is handed to the fasthttp server with the
+// bytes read so far and stays there, so the slow paths keep their one
+// implementation. Failures after a request was sent (a crash, a timeout, a
+// malformed answer) are answered by the same code as on the slow path, on
+// a goroutine, which then hands the connection over too.
+
+// Lane serves a listener's connections through event loops, handing what
+// it does not serve to Handoff.
+type Lane struct {
+	rt      *Router
+	cache   CachedResolver
+	try     TryLeaser
+	ln      net.Listener
+	lnFD    int
+	loops   []*loop
+	handoff *handoffListener
+	closing atomic.Bool
+	conns   atomic.Int64 // client connections the loops hold
+	wg      sync.WaitGroup
+	// Served counts requests answered in the loops, for tests.
+	served atomic.Int64
+}
+
+// Limits of the lane; anything past them takes the slow path.
+const (
+	laneReadBuf   = 8 << 10  // a client's read buffer: a request must fit in it
+	laneMaxBody   = 4 << 10  // the largest request body served in place
+	laneUpBuf     = 32 << 10 // an instance connection's read buffer
+	laneMaxUpHead = 64 << 10 // the largest answer head (as on the slow path)
+	laneSweep     = 100 * time.Millisecond
+)
+
+// CachedResolver resolves from memory alone: a loop must not wait on the
+// store. A miss takes the slow path, which loads.
+type CachedResolver interface {
+	Cached(owner, name, tag string) *backend.Spec
+}
+
+// TryLeaser leases an instance only if one is free now: a loop must not
+// wait for a cold start or a queue.
+type TryLeaser interface {
+	TryAcquire(spec *backend.Spec) *activator.Lease
+}
+
+// NewLane serves ln's connections with n event loops. ln must be a TCP
+// listener; the lane never closes it (its owner does, after Shutdown).
+func (rt *Router) NewLane(ln net.Listener, n int) (*Lane, error) {
+	sc, ok := ln.(syscall.Conn)
+	if !ok {
+		return nil, errors.New("lane: the listener has no file descriptor")
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	cache, ok1 := rt.resolver.(CachedResolver)
+	try, ok2 := rt.leaser.(TryLeaser)
+	if !ok1 || !ok2 {
+		return nil, errors.New("lane: the resolver or the leaser cannot answer without waiting")
+	}
+	l := &Lane{rt: rt, ln: ln, cache: cache, try: try, handoff: &handoffListener{ch: make(chan net.Conn, 1024), done: make(chan struct{}), addr: ln.Addr()}}
+	if err := rc.Control(func(fd uintptr) { l.lnFD = int(fd) }); err != nil {
+		return nil, err
+	}
+	// A loop blocked in a raw epoll_wait keeps its P; do that only when
+	// Ps are to spare.
+	raw := runtime.GOMAXPROCS(0) > 2*n
+	for i := 0; i < max(n, 1); i++ {
+		lp, err := newLoop(l, raw)
+		if err != nil {
+			for _, lp := range l.loops {
+				lp.closeFDs()
+			}
+			return nil, err
+		}
+		l.loops = append(l.loops, lp)
+	}
+	for _, lp := range l.loops {
+		l.wg.Add(1)
+		go lp.run()
+	}
+	return l, nil
+}
+
+// Handoff is the listener on which the connections the lane does not
+// serve arrive, for the fasthttp server.
+func (l *Lane) Handoff() net.Listener { return l.handoff }
+
+// Shutdown stops taking connections, closes idle ones, lets requests in
+// flight finish (closing their connections after), and stops the loops;
+// when ctx ends first, what is left is closed.
+func (l *Lane) Shutdown(ctx context.Context) error {
+	l.closing.Store(true)
+	for _, lp := range l.loops {
+		lp.do(func() { lp.stopAccepting(); lp.closeIdle() })
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	var err error
+	for l.conns.Load() > 0 && err == nil {
+		select {
+		case <-ctx.Done():
+			err = ctx.Err()
+		case <-tick.C:
+		}
+	}
+	l.closeLoops()
+	return err
+}
+
+func (l *Lane) closeLoops() {
+	for _, lp := range l.loops {
+		lp.do(func() { lp.stopAccepting(); lp.quit = true })
+	}
+	l.wg.Wait()
+}
+
+// handoffListener yields the connections the loops hand over.
+type handoffListener struct {
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+	addr net.Addr
+}
+
+func (h *handoffListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-h.ch:
+		return c, nil
+	case <-h.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (h *handoffListener) Close() error {
+	h.once.Do(func() {
+		close(h.done)
+		// Connections handed over as it closed are closed, not lost.
+		for {
+			select {
+			case c := <-h.ch:
+				c.Close()
+			default:
+				return
+			}
+		}
+	})
+	return nil
+}
+
+func (h *handoffListener) Addr() net.Addr { return h.addr }
+
+// give passes c to the fasthttp server without ever blocking a loop.
+func (h *handoffListener) give(c net.Conn) {
+	select {
+	case <-h.done:
+		c.Close()
+		return
+	default:
+	}
+	select {
+	case h.ch <- c:
+	default:
+		go func() {
+			select {
+			case h.ch <- c:
+			case <-h.done:
+				c.Close()
+			}
+		}()
+	}
+}
+
+// prefixConn is a handed-over connection with the bytes the loop had
+// read from it first.
+type prefixConn struct {
+	net.Conn
+	pre []byte
+}
+
+// CloseWrite lets the server close lingering (see httpserve).
+func (c *prefixConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if len(c.pre) > 0 {
+		n := copy(p, c.pre)
+		c.pre = c.pre[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// loop is one event loop. Everything in it is touched only by its own
+// goroutine, but for the command queue.
+type loop struct {
+	lane   *Lane
+	ep     int
+	wakeR  int
+	wakeW  int
+	raw    bool
+	quit   bool
+	listen bool
+	ents   []ent // by file descriptor
+	events []syscall.EpollEvent
+	idle   map[*backend.Instance][]*laneUp
+	// For parsing heads with fasthttp's readers.
+	rd *bytes.Reader
+	br *bufio.Reader
+	// out collects what goes to a client in one write.
+	out       []byte
+	lastSweep time.Time
+	mu        sync.Mutex
+	cmds      []func()
+	dead      chan struct{} // closed when run returns
+}
+
+type ent struct {
+	c *laneClient
+	u *laneUp
+}
+
+// laneClient is a client connection the loop serves.
+type laneClient struct {
+	fd     int
+	ip     string
+	in     []byte // read, not yet answered
+	reqLen int    // bytes of in that the request in flight took
+	out    []byte // written to the client's socket buffer later
+	inv    *invocation
+	up     *laneUp
+	h      fasthttp.RequestHeader
+	events uint32
+	// headSent: the answer's head went to the client (a failure can no
+	// longer be answered with an error).
+	headSent bool
+	// hup: the client sent its last byte (or is gone); full: its buffer
+	// is, while a request is in flight.
+	hup, full  bool
+	closeAfter bool
+	lastActive time.Time
+}
+
+// laneUp is a connection to an instance.
+type laneUp struct {
+	fd     int
+	inst   *backend.Instance
+	c      *laneClient // the client it serves, nil when idle
+	buf    []byte
+	n      int
+	out    []byte // the request, still to write
+	wrote  int
+	reused bool
+	paused bool // not read while the client's socket is full
+	events uint32
+	h      fasthttp.ResponseHeader
+	mode   int
+	left   int64
+	chunks chunkRelay
+	status int
+	keep   bool // may carry another request after this answer
+	since  time.Time
+}
+
+// Answer body framings.
+const (
+	bodyNone = iota
+	bodyFixed
+	bodyChunked
+	bodyToClose
+)
+
+func newLoop(l *Lane, raw bool) (*loop, error) {
+	ep, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	var p [2]int
+	if err := syscall.Pipe2(p[:], syscall.O_NONBLOCK|syscall.O_CLOEXEC); err != nil {
+		syscall.Close(ep)
+		return nil, err
+	}
+	lp := &loop{lane: l, ep: ep, wakeR: p[0], wakeW: p[1], raw: raw, events: make([]syscall.EpollEvent, 256),
+		idle: map[*backend.Instance][]*laneUp{}, rd: bytes.NewReader(nil), lastSweep: time.Now(), dead: make(chan struct{})}
+	lp.br = bufio.NewReaderSize(lp.rd, laneMaxUpHead+1)
+	if err := syscall.EpollCtl(ep, syscall.EPOLL_CTL_ADD, lp.wakeR, &syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: int32(lp.wakeR)}); err != nil {
+		lp.closeFDs()
+		return nil, err
+	}
+	// Every loop waits on the listener; EPOLLEXCLUSIVE wakes one.
+	if err := syscall.EpollCtl(ep, syscall.EPOLL_CTL_ADD, l.lnFD, &syscall.EpollEvent{Events: syscall.EPOLLIN | epollExclusive, Fd: int32(l.lnFD)}); err != nil {
+		lp.closeFDs()
+		return nil, err
+	}
+	lp.listen = true
+	return lp, nil
+}
+
+const epollExclusive = 1 << 28
+
+func (lp *loop) closeFDs() {
+	syscall.Close(lp.ep)
+	syscall.Close(lp.wakeR)
+	syscall.Close(lp.wakeW)
+}
+
+// do runs f on the loop and waits for it.
+func (lp *loop) do(f func()) {
+	done := make(chan struct{})
+	lp.mu.Lock()
+	lp.cmds = append(lp.cmds, func() { f(); close(done) })
+	lp.mu.Unlock()
+	_, _ = syscall.Write(lp.wakeW, []byte{1})
+	select {
+	case <-done:
+	case <-lp.dead:
+	}
+}
+
+func (lp *loop) run() {
+	defer lp.lane.wg.Done()
+	defer close(lp.dead)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	for !lp.quit {
+		n, err := lp.wait(int(laneSweep / time.Millisecond))
+		if err != nil && err != syscall.EINTR {
+			lp.lane.rt.log.Error("event loop", "err", err)
+			break
+		}
+		for i := 0; i < n; i++ {
+			ev := lp.events[i]
+			fd := int(ev.Fd)
+			switch {
+			case fd == lp.lane.lnFD:
+				lp.accept()
+			case fd == lp.wakeR:
+				lp.runCommands()
+			case fd < len(lp.ents):
+				e := lp.ents[fd]
+				if e.c != nil {
+					lp.clientEvent(e.c, ev.Events)
+				} else if e.u != nil {
+					lp.upEvent(e.u, ev.Events)
+				}
+			}
+		}
+		if now := time.Now(); now.Sub(lp.lastSweep) >= laneSweep {
+			lp.lastSweep = now
+			lp.sweep(now)
+		}
+	}
+	lp.runCommands()
+	lp.closeAll()
+	lp.closeFDs()
+}
+
+// wait is epoll_wait. In raw mode it is made without telling the
+// scheduler, so the thread keeps its P and wakes straight into the loop
+// (the latency of one request is then nginx's); a preemption signal
+// interrupts it, so the loop still stops for the garbage collector.
+func (lp *loop) wait(msec int) (int, error) {
+	if !lp.raw {
+		return syscall.EpollWait(lp.ep, lp.events, msec)
+	}
+	r, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(lp.ep), uintptr(unsafe.Pointer(&lp.events[0])),
+		uintptr(len(lp.events)), uintptr(msec), 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
+}
+
+func (lp *loop) runCommands() {
+	var b [64]byte
+	for {
+		if n, _ := syscall.Read(lp.wakeR, b[:]); n <= 0 {
+			break
+		}
+	}
+	lp.mu.Lock()
+	cmds := lp.cmds
+	lp.cmds = nil
+	lp.mu.Unlock()
+	for _, f := range cmds {
+		f()
+	}
+}
+
+func (lp *loop) stopAccepting() {
+	if lp.listen {
+		lp.listen = false
+		_ = syscall.EpollCtl(lp.ep, syscall.EPOLL_CTL_DEL, lp.lane.lnFD, nil)
+	}
+}
+
+func (lp *loop) set(fd int, e ent) {
+	for fd >= len(lp.ents) {
+		lp.ents = append(lp.ents, make([]ent, len(lp.ents)+64)...)
+	}
+	lp.ents[fd] = e
+}
+
+func (lp *loop) accept() {
+	for lp.listen && !lp.lane.closing.Load() {
+		fd, sa, err := syscall.Accept4(lp.lane.lnFD, syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
+		if err != nil {
+			// EAGAIN: another loop took it, or none is left. Others
+			// (out of descriptors) leave it to the next wake-up.
+			return
+		}
+		_ = syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1)
+		c := &laneClient{fd: fd, in: make([]byte, 0, laneReadBuf), lastActive: time.Now()}
+		switch a := sa.(type) {
+		case *syscall.SockaddrInet4:
+			c.ip = net.IP(a.Addr[:]).String()
+		case *syscall.SockaddrInet6:
+			c.ip = net.IP(a.Addr[:]).String()
+		}
+		c.events = syscall.EPOLLIN | syscall.EPOLLRDHUP
+		if err := syscall.EpollCtl(lp.ep, syscall.EPOLL_CTL_ADD, fd, &syscall.EpollEvent{Events: c.events, Fd: int32(fd)}); err != nil {
+			syscall.Close(fd)
+			continue
+		}
+		lp.set(fd, ent{c: c})
+		lp.lane.conns.Add(1)
+	}
+}
+
+// sync sets what the loop waits for on c from its state: input unless the
+// client said it is done or the buffer is full, and room to write while
+// output waits.
+func (lp *loop) sync(c *laneClient) {
+	ev := uint32(syscall.EPOLLIN | syscall.EPOLLRDHUP)
+	if c.hup || c.full {
+		ev = 0
+	}
+	if len(c.out) > 0 {
+		ev |= syscall.EPOLLOUT
+	}
+	if c.events != ev && c.fd >= 0 {
+		c.events = ev
+		_ = syscall.EpollCtl(lp.ep, syscall.EPOLL_CTL_MOD, c.fd, &syscall.EpollEvent{Events: ev, Fd: int32(c.fd)})
+	}
+}
+
+func (lp *loop) clientEvent(c *laneClient, ev uint32) {
+	if ev&(syscall.EPOLLERR|syscall.EPOLLHUP) != 0 {
+		lp.clientGone(c)
+		return
+	}
+	if ev&syscall.EPOLLOUT != 0 && len(c.out) > 0 && !lp.flush(c) {
+		return
+	}
+	if ev&(syscall.EPOLLIN|syscall.EPOLLRDHUP) != 0 {
+		lp.read(c)
+	}
+}
+
+// read reads what the client sent: the next request, or one pipelined
+// behind the request in flight.
+func (lp *loop) read(c *laneClient) {
+	if c.fd < 0 || c.hup {
+		return
+	}
+	busy := c.inv != nil || len(c.out) > 0
+	if len(c.in) == cap(c.in) {
+		if !busy {
+			// A head larger than the buffer: the slow path reads it.
+			lp.handOff(c)
+			return
+		}
+		c.full = true
+		lp.sync(c)
+		return
+	}
+	n, err := syscall.Read(c.fd, c.in[len(c.in):cap(c.in)])
+	if err == syscall.EAGAIN {
+		return
+	}
+	if n <= 0 {
+		if !busy {
+			lp.closeClient(c)
+			return
+		}
+		// The client is done sending, or gone. A request in flight is
+		// given up if the function has not answered within the watch's
+		// delay (the sweep sees to it), as on the slow path.
+		c.hup = true
+		lp.sync(c)
+		return
+	}
+	c.in = c.in[:len(c.in)+n]
+	c.lastActive = time.Now()
+	if !busy {
+		lp.next(c)
+	}
+}
+
+// next serves the request at the front of c.in, if any.
+func (lp *loop) next(c *laneClient) {
+	if c.closeAfter || lp.lane.closing.Load() {
+		lp.closeClient(c)
+		return
+	}
+	end := bytes.Index(c.in, []byte("\r\n\r\n"))
+	if end < 0 {
+		switch {
+		case c.hup:
+			lp.closeClient(c)
+		case len(c.in) > 0:
+			// The rest of the head is not here yet: most clients send a
+			// head in one write, and the slow path has the timeouts for
+			// those that do not.
+			lp.handOff(c)
+		}
+		return
+	}
+	end += 4
+	lp.rd.Reset(c.in[:end])
+	lp.br.Reset(lp.rd)
+	c.h.Reset()
+	if err := c.h.Read(lp.br); err != nil || !lp.start(c, end) {
+		lp.handOff(c)
+	}
+}
+
+// start sends the request whose head (end bytes of c.in) is parsed in
+// c.h to a free instance, if it is one the lane serves.
+func (lp *loop) start(c *laneClient, end int) bool {
+	rh := &c.h
+	uri := rh.RequestURI()
+	if !rh.IsHTTP11() || rh.ConnectionClose() || len(uri) == 0 || uri[0] != '/' || !Routes(uri) ||
+		len(rh.Peek("Transfer-Encoding")) > 0 || len(rh.Peek("Upgrade")) > 0 || len(rh.Peek("Expect")) > 0 {
+		return false
+	}
+	cl := bodyLength(rh)
+	if cl < 0 || cl > laneMaxBody || int64(cl) > lp.lane.rt.cfg.MaxBodyBytes || end+cl > len(c.in) {
+		return false
+	}
+	suri := string(uri)
+	if !validTarget(suri) {
+		return false
+	}
+	path, query, _ := bytes.Cut(uri, []byte{'?'})
+	owner, name, rest, err := SplitPath(string(path))
+	if err != nil {
+		return false
+	}
+	rt := lp.lane.rt
+	fn, tag, _ := strings.Cut(name, "@")
+	spec := lp.lane.cache.Cached(owner, fn, tag)
+	if spec == nil {
+		return false
+	}
+	lease := lp.lane.try.TryAcquire(spec)
+	if lease == nil {
+		return false
+	}
+	inst := lease.Instance()
+	if inst.Network != "unix" {
+		lease.Release()
+		return false
+	}
+	u := lp.getIdle(inst)
+	if u == nil {
+		var err error
+		if u, err = lp.dial(inst); err != nil {
+			// The slow path dials again, and knows what to do when that
+			// fails.
+			lease.Release()
+			return false
+		}
+	}
+	rt.resolver.Invoked(spec)
+	now := time.Now()
+	timeout := spec.Timeout
+	if timeout <= 0 {
+		timeout = rt.cfg.Timeout
+	}
+	inv := &invocation{rt: rt, spec: spec, lease: lease, start: now, deadline: now.Add(timeout), method: string(rh.Method()),
+		uri: suri, rest: rest, query: string(query), reqID: newRequestID()}
+	c.inv, c.up, c.reqLen, c.headSent = inv, u, end+cl, false
+	u.c = c
+	u.out = appendRequestHead(u.out[:0], rh, inv, c.ip, false)
+	if cl > 0 {
+		u.out = append(u.out, "Content-Length: "...)
+		u.out = fasthttp.AppendUint(u.out, cl)
+		u.out = append(u.out, "\r\n\r\n"...)
+		u.out = append(u.out, c.in[end:end+cl]...)
+	} else {
+		if zeroLength(rh) {
+			u.out = append(u.out, "Content-Length: 0\r\n"...)
+		}
+		u.out = append(u.out, "\r\n"...)
+	}
+	u.wrote, u.n, u.mode, u.status, u.keep = 0, 0, bodyNone, 0, true
+	u.chunks = chunkRelay{}
+	lp.send(u)
+	return true
+}
+
+func (lp *loop) getIdle(inst *backend.Instance) *laneUp {
+	us := lp.idle[inst]
+	if len(us) == 0 {
+		return nil
+	}
+	u := us[len(us)-1]
+	lp.idle[inst] = us[:len(us)-1]
+	if len(us) == 1 {
+		delete(lp.idle, inst)
+	}
+	if time.Since(u.since) > maxIdleTime {
+		lp.closeUp(u)
+		return nil
+	}
+	return u
+}
+
+func (lp *loop) dial(inst *backend.Instance) (*laneUp, error) {
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Connect(fd, &syscall.SockaddrUnix{Name: inst.Address}); err != nil {
+		syscall.Close(fd)
+		return nil, err
+	}
+	if err := syscall.EpollCtl(lp.ep, syscall.EPOLL_CTL_ADD, fd, &syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP, Fd: int32(fd)}); err != nil {
+		syscall.Close(fd)
+		return nil, err
+	}
+	u := &laneUp{fd: fd, inst: inst, buf: make([]byte, laneUpBuf), events: syscall.EPOLLIN | syscall.EPOLLRDHUP}
+	lp.set(fd, ent{u: u})
+	return u, nil
+}
+
+// send writes what is left of u's request.
+func (lp *loop) send(u *laneUp) {
+	for u.wrote < len(u.out) {
+		n, err := syscall.Write(u.fd, u.out[u.wrote:])
+		if err == syscall.EAGAIN {
+			lp.upInterest(u, syscall.EPOLLIN|syscall.EPOLLRDHUP|syscall.EPOLLOUT)
+			return
+		}
+		if err != nil {
+			lp.sendFailed(u, err)
+			return
+		}
+		u.wrote += n
+	}
+	lp.upInterest(u, syscall.EPOLLIN|syscall.EPOLLRDHUP)
+}
+
+// sendFailed handles a failed write of a request.
+func (lp *loop) sendFailed(u *laneUp, err error) {
+	c := u.c
+	if u.wrote > 0 {
+		// Cut off: part of it may have reached the function.
+		lp.fail(c, err)
+		return
+	}
+	if !u.reused {
+		// A fresh connection refused it: the instance is gone.
+		lp.fail(c, errors.Join(errUndelivered, err))
+		return
+	}
+	// A kept-alive connection the instance had closed: nothing reached
+	// it, so a fresh connection replays nothing.
+	inst := u.inst
+	lp.closeUp(u)
+	nu, derr := lp.dial(inst)
+	if derr != nil {
+		lp.fail(c, errors.Join(errUndelivered, derr))
+		return
+	}
+	nu.c, nu.out, nu.keep = c, append(nu.out[:0], u.out...), true
+	c.up = nu
+	lp.send(nu)
+}
+
+func (lp *loop) upInterest(u *laneUp, events uint32) {
+	if u.events != events {
+		u.events = events
+		_ = syscall.EpollCtl(lp.ep, syscall.EPOLL_CTL_MOD, u.fd, &syscall.EpollEvent{Events: events, Fd: int32(u.fd)})
+	}
+}
+
+// pause stops reading u while its client's socket is full. It leaves the
+// epoll set: an instance that closes meanwhile would keep reporting it.
+func (lp *loop) pause(u *laneUp) {
+	u.paused = true
+	_ = syscall.EpollCtl(lp.ep, syscall.EPOLL_CTL_DEL, u.fd, nil)
+}
+
+func (lp *loop) resume(u *laneUp) {
+	u.paused = false
+	u.events = syscall.EPOLLIN | syscall.EPOLLRDHUP
+	_ = syscall.EpollCtl(lp.ep, syscall.EPOLL_CTL_ADD, u.fd, &syscall.EpollEvent{Events: u.events, Fd: int32(u.fd)})
+}
+
+func (lp *loop) upEvent(u *laneUp, ev uint32) {
+	if u.c == nil {
+		// Idle, yet the instance closed it or said something unasked:
+		// either way it cannot carry a request.
+		lp.unpool(u)
+		lp.closeUp(u)
+		return
+	}
+	if ev&syscall.EPOLLOUT != 0 && u.wrote < len(u.out) {
+		lp.send(u)
+		if u.c == nil || u.wrote < len(u.out) {
+			return
+		}
+	}
+	if ev&(syscall.EPOLLIN|syscall.EPOLLRDHUP|syscall.EPOLLHUP|syscall.EPOLLERR) != 0 && !u.paused {
+		lp.readUp(u)
+	}
+}
+
+func (lp *loop) unpool(u *laneUp) {
+	us := lp.idle[u.inst]
+	for i, x := range us {
+		if x == u {
+			us = append(us[:i], us[i+1:]...)
+			break
+		}
+	}
+	if len(us) == 0 {
+		delete(lp.idle, u.inst)
+	} else {
+		lp.idle[u.inst] = us
+	}
+}
+
+// readUp reads the instance's answer and relays it.
+func (lp *loop) readUp(u *laneUp) {
+	c := u.c
+	if u.n == len(u.buf) {
+		if u.status != 0 || len(u.buf) >= laneMaxUpHead {
+			lp.fail(c, errBadAnswer)
+			return
+		}
+		u.buf = append(u.buf, make([]byte, len(u.buf))...)
+	}
+	n, err := syscall.Read(u.fd, u.buf[u.n:])
+	if err == syscall.EAGAIN {
+		return
+	}
+	if n <= 0 {
+		lp.upEnded(u, err)
+		return
+	}
+	u.n += n
+	lp.out = lp.out[:0]
+	if u.status == 0 && !lp.readHead(u) {
+		return
+	}
+	lp.relay(u)
+}
+
+// readHead parses the answer's head when it is all here, sends it on, and
+// says whether the body may follow.
+func (lp *loop) readHead(u *laneUp) bool {
+	c := u.c
+	for {
+		end := bytes.Index(u.buf[:u.n], []byte("\r\n\r\n"))
+		if end < 0 {
+			return false
+		}
+		end += 4
+		lp.rd.Reset(u.buf[:end])
+		lp.br.Reset(lp.rd)
+		h := &u.h
+		if err := h.Read(lp.br); err != nil {
+			lp.fail(c, errBadAnswer)
+			return false
+		}
+		copy(u.buf, u.buf[end:u.n])
+		u.n -= end
+		s := h.StatusCode()
+		if s < 100 || s > 999 || s == fasthttp.StatusSwitchingProtocols {
+			lp.fail(c, errBadAnswer)
+			return false
+		}
+		if s >= 200 {
+			break
+		}
+		// Informational (103 Early Hints): skipped, as on the slow path.
+	}
+	h := &u.h
+	inv := c.inv
+	u.status = h.StatusCode()
+	cl := h.ContentLength()
+	switch {
+	case !hasAnswerBody(inv, h):
+		u.mode = bodyNone
+	case cl >= 0:
+		u.mode, u.left = bodyFixed, int64(cl)
+	case cl == -1:
+		u.mode = bodyChunked
+	default:
+		u.mode, u.keep = bodyToClose, false
+	}
+	if lp.lane.rt.fixHeader(h, inv) {
+		u.keep = false
+	}
+	switch u.mode {
+	case bodyChunked:
+		h.SetContentLength(-1)
+	case bodyToClose:
+		// The client learns where the body ends the same way.
+		h.SetConnectionClose()
+		c.closeAfter = true
+	}
+	if lp.lane.closing.Load() {
+		h.SetConnectionClose()
+		c.closeAfter = true
+	}
+	h.SetNoDefaultContentType(true)
+	lp.out = h.AppendBytes(lp.out[:0])
+	c.headSent = true
+	return true
+}
+
+// relay sends on the body bytes in u.buf and finishes the invocation when
+// the body is all sent on.
+func (lp *loop) relay(u *laneUp) {
+	c := u.c
+	in := u.buf[:u.n]
+	took := 0
+	done := false
+	switch u.mode {
+	case bodyNone:
+		done = true
+	case bodyFixed:
+		k := int(min(u.left, int64(len(in))))
+		lp.out = append(lp.out, in[:k]...)
+		u.left -= int64(k)
+		took, done = k, u.left == 0
+	case bodyChunked:
+		var err error
+		lp.out, took, err = u.chunks.relay(lp.out, in)
+		if err != nil {
+			// What was sent cannot be taken back: the client gets the
+			// head and the good part of the body, cut off there.
+			u.keep = false
+			if lp.write(c, lp.out) {
+				lp.cutOff(c)
+			}
+			return
+		}
+		done = u.chunks.done()
+	case bodyToClose:
+		lp.out = append(lp.out, in...)
+		took = len(in)
+	}
+	copy(u.buf, u.buf[took:u.n])
+	u.n -= took
+	if !lp.write(c, lp.out) {
+		return
+	}
+	lp.out = lp.out[:0]
+	if done {
+		lp.finish(c)
+	} else if len(c.out) > 0 {
+		// The client's socket is full: stop reading the instance until it
+		// drains.
+		lp.pause(u)
+	}
+}
+
+// write writes p to c, keeping what the socket does not take; false if
+// the client is gone.
+func (lp *loop) write(c *laneClient, p []byte) bool {
+	if len(c.out) > 0 {
+		c.out = append(c.out, p...)
+		return true
+	}
+	for len(p) > 0 {
+		n, err := syscall.Write(c.fd, p)
+		if err == syscall.EAGAIN {
+			c.out = append(c.out[:0], p...)
+			lp.sync(c)
+			return true
+		}
+		if err != nil {
+			lp.clientGone(c)
+			return false
+		}
+		p = p[n:]
+	}
+	return true
+}
+
+// flush writes what c holds. It reports whether the caller may go on
+// with c: all was written, and it is still busy with a request.
+func (lp *loop) flush(c *laneClient) bool {
+	for len(c.out) > 0 {
+		n, err := syscall.Write(c.fd, c.out)
+		if err == syscall.EAGAIN {
+			return false
+		}
+		if err != nil {
+			lp.clientGone(c)
+			return false
+		}
+		c.out = c.out[n:]
+	}
+	c.out = nil
+	lp.sync(c)
+	if u := c.up; u != nil && u.paused {
+		lp.resume(u)
+	}
+	if c.inv == nil {
+		if c.closeAfter {
+			lp.closeClient(c)
+		} else {
+			lp.next(c)
+		}
+		return false
+	}
+	return true
+}
+
+// finish ends the invocation whose answer was all sent on.
+func (lp *loop) finish(c *laneClient) {
+	u, inv := c.up, c.inv
+	c.up, c.inv = nil, nil
+	lp.release(u)
+	inv.finish(u.status)
+	lp.lane.served.Add(1)
+	c.in = c.in[:copy(c.in, c.in[c.reqLen:])]
+	c.reqLen = 0
+	c.lastActive = time.Now()
+	c.full = false
+	lp.sync(c)
+	if len(c.out) > 0 {
+		return
+	}
+	if c.closeAfter {
+		lp.closeClient(c)
+		return
+	}
+	lp.next(c)
+}
+
+// release puts u back in the pool if it can carry another request.
+func (lp *loop) release(u *laneUp) {
+	u.c = nil
+	inst := u.inst
+	select {
+	case <-inst.Done():
+		u.keep = false
+	default:
+	}
+	// Bytes past the answer answer nothing asked yet.
+	if !u.keep || u.n > 0 || u.paused || len(lp.idle[inst]) >= maxIdlePerInstance {
+		lp.closeUp(u)
+		return
+	}
+	u.reused, u.since = true, time.Now()
+	u.status = 0
+	lp.upInterest(u, syscall.EPOLLIN|syscall.EPOLLRDHUP)
+	lp.idle[inst] = append(lp.idle[inst], u)
+}
+
+// upEnded handles the instance's end of u (EOF or an error).
+func (lp *loop) upEnded(u *laneUp, err error) {
+	c := u.c
+	if u.status == 0 {
+		if err == nil {
+			err = errors.New("the instance closed the connection")
+		}
+		lp.fail(c, err)
+		return
+	}
+	u.keep = false
+	if u.mode == bodyToClose {
+		lp.finish(c)
+		return
+	}
+	lp.cutOff(c)
+}
+
+// cutOff ends an invocation whose answer was begun but cannot end well:
+// the client gets what was sent, then the connection closes.
+func (lp *loop) cutOff(c *laneClient) {
+	u, inv := c.up, c.inv
+	c.up, c.inv = nil, nil
+	lp.closeUp(u)
+	if !time.Now().Before(inv.deadline) {
+		inv.lease.Kill(backend.ExitTimeout)
+	}
+	inv.finish(u.status)
+	c.closeAfter = true
+	if len(c.out) == 0 {
+		lp.closeClient(c)
+	}
+}
+
+// clientGone ends c's connection when the client hung up or cannot be
+// written to; a request in flight is aborted (its instance connection
+// closes, which the function sees as request.signal).
+func (lp *loop) clientGone(c *laneClient) {
+	if inv := c.inv; inv != nil {
+		u := c.up
+		c.up, c.inv = nil, nil
+		lp.closeUp(u)
+		status := u.status
+		if !c.headSent {
+			status = StatusClientClosed
+		}
+		inv.finish(status)
+	}
+	lp.closeClient(c)
+}
+
+// fail answers a request whose instance gave no usable answer, with the
+// slow path's rules and errors. Telling a crash from other failures may
+// wait for the instance's exit, so it runs on a goroutine that then
+// hands the connection to the slow path.
+func (lp *loop) fail(c *laneClient, err error) {
+	inv, u := c.inv, c.up
+	c.up, c.inv = nil, nil
+	lp.closeUp(u)
+	if c.headSent {
+		inv.finish(u.status)
+		c.closeAfter = true
+		if len(c.out) == 0 {
+			lp.closeClient(c)
+		}
+		return
+	}
+	all := bytes.Clone(c.in)
+	rest := all[c.reqLen:]
+	nc, ok := lp.detach(c)
+	if !ok {
+		inv.finish(StatusClientClosed)
+		return
+	}
+	rt := lp.lane.rt
+	handoff := lp.lane.handoff
+	go func() {
+		var ctx fasthttp.RequestCtx
+		rt.fail(&ctx, inv, err)
+		if inv.retry {
+			// Never delivered (it died first): the slow path serves the
+			// request again, on another instance.
+			inv.lease.Release()
+			handoff.give(&prefixConn{Conn: nc, pre: all})
+			return
+		}
+		inv.finish(ctx.Response.StatusCode())
+		bw := bufio.NewWriter(nc)
+		if err := ctx.Response.Write(bw); err == nil && bw.Flush() == nil {
+			handoff.give(&prefixConn{Conn: nc, pre: rest})
+			return
+		}
+		nc.Close()
+	}()
+}
+
+// handOff gives c to the slow path with the bytes read from it.
+func (lp *loop) handOff(c *laneClient) {
+	pre := bytes.Clone(c.in)
+	if nc, ok := lp.detach(c); ok {
+		lp.lane.handoff.give(&prefixConn{Conn: nc, pre: pre})
+	}
+}
+
+// detach takes c out of the loop as a net.Conn.
+func (lp *loop) detach(c *laneClient) (net.Conn, bool) {
+	_ = syscall.EpollCtl(lp.ep, syscall.EPOLL_CTL_DEL, c.fd, nil)
+	lp.ents[c.fd] = ent{}
+	lp.lane.conns.Add(-1)
+	f := os.NewFile(uintptr(c.fd), "")
+	c.fd = -1
+	nc, err := net.FileConn(f)
+	f.Close()
+	return nc, err == nil
+}
+
+func (lp *loop) closeClient(c *laneClient) {
+	if c.fd < 0 {
+		return
+	}
+	if c.up != nil {
+		lp.clientGone(c)
+		return
+	}
+	_ = syscall.EpollCtl(lp.ep, syscall.EPOLL_CTL_DEL, c.fd, nil)
+	lp.ents[c.fd] = ent{}
+	syscall.Close(c.fd)
+	c.fd = -1
+	lp.lane.conns.Add(-1)
+}
+
+func (lp *loop) closeUp(u *laneUp) {
+	if u == nil || u.fd < 0 {
+		return
+	}
+	_ = syscall.EpollCtl(lp.ep, syscall.EPOLL_CTL_DEL, u.fd, nil)
+	lp.ents[u.fd] = ent{}
+	syscall.Close(u.fd)
+	u.fd = -1
+	u.c = nil
+}
+
+// sweep ends invocations past their deadline and connections idle too
+// long.
+func (lp *loop) sweep(now time.Time) {
+	for _, e := range lp.ents {
+		switch {
+		case e.c != nil && e.c.inv != nil && e.c.hup && now.Sub(e.c.inv.start) >= httpserve.WatchAfter:
+			lp.clientGone(e.c)
+		case e.c != nil && e.c.inv != nil && !now.Before(e.c.inv.deadline):
+			c := e.c
+			if c.headSent {
+				// Mid-answer: the function may be stuck.
+				c.inv.lease.Kill(backend.ExitTimeout)
+				lp.cutOff(c)
+			} else {
+				lp.fail(c, os.ErrDeadlineExceeded)
+			}
+		case e.c != nil && e.c.inv == nil && now.Sub(e.c.lastActive) > httpserve.IdleTimeout:
+			lp.closeClient(e.c)
+		case e.u != nil && e.u.c == nil && now.Sub(e.u.since) > maxIdleTime:
+			lp.unpool(e.u)
+			lp.closeUp(e.u)
+		}
+	}
+}
+
+// closeIdle closes the clients with nothing in flight (at shutdown).
+func (lp *loop) closeIdle() {
+	for _, e := range lp.ents {
+		if c := e.c; c != nil && c.inv == nil && len(c.out) == 0 {
+			lp.closeClient(c)
+		}
+	}
+}
+
+// closeAll closes everything (the loop is ending).
+func (lp *loop) closeAll() {
+	for _, e := range lp.ents {
+		if e.c != nil {
+			lp.clientGone(e.c)
+		}
+	}
+	for _, e := range lp.ents {
+		if e.u != nil {
+			lp.closeUp(e.u)
+		}
+	}
+	lp.idle = map[*backend.Instance][]*laneUp{}
+}

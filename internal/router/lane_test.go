@@ -1,0 +1,230 @@
+package router
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The whole router suite runs through the lane (see viaLane); these tests
+// are about what only the lane does: which requests it serves in place,
+// and how it hands the others over.
+
+func laneRouter(t *testing.T, h http.Handler) *testServer {
+	t.Helper()
+	if !*viaLane {
+		t.Skip("the lane is off (-lane=false)")
+	}
+	srv := newTestRouter(t, h)
+	// The first request starts the instance, on the slow path (a cold
+	// start); the lane serves only instances already up.
+	res, err := http.Get(srv.URL + "/fn/alice/fn/warm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	return srv
+}
+
+func echo() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Set("X-Path", r.URL.Path)
+		_, _ = w.Write(b)
+	})
+}
+
+// exchange writes raw (in pieces, with a pause between) on a fresh
+// connection and reads n responses.
+func exchange(t *testing.T, url string, n int, raw ...string) []*http.Response {
+	t.Helper()
+	c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	for i, p := range raw {
+		if i > 0 {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if _, err := io.WriteString(c, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	br := bufio.NewReader(c)
+	var out []*http.Response
+	for i := 0; i < n; i++ {
+		res, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("response %d: %v", i, err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body = io.NopCloser(strings.NewReader(string(b)))
+		out = append(out, res)
+	}
+	return out
+}
+
+func body(res *http.Response) string {
+	b, _ := io.ReadAll(res.Body)
+	return string(b)
+}
+
+func TestLaneServesInPlaceOrHandsOver(t *testing.T) {
+	big := strings.Repeat("x", laneMaxBody+1)
+	tests := []struct {
+		name    string
+		raw     []string
+		status  int
+		body    string
+		inPlace bool
+	}{
+		{"GET", []string{"GET /fn/alice/fn/a?q=1 HTTP/1.1\r\nHost: h\r\n\r\n"}, 200, "", true},
+		{"small body", []string{"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"}, 200, "hello", true},
+		{"body over the lane's limit", []string{"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nContent-Length: 4097\r\n\r\n" + big}, 200, big, false},
+		{"chunked body", []string{"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"}, 200, "hi", false},
+		{"HTTP/1.0", []string{"GET /fn/alice/fn/a HTTP/1.0\r\nHost: h\r\n\r\n"}, 200, "", false},
+		{"Connection: close", []string{"GET /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"}, 200, "", false},
+		{"not a function", []string{"GET /api/v1/x HTTP/1.1\r\nHost: h\r\n\r\n"}, 404, "", false},
+		{"head in two writes", []string{"GET /fn/alice/fn/a HTTP/1.1\r\n", "Host: h\r\n\r\n"}, 200, "", false},
+		{"body in a second write", []string{"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n", "hi"}, 200, "hi", false},
+		{"broken escape", []string{"GET /fn/alice/fn/% HTTP/1.1\r\nHost: h\r\n\r\n"}, 400, "", false},
+	}
+	srv := laneRouter(t, echo())
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := srv.lane.served.Load()
+			res := exchange(t, srv.URL, 1, tt.raw...)[0]
+			if res.StatusCode != tt.status {
+				t.Fatalf("status %d, want %d", res.StatusCode, tt.status)
+			}
+			if got := body(res); tt.status == 200 && got != tt.body {
+				t.Fatalf("body %q, want %q", got, tt.body)
+			}
+			if res.Header.Get("Spry-Request-Id") == "" && tt.status == 200 {
+				t.Fatal("no request id")
+			}
+			if got := srv.lane.served.Load() - before; (got == 1) != tt.inPlace {
+				t.Fatalf("served in place: %d, want %v", got, tt.inPlace)
+			}
+		})
+	}
+}
+
+// A pipelined batch is answered in order, though its second request
+// sends the connection to the slow path.
+func TestLanePipelinedHandOver(t *testing.T) {
+	srv := newTestRouter(t, echo())
+	big := strings.Repeat("y", laneMaxBody+10)
+	raw := "GET /fn/alice/fn/one HTTP/1.1\r\nHost: h\r\n\r\n" +
+		"POST /fn/alice/fn/two HTTP/1.1\r\nHost: h\r\nContent-Length: 4106\r\n\r\n" + big +
+		"GET /fn/alice/fn/three HTTP/1.1\r\nHost: h\r\n\r\n"
+	res := exchange(t, srv.URL, 3, raw)
+	for i, want := range []string{"/one", "/two", "/three"} {
+		if got := res[i].Header.Get("X-Path"); got != want {
+			t.Fatalf("response %d is for %q, want %q", i, got, want)
+		}
+	}
+	if body(res[1]) != big {
+		t.Fatal("the second body is wrong")
+	}
+}
+
+// An answer larger than the client's socket takes is held back, the
+// instance unread meanwhile, and reaches a slow client whole; the
+// connection then serves another request.
+func TestLaneSlowClientGetsLargeAnswer(t *testing.T) {
+	const size = 16 << 20
+	srv := laneRouter(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		chunk := []byte(strings.Repeat("0123456789abcdef", 4096))
+		for n := 0; n < size; n += len(chunk) {
+			_, _ = w.Write(chunk)
+		}
+	}))
+	c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	br := bufio.NewReader(c)
+	for i := 0; i < 2; i++ {
+		if _, err := io.WriteString(c, "GET /fn/alice/fn/big HTTP/1.1\r\nHost: h\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		res, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			time.Sleep(200 * time.Millisecond) // let the buffers fill
+		}
+		n, err := io.Copy(io.Discard, res.Body)
+		if err != nil || n != size {
+			t.Fatalf("request %d: read %d bytes (%v), want %d", i, n, err, size)
+		}
+	}
+}
+
+// A client that half-closes after its request still gets the answer of a
+// function that answers at once.
+func TestLaneHalfClosedClientIsAnswered(t *testing.T) {
+	srv := laneRouter(t, echo())
+	c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	_, _ = io.WriteString(c, "GET /fn/alice/fn/x HTTP/1.1\r\nHost: h\r\n\r\n")
+	_ = c.(*net.TCPConn).CloseWrite()
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil || res.StatusCode != 200 {
+		t.Fatalf("%v %v", res, err)
+	}
+}
+
+// Shutdown lets a request in flight finish, closing its connection after.
+func TestLaneShutdownFinishesInFlight(t *testing.T) {
+	started := make(chan struct{}, 2)
+	srv := laneRouter(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		started <- struct{}{}
+		time.Sleep(200 * time.Millisecond)
+		_, _ = io.WriteString(w, "done")
+	}))
+	c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	<-started // the warm-up
+	_, _ = io.WriteString(c, "GET /fn/alice/fn/x HTTP/1.1\r\nHost: h\r\n\r\n")
+	<-started
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		shut <- srv.lane.Shutdown(ctx)
+	}()
+	br := bufio.NewReader(c)
+	res, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := body(res); b != "done" || !res.Close {
+		t.Fatalf("body %q, close %v; want done and close", b, res.Close)
+	}
+	if err := <-shut; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("the connection stayed open: %v", err)
+	}
+}
