@@ -251,6 +251,7 @@ type loop struct {
 	// out collects what goes to a client in one write.
 	out       []byte
 	lastSweep time.Time
+	now       time.Time // as of the last wake-up
 	mu        sync.Mutex
 	cmds      []func()
 	dead      chan struct{} // closed when run returns
@@ -322,7 +323,7 @@ func newLoop(l *Lane, raw bool) (*loop, error) {
 		return nil, err
 	}
 	lp := &loop{lane: l, ep: ep, wakeR: p[0], wakeW: p[1], raw: raw, events: make([]syscall.EpollEvent, 256),
-		idle: map[*backend.Instance][]*laneUp{}, rd: bytes.NewReader(nil), lastSweep: time.Now(), dead: make(chan struct{})}
+		idle: map[*backend.Instance][]*laneUp{}, rd: bytes.NewReader(nil), lastSweep: time.Now(), now: time.Now(), dead: make(chan struct{})}
 	lp.br = bufio.NewReaderSize(lp.rd, laneMaxUpHead+1)
 	if err := syscall.EpollCtl(ep, syscall.EPOLL_CTL_ADD, lp.wakeR, &syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: int32(lp.wakeR)}); err != nil {
 		lp.closeFDs()
@@ -386,9 +387,12 @@ func (lp *loop) run() {
 				}
 			}
 		}
-		if now := time.Now(); now.Sub(lp.lastSweep) >= laneSweep {
-			lp.lastSweep = now
-			lp.sweep(now)
+		// One clock read per batch serves the idle times (which need no
+		// precision); invocations read their own.
+		lp.now = time.Now()
+		if lp.now.Sub(lp.lastSweep) >= laneSweep {
+			lp.lastSweep = lp.now
+			lp.sweep(lp.now)
 		}
 	}
 	lp.runCommands()
@@ -408,6 +412,31 @@ func (lp *loop) wait(msec int) (int, error) {
 		uintptr(len(lp.events)), uintptr(msec), 0, 0)
 	if e != 0 {
 		return 0, e
+	}
+	return int(r), nil
+}
+
+// rawRead and rawWrite are read(2) and write(2) on the loop's sockets,
+// which are non-blocking: they never wait, so the scheduler need not be
+// told (as syscall.Read does), and the loop keeps its P.
+func rawRead(fd int, p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	r, _, e := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	if e != 0 {
+		return -1, e
+	}
+	return int(r), nil
+}
+
+func rawWrite(fd int, p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	if e != 0 {
+		return -1, e
 	}
 	return int(r), nil
 }
@@ -451,7 +480,7 @@ func (lp *loop) accept() {
 			return
 		}
 		_ = syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1)
-		c := &laneClient{fd: fd, in: make([]byte, 0, laneReadBuf), lastActive: time.Now()}
+		c := &laneClient{fd: fd, in: make([]byte, 0, laneReadBuf), lastActive: lp.now}
 		switch a := sa.(type) {
 		case *syscall.SockaddrInet4:
 			c.ip = net.IP(a.Addr[:]).String()
@@ -515,7 +544,7 @@ func (lp *loop) read(c *laneClient) {
 		lp.sync(c)
 		return
 	}
-	n, err := syscall.Read(c.fd, c.in[len(c.in):cap(c.in)])
+	n, err := rawRead(c.fd, c.in[len(c.in):cap(c.in)])
 	if err == syscall.EAGAIN {
 		return
 	}
@@ -532,7 +561,7 @@ func (lp *loop) read(c *laneClient) {
 		return
 	}
 	c.in = c.in[:len(c.in)+n]
-	c.lastActive = time.Now()
+	c.lastActive = lp.now
 	if !busy {
 		lp.next(c)
 	}
@@ -651,7 +680,7 @@ func (lp *loop) getIdle(inst *backend.Instance) *laneUp {
 	if len(us) == 1 {
 		delete(lp.idle, inst)
 	}
-	if time.Since(u.since) > maxIdleTime {
+	if lp.now.Sub(u.since) > maxIdleTime {
 		lp.closeUp(u)
 		return nil
 	}
@@ -679,7 +708,7 @@ func (lp *loop) dial(inst *backend.Instance) (*laneUp, error) {
 // send writes what is left of u's request.
 func (lp *loop) send(u *laneUp) {
 	for u.wrote < len(u.out) {
-		n, err := syscall.Write(u.fd, u.out[u.wrote:])
+		n, err := rawWrite(u.fd, u.out[u.wrote:])
 		if err == syscall.EAGAIN {
 			lp.upInterest(u, syscall.EPOLLIN|syscall.EPOLLRDHUP|syscall.EPOLLOUT)
 			return
@@ -784,7 +813,7 @@ func (lp *loop) readUp(u *laneUp) {
 		}
 		u.buf = append(u.buf, make([]byte, len(u.buf))...)
 	}
-	n, err := syscall.Read(u.fd, u.buf[u.n:])
+	n, err := rawRead(u.fd, u.buf[u.n:])
 	if err == syscall.EAGAIN {
 		return
 	}
@@ -919,7 +948,7 @@ func (lp *loop) write(c *laneClient, p []byte) bool {
 		return true
 	}
 	for len(p) > 0 {
-		n, err := syscall.Write(c.fd, p)
+		n, err := rawWrite(c.fd, p)
 		if err == syscall.EAGAIN {
 			c.out = append(c.out[:0], p...)
 			lp.sync(c)
@@ -938,7 +967,7 @@ func (lp *loop) write(c *laneClient, p []byte) bool {
 // with c: all was written, and it is still busy with a request.
 func (lp *loop) flush(c *laneClient) bool {
 	for len(c.out) > 0 {
-		n, err := syscall.Write(c.fd, c.out)
+		n, err := rawWrite(c.fd, c.out)
 		if err == syscall.EAGAIN {
 			return false
 		}
@@ -973,7 +1002,7 @@ func (lp *loop) finish(c *laneClient) {
 	lp.lane.served.Add(1)
 	c.in = c.in[:copy(c.in, c.in[c.reqLen:])]
 	c.reqLen = 0
-	c.lastActive = time.Now()
+	c.lastActive = lp.now
 	c.full = false
 	lp.sync(c)
 	if len(c.out) > 0 {
@@ -1000,7 +1029,7 @@ func (lp *loop) release(u *laneUp) {
 		lp.closeUp(u)
 		return
 	}
-	u.reused, u.since = true, time.Now()
+	u.reused, u.since = true, lp.now
 	u.status = 0
 	lp.upInterest(u, syscall.EPOLLIN|syscall.EPOLLRDHUP)
 	lp.idle[inst] = append(lp.idle[inst], u)
