@@ -103,6 +103,14 @@ func serveRouterWatching(t testing.TB, rt *Router, watchAfter time.Duration) *te
 		if s.lane, err = rt.NewLane(ln, 1); err != nil {
 			t.Fatal(err)
 		}
+		// The lane serves instances already up: start the function's
+		// first one now (no request reaches it), so that the tests'
+		// requests take the lane rather than a cold start's slow path.
+		if o, ok := rt.resolver.(oneSpec); ok {
+			if lease, err := rt.leaser.Acquire(context.Background(), o.spec); err == nil {
+				lease.Release()
+			}
+		}
 		go srv.Serve(httpserve.Listener(s.lane.Handoff(), watchAfter))
 	} else {
 		go srv.Serve(httpserve.Listener(ln, watchAfter))

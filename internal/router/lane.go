@@ -277,10 +277,11 @@ type laneClient struct {
 	// longer be answered with an error).
 	headSent bool
 	// hup: the client sent its last byte (or is gone); full: its buffer
-	// is, while a request is in flight.
-	hup, full  bool
-	closeAfter bool
-	lastActive time.Time
+	// is, while a request is in flight; pending: the answer to a failed
+	// request is being worked out on another goroutine.
+	hup, full, pending bool
+	closeAfter         bool
+	lastActive         time.Time
 }
 
 // laneUp is a connection to an instance.
@@ -349,14 +350,19 @@ func (lp *loop) closeFDs() {
 // do runs f on the loop and waits for it.
 func (lp *loop) do(f func()) {
 	done := make(chan struct{})
-	lp.mu.Lock()
-	lp.cmds = append(lp.cmds, func() { f(); close(done) })
-	lp.mu.Unlock()
-	_, _ = syscall.Write(lp.wakeW, []byte{1})
+	lp.post(func() { f(); close(done) })
 	select {
 	case <-done:
 	case <-lp.dead:
 	}
+}
+
+// post has f run on the loop.
+func (lp *loop) post(f func()) {
+	lp.mu.Lock()
+	lp.cmds = append(lp.cmds, f)
+	lp.mu.Unlock()
+	_, _ = rawWrite(lp.wakeW, []byte{1})
 }
 
 func (lp *loop) run() {
@@ -533,7 +539,7 @@ func (lp *loop) read(c *laneClient) {
 	if c.fd < 0 || c.hup {
 		return
 	}
-	busy := c.inv != nil || len(c.out) > 0
+	busy := c.inv != nil || len(c.out) > 0 || c.pending
 	if len(c.in) == cap(c.in) {
 		if !busy {
 			// A head larger than the buffer: the slow path reads it.
@@ -927,6 +933,10 @@ func (lp *loop) relay(u *laneUp) {
 	}
 	copy(u.buf, u.buf[took:u.n])
 	u.n -= took
+	if done {
+		// Counted before the client can see the end (tests read it).
+		lp.lane.served.Add(1)
+	}
 	if !lp.write(c, lp.out) {
 		return
 	}
@@ -985,7 +995,7 @@ func (lp *loop) flush(c *laneClient) bool {
 	if c.inv == nil {
 		if c.closeAfter {
 			lp.closeClient(c)
-		} else {
+		} else if !c.pending {
 			lp.next(c)
 		}
 		return false
@@ -999,7 +1009,6 @@ func (lp *loop) finish(c *laneClient) {
 	c.up, c.inv = nil, nil
 	lp.release(u)
 	inv.finish(u.status)
-	lp.lane.served.Add(1)
 	c.in = c.in[:copy(c.in, c.in[c.reqLen:])]
 	c.reqLen = 0
 	c.lastActive = lp.now
@@ -1047,6 +1056,7 @@ func (lp *loop) upEnded(u *laneUp, err error) {
 	}
 	u.keep = false
 	if u.mode == bodyToClose {
+		lp.lane.served.Add(1)
 		lp.finish(c)
 		return
 	}
@@ -1102,33 +1112,45 @@ func (lp *loop) fail(c *laneClient, err error) {
 		}
 		return
 	}
-	all := bytes.Clone(c.in)
-	rest := all[c.reqLen:]
-	nc, ok := lp.detach(c)
-	if !ok {
-		inv.finish(StatusClientClosed)
+	if errors.Is(err, errUndelivered) && time.Now().Before(inv.deadline) {
+		// Never delivered (the instance died first): the slow path serves
+		// the request again, on another instance.
+		inv.lease.Kill(backend.ExitCrashed)
+		inv.lease.Release()
+		lp.handOff(c)
 		return
 	}
+	// The connection stays here, waiting (as for an answer) while the
+	// error is worked out.
+	c.pending = true
 	rt := lp.lane.rt
-	handoff := lp.lane.handoff
 	go func() {
 		var ctx fasthttp.RequestCtx
 		rt.fail(&ctx, inv, err)
-		if inv.retry {
-			// Never delivered (it died first): the slow path serves the
-			// request again, on another instance.
-			inv.lease.Release()
-			handoff.give(&prefixConn{Conn: nc, pre: all})
-			return
-		}
 		inv.finish(ctx.Response.StatusCode())
-		bw := bufio.NewWriter(nc)
-		if err := ctx.Response.Write(bw); err == nil && bw.Flush() == nil {
-			handoff.give(&prefixConn{Conn: nc, pre: rest})
-			return
-		}
-		nc.Close()
+		var b bytes.Buffer
+		bw := bufio.NewWriter(&b)
+		_ = ctx.Response.Write(bw)
+		_ = bw.Flush()
+		lp.post(func() { lp.answered(c, b.Bytes()) })
 	}()
+}
+
+// answered sends the error fail worked out, and goes on with c.
+func (lp *loop) answered(c *laneClient, resp []byte) {
+	c.pending = false
+	if c.fd < 0 {
+		return // the client went away meanwhile
+	}
+	c.in = c.in[:copy(c.in, c.in[c.reqLen:])]
+	c.reqLen, c.full = 0, false
+	if !lp.write(c, resp) {
+		return
+	}
+	lp.sync(c)
+	if len(c.out) == 0 {
+		lp.next(c)
+	}
 }
 
 // handOff gives c to the slow path with the bytes read from it.
@@ -1193,7 +1215,7 @@ func (lp *loop) sweep(now time.Time) {
 			} else {
 				lp.fail(c, os.ErrDeadlineExceeded)
 			}
-		case e.c != nil && e.c.inv == nil && now.Sub(e.c.lastActive) > httpserve.IdleTimeout:
+		case e.c != nil && e.c.inv == nil && !e.c.pending && now.Sub(e.c.lastActive) > httpserve.IdleTimeout:
 			lp.closeClient(e.c)
 		case e.u != nil && e.u.c == nil && now.Sub(e.u.since) > maxIdleTime:
 			lp.unpool(e.u)
@@ -1205,7 +1227,7 @@ func (lp *loop) sweep(now time.Time) {
 // closeIdle closes the clients with nothing in flight (at shutdown).
 func (lp *loop) closeIdle() {
 	for _, e := range lp.ents {
-		if c := e.c; c != nil && c.inv == nil && len(c.out) == 0 {
+		if c := e.c; c != nil && c.inv == nil && !c.pending && len(c.out) == 0 {
 			lp.closeClient(c)
 		}
 	}

@@ -21,13 +21,6 @@ func laneRouter(t *testing.T, h http.Handler) *testServer {
 		t.Skip("the lane is off (-lane=false)")
 	}
 	srv := newTestRouter(t, h)
-	// The first request starts the instance, on the slow path (a cold
-	// start); the lane serves only instances already up.
-	res, err := http.Get(srv.URL + "/fn/alice/fn/warm")
-	if err != nil {
-		t.Fatal(err)
-	}
-	res.Body.Close()
 	return srv
 }
 
@@ -204,7 +197,6 @@ func TestLaneShutdownFinishesInFlight(t *testing.T) {
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	<-started // the warm-up
 	_, _ = io.WriteString(c, "GET /fn/alice/fn/x HTTP/1.1\r\nHost: h\r\n\r\n")
 	<-started
 	shut := make(chan error, 1)
