@@ -56,6 +56,9 @@ type Lane struct {
 	wg      sync.WaitGroup
 	// Served counts requests answered in the loops, for tests.
 	served atomic.Int64
+	// How long a connection may wait for its first request, and for
+	// each one after (httpserve's limits; tests shorten them).
+	headerTimeout, idleTimeout atomic.Int64 // nanoseconds
 }
 
 // Limits of the lane; anything past them takes the slow path.
@@ -96,6 +99,8 @@ func (rt *Router) NewLane(ln net.Listener, n int) (*Lane, error) {
 		return nil, errors.New("lane: the resolver or the leaser cannot answer without waiting")
 	}
 	l := &Lane{rt: rt, ln: ln, cache: cache, try: try, handoff: &handoffListener{ch: make(chan net.Conn, 1024), done: make(chan struct{}), addr: ln.Addr()}}
+	l.headerTimeout.Store(int64(httpserve.HeaderTimeout))
+	l.idleTimeout.Store(int64(httpserve.IdleTimeout))
 	if err := rc.Control(func(fd uintptr) { l.lnFD = int(fd) }); err != nil {
 		return nil, err
 	}
@@ -276,6 +281,7 @@ type laneClient struct {
 	// headSent: the answer's head went to the client (a failure can no
 	// longer be answered with an error).
 	headSent bool
+	served   bool // it had a request answered
 	// hup: the client sent its last byte (or is gone); full: its buffer
 	// is, while a request is in flight; pending: the answer to a failed
 	// request is being worked out on another goroutine.
@@ -1011,6 +1017,7 @@ func (lp *loop) finish(c *laneClient) {
 	inv.finish(u.status)
 	c.in = c.in[:copy(c.in, c.in[c.reqLen:])]
 	c.reqLen = 0
+	c.served = true
 	c.lastActive = lp.now
 	c.full = false
 	lp.sync(c)
@@ -1215,13 +1222,24 @@ func (lp *loop) sweep(now time.Time) {
 			} else {
 				lp.fail(c, os.ErrDeadlineExceeded)
 			}
-		case e.c != nil && e.c.inv == nil && !e.c.pending && now.Sub(e.c.lastActive) > httpserve.IdleTimeout:
+		case e.c != nil && e.c.inv == nil && !e.c.pending && now.Sub(e.c.lastActive) > lp.lane.idleLimit(e.c):
 			lp.closeClient(e.c)
 		case e.u != nil && e.u.c == nil && now.Sub(e.u.since) > maxIdleTime:
 			lp.unpool(e.u)
 			lp.closeUp(e.u)
 		}
 	}
+}
+
+// idleLimit is how long c may wait for its next request: the header
+// timeout until it sent a first one (as on the slow path: a connection
+// that never sends must not hold a descriptor for long), then the
+// keep-alive timeout.
+func (l *Lane) idleLimit(c *laneClient) time.Duration {
+	if c.served {
+		return time.Duration(l.idleTimeout.Load())
+	}
+	return time.Duration(l.headerTimeout.Load())
 }
 
 // closeIdle closes the clients with nothing in flight (at shutdown).

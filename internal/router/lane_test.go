@@ -220,3 +220,41 @@ func TestLaneShutdownFinishesInFlight(t *testing.T) {
 		t.Fatalf("the connection stayed open: %v", err)
 	}
 }
+
+// A connection that never sends a request is closed at the header
+// timeout; one that had a request answered waits for the idle timeout.
+func TestLaneIdleLimits(t *testing.T) {
+	srv := laneRouter(t, echo())
+	srv.lane.headerTimeout.Store(int64(300 * time.Millisecond))
+	srv.lane.idleTimeout.Store(int64(time.Hour))
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	dial := func() net.Conn {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		return c
+	}
+	silent, used := dial(), dial()
+	br := bufio.NewReader(used)
+	ask := func() {
+		t.Helper()
+		_, _ = io.WriteString(used, "GET /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\n\r\n")
+		res, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, res.Body)
+	}
+	ask()
+	start := time.Now()
+	if _, err := silent.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("the silent connection: %v, want EOF", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("closed after %v", d)
+	}
+	ask() // still open
+}
