@@ -3,12 +3,17 @@ package router
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/spry-run/spry/internal/activator"
+	"github.com/spry-run/spry/internal/backend"
 )
 
 // The whole router suite runs through the lane (see viaLane); these tests
@@ -257,4 +262,77 @@ func TestLaneIdleLimits(t *testing.T) {
 		t.Fatalf("closed after %v", d)
 	}
 	ask() // still open
+}
+
+// Several loops share one listener: every connection is served, by one
+// loop or another.
+func TestLaneSeveralLoops(t *testing.T) {
+	if !*viaLane {
+		t.Skip("the lane is off (-lane=false)")
+	}
+	sock := serveUnix(t, echo())
+	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 5 * time.Second}
+	act := activator.New(&upstreamBackend{addr: sock}, activator.Config{})
+	rt := New(oneSpec{spec}, act, Config{})
+	lease, err := act.Acquire(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lease.Release()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	lane, err := rt.NewLane(ln, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := lane.Shutdown(ctx); err != nil {
+			t.Error(err)
+		}
+	}()
+	const conns, each = 24, 20
+	var wg sync.WaitGroup
+	errs := make(chan error, conns)
+	for i := 0; i < conns; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			br := bufio.NewReader(c)
+			for j := 0; j < each; j++ {
+				if _, err := io.WriteString(c, "POST /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nok"); err != nil {
+					errs <- err
+					return
+				}
+				res, err := http.ReadResponse(br, nil)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if b := body(res); b != "ok" {
+					errs <- fmt.Errorf("body %q", b)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if got := lane.served.Load(); got != conns*each {
+		t.Fatalf("%d served in the loops, want %d", got, conns*each)
+	}
 }
