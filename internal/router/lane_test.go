@@ -336,3 +336,44 @@ func TestLaneSeveralLoops(t *testing.T) {
 		t.Fatalf("%d served in the loops, want %d", got, conns*each)
 	}
 }
+
+// An instance that writes on a connection after its answer, once the
+// connection is idle in the pool, cannot answer the next request with
+// it: the loop sees the bytes and closes the connection.
+func TestLaneDropsIdleConnectionThatSpeaks(t *testing.T) {
+	if !*viaLane {
+		t.Skip("the lane is off (-lane=false); the fasthttp path sees only bytes that came with the answer")
+	}
+	sock := serveRawUnix(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		for i := 0; ; i++ {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			_, _ = io.Copy(io.Discard, req.Body)
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n%c", 'A'+i)
+			time.Sleep(50 * time.Millisecond)
+			fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nX")
+		}
+	})
+	srv := routerTo(t, sock, time.Millisecond)
+	c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(c)
+	for i := 0; i < 3; i++ {
+		_, _ = io.WriteString(c, "GET /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n\r\n")
+		res, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b := body(res); b != "A" {
+			t.Fatalf("request %d got %q, an answer meant for no request", i, b)
+		}
+		time.Sleep(150 * time.Millisecond) // the instance speaks meanwhile
+	}
+}
