@@ -77,8 +77,30 @@ func TestColdStartSharedAndMetrics(t *testing.T) {
 	if cold.Load() == 0 {
 		t.Fatal("no response carried Spry-Cold-Start")
 	}
+	// The first requests waited for a cold start, on the goroutine-per-
+	// connection path; with the instance up, the event loops serve.
+	if n := s.metric(t, "spry_router_handoffs_total{", `reason="no_capacity"`); n < 1 {
+		t.Errorf("%v connections handed over for want of an instance, want at least 1", n)
+	}
+	loop0 := s.metric(t, "spry_router_loop_requests_total")
+	fresh := &http.Client{Transport: &http.Transport{}}
+	defer fresh.CloseIdleConnections()
+	for i := 0; i < 5; i++ {
+		res, err := fresh.Get(s.url + "/fn/admin/shared/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+	}
+	if n := s.metric(t, "spry_router_loop_requests_total") - loop0; n != 5 {
+		t.Errorf("the event loops served %v of 5 requests to a warm instance", n)
+	}
+	if n := s.metric(t, "spry_router_taken_back_total"); n < 1 {
+		t.Errorf("%v connections came back to the event loops after a cold start", n)
+	}
 	for _, name := range []string{
-		`spry_invocations_total{code="200",function="shared",owner="admin"} 20`,
+		`spry_invocations_total{code="200",function="shared",owner="admin"} 25`,
 		"spry_invocation_duration_seconds_bucket{",
 		"spry_cold_start_duration_seconds_bucket{",
 		"spry_instances{",

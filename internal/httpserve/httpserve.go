@@ -59,8 +59,11 @@ func New(h fasthttp.RequestHandler, log *slog.Logger) *fasthttp.Server {
 		// Keep-alive connections end after the in-flight response once
 		// shutdown begins.
 		CloseOnShutdown: true,
-		ErrorHandler:    errorHandler,
-		Logger:          logger{log},
+		// A hijacking handler closes the connection itself, or keeps
+		// it: the router hands some back to its event loops.
+		KeepHijackedConns: true,
+		ErrorHandler:      errorHandler,
+		Logger:            logger{log},
 	}
 }
 

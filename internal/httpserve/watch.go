@@ -115,6 +115,17 @@ func (c *Conn) Close() error {
 	return nil
 }
 
+// Detach takes c out of the listener's care and returns the connection
+// it wraps, for an owner that keeps the socket (the router's event loops
+// take back a connection the server was lent); closing c instead would
+// shut the socket's writing side.
+func (c *Conn) Detach() net.Conn {
+	c.l.mu.Lock()
+	delete(c.l.conns, c)
+	c.l.mu.Unlock()
+	return c.Conn
+}
+
 // Bounds of a lingering close: how long the client may take between two
 // reads and in all.
 const (

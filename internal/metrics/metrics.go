@@ -21,6 +21,10 @@ type Gauges interface {
 	PoolIdle() map[string]int
 	// QueueDepth reports requests waiting for an instance.
 	QueueDepth() int
+	// RouterPaths reports, as counters, the requests the router's event
+	// loops served, the connections they handed to the goroutine-per-
+	// connection path (by reason), and those that came back.
+	RouterPaths() (loop, takenBack int64, handoffs map[string]int64)
 }
 
 // InstanceCount is one row of the spry_instances gauge.
@@ -107,6 +111,9 @@ var (
 	instancesDesc = prometheus.NewDesc("spry_instances", "Running instances, by owner, function and state (busy, idle, starting, draining).", []string{"owner", "function", "state"}, nil)
 	poolDesc      = prometheus.NewDesc("spry_pool_idle", "Generic, already sandboxed runtime instances waiting in the warm pool.", []string{"runtime"}, nil)
 	queueDesc     = prometheus.NewDesc("spry_queue_depth", "Requests waiting for an instance with free capacity.", nil, nil)
+	loopDesc      = prometheus.NewDesc("spry_router_loop_requests_total", "Requests the router's event loops served in place (its fast path).", nil, nil)
+	backDesc      = prometheus.NewDesc("spry_router_taken_back_total", "Connections the router's event loops took back after the other path served a function request on them.", nil, nil)
+	handoffDesc   = prometheus.NewDesc("spry_router_handoffs_total", "Connections the router's event loops handed to the goroutine-per-connection path, by reason (no_capacity: a cold start or a queue; body: chunked, large or split; protocol: HTTP/1.0, Connection: close, upgrades; not_function: the API).", []string{"reason"}, nil)
 )
 
 type gaugeCollector struct{ g Gauges }
@@ -115,6 +122,9 @@ func (c *gaugeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- instancesDesc
 	ch <- poolDesc
 	ch <- queueDesc
+	ch <- loopDesc
+	ch <- backDesc
+	ch <- handoffDesc
 }
 
 func (c *gaugeCollector) Collect(ch chan<- prometheus.Metric) {
@@ -125,4 +135,10 @@ func (c *gaugeCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(poolDesc, prometheus.GaugeValue, float64(n), rt)
 	}
 	ch <- prometheus.MustNewConstMetric(queueDesc, prometheus.GaugeValue, float64(c.g.QueueDepth()))
+	loop, back, handoffs := c.g.RouterPaths()
+	ch <- prometheus.MustNewConstMetric(loopDesc, prometheus.CounterValue, float64(loop))
+	ch <- prometheus.MustNewConstMetric(backDesc, prometheus.CounterValue, float64(back))
+	for reason, n := range handoffs {
+		ch <- prometheus.MustNewConstMetric(handoffDesc, prometheus.CounterValue, float64(n), reason)
+	}
 }

@@ -54,8 +54,11 @@ type Lane struct {
 	closing atomic.Bool
 	conns   atomic.Int64 // client connections the loops hold
 	wg      sync.WaitGroup
-	// Served counts requests answered in the loops, for tests.
-	served atomic.Int64
+	// served counts requests answered in the loops; handoffs, connections
+	// given to the slow path, by reason.
+	served   atomic.Int64
+	handoffs [handoffReasons]atomic.Int64
+	adopted  atomic.Int64 // connections the server gave back
 	// How long a connection may wait for its first request, and for
 	// each one after (httpserve's limits; tests shorten them).
 	headerTimeout, idleTimeout atomic.Int64 // nanoseconds
@@ -69,6 +72,38 @@ const (
 	laneMaxUpHead = 64 << 10 // the largest answer head (as on the slow path)
 	laneSweep     = 100 * time.Millisecond
 )
+
+// handoffReason says why a loop gave a connection to the slow path.
+type handoffReason int
+
+const (
+	served             handoffReason = iota // not handed over
+	handoffNotFunction                      // the API, metrics, health
+	handoffProtocol                         // HTTP/1.0, Connection: close, Upgrade, Expect, absolute-form
+	handoffBody                             // chunked, over 4 KiB, or not all in the first read
+	handoffHead                             // split across reads, or over the loop's buffer
+	handoffMalformed                        // unparseable, or a target the router refuses
+	handoffNotCached                        // the function (or tag) is not in memory yet, or does not exist
+	handoffNoCapacity                       // no instance free now: a cold start, or a queue
+	handoffNetwork                          // the instance is not on a Unix socket
+	handoffDial                             // the instance could not be dialled
+	handoffRetry                            // the request never reached its instance: served again elsewhere
+	handoffReasons
+)
+
+var handoffNames = [handoffReasons]string{"", "not_function", "protocol", "body", "head", "malformed",
+	"not_cached", "no_capacity", "network", "dial", "retry"}
+
+// Counts reports the requests the loops served, the connections the
+// slow path gave back, and, by reason, the connections the loops handed
+// to the slow path (for metrics).
+func (l *Lane) Counts() (served, takenBack int64, handoffs map[string]int64) {
+	handoffs = make(map[string]int64, handoffReasons-1)
+	for r := handoffNotFunction; r < handoffReasons; r++ {
+		handoffs[handoffNames[r]] = l.handoffs[r].Load()
+	}
+	return l.served.Load(), l.adopted.Load(), handoffs
+}
 
 // CachedResolver resolves from memory alone: a loop must not wait on the
 // store. A miss takes the slow path, which loads.
@@ -121,6 +156,7 @@ func (rt *Router) NewLane(ln net.Listener, n int) (*Lane, error) {
 		l.wg.Add(1)
 		go lp.run()
 	}
+	rt.lane = l
 	return l, nil
 }
 
@@ -214,10 +250,13 @@ func (h *handoffListener) give(c net.Conn) {
 }
 
 // prefixConn is a handed-over connection with the bytes the loop had
-// read from it first.
+// read from it first. back marks one that may come back to the loops
+// once the slow path has answered a function request on it
+// (Lane.takeBack).
 type prefixConn struct {
 	net.Conn
-	pre []byte
+	pre  []byte
+	back bool
 }
 
 // CloseWrite lets the server close lingering (see httpserve).
@@ -549,7 +588,7 @@ func (lp *loop) read(c *laneClient) {
 	if len(c.in) == cap(c.in) {
 		if !busy {
 			// A head larger than the buffer: the slow path reads it.
-			lp.handOff(c)
+			lp.handOff(c, handoffHead)
 			return
 		}
 		c.full = true
@@ -594,7 +633,7 @@ func (lp *loop) next(c *laneClient) {
 			// The rest of the head is not here yet: most clients send a
 			// head in one write, and the slow path has the timeouts for
 			// those that do not.
-			lp.handOff(c)
+			lp.handOff(c, handoffHead)
 		}
 		return
 	}
@@ -602,47 +641,57 @@ func (lp *loop) next(c *laneClient) {
 	lp.rd.Reset(c.in[:end])
 	lp.br.Reset(lp.rd)
 	c.h.Reset()
-	if err := c.h.Read(lp.br); err != nil || !lp.start(c, end) {
-		lp.handOff(c)
+	why := handoffMalformed
+	if err := c.h.Read(lp.br); err == nil {
+		why = lp.start(c, end)
+	}
+	if why != served {
+		lp.handOff(c, why)
 	}
 }
 
 // start sends the request whose head (end bytes of c.in) is parsed in
-// c.h to a free instance, if it is one the lane serves.
-func (lp *loop) start(c *laneClient, end int) bool {
+// c.h to a free instance, if it is one the lane serves; otherwise it says
+// why not.
+func (lp *loop) start(c *laneClient, end int) handoffReason {
 	rh := &c.h
 	uri := rh.RequestURI()
-	if !rh.IsHTTP11() || rh.ConnectionClose() || len(uri) == 0 || uri[0] != '/' || !Routes(uri) ||
-		len(rh.Peek("Transfer-Encoding")) > 0 || len(rh.Peek("Upgrade")) > 0 || len(rh.Peek("Expect")) > 0 {
-		return false
+	switch {
+	case len(uri) == 0 || uri[0] != '/':
+		return handoffProtocol // absolute-form targets, OPTIONS *
+	case !Routes(uri):
+		return handoffNotFunction
+	case !rh.IsHTTP11() || rh.ConnectionClose() || len(rh.Peek("Upgrade")) > 0 || len(rh.Peek("Expect")) > 0:
+		return handoffProtocol
 	}
 	cl := bodyLength(rh)
-	if cl < 0 || cl > laneMaxBody || int64(cl) > lp.lane.rt.cfg.MaxBodyBytes || end+cl > len(c.in) {
-		return false
+	if cl < 0 || cl > laneMaxBody || int64(cl) > lp.lane.rt.cfg.MaxBodyBytes || end+cl > len(c.in) ||
+		len(rh.Peek("Transfer-Encoding")) > 0 {
+		return handoffBody
 	}
 	suri := string(uri)
 	if !validTarget(suri) {
-		return false
+		return handoffMalformed
 	}
 	path, query, _ := bytes.Cut(uri, []byte{'?'})
 	owner, name, rest, err := SplitPath(string(path))
 	if err != nil {
-		return false
+		return handoffMalformed
 	}
 	rt := lp.lane.rt
 	fn, tag, _ := strings.Cut(name, "@")
 	spec := lp.lane.cache.Cached(owner, fn, tag)
 	if spec == nil {
-		return false
+		return handoffNotCached
 	}
 	lease := lp.lane.try.TryAcquire(spec)
 	if lease == nil {
-		return false
+		return handoffNoCapacity
 	}
 	inst := lease.Instance()
 	if inst.Network != "unix" {
 		lease.Release()
-		return false
+		return handoffNetwork
 	}
 	u := lp.getIdle(inst)
 	if u == nil {
@@ -651,7 +700,7 @@ func (lp *loop) start(c *laneClient, end int) bool {
 			// The slow path dials again, and knows what to do when that
 			// fails.
 			lease.Release()
-			return false
+			return handoffDial
 		}
 	}
 	rt.resolver.Invoked(spec)
@@ -679,7 +728,7 @@ func (lp *loop) start(c *laneClient, end int) bool {
 	u.wrote, u.n, u.mode, u.status, u.keep = 0, 0, bodyNone, 0, true
 	u.chunks = chunkRelay{}
 	lp.send(u)
-	return true
+	return served
 }
 
 func (lp *loop) getIdle(inst *backend.Instance) *laneUp {
@@ -1013,8 +1062,9 @@ func (lp *loop) flush(c *laneClient) bool {
 func (lp *loop) finish(c *laneClient) {
 	u, inv := c.up, c.inv
 	c.up, c.inv = nil, nil
+	status := u.status
 	lp.release(u)
-	inv.finish(u.status)
+	inv.finish(status)
 	c.in = c.in[:copy(c.in, c.in[c.reqLen:])]
 	c.reqLen = 0
 	c.served = true
@@ -1124,7 +1174,7 @@ func (lp *loop) fail(c *laneClient, err error) {
 		// the request again, on another instance.
 		inv.lease.Kill(backend.ExitCrashed)
 		inv.lease.Release()
-		lp.handOff(c)
+		lp.handOff(c, handoffRetry)
 		return
 	}
 	// The connection stays here, waiting (as for an answer) while the
@@ -1161,10 +1211,95 @@ func (lp *loop) answered(c *laneClient, resp []byte) {
 }
 
 // handOff gives c to the slow path with the bytes read from it.
-func (lp *loop) handOff(c *laneClient) {
+func (lp *loop) handOff(c *laneClient, why handoffReason) {
+	lp.lane.handoffs[why].Add(1)
 	pre := bytes.Clone(c.in)
 	if nc, ok := lp.detach(c); ok {
-		lp.lane.handoff.give(&prefixConn{Conn: nc, pre: pre})
+		// A client that splits its heads or speaks HTTP/1.0 is likely to
+		// go on doing so; others may come back (see takeBack).
+		back := why != handoffHead && why != handoffProtocol
+		lp.lane.handoff.give(&prefixConn{Conn: nc, pre: pre, back: back})
+	}
+}
+
+// takeBack has the connection of the function request in ctx come back
+// to the loops once its response is sent, if the loops handed it over: a
+// connection that first met a cold start (a scale from zero under load,
+// say), a large body, or the API would otherwise stay on the slow path.
+// Moving it costs a few system calls, against a slow-path request's
+// goroutine work.
+func (l *Lane) takeBack(ctx *fasthttp.RequestCtx) {
+	hc, ok := ctx.Conn().(*httpserve.Conn)
+	if !ok {
+		return
+	}
+	pc, ok := hc.Conn.(*prefixConn)
+	if !ok || !pc.back || l.closing.Load() || ctx.Response.ConnectionClose() || ctx.Request.Header.ConnectionClose() {
+		return
+	}
+	pc.back = false
+	ctx.Hijack(func(hj net.Conn) { l.adopt(hj, hc, pc) })
+}
+
+// adopt moves a connection the server hijacked into a loop, with what
+// the server had read past its last request.
+func (l *Lane) adopt(hj net.Conn, hc *httpserve.Conn, pc *prefixConn) {
+	var pre []byte
+	_ = hj.SetReadDeadline(time.Unix(1, 0))
+	buf := make([]byte, 4096)
+	for len(pre) <= laneReadBuf {
+		n, err := hj.Read(buf)
+		pre = append(pre, buf[:n]...)
+		if err != nil {
+			break
+		}
+	}
+	tcp, ok := pc.Conn.(*net.TCPConn)
+	fd := -1
+	if ok && len(pre) <= laneReadBuf && !l.closing.Load() {
+		if rc, err := tcp.SyscallConn(); err == nil {
+			_ = rc.Control(func(s uintptr) {
+				r, _, e := syscall.Syscall(syscall.SYS_FCNTL, s, syscall.F_DUPFD_CLOEXEC, 0)
+				if e == 0 {
+					fd = int(r)
+				}
+			})
+		}
+	}
+	if fd < 0 {
+		// Not to be moved: it goes back to the server as new, with all
+		// it had read first (the server's reader for it is gone).
+		_ = hj.SetReadDeadline(time.Time{})
+		hc.Detach()
+		l.handoff.give(&prefixConn{Conn: pc.Conn, pre: pre})
+		return
+	}
+	// The socket lives on in fd: the server's descriptor is closed
+	// without the lingering close that would shut its writing side.
+	hc.Detach()
+	tcp.Close()
+	ip := ""
+	if a, ok := tcp.RemoteAddr().(*net.TCPAddr); ok {
+		ip = a.IP.String()
+	}
+	lp := l.loops[fd%len(l.loops)]
+	lp.post(func() { lp.adopt(fd, ip, pre) })
+}
+
+// adopt serves fd, a connection the server gave back, from this loop.
+func (lp *loop) adopt(fd int, ip string, pre []byte) {
+	_ = syscall.SetNonblock(fd, true)
+	c := &laneClient{fd: fd, ip: ip, in: append(make([]byte, 0, laneReadBuf), pre...), served: true, lastActive: lp.now,
+		events: syscall.EPOLLIN | syscall.EPOLLRDHUP}
+	if lp.quit || syscall.EpollCtl(lp.ep, syscall.EPOLL_CTL_ADD, fd, &syscall.EpollEvent{Events: c.events, Fd: int32(fd)}) != nil {
+		syscall.Close(fd)
+		return
+	}
+	lp.set(fd, ent{c: c})
+	lp.lane.conns.Add(1)
+	lp.lane.adopted.Add(1)
+	if len(c.in) > 0 || lp.lane.closing.Load() {
+		lp.next(c)
 	}
 }
 

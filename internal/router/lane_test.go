@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -81,23 +82,23 @@ func TestLaneServesInPlaceOrHandsOver(t *testing.T) {
 		raw     []string
 		status  int
 		body    string
-		inPlace bool
+		handoff string // "" when served in the loop
 	}{
-		{"GET", []string{"GET /fn/alice/fn/a?q=1 HTTP/1.1\r\nHost: h\r\n\r\n"}, 200, "", true},
-		{"small body", []string{"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"}, 200, "hello", true},
-		{"body over the lane's limit", []string{"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nContent-Length: 4097\r\n\r\n" + big}, 200, big, false},
-		{"chunked body", []string{"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"}, 200, "hi", false},
-		{"HTTP/1.0", []string{"GET /fn/alice/fn/a HTTP/1.0\r\nHost: h\r\n\r\n"}, 200, "", false},
-		{"Connection: close", []string{"GET /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"}, 200, "", false},
-		{"not a function", []string{"GET /api/v1/x HTTP/1.1\r\nHost: h\r\n\r\n"}, 404, "", false},
-		{"head in two writes", []string{"GET /fn/alice/fn/a HTTP/1.1\r\n", "Host: h\r\n\r\n"}, 200, "", false},
-		{"body in a second write", []string{"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n", "hi"}, 200, "hi", false},
-		{"broken escape", []string{"GET /fn/alice/fn/% HTTP/1.1\r\nHost: h\r\n\r\n"}, 400, "", false},
+		{"GET", []string{"GET /fn/alice/fn/a?q=1 HTTP/1.1\r\nHost: h\r\n\r\n"}, 200, "", ""},
+		{"small body", []string{"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"}, 200, "hello", ""},
+		{"body over the lane's limit", []string{"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nContent-Length: 4097\r\n\r\n" + big}, 200, big, "body"},
+		{"chunked body", []string{"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"}, 200, "hi", "body"},
+		{"HTTP/1.0", []string{"GET /fn/alice/fn/a HTTP/1.0\r\nHost: h\r\n\r\n"}, 200, "", "protocol"},
+		{"Connection: close", []string{"GET /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"}, 200, "", "protocol"},
+		{"not a function", []string{"GET /api/v1/x HTTP/1.1\r\nHost: h\r\n\r\n"}, 404, "", "not_function"},
+		{"head in two writes", []string{"GET /fn/alice/fn/a HTTP/1.1\r\n", "Host: h\r\n\r\n"}, 200, "", "head"},
+		{"body in a second write", []string{"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n", "hi"}, 200, "hi", "body"},
+		{"broken escape", []string{"GET /fn/alice/fn/% HTTP/1.1\r\nHost: h\r\n\r\n"}, 400, "", "malformed"},
 	}
 	srv := laneRouter(t, echo())
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			before := srv.lane.served.Load()
+			served0, _, handoffs0 := srv.lane.Counts()
 			res := exchange(t, srv.URL, 1, tt.raw...)[0]
 			if res.StatusCode != tt.status {
 				t.Fatalf("status %d, want %d", res.StatusCode, tt.status)
@@ -108,8 +109,18 @@ func TestLaneServesInPlaceOrHandsOver(t *testing.T) {
 			if res.Header.Get("Spry-Request-Id") == "" && tt.status == 200 {
 				t.Fatal("no request id")
 			}
-			if got := srv.lane.served.Load() - before; (got == 1) != tt.inPlace {
-				t.Fatalf("served in place: %d, want %v", got, tt.inPlace)
+			served1, _, handoffs1 := srv.lane.Counts()
+			if got := served1 - served0; (got == 1) != (tt.handoff == "") {
+				t.Fatalf("served in place: %d, want handed over for %q", got, tt.handoff)
+			}
+			for reason, n := range handoffs1 {
+				want := int64(0)
+				if reason == tt.handoff {
+					want = 1
+				}
+				if n-handoffs0[reason] != want {
+					t.Fatalf("handoffs for %s: %d, want %d", reason, n-handoffs0[reason], want)
+				}
 			}
 		})
 	}
@@ -375,5 +386,108 @@ func TestLaneDropsIdleConnectionThatSpeaks(t *testing.T) {
 			t.Fatalf("request %d got %q, an answer meant for no request", i, b)
 		}
 		time.Sleep(150 * time.Millisecond) // the instance speaks meanwhile
+	}
+}
+
+// A connection handed over because no instance was free comes back to
+// the loops once the slow path has answered it.
+func TestLaneTakesBackAfterColdStart(t *testing.T) {
+	if !*viaLane {
+		t.Skip("the lane is off (-lane=false)")
+	}
+	release := make(chan struct{})
+	var calls atomic.Int32
+	sock := serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) == 1 {
+			<-release
+		}
+		_, _ = io.WriteString(w, r.URL.Path)
+	}))
+	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 1, MaxScale: 1, Timeout: 5 * time.Second}
+	act := activator.New(&upstreamBackend{addr: sock}, activator.Config{})
+	srv := serveRouterWatching(t, New(oneSpec{spec}, act, Config{}), time.Minute)
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	dial := func() (net.Conn, *bufio.Reader) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		return c, bufio.NewReader(c)
+	}
+	get := func(c net.Conn, br *bufio.Reader, path string) string {
+		t.Helper()
+		_, _ = io.WriteString(c, "GET /fn/alice/fn"+path+" HTTP/1.1\r\nHost: h\r\n\r\n")
+		res, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return body(res)
+	}
+	a, abr := dial()
+	first := make(chan string, 1)
+	go func() { first <- get(a, abr, "/a") }()
+	for calls.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	// The one instance is busy: b's request waits on the slow path.
+	b, bbr := dial()
+	second := make(chan string, 1)
+	go func() { second <- get(b, bbr, "/b1") }()
+	for act.QueueDepth() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	if got := <-first; got != "/a" {
+		t.Fatalf("a got %q", got)
+	}
+	if got := <-second; got != "/b1" {
+		t.Fatalf("b got %q", got)
+	}
+	served0, _, _ := srv.lane.Counts()
+	// Pipelined, to check that bytes the server read ahead come along.
+	_, _ = io.WriteString(b, "GET /fn/alice/fn/b2 HTTP/1.1\r\nHost: h\r\n\r\nGET /fn/alice/fn/b3 HTTP/1.1\r\nHost: h\r\n\r\n")
+	for _, want := range []string{"/b2", "/b3"} {
+		res, err := http.ReadResponse(bbr, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := body(res); got != want {
+			t.Fatalf("got %q, want %q", got, want)
+		}
+	}
+	if got := get(b, bbr, "/b4"); got != "/b4" {
+		t.Fatalf("got %q", got)
+	}
+	if n := srv.lane.adopted.Load(); n != 1 {
+		t.Fatalf("%d connections taken back, want 1", n)
+	}
+	if served1, _, _ := srv.lane.Counts(); served1-served0 != 3 {
+		t.Fatalf("the loops served %d of b's 3 later requests", served1-served0)
+	}
+}
+
+// Invocations served in the loops are logged with their status.
+func TestLaneLogsStatus(t *testing.T) {
+	if !*viaLane {
+		t.Skip("the lane is off (-lane=false)")
+	}
+	sock := serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(201)
+	}))
+	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 5 * time.Second}
+	access := make(accessRecorder, 4)
+	srv := serveRouter(t, New(oneSpec{spec}, activator.New(&upstreamBackend{addr: sock}, activator.Config{}), Config{Access: access}))
+	served0, _, _ := srv.lane.Counts()
+	res := exchange(t, srv.URL, 1, "GET /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n\r\n")[0]
+	if res.StatusCode != 201 {
+		t.Fatalf("status %d", res.StatusCode)
+	}
+	if served1, _, _ := srv.lane.Counts(); served1 != served0+1 {
+		t.Fatal("not served in the loop")
+	}
+	if got := <-access; got != 201 {
+		t.Fatalf("logged status %d, want 201", got)
 	}
 }

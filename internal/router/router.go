@@ -84,6 +84,7 @@ type Router struct {
 	leaser   Leaser
 	pool     pool
 	log      *slog.Logger
+	lane     *Lane // the event loops in front, if any
 }
 
 // New returns a Router.
@@ -215,6 +216,9 @@ func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string)
 		if !inv.retry {
 			if !streaming {
 				inv.finish(ctx.Response.StatusCode())
+			}
+			if rt.lane != nil && !upgrade && !inv.bodyPending && err == nil {
+				rt.lane.takeBack(ctx)
 			}
 			return
 		}

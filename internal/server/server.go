@@ -510,6 +510,13 @@ func (g gauges) Instances() []metrics.InstanceCount {
 func (g gauges) PoolIdle() map[string]int { return g.s.back.PoolIdle() }
 func (g gauges) QueueDepth() int          { return g.s.act.QueueDepth() }
 
+func (g gauges) RouterPaths() (int64, int64, map[string]int64) {
+	if lane := g.s.lane; lane != nil {
+		return lane.Counts()
+	}
+	return 0, 0, nil
+}
+
 // debugMux serves pprof; it is only ever on the --debug-listen listener.
 func debugMux() *http.ServeMux {
 	mux := http.NewServeMux()
