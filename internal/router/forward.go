@@ -805,6 +805,9 @@ func (rt *Router) upgrade(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 	ctx.Hijack(func(client net.Conn) {
 		defer inv.finish(fasthttp.StatusSwitchingProtocols)
 		defer c.close()
+		// The server keeps hijacked connections (KeepHijackedConns): the
+		// handler closes them.
+		defer client.Close()
 		_ = client.SetDeadline(inv.deadline)
 		if _, err := client.Write(head); err != nil {
 			return
