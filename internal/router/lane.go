@@ -299,11 +299,13 @@ type loop struct {
 	mu        sync.Mutex
 	cmds      []func()
 	dead      chan struct{} // closed when run returns
+	gen       uint32        // the last registration's generation
 }
 
 type ent struct {
-	c *laneClient
-	u *laneUp
+	c   *laneClient
+	u   *laneUp
+	gen uint32
 }
 
 // laneClient is a client connection the loop serves.
@@ -317,6 +319,7 @@ type laneClient struct {
 	up     *laneUp
 	h      fasthttp.RequestHeader
 	events uint32
+	gen    uint32 // of its epoll registration
 	// headSent: the answer's head went to the client (a failure can no
 	// longer be answered with an error).
 	headSent bool
@@ -341,6 +344,7 @@ type laneUp struct {
 	reused bool
 	paused bool // not read while the client's socket is full
 	events uint32
+	gen    uint32
 	h      fasthttp.ResponseHeader
 	mode   int
 	left   int64
@@ -425,12 +429,18 @@ func (lp *loop) run() {
 			ev := lp.events[i]
 			fd := int(ev.Fd)
 			switch {
-			case fd == lp.lane.lnFD:
+			case fd == lp.lane.lnFD && lp.listen:
+				// (Once the listener is closed its number may be reused.)
 				lp.accept()
 			case fd == lp.wakeR:
 				lp.runCommands()
 			case fd < len(lp.ents):
 				e := lp.ents[fd]
+				// An event for a descriptor closed earlier in this batch
+				// (and perhaps reused since) is not the new one's.
+				if e.gen != uint32(ev.Pad) {
+					continue
+				}
 				if e.c != nil {
 					lp.clientEvent(e.c, ev.Events)
 				} else if e.u != nil {
@@ -515,6 +525,20 @@ func (lp *loop) stopAccepting() {
 	}
 }
 
+// ctl adds or changes fd in the epoll set; gen goes with its events, to
+// tell them from a closed descriptor's of the same number.
+func (lp *loop) ctl(op, fd int, events, gen uint32) error {
+	return syscall.EpollCtl(lp.ep, op, fd, &syscall.EpollEvent{Events: events, Fd: int32(fd), Pad: int32(gen)})
+}
+
+func (lp *loop) nextGen() uint32 {
+	lp.gen++
+	if lp.gen == 0 {
+		lp.gen++
+	}
+	return lp.gen
+}
+
 func (lp *loop) set(fd int, e ent) {
 	for fd >= len(lp.ents) {
 		lp.ents = append(lp.ents, make([]ent, len(lp.ents)+64)...)
@@ -539,11 +563,12 @@ func (lp *loop) accept() {
 			c.ip = net.IP(a.Addr[:]).String()
 		}
 		c.events = syscall.EPOLLIN | syscall.EPOLLRDHUP
-		if err := syscall.EpollCtl(lp.ep, syscall.EPOLL_CTL_ADD, fd, &syscall.EpollEvent{Events: c.events, Fd: int32(fd)}); err != nil {
+		c.gen = lp.nextGen()
+		if err := lp.ctl(syscall.EPOLL_CTL_ADD, fd, c.events, c.gen); err != nil {
 			syscall.Close(fd)
 			continue
 		}
-		lp.set(fd, ent{c: c})
+		lp.set(fd, ent{c: c, gen: c.gen})
 		lp.lane.conns.Add(1)
 	}
 }
@@ -561,7 +586,7 @@ func (lp *loop) sync(c *laneClient) {
 	}
 	if c.events != ev && c.fd >= 0 {
 		c.events = ev
-		_ = syscall.EpollCtl(lp.ep, syscall.EPOLL_CTL_MOD, c.fd, &syscall.EpollEvent{Events: ev, Fd: int32(c.fd)})
+		_ = lp.ctl(syscall.EPOLL_CTL_MOD, c.fd, ev, c.gen)
 	}
 }
 
@@ -757,12 +782,12 @@ func (lp *loop) dial(inst *backend.Instance) (*laneUp, error) {
 		syscall.Close(fd)
 		return nil, err
 	}
-	if err := syscall.EpollCtl(lp.ep, syscall.EPOLL_CTL_ADD, fd, &syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP, Fd: int32(fd)}); err != nil {
+	u := &laneUp{fd: fd, inst: inst, buf: make([]byte, laneUpBuf), events: syscall.EPOLLIN | syscall.EPOLLRDHUP, gen: lp.nextGen()}
+	if err := lp.ctl(syscall.EPOLL_CTL_ADD, fd, u.events, u.gen); err != nil {
 		syscall.Close(fd)
 		return nil, err
 	}
-	u := &laneUp{fd: fd, inst: inst, buf: make([]byte, laneUpBuf), events: syscall.EPOLLIN | syscall.EPOLLRDHUP}
-	lp.set(fd, ent{u: u})
+	lp.set(fd, ent{u: u, gen: u.gen})
 	return u, nil
 }
 
@@ -813,7 +838,7 @@ func (lp *loop) sendFailed(u *laneUp, err error) {
 func (lp *loop) upInterest(u *laneUp, events uint32) {
 	if u.events != events {
 		u.events = events
-		_ = syscall.EpollCtl(lp.ep, syscall.EPOLL_CTL_MOD, u.fd, &syscall.EpollEvent{Events: events, Fd: int32(u.fd)})
+		_ = lp.ctl(syscall.EPOLL_CTL_MOD, u.fd, events, u.gen)
 	}
 }
 
@@ -827,7 +852,7 @@ func (lp *loop) pause(u *laneUp) {
 func (lp *loop) resume(u *laneUp) {
 	u.paused = false
 	u.events = syscall.EPOLLIN | syscall.EPOLLRDHUP
-	_ = syscall.EpollCtl(lp.ep, syscall.EPOLL_CTL_ADD, u.fd, &syscall.EpollEvent{Events: u.events, Fd: int32(u.fd)})
+	_ = lp.ctl(syscall.EPOLL_CTL_ADD, u.fd, u.events, u.gen)
 }
 
 func (lp *loop) upEvent(u *laneUp, ev uint32) {
@@ -1290,12 +1315,12 @@ func (l *Lane) adopt(hj net.Conn, hc *httpserve.Conn, pc *prefixConn) {
 func (lp *loop) adopt(fd int, ip string, pre []byte) {
 	_ = syscall.SetNonblock(fd, true)
 	c := &laneClient{fd: fd, ip: ip, in: append(make([]byte, 0, laneReadBuf), pre...), served: true, lastActive: lp.now,
-		events: syscall.EPOLLIN | syscall.EPOLLRDHUP}
-	if lp.quit || syscall.EpollCtl(lp.ep, syscall.EPOLL_CTL_ADD, fd, &syscall.EpollEvent{Events: c.events, Fd: int32(fd)}) != nil {
+		events: syscall.EPOLLIN | syscall.EPOLLRDHUP, gen: lp.nextGen()}
+	if lp.quit || lp.ctl(syscall.EPOLL_CTL_ADD, fd, c.events, c.gen) != nil {
 		syscall.Close(fd)
 		return
 	}
-	lp.set(fd, ent{c: c})
+	lp.set(fd, ent{c: c, gen: c.gen})
 	lp.lane.conns.Add(1)
 	lp.lane.adopted.Add(1)
 	if len(c.in) > 0 || lp.lane.closing.Load() {
