@@ -491,3 +491,48 @@ func TestLaneLogsStatus(t *testing.T) {
 		t.Fatalf("logged status %d, want 201", got)
 	}
 }
+
+// A pooled connection the instance stopped reading (so the loop saw no
+// hang-up on it) fails the next request's write before anything reached
+// the instance: the request goes on a fresh connection, once.
+func TestLaneRetriesWriteOnStaleConnection(t *testing.T) {
+	if !*viaLane {
+		t.Skip("the lane is off (-lane=false)")
+	}
+	var conns atomic.Int32
+	sock := serveRawUnix(t, func(c net.Conn) {
+		conns.Add(1)
+		br := bufio.NewReader(c)
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		_, _ = io.Copy(io.Discard, req.Body)
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		// Stop reading but keep the connection: a write to it fails
+		// (EPIPE) and no hang-up is reported to the loop.
+		_ = c.(*net.UnixConn).CloseRead()
+		time.Sleep(2 * time.Second)
+	})
+	srv := routerTo(t, sock, time.Millisecond)
+	c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(c)
+	for i := 0; i < 2; i++ {
+		_, _ = io.WriteString(c, "GET /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n\r\n")
+		res, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b := body(res); res.StatusCode != 200 || b != "ok" {
+			t.Fatalf("request %d: %d %q", i, res.StatusCode, b)
+		}
+	}
+	if n := conns.Load(); n != 2 {
+		t.Fatalf("%d connections to the instance, want 2", n)
+	}
+}
