@@ -1150,8 +1150,11 @@ func (lp *loop) upEnded(u *laneUp, err error) {
 func (lp *loop) cutOff(c *laneClient) {
 	u, inv := c.up, c.inv
 	c.up, c.inv = nil, nil
+	// Out of time while waiting on the instance (not on a slow client):
+	// the function may be stuck, as on the slow path.
+	stuck := !u.paused && !time.Now().Before(inv.deadline)
 	lp.closeUp(u)
-	if !time.Now().Before(inv.deadline) {
+	if stuck {
 		inv.lease.Kill(backend.ExitTimeout)
 	}
 	inv.finish(u.status)
@@ -1376,8 +1379,8 @@ func (lp *loop) sweep(now time.Time) {
 		case e.c != nil && e.c.inv != nil && !now.Before(e.c.inv.deadline):
 			c := e.c
 			if c.headSent {
-				// Mid-answer: the function may be stuck.
-				c.inv.lease.Kill(backend.ExitTimeout)
+				// Mid-answer: cut off (cutOff kills the instance unless
+				// it is the client that is slow).
 				lp.cutOff(c)
 			} else {
 				lp.fail(c, os.ErrDeadlineExceeded)

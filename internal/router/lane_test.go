@@ -536,3 +536,37 @@ func TestLaneRetriesWriteOnStaleConnection(t *testing.T) {
 		t.Fatalf("%d connections to the instance, want 2", n)
 	}
 }
+
+// A function that stops mid-answer past its timeout is cut off and its
+// instance killed; the client sees the answer end early.
+func TestLaneTimeoutMidAnswer(t *testing.T) {
+	if !*viaLane {
+		t.Skip("the lane is off (-lane=false)")
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	sock := serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "partial")
+		w.(http.Flusher).Flush()
+		<-stop
+	}))
+	b := &upstreamBackend{addr: sock}
+	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 300 * time.Millisecond}
+	srv := serveRouter(t, New(oneSpec{spec}, activator.New(b, activator.Config{}), Config{}))
+	served0, _, _ := srv.lane.Counts()
+	res, err := http.Get(srv.URL + "/fn/alice/fn/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(res.Body)
+	res.Body.Close()
+	if err == nil || string(got) != "partial" {
+		t.Fatalf("read %q, %v; want the answer cut off after %q", got, err, "partial")
+	}
+	if n := b.kills.Load(); n != 1 {
+		t.Fatalf("%d kills, want 1", n)
+	}
+	if served1, _, _ := srv.lane.Counts(); served1 != served0 {
+		t.Fatal("counted as served whole")
+	}
+}
