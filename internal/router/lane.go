@@ -36,10 +36,11 @@ import (
 // relayed as it comes. Every other connection (the API, a cold start or a
 // queue, an upgrade, a large or streamed body, a head split across reads,
 // HTTP/1.0, "Connection: close") is handed to the fasthttp server with the
-// bytes read so far and stays there, so the slow paths keep their one
-// implementation. Failures after a request was sent (a crash, a timeout, a
-// malformed answer) are answered by the same code as on the slow path, on
-// a goroutine, which then hands the connection over too.
+// bytes read so far, so the slow paths keep their one implementation;
+// after a function request there, most come back (takeBack). Failures
+// after a request was sent (a crash, a timeout, a malformed answer) are
+// worked out by the slow path's own rules on a goroutine (they may wait
+// for the instance's exit), and the loop writes the answer.
 
 // Lane serves a listener's connections through event loops, handing what
 // it does not serve to Handoff.
@@ -47,7 +48,7 @@ type Lane struct {
 	rt      *Router
 	cache   CachedResolver
 	try     TryLeaser
-	ln      net.Listener
+	ln      net.Listener // held: the loops use its descriptor (lnFD), which its finalizer would close
 	lnFD    int
 	loops   []*loop
 	handoff *handoffListener
