@@ -570,3 +570,21 @@ func TestLaneTimeoutMidAnswer(t *testing.T) {
 		t.Fatal("counted as served whole")
 	}
 }
+
+// A connection handed over for a large body stays with the slow path:
+// moving it back and forth would cost each such request more than the
+// slow path does.
+func TestLaneKeepsLargeBodyConnectionsOnTheSlowPath(t *testing.T) {
+	srv := laneRouter(t, echo())
+	big := strings.Repeat("z", laneMaxBody+1)
+	req := "POST /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\nContent-Length: 4097\r\n\r\n" + big
+	res := exchange(t, srv.URL, 3, req+req, "GET /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n\r\n")
+	for i, r := range res {
+		if r.StatusCode != 200 {
+			t.Fatalf("response %d: %d", i, r.StatusCode)
+		}
+	}
+	if n := srv.lane.adopted.Load(); n != 0 {
+		t.Fatalf("%d connections taken back, want 0", n)
+	}
+}
