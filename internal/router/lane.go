@@ -325,6 +325,9 @@ type laneClient struct {
 	// longer be answered with an error).
 	headSent bool
 	served   bool // it had a request answered
+	// lingerUntil, once set, is when a connection being closed (see
+	// linger) is closed whatever the client does.
+	lingerUntil time.Time
 	// hup: the client sent its last byte (or is gone); full: its buffer
 	// is, while a request is in flight; pending: the answer to a failed
 	// request is being worked out on another goroutine.
@@ -621,6 +624,14 @@ func (lp *loop) read(c *laneClient) {
 		lp.sync(c)
 		return
 	}
+	if !c.lingerUntil.IsZero() {
+		// Closing: what the client still sends is dropped until it
+		// closes too (see linger).
+		if n, err := rawRead(c.fd, c.in[:cap(c.in)]); err != syscall.EAGAIN && n <= 0 {
+			lp.closeClient(c)
+		}
+		return
+	}
 	n, err := rawRead(c.fd, c.in[len(c.in):cap(c.in)])
 	if err == syscall.EAGAIN {
 		return
@@ -647,7 +658,7 @@ func (lp *loop) read(c *laneClient) {
 // next serves the request at the front of c.in, if any.
 func (lp *loop) next(c *laneClient) {
 	if c.closeAfter || lp.lane.closing.Load() {
-		lp.closeClient(c)
+		lp.linger(c)
 		return
 	}
 	end := bytes.Index(c.in, []byte("\r\n\r\n"))
@@ -687,7 +698,7 @@ func (lp *loop) start(c *laneClient, end int) handoffReason {
 		return handoffProtocol // absolute-form targets, OPTIONS *
 	case !Routes(uri):
 		return handoffNotFunction
-	case !rh.IsHTTP11() || rh.ConnectionClose() || len(rh.Peek("Upgrade")) > 0 || len(rh.Peek("Expect")) > 0:
+	case !rh.IsHTTP11() || len(rh.Peek("Upgrade")) > 0 || len(rh.Peek("Expect")) > 0:
 		return handoffProtocol
 	}
 	cl := bodyLength(rh)
@@ -738,6 +749,9 @@ func (lp *loop) start(c *laneClient, end int) handoffReason {
 	inv := &invocation{rt: rt, spec: spec, lease: lease, start: now, deadline: now.Add(timeout), method: string(rh.Method()),
 		uri: suri, rest: rest, query: string(query), reqID: newRequestID()}
 	c.inv, c.up, c.reqLen, c.headSent = inv, u, end+cl, false
+	// "Connection: close": the answer says so, and the connection ends
+	// after it.
+	c.closeAfter = c.closeAfter || rh.ConnectionClose()
 	u.c = c
 	u.out = appendRequestHead(u.out[:0], rh, inv, c.ip, false)
 	if cl > 0 {
@@ -970,7 +984,7 @@ func (lp *loop) readHead(u *laneUp) bool {
 		h.SetConnectionClose()
 		c.closeAfter = true
 	}
-	if lp.lane.closing.Load() {
+	if c.closeAfter || lp.lane.closing.Load() {
 		h.SetConnectionClose()
 		c.closeAfter = true
 	}
@@ -1075,7 +1089,7 @@ func (lp *loop) flush(c *laneClient) bool {
 	}
 	if c.inv == nil {
 		if c.closeAfter {
-			lp.closeClient(c)
+			lp.linger(c)
 		} else if !c.pending {
 			lp.next(c)
 		}
@@ -1100,11 +1114,7 @@ func (lp *loop) finish(c *laneClient) {
 	if len(c.out) > 0 {
 		return
 	}
-	if c.closeAfter {
-		lp.closeClient(c)
-		return
-	}
-	lp.next(c)
+	lp.next(c) // which lingers and closes if c.closeAfter
 }
 
 // release puts u back in the pool if it can carry another request.
@@ -1380,6 +1390,10 @@ func (lp *loop) closeUp(u *laneUp) {
 func (lp *loop) sweep(now time.Time) {
 	for _, e := range lp.ents {
 		switch {
+		case e.c != nil && !e.c.lingerUntil.IsZero():
+			if now.After(e.c.lingerUntil) {
+				lp.closeClient(e.c)
+			}
 		case e.c != nil && e.c.inv != nil && e.c.hup && now.Sub(e.c.inv.start) >= httpserve.WatchAfter:
 			lp.clientGone(e.c)
 		case e.c != nil && e.c.inv != nil && !now.Before(e.c.inv.deadline):
@@ -1397,6 +1411,28 @@ func (lp *loop) sweep(now time.Time) {
 			lp.unpool(e.u)
 			lp.closeUp(e.u)
 		}
+	}
+}
+
+// lingerTime bounds a lingering close in the loops.
+const lingerTime = 2 * time.Second
+
+// linger closes c after its last answer as nginx and the slow path do:
+// closing a socket with unread bytes (requests the client pipelined
+// behind the last) makes the kernel send a reset, which can destroy the
+// answer before the client reads it. So the writing side is shut first
+// (the client sees the answer, then its end), and what still arrives is
+// dropped until the client closes or lingerTime passes.
+func (lp *loop) linger(c *laneClient) {
+	if c.hup || syscall.Shutdown(c.fd, syscall.SHUT_WR) != nil {
+		lp.closeClient(c) // the client is done sending: nothing to drop
+		return
+	}
+	c.lingerUntil = lp.now.Add(lingerTime)
+	c.full = false
+	lp.sync(c)
+	if len(c.in) > 0 {
+		c.in = c.in[:0]
 	}
 }
 

@@ -89,7 +89,7 @@ func TestLaneServesInPlaceOrHandsOver(t *testing.T) {
 		{"body over the lane's limit", []string{"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nContent-Length: 4097\r\n\r\n" + big}, 200, big, "body"},
 		{"chunked body", []string{"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"}, 200, "hi", "body"},
 		{"HTTP/1.0", []string{"GET /fn/alice/fn/a HTTP/1.0\r\nHost: h\r\n\r\n"}, 200, "", "protocol"},
-		{"Connection: close", []string{"GET /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"}, 200, "", "protocol"},
+		{"Connection: close", []string{"GET /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"}, 200, "", ""},
 		{"not a function", []string{"GET /api/v1/x HTTP/1.1\r\nHost: h\r\n\r\n"}, 404, "", "not_function"},
 		{"head in two writes", []string{"GET /fn/alice/fn/a HTTP/1.1\r\n", "Host: h\r\n\r\n"}, 200, "", "head"},
 		{"body in a second write", []string{"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n", "hi"}, 200, "hi", "body"},
@@ -586,5 +586,36 @@ func TestLaneKeepsLargeBodyConnectionsOnTheSlowPath(t *testing.T) {
 	}
 	if n := srv.lane.adopted.Load(); n != 0 {
 		t.Fatalf("%d connections taken back, want 0", n)
+	}
+}
+
+// A request with "Connection: close" is served in the loop; the answer
+// says so, and the connection ends after it, cleanly (the writing side
+// first), though the client pipelined another request behind it.
+func TestLaneConnectionClose(t *testing.T) {
+	srv := laneRouter(t, echo())
+	c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	served0, _, _ := srv.lane.Counts()
+	_, _ = io.WriteString(c, "GET /fn/alice/fn/last HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"+
+		"GET /fn/alice/fn/ignored HTTP/1.1\r\nHost: h\r\n\r\n")
+	br := bufio.NewReader(c)
+	res, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Close || res.Header.Get("X-Path") != "/last" {
+		t.Fatalf("close %v, path %q", res.Close, res.Header.Get("X-Path"))
+	}
+	body(res)
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("after the answer: %v, want EOF", err)
+	}
+	if served1, _, _ := srv.lane.Counts(); served1-served0 != 1 {
+		t.Fatalf("served %d in the loop, want 1", served1-served0)
 	}
 }
