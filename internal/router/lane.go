@@ -35,7 +35,7 @@ import (
 // now, answered with a Content-Length, chunked or close-delimited body,
 // relayed as it comes. Every other connection (the API, a cold start or a
 // queue, an upgrade, a large or streamed body, a head split across reads,
-// HTTP/1.0, "Connection: close") is handed to the fasthttp server with the
+// HTTP/1.0) is handed to the fasthttp server with the
 // bytes read so far, so the slow paths keep their one implementation;
 // after a function request there, most come back (takeBack). Failures
 // after a request was sent (a crash, a timeout, a malformed answer) are
@@ -80,7 +80,7 @@ type handoffReason int
 const (
 	served             handoffReason = iota // not handed over
 	handoffNotFunction                      // the API, metrics, health
-	handoffProtocol                         // HTTP/1.0, Connection: close, Upgrade, Expect, absolute-form
+	handoffProtocol                         // HTTP/1.0, Upgrade, Expect, absolute-form
 	handoffBody                             // chunked, over 4 KiB, or not all in the first read
 	handoffHead                             // split across reads, or over the loop's buffer
 	handoffMalformed                        // unparseable, or a target the router refuses
