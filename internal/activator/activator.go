@@ -223,13 +223,10 @@ func (a *Activator) Acquire(ctx context.Context, spec *backend.Spec) (*Lease, er
 			return nil, ErrRetired
 		}
 		if in := rev.pick(); in != nil {
-			now := a.cfg.Now()
-			in.inflight++
-			in.lastUsed = now
-			rev.lastActivity = now
 			rev.unqueue(w)
+			l := a.lease(rev, in, cold)
 			rev.mu.Unlock()
-			return &Lease{rev: rev, in: in, Cold: cold, a: a}, nil
+			return l, nil
 		}
 		if w == nil {
 			if rev.waiters.Len() >= a.cfg.QueueSize {
@@ -281,15 +278,19 @@ func (a *Activator) TryAcquire(spec *backend.Spec) *Lease {
 	if rev.retired || rev.waiters.Len() > 0 {
 		return nil
 	}
-	in := rev.pick()
-	if in == nil {
-		return nil
+	if in := rev.pick(); in != nil {
+		return a.lease(rev, in, false)
 	}
+	return nil
+}
+
+// lease takes a request's slot on in. Callers hold rev.mu.
+func (a *Activator) lease(rev *revision, in *instance, cold bool) *Lease {
 	now := a.cfg.Now()
 	in.inflight++
 	in.lastUsed = now
 	rev.lastActivity = now
-	return &Lease{rev: rev, in: in, a: a}
+	return &Lease{rev: rev, in: in, Cold: cold, a: a}
 }
 
 func ctxErr(ctx context.Context) error {

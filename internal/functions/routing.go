@@ -188,9 +188,7 @@ func (r *route) versionsInUse() []*backend.Spec {
 // been seen.
 func (s *Service) Resolve(ctx context.Context, owner, name, tag string) (*backend.Spec, error) {
 	key := store.FunctionKey{Owner: owner, Name: name}
-	s.mu.RLock()
-	r := s.routes[key]
-	s.mu.RUnlock()
+	r := s.route(key)
 	if r == nil {
 		if s.recentlyMissing(key) {
 			return nil, fmt.Errorf("function %s/%s: %w", owner, name, errdefs.ErrNotFound)
@@ -231,10 +229,7 @@ func (s *Service) Resolve(ctx context.Context, owner, name, tag string) (*backen
 // is not in memory, or when the tag is a version number (Resolve loads
 // those, and says when something does not exist).
 func (s *Service) Cached(owner, name, tag string) *backend.Spec {
-	key := store.FunctionKey{Owner: owner, Name: name}
-	s.mu.RLock()
-	r := s.routes[key]
-	s.mu.RUnlock()
+	r := s.route(store.FunctionKey{Owner: owner, Name: name})
 	switch {
 	case r == nil:
 		return nil
@@ -242,6 +237,13 @@ func (s *Service) Cached(owner, name, tag string) *backend.Spec {
 		return r.pick()
 	}
 	return r.tags[tag]
+}
+
+// route is the cached routing of a function, or nil.
+func (s *Service) route(key store.FunctionKey) *route {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.routes[key]
 }
 
 // missTTL is how long a name found missing is answered from memory: a

@@ -133,6 +133,23 @@ func routerTo(t testing.TB, sock string, watchAfter time.Duration) *testServer {
 	return serveRouterWatching(t, New(oneSpec{spec}, act, Config{}), watchAfter)
 }
 
+// serveRawRequests serves a Unix socket with answer, called after each
+// request on a connection is read (its body too), i counting them; for
+// instances that answer below HTTP's rules.
+func serveRawRequests(t testing.TB, answer func(i int, c net.Conn)) string {
+	return serveRawUnix(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		for i := 0; ; i++ {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			_, _ = io.Copy(io.Discard, req.Body)
+			answer(i, c)
+		}
+	})
+}
+
 // serveRawUnix runs handle on each connection to a Unix socket, for
 // instances that misbehave below HTTP, and returns the socket's path.
 func serveRawUnix(t testing.TB, handle func(net.Conn)) string {
@@ -688,16 +705,8 @@ func TestForwardNeverReplaysDelivered(t *testing.T) {
 // answer given to the next request (a desync): a connection with bytes
 // left over after an answer is closed, not pooled.
 func TestForwardDropsConnectionWithLeftovers(t *testing.T) {
-	sock := serveRawUnix(t, func(c net.Conn) {
-		br := bufio.NewReader(c)
-		for i := 0; ; i++ {
-			req, err := http.ReadRequest(br)
-			if err != nil {
-				return
-			}
-			io.Copy(io.Discard, req.Body)
-			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n%cHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nX", 'A'+i)
-		}
+	sock := serveRawRequests(t, func(i int, c net.Conn) {
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n%cHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nX", 'A'+i)
 	})
 	srv := routerTo(t, sock, time.Millisecond)
 	for i := 0; i < 3; i++ {

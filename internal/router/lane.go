@@ -304,9 +304,19 @@ type loop struct {
 }
 
 type ent struct {
-	c   *laneClient
-	u   *laneUp
-	gen uint32
+	c *laneClient
+	u *laneUp
+}
+
+// gen is the generation of e's registration.
+func (e ent) gen() uint32 {
+	switch {
+	case e.c != nil:
+		return e.c.gen
+	case e.u != nil:
+		return e.u.gen
+	}
+	return 0
 }
 
 // laneClient is a client connection the loop serves.
@@ -442,7 +452,7 @@ func (lp *loop) run() {
 				e := lp.ents[fd]
 				// An event for a descriptor closed earlier in this batch
 				// (and perhaps reused since) is not the new one's.
-				if e.gen != uint32(ev.Pad) {
+				if e.gen() != uint32(ev.Pad) {
 					continue
 				}
 				if e.c != nil {
@@ -484,22 +494,14 @@ func (lp *loop) wait(msec int) (int, error) {
 // rawRead and rawWrite are read(2) and write(2) on the loop's sockets,
 // which are non-blocking: they never wait, so the scheduler need not be
 // told (as syscall.Read does), and the loop keeps its P.
-func rawRead(fd int, p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	r, _, e := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-	if e != 0 {
-		return -1, e
-	}
-	return int(r), nil
-}
+func rawRead(fd int, p []byte) (int, error)  { return rawIO(syscall.SYS_READ, fd, p) }
+func rawWrite(fd int, p []byte) (int, error) { return rawIO(syscall.SYS_WRITE, fd, p) }
 
-func rawWrite(fd int, p []byte) (int, error) {
+func rawIO(call uintptr, fd int, p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	r, _, e := syscall.RawSyscall(call, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
 	if e != 0 {
 		return -1, e
 	}
@@ -572,7 +574,7 @@ func (lp *loop) accept() {
 			syscall.Close(fd)
 			continue
 		}
-		lp.set(fd, ent{c: c, gen: c.gen})
+		lp.set(fd, ent{c: c})
 		lp.lane.conns.Add(1)
 	}
 }
@@ -802,7 +804,7 @@ func (lp *loop) dial(inst *backend.Instance) (*laneUp, error) {
 		syscall.Close(fd)
 		return nil, err
 	}
-	lp.set(fd, ent{u: u, gen: u.gen})
+	lp.set(fd, ent{u: u})
 	return u, nil
 }
 
@@ -1197,17 +1199,14 @@ func (lp *loop) clientGone(c *laneClient) {
 // wait for the instance's exit, so it runs on a goroutine that then
 // hands the connection to the slow path.
 func (lp *loop) fail(c *laneClient, err error) {
+	if c.headSent {
+		// Too late for an error answer: the answer is cut off.
+		lp.cutOff(c)
+		return
+	}
 	inv, u := c.inv, c.up
 	c.up, c.inv = nil, nil
 	lp.closeUp(u)
-	if c.headSent {
-		inv.finish(u.status)
-		c.closeAfter = true
-		if len(c.out) == 0 {
-			lp.closeClient(c)
-		}
-		return
-	}
 	if errors.Is(err, errUndelivered) && time.Now().Before(inv.deadline) {
 		// Never delivered (the instance died first): the slow path serves
 		// the request again, on another instance.
@@ -1339,7 +1338,7 @@ func (lp *loop) adopt(fd int, ip string, pre []byte) {
 		syscall.Close(fd)
 		return
 	}
-	lp.set(fd, ent{c: c, gen: c.gen})
+	lp.set(fd, ent{c: c})
 	lp.lane.conns.Add(1)
 	lp.lane.adopted.Add(1)
 	if len(c.in) > 0 || lp.lane.closing.Load() {
@@ -1349,14 +1348,21 @@ func (lp *loop) adopt(fd int, ip string, pre []byte) {
 
 // detach takes c out of the loop as a net.Conn.
 func (lp *loop) detach(c *laneClient) (net.Conn, bool) {
-	_ = syscall.EpollCtl(lp.ep, syscall.EPOLL_CTL_DEL, c.fd, nil)
-	lp.ents[c.fd] = ent{}
-	lp.lane.conns.Add(-1)
-	f := os.NewFile(uintptr(c.fd), "")
-	c.fd = -1
+	f := os.NewFile(uintptr(lp.forget(c)), "")
 	nc, err := net.FileConn(f)
 	f.Close()
 	return nc, err == nil
+}
+
+// forget takes c out of the loop and returns its descriptor, for the
+// caller to close or pass on.
+func (lp *loop) forget(c *laneClient) int {
+	fd := c.fd
+	_ = syscall.EpollCtl(lp.ep, syscall.EPOLL_CTL_DEL, fd, nil)
+	lp.ents[fd] = ent{}
+	c.fd = -1
+	lp.lane.conns.Add(-1)
+	return fd
 }
 
 func (lp *loop) closeClient(c *laneClient) {
@@ -1367,11 +1373,7 @@ func (lp *loop) closeClient(c *laneClient) {
 		lp.clientGone(c)
 		return
 	}
-	_ = syscall.EpollCtl(lp.ep, syscall.EPOLL_CTL_DEL, c.fd, nil)
-	lp.ents[c.fd] = ent{}
-	syscall.Close(c.fd)
-	c.fd = -1
-	lp.lane.conns.Add(-1)
+	syscall.Close(lp.forget(c))
 }
 
 func (lp *loop) closeUp(u *laneUp) {

@@ -38,31 +38,61 @@ func echo() http.Handler {
 	})
 }
 
-// exchange writes raw (in pieces, with a pause between) on a fresh
-// connection and reads n responses.
-func exchange(t *testing.T, url string, n int, raw ...string) []*http.Response {
+// rawConn is a client connection to a test server: requests written
+// raw, answers read with Go's parser.
+type rawConn struct {
+	net.Conn
+	t  testing.TB
+	br *bufio.Reader
+}
+
+func dialRaw(t testing.TB, url string) *rawConn {
 	t.Helper()
 	c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	return &rawConn{Conn: c, t: t, br: bufio.NewReader(c)}
+}
+
+func (c *rawConn) send(raw string) {
+	if _, err := io.WriteString(c.Conn, raw); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// response reads the next answer; its body is left to read.
+func (c *rawConn) response() *http.Response {
+	c.t.Helper()
+	res, err := http.ReadResponse(c.br, nil)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return res
+}
+
+// get asks for /fn/alice/fn<path> and reads the answer.
+func (c *rawConn) get(path string) *http.Response {
+	c.send("GET /fn/alice/fn" + path + " HTTP/1.1\r\nHost: h\r\n\r\n")
+	return c.response()
+}
+
+// exchange writes raw (in pieces, with a pause between) on a fresh
+// connection and reads n responses.
+func exchange(t *testing.T, url string, n int, raw ...string) []*http.Response {
+	t.Helper()
+	c := dialRaw(t, url)
 	for i, p := range raw {
 		if i > 0 {
 			time.Sleep(50 * time.Millisecond)
 		}
-		if _, err := io.WriteString(c, p); err != nil {
-			t.Fatal(err)
-		}
+		c.send(p)
 	}
-	br := bufio.NewReader(c)
 	var out []*http.Response
 	for i := 0; i < n; i++ {
-		res, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatalf("response %d: %v", i, err)
-		}
+		res := c.response()
 		b, _ := io.ReadAll(res.Body)
 		res.Body = io.NopCloser(strings.NewReader(string(b)))
 		out = append(out, res)
@@ -156,21 +186,9 @@ func TestLaneSlowClientGetsLargeAnswer(t *testing.T) {
 			_, _ = w.Write(chunk)
 		}
 	}))
-	c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-	br := bufio.NewReader(c)
+	c := dialRaw(t, srv.URL)
 	for i := 0; i < 2; i++ {
-		if _, err := io.WriteString(c, "GET /fn/alice/fn/big HTTP/1.1\r\nHost: h\r\n\r\n"); err != nil {
-			t.Fatal(err)
-		}
-		res, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		res := c.get("/big")
 		if i == 0 {
 			time.Sleep(200 * time.Millisecond) // let the buffers fill
 		}
@@ -185,17 +203,11 @@ func TestLaneSlowClientGetsLargeAnswer(t *testing.T) {
 // function that answers at once.
 func TestLaneHalfClosedClientIsAnswered(t *testing.T) {
 	srv := laneRouter(t, echo())
-	c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	_, _ = io.WriteString(c, "GET /fn/alice/fn/x HTTP/1.1\r\nHost: h\r\n\r\n")
-	_ = c.(*net.TCPConn).CloseWrite()
-	res, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil || res.StatusCode != 200 {
-		t.Fatalf("%v %v", res, err)
+	c := dialRaw(t, srv.URL)
+	c.send("GET /fn/alice/fn/x HTTP/1.1\r\nHost: h\r\n\r\n")
+	_ = c.Conn.(*net.TCPConn).CloseWrite()
+	if res := c.response(); res.StatusCode != 200 {
+		t.Fatalf("%v", res)
 	}
 }
 
@@ -207,13 +219,8 @@ func TestLaneShutdownFinishesInFlight(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 		_, _ = io.WriteString(w, "done")
 	}))
-	c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	_, _ = io.WriteString(c, "GET /fn/alice/fn/x HTTP/1.1\r\nHost: h\r\n\r\n")
+	c := dialRaw(t, srv.URL)
+	c.send("GET /fn/alice/fn/x HTTP/1.1\r\nHost: h\r\n\r\n")
 	<-started
 	shut := make(chan error, 1)
 	go func() {
@@ -221,18 +228,14 @@ func TestLaneShutdownFinishesInFlight(t *testing.T) {
 		defer cancel()
 		shut <- srv.lane.Shutdown(ctx)
 	}()
-	br := bufio.NewReader(c)
-	res, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	res := c.response()
 	if b := body(res); b != "done" || !res.Close {
 		t.Fatalf("body %q, close %v; want done and close", b, res.Close)
 	}
 	if err := <-shut; err != nil {
 		t.Fatal(err)
 	}
-	if _, err := br.ReadByte(); err != io.EOF {
+	if _, err := c.br.ReadByte(); err != io.EOF {
 		t.Fatalf("the connection stayed open: %v", err)
 	}
 }
@@ -243,27 +246,8 @@ func TestLaneIdleLimits(t *testing.T) {
 	srv := laneRouter(t, echo())
 	srv.lane.headerTimeout.Store(int64(300 * time.Millisecond))
 	srv.lane.idleTimeout.Store(int64(time.Hour))
-	addr := strings.TrimPrefix(srv.URL, "http://")
-	dial := func() net.Conn {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-		return c
-	}
-	silent, used := dial(), dial()
-	br := bufio.NewReader(used)
-	ask := func() {
-		t.Helper()
-		_, _ = io.WriteString(used, "GET /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\n\r\n")
-		res, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, res.Body)
-	}
+	silent, used := dialRaw(t, srv.URL), dialRaw(t, srv.URL)
+	ask := func() { body(used.get("/a")) }
 	ask()
 	start := time.Now()
 	if _, err := silent.Read(make([]byte, 1)); err != io.EOF {
@@ -355,34 +339,15 @@ func TestLaneDropsIdleConnectionThatSpeaks(t *testing.T) {
 	if !*viaLane {
 		t.Skip("the lane is off (-lane=false); the fasthttp path sees only bytes that came with the answer")
 	}
-	sock := serveRawUnix(t, func(c net.Conn) {
-		br := bufio.NewReader(c)
-		for i := 0; ; i++ {
-			req, err := http.ReadRequest(br)
-			if err != nil {
-				return
-			}
-			_, _ = io.Copy(io.Discard, req.Body)
-			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n%c", 'A'+i)
-			time.Sleep(50 * time.Millisecond)
-			fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nX")
-		}
+	sock := serveRawRequests(t, func(i int, c net.Conn) {
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n%c", 'A'+i)
+		time.Sleep(50 * time.Millisecond)
+		fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nX")
 	})
 	srv := routerTo(t, sock, time.Millisecond)
-	c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	br := bufio.NewReader(c)
+	c := dialRaw(t, srv.URL)
 	for i := 0; i < 3; i++ {
-		_, _ = io.WriteString(c, "GET /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n\r\n")
-		res, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if b := body(res); b != "A" {
+		if b := body(c.get("/")); b != "A" {
 			t.Fatalf("request %d got %q, an answer meant for no request", i, b)
 		}
 		time.Sleep(150 * time.Millisecond) // the instance speaks meanwhile
@@ -406,35 +371,16 @@ func TestLaneTakesBackAfterColdStart(t *testing.T) {
 	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 1, MaxScale: 1, Timeout: 5 * time.Second}
 	act := activator.New(&upstreamBackend{addr: sock}, activator.Config{})
 	srv := serveRouterWatching(t, New(oneSpec{spec}, act, Config{}), time.Minute)
-	addr := strings.TrimPrefix(srv.URL, "http://")
-	dial := func() (net.Conn, *bufio.Reader) {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-		return c, bufio.NewReader(c)
-	}
-	get := func(c net.Conn, br *bufio.Reader, path string) string {
-		t.Helper()
-		_, _ = io.WriteString(c, "GET /fn/alice/fn"+path+" HTTP/1.1\r\nHost: h\r\n\r\n")
-		res, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return body(res)
-	}
-	a, abr := dial()
+	a := dialRaw(t, srv.URL)
 	first := make(chan string, 1)
-	go func() { first <- get(a, abr, "/a") }()
+	go func() { first <- body(a.get("/a")) }()
 	for calls.Load() == 0 {
 		time.Sleep(time.Millisecond)
 	}
 	// The one instance is busy: b's request waits on the slow path.
-	b, bbr := dial()
+	b := dialRaw(t, srv.URL)
 	second := make(chan string, 1)
-	go func() { second <- get(b, bbr, "/b1") }()
+	go func() { second <- body(b.get("/b1")) }()
 	for act.QueueDepth() == 0 {
 		time.Sleep(time.Millisecond)
 	}
@@ -447,17 +393,13 @@ func TestLaneTakesBackAfterColdStart(t *testing.T) {
 	}
 	served0, _, _ := srv.lane.Counts()
 	// Pipelined, to check that bytes the server read ahead come along.
-	_, _ = io.WriteString(b, "GET /fn/alice/fn/b2 HTTP/1.1\r\nHost: h\r\n\r\nGET /fn/alice/fn/b3 HTTP/1.1\r\nHost: h\r\n\r\n")
+	b.send("GET /fn/alice/fn/b2 HTTP/1.1\r\nHost: h\r\n\r\nGET /fn/alice/fn/b3 HTTP/1.1\r\nHost: h\r\n\r\n")
 	for _, want := range []string{"/b2", "/b3"} {
-		res, err := http.ReadResponse(bbr, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := body(res); got != want {
+		if got := body(b.response()); got != want {
 			t.Fatalf("got %q, want %q", got, want)
 		}
 	}
-	if got := get(b, bbr, "/b4"); got != "/b4" {
+	if got := body(b.get("/b4")); got != "/b4" {
 		t.Fatalf("got %q", got)
 	}
 	if n := srv.lane.adopted.Load(); n != 1 {
@@ -500,14 +442,8 @@ func TestLaneRetriesWriteOnStaleConnection(t *testing.T) {
 		t.Skip("the lane is off (-lane=false)")
 	}
 	var conns atomic.Int32
-	sock := serveRawUnix(t, func(c net.Conn) {
-		conns.Add(1)
-		br := bufio.NewReader(c)
-		req, err := http.ReadRequest(br)
-		if err != nil {
-			return
-		}
-		_, _ = io.Copy(io.Discard, req.Body)
+	sock := serveRawRequests(t, func(i int, c net.Conn) {
+		conns.Add(1) // one answer per connection: it stops reading after
 		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 		// Stop reading but keep the connection: a write to it fails
 		// (EPIPE) and no hang-up is reported to the loop.
@@ -515,19 +451,9 @@ func TestLaneRetriesWriteOnStaleConnection(t *testing.T) {
 		time.Sleep(2 * time.Second)
 	})
 	srv := routerTo(t, sock, time.Millisecond)
-	c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	br := bufio.NewReader(c)
+	c := dialRaw(t, srv.URL)
 	for i := 0; i < 2; i++ {
-		_, _ = io.WriteString(c, "GET /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n\r\n")
-		res, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		res := c.get("/")
 		if b := body(res); res.StatusCode != 200 || b != "ok" {
 			t.Fatalf("request %d: %d %q", i, res.StatusCode, b)
 		}
@@ -594,25 +520,16 @@ func TestLaneKeepsLargeBodyConnectionsOnTheSlowPath(t *testing.T) {
 // first), though the client pipelined another request behind it.
 func TestLaneConnectionClose(t *testing.T) {
 	srv := laneRouter(t, echo())
-	c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	c := dialRaw(t, srv.URL)
 	served0, _, _ := srv.lane.Counts()
-	_, _ = io.WriteString(c, "GET /fn/alice/fn/last HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"+
+	c.send("GET /fn/alice/fn/last HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n" +
 		"GET /fn/alice/fn/ignored HTTP/1.1\r\nHost: h\r\n\r\n")
-	br := bufio.NewReader(c)
-	res, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	res := c.response()
 	if !res.Close || res.Header.Get("X-Path") != "/last" {
 		t.Fatalf("close %v, path %q", res.Close, res.Header.Get("X-Path"))
 	}
 	body(res)
-	if _, err := br.ReadByte(); err != io.EOF {
+	if _, err := c.br.ReadByte(); err != io.EOF {
 		t.Fatalf("after the answer: %v, want EOF", err)
 	}
 	if served1, _, _ := srv.lane.Counts(); served1-served0 != 1 {
