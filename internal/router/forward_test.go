@@ -100,7 +100,7 @@ func serveRouterWatching(t testing.TB, rt *Router, watchAfter time.Duration) *te
 	srv := httpserve.New(rt.Handle, nil)
 	s := &testServer{URL: "http://" + ln.Addr().String(), srv: srv, ln: ln}
 	if *viaLane {
-		if s.lane, err = rt.NewLane(ln, 1); err != nil {
+		if s.lane, err = rt.NewLane(ln, LaneConfig{Loops: 1, Spin: DefaultSpin}); err != nil {
 			t.Fatal(err)
 		}
 		// The lane serves instances already up: start the function's

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -279,7 +280,7 @@ func TestLaneSeveralLoops(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	lane, err := rt.NewLane(ln, 3)
+	lane, err := rt.NewLane(ln, LaneConfig{Loops: 3, Spin: DefaultSpin})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -534,5 +535,43 @@ func TestLaneConnectionClose(t *testing.T) {
 	}
 	if served1, _, _ := srv.lane.Counts(); served1-served0 != 1 {
 		t.Fatalf("served %d in the loop, want 1", served1-served0)
+	}
+}
+
+// A loop spins only while its waits are short: one short wait starts the
+// spinning, a spin that finds nothing stops it, and an event that comes
+// during a spin is taken.
+func TestLaneSpinsOnlyWhileWaitsAreShort(t *testing.T) {
+	ep, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(ep)
+	var p [2]int
+	if err := syscall.Pipe2(p[:], syscall.O_NONBLOCK|syscall.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(p[0])
+	defer syscall.Close(p[1])
+	if err := syscall.EpollCtl(ep, syscall.EPOLL_CTL_ADD, p[0], &syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: int32(p[0])}); err != nil {
+		t.Fatal(err)
+	}
+	lp := &loop{ep: ep, spin: time.Second, events: make([]syscall.EpollEvent, 8)}
+	poke := func() { _, _ = syscall.Write(p[1], []byte{1}) }
+	drain := func() { _, _ = syscall.Read(p[0], make([]byte, 8)) }
+
+	poke()
+	if n, err := lp.wait(1000); n != 1 || err != nil || !lp.spinning {
+		t.Fatalf("a wait that found an event at once: n=%d err=%v spinning=%v, want 1, nil, true", n, err, lp.spinning)
+	}
+	drain()
+	go poke()
+	if n, err := lp.wait(1000); n != 1 || err != nil || !lp.spinning {
+		t.Fatalf("an event during the spin: n=%d err=%v spinning=%v, want 1, nil, true", n, err, lp.spinning)
+	}
+	drain()
+	lp.spin = time.Millisecond
+	if n, err := lp.wait(1); n != 0 || err != nil || lp.spinning {
+		t.Fatalf("nothing to find: n=%d err=%v spinning=%v, want 0, nil, false", n, err, lp.spinning)
 	}
 }

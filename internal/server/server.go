@@ -69,7 +69,10 @@ type Config struct {
 	MaxBodyBytes        int64 // largest invocation request body
 	// RouterLoops is how many event loops serve the public listener's
 	// fast path (router.Lane); 0 serves every connection with fasthttp.
-	RouterLoops      int
+	RouterLoops int
+	// RouterSpin is how long an event loop polls before it sleeps while
+	// its waits are short (router.LaneConfig.Spin).
+	RouterSpin       time.Duration
 	CPU              float64 // CPUs one instance may use
 	PoolSize         int
 	NodePoolSize     int
@@ -390,7 +393,7 @@ func (s *Server) Run(ctx context.Context) error {
 	errc := make(chan error, 1)
 	ln := s.ln
 	if s.cfg.RouterLoops > 0 {
-		lane, err := s.router.NewLane(s.ln, s.cfg.RouterLoops)
+		lane, err := s.router.NewLane(s.ln, router.LaneConfig{Loops: s.cfg.RouterLoops, Spin: s.cfg.RouterSpin})
 		if err != nil {
 			return err
 		}
