@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"slices"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -487,9 +488,17 @@ func (a *Activator) watch(rev *revision, in *instance) {
 // revision returns the state of spec's version, or nil if the version is
 // no longer live (unless force).
 func (a *Activator) revision(spec *backend.Spec, force ...bool) *revision {
-	key := spec.Key()
+	// The key is built on the stack and the lookup does not copy it:
+	// this runs on every request, and most find their revision.
+	var buf [64]byte
+	k := append(buf[:0], spec.FunctionID...)
+	k = strconv.AppendInt(append(k, '/'), spec.Version, 10)
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if rev := a.revs[string(k)]; rev != nil {
+		return rev
+	}
+	key := spec.Key()
 	rev := a.revs[key]
 	if keep, ok := a.live[spec.FunctionID]; rev == nil && ok && !slices.Contains(keep, key) && len(force) == 0 {
 		return nil

@@ -84,8 +84,24 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
 // Invocation records one finished invocation.
 func (m *Metrics) Invocation(owner, function string, code int, d time.Duration) {
-	m.invocations.WithLabelValues(owner, function, strconv.Itoa(code)).Inc()
+	m.invocations.WithLabelValues(owner, function, codeLabel(code)).Inc()
 	m.duration.WithLabelValues(owner, function).Observe(d.Seconds())
+}
+
+// codeLabels are the status codes' labels, made once: strconv.Itoa
+// allocates for each code past 99, and this is on every request's path.
+var codeLabels = func() (l [600]string) {
+	for i := range l {
+		l[i] = strconv.Itoa(i)
+	}
+	return l
+}()
+
+func codeLabel(code int) string {
+	if code >= 0 && code < len(codeLabels) {
+		return codeLabels[code]
+	}
+	return strconv.Itoa(code)
 }
 
 // ColdStart records one instance start for a function.

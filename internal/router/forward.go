@@ -552,6 +552,28 @@ func zeroLength(rh *fasthttp.RequestHeader) bool {
 	return false
 }
 
+// methodString is m as a string, without allocating for the standard
+// methods (every request's invocation keeps its method).
+func methodString(m []byte) string {
+	switch string(m) {
+	case fasthttp.MethodGet:
+		return fasthttp.MethodGet
+	case fasthttp.MethodPost:
+		return fasthttp.MethodPost
+	case fasthttp.MethodHead:
+		return fasthttp.MethodHead
+	case fasthttp.MethodPut:
+		return fasthttp.MethodPut
+	case fasthttp.MethodPatch:
+		return fasthttp.MethodPatch
+	case fasthttp.MethodDelete:
+		return fasthttp.MethodDelete
+	case fasthttp.MethodOptions:
+		return fasthttp.MethodOptions
+	}
+	return string(m)
+}
+
 var headPool = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
 
 // appendRequestHead appends the head of the request the instance gets,

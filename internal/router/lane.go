@@ -760,8 +760,9 @@ func (lp *loop) start(c *laneClient, end int) handoffReason {
 	if !validTarget(suri) {
 		return handoffMalformed
 	}
-	path, query, _ := bytes.Cut(uri, []byte{'?'})
-	owner, name, rest, err := SplitPath(string(path))
+	// Path, query and the names are all slices of suri, one allocation.
+	path, query, _ := strings.Cut(suri, "?")
+	owner, name, rest, err := SplitPath(path)
 	if err != nil {
 		return handoffMalformed
 	}
@@ -796,8 +797,8 @@ func (lp *loop) start(c *laneClient, end int) handoffReason {
 	if timeout <= 0 {
 		timeout = rt.cfg.Timeout
 	}
-	inv := &invocation{rt: rt, spec: spec, lease: lease, start: now, deadline: now.Add(timeout), method: string(rh.Method()),
-		uri: suri, rest: rest, query: string(query), reqID: newRequestID()}
+	inv := &invocation{rt: rt, spec: spec, lease: lease, start: now, deadline: now.Add(timeout), method: methodString(rh.Method()),
+		uri: suri, rest: rest, query: query, reqID: newRequestID()}
 	c.inv, c.up, c.reqLen, c.headSent = inv, u, end+cl, false
 	// "Connection: close": the answer says so, and the connection ends
 	// after it.

@@ -155,7 +155,7 @@ func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string)
 	}
 	_, query, _ := strings.Cut(uri, "?")
 	cl := bodyLength(&ctx.Request.Header)
-	inv := &invocation{rt: rt, start: time.Now(), method: string(ctx.Method()), uri: uri, rest: rest, query: query,
+	inv := &invocation{rt: rt, start: time.Now(), method: methodString(ctx.Method()), uri: uri, rest: rest, query: query,
 		reqID: newRequestID(), bodyPending: cl != 0}
 	defer func() {
 		// An answer given before the body was read leaves it unread, so
