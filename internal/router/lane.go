@@ -68,6 +68,7 @@ type Lane struct {
 // Limits of the lane; anything past them takes the slow path.
 const (
 	laneReadBuf   = 8 << 10  // a client's read buffer: a request must fit in it
+	laneFreeBufs  = 64       // read buffers a loop keeps for reuse
 	laneMaxBody   = 4 << 10  // the largest request body served in place
 	laneUpBuf     = 32 << 10 // an instance connection's read buffer
 	laneMaxUpHead = 64 << 10 // the largest answer head (as on the slow path)
@@ -318,6 +319,8 @@ type loop struct {
 	dead      chan struct{} // closed when run returns
 	gen       uint32        // the last registration's generation
 	spinning  bool          // the last wait was short: spin before the next
+	// bufs are read buffers no connection holds (see takeBuf).
+	bufs [][]byte
 }
 
 type ent struct {
@@ -609,7 +612,7 @@ func (lp *loop) accept() {
 			return
 		}
 		_ = syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1)
-		c := &laneClient{fd: fd, in: make([]byte, 0, laneReadBuf), lastActive: lp.now}
+		c := &laneClient{fd: fd, lastActive: lp.now}
 		switch a := sa.(type) {
 		case *syscall.SockaddrInet4:
 			c.ip = net.IP(a.Addr[:]).String()
@@ -663,6 +666,7 @@ func (lp *loop) read(c *laneClient) {
 	if c.fd < 0 || c.hup {
 		return
 	}
+	lp.takeBuf(c)
 	busy := c.inv != nil || len(c.out) > 0 || c.pending
 	if len(c.in) == cap(c.in) {
 		if !busy {
@@ -684,6 +688,7 @@ func (lp *loop) read(c *laneClient) {
 	}
 	n, err := rawRead(c.fd, c.in[len(c.in):cap(c.in)])
 	if err == syscall.EAGAIN {
+		lp.dropBuf(c)
 		return
 	}
 	if n <= 0 {
@@ -721,6 +726,8 @@ func (lp *loop) next(c *laneClient) {
 			// head in one write, and the slow path has the timeouts for
 			// those that do not.
 			lp.handOff(c, handoffHead)
+		default:
+			lp.dropBuf(c)
 		}
 		return
 	}
@@ -1381,8 +1388,12 @@ func (l *Lane) adopt(hj net.Conn, hc *httpserve.Conn, pc *prefixConn) {
 // adopt serves fd, a connection the server gave back, from this loop.
 func (lp *loop) adopt(fd int, ip string, pre []byte) {
 	_ = syscall.SetNonblock(fd, true)
-	c := &laneClient{fd: fd, ip: ip, in: append(make([]byte, 0, laneReadBuf), pre...), served: true, lastActive: lp.now,
+	c := &laneClient{fd: fd, ip: ip, served: true, lastActive: lp.now,
 		events: syscall.EPOLLIN | syscall.EPOLLRDHUP, gen: lp.nextGen()}
+	if len(pre) > 0 {
+		lp.takeBuf(c)
+		c.in = append(c.in, pre...)
+	}
 	if lp.quit || lp.ctl(syscall.EPOLL_CTL_ADD, fd, c.events, c.gen) != nil {
 		syscall.Close(fd)
 		return
@@ -1411,7 +1422,37 @@ func (lp *loop) forget(c *laneClient) int {
 	lp.ents[fd] = ent{}
 	c.fd = -1
 	lp.lane.conns.Add(-1)
+	if c.inv == nil && !c.pending {
+		c.in = c.in[:0] // (handOff copied what was unread)
+		lp.dropBuf(c)
+	}
 	return fd
+}
+
+// takeBuf gives c a read buffer, if it has none. A connection holds one
+// only while it has bytes unread or a request in flight, so an idle
+// kept-alive connection costs no buffer, as in nginx, which frees its
+// header buffer between requests.
+func (lp *loop) takeBuf(c *laneClient) {
+	if c.in != nil {
+		return
+	}
+	if n := len(lp.bufs); n > 0 {
+		c.in, lp.bufs = lp.bufs[n-1], lp.bufs[:n-1]
+		return
+	}
+	c.in = make([]byte, 0, laneReadBuf)
+}
+
+// dropBuf takes c's read buffer back if c no longer needs it.
+func (lp *loop) dropBuf(c *laneClient) {
+	if c.in == nil || len(c.in) > 0 || c.inv != nil || c.pending {
+		return
+	}
+	if len(lp.bufs) < laneFreeBufs {
+		lp.bufs = append(lp.bufs, c.in)
+	}
+	c.in = nil
 }
 
 func (lp *loop) closeClient(c *laneClient) {
@@ -1482,9 +1523,8 @@ func (lp *loop) linger(c *laneClient) {
 	c.lingerUntil = lp.now.Add(lingerTime)
 	c.full = false
 	lp.sync(c)
-	if len(c.in) > 0 {
-		c.in = c.in[:0]
-	}
+	c.in = c.in[:0]
+	lp.dropBuf(c)
 }
 
 // idleLimit is how long c may wait for its next request: the header

@@ -575,3 +575,39 @@ func TestLaneSpinsOnlyWhileWaitsAreShort(t *testing.T) {
 		t.Fatalf("nothing to find: n=%d err=%v spinning=%v, want 0, nil, false", n, err, lp.spinning)
 	}
 }
+
+// An idle kept-alive connection holds no read buffer: it has one only
+// while it has bytes unread or a request in flight.
+func TestLaneIdleConnectionsHoldNoBuffer(t *testing.T) {
+	srv := laneRouter(t, echo())
+	var conns []*rawConn
+	for i := 0; i < 3; i++ {
+		c := dialRaw(t, srv.URL)
+		if res := c.get("/"); res.StatusCode != 200 {
+			t.Fatalf("status %d", res.StatusCode)
+		}
+		conns = append(conns, c)
+	}
+	held, free, clients := 0, 0, 0
+	lp := srv.lane.loops[0]
+	lp.do(func() {
+		for _, e := range lp.ents {
+			if e.c != nil {
+				clients++
+				if e.c.in != nil {
+					held++
+				}
+			}
+		}
+		free = len(lp.bufs)
+	})
+	if clients != 3 || held != 0 || free == 0 {
+		t.Fatalf("%d clients in the loop, %d holding a buffer, %d buffers free; want 3, 0, at least 1", clients, held, free)
+	}
+	// Each goes on serving with a buffer taken again.
+	for _, c := range conns {
+		if res := c.get("/x"); res.StatusCode != 200 || res.Header.Get("X-Path") != "/x" {
+			t.Fatalf("status %d, path %q", res.StatusCode, res.Header.Get("X-Path"))
+		}
+	}
+}
