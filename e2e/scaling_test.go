@@ -326,3 +326,50 @@ func TestFunctionQuotaPerUser(t *testing.T) {
 		t.Fatalf("the new function: %d %s", r.status, r.body)
 	}
 }
+
+// TestInstanceAtHighConcurrency: one instance holds as many requests at
+// once as its concurrency allows. Each holds a connection from the
+// router, so the instance's open-file limit must cover them (Deno ends
+// on "Too many open files").
+func TestInstanceAtHighConcurrency(t *testing.T) {
+	s := startServer(t)
+	code := []byte(`export default { async fetch() {
+		await new Promise((r) => setTimeout(r, 300));
+		return new Response("done");
+	} }`)
+	if r := s.putCode(s.token, "wide", code, "concurrency=2000&max=1&min=1"); r.status != 201 {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	if r := s.get("/fn/admin/wide/"); r.status != 200 {
+		t.Fatalf("warm-up: %d", r.status)
+	}
+	const n = 1500
+	tr := &http.Transport{MaxIdleConnsPerHost: n}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	counts := map[int]int{}
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			status := -1
+			if res, err := c.Get(s.url + "/fn/admin/wide/"); err == nil {
+				io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+				status = res.StatusCode
+			}
+			mu.Lock()
+			counts[status]++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if counts[200] != n {
+		t.Fatalf("statuses %v, want %d x 200", counts, n)
+	}
+	if got := s.metric(t, "spry_cold_starts_total{", `function="wide"`); got != 1 {
+		t.Errorf("%v cold starts, want 1: the instance was replaced", got)
+	}
+}

@@ -111,6 +111,27 @@ type Server struct {
 // New prepares a server: it opens (or initialises) the data directory,
 // cleans up after a previous run that was killed, and starts the warm pool.
 // It does not listen yet.
+const (
+	// maxConcurrency bounds a function's concurrency setting.
+	maxConcurrency = 10000
+	// instanceFiles is an instance's open-file limit. Every request in
+	// flight holds a connection from the router, and the router's two
+	// paths (event loops and fasthttp) each keep their own idle ones, so
+	// a function at the highest concurrency may need twice that; the rest
+	// is the function's own. Deno ends on "Too many open files".
+	instanceFiles = 2*maxConcurrency + 1024
+)
+
+// openFileLimit is want, or this process's own hard limit if that is
+// lower: a sandbox cannot be given more without CAP_SYS_RESOURCE.
+func openFileLimit(want uint64) uint64 {
+	var l syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err == nil && l.Max < want {
+		return l.Max
+	}
+	return want
+}
+
 func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err error) {
 	s := &Server{cfg: cfg, log: log, bg: make(chan struct{})}
 	defer func() {
@@ -208,7 +229,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		Pids:             256,
 		CPUQuotaUs:       int64(cfg.CPU * 100000),
 		TmpBytes:         64 << 20,
-		NoFiles:          1024,
+		NoFiles:          openFileLimit(instanceFiles),
 	})
 	if err != nil {
 		return nil, err
@@ -249,7 +270,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 			MaxMemoryMiB:   cfg.MaxMemoryMiB,
 			MaxTimeout:     cfg.MaxTimeout,
 			MaxScale:       cfg.MaxScale,
-			MaxConcurrency: 10000,
+			MaxConcurrency: maxConcurrency,
 			MaxCPUMilli:    goruntime.NumCPU() * 1000,
 		},
 		Logger: log,
