@@ -445,7 +445,7 @@ func (lp *loop) post(f func()) {
 	lp.mu.Lock()
 	lp.cmds = append(lp.cmds, f)
 	lp.mu.Unlock()
-	_, _ = rawWrite(lp.wakeW, []byte{1})
+	_, _ = syscall.Write(lp.wakeW, []byte{1}) // a pipe
 }
 
 func (lp *loop) run() {
@@ -542,17 +542,21 @@ func (lp *loop) poll(msec int) (int, error) {
 	return int(r), nil
 }
 
-// rawRead and rawWrite are read(2) and write(2) on the loop's sockets,
-// which are non-blocking: they never wait, so the scheduler need not be
-// told (as syscall.Read does), and the loop keeps its P.
-func rawRead(fd int, p []byte) (int, error)  { return rawIO(syscall.SYS_READ, fd, p) }
-func rawWrite(fd int, p []byte) (int, error) { return rawIO(syscall.SYS_WRITE, fd, p) }
+// rawRead and rawWrite are recv(2) and send(2) on the loop's sockets,
+// as nginx makes them: they skip read's and write's file layer, and send
+// raises no SIGPIPE. The sockets are non-blocking: the calls never wait,
+// so the scheduler need not be told (as syscall.Read does), and the loop
+// keeps its P.
+func rawRead(fd int, p []byte) (int, error) { return rawIO(syscall.SYS_RECVFROM, fd, p, 0) }
+func rawWrite(fd int, p []byte) (int, error) {
+	return rawIO(syscall.SYS_SENDTO, fd, p, syscall.MSG_NOSIGNAL)
+}
 
-func rawIO(call uintptr, fd int, p []byte) (int, error) {
+func rawIO(call uintptr, fd int, p []byte, flags uintptr) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	r, _, e := syscall.RawSyscall(call, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	r, _, e := syscall.RawSyscall6(call, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), flags, 0, 0)
 	if e != 0 {
 		return -1, e
 	}
