@@ -93,7 +93,13 @@ func newServeCmd(env Env) *cobra.Command {
 	f.Int64Var(&cfg.MaxCodeBytes, "max-code-size", 5<<20, "largest function source accepted, in bytes")
 	f.Int64Var(&cfg.MaxBodyBytes, "max-body-size", 100<<20, "largest request body a function may be sent, in bytes")
 	f.IntVar(&cfg.RouterLoops, "router-loops", max(1, runtime.NumCPU()/2), "event loops serving the router's fast path (0: none, every request takes the goroutine-per-connection path)")
-	f.DurationVar(&cfg.RouterSpin, "router-spin", router.DefaultSpin, "how long an event loop polls for the next event before it sleeps, while its waits are shorter than that: lower latency under load for some CPU (0: never poll)")
+	// On one CPU a polling loop would only keep the function it waits
+	// for from running.
+	spin := router.DefaultSpin
+	if runtime.NumCPU() < 2 {
+		spin = 0
+	}
+	f.DurationVar(&cfg.RouterSpin, "router-spin", spin, "how long an event loop polls for the next event before it sleeps, while its waits are shorter than that: lower latency under load for some CPU (0: never poll; the default is 0 on one CPU)")
 	f.Float64Var(&cfg.CPU, "cpu", 1, "CPUs one instance may use (a cgroup quota; 0 for none)")
 	f.IntVar(&cfg.QueueSize, "queue-size", 1000, "requests that may wait for a busy function's capacity before new ones get 503")
 	f.IntVar(&cfg.MaxInstancesPerUser, "max-instances-per-user", 1000, "instances one user's functions may run together (0: no limit); past it a function with no instance gets 429")
