@@ -328,16 +328,23 @@ func TestFunctionQuotaPerUser(t *testing.T) {
 }
 
 // TestInstanceAtHighConcurrency: one instance holds as many requests at
-// once as its concurrency allows. Each holds a connection from the
-// router, so the instance's open-file limit must cover them (Deno ends
-// on "Too many open files").
+// once as its concurrency allows, even when they come faster than it
+// accepts them. Each holds a connection from the router, so the
+// instance's open-file limit must cover them (Deno ends on "Too many open
+// files"); and while the function blocks its event loop the instance's
+// listen queue fills, which must not fail requests or condemn the
+// instance.
 func TestInstanceAtHighConcurrency(t *testing.T) {
 	s := startServer(t)
-	code := []byte(`export default { async fetch() {
+	code := []byte(`export default { async fetch(req) {
+		if (new URL(req.url).searchParams.has("block")) {
+			const end = Date.now() + 1500;
+			while (Date.now() < end) {}
+		}
 		await new Promise((r) => setTimeout(r, 300));
 		return new Response("done");
 	} }`)
-	if r := s.putCode(s.token, "wide", code, "concurrency=2000&max=1&min=1"); r.status != 201 {
+	if r := s.putCode(s.token, "wide", code, "concurrency=2000&max=1&min=1&memory=512Mi"); r.status != 201 {
 		t.Fatalf("%d %s", r.status, r.body)
 	}
 	if r := s.get("/fn/admin/wide/"); r.status != 200 {
@@ -350,24 +357,28 @@ func TestInstanceAtHighConcurrency(t *testing.T) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	counts := map[int]int{}
+	call := func(path string) {
+		defer wg.Done()
+		status := -1
+		if res, err := c.Get(s.url + path); err == nil {
+			io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+			status = res.StatusCode
+		}
+		mu.Lock()
+		counts[status]++
+		mu.Unlock()
+	}
+	wg.Add(1)
+	go call("/fn/admin/wide/?block")
+	time.Sleep(200 * time.Millisecond) // the function is blocking now
 	for i := 0; i < n; i++ {
 		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			status := -1
-			if res, err := c.Get(s.url + "/fn/admin/wide/"); err == nil {
-				io.Copy(io.Discard, res.Body)
-				res.Body.Close()
-				status = res.StatusCode
-			}
-			mu.Lock()
-			counts[status]++
-			mu.Unlock()
-		}()
+		go call("/fn/admin/wide/")
 	}
 	wg.Wait()
-	if counts[200] != n {
-		t.Fatalf("statuses %v, want %d x 200", counts, n)
+	if counts[200] != n+1 {
+		t.Fatalf("statuses %v, want %d x 200", counts, n+1)
 	}
 	if got := s.metric(t, "spry_cold_starts_total{", `function="wide"`); got != 1 {
 		t.Errorf("%v cold starts, want 1: the instance was replaced", got)

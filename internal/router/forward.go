@@ -119,6 +119,20 @@ var (
 func (rt *Router) dial(inst *backend.Instance, deadline time.Time) (*upConn, error) {
 	d := net.Dialer{Deadline: deadline}
 	conn, err := d.Dial(inst.Network, inst.Address)
+	// A Unix socket whose listen queue is full refuses a connection at
+	// once (EAGAIN), where TCP would wait: the instance is alive, only
+	// behind on accepting (a burst of new connections, or a function
+	// that blocks its event loop). So wait for room as TCP would, until
+	// the request's deadline or the instance's end, rather than fail the
+	// request and take the instance for dead.
+	for wait := time.Millisecond; errors.Is(err, syscall.EAGAIN) && time.Until(deadline) > wait; wait = min(2*wait, 50*time.Millisecond) {
+		select {
+		case <-inst.Done():
+			return nil, err
+		case <-time.After(wait):
+		}
+		conn, err = d.Dial(inst.Network, inst.Address)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -9,9 +9,11 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -745,5 +747,84 @@ func TestForwardTruncatedChunkedBody(t *testing.T) {
 	res.Body.Close()
 	if res.StatusCode != 400 || !res.Close {
 		t.Fatalf("status %d, close %v; want 400 and close", res.StatusCode, res.Close)
+	}
+}
+
+// An instance whose listen queue is full is alive, only behind on
+// accepting (a burst of new connections, or a function that blocks its
+// event loop): a Unix socket then refuses a connection at once, where
+// TCP would wait. The router waits for room, as a TCP connect would; it
+// neither fails the request nor takes the instance for dead.
+func TestFullListenQueueWaits(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Bind(fd, &syscall.SockaddrUnix{Name: sock}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 1); err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), sock)
+	ln, err := net.FileListener(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	// Fill the queue.
+	var fillers []int
+	defer func() {
+		for _, c := range fillers {
+			syscall.Close(c)
+		}
+	}()
+	for {
+		c, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Connect(c, &syscall.SockaddrUnix{Name: sock}); err != nil {
+			syscall.Close(c)
+			if err != syscall.EAGAIN {
+				t.Fatal(err)
+			}
+			break
+		}
+		fillers = append(fillers, c)
+	}
+
+	b := &upstreamBackend{addr: sock}
+	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 5 * time.Second}
+	srv := serveRouter(t, New(oneSpec{spec}, activator.New(b, activator.Config{}), Config{}))
+	defer srv.Close()
+	type result struct {
+		status int
+		err    error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := http.Get(srv.URL + "/fn/alice/fn/")
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		res.Body.Close()
+		done <- result{status: res.StatusCode}
+	}()
+	select {
+	case r := <-done:
+		t.Fatalf("answered (%d, %v) while the instance's queue was full", r.status, r.err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	// The instance catches up.
+	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "late") })}
+	go hs.Serve(ln)
+	defer hs.Close()
+	r := <-done
+	if r.err != nil || r.status != 200 || b.kills.Load() != 0 {
+		t.Fatalf("status %d, err %v, %d kills; want 200 and no kill", r.status, r.err, b.kills.Load())
 	}
 }
