@@ -321,6 +321,10 @@ type loop struct {
 	spinning  bool          // the last wait was short: spin before the next
 	// bufs are read buffers no connection holds (see takeBuf).
 	bufs [][]byte
+	// resumeAccept: accepting is paused until the next sweep
+	// (pauseAccepting), and warnedAccept is when that was last logged.
+	resumeAccept bool
+	warnedAccept time.Time
 }
 
 type ent struct {
@@ -413,12 +417,10 @@ func newLoop(l *Lane, raw bool, spin time.Duration) (*loop, error) {
 		lp.closeFDs()
 		return nil, err
 	}
-	// Every loop waits on the listener; EPOLLEXCLUSIVE wakes one.
-	if err := syscall.EpollCtl(ep, syscall.EPOLL_CTL_ADD, l.lnFD, &syscall.EpollEvent{Events: syscall.EPOLLIN | epollExclusive, Fd: int32(l.lnFD)}); err != nil {
+	if err := lp.startAccepting(); err != nil {
 		lp.closeFDs()
 		return nil, err
 	}
-	lp.listen = true
 	return lp, nil
 }
 
@@ -579,7 +581,29 @@ func (lp *loop) runCommands() {
 	}
 }
 
+// startAccepting puts the listener in the loop's epoll set; every loop
+// waits on it, and EPOLLEXCLUSIVE wakes one.
+func (lp *loop) startAccepting() error {
+	err := syscall.EpollCtl(lp.ep, syscall.EPOLL_CTL_ADD, lp.lane.lnFD, &syscall.EpollEvent{Events: syscall.EPOLLIN | epollExclusive, Fd: int32(lp.lane.lnFD)})
+	lp.listen = err == nil
+	return err
+}
+
+// pauseAccepting stops accepting until the next sweep: out of
+// descriptors (or kernel memory), the listener stays readable, and a
+// level-triggered loop would only spin on failing accepts. nginx
+// likewise stops accepting for a while.
+func (lp *loop) pauseAccepting(err error) {
+	lp.stopAccepting()
+	lp.resumeAccept = true
+	if lp.now.Sub(lp.warnedAccept) >= 10*time.Second {
+		lp.warnedAccept = lp.now
+		lp.lane.rt.log.Warn("cannot accept connections; pausing accepts", "err", err, "open_connections", lp.lane.conns.Load())
+	}
+}
+
 func (lp *loop) stopAccepting() {
+	lp.resumeAccept = false
 	if lp.listen {
 		lp.listen = false
 		_ = syscall.EpollCtl(lp.ep, syscall.EPOLL_CTL_DEL, lp.lane.lnFD, nil)
@@ -611,8 +635,11 @@ func (lp *loop) accept() {
 	for lp.listen && !lp.lane.closing.Load() {
 		fd, sa, err := syscall.Accept4(lp.lane.lnFD, syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
 		if err != nil {
-			// EAGAIN: another loop took it, or none is left. Others
-			// (out of descriptors) leave it to the next wake-up.
+			// EAGAIN: another loop took it, or none is left.
+			switch err {
+			case syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM:
+				lp.pauseAccepting(err)
+			}
 			return
 		}
 		_ = syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1)
@@ -1484,6 +1511,10 @@ func (lp *loop) closeUp(u *laneUp) {
 // sweep ends invocations past their deadline and connections idle too
 // long.
 func (lp *loop) sweep(now time.Time) {
+	if lp.resumeAccept && !lp.lane.closing.Load() {
+		lp.resumeAccept = false
+		_ = lp.startAccepting()
+	}
 	for _, e := range lp.ents {
 		switch {
 		case e.c != nil && !e.c.lingerUntil.IsZero():

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -609,5 +610,71 @@ func TestLaneIdleConnectionsHoldNoBuffer(t *testing.T) {
 		if res := c.get("/x"); res.StatusCode != 200 || res.Header.Get("X-Path") != "/x" {
 			t.Fatalf("status %d, path %q", res.StatusCode, res.Header.Get("X-Path"))
 		}
+	}
+}
+
+// Out of descriptors, a loop stops accepting until its next sweep rather
+// than spin on a listener that stays readable, and accepts again once
+// descriptors are free.
+func TestLanePausesAcceptingWhenOutOfDescriptors(t *testing.T) {
+	srv := laneRouter(t, echo())
+	lp := srv.lane.loops[0]
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	low := lim
+	low.Cur = uint64(len(fds) + 8)
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
+		t.Fatal(err)
+	}
+	restored := false
+	restore := func() {
+		if !restored {
+			restored = true
+			if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	defer restore()
+	// Clients connect (the kernel completes their handshakes) until the
+	// process, which is also the server, has no descriptor left to
+	// accept them with.
+	var clients []net.Conn
+	defer func() {
+		for _, c := range clients {
+			c.Close()
+		}
+	}()
+	for len(clients) < 16 {
+		c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+		if err != nil {
+			break
+		}
+		clients = append(clients, c)
+	}
+	paused := false
+	for deadline := time.Now().Add(5 * time.Second); !paused && time.Now().Before(deadline); {
+		lp.do(func() { paused = lp.resumeAccept && !lp.listen })
+		if !paused {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	if !paused {
+		t.Fatal("the loop did not pause accepting when out of descriptors")
+	}
+	restore()
+	for _, c := range clients {
+		c.Close()
+	}
+	clients = nil
+	c := dialRaw(t, srv.URL)
+	if res := c.get("/again"); res.StatusCode != 200 || res.Header.Get("X-Path") != "/again" {
+		t.Fatalf("after descriptors freed: status %d, path %q", res.StatusCode, res.Header.Get("X-Path"))
 	}
 }
