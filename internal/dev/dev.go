@@ -184,7 +184,7 @@ func Run(ctx context.Context, cfg Config) error {
 	go func() { defer wg.Done(); s.watch(bg, last) }()
 	cleanups = append(cleanups, func() { stopBG(); wg.Wait() })
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(httpserve.Listener(ln, httpserve.WatchAfter)) }()
+	go func() { errc <- srv.Serve(httpserve.Listener(ln, httpserve.WatchAfter, s.log)) }()
 	s.printf("serving %s (%s) on http://%s/\n", cfg.File, rt.Name(), ln.Addr())
 	s.printf("instances run in %s as uids %d-%d; reloading on save; Ctrl-C stops\n", runDir, uidBase, uidBase+uidCount-1)
 

@@ -21,7 +21,7 @@ func serve(t *testing.T, h fasthttp.RequestHandler) string {
 	}
 	srv := New(h, nil)
 	// As in production: connections are *Conn.
-	go srv.Serve(Listener(ln, WatchAfter))
+	go srv.Serve(Listener(ln, WatchAfter, nil))
 	t.Cleanup(func() { _ = srv.Shutdown() })
 	return "http://" + ln.Addr().String()
 }
@@ -127,7 +127,7 @@ func TestRefusalReachesClient(t *testing.T) {
 		ctx.SetConnectionClose()
 		ctx.SetStatusCode(413)
 	}, nil)
-	go srv.Serve(Listener(ln, time.Second))
+	go srv.Serve(Listener(ln, time.Second, nil))
 	t.Cleanup(func() { _ = srv.Shutdown() })
 	url := "http://" + ln.Addr().String()
 	for i := range 20 {
@@ -168,7 +168,7 @@ func TestAdaptUnreadBodyEndsConnection(t *testing.T) {
 		}
 		io.WriteString(w, "ok")
 	}), nil), nil)
-	go srv.Serve(Listener(ln, time.Second))
+	go srv.Serve(Listener(ln, time.Second, nil))
 	t.Cleanup(func() { _ = srv.Shutdown() })
 	url := "http://" + ln.Addr().String()
 	// The leftover is a request of its own, as a smuggler would send it.

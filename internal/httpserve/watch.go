@@ -3,10 +3,12 @@ package httpserve
 import (
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -21,9 +23,11 @@ import (
 
 // Listener wraps ln so that its connections are *Conn: watched while
 // their handler has been waiting longer than after, and closed lingering.
-// Closing it stops the watching.
-func Listener(ln net.Listener, after time.Duration) net.Listener {
-	l := &watchListener{Listener: ln, after: after, conns: map[*Conn]struct{}{}, done: make(chan struct{})}
+// Out of descriptors, it waits and tries again (logged to log, if not
+// nil) rather than fail: fasthttp's Serve returns on such an error, which
+// would end the server. Closing it stops the watching.
+func Listener(ln net.Listener, after time.Duration, log *slog.Logger) net.Listener {
+	l := &watchListener{Listener: ln, after: after, log: log, conns: map[*Conn]struct{}{}, done: make(chan struct{})}
 	go l.sweep()
 	return l
 }
@@ -31,6 +35,7 @@ func Listener(ln net.Listener, after time.Duration) net.Listener {
 type watchListener struct {
 	net.Listener
 	after     time.Duration
+	log       *slog.Logger
 	mu        sync.Mutex
 	conns     map[*Conn]struct{}
 	done      chan struct{}
@@ -39,6 +44,18 @@ type watchListener struct {
 
 func (l *watchListener) Accept() (net.Conn, error) {
 	nc, err := l.Listener.Accept()
+	// As net/http does: 5 ms, doubling up to a second.
+	for wait := 5 * time.Millisecond; err != nil && OutOfResources(err); wait = min(2*wait, time.Second) {
+		if l.log != nil && wait == 5*time.Millisecond {
+			l.log.Warn("cannot accept connections; retrying", "err", err)
+		}
+		select {
+		case <-l.done:
+			return nil, err
+		case <-time.After(wait):
+		}
+		nc, err = l.Listener.Accept()
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -52,6 +69,14 @@ func (l *watchListener) Accept() (net.Conn, error) {
 func (l *watchListener) Close() error {
 	l.closeOnce.Do(func() { close(l.done) })
 	return l.Listener.Close()
+}
+
+// OutOfResources says whether err is a lack of descriptors or kernel
+// memory: the server's own, passing as connections end, and no fault of
+// the peer.
+func OutOfResources(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
 }
 
 // sweep starts the watches that are due.

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -113,9 +114,9 @@ func serveRouterWatching(t testing.TB, rt *Router, watchAfter time.Duration) *te
 				lease.Release()
 			}
 		}
-		go srv.Serve(httpserve.Listener(s.lane.Handoff(), watchAfter))
+		go srv.Serve(httpserve.Listener(s.lane.Handoff(), watchAfter, nil))
 	} else {
-		go srv.Serve(httpserve.Listener(ln, watchAfter))
+		go srv.Serve(httpserve.Listener(ln, watchAfter, nil))
 	}
 	t.Cleanup(s.Close)
 	return s
@@ -826,5 +827,79 @@ func TestFullListenQueueWaits(t *testing.T) {
 	r := <-done
 	if r.err != nil || r.status != 200 || b.kills.Load() != 0 {
 		t.Fatalf("status %d, err %v, %d kills; want 200 and no kill", r.status, r.err, b.kills.Load())
+	}
+}
+
+// withFileLimit runs f with exactly extra descriptors left to open. The
+// limit bounds descriptor numbers, and a new one takes the lowest free
+// number, so the gaps below the highest open one are filled first.
+func withFileLimit(t *testing.T, extra int, f func()) {
+	t.Helper()
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	top := 0
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range fds {
+		if n, err := strconv.Atoi(e.Name()); err == nil && n > top {
+			top = n
+		}
+	}
+	var fillers []int
+	defer func() {
+		for _, fd := range fillers {
+			syscall.Close(fd)
+		}
+	}()
+	for {
+		fd, err := syscall.Open("/dev/null", syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fd > top {
+			syscall.Close(fd) // the lowest free number is past every open one
+			break
+		}
+		fillers = append(fillers, fd)
+	}
+	low := lim
+	low.Cur = uint64(top + 1 + extra)
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+			t.Fatal(err)
+		}
+	}()
+	f()
+}
+
+// When the router itself is out of descriptors, a request it cannot send
+// on gets 503 with Retry-After, and the instance is not taken for dead.
+func TestOutOfDescriptorsAnswers503(t *testing.T) {
+	b := &upstreamBackend{addr: serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))}
+	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 5 * time.Second}
+	srv := serveRouter(t, New(oneSpec{spec}, activator.New(b, activator.Config{}), Config{}))
+	defer srv.Close()
+	var res *http.Response
+	// One descriptor for the client's end and one for the server's: none
+	// is left to reach the instance with.
+	withFileLimit(t, 2, func() {
+		c := dialRaw(t, srv.URL)
+		res = c.get("/")
+		c.Close()
+	})
+	if res.StatusCode != 503 || res.Header.Get("Retry-After") == "" || b.kills.Load() != 0 {
+		t.Fatalf("status %d, Retry-After %q, %d kills; want 503, set, 0", res.StatusCode, res.Header.Get("Retry-After"), b.kills.Load())
+	}
+	// With descriptors back, it serves.
+	c := dialRaw(t, srv.URL)
+	if res := c.get("/"); res.StatusCode != 200 {
+		t.Fatalf("afterwards: status %d", res.StatusCode)
 	}
 }

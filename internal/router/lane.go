@@ -636,8 +636,7 @@ func (lp *loop) accept() {
 		fd, sa, err := syscall.Accept4(lp.lane.lnFD, syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
 		if err != nil {
 			// EAGAIN: another loop took it, or none is left.
-			switch err {
-			case syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM:
+			if httpserve.OutOfResources(err) {
 				lp.pauseAccepting(err)
 			}
 			return
@@ -820,11 +819,12 @@ func (lp *loop) start(c *laneClient, end int) handoffReason {
 		return handoffNetwork
 	}
 	u := lp.getIdle(inst)
+	var dialErr error
 	if u == nil {
-		var err error
-		if u, err = lp.dial(inst); err != nil {
-			// The slow path dials again, and knows what to do when that
-			// fails.
+		// The slow path dials again, and knows what to do when that
+		// fails; but out of descriptors, handing over (which takes one
+		// more) would fail too, so that is answered here.
+		if u, dialErr = lp.dial(inst); dialErr != nil && !httpserve.OutOfResources(dialErr) {
 			lease.Release()
 			return handoffDial
 		}
@@ -841,6 +841,10 @@ func (lp *loop) start(c *laneClient, end int) handoffReason {
 	// "Connection: close": the answer says so, and the connection ends
 	// after it.
 	c.closeAfter = c.closeAfter || rh.ConnectionClose()
+	if dialErr != nil {
+		lp.fail(c, dialErr)
+		return served
+	}
 	u.c = c
 	u.out = appendRequestHead(u.out[:0], rh, inv, c.ip, false)
 	if cl > 0 {

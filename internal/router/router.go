@@ -301,6 +301,15 @@ func (rt *Router) fail(ctx *fasthttp.RequestCtx, inv *invocation, err error) {
 	// a request was sent it is never replayed.
 	var op *net.OpError
 	undelivered := errors.Is(err, errUndelivered) || errors.As(err, &op) && op.Op == "dial"
+	if httpserve.OutOfResources(err) {
+		// The router itself is out of descriptors (or memory): not the
+		// instance's fault, so it is kept, and the client may try again.
+		rt.log.Warn("cannot reach the instance", "instance", inst.ID, "request_id", inv.reqID, "err", err)
+		ctx.Response.Reset()
+		ctx.Response.Header.Set("Retry-After", "1")
+		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrUnavailable, "the platform is out of connections; try again"))
+		return
+	}
 	if undelivered && !inv.retried && time.Now().Before(inv.deadline) {
 		inv.retry = true
 		inv.lease.Kill(backend.ExitCrashed)

@@ -422,7 +422,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	// Its connections can be watched for a client's hang-up while a
 	// function computes (see the router).
-	go func() { errc <- s.http.Serve(httpserve.Listener(ln, httpserve.WatchAfter)) }()
+	go func() { errc <- s.http.Serve(httpserve.Listener(ln, httpserve.WatchAfter, s.log)) }()
 	s.ready.Store(true)
 	s.log.Info("spry is serving", "addr", s.Addr(), "data", s.cfg.DataDir)
 
