@@ -319,8 +319,9 @@ type loop struct {
 	dead      chan struct{} // closed when run returns
 	gen       uint32        // the last registration's generation
 	spinning  bool          // the last wait was short: spin before the next
-	// bufs are read buffers no connection holds (see takeBuf).
-	bufs [][]byte
+	// bufs and upBufs are read buffers no client or instance connection
+	// holds (see takeBuf).
+	bufs, upBufs [][]byte
 	// resumeAccept: accepting is paused until the next sweep
 	// (pauseAccepting), and warnedAccept is when that was last logged.
 	resumeAccept bool
@@ -890,7 +891,7 @@ func (lp *loop) dial(inst *backend.Instance) (*laneUp, error) {
 		syscall.Close(fd)
 		return nil, err
 	}
-	u := &laneUp{fd: fd, inst: inst, buf: make([]byte, laneUpBuf), events: syscall.EPOLLIN | syscall.EPOLLRDHUP, gen: lp.nextGen()}
+	u := &laneUp{fd: fd, inst: inst, events: syscall.EPOLLIN | syscall.EPOLLRDHUP, gen: lp.nextGen()}
 	if err := lp.ctl(syscall.EPOLL_CTL_ADD, fd, u.events, u.gen); err != nil {
 		syscall.Close(fd)
 		return nil, err
@@ -1000,6 +1001,9 @@ func (lp *loop) unpool(u *laneUp) {
 // readUp reads the instance's answer and relays it.
 func (lp *loop) readUp(u *laneUp) {
 	c := u.c
+	if u.buf == nil {
+		u.buf = takeFrom(&lp.upBufs, laneUpBuf)
+	}
 	if u.n == len(u.buf) {
 		if u.status != 0 || len(u.buf) >= laneMaxUpHead {
 			lp.fail(c, errBadAnswer)
@@ -1226,6 +1230,9 @@ func (lp *loop) release(u *laneUp) {
 	}
 	u.reused, u.since = true, lp.now
 	u.status = 0
+	// A pooled connection is not read: its buffer serves others.
+	giveBack(&lp.upBufs, u.buf, laneUpBuf)
+	u.buf = nil
 	lp.upInterest(u, syscall.EPOLLIN|syscall.EPOLLRDHUP)
 	lp.idle[inst] = append(lp.idle[inst], u)
 }
@@ -1469,14 +1476,9 @@ func (lp *loop) forget(c *laneClient) int {
 // kept-alive connection costs no buffer, as in nginx, which frees its
 // header buffer between requests.
 func (lp *loop) takeBuf(c *laneClient) {
-	if c.in != nil {
-		return
+	if c.in == nil {
+		c.in = takeFrom(&lp.bufs, laneReadBuf)[:0]
 	}
-	if n := len(lp.bufs); n > 0 {
-		c.in, lp.bufs = lp.bufs[n-1], lp.bufs[:n-1]
-		return
-	}
-	c.in = make([]byte, 0, laneReadBuf)
 }
 
 // dropBuf takes c's read buffer back if c no longer needs it.
@@ -1484,10 +1486,26 @@ func (lp *loop) dropBuf(c *laneClient) {
 	if c.in == nil || len(c.in) > 0 || c.inv != nil || c.pending {
 		return
 	}
-	if len(lp.bufs) < laneFreeBufs {
-		lp.bufs = append(lp.bufs, c.in)
-	}
+	giveBack(&lp.bufs, c.in[:cap(c.in)], laneReadBuf)
 	c.in = nil
+}
+
+// takeFrom takes a buffer of size bytes from free, or makes one.
+func takeFrom(free *[][]byte, size int) []byte {
+	if n := len(*free); n > 0 {
+		b := (*free)[n-1]
+		*free = (*free)[:n-1]
+		return b
+	}
+	return make([]byte, size)
+}
+
+// giveBack keeps b for reuse if it is of the usual size (one grown for a
+// large head is left to the collector) and free has room.
+func giveBack(free *[][]byte, b []byte, size int) {
+	if len(b) == size && len(*free) < laneFreeBufs {
+		*free = append(*free, b)
+	}
 }
 
 func (lp *loop) closeClient(c *laneClient) {
@@ -1510,6 +1528,8 @@ func (lp *loop) closeUp(u *laneUp) {
 	syscall.Close(u.fd)
 	u.fd = -1
 	u.c = nil
+	giveBack(&lp.upBufs, u.buf, laneUpBuf)
+	u.buf, u.n = nil, 0
 }
 
 // sweep ends invocations past their deadline and connections idle too

@@ -578,7 +578,8 @@ func TestLaneSpinsOnlyWhileWaitsAreShort(t *testing.T) {
 }
 
 // An idle kept-alive connection holds no read buffer: it has one only
-// while it has bytes unread or a request in flight.
+// while it has bytes unread or a request in flight. Nor does a pooled
+// connection to an instance.
 func TestLaneIdleConnectionsHoldNoBuffer(t *testing.T) {
 	srv := laneRouter(t, echo())
 	var conns []*rawConn
@@ -589,7 +590,7 @@ func TestLaneIdleConnectionsHoldNoBuffer(t *testing.T) {
 		}
 		conns = append(conns, c)
 	}
-	held, free, clients := 0, 0, 0
+	held, free, clients, pooled, upHeld, upFree := 0, 0, 0, 0, 0, 0
 	lp := srv.lane.loops[0]
 	lp.do(func() {
 		for _, e := range lp.ents {
@@ -600,10 +601,22 @@ func TestLaneIdleConnectionsHoldNoBuffer(t *testing.T) {
 				}
 			}
 		}
-		free = len(lp.bufs)
+		for _, us := range lp.idle {
+			for _, u := range us {
+				pooled++
+				if u.buf != nil {
+					upHeld++
+				}
+			}
+		}
+		free, upFree = len(lp.bufs), len(lp.upBufs)
 	})
 	if clients != 3 || held != 0 || free == 0 {
 		t.Fatalf("%d clients in the loop, %d holding a buffer, %d buffers free; want 3, 0, at least 1", clients, held, free)
+	}
+	// Likewise the instance connections in the pool.
+	if pooled == 0 || upHeld != 0 || upFree == 0 {
+		t.Fatalf("%d pooled instance connections, %d holding a buffer, %d buffers free; want some, 0, at least 1", pooled, upHeld, upFree)
 	}
 	// Each goes on serving with a buffer taken again.
 	for _, c := range conns {
