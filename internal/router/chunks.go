@@ -9,8 +9,10 @@ import (
 // piece of input gives the bytes to send on, the data chunks with fresh
 // framing, without extensions or trailers (as fasthttp sends a streamed
 // body), so what the client gets is well-formed whatever the instance
-// sent.
+// sent. With raw set it sends the data alone, for an HTTP/1.0 client,
+// which knows no chunks (the body then ends with the connection).
 type chunkRelay struct {
+	raw     bool
 	state   int
 	size    int64 // of the chunk being read
 	line    int   // bytes of the current size or trailer line
@@ -79,8 +81,10 @@ func (r *chunkRelay) relay(dst, in []byte) ([]byte, int, error) {
 			if r.size == 0 {
 				r.state = chunkTrailer
 			} else {
-				dst = strconv.AppendInt(dst, r.size, 16)
-				dst = append(dst, '\r', '\n')
+				if !r.raw {
+					dst = strconv.AppendInt(dst, r.size, 16)
+					dst = append(dst, '\r', '\n')
+				}
 				r.state = chunkData
 			}
 		case chunkData:
@@ -101,7 +105,9 @@ func (r *chunkRelay) relay(dst, in []byte) ([]byte, int, error) {
 			if b != '\n' {
 				return dst, i, errBadChunk
 			}
-			dst = append(dst, '\r', '\n')
+			if !r.raw {
+				dst = append(dst, '\r', '\n')
+			}
 			r.state = chunkSize
 		case chunkTrailer:
 			r.trailer++
@@ -119,7 +125,9 @@ func (r *chunkRelay) relay(dst, in []byte) ([]byte, int, error) {
 			}
 			if r.line == 0 {
 				// The blank line after the trailers (if any) ends the body.
-				dst = append(dst, "0\r\n\r\n"...)
+				if !r.raw {
+					dst = append(dst, "0\r\n\r\n"...)
+				}
 				r.state = chunkDone
 			} else {
 				r.line = 0

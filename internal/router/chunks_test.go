@@ -84,5 +84,18 @@ func FuzzChunkRelay(f *testing.F) {
 		if werr == nil && !bytes.Equal(got, want) {
 			t.Fatalf("relayed %q, Go reads %q", got, want)
 		}
+		// Raw, the same pieces give the data alone.
+		raw := chunkRelay{raw: true}
+		var data []byte
+		for p := in; len(p) > 0 && !raw.done(); {
+			var n int
+			if data, n, err = raw.relay(data, p[:min(split, len(p))]); err != nil {
+				t.Fatalf("raw relay failed where the framed one did not: %v", err)
+			}
+			p = p[n:]
+		}
+		if !raw.done() || !bytes.Equal(data, got) {
+			t.Fatalf("raw relay gave %q (done %v), want %q", data, raw.done(), got)
+		}
 	})
 }

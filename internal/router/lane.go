@@ -81,7 +81,7 @@ type handoffReason int
 const (
 	served             handoffReason = iota // not handed over
 	handoffNotFunction                      // the API, metrics, health
-	handoffProtocol                         // HTTP/1.0, Upgrade, Expect, absolute-form
+	handoffProtocol                         // HTTP/1.0 without Host, other versions, Upgrade, Expect, absolute-form
 	handoffBody                             // chunked, over 4 KiB, or not all in the first read
 	handoffHead                             // split across reads, or over the loop's buffer
 	handoffMalformed                        // unparseable, or a target the router refuses
@@ -368,6 +368,7 @@ type laneClient struct {
 	// request is being worked out on another goroutine.
 	hup, full, pending bool
 	closeAfter         bool
+	http10             bool // the request in flight is HTTP/1.0
 	lastActive         time.Time
 }
 
@@ -786,7 +787,8 @@ func (lp *loop) start(c *laneClient, end int) handoffReason {
 		return handoffProtocol // absolute-form targets, OPTIONS *
 	case !Routes(uri):
 		return handoffNotFunction
-	case !rh.IsHTTP11() || len(rh.Peek("Upgrade")) > 0 || len(rh.Peek("Expect")) > 0:
+	case !rh.IsHTTP11() && (string(rh.Protocol()) != "HTTP/1.0" || len(rh.Host()) == 0),
+		len(rh.Peek("Upgrade")) > 0 || len(rh.Peek("Expect")) > 0:
 		return handoffProtocol
 	}
 	cl := bodyLength(rh)
@@ -839,9 +841,11 @@ func (lp *loop) start(c *laneClient, end int) handoffReason {
 	inv := &invocation{rt: rt, spec: spec, lease: lease, start: now, deadline: now.Add(timeout), method: methodString(rh.Method()),
 		uri: suri, rest: rest, query: query, reqID: newRequestID()}
 	c.inv, c.up, c.reqLen, c.headSent = inv, u, end+cl, false
-	// "Connection: close": the answer says so, and the connection ends
-	// after it.
+	// "Connection: close" (or HTTP/1.0 without "keep-alive", which
+	// fasthttp's parser reads the same way): the answer says so, and the
+	// connection ends after it.
 	c.closeAfter = c.closeAfter || rh.ConnectionClose()
+	c.http10 = !rh.IsHTTP11()
 	if dialErr != nil {
 		lp.fail(c, dialErr)
 		return served
@@ -1075,7 +1079,16 @@ func (lp *loop) readHead(u *laneUp) bool {
 	}
 	switch u.mode {
 	case bodyChunked:
-		h.SetContentLength(-1)
+		if c.http10 {
+			// An HTTP/1.0 client knows no chunks: it gets the data, to
+			// the connection's end.
+			u.chunks.raw = true
+			h.Del(fasthttp.HeaderTransferEncoding)
+			h.SetContentLength(-2)
+			c.closeAfter = true
+		} else {
+			h.SetContentLength(-1)
+		}
 	case bodyToClose:
 		// The client learns where the body ends the same way.
 		h.SetConnectionClose()
@@ -1084,6 +1097,9 @@ func (lp *loop) readHead(u *laneUp) bool {
 	if c.closeAfter || lp.lane.closing.Load() {
 		h.SetConnectionClose()
 		c.closeAfter = true
+	} else if c.http10 {
+		// It asked to keep the connection, and must be told it is kept.
+		h.Set(fasthttp.HeaderConnection, "keep-alive")
 	}
 	h.SetNoDefaultContentType(true)
 	lp.out = h.AppendBytes(lp.out[:0])
@@ -1573,9 +1589,12 @@ const lingerTime = 2 * time.Second
 // behind the last) makes the kernel send a reset, which can destroy the
 // answer before the client reads it. So the writing side is shut first
 // (the client sees the answer, then its end), and what still arrives is
-// dropped until the client closes or lingerTime passes.
+// dropped until the client closes or lingerTime passes. As in nginx,
+// that is only when the client may still be sending: with nothing unread
+// here or in the socket, a plain close ends the connection (one system
+// call where lingering takes four).
 func (lp *loop) linger(c *laneClient) {
-	if c.hup || syscall.Shutdown(c.fd, syscall.SHUT_WR) != nil {
+	if c.hup || len(c.in) == 0 && !unread(c.fd) || syscall.Shutdown(c.fd, syscall.SHUT_WR) != nil {
 		lp.closeClient(c) // the client is done sending: nothing to drop
 		return
 	}
@@ -1584,6 +1603,14 @@ func (lp *loop) linger(c *laneClient) {
 	lp.sync(c)
 	c.in = c.in[:0]
 	lp.dropBuf(c)
+}
+
+// unread says whether bytes wait to be read on fd.
+func unread(fd int) bool {
+	var b [1]byte
+	n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), 1,
+		syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+	return e == 0 && n > 0
 }
 
 // idleLimit is how long c may wait for its next request: the header

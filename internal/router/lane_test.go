@@ -120,7 +120,11 @@ func TestLaneServesInPlaceOrHandsOver(t *testing.T) {
 		{"small body", []string{"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"}, 200, "hello", ""},
 		{"body over the lane's limit", []string{"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nContent-Length: 4097\r\n\r\n" + big}, 200, big, "body"},
 		{"chunked body", []string{"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"}, 200, "hi", "body"},
-		{"HTTP/1.0", []string{"GET /fn/alice/fn/a HTTP/1.0\r\nHost: h\r\n\r\n"}, 200, "", "protocol"},
+		{"HTTP/1.0", []string{"GET /fn/alice/fn/a HTTP/1.0\r\nHost: h\r\n\r\n"}, 200, "", ""},
+		{"HTTP/1.0 body", []string{"POST /fn/alice/fn/a HTTP/1.0\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi"}, 200, "hi", ""},
+		// (The slow path forwards it; the instance, an HTTP/1.1 server,
+		// refuses a request without Host.)
+		{"HTTP/1.0 without Host", []string{"GET /fn/alice/fn/a HTTP/1.0\r\n\r\n"}, 400, "", "protocol"},
 		{"Connection: close", []string{"GET /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"}, 200, "", ""},
 		{"not a function", []string{"GET /api/v1/x HTTP/1.1\r\nHost: h\r\n\r\n"}, 404, "", "not_function"},
 		{"head in two writes", []string{"GET /fn/alice/fn/a HTTP/1.1\r\n", "Host: h\r\n\r\n"}, 200, "", "head"},
@@ -689,5 +693,54 @@ func TestLanePausesAcceptingWhenOutOfDescriptors(t *testing.T) {
 	c := dialRaw(t, srv.URL)
 	if res := c.get("/again"); res.StatusCode != 200 || res.Header.Get("X-Path") != "/again" {
 		t.Fatalf("after descriptors freed: status %d, path %q", res.StatusCode, res.Header.Get("X-Path"))
+	}
+}
+
+// HTTP/1.0 clients are served in the loop: without "keep-alive" the
+// connection ends after the answer; with it, the answer says so and the
+// connection carries the next request; a chunked answer reaches them as
+// plain data, ended by the connection's end.
+func TestLaneHTTP10(t *testing.T) {
+	srv := laneRouter(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/chunked" {
+			io.WriteString(w, "part one, ")
+			w.(http.Flusher).Flush() // (the answer is chunked from here)
+			io.WriteString(w, "part two")
+			return
+		}
+		io.WriteString(w, "plain")
+	}))
+	rawAnswer := func(c *rawConn) string {
+		b, err := io.ReadAll(c.br)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+
+	c := dialRaw(t, srv.URL)
+	c.send("GET /fn/alice/fn/ HTTP/1.0\r\nHost: h\r\n\r\n")
+	if a := rawAnswer(c); !strings.HasSuffix(a, "\r\n\r\nplain") || !strings.Contains(a, "Connection: close\r\n") {
+		t.Fatalf("answer %q: want the body, then the connection's end, and Connection: close", a)
+	}
+
+	c = dialRaw(t, srv.URL)
+	for i := 0; i < 2; i++ {
+		c.send("GET /fn/alice/fn/ HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n")
+		res := c.response()
+		if b := body(res); b != "plain" || res.Header.Get("Connection") != "keep-alive" {
+			t.Fatalf("answer %d: body %q, Connection %q; want plain, keep-alive", i, b, res.Header.Get("Connection"))
+		}
+	}
+
+	c = dialRaw(t, srv.URL)
+	c.send("GET /fn/alice/fn/chunked HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n")
+	a := rawAnswer(c)
+	head, b, _ := strings.Cut(a, "\r\n\r\n")
+	if b != "part one, part two" || strings.Contains(head, "Transfer-Encoding") || !strings.Contains(head, "Connection: close") {
+		t.Fatalf("answer %q: want the data alone, no Transfer-Encoding, Connection: close", a)
+	}
+	if served, _, handoffs := srv.lane.Counts(); served < 4 || handoffs["protocol"] != 0 {
+		t.Fatalf("%d served in the loop, %d handed over for the protocol; want 4, 0", served, handoffs["protocol"])
 	}
 }
