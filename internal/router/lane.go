@@ -35,7 +35,7 @@ import (
 // now, answered with a Content-Length, chunked or close-delimited body,
 // relayed as it comes. Every other connection (the API, a cold start or a
 // queue, an upgrade, a large or streamed body, a head split across reads,
-// HTTP/1.0) is handed to the fasthttp server with the
+// HTTP/1.0 without a Host) is handed to the fasthttp server with the
 // bytes read so far, so the slow paths keep their one implementation;
 // after a function request there, most come back (takeBack). Failures
 // after a request was sent (a crash, a timeout, a malformed answer) are
@@ -1369,8 +1369,8 @@ func (lp *loop) handOff(c *laneClient, why handoffReason) {
 	if nc, ok := lp.detach(c); ok {
 		// A connection handed over for a passing reason (no instance free,
 		// a function not in memory yet, the API) may come back (takeBack).
-		// One whose client sends large bodies, splits its heads or speaks
-		// HTTP/1.0 is likely to go on doing so, and moving it back and
+		// One whose client sends large bodies, splits its heads or omits
+		// its Host is likely to go on doing so, and moving it back and
 		// forth would cost each such request more than the slow path
 		// does (8 KiB POSTs: ~30% fewer requests a second).
 		back := why == handoffNoCapacity || why == handoffNotCached || why == handoffNotFunction ||
