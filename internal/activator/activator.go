@@ -498,15 +498,12 @@ func (a *Activator) revision(spec *backend.Spec, force ...bool) *revision {
 	if rev := a.revs[string(k)]; rev != nil {
 		return rev
 	}
-	key := spec.Key()
-	rev := a.revs[key]
-	if keep, ok := a.live[spec.FunctionID]; rev == nil && ok && !slices.Contains(keep, key) && len(force) == 0 {
+	key := string(k)
+	if keep, ok := a.live[spec.FunctionID]; ok && !slices.Contains(keep, key) && len(force) == 0 {
 		return nil
 	}
-	if rev == nil {
-		rev = &revision{spec: spec, scaler: autoscaler.New(a.scalerConfig(spec)), lastActivity: a.cfg.Now()}
-		a.revs[key] = rev
-	}
+	rev := &revision{spec: spec, scaler: autoscaler.New(a.scalerConfig(spec)), lastActivity: a.cfg.Now()}
+	a.revs[key] = rev
 	return rev
 }
 

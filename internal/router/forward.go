@@ -569,24 +569,16 @@ func zeroLength(rh *fasthttp.RequestHeader) bool {
 // methodString is m as a string, without allocating for the standard
 // methods (every request's invocation keeps its method).
 func methodString(m []byte) string {
-	switch string(m) {
-	case fasthttp.MethodGet:
-		return fasthttp.MethodGet
-	case fasthttp.MethodPost:
-		return fasthttp.MethodPost
-	case fasthttp.MethodHead:
-		return fasthttp.MethodHead
-	case fasthttp.MethodPut:
-		return fasthttp.MethodPut
-	case fasthttp.MethodPatch:
-		return fasthttp.MethodPatch
-	case fasthttp.MethodDelete:
-		return fasthttp.MethodDelete
-	case fasthttp.MethodOptions:
-		return fasthttp.MethodOptions
+	for _, s := range standardMethods {
+		if string(m) == s {
+			return s
+		}
 	}
 	return string(m)
 }
+
+var standardMethods = [...]string{fasthttp.MethodGet, fasthttp.MethodPost, fasthttp.MethodHead, fasthttp.MethodPut,
+	fasthttp.MethodPatch, fasthttp.MethodDelete, fasthttp.MethodOptions}
 
 var headPool = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
 

@@ -298,24 +298,23 @@ func (rt *Router) fail(ctx *fasthttp.RequestCtx, inv *invocation, err error) {
 	}
 	// A dial error means the request never reached the instance (it died
 	// before reading it): safe to try once more on another instance. Once
-	// a request was sent it is never replayed.
+	// a request was sent it is never replayed. The router's own lack of
+	// descriptors (or memory) is not the instance's fault: it is kept.
 	var op *net.OpError
 	undelivered := errors.Is(err, errUndelivered) || errors.As(err, &op) && op.Op == "dial"
-	if httpserve.OutOfResources(err) {
-		// The router itself is out of descriptors (or memory): not the
-		// instance's fault, so it is kept, and the client may try again.
-		rt.log.Warn("cannot reach the instance", "instance", inst.ID, "request_id", inv.reqID, "err", err)
-		ctx.Response.Reset()
-		ctx.Response.Header.Set("Retry-After", "1")
-		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrUnavailable, "the platform is out of connections; try again"))
-		return
-	}
-	if undelivered && !inv.retried && time.Now().Before(inv.deadline) {
+	local := httpserve.OutOfResources(err)
+	if undelivered && !local && !inv.retried && time.Now().Before(inv.deadline) {
 		inv.retry = true
 		inv.lease.Kill(backend.ExitCrashed)
 		return
 	}
 	ctx.Response.Reset()
+	if local {
+		rt.log.Warn("cannot reach the instance", "instance", inst.ID, "request_id", inv.reqID, "err", err)
+		ctx.Response.Header.Set("Retry-After", "1")
+		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrUnavailable, "the platform is out of connections; try again"))
+		return
+	}
 	if errors.Is(err, errTooLarge) {
 		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrTooLarge, "request body is over the %d byte limit", rt.cfg.MaxBodyBytes))
 		return

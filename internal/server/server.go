@@ -108,9 +108,6 @@ type Server struct {
 	runDir  string
 }
 
-// New prepares a server: it opens (or initialises) the data directory,
-// cleans up after a previous run that was killed, and starts the warm pool.
-// It does not listen yet.
 const (
 	// maxConcurrency bounds a function's concurrency setting.
 	maxConcurrency = 10000
@@ -132,6 +129,9 @@ func openFileLimit(want uint64) uint64 {
 	return want
 }
 
+// New prepares a server: it opens (or initialises) the data directory,
+// cleans up after a previous run that was killed, and starts the warm pool.
+// It does not listen yet.
 func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err error) {
 	s := &Server{cfg: cfg, log: log, bg: make(chan struct{})}
 	defer func() {
