@@ -787,6 +787,8 @@ func (lp *loop) start(c *laneClient, end int) handoffReason {
 		return handoffProtocol // absolute-form targets, OPTIONS *
 	case !Routes(uri):
 		return handoffNotFunction
+	case rh.IsHTTP11() && len(rh.Host()) == 0:
+		return handoffMalformed // the slow path's 400
 	case !rh.IsHTTP11() && (string(rh.Protocol()) != "HTTP/1.0" || len(rh.Host()) == 0),
 		len(rh.Peek("Upgrade")) > 0 || len(rh.Peek("Expect")) > 0:
 		return handoffProtocol

@@ -122,9 +122,10 @@ func TestLaneServesInPlaceOrHandsOver(t *testing.T) {
 		{"chunked body", []string{"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"}, 200, "hi", "body"},
 		{"HTTP/1.0", []string{"GET /fn/alice/fn/a HTTP/1.0\r\nHost: h\r\n\r\n"}, 200, "", ""},
 		{"HTTP/1.0 body", []string{"POST /fn/alice/fn/a HTTP/1.0\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi"}, 200, "hi", ""},
-		// (The slow path forwards it; the instance, an HTTP/1.1 server,
-		// refuses a request without Host.)
-		{"HTTP/1.0 without Host", []string{"GET /fn/alice/fn/a HTTP/1.0\r\n\r\n"}, 400, "", "protocol"},
+		// (The slow path gives it the address it reached as its Host.)
+		{"HTTP/1.0 without Host", []string{"GET /fn/alice/fn/a HTTP/1.0\r\n\r\n"}, 200, "", "protocol"},
+		{"HTTP/1.1 without Host", []string{"GET /fn/alice/fn/a HTTP/1.1\r\n\r\n"}, 400, "", "malformed"},
+		{"HTTP/1.1 with an empty Host", []string{"GET /fn/alice/fn/a HTTP/1.1\r\nHost: \r\n\r\n"}, 400, "", "malformed"},
 		{"Connection: close", []string{"GET /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"}, 200, "", ""},
 		{"not a function", []string{"GET /api/v1/x HTTP/1.1\r\nHost: h\r\n\r\n"}, 404, "", "not_function"},
 		{"head in two writes", []string{"GET /fn/alice/fn/a HTTP/1.1\r\n", "Host: h\r\n\r\n"}, 200, "", "head"},
@@ -141,6 +142,8 @@ func TestLaneServesInPlaceOrHandsOver(t *testing.T) {
 			}
 			if got := body(res); tt.status == 200 && got != tt.body {
 				t.Fatalf("body %q, want %q", got, tt.body)
+			} else if tt.status != 200 && !strings.HasPrefix(got, `{"error":`) {
+				t.Fatalf("body %q, want the router's own error", got) // not the instance's
 			}
 			if res.Header.Get("Spry-Request-Id") == "" && tt.status == 200 {
 				t.Fatal("no request id")

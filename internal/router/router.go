@@ -153,6 +153,17 @@ func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string)
 		ctx.SetConnectionClose()
 		return
 	}
+	if rh := &ctx.Request.Header; len(rh.Host()) == 0 {
+		if rh.IsHTTP11() {
+			// RFC 9112 §3.2 (nginx answers so too); the instance would.
+			rt.writeError(ctx, "", errdefs.New(errdefs.ErrInvalidArgument, "HTTP/1.1 request without Host"))
+			ctx.SetConnectionClose()
+			return
+		}
+		// HTTP/1.0 may leave Host out, but the instance, an HTTP/1.1
+		// server, needs one: the address the client reached stands in.
+		rh.SetHost(ctx.LocalAddr().String())
+	}
 	_, query, _ := strings.Cut(uri, "?")
 	cl := bodyLength(&ctx.Request.Header)
 	inv := &invocation{rt: rt, start: time.Now(), method: methodString(ctx.Method()), uri: uri, rest: rest, query: query,
