@@ -136,6 +136,28 @@ func (g *group) setCPU(shares uint64, quotaUs int64) error {
 	return g.v1.Update(r)
 }
 
+// cpuWeight reads the CPU weight back, in the hierarchy's own unit (v1:
+// cpu.shares, v2: cpu.weight).
+func (g *group) cpuWeight() (uint64, error) {
+	file := filepath.Join(g.dirs[0], "cpu.weight")
+	if g.v2 == nil {
+		file = ""
+		for _, d := range g.dirs {
+			if strings.HasPrefix(d, filepath.Join(cgroupRoot, string(cgroup1.Cpu))+"/") {
+				file = filepath.Join(d, "cpu.shares")
+			}
+		}
+		if file == "" {
+			return 0, errors.New("no cpu controller")
+		}
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+}
+
 // oomKills reports how many processes the kernel's OOM killer has killed in
 // this cgroup.
 func (g *group) oomKills() uint64 {

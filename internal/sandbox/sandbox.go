@@ -265,6 +265,10 @@ func (s *Sandbox) Command(spec Spec) (*Cmd, error) {
 // removes it).
 func (c *Cmd) SetCPU(shares uint64, quotaUs int64) error { return c.group.setCPU(shares, quotaUs) }
 
+// CPUWeight reads the sandbox's CPU weight back, in the cgroup version's
+// own unit (v1 shares, v2 weight): only its order is comparable.
+func (c *Cmd) CPUWeight() (uint64, error) { return c.group.cpuWeight() }
+
 // OOMKilled reports whether the kernel's OOM killer killed a process of
 // this sandbox. Call it after Wait and before Cleanup.
 func (c *Cmd) OOMKilled() bool { return c.group.oomKills() > c.oomBase }

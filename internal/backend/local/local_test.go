@@ -14,6 +14,7 @@ import (
 	"github.com/spry-run/spry/internal/backend"
 	"github.com/spry-run/spry/internal/blob"
 	"github.com/spry-run/spry/internal/nettest"
+	"github.com/spry-run/spry/internal/runtime"
 	"github.com/spry-run/spry/internal/runtime/runtimetest"
 	"github.com/spry-run/spry/internal/sandbox"
 )
@@ -184,6 +185,56 @@ func TestPoolColdStart(t *testing.T) {
 		t.Fatalf("body %q", body)
 	}
 	t.Logf("cold start from pool: %v", time.Since(start))
+}
+
+// A sandbox started for a waiting request runs at a boosted CPU weight
+// until it is ready, then at an instance's; a pooled one below both.
+func TestStartBoostsCPUWeightUntilReady(t *testing.T) {
+	e := newEnv(t, 0)
+	weight := func(p *proc) uint64 {
+		w, err := p.cmd.CPUWeight()
+		if err != nil {
+			t.Error(err)
+		}
+		return w
+	}
+	var during uint64
+	stop, seen := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(seen)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			e.b.mu.Lock()
+			for _, p := range e.b.procs {
+				if w := weight(p); w > during {
+					during = w
+				}
+			}
+			e.b.mu.Unlock()
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	inst, err := e.b.Start(context.Background(), e.spec(t, `export default () => new Response("ok")`))
+	close(stop)
+	<-seen
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.b.mu.Lock()
+	after := weight(e.b.procs[inst.ID])
+	e.b.mu.Unlock()
+	pooled, err := e.b.spawn(context.Background(), poolKey{"deno", 128, runtime.NetworkNone, ""}, pooledShares)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.b.kill(pooled, backend.ExitStopped)
+	if p := weight(pooled); !(during > after && after > p) {
+		t.Fatalf("CPU weight while starting %d, once ready %d, pooled %d: want them decreasing", during, after, p)
+	}
 }
 
 func TestNetworkPolicy(t *testing.T) {
