@@ -89,6 +89,7 @@ type revision struct {
 	instances    []*instance
 	starting     int
 	waiters      list.List // of *waiter, oldest first
+	woken        int       // waiters woken, not yet back under the lock: load all the same
 	retired      bool
 	lastActivity time.Time // last request in or out, for the scale-to-zero grace
 }
@@ -103,9 +104,10 @@ type instance struct {
 // waiter is a request queued for capacity. ch is closed to wake it; err,
 // set before, fails it.
 type waiter struct {
-	ch   chan struct{}
-	err  error
-	elem *list.Element
+	ch    chan struct{}
+	err   error
+	elem  *list.Element
+	woken bool // counted in revision.woken
 }
 
 // Errors of Acquire.
@@ -251,12 +253,14 @@ func (a *Activator) Acquire(ctx context.Context, spec *backend.Spec) (*Lease, er
 		case <-ch:
 		case <-ctx.Done():
 			rev.mu.Lock()
+			rev.awake(w)
 			rev.unqueue(w)
 			rev.wakeIfSpare()
 			rev.mu.Unlock()
 			return nil, fmt.Errorf("waiting for an instance of %s/%s: %w", spec.Owner, spec.Name, ctxErr(ctx))
 		}
 		rev.mu.Lock()
+		rev.awake(w)
 		if w.err != nil {
 			err := w.err
 			rev.mu.Unlock()
@@ -345,7 +349,17 @@ func (r *revision) wakeOne() {
 	if e := r.waiters.Front(); e != nil {
 		w := r.waiters.Remove(e).(*waiter)
 		w.elem = nil
+		w.woken = true
+		r.woken++
 		close(w.ch)
+	}
+}
+
+// awake takes w, back under the lock, out of the woken count.
+func (r *revision) awake(w *waiter) {
+	if w.woken {
+		w.woken = false
+		r.woken--
 	}
 }
 
@@ -605,7 +619,7 @@ func (a *Activator) scale(rev *revision, now time.Time) {
 		rev.mu.Unlock()
 		return
 	}
-	load := rev.waiters.Len()
+	load := rev.waiters.Len() + rev.woken
 	for _, in := range rev.instances {
 		load += in.inflight
 	}

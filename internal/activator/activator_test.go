@@ -263,6 +263,64 @@ func TestConcurrencyLimitQueuesAndHandsOver(t *testing.T) {
 	if n := fb.starts.Load(); n != 1 {
 		t.Fatalf("%d starts with max 1", n)
 	}
+	rev := a.revision(sp)
+	rev.mu.Lock()
+	defer rev.mu.Unlock()
+	if rev.woken != 0 {
+		t.Fatalf("woken count %d once the woken request has its lease", rev.woken)
+	}
+}
+
+// Requests woken to take an instance count as load: at the instant
+// between the wake-up and the lease the instance looks idle, and a tick
+// then must not take it for one the load does not need.
+func TestWokenRequestsCountAsLoad(t *testing.T) {
+	c := &clock{t: time.Unix(10000, 0)}
+	fb := &fakeBackend{}
+	a := New(fb, Config{ScaleToZeroAfter: 5 * time.Minute, Now: c.now})
+	sp := specWith(1, 0, 10)
+	l, err := a.Acquire(context.Background(), sp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Release()
+	for i := 0; i < 120; i++ { // quiet: the windows see no load
+		a.Tick(c.add(time.Second))
+		a.settle()
+	}
+	// A step: two requests at once, so a second instance.
+	l1, _ := a.Acquire(context.Background(), sp)
+	l2, _ := a.Acquire(context.Background(), sp)
+	if n := a.Counts()[sp.Key()]; n != 2 {
+		t.Fatalf("%d instances for two requests at concurrency 1", n)
+	}
+	l1.Release()
+	l2.Release()
+	// Two queued requests woken for the two instances, not yet back.
+	rev := a.revision(sp)
+	rev.mu.Lock()
+	var ws []*waiter
+	for range 2 {
+		w := &waiter{ch: make(chan struct{})}
+		w.elem = rev.waiters.PushBack(w)
+		ws = append(ws, w)
+	}
+	rev.wakeN(2)
+	rev.mu.Unlock()
+	a.Tick(c.add(time.Second))
+	a.settle()
+	if stopped := fb.stoppedIDs(); len(stopped) != 0 {
+		t.Fatalf("stopped %v while two woken requests were on their way to the instances", stopped)
+	}
+	rev.mu.Lock()
+	for _, w := range ws {
+		rev.awake(w)
+	}
+	woken := rev.woken
+	rev.mu.Unlock()
+	if woken != 0 {
+		t.Fatalf("woken count %d after every woken waiter came back", woken)
+	}
 }
 
 func TestQueueFullAndTimeout(t *testing.T) {

@@ -246,6 +246,13 @@ func (s *Scaler) Decide(now time.Time, ready int) Decision {
 	// below the panic threshold while the stable window still holds the
 	// quiet seconds before it.
 	desired := max(limitedStable, min(limitedPanic, float64(ready)))
+	// Nor does it remove instances the highest load of the panic window
+	// needs at full concurrency. The averages lag a step up (a second's
+	// mean mixes the samples before it with those after), while the
+	// activator's starts answer it at once: a decision in between stopped
+	// instances the step had just started.
+	peak := s.win.peak(sec, max(c.seconds(c.PanicWindow), 2))
+	desired = max(desired, min(instancesFor(peak, float64(c.Concurrency)), float64(ready)))
 	if panicking {
 		// Never scale down while panicking: keep the highest count
 		// asked for in this panic, and the instances already ready.

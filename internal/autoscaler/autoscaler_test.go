@@ -851,3 +851,41 @@ func TestNoScaleDownDuringRampWithReactiveStarts(t *testing.T) {
 		t.Fatalf("after the load went: desired %d, ready %d", d.Desired, m.ready)
 	}
 }
+
+// The second in which a step up begins mixes samples from before it with
+// those after, so its mean lags; the instances the activator has already
+// started for the step are kept while the panic window's highest load
+// needs them at full concurrency, and only that long.
+func TestNoScaleDownBelowThePanicWindowsPeak(t *testing.T) {
+	tests := []struct {
+		name    string
+		samples []float64 // one every 166 ms after the step
+		ready   int
+		want    int // at least
+	}{
+		{"step to 64 at concurrency 8, 8 started", []float64{64, 40}, 8, 8},
+		{"a dip right after the step", []float64{64, 20, 12}, 8, 8},
+		{"peak needs fewer than are ready", []float64{24}, 8, 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := Config{Concurrency: 8, StableWindow: 10 * time.Second}
+			s := New(cfg)
+			now := feed(s, base, 5*time.Second+600*time.Millisecond, 166*time.Millisecond, 1)
+			for _, v := range tt.samples {
+				s.Record(now, v)
+				now = now.Add(166 * time.Millisecond)
+			}
+			d := s.Decide(now, tt.ready)
+			if d.Desired < tt.want {
+				t.Fatalf("desired %d, want at least %d (panic %.1f, stable %.1f)", d.Desired, tt.want, d.PanicConcurrency, d.StableConcurrency)
+			}
+			// Once the load has gone for longer than the windows, the
+			// floor goes with it.
+			now = feed(s, now, 30*time.Second, 500*time.Millisecond, 0)
+			if d := s.Decide(now, tt.ready); d.Desired >= tt.ready {
+				t.Fatalf("after the load went: desired %d, ready %d", d.Desired, tt.ready)
+			}
+		})
+	}
+}

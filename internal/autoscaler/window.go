@@ -2,9 +2,10 @@ package autoscaler
 
 // bucket holds the observations of one wall-clock second.
 type bucket struct {
-	sec int64   // Unix second the bucket describes
-	sum float64 // sum of the observations in that second
-	n   int     // how many; 0 means the slot is empty
+	sec  int64   // Unix second the bucket describes
+	sum  float64 // sum of the observations in that second
+	peak float64 // the highest of them
+	n    int     // how many; 0 means the slot is empty
 }
 
 func (b bucket) mean() float64 { return b.sum / float64(b.n) }
@@ -39,6 +40,7 @@ func (w *window) record(sec int64, v float64) {
 		*b = bucket{sec: sec}
 	}
 	b.sum += v
+	b.peak = max(b.peak, v)
 	b.n++
 	if !w.any || sec > w.newest {
 		w.newest, w.any = sec, true
@@ -79,6 +81,17 @@ func (w *window) latest(now int64, span int) float64 {
 		return 0
 	}
 	return best.mean()
+}
+
+// peak returns the highest observation in (now-span, now], or 0.
+func (w *window) peak(now int64, span int) float64 {
+	p := 0.0
+	for _, b := range w.buckets {
+		if b.n > 0 && b.sec <= now && b.sec > now-int64(span) {
+			p = max(p, b.peak)
+		}
+	}
+	return p
 }
 
 // resized returns a window of the given size holding the buckets of w that
