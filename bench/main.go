@@ -167,7 +167,8 @@ func run() (code int) {
 	only := flag.String("only", "", "comma-separated scenarios to run, e.g. 1,2 (default: all of 1-7)")
 	quick := flag.Bool("quick", false, "fewer iterations and shorter runs, for smoke testing")
 	pool := flag.Int("pool-size", 4, "spry serve --pool-size for the cold start, deploy, step and density scenarios")
-	dur := flag.Duration("d", 0, "wrk duration for scenarios 1 and 2 (default 10s, 3s with -quick)")
+	dur := flag.Duration("d", 0, "wrk duration for scenarios 1 and 2 (default 5s, 3s with -quick)")
+	rounds := flag.Int("rounds", 0, "alternated rounds of each side in scenarios 1 and 2 (default 4, 1 with -quick); more narrow the ratio's noise")
 	noBuild := flag.Bool("no-build", false, "do not run `make build` (use the existing bin/spry)")
 	noInstall := flag.Bool("no-install", false, "do not apt-get install wrk or nginx when missing")
 	outDir := flag.String("out", "", "directory for the JSON results (default bench/results in the repository)")
@@ -201,6 +202,10 @@ func run() (code int) {
 		fmt.Fprintln(os.Stderr, "bench: -pool-size must be at least 1")
 		return 2
 	}
+	if *rounds < 0 {
+		fmt.Fprintln(os.Stderr, "bench: -rounds must be at least 1 (0: the default)")
+		return 2
+	}
 
 	env := &benchEnv{root: root, quick: *quick, poolSize: *pool, wrkDur: *dur, rounds: 4, begun: time.Now()}
 	if env.wrkDur == 0 {
@@ -212,7 +217,10 @@ func run() (code int) {
 			env.wrkDur = 3 * time.Second
 		}
 	}
-	if *quick {
+	switch {
+	case *rounds > 0:
+		env.rounds = *rounds
+	case *quick:
 		env.rounds = 1
 	}
 	var sel []int
