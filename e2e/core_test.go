@@ -394,9 +394,7 @@ func TestRestartKeepsServing(t *testing.T) {
 func TestGracefulShutdown(t *testing.T) {
 	s := startServer(t)
 	slow := []byte(`export default { async fetch() { await new Promise((r) => setTimeout(r, 3000)); return new Response("finished"); } }`)
-	if r := s.putCode(s.token, "slow", slow, ""); r.status != 201 {
-		t.Fatalf("%d %s", r.status, r.body)
-	}
+	s.deployCode(t, "slow", slow, "")
 	var wg sync.WaitGroup
 	var got response
 	wg.Add(1)
@@ -436,9 +434,7 @@ func TestCrashAndScaleToZero(t *testing.T) {
 		if (new URL(req.url).pathname === "/crash") Deno.exit(7);
 		return new Response("alive");
 	} }`)
-	if r := s.putCode(s.token, "crashy", crash, ""); r.status != 201 {
-		t.Fatalf("%d %s", r.status, r.body)
-	}
+	s.deployCode(t, "crashy", crash, "")
 	if r := s.get("/fn/admin/crashy/"); string(r.body) != "alive" {
 		t.Fatalf("%d %q", r.status, r.body)
 	}

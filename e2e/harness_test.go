@@ -395,6 +395,15 @@ func (s *server) putCode(token, name string, code []byte, query string) response
 	return s.do("PUT", p, token, bytes.NewReader(code), map[string]string{"Content-Type": "application/typescript"})
 }
 
+// deployCode deploys raw code as putCode does and fails t unless the
+// function was created.
+func (s *server) deployCode(t testing.TB, name string, code []byte, query string) {
+	t.Helper()
+	if r := s.putCode(s.token, name, code, query); r.status != 201 {
+		t.Fatalf("deploy %s: %d %s", name, r.status, r.body)
+	}
+}
+
 func example(t *testing.T, name string) []byte {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join(repoRoot, "examples", name))

@@ -94,9 +94,7 @@ func TestHostileFunctions(t *testing.T) {
 	// owns, so no packet can leave the machine.
 	host := nettest.New(t, 8080, "198.51.100.20", "169.254.169.254", "10.213.0.1")
 
-	if r := s.putCode(s.token, "innocent", example(t, "hello.ts"), ""); r.status != 201 {
-		t.Fatalf("%d %s", r.status, r.body)
-	}
+	s.deployCode(t, "innocent", example(t, "hello.ts"), "")
 	// The innocent function answers throughout the attacks.
 	stop := make(chan struct{})
 	var innocentFailures, innocentCalls atomic.Int64

@@ -25,9 +25,7 @@ func TestLogs(t *testing.T) {
 			return new Response("ok");
 		} }`)
 	}
-	if r := s.putCode(s.token, "talk", code("one"), ""); r.status != 201 {
-		t.Fatalf("%d %s", r.status, r.body)
-	}
+	s.deployCode(t, "talk", code("one"), "")
 	s.get("/fn/admin/talk/hello")
 	s.get("/fn/admin/talk/crash")
 	eventually(t, 5*time.Second, "v1 lines", func() bool {
@@ -122,9 +120,7 @@ func TestClientHangUp(t *testing.T) {
 	for _, rt := range []string{"deno", "node"} {
 		t.Run(rt, func(t *testing.T) {
 			name := "hang-" + rt
-			if r := s.putCode(s.token, name, code, "runtime="+rt); r.status != 201 {
-				t.Fatalf("%d %s", r.status, r.body)
-			}
+			s.deployCode(t, name, code, "runtime="+rt)
 			c, err := net.Dial("tcp", strings.TrimPrefix(s.url, "http://"))
 			if err != nil {
 				t.Fatal(err)

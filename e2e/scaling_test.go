@@ -46,9 +46,7 @@ func (s *server) running(t *testing.T, fn string) int {
 // metrics the platform promises (for the admin only).
 func TestColdStartSharedAndMetrics(t *testing.T) {
 	s := startServer(t)
-	if r := s.putCode(s.token, "shared", []byte(`export default { async fetch() { await new Promise((r) => setTimeout(r, 50)); return new Response("ok"); } }`), "concurrency=50"); r.status != 201 {
-		t.Fatalf("%d %s", r.status, r.body)
-	}
+	s.deployCode(t, "shared", []byte(`export default { async fetch() { await new Promise((r) => setTimeout(r, 50)); return new Response("ok"); } }`), "concurrency=50")
 	var wg sync.WaitGroup
 	var cold atomic.Int32
 	for i := 0; i < 20; i++ {
@@ -125,9 +123,7 @@ func TestColdStartSharedAndMetrics(t *testing.T) {
 // the grace; the next request comes back with a cold start.
 func TestScaleUpAndDownToZero(t *testing.T) {
 	s := startServer(t, "--autoscale-window", "2s", "--scale-to-zero-after", "2s")
-	if r := s.putCode(s.token, "busy", []byte(`export default { async fetch() { await new Promise((r) => setTimeout(r, 20)); return new Response("ok"); } }`), "concurrency=2&max=10"); r.status != 201 {
-		t.Fatalf("%d %s", r.status, r.body)
-	}
+	s.deployCode(t, "busy", []byte(`export default { async fetch() { await new Promise((r) => setTimeout(r, 20)); return new Response("ok"); } }`), "concurrency=2&max=10")
 	stop := make(chan struct{})
 	var failures atomic.Int64
 	var wg sync.WaitGroup
@@ -182,9 +178,7 @@ func TestOverloadAndTimeouts(t *testing.T) {
 		await new Promise((r) => setTimeout(r, ms));
 		return new Response("done");
 	} }`)
-	if r := s.putCode(s.token, "jam", code, "concurrency=1&max=1&timeout=5s"); r.status != 201 {
-		t.Fatalf("%d %s", r.status, r.body)
-	}
+	s.deployCode(t, "jam", code, "concurrency=1&max=1&timeout=5s")
 	if r := s.get("/fn/admin/jam/"); r.status != 200 {
 		t.Fatalf("warm-up: %d", r.status)
 	}
@@ -229,9 +223,7 @@ func TestOverloadAndTimeouts(t *testing.T) {
 
 	// Past its timeout an invocation gets 504 (and its instance, which may
 	// be stuck, is replaced).
-	if r := s.putCode(s.token, "stuck", code, "timeout=1s"); r.status != 201 {
-		t.Fatalf("%d %s", r.status, r.body)
-	}
+	s.deployCode(t, "stuck", code, "timeout=1s")
 	one := make(chan result, 1)
 	call("/fn/admin/stuck/?ms=3000", one)
 	if r := <-one; r.status != 504 || r.took > 3*time.Second {
@@ -249,9 +241,7 @@ func TestOverloadAndTimeouts(t *testing.T) {
 // stay through idle time; the first request is warm.
 func TestMinInstancesKeptWarm(t *testing.T) {
 	s := startServer(t, "--scale-to-zero-after", "1s", "--autoscale-window", "1s")
-	if r := s.putCode(s.token, "warm", example(t, "hello.ts"), "min=2"); r.status != 201 {
-		t.Fatalf("%d %s", r.status, r.body)
-	}
+	s.deployCode(t, "warm", example(t, "hello.ts"), "min=2")
 	eventually(t, 10*time.Second, "two warm instances", func() bool { return s.running(t, "warm") == 2 })
 	time.Sleep(3 * time.Second) // well past the grace and the window
 	if n := s.running(t, "warm"); n != 2 {
@@ -344,9 +334,7 @@ func TestInstanceAtHighConcurrency(t *testing.T) {
 		await new Promise((r) => setTimeout(r, 300));
 		return new Response("done");
 	} }`)
-	if r := s.putCode(s.token, "wide", code, "concurrency=2000&max=1&min=1&memory=512Mi"); r.status != 201 {
-		t.Fatalf("%d %s", r.status, r.body)
-	}
+	s.deployCode(t, "wide", code, "concurrency=2000&max=1&min=1&memory=512Mi")
 	if r := s.get("/fn/admin/wide/"); r.status != 200 {
 		t.Fatalf("warm-up: %d", r.status)
 	}

@@ -125,9 +125,7 @@ func TestZeroDowntimeRedeploys(t *testing.T) {
 			return new Response("version-%d-start|" + "x".repeat(10000) + "|version-%d-end");
 		} }`, n, n))
 	}
-	if r := s.putCode(s.token, "steady", slowish(1), ""); r.status != 201 {
-		t.Fatalf("%d %s", r.status, r.body)
-	}
+	s.deployCode(t, "steady", slowish(1), "")
 	stop := make(chan struct{})
 	var failures, total atomic.Int64
 	var firstErr atomic.Value
