@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // fasthttp does not read a connection while its handler runs, so a client
@@ -88,13 +90,23 @@ func (l *watchListener) sweep() {
 		case <-l.done:
 			return
 		case now := <-t.C:
+			var polls []*Conn
 			l.mu.Lock()
 			for c := range l.conns {
 				if w := c.wait.Load(); w != nil && now.Sub(w.since) >= l.after {
-					w.start(c)
+					if w.poll {
+						polls = append(polls, c)
+					} else {
+						w.start(c)
+					}
 				}
 			}
 			l.mu.Unlock()
+			for _, c := range polls {
+				if w := c.wait.Load(); w != nil && w.poll {
+					w.check(c)
+				}
+			}
 		}
 	}
 }
@@ -182,9 +194,11 @@ type Goner interface{ ClientGone() }
 type Wait struct {
 	since time.Time
 	gone  Goner
+	poll  bool // AwaitHangUp's kind: looked at, never read
 	mu    sync.Mutex
 	stop  func() // set once the watch started
 	ended bool
+	fired bool // gone was told
 }
 
 // Await marks the handler as waiting since since: from then on nothing
@@ -194,8 +208,52 @@ type Wait struct {
 // closes it or it fails. A byte that arrives meanwhile (a pipelined
 // request) ends the watch quietly and is kept for the server.
 func (c *Conn) Await(w *Wait, since time.Time, g Goner) {
-	w.since, w.gone = since, g
+	w.since, w.gone, w.poll = since, g, false
 	c.wait.Store(w)
+}
+
+// AwaitHangUp is Await for a handler that is still reading the request
+// (sending its body on to an instance that may not take it): nothing is
+// read from the connection, which holds the body's next bytes. Instead,
+// each sweep asks the kernel whether the client has closed or reset it,
+// and g.ClientGone is called (once) if it has. End it with EndWait.
+func (c *Conn) AwaitHangUp(w *Wait, since time.Time, g Goner) {
+	w.since, w.gone, w.poll = since, g, true
+	c.wait.Store(w)
+}
+
+// check tells w.gone if c's client has hung up. Holding w.mu keeps
+// EndWait's promise: once it returns, ClientGone has returned too.
+func (w *Wait) check(c *Conn) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.ended || w.fired || !hungUp(c.Conn) {
+		return
+	}
+	w.fired = true
+	w.gone.ClientGone()
+}
+
+// hungUp says whether the peer of nc has closed (or reset) it, without
+// reading: POLLRDHUP is set once the peer's FIN has arrived, even while
+// unread data is queued before it.
+func hungUp(nc net.Conn) bool {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var gone bool
+	_ = rc.Control(func(fd uintptr) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
+		if n, err := unix.Poll(fds, 0); err == nil && n > 0 {
+			gone = fds[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR) != 0
+		}
+	})
+	return gone
 }
 
 // EndWait ends the wait Await marked, if any. Once it returns, no watch

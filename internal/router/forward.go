@@ -719,9 +719,19 @@ func (rt *Router) sendRequest(ctx *fasthttp.RequestCtx, inv *invocation, c *upCo
 	s := &bodySender{done: make(chan struct{}), c: c, ctx: ctx, inv: inv}
 	go func() {
 		defer close(s.done)
+		// While the body goes, the client's connection cannot be read for
+		// a hang-up (it holds the body), and a write to an instance that
+		// does not read the body blocks: watch without reading.
+		hc, _ := ctx.Conn().(*httpserve.Conn)
+		if hc != nil {
+			hc.AwaitHangUp(&httpserve.Wait{}, inv.start, inv)
+		}
 		err := rt.writeRequest(c.bw, ctx, inv, false)
 		if err == nil {
 			err = c.bw.Flush()
+		}
+		if hc != nil {
+			hc.EndWait()
 		}
 		s.err = err
 		switch {

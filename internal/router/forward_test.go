@@ -22,6 +22,7 @@ import (
 	"github.com/spry-run/spry/internal/backend"
 	"github.com/spry-run/spry/internal/httpserve"
 	"github.com/valyala/fasthttp"
+	"golang.org/x/sys/unix"
 )
 
 // The router is tested against real HTTP servers on Unix sockets standing
@@ -387,6 +388,122 @@ func TestClientHangUpAbortsTheRequest(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A client that hangs up while its body is still on its way to a
+// function that does not read it is noticed too: the router is then
+// blocked writing to the instance and cannot read the client, so the
+// watch asks the kernel instead. Without it the request would hold its
+// instance until the function's timeout.
+func TestClientHangUpWhileTheBodyIsBlocked(t *testing.T) {
+	for _, rst := range []bool{false, true} {
+		name := map[bool]string{false: "fin after the body it sent", true: "reset while sending"}[rst]
+		t.Run(name, func(t *testing.T) {
+			started := make(chan struct{}, 1)
+			release := make(chan struct{})
+			var inst atomic.Pointer[net.UnixConn] // the instance's end
+			path := filepath.Join(t.TempDir(), "s.sock")
+			ln, err := net.Listen("unix", path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			us := &http.Server{
+				Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					started <- struct{}{}
+					<-release // never reads the body
+				}),
+				ConnState: func(c net.Conn, st http.ConnState) {
+					if st == http.StateNew {
+						inst.Store(c.(*net.UnixConn))
+					}
+				},
+			}
+			go us.Serve(ln)
+			b := &upstreamBackend{addr: path}
+			spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 60 * time.Second}
+			access := make(accessRecorder, 4)
+			srv := serveRouter(t, New(oneSpec{spec}, activator.New(b, activator.Config{}), Config{Access: access}))
+			// Before the router's own cleanup, which waits for the request.
+			t.Cleanup(func() { us.Close() })
+			t.Cleanup(func() { close(release) })
+			c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if _, err := io.WriteString(c, "POST /fn/alice/fn/ HTTP/1.1\r\nHost: x\r\nContent-Length: 67108864\r\n\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			// The router buffers what it sends: the function starts once
+			// some of the body has gone.
+			chunk := make([]byte, 8<<10)
+			for len(started) == 0 {
+				if _, err := c.Write(chunk); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(time.Millisecond)
+			}
+			if rst {
+				// Every buffer on the way full: a FIN would queue behind
+				// the data, but a reset goes through.
+				go func() {
+					for {
+						if _, err := c.Write(chunk); err != nil {
+							return
+						}
+					}
+				}()
+				for last := -1; queued(t, c, unix.SIOCOUTQ) != last; time.Sleep(100 * time.Millisecond) {
+					last = queued(t, c, unix.SIOCOUTQ)
+				}
+				c.(*net.TCPConn).SetLinger(0)
+			} else {
+				// Send until the router holds body it cannot pass on (the
+				// instance's queue stops growing) with all of it delivered,
+				// so that the FIN reaches the router.
+				for held, last := 0, -1; held < 64<<10; {
+					if _, err := c.Write(chunk); err != nil {
+						t.Fatal(err)
+					}
+					for i := 0; queued(t, c, unix.SIOCOUTQ) > 0; i++ {
+						if i == 2000 {
+							t.Fatalf("the router's buffers filled (%d bytes held back)", held)
+						}
+						time.Sleep(time.Millisecond)
+					}
+					time.Sleep(10 * time.Millisecond)
+					if n := queued(t, inst.Load(), unix.SIOCINQ); n != last {
+						held, last = 0, n
+					} else {
+						held += len(chunk)
+					}
+				}
+			}
+			c.Close()
+			select {
+			case st := <-access:
+				if st != StatusClientClosed {
+					t.Fatalf("logged status %d, want %d", st, StatusClientClosed)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the invocation did not end after the client hung up")
+			}
+		})
+	}
+}
+
+// queued is a socket's byte count that ioctl req reports.
+func queued(t *testing.T, c net.Conn, req uint) int {
+	t.Helper()
+	rc, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if cerr := rc.Control(func(fd uintptr) { n, err = unix.IoctlGetInt(int(fd), req) }); cerr != nil || err != nil {
+		t.Fatal(cerr, err)
+	}
+	return n
 }
 
 // A request pipelined behind a watched one is served, whether the watch

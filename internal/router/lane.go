@@ -284,6 +284,14 @@ func (c *prefixConn) CloseWrite() error {
 	return errors.ErrUnsupported
 }
 
+// SyscallConn lets the client watch ask the kernel about the socket.
+func (c *prefixConn) SyscallConn() (syscall.RawConn, error) {
+	if sc, ok := c.Conn.(syscall.Conn); ok {
+		return sc.SyscallConn()
+	}
+	return nil, errors.ErrUnsupported
+}
+
 func (c *prefixConn) Read(p []byte) (int, error) {
 	if len(c.pre) > 0 {
 		n := copy(p, c.pre)
