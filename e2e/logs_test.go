@@ -7,6 +7,7 @@ import (
 	"net"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -100,6 +101,57 @@ wait:
 	}
 	if out := s.mustSpry("logs", "talk"); strings.Contains(out, "one says") {
 		t.Fatalf("a deleted function's logs survived:\n%s", out)
+	}
+}
+
+// TestClientHangUpDuringUpload: a client that hangs up while its upload
+// is still on its way to a function that has not read it is noticed too
+// (the router, blocked sending the body, cannot read the client): the
+// access line says 499 at once, not at the function's timeout, and the
+// instance serves on. (Deno aborts req.signal for such a request only
+// once the function reads its body or answers.)
+func TestClientHangUpDuringUpload(t *testing.T) {
+	s := startServer(t)
+	code := []byte(`export default { async fetch(req) {
+		if (req.method !== "POST") return new Response("still here");
+		console.log("waiting");
+		await new Promise((resolve) => setTimeout(resolve, 30000));
+		return new Response("late");
+	} }`)
+	s.deployCode(t, "upload", code, "")
+	c, err := net.Dial("tcp", strings.TrimPrefix(s.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "POST /fn/admin/upload/ HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n", 64<<20)
+	var sent atomic.Int64
+	go func() {
+		chunk := make([]byte, 32<<10)
+		for {
+			n, err := c.Write(chunk)
+			sent.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+	}()
+	eventually(t, 10*time.Second, "the function to start waiting", func() bool {
+		out, _, _ := s.spry("", "logs", "upload")
+		return strings.Contains(out, "waiting")
+	})
+	// Until every buffer on the way is full: the function reads nothing.
+	for last := int64(-1); sent.Load() != last; time.Sleep(200 * time.Millisecond) {
+		last = sent.Load()
+	}
+	c.(*net.TCPConn).SetLinger(0) // a FIN would queue behind the unsent body
+	c.Close()
+	eventually(t, 5*time.Second, "a 499 access line", func() bool {
+		out, _, _ := s.spry("", "logs", "upload")
+		return strings.Contains(out, "access POST /fn/admin/upload/ 499")
+	})
+	if r := s.get("/fn/admin/upload/"); r.status != 200 || string(r.body) != "still here" || r.header.Get("Spry-Cold-Start") != "" {
+		t.Fatalf("after the hang-up: %d %q cold=%q; want the same instance to answer", r.status, r.body, r.header.Get("Spry-Cold-Start"))
 	}
 }
 
