@@ -453,15 +453,28 @@ func TestClientHangUpWhileTheBodyIsBlocked(t *testing.T) {
 						}
 					}
 				}()
-				for last := -1; queued(t, c, unix.SIOCOUTQ) != last; time.Sleep(100 * time.Millisecond) {
-					last = queued(t, c, unix.SIOCOUTQ)
+				// Full: neither queue moves in 100 ms.
+				for out, in := -1, -1; ; time.Sleep(100 * time.Millisecond) {
+					o, i := queued(t, c, unix.SIOCOUTQ), queued(t, inst.Load(), unix.SIOCINQ)
+					if o == out && i == in {
+						break
+					}
+					out, in = o, i
 				}
 				c.(*net.TCPConn).SetLinger(0)
 			} else {
 				// Send until the router holds body it cannot pass on (the
-				// instance's queue stops growing) with all of it delivered,
-				// so that the FIN reaches the router.
-				for held, last := 0, -1; held < 64<<10; {
+				// instance's queue stops growing while 64 KiB more, past
+				// the router's own buffers, arrive, and stays put for
+				// 100 ms), with all of it delivered, so that the FIN
+				// reaches the router.
+				for held, last := 0, -1; ; {
+					if held >= 64<<10 {
+						time.Sleep(100 * time.Millisecond)
+						if queued(t, inst.Load(), unix.SIOCINQ) == last {
+							break
+						}
+					}
 					if _, err := c.Write(chunk); err != nil {
 						t.Fatal(err)
 					}
