@@ -110,8 +110,16 @@ type Backend struct {
 	wg     sync.WaitGroup
 	// spawns bounds sandboxes starting at once: a burst of fifty on two
 	// cores makes every one of them slow, while a few at a time finish
-	// in turn.
+	// in turn. One more than the CPUs: a spawn also sleeps (the kernel's
+	// namespace setup waits for RCU grace periods, the supervisor for the
+	// runtime), and with one per CPU a burst left the CPUs ~20% idle.
 	spawns chan struct{}
+	// waiting counts spawns that requests wait for (queued or running).
+	// The pool is not refilled meanwhile: a sandbox it started would
+	// serve none of them (each has its own spawn coming), yet hold one
+	// of the spawn slots, at the pool's low CPU weight, for as long as
+	// they keep the CPUs busy.
+	waiting int
 }
 
 type poolKey struct {
@@ -167,7 +175,7 @@ func New(cfg Config) (*Backend, error) {
 		uids:     make([]bool, cfg.UIDCount),
 		refill:   make(chan struct{}, 1),
 		stop:     make(chan struct{}),
-		spawns:   make(chan struct{}, max(2, goruntime.NumCPU())),
+		spawns:   make(chan struct{}, max(2, goruntime.NumCPU())+1),
 	}
 	for _, r := range cfg.Runtimes {
 		b.runtimes[r.Name()] = r
@@ -263,6 +271,10 @@ func (b *Backend) nextToFill() (poolKey, bool) {
 	if b.closed {
 		return poolKey{}, false
 	}
+	if b.waiting > 0 {
+		// The last of them kicks the filler once it is done.
+		return poolKey{}, false
+	}
 	for _, k := range b.defaultKeys() {
 		if len(b.pool[k])+b.filling[k] < b.poolSize(k.runtime) {
 			b.filling[k]++
@@ -308,17 +320,24 @@ func (b *Backend) Start(ctx context.Context, spec *backend.Spec) (*backend.Insta
 	if err != nil {
 		return nil, fmt.Errorf("bundle of %s/%s v%d: %w", spec.Owner, spec.Name, spec.Version, err)
 	}
+	// Refill the pool once this cold start is done and its first request
+	// served: a spawn started now would take the CPU from them.
+	defer time.AfterFunc(refillDelay, b.kick)
 	p := b.take(key)
 	if p == nil {
 		// A request waits for this one: it starts boosted, and the
 		// SetCPU below brings it down to an instance's weight.
-		if p, err = b.spawn(ctx, key, startShares); err != nil {
+		b.mu.Lock()
+		b.waiting++
+		b.mu.Unlock()
+		p, err = b.spawn(ctx, key, startShares)
+		b.mu.Lock()
+		b.waiting--
+		b.mu.Unlock()
+		if err != nil {
 			return nil, err
 		}
 	}
-	// Refill the pool once this cold start is done and its first request
-	// served: a spawn started now would take the CPU from them.
-	defer time.AfterFunc(refillDelay, b.kick)
 	// Pooled sandboxes run at a low CPU weight, so refilling the pool
 	// yields to instances doing real work; this one now is one. The cgroup
 	// writes take ~0.3 ms (v1's CFS bandwidth update), so they overlap the

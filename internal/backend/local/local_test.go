@@ -187,6 +187,42 @@ func TestPoolColdStart(t *testing.T) {
 	t.Logf("cold start from pool: %v", time.Since(start))
 }
 
+// The pool is not refilled while requests wait for spawns of their own:
+// a pooled sandbox would serve none of them and hold a spawn slot.
+func TestNoRefillWhileRequestsWaitForSpawns(t *testing.T) {
+	e := newEnv(t, 1)
+	deadline := time.Now().Add(20 * time.Second)
+	for e.b.PoolIdle()["deno"] < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("pool did not fill")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	key := e.b.defaultKeys()[0]
+	p := e.b.take(key) // the pool is empty now, with no kick
+	if p == nil {
+		t.Fatal("nothing to take from the pool")
+	}
+	defer e.b.kill(p, backend.ExitStopped)
+	for _, tc := range []struct {
+		waiting int
+		fill    bool
+	}{{1, false}, {3, false}, {0, true}} {
+		e.b.mu.Lock()
+		e.b.waiting = tc.waiting
+		e.b.mu.Unlock()
+		k, ok := e.b.nextToFill()
+		if ok != tc.fill {
+			t.Fatalf("%d spawns waited for: refill %v, want %v", tc.waiting, ok, tc.fill)
+		}
+		if ok {
+			e.b.mu.Lock()
+			e.b.filling[k]-- // undo: this test fills nothing
+			e.b.mu.Unlock()
+		}
+	}
+}
+
 // A sandbox started for a waiting request runs at a boosted CPU weight
 // until it is ready, then at an instance's; a pooled one below both.
 func TestStartBoostsCPUWeightUntilReady(t *testing.T) {
