@@ -114,12 +114,14 @@ type Backend struct {
 	// namespace setup waits for RCU grace periods, the supervisor for the
 	// runtime), and with one per CPU a burst left the CPUs ~20% idle.
 	spawns chan struct{}
-	// waiting counts spawns that requests wait for (queued or running).
-	// The pool is not refilled meanwhile: a sandbox it started would
-	// serve none of them (each has its own spawn coming), yet hold one
-	// of the spawn slots, at the pool's low CPU weight, for as long as
-	// they keep the CPUs busy.
-	waiting int
+	// queued counts spawns that requests wait for which wait for a slot
+	// themselves. The pool is not refilled meanwhile: a sandbox it
+	// started would serve none of those requests (each has its own spawn
+	// coming), yet hold a slot, at the pool's low CPU weight, for as long
+	// as they keep the CPUs busy. Spawns that run while no other waits
+	// (a trickle of cold starts) leave slots free, and the pool refills
+	// beside them, so it recovers from running dry.
+	queued int
 }
 
 type poolKey struct {
@@ -271,8 +273,8 @@ func (b *Backend) nextToFill() (poolKey, bool) {
 	if b.closed {
 		return poolKey{}, false
 	}
-	if b.waiting > 0 {
-		// The last of them kicks the filler once it is done.
+	if b.queued > 0 {
+		// Their cold starts kick the filler once each is done.
 		return poolKey{}, false
 	}
 	for _, k := range b.defaultKeys() {
@@ -282,6 +284,32 @@ func (b *Backend) nextToFill() (poolKey, bool) {
 		}
 	}
 	return poolKey{}, false
+}
+
+// slot takes one of the spawn slots, waiting for one if need be; demand
+// says a request waits for this spawn (see queued).
+func (b *Backend) slot(ctx context.Context, demand bool) error {
+	select {
+	case b.spawns <- struct{}{}:
+		return nil
+	default:
+	}
+	if demand {
+		b.mu.Lock()
+		b.queued++
+		b.mu.Unlock()
+		defer func() {
+			b.mu.Lock()
+			b.queued--
+			b.mu.Unlock()
+		}()
+	}
+	select {
+	case b.spawns <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // PoolIdle reports how many generic instances wait in the pool per runtime.
@@ -327,14 +355,7 @@ func (b *Backend) Start(ctx context.Context, spec *backend.Spec) (*backend.Insta
 	if p == nil {
 		// A request waits for this one: it starts boosted, and the
 		// SetCPU below brings it down to an instance's weight.
-		b.mu.Lock()
-		b.waiting++
-		b.mu.Unlock()
-		p, err = b.spawn(ctx, key, startShares)
-		b.mu.Lock()
-		b.waiting--
-		b.mu.Unlock()
-		if err != nil {
+		if p, err = b.spawn(ctx, key, startShares); err != nil {
 			return nil, err
 		}
 	}
@@ -465,10 +486,8 @@ func (b *Backend) freeUID(uid int) {
 // spawn starts a generic runtime process in a new sandbox, at the given
 // CPU weight, and waits until it listens.
 func (b *Backend) spawn(ctx context.Context, key poolKey, shares uint64) (*proc, error) {
-	select {
-	case b.spawns <- struct{}{}:
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	if err := b.slot(ctx, shares != pooledShares); err != nil {
+		return nil, err
 	}
 	defer func() { <-b.spawns }()
 	rt := b.runtimes[key.runtime]

@@ -187,8 +187,9 @@ func TestPoolColdStart(t *testing.T) {
 	t.Logf("cold start from pool: %v", time.Since(start))
 }
 
-// The pool is not refilled while requests wait for spawns of their own:
-// a pooled sandbox would serve none of them and hold a spawn slot.
+// The pool is not refilled while requests wait for spawns of their own
+// that wait for a slot: a pooled sandbox would serve none of them and
+// hold a slot. (With slots free, it refills beside them.)
 func TestNoRefillWhileRequestsWaitForSpawns(t *testing.T) {
 	e := newEnv(t, 1)
 	deadline := time.Now().Add(20 * time.Second)
@@ -205,21 +206,50 @@ func TestNoRefillWhileRequestsWaitForSpawns(t *testing.T) {
 	}
 	defer e.b.kill(p, backend.ExitStopped)
 	for _, tc := range []struct {
-		waiting int
-		fill    bool
+		queued int
+		fill   bool
 	}{{1, false}, {3, false}, {0, true}} {
 		e.b.mu.Lock()
-		e.b.waiting = tc.waiting
+		e.b.queued = tc.queued
 		e.b.mu.Unlock()
 		k, ok := e.b.nextToFill()
 		if ok != tc.fill {
-			t.Fatalf("%d spawns waited for: refill %v, want %v", tc.waiting, ok, tc.fill)
+			t.Fatalf("%d spawns queued for a slot: refill %v, want %v", tc.queued, ok, tc.fill)
 		}
 		if ok {
 			e.b.mu.Lock()
 			e.b.filling[k]-- // undo: this test fills nothing
 			e.b.mu.Unlock()
 		}
+	}
+	// A spawn for a request counts as queued only while every slot is
+	// taken; a pooled one never does.
+	for len(e.b.spawns) < cap(e.b.spawns) {
+		e.b.spawns <- struct{}{}
+	}
+	queued := func() int {
+		e.b.mu.Lock()
+		defer e.b.mu.Unlock()
+		return e.b.queued
+	}
+	got := make(chan error, 2)
+	go func() { got <- e.b.slot(context.Background(), false) }()
+	go func() { got <- e.b.slot(context.Background(), true) }()
+	for queued() != 1 {
+		time.Sleep(time.Millisecond)
+	}
+	<-e.b.spawns
+	<-e.b.spawns
+	for i := 0; i < 2; i++ {
+		if err := <-got; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := queued(); n != 0 {
+		t.Fatalf("%d queued after both took a slot", n)
+	}
+	for len(e.b.spawns) > 0 {
+		<-e.b.spawns
 	}
 }
 
