@@ -505,6 +505,61 @@ func TestClientHangUpWhileTheBodyIsBlocked(t *testing.T) {
 	}
 }
 
+// A client that resets its connection while the router reads its body
+// (the function reading along) is gone: the invocation ends as 499 at
+// once, not as the instance's failure (502).
+func TestClientResetMidBody(t *testing.T) {
+	read := make(chan int64, 1)
+	b := &upstreamBackend{}
+	b.addr = serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var n int64
+		buf := make([]byte, 1024)
+		for {
+			m, err := r.Body.Read(buf)
+			n += int64(m)
+			if n >= 64<<10 {
+				select {
+				case read <- n:
+				default:
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}))
+	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 30 * time.Second}
+	access := make(accessRecorder, 4)
+	srv := serveRouter(t, New(oneSpec{spec}, activator.New(b, activator.Config{}), Config{Access: access}))
+	c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "POST /fn/alice/fn/ HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n")
+	chunk := make([]byte, 8<<10)
+	for len(read) == 0 {
+		if _, err := c.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// The function has read all that was sent: the router waits for more.
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
+	select {
+	case st := <-access:
+		if st != StatusClientClosed {
+			t.Fatalf("logged status %d, want %d", st, StatusClientClosed)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the invocation did not end after the client reset")
+	}
+	if n := b.kills.Load(); n != 0 {
+		t.Fatalf("a reset killed the instance (%d kills)", n)
+	}
+}
+
 // queued is a socket's byte count that ioctl req reports.
 func queued(t *testing.T, c net.Conn, req uint) int {
 	t.Helper()

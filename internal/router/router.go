@@ -343,6 +343,12 @@ func (rt *Router) fail(ctx *fasthttp.RequestCtx, inv *invocation, err error) {
 		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrInvalidArgument, "the request body ended before its end"))
 		return
 	}
+	if clientSide(err) {
+		// Reading the body failed otherwise (a reset): the client is
+		// gone, and the instance is not at fault.
+		clientClosed(ctx)
+		return
+	}
 	if errors.Is(err, errBadAnswer) {
 		rt.log.Warn("malformed response", "instance", inst.ID, "request_id", inv.reqID, "err", err)
 		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrBadGateway, "the function's instance sent a malformed response"))
