@@ -30,6 +30,7 @@ var (
 	ErrFunctionFailed     = errors.New("function failed")
 	ErrInternal           = errors.New("internal error")
 	ErrRequestHeaderLarge = errors.New("request header too large")
+	ErrRequestTimeout     = errors.New("request timeout")
 )
 
 type class struct {
@@ -58,6 +59,8 @@ var classes = []class{
 	{ErrQuotaExceeded, http.StatusForbidden, "quota_exceeded", 3},
 	{ErrUnavailable, http.StatusServiceUnavailable, "unavailable", 6},
 	{ErrTimeout, http.StatusGatewayTimeout, "timeout", 6},
+	// The client did not send its request (its body) in time.
+	{ErrRequestTimeout, http.StatusRequestTimeout, "request_timeout", 6},
 	{ErrBadGateway, http.StatusBadGateway, "bad_gateway", 6},
 	{ErrFunctionFailed, http.StatusBadGateway, "function_failed", 6},
 	{ErrInternal, http.StatusInternalServerError, "internal", 1},

@@ -187,7 +187,11 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 		if hasBody {
 			sender = rt.sendRequest(ctx, inv, c)
 			if err = readHead(c.br, h); err != nil {
-				err = sender.failed(err)
+				// Seen before stop, which ends the sender's read too.
+				slowClient := isTimeout(err) && inv.readingBody.Load()
+				if err = sender.failed(err); slowClient {
+					err = &clientBodyError{err}
+				}
 			}
 		} else if err = rt.writeRequest(c.bw, ctx, inv, false); err == nil {
 			if err = c.bw.Flush(); err == nil {
@@ -537,12 +541,12 @@ func (rt *Router) writeRequest(bw *bufio.Writer, ctx *fasthttp.RequestCtx, inv *
 		bw.WriteString("Content-Length: ")
 		bw.WriteString(strconv.Itoa(cl))
 		bw.WriteString("\r\n\r\n")
-		if err := rt.copyBody(bw, httpserve.BodyStream(ctx), int64(cl), false); err != nil {
+		if err := rt.copyBody(bw, clientBody{httpserve.BodyStream(ctx), &inv.readingBody}, int64(cl), false); err != nil {
 			return err
 		}
 	case cl == -1:
 		bw.WriteString("Transfer-Encoding: chunked\r\n\r\n")
-		if err := rt.copyBody(bw, httpserve.BodyStream(ctx), -1, true); err != nil {
+		if err := rt.copyBody(bw, clientBody{httpserve.BodyStream(ctx), &inv.readingBody}, -1, true); err != nil {
 			return err
 		}
 	default:
@@ -637,15 +641,15 @@ func appendRequestHead(dst []byte, rh *fasthttp.RequestHeader, inv *invocation, 
 // copyBody copies the client's body: n bytes, or (n < 0) until it ends,
 // re-chunked, up to the body limit. A failure of the client's side is a
 // *clientBodyError (or errTooLarge).
-func (rt *Router) copyBody(bw *bufio.Writer, body io.Reader, n int64, chunked bool) error {
-	if body == nil {
+func (rt *Router) copyBody(bw *bufio.Writer, body clientBody, n int64, chunked bool) error {
+	if body.r == nil {
 		return &clientBodyError{io.ErrUnexpectedEOF}
 	}
 	bufp := copyPool.Get().(*[]byte)
 	defer copyPool.Put(bufp)
 	buf := *bufp
 	if !chunked {
-		m, err := io.CopyBuffer(writerOnly{bw}, io.LimitReader(clientBody{body}, n), buf)
+		m, err := io.CopyBuffer(writerOnly{bw}, io.LimitReader(body, n), buf)
 		if err == nil && m < n {
 			err = &clientBodyError{io.ErrUnexpectedEOF}
 		}
@@ -670,7 +674,7 @@ func (rt *Router) copyBody(bw *bufio.Writer, body io.Reader, n int64, chunked bo
 			return err
 		}
 		if err != nil {
-			return &clientBodyError{err}
+			return err
 		}
 	}
 }
@@ -682,11 +686,17 @@ type clientBodyError struct{ err error }
 func (e *clientBodyError) Error() string { return "reading the request body: " + e.err.Error() }
 func (e *clientBodyError) Unwrap() error { return e.err }
 
-// clientBody marks the client's read errors.
-type clientBody struct{ r io.Reader }
+// clientBody marks the client's read errors, and while it reads, that
+// the sender waits on the client.
+type clientBody struct {
+	r       io.Reader
+	reading *atomic.Bool
+}
 
 func (b clientBody) Read(p []byte) (int, error) {
+	b.reading.Store(true)
 	n, err := b.r.Read(p)
+	b.reading.Store(false)
 	if err != nil && err != io.EOF {
 		err = &clientBodyError{err}
 	}

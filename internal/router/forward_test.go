@@ -560,6 +560,60 @@ func TestClientResetMidBody(t *testing.T) {
 	}
 }
 
+// When the time is up while the body is still coming, the client was too
+// slow: 408, and the instance, which was waiting for the body, lives on.
+// When the function was not reading the body, it may be stuck: 504, and
+// the instance is killed.
+func TestTimeoutDuringTheBody(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		reads     bool // the function reads its body
+		send      int  // bytes of the 64 MiB body the client sends
+		status    int
+		wantKills int32
+	}{
+		{"the client stalls", true, 16 << 10, http.StatusRequestTimeout, 0},
+		{"the function does not read", false, 8 << 20, http.StatusGatewayTimeout, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			release := make(chan struct{})
+			b := &upstreamBackend{}
+			b.addr = serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if tc.reads {
+					io.Copy(io.Discard, r.Body)
+				}
+				<-release
+			}))
+			spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 300 * time.Millisecond}
+			access := make(accessRecorder, 4)
+			srv := serveRouter(t, New(oneSpec{spec}, activator.New(b, activator.Config{}), Config{Access: access}))
+			t.Cleanup(func() { close(release) })
+			c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			io.WriteString(c, "POST /fn/alice/fn/ HTTP/1.1\r\nHost: x\r\nContent-Length: 67108864\r\n\r\n")
+			go c.Write(make([]byte, tc.send)) // blocks once the buffers are full
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			res, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res.Body.Close()
+			if res.StatusCode != tc.status {
+				t.Fatalf("status %d, want %d", res.StatusCode, tc.status)
+			}
+			if st := <-access; st != tc.status {
+				t.Fatalf("logged %d, want %d", st, tc.status)
+			}
+			if n := b.kills.Load(); n != tc.wantKills {
+				t.Fatalf("%d kills, want %d", n, tc.wantKills)
+			}
+		})
+	}
+}
+
 // queued is a socket's byte count that ioctl req reports.
 func queued(t *testing.T, c net.Conn, req uint) int {
 	t.Helper()

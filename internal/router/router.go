@@ -117,6 +117,9 @@ type invocation struct {
 	status   int
 	// bodyPending: the client's body was not read through yet.
 	bodyPending bool
+	// readingBody: the body's sender waits on the client right now (not
+	// on the instance), so a timeout then is the client's slowness.
+	readingBody atomic.Bool
 	// retry is set by fail when the request can go to another instance;
 	// retried marks the second attempt.
 	retry, retried bool
@@ -328,6 +331,15 @@ func (rt *Router) fail(ctx *fasthttp.RequestCtx, inv *invocation, err error) {
 	}
 	if errors.Is(err, errTooLarge) {
 		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrTooLarge, "request body is over the %d byte limit", rt.cfg.MaxBodyBytes))
+		return
+	}
+	if clientSide(err) && isTimeout(err) {
+		// The body had not all come when the time was up: the function
+		// was waiting for it, not stuck, so its instance lives on (the
+		// request's connection to it is closed). A slow client must not
+		// be able to kill an instance other requests share.
+		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrRequestTimeout, "the request body did not arrive within the function's %s timeout", inst.Spec.Timeout))
+		ctx.SetConnectionClose()
 		return
 	}
 	if !time.Now().Before(inv.deadline) || isTimeout(err) {
