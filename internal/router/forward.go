@@ -331,6 +331,9 @@ type respBody struct {
 	eof     bool
 	err     error
 	closed  bool
+	// late: the read that failed began after the deadline. The time went
+	// on writing to a slow client, not waiting on the function.
+	late bool
 }
 
 // prefetch reads up to max bytes of the body ahead, into pre, while
@@ -362,6 +365,7 @@ func (b *respBody) read(p []byte) (int, error) {
 	if b.eof {
 		return 0, io.EOF
 	}
+	late := !time.Now().Before(b.inv.deadline)
 	n, err := b.r.Read(p)
 	if err == io.EOF {
 		b.eof = true
@@ -375,7 +379,7 @@ func (b *respBody) read(p []byte) (int, error) {
 		}
 	}
 	if err != nil && err != io.EOF {
-		b.err = err
+		b.err, b.late = err, late
 	}
 	return n, err
 }
@@ -389,10 +393,12 @@ func (b *respBody) CloseWithError(err error) error {
 	b.closed = true
 	inv := b.inv
 	b.rt.release(inv.lease.Instance(), b.c, b.eof && b.err == nil && b.reuse)
-	if b.err != nil && !time.Now().Before(inv.deadline) {
-		// The function's time ran out mid-response: it may be stuck. (A
-		// client that went away also ends the copy, but says nothing
-		// about the function.)
+	if b.err != nil && !b.late && !time.Now().Before(inv.deadline) {
+		// The function's time ran out mid-response while the router
+		// waited on it: it may be stuck. (A client that went away, or
+		// that read so slowly that the time went on writing to it, also
+		// ends the copy, but says nothing about the function; the event
+		// loops draw the same line.)
 		inv.lease.Kill(backend.ExitTimeout)
 	}
 	inv.finish(b.status)

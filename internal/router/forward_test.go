@@ -614,6 +614,44 @@ func TestTimeoutDuringTheBody(t *testing.T) {
 	}
 }
 
+// A client that reads a long answer so slowly that the function's time
+// runs out while the router writes to it gets the answer cut short, but
+// the instance, which was not stuck, is not killed.
+func TestSlowReaderDoesNotKillTheInstance(t *testing.T) {
+	b := &upstreamBackend{}
+	b.addr = serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(64<<20))
+		w.Write(make([]byte, 64<<20))
+	}))
+	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 300 * time.Millisecond}
+	access := make(accessRecorder, 4)
+	srv := serveRouter(t, New(oneSpec{spec}, activator.New(b, activator.Config{}), Config{Access: access}))
+	c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET /fn/alice/fn/ HTTP/1.1\r\nHost: x\r\n\r\n")
+	buf := make([]byte, 16<<10)
+	var got int
+	for {
+		time.Sleep(5 * time.Millisecond)
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, err := c.Read(buf)
+		got += n
+		if err != nil {
+			break
+		}
+	}
+	if got >= 64<<20 {
+		t.Fatalf("read the whole answer (%d bytes); want it cut at the timeout", got)
+	}
+	<-access
+	if n := b.kills.Load(); n != 0 {
+		t.Fatalf("a slow reader got the instance killed (%d kills)", n)
+	}
+}
+
 // queued is a socket's byte count that ioctl req reports.
 func queued(t *testing.T, c net.Conn, req uint) int {
 	t.Helper()
