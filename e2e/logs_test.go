@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"os/exec"
 	"strings"
 	"sync/atomic"
@@ -152,6 +153,37 @@ func TestClientHangUpDuringUpload(t *testing.T) {
 	})
 	if r := s.get("/fn/admin/upload/"); r.status != 200 || string(r.body) != "still here" || r.header.Get("Spry-Cold-Start") != "" {
 		t.Fatalf("after the hang-up: %d %q cold=%q; want the same instance to answer", r.status, r.body, r.header.Get("Spry-Cold-Start"))
+	}
+}
+
+// TestSlowUploadDoesNotKillTheInstance: when a function's time runs out
+// while its body is still coming, the client gets 408 and the instance,
+// which was only waiting for the body, serves the next request.
+func TestSlowUploadDoesNotKillTheInstance(t *testing.T) {
+	s := startServer(t)
+	code := []byte(`export default { async fetch(req) {
+		if (req.method !== "POST") return new Response("still here");
+		return new Response(String((await req.arrayBuffer()).byteLength));
+	} }`)
+	s.deployCode(t, "slowup", code, "timeout=1s")
+	c, err := net.Dial("tcp", strings.TrimPrefix(s.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "POST /fn/admin/slowup/ HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+	c.Write(make([]byte, 50000)) // half, then nothing
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusRequestTimeout {
+		t.Fatalf("status %d, want 408", res.StatusCode)
+	}
+	if r := s.get("/fn/admin/slowup/"); r.status != 200 || string(r.body) != "still here" || r.header.Get("Spry-Cold-Start") != "" {
+		t.Fatalf("after the timeout: %d %q cold=%q; want the same instance to answer", r.status, r.body, r.header.Get("Spry-Cold-Start"))
 	}
 }
 
