@@ -383,6 +383,18 @@ func (s *server) do(method, path, token string, body io.Reader, header map[strin
 	return response{status: res.StatusCode, header: res.Header, body: data}
 }
 
+// dial opens a raw connection to the server, for requests written by
+// hand (a body sent in part, a hang-up); it is closed after the test.
+func (s *server) dial(t *testing.T) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", strings.TrimPrefix(s.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 func (s *server) get(path string) response { return s.do("GET", path, "", nil, nil) }
 
 // putCode deploys raw code the way the seed's curl did.

@@ -120,11 +120,7 @@ func TestClientHangUpDuringUpload(t *testing.T) {
 		return new Response("late");
 	} }`)
 	s.deployCode(t, "upload", code, "")
-	c, err := net.Dial("tcp", strings.TrimPrefix(s.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := s.dial(t)
 	fmt.Fprintf(c, "POST /fn/admin/upload/ HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n", 64<<20)
 	var sent atomic.Int64
 	go func() {
@@ -166,11 +162,7 @@ func TestSlowUploadDoesNotKillTheInstance(t *testing.T) {
 		return new Response(String((await req.arrayBuffer()).byteLength));
 	} }`)
 	s.deployCode(t, "slowup", code, "timeout=1s")
-	c, err := net.Dial("tcp", strings.TrimPrefix(s.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := s.dial(t)
 	fmt.Fprintf(c, "POST /fn/admin/slowup/ HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
 	c.Write(make([]byte, 50000)) // half, then nothing
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -205,10 +197,7 @@ func TestClientHangUp(t *testing.T) {
 		t.Run(rt, func(t *testing.T) {
 			name := "hang-" + rt
 			s.deployCode(t, name, code, "runtime="+rt)
-			c, err := net.Dial("tcp", strings.TrimPrefix(s.url, "http://"))
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := s.dial(t)
 			fmt.Fprintf(c, "GET /fn/admin/%s/wait HTTP/1.1\r\nHost: x\r\n\r\n", name)
 			eventually(t, 10*time.Second, "the function to start waiting", func() bool {
 				out, _, _ := s.spry("", "logs", name)

@@ -197,8 +197,7 @@ type Wait struct {
 	poll  bool // AwaitHangUp's kind: looked at, never read
 	mu    sync.Mutex
 	stop  func() // set once the watch started
-	ended bool
-	fired bool // gone was told
+	ended bool   // by EndWait, or once a hang-up was told
 }
 
 // Await marks the handler as waiting since since: from then on nothing
@@ -227,10 +226,10 @@ func (c *Conn) AwaitHangUp(w *Wait, since time.Time, g Goner) {
 func (w *Wait) check(c *Conn) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.ended || w.fired || !hungUp(c.Conn) {
+	if w.ended || !hungUp(c.Conn) {
 		return
 	}
-	w.fired = true
+	w.ended = true
 	w.gone.ClientGone()
 }
 

@@ -337,6 +337,36 @@ type accessRecorder chan int
 
 func (r accessRecorder) Access(a Access) { r <- a.Status }
 
+// want fails t unless the next invocation to finish is logged with
+// status within d (fail says what did not happen).
+func (r accessRecorder) want(t *testing.T, status int, d time.Duration, fail string) {
+	t.Helper()
+	select {
+	case st := <-r:
+		if st != status {
+			t.Fatalf("logged status %d, want %d", st, status)
+		}
+	case <-time.After(d):
+		t.Fatal(fail)
+	}
+}
+
+// dialRouter serves a router for b's function alice/fn (concurrency 100,
+// the given timeout), recording each invocation's status, and dials it:
+// the tests of hang-ups and timeouts write their requests by hand.
+func dialRouter(t *testing.T, b *upstreamBackend, timeout time.Duration) (net.Conn, accessRecorder) {
+	t.Helper()
+	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: timeout}
+	access := make(accessRecorder, 4)
+	srv := serveRouter(t, New(oneSpec{spec}, activator.New(b, activator.Config{}), Config{Access: access}))
+	c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, access
+}
+
 // A client that hangs up while the function computes ends the function's
 // request (the instance connection closes, so its request context, or
 // request.signal in a runtime, is aborted), and the invocation is logged
@@ -358,13 +388,7 @@ func TestClientHangUpAbortsTheRequest(t *testing.T) {
 				case <-time.After(10 * time.Second):
 				}
 			}))
-			spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 30 * time.Second}
-			access := make(accessRecorder, 4)
-			srv := serveRouter(t, New(oneSpec{spec}, activator.New(b, activator.Config{}), Config{Access: access}))
-			c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
-			if err != nil {
-				t.Fatal(err)
-			}
+			c, access := dialRouter(t, b, 30*time.Second)
 			if _, err := io.WriteString(c, tc.request); err != nil {
 				t.Fatal(err)
 			}
@@ -375,14 +399,7 @@ func TestClientHangUpAbortsTheRequest(t *testing.T) {
 			case <-time.After(5 * time.Second):
 				t.Fatal("the function's request was not aborted after the client hung up")
 			}
-			select {
-			case st := <-access:
-				if st != StatusClientClosed {
-					t.Fatalf("logged status %d, want %d", st, StatusClientClosed)
-				}
-			case <-time.After(5 * time.Second):
-				t.Fatal("the invocation did not end")
-			}
+			access.want(t, StatusClientClosed, 5*time.Second, "the invocation did not end")
 			if n := b.kills.Load(); n != 0 {
 				t.Fatalf("a hang-up killed the instance (%d kills)", n)
 			}
@@ -420,17 +437,10 @@ func TestClientHangUpWhileTheBodyIsBlocked(t *testing.T) {
 			}
 			go us.Serve(ln)
 			b := &upstreamBackend{addr: path}
-			spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 60 * time.Second}
-			access := make(accessRecorder, 4)
-			srv := serveRouter(t, New(oneSpec{spec}, activator.New(b, activator.Config{}), Config{Access: access}))
+			c, access := dialRouter(t, b, 60*time.Second)
 			// Before the router's own cleanup, which waits for the request.
 			t.Cleanup(func() { us.Close() })
 			t.Cleanup(func() { close(release) })
-			c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
 			if _, err := io.WriteString(c, "POST /fn/alice/fn/ HTTP/1.1\r\nHost: x\r\nContent-Length: 67108864\r\n\r\n"); err != nil {
 				t.Fatal(err)
 			}
@@ -493,14 +503,7 @@ func TestClientHangUpWhileTheBodyIsBlocked(t *testing.T) {
 				}
 			}
 			c.Close()
-			select {
-			case st := <-access:
-				if st != StatusClientClosed {
-					t.Fatalf("logged status %d, want %d", st, StatusClientClosed)
-				}
-			case <-time.After(10 * time.Second):
-				t.Fatal("the invocation did not end after the client hung up")
-			}
+			access.want(t, StatusClientClosed, 10*time.Second, "the invocation did not end after the client hung up")
 		})
 	}
 }
@@ -528,14 +531,7 @@ func TestClientResetMidBody(t *testing.T) {
 			}
 		}
 	}))
-	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 30 * time.Second}
-	access := make(accessRecorder, 4)
-	srv := serveRouter(t, New(oneSpec{spec}, activator.New(b, activator.Config{}), Config{Access: access}))
-	c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c, access := dialRouter(t, b, 30*time.Second)
 	io.WriteString(c, "POST /fn/alice/fn/ HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n")
 	chunk := make([]byte, 8<<10)
 	for len(read) == 0 {
@@ -547,14 +543,7 @@ func TestClientResetMidBody(t *testing.T) {
 	// The function has read all that was sent: the router waits for more.
 	c.(*net.TCPConn).SetLinger(0)
 	c.Close()
-	select {
-	case st := <-access:
-		if st != StatusClientClosed {
-			t.Fatalf("logged status %d, want %d", st, StatusClientClosed)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the invocation did not end after the client reset")
-	}
+	access.want(t, StatusClientClosed, 10*time.Second, "the invocation did not end after the client reset")
 	if n := b.kills.Load(); n != 0 {
 		t.Fatalf("a reset killed the instance (%d kills)", n)
 	}
@@ -584,15 +573,8 @@ func TestTimeoutDuringTheBody(t *testing.T) {
 				}
 				<-release
 			}))
-			spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 300 * time.Millisecond}
-			access := make(accessRecorder, 4)
-			srv := serveRouter(t, New(oneSpec{spec}, activator.New(b, activator.Config{}), Config{Access: access}))
+			c, access := dialRouter(t, b, 300*time.Millisecond)
 			t.Cleanup(func() { close(release) })
-			c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
 			io.WriteString(c, "POST /fn/alice/fn/ HTTP/1.1\r\nHost: x\r\nContent-Length: 67108864\r\n\r\n")
 			go c.Write(make([]byte, tc.send)) // blocks once the buffers are full
 			c.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -604,9 +586,7 @@ func TestTimeoutDuringTheBody(t *testing.T) {
 			if res.StatusCode != tc.status {
 				t.Fatalf("status %d, want %d", res.StatusCode, tc.status)
 			}
-			if st := <-access; st != tc.status {
-				t.Fatalf("logged %d, want %d", st, tc.status)
-			}
+			access.want(t, tc.status, 10*time.Second, "the invocation did not end")
 			if n := b.kills.Load(); n != tc.wantKills {
 				t.Fatalf("%d kills, want %d", n, tc.wantKills)
 			}
@@ -623,14 +603,7 @@ func TestSlowReaderDoesNotKillTheInstance(t *testing.T) {
 		w.Header().Set("Content-Length", strconv.Itoa(64<<20))
 		w.Write(make([]byte, 64<<20))
 	}))
-	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 300 * time.Millisecond}
-	access := make(accessRecorder, 4)
-	srv := serveRouter(t, New(oneSpec{spec}, activator.New(b, activator.Config{}), Config{Access: access}))
-	c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c, access := dialRouter(t, b, 300*time.Millisecond)
 	io.WriteString(c, "GET /fn/alice/fn/ HTTP/1.1\r\nHost: x\r\n\r\n")
 	buf := make([]byte, 16<<10)
 	var got int

@@ -54,6 +54,18 @@ func newEnv(t testing.TB, poolSize int) *env {
 	return &env{b: b, blobs: re.Blobs, logs: re.Logs}
 }
 
+// waitPool waits until n Deno sandboxes wait in the pool.
+func (e *env) waitPool(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for e.b.PoolIdle()["deno"] < n {
+		if time.Now().After(deadline) {
+			t.Fatal("pool did not fill")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func (e *env) spec(t testing.TB, code string) *backend.Spec {
 	digest, err := e.blobs.Put([]byte(code))
 	if err != nil {
@@ -168,13 +180,7 @@ func TestOutOfMemory(t *testing.T) {
 
 func TestPoolColdStart(t *testing.T) {
 	e := newEnv(t, 2)
-	deadline := time.Now().Add(20 * time.Second)
-	for e.b.PoolIdle()["deno"] < 2 {
-		if time.Now().After(deadline) {
-			t.Fatal("pool did not fill")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	e.waitPool(t, 2)
 	spec := e.spec(t, `export default () => new Response("warm")`)
 	start := time.Now()
 	inst, err := e.b.Start(context.Background(), spec)
@@ -192,13 +198,7 @@ func TestPoolColdStart(t *testing.T) {
 // hold a slot. (With slots free, it refills beside them.)
 func TestNoRefillWhileRequestsWaitForSpawns(t *testing.T) {
 	e := newEnv(t, 1)
-	deadline := time.Now().Add(20 * time.Second)
-	for e.b.PoolIdle()["deno"] < 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("pool did not fill")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	e.waitPool(t, 1)
 	key := e.b.defaultKeys()[0]
 	p := e.b.take(key) // the pool is empty now, with no kick
 	if p == nil {
