@@ -4,8 +4,10 @@
 // host uid per instance, and rlimits. It builds the command without starting
 // it; the backend's supervisor owns start, stop and reaping.
 //
-// The command is "spry __sandbox-exec ... -- bwrap ...": a short re-exec of
-// the spry binary that joins the instance's cgroups, sets rlimits, drops to
-// the instance's uid and then execs bubblewrap, so that the sandbox is inside
-// its limits before its first instruction runs.
+// bubblewrap runs as the instance's uid and holds the sandbox, its
+// namespaces built, until Cmd.Start has moved it into the instance's
+// cgroups and set its rlimits; so the runtime is inside its limits before
+// its first instruction runs. gVisor's runsc, which cannot be held, starts
+// through "spry __sandbox-exec", a re-exec of the spry binary that does the
+// same before it execs runsc.
 package sandbox

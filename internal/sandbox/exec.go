@@ -13,12 +13,13 @@ import (
 // ExecMain instead of its CLI.
 const ExecCommand = "__sandbox-exec"
 
-// ExecMain is the sandbox's exec step. It runs as root in the freshly
-// forked child: it joins the instance's cgroups, sets rlimits, drops every
-// privilege to the instance's uid, re-arms the parent-death signal and execs
-// bubblewrap. It never returns.
+// ExecMain is the exec step of a gVisor sandbox. It runs as root in the
+// freshly forked child: it joins the instance's cgroups, sets rlimits, sets
+// no_new_privs and execs runsc (which needs root to build its sandbox and
+// drops it itself). It never returns. bubblewrap sandboxes need no such
+// step: bubblewrap holds the sandbox until Cmd.Start has done the same.
 //
-//	spry __sandbox-exec --uid N [--cgroup F]... [--nofile N] -- bwrap ARGS...
+//	spry __sandbox-exec [--cgroup F]... [--nofile N] -- PROGRAM ARGS...
 func ExecMain(args []string) {
 	if err := execMain(args); err != nil {
 		fmt.Fprintf(os.Stderr, "spry sandbox: %v\n", err)
@@ -27,7 +28,6 @@ func ExecMain(args []string) {
 }
 
 func execMain(args []string) error {
-	uid := -1
 	var cgroupFiles []string
 	var nofile uint64
 	i := 0
@@ -43,12 +43,6 @@ func execMain(args []string) error {
 		v := args[i+1]
 		i++
 		switch a {
-		case "--uid":
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 0 {
-				return fmt.Errorf("bad --uid %q", v)
-			}
-			uid = n
 		case "--cgroup":
 			cgroupFiles = append(cgroupFiles, v)
 		case "--nofile":
@@ -62,10 +56,8 @@ func execMain(args []string) error {
 		}
 	}
 	argv := args[i:]
-	// uid 0 is only for gVisor's runsc, which needs root to build its
-	// sandbox and drops it itself.
-	if uid < 0 || len(argv) == 0 {
-		return fmt.Errorf("usage: %s --uid N [--cgroup FILE]... -- PROGRAM ARGS", ExecCommand)
+	if len(argv) == 0 {
+		return fmt.Errorf("usage: %s [--cgroup FILE]... [--nofile N] -- PROGRAM ARGS", ExecCommand)
 	}
 	// Join the cgroups first: every process the sandbox forks inherits them.
 	for _, f := range cgroupFiles {
@@ -80,26 +72,6 @@ func execMain(args []string) error {
 	}
 	if err := unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{}); err != nil {
 		return fmt.Errorf("rlimit core: %w", err)
-	}
-	if uid > 0 {
-		if err := syscall.Setgroups(nil); err != nil {
-			return fmt.Errorf("setgroups: %w", err)
-		}
-		if err := syscall.Setresgid(uid, uid, uid); err != nil {
-			return fmt.Errorf("setgid: %w", err)
-		}
-		if err := syscall.Setresuid(uid, uid, uid); err != nil {
-			return fmt.Errorf("setuid: %w", err)
-		}
-	}
-	// A credential change cleared the parent-death signal; re-arm it, then
-	// make sure the parent did not die in between.
-	ppid := os.Getppid()
-	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(syscall.SIGKILL), 0, 0, 0); err != nil {
-		return fmt.Errorf("pdeathsig: %w", err)
-	}
-	if os.Getppid() != ppid || ppid == 1 {
-		return fmt.Errorf("parent exited")
 	}
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("no_new_privs: %w", err)

@@ -89,19 +89,14 @@ func (s *Sandbox) nftRules() string {
 // It must run before any user code is given to the sandbox. For other
 // network modes it does nothing.
 func (c *Cmd) StartNetwork(ctx context.Context) error {
-	c.netMu.Lock()
-	info := c.info
-	c.netMu.Unlock()
-	if info == nil {
+	if !c.egress {
 		return nil
 	}
-	// Cleanup may close info meanwhile (the sandbox died): the read then
-	// fails, which is the right answer.
-	pid, err := readChildPid(info)
-	if err != nil {
-		return fmt.Errorf("sandbox network: %w", err)
+	if c.pid <= 0 {
+		return errors.New("sandbox network: the sandbox's pid is unknown (not started)")
 	}
-	netns := fmt.Sprintf("/proc/%d/ns/net", pid)
+	var err error
+	netns := fmt.Sprintf("/proc/%d/ns/net", c.pid)
 	nft := exec.CommandContext(ctx, "nsenter", "--net="+netns, "--", "nft", "-f", "-")
 	nft.Stdin = strings.NewReader(c.sb.nftRules())
 	if out, err := nft.CombinedOutput(); err != nil {
@@ -196,12 +191,9 @@ func readChildPid(r io.Reader) (int, error) {
 func (c *Cmd) stopNetwork() {
 	c.netMu.Lock()
 	c.netStopped = true
-	info, slirp, slirpFD := c.info, c.slirp, c.slirpFD
-	c.info, c.slirp, c.slirpFD = nil, nil, nil
+	slirp, slirpFD := c.slirp, c.slirpFD
+	c.slirp, c.slirpFD = nil, nil
 	c.netMu.Unlock()
-	if info != nil {
-		info.Close()
-	}
 	if slirp != nil {
 		slirpFD.Close()
 		_ = slirp.Process.Kill()

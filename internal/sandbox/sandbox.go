@@ -47,7 +47,9 @@ type Spec struct {
 type Config struct {
 	// Bwrap is the bubblewrap binary.
 	Bwrap string
-	// Self is the spry binary that runs the __sandbox-exec step.
+	// Prlimit is util-linux's prlimit, which sets a sandbox's rlimits.
+	Prlimit string
+	// Self is the spry binary that runs the __sandbox-exec step (gVisor).
 	Self string
 	// CgroupParent names this server's cgroup subtree, e.g. "spry/3f2a9c".
 	CgroupParent string
@@ -93,6 +95,13 @@ func New(cfg Config) (*Sandbox, error) {
 		}
 		cfg.Bwrap = p
 	}
+	if cfg.Prlimit == "" {
+		p, err := exec.LookPath("prlimit")
+		if err != nil {
+			return nil, errors.New("prlimit is not installed: apt-get install util-linux")
+		}
+		cfg.Prlimit = p
+	}
 	if cfg.Self == "" {
 		cfg.Self = "/proc/self/exe"
 	}
@@ -117,17 +126,22 @@ func (s *Sandbox) Sweep() int { return s.cgroups.sweep() }
 type Cmd struct {
 	*exec.Cmd
 	sb    *Sandbox
+	name  string
 	group *group
 	fds   []*os.File // passed to the child as fds 3, 4, ...
 	// The network's parts, guarded by netMu: Cleanup (when the sandbox
 	// dies) may run while StartNetwork does.
 	netMu      sync.Mutex
 	netStopped bool
-	info       *os.File // bwrap's --info-fd, read for the sandbox's pid
+	egress     bool
 	slirp      *exec.Cmd
 	slirpFD    *os.File // closing it tells slirp4netns to exit
 	once       sync.Once
 	oomBase    uint64
+	// The hold (see Start): bwrap's --info-fd and --block-fd.
+	info    *os.File
+	release *os.File
+	pid     int // the sandbox's first process (its pid 1)
 	// runsc's state, under gVisor isolation.
 	runscBin, runscRoot, runscID string
 }
@@ -148,7 +162,7 @@ func (s *Sandbox) Command(spec Spec) (*Cmd, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cmd{sb: s, group: g}
+	c := &Cmd{sb: s, group: g, name: spec.Name}
 	ok := false
 	defer func() {
 		if !ok {
@@ -156,7 +170,7 @@ func (s *Sandbox) Command(spec Spec) (*Cmd, error) {
 		}
 	}()
 
-	// Mount sources become fds 3, 4, ... in the exec step and in bwrap.
+	// Mount sources become fds 3, 4, ... in bwrap.
 	bw := []string{
 		"--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
 		"--unshare-cgroup-try", "--unshare-net",
@@ -166,6 +180,23 @@ func (s *Sandbox) Command(spec Spec) (*Cmd, error) {
 		"--hostname", "spry",
 		"--clearenv",
 	}
+	// bubblewrap names the sandbox's first process (--info-fd), and holds
+	// it, namespaces built, before it runs anything of the runtime
+	// (--block-fd), until Start has put it in its cgroups and set its
+	// rlimits. Start closes the info pipe's write end, so a bubblewrap
+	// that dies early is an EOF, not a hang.
+	infoR, infoW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	c.info = infoR
+	blockR, blockW, err := os.Pipe()
+	if err != nil {
+		infoW.Close()
+		return nil, err
+	}
+	c.release = blockW
+	bw = append(bw, "--info-fd", c.addFile(infoW), "--block-fd", c.addFile(blockR))
 	for _, e := range spec.Env {
 		k, v, _ := cut(e)
 		bw = append(bw, "--setenv", k, v)
@@ -174,15 +205,12 @@ func (s *Sandbox) Command(spec Spec) (*Cmd, error) {
 		bw = append(bw, "--ro-bind", lib, lib)
 	}
 	mounts := spec.Mounts
-	if spec.Network == NetworkEgress {
+	switch spec.Network {
+	case NetworkEgress:
 		mounts = append(mounts, s.netMounts...)
-		r, w, err := os.Pipe()
-		if err != nil {
-			return nil, err
-		}
-		c.info = r
-		bw = append(bw, "--info-fd", c.addFile(w))
-	} else if spec.Network != NetworkNone {
+		c.egress = true
+	case NetworkNone:
+	default:
 		return nil, fmt.Errorf("sandbox %s: unknown network mode %q", spec.Name, spec.Network)
 	}
 	for _, m := range mounts {
@@ -227,17 +255,49 @@ func (s *Sandbox) Command(spec Spec) (*Cmd, error) {
 	bw = append(bw, "--", spec.Program)
 	bw = append(bw, spec.Args...)
 
-	uid, program := spec.UID, append([]string{s.cfg.Bwrap}, bw...)
 	if spec.Isolation == IsolationGVisor {
 		// The files opened for bubblewrap are not passed to runsc.
 		c.CloseFiles()
-		if program, err = s.gvisorCommand(c, spec); err != nil {
+		c.closeHold()
+		program, err := s.gvisorCommand(c, spec)
+		if err != nil {
 			return nil, err
 		}
-		uid = 0
+		c.Cmd = c.execStep(spec, program)
+	} else {
+		// bubblewrap runs as the instance's uid, behind prlimit(1), which
+		// lowers its own rlimits (this server may not have
+		// CAP_SYS_RESOURCE to set another process's) and execs it. Start
+		// does the rest.
+		limits := []string{"--core=0:0"}
+		if spec.NoFiles > 0 {
+			n := strconv.FormatUint(spec.NoFiles, 10)
+			limits = append(limits, "--nofile="+n+":"+n)
+		}
+		args := append(append(limits, "--", s.cfg.Bwrap), bw...)
+		cmd := exec.Command(s.cfg.Prlimit, args...)
+		cmd.Env = []string{}
+		cmd.ExtraFiles = c.fds
+		cmd.SysProcAttr = &syscall.SysProcAttr{
+			// Go sets the parent-death signal after the uid change (which
+			// would clear it) and checks the parent still lives.
+			Credential: &syscall.Credential{Uid: uint32(spec.UID), Gid: uint32(spec.UID), Groups: []uint32{}},
+			Pdeathsig:  syscall.SIGKILL,
+			Setpgid:    true,
+		}
+		c.Cmd = cmd
 	}
-	args := []string{ExecCommand, "--uid", strconv.Itoa(uid)}
-	for _, p := range g.procsFiles() {
+	c.oomBase = g.oomKills()
+	ok = true
+	return c, nil
+}
+
+// execStep runs program through the exec step (exec.go), which joins the
+// cgroups and sets the rlimits before the program's first instruction:
+// for gVisor's runsc, which cannot be held the way bubblewrap can.
+func (c *Cmd) execStep(spec Spec, program []string) *exec.Cmd {
+	args := []string{ExecCommand}
+	for _, p := range c.group.procsFiles() {
 		args = append(args, "--cgroup", p)
 	}
 	if spec.NoFiles > 0 {
@@ -245,20 +305,77 @@ func (s *Sandbox) Command(spec Spec) (*Cmd, error) {
 	}
 	args = append(args, "--")
 	args = append(args, program...)
-
-	cmd := exec.Command(s.cfg.Self, args...)
+	cmd := exec.Command(c.sb.cfg.Self, args...)
 	cmd.Env = []string{}
 	cmd.ExtraFiles = c.fds
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		// The exec step re-arms this after dropping privileges (a uid
-		// change clears it); here it covers the moment before that.
-		Pdeathsig: syscall.SIGKILL,
-		Setpgid:   true,
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	return cmd
+}
+
+// Start starts the sandbox. A bubblewrap sandbox waits, its namespaces
+// built, until Start has moved bubblewrap and the sandbox's first process
+// into the instance's cgroups: every process of the runtime is forked
+// after that and inherits them. Doing it here rather than in a re-exec of
+// this (large) binary before bubblewrap saves ~7 ms of CPU per sandbox
+// (docs/performance.md, item 25).
+func (c *Cmd) Start() error {
+	if err := c.Cmd.Start(); err != nil {
+		c.closeHold()
+		return err
 	}
-	c.Cmd = cmd
-	c.oomBase = g.oomKills()
-	ok = true
-	return c, nil
+	if c.release == nil {
+		return nil
+	}
+	// bubblewrap has its copies; without ours, its death ends the read.
+	c.CloseFiles()
+	err := c.admit()
+	if err != nil {
+		if c.pid > 0 {
+			_ = unix.Kill(c.pid, unix.SIGKILL)
+		}
+		_ = c.Process.Kill()
+		_ = c.Wait()
+	}
+	// Closing the hold releases the sandbox; after a failure it is dead
+	// already (a sandbox released unadmitted would run outside its limits).
+	c.closeHold()
+	if err != nil {
+		return fmt.Errorf("sandbox %s: %w", c.name, err)
+	}
+	return nil
+}
+
+// admit reads the sandbox's first pid, moves it and bubblewrap into the
+// cgroups and lets the sandbox go on.
+func (c *Cmd) admit() error {
+	pid, err := readChildPid(c.info)
+	if err != nil {
+		return err
+	}
+	c.pid = pid
+	for _, p := range []int{c.Process.Pid, pid} {
+		for _, f := range c.group.procsFiles() {
+			if err := os.WriteFile(f, []byte(strconv.Itoa(p)), 0); err != nil {
+				return fmt.Errorf("join cgroup: %w", err)
+			}
+		}
+	}
+	if _, err := c.release.Write([]byte{1}); err != nil {
+		return fmt.Errorf("release the sandbox: %w", err)
+	}
+	return nil
+}
+
+// closeHold closes the pipes of the hold.
+func (c *Cmd) closeHold() {
+	if c.info != nil {
+		c.info.Close()
+		c.info = nil
+	}
+	if c.release != nil {
+		c.release.Close()
+		c.release = nil
+	}
 }
 
 // SetCPU changes the sandbox's CPU weight and its quota (per 100 ms; 0
@@ -286,6 +403,7 @@ func (c *Cmd) CloseFiles() {
 func (c *Cmd) Cleanup() {
 	c.once.Do(func() {
 		c.CloseFiles()
+		c.closeHold()
 		c.stopNetwork()
 		c.deleteRunsc()
 		for i := 0; i < 50; i++ {

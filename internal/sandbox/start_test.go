@@ -1,0 +1,191 @@
+//go:build linux && amd64
+
+package sandbox_test
+
+import (
+	"bufio"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spry-run/spry/internal/sandbox"
+)
+
+const holdEnv = "SPRY_HOLD_CHILD"
+
+// TestStartChild is the sandboxed half of TestStartAppliesLimitsToEveryProcess:
+// it says it runs, then waits for its stdin to close.
+func TestStartChild(t *testing.T) {
+	if os.Getenv(holdEnv) == "" {
+		t.Skip("runs only inside the sandbox TestStartAppliesLimitsToEveryProcess starts")
+	}
+	fmt.Println("running")
+	_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
+}
+
+// Start holds the sandbox until it is in its cgroups; prlimit(1) lowers
+// the rlimits before bubblewrap runs. Every process of the sandbox
+// (bubblewrap outside, its pid 1 and the program) must end up inside all
+// of it, which a fork before the hold ended would escape.
+func TestStartAppliesLimitsToEveryProcess(t *testing.T) {
+	bwrapOrSkip(t)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := reachableDir(t)
+	bin := filepath.Join(dir, "probe.test")
+	copyFile(t, self, bin, 0o755)
+	libs, err := sandbox.SharedLibs(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rnd [6]byte
+	_, _ = rand.Read(rnd[:])
+	sb, err := sandbox.New(sandbox.Config{CgroupParent: "spry-test/" + hex.EncodeToString(rnd[:]), SystemLibs: libs, StateDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sb.Sweep() })
+
+	const uid, noFiles = 301234, 777
+	name := "hold-" + hex.EncodeToString(rnd[:])
+	c, err := sb.Command(sandbox.Spec{
+		Name:      name,
+		Program:   "/probe/probe.test",
+		Args:      []string{"-test.run=^TestStartChild$", "-test.count=1"},
+		Env:       []string{holdEnv + "=1", "HOME=/tmp"},
+		Mounts:    []sandbox.Mount{{Source: dir, Dest: "/probe"}},
+		UID:       uid,
+		Network:   sandbox.NetworkNone,
+		Resources: sandbox.Resources{MemoryBytes: 256 << 20, Pids: 64},
+		TmpBytes:  1 << 20,
+		NoFiles:   noFiles,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Cleanup()
+	stdin, err := c.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := c.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Stderr = os.Stderr
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		stdin.Close()
+		_ = c.Wait()
+	}()
+	c.CloseFiles()
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || line != "running\n" {
+		t.Fatalf("child said %q, %v", line, err)
+	}
+
+	pids := tree(t, c.Process.Pid)
+	if len(pids) < 3 {
+		t.Fatalf("sandbox processes %v, want bubblewrap, its pid 1 and the program", pids)
+	}
+	for _, pid := range pids {
+		status := procFile(t, pid, "status")
+		want := fmt.Sprintf("%d\t%d\t%d\t%d", uid, uid, uid, uid)
+		for _, f := range []struct{ key, want string }{
+			{"Uid", want}, {"Gid", want}, {"Groups", ""}, {"NoNewPrivs", "1"},
+		} {
+			if got := field(status, f.key+":"); got != f.want {
+				t.Errorf("pid %d: %s %q, want %q", pid, f.key, got, f.want)
+			}
+		}
+		limits := procFile(t, pid, "limits")
+		for _, l := range []struct{ key, want string }{
+			{"Max open files", strconv.Itoa(noFiles) + " " + strconv.Itoa(noFiles)},
+			{"Max core file size", "0 0"},
+		} {
+			if got := strings.Join(strings.Fields(field(limits, l.key))[:2], " "); got != l.want {
+				t.Errorf("pid %d: %s %q, want %q", pid, l.key, got, l.want)
+			}
+		}
+		// Every line (each v1 hierarchy we use, or the one v2 line) that
+		// names a spry cgroup names this sandbox's.
+		var in int
+		for _, cg := range strings.Split(strings.TrimSpace(procFile(t, pid, "cgroup")), "\n") {
+			switch {
+			case strings.HasSuffix(cg, "/"+name):
+				in++
+			case strings.Contains(cg, "spry-test/"):
+				t.Errorf("pid %d: in %q, outside its sandbox's cgroup", pid, cg)
+			}
+		}
+		if in == 0 {
+			t.Errorf("pid %d is in none of its sandbox's cgroups:\n%s", pid, procFile(t, pid, "cgroup"))
+		}
+	}
+}
+
+// tree returns pid and its descendants.
+func tree(t *testing.T, pid int) []int {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		children := map[int][]int{}
+		ents, err := os.ReadDir("/proc")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range ents {
+			p, err := strconv.Atoi(e.Name())
+			if err != nil {
+				continue
+			}
+			b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+			if err != nil {
+				continue
+			}
+			// The command may hold spaces and parentheses; the fields
+			// after the last ')' are fixed: state, then ppid.
+			rest := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+			if ppid, err := strconv.Atoi(rest[1]); err == nil {
+				children[ppid] = append(children[ppid], p)
+			}
+		}
+		out := []int{pid}
+		for i := 0; i < len(out); i++ {
+			out = append(out, children[out[i]]...)
+		}
+		if len(out) >= 3 || time.Now().After(deadline) {
+			return out
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func procFile(t *testing.T, pid int, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// field returns the rest of the line that starts with key, trimmed.
+func field(text, key string) string {
+	for _, line := range strings.Split(text, "\n") {
+		if rest, ok := strings.CutPrefix(line, key); ok {
+			return strings.TrimSpace(rest)
+		}
+	}
+	return ""
+}
