@@ -345,9 +345,14 @@ func (c *Cmd) Start() error {
 	return nil
 }
 
+const infoTimeout = 10 * time.Second
+
 // admit reads the sandbox's first pid, moves it and bubblewrap into the
 // cgroups and lets the sandbox go on.
 func (c *Cmd) admit() error {
+	// bubblewrap names the pid right after its first clone: a long wait
+	// means it is stuck, and Start must not hang with it.
+	_ = c.info.SetReadDeadline(time.Now().Add(infoTimeout))
 	pid, err := readChildPid(c.info)
 	if err != nil {
 		return err

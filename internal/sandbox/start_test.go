@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -34,40 +35,10 @@ func TestStartChild(t *testing.T) {
 // (bubblewrap outside, its pid 1 and the program) must end up inside all
 // of it, which a fork before the hold ended would escape.
 func TestStartAppliesLimitsToEveryProcess(t *testing.T) {
-	bwrapOrSkip(t)
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := reachableDir(t)
-	bin := filepath.Join(dir, "probe.test")
-	copyFile(t, self, bin, 0o755)
-	libs, err := sandbox.SharedLibs(bin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rnd [6]byte
-	_, _ = rand.Read(rnd[:])
-	sb, err := sandbox.New(sandbox.Config{CgroupParent: "spry-test/" + hex.EncodeToString(rnd[:]), SystemLibs: libs, StateDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sb.Sweep() })
-
 	const uid, noFiles = 301234, 777
-	name := "hold-" + hex.EncodeToString(rnd[:])
-	c, err := sb.Command(sandbox.Spec{
-		Name:      name,
-		Program:   "/probe/probe.test",
-		Args:      []string{"-test.run=^TestStartChild$", "-test.count=1"},
-		Env:       []string{holdEnv + "=1", "HOME=/tmp"},
-		Mounts:    []sandbox.Mount{{Source: dir, Dest: "/probe"}},
-		UID:       uid,
-		Network:   sandbox.NetworkNone,
-		Resources: sandbox.Resources{MemoryBytes: 256 << 20, Pids: 64},
-		TmpBytes:  1 << 20,
-		NoFiles:   noFiles,
-	})
+	sb, spec := holdSpec(t, uid, noFiles)
+	name := spec.Name
+	c, err := sb.Command(spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +81,7 @@ func TestStartAppliesLimitsToEveryProcess(t *testing.T) {
 		}
 		limits := procFile(t, pid, "limits")
 		for _, l := range []struct{ key, want string }{
-			{"Max open files", strconv.Itoa(noFiles) + " " + strconv.Itoa(noFiles)},
+			{"Max open files", fmt.Sprintf("%d %d", noFiles, noFiles)},
 			{"Max core file size", "0 0"},
 		} {
 			if got := strings.Join(strings.Fields(field(limits, l.key))[:2], " "); got != l.want {
@@ -132,6 +103,127 @@ func TestStartAppliesLimitsToEveryProcess(t *testing.T) {
 			t.Errorf("pid %d is in none of its sandbox's cgroups:\n%s", pid, procFile(t, pid, "cgroup"))
 		}
 	}
+}
+
+// A sandbox that cannot be put in its cgroups is killed, never released
+// to run outside them.
+func TestStartKillsASandboxItCannotAdmit(t *testing.T) {
+	const uid = 301235
+	sb, spec := holdSpec(t, uid, 777)
+	c, err := sb.Command(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Cleanup()
+	// A pipe of our own: Wait would close one from StdoutPipe.
+	stdout, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdout.Close()
+	c.Stdout = w
+	said := make(chan string, 1)
+	go func() {
+		b, _ := io.ReadAll(stdout)
+		said <- string(b)
+	}()
+	// Removes the sandbox's cgroups, as a restart's sweep would.
+	sb.Sweep()
+	if err := c.Start(); err == nil {
+		c.Process.Kill()
+		c.Wait()
+		t.Fatal("Start succeeded without the sandbox's cgroups")
+	} else if !strings.Contains(err.Error(), "join cgroup") {
+		t.Fatalf("Start: %v, want a failure to join the cgroup", err)
+	}
+	w.Close()
+	if c.ProcessState == nil {
+		t.Fatal("bubblewrap was not reaped")
+	}
+	select {
+	case out := <-said:
+		if out != "" {
+			t.Fatalf("the program ran: %q", out)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the sandbox's output did not end")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		left := uidProcesses(t, uid)
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("processes of the sandbox's uid left running: %v", left)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// holdSpec makes a Sandbox and the spec of a sandbox that runs
+// TestStartChild as uid.
+func holdSpec(t *testing.T, uid int, noFiles uint64) (*sandbox.Sandbox, sandbox.Spec) {
+	t.Helper()
+	bwrapOrSkip(t)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := reachableDir(t)
+	bin := filepath.Join(dir, "probe.test")
+	copyFile(t, self, bin, 0o755)
+	libs, err := sandbox.SharedLibs(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rnd [6]byte
+	_, _ = rand.Read(rnd[:])
+	sb, err := sandbox.New(sandbox.Config{CgroupParent: "spry-test/" + hex.EncodeToString(rnd[:]), SystemLibs: libs, StateDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sb.Sweep() })
+	return sb, sandbox.Spec{
+		Name:      "hold-" + hex.EncodeToString(rnd[:]),
+		Program:   "/probe/probe.test",
+		Args:      []string{"-test.run=^TestStartChild$", "-test.count=1"},
+		Env:       []string{holdEnv + "=1", "HOME=/tmp"},
+		Mounts:    []sandbox.Mount{{Source: dir, Dest: "/probe"}},
+		UID:       uid,
+		Network:   sandbox.NetworkNone,
+		Resources: sandbox.Resources{MemoryBytes: 256 << 20, Pids: 64},
+		TmpBytes:  1 << 20,
+		NoFiles:   noFiles,
+	}
+}
+
+// uidProcesses lists the pids whose real uid is uid, but for zombies
+// (which run nothing, and wait for whoever reaps orphans).
+func uidProcesses(t *testing.T, uid int) []int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "status"))
+		if err != nil {
+			continue
+		}
+		if strings.HasPrefix(field(string(b), "State:"), "Z") {
+			continue
+		}
+		if f := strings.Fields(field(string(b), "Uid:")); len(f) > 0 && f[0] == strconv.Itoa(uid) {
+			out = append(out, pid)
+		}
+	}
+	return out
 }
 
 // tree returns pid and its descendants.
