@@ -182,9 +182,9 @@ func (s *Sandbox) Command(spec Spec) (*Cmd, error) {
 	}
 	// bubblewrap names the sandbox's first process (--info-fd), and holds
 	// it, namespaces built, before it runs anything of the runtime
-	// (--block-fd), until Start has put it in its cgroups and set its
-	// rlimits. Start closes the info pipe's write end, so a bubblewrap
-	// that dies early is an EOF, not a hang.
+	// (--block-fd), until Start has put it in its cgroups. Start closes
+	// the info pipe's write end, so a bubblewrap that dies early is an
+	// EOF, not a hang.
 	infoR, infoW, err := os.Pipe()
 	if err != nil {
 		return nil, err
