@@ -8,6 +8,9 @@
 const SOCKET = "/run/spry/http.sock";
 const CONTROL = "/run/spry/control.sock";
 const encoder = new TextEncoder();
+// The first line on stdout: the sandbox's setup is done (the supervisor
+// sets up the network beside the rest of the start).
+Deno.stdout.writeSync(encoder.encode("SPRY-BOOT\n"));
 // Answers the bootstrap's own warm-up request; unknowable from outside.
 const WARMUP = crypto.randomUUID();
 

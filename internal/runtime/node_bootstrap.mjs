@@ -31,6 +31,11 @@ import { createRequire } from "node:module";
 import querystring from "node:querystring";
 import { Readable } from "node:stream";
 
+// The first line on stdout: the sandbox's setup is done (the supervisor
+// sets up the network beside the rest of the start). Writes to a pipe
+// are synchronous.
+process.stdout.write("SPRY-BOOT\n");
+
 const SOCKET = "/run/spry/http.sock";
 const CONTROL = "/run/spry/control.sock";
 // Answers the bootstrap's own warm-up request; unknowable from outside.

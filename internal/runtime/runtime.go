@@ -27,8 +27,13 @@ const (
 	// specialization (a POST of a Specialization); only the supervisor
 	// connects to it.
 	ControlSocketName = "control.sock"
-	// ReadyLine is the first line an instance writes on stdout once it
-	// listens; it is written before any user code is loaded.
+	// BootLine is the first line an instance writes on stdout, as soon
+	// as its bootstrap runs: the sandbox's setup is done, and the
+	// supervisor sets up the instance's network beside the rest of the
+	// start.
+	BootLine = "SPRY-BOOT"
+	// ReadyLine is the line an instance writes on stdout once it listens
+	// (after BootLine); it is written before any user code is loaded.
 	ReadyLine = "SPRY-READY"
 )
 

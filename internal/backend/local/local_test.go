@@ -109,6 +109,11 @@ func TestStartServeStop(t *testing.T) {
 	if !strings.Contains(e.logs.String(), "stdout: called /a/b") {
 		t.Fatalf("logs missing the function's output:\n%s", e.logs)
 	}
+	for _, l := range []string{runtime.BootLine, runtime.ReadyLine} {
+		if strings.Contains(e.logs.String(), l) {
+			t.Fatalf("the runtime's %s is in the function's logs:\n%s", l, e.logs)
+		}
+	}
 }
 
 func TestSandboxContainsFunction(t *testing.T) {
