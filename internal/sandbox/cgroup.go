@@ -113,7 +113,16 @@ func (c *cgroups) create(name string, r Resources) (*group, error) {
 	return g, nil
 }
 
-// procsFiles are the files the instance's first process writes itself into.
+// openV2 opens a v2 group's directory, for clone3's CLONE_INTO_CGROUP; on
+// v1 it returns nil, and the process is moved in after it starts.
+func (g *group) openV2() (*os.File, error) {
+	if g.v2 == nil {
+		return nil, nil
+	}
+	return os.OpenFile(g.dirs[0], os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
+}
+
+// procsFiles are the files a process is written into to join the group.
 func (g *group) procsFiles() []string {
 	out := make([]string, len(g.dirs))
 	for i, d := range g.dirs {
