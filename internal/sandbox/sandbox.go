@@ -372,26 +372,43 @@ const infoTimeout = 10 * time.Second
 // admit reads the sandbox's first pid, moves it and bubblewrap into the
 // cgroups and lets the sandbox go on.
 func (c *Cmd) admit() error {
+	// v1: bubblewrap moves first, while it starts. The first move after a
+	// quiet moment waits for an RCU grace period (5-12 ms here), which so
+	// overlaps bubblewrap's start rather than following it.
+	var joinErr error
+	if c.cgroupDir == nil {
+		joinErr = c.join(c.Process.Pid)
+	}
 	// bubblewrap names the pid right after its first clone: a long wait
-	// means it is stuck, and Start must not hang with it.
+	// means it is stuck, and Start must not hang with it. The pid is read
+	// even after a failed move: Start must kill that process too.
 	_ = c.info.SetReadDeadline(time.Now().Add(infoTimeout))
 	pid, err := readChildPid(c.info)
 	if err != nil {
 		return err
 	}
 	c.pid = pid
-	if c.cgroupDir != nil {
-		// Started in its cgroup; the sandbox was forked inside.
-		return c.releaseHold()
+	if joinErr != nil {
+		return joinErr
 	}
-	for _, p := range []int{c.Process.Pid, pid} {
-		for _, f := range c.group.procsFiles() {
-			if err := os.WriteFile(f, []byte(strconv.Itoa(p)), 0); err != nil {
-				return fmt.Errorf("join cgroup: %w", err)
-			}
+	// On v2 the sandbox was forked inside its cgroup. On v1 it moves too,
+	// as it was most likely forked before bubblewrap moved.
+	if c.cgroupDir == nil {
+		if err := c.join(pid); err != nil {
+			return err
 		}
 	}
 	return c.releaseHold()
+}
+
+// join moves process pid into the instance's (v1) cgroups.
+func (c *Cmd) join(pid int) error {
+	for _, f := range c.group.procsFiles() {
+		if err := os.WriteFile(f, []byte(strconv.Itoa(pid)), 0); err != nil {
+			return fmt.Errorf("join cgroup: %w", err)
+		}
+	}
+	return nil
 }
 
 func (c *Cmd) releaseHold() error {
