@@ -219,6 +219,14 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 	bodySent := true
 	if sender != nil {
 		if sender.running() && hasAnswerBody(inv, h) {
+			// An answer that comes as the body's last bytes go (a function
+			// that reads it all first, as Go's server does) can beat the
+			// sender's own end by a scheduling delay: give it a moment, so
+			// such an answer is not read ahead as an early one (whose
+			// read-ahead waits for the function's next piece).
+			sender.wait(senderGrace)
+		}
+		if sender.running() && hasAnswerBody(inv, h) {
 			// The function answered before it had the whole body. It may
 			// be refusing it, or streaming its answer as it reads: take
 			// some of the answer while the body still goes, then stop.
@@ -762,6 +770,20 @@ func (rt *Router) sendRequest(ctx *fasthttp.RequestCtx, inv *invocation, c *upCo
 		}
 	}()
 	return s
+}
+
+// senderGrace is how long an answer waits for the body's sending to end
+// before it is taken as an early one.
+const senderGrace = 20 * time.Millisecond
+
+// wait waits up to d for the sending to end.
+func (s *bodySender) wait(d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-s.done:
+	case <-t.C:
+	}
 }
 
 func (s *bodySender) running() bool {
