@@ -224,14 +224,14 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 			// sender's own end by a scheduling delay: give it a moment, so
 			// such an answer is not read ahead as an early one (whose
 			// read-ahead waits for the function's next piece).
-			sender.wait(senderGrace)
-		}
-		if sender.running() && hasAnswerBody(inv, h) {
-			// The function answered before it had the whole body. It may
-			// be refusing it, or streaming its answer as it reads: take
-			// some of the answer while the body still goes, then stop.
-			early = rt.answerBody(inv, c, h)
-			early.prefetch(earlyAnswerMax, sender.running)
+			if sender.wait(senderGrace) {
+				// The function answered before it had the whole body. It
+				// may be refusing it, or streaming its answer as it reads:
+				// take some of the answer while the body still goes, then
+				// stop.
+				early = rt.answerBody(inv, c, h)
+				early.prefetch(earlyAnswerMax, sender.running)
+			}
 		}
 		bodySent = sender.stop()
 	}
@@ -776,13 +776,16 @@ func (rt *Router) sendRequest(ctx *fasthttp.RequestCtx, inv *invocation, c *upCo
 // before it is taken as an early one.
 const senderGrace = 20 * time.Millisecond
 
-// wait waits up to d for the sending to end.
-func (s *bodySender) wait(d time.Duration) {
+// wait waits up to d for the sending to end; it reports whether the
+// sending still runs.
+func (s *bodySender) wait(d time.Duration) (running bool) {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-s.done:
+		return false
 	case <-t.C:
+		return true
 	}
 }
 

@@ -95,7 +95,6 @@ func (c *Cmd) StartNetwork(ctx context.Context) error {
 	if c.pid <= 0 {
 		return errors.New("sandbox network: the sandbox's pid is unknown (not started)")
 	}
-	var err error
 	netns := fmt.Sprintf("/proc/%d/ns/net", c.pid)
 	nft := exec.CommandContext(ctx, "nsenter", "--net="+netns, "--", "nft", "-f", "-")
 	nft.Stdin = strings.NewReader(c.sb.nftRules())
@@ -104,6 +103,7 @@ func (c *Cmd) StartNetwork(ctx context.Context) error {
 	}
 	slirpBin := c.sb.cfg.Slirp4netns
 	if slirpBin == "" {
+		var err error
 		if slirpBin, err = exec.LookPath("slirp4netns"); err != nil {
 			return errors.New("sandbox network: slirp4netns is not installed: apt-get install slirp4netns")
 		}

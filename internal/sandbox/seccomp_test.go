@@ -695,6 +695,21 @@ func bwrapOrSkip(t *testing.T) string {
 	return p
 }
 
+// probeBinary copies this test binary where other uids can read it
+// (bubblewrap opens bind sources as the uid it runs as), to run a child
+// test inside a sandbox; it returns the directory and the copy's path.
+func probeBinary(t *testing.T) (dir, bin string) {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir = reachableDir(t)
+	bin = filepath.Join(dir, "probe.test")
+	copyFile(t, self, bin, 0o755)
+	return dir, bin
+}
+
 // reachableDir makes a directory under /tmp that uid 65534 can read.
 func reachableDir(t *testing.T) string {
 	t.Helper()
@@ -801,15 +816,7 @@ var users = []struct {
 
 func TestSeccompSandbox(t *testing.T) {
 	bwrap := bwrapOrSkip(t)
-	// Copy the test binary where uid 65534 can read it (bubblewrap opens
-	// bind sources as the uid it runs as).
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := reachableDir(t)
-	bin := filepath.Join(dir, "probe.test")
-	copyFile(t, self, bin, 0o755)
+	_, bin := probeBinary(t)
 
 	for _, u := range users {
 		t.Run(u.name, func(t *testing.T) {

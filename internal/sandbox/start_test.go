@@ -4,6 +4,7 @@ package sandbox_test
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
@@ -181,13 +182,7 @@ func TestStartKillsASandboxItCannotAdmit(t *testing.T) {
 func holdSpec(t *testing.T, uid int, noFiles uint64) (*sandbox.Sandbox, sandbox.Spec) {
 	t.Helper()
 	bwrapOrSkip(t)
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := reachableDir(t)
-	bin := filepath.Join(dir, "probe.test")
-	copyFile(t, self, bin, 0o755)
+	dir, bin := probeBinary(t)
 	libs, err := sandbox.SharedLibs(bin)
 	if err != nil {
 		t.Fatal(err)
@@ -217,27 +212,16 @@ func holdSpec(t *testing.T, uid int, noFiles uint64) (*sandbox.Sandbox, sandbox.
 // (which run nothing, and wait for whoever reaps orphans).
 func uidProcesses(t *testing.T, uid int) []int {
 	t.Helper()
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
+	eachProc(t, "status", func(pid int, b []byte) {
+		status := string(b)
+		if strings.HasPrefix(field(status, "State:"), "Z") {
+			return
 		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "status"))
-		if err != nil {
-			continue
-		}
-		if strings.HasPrefix(field(string(b), "State:"), "Z") {
-			continue
-		}
-		if f := strings.Fields(field(string(b), "Uid:")); len(f) > 0 && f[0] == strconv.Itoa(uid) {
+		if f := strings.Fields(field(status, "Uid:")); len(f) > 0 && f[0] == strconv.Itoa(uid) {
 			out = append(out, pid)
 		}
-	}
+	})
 	return out
 }
 
@@ -247,26 +231,14 @@ func tree(t *testing.T, pid int) []int {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		children := map[int][]int{}
-		ents, err := os.ReadDir("/proc")
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range ents {
-			p, err := strconv.Atoi(e.Name())
-			if err != nil {
-				continue
-			}
-			b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-			if err != nil {
-				continue
-			}
+		eachProc(t, "stat", func(p int, b []byte) {
 			// The command may hold spaces and parentheses; the fields
 			// after the last ')' are fixed: state, then ppid.
-			rest := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+			rest := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
 			if ppid, err := strconv.Atoi(rest[1]); err == nil {
 				children[ppid] = append(children[ppid], p)
 			}
-		}
+		})
 		out := []int{pid}
 		for i := 0; i < len(out); i++ {
 			out = append(out, children[out[i]]...)
@@ -275,6 +247,25 @@ func tree(t *testing.T, pid int) []int {
 			return out
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// eachProc calls f with each process's /proc/PID/name (skipping those
+// gone meanwhile).
+func eachProc(t *testing.T, name string, f func(pid int, b []byte)) {
+	t.Helper()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if b, err := os.ReadFile(filepath.Join("/proc", e.Name(), name)); err == nil {
+			f(pid, b)
+		}
 	}
 }
 
