@@ -222,15 +222,15 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 			// An answer that comes as the body's last bytes go (a function
 			// that reads it all first, as Go's server does) can beat the
 			// sender's own end by a scheduling delay: give it a moment, so
-			// such an answer is not read ahead as an early one (whose
-			// read-ahead waits for the function's next piece).
+			// such an answer takes the common path, not an early one's
+			// read-ahead (a goroutine, and a stream).
 			if sender.wait(senderGrace) {
 				// The function answered before it had the whole body. It
 				// may be refusing it, or streaming its answer as it reads:
 				// take some of the answer while the body still goes, then
 				// stop.
 				early = rt.answerBody(inv, c, h)
-				early.prefetch(earlyAnswerMax, sender.running)
+				early.prefetch(earlyAnswerMax, sender.done)
 			}
 		}
 		bodySent = sender.stop()
@@ -239,6 +239,9 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 	// unless the hang-up came first and closed it.
 	inv.endWatch()
 	if inv.gone.Load() {
+		if early != nil {
+			early.stopAhead()
+		}
 		c.close()
 		return false, errClientGone
 	}
@@ -342,18 +345,26 @@ type respBody struct {
 	// late: the read that failed began after the deadline. The time went
 	// on writing to a slow client, not waiting on the function.
 	late bool
+	// ahead, if not nil, reads the body on a goroutine of its own (an
+	// early answer's): every read of it goes through ahead.
+	ahead *reader
 }
 
-// prefetch reads up to max bytes of the body ahead, into pre, while
-// more is true: a stream's pieces then reach the client as they come.
-func (b *respBody) prefetch(max int, more func() bool) {
-	b.pre = make([]byte, 0, min(max, 64<<10))
-	for len(b.pre) < max && !b.eof && b.err == nil && more() {
-		if len(b.pre) == cap(b.pre) {
-			b.pre = append(b.pre, 0)[:len(b.pre)]
+// prefetch takes up to max bytes of the body ahead, into pre, until the
+// request's body is sent (sent closes): a stream's pieces then reach the
+// client as they come. The reads go on a goroutine of its own, so the
+// body's end ends the wait at once, though the function says nothing more
+// for now (a stream that pauses).
+func (b *respBody) prefetch(max int, sent <-chan struct{}) {
+	b.ahead = b.readAhead()
+	for len(b.pre) < max && !b.eof && b.err == nil {
+		select {
+		case p := <-b.ahead.pieces:
+			b.pre = append(b.pre, p.b...)
+			b.note(p.err, p.late)
+		case <-sent:
+			return
 		}
-		n, _ := b.read(b.pre[len(b.pre):min(cap(b.pre), max)])
-		b.pre = b.pre[:len(b.pre)+n]
 	}
 }
 
@@ -366,30 +377,96 @@ func (b *respBody) Read(p []byte) (int, error) {
 	if b.err != nil {
 		return 0, b.err
 	}
-	return b.read(p)
-}
-
-func (b *respBody) read(p []byte) (int, error) {
 	if b.eof {
 		return 0, io.EOF
 	}
-	late := !time.Now().Before(b.inv.deadline)
-	n, err := b.r.Read(p)
-	if err == io.EOF {
-		b.eof = true
-		if b.chunked {
-			// The chunked reader stops at the last chunk; trailers and
-			// the final blank line are left.
-			err = skipTrailer(b.c.br)
-			if err == nil {
-				err = io.EOF
-			}
+	if b.ahead != nil {
+		piece := <-b.ahead.pieces
+		b.note(piece.err, piece.late)
+		n := copy(p, piece.b)
+		if b.pre = piece.b[n:]; len(b.pre) > 0 {
+			return n, nil
+		}
+		return n, piece.err
+	}
+	n, err, late := b.pull(p)
+	b.note(err, late)
+	return n, err
+}
+
+// pull reads from the instance; late says the read began after the
+// deadline. It changes nothing in b (it may run on the read-ahead's
+// goroutine).
+func (b *respBody) pull(p []byte) (n int, err error, late bool) {
+	late = !time.Now().Before(b.inv.deadline)
+	n, err = b.r.Read(p)
+	if err == io.EOF && b.chunked {
+		// The chunked reader stops at the last chunk; trailers and the
+		// final blank line are left.
+		if err = skipTrailer(b.c.br); err == nil {
+			err = io.EOF
 		}
 	}
-	if err != nil && err != io.EOF {
+	return n, err, late
+}
+
+// note records how a read of the body ended.
+func (b *respBody) note(err error, late bool) {
+	switch {
+	case err == io.EOF:
+		b.eof = true
+	case err != nil:
 		b.err, b.late = err, late
 	}
-	return n, err
+}
+
+// reader reads a body on a goroutine, a piece at a time, handing each
+// piece over before it reads the next.
+type reader struct {
+	pieces chan piece
+	quit   chan struct{}
+	done   chan struct{}
+}
+
+type piece struct {
+	b    []byte
+	err  error
+	late bool
+}
+
+func (b *respBody) readAhead() *reader {
+	r := &reader{pieces: make(chan piece), quit: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		for {
+			buf := make([]byte, 32<<10)
+			n, err, late := b.pull(buf)
+			select {
+			case r.pieces <- piece{buf[:n], err, late}:
+			case <-r.quit:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return r
+}
+
+// stopAhead ends the read-ahead, if any, before anything else touches the
+// connection: a body not read to its end closes it (which ends a read
+// that waits on the function).
+func (b *respBody) stopAhead() {
+	if b.ahead == nil {
+		return
+	}
+	close(b.ahead.quit)
+	if !b.eof || b.err != nil {
+		b.c.conn.Close()
+	}
+	<-b.ahead.done
+	b.ahead = nil
 }
 
 // CloseWithError ends the invocation; err is the server's error writing
@@ -399,6 +476,7 @@ func (b *respBody) CloseWithError(err error) error {
 		return nil
 	}
 	b.closed = true
+	b.stopAhead()
 	inv := b.inv
 	b.rt.release(inv.lease.Instance(), b.c, b.eof && b.err == nil && b.reuse)
 	if b.err != nil && !b.late && !time.Now().Before(inv.deadline) {
@@ -662,32 +740,45 @@ func (rt *Router) copyBody(bw *bufio.Writer, body clientBody, n int64, chunked b
 	bufp := copyPool.Get().(*[]byte)
 	defer copyPool.Put(bufp)
 	buf := *bufp
+	r := io.Reader(body)
 	if !chunked {
-		m, err := io.CopyBuffer(writerOnly{bw}, io.LimitReader(body, n), buf)
-		if err == nil && m < n {
-			err = &clientBodyError{io.ErrUnexpectedEOF}
-		}
-		return err
+		r = io.LimitReader(body, n)
 	}
 	var total int64
 	for {
-		m, err := body.Read(buf)
+		m, err := r.Read(buf)
 		if m > 0 {
-			if total += int64(m); total > rt.cfg.MaxBodyBytes {
+			if total += int64(m); chunked && total > rt.cfg.MaxBodyBytes {
 				return errTooLarge
 			}
-			bw.WriteString(strconv.FormatInt(int64(m), 16))
-			bw.WriteString("\r\n")
-			bw.Write(buf[:m])
-			if _, werr := bw.WriteString("\r\n"); werr != nil {
+			if chunked {
+				bw.WriteString(strconv.FormatInt(int64(m), 16))
+				bw.WriteString("\r\n")
+			}
+			_, werr := bw.Write(buf[:m])
+			if chunked {
+				_, werr = bw.WriteString("\r\n")
+			}
+			// A short read is all the client has sent for now: pass it
+			// on, so a function that reads the body as it comes (a
+			// stream of messages, a full-duplex echo) gets each piece
+			// when the client sends it, not when more fills the buffer.
+			if werr == nil && m < len(buf) {
+				werr = bw.Flush()
+			}
+			if werr != nil {
 				return werr
 			}
 		}
-		if err == io.EOF {
+		switch {
+		case err == io.EOF && chunked:
 			_, err = bw.WriteString("0\r\n\r\n")
 			return err
-		}
-		if err != nil {
+		case err == io.EOF && total < n:
+			return &clientBodyError{io.ErrUnexpectedEOF}
+		case err == io.EOF:
+			return nil
+		case err != nil:
 			return err
 		}
 	}
@@ -832,9 +923,6 @@ func (s *bodySender) failed(headErr error) error {
 	}
 	return headErr
 }
-
-// writerOnly hides ReadFrom, so io.CopyBuffer uses the pooled buffer.
-type writerOnly struct{ io.Writer }
 
 func isTimeout(err error) bool {
 	return errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, fasthttp.ErrTimeout)

@@ -923,6 +923,57 @@ func TestForwardEarlyStreamFlows(t *testing.T) {
 	}
 }
 
+// A function that streams its answer while it reads the body, then pauses
+// once the body has ended, has its first piece reach the client during the
+// pause: the read-ahead of an early answer ends with the body, not with
+// the function's next piece. (And the body's first piece reaches the
+// function before the rest is sent, else it would never answer.)
+func TestForwardEarlyStreamPausesAfterBody(t *testing.T) {
+	hold := make(chan struct{})
+	defer close(hold)
+	first := make(chan struct{})
+	srv := newTestRouter(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := http.NewResponseController(w).EnableFullDuplex(); err != nil {
+			t.Error(err)
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(200)
+		line, _ := bufio.NewReader(r.Body).ReadString('\n')
+		io.WriteString(w, "data: "+line+"\n")
+		w.(http.Flusher).Flush()
+		close(first)
+		io.Copy(io.Discard, r.Body)
+		<-hold
+	}))
+	// A raw connection, as Go's client holds a body's pieces until its end.
+	c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	io.WriteString(c, "POST /fn/alice/fn/events HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4\r\none\n\r\n")
+	go func() {
+		// The body goes on past the answer's first piece, longer than the
+		// router waits for a body's end before it takes an answer as
+		// early; then it ends, and the function says nothing more.
+		<-first
+		time.Sleep(3 * senderGrace)
+		io.WriteString(c, "0\r\n\r\n")
+	}()
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(res.Body)
+	for _, want := range []string{"data: one\n", "\n"} {
+		line, err := br.ReadString('\n')
+		if err != nil || line != want {
+			t.Fatalf("got %q (%v), want %q", line, err, want)
+		}
+	}
+}
+
 // A request the function received is never sent again, even on a
 // kept-alive connection: here the instance reads the second request and
 // drops the connection without answering (as a crash mid-request does).
