@@ -162,6 +162,11 @@ func TestSlowUploadDoesNotKillTheInstance(t *testing.T) {
 		return new Response(String((await req.arrayBuffer()).byteLength));
 	} }`)
 	s.deployCode(t, "slowup", code, "timeout=1s")
+	// A warm instance first: the 1 s covers the wait for an instance too,
+	// and a cold start on a slow host (an emulated one) can take longer.
+	eventually(t, 30*time.Second, "a warm instance", func() bool {
+		return s.get("/fn/admin/slowup/").status == 200
+	})
 	c := s.dial(t)
 	fmt.Fprintf(c, "POST /fn/admin/slowup/ HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
 	c.Write(make([]byte, 50000)) // half, then nothing
