@@ -205,8 +205,15 @@ func (s *server) stop() {
 			s.t.Errorf("spry serve exited with %d", code)
 		}
 	case <-time.After(40 * time.Second):
-		_ = s.cmd.Process.Kill()
-		<-s.done
+		// Go prints every goroutine's stack on SIGQUIT: the log then says
+		// where the shutdown is stuck.
+		_ = s.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-s.done:
+		case <-time.After(5 * time.Second):
+			_ = s.cmd.Process.Kill()
+			<-s.done
+		}
 		s.t.Errorf("spry serve did not stop within 40s of SIGTERM")
 	}
 }

@@ -52,7 +52,7 @@ func (o oneSpec) Cached(owner, name, tag string) *backend.Spec {
 }
 
 // serveUnix serves h on a Unix socket and returns its path.
-func serveUnix(t *testing.T, h http.Handler) string {
+func serveUnix(t testing.TB, h http.Handler) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "s.sock")
 	ln, err := net.Listen("unix", path)
