@@ -78,6 +78,21 @@ type testServer struct {
 	ln   net.Listener
 }
 
+// dial opens a raw connection to the router, closed when the test ends,
+// with a deadline d from now (none if d is 0).
+func (s *testServer) dial(t testing.TB, d time.Duration) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", strings.TrimPrefix(s.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if d > 0 {
+		_ = c.SetDeadline(time.Now().Add(d))
+	}
+	return c
+}
+
 func (s *testServer) Close() {
 	_ = s.srv.Shutdown()
 	if s.lane != nil {
@@ -359,12 +374,7 @@ func dialRouter(t *testing.T, b *upstreamBackend, timeout time.Duration) (net.Co
 	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: timeout}
 	access := make(accessRecorder, 4)
 	srv := serveRouter(t, New(oneSpec{spec}, activator.New(b, activator.Config{}), Config{Access: access}))
-	c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c, access
+	return srv.dial(t, 0), access
 }
 
 // A client that hangs up while the function computes ends the function's
@@ -651,11 +661,7 @@ func TestWatchKeepsPipelinedRequests(t *testing.T) {
 	}))
 	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 30 * time.Second}
 	srv := serveRouter(t, New(oneSpec{spec}, activator.New(b, activator.Config{}), Config{}))
-	c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := srv.dial(t, 0)
 	br := bufio.NewReader(c)
 	for i := 0; i < 5; i++ {
 		io.WriteString(c, "GET /fn/alice/fn/slow HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -808,12 +814,7 @@ func TestForwardUpgrade(t *testing.T) {
 		brw.WriteString("echo: " + line)
 		brw.Flush()
 	}))
-	conn, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	conn := srv.dial(t, 5*time.Second)
 	fmt.Fprintf(conn, "GET /fn/alice/fn/ws HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
 	br := bufio.NewReader(conn)
 	res, err := http.ReadResponse(br, nil)
@@ -832,11 +833,7 @@ func TestForwardUpgrade(t *testing.T) {
 func TestRejectsMalformedTarget(t *testing.T) {
 	srv := newTestRouter(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "reached") }))
 	for _, target := range []string{"/fn/alice/fn/a\rb", "/fn/alice/fn/a b", "/fn/alice/fn/a\x01b", "/fn/alice/fn/?a\x7f"} {
-		conn, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		conn := srv.dial(t, 5*time.Second)
 		fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", target)
 		res, err := http.ReadResponse(bufio.NewReader(conn), nil)
 		if err != nil {
@@ -946,12 +943,7 @@ func TestForwardEarlyStreamPausesAfterBody(t *testing.T) {
 		<-hold
 	}))
 	// A raw connection, as Go's client holds a body's pieces until its end.
-	c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	c := srv.dial(t, 3*time.Second)
 	io.WriteString(c, "POST /fn/alice/fn/events HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4\r\none\n\r\n")
 	go func() {
 		// The body goes on past the answer's first piece, longer than the
@@ -1034,12 +1026,7 @@ func TestForwardTruncatedChunkedBody(t *testing.T) {
 			t.Error("the function read a cut-off body as whole")
 		}
 	}))
-	c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	c := srv.dial(t, 5*time.Second)
 	io.WriteString(c, "POST /fn/alice/fn/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
 	_ = c.(*net.TCPConn).CloseWrite()
 	res, err := http.ReadResponse(bufio.NewReader(c), nil)
