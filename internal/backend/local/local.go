@@ -98,8 +98,11 @@ type Backend struct {
 	log      *slog.Logger
 	runtimes map[string]Runtime
 
-	mu      sync.Mutex
-	pool    map[poolKey][]*proc
+	mu   sync.Mutex
+	pool map[poolKey][]*proc
+	// pooled closes (and is replaced) whenever a sandbox joins the pool,
+	// waking the starts that wait for their own spawns.
+	pooled  chan struct{}
 	filling map[poolKey]int
 	procs   map[string]*proc
 	uids    []bool // in use, indexed from UIDBase
@@ -115,12 +118,12 @@ type Backend struct {
 	// runtime), and with one per CPU a burst left the CPUs ~20% idle.
 	spawns chan struct{}
 	// queued counts spawns that requests wait for which wait for a slot
-	// themselves. The pool is not refilled meanwhile: a sandbox it
-	// started would serve none of those requests (each has its own spawn
-	// coming), yet hold a slot, at the pool's low CPU weight, for as long
-	// as they keep the CPUs busy. Spawns that run while no other waits
-	// (a trickle of cold starts) leave slots free, and the pool refills
-	// beside them, so it recovers from running dry.
+	// themselves. The pool is not refilled meanwhile: each of those
+	// requests has a spawn of its own coming, and a refill would hold a
+	// slot that one of them needs, at the pool's low CPU weight, for as
+	// long as they keep the CPUs busy. Spawns that run while no other
+	// waits (a trickle of cold starts) leave slots free, and the pool
+	// refills beside them, so it recovers from running dry.
 	queued int
 }
 
@@ -173,6 +176,7 @@ func New(cfg Config) (*Backend, error) {
 		log:      cfg.Logger,
 		runtimes: map[string]Runtime{},
 		pool:     map[poolKey][]*proc{},
+		pooled:   make(chan struct{}),
 		filling:  map[poolKey]int{},
 		procs:    map[string]*proc{},
 		uids:     make([]bool, cfg.UIDCount),
@@ -243,13 +247,9 @@ func (b *Backend) filler() {
 			cancel()
 			b.mu.Lock()
 			b.filling[key]--
-			if err == nil && !b.closed {
-				b.pool[key] = append(b.pool[key], p)
-				p = nil
-			}
 			b.mu.Unlock()
-			if p != nil {
-				b.kill(p, backend.ExitStopped)
+			if err == nil {
+				b.toPool(p)
 			}
 			if err != nil {
 				select {
@@ -310,6 +310,24 @@ func (b *Backend) slot(ctx context.Context, demand bool) error {
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
+	case <-b.stop:
+		return fmt.Errorf("the backend is closed: %w", errdefs.ErrUnavailable)
+	}
+}
+
+// toPool puts a generic sandbox in the pool (or stops it, once the
+// backend is closed) and wakes the starts waiting for one.
+func (b *Backend) toPool(p *proc) {
+	b.mu.Lock()
+	closed := b.closed
+	if !closed {
+		b.pool[p.key] = append(b.pool[p.key], p)
+		close(b.pooled)
+		b.pooled = make(chan struct{})
+	}
+	b.mu.Unlock()
+	if closed {
+		b.kill(p, backend.ExitStopped)
 	}
 }
 
@@ -354,9 +372,7 @@ func (b *Backend) Start(ctx context.Context, spec *backend.Spec) (*backend.Insta
 	defer time.AfterFunc(refillDelay, b.kick)
 	p := b.take(key)
 	if p == nil {
-		// A request waits for this one: it starts boosted, and the
-		// SetCPU below brings it down to an instance's weight.
-		if p, err = b.spawn(ctx, key, startShares); err != nil {
+		if p, err = b.spawnOrTake(ctx, key); err != nil {
 			return nil, err
 		}
 	}
@@ -378,6 +394,71 @@ func (b *Backend) Start(ctx context.Context, spec *backend.Spec) (*backend.Insta
 		return nil, err
 	}
 	return inst, nil
+}
+
+// spawnOrTake starts a sandbox for a request that found the pool empty,
+// and returns it, or a pooled one that is ready first (a refill begun
+// before the request came, or a spawn whose own request was served so):
+// the request waits for the earliest sandbox, not for the one it started.
+// A spawn that did not serve its request is still generic, and joins the
+// pool.
+func (b *Backend) spawnOrTake(ctx context.Context, key poolKey) (*proc, error) {
+	type spawned struct {
+		p   *proc
+		err error
+	}
+	res := make(chan spawned, 1)
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil, fmt.Errorf("the backend is closed: %w", errdefs.ErrUnavailable)
+	}
+	// Close waits for the spawn, which may outlive the request.
+	b.wg.Add(1)
+	b.mu.Unlock()
+	// The spawn outlives the request if another sandbox serves it; it
+	// ends with the request only if the request gives up.
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	go func() {
+		defer b.wg.Done()
+		// A request waits for this one: it starts boosted, and Start's
+		// SetCPU brings it down to an instance's weight (adopt's to the
+		// pool's, if it serves no request).
+		p, err := b.spawn(sctx, key, startShares)
+		res <- spawned{p, err}
+	}()
+	adopt := func() {
+		go func() {
+			defer cancel()
+			if r := <-res; r.err == nil {
+				if err := r.p.cmd.SetCPU(pooledShares, b.cfg.CPUQuotaUs); err != nil {
+					b.log.Warn("set cpu limits", "instance", r.p.id, "err", err)
+				}
+				b.toPool(r.p)
+			}
+		}()
+	}
+	for {
+		b.mu.Lock()
+		pooled := b.pooled
+		b.mu.Unlock()
+		if p := b.take(key); p != nil {
+			adopt()
+			return p, nil
+		}
+		select {
+		case r := <-res:
+			cancel()
+			return r.p, r.err
+		case <-pooled:
+		case <-ctx.Done():
+			// The spawn stops, unless it is done already: then it joins
+			// the pool.
+			cancel()
+			adopt()
+			return nil, ctx.Err()
+		}
+	}
 }
 
 func (b *Backend) take(key poolKey) *proc {
@@ -569,6 +650,7 @@ func (b *Backend) spawn(ctx context.Context, key poolKey, shares uint64) (*proc,
 
 	b.mu.Lock()
 	b.procs[p.id] = p
+	closed := b.closed
 	b.mu.Unlock()
 
 	var readers sync.WaitGroup
@@ -577,6 +659,11 @@ func (b *Backend) spawn(ctx context.Context, key poolKey, shares uint64) (*proc,
 	go func() { defer readers.Done(); b.readOutput(p, "stderr", stderr, false) }()
 	b.wg.Add(1)
 	go b.reap(p, &readers)
+	if closed {
+		// Close has stopped every instance it knew of; this one came
+		// after.
+		b.kill(p, backend.ExitStopped)
+	}
 
 	timer := time.NewTimer(b.cfg.StartTimeout)
 	defer timer.Stop()

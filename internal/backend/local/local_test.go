@@ -258,6 +258,70 @@ func TestNoRefillWhileRequestsWaitForSpawns(t *testing.T) {
 	}
 }
 
+// A start that found the pool empty is served by the first sandbox ready,
+// not only by the one it started: here a pooled one, while its own spawn
+// waits for a slot. Its own spawn, still generic, joins the pool after,
+// at the pool's CPU weight.
+func TestStartTakesASandboxPooledWhileItWaits(t *testing.T) {
+	e := newEnv(t, 1)
+	e.waitPool(t, 1)
+	pooled := e.b.take(e.b.defaultKeys()[0]) // the pool is empty now, with no kick
+	if pooled == nil {
+		t.Fatal("nothing to take from the pool")
+	}
+	held := cap(e.b.spawns) - len(e.b.spawns)
+	for i := 0; i < held; i++ {
+		e.b.spawns <- struct{}{}
+	}
+	type started struct {
+		inst *backend.Instance
+		err  error
+	}
+	got := make(chan started, 1)
+	go func() {
+		inst, err := e.b.Start(context.Background(), e.spec(t, `export default () => new Response("ok")`))
+		got <- started{inst, err}
+	}()
+	for {
+		e.b.mu.Lock()
+		queued := e.b.queued
+		e.b.mu.Unlock()
+		if queued == 1 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	e.b.toPool(pooled)
+	r := <-got
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if r.inst.ID != pooled.id {
+		t.Fatalf("started %s, want the pooled %s", r.inst.ID, pooled.id)
+	}
+	if code, body := get(t, r.inst, "/"); code != 200 || body != "ok" {
+		t.Fatalf("got %d %q", code, body)
+	}
+	for i := 0; i < held; i++ {
+		<-e.b.spawns
+	}
+	e.waitPool(t, 1)
+	e.b.mu.Lock()
+	spare := e.b.pool[pooled.key][0]
+	e.b.mu.Unlock()
+	pw, err := spare.cmd.CPUWeight()
+	if err != nil {
+		t.Fatal(err)
+	}
+	iw, err := pooled.cmd.CPUWeight()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pw >= iw {
+		t.Fatalf("the spare spawn's CPU weight %d, an instance's %d: want it below", pw, iw)
+	}
+}
+
 // A sandbox started for a waiting request runs at a boosted CPU weight
 // until it is ready, then at an instance's; a pooled one below both.
 func TestStartBoostsCPUWeightUntilReady(t *testing.T) {
