@@ -438,11 +438,14 @@ func (b *respBody) readAhead() *reader {
 	r := &reader{pieces: make(chan piece), quit: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(r.done)
+		bufp := copyPool.Get().(*[]byte)
+		defer copyPool.Put(bufp)
 		for {
-			buf := make([]byte, 32<<10)
-			n, err, late := b.pull(buf)
+			n, err, late := b.pull(*bufp)
+			// A copy the size of what came: a stream's pieces are often
+			// a few bytes.
 			select {
-			case r.pieces <- piece{buf[:n], err, late}:
+			case r.pieces <- piece{bytes.Clone((*bufp)[:n]), err, late}:
 			case <-r.quit:
 				return
 			}

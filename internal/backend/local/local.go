@@ -89,6 +89,9 @@ func cpuQuota(milli int, def int64) int64 {
 	return def
 }
 
+// errClosed refuses starts once Close has begun.
+var errClosed = fmt.Errorf("the backend is closed: %w", errdefs.ErrUnavailable)
+
 // refillDelay is how long after a cold start the pool refill begins.
 const refillDelay = 25 * time.Millisecond
 
@@ -250,19 +253,18 @@ func (b *Backend) filler() {
 			b.mu.Unlock()
 			if err == nil {
 				b.toPool(p)
+				continue
 			}
-			if err != nil {
-				select {
-				case <-b.stop:
-					return
-				default:
-				}
-				b.log.Error("pool: starting a runtime failed", "runtime", key.runtime, "err", err)
-				select {
-				case <-b.stop:
-					return
-				case <-time.After(time.Second):
-				}
+			select {
+			case <-b.stop:
+				return
+			default:
+			}
+			b.log.Error("pool: starting a runtime failed", "runtime", key.runtime, "err", err)
+			select {
+			case <-b.stop:
+				return
+			case <-time.After(time.Second):
 			}
 		}
 	}
@@ -311,7 +313,7 @@ func (b *Backend) slot(ctx context.Context, demand bool) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-b.stop:
-		return fmt.Errorf("the backend is closed: %w", errdefs.ErrUnavailable)
+		return errClosed
 	}
 }
 
@@ -411,7 +413,7 @@ func (b *Backend) spawnOrTake(ctx context.Context, key poolKey) (*proc, error) {
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
-		return nil, fmt.Errorf("the backend is closed: %w", errdefs.ErrUnavailable)
+		return nil, errClosed
 	}
 	// Close waits for the spawn, which may outlive the request.
 	b.wg.Add(1)
