@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -638,7 +639,30 @@ func TestLaneIdleConnectionsHoldNoBuffer(t *testing.T) {
 // descriptors are free.
 func TestLanePausesAcceptingWhenOutOfDescriptors(t *testing.T) {
 	srv := laneRouter(t, echo())
-	lp := srv.lane.loops[0]
+	addr, err := netip.ParseAddrPort(strings.TrimPrefix(srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sa := &syscall.SockaddrInet4{Port: int(addr.Port()), Addr: addr.Addr().As4()}
+	// The clients' sockets are made first, so that connecting them
+	// takes no descriptor: once the process has none left, only the
+	// server's accepts need one. (Dialing after the limit is lowered
+	// races the accepts for the last few descriptors.)
+	var held []int
+	defer func() {
+		for _, fd := range held {
+			syscall.Close(fd)
+		}
+	}()
+	var clients []int
+	for range 4 {
+		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, fd)
+		clients = append(clients, fd)
+	}
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		t.Fatal(err)
@@ -662,37 +686,39 @@ func TestLanePausesAcceptingWhenOutOfDescriptors(t *testing.T) {
 		}
 	}
 	defer restore()
-	// Clients connect (the kernel completes their handshakes) until the
-	// process, which is also the server, has no descriptor left to
-	// accept them with.
-	var clients []net.Conn
-	defer func() {
-		for _, c := range clients {
-			c.Close()
-		}
-	}()
-	for len(clients) < 16 {
-		c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+	// Take every descriptor left below the limit.
+	for {
+		fd, err := syscall.Dup(clients[0])
 		if err != nil {
 			break
 		}
-		clients = append(clients, c)
+		held = append(held, fd)
 	}
-	paused := false
-	for deadline := time.Now().Add(5 * time.Second); !paused && time.Now().Before(deadline); {
-		lp.do(func() { paused = lp.resumeAccept && !lp.listen })
-		if !paused {
-			time.Sleep(5 * time.Millisecond)
+	for _, fd := range clients {
+		if err := syscall.Connect(fd, sa); err != nil {
+			restore()
+			t.Fatal(err)
 		}
 	}
-	if !paused {
-		t.Fatal("the loop did not pause accepting when out of descriptors")
+	// Any loop may have been woken for the listener; each that tried to
+	// accept pauses until its next sweep, and tries again then.
+	paused := false
+	for deadline := time.Now().Add(5 * time.Second); !paused && time.Now().Before(deadline); {
+		for _, lp := range srv.lane.loops {
+			lp.do(func() { paused = paused || lp.resumeAccept && !lp.listen })
+		}
+		if !paused {
+			time.Sleep(time.Millisecond)
+		}
 	}
 	restore()
-	for _, c := range clients {
-		c.Close()
+	if !paused {
+		t.Fatal("no loop paused accepting when out of descriptors")
 	}
-	clients = nil
+	for _, fd := range held {
+		syscall.Close(fd)
+	}
+	held = nil
 	c := dialRaw(t, srv.URL)
 	if res := c.get("/again"); res.StatusCode != 200 || res.Header.Get("X-Path") != "/again" {
 		t.Fatalf("after descriptors freed: status %d, path %q", res.StatusCode, res.Header.Get("X-Path"))
