@@ -187,11 +187,7 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 		if hasBody {
 			sender = rt.sendRequest(ctx, inv, c)
 			if err = readHead(c.br, h); err != nil {
-				// Seen before stop, which ends the sender's read too.
-				slowClient := isTimeout(err) && inv.readingBody.Load()
-				if err = sender.failed(err); slowClient {
-					err = &clientBodyError{err}
-				}
+				err = sender.failed(err)
 			}
 		} else if err = rt.writeRequest(c.bw, ctx, inv, false); err == nil {
 			if err = c.bw.Flush(); err == nil {
@@ -918,11 +914,21 @@ func (s *bodySender) stop() (sent bool) {
 
 // failed stops the sending after the answer's head could not be read,
 // and says which failure to report: the client's (a body too large or
-// cut short) when it caused the other.
+// cut short) when it caused the other, and a slow client's when the time
+// ran out while the body was still coming (the function was waiting for
+// it, not stuck).
 func (s *bodySender) failed(headErr error) error {
+	// Seen before stop, which ends the sender's read too.
+	waiting := s.inv.readingBody.Load()
 	s.stop()
 	if s.clientFailed {
 		return s.err
+	}
+	// The client's read deadline is the head's: when both end at once,
+	// the sender's timeout can come after stop was begun (so it is not
+	// taken as the client's failure above) and after waiting was read.
+	if isTimeout(headErr) && (waiting || clientSide(s.err) && isTimeout(s.err)) {
+		return &clientBodyError{headErr}
 	}
 	return headErr
 }

@@ -604,6 +604,41 @@ func TestTimeoutDuringTheBody(t *testing.T) {
 	}
 }
 
+// Which failure a sender reports when the answer's head did not come in
+// time. The client's read deadline is the head's, so the sender's timeout
+// reading the client can come just after stop began: it is still the
+// client's.
+func TestSenderFailedAtTheDeadline(t *testing.T) {
+	timeout := fmt.Errorf("reading the head: %w", os.ErrDeadlineExceeded)
+	clientTimeout := &clientBodyError{os.ErrDeadlineExceeded}
+	instTimeout := fmt.Errorf("writing the body: %w", os.ErrDeadlineExceeded)
+	for _, tc := range []struct {
+		name         string
+		headErr      error
+		senderErr    error
+		clientFailed bool
+		waiting      bool
+		slowClient   bool
+	}{
+		{"the sender waits on the client", timeout, nil, false, true, true},
+		{"the client's deadline first, seen as its failure", timeout, clientTimeout, true, false, true},
+		{"the client's deadline first, seen after stop began", timeout, clientTimeout, false, false, true},
+		{"the body was sent", timeout, nil, false, false, false},
+		{"the instance did not read the body", timeout, instTimeout, false, false, false},
+		{"the instance closed", io.ErrUnexpectedEOF, nil, false, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &bodySender{done: make(chan struct{}), inv: &invocation{}, err: tc.senderErr, clientFailed: tc.clientFailed}
+			close(s.done)
+			s.inv.readingBody.Store(tc.waiting)
+			err := s.failed(tc.headErr)
+			if got := clientSide(err) && isTimeout(err); got != tc.slowClient {
+				t.Fatalf("failed(%v) = %v: slow client %v, want %v", tc.headErr, err, got, tc.slowClient)
+			}
+		})
+	}
+}
+
 // A client that reads a long answer so slowly that the function's time
 // runs out while the router writes to it gets the answer cut short, but
 // the instance, which was not stuck, is not killed.
