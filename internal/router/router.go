@@ -306,6 +306,15 @@ func (inv *invocation) finish(status int) {
 // it for a retry elsewhere when it was never delivered.
 func (rt *Router) fail(ctx *fasthttp.RequestCtx, inv *invocation, err error) {
 	inst := inv.lease.Instance()
+	if clientSide(err) && errors.Is(err, io.ErrUnexpectedEOF) {
+		// The client's side ended mid-body; the function saw its request
+		// aborted (and the connection closes: its body was not read).
+		// First: a client that half-closed after it may still read the
+		// answer, though the watch took its end for a hang-up.
+		ctx.Response.Reset()
+		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrInvalidArgument, "the request body ended before its end"))
+		return
+	}
 	if inv.gone.Load() {
 		clientClosed(ctx)
 		return
@@ -347,12 +356,6 @@ func (rt *Router) fail(ctx *fasthttp.RequestCtx, inv *invocation, err error) {
 		rt.log.Warn("invocation timed out; killing the instance", "instance", inst.ID, "request_id", inv.reqID, "timeout", timeout)
 		inv.lease.Kill(backend.ExitTimeout)
 		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrTimeout, "the function did not respond within its %s timeout", timeout))
-		return
-	}
-	if clientSide(err) && errors.Is(err, io.ErrUnexpectedEOF) {
-		// The client's side ended mid-body; the function saw its request
-		// aborted (and the connection closes: its body was not read).
-		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrInvalidArgument, "the request body ended before its end"))
 		return
 	}
 	if clientSide(err) {
