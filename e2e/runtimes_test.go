@@ -1,9 +1,14 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
+	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestRuntimesAndContracts: the same platform runs Deno and Node, with the
@@ -90,6 +95,59 @@ func TestEarlyAnswersAndStreamedBodies(t *testing.T) {
 			}
 			if r := s.do("POST", "/fn/admin/"+name+"/echo", "", bytes.NewReader(body), nil); r.status != 200 || !bytes.Equal(r.body, body) {
 				t.Fatalf("echo: %d, %d bytes back of %d", r.status, len(r.body), len(body))
+			}
+		})
+	}
+}
+
+// TestFullDuplexStream: on both runtimes, a function that answers each
+// line of a streamed upload as it reads it has each answer reach the
+// client before the client sends the next line (a chat over one POST, a
+// progress stream for an upload).
+func TestFullDuplexStream(t *testing.T) {
+	s := startServer(t)
+	const code = `export default { fetch(req) {
+		const enc = new TextEncoder(), dec = new TextDecoder();
+		let buf = "";
+		return new Response(req.body.pipeThrough(new TransformStream({
+			transform(chunk, out) {
+				buf += dec.decode(chunk, { stream: true });
+				for (let i; (i = buf.indexOf("\n")) >= 0; buf = buf.slice(i + 1)) {
+					out.enqueue(enc.encode("got " + buf.slice(0, i + 1)));
+				}
+			},
+		})), { headers: { "Content-Type": "text/plain" } });
+	} }`
+	for _, rt := range []string{"deno", "node"} {
+		t.Run(rt, func(t *testing.T) {
+			name := "lines-" + rt
+			if r := s.putCode(s.token, name, []byte(code), "runtime="+rt); r.status/100 != 2 {
+				t.Fatalf("deploy: %d %s", r.status, r.body)
+			}
+			c := s.dial(t)
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			chunk := func(s string) string { return fmt.Sprintf("%x\r\n%s\r\n", len(s), s) }
+			fmt.Fprintf(c, "POST /fn/admin/%s/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n%s", name, chunk("one\n"))
+			res, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.StatusCode != 200 {
+				t.Fatalf("status %d", res.StatusCode)
+			}
+			br := bufio.NewReader(res.Body)
+			for i, line := range []string{"one\n", "two\n", "three\n"} {
+				if i > 0 {
+					// The next line only once the answer to the last came.
+					io.WriteString(c, chunk(line))
+				}
+				if got, err := br.ReadString('\n'); err != nil || got != "got "+line {
+					t.Fatalf("got %q (%v), want %q", got, err, "got "+line)
+				}
+			}
+			io.WriteString(c, "0\r\n\r\n")
+			if rest, err := io.ReadAll(br); err != nil || len(rest) != 0 {
+				t.Fatalf("after the body's end: %q (%v), want the answer's end", rest, err)
 			}
 		})
 	}

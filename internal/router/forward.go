@@ -211,23 +211,16 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 		// is watched too.
 		return false, err
 	}
-	var early *respBody
 	bodySent := true
 	if sender != nil {
-		if sender.running() && hasAnswerBody(inv, h) {
-			// An answer that comes as the body's last bytes go (a function
-			// that reads it all first, as Go's server does) can beat the
-			// sender's own end by a scheduling delay: give it a moment, so
-			// such an answer takes the common path, not an early one's
-			// read-ahead (a goroutine, and a stream).
-			if sender.wait(senderGrace) {
-				// The function answered before it had the whole body. It
-				// may be refusing it, or streaming its answer as it reads:
-				// take some of the answer while the body still goes, then
-				// stop.
-				early = rt.answerBody(inv, c, h)
-				early.prefetch(earlyAnswerMax, sender.done)
-			}
+		// An answer that comes as the body's last bytes go (a function
+		// that reads it all first, as Go's server does) can beat the
+		// sender's own end by a scheduling delay: give it a moment, so
+		// such an answer takes the common path.
+		if sender.running() && hasAnswerBody(inv, h) && sender.wait(senderGrace) {
+			// The function answered before it had the whole body. It may
+			// be refusing it, or streaming its answer as it reads.
+			return false, rt.duplex(ctx, inv, c, sender)
 		}
 		bodySent = sender.stop()
 	}
@@ -235,19 +228,81 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 	// unless the hang-up came first and closed it.
 	inv.endWatch()
 	if inv.gone.Load() {
-		if early != nil {
-			early.stopAhead()
-		}
 		c.close()
 		return false, errClientGone
 	}
 	upClose := rt.fixHeader(h, inv)
-	return rt.respond(ctx, inv, c, early, !upClose && bodySent), nil
+	return rt.respond(ctx, inv, c, !upClose && bodySent), nil
 }
 
-// earlyAnswerMax bounds how much of an answer that came before the
-// request's body was all sent is read ahead while the body still goes.
-const earlyAnswerMax = 4 << 20
+// duplex passes on an answer that began before the request's body was all
+// sent while the body still goes: full duplex, as an echo or events
+// answering an upload as it comes need. fasthttp writes a response only
+// once its handler returns, and reads no more of the request then, so the
+// answer is written here, straight to the client's connection, which
+// closes after it (the server is told to write nothing of its own). A
+// body left unsent when the answer ends is not sent.
+func (rt *Router) duplex(ctx *fasthttp.RequestCtx, inv *invocation, c *upConn, sender *bodySender) error {
+	h := &ctx.Response.Header
+	upClose := rt.fixHeader(h, inv)
+	body := rt.answerBody(inv, c, h)
+	chunked := body.length < 0 && ctx.Request.Header.IsHTTP11()
+	if body.length < 0 {
+		h.SetContentLength(-1)
+		if !chunked {
+			// HTTP/1.0: the connection's end ends the body.
+			h.Del(fasthttp.HeaderTransferEncoding)
+		}
+	}
+	h.SetConnectionClose()
+	ctx.HijackSetNoResponse(true)
+	// The server keeps hijacked connections (KeepHijackedConns): closing
+	// it lingers, so the client reads the answer though it still sends.
+	ctx.Hijack(func(client net.Conn) { client.Close() })
+	client := ctx.Conn()
+	_ = client.SetWriteDeadline(inv.deadline)
+	bw := writerPool.Get().(*bufio.Writer)
+	bw.Reset(client)
+	defer func() { bw.Reset(nil); writerPool.Put(bw) }()
+	bufp := copyPool.Get().(*[]byte)
+	defer copyPool.Put(bufp)
+	// The head goes at once, as respond's streams do.
+	_, werr := bw.Write(h.AppendBytes((*bufp)[:0]))
+	if werr == nil {
+		werr = bw.Flush()
+	}
+	for werr == nil {
+		n, err := body.Read(*bufp)
+		if n > 0 {
+			if werr = writePiece(bw, (*bufp)[:n], chunked); werr == nil {
+				werr = bw.Flush()
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	if werr == nil && body.eof && chunked {
+		_, _ = bw.WriteString("0\r\n\r\n")
+		_ = bw.Flush()
+	}
+	slowClient := false
+	if body.err != nil {
+		// The time ran out, say: on a client slow to send, not on a stuck
+		// function, when the body was still coming.
+		slowClient = clientSide(sender.failed(body.err))
+	}
+	bodySent := sender.stop()
+	// After end, a hang-up closes nothing; one that came first closed c.
+	inv.endWatch()
+	gone := inv.gone.Load()
+	body.late = body.late || slowClient
+	body.end(!upClose && bodySent && werr == nil && !gone)
+	if gone && (!body.eof || werr != nil) {
+		return errClientGone
+	}
+	return nil
+}
 
 // hasAnswerBody says whether the response whose head is h has a body.
 func hasAnswerBody(inv *invocation, h *fasthttp.ResponseHeader) bool {
@@ -276,30 +331,22 @@ func (rt *Router) answerBody(inv *invocation, c *upConn, h *fasthttp.ResponseHea
 
 // respond sets the response body from c, whose response head is read:
 // at once if it is all here, else as a stream. reuse says c may go back
-// to the pool once the body is read. early, if not nil, holds the part
-// of the body forward read ahead.
-func (rt *Router) respond(ctx *fasthttp.RequestCtx, inv *invocation, c *upConn, early *respBody, reuse bool) (streaming bool) {
+// to the pool once the body is read.
+func (rt *Router) respond(ctx *fasthttp.RequestCtx, inv *invocation, c *upConn, reuse bool) (streaming bool) {
 	inst := inv.lease.Instance()
 	h := &ctx.Response.Header
 	if !hasAnswerBody(inv, h) {
 		rt.release(inst, c, reuse)
 		return false
 	}
-	body := early
-	switch n := h.ContentLength(); {
-	case body == nil && n >= 0 && n <= c.br.Buffered():
+	if n := h.ContentLength(); n >= 0 && n <= c.br.Buffered() {
 		b, _ := c.br.Peek(n)
 		ctx.Response.SetBody(b)
 		_, _ = c.br.Discard(n)
 		rt.release(inst, c, reuse)
 		return false
-	case body == nil:
-		body = rt.answerBody(inv, c, h)
-	case body.eof && body.err == nil:
-		ctx.Response.SetBody(body.pre)
-		rt.release(inst, c, reuse && body.reuse)
-		return false
 	}
+	body := rt.answerBody(inv, c, h)
 	body.reuse = body.reuse && reuse
 	// A body of unknown length is sent chunked, each piece flushed as it
 	// comes (a stream, such as server-sent events, reaches the client as
@@ -334,68 +381,23 @@ type respBody struct {
 	chunked bool
 	reuse   bool
 	status  int
-	pre     []byte // read ahead (prefetch), given out first
 	eof     bool
 	err     error
 	closed  bool
 	// late: the read that failed began after the deadline. The time went
 	// on writing to a slow client, not waiting on the function.
 	late bool
-	// ahead, if not nil, reads the body on a goroutine of its own (an
-	// early answer's): every read of it goes through ahead.
-	ahead *reader
-}
-
-// prefetch takes up to max bytes of the body ahead, into pre, until the
-// request's body is sent (sent closes): a stream's pieces then reach the
-// client as they come. The reads go on a goroutine of its own, so the
-// body's end ends the wait at once, though the function says nothing more
-// for now (a stream that pauses).
-func (b *respBody) prefetch(max int, sent <-chan struct{}) {
-	b.ahead = b.readAhead()
-	for len(b.pre) < max && !b.eof && b.err == nil {
-		select {
-		case p := <-b.ahead.pieces:
-			b.pre = append(b.pre, p.b...)
-			b.note(p.err, p.late)
-		case <-sent:
-			return
-		}
-	}
 }
 
 func (b *respBody) Read(p []byte) (int, error) {
-	if len(b.pre) > 0 {
-		n := copy(p, b.pre)
-		b.pre = b.pre[n:]
-		return n, nil
-	}
 	if b.err != nil {
 		return 0, b.err
 	}
 	if b.eof {
 		return 0, io.EOF
 	}
-	if b.ahead != nil {
-		piece := <-b.ahead.pieces
-		b.note(piece.err, piece.late)
-		n := copy(p, piece.b)
-		if b.pre = piece.b[n:]; len(b.pre) > 0 {
-			return n, nil
-		}
-		return n, piece.err
-	}
-	n, err, late := b.pull(p)
-	b.note(err, late)
-	return n, err
-}
-
-// pull reads from the instance; late says the read began after the
-// deadline. It changes nothing in b (it may run on the read-ahead's
-// goroutine).
-func (b *respBody) pull(p []byte) (n int, err error, late bool) {
-	late = !time.Now().Before(b.inv.deadline)
-	n, err = b.r.Read(p)
+	b.late = !time.Now().Before(b.inv.deadline)
+	n, err := b.r.Read(p)
 	if err == io.EOF && b.chunked {
 		// The chunked reader stops at the last chunk; trailers and the
 		// final blank line are left.
@@ -403,69 +405,13 @@ func (b *respBody) pull(p []byte) (n int, err error, late bool) {
 			err = io.EOF
 		}
 	}
-	return n, err, late
-}
-
-// note records how a read of the body ended.
-func (b *respBody) note(err error, late bool) {
 	switch {
 	case err == io.EOF:
 		b.eof = true
 	case err != nil:
-		b.err, b.late = err, late
+		b.err = err
 	}
-}
-
-// reader reads a body on a goroutine, a piece at a time, handing each
-// piece over before it reads the next.
-type reader struct {
-	pieces chan piece
-	quit   chan struct{}
-	done   chan struct{}
-}
-
-type piece struct {
-	b    []byte
-	err  error
-	late bool
-}
-
-func (b *respBody) readAhead() *reader {
-	r := &reader{pieces: make(chan piece), quit: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(r.done)
-		bufp := copyPool.Get().(*[]byte)
-		defer copyPool.Put(bufp)
-		for {
-			n, err, late := b.pull(*bufp)
-			// A copy the size of what came: a stream's pieces are often
-			// a few bytes.
-			select {
-			case r.pieces <- piece{bytes.Clone((*bufp)[:n]), err, late}:
-			case <-r.quit:
-				return
-			}
-			if err != nil {
-				return
-			}
-		}
-	}()
-	return r
-}
-
-// stopAhead ends the read-ahead, if any, before anything else touches the
-// connection: a body not read to its end closes it (which ends a read
-// that waits on the function).
-func (b *respBody) stopAhead() {
-	if b.ahead == nil {
-		return
-	}
-	close(b.ahead.quit)
-	if !b.eof || b.err != nil {
-		b.c.conn.Close()
-	}
-	<-b.ahead.done
-	b.ahead = nil
+	return n, err
 }
 
 // CloseWithError ends the invocation; err is the server's error writing
@@ -475,9 +421,16 @@ func (b *respBody) CloseWithError(err error) error {
 		return nil
 	}
 	b.closed = true
-	b.stopAhead()
+	b.end(true)
+	b.inv.finish(b.status)
+	return nil
+}
+
+// end lets go of the instance's connection once the body was read, or
+// failed; reuse says it may otherwise go back to the pool.
+func (b *respBody) end(reuse bool) {
 	inv := b.inv
-	b.rt.release(inv.lease.Instance(), b.c, b.eof && b.err == nil && b.reuse)
+	b.rt.release(inv.lease.Instance(), b.c, b.eof && b.err == nil && b.reuse && reuse)
 	if b.err != nil && !b.late && !time.Now().Before(inv.deadline) {
 		// The function's time ran out mid-response while the router
 		// waited on it: it may be stuck. (A client that went away, or
@@ -486,8 +439,6 @@ func (b *respBody) CloseWithError(err error) error {
 		// loops draw the same line.)
 		inv.lease.Kill(backend.ExitTimeout)
 	}
-	inv.finish(b.status)
-	return nil
 }
 
 func skipTrailer(br *bufio.Reader) error {
@@ -750,14 +701,7 @@ func (rt *Router) copyBody(bw *bufio.Writer, body clientBody, n int64, chunked b
 			if total += int64(m); chunked && total > rt.cfg.MaxBodyBytes {
 				return errTooLarge
 			}
-			if chunked {
-				bw.WriteString(strconv.FormatInt(int64(m), 16))
-				bw.WriteString("\r\n")
-			}
-			_, werr := bw.Write(buf[:m])
-			if chunked {
-				_, werr = bw.WriteString("\r\n")
-			}
+			werr := writePiece(bw, buf[:m], chunked)
 			// A short read is all the client has sent for now: pass it
 			// on, so a function that reads the body as it comes (a
 			// stream of messages, a full-duplex echo) gets each piece
@@ -781,6 +725,19 @@ func (rt *Router) copyBody(bw *bufio.Writer, body clientBody, n int64, chunked b
 			return err
 		}
 	}
+}
+
+// writePiece writes p as it is, or as one chunk.
+func writePiece(bw *bufio.Writer, p []byte, chunked bool) error {
+	if !chunked {
+		_, err := bw.Write(p)
+		return err
+	}
+	bw.WriteString(strconv.FormatInt(int64(len(p)), 16))
+	bw.WriteString("\r\n")
+	bw.Write(p)
+	_, err := bw.WriteString("\r\n")
+	return err
 }
 
 // clientBodyError is a failure reading the client's body, as against
@@ -972,7 +929,7 @@ func (rt *Router) upgrade(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 	}
 	if h.StatusCode() != fasthttp.StatusSwitchingProtocols {
 		rt.fixHeader(h, inv)
-		return rt.respond(ctx, inv, c, nil, false), nil
+		return rt.respond(ctx, inv, c, false), nil
 	}
 	h.Set("Spry-Request-Id", inv.reqID)
 	rt.markCold(h, inv)

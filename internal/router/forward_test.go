@@ -1001,6 +1001,85 @@ func TestForwardEarlyStreamPausesAfterBody(t *testing.T) {
 	}
 }
 
+// Full duplex: a function that answers each line of the body as it comes
+// has each answer reach the client before the client sends the next line,
+// whether its answer is chunked (a stream) or of a length it gave, and for
+// an HTTP/1.0 client, which gets the stream ended by the connection's end.
+// (A body of a given length reaches the function only once its first 8
+// KiB, or all of it, came: fasthttp reads that much before the handler
+// runs. Clients that stream use chunks.)
+func TestForwardFullDuplexLines(t *testing.T) {
+	long := strings.Repeat("x", 8<<10-1) + "\n"
+	srv := newTestRouter(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := http.NewResponseController(w).EnableFullDuplex(); err != nil {
+			t.Error(err)
+		}
+		if r.URL.Path == "/fn/alice/fn/fixed" {
+			w.Header().Set("Content-Length", "16")
+		}
+		w.WriteHeader(200)
+		w.(http.Flusher).Flush()
+		br := bufio.NewReader(r.Body)
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				return
+			}
+			io.WriteString(w, "got "+line)
+			w.(http.Flusher).Flush()
+		}
+	}))
+	for _, tc := range []struct {
+		name, path, proto string
+		chunked           bool
+		lines             []string
+	}{
+		{"a stream", "/fn/alice/fn/stream", "HTTP/1.1", true, []string{"one\n", "two\n"}},
+		{"an answer of a given length", "/fn/alice/fn/fixed", "HTTP/1.1", true, []string{"one\n", "two\n"}},
+		{"HTTP/1.0", "/fn/alice/fn/stream", "HTTP/1.0", false, []string{long, "two\n"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := srv.dial(t, 5*time.Second)
+			piece := func(s string) string {
+				if tc.chunked {
+					return fmt.Sprintf("%x\r\n%s\r\n", len(s), s)
+				}
+				return s
+			}
+			framing := "Transfer-Encoding: chunked"
+			if !tc.chunked {
+				framing = fmt.Sprintf("Content-Length: %d", len(strings.Join(tc.lines, "")))
+			}
+			fmt.Fprintf(c, "POST %s %s\r\nHost: a\r\n%s\r\n\r\n%s", tc.path, tc.proto, framing, piece(tc.lines[0]))
+			res, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.StatusCode != 200 || !res.Close {
+				b, _ := io.ReadAll(res.Body)
+				t.Fatalf("status %d, close %v (%s); want 200 and the connection's end after it", res.StatusCode, res.Close, b)
+			}
+			br := bufio.NewReader(res.Body)
+			for i, line := range tc.lines {
+				if i > 0 {
+					// The next line only once the answer to the last came.
+					io.WriteString(c, piece(line))
+				}
+				got, err := br.ReadString('\n')
+				if err != nil || got != "got "+line {
+					t.Fatalf("got %.40q (%v), want %.40q", got, err, "got "+line)
+				}
+			}
+			if tc.chunked {
+				io.WriteString(c, "0\r\n\r\n")
+			}
+			if rest, err := io.ReadAll(br); err != nil || len(rest) != 0 {
+				t.Fatalf("after the body's end: %q (%v), want the answer's end", rest, err)
+			}
+		})
+	}
+}
+
 // A request the function received is never sent again, even on a
 // kept-alive connection: here the instance reads the second request and
 // drops the connection without answering (as a crash mid-request does).

@@ -1397,7 +1397,7 @@ func (lp *loop) handOff(c *laneClient, why handoffReason) {
 // goroutine work.
 func (l *Lane) takeBack(ctx *fasthttp.RequestCtx) {
 	hc, ok := ctx.Conn().(*httpserve.Conn)
-	if !ok {
+	if !ok || ctx.Hijacked() {
 		return
 	}
 	pc, ok := hc.Conn.(*prefixConn)
