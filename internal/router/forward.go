@@ -878,7 +878,11 @@ func (s *bodySender) failed(headErr error) error {
 	// Seen before stop, which ends the sender's read too.
 	waiting := s.inv.readingBody.Load()
 	s.stop()
-	if s.clientFailed {
+	// A stop ends the sender with a timeout, never with the client's
+	// other failures (a body cut short, too large, or reset): those are
+	// the client's though stop came first (a hang-up's watch that closed
+	// the instance's connection, say).
+	if s.clientFailed || clientSide(s.err) && !isTimeout(s.err) {
 		return s.err
 	}
 	// The client's read deadline is the head's: when both end at once,

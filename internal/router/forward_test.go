@@ -604,36 +604,52 @@ func TestTimeoutDuringTheBody(t *testing.T) {
 	}
 }
 
-// Which failure a sender reports when the answer's head did not come in
-// time. The client's read deadline is the head's, so the sender's timeout
+// Which failure a sender reports when the answer's head could not be
+// read. The client's read deadline is the head's, so the sender's timeout
 // reading the client can come just after stop began: it is still the
-// client's.
-func TestSenderFailedAtTheDeadline(t *testing.T) {
+// client's. So is a body the client cut short, though a hang-up's watch
+// closed the instance's connection (and so failed the head) first.
+func TestSenderFailed(t *testing.T) {
 	timeout := fmt.Errorf("reading the head: %w", os.ErrDeadlineExceeded)
 	clientTimeout := &clientBodyError{os.ErrDeadlineExceeded}
+	cutShort := &clientBodyError{io.ErrUnexpectedEOF}
 	instTimeout := fmt.Errorf("writing the body: %w", os.ErrDeadlineExceeded)
+	const (
+		slowClient = "the client was slow"
+		client     = "the client's failure"
+		instance   = "the instance's failure"
+	)
 	for _, tc := range []struct {
 		name         string
 		headErr      error
 		senderErr    error
 		clientFailed bool
 		waiting      bool
-		slowClient   bool
+		blame        string
 	}{
-		{"the sender waits on the client", timeout, nil, false, true, true},
-		{"the client's deadline first, seen as its failure", timeout, clientTimeout, true, false, true},
-		{"the client's deadline first, seen after stop began", timeout, clientTimeout, false, false, true},
-		{"the body was sent", timeout, nil, false, false, false},
-		{"the instance did not read the body", timeout, instTimeout, false, false, false},
-		{"the instance closed", io.ErrUnexpectedEOF, nil, false, false, false},
+		{"the sender waits on the client", timeout, nil, false, true, slowClient},
+		{"the client's deadline first, seen as its failure", timeout, clientTimeout, true, false, slowClient},
+		{"the client's deadline first, seen after stop began", timeout, clientTimeout, false, false, slowClient},
+		{"the body was sent", timeout, nil, false, false, instance},
+		{"the instance did not read the body", timeout, instTimeout, false, false, instance},
+		{"the instance closed", io.ErrUnexpectedEOF, nil, false, false, instance},
+		{"the body cut short, seen as the client's failure", net.ErrClosed, cutShort, true, false, client},
+		{"the body cut short, seen after stop began", net.ErrClosed, cutShort, false, false, client},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := &bodySender{done: make(chan struct{}), inv: &invocation{}, err: tc.senderErr, clientFailed: tc.clientFailed}
 			close(s.done)
 			s.inv.readingBody.Store(tc.waiting)
 			err := s.failed(tc.headErr)
-			if got := clientSide(err) && isTimeout(err); got != tc.slowClient {
-				t.Fatalf("failed(%v) = %v: slow client %v, want %v", tc.headErr, err, got, tc.slowClient)
+			blame := instance
+			switch {
+			case clientSide(err) && isTimeout(err):
+				blame = slowClient
+			case clientSide(err):
+				blame = client
+			}
+			if blame != tc.blame {
+				t.Fatalf("failed(%v) = %v: %s, want %s", tc.headErr, err, blame, tc.blame)
 			}
 		})
 	}
