@@ -286,17 +286,17 @@ func (rt *Router) duplex(ctx *fasthttp.RequestCtx, inv *invocation, c *upConn, s
 		_, _ = bw.WriteString("0\r\n\r\n")
 		_ = bw.Flush()
 	}
-	slowClient := false
+	clientsFault := false
 	if body.err != nil {
 		// The time ran out, say: on a client slow to send, not on a stuck
 		// function, when the body was still coming.
-		slowClient = clientSide(sender.failed(body.err))
+		clientsFault = clientSide(sender.failed(body.err))
 	}
 	bodySent := sender.stop()
 	// After end, a hang-up closes nothing; one that came first closed c.
 	inv.endWatch()
 	gone := inv.gone.Load()
-	body.late = body.late || slowClient
+	body.late = body.late || clientsFault
 	body.end(!upClose && bodySent && werr == nil && !gone)
 	if gone && (!body.eof || werr != nil) {
 		return errClientGone
@@ -384,8 +384,9 @@ type respBody struct {
 	eof     bool
 	err     error
 	closed  bool
-	// late: the read that failed began after the deadline. The time went
-	// on writing to a slow client, not waiting on the function.
+	// late: the failure is not the function's. The read that failed
+	// began after the deadline (the time went on writing to a slow
+	// client), or, in a duplex exchange, the client failed its body.
 	late bool
 }
 
