@@ -425,6 +425,34 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 }
 
+// TestStopLeavesNoCgroups: a server that stops removes its cgroup
+// subtree, not only its instances' groups: one data directory per run (as
+// here, and in any throwaway setup) would otherwise leave empty groups
+// behind for good, thousands a day.
+func TestStopLeavesNoCgroups(t *testing.T) {
+	s := startServer(t)
+	s.deployCode(t, "hello", []byte(`export default { fetch() { return new Response("hi"); } }`), "")
+	if r := s.get("/fn/admin/hello/"); r.status != 200 {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	sum := sha256.Sum256([]byte(s.data))
+	id := hex.EncodeToString(sum[:6])
+	// v2: /sys/fs/cgroup/spry/<id>; v1: one per controller.
+	dirs, _ := filepath.Glob("/sys/fs/cgroup/*/spry/" + id)
+	if _, err := os.Stat("/sys/fs/cgroup/spry/" + id); err == nil {
+		dirs = append(dirs, "/sys/fs/cgroup/spry/"+id)
+	}
+	if len(dirs) == 0 {
+		t.Skip("the server's cgroups are not where this test looks (a nested cgroup)")
+	}
+	s.stop()
+	for _, d := range dirs {
+		if _, err := os.Stat(d); err == nil {
+			t.Errorf("%s is left behind", d)
+		}
+	}
+}
+
 // TestCrashAndScaleToZero: a crashing instance gets a 502 JSON error and is
 // replaced; idle functions scale to zero and come back on the next call.
 func TestCrashAndScaleToZero(t *testing.T) {

@@ -522,7 +522,8 @@ func (b *Backend) kill(p *proc, reason string) {
 	}
 }
 
-// Close stops every instance and the pool, and waits for them.
+// Close stops every instance and the pool, waits for them, and removes
+// the server's cgroups.
 func (b *Backend) Close() error {
 	b.mu.Lock()
 	if b.closed {
@@ -540,6 +541,10 @@ func (b *Backend) Close() error {
 		b.kill(p, backend.ExitStopped)
 	}
 	b.wg.Wait()
+	// The server's cgroup subtree goes too, as New's sweep would take it:
+	// a data directory used once (each test's, say) would otherwise leave
+	// its empty groups behind for good.
+	b.cfg.Sandbox.Sweep()
 	return nil
 }
 
