@@ -219,3 +219,32 @@ func TestClientHangUp(t *testing.T) {
 		})
 	}
 }
+
+// A function whose import fails: the instance is handed out before its
+// import ends, so the runtime answers the waiting request with the error,
+// the instance's end is logged with it, and a fixed version serves.
+func TestImportFailureIsAnswered(t *testing.T) {
+	s := startServer(t)
+	for _, rt := range []string{"deno", "node"} {
+		t.Run(rt, func(t *testing.T) {
+			name := "broken-" + rt
+			s.deployCode(t, name, []byte(`if (globalThis.fetch) throw new Error("no config found"); export default { fetch() { return new Response("never"); } }`), "runtime="+rt)
+			for i := 0; i < 2; i++ {
+				r := s.get("/fn/admin/" + name + "/")
+				if r.status != 502 || r.errorCode(t) != "function_failed" || !strings.Contains(string(r.body), "the function failed to load: no config found") {
+					t.Fatalf("call %d: %d %s", i, r.status, r.body)
+				}
+			}
+			eventually(t, 10*time.Second, "the instance's end, with the cause, in the logs", func() bool {
+				out, _, _ := s.spry("", "logs", name)
+				return strings.Contains(out, "instance ended: the function failed to load: no config found")
+			})
+			if r := s.putCode(s.token, name, []byte(`export default { fetch() { return new Response("fixed"); } }`), "runtime="+rt); r.status != 200 {
+				t.Fatalf("redeploy: %d %s", r.status, r.body)
+			}
+			if r := s.get("/fn/admin/" + name + "/"); r.status != 200 || string(r.body) != "fixed" {
+				t.Fatalf("fixed version: %d %s", r.status, r.body)
+			}
+		})
+	}
+}

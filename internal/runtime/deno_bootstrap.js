@@ -15,7 +15,10 @@ Deno.stdout.writeSync(encoder.encode("SPRY-BOOT\n"));
 const WARMUP = crypto.randomUUID();
 
 let handler = null;
-let failed = false;
+// Set when the function's import failed: the message every waiting and
+// later request is answered with, since the supervisor no longer waits
+// for the import before it hands out the instance.
+let failed = null;
 let resolveLoaded;
 const loaded = new Promise((r) => (resolveLoaded = r));
 let meta = { name: "", owner: "", version: 0, env: {} };
@@ -107,8 +110,8 @@ Deno.serve({
     if (req.headers.get("spry-warmup") === WARMUP) return warmRequest(req);
     await loaded;
   }
-  if (failed) {
-    return errorResponse(502, "function_failed", "the function failed to load; see its logs");
+  if (failed !== null) {
+    return errorResponse(502, "function_failed", failed);
   }
   let res;
   if (legacy) {
@@ -175,6 +178,12 @@ Object.defineProperty(Request.prototype, "url", {
   },
 });
 
+// loadFailure is an import's error as one short line.
+function loadFailure(err) {
+  const s = String(err?.message ?? err).replace(/\s+/g, " ").trim();
+  return s.length > 300 ? s.slice(0, 300) + "..." : s;
+}
+
 function pickHandler(mod) {
   const d = mod.default;
   if (typeof d === "function") {
@@ -213,9 +222,10 @@ try {
   handler = pickHandler(await import(spec.module));
   answer(Response.json({ ok: true }));
 } catch (err) {
-  failed = true;
+  const message = loadFailure(err);
+  failed = "the function failed to load: " + message;
   console.error("function failed to load:", err);
-  answer(Response.json({ error: String(err?.message ?? err).slice(0, 1000) }, { status: 500 }));
+  answer(Response.json({ error: message }, { status: 500 }));
   resolveLoaded();
   // Answer what is waiting, then exit so the supervisor records the crash
   // and the next request starts a fresh instance.

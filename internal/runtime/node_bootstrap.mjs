@@ -44,7 +44,10 @@ const MAX_BODY = 10 << 20; // express contract: bodies are read in full
 const STREAM_PREFETCH = 1 << 20; // bytes of a Response read before deciding on Content-Length
 
 let handler = null; // (req, res) => Promise<void>
-let failed = false;
+// Set when the function's import failed: the message every waiting and
+// later request is answered with, since the supervisor no longer waits
+// for the import before it hands out the instance.
+let failed = null;
 let resolveLoaded;
 const loaded = new Promise((r) => (resolveLoaded = r));
 let meta = { name: "", owner: "", version: 0, env: Object.freeze({}) };
@@ -90,8 +93,8 @@ async function serve(req, res) {
       }
       await loaded;
     }
-    if (failed) {
-      sendError(res, 502, "function_failed", "the function failed to load; see its logs");
+    if (failed !== null) {
+      sendError(res, 502, "function_failed", failed);
       return;
     }
     await handler(req, res);
@@ -572,6 +575,12 @@ function readSpecialization() {
   });
 }
 
+// loadFailure is an import's error as one short line.
+function loadFailure(err) {
+  const s = String(err?.message ?? err).replace(/\s+/g, " ").trim();
+  return s.length > 300 ? s.slice(0, 300) + "..." : s;
+}
+
 const { spec, answer } = await readSpecialization();
 const env = Object.fromEntries(Object.entries(spec.env ?? {}).map(([k, v]) => [k, String(v)]));
 meta = { name: spec.name, owner: spec.owner, version: spec.version, env: Object.freeze(env) };
@@ -585,9 +594,10 @@ try {
   handler = pickHandler(await import(spec.module));
   answer(200, { ok: true });
 } catch (err) {
-  failed = true;
+  const message = loadFailure(err);
+  failed = "the function failed to load: " + message;
   console.error("function failed to load:", err);
-  answer(500, { error: String(err?.message ?? err).slice(0, 1000) });
+  answer(500, { error: message });
   resolveLoaded();
   // Answer what is waiting, then exit so the supervisor records the crash
   // and the next request starts a fresh instance.

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -20,7 +19,6 @@ import (
 	"github.com/spry-run/spry/internal/backend"
 	"github.com/spry-run/spry/internal/backend/local"
 	"github.com/spry-run/spry/internal/blob"
-	"github.com/spry-run/spry/internal/errdefs"
 	"github.com/spry-run/spry/internal/nettest"
 	"github.com/spry-run/spry/internal/runtime"
 	"github.com/spry-run/spry/internal/runtime/runtimetest"
@@ -466,18 +464,23 @@ func TestNodeErrors(t *testing.T) {
 
 func TestNodeImportFailure(t *testing.T) {
 	e := newNodeEnv(t, 1)
-	// The start waits for the import and reports its failure; the
-	// instance exits.
-	_, err := e.b.Start(context.Background(), e.spec(t, `await new Promise((r) => setTimeout(r, 100)); throw new Error("boom at import"); export default () => new Response("never")`))
-	if !errors.Is(err, errdefs.ErrFunctionFailed) || !strings.Contains(err.Error(), "boom at import") {
-		t.Fatalf("Start = %v, want a function_failed error naming the cause", err)
+	// The start does not wait for the import: the request waits in the
+	// runtime, which answers it with the failure and exits.
+	inst, err := e.b.Start(context.Background(), e.spec(t, `await new Promise((r) => setTimeout(r, 100)); throw new Error("boom at import"); export default () => new Response("never")`))
+	if err != nil {
+		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(e.logs.String(), "instance ended") {
-		if time.Now().After(deadline) {
-			t.Fatalf("the instance did not exit after its import failed; logs:\n%s", e.logs)
-		}
-		time.Sleep(20 * time.Millisecond)
+	const want = "the function failed to load: boom at import"
+	if r := do(t, inst, "GET", "/", nil, nil); r.status != 502 || !strings.Contains(r.body, `"code":"function_failed"`) || !strings.Contains(r.body, want) {
+		t.Fatalf("got %d %s, want 502 function_failed naming the cause", r.status, r.body)
+	}
+	select {
+	case <-inst.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the instance did not exit after its import failed; logs:\n%s", e.logs)
+	}
+	if ex := inst.Exit(); ex.Reason != backend.ExitCrashed || ex.Detail != want {
+		t.Fatalf("exit = %+v", ex)
 	}
 	if !strings.Contains(e.logs.String(), "boom at import") {
 		t.Fatalf("logs:\n%s", e.logs)

@@ -166,6 +166,77 @@ func TestCrashIsReported(t *testing.T) {
 	}
 }
 
+// Start hands the function over without waiting for its import, so the
+// first request travels meanwhile: requests wait in the runtime for the
+// import, and one that fails is answered to them, naming the error, and
+// ends the instance.
+func TestImportRunsWhileTheFirstRequestTravels(t *testing.T) {
+	e := newEnv(t, 1)
+	e.waitPool(t, 1)
+	inst, err := e.b.Start(context.Background(), e.spec(t, `const v = await new Promise((r) => setTimeout(() => r("loaded"), 300)); export default () => new Response(v)`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, body := get(t, inst, "/"); code != 200 || body != "loaded" {
+		t.Fatalf("got %d %q", code, body)
+	}
+}
+
+func TestImportFailure(t *testing.T) {
+	for _, tc := range []struct {
+		name, code, want string
+	}{
+		{"throws", `await new Promise((r) => setTimeout(r, 100)); throw new Error("boom\nat import"); export default () => new Response("never")`,
+			"the function failed to load: boom at import"},
+		{"no handler", `export default 42`,
+			"the function failed to load: the module's default export is neither a function nor an object with a fetch method"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, 1)
+			e.waitPool(t, 1)
+			inst, err := e.b.Start(context.Background(), e.spec(t, tc.code))
+			if err != nil {
+				t.Fatal(err)
+			}
+			code, body := get(t, inst, "/")
+			if code != 502 || !strings.Contains(body, `"code":"function_failed"`) || !strings.Contains(body, tc.want) {
+				t.Fatalf("got %d %s, want 502 function_failed naming %q", code, body, tc.want)
+			}
+			select {
+			case <-inst.Done():
+			case <-time.After(10 * time.Second):
+				t.Fatal("the instance did not end after its import failed")
+			}
+			if ex := inst.Exit(); ex.Reason != backend.ExitCrashed || ex.Detail != tc.want {
+				t.Fatalf("exit = %+v, want crashed: %s", ex, tc.want)
+			}
+			if !strings.Contains(e.logs.String(), "instance ended: "+tc.want) {
+				t.Fatalf("logs:\n%s", e.logs)
+			}
+		})
+	}
+}
+
+// An import that never ends is bounded by the start's deadline.
+func TestImportThatHangsEndsTheInstance(t *testing.T) {
+	e := newEnv(t, 1)
+	e.waitPool(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	inst, err := e.b.Start(ctx, e.spec(t, `await new Promise(() => {}); export default () => new Response("never")`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-inst.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the instance outlived its start's deadline")
+	}
+	if ex := inst.Exit(); ex.Reason != backend.ExitCrashed || !strings.Contains(ex.Detail, "did not load in time") {
+		t.Fatalf("exit = %+v", ex)
+	}
+}
+
 func TestOutOfMemory(t *testing.T) {
 	e := newEnv(t, 0)
 	spec := e.spec(t, `const keep = []; export default { fetch() { for (;;) keep.push(new Uint8Array(1 << 20).fill(7)); } }`)
@@ -359,9 +430,14 @@ func TestStartBoostsCPUWeightUntilReady(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The weight drops beside the import, off the cold start's path.
 	e.b.mu.Lock()
-	after := weight(e.b.procs[inst.ID])
+	p := e.b.procs[inst.ID]
 	e.b.mu.Unlock()
+	after := weight(p)
+	for deadline := time.Now().Add(5 * time.Second); after != activeShares && time.Now().Before(deadline); after = weight(p) {
+		time.Sleep(time.Millisecond)
+	}
 	pooled, err := e.b.spawn(context.Background(), poolKey{"deno", 128, runtime.NetworkNone, ""}, pooledShares)
 	if err != nil {
 		t.Fatal(err)
