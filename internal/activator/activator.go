@@ -28,6 +28,10 @@ import (
 
 // Backend starts and stops instances; backend/local is one.
 type Backend interface {
+	// Start returns an instance that takes requests. It may still be
+	// loading the function: requests wait in it until it has, and if it
+	// cannot, it answers them with the error and ends. ctx's deadline
+	// bounds the load too.
 	Start(ctx context.Context, spec *backend.Spec) (*backend.Instance, error)
 	Stop(ctx context.Context, id string) error
 	// Kill ends an instance at once, recording why.
