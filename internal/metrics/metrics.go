@@ -59,7 +59,7 @@ func New(g Gauges) *Metrics {
 	}, []string{"owner", "function"})
 	m.coldStarts = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "spry_cold_starts_total",
-		Help: "Instances started for a function, by how they started (pool or spawn) and outcome.",
+		Help: "Instances started for a function, by outcome: ok, or error when none could be started. A function that then fails to load answers 502 function_failed (spry_invocations_total) and logs why.",
 	}, []string{"owner", "function", "result"})
 	m.coldStart = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "spry_cold_start_duration_seconds",
