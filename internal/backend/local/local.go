@@ -932,14 +932,16 @@ func (b *Backend) load(p *proc, spec *backend.Spec, control net.Conn) {
 const loadFailureGrace = time.Second
 
 // readLoadAnswer reads the runtime's answer to a specialization and
-// returns "" if the function loaded, or why it did not.
+// returns "" if the function loaded, or why it did not. A runtime that
+// ended without answering (the function's top level exited, or ran out of
+// memory) is described by its exit, as any other end is.
 func readLoadAnswer(c net.Conn) string {
 	res, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil {
 		if isTimeout(err) {
 			return "the function did not load in time (its import still ran when the start's time was up)"
 		}
-		return "the runtime ended while loading the function: " + err.Error()
+		return ""
 	}
 	defer res.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(res.Body, 4096))

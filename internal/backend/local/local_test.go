@@ -217,6 +217,29 @@ func TestImportFailure(t *testing.T) {
 	}
 }
 
+// A top level that exits the runtime ends the instance, described by its
+// exit like any crash.
+func TestImportThatExits(t *testing.T) {
+	e := newEnv(t, 1)
+	e.waitPool(t, 1)
+	inst, err := e.b.Start(context.Background(), e.spec(t, `Deno.exit(3); export default () => new Response("never")`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, err := client(inst).Get("http://instance/"); err == nil {
+		res.Body.Close()
+		t.Fatalf("a request to a runtime that exited at import got %d", res.StatusCode)
+	}
+	select {
+	case <-inst.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the instance did not end")
+	}
+	if ex := inst.Exit(); ex.Reason != backend.ExitCrashed || ex.Code != 3 || ex.Detail != "the runtime exited unexpectedly: exit status 3" {
+		t.Fatalf("exit = %+v", ex)
+	}
+}
+
 // An import that never ends is bounded by the start's deadline.
 func TestImportThatHangsEndsTheInstance(t *testing.T) {
 	e := newEnv(t, 1)
