@@ -248,3 +248,27 @@ func TestImportFailureIsAnswered(t *testing.T) {
 		})
 	}
 }
+
+// A top level slower than the function's timeout: the requests that
+// waited for it time out (504), but the instance is not taken for stuck,
+// and once loaded it serves, warm.
+func TestSlowImportOutlivesTimeouts(t *testing.T) {
+	s := startServer(t)
+	for _, rt := range []string{"deno", "node"} {
+		t.Run(rt, func(t *testing.T) {
+			name := "slow-init-" + rt
+			s.deployCode(t, name, []byte(`await new Promise((r) => setTimeout(r, 2500)); export default { fetch() { return new Response("ready"); } }`), "timeout=1s&runtime="+rt)
+			r := s.get("/fn/admin/" + name + "/")
+			if r.status != 504 || r.errorCode(t) != "timeout" {
+				t.Fatalf("first call: %d %s, want 504 while the module loads", r.status, r.body)
+			}
+			eventually(t, 10*time.Second, "the loaded instance to answer", func() bool {
+				r = s.get("/fn/admin/" + name + "/")
+				return r.status == 200
+			})
+			if string(r.body) != "ready" || r.header.Get("Spry-Cold-Start") != "" {
+				t.Fatalf("%q cold=%q, want the first instance to answer, warm", r.body, r.header.Get("Spry-Cold-Start"))
+			}
+		})
+	}
+}

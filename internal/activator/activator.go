@@ -204,12 +204,19 @@ func (l *Lease) Release() {
 
 // Kill ends the leased instance at once and takes it out of rotation: a
 // function that overran its timeout may be stuck in a loop that would
-// hold the instance forever.
-func (l *Lease) Kill(reason string) {
+// hold the instance forever. It reports whether it did: a timeout while
+// the instance still loads its function (a slow top level) is not taken
+// for stuck, since the load has a deadline of its own, and the instance
+// serves once it is loaded.
+func (l *Lease) Kill(reason string) bool {
+	if reason == backend.ExitTimeout && l.in.inst.Loading() {
+		return false
+	}
 	l.rev.mu.Lock()
 	l.in.stopping = true
 	l.rev.mu.Unlock()
 	l.a.backend.Kill(l.in.inst.ID, reason)
+	return true
 }
 
 // Acquire returns a lease on an instance of spec's version with free

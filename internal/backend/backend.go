@@ -7,6 +7,7 @@ package backend
 import (
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -62,6 +63,7 @@ type Instance struct {
 	exitOnce sync.Once
 	exit     Exit
 	diagnose func() (Exit, bool)
+	loading  atomic.Bool
 }
 
 // NewInstance returns an instance that is running until Finish is called.
@@ -94,6 +96,17 @@ func (i *Instance) Diagnose() (Exit, bool) {
 	}
 	return Exit{}, false
 }
+
+// SetLoading records whether the instance is still loading its function.
+// A backend that hands an instance out before its load is done (requests
+// wait in it) says so, and says when the load ends; the load has a
+// deadline of its own.
+func (i *Instance) SetLoading(loading bool) { i.loading.Store(loading) }
+
+// Loading reports whether the instance is still loading its function: a
+// request that ran out of time meanwhile was waiting for the load, and
+// says nothing of whether the function is stuck.
+func (i *Instance) Loading() bool { return i.loading.Load() }
 
 // Finish records the instance's end; only the first call counts.
 func (i *Instance) Finish(e Exit) {

@@ -353,8 +353,11 @@ func (rt *Router) fail(ctx *fasthttp.RequestCtx, inv *invocation, err error) {
 	}
 	if !time.Now().Before(inv.deadline) || isTimeout(err) {
 		timeout := inst.Spec.Timeout
-		rt.log.Warn("invocation timed out; killing the instance", "instance", inst.ID, "request_id", inv.reqID, "timeout", timeout)
-		inv.lease.Kill(backend.ExitTimeout)
+		if inv.lease.Kill(backend.ExitTimeout) {
+			rt.log.Warn("invocation timed out; killing the instance", "instance", inst.ID, "request_id", inv.reqID, "timeout", timeout)
+		} else {
+			rt.log.Warn("invocation timed out while the instance loaded the function", "instance", inst.ID, "request_id", inv.reqID, "timeout", timeout)
+		}
 		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrTimeout, "the function did not respond within its %s timeout", timeout))
 		return
 	}

@@ -195,15 +195,20 @@ function pickHandler(mod) {
 }
 
 // readSpecialization serves the control socket until the supervisor sends
-// the function; answer (a Response) goes back to it once the import ends.
+// the function; answer (a Response) goes back to it once the import ends,
+// and its promise settles once the answer is sent.
 function readSpecialization() {
   return new Promise((resolve) => {
     let taken = false;
-    Deno.serve({ path: CONTROL, onListen }, async (req) => {
+    Deno.serve({ path: CONTROL, onListen }, async (req, info) => {
       if (taken) return new Response("already specialized", { status: 409 });
       taken = true;
       const spec = await req.json();
-      const { promise, resolve: answer } = Promise.withResolvers();
+      const { promise, resolve: reply } = Promise.withResolvers();
+      const answer = (res) => {
+        reply(res);
+        return info.completed.catch(() => {});
+      };
       resolve({ spec, answer });
       return await promise;
     });
@@ -218,14 +223,18 @@ meta = {
   version: spec.version,
   env: Object.freeze({ ...(spec.env ?? {}) }),
 };
+// The supervisor hears how the import went before any request the
+// function's code serves: a handler that blocked the event loop would
+// otherwise keep the answer from being sent, and the instance would still
+// count as loading (which a timeout does not kill).
 try {
   handler = pickHandler(await import(spec.module));
-  answer(Response.json({ ok: true }));
+  await answer(Response.json({ ok: true }));
 } catch (err) {
   const message = loadFailure(err);
   failed = "the function failed to load: " + message;
   console.error("function failed to load:", err);
-  answer(Response.json({ error: message }, { status: 500 }));
+  await answer(Response.json({ error: message }, { status: 500 }));
   resolveLoaded();
   // Answer what is waiting, then exit so the supervisor records the crash
   // and the next request starts a fresh instance.

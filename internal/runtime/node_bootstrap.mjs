@@ -545,7 +545,8 @@ function pickHandler(mod) {
 }
 
 // readSpecialization serves the control socket until the supervisor sends
-// the function; answer(status, body) goes back to it once the import ends.
+// the function; answer(status, body) goes back to it once the import ends,
+// and its promise settles once the answer is sent.
 function readSpecialization() {
   return new Promise((resolve) => {
     let taken = false;
@@ -561,9 +562,12 @@ function readSpecialization() {
       req.setEncoding("utf8");
       req.on("data", (s) => (body += s));
       req.on("end", () => {
-        const answer = (status, obj) => {
-          res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(obj), () => control.close());
-        };
+        const answer = (status, obj) => new Promise((sent) => {
+          res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(obj), () => {
+            control.close();
+            sent();
+          });
+        });
         try {
           resolve({ spec: JSON.parse(body), answer });
         } catch (err) {
@@ -590,14 +594,18 @@ Object.assign(process.env, env);
 // Bundles are ES modules; CommonJS code bundled into one calls require()
 // for node: built-ins, which an ES module does not have.
 globalThis.require = createRequire(new URL(spec.module));
+// The supervisor hears how the import went before any request the
+// function's code serves: a handler that blocked the event loop would
+// otherwise keep the answer from being sent, and the instance would still
+// count as loading (which a timeout does not kill).
 try {
   handler = pickHandler(await import(spec.module));
-  answer(200, { ok: true });
+  await answer(200, { ok: true });
 } catch (err) {
   const message = loadFailure(err);
   failed = "the function failed to load: " + message;
   console.error("function failed to load:", err);
-  answer(500, { error: message });
+  await answer(500, { error: message });
   resolveLoaded();
   // Answer what is waiting, then exit so the supervisor records the crash
   // and the next request starts a fresh instance.

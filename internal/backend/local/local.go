@@ -875,6 +875,7 @@ func (b *Backend) specialize(ctx context.Context, p *proc, spec *backend.Spec, c
 		}
 		return backend.Exit{}, false
 	})
+	inst.SetLoading(true)
 	p.mu.Lock()
 	p.spec, p.inst = spec, inst
 	control := p.control
@@ -896,7 +897,7 @@ func (b *Backend) specialize(ctx context.Context, p *proc, spec *backend.Spec, c
 		return nil, fmt.Errorf("specialize instance: %w: %w", err, errdefs.ErrUnavailable)
 	}
 	b.wg.Add(1)
-	go b.load(p, spec, control)
+	go b.load(p, inst, control)
 	return inst, nil
 }
 
@@ -906,13 +907,14 @@ func (b *Backend) specialize(ctx context.Context, p *proc, spec *backend.Spec, c
 // real work; the cgroup writes take ~0.3 ms on v1), then reads the
 // runtime's answer to the specialization. A failed or stuck import ends
 // the instance, with the reason as its exit's detail.
-func (b *Backend) load(p *proc, spec *backend.Spec, control net.Conn) {
+func (b *Backend) load(p *proc, inst *backend.Instance, control net.Conn) {
 	defer b.wg.Done()
 	defer control.Close()
-	if err := p.cmd.SetCPU(activeShares, cpuQuota(spec.CPUMilli, b.cfg.CPUQuotaUs)); err != nil {
+	if err := p.cmd.SetCPU(activeShares, cpuQuota(inst.Spec.CPUMilli, b.cfg.CPUQuotaUs)); err != nil {
 		b.log.Warn("set cpu limits", "instance", p.id, "err", err)
 	}
 	failure := readLoadAnswer(control)
+	inst.SetLoading(false)
 	if failure == "" {
 		return
 	}
