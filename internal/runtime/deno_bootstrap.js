@@ -195,20 +195,15 @@ function pickHandler(mod) {
 }
 
 // readSpecialization serves the control socket until the supervisor sends
-// the function; answer (a Response) goes back to it once the import ends,
-// and its promise settles once the answer is sent.
+// the function; answer (a Response) goes back to it once the import ends.
 function readSpecialization() {
   return new Promise((resolve) => {
     let taken = false;
-    Deno.serve({ path: CONTROL, onListen }, async (req, info) => {
+    Deno.serve({ path: CONTROL, onListen }, async (req) => {
       if (taken) return new Response("already specialized", { status: 409 });
       taken = true;
       const spec = await req.json();
-      const { promise, resolve: reply } = Promise.withResolvers();
-      const answer = (res) => {
-        reply(res);
-        return info.completed.catch(() => {});
-      };
+      const { promise, resolve: answer } = Promise.withResolvers();
       resolve({ spec, answer });
       return await promise;
     });
@@ -223,18 +218,19 @@ meta = {
   version: spec.version,
   env: Object.freeze({ ...(spec.env ?? {}) }),
 };
-// The supervisor hears how the import went before any request the
-// function's code serves: a handler that blocked the event loop would
-// otherwise keep the answer from being sent, and the instance would still
-// count as loading (which a timeout does not kill).
 try {
   handler = pickHandler(await import(spec.module));
-  await answer(Response.json({ ok: true }));
+  // Before any request runs the function's code, and written at once: an
+  // answer on the control socket waits for the event loop, which a
+  // handler may block, and until the supervisor hears, the instance
+  // counts as loading (which a timeout does not kill).
+  Deno.stdout.writeSync(encoder.encode("SPRY-LOADED\n"));
+  answer(Response.json({ ok: true }));
 } catch (err) {
   const message = loadFailure(err);
   failed = "the function failed to load: " + message;
   console.error("function failed to load:", err);
-  await answer(Response.json({ error: message }, { status: 500 }));
+  answer(Response.json({ error: message }, { status: 500 }));
   resolveLoaded();
   // Answer what is waiting, then exit so the supervisor records the crash
   // and the next request starts a fresh instance.

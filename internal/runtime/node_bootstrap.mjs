@@ -26,6 +26,7 @@
 //      `(req, { env })`), and express otherwise: (req, res),
 //      (request, response), (req, res, next), minified names...
 import { randomUUID } from "node:crypto";
+import { writeSync } from "node:fs";
 import http from "node:http";
 import { createRequire } from "node:module";
 import querystring from "node:querystring";
@@ -545,8 +546,7 @@ function pickHandler(mod) {
 }
 
 // readSpecialization serves the control socket until the supervisor sends
-// the function; answer(status, body) goes back to it once the import ends,
-// and its promise settles once the answer is sent.
+// the function; answer(status, body) goes back to it once the import ends.
 function readSpecialization() {
   return new Promise((resolve) => {
     let taken = false;
@@ -562,12 +562,9 @@ function readSpecialization() {
       req.setEncoding("utf8");
       req.on("data", (s) => (body += s));
       req.on("end", () => {
-        const answer = (status, obj) => new Promise((sent) => {
-          res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(obj), () => {
-            control.close();
-            sent();
-          });
-        });
+        const answer = (status, obj) => {
+          res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(obj), () => control.close());
+        };
         try {
           resolve({ spec: JSON.parse(body), answer });
         } catch (err) {
@@ -594,18 +591,19 @@ Object.assign(process.env, env);
 // Bundles are ES modules; CommonJS code bundled into one calls require()
 // for node: built-ins, which an ES module does not have.
 globalThis.require = createRequire(new URL(spec.module));
-// The supervisor hears how the import went before any request the
-// function's code serves: a handler that blocked the event loop would
-// otherwise keep the answer from being sent, and the instance would still
-// count as loading (which a timeout does not kill).
 try {
   handler = pickHandler(await import(spec.module));
-  await answer(200, { ok: true });
+  // Before any request runs the function's code, and written at once: an
+  // answer on the control socket waits for the event loop, which a
+  // handler may block, and until the supervisor hears, the instance
+  // counts as loading (which a timeout does not kill).
+  writeSync(1, "SPRY-LOADED\n");
+  answer(200, { ok: true });
 } catch (err) {
   const message = loadFailure(err);
   failed = "the function failed to load: " + message;
   console.error("function failed to load:", err);
-  await answer(500, { error: message });
+  answer(500, { error: message });
   resolveLoaded();
   // Answer what is waiting, then exit so the supervisor records the crash
   // and the next request starts a fresh instance.

@@ -35,6 +35,13 @@ const (
 	// ReadyLine is the line an instance writes on stdout once it listens
 	// (after BootLine); it is written before any user code is loaded.
 	ReadyLine = "SPRY-READY"
+	// LoadedLine is the line an instance writes on stdout once its
+	// function is imported, before the function's code serves a request:
+	// until then requests wait in it, and a timeout does not take it for
+	// stuck. (The answer on the control socket says so too, with a failed
+	// import's error, but a handler that blocks the event loop can keep
+	// it from being sent; this line is written at once.)
+	LoadedLine = "SPRY-LOADED"
 )
 
 // Network modes of an instance.

@@ -730,8 +730,9 @@ const maxLine = 16 << 10
 func (b *Backend) readOutput(p *proc, stream string, r io.Reader, watchReady bool) {
 	br := bufio.NewReaderSize(r, maxLine)
 	// The runtime's first lines are its own: BootLine (optional), then
-	// ReadyLine. Anything after is the function's.
-	boot, first := watchReady, watchReady
+	// ReadyLine. Anything after is the function's, but for one LoadedLine
+	// (the function's top level may write before it).
+	boot, first, loaded := watchReady, watchReady, false
 	for {
 		line, err := br.ReadSlice('\n')
 		if len(line) > 0 {
@@ -746,8 +747,19 @@ func (b *Backend) readOutput(p *proc, stream string, r io.Reader, watchReady boo
 				first = false
 				if string(line) == runtime.ReadyLine {
 					close(p.ready)
+					loaded = true
 					continue
 				}
+			}
+			if loaded && string(line) == runtime.LoadedLine {
+				loaded = false
+				p.mu.Lock()
+				inst := p.inst
+				p.mu.Unlock()
+				if inst != nil {
+					inst.SetLoading(false)
+				}
+				continue
 			}
 			b.output(p, stream, line)
 		}

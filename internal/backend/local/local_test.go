@@ -109,7 +109,7 @@ func TestStartServeStop(t *testing.T) {
 	if !strings.Contains(e.logs.String(), "stdout: called /a/b") {
 		t.Fatalf("logs missing the function's output:\n%s", e.logs)
 	}
-	for _, l := range []string{runtime.BootLine, runtime.ReadyLine} {
+	for _, l := range []string{runtime.BootLine, runtime.ReadyLine, runtime.LoadedLine} {
 		if strings.Contains(e.logs.String(), l) {
 			t.Fatalf("the runtime's %s is in the function's logs:\n%s", l, e.logs)
 		}
@@ -180,6 +180,31 @@ func TestImportRunsWhileTheFirstRequestTravels(t *testing.T) {
 	if code, body := get(t, inst, "/"); code != 200 || body != "loaded" {
 		t.Fatalf("got %d %q", code, body)
 	}
+}
+
+// The instance stops counting as loading before the function's code runs
+// a request, even one that blocks the event loop for good: a timeout must
+// then take it for stuck.
+func TestLoadedBeforeTheHandlerRuns(t *testing.T) {
+	e := newEnv(t, 1)
+	e.waitPool(t, 1)
+	inst, err := e.b.Start(context.Background(), e.spec(t, `export default { fetch() { for (;;) {} } }`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := runtimetest.Client(inst, 2*time.Second)
+	go func() {
+		if res, err := c.Get("http://instance/"); err == nil {
+			res.Body.Close()
+		}
+	}()
+	for deadline := time.Now().Add(5 * time.Second); inst.Loading(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the instance still counts as loading while its handler spins")
+		}
+	}
+	e.b.Kill(inst.ID, backend.ExitTimeout)
+	<-inst.Done()
 }
 
 func TestImportFailure(t *testing.T) {
