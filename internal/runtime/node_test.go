@@ -347,7 +347,7 @@ func TestNodeExpressContract(t *testing.T) {
 	}
 	checkFunctionError(t, do(t, inst, "GET", "/throw", nil, nil), 500, "function_error")
 	checkFunctionError(t, do(t, inst, "GET", "/reject", nil, nil), 500, "function_error")
-	if !strings.Contains(e.logs.String(), "express boom") {
+	if !e.logs.Await("express boom") {
 		t.Errorf("the handler's error is not in the logs:\n%s", e.logs)
 	}
 
@@ -456,9 +456,8 @@ func TestNodeErrors(t *testing.T) {
 	if r := do(t, inst, "GET", "/", nil, nil); r.body != "fine" {
 		t.Fatalf("after errors: %d %q", r.status, r.body)
 	}
-	logs := e.logs.String()
-	if !strings.Contains(logs, "stderr: uncaught exception in function: Error: fetch boom") || !strings.Contains(logs, "not a Response") {
-		t.Fatalf("logs:\n%s", logs)
+	if !e.logs.Await("stderr: uncaught exception in function: Error: fetch boom", "not a Response") {
+		t.Fatalf("logs:\n%s", e.logs)
 	}
 }
 

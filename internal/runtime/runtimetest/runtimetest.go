@@ -111,6 +111,21 @@ func (l *Lines) InstanceOutput(spec *backend.Spec, instance, stream string, line
 	l.mu.Unlock()
 }
 
+// Await reports whether every one of wants appears in the lines within a
+// few seconds: the supervisor reads an instance's output on goroutines of
+// its own, so a line printed before a response may be collected after it.
+func (l *Lines) Await(wants ...string) bool {
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		out, all := l.String(), true
+		for _, w := range wants {
+			all = all && strings.Contains(out, w)
+		}
+		if all || time.Now().After(deadline) {
+			return all
+		}
+	}
+}
+
 func (l *Lines) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
