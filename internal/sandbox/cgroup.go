@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	cgv3 "github.com/containerd/cgroups/v3"
 	"github.com/containerd/cgroups/v3/cgroup1"
@@ -289,7 +290,8 @@ func removeTree(dir string) {
 		}
 		return nil
 	})
+	deadline := time.Now().Add(busyFor)
 	for i := len(all) - 1; i >= 0; i-- {
-		_ = syscall.Rmdir(all[i])
+		retryBusy(deadline, func() bool { return syscall.Rmdir(all[i]) != syscall.EBUSY })
 	}
 }

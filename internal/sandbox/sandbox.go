@@ -462,13 +462,22 @@ func (c *Cmd) Cleanup() {
 		c.closeHold()
 		c.stopNetwork()
 		c.deleteRunsc()
-		for i := 0; i < 50; i++ {
-			if err := c.group.destroy(); err == nil {
-				return
-			}
-			time.Sleep(2 * time.Millisecond)
-		}
+		// A group cannot be removed until its last process is fully gone,
+		// which on a loaded host can take well over 100 ms after the kill.
+		retryBusy(time.Now().Add(busyFor), func() bool { return c.group.destroy() == nil })
 	})
+}
+
+// busyFor bounds how long a cgroup's removal is retried: a group stays
+// busy while its last processes finish exiting.
+const busyFor = 2 * time.Second
+
+// retryBusy calls remove until it succeeds or the deadline passes,
+// backing off from 2 to 50 ms between calls.
+func retryBusy(deadline time.Time, remove func() bool) {
+	for wait := 2 * time.Millisecond; !remove() && time.Now().Before(deadline); wait = min(2*wait, 50*time.Millisecond) {
+		time.Sleep(wait)
+	}
 }
 
 func cut(e string) (string, string, bool) {
