@@ -490,18 +490,8 @@ func TestNodeImportFailure(t *testing.T) {
 // a request, even one that blocks the event loop for good.
 func TestNodeLoadedBeforeTheHandlerRuns(t *testing.T) {
 	e := newNodeEnv(t, 1)
-	inst := e.start(t, `export default { fetch() { for (;;) {} } }`)
-	c := runtimetest.Client(inst, 2*time.Second)
-	go func() {
-		if res, err := c.Get("http://instance/"); err == nil {
-			res.Body.Close()
-		}
-	}()
-	for deadline := time.Now().Add(5 * time.Second); inst.Loading(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the instance still counts as loading while its handler spins")
-		}
-	}
+	inst := e.start(t, runtimetest.SpinningHandler)
+	runtimetest.AwaitLoadedWhileSpinning(t, inst)
 	if strings.Contains(e.logs.String(), runtime.LoadedLine) {
 		t.Fatalf("the runtime's %s is in the function's logs:\n%s", runtime.LoadedLine, e.logs)
 	}

@@ -959,7 +959,7 @@ const loadFailureGrace = time.Second
 func readLoadAnswer(c net.Conn) (failure string, answered bool) {
 	res, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil {
-		if isTimeout(err) {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
 			return "the function did not load in time (its import still ran when the start's time was up)", false
 		}
 		return "", false
@@ -974,11 +974,6 @@ func readLoadAnswer(c net.Conn) (failure string, answered bool) {
 	}
 	_ = json.Unmarshal(body, &e)
 	return "the function failed to load: " + oneLine(e.Error), true
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
 }
 
 func oneLine(s string) string {

@@ -188,21 +188,11 @@ func TestImportRunsWhileTheFirstRequestTravels(t *testing.T) {
 func TestLoadedBeforeTheHandlerRuns(t *testing.T) {
 	e := newEnv(t, 1)
 	e.waitPool(t, 1)
-	inst, err := e.b.Start(context.Background(), e.spec(t, `export default { fetch() { for (;;) {} } }`))
+	inst, err := e.b.Start(context.Background(), e.spec(t, runtimetest.SpinningHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := runtimetest.Client(inst, 2*time.Second)
-	go func() {
-		if res, err := c.Get("http://instance/"); err == nil {
-			res.Body.Close()
-		}
-	}()
-	for deadline := time.Now().Add(5 * time.Second); inst.Loading(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the instance still counts as loading while its handler spins")
-		}
-	}
+	runtimetest.AwaitLoadedWhileSpinning(t, inst)
 	e.b.Kill(inst.ID, backend.ExitTimeout)
 	<-inst.Done()
 }

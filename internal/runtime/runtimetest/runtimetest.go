@@ -141,3 +141,25 @@ func Client(inst *backend.Instance, timeout time.Duration) *http.Client {
 		},
 	}, Timeout: timeout}
 }
+
+// SpinningHandler is a function whose handler blocks its event loop for
+// good.
+const SpinningHandler = `export default { fetch() { for (;;) {} } }`
+
+// AwaitLoadedWhileSpinning sends inst, an instance of SpinningHandler, one
+// request in the background and fails t unless inst stops counting as
+// loading while the handler spins: a timeout must then take it for stuck.
+func AwaitLoadedWhileSpinning(t testing.TB, inst *backend.Instance) {
+	t.Helper()
+	c := Client(inst, 2*time.Second)
+	go func() {
+		if res, err := c.Get("http://instance/"); err == nil {
+			res.Body.Close()
+		}
+	}()
+	for deadline := time.Now().Add(5 * time.Second); inst.Loading(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the instance still counts as loading while its handler spins")
+		}
+	}
+}
