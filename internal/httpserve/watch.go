@@ -29,7 +29,7 @@ import (
 // nil) rather than fail: fasthttp's Serve returns on such an error, which
 // would end the server. Closing it stops the watching.
 func Listener(ln net.Listener, after time.Duration, log *slog.Logger) net.Listener {
-	l := &watchListener{Listener: ln, after: after, log: log, conns: map[*Conn]struct{}{}, done: make(chan struct{})}
+	l := &watchListener{Listener: ln, after: after, log: log, conns: map[*Conn]struct{}{}, done: make(chan struct{}), first: make(chan struct{}, 1)}
 	go l.sweep()
 	return l
 }
@@ -41,6 +41,7 @@ type watchListener struct {
 	mu        sync.Mutex
 	conns     map[*Conn]struct{}
 	done      chan struct{}
+	first     chan struct{} // a connection came while there were none
 	closeOnce sync.Once
 }
 
@@ -64,6 +65,12 @@ func (l *watchListener) Accept() (net.Conn, error) {
 	c := &Conn{Conn: nc, l: l}
 	l.mu.Lock()
 	l.conns[c] = struct{}{}
+	if len(l.conns) == 1 {
+		select {
+		case l.first <- struct{}{}:
+		default:
+		}
+	}
 	l.mu.Unlock()
 	return c, nil
 }
@@ -81,9 +88,11 @@ func OutOfResources(err error) bool {
 		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
 }
 
-// sweep starts the watches that are due.
+// sweep starts the watches that are due. Without connections it
+// sleeps until one comes, so an idle server is not woken for nothing.
 func (l *watchListener) sweep() {
-	t := time.NewTicker(max(l.after/2, time.Millisecond))
+	period := max(l.after/2, time.Millisecond)
+	t := time.NewTicker(period)
 	defer t.Stop()
 	for {
 		select {
@@ -92,6 +101,17 @@ func (l *watchListener) sweep() {
 		case now := <-t.C:
 			var polls []*Conn
 			l.mu.Lock()
+			if len(l.conns) == 0 {
+				l.mu.Unlock()
+				t.Stop()
+				select {
+				case <-l.done:
+					return
+				case <-l.first:
+				}
+				t.Reset(period)
+				continue
+			}
 			for c := range l.conns {
 				if w := c.wait.Load(); w != nil && now.Sub(w.since) >= l.after {
 					if w.poll {

@@ -73,3 +73,37 @@ func TestAwaitHangUp(t *testing.T) {
 		})
 	}
 }
+
+// The sweep sleeps while the listener has no connections, and the next
+// connection wakes it: its wait is watched as the first one's was.
+func TestWatchAfterAnIdleSpell(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wl := Listener(ln, time.Millisecond, nil)
+	defer wl.Close()
+	for i := 0; i < 2; i++ {
+		client, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		nc, err := wl.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := nc.(*Conn)
+		gone := make(goner, 1)
+		c.AwaitHangUp(&Wait{}, time.Now(), gone)
+		client.Close()
+		select {
+		case <-gone:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("connection %d: ClientGone was not called", i+1)
+		}
+		c.EndWait()
+		c.Close()
+		// No connection left: the sweep goes idle (a few of its periods).
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -73,6 +73,9 @@ const (
 	laneUpBuf     = 32 << 10 // an instance connection's read buffer
 	laneMaxUpHead = 64 << 10 // the largest answer head (as on the slow path)
 	laneSweep     = 100 * time.Millisecond
+	// laneBusyWait: a loop whose last wait found events sooner than this
+	// is under load, and waits raw (see wait).
+	laneBusyWait = time.Millisecond
 )
 
 // handoffReason says why a loop gave a connection to the slow path.
@@ -327,6 +330,8 @@ type loop struct {
 	dead      chan struct{} // closed when run returns
 	gen       uint32        // the last registration's generation
 	spinning  bool          // the last wait was short: spin before the next
+	busy      bool          // the last wait found events within laneBusyWait
+	held      int           // entries in ents: connections to sweep
 	// bufs and upBufs are read buffers no client or instance connection
 	// holds (see takeBuf).
 	bufs, upBufs [][]byte
@@ -466,7 +471,13 @@ func (lp *loop) run() {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	for !lp.quit {
-		n, err := lp.wait(int(laneSweep / time.Millisecond))
+		// A loop that holds no connection has nothing to sweep: it
+		// sleeps until one comes, rather than wake ten times a second.
+		msec := int(laneSweep / time.Millisecond)
+		if lp.held == 0 && !lp.resumeAccept {
+			msec = -1
+		}
+		n, err := lp.wait(msec)
 		if err != nil && err != syscall.EINTR {
 			lp.lane.rt.log.Error("event loop", "err", err)
 			break
@@ -516,14 +527,20 @@ func (lp *loop) run() {
 // event usually comes within the spin, and is then taken at once. One
 // spin that finds nothing stops the spinning until a wait is short
 // again, so an idle or lightly loaded loop sleeps as before.
+//
+// A raw wait (see poll) is made only while the loop is busy: its last
+// wait found events within laneBusyWait. A raw wait looks to Go's
+// scheduler like a goroutine that never yields, so sysmon stays awake and
+// preempts it every 10 ms, with a signal and a hand-over of its thread;
+// an idle server did that a hundred times a second (~1.6% of a CPU). A
+// quiet loop's wait is an ordinary system call instead, which lets the
+// scheduler and sysmon sleep; the first request after a quiet spell pays
+// the few microseconds of getting its P back.
 func (lp *loop) wait(msec int) (int, error) {
-	if lp.spin <= 0 {
-		return lp.poll(msec)
-	}
 	if lp.spinning {
 		deadline := time.Now().Add(lp.spin)
 		for {
-			if n, err := lp.poll(0); n != 0 || err != nil {
+			if n, err := lp.poll(0, true); n != 0 || err != nil {
 				return n, err
 			}
 			if time.Now().After(deadline) {
@@ -533,17 +550,19 @@ func (lp *loop) wait(msec int) (int, error) {
 		lp.spinning = false
 	}
 	start := time.Now()
-	n, err := lp.poll(msec)
-	lp.spinning = n > 0 && time.Since(start) < lp.spin
+	n, err := lp.poll(msec, lp.raw && lp.busy)
+	waited := time.Since(start)
+	lp.spinning = lp.spin > 0 && n > 0 && waited < lp.spin
+	lp.busy = n > 0 && waited < laneBusyWait
 	return n, err
 }
 
-// poll is one epoll_wait. In raw mode it is made without telling the
+// poll is one epoll_wait. A raw one is made without telling the
 // scheduler, so the thread keeps its P and wakes straight into the loop;
 // a preemption signal interrupts it, so the loop still stops for the
 // garbage collector. A poll that does not wait is always raw.
-func (lp *loop) poll(msec int) (int, error) {
-	if !lp.raw && msec != 0 {
+func (lp *loop) poll(msec int, raw bool) (int, error) {
+	if !raw && msec != 0 {
 		return syscall.EpollWait(lp.ep, lp.events, msec)
 	}
 	r, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(lp.ep), uintptr(unsafe.Pointer(&lp.events[0])),
@@ -638,7 +657,18 @@ func (lp *loop) set(fd int, e ent) {
 	for fd >= len(lp.ents) {
 		lp.ents = append(lp.ents, make([]ent, len(lp.ents)+64)...)
 	}
+	if old := lp.ents[fd]; old.c == nil && old.u == nil {
+		lp.held++
+	}
 	lp.ents[fd] = e
+}
+
+// clear takes fd's entry out of the loop.
+func (lp *loop) clear(fd int) {
+	if old := lp.ents[fd]; old.c != nil || old.u != nil {
+		lp.held--
+	}
+	lp.ents[fd] = ent{}
 }
 
 func (lp *loop) accept() {
@@ -1487,7 +1517,7 @@ func (lp *loop) detach(c *laneClient) (net.Conn, bool) {
 func (lp *loop) forget(c *laneClient) int {
 	fd := c.fd
 	_ = syscall.EpollCtl(lp.ep, syscall.EPOLL_CTL_DEL, fd, nil)
-	lp.ents[fd] = ent{}
+	lp.clear(fd)
 	c.fd = -1
 	lp.lane.conns.Add(-1)
 	if c.inv == nil && !c.pending {
@@ -1550,7 +1580,7 @@ func (lp *loop) closeUp(u *laneUp) {
 		return
 	}
 	_ = syscall.EpollCtl(lp.ep, syscall.EPOLL_CTL_DEL, u.fd, nil)
-	lp.ents[u.fd] = ent{}
+	lp.clear(u.fd)
 	syscall.Close(u.fd)
 	u.fd = -1
 	u.c = nil

@@ -585,6 +585,53 @@ func TestLaneSpinsOnlyWhileWaitsAreShort(t *testing.T) {
 	}
 }
 
+// A loop waits raw only while it is busy: its last wait found events
+// within laneBusyWait. A wait that finds nothing, or finds it later, makes
+// it quiet, and its next wait an ordinary system call.
+func TestLaneWaitsRawOnlyWhileBusy(t *testing.T) {
+	ep, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(ep)
+	var p [2]int
+	if err := syscall.Pipe2(p[:], syscall.O_NONBLOCK|syscall.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(p[0])
+	defer syscall.Close(p[1])
+	if err := syscall.EpollCtl(ep, syscall.EPOLL_CTL_ADD, p[0], &syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: int32(p[0])}); err != nil {
+		t.Fatal(err)
+	}
+	lp := &loop{ep: ep, raw: true, events: make([]syscall.EpollEvent, 8)}
+	poke := func() { _, _ = syscall.Write(p[1], []byte{1}) }
+	drain := func() { _, _ = syscall.Read(p[0], make([]byte, 8)) }
+	for _, tc := range []struct {
+		name  string
+		event func() // before or during the wait
+		msec  int
+		want  bool
+	}{
+		{name: "an event at once", event: poke, msec: 1000, want: true},
+		{name: "nothing", msec: 1, want: false},
+		{name: "an event after the busy time", event: func() {
+			go func() { time.Sleep(5 * laneBusyWait); poke() }()
+		}, msec: 1000, want: false},
+		{name: "an event at once again", event: poke, msec: 1000, want: true},
+	} {
+		if tc.event != nil {
+			tc.event()
+		}
+		if _, err := lp.wait(tc.msec); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		drain()
+		if lp.busy != tc.want {
+			t.Fatalf("%s: busy %v, want %v", tc.name, lp.busy, tc.want)
+		}
+	}
+}
+
 // An idle kept-alive connection holds no read buffer: it has one only
 // while it has bytes unread or a request in flight. Nor does a pooled
 // connection to an instance.
@@ -631,6 +678,65 @@ func TestLaneIdleConnectionsHoldNoBuffer(t *testing.T) {
 		if res := c.get("/x"); res.StatusCode != 200 || res.Header.Get("X-Path") != "/x" {
 			t.Fatalf("status %d, path %q", res.StatusCode, res.Header.Get("X-Path"))
 		}
+	}
+}
+
+// A loop counts the connections it holds (an idle one, holding none,
+// sleeps until a connection comes rather than sweep ten times a second):
+// the count follows clients as they come and go, and the instance
+// connections it pools.
+func TestLaneCountsWhatItHolds(t *testing.T) {
+	srv := laneRouter(t, echo())
+	lp := srv.lane.loops[0]
+	// count reads the loop's count and what its table holds.
+	count := func() (held, clients, ups int) {
+		lp.do(func() {
+			held = lp.held
+			for _, e := range lp.ents {
+				if e.c != nil {
+					clients++
+				}
+				if e.u != nil {
+					ups++
+				}
+			}
+		})
+		return held, clients, ups
+	}
+	if held, _, _ := count(); held != 0 {
+		t.Fatalf("a new loop holds %d, want 0", held)
+	}
+	var conns []*rawConn
+	for i := 0; i < 3; i++ {
+		c := dialRaw(t, srv.URL)
+		if res := c.get("/"); res.StatusCode != 200 {
+			t.Fatalf("status %d", res.StatusCode)
+		}
+		conns = append(conns, c)
+	}
+	for _, wantClients := range []int{3, 1, 0} {
+		for len(conns) > wantClients {
+			conns[len(conns)-1].Close()
+			conns = conns[:len(conns)-1]
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			held, clients, ups := count()
+			if clients == wantClients {
+				if held != clients+ups || ups == 0 {
+					t.Fatalf("%d clients: the loop counts %d, its table holds %d clients and %d instance connections", wantClients, held, clients, ups)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d clients in the loop, want %d", clients, wantClients)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	// With nothing held it still takes a new connection at once.
+	if res := dialRaw(t, srv.URL).get("/again"); res.StatusCode != 200 {
+		t.Fatalf("status %d", res.StatusCode)
 	}
 }
 
