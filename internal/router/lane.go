@@ -482,6 +482,11 @@ func (lp *loop) run() {
 			lp.lane.rt.log.Error("event loop", "err", err)
 			break
 		}
+		// One clock read per batch serves the idle times (which need no
+		// precision); invocations read their own. It is read before the
+		// batch: a connection accepted after a long sleep is timed from
+		// now, not from before the sleep.
+		lp.now = time.Now()
 		for i := 0; i < n; i++ {
 			ev := lp.events[i]
 			fd := int(ev.Fd)
@@ -505,9 +510,6 @@ func (lp *loop) run() {
 				}
 			}
 		}
-		// One clock read per batch serves the idle times (which need no
-		// precision); invocations read their own.
-		lp.now = time.Now()
 		if lp.now.Sub(lp.lastSweep) >= laneSweep {
 			lp.lastSweep = lp.now
 			lp.sweep(lp.now)

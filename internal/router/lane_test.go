@@ -269,6 +269,26 @@ func TestLaneIdleLimits(t *testing.T) {
 	ask() // still open
 }
 
+// A loop that held nothing sleeps without a timeout; the first
+// connection after a long sleep is timed from its arrival, not from
+// before the sleep, so it is not closed at once as idle.
+func TestLaneFirstConnectionAfterALongSleep(t *testing.T) {
+	srv := laneRouter(t, echo())
+	srv.lane.headerTimeout.Store(int64(100 * time.Millisecond))
+	srv.lane.idleTimeout.Store(int64(100 * time.Millisecond))
+	for i := 0; i < 2; i++ {
+		// Longer than the limits, the first time with nothing held.
+		time.Sleep(400 * time.Millisecond)
+		c := dialRaw(t, srv.URL)
+		if res := c.get("/a"); res.StatusCode != 200 {
+			t.Fatalf("status %d", res.StatusCode)
+		}
+		if res := c.get("/b"); res.StatusCode != 200 {
+			t.Fatalf("status %d", res.StatusCode)
+		}
+	}
+}
+
 // Several loops share one listener: every connection is served, by one
 // loop or another.
 func TestLaneSeveralLoops(t *testing.T) {
