@@ -567,27 +567,35 @@ func TestLaneConnectionClose(t *testing.T) {
 	}
 }
 
-// A loop spins only while its waits are short: one short wait starts the
-// spinning, a spin that finds nothing stops it, and an event that comes
-// during a spin is taken.
-func TestLaneSpinsOnlyWhileWaitsAreShort(t *testing.T) {
+// pipeLoop is a bare loop whose epoll set holds a pipe: poke makes it
+// readable, drain empties it.
+func pipeLoop(t *testing.T) (lp *loop, poke, drain func()) {
+	t.Helper()
 	ep, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer syscall.Close(ep)
+	t.Cleanup(func() { syscall.Close(ep) })
 	var p [2]int
 	if err := syscall.Pipe2(p[:], syscall.O_NONBLOCK|syscall.O_CLOEXEC); err != nil {
 		t.Fatal(err)
 	}
-	defer syscall.Close(p[0])
-	defer syscall.Close(p[1])
+	t.Cleanup(func() { syscall.Close(p[0]); syscall.Close(p[1]) })
 	if err := syscall.EpollCtl(ep, syscall.EPOLL_CTL_ADD, p[0], &syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: int32(p[0])}); err != nil {
 		t.Fatal(err)
 	}
-	lp := &loop{ep: ep, spin: time.Second, events: make([]syscall.EpollEvent, 8)}
-	poke := func() { _, _ = syscall.Write(p[1], []byte{1}) }
-	drain := func() { _, _ = syscall.Read(p[0], make([]byte, 8)) }
+	lp = &loop{ep: ep, events: make([]syscall.EpollEvent, 8)}
+	poke = func() { _, _ = syscall.Write(p[1], []byte{1}) }
+	drain = func() { _, _ = syscall.Read(p[0], make([]byte, 8)) }
+	return lp, poke, drain
+}
+
+// A loop spins only while its waits are short: one short wait starts the
+// spinning, a spin that finds nothing stops it, and an event that comes
+// during a spin is taken.
+func TestLaneSpinsOnlyWhileWaitsAreShort(t *testing.T) {
+	lp, poke, drain := pipeLoop(t)
+	lp.spin = time.Second
 
 	poke()
 	if n, err := lp.wait(1000); n != 1 || err != nil || !lp.spinning {
@@ -609,23 +617,8 @@ func TestLaneSpinsOnlyWhileWaitsAreShort(t *testing.T) {
 // within laneBusyWait. A wait that finds nothing, or finds it later, makes
 // it quiet, and its next wait an ordinary system call.
 func TestLaneWaitsRawOnlyWhileBusy(t *testing.T) {
-	ep, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer syscall.Close(ep)
-	var p [2]int
-	if err := syscall.Pipe2(p[:], syscall.O_NONBLOCK|syscall.O_CLOEXEC); err != nil {
-		t.Fatal(err)
-	}
-	defer syscall.Close(p[0])
-	defer syscall.Close(p[1])
-	if err := syscall.EpollCtl(ep, syscall.EPOLL_CTL_ADD, p[0], &syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: int32(p[0])}); err != nil {
-		t.Fatal(err)
-	}
-	lp := &loop{ep: ep, raw: true, events: make([]syscall.EpollEvent, 8)}
-	poke := func() { _, _ = syscall.Write(p[1], []byte{1}) }
-	drain := func() { _, _ = syscall.Read(p[0], make([]byte, 8)) }
+	lp, poke, drain := pipeLoop(t)
+	lp.raw = true
 	for _, tc := range []struct {
 		name  string
 		event func() // before or during the wait
