@@ -274,11 +274,11 @@ func TestLaneIdleLimits(t *testing.T) {
 // before the sleep, so it is not closed at once as idle.
 func TestLaneFirstConnectionAfterALongSleep(t *testing.T) {
 	srv := laneRouter(t, echo())
-	srv.lane.headerTimeout.Store(int64(100 * time.Millisecond))
-	srv.lane.idleTimeout.Store(int64(100 * time.Millisecond))
+	srv.lane.headerTimeout.Store(int64(300 * time.Millisecond))
+	srv.lane.idleTimeout.Store(int64(300 * time.Millisecond))
 	for i := 0; i < 2; i++ {
 		// Longer than the limits, the first time with nothing held.
-		time.Sleep(400 * time.Millisecond)
+		time.Sleep(700 * time.Millisecond)
 		c := dialRaw(t, srv.URL)
 		if res := c.get("/a"); res.StatusCode != 200 {
 			t.Fatalf("status %d", res.StatusCode)
