@@ -330,7 +330,8 @@ type loop struct {
 	dead      chan struct{} // closed when run returns
 	gen       uint32        // the last registration's generation
 	spinning  bool          // the last wait was short: spin before the next
-	busy      bool          // the last wait found events within laneBusyWait
+	busy      bool          // the last wait found events within busyWait
+	busyWait  time.Duration // laneBusyWait (tests set their own)
 	held      int           // entries in ents: connections to sweep
 	// bufs and upBufs are read buffers no client or instance connection
 	// holds (see takeBuf).
@@ -425,7 +426,7 @@ func newLoop(l *Lane, raw bool, spin time.Duration) (*loop, error) {
 		syscall.Close(ep)
 		return nil, err
 	}
-	lp := &loop{lane: l, ep: ep, wakeR: p[0], wakeW: p[1], raw: raw, spin: spin, events: make([]syscall.EpollEvent, 256),
+	lp := &loop{lane: l, ep: ep, wakeR: p[0], wakeW: p[1], raw: raw, spin: spin, busyWait: laneBusyWait, events: make([]syscall.EpollEvent, 256),
 		idle: map[*backend.Instance][]*laneUp{}, rd: bytes.NewReader(nil), lastSweep: time.Now(), now: time.Now(), dead: make(chan struct{})}
 	lp.br = bufio.NewReaderSize(lp.rd, laneMaxUpHead+1)
 	if err := syscall.EpollCtl(ep, syscall.EPOLL_CTL_ADD, lp.wakeR, &syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: int32(lp.wakeR)}); err != nil {
@@ -531,7 +532,7 @@ func (lp *loop) run() {
 // again, so an idle or lightly loaded loop sleeps as before.
 //
 // A raw wait (see poll) is made only while the loop is busy: its last
-// wait found events within laneBusyWait. A raw wait looks to Go's
+// wait found events within busyWait. A raw wait looks to Go's
 // scheduler like a goroutine that never yields, so sysmon stays awake and
 // preempts it every 10 ms, with a signal and a hand-over of its thread;
 // an idle server did that a hundred times a second (~1.6% of a CPU). A
@@ -555,7 +556,7 @@ func (lp *loop) wait(msec int) (int, error) {
 	n, err := lp.poll(msec, lp.raw && lp.busy)
 	waited := time.Since(start)
 	lp.spinning = lp.spin > 0 && n > 0 && waited < lp.spin
-	lp.busy = n > 0 && waited < laneBusyWait
+	lp.busy = n > 0 && waited < lp.busyWait
 	return n, err
 }
 
