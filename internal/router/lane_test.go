@@ -646,19 +646,27 @@ func TestLaneWaitsRawOnlyWhileBusy(t *testing.T) {
 	}
 }
 
-// An idle kept-alive connection holds no read buffer: it has one only
-// while it has bytes unread or a request in flight. Nor does a pooled
-// connection to an instance.
-func TestLaneIdleConnectionsHoldNoBuffer(t *testing.T) {
-	srv := laneRouter(t, echo())
+// servedConns opens n kept-alive connections to url, each with one
+// request answered.
+func servedConns(t *testing.T, url string, n int) []*rawConn {
+	t.Helper()
 	var conns []*rawConn
-	for i := 0; i < 3; i++ {
-		c := dialRaw(t, srv.URL)
+	for i := 0; i < n; i++ {
+		c := dialRaw(t, url)
 		if res := c.get("/"); res.StatusCode != 200 {
 			t.Fatalf("status %d", res.StatusCode)
 		}
 		conns = append(conns, c)
 	}
+	return conns
+}
+
+// An idle kept-alive connection holds no read buffer: it has one only
+// while it has bytes unread or a request in flight. Nor does a pooled
+// connection to an instance.
+func TestLaneIdleConnectionsHoldNoBuffer(t *testing.T) {
+	srv := laneRouter(t, echo())
+	conns := servedConns(t, srv.URL, 3)
 	held, free, clients, pooled, upHeld, upFree := 0, 0, 0, 0, 0, 0
 	lp := srv.lane.loops[0]
 	lp.do(func() {
@@ -720,14 +728,7 @@ func TestLaneCountsWhatItHolds(t *testing.T) {
 	if held, _, _ := count(); held != 0 {
 		t.Fatalf("a new loop holds %d, want 0", held)
 	}
-	var conns []*rawConn
-	for i := 0; i < 3; i++ {
-		c := dialRaw(t, srv.URL)
-		if res := c.get("/"); res.StatusCode != 200 {
-			t.Fatalf("status %d", res.StatusCode)
-		}
-		conns = append(conns, c)
-	}
+	conns := servedConns(t, srv.URL, 3)
 	for _, wantClients := range []int{3, 1, 0} {
 		for len(conns) > wantClients {
 			conns[len(conns)-1].Close()
