@@ -48,7 +48,7 @@ const (
 	// checkpoint, so that a burst of output does not leave it large.
 	journalSizeLimit = 64 << 20
 	// maxBatch bounds the entries written in one transaction: a full batch
-	// is written at once rather than at the next tick.
+	// is written at once rather than when the flush timer fires.
 	maxBatch = 1024
 	// deleteBatch bounds the rows one retention statement deletes, so that
 	// no single statement holds the write lock for long.
@@ -177,7 +177,6 @@ type Store struct {
 	batch          []pending
 	touched        map[fnKey]struct{} // functions written to since their last count check
 	sinceRetention int
-	ticks          int
 	err            error  // first failure since the last Flush
 	beforeWrite    func() // test hook, called before each batch is written
 
@@ -377,8 +376,20 @@ func (s *Store) Close() error {
 // run is the writer goroutine: the only one that writes to the database.
 func (s *Store) run() {
 	defer close(s.done)
-	ticker := time.NewTicker(s.opts.FlushInterval)
-	defer ticker.Stop()
+	// The flush timer runs only while entries wait, so an idle store
+	// does not wake five times a second; retention has its own pace.
+	flush := time.NewTimer(s.opts.FlushInterval)
+	flush.Stop()
+	defer flush.Stop()
+	armed := false
+	arm := func() {
+		if !armed {
+			flush.Reset(s.opts.FlushInterval)
+			armed = true
+		}
+	}
+	retention := time.NewTicker(retentionTicks * s.opts.FlushInterval)
+	defer retention.Stop()
 
 	// Options may have changed since the file was last open, so every
 	// function's count is checked once.
@@ -395,12 +406,19 @@ func (s *Store) run() {
 		select {
 		case it := <-s.queue:
 			s.handle(it)
-		case <-ticker.C:
-			s.write()
-			s.ticks++
-			if s.ticks%retentionTicks == 0 {
-				s.retain()
+			if len(s.batch) > 0 {
+				arm()
 			}
+		case <-flush.C:
+			armed = false
+			s.write()
+			if s.dropsPending() {
+				// A failed write's notices are tried again.
+				arm()
+			}
+		case <-retention.C:
+			s.write()
+			s.retain()
 		case <-s.stop:
 			for drained := false; !drained; {
 				select {
@@ -476,6 +494,13 @@ func (s *Store) write() {
 	if s.sinceRetention >= retentionRows {
 		s.retain()
 	}
+}
+
+// dropsPending says whether lost lines wait for their notice.
+func (s *Store) dropsPending() bool {
+	s.dropMu.Lock()
+	defer s.dropMu.Unlock()
+	return len(s.drops) > 0
 }
 
 // addDropNotices puts one system line into the batch for each function

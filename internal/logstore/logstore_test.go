@@ -513,6 +513,28 @@ func TestFollowWithoutFlush(t *testing.T) {
 	}
 }
 
+// The flush timer runs only while entries wait: after a quiet spell the
+// next entry still reaches a follower without a Flush, within a flush
+// interval, long before retention's pass (25 intervals) would write it.
+func TestFollowAfterAQuietSpell(t *testing.T) {
+	const interval = time.Second
+	s := openTemp(t, Options{FlushInterval: interval})
+	ch, _ := s.Follow(t.Context(), Query{Owner: "alice", Function: "hello"})
+	for i := range 2 {
+		line := fmt.Sprint("line ", i)
+		s.Append(Entry{Owner: "alice", Function: "hello", Time: time.Unix(int64(1000+i), 0), Line: line})
+		select {
+		case e := <-ch:
+			if e.Line != line {
+				t.Errorf("follower got %q, want %q", e.Line, line)
+			}
+		case <-time.After(5 * interval):
+			t.Fatalf("%q not written within %v", line, 5*interval)
+		}
+		time.Sleep(interval / 10)
+	}
+}
+
 func TestFollowEnds(t *testing.T) {
 	t.Run("cancel", func(t *testing.T) {
 		s := openTemp(t, Options{})

@@ -333,6 +333,13 @@ type loop struct {
 	busy      bool          // the last wait found events within busyWait
 	busyWait  time.Duration // laneBusyWait (tests set their own)
 	held      int           // entries in ents: connections to sweep
+	// due is the earliest deadline the last sweep found among the
+	// connections it kept (zero: none), and dirty says events came
+	// since, which may have brought earlier ones. A quiet loop sleeps
+	// until due rather than sweep ten times a second for nothing.
+	due    time.Time
+	dirty  bool
+	sweeps int // how many sweeps ran (tests read it)
 	// bufs and upBufs are read buffers no client or instance connection
 	// holds (see takeBuf).
 	bufs, upBufs [][]byte
@@ -472,13 +479,7 @@ func (lp *loop) run() {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	for !lp.quit {
-		// A loop that holds no connection has nothing to sweep: it
-		// sleeps until one comes, rather than wake ten times a second.
-		msec := int(laneSweep / time.Millisecond)
-		if lp.held == 0 && !lp.resumeAccept {
-			msec = -1
-		}
-		n, err := lp.wait(msec)
+		n, err := lp.wait(lp.sweepWait())
 		if err != nil && err != syscall.EINTR {
 			lp.lane.rt.log.Error("event loop", "err", err)
 			break
@@ -488,6 +489,9 @@ func (lp *loop) run() {
 		// batch: a connection accepted after a long sleep is timed from
 		// now, not from before the sleep.
 		lp.now = time.Now()
+		if n > 0 {
+			lp.dirty = true
+		}
 		for i := 0; i < n; i++ {
 			ev := lp.events[i]
 			fd := int(ev.Fd)
@@ -519,6 +523,25 @@ func (lp *loop) run() {
 	lp.runCommands()
 	lp.closeAll()
 	lp.closeFDs()
+}
+
+// sweepWait is how long the next wait may last, in milliseconds (-1: no
+// limit). While events come, the loop sweeps every laneSweep. A quiet
+// loop sleeps until the last sweep's earliest deadline (an idle pooled
+// instance connection's is a minute away), and one that holds no
+// connection until one comes: an idle server's loops do not wake ten
+// times a second for nothing.
+func (lp *loop) sweepWait() int {
+	switch {
+	case lp.held == 0 && !lp.resumeAccept:
+		return -1
+	case lp.dirty || lp.resumeAccept:
+		return int(laneSweep / time.Millisecond)
+	case lp.due.IsZero():
+		return -1
+	}
+	d := max(lp.due.Sub(lp.now), lp.lastSweep.Add(laneSweep).Sub(lp.now))
+	return int((d + time.Millisecond - 1) / time.Millisecond)
 }
 
 // wait is epoll_wait, for up to msec.
@@ -1598,30 +1621,60 @@ func (lp *loop) sweep(now time.Time) {
 		lp.resumeAccept = false
 		_ = lp.startAccepting()
 	}
-	for _, e := range lp.ents {
-		switch {
-		case e.c != nil && !e.c.lingerUntil.IsZero():
-			if now.After(e.c.lingerUntil) {
-				lp.closeClient(e.c)
-			}
-		case e.c != nil && e.c.inv != nil && e.c.hup && now.Sub(e.c.inv.start) >= httpserve.WatchAfter:
-			lp.clientGone(e.c)
-		case e.c != nil && e.c.inv != nil && !now.Before(e.c.inv.deadline):
-			c := e.c
-			if c.headSent {
-				// Mid-answer: cut off (cutOff kills the instance unless
-				// it is the client that is slow).
-				lp.cutOff(c)
-			} else {
-				lp.fail(c, os.ErrDeadlineExceeded)
-			}
-		case e.c != nil && e.c.inv == nil && !e.c.pending && now.Sub(e.c.lastActive) > lp.lane.idleLimit(e.c):
-			lp.closeClient(e.c)
-		case e.u != nil && e.u.c == nil && now.Sub(e.u.since) > maxIdleTime:
-			lp.unpool(e.u)
-			lp.closeUp(e.u)
+	// What the sweep does changes states (and so deadlines): the next
+	// sweep comes at the usual pace, and finds them.
+	lp.dirty = false
+	lp.sweeps++
+	var due time.Time
+	soon := func(t time.Time) {
+		if due.IsZero() || t.Before(due) {
+			due = t
 		}
 	}
+	for _, e := range lp.ents {
+		switch c := e.c; {
+		case c != nil && !c.lingerUntil.IsZero():
+			if now.After(c.lingerUntil) {
+				lp.closeClient(c)
+			} else {
+				soon(c.lingerUntil)
+			}
+		case c != nil && c.inv != nil:
+			switch watch := c.inv.start.Add(httpserve.WatchAfter); {
+			case c.hup && !now.Before(watch):
+				lp.clientGone(c)
+				lp.dirty = true
+			case !now.Before(c.inv.deadline):
+				if c.headSent {
+					// Mid-answer: cut off (cutOff kills the instance
+					// unless it is the client that is slow).
+					lp.cutOff(c)
+				} else {
+					lp.fail(c, os.ErrDeadlineExceeded)
+				}
+				lp.dirty = true
+			default:
+				soon(c.inv.deadline)
+				if c.hup {
+					soon(watch)
+				}
+			}
+		case c != nil && !c.pending:
+			if limit := lp.lane.idleLimit(c); now.Sub(c.lastActive) > limit {
+				lp.closeClient(c)
+			} else {
+				soon(c.lastActive.Add(limit))
+			}
+		case e.u != nil && e.u.c == nil:
+			if now.Sub(e.u.since) > maxIdleTime {
+				lp.unpool(e.u)
+				lp.closeUp(e.u)
+			} else {
+				soon(e.u.since.Add(maxIdleTime))
+			}
+		}
+	}
+	lp.due = due
 }
 
 // lingerTime bounds a lingering close in the loops.

@@ -755,6 +755,85 @@ func TestLaneCountsWhatItHolds(t *testing.T) {
 	}
 }
 
+// A loop that events have left alone sweeps when the earliest deadline
+// its last sweep found is due, not every laneSweep; one that holds
+// nothing waits with no limit; events (which may bring earlier
+// deadlines) or a paused accept bring back the usual pace.
+func TestLaneSweepWait(t *testing.T) {
+	now := time.Unix(1000, 0)
+	sweep := int(laneSweep / time.Millisecond)
+	for _, tc := range []struct {
+		name           string
+		held           int
+		dirty, resume  bool
+		due, lastSweep time.Time
+		want           int
+	}{
+		{name: "holds nothing", want: -1},
+		{name: "holds nothing, events came", dirty: true, want: -1},
+		{name: "holds nothing, accepting paused", resume: true, want: sweep},
+		{name: "events came", held: 3, dirty: true, due: now.Add(time.Minute), lastSweep: now, want: sweep},
+		{name: "accepting paused", held: 3, resume: true, due: now.Add(time.Minute), lastSweep: now, want: sweep},
+		{name: "quiet, a deadline a minute away", held: 1, due: now.Add(time.Minute), lastSweep: now, want: 60000},
+		{name: "quiet, rounded up", held: 1, due: now.Add(1500 * time.Microsecond), lastSweep: now.Add(-time.Second), want: 2},
+		{name: "quiet, due before the pace allows", held: 1, due: now.Add(10 * time.Millisecond), lastSweep: now, want: sweep},
+		{name: "quiet, due already", held: 1, due: now.Add(-time.Second), lastSweep: now.Add(-laneSweep / 2), want: sweep / 2},
+		{name: "quiet, no deadline", held: 2, lastSweep: now, want: -1},
+	} {
+		lp := &loop{held: tc.held, dirty: tc.dirty, resumeAccept: tc.resume, due: tc.due, lastSweep: tc.lastSweep, now: now}
+		if got := lp.sweepWait(); got != tc.want {
+			t.Errorf("%s: waits %d ms, want %d", tc.name, got, tc.want)
+		}
+	}
+}
+
+// A loop that holds only a pooled instance connection, with nothing
+// happening, does not sweep ten times a second: its next sweep is when
+// that connection has been idle too long. It still closes an idle client
+// on time (TestLaneHeaderTimeout and the keep-alive tests).
+func TestLaneQuietLoopSleepsUntilDue(t *testing.T) {
+	srv := laneRouter(t, echo())
+	lp := srv.lane.loops[0]
+	conns := servedConns(t, srv.URL, 1)
+	conns[0].Close()
+	state := func() (sweeps, clients, ups int, due time.Time) {
+		lp.do(func() {
+			sweeps, due = lp.sweeps, lp.due
+			for _, e := range lp.ents {
+				if e.c != nil {
+					clients++
+				}
+				if e.u != nil {
+					ups++
+				}
+			}
+		})
+		return sweeps, clients, ups, due
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, clients, ups, _ := state()
+		if clients == 0 && ups == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the loop holds %d clients and %d instance connections, want 0 and 1", clients, ups)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	before, _, _, _ := state()
+	time.Sleep(time.Second)
+	after, _, _, due := state()
+	// The reads themselves are events: each brings one sweep at the
+	// usual pace. A loop sweeping every laneSweep would have made ~10.
+	if n := after - before; n > 3 {
+		t.Errorf("%d sweeps in a quiet second, want at most 3", n)
+	}
+	if left := time.Until(due); left < maxIdleTime-10*time.Second || left > maxIdleTime {
+		t.Errorf("the next sweep is due in %v, want about %v (the pooled connection's idle limit)", left, maxIdleTime)
+	}
+}
+
 // Out of descriptors, a loop stops accepting until its next sweep rather
 // than spin on a listener that stays readable, and accepts again once
 // descriptors are free.
