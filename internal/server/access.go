@@ -27,6 +27,9 @@ type accessSampler struct {
 
 	mu  sync.Mutex
 	fns map[accessKey]*accessWindow
+	// wake tells run that a function's window is new: run ticks while
+	// it keeps any, and sleeps otherwise.
+	wake chan struct{}
 }
 
 type accessKey struct{ owner, name string }
@@ -40,7 +43,7 @@ type accessWindow struct {
 }
 
 func newAccessSampler(logs *logstore.Store, perSecond int, now func() time.Time) *accessSampler {
-	return &accessSampler{perSecond: perSecond, now: now, logs: logs, fns: map[accessKey]*accessWindow{}}
+	return &accessSampler{perSecond: perSecond, now: now, logs: logs, fns: map[accessKey]*accessWindow{}, wake: make(chan struct{}, 1)}
 }
 
 // admit says whether a's line is logged. It returns the summary of the
@@ -54,6 +57,10 @@ func (s *accessSampler) admit(a *router.Access) (bool, *logstore.Entry) {
 	if w == nil {
 		w = &accessWindow{sec: sec}
 		s.fns[k] = w
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
 	}
 	var summary *logstore.Entry
 	if w.sec != sec {
@@ -85,9 +92,9 @@ func (s *accessSampler) roll(k accessKey, w *accessWindow, sec int64) *logstore.
 }
 
 // sweep writes the summaries of seconds that are over (all of them, at
-// shutdown) and forgets functions idle for a minute. run calls it every
-// second.
-func (s *accessSampler) sweep(all bool) {
+// shutdown) and forgets functions idle for a minute. It says whether it
+// keeps any function's window. run calls it every second while it does.
+func (s *accessSampler) sweep(all bool) bool {
 	sec := s.now().Unix()
 	var out []*logstore.Entry
 	s.mu.Lock()
@@ -103,22 +110,37 @@ func (s *accessSampler) sweep(all bool) {
 			delete(s.fns, k)
 		}
 	}
+	kept := len(s.fns) > 0
 	s.mu.Unlock()
 	for _, e := range out {
 		s.logs.Append(*e)
 	}
+	return kept
 }
 
+// run sweeps every second while the sampler keeps a window, and sleeps
+// while it keeps none, so an idle server is not woken for it.
 func (s *accessSampler) run(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
+	ticking := true
 	for {
 		select {
 		case <-ctx.Done():
 			s.sweep(true)
 			return
+		case <-s.wake:
+			// A ticker already running is left alone: new windows
+			// coming often must not keep putting its tick off.
+			if !ticking {
+				t.Reset(time.Second)
+				ticking = true
+			}
 		case <-t.C:
-			s.sweep(false)
+			if !s.sweep(false) {
+				t.Stop()
+				ticking = false
+			}
 		}
 	}
 }

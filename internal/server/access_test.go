@@ -4,6 +4,7 @@ import (
 	"context"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -109,5 +110,66 @@ func TestAccessSamplerSweep(t *testing.T) {
 	s.sweep(false)
 	if len(s.fns) != 0 {
 		t.Fatalf("an idle function's window was kept")
+	}
+}
+
+// run sweeps while the sampler keeps a window and sleeps while it keeps
+// none; a function's first request after that wakes it, and the
+// summary of its busy second is written without anything else calling.
+func TestAccessSamplerRunSleepsAndWakes(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	logs, err := logstore.Open(ctx, filepath.Join(t.TempDir(), "logs.db"), logstore.Options{FlushInterval: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logs.Close()
+	var mu sync.Mutex
+	now := time.Unix(1_800_000_000, 0)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	s := newAccessSampler(logs, 1, clock)
+	done := make(chan struct{})
+	go func() { s.run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	spec := &backend.Spec{Owner: "alice", Name: "a", Version: 1}
+	summaries := func() int {
+		t.Helper()
+		if err := logs.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		got, err := logs.Query(ctx, logstore.Query{Owner: "alice", Function: "a"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(got)
+	}
+	for round := 1; round <= 2; round++ {
+		for i := 0; i < 3; i++ {
+			s.admit(&router.Access{Spec: spec, Status: 200})
+		}
+		advance(time.Second)
+		deadline := time.Now().Add(10 * time.Second)
+		for summaries() < round {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: no summary written", round)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		// A minute later the window is forgotten, and the sampler
+		// sleeps until the next request.
+		advance(2 * time.Minute)
+		for {
+			s.mu.Lock()
+			n := len(s.fns)
+			s.mu.Unlock()
+			if n == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: the window is kept", round)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
 }
