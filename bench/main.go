@@ -164,7 +164,7 @@ func main() {
 }
 
 func run() (code int) {
-	only := flag.String("only", "", "comma-separated scenarios to run, e.g. 1,2 (default: all of 1-7)")
+	only := flag.String("only", "", "comma-separated scenarios to run, e.g. 1,2 (default: all of 1-8)")
 	quick := flag.Bool("quick", false, "fewer iterations and shorter runs, for smoke testing")
 	pool := flag.Int("pool-size", 4, "spry serve --pool-size for the cold start, deploy, step and density scenarios")
 	dur := flag.Duration("d", 0, "wrk duration for scenarios 1 and 2 (default 5s, 3s with -quick)")
@@ -187,14 +187,14 @@ func run() (code int) {
 	if *only != "" {
 		for _, f := range strings.Split(*only, ",") {
 			n, err := strconv.Atoi(strings.TrimSpace(f))
-			if err != nil || n < 1 || n > 7 {
-				fmt.Fprintf(os.Stderr, "bench: -only: %q is not a scenario number 1-7\n", f)
+			if err != nil || n < 1 || n > 8 {
+				fmt.Fprintf(os.Stderr, "bench: -only: %q is not a scenario number 1-8\n", f)
 				return 2
 			}
 			selected[n] = true
 		}
 	} else {
-		for i := 1; i <= 7; i++ {
+		for i := 1; i <= 8; i++ {
 			selected[i] = true
 		}
 	}
@@ -224,7 +224,7 @@ func run() (code int) {
 		env.rounds = 1
 	}
 	var sel []int
-	for i := 1; i <= 7; i++ {
+	for i := 1; i <= 8; i++ {
 		if selected[i] {
 			sel = append(sel, i)
 		}
@@ -322,6 +322,7 @@ func run() (code int) {
 		{5, "deploy to first response", 3 * time.Minute, scenDeploy},
 		{6, "step load", 3 * time.Minute, scenStep},
 		{7, "density", 8 * time.Minute, scenDensity},
+		{8, "idle server", 2 * time.Minute, scenIdle},
 	}
 	harnessErrors := 0
 	for _, sc := range all {
@@ -405,6 +406,8 @@ func scenarioName(n int) string {
 		return "6 step load 1->64"
 	case 7:
 		return "7 density"
+	case 8:
+		return "8 idle server"
 	}
 	return strconv.Itoa(n)
 }

@@ -993,3 +993,78 @@ func scenDensity(ctx context.Context, env *benchEnv) error {
 	env.add(Row{Scenario: sc, Metric: "failed calls", Value: float64(errs), Unit: "count", Target: "0", Verdict: verdict(errs == 0), Note: firstErr})
 	return nil
 }
+
+// ---------------------------------------------------------------------
+// Scenario 8: what an idle server costs. Not a target of the issue: it
+// shows that a server with nothing to do sleeps (docs/performance.md,
+// items 32 and 33).
+
+func scenIdle(ctx context.Context, env *benchEnv) error {
+	const sc = "8 idle server"
+	settle, span := 10*time.Second, 20*time.Second
+	if env.quick {
+		settle, span = 3*time.Second, 5*time.Second
+	}
+	s, err := startSpry(ctx, env, "idle", uidBaseFor(8), "--pool-size", "1")
+	defer s.shutdown(env)
+	if err != nil {
+		return err
+	}
+	c := newClient(2, 60*time.Second)
+	if _, err := s.deploy(ctx, c, "idle", distinctCode("idle"), url.Values{"min": {"1"}}); err != nil {
+		return err
+	}
+	// A few calls, so the router holds a pooled connection to the
+	// instance and the log store and access sampler have had work.
+	for i := 0; i < 3; i++ {
+		if err := get(ctx, c, s.url+"/fn/admin/idle/").ok(helloBody); err != nil {
+			return err
+		}
+	}
+	c.CloseIdleConnections()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(settle):
+	}
+	pid := s.cmd.Process.Pid
+	sw0, cpu0 := switchesAndCPU(pid)
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(span):
+	}
+	sw1, cpu1 := switchesAndCPU(pid)
+	secs := span.Seconds()
+	perSec := (sw1 - sw0) / secs
+	cpuPct := (cpu1 - cpu0) / clockTicks / secs * 100
+	env.detail("idle", map[string]any{"settle_s": settle.Seconds(), "span_s": secs,
+		"context_switches": sw1 - sw0, "cpu_ticks": cpu1 - cpu0})
+	note := fmt.Sprintf("spry serve, all threads, over %v, %v after three calls to a min-1 function", span, settle)
+	env.add(Row{Scenario: sc, Metric: "context switches a second", Value: perSec, Unit: "/s", Verdict: info, Note: note})
+	env.add(Row{Scenario: sc, Metric: "CPU", Value: cpuPct, Unit: "%", Verdict: info, Note: "of one CPU"})
+	return nil
+}
+
+// clockTicks is USER_HZ, the unit of /proc/<pid>/stat's CPU times (100
+// on every Linux architecture Spry runs on).
+const clockTicks = 100
+
+// switchesAndCPU sums pid's threads' context switches and reads its CPU
+// time in clock ticks.
+func switchesAndCPU(pid int) (switches, ticks float64) {
+	dirs, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+	for _, f := range dirs {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.HasSuffix(k, "ctxt_switches") {
+				n, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+				switches += n
+			}
+		}
+	}
+	return switches, readCPUTicks()[pid].own
+}
