@@ -163,8 +163,11 @@ func main() {
 	os.Exit(run())
 }
 
+// lastScenario is the highest scenario number.
+const lastScenario = 8
+
 func run() (code int) {
-	only := flag.String("only", "", "comma-separated scenarios to run, e.g. 1,2 (default: all of 1-8)")
+	only := flag.String("only", "", fmt.Sprintf("comma-separated scenarios to run, e.g. 1,2 (default: all of 1-%d)", lastScenario))
 	quick := flag.Bool("quick", false, "fewer iterations and shorter runs, for smoke testing")
 	pool := flag.Int("pool-size", 4, "spry serve --pool-size for the cold start, deploy, step and density scenarios")
 	dur := flag.Duration("d", 0, "wrk duration for scenarios 1 and 2 (default 5s, 3s with -quick)")
@@ -187,14 +190,14 @@ func run() (code int) {
 	if *only != "" {
 		for _, f := range strings.Split(*only, ",") {
 			n, err := strconv.Atoi(strings.TrimSpace(f))
-			if err != nil || n < 1 || n > 8 {
-				fmt.Fprintf(os.Stderr, "bench: -only: %q is not a scenario number 1-8\n", f)
+			if err != nil || n < 1 || n > lastScenario {
+				fmt.Fprintf(os.Stderr, "bench: -only: %q is not a scenario number 1-%d\n", f, lastScenario)
 				return 2
 			}
 			selected[n] = true
 		}
 	} else {
-		for i := 1; i <= 8; i++ {
+		for i := 1; i <= lastScenario; i++ {
 			selected[i] = true
 		}
 	}
@@ -224,7 +227,7 @@ func run() (code int) {
 		env.rounds = 1
 	}
 	var sel []int
-	for i := 1; i <= 8; i++ {
+	for i := 1; i <= lastScenario; i++ {
 		if selected[i] {
 			sel = append(sel, i)
 		}
