@@ -144,32 +144,30 @@ func TestAccessSamplerRunSleepsAndWakes(t *testing.T) {
 		}
 		return len(got)
 	}
+	// waitFor polls cond until it holds; the sampler's own ticks make it.
+	waitFor := func(round int, what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: %s", round, what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 	for round := 1; round <= 2; round++ {
 		for i := 0; i < 3; i++ {
 			s.admit(&router.Access{Spec: spec, Status: 200})
 		}
 		advance(time.Second)
-		deadline := time.Now().Add(10 * time.Second)
-		for summaries() < round {
-			if time.Now().After(deadline) {
-				t.Fatalf("round %d: no summary written", round)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		waitFor(round, "no summary written", func() bool { return summaries() >= round })
 		// A minute later the window is forgotten, and the sampler
 		// sleeps until the next request.
 		advance(2 * time.Minute)
-		for {
+		waitFor(round, "the window is kept", func() bool {
 			s.mu.Lock()
-			n := len(s.fns)
-			s.mu.Unlock()
-			if n == 0 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("round %d: the window is kept", round)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			defer s.mu.Unlock()
+			return len(s.fns) == 0
+		})
 	}
 }
