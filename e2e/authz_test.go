@@ -134,18 +134,25 @@ func TestTokens(t *testing.T) {
 		t.Fatalf("revoked token: %d", r.status)
 	}
 
-	// Ten wrong tokens (the revoked one was the first) are answered 401;
-	// then the client is refused with 429 and Retry-After, even with a
-	// right token, until it has waited.
+	// Ten wrong tokens (the revoked one was the first) are answered 401,
+	// at the API or at /metrics alike; then the client is refused at
+	// both with 429 and Retry-After, even with a right token, until it
+	// has waited.
 	bad := "spry_0123456789abcdef_" + strings.Repeat("B", 43)
 	for i := 1; i < 10; i++ {
-		if r := s.do("GET", "/api/v1/whoami", bad, nil, nil); r.status != 401 {
-			t.Fatalf("attempt %d: %d", i, r.status)
+		path := "/api/v1/whoami"
+		if i%2 == 0 {
+			path = "/metrics"
+		}
+		if r := s.do("GET", path, bad, nil, nil); r.status != 401 {
+			t.Fatalf("attempt %d at %s: %d", i, path, r.status)
 		}
 	}
-	r := s.do("GET", "/api/v1/whoami", s.token, nil, nil)
-	if r.status != 429 || r.errorCode(t) != "rate_limited" || r.header.Get("Retry-After") == "" {
-		t.Fatalf("after 10 failures: %d %s (Retry-After %q)", r.status, r.body, r.header.Get("Retry-After"))
+	for _, path := range []string{"/api/v1/whoami", "/metrics"} {
+		r := s.do("GET", path, s.token, nil, nil)
+		if r.status != 429 || r.errorCode(t) != "rate_limited" || r.header.Get("Retry-After") == "" {
+			t.Fatalf("%s after 10 failures: %d %s (Retry-After %q)", path, r.status, r.body, r.header.Get("Retry-After"))
+		}
 	}
 }
 

@@ -116,6 +116,22 @@ func TestColdStartSharedAndMetrics(t *testing.T) {
 	if r := s.get("/metrics"); r.status != 401 {
 		t.Errorf("metrics without a token: %d", r.status)
 	}
+	// A deleted function's series go with it.
+	s.mustSpry("rm", "shared")
+	if body := string(s.do("GET", "/metrics", s.token, nil, nil).body); strings.Contains(body, `function="shared"`) {
+		t.Errorf("metrics still name the deleted function:\n%s", grepLines(body, `function="shared"`))
+	}
+}
+
+// grepLines is the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range lines(s) {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 // TestScaleUpAndDownToZero: under load an instance's concurrency limit
@@ -238,7 +254,8 @@ func TestOverloadAndTimeouts(t *testing.T) {
 }
 
 // TestMinInstancesKeptWarm: min instances start without a request and
-// stay through idle time; the first request is warm.
+// stay through idle time and a restart; the first request is warm; min 0
+// lets the function scale to zero again.
 func TestMinInstancesKeptWarm(t *testing.T) {
 	s := startServer(t, "--scale-to-zero-after", "1s", "--autoscale-window", "1s")
 	s.deployCode(t, "warm", example(t, "hello.ts"), "min=2")
@@ -254,6 +271,9 @@ func TestMinInstancesKeptWarm(t *testing.T) {
 	// Kept across a restart too.
 	s.restart()
 	eventually(t, 10*time.Second, "two warm instances after a restart", func() bool { return s.running(t, "warm") == 2 })
+	// And min 0 undoes it: the function scales to zero again.
+	s.mustSpry("config", "warm", "--min", "0")
+	eventually(t, 10*time.Second, "no instance once min is 0", func() bool { return s.running(t, "warm") == 0 })
 }
 
 // TestInstanceQuotaPerUser: a user's functions together run no more

@@ -209,11 +209,22 @@ func (s *Service) Deploy(ctx context.Context, req DeployRequest) (store.Function
 	if err := ValidateEnv(req.Secrets); err != nil {
 		return store.Function{}, err
 	}
-	limits, err := ParseLimits(req.Settings, s.cfg.Bounds)
-	if err != nil {
+	// Checked before the (costly) build; applied to the live version's
+	// settings in newVersion.
+	if _, err := ParseLimits(req.Settings, s.cfg.Bounds); err != nil {
 		return store.Function{}, err
 	}
-	var res build.Result
+	// So is the quota, which newVersion checks again under deployMu: a
+	// deploy refused for it builds nothing and stores no bundle.
+	if _, err := s.store.GetFunction(ctx, req.Owner, req.Name); errors.Is(err, errdefs.ErrNotFound) {
+		if err := s.checkFunctionQuota(ctx, req.Owner); err != nil {
+			return store.Function{}, err
+		}
+	}
+	var (
+		res build.Result
+		err error
+	)
 	if req.Archive != nil {
 		res, err = s.bundleArchive(ctx, req)
 	} else {
@@ -228,7 +239,7 @@ func (s *Service) Deploy(ctx context.Context, req DeployRequest) (store.Function
 	}
 	return s.newVersion(ctx, req.Owner, req.Name, req.By, &bundle{digest, int64(len(res.Code))}, Change{
 		Runtime:    req.Runtime,
-		limits:     limits,
+		Settings:   req.Settings,
 		SetEnv:     req.Env,
 		SetSecrets: req.Secrets,
 	})
@@ -277,8 +288,6 @@ type Change struct {
 	UnsetEnv     []string
 	SetSecrets   map[string]string // plaintext; sealed before storing
 	UnsetSecrets []string
-
-	limits store.Limits // parsed Settings
 }
 
 type bundle struct {
@@ -301,11 +310,9 @@ func (s *Service) Reconfigure(ctx context.Context, owner, name, by string, ch Ch
 			return store.Function{}, err
 		}
 	}
-	limits, err := ParseLimits(ch.Settings, s.cfg.Bounds)
-	if err != nil {
+	if _, err := ParseLimits(ch.Settings, s.cfg.Bounds); err != nil {
 		return store.Function{}, err
 	}
-	ch.limits = limits
 	return s.newVersion(ctx, owner, name, by, nil, ch)
 }
 
@@ -333,12 +340,10 @@ func (s *Service) newVersion(ctx context.Context, owner, name, by string, b *bun
 	if ch.Runtime != "" {
 		cfg.Runtime = ch.Runtime
 	}
-	cfg.Limits = overlay(cfg.Limits, ch.limits)
-	if err := CheckIsolation(cfg.Limits); err != nil {
+	// Checks min against a max set earlier, and the isolation against
+	// the server.
+	if cfg.Limits, err = ApplySettings(cfg.Limits, ch.Settings, s.cfg.Bounds); err != nil {
 		return store.Function{}, err
-	}
-	if cfg.Limits.MaxScale > 0 && cfg.Limits.MinScale > cfg.Limits.MaxScale {
-		return store.Function{}, errdefs.Invalid("min %d is above max %d", cfg.Limits.MinScale, cfg.Limits.MaxScale)
 	}
 	cfg.Env = edit(cfg.Env, ch.SetEnv, ch.UnsetEnv)
 	sealed := map[string]string{}
@@ -397,29 +402,6 @@ func (s *Service) checkFunctionQuota(ctx context.Context, owner string) error {
 
 // secretContext binds a sealed secret to its function and name.
 func secretContext(owner, name, key string) string { return owner + "/" + name + "/" + key }
-
-// overlay returns base with every setting that is set in ch replaced.
-func overlay(base, ch store.Limits) store.Limits {
-	set(&base.MemoryMiB, ch.MemoryMiB)
-	set(&base.TimeoutMs, ch.TimeoutMs)
-	set(&base.Network, ch.Network)
-	set(&base.MinScale, ch.MinScale)
-	set(&base.MaxScale, ch.MaxScale)
-	set(&base.Concurrency, ch.Concurrency)
-	set(&base.CPUMilli, ch.CPUMilli)
-	set(&base.TargetPercent, ch.TargetPercent)
-	set(&base.ScaleToZeroMs, ch.ScaleToZeroMs)
-	set(&base.Isolation, ch.Isolation)
-	return base
-}
-
-// set replaces *dst with v unless v is the zero value (not set).
-func set[T comparable](dst *T, v T) {
-	var zero T
-	if v != zero {
-		*dst = v
-	}
-}
 
 // edit returns a copy of m with set applied and unset removed (nil if
 // empty), leaving m itself, which a stored version shares, untouched.

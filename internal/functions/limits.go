@@ -41,7 +41,14 @@ type Bounds struct {
 // "128Mi", "timeout": "2s", "network": "none", "min": "1", ...). Settings
 // not given stay zero (the server's default). Unknown names are errors.
 func ParseLimits(settings map[string]string, b Bounds) (store.Limits, error) {
-	var l store.Limits
+	return ApplySettings(store.Limits{}, settings, b)
+}
+
+// ApplySettings returns l with the settings given replaced, as ParseLimits
+// reads them. A setting given as its zero value ("min": "0", "isolation":
+// "standard") replaces the one in l too: that is how a function goes back
+// to scaling to zero or to the standard sandbox.
+func ApplySettings(l store.Limits, settings map[string]string, b Bounds) (store.Limits, error) {
 	for k, v := range settings {
 		v = strings.TrimSpace(v)
 		switch k {

@@ -57,6 +57,44 @@ func TestParseLimits(t *testing.T) {
 	}
 }
 
+// TestApplySettings: settings change what they name and keep the rest,
+// and a setting given as its zero value ("min": "0", "isolation":
+// "standard") changes it too, so it can be undone.
+func TestApplySettings(t *testing.T) {
+	base := store.Limits{MemoryMiB: 256, MinScale: 2, MaxScale: 4, Isolation: "gvisor", Network: "none"}
+	tests := []struct {
+		name string
+		in   map[string]string
+		want store.Limits
+		ok   bool
+	}{
+		{"nothing", nil, base, true},
+		{"memory", map[string]string{"memory": "512Mi"},
+			store.Limits{MemoryMiB: 512, MinScale: 2, MaxScale: 4, Isolation: "gvisor", Network: "none"}, true},
+		{"back to zero", map[string]string{"min": "0"},
+			store.Limits{MemoryMiB: 256, MaxScale: 4, Isolation: "gvisor", Network: "none"}, true},
+		{"back to standard", map[string]string{"isolation": "standard", "network": "egress"},
+			store.Limits{MemoryMiB: 256, MinScale: 2, MaxScale: 4, Network: "egress"}, true},
+		{"min above the stored max", map[string]string{"min": "5"}, store.Limits{}, false},
+		{"max below the stored min", map[string]string{"max": "1"}, store.Limits{}, false},
+		{"egress with the stored gvisor", map[string]string{"network": "egress"}, store.Limits{}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ApplySettings(base, tt.in, bounds)
+			if (err == nil) != tt.ok {
+				t.Fatalf("err = %v", err)
+			}
+			if err != nil && !errors.Is(err, errdefs.ErrInvalidArgument) {
+				t.Fatalf("wrong class: %v", err)
+			}
+			if tt.ok && got != tt.want {
+				t.Fatalf("got %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
 func FuzzParseLimits(f *testing.F) {
 	f.Add("memory", "128Mi")
 	f.Add("timeout", "1.5s")

@@ -263,6 +263,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		DefaultConcurrency:   cfg.Concurrency,
 		DefaultMaxScale:      cfg.MaxScale,
 		MaxFunctionsPerOwner: cfg.MaxFunctionsPerUser,
+		Forget:               s.metrics.Forget,
 		NPMCache:             filepath.Join(dataDir, "npm-cache"),
 		NPMRegistry:          cfg.NPMRegistry,
 		JSRRegistry:          cfg.JSRRegistry,
@@ -282,11 +283,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	if err := s.bootstrapAdmin(ctx, authn, dataDir); err != nil {
 		return nil, err
 	}
-	apiH := api.New(s.fns, authn, s.store, s.store, s.act, s.logs, api.Config{
+	apiS := api.New(s.fns, authn, s.store, s.store, s.act, s.logs, api.Config{
 		MaxCodeBytes: cfg.MaxCodeBytes,
 		PublicURL:    cfg.PublicURL,
 		Logger:       log,
-	}).Handler()
+	})
 	s.access = newAccessSampler(s.logs, accessPerSecond, time.Now)
 	sink := logSink{s.logs, s.metrics, s.access}
 	rt := router.New(s.fns, s.act, router.Config{
@@ -296,9 +297,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 
 	// Everything but functions is net/http, served through the adaptor.
 	mux := http.NewServeMux()
-	mux.Handle("/api/", apiH)
+	mux.Handle("/api/", apiS.Handler())
 	// Metrics name every function, so they are for the admin only.
-	mux.Handle("/metrics", api.RequireAdmin(authn, s.metrics.Handler()))
+	mux.Handle("/metrics", apiS.RequireAdmin(s.metrics.Handler()))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write([]byte(`{"status":"ok"}` + "\n"))
