@@ -3,6 +3,7 @@ package sandbox
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -49,24 +50,57 @@ func (s *Sandbox) setupNetwork() error {
 		}
 		s.netMounts = append(s.netMounts, Mount{Source: p, Dest: "/etc/" + name})
 	}
-	blocked := append([]string(nil), blockedRanges...)
-	// The host's own addresses too: slirp4netns connects from the host,
-	// so without this a sandbox could reach services on the host's
-	// public address.
+	// The host's own addresses are blocked too: slirp4netns connects
+	// from the host, so without this a sandbox could reach services on
+	// the host's public address.
 	if addrs, err := net.InterfaceAddrs(); err == nil {
 		for _, a := range addrs {
 			if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil {
-				blocked = append(blocked, ipn.IP.String()+"/32")
+				s.hostAddrs = append(s.hostAddrs, ipn.IP.String()+"/32")
 			}
 		}
 	}
-	s.blocked = blocked
 	return nil
 }
 
 // EgressRanges returns what egress sandboxes may not reach, for the
-// runtime's own deny list (a second layer).
-func (s *Sandbox) EgressRanges() []string { return append([]string(nil), blockedRanges...) }
+// runtime's own deny list (a second layer): the blocked ranges less
+// what the operator allows (Deno's deny list wins over its allow list,
+// so the holes must be cut out of it), and the host's own addresses.
+func (s *Sandbox) EgressRanges() []string {
+	var allow []netip.Prefix
+	for _, p := range s.cfg.EgressAllow {
+		if p.Addr().Is4() {
+			allow = append(allow, p.Masked())
+		}
+	}
+	var out []string
+	for _, r := range blockedRanges {
+		for _, p := range without(netip.MustParsePrefix(r), allow) {
+			out = append(out, p.String())
+		}
+	}
+	return append(out, s.hostAddrs...)
+}
+
+// without returns the parts of the IPv4 prefix p that no prefix in holes
+// covers, halving p until each part is inside a hole or clear of them.
+func without(p netip.Prefix, holes []netip.Prefix) []netip.Prefix {
+	for _, h := range holes {
+		if !h.Overlaps(p) {
+			continue
+		}
+		if h.Bits() <= p.Bits() {
+			return nil // (prefixes that overlap nest)
+		}
+		bits := p.Bits() + 1
+		a := p.Addr().As4()
+		hi := binary.BigEndian.Uint32(a[:]) | 1<<(32-bits)
+		binary.BigEndian.PutUint32(a[:], hi)
+		return append(without(netip.PrefixFrom(p.Addr(), bits), holes), without(netip.PrefixFrom(netip.AddrFrom4(a), bits), holes)...)
+	}
+	return []netip.Prefix{p}
+}
 
 // nftRules is the ruleset loaded into an egress sandbox's network
 // namespace. The sandbox has no capabilities there, so it cannot change it.
@@ -74,12 +108,17 @@ func (s *Sandbox) nftRules() string {
 	var b strings.Builder
 	b.WriteString("table inet spry {\n chain output {\n  type filter hook output priority 0; policy accept;\n  oifname \"lo\" accept\n")
 	fmt.Fprintf(&b, "  ip daddr %s udp dport 53 accept\n  ip daddr %s tcp dport 53 accept\n", slirpDNS, slirpDNS)
+	// The host's own addresses before the operator's ranges, which may
+	// hold them.
+	if len(s.hostAddrs) > 0 {
+		fmt.Fprintf(&b, "  ip daddr { %s } reject\n", strings.Join(s.hostAddrs, ", "))
+	}
 	for _, p := range s.cfg.EgressAllow {
 		if p.Addr().Is4() {
 			fmt.Fprintf(&b, "  ip daddr %s accept\n", p)
 		}
 	}
-	fmt.Fprintf(&b, "  ip daddr { %s } reject\n", strings.Join(s.blocked, ", "))
+	fmt.Fprintf(&b, "  ip daddr { %s } reject\n", strings.Join(blockedRanges, ", "))
 	b.WriteString("  meta nfproto ipv6 reject\n }\n}\n")
 	return b.String()
 }

@@ -82,8 +82,8 @@ const (
 type Sandbox struct {
 	cfg       Config
 	cgroups   *cgroups
-	netMounts []Mount // /etc files for egress sandboxes
-	blocked   []string
+	netMounts []Mount  // /etc files for egress sandboxes
+	hostAddrs []string // the host's IPv4 addresses, as /32 prefixes
 }
 
 // New checks the host can run sandboxes and returns a Sandbox.

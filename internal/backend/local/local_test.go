@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
@@ -32,7 +33,12 @@ type env struct {
 
 func newEnv(t testing.TB, poolSize int) *env {
 	t.Helper()
-	re := runtimetest.New(t, "deno")
+	return newEnvWith(t, poolSize, runtimetest.Options{})
+}
+
+func newEnvWith(t testing.TB, poolSize int, o runtimetest.Options) *env {
+	t.Helper()
+	re := runtimetest.NewWith(t, "deno", o)
 	b, err := New(Config{
 		RunDir:           re.Dir,
 		Sandbox:          re.Sandbox,
@@ -486,9 +492,13 @@ func TestStartBoostsCPUWeightUntilReady(t *testing.T) {
 	}
 }
 
+// TestNetworkPolicy: an egress instance reaches public addresses and the
+// private range the operator allows, through both layers (nftables and
+// Deno's deny list); not other private ranges, cloud metadata or the
+// host's loopback; and an instance without a network reaches nothing.
 func TestNetworkPolicy(t *testing.T) {
-	e := newEnv(t, 0)
-	pub := nettest.New(t, 8080, "198.51.100.20", "169.254.169.254", "10.213.0.1")
+	e := newEnvWith(t, 0, runtimetest.Options{EgressAllow: []netip.Prefix{netip.MustParsePrefix("10.213.0.0/16")}})
+	pub := nettest.New(t, 8080, "198.51.100.20", "169.254.169.254", "10.213.0.1", "10.214.0.1")
 	code := `export default { async fetch(req) {
 		const target = new URL(req.url).searchParams.get("to");
 		try {
@@ -502,7 +512,8 @@ func TestNetworkPolicy(t *testing.T) {
 	}{
 		{"egress", "198.51.100.20", true},
 		{"egress", "169.254.169.254", false},
-		{"egress", "10.213.0.1", false},
+		{"egress", "10.213.0.1", true},
+		{"egress", "10.214.0.1", false},
 		{"egress", "127.0.0.1", false},
 		{"none", "198.51.100.20", false},
 	}

@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -40,6 +41,18 @@ type Env struct {
 // sandboxed process is left, print the instances' output if the test
 // failed, and remove the directory.
 func New(t testing.TB, runtimeName string) *Env {
+	t.Helper()
+	return NewWith(t, runtimeName, Options{})
+}
+
+// Options change what NewWith prepares.
+type Options struct {
+	// EgressAllow is the sandbox's Config.EgressAllow.
+	EgressAllow []netip.Prefix
+}
+
+// NewWith is New with options.
+func NewWith(t testing.TB, runtimeName string, o Options) *Env {
 	t.Helper()
 	if os.Getuid() != 0 {
 		t.Skip("sandboxed instances need root (cgroups, instance uids)")
@@ -81,7 +94,7 @@ func New(t testing.TB, runtimeName string) *Env {
 	}
 	var rnd [4]byte
 	_, _ = rand.Read(rnd[:])
-	if e.Sandbox, err = sandbox.New(sandbox.Config{CgroupParent: "spry-test/" + hex.EncodeToString(rnd[:]), SystemLibs: libs, StateDir: dir}); err != nil {
+	if e.Sandbox, err = sandbox.New(sandbox.Config{CgroupParent: "spry-test/" + hex.EncodeToString(rnd[:]), SystemLibs: libs, StateDir: dir, EgressAllow: o.EgressAllow}); err != nil {
 		t.Fatal(err)
 	}
 	if e.Blobs, err = blob.Open(t.TempDir()); err != nil {

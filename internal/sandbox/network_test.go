@@ -1,0 +1,97 @@
+package sandbox
+
+import (
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestWithout(t *testing.T) {
+	pfx := func(list ...string) []netip.Prefix {
+		var out []netip.Prefix
+		for _, s := range list {
+			out = append(out, netip.MustParsePrefix(s))
+		}
+		return out
+	}
+	tests := []struct {
+		name  string
+		p     string
+		holes []string
+		want  []string
+	}{
+		{"no holes", "10.0.0.0/8", nil, []string{"10.0.0.0/8"}},
+		{"elsewhere", "10.0.0.0/8", []string{"192.168.0.0/16"}, []string{"10.0.0.0/8"}},
+		{"all of it", "10.0.0.0/8", []string{"10.0.0.0/8"}, nil},
+		{"more than all", "10.0.0.0/8", []string{"8.0.0.0/5"}, nil},
+		{"lower half", "10.0.0.0/8", []string{"10.0.0.0/9"}, []string{"10.128.0.0/9"}},
+		{"upper half", "10.0.0.0/8", []string{"10.128.0.0/9"}, []string{"10.0.0.0/9"}},
+		{"a /10 inside", "10.0.0.0/8", []string{"10.64.0.0/10"}, []string{"10.0.0.0/10", "10.128.0.0/9"}},
+		{"one address", "192.168.0.0/30", []string{"192.168.0.2/32"}, []string{"192.168.0.0/31", "192.168.0.3/32"}},
+		{"two holes", "172.16.0.0/12", []string{"172.16.0.0/14", "172.31.0.0/16"},
+			[]string{"172.20.0.0/14", "172.24.0.0/14", "172.28.0.0/15", "172.30.0.0/16"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got []string
+			for _, p := range without(netip.MustParsePrefix(tt.p), pfx(tt.holes...)) {
+				got = append(got, p.String())
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Fatalf("got %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestWithoutCoversExactly: for random holes in a blocked range, an
+// address is in what is left exactly when it is in the range and in no
+// hole.
+func TestWithoutCoversExactly(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	base := netip.MustParsePrefix("10.0.0.0/8")
+	addr := func() netip.Addr {
+		return netip.AddrFrom4([4]byte{10, byte(r.IntN(256)), byte(r.IntN(256)), byte(r.IntN(256))})
+	}
+	for range 200 {
+		var holes []netip.Prefix
+		for range r.IntN(4) {
+			p, _ := addr().Prefix(8 + r.IntN(25))
+			holes = append(holes, p)
+		}
+		left := without(base, holes)
+		for range 200 {
+			a := addr()
+			if r.IntN(4) == 0 && len(holes) > 0 {
+				a = holes[0].Addr() // hole edges too
+			}
+			inHole := slices.ContainsFunc(holes, func(h netip.Prefix) bool { return h.Contains(a) })
+			inLeft := slices.ContainsFunc(left, func(p netip.Prefix) bool { return p.Contains(a) })
+			if inLeft == inHole {
+				t.Fatalf("holes %v: %v is in a hole %v, in what is left %v (%v)", holes, a, inHole, inLeft, left)
+			}
+		}
+	}
+}
+
+// TestEgressRules: the operator's ranges open holes in both layers (the
+// nftables rules and the runtime's deny list), but never to the host's
+// own addresses, which are rejected before the holes are opened.
+func TestEgressRules(t *testing.T) {
+	s := &Sandbox{
+		cfg:       Config{EgressAllow: []netip.Prefix{netip.MustParsePrefix("10.213.0.0/16"), netip.MustParsePrefix("fd00::/8")}},
+		hostAddrs: []string{"10.213.0.5/32"},
+	}
+	rules := s.nftRules()
+	host, allow := strings.Index(rules, "ip daddr { 10.213.0.5/32 } reject"), strings.Index(rules, "ip daddr 10.213.0.0/16 accept")
+	if host < 0 || allow < 0 || host > allow || strings.Contains(rules, "fd00") {
+		t.Fatalf("rules:\n%s", rules)
+	}
+	deny := s.EgressRanges()
+	if slices.Contains(deny, "10.0.0.0/8") || !slices.Contains(deny, "10.212.0.0/16") || !slices.Contains(deny, "10.214.0.0/15") ||
+		!slices.Contains(deny, "169.254.0.0/16") || !slices.Contains(deny, "10.213.0.5/32") {
+		t.Fatalf("deny list %v", deny)
+	}
+}
