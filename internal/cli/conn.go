@@ -3,11 +3,11 @@ package cli
 import (
 	"encoding/json"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 
 	"github.com/spry-run/spry/internal/client"
+	"github.com/spry-run/spry/internal/errdefs"
 )
 
 // connFlags resolves where the server is and which token to use: flags,
@@ -77,7 +77,7 @@ func (c *connFlags) resolve() (url, token string) {
 func (c *connFlags) client() (*client.Client, error) {
 	url, token := c.resolve()
 	if token == "" {
-		return nil, fmt.Errorf("no API token: set SPRY_TOKEN, pass --token, or run `spry login`")
+		return nil, errdefs.New(errdefs.ErrUnauthenticated, "no API token: set SPRY_TOKEN, pass --token, or run `spry login`")
 	}
 	return client.New(url, token), nil
 }

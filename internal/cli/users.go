@@ -7,18 +7,19 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/spry-run/spry/internal/client"
+	"github.com/spry-run/spry/internal/errdefs"
 )
 
 func newLoginCmd(conn *connFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "login",
 		Short: "Check a server URL and token and save them for later commands",
-		Long:  "Check a server URL and token (from --url/--token or SPRY_URL/SPRY_TOKEN) and save them in ~/.config/spry/config.json (mode 0600).",
+		Long:  "Check a server URL and token (from --url/--token or SPRY_URL/SPRY_TOKEN) and save them in $SPRY_CONFIG, else $XDG_CONFIG_HOME/spry/config.json, else ~/.config/spry/config.json (mode 0600).",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			url, token := conn.resolve()
 			if token == "" {
-				return fmt.Errorf("no token: pass --token or set SPRY_TOKEN")
+				return errdefs.New(errdefs.ErrUnauthenticated, "no token: pass --token or set SPRY_TOKEN")
 			}
 			who, err := client.New(url, token).Whoami(cmd.Context())
 			if err != nil {

@@ -124,7 +124,7 @@ func (m *Metrics) Forget(owner, function string) {
 }
 
 var (
-	instancesDesc = prometheus.NewDesc("spry_instances", "Running instances, by owner, function and state (busy, idle, starting, draining).", []string{"owner", "function", "state"}, nil)
+	instancesDesc = prometheus.NewDesc("spry_instances", "Running instances, by owner, function and state (busy, idle, starting).", []string{"owner", "function", "state"}, nil)
 	poolDesc      = prometheus.NewDesc("spry_pool_idle", "Generic, already sandboxed runtime instances waiting in the warm pool.", []string{"runtime"}, nil)
 	queueDesc     = prometheus.NewDesc("spry_queue_depth", "Requests waiting for an instance with free capacity.", nil, nil)
 	loopDesc      = prometheus.NewDesc("spry_router_loop_requests_total", "Requests the router's event loops served in place (its fast path).", nil, nil)
