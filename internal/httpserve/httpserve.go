@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -67,15 +68,13 @@ func New(h fasthttp.RequestHandler, log *slog.Logger) *fasthttp.Server {
 	}
 }
 
-// refuseAmbiguousFraming refuses a request that has both
-// Transfer-Encoding and Content-Length. fasthttp goes by the first and
-// drops the second, but a proxy in front may go by the second, and the
-// difference smuggles requests (RFC 9112, 6.1). Only chunked requests pay
-// for the look.
+// refuseAmbiguousFraming answers a request CheckHead refuses with 400
+// and closes its connection, so nothing it carries is read as a further
+// request.
 func refuseAmbiguousFraming(h fasthttp.RequestHandler) fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
-		if ctx.Request.Header.ContentLength() == -1 && hasContentLength(ctx.Request.Header.RawHeaders()) {
-			WriteError(ctx, errdefs.New(errdefs.ErrInvalidArgument, "the request has both Transfer-Encoding and Content-Length"))
+		if err := CheckHead(&ctx.Request.Header); err != nil {
+			WriteError(ctx, err)
 			ctx.SetConnectionClose()
 			return
 		}
@@ -83,19 +82,112 @@ func refuseAmbiguousFraming(h fasthttp.RequestHandler) fasthttp.RequestHandler {
 	}
 }
 
-// hasContentLength says whether a raw header block has a Content-Length
-// field.
-func hasContentLength(raw []byte) bool {
-	const name = "content-length:"
+// CheckHead refuses what fasthttp's parser lets through but a server
+// behind which functions run must not (RFC 9112):
+//   - Transfer-Encoding and Content-Length together: fasthttp goes by the
+//     first and drops the second, but a proxy in front may go by the
+//     second (6.1);
+//   - a Transfer-Encoding other than one "chunked": fasthttp drops
+//     "identity", and the body would then be read as the next request;
+//   - more than one Host, or one that is not host[:port] (3.2): a Host
+//     such as "x/../admin" would change the URL the function sees.
+//
+// These differences smuggle requests past a proxy in front, or confuse
+// the function. The event loops make the same check.
+func CheckHead(h *fasthttp.RequestHeader) error {
+	hosts, codings, lengths := 0, 0, 0
+	bad := false
+	raw := h.RawHeaders()
 	for len(raw) > 0 {
 		var line []byte
 		line, raw, _ = bytes.Cut(raw, []byte{'\n'})
-		if len(line) >= len(name) && bytes.EqualFold(line[:len(name)], []byte(name)) {
-			return true
+		switch {
+		case len(line) == 0:
+		case line[0]|0x20 == 'h' && hasName(line, "host:"):
+			hosts++
+		case line[0]|0x20 == 'c' && hasName(line, "content-length:"):
+			lengths++
+		case line[0]|0x20 == 't' && hasName(line, "transfer-encoding:"):
+			codings++
+			v := bytes.TrimSpace(line[len("transfer-encoding:"):])
+			bad = bad || !bytes.EqualFold(v, []byte("chunked"))
 		}
 	}
-	return false
+	switch {
+	case codings > 0 && lengths > 0:
+		return errdefs.New(errdefs.ErrInvalidArgument, "the request has both Transfer-Encoding and Content-Length")
+	case bad || codings > 1:
+		return errdefs.New(errdefs.ErrInvalidArgument, "unsupported Transfer-Encoding: only a single chunked is accepted")
+	case hosts > 1:
+		return errdefs.New(errdefs.ErrInvalidArgument, "more than one Host header")
+	case !validHost(h.Host()):
+		return errdefs.New(errdefs.ErrInvalidArgument, "malformed Host header: want host or host:port")
+	}
+	return nil
 }
+
+func hasName(line []byte, name string) bool {
+	return len(line) >= len(name) && bytes.EqualFold(line[:len(name)], []byte(name))
+}
+
+// validHost says whether h is empty (the caller decides whether a Host
+// may be missing) or host[:port]: a name of letters, digits and
+// "-._~!$&'()*+,;=" (RFC 3986's reg-name less percent-encoding, which
+// URL parsers such as Deno's refuse in a host), or an IPv6 address in
+// brackets; the port, if any, 0 to 65535.
+func validHost(h []byte) bool {
+	if len(h) == 0 {
+		return true
+	}
+	name, port := h, []byte(nil)
+	if h[0] == '[' {
+		end := bytes.IndexByte(h, ']')
+		if end < 0 || bytes.IndexByte(h[1:end], ':') < 0 {
+			return false
+		}
+		if _, err := netip.ParseAddr(string(h[1:end])); err != nil {
+			return false
+		}
+		name, port = nil, h[end+1:]
+		if len(port) > 0 && port[0] != ':' {
+			return false
+		}
+	} else if i := bytes.IndexByte(h, ':'); i >= 0 {
+		name, port = h[:i], h[i:]
+	}
+	if len(port) > 0 {
+		port = port[1:] // the colon; an empty port is allowed
+	}
+	for _, c := range name {
+		if !hostByte[c] {
+			return false
+		}
+	}
+	if len(port) > 5 {
+		return false
+	}
+	n := 0
+	for _, c := range port {
+		if c < '0' || c > '9' {
+			return false
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n <= 65535 && (name == nil || len(name) > 0)
+}
+
+var hostByte = func() (t [256]bool) {
+	for c := 'a'; c <= 'z'; c++ {
+		t[c], t[c-'a'+'A'] = true, true
+	}
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for _, c := range "-._~!$&'()*+,;=" {
+		t[c] = true
+	}
+	return t
+}()
 
 // errorHandler answers requests fasthttp could not read.
 func errorHandler(ctx *fasthttp.RequestCtx, err error) {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -196,22 +197,31 @@ func TestAdaptUnreadBodyEndsConnection(t *testing.T) {
 	}
 }
 
-// A request framed two ways (Transfer-Encoding and Content-Length) is
-// refused and its connection closed, so nothing it carries is read as a
-// further request; the handler never sees it.
+// A request framed two ways (Transfer-Encoding and Content-Length), or
+// with a coding other than one chunked, or with a Host that is doubled or
+// not host[:port], is refused and its connection closed, so nothing it
+// carries is read as a further request; the handler never sees it.
 func TestRefusesAmbiguousFraming(t *testing.T) {
 	called := 0
 	url := serve(t, func(ctx *fasthttp.RequestCtx) { called++ })
 	for _, head := range []string{
-		"Content-Length: 44\r\nTransfer-Encoding: chunked",
-		"Transfer-Encoding: chunked\r\ncontent-length: 44",
+		"Host: a\r\nContent-Length: 44\r\nTransfer-Encoding: chunked",
+		"Host: a\r\nTransfer-Encoding: chunked\r\ncontent-length: 44",
+		"Host: a\r\nTransfer-Encoding: identity",
+		"Host: a\r\nTransfer-Encoding: identity\r\nContent-Length: 5",
+		"Host: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity",
+		"Host: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+		"Host: a\r\nHost: b",
+		"Host: x/../../admin",
+		"Host: a b",
+		"Host: x:99999",
 	} {
 		c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
 		if err != nil {
 			t.Fatal(err)
 		}
 		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-		fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: a\r\n%s\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n", head)
+		fmt.Fprintf(c, "POST / HTTP/1.1\r\n%s\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n", head)
 		br := bufio.NewReader(c)
 		res, err := http.ReadResponse(br, nil)
 		if err != nil {
@@ -263,4 +273,58 @@ func TestTruncatedChunkedBody(t *testing.T) {
 		}
 		c.Close()
 	}
+}
+
+func TestValidHost(t *testing.T) {
+	for h, want := range map[string]bool{
+		"":                   true, // missing: the caller's decision
+		"example.com":        true,
+		"example.com:8080":   true,
+		"127.0.0.1:18080":    true,
+		"x:":                 true,
+		"[::1]":              true,
+		"[::1]:443":          true,
+		"a_b-c~d!$&'()*+,;=": true,
+		"x:65535":            true,
+		"x:65536":            false,
+		"x:99999":            false,
+		"x:abc":              false,
+		"x:123456":           false,
+		":80":                false,
+		"a b":                false,
+		"x/../admin":         false,
+		"x/secret?":          false,
+		"x%2F":               false,
+		"x@y":                false,
+		"x#y":                false,
+		"[::1":               false,
+		"[::1]x":             false,
+		"[1.2.3.4]":          false,
+		"[zz]":               false,
+		"a:b:c":              false,
+		"\x00":               false,
+		"\xff":               false,
+	} {
+		if got := validHost([]byte(h)); got != want {
+			t.Errorf("validHost(%q) = %v, want %v", h, got, want)
+		}
+	}
+}
+
+// FuzzValidHost: a Host validHost accepts makes a URL that a standard
+// parser reads back with that very host, so the function sees the URL
+// the client asked for.
+func FuzzValidHost(f *testing.F) {
+	for _, s := range []string{"example.com:80", "[::1]:443", "x:", "a b", "x/../y", "[::1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, h string) {
+		if h == "" || !validHost([]byte(h)) {
+			return
+		}
+		u, err := url.Parse("http://" + h + "/p")
+		if err != nil || u.Host != h || u.Path != "/p" {
+			t.Fatalf("validHost(%q) but the URL parses as host %q path %q (%v)", h, u.Host, u.Path, err)
+		}
+	})
 }

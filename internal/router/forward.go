@@ -765,6 +765,17 @@ func (b clientBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// malformedBody says whether a failure reading the client's body is in
+// the bytes it sent (a bad chunk size or trailer, which fasthttp reports
+// as errors of several kinds) rather than in the connection (a reset, a
+// timeout, an early end) or the size limit.
+func malformedBody(err error) bool {
+	var ne net.Error
+	var errno syscall.Errno
+	return !errors.As(err, &ne) && !errors.As(err, &errno) && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) &&
+		!errors.Is(err, net.ErrClosed) && !errors.Is(err, errTooLarge) && !isTimeout(err)
+}
+
 func clientSide(err error) bool {
 	var ce *clientBodyError
 	return errors.As(err, &ce) || errors.Is(err, errTooLarge)

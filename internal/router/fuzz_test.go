@@ -120,6 +120,8 @@ func FuzzClientRequest(f *testing.F) {
 		"POST /fn/alice/fn/ HTTP/1.1\r\nHost: a\r\nContent-Length: 36\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /fn/alice/fn/smuggled HTTP/1.1\r\n\r\n",
 		"POST /fn/alice/fn/ HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 38\r\n\r\nGET /fn/alice/fn/smuggled HTTP/1.1\r\n\r\n",
 		"GET /fn/alice/fn/a HTTP/1.1\r\nHost: a\r\n\r\nGET /fn/alice/fn/b HTTP/1.1\r\nHost: a\r\n\r\n",
+		"POST /fn/alice/fn/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\nGET /fn/alice/fn/smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+		"GET /fn/alice/fn/ HTTP/1.1\r\nHost: a\r\nHost: b/../x\r\n\r\n",
 		"GET /fn/alice/fn/ HTTP/1.1\r\nHost: a\r\nX-A: a\r\n b\r\n\r\n",
 		"GET /fn/alice/fn/ HTTP/1.1\nHost: a\n\n",
 		"GET /fn/alice/fn/ HTTP/1.0\r\n\r\n",

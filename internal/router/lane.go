@@ -856,6 +856,8 @@ func (lp *loop) start(c *laneClient, end int) handoffReason {
 	case !rh.IsHTTP11() && (string(rh.Protocol()) != "HTTP/1.0" || len(rh.Host()) == 0),
 		len(rh.Peek("Upgrade")) > 0 || len(rh.Peek("Expect")) > 0:
 		return handoffProtocol
+	case httpserve.CheckHead(rh) != nil:
+		return handoffMalformed // the slow path's 400
 	}
 	cl := bodyLength(rh)
 	if cl < 0 || cl > laneMaxBody || int64(cl) > lp.lane.rt.cfg.MaxBodyBytes || end+cl > len(c.in) ||

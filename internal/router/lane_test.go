@@ -132,6 +132,12 @@ func TestLaneServesInPlaceOrHandsOver(t *testing.T) {
 		{"head in two writes", []string{"GET /fn/alice/fn/a HTTP/1.1\r\n", "Host: h\r\n\r\n"}, 200, "", "head"},
 		{"body in a second write", []string{"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n", "hi"}, 200, "hi", "body"},
 		{"broken escape", []string{"GET /fn/alice/fn/% HTTP/1.1\r\nHost: h\r\n\r\n"}, 400, "", "malformed"},
+		{"a malformed chunk size", []string{"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"}, 400, "", "body"},
+		{"a chunk without its CRLF", []string{"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhiX\r\n0\r\n\r\n"}, 400, "", "body"},
+		{"Transfer-Encoding: identity", []string{"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: identity\r\n\r\nGET /fn/alice/fn/smuggled HTTP/1.1\r\nHost: h\r\n\r\n"}, 400, "", "malformed"},
+		{"two Hosts", []string{"GET /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nhost: i\r\n\r\n"}, 400, "", "malformed"},
+		{"a Host with a path", []string{"GET /fn/alice/fn/a HTTP/1.1\r\nHost: h/../../x\r\n\r\n"}, 400, "", "malformed"},
+		{"a Host with a bad port", []string{"GET /fn/alice/fn/a HTTP/1.1\r\nHost: h:99999\r\n\r\n"}, 400, "", "malformed"},
 	}
 	srv := laneRouter(t, echo())
 	for _, tt := range tests {

@@ -315,6 +315,14 @@ func (rt *Router) fail(ctx *fasthttp.RequestCtx, inv *invocation, err error) {
 		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrInvalidArgument, "the request body ended before its end"))
 		return
 	}
+	if clientSide(err) && malformedBody(err) {
+		// The client is there but sent a body that is not HTTP (a bad
+		// chunk size, say): its fault, and it should hear so.
+		ctx.Response.Reset()
+		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrInvalidArgument, "malformed request body: %v", errors.Unwrap(err)))
+		ctx.SetConnectionClose()
+		return
+	}
 	if inv.gone.Load() {
 		clientClosed(ctx)
 		return
