@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -208,5 +209,21 @@ func TestEnvAndSecrets(t *testing.T) {
 	s.restart()
 	if env := s.get("/fn/admin/envy").json(t); env["TOKEN"] != secret {
 		t.Fatalf("after restart: %v", env)
+	}
+	// Env and secrets share one size limit, as an instance gets both:
+	// secrets set one request at a time cannot pass it either.
+	big := func(k string) io.Reader {
+		return strings.NewReader(`{"secrets":{"` + k + `":"` + strings.Repeat("s", 40000) + `"}}`)
+	}
+	if r := s.do("PATCH", "/api/v1/functions/envy", s.token, big("BIG1"), map[string]string{"Content-Type": "application/json"}); r.status != 200 {
+		t.Fatalf("one big secret: %d %s", r.status, r.body)
+	}
+	live := s.do("GET", "/api/v1/functions/envy", s.token, nil, nil).json(t)["version"]
+	r = s.do("PATCH", "/api/v1/functions/envy", s.token, big("BIG2"), map[string]string{"Content-Type": "application/json"})
+	if r.status != 413 || r.errorCode(t) != "too_large" {
+		t.Fatalf("a second big secret: %d %s", r.status, r.body)
+	}
+	if v := s.do("GET", "/api/v1/functions/envy", s.token, nil, nil).json(t)["version"]; v != live {
+		t.Fatalf("a refused change made version %v (live was %v)", v, live)
 	}
 }

@@ -299,6 +299,9 @@ func (a *API) deployFunction(w http.ResponseWriter, r *http.Request) error {
 		if err := dec.Decode(&d); err != nil {
 			return errdefs.Invalid("invalid JSON body: %v", err)
 		}
+		if dec.More() {
+			return errdefs.Invalid("invalid JSON body: more than one value")
+		}
 		req.Code = []byte(d.Code)
 		req.Archive, req.Entry = d.Archive, d.Entry
 		if d.Filename != "" {

@@ -57,7 +57,7 @@ func (a *API) listVersions(w http.ResponseWriter, r *http.Request) error {
 // RollbackBody is the body of POST .../rollback; version 0 (or none)
 // means the version before the live one.
 type RollbackBody struct {
-	Version int64 `json:"version,omitempty"`
+	Version *int64 `json:"version,omitempty"`
 }
 
 func (a *API) rollback(w http.ResponseWriter, r *http.Request) error {
@@ -71,10 +71,13 @@ func (a *API) rollback(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
-	if body.Version < 0 {
-		return errdefs.Invalid("version must be positive")
+	version := int64(0) // the one before the live one
+	if body.Version != nil {
+		if version = *body.Version; version <= 0 {
+			return errdefs.Invalid("version must be positive")
+		}
 	}
-	fn, err := a.fns.Rollback(r.Context(), owner, name, body.Version)
+	fn, err := a.fns.Rollback(r.Context(), owner, name, version)
 	if err != nil {
 		return err
 	}

@@ -316,7 +316,11 @@ func (c *Client) Versions(ctx context.Context, owner, name string) ([]api.Versio
 // Rollback makes an earlier version live (0: the one before the live one).
 func (c *Client) Rollback(ctx context.Context, owner, name string, version int64) (api.FunctionView, error) {
 	var v api.FunctionView
-	data, _ := json.Marshal(api.RollbackBody{Version: version})
+	var body api.RollbackBody
+	if version != 0 {
+		body.Version = &version
+	}
+	data, _ := json.Marshal(body)
 	err := c.do(ctx, "POST", "/api/v1/functions/"+url.PathEscape(name)+"/rollback", ownerQuery(owner), bytes.NewReader(data), "application/json", &v)
 	return v, err
 }

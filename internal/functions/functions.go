@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -174,6 +175,11 @@ func ValidateEnv(env map[string]string) error {
 		}
 		if !utf8.ValidString(v) {
 			return errdefs.Invalid("environment variable %s is not valid UTF-8", k)
+		}
+		if strings.IndexByte(v, 0) >= 0 {
+			// A process's environment cannot hold one: Node would cut
+			// the value there while ctx.env kept it whole.
+			return errdefs.Invalid("environment variable %s contains a NUL byte", k)
 		}
 		total += len(k) + len(v)
 	}
@@ -358,6 +364,24 @@ func (s *Service) newVersion(ctx context.Context, owner, name, by string, b *bun
 	}
 	if len(cfg.Env)+len(cfg.Secrets) > MaxEnvVars {
 		return store.Function{}, errdefs.Invalid("%d environment variables and secrets; the limit is %d", len(cfg.Env)+len(cfg.Secrets), MaxEnvVars)
+	}
+	// An instance gets both in its environment, so they share the size
+	// limit too (and each version stores them all again).
+	size := 0
+	for k, v := range cfg.Env {
+		size += len(k) + len(v)
+	}
+	for k, v := range cfg.Secrets {
+		plain, ok := ch.SetSecrets[k]
+		if !ok {
+			if plain, err = s.sealer.Open(v, secretContext(owner, name, k)); err != nil {
+				return store.Function{}, fmt.Errorf("open secret %s: %w", k, err)
+			}
+		}
+		size += len(k) + len(plain)
+	}
+	if size > MaxEnvBytes {
+		return store.Function{}, errdefs.New(errdefs.ErrTooLarge, "environment variables and secrets are %d bytes; the limit is %d", size, MaxEnvBytes)
 	}
 	v, err := s.store.Deploy(ctx, newID(), store.Version{
 		Owner:     owner,
