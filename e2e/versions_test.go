@@ -55,6 +55,9 @@ func TestVersionsRollbackTrafficTags(t *testing.T) {
 	if got := body("@2/"); got != "v2 2" {
 		t.Fatalf("@2: %q", got)
 	}
+	if r := s.get("/fn/admin/ver@/"); r.status != 404 {
+		t.Fatalf("an empty selector: %d", r.status)
+	}
 	if r := s.get("/fn/admin/ver@nope/"); r.status != 404 {
 		t.Fatalf("unknown tag: %d", r.status)
 	}

@@ -161,6 +161,11 @@ func (a *API) target(r *http.Request) (owner, name string, err error) {
 func (a *API) listFunctions(w http.ResponseWriter, r *http.Request) error {
 	p := principal(r)
 	owner := r.URL.Query().Get("owner")
+	if owner != "" {
+		if err := names.User(owner); err != nil {
+			return err
+		}
+	}
 	switch {
 	case owner == "" && p.Admin:
 		// The admin sees everyone's functions.
@@ -278,7 +283,7 @@ func (a *API) deployFunction(w http.ResponseWriter, r *http.Request) error {
 	}
 	q := r.URL.Query()
 	req := functions.DeployRequest{Owner: owner, Name: name, By: principal(r).User, Filename: q.Get("filename"), Runtime: q.Get("runtime")}
-	isJSON := strings.HasPrefix(r.Header.Get("Content-Type"), "application/json")
+	isJSON := mediaType(r.Header.Get("Content-Type")) == "application/json"
 	limit := a.cfg.MaxCodeBytes
 	if isJSON {
 		// JSON escaping can grow code up to six-fold (\u00XX); allow for
@@ -383,9 +388,15 @@ func (a *API) configureFunction(w http.ResponseWriter, r *http.Request) error {
 }
 
 // isArchive reports whether a raw deploy body is a project archive.
-func isArchive(contentType string) bool {
+// mediaType is a Content-Type's type/subtype, lower-cased, without
+// parameters.
+func mediaType(contentType string) string {
 	ct, _, _ := strings.Cut(contentType, ";")
-	switch strings.TrimSpace(strings.ToLower(ct)) {
+	return strings.TrimSpace(strings.ToLower(ct))
+}
+
+func isArchive(contentType string) bool {
+	switch mediaType(contentType) {
 	case "application/gzip", "application/x-gzip", "application/x-tar", "application/zip", "application/x-zip-compressed":
 		return true
 	}

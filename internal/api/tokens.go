@@ -2,7 +2,10 @@ package api
 
 import (
 	"net/http"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/spry-run/spry/internal/errdefs"
 	"github.com/spry-run/spry/internal/store"
@@ -69,6 +72,10 @@ func (a *API) createToken(w http.ResponseWriter, r *http.Request) error {
 	}
 	if len(body.Name) > 200 {
 		return errdefs.Invalid("token name is over 200 bytes")
+	}
+	// It is shown in terminals (spry token ls): no control characters.
+	if strings.ContainsFunc(body.Name, unicode.IsControl) || !utf8.ValidString(body.Name) {
+		return errdefs.Invalid("token name has control characters or is not UTF-8")
 	}
 	user, err := tokenUser(r, body.User)
 	if err != nil {

@@ -145,7 +145,8 @@ func validHost(h []byte) bool {
 		if end < 0 || bytes.IndexByte(h[1:end], ':') < 0 {
 			return false
 		}
-		if _, err := netip.ParseAddr(string(h[1:end])); err != nil {
+		// (No zone: "%" would need escaping in a URL.)
+		if a, err := netip.ParseAddr(string(h[1:end])); err != nil || a.Zone() != "" {
 			return false
 		}
 		name, port = nil, h[end+1:]
@@ -198,9 +199,7 @@ func errorHandler(ctx *fasthttp.RequestCtx, err error) {
 		err = errdefs.New(errdefs.ErrRequestHeaderLarge, "request header is over the %d byte limit", MaxHeaderBytes)
 	case errors.As(err, &ne) && ne.Timeout():
 		ctx.SetConnectionClose()
-		ctx.Response.Header.SetContentLength(0)
-		ctx.SetStatusCode(fasthttp.StatusRequestTimeout)
-		return
+		err = errdefs.New(errdefs.ErrRequestTimeout, "the request did not arrive within %s", HeaderTimeout)
 	default:
 		err = errdefs.New(errdefs.ErrInvalidArgument, "malformed request")
 	}

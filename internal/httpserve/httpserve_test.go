@@ -14,13 +14,16 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-func serve(t *testing.T, h fasthttp.RequestHandler) string {
+func serve(t *testing.T, h fasthttp.RequestHandler, adjust ...func(*fasthttp.Server)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := New(h, nil)
+	for _, f := range adjust {
+		f(srv)
+	}
 	// As in production: connections are *Conn.
 	go srv.Serve(Listener(ln, WatchAfter, nil))
 	t.Cleanup(func() { _ = srv.Shutdown() })
@@ -86,6 +89,27 @@ func TestAdaptStreamsAndCancels(t *testing.T) {
 	case <-cancelled:
 	case <-time.After(5 * time.Second):
 		t.Fatal("the handler's context was not cancelled when the client went away")
+	}
+}
+
+// A head that does not all come in time is answered 408 with the JSON
+// error, and the connection closed.
+func TestHeaderTimeout(t *testing.T) {
+	url := serve(t, func(ctx *fasthttp.RequestCtx) {}, func(s *fasthttp.Server) { s.ReadTimeout = 200 * time.Millisecond })
+	c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprint(c, "GET / HTTP/1.1\r\nHost: a\r\n")
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	if res.StatusCode != 408 || !strings.Contains(string(b), `"code":"request_timeout"`) || !res.Close {
+		t.Fatalf("%d %s (close %v)", res.StatusCode, b, res.Close)
 	}
 }
 
@@ -323,8 +347,11 @@ func FuzzValidHost(f *testing.F) {
 			return
 		}
 		u, err := url.Parse("http://" + h + "/p")
-		if err != nil || u.Host != h || u.Path != "/p" {
-			t.Fatalf("validHost(%q) but the URL parses as host %q path %q (%v)", h, u.Host, u.Path, err)
+		if err != nil {
+			t.Fatalf("validHost(%q) but the URL does not parse: %v", h, err)
+		}
+		if u.Host != h || u.Path != "/p" {
+			t.Fatalf("validHost(%q) but the URL parses as host %q path %q", h, u.Host, u.Path)
 		}
 	})
 }

@@ -875,10 +875,10 @@ func (lp *loop) start(c *laneClient, end int) handoffReason {
 		return handoffMalformed
 	}
 	rt := lp.lane.rt
-	fn, tag, _ := strings.Cut(name, "@")
+	fn, tag, tagged := strings.Cut(name, "@")
 	spec := lp.lane.cache.Cached(owner, fn, tag)
-	if spec == nil {
-		return handoffNotCached
+	if spec == nil || tagged && tag == "" {
+		return handoffNotCached // (the slow path's 404 for "name@")
 	}
 	lease := lp.lane.try.TryAcquire(spec)
 	if lease == nil {

@@ -437,8 +437,12 @@ func (rt *Router) finished(inv *invocation, instance string, cold bool) {
 // resolve finds the version for a request to owner/name or
 // owner/name@tag.
 func (rt *Router) resolve(ctx context.Context, owner, name string) (*backend.Spec, error) {
-	fn, tag, _ := strings.Cut(name, "@")
-	spec, err := rt.resolver.Resolve(ctx, owner, fn, tag)
+	fn, tag, tagged := strings.Cut(name, "@")
+	var spec *backend.Spec
+	err := errdefs.ErrNotFound // "name@" names no version
+	if !tagged || tag != "" {
+		spec, err = rt.resolver.Resolve(ctx, owner, fn, tag)
+	}
 	if errors.Is(err, errdefs.ErrNotFound) {
 		err = errdefs.New(errdefs.ErrNotFound, "function %s/%s not found", owner, name)
 	}
