@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"net"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -26,6 +27,41 @@ func TestNoTokenExitsUnauthenticated(t *testing.T) {
 		}
 		if !strings.Contains(stderr.String(), "no ") || !strings.Contains(stderr.String(), "token") {
 			t.Errorf("spry %s: stderr %q does not name the missing token", strings.Join(args, " "), stderr.String())
+		}
+	}
+}
+
+// Exit codes for what goes wrong before or instead of a server's answer:
+// a flag that does not parse or is out of range is bad input (2); a
+// server that cannot be reached is unavailable (6).
+func TestExitCodes(t *testing.T) {
+	// A port nothing listens on: bound, then closed.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := "http://" + ln.Addr().String()
+	ln.Close()
+	cfg := filepath.Join(t.TempDir(), "config.json")
+	for _, tt := range []struct {
+		args []string
+		want int
+	}{
+		{[]string{"logs", "f", "-n", "abc"}, 2},
+		{[]string{"logs", "f", "-n", "0"}, 2},
+		{[]string{"ls", "--no-such-flag"}, 2},
+		{[]string{"ls", "--url", closed, "--token", "t"}, 6},
+	} {
+		var stdout, stderr bytes.Buffer
+		code := Main(context.Background(), Env{
+			Args:    tt.args,
+			Environ: []string{"SPRY_CONFIG=" + cfg, "HOME=" + t.TempDir()},
+			Stdin:   strings.NewReader(""),
+			Stdout:  &stdout,
+			Stderr:  &stderr,
+		})
+		if code != tt.want {
+			t.Errorf("spry %s: exit %d, want %d (stderr %q)", strings.Join(tt.args, " "), code, tt.want, stderr.String())
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/spry-run/spry/internal/api"
 	"github.com/spry-run/spry/internal/client"
+	"github.com/spry-run/spry/internal/errdefs"
 )
 
 func newLogsCmd(conn *connFlags) *cobra.Command {
@@ -17,6 +18,9 @@ func newLogsCmd(conn *connFlags) *cobra.Command {
 		Short: "Print a function's logs: its output, one access line per invocation, crashes and timeouts",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if cmd.Flags().Changed("tail") && o.Limit < 1 {
+				return errdefs.Invalid("--tail %d: want at least 1", o.Limit)
+			}
 			c, err := conn.client()
 			if err != nil {
 				return err

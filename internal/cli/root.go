@@ -62,6 +62,9 @@ func NewRoot(env Env) *cobra.Command {
 	root.SetIn(env.Stdin)
 	root.SetOut(env.Stdout)
 	root.SetErr(env.Stderr)
+	// A flag that does not parse is bad input (exit 2), as the server's
+	// 400s are.
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return errdefs.Invalid("%v", err) })
 	conn := &connFlags{env: env}
 	root.PersistentFlags().StringVar(&conn.url, "url", "", "Spry server URL (default $SPRY_URL, the login config, or http://127.0.0.1:8080)")
 	root.PersistentFlags().StringVar(&conn.token, "token", "", "API token (default $SPRY_TOKEN or the login config)")

@@ -61,7 +61,7 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, body
 	}
 	res, err := c.HTTP.Do(req)
 	if err != nil {
-		return fmt.Errorf("cannot reach the Spry server at %s: %w", c.URL, err)
+		return &unreachable{c.URL, err}
 	}
 	defer res.Body.Close()
 	if res.StatusCode >= 400 {
@@ -229,7 +229,7 @@ func (c *Client) Invoke(ctx context.Context, owner, name, method, path string, b
 	}
 	res, err := c.HTTP.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("cannot reach the Spry server at %s: %w", c.URL, err)
+		return nil, &unreachable{c.URL, err}
 	}
 	return res, nil
 }
@@ -283,7 +283,7 @@ func (c *Client) Logs(ctx context.Context, name string, o LogOptions, fn func(ap
 	hc.Timeout = 0
 	res, err := hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("cannot reach the Spry server at %s: %w", c.URL, err)
+		return &unreachable{c.URL, err}
 	}
 	defer res.Body.Close()
 	if res.StatusCode >= 400 {
@@ -342,3 +342,15 @@ func (c *Client) SetTag(ctx context.Context, owner, name, tag string, version in
 	data, _ := json.Marshal(api.TagBody{Version: version})
 	return c.do(ctx, "PUT", path, ownerQuery(owner), bytes.NewReader(data), "application/json", nil)
 }
+
+// unreachable is a failure to reach the server at all: unavailable (the
+// CLI exits 6), with the network's error underneath.
+type unreachable struct {
+	url string
+	err error
+}
+
+func (e *unreachable) Error() string {
+	return "cannot reach the Spry server at " + e.url + ": " + e.err.Error()
+}
+func (e *unreachable) Unwrap() []error { return []error{e.err, errdefs.ErrUnavailable} }
