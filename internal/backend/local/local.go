@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	goruntime "runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -630,20 +631,24 @@ func (b *Backend) spawn(ctx context.Context, key poolKey, shares uint64) (*proc,
 		return fail(err)
 	}
 	p.lifeline = lifeline
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		cmd.Cleanup()
-		return fail(err)
+	// Output pipes of our own, not StdoutPipe: Wait closes those as soon
+	// as the process exits, losing the last lines still in them (a
+	// crash's stack trace). reap reads these to their end first.
+	var outR, outW [2]*os.File
+	for i := range outR {
+		if outR[i], outW[i], err = os.Pipe(); err != nil {
+			closeAll(outR[:i], outW[:i])
+			cmd.Cleanup()
+			return fail(err)
+		}
 	}
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		cmd.Cleanup()
-		return fail(err)
-	}
+	cmd.Stdout, cmd.Stderr = outW[0], outW[1]
 	if err := cmd.Start(); err != nil {
+		closeAll(outR[:], outW[:])
 		cmd.Cleanup()
 		return fail(fmt.Errorf("start sandbox: %w", err))
 	}
+	closeAll(outW[:])
 	cmd.CloseFiles()
 
 	b.mu.Lock()
@@ -653,10 +658,10 @@ func (b *Backend) spawn(ctx context.Context, key poolKey, shares uint64) (*proc,
 
 	var readers sync.WaitGroup
 	readers.Add(2)
-	go func() { defer readers.Done(); b.readOutput(p, "stdout", stdout, true) }()
-	go func() { defer readers.Done(); b.readOutput(p, "stderr", stderr, false) }()
+	go func() { defer readers.Done(); b.readOutput(p, "stdout", outR[0], true) }()
+	go func() { defer readers.Done(); b.readOutput(p, "stderr", outR[1], false) }()
 	b.wg.Add(1)
-	go b.reap(p, &readers)
+	go b.reap(p, &readers, outR[:])
 	if closed {
 		// Close has stopped every instance it knew of; this one came
 		// after.
@@ -769,6 +774,14 @@ func (b *Backend) readOutput(p *proc, stream string, r io.Reader, watchReady boo
 	}
 }
 
+func closeAll(lists ...[]*os.File) {
+	for _, l := range lists {
+		for _, f := range l {
+			_ = f.Close()
+		}
+	}
+}
+
 func trimNewline(b []byte) []byte {
 	if n := len(b); n > 0 && b[n-1] == '\n' {
 		b = b[:n-1]
@@ -790,11 +803,26 @@ func (b *Backend) output(p *proc, stream string, line []byte) {
 	b.cfg.Logs.InstanceOutput(spec, inst.ID, stream, line)
 }
 
+// outputGrace bounds how long reap waits, once the runtime has exited,
+// for the rest of its output: a process left holding the pipes (which
+// Cleanup then kills) must not hold up the instance's end.
+const outputGrace = 2 * time.Second
+
 // reap waits for the process, works out why it ended, and cleans up.
-func (b *Backend) reap(p *proc, readers *sync.WaitGroup) {
+func (b *Backend) reap(p *proc, readers *sync.WaitGroup, outputs []*os.File) {
 	defer b.wg.Done()
 	waitErr := p.cmd.Wait()
-	readers.Wait()
+	// The end of the output comes when the last process holding the
+	// pipes is gone, which bubblewrap's end brings about at once.
+	read := make(chan struct{})
+	go func() { readers.Wait(); close(read) }()
+	select {
+	case <-read:
+	case <-time.After(outputGrace):
+		closeAll(outputs) // ends the readers
+		<-read
+	}
+	closeAll(outputs)
 	p.mu.Lock()
 	reason, inst, spec, control, loadFailure := p.stopping, p.inst, p.spec, p.control, p.loadFailure
 	p.control = nil
@@ -828,7 +856,20 @@ func (b *Backend) reap(p *proc, readers *sync.WaitGroup) {
 	b.freeUID(p.uid)
 	b.mu.Lock()
 	delete(b.procs, p.id)
+	// One that died while it waited in the pool leaves it now, so the
+	// filler sees the gap (take would skip it, but only once it came to
+	// the top of the stack).
+	died := false
+	if ps := b.pool[p.key]; inst == nil {
+		if i := slices.Index(ps, p); i >= 0 {
+			b.pool[p.key] = slices.Delete(ps, i, i+1)
+			died = true
+		}
+	}
 	b.mu.Unlock()
+	if died {
+		b.kick()
+	}
 	close(p.exited)
 	if inst != nil {
 		if exit.Reason != backend.ExitStopped && b.cfg.Logs != nil {

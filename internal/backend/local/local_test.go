@@ -238,6 +238,74 @@ func TestImportFailure(t *testing.T) {
 	}
 }
 
+// A pooled sandbox that dies while it waits leaves the pool at once, and
+// the pool fills again: it is not counted as warm until a start finds it
+// dead.
+func TestPooledSandboxDeathRefills(t *testing.T) {
+	e := newEnv(t, 2)
+	e.waitPool(t, 2)
+	e.b.mu.Lock()
+	var victim *proc
+	for _, ps := range e.b.pool {
+		victim = ps[0] // the bottom of the stack, which take comes to last
+	}
+	e.b.mu.Unlock()
+	if err := victim.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-victim.exited
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		live := 0
+		e.b.mu.Lock()
+		for _, ps := range e.b.pool {
+			for _, p := range ps {
+				select {
+				case <-p.exited:
+				default:
+					live++
+				}
+			}
+		}
+		e.b.mu.Unlock()
+		if live == 2 && e.b.PoolIdle()["deno"] == 2 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d live sandboxes in the pool, %d counted, want 2", live, e.b.PoolIdle()["deno"])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// The last lines a runtime writes before it dies (a crash's stack trace)
+// reach the logs: they are read to the pipes' end before the instance is
+// reaped.
+func TestOutputAtExitKept(t *testing.T) {
+	e := newEnv(t, 0)
+	inst, err := e.b.Start(context.Background(), e.spec(t, `export default { fetch() {
+		for (let i = 0; i < 2000; i++) console.log("line " + i + " " + "x".repeat(100));
+		console.error("last words");
+		Deno.exit(3);
+	} }`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := client(inst).Get("http://instance/")
+	if err == nil {
+		res.Body.Close()
+	}
+	select {
+	case <-inst.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the instance did not end")
+	}
+	logs := e.logs.String()
+	if !strings.Contains(logs, "stdout: line 1999 ") || !strings.Contains(logs, "stderr: last words") {
+		t.Fatalf("the output's end is missing; the last lines kept:\n%s", logs[max(0, len(logs)-500):])
+	}
+}
+
 // A top level that exits the runtime ends the instance, described by its
 // exit like any crash.
 func TestImportThatExits(t *testing.T) {
