@@ -236,7 +236,7 @@ func (a *Activator) Acquire(ctx context.Context, spec *backend.Spec) (*Lease, er
 			rev.mu.Unlock()
 			return nil, ErrRetired
 		}
-		if in := rev.pick(); in != nil {
+		if in := rev.pick(); in != nil && (w != nil || rev.spare()) {
 			rev.unqueue(w)
 			l := a.lease(rev, in, cold)
 			rev.mu.Unlock()
@@ -291,7 +291,7 @@ func (a *Activator) TryAcquire(spec *backend.Spec) *Lease {
 	}
 	rev.mu.Lock()
 	defer rev.mu.Unlock()
-	if rev.retired || rev.waiters.Len() > 0 {
+	if rev.retired || rev.waiters.Len()+rev.woken > 0 {
 		return nil
 	}
 	if in := rev.pick(); in != nil {
@@ -335,6 +335,31 @@ func (r *revision) pick() *instance {
 		}
 	}
 	return best
+}
+
+// spare says whether a request that has not waited may take a free slot
+// now: only one the waiting requests (queued, or woken and on their way
+// to take theirs) leave over. Queued requests are served in order; a
+// newcomer does not take the slot a release freed for the oldest.
+// Callers hold rev.mu.
+func (r *revision) spare() bool {
+	ahead := r.waiters.Len() + r.woken
+	if ahead == 0 {
+		return true
+	}
+	limit := max(r.spec.Concurrency, 1)
+	free := 0
+	for _, in := range r.instances {
+		if in.stopping || in.inflight >= limit {
+			continue
+		}
+		select {
+		case <-in.inst.Done():
+		default:
+			free += limit - in.inflight
+		}
+	}
+	return free > ahead
 }
 
 // running counts instances that take requests (not stopping).

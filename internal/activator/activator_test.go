@@ -271,6 +271,45 @@ func TestConcurrencyLimitQueuesAndHandsOver(t *testing.T) {
 	}
 }
 
+// Queued requests are served in order: the slot a release frees goes to
+// the oldest waiter, not to a request that comes meanwhile (through
+// Acquire or TryAcquire), which waits its turn.
+func TestQueueIsFirstInFirstOut(t *testing.T) {
+	fb := &fakeBackend{}
+	a := New(fb, Config{QueueSize: 10})
+	sp := specWith(1, 0, 1)
+	held, _ := a.Acquire(context.Background(), sp)
+	order := make(chan string, 3)
+	leases := make(chan *Lease, 3)
+	wait := func(name string) {
+		l, err := a.Acquire(context.Background(), sp)
+		if err != nil {
+			t.Error(err)
+		}
+		order <- name
+		leases <- l
+	}
+	go wait("first")
+	for a.QueueDepth() != 1 {
+		time.Sleep(time.Millisecond)
+	}
+	held.Release()
+	// The freed slot is the first waiter's, whether or not it has taken
+	// it yet.
+	if l := a.TryAcquire(sp); l != nil {
+		t.Fatal("TryAcquire took the slot freed for the queued request")
+	}
+	go wait("second")
+	if got := <-order; got != "first" {
+		t.Fatalf("%s was served first", got)
+	}
+	(<-leases).Release()
+	if got := <-order; got != "second" {
+		t.Fatalf("then %s", got)
+	}
+	(<-leases).Release()
+}
+
 // Requests woken to take an instance count as load: at the instant
 // between the wake-up and the lease the instance looks idle, and a tick
 // then must not take it for one the load does not need.

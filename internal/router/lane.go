@@ -1007,7 +1007,19 @@ func (lp *loop) sendFailed(u *laneUp, err error) {
 	inst := u.inst
 	lp.closeUp(u)
 	nu, derr := lp.dial(inst)
-	if derr != nil {
+	switch {
+	case derr == syscall.EAGAIN:
+		// Its listen queue is full: busy, not dead. As for a first dial
+		// (see start), the slow path dials again and waits its turn.
+		inv := c.inv
+		c.up, c.inv = nil, nil
+		inv.lease.Release()
+		lp.handOff(c, handoffDial)
+		return
+	case httpserve.OutOfResources(derr):
+		lp.fail(c, derr) // the router's own want: a 503, the instance kept
+		return
+	case derr != nil:
 		lp.fail(c, errors.Join(errUndelivered, derr))
 		return
 	}
