@@ -138,7 +138,15 @@ type Conn struct {
 	wait  atomic.Pointer[Wait]
 	early []byte // read by a watch before the server asked for it
 	eof   atomic.Bool
+	// onClose runs once when the connection is closed (see OnClose).
+	onClose atomic.Pointer[func()]
 }
+
+// OnClose has f run when c is closed, by whoever closes it. A hijacking
+// handler's cleanup goes here too: fasthttp closes a hijacked connection
+// without running the hijack handler when it cannot flush what it owed
+// the client first (a pipelined answer to a client that reset).
+func (c *Conn) OnClose(f func()) { c.onClose.Store(&f) }
 
 func (c *Conn) Read(p []byte) (int, error) {
 	if len(c.early) > 0 {
@@ -164,6 +172,9 @@ func (c *Conn) Close() error {
 	c.l.mu.Lock()
 	delete(c.l.conns, c)
 	c.l.mu.Unlock()
+	if f := c.onClose.Swap(nil); f != nil {
+		defer (*f)()
+	}
 	hc, ok := c.Conn.(interface{ CloseWrite() error })
 	if !ok || hc.CloseWrite() != nil {
 		return c.Conn.Close()

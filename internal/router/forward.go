@@ -950,10 +950,22 @@ func (rt *Router) upgrade(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 	h.Set("Spry-Request-Id", inv.reqID)
 	rt.markCold(h, inv)
 	head := h.AppendBytes(nil)
+	// The lease and the instance's connection are given back when the
+	// splice ends, or when the server closes the client's connection
+	// without running the handler at all (OnClose).
+	var once sync.Once
+	end := func() {
+		once.Do(func() {
+			c.close()
+			inv.finish(fasthttp.StatusSwitchingProtocols)
+		})
+	}
+	if hc, ok := ctx.Conn().(*httpserve.Conn); ok {
+		hc.OnClose(end)
+	}
 	ctx.HijackSetNoResponse(true)
 	ctx.Hijack(func(client net.Conn) {
-		defer inv.finish(fasthttp.StatusSwitchingProtocols)
-		defer c.close()
+		defer end()
 		// The server keeps hijacked connections (KeepHijackedConns): the
 		// handler closes them.
 		defer client.Close()

@@ -879,6 +879,56 @@ func TestForwardUpgrade(t *testing.T) {
 	}
 }
 
+// An upgrade the server drops before its hijack handler runs (a client
+// that pipelined it behind another request, then reset, so the first
+// answer cannot be flushed) still gives back its lease and its
+// connection to the instance.
+func TestDroppedUpgradeReleasesItsLease(t *testing.T) {
+	sock := serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") == "" {
+			io.WriteString(w, "ok")
+			return
+		}
+		time.Sleep(100 * time.Millisecond) // the client resets meanwhile
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+		brw.Flush()
+		_, _ = io.Copy(io.Discard, brw)
+	}))
+	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 5 * time.Second}
+	act := activator.New(&upstreamBackend{addr: sock}, activator.Config{})
+	srv := serveRouterWatching(t, New(oneSpec{spec}, act, Config{}), time.Millisecond)
+	busy := func() int {
+		n := 0
+		for _, s := range act.States() {
+			n += s.Busy
+		}
+		return n
+	}
+	for i := 0; i < 5; i++ {
+		conn := srv.dial(t, 5*time.Second)
+		// A chunked first request goes to the server's own path (the
+		// event loops hand it over), which then reads the upgrade
+		// behind it.
+		fmt.Fprintf(conn, "POST /fn/alice/fn/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"+
+			"GET /fn/alice/fn/ws HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+		time.Sleep(20 * time.Millisecond)
+		conn.(*net.TCPConn).SetLinger(0)
+		conn.Close()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for busy() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d instances still busy: the dropped upgrades kept their leases", busy())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // A request target with control characters is refused here, not passed
 // to the instance on a shared connection.
 func TestRejectsMalformedTarget(t *testing.T) {
