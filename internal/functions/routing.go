@@ -219,8 +219,16 @@ func (s *Service) Resolve(ctx context.Context, owner, name, tag string) (*backen
 			return nil, err
 		}
 	}
-	// Asked for by number: it may run even if no routing names it.
-	s.retirer.Ensure(sp)
+	// Asked for by number: it may run even if no routing names it. Under
+	// the routing lock, and only while r is still the function's route:
+	// a delete or deploy that replaced it meanwhile has retired what it
+	// does not keep, and tracking the version now would bring it back
+	// for good (a deleted function's min instances, kept warm).
+	s.mu.RLock()
+	if s.routes[key] == r {
+		s.retirer.Ensure(sp)
+	}
+	s.mu.RUnlock()
 	return sp, nil
 }
 
