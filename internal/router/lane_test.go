@@ -135,6 +135,8 @@ func TestLaneServesInPlaceOrHandsOver(t *testing.T) {
 		{"a malformed chunk size", []string{"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"}, 400, "", "body"},
 		{"a chunk without its CRLF", []string{"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhiX\r\n0\r\n\r\n"}, 400, "", "body"},
 		{"Transfer-Encoding: identity", []string{"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: identity\r\n\r\nGET /fn/alice/fn/smuggled HTTP/1.1\r\nHost: h\r\n\r\n"}, 400, "", "malformed"},
+		{"too many header fields", []string{"GET /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\n" + strings.Repeat("X-A: b\r\n", 100) + "\r\n"}, 431, "", "malformed"},
+		{"as many header fields as allowed", []string{"GET /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\n" + strings.Repeat("X-A: b\r\n", 99) + "\r\n"}, 200, "", ""},
 		{"two Hosts", []string{"GET /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nhost: i\r\n\r\n"}, 400, "", "malformed"},
 		{"a Host with a path", []string{"GET /fn/alice/fn/a HTTP/1.1\r\nHost: h/../../x\r\n\r\n"}, 400, "", "malformed"},
 		{"a Host with a bad port", []string{"GET /fn/alice/fn/a HTTP/1.1\r\nHost: h:99999\r\n\r\n"}, 400, "", "malformed"},
