@@ -96,14 +96,30 @@ type revision struct {
 	woken        int       // waiters woken, not yet back under the lock: load all the same
 	retired      bool
 	lastActivity time.Time // last request in or out, for the scale-to-zero grace
+	// Crash-loop backoff: instances that crashed soon after they started,
+	// in a row, and when the autoscaler may start one again.
+	crashes   int
+	restartAt time.Time
 }
 
 type instance struct {
 	inst     *backend.Instance
 	inflight int
+	started  time.Time
 	lastUsed time.Time
 	stopping bool
 }
+
+// Crash-loop backoff (as Kubernetes's CrashLoopBackOff): after an
+// instance crashes within quickCrash of its start, the autoscaler waits
+// before it starts another for the minimum or the load, 1 s doubling to
+// maxBackoff. A version whose module fails to load would otherwise burn a
+// sandbox at every tick, for good. Requests that wait start one anyway,
+// and get the failure.
+const (
+	quickCrash = 10 * time.Second
+	maxBackoff = time.Minute
+)
 
 // waiter is a request queued for capacity. ch is closed to wake it; err,
 // set before, fails it.
@@ -499,7 +515,8 @@ func (a *Activator) start(rev *revision) {
 		rev.mu.Unlock()
 		return
 	}
-	in := &instance{inst: inst, lastUsed: a.cfg.Now()}
+	now := a.cfg.Now()
+	in := &instance{inst: inst, started: now, lastUsed: now}
 	rev.instances = append(rev.instances, in)
 	if rev.retired {
 		in.stopping = true
@@ -518,12 +535,20 @@ func (a *Activator) watch(rev *revision, in *instance) {
 	defer a.wg.Done()
 	<-in.inst.Done()
 	a.unreserve(rev.spec.Owner)
+	now := a.cfg.Now()
 	rev.mu.Lock()
 	for i, x := range rev.instances {
 		if x == in {
 			rev.instances = append(rev.instances[:i], rev.instances[i+1:]...)
 			break
 		}
+	}
+	switch ex := in.inst.Exit(); {
+	case ex.Reason != backend.ExitStopped && now.Sub(in.started) < quickCrash:
+		rev.crashes++
+		rev.restartAt = now.Add(min(time.Second<<min(rev.crashes-1, 10), maxBackoff))
+	default:
+		rev.crashes, rev.restartAt = 0, time.Time{}
 	}
 	// Requests queued for it must not wait for a tick: start another.
 	if rev.waiters.Len() > 0 && !rev.retired {
@@ -668,7 +693,11 @@ func (a *Activator) scale(rev *revision, now time.Time) {
 	if desired == 0 && (load > 0 || now.Sub(rev.lastActivity) < a.grace(rev.spec)) && running+rev.starting > 0 {
 		desired = 1
 	}
-	for n := desired - running - rev.starting; n > 0; n-- {
+	backoff := now.Before(rev.restartAt) && rev.waiters.Len() == 0
+	if backoff && desired > running+rev.starting {
+		a.log.Debug("crash-loop backoff", "owner", rev.spec.Owner, "function", rev.spec.Name, "version", rev.spec.Version, "crashes", rev.crashes, "until", rev.restartAt)
+	}
+	for n := desired - running - rev.starting; n > 0 && !backoff; n-- {
 		if !a.startLocked(rev) {
 			a.log.Debug("instance quota reached", "owner", rev.spec.Owner, "function", rev.spec.Name, "version", rev.spec.Version, "desired", desired)
 			break

@@ -481,6 +481,68 @@ func TestAutoscalerTicks(t *testing.T) {
 	}
 }
 
+// An instance that crashes soon after it starts is not replaced at every
+// tick: the ticks wait 1 s, then 2 s, 4 s... (a version whose module
+// fails to load would otherwise burn a sandbox twice a second, for good);
+// an instance that lived past quickCrash ends the backoff.
+func TestCrashLoopBackoff(t *testing.T) {
+	c := &clock{t: time.Unix(10000, 0)}
+	fb := &fakeBackend{}
+	a := New(fb, Config{ScaleToZeroAfter: time.Minute, Now: c.now})
+	sp := specWith(10, 1, 5)
+	a.Ensure(sp)
+	crash := func() {
+		t.Helper()
+		a.settle()
+		insts := fb.liveInstances()
+		if len(insts) != 1 {
+			t.Fatalf("%d instances, want 1", len(insts))
+		}
+		fb.Kill(insts[0].ID, backend.ExitCrashed)
+		for a.Counts()[sp.Key()] != 0 {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	tick := func(d time.Duration) int32 {
+		a.Tick(c.add(d))
+		a.settle()
+		return fb.starts.Load()
+	}
+	if n := tick(0); n != 1 {
+		t.Fatalf("%d starts for min 1", n)
+	}
+	for i, wait := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second} {
+		crash()
+		starts := fb.starts.Load()
+		if n := tick(wait - 500*time.Millisecond); n != starts {
+			t.Fatalf("crash %d: started again %v after it, within the backoff of %v", i+1, wait-500*time.Millisecond, wait)
+		}
+		if n := tick(time.Second); n != starts+1 {
+			t.Fatalf("crash %d: not started again once the backoff of %v was over", i+1, wait)
+		}
+	}
+	// A request that waits does not wait for the backoff.
+	crash()
+	got := make(chan error, 1)
+	go func() {
+		l, err := a.Acquire(context.Background(), sp)
+		if err == nil {
+			l.Release()
+		}
+		got <- err
+	}()
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+	// One that lives long enough resets it: its crash waits 1 s again.
+	c.add(time.Minute)
+	crash()
+	starts := fb.starts.Load()
+	if n := tick(1500 * time.Millisecond); n != starts+1 {
+		t.Fatal("the backoff did not start over after an instance that lived")
+	}
+}
+
 func TestMinInstancesKeptWarm(t *testing.T) {
 	c := &clock{t: time.Unix(10000, 0)}
 	fb := &fakeBackend{}
