@@ -277,6 +277,9 @@ type prefixConn struct {
 	net.Conn
 	pre  []byte
 	back bool
+	// retried: its first request was tried on an instance already and
+	// not delivered; the slow path's attempt is the one retry.
+	retried bool
 }
 
 // CloseWrite lets the server close lingering (see httpserve).
@@ -1455,7 +1458,7 @@ func (lp *loop) handOff(c *laneClient, why handoffReason) {
 		// does (8 KiB POSTs: ~30% fewer requests a second).
 		back := why == handoffNoCapacity || why == handoffNotCached || why == handoffNotFunction ||
 			why == handoffDial || why == handoffRetry
-		lp.lane.handoff.give(&prefixConn{Conn: nc, pre: pre, back: back})
+		lp.lane.handoff.give(&prefixConn{Conn: nc, pre: pre, back: back, retried: why == handoffRetry})
 	}
 }
 

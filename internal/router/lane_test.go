@@ -16,8 +16,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/valyala/fasthttp"
+
 	"github.com/spry-run/spry/internal/activator"
 	"github.com/spry-run/spry/internal/backend"
+	"github.com/spry-run/spry/internal/httpserve"
 )
 
 // The whole router suite runs through the lane (see viaLane); these tests
@@ -979,5 +982,31 @@ func TestLaneHTTP10(t *testing.T) {
 	}
 	if served, _, handoffs := srv.lane.Counts(); served < 4 || handoffs["protocol"] != 0 {
 		t.Fatalf("%d served in the loop, %d handed over for the protocol; want 4, 0", served, handoffs["protocol"])
+	}
+}
+
+// A request the loop tried and handed over as undelivered reaches the
+// slow path marked as retried once (it gets no second retry there); the
+// connection's later requests are not.
+func TestRetriedByLoop(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	for _, tt := range []struct {
+		conn net.Conn
+		want []bool
+	}{
+		{&httpserve.Conn{Conn: &prefixConn{Conn: a, retried: true}}, []bool{true, false}},
+		{&httpserve.Conn{Conn: &prefixConn{Conn: a}}, []bool{false}},
+		{&httpserve.Conn{Conn: a}, []bool{false}},
+		{a, []bool{false}},
+	} {
+		var ctx fasthttp.RequestCtx
+		ctx.Init2(tt.conn, nil, false)
+		for i, want := range tt.want {
+			if got := retriedByLoop(&ctx); got != want {
+				t.Fatalf("%T request %d: retried %v, want %v", tt.conn, i, got, want)
+			}
+		}
 	}
 }

@@ -170,7 +170,7 @@ func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string)
 	_, query, _ := strings.Cut(uri, "?")
 	cl := bodyLength(&ctx.Request.Header)
 	inv := &invocation{rt: rt, start: time.Now(), method: methodString(ctx.Method()), uri: uri, rest: rest, query: query,
-		reqID: newRequestID(), bodyPending: cl != 0}
+		reqID: newRequestID(), bodyPending: cl != 0, retried: retriedByLoop(ctx)}
 	defer func() {
 		// An answer given before the body was read leaves it unread, so
 		// the connection cannot carry another request.
@@ -293,6 +293,22 @@ func (c *lazyDeadline) stop() {
 	if c.cancel != nil {
 		c.cancel()
 	}
+}
+
+// retriedByLoop says whether ctx's request is one an event loop tried on
+// an instance that was gone and handed over: this path's attempt is its
+// one retry, and it gets no other.
+func retriedByLoop(ctx *fasthttp.RequestCtx) bool {
+	hc, ok := ctx.Conn().(*httpserve.Conn)
+	if !ok {
+		return false
+	}
+	pc, ok := hc.Conn.(*prefixConn)
+	if !ok || !pc.retried {
+		return false
+	}
+	pc.retried = false // (the requests after it are new)
+	return true
 }
 
 // finish ends the invocation: the lease is released and it is logged.
