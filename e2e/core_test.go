@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
@@ -354,6 +355,19 @@ func TestBadInput(t *testing.T) {
 			t.Fatalf("exit %d, stderr %q", code, errOut)
 		}
 		stable(t)
+	})
+	t.Run("OPTIONS * gets the JSON error", func(t *testing.T) {
+		c := s.dial(t)
+		defer c.Close()
+		fmt.Fprint(c, "OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+		res, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		if res.StatusCode != 400 || !strings.Contains(string(b), `"code":"invalid_argument"`) {
+			t.Fatalf("%d %s", res.StatusCode, b)
+		}
 	})
 }
 

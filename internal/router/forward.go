@@ -952,19 +952,32 @@ func (rt *Router) upgrade(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 	head := h.AppendBytes(nil)
 	// The lease and the instance's connection are given back when the
 	// splice ends, or when the server closes the client's connection
-	// without running the handler at all (OnClose).
-	var once sync.Once
+	// without running the handler at all (OnClose). Whichever comes
+	// first owns the cleanup: the handler's own closes run the hook too,
+	// and must not free what its copies still read.
+	const (
+		pending = iota
+		spliced
+		dropped
+	)
+	var state atomic.Int32
 	end := func() {
-		once.Do(func() {
-			c.close()
-			inv.finish(fasthttp.StatusSwitchingProtocols)
-		})
+		c.close()
+		inv.finish(fasthttp.StatusSwitchingProtocols)
 	}
 	if hc, ok := ctx.Conn().(*httpserve.Conn); ok {
-		hc.OnClose(end)
+		hc.OnClose(func() {
+			if state.CompareAndSwap(pending, dropped) {
+				end()
+			}
+		})
 	}
 	ctx.HijackSetNoResponse(true)
 	ctx.Hijack(func(client net.Conn) {
+		if !state.CompareAndSwap(pending, spliced) {
+			client.Close()
+			return
+		}
 		defer end()
 		// The server keeps hijacked connections (KeepHijackedConns): the
 		// handler closes them.

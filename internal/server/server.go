@@ -318,11 +318,16 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	s.router = rt
 	rest := httpserve.Adapt(mux, log)
 	s.http = httpserve.New(func(ctx *fasthttp.RequestCtx) {
-		if router.Routes(ctx.Request.Header.RequestURI()) {
+		uri := ctx.Request.Header.RequestURI()
+		switch {
+		case router.Routes(uri):
 			rt.Handle(ctx)
-			return
+		case string(uri) == "*":
+			// OPTIONS * (net/http's mux would answer a bare 400).
+			httpserve.WriteError(ctx, errdefs.New(errdefs.ErrInvalidArgument, "the request target * is not served here"))
+		default:
+			rest(ctx)
 		}
-		rest(ctx)
 	}, log)
 	return s, nil
 }
