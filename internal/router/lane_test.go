@@ -135,6 +135,8 @@ func TestLaneServesInPlaceOrHandsOver(t *testing.T) {
 		{"head in two writes", []string{"GET /fn/alice/fn/a HTTP/1.1\r\n", "Host: h\r\n\r\n"}, 200, "", "head"},
 		{"body in a second write", []string{"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n", "hi"}, 200, "hi", "body"},
 		{"broken escape", []string{"GET /fn/alice/fn/% HTTP/1.1\r\nHost: h\r\n\r\n"}, 400, "", "malformed"},
+		{"raw UTF-8 in the path", []string{"GET /fn/alice/fn/caf\xc3\xa9 HTTP/1.1\r\nHost: h\r\n\r\n"}, 200, "", ""},
+		{"bytes that are not UTF-8 in the path", []string{"GET /fn/alice/fn/\xff HTTP/1.1\r\nHost: h\r\n\r\n"}, 400, "", "malformed"},
 		{"a malformed chunk size", []string{"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"}, 400, "", "body"},
 		{"a chunk without its CRLF", []string{"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhiX\r\n0\r\n\r\n"}, 400, "", "body"},
 		{"Transfer-Encoding: identity", []string{"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: identity\r\n\r\nGET /fn/alice/fn/smuggled HTTP/1.1\r\nHost: h\r\n\r\n"}, 400, "", "malformed"},

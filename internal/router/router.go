@@ -21,6 +21,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/valyala/fasthttp"
 
@@ -466,21 +467,27 @@ func (rt *Router) resolve(ctx context.Context, owner, name string) (*backend.Spe
 }
 
 // validTarget says whether a request target is fit to pass on: fasthttp
-// accepts control characters, spaces and broken percent-escapes in it,
+// accepts control characters, spaces, broken percent-escapes and bytes
+// that are not UTF-8 in it,
 // which the instance's parser would refuse on a connection other
 // requests share.
 func validTarget(uri string) bool {
+	high := false
 	for i := 0; i < len(uri); i++ {
 		switch c := uri[i]; {
 		case c <= ' ' || c == 0x7f:
 			return false
+		case c >= 0x80:
+			high = true
 		case c == '%':
 			if i+2 >= len(uri) || unhex(uri[i+1]) < 0 || unhex(uri[i+2]) < 0 {
 				return false
 			}
 		}
 	}
-	return true
+	// Raw UTF-8 passes (Deno and Node take it); bytes that are not
+	// UTF-8 the instance would refuse with a bare 400.
+	return !high || utf8.ValidString(uri)
 }
 
 // Routes says whether a request URI is for the router.
