@@ -14,7 +14,7 @@ func BenchmarkSpawn(b *testing.B) {
 		b.Run(network, func(b *testing.B) {
 			e := newEnv(b, 0)
 			for b.Loop() {
-				p, err := e.b.spawn(context.Background(), poolKey{"deno", 128, network, ""}, activeShares)
+				p, err := e.b.spawn(context.Background(), poolKey{"deno", 128, network, ""}, activeShares, nil)
 				if err != nil {
 					b.Fatal(err)
 				}

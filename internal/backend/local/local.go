@@ -250,7 +250,7 @@ func (b *Backend) filler() {
 				break
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), b.cfg.StartTimeout)
-			p, err := b.spawn(ctx, key, pooledShares)
+			p, err := b.spawn(ctx, key, pooledShares, nil)
 			cancel()
 			b.mu.Lock()
 			b.filling[key]--
@@ -294,8 +294,10 @@ func (b *Backend) nextToFill() (poolKey, bool) {
 }
 
 // slot takes one of the spawn slots, waiting for one if need be; demand
-// says a request waits for this spawn (see queued).
-func (b *Backend) slot(ctx context.Context, demand bool) error {
+// says a request waits for this spawn (see queued), until givenUp closes
+// (another sandbox served it): then the wait ends with errGivenUp, and
+// the pool's filler, no longer held back, refills at its own weight.
+func (b *Backend) slot(ctx context.Context, demand bool, givenUp <-chan struct{}) error {
 	select {
 	case b.spawns <- struct{}{}:
 		return nil
@@ -318,8 +320,14 @@ func (b *Backend) slot(ctx context.Context, demand bool) error {
 		return ctx.Err()
 	case <-b.stop:
 		return errClosed
+	case <-givenUp:
+		b.kick()
+		return errGivenUp
 	}
 }
+
+// errGivenUp ends a spawn no request waits for any more before it began.
+var errGivenUp = errors.New("spawn given up: another sandbox served its request")
 
 // toPool puts a generic sandbox in the pool (or stops it, once the
 // backend is closed) and wakes the starts waiting for one.
@@ -413,15 +421,21 @@ func (b *Backend) spawnOrTake(ctx context.Context, key poolKey) (*proc, error) {
 	// The spawn outlives the request if another sandbox serves it; it
 	// ends with the request only if the request gives up.
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	givenUp := make(chan struct{})
 	go func() {
 		defer b.wg.Done()
 		// A request waits for this one: it starts boosted, and Start's
 		// SetCPU brings it down to an instance's weight (adopt's to the
 		// pool's, if it serves no request).
-		p, err := b.spawn(sctx, key, startShares)
+		p, err := b.spawn(sctx, key, startShares, givenUp)
 		res <- spawned{p, err}
 	}()
+	// adopt lets the pool have the spawn once no request waits for it:
+	// one still waiting for a slot gives up (it would wait ahead of the
+	// pool's refills, and start boosted, for nobody); one under way
+	// joins the pool at the pool's weight.
 	adopt := func() {
+		close(givenUp)
 		go func() {
 			defer cancel()
 			if r := <-res; r.err == nil {
@@ -565,9 +579,10 @@ func (b *Backend) freeUID(uid int) {
 }
 
 // spawn starts a generic runtime process in a new sandbox, at the given
-// CPU weight, and waits until it listens.
-func (b *Backend) spawn(ctx context.Context, key poolKey, shares uint64) (*proc, error) {
-	if err := b.slot(ctx, shares != pooledShares); err != nil {
+// CPU weight, and waits until it listens. givenUp (nil for the pool's
+// refills) ends its wait for a slot (see slot).
+func (b *Backend) spawn(ctx context.Context, key poolKey, shares uint64, givenUp <-chan struct{}) (*proc, error) {
+	if err := b.slot(ctx, shares != pooledShares, givenUp); err != nil {
 		return nil, err
 	}
 	defer func() { <-b.spawns }()

@@ -278,6 +278,51 @@ func TestPooledSandboxDeathRefills(t *testing.T) {
 	}
 }
 
+// A spawn a request waited for, which a pooled sandbox served first, stops
+// waiting for a slot: it would otherwise hold the pool's refills back
+// and start boosted for nobody.
+func TestServedSpawnGivesUpItsWait(t *testing.T) {
+	e := newEnv(t, 0)
+	key := poolKey{"deno", 128, runtime.NetworkNone, ""}
+	pooled, err := e.b.spawn(context.Background(), key, pooledShares, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every slot busy: the request's spawn queues for one.
+	for i := 0; i < cap(e.b.spawns); i++ {
+		e.b.spawns <- struct{}{}
+	}
+	defer func() {
+		for i := 0; i < cap(e.b.spawns); i++ {
+			<-e.b.spawns
+		}
+	}()
+	queued := func() int { e.b.mu.Lock(); defer e.b.mu.Unlock(); return e.b.queued }
+	got := make(chan *proc, 1)
+	go func() {
+		p, err := e.b.spawnOrTake(context.Background(), key)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- p
+	}()
+	for deadline := time.Now().Add(10 * time.Second); queued() != 1; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the request's spawn did not queue for a slot")
+		}
+	}
+	e.b.toPool(pooled)
+	if p := <-got; p != pooled {
+		t.Fatal("the request did not take the pooled sandbox")
+	}
+	defer e.b.kill(pooled, backend.ExitStopped)
+	for deadline := time.Now().Add(5 * time.Second); queued() != 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the spawn no request waits for still waits for a slot, holding the refills back")
+		}
+	}
+}
+
 // The last lines a runtime writes before it dies (a crash's stack trace)
 // reach the logs: they are read to the pipes' end before the instance is
 // reaped.
@@ -421,8 +466,8 @@ func TestNoRefillWhileRequestsWaitForSpawns(t *testing.T) {
 		return e.b.queued
 	}
 	got := make(chan error, 2)
-	go func() { got <- e.b.slot(context.Background(), false) }()
-	go func() { got <- e.b.slot(context.Background(), true) }()
+	go func() { got <- e.b.slot(context.Background(), false, nil) }()
+	go func() { got <- e.b.slot(context.Background(), true, nil) }()
 	for queued() != 1 {
 		time.Sleep(time.Millisecond)
 	}
@@ -550,7 +595,7 @@ func TestStartBoostsCPUWeightUntilReady(t *testing.T) {
 	for deadline := time.Now().Add(5 * time.Second); after != activeShares && time.Now().Before(deadline); after = weight(p) {
 		time.Sleep(time.Millisecond)
 	}
-	pooled, err := e.b.spawn(context.Background(), poolKey{"deno", 128, runtime.NetworkNone, ""}, pooledShares)
+	pooled, err := e.b.spawn(context.Background(), poolKey{"deno", 128, runtime.NetworkNone, ""}, pooledShares, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
