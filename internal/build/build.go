@@ -135,7 +135,13 @@ func commonOptions() api.BuildOptions {
 		Metafile:  true,
 		LogLevel:  api.LogLevelSilent,
 		Sourcemap: api.SourceMapInline,
-		Charset:   api.CharsetUTF8,
+		// Without the sources' text: esbuild fills a missing
+		// sourcesContent of an input source map by reading each source
+		// it names from the disk, and a map may name any server file
+		// (file:///etc/shadow in a data: map). Stack traces need only
+		// the mappings.
+		SourcesContent: api.SourcesContentExclude,
+		Charset:        api.CharsetUTF8,
 	}
 }
 
@@ -267,8 +273,8 @@ func sourceMapRefs(code []byte) []sourceMapRef {
 			return refs
 		}
 		start := off + i
-		rest := bytes.TrimLeftFunc(code[start+len(sourceMappingPragma):], unicode.IsSpace)
-		end := bytes.IndexFunc(rest, unicode.IsSpace)
+		rest := bytes.TrimLeftFunc(code[start+len(sourceMappingPragma):], pragmaSpace)
+		end := bytes.IndexFunc(rest, pragmaSpace)
 		if end < 0 {
 			end = len(rest)
 		}
@@ -276,6 +282,12 @@ func sourceMapRefs(code []byte) []sourceMapRef {
 		off = start + len(sourceMappingPragma)
 	}
 }
+
+// pragmaSpace is white space as esbuild's lexer ends a pragma's URL at
+// it: Unicode's, and U+FEFF, which Go's unicode.IsSpace does not count.
+// A URL read longer than esbuild reads it could hide a path from the
+// checks ("/x.map\uFEFF%zz").
+func pragmaSpace(r rune) bool { return unicode.IsSpace(r) || r == '\uFEFF' }
 
 // position returns the 1-based line and column (in characters) of byte
 // offset off in code.

@@ -263,6 +263,14 @@ func TestBundleDirErrors(t *testing.T) {
 			wantMsg: []string{"index.js:2:5: sourceMappingURL points outside the project directory"},
 		},
 		{
+			// esbuild ends the URL at U+FEFF, which Go's unicode.IsSpace
+			// does not count; "%zz" then made it a URL that does not
+			// parse, which was let through.
+			name:    "source map path hidden behind U+FEFF",
+			files:   map[string]string{"index.js": "export default 1;\n//# sourceMappingURL=/etc/passwd\uFEFF%zz\n"},
+			wantMsg: []string{"index.js:2:5: sourceMappingURL points outside the project directory"},
+		},
+		{
 			name:    "unsupported file type",
 			files:   map[string]string{"index.ts": "import t from './notes.txt';\nexport default t;\n", "notes.txt": "hi"},
 			wantMsg: []string{`index.ts:1:15: cannot import "notes.txt": only .ts`},
@@ -644,10 +652,14 @@ func TestBundleDirContext(t *testing.T) {
 }
 
 // fakeNPM writes a shell script standing in for npm.
+// fakeNPM is an npm that runs script, but answers the build's question
+// whether it knows the allow-* settings as the real one does (with the
+// value the environment gives).
 func fakeNPM(t *testing.T, script string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "npm")
-	if err := os.WriteFile(p, []byte("#!/bin/sh\n"+script+"\n"), 0o755); err != nil {
+	ask := `if [ "$1 $2 $3" = "config get allow-git" ]; then echo "$npm_config_allow_git"; exit 0; fi`
+	if err := os.WriteFile(p, []byte("#!/bin/sh\n"+ask+"\n"+script+"\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	return p
@@ -679,13 +691,17 @@ func TestBundleDirInstallFake(t *testing.T) {
 			"npm_config_ignore_scripts=true\n",
 			"npm_config_registry=https://registry.npmjs.org/\n",
 			"npm_config_legacy_peer_deps=true\n",
+			"npm_config_allow_git=none\n",
+			"npm_config_allow_remote=none\n",
+			"npm_config_allow_file=none\n",
+			"npm_config_allow_directory=root\n",
 			"PATH=",
 		} {
 			if !strings.Contains(got, want) {
 				t.Errorf("npm run lacks %q:\n%s", want, got)
 			}
 		}
-		for _, bad := range []string{"server-secret", "NPM_TOKEN", "169.254", "_authToken", "git="} {
+		for _, bad := range []string{"server-secret", "NPM_TOKEN", "169.254", "_authToken", "\ngit=", "npm_config_git="} {
 			if strings.Contains(got, bad) {
 				t.Errorf("npm run has %q:\n%s", bad, got)
 			}
@@ -885,6 +901,45 @@ func TestBundleDirNPMDependency(t *testing.T) {
 	}
 }
 
+// A dependency that is a server file (file:, here declared by a
+// workspace, where the root package.json's checks do not look) is
+// refused by npm itself: its text never reaches the bundle.
+func TestBundleDirNPMRefusesServerFiles(t *testing.T) {
+	reg := needNPM(t)
+	t.Parallel()
+	// A package tarball on the server (npm unpacks it into node_modules,
+	// where the bundle may import it).
+	pkg := filepath.Join(t.TempDir(), "package")
+	if err := os.Mkdir(pkg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	const secret = "server-secret-5d2a"
+	for name, text := range map[string]string{
+		"package.json": `{"name": "leak", "version": "1.0.0", "main": "index.js"}`,
+		"index.js":     `module.exports = "` + secret + `";`,
+	} {
+		if err := os.WriteFile(filepath.Join(pkg, name), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	leak := filepath.Join(t.TempDir(), "leak.tgz")
+	if out, err := exec.Command("tar", "czf", leak, "-C", filepath.Dir(pkg), "package").CombinedOutput(); err != nil {
+		t.Fatalf("tar: %v %s", err, out)
+	}
+	dir := writeProject(t, map[string]string{
+		"package.json":   `{"name": "fn", "dependencies": {"is-number": "7.0.0"}, "workspaces": ["w"]}`,
+		"w/package.json": `{"name": "w", "version": "1.0.0", "dependencies": {"leak": "file:` + leak + `"}}`,
+		"index.ts":       "import s from 'leak';\nexport default () => new Response(s);\n",
+	})
+	res, err := BundleDir(context.Background(), dir, DirOptions{NPMCache: t.TempDir(), Registry: reg.URL})
+	if err == nil && strings.Contains(string(res.Code), secret) {
+		t.Fatal("a server tarball named by a workspace's file: dependency is in the bundle")
+	}
+	if err != nil && strings.Contains(err.Error(), secret) {
+		t.Fatalf("the error quotes the server file: %v", err)
+	}
+}
+
 func TestBundleDirNPMSpecifier(t *testing.T) {
 	reg := needNPM(t)
 	t.Parallel()
@@ -1026,5 +1081,19 @@ func TestBundleFile(t *testing.T) {
 	}
 	if out := runDeno(t, res.Code); out != "hello true" {
 		t.Errorf("bundle answered %q", out)
+	}
+}
+
+// An npm that does not know the allow-* settings (before 11.x) is not
+// used: it would ignore them and install git and file dependencies.
+func TestBundleDirRefusesAnNPMWithoutLocks(t *testing.T) {
+	old := filepath.Join(t.TempDir(), "npm")
+	if err := os.WriteFile(old, []byte("#!/bin/sh\necho undefined\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dir := writeProject(t, map[string]string{"index.ts": "export default 1;\n", "package.json": `{"dependencies": {"x": "1.0.0"}}`})
+	_, err := BundleDir(context.Background(), dir, DirOptions{NPM: old})
+	if err == nil || !strings.Contains(err.Error(), "allow-git") {
+		t.Fatalf("err = %v, want the npm refused for want of allow-git", err)
 	}
 }

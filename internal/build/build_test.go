@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -408,4 +409,36 @@ func FuzzBundle(f *testing.F) {
 		}
 		checkResult(t, res)
 	})
+}
+
+// A data: source map that names server files as its sources does not get
+// their text into the bundle: esbuild would read each source a map
+// lacks the text of from the disk.
+func TestBundleReadsNoServerFile(t *testing.T) {
+	secret := filepath.Join(t.TempDir(), "secret.txt")
+	const content = "server-secret-7c1f"
+	if err := os.WriteFile(secret, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, source := range []string{"file://" + secret, secret} {
+		m := `{"version":3,"sources":["` + source + `"],"mappings":"AAAA"}`
+		code := "export default 1;\n//# sourceMappingURL=data:application/json;base64," + base64.StdEncoding.EncodeToString([]byte(m)) + "\n"
+		res, err := Bundle(context.Background(), Source{Filename: "hello.js", Code: []byte(code)}, Options{})
+		if err != nil {
+			t.Fatalf("%s: %v", source, err)
+		}
+		out := string(res.Code)
+		if i := strings.Index(out, "base64,"); i >= 0 {
+			end := strings.IndexAny(out[i+7:], "\n ")
+			if end < 0 {
+				end = len(out) - i - 7
+			}
+			if dec, err := base64.StdEncoding.DecodeString(out[i+7 : i+7+end]); err == nil {
+				out += string(dec)
+			}
+		}
+		if strings.Contains(out, content) {
+			t.Fatalf("%s: the server file's text is in the bundle", source)
+		}
+	}
 }

@@ -581,7 +581,9 @@ func (b *dirBuild) checkSourceMaps(rel, real string, code []byte) *api.Message {
 	for _, ref := range sourceMapRefs(code) {
 		bad := ""
 		switch u, err := url.Parse(ref.url); {
-		case strings.HasPrefix(ref.url, "data:"), err != nil:
+		case strings.HasPrefix(ref.url, "data:"):
+		case err != nil:
+			bad = "sourceMappingURL is not a valid URL"
 		case strings.EqualFold(u.Scheme, "file"):
 			bad = fileSourceMapText
 		case u.Scheme != "":
@@ -718,7 +720,7 @@ func (b *dirBuild) npm() (*npmRunner, error) {
 	if timeout <= 0 {
 		timeout = DefaultInstallTimeout
 	}
-	b.runner = &npmRunner{
+	r := &npmRunner{
 		bin:      bin,
 		registry: registry,
 		jsr:      jsr,
@@ -729,7 +731,11 @@ func (b *dirBuild) npm() (*npmRunner, error) {
 		extraEnv: extra,
 		scrub:    b.scrub,
 	}
-	return b.runner, nil
+	if err := r.checkLocks(); err != nil {
+		return nil, err
+	}
+	b.runner = r
+	return r, nil
 }
 
 // findEntry picks the entry file: opts.Entry, else package.json's, else

@@ -92,7 +92,6 @@ func (n *npmRunner) env() []string {
 		"npm_config_userconfig=" + filepath.Join(n.home, ".npmrc"),
 		"npm_config_registry=" + n.registry,
 		"npm_config_@jsr:registry=" + n.jsr,
-		"npm_config_ignore_scripts=true",
 		"npm_config_audit=false",
 		"npm_config_fund=false",
 		"npm_config_update_notifier=false",
@@ -104,7 +103,51 @@ func (n *npmRunner) env() []string {
 			env = append(env, k+"="+v)
 		}
 	}
-	return append(env, n.extraEnv...)
+	// Last, so that nothing before overrides them (exec keeps a
+	// variable's last value).
+	return append(append(env, n.extraEnv...), lockedNPMEnv...)
+}
+
+// npmLocks remembers, per npm binary, whether it honours lockedNPMEnv.
+var npmLocks sync.Map // bin -> error
+
+// checkLocks makes sure this npm knows the allow-* settings (npm 11.x):
+// an older one would ignore them, silently, and install git and file
+// dependencies again. It asks npm once per binary.
+func (n *npmRunner) checkLocks() error {
+	if err, ok := npmLocks.Load(n.bin); ok {
+		if err == nil {
+			return nil
+		}
+		return err.(error)
+	}
+	cmd := exec.Command(n.bin, "config", "get", "allow-git")
+	cmd.Env = n.env()
+	cmd.Dir = n.tmp
+	out, err := cmd.Output()
+	if err == nil && strings.TrimSpace(string(out)) != "none" {
+		err = fmt.Errorf("npm %s does not know the allow-git setting (%q); an npm with allow-git, allow-file and allow-remote (11.x) is needed to install dependencies safely", n.bin, strings.TrimSpace(string(out)))
+	}
+	if err != nil {
+		err = fmt.Errorf("build: %w", err)
+	}
+	npmLocks.Store(n.bin, err)
+	return err
+}
+
+// lockedNPMEnv keeps npm from running anything or reading anything on the
+// server, wherever in the tree a dependency asks: no install scripts, and
+// no git, tarball URL, file or directory dependencies but the root's
+// (whose specs checkDependencySpec has vetted). A git dependency is
+// cloned and may be prepared with a nested npm that reads the clone's own
+// .npmrc (git=./evil.sh ran as the server's user); a file: one unpacks a
+// server file into the bundle.
+var lockedNPMEnv = []string{
+	"npm_config_ignore_scripts=true",
+	"npm_config_allow_git=none",
+	"npm_config_allow_remote=none",
+	"npm_config_allow_file=none",
+	"npm_config_allow_directory=root",
 }
 
 // install runs `npm ci` (with a lockfile) or `npm install` in dir.
