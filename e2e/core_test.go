@@ -581,3 +581,22 @@ func TestListPages(t *testing.T) {
 		t.Fatalf("spry ls shows %d functions, want %d", got, n)
 	}
 }
+
+// TestBundleSizeLimit: a deploy whose bundle (code and dependencies) is
+// over --max-bundle-size is refused with 413, and nothing is stored.
+func TestBundleSizeLimit(t *testing.T) {
+	s := startServer(t, "--max-bundle-size", "4000")
+	small := []byte(`export default { fetch() { return new Response("small"); } }`)
+	if r := s.putCode(s.token, "sized", small, ""); r.status != 201 {
+		t.Fatalf("a small bundle: %d %s", r.status, r.body)
+	}
+	big := []byte(`const pad = "` + strings.Repeat("x", 5000) + `";
+export default { fetch() { return new Response(pad); } }`)
+	r := s.putCode(s.token, "sized", big, "")
+	if r.status != 413 || r.errorCode(t) != "too_large" || !strings.Contains(string(r.body), "bundle") {
+		t.Fatalf("a bundle over the limit: %d %s", r.status, r.body)
+	}
+	if got := s.get("/fn/admin/sized/"); string(got.body) != "small" {
+		t.Fatalf("after the refused deploy: %q", got.body)
+	}
+}

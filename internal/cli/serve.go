@@ -91,6 +91,7 @@ func newServeCmd(env Env) *cobra.Command {
 	f.StringVar(&cfg.DefaultNetwork, "network", "egress", "default network of functions: egress (public internet only) or none")
 	f.StringSliceVar(&egressAllow, "egress-allow", nil, "private CIDR ranges egress functions may reach anyway (e.g. 10.1.2.0/24)")
 	f.Int64Var(&cfg.MaxCodeBytes, "max-code-size", 5<<20, "largest function source accepted, in bytes")
+	f.Int64Var(&cfg.MaxBundleBytes, "max-bundle-size", 50<<20, "largest bundle a deploy may build (code and its dependencies), in bytes")
 	f.Int64Var(&cfg.MaxBodyBytes, "max-body-size", 100<<20, "largest request body a function may be sent, in bytes")
 	f.IntVar(&cfg.RouterLoops, "router-loops", max(1, runtime.NumCPU()/2), "event loops serving the router's fast path (0: none, every request takes the goroutine-per-connection path)")
 	// On one CPU a polling loop would only keep the function it waits
@@ -129,6 +130,8 @@ func validate(cfg server.Config) error {
 		return errdefs.Invalid("--timeout must be positive")
 	case cfg.MaxCodeBytes <= 0:
 		return errdefs.Invalid("--max-code-size must be positive")
+	case cfg.MaxBundleBytes <= 0:
+		return errdefs.Invalid("--max-bundle-size must be positive")
 	case cfg.MaxBodyBytes <= 0:
 		return errdefs.Invalid("--max-body-size must be positive")
 	case cfg.CPU < 0:

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	goruntime "runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -74,6 +75,10 @@ type Config struct {
 	NPMCache    string
 	NPMRegistry string
 	JSRRegistry string
+	// MaxBundleBytes bounds a built bundle (0: DefaultMaxBundleBytes);
+	// Builds bounds how many deploys build at once (0: the CPUs).
+	MaxBundleBytes int64
+	Builds         int
 	// Forget, if set, is told when a function is deleted (its metrics
 	// series go with it).
 	Forget func(owner, name string)
@@ -101,7 +106,15 @@ type Service struct {
 	missMu  sync.Mutex
 	misses  map[store.FunctionKey]time.Time
 	invoked map[store.FunctionKey]time.Time // not yet flushed to the store
+	// builds holds a token per deploy that is building: a build takes a
+	// CPU and up to a GB of memory (esbuild on a 200 MiB project), and
+	// deploys that come at once must not all take them together.
+	builds chan struct{}
 }
+
+// DefaultMaxBundleBytes bounds a built bundle: it is stored per version
+// and loaded by every instance.
+const DefaultMaxBundleBytes = 50 << 20
 
 // New returns a Service.
 func New(s store.Functions, blobs Blobs, retirer Retirer, sealer Sealer, logs LogDeleter, cfg Config) *Service {
@@ -111,8 +124,15 @@ func New(s store.Functions, blobs Blobs, retirer Retirer, sealer Sealer, logs Lo
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.MaxBundleBytes <= 0 {
+		cfg.MaxBundleBytes = DefaultMaxBundleBytes
+	}
+	if cfg.Builds <= 0 {
+		cfg.Builds = goruntime.NumCPU()
+	}
 	return &Service{
 		cfg: cfg, store: s, blobs: blobs, retirer: retirer, sealer: sealer, logs: logs, log: cfg.Logger,
+		builds:  make(chan struct{}, cfg.Builds),
 		routes:  map[store.FunctionKey]*route{},
 		misses:  map[store.FunctionKey]time.Time{},
 		invoked: map[store.FunctionKey]time.Time{},
@@ -227,15 +247,7 @@ func (s *Service) Deploy(ctx context.Context, req DeployRequest) (store.Function
 			return store.Function{}, err
 		}
 	}
-	var (
-		res build.Result
-		err error
-	)
-	if req.Archive != nil {
-		res, err = s.bundleArchive(ctx, req)
-	} else {
-		res, err = build.BundleFile(ctx, build.Source{Filename: req.Filename, Code: req.Code}, s.dirOptions(req))
-	}
+	res, err := s.build(ctx, req)
 	if err != nil {
 		return store.Function{}, err
 	}
@@ -249,6 +261,30 @@ func (s *Service) Deploy(ctx context.Context, req DeployRequest) (store.Function
 		SetEnv:     req.Env,
 		SetSecrets: req.Secrets,
 	})
+}
+
+// build bundles req's code, one build per CPU at a time, and bounds the
+// bundle's size.
+func (s *Service) build(ctx context.Context, req DeployRequest) (build.Result, error) {
+	select {
+	case s.builds <- struct{}{}:
+	case <-ctx.Done():
+		return build.Result{}, ctx.Err()
+	}
+	defer func() { <-s.builds }()
+	var (
+		res build.Result
+		err error
+	)
+	if req.Archive != nil {
+		res, err = s.bundleArchive(ctx, req)
+	} else {
+		res, err = build.BundleFile(ctx, build.Source{Filename: req.Filename, Code: req.Code}, s.dirOptions(req))
+	}
+	if err == nil && int64(len(res.Code)) > s.cfg.MaxBundleBytes {
+		err = errdefs.New(errdefs.ErrTooLarge, "the bundle is %d bytes; the limit is %d", len(res.Code), s.cfg.MaxBundleBytes)
+	}
+	return res, err
 }
 
 // bundleArchive unpacks a project upload into a scratch directory and

@@ -59,6 +59,7 @@ type Config struct {
 	DefaultNetwork   string
 	EgressAllow      []netip.Prefix
 	MaxCodeBytes     int64
+	MaxBundleBytes   int64
 	QueueSize        int // requests waiting for capacity, per version
 	// MaxInstancesPerUser bounds the instances of one user's functions
 	// together; 0 means no bound.
@@ -255,6 +256,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	}
 	s.fns = functions.New(s.store, blobs, s.act, box, s.logs, functions.Config{
 		MaxCodeBytes:         cfg.MaxCodeBytes,
+		MaxBundleBytes:       cfg.MaxBundleBytes,
 		DefaultRuntime:       deno.Name(),
 		Runtimes:             names,
 		DefaultMemoryMiB:     cfg.DefaultMemoryMiB,
