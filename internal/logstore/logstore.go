@@ -69,6 +69,10 @@ var (
 	// follow again with Query.AfterID set to the last ID received to go on
 	// from there.
 	ErrLagged = fmt.Errorf("logstore: follower fell behind: %w", errdefs.ErrUnavailable)
+	// ErrDeleted ends Follow when its function is deleted: a function
+	// made later under the same name (perhaps by a new user of the same
+	// name) is not the one the follower was allowed to read.
+	ErrDeleted = fmt.Errorf("logstore: the function was deleted: %w", errdefs.ErrNotFound)
 )
 
 // migrations are applied in order, each in the same transaction as the
@@ -328,6 +332,7 @@ func (s *Store) DeleteFunction(ctx context.Context, owner, function string) erro
 	if owner == "" || function == "" {
 		return errdefs.Invalid("logstore: owner and function are required")
 	}
+	s.endFollowers(fnKey{owner, function}, ErrDeleted)
 	return s.do(ctx, &request{del: &fnKey{owner, function}})
 }
 

@@ -560,6 +560,27 @@ func TestFollowEnds(t *testing.T) {
 			t.Errorf("%d subscriptions left", n)
 		}
 	})
+	// A deleted function's followers end: a function made later under the
+	// same name is not the one they were allowed to read.
+	t.Run("delete", func(t *testing.T) {
+		s := openTemp(t, Options{})
+		ch, errf := s.Follow(t.Context(), Query{Owner: "alice", Function: "hello"})
+		other, othererr := s.Follow(t.Context(), Query{Owner: "alice", Function: "other"})
+		if err := s.DeleteFunction(t.Context(), "alice", "hello"); err != nil {
+			t.Fatal(err)
+		}
+		appendLines(s, "alice", "hello", 2)
+		flush(t, s)
+		if got := drain(ch); len(got) != 0 {
+			t.Errorf("a follower of the deleted function got %d entries", len(got))
+		}
+		if err := errf(); !errors.Is(err, ErrDeleted) {
+			t.Errorf("got %v, want ErrDeleted", err)
+		}
+		appendLines(s, "alice", "other", 1)
+		flush(t, s)
+		receive(t, other, othererr, 1)
+	})
 	t.Run("close", func(t *testing.T) {
 		s := openAt(t, filepath.Join(t.TempDir(), "logs.db"), Options{})
 		ch, errf := s.Follow(t.Context(), Query{Owner: "alice", Function: "hello"})

@@ -256,6 +256,17 @@ func (s *Store) publish(batch []pending) {
 	}
 }
 
+// endFollowers ends the followers of k with err.
+func (s *Store) endFollowers(k fnKey, err error) {
+	s.subMu.Lock()
+	defer s.subMu.Unlock()
+	for sub := range s.subs[k] {
+		sub.err = err
+		close(sub.ch)
+	}
+	delete(s.subs, k)
+}
+
 // closeSubscribers ends every follower with ErrClosed; none can start after.
 func (s *Store) closeSubscribers() {
 	s.subMu.Lock()
