@@ -48,7 +48,7 @@ const (
 // New returns a server for h.
 func New(h fasthttp.RequestHandler, log *slog.Logger) *fasthttp.Server {
 	return &fasthttp.Server{
-		Handler:         refuseAmbiguousFraming(h),
+		Handler:         refuseBadHead(h),
 		ReadTimeout:     HeaderTimeout,
 		IdleTimeout:     IdleTimeout,
 		ReadBufferSize:  MaxHeaderBytes,
@@ -72,10 +72,10 @@ func New(h fasthttp.RequestHandler, log *slog.Logger) *fasthttp.Server {
 	}
 }
 
-// refuseAmbiguousFraming answers a request CheckHead refuses with 400
+// refuseBadHead answers a request CheckHead refuses with its 4xx
 // and closes its connection, so nothing it carries is read as a further
 // request.
-func refuseAmbiguousFraming(h fasthttp.RequestHandler) fasthttp.RequestHandler {
+func refuseBadHead(h fasthttp.RequestHandler) fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
 		if err := CheckHead(&ctx.Request.Header); err != nil {
 			WriteError(ctx, err)
