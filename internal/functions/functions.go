@@ -183,12 +183,20 @@ func (s *Service) validate(req *DeployRequest) error {
 	return ValidateEnv(req.Env)
 }
 
+// envBytes is the size of env's names and values.
+func envBytes(env map[string]string) int {
+	n := 0
+	for k, v := range env {
+		n += len(k) + len(v)
+	}
+	return n
+}
+
 // ValidateEnv checks environment variable names and sizes.
 func ValidateEnv(env map[string]string) error {
 	if len(env) > MaxEnvVars {
 		return errdefs.Invalid("%d environment variables; the limit is %d", len(env), MaxEnvVars)
 	}
-	total := 0
 	for k, v := range env {
 		if !validEnvName(k) {
 			return errdefs.Invalid("invalid environment variable name %q: use letters, digits and '_', not starting with a digit", k)
@@ -201,9 +209,8 @@ func ValidateEnv(env map[string]string) error {
 			// the value there while ctx.env kept it whole.
 			return errdefs.Invalid("environment variable %s contains a NUL byte", k)
 		}
-		total += len(k) + len(v)
 	}
-	if total > MaxEnvBytes {
+	if total := envBytes(env); total > MaxEnvBytes {
 		return errdefs.New(errdefs.ErrTooLarge, "environment is %d bytes; the limit is %d", total, MaxEnvBytes)
 	}
 	return nil
@@ -403,10 +410,7 @@ func (s *Service) newVersion(ctx context.Context, owner, name, by string, b *bun
 	}
 	// An instance gets both in its environment, so they share the size
 	// limit too (and each version stores them all again).
-	size := 0
-	for k, v := range cfg.Env {
-		size += len(k) + len(v)
-	}
+	size := envBytes(cfg.Env)
 	for k, v := range cfg.Secrets {
 		plain, ok := ch.SetSecrets[k]
 		if !ok {

@@ -847,6 +847,18 @@ func (b *retryBackend) Start(ctx context.Context, spec *backend.Spec) (*backend.
 func (b *retryBackend) Stop(ctx context.Context, id string) error { return nil }
 func (b *retryBackend) Kill(id, reason string)                    { b.kills.Add(1) }
 
+// switchProtocols answers an upgrade to the "echo" protocol with its 101
+// and hands over the connection.
+func switchProtocols(w http.ResponseWriter) (net.Conn, *bufio.ReadWriter, bool) {
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return nil, nil, false
+	}
+	brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+	brw.Flush()
+	return conn, brw, true
+}
+
 // Upgrades (WebSockets) are spliced: after the 101, bytes flow both ways.
 func TestForwardUpgrade(t *testing.T) {
 	srv := newTestRouter(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -854,13 +866,11 @@ func TestForwardUpgrade(t *testing.T) {
 			w.WriteHeader(400)
 			return
 		}
-		conn, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
+		conn, brw, ok := switchProtocols(w)
+		if !ok {
 			return
 		}
 		defer conn.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
-		brw.Flush()
 		line, _ := brw.ReadString('\n')
 		brw.WriteString("echo: " + line)
 		brw.Flush()
@@ -890,13 +900,11 @@ func TestDroppedUpgradeReleasesItsLease(t *testing.T) {
 			return
 		}
 		time.Sleep(100 * time.Millisecond) // the client resets meanwhile
-		conn, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
+		conn, brw, ok := switchProtocols(w)
+		if !ok {
 			return
 		}
 		defer conn.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
-		brw.Flush()
 		_, _ = io.Copy(io.Discard, brw)
 	}))
 	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 5 * time.Second}

@@ -878,10 +878,10 @@ func (lp *loop) start(c *laneClient, end int) handoffReason {
 		return handoffMalformed
 	}
 	rt := lp.lane.rt
-	fn, tag, tagged := strings.Cut(name, "@")
+	fn, tag, _ := strings.Cut(name, "@")
 	spec := lp.lane.cache.Cached(owner, fn, tag)
-	if spec == nil || tagged && tag == "" {
-		return handoffNotCached // (the slow path's 404 for "name@")
+	if spec == nil {
+		return handoffNotCached
 	}
 	lease := lp.lane.try.TryAcquire(spec)
 	if lease == nil {

@@ -454,12 +454,8 @@ func (rt *Router) finished(inv *invocation, instance string, cold bool) {
 // resolve finds the version for a request to owner/name or
 // owner/name@tag.
 func (rt *Router) resolve(ctx context.Context, owner, name string) (*backend.Spec, error) {
-	fn, tag, tagged := strings.Cut(name, "@")
-	var spec *backend.Spec
-	err := errdefs.ErrNotFound // "name@" names no version
-	if !tagged || tag != "" {
-		spec, err = rt.resolver.Resolve(ctx, owner, fn, tag)
-	}
+	fn, tag, _ := strings.Cut(name, "@")
+	spec, err := rt.resolver.Resolve(ctx, owner, fn, tag)
 	if errors.Is(err, errdefs.ErrNotFound) {
 		err = errdefs.New(errdefs.ErrNotFound, "function %s/%s not found", owner, name)
 	}
@@ -526,7 +522,8 @@ func SplitPath(p string) (owner, name, rest string, err error) {
 	}
 	owner, tail, _ = strings.Cut(tail, "/")
 	name, rest, hasRest := strings.Cut(tail, "/")
-	if owner == "" || name == "" {
+	// ("name@" names no version: not the live one either.)
+	if owner == "" || name == "" || strings.HasSuffix(name, "@") {
 		return "", "", "", errdefs.New(errdefs.ErrNotFound, "no function at %q: use /fn/<owner>/<name>/", truncate(p))
 	}
 	rest = "/" + rest

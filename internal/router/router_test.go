@@ -22,6 +22,8 @@ func TestSplitPath(t *testing.T) {
 		{"/fn/alice", "", "", "", false},
 		{"/fn/alice/", "", "", "", false},
 		{"/fn//hello", "", "", "", false},
+		{"/fn/alice/hello@/", "", "", "", false}, // an empty version selector
+		{"/fn/alice/hello@v2/x", "alice", "hello@v2", "/x", true},
 		{"/api/v1", "", "", "", false},
 	}
 	for _, tt := range tests {

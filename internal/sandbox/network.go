@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -67,7 +68,13 @@ func (s *Sandbox) setupNetwork() error {
 // runtime's own deny list (a second layer): the blocked ranges less
 // what the operator allows (Deno's deny list wins over its allow list,
 // so the holes must be cut out of it), and the host's own addresses.
+// It is worked out once; callers may append to what it returns.
 func (s *Sandbox) EgressRanges() []string {
+	s.denyOnce.Do(func() { s.deny = s.egressRanges() })
+	return slices.Clip(s.deny)
+}
+
+func (s *Sandbox) egressRanges() []string {
 	var allow []netip.Prefix
 	for _, p := range s.cfg.EgressAllow {
 		if p.Addr().Is4() {

@@ -84,6 +84,8 @@ type Sandbox struct {
 	cgroups   *cgroups
 	netMounts []Mount  // /etc files for egress sandboxes
 	hostAddrs []string // the host's IPv4 addresses, as /32 prefixes
+	denyOnce  sync.Once
+	deny      []string // EgressRanges
 }
 
 // New checks the host can run sandboxes and returns a Sandbox.
