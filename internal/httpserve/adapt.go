@@ -84,6 +84,10 @@ func Adapt(h http.Handler, log *slog.Logger) fasthttp.RequestHandler {
 			_, _ = conn.Read(b[:])
 			cancel()
 		}()
+		// The head goes out now, not with the first chunk: a handler that
+		// flushed before it has anything to say (a log follow) has still
+		// answered.
+		ctx.Response.ImmediateHeaderFlush = true
 		ctx.SetBodyStream(&stream{w: w, cancel: cancel}, -1)
 	}
 }

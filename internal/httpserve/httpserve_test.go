@@ -92,6 +92,31 @@ func TestAdaptStreamsAndCancels(t *testing.T) {
 	}
 }
 
+// A handler that flushes before it writes anything has answered: the head
+// reaches the client at once, not with the first line.
+func TestAdaptFlushedHeadGoesOut(t *testing.T) {
+	release := make(chan struct{})
+	url := serve(t, Adapt(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		w.WriteHeader(200)
+		http.NewResponseController(w).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}), nil))
+	defer close(release)
+	c := &http.Client{Transport: &http.Transport{ResponseHeaderTimeout: 5 * time.Second}}
+	res, err := c.Get(url + "/follow")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 200 || res.Header.Get("Content-Type") != "application/x-ndjson" {
+		t.Fatalf("%d %v", res.StatusCode, res.Header)
+	}
+}
+
 // A head that does not all come in time is answered 408 with the JSON
 // error, and the connection closed.
 func TestHeaderTimeout(t *testing.T) {
