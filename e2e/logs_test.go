@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os/exec"
@@ -19,8 +20,13 @@ import (
 func TestLogs(t *testing.T) {
 	s := startServer(t)
 	code := func(v string) []byte {
-		return []byte(`export default { fetch(req) {
+		return []byte(`export default { async fetch(req) {
 			const p = new URL(req.url).pathname;
+			if (p === "/slow") {
+				await new Promise((r) => setTimeout(r, 1500));
+				console.log("` + v + ` late line");
+				return new Response("late");
+			}
 			console.log("` + v + ` says " + p);
 			console.error("` + v + ` warns");
 			if (p === "/crash") Deno.exit(9);
@@ -96,12 +102,71 @@ wait:
 	if out := s.mustSpry("logs", "talk"); !strings.Contains(out, "one says /hello") {
 		t.Fatalf("after restart:\n%s", out)
 	}
+	// A request still running when its function is deleted writes its
+	// lines after the delete: they must not land in a new function made
+	// under the same name.
+	slow := make(chan struct{})
+	go func() { defer close(slow); s.get("/fn/admin/talk/slow") }()
+	time.Sleep(500 * time.Millisecond)
 	s.mustSpry("rm", "talk")
 	if r := s.putCode(s.token, "talk", code("three"), ""); r.status != 201 {
 		t.Fatalf("%d", r.status)
 	}
-	if out := s.mustSpry("logs", "talk"); strings.Contains(out, "one says") {
-		t.Fatalf("a deleted function's logs survived:\n%s", out)
+	<-slow
+	s.get("/fn/admin/talk/new")
+	eventually(t, 5*time.Second, "the new function's line", func() bool {
+		out, _, _ := s.spry("", "logs", "talk")
+		return strings.Contains(out, "three says /new")
+	})
+	time.Sleep(300 * time.Millisecond) // past a flush of the log store
+	if out := s.mustSpry("logs", "talk"); strings.Contains(out, "one says") || strings.Contains(out, "late line") || strings.Contains(out, "/slow") {
+		t.Fatalf("a deleted function's logs reached its successor:\n%s", out)
+	}
+}
+
+// TestLogFollowLimit: a user keeps at most MaxFollowsPerUser follows open
+// at once, and each gets its response head at once, before any line.
+func TestLogFollowLimit(t *testing.T) {
+	s := startServer(t)
+	s.deployCode(t, "quiet", []byte(`export default { fetch() { return new Response("ok") } }`), "")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	follow := func() *http.Response {
+		req, _ := http.NewRequestWithContext(ctx, "GET", s.url+"/api/v1/functions/quiet/logs?follow=1", nil)
+		req.Header.Set("Authorization", "Bearer "+s.token)
+		// Without a head the client would wait for it: bound that.
+		c := &http.Client{Transport: &http.Transport{ResponseHeaderTimeout: 5 * time.Second}}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("follow: %v", err)
+		}
+		return resp
+	}
+	var open []*http.Response
+	for range 16 {
+		resp := follow()
+		if resp.StatusCode != 200 {
+			t.Fatalf("follow %d: %d", len(open)+1, resp.StatusCode)
+		}
+		open = append(open, resp)
+	}
+	resp := follow()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 429 || !strings.Contains(string(body), "rate_limited") {
+		t.Fatalf("follow 17: %d %s", resp.StatusCode, body)
+	}
+	open[0].Body.Close()
+	eventually(t, 5*time.Second, "a follow after one ended", func() bool {
+		resp := follow()
+		if resp.StatusCode == 200 {
+			open[0] = resp
+			return true
+		}
+		resp.Body.Close()
+		return false
+	})
+	for _, r := range open {
+		r.Body.Close()
 	}
 }
 

@@ -104,6 +104,7 @@ func TestColdStartSharedAndMetrics(t *testing.T) {
 		"spry_instances{",
 		"spry_pool_idle{runtime=\"deno\"}",
 		"spry_queue_depth 0",
+		"spry_log_lines_dropped_total 0",
 	} {
 		if !strings.Contains(string(s.do("GET", "/metrics", s.token, nil, nil).body), name) {
 			t.Errorf("metrics lack %s", name)

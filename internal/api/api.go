@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spry-run/spry/internal/auth"
@@ -68,6 +69,9 @@ type API struct {
 	logs      Logs
 	limiter   *auth.FailureLimiter
 	log       *slog.Logger
+
+	followMu sync.Mutex
+	follows  map[string]int // open log follows per user
 }
 
 // New returns the API.
@@ -80,7 +84,7 @@ func New(fns Functions, authn Authenticator, users store.Users, tokens store.Tok
 	}
 	// Ten wrong tokens at once, then one every six seconds, per client.
 	limiter := auth.NewFailureLimiter(6*time.Second, 10, cfg.Now)
-	return &API{cfg: cfg, fns: fns, auth: authn, users: users, tokens: tokens, instances: instances, logs: logs, limiter: limiter, log: cfg.Logger}
+	return &API{cfg: cfg, fns: fns, auth: authn, users: users, tokens: tokens, instances: instances, logs: logs, limiter: limiter, log: cfg.Logger, follows: map[string]int{}}
 }
 
 // Handler returns the API's routes, all behind authentication.

@@ -18,6 +18,11 @@ type Logs interface {
 	Follow(ctx context.Context, q logstore.Query) (<-chan logstore.Entry, func() error)
 }
 
+// MaxFollowsPerUser bounds the log follows one user keeps open at once:
+// each holds a connection, a goroutine and a buffer of up to
+// logstore.Options.FollowBuffer lines.
+const MaxFollowsPerUser = 16
+
 // LogLine is one log entry as the API streams it (NDJSON).
 type LogLine struct {
 	ID        int64     `json:"id"`
@@ -48,11 +53,12 @@ func (a *API) functionLogs(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if _, err := a.fns.Get(r.Context(), owner, name); err != nil {
+	fn, err := a.fns.Get(r.Context(), owner, name)
+	if err != nil {
 		return err
 	}
 	qv := r.URL.Query()
-	q := logstore.Query{Owner: owner, Function: name}
+	q := logstore.Query{Owner: owner, Function: name, FunctionID: fn.ID}
 	if q.Since, err = parseSince(qv.Get("since"), a.cfg.Now()); err != nil {
 		return err
 	}
@@ -94,6 +100,11 @@ func (a *API) functionLogs(w http.ResponseWriter, r *http.Request) error {
 		}
 		return nil
 	}
+	user := principal(r).User
+	if err := a.openFollow(user); err != nil {
+		return err
+	}
+	defer a.closeFollow(user)
 	ch, errf := a.logs.Follow(r.Context(), q)
 	rc := http.NewResponseController(w)
 	w.WriteHeader(http.StatusOK)
@@ -110,4 +121,23 @@ func (a *API) functionLogs(w http.ResponseWriter, r *http.Request) error {
 		a.log.Warn("log follow ended", "owner", owner, "function", name, "err", err)
 	}
 	return nil
+}
+
+// openFollow counts one more follow of user's, if MaxFollowsPerUser allows.
+func (a *API) openFollow(user string) error {
+	a.followMu.Lock()
+	defer a.followMu.Unlock()
+	if a.follows[user] >= MaxFollowsPerUser {
+		return errdefs.New(errdefs.ErrRateLimited, "%s already follows %d logs, the most at once; end one first", user, MaxFollowsPerUser)
+	}
+	a.follows[user]++
+	return nil
+}
+
+func (a *API) closeFollow(user string) {
+	a.followMu.Lock()
+	defer a.followMu.Unlock()
+	if a.follows[user]--; a.follows[user] <= 0 {
+		delete(a.follows, user)
+	}
 }

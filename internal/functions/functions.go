@@ -40,9 +40,10 @@ type Sealer interface {
 	Open(sealed, context string) (string, error)
 }
 
-// LogDeleter removes a function's logs when it is deleted.
+// LogDeleter removes a function's logs when it is deleted, and drops the
+// lines its ID still writes.
 type LogDeleter interface {
-	DeleteFunction(ctx context.Context, owner, name string) error
+	DeleteFunction(ctx context.Context, owner, name, id string) error
 }
 
 // Retirer is told when versions become live (so those with minimum
@@ -526,7 +527,7 @@ func (s *Service) Delete(ctx context.Context, owner, name string) error {
 	delete(s.invoked, key)
 	s.mu.Unlock()
 	s.retirer.RetireExcept(fn.ID)
-	if err := s.logs.DeleteFunction(ctx, owner, name); err != nil {
+	if err := s.logs.DeleteFunction(ctx, owner, name, fn.ID); err != nil {
 		s.log.Error("delete logs", "owner", owner, "function", name, "err", err)
 	}
 	if s.cfg.Forget != nil {

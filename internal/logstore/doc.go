@@ -12,7 +12,12 @@
 //
 // Append is called on a function's output path and never blocks: lines go to
 // a bounded in-memory queue that a single writer goroutine drains, writing
-// one transaction per flush. When the queue is full, lines are dropped and
-// counted, and the writer later stores a "system" line saying how many of a
+// one transaction per flush. When the queue is full, or past half full and
+// a function already fills its share of it, lines are dropped and counted,
+// and the writer later stores a "system" line saying how many of a
 // function's lines were lost.
+//
+// Entries carry their function's ID as well as its name: names are reused,
+// and a function made again under a deleted one's name must not see the
+// lines the old one's requests still write.
 package logstore

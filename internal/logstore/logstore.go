@@ -64,11 +64,6 @@ var (
 	// ErrClosed is returned by calls on a closed Store, and ends Follow
 	// when the store is closed under it.
 	ErrClosed = fmt.Errorf("logstore: store is closed: %w", errdefs.ErrUnavailable)
-	// ErrLagged ends Follow when its reader fell so far behind that its
-	// buffer overflowed. The entries before the gap have been delivered;
-	// follow again with Query.AfterID set to the last ID received to go on
-	// from there.
-	ErrLagged = fmt.Errorf("logstore: follower fell behind: %w", errdefs.ErrUnavailable)
 	// ErrDeleted ends Follow when its function is deleted: a function
 	// made later under the same name (perhaps by a new user of the same
 	// name) is not the one the follower was allowed to read.
@@ -101,19 +96,24 @@ CREATE INDEX entries_by_function ON entries (owner, name, id);
 -- Serves retention by age.
 CREATE INDEX entries_by_time ON entries (time_us);
 `,
+	// 2: the function's ID, which names are not: a function deleted and
+	// made again under its name is another function, and must not see the
+	// lines of the one before. Entries from before have ''.
+	`ALTER TABLE entries ADD COLUMN function_id TEXT NOT NULL DEFAULT '';`,
 }
 
 // Entry is one log line.
 type Entry struct {
-	ID        int64 // assigned by the store, increasing in the order entries are stored
-	Time      time.Time
-	Owner     string
-	Function  string
-	Version   int64
-	Instance  string
-	Stream    string // StreamStdout, StreamStderr, StreamSystem or StreamAccess
-	RequestID string
-	Line      string
+	ID         int64 // assigned by the store, increasing in the order entries are stored
+	Time       time.Time
+	Owner      string
+	Function   string
+	FunctionID string // the function's ID, never reused unlike its name
+	Version    int64
+	Instance   string
+	Stream     string // StreamStdout, StreamStderr, StreamSystem or StreamAccess
+	RequestID  string
+	Line       string
 }
 
 // Options tunes a Store. Zero values take the defaults.
@@ -122,13 +122,14 @@ type Options struct {
 	MaxAge                time.Duration    // older entries are deleted; default 7 days
 	BufferSize            int              // entries Append can queue before it drops; default 8192
 	FlushInterval         time.Duration    // how often queued entries are written; default 200ms
-	FollowBuffer          int              // entries queued for each follower before it fails with ErrLagged; default 1024
+	FollowBuffer          int              // entries queued for each follower before it catches up from the database; default 1024
+	MaxQueuedPerFunction  int              // once the queue is half full, what one function's entries may fill of it; default BufferSize/8
 	Now                   func() time.Time // default time.Now; called concurrently
 	Logger                *slog.Logger     // for errors of the writer goroutine; default discards
 }
 
 func (o *Options) setDefaults() error {
-	if o.MaxEntriesPerFunction < 0 || o.MaxAge < 0 || o.BufferSize < 0 || o.FlushInterval < 0 || o.FollowBuffer < 0 {
+	if o.MaxEntriesPerFunction < 0 || o.MaxAge < 0 || o.BufferSize < 0 || o.FlushInterval < 0 || o.FollowBuffer < 0 || o.MaxQueuedPerFunction < 0 {
 		return errdefs.Invalid("logstore: options must not be negative")
 	}
 	if o.MaxEntriesPerFunction == 0 {
@@ -145,6 +146,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.FollowBuffer == 0 {
 		o.FollowBuffer = DefaultFollowBuffer
+	}
+	if o.MaxQueuedPerFunction == 0 {
+		o.MaxQueuedPerFunction = max(o.BufferSize/8, 1)
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -171,7 +175,11 @@ type Store struct {
 
 	dropped atomic.Uint64
 	dropMu  sync.Mutex
-	drops   map[fnKey]dropCount // lost lines not yet reported in a system line
+	drops   map[dropKey]dropCount // lost lines not yet reported in a system line
+	// queued counts each function's entries in the queue (function ID →
+	// *atomic.Int32), so that one function's flood fills at most its
+	// share of the queue and other functions' lines still get in.
+	queued sync.Map
 
 	subMu      sync.Mutex
 	subs       map[fnKey]map[*subscriber]struct{}
@@ -179,7 +187,8 @@ type Store struct {
 
 	// Owned by the writer goroutine.
 	batch          []pending
-	touched        map[fnKey]struct{} // functions written to since their last count check
+	touched        map[fnKey]struct{}   // functions written to since their last count check
+	gone           map[string]time.Time // IDs of deleted functions, and when: their late lines are dropped
 	sinceRetention int
 	err            error  // first failure since the last Flush
 	beforeWrite    func() // test hook, called before each batch is written
@@ -193,6 +202,19 @@ type fnKey struct{ owner, name string }
 
 func keyOf(e *Entry) fnKey { return fnKey{e.Owner, e.Function} }
 
+// dropKey names a function for its drop notice: the ID too, so that the
+// notice reaches the function that lost the lines.
+type dropKey struct {
+	fnKey
+	id string
+}
+
+// goneFor is how long the ID of a deleted function is remembered, so that
+// what its requests and instances still write is dropped rather than
+// stored under a name a new function may take. It outlasts a request's
+// longest timeout and the access sampler's last summary.
+const goneFor = time.Hour
+
 type dropCount struct {
 	n        uint64
 	version  int64 // of the last line lost, so that --version N shows the notice
@@ -202,11 +224,12 @@ type dropCount struct {
 // item is what the queue carries: an entry, or a request for the writer.
 type item struct {
 	e   Entry
+	n   *atomic.Int32 // e's function's count of queued entries
 	req *request
 }
 
 type request struct {
-	del  *fnKey     // nil: flush
+	del  *dropKey   // nil: flush
 	done chan error // buffered, so the writer never waits for the caller
 }
 
@@ -239,19 +262,20 @@ func open(ctx context.Context, path string, opts Options, beforeWrite func()) (*
 		queue:       make(chan item, opts.BufferSize),
 		stop:        make(chan struct{}),
 		done:        make(chan struct{}),
-		drops:       make(map[fnKey]dropCount),
+		drops:       make(map[dropKey]dropCount),
 		subs:        make(map[fnKey]map[*subscriber]struct{}),
 		touched:     make(map[fnKey]struct{}),
+		gone:        make(map[string]time.Time),
 		beforeWrite: beforeWrite,
 	}
 	go s.run()
 	return s, nil
 }
 
-// Append queues e to be stored. It never blocks: when the queue is full, e
-// is dropped and counted (see Dropped), and a system line saying how many
-// lines were lost is stored for e's function later. A zero e.Time means
-// now; e.ID is ignored. Lines over MaxLineBytes are truncated and invalid
+// Append queues e to be stored. It never blocks: when the queue is full, or
+// e's function already fills its share of it, e is dropped and counted (see
+// Dropped), and a system line saying how many lines were lost is stored for
+// e's function later. A zero e.Time means now; e.ID is ignored. Lines over MaxLineBytes are truncated and invalid
 // UTF-8 is replaced with U+FFFD. Entries appended after Close are dropped.
 func (s *Store) Append(e Entry) {
 	if s.closed.Load() {
@@ -265,19 +289,34 @@ func (s *Store) Append(e Entry) {
 	// The precision stored, so that followers see what Query returns.
 	e.Time = time.UnixMicro(e.Time.UnixMicro()).UTC()
 	e.Line = cleanLine(e.Line)
-	select {
-	case s.queue <- item{e: e}:
-	default:
-		s.dropped.Add(1)
-		s.countDrop(&e, 1)
+	// Past half full, each function gets no more than its share.
+	n := s.queuedOf(e.FunctionID)
+	if n.Add(1) <= int32(s.opts.MaxQueuedPerFunction) || len(s.queue) < cap(s.queue)/2 {
+		select {
+		case s.queue <- item{e: e, n: n}:
+			return
+		default:
+		}
 	}
+	n.Add(-1)
+	s.dropped.Add(1)
+	s.countDrop(&e, 1)
+}
+
+// queuedOf returns the count of id's queued entries.
+func (s *Store) queuedOf(id string) *atomic.Int32 {
+	if n, ok := s.queued.Load(id); ok {
+		return n.(*atomic.Int32)
+	}
+	n, _ := s.queued.LoadOrStore(id, new(atomic.Int32))
+	return n.(*atomic.Int32)
 }
 
 // countDrop remembers n lost lines of e's function for a drop notice. The
 // lock is only taken when lines are lost, never on Append's usual path.
 func (s *Store) countDrop(e *Entry, n uint64) {
 	s.dropMu.Lock()
-	k := keyOf(e)
+	k := dropKey{keyOf(e), e.FunctionID}
 	d := s.drops[k]
 	d.n += n
 	d.version, d.instance = e.Version, e.Instance
@@ -325,15 +364,17 @@ func (s *Store) Flush(ctx context.Context) error {
 	return s.do(ctx, &request{})
 }
 
-// DeleteFunction deletes the entries of a function, including those
-// appended before the call and not yet stored. Followers of the function
-// stay; they see whatever is appended afterwards.
-func (s *Store) DeleteFunction(ctx context.Context, owner, function string) error {
-	if owner == "" || function == "" {
-		return errdefs.Invalid("logstore: owner and function are required")
+// DeleteFunction deletes the entries of a function of that name, including
+// those appended before the call and not yet stored, and ends its followers
+// with ErrDeleted. Entries of function ID id appended afterwards (by
+// requests and instances still ending) are dropped: a function made later
+// under the name is another function.
+func (s *Store) DeleteFunction(ctx context.Context, owner, function, id string) error {
+	if owner == "" || function == "" || id == "" {
+		return errdefs.Invalid("logstore: owner, function and ID are required")
 	}
 	s.endFollowers(fnKey{owner, function}, ErrDeleted)
-	return s.do(ctx, &request{del: &fnKey{owner, function}})
+	return s.do(ctx, &request{del: &dropKey{fnKey{owner, function}, id}})
 }
 
 // do hands r to the writer, behind every entry queued before it, and waits
@@ -442,6 +483,10 @@ func (s *Store) run() {
 
 func (s *Store) handle(it item) {
 	if it.req == nil {
+		it.n.Add(-1)
+		if _, ok := s.gone[it.e.FunctionID]; ok {
+			return
+		}
 		s.batch = append(s.batch, pending{e: it.e})
 		if len(s.batch) >= maxBatch {
 			s.write()
@@ -518,19 +563,23 @@ func (s *Store) addDropNotices() {
 	}
 	now := time.UnixMicro(s.opts.Now().UnixMicro()).UTC()
 	for k, d := range s.drops {
+		if _, ok := s.gone[k.id]; ok {
+			continue
+		}
 		line := "spry: 1 log line was dropped because the log store fell behind"
 		if d.n != 1 {
 			line = fmt.Sprintf("spry: %d log lines were dropped because the log store fell behind", d.n)
 		}
 		s.batch = append(s.batch, pending{
 			e: Entry{
-				Time:     now,
-				Owner:    k.owner,
-				Function: k.name,
-				Version:  d.version,
-				Instance: d.instance,
-				Stream:   StreamSystem,
-				Line:     line,
+				Time:       now,
+				Owner:      k.owner,
+				Function:   k.name,
+				FunctionID: k.id,
+				Version:    d.version,
+				Instance:   d.instance,
+				Stream:     StreamSystem,
+				Line:       line,
 			},
 			notice: d.n,
 		})
@@ -553,15 +602,15 @@ func (s *Store) insert(batch []pending) error {
 		chunk := batch[:n]
 		batch = batch[n:]
 		var q strings.Builder
-		q.WriteString("INSERT INTO entries (time_us, owner, name, version, instance, stream, request_id, line) VALUES ")
-		args := make([]any, 0, 8*n)
+		q.WriteString("INSERT INTO entries (time_us, owner, name, function_id, version, instance, stream, request_id, line) VALUES ")
+		args := make([]any, 0, 9*n)
 		for i := range chunk {
 			if i > 0 {
 				q.WriteString(",")
 			}
-			q.WriteString("(?,?,?,?,?,?,?,?)")
+			q.WriteString("(?,?,?,?,?,?,?,?,?)")
 			e := &chunk[i].e
-			args = append(args, e.Time.UnixMicro(), e.Owner, e.Function, e.Version, e.Instance, e.Stream, e.RequestID, e.Line)
+			args = append(args, e.Time.UnixMicro(), e.Owner, e.Function, e.FunctionID, e.Version, e.Instance, e.Stream, e.RequestID, e.Line)
 		}
 		res, err := tx.ExecContext(ctx, q.String(), args...)
 		if err != nil {
@@ -585,7 +634,13 @@ func (s *Store) insert(batch []pending) error {
 func (s *Store) retain() {
 	ctx := context.Background()
 	s.sinceRetention = 0
-	cutoff := s.opts.Now().Add(-s.opts.MaxAge).UnixMicro()
+	now := s.opts.Now()
+	for id, at := range s.gone {
+		if now.Sub(at) > goneFor {
+			delete(s.gone, id)
+		}
+	}
+	cutoff := now.Add(-s.opts.MaxAge).UnixMicro()
 	if err := s.deleteBatches(ctx,
 		`DELETE FROM entries WHERE id IN (
 			SELECT id FROM entries WHERE time_us < ? ORDER BY time_us LIMIT ?)`,
@@ -634,10 +689,17 @@ func (s *Store) deleteBatches(ctx context.Context, query string, args ...any) er
 	}
 }
 
-func (s *Store) deleteFunction(k fnKey) error {
+func (s *Store) deleteFunction(dk dropKey) error {
+	k := dk.fnKey
+	s.gone[dk.id] = s.opts.Now()
+	s.queued.Delete(dk.id)
 	// Lines it lost are not worth a notice any more.
 	s.dropMu.Lock()
-	delete(s.drops, k)
+	for d := range s.drops {
+		if d.fnKey == k {
+			delete(s.drops, d)
+		}
+	}
 	s.dropMu.Unlock()
 	err := s.deleteBatches(context.Background(),
 		`DELETE FROM entries WHERE id IN (

@@ -2,6 +2,8 @@ package logstore
 
 import (
 	"context"
+	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -14,13 +16,27 @@ const (
 	MaxLimit     = 10000
 )
 
+// MaxQueryBytes bounds the text of the lines one Query returns: lines are
+// up to MaxLineBytes long, so MaxLimit of them could hold a reader's
+// memory at 160 MiB.
+const MaxQueryBytes = 8 << 20
+
+// followPage is how many entries a follower that fell behind reads from
+// the database at a time as it catches up.
+const followPage = 256
+
+// errLagged is why a follower's subscription ends when its buffer is full;
+// the follower then catches up from the database.
+var errLagged = errors.New("logstore: follower fell behind")
+
 // Query selects entries of one function.
 type Query struct {
 	Owner, Function string    // required
+	FunctionID      string    // entries of this function, not of one deleted before it of the same name; "": any
 	Since           time.Time // entries at or after it; zero: no bound
 	Version         int64     // entries of this version; 0: all
 	AfterID         int64     // entries with a greater ID, for paging and resuming a follow
-	Limit           int       // at most this many, the newest; 0: DefaultLimit; at most MaxLimit
+	Limit           int       // at most this many, the newest; 0: DefaultLimit; at most MaxLimit (and MaxQueryBytes)
 }
 
 func (q *Query) check() error {
@@ -43,24 +59,39 @@ func (q *Query) check() error {
 // match reports whether e, an entry of q's function, passes q's filters.
 func (q *Query) match(e *Entry) bool {
 	return e.ID > q.AfterID &&
+		(q.FunctionID == "" || e.FunctionID == q.FunctionID || e.FunctionID == "") &&
 		(q.Version == 0 || e.Version == q.Version) &&
 		(q.Since.IsZero() || e.Time.UnixMicro() >= q.Since.UnixMicro())
 }
 
-const entryColumns = `id, time_us, owner, name, version, instance, stream, request_id, line`
+const entryColumns = `id, time_us, owner, name, function_id, version, instance, stream, request_id, line`
 
 // Query returns the newest q.Limit stored entries that pass q's filters, in
-// ascending ID order, like tail. Entries still queued are not seen; Flush
-// first to see them.
+// ascending ID order, like tail; when their lines hold more than
+// MaxQueryBytes, only the newest of them that fit. Entries still queued are
+// not seen; Flush first to see them.
 func (s *Store) Query(ctx context.Context, q Query) ([]Entry, error) {
 	if err := q.check(); err != nil {
 		return nil, err
 	}
+	// Walks entries_by_function back from the newest entry.
+	entries, err := s.scan(ctx, &q, "DESC")
+	slices.Reverse(entries)
+	return entries, err
+}
+
+// scan returns up to q.Limit entries passing q's filters, in the order
+// given (by ID), stopping early when their lines pass MaxQueryBytes.
+func (s *Store) scan(ctx context.Context, q *Query, order string) ([]Entry, error) {
 	if s.closed.Load() {
 		return nil, ErrClosed
 	}
 	where := `owner = ? AND name = ? AND id > ?`
 	args := []any{q.Owner, q.Function, q.AfterID}
+	if q.FunctionID != "" {
+		where += ` AND function_id IN (?, '')`
+		args = append(args, q.FunctionID)
+	}
 	if !q.Since.IsZero() {
 		where += ` AND time_us >= ?`
 		args = append(args, q.Since.UnixMicro())
@@ -70,21 +101,22 @@ func (s *Store) Query(ctx context.Context, q Query) ([]Entry, error) {
 		args = append(args, q.Version)
 	}
 	args = append(args, q.Limit)
-	// The inner query walks entries_by_function back from the newest entry.
-	rows, err := s.db.QueryContext(ctx, `SELECT `+entryColumns+` FROM (
-		SELECT `+entryColumns+` FROM entries WHERE `+where+` ORDER BY id DESC LIMIT ?
-	) ORDER BY id`, args...)
+	rows, err := s.db.QueryContext(ctx, `SELECT `+entryColumns+` FROM entries WHERE `+where+` ORDER BY id `+order+` LIMIT ?`, args...)
 	if err != nil {
 		return nil, errorf(ctx, err, "query logs of %s/%s", q.Owner, q.Function)
 	}
 	defer rows.Close()
 	var entries []Entry
+	size := 0
 	for rows.Next() {
 		var e Entry
 		var us int64
-		if err := rows.Scan(&e.ID, &us, &e.Owner, &e.Function, &e.Version,
+		if err := rows.Scan(&e.ID, &us, &e.Owner, &e.Function, &e.FunctionID, &e.Version,
 			&e.Instance, &e.Stream, &e.RequestID, &e.Line); err != nil {
 			return nil, errorf(ctx, err, "query logs of %s/%s", q.Owner, q.Function)
+		}
+		if size += len(e.Line); size > MaxQueryBytes && len(entries) > 0 {
+			break
 		}
 		e.Time = time.UnixMicro(us).UTC()
 		entries = append(entries, e)
@@ -104,14 +136,16 @@ type subscriber struct {
 
 // Follow sends the entries Query(ctx, q) returns, then each entry passing
 // q's filters as it is stored, in ID order, with no gaps or repeats. It
-// goes on until ctx ends, the store closes (ErrClosed), or the reader falls
-// more than Options.FollowBuffer entries behind (ErrLagged). The channel
-// is then closed, and the returned function reports why: ctx.Err() when ctx
-// ended. Call it after the channel is closed.
+// goes on until ctx ends, the store closes (ErrClosed) or the function is
+// deleted (ErrDeleted). The channel is then closed, and the returned
+// function reports why: ctx.Err() when ctx ended. Call it after the
+// channel is closed.
 //
 // Live entries arrive once the writer stores them, so up to a flush
-// interval after Append. Readers that may fall behind can follow again
-// with AfterID set to the last ID they received.
+// interval after Append. A reader that falls more than
+// Options.FollowBuffer entries behind is not cut off: it goes on from the
+// database, where it left off, until it has caught up. Only entries that
+// retention deleted before it read them are missed.
 func (s *Store) Follow(ctx context.Context, q Query) (<-chan Entry, func() error) {
 	out := make(chan Entry)
 	var (
@@ -141,19 +175,21 @@ func (s *Store) Follow(ctx context.Context, q Query) (<-chan Entry, func() error
 	}
 	go func() {
 		defer close(out)
-		defer s.unsubscribe(sub)
 		finish(s.follow(ctx, q, sub, out))
 	}()
 	return out, errFunc
 }
 
-// follow is Follow's goroutine. The subscription is taken before the
-// initial query, so every entry stored after the query's snapshot reaches
-// sub; those the query also returned are skipped by ID.
+// follow is Follow's goroutine. The subscription is taken before each
+// query of the database, so every entry stored after the query's snapshot
+// reaches it; those the query also returned are skipped by ID.
 func (s *Store) follow(ctx context.Context, q Query, sub *subscriber, out chan<- Entry) error {
+	defer func() { s.unsubscribe(sub) }()
+	last := q.AfterID
 	send := func(e Entry) error {
 		select {
 		case out <- e:
+			last = e.ID
 			return nil
 		case <-ctx.Done():
 			return ctx.Err()
@@ -171,18 +207,25 @@ func (s *Store) follow(ctx context.Context, q Query, sub *subscriber, out chan<-
 	if s.followHook != nil {
 		s.followHook("queried")
 	}
-	last := q.AfterID
 	for _, e := range backlog {
 		if err := send(e); err != nil {
 			return err
 		}
-		last = e.ID
 	}
 	for {
 		select {
 		case e, ok := <-sub.ch:
 			if !ok {
-				return sub.err
+				if sub.err != errLagged {
+					return sub.err
+				}
+				if sub, err = s.subscribe(q); err != nil {
+					return err
+				}
+				if err := s.catchUp(ctx, q, last, send); err != nil {
+					return err
+				}
+				continue
 			}
 			if e.ID <= last {
 				continue
@@ -190,9 +233,30 @@ func (s *Store) follow(ctx context.Context, q Query, sub *subscriber, out chan<-
 			if err := send(e); err != nil {
 				return err
 			}
-			last = e.ID
 		case <-ctx.Done():
 			return ctx.Err()
+		}
+	}
+}
+
+// catchUp sends, oldest first, the stored entries passing q's filters
+// after ID after, a page at a time.
+func (s *Store) catchUp(ctx context.Context, q Query, after int64, send func(Entry) error) error {
+	q.Limit = followPage
+	for {
+		q.AfterID = after
+		page, err := s.scan(ctx, &q, "ASC")
+		if err != nil {
+			return err
+		}
+		for _, e := range page {
+			if err := send(e); err != nil {
+				return err
+			}
+			after = e.ID
+		}
+		if len(page) < followPage {
+			return nil
 		}
 	}
 }
@@ -227,7 +291,8 @@ func (s *Store) unsubscribe(sub *subscriber) {
 }
 
 // publish hands stored entries to their followers without waiting: a
-// follower whose buffer is full is cut off with ErrLagged.
+// follower whose buffer is full loses its subscription (errLagged) and
+// catches up from the database.
 func (s *Store) publish(batch []pending) {
 	s.subMu.Lock()
 	defer s.subMu.Unlock()
@@ -245,7 +310,7 @@ func (s *Store) publish(batch []pending) {
 			select {
 			case sub.ch <- *e:
 			default:
-				sub.err = ErrLagged
+				sub.err = errLagged
 				close(sub.ch)
 				delete(m, sub)
 			}

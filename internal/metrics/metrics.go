@@ -25,6 +25,9 @@ type Gauges interface {
 	// loops served, the connections they handed to the goroutine-per-
 	// connection path (by reason), and those that came back.
 	RouterPaths() (loop, takenBack int64, handoffs map[string]int64)
+	// LogLinesDropped reports, as a counter, the log lines lost because
+	// the log store fell behind.
+	LogLinesDropped() uint64
 }
 
 // InstanceCount is one row of the spry_instances gauge.
@@ -129,6 +132,7 @@ var (
 	queueDesc     = prometheus.NewDesc("spry_queue_depth", "Requests waiting for an instance with free capacity.", nil, nil)
 	loopDesc      = prometheus.NewDesc("spry_router_loop_requests_total", "Requests the router's event loops served in place (its fast path).", nil, nil)
 	backDesc      = prometheus.NewDesc("spry_router_taken_back_total", "Connections the router's event loops took back after the other path served a function request on them.", nil, nil)
+	droppedDesc   = prometheus.NewDesc("spry_log_lines_dropped_total", "Log lines lost because the log store fell behind (each function that lost lines also gets a system line saying how many).", nil, nil)
 	handoffDesc   = prometheus.NewDesc("spry_router_handoffs_total", "Connections the router's event loops handed to the goroutine-per-connection path, by reason (no_capacity: a cold start or a queue; body: chunked, large or split; protocol: upgrades, HTTP/1.0 without Host; not_function: the API).", []string{"reason"}, nil)
 )
 
@@ -141,6 +145,7 @@ func (c *gaugeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- loopDesc
 	ch <- backDesc
 	ch <- handoffDesc
+	ch <- droppedDesc
 }
 
 func (c *gaugeCollector) Collect(ch chan<- prometheus.Metric) {
@@ -157,4 +162,5 @@ func (c *gaugeCollector) Collect(ch chan<- prometheus.Metric) {
 	for reason, n := range handoffs {
 		ch <- prometheus.MustNewConstMetric(handoffDesc, prometheus.CounterValue, float64(n), reason)
 	}
+	ch <- prometheus.MustNewConstMetric(droppedDesc, prometheus.CounterValue, float64(c.g.LogLinesDropped()))
 }

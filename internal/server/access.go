@@ -32,7 +32,9 @@ type accessSampler struct {
 	wake chan struct{}
 }
 
-type accessKey struct{ owner, name string }
+// accessKey names a function by its ID too: a function made again under
+// a deleted one's name gets its own window.
+type accessKey struct{ owner, name, id string }
 
 // accessWindow is one function's current second.
 type accessWindow struct {
@@ -50,7 +52,7 @@ func newAccessSampler(logs *logstore.Store, perSecond int, now func() time.Time)
 // function's previous second, if that second skipped requests.
 func (s *accessSampler) admit(a *router.Access) (bool, *logstore.Entry) {
 	sec := s.now().Unix()
-	k := accessKey{a.Spec.Owner, a.Spec.Name}
+	k := accessKey{a.Spec.Owner, a.Spec.Name, a.Spec.FunctionID}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	w := s.fns[k]
@@ -85,7 +87,7 @@ func (s *accessSampler) roll(k accessKey, w *accessWindow, sec int64) *logstore.
 	}
 	return &logstore.Entry{
 		Time:  time.Unix(old.sec+1, 0),
-		Owner: k.owner, Function: k.name, Version: old.version, Stream: logstore.StreamAccess,
+		Owner: k.owner, Function: k.name, FunctionID: k.id, Version: old.version, Stream: logstore.StreamAccess,
 		Line: fmt.Sprintf("... and %d more %s in the second from %s UTC, not logged one by one (over %d a second; every error and cold start is logged)",
 			old.skipped, plural(old.skipped, "request", "requests"), time.Unix(old.sec, 0).UTC().Format(time.TimeOnly), s.perSecond),
 	}

@@ -503,7 +503,7 @@ type logSink struct {
 }
 
 func (l logSink) InstanceOutput(spec *backend.Spec, instance, stream string, line []byte) {
-	l.logs.Append(logstore.Entry{Owner: spec.Owner, Function: spec.Name, Version: spec.Version, Instance: instance, Stream: stream, Line: string(line)})
+	l.logs.Append(logstore.Entry{Owner: spec.Owner, Function: spec.Name, FunctionID: spec.FunctionID, Version: spec.Version, Instance: instance, Stream: stream, Line: string(line)})
 }
 
 func (l logSink) Access(a router.Access) {
@@ -520,7 +520,7 @@ func (l logSink) Access(a router.Access) {
 		temp = "cold"
 	}
 	l.logs.Append(logstore.Entry{
-		Owner: a.Spec.Owner, Function: a.Spec.Name, Version: a.Spec.Version, Instance: a.Instance,
+		Owner: a.Spec.Owner, Function: a.Spec.Name, FunctionID: a.Spec.FunctionID, Version: a.Spec.Version, Instance: a.Instance,
 		Stream: logstore.StreamAccess, RequestID: a.RequestID,
 		Line: fmt.Sprintf("%s %s %d %.1fms %s", a.Method, a.Path, a.Status, float64(a.Duration.Microseconds())/1000, temp),
 	})
@@ -541,6 +541,7 @@ func (g gauges) Instances() []metrics.InstanceCount {
 
 func (g gauges) PoolIdle() map[string]int { return g.s.back.PoolIdle() }
 func (g gauges) QueueDepth() int          { return g.s.act.QueueDepth() }
+func (g gauges) LogLinesDropped() uint64  { return g.s.logs.Dropped() }
 
 func (g gauges) RouterPaths() (int64, int64, map[string]int64) {
 	if lane := g.s.lane; lane != nil {
