@@ -115,12 +115,15 @@ func (d *devSession) get(path string) (int, string) {
 	return res.StatusCode, string(body)
 }
 
-// stop sends SIGTERM, expects a clean exit, and checks that no sandbox
-// process and no run directory is left.
+// stop sends SIGTERM, expects a clean exit, and checks that nothing of
+// the session is left.
 func (d *devSession) stop() {
 	t := d.t
 	t.Helper()
 	d.stopped = true
+	// The cgroups are known from the sandboxes' own view, so only while
+	// one runs.
+	cgroups := d.cgroups()
 	_ = d.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-d.done:
@@ -132,6 +135,15 @@ func (d *devSession) stop() {
 		<-d.done
 		t.Errorf("spry dev did not stop within 30s of SIGTERM")
 	}
+	d.checkNothingLeft(cgroups)
+}
+
+// checkNothingLeft checks, once spry dev has exited, that no sandbox
+// process, run directory, blob directory or cgroup (of those given) of
+// the session is left.
+func (d *devSession) checkNothingLeft(cgroups []string) {
+	t := d.t
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		left := d.procs()
@@ -144,11 +156,69 @@ func (d *devSession) stop() {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if d.runDir != "" {
-		if _, err := os.Stat(d.runDir); !os.IsNotExist(err) {
-			t.Errorf("run dir %s is still there (%v)", d.runDir, err)
+	if d.runDir == "" {
+		return
+	}
+	if _, err := os.Stat(d.runDir); !os.IsNotExist(err) {
+		t.Errorf("run dir %s is still there (%v)", d.runDir, err)
+	}
+	if blobs := d.blobDirs(); len(blobs) > 0 {
+		t.Errorf("blob dir left behind: %v", blobs)
+	}
+	for _, dir := range cgroups {
+		if _, err := os.Stat(dir); !os.IsNotExist(err) {
+			t.Errorf("cgroup %s is still there (%v)", dir, err)
 		}
 	}
+}
+
+// id is the session's random id, which names its run directory, blob
+// directory and cgroups.
+func (d *devSession) id() string { return filepath.Base(d.runDir) }
+
+// blobDirs lists the session's blob directories (os.MkdirTemp's, in /tmp:
+// spry dev runs with no TMPDIR).
+func (d *devSession) blobDirs() []string {
+	dirs, _ := filepath.Glob("/tmp/spry-" + d.id() + "-*")
+	return dirs
+}
+
+// cgroups lists the session's cgroup directories (spry/<id>, in each
+// hierarchy), as /proc/PID/cgroup of its running sandboxes shows them.
+func (d *devSession) cgroups() []string {
+	var out []string
+	seg := "/spry/" + d.id() + "/"
+	for _, pid := range d.pids() {
+		data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+		for _, line := range strings.Split(string(data), "\n") {
+			// hierarchy-ID:controllers:path; v2's has no controllers.
+			f := strings.SplitN(line, ":", 3)
+			if len(f) != 3 {
+				continue
+			}
+			i := strings.Index(f[2], seg)
+			if i < 0 {
+				continue
+			}
+			dir := filepath.Join("/sys/fs/cgroup", f[1], f[2][:i+len(seg)])
+			if !slices.Contains(out, dir) {
+				out = append(out, dir)
+			}
+		}
+	}
+	return out
+}
+
+// pids lists the session's sandbox processes.
+func (d *devSession) pids() []int {
+	var pids []int
+	for _, p := range d.procs() {
+		var pid int
+		if _, err := fmt.Sscanf(p, "pid %d ", &pid); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 // procs lists live processes of this session's sandboxes: running as one
@@ -271,6 +341,102 @@ func TestDevNode(t *testing.T) {
 	d.waitOutput(regexp.MustCompile(`(?m)v1 GET /x\?y=1 200 [0-9.]+ms (cold|warm)$`), "the access line")
 	d.waitOutput(regexp.MustCompile(`(?m)v1 \| node saw /x$`), "the function's console.log")
 	d.stop()
+}
+
+// TestDevSecondInterrupt: a second Ctrl-C stops spry dev at once, cutting
+// a request in flight that the first would have let finish, and still
+// leaves nothing of the session behind: no sandbox process, run
+// directory, blob directory or cgroup.
+func TestDevSecondInterrupt(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "busy.ts")
+	writeFile(t, file, `export default {
+  async fetch(req: Request): Promise<Response> {
+    const path = new URL(req.url).pathname;
+    if (path === "/slow") {
+      console.log("busy " + path);
+      await new Promise((r) => setTimeout(r, 120_000));
+    }
+    return new Response("done");
+  },
+};
+`, 0)
+	d := startDev(t, file, "--timeout", "5m")
+
+	// A request that would keep the graceful stop waiting.
+	type result struct {
+		status int
+		err    error
+	}
+	inflight := make(chan result, 1)
+	go func() {
+		client := &http.Client{Timeout: 2 * time.Minute}
+		res, err := client.Get(d.url + "/slow")
+		if err != nil {
+			inflight <- result{err: err}
+			return
+		}
+		_, err = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		inflight <- result{status: res.StatusCode, err: err}
+	}()
+	d.waitOutput(regexp.MustCompile(`(?m)v1 \| busy /slow$`), "the request to reach the function")
+	cgroups := d.cgroups()
+	if len(cgroups) == 0 {
+		t.Fatalf("no cgroup of session %s found; sandboxes: %v", d.id(), d.procs())
+	}
+	for _, dir := range append(append([]string{d.runDir}, d.blobDirs()...), cgroups...) {
+		if _, err := os.Stat(dir); err != nil {
+			t.Fatalf("while serving: %v", err)
+		}
+	}
+	if len(d.blobDirs()) == 0 {
+		t.Fatalf("no blob dir /tmp/spry-%s-* while serving", d.id())
+	}
+
+	// The first Ctrl-C: spry dev waits for the request.
+	if err := d.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	d.waitOutput(regexp.MustCompile(`(?m)stopping$`), "the graceful stop to begin")
+	select {
+	case <-d.done:
+		t.Fatalf("spry dev exited on the first Ctrl-C with a request in flight")
+	default:
+	}
+
+	// The second: it ends promptly, well before the request or the
+	// graceful wait would, and cleans up first.
+	second := time.Now()
+	if err := d.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-d.done:
+	case <-time.After(30 * time.Second):
+		_ = d.cmd.Process.Kill()
+		<-d.done
+		d.stopped = true
+		t.Fatalf("spry dev did not exit within 30s of the second Ctrl-C")
+	}
+	took := time.Since(second)
+	d.stopped = true // the checks are below, not stop's
+	t.Logf("exited %v after the second Ctrl-C: %v", took.Round(time.Millisecond), d.cmd.ProcessState)
+	if took > 2*time.Second {
+		t.Errorf("spry dev took %v to exit after the second Ctrl-C, want under 2s", took)
+	}
+	d.checkNothingLeft(cgroups)
+	if code := d.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("spry dev exited with %d (%v) after the second Ctrl-C, want 0", code, d.cmd.ProcessState)
+	}
+	select {
+	case r := <-inflight:
+		t.Logf("the request in flight ended: status %d, err %v", r.status, r.err)
+		if r.err == nil && r.status == 200 {
+			t.Errorf("the request in flight was not cut: it got 200")
+		}
+	case <-time.After(5 * time.Second):
+		t.Errorf("the request in flight still waits after spry dev exited")
+	}
 }
 
 // runIn runs a program in dir with a minimal environment and returns its

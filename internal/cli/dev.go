@@ -1,8 +1,10 @@
 package cli
 
 import (
+	"context"
 	"log/slog"
 	"net"
+	"os"
 	"os/signal"
 	"path/filepath"
 	"strconv"
@@ -85,13 +87,35 @@ needs root, as spry serve does.`,
 			}
 			cfg.Out = env.Stdout
 			cfg.Logger = slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: level}))
-			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
-			defer stop()
+			ctx, cancel := context.WithCancel(cmd.Context())
+			defer cancel()
+			hurry := make(chan struct{})
+			cfg.Hurry = hurry
+			sigs := make(chan os.Signal, 1)
+			signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+			defer signal.Stop(sigs)
+			done := make(chan struct{})
+			defer close(done)
 			go func() {
-				// A second Ctrl-C ends the process at once (its sandboxes die
-				// with it).
-				<-ctx.Done()
-				stop()
+				// The first Ctrl-C stops gracefully; the second cuts the
+				// requests in flight but still removes what the session
+				// made, so it is not the default exit (which would leave
+				// its directories and cgroups behind). Later ones are
+				// ignored: the removal takes well under a second, and
+				// mashing Ctrl-C must not undo it.
+				for n := 1; ; n++ {
+					select {
+					case <-sigs:
+					case <-done:
+						return
+					}
+					switch n {
+					case 1:
+						cancel()
+					case 2:
+						close(hurry)
+					}
+				}
 			}()
 			return dev.Run(ctx, cfg)
 		},

@@ -69,7 +69,15 @@ type Config struct {
 	Out io.Writer
 	// Logger gets the parts' own logs (failed starts and the like).
 	Logger *slog.Logger
+	// Hurry, once closed (a second Ctrl-C), ends the wait for requests in
+	// flight after ctx ends: they are cut as the instances are killed.
+	// What the session made is removed all the same. nil never hurries.
+	Hurry <-chan struct{}
 }
+
+// drainTimeout is how long requests in flight may take to finish once
+// the session stops, unless Hurry cuts it short.
+const drainTimeout = 5 * time.Second
 
 // session is a running `spry dev`.
 type session struct {
@@ -85,9 +93,10 @@ type session struct {
 	outMu sync.Mutex
 }
 
-// Run serves cfg.File until ctx ends, then stops every instance and
-// removes what it made (run directory, cgroups, bundles). It needs root,
-// as `spry serve` does.
+// Run serves cfg.File until ctx ends, then lets requests in flight
+// finish (for up to drainTimeout, or until cfg.Hurry is closed), stops
+// every instance and removes what it made (run directory, cgroups,
+// bundles). It needs root, as `spry serve` does.
 func Run(ctx context.Context, cfg Config) error {
 	if os.Geteuid() != 0 {
 		return errdefs.New(errdefs.ErrPermissionDenied, "spry dev needs root: it runs the function in the platform's sandbox (a cgroup and a host uid per instance); run it with sudo")
@@ -175,7 +184,7 @@ func Run(ctx context.Context, cfg Config) error {
 	rtr := router.New(s, s.act, router.Config{Timeout: cfg.Timeout, Logger: s.log, Access: s})
 
 	last := s.stat()
-	s.reload()
+	s.reload(ctx)
 	srv := httpserve.New(s.handler(rtr), s.log)
 	bg, stopBG := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -194,10 +203,31 @@ func Run(ctx context.Context, cfg Config) error {
 	case <-ctx.Done():
 	}
 	s.printf("stopping\n")
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	// Hurry only shortens this wait: the cleanups above run either way,
+	// so a second Ctrl-C leaves nothing behind either.
+	sctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
 	defer cancel()
-	_ = srv.ShutdownWithContext(sctx)
+	go func() {
+		select {
+		case <-cfg.Hurry:
+			cancel()
+		case <-sctx.Done():
+		}
+	}()
+	if err := srv.ShutdownWithContext(sctx); err != nil && hurried(cfg.Hurry) {
+		s.printf("stopping now: requests in flight are cut\n")
+	}
 	return nil
+}
+
+// hurried reports whether h has been closed.
+func hurried(h <-chan struct{}) bool {
+	select {
+	case <-h:
+		return true
+	default:
+		return false
+	}
 }
 
 // newRuntime prepares the one runtime the session uses and the host
@@ -317,19 +347,23 @@ func (s *session) watch(ctx context.Context, last stamp) {
 			continue
 		}
 		last = now
-		s.reload()
+		s.reload(ctx)
 	}
 }
 
 // reload builds the file and, if it built into a new bundle, makes that
 // the live version: the next request starts it, and the previous
-// version's instances finish their requests and stop.
-func (s *session) reload() {
+// version's instances finish their requests and stop. A build that ctx
+// ends (the session stopping) is dropped without a word.
+func (s *session) reload(ctx context.Context) {
 	cur := s.live.Load()
 	code, err := os.ReadFile(s.cfg.File)
 	var res build.Result
 	if err == nil {
-		res, err = build.BundleFile(context.Background(), build.Source{Filename: filepath.Base(s.cfg.File), Code: code}, build.DirOptions{Runtime: s.cfg.Runtime})
+		res, err = build.BundleFile(ctx, build.Source{Filename: filepath.Base(s.cfg.File), Code: code}, build.DirOptions{Runtime: s.cfg.Runtime})
+	}
+	if ctx.Err() != nil {
+		return
 	}
 	if err == nil {
 		_, err = s.blobs.Put(res.Code)
