@@ -93,6 +93,12 @@ func TestVersionsRollbackTrafficTags(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	// Both versions have instances now: one series per function and
+	// state, not one per version (a series collected twice fails the
+	// whole scrape).
+	if r := s.do("GET", "/metrics", s.token, nil, nil); r.status != 200 || !strings.Contains(string(r.body), `spry_instances{function="ver",owner="admin",state="idle"}`) {
+		t.Errorf("metrics during a split: %d %.300s", r.status, r.body)
+	}
 	if counts["v3 3"]+counts["v4 4"] != 2000 {
 		t.Fatalf("responses: %v", counts)
 	}

@@ -74,12 +74,20 @@ type Activator struct {
 
 	mu   sync.Mutex
 	revs map[string]*revision // by Spec.Key
+	// retiring holds retired versions until their last instance has
+	// ended, so that States still counts the instances draining.
+	retiring map[*revision]struct{}
 	// live holds, per function id, the versions that may run, as last set
 	// by RetireExcept; a request that resolved a version just before it was
 	// retired cannot start it again.
 	live map[string][]string
 	wg   sync.WaitGroup // every goroutine
 	ops  sync.WaitGroup // starts and stops in progress
+	// closeMu orders wg.Add before Close's Wait: requests still served
+	// after a shutdown's timeout may start or stop instances, and a
+	// WaitGroup must not be added to from zero while it is waited on.
+	closeMu sync.RWMutex
+	closed  bool
 
 	quotaMu sync.Mutex     // a leaf lock: taken under rev.mu
 	owned   map[string]int // instances counted against each owner's quota
@@ -140,6 +148,8 @@ var (
 	// ErrQuota: the version has no instance and its owner runs as many as
 	// one user may.
 	ErrQuota = errdefs.New(errdefs.ErrRateLimited, "the function's owner runs as many instances as one user may (spry serve --max-instances-per-user); retry later")
+	// ErrClosed: the platform is shutting down and starts no instance.
+	ErrClosed = errdefs.New(errdefs.ErrUnavailable, "the platform is shutting down; retry later")
 )
 
 // New returns an activator that starts instances on b.
@@ -159,7 +169,7 @@ func New(b Backend, cfg Config) *Activator {
 	if cfg.ScaleToZeroAfter == 0 {
 		cfg.ScaleToZeroAfter = 5 * time.Minute
 	}
-	return &Activator{cfg: cfg, backend: b, log: cfg.Logger, revs: map[string]*revision{}, live: map[string][]string{}, owned: map[string]int{}}
+	return &Activator{cfg: cfg, backend: b, log: cfg.Logger, revs: map[string]*revision{}, retiring: map[*revision]struct{}{}, live: map[string][]string{}, owned: map[string]int{}}
 }
 
 func (a *Activator) scalerConfig(spec *backend.Spec) autoscaler.Config {
@@ -454,22 +464,38 @@ func (a *Activator) scaleForQueue(rev *revision) {
 	if rev.starting*limit >= rev.waiters.Len() {
 		return
 	}
-	if !a.startLocked(rev) && rev.running()+rev.starting == 0 {
+	if err := a.startLocked(rev); err != nil && rev.running()+rev.starting == 0 {
 		// Nothing would ever serve the queue.
-		rev.failAll(ErrQuota)
+		rev.failAll(err)
 	}
 }
 
 // startLocked begins one instance start, unless the owner's quota is
-// used up. Callers hold rev.mu.
-func (a *Activator) startLocked(rev *revision) bool {
+// used up (ErrQuota) or the activator is closed (ErrClosed). Callers hold
+// rev.mu.
+func (a *Activator) startLocked(rev *revision) error {
 	if !a.reserve(rev.spec.Owner) {
-		return false
+		return ErrQuota
+	}
+	if !a.track() {
+		a.unreserve(rev.spec.Owner)
+		return ErrClosed
 	}
 	rev.starting++
+	go a.start(rev)
+	return nil
+}
+
+// track counts a goroutine about to start or stop an instance, unless the
+// activator is closed.
+func (a *Activator) track() bool {
+	a.closeMu.RLock()
+	defer a.closeMu.RUnlock()
+	if a.closed {
+		return false
+	}
 	a.wg.Add(1)
 	a.ops.Add(1)
-	go a.start(rev)
 	return true
 }
 
@@ -590,8 +616,9 @@ func (a *Activator) Ensure(spec *backend.Spec) {
 }
 
 func (a *Activator) stopAsync(rev *revision, in *instance) {
-	a.wg.Add(1)
-	a.ops.Add(1)
+	if !a.track() {
+		return // the backend, closed first, has stopped every instance
+	}
 	go func() {
 		defer a.wg.Done()
 		defer a.ops.Done()
@@ -632,6 +659,7 @@ func (a *Activator) RetireExcept(functionID string, keep ...string) {
 		if rev.spec.FunctionID == functionID && !slices.Contains(keep, key) {
 			revs = append(revs, rev)
 			delete(a.revs, key)
+			a.retiring[rev] = struct{}{}
 		}
 	}
 	a.mu.Unlock()
@@ -663,14 +691,29 @@ func (a *Activator) retire(rev *revision) {
 // instance count, and starts or stops instances to reach it. Run calls it
 // periodically; tests call it with the time they choose.
 func (a *Activator) Tick(now time.Time) {
+	for _, rev := range a.snapshot() {
+		a.scale(rev, now)
+	}
+	a.pruneRetiring()
+}
+
+// pruneRetiring forgets retired versions whose instances have all ended.
+func (a *Activator) pruneRetiring() {
 	a.mu.Lock()
-	revs := make([]*revision, 0, len(a.revs))
-	for _, r := range a.revs {
+	revs := make([]*revision, 0, len(a.retiring))
+	for r := range a.retiring {
 		revs = append(revs, r)
 	}
 	a.mu.Unlock()
-	for _, rev := range revs {
-		a.scale(rev, now)
+	for _, r := range revs {
+		r.mu.Lock()
+		done := len(r.instances) == 0 && r.starting == 0
+		r.mu.Unlock()
+		if done {
+			a.mu.Lock()
+			delete(a.retiring, r)
+			a.mu.Unlock()
+		}
 	}
 }
 
@@ -698,8 +741,8 @@ func (a *Activator) scale(rev *revision, now time.Time) {
 		a.log.Debug("crash-loop backoff", "owner", rev.spec.Owner, "function", rev.spec.Name, "version", rev.spec.Version, "crashes", rev.crashes, "until", rev.restartAt)
 	}
 	for n := desired - running - rev.starting; n > 0 && !backoff; n-- {
-		if !a.startLocked(rev) {
-			a.log.Debug("instance quota reached", "owner", rev.spec.Owner, "function", rev.spec.Name, "version", rev.spec.Version, "desired", desired)
+		if a.startLocked(rev) != nil {
+			a.log.Debug("no instance started: quota reached or shutting down", "owner", rev.spec.Owner, "function", rev.spec.Name, "version", rev.spec.Version, "desired", desired)
 			break
 		}
 	}
@@ -760,23 +803,32 @@ func (a *Activator) snapshot() []*revision {
 	return revs
 }
 
-// InstanceStates counts live versions' instances by state: "busy" (with
-// requests in flight), "idle", "starting".
+// InstanceStates counts a version's instances by state: "busy" (with
+// requests in flight), "idle", "starting", "stopping".
 type InstanceStates struct {
 	Owner, Function string
 	Busy, Idle      int
 	Starting        int
+	Stopping        int // draining their requests, or ending
 }
 
-// States reports instance states of every live version.
+// States reports instance states of every version that has instances or
+// is live.
 func (a *Activator) States() []InstanceStates {
 	var out []InstanceStates
-	for _, r := range a.snapshot() {
+	revs := a.snapshot()
+	a.mu.Lock()
+	for r := range a.retiring {
+		revs = append(revs, r)
+	}
+	a.mu.Unlock()
+	for _, r := range revs {
 		r.mu.Lock()
 		s := InstanceStates{Owner: r.spec.Owner, Function: r.spec.Name, Starting: r.starting}
 		for _, in := range r.instances {
 			switch {
 			case in.stopping:
+				s.Stopping++
 			case in.inflight > 0:
 				s.Busy++
 			default:
@@ -805,5 +857,10 @@ func (a *Activator) QueueDepth() int {
 func (a *Activator) settle() { a.ops.Wait() }
 
 // Close waits for the activator's goroutines; stop the backend first so
-// that instances end.
-func (a *Activator) Close() { a.wg.Wait() }
+// that instances end. No instance starts or stops after it.
+func (a *Activator) Close() {
+	a.closeMu.Lock()
+	a.closed = true
+	a.closeMu.Unlock()
+	a.wg.Wait()
+}

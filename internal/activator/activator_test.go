@@ -791,3 +791,43 @@ func TestKillSparesAnInstanceStillLoading(t *testing.T) {
 		})
 	}
 }
+
+// A retired version's instances that still serve requests are counted
+// until they end; then the version is forgotten.
+func TestStatesCountDrainingVersions(t *testing.T) {
+	fb := &fakeBackend{}
+	a := New(fb, Config{ScaleToZeroAfter: time.Minute})
+	l, err := a.Acquire(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.RetireExcept(spec.FunctionID, "another-version")
+	a.settle()
+	if got := a.States(); len(got) != 1 || got[0].Busy != 1 {
+		t.Fatalf("States() = %+v, want the draining instance busy", got)
+	}
+	l.Release()
+	a.settle()
+	waitFor(t, func() bool { return len(fb.liveInstances()) == 0 })
+	waitFor(t, func() bool {
+		a.Tick(time.Now())
+		return len(a.States()) == 0
+	})
+}
+
+// After Close (a shutdown whose requests outlived its timeout), a request
+// starts no instance: it is answered at once, and nothing races Close's
+// wait.
+func TestNoStartAfterClose(t *testing.T) {
+	fb := &fakeBackend{}
+	a := New(fb, Config{ScaleToZeroAfter: time.Minute})
+	a.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := a.Acquire(ctx, spec); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Acquire after Close: %v, want ErrClosed", err)
+	}
+	if n := fb.starts.Load(); n != 0 {
+		t.Fatalf("%d starts after Close", n)
+	}
+}

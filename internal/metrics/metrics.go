@@ -127,7 +127,7 @@ func (m *Metrics) Forget(owner, function string) {
 }
 
 var (
-	instancesDesc = prometheus.NewDesc("spry_instances", "Running instances, by owner, function and state (busy, idle, starting).", []string{"owner", "function", "state"}, nil)
+	instancesDesc = prometheus.NewDesc("spry_instances", "Running instances, by owner, function and state (busy, idle, starting, stopping).", []string{"owner", "function", "state"}, nil)
 	poolDesc      = prometheus.NewDesc("spry_pool_idle", "Generic, already sandboxed runtime instances waiting in the warm pool.", []string{"runtime"}, nil)
 	queueDesc     = prometheus.NewDesc("spry_queue_depth", "Requests waiting for an instance with free capacity.", nil, nil)
 	loopDesc      = prometheus.NewDesc("spry_router_loop_requests_total", "Requests the router's event loops served in place (its fast path).", nil, nil)
@@ -149,8 +149,15 @@ func (c *gaugeCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *gaugeCollector) Collect(ch chan<- prometheus.Metric) {
+	// A function has a row per version that has instances (traffic
+	// splits, versions draining); a series is per function, and one
+	// collected twice fails the whole scrape.
+	instances := map[[3]string]int{}
 	for _, ic := range c.g.Instances() {
-		ch <- prometheus.MustNewConstMetric(instancesDesc, prometheus.GaugeValue, float64(ic.Count), ic.Owner, ic.Function, ic.State)
+		instances[[3]string{ic.Owner, ic.Function, ic.State}] += ic.Count
+	}
+	for k, n := range instances {
+		ch <- prometheus.MustNewConstMetric(instancesDesc, prometheus.GaugeValue, float64(n), k[0], k[1], k[2])
 	}
 	for rt, n := range c.g.PoolIdle() {
 		ch <- prometheus.MustNewConstMetric(poolDesc, prometheus.GaugeValue, float64(n), rt)

@@ -532,7 +532,7 @@ type gauges struct{ s *Server }
 func (g gauges) Instances() []metrics.InstanceCount {
 	var out []metrics.InstanceCount
 	for _, st := range g.s.act.States() {
-		for state, n := range map[string]int{"busy": st.Busy, "idle": st.Idle, "starting": st.Starting} {
+		for state, n := range map[string]int{"busy": st.Busy, "idle": st.Idle, "starting": st.Starting, "stopping": st.Stopping} {
 			out = append(out, metrics.InstanceCount{Owner: st.Owner, Function: st.Function, State: state, Count: n})
 		}
 	}

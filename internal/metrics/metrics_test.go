@@ -1,0 +1,58 @@
+package metrics
+
+import (
+	"testing"
+)
+
+// gauges reports fixed numbers, as the server's parts would.
+type gauges struct{ instances []InstanceCount }
+
+func (g gauges) Instances() []InstanceCount                  { return g.instances }
+func (gauges) PoolIdle() map[string]int                      { return map[string]int{"deno": 2} }
+func (gauges) QueueDepth() int                               { return 0 }
+func (gauges) RouterPaths() (int64, int64, map[string]int64) { return 0, 0, nil }
+func (gauges) LogLinesDropped() uint64                       { return 7 }
+
+// Two versions of one function (a traffic split, or one draining) are one
+// series per state, summed: a series collected twice fails the scrape.
+func TestInstancesSummedPerFunction(t *testing.T) {
+	m := New(gauges{instances: []InstanceCount{
+		{Owner: "alice", Function: "hello", State: "busy", Count: 1},
+		{Owner: "alice", Function: "hello", State: "busy", Count: 2},
+		{Owner: "alice", Function: "hello", State: "stopping", Count: 1},
+		{Owner: "bob", Function: "hello", State: "busy", Count: 4},
+	}})
+	families, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatalf("Gather: %v", err)
+	}
+	got := map[string]float64{}
+	for _, f := range families {
+		for _, mt := range f.GetMetric() {
+			key := f.GetName()
+			for _, l := range mt.GetLabel() {
+				key += " " + l.GetName() + "=" + l.GetValue()
+			}
+			got[key] = mt.GetGauge().GetValue() + mt.GetCounter().GetValue()
+		}
+	}
+	for k, v := range map[string]float64{
+		"spry_instances function=hello owner=alice state=busy":     3,
+		"spry_instances function=hello owner=alice state=stopping": 1,
+		"spry_instances function=hello owner=bob state=busy":       4,
+		"spry_log_lines_dropped_total":                             7,
+	} {
+		if got[k] != v {
+			t.Errorf("%s = %v, want %v", k, got[k], v)
+		}
+	}
+	var series []string
+	for k := range got {
+		if len(k) > 14 && k[:15] == "spry_instances " {
+			series = append(series, k)
+		}
+	}
+	if len(series) != 3 {
+		t.Errorf("spry_instances series: %q", series)
+	}
+}
