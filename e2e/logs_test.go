@@ -337,3 +337,53 @@ func TestSlowImportOutlivesTimeouts(t *testing.T) {
 		})
 	}
 }
+
+// TestLogFollowEnds: `spry logs -f` says why its follow ended, with the
+// exit code of the reason: the function was deleted (4), or the server is
+// shutting down (6), which a follow no longer holds up.
+func TestLogFollowEnds(t *testing.T) {
+	s := startServer(t)
+	code := []byte(`export default { fetch() { console.log("hi"); return new Response("ok") } }`)
+	// follow starts `spry logs NAME -f` and waits until it prints the
+	// function's line, so that the follow is under way.
+	follow := func(name string) (*exec.Cmd, *syncBuffer) {
+		s.deployCode(t, name, code, "")
+		s.get("/fn/admin/" + name + "/")
+		cmd := exec.Command(s.bin, "logs", name, "--follow")
+		cmd.Env = []string{"SPRY_URL=" + s.url, "SPRY_TOKEN=" + s.token, "HOME=" + t.TempDir()}
+		var out, errOut syncBuffer
+		cmd.Stdout, cmd.Stderr = &out, &errOut
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill() })
+		eventually(t, 10*time.Second, "the follow to print the line", func() bool { return strings.Contains(out.String(), "stdout hi") })
+		return cmd, &errOut
+	}
+	exit := func(cmd *exec.Cmd) int {
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("spry logs -f did not end")
+		}
+		return cmd.ProcessState.ExitCode()
+	}
+
+	cmd, stderr := follow("doomed")
+	s.mustSpry("rm", "doomed")
+	if code := exit(cmd); code != 4 || !strings.Contains(stderr.String(), "was deleted") {
+		t.Errorf("after a delete: exit %d, stderr %q", code, stderr.String())
+	}
+
+	cmd, stderr = follow("kept")
+	start := time.Now()
+	s.stop()
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("the server took %v to stop with a follow open", d)
+	}
+	if code := exit(cmd); code != 6 || !strings.Contains(stderr.String(), "shutting down") {
+		t.Errorf("after a shutdown: exit %d, stderr %q", code, stderr.String())
+	}
+}

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strconv"
 	"strings"
@@ -118,7 +119,18 @@ func (a *API) functionLogs(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	if err := errf(); err != nil && r.Context().Err() == nil {
-		a.log.Warn("log follow ended", "owner", owner, "function", name, "err", err)
+		// The stream's last line says why it ended, in the API's error
+		// shape: the head, 200, is long gone.
+		switch {
+		case errors.Is(err, logstore.ErrDeleted):
+			err = errdefs.New(errdefs.ErrNotFound, "function %s/%s was deleted", owner, name)
+		case errors.Is(err, logstore.ErrClosed):
+			err = errdefs.New(errdefs.ErrUnavailable, "the server is shutting down; follow again once it is back")
+		default:
+			a.log.Warn("log follow ended", "owner", owner, "function", name, "err", err)
+		}
+		_, body := errdefs.Encode(err)
+		_, _ = w.Write(body)
 	}
 	return nil
 }

@@ -291,14 +291,21 @@ func (c *Client) Logs(ctx context.Context, name string, o LogOptions, fn func(ap
 	}
 	dec := json.NewDecoder(res.Body)
 	for {
-		var l api.LogLine
+		// A follow's last line may be an error saying why it ended.
+		var l struct {
+			api.LogLine
+			Error *struct{ Code, Message string } `json:"error"`
+		}
 		if err := dec.Decode(&l); err != nil {
 			if err == io.EOF || ctx.Err() != nil {
 				return nil
 			}
 			return err
 		}
-		if err := fn(l); err != nil {
+		if l.Error != nil {
+			return &Error{Status: errdefs.HTTPStatus(errdefs.FromCode(l.Error.Code)), Code: l.Error.Code, Message: l.Error.Message}
+		}
+		if err := fn(l.LogLine); err != nil {
 			return err
 		}
 	}

@@ -590,6 +590,26 @@ func TestFollowEnds(t *testing.T) {
 		flush(t, s)
 		receive(t, other, othererr, 1)
 	})
+	// A server shutting down ends its follows, and the store still stores.
+	t.Run("end follows", func(t *testing.T) {
+		s := openTemp(t, Options{})
+		ch, errf := s.Follow(t.Context(), Query{Owner: "alice", Function: "hello"})
+		s.EndFollows()
+		drain(ch)
+		if err := errf(); !errors.Is(err, ErrClosed) {
+			t.Errorf("got %v, want ErrClosed", err)
+		}
+		ch, errf = s.Follow(t.Context(), Query{Owner: "alice", Function: "hello"})
+		drain(ch)
+		if err := errf(); !errors.Is(err, ErrClosed) {
+			t.Errorf("a follow after EndFollows: got %v, want ErrClosed", err)
+		}
+		appendLines(s, "alice", "hello", 2)
+		flush(t, s)
+		if n := len(all(t, s, "alice", "hello")); n != 2 {
+			t.Errorf("stored %d lines after EndFollows, want 2", n)
+		}
+	})
 	t.Run("close", func(t *testing.T) {
 		s := openAt(t, filepath.Join(t.TempDir(), "logs.db"), Options{})
 		ch, errf := s.Follow(t.Context(), Query{Owner: "alice", Function: "hello"})

@@ -332,6 +332,11 @@ func (s *Store) endFollowers(k fnKey, err error) {
 	delete(s.subs, k)
 }
 
+// EndFollows ends every follow with ErrClosed, and refuses new ones, while
+// the store goes on storing: a server shutting down lets its requests
+// finish, and a follow would never finish on its own.
+func (s *Store) EndFollows() { s.closeSubscribers() }
+
 // closeSubscribers ends every follower with ErrClosed; none can start after.
 func (s *Store) closeSubscribers() {
 	s.subMu.Lock()

@@ -443,6 +443,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.log.Info("shutting down")
 	s.ready.Store(false)
+	s.logs.EndFollows()
 	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 	defer cancel()
 	laneDone := make(chan struct{})
