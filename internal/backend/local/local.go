@@ -425,8 +425,8 @@ func (b *Backend) spawnOrTake(ctx context.Context, key poolKey) (*proc, error) {
 	go func() {
 		defer b.wg.Done()
 		// A request waits for this one: it starts boosted, and Start's
-		// SetCPU brings it down to an instance's weight (adopt's to the
-		// pool's, if it serves no request).
+		// SetCPU brings it down to an instance's weight (or, once given
+		// up, spawn drops it to the pool's).
 		p, err := b.spawn(sctx, key, startShares, givenUp)
 		res <- spawned{p, err}
 	}()
@@ -700,6 +700,13 @@ func (b *Backend) spawn(ctx context.Context, key poolKey, shares uint64, givenUp
 	booted := p.booted
 	for {
 		select {
+		case <-givenUp:
+			// No request waits for it any more: it ends its start at
+			// the pool's weight, not boosted for nobody.
+			givenUp = nil
+			if err := cmd.SetCPU(pooledShares, b.cfg.CPUQuotaUs); err != nil {
+				b.log.Warn("set cpu limits", "instance", p.id, "err", err)
+			}
 		case <-booted:
 			booted = nil
 			startNetwork()

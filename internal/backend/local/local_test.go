@@ -550,6 +550,37 @@ func TestStartTakesASandboxPooledWhileItWaits(t *testing.T) {
 	}
 }
 
+// A boosted spawn whose request another sandbox served ends its start at
+// the pool's weight: it would otherwise take 16 times an instance's share
+// of the CPUs for nobody.
+func TestGivenUpSpawnDropsItsBoost(t *testing.T) {
+	e := newEnv(t, 0)
+	key := poolKey{"deno", 128, runtime.NetworkNone, ""}
+	givenUp := make(chan struct{})
+	close(givenUp) // as soon as it has its slot
+	p, err := e.b.spawn(context.Background(), key, startShares, givenUp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.b.kill(p, backend.ExitStopped)
+	w, err := p.cmd.CPUWeight()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pooled, err := e.b.spawn(context.Background(), key, pooledShares, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.b.kill(pooled, backend.ExitStopped)
+	want, err := pooled.cmd.CPUWeight()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w != want {
+		t.Fatalf("the given-up spawn's CPU weight is %d, want the pool's %d", w, want)
+	}
+}
+
 // A sandbox started for a waiting request runs at a boosted CPU weight
 // until it is ready, then at an instance's; a pooled one below both.
 func TestStartBoostsCPUWeightUntilReady(t *testing.T) {
