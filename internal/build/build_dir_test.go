@@ -1097,3 +1097,54 @@ func TestBundleDirRefusesAnNPMWithoutLocks(t *testing.T) {
 		t.Fatalf("err = %v, want the npm refused for want of allow-git", err)
 	}
 }
+
+// With NPMUID, npm runs as that uid, never as root: it owns the project
+// and its temporary and cache directories, and reads nothing of root's.
+func TestBundleDirNPMRunsUnprivileged(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to switch uids")
+	}
+	const uid = 2999999
+	// Everything npm is given lives below directories others may search,
+	// as the server's builds do.
+	top, err := os.MkdirTemp("", "spry-npmuid-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(top)
+	if err := os.Chmod(top, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(top, "src")
+	writeFiles(t, dir, map[string]string{
+		"index.ts":     "export default 1;\n",
+		"package.json": `{"dependencies": {"x": "^1.0.0"}}`,
+	})
+	secret := filepath.Join(top, "secret")
+	if err := os.WriteFile(secret, []byte("root only"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(top, "bin")
+	if err := os.Mkdir(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	npm := filepath.Join(bin, "npm")
+	script := `#!/bin/sh
+if [ "$1 $2 $3" = "config get allow-git" ]; then echo "$npm_config_allow_git"; exit 0; fi
+{ id -u; cat ` + secret + ` 2>/dev/null || echo denied; touch "$npm_config_cache/x" && echo cache-ok; } > out
+`
+	if err := os.WriteFile(npm, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cache := filepath.Join(top, "cache")
+	if _, err := BundleDir(context.Background(), dir, DirOptions{NPM: npm, NPMCache: cache, NPMUID: uid}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "out"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := string(b), fmt.Sprintf("%d\ndenied\ncache-ok\n", uid); got != want {
+		t.Errorf("npm saw %q, want %q", got, want)
+	}
+}

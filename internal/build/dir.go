@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/evanw/esbuild/pkg/api"
@@ -49,6 +50,13 @@ type DirOptions struct {
 	JSRRegistry string
 	// InstallTimeout bounds each npm run; 0 means DefaultInstallTimeout.
 	InstallTimeout time.Duration
+	// NPMUID, if not 0, is the host uid (and gid) npm runs as, so that a
+	// flaw in npm's handling of a hostile package (its tarball unpacking,
+	// say) cannot write or read what the caller can. npm then owns the
+	// project directory, its temporary directories and NPMCache, and
+	// must be able to reach them: the project directory's parents must
+	// be searchable by others, as BundleFile's own is.
+	NPMUID int
 
 	// HTTPClient fetches remote (http: and https:) imports. nil means a
 	// client that only connects to public addresses.
@@ -178,6 +186,9 @@ func BundleFile(ctx context.Context, src Source, opts DirOptions) (Result, error
 		return Result{}, fmt.Errorf("build: %w", err)
 	}
 	defer os.RemoveAll(tmp)
+	if err := os.Chmod(tmp, 0o711); err != nil { // for NPMUID
+		return Result{}, fmt.Errorf("build: %w", err)
+	}
 	opts.Entry = src.Filename
 	if opts.Entry == "" {
 		opts.Entry = DefaultFilename
@@ -699,9 +710,15 @@ func (b *dirBuild) npm() (*npmRunner, error) {
 		if b.tmp, err = os.MkdirTemp("", "spry-build-*"); err != nil {
 			return nil, fmt.Errorf("build: %w", err)
 		}
+		if err := os.Chmod(b.tmp, 0o711); err != nil {
+			return nil, fmt.Errorf("build: %w", err)
+		}
 		for _, d := range []string{"home", "tmp"} {
 			if err := os.Mkdir(filepath.Join(b.tmp, d), 0o700); err != nil {
 				return nil, fmt.Errorf("build: %w", err)
+			}
+			if err := b.own(filepath.Join(b.tmp, d)); err != nil {
+				return nil, err
 			}
 		}
 	}
@@ -711,6 +728,9 @@ func (b *dirBuild) npm() (*npmRunner, error) {
 	}
 	if err := os.MkdirAll(cache, 0o700); err != nil {
 		return nil, fmt.Errorf("build: npm cache: %w", err)
+	}
+	if err := b.own(cache); err != nil {
+		return nil, err
 	}
 	extra, err := readNPMRC(b.dir)
 	if err != nil {
@@ -730,6 +750,10 @@ func (b *dirBuild) npm() (*npmRunner, error) {
 		timeout:  timeout,
 		extraEnv: extra,
 		scrub:    b.scrub,
+		own:      b.own,
+	}
+	if uid := b.opts.NPMUID; uid != 0 {
+		r.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid), NoSetGroups: true}
 	}
 	if err := r.checkLocks(); err != nil {
 		return nil, err
@@ -846,6 +870,34 @@ func checkEntryFile(dir, rel string) error {
 	fi, err := os.Stat(real)
 	if err != nil || !fi.Mode().IsRegular() {
 		return errors.New("is not a regular file")
+	}
+	return nil
+}
+
+// own gives the tree at dir to NPMUID, if set. A tree already its own at
+// the top (a cache of earlier builds) is left as it is: what npm wrote in
+// it is npm's.
+func (b *dirBuild) own(dir string) error {
+	uid := b.opts.NPMUID
+	if uid == 0 {
+		return nil
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("build: %w", err)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) == uid {
+		return nil
+	}
+	err = filepath.WalkDir(dir, func(path string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		// Lchown: a link is given away, never what it points to.
+		return os.Lchown(path, uid, uid)
+	})
+	if err != nil {
+		return fmt.Errorf("build: give npm its directory: %w", err)
 	}
 	return nil
 }

@@ -77,6 +77,8 @@ type npmRunner struct {
 	timeout  time.Duration
 	extraEnv []string // allowed .npmrc settings
 	scrub    func(string) string
+	cred     *syscall.Credential    // who npm runs as; nil: the caller
+	own      func(dir string) error // gives a directory npm works in to cred's uid
 }
 
 // env is npm's whole environment: PATH (npm needs node), proxies, and
@@ -124,6 +126,7 @@ func (n *npmRunner) checkLocks() error {
 	cmd := exec.Command(n.bin, "config", "get", "allow-git")
 	cmd.Env = n.env()
 	cmd.Dir = n.tmp
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: n.cred}
 	out, err := cmd.Output()
 	if err == nil && strings.TrimSpace(string(out)) != "none" {
 		err = fmt.Errorf("npm %s does not know the allow-git setting (%q); an npm with allow-git, allow-file and allow-remote (11.x) is needed to install dependencies safely", n.bin, strings.TrimSpace(string(out)))
@@ -164,6 +167,9 @@ func (n *npmRunner) install(ctx context.Context, dir string, ci bool) error {
 }
 
 func (n *npmRunner) run(ctx context.Context, dir string, args ...string) error {
+	if err := n.own(dir); err != nil {
+		return err
+	}
 	runCtx, cancel := context.WithTimeout(ctx, n.timeout)
 	defer cancel()
 	cmd := exec.CommandContext(runCtx, n.bin, args...)
@@ -173,7 +179,7 @@ func (n *npmRunner) run(ctx context.Context, dir string, args ...string) error {
 	cmd.Stderr = stderr
 	// npm starts node, which may start more: they share a process group,
 	// killed as one on timeout or cancellation.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: n.cred}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 5 * time.Second
 	err := cmd.Run()

@@ -110,7 +110,7 @@ func newServeCmd(env Env) *cobra.Command {
 	f.IntVar(&cfg.DefaultMemoryMiB, "memory", 128, "default memory limit of an instance, in MiB")
 	f.StringVar(&cfg.DenoBinary, "deno", "", "deno binary (default: the pinned one `make build` installs)")
 	f.StringVar(&cfg.NodeBinary, "node", "", "node binary, 22.13 or newer (default: the pinned one `make build` installs)")
-	f.IntVar(&cfg.UIDBase, "uid-base", 2000000, "first host uid for instance sandboxes (each instance gets its own)")
+	f.IntVar(&cfg.UIDBase, "uid-base", 2000000, "first host uid for instance sandboxes (each instance gets its own; npm installs run as the uid below it)")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long shutdown waits for in-flight requests")
 	f.StringVar(&cfg.NPMRegistry, "npm-registry", "", "npm registry for function dependencies at deploy time (default: npm's public registry)")
 	f.StringVar(&cfg.JSRRegistry, "jsr-registry", "", "npm registry of JSR packages (the @jsr scope), for jsr: imports at deploy time (default: https://npm.jsr.io/)")

@@ -76,6 +76,8 @@ type Config struct {
 	NPMCache    string
 	NPMRegistry string
 	JSRRegistry string
+	// NPMUID, if not 0, is the host uid npm runs as (build.DirOptions).
+	NPMUID int
 	// MaxBundleBytes bounds a built bundle (0: DefaultMaxBundleBytes);
 	// Builds bounds how many deploys build at once (0: the CPUs).
 	MaxBundleBytes int64
@@ -306,6 +308,9 @@ func (s *Service) bundleArchive(ctx context.Context, req DeployRequest) (build.R
 		return build.Result{}, err
 	}
 	defer os.RemoveAll(tmp)
+	if err := os.Chmod(tmp, 0o711); err != nil { // npm, as NPMUID, works in src
+		return build.Result{}, err
+	}
 	dir := filepath.Join(tmp, "src")
 	if err := archive.Extract(bytes.NewReader(req.Archive), archive.FormatAuto, dir, archive.Limits{}); err != nil {
 		return build.Result{}, err
@@ -326,6 +331,7 @@ func (s *Service) dirOptions(req DeployRequest) build.DirOptions {
 		NPMCache:    s.cfg.NPMCache,
 		Registry:    s.cfg.NPMRegistry,
 		JSRRegistry: s.cfg.JSRRegistry,
+		NPMUID:      s.cfg.NPMUID,
 	}
 }
 

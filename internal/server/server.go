@@ -150,6 +150,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	if s.lock, err = lockDir(dataDir); err != nil {
 		return nil, err
 	}
+	npmCache, npmUID, err := npmSetup(dataDir, cfg.UIDBase, log)
+	if err != nil {
+		return nil, err
+	}
 	sum := sha256.Sum256([]byte(dataDir))
 	id := hex.EncodeToString(sum[:6])
 	runDir := cfg.RunDir
@@ -266,7 +270,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		DefaultMaxScale:      cfg.MaxScale,
 		MaxFunctionsPerOwner: cfg.MaxFunctionsPerUser,
 		Forget:               s.metrics.Forget,
-		NPMCache:             filepath.Join(dataDir, "npm-cache"),
+		NPMCache:             npmCache,
+		NPMUID:               npmUID,
 		NPMRegistry:          cfg.NPMRegistry,
 		JSRRegistry:          cfg.JSRRegistry,
 		Bounds: functions.Bounds{
@@ -560,4 +565,31 @@ func debugMux() *http.ServeMux {
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	return mux
+}
+
+// npmSetup picks who dependency installs run as, and their cache: npm
+// runs as the uid just below the instances' range, never as root, so
+// that a flaw in its handling of a hostile package reaches no more than
+// that uid can. The cache, kept across builds in the data dir, must be
+// reachable by it; the data dir is made searchable (not listable) by
+// others for that (everything in it is the server's own, 0600 or 0700).
+// Where its parents are not searchable, each build gets a cache of its
+// own instead.
+func npmSetup(dataDir string, uidBase int, log *slog.Logger) (string, int, error) {
+	uid := uidBase - 1
+	fi, err := os.Stat(dataDir)
+	if err != nil {
+		return "", 0, fmt.Errorf("data dir: %w", err)
+	}
+	if perm := fi.Mode().Perm(); perm&0o001 == 0 {
+		if err := os.Chmod(dataDir, perm|0o001); err != nil {
+			return "", 0, fmt.Errorf("data dir: %w", err)
+		}
+	}
+	cache := filepath.Join(dataDir, "npm-cache")
+	if err := sandbox.MkdirReachable(cache); err != nil {
+		log.Warn("dependency installs get no shared cache", "err", err)
+		cache = ""
+	}
+	return cache, uid, nil
 }
