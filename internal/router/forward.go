@@ -511,18 +511,24 @@ var hopHeaders = []string{
 }
 
 // fixHeader makes the instance's response head the client's: hop-by-hop
-// headers go, the request id and cold start come. It reports whether the
-// instance will close the connection.
+// headers go, and so does a Spry-Cold-Start of the function's own (only
+// the router says what was a cold start); the request id and cold start
+// come. It reports whether the instance will close the connection.
 func (rt *Router) fixHeader(h *fasthttp.ResponseHeader, inv *invocation) (upClose bool) {
 	upClose = h.ConnectionClose()
 	h.ResetConnectionClose()
+	if h.StatusCode() == fasthttp.StatusNoContent {
+		// A 204 has no body: a length on it would have a proxy in front
+		// read the start of the next response as its body.
+		h.Del(fasthttp.HeaderContentLength)
+	}
 	// One look for hop-by-hop headers first: responses rarely carry any,
 	// and deleting each by name costs more than the look.
 	hop := false
 	for k := range h.All() {
 		switch string(k) {
 		case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-			"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
+			"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade", "Spry-Cold-Start":
 			hop = true
 		}
 	}
@@ -537,6 +543,7 @@ func (rt *Router) fixHeader(h *fasthttp.ResponseHeader, inv *invocation) (upClos
 		for _, k := range hopHeaders {
 			h.Del(k)
 		}
+		h.Del("Spry-Cold-Start")
 	}
 	h.Set("Spry-Request-Id", inv.reqID)
 	rt.markCold(h, inv)
@@ -948,6 +955,7 @@ func (rt *Router) upgrade(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 		return rt.respond(ctx, inv, c, false), nil
 	}
 	h.Set("Spry-Request-Id", inv.reqID)
+	h.Del("Spry-Cold-Start")
 	rt.markCold(h, inv)
 	head := h.AppendBytes(nil)
 	// The lease and the instance's connection are given back when the

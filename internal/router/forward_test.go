@@ -1379,3 +1379,50 @@ func TestOutOfDescriptorsAnswers503(t *testing.T) {
 		t.Fatalf("afterwards: status %d", res.StatusCode)
 	}
 }
+
+// Some of a response head is the router's to say: a function's own
+// Spry-Cold-Start goes (only the router knows what was a cold start), and
+// so does a length on a 204, which would have a proxy in front read the
+// next response as its body.
+func TestForwardHeadFieldsTheRouterOwns(t *testing.T) {
+	sock := serveRawRequests(t, func(i int, c net.Conn) {
+		if i == 0 {
+			fmt.Fprint(c, "HTTP/1.1 204 No Content\r\nContent-Length: 40\r\nSpry-Cold-Start: 12345\r\n\r\n")
+			return
+		}
+		fmt.Fprint(c, "HTTP/1.1 200 OK\r\nSpry-Cold-Start: 1\r\nContent-Length: 2\r\n\r\nok")
+	})
+	srv := routerTo(t, sock, time.Millisecond)
+	c := srv.dial(t, 5*time.Second)
+	br := bufio.NewReader(c)
+	for i := range 2 {
+		fmt.Fprint(c, "GET /fn/alice/fn/ HTTP/1.1\r\nHost: a\r\n\r\n")
+		var head strings.Builder
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				t.Fatalf("response %d: %v after %q", i, err, head.String())
+			}
+			head.WriteString(line)
+			if line == "\r\n" {
+				break
+			}
+		}
+		h := strings.ToLower(head.String())
+		// (A cold start's own header, from the router, may come.)
+		if strings.Contains(h, "spry-cold-start: 12345\r\n") || strings.Contains(h, "spry-cold-start: 1\r\n") {
+			t.Errorf("response %d kept the function's Spry-Cold-Start:\n%s", i, head.String())
+		}
+		if i == 0 {
+			if !strings.HasPrefix(h, "http/1.1 204") || strings.Contains(h, "content-length: 40") {
+				t.Errorf("the 204 is:\n%s", head.String())
+			}
+			continue
+		}
+		if body := make([]byte, 2); !strings.HasPrefix(h, "http/1.1 200") {
+			t.Errorf("response %d is:\n%s", i, head.String())
+		} else if _, err := io.ReadFull(br, body); err != nil || string(body) != "ok" {
+			t.Errorf("response %d body %q, %v", i, body, err)
+		}
+	}
+}
