@@ -62,8 +62,11 @@ var v1Names = []cgroup1.Name{cgroup1.Memory, cgroup1.Pids, cgroup1.Cpu, cgroup1.
 func (r Resources) spec() *specs.LinuxResources {
 	lr := &specs.LinuxResources{}
 	if r.MemoryBytes > 0 {
+		// KernelTCP (v1 only; v2 charges socket buffers to the memory
+		// limit by itself): the instance's TCP buffers, slirp4netns's host
+		// sockets among them, are bounded too, not only its pages.
 		m := r.MemoryBytes
-		lr.Memory = &specs.LinuxMemory{Limit: &m}
+		lr.Memory = &specs.LinuxMemory{Limit: &m, KernelTCP: &m}
 	}
 	if r.Pids > 0 {
 		p := r.Pids

@@ -18,6 +18,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // blockedRanges are never reachable from an egress sandbox unless the
@@ -189,6 +191,18 @@ func (c *Cmd) StartNetwork(ctx context.Context) error {
 		exitW.Close()
 		return fmt.Errorf("sandbox network: start slirp4netns: %w", err)
 	}
+	// slirp4netns holds a host socket, and its buffers, for each of the
+	// function's connections: it counts as the instance (memory, TCP
+	// buffers, pids, CPU) and may hold no more descriptors than the
+	// instance may, or a function would grow it, root and outside every
+	// limit, by opening connections to a server that never reads. It
+	// has done nothing for the function before it is in.
+	if err := c.confineSlirp(slirp.Process.Pid); err != nil {
+		exitW.Close()
+		_ = slirp.Process.Kill()
+		_ = slirp.Wait()
+		return fmt.Errorf("sandbox network: %w", err)
+	}
 	c.netMu.Lock()
 	stopped := c.netStopped
 	if !stopped {
@@ -281,4 +295,19 @@ func (l *lockedBuffer) bytes() []byte {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return append([]byte(nil), l.b.Bytes()...)
+}
+
+// confineSlirp puts the instance's slirp4netns, pid, in the instance's
+// cgroups and under its open-file limit.
+func (c *Cmd) confineSlirp(pid int) error {
+	if err := c.join(pid); err != nil {
+		return err
+	}
+	if c.noFiles > 0 {
+		l := unix.Rlimit{Cur: c.noFiles, Max: c.noFiles}
+		if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &l, nil); err != nil {
+			return fmt.Errorf("limit slirp4netns's open files: %w", err)
+		}
+	}
+	return nil
 }

@@ -140,6 +140,7 @@ type Cmd struct {
 	slirpFD    *os.File // closing it tells slirp4netns to exit
 	once       sync.Once
 	oomBase    uint64
+	noFiles    uint64 // the sandbox's open-file limit, slirp4netns's too
 	// The hold (see Start): bwrap's --info-fd and --block-fd.
 	info    *os.File
 	release *os.File
@@ -167,7 +168,7 @@ func (s *Sandbox) Command(spec Spec) (*Cmd, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cmd{sb: s, group: g, name: spec.Name}
+	c := &Cmd{sb: s, group: g, name: spec.Name, noFiles: spec.NoFiles}
 	ok := false
 	defer func() {
 		if !ok {

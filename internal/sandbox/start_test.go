@@ -287,3 +287,68 @@ func field(text, key string) string {
 	}
 	return ""
 }
+
+// An egress sandbox's slirp4netns holds a host socket, and buffers, for
+// each of its connections: it is in the sandbox's cgroups and under its
+// open-file limit, not the server's.
+func TestSlirpCountsAsTheSandbox(t *testing.T) {
+	const uid, noFiles = 301235, 555
+	sb, spec := holdSpec(t, uid, noFiles)
+	spec.Network = sandbox.NetworkEgress
+	c, err := sb.Command(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Cleanup()
+	stdin, err := c.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := c.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Stderr = os.Stderr
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		stdin.Close()
+		_ = c.Wait()
+	}()
+	c.CloseFiles()
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "running\n" {
+		t.Fatalf("child said %q, %v", line, err)
+	}
+	if err := c.StartNetwork(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	pid := c.SlirpPid()
+	if pid == 0 {
+		t.Fatal("no slirp4netns")
+	}
+	limits := procFile(t, pid, "limits")
+	if got := strings.Join(strings.Fields(field(limits, "Max open files"))[:2], " "); got != fmt.Sprintf("%d %d", noFiles, noFiles) {
+		t.Errorf("slirp4netns: Max open files %q, want %d", got, noFiles)
+	}
+	var in int
+	for _, cg := range strings.Split(strings.TrimSpace(procFile(t, pid, "cgroup")), "\n") {
+		if !strings.HasSuffix(cg, "/"+spec.Name) {
+			continue
+		}
+		in++
+		// v1 bounds TCP buffers only where a limit is set.
+		if f := strings.SplitN(cg, ":", 3); len(f) == 3 && f[1] == "memory" {
+			b, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/memory", f[2], "memory.kmem.tcp.limit_in_bytes"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.TrimSpace(string(b)); got != strconv.FormatInt(spec.Resources.MemoryBytes, 10) {
+				t.Errorf("memory.kmem.tcp.limit_in_bytes is %s, want the memory limit %d", got, spec.Resources.MemoryBytes)
+			}
+		}
+	}
+	if in == 0 {
+		t.Errorf("slirp4netns is in none of its sandbox's cgroups:\n%s", procFile(t, pid, "cgroup"))
+	}
+}
