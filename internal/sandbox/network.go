@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -53,30 +54,59 @@ func (s *Sandbox) setupNetwork() error {
 		}
 		s.netMounts = append(s.netMounts, Mount{Source: p, Dest: "/etc/" + name})
 	}
-	// The host's own addresses are blocked too: slirp4netns connects
-	// from the host, so without this a sandbox could reach services on
-	// the host's public address.
-	if addrs, err := net.InterfaceAddrs(); err == nil {
-		for _, a := range addrs {
-			if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil {
-				s.hostAddrs = append(s.hostAddrs, ipn.IP.String()+"/32")
-			}
+	return nil
+}
+
+// hostNets returns the host's own IPv4 addresses (as /32s) and the
+// subnets they are on (those of /16 or narrower: the host's neighbours,
+// its gateway among them), as they are now. slirp4netns connects from
+// the host, so without this a sandbox could reach services on the
+// host's public address, or its network's. They are read at each
+// sandbox's start, not once: addresses come and go (DHCP, an alias, a
+// VPN), and one added after the server started was reachable.
+func hostNets() []string {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok || ipn.IP.To4() == nil {
+			continue
+		}
+		out = append(out, ipn.IP.String()+"/32")
+		if ones, _ := ipn.Mask.Size(); ones >= 16 && ones < 32 {
+			out = append(out, ipn.IP.Mask(ipn.Mask).String()+"/"+strconv.Itoa(ones))
 		}
 	}
-	return nil
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+func (s *Sandbox) currentHostNets() []string {
+	if s.hostNets != nil {
+		return s.hostNets()
+	}
+	return hostNets()
 }
 
 // EgressRanges returns what egress sandboxes may not reach, for the
 // runtime's own deny list (a second layer): the blocked ranges less
 // what the operator allows (Deno's deny list wins over its allow list,
-// so the holes must be cut out of it), and the host's own addresses.
-// It is worked out once; callers may append to what it returns.
+// so the holes must be cut out of it), and the host's own addresses and
+// subnets as they are now. Callers may append to what it returns.
 func (s *Sandbox) EgressRanges() []string {
-	s.denyOnce.Do(func() { s.deny = s.egressRanges() })
+	host := s.currentHostNets()
+	s.denyMu.Lock()
+	defer s.denyMu.Unlock()
+	if s.deny == nil || !slices.Equal(host, s.denyHost) {
+		s.deny, s.denyHost = s.egressRanges(host), host
+	}
 	return slices.Clip(s.deny)
 }
 
-func (s *Sandbox) egressRanges() []string {
+func (s *Sandbox) egressRanges(host []string) []string {
 	var allow []netip.Prefix
 	for _, p := range s.cfg.EgressAllow {
 		if p.Addr().Is4() {
@@ -89,7 +119,7 @@ func (s *Sandbox) egressRanges() []string {
 			out = append(out, p.String())
 		}
 	}
-	return append(out, s.hostAddrs...)
+	return append(out, host...)
 }
 
 // without returns the parts of the IPv4 prefix p that no prefix in holes
@@ -117,10 +147,10 @@ func (s *Sandbox) nftRules() string {
 	var b strings.Builder
 	b.WriteString("table inet spry {\n chain output {\n  type filter hook output priority 0; policy accept;\n  oifname \"lo\" accept\n")
 	fmt.Fprintf(&b, "  ip daddr %s udp dport 53 accept\n  ip daddr %s tcp dport 53 accept\n", slirpDNS, slirpDNS)
-	// The host's own addresses before the operator's ranges, which may
-	// hold them.
-	if len(s.hostAddrs) > 0 {
-		fmt.Fprintf(&b, "  ip daddr { %s } reject\n", strings.Join(s.hostAddrs, ", "))
+	// The host's own addresses and subnets before the operator's ranges,
+	// which may hold them.
+	if host := s.currentHostNets(); len(host) > 0 {
+		fmt.Fprintf(&b, "  ip daddr { %s } reject\n", strings.Join(host, ", "))
 	}
 	for _, p := range s.cfg.EgressAllow {
 		if p.Addr().Is4() {

@@ -80,18 +80,39 @@ func TestWithoutCoversExactly(t *testing.T) {
 // nftables rules and the runtime's deny list), but never to the host's
 // own addresses, which are rejected before the holes are opened.
 func TestEgressRules(t *testing.T) {
+	host := []string{"10.213.0.5/32"}
 	s := &Sandbox{
-		cfg:       Config{EgressAllow: []netip.Prefix{netip.MustParsePrefix("10.213.0.0/16"), netip.MustParsePrefix("fd00::/8")}},
-		hostAddrs: []string{"10.213.0.5/32"},
+		cfg:      Config{EgressAllow: []netip.Prefix{netip.MustParsePrefix("10.213.0.0/16"), netip.MustParsePrefix("fd00::/8")}},
+		hostNets: func() []string { return host },
 	}
 	rules := s.nftRules()
-	host, allow := strings.Index(rules, "ip daddr { 10.213.0.5/32 } reject"), strings.Index(rules, "ip daddr 10.213.0.0/16 accept")
-	if host < 0 || allow < 0 || host > allow || strings.Contains(rules, "fd00") {
+	reject, allow := strings.Index(rules, "ip daddr { 10.213.0.5/32 } reject"), strings.Index(rules, "ip daddr 10.213.0.0/16 accept")
+	if reject < 0 || allow < 0 || reject > allow || strings.Contains(rules, "fd00") {
 		t.Fatalf("rules:\n%s", rules)
 	}
 	deny := s.EgressRanges()
 	if slices.Contains(deny, "10.0.0.0/8") || !slices.Contains(deny, "10.212.0.0/16") || !slices.Contains(deny, "10.214.0.0/15") ||
 		!slices.Contains(deny, "169.254.0.0/16") || !slices.Contains(deny, "10.213.0.5/32") {
 		t.Fatalf("deny list %v", deny)
+	}
+	// An address the host gains later is blocked from then on, in both
+	// layers.
+	host = []string{"10.213.0.5/32", "198.51.100.0/24", "198.51.100.254/32"}
+	if rules := s.nftRules(); !strings.Contains(rules, "ip daddr { 10.213.0.5/32, 198.51.100.0/24, 198.51.100.254/32 } reject") {
+		t.Fatalf("rules after a new address:\n%s", rules)
+	}
+	if deny := s.EgressRanges(); !slices.Contains(deny, "198.51.100.0/24") {
+		t.Fatalf("deny list after a new address: %v", deny)
+	}
+}
+
+// hostNets reads the host's addresses and the subnets they are on.
+func TestHostNets(t *testing.T) {
+	got := hostNets()
+	if !slices.Contains(got, "127.0.0.1/32") {
+		t.Errorf("hostNets() = %v, want the loopback address among them", got)
+	}
+	if !slices.IsSorted(got) {
+		t.Errorf("hostNets() = %v, not sorted", got)
 	}
 }

@@ -82,10 +82,14 @@ const (
 type Sandbox struct {
 	cfg       Config
 	cgroups   *cgroups
-	netMounts []Mount  // /etc files for egress sandboxes
-	hostAddrs []string // the host's IPv4 addresses, as /32 prefixes
-	denyOnce  sync.Once
-	deny      []string // EgressRanges
+	netMounts []Mount // /etc files for egress sandboxes
+	// hostNets reads the host's own addresses and subnets (a test sets
+	// its own); EgressRanges's last answer is kept for as long as they
+	// stay the same.
+	hostNets func() []string
+	denyMu   sync.Mutex
+	denyHost []string
+	deny     []string
 }
 
 // New checks the host can run sandboxes and returns a Sandbox.
