@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -382,4 +384,53 @@ func TestInstanceAtHighConcurrency(t *testing.T) {
 	if got := s.metric(t, "spry_cold_starts_total{", `function="wide"`); got != 1 {
 		t.Errorf("%v cold starts, want 1: the instance was replaced", got)
 	}
+}
+
+// TestIdleInstanceIsThrottled: what a function goes on doing with no
+// request in flight (here a worker spinning for ever) gets a second at
+// full speed, then 5% of a CPU until its next request, which it answers
+// as before.
+func TestIdleInstanceIsThrottled(t *testing.T) {
+	s := startServer(t)
+	s.deployCode(t, "spinner", []byte(`
+		const w = new Worker("data:text/javascript,for(;;){}", { type: "module" });
+		export default { fetch() { return new Response("ok"); } };`), "")
+	if r := s.get("/fn/admin/spinner/"); r.status != 200 {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	time.Sleep(2500 * time.Millisecond) // past IdleAfter and the next tick
+	t0 := s.sandboxCPU(t)
+	time.Sleep(2 * time.Second)
+	used := s.sandboxCPU(t) - t0
+	if used > 300*time.Millisecond {
+		t.Errorf("an idle instance used %v of CPU in 2s", used)
+	}
+	t.Logf("idle instance used %v of CPU in 2s", used)
+	if r := s.get("/fn/admin/spinner/"); r.status != 200 || string(r.body) != "ok" {
+		t.Fatalf("after idling: %d %s", r.status, r.body)
+	}
+}
+
+// sandboxCPU is the CPU time the server's sandbox processes have used.
+func (s *server) sandboxCPU(t *testing.T) time.Duration {
+	t.Helper()
+	var ticks int64
+	for _, p := range s.sandboxProcs() {
+		var pid int
+		if _, err := fmt.Sscanf(p, "pid %d", &pid); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue // it ended
+		}
+		// Fields after the command (which may hold spaces), from state:
+		// utime and stime are the 12th and 13th.
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		for _, i := range []int{11, 12} {
+			n, _ := strconv.ParseInt(f[i], 10, 64)
+			ticks += n
+		}
+	}
+	return time.Duration(ticks) * time.Second / 100 // USER_HZ
 }

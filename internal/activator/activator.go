@@ -36,6 +36,8 @@ type Backend interface {
 	Stop(ctx context.Context, id string) error
 	// Kill ends an instance at once, recording why.
 	Kill(id, reason string)
+	// SetIdle throttles an instance's CPU (idle) or gives it back.
+	SetIdle(id string, idle bool)
 }
 
 // Config is the activator's policy.
@@ -48,6 +50,12 @@ type Config struct {
 	// QueueSize bounds the requests waiting for capacity per version;
 	// past it requests are refused with ErrOverloaded.
 	QueueSize int
+	// IdleAfter is how long an instance may go without a request in
+	// flight before its CPU is throttled (Backend.SetIdle), until the
+	// next request: work a function goes on with after its response
+	// (ctx.waitUntil, a timer, a worker) gets that long at full speed.
+	// Default 1s; negative: never.
+	IdleAfter time.Duration
 	// StableWindow is the autoscaler's averaging window (default 60s);
 	// scaling down follows it, and so does scaling to zero.
 	StableWindow time.Duration
@@ -116,6 +124,11 @@ type instance struct {
 	started  time.Time
 	lastUsed time.Time
 	stopping bool
+	idle     bool // its CPU should be throttled (guarded by rev.mu)
+	// idleMu orders the backend calls that apply idle; applied is what
+	// the last one set.
+	idleMu  sync.Mutex
+	applied bool
 }
 
 // Crash-loop backoff (as Kubernetes's CrashLoopBackOff): after an
@@ -169,6 +182,9 @@ func New(b Backend, cfg Config) *Activator {
 	if cfg.ScaleToZeroAfter == 0 {
 		cfg.ScaleToZeroAfter = 5 * time.Minute
 	}
+	if cfg.IdleAfter == 0 {
+		cfg.IdleAfter = time.Second
+	}
 	return &Activator{cfg: cfg, backend: b, log: cfg.Logger, revs: map[string]*revision{}, retiring: map[*revision]struct{}{}, live: map[string][]string{}, owned: map[string]int{}}
 }
 
@@ -203,6 +219,7 @@ type Lease struct {
 	in   *instance
 	Cold bool // this request waited for an instance to start
 	a    *Activator
+	wake bool // the instance was idle: its CPU must be given back
 }
 
 // Instance is the leased instance.
@@ -266,6 +283,7 @@ func (a *Activator) Acquire(ctx context.Context, spec *backend.Spec) (*Lease, er
 			rev.unqueue(w)
 			l := a.lease(rev, in, cold)
 			rev.mu.Unlock()
+			a.woken(l)
 			return l, nil
 		}
 		if w == nil {
@@ -316,23 +334,55 @@ func (a *Activator) TryAcquire(spec *backend.Spec) *Lease {
 		return nil
 	}
 	rev.mu.Lock()
-	defer rev.mu.Unlock()
 	if rev.retired || rev.waiters.Len()+rev.woken > 0 {
+		rev.mu.Unlock()
 		return nil
 	}
+	var l *Lease
 	if in := rev.pick(); in != nil {
-		return a.lease(rev, in, false)
+		l = a.lease(rev, in, false)
 	}
-	return nil
+	rev.mu.Unlock()
+	if l != nil {
+		a.woken(l)
+	}
+	return l
 }
 
-// lease takes a request's slot on in. Callers hold rev.mu.
+// lease takes a request's slot on in. Callers hold rev.mu, and call
+// woken once they have let it go.
 func (a *Activator) lease(rev *revision, in *instance, cold bool) *Lease {
 	now := a.cfg.Now()
 	in.inflight++
 	in.lastUsed = now
 	rev.lastActivity = now
-	return &Lease{rev: rev, in: in, Cold: cold, a: a}
+	l := &Lease{rev: rev, in: in, Cold: cold, a: a}
+	if in.idle {
+		in.idle, l.wake = false, true
+	}
+	return l
+}
+
+// woken gives an idle instance its CPU back before its request is sent.
+func (a *Activator) woken(l *Lease) {
+	if l.wake {
+		a.applyIdle(l.rev, l.in)
+	}
+}
+
+// applyIdle tells the backend whether in is idle, as it is now: calls
+// from a tick and a request may cross, and the last word must be the
+// current state.
+func (a *Activator) applyIdle(rev *revision, in *instance) {
+	in.idleMu.Lock()
+	defer in.idleMu.Unlock()
+	rev.mu.Lock()
+	want := in.idle
+	rev.mu.Unlock()
+	if want != in.applied {
+		a.backend.SetIdle(in.inst.ID, want)
+		in.applied = want
+	}
 }
 
 func ctxErr(ctx context.Context) error {
@@ -746,6 +796,15 @@ func (a *Activator) scale(rev *revision, now time.Time) {
 			break
 		}
 	}
+	var throttle []*instance
+	if a.cfg.IdleAfter > 0 {
+		for _, in := range rev.instances {
+			if !in.idle && !in.stopping && in.inflight == 0 && now.Sub(in.lastUsed) >= a.cfg.IdleAfter && !in.inst.Loading() {
+				in.idle = true
+				throttle = append(throttle, in)
+			}
+		}
+	}
 	var stop []*instance
 	if excess := running - desired; excess > 0 {
 		// Idle instances only, least recently used first.
@@ -762,6 +821,9 @@ func (a *Activator) scale(rev *revision, now time.Time) {
 		}
 	}
 	rev.mu.Unlock()
+	for _, in := range throttle {
+		a.applyIdle(rev, in)
+	}
 	for _, in := range stop {
 		a.log.Debug("scaling down", "owner", rev.spec.Owner, "function", rev.spec.Name, "version", rev.spec.Version, "instance", in.inst.ID, "desired", desired)
 		a.stopAsync(rev, in)

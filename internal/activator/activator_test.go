@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -22,6 +23,7 @@ type fakeBackend struct {
 	gate    chan struct{} // if set, Start waits for it
 	fail    error
 	live    map[string]*backend.Instance
+	idle    []string // SetIdle calls, "id idle" or "id busy"
 }
 
 func (f *fakeBackend) Start(ctx context.Context, spec *backend.Spec) (*backend.Instance, error) {
@@ -60,6 +62,22 @@ func (f *fakeBackend) Kill(id, reason string) {
 		inst.Finish(backend.Exit{Reason: reason})
 		delete(f.live, id)
 	}
+}
+
+func (f *fakeBackend) SetIdle(id string, idle bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	state := "busy"
+	if idle {
+		state = "idle"
+	}
+	f.idle = append(f.idle, id+" "+state)
+}
+
+func (f *fakeBackend) idleCalls() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.idle...)
 }
 
 func (f *fakeBackend) liveInstances() []*backend.Instance {
@@ -829,5 +847,51 @@ func TestNoStartAfterClose(t *testing.T) {
 	}
 	if n := fb.starts.Load(); n != 0 {
 		t.Fatalf("%d starts after Close", n)
+	}
+}
+
+// An instance with no request in flight for IdleAfter has its CPU
+// throttled at the next tick (work after a response, or a background
+// loop, cannot take the machine), and gets it back before its next
+// request is sent.
+func TestIdleInstancesAreThrottled(t *testing.T) {
+	fb := &fakeBackend{}
+	c := &clock{t: time.Unix(1000, 0)}
+	a := New(fb, Config{ScaleToZeroAfter: time.Hour, IdleAfter: time.Second, Now: c.now})
+	l, err := a.Acquire(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := l.Instance().ID
+	a.Tick(c.add(5 * time.Second))
+	if got := fb.idleCalls(); len(got) != 0 {
+		t.Fatalf("a busy instance was throttled: %v", got)
+	}
+	l.Release()
+	a.Tick(c.add(500 * time.Millisecond))
+	if got := fb.idleCalls(); len(got) != 0 {
+		t.Fatalf("throttled before IdleAfter: %v", got)
+	}
+	a.Tick(c.add(600 * time.Millisecond))
+	a.Tick(c.add(time.Second))
+	if got, want := fb.idleCalls(), []string{id + " idle"}; !slices.Equal(got, want) {
+		t.Fatalf("after IdleAfter: %v, want %v", got, want)
+	}
+	for _, acquire := range []func() *Lease{
+		func() *Lease { l, _ := a.Acquire(context.Background(), spec); return l },
+		func() *Lease { return a.TryAcquire(spec) },
+	} {
+		l := acquire()
+		if l == nil {
+			t.Fatal("no lease")
+		}
+		if got := fb.idleCalls(); got[len(got)-1] != id+" busy" {
+			t.Fatalf("leased before its CPU came back: %v", got)
+		}
+		l.Release()
+		a.Tick(c.add(2 * time.Second))
+		if got := fb.idleCalls(); got[len(got)-1] != id+" idle" {
+			t.Fatalf("not throttled again: %v", got)
+		}
 	}
 }

@@ -40,6 +40,7 @@ func (b *upstreamBackend) Start(ctx context.Context, spec *backend.Spec) (*backe
 }
 func (b *upstreamBackend) Stop(ctx context.Context, id string) error { return nil }
 func (b *upstreamBackend) Kill(id, reason string)                    { b.kills.Add(1) }
+func (b *upstreamBackend) SetIdle(id string, idle bool)              {}
 
 type oneSpec struct{ spec *backend.Spec }
 
@@ -846,6 +847,7 @@ func (b *retryBackend) Start(ctx context.Context, spec *backend.Spec) (*backend.
 }
 func (b *retryBackend) Stop(ctx context.Context, id string) error { return nil }
 func (b *retryBackend) Kill(id, reason string)                    { b.kills.Add(1) }
+func (b *retryBackend) SetIdle(id string, idle bool)              {}
 
 // switchProtocols answers an upgrade to the "echo" protocol with its 101
 // and hands over the connection.

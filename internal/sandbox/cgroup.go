@@ -149,6 +149,53 @@ func (g *group) setCPU(shares uint64, quotaUs int64) error {
 	return g.v1.Update(r)
 }
 
+// setQuota changes only the CPU quota, writing the one file itself: it
+// runs before a request to an idle instance is sent, where setCPU's
+// library call (~0.3 ms on v1, every controller visited) would show.
+func (g *group) setQuota(quotaUs int64) error {
+	if g.v2 != nil {
+		v := "max 100000"
+		if quotaUs > 0 {
+			v = strconv.FormatInt(quotaUs, 10) + " 100000"
+		}
+		return os.WriteFile(filepath.Join(g.dirs[0], "cpu.max"), []byte(v), 0)
+	}
+	if quotaUs <= 0 {
+		quotaUs = -1
+	}
+	for _, d := range g.dirs {
+		if strings.HasPrefix(d, filepath.Join(cgroupRoot, string(cgroup1.Cpu))+"/") {
+			return os.WriteFile(filepath.Join(d, "cpu.cfs_quota_us"), []byte(strconv.FormatInt(quotaUs, 10)), 0)
+		}
+	}
+	return errors.New("no cpu controller")
+}
+
+// cpuQuota reads the CPU quota back, per 100 ms period; -1: none.
+func (g *group) cpuQuota() (int64, error) {
+	if g.v2 != nil {
+		b, err := os.ReadFile(filepath.Join(g.dirs[0], "cpu.max"))
+		if err != nil {
+			return 0, err
+		}
+		q, _, _ := strings.Cut(strings.TrimSpace(string(b)), " ")
+		if q == "max" {
+			return -1, nil
+		}
+		return strconv.ParseInt(q, 10, 64)
+	}
+	for _, d := range g.dirs {
+		if strings.HasPrefix(d, filepath.Join(cgroupRoot, string(cgroup1.Cpu))+"/") {
+			b, err := os.ReadFile(filepath.Join(d, "cpu.cfs_quota_us"))
+			if err != nil {
+				return 0, err
+			}
+			return strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		}
+	}
+	return 0, errors.New("no cpu controller")
+}
+
 // cpuWeight reads the CPU weight back, in the hierarchy's own unit (v1:
 // cpu.shares, v2: cpu.weight).
 func (g *group) cpuWeight() (uint64, error) {

@@ -445,6 +445,13 @@ func (c *Cmd) closeHold() {
 // removes it).
 func (c *Cmd) SetCPU(shares uint64, quotaUs int64) error { return c.group.setCPU(shares, quotaUs) }
 
+// SetCPUQuota changes only the sandbox's CPU quota (per 100 ms; 0
+// removes it), quickly.
+func (c *Cmd) SetCPUQuota(quotaUs int64) error { return c.group.setQuota(quotaUs) }
+
+// CPUQuota reads the sandbox's CPU quota back (per 100 ms; -1: none).
+func (c *Cmd) CPUQuota() (int64, error) { return c.group.cpuQuota() }
+
 // CPUWeight reads the sandbox's CPU weight back, in the cgroup version's
 // own unit (v1 shares, v2 weight): only its order is comparable.
 func (c *Cmd) CPUWeight() (uint64, error) { return c.group.cpuWeight() }

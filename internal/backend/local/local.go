@@ -505,6 +505,34 @@ func (b *Backend) Stop(ctx context.Context, id string) error {
 	}
 }
 
+// idleQuotaUs is an idle instance's CPU quota per 100 ms period: 5% of a
+// CPU for whatever it does with no request in flight.
+const idleQuotaUs = 5000
+
+// SetIdle throttles an instance's CPU to idleQuotaUs, or gives it its
+// own quota back.
+func (b *Backend) SetIdle(id string, idle bool) {
+	b.mu.Lock()
+	p := b.procs[id]
+	b.mu.Unlock()
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	spec := p.spec
+	p.mu.Unlock()
+	if spec == nil {
+		return
+	}
+	q := cpuQuota(spec.CPUMilli, b.cfg.CPUQuotaUs)
+	if idle {
+		q = idleQuotaUs
+	}
+	if err := p.cmd.SetCPUQuota(q); err != nil {
+		b.log.Warn("set cpu quota", "instance", id, "idle", idle, "err", err)
+	}
+}
+
 // Kill ends an instance at once and records why (e.g. a timeout).
 func (b *Backend) Kill(id, reason string) {
 	b.mu.Lock()

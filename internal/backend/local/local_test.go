@@ -714,3 +714,34 @@ func TestGVisorIsolation(t *testing.T) {
 	}
 	<-inst.Done()
 }
+
+// An idle instance's CPU is throttled, and given back.
+func TestSetIdleThrottlesCPU(t *testing.T) {
+	e := newEnv(t, 0)
+	inst, err := e.b.Start(context.Background(), e.spec(t, `export default { fetch() { return new Response("ok"); } }`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.b.Stop(context.Background(), inst.ID)
+	if code, body := get(t, inst, "/"); code != 200 || body != "ok" {
+		t.Fatalf("got %d %q", code, body)
+	}
+	e.b.mu.Lock()
+	p := e.b.procs[inst.ID]
+	e.b.mu.Unlock()
+	before, err := p.cmd.CPUQuota()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.b.SetIdle(inst.ID, true)
+	if q, err := p.cmd.CPUQuota(); err != nil || q != idleQuotaUs {
+		t.Fatalf("idle quota %d, %v; want %d", q, err, idleQuotaUs)
+	}
+	e.b.SetIdle(inst.ID, false)
+	if q, err := p.cmd.CPUQuota(); err != nil || q != before {
+		t.Fatalf("quota after idle %d, %v; want %d as before", q, err, before)
+	}
+	if code, body := get(t, inst, "/"); code != 200 || body != "ok" {
+		t.Fatalf("after idle: %d %q", code, body)
+	}
+}
