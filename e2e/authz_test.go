@@ -2,11 +2,13 @@ package e2e
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // endpoint is one management API call, with a body if it needs one. The
@@ -226,4 +228,35 @@ func TestEnvAndSecrets(t *testing.T) {
 	if v := s.do("GET", "/api/v1/functions/envy", s.token, nil, nil).json(t)["version"]; v != live {
 		t.Fatalf("a refused change made version %v (live was %v)", v, live)
 	}
+}
+
+// TestNoFunctionOutlivesItsOwner: a user deleted while their deploy
+// builds leaves no function behind (it was served, and a new user of the
+// same name inherited it).
+func TestNoFunctionOutlivesItsOwner(t *testing.T) {
+	s := startServer(t)
+	carol := strings.TrimSpace(s.mustSpry("user", "create", "carol"))
+	// A build that takes a while: the delete comes during it.
+	var code strings.Builder
+	for i := 0; code.Len() < 4<<20; i++ {
+		fmt.Fprintf(&code, "export const v%d = %d * 2;\n", i, i)
+	}
+	code.WriteString("export default { fetch() { return new Response('orphan') } };\n")
+	done := make(chan response, 1)
+	go func() { done <- s.putCode(carol, "orphan", []byte(code.String()), "") }()
+	time.Sleep(300 * time.Millisecond)
+	s.mustSpry("user", "rm", "carol")
+	r := <-done
+	t.Logf("the deploy answered %d", r.status)
+	if r := s.get("/fn/carol/orphan/"); r.status != 404 {
+		t.Errorf("the deleted user's function answers %d %s", r.status, r.body)
+	}
+	if out := s.mustSpry("ls", "--owner", "carol"); strings.Contains(out, "orphan") {
+		t.Errorf("the deleted user's function is listed:\n%s", out)
+	}
+	carol = strings.TrimSpace(s.mustSpry("user", "create", "carol"))
+	if r := s.do("GET", "/api/v1/functions/orphan", carol, nil, nil); r.status != 404 {
+		t.Errorf("a new carol sees the old one's function: %d %s", r.status, r.body)
+	}
+
 }

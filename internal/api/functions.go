@@ -1,8 +1,10 @@
 package api
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/url"
@@ -334,6 +336,16 @@ func (a *API) deployFunction(w http.ResponseWriter, r *http.Request) error {
 	fn, err := a.fns.Deploy(r.Context(), req)
 	if err != nil {
 		return err
+	}
+	// The owner may have been deleted while this deploy built: its sweep
+	// of the owner's functions may have run before this one was stored.
+	// deleteUser sweeps again after the user is gone, so one of the two
+	// takes the function away; none outlives its owner.
+	if _, err := a.users.GetUser(r.Context(), owner); errors.Is(err, errdefs.ErrNotFound) {
+		if err := a.fns.Delete(context.WithoutCancel(r.Context()), owner, name); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+			return err
+		}
+		return errdefs.New(errdefs.ErrNotFound, "user %s was deleted during the deploy", owner)
 	}
 	status := http.StatusOK
 	if fn.LiveVersion == 1 {

@@ -1,6 +1,8 @@
 package api
 
 import (
+	"context"
+	"errors"
 	"net/http"
 	"time"
 
@@ -98,19 +100,33 @@ func (a *API) deleteUser(w http.ResponseWriter, r *http.Request) error {
 	if _, err := a.users.GetUser(r.Context(), name); err != nil {
 		return err
 	}
-	// A user's functions go with the user.
-	fns, err := a.fns.List(r.Context(), name, store.Page{})
-	if err != nil {
+	// A user's functions go with the user: before (so that a failure
+	// leaves the user to delete again) and after the user is gone (a
+	// deploy stored in between; one stored after sees the user gone and
+	// takes its function away itself, see deployFunction).
+	if err := a.deleteFunctionsOf(r.Context(), name); err != nil {
 		return err
-	}
-	for _, fn := range fns {
-		if err := a.fns.Delete(r.Context(), fn.Owner, fn.Name); err != nil {
-			return err
-		}
 	}
 	if err := a.users.DeleteUser(r.Context(), name); err != nil {
 		return err
 	}
+	if err := a.deleteFunctionsOf(context.WithoutCancel(r.Context()), name); err != nil {
+		return err
+	}
 	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// deleteFunctionsOf deletes every function of owner's.
+func (a *API) deleteFunctionsOf(ctx context.Context, owner string) error {
+	fns, err := a.fns.List(ctx, owner, store.Page{})
+	if err != nil {
+		return err
+	}
+	for _, fn := range fns {
+		if err := a.fns.Delete(ctx, fn.Owner, fn.Name); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+			return err
+		}
+	}
 	return nil
 }

@@ -109,7 +109,10 @@ type Users interface {
 	CreateUser(ctx context.Context, u User) error // ErrAlreadyExists
 	GetUser(ctx context.Context, name string) (User, error)
 	ListUsers(ctx context.Context) ([]User, error)
-	DeleteUser(ctx context.Context, name string) error // also deletes the user's tokens
+	// DeleteUser deletes a user and their tokens. The last admin is not
+	// deleted (ErrConflict): checked in the same transaction, so two
+	// admins deleting each other at once cannot leave none.
+	DeleteUser(ctx context.Context, name string) error
 }
 
 // Tokens stores API tokens.

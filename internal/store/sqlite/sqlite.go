@@ -200,9 +200,34 @@ func (s *Store) ListUsers(ctx context.Context) ([]store.User, error) {
 }
 
 func (s *Store) DeleteUser(ctx context.Context, name string) error {
+	// Immediate: the check and the delete hold the write lock together.
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return errorf(ctx, err, "delete user %q", name)
+	}
+	defer tx.Rollback()
+	var lastAdmin bool
+	err = tx.QueryRowContext(ctx,
+		`SELECT admin AND NOT EXISTS (SELECT 1 FROM users WHERE admin AND name != ?) FROM users WHERE name = ?`,
+		name, name).Scan(&lastAdmin)
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("user %q: %w", name, errdefs.ErrNotFound)
+	}
+	if err != nil {
+		return errorf(ctx, err, "delete user %q", name)
+	}
+	if lastAdmin {
+		return errdefs.New(errdefs.ErrConflict, "%s is the last admin; make another admin first", name)
+	}
 	// Tokens go by ON DELETE CASCADE, in the same statement.
-	res, err := s.db.ExecContext(ctx, `DELETE FROM users WHERE name = ?`, name)
-	return affected(ctx, res, err, "user %q", name)
+	res, err := tx.ExecContext(ctx, `DELETE FROM users WHERE name = ?`, name)
+	if err := affected(ctx, res, err, "user %q", name); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return errorf(ctx, err, "delete user %q", name)
+	}
+	return nil
 }
 
 // Tokens

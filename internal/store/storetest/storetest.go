@@ -213,6 +213,25 @@ func testDeleteUser(t *testing.T, s store.Store) {
 	if len(toks) != 0 {
 		t.Errorf("ListTokens of recreated user: got %+v, want none", toks)
 	}
+
+	// The last admin stays: there would be no one left to manage users.
+	noErr(t, s.CreateUser(ctx, store.User{Name: "root1", Admin: true, CreatedAt: at(4)}), "CreateUser root1")
+	noErr(t, s.CreateUser(ctx, store.User{Name: "root2", Admin: true, CreatedAt: at(5)}), "CreateUser root2")
+	noErr(t, s.DeleteUser(ctx, "root1"), "DeleteUser of one of two admins")
+	wantErr(t, s.DeleteUser(ctx, "root2"), errdefs.ErrConflict, "DeleteUser of the last admin")
+	if _, err := s.GetUser(ctx, "root2"); err != nil {
+		t.Errorf("the last admin is gone: %v", err)
+	}
+	// Two admins deleting each other at once: one of them stays.
+	noErr(t, s.CreateUser(ctx, store.User{Name: "root3", Admin: true, CreatedAt: at(6)}), "CreateUser root3")
+	errs := make(chan error, 2)
+	for _, name := range []string{"root2", "root3"} {
+		go func() { errs <- s.DeleteUser(ctx, name) }()
+	}
+	e1, e2 := <-errs, <-errs
+	if (e1 == nil) == (e2 == nil) || !errors.Is(errors.Join(e1, e2), errdefs.ErrConflict) {
+		t.Errorf("two admins deleting each other: %v and %v, want one success and one conflict", e1, e2)
+	}
 }
 
 func testTokens(t *testing.T, s store.Store) {
