@@ -356,26 +356,70 @@ func lockDir(dir string) (*os.File, error) {
 // AdminTokenFile is where the first start writes the admin's token.
 const AdminTokenFile = "admin.token"
 
+// bootstrapToken names the admin token bootstrapAdmin makes.
+const bootstrapToken = "created at start, in " + AdminTokenFile
+
+// bootstrapAdmin makes sure there is a way in: at first start it creates
+// the admin user and a token, written to AdminTokenFile. The same is done
+// whenever that file is missing and no admin holds a token but one made
+// here (revoked, then, for the new one): a start that died between
+// creating the user and writing the file, or admins all deleted, would
+// otherwise leave no one able to manage the platform, for good.
 func (s *Server) bootstrapAdmin(ctx context.Context, authn *auth.Service, dataDir string) error {
+	path := filepath.Join(dataDir, AdminTokenFile)
+	if _, err := os.Stat(path); err == nil {
+		return nil
+	}
 	users, err := s.store.ListUsers(ctx)
 	if err != nil {
 		return err
 	}
-	if len(users) > 0 {
-		return nil
+	admin, taken := "", map[string]bool{}
+	var stale []string
+	for _, u := range users {
+		taken[u.Name] = true
+		if !u.Admin {
+			continue
+		}
+		if admin == "" {
+			admin = u.Name
+		}
+		toks, err := s.store.ListTokens(ctx, u.Name)
+		if err != nil {
+			return err
+		}
+		for _, t := range toks {
+			switch {
+			case !t.RevokedAt.IsZero():
+			case t.Name == bootstrapToken || t.Name == "created at first start":
+				stale = append(stale, t.ID)
+			default:
+				return nil // an admin has a token of their own
+			}
+		}
 	}
-	if err := s.store.CreateUser(ctx, store.User{Name: "admin", Admin: true, CreatedAt: time.Now()}); err != nil {
-		return err
+	if admin == "" {
+		admin = "admin"
+		for i := 2; taken[admin]; i++ {
+			admin = fmt.Sprintf("admin%d", i)
+		}
+		if err := s.store.CreateUser(ctx, store.User{Name: admin, Admin: true, CreatedAt: time.Now()}); err != nil {
+			return err
+		}
 	}
-	tok, _, err := authn.IssueToken(ctx, "admin", "created at first start")
+	for _, id := range stale {
+		if err := s.store.RevokeToken(ctx, id, time.Now()); err != nil {
+			return err
+		}
+	}
+	tok, _, err := authn.IssueToken(ctx, admin, bootstrapToken)
 	if err != nil {
 		return err
 	}
-	path := filepath.Join(dataDir, AdminTokenFile)
 	if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
 		return err
 	}
-	s.log.Info("created the admin user; its API token is in "+path, "path", path)
+	s.log.Info("made an API token for admin user "+admin+"; it is in "+path, "path", path)
 	return nil
 }
 
