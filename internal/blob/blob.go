@@ -12,6 +12,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/spry-run/spry/internal/errdefs"
 )
@@ -19,6 +21,9 @@ import (
 // Store keeps blobs in dir/sha256/<hex>.
 type Store struct {
 	dir string
+	// mu orders Put's touch of an existing blob and Collect's look at
+	// it, so that a blob put again is never collected under it.
+	mu sync.Mutex
 }
 
 // Open opens (creating if needed) the blob store in dir.
@@ -46,11 +51,16 @@ func (s *Store) path(digest string) (string, error) {
 	return filepath.Join(s.dir, "sha256", hexPart), nil
 }
 
-// Put stores data under its digest. Storing an existing blob is a no-op.
+// Put stores data under its digest. Storing an existing blob only marks
+// it as new, for Collect's grace.
 func (s *Store) Put(data []byte) (string, error) {
 	digest := Digest(data)
 	p, _ := s.path(digest)
-	if _, err := os.Stat(p); err == nil {
+	s.mu.Lock()
+	now := time.Now()
+	err := os.Chtimes(p, now, now)
+	s.mu.Unlock()
+	if err == nil {
 		return digest, nil
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(p), ".tmp-*")
@@ -103,8 +113,12 @@ func (s *Store) Get(digest string) ([]byte, error) {
 	return os.ReadFile(p)
 }
 
-// Collect removes every blob not in keep; it returns how many it removed.
-func (s *Store) Collect(keep map[string]bool) (int, error) {
+// Collect removes every blob not in keep, and what writes that died
+// left, unless put since before (zero: no grace, for a caller that puts
+// nothing meanwhile): a deploy stores its blob before the version that
+// names it, and keep, read before, cannot name it. It returns how many
+// files it removed.
+func (s *Store) Collect(keep map[string]bool, before time.Time) (int, error) {
 	entries, err := os.ReadDir(filepath.Join(s.dir, "sha256"))
 	if err != nil {
 		return 0, err
@@ -114,9 +128,13 @@ func (s *Store) Collect(keep map[string]bool) (int, error) {
 		if keep["sha256:"+e.Name()] {
 			continue
 		}
-		if os.Remove(filepath.Join(s.dir, "sha256", e.Name())) == nil {
+		p := filepath.Join(s.dir, "sha256", e.Name())
+		s.mu.Lock()
+		fi, err := os.Lstat(p)
+		if err == nil && (before.IsZero() || fi.ModTime().Before(before)) && os.Remove(p) == nil {
 			n++
 		}
+		s.mu.Unlock()
 	}
 	return n, nil
 }

@@ -3,7 +3,10 @@ package blob
 import (
 	"bytes"
 	"errors"
+	"os"
+	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/spry-run/spry/internal/errdefs"
 )
@@ -25,7 +28,7 @@ func TestPutGetCollect(t *testing.T) {
 	if err != nil || !bytes.Equal(got, []byte("export default {}")) {
 		t.Fatalf("Get = %q, %v", got, err)
 	}
-	if n, err := s.Collect(map[string]bool{a: true}); err != nil || n != 1 {
+	if n, err := s.Collect(map[string]bool{a: true}, time.Time{}); err != nil || n != 1 {
 		t.Fatalf("Collect = %d, %v", n, err)
 	}
 	if _, err := s.Get(b); !errors.Is(err, errdefs.ErrNotFound) {
@@ -35,5 +38,49 @@ func TestPutGetCollect(t *testing.T) {
 		if _, err := s.Path(bad); !errors.Is(err, errdefs.ErrInvalidArgument) {
 			t.Errorf("Path(%q) = %v, want invalid argument", bad, err)
 		}
+	}
+}
+
+// A blob put since the grace's start is kept though nothing names it
+// yet (its deploy has not stored its version); so is one put again, and
+// a write that died is swept once it is old.
+func TestCollectGrace(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, _ := s.Put([]byte("old"))
+	again, _ := s.Put([]byte("again"))
+	dead := filepath.Join(dir, "sha256", ".tmp-123")
+	if err := os.WriteFile(dead, []byte("half"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	long := time.Now().Add(-2 * time.Hour)
+	for _, d := range []string{old, again} {
+		p, _ := s.Path(d)
+		if err := os.Chtimes(p, long, long); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chtimes(dead, long, long); err != nil {
+		t.Fatal(err)
+	}
+	s.Put([]byte("again")) // a deploy of the same code
+	fresh, _ := s.Put([]byte("fresh"))
+	n, err := s.Collect(map[string]bool{}, time.Now().Add(-time.Hour))
+	if err != nil || n != 2 {
+		t.Fatalf("Collect = %d, %v; want the old blob and the dead write", n, err)
+	}
+	for _, d := range []string{again, fresh} {
+		if _, err := s.Get(d); err != nil {
+			t.Errorf("%s was collected: %v", d, err)
+		}
+	}
+	if _, err := s.Get(old); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("the old blob is still there: %v", err)
+	}
+	if _, err := os.Stat(dead); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the dead write is still there: %v", err)
 	}
 }

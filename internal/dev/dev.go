@@ -409,7 +409,7 @@ func (s *session) reload(ctx context.Context) {
 		s.printf("reloaded (version %d)\n", spec.Version)
 		// Keep the bundle of the version being replaced (a start of it may
 		// be under way) and drop older ones.
-		_, _ = s.blobs.Collect(map[string]bool{spec.Digest: true, cur.Digest: true})
+		_, _ = s.blobs.Collect(map[string]bool{spec.Digest: true, cur.Digest: true}, time.Time{})
 	} else {
 		s.printf("built %s (version 1)\n", filepath.Base(s.cfg.File))
 	}

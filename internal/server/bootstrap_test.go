@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/spry-run/spry/internal/auth"
+	"github.com/spry-run/spry/internal/blob"
 	"github.com/spry-run/spry/internal/store"
 	"github.com/spry-run/spry/internal/store/sqlite"
 )
@@ -86,5 +87,36 @@ func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Bundles no version names are removed once they are old; those a
+// version names stay.
+func TestCollectBlobs(t *testing.T) {
+	dir := t.TempDir()
+	st, err := sqlite.Open(t.Context(), filepath.Join(dir, "spry.db"))
+	must(t, err)
+	defer st.Close()
+	blobs, err := blob.Open(filepath.Join(dir, "blobs"))
+	must(t, err)
+	named, err := blobs.Put([]byte("named"))
+	must(t, err)
+	orphan, err := blobs.Put([]byte("orphan"))
+	must(t, err)
+	_, err = st.Deploy(t.Context(), "id-1", store.Version{Owner: "alice", Name: "f", Digest: named, CreatedAt: time.Now()})
+	must(t, err)
+	long := time.Now().Add(-2 * time.Hour)
+	for _, d := range []string{named, orphan} {
+		p, err := blobs.Path(d)
+		must(t, err)
+		must(t, os.Chtimes(p, long, long))
+	}
+	s := &Server{store: st, blobs: blobs, log: slog.New(slog.DiscardHandler)}
+	must(t, s.collectBlobsOnce(t.Context(), time.Now().Add(-time.Hour)))
+	if _, err := blobs.Path(named); err != nil {
+		t.Errorf("a named bundle was removed: %v", err)
+	}
+	if _, err := blobs.Path(orphan); err == nil {
+		t.Error("an old bundle no version names is still there")
 	}
 }

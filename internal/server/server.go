@@ -93,6 +93,7 @@ type Server struct {
 	log     *slog.Logger
 	lock    *os.File
 	store   *sqlite.Store
+	blobs   *blob.Store
 	logs    *logstore.Store
 	metrics *metrics.Metrics
 	access  *accessSampler
@@ -170,6 +171,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		return nil, err
 	}
 	blobs, err := blob.Open(filepath.Join(dataDir, "blobs"))
+	s.blobs = blobs
 	if err != nil {
 		return nil, err
 	}
@@ -454,6 +456,9 @@ func (s *Server) Run(ctx context.Context) error {
 		accessDone := make(chan struct{})
 		go func() { s.access.run(bgCtx); close(accessDone) }()
 		defer func() { <-accessDone }()
+		blobsDone := make(chan struct{})
+		go func() { s.collectBlobs(bgCtx, time.Hour); close(blobsDone) }()
+		defer func() { <-blobsDone }()
 		// The autoscaler samples concurrency at each tick.
 		interval := max(min(s.cfg.AutoscaleWindow/60, 500*time.Millisecond), 20*time.Millisecond)
 		s.act.Run(bgCtx, interval)
@@ -636,4 +641,37 @@ func npmSetup(dataDir string, uidBase int, log *slog.Logger) (string, int, error
 		cache = ""
 	}
 	return cache, uid, nil
+}
+
+// collectBlobs removes, at start and then every interval, the bundles no
+// version names any more (those of deleted functions and of deploys that
+// failed after storing theirs) and what writes that died left, once an
+// interval old: a deploy stores its bundle before its version.
+func (s *Server) collectBlobs(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		if err := s.collectBlobsOnce(ctx, time.Now().Add(-interval)); err != nil && ctx.Err() == nil {
+			s.log.Error("collect bundles", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// collectBlobsOnce is one pass of collectBlobs, sparing what was put
+// since before.
+func (s *Server) collectBlobsOnce(ctx context.Context, before time.Time) error {
+	keep, err := s.store.Digests(ctx)
+	if err != nil {
+		return err
+	}
+	n, err := s.blobs.Collect(keep, before)
+	if n > 0 {
+		s.log.Info("removed bundles no version names", "count", n)
+	}
+	return err
 }
