@@ -69,6 +69,12 @@ func TestVersionsRollbackTrafficTags(t *testing.T) {
 	}
 
 	// A 90/10 split over 2,000 requests lands within +-5%.
+	// An empty change makes no version.
+	for _, body := range []string{`{}`, `null`} {
+		if r := s.do("PATCH", "/api/v1/functions/ver", s.token, strings.NewReader(body), map[string]string{"Content-Type": "application/json"}); r.status != 400 {
+			t.Errorf("PATCH %s: %d %s", body, r.status, r.body)
+		}
+	}
 	s.mustSpry("traffic", "ver", "3=90", "4=10")
 	counts := map[string]int{}
 	var mu sync.Mutex

@@ -385,14 +385,20 @@ func (a *API) configureFunction(w http.ResponseWriter, r *http.Request) error {
 	}
 	d := DeployBody{Memory: body.Memory, Timeout: body.Timeout, Network: body.Network, Min: body.Min, Max: body.Max,
 		Concurrency: body.Concurrency, CPU: body.CPU, Target: body.Target, Grace: body.Grace, Isolation: body.Isolation}
-	fn, err := a.fns.Reconfigure(r.Context(), owner, name, principal(r).User, functions.Change{
+	change := functions.Change{
 		Runtime:      body.Runtime,
 		Settings:     d.settings(),
 		SetEnv:       body.Env,
 		UnsetEnv:     body.UnsetEnv,
 		SetSecrets:   body.Secrets,
 		UnsetSecrets: body.UnsetSecrets,
-	})
+	}
+	if change.Runtime == "" && len(change.Settings)+len(change.SetEnv)+len(change.UnsetEnv)+len(change.SetSecrets)+len(change.UnsetSecrets) == 0 {
+		// Each change is a new version: an empty one would only push
+		// real ones out of the versions kept.
+		return errdefs.Invalid("the change is empty: name at least one setting, env or secret to change")
+	}
+	fn, err := a.fns.Reconfigure(r.Context(), owner, name, principal(r).User, change)
 	if err != nil {
 		return err
 	}

@@ -123,12 +123,17 @@ type Tokens interface {
 	RevokeToken(ctx context.Context, id string, at time.Time) error
 }
 
+// MaxVersions is how many of a function's newest versions are kept; older
+// ones go at the next deploy, but those a tag names.
+const MaxVersions = 100
+
 // Functions stores functions and their versions.
 type Functions interface {
 	// Deploy stores v as the next version of its function (creating the
 	// function, with the given id, if it does not exist) and makes it live,
-	// atomically, clearing any traffic split (tags stay). v.Number is
-	// ignored and assigned; the stored version is returned.
+	// atomically, clearing any traffic split (tags stay), and deletes the
+	// versions older than the newest MaxVersions that no tag names.
+	// v.Number is ignored and assigned; the stored version is returned.
 	Deploy(ctx context.Context, id string, v Version) (Version, error)
 	GetFunction(ctx context.Context, owner, name string) (Function, error)
 	// ListFunctions lists owner's functions, or everyone's if owner is "",

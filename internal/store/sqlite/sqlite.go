@@ -335,6 +335,16 @@ func (s *Store) Deploy(ctx context.Context, id string, v store.Version) (store.V
 		v.Number, millis(v.CreatedAt), v.Owner, v.Name); err != nil {
 		return store.Version{}, errorf(ctx, err, "deploy function %q", name)
 	}
+	// The oldest versions go, but those a tag names (traffic, cleared
+	// above, names none now): a function redeployed for ever must not
+	// grow the database for ever.
+	if _, err := tx.ExecContext(ctx,
+		`DELETE FROM versions WHERE owner = ?1 AND name = ?2 AND number <= ?3
+		 AND number NOT IN (SELECT j.value FROM functions f, json_each(f.routing, '$.tags') j
+		                    WHERE f.owner = ?1 AND f.name = ?2)`,
+		v.Owner, v.Name, v.Number-store.MaxVersions); err != nil {
+		return store.Version{}, errorf(ctx, err, "deploy function %q: prune versions", name)
+	}
 	if err := tx.Commit(); err != nil {
 		return store.Version{}, errorf(ctx, err, "deploy function %q", name)
 	}

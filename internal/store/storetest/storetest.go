@@ -40,6 +40,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Digests", testDigests},
 		{"NotFound", testNotFound},
 		{"ConcurrentDeploy", testConcurrentDeploy},
+		{"VersionRetention", testVersionRetention},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -861,5 +862,32 @@ func testRouting(t *testing.T, s store.Store) {
 	fn, _ = s.GetFunction(ctx, "alice", "hello")
 	if len(fn.Routing.Traffic) != 0 || fn.Routing.Tags["stable"] != 1 || fn.LiveVersion != 4 {
 		t.Fatalf("after Deploy: live %d routing %+v", fn.LiveVersion, fn.Routing)
+	}
+}
+
+// A function keeps its newest MaxVersions versions and those a tag names;
+// numbers are never reused.
+func testVersionRetention(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	deploy(t, s, "id-1", version("alice", "hello", 1))
+	deploy(t, s, "id-1", version("alice", "hello", 2))
+	noErr(t, s.SetRouting(ctx, "alice", "hello", store.Routing{Tags: map[string]int64{"stable": 2}}, at(1)), "SetRouting")
+	n := int64(store.MaxVersions + 5)
+	var last store.Version
+	for i := int64(3); i <= n; i++ {
+		last = deploy(t, s, "id-1", version("alice", "hello", int(i)))
+	}
+	if last.Number != n {
+		t.Fatalf("the last deploy is version %d, want %d", last.Number, n)
+	}
+	vs, err := s.ListVersions(ctx, "alice", "hello")
+	noErr(t, err, "ListVersions")
+	if len(vs) != store.MaxVersions+1 || vs[0].Number != n || vs[len(vs)-1].Number != 2 {
+		t.Fatalf("kept %d versions, %d to %d; want the newest %d and the tagged 2", len(vs), vs[0].Number, vs[len(vs)-1].Number, store.MaxVersions)
+	}
+	_, err = s.GetVersion(ctx, "alice", "hello", 1)
+	wantErr(t, err, errdefs.ErrNotFound, "GetVersion of a pruned version")
+	if _, err := s.GetVersion(ctx, "alice", "hello", 2); err != nil {
+		t.Errorf("the tagged version was pruned: %v", err)
 	}
 }
