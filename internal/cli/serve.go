@@ -82,6 +82,7 @@ func newServeCmd(env Env) *cobra.Command {
 	f.StringVar(&cfg.RunDir, "run-dir", "", "directory for instance sockets and code (default /run/spry/<id of the data dir>)")
 	f.StringVar(&cfg.PublicURL, "public-url", "", "base URL in function URLs the API returns (default: from the request)")
 	f.DurationVar(&cfg.ScaleToZeroAfter, "scale-to-zero-after", 5*time.Minute, "stop a function's last instance after it has had no requests this long")
+	f.DurationVar(&cfg.IdleCPUAfter, "idle-cpu-after", time.Second, "throttle an instance to 5% of a CPU once it has had no request in flight this long, until its next request (0: never)")
 	f.DurationVar(&cfg.AutoscaleWindow, "autoscale-window", 60*time.Second, "the autoscaler's stable window: scale-down follows the average concurrency over it")
 	f.DurationVar(&cfg.Timeout, "timeout", 60*time.Second, "default for how long an invocation may take, cold start included")
 	f.DurationVar(&cfg.MaxTimeout, "max-timeout", 15*time.Minute, "longest timeout a function may ask for")
@@ -124,6 +125,8 @@ func validate(cfg server.Config) error {
 	switch {
 	case cfg.ScaleToZeroAfter <= 0:
 		return errdefs.Invalid("--scale-to-zero-after must be positive")
+	case cfg.IdleCPUAfter < 0:
+		return errdefs.Invalid("--idle-cpu-after must not be negative")
 	case cfg.AutoscaleWindow < time.Second:
 		return errdefs.Invalid("--autoscale-window must be at least 1s")
 	case cfg.Timeout <= 0:

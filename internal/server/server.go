@@ -50,6 +50,9 @@ type Config struct {
 	RunDir           string // "" means /run/spry/<hash of DataDir>
 	PublicURL        string
 	ScaleToZeroAfter time.Duration
+	// IdleCPUAfter is how long an instance goes without a request in
+	// flight before its CPU is throttled; 0: never.
+	IdleCPUAfter time.Duration
 	AutoscaleWindow  time.Duration
 	Timeout          time.Duration // default per invocation
 	MaxTimeout       time.Duration
@@ -244,6 +247,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	s.metrics = metrics.New(gauges{s})
 	s.act = activator.New(s.back, activator.Config{
 		ScaleToZeroAfter:     cfg.ScaleToZeroAfter,
+		IdleAfter:            idleAfter(cfg.IdleCPUAfter),
 		StableWindow:         cfg.AutoscaleWindow,
 		QueueSize:            cfg.QueueSize,
 		MaxInstancesPerOwner: cfg.MaxInstancesPerUser,
@@ -674,4 +678,12 @@ func (s *Server) collectBlobsOnce(ctx context.Context, before time.Time) error {
 		s.log.Info("removed bundles no version names", "count", n)
 	}
 	return err
+}
+
+// idleAfter is the activator's IdleAfter for --idle-cpu-after d (0: never).
+func idleAfter(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
