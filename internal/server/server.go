@@ -52,18 +52,18 @@ type Config struct {
 	ScaleToZeroAfter time.Duration
 	// IdleCPUAfter is how long an instance goes without a request in
 	// flight before its CPU is throttled; 0: never.
-	IdleCPUAfter time.Duration
-	AutoscaleWindow  time.Duration
-	Timeout          time.Duration // default per invocation
-	MaxTimeout       time.Duration
-	MaxMemoryMiB     int
-	Concurrency      int // default per instance
-	MaxScale         int // default and ceiling of instances per function
-	DefaultNetwork   string
-	EgressAllow      []netip.Prefix
-	MaxCodeBytes     int64
-	MaxBundleBytes   int64
-	QueueSize        int // requests waiting for capacity, per version
+	IdleCPUAfter    time.Duration
+	AutoscaleWindow time.Duration
+	Timeout         time.Duration // default per invocation
+	MaxTimeout      time.Duration
+	MaxMemoryMiB    int
+	Concurrency     int // default per instance
+	MaxScale        int // default and ceiling of instances per function
+	DefaultNetwork  string
+	EgressAllow     []netip.Prefix
+	MaxCodeBytes    int64
+	MaxBundleBytes  int64
+	QueueSize       int // requests waiting for capacity, per version
 	// MaxInstancesPerUser bounds the instances of one user's functions
 	// together; 0 means no bound.
 	MaxInstancesPerUser int
