@@ -12,7 +12,8 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # exceeded" when a duration ends (golang/go#75804).
 FUZZ := ./internal/names:FuzzValidate:300000x ./internal/auth:FuzzParse:200000x \
 	./internal/build:FuzzBundle:8000x ./internal/router:FuzzSplitPath:200000x \
-	./internal/functions:FuzzParseLimits:100000x ./internal/archive:FuzzExtractTar:40000x \
+	./internal/functions:FuzzParseLimits:100000x ./internal/functions:FuzzParseVersion:100000x \
+	./internal/archive:FuzzExtractTar:40000x \
 	./internal/archive:FuzzExtractZip:20000x ./internal/api:FuzzDecodeCursor:50000x \
 	./internal/router:FuzzInstanceResponse:300x ./internal/router:FuzzClientRequest:20000x \
 	./internal/router:FuzzChunkRelay:100000x ./internal/httpserve:FuzzValidHost:200000x

@@ -2,10 +2,15 @@ package e2e
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -138,9 +143,10 @@ func TestTokens(t *testing.T) {
 	}
 
 	// Ten wrong tokens (the revoked one was the first) are answered 401,
-	// at the API or at /metrics alike; then the client is refused at
-	// both with 429 and Retry-After, even with a right token, until it
-	// has waited.
+	// at the API or at /metrics alike; then the client's wrong tokens are
+	// refused at both with 429 and Retry-After until it has waited, while
+	// a right token from the same address still passes (clients behind
+	// one proxy share it).
 	bad := "spry_0123456789abcdef_" + strings.Repeat("B", 43)
 	for i := 1; i < 10; i++ {
 		path := "/api/v1/whoami"
@@ -152,9 +158,12 @@ func TestTokens(t *testing.T) {
 		}
 	}
 	for _, path := range []string{"/api/v1/whoami", "/metrics"} {
-		r := s.do("GET", path, s.token, nil, nil)
+		r := s.do("GET", path, bad, nil, nil)
 		if r.status != 429 || r.errorCode(t) != "rate_limited" || r.header.Get("Retry-After") == "" {
 			t.Fatalf("%s after 10 failures: %d %s (Retry-After %q)", path, r.status, r.body, r.header.Get("Retry-After"))
+		}
+		if r := s.do("GET", path, s.token, nil, nil); r.status != 200 {
+			t.Fatalf("%s with a right token after 10 failures: %d %s", path, r.status, r.body)
 		}
 	}
 }
@@ -227,6 +236,96 @@ func TestEnvAndSecrets(t *testing.T) {
 	}
 	if v := s.do("GET", "/api/v1/functions/envy", s.token, nil, nil).json(t)["version"]; v != live {
 		t.Fatalf("a refused change made version %v (live was %v)", v, live)
+	}
+	// A deploy refused after its build stores no bundle.
+	blobs := func() int {
+		n := 0
+		_ = filepath.WalkDir(filepath.Join(s.data, "blobs"), func(_ string, d fs.DirEntry, _ error) error {
+			if d != nil && !d.IsDir() {
+				n++
+			}
+			return nil
+		})
+		return n
+	}
+	before := blobs()
+	deploy := `{"code":"export default { fetch() { return new Response('new code') } }","env":{"HUGE":"` + strings.Repeat("e", 40000) + `"}}`
+	r = s.do("PUT", "/api/v1/functions/envy", s.token, strings.NewReader(deploy), map[string]string{"Content-Type": "application/json"})
+	if r.status != 413 {
+		t.Fatalf("a deploy over the env limit: %d %s", r.status, r.body)
+	}
+	if after := blobs(); after != before {
+		t.Fatalf("a refused deploy stored a bundle: %d blobs before, %d after", before, after)
+	}
+}
+
+// TestLostSecretKey: a server that finds secret.key gone while functions
+// hold secrets refuses to start rather than make a new key in silence;
+// told to make one, it runs, the versions whose secrets do not open
+// answer 500 without naming a secret, and the function can still be
+// changed (each change answered truly) until its secrets are set again.
+func TestLostSecretKey(t *testing.T) {
+	s := startServer(t)
+	path := filepath.Join(t.TempDir(), "vault.ts")
+	code := `export default { fetch(req, ctx) { return Response.json(ctx.env); } }`
+	if err := os.WriteFile(path, []byte(code), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.mustSpry("deploy", path)                                                      // v1: no secrets
+	s.spryIn("", strings.NewReader("hunter2"), "secret", "set", "vault", "API_KEY") // v2
+	if env := s.get("/fn/admin/vault").json(t); env["API_KEY"] != "hunter2" {
+		t.Fatalf("before: %v", env)
+	}
+	s.stop()
+	if err := os.Remove(filepath.Join(s.data, "secret.key")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, s.bin, "serve", "--listen", freePort(t), "--data", s.data,
+		"--uid-base", strconv.Itoa(s.uidBase)).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--new-secret-key") {
+		t.Fatalf("start without the key: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(s.data, "secret.key")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a refused start made a key: %v", err)
+	}
+
+	s.args = append(s.args, "--new-secret-key")
+	s.start()
+	r := s.get("/fn/admin/vault")
+	if r.status != 500 || bytes.Contains(r.body, []byte("API_KEY")) || !bytes.Contains(r.body, []byte("set them again")) {
+		t.Fatalf("invoking a version whose secret is lost: %d %s", r.status, r.body)
+	}
+	// Changes answer what they did: a tag and a rollback apply (the old
+	// version has no secrets and runs), and an edit that would carry the
+	// lost secret on is refused, naming it to its owner.
+	json := map[string]string{"Content-Type": "application/json"}
+	if r := s.do("PUT", "/api/v1/functions/vault/tags/keyed", s.token, strings.NewReader(`{"version":2}`), json); r.status != 200 {
+		t.Fatalf("tag: %d %s", r.status, r.body)
+	}
+	if r := s.get("/fn/admin/vault@keyed"); r.status != 500 {
+		t.Fatalf("tagged version whose secret is lost: %d %s", r.status, r.body)
+	}
+	if r := s.do("POST", "/api/v1/functions/vault/rollback", s.token, nil, nil); r.status != 200 {
+		t.Fatalf("rollback: %d %s", r.status, r.body)
+	}
+	if r := s.get("/fn/admin/vault"); r.status != 200 {
+		t.Fatalf("after rollback to v1: %d %s", r.status, r.body)
+	}
+	if r := s.do("PATCH", "/api/v1/functions/vault", s.token, strings.NewReader(`{"env":{"X":"1"}}`), json); r.status != 200 {
+		t.Fatalf("env on v1 (no secrets): %d %s", r.status, r.body)
+	}
+	if r := s.do("POST", "/api/v1/functions/vault/rollback", s.token, strings.NewReader(`{"version":2}`), json); r.status != 200 {
+		t.Fatalf("rollback to v2: %d %s", r.status, r.body)
+	}
+	r = s.do("PATCH", "/api/v1/functions/vault", s.token, strings.NewReader(`{"env":{"X":"1"}}`), json)
+	if r.status != 409 || !bytes.Contains(r.body, []byte("API_KEY")) {
+		t.Fatalf("env over a lost secret: %d %s", r.status, r.body)
+	}
+	s.spryIn("", strings.NewReader("correct-horse"), "secret", "set", "vault", "API_KEY")
+	if env := s.get("/fn/admin/vault").json(t); env["API_KEY"] != "correct-horse" {
+		t.Fatalf("after setting the secret again: %v", env)
 	}
 }
 

@@ -285,6 +285,8 @@ func TestBadInput(t *testing.T) {
 		{"wrong method", "POST", "/api/v1/functions/hello", "", []byte("x"), "", 405, "method_not_allowed", "PUT"},
 		{"wrong method on list", "DELETE", "/api/v1/functions", "", nil, "", 405, "method_not_allowed", ""},
 		{"unknown endpoint", "GET", "/api/v1/nope", "", nil, "", 404, "not_found", ""},
+		{"empty path segment", "GET", "/api/v1//functions", "", nil, "", 404, "not_found", "segments"},
+		{"dot-dot path", "GET", "/api/v1/functions/x/../hello", "", nil, "", 404, "not_found", "segments"},
 		{"json in capitals", "PUT", "/api/v1/functions/hello", "", []byte(`{"code":`), "Application/JSON; charset=utf-8", 400, "invalid_argument", "JSON"},
 		{"list for a bad owner", "GET", "/api/v1/functions?owner=Not%20Valid", "", nil, "", 400, "invalid_argument", "name"},
 		{"control characters in a token name", "POST", "/api/v1/tokens", "", []byte(`{"name":"a\u001b[31mb"}`), "application/json", 400, "invalid_argument", "control"},

@@ -127,6 +127,16 @@ func TestVersionsRollbackTrafficTags(t *testing.T) {
 			t.Errorf("traffic %v accepted", args)
 		}
 	}
+	// A version has one name: "05" and "+5" are not 5.
+	for _, split := range []string{`{"05":50,"4":50}`, `{"+5":100}`} {
+		r := s.do("PUT", "/api/v1/functions/ver/traffic", s.token, strings.NewReader(split), map[string]string{"Content-Type": "application/json"})
+		if r.status != 400 {
+			t.Errorf("traffic %s: %d %s", split, r.status, r.body)
+		}
+	}
+	if r := s.get("/fn/admin/ver@05"); r.status != 404 {
+		t.Errorf("@05: %d %s", r.status, r.body)
+	}
 }
 
 // TestZeroDowntimeRedeploys: under steady load, 20 redeploys and

@@ -3,10 +3,10 @@ package api
 import (
 	"net/http"
 	"sort"
-	"strconv"
 	"time"
 
 	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/functions"
 	"github.com/spry-run/spry/internal/store"
 )
 
@@ -98,8 +98,8 @@ func (a *API) setTraffic(w http.ResponseWriter, r *http.Request) error {
 	}
 	var split []store.Split
 	for k, p := range body {
-		n, err := strconv.ParseInt(k, 10, 64)
-		if err != nil || n <= 0 {
+		n, ok := functions.ParseVersion(k)
+		if !ok {
 			return errdefs.Invalid("traffic key %q is not a version number", k)
 		}
 		split = append(split, store.Split{Version: n, Percent: p})

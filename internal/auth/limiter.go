@@ -9,8 +9,8 @@ import (
 
 // FailureLimiter rate-limits failed authentication per client, so tokens
 // cannot be guessed at speed: each client may fail Burst times at once,
-// then once per Every; while it is over the limit, every attempt (right or
-// wrong) is refused without being checked.
+// then once per Every; while it is over the limit, its failures are
+// answered 429 rather than 401.
 type FailureLimiter struct {
 	every time.Duration
 	burst int

@@ -115,6 +115,7 @@ func newServeCmd(env Env) *cobra.Command {
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long shutdown waits for in-flight requests")
 	f.StringVar(&cfg.NPMRegistry, "npm-registry", "", "npm registry for function dependencies at deploy time (default: npm's public registry)")
 	f.StringVar(&cfg.JSRRegistry, "jsr-registry", "", "npm registry of JSR packages (the @jsr scope), for jsr: imports at deploy time (default: https://npm.jsr.io/)")
+	f.BoolVar(&cfg.NewSecretKey, "new-secret-key", false, "if the data dir's secret.key is missing although functions hold secrets, make a new key anyway (those secrets stop opening; set them again)")
 	f.StringVar(&cfg.DebugListen, "debug-listen", "", "serve pprof on this (loopback) address, e.g. 127.0.0.1:6060; never on the public listener")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")

@@ -261,11 +261,7 @@ func (s *Service) Deploy(ctx context.Context, req DeployRequest) (store.Function
 	if err != nil {
 		return store.Function{}, err
 	}
-	digest, err := s.blobs.Put(res.Code)
-	if err != nil {
-		return store.Function{}, fmt.Errorf("store bundle: %w", err)
-	}
-	return s.newVersion(ctx, req.Owner, req.Name, req.By, &bundle{digest, int64(len(res.Code))}, Change{
+	return s.newVersion(ctx, req.Owner, req.Name, req.By, &bundle{code: res.Code, size: int64(len(res.Code))}, Change{
 		Runtime:    req.Runtime,
 		Settings:   req.Settings,
 		SetEnv:     req.Env,
@@ -347,6 +343,7 @@ type Change struct {
 }
 
 type bundle struct {
+	code   []byte // built, not stored yet; nil for a stored bundle
 	digest string
 	size   int64
 }
@@ -383,7 +380,7 @@ func (s *Service) newVersion(ctx context.Context, owner, name, by string, b *bun
 	case err == nil:
 		cfg = cur.Live.Config
 		if b == nil {
-			b = &bundle{cur.Live.Digest, cur.Live.Size}
+			b = &bundle{digest: cur.Live.Digest, size: cur.Live.Size}
 		}
 	case errors.Is(err, errdefs.ErrNotFound) && b != nil:
 		if err := s.checkFunctionQuota(ctx, owner); err != nil {
@@ -422,13 +419,20 @@ func (s *Service) newVersion(ctx context.Context, owner, name, by string, b *bun
 		plain, ok := ch.SetSecrets[k]
 		if !ok {
 			if plain, err = s.sealer.Open(v, secretContext(owner, name, k)); err != nil {
-				return store.Function{}, fmt.Errorf("open secret %s: %w", k, err)
+				return store.Function{}, errdefs.New(errdefs.ErrConflict, "secret %s does not open with this server's key (was its key file lost?): set it again or unset it", k)
 			}
 		}
 		size += len(k) + len(plain)
 	}
 	if size > MaxEnvBytes {
 		return store.Function{}, errdefs.New(errdefs.ErrTooLarge, "environment variables and secrets are %d bytes; the limit is %d", size, MaxEnvBytes)
+	}
+	// Stored only once every check has passed: a refused deploy leaves
+	// no bundle behind for the collector.
+	if b.code != nil {
+		if b.digest, err = s.blobs.Put(b.code); err != nil {
+			return store.Function{}, fmt.Errorf("store bundle: %w", err)
+		}
 	}
 	v, err := s.store.Deploy(ctx, newID(), store.Version{
 		Owner:     owner,

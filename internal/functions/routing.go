@@ -22,6 +22,10 @@ type route struct {
 	split    []weighted // empty: everything to live
 	tags     map[string]*backend.Spec
 	versions map[int64]*backend.Spec // by number, for @<n> requests; filled on demand
+	// broken holds the versions that cannot run, by number, with why:
+	// their secrets do not open with this server's key. The rest of the
+	// function still routes, and changes to it still apply.
+	broken map[int64]error
 }
 
 type weighted struct {
@@ -55,8 +59,10 @@ func (r *route) keys() []string {
 	return keys
 }
 
-// specOf builds the backend's view of one version of fn.
-func (s *Service) specOf(fn store.Function, v store.Version) (*backend.Spec, error) {
+// specOf builds the backend's view of one version of fn. With a secret
+// that does not open, it returns the spec and, as lost, why the version
+// cannot run.
+func (s *Service) specOf(fn store.Function, v store.Version) (spec *backend.Spec, lost error) {
 	env := v.Config.Env
 	if len(v.Config.Secrets) > 0 {
 		env = edit(env, nil, nil)
@@ -66,13 +72,16 @@ func (s *Service) specOf(fn store.Function, v store.Version) (*backend.Spec, err
 		for k, sealed := range v.Config.Secrets {
 			val, err := s.sealer.Open(sealed, secretContext(fn.Owner, fn.Name, k))
 			if err != nil {
-				return nil, fmt.Errorf("secret %s of %s/%s: %v: %w", k, fn.Owner, fn.Name, err, errdefs.ErrInternal)
+				s.log.Error("a version cannot run: its secret does not open with this server's key", "owner", fn.Owner, "function", fn.Name, "version", v.Number, "secret", k, "err", err)
+				// The caller may be anyone: the message names no secret.
+				lost = errdefs.New(errdefs.ErrInternal, "version %d of %s/%s cannot run: its secrets do not open with this server's key; set them again", v.Number, fn.Owner, fn.Name)
+				continue
 			}
 			env[k] = val
 		}
 	}
 	l := v.Config.Limits
-	spec := &backend.Spec{
+	spec = &backend.Spec{
 		FunctionID:  fn.ID,
 		Owner:       fn.Owner,
 		Name:        fn.Name,
@@ -101,16 +110,13 @@ func (s *Service) specOf(fn store.Function, v store.Version) (*backend.Spec, err
 	if spec.Timeout == 0 {
 		spec.Timeout = s.cfg.DefaultTimeout
 	}
-	return spec, nil
+	return spec, lost
 }
 
 // buildRoute reads the versions fn's routing names.
 func (s *Service) buildRoute(ctx context.Context, fn store.Function) (*route, error) {
-	live, err := s.specOf(fn, fn.Live)
-	if err != nil {
-		return nil, err
-	}
-	r := &route{id: fn.ID, live: live, tags: map[string]*backend.Spec{}, versions: map[int64]*backend.Spec{live.Version: live}}
+	r := &route{id: fn.ID, tags: map[string]*backend.Spec{}, versions: map[int64]*backend.Spec{}, broken: map[int64]error{}}
+	r.live = r.add(s.specOf(fn, fn.Live))
 	version := func(n int64) (*backend.Spec, error) {
 		if sp := r.versions[n]; sp != nil {
 			return sp, nil
@@ -119,12 +125,7 @@ func (s *Service) buildRoute(ctx context.Context, fn store.Function) (*route, er
 		if err != nil {
 			return nil, err
 		}
-		sp, err := s.specOf(fn, v)
-		if err != nil {
-			return nil, err
-		}
-		r.versions[n] = sp
-		return sp, nil
+		return r.add(s.specOf(fn, v)), nil
 	}
 	total := 0
 	for _, split := range fn.Routing.Traffic {
@@ -143,6 +144,27 @@ func (s *Service) buildRoute(ctx context.Context, fn store.Function) (*route, er
 		r.tags[tag] = sp
 	}
 	return r, nil
+}
+
+// add records a version specOf built, and lost, why it cannot run. The
+// caller holds s.mu if r is published.
+func (r *route) add(sp *backend.Spec, lost error) *backend.Spec {
+	r.versions[sp.Version] = sp
+	if lost != nil {
+		r.broken[sp.Version] = lost
+	}
+	return sp
+}
+
+// runnable returns sp, or why it cannot run.
+func (s *Service) runnable(r *route, sp *backend.Spec) (*backend.Spec, error) {
+	s.mu.RLock()
+	err := r.broken[sp.Version]
+	s.mu.RUnlock()
+	if err != nil {
+		return nil, err
+	}
+	return sp, nil
 }
 
 // makeLive updates the cache from fn and retires the instances of every
@@ -164,7 +186,7 @@ func (s *Service) makeLive(ctx context.Context, fn store.Function) error {
 	s.mu.Unlock()
 	s.retirer.RetireExcept(fn.ID, r.keys()...)
 	for _, sp := range append([]*backend.Spec{r.live}, r.versionsInUse()...) {
-		if sp.MinScale > 0 {
+		if sp.MinScale > 0 && r.broken[sp.Version] == nil {
 			s.retirer.Ensure(sp)
 		}
 	}
@@ -202,15 +224,16 @@ func (s *Service) Resolve(ctx context.Context, owner, name, tag string) (*backen
 		}
 	}
 	if tag == "" {
-		return r.pick(), nil
+		return s.runnable(r, r.pick())
 	}
 	if sp := r.tags[tag]; sp != nil {
-		return sp, nil
+		return s.runnable(r, sp)
 	}
-	n, err := strconv.ParseInt(tag, 10, 64)
-	if err != nil || n <= 0 {
+	n, ok := ParseVersion(tag)
+	if !ok {
 		return nil, fmt.Errorf("function %s/%s has no tag %q: %w", owner, name, tag, errdefs.ErrNotFound)
 	}
+	var err error
 	s.mu.RLock()
 	sp := r.versions[n]
 	s.mu.RUnlock()
@@ -218,6 +241,9 @@ func (s *Service) Resolve(ctx context.Context, owner, name, tag string) (*backen
 		if sp, err = s.loadVersion(ctx, r, owner, name, n); err != nil {
 			return nil, err
 		}
+	}
+	if sp, err = s.runnable(r, sp); err != nil {
+		return nil, err
 	}
 	// Asked for by number: it may run even if no routing names it. Under
 	// the routing lock, and only while r is still the function's route:
@@ -232,19 +258,37 @@ func (s *Service) Resolve(ctx context.Context, owner, name, tag string) (*backen
 	return sp, nil
 }
 
+// ParseVersion reads a version number as written in a request: decimal,
+// positive, in its one spelling ("7", not "07" or "+7"), so one version
+// has one name in traffic splits and URLs.
+func ParseVersion(s string) (int64, bool) {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 || strconv.FormatInt(n, 10) != s {
+		return 0, false
+	}
+	return n, true
+}
+
 // Cached is Resolve from memory alone, for callers that must not wait
 // (the router's event loop): nil when the function, or the tag asked for,
 // is not in memory, or when the tag is a version number (Resolve loads
 // those, and says when something does not exist).
 func (s *Service) Cached(owner, name, tag string) *backend.Spec {
-	r := s.route(store.FunctionKey{Owner: owner, Name: name})
-	switch {
-	case r == nil:
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	r := s.routes[store.FunctionKey{Owner: owner, Name: name}]
+	if r == nil {
 		return nil
-	case tag == "":
-		return r.pick()
 	}
-	return r.tags[tag]
+	sp := r.tags[tag]
+	if tag == "" {
+		sp = r.pick()
+	}
+	if sp == nil || len(r.broken) > 0 {
+		// Resolve says why a version cannot run.
+		return nil
+	}
+	return sp
 }
 
 // route is the cached routing of a function, or nil.
@@ -306,12 +350,8 @@ func (s *Service) loadVersion(ctx context.Context, r *route, owner, name string,
 	if err != nil {
 		return nil, err
 	}
-	sp, err := s.specOf(fn, v)
-	if err != nil {
-		return nil, err
-	}
 	s.mu.Lock()
-	r.versions[n] = sp
+	sp := r.add(s.specOf(fn, v))
 	s.mu.Unlock()
 	return sp, nil
 }

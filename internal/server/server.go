@@ -15,9 +15,11 @@ import (
 	"net/http/pprof"
 	"net/netip"
 	"os"
+	"path"
 	"path/filepath"
 	goruntime "runtime"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -88,6 +90,9 @@ type Config struct {
 	DebugListen      string // pprof, on its own listener
 	NPMRegistry      string // for dependencies at deploy time; "" is npm's public registry
 	JSRRegistry      string // for jsr: imports at deploy time; "" is JSR's npm registry
+	// NewSecretKey lets a server whose secret key is missing make a new
+	// one although stored versions hold secrets sealed with the old.
+	NewSecretKey bool
 }
 
 // Server is a running Spry.
@@ -170,6 +175,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	s.runDir = runDir
 
 	s.store, err = sqlite.Open(ctx, filepath.Join(dataDir, "spry.db"))
+	if err != nil {
+		return nil, err
+	}
+	box, err := s.openSecretKey(ctx, filepath.Join(dataDir, "secret.key"))
 	if err != nil {
 		return nil, err
 	}
@@ -260,10 +269,6 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 			s.metrics.ColdStart(spec.Owner, spec.Name, result)
 		},
 	})
-	box, err := secrets.OpenKeyFile(filepath.Join(dataDir, "secret.key"))
-	if err != nil {
-		return nil, err
-	}
 	s.fns = functions.New(s.store, blobs, s.act, box, s.logs, functions.Config{
 		MaxCodeBytes:         cfg.MaxCodeBytes,
 		MaxBundleBytes:       cfg.MaxBundleBytes,
@@ -329,7 +334,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		errdefs.WriteHTTP(w, errdefs.New(errdefs.ErrNotFound, "nothing at %s: functions are under /fn/<owner>/<name>/, the API under /api/v1/", r.URL.Path))
 	})
 	s.router = rt
-	rest := httpserve.Adapt(mux, log)
+	rest := httpserve.Adapt(cleanPaths(mux), log)
 	s.http = httpserve.New(func(ctx *fasthttp.RequestCtx) {
 		uri := ctx.Request.Header.RequestURI()
 		switch {
@@ -678,6 +683,44 @@ func (s *Server) collectBlobsOnce(ctx context.Context, before time.Time) error {
 		s.log.Info("removed bundles no version names", "count", n)
 	}
 	return err
+}
+
+// cleanPaths answers a path with an empty, . or .. segment with a JSON
+// 404 before the mux would answer it with a bare redirect, which clients
+// follow, method and all, to a resource the caller never named.
+func cleanPaths(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := r.URL.Path
+		c := path.Clean(p)
+		if strings.HasSuffix(p, "/") && c != "/" {
+			c += "/"
+		}
+		if c != p {
+			errdefs.WriteHTTP(w, errdefs.New(errdefs.ErrNotFound, "nothing at %s: paths have no empty, . or .. segments", p))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// openSecretKey opens the key that seals functions' secrets, making one
+// at first start. A missing key when versions hold secrets means the key
+// was lost: a new one would seal new secrets beside old ones that never
+// open again, so that takes the operator's word (--new-secret-key).
+func (s *Server) openSecretKey(ctx context.Context, path string) (*secrets.Box, error) {
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		n, err := s.store.CountSecretVersions(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if n > 0 {
+			if !s.cfg.NewSecretKey {
+				return nil, fmt.Errorf("%s is missing, but %d stored versions hold secrets sealed with it: restore the file, or start once with --new-secret-key to make a new key (those secrets will not open again; set them anew)", path, n)
+			}
+			s.log.Warn("making a new secret key; secrets sealed with the lost one will not open", "path", path, "versions", n)
+		}
+	}
+	return secrets.OpenKeyFile(path)
 }
 
 // idleAfter is the activator's IdleAfter for --idle-cpu-after d (0: never).

@@ -120,6 +120,8 @@ type Tokens interface {
 	CreateToken(ctx context.Context, t Token) error // ErrAlreadyExists on a duplicate ID
 	GetToken(ctx context.Context, id string) (Token, error)
 	ListTokens(ctx context.Context, user string) ([]Token, error)
+	// RevokeToken revokes a token at at; revoking it again keeps the
+	// first time, which is when it stopped working.
 	RevokeToken(ctx context.Context, id string, at time.Time) error
 }
 
@@ -157,6 +159,10 @@ type Functions interface {
 	// Digests lists every bundle digest still referenced by some version, so
 	// unreferenced blobs can be collected.
 	Digests(ctx context.Context) (map[string]bool, error)
+	// CountSecretVersions counts the versions holding sealed secrets, so
+	// a server that finds its secret key missing knows whether one was
+	// lost.
+	CountSecretVersions(ctx context.Context) (int, error)
 }
 
 // FunctionKey names a function.

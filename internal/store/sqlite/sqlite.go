@@ -278,7 +278,7 @@ func (s *Store) ListTokens(ctx context.Context, user string) ([]store.Token, err
 
 func (s *Store) RevokeToken(ctx context.Context, id string, at time.Time) error {
 	res, err := s.db.ExecContext(ctx,
-		`UPDATE tokens SET revoked_at = ? WHERE id = ?`, millis(at), id)
+		`UPDATE tokens SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?`, millis(at), id)
 	return affected(ctx, res, err, "token %q", id)
 }
 
@@ -577,6 +577,20 @@ func (s *Store) Digests(ctx context.Context) (map[string]bool, error) {
 		set[d] = true
 	}
 	return set, nil
+}
+
+// CountSecretVersions implements store.Functions.
+func (s *Store) CountSecretVersions(ctx context.Context) (int, error) {
+	var n int
+	// Config is JSON with "secrets" omitted when empty; the test for an
+	// empty object covers rows written otherwise.
+	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM versions
+		WHERE json_extract(config, '$.secrets') IS NOT NULL
+		AND json_extract(config, '$.secrets') != '{}'`).Scan(&n)
+	if err != nil {
+		return 0, errorf(ctx, err, "count versions with secrets")
+	}
+	return n, nil
 }
 
 // list runs a query and scans every row with scan.

@@ -38,6 +38,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Routing", testRouting},
 		{"SetLastInvoked", testSetLastInvoked},
 		{"Digests", testDigests},
+		{"CountSecretVersions", testCountSecretVersions},
 		{"NotFound", testNotFound},
 		{"ConcurrentDeploy", testConcurrentDeploy},
 		{"VersionRetention", testVersionRetention},
@@ -307,6 +308,11 @@ func testTokens(t *testing.T, s store.Store) {
 		t.Fatalf("ListTokens after revoke: got %+v", list)
 	}
 	checkToken(t, list[1], revoked)
+
+	noErr(t, s.RevokeToken(ctx, "tok1", at(12)), "RevokeToken again")
+	got, err = s.GetToken(ctx, "tok1")
+	noErr(t, err, "GetToken revoked twice")
+	checkToken(t, got, revoked)
 
 	wantErr(t, s.RevokeToken(ctx, "missing", at(11)), errdefs.ErrNotFound, "RevokeToken missing")
 }
@@ -890,4 +896,32 @@ func testVersionRetention(t *testing.T, s store.Store) {
 	if _, err := s.GetVersion(ctx, "alice", "hello", 2); err != nil {
 		t.Errorf("the tagged version was pruned: %v", err)
 	}
+}
+
+func testCountSecretVersions(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	check := func(step string, want int) {
+		t.Helper()
+		got, err := s.CountSecretVersions(ctx)
+		noErr(t, err, "CountSecretVersions "+step)
+		if got != want {
+			t.Errorf("CountSecretVersions %s: got %d, want %d", step, got, want)
+		}
+	}
+	check("empty", 0)
+	withSecret := func(v store.Version) store.Version {
+		v.Config.Secrets = map[string]string{"KEY": "enc:v1:x"}
+		return v
+	}
+	deploy(t, s, "id-a", version("alice", "a", 1))
+	check("after a deploy without secrets", 0)
+	deploy(t, s, "id-a", withSecret(version("alice", "a", 2)))
+	deploy(t, s, "id-a", withSecret(version("alice", "a", 3)))
+	deploy(t, s, "id-b", withSecret(version("bob", "b", 4)))
+	v := version("bob", "b", 5)
+	v.Config.Secrets = map[string]string{}
+	deploy(t, s, "id-b", v)
+	check("after deploys with secrets", 3)
+	noErr(t, s.DeleteFunction(ctx, "alice", "a"), "DeleteFunction alice/a")
+	check("after deleting alice/a", 1)
 }
