@@ -163,12 +163,38 @@ func (g *group) setQuota(quotaUs int64) error {
 	if quotaUs <= 0 {
 		quotaUs = -1
 	}
+	dir, err := g.v1CPUDir()
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "cpu.cfs_quota_us"), []byte(strconv.FormatInt(quotaUs, 10)), 0)
+}
+
+// setShares changes only the CPU weight, writing the one file itself
+// (v2: cpu.weight, converted as the library converts shares).
+func (g *group) setShares(shares uint64) error {
+	if g.v2 != nil {
+		w := cgroup2.ToResources(&specs.LinuxResources{CPU: &specs.LinuxCPU{Shares: &shares}}).CPU.Weight
+		if w == nil {
+			return errors.New("no cpu weight for shares")
+		}
+		return os.WriteFile(filepath.Join(g.dirs[0], "cpu.weight"), []byte(strconv.FormatUint(*w, 10)), 0)
+	}
+	dir, err := g.v1CPUDir()
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "cpu.shares"), []byte(strconv.FormatUint(shares, 10)), 0)
+}
+
+// v1CPUDir is the group's directory in the v1 cpu hierarchy.
+func (g *group) v1CPUDir() (string, error) {
 	for _, d := range g.dirs {
 		if strings.HasPrefix(d, filepath.Join(cgroupRoot, string(cgroup1.Cpu))+"/") {
-			return os.WriteFile(filepath.Join(d, "cpu.cfs_quota_us"), []byte(strconv.FormatInt(quotaUs, 10)), 0)
+			return d, nil
 		}
 	}
-	return errors.New("no cpu controller")
+	return "", errors.New("no cpu controller")
 }
 
 // cpuQuota reads the CPU quota back, per 100 ms period; -1: none.
@@ -184,16 +210,15 @@ func (g *group) cpuQuota() (int64, error) {
 		}
 		return strconv.ParseInt(q, 10, 64)
 	}
-	for _, d := range g.dirs {
-		if strings.HasPrefix(d, filepath.Join(cgroupRoot, string(cgroup1.Cpu))+"/") {
-			b, err := os.ReadFile(filepath.Join(d, "cpu.cfs_quota_us"))
-			if err != nil {
-				return 0, err
-			}
-			return strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
-		}
+	dir, err := g.v1CPUDir()
+	if err != nil {
+		return 0, err
 	}
-	return 0, errors.New("no cpu controller")
+	b, err := os.ReadFile(filepath.Join(dir, "cpu.cfs_quota_us"))
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
 }
 
 // cpuWeight reads the CPU weight back, in the hierarchy's own unit (v1:
@@ -201,15 +226,11 @@ func (g *group) cpuQuota() (int64, error) {
 func (g *group) cpuWeight() (uint64, error) {
 	file := filepath.Join(g.dirs[0], "cpu.weight")
 	if g.v2 == nil {
-		file = ""
-		for _, d := range g.dirs {
-			if strings.HasPrefix(d, filepath.Join(cgroupRoot, string(cgroup1.Cpu))+"/") {
-				file = filepath.Join(d, "cpu.shares")
-			}
+		dir, err := g.v1CPUDir()
+		if err != nil {
+			return 0, err
 		}
-		if file == "" {
-			return 0, errors.New("no cpu controller")
-		}
+		file = filepath.Join(dir, "cpu.shares")
 	}
 	b, err := os.ReadFile(file)
 	if err != nil {

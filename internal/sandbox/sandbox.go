@@ -449,6 +449,10 @@ func (c *Cmd) SetCPU(shares uint64, quotaUs int64) error { return c.group.setCPU
 // removes it), quickly.
 func (c *Cmd) SetCPUQuota(quotaUs int64) error { return c.group.setQuota(quotaUs) }
 
+// SetCPUShares changes only the sandbox's CPU weight (in v1 shares),
+// quickly.
+func (c *Cmd) SetCPUShares(shares uint64) error { return c.group.setShares(shares) }
+
 // CPUQuota reads the sandbox's CPU quota back (per 100 ms; -1: none).
 func (c *Cmd) CPUQuota() (int64, error) { return c.group.cpuQuota() }
 

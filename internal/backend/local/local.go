@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/bits"
 	"net"
 	"net/http"
 	"os"
@@ -81,6 +82,51 @@ const (
 	startShares  = 16 * activeShares
 )
 
+// userShares is the CPU weight of each of a user's n running instances:
+// one instance's weight shared among them, so that under contention each
+// user, not each instance, gets a like part of the CPUs (a user with
+// fifty busy instances would otherwise take fifty parts to another's
+// one). Halved at powers of two, so that a scale-up to n instances
+// rewrites the weights O(log n) times, not n. Shares below 2 are not
+// kept by the kernel.
+func userShares(n int) uint64 {
+	if n <= 1 {
+		return activeShares
+	}
+	return max(2, uint64(activeShares)>>bits.Len(uint(n-1)))
+}
+
+// reweigh gives each running instance of owner its userShares. It runs
+// when an instance of owner is specialized (off the cold start's path)
+// and when one ends.
+func (b *Backend) reweigh(owner string) {
+	b.weighMu.Lock()
+	defer b.weighMu.Unlock()
+	var ps []*proc
+	b.mu.Lock()
+	for _, p := range b.procs {
+		p.mu.Lock()
+		if p.spec != nil && p.spec.Owner == owner && p.stopping == "" {
+			ps = append(ps, p)
+		}
+		p.mu.Unlock()
+	}
+	b.mu.Unlock()
+	w := userShares(len(ps))
+	for _, p := range ps {
+		if p.weight == w {
+			continue
+		}
+		// An instance that ended meanwhile has no group to write to;
+		// the reweigh its end brings covers the rest.
+		if err := p.cmd.SetCPUShares(w); err != nil {
+			b.log.Debug("set cpu shares", "instance", p.id, "err", err)
+			continue
+		}
+		p.weight = w
+	}
+}
+
 // cpuQuota is the quota per 100 ms period for a function asking for
 // milli thousandths of a CPU (0: the default).
 func cpuQuota(milli int, def int64) int64 {
@@ -129,6 +175,10 @@ type Backend struct {
 	// waits (a trickle of cold starts) leave slots free, and the pool
 	// refills beside them, so it recovers from running dry.
 	queued int
+
+	// weighMu orders the writes of instances' CPU weights (reweigh), so
+	// the last one leaves every instance of a user at its due weight.
+	weighMu sync.Mutex
 }
 
 type poolKey struct {
@@ -162,6 +212,8 @@ type proc struct {
 	// loadFailure says why the function did not load, once the runtime
 	// has said so (or did not say in time).
 	loadFailure string
+
+	weight uint64 // CPU shares reweigh last wrote; guarded by weighMu
 }
 
 // New cleans up what a previous run left behind and starts the pool.
@@ -920,6 +972,9 @@ func (b *Backend) reap(p *proc, readers *sync.WaitGroup, outputs []*os.File) {
 	if died {
 		b.kick()
 	}
+	if spec != nil {
+		b.reweigh(spec.Owner)
+	}
 	close(p.exited)
 	if inst != nil {
 		if exit.Reason != backend.ExitStopped && b.cfg.Logs != nil {
@@ -1015,8 +1070,9 @@ func (b *Backend) specialize(ctx context.Context, p *proc, spec *backend.Spec, c
 func (b *Backend) load(p *proc, inst *backend.Instance, control net.Conn) {
 	defer b.wg.Done()
 	defer control.Close()
-	if err := p.cmd.SetCPU(activeShares, cpuQuota(inst.Spec.CPUMilli, b.cfg.CPUQuotaUs)); err != nil {
-		b.log.Warn("set cpu limits", "instance", p.id, "err", err)
+	b.reweigh(inst.Spec.Owner)
+	if err := p.cmd.SetCPUQuota(cpuQuota(inst.Spec.CPUMilli, b.cfg.CPUQuotaUs)); err != nil {
+		b.log.Warn("set cpu quota", "instance", p.id, "err", err)
 	}
 	failure, answered := readLoadAnswer(control)
 	inst.SetLoading(false)

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -744,4 +745,68 @@ func TestSetIdleThrottlesCPU(t *testing.T) {
 	if code, body := get(t, inst, "/"); code != 200 || body != "ok" {
 		t.Fatalf("after idle: %d %q", code, body)
 	}
+}
+
+func TestUserShares(t *testing.T) {
+	for _, tc := range []struct {
+		n    int
+		want uint64
+	}{{0, 1024}, {1, 1024}, {2, 512}, {3, 256}, {4, 256}, {5, 128}, {8, 128}, {9, 64}, {512, 2}, {513, 2}, {100000, 2}} {
+		if got := userShares(tc.n); got != tc.want {
+			t.Errorf("userShares(%d) = %d, want %d", tc.n, got, tc.want)
+		}
+	}
+}
+
+// Each user's running instances share one instance's CPU weight: under
+// contention a user with many busy instances gets no more of the CPUs
+// than a user with one. When instances end, the rest get their part.
+func TestInstancesOfAUserShareItsWeight(t *testing.T) {
+	e := newEnv(t, 0)
+	ctx := context.Background()
+	start := func(owner string) *backend.Instance {
+		spec := e.spec(t, `export default () => new Response("ok")`)
+		spec.Owner = owner
+		inst, err := e.b.Start(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = e.b.Stop(ctx, inst.ID) })
+		return inst
+	}
+	weightsAre := func(shares uint64, insts ...*backend.Instance) {
+		t.Helper()
+		want := shares
+		if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
+			want = 1 + ((shares-2)*9999)/262142 // v2's cpu.weight, as converted
+		}
+		var got []uint64
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			got = got[:0]
+			for _, inst := range insts {
+				e.b.mu.Lock()
+				p := e.b.procs[inst.ID]
+				e.b.mu.Unlock()
+				w, err := p.cmd.CPUWeight()
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, w)
+			}
+			if !slices.ContainsFunc(got, func(w uint64) bool { return w != want }) {
+				return
+			}
+		}
+		t.Fatalf("CPU weights %v, want %d each", got, want)
+	}
+	a1, a2, a3 := start("alice"), start("alice"), start("alice")
+	b1 := start("bob")
+	weightsAre(userShares(3), a1, a2, a3)
+	weightsAre(userShares(1), b1)
+	_ = e.b.Stop(ctx, a2.ID)
+	_ = e.b.Stop(ctx, a3.ID)
+	<-a2.Done()
+	<-a3.Done()
+	weightsAre(userShares(1), a1)
+	weightsAre(userShares(1), b1)
 }
