@@ -751,7 +751,7 @@ func TestUserShares(t *testing.T) {
 	for _, tc := range []struct {
 		n    int
 		want uint64
-	}{{0, 1024}, {1, 1024}, {2, 512}, {3, 256}, {4, 256}, {5, 128}, {8, 128}, {9, 64}, {512, 2}, {513, 2}, {100000, 2}} {
+	}{{0, 16384}, {1, 16384}, {2, 8192}, {3, 4096}, {4, 4096}, {5, 2048}, {16, 1024}, {17, 512}, {8192, 2}, {8193, 2}, {100000, 2}} {
 		if got := userShares(tc.n); got != tc.want {
 			t.Errorf("userShares(%d) = %d, want %d", tc.n, got, tc.want)
 		}
