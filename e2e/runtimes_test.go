@@ -41,6 +41,16 @@ func TestRuntimesAndContracts(t *testing.T) {
 			method: "POST", path: "/x", body: "hi", status: 202, want: `{"rt":"string","name":"node-fetch","body":"hi"}`,
 		},
 		{
+			// The host's load, memory, uptime and CPU times are not the
+			// function's to read: Node's os module sees the sandbox's.
+			name: "node-host-view", query: "runtime=node", code: `import os from "node:os";
+			export default { fetch() {
+				const busy = os.cpus().reduce((n, c) => n + c.times.user + c.times.sys + c.times.idle, 0);
+				return Response.json({ load: os.loadavg(), mem: os.totalmem(), free: os.freemem(), up: os.uptime(), cpus: os.cpus().length > 0, busy });
+			} }`,
+			method: "GET", path: "/", status: 200, want: `{"load":[0,0,0],"mem":134217728,"free":134217728,"up":0,"cpus":true,"busy":0}`,
+		},
+		{
 			name: "node-express", query: "runtime=node&filename=fn.js", code: `module.exports = (req, res) => {
 				res.status(201).json({ q: req.query, body: req.body, path: req.path });
 			};`,

@@ -3,10 +3,12 @@ package sandbox
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -252,6 +254,21 @@ func (s *Sandbox) Command(spec Spec) (*Cmd, error) {
 	}
 	bw = append(bw, "--seccomp", c.addFile(fr))
 	bw = append(bw, "--proc", "/proc")
+	views := procViews(spec.Resources.MemoryBytes)
+	for _, name := range slices.Sorted(maps.Keys(views)) {
+		r, w, err := os.Pipe()
+		if err != nil {
+			return nil, err
+		}
+		// Small enough for the pipe's buffer: bubblewrap reads it later.
+		_, err = w.WriteString(views[name])
+		w.Close()
+		if err != nil {
+			r.Close()
+			return nil, fmt.Errorf("sandbox %s: write /proc/%s: %w", spec.Name, name, err)
+		}
+		bw = append(bw, "--ro-bind-data", c.addFile(r), "/proc/"+name)
+	}
 	// Only the harmless devices: no /dev/shm, ttys or anything else.
 	bw = append(bw, "--tmpfs", "/dev")
 	for _, d := range []string{"null", "zero", "random", "urandom"} {

@@ -1,0 +1,38 @@
+package sandbox
+
+import (
+	"fmt"
+	goruntime "runtime"
+	"strings"
+)
+
+// procViews are the sandbox's own versions of /proc's system-wide files
+// that a runtime's APIs read: Node's os module (libuv) reads the host's
+// load, memory, uptime and CPU times from them, which are no function's
+// business (another tenant's activity shows in them). Deno refuses those
+// calls without the sys permission, which it does not grant. Each is
+// bound read-only over the file in the sandbox's /proc. The memory is
+// the sandbox's limit, all of it free; the rest reads as a machine just
+// started and idle. The formats are the kernel's: libuv aborts on a
+// /proc/stat it cannot parse.
+func procViews(memoryBytes int64) map[string]string {
+	v := map[string]string{
+		"loadavg": "0.00 0.00 0.00 1/1 1\n",
+		"uptime":  "0.00 0.00\n",
+	}
+	var stat strings.Builder
+	const zeros = " 0 0 0 0 0 0 0 0 0 0\n"
+	stat.WriteString("cpu " + zeros)
+	for i := range goruntime.NumCPU() {
+		fmt.Fprintf(&stat, "cpu%d%s", i, zeros)
+	}
+	stat.WriteString("intr 0\nctxt 0\nbtime 0\nprocesses 1\nprocs_running 1\nprocs_blocked 0\nsoftirq 0 0 0 0 0 0 0 0 0 0 0\n")
+	v["stat"] = stat.String()
+	if memoryBytes > 0 {
+		kb := memoryBytes >> 10
+		v["meminfo"] = fmt.Sprintf("MemTotal:       %d kB\nMemFree:        %d kB\nMemAvailable:   %d kB\n"+
+			"Buffers:               0 kB\nCached:                0 kB\nSwapCached:            0 kB\n"+
+			"SwapTotal:             0 kB\nSwapFree:              0 kB\n", kb, kb, kb)
+	}
+	return v
+}
