@@ -1,5 +1,10 @@
 package sandbox
 
+import (
+	"fmt"
+	"os/exec"
+)
+
 // SlirpPid is the pid of the sandbox's slirp4netns, or 0.
 func (c *Cmd) SlirpPid() int {
 	c.netMu.Lock()
@@ -8,4 +13,13 @@ func (c *Cmd) SlirpPid() int {
 		return 0
 	}
 	return c.slirp.Process.Pid
+}
+
+// SetHostNets makes the sandbox take the host's addresses from f.
+func (s *Sandbox) SetHostNets(f func() []string) { s.hostNets = f }
+
+// Rules lists the filter rules loaded in the sandbox's network namespace.
+func (c *Cmd) Rules() (string, error) {
+	out, err := exec.Command("nsenter", "--net="+fmt.Sprintf("/proc/%d/ns/net", c.pid), "--", "nft", "list", "ruleset").CombinedOutput()
+	return string(out), err
 }

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -145,7 +147,9 @@ func without(p netip.Prefix, holes []netip.Prefix) []netip.Prefix {
 // namespace. The sandbox has no capabilities there, so it cannot change it.
 func (s *Sandbox) nftRules() string {
 	var b strings.Builder
-	b.WriteString("table inet spry {\n chain output {\n  type filter hook output priority 0; policy accept;\n  oifname \"lo\" accept\n")
+	// Flushed first: RefreshNetworks loads the rules again, in one
+	// transaction, into a namespace that has them.
+	b.WriteString("flush ruleset\ntable inet spry {\n chain output {\n  type filter hook output priority 0; policy accept;\n  oifname \"lo\" accept\n")
 	fmt.Fprintf(&b, "  ip daddr %s udp dport 53 accept\n  ip daddr %s tcp dport 53 accept\n", slirpDNS, slirpDNS)
 	// The host's own addresses and subnets before the operator's ranges,
 	// which may hold them.
@@ -174,10 +178,14 @@ func (c *Cmd) StartNetwork(ctx context.Context) error {
 		return errors.New("sandbox network: the sandbox's pid is unknown (not started)")
 	}
 	netns := fmt.Sprintf("/proc/%d/ns/net", c.pid)
-	nft := exec.CommandContext(ctx, "nsenter", "--net="+netns, "--", "nft", "-f", "-")
-	nft.Stdin = strings.NewReader(c.sb.nftRules())
-	if out, err := nft.CombinedOutput(); err != nil {
-		return fmt.Errorf("sandbox network: load filter rules: %v: %s", err, bytes.TrimSpace(out))
+	// Registered before the first load, which takes the host's addresses
+	// under the same lock as a RefreshNetworks would: whichever loads
+	// last loads the newest.
+	c.sb.liveMu.Lock()
+	c.sb.live[c] = struct{}{}
+	c.sb.liveMu.Unlock()
+	if err := c.loadRules(ctx); err != nil {
+		return err
 	}
 	slirpBin := c.sb.cfg.Slirp4netns
 	if slirpBin == "" {
@@ -264,6 +272,118 @@ func (c *Cmd) StartNetwork(ctx context.Context) error {
 	}
 }
 
+// loadRules loads the filter rules, as the host's addresses are now,
+// into the sandbox's network namespace.
+func (c *Cmd) loadRules(ctx context.Context) error {
+	c.rulesMu.Lock()
+	defer c.rulesMu.Unlock()
+	nft := exec.CommandContext(ctx, "nsenter", "--net="+fmt.Sprintf("/proc/%d/ns/net", c.pid), "--", "nft", "-f", "-")
+	nft.Stdin = strings.NewReader(c.sb.nftRules())
+	if out, err := nft.CombinedOutput(); err != nil {
+		return fmt.Errorf("sandbox network: load filter rules: %v: %s", err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+// RefreshNetworks loads the filter rules again into every running egress
+// sandbox if the host's addresses changed since it last looked: each
+// sandbox took them at its start, and an address the host gained later
+// (DHCP, an alias, a VPN) was reachable from the sandboxes already
+// running. It reports whether they changed. The runtimes' own deny lists
+// (the second layer) were fixed at their start; a caller may replace the
+// sandboxes it holds in reserve.
+func (s *Sandbox) RefreshNetworks(ctx context.Context) (bool, error) {
+	host := s.currentHostNets()
+	s.liveMu.Lock()
+	changed := s.seen && !slices.Equal(host, s.seenHost)
+	s.seen, s.seenHost = true, host
+	cmds := slices.Collect(maps.Keys(s.live))
+	s.liveMu.Unlock()
+	if !changed {
+		return false, nil
+	}
+	var errs []error
+	for _, c := range cmds {
+		c.netMu.Lock()
+		stopped := c.netStopped
+		c.netMu.Unlock()
+		if stopped {
+			continue
+		}
+		if err := c.loadRules(ctx); err != nil {
+			// One that ended meanwhile has no namespace left.
+			c.netMu.Lock()
+			stopped = c.netStopped
+			c.netMu.Unlock()
+			if !stopped {
+				errs = append(errs, fmt.Errorf("sandbox %s: %w", c.name, err))
+			}
+		}
+	}
+	return true, errors.Join(errs...)
+}
+
+// WatchHost calls RefreshNetworks whenever the kernel reports an IPv4
+// address added or removed on the host (a netlink subscription: nothing
+// runs while nothing changes), then changed if the addresses did. It
+// returns when ctx ends.
+func (s *Sandbox) WatchHost(ctx context.Context, log *slog.Logger, changed func()) error {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("watch host addresses: %w", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: unix.RTMGRP_IPV4_IFADDR}); err != nil {
+		unix.Close(fd)
+		return fmt.Errorf("watch host addresses: %w", err)
+	}
+	// Non-blocking, so the runtime's poller waits on it and Close ends
+	// the read.
+	f := os.NewFile(uintptr(fd), "netlink")
+	_, _ = s.RefreshNetworks(ctx) // the baseline
+	events := make(chan struct{}, 1)
+	go func() {
+		defer close(events)
+		buf := make([]byte, 64<<10)
+		for {
+			if _, err := f.Read(buf); err != nil {
+				if ctx.Err() == nil && !errors.Is(err, os.ErrClosed) {
+					log.Warn("watch host addresses", "err", err)
+				}
+				return
+			}
+			select {
+			case events <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	defer func() {
+		f.Close()
+		for range events {
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case _, ok := <-events:
+			if !ok {
+				return nil
+			}
+		}
+		ch, err := s.RefreshNetworks(ctx)
+		if err != nil {
+			log.Error("load sandboxes' filter rules again after the host's addresses changed", "err", err)
+		}
+		if ch {
+			log.Info("the host's addresses changed: running sandboxes' filter rules reloaded")
+			if changed != nil {
+				changed()
+			}
+		}
+	}
+}
+
 func readChildPid(r io.Reader) (int, error) {
 	dec := json.NewDecoder(r)
 	var info struct {
@@ -279,6 +399,9 @@ func readChildPid(r io.Reader) (int, error) {
 }
 
 func (c *Cmd) stopNetwork() {
+	c.sb.liveMu.Lock()
+	delete(c.sb.live, c)
+	c.sb.liveMu.Unlock()
 	c.netMu.Lock()
 	c.netStopped = true
 	slirp, slirpFD := c.slirp, c.slirpFD

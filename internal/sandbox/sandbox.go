@@ -92,6 +92,12 @@ type Sandbox struct {
 	denyMu   sync.Mutex
 	denyHost []string
 	deny     []string
+	// live are the egress sandboxes whose network is up, for
+	// RefreshNetworks.
+	liveMu   sync.Mutex
+	live     map[*Cmd]struct{}
+	seen     bool
+	seenHost []string // the host's addresses RefreshNetworks last saw
 }
 
 // New checks the host can run sandboxes and returns a Sandbox.
@@ -117,7 +123,7 @@ func New(cfg Config) (*Sandbox, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Sandbox{cfg: cfg, cgroups: cg}
+	s := &Sandbox{cfg: cfg, cgroups: cg, live: map[*Cmd]struct{}{}}
 	if err := s.setupNetwork(); err != nil {
 		return nil, err
 	}
@@ -142,6 +148,7 @@ type Cmd struct {
 	netMu      sync.Mutex
 	netStopped bool
 	egress     bool
+	rulesMu    sync.Mutex // orders loads of the filter rules
 	slirp      *exec.Cmd
 	slirpFD    *os.File // closing it tells slirp4netns to exit
 	once       sync.Once

@@ -11,8 +11,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -350,5 +352,71 @@ func TestSlirpCountsAsTheSandbox(t *testing.T) {
 	}
 	if in == 0 {
 		t.Errorf("slirp4netns is in none of its sandbox's cgroups:\n%s", procFile(t, pid, "cgroup"))
+	}
+}
+
+// An address the host gains after a sandbox started is kept from it too:
+// RefreshNetworks loads the rules again into the running sandboxes.
+func TestRefreshNetworksFollowsTheHost(t *testing.T) {
+	const uid = 301236
+	sb, spec := holdSpec(t, uid, 0)
+	spec.Network = sandbox.NetworkEgress
+	var mu sync.Mutex
+	host := []string{"127.0.0.1/32"}
+	sb.SetHostNets(func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(host)
+	})
+	c, err := sb.Command(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Cleanup()
+	stdin, err := c.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := c.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Stderr = os.Stderr
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		stdin.Close()
+		_ = c.Wait()
+	}()
+	c.CloseFiles()
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "running\n" {
+		t.Fatalf("child said %q, %v", line, err)
+	}
+	if err := c.StartNetwork(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if changed, err := sb.RefreshNetworks(t.Context()); changed || err != nil {
+		t.Fatalf("first look: changed %v, %v", changed, err)
+	}
+	const added = "198.51.100.7"
+	if rules, err := c.Rules(); err != nil || strings.Contains(rules, added) {
+		t.Fatalf("rules before the change (%v):\n%s", err, rules)
+	}
+	if changed, err := sb.RefreshNetworks(t.Context()); changed || err != nil {
+		t.Fatalf("nothing new: changed %v, %v", changed, err)
+	}
+	mu.Lock()
+	host = append(host, added+"/32")
+	mu.Unlock()
+	if changed, err := sb.RefreshNetworks(t.Context()); !changed || err != nil {
+		t.Fatalf("after the host gained %s: changed %v, %v", added, changed, err)
+	}
+	rules, err := c.Rules()
+	if err != nil || !strings.Contains(rules, added) {
+		t.Fatalf("rules after the change (%v):\n%s", err, rules)
+	}
+	if n := strings.Count(rules, "table inet spry"); n != 1 {
+		t.Fatalf("%d spry tables after a reload:\n%s", n, rules)
 	}
 }

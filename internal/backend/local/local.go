@@ -181,6 +181,8 @@ type Backend struct {
 	// refills beside them, so it recovers from running dry.
 	queued int
 
+	unwatch context.CancelFunc // ends the watch of the host's addresses
+
 	// weighMu orders the writes of instances' CPU weights (reweigh), so
 	// the last one leaves every instance of a user at its due weight.
 	weighMu sync.Mutex
@@ -264,7 +266,36 @@ func New(cfg Config) (*Backend, error) {
 	b.wg.Add(1)
 	go b.filler()
 	b.kick()
+	watch, unwatch := context.WithCancel(context.Background())
+	b.unwatch = unwatch
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		if err := cfg.Sandbox.WatchHost(watch, b.log, b.recycleEgressPool); err != nil {
+			b.log.Warn("running sandboxes will not follow changes of the host's addresses", "err", err)
+		}
+	}()
 	return b, nil
+}
+
+// recycleEgressPool replaces the egress sandboxes waiting in the pool
+// once the host's addresses changed: their filter rules are loaded again
+// (sandbox.WatchHost), but their runtimes took the addresses into their
+// own deny list, the second layer, at start.
+func (b *Backend) recycleEgressPool() {
+	b.mu.Lock()
+	var stale []*proc
+	for key, ps := range b.pool {
+		if key.network == runtime.NetworkEgress {
+			stale = append(stale, ps...)
+			delete(b.pool, key)
+		}
+	}
+	b.mu.Unlock()
+	for _, p := range stale {
+		b.kill(p, backend.ExitStopped)
+	}
+	b.kick()
 }
 
 func (b *Backend) defaultKeys() []poolKey {
@@ -623,6 +654,7 @@ func (b *Backend) Close() error {
 	}
 	b.closed = true
 	close(b.stop)
+	b.unwatch()
 	all := make([]*proc, 0, len(b.procs))
 	for _, p := range b.procs {
 		all = append(all, p)

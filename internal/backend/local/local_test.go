@@ -810,3 +810,33 @@ func TestInstancesOfAUserShareItsWeight(t *testing.T) {
 	weightsAre(userShares(1), a1)
 	weightsAre(userShares(1), b1)
 }
+
+// When the host's addresses change, the egress sandboxes waiting in the
+// pool (whose runtimes hold the old addresses in their deny list) are
+// replaced by new ones.
+func TestHostChangeRenewsTheEgressPool(t *testing.T) {
+	e := newEnv(t, 1)
+	e.waitPool(t, 1)
+	ids := func() []string {
+		e.b.mu.Lock()
+		defer e.b.mu.Unlock()
+		var out []string
+		for key, ps := range e.b.pool {
+			for _, p := range ps {
+				if key.network == runtime.NetworkEgress {
+					out = append(out, p.id)
+				}
+			}
+		}
+		return out
+	}
+	before := ids()
+	if len(before) != 1 {
+		t.Fatalf("egress pool %v, want one sandbox", before)
+	}
+	e.b.recycleEgressPool()
+	e.waitPool(t, 1)
+	if after := ids(); len(after) != 1 || after[0] == before[0] {
+		t.Fatalf("egress pool %v after the change, want one new sandbox (was %v)", after, before)
+	}
+}
