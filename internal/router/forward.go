@@ -486,6 +486,9 @@ var errBadAnswer = errors.New("malformed response from the instance")
 // passed on to the client malformed.
 func readHead(br *bufio.Reader, h *fasthttp.ResponseHeader) error {
 	for {
+		if conflictingLengths(peekHead(br)) {
+			return errBadAnswer
+		}
 		if err := h.Read(br); err != nil {
 			var ne net.Error
 			if errors.Is(err, io.EOF) || errors.As(err, &ne) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) {
@@ -502,6 +505,54 @@ func readHead(br *bufio.Reader, h *fasthttp.ResponseHeader) error {
 			return nil
 		}
 	}
+}
+
+// peekHead returns the response head waiting in br, reading until it is
+// all there as the header parser would; nil if it does not come whole
+// (the parser then says why).
+func peekHead(br *bufio.Reader) []byte {
+	for n := 1; ; n = br.Buffered() + 1 {
+		if b, err := br.Peek(n); len(b) < n || err != nil {
+			return nil
+		}
+		b, _ := br.Peek(br.Buffered())
+		if i := bytes.Index(b, []byte("\r\n\r\n")); i >= 0 {
+			return b[:i+4]
+		}
+		if i := bytes.Index(b, []byte("\n\n")); i >= 0 {
+			return b[:i+2]
+		}
+		if br.Buffered() == br.Size() {
+			return nil
+		}
+	}
+}
+
+// conflictingLengths says whether a response head carries Content-Length
+// more than once with different values: the header parser keeps the last,
+// while a proxy in front may take the first, and the two would frame the
+// body differently. RFC 9110 asks for such an answer to be refused;
+// repeats of one value are one length.
+func conflictingLengths(head []byte) bool {
+	var first []byte
+	for len(head) > 0 {
+		line := head
+		if i := bytes.IndexByte(head, '\n'); i >= 0 {
+			line, head = head[:i], head[i+1:]
+		} else {
+			head = nil
+		}
+		const name = "Content-Length"
+		if len(line) <= len(name) || line[len(name)] != ':' || line[0]|0x20 != 'c' || !bytes.EqualFold(line[:len(name)], []byte(name)) {
+			continue
+		}
+		v := bytes.TrimSpace(line[len(name)+1:])
+		if first != nil && !bytes.Equal(v, first) {
+			return true
+		}
+		first = v
+	}
+	return false
 }
 
 // hopHeaders are connection-level; they never cross the proxy.

@@ -1428,3 +1428,59 @@ func TestForwardHeadFieldsTheRouterOwns(t *testing.T) {
 		}
 	}
 }
+
+// An answer with Content-Length twice, at different values, is refused
+// (502): the router and a proxy in front would frame its body
+// differently. The same value repeated is one length.
+func TestConflictingContentLengths(t *testing.T) {
+	for _, tc := range []struct {
+		name, answer string
+		status       int
+		body         string
+	}{
+		{"differing", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\ncontent-length: 5\r\n\r\nhello", 502, ""},
+		{"differing, apart", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\nContent-Length:2\r\n\r\nhello", 502, ""},
+		{"repeated", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length:  2\r\n\r\nok", 200, "ok"},
+		{"one", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 200, "ok"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sock := serveRawRequests(t, func(i int, c net.Conn) { fmt.Fprint(c, tc.answer) })
+			srv := routerTo(t, sock, time.Millisecond)
+			res, err := http.Get(srv.URL + "/fn/alice/fn/")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer res.Body.Close()
+			b, _ := io.ReadAll(res.Body)
+			if res.StatusCode != tc.status || (tc.body != "" && string(b) != tc.body) {
+				t.Fatalf("got %d %q, want %d %q", res.StatusCode, b, tc.status, tc.body)
+			}
+		})
+	}
+}
+
+func TestConflictingLengthsOfHeads(t *testing.T) {
+	for head, want := range map[string]bool{
+		"HTTP/1.1 200 OK\r\n\r\n":                                            false,
+		"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n":                       false,
+		"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n":  false,
+		"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nCONTENT-LENGTH: 2\r\n\r\n":  true,
+		"HTTP/1.1 200 OK\nContent-Length: 1\nContent-Length: 3\n\n":          true,
+		"HTTP/1.1 200 OK\r\nContent-Type: 1\r\nContent-Length: 2\r\n\r\n":    false,
+		"HTTP/1.1 200 OK\r\nContent-Lengthy: 1\r\nContent-Length: 2\r\n\r\n": false,
+	} {
+		if got := conflictingLengths([]byte(head)); got != want {
+			t.Errorf("conflictingLengths(%q) = %v, want %v", head, got, want)
+		}
+	}
+}
+
+// BenchmarkConflictingLengths: the look every answer's head gets.
+func BenchmarkConflictingLengths(b *testing.B) {
+	head := []byte("HTTP/1.1 200 OK\r\ncontent-type: text/plain;charset=UTF-8\r\nvary: Accept-Encoding\r\ncontent-length: 2\r\ndate: Mon, 23 Nov 2026 18:00:00 GMT\r\n\r\n")
+	for b.Loop() {
+		if conflictingLengths(head) {
+			b.Fatal("conflict")
+		}
+	}
+}

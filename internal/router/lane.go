@@ -1124,6 +1124,10 @@ func (lp *loop) readHead(u *laneUp) bool {
 			return false
 		}
 		end += 4
+		if conflictingLengths(u.buf[:end]) {
+			lp.fail(c, errBadAnswer)
+			return false
+		}
 		lp.rd.Reset(u.buf[:end])
 		lp.br.Reset(lp.rd)
 		h := &u.h
