@@ -253,7 +253,7 @@ func New(cfg Config) (*Backend, error) {
 	for _, r := range cfg.Runtimes {
 		b.runtimes[r.Name()] = r
 	}
-	if n := cfg.Sandbox.Sweep(); n > 0 {
+	if n := cfg.Sandbox.Sweep() + sandbox.KillUIDs(cfg.UIDBase, cfg.UIDBase+cfg.UIDCount); n > 0 {
 		b.log.Warn("killed instances left by a previous run", "count", n)
 	}
 	instDir := filepath.Join(cfg.RunDir, "i")
@@ -668,6 +668,9 @@ func (b *Backend) Close() error {
 	// a data directory used once (each test's, say) would otherwise leave
 	// its empty groups behind for good.
 	b.cfg.Sandbox.Sweep()
+	// A spawn killed half way (its bubblewrap before it wrote the uid
+	// map) may leave a process outside every cgroup.
+	sandbox.KillUIDs(b.cfg.UIDBase, b.cfg.UIDBase+b.cfg.UIDCount)
 	return nil
 }
 
