@@ -7,10 +7,12 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// FailureLimiter rate-limits failed authentication per client, so tokens
-// cannot be guessed at speed: each client may fail Burst times at once,
-// then once per Every; while it is over the limit, its failures are
-// answered 429 rather than 401.
+// FailureLimiter rate-limits failed authentication per client: each
+// client may fail Burst times at once, then once per Every; while it is
+// over the limit, its failures are answered 429 (with Retry-After) rather
+// than 401. Every token is still checked, and a right one passes: a
+// secret has 256 bits, so guessing gains nothing from being answered,
+// and clients behind one proxy share an address.
 type FailureLimiter struct {
 	every time.Duration
 	burst int

@@ -177,6 +177,14 @@ func (s *Service) makeLive(ctx context.Context, fn store.Function) error {
 	// Admit the new versions, publish the route, then retire the old
 	// ones: a request resolving either way always finds its version
 	// allowed to run or retired after the new route is visible.
+	// What to keep warm is read before r is published: after, a request
+	// for an old version by number may add to r.broken (under s.mu).
+	var warm []*backend.Spec
+	for _, sp := range append([]*backend.Spec{r.live}, r.versionsInUse()...) {
+		if sp.MinScale > 0 && r.broken[sp.Version] == nil {
+			warm = append(warm, sp)
+		}
+	}
 	s.retirer.Admit(fn.ID, r.keys()...)
 	s.missMu.Lock()
 	delete(s.misses, store.FunctionKey{Owner: fn.Owner, Name: fn.Name})
@@ -185,10 +193,8 @@ func (s *Service) makeLive(ctx context.Context, fn store.Function) error {
 	s.routes[store.FunctionKey{Owner: fn.Owner, Name: fn.Name}] = r
 	s.mu.Unlock()
 	s.retirer.RetireExcept(fn.ID, r.keys()...)
-	for _, sp := range append([]*backend.Spec{r.live}, r.versionsInUse()...) {
-		if sp.MinScale > 0 && r.broken[sp.Version] == nil {
-			s.retirer.Ensure(sp)
-		}
+	for _, sp := range warm {
+		s.retirer.Ensure(sp)
 	}
 	return nil
 }
@@ -284,7 +290,7 @@ func (s *Service) Cached(owner, name, tag string) *backend.Spec {
 	if tag == "" {
 		sp = r.pick()
 	}
-	if sp == nil || len(r.broken) > 0 {
+	if sp == nil || r.broken[sp.Version] != nil {
 		// Resolve says why a version cannot run.
 		return nil
 	}

@@ -508,14 +508,21 @@ func readHead(br *bufio.Reader, h *fasthttp.ResponseHeader) error {
 }
 
 // peekHead returns the response head waiting in br, reading until it is
-// all there as the header parser would; nil if it does not come whole
-// (the parser then says why).
+// all there as the header parser would; nil if it does not come whole,
+// or if its first line is not a status line (the parser refuses that at
+// once, and waiting for the rest would turn a prompt 502 into a
+// timeout).
 func peekHead(br *bufio.Reader) []byte {
 	for n := 1; ; n = br.Buffered() + 1 {
 		if b, err := br.Peek(n); len(b) < n || err != nil {
 			return nil
 		}
 		b, _ := br.Peek(br.Buffered())
+		// The parser skips empty lines before the status line.
+		b = bytes.TrimLeft(b, "\r\n")
+		if i := bytes.IndexByte(b, '\n'); i >= 0 && !statusLine(b[:i]) {
+			return nil
+		}
 		if i := bytes.Index(b, []byte("\r\n\r\n")); i >= 0 {
 			return b[:i+4]
 		}
@@ -526,6 +533,20 @@ func peekHead(br *bufio.Reader) []byte {
 			return nil
 		}
 	}
+}
+
+// statusLine says whether line looks like "HTTP/x.y NNN ...".
+func statusLine(line []byte) bool {
+	_, rest, ok := bytes.Cut(line, []byte{' '})
+	if !ok || !bytes.HasPrefix(line, []byte("HTTP/")) || len(rest) < 3 {
+		return false
+	}
+	for _, c := range rest[:3] {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return len(rest) == 3 || rest[3] == ' ' || rest[3] == '\r'
 }
 
 // conflictingLengths says whether a response head carries Content-Length

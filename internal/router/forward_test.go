@@ -1484,3 +1484,25 @@ func BenchmarkConflictingLengths(b *testing.B) {
 		}
 	}
 }
+
+// An answer whose first line is not a status line is refused at once
+// (502), though the instance holds its connection open: the look for
+// differing Content-Lengths must not wait for a head that never ends
+// (that made it a 504 at the function's timeout).
+func TestGarbageAnswerHeldOpenIs502(t *testing.T) {
+	hold := make(chan struct{})
+	sock := serveRawRequests(t, func(i int, c net.Conn) {
+		fmt.Fprint(c, "garbage\r\n")
+		<-hold
+	})
+	t.Cleanup(func() { close(hold) })
+	srv := routerTo(t, sock, time.Millisecond)
+	res, err := http.Get(srv.URL + "/fn/alice/fn/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 502 {
+		t.Fatalf("got %d, want 502", res.StatusCode)
+	}
+}

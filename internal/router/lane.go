@@ -1121,6 +1121,12 @@ func (lp *loop) readHead(u *laneUp) bool {
 	for {
 		end := bytes.Index(u.buf[:u.n], []byte("\r\n\r\n"))
 		if end < 0 {
+			// A first line that is no status line is refused now, not
+			// when the head would end: it may never end.
+			b := bytes.TrimLeft(u.buf[:u.n], "\r\n")
+			if i := bytes.IndexByte(b, '\n'); i >= 0 && !statusLine(b[:i]) {
+				lp.fail(c, errBadAnswer)
+			}
 			return false
 		}
 		end += 4

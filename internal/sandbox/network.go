@@ -147,9 +147,10 @@ func without(p netip.Prefix, holes []netip.Prefix) []netip.Prefix {
 // namespace. The sandbox has no capabilities there, so it cannot change it.
 func (s *Sandbox) nftRules() string {
 	var b strings.Builder
-	// Flushed first: RefreshNetworks loads the rules again, in one
-	// transaction, into a namespace that has them.
-	b.WriteString("flush ruleset\ntable inet spry {\n chain output {\n  type filter hook output priority 0; policy accept;\n  oifname \"lo\" accept\n")
+	// Replaced whole: RefreshNetworks loads the rules again, in one
+	// transaction, into a namespace that has them. Only this table: the
+	// namespace has no other.
+	b.WriteString("table inet spry {}\ndelete table inet spry\ntable inet spry {\n chain output {\n  type filter hook output priority 0; policy accept;\n  oifname \"lo\" accept\n")
 	fmt.Fprintf(&b, "  ip daddr %s udp dport 53 accept\n  ip daddr %s tcp dport 53 accept\n", slirpDNS, slirpDNS)
 	// The host's own addresses and subnets before the operator's ranges,
 	// which may hold them.
@@ -178,12 +179,32 @@ func (c *Cmd) StartNetwork(ctx context.Context) error {
 		return errors.New("sandbox network: the sandbox's pid is unknown (not started)")
 	}
 	netns := fmt.Sprintf("/proc/%d/ns/net", c.pid)
+	// The namespace is held open from now on, and every load of the
+	// rules enters it through that: a reload by pid after the sandbox
+	// died could enter whatever process got the pid next, the host's
+	// own namespace among them.
+	ns, err := os.Open(netns)
+	if err != nil {
+		return fmt.Errorf("sandbox network: %w", err)
+	}
 	// Registered before the first load, which takes the host's addresses
 	// under the same lock as a RefreshNetworks would: whichever loads
-	// last loads the newest.
+	// last loads the newest. Not once Cleanup has run.
 	c.sb.liveMu.Lock()
-	c.sb.live[c] = struct{}{}
+	c.netMu.Lock()
+	stopped := c.netStopped
+	if !stopped {
+		c.sb.live[c] = struct{}{}
+	}
+	c.netMu.Unlock()
 	c.sb.liveMu.Unlock()
+	if stopped {
+		ns.Close()
+		return errors.New("sandbox network: the sandbox ended while its network was set up")
+	}
+	c.rulesMu.Lock()
+	c.netns = ns
+	c.rulesMu.Unlock()
 	if err := c.loadRules(ctx); err != nil {
 		return err
 	}
@@ -242,7 +263,7 @@ func (c *Cmd) StartNetwork(ctx context.Context) error {
 		return fmt.Errorf("sandbox network: %w", err)
 	}
 	c.netMu.Lock()
-	stopped := c.netStopped
+	stopped = c.netStopped
 	if !stopped {
 		c.slirp, c.slirpFD = slirp, exitW
 	}
@@ -277,7 +298,11 @@ func (c *Cmd) StartNetwork(ctx context.Context) error {
 func (c *Cmd) loadRules(ctx context.Context) error {
 	c.rulesMu.Lock()
 	defer c.rulesMu.Unlock()
-	nft := exec.CommandContext(ctx, "nsenter", "--net="+fmt.Sprintf("/proc/%d/ns/net", c.pid), "--", "nft", "-f", "-")
+	if c.netns == nil {
+		return errors.New("sandbox network: the sandbox has ended")
+	}
+	nft := exec.CommandContext(ctx, "nsenter", "--net=/proc/self/fd/3", "--", "nft", "-f", "-")
+	nft.ExtraFiles = []*os.File{c.netns}
 	nft.Stdin = strings.NewReader(c.sb.nftRules())
 	if out, err := nft.CombinedOutput(); err != nil {
 		return fmt.Errorf("sandbox network: load filter rules: %v: %s", err, bytes.TrimSpace(out))
@@ -345,9 +370,14 @@ func (s *Sandbox) WatchHost(ctx context.Context, log *slog.Logger, changed func(
 		defer close(events)
 		buf := make([]byte, 64<<10)
 		for {
-			if _, err := f.Read(buf); err != nil {
+			_, err := f.Read(buf)
+			if errors.Is(err, unix.ENOBUFS) {
+				// Events were lost (a burst of changes): look anyway.
+				err = nil
+			}
+			if err != nil {
 				if ctx.Err() == nil && !errors.Is(err, os.ErrClosed) {
-					log.Warn("watch host addresses", "err", err)
+					log.Warn("the watch of the host's addresses ended: running sandboxes keep the rules they have", "err", err)
 				}
 				return
 			}
@@ -402,6 +432,12 @@ func (c *Cmd) stopNetwork() {
 	c.sb.liveMu.Lock()
 	delete(c.sb.live, c)
 	c.sb.liveMu.Unlock()
+	c.rulesMu.Lock()
+	if c.netns != nil {
+		c.netns.Close()
+		c.netns = nil
+	}
+	c.rulesMu.Unlock()
 	c.netMu.Lock()
 	c.netStopped = true
 	slirp, slirpFD := c.slirp, c.slirpFD

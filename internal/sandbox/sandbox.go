@@ -149,6 +149,7 @@ type Cmd struct {
 	netStopped bool
 	egress     bool
 	rulesMu    sync.Mutex // orders loads of the filter rules
+	netns      *os.File   // the sandbox's network namespace, held; guarded by rulesMu
 	slirp      *exec.Cmd
 	slirpFD    *os.File // closing it tells slirp4netns to exit
 	once       sync.Once

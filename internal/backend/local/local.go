@@ -109,6 +109,12 @@ func (b *Backend) reweigh(owner string) {
 	defer b.weighMu.Unlock()
 	var ps []*proc
 	b.mu.Lock()
+	if b.closed {
+		// Every instance is going; reweighing each end would cost
+		// O(n²) on the way out.
+		b.mu.Unlock()
+		return
+	}
 	for _, p := range b.procs {
 		p.mu.Lock()
 		if p.spec != nil && p.spec.Owner == owner && p.stopping == "" {
