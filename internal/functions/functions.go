@@ -372,67 +372,26 @@ func (s *Service) Reconfigure(ctx context.Context, owner, name, by string, ch Ch
 // newVersion stores a new live version: code is b, or the live version's
 // if b is nil; its configuration is the live version's with ch applied.
 func (s *Service) newVersion(ctx context.Context, owner, name, by string, b *bundle, ch Change) (store.Function, error) {
-	s.deployMu.Lock()
-	defer s.deployMu.Unlock()
-	var cfg store.Config
-	cur, err := s.store.GetFunction(ctx, owner, name)
-	switch {
-	case err == nil:
-		cfg = cur.Live.Config
-		if b == nil {
-			b = &bundle{digest: cur.Live.Digest, size: cur.Live.Size}
-		}
-	case errors.Is(err, errdefs.ErrNotFound) && b != nil:
-		if err := s.checkFunctionQuota(ctx, owner); err != nil {
+	if b != nil && b.code != nil {
+		// The checks run first outside the lock, against what is live
+		// now, so that a refused deploy stores no bundle, and the
+		// bundle's write (up to the bundle limit, synced) holds up no
+		// other change or first request. Under the lock they run again
+		// against what is live then.
+		if _, _, err := s.nextConfig(ctx, owner, name, b, ch); err != nil {
 			return store.Function{}, err
 		}
-		cfg = store.Config{Runtime: s.cfg.DefaultRuntime}
-	default:
-		return store.Function{}, err
-	}
-	if ch.Runtime != "" {
-		cfg.Runtime = ch.Runtime
-	}
-	// Checks min against a max set earlier, and the isolation against
-	// the server.
-	if cfg.Limits, err = ApplySettings(cfg.Limits, ch.Settings, s.cfg.Bounds); err != nil {
-		return store.Function{}, err
-	}
-	cfg.Env = edit(cfg.Env, ch.SetEnv, ch.UnsetEnv)
-	sealed := map[string]string{}
-	for k, v := range ch.SetSecrets {
-		if sealed[k], err = s.sealer.Seal(v, secretContext(owner, name, k)); err != nil {
-			return store.Function{}, fmt.Errorf("seal secret: %w", err)
-		}
-	}
-	cfg.Secrets = edit(cfg.Secrets, sealed, ch.UnsetSecrets)
-	if err := ValidateEnv(cfg.Env); err != nil {
-		return store.Function{}, err
-	}
-	if len(cfg.Env)+len(cfg.Secrets) > MaxEnvVars {
-		return store.Function{}, errdefs.Invalid("%d environment variables and secrets; the limit is %d", len(cfg.Env)+len(cfg.Secrets), MaxEnvVars)
-	}
-	// An instance gets both in its environment, so they share the size
-	// limit too (and each version stores them all again).
-	size := envBytes(cfg.Env)
-	for k, v := range cfg.Secrets {
-		plain, ok := ch.SetSecrets[k]
-		if !ok {
-			if plain, err = s.sealer.Open(v, secretContext(owner, name, k)); err != nil {
-				return store.Function{}, errdefs.New(errdefs.ErrConflict, "secret %s does not open with this server's key (was its key file lost?): set it again or unset it", k)
-			}
-		}
-		size += len(k) + len(plain)
-	}
-	if size > MaxEnvBytes {
-		return store.Function{}, errdefs.New(errdefs.ErrTooLarge, "environment variables and secrets are %d bytes; the limit is %d", size, MaxEnvBytes)
-	}
-	// Stored only once every check has passed: a refused deploy leaves
-	// no bundle behind for the collector.
-	if b.code != nil {
-		if b.digest, err = s.blobs.Put(b.code); err != nil {
+		digest, err := s.blobs.Put(b.code)
+		if err != nil {
 			return store.Function{}, fmt.Errorf("store bundle: %w", err)
 		}
+		b = &bundle{digest: digest, size: b.size}
+	}
+	s.deployMu.Lock()
+	defer s.deployMu.Unlock()
+	cfg, b, err := s.nextConfig(ctx, owner, name, b, ch)
+	if err != nil {
+		return store.Function{}, err
 	}
 	v, err := s.store.Deploy(ctx, newID(), store.Version{
 		Owner:     owner,
@@ -455,6 +414,65 @@ func (s *Service) newVersion(ctx context.Context, owner, name, by string, b *bun
 	}
 	s.log.Info("deployed", "owner", v.Owner, "function", v.Name, "version", v.Number, "digest", v.Digest, "size", v.Size)
 	return fn, nil
+}
+
+// nextConfig is the configuration of the version newVersion would make,
+// checked, and its bundle (the live version's if b is nil).
+func (s *Service) nextConfig(ctx context.Context, owner, name string, b *bundle, ch Change) (store.Config, *bundle, error) {
+	var cfg store.Config
+	cur, err := s.store.GetFunction(ctx, owner, name)
+	switch {
+	case err == nil:
+		cfg = cur.Live.Config
+		if b == nil {
+			b = &bundle{digest: cur.Live.Digest, size: cur.Live.Size}
+		}
+	case errors.Is(err, errdefs.ErrNotFound) && b != nil:
+		if err := s.checkFunctionQuota(ctx, owner); err != nil {
+			return store.Config{}, nil, err
+		}
+		cfg = store.Config{Runtime: s.cfg.DefaultRuntime}
+	default:
+		return store.Config{}, nil, err
+	}
+	if ch.Runtime != "" {
+		cfg.Runtime = ch.Runtime
+	}
+	// Checks min against a max set earlier, and the isolation against
+	// the server.
+	if cfg.Limits, err = ApplySettings(cfg.Limits, ch.Settings, s.cfg.Bounds); err != nil {
+		return store.Config{}, nil, err
+	}
+	cfg.Env = edit(cfg.Env, ch.SetEnv, ch.UnsetEnv)
+	sealed := map[string]string{}
+	for k, v := range ch.SetSecrets {
+		if sealed[k], err = s.sealer.Seal(v, secretContext(owner, name, k)); err != nil {
+			return store.Config{}, nil, fmt.Errorf("seal secret: %w", err)
+		}
+	}
+	cfg.Secrets = edit(cfg.Secrets, sealed, ch.UnsetSecrets)
+	if err := ValidateEnv(cfg.Env); err != nil {
+		return store.Config{}, nil, err
+	}
+	if len(cfg.Env)+len(cfg.Secrets) > MaxEnvVars {
+		return store.Config{}, nil, errdefs.Invalid("%d environment variables and secrets; the limit is %d", len(cfg.Env)+len(cfg.Secrets), MaxEnvVars)
+	}
+	// An instance gets both in its environment, so they share the size
+	// limit too (and each version stores them all again).
+	size := envBytes(cfg.Env)
+	for k, v := range cfg.Secrets {
+		plain, ok := ch.SetSecrets[k]
+		if !ok {
+			if plain, err = s.sealer.Open(v, secretContext(owner, name, k)); err != nil {
+				return store.Config{}, nil, errdefs.New(errdefs.ErrConflict, "secret %s does not open with this server's key (was its key file lost?): set it again or unset it", k)
+			}
+		}
+		size += len(k) + len(plain)
+	}
+	if size > MaxEnvBytes {
+		return store.Config{}, nil, errdefs.New(errdefs.ErrTooLarge, "environment variables and secrets are %d bytes; the limit is %d", size, MaxEnvBytes)
+	}
+	return cfg, b, nil
 }
 
 // checkFunctionQuota refuses a new function to an owner at the limit.
