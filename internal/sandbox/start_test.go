@@ -43,33 +43,7 @@ func TestStartAppliesLimitsToEveryProcess(t *testing.T) {
 	const uid, noFiles = 340234, 777
 	sb, spec := holdSpec(t, uid, noFiles)
 	name := spec.Name
-	c, err := sb.Command(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Cleanup()
-	stdin, err := c.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := c.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Stderr = os.Stderr
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		stdin.Close()
-		_ = c.Wait()
-	}()
-	c.CloseFiles()
-	out := bufio.NewReader(stdout)
-	line, err := out.ReadString('\n')
-	if err != nil || line != "running\n" {
-		t.Fatalf("child said %q, %v", line, err)
-	}
+	c, out := startRunning(t, sb, spec)
 	// On cgroup v2 the sandbox starts in its cgroup, so its cgroup
 	// namespace is rooted there; on v1 it is moved in after bubblewrap
 	// made the namespace (docs/security.md).
@@ -181,6 +155,40 @@ func TestStartKillsASandboxItCannotAdmit(t *testing.T) {
 
 // holdSpec makes a Sandbox and the spec of a sandbox that runs
 // TestStartChild as uid.
+// startRunning starts spec's sandbox and waits until its program says
+// it runs; the sandbox ends with the test. It returns the rest of the
+// program's output.
+func startRunning(t *testing.T, sb *sandbox.Sandbox, spec sandbox.Spec) (*sandbox.Cmd, *bufio.Reader) {
+	t.Helper()
+	c, err := sb.Command(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Cleanup)
+	stdin, err := c.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := c.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Stderr = os.Stderr
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		stdin.Close()
+		_ = c.Wait()
+	})
+	c.CloseFiles()
+	out := bufio.NewReader(stdout)
+	if line, err := out.ReadString('\n'); err != nil || line != "running\n" {
+		t.Fatalf("child said %q, %v", line, err)
+	}
+	return c, out
+}
+
 func holdSpec(t *testing.T, uid int, noFiles uint64) (*sandbox.Sandbox, sandbox.Spec) {
 	t.Helper()
 	bwrapOrSkip(t)
@@ -297,31 +305,7 @@ func TestSlirpCountsAsTheSandbox(t *testing.T) {
 	const uid, noFiles = 340235, 555
 	sb, spec := holdSpec(t, uid, noFiles)
 	spec.Network = sandbox.NetworkEgress
-	c, err := sb.Command(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Cleanup()
-	stdin, err := c.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := c.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Stderr = os.Stderr
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		stdin.Close()
-		_ = c.Wait()
-	}()
-	c.CloseFiles()
-	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "running\n" {
-		t.Fatalf("child said %q, %v", line, err)
-	}
+	c, _ := startRunning(t, sb, spec)
 	if err := c.StartNetwork(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -368,31 +352,7 @@ func TestRefreshNetworksFollowsTheHost(t *testing.T) {
 		defer mu.Unlock()
 		return slices.Clone(host)
 	})
-	c, err := sb.Command(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Cleanup()
-	stdin, err := c.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := c.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Stderr = os.Stderr
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		stdin.Close()
-		_ = c.Wait()
-	}()
-	c.CloseFiles()
-	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "running\n" {
-		t.Fatalf("child said %q, %v", line, err)
-	}
+	c, _ := startRunning(t, sb, spec)
 	if err := c.StartNetwork(t.Context()); err != nil {
 		t.Fatal(err)
 	}
