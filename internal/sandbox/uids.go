@@ -14,7 +14,7 @@ import (
 // the server, by kill -9) between making the sandbox's first process and
 // writing its uid map leaves that process waiting for the map for ever,
 // before it was ever in a cgroup (seen in TestRestartKeepsServing). Only
-// sandboxes run as those uids; zombies are dead already and skipped.
+// sandboxes run as those uids.
 func KillUIDs(lo, hi int) int {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
@@ -26,29 +26,50 @@ func KillUIDs(lo, hi int) int {
 		if err != nil || pid == os.Getpid() {
 			continue
 		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/status")
-		if err != nil {
-			continue
-		}
-		uid, zombie := -1, false
-		for _, line := range bytes.Split(b, []byte{'\n'}) {
-			if v, ok := bytes.CutPrefix(line, []byte("State:")); ok {
-				v = bytes.TrimSpace(v)
-				zombie = len(v) > 0 && (v[0] == 'Z' || v[0] == 'X')
-			}
-			if v, ok := bytes.CutPrefix(line, []byte("Uid:")); ok {
-				if f := bytes.Fields(v); len(f) > 0 {
-					uid, _ = strconv.Atoi(string(f[0]))
-				}
-				break
-			}
-		}
-		if zombie || uid < lo || uid >= hi {
-			continue
-		}
-		if unix.Kill(pid, unix.SIGKILL) == nil {
+		if killUID(pid, lo, hi) {
 			killed++
 		}
 	}
 	return killed
+}
+
+// killUID kills pid if it runs as a uid in [lo, hi). The pidfd is opened
+// before the uid is read so that a pid reused in between is never
+// signalled: the signal goes to the process the fd names, and fails if
+// that one has gone.
+func killUID(pid, lo, hi int) bool {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return false
+	}
+	uid, zombie, threads := -1, false, 0
+	for _, line := range bytes.Split(b, []byte{'\n'}) {
+		k, v, ok := bytes.Cut(line, []byte{':'})
+		if !ok {
+			continue
+		}
+		f := bytes.Fields(v)
+		if len(f) == 0 {
+			continue
+		}
+		switch string(k) {
+		case "State":
+			zombie = f[0][0] == 'Z' || f[0][0] == 'X'
+		case "Uid":
+			uid, _ = strconv.Atoi(string(f[0]))
+		case "Threads":
+			threads, _ = strconv.Atoi(string(f[0]))
+		}
+	}
+	// A zombie is dead already unless it is a group leader that exited on
+	// its own while other threads of its process still run.
+	if uid < lo || uid >= hi || zombie && threads <= 1 {
+		return false
+	}
+	return unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0) == nil
 }
