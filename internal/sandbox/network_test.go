@@ -1,11 +1,21 @@
 package sandbox
 
 import (
+	"context"
+	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestWithout(t *testing.T) {
@@ -114,5 +124,70 @@ func TestHostNets(t *testing.T) {
 	}
 	if !slices.IsSorted(got) {
 		t.Errorf("hostNets() = %v, not sorted", got)
+	}
+}
+
+// WatchHost hears the kernel report an address added or removed and
+// looks again. It runs here in a network namespace of the test's own, so
+// the addresses it sees change without touching the machine's.
+func TestWatchHostHearsAddressChanges(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to make a network namespace")
+	}
+	var once sync.Once
+	subscribed := make(chan struct{})
+	s := &Sandbox{hostNets: func() []string {
+		// The first look is the baseline, taken once subscribed.
+		once.Do(func() { close(subscribed) })
+		return hostNets()
+	}}
+	ctx, cancel := context.WithCancel(t.Context())
+	changed := make(chan struct{}, 4)
+	tid, done := make(chan int, 1), make(chan error, 1)
+	go func() {
+		// Never unlocked: the thread ends with the goroutine, and its
+		// namespace with it.
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			done <- err
+			return
+		}
+		tid <- unix.Gettid()
+		done <- s.WatchHost(ctx, slog.New(slog.DiscardHandler), func() { changed <- struct{}{} })
+	}()
+	var ns string
+	select {
+	case id := <-tid:
+		ns = fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), id)
+	case err := <-done:
+		t.Fatal(err)
+	}
+	<-subscribed
+	ip := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("nsenter", append([]string{"--net=" + ns, "--", "ip"}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v\n%s", args, err, out)
+		}
+	}
+	heard := func(what string) {
+		t.Helper()
+		select {
+		case <-changed:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("WatchHost did not report the address %s", what)
+		}
+	}
+	ip("addr", "add", "198.51.100.9/32", "dev", "lo")
+	heard("added")
+	ip("addr", "del", "198.51.100.9/32", "dev", "lo")
+	heard("removed")
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("WatchHost did not return when its context ended")
 	}
 }
