@@ -246,6 +246,59 @@ func TestOverloadAndTimeouts(t *testing.T) {
 	}
 }
 
+// TestTimeoutSparesAHealthyInstance: a request past its timeout gets 504
+// without ending the other requests its instance serves, when the
+// instance still answers (the function waits on something, its event
+// loop runs); one whose handler holds the event loop gets 504 and its
+// instance is replaced. Both runtimes.
+func TestTimeoutSparesAHealthyInstance(t *testing.T) {
+	s := startServer(t)
+	code := []byte(`export default { async fetch(req) {
+		const q = new URL(req.url).searchParams;
+		if (q.has("spin")) for (;;) {}
+		await new Promise((r) => setTimeout(r, Number(q.get("ms") ?? "0")));
+		return new Response("done");
+	} }`)
+	for _, rt := range []string{"deno", "node"} {
+		t.Run(rt, func(t *testing.T) {
+			name := "patient-" + rt
+			s.deployCode(t, name, code, "timeout=1s&concurrency=4&max=1&runtime="+rt)
+			path := "/fn/admin/" + name + "/"
+			if r := s.get(path); r.status != 200 {
+				t.Fatalf("warm-up: %d %s", r.status, r.body)
+			}
+			slow, fine := make(chan response, 1), make(chan response, 1)
+			go func() { slow <- s.get(path + "?ms=5000") }()
+			time.Sleep(500 * time.Millisecond)
+			// In flight when the slow one times out, done 0.3 s after.
+			go func() { fine <- s.get(path + "?ms=800") }()
+			if r := <-slow; r.status != 504 {
+				t.Fatalf("slow request: %d %s, want 504", r.status, r.body)
+			}
+			if r := <-fine; r.status != 200 {
+				t.Fatalf("a request in flight beside the one that timed out: %d %s, want 200", r.status, r.body)
+			}
+			r := s.get(path)
+			if r.status != 200 || r.header.Get("Spry-Cold-Start") != "" {
+				t.Fatalf("next request: %d, cold start %q: want the same instance, warm", r.status, r.header.Get("Spry-Cold-Start"))
+			}
+			// A handler that holds the event loop: its instance does not
+			// answer the probe, and is replaced (requests meanwhile wait
+			// for it, at max 1, and may time out).
+			if r := s.get(path + "?spin=1"); r.status != 504 {
+				t.Fatalf("spinning request: %d %s, want 504", r.status, r.body)
+			}
+			eventually(t, 15*time.Second, "a new instance", func() bool {
+				r = s.get(path)
+				return r.status == 200
+			})
+			if r.header.Get("Spry-Cold-Start") == "" {
+				t.Fatal("the stuck instance served again: want a new one")
+			}
+		})
+	}
+}
+
 // TestMinInstancesKeptWarm: min instances start without a request and
 // stay through idle time and a restart; the first request is warm; min 0
 // lets the function scale to zero again.

@@ -124,7 +124,10 @@ type instance struct {
 	started  time.Time
 	lastUsed time.Time
 	stopping bool
-	idle     bool // its CPU should be throttled (guarded by rev.mu)
+	// suspect: a request ran out of time on it, and a probe is under way
+	// (TimedOut); it takes no new request meanwhile.
+	suspect bool
+	idle    bool // its CPU should be throttled (guarded by rev.mu)
 	// idleMu orders the backend calls that apply idle; applied is what
 	// the last one set.
 	idleMu  sync.Mutex
@@ -245,12 +248,11 @@ func (l *Lease) Release() {
 	}
 }
 
-// Kill ends the leased instance at once and takes it out of rotation: a
-// function that overran its timeout may be stuck in a loop that would
-// hold the instance forever. It reports whether it did: a timeout while
-// the instance still loads its function (a slow top level) is not taken
-// for stuck, since the load has a deadline of its own, and the instance
-// serves once it is loaded.
+// Kill ends the leased instance at once and takes it out of rotation (a
+// request that never reached it: it may be dying). It reports whether it
+// did: a timeout while the instance still loads its function (a slow top
+// level) is not taken for stuck, since the load has a deadline of its
+// own, and the instance serves once it is loaded.
 func (l *Lease) Kill(reason string) bool {
 	if reason == backend.ExitTimeout && l.in.inst.Loading() {
 		return false
@@ -260,6 +262,62 @@ func (l *Lease) Kill(reason string) bool {
 	l.rev.mu.Unlock()
 	l.a.backend.Kill(l.in.inst.ID, reason)
 	return true
+}
+
+// StuckAfter is how long an instance's runtime has to answer a probe after
+// one of its requests ran out of time before it is taken for stuck.
+const StuckAfter = time.Second
+
+// TimedOut handles a request that ran out of time on the leased instance.
+// The instance may be stuck (a handler in a loop holds its event loop for
+// good), or only slow for that one request (a handler waiting on a slow
+// upstream) while it serves its other requests well; killing it at once
+// would end every request it has in flight. So it takes no new request
+// while the backend asks its runtime whether it still answers
+// (Instance.Responsive), and is killed only if it does not within
+// StuckAfter. A timeout while the instance still loads its function says
+// neither (the load has a deadline of its own). It reports whether the
+// instance is being checked or killed.
+func (l *Lease) TimedOut() bool {
+	rev, in := l.rev, l.in
+	if in.inst.Loading() {
+		return false
+	}
+	rev.mu.Lock()
+	if in.stopping || in.suspect {
+		rev.mu.Unlock()
+		return true
+	}
+	in.suspect = true
+	rev.mu.Unlock()
+	if !l.a.track() {
+		return true // shutting down: every instance is being stopped
+	}
+	go l.a.check(rev, in)
+	return true
+}
+
+// check probes a suspect instance: back into rotation if it answers,
+// killed if not.
+func (a *Activator) check(rev *revision, in *instance) {
+	defer a.wg.Done()
+	defer a.ops.Done()
+	ctx, cancel := context.WithTimeout(context.Background(), StuckAfter)
+	err := in.inst.Responsive(ctx)
+	cancel()
+	rev.mu.Lock()
+	in.suspect = false
+	if err == nil {
+		if !in.stopping {
+			rev.wakeN(max(rev.spec.Concurrency, 1) - in.inflight)
+		}
+		rev.mu.Unlock()
+		return
+	}
+	in.stopping = true
+	rev.mu.Unlock()
+	a.log.Warn("an instance did not answer after a request ran out of time; killing it", "owner", rev.spec.Owner, "function", rev.spec.Name, "instance", in.inst.ID, "err", err)
+	a.backend.Kill(in.inst.ID, backend.ExitTimeout)
 }
 
 // Acquire returns a lease on an instance of spec's version with free
@@ -398,7 +456,7 @@ func (r *revision) pick() *instance {
 	var best *instance
 	limit := max(r.spec.Concurrency, 1)
 	for _, in := range r.instances {
-		if in.stopping || in.inflight >= limit {
+		if in.stopping || in.suspect || in.inflight >= limit {
 			continue
 		}
 		select {
@@ -426,7 +484,7 @@ func (r *revision) spare() bool {
 	limit := max(r.spec.Concurrency, 1)
 	free := 0
 	for _, in := range r.instances {
-		if in.stopping || in.inflight >= limit {
+		if in.stopping || in.suspect || in.inflight >= limit {
 			continue
 		}
 		select {
@@ -799,7 +857,7 @@ func (a *Activator) scale(rev *revision, now time.Time) {
 	var throttle []*instance
 	if a.cfg.IdleAfter > 0 {
 		for _, in := range rev.instances {
-			if !in.idle && !in.stopping && in.inflight == 0 && now.Sub(in.lastUsed) >= a.cfg.IdleAfter && !in.inst.Loading() {
+			if !in.idle && !in.stopping && !in.suspect && in.inflight == 0 && now.Sub(in.lastUsed) >= a.cfg.IdleAfter && !in.inst.Loading() {
 				in.idle = true
 				throttle = append(throttle, in)
 			}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -894,4 +895,106 @@ func TestIdleInstancesAreThrottled(t *testing.T) {
 			t.Fatalf("not throttled again: %v", got)
 		}
 	}
+}
+
+// A request that ran out of time does not by itself end its instance,
+// whose other requests may be doing well: the instance takes no new
+// request while the backend probes it, and is killed only if its runtime
+// does not answer (or cannot be asked). A timeout while it loads is no
+// sign of being stuck.
+func TestTimedOutKillsOnlyAStuckInstance(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		loading  bool
+		hasProbe bool
+		probe    error
+		checked  bool
+		killed   bool
+	}{
+		{"answers", false, true, nil, true, false},
+		{"does not answer", false, true, errors.New("no answer"), true, true},
+		{"cannot be asked", false, false, nil, true, true},
+		{"still loading", true, true, nil, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fb := &fakeBackend{}
+			a := New(fb, Config{ScaleToZeroAfter: time.Minute})
+					l, err := a.Acquire(context.Background(), spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			inst := l.Instance()
+			inst.SetLoading(tc.loading)
+			probing, answer := make(chan struct{}, 1), make(chan struct{})
+			if tc.hasProbe {
+				inst.SetProbe(func(context.Context) error {
+					probing <- struct{}{}
+					<-answer
+					return tc.probe
+				})
+			}
+			if got := l.TimedOut(); got != tc.checked {
+				t.Fatalf("TimedOut = %v, want %v", got, tc.checked)
+			}
+			l.Release()
+			if tc.checked && tc.hasProbe {
+				<-probing
+				if l2 := a.TryAcquire(spec); l2 != nil {
+					t.Fatalf("a suspect instance took a request (%s)", l2.Instance().ID)
+				}
+			}
+			close(answer)
+			a.settle()
+			if alive := len(fb.liveInstances()) == 1; alive == tc.killed {
+				t.Fatalf("instance alive = %v, want killed = %v", alive, tc.killed)
+			}
+			if tc.killed {
+				if ex := inst.Exit(); ex.Reason != backend.ExitTimeout {
+					t.Fatalf("exit reason %q, want %q", ex.Reason, backend.ExitTimeout)
+				}
+				return
+			}
+			// Back in rotation: the next request gets it, warm.
+			l2 := a.TryAcquire(spec)
+			if l2 == nil || l2.Instance() != inst {
+				t.Fatalf("next lease %v, want the instance %s back", l2, inst.ID)
+			}
+			l2.Release()
+		})
+	}
+}
+
+// A request queued while the only instance is under suspicion is served
+// by it once it answers the probe (max 1: no other instance may start).
+func TestQueuedRequestTakesAnInstanceCleared(t *testing.T) {
+	fb := &fakeBackend{}
+	one := *spec
+	one.MaxScale, one.Concurrency = 1, 1
+	a := New(fb, Config{ScaleToZeroAfter: time.Minute})
+	l, err := a.Acquire(context.Background(), &one)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst := l.Instance()
+	answer := make(chan struct{})
+	inst.SetProbe(func(context.Context) error { <-answer; return nil })
+	l.TimedOut()
+	l.Release()
+	got := make(chan *Lease, 1)
+	go func() {
+		l2, err := a.Acquire(context.Background(), &one)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- l2
+	}()
+	for a.QueueDepth() != 1 {
+		runtime.Gosched()
+	}
+	close(answer)
+	l2 := <-got
+	if l2 == nil || l2.Instance() != inst {
+		t.Fatalf("queued request got %v, want the instance %s", l2, inst.ID)
+	}
+	l2.Release()
 }

@@ -5,6 +5,9 @@
 package backend
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -63,6 +66,7 @@ type Instance struct {
 	exitOnce sync.Once
 	exit     Exit
 	diagnose func() (Exit, bool)
+	probe    func(context.Context) error
 	loading  atomic.Bool
 }
 
@@ -95,6 +99,28 @@ func (i *Instance) Diagnose() (Exit, bool) {
 		return i.diagnose()
 	}
 	return Exit{}, false
+}
+
+// SetProbe installs the backend's check that the instance's runtime still
+// answers (its event loop is not held by a handler that never returns).
+// Call it before the instance is handed out.
+func (i *Instance) SetProbe(f func(context.Context) error) { i.probe = f }
+
+// ErrNoProbe: the backend cannot tell whether the instance answers.
+var ErrNoProbe = errors.New("the backend has no probe for its instances")
+
+// Responsive reports whether the instance's runtime answers a probe
+// before ctx ends: nil if it does.
+func (i *Instance) Responsive(ctx context.Context) error {
+	select {
+	case <-i.done:
+		return fmt.Errorf("instance %s has ended", i.ID)
+	default:
+	}
+	if i.probe == nil {
+		return ErrNoProbe
+	}
+	return i.probe(ctx)
 }
 
 // SetLoading records whether the instance is still loading its function.

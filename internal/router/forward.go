@@ -438,7 +438,7 @@ func (b *respBody) end(reuse bool) {
 		// that read so slowly that the time went on writing to it, also
 		// ends the copy, but says nothing about the function; the event
 		// loops draw the same line.)
-		inv.lease.Kill(backend.ExitTimeout)
+		inv.lease.TimedOut()
 	}
 }
 

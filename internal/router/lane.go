@@ -1375,7 +1375,7 @@ func (lp *loop) cutOff(c *laneClient) {
 	stuck := !u.paused && !time.Now().Before(inv.deadline)
 	lp.closeUp(u)
 	if stuck {
-		inv.lease.Kill(backend.ExitTimeout)
+		inv.lease.TimedOut()
 	}
 	inv.finish(u.status)
 	c.closeAfter = true

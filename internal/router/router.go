@@ -378,8 +378,8 @@ func (rt *Router) fail(ctx *fasthttp.RequestCtx, inv *invocation, err error) {
 	}
 	if !time.Now().Before(inv.deadline) || isTimeout(err) {
 		timeout := inst.Spec.Timeout
-		if inv.lease.Kill(backend.ExitTimeout) {
-			rt.log.Warn("invocation timed out; killing the instance", "instance", inst.ID, "request_id", inv.reqID, "timeout", timeout)
+		if inv.lease.TimedOut() {
+			rt.log.Warn("invocation timed out; checking that the instance still answers", "instance", inst.ID, "request_id", inv.reqID, "timeout", timeout)
 		} else {
 			rt.log.Warn("invocation timed out while the instance loaded the function", "instance", inst.ID, "request_id", inv.reqID, "timeout", timeout)
 		}

@@ -210,7 +210,9 @@ function readSpecialization() {
   });
 }
 
-// One specialization per life: the control socket refuses any other.
+// One specialization per life: the control socket refuses any other. Its
+// 409 is also the answer to the supervisor's probe of a suspect instance
+// (one a request ran out of time on): proof that the event loop runs.
 const { spec, answer } = await readSpecialization();
 meta = {
   name: spec.name,

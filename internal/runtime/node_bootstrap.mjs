@@ -547,6 +547,8 @@ function pickHandler(mod) {
 
 // readSpecialization serves the control socket until the supervisor sends
 // the function; answer(status, body) goes back to it once the import ends.
+// The socket stays open: later requests get a 409, which the supervisor's
+// probe of a suspect instance takes as proof that its event loop runs.
 function readSpecialization() {
   return new Promise((resolve) => {
     let taken = false;
@@ -563,7 +565,7 @@ function readSpecialization() {
       req.on("data", (s) => (body += s));
       req.on("end", () => {
         const answer = (status, obj) => {
-          res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(obj), () => control.close());
+          res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(obj));
         };
         try {
           resolve({ spec: JSON.parse(body), answer });

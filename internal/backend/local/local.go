@@ -1079,13 +1079,15 @@ func (b *Backend) specialize(ctx context.Context, p *proc, spec *backend.Spec, c
 		}
 		return backend.Exit{}, false
 	})
+	control := filepath.Join(p.dir, "sock", runtime.ControlSocketName)
+	inst.SetProbe(func(ctx context.Context) error { return probe(ctx, control) })
 	inst.SetLoading(true)
 	p.mu.Lock()
 	p.spec, p.inst = spec, inst
-	control := p.control
+	conn := p.control
 	p.control = nil
 	p.mu.Unlock()
-	if control == nil {
+	if conn == nil {
 		return nil, fmt.Errorf("specialize instance: no control connection: %w", errdefs.ErrUnavailable)
 	}
 	// The import may take as long as a start may (a top-level await);
@@ -1094,16 +1096,16 @@ func (b *Backend) specialize(ctx context.Context, p *proc, spec *backend.Spec, c
 	if d, ok := ctx.Deadline(); ok {
 		loadBy = d
 	}
-	_ = control.SetDeadline(loadBy)
+	_ = conn.SetDeadline(loadBy)
 	// On the connection kept from the pool: a pipe would cost milliseconds
 	// (runtimes read stdin on a blocking thread).
 	req := fmt.Sprintf("POST / HTTP/1.1\r\nHost: instance\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n", len(msg))
-	if _, err := control.Write(append([]byte(req), msg...)); err != nil {
-		control.Close()
+	if _, err := conn.Write(append([]byte(req), msg...)); err != nil {
+		conn.Close()
 		return nil, fmt.Errorf("specialize instance: %w: %w", err, errdefs.ErrUnavailable)
 	}
 	b.wg.Add(1)
-	go b.load(p, inst, control)
+	go b.load(p, inst, conn)
 	return inst, nil
 }
 
@@ -1167,6 +1169,30 @@ func readLoadAnswer(c net.Conn) (failure string, answered bool) {
 	}
 	_ = json.Unmarshal(body, &e)
 	return "the function failed to load: " + oneLine(e.Error), true
+}
+
+// probe asks a specialized runtime, on its control socket, for an answer
+// (it refuses a second specialization): any answer shows that its event
+// loop runs, which a handler stuck in a loop prevents.
+func probe(ctx context.Context, control string) error {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", control)
+	if err != nil {
+		return fmt.Errorf("probe the runtime: %w", err)
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
+	}
+	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: instance\r\nConnection: close\r\n\r\n"); err != nil {
+		return fmt.Errorf("probe the runtime: %w", err)
+	}
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return fmt.Errorf("probe the runtime: no answer: %w", err)
+	}
+	res.Body.Close()
+	return nil
 }
 
 func oneLine(s string) string {
