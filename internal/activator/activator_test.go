@@ -919,7 +919,7 @@ func TestTimedOutKillsOnlyAStuckInstance(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			fb := &fakeBackend{}
 			a := New(fb, Config{ScaleToZeroAfter: time.Minute})
-					l, err := a.Acquire(context.Background(), spec)
+			l, err := a.Acquire(context.Background(), spec)
 			if err != nil {
 				t.Fatal(err)
 			}
