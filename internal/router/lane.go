@@ -835,7 +835,14 @@ func (lp *loop) next(c *laneClient) {
 	lp.br.Reset(lp.rd)
 	c.h.Reset()
 	why := handoffMalformed
-	if err := c.h.Read(lp.br); err == nil {
+	switch err := c.h.Read(lp.br); {
+	case err != nil:
+	case lp.rd.Len()+lp.br.Buffered() > 0:
+		// The parser ends a head at a blank line of a bare LF too, before
+		// the "\r\n\r\n" found: what follows is the body or the next
+		// request, as the slow path frames it, so it serves that head.
+		why = handoffHead
+	default:
 		why = lp.start(c, end)
 	}
 	if why != served {
