@@ -1148,6 +1148,9 @@ func (lp *loop) readHead(u *laneUp) bool {
 			lp.fail(c, errBadAnswer)
 			return false
 		}
+		// The head ends where the parser stopped: at a blank line of a bare
+		// LF, that is before the "\r\n\r\n" found, as on the slow path.
+		end -= lp.rd.Len() + lp.br.Buffered()
 		copy(u.buf, u.buf[end:u.n])
 		u.n -= end
 		s := h.StatusCode()

@@ -1049,3 +1049,21 @@ func TestLaneHeadEndedByBareLF(t *testing.T) {
 		})
 	}
 }
+
+// An answer's head ends at its first blank line, bare LF or not, for the
+// lane as for the slow path: the body is what follows it.
+func TestAnswerHeadEndedByBareLF(t *testing.T) {
+	for _, answer := range []string{
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\n\nhiXX\r\n\r\nYY",
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\nhiXX\r\n\r\nYY",
+		"HTTP/1.1 103 Early Hints\nLink: </a>\n\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiXX\r\n\r\nYY",
+	} {
+		sock := serveRawRequests(t, func(i int, c net.Conn) { io.WriteString(c, answer) })
+		srv := routerTo(t, sock, time.Millisecond)
+		c := dialRaw(t, srv.URL)
+		res := c.get("/")
+		if b := body(res); res.StatusCode != 200 || b != "hi" {
+			t.Errorf("answer %q: the client got %d %q, want 200 \"hi\"", answer, res.StatusCode, b)
+		}
+	}
+}
