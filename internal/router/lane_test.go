@@ -1067,3 +1067,32 @@ func TestAnswerHeadEndedByBareLF(t *testing.T) {
 		}
 	}
 }
+
+// A field name with whitespace before its colon is refused (400), on
+// either path, and never reaches the function: the parser keeps
+// "Spry-Request-Id : x" as a field of another name, which the router
+// passed on beside its own, and a proxy in front may frame a request by
+// "Transfer-Encoding : chunked".
+func TestSpaceBeforeColonIsRefused(t *testing.T) {
+	var got atomic.Int32
+	sock := serveRawRequests(t, func(i int, c net.Conn) {
+		got.Add(1)
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+	})
+	srv := routerTo(t, sock, time.Millisecond)
+	for _, field := range []string{
+		"Spry-Request-Id : forged",
+		"X-Forwarded-For : 6.6.6.6",
+		"Transfer-Encoding : chunked",
+		"Content-Length : 5",
+	} {
+		c := dialRaw(t, srv.URL)
+		c.send("GET /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n" + field + "\r\n\r\n")
+		if res := c.response(); res.StatusCode != 400 {
+			t.Errorf("%q: status %d, want 400", field, res.StatusCode)
+		}
+	}
+	if n := got.Load(); n != 0 {
+		t.Fatalf("the function got %d of the requests", n)
+	}
+}
