@@ -1137,7 +1137,7 @@ func (lp *loop) readHead(u *laneUp) bool {
 			return false
 		}
 		end += 4
-		if conflictingLengths(u.buf[:end]) {
+		if ambiguousHead(u.buf[:end]) {
 			lp.fail(c, errBadAnswer)
 			return false
 		}
