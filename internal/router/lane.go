@@ -1440,6 +1440,8 @@ func (lp *loop) fail(c *laneClient, err error) {
 		var ctx fasthttp.RequestCtx
 		rt.fail(&ctx, inv, err)
 		inv.finish(ctx.Response.StatusCode())
+		// (The server leaves it out for the slow path: ctx has no request.)
+		ctx.Response.SkipBody = inv.method == fasthttp.MethodHead
 		var b bytes.Buffer
 		bw := bufio.NewWriter(&b)
 		_ = ctx.Response.Write(bw)

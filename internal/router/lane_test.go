@@ -1096,3 +1096,32 @@ func TestSpaceBeforeColonIsRefused(t *testing.T) {
 		t.Fatalf("the function got %d of the requests", n)
 	}
 }
+
+// The router's own error answer to a HEAD request has no body, on either
+// path: the lane wrote one, which the client (or a proxy in front) read
+// as the start of the next answer on the connection.
+func TestErrorAnswerToHEADHasNoBody(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		answer func(c net.Conn)
+	}{
+		{"malformed answer", func(c net.Conn) { io.WriteString(c, "garbage\r\n\r\n") }},
+		{"closed without an answer", func(c net.Conn) { c.Close() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := routerTo(t, serveRawRequests(t, func(i int, c net.Conn) { tc.answer(c) }), time.Millisecond)
+			c := dialRaw(t, srv.URL)
+			for _, method := range []string{"HEAD", "GET"} {
+				c.send(method + " /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n\r\n")
+				req, _ := http.NewRequest(method, "/", nil)
+				res, err := http.ReadResponse(c.br, req)
+				if err != nil {
+					t.Fatalf("%s: %v", method, err)
+				}
+				if b := body(res); res.StatusCode != 502 || method == "HEAD" && b != "" {
+					t.Fatalf("%s: %d %q, want a 502 (with no body to HEAD)", method, res.StatusCode, b)
+				}
+			}
+		})
+	}
+}
