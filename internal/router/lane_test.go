@@ -1125,3 +1125,35 @@ func TestErrorAnswerToHEADHasNoBody(t *testing.T) {
 		})
 	}
 }
+
+// Work handed to a loop that has ended (a failed request's answer, or a
+// connection the server gives back, late in a shutdown) must not write
+// to its wake-up pipe: the number is closed, and may be another file's
+// by then.
+func TestLanePostAfterTheLoopEnded(t *testing.T) {
+	srv := laneRouter(t, echo())
+	lp := srv.lane.loops[0]
+	wakeW := lp.wakeW
+	srv.Close()
+	<-lp.dead
+	// Open files until one gets the pipe's old number.
+	dir := t.TempDir()
+	var f *os.File
+	for i := 0; i < 256 && f == nil; i++ {
+		g, err := os.Create(fmt.Sprintf("%s/%d", dir, i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer g.Close()
+		if int(g.Fd()) == wakeW {
+			f = g
+		}
+	}
+	if f == nil {
+		t.Skip("the pipe's number was not reused")
+	}
+	lp.post(func() {})
+	if st, err := f.Stat(); err != nil || st.Size() != 0 {
+		t.Fatalf("a file that reused the wake-up pipe's number was written to (%v)", err)
+	}
+}
