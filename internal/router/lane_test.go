@@ -1157,3 +1157,20 @@ func TestLanePostAfterTheLoopEnded(t *testing.T) {
 		t.Fatalf("a file that reused the wake-up pipe's number was written to (%v)", err)
 	}
 }
+
+// A chunk size may have leading zeros: one of 16 digits, which Go's
+// reader takes on the slow path, is relayed by the lane too (it cut the
+// answer off at the 16th digit).
+func TestAnswerChunkSizeWithLeadingZeros(t *testing.T) {
+	sock := serveRawRequests(t, func(i int, c net.Conn) {
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0000000000000002\r\nhi\r\n0\r\n\r\n")
+	})
+	srv := routerTo(t, sock, time.Millisecond)
+	c := dialRaw(t, srv.URL)
+	for i := range 2 {
+		res := c.get("/")
+		if b, err := io.ReadAll(res.Body); err != nil || string(b) != "hi" {
+			t.Fatalf("answer %d: %q, %v; want \"hi\"", i, b, err)
+		}
+	}
+}
