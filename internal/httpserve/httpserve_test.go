@@ -264,6 +264,8 @@ func TestRefusesAmbiguousFraming(t *testing.T) {
 		"Host: x/../../admin",
 		"Host: a b",
 		"Host: x:99999",
+		"Host: a\r\nTransfer-Encoding : chunked",
+		"Host: a\r\nTransfer-Encoding: chunked\r\nContent-Length : 44",
 	} {
 		c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
 		if err != nil {

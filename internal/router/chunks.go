@@ -66,8 +66,10 @@ func (r *chunkRelay) relay(dst, in []byte) ([]byte, int, error) {
 				}
 				r.inExt = true
 			default:
+				// Up to 16 digits, as Go's reader on the slow path takes
+				// (leading zeros included), while the size fits an int64.
 				v := unhex(b)
-				if v < 0 || r.digits >= 15 {
+				if v < 0 || r.digits >= 16 || r.size >= 1<<59 {
 					return dst, i, errBadChunk
 				}
 				r.size = r.size<<4 | int64(v)

@@ -22,7 +22,9 @@ func TestChunkRelay(t *testing.T) {
 		{"not hex", "g\r\n", "", 0, true},
 		{"no CRLF after data", "1\r\naX", "", 0, true},
 		{"bare LF", "1\n", "", 0, true},
-		{"size overflow", "1000000000000000\r\n", "", 0, true},
+		{"leading zeros", "0000000000000005\r\nhello\r\n0\r\n\r\n", "5\r\nhello\r\n0\r\n\r\n", 0, false},
+		{"size overflow", "8000000000000000\r\n", "", 0, true},
+		{"over 16 digits", "00000000000000005\r\n", "", 0, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -486,7 +486,7 @@ var errBadAnswer = errors.New("malformed response from the instance")
 // passed on to the client malformed.
 func readHead(br *bufio.Reader, h *fasthttp.ResponseHeader) error {
 	for {
-		if conflictingLengths(peekHead(br)) {
+		if ambiguousHead(peekHead(br)) {
 			return errBadAnswer
 		}
 		if err := h.Read(br); err != nil {
@@ -549,12 +549,23 @@ func statusLine(line []byte) bool {
 	return len(rest) == 3 || rest[3] == ' ' || rest[3] == '\r'
 }
 
-// conflictingLengths says whether a response head carries Content-Length
-// more than once with different values: the header parser keeps the last,
-// while a proxy in front may take the first, and the two would frame the
-// body differently. RFC 9110 asks for such an answer to be refused;
-// repeats of one value are one length.
-func conflictingLengths(head []byte) bool {
+// ambiguousHead says whether a response head may be framed one way here
+// and another by a proxy in front. Content-Length more than once with
+// different values: the header parser keeps the last, while a proxy may
+// take the first; RFC 9110 asks for such an answer to be refused, and
+// repeats of one value are one length. A field name with whitespace
+// before its colon: the parser keeps "Transfer-Encoding : chunked" as a
+// field of another name and passes it on, where a lenient proxy may
+// frame the body by it (RFC 9112 5.1).
+func ambiguousHead(head []byte) bool {
+	// The status line (after the empty lines the parser skips) may hold
+	// anything in its reason phrase.
+	head = bytes.TrimLeft(head, "\r\n")
+	if i := bytes.IndexByte(head, '\n'); i >= 0 {
+		head = head[i+1:]
+	} else {
+		head = nil
+	}
 	var first []byte
 	for len(head) > 0 {
 		line := head
@@ -562,6 +573,9 @@ func conflictingLengths(head []byte) bool {
 			line, head = head[:i], head[i+1:]
 		} else {
 			head = nil
+		}
+		if i := bytes.IndexByte(line, ':'); i > 0 && line[0] != ' ' && line[0] != '\t' && bytes.IndexByte(line[:i], ' ') >= 0 {
+			return true
 		}
 		const name = "Content-Length"
 		if len(line) <= len(name) || line[len(name)] != ':' || line[0]|0x20 != 'c' || !bytes.EqualFold(line[:len(name)], []byte(name)) {

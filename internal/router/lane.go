@@ -330,6 +330,7 @@ type loop struct {
 	now       time.Time // as of the last wake-up
 	mu        sync.Mutex
 	cmds      []func()
+	ended     bool          // run is past its last command: post refuses (under mu)
 	dead      chan struct{} // closed when run returns
 	gen       uint32        // the last registration's generation
 	spinning  bool          // the last wait was short: spin before the next
@@ -468,12 +469,18 @@ func (lp *loop) do(f func()) {
 	}
 }
 
-// post has f run on the loop.
-func (lp *loop) post(f func()) {
+// post has f run on the loop; false if the loop has ended, and f will
+// not run. (Its wake-up pipe is closed then, and the number may be
+// another file's: it is written under mu, which run's end takes.)
+func (lp *loop) post(f func()) bool {
 	lp.mu.Lock()
+	defer lp.mu.Unlock()
+	if lp.ended {
+		return false
+	}
 	lp.cmds = append(lp.cmds, f)
-	lp.mu.Unlock()
 	_, _ = syscall.Write(lp.wakeW, []byte{1}) // a pipe
+	return true
 }
 
 func (lp *loop) run() {
@@ -523,8 +530,19 @@ func (lp *loop) run() {
 			lp.sweep(lp.now)
 		}
 	}
+	lp.quit = true // (also after a failed wait: nothing is taken in now)
 	lp.runCommands()
 	lp.closeAll()
+	lp.mu.Lock()
+	lp.ended = true
+	late := lp.cmds
+	lp.cmds = nil
+	lp.mu.Unlock()
+	// Posted since the last look: an adopted connection's is closed
+	// (quit), a failed request's answer finds its client closed.
+	for _, f := range late {
+		f()
+	}
 	lp.closeFDs()
 }
 
@@ -835,7 +853,14 @@ func (lp *loop) next(c *laneClient) {
 	lp.br.Reset(lp.rd)
 	c.h.Reset()
 	why := handoffMalformed
-	if err := c.h.Read(lp.br); err == nil {
+	switch err := c.h.Read(lp.br); {
+	case err != nil:
+	case lp.rd.Len()+lp.br.Buffered() > 0:
+		// The parser ends a head at a blank line of a bare LF too, before
+		// the "\r\n\r\n" found: what follows is the body or the next
+		// request, as the slow path frames it, so it serves that head.
+		why = handoffHead
+	default:
 		why = lp.start(c, end)
 	}
 	if why != served {
@@ -1130,7 +1155,7 @@ func (lp *loop) readHead(u *laneUp) bool {
 			return false
 		}
 		end += 4
-		if conflictingLengths(u.buf[:end]) {
+		if ambiguousHead(u.buf[:end]) {
 			lp.fail(c, errBadAnswer)
 			return false
 		}
@@ -1141,6 +1166,9 @@ func (lp *loop) readHead(u *laneUp) bool {
 			lp.fail(c, errBadAnswer)
 			return false
 		}
+		// The head ends where the parser stopped: at a blank line of a bare
+		// LF, that is before the "\r\n\r\n" found, as on the slow path.
+		end -= lp.rd.Len() + lp.br.Buffered()
 		copy(u.buf, u.buf[end:u.n])
 		u.n -= end
 		s := h.StatusCode()
@@ -1430,6 +1458,8 @@ func (lp *loop) fail(c *laneClient, err error) {
 		var ctx fasthttp.RequestCtx
 		rt.fail(&ctx, inv, err)
 		inv.finish(ctx.Response.StatusCode())
+		// (The server leaves it out for the slow path: ctx has no request.)
+		ctx.Response.SkipBody = inv.method == fasthttp.MethodHead
 		var b bytes.Buffer
 		bw := bufio.NewWriter(&b)
 		_ = ctx.Response.Write(bw)
@@ -1533,7 +1563,9 @@ func (l *Lane) adopt(hj net.Conn, hc *httpserve.Conn, pc *prefixConn) {
 		ip = a.IP.String()
 	}
 	lp := l.loops[fd%len(l.loops)]
-	lp.post(func() { lp.adopt(fd, ip, pre) })
+	if !lp.post(func() { lp.adopt(fd, ip, pre) }) {
+		syscall.Close(fd) // the loops have ended
+	}
 }
 
 // adopt serves fd, a connection the server gave back, from this loop.

@@ -1012,3 +1012,165 @@ func TestRetriedByLoop(t *testing.T) {
 		}
 	}
 }
+
+// A head whose blank line is a bare LF ends there, for the lane as for
+// the slow path (fasthttp's parser): the lane must not take the next
+// "\r\n\r\n" for its end, which would send the function bytes past it
+// as the body, or swallow a request pipelined behind it.
+func TestLaneHeadEndedByBareLF(t *testing.T) {
+	srv := newTestRouter(t, echo())
+	for _, tc := range []struct {
+		name  string
+		raw   string
+		paths []string // of the answers, in order
+		body  string   // of the first
+	}{
+		{"body after a bare LF", "POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\n\nhello\r\n\r\nXXXXX", []string{"/a"}, "hello"},
+		{"pipelined after a bare LF", "GET /fn/alice/fn/a HTTP/1.1\nHost: h\n\nGET /fn/alice/fn/b HTTP/1.1\r\nHost: h\r\n\r\n", []string{"/a", "/b"}, ""},
+		{"pipelined after CRLF LF", "GET /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\n\nGET /fn/alice/fn/b HTTP/1.1\r\nHost: h\r\n\r\n", []string{"/a", "/b"}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dialRaw(t, srv.URL)
+			_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+			c.send(tc.raw)
+			for i, want := range tc.paths {
+				res, err := http.ReadResponse(c.br, nil)
+				if err != nil {
+					t.Fatalf("answer %d: %v", i, err)
+				}
+				b := body(res)
+				if got := res.Header.Get("X-Path"); res.StatusCode != 200 || got != want {
+					t.Fatalf("answer %d: %d for %q, want 200 for %q", i, res.StatusCode, got, want)
+				}
+				if i == 0 && b != tc.body {
+					t.Fatalf("the function got the body %q, want %q", b, tc.body)
+				}
+			}
+		})
+	}
+}
+
+// An answer's head ends at its first blank line, bare LF or not, for the
+// lane as for the slow path: the body is what follows it.
+func TestAnswerHeadEndedByBareLF(t *testing.T) {
+	for _, answer := range []string{
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\n\nhiXX\r\n\r\nYY",
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\nhiXX\r\n\r\nYY",
+		"HTTP/1.1 103 Early Hints\nLink: </a>\n\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiXX\r\n\r\nYY",
+	} {
+		sock := serveRawRequests(t, func(i int, c net.Conn) { io.WriteString(c, answer) })
+		srv := routerTo(t, sock, time.Millisecond)
+		c := dialRaw(t, srv.URL)
+		res := c.get("/")
+		if b := body(res); res.StatusCode != 200 || b != "hi" {
+			t.Errorf("answer %q: the client got %d %q, want 200 \"hi\"", answer, res.StatusCode, b)
+		}
+	}
+}
+
+// A field name with whitespace before its colon is refused (400), on
+// either path, and never reaches the function: the parser keeps
+// "Spry-Request-Id : x" as a field of another name, which the router
+// passed on beside its own, and a proxy in front may frame a request by
+// "Transfer-Encoding : chunked".
+func TestSpaceBeforeColonIsRefused(t *testing.T) {
+	var got atomic.Int32
+	sock := serveRawRequests(t, func(i int, c net.Conn) {
+		got.Add(1)
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+	})
+	srv := routerTo(t, sock, time.Millisecond)
+	for _, field := range []string{
+		"Spry-Request-Id : forged",
+		"X-Forwarded-For : 6.6.6.6",
+		"Transfer-Encoding : chunked",
+		"Content-Length : 5",
+	} {
+		c := dialRaw(t, srv.URL)
+		c.send("GET /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n" + field + "\r\n\r\n")
+		if res := c.response(); res.StatusCode != 400 {
+			t.Errorf("%q: status %d, want 400", field, res.StatusCode)
+		}
+	}
+	if n := got.Load(); n != 0 {
+		t.Fatalf("the function got %d of the requests", n)
+	}
+}
+
+// The router's own error answer to a HEAD request has no body, on either
+// path: the lane wrote one, which the client (or a proxy in front) read
+// as the start of the next answer on the connection.
+func TestErrorAnswerToHEADHasNoBody(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		answer func(c net.Conn)
+	}{
+		{"malformed answer", func(c net.Conn) { io.WriteString(c, "garbage\r\n\r\n") }},
+		{"closed without an answer", func(c net.Conn) { c.Close() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := routerTo(t, serveRawRequests(t, func(i int, c net.Conn) { tc.answer(c) }), time.Millisecond)
+			c := dialRaw(t, srv.URL)
+			for _, method := range []string{"HEAD", "GET"} {
+				c.send(method + " /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n\r\n")
+				req, _ := http.NewRequest(method, "/", nil)
+				res, err := http.ReadResponse(c.br, req)
+				if err != nil {
+					t.Fatalf("%s: %v", method, err)
+				}
+				if b := body(res); res.StatusCode != 502 || method == "HEAD" && b != "" {
+					t.Fatalf("%s: %d %q, want a 502 (with no body to HEAD)", method, res.StatusCode, b)
+				}
+			}
+		})
+	}
+}
+
+// Work handed to a loop that has ended (a failed request's answer, or a
+// connection the server gives back, late in a shutdown) must not write
+// to its wake-up pipe: the number is closed, and may be another file's
+// by then.
+func TestLanePostAfterTheLoopEnded(t *testing.T) {
+	srv := laneRouter(t, echo())
+	lp := srv.lane.loops[0]
+	wakeW := lp.wakeW
+	srv.Close()
+	<-lp.dead
+	// Open files until one gets the pipe's old number.
+	dir := t.TempDir()
+	var f *os.File
+	for i := 0; i < 256 && f == nil; i++ {
+		g, err := os.Create(fmt.Sprintf("%s/%d", dir, i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer g.Close()
+		if int(g.Fd()) == wakeW {
+			f = g
+		}
+	}
+	if f == nil {
+		t.Skip("the pipe's number was not reused")
+	}
+	lp.post(func() {})
+	if st, err := f.Stat(); err != nil || st.Size() != 0 {
+		t.Fatalf("a file that reused the wake-up pipe's number was written to (%v)", err)
+	}
+}
+
+// A chunk size may have leading zeros: one of 16 digits, which Go's
+// reader takes on the slow path, is relayed by the lane too (it cut the
+// answer off at the 16th digit).
+func TestAnswerChunkSizeWithLeadingZeros(t *testing.T) {
+	sock := serveRawRequests(t, func(i int, c net.Conn) {
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0000000000000002\r\nhi\r\n0\r\n\r\n")
+	})
+	srv := routerTo(t, sock, time.Millisecond)
+	c := dialRaw(t, srv.URL)
+	for i := range 2 {
+		res := c.get("/")
+		if b, err := io.ReadAll(res.Body); err != nil || string(b) != "hi" {
+			t.Fatalf("answer %d: %q, %v; want \"hi\"", i, b, err)
+		}
+	}
+}
