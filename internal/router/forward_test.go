@@ -519,6 +519,60 @@ func TestClientHangUpWhileTheBodyIsBlocked(t *testing.T) {
 	}
 }
 
+// A client that hangs up while its request waits in the queue for an
+// instance leaves the queue at once, whatever the request: one with a
+// body, or an upgrade, cannot be read for the hang-up (the connection
+// holds the body, or the bytes after the upgrade), but it must not hold
+// its place (spry_queue_depth, the queue's bound) until the timeout, nor
+// reach the function once capacity frees.
+func TestHangUpWhileQueuedLeavesTheQueue(t *testing.T) {
+	for _, tc := range []struct{ name, request string }{
+		{"no body", "GET /fn/alice/fn/ HTTP/1.1\r\nHost: x\r\n\r\n"},
+		{"with a body", "POST /fn/alice/fn/ HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"},
+		{"chunked body", "POST /fn/alice/fn/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"},
+		{"upgrade", "GET /fn/alice/fn/ HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var calls atomic.Int32
+			release := make(chan struct{})
+			b := &upstreamBackend{}
+			b.addr = serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				calls.Add(1)
+				io.ReadAll(r.Body)
+				<-release
+			}))
+			// One instance taking one request at a time: the second waits.
+			spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 1, MaxScale: 1, Timeout: 30 * time.Second}
+			act := activator.New(b, activator.Config{})
+			access := make(accessRecorder, 4)
+			srv := serveRouter(t, New(oneSpec{spec}, act, Config{Access: access}))
+			t.Cleanup(func() { close(release) })
+			busy := srv.dial(t, 0)
+			if _, err := io.WriteString(busy, "GET /fn/alice/fn/ HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			for calls.Load() == 0 {
+				time.Sleep(time.Millisecond)
+			}
+			c := srv.dial(t, 0)
+			if _, err := io.WriteString(c, tc.request); err != nil {
+				t.Fatal(err)
+			}
+			for act.QueueDepth() != 1 {
+				time.Sleep(time.Millisecond)
+			}
+			c.Close()
+			access.want(t, StatusClientClosed, 5*time.Second, "the queued request did not end after its client hung up")
+			if n := act.QueueDepth(); n != 0 {
+				t.Fatalf("queue depth %d after the waiting client hung up", n)
+			}
+			if n := calls.Load(); n != 1 {
+				t.Fatalf("the function ran %d times, want once (not for the client that left)", n)
+			}
+		})
+	}
+}
+
 // A client that resets its connection while the router reads its body
 // (the function reading along) is gone: the invocation ends as 499 at
 // once, not as the instance's failure (502).
