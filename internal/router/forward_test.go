@@ -1560,3 +1560,71 @@ func TestGarbageAnswerHeldOpenIs502(t *testing.T) {
 		t.Fatalf("got %d, want 502", res.StatusCode)
 	}
 }
+
+// lateLeaser leases from the activator once the request's time is up when
+// late is set: as when a request waited in the queue to its deadline and
+// capacity freed just then.
+type lateLeaser struct {
+	*activator.Activator
+	late atomic.Bool
+}
+
+func (l *lateLeaser) Acquire(ctx context.Context, spec *backend.Spec) (*activator.Lease, error) {
+	if done := ctx.Done(); done != nil && l.late.Load() {
+		<-done
+	}
+	return l.Activator.Acquire(context.Background(), spec)
+}
+
+// A request whose time ran out before it reached the instance (it waited
+// that long for one) gets 504, and the instance, which never saw it, is
+// not killed for stuck: that would fail every other request it serves.
+func TestTimeoutBeforeDeliveryKeepsTheInstance(t *testing.T) {
+	for _, tc := range []struct {
+		name, request string
+		warm          bool // a kept-alive connection to the instance waits in the pool
+	}{
+		{"no body", "GET /fn/alice/fn/ HTTP/1.1\r\nHost: x\r\n\r\n", false},
+		{"no body, kept-alive connection", "GET /fn/alice/fn/ HTTP/1.1\r\nHost: x\r\n\r\n", true},
+		{"with a body", "POST /fn/alice/fn/ HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var calls atomic.Int32
+			b := &upstreamBackend{addr: serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				calls.Add(1)
+				io.ReadAll(r.Body)
+				io.WriteString(w, "ok")
+			}))}
+			spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 50 * time.Millisecond}
+			leaser := &lateLeaser{Activator: activator.New(b, activator.Config{})}
+			rt := New(oneSpec{spec}, leaser, Config{})
+			// The path under test is the serving goroutine's, with no
+			// event loop in front.
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := httpserve.New(rt.Handle, nil)
+			go srv.Serve(httpserve.Listener(ln, time.Millisecond, nil))
+			t.Cleanup(func() { _ = srv.Shutdown() })
+			url := "http://" + ln.Addr().String()
+			if tc.warm {
+				c := dialRaw(t, url)
+				if res := c.get("/"); res.StatusCode != 200 {
+					t.Fatalf("warm-up: status %d", res.StatusCode)
+				}
+				c.Close()
+			}
+			n := calls.Load()
+			leaser.late.Store(true)
+			c := dialRaw(t, url)
+			c.send(tc.request)
+			if res := c.response(); res.StatusCode != 504 {
+				t.Fatalf("status %d, want 504", res.StatusCode)
+			}
+			if k := b.kills.Load(); k != 0 || calls.Load() != n {
+				t.Fatalf("%d kills, the function ran %d times; want the instance untouched", k, calls.Load()-n)
+			}
+		})
+	}
+}

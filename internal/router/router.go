@@ -391,9 +391,15 @@ func (rt *Router) fail(ctx *fasthttp.RequestCtx, inv *invocation, err error) {
 	}
 	if !time.Now().Before(inv.deadline) || isTimeout(err) {
 		timeout := inst.Spec.Timeout
-		if inv.lease.Kill(backend.ExitTimeout) {
+		switch {
+		case undelivered:
+			// The wait for an instance took the time: the instance never
+			// had the request, so nothing says it is stuck, and killing
+			// it would fail every request it serves.
+			rt.log.Warn("invocation timed out before it reached an instance", "instance", inst.ID, "request_id", inv.reqID, "timeout", timeout)
+		case inv.lease.Kill(backend.ExitTimeout):
 			rt.log.Warn("invocation timed out; killing the instance", "instance", inst.ID, "request_id", inv.reqID, "timeout", timeout)
-		} else {
+		default:
 			rt.log.Warn("invocation timed out while the instance loaded the function", "instance", inst.ID, "request_id", inv.reqID, "timeout", timeout)
 		}
 		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrTimeout, "the function did not respond within its %s timeout", timeout))
