@@ -172,6 +172,10 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 		c      *upConn
 		sender *bodySender
 	)
+	if !time.Now().Before(inv.deadline) {
+		// The wait for an instance took all the time.
+		return false, errors.Join(errUndelivered, os.ErrDeadlineExceeded)
+	}
 	for attempt := 0; ; attempt++ {
 		reused, sent := true, false
 		if c = rt.pool.get(inst); c == nil {
@@ -206,6 +210,10 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 		// again.
 		if reused && attempt == 0 && !hasBody && !sent && !isTimeout(err) && time.Now().Before(inv.deadline) && !inv.gone.Load() {
 			continue
+		}
+		if !hasBody && !sent && isTimeout(err) {
+			// The time ran out before the request was written whole.
+			err = errors.Join(errUndelivered, err)
 		}
 		// The watch goes on (serve ends it): a retry on another instance
 		// is watched too.
@@ -1021,6 +1029,9 @@ func isUpgrade(h *fasthttp.RequestHeader) bool {
 // spliced to it until either side closes or the function's time is up.
 func (rt *Router) upgrade(ctx *fasthttp.RequestCtx, inv *invocation) (streaming bool, err error) {
 	inst := inv.lease.Instance()
+	if !time.Now().Before(inv.deadline) {
+		return false, errors.Join(errUndelivered, os.ErrDeadlineExceeded)
+	}
 	c, err := rt.dial(inst, inv.deadline)
 	if err != nil {
 		return false, errors.Join(errUndelivered, err)

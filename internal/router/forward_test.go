@@ -519,6 +519,60 @@ func TestClientHangUpWhileTheBodyIsBlocked(t *testing.T) {
 	}
 }
 
+// A client that hangs up while its request waits in the queue for an
+// instance leaves the queue at once, whatever the request: one with a
+// body, or an upgrade, cannot be read for the hang-up (the connection
+// holds the body, or the bytes after the upgrade), but it must not hold
+// its place (spry_queue_depth, the queue's bound) until the timeout, nor
+// reach the function once capacity frees.
+func TestHangUpWhileQueuedLeavesTheQueue(t *testing.T) {
+	for _, tc := range []struct{ name, request string }{
+		{"no body", "GET /fn/alice/fn/ HTTP/1.1\r\nHost: x\r\n\r\n"},
+		{"with a body", "POST /fn/alice/fn/ HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"},
+		{"chunked body", "POST /fn/alice/fn/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"},
+		{"upgrade", "GET /fn/alice/fn/ HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var calls atomic.Int32
+			release := make(chan struct{})
+			b := &upstreamBackend{}
+			b.addr = serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				calls.Add(1)
+				io.ReadAll(r.Body)
+				<-release
+			}))
+			// One instance taking one request at a time: the second waits.
+			spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 1, MaxScale: 1, Timeout: 30 * time.Second}
+			act := activator.New(b, activator.Config{})
+			access := make(accessRecorder, 4)
+			srv := serveRouter(t, New(oneSpec{spec}, act, Config{Access: access}))
+			t.Cleanup(func() { close(release) })
+			busy := srv.dial(t, 0)
+			if _, err := io.WriteString(busy, "GET /fn/alice/fn/ HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			for calls.Load() == 0 {
+				time.Sleep(time.Millisecond)
+			}
+			c := srv.dial(t, 0)
+			if _, err := io.WriteString(c, tc.request); err != nil {
+				t.Fatal(err)
+			}
+			for act.QueueDepth() != 1 {
+				time.Sleep(time.Millisecond)
+			}
+			c.Close()
+			access.want(t, StatusClientClosed, 5*time.Second, "the queued request did not end after its client hung up")
+			if n := act.QueueDepth(); n != 0 {
+				t.Fatalf("queue depth %d after the waiting client hung up", n)
+			}
+			if n := calls.Load(); n != 1 {
+				t.Fatalf("the function ran %d times, want once (not for the client that left)", n)
+			}
+		})
+	}
+}
+
 // A client that resets its connection while the router reads its body
 // (the function reading along) is gone: the invocation ends as 499 at
 // once, not as the instance's failure (502).
@@ -1512,5 +1566,73 @@ func TestGarbageAnswerHeldOpenIs502(t *testing.T) {
 	res.Body.Close()
 	if res.StatusCode != 502 {
 		t.Fatalf("got %d, want 502", res.StatusCode)
+	}
+}
+
+// lateLeaser leases from the activator once the request's time is up when
+// late is set: as when a request waited in the queue to its deadline and
+// capacity freed just then.
+type lateLeaser struct {
+	*activator.Activator
+	late atomic.Bool
+}
+
+func (l *lateLeaser) Acquire(ctx context.Context, spec *backend.Spec) (*activator.Lease, error) {
+	if done := ctx.Done(); done != nil && l.late.Load() {
+		<-done
+	}
+	return l.Activator.Acquire(context.Background(), spec)
+}
+
+// A request whose time ran out before it reached the instance (it waited
+// that long for one) gets 504, and the instance, which never saw it, is
+// not killed for stuck: that would fail every other request it serves.
+func TestTimeoutBeforeDeliveryKeepsTheInstance(t *testing.T) {
+	for _, tc := range []struct {
+		name, request string
+		warm          bool // a kept-alive connection to the instance waits in the pool
+	}{
+		{"no body", "GET /fn/alice/fn/ HTTP/1.1\r\nHost: x\r\n\r\n", false},
+		{"no body, kept-alive connection", "GET /fn/alice/fn/ HTTP/1.1\r\nHost: x\r\n\r\n", true},
+		{"with a body", "POST /fn/alice/fn/ HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var calls atomic.Int32
+			b := &upstreamBackend{addr: serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				calls.Add(1)
+				io.ReadAll(r.Body)
+				io.WriteString(w, "ok")
+			}))}
+			spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 50 * time.Millisecond}
+			leaser := &lateLeaser{Activator: activator.New(b, activator.Config{})}
+			rt := New(oneSpec{spec}, leaser, Config{})
+			// The path under test is the serving goroutine's, with no
+			// event loop in front.
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := httpserve.New(rt.Handle, nil)
+			go srv.Serve(httpserve.Listener(ln, time.Millisecond, nil))
+			t.Cleanup(func() { _ = srv.Shutdown() })
+			url := "http://" + ln.Addr().String()
+			if tc.warm {
+				c := dialRaw(t, url)
+				if res := c.get("/"); res.StatusCode != 200 {
+					t.Fatalf("warm-up: status %d", res.StatusCode)
+				}
+				c.Close()
+			}
+			n := calls.Load()
+			leaser.late.Store(true)
+			c := dialRaw(t, url)
+			c.send(tc.request)
+			if res := c.response(); res.StatusCode != 504 {
+				t.Fatalf("status %d, want 504", res.StatusCode)
+			}
+			if k := b.kills.Load(); k != 0 || calls.Load() != n {
+				t.Fatalf("%d kills, the function ran %d times; want the instance untouched", k, calls.Load()-n)
+			}
+		})
 	}
 }

@@ -211,7 +211,7 @@ func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string)
 		// hang-up ends it anyway.
 		inv.watchClient(ctx)
 	}
-	lease, err := rt.acquire(actx, owner, name, spec)
+	lease, err := rt.acquireWatched(ctx, inv, owner, name, spec)
 	if err != nil {
 		rt.noInstance(ctx, inv, err)
 		return
@@ -238,12 +238,25 @@ func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string)
 			return
 		}
 		lease.Release()
-		if lease, err = rt.acquire(actx, owner, name, spec); err != nil {
+		if lease, err = rt.acquireWatched(ctx, inv, owner, name, spec); err != nil {
 			rt.noInstance(ctx, inv, err)
 			return
 		}
 		inv.lease, inv.retry, inv.retried = lease, false, true
 	}
+}
+
+// acquireWatched is acquire for a request that may wait in the queue:
+// one that watchClient does not watch yet (its connection holds its body,
+// or an upgrade's first bytes) is watched without reading meanwhile, so
+// that a client that hangs up leaves the queue at once rather than hold
+// its place until the timeout and then reach the function.
+func (rt *Router) acquireWatched(ctx *fasthttp.RequestCtx, inv *invocation, owner, name string, spec *backend.Spec) (*activator.Lease, error) {
+	if c, ok := ctx.Conn().(*httpserve.Conn); ok && inv.watched == nil {
+		c.AwaitHangUp(&httpserve.Wait{}, inv.start, inv)
+		defer c.EndWait()
+	}
+	return rt.acquire(inv.actx, owner, name, spec)
 }
 
 // noInstance answers a request that got no instance, and logs it.
@@ -378,9 +391,14 @@ func (rt *Router) fail(ctx *fasthttp.RequestCtx, inv *invocation, err error) {
 	}
 	if !time.Now().Before(inv.deadline) || isTimeout(err) {
 		timeout := inst.Spec.Timeout
-		if inv.lease.TimedOut() {
+		switch {
+		case undelivered:
+			// The wait for an instance took the time: the instance never
+			// had the request, so nothing says it is stuck.
+			rt.log.Warn("invocation timed out before it reached an instance", "instance", inst.ID, "request_id", inv.reqID, "timeout", timeout)
+		case inv.lease.TimedOut():
 			rt.log.Warn("invocation timed out; checking that the instance still answers", "instance", inst.ID, "request_id", inv.reqID, "timeout", timeout)
-		} else {
+		default:
 			rt.log.Warn("invocation timed out while the instance loaded the function", "instance", inst.ID, "request_id", inv.reqID, "timeout", timeout)
 		}
 		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrTimeout, "the function did not respond within its %s timeout", timeout))
