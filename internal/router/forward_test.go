@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -32,11 +33,16 @@ type upstreamBackend struct {
 	addr   string
 	starts atomic.Int32
 	kills  atomic.Int32
+	probe  func(context.Context) error // the instances' (none: taken for stuck)
 }
 
 func (b *upstreamBackend) Start(ctx context.Context, spec *backend.Spec) (*backend.Instance, error) {
 	n := b.starts.Add(1)
-	return backend.NewInstance(fmt.Sprintf("i-%d", n), spec, "unix", b.addr), nil
+	inst := backend.NewInstance(fmt.Sprintf("i-%d", n), spec, "unix", b.addr)
+	if b.probe != nil {
+		inst.SetProbe(b.probe)
+	}
+	return inst, nil
 }
 func (b *upstreamBackend) Stop(ctx context.Context, id string) error { return nil }
 func (b *upstreamBackend) Kill(id, reason string)                    { b.kills.Add(1) }
@@ -1634,5 +1640,58 @@ func TestTimeoutBeforeDeliveryKeepsTheInstance(t *testing.T) {
 				t.Fatalf("%d kills, the function ran %d times; want the instance untouched", k, calls.Load()-n)
 			}
 		})
+	}
+}
+
+// An instance whose listen queue stays full until the request's time is
+// up is alive, only behind (a burst of connections, or a function
+// blocking its event loop): the request gets 504, and the instance is not
+// killed as crashed nor the request sent to another; it is probed, as
+// after any timeout, and kept when its runtime answers.
+func TestFullListenQueueUntilTheTimeoutIs504(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "full.sock")
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		t.Fatal(err)
+	}
+	// A backlog of 0 holds one connection; nothing accepts it.
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		c, err := net.Dial("unix", path)
+		if errors.Is(err, syscall.EAGAIN) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	probed := make(chan struct{}, 1)
+	b := &upstreamBackend{addr: path, probe: func(context.Context) error { probed <- struct{}{}; return nil }}
+	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 300 * time.Millisecond}
+	a := activator.New(b, activator.Config{})
+	rt := New(oneSpec{spec}, a, Config{})
+	s := serveRouter(t, rt)
+	res, err := http.Get(s.URL + "/fn/alice/fn/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 504 {
+		t.Fatalf("status %d, want 504", res.StatusCode)
+	}
+	select {
+	case <-probed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the instance was not probed after the timeout")
+	}
+	if k, n := b.kills.Load(), b.starts.Load(); k != 0 || n != 1 {
+		t.Fatalf("%d kills, %d starts: want the one instance kept", k, n)
 	}
 }

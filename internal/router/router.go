@@ -20,6 +20,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -364,7 +365,12 @@ func (rt *Router) fail(ctx *fasthttp.RequestCtx, inv *invocation, err error) {
 	var op *net.OpError
 	undelivered := errors.Is(err, errUndelivered) || errors.As(err, &op) && op.Op == "dial"
 	local := httpserve.OutOfResources(err)
-	if undelivered && !local && !inv.retried && time.Now().Before(inv.deadline) {
+	// A listen queue that stayed full until the time was (nearly) up
+	// (dial waits for room): the instance is alive but not accepting, its
+	// event loop perhaps held. Not a crash, and no time is left to try
+	// another: a timeout, whose rules (a probe) tell stuck from busy.
+	busy := undelivered && errors.Is(err, syscall.EAGAIN) && !ended(inst)
+	if undelivered && !local && !busy && !inv.retried && time.Now().Before(inv.deadline) {
 		inv.retry = true
 		inv.lease.Kill(backend.ExitCrashed)
 		return
@@ -389,10 +395,10 @@ func (rt *Router) fail(ctx *fasthttp.RequestCtx, inv *invocation, err error) {
 		ctx.SetConnectionClose()
 		return
 	}
-	if !time.Now().Before(inv.deadline) || isTimeout(err) {
+	if !time.Now().Before(inv.deadline) || isTimeout(err) || busy {
 		timeout := inst.Spec.Timeout
 		switch {
-		case undelivered:
+		case undelivered && !busy:
 			// The wait for an instance took the time: the instance never
 			// had the request, so nothing says it is stuck.
 			rt.log.Warn("invocation timed out before it reached an instance", "instance", inst.ID, "request_id", inv.reqID, "timeout", timeout)
@@ -421,6 +427,16 @@ func (rt *Router) fail(ctx *fasthttp.RequestCtx, inv *invocation, err error) {
 	}
 	rt.log.Warn("proxy error", "instance", inst.ID, "request_id", inv.reqID, "err", err)
 	rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrBadGateway, "the function's instance could not be reached"))
+}
+
+// ended says whether inst has ended.
+func ended(inst *backend.Instance) bool {
+	select {
+	case <-inst.Done():
+		return true
+	default:
+		return false
+	}
 }
 
 // whyEnded tells the caller why a failed instance failed (out of memory, a
