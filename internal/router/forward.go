@@ -645,14 +645,17 @@ func (rt *Router) fixHeader(h *fasthttp.ResponseHeader, inv *invocation) (upClos
 }
 
 // skipRequestHeader says whether a client header stays behind: hop-by-hop
-// ones (including those the client's Connection names), framing (set
-// anew) and those the router sets itself.
+// ones (including those the client's Connection names, but never Host,
+// which the function contract promises), framing (set anew) and those the
+// router sets itself.
 func skipRequestHeader(k, connection []byte) bool {
 	switch string(k) {
 	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
 		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
 		"Content-Length", "Expect", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Spry-Request-Id":
 		return true
+	case "Host":
+		return false
 	}
 	for len(connection) > 0 {
 		var f []byte

@@ -1695,3 +1695,18 @@ func TestFullListenQueueUntilTheTimeoutIs504(t *testing.T) {
 		t.Fatalf("%d kills, %d starts: want the one instance kept", k, n)
 	}
 }
+
+// Headers the client's Connection names stay behind, as hop-by-hop ones,
+// but never Host: the function is promised the client's Host.
+func TestConnectionCannotDropHost(t *testing.T) {
+	srv := newTestRouter(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s|%s", r.Host, r.Header.Get("X-Hop"))
+	}))
+	c := dialRaw(t, srv.URL)
+	c.send("GET /fn/alice/fn/ HTTP/1.1\r\nHost: example.test\r\nConnection: keep-alive, Host, X-Hop\r\nX-Hop: gone\r\n\r\n")
+	res := c.response()
+	body, _ := io.ReadAll(res.Body)
+	if res.StatusCode != 200 || string(body) != "example.test|" {
+		t.Fatalf("got %d %q, want 200 %q", res.StatusCode, body, "example.test|")
+	}
+}
