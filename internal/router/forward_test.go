@@ -45,8 +45,18 @@ func (b *upstreamBackend) Start(ctx context.Context, spec *backend.Spec) (*backe
 	return inst, nil
 }
 func (b *upstreamBackend) Stop(ctx context.Context, id string) error { return nil }
-func (b *upstreamBackend) Kill(id, reason string)                    { b.kills.Add(1) }
-func (b *upstreamBackend) SetIdle(id string, idle bool)              {}
+
+// waitKills waits for want kills (a timeout's probe, and the kill if it
+// fails, run off the request's path), a few seconds at most, and returns
+// how many there were.
+func (b *upstreamBackend) waitKills(want int32) int32 {
+	for deadline := time.Now().Add(5 * time.Second); b.kills.Load() < want && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	return b.kills.Load()
+}
+func (b *upstreamBackend) Kill(id, reason string)       { b.kills.Add(1) }
+func (b *upstreamBackend) SetIdle(id string, idle bool) {}
 
 type oneSpec struct{ spec *backend.Spec }
 
@@ -658,7 +668,7 @@ func TestTimeoutDuringTheBody(t *testing.T) {
 				t.Fatalf("status %d, want %d", res.StatusCode, tc.status)
 			}
 			access.want(t, tc.status, 10*time.Second, "the invocation did not end")
-			if n := b.kills.Load(); n != tc.wantKills {
+			if n := b.waitKills(tc.wantKills); n != tc.wantKills {
 				t.Fatalf("%d kills, want %d", n, tc.wantKills)
 			}
 		})
@@ -793,22 +803,41 @@ func TestWatchKeepsPipelinedRequests(t *testing.T) {
 	}
 }
 
-// The function's own timeout does kill it: it may be stuck.
-func TestTimeoutKillsInstance(t *testing.T) {
-	b := &upstreamBackend{}
-	b.addr = serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		time.Sleep(500 * time.Millisecond)
-	}))
-	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 100 * time.Millisecond}
-	srv := serveRouter(t, New(oneSpec{spec}, activator.New(b, activator.Config{}), Config{}))
-	defer srv.Close()
-	res, err := http.Get(srv.URL + "/fn/alice/fn/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	res.Body.Close()
-	if res.StatusCode != 504 || b.kills.Load() != 1 {
-		t.Fatalf("status %d, %d kills; want 504 and 1", res.StatusCode, b.kills.Load())
+// Past the function's own timeout its instance is probed, off the
+// request's path, and killed if its runtime does not answer (it may be
+// stuck; an instance the backend cannot probe is taken for stuck), kept
+// if it does.
+func TestTimeoutProbesInstance(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		probe func(context.Context) error
+		kills int32
+	}{
+		{"no probe", nil, 1},
+		{"no answer", func(context.Context) error { return errors.New("no answer") }, 1},
+		{"answers", func(context.Context) error { return nil }, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := &upstreamBackend{probe: tc.probe}
+			b.addr = serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				time.Sleep(500 * time.Millisecond)
+			}))
+			spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 100 * time.Millisecond}
+			a := activator.New(b, activator.Config{})
+			srv := serveRouter(t, New(oneSpec{spec}, a, Config{}))
+			defer srv.Close()
+			res, err := http.Get(srv.URL + "/fn/alice/fn/")
+			if err != nil {
+				t.Fatal(err)
+			}
+			res.Body.Close()
+			if res.StatusCode != 504 {
+				t.Fatalf("status %d, want 504", res.StatusCode)
+			}
+			if n := b.waitKills(tc.kills); n != tc.kills {
+				t.Fatalf("%d kills, want %d", n, tc.kills)
+			}
+		})
 	}
 }
 
