@@ -405,6 +405,8 @@ func (s *Service) newVersion(ctx context.Context, owner, name, by string, b *bun
 	if err != nil {
 		return store.Function{}, err
 	}
+	// Committed: the router must serve it even if the client hangs up now.
+	ctx = context.WithoutCancel(ctx)
 	fn, err := s.store.GetFunction(ctx, owner, name)
 	if err != nil {
 		return store.Function{}, err
@@ -549,6 +551,8 @@ func (s *Service) Delete(ctx context.Context, owner, name string) error {
 	if err := s.store.DeleteFunction(ctx, owner, name); err != nil {
 		return err
 	}
+	// Deleted: its logs go too, even if the client hangs up now.
+	ctx = context.WithoutCancel(ctx)
 	key := store.FunctionKey{Owner: owner, Name: name}
 	s.mu.Lock()
 	delete(s.routes, key)
