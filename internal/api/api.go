@@ -70,8 +70,9 @@ type API struct {
 	limiter   *auth.FailureLimiter
 	log       *slog.Logger
 
-	followMu sync.Mutex
-	follows  map[string]int // open log follows per user
+	followMu  sync.Mutex
+	follows   map[string]int // open log follows per user
+	followers map[*follower]struct{}
 }
 
 // New returns the API.
@@ -84,7 +85,7 @@ func New(fns Functions, authn Authenticator, users store.Users, tokens store.Tok
 	}
 	// Ten wrong tokens at once, then one every six seconds, per client.
 	limiter := auth.NewFailureLimiter(6*time.Second, 10, cfg.Now)
-	return &API{cfg: cfg, fns: fns, auth: authn, users: users, tokens: tokens, instances: instances, logs: logs, limiter: limiter, log: cfg.Logger, follows: map[string]int{}}
+	return &API{cfg: cfg, fns: fns, auth: authn, users: users, tokens: tokens, instances: instances, logs: logs, limiter: limiter, log: cfg.Logger, follows: map[string]int{}, followers: map[*follower]struct{}{}}
 }
 
 // Handler returns the API's routes, all behind authentication.

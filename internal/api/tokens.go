@@ -105,6 +105,7 @@ func (a *API) revokeToken(w http.ResponseWriter, r *http.Request) error {
 	if err := a.tokens.RevokeToken(r.Context(), id, a.cfg.Now()); err != nil {
 		return err
 	}
+	a.endFollows(t.User, id, errdefs.New(errdefs.ErrUnauthenticated, "token %s was revoked", id))
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
