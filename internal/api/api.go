@@ -210,6 +210,10 @@ func writeJSON(w http.ResponseWriter, status int, v any) error {
 // maxJSONBody bounds JSON requests other than deploys.
 const maxJSONBody = 64 << 10
 
+// errEmptyBody is readJSON's error for a body with nothing in it, which
+// some requests take for "no body".
+var errEmptyBody = errdefs.Invalid("request body is empty; send a JSON object")
+
 // readJSON decodes a small JSON body strictly: unknown fields and
 // trailing data are errors.
 func readJSON(w http.ResponseWriter, r *http.Request, v any) error {
@@ -222,7 +226,7 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any) error {
 			return err
 		}
 		if errors.Is(err, io.EOF) {
-			return errdefs.Invalid("request body is empty; send a JSON object")
+			return errEmptyBody
 		}
 		return errdefs.Invalid("invalid JSON body: %v", err)
 	}
