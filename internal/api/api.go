@@ -70,8 +70,9 @@ type API struct {
 	limiter   *auth.FailureLimiter
 	log       *slog.Logger
 
-	followMu sync.Mutex
-	follows  map[string]int // open log follows per user
+	followMu  sync.Mutex
+	follows   map[string]int // open log follows per user
+	followers map[*follower]struct{}
 }
 
 // New returns the API.
@@ -84,7 +85,7 @@ func New(fns Functions, authn Authenticator, users store.Users, tokens store.Tok
 	}
 	// Ten wrong tokens at once, then one every six seconds, per client.
 	limiter := auth.NewFailureLimiter(6*time.Second, 10, cfg.Now)
-	return &API{cfg: cfg, fns: fns, auth: authn, users: users, tokens: tokens, instances: instances, logs: logs, limiter: limiter, log: cfg.Logger, follows: map[string]int{}}
+	return &API{cfg: cfg, fns: fns, auth: authn, users: users, tokens: tokens, instances: instances, logs: logs, limiter: limiter, log: cfg.Logger, follows: map[string]int{}, followers: map[*follower]struct{}{}}
 }
 
 // Handler returns the API's routes, all behind authentication.
@@ -209,6 +210,10 @@ func writeJSON(w http.ResponseWriter, status int, v any) error {
 // maxJSONBody bounds JSON requests other than deploys.
 const maxJSONBody = 64 << 10
 
+// errEmptyBody is readJSON's error for a body with nothing in it, which
+// some requests take for "no body".
+var errEmptyBody = errdefs.Invalid("request body is empty; send a JSON object")
+
 // readJSON decodes a small JSON body strictly: unknown fields and
 // trailing data are errors.
 func readJSON(w http.ResponseWriter, r *http.Request, v any) error {
@@ -221,7 +226,7 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any) error {
 			return err
 		}
 		if errors.Is(err, io.EOF) {
-			return errdefs.Invalid("request body is empty; send a JSON object")
+			return errEmptyBody
 		}
 		return errdefs.Invalid("invalid JSON body: %v", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spry-run/spry/internal/auth"
 	"github.com/spry-run/spry/internal/errdefs"
 	"github.com/spry-run/spry/internal/logstore"
 )
@@ -101,12 +102,21 @@ func (a *API) functionLogs(w http.ResponseWriter, r *http.Request) error {
 		}
 		return nil
 	}
-	user := principal(r).User
-	if err := a.openFollow(user); err != nil {
+	ctx, cancel := context.WithCancelCause(r.Context())
+	defer cancel(nil)
+	f, err := a.openFollow(principal(r), cancel)
+	if err != nil {
 		return err
 	}
-	defer a.closeFollow(user)
-	ch, errf := a.logs.Follow(r.Context(), q)
+	defer a.closeFollow(f)
+	// A revoke between the authentication and openFollow found no
+	// follow to end: look again now that this one is recorded.
+	if t, err := a.tokens.GetToken(ctx, f.token); errors.Is(err, errdefs.ErrNotFound) || err == nil && !t.RevokedAt.IsZero() {
+		return errdefs.New(errdefs.ErrUnauthenticated, "invalid or revoked token")
+	} else if err != nil {
+		return err
+	}
+	ch, errf := a.logs.Follow(ctx, q)
 	rc := http.NewResponseController(w)
 	w.WriteHeader(http.StatusOK)
 	_ = rc.Flush()
@@ -122,6 +132,9 @@ func (a *API) functionLogs(w http.ResponseWriter, r *http.Request) error {
 		// The stream's last line says why it ended, in the API's error
 		// shape: the head, 200, is long gone.
 		switch {
+		case ctx.Err() != nil:
+			// Its token was revoked or its user deleted.
+			err = context.Cause(ctx)
 		case errors.Is(err, logstore.ErrDeleted):
 			err = errdefs.New(errdefs.ErrNotFound, "function %s/%s was deleted", owner, name)
 		case errors.Is(err, logstore.ErrClosed):
@@ -135,21 +148,43 @@ func (a *API) functionLogs(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// openFollow counts one more follow of user's, if MaxFollowsPerUser allows.
-func (a *API) openFollow(user string) error {
-	a.followMu.Lock()
-	defer a.followMu.Unlock()
-	if a.follows[user] >= MaxFollowsPerUser {
-		return errdefs.New(errdefs.ErrRateLimited, "%s already follows %d logs, the most at once; end one first", user, MaxFollowsPerUser)
-	}
-	a.follows[user]++
-	return nil
+// follower is one open log follow: whose, and how to end it.
+type follower struct {
+	user, token string
+	cancel      context.CancelCauseFunc
 }
 
-func (a *API) closeFollow(user string) {
+// openFollow counts one more follow of p's, if MaxFollowsPerUser allows,
+// and records it so that revoking its token ends it.
+func (a *API) openFollow(p auth.Principal, cancel context.CancelCauseFunc) (*follower, error) {
 	a.followMu.Lock()
 	defer a.followMu.Unlock()
-	if a.follows[user]--; a.follows[user] <= 0 {
-		delete(a.follows, user)
+	if a.follows[p.User] >= MaxFollowsPerUser {
+		return nil, errdefs.New(errdefs.ErrRateLimited, "%s already follows %d logs, the most at once; end one first", p.User, MaxFollowsPerUser)
+	}
+	a.follows[p.User]++
+	f := &follower{user: p.User, token: p.TokenID, cancel: cancel}
+	a.followers[f] = struct{}{}
+	return f, nil
+}
+
+func (a *API) closeFollow(f *follower) {
+	a.followMu.Lock()
+	defer a.followMu.Unlock()
+	delete(a.followers, f)
+	if a.follows[f.user]--; a.follows[f.user] <= 0 {
+		delete(a.follows, f.user)
+	}
+}
+
+// endFollows ends the open follows of a token (or, with token "", of a
+// user): a follow outlives no token of its own, as no request does.
+func (a *API) endFollows(user, token string, why error) {
+	a.followMu.Lock()
+	defer a.followMu.Unlock()
+	for f := range a.followers {
+		if (token != "" && f.token == token) || (token == "" && f.user == user) {
+			f.cancel(why)
+		}
 	}
 }

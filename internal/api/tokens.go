@@ -1,6 +1,7 @@
 package api
 
 import (
+	"errors"
 	"net/http"
 	"strings"
 	"time"
@@ -93,18 +94,24 @@ func (a *API) createToken(w http.ResponseWriter, r *http.Request) error {
 
 func (a *API) revokeToken(w http.ResponseWriter, r *http.Request) error {
 	id := r.PathValue("id")
+	// Not found rather than forbidden for others' tokens, in the same
+	// words as for missing ones: ids of others' tokens are not the
+	// caller's business.
+	notFound := errdefs.New(errdefs.ErrNotFound, "token %q not found", id)
 	t, err := a.tokens.GetToken(r.Context(), id)
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return notFound
+	}
 	if err != nil {
 		return err
 	}
 	if p := principal(r); !p.Admin && t.User != p.User {
-		// Not found rather than forbidden: ids of others' tokens are not
-		// the caller's business.
-		return errdefs.New(errdefs.ErrNotFound, "token %q not found", id)
+		return notFound
 	}
 	if err := a.tokens.RevokeToken(r.Context(), id, a.cfg.Now()); err != nil {
 		return err
 	}
+	a.endFollows(t.User, id, errdefs.New(errdefs.ErrUnauthenticated, "token %s was revoked", id))
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }

@@ -110,6 +110,7 @@ func (a *API) deleteUser(w http.ResponseWriter, r *http.Request) error {
 	if err := a.users.DeleteUser(r.Context(), name); err != nil {
 		return err
 	}
+	a.endFollows(name, "", errdefs.New(errdefs.ErrUnauthenticated, "user %s was deleted", name))
 	if err := a.deleteFunctionsOf(context.WithoutCancel(r.Context()), name); err != nil {
 		return err
 	}

@@ -65,11 +65,11 @@ func (a *API) rollback(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	// No body, also an empty one of unknown length (chunked), means the
+	// version before the live one.
 	var body RollbackBody
-	if r.ContentLength != 0 {
-		if err := readJSON(w, r, &body); err != nil {
-			return err
-		}
+	if err := readJSON(w, r, &body); err != nil && err != errEmptyBody {
+		return err
 	}
 	version := int64(0) // the one before the live one
 	if body.Version != nil {

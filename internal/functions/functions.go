@@ -198,7 +198,7 @@ func envBytes(env map[string]string) int {
 // ValidateEnv checks environment variable names and sizes.
 func ValidateEnv(env map[string]string) error {
 	if len(env) > MaxEnvVars {
-		return errdefs.Invalid("%d environment variables; the limit is %d", len(env), MaxEnvVars)
+		return errdefs.New(errdefs.ErrTooLarge, "%d environment variables; the limit is %d", len(env), MaxEnvVars)
 	}
 	for k, v := range env {
 		if !validEnvName(k) {
@@ -405,6 +405,8 @@ func (s *Service) newVersion(ctx context.Context, owner, name, by string, b *bun
 	if err != nil {
 		return store.Function{}, err
 	}
+	// Committed: the router must serve it even if the client hangs up now.
+	ctx = context.WithoutCancel(ctx)
 	fn, err := s.store.GetFunction(ctx, owner, name)
 	if err != nil {
 		return store.Function{}, err
@@ -455,7 +457,7 @@ func (s *Service) nextConfig(ctx context.Context, owner, name string, b *bundle,
 		return store.Config{}, nil, err
 	}
 	if len(cfg.Env)+len(cfg.Secrets) > MaxEnvVars {
-		return store.Config{}, nil, errdefs.Invalid("%d environment variables and secrets; the limit is %d", len(cfg.Env)+len(cfg.Secrets), MaxEnvVars)
+		return store.Config{}, nil, errdefs.New(errdefs.ErrTooLarge, "%d environment variables and secrets; the limit is %d", len(cfg.Env)+len(cfg.Secrets), MaxEnvVars)
 	}
 	// An instance gets both in its environment, so they share the size
 	// limit too (and each version stores them all again).
@@ -549,6 +551,8 @@ func (s *Service) Delete(ctx context.Context, owner, name string) error {
 	if err := s.store.DeleteFunction(ctx, owner, name); err != nil {
 		return err
 	}
+	// Deleted: its logs go too, even if the client hangs up now.
+	ctx = context.WithoutCancel(ctx)
 	key := store.FunctionKey{Owner: owner, Name: name}
 	s.mu.Lock()
 	delete(s.routes, key)

@@ -403,7 +403,11 @@ func (s *Service) Rollback(ctx context.Context, owner, name string, version int6
 	return s.reload(ctx, owner, name)
 }
 
+// reload follows a committed change of the routing into the cache, so it
+// does so even if the client hangs up: else the router would go on
+// serving what the store no longer says.
 func (s *Service) reload(ctx context.Context, owner, name string) (store.Function, error) {
+	ctx = context.WithoutCancel(ctx)
 	fn, err := s.store.GetFunction(ctx, owner, name)
 	if err != nil {
 		return fn, err

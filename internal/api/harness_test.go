@@ -1,0 +1,162 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/spry-run/spry/internal/auth"
+	"github.com/spry-run/spry/internal/backend"
+	"github.com/spry-run/spry/internal/blob"
+	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/functions"
+	"github.com/spry-run/spry/internal/logstore"
+	"github.com/spry-run/spry/internal/secrets"
+	"github.com/spry-run/spry/internal/store"
+	"github.com/spry-run/spry/internal/store/sqlite"
+)
+
+// nopRetirer runs no instances: these tests are about the API.
+type nopRetirer struct{}
+
+func (nopRetirer) Admit(string, ...string)        {}
+func (nopRetirer) RetireExcept(string, ...string) {}
+func (nopRetirer) Ensure(*backend.Spec)           {}
+
+// env is a whole API over the real sqlite store, blob store, log store
+// and secret box, served by httptest.
+type env struct {
+	t      *testing.T
+	srv    *httptest.Server
+	st     *sqlite.Store
+	fns    *functions.Service
+	admin  string // the admin's token
+	tokens map[string]string
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	ctx := context.Background()
+	dir := t.TempDir()
+	st, err := sqlite.Open(ctx, filepath.Join(dir, "spry.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	logs, err := logstore.Open(ctx, filepath.Join(dir, "logs.db"), logstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { logs.Close() })
+	blobs, err := blob.Open(filepath.Join(dir, "blobs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	box, err := secrets.New(bytes.Repeat([]byte{7}, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fns := functions.New(st, blobs, nopRetirer{}, box, logs, functions.Config{
+		MaxCodeBytes:       1 << 20,
+		DefaultRuntime:     "deno",
+		Runtimes:           []string{"deno", "node"},
+		DefaultMemoryMiB:   128,
+		DefaultTimeout:     time.Minute,
+		DefaultNetwork:     "egress",
+		DefaultConcurrency: 50,
+		DefaultMaxScale:    100,
+		Bounds:             functions.Bounds{MaxMemoryMiB: 4096, MaxTimeout: time.Hour, MaxScale: 100, MaxConcurrency: 1000, MaxCPUMilli: 4000},
+		Builds:             1,
+	})
+	authn := auth.New(st, nil)
+	if err := st.CreateUser(ctx, store.User{Name: "admin", Admin: true, CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	tok, _, err := authn.IssueToken(ctx, "admin", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := New(fns, authn, st, st, nil, logs, Config{MaxCodeBytes: 1 << 20})
+	srv := httptest.NewServer(a.Handler())
+	t.Cleanup(srv.Close)
+	return &env{t: t, srv: srv, st: st, fns: fns, admin: tok, tokens: map[string]string{"admin": tok}}
+}
+
+// user creates a user through the API and returns its token.
+func (e *env) user(name string) string {
+	e.t.Helper()
+	var res struct{ Token string }
+	e.mustDo(e.admin, "POST", "/api/v1/users", `{"name":"`+name+`"}`, http.StatusCreated, &res)
+	e.tokens[name] = res.Token
+	return res.Token
+}
+
+// do sends a request and returns its status and body.
+func (e *env) do(token, method, path, body string) (int, []byte) {
+	e.t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = bytes.NewReader([]byte(body))
+	}
+	req, err := http.NewRequest(method, e.srv.URL+path, rd)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	res, err := e.srv.Client().Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return res.StatusCode, b
+}
+
+// mustDo sends a request, wants status, and decodes the body into out.
+func (e *env) mustDo(token, method, path, body string, status int, out any) {
+	e.t.Helper()
+	got, b := e.do(token, method, path, body)
+	if got != status {
+		e.t.Fatalf("%s %s: status %d, want %d: %s", method, path, got, status, b)
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			e.t.Fatalf("%s %s: %v: %s", method, path, err, b)
+		}
+	}
+}
+
+// wantError checks an error answer: status and code in the API's shape.
+func wantError(t *testing.T, what string, status int, body []byte, wantStatus int, wantCode string) {
+	t.Helper()
+	var eb errdefs.Body
+	if status != wantStatus || json.Unmarshal(body, &eb) != nil || eb.Error.Code != wantCode {
+		t.Errorf("%s: %d %s, want %d %s", what, status, body, wantStatus, wantCode)
+	}
+}
+
+// deploy deploys a small function as token's user (or owner, for the admin).
+func (e *env) deploy(token, path string) FunctionView {
+	e.t.Helper()
+	var fn FunctionView
+	got, b := e.do(token, "PUT", path, `{"code":"export default { fetch() { return new Response('hi') } }"}`)
+	if got != http.StatusOK && got != http.StatusCreated {
+		e.t.Fatalf("deploy %s: %d %s", path, got, b)
+	}
+	if err := json.Unmarshal(b, &fn); err != nil {
+		e.t.Fatal(err)
+	}
+	return fn
+}

@@ -1,0 +1,85 @@
+package api
+
+import (
+	"bufio"
+	"encoding/json"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/spry-run/spry/internal/errdefs"
+)
+
+// A log follow is read with a token: revoking the token, or deleting
+// its user, ends the follow at once, as it ends any other use of the
+// token, with a last line saying why.
+func TestFollowEndsWhenTokenGoes(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		revoke func(e *env, tokenID string)
+	}{
+		{"revoked", func(e *env, id string) {
+			e.mustDo(e.tokens["alice"], "DELETE", "/api/v1/tokens/"+id, "", http.StatusNoContent, nil)
+		}},
+		// bob, an admin, follows alice's function; his functions (none)
+		// are not what ends the follow.
+		{"user deleted", func(e *env, id string) {
+			e.mustDo(e.admin, "DELETE", "/api/v1/users/bob", "", http.StatusNoContent, nil)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			alice := e.user("alice")
+			e.deploy(alice, "/api/v1/functions/hello")
+			e.mustDo(e.admin, "POST", "/api/v1/users", `{"name":"bob","admin":true}`, http.StatusCreated, nil)
+			var tok struct{ Token, ID string }
+			user, path := "alice", "/api/v1/functions/hello/logs?follow=1"
+			if tc.name == "user deleted" {
+				user, path = "bob", path+"&owner=alice"
+			}
+			e.mustDo(e.admin, "POST", "/api/v1/tokens", `{"name":"follow","user":"`+user+`"}`, http.StatusCreated, &tok)
+
+			req, _ := http.NewRequest("GET", e.srv.URL+path, nil)
+			req.Header.Set("Authorization", "Bearer "+tok.Token)
+			res, err := e.srv.Client().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer res.Body.Close()
+			if res.StatusCode != http.StatusOK {
+				t.Fatalf("follow: %d", res.StatusCode)
+			}
+			tc.revoke(e, tok.ID)
+
+			lines := make(chan string, 16)
+			go func() {
+				defer close(lines)
+				sc := bufio.NewScanner(res.Body)
+				for sc.Scan() {
+					lines <- sc.Text()
+				}
+			}()
+			var last string
+			timeout := time.After(5 * time.Second)
+			for done := false; !done; {
+				select {
+				case l, ok := <-lines:
+					if !ok {
+						done = true
+						break
+					}
+					last = l
+				case <-timeout:
+					t.Fatal("the follow goes on after its token is gone")
+				}
+			}
+			var eb errdefs.Body
+			if json.Unmarshal([]byte(last), &eb) != nil || eb.Error.Code != "unauthenticated" {
+				t.Errorf("last line %q, want an unauthenticated error", last)
+			}
+			// The token really is gone.
+			status, body := e.do(tok.Token, "GET", "/api/v1/whoami", "")
+			wantError(t, "whoami", status, body, http.StatusUnauthorized, "unauthenticated")
+		})
+	}
+}
