@@ -639,15 +639,44 @@ func (b *Backend) Kill(id, reason string) {
 
 func (b *Backend) kill(p *proc, reason string) {
 	p.mu.Lock()
-	if p.stopping == "" {
+	specialized := p.inst != nil
+	p.mu.Unlock()
+	// A kill often follows the runtime's own end: a probe or a request
+	// found it gone. Its exit, not the kill's reason, says why it ended,
+	// and bubblewrap, about to pass that exit on, is given a moment to.
+	gone := specialized && runtimeGone(p)
+	p.mu.Lock()
+	if p.stopping == "" && !gone {
 		p.stopping = reason
 	}
 	p.mu.Unlock()
-	if p.cmd.Process != nil {
-		// Killing bwrap kills the sandbox: its child has the parent-death
-		// signal and is the pid namespace's init.
-		_ = p.cmd.Process.Kill()
+	if p.cmd.Process == nil {
+		return
 	}
+	// Killing bwrap kills the sandbox: its child has the parent-death
+	// signal and is the pid namespace's init.
+	if gone {
+		time.AfterFunc(goneGrace, func() { _ = p.cmd.Process.Kill() })
+		return
+	}
+	_ = p.cmd.Process.Kill()
+}
+
+// goneGrace is how long a sandbox whose runtime has ended has to exit by
+// itself before it is killed all the same.
+const goneGrace = 100 * time.Millisecond
+
+// runtimeGone reports whether a specialized runtime has ended: its control
+// socket, which it listens on for its whole life, refuses connections.
+// (One alive but not accepting still has the connection queued, or
+// refused for a full queue.)
+func runtimeGone(p *proc) bool {
+	c, err := net.Dial("unix", filepath.Join(p.dir, "sock", runtime.ControlSocketName))
+	if err == nil {
+		c.Close()
+		return false
+	}
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, os.ErrNotExist)
 }
 
 // Close stops every instance and the pool, waits for them, and removes

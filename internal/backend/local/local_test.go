@@ -840,3 +840,66 @@ func TestHostChangeRenewsTheEgressPool(t *testing.T) {
 		t.Fatalf("egress pool %v after the change, want one new sandbox (was %v)", after, before)
 	}
 }
+
+// gatedLogs holds the instance output line holding hold until released:
+// the reap, which reads the output to its end first, waits meanwhile.
+type gatedLogs struct {
+	*runtimetest.Lines
+	hold             string
+	reached, release chan struct{}
+}
+
+func (g *gatedLogs) InstanceOutput(spec *backend.Spec, instance, stream string, line []byte) {
+	g.Lines.InstanceOutput(spec, instance, stream, line)
+	if strings.Contains(string(line), g.hold) {
+		close(g.reached)
+		<-g.release
+	}
+}
+
+// A runtime that ended on its own is reported by its exit, even when a
+// kill came after its end but before its reap: the activator's probe of a
+// suspect instance, or the router's dial, finds the runtime gone and
+// kills it, and the kill's reason (a timeout, say) must not stand for a
+// crash.
+func TestKillAfterTheRuntimeEndedKeepsItsExit(t *testing.T) {
+	re := runtimetest.New(t, "deno")
+	logs := &gatedLogs{Lines: re.Logs, hold: "last words", reached: make(chan struct{}), release: make(chan struct{})}
+	b, err := New(Config{
+		RunDir: re.Dir, Sandbox: re.Sandbox, Runtimes: []Runtime{re.Deno}, Blobs: re.Blobs, Logs: logs,
+		DefaultMemoryMiB: 128, UIDBase: 300000, Pids: 256, TmpBytes: 16 << 20, NoFiles: 1024,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	e := &env{b: b, blobs: re.Blobs, logs: re.Logs}
+	inst, err := b.Start(context.Background(), e.spec(t, `export default { fetch() { console.error("last words"); Deno.exit(3); } }`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		if res, err := client(inst).Get("http://instance/"); err == nil {
+			res.Body.Close()
+		}
+	}()
+	<-logs.reached
+	// The runtime exits; its reap waits for the output held above.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := inst.Responsive(ctx)
+		cancel()
+		if err != nil {
+			b.Kill(inst.ID, backend.ExitTimeout) // as the activator does
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the runtime still answers")
+		}
+	}
+	close(logs.release)
+	<-inst.Done()
+	if ex := inst.Exit(); ex.Reason != backend.ExitCrashed || ex.Code != 3 || ex.Detail != "the runtime exited unexpectedly: exit status 3" {
+		t.Fatalf("exit = %+v, want the crash (exit status 3)", ex)
+	}
+}
