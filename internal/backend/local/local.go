@@ -428,6 +428,13 @@ var errGivenUp = errors.New("spawn given up: another sandbox served its request"
 func (b *Backend) toPool(p *proc) {
 	b.mu.Lock()
 	closed := b.closed
+	// One that died since its spawn has been reaped (and so is no longer
+	// in procs): it would count as warm until a start came to it.
+	if b.procs[p.id] != p {
+		b.mu.Unlock()
+		b.kick()
+		return
+	}
 	if !closed {
 		b.pool[p.key] = append(b.pool[p.key], p)
 		close(b.pooled)

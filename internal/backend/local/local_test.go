@@ -903,3 +903,43 @@ func TestKillAfterTheRuntimeEndedKeepsItsExit(t *testing.T) {
 		t.Fatalf("exit = %+v, want the crash (exit status 3)", ex)
 	}
 }
+
+// A sandbox that dies after its spawn returned but before it joins the
+// pool (the filler's toPool, a request's adopt) stays out of it: reaped
+// already, it would count as warm, and hold the refill back, until a
+// start came to it.
+func TestSandboxDeadBeforePoolingIsNotPooled(t *testing.T) {
+	e := newEnv(t, 1)
+	e.waitPool(t, 1)
+	key := e.b.defaultKeys()[0]
+	used := e.b.take(key) // as a start would, for the pool to refill
+	defer e.b.kill(used, backend.ExitStopped)
+	p, err := e.b.spawn(context.Background(), key, pooledShares, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-p.exited
+	e.b.toPool(p)
+	e.b.kick()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		live := 0
+		e.b.mu.Lock()
+		for _, q := range e.b.pool[key] {
+			select {
+			case <-q.exited:
+			default:
+				live++
+			}
+		}
+		e.b.mu.Unlock()
+		if n := e.b.PoolIdle()["deno"]; live == 1 && n == 1 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d live sandboxes in the pool, %d counted, want 1", live, e.b.PoolIdle()["deno"])
+		}
+	}
+}
