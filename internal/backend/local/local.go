@@ -1217,9 +1217,9 @@ func probe(ctx context.Context, control string) error {
 		return fmt.Errorf("probe the runtime: %w", err)
 	}
 	defer c.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		_ = c.SetDeadline(dl)
-	}
+	// Ends the wait when ctx does, deadline or not: a stuck runtime
+	// never answers.
+	defer context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })()
 	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: instance\r\nConnection: close\r\n\r\n"); err != nil {
 		return fmt.Errorf("probe the runtime: %w", err)
 	}

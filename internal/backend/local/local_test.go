@@ -943,3 +943,40 @@ func TestSandboxDeadBeforePoolingIsNotPooled(t *testing.T) {
 		}
 	}
 }
+
+// The probe of a stuck runtime ends when its context does, deadline or
+// not (Instance.Responsive: "before ctx ends").
+func TestProbeEndsWithItsContext(t *testing.T) {
+	e := newEnv(t, 1)
+	e.waitPool(t, 1)
+	inst, err := e.b.Start(context.Background(), e.spec(t, runtimetest.SpinningHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.b.Kill(inst.ID, backend.ExitTimeout)
+	runtimetest.AwaitLoadedWhileSpinning(t, inst)
+	// Until the request reaches the handler, the event loop answers.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		err := inst.Responsive(ctx)
+		cancel()
+		if err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the handler did not start spinning")
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(200*time.Millisecond, cancel)
+	done := make(chan error, 1)
+	go func() { done <- inst.Responsive(ctx) }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("a spinning runtime answered the probe")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the probe outlived its canceled context")
+	}
+}
