@@ -428,6 +428,13 @@ var errGivenUp = errors.New("spawn given up: another sandbox served its request"
 func (b *Backend) toPool(p *proc) {
 	b.mu.Lock()
 	closed := b.closed
+	// One that died since its spawn has been reaped (and so is no longer
+	// in procs): it would count as warm until a start came to it.
+	if b.procs[p.id] != p {
+		b.mu.Unlock()
+		b.kick()
+		return
+	}
 	if !closed {
 		b.pool[p.key] = append(b.pool[p.key], p)
 		close(b.pooled)
@@ -639,15 +646,44 @@ func (b *Backend) Kill(id, reason string) {
 
 func (b *Backend) kill(p *proc, reason string) {
 	p.mu.Lock()
-	if p.stopping == "" {
+	specialized := p.inst != nil
+	p.mu.Unlock()
+	// A kill often follows the runtime's own end: a probe or a request
+	// found it gone. Its exit, not the kill's reason, says why it ended,
+	// and bubblewrap, about to pass that exit on, is given a moment to.
+	gone := specialized && runtimeGone(p)
+	p.mu.Lock()
+	if p.stopping == "" && !gone {
 		p.stopping = reason
 	}
 	p.mu.Unlock()
-	if p.cmd.Process != nil {
-		// Killing bwrap kills the sandbox: its child has the parent-death
-		// signal and is the pid namespace's init.
-		_ = p.cmd.Process.Kill()
+	if p.cmd.Process == nil {
+		return
 	}
+	// Killing bwrap kills the sandbox: its child has the parent-death
+	// signal and is the pid namespace's init.
+	if gone {
+		time.AfterFunc(goneGrace, func() { _ = p.cmd.Process.Kill() })
+		return
+	}
+	_ = p.cmd.Process.Kill()
+}
+
+// goneGrace is how long a sandbox whose runtime has ended has to exit by
+// itself before it is killed all the same.
+const goneGrace = 100 * time.Millisecond
+
+// runtimeGone reports whether a specialized runtime has ended: its control
+// socket, which it listens on for its whole life, refuses connections.
+// (One alive but not accepting still has the connection queued, or
+// refused for a full queue.)
+func runtimeGone(p *proc) bool {
+	c, err := net.Dial("unix", filepath.Join(p.dir, "sock", runtime.ControlSocketName))
+	if err == nil {
+		c.Close()
+		return false
+	}
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, os.ErrNotExist)
 }
 
 // Close stops every instance and the pool, waits for them, and removes
@@ -1181,9 +1217,9 @@ func probe(ctx context.Context, control string) error {
 		return fmt.Errorf("probe the runtime: %w", err)
 	}
 	defer c.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		_ = c.SetDeadline(dl)
-	}
+	// Ends the wait when ctx does, deadline or not: a stuck runtime
+	// never answers.
+	defer context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })()
 	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: instance\r\nConnection: close\r\n\r\n"); err != nil {
 		return fmt.Errorf("probe the runtime: %w", err)
 	}

@@ -840,3 +840,143 @@ func TestHostChangeRenewsTheEgressPool(t *testing.T) {
 		t.Fatalf("egress pool %v after the change, want one new sandbox (was %v)", after, before)
 	}
 }
+
+// gatedLogs holds the instance output line holding hold until released:
+// the reap, which reads the output to its end first, waits meanwhile.
+type gatedLogs struct {
+	*runtimetest.Lines
+	hold             string
+	reached, release chan struct{}
+}
+
+func (g *gatedLogs) InstanceOutput(spec *backend.Spec, instance, stream string, line []byte) {
+	g.Lines.InstanceOutput(spec, instance, stream, line)
+	if strings.Contains(string(line), g.hold) {
+		close(g.reached)
+		<-g.release
+	}
+}
+
+// A runtime that ended on its own is reported by its exit, even when a
+// kill came after its end but before its reap: the activator's probe of a
+// suspect instance, or the router's dial, finds the runtime gone and
+// kills it, and the kill's reason (a timeout, say) must not stand for a
+// crash.
+func TestKillAfterTheRuntimeEndedKeepsItsExit(t *testing.T) {
+	re := runtimetest.New(t, "deno")
+	logs := &gatedLogs{Lines: re.Logs, hold: "last words", reached: make(chan struct{}), release: make(chan struct{})}
+	b, err := New(Config{
+		RunDir: re.Dir, Sandbox: re.Sandbox, Runtimes: []Runtime{re.Deno}, Blobs: re.Blobs, Logs: logs,
+		DefaultMemoryMiB: 128, UIDBase: 300000, Pids: 256, TmpBytes: 16 << 20, NoFiles: 1024,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	e := &env{b: b, blobs: re.Blobs, logs: re.Logs}
+	inst, err := b.Start(context.Background(), e.spec(t, `export default { fetch() { console.error("last words"); Deno.exit(3); } }`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		if res, err := client(inst).Get("http://instance/"); err == nil {
+			res.Body.Close()
+		}
+	}()
+	<-logs.reached
+	// The runtime exits; its reap waits for the output held above.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := inst.Responsive(ctx)
+		cancel()
+		if err != nil {
+			b.Kill(inst.ID, backend.ExitTimeout) // as the activator does
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the runtime still answers")
+		}
+	}
+	close(logs.release)
+	<-inst.Done()
+	if ex := inst.Exit(); ex.Reason != backend.ExitCrashed || ex.Code != 3 || ex.Detail != "the runtime exited unexpectedly: exit status 3" {
+		t.Fatalf("exit = %+v, want the crash (exit status 3)", ex)
+	}
+}
+
+// A sandbox that dies after its spawn returned but before it joins the
+// pool (the filler's toPool, a request's adopt) stays out of it: reaped
+// already, it would count as warm, and hold the refill back, until a
+// start came to it.
+func TestSandboxDeadBeforePoolingIsNotPooled(t *testing.T) {
+	e := newEnv(t, 1)
+	e.waitPool(t, 1)
+	key := e.b.defaultKeys()[0]
+	used := e.b.take(key) // as a start would, for the pool to refill
+	defer e.b.kill(used, backend.ExitStopped)
+	p, err := e.b.spawn(context.Background(), key, pooledShares, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-p.exited
+	e.b.toPool(p)
+	e.b.kick()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		live := 0
+		e.b.mu.Lock()
+		for _, q := range e.b.pool[key] {
+			select {
+			case <-q.exited:
+			default:
+				live++
+			}
+		}
+		e.b.mu.Unlock()
+		if n := e.b.PoolIdle()["deno"]; live == 1 && n == 1 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d live sandboxes in the pool, %d counted, want 1", live, e.b.PoolIdle()["deno"])
+		}
+	}
+}
+
+// The probe of a stuck runtime ends when its context does, deadline or
+// not (Instance.Responsive: "before ctx ends").
+func TestProbeEndsWithItsContext(t *testing.T) {
+	e := newEnv(t, 1)
+	e.waitPool(t, 1)
+	inst, err := e.b.Start(context.Background(), e.spec(t, runtimetest.SpinningHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.b.Kill(inst.ID, backend.ExitTimeout)
+	runtimetest.AwaitLoadedWhileSpinning(t, inst)
+	// Until the request reaches the handler, the event loop answers.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		err := inst.Responsive(ctx)
+		cancel()
+		if err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the handler did not start spinning")
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(200*time.Millisecond, cancel)
+	done := make(chan error, 1)
+	go func() { done <- inst.Responsive(ctx) }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("a spinning runtime answered the probe")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the probe outlived its canceled context")
+	}
+}
