@@ -178,7 +178,11 @@ func TestBundleDirEntry(t *testing.T) {
 
 func TestBundleDirErrors(t *testing.T) {
 	outside := t.TempDir()
-	writeFiles(t, outside, map[string]string{"secret.json": `{"password": "hunter2"}`, "secret.ts": "export default 'hunter2'"})
+	writeFiles(t, outside, map[string]string{
+		"secret.json": `{"password": "hunter2"}`,
+		"secret.ts":   "export default 'hunter2'",
+		"secret.map":  `{"version": 3, "sources": ["hunter2"], "mappings": "AAAA"}`,
+	})
 	tests := []struct {
 		name    string
 		files   map[string]string
@@ -268,6 +272,19 @@ func TestBundleDirErrors(t *testing.T) {
 			// parse, which was let through.
 			name:    "source map path hidden behind U+FEFF",
 			files:   map[string]string{"index.js": "export default 1;\n//# sourceMappingURL=/etc/passwd\uFEFF%zz\n"},
+			wantMsg: []string{"index.js:2:5: sourceMappingURL points outside the project directory"},
+		},
+		{
+			// esbuild does not end the URL at U+0085 (which Go's
+			// unicode.IsSpace counts), nor in a block comment at U+2028:
+			// it read the map outside and put its sources in the bundle.
+			name:    "source map path hidden behind U+0085",
+			files:   map[string]string{"index.js": "export default 1;\n//# sourceMappingURL=./x\u0085/" + strings.Repeat("../", 40) + outside[1:] + "/secret.map\n"},
+			wantMsg: []string{"index.js:2:5: sourceMappingURL points outside the project directory"},
+		},
+		{
+			name:    "source map path hidden behind U+2028 in a block comment",
+			files:   map[string]string{"index.js": "export default 1;\n/*# sourceMappingURL=./x\u2028/" + strings.Repeat("../", 40) + outside[1:] + "/secret.map */\n"},
 			wantMsg: []string{"index.js:2:5: sourceMappingURL points outside the project directory"},
 		},
 		{
