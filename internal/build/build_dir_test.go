@@ -288,6 +288,22 @@ func TestBundleDirErrors(t *testing.T) {
 			wantMsg: []string{"index.js:2:5: sourceMappingURL points outside the project directory"},
 		},
 		{
+			// esbuild reads "lnk/%2e%2e/x.map" with the ".." after the
+			// link (npm makes one to any directory a workspace names);
+			// cleaned first, it looked like "x.map", inside.
+			name:  "source map path through a link and an escaped ..",
+			files: map[string]string{"index.js": "export default 1;\n//# sourceMappingURL=lnk/%2e%2e/secret.map\n"},
+			setup: func(t *testing.T, dir string) {
+				if err := os.MkdirAll(filepath.Join(outside, "sub"), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Symlink(filepath.Join(outside, "sub"), filepath.Join(dir, "lnk")); err != nil {
+					t.Fatal(err)
+				}
+			},
+			wantMsg: []string{"index.js:2:5: sourceMappingURL points outside the project directory"},
+		},
+		{
 			name:    "unsupported file type",
 			files:   map[string]string{"index.ts": "import t from './notes.txt';\nexport default t;\n", "notes.txt": "hi"},
 			wantMsg: []string{`index.ts:1:15: cannot import "notes.txt": only .ts`},

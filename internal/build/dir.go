@@ -601,9 +601,15 @@ func (b *dirBuild) checkSourceMaps(rel, real string, code []byte) *api.Message {
 			// Other schemes are ignored by esbuild.
 		default:
 			base := &url.URL{Scheme: "file", Path: filepath.ToSlash(filepath.Dir(real)) + "/"}
-			p := filepath.Clean(filepath.FromSlash(base.ResolveReference(u).Path))
+			// Not cleaned first: a ".." left in the path ("%2e%2e" is no
+			// dot segment to ResolveReference) follows a symbolic link
+			// before it when esbuild reads the file, as EvalSymlinks
+			// resolves it; cleaned, "lnk/../x.map" looked like "x.map".
+			p := filepath.FromSlash(base.ResolveReference(u).Path)
 			if r, err := filepath.EvalSymlinks(p); err == nil {
 				p = r
+			} else {
+				p = filepath.Clean(p) // not there: esbuild can't read it either
 			}
 			if !b.inside(p) {
 				bad = "sourceMappingURL points outside the project directory"
