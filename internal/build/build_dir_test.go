@@ -810,6 +810,10 @@ func TestBundleDirDependencyRefusals(t *testing.T) {
 		{"bad alias", map[string]string{"package.json": `{"dependencies": {"x": "npm:y@file:/etc"}}`}, "is not a version range"},
 		{"override", map[string]string{"package.json": `{"dependencies": {"x": "1"}, "overrides": {"y": {"z": "file:/etc"}}}`}, "overrides:"},
 		{"workspace outside", map[string]string{"package.json": `{"dependencies": {"x": "1"}, "workspaces": ["../*"]}`}, "workspaces:"},
+		// npm lets a workspace, as the root, depend on a directory
+		// anywhere, and links it into node_modules.
+		{"workspace directory dependency", map[string]string{"package.json": `{"dependencies": {"x": "1"}, "workspaces": ["pkgs/*"]}`, "pkgs/w/package.json": `{"name": "w", "dependencies": {"leak": "file:/usr/lib"}}`}, `pkgs/w/package.json: dependencies: leak: "file:/usr/lib" is not a version range`},
+		{"workspace git dependency", map[string]string{"package.json": `{"dependencies": {"x": "1"}, "workspaces": ["w"]}`, "w/package.json": `{"name": "w", "optionalDependencies": {"g": "git+https://example.com/g.git"}}`}, "w/package.json: optionalDependencies: g:"},
 		{"lockfile elsewhere", map[string]string{"package.json": `{"dependencies": {"x": "1"}}`, "package-lock.json": `{"packages": {"node_modules/x": {"resolved": "http://169.254.169.254/x.tgz"}}}`}, "node_modules/x is resolved to"},
 		{"lockfile link outside", map[string]string{"package.json": `{"dependencies": {"x": "1"}}`, "package-lock.json": `{"packages": {"node_modules/x": {"resolved": "../../etc", "link": true}}}`}, "is outside the project"},
 		{"lockfile path", map[string]string{"package.json": `{"dependencies": {"x": "1"}}`, "package-lock.json": `{"packages": {"../../x": {}}}`}, "outside the project"},
@@ -935,8 +939,8 @@ func TestBundleDirNPMDependency(t *testing.T) {
 }
 
 // A dependency that is a server file (file:, here declared by a
-// workspace, where the root package.json's checks do not look) is
-// refused by npm itself: its text never reaches the bundle.
+// workspace) is refused, by the workspace checks and by npm itself: its
+// text never reaches the bundle.
 func TestBundleDirNPMRefusesServerFiles(t *testing.T) {
 	reg := needNPM(t)
 	t.Parallel()
