@@ -60,7 +60,7 @@ const memSpool = 4 << 20
 // Limits bound what one archive may unpack to. The zero value means the
 // defaults.
 type Limits struct {
-	MaxFiles      int   // entries (files and directories); default 10000
+	MaxFiles      int   // files and directories created, implied parents included; default 10000
 	MaxTotalBytes int64 // decompressed bytes of all files; default 200 MiB
 	MaxFileBytes  int64 // decompressed bytes of one file; default 50 MiB
 	MaxPathDepth  int   // components of one path; default 32
@@ -385,11 +385,13 @@ func (x *extractor) refuse(name, why string) error {
 	return errdefs.Invalid("entry %s: %s", quote(name), why)
 }
 
-// count adds one entry against MaxFiles.
+// count adds one path created against MaxFiles. Parent directories an
+// entry only implies count too: else each entry could make MaxPathDepth
+// of them, dozens of times the limit.
 func (x *extractor) count() error {
 	x.entries++
 	if x.entries > x.lim.MaxFiles {
-		return errdefs.New(errdefs.ErrTooLarge, "archive has more than %d entries", x.lim.MaxFiles)
+		return errdefs.New(errdefs.ErrTooLarge, "archive has more than %d files and directories", x.lim.MaxFiles)
 	}
 	return nil
 }
@@ -403,17 +405,17 @@ func (x *extractor) dir(name string) error {
 	if p == "" {
 		return nil // "./": the destination itself
 	}
-	if err := x.count(); err != nil {
-		return err
-	}
 	switch x.kinds[p] {
 	case explicitDir:
 		return errdefs.Invalid("entry %s: duplicate path", quote(name))
 	case regularFile:
 		return errdefs.Invalid("entry %s: %q is already a file", quote(name), p)
 	case implicitDir:
-		x.kinds[p] = explicitDir
+		x.kinds[p] = explicitDir // counted when it was made
 		return nil
+	}
+	if err := x.count(); err != nil {
+		return err
 	}
 	if err := x.parents(name, p); err != nil {
 		return err
@@ -436,6 +438,9 @@ func (x *extractor) parents(name, p string) error {
 		case regularFile:
 			return errdefs.Invalid("entry %s: parent %q is a file", quote(name), parent)
 		case 0:
+			if err := x.count(); err != nil {
+				return err
+			}
 			if err := x.mkdir(parent); err != nil {
 				return err
 			}

@@ -245,8 +245,11 @@ func TestExtractRefusals(t *testing.T) {
 		{name: "tar custom depth", tar: []entry{{name: "a/b/c.ts", body: "1"}}, lim: Limits{MaxPathDepth: 2}, wantMsg: "deeper than 2 components"},
 		{name: "tar long component", tar: []entry{{name: long, body: "1"}}, wantMsg: "longer than 255 bytes"},
 		{name: "tar file only a dot", tar: []entry{{name: ".", body: "x", typ: tar.TypeReg}}, wantMsg: "a file needs a name"},
-		{name: "tar too many files", tar: []entry{{name: "a", body: "1"}, {name: "b", body: "2"}, {name: "c", body: "3"}}, lim: Limits{MaxFiles: 2}, wantErr: errdefs.ErrTooLarge, wantMsg: "archive has more than 2 entries"},
-		{name: "tar dirs count", tar: []entry{{name: "a/"}, {name: "b/"}, {name: "c/"}}, lim: Limits{MaxFiles: 2}, wantErr: errdefs.ErrTooLarge, wantMsg: "more than 2 entries"},
+		{name: "tar too many files", tar: []entry{{name: "a", body: "1"}, {name: "b", body: "2"}, {name: "c", body: "3"}}, lim: Limits{MaxFiles: 2}, wantErr: errdefs.ErrTooLarge, wantMsg: "archive has more than 2 files and directories"},
+		{name: "tar dirs count", tar: []entry{{name: "a/"}, {name: "b/"}, {name: "c/"}}, lim: Limits{MaxFiles: 2}, wantErr: errdefs.ErrTooLarge, wantMsg: "more than 2 files and directories"},
+		// Each entry made up to MaxPathDepth-1 parents uncounted: 10,000
+		// entries made 310,000 directories.
+		{name: "tar implied dirs count", tar: []entry{{name: "a/b/c/d/f", body: "1"}, {name: "e/f/g/h/f", body: "2"}}, lim: Limits{MaxFiles: 5}, wantErr: errdefs.ErrTooLarge, wantMsg: "more than 5 files and directories"},
 		{name: "tar file too large", tar: []entry{{name: "big", body: strings.Repeat("x", 101)}}, lim: Limits{MaxFileBytes: 100}, wantErr: errdefs.ErrTooLarge, wantMsg: `entry "big" is larger than 100 bytes`},
 		{name: "tar total too large", tar: []entry{{name: "a", body: strings.Repeat("x", 60)}, {name: "b", body: strings.Repeat("x", 60)}}, lim: Limits{MaxTotalBytes: 100}, wantErr: errdefs.ErrTooLarge, wantMsg: "archive expands to more than 100 bytes"},
 		{name: "tar garbage", raw: bytes.Repeat([]byte("garbage!"), 100), format: FormatTar, wantMsg: "not a valid tar file"},
@@ -267,6 +270,7 @@ func TestExtractRefusals(t *testing.T) {
 		{name: "zip duplicate", zip: []zipEntry{{name: "a.ts", body: "1"}, {name: "a.ts", body: "2"}}, wantMsg: `entry "a.ts": duplicate path`},
 		{name: "zip duplicate after cleaning", zip: []zipEntry{{name: "a/b.ts", body: "1"}, {name: "a//./b.ts", body: "2"}}, wantMsg: "duplicate path"},
 		{name: "zip too many files", zip: []zipEntry{{name: "a"}, {name: "b"}, {name: "c"}}, lim: Limits{MaxFiles: 2}, wantErr: errdefs.ErrTooLarge, wantMsg: "archive has 3 entries; the limit is 2"},
+		{name: "zip implied dirs count", zip: []zipEntry{{name: "a/b/c/d/f", body: "1"}, {name: "e/f/g/h/f", body: "2"}}, lim: Limits{MaxFiles: 5}, wantErr: errdefs.ErrTooLarge, wantMsg: "more than 5 files and directories"},
 		{name: "zip file too large", zip: []zipEntry{{name: "big", body: strings.Repeat("x", 101)}}, lim: Limits{MaxFileBytes: 100}, wantErr: errdefs.ErrTooLarge, wantMsg: `entry "big" is larger than 100 bytes`},
 		{name: "zip total too large", zip: []zipEntry{{name: "a", body: strings.Repeat("x", 60)}, {name: "b", body: strings.Repeat("x", 60)}}, lim: Limits{MaxTotalBytes: 100}, wantErr: errdefs.ErrTooLarge, wantMsg: "archive expands to more than 100 bytes"},
 		{name: "zip garbage", raw: bytes.Repeat([]byte("garbage!"), 100), format: FormatZip, wantMsg: "not a valid zip file"},
@@ -733,5 +737,32 @@ func fuzzExtract(t *testing.T, base string, data []byte, format string) {
 	})
 	if total > fuzzLimits.MaxTotalBytes {
 		t.Fatalf("wrote %d bytes; the limit is %d", total, fuzzLimits.MaxTotalBytes)
+	}
+}
+
+// TestExtractCountsPathsOnce: MaxFiles bounds the paths made, implied
+// parents included, and a directory entry after its children (as some
+// zip tools write them) is not counted twice.
+func TestExtractCountsPathsOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		data []byte
+	}{
+		{"tar", makeTar(t, entry{name: "a/b/f", body: "1"}, entry{name: "a/"}, entry{name: "a/b/"}, entry{name: "./"})},
+		{"zip", makeZip(t, zipEntry{name: "a/b/f", body: "1"}, zipEntry{name: "a/", mode: fs.ModeDir | 0o755}, zipEntry{name: "a/b/", mode: fs.ModeDir | 0o755})},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dst := filepath.Join(t.TempDir(), "out")
+			if err := Extract(bytes.NewReader(tc.data), FormatAuto, dst, Limits{MaxFiles: 3}); err != nil {
+				t.Fatalf("3 paths with MaxFiles 3: %v", err)
+			}
+			if got := listTree(t, dst); len(got) != 3 {
+				t.Errorf("tree = %q, want 3 paths", got)
+			}
+			err := Extract(bytes.NewReader(tc.data), FormatAuto, filepath.Join(t.TempDir(), "out"), Limits{MaxFiles: 2})
+			if !errors.Is(err, errdefs.ErrTooLarge) {
+				t.Errorf("3 paths with MaxFiles 2: err = %v, want ErrTooLarge", err)
+			}
+		})
 	}
 }

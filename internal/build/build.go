@@ -264,7 +264,9 @@ type sourceMapRef struct {
 }
 
 // sourceMapRefs returns every sourceMappingURL pragma in code, wherever it
-// is (in a comment or not).
+// is (in a comment or not). A pragma gives two refs when a line comment
+// and a block comment would end its URL at different places, so that
+// whichever esbuild reads is checked.
 func sourceMapRefs(code []byte) []sourceMapRef {
 	var refs []sourceMapRef
 	for off := 0; ; {
@@ -273,21 +275,47 @@ func sourceMapRefs(code []byte) []sourceMapRef {
 			return refs
 		}
 		start := off + i
-		rest := bytes.TrimLeftFunc(code[start+len(sourceMappingPragma):], pragmaSpace)
-		end := bytes.IndexFunc(rest, pragmaSpace)
-		if end < 0 {
-			end = len(rest)
+		rest := bytes.TrimLeftFunc(code[start+len(sourceMappingPragma):], func(r rune) bool { return unicode.IsSpace(r) || pragmaSpace(r) })
+		// In a // comment the URL ends at white space or the end of the
+		// line (U+2028 and U+2029 included); in a /* */ one at white
+		// space or "*/", not at U+2028 or U+2029. Where it would go on
+		// past \n or \r, the URL does not parse for esbuild either.
+		lineEnd := bytes.IndexFunc(rest, func(r rune) bool { return pragmaSpace(r) || lineTerminator(r) })
+		blockEnd := bytes.IndexFunc(rest, func(r rune) bool { return pragmaSpace(r) || r == '\n' || r == '\r' })
+		if c := bytes.Index(rest, []byte("*/")); c >= 0 && (blockEnd < 0 || c < blockEnd) {
+			blockEnd = c
 		}
-		refs = append(refs, sourceMapRef{off: start, url: string(rest[:end])})
+		for _, end := range []int{lineEnd, blockEnd} {
+			if end < 0 {
+				end = len(rest)
+			}
+			ref := sourceMapRef{off: start, url: string(rest[:end])}
+			if len(refs) == 0 || refs[len(refs)-1] != ref {
+				refs = append(refs, ref)
+			}
+		}
 		off = start + len(sourceMappingPragma)
 	}
 }
 
 // pragmaSpace is white space as esbuild's lexer ends a pragma's URL at
-// it: Unicode's, and U+FEFF, which Go's unicode.IsSpace does not count.
-// A URL read longer than esbuild reads it could hide a path from the
-// checks ("/x.map\uFEFF%zz").
-func pragmaSpace(r rune) bool { return unicode.IsSpace(r) || r == '\uFEFF' }
+// it (js_ast.IsWhitespace): not Go's unicode.IsSpace, which also counts
+// line terminators and U+0085 but not U+FEFF. A URL read shorter or
+// longer than esbuild reads it could hide a path from the checks
+// ("/x.map\uFEFF%zz", "./a\u0085/../../etc/x.map").
+func pragmaSpace(r rune) bool {
+	switch r {
+	case '\t', '\v', '\f', ' ', '\u00A0', '\u1680', '\u202F', '\u205F', '\u3000', '\uFEFF':
+		return true
+	}
+	return r >= '\u2000' && r <= '\u200A'
+}
+
+// lineTerminator reports JavaScript's line terminators, which end a //
+// comment.
+func lineTerminator(r rune) bool {
+	return r == '\n' || r == '\r' || r == '\u2028' || r == '\u2029'
+}
 
 // position returns the 1-based line and column (in characters) of byte
 // offset off in code.

@@ -178,7 +178,11 @@ func TestBundleDirEntry(t *testing.T) {
 
 func TestBundleDirErrors(t *testing.T) {
 	outside := t.TempDir()
-	writeFiles(t, outside, map[string]string{"secret.json": `{"password": "hunter2"}`, "secret.ts": "export default 'hunter2'"})
+	writeFiles(t, outside, map[string]string{
+		"secret.json": `{"password": "hunter2"}`,
+		"secret.ts":   "export default 'hunter2'",
+		"secret.map":  `{"version": 3, "sources": ["hunter2"], "mappings": "AAAA"}`,
+	})
 	tests := []struct {
 		name    string
 		files   map[string]string
@@ -268,6 +272,35 @@ func TestBundleDirErrors(t *testing.T) {
 			// parse, which was let through.
 			name:    "source map path hidden behind U+FEFF",
 			files:   map[string]string{"index.js": "export default 1;\n//# sourceMappingURL=/etc/passwd\uFEFF%zz\n"},
+			wantMsg: []string{"index.js:2:5: sourceMappingURL points outside the project directory"},
+		},
+		{
+			// esbuild does not end the URL at U+0085 (which Go's
+			// unicode.IsSpace counts), nor in a block comment at U+2028:
+			// it read the map outside and put its sources in the bundle.
+			name:    "source map path hidden behind U+0085",
+			files:   map[string]string{"index.js": "export default 1;\n//# sourceMappingURL=./x\u0085/" + strings.Repeat("../", 40) + outside[1:] + "/secret.map\n"},
+			wantMsg: []string{"index.js:2:5: sourceMappingURL points outside the project directory"},
+		},
+		{
+			name:    "source map path hidden behind U+2028 in a block comment",
+			files:   map[string]string{"index.js": "export default 1;\n/*# sourceMappingURL=./x\u2028/" + strings.Repeat("../", 40) + outside[1:] + "/secret.map */\n"},
+			wantMsg: []string{"index.js:2:5: sourceMappingURL points outside the project directory"},
+		},
+		{
+			// esbuild reads "lnk/%2e%2e/x.map" with the ".." after the
+			// link (npm makes one to any directory a workspace names);
+			// cleaned first, it looked like "x.map", inside.
+			name:  "source map path through a link and an escaped ..",
+			files: map[string]string{"index.js": "export default 1;\n//# sourceMappingURL=lnk/%2e%2e/secret.map\n"},
+			setup: func(t *testing.T, dir string) {
+				if err := os.MkdirAll(filepath.Join(outside, "sub"), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Symlink(filepath.Join(outside, "sub"), filepath.Join(dir, "lnk")); err != nil {
+					t.Fatal(err)
+				}
+			},
 			wantMsg: []string{"index.js:2:5: sourceMappingURL points outside the project directory"},
 		},
 		{
@@ -777,6 +810,10 @@ func TestBundleDirDependencyRefusals(t *testing.T) {
 		{"bad alias", map[string]string{"package.json": `{"dependencies": {"x": "npm:y@file:/etc"}}`}, "is not a version range"},
 		{"override", map[string]string{"package.json": `{"dependencies": {"x": "1"}, "overrides": {"y": {"z": "file:/etc"}}}`}, "overrides:"},
 		{"workspace outside", map[string]string{"package.json": `{"dependencies": {"x": "1"}, "workspaces": ["../*"]}`}, "workspaces:"},
+		// npm lets a workspace, as the root, depend on a directory
+		// anywhere, and links it into node_modules.
+		{"workspace directory dependency", map[string]string{"package.json": `{"dependencies": {"x": "1"}, "workspaces": ["pkgs/*"]}`, "pkgs/w/package.json": `{"name": "w", "dependencies": {"leak": "file:/usr/lib"}}`}, `pkgs/w/package.json: dependencies: leak: "file:/usr/lib" is not a version range`},
+		{"workspace git dependency", map[string]string{"package.json": `{"dependencies": {"x": "1"}, "workspaces": ["w"]}`, "w/package.json": `{"name": "w", "optionalDependencies": {"g": "git+https://example.com/g.git"}}`}, "w/package.json: optionalDependencies: g:"},
 		{"lockfile elsewhere", map[string]string{"package.json": `{"dependencies": {"x": "1"}}`, "package-lock.json": `{"packages": {"node_modules/x": {"resolved": "http://169.254.169.254/x.tgz"}}}`}, "node_modules/x is resolved to"},
 		{"lockfile link outside", map[string]string{"package.json": `{"dependencies": {"x": "1"}}`, "package-lock.json": `{"packages": {"node_modules/x": {"resolved": "../../etc", "link": true}}}`}, "is outside the project"},
 		{"lockfile path", map[string]string{"package.json": `{"dependencies": {"x": "1"}}`, "package-lock.json": `{"packages": {"../../x": {}}}`}, "outside the project"},
@@ -902,8 +939,8 @@ func TestBundleDirNPMDependency(t *testing.T) {
 }
 
 // A dependency that is a server file (file:, here declared by a
-// workspace, where the root package.json's checks do not look) is
-// refused by npm itself: its text never reaches the bundle.
+// workspace) is refused, by the workspace checks and by npm itself: its
+// text never reaches the bundle.
 func TestBundleDirNPMRefusesServerFiles(t *testing.T) {
 	reg := needNPM(t)
 	t.Parallel()

@@ -601,9 +601,15 @@ func (b *dirBuild) checkSourceMaps(rel, real string, code []byte) *api.Message {
 			// Other schemes are ignored by esbuild.
 		default:
 			base := &url.URL{Scheme: "file", Path: filepath.ToSlash(filepath.Dir(real)) + "/"}
-			p := filepath.Clean(filepath.FromSlash(base.ResolveReference(u).Path))
+			// Not cleaned first: a ".." left in the path ("%2e%2e" is no
+			// dot segment to ResolveReference) follows a symbolic link
+			// before it when esbuild reads the file, as EvalSymlinks
+			// resolves it; cleaned, "lnk/../x.map" looked like "x.map".
+			p := filepath.FromSlash(base.ResolveReference(u).Path)
 			if r, err := filepath.EvalSymlinks(p); err == nil {
 				p = r
+			} else {
+				p = filepath.Clean(p) // not there: esbuild can't read it either
 			}
 			if !b.inside(p) {
 				bad = "sourceMappingURL points outside the project directory"
@@ -644,8 +650,13 @@ func needsRequire(metafile string) bool {
 
 // installProject installs the package.json dependencies in the project.
 func (b *dirBuild) installProject() error {
-	if err := checkPackageJSON(b.cfg.pkg); err != nil {
+	if err := checkPackageJSON("package.json", b.cfg.pkg); err != nil {
 		return err
+	}
+	if len(b.cfg.pkg.Workspaces) > 0 {
+		if err := checkWorkspaces(b.dir); err != nil {
+			return err
+		}
 	}
 	n, err := b.npm()
 	if err != nil {
@@ -666,6 +677,40 @@ func (b *dirBuild) installProject() error {
 		}
 	}
 	return n.install(b.ctx, b.dir, ci)
+}
+
+// checkWorkspaces checks the dependencies of every package.json in the
+// project but the root's (already checked) and node_modules': npm treats
+// a workspace's dependencies as the root's, allowing it a directory
+// anywhere on the server (linked into node_modules). Every package.json,
+// not only those the workspace globs match, so that no glob dialect can
+// differ from npm's.
+func checkWorkspaces(dir string) error {
+	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return errdefs.Invalid("%s: cannot read it", quoteName(filepath.Base(p)))
+		}
+		if d.IsDir() && d.Name() == "node_modules" {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || d.Name() != "package.json" || p == filepath.Join(dir, "package.json") {
+			return nil
+		}
+		rel, err := filepath.Rel(dir, p)
+		if err != nil {
+			return fmt.Errorf("build: %w", err)
+		}
+		rel = filepath.ToSlash(rel)
+		b, err := readConfigFile(dir, rel)
+		if err != nil || b == nil {
+			return err
+		}
+		var pkg packageJSON
+		if err := json.Unmarshal(b, &pkg); err != nil {
+			return errdefs.Invalid("%s: %v", rel, jsonError(b, err))
+		}
+		return checkPackageJSON(rel, &pkg)
+	})
 }
 
 // installImports installs the packages npm: imports name.

@@ -279,8 +279,9 @@ func readNPMRC(dir string) ([]string, error) {
 
 // checkPackageJSON refuses dependencies npm would fetch from somewhere
 // other than the registry (files and directories on the server, git
-// repositories, tarball URLs) and workspaces outside the project.
-func checkPackageJSON(p *packageJSON) error {
+// repositories, tarball URLs) and workspaces outside the project. file
+// is its path in the project, for messages.
+func checkPackageJSON(file string, p *packageJSON) error {
 	for field, deps := range map[string]map[string]string{
 		"dependencies":         p.Dependencies,
 		"optionalDependencies": p.OptionalDependencies,
@@ -293,10 +294,10 @@ func checkPackageJSON(p *packageJSON) error {
 		sort.Strings(names)
 		for _, name := range names {
 			if !validNPMName(name) {
-				return errdefs.Invalid("package.json: %s: %s is not a valid package name", field, quoteName(name))
+				return errdefs.Invalid("%s: %s: %s is not a valid package name", file, field, quoteName(name))
 			}
 			if err := checkDependencySpec(deps[name]); err != nil {
-				return errdefs.Invalid("package.json: %s: %s: %v", field, name, err)
+				return errdefs.Invalid("%s: %s: %s: %v", file, field, name, err)
 			}
 		}
 	}
@@ -320,10 +321,10 @@ func checkPackageJSON(p *packageJSON) error {
 		}
 		var v any
 		if err := json.Unmarshal(p.Overrides, &v); err != nil {
-			return errdefs.Invalid("package.json: overrides: %v", err)
+			return errdefs.Invalid("%s: overrides: %v", file, err)
 		}
 		if err := walk(v); err != nil {
-			return errdefs.Invalid("package.json: overrides: %v", err)
+			return errdefs.Invalid("%s: overrides: %v", file, err)
 		}
 	}
 	if len(p.Workspaces) > 0 {
@@ -333,13 +334,13 @@ func checkPackageJSON(p *packageJSON) error {
 				Packages []string `json:"packages"`
 			}
 			if err := json.Unmarshal(p.Workspaces, &obj); err != nil {
-				return errdefs.Invalid("package.json: workspaces must be a list of paths")
+				return errdefs.Invalid("%s: workspaces must be a list of paths", file)
 			}
 			list = obj.Packages
 		}
 		for _, w := range list {
 			if _, err := localPath(w); err != nil {
-				return errdefs.Invalid("package.json: workspaces: %v", err)
+				return errdefs.Invalid("%s: workspaces: %v", file, err)
 			}
 		}
 	}
