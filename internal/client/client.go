@@ -83,7 +83,31 @@ func decodeError(res *http.Response) error {
 	if json.Unmarshal(data, &b) == nil && b.Error.Code != "" {
 		return &Error{Status: res.StatusCode, Code: b.Error.Code, Message: b.Error.Message}
 	}
-	return &Error{Status: res.StatusCode, Code: "internal", Message: fmt.Sprintf("server answered %s: %s", res.Status, strings.TrimSpace(string(data)))}
+	// Not the API's JSON: a proxy in front of the server answered. Its
+	// status still says what went wrong (and so the CLI's exit code).
+	code, ok := statusCodes[res.StatusCode]
+	if !ok {
+		code = "internal"
+	}
+	return &Error{Status: res.StatusCode, Code: code, Message: fmt.Sprintf("server answered %s: %s", res.Status, strings.TrimSpace(string(data)))}
+}
+
+// statusCodes are the API codes a bare HTTP status stands for.
+var statusCodes = map[int]string{
+	http.StatusBadRequest:                  "invalid_argument",
+	http.StatusUnauthorized:                "unauthenticated",
+	http.StatusForbidden:                   "permission_denied",
+	http.StatusNotFound:                    "not_found",
+	http.StatusMethodNotAllowed:            "method_not_allowed",
+	http.StatusRequestTimeout:              "request_timeout",
+	http.StatusConflict:                    "conflict",
+	http.StatusRequestEntityTooLarge:       "too_large",
+	http.StatusUnsupportedMediaType:        "unsupported_media_type",
+	http.StatusTooManyRequests:             "rate_limited",
+	http.StatusRequestHeaderFieldsTooLarge: "header_too_large",
+	http.StatusBadGateway:                  "bad_gateway",
+	http.StatusServiceUnavailable:          "unavailable",
+	http.StatusGatewayTimeout:              "timeout",
 }
 
 func ownerQuery(owner string) url.Values {
