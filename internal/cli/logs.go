@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"encoding/json"
 	"fmt"
 
 	"github.com/spf13/cobra"
@@ -26,9 +27,11 @@ func newLogsCmd(conn *connFlags) *cobra.Command {
 				return err
 			}
 			out := cmd.OutOrStdout()
+			// JSON lines: one entry a line, not indented.
+			enc := json.NewEncoder(out)
 			return c.Logs(cmd.Context(), args[0], o, func(l api.LogLine) error {
 				if asJSON {
-					return printJSON(out, l)
+					return enc.Encode(l)
 				}
 				_, err := fmt.Fprintf(out, "%s v%d %s %-6s %s\n", l.Time.UTC().Format("2006-01-02T15:04:05.000Z"), l.Version, l.Instance, l.Stream, l.Line)
 				return err
