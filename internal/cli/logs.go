@@ -1,8 +1,11 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"os/signal"
 
 	"github.com/spf13/cobra"
 
@@ -26,10 +29,18 @@ func newLogsCmd(conn *connFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			ctx := cmd.Context()
+			if o.Follow {
+				// Ctrl-C is how a follow ends: exit 0, not the signal's
+				// default death.
+				var stop context.CancelFunc
+				ctx, stop = signal.NotifyContext(ctx, os.Interrupt)
+				defer stop()
+			}
 			out := cmd.OutOrStdout()
 			// JSON lines: one entry a line, not indented.
 			enc := json.NewEncoder(out)
-			return c.Logs(cmd.Context(), args[0], o, func(l api.LogLine) error {
+			return c.Logs(ctx, args[0], o, func(l api.LogLine) error {
 				if asJSON {
 					return enc.Encode(l)
 				}

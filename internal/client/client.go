@@ -361,10 +361,20 @@ func (c *Client) Logs(ctx context.Context, name string, o LogOptions, fn func(ap
 			Error *struct{ Code, Message string } `json:"error"`
 		}
 		if err := dec.Decode(&l); err != nil {
-			if err == io.EOF || ctx.Err() != nil {
+			var syntax *json.SyntaxError
+			var typ *json.UnmarshalTypeError
+			switch {
+			case ctx.Err() != nil, err == io.EOF && !o.Follow:
 				return nil
+			case err == io.EOF:
+				// A follow ends with a line saying why; without one the
+				// server (or a proxy) went away.
+				return errdefs.New(errdefs.ErrUnavailable, "the server at %s ended the follow without saying why; follow again once it is back", c.URL)
+			case errors.As(err, &syntax), errors.As(err, &typ):
+				return fmt.Errorf("decode logs: %w", err)
+			default:
+				return errdefs.New(errdefs.ErrUnavailable, "the log stream from %s broke off: %v", c.URL, err)
 			}
-			return err
 		}
 		if l.Error != nil {
 			return &Error{Status: errdefs.HTTPStatus(errdefs.FromCode(l.Error.Code)), Code: l.Error.Code, Message: l.Error.Message}
