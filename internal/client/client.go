@@ -289,7 +289,10 @@ func (c *Client) Invoke(ctx context.Context, owner, name, method, path string, b
 		req.Header[k] = vs
 	}
 	// A function's redirect is its answer, shown as it is (as curl does).
+	// Its timeout is the server's to enforce (up to --max-timeout), and a
+	// streamed body may go on longer still: only ctx bounds it here.
 	hc := *c.HTTP
+	hc.Timeout = 0
 	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	res, err := hc.Do(req)
 	if err != nil {

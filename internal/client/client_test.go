@@ -3,10 +3,12 @@ package client
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spry-run/spry/internal/api"
 	"github.com/spry-run/spry/internal/errdefs"
@@ -153,5 +155,29 @@ func TestInvokeShowsAFunctionsRedirect(t *testing.T) {
 	}
 	if len(followed) > 0 {
 		t.Errorf("invoke followed the function's redirect: %v", followed)
+	}
+}
+
+// An invocation lasts as long as its function may run (--max-timeout,
+// 15 minutes by default) or streams its body: the client's own timeout
+// for API calls (5 minutes; here shortened) does not cut it.
+func TestInvokeOutlastsTheAPITimeout(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("part 1\n"))
+		_ = http.NewResponseController(w).Flush()
+		time.Sleep(300 * time.Millisecond)
+		_, _ = w.Write([]byte("part 2\n"))
+	}))
+	defer srv.Close()
+	c := New(srv.URL, "t")
+	c.HTTP.Timeout = 100 * time.Millisecond
+	res, err := c.Invoke(context.Background(), "alice", "slow", "GET", "/", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil || string(body) != "part 1\npart 2\n" {
+		t.Errorf("body %q, err %v", body, err)
 	}
 }
