@@ -62,7 +62,21 @@ func writeFileConfig(environ []string, fc fileConfig) (string, error) {
 		return "", err
 	}
 	data, _ := json.MarshalIndent(fc, "", "  ")
-	return p, os.WriteFile(p, append(data, '\n'), 0o600)
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return "", err
+	}
+	// The mode is only applied to a new file: one already there with a
+	// looser mode must not get the token as it is.
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return "", err
+	}
+	_, err = f.Write(append(data, '\n'))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return p, err
 }
 
 const defaultURL = "http://127.0.0.1:8080"

@@ -65,3 +65,40 @@ func TestExitCodes(t *testing.T) {
 		}
 	}
 }
+
+// Arguments that are missing, extra or unknown are bad input (2), as a
+// flag that does not parse is; a group without a subcommand it knows
+// (spry env frob) is not a success.
+func TestBadArgumentsExit2(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "config.json")
+	for _, args := range [][]string{
+		{"rm"},
+		{"rm", "a", "b"},
+		{"deploy"},
+		{"tag", "f"},
+		{"ls", "extra"},
+		{"frobnicate"},
+		{"env", "frob", "f"},
+		{"user", "nope"},
+	} {
+		var stdout, stderr bytes.Buffer
+		code := Main(context.Background(), Env{
+			Args:    append(args, "--token", "t", "--url", "http://127.0.0.1:1"),
+			Environ: []string{"SPRY_CONFIG=" + cfg, "HOME=" + t.TempDir()},
+			Stdin:   strings.NewReader(""),
+			Stdout:  &stdout,
+			Stderr:  &stderr,
+		})
+		if code != 2 {
+			t.Errorf("spry %s: exit %d, want 2 (stderr %q)", strings.Join(args, " "), code, stderr.String())
+		}
+	}
+	// A group on its own, or with --help, still shows its help.
+	for _, args := range [][]string{{}, {"env"}, {"env", "--help"}, {"--help"}} {
+		var stdout, stderr bytes.Buffer
+		code := Main(context.Background(), Env{Args: args, Environ: []string{"SPRY_CONFIG=" + cfg}, Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr})
+		if code != 0 || !strings.Contains(stdout.String(), "Available Commands") {
+			t.Errorf("spry %s: exit %d, stdout %q", strings.Join(args, " "), code, stdout.String())
+		}
+	}
+}

@@ -183,6 +183,9 @@ func newLsCmd(conn *connFlags) *cobra.Command {
 				return err
 			}
 			if asJSON {
+				if fns == nil {
+					fns = []api.FunctionView{} // [], not null, for jq '.[]'
+				}
 				return printJSON(cmd.OutOrStdout(), fns)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)

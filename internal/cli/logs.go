@@ -1,7 +1,11 @@
 package cli
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
+	"os"
+	"os/signal"
 
 	"github.com/spf13/cobra"
 
@@ -25,10 +29,20 @@ func newLogsCmd(conn *connFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			ctx := cmd.Context()
+			if o.Follow {
+				// Ctrl-C is how a follow ends: exit 0, not the signal's
+				// default death.
+				var stop context.CancelFunc
+				ctx, stop = signal.NotifyContext(ctx, os.Interrupt)
+				defer stop()
+			}
 			out := cmd.OutOrStdout()
-			return c.Logs(cmd.Context(), args[0], o, func(l api.LogLine) error {
+			// JSON lines: one entry a line, not indented.
+			enc := json.NewEncoder(out)
+			return c.Logs(ctx, args[0], o, func(l api.LogLine) error {
 				if asJSON {
-					return printJSON(out, l)
+					return enc.Encode(l)
 				}
 				_, err := fmt.Fprintf(out, "%s v%d %s %-6s %s\n", l.Time.UTC().Format("2006-01-02T15:04:05.000Z"), l.Version, l.Instance, l.Stream, l.Line)
 				return err

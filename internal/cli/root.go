@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -89,7 +90,46 @@ func NewRoot(env Env) *cobra.Command {
 		newTokenCmd(conn),
 		newVersionCmd(),
 	)
+	argsAreInput(root)
 	return root
+}
+
+// argsAreInput makes wrong arguments bad input (exit 2) throughout the
+// tree, as flags are: cobra's own errors have no class (exit 1), and a
+// group given a subcommand it does not know printed its help and exited 0.
+func argsAreInput(c *cobra.Command) {
+	if c.HasSubCommands() {
+		if c.SuggestionsMinimumDistance <= 0 {
+			c.SuggestionsMinimumDistance = 2 // cobra's default, set only on its own path
+		}
+		c.Args = func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return errdefs.Invalid("unknown command %q for %q%s", args[0], cmd.CommandPath(), suggest(cmd, args[0]))
+			}
+			return nil
+		}
+		if c.RunE == nil && c.Run == nil {
+			c.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+		}
+	} else if check := c.Args; check != nil {
+		c.Args = func(cmd *cobra.Command, args []string) error {
+			if err := check(cmd, args); err != nil {
+				return errdefs.Invalid("%v", err)
+			}
+			return nil
+		}
+	}
+	for _, sub := range c.Commands() {
+		argsAreInput(sub)
+	}
+}
+
+func suggest(cmd *cobra.Command, arg string) string {
+	s := cmd.SuggestionsFor(arg)
+	if len(s) == 0 {
+		return ""
+	}
+	return "; did you mean " + strings.Join(s, " or ") + "?"
 }
 
 // Version is set at build time with -ldflags.

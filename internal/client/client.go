@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -27,7 +28,43 @@ type Client struct {
 
 // New returns a client for the server at baseURL.
 func New(baseURL, token string) *Client {
-	return &Client{URL: strings.TrimRight(baseURL, "/"), Token: token, HTTP: &http.Client{Timeout: 5 * time.Minute}}
+	return &Client{URL: strings.TrimRight(baseURL, "/"), Token: token, HTTP: &http.Client{Timeout: 5 * time.Minute, CheckRedirect: checkRedirect}}
+}
+
+// checkRedirect follows a redirect only to the same origin (or from http
+// to https on the same host) with the same method: Go follows a 301 or 302
+// with a GET, whose answer a write would take for its own, and sends the
+// token along to another port of the same host.
+func checkRedirect(req *http.Request, via []*http.Request) error {
+	prev := via[len(via)-1]
+	upgrade := prev.URL.Scheme == "http" && req.URL.Scheme == "https" && prev.URL.Hostname() == req.URL.Hostname()
+	switch {
+	case len(via) >= 10:
+		return &redirectError{from: via[0].URL.String(), to: req.URL.String(), why: "too many redirects"}
+	case req.Method != via[0].Method:
+		return &redirectError{from: via[0].URL.String(), to: req.URL.String(), why: via[0].Method + " would become " + req.Method}
+	case !upgrade && (req.URL.Scheme != prev.URL.Scheme || req.URL.Host != prev.URL.Host):
+		return &redirectError{from: via[0].URL.String(), to: req.URL.String(), why: "another server, which the token is not for"}
+	}
+	return nil
+}
+
+// redirectError is a redirect the client would not follow: the --url is
+// not the server's own (bad input, exit 2).
+type redirectError struct{ from, to, why string }
+
+func (e *redirectError) Error() string {
+	return fmt.Sprintf("%s redirects to %s (%s): pass the server's own URL with --url or SPRY_URL", e.from, e.to, e.why)
+}
+func (e *redirectError) Unwrap() error { return errdefs.ErrInvalidArgument }
+
+// netError says why a request got no answer.
+func (c *Client) netError(err error) error {
+	var re *redirectError
+	if errors.As(err, &re) {
+		return re
+	}
+	return &unreachable{c.URL, err}
 }
 
 // Error is an error answered by the server. errors.Is matches it against
@@ -61,7 +98,7 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, body
 	}
 	res, err := c.HTTP.Do(req)
 	if err != nil {
-		return &unreachable{c.URL, err}
+		return c.netError(err)
 	}
 	defer res.Body.Close()
 	if res.StatusCode >= 400 {
@@ -83,7 +120,31 @@ func decodeError(res *http.Response) error {
 	if json.Unmarshal(data, &b) == nil && b.Error.Code != "" {
 		return &Error{Status: res.StatusCode, Code: b.Error.Code, Message: b.Error.Message}
 	}
-	return &Error{Status: res.StatusCode, Code: "internal", Message: fmt.Sprintf("server answered %s: %s", res.Status, strings.TrimSpace(string(data)))}
+	// Not the API's JSON: a proxy in front of the server answered. Its
+	// status still says what went wrong (and so the CLI's exit code).
+	code, ok := statusCodes[res.StatusCode]
+	if !ok {
+		code = "internal"
+	}
+	return &Error{Status: res.StatusCode, Code: code, Message: fmt.Sprintf("server answered %s: %s", res.Status, strings.TrimSpace(string(data)))}
+}
+
+// statusCodes are the API codes a bare HTTP status stands for.
+var statusCodes = map[int]string{
+	http.StatusBadRequest:                  "invalid_argument",
+	http.StatusUnauthorized:                "unauthenticated",
+	http.StatusForbidden:                   "permission_denied",
+	http.StatusNotFound:                    "not_found",
+	http.StatusMethodNotAllowed:            "method_not_allowed",
+	http.StatusRequestTimeout:              "request_timeout",
+	http.StatusConflict:                    "conflict",
+	http.StatusRequestEntityTooLarge:       "too_large",
+	http.StatusUnsupportedMediaType:        "unsupported_media_type",
+	http.StatusTooManyRequests:             "rate_limited",
+	http.StatusRequestHeaderFieldsTooLarge: "header_too_large",
+	http.StatusBadGateway:                  "bad_gateway",
+	http.StatusServiceUnavailable:          "unavailable",
+	http.StatusGatewayTimeout:              "timeout",
 }
 
 func ownerQuery(owner string) url.Values {
@@ -227,7 +288,13 @@ func (c *Client) Invoke(ctx context.Context, owner, name, method, path string, b
 	for k, vs := range header {
 		req.Header[k] = vs
 	}
-	res, err := c.HTTP.Do(req)
+	// A function's redirect is its answer, shown as it is (as curl does).
+	// Its timeout is the server's to enforce (up to --max-timeout), and a
+	// streamed body may go on longer still: only ctx bounds it here.
+	hc := *c.HTTP
+	hc.Timeout = 0
+	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	res, err := hc.Do(req)
 	if err != nil {
 		return nil, &unreachable{c.URL, err}
 	}
@@ -283,7 +350,7 @@ func (c *Client) Logs(ctx context.Context, name string, o LogOptions, fn func(ap
 	hc.Timeout = 0
 	res, err := hc.Do(req)
 	if err != nil {
-		return &unreachable{c.URL, err}
+		return c.netError(err)
 	}
 	defer res.Body.Close()
 	if res.StatusCode >= 400 {
@@ -297,10 +364,20 @@ func (c *Client) Logs(ctx context.Context, name string, o LogOptions, fn func(ap
 			Error *struct{ Code, Message string } `json:"error"`
 		}
 		if err := dec.Decode(&l); err != nil {
-			if err == io.EOF || ctx.Err() != nil {
+			var syntax *json.SyntaxError
+			var typ *json.UnmarshalTypeError
+			switch {
+			case ctx.Err() != nil, err == io.EOF && !o.Follow:
 				return nil
+			case err == io.EOF:
+				// A follow ends with a line saying why; without one the
+				// server (or a proxy) went away.
+				return errdefs.New(errdefs.ErrUnavailable, "the server at %s ended the follow without saying why; follow again once it is back", c.URL)
+			case errors.As(err, &syntax), errors.As(err, &typ):
+				return fmt.Errorf("decode logs: %w", err)
+			default:
+				return errdefs.New(errdefs.ErrUnavailable, "the log stream from %s broke off: %v", c.URL, err)
 			}
-			return err
 		}
 		if l.Error != nil {
 			return &Error{Status: errdefs.HTTPStatus(errdefs.FromCode(l.Error.Code)), Code: l.Error.Code, Message: l.Error.Message}

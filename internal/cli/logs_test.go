@@ -1,0 +1,187 @@
+package cli
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// runCLI runs spry with args against the server at url.
+func runCLI(t *testing.T, url string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	cfg := filepath.Join(t.TempDir(), "config.json")
+	code = Main(context.Background(), Env{
+		Args:    append(args, "--url", url, "--token", "t"),
+		Environ: []string{"SPRY_CONFIG=" + cfg, "HOME=" + t.TempDir()},
+		Stdin:   strings.NewReader(""),
+		Stdout:  &out,
+		Stderr:  &errb,
+	})
+	return code, out.String(), errb.String()
+}
+
+// `spry logs --json` prints JSON lines, one entry per line, which line
+// tools (grep, while read) and `jq -c` read one at a time.
+func TestLogsJSONIsOneEntryPerLine(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		for i := 1; i <= 3; i++ {
+			_, _ = w.Write([]byte(`{"id":` + string(rune('0'+i)) + `,"time":"2025-01-02T03:04:05Z","version":1,"stream":"stdout","line":"hello"}` + "\n"))
+		}
+	}))
+	defer srv.Close()
+	code, stdout, stderr := runCLI(t, srv.URL, "logs", "hello", "--json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	sc := bufio.NewScanner(strings.NewReader(stdout))
+	n := 0
+	for sc.Scan() {
+		n++
+		var v map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &v); err != nil {
+			t.Errorf("line %d %q is not a JSON object: %v", n, sc.Text(), err)
+		}
+	}
+	if n != 3 {
+		t.Errorf("%d lines for 3 entries:\n%s", n, stdout)
+	}
+}
+
+// `spry ls --json` with no functions is an empty array, not null, which
+// `jq '.[]'` refuses.
+func TestLsJSONEmptyIsAnArray(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"functions":[]}`))
+	}))
+	defer srv.Close()
+	code, stdout, stderr := runCLI(t, srv.URL, "ls", "--json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if got := strings.TrimSpace(stdout); got != "[]" {
+		t.Errorf("stdout %q, want []", got)
+	}
+}
+
+// `spry logs -f` ends only with Ctrl-C (0), its function's deletion (4)
+// or the server's going (6), saying which: a stream that stops without
+// the server's last word is the server gone, not a success.
+func TestLogsFollowThatLosesTheServerExits6(t *testing.T) {
+	line := `{"id":1,"time":"2025-01-02T03:04:05Z","version":1,"stream":"stdout","line":"hello"}` + "\n"
+	for _, tt := range []struct {
+		name string
+		end  func(w http.ResponseWriter)
+	}{
+		{"clean end", func(w http.ResponseWriter) {}},
+		{"cut mid-line", func(w http.ResponseWriter) {
+			conn, buf, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			// Half a chunk, then the connection is gone.
+			_, _ = buf.WriteString("40\r\n{\"id\":2,")
+			_ = buf.Flush()
+			conn.Close()
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "application/x-ndjson")
+				_, _ = w.Write([]byte(line))
+				_ = http.NewResponseController(w).Flush()
+				tt.end(w)
+			}))
+			defer srv.Close()
+			code, stdout, stderr := runCLI(t, srv.URL, "logs", "hello", "-f")
+			if code != 6 {
+				t.Errorf("exit %d, want 6 (stderr %q)", code, stderr)
+			}
+			if !strings.Contains(stdout, "hello") {
+				t.Errorf("stdout %q lacks the line sent", stdout)
+			}
+			if stderr == "" {
+				t.Error("nothing on stderr says why the follow ended")
+			}
+		})
+	}
+}
+
+// Ctrl-C ends `spry logs -f` with exit 0, as documented, rather than the
+// signal's default (the process killed: 130 in a shell).
+func TestLogsFollowCtrlCExits0(t *testing.T) {
+	// Keeps this test binary alive whatever the command does with SIGINT.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		_, _ = w.Write([]byte(`{"id":1,"time":"2025-01-02T03:04:05Z","version":1,"stream":"stdout","line":"hello"}` + "\n"))
+		_ = http.NewResponseController(w).Flush()
+		<-r.Context().Done()
+	}))
+	defer srv.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	out := &syncBuffer{}
+	var errb syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- Main(ctx, Env{
+			Args:    []string{"logs", "hello", "-f", "--url", srv.URL, "--token", "t"},
+			Environ: []string{"SPRY_CONFIG=" + filepath.Join(t.TempDir(), "c.json")},
+			Stdin:   strings.NewReader(""),
+			Stdout:  out,
+			Stderr:  &errb,
+		})
+	}()
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(out.String(), "hello"); {
+		if time.Now().After(deadline) {
+			t.Fatal("the follow printed nothing")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := syscall.Kill(os.Getpid(), syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Errorf("exit %d after Ctrl-C, want 0 (stderr %q)", code, errb.String())
+		}
+	case <-time.After(5 * time.Second):
+		cancel()
+		<-done
+		t.Fatal("Ctrl-C did not end the follow")
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

@@ -1,0 +1,183 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spry-run/spry/internal/api"
+	"github.com/spry-run/spry/internal/errdefs"
+)
+
+// A proxy in front of the server (nginx, a load balancer) answers its own
+// errors in HTML or plain text. Their class, and so the CLI's exit code,
+// comes from the status: a 502 from a proxy is as unserved as the API's.
+func TestNonJSONErrorsKeepTheirStatusClass(t *testing.T) {
+	for _, tt := range []struct {
+		status int
+		want   error
+		exit   int
+	}{
+		{http.StatusUnauthorized, errdefs.ErrUnauthenticated, 3},
+		{http.StatusForbidden, errdefs.ErrPermissionDenied, 3},
+		{http.StatusNotFound, errdefs.ErrNotFound, 4},
+		{http.StatusConflict, errdefs.ErrConflict, 5},
+		{http.StatusRequestEntityTooLarge, errdefs.ErrTooLarge, 2},
+		{http.StatusTooManyRequests, errdefs.ErrRateLimited, 6},
+		{http.StatusBadGateway, errdefs.ErrBadGateway, 6},
+		{http.StatusServiceUnavailable, errdefs.ErrUnavailable, 6},
+		{http.StatusGatewayTimeout, errdefs.ErrTimeout, 6},
+		{http.StatusInternalServerError, errdefs.ErrInternal, 1},
+	} {
+		t.Run(http.StatusText(tt.status), func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "text/html")
+				w.WriteHeader(tt.status)
+				_, _ = w.Write([]byte("<html><body><h1>" + http.StatusText(tt.status) + "</h1></body></html>\n"))
+			}))
+			defer srv.Close()
+			_, err := New(srv.URL, "t").Functions(context.Background(), "")
+			var ce *Error
+			if !errors.As(err, &ce) || ce.Status != tt.status {
+				t.Fatalf("err = %v, want a client Error with status %d", err, tt.status)
+			}
+			if !errors.Is(err, tt.want) {
+				t.Errorf("err %v (code %q) is not %v", err, ce.Code, tt.want)
+			}
+			if got := errdefs.ExitCode(err); got != tt.exit {
+				t.Errorf("exit code %d, want %d", got, tt.exit)
+			}
+		})
+	}
+}
+
+// A redirect in front of the API must not turn a write into a read: Go
+// follows a 301 or 302 with a GET, and the write's caller would be told
+// the GET's answer (deployed, deleted) though nothing was written.
+func TestRedirectNeverTurnsAWriteIntoARead(t *testing.T) {
+	var methods []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		methods = append(methods, r.Method+" "+r.URL.Path)
+		if !strings.HasPrefix(r.URL.Path, "/moved/") {
+			http.Redirect(w, r, "/moved"+r.URL.Path, http.StatusMovedPermanently)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"owner":"alice","name":"hello","version":3}` + "\n"))
+	}))
+	defer srv.Close()
+	c := New(srv.URL, "t")
+	for _, tt := range []struct {
+		name string
+		call func() error
+	}{
+		{"deploy", func() error {
+			_, err := c.Deploy(context.Background(), "", "hello", api.DeployBody{Code: "export default () => 1"})
+			return err
+		}},
+		{"rm", func() error { return c.DeleteFunction(context.Background(), "", "hello") }},
+	} {
+		methods = nil
+		err := tt.call()
+		if err == nil {
+			t.Errorf("%s: no error though the server only redirected (requests: %v)", tt.name, methods)
+		} else if got := errdefs.ExitCode(err); got != 2 {
+			t.Errorf("%s: %v: exit code %d, want 2 (the --url is not the server's own)", tt.name, err, got)
+		}
+		for _, m := range methods {
+			if strings.HasPrefix(m, "GET ") {
+				t.Errorf("%s: the redirect was followed with %s", tt.name, m)
+			}
+		}
+	}
+}
+
+// The bearer token goes to the server it was given for, never to where a
+// redirect points elsewhere: another port of the same host included.
+func TestRedirectKeepsTheTokenAtHome(t *testing.T) {
+	var leaked []string
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if a := r.Header.Get("Authorization"); a != "" {
+			leaked = append(leaked, a)
+		}
+		_, _ = w.Write([]byte(`{"functions":[]}`))
+	}))
+	defer other.Close()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, other.URL+r.URL.RequestURI(), http.StatusTemporaryRedirect)
+	}))
+	defer srv.Close()
+	c := New(srv.URL, "secret-token")
+	_, err := c.Functions(context.Background(), "")
+	if len(leaked) > 0 {
+		t.Errorf("the token reached %s: %q", other.URL, leaked)
+	}
+	if err == nil {
+		t.Errorf("no error though the server redirected to %s", other.URL)
+	}
+	_, _ = c.Whoami(context.Background())
+	_ = c.Logs(context.Background(), "hello", LogOptions{}, func(api.LogLine) error { return nil })
+	if len(leaked) > 0 {
+		t.Errorf("the token reached %s: %q", other.URL, leaked)
+	}
+}
+
+// A function's redirect is its answer: invoke shows it, as curl does,
+// rather than calling where it points (a POST there turned into a GET).
+func TestInvokeShowsAFunctionsRedirect(t *testing.T) {
+	var followed []string
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		followed = append(followed, r.Method+" "+r.URL.String())
+	}))
+	defer other.Close()
+	for _, status := range []int{http.StatusFound, http.StatusTemporaryRedirect} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.HasPrefix(r.URL.Path, "/fn/alice/hello") {
+				http.Redirect(w, r, other.URL+"/login", status)
+				return
+			}
+			t.Errorf("unexpected %s %s", r.Method, r.URL)
+		}))
+		res, err := New(srv.URL, "t").Invoke(context.Background(), "alice", "hello", "POST", "/", strings.NewReader("x"), nil)
+		srv.Close()
+		if err != nil {
+			t.Fatalf("%d: %v", status, err)
+		}
+		res.Body.Close()
+		if res.StatusCode != status || res.Header.Get("Location") != other.URL+"/login" {
+			t.Errorf("invoke answered %d (Location %q), want the function's %d", res.StatusCode, res.Header.Get("Location"), status)
+		}
+	}
+	if len(followed) > 0 {
+		t.Errorf("invoke followed the function's redirect: %v", followed)
+	}
+}
+
+// An invocation lasts as long as its function may run (--max-timeout,
+// 15 minutes by default) or streams its body: the client's own timeout
+// for API calls (5 minutes; here shortened) does not cut it.
+func TestInvokeOutlastsTheAPITimeout(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("part 1\n"))
+		_ = http.NewResponseController(w).Flush()
+		time.Sleep(300 * time.Millisecond)
+		_, _ = w.Write([]byte("part 2\n"))
+	}))
+	defer srv.Close()
+	c := New(srv.URL, "t")
+	c.HTTP.Timeout = 100 * time.Millisecond
+	res, err := c.Invoke(context.Background(), "alice", "slow", "GET", "/", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil || string(body) != "part 1\npart 2\n" {
+		t.Errorf("body %q, err %v", body, err)
+	}
+}
