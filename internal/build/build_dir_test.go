@@ -641,6 +641,8 @@ func TestPublicOnly(t *testing.T) {
 		"[::ffff:127.0.0.1]:80":      false,
 		"[64:ff9b::a00:1]:80":        false,
 		"224.0.0.1:80":               false,
+		"[2002:a00:1::1]:80":         false, // 6to4 of 10.0.0.1
+		"[2001:0:4136:e378::1]:80":   false, // Teredo
 	} {
 		if err := publicOnly("tcp", addr, nil); (err == nil) != ok {
 			t.Errorf("publicOnly(%s) = %v, want ok %v", addr, err, ok)

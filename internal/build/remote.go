@@ -223,6 +223,10 @@ var nonPublic = []netip.Prefix{
 	netip.MustParsePrefix("64:ff9b::/96"),   // NAT64: an IPv4 address behind
 	netip.MustParsePrefix("64:ff9b:1::/48"), // local-use NAT64
 	netip.MustParsePrefix("2001:db8::/32"),  // documentation
+	// Tunnels that carry an IPv4 address inside (a host with such a
+	// tunnel would reach it): 6to4 and Teredo.
+	netip.MustParsePrefix("2002::/16"),
+	netip.MustParsePrefix("2001::/32"),
 }
 
 // publicOnly is a net.Dialer Control refusing non-public addresses.
