@@ -70,3 +70,23 @@ func TestLoginConfigIsPrivate(t *testing.T) {
 		})
 	}
 }
+
+// A config file that does not parse leaves a command without a token, and
+// the command says which file is broken (exit 3, as for no token).
+func TestBrokenConfigIsNamed(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "config.json")
+	if err := os.WriteFile(cfg, []byte(`{"url": "http://x", "token": `), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	code := Main(context.Background(), Env{
+		Args:    []string{"ls"},
+		Environ: []string{"SPRY_CONFIG=" + cfg},
+		Stdin:   strings.NewReader(""),
+		Stdout:  &stdout,
+		Stderr:  &stderr,
+	})
+	if code != 3 || !strings.Contains(stderr.String(), cfg) || !strings.Contains(stderr.String(), "not valid JSON") {
+		t.Fatalf("exit %d, stderr %q: want 3 naming the broken file", code, stderr.String())
+	}
+}

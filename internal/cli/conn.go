@@ -3,6 +3,7 @@ package cli
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 
@@ -39,18 +40,25 @@ func configPath(environ []string) (string, error) {
 	return filepath.Join(dir, "spry", "config.json"), nil
 }
 
-func readFileConfig(environ []string) fileConfig {
-	var fc fileConfig
+// readFileConfig reads the login config file; a missing one is no
+// config, and one that does not parse is reported (bad) so that a
+// command left without a token can say why.
+func readFileConfig(environ []string) (fc fileConfig, bad error) {
 	p, err := configPath(environ)
 	if err != nil {
-		return fc
+		return fc, nil
 	}
 	data, err := os.ReadFile(p)
 	if err != nil {
-		return fc
+		if errors.Is(err, os.ErrNotExist) {
+			return fc, nil
+		}
+		return fc, fmt.Errorf("cannot read the config file %s: %w", p, err)
 	}
-	_ = json.Unmarshal(data, &fc)
-	return fc
+	if err := json.Unmarshal(data, &fc); err != nil {
+		return fileConfig{}, fmt.Errorf("the config file %s is not valid JSON (%v); run `spry login` again", p, err)
+	}
+	return fc, nil
 }
 
 func writeFileConfig(environ []string, fc fileConfig) (string, error) {
@@ -81,15 +89,18 @@ func writeFileConfig(environ []string, fc fileConfig) (string, error) {
 
 const defaultURL = "http://127.0.0.1:8080"
 
-func (c *connFlags) resolve() (url, token string) {
-	fc := readFileConfig(c.env.Environ)
+func (c *connFlags) resolve() (url, token string, bad error) {
+	fc, bad := readFileConfig(c.env.Environ)
 	url = first(c.url, lookupEnv(c.env.Environ, "SPRY_URL"), fc.URL, defaultURL)
 	token = first(c.token, lookupEnv(c.env.Environ, "SPRY_TOKEN"), fc.Token)
-	return url, token
+	return url, token, bad
 }
 
 func (c *connFlags) client() (*client.Client, error) {
-	url, token := c.resolve()
+	url, token, bad := c.resolve()
+	if token == "" && bad != nil {
+		return nil, errdefs.New(errdefs.ErrUnauthenticated, "no API token: %v", bad)
+	}
 	if token == "" {
 		return nil, errdefs.New(errdefs.ErrUnauthenticated, "no API token: set SPRY_TOKEN, pass --token, or run `spry login`")
 	}
