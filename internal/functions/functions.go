@@ -84,7 +84,7 @@ type Config struct {
 	Builds         int
 	// Forget, if set, is told when a function is deleted (its metrics
 	// series go with it).
-	Forget func(owner, name string)
+	Forget func(owner, name, id string)
 	Now    func() time.Time
 	Logger *slog.Logger
 }
@@ -563,7 +563,7 @@ func (s *Service) Delete(ctx context.Context, owner, name string) error {
 		s.log.Error("delete logs", "owner", owner, "function", name, "err", err)
 	}
 	if s.cfg.Forget != nil {
-		s.cfg.Forget(owner, name)
+		s.cfg.Forget(owner, name, fn.ID)
 	}
 	s.log.Info("deleted", "owner", owner, "function", name)
 	return nil

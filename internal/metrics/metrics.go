@@ -6,6 +6,8 @@ package metrics
 import (
 	"net/http"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -43,7 +45,25 @@ type Metrics struct {
 	duration    *prometheus.HistogramVec
 	coldStarts  *prometheus.CounterVec
 	coldStart   *prometheus.HistogramVec
+
+	// gone holds the functions deleted lately, by name, with their ids:
+	// requests still in flight when one was deleted end after Forget and
+	// must not bring its series back for good. Usually empty, so the
+	// look on each request is one atomic load.
+	goneMu sync.Mutex
+	gone   atomic.Pointer[map[fnName]deleted]
 }
+
+type fnName struct{ owner, function string }
+
+type deleted struct {
+	id string
+	at time.Time
+}
+
+// goneFor is how long a deleted function's late requests are not
+// counted: longer than any invocation may take.
+const goneFor = time.Hour
 
 // latencyBuckets span 100 µs to 60 s.
 var latencyBuckets = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
@@ -85,8 +105,12 @@ func (m *Metrics) Handler() http.Handler {
 // Registry is the registry, for tests.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
-// Invocation records one finished invocation.
-func (m *Metrics) Invocation(owner, function string, code int, d time.Duration) {
+// Invocation records one finished invocation of the function whose id is
+// id.
+func (m *Metrics) Invocation(owner, function, id string, code int, d time.Duration) {
+	if m.isGone(owner, function, id) {
+		return
+	}
 	m.invocations.WithLabelValues(owner, function, codeLabel(code)).Inc()
 	m.duration.WithLabelValues(owner, function).Observe(d.Seconds())
 }
@@ -107,8 +131,11 @@ func codeLabel(code int) string {
 	return strconv.Itoa(code)
 }
 
-// ColdStart records one instance start for a function.
-func (m *Metrics) ColdStart(owner, function, result string) {
+// ColdStart records one instance start for the function whose id is id.
+func (m *Metrics) ColdStart(owner, function, id, result string) {
+	if m.isGone(owner, function, id) {
+		return
+	}
 	m.coldStarts.WithLabelValues(owner, function, result).Inc()
 }
 
@@ -118,8 +145,32 @@ func (m *Metrics) ColdStartLatency(runtime string, d time.Duration) {
 	m.coldStart.WithLabelValues(runtime).Observe(d.Seconds())
 }
 
-// Forget drops a deleted function's series.
-func (m *Metrics) Forget(owner, function string) {
+func (m *Metrics) isGone(owner, function, id string) bool {
+	g := m.gone.Load()
+	if g == nil || len(*g) == 0 {
+		return false
+	}
+	d, ok := (*g)[fnName{owner, function}]
+	return ok && d.id == id
+}
+
+// Forget drops the series of a deleted function (id is its id), and
+// keeps its late requests out of them: a function made again under the
+// name has another id, and is counted.
+func (m *Metrics) Forget(owner, function, id string) {
+	m.goneMu.Lock()
+	now := time.Now()
+	next := map[fnName]deleted{}
+	if g := m.gone.Load(); g != nil {
+		for k, d := range *g {
+			if now.Sub(d.at) < goneFor {
+				next[k] = d
+			}
+		}
+	}
+	next[fnName{owner, function}] = deleted{id, now}
+	m.gone.Store(&next)
+	m.goneMu.Unlock()
 	labels := prometheus.Labels{"owner": owner, "function": function}
 	m.invocations.DeletePartialMatch(labels)
 	m.duration.DeletePartialMatch(labels)

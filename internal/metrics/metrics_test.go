@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"testing"
+	"time"
 )
 
 // gauges reports fixed numbers, as the server's parts would.
@@ -54,5 +55,43 @@ func TestInstancesSummedPerFunction(t *testing.T) {
 	}
 	if len(series) != 3 {
 		t.Errorf("spry_instances series: %q", series)
+	}
+}
+
+// A deleted function's series go, and requests of it that end later (in
+// flight at the delete) do not bring them back; a function made again
+// under the name is counted.
+func TestForgetOutlastsLateRequests(t *testing.T) {
+	m := New(nil)
+	count := func() float64 {
+		families, err := m.Registry().Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0.0
+		for _, f := range families {
+			if f.GetName() == "spry_invocations_total" || f.GetName() == "spry_cold_starts_total" {
+				for _, mt := range f.GetMetric() {
+					n += mt.GetCounter().GetValue()
+				}
+			}
+		}
+		return n
+	}
+	m.ColdStart("alice", "hello", "id-1", "ok")
+	m.Invocation("alice", "hello", "id-1", 200, time.Millisecond)
+	if n := count(); n != 2 {
+		t.Fatalf("before the delete: %v, want 2", n)
+	}
+	m.Forget("alice", "hello", "id-1")
+	m.Invocation("alice", "hello", "id-1", 200, time.Millisecond) // late
+	m.ColdStart("alice", "hello", "id-1", "ok")
+	if n := count(); n != 0 {
+		t.Fatalf("after the delete and late requests: %v, want 0", n)
+	}
+	m.Invocation("alice", "hello", "id-2", 200, time.Millisecond) // made again
+	m.Invocation("bob", "hello", "id-3", 200, time.Millisecond)
+	if n := count(); n != 2 {
+		t.Fatalf("a new function of the name and another owner's: %v, want 2", n)
 	}
 }

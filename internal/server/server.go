@@ -266,7 +266,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 			if err != nil {
 				result = "error"
 			}
-			s.metrics.ColdStart(spec.Owner, spec.Name, result)
+			s.metrics.ColdStart(spec.Owner, spec.Name, spec.FunctionID, result)
 		},
 	})
 	s.fns = functions.New(s.store, blobs, s.act, box, s.logs, functions.Config{
@@ -571,7 +571,7 @@ func (l logSink) InstanceOutput(spec *backend.Spec, instance, stream string, lin
 }
 
 func (l logSink) Access(a router.Access) {
-	l.metrics.Invocation(a.Spec.Owner, a.Spec.Name, a.Status, a.Duration)
+	l.metrics.Invocation(a.Spec.Owner, a.Spec.Name, a.Spec.FunctionID, a.Status, a.Duration)
 	logged, summary := l.access.admit(&a)
 	if summary != nil {
 		l.logs.Append(*summary)
