@@ -71,6 +71,7 @@ func newServeCmd(env Env) *cobra.Command {
 				return err
 			}
 			if err := s.Listen(); err != nil {
+				s.Close()
 				return err
 			}
 			return s.Run(ctx)

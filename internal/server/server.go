@@ -453,6 +453,7 @@ func (s *Server) Addr() string { return s.ln.Addr().String() }
 func (s *Server) Run(ctx context.Context) error {
 	if s.ln == nil {
 		if err := s.Listen(); err != nil {
+			s.closeAll()
 			return err
 		}
 	}
@@ -487,6 +488,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.cfg.RouterLoops > 0 {
 		lane, err := s.router.NewLane(s.ln, router.LaneConfig{Loops: s.cfg.RouterLoops, Spin: s.cfg.RouterSpin})
 		if err != nil {
+			s.closeAll()
 			return err
 		}
 		s.lane, ln = lane, lane.Handoff()
@@ -532,8 +534,18 @@ func (s *Server) stopLane(ctx context.Context) {
 	s.ln.Close()
 }
 
+// Close stops what New started, for a server that will not Run (one
+// whose Listen failed): its warm pool, run directory and cgroups would
+// otherwise stay until the next start on its data dir. Run closes the
+// server itself.
+func (s *Server) Close() { s.closeAll() }
+
 // closeAll stops what New started, in dependency order.
 func (s *Server) closeAll() {
+	if s.ln != nil {
+		// Closed already unless Run failed before serving it.
+		_ = s.ln.Close()
+	}
 	if s.stop != nil {
 		s.stop()
 		<-s.bg
