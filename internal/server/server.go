@@ -119,14 +119,15 @@ type Server struct {
 }
 
 const (
-	// maxConcurrency bounds a function's concurrency setting.
-	maxConcurrency = 10000
+	// MaxConcurrency bounds a function's concurrency setting, and
+	// --concurrency.
+	MaxConcurrency = 10000
 	// instanceFiles is an instance's open-file limit. Every request in
 	// flight holds a connection from the router, and the router's two
 	// paths (event loops and fasthttp) each keep their own idle ones, so
 	// a function at the highest concurrency may need twice that; the rest
 	// is the function's own. Deno ends on "Too many open files".
-	instanceFiles = 2*maxConcurrency + 1024
+	instanceFiles = 2*MaxConcurrency + 1024
 )
 
 // openFileLimit is want, or this process's own hard limit if that is
@@ -289,7 +290,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 			MaxMemoryMiB:   cfg.MaxMemoryMiB,
 			MaxTimeout:     cfg.MaxTimeout,
 			MaxScale:       cfg.MaxScale,
-			MaxConcurrency: maxConcurrency,
+			MaxConcurrency: MaxConcurrency,
 			MaxCPUMilli:    goruntime.NumCPU() * 1000,
 		},
 		Logger: log,
