@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"io"
 	"log/slog"
 	"math"
 	"os/signal"
@@ -39,16 +40,9 @@ func newServeCmd(env Env) *cobra.Command {
 				return errdefs.Invalid("--egress-allow: %v", err)
 			}
 			cfg.EgressAllow = allow
-			var level slog.Level
-			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
-				return errdefs.Invalid("--log-level: %v", err)
-			}
-			opts := &slog.HandlerOptions{Level: level}
-			var log *slog.Logger
-			if strings.EqualFold(logFormat, "json") {
-				log = slog.New(slog.NewJSONHandler(env.Stderr, opts))
-			} else {
-				log = slog.New(slog.NewTextHandler(env.Stderr, opts))
+			log, err := newLogger(env.Stderr, logLevel, logFormat)
+			if err != nil {
+				return err
 			}
 			// The router allocates per request and memory is plentiful on a
 			// serving host: collect less often unless the operator chose.
@@ -173,4 +167,20 @@ func validate(cfg server.Config) error {
 		return errdefs.Invalid("--uid-base must be at least 1000")
 	}
 	return nil
+}
+
+// newLogger is serve's logger, as --log-level and --log-format ask.
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, errdefs.Invalid("--log-level: %v", err)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch strings.ToLower(format) {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, errdefs.Invalid("--log-format must be text or json")
 }

@@ -52,3 +52,33 @@ func TestValidateServeFlags(t *testing.T) {
 		})
 	}
 }
+
+// --log-format is text or json; anything else (a typo of json, say) is
+// refused rather than taken for text, which a log shipper would not parse.
+func TestServeLogFormat(t *testing.T) {
+	for _, tt := range []struct {
+		level, format string
+		ok            bool
+	}{
+		{"info", "text", true},
+		{"debug", "json", true},
+		{"warn", "JSON", true},
+		{"info", "jsno", false},
+		{"info", "", false},
+		{"loud", "text", false},
+	} {
+		var b strings.Builder
+		log, err := newLogger(&b, tt.level, tt.format)
+		if (err == nil) != tt.ok {
+			t.Errorf("--log-level %q --log-format %q: error %v, want ok %v", tt.level, tt.format, err, tt.ok)
+			continue
+		}
+		if err != nil {
+			continue
+		}
+		log.Error("x")
+		if json := strings.HasPrefix(b.String(), "{"); json != strings.EqualFold(tt.format, "json") {
+			t.Errorf("--log-format %q wrote %q", tt.format, b.String())
+		}
+	}
+}
