@@ -8,16 +8,21 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/spry-run/spry/internal/runtime"
 )
 
 // TestTour follows the README's tour: deploy, curl, invoke, ls, rm.
@@ -600,5 +605,42 @@ export default { fetch() { return new Response(pad); } }`)
 	}
 	if got := s.get("/fn/admin/sized/"); string(got.body) != "small" {
 		t.Fatalf("after the refused deploy: %q", got.body)
+	}
+}
+
+// TestListenFailureLeavesNothing: a server that cannot bind its address
+// exits with an error, and takes down what it started before trying (the
+// warm pool, its run directory and cgroups) rather than leave them to a
+// next start on the same data dir that may never come.
+func TestListenFailureLeavesNothing(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	deno, err := runtime.FindDeno("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := filepath.Join(t.TempDir(), "data")
+	uidBase := 3000000 + int(uidBases.Add(1))*20000
+	cmd := exec.Command(binary(t), "serve", "--listen", busy.Addr().String(), "--data", data, "--deno", deno,
+		"--uid-base", strconv.Itoa(uidBase), "--pool-size", "2")
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "address already in use") {
+		t.Fatalf("spry serve on a busy address: %v\n%s", err, out)
+	}
+	sum := sha256.Sum256([]byte(data))
+	id := hex.EncodeToString(sum[:6])
+	left, _ := filepath.Glob("/sys/fs/cgroup/*/spry/" + id)
+	left = append(left, "/run/spry/"+id, "/sys/fs/cgroup/spry/"+id)
+	for _, p := range left {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("%s is left behind", p)
+		}
+	}
+	if procs := liveProcs(func(uid int, _ string) bool { return uid >= uidBase && uid < uidBase+10000 }); len(procs) > 0 {
+		t.Errorf("processes left behind:\n%s", strings.Join(procs, "\n"))
 	}
 }

@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"io"
 	"log/slog"
+	"math"
 	"os/signal"
 	"runtime"
 	"runtime/debug"
@@ -38,16 +40,9 @@ func newServeCmd(env Env) *cobra.Command {
 				return errdefs.Invalid("--egress-allow: %v", err)
 			}
 			cfg.EgressAllow = allow
-			var level slog.Level
-			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
-				return errdefs.Invalid("--log-level: %v", err)
-			}
-			opts := &slog.HandlerOptions{Level: level}
-			var log *slog.Logger
-			if strings.EqualFold(logFormat, "json") {
-				log = slog.New(slog.NewJSONHandler(env.Stderr, opts))
-			} else {
-				log = slog.New(slog.NewTextHandler(env.Stderr, opts))
+			log, err := newLogger(env.Stderr, logLevel, logFormat)
+			if err != nil {
+				return err
 			}
 			// The router allocates per request and memory is plentiful on a
 			// serving host: collect less often unless the operator chose.
@@ -71,6 +66,7 @@ func newServeCmd(env Env) *cobra.Command {
 				return err
 			}
 			if err := s.Listen(); err != nil {
+				s.Close()
 				return err
 			}
 			return s.Run(ctx)
@@ -102,7 +98,7 @@ func newServeCmd(env Env) *cobra.Command {
 		spin = 0
 	}
 	f.DurationVar(&cfg.RouterSpin, "router-spin", spin, "how long an event loop polls for the next event before it sleeps, while its waits are shorter than that: lower latency under load for some CPU (0: never poll; the default is 0 on one CPU)")
-	f.Float64Var(&cfg.CPU, "cpu", 1, "CPUs one instance may use (a cgroup quota; 0 for none)")
+	f.Float64Var(&cfg.CPU, "cpu", 1, "CPUs one instance may use (a cgroup quota, at least 0.05; 0 for none)")
 	f.IntVar(&cfg.QueueSize, "queue-size", 1000, "requests that may wait for a busy function's capacity before new ones get 503")
 	f.IntVar(&cfg.MaxInstancesPerUser, "max-instances-per-user", 1000, "instances one user's functions may run together (0: no limit); past it a function with no instance gets 429")
 	f.IntVar(&cfg.MaxFunctionsPerUser, "max-functions-per-user", 1000, "functions one user may have (0: no limit); deploying one more gets 403 quota_exceeded")
@@ -138,8 +134,10 @@ func validate(cfg server.Config) error {
 		return errdefs.Invalid("--max-bundle-size must be positive")
 	case cfg.MaxBodyBytes <= 0:
 		return errdefs.Invalid("--max-body-size must be positive")
-	case cfg.CPU < 0:
-		return errdefs.Invalid("--cpu must not be negative")
+	case cfg.CPU != 0 && !(cfg.CPU >= 0.05 && !math.IsInf(cfg.CPU, 1)):
+		// The kernel refuses a quota under 1 ms a period, which would fail
+		// every instance's start; 0.05 is a function's own least --cpu.
+		return errdefs.Invalid("--cpu must be 0 (no quota) or at least 0.05")
 	case cfg.QueueSize < 1:
 		return errdefs.Invalid("--queue-size must be at least 1")
 	case cfg.MaxInstancesPerUser < 0:
@@ -162,8 +160,27 @@ func validate(cfg server.Config) error {
 		return errdefs.Invalid("--max-timeout is below --timeout")
 	case cfg.Concurrency < 1 || cfg.MaxScale < 1:
 		return errdefs.Invalid("--concurrency and --max-scale must be at least 1")
+	case cfg.Concurrency > server.MaxConcurrency:
+		// Instances get open files for that many requests, no more.
+		return errdefs.Invalid("--concurrency must be at most %d", server.MaxConcurrency)
 	case cfg.UIDBase < 1000:
 		return errdefs.Invalid("--uid-base must be at least 1000")
 	}
 	return nil
+}
+
+// newLogger is serve's logger, as --log-level and --log-format ask.
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, errdefs.Invalid("--log-level: %v", err)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch strings.ToLower(format) {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, errdefs.Invalid("--log-format must be text or json")
 }

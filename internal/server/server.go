@@ -119,14 +119,15 @@ type Server struct {
 }
 
 const (
-	// maxConcurrency bounds a function's concurrency setting.
-	maxConcurrency = 10000
+	// MaxConcurrency bounds a function's concurrency setting, and
+	// --concurrency.
+	MaxConcurrency = 10000
 	// instanceFiles is an instance's open-file limit. Every request in
 	// flight holds a connection from the router, and the router's two
 	// paths (event loops and fasthttp) each keep their own idle ones, so
 	// a function at the highest concurrency may need twice that; the rest
 	// is the function's own. Deno ends on "Too many open files".
-	instanceFiles = 2*maxConcurrency + 1024
+	instanceFiles = 2*MaxConcurrency + 1024
 )
 
 // openFileLimit is want, or this process's own hard limit if that is
@@ -289,7 +290,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 			MaxMemoryMiB:   cfg.MaxMemoryMiB,
 			MaxTimeout:     cfg.MaxTimeout,
 			MaxScale:       cfg.MaxScale,
-			MaxConcurrency: maxConcurrency,
+			MaxConcurrency: MaxConcurrency,
 			MaxCPUMilli:    goruntime.NumCPU() * 1000,
 		},
 		Logger: log,
@@ -453,6 +454,7 @@ func (s *Server) Addr() string { return s.ln.Addr().String() }
 func (s *Server) Run(ctx context.Context) error {
 	if s.ln == nil {
 		if err := s.Listen(); err != nil {
+			s.closeAll()
 			return err
 		}
 	}
@@ -487,6 +489,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.cfg.RouterLoops > 0 {
 		lane, err := s.router.NewLane(s.ln, router.LaneConfig{Loops: s.cfg.RouterLoops, Spin: s.cfg.RouterSpin})
 		if err != nil {
+			s.closeAll()
 			return err
 		}
 		s.lane, ln = lane, lane.Handoff()
@@ -532,8 +535,18 @@ func (s *Server) stopLane(ctx context.Context) {
 	s.ln.Close()
 }
 
+// Close stops what New started, for a server that will not Run (one
+// whose Listen failed): its warm pool, run directory and cgroups would
+// otherwise stay until the next start on its data dir. Run closes the
+// server itself.
+func (s *Server) Close() { s.closeAll() }
+
 // closeAll stops what New started, in dependency order.
 func (s *Server) closeAll() {
+	if s.ln != nil {
+		// Closed already unless Run failed before serving it.
+		_ = s.ln.Close()
+	}
 	if s.stop != nil {
 		s.stop()
 		<-s.bg

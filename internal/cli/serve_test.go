@@ -1,0 +1,84 @@
+package cli
+
+import (
+	"math"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spry-run/spry/internal/server"
+)
+
+// validate refuses what the server could not run with: a --cpu quota the
+// kernel refuses (its least is 1 ms per 100 ms) or cannot be one (NaN,
+// Inf), and a --concurrency over what instances get descriptors for.
+func TestValidateServeFlags(t *testing.T) {
+	base := server.Config{
+		ScaleToZeroAfter: 5 * time.Minute, IdleCPUAfter: time.Second, AutoscaleWindow: time.Minute,
+		Timeout: time.Minute, MaxTimeout: 15 * time.Minute, MaxMemoryMiB: 2048, DefaultMemoryMiB: 128,
+		Concurrency: 50, MaxScale: 100, DefaultNetwork: "egress", MaxCodeBytes: 5 << 20,
+		MaxBundleBytes: 50 << 20, MaxBodyBytes: 100 << 20, CPU: 1, QueueSize: 1000, PoolSize: 4,
+		UIDBase: 2000000, ShutdownTimeout: 30 * time.Second,
+	}
+	for _, tt := range []struct {
+		name string
+		set  func(*server.Config)
+		flag string // "" if valid
+	}{
+		{"defaults", func(*server.Config) {}, ""},
+		{"no cpu quota", func(c *server.Config) { c.CPU = 0 }, ""},
+		{"least cpu", func(c *server.Config) { c.CPU = 0.05 }, ""},
+		{"many cpus", func(c *server.Config) { c.CPU = 64 }, ""},
+		{"cpu under a quota's least", func(c *server.Config) { c.CPU = 0.001 }, "--cpu"},
+		{"cpu that rounds to no quota", func(c *server.Config) { c.CPU = 1e-9 }, "--cpu"},
+		{"cpu NaN", func(c *server.Config) { c.CPU = math.NaN() }, "--cpu"},
+		{"cpu Inf", func(c *server.Config) { c.CPU = math.Inf(1) }, "--cpu"},
+		{"negative cpu", func(c *server.Config) { c.CPU = -1 }, "--cpu"},
+		{"highest concurrency", func(c *server.Config) { c.Concurrency = 10000 }, ""},
+		{"concurrency over a function's bound", func(c *server.Config) { c.Concurrency = 10001 }, "--concurrency"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := base
+			tt.set(&cfg)
+			err := validate(cfg)
+			switch {
+			case tt.flag == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tt.flag != "" && err == nil:
+				t.Fatalf("accepted; want %s refused", tt.flag)
+			case tt.flag != "" && !strings.Contains(err.Error(), tt.flag):
+				t.Fatalf("error %q does not name %s", err, tt.flag)
+			}
+		})
+	}
+}
+
+// --log-format is text or json; anything else (a typo of json, say) is
+// refused rather than taken for text, which a log shipper would not parse.
+func TestServeLogFormat(t *testing.T) {
+	for _, tt := range []struct {
+		level, format string
+		ok            bool
+	}{
+		{"info", "text", true},
+		{"debug", "json", true},
+		{"warn", "JSON", true},
+		{"info", "jsno", false},
+		{"info", "", false},
+		{"loud", "text", false},
+	} {
+		var b strings.Builder
+		log, err := newLogger(&b, tt.level, tt.format)
+		if (err == nil) != tt.ok {
+			t.Errorf("--log-level %q --log-format %q: error %v, want ok %v", tt.level, tt.format, err, tt.ok)
+			continue
+		}
+		if err != nil {
+			continue
+		}
+		log.Error("x")
+		if json := strings.HasPrefix(b.String(), "{"); json != strings.EqualFold(tt.format, "json") {
+			t.Errorf("--log-format %q wrote %q", tt.format, b.String())
+		}
+	}
+}
