@@ -4,6 +4,8 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"net"
+	"net/netip"
 	"os/signal"
 	"runtime"
 	"runtime/debug"
@@ -112,7 +114,7 @@ func newServeCmd(env Env) *cobra.Command {
 	f.StringVar(&cfg.NPMRegistry, "npm-registry", "", "npm registry for function dependencies at deploy time (default: npm's public registry)")
 	f.StringVar(&cfg.JSRRegistry, "jsr-registry", "", "npm registry of JSR packages (the @jsr scope), for jsr: imports at deploy time (default: https://npm.jsr.io/)")
 	f.BoolVar(&cfg.NewSecretKey, "new-secret-key", false, "if the data dir's secret.key is missing although functions hold secrets, make a new key anyway (those secrets stop opening; set them again)")
-	f.StringVar(&cfg.DebugListen, "debug-listen", "", "serve pprof on this (loopback) address, e.g. 127.0.0.1:6060; never on the public listener")
+	f.StringVar(&cfg.DebugListen, "debug-listen", "", "serve pprof on this loopback address, e.g. 127.0.0.1:6060 (others are refused); never on the public listener")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	return cmd
@@ -165,8 +167,24 @@ func validate(cfg server.Config) error {
 		return errdefs.Invalid("--concurrency must be at most %d", server.MaxConcurrency)
 	case cfg.UIDBase < 1000:
 		return errdefs.Invalid("--uid-base must be at least 1000")
+	case cfg.DebugListen != "" && !loopback(cfg.DebugListen):
+		// pprof shows the server's memory and stacks: secrets among them.
+		return errdefs.Invalid("--debug-listen must be a loopback address, like 127.0.0.1:6060")
 	}
 	return nil
+}
+
+// loopback says whether addr (host:port) is on a loopback address.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }
 
 // newLogger is serve's logger, as --log-level and --log-format ask.

@@ -36,6 +36,12 @@ func TestValidateServeFlags(t *testing.T) {
 		{"negative cpu", func(c *server.Config) { c.CPU = -1 }, "--cpu"},
 		{"highest concurrency", func(c *server.Config) { c.Concurrency = 10000 }, ""},
 		{"concurrency over a function's bound", func(c *server.Config) { c.Concurrency = 10001 }, "--concurrency"},
+		{"debug on loopback", func(c *server.Config) { c.DebugListen = "127.0.0.1:6060" }, ""},
+		{"debug on IPv6 loopback", func(c *server.Config) { c.DebugListen = "[::1]:6060" }, ""},
+		{"debug on localhost", func(c *server.Config) { c.DebugListen = "localhost:6060" }, ""},
+		{"debug on every address", func(c *server.Config) { c.DebugListen = ":6060" }, "--debug-listen"},
+		{"debug on a public address", func(c *server.Config) { c.DebugListen = "0.0.0.0:6060" }, "--debug-listen"},
+		{"debug without a port", func(c *server.Config) { c.DebugListen = "127.0.0.1" }, "--debug-listen"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := base
