@@ -139,6 +139,7 @@ func (d *Deno) Launch(o LaunchOptions) Launch {
 	if heap < 16 {
 		heap = 16
 	}
+	sockets := SocketDir + "/" + SocketName + "," + SocketDir + "/" + ControlSocketName
 	args := []string{
 		"run",
 		"--no-prompt", "--no-config", "--no-lock", "--cached-only",
@@ -146,10 +147,12 @@ func (d *Deno) Launch(o LaunchOptions) Launch {
 		// would only fill the function's own /tmp (where DENO_DIR is).
 		"--no-code-cache",
 		fmt.Sprintf("--v8-flags=--max-old-space-size=%d", heap),
-		// Least privilege: read the code, the socket and /tmp, write only
-		// the socket and /tmp; no env, run, ffi or sys permission.
-		"--allow-read=" + CodeDir + "," + SocketDir + ",/tmp",
-		"--allow-write=" + SocketDir + ",/tmp",
+		// Least privilege: read the code, the sockets and /tmp, write only
+		// the sockets and /tmp; no env, run, ffi or sys permission. The
+		// sockets, not their directory: it is the host's, outside /tmp's
+		// size limit, and the supervisor dials the sockets in it.
+		"--allow-read=" + CodeDir + "," + sockets + ",/tmp",
+		"--allow-write=" + sockets + ",/tmp",
 	}
 	if o.Network == NetworkEgress {
 		args = append(args, "--allow-net")

@@ -178,6 +178,9 @@ func (s *Sandbox) Command(spec Spec) (*Cmd, error) {
 	if spec.UID <= 0 {
 		return nil, fmt.Errorf("sandbox %s: refusing to run as uid %d", spec.Name, spec.UID)
 	}
+	if err := inheritNothing(); err != nil {
+		return nil, fmt.Errorf("sandbox %s: %w", spec.Name, err)
+	}
 	g, err := s.cgroups.create(spec.Name, spec.Resources)
 	if err != nil {
 		return nil, err
@@ -338,6 +341,31 @@ func (s *Sandbox) Command(spec Spec) (*Cmd, error) {
 	c.oomBase = g.oomKills()
 	ok = true
 	return c, nil
+}
+
+// inheritNothing marks every descriptor of this process above stderr
+// close-on-exec. Go opens its own so, but one the server inherited (a
+// shell's redirection, a supervisor's pipe) is passed on by exec, and by
+// prlimit and bubblewrap after it, into the sandbox: a host file,
+// directory or socket for the function to use. A command's own files
+// (stdio, ExtraFiles) are dup'ed into place in the child, so they still
+// pass.
+func inheritNothing() error {
+	if unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC) == nil {
+		return nil
+	}
+	// Before Linux 5.11.
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return fmt.Errorf("close inherited files: %w", err)
+	}
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			// The directory's own fd is gone by now: EBADF.
+			_, _ = unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC)
+		}
+	}
+	return nil
 }
 
 // execStep runs program through the exec step (exec.go), which joins the
