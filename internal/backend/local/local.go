@@ -885,8 +885,18 @@ func (b *Backend) spawn(ctx context.Context, key poolKey, shares uint64, givenUp
 					return fail("instance network", err)
 				}
 			}
+			// The runtime has made its sockets, before any function code
+			// could run: from now on their directory is root's, so nothing
+			// in the sandbox can swap a socket for a link to some host
+			// socket that the server, as root, would then connect to.
+			if err := os.Chown(sock, 0, 0); err != nil {
+				return fail("seal the socket directory", err)
+			}
+			if err := os.Chmod(sock, 0o755); err != nil {
+				return fail("seal the socket directory", err)
+			}
 			var d net.Dialer
-			c, err := d.DialContext(ctx, "unix", filepath.Join(p.dir, "sock", runtime.ControlSocketName))
+			c, err := d.DialContext(ctx, "unix", filepath.Join(sock, runtime.ControlSocketName))
 			if err != nil {
 				return fail("connect to the runtime's control socket", err)
 			}

@@ -8,8 +8,10 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -120,6 +122,28 @@ func TestStartServeStop(t *testing.T) {
 		if strings.Contains(e.logs.String(), l) {
 			t.Fatalf("the runtime's %s is in the function's logs:\n%s", l, e.logs)
 		}
+	}
+}
+
+// Once the runtime listens, its socket directory is root's: nothing in
+// the sandbox can swap a socket for a link to a host socket, which the
+// server (root) would connect to in its stead.
+func TestSocketDirectorySealed(t *testing.T) {
+	e := newEnv(t, 1)
+	inst, err := e.b.Start(context.Background(), e.spec(t, `export default { fetch() { return new Response("ok"); } }`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(filepath.Dir(inst.Address))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	if st.Uid != 0 || fi.Mode().Perm()&0o022 != 0 {
+		t.Fatalf("socket directory owned by %d, mode %v: want root's, written by no one else", st.Uid, fi.Mode())
+	}
+	if code, body := get(t, inst, "/"); code != 200 || body != "ok" {
+		t.Fatalf("got %d %q", code, body)
 	}
 }
 
