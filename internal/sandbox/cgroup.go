@@ -50,7 +50,8 @@ func newCgroups(parent string) (*cgroups, error) {
 // missing an unrelated controller does not stop us.
 func v1Hierarchy() ([]cgroup1.Subsystem, error) {
 	return []cgroup1.Subsystem{
-		cgroup1.NewMemory(cgroupRoot),
+		// A kernel booted without swap accounting has no memsw files.
+		cgroup1.NewMemory(cgroupRoot, cgroup1.OptionalSwap()),
 		cgroup1.NewPids(cgroupRoot),
 		cgroup1.NewCpu(cgroupRoot),
 		cgroup1.NewFreezer(cgroupRoot),
@@ -65,8 +66,11 @@ func (r Resources) spec() *specs.LinuxResources {
 		// KernelTCP (v1 only; v2 charges socket buffers to the memory
 		// limit by itself): the instance's TCP buffers, slirp4netns's host
 		// sockets among them, are bounded too, not only its pages.
+		// Swap (memory and swap together, as runc counts it) at the
+		// limit: no swap beyond it, on a host that has swap (v2's
+		// memory.swap.max 0; v1's memsw where the kernel accounts swap).
 		m := r.MemoryBytes
-		lr.Memory = &specs.LinuxMemory{Limit: &m, KernelTCP: &m}
+		lr.Memory = &specs.LinuxMemory{Limit: &m, KernelTCP: &m, Swap: &m}
 	}
 	if r.Pids > 0 {
 		p := r.Pids

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -378,5 +379,47 @@ func TestRefreshNetworksFollowsTheHost(t *testing.T) {
 	}
 	if n := strings.Count(rules, "table inet spry"); n != 1 {
 		t.Fatalf("%d spry tables after a reload:\n%s", n, rules)
+	}
+}
+
+// An instance cannot go past its memory limit into swap, on a host that
+// has swap: the limit covers memory and swap together.
+func TestNoSwapBeyondTheMemoryLimit(t *testing.T) {
+	const uid = 340237
+	sb, spec := holdSpec(t, uid, 0)
+	c, _ := startRunning(t, sb, spec)
+	checked := 0
+	for _, cg := range strings.Split(strings.TrimSpace(procFile(t, c.Process.Pid, "cgroup")), "\n") {
+		f := strings.SplitN(cg, ":", 3)
+		if len(f) != 3 || !strings.HasSuffix(f[2], "/"+spec.Name) {
+			continue
+		}
+		var file, want string
+		switch f[1] {
+		case "memory": // v1
+			file, want = filepath.Join("/sys/fs/cgroup/memory", f[2], "memory.memsw.limit_in_bytes"), strconv.FormatInt(spec.Resources.MemoryBytes, 10)
+		case "": // v2, unless only a hybrid host's empty unified tree
+			if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err != nil {
+				continue
+			}
+			file, want = filepath.Join("/sys/fs/cgroup", f[2], "memory.swap.max"), "0"
+		default:
+			continue
+		}
+		b, err := os.ReadFile(file)
+		if errors.Is(err, os.ErrNotExist) && f[1] == "memory" {
+			t.Log("the kernel does not account swap (no memsw files)")
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.TrimSpace(string(b)); got != want {
+			t.Errorf("%s is %s, want %s", file, got, want)
+		}
+		checked++
+	}
+	if checked == 0 {
+		t.Log("no swap limit to check on this host")
 	}
 }
