@@ -69,6 +69,7 @@ type API struct {
 	logs      Logs
 	limiter   *auth.FailureLimiter
 	log       *slog.Logger
+	deleteMu  sync.Mutex // one user deletion at a time (deleteUser)
 
 	followMu  sync.Mutex
 	follows   map[string]int // open log follows per user

@@ -34,6 +34,7 @@ func (nopRetirer) Ensure(*backend.Spec)           {}
 type env struct {
 	t      *testing.T
 	srv    *httptest.Server
+	api    *API
 	st     *sqlite.Store
 	fns    *functions.Service
 	admin  string // the admin's token
@@ -85,7 +86,7 @@ func newEnv(t *testing.T) *env {
 	a := New(fns, authn, st, st, nil, logs, Config{MaxCodeBytes: 1 << 20})
 	srv := httptest.NewServer(a.Handler())
 	t.Cleanup(srv.Close)
-	return &env{t: t, srv: srv, st: st, fns: fns, admin: tok, tokens: map[string]string{"admin": tok}}
+	return &env{t: t, srv: srv, api: a, st: st, fns: fns, admin: tok, tokens: map[string]string{"admin": tok}}
 }
 
 // user creates a user through the API and returns its token.

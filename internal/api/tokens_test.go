@@ -2,8 +2,14 @@ package api
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"net/http"
+	"net/http/httptest"
 	"testing"
+
+	"github.com/spry-run/spry/internal/auth"
+	"github.com/spry-run/spry/internal/errdefs"
 )
 
 // A user may not revoke, nor learn of, another user's tokens: revoking
@@ -25,4 +31,26 @@ func TestRevokeOthersToken(t *testing.T) {
 		t.Errorf("another's token answers %s, a missing one %s", other, none)
 	}
 	e.mustDo(bobs.Token, "GET", "/api/v1/whoami", "", http.StatusOK, nil)
+}
+
+// A deletion asked by an admin who was deleted meanwhile (the request was
+// authenticated first) changes nothing: two admins deleting each other
+// at once must not leave one of them without their functions.
+func TestDeleteUserByAnAdminDeletedMeanwhile(t *testing.T) {
+	e := newEnv(t)
+	for _, name := range []string{"alice", "bob"} {
+		e.mustDo(e.admin, "POST", "/api/v1/users", `{"name":"`+name+`","admin":true}`, http.StatusCreated, nil)
+	}
+	e.deploy(e.admin, "/api/v1/functions/hello?owner=alice")
+	// bob's request to delete alice was authenticated; then bob went.
+	e.mustDo(e.admin, "DELETE", "/api/v1/users/bob", "", http.StatusNoContent, nil)
+	r := httptest.NewRequest("DELETE", "/api/v1/users/alice", nil)
+	r = r.WithContext(context.WithValue(r.Context(), principalKey, auth.Principal{User: "bob", Admin: true}))
+	r.SetPathValue("name", "alice")
+	if err := e.api.deleteUser(httptest.NewRecorder(), r); !errors.Is(err, errdefs.ErrUnauthenticated) {
+		t.Fatalf("deleteUser by a deleted admin: %v, want unauthenticated", err)
+	}
+	if _, err := e.fns.Get(context.Background(), "alice", "hello"); err != nil {
+		t.Fatalf("alice's function: %v", err)
+	}
 }

@@ -97,6 +97,18 @@ func (a *API) deleteUser(w http.ResponseWriter, r *http.Request) error {
 	if name == principal(r).User {
 		return errdefs.New(errdefs.ErrConflict, "you cannot delete yourself")
 	}
+	// One deletion at a time, by an admin who is still there: two admins
+	// deleting each other at once would otherwise both pass their checks,
+	// both delete the other's functions, and then the store would refuse
+	// the second (the last admin), who would be left without functions.
+	a.deleteMu.Lock()
+	defer a.deleteMu.Unlock()
+	if me, err := a.users.GetUser(r.Context(), principal(r).User); err != nil || !me.Admin {
+		if err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+			return err
+		}
+		return errdefs.New(errdefs.ErrUnauthenticated, "your user was deleted or is no longer an admin")
+	}
 	if _, err := a.users.GetUser(r.Context(), name); err != nil {
 		return err
 	}
