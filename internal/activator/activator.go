@@ -249,19 +249,13 @@ func (l *Lease) Release() {
 }
 
 // Kill ends the leased instance at once and takes it out of rotation (a
-// request that never reached it: it may be dying). It reports whether it
-// did: a timeout while the instance still loads its function (a slow top
-// level) is not taken for stuck, since the load has a deadline of its
-// own, and the instance serves once it is loaded.
-func (l *Lease) Kill(reason string) bool {
-	if reason == backend.ExitTimeout && l.in.inst.Loading() {
-		return false
-	}
+// request that never reached it: it may be dying), loading or not.
+// Timeouts go through TimedOut.
+func (l *Lease) Kill(reason string) {
 	l.rev.mu.Lock()
 	l.in.stopping = true
 	l.rev.mu.Unlock()
 	l.a.backend.Kill(l.in.inst.ID, reason)
-	return true
 }
 
 // StuckAfter is how long an instance's runtime has to answer a probe after

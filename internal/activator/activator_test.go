@@ -767,47 +767,21 @@ func TestTryAcquire(t *testing.T) {
 	}
 }
 
-// A timeout while the instance still loads its function (requests wait in
-// it) does not kill it: the load has its own deadline, and the instance
-// serves once loaded. Other reasons, and timeouts after the load, do.
-func TestKillSparesAnInstanceStillLoading(t *testing.T) {
-	for _, tc := range []struct {
-		name    string
-		loading bool
-		reason  string
-		killed  bool
-	}{
-		{"timeout while loading", true, backend.ExitTimeout, false},
-		{"timeout once loaded", false, backend.ExitTimeout, true},
-		{"crash while loading", true, backend.ExitCrashed, true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			fb := &fakeBackend{}
-			a := New(fb, Config{ScaleToZeroAfter: time.Minute})
-			l, err := a.Acquire(context.Background(), spec)
-			if err != nil {
-				t.Fatal(err)
-			}
-			l.Instance().SetLoading(tc.loading)
-			if got := l.Kill(tc.reason); got != tc.killed {
-				t.Fatalf("Kill = %v, want %v", got, tc.killed)
-			}
-			l.Release()
-			if alive := len(fb.liveInstances()) == 1; alive == tc.killed {
-				t.Fatalf("instance alive = %v after Kill = %v", alive, tc.killed)
-			}
-			if !tc.killed {
-				// Still in rotation: the next request gets it, warm.
-				l2, err := a.Acquire(context.Background(), spec)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if l2.Instance() != l.Instance() || l2.Cold {
-					t.Fatalf("next lease: instance %s cold %v, want %s warm", l2.Instance().ID, l2.Cold, l.Instance().ID)
-				}
-				l2.Release()
-			}
-		})
+// Kill ends an instance even while it loads its function: a request
+// that could not reach it says it may be dying. (A timeout while it
+// loads is TimedOut's, and spares it: TestTimedOutKillsOnlyAStuckInstance.)
+func TestKillEndsAnInstanceStillLoading(t *testing.T) {
+	fb := &fakeBackend{}
+	a := New(fb, Config{ScaleToZeroAfter: time.Minute})
+	l, err := a.Acquire(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Instance().SetLoading(true)
+	l.Kill(backend.ExitCrashed)
+	l.Release()
+	if n := len(fb.liveInstances()); n != 0 {
+		t.Fatalf("%d instances alive after Kill, want 0", n)
 	}
 }
 

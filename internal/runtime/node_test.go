@@ -31,9 +31,10 @@ func TestMain(m *testing.M) {
 }
 
 type nodeEnv struct {
-	b     *local.Backend
-	blobs *blob.Store
-	logs  *runtimetest.Lines
+	b       *local.Backend
+	blobs   *blob.Store
+	logs    *runtimetest.Lines
+	runtime string
 }
 
 // functionEnv is every test function's environment.
@@ -41,11 +42,22 @@ var functionEnv = map[string]string{"FOO": "bar", "GREETING": "hi"}
 
 func newNodeEnv(t *testing.T, poolSize int) *nodeEnv {
 	t.Helper()
-	re := runtimetest.New(t, "node")
+	return newRuntimeEnv(t, "node", poolSize, 310000)
+}
+
+// newRuntimeEnv is a local backend running only the named runtime, its
+// instances' uids from uidBase.
+func newRuntimeEnv(t *testing.T, name string, poolSize, uidBase int) *nodeEnv {
+	t.Helper()
+	re := runtimetest.New(t, name)
+	var rt local.Runtime = re.Node
+	if name == "deno" {
+		rt = re.Deno
+	}
 	b, err := local.New(local.Config{
 		RunDir:           re.Dir,
 		Sandbox:          re.Sandbox,
-		Runtimes:         []local.Runtime{re.Node},
+		Runtimes:         []local.Runtime{rt},
 		Blobs:            re.Blobs,
 		Logs:             re.Logs,
 		Logger:           slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
@@ -54,7 +66,7 @@ func newNodeEnv(t *testing.T, poolSize int) *nodeEnv {
 		// The runtime is the same whatever the network; TestNodeNetwork
 		// asks for egress itself.
 		DefaultNetwork: runtime.NetworkNone,
-		UIDBase:        310000,
+		UIDBase:        uidBase,
 		Pids:           256,
 		TmpBytes:       16 << 20,
 		NoFiles:        1024,
@@ -63,17 +75,17 @@ func newNodeEnv(t *testing.T, poolSize int) *nodeEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
-	return &nodeEnv{b: b, blobs: re.Blobs, logs: re.Logs}
+	return &nodeEnv{b: b, blobs: re.Blobs, logs: re.Logs, runtime: name}
 }
 
-// spec deploys code as a node function.
+// spec deploys code as a function of the env's runtime.
 func (e *nodeEnv) spec(t *testing.T, code string) *backend.Spec {
 	t.Helper()
 	digest, err := e.blobs.Put([]byte(code))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &backend.Spec{FunctionID: "f1", Owner: "alice", Name: "hello", Version: 3, Runtime: "node", Digest: digest, Env: functionEnv}
+	return &backend.Spec{FunctionID: "f1", Owner: "alice", Name: "hello", Version: 3, Runtime: e.runtime, Digest: digest, Env: functionEnv}
 }
 
 // start deploys code as a node function and starts an instance of it.
