@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	goruntime "runtime"
@@ -389,9 +390,21 @@ func (s *Service) newVersion(ctx context.Context, owner, name, by string, b *bun
 	}
 	s.deployMu.Lock()
 	defer s.deployMu.Unlock()
+	reconfig := b == nil
 	cfg, b, err := s.nextConfig(ctx, owner, name, b, ch)
 	if err != nil {
 		return store.Function{}, err
+	}
+	if reconfig {
+		// A change that changes nothing makes no version: it would only
+		// push real ones out of those kept, and undo a traffic split.
+		cur, err := s.store.GetFunction(ctx, owner, name)
+		if err != nil {
+			return store.Function{}, err
+		}
+		if cur.Live.Digest == b.digest && s.sameConfig(owner, name, cur.Live.Config, cfg, ch.SetSecrets) {
+			return cur, nil
+		}
 	}
 	v, err := s.store.Deploy(ctx, newID(), store.Version{
 		Owner:     owner,
@@ -475,6 +488,29 @@ func (s *Service) nextConfig(ctx context.Context, owner, name string, b *bundle,
 		return store.Config{}, nil, errdefs.New(errdefs.ErrTooLarge, "environment variables and secrets are %d bytes; the limit is %d", size, MaxEnvBytes)
 	}
 	return cfg, b, nil
+}
+
+// sameConfig says whether next, a change of cur, is cur again. Sealing
+// is randomised, so a secret set again is compared by its plain value.
+func (s *Service) sameConfig(owner, name string, cur, next store.Config, set map[string]string) bool {
+	if cur.Runtime != next.Runtime || cur.Limits != next.Limits || !maps.Equal(cur.Env, next.Env) ||
+		len(cur.Secrets) != len(next.Secrets) {
+		return false
+	}
+	for k, sealed := range next.Secrets {
+		old, ok := cur.Secrets[k]
+		switch {
+		case !ok:
+			return false
+		case old == sealed:
+		default:
+			plain, err := s.sealer.Open(old, secretContext(owner, name, k))
+			if err != nil || plain != set[k] {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // checkFunctionQuota refuses a new function to an owner at the limit.

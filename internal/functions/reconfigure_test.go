@@ -1,0 +1,85 @@
+package functions
+
+import (
+	"path/filepath"
+	"testing"
+
+	"github.com/spry-run/spry/internal/blob"
+	"github.com/spry-run/spry/internal/store"
+	"github.com/spry-run/spry/internal/store/sqlite"
+)
+
+// A change that changes nothing makes no version: it would push real
+// versions out of those kept and end a traffic split. One that changes
+// anything, a secret's value included, makes one.
+func TestReconfigureWithoutEffect(t *testing.T) {
+	ctx := t.Context()
+	dir := t.TempDir()
+	st, err := sqlite.Open(ctx, filepath.Join(dir, "spry.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	blobs, err := blob.Open(filepath.Join(dir, "blobs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(st, blobs, retirer{}, box(t), noLogs{}, Config{DefaultRuntime: "deno", Runtimes: []string{"deno", "node"}, MaxCodeBytes: 1 << 20, Bounds: Bounds{MaxMemoryMiB: 1024}})
+	code := []byte("export default { fetch() { return new Response('hi') } }")
+	for i := 0; i < 2; i++ {
+		if _, err := s.Deploy(ctx, DeployRequest{Owner: "alice", Name: "f", Code: code, By: "alice"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Reconfigure(ctx, "alice", "f", "alice", Change{
+		SetEnv: map[string]string{"K": "v"}, SetSecrets: map[string]string{"S": "x"},
+		Settings: map[string]string{SettingMemory: "256Mi"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	split := []store.Split{{Version: 2, Percent: 50}, {Version: 3, Percent: 50}}
+	if _, err := s.SetTraffic(ctx, "alice", "f", split); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name       string
+		change     Change
+		newVersion bool
+	}{
+		{"same env", Change{SetEnv: map[string]string{"K": "v"}}, false},
+		{"same secret", Change{SetSecrets: map[string]string{"S": "x"}}, false},
+		{"same memory", Change{Settings: map[string]string{SettingMemory: "256Mi"}}, false},
+		{"same runtime", Change{Runtime: "deno"}, false},
+		{"unset what is not set", Change{UnsetEnv: []string{"NOPE"}, UnsetSecrets: []string{"NOPE"}}, false},
+		{"secret set and unset", Change{SetSecrets: map[string]string{"T": "y"}, UnsetSecrets: []string{"T"}}, false},
+		{"new env value", Change{SetEnv: map[string]string{"K": "w"}}, true},
+		{"new secret value", Change{SetSecrets: map[string]string{"S": "y"}}, true},
+		{"env moved to a secret", Change{UnsetEnv: []string{"K"}, SetSecrets: map[string]string{"K": "w"}}, true},
+		{"new memory", Change{Settings: map[string]string{SettingMemory: "512Mi"}}, true},
+		{"new runtime", Change{Runtime: "node"}, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			before, err := s.Get(ctx, "alice", "f")
+			if err != nil {
+				t.Fatal(err)
+			}
+			after, err := s.Reconfigure(ctx, "alice", "f", "alice", tt.change)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := after.LiveVersion != before.LiveVersion; got != tt.newVersion {
+				t.Fatalf("live version %d -> %d: new version %v, want %v", before.LiveVersion, after.LiveVersion, got, tt.newVersion)
+			}
+			stored, err := s.Get(ctx, "alice", "f")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if stored.LiveVersion != after.LiveVersion {
+				t.Fatalf("answered version %d, stored %d", after.LiveVersion, stored.LiveVersion)
+			}
+			if !tt.newVersion && len(stored.Routing.Traffic) != len(before.Routing.Traffic) {
+				t.Fatalf("traffic split %v became %v", before.Routing.Traffic, stored.Routing.Traffic)
+			}
+		})
+	}
+}
