@@ -130,6 +130,8 @@ func validate(cfg server.Config) error {
 		return errdefs.Invalid("--autoscale-window must be at least 1s")
 	case cfg.Timeout <= 0:
 		return errdefs.Invalid("--timeout must be positive")
+	case cfg.ShutdownTimeout < 0:
+		return errdefs.Invalid("--shutdown-timeout must not be negative")
 	case cfg.MaxCodeBytes <= 0:
 		return errdefs.Invalid("--max-code-size must be positive")
 	case cfg.MaxBundleBytes <= 0:
