@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -613,11 +614,18 @@ func TestBundleDirRemoteErrors(t *testing.T) {
 	}
 
 	// The default client refuses to fetch from addresses that aren't
-	// public, like this loopback test server.
-	dir := writeProject(t, map[string]string{"index.ts": "import x from '" + rs.URL + "/mod.ts';\nexport default x;\n"})
-	_, err := BundleDir(context.Background(), dir, DirOptions{})
-	if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "127.0.0.1 is not a public address") {
-		t.Fatalf("default client: err = %v", err)
+	// public, like this loopback test server, by address or by a name,
+	// and does not tell what the name resolved to.
+	_, port, _ := net.SplitHostPort(strings.TrimPrefix(rs.URL, "http://"))
+	for _, u := range []string{rs.URL, "http://localhost:" + port} {
+		dir := writeProject(t, map[string]string{"index.ts": "import x from '" + u + "/mod.ts';\nexport default x;\n"})
+		_, err := BundleDir(context.Background(), dir, DirOptions{})
+		if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "not on a public address") {
+			t.Fatalf("default client, %s: err = %v", u, err)
+		}
+		if msg := strings.ReplaceAll(err.Error(), u, ""); strings.Contains(msg, "127.0.0.1") || strings.Contains(msg, "::1") {
+			t.Errorf("the error names the address: %v", err)
+		}
 	}
 	if n := rs.count()["/mod.ts"]; n != 0 {
 		t.Errorf("default client reached the server %d times", n)

@@ -136,6 +136,11 @@ func (f *fetcher) get(ctx context.Context, u string) (remoteModule, error) {
 
 // cleanFetchError drops the "Get "url": " prefix the URL is already named by.
 func cleanFetchError(err error) error {
+	if errors.Is(err, errNotPublic) {
+		// Not the address: a host's name is the deployer's, what it
+		// resolves to on this server's network is not theirs to learn.
+		return errNotPublic
+	}
 	var ue *url.Error
 	if errors.As(err, &ue) {
 		return ue.Err
@@ -229,6 +234,8 @@ var nonPublic = []netip.Prefix{
 	netip.MustParsePrefix("2001::/32"),
 }
 
+var errNotPublic = errors.New("the host is not on a public address")
+
 // publicOnly is a net.Dialer Control refusing non-public addresses.
 func publicOnly(network, address string, _ syscall.RawConn) error {
 	host, _, err := net.SplitHostPort(address)
@@ -245,7 +252,7 @@ func publicOnly(network, address string, _ syscall.RawConn) error {
 		bad = bad || p.Contains(ip)
 	}
 	if bad {
-		return fmt.Errorf("%s is not a public address", ip)
+		return errNotPublic
 	}
 	return nil
 }
