@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -608,10 +609,11 @@ export default { fetch() { return new Response(pad); } }`)
 	}
 }
 
-// TestListenFailureLeavesNothing: a server that cannot bind its address
-// exits with an error, and takes down what it started before trying (the
-// warm pool, its run directory and cgroups) rather than leave them to a
-// next start on the same data dir that may never come.
+// TestListenFailureLeavesNothing: a server that cannot bind its address,
+// or its --debug-listen address, exits with an error, and takes down what
+// it started before trying (the warm pool, its run directory and
+// cgroups) rather than leave them to a next start on the same data dir
+// that may never come.
 func TestListenFailureLeavesNothing(t *testing.T) {
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -622,25 +624,35 @@ func TestListenFailureLeavesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	data := filepath.Join(t.TempDir(), "data")
-	uidBase := 3000000 + int(uidBases.Add(1))*20000
-	cmd := exec.Command(binary(t), "serve", "--listen", busy.Addr().String(), "--data", data, "--deno", deno,
-		"--uid-base", strconv.Itoa(uidBase), "--pool-size", "2")
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}
-	out, err := cmd.CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "address already in use") {
-		t.Fatalf("spry serve on a busy address: %v\n%s", err, out)
-	}
-	sum := sha256.Sum256([]byte(data))
-	id := hex.EncodeToString(sum[:6])
-	left, _ := filepath.Glob("/sys/fs/cgroup/*/spry/" + id)
-	left = append(left, "/run/spry/"+id, "/sys/fs/cgroup/spry/"+id)
-	for _, p := range left {
-		if _, err := os.Stat(p); err == nil {
-			t.Errorf("%s is left behind", p)
-		}
-	}
-	if procs := liveProcs(func(uid int, _ string) bool { return uid >= uidBase && uid < uidBase+10000 }); len(procs) > 0 {
-		t.Errorf("processes left behind:\n%s", strings.Join(procs, "\n"))
+	for _, tt := range []struct{ name, flag string }{
+		{"listen", "--listen"},
+		{"debug listen", "--debug-listen"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			data := filepath.Join(t.TempDir(), "data")
+			uidBase := 3000000 + int(uidBases.Add(1))*20000
+			// A server that starts anyway is stopped, and fails the test.
+			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, binary(t), "serve", "--listen", "127.0.0.1:0", tt.flag, busy.Addr().String(),
+				"--data", data, "--deno", deno, "--uid-base", strconv.Itoa(uidBase), "--pool-size", "2")
+			cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}
+			out, err := cmd.CombinedOutput()
+			if err == nil || !strings.Contains(string(out), "address already in use") {
+				t.Fatalf("spry serve %s on a busy address: %v\n%s", tt.flag, err, out)
+			}
+			sum := sha256.Sum256([]byte(data))
+			id := hex.EncodeToString(sum[:6])
+			left, _ := filepath.Glob("/sys/fs/cgroup/*/spry/" + id)
+			left = append(left, "/run/spry/"+id, "/sys/fs/cgroup/spry/"+id)
+			for _, p := range left {
+				if _, err := os.Stat(p); err == nil {
+					t.Errorf("%s is left behind", p)
+				}
+			}
+			if procs := liveProcs(func(uid int, _ string) bool { return uid >= uidBase && uid < uidBase+10000 }); len(procs) > 0 {
+				t.Errorf("processes left behind:\n%s", strings.Join(procs, "\n"))
+			}
+		})
 	}
 }

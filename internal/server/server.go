@@ -112,6 +112,7 @@ type Server struct {
 	router  *router.Router
 	lane    *router.Lane
 	ln      net.Listener
+	dbgLn   net.Listener // --debug-listen's, nil without it
 	ready   atomic.Bool
 	stop    context.CancelFunc
 	bg      chan struct{}
@@ -435,11 +436,21 @@ func (s *Server) bootstrapAdmin(ctx context.Context, authn *auth.Service, dataDi
 	return nil
 }
 
-// Listen binds the listener; Addr is valid after it.
+// Listen binds the listener (and --debug-listen's, so that a taken
+// debug port fails the start rather than a log line nobody reads); Addr
+// is valid after it.
 func (s *Server) Listen() error {
 	ln, err := net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
 		return err
+	}
+	if s.cfg.DebugListen != "" {
+		dbg, err := net.Listen("tcp", s.cfg.DebugListen)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("--debug-listen: %w", err)
+		}
+		s.dbgLn = dbg
 	}
 	s.ln = ln
 	return nil
@@ -475,10 +486,10 @@ func (s *Server) Run(ctx context.Context) error {
 		s.act.Run(bgCtx, interval)
 		<-done
 	}()
-	if s.cfg.DebugListen != "" {
-		dbg := &http.Server{Addr: s.cfg.DebugListen, Handler: debugMux(), ReadHeaderTimeout: 10 * time.Second}
+	if s.dbgLn != nil {
+		dbg := &http.Server{Handler: debugMux(), ReadHeaderTimeout: 10 * time.Second}
 		go func() {
-			if err := dbg.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := dbg.Serve(s.dbgLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				s.log.Error("debug listener", "err", err)
 			}
 		}()
@@ -546,6 +557,9 @@ func (s *Server) closeAll() {
 	if s.ln != nil {
 		// Closed already unless Run failed before serving it.
 		_ = s.ln.Close()
+	}
+	if s.dbgLn != nil {
+		_ = s.dbgLn.Close()
 	}
 	if s.stop != nil {
 		s.stop()
