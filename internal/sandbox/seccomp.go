@@ -29,10 +29,11 @@ import (
 //     and fails with EPERM with any; clone3 fails with ENOSYS, as in Docker:
 //     its flags sit behind a pointer seccomp cannot read, and ENOSYS makes
 //     glibc fall back to clone, whose flags it can.
-//   - socket is allowed for AF_UNIX, AF_INET and AF_INET6 with a stream,
-//     datagram or seqpacket type (so never SOCK_RAW), and for AF_NETLINK
-//     with NETLINK_ROUTE (getifaddrs); any other socket is EPERM. Docker
-//     allows most families, AF_PACKET and raw sockets included.
+//   - socket is allowed for AF_UNIX with a stream, datagram or seqpacket
+//     type (so never SOCK_RAW), for AF_INET and AF_INET6 as TCP or UDP
+//     only, and for AF_NETLINK with NETLINK_ROUTE (getifaddrs); any other
+//     socket is EPERM. Docker allows most families, AF_PACKET and raw
+//     sockets included, and every protocol.
 //   - personality is allowed only for the values Docker allows.
 //   - ioctl is allowed except TIOCSTI and TIOCLINUX, which can inject input
 //     into a terminal the sandbox shares (as in Flatpak's filter).
@@ -946,15 +947,30 @@ func seccompProgram() ([]bpf.Instruction, error) {
 	// socket(domain, type, protocol).
 	a.label("socket")
 	a.emit(loadArg(0))
-	a.jump(bpf.JumpEqual, unix.AF_UNIX, "socketType", "")
-	a.jump(bpf.JumpEqual, unix.AF_INET, "socketType", "")
-	a.jump(bpf.JumpEqual, unix.AF_INET6, "socketType", "")
+	a.jump(bpf.JumpEqual, unix.AF_UNIX, "unixType", "")
+	a.jump(bpf.JumpEqual, unix.AF_INET, "inetType", "")
+	a.jump(bpf.JumpEqual, unix.AF_INET6, "inetType", "")
 	a.jump(bpf.JumpEqual, unix.AF_NETLINK, "netlink", "eperm")
-	a.label("socketType")
+	a.label("unixType")
 	a.emit(loadArg(1), bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: sockTypeMask})
 	a.jump(bpf.JumpEqual, unix.SOCK_STREAM, "allow", "")
 	a.jump(bpf.JumpEqual, unix.SOCK_DGRAM, "allow", "")
 	a.jump(bpf.JumpEqual, unix.SOCK_SEQPACKET, "allow", "eperm")
+	// inet sockets are TCP or UDP, nothing else: another protocol (SCTP,
+	// UDP-Lite, MPTCP, ICMP's ping sockets, ...) is kernel code no
+	// function needs, and a socket of a modular one loads its module.
+	a.label("inetType")
+	a.emit(loadArg(1), bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: sockTypeMask})
+	a.jump(bpf.JumpEqual, unix.SOCK_STREAM, "tcp", "")
+	a.jump(bpf.JumpEqual, unix.SOCK_DGRAM, "udp", "eperm")
+	a.label("tcp")
+	a.emit(loadArg(2))
+	a.jump(bpf.JumpEqual, 0, "allow", "")
+	a.jump(bpf.JumpEqual, unix.IPPROTO_TCP, "allow", "eperm")
+	a.label("udp")
+	a.emit(loadArg(2))
+	a.jump(bpf.JumpEqual, 0, "allow", "")
+	a.jump(bpf.JumpEqual, unix.IPPROTO_UDP, "allow", "eperm")
 	a.label("netlink")
 	a.emit(loadArg(2))
 	a.jump(bpf.JumpEqual, unix.NETLINK_ROUTE, "allow", "eperm")
