@@ -1,6 +1,8 @@
 package auth
 
 import (
+	"cmp"
+	"slices"
 	"sync"
 	"time"
 
@@ -22,8 +24,11 @@ type FailureLimiter struct {
 	clients map[string]*rate.Limiter
 }
 
-// maxClients bounds the limiter's memory; past it, clients whose budget has
-// fully recovered are forgotten.
+// maxClients bounds the limiter's memory. Reaching it, the limiter forgets
+// the clients whose budget has fully recovered and, if that leaves it more
+// than three quarters full, those nearest recovery, so that the next sweep
+// is a quarter of maxClients failures away: an attacker failing from ever
+// new addresses neither grows the map nor makes every failure a sweep.
 const maxClients = 10000
 
 // NewFailureLimiter allows burst failures, then one per every.
@@ -67,9 +72,27 @@ func (l *FailureLimiter) Failed(client string) {
 }
 
 func (l *FailureLimiter) prune(now time.Time) {
+	type client struct {
+		key    string
+		tokens float64
+	}
+	rest := make([]client, 0, len(l.clients))
 	for k, lim := range l.clients {
-		if lim.TokensAt(now) >= float64(l.burst) {
+		tokens := lim.TokensAt(now)
+		if tokens >= float64(l.burst) {
 			delete(l.clients, k)
+			continue
 		}
+		rest = append(rest, client{k, tokens})
+	}
+	const keep = maxClients * 3 / 4
+	if len(rest) <= keep {
+		return
+	}
+	// Those over their limit stay longest: forgetting one lets it fail
+	// a full burst again.
+	slices.SortFunc(rest, func(a, b client) int { return cmp.Compare(b.tokens, a.tokens) })
+	for _, c := range rest[:len(rest)-keep] {
+		delete(l.clients, c.key)
 	}
 }

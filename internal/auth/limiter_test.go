@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"fmt"
 	"testing"
 	"time"
 )
@@ -36,5 +37,25 @@ func TestFailureLimiter(t *testing.T) {
 	}
 	if ok, _ := l.Allowed("5.6.7.8"); !ok {
 		t.Fatal("another client is limited too")
+	}
+}
+
+// Failures from ever more addresses (an IPv6 prefix holds plenty) must
+// not grow the limiter without bound, nor free a client that is over
+// its limit to make room for ones that are not.
+func TestFailureLimiterBounded(t *testing.T) {
+	now := time.Unix(0, 0)
+	l := NewFailureLimiter(6*time.Second, 3, func() time.Time { return now })
+	for range 3 {
+		l.Failed("guesser")
+	}
+	for i := range 3 * maxClients {
+		l.Failed(fmt.Sprintf("2001:db8::%x", i))
+		if n := len(l.clients); n > maxClients {
+			t.Fatalf("after %d clients the limiter holds %d, more than %d", i+1, n, maxClients)
+		}
+	}
+	if ok, _ := l.Allowed("guesser"); ok {
+		t.Fatal("a client over its limit was forgotten to make room for clients within theirs")
 	}
 }

@@ -1,7 +1,8 @@
 // Package blob is the content-addressed store for function bundles: one
 // immutable file per digest under the data directory. Writes are atomic
-// (temp file, fsync, rename), so a crash never leaves a half-written bundle
-// under a valid name.
+// (temp file, fsync, rename, fsync of the directory), so a crash never
+// leaves a half-written bundle under a valid name, nor loses a bundle Put
+// returned.
 package blob
 
 import (
@@ -86,7 +87,23 @@ func (s *Store) Put(data []byte) (string, error) {
 	if err := os.Rename(tmp.Name(), p); err != nil {
 		return "", err
 	}
+	// The rename is durable only once the directory is: the version that
+	// names the blob is committed next, and must not outlive it.
+	if err := syncDir(filepath.Dir(p)); err != nil {
+		return "", err
+	}
 	return digest, nil
+}
+
+// syncDir fsyncs a directory, making the names in it durable. A variable,
+// so a test can see it called.
+var syncDir = func(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // Path returns the file holding digest, checking it exists.

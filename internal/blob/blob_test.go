@@ -84,3 +84,29 @@ func TestCollectGrace(t *testing.T) {
 		t.Errorf("the dead write is still there: %v", err)
 	}
 }
+
+// A new blob's name is made durable too: the deploy that names it is
+// committed next, and after a power cut must not find its bundle gone.
+func TestPutSyncsDirectory(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := []byte("export default { fetch() {} }")
+	final, _ := s.path(Digest(data))
+	var synced []string
+	orig := syncDir
+	t.Cleanup(func() { syncDir = orig })
+	syncDir = func(dir string) error {
+		if _, err := os.Stat(final); err == nil {
+			synced = append(synced, dir) // after the rename, as it must be
+		}
+		return orig(dir)
+	}
+	if _, err := s.Put(data); err != nil {
+		t.Fatal(err)
+	}
+	if len(synced) != 1 || synced[0] != filepath.Dir(final) {
+		t.Fatalf("directories synced after the blob got its name: %v, want [%s]", synced, filepath.Dir(final))
+	}
+}

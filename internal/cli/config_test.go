@@ -90,3 +90,53 @@ func TestBrokenConfigIsNamed(t *testing.T) {
 		t.Fatalf("exit %d, stderr %q: want 3 naming the broken file", code, stderr.String())
 	}
 }
+
+// The token `spry login` saved is for the server it saved with: a command
+// pointed at another one (--url, SPRY_URL) must not hand it that token.
+func TestSavedTokenStaysWithItsServer(t *testing.T) {
+	var got []string
+	handler := func(w http.ResponseWriter, r *http.Request) {
+		got = append(got, r.Host+" "+r.Header.Get("Authorization"))
+		_, _ = w.Write([]byte(`{"functions":[]}`))
+	}
+	saved := httptest.NewServer(http.HandlerFunc(handler))
+	defer saved.Close()
+	other := httptest.NewServer(http.HandlerFunc(handler))
+	defer other.Close()
+	cfg := filepath.Join(t.TempDir(), "config.json")
+	for _, tt := range []struct {
+		name    string
+		args    []string
+		environ []string
+		code    int
+	}{
+		{"--url another", []string{"ls", "--url", other.URL}, nil, 3},
+		{"SPRY_URL another", []string{"ls"}, []string{"SPRY_URL=" + other.URL}, 3},
+		{"login --url another", []string{"login", "--url", other.URL}, nil, 3},
+		{"--url the saved one", []string{"ls", "--url", saved.URL}, nil, 0},
+		{"the saved one", []string{"ls"}, nil, 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := os.WriteFile(cfg, []byte(`{"url":"`+saved.URL+`","token":"saved-token"}`), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			got = nil
+			var stdout, stderr bytes.Buffer
+			code := Main(context.Background(), Env{
+				Args:    tt.args,
+				Environ: append([]string{"SPRY_CONFIG=" + cfg}, tt.environ...),
+				Stdin:   strings.NewReader(""),
+				Stdout:  &stdout,
+				Stderr:  &stderr,
+			})
+			for _, req := range got {
+				if strings.HasPrefix(req, strings.TrimPrefix(other.URL, "http://")+" ") && strings.Contains(req, "saved-token") {
+					t.Fatalf("the saved token went to another server: %q", req)
+				}
+			}
+			if code != tt.code {
+				t.Fatalf("exit %d, want %d: %s", code, tt.code, stderr.String())
+			}
+		})
+	}
+}

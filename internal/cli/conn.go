@@ -6,13 +6,15 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/spry-run/spry/internal/client"
 	"github.com/spry-run/spry/internal/errdefs"
 )
 
 // connFlags resolves where the server is and which token to use: flags,
-// then SPRY_URL/SPRY_TOKEN, then the file `spry login` writes.
+// then SPRY_URL/SPRY_TOKEN, then the file `spry login` writes, whose token
+// goes only to the server saved with it.
 type connFlags struct {
 	env   Env
 	url   string
@@ -92,6 +94,11 @@ const defaultURL = "http://127.0.0.1:8080"
 func (c *connFlags) resolve() (url, token string, bad error) {
 	fc, bad := readFileConfig(c.env.Environ)
 	url = first(c.url, lookupEnv(c.env.Environ, "SPRY_URL"), fc.URL, defaultURL)
+	// The saved token is the saved server's: sent to another one (named by
+	// --url or SPRY_URL), it would give that server the key to this one.
+	if strings.TrimRight(url, "/") != strings.TrimRight(first(fc.URL, defaultURL), "/") {
+		fc.Token = ""
+	}
 	token = first(c.token, lookupEnv(c.env.Environ, "SPRY_TOKEN"), fc.Token)
 	return url, token, bad
 }

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 )
 
@@ -28,25 +29,59 @@ type Box struct {
 func OpenKeyFile(path string) (*Box, error) {
 	key, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		key = make([]byte, 32)
-		if _, err := rand.Read(key); err != nil {
-			return nil, err
-		}
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		key, err = createKeyFile(path)
 		if err != nil {
 			return nil, fmt.Errorf("create secret key: %w", err)
-		}
-		if _, err := f.Write(key); err != nil {
-			f.Close()
-			return nil, err
-		}
-		if err := f.Close(); err != nil {
-			return nil, err
 		}
 	} else if err != nil {
 		return nil, fmt.Errorf("read secret key: %w", err)
 	}
 	return New(key)
+}
+
+// createKeyFile makes a new key at path, whole or not at all: it is
+// written and synced under a temporary name, then linked to path, and the
+// directory synced, so that neither a crash nor another start reading it
+// meanwhile finds it empty or half written, and a key that has sealed
+// secrets is not lost to a power cut. A link, unlike a rename, never
+// replaces: of two starts making a key at once, both use the one that
+// was linked first.
+func createKeyFile(path string) ([]byte, error) {
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return nil, err
+	}
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, ".secret-key-*") // mode 0600
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(key); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if err := f.Close(); err != nil {
+		return nil, err
+	}
+	if err := os.Link(f.Name(), path); errors.Is(err, os.ErrExist) {
+		return os.ReadFile(path)
+	} else if err != nil {
+		return nil, err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return nil, err
+	}
+	return key, nil
 }
 
 // New returns a Box for a 32-byte key.

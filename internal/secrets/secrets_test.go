@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -41,6 +42,47 @@ func TestSealOpen(t *testing.T) {
 	for _, bad := range []string{"", "enc:v1:", "enc:v1:!!!", "plain"} {
 		if _, err := b.Open(bad, "x"); err == nil {
 			t.Errorf("Open(%q) succeeded", bad)
+		}
+	}
+}
+
+// Starts that find no key at once all end up with the same key: none
+// fails on the file another is making, nor reads it half written.
+func TestOpenKeyFileConcurrent(t *testing.T) {
+	for round := range 50 {
+		path := filepath.Join(t.TempDir(), "secret.key")
+		const n = 8
+		boxes := make([]*Box, n)
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := range n {
+			wg.Go(func() {
+				<-start
+				boxes[i], errs[i] = OpenKeyFile(path)
+			})
+		}
+		close(start)
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("round %d: OpenKeyFile %d: %v", round, i, err)
+			}
+		}
+		sealed, err := boxes[0].Seal("v", "c")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, b := range boxes {
+			if _, err := b.Open(sealed, "c"); err != nil {
+				t.Fatalf("round %d: OpenKeyFile %d got another key: %v", round, i, err)
+			}
+		}
+		if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 || fi.Size() != 32 {
+			t.Fatalf("round %d: key file %v, %v", round, fi, err)
+		}
+		if entries, _ := os.ReadDir(filepath.Dir(path)); len(entries) != 1 {
+			t.Fatalf("round %d: the key's directory holds %d files, want only the key", round, len(entries))
 		}
 	}
 }
