@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"sort"
 	"strconv"
 	"strings"
@@ -165,7 +166,7 @@ func (a *API) authenticate(next http.Handler) http.Handler {
 		// nothing from that; a secret has 256 bits.
 		p, err := a.auth.Authenticate(r.Context(), tok)
 		if errors.Is(err, errdefs.ErrUnauthenticated) {
-			client, _, _ := net.SplitHostPort(r.RemoteAddr)
+			client := failureKey(r.RemoteAddr)
 			if ok, wait := a.limiter.Allowed(client); !ok {
 				w.Header().Set("Retry-After", strconv.Itoa(int(wait.Seconds())+1))
 				a.fail(w, r, errdefs.New(errdefs.ErrRateLimited, "too many failed authentication attempts; retry in %s", wait.Round(time.Second)+time.Second))
@@ -182,6 +183,22 @@ func (a *API) authenticate(next http.Handler) http.Handler {
 		ctx = context.WithValue(ctx, apiKey, a)
 		next.ServeHTTP(w, r.WithContext(ctx))
 	})
+}
+
+// failureKey is whom the failure limiter counts a request against: its
+// address, but for IPv6 its /64, which one host or site is given whole
+// (each new address of it would otherwise be a new client).
+func failureKey(remoteAddr string) string {
+	ap, err := netip.ParseAddrPort(remoteAddr)
+	if err != nil {
+		host, _, _ := net.SplitHostPort(remoteAddr)
+		return host
+	}
+	ip := ap.Addr().Unmap().WithZone("")
+	if ip.Is4() {
+		return ip.String()
+	}
+	return netip.PrefixFrom(ip, 64).Masked().String()
 }
 
 // fail answers with err's class and logs errors that are the server's
