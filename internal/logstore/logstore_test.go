@@ -970,3 +970,44 @@ func TestQueryBytes(t *testing.T) {
 		t.Errorf("the last line is not the newest")
 	}
 }
+
+// drainWithin reads ch until it closes, failing the test if it is still
+// open after d (a follow that never ends would hang the test).
+func drainWithin(t *testing.T, ch <-chan Entry, d time.Duration) []Entry {
+	t.Helper()
+	var got []Entry
+	timeout := time.After(d)
+	for {
+		select {
+		case e, ok := <-ch:
+			if !ok {
+				return got
+			}
+			got = append(got, e)
+		case <-timeout:
+			t.Fatalf("follow still open after %s (got %q)", d, lines(got))
+			return got
+		}
+	}
+}
+
+// A follower that has fallen behind when the server ends its follows
+// (EndFollows, at shutdown) ends with ErrClosed: it must not crash the
+// process as it fails to subscribe again.
+func TestFollowEndsWhileBehind(t *testing.T) {
+	s := openTemp(t, Options{FollowBuffer: 4})
+	ch, errf := s.Follow(t.Context(), Query{Owner: "alice", Function: "hello"})
+	appendLines(s, "alice", "hello", 20)
+	flush(t, s)
+	s.EndFollows()
+	drainWithin(t, ch, 10*time.Second)
+	if err := errf(); !errors.Is(err, ErrClosed) {
+		t.Errorf("got %v, want ErrClosed", err)
+	}
+	// The store still stores.
+	appendLines(s, "alice", "hello", 1)
+	flush(t, s)
+	if n := len(all(t, s, "alice", "hello")); n != 21 {
+		t.Errorf("stored %d lines, want 21", n)
+	}
+}

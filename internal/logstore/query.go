@@ -219,9 +219,13 @@ func (s *Store) follow(ctx context.Context, q Query, sub *subscriber, out chan<-
 				if sub.err != errLagged {
 					return sub.err
 				}
-				if sub, err = s.subscribe(q); err != nil {
+				// The store was closed or the function deleted meanwhile:
+				// the subscription the deferred call drops stays the old one.
+				next, err := s.subscribe(q)
+				if err != nil {
 					return err
 				}
+				sub = next
 				if err := s.catchUp(ctx, q, last, send); err != nil {
 					return err
 				}
