@@ -991,6 +991,47 @@ func drainWithin(t *testing.T, ch <-chan Entry, d time.Duration) []Entry {
 	}
 }
 
+// A follow ends when its function is deleted even if it had fallen behind
+// (its subscription was dropped to catch up from the database) when the
+// delete came, and a follow that starts after the delete (the API looked
+// the function up just before) ends at once.
+func TestFollowEndsOnDeleteWhileBehind(t *testing.T) {
+	t.Run("lagging", func(t *testing.T) {
+		s := openTemp(t, Options{FollowBuffer: 4})
+		q := Query{Owner: "alice", Function: "hello", FunctionID: "id-hello"}
+		ch, errf := s.Follow(t.Context(), q)
+		// Nothing reads ch: the follower falls behind and its subscription
+		// is dropped.
+		appendLinesOf(s, "alice", "hello", "id-hello", 20)
+		flush(t, s)
+		if err := s.DeleteFunction(t.Context(), "alice", "hello", "id-hello"); err != nil {
+			t.Fatal(err)
+		}
+		drainWithin(t, ch, 10*time.Second)
+		if err := errf(); !errors.Is(err, ErrDeleted) {
+			t.Errorf("got %v, want ErrDeleted", err)
+		}
+	})
+	t.Run("after delete", func(t *testing.T) {
+		s := openTemp(t, Options{})
+		if err := s.DeleteFunction(t.Context(), "alice", "hello", "id-hello"); err != nil {
+			t.Fatal(err)
+		}
+		ch, errf := s.Follow(t.Context(), Query{Owner: "alice", Function: "hello", FunctionID: "id-hello"})
+		if got := drainWithin(t, ch, 10*time.Second); len(got) != 0 {
+			t.Errorf("got %d entries", len(got))
+		}
+		if err := errf(); !errors.Is(err, ErrDeleted) {
+			t.Errorf("got %v, want ErrDeleted", err)
+		}
+		// A function made again under the name is followed as usual.
+		ch, errf = s.Follow(t.Context(), Query{Owner: "alice", Function: "hello", FunctionID: "id-new"})
+		appendLinesOf(s, "alice", "hello", "id-new", 1)
+		flush(t, s)
+		receive(t, ch, errf, 1)
+	})
+}
+
 // A follower that has fallen behind when the server ends its follows
 // (EndFollows, at shutdown) ends with ErrClosed: it must not crash the
 // process as it fails to subscribe again.
