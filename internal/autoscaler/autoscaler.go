@@ -191,10 +191,13 @@ func (s *Scaler) touch(now time.Time) {
 // Decide returns the desired instance count at now, given that ready
 // instances are currently serving. The caller calls it on its own ticker
 // (typically every 1-2s) and on a request arriving at zero instances.
+// A now older than the stable window before the newest observation means
+// the clock was set back: the history is moved to end at now.
 func (s *Scaler) Decide(now time.Time, ready int) Decision {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.touch(now)
+	s.setBack(now)
 	c := s.cfg
 	ready = max(ready, 0)
 
@@ -273,6 +276,28 @@ func (s *Scaler) Decide(now time.Time, ready int) Decision {
 		Panic:             panicking,
 		StableConcurrency: stable,
 		PanicConcurrency:  burst,
+	}
+}
+
+// setBack copes with a clock set back: a decision asked for at a time
+// older than the window reaches back from its newest observation. Every
+// observation from then on would be dropped as too old and every average
+// be empty, so that the instances of a steady load were halved at each
+// decision for as long as the clock took to catch up. The history is moved
+// to end at now instead, and times after now (of wall clocks only: times
+// with monotonic readings are not after now) are brought back to now, so
+// that panic mode and the scale-to-zero grace do not last until the clock
+// catches up with them either.
+func (s *Scaler) setBack(now time.Time) {
+	sec := now.Unix()
+	if !s.win.any || sec > s.win.newest-int64(len(s.win.buckets)) {
+		return
+	}
+	s.win.shift(s.win.newest - sec)
+	for _, t := range []*time.Time{&s.start, &s.lastActive, &s.panicTime} {
+		if !t.IsZero() && t.After(now) {
+			*t = now
+		}
 	}
 }
 

@@ -889,3 +889,37 @@ func TestNoScaleDownBelowThePanicWindowsPeak(t *testing.T) {
 		})
 	}
 }
+
+// The clock set back by more than the stable window (an NTP step, a
+// clock that was fast) leaves the scaler working: a steady load keeps its
+// instances, and once the load ends the version still goes to zero after
+// the grace, counted from the time as it now is.
+func TestClockSetBack(t *testing.T) {
+	for _, back := range []time.Duration{2 * time.Minute, time.Hour} {
+		t.Run(back.String(), func(t *testing.T) {
+			m := newSim(Config{Concurrency: 1, TargetUtilization: 1, ScaleToZeroGrace: 2 * time.Minute}, 0)
+			m.run(2*time.Minute, 10, nil)
+			if m.ready != 10 {
+				t.Fatalf("before: %d ready, want 10", m.ready)
+			}
+			m.now = m.now.Add(-back)
+			m.lastDecide = m.now.Add(-time.Hour)
+			setBack := m.now
+			m.run(2*time.Minute, 10, func(now time.Time, ready int, d Decision) {
+				if d.Desired < 10 {
+					t.Fatalf("%v after the clock went back: desired %d for a load of 10 (%+v)", now.Sub(setBack), d.Desired, d)
+				}
+			})
+			idle := m.now
+			var zeroAt time.Time
+			m.run(10*time.Minute, 0, func(now time.Time, ready int, d Decision) {
+				if d.Desired == 0 && zeroAt.IsZero() {
+					zeroAt = now
+				}
+			})
+			if zeroAt.IsZero() || zeroAt.Sub(idle) > 3*time.Minute {
+				t.Fatalf("went to zero at %v after the load ended, want about the 2m grace", zeroAt.Sub(idle))
+			}
+		})
+	}
+}

@@ -106,3 +106,18 @@ func (w *window) resized(size int) *window {
 	}
 	return nw
 }
+
+// shift moves every bucket d seconds back in time, so that a history
+// recorded before the clock was set back d seconds goes on from where the
+// clock now is.
+func (w *window) shift(d int64) {
+	nw := newWindow(len(w.buckets))
+	nw.newest, nw.any = w.newest-d, w.any
+	for _, b := range w.buckets {
+		if b.n > 0 {
+			b.sec -= d
+			*nw.slot(b.sec) = b
+		}
+	}
+	*w = *nw
+}

@@ -184,6 +184,11 @@ type Store struct {
 	subMu      sync.Mutex
 	subs       map[fnKey]map[*subscriber]struct{}
 	subsClosed bool
+	// deleted holds the IDs of functions deleted lately, and when: a
+	// follow of one that subscribes after its delete ended the others
+	// (it had fallen behind, or the caller looked the function up just
+	// before the delete) ends at once rather than wait for good.
+	deleted map[string]time.Time
 
 	// Owned by the writer goroutine.
 	batch          []pending
@@ -264,6 +269,7 @@ func open(ctx context.Context, path string, opts Options, beforeWrite func()) (*
 		done:        make(chan struct{}),
 		drops:       make(map[dropKey]dropCount),
 		subs:        make(map[fnKey]map[*subscriber]struct{}),
+		deleted:     make(map[string]time.Time),
 		touched:     make(map[fnKey]struct{}),
 		gone:        make(map[string]time.Time),
 		beforeWrite: beforeWrite,
@@ -373,7 +379,7 @@ func (s *Store) DeleteFunction(ctx context.Context, owner, function, id string) 
 	if owner == "" || function == "" || id == "" {
 		return errdefs.Invalid("logstore: owner, function and ID are required")
 	}
-	s.endFollowers(fnKey{owner, function}, ErrDeleted)
+	s.endDeleted(fnKey{owner, function}, id)
 	return s.do(ctx, &request{del: &dropKey{fnKey{owner, function}, id}})
 }
 

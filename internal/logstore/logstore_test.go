@@ -970,3 +970,85 @@ func TestQueryBytes(t *testing.T) {
 		t.Errorf("the last line is not the newest")
 	}
 }
+
+// drainWithin reads ch until it closes, failing the test if it is still
+// open after d (a follow that never ends would hang the test).
+func drainWithin(t *testing.T, ch <-chan Entry, d time.Duration) []Entry {
+	t.Helper()
+	var got []Entry
+	timeout := time.After(d)
+	for {
+		select {
+		case e, ok := <-ch:
+			if !ok {
+				return got
+			}
+			got = append(got, e)
+		case <-timeout:
+			t.Fatalf("follow still open after %s (got %q)", d, lines(got))
+			return got
+		}
+	}
+}
+
+// A follow ends when its function is deleted even if it had fallen behind
+// (its subscription was dropped to catch up from the database) when the
+// delete came, and a follow that starts after the delete (the API looked
+// the function up just before) ends at once.
+func TestFollowEndsOnDeleteWhileBehind(t *testing.T) {
+	t.Run("lagging", func(t *testing.T) {
+		s := openTemp(t, Options{FollowBuffer: 4})
+		q := Query{Owner: "alice", Function: "hello", FunctionID: "id-hello"}
+		ch, errf := s.Follow(t.Context(), q)
+		// Nothing reads ch: the follower falls behind and its subscription
+		// is dropped.
+		appendLinesOf(s, "alice", "hello", "id-hello", 20)
+		flush(t, s)
+		if err := s.DeleteFunction(t.Context(), "alice", "hello", "id-hello"); err != nil {
+			t.Fatal(err)
+		}
+		drainWithin(t, ch, 10*time.Second)
+		if err := errf(); !errors.Is(err, ErrDeleted) {
+			t.Errorf("got %v, want ErrDeleted", err)
+		}
+	})
+	t.Run("after delete", func(t *testing.T) {
+		s := openTemp(t, Options{})
+		if err := s.DeleteFunction(t.Context(), "alice", "hello", "id-hello"); err != nil {
+			t.Fatal(err)
+		}
+		ch, errf := s.Follow(t.Context(), Query{Owner: "alice", Function: "hello", FunctionID: "id-hello"})
+		if got := drainWithin(t, ch, 10*time.Second); len(got) != 0 {
+			t.Errorf("got %d entries", len(got))
+		}
+		if err := errf(); !errors.Is(err, ErrDeleted) {
+			t.Errorf("got %v, want ErrDeleted", err)
+		}
+		// A function made again under the name is followed as usual.
+		ch, errf = s.Follow(t.Context(), Query{Owner: "alice", Function: "hello", FunctionID: "id-new"})
+		appendLinesOf(s, "alice", "hello", "id-new", 1)
+		flush(t, s)
+		receive(t, ch, errf, 1)
+	})
+}
+
+// A follower that has fallen behind when the server ends its follows
+// (EndFollows, at shutdown) ends with ErrClosed: it must not crash the
+// process as it fails to subscribe again.
+func TestFollowEndsWhileBehind(t *testing.T) {
+	s := openTemp(t, Options{FollowBuffer: 4})
+	ch, errf := s.Follow(t.Context(), Query{Owner: "alice", Function: "hello"})
+	appendLines(s, "alice", "hello", 20)
+	flush(t, s)
+	s.EndFollows()
+	drainWithin(t, ch, 10*time.Second)
+	if err := errf(); !errors.Is(err, ErrClosed) {
+		t.Errorf("got %v, want ErrClosed", err)
+	}
+	// The store still stores.
+	appendLines(s, "alice", "hello", 1)
+	flush(t, s)
+	if n := len(all(t, s, "alice", "hello")); n != 21 {
+		t.Errorf("stored %d lines, want 21", n)
+	}
+}

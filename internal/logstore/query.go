@@ -219,9 +219,13 @@ func (s *Store) follow(ctx context.Context, q Query, sub *subscriber, out chan<-
 				if sub.err != errLagged {
 					return sub.err
 				}
-				if sub, err = s.subscribe(q); err != nil {
+				// The store was closed or the function deleted meanwhile:
+				// the subscription the deferred call drops stays the old one.
+				next, err := s.subscribe(q)
+				if err != nil {
 					return err
 				}
+				sub = next
 				if err := s.catchUp(ctx, q, last, send); err != nil {
 					return err
 				}
@@ -266,6 +270,9 @@ func (s *Store) subscribe(q Query) (*subscriber, error) {
 	defer s.subMu.Unlock()
 	if s.subsClosed {
 		return nil, ErrClosed
+	}
+	if _, ok := s.deleted[q.FunctionID]; ok && q.FunctionID != "" {
+		return nil, ErrDeleted
 	}
 	sub := &subscriber{q: q, ch: make(chan Entry, s.opts.FollowBuffer)}
 	k := fnKey{q.Owner, q.Function}
@@ -321,12 +328,21 @@ func (s *Store) publish(batch []pending) {
 	}
 }
 
-// endFollowers ends the followers of k with err.
-func (s *Store) endFollowers(k fnKey, err error) {
+// endDeleted ends the followers of k, whose function id is deleted, with
+// ErrDeleted, and refuses id's follows from now on, including those of
+// followers that have fallen behind and subscribe again to catch up.
+func (s *Store) endDeleted(k fnKey, id string) {
 	s.subMu.Lock()
 	defer s.subMu.Unlock()
+	now := s.opts.Now()
+	for d, at := range s.deleted {
+		if now.Sub(at) > goneFor {
+			delete(s.deleted, d)
+		}
+	}
+	s.deleted[id] = now
 	for sub := range s.subs[k] {
-		sub.err = err
+		sub.err = ErrDeleted
 		close(sub.ch)
 	}
 	delete(s.subs, k)

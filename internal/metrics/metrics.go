@@ -46,19 +46,18 @@ type Metrics struct {
 	coldStarts  *prometheus.CounterVec
 	coldStart   *prometheus.HistogramVec
 
-	// gone holds the functions deleted lately, by name, with their ids:
+	// gone holds the IDs of the functions deleted lately, and when:
 	// requests still in flight when one was deleted end after Forget and
-	// must not bring its series back for good. Usually empty, so the
-	// look on each request is one atomic load.
+	// must not bring its series back for good. By ID, not name: a
+	// function made again under the name is counted, and deleting that
+	// one too must not let the first one's late requests in. Usually
+	// empty, so the look on each request is one atomic load.
 	goneMu sync.Mutex
-	gone   atomic.Pointer[map[fnName]deleted]
-}
+	gone   atomic.Pointer[map[string]time.Time]
 
-type fnName struct{ owner, function string }
-
-type deleted struct {
-	id string
-	at time.Time
+	// counting, a test hook, is called once a request has been found
+	// not deleted, before it is counted.
+	counting func()
 }
 
 // goneFor is how long a deleted function's late requests are not
@@ -108,11 +107,15 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 // Invocation records one finished invocation of the function whose id is
 // id.
 func (m *Metrics) Invocation(owner, function, id string, code int, d time.Duration) {
-	if m.isGone(owner, function, id) {
+	if m.isGone(id) {
 		return
+	}
+	if m.counting != nil {
+		m.counting()
 	}
 	m.invocations.WithLabelValues(owner, function, codeLabel(code)).Inc()
 	m.duration.WithLabelValues(owner, function).Observe(d.Seconds())
+	m.recheck(owner, function, id)
 }
 
 // codeLabels are the status codes' labels, made once: strconv.Itoa
@@ -133,10 +136,14 @@ func codeLabel(code int) string {
 
 // ColdStart records one instance start for the function whose id is id.
 func (m *Metrics) ColdStart(owner, function, id, result string) {
-	if m.isGone(owner, function, id) {
+	if m.isGone(id) {
 		return
 	}
+	if m.counting != nil {
+		m.counting()
+	}
 	m.coldStarts.WithLabelValues(owner, function, result).Inc()
+	m.recheck(owner, function, id)
 }
 
 // ColdStartLatency records how long a request waited for its cold start,
@@ -145,13 +152,23 @@ func (m *Metrics) ColdStartLatency(runtime string, d time.Duration) {
 	m.coldStart.WithLabelValues(runtime).Observe(d.Seconds())
 }
 
-func (m *Metrics) isGone(owner, function, id string) bool {
+func (m *Metrics) isGone(id string) bool {
 	g := m.gone.Load()
 	if g == nil || len(*g) == 0 {
 		return false
 	}
-	d, ok := (*g)[fnName{owner, function}]
-	return ok && d.id == id
+	_, ok := (*g)[id]
+	return ok
+}
+
+// recheck drops the series of a request's function if it was deleted
+// while the request was being counted: Forget may have dropped them just
+// before the count made them again. Either Forget's own drop comes after
+// the count, or this look sees the function gone.
+func (m *Metrics) recheck(owner, function, id string) {
+	if m.isGone(id) {
+		m.deleteSeries(owner, function)
+	}
 }
 
 // Forget drops the series of a deleted function (id is its id), and
@@ -160,17 +177,21 @@ func (m *Metrics) isGone(owner, function, id string) bool {
 func (m *Metrics) Forget(owner, function, id string) {
 	m.goneMu.Lock()
 	now := time.Now()
-	next := map[fnName]deleted{}
+	next := map[string]time.Time{}
 	if g := m.gone.Load(); g != nil {
-		for k, d := range *g {
-			if now.Sub(d.at) < goneFor {
-				next[k] = d
+		for k, at := range *g {
+			if now.Sub(at) < goneFor {
+				next[k] = at
 			}
 		}
 	}
-	next[fnName{owner, function}] = deleted{id, now}
+	next[id] = now
 	m.gone.Store(&next)
 	m.goneMu.Unlock()
+	m.deleteSeries(owner, function)
+}
+
+func (m *Metrics) deleteSeries(owner, function string) {
 	labels := prometheus.Labels{"owner": owner, "function": function}
 	m.invocations.DeletePartialMatch(labels)
 	m.duration.DeletePartialMatch(labels)

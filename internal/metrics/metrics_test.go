@@ -95,3 +95,64 @@ func TestForgetOutlastsLateRequests(t *testing.T) {
 		t.Fatalf("a new function of the name and another owner's: %v, want 2", n)
 	}
 }
+
+// counted returns the invocations and cold starts counted for owner's
+// function.
+func counted(t *testing.T, m *Metrics, owner, function string) float64 {
+	t.Helper()
+	families, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0.0
+	for _, f := range families {
+		for _, mt := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range mt.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["owner"] == owner && labels["function"] == function {
+				n += mt.GetCounter().GetValue() + float64(mt.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return n
+}
+
+// A request that ends as its function is deleted, having found it not yet
+// deleted, does not bring its series back.
+func TestForgetDuringARequest(t *testing.T) {
+	for _, what := range []string{"invocation", "cold start"} {
+		t.Run(what, func(t *testing.T) {
+			m := New(nil)
+			m.Invocation("alice", "hello", "id-1", 200, time.Millisecond)
+			m.counting = func() {
+				m.counting = nil
+				m.Forget("alice", "hello", "id-1")
+			}
+			if what == "invocation" {
+				m.Invocation("alice", "hello", "id-1", 200, time.Millisecond)
+			} else {
+				m.ColdStart("alice", "hello", "id-1", "ok")
+			}
+			if n := counted(t, m, "alice", "hello"); n != 0 {
+				t.Errorf("after the delete: %v counted, want 0", n)
+			}
+		})
+	}
+}
+
+// A function deleted, made again under its name and deleted again: the
+// first one's late requests are still not counted.
+func TestForgetTwiceUnderOneName(t *testing.T) {
+	m := New(nil)
+	m.Invocation("alice", "hello", "id-1", 200, time.Millisecond)
+	m.Forget("alice", "hello", "id-1")
+	m.Invocation("alice", "hello", "id-2", 200, time.Millisecond)
+	m.Forget("alice", "hello", "id-2")
+	m.Invocation("alice", "hello", "id-1", 200, time.Millisecond) // late, of the first
+	m.ColdStart("alice", "hello", "id-1", "ok")
+	if n := counted(t, m, "alice", "hello"); n != 0 {
+		t.Errorf("after both deletes: %v counted, want 0", n)
+	}
+}
