@@ -126,8 +126,10 @@ func validate(cfg server.Config) error {
 		return errdefs.Invalid("--scale-to-zero-after must be positive")
 	case cfg.IdleCPUAfter < 0:
 		return errdefs.Invalid("--idle-cpu-after must not be negative")
-	case cfg.AutoscaleWindow < time.Second:
-		return errdefs.Invalid("--autoscale-window must be at least 1s")
+	case cfg.AutoscaleWindow < time.Second || cfg.AutoscaleWindow > time.Hour:
+		// Knative's bounds' upper one: each version keeps a bucket per
+		// second of the window and reads them all at every tick.
+		return errdefs.Invalid("--autoscale-window must be between 1s and 1h")
 	case cfg.Timeout <= 0:
 		return errdefs.Invalid("--timeout must be positive")
 	case cfg.ShutdownTimeout < 0:

@@ -36,6 +36,8 @@ func TestValidateServeFlags(t *testing.T) {
 		{"negative cpu", func(c *server.Config) { c.CPU = -1 }, "--cpu"},
 		{"highest concurrency", func(c *server.Config) { c.Concurrency = 10000 }, ""},
 		{"concurrency over a function's bound", func(c *server.Config) { c.Concurrency = 10001 }, "--concurrency"},
+		{"longest autoscale window", func(c *server.Config) { c.AutoscaleWindow = time.Hour }, ""},
+		{"autoscale window over an hour", func(c *server.Config) { c.AutoscaleWindow = 25 * time.Hour }, "--autoscale-window"},
 		{"no shutdown wait", func(c *server.Config) { c.ShutdownTimeout = 0 }, ""},
 		{"negative shutdown wait", func(c *server.Config) { c.ShutdownTimeout = -time.Second }, "--shutdown-timeout"},
 		{"debug on loopback", func(c *server.Config) { c.DebugListen = "127.0.0.1:6060" }, ""},
