@@ -147,7 +147,9 @@ type subscriber struct {
 // database, where it left off, until it has caught up. Only entries that
 // retention deleted before it read them are missed.
 func (s *Store) Follow(ctx context.Context, q Query) (<-chan Entry, func() error) {
-	out := make(chan Entry)
+	// Buffered, so that a reader can tell (len) that more is ready and
+	// write it out in one go rather than a flush a line.
+	out := make(chan Entry, 64)
 	var (
 		mu     sync.Mutex
 		result error
