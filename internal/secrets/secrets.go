@@ -36,7 +36,12 @@ func OpenKeyFile(path string) (*Box, error) {
 	} else if err != nil {
 		return nil, fmt.Errorf("read secret key: %w", err)
 	}
-	return New(key)
+	b, err := New(key)
+	if err != nil {
+		// Named: it is the operator's to restore from a backup.
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return b, nil
 }
 
 // createKeyFile makes a new key at path, whole or not at all: it is

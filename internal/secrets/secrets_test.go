@@ -86,3 +86,15 @@ func TestOpenKeyFileConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// A key file of the wrong size is refused, by its name.
+func TestOpenKeyFileBroken(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "secret.key")
+	if err := os.WriteFile(path, []byte("short"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := OpenKeyFile(path)
+	if err == nil || !strings.Contains(err.Error(), path) {
+		t.Fatalf("err = %v, want one naming %s", err, path)
+	}
+}
