@@ -2,11 +2,9 @@ package functions
 
 import (
 	"context"
-	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/spry-run/spry/internal/blob"
 	"github.com/spry-run/spry/internal/store"
 	"github.com/spry-run/spry/internal/store/sqlite"
 )
@@ -59,16 +57,7 @@ func (h *hangUp) SetRouting(ctx context.Context, owner, name string, r store.Rou
 // deleted function's logs go with it likewise.
 func TestCommittedChangeServedAfterHangUp(t *testing.T) {
 	ctx := t.Context()
-	dir := t.TempDir()
-	st, err := sqlite.Open(ctx, filepath.Join(dir, "spry.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	blobs, err := blob.Open(filepath.Join(dir, "blobs"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, blobs := stores(t)
 	h := &hangUp{Store: st, cancel: func() {}}
 	logs := &ctxLogs{}
 	s := New(h, blobs, retirer{}, box(t), logs, Config{DefaultRuntime: "deno", Runtimes: []string{"deno"}, MaxCodeBytes: 1 << 20})

@@ -14,16 +14,7 @@ import (
 // anything, a secret's value included, makes one.
 func TestReconfigureWithoutEffect(t *testing.T) {
 	ctx := t.Context()
-	dir := t.TempDir()
-	st, err := sqlite.Open(ctx, filepath.Join(dir, "spry.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	blobs, err := blob.Open(filepath.Join(dir, "blobs"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, blobs := stores(t)
 	s := New(st, blobs, retirer{}, box(t), noLogs{}, Config{DefaultRuntime: "deno", Runtimes: []string{"deno", "node"}, MaxCodeBytes: 1 << 20, Bounds: Bounds{MaxMemoryMiB: 1024}})
 	code := []byte("export default { fetch() { return new Response('hi') } }")
 	for i := 0; i < 2; i++ {
@@ -82,4 +73,20 @@ func TestReconfigureWithoutEffect(t *testing.T) {
 			}
 		})
 	}
+}
+
+// stores are a real sqlite store and blob store in a test's directory.
+func stores(t *testing.T) (*sqlite.Store, *blob.Store) {
+	t.Helper()
+	dir := t.TempDir()
+	st, err := sqlite.Open(t.Context(), filepath.Join(dir, "spry.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	blobs, err := blob.Open(filepath.Join(dir, "blobs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, blobs
 }
