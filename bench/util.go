@@ -324,7 +324,9 @@ func percentile(xs []float64, p float64) float64 {
 	}
 	s := append([]float64(nil), xs...)
 	sort.Float64s(s)
-	k := int(math.Ceil(p/100*float64(len(s)))) - 1
+	// The rank is ceil(p/100 * n); p/100*n picks up rounding error (99.9%
+	// of 1000 is 999.0000000000001), which must not push it a rank up.
+	k := int(math.Ceil(p*float64(len(s))/100-1e-9)) - 1
 	k = max(0, min(k, len(s)-1))
 	return s[k]
 }

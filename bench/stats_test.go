@@ -1,0 +1,56 @@
+package main
+
+import (
+	"math"
+	"testing"
+)
+
+func seq(n int) []float64 {
+	xs := make([]float64, n)
+	for i := range xs {
+		xs[i] = float64(n - i) // reversed: percentile must sort
+	}
+	return xs
+}
+
+func TestPercentileNearestRank(t *testing.T) {
+	tests := []struct {
+		name string
+		xs   []float64
+		p    float64
+		want float64
+	}{
+		{"one value, p50", []float64{7}, 50, 7},
+		{"one value, p99", []float64{7}, 99, 7},
+		{"two values, p50 is the lower", []float64{2, 1}, 50, 1},
+		{"four values, p50", seq(4), 50, 2},
+		{"ten values, p90", seq(10), 90, 9},
+		{"ten values, p0 is the minimum", seq(10), 0, 1},
+		{"ten values, p100 is the maximum", seq(10), 100, 10},
+		{"100 values, p50", seq(100), 50, 50},
+		{"100 values, p99", seq(100), 99, 99},
+		{"200 values, p99 is the 198th", seq(200), 99, 198},
+		{"200 values, p50 is the 100th", seq(200), 50, 100},
+		{"20 values, p99 is the maximum", seq(20), 99, 20},
+		// 99.9/100*1000 is 999.0000000000001 in floating point: the
+		// nearest rank is still 999, not the maximum.
+		{"1000 values, p99.9 is the 999th", seq(1000), 99.9, 999},
+		{"2000 values, p99.9 is the 1998th", seq(2000), 99.9, 1998},
+		{"1001 values, p99.9 is the 1000th", seq(1001), 99.9, 1000},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := percentile(tt.xs, tt.p); got != tt.want {
+				t.Errorf("percentile(n=%d, %v) = %v, want %v", len(tt.xs), tt.p, got, tt.want)
+			}
+		})
+	}
+	if !math.IsNaN(percentile(nil, 50)) {
+		t.Error("percentile of no values is not NaN")
+	}
+	xs := []float64{3, 1, 2}
+	percentile(xs, 50)
+	if xs[0] != 3 || xs[1] != 1 || xs[2] != 2 {
+		t.Errorf("percentile reordered its input: %v", xs)
+	}
+}
