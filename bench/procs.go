@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -398,7 +399,7 @@ type wrkResult struct {
 	ErrWrite    float64 `json:"err_write"`
 	ErrStatus   float64 `json:"err_status"` // responses with status > 399
 	ErrTimeout  float64 `json:"err_timeout"`
-	Non2xx      int     `json:"non_2xx_3xx"` // from wrk's own output
+	Non2xx      int     `json:"non_2xx_3xx"` // from wrk's own output: the same counter as ErrStatus
 	P50us       float64 `json:"p50_us"`
 	P90us       float64 `json:"p90_us"`
 	P99us       float64 `json:"p99_us"`
@@ -416,8 +417,11 @@ type wrkResult struct {
 	ForeignTop string  `json:"other_processes_top,omitempty"`
 }
 
+// errors counts the failed requests. wrk prints its "Non-2xx or 3xx
+// responses" line from the same counter as summary.errors.status
+// (responses with status > 399), so the two are one count, not two.
 func (w *wrkResult) errors() float64 {
-	return w.ErrConnect + w.ErrRead + w.ErrWrite + w.ErrStatus + w.ErrTimeout + float64(w.Non2xx)
+	return w.ErrConnect + w.ErrRead + w.ErrWrite + w.ErrTimeout + math.Max(w.ErrStatus, float64(w.Non2xx))
 }
 
 const wrkLua = `-- written by spry's bench: prints one JSON line when wrk is done

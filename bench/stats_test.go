@@ -54,3 +54,26 @@ func TestPercentileNearestRank(t *testing.T) {
 		t.Errorf("percentile reordered its input: %v", xs)
 	}
 }
+
+func TestWrkErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		r    wrkResult
+		want float64
+	}{
+		{"none", wrkResult{}, 0},
+		// wrk prints "Non-2xx or 3xx responses" from the same counter
+		// as summary.errors.status (status > 399): one error, not two.
+		{"status errors, as wrk reports them", wrkResult{ErrStatus: 5, Non2xx: 5}, 5},
+		{"socket errors", wrkResult{ErrConnect: 1, ErrRead: 2, ErrWrite: 3, ErrTimeout: 4}, 10},
+		{"both", wrkResult{ErrRead: 2, ErrStatus: 3, Non2xx: 3}, 5},
+		{"only the printed line was parsed", wrkResult{Non2xx: 4}, 4},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.r.errors(); got != tt.want {
+				t.Errorf("errors() = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
