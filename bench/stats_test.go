@@ -3,6 +3,7 @@ package main
 import (
 	"math"
 	"testing"
+	"time"
 )
 
 func seq(n int) []float64 {
@@ -75,5 +76,24 @@ func TestWrkErrors(t *testing.T) {
 				t.Errorf("errors() = %v, want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+func TestCapacityVerdict(t *testing.T) {
+	tests := []struct {
+		reached float64
+		want    string
+	}{
+		{0, pass},
+		{300, pass},
+		{2000, pass},
+		{2000.5, miss},
+		{3099, miss},
+		{math.NaN(), miss},
+	}
+	for _, tt := range tests {
+		if got, _ := capacityVerdict(tt.reached, 5, 10*time.Second); got != tt.want {
+			t.Errorf("capacityVerdict(%v ms) = %s, want %s", tt.reached, got, tt.want)
+		}
 	}
 }
