@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"math"
 	"testing"
 	"time"
@@ -95,5 +96,44 @@ func TestCapacityVerdict(t *testing.T) {
 		if got, _ := capacityVerdict(tt.reached, 5, 10*time.Second); got != tt.want {
 			t.Errorf("capacityVerdict(%v ms) = %s, want %s", tt.reached, got, tt.want)
 		}
+	}
+}
+
+func TestRowJSON(t *testing.T) {
+	one := 1.5
+	nan := math.NaN()
+	tests := []struct {
+		name string
+		r    Row
+		want string
+	}{
+		{"a figure", Row{Scenario: "s", Metric: "m", Value: 2.5, Unit: "ms", Verdict: pass},
+			`{"scenario":"s","metric":"m","value":2.5,"unit":"ms","verdict":"PASS"}`},
+		{"a ratio", Row{Scenario: "s", Metric: "m", Value: 1.5, Unit: "x", Ratio: &one, Verdict: pass},
+			`{"scenario":"s","metric":"m","value":1.5,"unit":"x","ratio":1.5,"verdict":"PASS"}`},
+		// No figure is null, never 0: a 0 ms that never happened reads as
+		// the best result there could be.
+		{"no figure", Row{Scenario: "s", Metric: "m", Value: nan, Unit: "ms", Verdict: miss, Note: "never"},
+			`{"scenario":"s","metric":"m","value":null,"unit":"ms","verdict":"MISS","note":"never"}`},
+		{"no ratio", Row{Scenario: "s", Metric: "m", Value: math.Inf(1), Unit: "x", Ratio: &nan, Verdict: info},
+			`{"scenario":"s","metric":"m","value":null,"unit":"x","ratio":null,"verdict":"INFO"}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := json.Marshal(tt.r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != tt.want {
+				t.Errorf("got  %s\nwant %s", got, tt.want)
+			}
+		})
+	}
+	rep := &Report{Results: []Row{{Metric: "m", Value: nan}}}
+	if _, err := json.Marshal(sanitize(rep)); err != nil {
+		t.Fatal(err)
+	}
+	if !math.IsNaN(rep.Results[0].Value) {
+		t.Error("sanitize changed the table's value")
 	}
 }
