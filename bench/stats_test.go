@@ -2,7 +2,9 @@ package main
 
 import (
 	"encoding/json"
+	"io"
 	"math"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -135,5 +137,36 @@ func TestRowJSON(t *testing.T) {
 	}
 	if !math.IsNaN(rep.Results[0].Value) {
 		t.Error("sanitize changed the table's value")
+	}
+}
+
+func TestColdHits(t *testing.T) {
+	ok := func(ttfbMs float64, cold string) hit {
+		return hit{Status: 200, Body: []byte(helloBody), TTFB: time.Duration(ttfbMs * float64(time.Millisecond)), Cold: cold}
+	}
+	hits := []hit{
+		ok(4, "3.10"),
+		ok(0.3, ""), // answered warm: not a cold start
+		{Status: 503, Body: []byte("busy")},
+		ok(6, "5.00"),
+		ok(5, "4.00"),
+		{Err: io.ErrUnexpectedEOF},
+	}
+	name := func(i int) string { return "f" + strconv.Itoa(i) }
+	ttfb, hdr, errs, notCold, firstErr := coldHits(hits, name)
+	if errs != 2 || notCold != 1 {
+		t.Errorf("errs, notCold = %d, %d, want 2, 1", errs, notCold)
+	}
+	if len(ttfb) != 3 || len(hdr) != 3 {
+		t.Fatalf("ttfb %v, hdr %v: want the three cold starts only", ttfb, hdr)
+	}
+	if p50 := percentile(ttfb, 50); p50 != 5 {
+		t.Errorf("TTFB p50 = %v, want 5 (the warm 0.3 ms call left out)", p50)
+	}
+	if p50 := percentile(hdr, 50); p50 != 4 {
+		t.Errorf("header p50 = %v, want 4", p50)
+	}
+	if firstErr == "" {
+		t.Error("no first error")
 	}
 }
