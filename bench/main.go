@@ -482,7 +482,13 @@ func ensureTools() error {
 	const policy = "/usr/sbin/policy-rc.d"
 	if _, err := os.Stat(policy); os.IsNotExist(err) {
 		if err := os.WriteFile(policy, []byte("#!/bin/sh\n# spry bench: no service starts while installing\nexit 101\n"), 0o755); err == nil {
-			defer os.Remove(policy)
+			// Also a cleanup: a signal during apt-get exits through the
+			// cleanups, not this function's defers, and a policy-rc.d
+			// left behind would stop every service start on the machine.
+			var once sync.Once
+			remove := func() { once.Do(func() { _ = os.Remove(policy) }) }
+			cleanups.push(remove)
+			defer remove()
 		}
 	}
 	run := func(args ...string) error {
