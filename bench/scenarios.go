@@ -945,11 +945,32 @@ func scenDensity(ctx context.Context, env *benchEnv) error {
 	time.Sleep(2 * time.Second)
 	// Still warm: a second call of each is not a cold start.
 	warm := 0
+	warmed := make([]bool, called)
 	for i := 0; i < called; i++ {
 		h := get(ctx, c, s.url+"/fn/admin/"+fname(i)+"/")
 		if h.ok(helloBody) == nil && h.Cold == "" {
 			warm++
+			warmed[i] = true
 		}
+	}
+	// At once: those answering warm must all still have a ready instance
+	// after the second pass (an instance stopped once it had answered
+	// would otherwise still count).
+	atOnce := math.NaN()
+	if m, err := s.metrics(ctx, mc); err != nil {
+		env.note("scenario 7: /metrics after the second pass: %v; \"functions warm at once\" counts the warm answers alone", err)
+	} else {
+		n := 0
+		for i, w := range warmed {
+			if st := m.Instances["admin/"+fname(i)]; w && st["busy"]+st["idle"] >= 1 {
+				n++
+			}
+		}
+		atOnce = float64(n)
+	}
+	warmNow := float64(warm)
+	if !math.IsNaN(atOnce) {
+		warmNow = atOnce
 	}
 	mem1 := meminfo()
 	insts, err := s.instanceMemory()
@@ -967,6 +988,7 @@ func scenDensity(ctx context.Context, env *benchEnv) error {
 		}
 	}
 	details["warm"] = warm
+	details["warm_and_still_ready"] = jnum(atOnce)
 	details["called"] = called
 	details["call_errors"], details["first_error"], details["stopped"] = errs, firstErr, stopped
 	details["first_call_ttfb_ms"] = stats(coldMs)
@@ -981,15 +1003,20 @@ func scenDensity(ctx context.Context, env *benchEnv) error {
 		details["instances_sample"] = insts
 	}
 	note := fmt.Sprintf("%d distinct functions called once each back to back, then each called again: %d answered warm", called, warm)
+	if !math.IsNaN(atOnce) {
+		note += fmt.Sprintf(", %.0f of them with a ready instance (spry_instances busy+idle) after the second pass", atOnce)
+	}
 	if stopped != "" {
 		note += "; " + stopped
 	}
-	env.add(Row{Scenario: sc, Metric: "functions warm at once", Value: float64(warm), Unit: "count", Target: fmt.Sprintf(">= %d", W),
-		Verdict: verdict(warm >= W), Note: note})
+	env.add(Row{Scenario: sc, Metric: "functions warm at once", Value: warmNow, Unit: "count", Target: fmt.Sprintf(">= %d", W),
+		Verdict: verdict(warmNow >= float64(W)), Note: note})
 	if specN > 0 {
 		env.add(Row{Scenario: sc, Metric: fmt.Sprintf("total Pss of %d warm sandboxes", specN), Value: float64(pssKiB) / 1024, Unit: "MiB", Verdict: info,
 			Note: fmt.Sprintf("RSS sum %.0f MiB; slirp4netns Pss %.0f MiB more", float64(rssKiB)/1024, float64(slirpKiB)/1024)})
 		env.add(Row{Scenario: sc, Metric: "per warm (specialized, idle) instance, Pss", Value: float64(pssKiB) / 1024 / float64(specN), Unit: "MiB", Verdict: info})
+		env.add(Row{Scenario: sc, Metric: "per warm (specialized, idle) instance, RSS", Value: float64(rssKiB) / 1024 / float64(specN), Unit: "MiB", Verdict: info,
+			Note: "the issue's measure; summed over the sandbox's processes, so pages they share (the runtime's text) count once per process: an upper bound, Pss the fair share"})
 		env.add(Row{Scenario: sc, Metric: "per warm instance incl. slirp4netns, Pss", Value: float64(pssKiB+slirpKiB) / 1024 / float64(specN), Unit: "MiB", Verdict: info})
 	}
 	drop := float64(mem0["MemAvailable"]-mem1["MemAvailable"]) / 1024
