@@ -395,7 +395,7 @@ func run() (code int) {
 		if err != nil {
 			harnessErrors++
 			logf2("scenario %d failed: %v", sc.num, err)
-			env.add(Row{Scenario: scenarioName(sc.num), Metric: "scenario did not complete", Verdict: failed, Note: truncate(err.Error(), 500)})
+			env.add(Row{Scenario: scenarioName(sc.num), Metric: "scenario did not complete", Value: math.NaN(), Verdict: failed, Note: truncate(err.Error(), 500)})
 		}
 	}
 
@@ -687,11 +687,11 @@ func (e *benchEnv) checkLeftovers() {
 }
 
 func formatValue(r Row) string {
-	if math.IsNaN(r.Value) || math.IsInf(r.Value, 0) {
-		return "n/a"
-	}
 	if r.Verdict == failed {
 		return "-"
+	}
+	if math.IsNaN(r.Value) || math.IsInf(r.Value, 0) {
+		return "n/a"
 	}
 	var s string
 	switch r.Unit {
