@@ -155,6 +155,17 @@ func startSpry(ctx context.Context, env *benchEnv, label string, uidBase int, ex
 	cmd.Dir = env.root
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), "HOME="+dir)
+	// Pushed before the process's own stop, so that (the cleanups run
+	// last in, first out) the run dir goes only once spry serve has
+	// stopped and its sandboxes are gone, not from under them.
+	cleanups.push(func() {
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+			if len(sandboxProcs(s.uidBase, s.uidBase+uidSpan)) == 0 {
+				break
+			}
+		}
+		_ = os.RemoveAll(s.runDir)
+	})
 	p, err := startProc("spry serve ("+label+")", cmd)
 	logf.Close()
 	if err != nil {
@@ -162,7 +173,6 @@ func startSpry(ctx context.Context, env *benchEnv, label string, uidBase int, ex
 	}
 	s.proc = p
 	env.addServer(s)
-	cleanups.push(func() { _ = os.RemoveAll(s.runDir) })
 	logf2("%s: started spry serve %s", label, strings.Join(s.args[1:], " "))
 	deadline := time.Now().Add(60 * time.Second)
 	for {
