@@ -577,9 +577,12 @@ func load(ctx context.Context, c *http.Client, u string, clients int, d time.Dur
 				h := get(ctx, c, u)
 				if err := h.ok(helloBody); err != nil {
 					r.errs++
-					if h.Err != nil {
+					switch {
+					case h.Err != nil:
 						r.status["transport"]++
-					} else {
+					case h.Status == 200 && h.Attempts > 1:
+						r.status["resent after a dropped connection"]++
+					default:
 						r.status[strconv.Itoa(h.Status)]++
 					}
 					if r.first == "" {
@@ -726,7 +729,7 @@ func scenStep(ctx context.Context, env *benchEnv) error {
 	details["scale_downs_during_step"] = scaleDowns
 	errs := p1.Errors + p2.Errors
 	env.add(Row{Scenario: sc, Metric: "time from step to 8 ready instances", Value: reached, Unit: "ms", Target: "<= 2000 ms", Verdict: reachedVerdict, Note: reachedNote})
-	env.add(Row{Scenario: sc, Metric: "errors (non-200 or transport)", Value: float64(errs), Unit: "count", Target: "0", Verdict: verdict(errs == 0),
+	env.add(Row{Scenario: sc, Metric: "errors (non-200, transport, or resent after a dropped connection)", Value: float64(errs), Unit: "count", Target: "0", Verdict: verdict(errs == 0),
 		Note: strings.TrimSpace(p1.FirstErr + " " + p2.FirstErr)})
 	env.add(Row{Scenario: sc, Metric: "throughput at 1 client", Value: p1.RPS, Unit: "req/s", Verdict: info})
 	env.add(Row{Scenario: sc, Metric: "throughput at 64 clients", Value: p2.RPS, Unit: "req/s", Verdict: info,

@@ -170,3 +170,24 @@ func TestColdHits(t *testing.T) {
 		t.Error("no first error")
 	}
 }
+
+func TestHitOK(t *testing.T) {
+	tests := []struct {
+		name string
+		h    hit
+		ok   bool
+	}{
+		{"200 with the body", hit{Status: 200, Body: []byte(helloBody), Attempts: 1}, true},
+		{"503", hit{Status: 503, Body: []byte("x"), Attempts: 1}, false},
+		{"another body", hit{Status: 200, Body: []byte("Hello"), Attempts: 1}, false},
+		{"transport error", hit{Err: io.EOF, Attempts: 1}, false},
+		// Go resent the GET after its reused connection failed: the
+		// first attempt was dropped.
+		{"resent after a dropped connection", hit{Status: 200, Body: []byte(helloBody), Attempts: 2}, false},
+	}
+	for _, tt := range tests {
+		if err := tt.h.ok(helloBody); (err == nil) != tt.ok {
+			t.Errorf("%s: ok() = %v", tt.name, err)
+		}
+	}
+}
