@@ -50,6 +50,27 @@ type Row struct {
 	Note     string   `json:"note,omitempty"`
 }
 
+// MarshalJSON writes a Value or Ratio that is NaN or infinite (no
+// figure: nothing measured, or a scenario that never got there) as null,
+// as the table prints "n/a", never as a number.
+func (r Row) MarshalJSON() ([]byte, error) {
+	out := struct {
+		Scenario string `json:"scenario"`
+		Metric   string `json:"metric"`
+		Value    jnum   `json:"value"`
+		Unit     string `json:"unit"`
+		Target   string `json:"target,omitempty"`
+		Ratio    *jnum  `json:"ratio,omitempty"`
+		Verdict  string `json:"verdict"`
+		Note     string `json:"note,omitempty"`
+	}{Scenario: r.Scenario, Metric: r.Metric, Value: jnum(r.Value), Unit: r.Unit, Target: r.Target, Verdict: r.Verdict, Note: r.Note}
+	if r.Ratio != nil {
+		v := jnum(*r.Ratio)
+		out.Ratio = &v
+	}
+	return json.Marshal(out)
+}
+
 type logCount struct {
 	Message string `json:"message"`
 	Count   int    `json:"count"`
@@ -374,7 +395,7 @@ func run() (code int) {
 		if err != nil {
 			harnessErrors++
 			logf2("scenario %d failed: %v", sc.num, err)
-			env.add(Row{Scenario: scenarioName(sc.num), Metric: "scenario did not complete", Verdict: failed, Note: truncate(err.Error(), 500)})
+			env.add(Row{Scenario: scenarioName(sc.num), Metric: "scenario did not complete", Value: math.NaN(), Verdict: failed, Note: truncate(err.Error(), 500)})
 		}
 	}
 
@@ -461,7 +482,13 @@ func ensureTools() error {
 	const policy = "/usr/sbin/policy-rc.d"
 	if _, err := os.Stat(policy); os.IsNotExist(err) {
 		if err := os.WriteFile(policy, []byte("#!/bin/sh\n# spry bench: no service starts while installing\nexit 101\n"), 0o755); err == nil {
-			defer os.Remove(policy)
+			// Also a cleanup: a signal during apt-get exits through the
+			// cleanups, not this function's defers, and a policy-rc.d
+			// left behind would stop every service start on the machine.
+			var once sync.Once
+			remove := func() { once.Do(func() { _ = os.Remove(policy) }) }
+			cleanups.push(remove)
+			defer remove()
 		}
 	}
 	run := func(args ...string) error {
@@ -660,11 +687,11 @@ func (e *benchEnv) checkLeftovers() {
 }
 
 func formatValue(r Row) string {
-	if math.IsNaN(r.Value) || math.IsInf(r.Value, 0) {
-		return "n/a"
-	}
 	if r.Verdict == failed {
 		return "-"
+	}
+	if math.IsNaN(r.Value) || math.IsInf(r.Value, 0) {
+		return "n/a"
 	}
 	var s string
 	switch r.Unit {
@@ -774,18 +801,12 @@ func writeJSON(dir string, rep *Report) error {
 	return nil
 }
 
-// sanitize replaces NaN and infinities, which JSON cannot hold, with nulls
-// by round-tripping floats through a generic tree.
+// sanitize marks the rows without a figure, whose Value and Ratio the JSON
+// holds as null (Row.MarshalJSON).
 func sanitize(rep *Report) any {
 	for i := range rep.Results {
-		if math.IsNaN(rep.Results[i].Value) || math.IsInf(rep.Results[i].Value, 0) {
-			rep.Results[i].Value = 0
-			if rep.Results[i].Note == "" {
-				rep.Results[i].Note = "no value"
-			}
-		}
-		if r := rep.Results[i].Ratio; r != nil && (math.IsNaN(*r) || math.IsInf(*r, 0)) {
-			rep.Results[i].Ratio = nil
+		if v := rep.Results[i].Value; (math.IsNaN(v) || math.IsInf(v, 0)) && rep.Results[i].Note == "" {
+			rep.Results[i].Note = "no value"
 		}
 	}
 	return rep

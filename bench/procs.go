@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -154,6 +155,17 @@ func startSpry(ctx context.Context, env *benchEnv, label string, uidBase int, ex
 	cmd.Dir = env.root
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), "HOME="+dir)
+	// Pushed before the process's own stop, so that (the cleanups run
+	// last in, first out) the run dir goes only once spry serve has
+	// stopped and its sandboxes are gone, not from under them.
+	cleanups.push(func() {
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+			if len(sandboxProcs(s.uidBase, s.uidBase+uidSpan)) == 0 {
+				break
+			}
+		}
+		_ = os.RemoveAll(s.runDir)
+	})
 	p, err := startProc("spry serve ("+label+")", cmd)
 	logf.Close()
 	if err != nil {
@@ -161,7 +173,6 @@ func startSpry(ctx context.Context, env *benchEnv, label string, uidBase int, ex
 	}
 	s.proc = p
 	env.addServer(s)
-	cleanups.push(func() { _ = os.RemoveAll(s.runDir) })
 	logf2("%s: started spry serve %s", label, strings.Join(s.args[1:], " "))
 	deadline := time.Now().Add(60 * time.Second)
 	for {
@@ -398,7 +409,7 @@ type wrkResult struct {
 	ErrWrite    float64 `json:"err_write"`
 	ErrStatus   float64 `json:"err_status"` // responses with status > 399
 	ErrTimeout  float64 `json:"err_timeout"`
-	Non2xx      int     `json:"non_2xx_3xx"` // from wrk's own output
+	Non2xx      int     `json:"non_2xx_3xx"` // from wrk's own output: the same counter as ErrStatus
 	P50us       float64 `json:"p50_us"`
 	P90us       float64 `json:"p90_us"`
 	P99us       float64 `json:"p99_us"`
@@ -416,8 +427,11 @@ type wrkResult struct {
 	ForeignTop string  `json:"other_processes_top,omitempty"`
 }
 
+// errors counts the failed requests. wrk prints its "Non-2xx or 3xx
+// responses" line from the same counter as summary.errors.status
+// (responses with status > 399), so the two are one count, not two.
 func (w *wrkResult) errors() float64 {
-	return w.ErrConnect + w.ErrRead + w.ErrWrite + w.ErrStatus + w.ErrTimeout + float64(w.Non2xx)
+	return w.ErrConnect + w.ErrRead + w.ErrWrite + w.ErrTimeout + math.Max(w.ErrStatus, float64(w.Non2xx))
 }
 
 const wrkLua = `-- written by spry's bench: prints one JSON line when wrk is done
