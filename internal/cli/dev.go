@@ -130,8 +130,8 @@ needs root, as spry serve does.`,
 	f.StringVar(&cfg.Network, "network", "egress", "network access: none, or egress (public internet only)")
 	f.StringVar(&cfg.Name, "name", "", "function name, as ctx.name (default: the file name without its extension; for index.* the directory's name)")
 	f.IntVar(&cfg.UIDBase, "uid-base", 0, "first host uid for instance sandboxes (default: 2100000 + 100 × the port)")
-	f.StringVar(&cfg.DenoBinary, "deno", "", "deno binary (default: the pinned one `make build` installs)")
-	f.StringVar(&cfg.NodeBinary, "node", "", "node binary, 22.13 or newer (default: the pinned one `make build` installs)")
+	f.StringVar(&cfg.DenoBinary, "deno", "", "`PATH` of the deno binary (default: the pinned one make build installs)")
+	f.StringVar(&cfg.NodeBinary, "node", "", "`PATH` of the node binary, 22.13 or newer (default: the pinned one make build installs)")
 	f.StringVar(&logLevel, "log-level", "warn", "level of the platform's own log lines (on stderr): debug, info, warn, error")
 	return cmd
 }
