@@ -326,6 +326,43 @@ func TestDevDeno(t *testing.T) {
 	d.stop()
 }
 
+// TestDevSameSizeSaves: a save that keeps the file's size and its
+// modification time (cp -p, rsync -t, an editor renaming a temporary
+// file over it) is seen and served.
+func TestDevSameSizeSaves(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "same.ts")
+	mod := time.Now().Add(-time.Hour).Truncate(time.Second)
+	save := func(path string, version int) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(strings.Replace(devFnTemplate, "VERSION", strconv.Itoa(version), 1)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(path, mod, mod); err != nil {
+			t.Fatal(err)
+		}
+	}
+	save(file, 1)
+	d := startDev(t, file)
+	if a := d.answer("/"); a.V != 1 {
+		t.Fatalf("got %+v, want version 1", a)
+	}
+
+	// Written in place: same size, the old modification time.
+	save(file, 2)
+	eventually(t, 10*time.Second, "version 2 to answer", func() bool { return d.answer("/").V == 2 })
+
+	// A temporary file renamed over it, same size and time.
+	tmp := filepath.Join(dir, ".same.ts.tmp")
+	save(tmp, 3)
+	if err := os.Rename(tmp, file); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "version 3 to answer", func() bool { return d.answer("/").V == 3 })
+
+	d.stop()
+}
+
 // TestDevNode: spry dev runs a CommonJS Express-style handler on Node.
 func TestDevNode(t *testing.T) {
 	node, err := runtime.FindNode("")

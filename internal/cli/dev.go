@@ -77,13 +77,8 @@ needs root, as spry serve does.`,
 			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
 				return errdefs.Invalid("--log-level: %v", err)
 			}
-			cfg.Listen = net.JoinHostPort(host, strconv.Itoa(port))
-			if _, _, err := net.SplitHostPort(host); err == nil {
-				// --listen HOST:PORT, as spry serve takes it.
-				if cmd.Flags().Changed("port") {
-					return errdefs.Invalid("--listen %s already has a port; drop --port", host)
-				}
-				cfg.Listen = host
+			if cfg.Listen, err = devListen(host, port, cmd.Flags().Changed("port")); err != nil {
+				return err
 			}
 			cfg.Out = env.Stdout
 			cfg.Logger = slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: level}))
@@ -130,10 +125,26 @@ needs root, as spry serve does.`,
 	f.StringVar(&cfg.Network, "network", "egress", "network access: none, or egress (public internet only)")
 	f.StringVar(&cfg.Name, "name", "", "function name, as ctx.name (default: the file name without its extension; for index.* the directory's name)")
 	f.IntVar(&cfg.UIDBase, "uid-base", 0, "first host uid for instance sandboxes (default: 2100000 + 100 × the port)")
-	f.StringVar(&cfg.DenoBinary, "deno", "", "deno binary (default: the pinned one `make build` installs)")
-	f.StringVar(&cfg.NodeBinary, "node", "", "node binary, 22.13 or newer (default: the pinned one `make build` installs)")
+	f.StringVar(&cfg.DenoBinary, "deno", "", "`PATH` of the deno binary (default: the pinned one make build installs)")
+	f.StringVar(&cfg.NodeBinary, "node", "", "`PATH` of the node binary, 22.13 or newer (default: the pinned one make build installs)")
 	f.StringVar(&logLevel, "log-level", "warn", "level of the platform's own log lines (on stderr): debug, info, warn, error")
 	return cmd
+}
+
+// devListen is the address spry dev listens on: --listen HOST with
+// --port, or --listen HOST:PORT as spry serve takes it. An IPv6 HOST may
+// come bracketed ([::1]) or not.
+func devListen(host string, port int, portSet bool) (string, error) {
+	if _, _, err := net.SplitHostPort(host); err == nil {
+		if portSet {
+			return "", errdefs.Invalid("--listen %s already has a port; drop --port", host)
+		}
+		return host, nil
+	}
+	if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+		host = host[1 : len(host)-1]
+	}
+	return net.JoinHostPort(host, strconv.Itoa(port)), nil
 }
 
 // defaultDevName is the function's name when --name is not given: the

@@ -11,6 +11,7 @@ package dev
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -21,6 +22,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -107,7 +109,11 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if _, err := os.Stat(cfg.File); err != nil {
+	// The file is read before anything is made: one that cannot be read
+	// (missing, a directory) stops the session here.
+	w := &watcher{path: cfg.File, now: time.Now}
+	code, _, err := w.check()
+	if err != nil {
 		return errdefs.Invalid("%v", err)
 	}
 	s := &session{cfg: cfg, log: cfg.Logger, prefix: router.Prefix + Owner + "/" + cfg.Name}
@@ -183,14 +189,13 @@ func Run(ctx context.Context, cfg Config) error {
 	})
 	rtr := router.New(s, s.act, router.Config{Timeout: cfg.Timeout, Logger: s.log, Access: s})
 
-	last := s.stat()
-	s.reload(ctx)
+	s.reload(ctx, code)
 	srv := httpserve.New(s.handler(rtr), s.log)
 	bg, stopBG := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); s.act.Run(bg, 500*time.Millisecond) }()
-	go func() { defer wg.Done(); s.watch(bg, last) }()
+	go func() { defer wg.Done(); s.watch(bg, w) }()
 	cleanups = append(cleanups, func() { stopBG(); wg.Wait() })
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(httpserve.Listener(ln, httpserve.WatchAfter, s.log)) }()
@@ -306,23 +311,92 @@ func (s *session) notBuilt() error {
 // Invoked is part of the resolver; nothing records invocations here.
 func (s *session) Invoked(*backend.Spec) {}
 
-// stamp is what tells a changed file: modification time and size.
+// racyWindow is how long after a change the file's stamp may still hide
+// another: a file system stamps times with a coarse clock (a kernel tick,
+// or seconds on some), so two saves of the same size within one tick
+// leave the same stamp. While the last change is this recent, every poll
+// reads the file again and compares its content.
+const racyWindow = 2 * time.Second
+
+// stamp is what stat tells of the file: a save changes at least one of
+// these. The change time and inode catch what size and modification
+// time miss: a save that keeps the size and restores the modification
+// time (cp -p, rsync -t, tar, touch -r) or renames another file over
+// this one.
 type stamp struct {
-	mod  time.Time
-	size int64
+	size        int64
+	mod, change time.Time
+	dev, ino    uint64
 }
 
-func (s *session) stat() stamp {
-	if fi, err := os.Stat(s.cfg.File); err == nil {
-		return stamp{fi.ModTime(), fi.Size()}
+func stampOf(fi os.FileInfo) stamp {
+	st := stamp{size: fi.Size(), mod: fi.ModTime()}
+	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
+		st.change = time.Unix(sys.Ctim.Sec, sys.Ctim.Nsec)
+		st.dev, st.ino = sys.Dev, sys.Ino
 	}
-	return stamp{}
+	return st
 }
 
-// watch rebuilds the function whenever the file's stamp differs from
-// last, checking every Poll.
-func (s *session) watch(ctx context.Context, last stamp) {
-	missing := false
+// watcher tells when the file changes: it stats the file on each check
+// and reports a change when the stamp differs from the last, or when the
+// stamp may hide a save (see racyWindow) and the content differs from
+// what it last read. A save that changes nothing but the stamp (a touch)
+// is a change too: it builds again, which retries what failed (fetching
+// an npm: import, say). Not safe for concurrent use.
+type watcher struct {
+	path string
+	now  func() time.Time
+
+	seen stamp    // the stamp when the file was last read
+	racy bool     // seen was recent when read: read again on each check
+	sum  [32]byte // SHA-256 of the content last read
+	read bool     // whether the file was read at all
+}
+
+// check returns the file's content and true when it changed since the
+// last check (the first check always reads it), or an error when the
+// file cannot be stat'ed or read.
+func (w *watcher) check() ([]byte, bool, error) {
+	start := w.now()
+	fi, err := os.Stat(w.path)
+	if err != nil {
+		return nil, false, err
+	}
+	if fi.IsDir() {
+		return nil, false, fmt.Errorf("%s is a directory; spry dev serves one file", w.path)
+	}
+	st := stampOf(fi)
+	if w.read && st == w.seen && !w.racy {
+		return nil, false, nil
+	}
+	code, err := os.ReadFile(w.path)
+	if err != nil {
+		return nil, false, err
+	}
+	sum := sha256.Sum256(code)
+	changed := !w.read || st != w.seen || sum != w.sum
+	// The stamp, taken before the read, may be older than what was read
+	// (a save in between): the next check then sees a new stamp and
+	// builds the same content again, which changes nothing. A later save
+	// sets both times to the kernel's clock, so the change time (which
+	// nothing else sets) tells whether one could still leave this stamp.
+	w.seen, w.sum, w.read = st, sum, true
+	last := st.change
+	if last.IsZero() {
+		last = st.mod
+	}
+	w.racy = start.Sub(last) < racyWindow
+	if !changed {
+		return nil, false, nil
+	}
+	return code, true, nil
+}
+
+// watch rebuilds the function whenever w reports that the file changed,
+// checking every Poll.
+func (s *session) watch(ctx context.Context, w *watcher) {
+	var failing string // the error last printed, while checks fail
 	t := time.NewTicker(s.cfg.Poll)
 	defer t.Stop()
 	for {
@@ -331,37 +405,30 @@ func (s *session) watch(ctx context.Context, last stamp) {
 			return
 		case <-t.C:
 		}
-		fi, err := os.Stat(s.cfg.File)
+		code, changed, err := w.check()
 		if err != nil {
-			// Editors that save by renaming leave the file missing for a
-			// moment; say so once, and keep serving.
-			if !missing {
+			// Editors that save by deleting and writing anew leave the
+			// file missing for a moment; say so once, and keep serving.
+			if msg := err.Error(); msg != failing {
 				s.printf("cannot read %s: %v\n", s.cfg.File, err)
+				failing = msg
 			}
-			missing = true
 			continue
 		}
-		missing = false
-		now := stamp{fi.ModTime(), fi.Size()}
-		if now.mod.Equal(last.mod) && now.size == last.size {
-			continue
+		failing = ""
+		if changed {
+			s.reload(ctx, code)
 		}
-		last = now
-		s.reload(ctx)
 	}
 }
 
-// reload builds the file and, if it built into a new bundle, makes that
-// the live version: the next request starts it, and the previous
-// version's instances finish their requests and stop. A build that ctx
-// ends (the session stopping) is dropped without a word.
-func (s *session) reload(ctx context.Context) {
+// reload builds code, the file's content, and, if it built into a new
+// bundle, makes that the live version: the next request starts it, and
+// the previous version's instances finish their requests and stop. A
+// build that ctx ends (the session stopping) is dropped without a word.
+func (s *session) reload(ctx context.Context, code []byte) {
 	cur := s.live.Load()
-	code, err := os.ReadFile(s.cfg.File)
-	var res build.Result
-	if err == nil {
-		res, err = build.BundleFile(ctx, build.Source{Filename: filepath.Base(s.cfg.File), Code: code}, build.DirOptions{Runtime: s.cfg.Runtime})
-	}
+	res, err := build.BundleFile(ctx, build.Source{Filename: filepath.Base(s.cfg.File), Code: code}, build.DirOptions{Runtime: s.cfg.Runtime})
 	if ctx.Err() != nil {
 		return
 	}

@@ -1,0 +1,141 @@
+package dev
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// later is a clock well past every file time the tests make, so that no
+// stamp is racy unless a test says so.
+func later() time.Time { return time.Now().Add(time.Hour) }
+
+// write replaces path's content and sets its modification time to mod,
+// as cp -p, rsync -t or tar do.
+func write(t *testing.T, path, content string, mod time.Time) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(path, mod, mod); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func expect(t *testing.T, w *watcher, want string) {
+	t.Helper()
+	code, changed, err := w.check()
+	if err != nil {
+		t.Fatalf("check: %v", err)
+	}
+	switch {
+	case want == "" && changed:
+		t.Fatalf("check reports a change to %q, want none", code)
+	case want != "" && !changed:
+		t.Fatalf("check reports no change, want %q", want)
+	case want != "" && string(code) != want:
+		t.Fatalf("check read %q, want %q", code, want)
+	}
+}
+
+// TestWatcherSaves: every way a save can leave the file is a change,
+// however its size and modification time compare with the last.
+func TestWatcherSaves(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "fn.ts")
+	mod := time.Now().Add(-time.Minute).Truncate(time.Second)
+	write(t, path, "version 1", mod)
+	w := &watcher{path: path, now: later}
+	expect(t, w, "version 1")
+	expect(t, w, "")
+
+	// Same size, the modification time put back.
+	write(t, path, "version 2", mod)
+	expect(t, w, "version 2")
+	expect(t, w, "")
+
+	// Another file renamed over it, with the same size and time.
+	tmp := filepath.Join(dir, ".fn.ts.swp")
+	write(t, tmp, "version 3", mod)
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, w, "version 3")
+
+	// A touch is a change (a build again retries what failed).
+	touched := time.Now().Add(-time.Second)
+	if err := os.Chtimes(path, touched, touched); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, w, "version 3")
+	expect(t, w, "")
+
+	// Deleted, then written anew: an error while it is missing, then a
+	// change.
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := w.check(); !os.IsNotExist(err) {
+		t.Fatalf("check of a missing file: %v", err)
+	}
+	if _, _, err := w.check(); !os.IsNotExist(err) {
+		t.Fatalf("check of a missing file: %v", err)
+	}
+	write(t, path, "version 4", mod)
+	expect(t, w, "version 4")
+	expect(t, w, "")
+}
+
+// TestWatcherRacy: a save in the same clock tick as the last, of the same
+// size, leaves the same stamp; while the last change is recent, checks
+// read the file anyway and see it.
+func TestWatcherRacy(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "fn.ts")
+	mod := time.Now().Truncate(time.Second)
+	write(t, path, "version 1", mod)
+	now := time.Now()
+	w := &watcher{path: path, now: func() time.Time { return now }}
+	expect(t, w, "version 1")
+	if !w.racy {
+		t.Fatalf("a stamp from just now is not racy")
+	}
+
+	// The second save within the tick: the kernel would give it the same
+	// stamp; so does the test, by taking it for the one seen.
+	write(t, path, "version 2", mod)
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.seen = stampOf(fi)
+	expect(t, w, "version 2")
+	// Read again while racy, the same content is no change.
+	expect(t, w, "")
+	expect(t, w, "")
+
+	// Once the change is older than the window, a check reads the file
+	// one last time and the stamp is trusted from then on.
+	now = now.Add(racyWindow + time.Second)
+	expect(t, w, "")
+	if w.racy {
+		t.Fatalf("a stamp %v old is still racy", racyWindow+time.Second)
+	}
+	write(t, path, "version 3", mod)
+	fi, err = os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.seen = stampOf(fi)
+	expect(t, w, "")
+}
+
+// TestWatcherDirectory: a directory is refused, not read.
+func TestWatcherDirectory(t *testing.T) {
+	dir := t.TempDir()
+	w := &watcher{path: dir, now: later}
+	if _, _, err := w.check(); err == nil || !strings.Contains(err.Error(), "is a directory") {
+		t.Fatalf("check of a directory: %v", err)
+	}
+}
