@@ -190,19 +190,21 @@ function makeContext(requestId) {
 }
 
 function requestURL(req) {
+  // The scheme the client used, as on Deno: the router says which.
+  const scheme = req.headers["x-forwarded-proto"] === "https" ? "https://" : "http://";
   // A Host header that is not just an authority (one with a path, query,
   // fragment or userinfo in it) must not change the URL's path.
   const h = req.headers.host;
   const host = h && /^[^/?#@\\\s]+$/.test(h) ? h : "localhost";
   try {
     // Concatenate rather than resolve: a path like //a/b must stay a path.
-    if (req.url.startsWith("/")) return new URL("http://" + host + req.url);
+    if (req.url.startsWith("/")) return new URL(scheme + host + req.url);
     return new URL(req.url);
   } catch {
     try {
-      return new URL("http://localhost" + (req.url.startsWith("/") ? req.url : "/"));
+      return new URL(scheme + "localhost" + (req.url.startsWith("/") ? req.url : "/"));
     } catch {
-      return new URL("http://localhost/");
+      return new URL(scheme + "localhost/");
     }
   }
 }
