@@ -37,3 +37,21 @@ func TestContractURLScheme(t *testing.T) {
 		}
 	})
 }
+
+// A default export with a fetch method is served through it, whatever
+// else it is: a class with a static fetch, a function carrying one.
+func TestContractFetchMethodWins(t *testing.T) {
+	eachRuntime(t, func(t *testing.T, e *nodeEnv) {
+		for _, tc := range []struct{ name, code, want string }{
+			{"static", `export default class { static fetch(req, ctx) { return new Response("static " + ctx.version) } }`, "static 3"},
+			{"function-with-fetch", `const f = () => new Response("called as a function"); f.fetch = (req, ctx) => new Response("fetch " + ctx.name); export default f;`, "fetch hello"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				inst := e.start(t, tc.code)
+				if r := do(t, inst, "GET", "/", nil, nil); r.status != 200 || r.body != tc.want {
+					t.Fatalf("got %d %q, want %q\n%s", r.status, r.body, tc.want, e.logs)
+				}
+			})
+		}
+	})
+}

@@ -186,11 +186,16 @@ function loadFailure(err) {
 
 function pickHandler(mod) {
   const d = mod.default;
+  // A fetch method wins, as on Node, whatever carries it: an object, a
+  // class with a static one (which cannot be called as a function), or
+  // a function.
+  if (d && (typeof d === "object" || typeof d === "function") && typeof d.fetch === "function") {
+    return d.fetch.bind(d);
+  }
   if (typeof d === "function") {
     legacy = true;
     return d;
   }
-  if (d && typeof d.fetch === "function") return d.fetch.bind(d);
   throw new TypeError("the module's default export is neither a function nor an object with a fetch method");
 }
 
