@@ -1,8 +1,11 @@
 package runtime_test
 
 import (
+	"io"
+	"net"
 	"net/http"
 	"testing"
+	"time"
 )
 
 // runtimes are the runtimes every contract test runs on, with the first
@@ -52,6 +55,43 @@ func TestContractFetchMethodWins(t *testing.T) {
 					t.Fatalf("got %d %q, want %q\n%s", r.status, r.body, tc.want, e.logs)
 				}
 			})
+		}
+	})
+}
+
+// A client that hangs up while its request waits for the module to load
+// has its request's signal aborted all the same.
+func TestContractAbortWhileLoading(t *testing.T) {
+	eachRuntime(t, func(t *testing.T, e *nodeEnv) {
+		inst := e.start(t, `await new Promise((r) => setTimeout(r, 700));
+		let seen = "none";
+		export default { async fetch(req) {
+			if (new URL(req.url).pathname === "/seen") return new Response(seen);
+			seen = "running";
+			const aborted = req.signal.aborted || await new Promise((r) => {
+				req.signal.addEventListener("abort", () => r(true));
+				setTimeout(() => r(false), 2000);
+			});
+			seen = "aborted: " + aborted;
+			return new Response("x");
+		} }`)
+		c, err := net.Dial("unix", inst.Address)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.WriteString(c, "GET /x HTTP/1.1\r\nHost: i\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond) // the request is in, waiting for the load
+		c.Close()
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			r := do(t, inst, "GET", "/seen", nil, nil)
+			if r.body == "aborted: true" {
+				return
+			}
+			if r.body == "aborted: false" || time.Now().After(deadline) {
+				t.Fatalf("got %q: the request's signal was not aborted", r.body)
+			}
 		}
 	})
 }

@@ -233,6 +233,9 @@ function fetchAdapter(fn) {
     res.once("close", () => {
       if (!res.writableFinished) ac.abort();
     });
+    // A client that left while its request waited (for the module to
+    // load) is gone already: its close came before anyone listened.
+    if (res.destroyed) ac.abort();
     const request = toRequest(req, ac.signal);
     const out = await fn(request, makeContext(req.headers["spry-request-id"] ?? ""));
     if (!(out instanceof Response)) {
