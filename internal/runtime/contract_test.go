@@ -95,3 +95,29 @@ func TestContractAbortWhileLoading(t *testing.T) {
 		}
 	})
 }
+
+// req.signal says the client went away, not that the response was sent:
+// work a function keeps doing after its response (ctx.waitUntil) is not
+// aborted, and the runtime adds nothing of its own to the function's logs.
+func TestContractSignalAfterResponse(t *testing.T) {
+	eachRuntime(t, func(t *testing.T, e *nodeEnv) {
+		inst := e.start(t, `let kept;
+		export default { fetch(req) {
+			if (new URL(req.url).pathname === "/kept") return new Response(String(kept.aborted));
+			kept = req.signal;
+			kept.addEventListener("abort", () => console.log("aborted after the response"));
+			return new Response("kept");
+		} }`)
+		if r := do(t, inst, "GET", "/keep", nil, nil); r.body != "kept" {
+			t.Fatalf("got %d %q", r.status, r.body)
+		}
+		time.Sleep(100 * time.Millisecond)
+		if r := do(t, inst, "GET", "/kept", nil, nil); r.body != "false" {
+			t.Errorf("the signal of a request answered in full is aborted: %q", r.body)
+		}
+		time.Sleep(100 * time.Millisecond)
+		if logs := e.logs.String(); logs != "" {
+			t.Errorf("the function's logs have lines it did not write:\n%s", logs)
+		}
+	})
+}
