@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -118,6 +119,29 @@ func TestContractSignalAfterResponse(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 		if logs := e.logs.String(); logs != "" {
 			t.Errorf("the function's logs have lines it did not write:\n%s", logs)
+		}
+	})
+}
+
+// A body known at once (a buffer or a string) goes out with its length,
+// whatever its size, and so does the answer to a HEAD request.
+func TestContractContentLength(t *testing.T) {
+	eachRuntime(t, func(t *testing.T, e *nodeEnv) {
+		inst := e.start(t, `export default { fetch(req) {
+			const n = Number(new URL(req.url).searchParams.get("n"));
+			return new Response(new Uint8Array(n).fill(97), { headers: { "content-type": "application/octet-stream" } });
+		} }`)
+		for _, n := range []int{10, 3 << 20} {
+			for _, method := range []string{"GET", "HEAD"} {
+				r := do(t, inst, method, "/?n="+strconv.Itoa(n), nil, nil)
+				wantBody := n
+				if method == "HEAD" {
+					wantBody = 0
+				}
+				if r.status != 200 || len(r.body) != wantBody || r.header.Get("Content-Length") != strconv.Itoa(n) {
+					t.Errorf("%s %d bytes: got %d, %d bytes, Content-Length %q", method, n, r.status, len(r.body), r.header.Get("Content-Length"))
+				}
+			}
 		}
 	})
 }

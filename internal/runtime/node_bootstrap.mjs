@@ -282,6 +282,15 @@ function read(reader) {
   return p;
 }
 
+// endWhole sends a body read in full, with its length: Node leaves it
+// out of the answer to a HEAD request, which Deno (and the GET) give.
+function endWhole(res, chunks, size) {
+  if (!res.hasHeader("content-length") && !res.hasHeader("transfer-encoding")) {
+    res.setHeader("content-length", size);
+  }
+  res.end(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size));
+}
+
 async function writeResponse(res, out) {
   res.statusCode = out.status;
   if (out.statusText) res.statusMessage = out.statusText;
@@ -313,14 +322,23 @@ async function writeResponse(res, out) {
     const r = await Promise.race([pending, tick]);
     if (r === TICK) break;
     if (r.done) {
-      res.end(early.length === 1 ? early[0] : Buffer.concat(early));
+      endWhole(res, early, size);
       return;
     }
     const chunk = chunkBytes(r.value);
     early.push(chunk);
     size += chunk.byteLength;
     pending = read(reader);
-    if (size >= STREAM_PREFETCH) break;
+    if (size >= STREAM_PREFETCH) {
+      // A body given whole (a large buffer or string) comes as one chunk
+      // and ends at once: one more look. (pending keeps what it yields.)
+      const next = await Promise.race([pending, tick]);
+      if (next !== TICK && next.done) {
+        endWhole(res, early, size);
+        return;
+      }
+      break;
+    }
   }
   if (early.length === 0) res.flushHeaders(); // e.g. server-sent events: headers now
   try {
