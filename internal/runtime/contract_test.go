@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -142,6 +143,38 @@ func TestContractContentLength(t *testing.T) {
 					t.Errorf("%s %d bytes: got %d, %d bytes, Content-Length %q", method, n, r.status, len(r.body), r.header.Get("Content-Length"))
 				}
 			}
+		}
+	})
+}
+
+// Every method reaches the function; but Node's HTTP parser knows only
+// its own list of methods, and a Node function's instance answers any
+// other with a 501 that says so (not Node's bare 400). Other malformed
+// requests keep Node's answers.
+func TestContractMethods(t *testing.T) {
+	eachRuntime(t, func(t *testing.T, e *nodeEnv) {
+		inst := e.start(t, `export default { fetch: (req) => new Response("method " + req.method) }`)
+		for _, m := range []string{"GET", "PATCH", "OPTIONS", "PURGE", "QUERY", "PROPFIND", "FROB"} {
+			r := raw(t, inst, m+" / HTTP/1.1\r\nHost: i\r\nConnection: close\r\n\r\n", func(io.Writer) {})
+			if e.runtime == "node" && m == "FROB" {
+				checkFunctionError(t, r, 501, "not_implemented")
+				continue
+			}
+			if r.status != 200 || r.body != "method "+m {
+				t.Errorf("%s: got %d %q", m, r.status, r.body)
+			}
+		}
+		if e.runtime == "node" {
+			big := "GET / HTTP/1.1\r\nHost: i\r\nX-Big: " + strings.Repeat("x", 70<<10) + "\r\n\r\n"
+			if r := raw(t, inst, big, func(io.Writer) {}); r.status != 431 {
+				t.Errorf("a head over Node's limit: got %d %q, want 431", r.status, r.body)
+			}
+			if r := raw(t, inst, "GET / HTTP/1.1\r\nHost: i\r\nBad Header: x\r\n\r\n", func(io.Writer) {}); r.status != 400 {
+				t.Errorf("a malformed head: got %d %q, want 400", r.status, r.body)
+			}
+		}
+		if r := do(t, inst, "GET", "/", nil, nil); r.body != "method GET" {
+			t.Fatalf("after: %d %q", r.status, r.body)
 		}
 	})
 }

@@ -122,6 +122,28 @@ const server = http.createServer({
   headersTimeout: 0,
   requestTimeout: 0,
 }, serve);
+// Node's HTTP parser knows a fixed set of methods (http.METHODS) and
+// refuses any other before a handler could see it, with a bare 400 that
+// does not say why. Such a request gets a 501 that says so instead; other
+// malformed requests keep Node's own answers.
+const clientErrorAnswers = {
+  HPE_HEADER_OVERFLOW: "HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n\r\n",
+  HPE_CHUNK_EXTENSIONS_OVERFLOW: "HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\n\r\n",
+  ERR_HTTP_REQUEST_TIMEOUT: "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n",
+};
+const unknownMethodBody = JSON.stringify({ error: {
+  code: "not_implemented",
+  message: "Node.js serves only the request methods it knows: " + http.METHODS.join(", "),
+} });
+server.on("clientError", (err, socket) => {
+  if (socket.writable && (!socket._httpMessage || !socket._httpMessage._headerSent)) {
+    socket.write(err.code === "HPE_INVALID_METHOD"
+      ? "HTTP/1.1 501 Not Implemented\r\nContent-Type: application/json\r\nSpry-Error: not_implemented\r\n" +
+        `Content-Length: ${Buffer.byteLength(unknownMethodBody)}\r\nConnection: close\r\n\r\n` + unknownMethodBody
+      : clientErrorAnswers[err.code] ?? "HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n");
+  }
+  socket.destroy(err);
+});
 server.keepAliveTimeout = 120_000;
 server.headersTimeout = 0;
 server.requestTimeout = 0;
