@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spry-run/spry/internal/runtime/runtimetest"
 )
 
 // runtimes are the runtimes every contract test runs on, with the first
@@ -175,6 +177,38 @@ func TestContractMethods(t *testing.T) {
 		}
 		if r := do(t, inst, "GET", "/", nil, nil); r.body != "method GET" {
 			t.Fatalf("after: %d %q", r.status, r.body)
+		}
+	})
+}
+
+// The answer to a HEAD request ends with its head, even when the
+// function's body is an endless stream, which is cancelled: the
+// connection carries the next request.
+func TestContractHeadOfAStream(t *testing.T) {
+	eachRuntime(t, func(t *testing.T, e *nodeEnv) {
+		inst := e.start(t, `let cancelled = false;
+		export default { fetch(req) {
+			if (new URL(req.url).pathname === "/cancelled") return new Response(String(cancelled));
+			return new Response(new ReadableStream({
+				async pull(c) { await new Promise((r) => setTimeout(r, 10)); c.enqueue(new TextEncoder().encode("data: x\n\n")); },
+				cancel() { cancelled = true; },
+			}), { headers: { "content-type": "text/event-stream" } });
+		} }`)
+		c := runtimetest.Client(inst, 5*time.Second) // one connection for both
+		for _, tc := range []struct{ method, path, want string }{{"HEAD", "/events", ""}, {"GET", "/cancelled", "true"}} {
+			req, err := http.NewRequest(tc.method, "http://instance.test"+tc.path, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := c.Do(req)
+			if err != nil {
+				t.Fatalf("%s %s: %v", tc.method, tc.path, err)
+			}
+			b, err := io.ReadAll(res.Body)
+			res.Body.Close()
+			if err != nil || res.StatusCode != 200 || string(b) != tc.want {
+				t.Fatalf("%s %s: got %d %q (%v), want %q", tc.method, tc.path, res.StatusCode, b, err, tc.want)
+			}
 		}
 	})
 }

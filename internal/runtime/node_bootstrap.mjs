@@ -265,7 +265,7 @@ function fetchAdapter(fn) {
       sendError(res, 500, "function_error", "the function did not return a Response; see its logs");
       return;
     }
-    await writeResponse(res, out);
+    await writeResponse(res, out, req.method === "HEAD");
   };
 }
 
@@ -313,7 +313,9 @@ function endWhole(res, chunks, size) {
   res.end(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size));
 }
 
-async function writeResponse(res, out) {
+// writeResponse sends out; head: the request was a HEAD, whose answer
+// has no body.
+async function writeResponse(res, out, head) {
   res.statusCode = out.status;
   if (out.statusText) res.statusMessage = out.statusText;
   for (const [name, value] of out.headers) {
@@ -361,6 +363,13 @@ async function writeResponse(res, out) {
       }
       break;
     }
+  }
+  if (head) {
+    // The body is not sent: reading on (an endless event stream, say)
+    // would keep the answer, and the connection, from ever ending.
+    reader.cancel().catch(() => {});
+    res.end();
+    return;
   }
   if (early.length === 0) res.flushHeaders(); // e.g. server-sent events: headers now
   try {
