@@ -160,7 +160,12 @@ function callLegacyCompatible(req) {
       .then(() => handler(req, makeContext(req)))
       // Returning without a Response and without respondWith is an error
       // (answered as one below), not a wait.
-      .then(answer, reject);
+      .then(answer, (err) => {
+        // Thrown after respondWith: too late for the answer, not for
+        // the logs.
+        if (answered) console.error("uncaught exception in function:", err);
+        else reject(err);
+      });
   });
 }
 
