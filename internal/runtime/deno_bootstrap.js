@@ -160,7 +160,12 @@ function callLegacyCompatible(req) {
       .then(() => handler(req, makeContext(req)))
       // Returning without a Response and without respondWith is an error
       // (answered as one below), not a wait.
-      .then(answer, reject);
+      .then(answer, (err) => {
+        // Thrown after respondWith: too late for the answer, not for
+        // the logs.
+        if (answered) console.error("uncaught exception in function:", err);
+        else reject(err);
+      });
   });
 }
 
@@ -186,11 +191,16 @@ function loadFailure(err) {
 
 function pickHandler(mod) {
   const d = mod.default;
+  // A fetch method wins, as on Node, whatever carries it: an object, a
+  // class with a static one (which cannot be called as a function), or
+  // a function.
+  if (d && (typeof d === "object" || typeof d === "function") && typeof d.fetch === "function") {
+    return d.fetch.bind(d);
+  }
   if (typeof d === "function") {
     legacy = true;
     return d;
   }
-  if (d && typeof d.fetch === "function") return d.fetch.bind(d);
   throw new TypeError("the module's default export is neither a function nor an object with a fetch method");
 }
 

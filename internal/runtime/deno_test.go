@@ -34,3 +34,20 @@ func TestDenoWritesOnlyTmp(t *testing.T) {
 		}
 	}
 }
+
+// A function in the RequestEvent style that throws after respondWith
+// has its answer sent and its error logged, not lost.
+func TestDenoRequestEventThrowsAfterAnswer(t *testing.T) {
+	e := newRuntimeEnv(t, "deno", 0, 311000)
+	inst := e.start(t, `export default async function handler({ req }) {
+		req.respondWith(new Response("answered"));
+		await null;
+		throw new Error("thrown after respondWith");
+	}`)
+	if r := do(t, inst, "GET", "/", nil, nil); r.status != 200 || r.body != "answered" {
+		t.Fatalf("got %d %q", r.status, r.body)
+	}
+	if !e.logs.Await("uncaught exception in function: Error: thrown after respondWith") {
+		t.Fatalf("the error is not in the logs:\n%s", e.logs)
+	}
+}

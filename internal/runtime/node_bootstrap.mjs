@@ -122,6 +122,28 @@ const server = http.createServer({
   headersTimeout: 0,
   requestTimeout: 0,
 }, serve);
+// Node's HTTP parser knows a fixed set of methods (http.METHODS) and
+// refuses any other before a handler could see it, with a bare 400 that
+// does not say why. Such a request gets a 501 that says so instead; other
+// malformed requests keep Node's own answers.
+const clientErrorAnswers = {
+  HPE_HEADER_OVERFLOW: "HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n\r\n",
+  HPE_CHUNK_EXTENSIONS_OVERFLOW: "HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\n\r\n",
+  ERR_HTTP_REQUEST_TIMEOUT: "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n",
+};
+const unknownMethodBody = JSON.stringify({ error: {
+  code: "not_implemented",
+  message: "Node.js serves only the request methods it knows: " + http.METHODS.join(", "),
+} });
+server.on("clientError", (err, socket) => {
+  if (socket.writable && (!socket._httpMessage || !socket._httpMessage._headerSent)) {
+    socket.write(err.code === "HPE_INVALID_METHOD"
+      ? "HTTP/1.1 501 Not Implemented\r\nContent-Type: application/json\r\nSpry-Error: not_implemented\r\n" +
+        `Content-Length: ${Buffer.byteLength(unknownMethodBody)}\r\nConnection: close\r\n\r\n` + unknownMethodBody
+      : clientErrorAnswers[err.code] ?? "HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n");
+  }
+  socket.destroy(err);
+});
 server.keepAliveTimeout = 120_000;
 server.headersTimeout = 0;
 server.requestTimeout = 0;
@@ -190,19 +212,21 @@ function makeContext(requestId) {
 }
 
 function requestURL(req) {
+  // The scheme the client used, as on Deno: the router says which.
+  const scheme = req.headers["x-forwarded-proto"] === "https" ? "https://" : "http://";
   // A Host header that is not just an authority (one with a path, query,
   // fragment or userinfo in it) must not change the URL's path.
   const h = req.headers.host;
   const host = h && /^[^/?#@\\\s]+$/.test(h) ? h : "localhost";
   try {
     // Concatenate rather than resolve: a path like //a/b must stay a path.
-    if (req.url.startsWith("/")) return new URL("http://" + host + req.url);
+    if (req.url.startsWith("/")) return new URL(scheme + host + req.url);
     return new URL(req.url);
   } catch {
     try {
-      return new URL("http://localhost" + (req.url.startsWith("/") ? req.url : "/"));
+      return new URL(scheme + "localhost" + (req.url.startsWith("/") ? req.url : "/"));
     } catch {
-      return new URL("http://localhost/");
+      return new URL(scheme + "localhost/");
     }
   }
 }
@@ -231,6 +255,9 @@ function fetchAdapter(fn) {
     res.once("close", () => {
       if (!res.writableFinished) ac.abort();
     });
+    // A client that left while its request waited (for the module to
+    // load) is gone already: its close came before anyone listened.
+    if (res.destroyed) ac.abort();
     const request = toRequest(req, ac.signal);
     const out = await fn(request, makeContext(req.headers["spry-request-id"] ?? ""));
     if (!(out instanceof Response)) {
@@ -238,7 +265,7 @@ function fetchAdapter(fn) {
       sendError(res, 500, "function_error", "the function did not return a Response; see its logs");
       return;
     }
-    await writeResponse(res, out);
+    await writeResponse(res, out, req.method === "HEAD");
   };
 }
 
@@ -277,7 +304,18 @@ function read(reader) {
   return p;
 }
 
-async function writeResponse(res, out) {
+// endWhole sends a body read in full, with its length: Node leaves it
+// out of the answer to a HEAD request, which Deno (and the GET) give.
+function endWhole(res, chunks, size) {
+  if (!res.hasHeader("content-length") && !res.hasHeader("transfer-encoding")) {
+    res.setHeader("content-length", size);
+  }
+  res.end(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size));
+}
+
+// writeResponse sends out; head: the request was a HEAD, whose answer
+// has no body.
+async function writeResponse(res, out, head) {
   res.statusCode = out.status;
   if (out.statusText) res.statusMessage = out.statusText;
   for (const [name, value] of out.headers) {
@@ -308,14 +346,30 @@ async function writeResponse(res, out) {
     const r = await Promise.race([pending, tick]);
     if (r === TICK) break;
     if (r.done) {
-      res.end(early.length === 1 ? early[0] : Buffer.concat(early));
+      endWhole(res, early, size);
       return;
     }
     const chunk = chunkBytes(r.value);
     early.push(chunk);
     size += chunk.byteLength;
     pending = read(reader);
-    if (size >= STREAM_PREFETCH) break;
+    if (size >= STREAM_PREFETCH) {
+      // A body given whole (a large buffer or string) comes as one chunk
+      // and ends at once: one more look. (pending keeps what it yields.)
+      const next = await Promise.race([pending, tick]);
+      if (next !== TICK && next.done) {
+        endWhole(res, early, size);
+        return;
+      }
+      break;
+    }
+  }
+  if (head) {
+    // The body is not sent: reading on (an endless event stream, say)
+    // would keep the answer, and the connection, from ever ending.
+    reader.cancel().catch(() => {});
+    res.end();
+    return;
   }
   if (early.length === 0) res.flushHeaders(); // e.g. server-sent events: headers now
   try {

@@ -146,6 +146,12 @@ func (d *Deno) Launch(o LaunchOptions) Launch {
 		// An instance imports its module once; caching V8's code for it
 		// would only fill the function's own /tmp (where DENO_DIR is).
 		"--no-code-cache",
+		// req.signal aborts when the client goes away (or the request
+		// times out), not also once a response was sent in full, as on
+		// Node: work kept going after the response (ctx.waitUntil) with
+		// the request's signal is not cut short. Without it Deno also
+		// writes a warning about it into the function's logs.
+		"--unstable-no-legacy-abort",
 		fmt.Sprintf("--v8-flags=--max-old-space-size=%d", heap),
 		// Least privilege: read the code, the sockets and /tmp, write only
 		// the sockets and /tmp; no env, run, ffi or sys permission. The
