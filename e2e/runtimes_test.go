@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spry-run/spry/internal/httpserve"
 )
 
 // TestRuntimesAndContracts: the same platform runs Deno and Node, with the
@@ -160,5 +162,51 @@ func TestFullDuplexStream(t *testing.T) {
 				t.Fatalf("after the body's end: %q (%v), want the answer's end", rest, err)
 			}
 		})
+	}
+}
+
+// TestLargestHeadReachesTheFunction: a request head at the router's limit,
+// with the longest Host it takes, still reaches the function on either
+// runtime once the router has added its forwarding fields; one byte more
+// is the router's 431, in Spry's words, never the runtime's bare 400.
+func TestLargestHeadReachesTheFunction(t *testing.T) {
+	s := startServer(t)
+	code := []byte(`export default { fetch(req) { return new Response(String(req.headers.get("x-big").length)); } }`)
+	s.deployCode(t, "head-deno", code, "")
+	s.deployCode(t, "head-node", code, "runtime=node")
+	host := strings.Repeat("h", httpserve.MaxHostName) + ":65535"
+	head := func(name string, size int) string {
+		h := "GET /fn/admin/" + name + "/ HTTP/1.1\r\nHost: " + host + "\r\nX-Forwarded-For: 2001:db8::1234:5678:9abc\r\nX-Big: "
+		return h + strings.Repeat("b", size-len(h)-len("\r\n\r\n")) + "\r\n\r\n"
+	}
+	for _, name := range []string{"head-deno", "head-node"} {
+		for _, tt := range []struct {
+			size   int
+			status int
+		}{{httpserve.MaxHeaderBytes, 200}, {httpserve.MaxHeaderBytes + 1, 431}} {
+			t.Run(fmt.Sprintf("%s-%d", name, tt.size), func(t *testing.T) {
+				c := s.dial(t)
+				req := head(name, tt.size)
+				if _, err := io.WriteString(c, req); err != nil {
+					t.Fatal(err)
+				}
+				res, err := http.ReadResponse(bufio.NewReader(c), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(res.Body)
+				res.Body.Close()
+				if res.StatusCode != tt.status {
+					t.Fatalf("%d-byte head: %d %s", tt.size, res.StatusCode, body)
+				}
+				big := strings.Index(req, "X-Big: ") + len("X-Big: ")
+				if want := fmt.Sprint(len(req) - big - len("\r\n\r\n")); tt.status == 200 && string(body) != want {
+					t.Fatalf("the function saw X-Big of %s bytes, want %s", body, want)
+				}
+				if tt.status == 431 && !strings.Contains(string(body), `"header_too_large"`) {
+					t.Fatalf("431 without Spry's error: %s", body)
+				}
+			})
+		}
 	}
 }

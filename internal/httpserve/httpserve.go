@@ -33,8 +33,12 @@ const (
 	IdleTimeout = 120 * time.Second
 	// MaxHeaderBytes bounds a request's head (431 beyond it): fasthttp
 	// parses the head inside its read buffer, so this is also that
-	// buffer's size.
-	MaxHeaderBytes = 64 << 10
+	// buffer's size. 63 KiB, not 64: the router adds up to ~450 bytes
+	// of forwarding fields (a Host is at most MaxHostName), and Deno
+	// refuses a head over 65,540 bytes with a bare 400 of its own.
+	MaxHeaderBytes = 63 << 10
+	// MaxHostName bounds a Host's name (DNS names are at most 253).
+	MaxHostName = 255
 	// WatchAfter is how long a handler waits on its client's connection
 	// before the connection is watched for a hang-up (see Listener): fast
 	// requests never pay for a watch.
@@ -152,7 +156,8 @@ func hasName(line []byte, name string) bool {
 }
 
 // validHost says whether h is empty (the caller decides whether a Host
-// may be missing) or host[:port]: a name of letters, digits and
+// may be missing) or host[:port]: a name of up to MaxHostName letters,
+// digits and
 // "-._~!$&'()*+,;=" (RFC 3986's reg-name less percent-encoding, which
 // URL parsers such as Deno's refuse in a host), or an IPv6 address in
 // brackets; the port, if any, 0 to 65535.
@@ -179,6 +184,9 @@ func validHost(h []byte) bool {
 	}
 	if len(port) > 0 {
 		port = port[1:] // the colon; an empty port is allowed
+	}
+	if len(name) > MaxHostName {
+		return false
 	}
 	for _, c := range name {
 		if !hostByte[c] {

@@ -360,6 +360,13 @@ func TestValidHost(t *testing.T) {
 			t.Errorf("validHost(%q) = %v, want %v", h, got, want)
 		}
 	}
+	// A name's length is bounded: the router repeats it to the function.
+	long := strings.Repeat("a", MaxHostName)
+	for h, want := range map[string]bool{long: true, long + ":65535": true, long + "a": false, long + "a:80": false} {
+		if got := validHost([]byte(h)); got != want {
+			t.Errorf("validHost(%d bytes) = %v, want %v", len(h), got, want)
+		}
+	}
 }
 
 // FuzzValidHost: a Host validHost accepts makes a URL that a standard
