@@ -7,6 +7,7 @@ package local
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -950,8 +951,13 @@ func (b *Backend) readOutput(p *proc, stream string, r io.Reader, watchReady boo
 					continue
 				}
 			}
-			if loaded && string(line) == runtime.LoadedLine {
+			// The function's top level may have left a line unended: the
+			// marker then ends that line, whose start is the function's.
+			if loaded && bytes.HasSuffix(line, []byte(runtime.LoadedLine)) {
 				loaded = false
+				if own := line[:len(line)-len(runtime.LoadedLine)]; len(own) > 0 {
+					b.output(p, stream, own)
+				}
 				p.mu.Lock()
 				inst := p.inst
 				p.mu.Unlock()

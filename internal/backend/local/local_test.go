@@ -228,6 +228,25 @@ func TestLoadedBeforeTheHandlerRuns(t *testing.T) {
 	<-inst.Done()
 }
 
+// A top level that leaves its output's last line unended does not hide
+// the runtime's loaded line: the instance still stops counting as
+// loading, and the function's part of the line is its output.
+func TestLoadedAfterAnUnendedLine(t *testing.T) {
+	e := newEnv(t, 1)
+	e.waitPool(t, 1)
+	inst, err := e.b.Start(context.Background(), e.spec(t, `Deno.stdout.writeSync(new TextEncoder().encode("no newline"));
+`+runtimetest.SpinningHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runtimetest.AwaitLoadedWhileSpinning(t, inst)
+	e.b.Kill(inst.ID, backend.ExitTimeout)
+	<-inst.Done()
+	if logs := e.logs.String(); !slices.Contains(strings.Split(logs, "\n"), "stdout: no newline") || strings.Contains(logs, runtime.LoadedLine) {
+		t.Fatalf("logs:\n%s", logs)
+	}
+}
+
 func TestImportFailure(t *testing.T) {
 	for _, tc := range []struct {
 		name, code, want string
