@@ -248,3 +248,72 @@ func TestGVisorIsolation(t *testing.T) {
 		t.Fatalf("gvisor with egress: %d %s", r.status, r.body)
 	}
 }
+
+// TestDeleteEndsTheFunctionAtOnce: deleting a function (or its user) ends
+// its instances at once, requests in flight on them included. They were
+// drained as after a deploy, so a deleted function streamed, waited or
+// reached out for as long as its timeout allowed (up to --max-timeout).
+func TestDeleteEndsTheFunctionAtOnce(t *testing.T) {
+	s := startServer(t)
+	s.deployCode(t, "streamer", []byte(`export default { fetch() {
+		const body = new ReadableStream({ async pull(c) {
+			await new Promise((r) => setTimeout(r, 100));
+			c.enqueue(new TextEncoder().encode("tick\n"));
+		} });
+		return new Response(body);
+	} }`), "timeout=60s")
+	s.deployCode(t, "waiter", []byte(`export default { async fetch() {
+		await new Promise((r) => setTimeout(r, 60000));
+		return new Response("late");
+	} }`), "timeout=60s")
+
+	res, err := http.Get(s.url + "/fn/admin/streamer/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if _, err := io.ReadFull(res.Body, make([]byte, 5)); err != nil {
+		t.Fatalf("the stream's first tick: %v", err)
+	}
+	streamEnded := make(chan time.Time, 1)
+	go func() {
+		_, _ = io.Copy(io.Discard, res.Body)
+		streamEnded <- time.Now()
+	}()
+	waiterDone := make(chan int, 1)
+	go func() {
+		r, err := http.Get(s.url + "/fn/admin/waiter/")
+		if err != nil {
+			waiterDone <- 0
+			return
+		}
+		r.Body.Close()
+		waiterDone <- r.StatusCode
+	}()
+	eventually(t, 10*time.Second, "the waiter's instance to run", func() bool {
+		r := s.do("GET", "/api/v1/functions/waiter", s.token, nil, nil)
+		return strings.Contains(string(r.body), `"state":"running"`) || strings.Contains(string(r.body), `"state": "running"`)
+	})
+
+	for _, name := range []string{"streamer", "waiter"} {
+		if r := s.do("DELETE", "/api/v1/functions/"+name, s.token, nil, nil); r.status != 204 {
+			t.Fatalf("delete %s: %d %s", name, r.status, r.body)
+		}
+	}
+	deleted := time.Now()
+	select {
+	case at := <-streamEnded:
+		t.Logf("the stream ended %s after the delete", at.Sub(deleted).Round(time.Millisecond))
+	case <-time.After(10 * time.Second):
+		t.Fatal("a deleted function's response still streams 10s after the delete")
+	}
+	select {
+	case status := <-waiterDone:
+		if status == 200 {
+			t.Fatal("a deleted function's request was answered by its function")
+		}
+		t.Logf("the waiting request got %d", status)
+	case <-time.After(10 * time.Second):
+		t.Fatal("a deleted function's request still runs 10s after the delete")
+	}
+}

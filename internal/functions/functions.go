@@ -53,6 +53,9 @@ type LogDeleter interface {
 type Retirer interface {
 	Admit(functionID string, keys ...string)
 	RetireExcept(functionID string, keep ...string)
+	// Remove retires every version of a deleted function and ends its
+	// instances at once, requests in flight included.
+	Remove(functionID string)
 	Ensure(spec *backend.Spec)
 }
 
@@ -594,7 +597,7 @@ func (s *Service) Delete(ctx context.Context, owner, name string) error {
 	delete(s.routes, key)
 	delete(s.invoked, key)
 	s.mu.Unlock()
-	s.retirer.RetireExcept(fn.ID)
+	s.retirer.Remove(fn.ID)
 	if err := s.logs.DeleteFunction(ctx, owner, name, fn.ID); err != nil {
 		s.log.Error("delete logs", "owner", owner, "function", name, "err", err)
 	}
