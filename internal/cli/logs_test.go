@@ -218,3 +218,20 @@ func TestLogsEscapeControlCharacters(t *testing.T) {
 		t.Errorf("--json: %q, %v", stdout, err)
 	}
 }
+
+// `spry env ls` prints an env var's value with its control characters
+// escaped too: a value may hold a newline that forges another variable's
+// line, or an escape sequence, and the admin lists other users' values.
+func TestEnvLsEscapesControlCharacters(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"owner":"alice","name":"f","version":1,"env":{"A":"x\nB=forged\u001b]0;t\u0007"}}`))
+	}))
+	defer srv.Close()
+	code, stdout, stderr := runCLI(t, srv.URL, "env", "ls", "f")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if want := `A=x\x0aB=forged\x1b]0;t\x07` + "\n"; stdout != want {
+		t.Errorf("stdout %q, want %q", stdout, want)
+	}
+}
