@@ -2,11 +2,13 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -246,5 +248,126 @@ func TestGVisorIsolation(t *testing.T) {
 	}
 	if r := s.putCode(s.token, "kernel2", code, "isolation=gvisor&network=egress"); r.status != 400 {
 		t.Fatalf("gvisor with egress: %d %s", r.status, r.body)
+	}
+}
+
+// TestDeleteEndsTheFunctionAtOnce: deleting a function (or its user) ends
+// its instances at once, requests in flight on them included. They were
+// drained as after a deploy, so a deleted function streamed, waited or
+// reached out for as long as its timeout allowed (up to --max-timeout).
+func TestDeleteEndsTheFunctionAtOnce(t *testing.T) {
+	s := startServer(t)
+	s.deployCode(t, "streamer", []byte(`export default { fetch() {
+		const body = new ReadableStream({ async pull(c) {
+			await new Promise((r) => setTimeout(r, 100));
+			c.enqueue(new TextEncoder().encode("tick\n"));
+		} });
+		return new Response(body);
+	} }`), "timeout=60s")
+	s.deployCode(t, "waiter", []byte(`export default { async fetch() {
+		await new Promise((r) => setTimeout(r, 60000));
+		return new Response("late");
+	} }`), "timeout=60s")
+
+	res, err := http.Get(s.url + "/fn/admin/streamer/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if _, err := io.ReadFull(res.Body, make([]byte, 5)); err != nil {
+		t.Fatalf("the stream's first tick: %v", err)
+	}
+	streamEnded := make(chan time.Time, 1)
+	go func() {
+		_, _ = io.Copy(io.Discard, res.Body)
+		streamEnded <- time.Now()
+	}()
+	waiterDone := make(chan int, 1)
+	go func() {
+		r, err := http.Get(s.url + "/fn/admin/waiter/")
+		if err != nil {
+			waiterDone <- 0
+			return
+		}
+		r.Body.Close()
+		waiterDone <- r.StatusCode
+	}()
+	eventually(t, 10*time.Second, "the waiter's instance to run", func() bool {
+		r := s.do("GET", "/api/v1/functions/waiter", s.token, nil, nil)
+		return strings.Contains(string(r.body), `"state":"running"`) || strings.Contains(string(r.body), `"state": "running"`)
+	})
+
+	for _, name := range []string{"streamer", "waiter"} {
+		if r := s.do("DELETE", "/api/v1/functions/"+name, s.token, nil, nil); r.status != 204 {
+			t.Fatalf("delete %s: %d %s", name, r.status, r.body)
+		}
+	}
+	deleted := time.Now()
+	select {
+	case at := <-streamEnded:
+		t.Logf("the stream ended %s after the delete", at.Sub(deleted).Round(time.Millisecond))
+	case <-time.After(10 * time.Second):
+		t.Fatal("a deleted function's response still streams 10s after the delete")
+	}
+	select {
+	case status := <-waiterDone:
+		if status == 200 {
+			t.Fatal("a deleted function's request was answered by its function")
+		}
+		t.Logf("the waiting request got %d", status)
+	case <-time.After(10 * time.Second):
+		t.Fatal("a deleted function's request still runs 10s after the delete")
+	}
+}
+
+// TestHugeControlAnswer: a function's code runs in the runtime that answers
+// the server on its control socket, so it can make that answer huge (a
+// Node function patches http.ServerResponse from its top level; a Deno one
+// can replace Response.json). The server read the answer's head whole:
+// 100 MiB of headers grew it by hundreds of MiB, outside every limit of
+// the instance, once per cold start. It reads at most 64 KiB now, and the
+// instance ends saying why.
+func TestHugeControlAnswer(t *testing.T) {
+	s := startServer(t)
+	hwm := func() int {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.cmd.Process.Pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range strings.Split(string(data), "\n") {
+			if f := strings.Fields(l); len(f) > 1 && f[0] == "VmHWM:" {
+				n, _ := strconv.Atoi(f[1])
+				return n << 10
+			}
+		}
+		t.Fatal("no VmHWM")
+		return 0
+	}
+	s.deployCode(t, "huge-answer", []byte(`import http from "node:http";
+		const big = "y".repeat(1 << 20);
+		const writeHead = http.ServerResponse.prototype.writeHead;
+		let first = true;
+		http.ServerResponse.prototype.writeHead = function (...args) {
+			// The first answer after the import is the control socket's.
+			if (first) { first = false; for (let i = 0; i < 100; i++) this.setHeader("x" + i, big); }
+			return writeHead.apply(this, args);
+		};
+		export default { fetch() { return new Response("ok"); } };`), "runtime=node&memory=512Mi")
+	before := hwm()
+	s.get("/fn/admin/huge-answer/")
+	// Whichever comes first: the instance ends for its answer, or the
+	// server holds it.
+	eventually(t, 20*time.Second, "the instance to end for its answer", func() bool {
+		if hwm()-before > 32<<20 {
+			return true
+		}
+		out, _, _ := s.spry("", "logs", "huge-answer")
+		return strings.Contains(out, "answer to its specialization was over")
+	})
+	if grew := hwm() - before; grew > 32<<20 {
+		t.Errorf("the server's peak memory grew by %d MiB", grew>>20)
+	}
+	if r := s.get("/healthz"); r.status != 200 {
+		t.Fatalf("healthz %d", r.status)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -102,9 +103,9 @@ wait:
 	if out := s.mustSpry("logs", "talk"); !strings.Contains(out, "one says /hello") {
 		t.Fatalf("after restart:\n%s", out)
 	}
-	// A request still running when its function is deleted writes its
-	// lines after the delete: they must not land in a new function made
-	// under the same name.
+	// A request still running when its function is deleted (the delete
+	// kills its instance) may have lines on their way after the delete:
+	// they must not land in a new function made under the same name.
 	slow := make(chan struct{})
 	go func() { defer close(slow); s.get("/fn/admin/talk/slow") }()
 	time.Sleep(500 * time.Millisecond)
@@ -386,4 +387,50 @@ func TestLogFollowEnds(t *testing.T) {
 	if code := exit(cmd); code != 6 || !strings.Contains(stderr.String(), "shutting down") {
 		t.Errorf("after a shutdown: exit %d, stderr %q", code, stderr.String())
 	}
+}
+
+// TestLogReadLimit: a user has at most MaxReadsPerUser log reads in
+// progress at once. A read holds its entries (up to 8 MiB of lines) until
+// the client has taken them, so clients that read nothing pinned the
+// server's memory 8 MiB a connection, as many as they opened.
+func TestLogReadLimit(t *testing.T) {
+	s := startServer(t)
+	s.deployCode(t, "chatty", []byte(`export default { fetch() {
+		const l = "z".repeat(16000);
+		for (let i = 0; i < 400; i++) console.log(i + " " + l);
+		return new Response("ok");
+	} }`), "")
+	for i := 0; i < 25; i++ {
+		s.get("/fn/admin/chatty/")
+	}
+	eventually(t, 10*time.Second, "megabytes of logs", func() bool {
+		r := s.do("GET", "/api/v1/functions/chatty/logs?limit=10000", s.token, nil, nil)
+		return len(r.body) > 6<<20
+	})
+	// Clients that take nothing of their answers.
+	var stuck []net.Conn
+	for i := 0; i < 4; i++ {
+		d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+			return c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+		}}
+		c, err := d.Dial("tcp", s.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := io.WriteString(c, "GET /api/v1/functions/chatty/logs?limit=10000 HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer "+s.token+"\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		stuck = append(stuck, c)
+	}
+	eventually(t, 10*time.Second, "one read too many to be refused", func() bool {
+		r := s.do("GET", "/api/v1/functions/chatty/logs?limit=1", s.token, nil, nil)
+		return r.status == 429
+	})
+	// Once a stuck client goes, a read may start again.
+	stuck[0].Close()
+	eventually(t, 10*time.Second, "a read after one ended", func() bool {
+		r := s.do("GET", "/api/v1/functions/chatty/logs?limit=1", s.token, nil, nil)
+		return r.status == 200
+	})
 }

@@ -770,6 +770,38 @@ func (a *Activator) RetireExcept(functionID string, keep ...string) {
 	}
 }
 
+// Remove retires every version of a deleted function and ends its
+// instances at once, requests in flight on them included: a deploy lets
+// the old version's requests finish, but a deleted function (or one of a
+// deleted user) must not run on, streaming or reaching out for as long as
+// its timeout allows. Instances of versions a deploy retired earlier and
+// that still drain end too.
+func (a *Activator) Remove(functionID string) {
+	a.RetireExcept(functionID)
+	a.mu.Lock()
+	var revs []*revision
+	for rev := range a.retiring {
+		if rev.spec.FunctionID == functionID {
+			revs = append(revs, rev)
+		}
+	}
+	a.mu.Unlock()
+	for _, rev := range revs {
+		rev.mu.Lock()
+		var kill []*instance
+		for _, in := range rev.instances {
+			if in.inflight > 0 {
+				in.stopping = true
+				kill = append(kill, in)
+			}
+		}
+		rev.mu.Unlock()
+		for _, in := range kill {
+			a.backend.Kill(in.inst.ID, backend.ExitStopped)
+		}
+	}
+}
+
 func (a *Activator) retire(rev *revision) {
 	rev.mu.Lock()
 	rev.retired = true

@@ -75,6 +75,7 @@ type API struct {
 	followMu  sync.Mutex
 	follows   map[string]int // open log follows per user
 	followers map[*follower]struct{}
+	reads     map[string]int // log reads (not follows) in progress per user
 }
 
 // New returns the API.
@@ -87,7 +88,7 @@ func New(fns Functions, authn Authenticator, users store.Users, tokens store.Tok
 	}
 	// Ten wrong tokens at once, then one every six seconds, per client.
 	limiter := auth.NewFailureLimiter(6*time.Second, 10, cfg.Now)
-	return &API{cfg: cfg, fns: fns, auth: authn, users: users, tokens: tokens, instances: instances, logs: logs, limiter: limiter, log: cfg.Logger, follows: map[string]int{}, followers: map[*follower]struct{}{}}
+	return &API{cfg: cfg, fns: fns, auth: authn, users: users, tokens: tokens, instances: instances, logs: logs, limiter: limiter, log: cfg.Logger, follows: map[string]int{}, followers: map[*follower]struct{}{}, reads: map[string]int{}}
 }
 
 // Handler returns the API's routes, all behind authentication.

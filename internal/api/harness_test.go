@@ -27,6 +27,7 @@ type nopRetirer struct{}
 
 func (nopRetirer) Admit(string, ...string)        {}
 func (nopRetirer) RetireExcept(string, ...string) {}
+func (nopRetirer) Remove(string)                  {}
 func (nopRetirer) Ensure(*backend.Spec)           {}
 
 // env is a whole API over the real sqlite store, blob store, log store

@@ -25,6 +25,14 @@ type Logs interface {
 // logstore.Options.FollowBuffer lines.
 const MaxFollowsPerUser = 16
 
+// MaxReadsPerUser bounds the log reads (not follows) of one user in
+// progress at once. A read holds its entries, up to
+// logstore.MaxQueryBytes of lines, until the client has taken them: a
+// client that reads none held them for good, so a user with one function
+// that logs could pin the server's memory 8 MiB a connection (60 such
+// connections held some 500 MiB).
+const MaxReadsPerUser = 4
+
 // LogLine is one log entry as the API streams it (NDJSON).
 type LogLine struct {
 	ID        int64     `json:"id"`
@@ -91,6 +99,11 @@ func (a *API) functionLogs(w http.ResponseWriter, r *http.Request) error {
 		return enc.Encode(LogLine{ID: e.ID, Time: e.Time, Version: e.Version, Instance: e.Instance, Stream: e.Stream, RequestID: e.RequestID, Line: e.Line})
 	}
 	if !follow {
+		user := principal(r).User
+		if err := a.openRead(user); err != nil {
+			return err
+		}
+		defer a.closeRead(user)
 		entries, err := a.logs.Query(r.Context(), q)
 		if err != nil {
 			return err
@@ -174,6 +187,25 @@ func (a *API) closeFollow(f *follower) {
 	delete(a.followers, f)
 	if a.follows[f.user]--; a.follows[f.user] <= 0 {
 		delete(a.follows, f.user)
+	}
+}
+
+// openRead counts one more log read of user's, if MaxReadsPerUser allows.
+func (a *API) openRead(user string) error {
+	a.followMu.Lock()
+	defer a.followMu.Unlock()
+	if a.reads[user] >= MaxReadsPerUser {
+		return errdefs.New(errdefs.ErrRateLimited, "%s already reads %d logs, the most at once; wait for one to end", user, MaxReadsPerUser)
+	}
+	a.reads[user]++
+	return nil
+}
+
+func (a *API) closeRead(user string) {
+	a.followMu.Lock()
+	defer a.followMu.Unlock()
+	if a.reads[user]--; a.reads[user] <= 0 {
+		delete(a.reads, user)
 	}
 }
 

@@ -86,7 +86,7 @@ func newEnvCmd(conn *connFlags) *cobra.Command {
 			}
 			sort.Strings(keys)
 			for _, k := range keys {
-				fmt.Fprintf(cmd.OutOrStdout(), "%s=%s\n", k, v.Env[k])
+				fmt.Fprintf(cmd.OutOrStdout(), "%s=%s\n", k, visible(v.Env[k]))
 			}
 			for _, k := range v.Secrets {
 				fmt.Fprintf(cmd.OutOrStdout(), "%s=<secret>\n", k)

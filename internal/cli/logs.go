@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -44,7 +45,7 @@ func newLogsCmd(conn *connFlags) *cobra.Command {
 				if asJSON {
 					return enc.Encode(l)
 				}
-				_, err := fmt.Fprintf(out, "%s v%d %s %-6s %s\n", l.Time.UTC().Format("2006-01-02T15:04:05.000Z"), l.Version, l.Instance, l.Stream, l.Line)
+				_, err := fmt.Fprintf(out, "%s v%d %s %-6s %s\n", l.Time.UTC().Format("2006-01-02T15:04:05.000Z"), l.Version, l.Instance, l.Stream, visible(l.Line))
 				return err
 			})
 		},
@@ -57,4 +58,31 @@ func newLogsCmd(conn *connFlags) *cobra.Command {
 	f.StringVar(&o.Owner, "owner", "", "the function's owner (admin only)")
 	f.BoolVar(&asJSON, "json", false, "print JSON lines")
 	return cmd
+}
+
+// visible writes the control characters of a log line (C0 but tab, DEL,
+// C1) as escapes. A line is whatever a function printed, and the terminal
+// that shows it may be its owner's or the admin's: raw, an escape
+// sequence could set that terminal's title or clipboard, or a carriage
+// return and cursor moves could overwrite what the line's prefix says
+// (its stream, say "system") and the lines above it.
+func visible(line string) string {
+	i := strings.IndexFunc(line, isControl)
+	if i < 0 {
+		return line
+	}
+	var b strings.Builder
+	b.WriteString(line[:i])
+	for _, r := range line[i:] {
+		if isControl(r) {
+			fmt.Fprintf(&b, "\\x%02x", r)
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+func isControl(r rune) bool {
+	return r < 0x20 && r != '\t' || r >= 0x7f && r < 0xa0
 }

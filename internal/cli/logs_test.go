@@ -185,3 +185,53 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// `spry logs` prints a function's output, which may hold terminal escape
+// sequences (a title, the clipboard by OSC 52, cursor moves) or a carriage
+// return that overwrites the line's prefix: printed raw, they reached the
+// terminal of whoever reads the logs, the admin included. They are
+// printed as escapes; --json keeps the line as it is.
+func TestLogsEscapeControlCharacters(t *testing.T) {
+	line := "a\x1b]52;c;cHduZWQ=\x07b\rsystem instance ended\x1b[2K\u009b1Ac\td\u00e9"
+	body, _ := json.Marshal(map[string]any{"id": 1, "time": "2025-01-02T03:04:05Z", "version": 1, "stream": "stdout", "line": line})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		_, _ = w.Write(append(body, '\n'))
+	}))
+	defer srv.Close()
+	code, stdout, stderr := runCLI(t, srv.URL, "logs", "hello")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, r := range strings.TrimSuffix(stdout, "\n") {
+		if r < 0x20 && r != '\t' || r >= 0x7f && r < 0xa0 {
+			t.Fatalf("control character %U printed raw: %q", r, stdout)
+		}
+	}
+	want := `a\x1b]52;c;cHduZWQ=\x07b\x0dsystem instance ended\x1b[2K\x9b1Ac` + "\td\u00e9\n"
+	if !strings.HasSuffix(stdout, want) {
+		t.Errorf("stdout %q, want it to end with %q", stdout, want)
+	}
+	_, stdout, _ = runCLI(t, srv.URL, "logs", "hello", "--json")
+	var got struct{ Line string }
+	if err := json.Unmarshal([]byte(stdout), &got); err != nil || got.Line != line {
+		t.Errorf("--json: %q, %v", stdout, err)
+	}
+}
+
+// `spry env ls` prints an env var's value with its control characters
+// escaped too: a value may hold a newline that forges another variable's
+// line, or an escape sequence, and the admin lists other users' values.
+func TestEnvLsEscapesControlCharacters(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"owner":"alice","name":"f","version":1,"env":{"A":"x\nB=forged\u001b]0;t\u0007"}}`))
+	}))
+	defer srv.Close()
+	code, stdout, stderr := runCLI(t, srv.URL, "env", "ls", "f")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if want := `A=x\x0aB=forged\x1b]0;t\x07` + "\n"; stdout != want {
+		t.Errorf("stdout %q, want %q", stdout, want)
+	}
+}

@@ -21,6 +21,7 @@ type retirer struct{}
 
 func (retirer) Admit(string, ...string)        {}
 func (retirer) RetireExcept(string, ...string) {}
+func (retirer) Remove(string)                  {}
 func (retirer) Ensure(*backend.Spec)           {}
 
 type noLogs struct{}

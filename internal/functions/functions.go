@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	goruntime "runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -53,6 +54,9 @@ type LogDeleter interface {
 type Retirer interface {
 	Admit(functionID string, keys ...string)
 	RetireExcept(functionID string, keep ...string)
+	// Remove retires every version of a deleted function and ends its
+	// instances at once, requests in flight included.
+	Remove(functionID string)
 	Ensure(spec *backend.Spec)
 }
 
@@ -458,7 +462,21 @@ func (s *Service) nextConfig(ctx context.Context, owner, name string, b *bundle,
 	if cfg.Limits, err = ApplySettings(cfg.Limits, ch.Settings, s.cfg.Bounds); err != nil {
 		return store.Config{}, nil, err
 	}
+	// A name is one variable in ctx.env: an env var and a secret may not
+	// share it. Set as one, it stops being the other; before, the secret
+	// went on winning, while the API showed the env var's new value.
+	for k := range ch.SetEnv {
+		if _, ok := ch.SetSecrets[k]; ok {
+			return store.Config{}, nil, errdefs.Invalid("%s is set both as an environment variable and as a secret", k)
+		}
+	}
 	cfg.Env = edit(cfg.Env, ch.SetEnv, ch.UnsetEnv)
+	if len(ch.SetEnv) > 0 && len(cfg.Secrets) > 0 {
+		cfg.Secrets = edit(cfg.Secrets, nil, slices.Collect(maps.Keys(ch.SetEnv)))
+	}
+	if len(ch.SetSecrets) > 0 && len(cfg.Env) > 0 {
+		cfg.Env = edit(cfg.Env, nil, slices.Collect(maps.Keys(ch.SetSecrets)))
+	}
 	sealed := map[string]string{}
 	for k, v := range ch.SetSecrets {
 		if sealed[k], err = s.sealer.Seal(v, secretContext(owner, name, k)); err != nil {
@@ -594,7 +612,7 @@ func (s *Service) Delete(ctx context.Context, owner, name string) error {
 	delete(s.routes, key)
 	delete(s.invoked, key)
 	s.mu.Unlock()
-	s.retirer.RetireExcept(fn.ID)
+	s.retirer.Remove(fn.ID)
 	if err := s.logs.DeleteFunction(ctx, owner, name, fn.ID); err != nil {
 		s.log.Error("delete logs", "owner", owner, "function", name, "err", err)
 	}

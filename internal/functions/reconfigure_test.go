@@ -1,10 +1,12 @@
 package functions
 
 import (
+	"errors"
 	"path/filepath"
 	"testing"
 
 	"github.com/spry-run/spry/internal/blob"
+	"github.com/spry-run/spry/internal/errdefs"
 	"github.com/spry-run/spry/internal/store"
 	"github.com/spry-run/spry/internal/store/sqlite"
 )
@@ -89,4 +91,53 @@ func stores(t *testing.T) (*sqlite.Store, *blob.Store) {
 		t.Fatal(err)
 	}
 	return st, blobs
+}
+
+// An env var and a secret never share a name: the function would get one
+// value while the API showed the other. Setting a name as one makes it
+// stop being the other (the secret won before, whatever the env said);
+// setting it as both at once is refused.
+func TestEnvAndSecretShareNoName(t *testing.T) {
+	ctx := t.Context()
+	st, blobs := stores(t)
+	s := New(st, blobs, retirer{}, box(t), noLogs{}, Config{DefaultRuntime: "deno", Runtimes: []string{"deno"}, MaxCodeBytes: 1 << 20})
+	code := []byte("export default { fetch() { return new Response('hi') } }")
+	if _, err := s.Deploy(ctx, DeployRequest{Owner: "alice", Name: "f", Code: code, By: "alice",
+		Secrets: map[string]string{"S": "secret"}}); err != nil {
+		t.Fatal(err)
+	}
+	check := func(what, want string, secret bool) {
+		t.Helper()
+		fn, err := s.Get(ctx, "alice", "f")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := fn.Live.Config.Secrets["S"]; ok != secret {
+			t.Errorf("%s: S is a secret: %v, want %v", what, ok, secret)
+		}
+		if v, ok := fn.Live.Config.Env["S"]; ok == secret || !secret && v != want {
+			t.Errorf("%s: env S = %q (%v)", what, v, ok)
+		}
+		sp, err := s.Resolve(ctx, "alice", "f", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := sp.Env["S"]; got != want {
+			t.Errorf("%s: the function gets S = %q, want %q", what, got, want)
+		}
+	}
+	check("deployed", "secret", true)
+	if _, err := s.Reconfigure(ctx, "alice", "f", "alice", Change{SetEnv: map[string]string{"S": "plain"}}); err != nil {
+		t.Fatal(err)
+	}
+	check("set as an env var", "plain", false)
+	if _, err := s.Reconfigure(ctx, "alice", "f", "alice", Change{SetSecrets: map[string]string{"S": "again"}}); err != nil {
+		t.Fatal(err)
+	}
+	check("set as a secret", "again", true)
+	_, err := s.Reconfigure(ctx, "alice", "f", "alice", Change{SetEnv: map[string]string{"S": "x"}, SetSecrets: map[string]string{"S": "y"}})
+	if !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Fatalf("set as both: %v, want invalid argument", err)
+	}
+	check("refused", "again", true)
 }

@@ -418,6 +418,13 @@ func (s *Service) reload(ctx context.Context, owner, name string) (store.Functio
 // MaxSplits bounds a traffic split.
 const MaxSplits = 10
 
+// MaxTags bounds a function's tags. Each tag keeps its version from being
+// pruned (store.MaxVersions), so without a bound a user could keep every
+// version ever deployed, each a bundle of up to --max-bundle-size, and
+// make every change of the function's routing (under the deploy lock all
+// functions share) read and write an ever longer list.
+const MaxTags = 100
+
 // SetTraffic splits a function's traffic between versions (percents sum
 // to 100). A split of one version at 100% makes it live.
 func (s *Service) SetTraffic(ctx context.Context, owner, name string, split []store.Split) (store.Function, error) {
@@ -494,6 +501,9 @@ func (s *Service) SetTag(ctx context.Context, owner, name, tag string, version i
 		}
 		delete(tags, tag)
 	} else {
+		if _, ok := tags[tag]; !ok && len(tags) >= MaxTags {
+			return fn, errdefs.Invalid("function %s/%s has %d tags, the most it may have: remove one first", owner, name, len(tags))
+		}
 		tags[tag] = version
 	}
 	r.Tags = tags

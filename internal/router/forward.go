@@ -190,13 +190,13 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 		_ = c.conn.SetDeadline(inv.deadline)
 		if hasBody {
 			sender = rt.sendRequest(ctx, inv, c)
-			if err = readHead(c.br, h); err != nil {
+			if err = readHead(c.br, h, false); err != nil {
 				err = sender.failed(err)
 			}
 		} else if err = rt.writeRequest(c.bw, ctx, inv, false); err == nil {
 			if err = c.bw.Flush(); err == nil {
 				sent = true
-				err = readHead(c.br, h)
+				err = readHead(c.br, h, false)
 			}
 		}
 		if err == nil {
@@ -491,8 +491,11 @@ var errBadAnswer = errors.New("malformed response from the instance")
 // readHead reads a response head into h, skipping informational answers
 // (103 Early Hints) other than 101. The parser is lenient, and a function
 // is untrusted: a status that is not three digits is refused rather than
-// passed on to the client malformed.
-func readHead(br *bufio.Reader, h *fasthttp.ResponseHeader) error {
+// passed on to the client malformed, and so is a 101 to a request that
+// asked for no upgrade (upgrade false), as the event loops refuse it: a
+// proxy in front could take it for a switch and tunnel what the client
+// sends next past its own rules.
+func readHead(br *bufio.Reader, h *fasthttp.ResponseHeader, upgrade bool) error {
 	for {
 		if ambiguousHead(peekHead(br)) {
 			return errBadAnswer
@@ -507,6 +510,9 @@ func readHead(br *bufio.Reader, h *fasthttp.ResponseHeader) error {
 		}
 		s := h.StatusCode()
 		if s < 100 || s > 999 {
+			return errBadAnswer
+		}
+		if s == fasthttp.StatusSwitchingProtocols && !upgrade {
 			return errBadAnswer
 		}
 		if s >= 200 || s == fasthttp.StatusSwitchingProtocols {
@@ -1043,7 +1049,7 @@ func (rt *Router) upgrade(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 	h := &ctx.Response.Header
 	if err = rt.writeRequest(c.bw, ctx, inv, true); err == nil {
 		if err = c.bw.Flush(); err == nil {
-			err = readHead(c.br, h)
+			err = readHead(c.br, h, true)
 		}
 	}
 	if err != nil {

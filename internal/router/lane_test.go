@@ -1176,3 +1176,27 @@ func TestAnswerChunkSizeWithLeadingZeros(t *testing.T) {
 		}
 	}
 }
+
+// An instance that switches protocols on a request that asked for no
+// upgrade gets the client a 502, on either path. The goroutine path
+// passed the 101 on (with a stray CRLF after its head) and kept the
+// connection's requests going; a proxy in front that takes a 101 for a
+// switch would then tunnel what the client sends next past its own
+// rules. A function holds its raw connection when its runtime lets it
+// (Node's http module can be patched from the function's top level).
+func TestUnaskedSwitchingProtocolsIsRefused(t *testing.T) {
+	srv := routerTo(t, serveRawRequests(t, func(i int, c net.Conn) {
+		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n")
+	}), time.Millisecond)
+	for _, req := range []string{
+		"GET /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n\r\n",
+		// A chunked body takes the goroutine path.
+		"POST /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+	} {
+		c := dialRaw(t, srv.URL)
+		c.send(req)
+		if res := c.response(); res.StatusCode != 502 {
+			t.Errorf("%q: status %d, want 502", req, res.StatusCode)
+		}
+	}
+}

@@ -1204,10 +1204,14 @@ const loadFailureGrace = time.Second
 // function's top level exited, or ran out of memory) is described by its
 // exit, as any other end is.
 func readLoadAnswer(c net.Conn) (failure string, answered bool) {
-	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	lr := &io.LimitedReader{R: c, N: maxControlAnswer}
+	res, err := http.ReadResponse(bufio.NewReader(lr), nil)
 	if err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			return "the function did not load in time (its import still ran when the start's time was up)", false
+		}
+		if lr.N <= 0 {
+			return fmt.Sprintf("the runtime's answer to its specialization was over %d bytes", maxControlAnswer), false
 		}
 		return "", false
 	}
@@ -1222,6 +1226,13 @@ func readLoadAnswer(c net.Conn) (failure string, answered bool) {
 	_ = json.Unmarshal(body, &e)
 	return "the function failed to load: " + oneLine(e.Error), true
 }
+
+// maxControlAnswer bounds what the server reads of an answer on an
+// instance's control socket. The function's code runs in the runtime that
+// answers, and may change what it answers with (a top level that replaces
+// Response.json, say): net/http reads a response head of any size, all
+// of it held in the server's memory, outside every limit of the instance.
+const maxControlAnswer = 64 << 10
 
 // probe asks a specialized runtime, on its control socket, for an answer
 // (it refuses a second specialization): any answer shows that its event
@@ -1239,7 +1250,7 @@ func probe(ctx context.Context, control string) error {
 	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: instance\r\nConnection: close\r\n\r\n"); err != nil {
 		return fmt.Errorf("probe the runtime: %w", err)
 	}
-	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	res, err := http.ReadResponse(bufio.NewReader(io.LimitReader(c, maxControlAnswer)), nil)
 	if err != nil {
 		return fmt.Errorf("probe the runtime: no answer: %w", err)
 	}
