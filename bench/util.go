@@ -461,8 +461,19 @@ type instanceMem struct {
 	SlirpRSSKiB int64  `json:"slirp_rss_kib"`
 }
 
+// instanceUID is the uid an instance (its directory under the run dir)
+// runs as: the owner of the socket its runtime made. (Not of the sock/
+// directory: spry hands that to root once the runtime listens.)
+func instanceUID(dir string) (int, bool) {
+	st, err := os.Stat(filepath.Join(dir, "sock", "http.sock"))
+	if err != nil {
+		return 0, false
+	}
+	return int(st.Sys().(*syscall.Stat_t).Uid), true
+}
+
 // instanceMemory maps the server's instance directories to their uids
-// (the owner of each sock/ dir) and sums the memory of each sandbox.
+// (instanceUID) and sums the memory of each sandbox.
 func (s *spryServer) instanceMemory() ([]instanceMem, error) {
 	dirs, err := filepath.Glob(filepath.Join(s.runDir, "i", "i-*"))
 	if err != nil {
@@ -471,11 +482,10 @@ func (s *spryServer) instanceMemory() ([]instanceMem, error) {
 	byUID := map[int]*instanceMem{}
 	var out []*instanceMem
 	for _, d := range dirs {
-		st, err := os.Stat(filepath.Join(d, "sock"))
-		if err != nil {
+		uid, ok := instanceUID(d)
+		if !ok {
 			continue
 		}
-		uid := int(st.Sys().(*syscall.Stat_t).Uid)
 		code, _ := os.ReadDir(filepath.Join(d, "code"))
 		im := &instanceMem{ID: filepath.Base(d), UID: uid, Specialized: len(code) > 0}
 		byUID[uid] = im
@@ -557,11 +567,10 @@ func (s *spryServer) specializedInstances() []string {
 // cpuStatPath finds the cpu.stat of the cgroup holding the runtime
 // process of the instance in instDir (cgroup v1 cpu controller or v2).
 func cpuStatPath(instDir string) string {
-	st, err := os.Stat(filepath.Join(instDir, "sock"))
-	if err != nil {
+	uid, ok := instanceUID(instDir)
+	if !ok {
 		return ""
 	}
-	uid := int(st.Sys().(*syscall.Stat_t).Uid)
 	ps := allProcs(func(p procInfo) bool { return p.UID == uid && (p.Comm == "deno" || p.Comm == "node") })
 	if len(ps) == 0 {
 		return ""
