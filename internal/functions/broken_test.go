@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -13,7 +12,6 @@ import (
 	"github.com/spry-run/spry/internal/errdefs"
 	"github.com/spry-run/spry/internal/secrets"
 	"github.com/spry-run/spry/internal/store"
-	"github.com/spry-run/spry/internal/store/sqlite"
 )
 
 // retirer records nothing: this test is about the routing.
@@ -48,11 +46,7 @@ func box(t *testing.T) *secrets.Box {
 // record of broken versions while changes publish new routes).
 func TestVersionWithLostSecrets(t *testing.T) {
 	ctx := t.Context()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "spry.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st, _ := stores(t)
 	if err := st.CreateUser(ctx, store.User{Name: "alice"}); err != nil {
 		t.Fatal(err)
 	}

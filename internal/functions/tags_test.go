@@ -3,13 +3,11 @@ package functions
 import (
 	"errors"
 	"fmt"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/spry-run/spry/internal/errdefs"
 	"github.com/spry-run/spry/internal/store"
-	"github.com/spry-run/spry/internal/store/sqlite"
 )
 
 // TestTagsAreBounded: a function has at most MaxTags tags. Every tag keeps
@@ -18,11 +16,7 @@ import (
 // each one.
 func TestTagsAreBounded(t *testing.T) {
 	ctx := t.Context()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "spry.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st, _ := stores(t)
 	if err := st.CreateUser(ctx, store.User{Name: "alice"}); err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +41,7 @@ func TestTagsAreBounded(t *testing.T) {
 		}
 	}
 	deploy(n + 1)
-	_, err = s.SetTag(ctx, "alice", "f", fmt.Sprintf("t%d", n+1), int64(n+1))
+	_, err := s.SetTag(ctx, "alice", "f", fmt.Sprintf("t%d", n+1), int64(n+1))
 	if !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Fatalf("tag %d: %v, want invalid argument", n+1, err)
 	}
