@@ -71,6 +71,7 @@ type API struct {
 	limiter   *auth.FailureLimiter
 	log       *slog.Logger
 	deleteMu  sync.Mutex // one user deletion at a time (deleteUser)
+	tokenMu   sync.Mutex // one token made at a time (createToken)
 
 	followMu  sync.Mutex
 	follows   map[string]int // open log follows per user

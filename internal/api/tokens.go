@@ -60,6 +60,10 @@ func (a *API) listTokens(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, map[string]any{"tokens": out})
 }
 
+// MaxTokensPerUser bounds a user's tokens not revoked: each is a row
+// every listing reads, and an unbounded count is a way to grow the store.
+const MaxTokensPerUser = 100
+
 // CreateTokenBody is the body of POST /api/v1/tokens.
 type CreateTokenBody struct {
 	Name string `json:"name,omitempty"`
@@ -84,6 +88,22 @@ func (a *API) createToken(w http.ResponseWriter, r *http.Request) error {
 	}
 	if _, err := a.users.GetUser(r.Context(), user); err != nil {
 		return err
+	}
+	// Counted and made one at a time, so the count cannot go stale.
+	a.tokenMu.Lock()
+	defer a.tokenMu.Unlock()
+	ts, err := a.tokens.ListTokens(r.Context(), user)
+	if err != nil {
+		return err
+	}
+	active := 0
+	for _, t := range ts {
+		if t.RevokedAt.IsZero() {
+			active++
+		}
+	}
+	if active >= MaxTokensPerUser {
+		return errdefs.New(errdefs.ErrQuotaExceeded, "%s has %d tokens, as many as one user may; revoke one to make another", user, active)
 	}
 	tok, t, err := a.auth.IssueToken(r.Context(), user, body.Name)
 	if err != nil {

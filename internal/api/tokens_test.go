@@ -54,3 +54,20 @@ func TestDeleteUserByAnAdminDeletedMeanwhile(t *testing.T) {
 		t.Fatalf("alice's function: %v", err)
 	}
 }
+
+// A user has at most MaxTokensPerUser tokens not revoked; revoking one
+// makes room for another.
+func TestTokensAreBounded(t *testing.T) {
+	e := newEnv(t)
+	alice := e.user("alice") // her first token
+	var last struct{ ID string }
+	for i := 1; i < MaxTokensPerUser; i++ {
+		e.mustDo(alice, "POST", "/api/v1/tokens", `{"name":"t"}`, http.StatusCreated, &last)
+	}
+	s, body := e.do(alice, "POST", "/api/v1/tokens", `{"name":"one more"}`)
+	wantError(t, "a token past the bound", s, body, http.StatusForbidden, "quota_exceeded")
+	s, body = e.do(e.admin, "POST", "/api/v1/tokens", `{"name":"one more","user":"alice"}`)
+	wantError(t, "a token past the bound, made by the admin", s, body, http.StatusForbidden, "quota_exceeded")
+	e.mustDo(alice, "DELETE", "/api/v1/tokens/"+last.ID, "", http.StatusNoContent, nil)
+	e.mustDo(alice, "POST", "/api/v1/tokens", `{"name":"again"}`, http.StatusCreated, nil)
+}
