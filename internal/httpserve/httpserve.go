@@ -155,6 +155,9 @@ func hasName(line []byte, name string) bool {
 	return len(line) >= len(name) && bytes.EqualFold(line[:len(name)], []byte(name))
 }
 
+// ValidHost says whether h is host[:port] as CheckHead takes a Host.
+func ValidHost(h []byte) bool { return len(h) > 0 && validHost(h) }
+
 // validHost says whether h is empty (the caller decides whether a Host
 // may be missing) or host[:port]: a name of up to MaxHostName letters,
 // digits and

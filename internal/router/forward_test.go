@@ -1739,3 +1739,30 @@ func TestConnectionCannotDropHost(t *testing.T) {
 		t.Fatalf("got %d %q, want 200 %q", res.StatusCode, body, "example.test|")
 	}
 }
+
+// An absolute-form target's host is the one the function sees, not the
+// Host field's (RFC 9112 §3.2.2); a target whose host a Host could not be
+// is refused.
+func TestAbsoluteFormTargetsHost(t *testing.T) {
+	srv := newTestRouter(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s|%s|%s", r.Host, r.Header.Get("X-Forwarded-Host"), r.URL.Path)
+	}))
+	for _, tt := range []struct {
+		target string
+		status int
+		want   string
+	}{
+		{"http://target.test/fn/alice/fn/x", 200, "target.test|target.test|/x"},
+		{"http://target.test:8080/fn/alice/fn/x?q=1", 200, "target.test:8080|target.test:8080|/x"},
+		{"http://user@target.test/fn/alice/fn/x", 400, ""},
+		{"http:///fn/alice/fn/x", 400, ""},
+	} {
+		c := dialRaw(t, srv.URL)
+		c.send("GET " + tt.target + " HTTP/1.1\r\nHost: field.test\r\n\r\n")
+		res := c.response()
+		body, _ := io.ReadAll(res.Body)
+		if res.StatusCode != tt.status || tt.status == 200 && string(body) != tt.want {
+			t.Errorf("%s: got %d %q, want %d %q", tt.target, res.StatusCode, body, tt.status, tt.want)
+		}
+	}
+}

@@ -169,6 +169,17 @@ func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string)
 		// server, needs one: the address the client reached stands in.
 		rh.SetHost(ctx.LocalAddr().String())
 	}
+	if len(uri) > 0 && uri[0] != '/' {
+		// An absolute-form target's host is the request's, whatever the
+		// Host field says (RFC 9112 §3.2.2): the function sees that one.
+		host, ok := targetHost(uri)
+		if !ok {
+			rt.writeError(ctx, "", errdefs.New(errdefs.ErrInvalidArgument, "malformed host in the request target"))
+			ctx.SetConnectionClose()
+			return
+		}
+		ctx.Request.Header.SetHost(host)
+	}
 	_, query, _ := strings.Cut(uri, "?")
 	cl := bodyLength(&ctx.Request.Header)
 	inv := &invocation{rt: rt, start: time.Now(), method: methodString(ctx.Method()), uri: uri, rest: rest, query: query,
@@ -526,6 +537,19 @@ func Routes(uri []byte) bool {
 		return len(uri) >= len(Prefix) && string(uri[:len(Prefix)]) == Prefix
 	}
 	return strings.HasPrefix(originForm(string(uri)), Prefix)
+}
+
+// targetHost is the host[:port] of an absolute request URI
+// ("http://h:8080/fn/a/b" is "h:8080"), if it is one a Host may be.
+func targetHost(uri string) (string, bool) {
+	_, after, ok := strings.Cut(uri, "://")
+	if !ok {
+		return "", false
+	}
+	if i := strings.IndexAny(after, "/?#"); i >= 0 {
+		after = after[:i]
+	}
+	return after, after != "" && httpserve.ValidHost([]byte(after))
 }
 
 // originForm strips the scheme and host of an absolute request URI
