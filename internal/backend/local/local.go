@@ -27,6 +27,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spry-run/spry/internal/backend"
 	"github.com/spry-run/spry/internal/errdefs"
@@ -933,8 +934,18 @@ func (b *Backend) readOutput(p *proc, stream string, r io.Reader, watchReady boo
 	// ReadyLine. Anything after is the function's, but for one LoadedLine
 	// (the function's top level may write before it).
 	boot, first, loaded := watchReady, watchReady, false
+	var carry []byte // a character a split line cut short, for the next
 	for {
 		line, err := br.ReadSlice('\n')
+		if len(carry) > 0 {
+			line, carry = append(carry, line...), nil
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
+			if cut := runeCut(line); cut < len(line) {
+				carry = append([]byte(nil), line[cut:]...)
+				line = line[:cut]
+			}
+		}
 		if len(line) > 0 {
 			line = trimNewline(line)
 			if boot && string(line) == runtime.BootLine {
@@ -972,6 +983,26 @@ func (b *Backend) readOutput(p *proc, stream string, r io.Reader, watchReady boo
 			return
 		}
 	}
+}
+
+// runeCut is where to split b, a line too long to keep whole, so that
+// no UTF-8 character is cut in two: before a last character b holds only
+// part of, else at its end.
+func runeCut(b []byte) int {
+	for i := len(b) - 1; i >= 0 && i >= len(b)-utf8.UTFMax+1; i-- {
+		c := b[i]
+		switch {
+		case c < 0x80:
+			return len(b) // ASCII: nothing cut
+		case c < 0xC0:
+			continue // a continuation byte: its start is further back
+		case c >= 0xF0 && len(b)-i < 4, c >= 0xE0 && len(b)-i < 3, len(b)-i < 2:
+			return i
+		default:
+			return len(b)
+		}
+	}
+	return len(b)
 }
 
 func closeAll(lists ...[]*os.File) {
