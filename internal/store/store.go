@@ -121,9 +121,16 @@ type Tokens interface {
 	GetToken(ctx context.Context, id string) (Token, error)
 	ListTokens(ctx context.Context, user string) ([]Token, error)
 	// RevokeToken revokes a token at at; revoking it again keeps the
-	// first time, which is when it stopped working.
+	// first time, which is when it stopped working. A user's newest
+	// MaxRevokedTokens revoked tokens are kept (to be listed); older
+	// revoked ones are deleted.
 	RevokeToken(ctx context.Context, id string, at time.Time) error
 }
+
+// MaxRevokedTokens is how many of a user's revoked tokens are kept: they
+// are listed, and with no bound a loop of making and revoking tokens
+// would grow the store for good.
+const MaxRevokedTokens = 100
 
 // MaxVersions is how many of a function's newest versions are kept; older
 // ones go at the next deploy, but those a tag names.

@@ -277,9 +277,28 @@ func (s *Store) ListTokens(ctx context.Context, user string) ([]store.Token, err
 }
 
 func (s *Store) RevokeToken(ctx context.Context, id string, at time.Time) error {
-	res, err := s.db.ExecContext(ctx,
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return errorf(ctx, err, "revoke token %q", id)
+	}
+	defer tx.Rollback()
+	res, err := tx.ExecContext(ctx,
 		`UPDATE tokens SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?`, millis(at), id)
-	return affected(ctx, res, err, "token %q", id)
+	if err := affected(ctx, res, err, "token %q", id); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, `
+		DELETE FROM tokens WHERE revoked_at IS NOT NULL
+		AND user_name = (SELECT user_name FROM tokens WHERE id = ?1)
+		AND id NOT IN (SELECT id FROM tokens WHERE revoked_at IS NOT NULL
+			AND user_name = (SELECT user_name FROM tokens WHERE id = ?1)
+			ORDER BY revoked_at DESC, id DESC LIMIT ?2)`, id, store.MaxRevokedTokens); err != nil {
+		return errorf(ctx, err, "prune revoked tokens")
+	}
+	if err := tx.Commit(); err != nil {
+		return errorf(ctx, err, "revoke token %q", id)
+	}
+	return nil
 }
 
 // Functions

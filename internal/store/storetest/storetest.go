@@ -29,6 +29,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Users", testUsers},
 		{"DeleteUser", testDeleteUser},
 		{"Tokens", testTokens},
+		{"RevokedTokensBounded", testRevokedTokensBounded},
 		{"Deploy", testDeploy},
 		{"ConfigRoundTrip", testConfigRoundTrip},
 		{"ListFunctions", testListFunctions},
@@ -924,4 +925,44 @@ func testCountSecretVersions(t *testing.T, s store.Store) {
 	check("after deploys with secrets", 3)
 	noErr(t, s.DeleteFunction(ctx, "alice", "a"), "DeleteFunction alice/a")
 	check("after deleting alice/a", 1)
+}
+
+// A user's newest MaxRevokedTokens revoked tokens are kept; older revoked
+// ones go, and neither tokens in use nor another user's are touched.
+func testRevokedTokensBounded(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	mustUser(t, s, "alice")
+	mustUser(t, s, "bob")
+	noErr(t, s.CreateToken(ctx, store.Token{ID: "live", User: "alice", Hash: []byte{1}, CreatedAt: at(1)}), "CreateToken live")
+	noErr(t, s.CreateToken(ctx, store.Token{ID: "bobs", User: "bob", Hash: []byte{1}, CreatedAt: at(1)}), "CreateToken bobs")
+	noErr(t, s.RevokeToken(ctx, "bobs", at(2)), "RevokeToken bobs")
+	n := store.MaxRevokedTokens + 5
+	for i := 0; i < n; i++ {
+		id := fmt.Sprintf("r%03d", i)
+		noErr(t, s.CreateToken(ctx, store.Token{ID: id, User: "alice", Hash: []byte{1}, CreatedAt: at(2)}), "CreateToken "+id)
+		noErr(t, s.RevokeToken(ctx, id, at(3+i)), "RevokeToken "+id)
+	}
+	toks, err := s.ListTokens(ctx, "alice")
+	noErr(t, err, "ListTokens")
+	revoked := map[string]bool{}
+	for _, tok := range toks {
+		if !tok.RevokedAt.IsZero() {
+			revoked[tok.ID] = true
+		}
+	}
+	if len(revoked) != store.MaxRevokedTokens || len(toks) != store.MaxRevokedTokens+1 {
+		t.Errorf("alice has %d tokens, %d revoked; want %d revoked and the one in use", len(toks), len(revoked), store.MaxRevokedTokens)
+	}
+	for i := 0; i < n; i++ {
+		id := fmt.Sprintf("r%03d", i)
+		if want := i >= n-store.MaxRevokedTokens; revoked[id] != want {
+			t.Errorf("revoked token %s kept: %v, want %v", id, revoked[id], want)
+		}
+	}
+	if _, err := s.GetToken(ctx, "live"); err != nil {
+		t.Errorf("the token in use: %v", err)
+	}
+	if _, err := s.GetToken(ctx, "bobs"); err != nil {
+		t.Errorf("another user's revoked token: %v", err)
+	}
 }
