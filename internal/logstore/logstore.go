@@ -38,9 +38,12 @@ const MaxLineBytes = 16 << 10
 const (
 	DefaultMaxEntriesPerFunction = 10000
 	DefaultMaxAge                = 7 * 24 * time.Hour
-	DefaultBufferSize            = 8192
-	DefaultFlushInterval         = 200 * time.Millisecond
-	DefaultFollowBuffer          = 1024
+	// DefaultMaxBytes bounds the log database as a whole: the bound per
+	// function times the functions users may have is no bound on disk.
+	DefaultMaxBytes      = 2 << 30
+	DefaultBufferSize    = 8192
+	DefaultFlushInterval = 200 * time.Millisecond
+	DefaultFollowBuffer  = 1024
 )
 
 const (
@@ -120,6 +123,7 @@ type Entry struct {
 type Options struct {
 	MaxEntriesPerFunction int              // oldest entries beyond it are deleted; default 10000
 	MaxAge                time.Duration    // older entries are deleted; default 7 days
+	MaxBytes              int64            // past it, the oldest entries of all are deleted down to 90%; default 2 GiB
 	BufferSize            int              // entries Append can queue before it drops; default 8192
 	FlushInterval         time.Duration    // how often queued entries are written; default 200ms
 	FollowBuffer          int              // entries queued for each follower before it catches up from the database; default 1024
@@ -129,7 +133,7 @@ type Options struct {
 }
 
 func (o *Options) setDefaults() error {
-	if o.MaxEntriesPerFunction < 0 || o.MaxAge < 0 || o.BufferSize < 0 || o.FlushInterval < 0 || o.FollowBuffer < 0 || o.MaxQueuedPerFunction < 0 {
+	if o.MaxEntriesPerFunction < 0 || o.MaxAge < 0 || o.MaxBytes < 0 || o.BufferSize < 0 || o.FlushInterval < 0 || o.FollowBuffer < 0 || o.MaxQueuedPerFunction < 0 {
 		return errdefs.Invalid("logstore: options must not be negative")
 	}
 	if o.MaxEntriesPerFunction == 0 {
@@ -137,6 +141,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.MaxAge == 0 {
 		o.MaxAge = DefaultMaxAge
+	}
+	if o.MaxBytes == 0 {
+		o.MaxBytes = DefaultMaxBytes
 	}
 	if o.BufferSize == 0 {
 		o.BufferSize = DefaultBufferSize
@@ -674,6 +681,54 @@ func (s *Store) retain() {
 		}
 		delete(s.touched, k)
 	}
+	if err := s.trimToSize(ctx); err != nil {
+		s.fail("trim the log database to its size", err)
+	}
+}
+
+// trimToSize deletes the oldest entries, of every function, while the
+// database's pages in use hold more than MaxBytes, down to nine tenths of
+// it (so that the next pass is not at once). Freed pages are reused, so
+// the file stays about that size.
+func (s *Store) trimToSize(ctx context.Context) error {
+	used, err := s.usedBytes(ctx)
+	if err != nil || used <= s.opts.MaxBytes {
+		return err
+	}
+	// Rows are deleted by the estimate of how many hold the excess (at
+	// most a batch a statement): no more than needed, in few statements.
+	var rows int64
+	if err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM entries`).Scan(&rows); err != nil || rows == 0 {
+		return err
+	}
+	perRow := max(used/rows, 1)
+	target := s.opts.MaxBytes / 10 * 9
+	for used > target {
+		n := min((used-target)/perRow+1, deleteBatch)
+		res, err := s.db.ExecContext(ctx,
+			`DELETE FROM entries WHERE id IN (SELECT id FROM entries ORDER BY id LIMIT ?)`, n)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil || n == 0 {
+			return err
+		}
+		if used, err = s.usedBytes(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// usedBytes is the size of the database's pages that are not free.
+func (s *Store) usedBytes(ctx context.Context) (int64, error) {
+	var pages, free, size int64
+	for q, v := range map[string]*int64{"PRAGMA page_count": &pages, "PRAGMA freelist_count": &free, "PRAGMA page_size": &size} {
+		if err := s.db.QueryRowContext(ctx, q).Scan(v); err != nil {
+			return 0, err
+		}
+	}
+	return (pages - free) * size, nil
 }
 
 // deleteBatches runs query, whose last parameter is a LIMIT, until it

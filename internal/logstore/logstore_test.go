@@ -1052,3 +1052,39 @@ func TestFollowEndsWhileBehind(t *testing.T) {
 		t.Errorf("stored %d lines, want 21", n)
 	}
 }
+
+// The database as a whole stays within MaxBytes: past it, the oldest
+// entries of all functions go first, down to nine tenths of it.
+func TestRetentionBySize(t *testing.T) {
+	s := openTemp(t, Options{MaxBytes: 1 << 20})
+	pad := strings.Repeat("x", 1000)
+	for chunk := range 4 { // 2,000 old lines of about 1 KiB, flushed as they go
+		for i := range 500 {
+			s.Append(Entry{Owner: "alice", Function: "old", Line: fmt.Sprintf("%04d %s", chunk*500+i, pad)})
+		}
+		flush(t, s)
+	}
+	for i := range 300 {
+		s.Append(Entry{Owner: "bob", Function: "new", Line: fmt.Sprintf("%04d %s", i, pad)})
+	}
+	flush(t, s)
+	used, err := s.usedBytes(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if used > 1<<20 {
+		t.Errorf("the database holds %d bytes of pages, over the %d bound", used, 1<<20)
+	}
+	if got := all(t, s, "bob", "new"); len(got) != 300 {
+		t.Errorf("the newest function keeps %d of its 300 entries", len(got))
+	}
+	old := lines(all(t, s, "alice", "old"))
+	if len(old) == 0 || len(old) >= 2000 {
+		t.Fatalf("the oldest function keeps %d of its 2000 entries", len(old))
+	}
+	for i, l := range old { // its newest, in order
+		if want := fmt.Sprintf("%04d ", 2000-len(old)+i); !strings.HasPrefix(l, want) {
+			t.Fatalf("entry %d of those kept is %.5q, want %q", i, l, want)
+		}
+	}
+}

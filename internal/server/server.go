@@ -64,6 +64,7 @@ type Config struct {
 	DefaultNetwork  string
 	EgressAllow     []netip.Prefix
 	MaxCodeBytes    int64
+	MaxLogBytes     int64 // the log database's bound (0: logstore's default)
 	MaxBundleBytes  int64
 	QueueSize       int // requests waiting for capacity, per version
 	// MaxInstancesPerUser bounds the instances of one user's functions
@@ -189,7 +190,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	if err != nil {
 		return nil, err
 	}
-	s.logs, err = logstore.Open(ctx, filepath.Join(dataDir, "logs.db"), logstore.Options{Logger: log})
+	s.logs, err = logstore.Open(ctx, filepath.Join(dataDir, "logs.db"), logstore.Options{Logger: log, MaxBytes: cfg.MaxLogBytes})
 	if err != nil {
 		return nil, err
 	}
