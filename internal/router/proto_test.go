@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -43,5 +44,34 @@ func TestHTTP10UnknownLengthAnswer(t *testing.T) {
 				t.Errorf("%s, %q: answer %q; want 200, the data alone, no Transfer-Encoding, Connection: close", tc.name, req, a)
 			}
 		}
+	}
+}
+
+// CONNECT is refused (400) before it reaches the function, on either
+// path, and the connection closes. A function that answers every method
+// 200 passed the 200 on, which the client, or a proxy in front, takes for
+// a tunnel opened (RFC 9110 9.3.6), while the router went on reading what
+// came next on the connection as requests.
+func TestConnectIsRefused(t *testing.T) {
+	var got atomic.Int32
+	srv := routerTo(t, serveRawRequests(t, func(i int, c net.Conn) {
+		got.Add(1)
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+	}), time.Millisecond)
+	for _, target := range []string{"/fn/alice/fn/", "http://h/fn/alice/fn/"} {
+		c := dialRaw(t, srv.URL)
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		c.send("CONNECT " + target + " HTTP/1.1\r\nHost: h\r\n\r\nGET /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n\r\n")
+		res := c.response()
+		_ = body(res)
+		if res.StatusCode != 400 || !res.Close {
+			t.Errorf("CONNECT %s: status %d, close %v; want 400, and the connection closed", target, res.StatusCode, res.Close)
+		}
+		if rest, err := io.ReadAll(c.br); err != nil || len(rest) > 0 {
+			t.Errorf("CONNECT %s: then %q, %v; want the connection's end", target, rest, err)
+		}
+	}
+	if n := got.Load(); n != 0 {
+		t.Fatalf("the function got %d requests", n)
 	}
 }
