@@ -254,12 +254,41 @@ func (rt *Router) duplex(ctx *fasthttp.RequestCtx, inv *invocation, c *upConn, s
 	h := &ctx.Response.Header
 	upClose := rt.fixHeader(h, inv)
 	body := rt.answerBody(inv, c, h)
+	werr := writeDirect(ctx, inv, body)
+	clientsFault := false
+	if body.err != nil {
+		// The time ran out, say: on a client slow to send, not on a stuck
+		// function, when the body was still coming.
+		clientsFault = clientSide(sender.failed(body.err))
+	}
+	bodySent := sender.stop()
+	// After end, a hang-up closes nothing; one that came first closed c.
+	inv.endWatch()
+	gone := inv.gone.Load()
+	body.late = body.late || clientsFault
+	body.end(!upClose && bodySent && werr == nil && !gone)
+	if gone && (!body.eof || werr != nil) {
+		return errClientGone
+	}
+	return nil
+}
+
+// writeDirect writes the answer whose head is in the response and whose
+// body is body straight to the client's connection, which closes after
+// it (the server is told to write nothing of its own); it returns the
+// error writing to the client, if any. A body of unknown length goes
+// chunked to an HTTP/1.1 client, and as the data alone, ended by the
+// connection's end, to an HTTP/1.0 one, which knows no chunks (RFC 9112
+// 6.1): fasthttp would send it chunked.
+func writeDirect(ctx *fasthttp.RequestCtx, inv *invocation, body *respBody) error {
+	h := &ctx.Response.Header
 	chunked := body.length < 0 && ctx.Request.Header.IsHTTP11()
 	if body.length < 0 {
 		h.SetContentLength(-1)
 		if !chunked {
 			// HTTP/1.0: the connection's end ends the body.
 			h.Del(fasthttp.HeaderTransferEncoding)
+			h.SetContentLength(-2)
 		}
 	}
 	h.SetConnectionClose()
@@ -294,22 +323,7 @@ func (rt *Router) duplex(ctx *fasthttp.RequestCtx, inv *invocation, c *upConn, s
 		_, _ = bw.WriteString("0\r\n\r\n")
 		_ = bw.Flush()
 	}
-	clientsFault := false
-	if body.err != nil {
-		// The time ran out, say: on a client slow to send, not on a stuck
-		// function, when the body was still coming.
-		clientsFault = clientSide(sender.failed(body.err))
-	}
-	bodySent := sender.stop()
-	// After end, a hang-up closes nothing; one that came first closed c.
-	inv.endWatch()
-	gone := inv.gone.Load()
-	body.late = body.late || clientsFault
-	body.end(!upClose && bodySent && werr == nil && !gone)
-	if gone && (!body.eof || werr != nil) {
-		return errClientGone
-	}
-	return nil
+	return werr
 }
 
 // hasAnswerBody says whether the response whose head is h has a body.
@@ -356,6 +370,17 @@ func (rt *Router) respond(ctx *fasthttp.RequestCtx, inv *invocation, c *upConn, 
 	}
 	body := rt.answerBody(inv, c, h)
 	body.reuse = body.reuse && reuse
+	if body.length < 0 && !ctx.Request.Header.IsHTTP11() {
+		// fasthttp sends a body of unknown length chunked, which an
+		// HTTP/1.0 client does not know: it is written here instead, as
+		// the data alone, and the connection's end ends it.
+		werr := writeDirect(ctx, inv, body)
+		body.late = body.late || werr != nil
+		body.end(werr == nil)
+		body.closed = true
+		inv.finish(body.status)
+		return true
+	}
 	// A body of unknown length is sent chunked, each piece flushed as it
 	// comes (a stream, such as server-sent events, reaches the client as
 	// it is produced). The head goes at once: the client learns the answer

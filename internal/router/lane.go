@@ -84,7 +84,7 @@ type handoffReason int
 const (
 	served             handoffReason = iota // not handed over
 	handoffNotFunction                      // the API, metrics, health
-	handoffProtocol                         // HTTP/1.0 without Host, other versions, Upgrade, Expect, absolute-form
+	handoffProtocol                         // HTTP/1.0 without Host, other versions, Upgrade, Expect, absolute-form, CONNECT
 	handoffBody                             // chunked, over 4 KiB, or not all in the first read
 	handoffHead                             // split across reads, or over the loop's buffer
 	handoffMalformed                        // unparseable, or a target the router refuses
@@ -882,8 +882,8 @@ func (lp *loop) start(c *laneClient, end int) handoffReason {
 	case rh.IsHTTP11() && len(rh.Host()) == 0:
 		return handoffMalformed // the slow path's 400
 	case !rh.IsHTTP11() && (string(rh.Protocol()) != "HTTP/1.0" || len(rh.Host()) == 0),
-		len(rh.Peek("Upgrade")) > 0 || len(rh.Peek("Expect")) > 0:
-		return handoffProtocol
+		len(rh.Peek("Upgrade")) > 0 || len(rh.Peek("Expect")) > 0, string(rh.Method()) == fasthttp.MethodConnect:
+		return handoffProtocol // (CONNECT: the slow path's 400)
 	case httpserve.CheckHead(rh) != nil:
 		return handoffMalformed // the slow path's 400
 	}

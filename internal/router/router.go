@@ -153,6 +153,17 @@ func (rt *Router) ServeFunction(ctx *fasthttp.RequestCtx, owner, name, rest stri
 }
 
 func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string) {
+	if string(ctx.Method()) == fasthttp.MethodConnect {
+		// CONNECT asks for a tunnel, and its target is a host:port
+		// (authority-form, RFC 9112 3.2.3), never a function's path. A
+		// function's 2xx to it would have the client, or a proxy in
+		// front, take the connection for a tunnel while the router reads
+		// what comes next on it as requests. The connection closes: what
+		// the client sends after may be the tunnel's bytes.
+		rt.writeError(ctx, "", errdefs.New(errdefs.ErrInvalidArgument, "CONNECT is not served: a function is no tunnel"))
+		ctx.SetConnectionClose()
+		return
+	}
 	if !validTarget(uri) {
 		rt.writeError(ctx, "", errdefs.New(errdefs.ErrInvalidArgument, "malformed request target"))
 		ctx.SetConnectionClose()

@@ -1,0 +1,77 @@
+package router
+
+import (
+	"io"
+	"net"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// An HTTP/1.0 client knows no chunks (RFC 9112 6.1: a server must not
+// send Transfer-Encoding to it): an answer of unknown length reaches it
+// as the data alone, to the connection's end, on either path. The
+// goroutine path sent it chunked, which such a client takes for the data
+// and, keeping the connection, waits on for an end that never comes.
+// Without a Host the lane hands an HTTP/1.0 request over, so each case
+// is tried on the goroutine path in both modes.
+func TestHTTP10UnknownLengthAnswer(t *testing.T) {
+	for _, tc := range []struct{ name, answer string }{
+		{"chunked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"},
+		{"close-delimited", "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhello"},
+	} {
+		srv := routerTo(t, serveRawRequests(t, func(i int, c net.Conn) {
+			io.WriteString(c, tc.answer)
+			if strings.Contains(tc.answer, "close") {
+				c.Close()
+			}
+		}), time.Millisecond)
+		for _, req := range []string{
+			"GET /fn/alice/fn/ HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n",
+			"GET /fn/alice/fn/ HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+			"GET /fn/alice/fn/ HTTP/1.0\r\n\r\n",
+		} {
+			c := dialRaw(t, srv.URL)
+			_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+			c.send(req)
+			a, err := io.ReadAll(c.br)
+			if err != nil {
+				t.Fatalf("%s, %q: %v after %q", tc.name, req, err, a)
+			}
+			head, b, _ := strings.Cut(string(a), "\r\n\r\n")
+			if !strings.HasPrefix(head, "HTTP/1.1 200 ") || b != "hello" || strings.Contains(head, "Transfer-Encoding") || !strings.Contains(head, "Connection: close") {
+				t.Errorf("%s, %q: answer %q; want 200, the data alone, no Transfer-Encoding, Connection: close", tc.name, req, a)
+			}
+		}
+	}
+}
+
+// CONNECT is refused (400) before it reaches the function, on either
+// path, and the connection closes. A function that answers every method
+// 200 passed the 200 on, which the client, or a proxy in front, takes for
+// a tunnel opened (RFC 9110 9.3.6), while the router went on reading what
+// came next on the connection as requests.
+func TestConnectIsRefused(t *testing.T) {
+	var got atomic.Int32
+	srv := routerTo(t, serveRawRequests(t, func(i int, c net.Conn) {
+		got.Add(1)
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+	}), time.Millisecond)
+	for _, target := range []string{"/fn/alice/fn/", "http://h/fn/alice/fn/"} {
+		c := dialRaw(t, srv.URL)
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		c.send("CONNECT " + target + " HTTP/1.1\r\nHost: h\r\n\r\nGET /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n\r\n")
+		res := c.response()
+		_ = body(res)
+		if res.StatusCode != 400 || !res.Close {
+			t.Errorf("CONNECT %s: status %d, close %v; want 400, and the connection closed", target, res.StatusCode, res.Close)
+		}
+		if rest, err := io.ReadAll(c.br); err != nil || len(rest) > 0 {
+			t.Errorf("CONNECT %s: then %q, %v; want the connection's end", target, rest, err)
+		}
+	}
+	if n := got.Load(); n != 0 {
+		t.Fatalf("the function got %d requests", n)
+	}
+}
