@@ -326,6 +326,46 @@ func TestDevDeno(t *testing.T) {
 	d.stop()
 }
 
+// TestDevLoadFailure: a save that builds but does not load (its top level
+// throws, or exits the runtime) does not replace the version that
+// serves: the terminal says why, and requests keep getting the previous
+// version, without a request sent to the broken one. The next good save
+// serves.
+func TestDevLoadFailure(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "load.ts")
+	writeFile(t, file, strings.Replace(devFnTemplate, "VERSION", "1", 1), 0)
+	d := startDev(t, file)
+	if a := d.answer("/"); a.V != 1 {
+		t.Fatalf("got %+v, want version 1", a)
+	}
+
+	// Its top level throws: version 2 does not load.
+	writeFile(t, file, "throw new Error(\"boom at the top\");\n"+strings.Replace(devFnTemplate, "VERSION", "2", 1), 2*time.Second)
+	d.waitOutput(regexp.MustCompile(`(?m)version 2 did not load; still serving version 1: the function failed to load: boom at the top$`), "the load failure")
+	if a := d.answer("/after-throw"); a.V != 1 {
+		t.Fatalf("after a load failure: got %+v, want version 1", a)
+	}
+
+	// Its top level exits the runtime: version 3 does not load.
+	writeFile(t, file, "Deno.exit(7);\n"+strings.Replace(devFnTemplate, "VERSION", "3", 1), 4*time.Second)
+	d.waitOutput(regexp.MustCompile(`(?m)version 3 did not load; still serving version 1: the runtime exited unexpectedly: exit status 7$`), "the exit at load")
+	if a := d.answer("/after-exit"); a.V != 1 {
+		t.Fatalf("after a load failure: got %+v, want version 1", a)
+	}
+
+	// Fixed: version 4 serves.
+	writeFile(t, file, strings.Replace(devFnTemplate, "VERSION", "4", 1), 6*time.Second)
+	d.waitOutput(regexp.MustCompile(`(?m)reloaded \(version 4\)$`), "the reload")
+	if a := d.answer("/fixed"); a.V != 4 {
+		t.Fatalf("after the fix: got %+v, want version 4", a)
+	}
+	// No request reached the versions that did not load.
+	if out := d.out.String(); regexp.MustCompile(`(?m)^\S+ v[23] (GET|\| handling)`).MatchString(out) {
+		t.Errorf("a request went to a version that did not load:\n%s", out)
+	}
+	d.stop()
+}
+
 // TestDevSameSizeSaves: a save that keeps the file's size and its
 // modification time (cp -p, rsync -t, an editor renaming a temporary
 // file over it) is seen and served.

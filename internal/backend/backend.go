@@ -68,11 +68,14 @@ type Instance struct {
 	diagnose func() (Exit, bool)
 	probe    func(context.Context) error
 	loading  atomic.Bool
+	loadOnce sync.Once
+	loaded   chan struct{} // closed once the load has ended, well or not
+	loadErr  error         // why it did not load; set before loaded is closed
 }
 
 // NewInstance returns an instance that is running until Finish is called.
 func NewInstance(id string, spec *Spec, network, address string) *Instance {
-	return &Instance{ID: id, Spec: spec, Network: network, Address: address, done: make(chan struct{})}
+	return &Instance{ID: id, Spec: spec, Network: network, Address: address, done: make(chan struct{}), loaded: make(chan struct{})}
 }
 
 // Done is closed when the instance has ended.
@@ -133,6 +136,67 @@ func (i *Instance) SetLoading(loading bool) { i.loading.Store(loading) }
 // request that ran out of time meanwhile was waiting for the load, and
 // says nothing of whether the function is stuck.
 func (i *Instance) Loading() bool { return i.loading.Load() }
+
+// Loaded records that the instance's load has ended: err is nil if its
+// function loaded, or says why it did not (the instance is then ending).
+// It ends Loading too. Only the first call counts.
+func (i *Instance) Loaded(err error) {
+	i.loadOnce.Do(func() {
+		i.loadErr = err
+		close(i.loaded)
+	})
+	i.loading.Store(false)
+}
+
+// WaitLoaded waits until the instance's function has loaded, and returns
+// nil, or until it is known not to have: the error then says why, in the
+// words of the instance's exit once it has ended (an import that threw,
+// a runtime that exited or ran out of memory, a load past its deadline).
+// An instance that was not loading when it was handed out has loaded. It
+// sends the instance nothing. ctx bounds the wait.
+func (i *Instance) WaitLoaded(ctx context.Context) error {
+	// Loaded closes loaded before it ends Loading: not loading and not
+	// closed is an instance whose backend never said it was loading.
+	if !i.loading.Load() {
+		select {
+		case <-i.loaded:
+		default:
+			return nil
+		}
+	}
+	select {
+	case <-i.loaded:
+		if i.loadErr == nil {
+			return nil
+		}
+		// Its exit, once recorded, says best why: wait for it.
+		select {
+		case <-i.done:
+		case <-ctx.Done():
+			return i.loadErr
+		}
+	case <-i.done:
+		// Ended while loading; a load that ended well just before wins.
+		select {
+		case <-i.loaded:
+			if i.loadErr == nil {
+				return nil
+			}
+		default:
+		}
+	case <-ctx.Done():
+		select {
+		case <-i.loaded:
+			return i.loadErr // what is known when the wait ends
+		default:
+			return ctx.Err()
+		}
+	}
+	if i.exit.Detail != "" {
+		return errors.New(i.exit.Detail)
+	}
+	return fmt.Errorf("instance %s ended (%s) before its function loaded", i.ID, i.exit.Reason)
+}
 
 // Finish records the instance's end; only the first call counts.
 func (i *Instance) Finish(e Exit) {

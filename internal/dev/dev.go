@@ -4,8 +4,9 @@
 // router — so the function runs exactly as it would when deployed, with no
 // data directory, store or token. It serves the function's paths at the
 // root of a local port, rebuilds and swaps in a new version whenever the
-// file changes (a build error keeps the previous version serving), and
-// prints the function's output and one line per request.
+// file changes (a build error, or a module that does not load, keeps the
+// previous version serving), and prints the function's output and one
+// line per request.
 package dev
 
 import (
@@ -91,6 +92,10 @@ type session struct {
 
 	live    atomic.Pointer[backend.Spec]
 	lastErr atomic.Pointer[string] // the build error while nothing is live
+
+	// Owned by reload (one at a time):
+	version  int64 // the last version number given, live or not
+	unloaded bool  // the last save built but did not load
 
 	outMu sync.Mutex
 }
@@ -182,7 +187,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	s.act = activator.New(back, activator.Config{ScaleToZeroAfter: time.Hour, Logger: s.log})
+	s.act = activator.New(back, activator.Config{ScaleToZeroAfter: time.Hour, StartTimeout: loadTimeout, Logger: s.log})
 	cleanups = append(cleanups, func() {
 		back.Close()
 		s.act.Close()
@@ -423,9 +428,12 @@ func (s *session) watch(ctx context.Context, w *watcher) {
 }
 
 // reload builds code, the file's content, and, if it built into a new
-// bundle, makes that the live version: the next request starts it, and
-// the previous version's instances finish their requests and stop. A
-// build that ctx ends (the session stopping) is dropped without a word.
+// bundle, makes that the live version: the first one at once (the next
+// request starts it), a later one once an instance of it has loaded its
+// module (one that does not load leaves the previous version serving).
+// The previous version's instances finish their requests and stop. A
+// build or load that ctx ends (the session stopping) is dropped without
+// a word.
 func (s *session) reload(ctx context.Context, code []byte) {
 	cur := s.live.Load()
 	res, err := build.BundleFile(ctx, build.Source{Filename: filepath.Base(s.cfg.File), Code: code}, build.DirOptions{Runtime: s.cfg.Runtime})
@@ -445,18 +453,20 @@ func (s *session) reload(ctx context.Context, code []byte) {
 		}
 		return
 	}
-	hadErr := s.lastErr.Swap(nil) != nil
+	hadErr := s.lastErr.Swap(nil) != nil || s.unloaded
+	s.unloaded = false
 	if cur != nil && cur.Digest == res.Digest {
 		if hadErr {
 			s.printf("builds again; unchanged (version %d)\n", cur.Version)
 		}
 		return
 	}
+	s.version++
 	spec := &backend.Spec{
 		FunctionID:  Owner + "/" + s.cfg.Name,
 		Owner:       Owner,
 		Name:        s.cfg.Name,
-		Version:     1,
+		Version:     s.version,
 		Runtime:     s.cfg.Runtime,
 		Digest:      res.Digest,
 		Env:         s.cfg.Env,
@@ -466,10 +476,20 @@ func (s *session) reload(ctx context.Context, code []byte) {
 		MaxScale:    10,
 		Concurrency: 50,
 	}
-	if cur != nil {
-		spec.Version = cur.Version + 1
-	}
 	s.act.Admit(spec.FunctionID, spec.Key())
+	if cur != nil {
+		// A version that does not load must not replace one that serves:
+		// start it, and make it live only once its module has loaded.
+		if err := s.load(ctx, spec); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			s.act.RetireExcept(spec.FunctionID, cur.Key())
+			s.unloaded = true
+			s.printf("version %d did not load; still serving version %d: %v\n", spec.Version, cur.Version, err)
+			return
+		}
+	}
 	s.live.Store(spec)
 	s.act.RetireExcept(spec.FunctionID, spec.Key())
 	if cur != nil {
@@ -480,6 +500,28 @@ func (s *session) reload(ctx context.Context, code []byte) {
 	} else {
 		s.printf("built %s (version 1)\n", filepath.Base(s.cfg.File))
 	}
+}
+
+// loadTimeout bounds a new version's start, the load of its module
+// included (a top-level await that never ends).
+const loadTimeout = 30 * time.Second
+
+// load starts an instance of spec, a version admitted but not yet live,
+// and waits until its module has loaded: nil, or why it did not (its top
+// level threw, exited the runtime, or did not end in time). It sends the
+// function no request: the instance, loaded, takes the version's first
+// ones.
+func (s *session) load(ctx context.Context, spec *backend.Spec) error {
+	// The backend ends a load past the start's deadline; this only
+	// bounds the wait should the instance not end then.
+	ctx, cancel := context.WithTimeout(ctx, loadTimeout+5*time.Second)
+	defer cancel()
+	l, err := s.act.Acquire(ctx, spec)
+	if err != nil {
+		return err
+	}
+	defer l.Release()
+	return l.Instance().WaitLoaded(ctx)
 }
 
 // InstanceOutput prints a line the function wrote.

@@ -973,7 +973,7 @@ func (b *Backend) readOutput(p *proc, stream string, r io.Reader, watchReady boo
 				inst := p.inst
 				p.mu.Unlock()
 				if inst != nil {
-					inst.SetLoading(false)
+					inst.Loaded(nil)
 				}
 				continue
 			}
@@ -1206,13 +1206,19 @@ func (b *Backend) load(p *proc, inst *backend.Instance, control net.Conn) {
 		b.log.Warn("set cpu quota", "instance", p.id, "err", err)
 	}
 	failure, answered := readLoadAnswer(control)
-	inst.SetLoading(false)
 	if failure == "" {
+		if answered {
+			inst.Loaded(nil)
+		} else {
+			// The runtime ended while it loaded: its exit says why.
+			inst.Loaded(errors.New("the runtime ended before its function loaded"))
+		}
 		return
 	}
 	p.mu.Lock()
 	p.loadFailure = failure
 	p.mu.Unlock()
+	inst.Loaded(errors.New(failure))
 	if !answered {
 		b.kill(p, backend.ExitCrashed)
 		return

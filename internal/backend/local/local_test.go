@@ -1023,3 +1023,55 @@ func TestProbeEndsWithItsContext(t *testing.T) {
 		t.Fatal("the probe outlived its canceled context")
 	}
 }
+
+// WaitLoaded tells, without a request sent to the function, whether its
+// module loaded, and if not why: in the words of the instance's exit.
+func TestWaitLoadedWithoutARequest(t *testing.T) {
+	for _, tc := range []struct {
+		name, code, want string
+		deadline         time.Duration
+	}{
+		{name: "loads", code: `const v = await new Promise((r) => setTimeout(() => r("loaded"), 200)); export default () => new Response(v)`},
+		{name: "throws", code: `await new Promise((r) => setTimeout(r, 100)); throw new Error("boom")`, want: "the function failed to load: boom"},
+		{name: "exits", code: `Deno.exit(3); export default () => new Response("never")`, want: "the runtime exited unexpectedly: exit status 3"},
+		{name: "hangs", code: `await new Promise(() => {}); export default () => new Response("never")`, want: "did not load in time", deadline: 500 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, 1)
+			e.waitPool(t, 1)
+			ctx := context.Background()
+			if tc.deadline > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tc.deadline)
+				defer cancel()
+			}
+			inst, err := e.b.Start(ctx, e.spec(t, tc.code))
+			if err != nil {
+				t.Fatal(err)
+			}
+			wctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			err = inst.WaitLoaded(wctx)
+			if tc.want == "" {
+				if err != nil {
+					t.Fatalf("WaitLoaded() = %v, want nil", err)
+				}
+				if inst.Loading() {
+					t.Fatal("loaded, yet Loading")
+				}
+				if code, body := get(t, inst, "/"); code != 200 || body != "loaded" {
+					t.Fatalf("got %d %q", code, body)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("WaitLoaded() = %v, want %q", err, tc.want)
+			}
+			select {
+			case <-inst.Done():
+			default:
+				t.Fatal("WaitLoaded reported a failure before the instance ended")
+			}
+		})
+	}
+}
