@@ -74,9 +74,9 @@ type API struct {
 	tokenMu   sync.Mutex // one token made at a time (createToken)
 
 	followMu  sync.Mutex
-	follows   map[string]int // open log follows per user
+	follows   perUser // open log follows per user
 	followers map[*follower]struct{}
-	reads     map[string]int // log reads (not follows) in progress per user
+	reads     perUser // log reads (not follows) in progress per user
 }
 
 // New returns the API.
@@ -89,7 +89,7 @@ func New(fns Functions, authn Authenticator, users store.Users, tokens store.Tok
 	}
 	// Ten wrong tokens at once, then one every six seconds, per client.
 	limiter := auth.NewFailureLimiter(6*time.Second, 10, cfg.Now)
-	return &API{cfg: cfg, fns: fns, auth: authn, users: users, tokens: tokens, instances: instances, logs: logs, limiter: limiter, log: cfg.Logger, follows: map[string]int{}, followers: map[*follower]struct{}{}, reads: map[string]int{}}
+	return &API{cfg: cfg, fns: fns, auth: authn, users: users, tokens: tokens, instances: instances, logs: logs, limiter: limiter, log: cfg.Logger, follows: perUser{}, followers: map[*follower]struct{}{}, reads: perUser{}}
 }
 
 // Handler returns the API's routes, all behind authentication.

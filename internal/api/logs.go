@@ -172,10 +172,9 @@ type follower struct {
 func (a *API) openFollow(p auth.Principal, cancel context.CancelCauseFunc) (*follower, error) {
 	a.followMu.Lock()
 	defer a.followMu.Unlock()
-	if a.follows[p.User] >= MaxFollowsPerUser {
+	if !a.follows.take(p.User, MaxFollowsPerUser) {
 		return nil, errdefs.New(errdefs.ErrRateLimited, "%s already follows %d logs, the most at once; end one first", p.User, MaxFollowsPerUser)
 	}
-	a.follows[p.User]++
 	f := &follower{user: p.User, token: p.TokenID, cancel: cancel}
 	a.followers[f] = struct{}{}
 	return f, nil
@@ -185,27 +184,42 @@ func (a *API) closeFollow(f *follower) {
 	a.followMu.Lock()
 	defer a.followMu.Unlock()
 	delete(a.followers, f)
-	if a.follows[f.user]--; a.follows[f.user] <= 0 {
-		delete(a.follows, f.user)
-	}
+	a.follows.give(f.user)
 }
 
 // openRead counts one more log read of user's, if MaxReadsPerUser allows.
 func (a *API) openRead(user string) error {
 	a.followMu.Lock()
 	defer a.followMu.Unlock()
-	if a.reads[user] >= MaxReadsPerUser {
+	if !a.reads.take(user, MaxReadsPerUser) {
 		return errdefs.New(errdefs.ErrRateLimited, "%s already reads %d logs, the most at once; wait for one to end", user, MaxReadsPerUser)
 	}
-	a.reads[user]++
 	return nil
 }
 
 func (a *API) closeRead(user string) {
 	a.followMu.Lock()
 	defer a.followMu.Unlock()
-	if a.reads[user]--; a.reads[user] <= 0 {
-		delete(a.reads, user)
+	a.reads.give(user)
+}
+
+// perUser counts what each user holds of something bounded per user
+// (its callers lock).
+type perUser map[string]int
+
+// take counts one more of user's, unless they hold limit already.
+func (c perUser) take(user string, limit int) bool {
+	if c[user] >= limit {
+		return false
+	}
+	c[user]++
+	return true
+}
+
+// give gives one of user's back.
+func (c perUser) give(user string) {
+	if c[user]--; c[user] <= 0 {
+		delete(c, user)
 	}
 }
 
