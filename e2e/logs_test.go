@@ -407,22 +407,38 @@ func TestLogReadLimit(t *testing.T) {
 		r := s.do("GET", "/api/v1/functions/chatty/logs?limit=10000", s.token, nil, nil)
 		return len(r.body) > 6<<20
 	})
-	// Clients that take nothing of their answers.
+	// Clients that take nothing of their answers but its status line.
+	// A read the server has sent whole may still count for a moment after
+	// its client has it all, so a stuck read refused for that is made
+	// again.
 	var stuck []net.Conn
 	for i := 0; i < 4; i++ {
-		d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
-			return c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
-		}}
-		c, err := d.Dial("tcp", s.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		if _, err := io.WriteString(c, "GET /api/v1/functions/chatty/logs?limit=10000 HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer "+s.token+"\r\n\r\n"); err != nil {
-			t.Fatal(err)
-		}
-		stuck = append(stuck, c)
+		eventually(t, 10*time.Second, "a stuck read to start", func() bool {
+			d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+				return c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+			}}
+			c, err := d.Dial("tcp", s.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.WriteString(c, "GET /api/v1/functions/chatty/logs?limit=10000 HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer "+s.token+"\r\n\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			status := make([]byte, len("HTTP/1.1 200"))
+			if _, err := io.ReadFull(c, status); err != nil || string(status) != "HTTP/1.1 200" {
+				t.Logf("stuck read %d: %q %v; again", i, status, err)
+				c.Close()
+				return false
+			}
+			stuck = append(stuck, c)
+			return true
+		})
 	}
+	defer func() {
+		for _, c := range stuck {
+			c.Close()
+		}
+	}()
 	eventually(t, 10*time.Second, "one read too many to be refused", func() bool {
 		r := s.do("GET", "/api/v1/functions/chatty/logs?limit=1", s.token, nil, nil)
 		return r.status == 429
