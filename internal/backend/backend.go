@@ -68,6 +68,7 @@ type Instance struct {
 	diagnose func() (Exit, bool)
 	probe    func(context.Context) error
 	loading  atomic.Bool
+	tracked  atomic.Bool // the backend said it was loading (SetLoading(true))
 	loadOnce sync.Once
 	loaded   chan struct{} // closed once the load has ended, well or not
 	loadErr  error         // why it did not load; set before loaded is closed
@@ -130,7 +131,12 @@ func (i *Instance) Responsive(ctx context.Context) error {
 // A backend that hands an instance out before its load is done (requests
 // wait in it) says so, and says when the load ends; the load has a
 // deadline of its own.
-func (i *Instance) SetLoading(loading bool) { i.loading.Store(loading) }
+func (i *Instance) SetLoading(loading bool) {
+	if loading {
+		i.tracked.Store(true)
+	}
+	i.loading.Store(loading)
+}
 
 // Loading reports whether the instance is still loading its function: a
 // request that ran out of time meanwhile was waiting for the load, and
@@ -143,6 +149,8 @@ func (i *Instance) Loading() bool { return i.loading.Load() }
 func (i *Instance) Loaded(err error) {
 	i.loadOnce.Do(func() {
 		i.loadErr = err
+		// Not loading first: whoever WaitLoaded lets go sees it so.
+		i.loading.Store(false)
 		close(i.loaded)
 	})
 	i.loading.Store(false)
@@ -155,9 +163,8 @@ func (i *Instance) Loaded(err error) {
 // An instance that was not loading when it was handed out has loaded. It
 // sends the instance nothing. ctx bounds the wait.
 func (i *Instance) WaitLoaded(ctx context.Context) error {
-	// Loaded closes loaded before it ends Loading: not loading and not
-	// closed is an instance whose backend never said it was loading.
-	if !i.loading.Load() {
+	// An instance whose backend never said it was loading has loaded.
+	if !i.tracked.Load() {
 		select {
 		case <-i.loaded:
 		default:
