@@ -67,12 +67,19 @@ type Instance struct {
 	exit     Exit
 	diagnose func() (Exit, bool)
 	probe    func(context.Context) error
-	loading  atomic.Bool
-	tracked  atomic.Bool // the backend said it was loading (SetLoading(true))
+	load     atomic.Int32 // notLoading, loading or loadEnded
 	loadOnce sync.Once
 	loaded   chan struct{} // closed once the load has ended, well or not
 	loadErr  error         // why it did not load; set before loaded is closed
 }
+
+// An instance's load states: one its backend never said was loading (it
+// was loaded when handed out), one loading, one whose load has ended.
+const (
+	notLoading int32 = iota
+	loading
+	loadEnded
+)
 
 // NewInstance returns an instance that is running until Finish is called.
 func NewInstance(id string, spec *Spec, network, address string) *Instance {
@@ -129,19 +136,20 @@ func (i *Instance) Responsive(ctx context.Context) error {
 
 // SetLoading records whether the instance is still loading its function.
 // A backend that hands an instance out before its load is done (requests
-// wait in it) says so, and says when the load ends; the load has a
-// deadline of its own.
-func (i *Instance) SetLoading(loading bool) {
-	if loading {
-		i.tracked.Store(true)
+// wait in it) says so, and says when the load ends (Loaded; false is
+// Loaded(nil)); the load has a deadline of its own.
+func (i *Instance) SetLoading(yes bool) {
+	if !yes {
+		i.Loaded(nil)
+		return
 	}
-	i.loading.Store(loading)
+	i.load.CompareAndSwap(notLoading, loading)
 }
 
 // Loading reports whether the instance is still loading its function: a
 // request that ran out of time meanwhile was waiting for the load, and
 // says nothing of whether the function is stuck.
-func (i *Instance) Loading() bool { return i.loading.Load() }
+func (i *Instance) Loading() bool { return i.load.Load() == loading }
 
 // Loaded records that the instance's load has ended: err is nil if its
 // function loaded, or says why it did not (the instance is then ending).
@@ -149,11 +157,10 @@ func (i *Instance) Loading() bool { return i.loading.Load() }
 func (i *Instance) Loaded(err error) {
 	i.loadOnce.Do(func() {
 		i.loadErr = err
-		// Not loading first: whoever WaitLoaded lets go sees it so.
-		i.loading.Store(false)
+		// Ended first: whoever WaitLoaded lets go sees it not Loading.
+		i.load.Store(loadEnded)
 		close(i.loaded)
 	})
-	i.loading.Store(false)
 }
 
 // WaitLoaded waits until the instance's function has loaded, and returns
@@ -164,12 +171,8 @@ func (i *Instance) Loaded(err error) {
 // sends the instance nothing. ctx bounds the wait.
 func (i *Instance) WaitLoaded(ctx context.Context) error {
 	// An instance whose backend never said it was loading has loaded.
-	if !i.tracked.Load() {
-		select {
-		case <-i.loaded:
-		default:
-			return nil
-		}
+	if i.load.Load() == notLoading {
+		return nil
 	}
 	select {
 	case <-i.loaded:
