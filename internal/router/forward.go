@@ -283,13 +283,13 @@ func (rt *Router) duplex(ctx *fasthttp.RequestCtx, inv *invocation, c *upConn, s
 func writeDirect(ctx *fasthttp.RequestCtx, inv *invocation, body *respBody) error {
 	h := &ctx.Response.Header
 	chunked := body.length < 0 && ctx.Request.Header.IsHTTP11()
-	if body.length < 0 {
+	switch {
+	case chunked:
 		h.SetContentLength(-1)
-		if !chunked {
-			// HTTP/1.0: the connection's end ends the body.
-			h.Del(fasthttp.HeaderTransferEncoding)
-			h.SetContentLength(-2)
-		}
+	case body.length < 0:
+		// HTTP/1.0: the connection's end ends the body.
+		h.Del(fasthttp.HeaderTransferEncoding)
+		h.SetContentLength(-2)
 	}
 	h.SetConnectionClose()
 	ctx.HijackSetNoResponse(true)
