@@ -383,7 +383,7 @@ func (s *Service) newVersion(ctx context.Context, owner, name, by string, b *bun
 		// bundle's write (up to the bundle limit, synced) holds up no
 		// other change or first request. Under the lock they run again
 		// against what is live then.
-		if _, _, err := s.nextConfig(ctx, owner, name, b, ch); err != nil {
+		if _, _, _, err := s.nextConfig(ctx, owner, name, b, ch); err != nil {
 			return store.Function{}, err
 		}
 		digest, err := s.blobs.Put(b.code)
@@ -395,20 +395,15 @@ func (s *Service) newVersion(ctx context.Context, owner, name, by string, b *bun
 	s.deployMu.Lock()
 	defer s.deployMu.Unlock()
 	reconfig := b == nil
-	cfg, b, err := s.nextConfig(ctx, owner, name, b, ch)
+	cfg, b, cur, err := s.nextConfig(ctx, owner, name, b, ch)
 	if err != nil {
 		return store.Function{}, err
 	}
-	if reconfig {
-		// A change that changes nothing makes no version: it would only
-		// push real ones out of those kept, and undo a traffic split.
-		cur, err := s.store.GetFunction(ctx, owner, name)
-		if err != nil {
-			return store.Function{}, err
-		}
-		if cur.Live.Digest == b.digest && s.sameConfig(owner, name, cur.Live.Config, cfg, ch.SetSecrets) {
-			return cur, nil
-		}
+	// A change of configuration that changes nothing makes no version: it
+	// would only push real ones out of those kept, and undo a traffic
+	// split.
+	if reconfig && s.sameConfig(owner, name, cur.Live.Config, cfg, ch.SetSecrets) {
+		return cur, nil
 	}
 	v, err := s.store.Deploy(ctx, newID(), store.Version{
 		Owner:     owner,
@@ -436,8 +431,9 @@ func (s *Service) newVersion(ctx context.Context, owner, name, by string, b *bun
 }
 
 // nextConfig is the configuration of the version newVersion would make,
-// checked, and its bundle (the live version's if b is nil).
-func (s *Service) nextConfig(ctx context.Context, owner, name string, b *bundle, ch Change) (store.Config, *bundle, error) {
+// checked, its bundle (the live version's if b is nil), and the function
+// as it is (zero if it is new).
+func (s *Service) nextConfig(ctx context.Context, owner, name string, b *bundle, ch Change) (store.Config, *bundle, store.Function, error) {
 	var cfg store.Config
 	cur, err := s.store.GetFunction(ctx, owner, name)
 	switch {
@@ -448,11 +444,11 @@ func (s *Service) nextConfig(ctx context.Context, owner, name string, b *bundle,
 		}
 	case errors.Is(err, errdefs.ErrNotFound) && b != nil:
 		if err := s.checkFunctionQuota(ctx, owner); err != nil {
-			return store.Config{}, nil, err
+			return store.Config{}, nil, store.Function{}, err
 		}
 		cfg = store.Config{Runtime: s.cfg.DefaultRuntime}
 	default:
-		return store.Config{}, nil, err
+		return store.Config{}, nil, store.Function{}, err
 	}
 	if ch.Runtime != "" {
 		cfg.Runtime = ch.Runtime
@@ -460,35 +456,29 @@ func (s *Service) nextConfig(ctx context.Context, owner, name string, b *bundle,
 	// Checks min against a max set earlier, and the isolation against
 	// the server.
 	if cfg.Limits, err = ApplySettings(cfg.Limits, ch.Settings, s.cfg.Bounds); err != nil {
-		return store.Config{}, nil, err
+		return store.Config{}, nil, store.Function{}, err
 	}
 	// A name is one variable in ctx.env: an env var and a secret may not
 	// share it. Set as one, it stops being the other; before, the secret
 	// went on winning, while the API showed the env var's new value.
 	for k := range ch.SetEnv {
 		if _, ok := ch.SetSecrets[k]; ok {
-			return store.Config{}, nil, errdefs.Invalid("%s is set both as an environment variable and as a secret", k)
+			return store.Config{}, nil, store.Function{}, errdefs.Invalid("%s is set both as an environment variable and as a secret", k)
 		}
 	}
-	cfg.Env = edit(cfg.Env, ch.SetEnv, ch.UnsetEnv)
-	if len(ch.SetEnv) > 0 && len(cfg.Secrets) > 0 {
-		cfg.Secrets = edit(cfg.Secrets, nil, slices.Collect(maps.Keys(ch.SetEnv)))
-	}
-	if len(ch.SetSecrets) > 0 && len(cfg.Env) > 0 {
-		cfg.Env = edit(cfg.Env, nil, slices.Collect(maps.Keys(ch.SetSecrets)))
-	}
+	cfg.Env = edit(cfg.Env, ch.SetEnv, slices.Concat(ch.UnsetEnv, slices.Collect(maps.Keys(ch.SetSecrets))))
 	sealed := map[string]string{}
 	for k, v := range ch.SetSecrets {
 		if sealed[k], err = s.sealer.Seal(v, secretContext(owner, name, k)); err != nil {
-			return store.Config{}, nil, fmt.Errorf("seal secret: %w", err)
+			return store.Config{}, nil, store.Function{}, fmt.Errorf("seal secret: %w", err)
 		}
 	}
-	cfg.Secrets = edit(cfg.Secrets, sealed, ch.UnsetSecrets)
+	cfg.Secrets = edit(cfg.Secrets, sealed, slices.Concat(ch.UnsetSecrets, slices.Collect(maps.Keys(ch.SetEnv))))
 	if err := ValidateEnv(cfg.Env); err != nil {
-		return store.Config{}, nil, err
+		return store.Config{}, nil, store.Function{}, err
 	}
 	if len(cfg.Env)+len(cfg.Secrets) > MaxEnvVars {
-		return store.Config{}, nil, errdefs.New(errdefs.ErrTooLarge, "%d environment variables and secrets; the limit is %d", len(cfg.Env)+len(cfg.Secrets), MaxEnvVars)
+		return store.Config{}, nil, store.Function{}, errdefs.New(errdefs.ErrTooLarge, "%d environment variables and secrets; the limit is %d", len(cfg.Env)+len(cfg.Secrets), MaxEnvVars)
 	}
 	// An instance gets both in its environment, so they share the size
 	// limit too (and each version stores them all again).
@@ -497,15 +487,15 @@ func (s *Service) nextConfig(ctx context.Context, owner, name string, b *bundle,
 		plain, ok := ch.SetSecrets[k]
 		if !ok {
 			if plain, err = s.sealer.Open(v, secretContext(owner, name, k)); err != nil {
-				return store.Config{}, nil, errdefs.New(errdefs.ErrConflict, "secret %s does not open with this server's key (was its key file lost?): set it again or unset it", k)
+				return store.Config{}, nil, store.Function{}, errdefs.New(errdefs.ErrConflict, "secret %s does not open with this server's key (was its key file lost?): set it again or unset it", k)
 			}
 		}
 		size += len(k) + len(plain)
 	}
 	if size > MaxEnvBytes {
-		return store.Config{}, nil, errdefs.New(errdefs.ErrTooLarge, "environment variables and secrets are %d bytes; the limit is %d", size, MaxEnvBytes)
+		return store.Config{}, nil, store.Function{}, errdefs.New(errdefs.ErrTooLarge, "environment variables and secrets are %d bytes; the limit is %d", size, MaxEnvBytes)
 	}
-	return cfg, b, nil
+	return cfg, b, cur, nil
 }
 
 // sameConfig says whether next, a change of cur, is cur again. Sealing
