@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"unicode"
 
 	"github.com/spf13/cobra"
 
@@ -83,6 +84,4 @@ func visible(line string) string {
 	return b.String()
 }
 
-func isControl(r rune) bool {
-	return r < 0x20 && r != '\t' || r >= 0x7f && r < 0xa0
-}
+func isControl(r rune) bool { return r != '\t' && unicode.IsControl(r) }
