@@ -89,8 +89,14 @@ type Activator struct {
 	// by RetireExcept; a request that resolved a version just before it was
 	// retired cannot start it again.
 	live map[string][]string
-	wg   sync.WaitGroup // every goroutine
-	ops  sync.WaitGroup // starts and stops in progress
+	// removed stamps the live entries of deleted functions (which keep
+	// nothing) with the time of their deletion, so that Tick can forget
+	// them once no request that resolved the function before can still be
+	// on its way: ids are never reused, and an entry kept for ever per
+	// deleted function grows without bound under deploy-delete churn.
+	removed map[string]time.Time
+	wg      sync.WaitGroup // every goroutine
+	ops     sync.WaitGroup // starts and stops in progress
 	// closeMu orders wg.Add before Close's Wait: requests still served
 	// after a shutdown's timeout may start or stop instances, and a
 	// WaitGroup must not be added to from zero while it is waited on.
@@ -188,7 +194,7 @@ func New(b Backend, cfg Config) *Activator {
 	if cfg.IdleAfter == 0 {
 		cfg.IdleAfter = time.Second
 	}
-	return &Activator{cfg: cfg, backend: b, log: cfg.Logger, revs: map[string]*revision{}, retiring: map[*revision]struct{}{}, live: map[string][]string{}, owned: map[string]int{}}
+	return &Activator{cfg: cfg, backend: b, log: cfg.Logger, revs: map[string]*revision{}, retiring: map[*revision]struct{}{}, live: map[string][]string{}, removed: map[string]time.Time{}, owned: map[string]int{}}
 }
 
 func (a *Activator) scalerConfig(spec *backend.Spec) autoscaler.Config {
@@ -756,6 +762,7 @@ func (a *Activator) Admit(functionID string, keys ...string) {
 func (a *Activator) RetireExcept(functionID string, keep ...string) {
 	a.mu.Lock()
 	a.live[functionID] = keep
+	delete(a.removed, functionID)
 	var revs []*revision
 	for key, rev := range a.revs {
 		if rev.spec.FunctionID == functionID && !slices.Contains(keep, key) {
@@ -779,6 +786,7 @@ func (a *Activator) RetireExcept(functionID string, keep ...string) {
 func (a *Activator) Remove(functionID string) {
 	a.RetireExcept(functionID)
 	a.mu.Lock()
+	a.removed[functionID] = a.cfg.Now()
 	var revs []*revision
 	for rev := range a.retiring {
 		if rev.spec.FunctionID == functionID {
@@ -829,6 +837,24 @@ func (a *Activator) Tick(now time.Time) {
 		a.scale(rev, now)
 	}
 	a.pruneRetiring()
+	a.pruneRemoved(now)
+}
+
+// removedHorizon is how long a deleted function's entry in live outlives
+// it. A request resolves its function and asks for its version at once;
+// a minute covers any scheduling delay between the two by far.
+const removedHorizon = time.Minute
+
+// pruneRemoved forgets deleted functions' entries older than the horizon.
+func (a *Activator) pruneRemoved(now time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for id, at := range a.removed {
+		if now.Sub(at) > removedHorizon {
+			delete(a.removed, id)
+			delete(a.live, id)
+		}
+	}
 }
 
 // pruneRetiring forgets retired versions whose instances have all ended.

@@ -972,3 +972,36 @@ func TestQueuedRequestTakesAnInstanceCleared(t *testing.T) {
 	}
 	l2.Release()
 }
+
+// A deleted function's version cannot be started again by a request that
+// resolved it just before the delete, but the activator does not keep an
+// entry for every function ever deleted: past the horizon it is gone.
+func TestRemovedFunctionIsForgottenAfterTheHorizon(t *testing.T) {
+	c := &clock{t: time.Unix(1000, 0)}
+	a := New(&fakeBackend{}, Config{Now: c.now})
+	sp := specWith(1, 0, 1)
+	a.Remove(sp.FunctionID)
+	if _, err := a.Acquire(context.Background(), sp); !errors.Is(err, ErrRetired) {
+		t.Fatalf("request for a deleted function: err = %v", err)
+	}
+	a.Tick(c.add(removedHorizon))
+	if n := a.trackedDeleted(); n != 1 {
+		t.Fatalf("within the horizon: %d deleted functions tracked, want 1", n)
+	}
+	a.Tick(c.add(time.Second))
+	if n := a.trackedDeleted(); n != 0 {
+		t.Fatalf("past the horizon: %d deleted functions tracked, want 0", n)
+	}
+}
+
+func (a *Activator) trackedDeleted() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n := 0
+	for _, keep := range a.live {
+		if len(keep) == 0 {
+			n++
+		}
+	}
+	return n
+}
