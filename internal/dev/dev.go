@@ -78,6 +78,10 @@ type Config struct {
 	Hurry <-chan struct{}
 }
 
+// blobsFor is what the backend reads bundles through: the store. A
+// variable, so that a test can hold a start at its bundle's lookup.
+var blobsFor = func(s *blob.Store) local.Blobs { return s }
+
 // drainTimeout is how long requests in flight may take to finish once
 // the session stops, unless Hurry cuts it short.
 const drainTimeout = 5 * time.Second
@@ -171,7 +175,7 @@ func Run(ctx context.Context, cfg Config) error {
 		RunDir:           runDir,
 		Sandbox:          sb,
 		Runtimes:         []local.Runtime{rt},
-		Blobs:            s.blobs,
+		Blobs:            blobsFor(s.blobs),
 		Logs:             s,
 		Logger:           s.log,
 		PoolSize:         1,
@@ -494,12 +498,23 @@ func (s *session) reload(ctx context.Context, code []byte) {
 	s.act.RetireExcept(spec.FunctionID, spec.Key())
 	if cur != nil {
 		s.printf("reloaded (version %d)\n", spec.Version)
-		// Keep the bundle of the version being replaced (a start of it may
-		// be under way) and drop older ones.
-		_, _ = s.blobs.Collect(map[string]bool{spec.Digest: true, cur.Digest: true}, time.Time{})
+		s.collect(spec)
 	} else {
 		s.printf("built %s (version 1)\n", filepath.Base(s.cfg.File))
 	}
+}
+
+// collect removes the bundles no instance can need any more: all but
+// live's and those of versions with an instance starting or running (a
+// request for a version just retired may have begun a start of it; it
+// installs the bundle only once a sandbox is ready). Bundles are put only
+// by reload, which calls this, so none is put meanwhile.
+func (s *session) collect(live *backend.Spec) {
+	keep := map[string]bool{live.Digest: true}
+	for _, v := range s.act.Active() {
+		keep[v.Digest] = true
+	}
+	_, _ = s.blobs.Collect(keep, time.Time{})
 }
 
 // loadTimeout bounds a new version's start, the load of its module
