@@ -207,3 +207,40 @@ func TestCollectSparesStartingVersion(t *testing.T) {
 		t.Errorf("got %q, want v3", got)
 	}
 }
+
+// TestDevSlowLoad: a save whose top level does not end is said to be
+// still loading at once (here: SlowLoad is 1ms), while the previous
+// version serves; the next save replaces it without waiting for its
+// load to end; and one whose top level ends late goes live once it has.
+func TestDevSlowLoad(t *testing.T) {
+	d := runDev(t, answering("v1"), Config{SlowLoad: time.Millisecond})
+	if got := d.get("/"); got != "v1" {
+		t.Fatalf("got %q, want v1", got)
+	}
+
+	// A top level that never ends.
+	d.save("await new Promise(() => {});\n" + answering("v2"))
+	d.wait(regexp.MustCompile(`(?m)version 2 is still loading after 1ms .*; version 1 serves until it loads`), "version 2 said to be still loading")
+	if got := d.get("/while-loading"); got != "v1" {
+		t.Fatalf("while version 2 loads: got %q, want v1", got)
+	}
+
+	// The next save replaces it at once.
+	d.save(answering("v3"))
+	d.wait(regexp.MustCompile(`(?m)version 2 dropped before it loaded: the file changed again$`), "version 2 dropped")
+	d.wait(regexp.MustCompile(`(?m)reloaded \(version 3\)$`), "version 3")
+	if got := d.get("/"); got != "v3" {
+		t.Fatalf("after the next save: got %q, want v3", got)
+	}
+
+	// A top level that ends, later: said to be loading, then live.
+	d.save("await new Promise((r) => setTimeout(r, 500));\n" + answering("v4"))
+	d.wait(regexp.MustCompile(`(?m)version 4 is still loading after 1ms`), "version 4 said to be still loading")
+	d.wait(regexp.MustCompile(`(?m)reloaded \(version 4\)$`), "version 4 once loaded")
+	if got := d.get("/"); got != "v4" {
+		t.Fatalf("once version 4 loaded: got %q, want v4", got)
+	}
+	if out := d.out.String(); regexp.MustCompile(`(?m)version [24] did not load`).MatchString(out) {
+		t.Errorf("a version was said not to load:\n%s", out)
+	}
+}
