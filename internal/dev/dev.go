@@ -101,9 +101,10 @@ type session struct {
 	live    atomic.Pointer[backend.Spec]
 	lastErr atomic.Pointer[string] // the build error while nothing is live
 
-	// Owned by reload (one at a time):
+	// Owned by reload, and by the load it leaves pending until that ends
+	// (reload is not called meanwhile):
 	version  int64 // the last version number given, live or not
-	unloaded bool  // the last save built but did not load
+	unloaded bool  // the last save built but did not load, or was dropped
 
 	outMu sync.Mutex
 }
