@@ -975,6 +975,32 @@ func (a *Activator) snapshot() []*revision {
 	return revs
 }
 
+// Active lists the versions an instance may still be started from or
+// run: those not retired, and retired ones with an instance starting,
+// running or stopping. A retired version starts no instance once it has
+// none starting, so one this leaves out needs its bundle no more.
+func (a *Activator) Active() []*backend.Spec {
+	a.mu.Lock()
+	revs := make([]*revision, 0, len(a.revs)+len(a.retiring))
+	for _, r := range a.revs {
+		revs = append(revs, r)
+	}
+	for r := range a.retiring {
+		revs = append(revs, r)
+	}
+	a.mu.Unlock()
+	var out []*backend.Spec
+	for _, r := range revs {
+		r.mu.Lock()
+		active := !r.retired || r.starting > 0 || len(r.instances) > 0
+		r.mu.Unlock()
+		if active {
+			out = append(out, r.spec)
+		}
+	}
+	return out
+}
+
 // InstanceStates counts a version's instances by state: "busy" (with
 // requests in flight), "idle", "starting", "stopping".
 type InstanceStates struct {

@@ -1005,3 +1005,52 @@ func (a *Activator) trackedDeleted() int {
 	}
 	return n
 }
+
+// TestActiveKeepsRetiredVersionWhileStarting: a version retired while an
+// instance of it starts is listed as active until that instance has
+// ended, and not after: nothing can start it again.
+func TestActiveKeepsRetiredVersionWhileStarting(t *testing.T) {
+	fb := &fakeBackend{gate: make(chan struct{})}
+	a := New(fb, Config{ScaleToZeroAfter: time.Minute})
+	defer a.Close()
+	v1 := *spec
+	v2 := v1
+	v2.Version = 2
+	active := func() []int64 {
+		var out []int64
+		for _, s := range a.Active() {
+			out = append(out, s.Version)
+		}
+		slices.Sort(out)
+		return out
+	}
+	a.RetireExcept(v1.FunctionID, v1.Key())
+	acquired := make(chan error, 1)
+	go func() {
+		_, err := a.Acquire(context.Background(), &v1)
+		acquired <- err
+	}()
+	for fb.starts.Load() == 0 {
+		runtime.Gosched()
+	}
+	a.Admit(v2.FunctionID, v2.Key())
+	a.RetireExcept(v2.FunctionID, v2.Key())
+	if err := <-acquired; !errors.Is(err, ErrRetired) {
+		t.Fatalf("Acquire of the retired version: %v, want ErrRetired", err)
+	}
+	if got := active(); !slices.Equal(got, []int64{1}) {
+		t.Fatalf("while version 1 starts, retired: active %v, want [1]", got)
+	}
+	if _, err := a.Acquire(context.Background(), &v1); !errors.Is(err, ErrRetired) {
+		t.Fatalf("a new Acquire of the retired version: %v, want ErrRetired", err)
+	}
+	close(fb.gate)
+	a.settle() // the start, then the stop of its instance
+	deadline := time.Now().Add(10 * time.Second)
+	for len(active()) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("once version 1's instance has ended: active %v, want none", active())
+		}
+		runtime.Gosched()
+	}
+}

@@ -33,9 +33,10 @@ func newDevCmd(env Env) *cobra.Command {
 The function answers at the root of the port: http://127.0.0.1:8787/a/b?q=1
 reaches it as /a/b?q=1. Saving the file rebuilds it and loads the new
 version before it serves; a build error, or a module that does not load
-(its top level throws or exits), is printed and the previous version
-keeps serving. The function's output and
-one line per request are printed here. Needs no server, store or token, but
+(its top level throws, exits, or has not ended after 30s), is printed and
+the previous version keeps serving. A version still loading after 2s is
+said to be, goes live once it loads, and is dropped by the next save.
+The function's output and one line per request are printed here. Needs no server, store or token, but
 needs root, as spry serve does.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {

@@ -14,6 +14,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -67,6 +68,9 @@ type Config struct {
 	DenoBinary string // "" finds the pinned one
 	NodeBinary string
 	Poll       time.Duration // how often the file is checked; 0 means 250ms
+	// SlowLoad is how long a new version may load before the terminal
+	// says it still is; 0 means 2s.
+	SlowLoad time.Duration
 	// Out is the terminal: builds, reloads, the function's output and one
 	// access line per request.
 	Out io.Writer
@@ -77,6 +81,10 @@ type Config struct {
 	// What the session made is removed all the same. nil never hurries.
 	Hurry <-chan struct{}
 }
+
+// blobsFor is what the backend reads bundles through: the store. A
+// variable, so that a test can hold a start at its bundle's lookup.
+var blobsFor = func(s *blob.Store) local.Blobs { return s }
 
 // drainTimeout is how long requests in flight may take to finish once
 // the session stops, unless Hurry cuts it short.
@@ -93,9 +101,10 @@ type session struct {
 	live    atomic.Pointer[backend.Spec]
 	lastErr atomic.Pointer[string] // the build error while nothing is live
 
-	// Owned by reload (one at a time):
+	// Owned by reload, and by the load it leaves pending until that ends
+	// (reload is not called meanwhile):
 	version  int64 // the last version number given, live or not
-	unloaded bool  // the last save built but did not load
+	unloaded bool  // the last save built but did not load, or was dropped
 
 	outMu sync.Mutex
 }
@@ -110,6 +119,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if cfg.Poll <= 0 {
 		cfg.Poll = 250 * time.Millisecond
+	}
+	if cfg.SlowLoad <= 0 {
+		cfg.SlowLoad = 2 * time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -171,7 +183,7 @@ func Run(ctx context.Context, cfg Config) error {
 		RunDir:           runDir,
 		Sandbox:          sb,
 		Runtimes:         []local.Runtime{rt},
-		Blobs:            s.blobs,
+		Blobs:            blobsFor(s.blobs),
 		Logs:             s,
 		Logger:           s.log,
 		PoolSize:         1,
@@ -194,7 +206,7 @@ func Run(ctx context.Context, cfg Config) error {
 	})
 	rtr := router.New(s, s.act, router.Config{Timeout: cfg.Timeout, Logger: s.log, Access: s})
 
-	s.reload(ctx, code)
+	s.reload(ctx, code) // the first version goes live at once: nothing pends
 	srv := httpserve.New(s.handler(rtr), s.log)
 	bg, stopBG := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -399,9 +411,12 @@ func (w *watcher) check() ([]byte, bool, error) {
 }
 
 // watch rebuilds the function whenever w reports that the file changed,
-// checking every Poll.
+// checking every Poll. A new version loads while the checks go on: a
+// change drops a version still loading before it builds the new one.
 func (s *session) watch(ctx context.Context, w *watcher) {
 	var failing string // the error last printed, while checks fail
+	var p *pending     // the version loading, if any
+	defer func() { p.wait() }()
 	t := time.NewTicker(s.cfg.Poll)
 	defer t.Stop()
 	for {
@@ -422,8 +437,35 @@ func (s *session) watch(ctx context.Context, w *watcher) {
 		}
 		failing = ""
 		if changed {
-			s.reload(ctx, code)
+			p.supersede()
+			p = s.reload(ctx, code)
 		}
+	}
+}
+
+// pending is a new version loading while the previous one serves.
+type pending struct {
+	cancel context.CancelCauseFunc
+	done   chan struct{} // closed once it is live, dropped or failed
+}
+
+// errSuperseded ends a pending load: the file changed again.
+var errSuperseded = errors.New("the file changed again")
+
+// supersede drops p's version unless it is live already, and returns
+// once it has settled (at once: nothing waits for the instance to end).
+// A nil p has nothing to drop.
+func (p *pending) supersede() {
+	if p != nil {
+		p.cancel(errSuperseded)
+		p.wait()
+	}
+}
+
+// wait returns once p's version is live, dropped or failed.
+func (p *pending) wait() {
+	if p != nil {
+		<-p.done
 	}
 }
 
@@ -431,14 +473,17 @@ func (s *session) watch(ctx context.Context, w *watcher) {
 // bundle, makes that the live version: the first one at once (the next
 // request starts it), a later one once an instance of it has loaded its
 // module (one that does not load leaves the previous version serving).
-// The previous version's instances finish their requests and stop. A
-// build or load that ctx ends (the session stopping) is dropped without
-// a word.
-func (s *session) reload(ctx context.Context, code []byte) {
+// That load goes on after reload returns, which gives it back to be
+// superseded by the next change; the terminal is told if it takes over
+// SlowLoad. The previous version's instances finish their requests and
+// stop. A build or load that ctx ends (the session stopping) is dropped
+// without a word. Calls must not overlap, nor overlap a load still
+// pending.
+func (s *session) reload(ctx context.Context, code []byte) *pending {
 	cur := s.live.Load()
 	res, err := build.BundleFile(ctx, build.Source{Filename: filepath.Base(s.cfg.File), Code: code}, build.DirOptions{Runtime: s.cfg.Runtime})
 	if ctx.Err() != nil {
-		return
+		return nil
 	}
 	if err == nil {
 		_, err = s.blobs.Put(res.Code)
@@ -451,7 +496,7 @@ func (s *session) reload(ctx context.Context, code []byte) {
 		} else {
 			s.printf("build failed; still serving version %d:\n%s\n", cur.Version, indent(msg))
 		}
-		return
+		return nil
 	}
 	hadErr := s.lastErr.Swap(nil) != nil || s.unloaded
 	s.unloaded = false
@@ -459,7 +504,7 @@ func (s *session) reload(ctx context.Context, code []byte) {
 		if hadErr {
 			s.printf("builds again; unchanged (version %d)\n", cur.Version)
 		}
-		return
+		return nil
 	}
 	s.version++
 	spec := &backend.Spec{
@@ -477,40 +522,83 @@ func (s *session) reload(ctx context.Context, code []byte) {
 		Concurrency: 50,
 	}
 	s.act.Admit(spec.FunctionID, spec.Key())
-	if cur != nil {
-		// A version that does not load must not replace one that serves:
-		// start it, and make it live only once its module has loaded.
-		if err := s.load(ctx, spec); err != nil {
-			if ctx.Err() != nil {
-				return
+	if cur == nil {
+		s.live.Store(spec)
+		s.act.RetireExcept(spec.FunctionID, spec.Key())
+		s.printf("built %s (version 1)\n", filepath.Base(s.cfg.File))
+		return nil
+	}
+	// A version that does not load must not replace one that serves:
+	// start it, and make it live only once its module has loaded.
+	lctx, cancel := context.WithCancelCause(ctx)
+	p := &pending{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		defer cancel(nil)
+		err := s.awaitLoad(lctx, spec, cur)
+		switch {
+		case lctx.Err() != nil:
+			if context.Cause(lctx) == errSuperseded {
+				s.act.RetireExcept(spec.FunctionID, cur.Key())
+				s.unloaded = true
+				s.printf("version %d dropped before it loaded: %v\n", spec.Version, errSuperseded)
 			}
+		case err != nil:
 			s.act.RetireExcept(spec.FunctionID, cur.Key())
 			s.unloaded = true
 			s.printf("version %d did not load; still serving version %d: %v\n", spec.Version, cur.Version, err)
-			return
+		default:
+			s.live.Store(spec)
+			s.act.RetireExcept(spec.FunctionID, spec.Key())
+			s.printf("reloaded (version %d)\n", spec.Version)
+			s.collect(spec)
 		}
+	}()
+	return p
+}
+
+// collect removes the bundles no instance can need any more: all but
+// live's and those of versions with an instance starting or running (a
+// request for a version just retired may have begun a start of it; it
+// installs the bundle only once a sandbox is ready). Bundles are put only
+// by reload, which does not overlap a pending load, where this is called,
+// so none is put meanwhile.
+func (s *session) collect(live *backend.Spec) {
+	keep := map[string]bool{live.Digest: true}
+	for _, v := range s.act.Active() {
+		keep[v.Digest] = true
 	}
-	s.live.Store(spec)
-	s.act.RetireExcept(spec.FunctionID, spec.Key())
-	if cur != nil {
-		s.printf("reloaded (version %d)\n", spec.Version)
-		// Keep the bundle of the version being replaced (a start of it may
-		// be under way) and drop older ones.
-		_, _ = s.blobs.Collect(map[string]bool{spec.Digest: true, cur.Digest: true}, time.Time{})
-	} else {
-		s.printf("built %s (version 1)\n", filepath.Base(s.cfg.File))
-	}
+	_, _ = s.blobs.Collect(keep, time.Time{})
 }
 
 // loadTimeout bounds a new version's start, the load of its module
-// included (a top-level await that never ends).
+// included (a top-level await that never ends): the activator's default,
+// as `spry serve` has it, so that what loads when deployed loads here.
 const loadTimeout = 30 * time.Second
+
+// awaitLoad is load, telling the terminal if it takes over SlowLoad: a
+// top level that awaits something slow, or that never ends, would
+// otherwise be silent until loadTimeout.
+func (s *session) awaitLoad(ctx context.Context, spec, cur *backend.Spec) error {
+	res := make(chan error, 1)
+	go func() { res <- s.load(ctx, spec) }()
+	slow := time.NewTimer(s.cfg.SlowLoad)
+	defer slow.Stop()
+	select {
+	case err := <-res:
+		return err
+	case <-slow.C:
+		s.printf("version %d is still loading after %v (its top level has not ended); version %d serves until it loads, for up to %v, or the next save replaces it\n", spec.Version, s.cfg.SlowLoad, cur.Version, loadTimeout)
+	}
+	return <-res
+}
 
 // load starts an instance of spec, a version admitted but not yet live,
 // and waits until its module has loaded: nil, or why it did not (its top
 // level threw, exited the runtime, or did not end in time). It sends the
 // function no request: the instance, loaded, takes the version's first
-// ones.
+// ones. When ctx ends first, the instance goes on loading until its
+// version is retired.
 func (s *session) load(ctx context.Context, spec *backend.Spec) error {
 	// The backend ends a load past the start's deadline; this only
 	// bounds the wait should the instance not end then.

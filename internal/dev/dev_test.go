@@ -1,0 +1,246 @@
+package dev
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/spry-run/spry/internal/backend/local"
+	"github.com/spry-run/spry/internal/blob"
+	"github.com/spry-run/spry/internal/sandbox"
+)
+
+func TestMain(m *testing.M) {
+	sandbox.MaybeExec()
+	os.Exit(m.Run())
+}
+
+// syncBuffer is a terminal the session and the test share.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// devRun is a session run in the test's process, in the real sandbox.
+type devRun struct {
+	t    *testing.T
+	file string
+	out  *syncBuffer // the terminal
+	logs *syncBuffer // the parts' own logs
+	url  string
+}
+
+var servingLine = regexp.MustCompile(`serving \S+ \(deno\) on (http://[^/]+)/`)
+
+// runDev serves code from a file in a temporary directory until the test
+// ends, with cfg's policy where it is set.
+func runDev(t *testing.T, code string, cfg Config) *devRun {
+	t.Helper()
+	d := &devRun{t: t, file: filepath.Join(t.TempDir(), "fn.ts"), out: &syncBuffer{}, logs: &syncBuffer{}}
+	d.save(code)
+	cfg.File, cfg.Name, cfg.Listen, cfg.Runtime = d.file, "fn", "127.0.0.1:0", "deno"
+	cfg.MemoryMiB, cfg.Timeout, cfg.Network = 128, 30*time.Second, "none"
+	cfg.Poll = 10 * time.Millisecond
+	cfg.Out = d.out
+	cfg.Logger = slog.New(slog.NewTextHandler(d.logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cfg) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Errorf("the session did not stop within 30s")
+		}
+		if t.Failed() {
+			t.Logf("terminal:\n%s\nlogs:\n%s", d.out.String(), d.logs.String())
+		}
+	})
+	d.wait(servingLine, "the session to serve")
+	d.url = servingLine.FindStringSubmatch(d.out.String())[1]
+	return d
+}
+
+// save replaces the file's content at once, as an editor that renames a
+// temporary file over it does (a write in place may be read half done).
+func (d *devRun) save(code string) {
+	d.t.Helper()
+	tmp := d.file + ".tmp"
+	if err := os.WriteFile(tmp, []byte(code), 0o644); err != nil {
+		d.t.Fatal(err)
+	}
+	if err := os.Rename(tmp, d.file); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+// wait waits until the terminal matches re.
+func (d *devRun) wait(re *regexp.Regexp, what string) {
+	d.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !re.MatchString(d.out.String()) {
+		if time.Now().After(deadline) {
+			d.t.Fatalf("timed out after 10s waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// get returns the body of a GET of path, which must answer 200.
+func (d *devRun) get(path string) string {
+	d.t.Helper()
+	body, err := d.fetch(path)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return body
+}
+
+func (d *devRun) fetch(path string) (string, error) {
+	client := &http.Client{Timeout: 30 * time.Second}
+	res, err := client.Get(d.url + path)
+	if err != nil {
+		return "", err
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err == nil && res.StatusCode != http.StatusOK {
+		err = &statusError{res.StatusCode, string(body)}
+	}
+	return string(body), err
+}
+
+type statusError struct {
+	status int
+	body   string
+}
+
+func (e *statusError) Error() string { return http.StatusText(e.status) + ": " + e.body }
+
+// answering is a function that answers its version.
+func answering(v string) string {
+	return `export default { fetch() { return new Response("` + v + `"); } };` + "\n"
+}
+
+// heldBlobs holds the first bundle lookup (the first instance start)
+// until release is closed, and reports how it went.
+type heldBlobs struct {
+	*blob.Store
+	first    atomic.Bool
+	entered  chan struct{}
+	release  chan struct{}
+	returned chan error
+}
+
+func (h *heldBlobs) Path(digest string) (string, error) {
+	if !h.first.CompareAndSwap(false, true) {
+		return h.Store.Path(digest)
+	}
+	close(h.entered)
+	<-h.release
+	p, err := h.Store.Path(digest)
+	h.returned <- err
+	return p, err
+}
+
+// TestCollectSparesStartingVersion: a version two saves old, retired
+// while an instance of it was being started (a request came for it just
+// before the saves), keeps its bundle until that start is done: the start
+// finds it.
+func TestCollectSparesStartingVersion(t *testing.T) {
+	held := &heldBlobs{entered: make(chan struct{}), release: make(chan struct{}), returned: make(chan error, 1)}
+	orig := blobsFor
+	blobsFor = func(s *blob.Store) local.Blobs { held.Store = s; return held }
+	t.Cleanup(func() { blobsFor = orig })
+	d := runDev(t, answering("v1"), Config{})
+
+	// A request for version 1 starts it; the start is held at its
+	// bundle's lookup.
+	answered := make(chan error, 1)
+	go func() { _, err := d.fetch("/"); answered <- err }()
+	select {
+	case <-held.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no instance start of version 1 within 10s")
+	}
+
+	// Two saves later, version 1 is two versions old.
+	d.save(answering("v2"))
+	d.wait(regexp.MustCompile(`(?m)reloaded \(version 2\)$`), "version 2")
+	d.save(answering("v3"))
+	d.wait(regexp.MustCompile(`(?m)reloaded \(version 3\)$`), "version 3")
+
+	close(held.release)
+	if err := <-held.returned; err != nil {
+		t.Errorf("version 1's start, under way while version 3 went live, found no bundle: %v", err)
+	}
+	// The request went to a later version once version 1 was retired.
+	if err := <-answered; err != nil {
+		t.Errorf("the request: %v", err)
+	}
+	if got := d.get("/"); got != "v3" {
+		t.Errorf("got %q, want v3", got)
+	}
+}
+
+// TestDevSlowLoad: a save whose top level does not end is said to be
+// still loading at once (here: SlowLoad is 1ms), while the previous
+// version serves; the next save replaces it without waiting for its
+// load to end; and one whose top level ends late goes live once it has.
+func TestDevSlowLoad(t *testing.T) {
+	d := runDev(t, answering("v1"), Config{SlowLoad: time.Millisecond})
+	if got := d.get("/"); got != "v1" {
+		t.Fatalf("got %q, want v1", got)
+	}
+
+	// A top level that never ends.
+	d.save("await new Promise(() => {});\n" + answering("v2"))
+	d.wait(regexp.MustCompile(`(?m)version 2 is still loading after 1ms .*; version 1 serves until it loads`), "version 2 said to be still loading")
+	if got := d.get("/while-loading"); got != "v1" {
+		t.Fatalf("while version 2 loads: got %q, want v1", got)
+	}
+
+	// The next save replaces it at once.
+	d.save(answering("v3"))
+	d.wait(regexp.MustCompile(`(?m)version 2 dropped before it loaded: the file changed again$`), "version 2 dropped")
+	d.wait(regexp.MustCompile(`(?m)reloaded \(version 3\)$`), "version 3")
+	if got := d.get("/"); got != "v3" {
+		t.Fatalf("after the next save: got %q, want v3", got)
+	}
+
+	// A top level that ends, later: said to be loading, then live.
+	d.save("await new Promise((r) => setTimeout(r, 500));\n" + answering("v4"))
+	d.wait(regexp.MustCompile(`(?m)version 4 is still loading after 1ms`), "version 4 said to be still loading")
+	d.wait(regexp.MustCompile(`(?m)reloaded \(version 4\)$`), "version 4 once loaded")
+	if got := d.get("/"); got != "v4" {
+		t.Fatalf("once version 4 loaded: got %q, want v4", got)
+	}
+	if out := d.out.String(); regexp.MustCompile(`(?m)version [24] did not load`).MatchString(out) {
+		t.Errorf("a version was said not to load:\n%s", out)
+	}
+}
