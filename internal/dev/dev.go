@@ -335,6 +335,11 @@ func (s *session) Invoked(*backend.Spec) {}
 // reads the file again and compares its content.
 const racyWindow = 2 * time.Second
 
+// settleTime is how old a change must be before it is read as a save:
+// writing a file takes a few writes, and a check between them would read
+// it cut.
+const settleTime = 50 * time.Millisecond
+
 // stamp is what stat tells of the file: a save changes at least one of
 // these. The change time and inode catch what size and modification
 // time miss: a save that keeps the size and restores the modification
@@ -387,6 +392,17 @@ func (w *watcher) check() ([]byte, bool, error) {
 	if w.read && st == w.seen && !w.racy {
 		return nil, false, nil
 	}
+	last := st.change
+	if last.IsZero() {
+		last = st.mod
+	}
+	// A save still being written (an editor that truncates the file and
+	// writes it in place) reads as an empty or cut file: a change this
+	// fresh is left for the next check, which sees it whole, rather than
+	// built and reported as an error that the next check takes back.
+	if w.read && st != w.seen && start.Sub(last) < settleTime {
+		return nil, false, nil
+	}
 	code, err := os.ReadFile(w.path)
 	if err != nil {
 		return nil, false, err
@@ -399,10 +415,6 @@ func (w *watcher) check() ([]byte, bool, error) {
 	// sets both times to the kernel's clock, so the change time (which
 	// nothing else sets) tells whether one could still leave this stamp.
 	w.seen, w.sum, w.read = st, sum, true
-	last := st.change
-	if last.IsZero() {
-		last = st.mod
-	}
 	w.racy = start.Sub(last) < racyWindow
 	if !changed {
 		return nil, false, nil

@@ -131,6 +131,42 @@ func TestWatcherRacy(t *testing.T) {
 	expect(t, w, "")
 }
 
+// TestWatcherWaitsForASaveToSettle: a change younger than settleTime may
+// be a save still being written (truncated, then written in place); it
+// is read at a later check, whole, not built cut.
+func TestWatcherWaitsForASaveToSettle(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "fn.ts")
+	write(t, path, "version 1", time.Now().Add(-time.Minute))
+	var now time.Time
+	w := &watcher{path: path, now: func() time.Time { return now }}
+	now = time.Now().Add(time.Hour)
+	expect(t, w, "version 1")
+
+	// The editor has truncated the file and not yet written it.
+	if err := os.Truncate(path, 0); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now = stampOf(fi).change
+	expect(t, w, "")
+	now = now.Add(settleTime / 2)
+	expect(t, w, "")
+
+	// Written, and no write since for settleTime: the save is read whole.
+	if err := os.WriteFile(path, []byte("version 2"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err = os.Stat(path); err != nil {
+		t.Fatal(err)
+	}
+	now = stampOf(fi).change.Add(settleTime)
+	expect(t, w, "version 2")
+	expect(t, w, "")
+}
+
 // TestWatcherDirectory: a directory is refused, not read.
 func TestWatcherDirectory(t *testing.T) {
 	dir := t.TempDir()
