@@ -703,6 +703,13 @@ func (s *Store) retain() {
 	s.sinceRetention = 0
 	now := s.opts.Now()
 	for id, at := range s.gone {
+		// Append counts late lines of a deleted function too, under a new
+		// count (deleteFunction dropped the old one): unless it goes here,
+		// the store would keep one per function ever deleted. One still
+		// counting lines on their way goes at a later pass.
+		if n, ok := s.queued.Load(id); ok && n.(*atomic.Int32).Load() == 0 {
+			s.queued.CompareAndDelete(id, n)
+		}
 		if now.Sub(at) > goneFor {
 			delete(s.gone, id)
 		}

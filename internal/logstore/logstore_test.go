@@ -1356,3 +1356,69 @@ func TestWaterLevel(t *testing.T) {
 		}
 	}
 }
+
+// A deleted function's count of queued lines goes with it, even when its
+// requests still write after the delete, whether the writer drops those
+// lines or Append does (the queue being full): the store keeps nothing
+// per function ID of functions gone, however many are made and deleted.
+func TestDeleteFunctionForgetsCounts(t *testing.T) {
+	const buffer = 8
+	entered, release := make(chan struct{}), make(chan struct{})
+	var stalling sync.Mutex
+	stall := false
+	hook := func() {
+		stalling.Lock()
+		defer stalling.Unlock()
+		if stall {
+			stall = false
+			close(entered)
+			<-release
+		}
+	}
+	s, err := open(t.Context(), filepath.Join(t.TempDir(), "logs.db"),
+		Options{BufferSize: buffer, FlushInterval: time.Hour}, hook)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	counted := func(id string) bool {
+		_, ok := s.queued.Load(id)
+		return ok
+	}
+	appendLinesOf(s, "alice", "hello", "id-1", 2)
+	appendLinesOf(s, "alice", "kept", "id-2", 2)
+	flush(t, s)
+	if err := s.DeleteFunction(t.Context(), "alice", "hello", "id-1"); err != nil {
+		t.Fatal(err)
+	}
+	appendLinesOf(s, "alice", "hello", "id-1", 3) // late lines, that the writer drops
+	flush(t, s)
+	if counted("id-1") {
+		t.Errorf("the deleted function's count is kept after its late lines")
+	}
+	if !counted("id-2") {
+		t.Errorf("the live function's count is not kept")
+	}
+
+	// The writer stalls writing id-2's line, and late lines fill the queue.
+	stalling.Lock()
+	stall = true
+	stalling.Unlock()
+	appendLinesOf(s, "alice", "kept", "id-2", 1)
+	flushed := make(chan error, 1)
+	go func() { flushed <- s.Flush(t.Context()) }()
+	<-entered
+	before := s.Dropped()
+	appendLinesOf(s, "alice", "hello", "id-1", 2*buffer)
+	if s.Dropped() == before {
+		t.Fatal("no late line was dropped by Append")
+	}
+	close(release)
+	if err := <-flushed; err != nil {
+		t.Fatal(err)
+	}
+	flush(t, s)
+	if counted("id-1") {
+		t.Errorf("the deleted function's count is kept after Append dropped its late lines")
+	}
+}
