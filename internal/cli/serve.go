@@ -91,7 +91,7 @@ func newServeCmd(env Env) *cobra.Command {
 	f.StringVar(&cfg.DefaultNetwork, "network", "egress", "default network of functions: egress (public internet only) or none")
 	f.StringSliceVar(&egressAllow, "egress-allow", nil, "private CIDR ranges egress functions may reach anyway (e.g. 10.1.2.0/24)")
 	f.Int64Var(&cfg.MaxCodeBytes, "max-code-size", 5<<20, "largest function source accepted, in bytes")
-	f.Int64Var(&cfg.MaxLogBytes, "max-log-size", logstore.DefaultMaxBytes, "the function log database's bound, in bytes: past it the oldest lines of all go")
+	f.Int64Var(&cfg.MaxLogBytes, "max-log-size", logstore.DefaultMaxBytes, "the function log database's bound, in bytes: past it the users holding the most lose their oldest lines first")
 	f.Int64Var(&cfg.MaxBundleBytes, "max-bundle-size", 50<<20, "largest bundle a deploy may build (code and its dependencies), in bytes")
 	f.Int64Var(&cfg.MaxBodyBytes, "max-body-size", 100<<20, "largest request body a function may be sent, in bytes")
 	f.IntVar(&cfg.RouterLoops, "router-loops", max(1, runtime.NumCPU()/2), "event loops serving the router's fast path (0: none, every request takes the goroutine-per-connection path)")

@@ -10,6 +10,19 @@
 // Options.MaxEntriesPerFunction lines, none older than Options.MaxAge, and
 // no line longer than MaxLineBytes.
 //
+// The database as a whole stays within Options.MaxBytes of pages, fairly
+// between owners (users). The store keeps, in the database and in the
+// transaction of each change, an estimate of the bytes each owner's lines
+// hold. Past MaxBytes, lines go down to nine tenths of it from the owners
+// holding the most: each loses its oldest lines, of whichever function,
+// until it holds no more than a common level, the highest that frees
+// enough. Owners under the level lose nothing, and the level is never
+// below an equal share of what stays, so an owner holding less than that
+// keeps every line however much another one prints; two that both hold
+// more are cut to the same. A pass may delete somewhat more than the
+// excess: a page is freed only once mostly empty, and pages the deleted
+// lines shared with other owners' stay in use.
+//
 // Append is called on a function's output path and never blocks: lines go to
 // a bounded in-memory queue that a single writer goroutine drains, writing
 // one transaction per flush. When the queue is full, or past half full and

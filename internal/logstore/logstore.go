@@ -103,6 +103,43 @@ CREATE INDEX entries_by_time ON entries (time_us);
 	// made again under its name is another function, and must not see the
 	// lines of the one before. Entries from before have ''.
 	`ALTER TABLE entries ADD COLUMN function_id TEXT NOT NULL DEFAULT '';`,
+	// 3: what each owner's entries hold, for trimToSize to take from the
+	// owners holding the most. It changes in the transaction of each change
+	// of entries (only ever inserted and deleted), so it is right however
+	// the process ended: insert adds what it writes, one statement per
+	// owner, and a trigger takes off what any statement deletes. An entry's
+	// bytes are the estimate of its size that entryBytes makes.
+	`
+CREATE TABLE owners (
+	owner   TEXT PRIMARY KEY,
+	bytes   INTEGER NOT NULL,
+	entries INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+
+INSERT INTO owners (owner, bytes, entries)
+SELECT owner,
+	sum(octet_length(line) + octet_length(owner) + octet_length(name) + octet_length(function_id)
+		+ octet_length(instance) + octet_length(stream) + octet_length(request_id) + 64),
+	count(*)
+FROM entries GROUP BY owner;
+
+CREATE TRIGGER entries_delete AFTER DELETE ON entries BEGIN
+	UPDATE owners SET
+		bytes = bytes - (octet_length(OLD.line) + octet_length(OLD.owner) + octet_length(OLD.name) + octet_length(OLD.function_id)
+			+ octet_length(OLD.instance) + octet_length(OLD.stream) + octet_length(OLD.request_id) + 64),
+		entries = entries - 1
+	WHERE owner = OLD.owner;
+END;
+
+-- An owner whose last entry went (its functions or the user deleted) is
+-- not kept.
+CREATE TRIGGER owners_empty AFTER UPDATE OF entries ON owners WHEN NEW.entries <= 0 BEGIN
+	DELETE FROM owners WHERE owner = NEW.owner;
+END;
+
+-- Serves trimToSize: an owner's oldest entries, across its functions.
+CREATE INDEX entries_by_owner ON entries (owner, id);
+`,
 }
 
 // Entry is one log line.
@@ -123,7 +160,7 @@ type Entry struct {
 type Options struct {
 	MaxEntriesPerFunction int              // oldest entries beyond it are deleted; default 10000
 	MaxAge                time.Duration    // older entries are deleted; default 7 days
-	MaxBytes              int64            // past it, the oldest entries of all are deleted down to 90%; default 2 GiB
+	MaxBytes              int64            // past it, entries are deleted down to 90%, the oldest of the owners holding the most first; default 2 GiB
 	BufferSize            int              // entries Append can queue before it drops; default 8192
 	FlushInterval         time.Duration    // how often queued entries are written; default 200ms
 	FollowBuffer          int              // entries queued for each follower before it catches up from the database; default 1024
@@ -608,6 +645,23 @@ func (s *Store) insert(batch []pending) error {
 		return err
 	}
 	defer tx.Rollback()
+	// One statement per owner, where a trigger would cost one per entry.
+	usage := make(map[string]ownerUsage)
+	for i := range batch {
+		e := &batch[i].e
+		u := usage[e.Owner]
+		u.bytes += entryBytes(e)
+		u.entries++
+		usage[e.Owner] = u
+	}
+	for owner, u := range usage {
+		if _, err := tx.ExecContext(ctx,
+			`INSERT INTO owners (owner, bytes, entries) VALUES (?, ?, ?)
+			 ON CONFLICT (owner) DO UPDATE SET bytes = bytes + excluded.bytes, entries = entries + excluded.entries`,
+			owner, u.bytes, u.entries); err != nil {
+			return err
+		}
+	}
 	// Many rows per statement: one statement per row was most of the
 	// writer's cost at high invocation rates.
 	for len(batch) > 0 {
@@ -649,6 +703,13 @@ func (s *Store) retain() {
 	s.sinceRetention = 0
 	now := s.opts.Now()
 	for id, at := range s.gone {
+		// Append counts late lines of a deleted function too, under a new
+		// count (deleteFunction dropped the old one): unless it goes here,
+		// the store would keep one per function ever deleted. One still
+		// counting lines on their way goes at a later pass.
+		if n, ok := s.queued.Load(id); ok && n.(*atomic.Int32).Load() == 0 {
+			s.queued.CompareAndDelete(id, n)
+		}
 		if now.Sub(at) > goneFor {
 			delete(s.gone, id)
 		}
@@ -686,38 +747,138 @@ func (s *Store) retain() {
 	}
 }
 
-// trimToSize deletes the oldest entries, of every function, while the
-// database's pages in use hold more than MaxBytes, down to nine tenths of
-// it (so that the next pass is not at once). Freed pages are reused, so
-// the file stays about that size.
+// trimToSize keeps the database's pages in use within MaxBytes. Past it,
+// entries are deleted down to nine tenths of it (so that the next pass is
+// not at once), fairly between owners: the owners holding the most bytes
+// lose their oldest entries first, down to a common level (see
+// waterLevel), and an owner holding no more than the level loses none.
+// Freed pages are reused, so the file stays about that size.
 func (s *Store) trimToSize(ctx context.Context) error {
 	used, err := s.usedBytes(ctx)
 	if err != nil || used <= s.opts.MaxBytes {
 		return err
 	}
-	// Rows are deleted by the estimate of how many hold the excess (at
-	// most a batch a statement): no more than needed, in few statements.
-	var rows int64
-	if err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM entries`).Scan(&rows); err != nil || rows == 0 {
-		return err
-	}
-	perRow := max(used/rows, 1)
 	target := s.opts.MaxBytes / 10 * 9
 	for used > target {
-		n := min((used-target)/perRow+1, deleteBatch)
-		res, err := s.db.ExecContext(ctx,
-			`DELETE FROM entries WHERE id IN (SELECT id FROM entries ORDER BY id LIMIT ?)`, n)
+		owners, err := s.owners(ctx)
 		if err != nil {
 			return err
 		}
-		if n, err := res.RowsAffected(); err != nil || n == 0 {
-			return err
+		var total int64
+		for _, o := range owners {
+			total += o.bytes
+		}
+		if total <= 0 {
+			return nil
+		}
+		// The owners' bytes are an estimate and the excess is in pages:
+		// the excess's share of the pages is taken of the estimate. A page
+		// is freed only once mostly empty, so when the lines deleted shared
+		// pages with others' the next round goes on.
+		need := int64(float64(used-target)/float64(used)*float64(total)) + 1
+		level := waterLevel(owners, need)
+		var deleted int64
+		for _, o := range owners {
+			if o.bytes <= level {
+				break // sorted: the rest hold less
+			}
+			n, err := s.trimOwner(ctx, o, level)
+			deleted += n
+			if err != nil {
+				return err
+			}
+		}
+		if deleted == 0 {
+			return nil
 		}
 		if used, err = s.usedBytes(ctx); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// entryBytes is the estimate of e's size in the database: its text, and 64
+// for its numbers, record headers and index entries. Migration 3's trigger
+// takes off the same when e is deleted: they must agree.
+func entryBytes(e *Entry) int64 {
+	return int64(len(e.Line)+len(e.Owner)+len(e.Function)+len(e.FunctionID)+
+		len(e.Instance)+len(e.Stream)+len(e.RequestID)) + 64
+}
+
+// ownerUsage is what an owner's entries hold.
+type ownerUsage struct {
+	owner   string
+	bytes   int64 // the estimate of their size; see migration 3
+	entries int64
+}
+
+// owners returns what each owner's entries hold, most bytes first. The
+// table has a row per owner with entries, not per entry.
+func (s *Store) owners(ctx context.Context) ([]ownerUsage, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT owner, bytes, entries FROM owners ORDER BY bytes DESC, owner`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var owners []ownerUsage
+	for rows.Next() {
+		var o ownerUsage
+		if err := rows.Scan(&o.owner, &o.bytes, &o.entries); err != nil {
+			return nil, err
+		}
+		owners = append(owners, o)
+	}
+	return owners, rows.Err()
+}
+
+// waterLevel returns the level that owners (most bytes first) are cut down
+// to so that need bytes go: the owners above it lose what they hold over
+// it, the others nothing. The level is never below the fair share of what
+// stays, (total-need)/len(owners), so an owner holding no more than that
+// keeps all its entries however much another one writes.
+func waterLevel(owners []ownerUsage, need int64) int64 {
+	var sum int64
+	for k := 1; k <= len(owners); k++ {
+		sum += owners[k-1].bytes
+		// The top k owners cut to level free sum - k*level.
+		level := (sum - need) / int64(k)
+		if k == len(owners) || level >= owners[k].bytes {
+			return max(level, 0)
+		}
+	}
+	return 0
+}
+
+// trimOwner deletes o's oldest entries, of all its functions, until its
+// entries hold no more than level bytes, and returns how many it deleted.
+func (s *Store) trimOwner(ctx context.Context, o ownerUsage, level int64) (int64, error) {
+	var deleted int64
+	for o.bytes > level && o.entries > 0 {
+		// By the estimate of how many entries hold the excess, at most a
+		// batch a statement: no more than needed, in few statements.
+		perRow := max(o.bytes/o.entries, 1)
+		n := min((o.bytes-level)/perRow+1, deleteBatch)
+		res, err := s.db.ExecContext(ctx,
+			`DELETE FROM entries WHERE id IN (
+				SELECT id FROM entries WHERE owner = ? ORDER BY id LIMIT ?)`, o.owner, n)
+		if err != nil {
+			return deleted, err
+		}
+		n, err = res.RowsAffected()
+		if err != nil || n == 0 {
+			return deleted, err
+		}
+		deleted += n
+		err = s.db.QueryRowContext(ctx, `SELECT bytes, entries FROM owners WHERE owner = ?`, o.owner).Scan(&o.bytes, &o.entries)
+		if errors.Is(err, sql.ErrNoRows) {
+			return deleted, nil // its last entry went
+		}
+		if err != nil {
+			return deleted, err
+		}
+	}
+	return deleted, nil
 }
 
 // usedBytes is the size of the database's pages that are not free.

@@ -1053,8 +1053,8 @@ func TestFollowEndsWhileBehind(t *testing.T) {
 	}
 }
 
-// The database as a whole stays within MaxBytes: past it, the oldest
-// entries of all functions go first, down to nine tenths of it.
+// The database as a whole stays within MaxBytes: past it, entries go down
+// to nine tenths of it, the oldest of the owner holding the most first.
 func TestRetentionBySize(t *testing.T) {
 	s := openTemp(t, Options{MaxBytes: 1 << 20})
 	pad := strings.Repeat("x", 1000)
@@ -1086,5 +1086,339 @@ func TestRetentionBySize(t *testing.T) {
 		if want := fmt.Sprintf("%04d ", 2000-len(old)+i); !strings.HasPrefix(l, want) {
 			t.Fatalf("entry %d of those kept is %.5q, want %q", i, l, want)
 		}
+	}
+}
+
+// padLine is a line of about 1 KiB, numbered so that tests can tell which
+// of a function's lines were kept.
+func padLine(i int) string { return fmt.Sprintf("%05d %s", i, strings.Repeat("x", 1000)) }
+
+// appendPadded appends lines from to to-1 of owner/function, of about 1 KiB each.
+func appendPadded(s *Store, owner, function string, from, to int) {
+	for i := from; i < to; i++ {
+		s.Append(Entry{Owner: owner, Function: function, FunctionID: "id-" + owner + "-" + function, Line: padLine(i)})
+	}
+}
+
+// checkNewest fails unless got is the newest of lines 0 to n-1 of padLine,
+// in order and without a gap, and not none of them.
+func checkNewest(t *testing.T, what string, got []Entry, n int) {
+	t.Helper()
+	if len(got) == 0 || len(got) > n {
+		t.Fatalf("%s keeps %d of its %d lines", what, len(got), n)
+	}
+	for i, e := range got {
+		if want := padLine(n - len(got) + i); e.Line != want {
+			t.Fatalf("%s: line %d of those kept is %.6q, want %.6q", what, i, e.Line, want)
+		}
+	}
+}
+
+// checkWithinBound fails if the database's pages in use pass max.
+func checkWithinBound(t *testing.T, s *Store, max int64) {
+	t.Helper()
+	used, err := s.usedBytes(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if used > max {
+		t.Errorf("the database holds %d bytes of pages, over the %d bound", used, max)
+	}
+}
+
+// checkUsage fails unless what the store holds per owner is what its
+// entries hold, counted afresh, and returns it.
+func checkUsage(t *testing.T, s *Store) map[string]ownerUsage {
+	t.Helper()
+	owners, err := s.owners(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(map[string]ownerUsage)
+	for _, o := range owners {
+		got[o.owner] = o
+	}
+	rows, err := s.db.QueryContext(t.Context(), `SELECT `+entryColumns+` FROM entries`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	want := make(map[string]ownerUsage)
+	for rows.Next() {
+		var e Entry
+		var us int64
+		if err := rows.Scan(&e.ID, &us, &e.Owner, &e.Function, &e.FunctionID, &e.Version,
+			&e.Instance, &e.Stream, &e.RequestID, &e.Line); err != nil {
+			t.Fatal(err)
+		}
+		u := want[e.Owner]
+		u.owner = e.Owner
+		u.bytes += entryBytes(&e)
+		u.entries++
+		want[e.Owner] = u
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("the store holds %+v per owner, its entries %+v", got, want)
+	}
+	return got
+}
+
+// Past MaxBytes, lines go from the users holding the most first: a user
+// under a fair share keeps every line while another floods, whether its
+// lines are older than the flood or written in between.
+func TestRetentionBySizeIsFair(t *testing.T) {
+	const bound = 1 << 20
+	for _, tc := range []struct {
+		name string
+		// chunk is called for each of 10 chunks of a flood of about 3 MiB,
+		// each flushed; it appends the quiet users' lines.
+		chunk func(s *Store, i int)
+		quiet map[string]int // owner → lines of its function "quiet", to be all kept
+	}{
+		{"quiet before the flood", func(s *Store, i int) {
+			if i == 0 {
+				appendPadded(s, "bob", "quiet", 0, 150)
+			}
+		}, map[string]int{"bob": 150}},
+		{"quiet during the flood", func(s *Store, i int) {
+			appendPadded(s, "bob", "quiet", i*15, (i+1)*15)
+		}, map[string]int{"bob": 150}},
+		{"two quiet users", func(s *Store, i int) {
+			if i == 0 {
+				appendPadded(s, "bob", "quiet", 0, 200)
+			}
+			appendPadded(s, "carol", "quiet", i*10, (i+1)*10)
+		}, map[string]int{"bob": 200, "carol": 100}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := openTemp(t, Options{MaxBytes: bound})
+			const perChunk = 300
+			for i := range 10 {
+				tc.chunk(s, i)
+				// The flood is of two functions: the user's oldest lines
+				// go first, whichever function they are of.
+				appendPadded(s, "alice", "loud", i*perChunk/2, (i+1)*perChunk/2)
+				appendPadded(s, "alice", "louder", i*perChunk/2, (i+1)*perChunk/2)
+				flush(t, s)
+				checkWithinBound(t, s, bound)
+			}
+			for owner, n := range tc.quiet {
+				if got := all(t, s, owner, "quiet"); len(got) != n {
+					t.Errorf("%s keeps %d of its %d lines", owner, len(got), n)
+				}
+			}
+			loud, louder := all(t, s, "alice", "loud"), all(t, s, "alice", "louder")
+			checkNewest(t, "alice/loud", loud, 10*perChunk/2)
+			checkNewest(t, "alice/louder", louder, 10*perChunk/2)
+			// Each chunk of loud is older than the same chunk of louder.
+			if d := len(louder) - len(loud); d < 0 || d > perChunk/2 {
+				t.Errorf("alice keeps %d lines of loud and %d of louder, not her newest", len(loud), len(louder))
+			}
+			checkUsage(t, s)
+		})
+	}
+}
+
+// flood appends n lines of owner/function from line from on, flushing
+// every 300, and checks the bound after each.
+func flood(t *testing.T, s *Store, owner, function string, from, n int, bound int64) {
+	t.Helper()
+	for i := from; i < from+n; i += 300 {
+		appendPadded(s, owner, function, i, min(i+300, from+n))
+		flush(t, s)
+		checkWithinBound(t, s, bound)
+	}
+}
+
+// What each user holds is kept across a restart, and in a database from
+// before it was kept: a flood after either takes no lines of a quiet user.
+func TestRetentionBySizeAfterReopen(t *testing.T) {
+	const bound = 1 << 20
+	for _, tc := range []struct {
+		name string
+		fill func(t *testing.T, path string) // writes bob's 150 lines and alice's first 300
+	}{
+		{"reopened", func(t *testing.T, path string) {
+			s := openAt(t, path, Options{MaxBytes: bound})
+			appendPadded(s, "bob", "quiet", 0, 150)
+			appendPadded(s, "alice", "loud", 0, 300)
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"schema version 2", func(t *testing.T, path string) {
+			db, err := sqlitedb.Open(t.Context(), path, nil, migrations[:2])
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			for _, f := range []struct {
+				owner, name string
+				n           int
+			}{{"bob", "quiet", 150}, {"alice", "loud", 300}} {
+				for i := range f.n {
+					if _, err := db.Exec(`INSERT INTO entries (time_us, owner, name, function_id, version, instance, stream, request_id, line)
+						VALUES (?, ?, ?, ?, 1, 'i', 'stdout', '', ?)`,
+						time.Now().UnixMicro(), f.owner, f.name, "id-"+f.owner+"-"+f.name, padLine(i)); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "logs.db")
+			tc.fill(t, path)
+			s := openAt(t, path, Options{MaxBytes: bound})
+			defer s.Close()
+			flush(t, s)
+			if u := checkUsage(t, s); u["bob"].entries != 150 || u["alice"].entries != 300 {
+				t.Errorf("after opening, the store holds %+v per owner", u)
+			}
+			flood(t, s, "alice", "loud", 300, 2700, bound)
+			if got := all(t, s, "bob", "quiet"); len(got) != 150 {
+				t.Errorf("bob keeps %d of his 150 lines", len(got))
+			}
+			checkNewest(t, "alice/loud", all(t, s, "alice", "loud"), 3000)
+			checkUsage(t, s)
+		})
+	}
+}
+
+// A deleted function's lines no longer count against its owner: a user who
+// deleted a large function is under a fair share again, and keeps the
+// lines of the others while another user floods. A user deleted (each of
+// its functions) is not counted at all.
+func TestRetentionBySizeAfterDelete(t *testing.T) {
+	const bound = 1 << 20
+	s := openTemp(t, Options{MaxBytes: bound})
+	appendPadded(s, "alice", "big", 0, 700)
+	appendPadded(s, "alice", "small", 0, 50)
+	// Text of every kind counts: many-byte characters, a line cut short.
+	for _, e := range []Entry{
+		{Owner: "carol", Function: "one", FunctionID: "id-1", Instance: "inst-1", Stream: StreamStderr, RequestID: "req-1", Line: "héllo ✓ \xff"},
+		{Owner: "carol", Function: "two", FunctionID: "id-2", Stream: StreamAccess, Line: strings.Repeat("é", MaxLineBytes)},
+	} {
+		s.Append(e)
+	}
+	flush(t, s)
+	if u := checkUsage(t, s); len(u) != 2 {
+		t.Fatalf("the store holds %+v per owner", u)
+	}
+	if err := s.DeleteFunction(t.Context(), "alice", "big", "id-alice-big"); err != nil {
+		t.Fatal(err)
+	}
+	if u := checkUsage(t, s); u["alice"].entries != 50 {
+		t.Errorf("after deleting alice/big, alice holds %+v", u["alice"])
+	}
+	for _, fn := range []string{"one", "two"} {
+		if err := s.DeleteFunction(t.Context(), "carol", fn, "id-"+fn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if u := checkUsage(t, s); len(u) != 1 {
+		t.Errorf("after deleting carol's functions, the store holds %+v per owner", u)
+	}
+	flood(t, s, "bob", "loud", 0, 2000, bound)
+	if got := all(t, s, "alice", "small"); len(got) != 50 {
+		t.Errorf("alice keeps %d of the 50 lines of the function she kept", len(got))
+	}
+	checkNewest(t, "bob/loud", all(t, s, "bob", "loud"), 2000)
+	checkUsage(t, s)
+}
+
+func TestWaterLevel(t *testing.T) {
+	for _, tc := range []struct {
+		bytes []int64 // most first
+		need  int64
+		want  int64
+	}{
+		{[]int64{100}, 30, 70},
+		{[]int64{100, 10}, 30, 70},      // the largest alone
+		{[]int64{100, 80, 10}, 30, 75},  // the largest down to below the next: both
+		{[]int64{100, 80, 10}, 20, 80},  // the largest down to the next
+		{[]int64{50, 50, 50}, 30, 40},   // alike: alike
+		{[]int64{100, 80, 10}, 190, 0},  // all
+		{[]int64{100, 80, 10}, 500, 0},  // more than all
+		{[]int64{100, 80, 10}, 160, 10}, // down to the smallest
+		{[]int64{100, 80, 10}, 166, 8},  // below it: all three
+		{nil, 10, 0},
+	} {
+		owners := make([]ownerUsage, len(tc.bytes))
+		for i, b := range tc.bytes {
+			owners[i] = ownerUsage{owner: fmt.Sprint(i), bytes: b, entries: 1}
+		}
+		if got := waterLevel(owners, tc.need); got != tc.want {
+			t.Errorf("waterLevel(%v, %d) = %d, want %d", tc.bytes, tc.need, got, tc.want)
+		}
+	}
+}
+
+// A deleted function's count of queued lines goes with it, even when its
+// requests still write after the delete, whether the writer drops those
+// lines or Append does (the queue being full): the store keeps nothing
+// per function ID of functions gone, however many are made and deleted.
+func TestDeleteFunctionForgetsCounts(t *testing.T) {
+	const buffer = 8
+	entered, release := make(chan struct{}), make(chan struct{})
+	var stalling sync.Mutex
+	stall := false
+	hook := func() {
+		stalling.Lock()
+		defer stalling.Unlock()
+		if stall {
+			stall = false
+			close(entered)
+			<-release
+		}
+	}
+	s, err := open(t.Context(), filepath.Join(t.TempDir(), "logs.db"),
+		Options{BufferSize: buffer, FlushInterval: time.Hour}, hook)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	counted := func(id string) bool {
+		_, ok := s.queued.Load(id)
+		return ok
+	}
+	appendLinesOf(s, "alice", "hello", "id-1", 2)
+	appendLinesOf(s, "alice", "kept", "id-2", 2)
+	flush(t, s)
+	if err := s.DeleteFunction(t.Context(), "alice", "hello", "id-1"); err != nil {
+		t.Fatal(err)
+	}
+	appendLinesOf(s, "alice", "hello", "id-1", 3) // late lines, that the writer drops
+	flush(t, s)
+	if counted("id-1") {
+		t.Errorf("the deleted function's count is kept after its late lines")
+	}
+	if !counted("id-2") {
+		t.Errorf("the live function's count is not kept")
+	}
+
+	// The writer stalls writing id-2's line, and late lines fill the queue.
+	stalling.Lock()
+	stall = true
+	stalling.Unlock()
+	appendLinesOf(s, "alice", "kept", "id-2", 1)
+	flushed := make(chan error, 1)
+	go func() { flushed <- s.Flush(t.Context()) }()
+	<-entered
+	before := s.Dropped()
+	appendLinesOf(s, "alice", "hello", "id-1", 2*buffer)
+	if s.Dropped() == before {
+		t.Fatal("no late line was dropped by Append")
+	}
+	close(release)
+	if err := <-flushed; err != nil {
+		t.Fatal(err)
+	}
+	flush(t, s)
+	if counted("id-1") {
+		t.Errorf("the deleted function's count is kept after Append dropped its late lines")
 	}
 }
