@@ -798,7 +798,9 @@ func (b *dirBuild) npm() (*npmRunner, error) {
 		own:      b.own,
 	}
 	if uid := b.opts.NPMUID; uid != 0 {
-		r.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid), NoSetGroups: true}
+		// No supplementary groups: not the server's (root's, say), whose
+		// files npm could otherwise read.
+		r.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid), Groups: []uint32{}}
 	}
 	if err := r.checkLocks(); err != nil {
 		return nil, err
