@@ -22,6 +22,7 @@ import (
 	"github.com/evanw/esbuild/pkg/api"
 
 	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/sandbox"
 )
 
 // DirOptions tune BundleDir.
@@ -57,6 +58,13 @@ type DirOptions struct {
 	// must be able to reach them: the project directory's parents must
 	// be searchable by others, as BundleFile's own is.
 	NPMUID int
+	// Cgroups, if set, runs each npm in a cgroup of its own, bounded by
+	// NPMLimits, so that one deploy's install cannot take the host's
+	// memory, CPU or processes from every other tenant.
+	Cgroups *sandbox.Builds
+	// NPMLimits bound each npm run under Cgroups; a zero field takes
+	// DefaultNPMLimits'.
+	NPMLimits sandbox.Resources
 
 	// HTTPClient fetches remote (http: and https:) imports. nil means a
 	// client that only connects to public addresses.
@@ -796,6 +804,8 @@ func (b *dirBuild) npm() (*npmRunner, error) {
 		extraEnv: extra,
 		scrub:    b.scrub,
 		own:      b.own,
+		cgroups:  b.opts.Cgroups,
+		limits:   npmLimits(b.opts.NPMLimits),
 	}
 	if uid := b.opts.NPMUID; uid != 0 {
 		// No supplementary groups: not the server's (root's, say), whose

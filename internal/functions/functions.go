@@ -28,6 +28,7 @@ import (
 	"github.com/spry-run/spry/internal/build"
 	"github.com/spry-run/spry/internal/errdefs"
 	"github.com/spry-run/spry/internal/names"
+	"github.com/spry-run/spry/internal/sandbox"
 	"github.com/spry-run/spry/internal/store"
 )
 
@@ -81,8 +82,11 @@ type Config struct {
 	NPMCache    string
 	NPMRegistry string
 	JSRRegistry string
-	// NPMUID, if not 0, is the host uid npm runs as (build.DirOptions).
-	NPMUID int
+	// NPMUID, if not 0, is the host uid npm runs as; NPMCgroups, if set,
+	// bounds each npm run by NPMLimits (build.DirOptions).
+	NPMUID     int
+	NPMCgroups *sandbox.Builds
+	NPMLimits  sandbox.Resources
 	// MaxBundleBytes bounds a built bundle (0: DefaultMaxBundleBytes);
 	// Builds bounds how many deploys build at once (0: the CPUs).
 	MaxBundleBytes int64
@@ -333,6 +337,8 @@ func (s *Service) dirOptions(req DeployRequest) build.DirOptions {
 		Registry:    s.cfg.NPMRegistry,
 		JSRRegistry: s.cfg.JSRRegistry,
 		NPMUID:      s.cfg.NPMUID,
+		Cgroups:     s.cfg.NPMCgroups,
+		NPMLimits:   s.cfg.NPMLimits,
 	}
 }
 
