@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
@@ -44,6 +45,12 @@ type DirOptions struct {
 	// NPMCache is npm's cache directory, created if missing; empty means a
 	// temporary one for this build.
 	NPMCache string
+	// NPMCacheMaxBytes bounds NPMCache, which builds share: past it, after
+	// an install, the least recently written entries go until it is down
+	// to 3/4 of it. 0 means DefaultNPMCacheMaxBytes.
+	NPMCacheMaxBytes int64
+	// Logger hears of the npm cache's pruning; nil means slog.Default().
+	Logger *slog.Logger
 	// Registry is the npm registry; empty means DefaultRegistry.
 	Registry string
 	// JSRRegistry is the registry of the @jsr scope, where jsr: imports
@@ -793,6 +800,18 @@ func (b *dirBuild) npm() (*npmRunner, error) {
 	if timeout <= 0 {
 		timeout = DefaultInstallTimeout
 	}
+	var shared *npmCache
+	if b.opts.NPMCache != "" {
+		shared = sharedNPMCache(cache)
+	}
+	cacheMax := b.opts.NPMCacheMaxBytes
+	if cacheMax <= 0 {
+		cacheMax = DefaultNPMCacheMaxBytes
+	}
+	log := b.opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
 	r := &npmRunner{
 		bin:      bin,
 		registry: registry,
@@ -806,6 +825,9 @@ func (b *dirBuild) npm() (*npmRunner, error) {
 		own:      b.own,
 		cgroups:  b.opts.Cgroups,
 		limits:   npmLimits(b.opts.NPMLimits),
+		shared:   shared,
+		cacheMax: cacheMax,
+		log:      log,
 	}
 	if uid := b.opts.NPMUID; uid != 0 {
 		// No supplementary groups: not the server's (root's, say), whose

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net/url"
 	"os"
 	"os/exec"
@@ -109,6 +110,9 @@ type npmRunner struct {
 	own      func(dir string) error // gives a directory npm works in to cred's uid
 	cgroups  *sandbox.Builds        // nil: npm runs unbounded (a local build)
 	limits   sandbox.Resources      // under cgroups
+	shared   *npmCache              // the cache, if builds share it
+	cacheMax int64                  // its bound
+	log      *slog.Logger
 }
 
 // env is npm's whole environment: PATH (npm needs node), proxies, and
@@ -129,6 +133,8 @@ func (n *npmRunner) env() []string {
 		"npm_config_update_notifier=false",
 		"npm_config_progress=false",
 		"npm_config_color=false",
+		// No debug log in the (shared) cache: stderr is all a build shows.
+		"npm_config_logs_max=0",
 	}
 	for _, k := range []string{"HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "no_proxy"} {
 		if v, ok := os.LookupEnv(k); ok {
@@ -193,12 +199,28 @@ func (n *npmRunner) install(ctx context.Context, dir string, ci bool) error {
 	if ci {
 		cmd = "ci"
 	}
-	return n.run(ctx, dir, cmd, "--omit=dev", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error")
+	err := n.run(ctx, dir, cmd, "--omit=dev", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error")
+	if n.shared != nil {
+		// Failed installs fill the cache too.
+		removed, perr := n.shared.trim(n.cacheMax)
+		if perr != nil {
+			n.log.Warn("prune the npm cache", "err", perr)
+		} else if removed > 0 {
+			n.log.Info("pruned the npm cache", "bytes", removed, "max", n.cacheMax)
+		}
+	}
+	return err
 }
 
 func (n *npmRunner) run(ctx context.Context, dir string, args ...string) error {
 	if err := n.own(dir); err != nil {
 		return err
+	}
+	if n.shared != nil {
+		// Until the last of npm's processes is gone (the cgroup's
+		// cleanup, deferred after this).
+		n.shared.mu.RLock()
+		defer n.shared.mu.RUnlock()
 	}
 	runCtx, cancel := context.WithTimeout(ctx, n.timeout)
 	defer cancel()

@@ -81,7 +81,9 @@ type Config struct {
 	// deploy time.
 	NPMCache    string
 	NPMRegistry string
-	JSRRegistry string
+	// NPMCacheMaxBytes bounds NPMCache (build.DirOptions).
+	NPMCacheMaxBytes int64
+	JSRRegistry      string
 	// NPMUID, if not 0, is the host uid npm runs as; NPMCgroups, if set,
 	// bounds each npm run by NPMLimits (build.DirOptions).
 	NPMUID     int
@@ -330,15 +332,17 @@ func (s *Service) dirOptions(req DeployRequest) build.DirOptions {
 		runtime = s.cfg.DefaultRuntime
 	}
 	return build.DirOptions{
-		Entry:       req.Entry,
-		Runtime:     runtime,
-		MaxSize:     s.cfg.MaxCodeBytes,
-		NPMCache:    s.cfg.NPMCache,
-		Registry:    s.cfg.NPMRegistry,
-		JSRRegistry: s.cfg.JSRRegistry,
-		NPMUID:      s.cfg.NPMUID,
-		Cgroups:     s.cfg.NPMCgroups,
-		NPMLimits:   s.cfg.NPMLimits,
+		Entry:            req.Entry,
+		Runtime:          runtime,
+		MaxSize:          s.cfg.MaxCodeBytes,
+		NPMCache:         s.cfg.NPMCache,
+		Registry:         s.cfg.NPMRegistry,
+		JSRRegistry:      s.cfg.JSRRegistry,
+		NPMUID:           s.cfg.NPMUID,
+		Cgroups:          s.cfg.NPMCgroups,
+		NPMLimits:        s.cfg.NPMLimits,
+		NPMCacheMaxBytes: s.cfg.NPMCacheMaxBytes,
+		Logger:           s.log,
 	}
 }
 
