@@ -52,34 +52,45 @@ func testBuilds(t *testing.T) *sandbox.Builds {
 	if err != nil {
 		t.Skip(err)
 	}
-	dir := memoryCgroup(t, parent)
+	dirs := cgroupDirs(t, parent)
 	t.Cleanup(func() {
-		if left, _ := filepath.Glob(filepath.Join(dir, "build-*")); len(left) > 0 {
-			t.Errorf("cgroups left behind: %v", left)
+		for _, dir := range dirs {
+			if left, _ := filepath.Glob(filepath.Join(dir, "build-*")); len(left) > 0 {
+				t.Errorf("cgroups left behind: %v", left)
+			}
+			os.Remove(dir)
+			os.Remove(filepath.Dir(dir)) // unless another test's is still there
 		}
-		os.Remove(dir)
 	})
 	return b
 }
 
-// memoryCgroup is the directory of the cgroup parent (nested in this
-// process's own, as the sandbox nests it on v1) in the memory hierarchy.
-func memoryCgroup(t *testing.T, parent string) string {
+// cgroupDirs are the directories of the cgroup parent (nested in this
+// process's own on v1, as the sandbox nests it) in each hierarchy the
+// sandbox uses.
+func cgroupDirs(t *testing.T, parent string) []string {
 	t.Helper()
 	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
-		return filepath.Join("/sys/fs/cgroup", parent)
+		return []string{filepath.Join("/sys/fs/cgroup", parent)}
 	}
 	b, err := os.ReadFile("/proc/self/cgroup")
 	if err != nil {
 		t.Fatal(err)
 	}
+	var dirs []string
 	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.SplitN(line, ":", 3); len(f) == 3 && f[1] == "memory" {
-			return filepath.Join("/sys/fs/cgroup/memory", f[2], parent)
+		f := strings.SplitN(line, ":", 3)
+		if len(f) != 3 {
+			continue
+		}
+		for _, c := range strings.Split(f[1], ",") {
+			switch c {
+			case "memory", "pids", "cpu", "freezer":
+				dirs = append(dirs, filepath.Join("/sys/fs/cgroup", f[1], f[2], parent))
+			}
 		}
 	}
-	t.Fatal("no memory cgroup")
-	return ""
+	return dirs
 }
 
 // limitsScript is an npm that writes its uid, groups and the limits of
