@@ -132,3 +132,39 @@ func tarWithEntry(t *testing.T, name, content string) []byte {
 	tw.Close()
 	return buf.Bytes()
 }
+
+// TestDeployNPMOutOfMemory: a deploy whose npm install needs more memory
+// than --npm-memory (its dependency's registry document alone is larger)
+// fails with 413 naming the limit, and the server is fine: the previous
+// version serves and the next deploy, within the limit, installs.
+func TestDeployNPMOutOfMemory(t *testing.T) {
+	big := npmtest.Package{Name: "big-meta", Version: "1.0.0", Main: "index.js",
+		Files: map[string]string{"index.js": "module.exports = 42;\n"}, Description: strings.Repeat("x", 80<<20)}
+	reg := npmtest.Start(t, npmtest.IsNumber, big)
+	s := startServer(t, "--npm-registry", reg.URL, "--npm-memory", "64")
+	deploy := func(dep string) response {
+		t.Helper()
+		dir := writeTree(t, map[string]string{
+			"index.ts":     `import x from "` + dep + `"; export default () => new Response(String(x(1) ?? x));`,
+			"package.json": `{"dependencies": {"` + dep + `": "*"}}`,
+		})
+		var buf bytes.Buffer
+		if err := archive.Pack(dir, &buf, nil); err != nil {
+			t.Fatal(err)
+		}
+		return s.do("PUT", "/api/v1/functions/mem", s.token, &buf, map[string]string{"Content-Type": "application/gzip"})
+	}
+	if r := deploy("is-number"); r.status != 201 {
+		t.Fatalf("deploy within the limit: %d %s", r.status, r.body)
+	}
+	r := deploy("big-meta")
+	if r.status != 413 || !strings.Contains(string(r.body), `"code":"too_large"`) || !strings.Contains(string(r.body), "npm may use at most 64 MiB") {
+		t.Fatalf("deploy past the limit: %d %s", r.status, r.body)
+	}
+	if r := s.get("/fn/admin/mem/"); r.status != 200 || string(r.body) != "true" {
+		t.Fatalf("after the failed deploy: %d %q", r.status, r.body)
+	}
+	if r := deploy("is-number"); r.status != 200 {
+		t.Fatalf("the next deploy: %d %s", r.status, r.body)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -1147,6 +1148,7 @@ func TestBundleDirRefusesAnNPMWithoutLocks(t *testing.T) {
 
 // With NPMUID, npm runs as that uid, never as root: it owns the project
 // and its temporary and cache directories, and reads nothing of root's.
+// It has no group of root's either.
 func TestBundleDirNPMRunsUnprivileged(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to switch uids")
@@ -1171,6 +1173,28 @@ func TestBundleDirNPMRunsUnprivileged(t *testing.T) {
 	if err := os.WriteFile(secret, []byte("root only"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// The server may have supplementary groups (root's own, under sudo):
+	// npm must have none of them, nor read a file one of them may.
+	const group = 2999998
+	groups, err := syscall.Getgroups()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Setgroups([]int{group}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := syscall.Setgroups(groups); err != nil {
+			t.Error(err)
+		}
+	})
+	groupSecret := filepath.Join(top, "group-secret")
+	if err := os.WriteFile(groupSecret, []byte("group only"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(groupSecret, 0, group); err != nil {
+		t.Fatal(err)
+	}
 	bin := filepath.Join(top, "bin")
 	if err := os.Mkdir(bin, 0o755); err != nil {
 		t.Fatal(err)
@@ -1178,7 +1202,7 @@ func TestBundleDirNPMRunsUnprivileged(t *testing.T) {
 	npm := filepath.Join(bin, "npm")
 	script := `#!/bin/sh
 if [ "$1 $2 $3" = "config get allow-git" ]; then echo "$npm_config_allow_git"; exit 0; fi
-{ id -u; cat ` + secret + ` 2>/dev/null || echo denied; touch "$npm_config_cache/x" && echo cache-ok; } > out
+{ id -u; id -G; cat ` + secret + ` 2>/dev/null || echo denied; cat ` + groupSecret + ` 2>/dev/null || echo denied; touch "$npm_config_cache/x" && echo cache-ok; } > out
 `
 	if err := os.WriteFile(npm, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
@@ -1191,7 +1215,9 @@ if [ "$1 $2 $3" = "config get allow-git" ]; then echo "$npm_config_allow_git"; e
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := string(b), fmt.Sprintf("%d\ndenied\ncache-ok\n", uid); got != want {
+	// Only its own group: none of root's supplementary groups, whose
+	// files (0640 root:root, say) it could read.
+	if got, want := string(b), fmt.Sprintf("%d\n%d\ndenied\ndenied\ncache-ok\n", uid, uid); got != want {
 		t.Errorf("npm saw %q, want %q", got, want)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
@@ -22,6 +23,7 @@ import (
 	"github.com/evanw/esbuild/pkg/api"
 
 	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/sandbox"
 )
 
 // DirOptions tune BundleDir.
@@ -43,6 +45,12 @@ type DirOptions struct {
 	// NPMCache is npm's cache directory, created if missing; empty means a
 	// temporary one for this build.
 	NPMCache string
+	// NPMCacheMaxBytes bounds NPMCache, which builds share: past it, after
+	// an install, the least recently written entries go until it is down
+	// to 3/4 of it. 0 means DefaultNPMCacheMaxBytes.
+	NPMCacheMaxBytes int64
+	// Logger hears of the npm cache's pruning; nil means slog.Default().
+	Logger *slog.Logger
 	// Registry is the npm registry; empty means DefaultRegistry.
 	Registry string
 	// JSRRegistry is the registry of the @jsr scope, where jsr: imports
@@ -57,6 +65,13 @@ type DirOptions struct {
 	// must be able to reach them: the project directory's parents must
 	// be searchable by others, as BundleFile's own is.
 	NPMUID int
+	// Cgroups, if set, runs each npm in a cgroup of its own, bounded by
+	// NPMLimits, so that one deploy's install cannot take the host's
+	// memory, CPU or processes from every other tenant.
+	Cgroups *sandbox.Builds
+	// NPMLimits bound each npm run under Cgroups; a zero field takes
+	// DefaultNPMLimits'.
+	NPMLimits sandbox.Resources
 
 	// HTTPClient fetches remote (http: and https:) imports. nil means a
 	// client that only connects to public addresses.
@@ -785,6 +800,18 @@ func (b *dirBuild) npm() (*npmRunner, error) {
 	if timeout <= 0 {
 		timeout = DefaultInstallTimeout
 	}
+	var shared *npmCache
+	if b.opts.NPMCache != "" {
+		shared = sharedNPMCache(cache)
+	}
+	cacheMax := b.opts.NPMCacheMaxBytes
+	if cacheMax <= 0 {
+		cacheMax = DefaultNPMCacheMaxBytes
+	}
+	log := b.opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
 	r := &npmRunner{
 		bin:      bin,
 		registry: registry,
@@ -796,9 +823,16 @@ func (b *dirBuild) npm() (*npmRunner, error) {
 		extraEnv: extra,
 		scrub:    b.scrub,
 		own:      b.own,
+		cgroups:  b.opts.Cgroups,
+		limits:   npmLimits(b.opts.NPMLimits),
+		shared:   shared,
+		cacheMax: cacheMax,
+		log:      log,
 	}
 	if uid := b.opts.NPMUID; uid != 0 {
-		r.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid), NoSetGroups: true}
+		// No supplementary groups: not the server's (root's, say), whose
+		// files npm could otherwise read.
+		r.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid), Groups: []uint32{}}
 	}
 	if err := r.checkLocks(); err != nil {
 		return nil, err

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net/url"
 	"os"
 	"os/exec"
@@ -20,6 +21,7 @@ import (
 	"time"
 
 	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/sandbox"
 )
 
 // DefaultRegistry is the npm registry used when DirOptions.Registry is
@@ -34,6 +36,33 @@ const DefaultJSRRegistry = "https://npm.jsr.io/"
 // DefaultInstallTimeout bounds one npm run when DirOptions.InstallTimeout
 // is 0.
 const DefaultInstallTimeout = 2 * time.Minute
+
+// DefaultNPMLimits bound one npm run in its cgroup (DirOptions.Cgroups)
+// where DirOptions.NPMLimits leaves a field 0. 1 GiB (swap included: none
+// beyond it) installs large trees (npm itself takes ~100 MiB; a few
+// hundred packages, several hundred); 256 processes and threads are
+// npm's dozen or two many times over; one CPU at most, and the weight of
+// a pooled instance, 1/16 of a serving one's, so that deploys yield to
+// requests.
+var DefaultNPMLimits = sandbox.Resources{MemoryBytes: 1 << 30, Pids: 256, CPUShares: 1024, CPUQuotaUs: 100000}
+
+// npmLimits fills r's zero fields from DefaultNPMLimits.
+func npmLimits(r sandbox.Resources) sandbox.Resources {
+	d := DefaultNPMLimits
+	if r.MemoryBytes > 0 {
+		d.MemoryBytes = r.MemoryBytes
+	}
+	if r.Pids > 0 {
+		d.Pids = r.Pids
+	}
+	if r.CPUShares > 0 {
+		d.CPUShares = r.CPUShares
+	}
+	if r.CPUQuotaUs > 0 {
+		d.CPUQuotaUs = r.CPUQuotaUs
+	}
+	return d
+}
 
 // npmImportsDir is where the packages named by npm: specifiers are
 // installed, relative to the project. It lies inside node_modules, which
@@ -79,6 +108,11 @@ type npmRunner struct {
 	scrub    func(string) string
 	cred     *syscall.Credential    // who npm runs as; nil: the caller
 	own      func(dir string) error // gives a directory npm works in to cred's uid
+	cgroups  *sandbox.Builds        // nil: npm runs unbounded (a local build)
+	limits   sandbox.Resources      // under cgroups
+	shared   *npmCache              // the cache, if builds share it
+	cacheMax int64                  // its bound
+	log      *slog.Logger
 }
 
 // env is npm's whole environment: PATH (npm needs node), proxies, and
@@ -99,6 +133,8 @@ func (n *npmRunner) env() []string {
 		"npm_config_update_notifier=false",
 		"npm_config_progress=false",
 		"npm_config_color=false",
+		// No debug log in the (shared) cache: stderr is all a build shows.
+		"npm_config_logs_max=0",
 	}
 	for _, k := range []string{"HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "no_proxy"} {
 		if v, ok := os.LookupEnv(k); ok {
@@ -163,24 +199,55 @@ func (n *npmRunner) install(ctx context.Context, dir string, ci bool) error {
 	if ci {
 		cmd = "ci"
 	}
-	return n.run(ctx, dir, cmd, "--omit=dev", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error")
+	err := n.run(ctx, dir, cmd, "--omit=dev", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error")
+	if n.shared != nil {
+		// Failed installs fill the cache too.
+		removed, perr := n.shared.trim(n.cacheMax)
+		if perr != nil {
+			n.log.Warn("prune the npm cache", "err", perr)
+		} else if removed > 0 {
+			n.log.Info("pruned the npm cache", "bytes", removed, "max", n.cacheMax)
+		}
+	}
+	return err
 }
 
 func (n *npmRunner) run(ctx context.Context, dir string, args ...string) error {
 	if err := n.own(dir); err != nil {
 		return err
 	}
+	if n.shared != nil {
+		// Until the last of npm's processes is gone (the cgroup's
+		// cleanup, deferred after this).
+		n.shared.mu.RLock()
+		defer n.shared.mu.RUnlock()
+	}
 	runCtx, cancel := context.WithTimeout(ctx, n.timeout)
 	defer cancel()
-	cmd := exec.CommandContext(runCtx, n.bin, args...)
+	var cmd *exec.Cmd
+	var bounded *sandbox.BuildCmd
+	if n.cgroups != nil {
+		uid := 0
+		if n.cred != nil {
+			uid = int(n.cred.Uid)
+		}
+		var err error
+		if bounded, err = n.cgroups.Command(runCtx, n.limits, uid, append([]string{n.bin}, args...)); err != nil {
+			return fmt.Errorf("build: npm's cgroup: %w", err)
+		}
+		defer bounded.Cleanup()
+		cmd = bounded.Cmd
+	} else {
+		cmd = exec.CommandContext(runCtx, n.bin, args...)
+		// npm starts node, which may start more: they share a process
+		// group, killed as one on timeout or cancellation.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: n.cred}
+		cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	}
 	cmd.Dir = dir
 	cmd.Env = n.env()
 	stderr := &tailBuffer{max: 64 << 10}
 	cmd.Stderr = stderr
-	// npm starts node, which may start more: they share a process group,
-	// killed as one on timeout or cancellation.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: n.cred}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 5 * time.Second
 	err := cmd.Run()
 	switch {
@@ -190,6 +257,8 @@ func (n *npmRunner) run(ctx context.Context, dir string, args ...string) error {
 		return ctx.Err()
 	case runCtx.Err() != nil:
 		return errdefs.New(errdefs.ErrTimeout, "dependency install timed out after %v", n.timeout)
+	case bounded != nil && bounded.OOMKilled():
+		return errdefs.New(errdefs.ErrTooLarge, "dependency install ran out of memory: npm may use at most %d MiB", n.limits.MemoryBytes>>20)
 	}
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) {

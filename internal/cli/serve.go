@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/spry-run/spry/internal/build"
 	"github.com/spry-run/spry/internal/config"
 	"github.com/spry-run/spry/internal/errdefs"
 	"github.com/spry-run/spry/internal/router"
@@ -114,6 +115,8 @@ func newServeCmd(env Env) *cobra.Command {
 	f.IntVar(&cfg.UIDBase, "uid-base", 2000000, "first host uid for instance sandboxes (each instance gets its own; npm installs run as the uid below it)")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long shutdown waits for in-flight requests")
 	f.StringVar(&cfg.NPMRegistry, "npm-registry", "", "npm registry for function dependencies at deploy time (default: npm's public registry)")
+	f.IntVar(&cfg.NPMMemoryMiB, "npm-memory", int(build.DefaultNPMLimits.MemoryBytes>>20), "memory (swap included) one deploy's npm install may use, in MiB; past it the deploy fails with 413")
+	f.Int64Var(&cfg.NPMCacheBytes, "npm-cache-size", build.DefaultNPMCacheMaxBytes, "the npm cache's bound, in bytes: past it, after an install, the least recently written entries go until it is down to 3/4 of it")
 	f.StringVar(&cfg.JSRRegistry, "jsr-registry", "", "npm registry of JSR packages (the @jsr scope), for jsr: imports at deploy time (default: https://npm.jsr.io/)")
 	f.BoolVar(&cfg.NewSecretKey, "new-secret-key", false, "if the data dir's secret.key is missing although functions hold secrets, make a new key anyway (those secrets stop opening; set them again)")
 	f.StringVar(&cfg.DebugListen, "debug-listen", "", "serve pprof on this loopback address, e.g. 127.0.0.1:6060 (others are refused); never on the public listener")
@@ -160,6 +163,11 @@ func validate(cfg server.Config) error {
 		return errdefs.Invalid("--max-functions-per-user must be 0 (no limit) or more")
 	case cfg.PoolSize < 0 || cfg.NodePoolSize < 0:
 		return errdefs.Invalid("--pool-size must not be negative")
+	case cfg.NPMCacheBytes < 1<<20:
+		return errdefs.Invalid("--npm-cache-size must be at least 1 MiB (1048576)")
+	case cfg.NPMMemoryMiB < 64:
+		// npm itself needs ~40 MiB.
+		return errdefs.Invalid("--npm-memory must be at least 64 (MiB)")
 	case cfg.DefaultMemoryMiB < 32:
 		return errdefs.Invalid("--memory must be at least 32 (MiB)")
 	case cfg.DefaultNetwork != "egress" && cfg.DefaultNetwork != "none":

@@ -28,6 +28,7 @@ import (
 	"github.com/spry-run/spry/internal/build"
 	"github.com/spry-run/spry/internal/errdefs"
 	"github.com/spry-run/spry/internal/names"
+	"github.com/spry-run/spry/internal/sandbox"
 	"github.com/spry-run/spry/internal/store"
 )
 
@@ -80,9 +81,14 @@ type Config struct {
 	// deploy time.
 	NPMCache    string
 	NPMRegistry string
-	JSRRegistry string
-	// NPMUID, if not 0, is the host uid npm runs as (build.DirOptions).
-	NPMUID int
+	// NPMCacheMaxBytes bounds NPMCache (build.DirOptions).
+	NPMCacheMaxBytes int64
+	JSRRegistry      string
+	// NPMUID, if not 0, is the host uid npm runs as; NPMCgroups, if set,
+	// bounds each npm run by NPMLimits (build.DirOptions).
+	NPMUID     int
+	NPMCgroups *sandbox.Builds
+	NPMLimits  sandbox.Resources
 	// MaxBundleBytes bounds a built bundle (0: DefaultMaxBundleBytes);
 	// Builds bounds how many deploys build at once (0: the CPUs).
 	MaxBundleBytes int64
@@ -326,13 +332,17 @@ func (s *Service) dirOptions(req DeployRequest) build.DirOptions {
 		runtime = s.cfg.DefaultRuntime
 	}
 	return build.DirOptions{
-		Entry:       req.Entry,
-		Runtime:     runtime,
-		MaxSize:     s.cfg.MaxCodeBytes,
-		NPMCache:    s.cfg.NPMCache,
-		Registry:    s.cfg.NPMRegistry,
-		JSRRegistry: s.cfg.JSRRegistry,
-		NPMUID:      s.cfg.NPMUID,
+		Entry:            req.Entry,
+		Runtime:          runtime,
+		MaxSize:          s.cfg.MaxCodeBytes,
+		NPMCache:         s.cfg.NPMCache,
+		Registry:         s.cfg.NPMRegistry,
+		JSRRegistry:      s.cfg.JSRRegistry,
+		NPMUID:           s.cfg.NPMUID,
+		Cgroups:          s.cfg.NPMCgroups,
+		NPMLimits:        s.cfg.NPMLimits,
+		NPMCacheMaxBytes: s.cfg.NPMCacheMaxBytes,
+		Logger:           s.log,
 	}
 }
 

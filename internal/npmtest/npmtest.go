@@ -28,6 +28,9 @@ type Package struct {
 	Version string
 	Main    string
 	Files   map[string]string
+	// Description is in the registry's metadata only, not the tarball: a
+	// large one makes npm read a large document.
+	Description string
 }
 
 // Registry is a running test registry.
@@ -68,6 +71,9 @@ func Start(t testing.TB, pkgs ...Package) *Registry {
 		}
 		if p.Main != "" {
 			meta["main"] = p.Main
+		}
+		if p.Description != "" {
+			meta["description"] = p.Description
 		}
 		if byName[p.Name] == nil {
 			byName[p.Name] = map[string]version{}

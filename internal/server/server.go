@@ -91,6 +91,8 @@ type Config struct {
 	DebugListen      string // pprof, on its own listener
 	NPMRegistry      string // for dependencies at deploy time; "" is npm's public registry
 	JSRRegistry      string // for jsr: imports at deploy time; "" is JSR's npm registry
+	NPMMemoryMiB     int    // one npm install's memory limit (0: build.DefaultNPMLimits')
+	NPMCacheBytes    int64  // the npm cache's bound (0: build.DefaultNPMCacheMaxBytes)
 	// NewSecretKey lets a server whose secret key is missing make a new
 	// one although stored versions hold secrets sealed with the old.
 	NewSecretKey bool
@@ -272,6 +274,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 			s.metrics.ColdStart(spec.Owner, spec.Name, spec.FunctionID, result)
 		},
 	})
+	// Each deploy's npm runs in a cgroup of its own under the instances'
+	// parent: the sweeps at start and close take what a killed server left.
+	npmGroups, err := sandbox.NewBuilds("spry/"+id, "")
+	if err != nil {
+		return nil, err
+	}
 	s.fns = functions.New(s.store, blobs, s.act, box, s.logs, functions.Config{
 		MaxCodeBytes:         cfg.MaxCodeBytes,
 		MaxBundleBytes:       cfg.MaxBundleBytes,
@@ -286,6 +294,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		Forget:               s.metrics.Forget,
 		NPMCache:             npmCache,
 		NPMUID:               npmUID,
+		NPMCgroups:           npmGroups,
+		NPMCacheMaxBytes:     cfg.NPMCacheBytes,
+		NPMLimits:            sandbox.Resources{MemoryBytes: int64(cfg.NPMMemoryMiB) << 20},
 		NPMRegistry:          cfg.NPMRegistry,
 		JSRRegistry:          cfg.JSRRegistry,
 		Bounds: functions.Bounds{
