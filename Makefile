@@ -39,7 +39,7 @@ $(DENO): runtimes/package.json runtimes/package-lock.json
 ## for the network tests
 deps:
 	@missing=""; \
-	for p in bwrap:bubblewrap slirp4netns:slirp4netns nft:nftables nsenter:util-linux prlimit:util-linux ip:iproute2 runsc:runsc; do \
+	for p in bwrap:bubblewrap slirp4netns:slirp4netns nft:nftables nsenter:util-linux prlimit:util-linux setpriv:util-linux ip:iproute2 runsc:runsc; do \
 		command -v $${p%%:*} >/dev/null || missing="$$missing $${p##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
