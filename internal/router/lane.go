@@ -834,6 +834,16 @@ func (lp *loop) next(c *laneClient) {
 		return
 	}
 	end := bytes.Index(c.in, []byte("\r\n\r\n"))
+	head := c.in
+	if end >= 0 {
+		head = c.in[:end+4]
+	}
+	if httpserve.BareLF(head) {
+		// A line ended by LF alone: the slow path's prompt 400 (see
+		// httpserve's lf.go). The parser would take the head, or wait.
+		lp.handOff(c, handoffMalformed)
+		return
+	}
 	if end < 0 {
 		switch {
 		case c.hup:
@@ -856,9 +866,8 @@ func (lp *loop) next(c *laneClient) {
 	switch err := c.h.Read(lp.br); {
 	case err != nil:
 	case lp.rd.Len()+lp.br.Buffered() > 0:
-		// The parser ends a head at a blank line of a bare LF too, before
-		// the "\r\n\r\n" found: what follows is the body or the next
-		// request, as the slow path frames it, so it serves that head.
+		// The parser ended the head before the "\r\n\r\n" found
+		// (BareLF should have seen to that): the slow path decides.
 		why = handoffHead
 	default:
 		why = lp.start(c, end)

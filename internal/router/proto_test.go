@@ -75,3 +75,44 @@ func TestConnectIsRefused(t *testing.T) {
 		t.Fatalf("the function got %d requests", n)
 	}
 }
+
+// A function request whose head has a line ended by LF alone is refused
+// at once (400, and the connection closes) on either path, and never
+// reaches the function: such a head waited for the head timeout (408
+// after 10 s), or, mixed with CRLF lines, was served ended where a proxy
+// in front that does not take LF alone for a line's end would not end
+// it (the smuggled request below).
+func TestBareLFHeadIsRefused(t *testing.T) {
+	var got atomic.Int32
+	srv := routerTo(t, serveRawRequests(t, func(i int, c net.Conn) {
+		got.Add(1)
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	}), time.Millisecond)
+	for _, req := range []string{
+		"GET /fn/alice/fn/ HTTP/1.1\nHost: h\n\n",
+		"GET /fn/alice/fn/ HTTP/1.1\r\nHost: h\n\r\n",
+		"GET /fn/alice/fn/ HTTP/1.1\nHost: h\r\n\r\n",
+		"GET /fn/alice/fn/ HTTP/1.1\r\nX: 1\nHost: h\r\n\r\n",
+		"GET /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n\nGET /fn/alice/fn/smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+		"POST /fn/alice/fn/ HTTP/1.1\nHost: h\nContent-Length: 2\n\nab",
+		// (These were served, ended at the bare LF, before.)
+		"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\n\nhello\r\n\r\nXXXXX",
+		"GET /fn/alice/fn/a HTTP/1.1\nHost: h\n\nGET /fn/alice/fn/b HTTP/1.1\r\nHost: h\r\n\r\n",
+	} {
+		c := dialRaw(t, srv.URL)
+		// Well under the head timeout.
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		c.send(req)
+		res := c.response()
+		b := body(res)
+		if res.StatusCode != 400 || !strings.Contains(b, "bare LF") || !res.Close {
+			t.Errorf("%q: %d %s (close %v); want 400 for a bare LF, and the connection closed", req, res.StatusCode, b, res.Close)
+		}
+		if rest, err := io.ReadAll(c.br); err != nil || len(rest) > 0 {
+			t.Errorf("%q: then %q, %v; want the connection's end", req, rest, err)
+		}
+	}
+	if n := got.Load(); n != 0 {
+		t.Fatalf("the function got %d requests", n)
+	}
+}
