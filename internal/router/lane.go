@@ -415,8 +415,10 @@ type laneUp struct {
 	left   int64
 	chunks chunkRelay
 	status int
-	keep   bool // may carry another request after this answer
-	since  time.Time
+	// codings are the answer's transfer codings besides chunked.
+	codings string
+	keep    bool // may carry another request after this answer
+	since   time.Time
 }
 
 // Answer body framings.
@@ -1178,6 +1180,11 @@ func (lp *loop) readHead(u *laneUp) bool {
 		// The head ends where the parser stopped: at a blank line of a bare
 		// LF, that is before the "\r\n\r\n" found, as on the slow path.
 		end -= lp.rd.Len() + lp.br.Buffered()
+		var ok bool
+		if u.codings, ok = answerCodings(u.buf[:end]); !ok {
+			lp.fail(c, errBadAnswer)
+			return false
+		}
 		copy(u.buf, u.buf[end:u.n])
 		u.n -= end
 		s := h.StatusCode()
@@ -1194,6 +1201,11 @@ func (lp *loop) readHead(u *laneUp) bool {
 	inv := c.inv
 	u.status = h.StatusCode()
 	cl := h.ContentLength()
+	if u.codings != "" && c.http10 && hasAnswerBody(inv, h) {
+		// As on the slow path (see codings.go).
+		lp.fail(c, errBadAnswer)
+		return false
+	}
 	switch {
 	case !hasAnswerBody(inv, h):
 		u.mode = bodyNone
@@ -1233,6 +1245,9 @@ func (lp *loop) readHead(u *laneUp) bool {
 	}
 	h.SetNoDefaultContentType(true)
 	lp.out = h.AppendBytes(lp.out[:0])
+	if u.mode == bodyChunked && u.codings != "" {
+		lp.out = withCodings(lp.out, u.codings)
+	}
 	c.headSent = true
 	return true
 }

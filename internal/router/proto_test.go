@@ -1,8 +1,13 @@
 package router
 
 import (
+	"bytes"
+	"compress/gzip"
+	"fmt"
 	"io"
 	"net"
+	"net/http/httputil"
+	"net/textproto"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -114,5 +119,75 @@ func TestBareLFHeadIsRefused(t *testing.T) {
 	}
 	if n := got.Load(); n != 0 {
 		t.Fatalf("the function got %d requests", n)
+	}
+}
+
+// An answer's transfer codings other than chunked reach an HTTP/1.1
+// client, on either path: the router de-chunks the body and chunks it
+// again, and the client is told the rest ("gzip, chunked"). It was told
+// "chunked" alone, and got gzip bytes that nothing said were gzip. An
+// HTTP/1.0 client can take no transfer coding (RFC 9112 6.1), and a list
+// that does not end in one chunked cannot be re-framed (6.3: the body
+// would run to the connection's end, and chunked must not be applied
+// twice): those get 502. The instance was sent no TE, so only chunked
+// was its to use (RFC 9110 10.1.4).
+func TestAnswerTransferCodings(t *testing.T) {
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	io.WriteString(zw, "hello, gzip")
+	zw.Close()
+	chunked := fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", gz.Len(), gz.Bytes())
+	for _, tc := range []struct {
+		name, te, body, req string
+		status              int
+		wantTE              string // the client's, on a 200
+	}{
+		{"gzip, chunked", "gzip, chunked", chunked, "GET /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n\r\n", 200, "gzip, chunked"},
+		{"in two fields", "gzip\r\nTransfer-Encoding: chunked", chunked, "GET /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n\r\n", 200, "gzip, chunked"},
+		{"HEAD", "gzip, chunked", "", "HEAD /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n\r\n", 200, ""},
+		{"HTTP/1.0", "gzip, chunked", chunked, "GET /fn/alice/fn/ HTTP/1.0\r\nHost: h\r\n\r\n", 502, ""},
+		{"HTTP/1.0 without Host", "gzip, chunked", chunked, "GET /fn/alice/fn/ HTTP/1.0\r\n\r\n", 502, ""},
+		{"gzip alone", "gzip", gz.String(), "GET /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n\r\n", 502, ""},
+		{"chunked first", "chunked, gzip", chunked, "GET /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n\r\n", 502, ""},
+		{"chunked twice", "chunked, chunked", chunked, "GET /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n\r\n", 502, ""},
+	} {
+		srv := routerTo(t, serveRawRequests(t, func(i int, c net.Conn) {
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: "+tc.te+"\r\n\r\n"+tc.body)
+			if !strings.HasSuffix(tc.te, "chunked") {
+				c.Close()
+			}
+		}), time.Millisecond)
+		c := dialRaw(t, srv.URL)
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		c.send(tc.req)
+		tp := textproto.NewReader(c.br)
+		line, err := tp.ReadLine()
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		h, err := tp.ReadMIMEHeader()
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if !strings.HasPrefix(line, fmt.Sprintf("HTTP/1.1 %d ", tc.status)) {
+			t.Errorf("%s: %q %v; want %d", tc.name, line, h, tc.status)
+			continue
+		}
+		if tc.status != 200 {
+			continue
+		}
+		if got := strings.Join(h.Values("Transfer-Encoding"), ", "); got != tc.wantTE {
+			t.Errorf("%s: Transfer-Encoding %q, want %q", tc.name, got, tc.wantTE)
+		}
+		if tc.wantTE == "" {
+			continue
+		}
+		zr, err := gzip.NewReader(httputil.NewChunkedReader(c.br))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if b, err := io.ReadAll(zr); err != nil || string(b) != "hello, gzip" {
+			t.Errorf("%s: body %q, %v; want it gzipped", tc.name, b, err)
+		}
 	}
 }
