@@ -71,8 +71,14 @@ func New(h fasthttp.RequestHandler, log *slog.Logger) *fasthttp.Server {
 		// A hijacking handler closes the connection itself, or keeps
 		// it: the router hands some back to its event loops.
 		KeepHijackedConns: true,
-		ErrorHandler:      errorHandler,
-		Logger:            logger{log},
+		// A connection's next head starts once an answer is written.
+		ConnState: func(nc net.Conn, st fasthttp.ConnState) {
+			if c, ok := nc.(*Conn); ok && st == fasthttp.StateIdle {
+				c.headStarts()
+			}
+		},
+		ErrorHandler: errorHandler,
+		Logger:       logger{log},
 	}
 }
 
@@ -81,6 +87,11 @@ func New(h fasthttp.RequestHandler, log *slog.Logger) *fasthttp.Server {
 // request.
 func refuseBadHead(h fasthttp.RequestHandler) fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
+		if c, ok := ctx.Conn().(*Conn); ok && c.headRead() {
+			WriteError(ctx, errdefs.New(errdefs.ErrInvalidArgument, "%v", errBareLF))
+			ctx.SetConnectionClose()
+			return
+		}
 		if err := CheckHead(&ctx.Request.Header); err != nil {
 			WriteError(ctx, err)
 			ctx.SetConnectionClose()
@@ -102,17 +113,22 @@ func refuseBadHead(h fasthttp.RequestHandler) fasthttp.RequestHandler {
 //   - more than one Host, or one that is not host[:port] (3.2): a Host
 //     such as "x/../admin" would change the URL the function sees;
 //   - more than MaxHeaderFields fields (431), which Deno would refuse
-//     with a bare 400 of its own.
+//     with a bare 400 of its own;
+//   - a line ended by LF alone (2.2; see lf.go), which a proxy in front
+//     may not take for a line's end.
 //
 // These differences smuggle requests past a proxy in front, or confuse
 // the function. The event loops make the same check.
 func CheckHead(h *fasthttp.RequestHeader) error {
 	hosts, codings, lengths, fields := 0, 0, 0, 0
-	bad, spaced := false, false
+	bad, spaced, bare := false, false, false
 	raw := h.RawHeaders()
 	for len(raw) > 0 {
 		var line []byte
-		line, raw, _ = bytes.Cut(raw, []byte{'\n'})
+		var more bool
+		line, raw, more = bytes.Cut(raw, []byte{'\n'})
+		// (The parser takes LF alone for a line's end; see lf.go.)
+		bare = bare || more && (len(line) == 0 || line[len(line)-1] != '\r')
 		if len(line) > 0 && line[0] != ' ' && line[0] != '\t' && line[0] != '\r' {
 			fields++
 			// fasthttp takes "Transfer-Encoding : chunked" for a field of
@@ -135,6 +151,8 @@ func CheckHead(h *fasthttp.RequestHeader) error {
 		}
 	}
 	switch {
+	case bare:
+		return errdefs.New(errdefs.ErrInvalidArgument, "%v", errBareLF)
 	case spaced:
 		return errdefs.New(errdefs.ErrInvalidArgument, "whitespace in a header field name")
 	case fields > MaxHeaderFields:
@@ -229,6 +247,8 @@ func errorHandler(ctx *fasthttp.RequestCtx, err error) {
 	switch {
 	case errors.As(err, &small):
 		err = errdefs.New(errdefs.ErrRequestHeaderLarge, "request header is over the %d byte limit", MaxHeaderBytes)
+	case errors.Is(err, errBareLF):
+		err = errdefs.New(errdefs.ErrInvalidArgument, "%v", errBareLF)
 	case errors.As(err, &ne) && ne.Timeout():
 		ctx.SetConnectionClose()
 		err = errdefs.New(errdefs.ErrRequestTimeout, "the request did not arrive within %s", HeaderTimeout)

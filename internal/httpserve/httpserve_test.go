@@ -389,3 +389,113 @@ func FuzzValidHost(f *testing.F) {
 		}
 	})
 }
+
+// A request head with a line ended by LF alone is refused at once with
+// 400, on a connection then closed (RFC 9112 2.2 lets a server reject
+// it). fasthttp's parser took such lines for lines but waited for a
+// CRLF blank line, so a head all in bare LFs got a 408 after the head
+// timeout, and a head that mixed them was served: a proxy in front that
+// does not take LF alone for a line's end would see another request
+// ("\n\nGET /smuggled" below is one line of a field to it).
+func TestBareLFHeadIsRefused(t *testing.T) {
+	called := 0
+	url := serve(t, func(ctx *fasthttp.RequestCtx) {
+		called++
+		if r := BodyStream(ctx); r != nil {
+			b, _ := io.ReadAll(r)
+			ctx.SetBody(b)
+		}
+	})
+	dial := func() (net.Conn, *bufio.Reader) {
+		c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		// Well under the head timeout (10 s): the answer must not wait
+		// for it.
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		return c, bufio.NewReader(c)
+	}
+	for _, tc := range []struct {
+		name  string
+		sends []string // written one by one, a moment apart
+	}{
+		{"all bare", []string{"GET / HTTP/1.1\nHost: a\n\n"}},
+		{"bare then CRLF blank line", []string{"GET / HTTP/1.1\r\nHost: a\n\r\n"}},
+		{"bare blank line", []string{"GET / HTTP/1.1\r\nHost: a\r\n\n"}},
+		{"request line", []string{"GET / HTTP/1.1\nHost: a\r\n\r\n"}},
+		{"a field", []string{"GET / HTTP/1.1\r\nX: 1\nHost: a\r\n\r\n"}},
+		{"smuggled", []string{"GET / HTTP/1.1\r\nHost: a\r\n\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"}},
+		{"line by line", []string{"GET / HTTP/1.1\n", "Host: a\n", "\n"}},
+		{"after a good request", []string{"GET / HTTP/1.1\r\nHost: a\r\n\r\n", "GET / HTTP/1.1\nHost: a\n\n"}},
+		{"with a body", []string{"POST / HTTP/1.1\nHost: a\nContent-Length: 20\n\n0123456789"}},
+	} {
+		called = 0
+		c, br := dial()
+		good := 0
+		for i, s := range tc.sends {
+			if i > 0 {
+				time.Sleep(20 * time.Millisecond) // (separate reads, not policy)
+			}
+			fmt.Fprint(c, s)
+			if s == "GET / HTTP/1.1\r\nHost: a\r\n\r\n" {
+				res, err := http.ReadResponse(br, nil)
+				if err != nil || res.StatusCode != 200 {
+					t.Fatalf("%s: the good request got %v, %v", tc.name, res, err)
+				}
+				res.Body.Close()
+				good++
+			}
+		}
+		start := time.Now()
+		res, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("%s: %v after %s", tc.name, err, time.Since(start))
+		}
+		b, _ := io.ReadAll(res.Body)
+		if res.StatusCode != 400 || !strings.Contains(string(b), "bare LF") || !res.Close {
+			t.Errorf("%s: %d %s (close %v); want 400 for a bare LF, and the connection closed", tc.name, res.StatusCode, b, res.Close)
+		}
+		if rest, err := io.ReadAll(br); err != nil || len(rest) > 0 {
+			t.Errorf("%s: then %q, %v; want the connection's end", tc.name, rest, err)
+		}
+		if called != good {
+			t.Errorf("%s: the handler ran %d times, want %d", tc.name, called, good)
+		}
+	}
+
+	// LF alone is data in a body, and empty lines before a request line
+	// are skipped, as before; a pipelined request whose head came with
+	// the one before it and whose body comes after it is not a head.
+	for _, tc := range []struct {
+		name  string
+		sends []string
+		want  []string // bodies answered
+	}{
+		{"body", []string{"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 8\r\n\r\na\n\nb\r\n\r\n"}, []string{"a\n\nb\r\n\r\n"}},
+		{"body in two parts", []string{"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\na\n", "\nb\n\n\n"}, []string{"a\n\nb\n\n"}},
+		{"leading empty lines", []string{"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"}, []string{""}},
+		{"pipelined head, then its body", []string{
+			"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST / HTTP/1.1\r\nHost: a\r\nContent-Length: 17\r\n\r\n",
+			"a b\nc: d\n\n", "1234567"}, []string{"", "a b\nc: d\n\n1234567"}},
+	} {
+		c, br := dial()
+		for i, s := range tc.sends {
+			if i > 0 {
+				time.Sleep(20 * time.Millisecond)
+			}
+			fmt.Fprint(c, s)
+		}
+		for _, want := range tc.want {
+			res, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("%s: %v", tc.name, err)
+			}
+			b, _ := io.ReadAll(res.Body)
+			if res.StatusCode != 200 || string(b) != want {
+				t.Errorf("%s: %d %q, want 200 %q", tc.name, res.StatusCode, b, want)
+			}
+		}
+	}
+}

@@ -62,7 +62,7 @@ func (l *watchListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Conn{Conn: nc, l: l}
+	c := &Conn{Conn: nc, l: l, inHead: true}
 	l.mu.Lock()
 	l.conns[c] = struct{}{}
 	if len(l.conns) == 1 {
@@ -140,6 +140,12 @@ type Conn struct {
 	eof   atomic.Bool
 	// onClose runs once when the connection is closed (see OnClose).
 	onClose atomic.Pointer[func()]
+	// head follows what is read for the request head the server reads
+	// now, until its handler runs (see lf.go): from the connection's
+	// start, and from each answer's end (the server's StateIdle). Only
+	// the goroutine serving the connection reads it then.
+	head   headScan
+	inHead bool
 }
 
 // OnClose has f run when c is closed, by whoever closes it. A hijacking
@@ -149,16 +155,45 @@ type Conn struct {
 func (c *Conn) OnClose(f func()) { c.onClose.Store(&f) }
 
 func (c *Conn) Read(p []byte) (int, error) {
-	if len(c.early) > 0 {
-		n := copy(p, c.early)
-		c.early = c.early[n:]
-		return n, nil
+	if c.inHead && c.head.bare {
+		// The server asks for more of a head that has a line ended by
+		// LF alone: its parser waits for a CRLF blank line that may
+		// never come. Refused now, not at the head timeout.
+		return 0, errBareLF
 	}
-	n, err := c.Conn.Read(p)
-	if err == io.EOF {
+	var n int
+	var err error
+	if len(c.early) > 0 {
+		n = copy(p, c.early)
+		c.early = c.early[n:]
+	} else if n, err = c.Conn.Read(p); err == io.EOF {
 		c.eof.Store(true)
 	}
+	// What is read after the answer's end starts the next head, unless
+	// the server had read part of it (or all of it) before: then the
+	// scan sees no request line and has no opinion. Only a body that
+	// starts like a request line, sent after its own pipelined head,
+	// would be taken for a head.
+	if c.inHead && !c.head.done() && n > 0 {
+		c.head.scan(p[:n])
+	}
 	return n, err
+}
+
+// headStarts says the server will read a new request head.
+func (c *Conn) headStarts() {
+	c.head.reset()
+	if cap(c.head.line) > 4<<10 {
+		c.head.line = nil
+	}
+	c.inHead = true
+}
+
+// headRead says the server has read the request head, and reports
+// whether a line of it ended in LF alone.
+func (c *Conn) headRead() (bareLF bool) {
+	c.inHead = false
+	return c.head.bare
 }
 
 // Close closes the connection lingering, as nginx and net/http do: when

@@ -190,13 +190,13 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 		_ = c.conn.SetDeadline(inv.deadline)
 		if hasBody {
 			sender = rt.sendRequest(ctx, inv, c)
-			if err = readHead(c.br, h, false); err != nil {
+			if err = readAnswerHead(ctx, inv, c.br, false); err != nil {
 				err = sender.failed(err)
 			}
 		} else if err = rt.writeRequest(c.bw, ctx, inv, false); err == nil {
 			if err = c.bw.Flush(); err == nil {
 				sent = true
-				err = readHead(c.br, h, false)
+				err = readAnswerHead(ctx, inv, c.br, false)
 			}
 		}
 		if err == nil {
@@ -304,7 +304,11 @@ func writeDirect(ctx *fasthttp.RequestCtx, inv *invocation, body *respBody) erro
 	bufp := copyPool.Get().(*[]byte)
 	defer copyPool.Put(bufp)
 	// The head goes at once, as respond's streams do.
-	_, werr := bw.Write(h.AppendBytes((*bufp)[:0]))
+	head := h.AppendBytes((*bufp)[:0])
+	if chunked {
+		head = withCodings(head, inv.codings)
+	}
+	_, werr := bw.Write(head)
 	if werr == nil {
 		werr = bw.Flush()
 	}
@@ -370,10 +374,12 @@ func (rt *Router) respond(ctx *fasthttp.RequestCtx, inv *invocation, c *upConn, 
 	}
 	body := rt.answerBody(inv, c, h)
 	body.reuse = body.reuse && reuse
-	if body.length < 0 && !ctx.Request.Header.IsHTTP11() {
+	if body.length < 0 && (!ctx.Request.Header.IsHTTP11() || inv.codings != "") {
 		// fasthttp sends a body of unknown length chunked, which an
 		// HTTP/1.0 client does not know: it is written here instead, as
-		// the data alone, and the connection's end ends it.
+		// the data alone, and the connection's end ends it. So is one
+		// with transfer codings besides chunked, which the server would
+		// not name.
 		werr := writeDirect(ctx, inv, body)
 		body.late = body.late || werr != nil
 		body.end(werr == nil)
@@ -520,30 +526,49 @@ var errBadAnswer = errors.New("malformed response from the instance")
 // asked for no upgrade (upgrade false), as the event loops refuse it: a
 // proxy in front could take it for a switch and tunnel what the client
 // sends next past its own rules.
-func readHead(br *bufio.Reader, h *fasthttp.ResponseHeader, upgrade bool) error {
+func readHead(br *bufio.Reader, h *fasthttp.ResponseHeader, upgrade bool) (codings string, err error) {
 	for {
-		if ambiguousHead(peekHead(br)) {
-			return errBadAnswer
+		head := peekHead(br)
+		if ambiguousHead(head) {
+			return "", errBadAnswer
+		}
+		var ok bool
+		if codings, ok = answerCodings(head); !ok {
+			return "", fmt.Errorf("%w: transfer codings that cannot be re-framed", errBadAnswer)
 		}
 		if err := h.Read(br); err != nil {
 			var ne net.Error
 			if errors.Is(err, io.EOF) || errors.As(err, &ne) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) {
-				return err
+				return "", err
 			}
 			// The instance answered, with something not HTTP.
-			return fmt.Errorf("%w: %w", errBadAnswer, err)
+			return "", fmt.Errorf("%w: %w", errBadAnswer, err)
 		}
 		s := h.StatusCode()
 		if s < 100 || s > 999 {
-			return errBadAnswer
+			return "", errBadAnswer
 		}
 		if s == fasthttp.StatusSwitchingProtocols && !upgrade {
-			return errBadAnswer
+			return "", errBadAnswer
 		}
 		if s >= 200 || s == fasthttp.StatusSwitchingProtocols {
-			return nil
+			return codings, nil
 		}
 	}
+}
+
+// readAnswerHead reads the instance's answer head into the response,
+// and notes its transfer codings but chunked in inv (see codings.go):
+// an HTTP/1.0 client can take none, so an answer with a body and such
+// codings is refused.
+func readAnswerHead(ctx *fasthttp.RequestCtx, inv *invocation, br *bufio.Reader, upgrade bool) error {
+	h := &ctx.Response.Header
+	codings, err := readHead(br, h, upgrade)
+	inv.codings = codings
+	if err == nil && codings != "" && !ctx.Request.Header.IsHTTP11() && hasAnswerBody(inv, h) {
+		return fmt.Errorf("%w: transfer codings %q for an HTTP/1.0 client", errBadAnswer, codings)
+	}
+	return err
 }
 
 // peekHead returns the response head waiting in br, reading until it is
@@ -1074,7 +1099,7 @@ func (rt *Router) upgrade(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 	h := &ctx.Response.Header
 	if err = rt.writeRequest(c.bw, ctx, inv, true); err == nil {
 		if err = c.bw.Flush(); err == nil {
-			err = readHead(c.br, h, true)
+			err = readAnswerHead(ctx, inv, c.br, true)
 		}
 	}
 	if err != nil {

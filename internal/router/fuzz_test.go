@@ -2,12 +2,14 @@ package router
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -25,6 +27,8 @@ func FuzzInstanceResponse(f *testing.F) {
 		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi",
 		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
 		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nX-Trailer: 1\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nhi",
 		"HTTP/1.1 200 OK\r\n\r\nuntil the end",
 		"HTTP/1.1 204 No Content\r\n\r\n",
 		"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
@@ -82,6 +86,12 @@ func FuzzInstanceResponse(f *testing.F) {
 			res, err := http.ReadResponse(br, req)
 			if err != nil {
 				if i > 0 && (err == io.EOF || isReset(err)) {
+					return
+				}
+				if strings.Contains(err.Error(), "unsupported transfer encoding") && bytes.Contains(bytes.ToLower(b), []byte("transfer-encoding")) {
+					// The instance's codings besides chunked, passed on
+					// (TestAnswerTransferCodings), which Go's client does
+					// not take.
 					return
 				}
 				t.Fatalf("request %d: unreadable response (%v) to instance answer %q", i, err, b)

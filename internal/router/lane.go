@@ -415,8 +415,10 @@ type laneUp struct {
 	left   int64
 	chunks chunkRelay
 	status int
-	keep   bool // may carry another request after this answer
-	since  time.Time
+	// codings are the answer's transfer codings besides chunked.
+	codings string
+	keep    bool // may carry another request after this answer
+	since   time.Time
 }
 
 // Answer body framings.
@@ -834,6 +836,16 @@ func (lp *loop) next(c *laneClient) {
 		return
 	}
 	end := bytes.Index(c.in, []byte("\r\n\r\n"))
+	head := c.in
+	if end >= 0 {
+		head = c.in[:end+4]
+	}
+	if httpserve.BareLF(head) {
+		// A line ended by LF alone: the slow path's prompt 400 (see
+		// httpserve's lf.go). The parser would take the head, or wait.
+		lp.handOff(c, handoffMalformed)
+		return
+	}
 	if end < 0 {
 		switch {
 		case c.hup:
@@ -856,9 +868,8 @@ func (lp *loop) next(c *laneClient) {
 	switch err := c.h.Read(lp.br); {
 	case err != nil:
 	case lp.rd.Len()+lp.br.Buffered() > 0:
-		// The parser ends a head at a blank line of a bare LF too, before
-		// the "\r\n\r\n" found: what follows is the body or the next
-		// request, as the slow path frames it, so it serves that head.
+		// The parser ended the head before the "\r\n\r\n" found
+		// (BareLF should have seen to that): the slow path decides.
 		why = handoffHead
 	default:
 		why = lp.start(c, end)
@@ -1169,6 +1180,11 @@ func (lp *loop) readHead(u *laneUp) bool {
 		// The head ends where the parser stopped: at a blank line of a bare
 		// LF, that is before the "\r\n\r\n" found, as on the slow path.
 		end -= lp.rd.Len() + lp.br.Buffered()
+		var ok bool
+		if u.codings, ok = answerCodings(u.buf[:end]); !ok {
+			lp.fail(c, errBadAnswer)
+			return false
+		}
 		copy(u.buf, u.buf[end:u.n])
 		u.n -= end
 		s := h.StatusCode()
@@ -1185,6 +1201,11 @@ func (lp *loop) readHead(u *laneUp) bool {
 	inv := c.inv
 	u.status = h.StatusCode()
 	cl := h.ContentLength()
+	if u.codings != "" && c.http10 && hasAnswerBody(inv, h) {
+		// As on the slow path (see codings.go).
+		lp.fail(c, errBadAnswer)
+		return false
+	}
 	switch {
 	case !hasAnswerBody(inv, h):
 		u.mode = bodyNone
@@ -1224,6 +1245,9 @@ func (lp *loop) readHead(u *laneUp) bool {
 	}
 	h.SetNoDefaultContentType(true)
 	lp.out = h.AppendBytes(lp.out[:0])
+	if u.mode == bodyChunked && u.codings != "" {
+		lp.out = withCodings(lp.out, u.codings)
+	}
 	c.headSent = true
 	return true
 }

@@ -1020,43 +1020,6 @@ func TestRetriedByLoop(t *testing.T) {
 	}
 }
 
-// A head whose blank line is a bare LF ends there, for the lane as for
-// the slow path (fasthttp's parser): the lane must not take the next
-// "\r\n\r\n" for its end, which would send the function bytes past it
-// as the body, or swallow a request pipelined behind it.
-func TestLaneHeadEndedByBareLF(t *testing.T) {
-	srv := newTestRouter(t, echo())
-	for _, tc := range []struct {
-		name  string
-		raw   string
-		paths []string // of the answers, in order
-		body  string   // of the first
-	}{
-		{"body after a bare LF", "POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\n\nhello\r\n\r\nXXXXX", []string{"/a"}, "hello"},
-		{"pipelined after a bare LF", "GET /fn/alice/fn/a HTTP/1.1\nHost: h\n\nGET /fn/alice/fn/b HTTP/1.1\r\nHost: h\r\n\r\n", []string{"/a", "/b"}, ""},
-		{"pipelined after CRLF LF", "GET /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\n\nGET /fn/alice/fn/b HTTP/1.1\r\nHost: h\r\n\r\n", []string{"/a", "/b"}, ""},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			c := dialRaw(t, srv.URL)
-			_ = c.SetDeadline(time.Now().Add(3 * time.Second))
-			c.send(tc.raw)
-			for i, want := range tc.paths {
-				res, err := http.ReadResponse(c.br, nil)
-				if err != nil {
-					t.Fatalf("answer %d: %v", i, err)
-				}
-				b := body(res)
-				if got := res.Header.Get("X-Path"); res.StatusCode != 200 || got != want {
-					t.Fatalf("answer %d: %d for %q, want 200 for %q", i, res.StatusCode, got, want)
-				}
-				if i == 0 && b != tc.body {
-					t.Fatalf("the function got the body %q, want %q", b, tc.body)
-				}
-			}
-		})
-	}
-}
-
 // An answer's head ends at its first blank line, bare LF or not, for the
 // lane as for the slow path: the body is what follows it.
 func TestAnswerHeadEndedByBareLF(t *testing.T) {

@@ -1,8 +1,13 @@
 package router
 
 import (
+	"bytes"
+	"compress/gzip"
+	"fmt"
 	"io"
 	"net"
+	"net/http/httputil"
+	"net/textproto"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -73,5 +78,116 @@ func TestConnectIsRefused(t *testing.T) {
 	}
 	if n := got.Load(); n != 0 {
 		t.Fatalf("the function got %d requests", n)
+	}
+}
+
+// A function request whose head has a line ended by LF alone is refused
+// at once (400, and the connection closes) on either path, and never
+// reaches the function: such a head waited for the head timeout (408
+// after 10 s), or, mixed with CRLF lines, was served ended where a proxy
+// in front that does not take LF alone for a line's end would not end
+// it (the smuggled request below).
+func TestBareLFHeadIsRefused(t *testing.T) {
+	var got atomic.Int32
+	srv := routerTo(t, serveRawRequests(t, func(i int, c net.Conn) {
+		got.Add(1)
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	}), time.Millisecond)
+	for _, req := range []string{
+		"GET /fn/alice/fn/ HTTP/1.1\nHost: h\n\n",
+		"GET /fn/alice/fn/ HTTP/1.1\r\nHost: h\n\r\n",
+		"GET /fn/alice/fn/ HTTP/1.1\nHost: h\r\n\r\n",
+		"GET /fn/alice/fn/ HTTP/1.1\r\nX: 1\nHost: h\r\n\r\n",
+		"GET /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n\nGET /fn/alice/fn/smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+		"POST /fn/alice/fn/ HTTP/1.1\nHost: h\nContent-Length: 2\n\nab",
+		// (These were served, ended at the bare LF, before.)
+		"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\n\nhello\r\n\r\nXXXXX",
+		"GET /fn/alice/fn/a HTTP/1.1\nHost: h\n\nGET /fn/alice/fn/b HTTP/1.1\r\nHost: h\r\n\r\n",
+	} {
+		c := dialRaw(t, srv.URL)
+		// Well under the head timeout.
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		c.send(req)
+		res := c.response()
+		b := body(res)
+		if res.StatusCode != 400 || !strings.Contains(b, "bare LF") || !res.Close {
+			t.Errorf("%q: %d %s (close %v); want 400 for a bare LF, and the connection closed", req, res.StatusCode, b, res.Close)
+		}
+		if rest, err := io.ReadAll(c.br); err != nil || len(rest) > 0 {
+			t.Errorf("%q: then %q, %v; want the connection's end", req, rest, err)
+		}
+	}
+	if n := got.Load(); n != 0 {
+		t.Fatalf("the function got %d requests", n)
+	}
+}
+
+// An answer's transfer codings other than chunked reach an HTTP/1.1
+// client, on either path: the router de-chunks the body and chunks it
+// again, and the client is told the rest ("gzip, chunked"). It was told
+// "chunked" alone, and got gzip bytes that nothing said were gzip. An
+// HTTP/1.0 client can take no transfer coding (RFC 9112 6.1), and a list
+// that does not end in one chunked cannot be re-framed (6.3: the body
+// would run to the connection's end, and chunked must not be applied
+// twice): those get 502. The instance was sent no TE, so only chunked
+// was its to use (RFC 9110 10.1.4).
+func TestAnswerTransferCodings(t *testing.T) {
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	io.WriteString(zw, "hello, gzip")
+	zw.Close()
+	chunked := fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", gz.Len(), gz.Bytes())
+	for _, tc := range []struct {
+		name, te, body, req string
+		status              int
+		wantTE              string // the client's, on a 200
+	}{
+		{"gzip, chunked", "gzip, chunked", chunked, "GET /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n\r\n", 200, "gzip, chunked"},
+		{"in two fields", "gzip\r\nTransfer-Encoding: chunked", chunked, "GET /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n\r\n", 200, "gzip, chunked"},
+		{"HEAD", "gzip, chunked", "", "HEAD /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n\r\n", 200, ""},
+		{"HTTP/1.0", "gzip, chunked", chunked, "GET /fn/alice/fn/ HTTP/1.0\r\nHost: h\r\n\r\n", 502, ""},
+		{"HTTP/1.0 without Host", "gzip, chunked", chunked, "GET /fn/alice/fn/ HTTP/1.0\r\n\r\n", 502, ""},
+		{"gzip alone", "gzip", gz.String(), "GET /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n\r\n", 502, ""},
+		{"chunked first", "chunked, gzip", chunked, "GET /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n\r\n", 502, ""},
+		{"chunked twice", "chunked, chunked", chunked, "GET /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n\r\n", 502, ""},
+	} {
+		srv := routerTo(t, serveRawRequests(t, func(i int, c net.Conn) {
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: "+tc.te+"\r\n\r\n"+tc.body)
+			if !strings.HasSuffix(tc.te, "chunked") {
+				c.Close()
+			}
+		}), time.Millisecond)
+		c := dialRaw(t, srv.URL)
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		c.send(tc.req)
+		tp := textproto.NewReader(c.br)
+		line, err := tp.ReadLine()
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		h, err := tp.ReadMIMEHeader()
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if !strings.HasPrefix(line, fmt.Sprintf("HTTP/1.1 %d ", tc.status)) {
+			t.Errorf("%s: %q %v; want %d", tc.name, line, h, tc.status)
+			continue
+		}
+		if tc.status != 200 {
+			continue
+		}
+		if got := strings.Join(h.Values("Transfer-Encoding"), ", "); got != tc.wantTE {
+			t.Errorf("%s: Transfer-Encoding %q, want %q", tc.name, got, tc.wantTE)
+		}
+		if tc.wantTE == "" {
+			continue
+		}
+		zr, err := gzip.NewReader(httputil.NewChunkedReader(c.br))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if b, err := io.ReadAll(zr); err != nil || string(b) != "hello, gzip" {
+			t.Errorf("%s: body %q, %v; want it gzipped", tc.name, b, err)
+		}
 	}
 }

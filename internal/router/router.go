@@ -117,6 +117,9 @@ type invocation struct {
 	query    string
 	reqID    string
 	status   int
+	// codings are the answer's transfer codings besides chunked, as the
+	// instance sent them (see codings.go).
+	codings string
 	// bodyPending: the client's body was not read through yet.
 	bodyPending bool
 	// readingBody: the body's sender waits on the client right now (not
