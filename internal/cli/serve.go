@@ -106,6 +106,11 @@ func newServeCmd(env Env) *cobra.Command {
 	f.Float64Var(&cfg.CPU, "cpu", 1, "CPUs one instance may use (a cgroup quota, at least 0.05; 0 for none)")
 	f.IntVar(&cfg.QueueSize, "queue-size", 1000, "requests that may wait for a busy function's capacity before new ones get 503")
 	f.IntVar(&cfg.MaxInstancesPerUser, "max-instances-per-user", 1000, "instances one user's functions may run together (0: no limit); past it a function with no instance gets 429")
+	// A quarter of what the host has, read now: one user's instances
+	// (each up to 256 processes and 21,024 files a process) would
+	// otherwise take it all, from the server and every other user.
+	f.Int64Var(&cfg.UserPids, "user-pids", sandbox.HostPids()/4, "processes and threads one user's running instances may hold together (0: no bound); each instance gets its share, from 256 down to 32, and a start that does not fit gets 429 (a quarter of kernel.pid_max by default)")
+	f.Int64Var(&cfg.UserFiles, "user-files", sandbox.HostFiles()/4, "open files one user's running instances may hold together (0: no bound); each instance process gets its share, from 21024 down to 1024 plus two per request of its concurrency, and a start that does not fit gets 429 (a quarter of fs.file-max by default)")
 	f.IntVar(&cfg.MaxFunctionsPerUser, "max-functions-per-user", 1000, "functions one user may have (0: no limit); deploying one more gets 403 quota_exceeded")
 	f.IntVar(&cfg.PoolSize, "pool-size", 4, "warm, generic Deno instances kept ready for cold starts")
 	f.IntVar(&cfg.NodePoolSize, "node-pool-size", 1, "warm, generic Node instances kept ready for cold starts")
@@ -153,6 +158,13 @@ func validate(cfg server.Config) error {
 		return errdefs.Invalid("--cpu must be 0 (no quota) or at least 0.05")
 	case cfg.QueueSize < 1:
 		return errdefs.Invalid("--queue-size must be at least 1")
+	case cfg.UserPids != 0 && cfg.UserPids < 256:
+		// One instance at its full limit must fit.
+		return errdefs.Invalid("--user-pids must be 0 (no bound) or at least 256")
+	case cfg.UserFiles != 0 && cfg.UserFiles < 2*(2*server.MaxConcurrency+1024):
+		// One instance (the runtime and slirp4netns) at the highest
+		// concurrency must fit.
+		return errdefs.Invalid("--user-files must be 0 (no bound) or at least %d", 2*(2*server.MaxConcurrency+1024))
 	case cfg.MaxInstancesPerUser < 0:
 		return errdefs.Invalid("--max-instances-per-user must be 0 (no limit) or more")
 	case cfg.RouterLoops < 0:

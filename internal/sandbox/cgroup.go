@@ -201,6 +201,19 @@ func (g *group) v1CPUDir() (string, error) {
 	return "", errors.New("no cpu controller")
 }
 
+// pidsDir is the group's directory in the pids controller.
+func (g *group) pidsDir() (string, error) {
+	if g.v2 != nil {
+		return g.dirs[0], nil
+	}
+	for _, d := range g.dirs {
+		if strings.HasPrefix(d, filepath.Join(cgroupRoot, string(cgroup1.Pids))+"/") {
+			return d, nil
+		}
+	}
+	return "", errors.New("no pids controller")
+}
+
 // cpuQuota reads the CPU quota back, per 100 ms period; -1: none.
 func (g *group) cpuQuota() (int64, error) {
 	if g.v2 != nil {

@@ -70,6 +70,11 @@ type Config struct {
 	// MaxInstancesPerUser bounds the instances of one user's functions
 	// together; 0 means no bound.
 	MaxInstancesPerUser int
+	// UserPids and UserFiles bound the processes (threads included) and
+	// open files one user's running instances hold together; 0: no
+	// bound. spry serve's defaults are a quarter of the host's.
+	UserPids  int64
+	UserFiles int64
 	// MaxFunctionsPerUser bounds how many functions one user may have;
 	// 0 means no bound.
 	MaxFunctionsPerUser int
@@ -254,6 +259,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		CPUQuotaUs:       int64(cfg.CPU * 100000),
 		TmpBytes:         64 << 20,
 		NoFiles:          openFileLimit(instanceFiles),
+		UserPids:         cfg.UserPids,
+		UserFiles:        uint64(cfg.UserFiles),
 	})
 	if err != nil {
 		return nil, err

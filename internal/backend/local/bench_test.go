@@ -2,8 +2,11 @@ package local
 
 import (
 	"context"
+	"os"
 	"testing"
 	"time"
+
+	"github.com/spry-run/spry/internal/sandbox"
 )
 
 // BenchmarkSpawn measures starting a generic sandboxed runtime until it
@@ -29,8 +32,13 @@ func BenchmarkSpawn(b *testing.B) {
 
 // BenchmarkColdStartFromPool measures a cold start with a warm pool: take
 // a pooled runtime, hand it a bundle, and get the first response.
+// With SPRY_BENCH_BUDGETS set, the user's budgets are on, as spry serve
+// sets them by default (a quarter of this host's pids and files).
 func BenchmarkColdStartFromPool(b *testing.B) {
 	e := newEnv(b, 1)
+	if os.Getenv("SPRY_BENCH_BUDGETS") != "" {
+		e.b.cfg.UserPids, e.b.cfg.UserFiles = sandbox.HostPids()/4, uint64(sandbox.HostFiles()/4)
+	}
 	spec := e.spec(b, `export default () => new Response("x")`)
 	for b.Loop() {
 		b.StopTimer()

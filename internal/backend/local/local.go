@@ -67,10 +67,14 @@ type Config struct {
 	UIDBase          int // first host uid for instances
 	UIDCount         int
 	StartTimeout     time.Duration
-	Pids             int64
+	Pids             int64 // an instance's processes and threads, alone
 	CPUQuotaUs       int64 // per 100ms; 100000 is one CPU, 0 no quota
 	TmpBytes         int64
-	NoFiles          uint64
+	NoFiles          uint64 // open files of each of an instance's processes, alone
+	// UserPids and UserFiles bound what one user's instances hold
+	// together (share.go); 0: no bound.
+	UserPids  int64
+	UserFiles uint64
 }
 
 // CPU weights (cgroup shares) of a generic instance waiting in the pool,
@@ -194,6 +198,12 @@ type Backend struct {
 	// weighMu orders the writes of instances' CPU weights (reweigh), so
 	// the last one leaves every instance of a user at its due weight.
 	weighMu sync.Mutex
+	// ledgers order the changes of each user's budgets (share.go);
+	// guarded by mu.
+	ledgers map[string]*ledger
+	// raisesFiles: this server may raise an instance's open-file limit
+	// (CAP_SYS_RESOURCE); without it they only go down.
+	raisesFiles bool
 }
 
 type poolKey struct {
@@ -229,6 +239,12 @@ type proc struct {
 	loadFailure string
 
 	weight uint64 // CPU shares reweigh last wrote; guarded by weighMu
+
+	// owner is the user whose budgets the instance is admitted to ("" in
+	// the pool); guarded by Backend.mu. share is its part of them,
+	// guarded by owner's ledger.
+	owner string
+	share holding
 }
 
 // New cleans up what a previous run left behind and starts the pool.
@@ -246,17 +262,19 @@ func New(cfg Config) (*Backend, error) {
 		cfg.UIDCount = 10000
 	}
 	b := &Backend{
-		cfg:      cfg,
-		log:      cfg.Logger,
-		runtimes: map[string]Runtime{},
-		pool:     map[poolKey][]*proc{},
-		pooled:   make(chan struct{}),
-		filling:  map[poolKey]int{},
-		procs:    map[string]*proc{},
-		uids:     make([]bool, cfg.UIDCount),
-		refill:   make(chan struct{}, 1),
-		stop:     make(chan struct{}),
-		spawns:   make(chan struct{}, max(2, goruntime.NumCPU())+1),
+		cfg:         cfg,
+		log:         cfg.Logger,
+		runtimes:    map[string]Runtime{},
+		pool:        map[poolKey][]*proc{},
+		pooled:      make(chan struct{}),
+		filling:     map[poolKey]int{},
+		procs:       map[string]*proc{},
+		ledgers:     map[string]*ledger{},
+		raisesFiles: sandbox.RaisesOpenFiles(),
+		uids:        make([]bool, cfg.UIDCount),
+		refill:      make(chan struct{}, 1),
+		stop:        make(chan struct{}),
+		spawns:      make(chan struct{}, max(2, goruntime.NumCPU())+1),
 	}
 	for _, r := range cfg.Runtimes {
 		b.runtimes[r.Name()] = r
@@ -492,6 +510,15 @@ func (b *Backend) Start(ctx context.Context, spec *backend.Spec) (*backend.Insta
 		if p, err = b.spawnOrTake(ctx, key); err != nil {
 			return nil, err
 		}
+	}
+	if err := b.admit(p, spec); err != nil {
+		// Still generic, and as it was: it waits for another start
+		// (at the pool's weight, should it have been spawned boosted).
+		if err := p.cmd.SetCPU(pooledShares, b.cfg.CPUQuotaUs); err != nil {
+			b.log.Warn("set cpu limits", "instance", p.id, "err", err)
+		}
+		b.toPool(p)
+		return nil, err
 	}
 	inst, err := b.specialize(ctx, p, spec, code)
 	if err != nil {
@@ -1087,6 +1114,7 @@ func (b *Backend) reap(p *proc, readers *sync.WaitGroup, outputs []*os.File) {
 	b.freeUID(p.uid)
 	b.mu.Lock()
 	delete(b.procs, p.id)
+	owner := p.owner
 	// One that died while it waited in the pool leaves it now, so the
 	// filler sees the gap (take would skip it, but only once it came to
 	// the top of the stack).
@@ -1103,6 +1131,9 @@ func (b *Backend) reap(p *proc, readers *sync.WaitGroup, outputs []*os.File) {
 	}
 	if spec != nil {
 		b.reweigh(spec.Owner)
+	}
+	if owner != "" {
+		b.rebalance(owner)
 	}
 	close(p.exited)
 	if inst != nil {
@@ -1202,6 +1233,7 @@ func (b *Backend) load(p *proc, inst *backend.Instance, control net.Conn) {
 	defer b.wg.Done()
 	defer control.Close()
 	b.reweigh(inst.Spec.Owner)
+	b.rebalance(inst.Spec.Owner)
 	if err := p.cmd.SetCPUQuota(cpuQuota(inst.Spec.CPUMilli, b.cfg.CPUQuotaUs)); err != nil {
 		b.log.Warn("set cpu quota", "instance", p.id, "err", err)
 	}

@@ -1,0 +1,302 @@
+package local
+
+import (
+	"fmt"
+	"math/bits"
+	"sync"
+
+	"github.com/spry-run/spry/internal/backend"
+	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/sandbox"
+)
+
+// A user's running instances share one budget of processes (threads
+// included) and one of open files, so that one user cannot take the
+// host's pids or files from everyone else (the server, other users'
+// instances), as each instance's own limits, many times over, could.
+// Each instance is given its share when it is specialized, before its
+// function runs (one pids.max write and a prlimit(2) per process on the
+// cold start's path), and the shares are rewritten, off that path, as
+// the user's instances come and go: as the CPU weight is, halved at
+// powers of two, between a floor that an instance needs to run and the
+// limit of a lone instance (Config.Pids, Config.NoFiles).
+//
+// The bound is on what the instances may hold, not only on the sum of
+// their limits: a limit lowered below what an instance has already stops
+// it from taking more but takes nothing back, so each instance counts as
+// holding the larger of its limit and what it has (sandbox.Cmd.SetPids,
+// SetNoFiles), and an instance is started only while that sum, with its
+// own share, stays within the budget. A start that does not fit even at
+// the floor, once the others are lowered to their shares, is refused
+// (429: it may fit once an instance ends), and its pooled sandbox goes
+// back to the pool.
+//
+// Open files are bounded per process (RLIMIT_NOFILE, soft and hard); the
+// processes that open files for a function are its runtime and
+// slirp4netns, each counted at its own limit (a share assumes two per
+// instance). A process the runtime forks (its permissions refuse that;
+// the seccomp filter does not) has its parent's limit and is counted
+// only from the next rebalance: past the runtime's permissions the bound
+// is the instance's pids share times its files share. Without
+// CAP_SYS_RESOURCE an open-file limit can only be lowered: instances
+// keep the share they were given when others end (pids shares grow back
+// either way).
+
+// minPids is the fewest processes and threads an instance is left with:
+// bubblewrap's two, slirp4netns and Deno's ~10-20 threads (5 idle, more
+// under load), with room to spare.
+const minPids = 32
+
+// minFiles is the fewest open files an instance's processes are each
+// left with: as the lone instance's limit (internal/server), two for each
+// request in flight at the function's concurrency (the router's two
+// paths keep connections of their own) and 1024 of the function's own.
+func minFiles(spec *backend.Spec) uint64 {
+	return 2*uint64(max(spec.Concurrency, 0)) + 1024
+}
+
+// pidsShare is the pids limit of each of a user's n instances.
+func (b *Backend) pidsShare(n int) int64 {
+	s := b.cfg.UserPids >> bits.Len(uint(n-1))
+	return max(minPids, min(b.cfg.Pids, s))
+}
+
+// filesShare is the open-file limit of each process of a user's n
+// instances whose least is floor.
+func (b *Backend) filesShare(n int, floor uint64) uint64 {
+	s := b.cfg.UserFiles >> bits.Len(uint(2*n-1))
+	return max(floor, min(b.cfg.NoFiles, s))
+}
+
+// errBudget refuses an instance that its user's budget cannot hold.
+func errBudget(what string, budget uint64) error {
+	return errdefs.New(errdefs.ErrRateLimited, "the function's owner runs instances that hold all of one user's %d %s (spry serve --user-%s); retry later", budget, what, what)
+}
+
+// ledger orders the budget's changes for one user.
+type ledger struct{ mu sync.Mutex }
+
+// holding is an instance's part in its user's budgets; guarded by its
+// user's ledger.
+type holding struct {
+	pids     int64  // its pids.max
+	pidsHeld int64  // what it may hold: pids, or more (see SetPids)
+	files    uint64 // its processes' open-file limit
+	// filesHeld is what its processes may hold of open files.
+	filesHeld uint64
+	minFiles  uint64
+	// fixed: its limits are not changed (gVisor's runsc, whose own
+	// processes are not the function's), only counted.
+	fixed bool
+}
+
+func (b *Backend) ledger(owner string) *ledger {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	l := b.ledgers[owner]
+	if l == nil {
+		l = &ledger{}
+		b.ledgers[owner] = l
+	}
+	return l
+}
+
+// members are the instances admitted to owner's budget that have not
+// been reaped, and how many of them are not stopping (those the shares
+// are for); self, being admitted, is left out.
+func (b *Backend) members(owner string, self *proc) (all []*proc, active int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, p := range b.procs {
+		if p == self || p.owner != owner {
+			continue
+		}
+		all = append(all, p)
+		p.mu.Lock()
+		if p.stopping == "" {
+			active++
+		}
+		p.mu.Unlock()
+	}
+	return all, active
+}
+
+// budgeted reports whether instances share budgets at all.
+func (b *Backend) budgeted() bool { return b.cfg.UserPids > 0 || b.cfg.UserFiles > 0 }
+
+// admit gives p, about to be specialized with spec, its share of spec's
+// owner's budgets, lowering the others first if the budget is held;
+// it fails, changing nothing of p, if p does not fit at its floor.
+func (b *Backend) admit(p *proc, spec *backend.Spec) error {
+	if !b.budgeted() {
+		return nil
+	}
+	l := b.ledger(spec.Owner)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	h := holding{minFiles: min(b.cfg.NoFiles, minFiles(spec)), fixed: spec.Isolation == sandbox.IsolationGVisor}
+	others, active := b.members(spec.Owner, p)
+	n := active + 1
+	wantPids, wantFiles := b.pidsShare(n), b.filesShare(n, h.minFiles)
+	openers, err := p.cmd.Openers()
+	if err != nil {
+		return fmt.Errorf("admit instance: %w", err)
+	}
+	k := uint64(max(1, len(openers)))
+	pidsFree, filesFree := b.free(others)
+	if (b.cfg.UserPids > 0 && pidsFree < wantPids) || (b.cfg.UserFiles > 0 && filesFree < k*wantFiles) {
+		// Take back what the others hold above their shares.
+		b.lower(others, n)
+		pidsFree, filesFree = b.free(others)
+	}
+	if h.fixed {
+		// gVisor's runsc keeps the limits it started with.
+		wantPids, wantFiles = b.cfg.Pids, b.cfg.NoFiles
+		if b.cfg.UserPids > 0 && pidsFree < wantPids {
+			return errBudget("pids", uint64(b.cfg.UserPids))
+		}
+		if b.cfg.UserFiles > 0 && filesFree < k*wantFiles {
+			return errBudget("files", b.cfg.UserFiles)
+		}
+		h.pids, h.files = wantPids, wantFiles
+		if h.pidsHeld, err = p.cmd.PidsHeld(); err == nil {
+			h.filesHeld, err = p.cmd.FilesHeld()
+		}
+		if err != nil {
+			return fmt.Errorf("admit instance: %w", err)
+		}
+		b.join(p, spec.Owner, h)
+		return nil
+	}
+	h.pids, h.files = b.cfg.Pids, b.cfg.NoFiles
+	if b.cfg.UserPids > 0 {
+		h.pids = min(wantPids, pidsFree)
+		if h.pids < minPids {
+			return errBudget("pids", uint64(b.cfg.UserPids))
+		}
+	}
+	if b.cfg.UserFiles > 0 {
+		h.files = min(wantFiles, filesFree/k)
+		if h.files < h.minFiles {
+			return errBudget("files", b.cfg.UserFiles)
+		}
+	}
+	// No function has run in it yet: it holds its limits, no more.
+	if err := p.cmd.LimitFresh(h.pids, h.files, openers); err != nil {
+		return fmt.Errorf("admit instance: %w", err)
+	}
+	h.pidsHeld, h.filesHeld = h.pids, k*h.files
+	b.join(p, spec.Owner, h)
+	return nil
+}
+
+// join records p as admitted to owner's budgets with h.
+func (b *Backend) join(p *proc, owner string, h holding) {
+	p.share = h
+	b.mu.Lock()
+	p.owner = owner
+	b.mu.Unlock()
+}
+
+// free is what the budgets leave beside what ps hold (0 if none).
+func (b *Backend) free(ps []*proc) (pids int64, files uint64) {
+	var hp int64
+	var hf uint64
+	for _, p := range ps {
+		hp += p.share.pidsHeld
+		hf += p.share.filesHeld
+	}
+	return max(0, b.cfg.UserPids-hp), b.cfg.UserFiles - min(b.cfg.UserFiles, hf)
+}
+
+// lower brings each of ps above the shares of n instances down to them,
+// and counts again what those still above their limits hold (they may
+// have let some go).
+func (b *Backend) lower(ps []*proc, n int) {
+	for _, p := range ps {
+		h := &p.share
+		if h.fixed {
+			continue
+		}
+		if w := b.pidsShare(n); b.cfg.UserPids > 0 && h.pids > w {
+			if held, err := p.cmd.SetPids(w); err == nil {
+				h.pids, h.pidsHeld = w, held
+			} else {
+				// An instance that ended meanwhile holds nothing; its
+				// reap rebalances the rest.
+				b.log.Debug("lower pids", "instance", p.id, "err", err)
+			}
+		} else if h.pidsHeld > h.pids {
+			if held, err := p.cmd.PidsHeld(); err == nil {
+				h.pidsHeld = held
+			}
+		}
+		if w := b.filesShare(n, h.minFiles); b.cfg.UserFiles > 0 && h.files > w {
+			if held, err := p.cmd.SetNoFiles(w); err == nil {
+				h.files, h.filesHeld = w, held
+			} else {
+				b.log.Debug("lower open files", "instance", p.id, "err", err)
+			}
+		} else if held, err := p.cmd.FilesHeld(); err == nil {
+			// Less if it let files go; more if a process was forked
+			// since (see above).
+			h.filesHeld = held
+		}
+	}
+}
+
+// rebalance gives each of owner's instances its share of the budgets,
+// now that one was admitted or ended: those above it are lowered first,
+// then those below it (admitted short, or left from more instances) are
+// raised as far as the budget allows.
+func (b *Backend) rebalance(owner string) {
+	if !b.budgeted() {
+		return
+	}
+	b.mu.Lock()
+	closed := b.closed
+	b.mu.Unlock()
+	if closed {
+		// Every instance is going.
+		return
+	}
+	l := b.ledger(owner)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ps, n := b.members(owner, nil)
+	if n == 0 {
+		return
+	}
+	b.lower(ps, n)
+	pidsFree, filesFree := b.free(ps)
+	for _, p := range ps {
+		h := &p.share
+		p.mu.Lock()
+		stopping := p.stopping != ""
+		p.mu.Unlock()
+		if h.fixed || stopping {
+			continue
+		}
+		if w := b.pidsShare(n); b.cfg.UserPids > 0 && h.pids < w {
+			if to := min(w, h.pids+pidsFree); to > h.pids {
+				if held, err := p.cmd.SetPids(to); err == nil {
+					pidsFree -= max(0, held-h.pidsHeld)
+					h.pids, h.pidsHeld = to, held
+				}
+			}
+		}
+		if w := b.filesShare(n, h.minFiles); b.cfg.UserFiles > 0 && h.files < w && b.raisesFiles {
+			openers, err := p.cmd.Openers()
+			if err != nil {
+				continue
+			}
+			k := uint64(max(1, len(openers)))
+			if to := min(w, h.files+filesFree/k); to > h.files {
+				if held, err := p.cmd.SetNoFiles(to); err == nil {
+					filesFree -= min(filesFree, held-min(held, h.filesHeld))
+					h.files, h.filesHeld = to, held
+				}
+			}
+		}
+	}
+}
