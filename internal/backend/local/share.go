@@ -74,7 +74,15 @@ func errBudget(what string, budget uint64) error {
 }
 
 // ledger orders the budget's changes for one user.
-type ledger struct{ mu sync.Mutex }
+type ledger struct {
+	mu sync.Mutex
+	// bucket is bits.Len(n-1) of the instance count n the shares were
+	// last given for: the shares change only when it does, and only then
+	// is every instance's use read again from /proc (O(n) reads at each
+	// power of two, not at every start and end, which took the CPU from
+	// the cold starts of a user with hundreds of instances).
+	bucket int
+}
 
 // holding is an instance's part in its user's budgets; guarded by its
 // user's ledger.
@@ -88,6 +96,9 @@ type holding struct {
 	// fixed: its limits are not changed (gVisor's runsc, whose own
 	// processes are not the function's), only counted.
 	fixed bool
+	// openers is how many of its processes open files (k: its files
+	// limit holds k times over).
+	openers uint64
 }
 
 func (b *Backend) ledger(owner string) *ledger {
@@ -146,7 +157,7 @@ func (b *Backend) admit(p *proc, spec *backend.Spec) error {
 	pidsFree, filesFree := b.free(others)
 	if (b.cfg.UserPids > 0 && pidsFree < wantPids) || (b.cfg.UserFiles > 0 && filesFree < k*wantFiles) {
 		// Take back what the others hold above their shares.
-		b.lower(others, n)
+		b.lower(others, n, true)
 		pidsFree, filesFree = b.free(others)
 	}
 	if h.fixed {
@@ -158,7 +169,7 @@ func (b *Backend) admit(p *proc, spec *backend.Spec) error {
 		if b.cfg.UserFiles > 0 && filesFree < k*wantFiles {
 			return errBudget("files", b.cfg.UserFiles)
 		}
-		h.pids, h.files = wantPids, wantFiles
+		h.pids, h.files, h.openers = wantPids, wantFiles, k
 		if h.pidsHeld, err = p.cmd.PidsHeld(); err == nil {
 			h.filesHeld, err = p.cmd.FilesHeld()
 		}
@@ -185,7 +196,7 @@ func (b *Backend) admit(p *proc, spec *backend.Spec) error {
 	if err := p.cmd.LimitFresh(h.pids, h.files, openers); err != nil {
 		return fmt.Errorf("admit instance: %w", err)
 	}
-	h.pidsHeld, h.filesHeld = h.pids, k*h.files
+	h.pidsHeld, h.filesHeld, h.openers = h.pids, k*h.files, k
 	b.join(p, spec.Owner, h)
 	return nil
 }
@@ -211,8 +222,9 @@ func (b *Backend) free(ps []*proc) (pids int64, files uint64) {
 
 // lower brings each of ps above the shares of n instances down to them,
 // and counts again what those still above their limits hold (they may
-// have let some go).
-func (b *Backend) lower(ps []*proc, n int) {
+// have let some go); with recount, what every instance holds of open
+// files is counted again too (a process forked since counts from then).
+func (b *Backend) lower(ps []*proc, n int, recount bool) {
 	for _, p := range ps {
 		h := &p.share
 		if h.fixed {
@@ -237,6 +249,8 @@ func (b *Backend) lower(ps []*proc, n int) {
 			} else {
 				b.log.Debug("lower open files", "instance", p.id, "err", err)
 			}
+		} else if !recount && h.filesHeld <= h.openers*h.files {
+			// At its limits, and nothing has changed them.
 		} else if held, err := p.cmd.FilesHeld(); err == nil {
 			// Less if it let files go; more if a process was forked
 			// since (see above).
@@ -267,7 +281,9 @@ func (b *Backend) rebalance(owner string) {
 	if n == 0 {
 		return
 	}
-	b.lower(ps, n)
+	bucket := bits.Len(uint(n - 1))
+	b.lower(ps, n, bucket != l.bucket)
+	l.bucket = bucket
 	pidsFree, filesFree := b.free(ps)
 	for _, p := range ps {
 		h := &p.share
