@@ -36,7 +36,7 @@ import (
 // slirp4netns, each counted at its own limit (a share assumes two per
 // instance). A process the runtime forks (its permissions refuse that;
 // the seccomp filter does not) has its parent's limit and is counted
-// only from the next rebalance: past the runtime's permissions the bound
+// only from the next change of shares (see ledger.bucket): past the runtime's permissions the bound
 // is the instance's pids share times its files share. Without
 // CAP_SYS_RESOURCE an open-file limit can only be lowered: instances
 // keep the share they were given when others end (pids shares grow back
