@@ -967,7 +967,7 @@ func (rt *Router) sendRequest(ctx *fasthttp.RequestCtx, inv *invocation, c *upCo
 		// does not read the body blocks: watch without reading.
 		hc, _ := ctx.Conn().(*httpserve.Conn)
 		if hc != nil {
-			hc.AwaitHangUp(&httpserve.Wait{}, inv.start, inv)
+			hc.AwaitHangUp(&httpserve.Wait{}, inv.start, sendingGoner{inv})
 		}
 		err := rt.writeRequest(c.bw, ctx, inv, false)
 		if err == nil {
@@ -989,6 +989,22 @@ func (rt *Router) sendRequest(ctx *fasthttp.RequestCtx, inv *invocation, c *upCo
 		}
 	}()
 	return s
+}
+
+// sendingGoner is the hang-up watch's Goner while the body is sent. A
+// sender blocked writing to an instance that does not read is freed by
+// closing the instance's connection; one reading the client needs
+// nothing: its read returns at once with what ended the connection, and
+// tells a body cut by a clean close (400: the client may still read the
+// answer) from a reset, which closing first would hide.
+type sendingGoner struct{ inv *invocation }
+
+func (g sendingGoner) ClientGone() {
+	if g.inv.readingBody.Load() {
+		g.inv.gone.Store(true)
+		return
+	}
+	g.inv.ClientGone()
 }
 
 // senderGrace is how long an answer waits for the body's sending to end
