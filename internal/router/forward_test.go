@@ -1766,3 +1766,47 @@ func TestAbsoluteFormTargetsHost(t *testing.T) {
 		}
 	}
 }
+
+// staleOnce resolves to old once, as a resolver would just before a
+// deploy, and to cur from then on.
+type staleOnce struct {
+	old, cur *backend.Spec
+	used     atomic.Bool
+}
+
+func (s *staleOnce) Resolve(ctx context.Context, owner, name, tag string) (*backend.Spec, error) {
+	if s.used.CompareAndSwap(false, true) {
+		return s.old, nil
+	}
+	return s.cur, nil
+}
+func (s *staleOnce) Invoked(*backend.Spec)                        {}
+func (s *staleOnce) Cached(owner, name, tag string) *backend.Spec { return nil }
+
+type accessVersions chan int64
+
+func (a accessVersions) Access(x Access) { a <- x.Spec.Version }
+
+// A request whose version a deploy retired between its resolving and its
+// lease is served by the version now live, and logged as served by it.
+func TestRetiredVersionLogsTheVersionThatServed(t *testing.T) {
+	sock := serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	v1 := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 5 * time.Second}
+	v2 := *v1
+	v2.Version = 2
+	act := activator.New(&upstreamBackend{addr: sock}, activator.Config{})
+	act.RetireExcept(v1.FunctionID, v2.Key())
+	versions := make(accessVersions, 1)
+	srv := serveRouter(t, New(&staleOnce{old: v1, cur: &v2}, act, Config{Access: versions}))
+	res, err := http.Get(srv.URL + "/fn/alice/fn/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 200 {
+		t.Fatalf("status %d", res.StatusCode)
+	}
+	if v := <-versions; v != 2 {
+		t.Fatalf("access line names version %d, want 2 (the one that served)", v)
+	}
+}

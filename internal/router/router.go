@@ -242,7 +242,10 @@ func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string)
 		rt.noInstance(ctx, inv, err)
 		return
 	}
-	rt.resolver.Invoked(spec)
+	// A deploy between resolving and the lease: the version live now
+	// serves, and is the one the request is counted and logged for.
+	inv.spec = lease.Instance().Spec
+	rt.resolver.Invoked(inv.spec)
 	inv.lease = lease
 	for {
 		var streaming bool
@@ -269,6 +272,7 @@ func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string)
 			return
 		}
 		inv.lease, inv.retry, inv.retried = lease, false, true
+		inv.spec = lease.Instance().Spec
 	}
 }
 
