@@ -3,9 +3,11 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"compress/gzip"
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httputil"
 	"strings"
 	"testing"
 	"time"
@@ -208,5 +210,61 @@ func TestLargestHeadReachesTheFunction(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestAnswerTransferCodingsReachTheClient: a Node function may answer
+// with a transfer coding besides chunked (Node sends the field as the
+// function set it; Deno replaces it with its own chunked). An HTTP/1.1
+// client gets the coding named on the re-chunked body; an HTTP/1.0
+// client, which can take no transfer coding, gets a 502.
+func TestAnswerTransferCodingsReachTheClient(t *testing.T) {
+	s := startServer(t)
+	s.deployCode(t, "te-node", []byte(`export default { fetch() {
+	const body = new Blob(["hello, gzip"]).stream().pipeThrough(new CompressionStream("gzip"));
+	return new Response(body, { headers: { "transfer-encoding": "gzip, chunked" } });
+} }`), "runtime=node")
+	for _, proto := range []string{"HTTP/1.1", "HTTP/1.0"} {
+		t.Run(proto, func(t *testing.T) {
+			c := s.dial(t)
+			if _, err := io.WriteString(c, "GET /fn/admin/te-node/ "+proto+"\r\nHost: x\r\nConnection: close\r\n\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			br := bufio.NewReader(c)
+			status, err := br.ReadString('\n')
+			if err != nil {
+				t.Fatal(err)
+			}
+			var te string
+			for {
+				line, err := br.ReadString('\n')
+				if err != nil {
+					t.Fatal(err)
+				}
+				if line == "\r\n" {
+					break
+				}
+				if name, v, ok := strings.Cut(line, ":"); ok && strings.EqualFold(name, "transfer-encoding") {
+					te = strings.TrimSpace(v)
+				}
+			}
+			if proto == "HTTP/1.0" {
+				if !strings.Contains(status, " 502 ") {
+					t.Fatalf("HTTP/1.0 client: %q, want a 502", status)
+				}
+				return
+			}
+			if !strings.Contains(status, " 200 ") || te != "gzip, chunked" {
+				t.Fatalf("%q with Transfer-Encoding %q, want 200 and \"gzip, chunked\"", status, te)
+			}
+			zr, err := gzip.NewReader(httputil.NewChunkedReader(br))
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, err := io.ReadAll(zr)
+			if err != nil || string(body) != "hello, gzip" {
+				t.Fatalf("body %q, %v; want the function's gzip of \"hello, gzip\"", body, err)
+			}
+		})
 	}
 }
