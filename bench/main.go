@@ -311,6 +311,12 @@ func run() (code int) {
 		return 1
 	}
 	cleanups.push(func() { _ = os.RemoveAll(env.tmp) })
+	// Searchable by others, as a data dir's parents must be for the npm
+	// uid to reach the shared npm cache (spry warns otherwise).
+	if err := os.Chmod(env.tmp, 0o711); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
+	}
 	// Run a copy of the binary just built, so a rebuild of bin/spry
 	// during the run cannot change what is measured.
 	built := filepath.Join(root, "bin", "spry")
