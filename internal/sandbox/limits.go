@@ -188,16 +188,16 @@ func prlimitNoFile(pid int, l *unix.Rlimit) error {
 	go func() {
 		goruntime.LockOSThread()
 		keep := ^uintptr(0) // -1: unchanged
-		setIDs := func(id uintptr) error {
-			if _, _, e := unix.RawSyscall(unix.SYS_SETRESGID, id, keep, keep); e != 0 {
+		setIDs := func(uid, gid uintptr) error {
+			if _, _, e := unix.RawSyscall(unix.SYS_SETRESGID, gid, keep, keep); e != 0 {
 				return fmt.Errorf("setresgid: %w", e)
 			}
-			if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, id, keep, keep); e != 0 {
+			if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, uid, keep, keep); e != 0 {
 				return fmt.Errorf("setresuid: %w", e)
 			}
 			return nil
 		}
-		err := setIDs(uintptr(st.uid))
+		err := setIDs(uintptr(st.uid), uintptr(st.gid))
 		if err == nil {
 			err = unix.Prlimit(pid, unix.RLIMIT_NOFILE, l, nil)
 		}

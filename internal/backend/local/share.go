@@ -151,7 +151,9 @@ func (b *Backend) admit(p *proc, spec *backend.Spec) error {
 	wantPids, wantFiles := b.pidsShare(n), b.filesShare(n, h.minFiles)
 	openers, err := p.cmd.Openers()
 	if err != nil {
-		return fmt.Errorf("admit instance: %w", err)
+		// Most likely the sandbox died since it was taken: 503, as a
+		// dead spawn's start gets, not an internal error.
+		return fmt.Errorf("admit instance: %w: %w", err, errdefs.ErrUnavailable)
 	}
 	k := uint64(max(1, len(openers)))
 	pidsFree, filesFree := b.free(others)
@@ -174,7 +176,7 @@ func (b *Backend) admit(p *proc, spec *backend.Spec) error {
 			h.filesHeld, err = p.cmd.FilesHeld()
 		}
 		if err != nil {
-			return fmt.Errorf("admit instance: %w", err)
+			return fmt.Errorf("admit instance: %w: %w", err, errdefs.ErrUnavailable)
 		}
 		b.join(p, spec.Owner, h)
 		return nil
@@ -194,7 +196,7 @@ func (b *Backend) admit(p *proc, spec *backend.Spec) error {
 	}
 	// No function has run in it yet: it holds its limits, no more.
 	if err := p.cmd.LimitFresh(h.pids, h.files, openers); err != nil {
-		return fmt.Errorf("admit instance: %w", err)
+		return fmt.Errorf("admit instance: %w: %w", err, errdefs.ErrUnavailable)
 	}
 	h.pidsHeld, h.filesHeld, h.openers = h.pids, k*h.files, k
 	b.join(p, spec.Owner, h)

@@ -245,3 +245,21 @@ func TestUserBudgetsBoundPidsAndFiles(t *testing.T) {
 	}
 
 }
+
+// A pooled sandbox that dies after a start took it, before its share is
+// given, fails that start as any dead sandbox does: 503 (retry), not an
+// internal error.
+func TestAdmitDeadSandboxIsUnavailable(t *testing.T) {
+	e := budgetEnv(t)
+	e.waitPool(t, 1)
+	p := e.b.take(e.b.defaultKeys()[0])
+	if p == nil {
+		t.Fatal("no pooled sandbox")
+	}
+	e.b.kill(p, backend.ExitStopped)
+	<-p.exited
+	err := e.b.admit(p, e.spec(t, bombs))
+	if code := errdefs.HTTPStatus(err); code != 503 {
+		t.Fatalf("admit a dead sandbox: err = %v (%d), want 503", err, code)
+	}
+}
