@@ -87,7 +87,7 @@ func New(h fasthttp.RequestHandler, log *slog.Logger) *fasthttp.Server {
 // request.
 func refuseBadHead(h fasthttp.RequestHandler) fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
-		if c, ok := ctx.Conn().(*Conn); ok && c.headRead() {
+		if c, ok := ctx.Conn().(*Conn); ok && c.headRead(ctx.Request.Header.ContentLength()) {
 			WriteError(ctx, errdefs.New(errdefs.ErrInvalidArgument, "%v", errBareLF))
 			ctx.SetConnectionClose()
 			return

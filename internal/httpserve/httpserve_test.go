@@ -499,3 +499,52 @@ func TestBareLFHeadIsRefused(t *testing.T) {
 		}
 	}
 }
+
+// A pipelined head that came with the request before it is in the
+// server's buffer before that request is answered: it is judged too. It
+// was served with a bare LF after its request line, and one all in bare
+// LFs waited for the head timeout. A body that looks like a head with
+// bare LFs is still data.
+func TestPipelinedBareLFHeadIsRefused(t *testing.T) {
+	url := serve(t, func(ctx *fasthttp.RequestCtx) {
+		var b []byte
+		if r := BodyStream(ctx); r != nil {
+			b, _ = io.ReadAll(r)
+		}
+		ctx.SetBodyString(string(ctx.Path()) + " " + string(b))
+	})
+	for _, tc := range []struct {
+		send string
+		want []string // status and body of each answer
+	}{
+		{"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\nHost: a\r\n\r\n", []string{"200 /a ", "400"}},
+		{"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\nHost: a\n\n", []string{"200 /a ", "400"}},
+		{"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET /b HTTP/1.1\nHost: a\r\n\r\n", []string{"200 /a abc", "400"}},
+		{"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 9\r\n\r\na b\nc: d\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n", []string{"200 /a a b\nc: d\n", "200 /b "}},
+		{"GET /a HTTP/1.1\r\nHost: a\r\n\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\nGET /c HTTP/1.1\r\nHost: a\r\n\r\n", []string{"200 /a ", "200 /b ", "200 /c "}},
+	} {
+		c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		br := bufio.NewReader(c)
+		fmt.Fprint(c, tc.send)
+		for _, want := range tc.want {
+			res, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Errorf("%q: %v; want %s", tc.send, err, want)
+				break
+			}
+			b, _ := io.ReadAll(res.Body)
+			got := fmt.Sprintf("%d %s", res.StatusCode, b)
+			if res.StatusCode == 400 {
+				got = "400"
+			}
+			if got != want {
+				t.Errorf("%q: %q, want %q", tc.send, got, want)
+			}
+		}
+		c.Close()
+	}
+}

@@ -49,6 +49,7 @@ func BareLF(head []byte) bool {
 type headScan struct {
 	state uint8
 	bare  bool
+	whole bool   // decided at the head's CRLF blank line
 	tail  uint32 // the last four bytes seen
 	// line is the request line so far: what is read is taken for a head
 	// only if it starts with one (see Conn.Read).
@@ -63,14 +64,16 @@ const (
 )
 
 func (s *headScan) reset() {
-	s.state, s.bare, s.tail, s.line = scanLead, false, 0, s.line[:0]
+	s.state, s.bare, s.whole, s.tail, s.line = scanLead, false, false, 0, s.line[:0]
 }
 
 // done says whether the scan has decided.
 func (s *headScan) done() bool { return s.state == scanDone }
 
-// scan follows p, the next bytes of the head.
-func (s *headScan) scan(p []byte) {
+// scan follows p, the next bytes of the head, and returns how many of
+// them it took: all, unless it decided within p.
+func (s *headScan) scan(p []byte) int {
+	n := len(p)
 	for s.state != scanDone && len(p) > 0 {
 		switch s.state {
 		case scanLead:
@@ -86,7 +89,7 @@ func (s *headScan) scan(p []byte) {
 			if i < 0 {
 				s.keep(p)
 				s.tail = s.tail<<8 | uint32(p[len(p)-1])
-				return
+				return n
 			}
 			s.keep(p[:i])
 			prev := s.tail & 0xff
@@ -113,7 +116,7 @@ func (s *headScan) scan(p []byte) {
 				case c == '\n' && prev != '\r':
 					s.bare, s.state = true, scanDone
 				case s.tail == '\r'<<24|'\n'<<16|'\r'<<8|'\n':
-					s.state = scanDone
+					s.state, s.whole = scanDone, true
 				}
 				if s.state == scanDone {
 					p = p[i+1:]
@@ -121,10 +124,11 @@ func (s *headScan) scan(p []byte) {
 				}
 			}
 			if s.state != scanDone {
-				return
+				return n
 			}
 		}
 	}
+	return n - len(p)
 }
 
 // keep adds p to the request line, up to the head's limit (a longer one

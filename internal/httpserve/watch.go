@@ -62,7 +62,7 @@ func (l *watchListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Conn{Conn: nc, l: l, inHead: true}
+	c := &Conn{Conn: nc, l: l, inHead: true, headEnd: -1}
 	l.mu.Lock()
 	l.conns[c] = struct{}{}
 	if len(l.conns) == 1 {
@@ -146,6 +146,16 @@ type Conn struct {
 	// the goroutine serving the connection reads it then.
 	head   headScan
 	inHead bool
+	// A pipelined head may already sit in the server's read buffer at
+	// an answer's end, read with the request before it: the scan is
+	// placed by stream offsets instead, where the head before it and
+	// its body (Content-Length) end. pos is how much has been read;
+	// next where the scanned head starts (-1: not known, the scan
+	// starts at the next read); headEnd where the last whole head
+	// scanned ended (-1: not known), and after what was read past it
+	// before its handler said how long its body is.
+	pos, next, headEnd int64
+	after              []byte
 }
 
 // OnClose has f run when c is closed, by whoever closes it. A hijacking
@@ -169,31 +179,77 @@ func (c *Conn) Read(p []byte) (int, error) {
 	} else if n, err = c.Conn.Read(p); err == io.EOF {
 		c.eof.Store(true)
 	}
-	// What is read after the answer's end starts the next head, unless
-	// the server had read part of it (or all of it) before: then the
-	// scan sees no request line and has no opinion. Only a body that
-	// starts like a request line, sent after its own pipelined head,
-	// would be taken for a head.
-	if c.inHead && !c.head.done() && n > 0 {
-		c.head.scan(p[:n])
+	if n > 0 {
+		c.follow(p[:n], c.pos)
+		c.pos += int64(n)
 	}
 	return n, err
 }
 
+// follow scans b, read at stream offset off, for the head that starts
+// at c.next, and keeps what follows a whole head until its handler says
+// where its body ends. Where the start is not known the server had read
+// part of the head (or all of it) before: the scan sees no request line
+// and has no opinion.
+func (c *Conn) follow(b []byte, off int64) {
+	if c.next >= 0 && !c.head.done() {
+		if skip := c.next - off; skip > 0 {
+			if skip >= int64(len(b)) {
+				return
+			}
+			b, off = b[skip:], c.next
+		}
+		k := c.head.scan(b)
+		if !c.head.done() {
+			return
+		}
+		c.headEnd, c.after = -1, c.after[:0]
+		if c.head.whole {
+			c.headEnd = off + int64(k)
+		}
+		b = b[k:]
+	}
+	if c.headEnd >= 0 && len(b) > 0 {
+		if len(c.after)+len(b) > MaxHeaderBytes {
+			// More than the server's buffer holds, before the handler
+			// ran: not followed (the scan starts at the next read).
+			c.headEnd, c.after = -1, nil
+			return
+		}
+		c.after = append(c.after, b...)
+	}
+}
+
 // headStarts says the server will read a new request head.
 func (c *Conn) headStarts() {
-	c.head.reset()
-	if cap(c.head.line) > 4<<10 {
-		c.head.line = nil
+	if c.next < 0 {
+		c.head.reset()
+		c.next = c.pos
 	}
 	c.inHead = true
 }
 
-// headRead says the server has read the request head, and reports
+// headRead says the server has read the request head, whose body is
+// bodyLen bytes long (the parser's Content-Length: -1 for chunked, which
+// leaves where the next head starts unknown, -2 for none), and reports
 // whether a line of it ended in LF alone.
-func (c *Conn) headRead() (bareLF bool) {
+func (c *Conn) headRead(bodyLen int) (bareLF bool) {
 	c.inHead = false
-	return c.head.bare
+	bareLF = c.head.bare
+	end, after := c.headEnd, c.after
+	c.headEnd, c.after = -1, nil
+	c.head.reset()
+	if cap(c.head.line) > 4<<10 {
+		c.head.line = nil
+	}
+	c.next = -1
+	if end >= 0 && bodyLen != -1 && !bareLF {
+		c.next = end + int64(max(bodyLen, 0))
+		if i := c.next - end; i < int64(len(after)) {
+			c.follow(after[i:], c.next)
+		}
+	}
+	return bareLF
 }
 
 // Close closes the connection lingering, as nginx and net/http do: when

@@ -191,3 +191,35 @@ func TestAnswerTransferCodings(t *testing.T) {
 		}
 	}
 }
+
+// A pipelined head with a bare LF, in the server's buffer with the
+// request before it, is refused too, on either path.
+func TestPipelinedBareLFHeadIsRefused(t *testing.T) {
+	var got atomic.Int32
+	srv := routerTo(t, serveRawRequests(t, func(i int, c net.Conn) {
+		got.Add(1)
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	}), time.Millisecond)
+	for _, req := range []string{
+		"GET /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\n\r\nGET /fn/alice/fn/b HTTP/1.1\nHost: h\r\n\r\n",
+		"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nabGET /fn/alice/fn/b HTTP/1.1\nHost: h\n\n",
+	} {
+		got.Store(0)
+		c := dialRaw(t, srv.URL)
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		c.send(req)
+		if res := c.response(); res.StatusCode != 200 {
+			t.Fatalf("%q: the first request got %d", req, res.StatusCode)
+		} else {
+			body(res)
+		}
+		res := c.response()
+		b := body(res)
+		if res.StatusCode != 400 || !strings.Contains(b, "bare LF") || !res.Close {
+			t.Errorf("%q: %d %s (close %v); want 400 for a bare LF, and the connection closed", req, res.StatusCode, b, res.Close)
+		}
+		if n := got.Load(); n != 1 {
+			t.Errorf("%q: the function got %d requests, want 1", req, n)
+		}
+	}
+}
