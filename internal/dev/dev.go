@@ -428,6 +428,7 @@ func (w *watcher) check() ([]byte, bool, error) {
 func (s *session) watch(ctx context.Context, w *watcher) {
 	var failing string // the error last printed, while checks fail
 	var p *pending     // the version loading, if any
+	var psum [32]byte  // the content p was built from
 	defer func() { p.wait() }()
 	t := time.NewTicker(s.cfg.Poll)
 	defer t.Stop()
@@ -449,7 +450,14 @@ func (s *session) watch(ctx context.Context, w *watcher) {
 		}
 		failing = ""
 		if changed {
+			// The content p loads, read again (a touch, or a save whose
+			// stamp the previous check read before it): building it again
+			// would drop a load as good as the next and start it over.
+			if p.loading() && w.sum == psum {
+				continue
+			}
 			p.supersede()
+			psum = w.sum
 			p = s.reload(ctx, code)
 		}
 	}
@@ -471,6 +479,19 @@ func (p *pending) supersede() {
 	if p != nil {
 		p.cancel(errSuperseded)
 		p.wait()
+	}
+}
+
+// loading reports whether p's version is still loading.
+func (p *pending) loading() bool {
+	if p == nil {
+		return false
+	}
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
 	}
 }
 

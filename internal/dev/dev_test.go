@@ -244,3 +244,26 @@ func TestDevSlowLoad(t *testing.T) {
 		t.Errorf("a version was said not to load:\n%s", out)
 	}
 }
+
+// TestDevSameContentKeepsLoad: a check that finds the file changed but
+// its content that of the version still loading (a touch, or a save whose
+// stamp the previous check read before it) does not drop that load and
+// start it over: that version goes live.
+func TestDevSameContentKeepsLoad(t *testing.T) {
+	d := runDev(t, answering("v1"), Config{SlowLoad: time.Millisecond})
+	d.save("await new Promise((r) => setTimeout(r, 3000));\n" + answering("v2"))
+	d.wait(regexp.MustCompile(`(?m)version 2 is still loading after 1ms`), "version 2 said to be still loading")
+
+	// Touched while it loads: a new stamp, the same content.
+	now := time.Now()
+	if err := os.Chtimes(d.file, now, now); err != nil {
+		t.Fatal(err)
+	}
+	d.wait(regexp.MustCompile(`(?m)reloaded \(version \d+\)$`), "a version to go live")
+	if out := d.out.String(); regexp.MustCompile(`dropped|version 3`).MatchString(out) {
+		t.Errorf("version 2 was dropped for a touch:\n%s", out)
+	}
+	if got := d.get("/"); got != "v2" {
+		t.Errorf("got %q, want v2", got)
+	}
+}
