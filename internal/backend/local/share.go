@@ -55,16 +55,31 @@ func minFiles(spec *backend.Spec) uint64 {
 	return 2*uint64(max(spec.Concurrency, 0)) + 1024
 }
 
+// halvings is how many times a budget is halved for each of a user's n
+// instances: none for a lone one, and otherwise once more at each power
+// of two, reached one instance early (bits.Len(n), not bits.Len(n-1)).
+// So the instance that halves the shares fits beside the others' shares
+// as they were (2^k-1 instances at 1/2^k each leave 1/2^k, and it takes
+// half that) and its start does not wait for them to be lowered, which
+// it did at a user's 33rd, 65th and 129th instance (15-80 ms on its cold
+// start); rebalance lowers them after, off its path.
+func halvings(n int) int {
+	if n <= 1 {
+		return 0
+	}
+	return bits.Len(uint(n))
+}
+
 // pidsShare is the pids limit of each of a user's n instances.
 func (b *Backend) pidsShare(n int) int64 {
-	s := b.cfg.UserPids >> bits.Len(uint(n-1))
+	s := b.cfg.UserPids >> halvings(n)
 	return max(minPids, min(b.cfg.Pids, s))
 }
 
 // filesShare is the open-file limit of each process of a user's n
-// instances whose least is floor.
+// instances whose least is floor: each instance has two such processes.
 func (b *Backend) filesShare(n int, floor uint64) uint64 {
-	s := b.cfg.UserFiles >> bits.Len(uint(2*n-1))
+	s := b.cfg.UserFiles >> (halvings(n) + 1)
 	return max(floor, min(b.cfg.NoFiles, s))
 }
 
@@ -76,7 +91,7 @@ func errBudget(what string, budget uint64) error {
 // ledger orders the budget's changes for one user.
 type ledger struct {
 	mu sync.Mutex
-	// bucket is bits.Len(n-1) of the instance count n the shares were
+	// bucket is halvings(n) of the instance count n the shares were
 	// last given for: the shares change only when it does, and only then
 	// is every instance's use read again from /proc (O(n) reads at each
 	// power of two, not at every start and end, which took the CPU from
@@ -283,7 +298,7 @@ func (b *Backend) rebalance(owner string) {
 	if n == 0 {
 		return
 	}
-	bucket := bits.Len(uint(n - 1))
+	bucket := halvings(n)
 	b.lower(ps, n, bucket != l.bucket)
 	l.bucket = bucket
 	pidsFree, filesFree := b.free(ps)

@@ -263,3 +263,22 @@ func TestAdmitDeadSandboxIsUnavailable(t *testing.T) {
 		t.Fatalf("admit a dead sandbox: err = %v (%d), want 503", err, code)
 	}
 }
+
+// TestTheInstanceThatHalvesSharesFits: however many instances a user
+// has, the next one's shares fit beside the others' as they are, so its
+// start never waits while they are lowered (unless a lone instance holds
+// the whole budget, or shares are at their floor or cap).
+func TestTheInstanceThatHalvesSharesFits(t *testing.T) {
+	for _, budget := range []int64{256, 1000, 8192, 16384, 1 << 20} {
+		b := &Backend{cfg: Config{UserPids: budget, Pids: budget, UserFiles: uint64(budget), NoFiles: uint64(budget)}}
+		for n := 3; n <= 4096; n++ {
+			others := int64(n-1) * (budget >> halvings(n-1))
+			if mine := budget >> halvings(n); others+mine > budget {
+				t.Fatalf("budget %d, instance %d: the others hold %d, and it needs %d", budget, n, others, mine)
+			}
+			if others, mine := uint64(2*(n-1))*b.filesShare(n-1, 0), 2*b.filesShare(n, 0); others+mine > uint64(budget) {
+				t.Fatalf("files budget %d, instance %d: the others hold %d, and it needs %d", budget, n, others, mine)
+			}
+		}
+	}
+}
