@@ -132,7 +132,7 @@ type spryServer struct {
 // env.tmp, with uids from uidBase, plus extra flags.
 func startSpry(ctx context.Context, env *benchEnv, label string, uidBase int, extra ...string) (*spryServer, error) {
 	dir := filepath.Join(env.tmp, label)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(dir, 0o711); err != nil {
 		return nil, err
 	}
 	port, err := freePort()
