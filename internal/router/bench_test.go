@@ -41,3 +41,14 @@ func BenchmarkForwardUpload(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkAnswerCodings is the look at every answer head for transfer
+// codings besides chunked (Deno's answer to the bench's function).
+func BenchmarkAnswerCodings(b *testing.B) {
+	head := []byte("HTTP/1.1 200 OK\r\ncontent-type: text/plain;charset=UTF-8\r\nvary: Accept-Encoding\r\ncontent-length: 2\r\ndate: Tue, 24 Nov 2026 02:00:00 GMT\r\n\r\n")
+	for b.Loop() {
+		if c, ok := answerCodings(head); !ok || c != "" {
+			b.Fatal(c, ok)
+		}
+	}
+}
