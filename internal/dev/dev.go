@@ -374,6 +374,8 @@ type watcher struct {
 	racy bool     // seen was recent when read: read again on each check
 	sum  [32]byte // SHA-256 of the content last read
 	read bool     // whether the file was read at all
+
+	afterRead func() // tests: runs between the read and the stat after it
 }
 
 // check returns the file's content and true when it changed since the
@@ -407,13 +409,22 @@ func (w *watcher) check() ([]byte, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
+	if w.afterRead != nil {
+		w.afterRead()
+	}
+	// A write that began between the stat and the read (an editor
+	// writing in place) may have left the read cut, and the settle rule
+	// above could not see it: the stamp has moved since, so the next
+	// check reads the file again, once it has settled.
+	if fi, err := os.Stat(w.path); err != nil || stampOf(fi) != st {
+		return nil, false, nil
+	}
 	sum := sha256.Sum256(code)
 	changed := !w.read || st != w.seen || sum != w.sum
-	// The stamp, taken before the read, may be older than what was read
-	// (a save in between): the next check then sees a new stamp and
-	// builds the same content again, which changes nothing. A later save
-	// sets both times to the kernel's clock, so the change time (which
-	// nothing else sets) tells whether one could still leave this stamp.
+	// The stamp is what was read (the stat after the read found it
+	// unchanged). A later save sets both times to the kernel's clock, so
+	// the change time (which nothing else sets) tells whether one could
+	// still leave this stamp.
 	w.seen, w.sum, w.read = st, sum, true
 	w.racy = start.Sub(last) < racyWindow
 	if !changed {

@@ -175,3 +175,28 @@ func TestWatcherDirectory(t *testing.T) {
 		t.Fatalf("check of a directory: %v", err)
 	}
 }
+
+// TestWatcherReadsAgainAfterAWriteDuringTheRead: a write that begins
+// after the stat of a check and before its read leaves the read cut; the
+// stamp has moved by the stat after the read, so the check reports
+// nothing and the next one reads the whole file.
+func TestWatcherReadsAgainAfterAWriteDuringTheRead(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "fn.ts")
+	old := time.Now().Add(-time.Minute)
+	write(t, path, "version 1", old)
+	w := &watcher{path: path, now: later}
+	expect(t, w, "version 1")
+
+	// The editor has written the first bytes of version 2 when the check
+	// reads, and the rest right after.
+	write(t, path, "vers", old)
+	w.afterRead = func() {
+		if err := os.WriteFile(path, []byte("version 2"), 0o644); err != nil {
+			t.Error(err)
+		}
+		w.afterRead = nil
+	}
+	expect(t, w, "")
+	expect(t, w, "version 2")
+	expect(t, w, "")
+}
