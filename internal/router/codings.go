@@ -13,7 +13,8 @@ import (
 // list that ends in one chunked is re-framed: the body is de-chunked and
 // chunked again, and an HTTP/1.1 client is told the other codings; an
 // HTTP/1.0 client can take none (6.1), and any other list cannot be
-// re-framed (chunked must not be applied twice): a 502. The instance is
+// re-framed (chunked must not be applied twice): a 502, for an answer
+// with a body (one without has nothing to frame). The instance is
 // sent no TE, so chunked was the only coding it could use (RFC 9110
 // 10.1.4).
 

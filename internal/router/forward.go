@@ -533,9 +533,7 @@ func readHead(br *bufio.Reader, h *fasthttp.ResponseHeader, upgrade bool) (codin
 			return "", errBadAnswer
 		}
 		var ok bool
-		if codings, ok = answerCodings(head); !ok {
-			return "", fmt.Errorf("%w: transfer codings that cannot be re-framed", errBadAnswer)
-		}
+		codings, ok = answerCodings(head)
 		if err := h.Read(br); err != nil {
 			var ne net.Error
 			if errors.Is(err, io.EOF) || errors.As(err, &ne) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) {
@@ -551,11 +549,18 @@ func readHead(br *bufio.Reader, h *fasthttp.ResponseHeader, upgrade bool) (codin
 		if s == fasthttp.StatusSwitchingProtocols && !upgrade {
 			return "", errBadAnswer
 		}
+		if !ok {
+			return "", errCodings
+		}
 		if s >= 200 || s == fasthttp.StatusSwitchingProtocols {
 			return codings, nil
 		}
 	}
 }
+
+// errCodings is an answer whose transfer codings cannot be re-framed; it
+// passes (without them) only when it has no body to frame.
+var errCodings = fmt.Errorf("%w: transfer codings that cannot be re-framed", errBadAnswer)
 
 // readAnswerHead reads the instance's answer head into the response,
 // and notes its transfer codings but chunked in inv (see codings.go):
@@ -564,6 +569,11 @@ func readHead(br *bufio.Reader, h *fasthttp.ResponseHeader, upgrade bool) (codin
 func readAnswerHead(ctx *fasthttp.RequestCtx, inv *invocation, br *bufio.Reader, upgrade bool) error {
 	h := &ctx.Response.Header
 	codings, err := readHead(br, h, upgrade)
+	if errors.Is(err, errCodings) && h.StatusCode() >= 200 && !hasAnswerBody(inv, h) {
+		// Nothing to frame (HEAD, 204, 304): the head passes, as a
+		// HEAD's does whatever its codings.
+		codings, err = "", nil
+	}
 	inv.codings = codings
 	if err == nil && codings != "" && !ctx.Request.Header.IsHTTP11() && hasAnswerBody(inv, h) {
 		return fmt.Errorf("%w: transfer codings %q for an HTTP/1.0 client", errBadAnswer, codings)

@@ -1181,7 +1181,8 @@ func (lp *loop) readHead(u *laneUp) bool {
 		// LF, that is before the "\r\n\r\n" found, as on the slow path.
 		end -= lp.rd.Len() + lp.br.Buffered()
 		var ok bool
-		if u.codings, ok = answerCodings(u.buf[:end]); !ok {
+		u.codings, ok = answerCodings(u.buf[:end])
+		if !ok && (h.StatusCode() < 200 || hasAnswerBody(c.inv, h)) {
 			lp.fail(c, errBadAnswer)
 			return false
 		}

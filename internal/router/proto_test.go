@@ -150,6 +150,9 @@ func TestAnswerTransferCodings(t *testing.T) {
 		{"gzip alone", "gzip", gz.String(), "GET /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n\r\n", 502, ""},
 		{"chunked first", "chunked, gzip", chunked, "GET /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n\r\n", 502, ""},
 		{"chunked twice", "chunked, chunked", chunked, "GET /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n\r\n", 502, ""},
+		// No body to frame: the codings do not matter.
+		{"HEAD, gzip alone", "gzip", "", "HEAD /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n\r\n", 200, ""},
+		{"HEAD, chunked twice", "chunked, chunked", "", "HEAD /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n\r\n", 200, ""},
 	} {
 		srv := routerTo(t, serveRawRequests(t, func(i int, c net.Conn) {
 			io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: "+tc.te+"\r\n\r\n"+tc.body)
