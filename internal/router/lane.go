@@ -1181,7 +1181,13 @@ func (lp *loop) readHead(u *laneUp) bool {
 		// LF, that is before the "\r\n\r\n" found, as on the slow path.
 		end -= lp.rd.Len() + lp.br.Buffered()
 		var ok bool
-		u.codings, ok = answerCodings(u.buf[:end])
+		// The parser takes any Transfer-Encoding but identity for chunked
+		// (length -1): the head is looked through for codings only then,
+		// not on every answer.
+		u.codings, ok = "", true
+		if h.ContentLength() == -1 {
+			u.codings, ok = answerCodings(u.buf[:end])
+		}
 		if !ok && (h.StatusCode() < 200 || hasAnswerBody(c.inv, h)) {
 			lp.fail(c, errBadAnswer)
 			return false
