@@ -231,11 +231,7 @@ func (g *group) cpuQuota() (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	b, err := os.ReadFile(filepath.Join(dir, "cpu.cfs_quota_us"))
-	if err != nil {
-		return 0, err
-	}
-	return strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	return readInt(filepath.Join(dir, "cpu.cfs_quota_us"))
 }
 
 // cpuWeight reads the CPU weight back, in the hierarchy's own unit (v1:

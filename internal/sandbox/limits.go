@@ -27,11 +27,7 @@ func HostPids() int64 {
 func HostFiles() int64 { return readSysctl("/proc/sys/fs/file-max", 1<<20) }
 
 func readSysctl(path string, def int64) int64 {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return def
-	}
-	n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	n, err := readInt(path)
 	if err != nil || n <= 0 {
 		return def
 	}
