@@ -1016,18 +1016,12 @@ func (b *Backend) readOutput(p *proc, stream string, r io.Reader, watchReady boo
 // no UTF-8 character is cut in two: before a last character b holds only
 // part of, else at its end.
 func runeCut(b []byte) int {
-	for i := len(b) - 1; i >= 0 && i >= len(b)-utf8.UTFMax+1; i-- {
-		c := b[i]
-		switch {
-		case c < 0x80:
-			return len(b) // ASCII: nothing cut
-		case c < 0xC0:
-			continue // a continuation byte: its start is further back
-		case c >= 0xF0 && len(b)-i < 4, c >= 0xE0 && len(b)-i < 3, len(b)-i < 2:
-			return i
-		default:
-			return len(b)
-		}
+	i := len(b) - 1
+	for i > 0 && len(b)-i < utf8.UTFMax && !utf8.RuneStart(b[i]) {
+		i--
+	}
+	if i >= 0 && !utf8.FullRune(b[i:]) {
+		return i
 	}
 	return len(b)
 }
