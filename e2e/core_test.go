@@ -70,6 +70,47 @@ func TestTour(t *testing.T) {
 	}
 }
 
+// TestFunctionHosts: with --function-domain each function answers at a
+// host of its own, the whole path its own, and the URL spry deploy
+// prints names that host; the path form stays.
+func TestFunctionHosts(t *testing.T) {
+	s := startServer(t, "--function-domain", "fn.test")
+	_, port, _ := net.SplitHostPort(s.addr)
+	out := s.mustSpry("deploy", "examples/hello.ts", "--name", "hello")
+	if want := "http://hello.admin.fn.test:" + port; !strings.Contains(out, want) {
+		t.Fatalf("deploy printed %q; want the URL %s", out, want)
+	}
+	s.deployCode(t, "echo", example(t, "echo.js"), "")
+	get := func(host, path string) response {
+		t.Helper()
+		req, err := http.NewRequest("GET", s.url+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = host
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		body, _ := io.ReadAll(res.Body)
+		return response{status: res.StatusCode, header: res.Header, body: body}
+	}
+	if r := get("hello.admin.fn.test:"+port, "/?name=Ada"); r.status != 200 || string(r.body) != "Hello, Ada\n" {
+		t.Fatalf("hello at its host: %d %q", r.status, r.body)
+	}
+	// The API's paths are the function's own there.
+	if r := get("Echo.Admin.fn.test", "/api/v1/functions?x=1"); r.status != 200 || !strings.Contains(string(r.body), `"path":"/api/v1/functions"`) {
+		t.Fatalf("echo at its host: %d %q", r.status, r.body)
+	}
+	if r := get("nope.admin.fn.test", "/"); r.status != 404 || r.errorCode(t) != "not_found" {
+		t.Fatalf("no such function: %d %q", r.status, r.body)
+	}
+	if r := s.get("/fn/admin/hello?name=Bo"); r.status != 200 || string(r.body) != "Hello, Bo\n" {
+		t.Fatalf("path form: %d %q", r.status, r.body)
+	}
+}
+
 // TestExamples deploys every example through the CLI and the raw API and
 // checks each answers as documented.
 func TestExamples(t *testing.T) {

@@ -55,8 +55,11 @@ type Config struct {
 	// PublicURL is the base of function URLs in responses; empty means
 	// "derive from the request's Host".
 	PublicURL string
-	Now       func() time.Time
-	Logger    *slog.Logger
+	// FunctionDomain, if set, is where each function has a host of its
+	// own, "<name>.<owner>.<FunctionDomain>": function URLs name that.
+	FunctionDomain string
+	Now            func() time.Time
+	Logger         *slog.Logger
 }
 
 // API serves /api/v1.

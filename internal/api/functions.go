@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -105,6 +106,23 @@ func (a *API) baseURL(r *http.Request) string {
 	return scheme + "://" + r.Host
 }
 
+// functionURL is where owner/name answers: at its own host below the
+// function domain, with the scheme and port of the base URL, or under
+// /fn/ on the base URL.
+func (a *API) functionURL(r *http.Request, owner, name string) string {
+	base := a.baseURL(r)
+	domain := strings.ToLower(strings.TrimSuffix(a.cfg.FunctionDomain, "."))
+	u, err := url.Parse(base)
+	if domain == "" || err != nil || u.Scheme == "" {
+		return base + "/fn/" + owner + "/" + name
+	}
+	host := name + "." + owner + "." + domain
+	if p := u.Port(); p != "" {
+		host = net.JoinHostPort(host, p)
+	}
+	return u.Scheme + "://" + host
+}
+
 func (a *API) view(r *http.Request, fn store.Function) FunctionView {
 	n := a.instanceCount(fn)
 	state := "idle"
@@ -116,7 +134,7 @@ func (a *API) view(r *http.Request, fn store.Function) FunctionView {
 		Name:       fn.Name,
 		Version:    fn.LiveVersion,
 		Runtime:    fn.Live.Config.Runtime,
-		URL:        a.baseURL(r) + "/fn/" + fn.Owner + "/" + fn.Name,
+		URL:        a.functionURL(r, fn.Owner, fn.Name),
 		Digest:     fn.Live.Digest,
 		Size:       fn.Live.Size,
 		State:      state,

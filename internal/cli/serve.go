@@ -81,6 +81,7 @@ func newServeCmd(env Env) *cobra.Command {
 	f.StringVar(&cfg.DataDir, "data", "./spry-data", "data directory: database, bundles, admin token")
 	f.StringVar(&cfg.RunDir, "run-dir", "", "directory for instance sockets and code (default /run/spry/<id of the data dir>)")
 	f.StringVar(&cfg.PublicURL, "public-url", "", "base URL in function URLs the API returns (default: from the request)")
+	f.StringVar(&cfg.FunctionDomain, "function-domain", "", "serve each function at a host of its own too, <name>.<owner>.<this domain> (a wildcard DNS name pointing here; \"localhost\" works in browsers), so that browsers keep functions' cookies and storage apart; function URLs the API returns name that host")
 	f.DurationVar(&cfg.ScaleToZeroAfter, "scale-to-zero-after", 5*time.Minute, "stop a function's last instance after it has had no requests this long")
 	f.DurationVar(&cfg.IdleCPUAfter, "idle-cpu-after", time.Second, "throttle an instance to 5% of a CPU once it has had no request in flight this long, until its next request (0: never)")
 	f.DurationVar(&cfg.AutoscaleWindow, "autoscale-window", 60*time.Second, "the autoscaler's stable window: scale-down follows the average concurrency over it")
@@ -195,6 +196,8 @@ func validate(cfg server.Config) error {
 		return errdefs.Invalid("--concurrency must be at most %d", server.MaxConcurrency)
 	case cfg.UIDBase < 1000:
 		return errdefs.Invalid("--uid-base must be at least 1000")
+	case cfg.FunctionDomain != "" && router.ValidDomain(cfg.FunctionDomain) != nil:
+		return errdefs.Invalid("--function-domain: %v", router.ValidDomain(cfg.FunctionDomain))
 	case cfg.DebugListen != "" && !loopback(cfg.DebugListen):
 		// pprof shows the server's memory and stacks: secrets among them.
 		return errdefs.Invalid("--debug-listen must be a loopback address, like 127.0.0.1:6060")

@@ -52,6 +52,10 @@ func TestValidateServeFlags(t *testing.T) {
 		{"debug on localhost", func(c *server.Config) { c.DebugListen = "localhost:6060" }, ""},
 		{"debug on every address", func(c *server.Config) { c.DebugListen = ":6060" }, "--debug-listen"},
 		{"debug on a public address", func(c *server.Config) { c.DebugListen = "0.0.0.0:6060" }, "--debug-listen"},
+		{"function domain", func(c *server.Config) { c.FunctionDomain = "fn.example.com" }, ""},
+		{"function domain localhost", func(c *server.Config) { c.FunctionDomain = "localhost" }, ""},
+		{"function domain with a port", func(c *server.Config) { c.FunctionDomain = "fn.example.com:8080" }, "--function-domain"},
+		{"function domain a URL", func(c *server.Config) { c.FunctionDomain = "https://fn.example.com" }, "--function-domain"},
 		{"debug without a port", func(c *server.Config) { c.DebugListen = "127.0.0.1" }, "--debug-listen"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

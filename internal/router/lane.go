@@ -885,10 +885,19 @@ func (lp *loop) next(c *laneClient) {
 func (lp *loop) start(c *laneClient, end int) handoffReason {
 	rh := &c.h
 	uri := rh.RequestURI()
+	rt := lp.lane.rt
+	var owner, name string
+	hosted := false
+	if rt.domain != "" {
+		owner, name, hosted = rt.hostFunction(rh.Host())
+		if hosted && owner == "" {
+			return handoffNotFunction // the slow path's 404
+		}
+	}
 	switch {
 	case len(uri) == 0 || uri[0] != '/':
 		return handoffProtocol // absolute-form targets, OPTIONS *
-	case !Routes(uri):
+	case !hosted && !Routes(uri):
 		return handoffNotFunction
 	case rh.IsHTTP11() && len(rh.Host()) == 0:
 		return handoffMalformed // the slow path's 400
@@ -909,11 +918,13 @@ func (lp *loop) start(c *laneClient, end int) handoffReason {
 	}
 	// Path, query and the names are all slices of suri, one allocation.
 	path, query, _ := strings.Cut(suri, "?")
-	owner, name, rest, err := SplitPath(path)
-	if err != nil {
-		return handoffMalformed
+	rest := path
+	if !hosted {
+		var err error
+		if owner, name, rest, err = SplitPath(path); err != nil {
+			return handoffMalformed
+		}
 	}
-	rt := lp.lane.rt
 	fn, tag, _ := strings.Cut(name, "@")
 	spec := lp.lane.cache.Cached(owner, fn, tag)
 	if spec == nil {

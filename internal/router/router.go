@@ -77,6 +77,9 @@ type Config struct {
 	// OnColdStart, if set, is told how long a request that waited for a
 	// cold start took to its first response byte.
 	OnColdStart func(spec *backend.Spec, d time.Duration)
+	// Domain, if set, serves each function at a host of its own as
+	// well, "<name>.<owner>.<Domain>" (see hosts.go).
+	Domain string
 }
 
 // Router proxies invocations.
@@ -86,7 +89,8 @@ type Router struct {
 	leaser   Leaser
 	pool     pool
 	log      *slog.Logger
-	lane     *Lane // the event loops in front, if any
+	lane     *Lane  // the event loops in front, if any
+	domain   string // Config.Domain, as normalDomain gives it
 }
 
 // New returns a Router.
@@ -100,7 +104,8 @@ func New(res Resolver, leaser Leaser, cfg Config) *Router {
 	if cfg.MaxBodyBytes == 0 {
 		cfg.MaxBodyBytes = 100 << 20
 	}
-	return &Router{cfg: cfg, resolver: res, leaser: leaser, log: cfg.Logger, pool: pool{idle: map[string][]*upConn{}}}
+	return &Router{cfg: cfg, resolver: res, leaser: leaser, log: cfg.Logger, pool: pool{idle: map[string][]*upConn{}},
+		domain: normalDomain(cfg.Domain)}
 }
 
 // invocation is one request's state, from the lease to the end of the
@@ -137,10 +142,25 @@ type invocation struct {
 	up      atomic.Pointer[upConn]
 }
 
-// Handle serves a request for a path under Prefix.
+// Handle serves a request Serves says is a function's.
 func (rt *Router) Handle(ctx *fasthttp.RequestCtx) {
 	uri := string(ctx.Request.Header.RequestURI())
 	path, _, _ := strings.Cut(originForm(uri), "?")
+	if rt.domain != "" {
+		host := requestHost([]byte(uri), ctx.Request.Header.Host())
+		if owner, name, under := rt.hostFunction(host); under {
+			switch {
+			case owner == "":
+				rt.writeError(ctx, newRequestID(), noHostFunction(host, rt.domain))
+			case !strings.HasPrefix(path, "/"):
+				rt.writeError(ctx, "", errdefs.New(errdefs.ErrInvalidArgument, "malformed request target"))
+				ctx.SetConnectionClose()
+			default:
+				rt.serve(ctx, owner, name, path, uri)
+			}
+			return
+		}
+	}
 	owner, name, rest, err := SplitPath(path)
 	if err != nil {
 		rt.writeError(ctx, newRequestID(), err)

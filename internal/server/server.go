@@ -52,6 +52,9 @@ type Config struct {
 	RunDir           string // "" means /run/spry/<hash of DataDir>
 	PublicURL        string
 	ScaleToZeroAfter time.Duration
+	// FunctionDomain, if set, serves each function at
+	// "<name>.<owner>.<FunctionDomain>" too, an origin of its own.
+	FunctionDomain string
 	// IdleCPUAfter is how long an instance goes without a request in
 	// flight before its CPU is throttled; 0: never.
 	IdleCPUAfter    time.Duration
@@ -323,15 +326,17 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		return nil, err
 	}
 	apiS := api.New(s.fns, authn, s.store, s.store, s.act, s.logs, api.Config{
-		MaxCodeBytes: cfg.MaxCodeBytes,
-		PublicURL:    cfg.PublicURL,
-		Logger:       log,
+		MaxCodeBytes:   cfg.MaxCodeBytes,
+		PublicURL:      cfg.PublicURL,
+		FunctionDomain: cfg.FunctionDomain,
+		Logger:         log,
 	})
 	s.access = newAccessSampler(s.logs, accessPerSecond, time.Now)
 	sink := logSink{s.logs, s.metrics, s.access}
 	rt := router.New(s.fns, s.act, router.Config{
 		Timeout: cfg.Timeout, MaxBodyBytes: cfg.MaxBodyBytes, Logger: log, Access: sink,
 		OnColdStart: func(spec *backend.Spec, d time.Duration) { s.metrics.ColdStartLatency(spec.Runtime, d) },
+		Domain:      cfg.FunctionDomain,
 	})
 
 	// Everything but functions is net/http, served through the adaptor.
@@ -359,11 +364,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	s.http = httpserve.New(func(ctx *fasthttp.RequestCtx) {
 		uri := ctx.Request.Header.RequestURI()
 		switch {
-		case router.Routes(uri):
-			rt.Handle(ctx)
 		case string(uri) == "*":
 			// OPTIONS * (net/http's mux would answer a bare 400).
 			httpserve.WriteError(ctx, errdefs.New(errdefs.ErrInvalidArgument, "the request target * is not served here"))
+		case rt.Serves(uri, ctx.Request.Header.Host()):
+			rt.Handle(ctx)
 		default:
 			rest(ctx)
 		}
