@@ -120,10 +120,10 @@ type Service struct {
 	missMu  sync.Mutex
 	misses  map[store.FunctionKey]time.Time
 	invoked map[store.FunctionKey]time.Time // not yet flushed to the store
-	// builds holds a token per deploy that is building: a build takes a
+	// builds holds a slot per deploy that is building: a build takes a
 	// CPU and up to a GB of memory (esbuild on a 200 MiB project), and
 	// deploys that come at once must not all take them together.
-	builds chan struct{}
+	builds *buildSlots
 }
 
 // DefaultMaxBundleBytes bounds a built bundle: it is stored per version
@@ -146,7 +146,7 @@ func New(s store.Functions, blobs Blobs, retirer Retirer, sealer Sealer, logs Lo
 	}
 	return &Service{
 		cfg: cfg, store: s, blobs: blobs, retirer: retirer, sealer: sealer, logs: logs, log: cfg.Logger,
-		builds:  make(chan struct{}, cfg.Builds),
+		builds:  newBuildSlots(cfg.Builds),
 		routes:  map[store.FunctionKey]*route{},
 		misses:  map[store.FunctionKey]time.Time{},
 		invoked: map[store.FunctionKey]time.Time{},
@@ -280,15 +280,13 @@ func (s *Service) Deploy(ctx context.Context, req DeployRequest) (store.Function
 	})
 }
 
-// build bundles req's code, one build per CPU at a time, and bounds the
-// bundle's size.
+// build bundles req's code, one build per CPU at a time, shared out
+// among users, and bounds the bundle's size.
 func (s *Service) build(ctx context.Context, req DeployRequest) (build.Result, error) {
-	select {
-	case s.builds <- struct{}{}:
-	case <-ctx.Done():
-		return build.Result{}, ctx.Err()
+	if err := s.builds.acquire(ctx, req.Owner); err != nil {
+		return build.Result{}, err
 	}
-	defer func() { <-s.builds }()
+	defer s.builds.release(req.Owner)
 	var (
 		res build.Result
 		err error
