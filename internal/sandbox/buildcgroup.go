@@ -11,6 +11,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Builds runs programs the server starts outside any sandbox (a deploy's
@@ -23,7 +25,8 @@ type Builds struct {
 	setpriv string // util-linux's setpriv, which drops to the program's uid
 }
 
-// NewBuilds checks the host for cgroups and setpriv. parent is the
+// NewBuilds checks the host for cgroups, setpriv and CAP_SYS_PTRACE
+// (LimitWrites reads other uids' /proc/PID/io). parent is the
 // server's cgroup parent (Config.CgroupParent); self the spry binary that
 // runs the exec step ("" is /proc/self/exe, which must call MaybeExec).
 func NewBuilds(parent, self string) (*Builds, error) {
@@ -34,6 +37,10 @@ func NewBuilds(parent, self string) (*Builds, error) {
 	setpriv, err := exec.LookPath("setpriv")
 	if err != nil {
 		return nil, errors.New("setpriv is not installed: apt-get install util-linux")
+	}
+	// Without it, LimitWrites would fail every build run as another uid.
+	if !hasCap(unix.CAP_SYS_PTRACE) {
+		return nil, errors.New("build cgroups: the server needs CAP_SYS_PTRACE, to read what npm writes from its /proc/PID/io")
 	}
 	if self == "" {
 		self = "/proc/self/exe"
@@ -130,7 +137,13 @@ func (c *BuildCmd) LimitWrites(max int64) {
 	if max > 0 {
 		bound = uint64(max)
 	}
-	m := newWriteMeter(c.group.procsFiles()[0])
+	// Any hierarchy's cgroup.procs lists them all. With none (no
+	// controller could be made), polls fail, and kill: fail closed.
+	procs := ""
+	if f := c.group.procsFiles(); len(f) > 0 {
+		procs = f[0]
+	}
+	m := newWriteMeter(procs)
 	stop, done := make(chan struct{}), make(chan struct{})
 	c.stopWatch = func() {
 		close(stop)
