@@ -3,6 +3,7 @@ package e2e
 import (
 	"archive/tar"
 	"bytes"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -131,6 +132,43 @@ func tarWithEntry(t *testing.T, name, content string) []byte {
 	tw.Write([]byte(content))
 	tw.Close()
 	return buf.Bytes()
+}
+
+// TestDeployNPMWroteTooMuch: a deploy whose npm install writes more than
+// --npm-disk (its dependency unpacks to 80 MiB, from a ~1 MiB tarball)
+// fails with 413 naming the bound, and the next deploy, within it,
+// installs.
+func TestDeployNPMWroteTooMuch(t *testing.T) {
+	// A random 16 KiB, over and over: gzip's window takes each repeat
+	// whole, well under npm's 1000-to-1 bound on unpacking.
+	chunk := make([]byte, 16<<10)
+	rand.NewChaCha8([32]byte{1}).Read(chunk)
+	big := npmtest.Package{Name: "big-files", Version: "1.0.0", Main: "index.js",
+		Files: map[string]string{"index.js": "module.exports = 42;\n", "data.bin": strings.Repeat(string(chunk), 80<<6)}}
+	reg := npmtest.Start(t, npmtest.IsNumber, big)
+	s := startServer(t, "--npm-registry", reg.URL, "--npm-disk", "64")
+	deploy := func(dep string) response {
+		t.Helper()
+		dir := writeTree(t, map[string]string{
+			"index.ts":     `import x from "` + dep + `"; export default () => new Response(String(typeof x === "function" ? x(1) : x));`,
+			"package.json": `{"dependencies": {"` + dep + `": "*"}}`,
+		})
+		var buf bytes.Buffer
+		if err := archive.Pack(dir, &buf, nil); err != nil {
+			t.Fatal(err)
+		}
+		return s.do("PUT", "/api/v1/functions/disk", s.token, &buf, map[string]string{"Content-Type": "application/gzip"})
+	}
+	r := deploy("big-files")
+	if r.status != 413 || !strings.Contains(string(r.body), `"code":"too_large"`) || !strings.Contains(string(r.body), "npm may write at most 64 MiB") {
+		t.Fatalf("deploy past the bound: %d %s", r.status, r.body)
+	}
+	if r := deploy("is-number"); r.status != 201 {
+		t.Fatalf("the next deploy: %d %s", r.status, r.body)
+	}
+	if r := s.get("/fn/admin/disk/"); r.status != 200 || string(r.body) != "true" {
+		t.Fatalf("after the deploy: %d %q", r.status, r.body)
+	}
 }
 
 // TestDeployNPMOutOfMemory: a deploy whose npm install needs more memory

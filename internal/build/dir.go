@@ -66,12 +66,17 @@ type DirOptions struct {
 	// be searchable by others, as BundleFile's own is.
 	NPMUID int
 	// Cgroups, if set, runs each npm in a cgroup of its own, bounded by
-	// NPMLimits, so that one deploy's install cannot take the host's
-	// memory, CPU or processes from every other tenant.
+	// NPMLimits and NPMWriteBytes, so that one deploy's install cannot
+	// take the host's memory, CPU, processes or disk from every other
+	// tenant.
 	Cgroups *sandbox.Builds
 	// NPMLimits bound each npm run under Cgroups; a zero field takes
 	// DefaultNPMLimits'.
 	NPMLimits sandbox.Resources
+	// NPMWriteBytes bounds what each npm run under Cgroups may write, to
+	// disk or elsewhere, all its processes together; 0 means
+	// DefaultNPMWriteBytes.
+	NPMWriteBytes int64
 
 	// HTTPClient fetches remote (http: and https:) imports. nil means a
 	// client that only connects to public addresses.
@@ -808,6 +813,10 @@ func (b *dirBuild) npm() (*npmRunner, error) {
 	if cacheMax <= 0 {
 		cacheMax = DefaultNPMCacheMaxBytes
 	}
+	maxWrite := b.opts.NPMWriteBytes
+	if maxWrite <= 0 {
+		maxWrite = DefaultNPMWriteBytes
+	}
 	log := b.opts.Logger
 	if log == nil {
 		log = slog.Default()
@@ -825,6 +834,7 @@ func (b *dirBuild) npm() (*npmRunner, error) {
 		own:      b.own,
 		cgroups:  b.opts.Cgroups,
 		limits:   npmLimits(b.opts.NPMLimits),
+		maxWrite: maxWrite,
 		shared:   shared,
 		cacheMax: cacheMax,
 		log:      log,

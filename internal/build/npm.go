@@ -46,6 +46,14 @@ const DefaultInstallTimeout = 2 * time.Minute
 // requests.
 var DefaultNPMLimits = sandbox.Resources{MemoryBytes: 1 << 30, Pids: 256, CPUShares: 1024, CPUQuotaUs: 100000}
 
+// DefaultNPMWriteBytes bounds what one npm run in its cgroup may write
+// (DirOptions.NPMWriteBytes 0): the project's node_modules, the tarballs
+// it adds to the cache, its temporary files. An install writes each
+// package about twice, packed to the cache and unpacked to
+// node_modules; 2 GiB takes trees several times the size of the largest
+// common ones.
+const DefaultNPMWriteBytes = 2 << 30
+
 // npmLimits fills r's zero fields from DefaultNPMLimits.
 func npmLimits(r sandbox.Resources) sandbox.Resources {
 	d := DefaultNPMLimits
@@ -110,6 +118,7 @@ type npmRunner struct {
 	own      func(dir string) error // gives a directory npm works in to cred's uid
 	cgroups  *sandbox.Builds        // nil: npm runs unbounded (a local build)
 	limits   sandbox.Resources      // under cgroups
+	maxWrite int64                  // what one run may write, under cgroups
 	shared   *npmCache              // the cache, if builds share it
 	cacheMax int64                  // its bound
 	log      *slog.Logger
@@ -236,6 +245,10 @@ func (n *npmRunner) run(ctx context.Context, dir string, args ...string) error {
 			return fmt.Errorf("build: npm's cgroup: %w", err)
 		}
 		defer bounded.Cleanup()
+		// No cgroup controller bounds what a process writes (io.max
+		// bounds rates, and tmpfs reaches no block device): the
+		// cgroup's processes are watched while npm runs instead.
+		bounded.LimitWrites(n.maxWrite)
 		cmd = bounded.Cmd
 	} else {
 		cmd = exec.CommandContext(runCtx, n.bin, args...)
@@ -257,6 +270,10 @@ func (n *npmRunner) run(ctx context.Context, dir string, args ...string) error {
 		return ctx.Err()
 	case runCtx.Err() != nil:
 		return errdefs.New(errdefs.ErrTimeout, "dependency install timed out after %v", n.timeout)
+	case bounded != nil && errors.Is(bounded.WriteErr(), sandbox.ErrWroteTooMuch):
+		return errdefs.New(errdefs.ErrTooLarge, "dependency install wrote too much: npm may write at most %d MiB (node_modules, the npm cache and temporary files together)", n.maxWrite>>20)
+	case bounded != nil && bounded.WriteErr() != nil:
+		return fmt.Errorf("build: %w", bounded.WriteErr())
 	case bounded != nil && bounded.OOMKilled():
 		return errdefs.New(errdefs.ErrTooLarge, "dependency install ran out of memory: npm may use at most %d MiB", n.limits.MemoryBytes>>20)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -244,5 +245,94 @@ exec sleep 1000
 	if err == nil && !strings.Contains(string(stat), ") Z ") {
 		syscall.Kill(pid, syscall.SIGKILL)
 		t.Errorf("npm's child that left its process group still runs: %s", stat)
+	}
+}
+
+// An npm run that writes more than NPMWriteBytes, all its processes
+// together, is killed and fails with ErrTooLarge naming the bound; the
+// same run under the bound succeeds.
+func TestBundleDirNPMWriteBound(t *testing.T) {
+	builds := testBuilds(t)
+	top := reachableDir(t)
+	npm := filepath.Join(top, "npm")
+	// Like npm, it writes into node_modules; each head is a process of
+	// its own. As many MiB as ./mib says, then it waits, to be seen by
+	// the watch.
+	script := `#!/bin/sh
+if [ "$1 $2 $3" = "config get allow-git" ]; then echo "$npm_config_allow_git"; exit 0; fi
+mkdir -p node_modules/big
+i=0
+while [ $i -lt $(cat mib) ]; do head -c 1048576 /dev/zero >> node_modules/big/data; i=$((i+1)); done
+sleep 0.5
+`
+	if err := os.WriteFile(npm, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		mib  int
+		want string // "" for success
+	}{
+		{64, "dependency install wrote too much: npm may write at most 8 MiB (node_modules, the npm cache and temporary files together)"},
+		{6, ""},
+	} {
+		dir := filepath.Join(top, fmt.Sprint(c.mib))
+		writeFiles(t, dir, map[string]string{
+			"mib":          fmt.Sprint(c.mib),
+			"index.ts":     "export default 1;\n",
+			"package.json": `{"dependencies": {"x": "^1.0.0"}}`,
+		})
+		opts := DirOptions{NPM: npm, NPMCache: filepath.Join(top, "cache"), NPMUID: 2999999, Cgroups: builds, NPMWriteBytes: 8 << 20}
+		_, err := BundleDir(context.Background(), dir, opts)
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%d MiB: %v", c.mib, err)
+		case c.want != "" && (!errors.Is(err, errdefs.ErrTooLarge) || err.Error() != c.want):
+			t.Errorf("%d MiB: err = %v, want ErrTooLarge %q", c.mib, err, c.want)
+		}
+		if fi, err := os.Stat(filepath.Join(dir, "node_modules/big/data")); err == nil {
+			t.Logf("%d MiB asked: %d MiB written", c.mib, fi.Size()>>20)
+		}
+	}
+}
+
+// A real npm install whose package unpacks to more than NPMWriteBytes
+// (16 MiB that pack to ~200 KiB: npm refuses more than 1000 to 1) fails
+// with ErrTooLarge; the same within the default bound is fine.
+func TestBundleDirNPMWroteTooMuch(t *testing.T) {
+	needNPM(t)
+	builds := testBuilds(t)
+	npm, err := exec.LookPath("npm")
+	if err != nil {
+		t.Skip(err)
+	}
+	// A random 16 KiB, over and over: gzip's window takes each repeat
+	// whole.
+	chunk := make([]byte, 16<<10)
+	rand.NewChaCha8([32]byte{1}).Read(chunk)
+	reg := npmtest.Start(t, npmtest.Package{Name: "big-files", Version: "1.0.0", Main: "index.js",
+		Files: map[string]string{"index.js": "module.exports = 42;\n", "data.bin": strings.Repeat(string(chunk), 1024)}})
+	top := reachableDir(t)
+	files := map[string]string{
+		"package.json": `{"name": "fn", "dependencies": {"big-files": "1.0.0"}}`,
+		"index.ts":     "import n from 'big-files';\nexport default () => new Response(String(n));\n",
+	}
+	for i, c := range []struct {
+		max  int64
+		want string // "" for success
+	}{
+		{8 << 20, "dependency install wrote too much: npm may write at most 8 MiB (node_modules, the npm cache and temporary files together)"},
+		{0, ""},
+	} {
+		dir := filepath.Join(top, fmt.Sprint(i))
+		writeFiles(t, dir, files)
+		opts := DirOptions{NPM: npm, Registry: reg.URL, NPMCache: filepath.Join(top, "cache"), NPMUID: 2999999,
+			Cgroups: builds, NPMWriteBytes: c.max}
+		_, err := BundleDir(context.Background(), dir, opts)
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("bound %d: %v", c.max, err)
+		case c.want != "" && (!errors.Is(err, errdefs.ErrTooLarge) || err.Error() != c.want):
+			t.Errorf("bound %d: err = %v, want ErrTooLarge %q", c.max, err, c.want)
+		}
 	}
 }

@@ -122,6 +122,7 @@ func newServeCmd(env Env) *cobra.Command {
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long shutdown waits for in-flight requests")
 	f.StringVar(&cfg.NPMRegistry, "npm-registry", "", "npm registry for function dependencies at deploy time (default: npm's public registry)")
 	f.IntVar(&cfg.NPMMemoryMiB, "npm-memory", int(build.DefaultNPMLimits.MemoryBytes>>20), "memory (swap included) one deploy's npm install may use, in MiB; past it the deploy fails with 413")
+	f.IntVar(&cfg.NPMDiskMiB, "npm-disk", build.DefaultNPMWriteBytes>>20, "what one deploy's npm install may write, in MiB: node_modules, the npm cache and temporary files together; past it the deploy fails with 413")
 	f.Int64Var(&cfg.NPMCacheBytes, "npm-cache-size", build.DefaultNPMCacheMaxBytes, "the npm cache's bound, in bytes: past it, after an install, the least recently written entries go until it is down to 3/4 of it")
 	f.StringVar(&cfg.JSRRegistry, "jsr-registry", "", "npm registry of JSR packages (the @jsr scope), for jsr: imports at deploy time (default: https://npm.jsr.io/)")
 	f.BoolVar(&cfg.NewSecretKey, "new-secret-key", false, "if the data dir's secret.key is missing although functions hold secrets, make a new key anyway (those secrets stop opening; set them again)")
@@ -181,6 +182,11 @@ func validate(cfg server.Config) error {
 	case cfg.NPMMemoryMiB < 64:
 		// npm itself needs ~40 MiB.
 		return errdefs.Invalid("--npm-memory must be at least 64 (MiB)")
+	case cfg.NPMDiskMiB < 64:
+		// npm writes about what it unpacks and caches (a small package:
+		// tens of KiB), but single common packages unpack to tens of
+		// MiB: a lower bound would fail ordinary deploys.
+		return errdefs.Invalid("--npm-disk must be at least 64 (MiB)")
 	case cfg.DefaultMemoryMiB < 32:
 		return errdefs.Invalid("--memory must be at least 32 (MiB)")
 	case cfg.DefaultNetwork != "egress" && cfg.DefaultNetwork != "none":

@@ -19,7 +19,7 @@ func TestValidateServeFlags(t *testing.T) {
 		Concurrency: 50, MaxScale: 100, DefaultNetwork: "egress", MaxCodeBytes: 5 << 20,
 		MaxBundleBytes: 50 << 20, MaxBodyBytes: 100 << 20, CPU: 1, QueueSize: 1000, PoolSize: 4,
 		UIDBase: 2000000, ShutdownTimeout: 30 * time.Second, MaxLogBytes: 2 << 30,
-		NPMMemoryMiB: 1024, NPMCacheBytes: 1 << 30,
+		NPMMemoryMiB: 1024, NPMDiskMiB: 2048, NPMCacheBytes: 1 << 30,
 	}
 	for _, tt := range []struct {
 		name string
@@ -45,6 +45,8 @@ func TestValidateServeFlags(t *testing.T) {
 		{"npm cache under 1 MiB", func(c *server.Config) { c.NPMCacheBytes = 1<<20 - 1 }, "--npm-cache-size"},
 		{"least npm memory", func(c *server.Config) { c.NPMMemoryMiB = 64 }, ""},
 		{"npm memory under 64 MiB", func(c *server.Config) { c.NPMMemoryMiB = 63 }, "--npm-memory"},
+		{"least npm disk", func(c *server.Config) { c.NPMDiskMiB = 64 }, ""},
+		{"npm disk under 64 MiB", func(c *server.Config) { c.NPMDiskMiB = 63 }, "--npm-disk"},
 		{"no shutdown wait", func(c *server.Config) { c.ShutdownTimeout = 0 }, ""},
 		{"negative shutdown wait", func(c *server.Config) { c.ShutdownTimeout = -time.Second }, "--shutdown-timeout"},
 		{"debug on loopback", func(c *server.Config) { c.DebugListen = "127.0.0.1:6060" }, ""},

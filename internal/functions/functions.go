@@ -85,10 +85,12 @@ type Config struct {
 	NPMCacheMaxBytes int64
 	JSRRegistry      string
 	// NPMUID, if not 0, is the host uid npm runs as; NPMCgroups, if set,
-	// bounds each npm run by NPMLimits (build.DirOptions).
-	NPMUID     int
-	NPMCgroups *sandbox.Builds
-	NPMLimits  sandbox.Resources
+	// bounds each npm run by NPMLimits and NPMWriteBytes
+	// (build.DirOptions).
+	NPMUID        int
+	NPMCgroups    *sandbox.Builds
+	NPMLimits     sandbox.Resources
+	NPMWriteBytes int64
 	// MaxBundleBytes bounds a built bundle (0: DefaultMaxBundleBytes);
 	// Builds bounds how many deploys build at once (0: the CPUs).
 	MaxBundleBytes int64
@@ -339,6 +341,7 @@ func (s *Service) dirOptions(req DeployRequest) build.DirOptions {
 		NPMUID:           s.cfg.NPMUID,
 		Cgroups:          s.cfg.NPMCgroups,
 		NPMLimits:        s.cfg.NPMLimits,
+		NPMWriteBytes:    s.cfg.NPMWriteBytes,
 		NPMCacheMaxBytes: s.cfg.NPMCacheMaxBytes,
 		Logger:           s.log,
 	}

@@ -211,7 +211,10 @@ func prlimitNoFile(pid int, l *unix.Rlimit) error {
 // RaisesOpenFiles reports whether this process may raise another's
 // open-file limit (it has CAP_SYS_RESOURCE); without it they only go
 // down.
-func RaisesOpenFiles() bool {
+func RaisesOpenFiles() bool { return hasCap(unix.CAP_SYS_RESOURCE) }
+
+// hasCap reports whether this process holds the capability c.
+func hasCap(c int) bool {
 	b, err := os.ReadFile("/proc/self/status")
 	if err != nil {
 		return false
@@ -222,7 +225,7 @@ func RaisesOpenFiles() bool {
 	}
 	v, _, _ = bytes.Cut(v, []byte("\n"))
 	caps, err := strconv.ParseUint(string(bytes.TrimSpace(v)), 16, 64)
-	return err == nil && caps&(1<<unix.CAP_SYS_RESOURCE) != 0
+	return err == nil && caps&(1<<c) != 0
 }
 
 // FilesHeld is how many files the sandbox's openers may hold from now on,

@@ -100,6 +100,7 @@ type Config struct {
 	NPMRegistry      string // for dependencies at deploy time; "" is npm's public registry
 	JSRRegistry      string // for jsr: imports at deploy time; "" is JSR's npm registry
 	NPMMemoryMiB     int    // one npm install's memory limit (0: build.DefaultNPMLimits')
+	NPMDiskMiB       int    // what one npm install may write (0: build.DefaultNPMWriteBytes)
 	NPMCacheBytes    int64  // the npm cache's bound (0: build.DefaultNPMCacheMaxBytes)
 	// NewSecretKey lets a server whose secret key is missing make a new
 	// one although stored versions hold secrets sealed with the old.
@@ -307,6 +308,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		NPMCgroups:           npmGroups,
 		NPMCacheMaxBytes:     cfg.NPMCacheBytes,
 		NPMLimits:            sandbox.Resources{MemoryBytes: int64(cfg.NPMMemoryMiB) << 20},
+		NPMWriteBytes:        int64(cfg.NPMDiskMiB) << 20,
 		NPMRegistry:          cfg.NPMRegistry,
 		JSRRegistry:          cfg.JSRRegistry,
 		Bounds: functions.Bounds{

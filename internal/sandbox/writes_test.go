@@ -1,0 +1,165 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/cgroups/v3/cgroup1"
+)
+
+// TestMain lets this binary (/proc/self/exe) run the exec step, which
+// puts a build command in its cgroup.
+func TestMain(m *testing.M) {
+	MaybeExec()
+	os.Exit(m.Run())
+}
+
+// testBuilds makes build cgroups under a parent of the test's own,
+// removed (with whatever is left in it) when the test ends.
+func testBuilds(t testing.TB) *Builds {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for cgroups and uids")
+	}
+	parent := fmt.Sprintf("spry-test-writes/%d-%s", os.Getpid(), strings.ReplaceAll(t.Name(), "/", "-"))
+	b, err := NewBuilds(parent, "")
+	if err != nil {
+		t.Skip(err)
+	}
+	t.Cleanup(func() {
+		if n := b.cg.sweep(); n != 0 {
+			t.Errorf("%d processes left in the build cgroups", n)
+		}
+		// sweep removed the test's own parent; this one too, unless
+		// another test's is still in it.
+		if b.cg.v2 {
+			os.Remove(filepath.Join(cgroupRoot, "spry-test-writes"))
+			return
+		}
+		path := cgroup1.NestedPath("spry-test-writes")
+		for _, n := range v1Names {
+			if p, err := path(n); err == nil {
+				os.Remove(filepath.Join(cgroupRoot, string(n), p))
+			}
+		}
+	})
+	return b
+}
+
+// A build that writes past LimitWrites' bound is killed, its whole
+// cgroup, and WriteErr says why; one that stays under it runs to its
+// end. Writes of processes that have exited count once: those reaped
+// inside the group (which the kernel adds to the reaper's own) and
+// those reaped outside it (an orphan's, which only the meter
+// remembers).
+func TestLimitWrites(t *testing.T) {
+	const uid = 2999998
+	const mib = 1 << 20
+	b := testBuilds(t)
+	for _, c := range []struct {
+		name   string
+		max    int64
+		script string
+		killed bool
+	}{
+		// Each head is a child of the shell, reaped by it.
+		{"loop past the bound", 4 * mib, `while :; do head -c 1048576 /dev/zero >> out; done`, true},
+		{"one large write", 4 * mib, `head -c 104857600 /dev/zero > out; sleep 5`, true},
+		{"under the bound", 4 * mib, `head -c 3145728 /dev/zero > out; sleep 0.3`, false},
+		// The subshell, seen while it lives, writes 3 MiB and is reaped
+		// by the shell, which then holds them: counted once, not twice.
+		{"reaped inside, counted once", 4 * mib, `(head -c 3145728 /dev/zero > out; sleep 0.5); sleep 0.5`, false},
+		// The orphan's 3 MiB, reaped outside the group, still count:
+		// with the shell's 2 MiB after it, past 4.
+		{"reaped outside, counted", 4 * mib, `(sh -c 'head -c 3145728 /dev/zero > a; sleep 0.5' &); sleep 1; head -c 2097152 /dev/zero > out; sleep 5`, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			// The build's uid must reach it: its parent is 0700.
+			if err := os.Chmod(filepath.Dir(dir), 0o711); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chown(dir, uid, uid); err != nil {
+				t.Fatal(err)
+			}
+			cmd, err := b.Command(context.Background(), Resources{MemoryBytes: 256 << 20, Pids: 64}, uid, []string{"/bin/sh", "-c", c.script})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cmd.Cleanup()
+			cmd.Dir = dir
+			cmd.LimitWrites(c.max)
+			start := time.Now()
+			err = cmd.Run()
+			took := time.Since(start)
+			wrote := written(t, dir)
+			werr := cmd.WriteErr()
+			cmd.Cleanup()
+			if !c.killed {
+				if err != nil || werr != nil {
+					t.Fatalf("run: %v; WriteErr: %v (wrote %d bytes)", err, werr, wrote)
+				}
+				return
+			}
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || !errors.Is(werr, ErrWroteTooMuch) {
+				t.Fatalf("run: %v; WriteErr: %v, want a kill and ErrWroteTooMuch (wrote %d bytes in %v)", err, werr, wrote, took)
+			}
+			t.Logf("killed after %v, having written %.1f MiB (bound %d MiB)", took.Round(time.Millisecond), float64(wrote)/mib, c.max/mib)
+		})
+	}
+}
+
+// written is what the files in dir hold.
+func written(t *testing.T, dir string) int64 {
+	t.Helper()
+	var n int64
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		fi, err := os.Stat(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += fi.Size()
+	}
+	return n
+}
+
+// BenchmarkWriteMeterPoll is the cost of one poll of a group that holds
+// one process (npm's usual).
+func BenchmarkWriteMeterPoll(b *testing.B) {
+	builds := testBuilds(b)
+	cmd, err := builds.Command(context.Background(), Resources{Pids: 16}, 0, []string{"/bin/sleep", "60"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cmd.Cleanup()
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer cmd.Wait()
+	m := newWriteMeter(cmd.group.procsFiles()[0])
+	for len(m.last) == 0 {
+		if _, err := m.poll(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := m.poll(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	_ = cmd.Kill()
+}
