@@ -20,14 +20,19 @@ func queue(t *testing.T, b *buildSlots, owner string, got chan<- string) {
 		}
 		got <- owner
 	}()
+	waitQueued(b, n+1)
+}
+
+// waitQueued waits until n wait for a slot of b.
+func waitQueued(b *buildSlots, n int) {
 	for {
 		b.mu.Lock()
 		m := len(b.waiting)
 		b.mu.Unlock()
-		if m > n {
+		if m >= n {
 			return
 		}
-		time.Sleep(time.Millisecond)
+		time.Sleep(100 * time.Microsecond)
 	}
 }
 
@@ -94,15 +99,7 @@ func TestBuildSlotsCanceledWait(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- b.acquire(ctx, "b") }()
-	for {
-		b.mu.Lock()
-		n := len(b.waiting)
-		b.mu.Unlock()
-		if n == 1 {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitQueued(b, 1)
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("canceled wait: %v", err)
@@ -121,14 +118,7 @@ func TestBuildSlotsGivenAsCanceled(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error)
 		go func() { done <- b.acquire(ctx, "b") }()
-		for {
-			b.mu.Lock()
-			n := len(b.waiting)
-			b.mu.Unlock()
-			if n == 1 {
-				break
-			}
-		}
+		waitQueued(b, 1)
 		go cancel()
 		b.release("a")
 		if err := <-done; err == nil {
