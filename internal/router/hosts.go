@@ -13,9 +13,10 @@ import (
 // Prefix every function shares one origin with every other, and a page
 // one serves may read what another answers the same browser. With a
 // function domain (Config.Domain) each function is served at a host of
-// its own as well, "<name>.<owner>.<domain>", the whole path its own.
-// Two labels, not one: a name and an owner are each up to a DNS label
-// long, and either may hold "--".
+// its own as well, "<name>.<owner>.<domain>", the whole path its own,
+// and a version by tag or number at "<tag>.<name>.<owner>.<domain>" (a
+// preview with an origin of its own). A label each, not one for all: a
+// name and an owner are each up to a DNS label long, and may hold "--".
 
 // normalDomain is domain as hostFunction compares it: lower case, with
 // a leading dot and no final one; empty for none.
@@ -61,25 +62,32 @@ func (rt *Router) underDomain(host []byte) ([]byte, bool) {
 }
 
 // hostFunction says whether host is below the function domain and, if
-// it is a function's host there, "<name>.<owner>.<domain>", the owner
-// and name it names (empty if it names none).
+// it is a function's host there, the owner and name it names: "name" for
+// "<name>.<owner>.<domain>", "name@tag" for "<tag>.<name>.<owner>.<domain>"
+// (both empty if it names none).
 func (rt *Router) hostFunction(host []byte) (owner, name string, under bool) {
 	labels, under := rt.underDomain(host)
 	if !under {
 		return "", "", false
 	}
-	i := bytes.IndexByte(labels, '.')
-	if i < 0 || bytes.IndexByte(labels[i+1:], '.') >= 0 {
-		return "", "", true
-	}
-	// One allocation for both, lower case as names are.
+	// One allocation for all, lower case as names are.
 	s := string(labels)
 	if strings.ContainsFunc(s, func(r rune) bool { return r >= 'A' && r <= 'Z' }) {
 		s = strings.ToLower(s)
 	}
-	name, owner = s[:i], s[i+1:]
-	if names.Function(name) != nil || names.User(owner) != nil {
+	var tag string
+	if strings.Count(s, ".") == 2 {
+		tag, s, _ = strings.Cut(s, ".")
+		if names.Validate("tag", tag) != nil {
+			return "", "", true
+		}
+	}
+	name, owner, ok := strings.Cut(s, ".")
+	if !ok || names.Function(name) != nil || names.User(owner) != nil {
 		return "", "", true
+	}
+	if tag != "" {
+		name += "@" + tag
 	}
 	return owner, name, true
 }
@@ -109,5 +117,5 @@ func (rt *Router) Serves(uri, host []byte) bool {
 // noHostFunction is the answer to a host below the function domain that
 // names no function.
 func noHostFunction(host []byte, domain string) error {
-	return errdefs.New(errdefs.ErrNotFound, "no function at host %q: functions are at <name>.<owner>%s", truncate(string(host)), domain)
+	return errdefs.New(errdefs.ErrNotFound, "no function at host %q: functions are at <name>.<owner>%s, their tagged versions at <tag>.<name>.<owner>%[2]s", truncate(string(host)), domain)
 }

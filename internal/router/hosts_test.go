@@ -28,7 +28,10 @@ func TestHostFunction(t *testing.T) {
 		{"hello.alice.fn.test.", "alice", "hello", true},
 		{"a--b.c--d.fn.test", "c--d", "a--b", true},
 		{"alice.fn.test", "", "", true},
-		{"x.hello.alice.fn.test", "", "", true},
+		{"canary.hello.alice.fn.test", "alice", "hello@canary", true},
+		{"2.Hello.alice.fn.test:80", "alice", "hello@2", true},
+		{"x_y.hello.alice.fn.test", "", "", true},
+		{"a.b.hello.alice.fn.test", "", "", true},
 		{".alice.fn.test", "", "", true},
 		{"hello..fn.test", "", "", true},
 		{"-x.alice.fn.test", "", "", true},
@@ -82,6 +85,9 @@ func FuzzHostFunction(f *testing.F) {
 		}
 		// What it names is there, in the host, in its place.
 		h := strings.ToLower(host)
+		if fn, tag, ok := strings.Cut(name, "@"); ok {
+			name = tag + "." + fn
+		}
 		if !strings.HasPrefix(h, name+"."+owner+".fn.test") {
 			t.Fatalf("hostFunction(%q) = %q, %q", host, owner, name)
 		}
@@ -100,7 +106,7 @@ func (s specsByName) Resolve(ctx context.Context, owner, name, tag string) (*bac
 func (s specsByName) Invoked(*backend.Spec) {}
 func (s specsByName) Cached(owner, name, tag string) *backend.Spec {
 	if tag != "" {
-		return nil
+		name += "@" + tag
 	}
 	return s[owner+"/"+name]
 }
@@ -111,7 +117,7 @@ func TestServeByHost(t *testing.T) {
 	}))
 	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "hello", Version: 1, Concurrency: 100, Timeout: 5 * time.Second}
 	act := activator.New(&upstreamBackend{addr: sock}, activator.Config{})
-	rt := New(specsByName{"alice/hello": spec}, act, Config{Domain: "fn.test"})
+	rt := New(specsByName{"alice/hello": spec, "alice/hello@canary": spec}, act, Config{Domain: "fn.test"})
 	// Up before the requests, so that the lane may serve them.
 	if lease, err := act.Acquire(context.Background(), spec); err == nil {
 		lease.Release()
@@ -129,7 +135,9 @@ func TestServeByHost(t *testing.T) {
 		{"absolute target", "http://hello.alice.fn.test/p", "elsewhere", 200, "GET /p hello.alice.fn.test hello.alice.fn.test"},
 		{"no such function", "/", "nope.alice.fn.test", 404, `function alice/nope not found`},
 		{"not a function's host", "/", "alice.fn.test", 404, `no function at host \"alice.fn.test\"`},
-		{"too deep", "/", "x.hello.alice.fn.test", 404, `functions are at \u003cname\u003e.\u003cowner\u003e.fn.test`},
+		{"a tag", "/t", "canary.hello.alice.fn.test", 200, "GET /t canary.hello.alice.fn.test canary.hello.alice.fn.test"},
+		{"no such tag", "/", "nope.hello.alice.fn.test", 404, `function alice/hello@nope not found`},
+		{"too deep", "/", "a.b.hello.alice.fn.test", 404, `functions are at \u003cname\u003e.\u003cowner\u003e.fn.test`},
 		{"the path form elsewhere", "/fn/alice/hello/y", "api.example", 200, "GET /y api.example api.example"},
 	}
 	for _, tt := range tests {
@@ -150,8 +158,8 @@ func TestServeByHost(t *testing.T) {
 	if srv.lane != nil {
 		// The hosts' requests in origin form, and the path form's, took
 		// the event loop's fast path.
-		if served, _, _ := srv.lane.Counts(); served != 4 {
-			t.Errorf("the loop served %d requests, want 4", served)
+		if served, _, _ := srv.lane.Counts(); served != 5 {
+			t.Errorf("the loop served %d requests, want 5", served)
 		}
 	}
 }
