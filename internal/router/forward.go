@@ -966,18 +966,28 @@ type bodySender struct {
 	c            *upConn
 	ctx          *fasthttp.RequestCtx
 	inv          *invocation
+	// finished is set, under mu, as the sending ends: a late hang-up
+	// (sendingGoner) closes the instance's connection only before, while
+	// it is this request's alone.
+	mu       sync.Mutex
+	finished bool
 }
 
 func (rt *Router) sendRequest(ctx *fasthttp.RequestCtx, inv *invocation, c *upConn) *bodySender {
 	s := &bodySender{done: make(chan struct{}), c: c, ctx: ctx, inv: inv}
 	go func() {
-		defer close(s.done)
+		defer func() {
+			s.mu.Lock()
+			s.finished = true
+			s.mu.Unlock()
+			close(s.done)
+		}()
 		// While the body goes, the client's connection cannot be read for
 		// a hang-up (it holds the body), and a write to an instance that
 		// does not read the body blocks: watch without reading.
 		hc, _ := ctx.Conn().(*httpserve.Conn)
 		if hc != nil {
-			hc.AwaitHangUp(&httpserve.Wait{}, inv.start, sendingGoner{inv})
+			hc.AwaitHangUp(&httpserve.Wait{}, inv.start, sendingGoner{s})
 		}
 		err := rt.writeRequest(c.bw, ctx, inv, false)
 		if err == nil {
@@ -1006,15 +1016,39 @@ func (rt *Router) sendRequest(ctx *fasthttp.RequestCtx, inv *invocation, c *upCo
 // closing the instance's connection; one reading the client needs
 // nothing: its read returns at once with what ended the connection, and
 // tells a body cut by a clean close (400: the client may still read the
-// answer) from a reset, which closing first would hide.
-type sendingGoner struct{ inv *invocation }
+// answer) from a reset, which closing first would hide. Between two
+// reads the sender may be passing on what it read, or blocked: it gets
+// hangUpGrace to come back to reading before it is taken for blocked.
+type sendingGoner struct{ s *bodySender }
+
+// hangUpGrace is how long a hang-up seen between two reads of the body
+// waits for the sender's next read.
+const hangUpGrace = 50 * time.Millisecond
 
 func (g sendingGoner) ClientGone() {
-	if g.inv.readingBody.Load() {
-		g.inv.gone.Store(true)
+	inv := g.s.inv
+	if inv.readingBody.Load() {
+		inv.gone.Store(true)
 		return
 	}
-	g.inv.ClientGone()
+	go func() {
+		t := time.NewTimer(hangUpGrace)
+		defer t.Stop()
+		select {
+		case <-g.s.done:
+			return
+		case <-t.C:
+		}
+		g.s.mu.Lock()
+		defer g.s.mu.Unlock()
+		switch {
+		case g.s.finished:
+		case inv.readingBody.Load():
+			inv.gone.Store(true)
+		default:
+			inv.ClientGone()
+		}
+	}()
 }
 
 // senderGrace is how long an answer waits for the body's sending to end
