@@ -196,7 +196,8 @@ func TestAnswerTransferCodings(t *testing.T) {
 }
 
 // A pipelined head with a bare LF, in the server's buffer with the
-// request before it, is refused too, on either path.
+// request before it, is refused too, on either path (the lane hands a
+// chunked body to the goroutine path).
 func TestPipelinedBareLFHeadIsRefused(t *testing.T) {
 	var got atomic.Int32
 	srv := routerTo(t, serveRawRequests(t, func(i int, c net.Conn) {
@@ -206,6 +207,7 @@ func TestPipelinedBareLFHeadIsRefused(t *testing.T) {
 	for _, req := range []string{
 		"GET /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\n\r\nGET /fn/alice/fn/b HTTP/1.1\nHost: h\r\n\r\n",
 		"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nabGET /fn/alice/fn/b HTTP/1.1\nHost: h\n\n",
+		"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2;x\r\nab\r\n0\r\nT: 1\r\n\r\nGET /fn/alice/fn/b HTTP/1.1\nHost: h\n\n",
 	} {
 		got.Store(0)
 		c := dialRaw(t, srv.URL)
