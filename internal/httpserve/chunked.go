@@ -20,7 +20,8 @@ type chunkScan struct {
 	state  uint8
 	digits uint8 // of the chunk size
 	// bare: a line of the trailer section ended in LF alone, which
-	// fasthttp takes for a line's end (a lone LF for the section's).
+	// fasthttp takes for a line's end (a lone LF for the section's);
+	// Spry refuses it (see lf.go).
 	bare bool
 	size int64 // the chunk size read so far, then the data left
 }

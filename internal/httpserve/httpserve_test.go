@@ -8,10 +8,13 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/spry-run/spry/internal/errdefs"
 )
 
 func serve(t *testing.T, h fasthttp.RequestHandler, adjust ...func(*fasthttp.Server)) string {
@@ -624,6 +627,94 @@ func TestPipelinedHeadAfterChunkedBody(t *testing.T) {
 				t.Errorf("%s: then %q, %v; want the connection's end", tc.name, rest, err)
 			}
 		}
+		c.Close()
+	}
+}
+
+// A chunked body whose trailer section has a line ended by LF alone is
+// an error to its reader, who refuses it (400) and closes the
+// connection, as the router does. fasthttp ended the section at an
+// empty line of LF alone, so what followed was served as a request where
+// a proxy in front saw trailer lines.
+func TestBareLFTrailerIsRefused(t *testing.T) {
+	var mu sync.Mutex
+	var served []string
+	url := serve(t, func(ctx *fasthttp.RequestCtx) {
+		mu.Lock()
+		served = append(served, string(ctx.Path()))
+		mu.Unlock()
+		var b []byte
+		if r := BodyStream(ctx); r != nil {
+			var err error
+			if b, err = io.ReadAll(r); err != nil {
+				WriteError(ctx, errdefs.New(errdefs.ErrInvalidArgument, "malformed request body: %v", err))
+				ctx.SetConnectionClose()
+				return
+			}
+		}
+		ctx.SetBodyString(string(ctx.Path()) + " " + string(b))
+	})
+	const (
+		post     = "POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n"
+		smuggled = "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
+	)
+	for _, tc := range []struct {
+		name  string
+		sends []string
+		want  string // the first answer: "400", or status and body
+	}{
+		{"a field", []string{post + "X: y\n\r\n" + smuggled}, "400"},
+		{"the section's end", []string{post + "X: y\r\n\n" + smuggled}, "400"},
+		{"both", []string{post + "X: y\n\n" + smuggled}, "400"},
+		{"no fields", []string{post + "\n" + smuggled}, "400"},
+		{"in pieces", []string{post + "X: y\n", "\n" + smuggled}, "400"},
+		// (fasthttp waited for a CRLF blank line.)
+		{"nothing after", []string{post + "X: y\n\n"}, "400"},
+		{"nothing after the field", []string{post + "X: y\n"}, "400"},
+		// (Well-formed: the GET is a request of its own.)
+		{"CRLF", []string{post + "X: y\r\n\r\n" + smuggled}, "200 /a abc"},
+	} {
+		served = nil
+		c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		br := bufio.NewReader(c)
+		for i, s := range tc.sends {
+			if i > 0 {
+				time.Sleep(20 * time.Millisecond) // (separate reads, not policy)
+			}
+			fmt.Fprint(c, s)
+		}
+		res, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		got := fmt.Sprintf("%d %s", res.StatusCode, b)
+		if res.StatusCode == 400 && strings.Contains(string(b), "trailer section ends in a bare LF") && res.Close {
+			got = "400"
+		}
+		if got != tc.want {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
+		}
+		wantServed := "/a"
+		if tc.want == "400" {
+			if rest, err := io.ReadAll(br); err != nil || len(rest) > 0 {
+				t.Errorf("%s: then %q, %v; want the connection's end", tc.name, rest, err)
+			}
+		} else {
+			if res, err := http.ReadResponse(br, nil); err != nil || res.StatusCode != 200 {
+				t.Errorf("%s: the next request got %v, %v", tc.name, res, err)
+			}
+			wantServed = "/a /smuggled"
+		}
+		mu.Lock()
+		if s := strings.Join(served, " "); s != wantServed {
+			t.Errorf("%s: served %s, want %s", tc.name, s, wantServed)
+		}
+		mu.Unlock()
 		c.Close()
 	}
 }

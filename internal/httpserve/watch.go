@@ -167,11 +167,16 @@ type Conn struct {
 func (c *Conn) OnClose(f func()) { c.onClose.Store(&f) }
 
 func (c *Conn) Read(p []byte) (int, error) {
-	if c.inHead && c.head.bare {
+	switch {
+	case c.inHead && c.head.bare:
 		// The server asks for more of a head that has a line ended by
 		// LF alone: its parser waits for a CRLF blank line that may
 		// never come. Refused now, not at the head timeout.
 		return 0, errBareLF
+	case c.body.bare:
+		// The same of a chunked body's trailer section: the body is
+		// refused, and nothing after it read.
+		return 0, errBareLFTrailer
 	}
 	var n int
 	var err error
@@ -203,7 +208,7 @@ func (c *Conn) follow(b []byte, off int64) {
 			c.next = off + int64(k)
 			b, off = b[k:], c.next
 		case chunkBad:
-			c.body.state = chunkOff
+			c.body = chunkScan{} // (no opinion on its trailers either)
 			return
 		default:
 			return
