@@ -7,12 +7,14 @@ import "strconv"
 // it (chunkScan), so that a pipelined head behind it is judged for bare
 // LFs as one behind a Content-Length body is. The scan reads the framing
 // as fasthttp's parser does (parseChunkSize, readCrLf and ReadTrailer),
-// so that both end the body at the same byte; where that parser would
-// refuse the body, or reads it in a way of its own, the scan gives up
-// (no opinion): a body that cannot be read ends its connection (the
-// router and Adapt close it), so no head follows it. The router does not
-// fold this into its chunkRelay: that one reads an instance's answers,
-// by other rules, and httpserve cannot import the router.
+// so that both end the body at the same byte. Where that parser would
+// refuse the body, the scan gives up (no opinion): a body that cannot be
+// read ends its connection (the router and Adapt close it), so no head
+// follows it. It gives up too where the parser reads a body its own way
+// (a trailer section that starts with "0"): the next head is then judged
+// from the next read only, as before. This is not the router's
+// chunkRelay: that one reads an instance's answers, by other rules, and
+// httpserve cannot import the router.
 
 // chunkScan follows a chunked body read in pieces, without holding any
 // of it.
