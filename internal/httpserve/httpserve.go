@@ -249,6 +249,8 @@ func errorHandler(ctx *fasthttp.RequestCtx, err error) {
 		err = errdefs.New(errdefs.ErrRequestHeaderLarge, "request header is over the %d byte limit", MaxHeaderBytes)
 	case errors.Is(err, errBareLF):
 		err = errdefs.New(errdefs.ErrInvalidArgument, "%v", errBareLF)
+	case errors.Is(err, errBareLFTrailer):
+		err = errdefs.New(errdefs.ErrInvalidArgument, "%v", errBareLFTrailer)
 	case errors.As(err, &ne) && ne.Timeout():
 		ctx.SetConnectionClose()
 		err = errdefs.New(errdefs.ErrRequestTimeout, "the request did not arrive within %s", HeaderTimeout)
@@ -281,7 +283,10 @@ func (l logger) Printf(format string, args ...any) {
 // BodyStream returns the request's body as a stream. fasthttp ends a
 // chunked body cleanly when the connection ends at a chunk boundary
 // before the last chunk, so a client cut off mid-upload would look done;
-// such an end is reported as io.ErrUnexpectedEOF instead.
+// such an end is reported as io.ErrUnexpectedEOF instead. A chunked body
+// whose trailer section has a line ended by LF alone ends in an error
+// too (see chunked.go): its readers, the router and Adapt, then close
+// the connection, as for any body they could not read.
 func BodyStream(ctx *fasthttp.RequestCtx) io.Reader {
 	r := ctx.RequestBodyStream()
 	c, ok := ctx.Conn().(*Conn)
@@ -298,10 +303,18 @@ type chunkedBody struct {
 
 func (b *chunkedBody) Read(p []byte) (int, error) {
 	n, err := b.r.Read(p)
-	// The last chunk is parsed from bytes already read, so a connection
-	// at its end when the body ends means the body ended with it.
-	if err == io.EOF && b.c.eof.Load() {
+	switch {
+	case err == nil:
+	case err == io.EOF && b.c.eof.Load():
+		// The last chunk is parsed from bytes already read, so a
+		// connection at its end when the body ends means the body ended
+		// with it.
 		err = io.ErrUnexpectedEOF
+	case err == io.EOF && b.c.body.bare, errors.Is(err, errBareLFTrailer):
+		// The trailers were read, so Conn followed them; or the parser
+		// asked for more and Conn.Read refused (the parser's words
+		// around it quote the client's bytes).
+		err = errBareLFTrailer
 	}
 	return n, err
 }

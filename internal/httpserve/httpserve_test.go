@@ -8,10 +8,13 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/spry-run/spry/internal/errdefs"
 )
 
 func serve(t *testing.T, h fasthttp.RequestHandler, adjust ...func(*fasthttp.Server)) string {
@@ -545,6 +548,173 @@ func TestPipelinedBareLFHeadIsRefused(t *testing.T) {
 				t.Errorf("%q: %q, want %q", tc.send, got, want)
 			}
 		}
+		c.Close()
+	}
+}
+
+// A head pipelined behind a chunked body is judged too, placed where the
+// body's framing ends it: one all in bare LFs waited for the head
+// timeout (a 408 after 10 s) when it came in the same read as the body's
+// end. A well-formed one is served, and a body that looks like a head is
+// data.
+func TestPipelinedHeadAfterChunkedBody(t *testing.T) {
+	url := serve(t, func(ctx *fasthttp.RequestCtx) {
+		var b []byte
+		if r := BodyStream(ctx); r != nil {
+			b, _ = io.ReadAll(r)
+		}
+		if len(b) > 64 {
+			b = fmt.Appendf(nil, "%d bytes", len(b))
+		}
+		ctx.SetBodyString(string(ctx.Path()) + " " + string(b))
+	})
+	const (
+		post    = "POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+		bare    = "GET /b HTTP/1.1\nHost: a\n\n"
+		good    = "GET /b HTTP/1.1\r\nHost: a\r\n\r\n"
+		refused = "400"
+	)
+	big := strings.Repeat("x", 200<<10) // more than one read
+	for _, tc := range []struct {
+		name  string
+		sends []string // written one by one, a moment apart
+		want  []string // status and body of each answer
+	}{
+		{"one write", []string{post + "3\r\nabc\r\n0\r\n\r\n" + bare}, []string{"200 /a abc", refused}},
+		{"head apart", []string{post, "3\r\nabc\r\n0\r\n\r\n" + bare}, []string{"200 /a abc", refused}},
+		{"body's end with the head", []string{post + "3\r\nab", "c\r\n0\r", "\n\r\n" + bare}, []string{"200 /a abc", refused}},
+		{"head cut", []string{post + "3\r\nabc\r\n0\r\n\r\nGET /b HTTP/1.1\nHo", "st: a\n\n"}, []string{"200 /a abc", refused}},
+		{"separate writes", []string{post + "3\r\nabc\r\n0\r\n\r\n", bare}, []string{"200 /a abc", refused}},
+		{"extensions and trailers", []string{post + "3;x=y\r\nabc\r\n0;z\r\nX-T: 1\r\nX-U: 2\r\n\r\n" + bare}, []string{"200 /a abc", refused}},
+		{"a large chunk", []string{post + fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(big), big) + bare}, []string{"200 /a 204800 bytes", refused}},
+		{"well-formed", []string{post + "3\r\nabc\r\n0\r\n\r\n" + good}, []string{"200 /a abc", "200 /b "}},
+		{"chunked twice", []string{post + "3\r\nabc\r\n0\r\n\r\n" + strings.Replace(post, "/a", "/c", 1) + "2\r\nde\r\n0\r\n\r\n" + bare},
+			[]string{"200 /a abc", "200 /c de", refused}},
+		{"a head in the data", []string{post + fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(bare), bare) + good}, []string{"200 /a " + bare, "200 /b "}},
+		{"a last chunk in the data", []string{post + "5\r\n0\r\n\r\n\r\n0\r\n\r\n" + good}, []string{"200 /a 0\r\n\r\n", "200 /b "}},
+	} {
+		c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Well under the head timeout (10 s): the answer must not wait
+		// for it.
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		br := bufio.NewReader(c)
+		for i, s := range tc.sends {
+			if i > 0 {
+				time.Sleep(20 * time.Millisecond) // (separate reads, not policy)
+			}
+			fmt.Fprint(c, s)
+		}
+		for _, want := range tc.want {
+			res, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Errorf("%s: %v; want %q", tc.name, err, want)
+				break
+			}
+			b, _ := io.ReadAll(res.Body)
+			got := fmt.Sprintf("%d %s", res.StatusCode, b)
+			if res.StatusCode == 400 && strings.Contains(string(b), "bare LF") && res.Close {
+				got = refused
+			}
+			if got != want {
+				t.Errorf("%s: %q, want %q", tc.name, got, want)
+			}
+		}
+		if tc.want[len(tc.want)-1] == refused {
+			if rest, err := io.ReadAll(br); err != nil || len(rest) > 0 {
+				t.Errorf("%s: then %q, %v; want the connection's end", tc.name, rest, err)
+			}
+		}
+		c.Close()
+	}
+}
+
+// A chunked body whose trailer section has a line ended by LF alone is
+// an error to its reader, who refuses it (400) and closes the
+// connection, as the router does. fasthttp ended the section at an
+// empty line of LF alone, so what followed was served as a request where
+// a proxy in front saw trailer lines.
+func TestBareLFTrailerIsRefused(t *testing.T) {
+	var mu sync.Mutex
+	var served []string
+	url := serve(t, func(ctx *fasthttp.RequestCtx) {
+		mu.Lock()
+		served = append(served, string(ctx.Path()))
+		mu.Unlock()
+		var b []byte
+		if r := BodyStream(ctx); r != nil {
+			var err error
+			if b, err = io.ReadAll(r); err != nil {
+				WriteError(ctx, errdefs.New(errdefs.ErrInvalidArgument, "malformed request body: %v", err))
+				ctx.SetConnectionClose()
+				return
+			}
+		}
+		ctx.SetBodyString(string(ctx.Path()) + " " + string(b))
+	})
+	const (
+		post     = "POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n"
+		smuggled = "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
+	)
+	for _, tc := range []struct {
+		name  string
+		sends []string
+		want  string // the first answer: "400", or status and body
+	}{
+		{"a field", []string{post + "X: y\n\r\n" + smuggled}, "400"},
+		{"the section's end", []string{post + "X: y\r\n\n" + smuggled}, "400"},
+		{"both", []string{post + "X: y\n\n" + smuggled}, "400"},
+		{"no fields", []string{post + "\n" + smuggled}, "400"},
+		{"in pieces", []string{post + "X: y\n", "\n" + smuggled}, "400"},
+		// (fasthttp waited for a CRLF blank line.)
+		{"nothing after", []string{post + "X: y\n\n"}, "400"},
+		{"nothing after the field", []string{post + "X: y\n"}, "400"},
+		// (Well-formed: the GET is a request of its own.)
+		{"CRLF", []string{post + "X: y\r\n\r\n" + smuggled}, "200 /a abc"},
+	} {
+		served = nil
+		c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		br := bufio.NewReader(c)
+		for i, s := range tc.sends {
+			if i > 0 {
+				time.Sleep(20 * time.Millisecond) // (separate reads, not policy)
+			}
+			fmt.Fprint(c, s)
+		}
+		res, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		got := fmt.Sprintf("%d %s", res.StatusCode, b)
+		if res.StatusCode == 400 && strings.Contains(string(b), "trailer section ends in a bare LF") && res.Close {
+			got = "400"
+		}
+		if got != tc.want {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
+		}
+		wantServed := "/a"
+		if tc.want == "400" {
+			if rest, err := io.ReadAll(br); err != nil || len(rest) > 0 {
+				t.Errorf("%s: then %q, %v; want the connection's end", tc.name, rest, err)
+			}
+		} else {
+			if res, err := http.ReadResponse(br, nil); err != nil || res.StatusCode != 200 {
+				t.Errorf("%s: the next request got %v, %v", tc.name, res, err)
+			}
+			wantServed = "/a /smuggled"
+		}
+		mu.Lock()
+		if s := strings.Join(served, " "); s != wantServed {
+			t.Errorf("%s: served %s, want %s", tc.name, s, wantServed)
+		}
+		mu.Unlock()
 		c.Close()
 	}
 }

@@ -16,8 +16,19 @@ import (
 // parser of its own, and a proxy in front that does not take it so would
 // frame the connection otherwise (see docs/functions.md).
 
+// The same goes for a chunked body's trailer section (RFC 9112 7.1.2),
+// which fasthttp ends at its first empty line, LF alone or CRLF, once a
+// CRLF blank line has been read: "X: y\n\nGET /smuggled HTTP/1.1\r\n
+// Host: h\r\n\r\n" ended before the GET, which was served as a request
+// of its own where a proxy in front saw trailer lines. Such a body is
+// refused, promptly: an error to its reader (the router's 400, and the
+// connection closes).
+
 // errBareLF is a request head with a line ended by LF alone.
 var errBareLF = errors.New("a line of the request head ends in a bare LF, not CRLF")
+
+// errBareLFTrailer is a chunked body with such a trailer line.
+var errBareLFTrailer = errors.New("a line of the chunked body's trailer section ends in a bare LF, not CRLF")
 
 // BareLF says whether head, the bytes of a request head from its start
 // (empty lines before the request line are skipped, as the parser skips

@@ -149,13 +149,15 @@ type Conn struct {
 	// A pipelined head may already sit in the server's read buffer at
 	// an answer's end, read with the request before it: the scan is
 	// placed by stream offsets instead, where the head before it and
-	// its body (Content-Length) end. pos is how much has been read;
-	// next where the scanned head starts (-1: not known, the scan
-	// starts at the next read); headEnd where the last whole head
-	// scanned ended (-1: not known), and after what was read past it
-	// before its handler said how long its body is.
+	// its body (Content-Length, or chunked: body follows its framing)
+	// end. pos is how much has been read; next where the scanned head
+	// starts (-1: not known, the scan starts at the next read); headEnd
+	// where the last whole head scanned ended (-1: not known), and after
+	// what was read past it before its handler said how long its body
+	// is.
 	pos, next, headEnd int64
 	after              []byte
+	body               chunkScan
 }
 
 // OnClose has f run when c is closed, by whoever closes it. A hijacking
@@ -165,11 +167,16 @@ type Conn struct {
 func (c *Conn) OnClose(f func()) { c.onClose.Store(&f) }
 
 func (c *Conn) Read(p []byte) (int, error) {
-	if c.inHead && c.head.bare {
+	switch {
+	case c.inHead && c.head.bare:
 		// The server asks for more of a head that has a line ended by
 		// LF alone: its parser waits for a CRLF blank line that may
 		// never come. Refused now, not at the head timeout.
 		return 0, errBareLF
+	case c.body.bare:
+		// The same of a chunked body's trailer section: the body is
+		// refused, and nothing after it read.
+		return 0, errBareLFTrailer
 	}
 	var n int
 	var err error
@@ -187,11 +194,26 @@ func (c *Conn) Read(p []byte) (int, error) {
 }
 
 // follow scans b, read at stream offset off, for the head that starts
-// at c.next, and keeps what follows a whole head until its handler says
-// where its body ends. Where the start is not known the server had read
-// part of the head (or all of it) before: the scan sees no request line
-// and has no opinion.
+// at c.next (or, in a chunked body, at its end), and keeps what follows
+// a whole head until its handler says where its body ends. Where the
+// start is not known the server had read part of the head (or all of
+// it) before: the scan sees no request line and has no opinion.
 func (c *Conn) follow(b []byte, off int64) {
+	if c.body.state != chunkOff {
+		k := c.body.scan(b)
+		switch c.body.state {
+		case chunkEnd:
+			// The next head starts here.
+			c.body.state = chunkOff
+			c.next = off + int64(k)
+			b, off = b[k:], c.next
+		case chunkBad:
+			c.body = chunkScan{} // (no opinion on its trailers either)
+			return
+		default:
+			return
+		}
+	}
 	if c.next >= 0 && !c.head.done() {
 		if skip := c.next - off; skip > 0 {
 			if skip >= int64(len(b)) {
@@ -222,6 +244,11 @@ func (c *Conn) follow(b []byte, off int64) {
 
 // headStarts says the server will read a new request head.
 func (c *Conn) headStarts() {
+	if c.body.following() {
+		// The server is past a body the scan is still in: they read it
+		// differently, and the head's start is not known.
+		c.body.state = chunkOff
+	}
 	if c.next < 0 {
 		c.head.reset()
 		c.next = c.pos
@@ -230,9 +257,8 @@ func (c *Conn) headStarts() {
 }
 
 // headRead says the server has read the request head, whose body is
-// bodyLen bytes long (the parser's Content-Length: -1 for chunked, which
-// leaves where the next head starts unknown, -2 for none), and reports
-// whether a line of it ended in LF alone.
+// bodyLen bytes long (the parser's Content-Length: -1 for chunked, -2
+// for none), and reports whether a line of it ended in LF alone.
 func (c *Conn) headRead(bodyLen int) (bareLF bool) {
 	c.inHead = false
 	bareLF = c.head.bare
@@ -243,7 +269,15 @@ func (c *Conn) headRead(bodyLen int) (bareLF bool) {
 		c.head.line = nil
 	}
 	c.next = -1
-	if end >= 0 && bodyLen != -1 && !bareLF {
+	c.body = chunkScan{}
+	switch {
+	case end < 0 || bareLF:
+	case bodyLen == -1:
+		// Chunked: the next head starts where the framing says the
+		// body ends (follow sets next there).
+		c.body.start()
+		c.follow(after, end)
+	default:
 		c.next = end + int64(max(bodyLen, 0))
 		if i := c.next - end; i < int64(len(after)) {
 			c.follow(after[i:], c.next)

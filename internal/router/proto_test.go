@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/http/httputil"
 	"net/textproto"
 	"strings"
@@ -196,7 +197,8 @@ func TestAnswerTransferCodings(t *testing.T) {
 }
 
 // A pipelined head with a bare LF, in the server's buffer with the
-// request before it, is refused too, on either path.
+// request before it, is refused too, on either path (the lane hands a
+// chunked body to the goroutine path).
 func TestPipelinedBareLFHeadIsRefused(t *testing.T) {
 	var got atomic.Int32
 	srv := routerTo(t, serveRawRequests(t, func(i int, c net.Conn) {
@@ -206,6 +208,7 @@ func TestPipelinedBareLFHeadIsRefused(t *testing.T) {
 	for _, req := range []string{
 		"GET /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\n\r\nGET /fn/alice/fn/b HTTP/1.1\nHost: h\r\n\r\n",
 		"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nabGET /fn/alice/fn/b HTTP/1.1\nHost: h\n\n",
+		"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2;x\r\nab\r\n0\r\nT: 1\r\n\r\nGET /fn/alice/fn/b HTTP/1.1\nHost: h\n\n",
 	} {
 		got.Store(0)
 		c := dialRaw(t, srv.URL)
@@ -224,5 +227,38 @@ func TestPipelinedBareLFHeadIsRefused(t *testing.T) {
 		if n := got.Load(); n != 1 {
 			t.Errorf("%q: the function got %d requests, want 1", req, n)
 		}
+	}
+}
+
+// A chunked body whose trailer section has a line ended by LF alone is
+// refused (400, and the connection closes), on either path: fasthttp
+// ended the section at an empty line of LF alone and served what came
+// after as a request, where a proxy in front saw trailer lines.
+func TestBareLFTrailerIsRefused(t *testing.T) {
+	var smuggled atomic.Int32
+	srv := newTestRouter(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "smuggled") {
+			smuggled.Add(1)
+		}
+		io.Copy(io.Discard, r.Body)
+	}))
+	const next = "GET /fn/alice/fn/smuggled HTTP/1.1\r\nHost: h\r\n\r\n"
+	// (Without a CRLF blank line after them, the parser waited for one.)
+	for _, trailers := range []string{"X: y\n\n" + next, "\n" + next, "X: y\r\n\n" + next, "X: y\n\r\n" + next, "X: y\n\n"} {
+		c := dialRaw(t, srv.URL)
+		// Well under the function's timeout (5 s).
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		c.send("POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n" + trailers)
+		res := c.response()
+		b := body(res)
+		if res.StatusCode != 400 || !strings.Contains(b, "bare LF") || !res.Close {
+			t.Errorf("%q: %d %s (close %v); want 400 for a bare LF, and the connection closed", trailers, res.StatusCode, b, res.Close)
+		}
+		if rest, err := io.ReadAll(c.br); err != nil || len(rest) > 0 {
+			t.Errorf("%q: then %q, %v; want the connection's end", trailers, rest, err)
+		}
+	}
+	if n := smuggled.Load(); n != 0 {
+		t.Fatalf("the function got %d smuggled requests", n)
 	}
 }
