@@ -29,7 +29,8 @@ import (
 // own share, stays within the budget. A start that does not fit even at
 // the floor, once the others are lowered to their shares, is refused
 // (429: it may fit once an instance ends), and its pooled sandbox goes
-// back to the pool.
+// back to the pool, unchanged; a sandbox whose limits could not all be
+// set is discarded instead (Backend.Start).
 //
 // Open files are bounded per process (RLIMIT_NOFILE, soft and hard); the
 // processes that open files for a function are its runtime and
@@ -151,8 +152,10 @@ func (b *Backend) members(owner string, self *proc) (all []*proc, active int) {
 func (b *Backend) budgeted() bool { return b.cfg.UserPids > 0 || b.cfg.UserFiles > 0 }
 
 // admit gives p, about to be specialized with spec, its share of spec's
-// owner's budgets, lowering the others first if the budget is held;
-// it fails, changing nothing of p, if p does not fit at its floor.
+// owner's budgets, lowering the others first if the budget is held.
+// It refuses p (errBudget: ErrRateLimited), changing nothing of it, if p
+// does not fit at its floor; any other error may leave p's limits half
+// set, and p must then be discarded, never pooled.
 func (b *Backend) admit(p *proc, spec *backend.Spec) error {
 	if !b.budgeted() {
 		return nil
