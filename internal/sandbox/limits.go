@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	goruntime "runtime"
@@ -60,6 +61,14 @@ func (c *Cmd) SetPids(n int64) (int64, error) {
 func (c *Cmd) PidsHeld() (int64, error) {
 	limit, cur, err := c.Pids()
 	return max(limit, cur), err
+}
+
+// PidsHeldAt is what the sandbox would hold of processes and threads at
+// the limit n (what SetPids(n) would return): n, or the tasks it has if
+// more.
+func (c *Cmd) PidsHeldAt(n int64) (int64, error) {
+	_, cur, err := c.Pids()
+	return max(n, cur), err
 }
 
 // Pids reads the sandbox's limit on processes and threads (-1: none) and
@@ -137,7 +146,7 @@ func (c *Cmd) SetNoFiles(n uint64) (uint64, error) {
 			}
 		}
 		if len(fresh) == 0 {
-			return filesHeld(pids), nil
+			return filesHeld(pids, n), nil
 		}
 		if err := c.limitNoFiles(fresh, n); err != nil {
 			return 0, err
@@ -332,28 +341,34 @@ func RaisesOpenFiles() bool {
 
 // FilesHeld is how many files the sandbox's openers may hold from now on,
 // at their current limits.
-func (c *Cmd) FilesHeld() (uint64, error) {
+func (c *Cmd) FilesHeld() (uint64, error) { return c.FilesHeldAt(math.MaxUint64) }
+
+// FilesHeldAt is how many files the sandbox's openers would hold were
+// their limits lowered to n (those below it kept): what SetNoFiles(n)
+// would return, for an n no higher than their limits.
+func (c *Cmd) FilesHeldAt(n uint64) (uint64, error) {
 	pids, err := c.openers()
 	if err != nil {
 		return 0, err
 	}
-	return filesHeld(pids), nil
+	return filesHeld(pids, n), nil
 }
 
-// filesHeld sums, over pids, what each may hold from now on: its hard
-// limit, plus the descriptors it has at or above it (left from a higher
-// limit; they stay open, while those below it can all be filled). A
-// process that has ended holds none.
-func filesHeld(pids []int) uint64 {
+// filesHeld sums, over pids, what each may hold at its hard limit, or at
+// n if lower: that limit, plus the descriptors it has at or above it
+// (left from a higher limit; they stay open, while those below it can
+// all be filled). A process that has ended holds none.
+func filesHeld(pids []int, n uint64) uint64 {
 	var sum uint64
 	for _, pid := range pids {
 		st, err := procStatus(pid)
 		if err != nil {
 			continue
 		}
-		sum += st.nofile
-		if st.fdSize > st.nofile {
-			sum += descriptorsFrom(pid, st.nofile)
+		limit := min(st.nofile, n)
+		sum += limit
+		if st.fdSize > limit {
+			sum += descriptorsFrom(pid, limit)
 		}
 	}
 	return sum

@@ -391,3 +391,73 @@ func pidsProcs(t *testing.T, pid int) string {
 	t.Fatalf("process %d is in no pids cgroup:\n%s", pid, b)
 	return ""
 }
+
+// A start refused for the budget leaves the user's other instances at
+// their shares: lowered to the shares of one instance more for a start
+// that never came, they would keep them until the user's next start or
+// end (their open-file limits, without CAP_SYS_RESOURCE, for good).
+func TestRefusedStartLeavesTheShares(t *testing.T) {
+	e := budgetEnv(t)
+	ctx := context.Background()
+	// Three instances, each holding all the tasks it may, hold the
+	// whole budget: the first was lowered from a lone instance's share
+	// to 64 once it held 128, and each of the others holds its 64.
+	// Room for the workers of a thread bomb at 128 tasks.
+	spec := e.spec(t, bombs)
+	spec.MemoryMiB = 1024
+	var alice []*backend.Instance
+	for i := range 3 {
+		inst, err := e.b.Start(ctx, spec)
+		if err != nil {
+			t.Fatalf("instance %d: %v", i+1, err)
+		}
+		t.Cleanup(func() { _ = e.b.Stop(ctx, inst.ID) })
+		wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		err = inst.WaitLoaded(wctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A thread bomb may leave its request unanswered: it is done
+		// once its tasks stop growing.
+		go func() {
+			if res, err := runtimetest.Client(inst, 30*time.Second).Get("http://instance/threads"); err == nil {
+				res.Body.Close()
+			}
+		}()
+		e.b.mu.Lock()
+		p := e.b.procs[inst.ID]
+		e.b.mu.Unlock()
+		last, since := int64(-1), time.Now()
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline) && time.Since(since) < time.Second; time.Sleep(50 * time.Millisecond) {
+			_, cur, err := p.cmd.Pids()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cur != last {
+				last, since = cur, time.Now()
+			}
+		}
+		alice = append(alice, inst)
+	}
+	t.Logf("alice's instances hold %d tasks", e.held(t, "alice").pids)
+	share := e.b.pidsShare(3)
+	if e.b.pidsShare(4) >= share {
+		t.Fatalf("a fourth instance does not lower the shares (%d, %d)", e.b.pidsShare(4), share)
+	}
+	if _, err := e.b.Start(ctx, spec); errdefs.HTTPStatus(err) != 429 {
+		t.Fatalf("the fourth instance: err = %v, want 429", err)
+	}
+	for i, inst := range alice {
+		e.b.mu.Lock()
+		p := e.b.procs[inst.ID]
+		e.b.mu.Unlock()
+		limit, cur, err := p.cmd.Pids()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if limit != share {
+			t.Errorf("after the refused start, instance %d has pids.max %d (holding %d), want the share of three, %d", i+1, limit, cur, share)
+		}
+	}
+}
