@@ -25,10 +25,10 @@ func startAt(t *testing.T, pid, uid, gid int) *exec.Cmd {
 			t.Skipf("cannot choose the next pid: %v", err)
 		}
 		cmd := exec.Command("sleep", "60")
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		if uid != 0 || gid != 0 {
-			cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}
-		}
+		// Its ids are set even to root's: the fork may be made from a
+		// thread whose real ids are a sandbox's (the hook runs there).
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL,
+			Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}}
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
