@@ -3,6 +3,7 @@ package sandbox
 import (
 	"fmt"
 	"os/exec"
+	"testing"
 )
 
 // SlirpPid is the pid of the sandbox's slirp4netns, or 0.
@@ -22,4 +23,12 @@ func (s *Sandbox) SetHostNets(f func() []string) { s.hostNets = f }
 func (c *Cmd) Rules() (string, error) {
 	out, err := exec.Command("nsenter", "--net="+fmt.Sprintf("/proc/%d/ns/net", c.pid), "--", "nft", "list", "ruleset").CombinedOutput()
 	return string(out), err
+}
+
+// SetPrlimitHook has f called just before each prlimit(2) call that sets
+// an open-file limit of a process found to be a sandbox's, until the test
+// ends.
+func SetPrlimitHook(t testing.TB, f func(pid int)) {
+	testHookPrlimit = f
+	t.Cleanup(func() { testHookPrlimit = nil })
 }

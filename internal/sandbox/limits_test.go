@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"errors"
 	"os/exec"
 	"syscall"
 	"testing"
@@ -8,33 +9,49 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// prlimitNoFile lowers the open-file limit of a process of another uid
-// whose gid differs from its uid: without CAP_SYS_RESOURCE the kernel
-// wants the caller's real uid and real gid to be the process's, each.
-func TestPrlimitNoFileOtherUIDAndGID(t *testing.T) {
+// asIDs lowers the open-file limit of a process whose real uid and gid
+// are those it is given (the kernel wants each, without
+// CAP_SYS_RESOURCE), and, without that capability, of no other: not of
+// root's, nor of one whose gid differs.
+func TestAsIDsReachesOnlyItsIDs(t *testing.T) {
 	if syscall.Getuid() != 0 {
 		t.Skip("needs root to run a process as another uid")
 	}
 	const uid, gid = 340260, 340261
-	cmd := exec.Command("sleep", "30")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid, Groups: []uint32{}}, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	start := func(uid, gid uint32) int {
+		cmd := exec.Command("sleep", "30")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid, Groups: []uint32{}}, Pdeathsig: syscall.SIGKILL}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		return cmd.Process.Pid
 	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	pid := cmd.Process.Pid
-	st, err := procStatus(pid)
-	if err != nil {
-		t.Fatal(err)
+	lower := func(pid int) (uint64, error) {
+		st, err := procStatus(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := st.nofile - 1
+		err = asIDs(uid, gid, func() error { return unix.Prlimit(pid, unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: want, Max: want}, nil) })
+		after, serr := procStatus(pid)
+		if serr != nil {
+			t.Fatal(serr)
+		}
+		if set := after.nofile == want; set != (err == nil) {
+			t.Fatalf("open-file limit %d after %v (it was %d)", after.nofile, err, st.nofile)
+		}
+		return want, err
 	}
-	want := st.nofile - 1
-	if err := prlimitNoFile(pid, &unix.Rlimit{Cur: want, Max: want}); err != nil {
+	if _, err := lower(start(uid, gid)); err != nil {
 		t.Fatalf("lower the open-file limit of a process of uid %d, gid %d: %v", uid, gid, err)
 	}
-	if st, err = procStatus(pid); err != nil {
-		t.Fatal(err)
+	if raisesFiles() {
+		t.Skip("with CAP_SYS_RESOURCE the kernel checks no ids")
 	}
-	if st.nofile != want {
-		t.Fatalf("open-file limit %d, want %d", st.nofile, want)
+	for _, other := range [][2]uint32{{0, 0}, {uid, uid}, {gid, gid}} {
+		if _, err := lower(start(other[0], other[1])); !errors.Is(err, unix.EPERM) {
+			t.Errorf("lower the open-file limit of a process of uid %d, gid %d as uid %d, gid %d: %v, want EPERM", other[0], other[1], uid, gid, err)
+		}
 	}
 }

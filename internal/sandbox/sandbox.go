@@ -155,6 +155,11 @@ type Cmd struct {
 	once       sync.Once
 	oomBase    uint64
 	noFiles    uint64 // the sandbox's open-file limit, slirp4netns's too
+	ids        int    // the host uid, and gid, its processes run as
+	// limitMu orders changes of its processes' open-file limits
+	// (limitNoFiles) before Cleanup; limitsDone: Cleanup has begun.
+	limitMu    sync.Mutex
+	limitsDone bool
 	// The hold (see Start): bwrap's --info-fd and --block-fd.
 	info    *os.File
 	release *os.File
@@ -185,7 +190,7 @@ func (s *Sandbox) Command(spec Spec) (*Cmd, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cmd{sb: s, group: g, name: spec.Name, noFiles: spec.NoFiles}
+	c := &Cmd{sb: s, group: g, name: spec.Name, noFiles: spec.NoFiles, ids: spec.UID}
 	ok := false
 	defer func() {
 		if !ok {
@@ -529,6 +534,12 @@ func (c *Cmd) CloseFiles() {
 // Cleanup kills anything left in the sandbox's cgroup and removes it.
 func (c *Cmd) Cleanup() {
 	c.once.Do(func() {
+		// A limit being set finishes first, and none begins after: once
+		// Cleanup returns, no prlimit(2) call made for this sandbox can
+		// reach a process that holds its uid after it (see limitNoFiles).
+		c.limitMu.Lock()
+		c.limitsDone = true
+		c.limitMu.Unlock()
 		c.CloseFiles()
 		c.closeHold()
 		c.stopNetwork()

@@ -512,8 +512,16 @@ func (b *Backend) Start(ctx context.Context, spec *backend.Spec) (*backend.Insta
 		}
 	}
 	if err := b.admit(p, spec); err != nil {
-		// Still generic, and as it was: it waits for another start
-		// (at the pool's weight, should it have been spawned boosted).
+		if !errors.Is(err, errdefs.ErrRateLimited) {
+			// Its limits may be half lowered (pids.max written, some
+			// open-file limits not), which the pool's next start, of
+			// any user, would inherit; or it died. Never pooled again.
+			b.kill(p, backend.ExitCrashed)
+			return nil, err
+		}
+		// Refused for the budget before anything of it was changed:
+		// still generic, and as it was, it waits for another start (at
+		// the pool's weight, should it have been spawned boosted).
 		if err := p.cmd.SetCPU(pooledShares, b.cfg.CPUQuotaUs); err != nil {
 			b.log.Warn("set cpu limits", "instance", p.id, "err", err)
 		}

@@ -27,9 +27,11 @@ import (
 // holding the larger of its limit and what it has (sandbox.Cmd.SetPids,
 // SetNoFiles), and an instance is started only while that sum, with its
 // own share, stays within the budget. A start that does not fit even at
-// the floor, once the others are lowered to their shares, is refused
-// (429: it may fit once an instance ends), and its pooled sandbox goes
-// back to the pool.
+// the floor, were the others lowered to their shares (they are, only for
+// a start that then fits), is refused (429: it may fit once an instance
+// ends), and its pooled sandbox goes back to the pool, unchanged; a
+// sandbox whose limits could not all be set is discarded instead
+// (Backend.Start).
 //
 // Open files are bounded per process (RLIMIT_NOFILE, soft and hard); the
 // processes that open files for a function are its runtime and
@@ -151,8 +153,10 @@ func (b *Backend) members(owner string, self *proc) (all []*proc, active int) {
 func (b *Backend) budgeted() bool { return b.cfg.UserPids > 0 || b.cfg.UserFiles > 0 }
 
 // admit gives p, about to be specialized with spec, its share of spec's
-// owner's budgets, lowering the others first if the budget is held;
-// it fails, changing nothing of p, if p does not fit at its floor.
+// owner's budgets, lowering the others first if the budget is held.
+// It refuses p (errBudget: ErrRateLimited), changing nothing of it, if p
+// does not fit at its floor; any other error may leave p's limits half
+// set, and p must then be discarded, never pooled.
 func (b *Backend) admit(p *proc, spec *backend.Spec) error {
 	if !b.budgeted() {
 		return nil
@@ -173,9 +177,20 @@ func (b *Backend) admit(p *proc, spec *backend.Spec) error {
 	k := uint64(max(1, len(openers)))
 	pidsFree, filesFree := b.free(others)
 	if (b.cfg.UserPids > 0 && pidsFree < wantPids) || (b.cfg.UserFiles > 0 && filesFree < k*wantFiles) {
-		// Take back what the others hold above their shares.
-		b.lower(others, n, true)
-		pidsFree, filesFree = b.free(others)
+		// Take back what the others hold above their shares, if that
+		// lets p in: lowered for a start refused all the same, they
+		// would keep the shares of one instance more until the user's
+		// next start or end (open-file limits, without
+		// CAP_SYS_RESOURCE, for good).
+		needPids, needFiles := int64(minPids), k*h.minFiles
+		if h.fixed {
+			needPids, needFiles = b.cfg.Pids, k*b.cfg.NoFiles
+		}
+		pidsFree, filesFree = b.freeLowered(others, n)
+		if (b.cfg.UserPids == 0 || pidsFree >= needPids) && (b.cfg.UserFiles == 0 || filesFree >= needFiles) {
+			b.lower(others, n, true)
+			pidsFree, filesFree = b.free(others)
+		}
 	}
 	if h.fixed {
 		// gVisor's runsc keeps the limits it started with.
@@ -233,6 +248,33 @@ func (b *Backend) free(ps []*proc) (pids int64, files uint64) {
 	for _, p := range ps {
 		hp += p.share.pidsHeld
 		hf += p.share.filesHeld
+	}
+	return max(0, b.cfg.UserPids-hp), b.cfg.UserFiles - min(b.cfg.UserFiles, hf)
+}
+
+// freeLowered is what the budgets would leave beside ps were they
+// lowered to the shares of n instances (lower(ps, n, true)), as they hold
+// now; what cannot be read counts as they were last counted.
+func (b *Backend) freeLowered(ps []*proc, n int) (pids int64, files uint64) {
+	var hp int64
+	var hf uint64
+	for _, p := range ps {
+		h := &p.share
+		pidsHeld, filesHeld := h.pidsHeld, h.filesHeld
+		if !h.fixed {
+			if b.cfg.UserPids > 0 {
+				if held, err := p.cmd.PidsHeldAt(min(h.pids, b.pidsShare(n))); err == nil {
+					pidsHeld = held
+				}
+			}
+			if b.cfg.UserFiles > 0 {
+				if held, err := p.cmd.FilesHeldAt(min(h.files, b.filesShare(n, h.minFiles))); err == nil {
+					filesHeld = held
+				}
+			}
+		}
+		hp += pidsHeld
+		hf += filesHeld
 	}
 	return max(0, b.cfg.UserPids-hp), b.cfg.UserFiles - min(b.cfg.UserFiles, hf)
 }

@@ -5,10 +5,13 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -279,6 +282,182 @@ func TestTheInstanceThatHalvesSharesFits(t *testing.T) {
 			if others, mine := uint64(2*(n-1))*b.filesShare(n-1, 0), 2*b.filesShare(n, 0); others+mine > uint64(budget) {
 				t.Fatalf("files budget %d, instance %d: the others hold %d, and it needs %d", budget, n, others, mine)
 			}
+		}
+	}
+}
+
+// A start whose sandbox cannot be given its share once it has begun
+// lowering the sandbox's limits (here a process of the host put in the
+// sandbox's cgroup, whose open-file limit the server may not set) fails,
+// and the sandbox, half limited, is discarded: it never goes back to the
+// pool, from which any user's function could take it.
+func TestHalfLimitedSandboxLeavesThePool(t *testing.T) {
+	e := budgetEnv(t)
+	ctx := context.Background()
+	// A second instance's shares are below a pooled sandbox's limits.
+	first, err := e.b.Start(ctx, e.spec(t, bombs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = e.b.Stop(ctx, first.ID) })
+	if want := e.b.pidsShare(2); want >= e.b.cfg.Pids {
+		t.Fatalf("the second instance's pids share %d is not below the pool's %d", want, e.b.cfg.Pids)
+	}
+	e.waitPool(t, 1)
+	e.b.mu.Lock()
+	offered := e.b.pool[e.b.defaultKeys()[0]][0]
+	e.b.mu.Unlock()
+	// A root process whose gid is not root's: without CAP_SYS_RESOURCE
+	// the server may not set its limits, and with it, it is no process
+	// of the instance's uid.
+	intruder := exec.Command("sleep", "60")
+	intruder.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 0, Gid: 340281, Groups: []uint32{}}, Pdeathsig: syscall.SIGKILL}
+	if err := intruder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = intruder.Process.Kill(); _ = intruder.Wait() })
+	openers, err := offered.cmd.Openers()
+	if err != nil || len(openers) == 0 {
+		t.Fatalf("openers of the pooled sandbox: %v, %v", openers, err)
+	}
+	if err := os.WriteFile(pidsProcs(t, openers[0]), []byte(strconv.Itoa(intruder.Process.Pid)), 0); err != nil {
+		t.Fatal(err)
+	}
+
+	inst, err := e.b.Start(ctx, e.spec(t, bombs))
+	if err == nil {
+		_ = e.b.Stop(ctx, inst.ID)
+		t.Fatal("a start whose sandbox could not be limited succeeded")
+	}
+	t.Logf("start: %v", err)
+	if code := errdefs.HTTPStatus(err); code != 503 {
+		t.Errorf("start: status %d, want 503", code)
+	}
+	select {
+	case <-offered.exited:
+	case <-time.After(10 * time.Second):
+		limit, _, _ := offered.cmd.Pids()
+		e.b.mu.Lock()
+		pooled := slices.Contains(e.b.pool[e.b.defaultKeys()[0]], offered)
+		e.b.mu.Unlock()
+		var files []int64
+		if pids, err := offered.cmd.Openers(); err == nil {
+			for _, pid := range pids {
+				files = append(files, nofile(t, pid))
+			}
+		}
+		t.Fatalf("the half-limited sandbox lives on (pids.max %d, its processes' open-file limits %v; in the pool: %v)", limit, files, pooled)
+	}
+	// What the pool holds now has the pool's limits.
+	e.waitPool(t, 1)
+	e.b.mu.Lock()
+	pool := slices.Clone(e.b.pool[e.b.defaultKeys()[0]])
+	e.b.mu.Unlock()
+	for _, p := range pool {
+		if limit, _, err := p.cmd.Pids(); err != nil || limit != e.b.cfg.Pids {
+			t.Errorf("a pooled sandbox has pids.max %d (%v), want %d", limit, err, e.b.cfg.Pids)
+		}
+		pids, err := p.cmd.Openers()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, pid := range pids {
+			if n := nofile(t, pid); n != int64(e.b.cfg.NoFiles) {
+				t.Errorf("a pooled sandbox's process %d has an open-file limit of %d, want %d", pid, n, e.b.cfg.NoFiles)
+			}
+		}
+	}
+}
+
+// pidsProcs is the cgroup.procs file of the pids cgroup process pid is in.
+func pidsProcs(t *testing.T, pid int) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		f := strings.SplitN(line, ":", 3)
+		if len(f) != 3 {
+			continue
+		}
+		switch {
+		case f[1] == "pids":
+			return filepath.Join("/sys/fs/cgroup/pids", f[2], "cgroup.procs")
+		case f[0] == "0" && f[1] == "":
+			return filepath.Join("/sys/fs/cgroup", f[2], "cgroup.procs")
+		}
+	}
+	t.Fatalf("process %d is in no pids cgroup:\n%s", pid, b)
+	return ""
+}
+
+// A start refused for the budget leaves the user's other instances at
+// their shares: lowered to the shares of one instance more for a start
+// that never came, they would keep them until the user's next start or
+// end (their open-file limits, without CAP_SYS_RESOURCE, for good).
+func TestRefusedStartLeavesTheShares(t *testing.T) {
+	e := budgetEnv(t)
+	ctx := context.Background()
+	// Three instances, each holding all the tasks it may, hold the
+	// whole budget: the first was lowered from a lone instance's share
+	// to 64 once it held 128, and each of the others holds its 64.
+	// Room for the workers of a thread bomb at 128 tasks.
+	spec := e.spec(t, bombs)
+	spec.MemoryMiB = 1024
+	var alice []*backend.Instance
+	for i := range 3 {
+		inst, err := e.b.Start(ctx, spec)
+		if err != nil {
+			t.Fatalf("instance %d: %v", i+1, err)
+		}
+		t.Cleanup(func() { _ = e.b.Stop(ctx, inst.ID) })
+		wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		err = inst.WaitLoaded(wctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A thread bomb may leave its request unanswered: it is done
+		// once its tasks stop growing.
+		go func() {
+			if res, err := runtimetest.Client(inst, 30*time.Second).Get("http://instance/threads"); err == nil {
+				res.Body.Close()
+			}
+		}()
+		e.b.mu.Lock()
+		p := e.b.procs[inst.ID]
+		e.b.mu.Unlock()
+		last, since := int64(-1), time.Now()
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline) && time.Since(since) < time.Second; time.Sleep(50 * time.Millisecond) {
+			_, cur, err := p.cmd.Pids()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cur != last {
+				last, since = cur, time.Now()
+			}
+		}
+		alice = append(alice, inst)
+	}
+	t.Logf("alice's instances hold %d tasks", e.held(t, "alice").pids)
+	share := e.b.pidsShare(3)
+	if e.b.pidsShare(4) >= share {
+		t.Fatalf("a fourth instance does not lower the shares (%d, %d)", e.b.pidsShare(4), share)
+	}
+	if _, err := e.b.Start(ctx, spec); errdefs.HTTPStatus(err) != 429 {
+		t.Fatalf("the fourth instance: err = %v, want 429", err)
+	}
+	for i, inst := range alice {
+		e.b.mu.Lock()
+		p := e.b.procs[inst.ID]
+		e.b.mu.Unlock()
+		limit, cur, err := p.cmd.Pids()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if limit != share {
+			t.Errorf("after the refused start, instance %d has pids.max %d (holding %d), want the share of three, %d", i+1, limit, cur, share)
 		}
 	}
 }
