@@ -76,6 +76,11 @@ func TestLimitWrites(t *testing.T) {
 		// The subshell, seen while it lives, writes 3 MiB and is reaped
 		// by the shell, which then holds them: counted once, not twice.
 		{"reaped inside, counted once", 4 * mib, `(head -c 3145728 /dev/zero > out; sleep 0.5); sleep 0.5`, false},
+		// The same, a level down: the subshell's child holds the 3 MiB
+		// (its head's, reaped by it) when seen, and ends with the
+		// subshell between two polls, the subshell reaped by the shell,
+		// which then holds them: counted once, not twice.
+		{"reaped inside two levels down, counted once", 4 * mib, `(sh -c 'head -c 3145728 /dev/zero > out; sleep 0.5'; true); sleep 0.5`, false},
 		// The orphan's 3 MiB, reaped outside the group, still count:
 		// with the shell's 2 MiB after it, past 4.
 		{"reaped outside, counted", 4 * mib, `(sh -c 'head -c 3145728 /dev/zero > a; sleep 0.5' &); sleep 1; head -c 2097152 /dev/zero > out; sleep 5`, true},
