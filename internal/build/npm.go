@@ -196,6 +196,10 @@ var lockedNPMEnv = []string{
 	"npm_config_allow_remote=none",
 	"npm_config_allow_file=none",
 	"npm_config_allow_directory=root",
+	// libuv's io_uring writes pass no write(2), so the write bound
+	// (sandbox.BuildCmd.LimitWrites, which sums wchar) would not see
+	// them; libuv 1.46 uses io_uring only when asked, later ones may not.
+	"UV_USE_IO_URING=0",
 }
 
 // install runs `npm ci` (with a lockfile) or `npm install` in dir.
