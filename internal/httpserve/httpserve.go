@@ -249,8 +249,8 @@ func errorHandler(ctx *fasthttp.RequestCtx, err error) {
 		err = errdefs.New(errdefs.ErrRequestHeaderLarge, "request header is over the %d byte limit", MaxHeaderBytes)
 	case errors.Is(err, errBareLF):
 		err = errdefs.New(errdefs.ErrInvalidArgument, "%v", errBareLF)
-	case errors.Is(err, errBareLFTrailer):
-		err = errdefs.New(errdefs.ErrInvalidArgument, "%v", errBareLFTrailer)
+	case errors.Is(err, errBareLFTrailer), errors.Is(err, errZeroTrailer):
+		err = errdefs.New(errdefs.ErrInvalidArgument, "%v", err)
 	case errors.As(err, &ne) && ne.Timeout():
 		ctx.SetConnectionClose()
 		err = errdefs.New(errdefs.ErrRequestTimeout, "the request did not arrive within %s", HeaderTimeout)
@@ -310,11 +310,11 @@ func (b *chunkedBody) Read(p []byte) (int, error) {
 		// connection at its end when the body ends means the body ended
 		// with it.
 		err = io.ErrUnexpectedEOF
-	case err == io.EOF && b.c.body.bare, errors.Is(err, errBareLFTrailer):
+	case b.c.body.refused() != nil:
 		// The trailers were read, so Conn followed them; or the parser
 		// asked for more and Conn.Read refused (the parser's words
 		// around it quote the client's bytes).
-		err = errBareLFTrailer
+		err = b.c.body.refused()
 	}
 	return n, err
 }
