@@ -271,6 +271,16 @@ func WriteError(ctx *fasthttp.RequestCtx, err error) {
 	ctx.SetBody(body)
 }
 
+// LeaveBody has ctx's connection close after its answer if the request
+// has a body, for a handler that answers without reading it: fasthttp
+// reads at most 8 KiB of a body (none of a chunked one) before the
+// handler runs, and would read what is left as the next request.
+func LeaveBody(ctx *fasthttp.RequestCtx) {
+	if n := ctx.Request.Header.ContentLength(); n != 0 && n != -2 {
+		ctx.SetConnectionClose()
+	}
+}
+
 // logger sends fasthttp's own messages (connection errors) to slog.
 type logger struct{ log *slog.Logger }
 

@@ -727,3 +727,47 @@ func TestBareLFTrailerIsRefused(t *testing.T) {
 		c.Close()
 	}
 }
+
+// A request Adapt refuses before its handler runs (a target net/http
+// cannot parse) leaves its body unread: the connection closes, so the
+// rest of the body is never read as the next request.
+func TestAdaptRefusedBodyIsNoRequest(t *testing.T) {
+	var mu sync.Mutex
+	var served []string
+	url := serve(t, Adapt(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		served = append(served, r.URL.Path)
+		mu.Unlock()
+	}), nil))
+	const next = "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
+	// fasthttp reads 8 KiB of a body before the handler runs, none of a
+	// chunked one.
+	pad := strings.Repeat("x", 8<<10)
+	for _, framing := range []string{fmt.Sprintf("Content-Length: %d\r\n\r\n%s", len(pad)+len(next), pad), "Transfer-Encoding: chunked\r\n\r\n"} {
+		c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		br := bufio.NewReader(c)
+		fmt.Fprintf(c, "POST /%%zz HTTP/1.1\r\nHost: a\r\n%s", framing)
+		res, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		fmt.Fprint(c, next)
+		if res.StatusCode != 400 || !res.Close {
+			t.Errorf("%d %s (close %v); want 400 and the connection closed", res.StatusCode, b, res.Close)
+		}
+		if rest, err := io.ReadAll(br); err != nil || len(rest) > 0 {
+			t.Errorf("then %q, %v; want the connection's end", rest, err)
+		}
+		c.Close()
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(served) > 0 {
+		t.Fatalf("served %v", served)
+	}
+}
