@@ -63,7 +63,10 @@ func TestValidDomain(t *testing.T) {
 	for d, ok := range map[string]bool{
 		"fn.example.com": true, "localhost": true, "Fn.Example.COM.": true, "a-b.c": true,
 		"": false, ".": false, "fn..com": false, "-fn.com": false, "fn.com:8080": false,
-		"http://fn.com": false, "fn_x.com": false, "*.fn.com": false, strings.Repeat("a.", 127) + "a": false,
+		"http://fn.com": false, "fn_x.com": false, "*.fn.com": false,
+		// An address, or a name below an all-numeric top-level label, would
+		// take addresses' hosts for functions' ("10.0.0.1" below "0.1").
+		"127.0.0.1": false, "0.1": false, "fn.123": false, "fn.x1": true, "1.fn.com": true, strings.Repeat("a.", 127) + "a": false,
 	} {
 		if err := ValidDomain(d); (err == nil) != ok {
 			t.Errorf("ValidDomain(%q) = %v, want ok %v", d, err, ok)
