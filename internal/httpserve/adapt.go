@@ -39,6 +39,7 @@ func Adapt(h http.Handler, log *slog.Logger) fasthttp.RequestHandler {
 		if err != nil {
 			cancel()
 			WriteError(ctx, errdefs.New(errdefs.ErrInvalidArgument, "malformed request URI"))
+			LeaveBody(ctx)
 			return
 		}
 		// Like net/http with only ReadHeaderTimeout: the body has no

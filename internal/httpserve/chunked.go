@@ -10,9 +10,11 @@ import "strconv"
 // so that both end the body at the same byte. Where that parser would
 // refuse the body, the scan gives up (no opinion): a body that cannot be
 // read ends its connection (the router and Adapt close it), so no head
-// follows it. It gives up too where the parser reads a body its own way
-// (a trailer section that starts with "0"): the next head is then judged
-// from the next read only, as before. This is not the router's
+// follows it. Where the parser reads a body its own way, a trailer
+// section that starts with "0" (it skips three bytes, whatever they
+// are, and reads what follows as the section: "0ab\r\nGET /x ..." ended
+// the section before the GET, served as a request, where a proxy in
+// front saw trailer lines), the body is refused. This is not the router's
 // chunkRelay: that one reads an instance's answers, by other rules, and
 // httpserve cannot import the router.
 
@@ -25,7 +27,21 @@ type chunkScan struct {
 	// fasthttp takes for a line's end (a lone LF for the section's);
 	// Spry refuses it (see lf.go).
 	bare bool
+	// zero: the trailer section starts with "0" (see above).
+	zero bool
 	size int64 // the chunk size read so far, then the data left
+}
+
+// refused is why the body is refused, if it is: its trailer section is
+// one the parser would end elsewhere than a proxy in front may.
+func (s *chunkScan) refused() error {
+	switch {
+	case s.bare:
+		return errBareLFTrailer
+	case s.zero:
+		return errZeroTrailer
+	}
+	return nil
 }
 
 const (
@@ -42,7 +58,8 @@ const (
 	chunkLineCR           // in a trailer line, after a CR
 	chunkBlankLF          // after a CR that starts a line
 	chunkEnd              // the body ended
-	chunkBad              // not followed: the parser refuses the body, or reads it its own way
+	chunkBad              // not followed: the parser refuses the body
+	chunkRefused          // not followed: Spry refuses the body (zero)
 )
 
 // maxSizeDigits is how many hex digits fasthttp takes in a chunk size
@@ -119,8 +136,12 @@ func (s *chunkScan) scan(p []byte) int {
 		case chunkTrailers:
 			// fasthttp refuses a section that starts with a space or tab,
 			// and skips three bytes of one that starts with "0".
-			if b == ' ' || b == '\t' || b == '0' {
+			if b == ' ' || b == '\t' {
 				s.state = chunkBad
+				break
+			}
+			if b == '0' {
+				s.state, s.zero = chunkRefused, true
 				break
 			}
 			fallthrough

@@ -249,8 +249,8 @@ func errorHandler(ctx *fasthttp.RequestCtx, err error) {
 		err = errdefs.New(errdefs.ErrRequestHeaderLarge, "request header is over the %d byte limit", MaxHeaderBytes)
 	case errors.Is(err, errBareLF):
 		err = errdefs.New(errdefs.ErrInvalidArgument, "%v", errBareLF)
-	case errors.Is(err, errBareLFTrailer):
-		err = errdefs.New(errdefs.ErrInvalidArgument, "%v", errBareLFTrailer)
+	case errors.Is(err, errBareLFTrailer), errors.Is(err, errZeroTrailer):
+		err = errdefs.New(errdefs.ErrInvalidArgument, "%v", err)
 	case errors.As(err, &ne) && ne.Timeout():
 		ctx.SetConnectionClose()
 		err = errdefs.New(errdefs.ErrRequestTimeout, "the request did not arrive within %s", HeaderTimeout)
@@ -269,6 +269,16 @@ func WriteError(ctx *fasthttp.RequestCtx, err error) {
 	h.Set("X-Content-Type-Options", "nosniff")
 	ctx.SetStatusCode(status)
 	ctx.SetBody(body)
+}
+
+// LeaveBody has ctx's connection close after its answer if the request
+// has a body, for a handler that answers without reading it: fasthttp
+// reads at most 8 KiB of a body (none of a chunked one) before the
+// handler runs, and would read what is left as the next request.
+func LeaveBody(ctx *fasthttp.RequestCtx) {
+	if n := ctx.Request.Header.ContentLength(); n != 0 && n != -2 {
+		ctx.SetConnectionClose()
+	}
 }
 
 // logger sends fasthttp's own messages (connection errors) to slog.
@@ -310,11 +320,11 @@ func (b *chunkedBody) Read(p []byte) (int, error) {
 		// connection at its end when the body ends means the body ended
 		// with it.
 		err = io.ErrUnexpectedEOF
-	case err == io.EOF && b.c.body.bare, errors.Is(err, errBareLFTrailer):
+	case b.c.body.refused() != nil:
 		// The trailers were read, so Conn followed them; or the parser
 		// asked for more and Conn.Read refused (the parser's words
 		// around it quote the client's bytes).
-		err = errBareLFTrailer
+		err = b.c.body.refused()
 	}
 	return n, err
 }

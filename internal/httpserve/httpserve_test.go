@@ -671,6 +671,11 @@ func TestBareLFTrailerIsRefused(t *testing.T) {
 		// (fasthttp waited for a CRLF blank line.)
 		{"nothing after", []string{post + "X: y\n\n"}, "400"},
 		{"nothing after the field", []string{post + "X: y\n"}, "400"},
+		// fasthttp skips three bytes of a section that starts with "0".
+		{"a section from 0", []string{post + "0ab\r\n" + smuggled}, "400 zero"},
+		{"a second last chunk", []string{post + "0\r\n\n" + smuggled}, "400 zero"},
+		{"a field from 0", []string{post + "0-x: y\r\n\r\n" + smuggled}, "400 zero"},
+		{"0 in pieces", []string{post, "0\r\n\r\n"}, "400 zero"},
 		// (Well-formed: the GET is a request of its own.)
 		{"CRLF", []string{post + "X: y\r\n\r\n" + smuggled}, "200 /a abc"},
 	} {
@@ -693,14 +698,18 @@ func TestBareLFTrailerIsRefused(t *testing.T) {
 		}
 		b, _ := io.ReadAll(res.Body)
 		got := fmt.Sprintf("%d %s", res.StatusCode, b)
-		if res.StatusCode == 400 && strings.Contains(string(b), "trailer section ends in a bare LF") && res.Close {
+		switch {
+		case res.StatusCode != 400 || !res.Close:
+		case strings.Contains(string(b), "trailer section ends in a bare LF"):
 			got = "400"
+		case strings.Contains(string(b), `trailer section starts with \"0\"`):
+			got = "400 zero"
 		}
 		if got != tc.want {
 			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
 		}
 		wantServed := "/a"
-		if tc.want == "400" {
+		if strings.HasPrefix(tc.want, "400") {
 			if rest, err := io.ReadAll(br); err != nil || len(rest) > 0 {
 				t.Errorf("%s: then %q, %v; want the connection's end", tc.name, rest, err)
 			}
@@ -716,5 +725,49 @@ func TestBareLFTrailerIsRefused(t *testing.T) {
 		}
 		mu.Unlock()
 		c.Close()
+	}
+}
+
+// A request Adapt refuses before its handler runs (a target net/http
+// cannot parse) leaves its body unread: the connection closes, so the
+// rest of the body is never read as the next request.
+func TestAdaptRefusedBodyIsNoRequest(t *testing.T) {
+	var mu sync.Mutex
+	var served []string
+	url := serve(t, Adapt(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		served = append(served, r.URL.Path)
+		mu.Unlock()
+	}), nil))
+	const next = "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
+	// fasthttp reads 8 KiB of a body before the handler runs, none of a
+	// chunked one.
+	pad := strings.Repeat("x", 8<<10)
+	for _, framing := range []string{fmt.Sprintf("Content-Length: %d\r\n\r\n%s", len(pad)+len(next), pad), "Transfer-Encoding: chunked\r\n\r\n"} {
+		c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		br := bufio.NewReader(c)
+		fmt.Fprintf(c, "POST /%%zz HTTP/1.1\r\nHost: a\r\n%s", framing)
+		res, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		fmt.Fprint(c, next)
+		if res.StatusCode != 400 || !res.Close {
+			t.Errorf("%d %s (close %v); want 400 and the connection closed", res.StatusCode, b, res.Close)
+		}
+		if rest, err := io.ReadAll(br); err != nil || len(rest) > 0 {
+			t.Errorf("then %q, %v; want the connection's end", rest, err)
+		}
+		c.Close()
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(served) > 0 {
+		t.Fatalf("served %v", served)
 	}
 }

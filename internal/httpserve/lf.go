@@ -30,6 +30,10 @@ var errBareLF = errors.New("a line of the request head ends in a bare LF, not CR
 // errBareLFTrailer is a chunked body with such a trailer line.
 var errBareLFTrailer = errors.New("a line of the chunked body's trailer section ends in a bare LF, not CRLF")
 
+// errZeroTrailer is a chunked body whose trailer section starts with
+// "0", which the parser skips three bytes of (see chunked.go).
+var errZeroTrailer = errors.New(`the chunked body's trailer section starts with "0": a second last chunk, or a field the parser misreads`)
+
 // BareLF says whether head, the bytes of a request head from its start
 // (empty lines before the request line are skipped, as the parser skips
 // them), has a line ended by LF alone before its first CRLF blank line.

@@ -173,10 +173,10 @@ func (c *Conn) Read(p []byte) (int, error) {
 		// LF alone: its parser waits for a CRLF blank line that may
 		// never come. Refused now, not at the head timeout.
 		return 0, errBareLF
-	case c.body.bare:
+	case c.body.bare || c.body.zero:
 		// The same of a chunked body's trailer section: the body is
 		// refused, and nothing after it read.
-		return 0, errBareLFTrailer
+		return 0, c.body.refused()
 	}
 	var n int
 	var err error

@@ -29,16 +29,23 @@ func normalDomain(domain string) string {
 }
 
 // ValidDomain checks a function domain: DNS labels of letters, digits
-// and '-', not starting or ending with '-', at most 253 characters.
+// and '-', not starting or ending with '-', at most 253 characters, the
+// last not all digits (RFC 3696 2): an IPv4 address, or a name below one
+// such label, would take addresses for functions' hosts ("10.0.0.1" is
+// function 10 of user 0 below "0.1").
 func ValidDomain(domain string) error {
 	d := strings.TrimSuffix(domain, ".")
 	if d == "" || len(d) > 253 {
 		return errdefs.Invalid("function domain %q is not a DNS name", domain)
 	}
-	for _, label := range strings.Split(d, ".") {
+	labels := strings.Split(d, ".")
+	for _, label := range labels {
 		if err := names.Validate("domain label", strings.ToLower(label)); err != nil {
 			return errdefs.Invalid("function domain %q is not a DNS name: %v", domain, err)
 		}
+	}
+	if top := labels[len(labels)-1]; strings.Trim(top, "0123456789") == "" {
+		return errdefs.Invalid("function domain %q is not a DNS name: its last label is all digits", domain)
 	}
 	return nil
 }

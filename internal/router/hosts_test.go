@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -62,7 +63,10 @@ func TestValidDomain(t *testing.T) {
 	for d, ok := range map[string]bool{
 		"fn.example.com": true, "localhost": true, "Fn.Example.COM.": true, "a-b.c": true,
 		"": false, ".": false, "fn..com": false, "-fn.com": false, "fn.com:8080": false,
-		"http://fn.com": false, "fn_x.com": false, "*.fn.com": false, strings.Repeat("a.", 127) + "a": false,
+		"http://fn.com": false, "fn_x.com": false, "*.fn.com": false,
+		// An address, or a name below an all-numeric top-level label, would
+		// take addresses' hosts for functions' ("10.0.0.1" below "0.1").
+		"127.0.0.1": false, "0.1": false, "fn.123": false, "fn.x1": true, "1.fn.com": true, strings.Repeat("a.", 127) + "a": false,
 	} {
 		if err := ValidDomain(d); (err == nil) != ok {
 			t.Errorf("ValidDomain(%q) = %v, want ok %v", d, err, ok)
@@ -161,5 +165,49 @@ func TestServeByHost(t *testing.T) {
 		if served, _, _ := srv.lane.Counts(); served != 5 {
 			t.Errorf("the loop served %d requests, want 5", served)
 		}
+	}
+}
+
+// An answer given without reading the request's body (no function at a
+// host, or at a path) closes the connection: the body is never read as
+// the next request.
+func TestUnreadBodyIsNoRequest(t *testing.T) {
+	var smuggled atomic.Int32
+	sock := serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/smuggled" {
+			smuggled.Add(1)
+		}
+	}))
+	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "hello", Version: 1, Concurrency: 100, Timeout: 5 * time.Second}
+	act := activator.New(&upstreamBackend{addr: sock}, activator.Config{})
+	rt := New(specsByName{"alice/hello": spec}, act, Config{Domain: "fn.test"})
+	srv := serveRouter(t, rt)
+	const next = "GET /smuggled HTTP/1.1\r\nHost: hello.alice.fn.test\r\n\r\n"
+	// fasthttp reads 8 KiB of a body before the handler runs, none of a
+	// chunked one: the rest, sent after the answer, would be the next
+	// request.
+	pad := strings.Repeat("x", 8<<10)
+	for _, tt := range []struct{ target, host string }{
+		{"/", "alice.fn.test"},
+		{"/", "a.b.hello.alice.fn.test"},
+		{"/fn/alice", "api.example"},
+	} {
+		for _, framing := range []string{fmt.Sprintf("Content-Length: %d\r\n\r\n%s", len(pad)+len(next), pad), "Transfer-Encoding: chunked\r\n\r\n"} {
+			c := dialRaw(t, srv.URL)
+			_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+			c.send(fmt.Sprintf("POST %s HTTP/1.1\r\nHost: %s\r\n%s", tt.target, tt.host, framing))
+			res := c.response()
+			b := body(res)
+			c.send(next)
+			if res.StatusCode != 404 || !res.Close {
+				t.Errorf("%s at %s: %d %s (close %v), want 404 and the connection closed", tt.target, tt.host, res.StatusCode, b, res.Close)
+			}
+			if rest, err := io.ReadAll(c.br); err != nil || len(rest) > 0 {
+				t.Errorf("%s at %s: then %q, %v; want the connection's end", tt.target, tt.host, rest, err)
+			}
+		}
+	}
+	if n := smuggled.Load(); n != 0 {
+		t.Fatalf("the body was served as %d requests", n)
 	}
 }

@@ -152,6 +152,7 @@ func (rt *Router) Handle(ctx *fasthttp.RequestCtx) {
 			switch {
 			case owner == "":
 				rt.writeError(ctx, newRequestID(), noHostFunction(host, rt.domain))
+				httpserve.LeaveBody(ctx)
 			case !strings.HasPrefix(path, "/"):
 				rt.writeError(ctx, "", errdefs.New(errdefs.ErrInvalidArgument, "malformed request target"))
 				ctx.SetConnectionClose()
@@ -164,6 +165,7 @@ func (rt *Router) Handle(ctx *fasthttp.RequestCtx) {
 	owner, name, rest, err := SplitPath(path)
 	if err != nil {
 		rt.writeError(ctx, newRequestID(), err)
+		httpserve.LeaveBody(ctx)
 		return
 	}
 	rt.serve(ctx, owner, name, rest, uri)

@@ -363,19 +363,25 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	})
 	s.router = rt
 	rest := httpserve.Adapt(cleanPaths(mux), log)
-	s.http = httpserve.New(func(ctx *fasthttp.RequestCtx) {
+	s.http = httpserve.New(dispatch(rt, rest), log)
+	return s, nil
+}
+
+// dispatch sends functions' requests to the router, the rest to rest.
+func dispatch(rt *router.Router, rest fasthttp.RequestHandler) fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
 		uri := ctx.Request.Header.RequestURI()
 		switch {
 		case string(uri) == "*":
 			// OPTIONS * (net/http's mux would answer a bare 400).
 			httpserve.WriteError(ctx, errdefs.New(errdefs.ErrInvalidArgument, "the request target * is not served here"))
+			httpserve.LeaveBody(ctx)
 		case rt.Serves(uri, ctx.Request.Header.Host()):
 			rt.Handle(ctx)
 		default:
 			rest(ctx)
 		}
-	}, log)
-	return s, nil
+	}
 }
 
 // lockDir takes an exclusive lock on the data dir, so two servers never
