@@ -7,6 +7,7 @@ import (
 	"math"
 	"net"
 	"net/netip"
+	"net/url"
 	"os/signal"
 	"runtime"
 	"runtime/debug"
@@ -204,11 +205,25 @@ func validate(cfg server.Config) error {
 		return errdefs.Invalid("--uid-base must be at least 1000")
 	case cfg.FunctionDomain != "" && router.ValidDomain(cfg.FunctionDomain) != nil:
 		return errdefs.Invalid("--function-domain: %v", router.ValidDomain(cfg.FunctionDomain))
+	case cfg.FunctionDomain != "" && publicBelow(cfg.PublicURL, cfg.FunctionDomain):
+		// Every host below the domain is a function's: the API there
+		// would answer 404 to everything.
+		return errdefs.Invalid("--public-url %s is below --function-domain %s, where every host is a function's; give the API a host outside it (the domain itself will do)", cfg.PublicURL, cfg.FunctionDomain)
 	case cfg.DebugListen != "" && !loopback(cfg.DebugListen):
 		// pprof shows the server's memory and stacks: secrets among them.
 		return errdefs.Invalid("--debug-listen must be a loopback address, like 127.0.0.1:6060")
 	}
 	return nil
+}
+
+// publicBelow says whether the host of publicURL is below domain.
+func publicBelow(publicURL, domain string) bool {
+	u, err := url.Parse(publicURL)
+	if err != nil || u.Hostname() == "" {
+		return false
+	}
+	host := strings.ToLower(strings.TrimSuffix(u.Hostname(), "."))
+	return strings.HasSuffix(host, "."+strings.ToLower(strings.TrimSuffix(domain, ".")))
 }
 
 // loopback says whether addr (host:port) is on a loopback address.

@@ -56,6 +56,15 @@ func TestValidateServeFlags(t *testing.T) {
 		{"debug on a public address", func(c *server.Config) { c.DebugListen = "0.0.0.0:6060" }, "--debug-listen"},
 		{"function domain", func(c *server.Config) { c.FunctionDomain = "fn.example.com" }, ""},
 		{"function domain localhost", func(c *server.Config) { c.FunctionDomain = "localhost" }, ""},
+		{"public URL at the function domain", func(c *server.Config) {
+			c.FunctionDomain, c.PublicURL = "fn.example.com", "https://fn.example.com"
+		}, ""},
+		{"public URL outside the function domain", func(c *server.Config) {
+			c.FunctionDomain, c.PublicURL = "fn.example.com", "https://spry.example.com"
+		}, ""},
+		{"public URL below the function domain", func(c *server.Config) {
+			c.FunctionDomain, c.PublicURL = "example.com", "https://Spry.Example.com:8443/"
+		}, "--public-url"},
 		{"function domain with a port", func(c *server.Config) { c.FunctionDomain = "fn.example.com:8080" }, "--function-domain"},
 		{"function domain a URL", func(c *server.Config) { c.FunctionDomain = "https://fn.example.com" }, "--function-domain"},
 		{"debug without a port", func(c *server.Config) { c.DebugListen = "127.0.0.1" }, "--debug-listen"},
