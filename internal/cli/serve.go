@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"github.com/spry-run/spry/internal/logstore"
 	"io"
 	"log/slog"
 	"math"
@@ -20,6 +19,7 @@ import (
 	"github.com/spry-run/spry/internal/build"
 	"github.com/spry-run/spry/internal/config"
 	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/logstore"
 	"github.com/spry-run/spry/internal/router"
 	"github.com/spry-run/spry/internal/sandbox"
 	"github.com/spry-run/spry/internal/server"
