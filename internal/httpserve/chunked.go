@@ -90,7 +90,7 @@ func (s *chunkScan) scan(p []byte) int {
 			}
 			continue
 		case chunkSize:
-			if v := unhex(b); v >= 0 {
+			if v := Unhex(b); v >= 0 {
 				if s.digits == maxSizeDigits {
 					s.state = chunkBad
 					break
@@ -179,7 +179,9 @@ func (s *chunkScan) scan(p []byte) int {
 	return i
 }
 
-func unhex(b byte) int {
+// Unhex is the value of hex digit b, or -1 (the router's chunk reader
+// and target check use it too).
+func Unhex(b byte) int {
 	switch {
 	case '0' <= b && b <= '9':
 		return int(b - '0')

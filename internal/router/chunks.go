@@ -3,6 +3,8 @@ package router
 import (
 	"errors"
 	"strconv"
+
+	"github.com/spry-run/spry/internal/httpserve"
 )
 
 // chunkRelay re-frames a chunked body as it passes through in pieces: each
@@ -68,7 +70,7 @@ func (r *chunkRelay) relay(dst, in []byte) ([]byte, int, error) {
 			default:
 				// Up to 16 digits, as Go's reader on the slow path takes
 				// (leading zeros included), while the size fits an int64.
-				v := unhex(b)
+				v := httpserve.Unhex(b)
 				if v < 0 || r.digits >= 16 || r.size >= 1<<59 {
 					return dst, i, errBadChunk
 				}
@@ -139,16 +141,4 @@ func (r *chunkRelay) relay(dst, in []byte) ([]byte, int, error) {
 		i++
 	}
 	return dst, i, nil
-}
-
-func unhex(b byte) int {
-	switch {
-	case '0' <= b && b <= '9':
-		return int(b - '0')
-	case 'a' <= b && b <= 'f':
-		return int(b-'a') + 10
-	case 'A' <= b && b <= 'F':
-		return int(b-'A') + 10
-	}
-	return -1
 }

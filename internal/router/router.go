@@ -561,7 +561,7 @@ func validTarget(uri string) bool {
 		case c >= 0x80:
 			high = true
 		case c == '%':
-			if i+2 >= len(uri) || unhex(uri[i+1]) < 0 || unhex(uri[i+2]) < 0 {
+			if i+2 >= len(uri) || httpserve.Unhex(uri[i+1]) < 0 || httpserve.Unhex(uri[i+2]) < 0 {
 				return false
 			}
 		}
