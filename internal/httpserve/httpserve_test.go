@@ -593,20 +593,9 @@ func TestPipelinedHeadAfterChunkedBody(t *testing.T) {
 		{"a head in the data", []string{post + fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(bare), bare) + good}, []string{"200 /a " + bare, "200 /b "}},
 		{"a last chunk in the data", []string{post + "5\r\n0\r\n\r\n\r\n0\r\n\r\n" + good}, []string{"200 /a 0\r\n\r\n", "200 /b "}},
 	} {
-		c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
-		if err != nil {
-			t.Fatal(err)
-		}
 		// Well under the head timeout (10 s): the answer must not wait
 		// for it.
-		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
-		br := bufio.NewReader(c)
-		for i, s := range tc.sends {
-			if i > 0 {
-				time.Sleep(20 * time.Millisecond) // (separate reads, not policy)
-			}
-			fmt.Fprint(c, s)
-		}
+		c, br := sendPieces(t, url, tc.sends)
 		for _, want := range tc.want {
 			res, err := http.ReadResponse(br, nil)
 			if err != nil {
@@ -680,18 +669,7 @@ func TestBareLFTrailerIsRefused(t *testing.T) {
 		{"CRLF", []string{post + "X: y\r\n\r\n" + smuggled}, "200 /a abc"},
 	} {
 		served = nil
-		c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
-		br := bufio.NewReader(c)
-		for i, s := range tc.sends {
-			if i > 0 {
-				time.Sleep(20 * time.Millisecond) // (separate reads, not policy)
-			}
-			fmt.Fprint(c, s)
-		}
+		c, br := sendPieces(t, url, tc.sends)
 		res, err := http.ReadResponse(br, nil)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
@@ -770,4 +748,23 @@ func TestAdaptRefusedBodyIsNoRequest(t *testing.T) {
 	if len(served) > 0 {
 		t.Fatalf("served %v", served)
 	}
+}
+
+// sendPieces dials url and sends each piece in a write of its own,
+// apart enough to arrive in separate reads; the connection has a 3 s
+// deadline, well under the head timeout.
+func sendPieces(t *testing.T, url string, pieces []string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	for i, s := range pieces {
+		if i > 0 {
+			time.Sleep(20 * time.Millisecond) // (separate reads, not policy)
+		}
+		fmt.Fprint(c, s)
+	}
+	return c, bufio.NewReader(c)
 }
