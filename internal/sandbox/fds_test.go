@@ -39,7 +39,7 @@ func TestInheritedFDChild(t *testing.T) {
 // sandbox: Go's exec passes on every such fd, and so do prlimit and
 // bubblewrap.
 func TestSandboxGetsNoInheritedFD(t *testing.T) {
-	const uid = 340237
+	const uid = 2999937
 	secret := filepath.Join(t.TempDir(), "secret")
 	if err := os.WriteFile(secret, []byte("host secret"), 0o600); err != nil {
 		t.Fatal(err)

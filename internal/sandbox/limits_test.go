@@ -17,7 +17,7 @@ func TestAsIDsReachesOnlyItsIDs(t *testing.T) {
 	if syscall.Getuid() != 0 {
 		t.Skip("needs root to run a process as another uid")
 	}
-	const uid, gid = 340260, 340261
+	const uid, gid = 2999960, 2999961
 	start := func(uid, gid uint32) int {
 		cmd := exec.Command("sleep", "30")
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid, Groups: []uint32{}}, Pdeathsig: syscall.SIGKILL}

@@ -77,14 +77,14 @@ func TestNoFileLimitMissesAReusedPid(t *testing.T) {
 	victims := []struct {
 		name     string
 		uid, gid int
-	}{{"root", 0, 0}, {"another uid", 340271, 340271}}
+	}{{"root", 0, 0}, {"another uid", 2999971, 2999971}}
 	for _, when := range []string{"listed", "checked"} {
 		for _, v := range victims {
 			t.Run(when+"/"+v.name, func(t *testing.T) {
 				if when == "checked" && sandbox.RaisesOpenFiles() {
 					t.Skip("with CAP_SYS_RESOURCE the kernel checks no ids of prlimit(2)'s target: nothing holds past the check")
 				}
-				sb, spec := holdSpec(t, 340270, 4096)
+				sb, spec := holdSpec(t, 2999970, 4096)
 				c, _ := startRunning(t, sb, spec)
 				pids, err := c.Openers()
 				if err != nil || len(pids) != 1 {

@@ -41,7 +41,7 @@ func TestStartChild(t *testing.T) {
 // (bubblewrap outside, its pid 1 and the program) must end up inside all
 // of it, which a fork before the hold ended would escape.
 func TestStartAppliesLimitsToEveryProcess(t *testing.T) {
-	const uid, noFiles = 340234, 777
+	const uid, noFiles = 2999934, 777
 	sb, spec := holdSpec(t, uid, noFiles)
 	name := spec.Name
 	c, out := startRunning(t, sb, spec)
@@ -100,7 +100,7 @@ func TestStartAppliesLimitsToEveryProcess(t *testing.T) {
 // A sandbox that cannot be put in its cgroups is killed, never released
 // to run outside them.
 func TestStartKillsASandboxItCannotAdmit(t *testing.T) {
-	const uid = 340235
+	const uid = 2999935
 	sb, spec := holdSpec(t, uid, 777)
 	c, err := sb.Command(spec)
 	if err != nil {
@@ -303,7 +303,7 @@ func field(text, key string) string {
 // each of its connections: it is in the sandbox's cgroups and under its
 // open-file limit, not the server's.
 func TestSlirpCountsAsTheSandbox(t *testing.T) {
-	const uid, noFiles = 340235, 555
+	const uid, noFiles = 2999935, 555
 	sb, spec := holdSpec(t, uid, noFiles)
 	spec.Network = sandbox.NetworkEgress
 	c, _ := startRunning(t, sb, spec)
@@ -343,7 +343,7 @@ func TestSlirpCountsAsTheSandbox(t *testing.T) {
 // An address the host gains after a sandbox started is kept from it too:
 // RefreshNetworks loads the rules again into the running sandboxes.
 func TestRefreshNetworksFollowsTheHost(t *testing.T) {
-	const uid = 340236
+	const uid = 2999936
 	sb, spec := holdSpec(t, uid, 0)
 	spec.Network = sandbox.NetworkEgress
 	var mu sync.Mutex
@@ -385,7 +385,7 @@ func TestRefreshNetworksFollowsTheHost(t *testing.T) {
 // An instance cannot go past its memory limit into swap, on a host that
 // has swap: the limit covers memory and swap together.
 func TestNoSwapBeyondTheMemoryLimit(t *testing.T) {
-	const uid = 340237
+	const uid = 2999937
 	sb, spec := holdSpec(t, uid, 0)
 	c, _ := startRunning(t, sb, spec)
 	checked := 0

@@ -54,8 +54,8 @@ func TestKillUIDs(t *testing.T) {
 		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 		return cmd
 	}
-	in1, in2, out := start(340250), start(340251), start(340252)
-	if n := KillUIDs(340250, 340252); n != 2 {
+	in1, in2, out := start(2999950), start(2999951), start(2999952)
+	if n := KillUIDs(2999950, 2999952); n != 2 {
 		t.Errorf("KillUIDs killed %d processes, want 2", n)
 	}
 	for _, c := range []*exec.Cmd{in1, in2} {
@@ -78,7 +78,7 @@ func TestKillUIDsZombieLeader(t *testing.T) {
 	if syscall.Getuid() != 0 {
 		t.Skip("needs root to run processes as other uids")
 	}
-	const uid = 340253
+	const uid = 2999953
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d", zombieLeaderEnv, uid))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -311,7 +311,7 @@ func TestHalfLimitedSandboxLeavesThePool(t *testing.T) {
 	// the server may not set its limits, and with it, it is no process
 	// of the instance's uid.
 	intruder := exec.Command("sleep", "60")
-	intruder.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 0, Gid: 340281, Groups: []uint32{}}, Pdeathsig: syscall.SIGKILL}
+	intruder.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 0, Gid: 2999981, Groups: []uint32{}}, Pdeathsig: syscall.SIGKILL}
 	if err := intruder.Start(); err != nil {
 		t.Fatal(err)
 	}
