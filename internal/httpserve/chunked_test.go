@@ -20,15 +20,7 @@ func scanChunks(b []byte, size int) (end int, bare bool) {
 		n := min(size, len(b)-off)
 		off += s.scan(b[off : off+n])
 	}
-	switch s.state {
-	case chunkEnd:
-		return off, s.bare
-	case chunkBad:
-		return -2, s.bare
-	case chunkRefused:
-		return -3, s.bare
-	}
-	return -1, s.bare
+	return s.verdict(off)
 }
 
 // scanSplit follows b in two pieces, cut at i.
@@ -39,9 +31,16 @@ func scanSplit(b []byte, i int) (end int, bare bool) {
 	if s.following() {
 		k += s.scan(b[i:])
 	}
+	return s.verdict(k)
+}
+
+// verdict is where the body ended (at off, the bytes taken), or -2 for
+// malformed, -3 for refused, -1 for still following; and whether a
+// trailer line ended in a bare LF.
+func (s *chunkScan) verdict(off int) (end int, bare bool) {
 	switch s.state {
 	case chunkEnd:
-		return k, s.bare
+		return off, s.bare
 	case chunkBad:
 		return -2, s.bare
 	case chunkRefused:
