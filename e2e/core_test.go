@@ -103,6 +103,11 @@ func TestFunctionHosts(t *testing.T) {
 	if r := get("Echo.Admin.fn.test", "/api/v1/functions?x=1"); r.status != 200 || !strings.Contains(string(r.body), `"path":"/api/v1/functions"`) {
 		t.Fatalf("echo at its host: %d %q", r.status, r.body)
 	}
+	// A tagged version has a host of its own.
+	s.mustSpry("tag", "hello", "canary", "1")
+	if r := get("canary.hello.admin.fn.test:"+port, "/?name=Cy"); r.status != 200 || string(r.body) != "Hello, Cy\n" {
+		t.Fatalf("hello's tag at its host: %d %q", r.status, r.body)
+	}
 	if r := get("nope.admin.fn.test", "/"); r.status != 404 || r.errorCode(t) != "not_found" {
 		t.Fatalf("no such function: %d %q", r.status, r.body)
 	}
