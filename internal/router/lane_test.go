@@ -69,6 +69,15 @@ func (c *rawConn) send(raw string) {
 	}
 }
 
+// ended checks that nothing follows on the connection but its end
+// (what names the case in the error).
+func (c *rawConn) ended(what string) {
+	c.t.Helper()
+	if rest, err := io.ReadAll(c.br); err != nil || len(rest) > 0 {
+		c.t.Errorf("%s: then %q, %v; want the connection's end", what, rest, err)
+	}
+}
+
 // response reads the next answer; its body is left to read.
 func (c *rawConn) response() *http.Response {
 	c.t.Helper()
