@@ -144,10 +144,11 @@ type invocation struct {
 
 // Handle serves a request Serves says is a function's.
 func (rt *Router) Handle(ctx *fasthttp.RequestCtx) {
-	uri := string(ctx.Request.Header.RequestURI())
+	rawURI := ctx.Request.Header.RequestURI()
+	uri := string(rawURI)
 	path, _, _ := strings.Cut(originForm(uri), "?")
 	if rt.domain != "" {
-		host := requestHost([]byte(uri), ctx.Request.Header.Host())
+		host := requestHost(rawURI, ctx.Request.Header.Host())
 		if owner, name, under := rt.hostFunction(host); under {
 			switch {
 			case owner == "":
