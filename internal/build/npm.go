@@ -266,7 +266,12 @@ func (n *npmRunner) run(ctx context.Context, dir string, args ...string) error {
 	stderr := &tailBuffer{max: 64 << 10}
 	cmd.Stderr = stderr
 	cmd.WaitDelay = 5 * time.Second
-	err := cmd.Run()
+	var err error
+	if bounded != nil {
+		err = bounded.Run() // its Wait reads what npm wrote once more
+	} else {
+		err = cmd.Run()
+	}
 	switch {
 	case err == nil:
 		return nil

@@ -57,7 +57,9 @@ type BuildCmd struct {
 	oomBase uint64
 	once    sync.Once
 
-	stopWatch func() // ends LimitWrites' watch; nil if none
+	meter     *writeMeter // LimitWrites'; nil if none
+	bound     uint64
+	stopWatch func() // ends LimitWrites' watch, at the first call
 	writeMu   sync.Mutex
 	writeErr  error // ErrWroteTooMuch, or why the watch failed
 }
@@ -129,13 +131,13 @@ func (c *BuildCmd) Kill() error {
 // the cgroup, as Kill does, once it is more than max bytes: a bound on
 // what one build may write to disk, which no cgroup controller gives
 // (io.max bounds rates, and tmpfs writes reach no block device). It is
-// read every writePoll, so a process may write past max for that long.
-// Call it once, before or after Start; WriteErr tells, after Wait,
-// whether it killed.
+// read every writePoll, so a process may write past max for that long;
+// Wait reads once more, once the command has exited. Call it once,
+// before Start, and run the command with BuildCmd's Run or Wait, not
+// exec.Cmd's; WriteErr tells, after Wait, whether it killed.
 func (c *BuildCmd) LimitWrites(max int64) {
-	bound := uint64(0)
 	if max > 0 {
-		bound = uint64(max)
+		c.bound = uint64(max)
 	}
 	// Any hierarchy's cgroup.procs lists them all. With none (no
 	// controller could be made), polls fail, and kill: fail closed.
@@ -143,12 +145,12 @@ func (c *BuildCmd) LimitWrites(max int64) {
 	if f := c.group.procsFiles(); len(f) > 0 {
 		procs = f[0]
 	}
-	m := newWriteMeter(procs)
+	c.meter = newWriteMeter(procs)
 	stop, done := make(chan struct{}), make(chan struct{})
-	c.stopWatch = func() {
+	c.stopWatch = sync.OnceFunc(func() {
 		close(stop)
 		<-done
-	}
+	})
 	go func() {
 		defer close(done)
 		t := time.NewTicker(writePoll)
@@ -159,25 +161,68 @@ func (c *BuildCmd) LimitWrites(max int64) {
 				return
 			case <-t.C:
 			}
-			n, err := m.poll()
-			switch {
-			case err != nil:
-				err = fmt.Errorf("build cgroup: read what its processes wrote: %w", err)
-			case n > bound:
-				err = ErrWroteTooMuch
-			}
-			if err != nil {
-				c.writeMu.Lock()
-				if c.writeErr == nil {
-					c.writeErr = err
-				}
-				c.writeMu.Unlock()
-				// Again at each poll until Cleanup: a kill that failed,
-				// or a process that slipped in, gets another.
-				_ = c.Kill()
-			}
+			c.pollWrites()
 		}
 	}()
+}
+
+// pollWrites reads what the command's processes wrote, with exited
+// those of them the group no longer lists (see writeMeter.poll), and
+// kills them all if it is past the bound or cannot be read. Again at
+// each poll until Cleanup: a kill that failed, or a process that
+// slipped in, gets another.
+func (c *BuildCmd) pollWrites(exited ...int) {
+	n, err := c.meter.poll(exited...)
+	switch {
+	case err != nil:
+		err = fmt.Errorf("build cgroup: read what its processes wrote: %w", err)
+	case n > c.bound:
+		err = ErrWroteTooMuch
+	default:
+		return
+	}
+	c.writeMu.Lock()
+	if c.writeErr == nil {
+		c.writeErr = err
+	}
+	c.writeMu.Unlock()
+	_ = c.Kill()
+}
+
+// Run starts the command and waits for it, as BuildCmd.Wait does.
+func (c *BuildCmd) Run() error {
+	if err := c.Start(); err != nil {
+		return err
+	}
+	return c.Wait()
+}
+
+// Wait waits for the command as exec.Cmd.Wait does. With LimitWrites,
+// it first waits for the command's process to exit without reaping it,
+// and reads once more what the group wrote, that process's whole
+// account included: a command that wrote past the bound and ended
+// between two polls would otherwise pass unseen, and once reaped its
+// account is gone. Then it fails with WriteErr's error even if the
+// command exited 0.
+func (c *BuildCmd) Wait() error {
+	if c.meter != nil && c.Process != nil {
+		var info unix.Siginfo
+		var err error = unix.EINTR
+		for err == unix.EINTR {
+			err = unix.Waitid(unix.P_PID, c.Process.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		}
+		c.stopWatch()
+		if err == nil {
+			c.pollWrites(c.Process.Pid)
+		} else {
+			c.pollWrites() // and the last reading of the process
+		}
+	}
+	err := c.Cmd.Wait()
+	if werr := c.WriteErr(); err == nil && werr != nil {
+		return werr
+	}
+	return err
 }
 
 // WriteErr is nil unless LimitWrites' watch killed the command:

@@ -53,17 +53,26 @@ func newWriteMeter(procs string) *writeMeter {
 }
 
 // poll reads the group's processes and returns what they have written
-// in all since the meter was made.
-func (m *writeMeter) poll() (uint64, error) {
+// in all since the meter was made. exited are processes of the group
+// that have exited and are not reaped, which cgroup.procs no longer
+// lists: the group's first process, held unreaped by BuildCmd.Wait.
+func (m *writeMeter) poll(exited ...int) (uint64, error) {
 	b, err := os.ReadFile(m.procs)
 	if err != nil {
 		return 0, err
 	}
 	now := make(map[procID]procWrites, len(m.last))
 	live := make(map[int]procID, len(m.last))
-	for _, f := range strings.Fields(string(b)) {
+	pids := strings.Fields(string(b))
+	for _, pid := range exited {
+		pids = append(pids, strconv.Itoa(pid))
+	}
+	for _, f := range pids {
 		pid, err := strconv.Atoi(f)
 		if err != nil {
+			continue
+		}
+		if _, ok := live[pid]; ok {
 			continue
 		}
 		id, w, err := readProcWrites(pid)
@@ -86,18 +95,27 @@ func (m *writeMeter) poll() (uint64, error) {
 		}
 	}
 	// Those that left the group. One not yet reaped (a zombie, or still
-	// exiting) is kept for a later poll, at its last reading: its
-	// reaper does not hold its writes yet.
+	// exiting) is read again, as if live: a zombie's reading is final,
+	// its reaped children's writes included, and its reaper does not
+	// hold them yet. One that cannot be read is kept for a later poll,
+	// at its last reading.
 	left := map[int]procID{}
 	held := map[int]bool{}
 	for id, w := range m.last {
 		if _, ok := now[id]; ok {
 			continue
 		}
-		if _, ok := live[id.pid]; !ok && !reaped(id) {
-			now[id] = w
-			held[id.pid] = true
-			continue
+		if _, ok := live[id.pid]; !ok {
+			if nid, nw, err := readProcWrites(id.pid); err == nil && nid == id {
+				now[id] = nw
+				live[id.pid] = id
+				continue
+			}
+			if !reaped(id) {
+				now[id] = w
+				held[id.pid] = true
+				continue
+			}
 		}
 		left[id.pid] = id
 	}

@@ -84,6 +84,11 @@ func TestLimitWrites(t *testing.T) {
 		// The orphan's 3 MiB, reaped outside the group, still count:
 		// with the shell's 2 MiB after it, past 4.
 		{"reaped outside, counted", 4 * mib, `(sh -c 'head -c 3145728 /dev/zero > a; sleep 0.5' &); sleep 1; head -c 2097152 /dev/zero > out; sleep 5`, true},
+		// All of it between the start and the first poll: the first
+		// process's own writes and its reaped child's are read once it
+		// has exited, before it is reaped.
+		{"past the bound and gone before the first poll", 4 * mib, `head -c 16777216 /dev/zero > out; exec head -c 1048576 /dev/zero > out2`, true},
+		{"under the bound and gone before the first poll", 4 * mib, `head -c 2097152 /dev/zero > out; exec head -c 1048576 /dev/zero > out2`, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -113,8 +118,10 @@ func TestLimitWrites(t *testing.T) {
 				}
 				return
 			}
+			// A kill, or, for a command that had ended before the watch
+			// saw it past the bound, Wait's own ErrWroteTooMuch.
 			var ee *exec.ExitError
-			if !errors.As(err, &ee) || !errors.Is(werr, ErrWroteTooMuch) {
+			if !(errors.As(err, &ee) || errors.Is(err, ErrWroteTooMuch)) || !errors.Is(werr, ErrWroteTooMuch) {
 				t.Fatalf("run: %v; WriteErr: %v, want a kill and ErrWroteTooMuch (wrote %d bytes in %v)", err, werr, wrote, took)
 			}
 			t.Logf("killed after %v, having written %.1f MiB (bound %d MiB)", took.Round(time.Millisecond), float64(wrote)/mib, c.max/mib)
