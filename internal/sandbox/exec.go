@@ -13,9 +13,10 @@ import (
 // ExecMain instead of its CLI.
 const ExecCommand = "__sandbox-exec"
 
-// ExecMain is the exec step of a gVisor sandbox. It runs as root in the
-// freshly forked child: it joins the instance's cgroups, sets rlimits, sets
-// no_new_privs and execs runsc (which needs root to build its sandbox and
+// ExecMain is the exec step of a gVisor sandbox (and of a build's
+// command). It runs as root in the freshly forked child: it joins the
+// instance's cgroups, sets rlimits and the OOM score, sets no_new_privs
+// and execs runsc (which needs root to build its sandbox and
 // drops it itself). It never returns. bubblewrap sandboxes need no such
 // step: bubblewrap holds the sandbox until Cmd.Start has done the same.
 //
@@ -73,6 +74,9 @@ func execMain(args []string) error {
 	if err := unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{}); err != nil {
 		return fmt.Errorf("rlimit core: %w", err)
 	}
+	if err := raiseOOMScore(os.Getpid()); err != nil {
+		return err
+	}
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("no_new_privs: %w", err)
 	}
@@ -87,4 +91,21 @@ func MaybeExec() {
 	if len(os.Args) > 1 && os.Args[1] == ExecCommand {
 		ExecMain(os.Args[2:])
 	}
+}
+
+// oomScoreAdj is every sandboxed process's oom_score_adj, the kernel's
+// largest: when the host runs out of memory, its OOM killer takes the
+// largest of the functions' (and builds') processes, before the server
+// or anything else of the host, whose score is 0 (so Kubernetes treats
+// BestEffort pods). Without it the server, one process larger than any
+// instance, would be the first to go. Raising a score needs no
+// privilege; children inherit it.
+const oomScoreAdj = "1000"
+
+// raiseOOMScore sets process pid's oom_score_adj to oomScoreAdj.
+func raiseOOMScore(pid int) error {
+	if err := os.WriteFile("/proc/"+strconv.Itoa(pid)+"/oom_score_adj", []byte(oomScoreAdj), 0); err != nil {
+		return fmt.Errorf("oom score: %w", err)
+	}
+	return nil
 }

@@ -492,6 +492,9 @@ func (c *Cmd) confineSlirp(pid int) error {
 	if err := c.join(pid); err != nil {
 		return err
 	}
+	if err := raiseOOMScore(pid); err != nil {
+		return err
+	}
 	if c.noFiles > 0 {
 		l := unix.Rlimit{Cur: c.noFiles, Max: c.noFiles}
 		if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &l, nil); err != nil {

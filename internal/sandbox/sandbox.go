@@ -435,7 +435,7 @@ func (c *Cmd) Start() error {
 const infoTimeout = 10 * time.Second
 
 // admit reads the sandbox's first pid, moves it and bubblewrap into the
-// cgroups and lets the sandbox go on.
+// cgroups, raises their OOM score and lets the sandbox go on.
 func (c *Cmd) admit() error {
 	// v1: bubblewrap moves first, while it starts. The first move after a
 	// quiet moment waits for an RCU grace period (5-12 ms here), which so
@@ -455,6 +455,13 @@ func (c *Cmd) admit() error {
 	c.pid = pid
 	if joinErr != nil {
 		return joinErr
+	}
+	// bubblewrap and the sandbox's first process, whose children (the
+	// runtime) inherit it.
+	for _, p := range []int{c.Process.Pid, pid} {
+		if err := raiseOOMScore(p); err != nil {
+			return err
+		}
 	}
 	// On v2 the sandbox was forked inside its cgroup. On v1 it moves too,
 	// as it was most likely forked before bubblewrap moved.

@@ -71,6 +71,10 @@ func TestStartAppliesLimitsToEveryProcess(t *testing.T) {
 				t.Errorf("pid %d: %s %q, want %q", pid, f.key, got, f.want)
 			}
 		}
+		// The host's OOM killer takes it before the server.
+		if got := strings.TrimSpace(procFile(t, pid, "oom_score_adj")); got != "1000" {
+			t.Errorf("pid %d: oom_score_adj %s, want 1000", pid, got)
+		}
 		limits := procFile(t, pid, "limits")
 		for _, l := range []struct{ key, want string }{
 			{"Max open files", fmt.Sprintf("%d %d", noFiles, noFiles)},
@@ -317,6 +321,9 @@ func TestSlirpCountsAsTheSandbox(t *testing.T) {
 	limits := procFile(t, pid, "limits")
 	if got := strings.Join(strings.Fields(field(limits, "Max open files"))[:2], " "); got != fmt.Sprintf("%d %d", noFiles, noFiles) {
 		t.Errorf("slirp4netns: Max open files %q, want %d", got, noFiles)
+	}
+	if got := strings.TrimSpace(procFile(t, pid, "oom_score_adj")); got != "1000" {
+		t.Errorf("slirp4netns: oom_score_adj %s, want 1000", got)
 	}
 	var in int
 	for _, cg := range strings.Split(strings.TrimSpace(procFile(t, pid, "cgroup")), "\n") {

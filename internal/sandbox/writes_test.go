@@ -89,6 +89,8 @@ func TestLimitWrites(t *testing.T) {
 		// has exited, before it is reaped.
 		{"past the bound and gone before the first poll", 4 * mib, `head -c 16777216 /dev/zero > out; exec head -c 1048576 /dev/zero > out2`, true},
 		{"under the bound and gone before the first poll", 4 * mib, `head -c 2097152 /dev/zero > out; exec head -c 1048576 /dev/zero > out2`, false},
+		// The exec step raised the OOM score, before anything ran.
+		{"its OOM score", 4 * mib, `test "$(cat /proc/self/oom_score_adj)" = 1000`, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()
