@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -107,6 +108,7 @@ func TestColdStartSharedAndMetrics(t *testing.T) {
 		"spry_pool_idle{runtime=\"deno\"}",
 		"spry_queue_depth 0",
 		"spry_log_lines_dropped_total 0",
+		"spry_memory_evictions_total 0",
 	} {
 		if !strings.Contains(string(s.do("GET", "/metrics", s.token, nil, nil).body), name) {
 			t.Errorf("metrics lack %s", name)
@@ -348,6 +350,71 @@ func TestInstanceQuotaPerUser(t *testing.T) {
 	eventually(t, 10*time.Second, "second served once first's instance stopped", func() bool {
 		return s.get("/fn/admin/second/?name=b").status == 200
 	})
+}
+
+// TestMemoryReserve: with the host's available memory below
+// --memory-reserve, a request's cold start first stops other functions'
+// idle instances, and, that not being enough, gets 503 with Retry-After,
+// never a hang; with memory back, it is served. The test takes the
+// memory itself: 2 GiB held below a reserve set 1 GiB under what was
+// available.
+func TestMemoryReserve(t *testing.T) {
+	avail := memAvailable(t)
+	if avail < 4<<30 {
+		t.Skipf("%d MiB available; the test takes 2 GiB and leaves 1 GiB of margin on each side", avail>>20)
+	}
+	s := startServer(t, "--memory-reserve", strconv.FormatUint((avail-1<<30)>>20, 10))
+	for _, name := range []string{"first", "second"} {
+		s.deployCode(t, name, example(t, "hello.ts"), "")
+	}
+	if r := s.get("/fn/admin/first/?name=a"); r.status != 200 {
+		t.Fatalf("first, with room: %d %s", r.status, r.body)
+	}
+	// 2 GiB, resident (MAP_POPULATE) and off the Go heap.
+	ballast, err := syscall.Mmap(-1, 0, 2<<30, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANONYMOUS|syscall.MAP_POPULATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Munmap(ballast)
+	if now := memAvailable(t); now >= avail-1<<30 {
+		t.Fatalf("%d MiB available with the ballast held, %d before", now>>20, avail>>20)
+	}
+	r := s.get("/fn/admin/second/?name=b")
+	if r.status != 503 || r.header.Get("Retry-After") == "" || r.errorCode(t) != "unavailable" || !strings.Contains(string(r.body), "short of memory") {
+		t.Fatalf("short of memory: %d %v %s", r.status, r.header, r.body)
+	}
+	if n := s.metric(t, "spry_memory_evictions_total"); n != 1 {
+		t.Errorf("%v instances stopped for room, want first's 1", n)
+	}
+	if n := s.running(t, "first"); n != 0 {
+		t.Errorf("first has %d instances running, want its idle one stopped", n)
+	}
+	if err := syscall.Munmap(ballast); err != nil {
+		t.Fatal(err)
+	}
+	if r := s.get("/fn/admin/second/?name=b"); r.status != 200 {
+		t.Fatalf("second, with room again: %d %s", r.status, r.body)
+	}
+}
+
+// memAvailable reads the host's MemAvailable, in bytes.
+func memAvailable(t *testing.T) uint64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) == 3 && f[0] == "MemAvailable:" {
+			kb, err := strconv.ParseUint(f[1], 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return kb << 10
+		}
+	}
+	t.Fatal("no MemAvailable in /proc/meminfo")
+	return 0
 }
 
 // TestFunctionQuotaPerUser: a user has no more functions than

@@ -1054,3 +1054,185 @@ func TestActiveKeepsRetiredVersionWhileStarting(t *testing.T) {
 		runtime.Gosched()
 	}
 }
+
+// memorySpec is function name of its own owner, concurrency 1.
+func memorySpec(name string, min int) *backend.Spec {
+	return &backend.Spec{FunctionID: "mem-" + name, Owner: "o-" + name, Name: name, Version: 1, Runtime: "deno", Concurrency: 1, MinScale: min, MaxScale: 10}
+}
+
+// memoryOf is a host whose available memory is *total less 10 per live
+// instance of fb.
+func memoryOf(fb *fakeBackend, total *atomic.Uint64) func() (uint64, error) {
+	return func() (uint64, error) {
+		return total.Load() - 10*uint64(len(fb.liveInstances())), nil
+	}
+}
+
+func memoryTotal(n uint64) *atomic.Uint64 {
+	var t atomic.Uint64
+	t.Store(n)
+	return &t
+}
+
+// liveNames lists the functions with a live instance in fb, sorted.
+func liveNames(fb *fakeBackend) []string {
+	var out []string
+	for _, in := range fb.liveInstances() {
+		out = append(out, in.Spec.Name)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// A request's start on a host short of memory stops other functions'
+// idle instances, the least recently used first, until the reserve is
+// free, and then starts: no more are stopped than that.
+func TestShortOfMemoryStopsTheLeastRecentlyUsed(t *testing.T) {
+	fb := &fakeBackend{}
+	clk := &clock{t: time.Unix(1000, 0)}
+	var evicted []string
+	a := New(fb, Config{ScaleToZeroAfter: time.Hour, Now: clk.now, MemoryReserve: 100, ReadMemAvailable: memoryOf(fb, memoryTotal(125)),
+		OnEvict: func(s *backend.Spec) { evicted = append(evicted, s.Name) }})
+	// Used in the order b, a, c: b is the least recently used. Three
+	// live leave 95, under the reserve, but the third start found 105.
+	for _, name := range []string{"b", "a", "c"} {
+		l, err := a.Acquire(t.Context(), memorySpec(name, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		clk.add(time.Second)
+		l.Release()
+	}
+	if got := liveNames(fb); !slices.Equal(got, []string{"a", "b", "c"}) {
+		t.Fatalf("live %v, want a, b and c", got)
+	}
+	// d's start finds 95: b goes (105 then), and d starts.
+	l, err := a.Acquire(t.Context(), memorySpec("d", 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Release()
+	a.settle()
+	if got := liveNames(fb); !slices.Equal(got, []string{"a", "c", "d"}) {
+		t.Errorf("live %v, want a, c and d", got)
+	}
+	if !slices.Equal(evicted, []string{"b"}) {
+		t.Errorf("evicted %v, want b", evicted)
+	}
+}
+
+// Instances with requests in flight, and those that keep a version at
+// its minimum, are never stopped for room; with nothing else to stop, a
+// request's start fails with 503 and nothing is lost.
+func TestShortOfMemoryStopsNoBusyOrMinimumInstance(t *testing.T) {
+	fb := &fakeBackend{}
+	clk := &clock{t: time.Unix(1000, 0)}
+	avail := atomic.Uint64{}
+	avail.Store(1 << 30)
+	a := New(fb, Config{ScaleToZeroAfter: time.Hour, Now: clk.now, MemoryReserve: 100,
+		ReadMemAvailable: func() (uint64, error) { return avail.Load(), nil }})
+	kept := memorySpec("kept", 1)
+	a.Ensure(kept)
+	a.Tick(clk.add(time.Second))
+	a.settle()
+	busy, err := a.Acquire(t.Context(), memorySpec("busy", 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Release()
+	if got := liveNames(fb); !slices.Equal(got, []string{"busy", "kept"}) {
+		t.Fatalf("live %v, want busy and kept", got)
+	}
+	avail.Store(0)
+	_, err = a.Acquire(t.Context(), memorySpec("new", 0))
+	if !errors.Is(err, ErrMemory) || !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("err = %v, want ErrMemory (503)", err)
+	}
+	a.settle()
+	if got := liveNames(fb); !slices.Equal(got, []string{"busy", "kept"}) {
+		t.Errorf("live %v, want busy and kept", got)
+	}
+	if s := fb.stoppedIDs(); len(s) != 0 {
+		t.Errorf("stopped %v", s)
+	}
+	// Room again: the next request starts.
+	avail.Store(1 << 30)
+	l, err := a.Acquire(t.Context(), memorySpec("new", 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Release()
+}
+
+// The autoscaler's start for a version's minimum stops an idle instance
+// for room; its start for the load does not (another version's next
+// tick would stop it back), and waits for a tick with room.
+func TestShortOfMemoryOnlyMinimumStartsOfTicksStopOthers(t *testing.T) {
+	fb := &fakeBackend{}
+	clk := &clock{t: time.Unix(1000, 0)}
+	total := memoryTotal(125)
+	a := New(fb, Config{ScaleToZeroAfter: time.Hour, Now: clk.now, MemoryReserve: 100, ReadMemAvailable: memoryOf(fb, total)})
+	for _, name := range []string{"idle1", "idle2"} {
+		l, err := a.Acquire(t.Context(), memorySpec(name, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.Release()
+	}
+	// One request in flight at concurrency 1: the load asks for a second
+	// instance, and the third live one would leave 95.
+	loaded := memorySpec("loaded", 0)
+	l, err := a.Acquire(t.Context(), loaded)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release()
+	tick := func() {
+		a.Tick(clk.add(time.Second))
+		a.settle()
+	}
+	tick()
+	tick()
+	if got := liveNames(fb); !slices.Equal(got, []string{"idle1", "idle2", "loaded"}) {
+		t.Fatalf("live %v, want idle1, idle2 and loaded", got)
+	}
+	// A minimum: idle1, the least recently used, goes for it.
+	a.Ensure(memorySpec("min", 1))
+	tick()
+	if got := liveNames(fb); !slices.Equal(got, []string{"idle2", "loaded", "min"}) {
+		t.Fatalf("live %v, want idle2, loaded and min", got)
+	}
+	// With room, the load's start is made at the next tick.
+	total.Store(1 << 30)
+	tick()
+	if got := liveNames(fb); !slices.Equal(got, []string{"idle2", "loaded", "loaded", "min"}) {
+		t.Errorf("live %v, want idle2, loaded twice and min", got)
+	}
+}
+
+func TestParseMeminfo(t *testing.T) {
+	const host = "MemTotal:       24592112 kB\nMemFree:        20000000 kB\nMemAvailable:   22371968 kB\nBuffers: 1 kB\n"
+	for _, c := range []struct {
+		in, key string
+		want    uint64
+		ok      bool
+	}{
+		{host, "MemAvailable", 22371968 << 10, true},
+		{host, "MemTotal", 24592112 << 10, true},
+		{"MemAvailable: 0 kB", "MemAvailable", 0, true},
+		{"MemTotal: 1 kB\n", "MemAvailable", 0, false},
+		{"XMemAvailable: 1 kB\n", "MemAvailable", 0, false},
+		{"MemAvailable: 12 MB\n", "MemAvailable", 0, false},
+		{"MemAvailable: x kB\n", "MemAvailable", 0, false},
+	} {
+		got, err := parseMeminfo([]byte(c.in), c.key)
+		if (err == nil) != c.ok || got != c.want {
+			t.Errorf("%q %s: %d, %v; want %d, ok %v", c.in, c.key, got, err, c.want, c.ok)
+		}
+	}
+	avail, err1 := MemAvailable()
+	total, err2 := MemTotal()
+	if err1 != nil || err2 != nil || avail == 0 || avail > total {
+		t.Errorf("this host: %d (%v) available of %d (%v)", avail, err1, total, err2)
+	}
+}

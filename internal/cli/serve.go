@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/spry-run/spry/internal/activator"
 	"github.com/spry-run/spry/internal/build"
 	"github.com/spry-run/spry/internal/config"
 	"github.com/spry-run/spry/internal/errdefs"
@@ -29,6 +30,7 @@ func newServeCmd(env Env) *cobra.Command {
 	var cfg server.Config
 	var logLevel, logFormat string
 	var egressAllow []string
+	var memoryReserve int
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the Spry platform: API, router, autoscaler and runtimes in one process",
@@ -37,6 +39,10 @@ func newServeCmd(env Env) *cobra.Command {
 			if err := config.ApplyEnv(cmd.Flags(), env.Environ); err != nil {
 				return errdefs.Invalid("%v", err)
 			}
+			if memoryReserve < 0 {
+				return errdefs.Invalid("--memory-reserve must be 0 (none) or more")
+			}
+			cfg.MemoryReserve = uint64(memoryReserve) << 20
 			if err := validate(cfg); err != nil {
 				return err
 			}
@@ -113,6 +119,7 @@ func newServeCmd(env Env) *cobra.Command {
 	// otherwise take it all, from the server and every other user.
 	f.Int64Var(&cfg.UserPids, "user-pids", sandbox.HostPids()/4, "processes and threads one user's running instances may hold together (0: no bound); each instance gets its share, from 256 down to 32, and a start that does not fit gets 429 (a quarter of kernel.pid_max by default)")
 	f.Int64Var(&cfg.UserFiles, "user-files", sandbox.HostFiles()/4, "open files one user's running instances may hold together (0: no bound); each instance process gets its share, from 21024 down to 1024 plus two per request of its concurrency, and a start that does not fit gets 429 (a quarter of fs.file-max by default)")
+	f.IntVar(&memoryReserve, "memory-reserve", defaultMemoryReserve(), "host memory, in MiB, that instance starts leave available: below it a start for a request first stops other functions' idle instances, least recently used first, and gets 503 if none is left to stop (0: no reserve; default 1/32 of the host's memory, at least 256)")
 	f.IntVar(&cfg.MaxFunctionsPerUser, "max-functions-per-user", 1000, "functions one user may have (0: no limit); deploying one more gets 403 quota_exceeded")
 	f.IntVar(&cfg.PoolSize, "pool-size", 4, "warm, generic Deno instances kept ready for cold starts")
 	f.IntVar(&cfg.NodePoolSize, "node-pool-size", 1, "warm, generic Node instances kept ready for cold starts")
@@ -168,6 +175,9 @@ func validate(cfg server.Config) error {
 		// One instance (the runtime and slirp4netns) at the highest
 		// concurrency must fit.
 		return errdefs.Invalid("--user-files must be 0 (no bound) or at least %d", 2*(2*server.MaxConcurrency+1024))
+	case cfg.MemoryReserve >= hostMemory():
+		// Nothing could ever start.
+		return errdefs.Invalid("--memory-reserve must be below the host's memory (%d MiB)", hostMemory()>>20)
 	case cfg.MaxInstancesPerUser < 0:
 		return errdefs.Invalid("--max-instances-per-user must be 0 (no limit) or more")
 	case cfg.RouterLoops < 0:
@@ -253,4 +263,26 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, errdefs.Invalid("--log-format must be text or json")
+}
+
+// hostMemory is the host's memory, or, if it cannot be read, the most
+// there is (no reserve is then refused).
+func hostMemory() uint64 {
+	n, err := activator.MemTotal()
+	if err != nil {
+		return math.MaxUint64
+	}
+	return n
+}
+
+// defaultMemoryReserve is --memory-reserve's default, in MiB: 1/32 of
+// the host's memory (768 MiB of 24 GiB), at least 256 MiB, room for a
+// few instances to start before the kernel's own reclaim and its OOM
+// killer step in.
+func defaultMemoryReserve() int {
+	n, err := activator.MemTotal()
+	if err != nil {
+		return 256
+	}
+	return max(256, int(n>>20)/32)
 }

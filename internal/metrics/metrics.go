@@ -45,6 +45,7 @@ type Metrics struct {
 	duration    *prometheus.HistogramVec
 	coldStarts  *prometheus.CounterVec
 	coldStart   *prometheus.HistogramVec
+	evictions   prometheus.Counter
 
 	// gone holds the IDs of the functions deleted lately, and when:
 	// requests still in flight when one was deleted end after Forget and
@@ -88,7 +89,11 @@ func New(g Gauges) *Metrics {
 		Help:    "Time from a request finding no instance to the first byte of its response.",
 		Buckets: latencyBuckets,
 	}, []string{"runtime"})
-	m.reg.MustRegister(m.invocations, m.duration, m.coldStarts, m.coldStart,
+	m.evictions = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "spry_memory_evictions_total",
+		Help: "Idle instances stopped before their time because the host's available memory was below spry serve --memory-reserve when another had to start.",
+	})
+	m.reg.MustRegister(m.invocations, m.duration, m.coldStarts, m.coldStart, m.evictions,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if g != nil {
 		m.reg.MustRegister(&gaugeCollector{g: g})
@@ -145,6 +150,9 @@ func (m *Metrics) ColdStart(owner, function, id, result string) {
 	m.coldStarts.WithLabelValues(owner, function, result).Inc()
 	m.recheck(owner, function, id)
 }
+
+// Eviction records one idle instance stopped for another's room.
+func (m *Metrics) Eviction() { m.evictions.Inc() }
 
 // ColdStartLatency records how long a request waited for its cold start,
 // to the first byte of the response.

@@ -70,6 +70,10 @@ type Config struct {
 	MaxLogBytes     int64 // the log database's bound (0: logstore's default)
 	MaxBundleBytes  int64
 	QueueSize       int // requests waiting for capacity, per version
+	// MemoryReserve is the host memory instance starts leave free,
+	// stopping idle instances for it (activator.Config.MemoryReserve);
+	// 0: none.
+	MemoryReserve uint64
 	// MaxInstancesPerUser bounds the instances of one user's functions
 	// together; 0 means no bound.
 	MaxInstancesPerUser int
@@ -276,6 +280,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		StableWindow:         cfg.AutoscaleWindow,
 		QueueSize:            cfg.QueueSize,
 		MaxInstancesPerOwner: cfg.MaxInstancesPerUser,
+		MemoryReserve:        cfg.MemoryReserve,
+		OnEvict:              func(*backend.Spec) { s.metrics.Eviction() },
 		Logger:               log,
 		OnStart: func(spec *backend.Spec, d time.Duration, err error) {
 			result := "ok"
