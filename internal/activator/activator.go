@@ -741,7 +741,7 @@ func (a *Activator) makeRoom(ctx context.Context, rev *revision, evict bool) err
 			locked = true
 			continue
 		}
-		victim, in := a.evictable(rev)
+		victim, in := a.evictee(rev)
 		if in == nil {
 			return ErrMemory
 		}
@@ -762,10 +762,9 @@ func (a *Activator) makeRoom(ctx context.Context, rev *revision, evict bool) err
 	}
 }
 
-// evictable finds the least recently used idle instance of a version
-// other than rev that runs more than its minimum, marks it stopping and
-// returns it, or nil.
-func (a *Activator) evictable(rev *revision) (*revision, *instance) {
+// evictee finds the least recently used idle instance of an evictable
+// version other than rev, marks it stopping and returns it, or nil.
+func (a *Activator) evictee(rev *revision) (*revision, *instance) {
 	for {
 		var victim *revision
 		var best *instance
@@ -775,7 +774,7 @@ func (a *Activator) evictable(rev *revision) (*revision, *instance) {
 				continue
 			}
 			r.mu.Lock()
-			if r.running() > r.spec.MinScale {
+			if r.evictable() {
 				for _, in := range r.instances {
 					if r.idleInstance(in) && (best == nil || in.lastUsed.Before(bestUsed)) {
 						victim, best, bestUsed = r, in, in.lastUsed
@@ -789,7 +788,7 @@ func (a *Activator) evictable(rev *revision) (*revision, *instance) {
 		}
 		// It may have been leased, or stopped, since.
 		victim.mu.Lock()
-		ok := victim.idleInstance(best) && victim.running() > victim.spec.MinScale
+		ok := victim.idleInstance(best) && victim.evictable()
 		if ok {
 			best.stopping = true
 		}
@@ -798,6 +797,14 @@ func (a *Activator) evictable(rev *revision) (*revision, *instance) {
 			return victim, best
 		}
 	}
+}
+
+// evictable reports whether one of r's idle instances may be stopped for
+// another version's room: r runs more than its minimum, and no request
+// waits for it, nor has been woken to take an instance that looks idle.
+// Callers hold r.mu.
+func (r *revision) evictable() bool {
+	return r.running() > r.spec.MinScale && r.waiters.Len()+r.woken == 0
 }
 
 // idleInstance reports whether in is running with nothing in flight.
