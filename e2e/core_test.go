@@ -502,9 +502,10 @@ func TestGracefulShutdown(t *testing.T) {
 // TestStopLeavesNoCgroups: a server that stops removes its cgroup
 // subtree, not only its instances' groups: one data directory per run (as
 // here, and in any throwaway setup) would otherwise leave empty groups
-// behind for good, thousands a day.
+// behind for good, thousands a day. While it runs, the subtree is
+// bounded by --all-pids.
 func TestStopLeavesNoCgroups(t *testing.T) {
-	s := startServer(t)
+	s := startServer(t, "--all-pids", "5000")
 	s.deployCode(t, "hello", []byte(`export default { fetch() { return new Response("hi"); } }`), "")
 	if r := s.get("/fn/admin/hello/"); r.status != 200 {
 		t.Fatalf("%d %s", r.status, r.body)
@@ -518,6 +519,18 @@ func TestStopLeavesNoCgroups(t *testing.T) {
 	}
 	if len(dirs) == 0 {
 		t.Skip("the server's cgroups are not where this test looks (a nested cgroup)")
+	}
+	bounded := 0
+	for _, d := range dirs {
+		if b, err := os.ReadFile(filepath.Join(d, "pids.max")); err == nil {
+			if got := strings.TrimSpace(string(b)); got != "5000" {
+				t.Errorf("%s/pids.max is %s, want --all-pids 5000", d, got)
+			}
+			bounded++
+		}
+	}
+	if bounded != 1 {
+		t.Errorf("%d of the server's cgroups %v have a pids.max, want 1", bounded, dirs)
 	}
 	s.stop()
 	for _, d := range dirs {

@@ -118,6 +118,9 @@ func newServeCmd(env Env) *cobra.Command {
 	// (each up to 256 processes and 21,024 files a process) would
 	// otherwise take it all, from the server and every other user.
 	f.Int64Var(&cfg.UserPids, "user-pids", sandbox.HostPids()/4, "processes and threads one user's running instances may hold together (0: no bound); each instance gets its share, from 256 down to 32, and a start that does not fit gets 429 (a quarter of kernel.pid_max by default)")
+	// The last quarter is the server's and the host's: users together
+	// (each with a quarter) could otherwise take it all.
+	f.Int64Var(&cfg.AllPids, "all-pids", sandbox.HostPids()*3/4, "processes and threads all instances and builds may hold together (0: no bound); past it their forks fail, and the rest of the host's is the server's and the host's own (three quarters of kernel.pid_max by default)")
 	f.Int64Var(&cfg.UserFiles, "user-files", sandbox.HostFiles()/4, "open files one user's running instances may hold together (0: no bound); each instance process gets its share, from 21024 down to 1024 plus two per request of its concurrency, and a start that does not fit gets 429 (a quarter of fs.file-max by default)")
 	f.IntVar(&memoryReserve, "memory-reserve", defaultMemoryReserve(), "host memory, in MiB, that instance starts leave available: below it a start for a request first stops other functions' idle instances, least recently used first, and gets 503 if none is left to stop (0: no reserve; default 1/32 of the host's memory, at least 256)")
 	f.IntVar(&cfg.MaxFunctionsPerUser, "max-functions-per-user", 1000, "functions one user may have (0: no limit); deploying one more gets 403 quota_exceeded")
@@ -171,6 +174,9 @@ func validate(cfg server.Config) error {
 	case cfg.UserPids != 0 && cfg.UserPids < 256:
 		// One instance at its full limit must fit.
 		return errdefs.Invalid("--user-pids must be 0 (no bound) or at least 256")
+	case cfg.AllPids != 0 && cfg.AllPids < 1024:
+		// A pool and a few instances at their full limit must fit.
+		return errdefs.Invalid("--all-pids must be 0 (no bound) or at least 1024")
 	case cfg.UserFiles != 0 && cfg.UserFiles < 2*(2*server.MaxConcurrency+1024):
 		// One instance (the runtime and slirp4netns) at the highest
 		// concurrency must fit.

@@ -68,6 +68,8 @@ func TestValidateServeFlags(t *testing.T) {
 		{"function domain with a port", func(c *server.Config) { c.FunctionDomain = "fn.example.com:8080" }, "--function-domain"},
 		{"function domain a URL", func(c *server.Config) { c.FunctionDomain = "https://fn.example.com" }, "--function-domain"},
 		{"debug without a port", func(c *server.Config) { c.DebugListen = "127.0.0.1" }, "--debug-listen"},
+		{"least all-pids", func(c *server.Config) { c.AllPids = 1024 }, ""},
+		{"all-pids under 1024", func(c *server.Config) { c.AllPids = 1023 }, "--all-pids"},
 		{"memory reserve", func(c *server.Config) { c.MemoryReserve = uint64(defaultMemoryReserve()) << 20 }, ""},
 		{"memory reserve all but a byte", func(c *server.Config) { c.MemoryReserve = hostMemory() - 1 }, ""},
 		{"memory reserve all of it", func(c *server.Config) { c.MemoryReserve = hostMemory() }, "--memory-reserve"},

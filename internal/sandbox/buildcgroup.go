@@ -28,9 +28,10 @@ type Builds struct {
 // NewBuilds checks the host for cgroups, setpriv and CAP_SYS_PTRACE
 // (LimitWrites reads other uids' /proc/PID/io). parent is the
 // server's cgroup parent (Config.CgroupParent); self the spry binary that
-// runs the exec step ("" is /proc/self/exe, which must call MaybeExec).
-func NewBuilds(parent, self string) (*Builds, error) {
-	cg, err := newCgroups(parent)
+// runs the exec step ("" is /proc/self/exe, which must call MaybeExec);
+// treePids the subtree's bound, as Config.TreePids.
+func NewBuilds(parent, self string, treePids int64) (*Builds, error) {
+	cg, err := newCgroups(parent, treePids)
 	if err != nil {
 		return nil, err
 	}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -33,17 +34,47 @@ type Resources struct {
 type cgroups struct {
 	v2     bool
 	parent string // e.g. "spry/3f2a9c" (v2: relative to the root; v1: nested in ours)
+	// treePids bounds the processes and threads of the whole subtree
+	// (the parent's pids.max; 0: none), made before its first group
+	// and again after each sweep, which removes the parent.
+	treePids int64
+	treeMu   sync.Mutex
+	treeMade bool
 }
 
-func newCgroups(parent string) (*cgroups, error) {
+func newCgroups(parent string, treePids int64) (*cgroups, error) {
 	switch cgv3.Mode() {
 	case cgv3.Unified:
-		return &cgroups{v2: true, parent: parent}, nil
+		return &cgroups{v2: true, parent: parent, treePids: treePids}, nil
 	case cgv3.Legacy, cgv3.Hybrid:
-		return &cgroups{parent: parent}, nil
+		return &cgroups{parent: parent, treePids: treePids}, nil
 	default:
 		return nil, errors.New("no cgroup filesystem mounted at /sys/fs/cgroup")
 	}
+}
+
+// makeTree makes the parent with its pids bound, unless it is made.
+func (c *cgroups) makeTree() error {
+	if c.treePids <= 0 {
+		return nil
+	}
+	c.treeMu.Lock()
+	defer c.treeMu.Unlock()
+	if c.treeMade {
+		return nil
+	}
+	r := Resources{Pids: c.treePids}
+	var err error
+	if c.v2 {
+		_, err = cgroup2.NewManager(cgroupRoot, "/"+c.parent, cgroup2.ToResources(r.spec()))
+	} else {
+		_, err = cgroup1.New(cgroup1.NestedPath(c.parent), r.spec(), cgroup1.WithHierarchy(v1Hierarchy))
+	}
+	if err != nil {
+		return fmt.Errorf("create cgroup %s: %w", c.parent, err)
+	}
+	c.treeMade = true
+	return nil
 }
 
 // v1Hierarchy limits the library to the controllers we use, so that a host
@@ -97,6 +128,9 @@ type group struct {
 }
 
 func (c *cgroups) create(name string, r Resources) (*group, error) {
+	if err := c.makeTree(); err != nil {
+		return nil, err
+	}
 	rel := filepath.Join(c.parent, name)
 	if c.v2 {
 		m, err := cgroup2.NewManager(cgroupRoot, "/"+rel, cgroup2.ToResources(r.spec()))
@@ -358,9 +392,12 @@ func (c *cgroups) sweep() int {
 		// Let the kernel reap before removing directories.
 		waitBriefly()
 	}
+	c.treeMu.Lock()
 	for _, d := range dirs {
 		removeTree(d)
 	}
+	c.treeMade = false
+	c.treeMu.Unlock()
 	return killed
 }
 

@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -23,13 +24,17 @@ func TestMain(m *testing.M) {
 
 // testBuilds makes build cgroups under a parent of the test's own,
 // removed (with whatever is left in it) when the test ends.
-func testBuilds(t testing.TB) *Builds {
+func testBuilds(t testing.TB) *Builds { return testBoundBuilds(t, 0) }
+
+// testBoundBuilds is testBuilds with the subtree bounded to treePids
+// processes and threads.
+func testBoundBuilds(t testing.TB, treePids int64) *Builds {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for cgroups and uids")
 	}
 	parent := fmt.Sprintf("spry-test-writes/%d-%s", os.Getpid(), strings.ReplaceAll(t.Name(), "/", "-"))
-	b, err := NewBuilds(parent, "")
+	b, err := NewBuilds(parent, "", treePids)
 	if err != nil {
 		t.Skip(err)
 	}
@@ -176,4 +181,63 @@ func BenchmarkWriteMeterPoll(b *testing.B) {
 	}
 	b.StopTimer()
 	_ = cmd.Kill()
+}
+
+// The subtree's bound holds for all its groups together, whatever each
+// group's own: two builds each forking 30 processes, each allowed 64,
+// hold at most the tree's 40 together, and the forks past it fail.
+func TestTreePidsBound(t *testing.T) {
+	const tree = 40
+	b := testBoundBuilds(t, tree)
+	script := `i=0; while [ $i -lt 30 ]; do sleep 3 & i=$((i+1)); done; wait`
+	var cmds []*BuildCmd
+	var outs []*bytes.Buffer
+	for range 2 {
+		cmd, err := b.Command(context.Background(), Resources{MemoryBytes: 256 << 20, Pids: 64}, 0, []string{"/bin/sh", "-c", script})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cmd.Cleanup()
+		out := &bytes.Buffer{}
+		cmd.Stderr = out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		cmds, outs = append(cmds, cmd), append(outs, out)
+	}
+	dir := ""
+	if b.cg.v2 {
+		dir = filepath.Join(cgroupRoot, b.cg.parent)
+	} else {
+		p, err := cgroup1.NestedPath(b.cg.parent)(cgroup1.Pids)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir = filepath.Join(cgroupRoot, string(cgroup1.Pids), p)
+	}
+	max, err := os.ReadFile(filepath.Join(dir, "pids.max"))
+	if err != nil || strings.TrimSpace(string(max)) != fmt.Sprint(tree) {
+		t.Fatalf("the tree's pids.max: %q, %v; want %d", max, err, tree)
+	}
+	// Each shell forks as fast as it can, and then waits 3 s.
+	time.Sleep(time.Second)
+	held := 0
+	for _, cmd := range cmds {
+		held += len(readPids(cmd.group.dirs[0]))
+	}
+	current, err := os.ReadFile(filepath.Join(dir, "pids.current"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if held > tree || held < tree-5 {
+		t.Errorf("the builds hold %d processes together (the tree's pids.current: %s), want about the bound %d", held, bytes.TrimSpace(current), tree)
+	}
+	for _, cmd := range cmds {
+		_ = cmd.Kill()
+		_ = cmd.Wait()
+	}
+	failed := strings.Contains(outs[0].String()+outs[1].String(), "fork")
+	if !failed {
+		t.Errorf("no fork failed past the bound; the shells said %q and %q", outs[0], outs[1])
+	}
 }

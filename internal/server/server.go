@@ -82,6 +82,9 @@ type Config struct {
 	// bound. spry serve's defaults are a quarter of the host's.
 	UserPids  int64
 	UserFiles int64
+	// AllPids bounds the processes and threads of every instance and
+	// build together (the server's cgroup subtree); 0: no bound.
+	AllPids int64
 	// MaxFunctionsPerUser bounds how many functions one user may have;
 	// 0 means no bound.
 	MaxFunctionsPerUser int
@@ -247,7 +250,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	}
 	slices.Sort(libs)
 	libs = slices.Compact(libs)
-	sb, err := sandbox.New(sandbox.Config{CgroupParent: "spry/" + id, SystemLibs: libs, StateDir: runDir, EgressAllow: cfg.EgressAllow})
+	sb, err := sandbox.New(sandbox.Config{CgroupParent: "spry/" + id, TreePids: cfg.AllPids, SystemLibs: libs, StateDir: runDir, EgressAllow: cfg.EgressAllow})
 	if err != nil {
 		return nil, err
 	}
@@ -293,7 +296,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	})
 	// Each deploy's npm runs in a cgroup of its own under the instances'
 	// parent: the sweeps at start and close take what a killed server left.
-	npmGroups, err := sandbox.NewBuilds("spry/"+id, "")
+	npmGroups, err := sandbox.NewBuilds("spry/"+id, "", cfg.AllPids)
 	if err != nil {
 		return nil, err
 	}
