@@ -37,10 +37,11 @@ $(DENO): runtimes/package.json runtimes/package-lock.json
 
 ## deps: system packages the sandbox needs (Debian): bubblewrap, slirp4netns
 ## and nftables for the egress network, runsc for gVisor isolation, iproute2
-## for the network tests
+## for the network tests, libcap2-bin's capsh for a test without
+## CAP_DAC_OVERRIDE
 deps:
 	@missing=""; \
-	for p in bwrap:bubblewrap slirp4netns:slirp4netns nft:nftables nsenter:util-linux prlimit:util-linux setpriv:util-linux ip:iproute2 runsc:runsc; do \
+	for p in bwrap:bubblewrap slirp4netns:slirp4netns nft:nftables nsenter:util-linux prlimit:util-linux setpriv:util-linux ip:iproute2 runsc:runsc capsh:libcap2-bin; do \
 		command -v $${p%%:*} >/dev/null || missing="$$missing $${p##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \

@@ -124,10 +124,11 @@ type Activator struct {
 	quotaMu sync.Mutex     // a leaf lock: taken under rev.mu
 	owned   map[string]int // instances counted against each owner's quota
 
-	// evictMu makes starts short of memory take turns: each stops what it
+	// evicting makes starts short of memory take turns (a semaphore of
+	// one that a start's deadline may give up on): each stops what it
 	// needs, and the next reads what is left, so that a burst does not
 	// stop an instance per start for one start's room.
-	evictMu sync.Mutex
+	evicting chan struct{}
 }
 
 type revision struct {
@@ -223,7 +224,8 @@ func New(b Backend, cfg Config) *Activator {
 	if cfg.ReadMemAvailable == nil {
 		cfg.ReadMemAvailable = MemAvailable
 	}
-	return &Activator{cfg: cfg, backend: b, log: cfg.Logger, revs: map[string]*revision{}, retiring: map[*revision]struct{}{}, live: map[string][]string{}, removed: map[string]time.Time{}, owned: map[string]int{}}
+	return &Activator{cfg: cfg, backend: b, log: cfg.Logger, revs: map[string]*revision{}, retiring: map[*revision]struct{}{}, live: map[string][]string{}, removed: map[string]time.Time{}, owned: map[string]int{},
+		evicting: make(chan struct{}, 1)}
 }
 
 func (a *Activator) scalerConfig(spec *backend.Spec) autoscaler.Config {
@@ -663,6 +665,9 @@ func (a *Activator) start(rev *revision, evict bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.StartTimeout)
 	defer cancel()
 	err := a.makeRoom(ctx, rev, evict)
+	if err != nil && evict && a.cfg.OnStart != nil {
+		a.cfg.OnStart(rev.spec, 0, err) // a start requests waited for, refused
+	}
 	var inst *backend.Instance
 	if err == nil {
 		t0 := time.Now()
@@ -680,6 +685,15 @@ func (a *Activator) start(rev *revision, evict bool) {
 		switch {
 		case errors.Is(err, ErrMemory) && !evict:
 			level = slog.LevelDebug // the next tick tries again
+			if rev.waiters.Len() > 0 && !rev.retired {
+				// Requests queued behind this start, counting on it
+				// (scaleForQueue started none for them): theirs may
+				// stop others' idle instances for room.
+				a.log.Debug("instance start failed", "owner", rev.spec.Owner, "function", rev.spec.Name, "version", rev.spec.Version, "err", err)
+				a.scaleForQueue(rev)
+				rev.mu.Unlock()
+				return
+			}
 		case errors.Is(err, ErrMemory):
 			level = slog.LevelWarn // the host's state, not this start's fault
 		}
@@ -716,7 +730,7 @@ func (a *Activator) makeRoom(ctx context.Context, rev *revision, evict bool) err
 	locked := false
 	defer func() {
 		if locked {
-			a.evictMu.Unlock()
+			<-a.evicting
 		}
 	}()
 	for {
@@ -737,7 +751,11 @@ func (a *Activator) makeRoom(ctx context.Context, rev *revision, evict bool) err
 		if !locked {
 			// Another start may be stopping instances: read again once
 			// it is done.
-			a.evictMu.Lock()
+			select {
+			case a.evicting <- struct{}{}:
+			case <-ctx.Done():
+				return ctxErr(ctx)
+			}
 			locked = true
 			continue
 		}

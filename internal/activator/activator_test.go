@@ -1177,6 +1177,7 @@ func TestShortOfMemoryOnlyMinimumStartsOfTicksStopOthers(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		clk.add(time.Second) // idle1 the least recently used
 		l.Release()
 	}
 	// One request in flight at concurrency 1: the load asks for a second
@@ -1234,5 +1235,80 @@ func TestParseMeminfo(t *testing.T) {
 	total, err2 := MemTotal()
 	if err1 != nil || err2 != nil || avail == 0 || avail > total {
 		t.Errorf("this host: %d (%v) available of %d (%v)", avail, err1, total, err2)
+	}
+}
+
+// A request that queues while only an autoscaler start for the load is
+// under way (scaleForQueue then starts none: that start counts for it)
+// is not failed with ErrMemory when that start, which may not stop
+// others, finds the host short: an idle instance of another function
+// is left to stop (docs/functions.md: 503 only "if that is not
+// enough").
+func TestShortOfMemoryQueuedBehindALoadStartIsNotFailedUnevicted(t *testing.T) {
+	fb := &fakeBackend{}
+	clk := &clock{t: time.Unix(1000, 0)}
+	total := memoryTotal(1 << 30)
+	var hold atomic.Bool
+	gate := make(chan struct{})
+	read := memoryOf(fb, total)
+	a := New(fb, Config{ScaleToZeroAfter: time.Hour, Now: clk.now, MemoryReserve: 100,
+		ReadMemAvailable: func() (uint64, error) {
+			if hold.CompareAndSwap(true, false) {
+				<-gate
+			}
+			return read()
+		}})
+	ctx := t.Context()
+	// other: one idle instance, which may be stopped for room.
+	l, err := a.Acquire(ctx, memorySpec("other", 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Release()
+	// v: busy for a few ticks, so that its autoscaler wants an
+	// instance; then its instance ends.
+	v := memorySpec("v", 0)
+	l, err = a.Acquire(ctx, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		a.Tick(clk.add(time.Second))
+		a.settle()
+	}
+	l.Release()
+	for _, in := range fb.liveInstances() {
+		if in.Spec.Name == "v" {
+			if err := fb.Stop(ctx, in.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	waitFor(t, func() bool { return a.Counts()[v.Key()] == 0 })
+	// Short of memory while other lives (95 < 100), room once it is
+	// stopped (105).
+	total.Store(105)
+	hold.Store(true)
+	// The tick's start for v's load, held in its reading of memory.
+	a.Tick(clk.add(time.Second))
+	waitFor(t, func() bool { return !hold.Load() })
+	errc := make(chan error, 1)
+	go func() {
+		l, err := a.Acquire(ctx, v)
+		if err == nil {
+			l.Release()
+		}
+		errc <- err
+	}()
+	waitFor(t, func() bool { return a.QueueDepth() == 1 })
+	close(gate)
+	select {
+	case err := <-errc:
+		if err != nil {
+			a.settle()
+			t.Fatalf("queued request: %v, with other's idle instance left to stop (live: %v)", err, liveNames(fb))
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("queued request still waiting")
 	}
 }

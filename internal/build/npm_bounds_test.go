@@ -336,3 +336,38 @@ func TestBundleDirNPMWroteTooMuch(t *testing.T) {
 		}
 	}
 }
+
+// A process of npm's run that outlives npm and holds its stderr (which
+// run reads through a pipe, waiting up to WaitDelay for it to close) is
+// still watched while it does: what it writes past NPMWriteBytes fails
+// the deploy with ErrTooLarge. (Once the watch killed it at the bound
+// but the deploy, npm having exited 0, succeeded; then, for a while, the
+// watch ended when npm did, and it wrote all 64 MiB.)
+func TestBundleDirNPMWriteBoundAfterNPMExits(t *testing.T) {
+	builds := testBuilds(t)
+	top := reachableDir(t)
+	npm := filepath.Join(top, "npm")
+	script := `#!/bin/sh
+if [ "$1 $2 $3" = "config get allow-git" ]; then echo "$npm_config_allow_git"; exit 0; fi
+mkdir -p node_modules/big
+(sleep 0.3; head -c 67108864 /dev/zero > node_modules/big/data; sleep 1) &
+exit 0
+`
+	if err := os.WriteFile(npm, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(top, "fn")
+	writeFiles(t, dir, map[string]string{
+		"index.ts":     "export default 1;\n",
+		"package.json": `{"dependencies": {"x": "^1.0.0"}}`,
+	})
+	opts := DirOptions{NPM: npm, NPMCache: filepath.Join(top, "cache"), NPMUID: 2999902, Cgroups: builds, NPMWriteBytes: 8 << 20}
+	_, err := BundleDir(context.Background(), dir, opts)
+	wrote := int64(-1)
+	if fi, serr := os.Stat(filepath.Join(dir, "node_modules/big/data")); serr == nil {
+		wrote = fi.Size()
+	}
+	if !errors.Is(err, errdefs.ErrTooLarge) {
+		t.Fatalf("err = %v, want ErrTooLarge: npm's run wrote %d MiB, bound 8", err, wrote>>20)
+	}
+}

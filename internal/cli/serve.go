@@ -39,8 +39,8 @@ func newServeCmd(env Env) *cobra.Command {
 			if err := config.ApplyEnv(cmd.Flags(), env.Environ); err != nil {
 				return errdefs.Invalid("%v", err)
 			}
-			if memoryReserve < 0 {
-				return errdefs.Invalid("--memory-reserve must be 0 (none) or more")
+			if memoryReserve < 0 || uint64(memoryReserve) >= hostMemory()>>20 {
+				return errdefs.Invalid("--memory-reserve must be 0 (none) or more, and below the host's memory (%d MiB)", hostMemory()>>20)
 			}
 			cfg.MemoryReserve = uint64(memoryReserve) << 20
 			if err := validate(cfg); err != nil {

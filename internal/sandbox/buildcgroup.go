@@ -58,6 +58,7 @@ type BuildCmd struct {
 	oomBase uint64
 	once    sync.Once
 
+	meterMu   sync.Mutex  // one poll at a time: the watch's, or Wait's
 	meter     *writeMeter // LimitWrites'; nil if none
 	bound     uint64
 	stopWatch func() // ends LimitWrites' watch, at the first call
@@ -173,7 +174,9 @@ func (c *BuildCmd) LimitWrites(max int64) {
 // each poll until Cleanup: a kill that failed, or a process that
 // slipped in, gets another.
 func (c *BuildCmd) pollWrites(exited ...int) {
+	c.meterMu.Lock()
 	n, err := c.meter.poll(exited...)
+	c.meterMu.Unlock()
 	switch {
 	case err != nil:
 		err = fmt.Errorf("build cgroup: read what its processes wrote: %w", err)
@@ -203,7 +206,9 @@ func (c *BuildCmd) Run() error {
 // and reads once more what the group wrote, that process's whole
 // account included: a command that wrote past the bound and ended
 // between two polls would otherwise pass unseen, and once reaped its
-// account is gone. Then it fails with WriteErr's error even if the
+// account is gone. The watch goes on meanwhile, and after, until
+// Cleanup: exec.Cmd.Wait may wait for a process of the group that holds
+// the command's output. Wait fails with WriteErr's error even if the
 // command exited 0.
 func (c *BuildCmd) Wait() error {
 	if c.meter != nil && c.Process != nil {
@@ -212,11 +217,8 @@ func (c *BuildCmd) Wait() error {
 		for err == unix.EINTR {
 			err = unix.Waitid(unix.P_PID, c.Process.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
 		}
-		c.stopWatch()
 		if err == nil {
 			c.pollWrites(c.Process.Pid)
-		} else {
-			c.pollWrites() // and the last reading of the process
 		}
 	}
 	err := c.Cmd.Wait()

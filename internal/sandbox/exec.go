@@ -1,8 +1,11 @@
 package sandbox
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"runtime"
 	"strconv"
 	"syscall"
 
@@ -108,4 +111,36 @@ func raiseOOMScore(pid int) error {
 		return fmt.Errorf("oom score: %w", err)
 	}
 	return nil
+}
+
+// raiseOOMScoreOf is raiseOOMScore for a process that runs as uid. Its
+// /proc file is uid's, mode 0644: root writes it only with
+// CAP_DAC_OVERRIDE, which a container may have dropped. Then it is
+// written from a thread whose filesystem uid is uid, the file's owner
+// (raising a score needs no privilege).
+func raiseOOMScoreOf(pid, uid int) error {
+	err := raiseOOMScore(pid)
+	if !errors.Is(err, fs.ErrPermission) {
+		return err
+	}
+	res := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// setfsuid is the thread's own (Go's os/user calls would change
+		// every thread's ids; this raw call changes this one's) and
+		// returns the previous fsuid whatever happens: the second call
+		// reads back the first's effect.
+		unix.RawSyscall(unix.SYS_SETFSUID, uintptr(uid), 0, 0)
+		prev, _, _ := unix.RawSyscall(unix.SYS_SETFSUID, uintptr(uid), 0, 0)
+		if int(prev) != uid {
+			res <- fmt.Errorf("oom score: setfsuid %d failed", uid)
+		} else {
+			res <- raiseOOMScore(pid)
+		}
+		unix.RawSyscall(unix.SYS_SETFSUID, 0, 0, 0)
+		if back, _, _ := unix.RawSyscall(unix.SYS_SETFSUID, 0, 0, 0); back == 0 {
+			runtime.UnlockOSThread()
+		} // else the thread stays locked, and ends with this goroutine
+	}()
+	return <-res
 }

@@ -463,7 +463,7 @@ func (c *Cmd) admit() error {
 	// bubblewrap and the sandbox's first process, whose children (the
 	// runtime) inherit it.
 	for _, p := range []int{c.Process.Pid, pid} {
-		if err := raiseOOMScore(p); err != nil {
+		if err := raiseOOMScoreOf(p, c.ids); err != nil {
 			return err
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -428,5 +429,43 @@ func TestNoSwapBeyondTheMemoryLimit(t *testing.T) {
 	}
 	if checked == 0 {
 		t.Log("no swap limit to check on this host")
+	}
+}
+
+const noDACEnv = "SPRY_TEST_NO_DAC_OVERRIDE"
+
+// A server whose root lacks CAP_DAC_OVERRIDE (the documented needs are
+// root, cgroups and CAP_SYS_PTRACE; this host's root already lacks
+// CAP_SYS_RESOURCE) starts sandboxes as before: the test runs itself
+// again under capsh with the capability dropped from the bounding set.
+// (Their OOM score, set by writing files the sandbox's uid owns, needed
+// it at first.)
+func TestStartWithoutDACOverride(t *testing.T) {
+	const uid = 2999901
+	if os.Getenv(noDACEnv) != "" {
+		sb, spec := holdSpec(t, uid, 0)
+		c, _ := startRunning(t, sb, spec)
+		// Their OOM score too, whose files are the sandbox uid's.
+		for _, pid := range tree(t, c.Process.Pid) {
+			if got := strings.TrimSpace(procFile(t, pid, "oom_score_adj")); got != "1000" {
+				t.Errorf("pid %d: oom_score_adj %s, want 1000", pid, got)
+			}
+		}
+		return
+	}
+	bwrapOrSkip(t)
+	capsh, err := exec.LookPath("capsh")
+	if err != nil {
+		t.Skip("capsh is not installed")
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(capsh, "--drop=cap_dac_override,cap_dac_read_search", "--", "-c", `exec "$0" -test.run='^TestStartWithoutDACOverride$' -test.count=1 -test.v`, self)
+	cmd.Env = append(os.Environ(), noDACEnv+"=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("a sandbox start without CAP_DAC_OVERRIDE: %v\n%s", err, out)
 	}
 }

@@ -241,3 +241,41 @@ func TestTreePidsBound(t *testing.T) {
 		t.Errorf("no fork failed past the bound; the shells said %q and %q", outs[0], outs[1])
 	}
 }
+
+// LimitWrites watches until Cleanup, as its doc says: a process of the
+// group that outlives the command's first process and keeps its stderr
+// open (npm.go's Stderr is a buffer, so a pipe, and its WaitDelay 5 s)
+// holds Wait in exec.Cmd.Wait's wait for the pipe, and what it writes
+// meanwhile must still be counted and stopped.
+func TestLimitWritesWatchesWhileWaitWaitsForOutput(t *testing.T) {
+	const uid = 2999900
+	const mib = 1 << 20
+	b := testBuilds(t)
+	dir := t.TempDir()
+	if err := os.Chmod(filepath.Dir(dir), 0o711); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(dir, uid, uid); err != nil {
+		t.Fatal(err)
+	}
+	// The shell ends at once; its background child, which holds the
+	// shell's stderr, writes 64 MiB half a second later, then lingers.
+	script := `(sleep 0.5; head -c 67108864 /dev/zero > big; sleep 2) & exit 0`
+	cmd, err := b.Command(context.Background(), Resources{MemoryBytes: 256 << 20, Pids: 64}, uid, []string{"/bin/sh", "-c", script})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Cleanup()
+	cmd.Dir = dir
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	cmd.WaitDelay = 5 * time.Second
+	cmd.LimitWrites(4 * mib)
+	err = cmd.Run()
+	werr := cmd.WriteErr()
+	wrote := written(t, dir)
+	cmd.Cleanup()
+	if !errors.Is(werr, ErrWroteTooMuch) {
+		t.Fatalf("run: %v; WriteErr: %v, want ErrWroteTooMuch: the group wrote %.1f MiB past a bound of 4 while Wait waited for its stderr", err, werr, float64(wrote)/mib)
+	}
+}
