@@ -2,8 +2,10 @@ package sandbox
 
 import (
 	"fmt"
+	"os"
 	goruntime "runtime"
 	"strings"
+	"sync"
 )
 
 // procViews are the sandbox's own versions of /proc's system-wide files
@@ -36,3 +38,34 @@ func procViews(memoryBytes int64) map[string]string {
 	}
 	return v
 }
+
+// maskedProc are the world-readable files and directories of /proc that
+// show the whole host's activity, which no runtime API reads: memory
+// and paging (vmstat, zoneinfo, buddyinfo), disks (diskstats,
+// partitions, swaps), interrupts (interrupts, softirqs), other
+// processes' file locks (locks), the key counts of every user
+// (key-users) and pressure stall information (pressure/). Read over
+// time, they tell a function what its neighbours do (Docker masks
+// several for the same reason). A function reaches /proc only past its
+// runtime's permissions; then these cannot be read (a device node on a
+// nodev mount).
+var maskedProc = []string{"vmstat", "zoneinfo", "buddyinfo", "diskstats", "partitions", "swaps", "interrupts", "softirqs", "locks", "key-users", "pressure"}
+
+// procMasks are bubblewrap's arguments that mask maskedProc, those the
+// host's /proc has (the sandbox's is the same kernel's): /dev/null over
+// a file, an empty read-only tmpfs over a directory.
+var procMasks = sync.OnceValue(func() []string {
+	var args []string
+	for _, name := range maskedProc {
+		p := "/proc/" + name
+		fi, err := os.Stat(p)
+		switch {
+		case err != nil:
+		case fi.IsDir():
+			args = append(args, "--tmpfs", p, "--remount-ro", p)
+		default:
+			args = append(args, "--ro-bind", "/dev/null", p)
+		}
+	}
+	return args
+})

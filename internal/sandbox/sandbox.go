@@ -289,6 +289,7 @@ func (s *Sandbox) Command(spec Spec) (*Cmd, error) {
 		}
 		bw = append(bw, "--ro-bind-data", c.addFile(r), "/proc/"+name)
 	}
+	bw = append(bw, procMasks()...)
 	// Only the harmless devices: no /dev/shm, ttys or anything else.
 	bw = append(bw, "--tmpfs", "/dev")
 	for _, d := range []string{"null", "zero", "random", "urandom"} {

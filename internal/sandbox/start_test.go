@@ -34,6 +34,16 @@ func TestStartChild(t *testing.T) {
 	fmt.Println("running")
 	b, _ := os.ReadFile("/proc/self/cgroup")
 	fmt.Println("cgroup", strings.ReplaceAll(strings.TrimSpace(string(b)), "\n", ";"))
+	// What it reads of /proc's host-wide files: name=bytes, or name=error.
+	var read []string
+	for _, name := range []string{"vmstat", "zoneinfo", "buddyinfo", "diskstats", "partitions", "swaps", "interrupts", "softirqs", "locks", "key-users", "pressure/memory", "pressure/cpu", "cpuinfo"} {
+		if b, err := os.ReadFile("/proc/" + name); err != nil {
+			read = append(read, name+"=error")
+		} else {
+			read = append(read, fmt.Sprintf("%s=%d", name, len(b)))
+		}
+	}
+	fmt.Println("proc", strings.Join(read, " "))
 	_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
 }
 
@@ -57,6 +67,23 @@ func TestStartAppliesLimitsToEveryProcess(t *testing.T) {
 		t.Errorf("inside a v2 sandbox /proc/self/cgroup reads %q, want 0::/", view)
 	}
 	t.Logf("the view inside: %s", view)
+	// The host's activity is not in its /proc (cpuinfo, which is not
+	// masked, shows that the reads work).
+	proc, err := out.ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range strings.Fields(strings.TrimPrefix(strings.TrimSpace(proc), "proc ")) {
+		name, n, _ := strings.Cut(f, "=")
+		_, hostErr := os.Stat("/proc/" + name)
+		switch {
+		case name == "cpuinfo" && (n == "0" || n == "error"):
+			t.Errorf("/proc/cpuinfo inside reads %s", n)
+		case name != "cpuinfo" && hostErr == nil && n != "0" && n != "error":
+			t.Errorf("/proc/%s inside reads %s bytes of the host's", name, n)
+		}
+	}
+	t.Logf("inside: %s", strings.TrimSpace(proc))
 
 	pids := tree(t, c.Process.Pid)
 	if len(pids) < 3 {
