@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/schedule"
 	"github.com/spry-run/spry/internal/store"
 )
 
@@ -23,10 +24,11 @@ const (
 	SettingTarget      = "target-utilization"
 	SettingGrace       = "scale-to-zero-after"
 	SettingIsolation   = "isolation"
+	SettingCron        = "cron"
 )
 
 // Settings lists the setting names ParseLimits understands.
-var Settings = []string{SettingMemory, SettingTimeout, SettingNetwork, SettingMin, SettingMax, SettingConcurrency, SettingCPU, SettingTarget, SettingGrace, SettingIsolation}
+var Settings = []string{SettingMemory, SettingTimeout, SettingNetwork, SettingMin, SettingMax, SettingConcurrency, SettingCPU, SettingTarget, SettingGrace, SettingIsolation, SettingCron}
 
 // Bounds are the server's limits on what a function may ask for.
 type Bounds struct {
@@ -103,6 +105,17 @@ func ApplySettings(l store.Limits, settings map[string]string, b Bounds) (store.
 			default:
 				return l, errdefs.Invalid("isolation %q: want standard or gvisor", v)
 			}
+		case SettingCron:
+			// "" or "none" removes the schedule.
+			if v == "none" {
+				v = ""
+			}
+			if v != "" {
+				if _, err := schedule.Parse(v); err != nil {
+					return l, err
+				}
+			}
+			l.Cron = v
 		case SettingNetwork:
 			if v != "none" && v != "egress" {
 				return l, errdefs.Invalid("network %q: want none or egress", v)

@@ -40,6 +40,12 @@ func TestParseLimits(t *testing.T) {
 		{"bad target", map[string]string{"target-utilization": "5"}, store.Limits{}, false},
 		{"short grace", map[string]string{"scale-to-zero-after": "10ms"}, store.Limits{}, false},
 		{"unknown", map[string]string{"gpu": "2"}, store.Limits{}, false},
+		{"cron", map[string]string{"cron": " */5 * * * * "}, store.Limits{Cron: "*/5 * * * *"}, true},
+		{"cron with seconds", map[string]string{"cron": "30 0 * * * *"}, store.Limits{Cron: "30 0 * * * *"}, true},
+		{"cron descriptor", map[string]string{"cron": "@every 10m"}, store.Limits{Cron: "@every 10m"}, true},
+		{"cron none", map[string]string{"cron": "none"}, store.Limits{}, true},
+		{"bad cron", map[string]string{"cron": "61 * * * *"}, store.Limits{}, false},
+		{"cron of four fields", map[string]string{"cron": "* * * *"}, store.Limits{}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -78,6 +84,8 @@ func TestApplySettings(t *testing.T) {
 		{"min above the stored max", map[string]string{"min": "5"}, store.Limits{}, false},
 		{"max below the stored min", map[string]string{"max": "1"}, store.Limits{}, false},
 		{"egress with the stored gvisor", map[string]string{"network": "egress"}, store.Limits{}, false},
+		{"a schedule", map[string]string{"cron": "@hourly"},
+			store.Limits{MemoryMiB: 256, MinScale: 2, MaxScale: 4, Isolation: "gvisor", Network: "none", Cron: "@hourly"}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -101,6 +109,7 @@ func FuzzParseLimits(f *testing.F) {
 	f.Add("min", "3")
 	f.Add("network", "egress")
 	f.Add("memory", "1e300Gi")
+	f.Add("cron", "CRON_TZ=UTC */5 * * * *")
 	f.Fuzz(func(t *testing.T, k, v string) {
 		l, err := ParseLimits(map[string]string{k: v}, bounds)
 		if err != nil {

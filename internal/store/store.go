@@ -47,6 +47,9 @@ type Limits struct {
 	ScaleToZeroMs int64 `json:"scale_to_zero_ms,omitempty"`
 	// Isolation is "" (standard: bubblewrap) or "gvisor".
 	Isolation string `json:"isolation,omitempty"`
+	// Cron is the schedule the function runs on (its scheduled
+	// handler), a cron expression; "" for none.
+	Cron string `json:"cron,omitempty"`
 }
 
 // Config is everything about a version besides its code. It is stored as

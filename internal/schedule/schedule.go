@@ -1,0 +1,159 @@
+// Package schedule runs functions on a schedule: each function's live
+// version may carry a cron expression (Limits.Cron), and a Scheduler
+// ticking once a second fires every function whose next time has come.
+// Its decisions take the time as an argument (Tick), so that tests never
+// wait for a clock.
+package schedule
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/robfig/cron/v3"
+
+	"github.com/spry-run/spry/internal/errdefs"
+)
+
+// parser reads standard five-field expressions (minute, hour, day of
+// month, month, day of week), an optional leading seconds field, and
+// descriptors (@hourly, @every 10m); CRON_TZ=Zone first picks a time
+// zone (UTC otherwise).
+var parser = cron.NewParser(cron.SecondOptional | cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
+
+// Parse checks a cron expression: nil, or an invalid-input error that
+// says what is wrong.
+func Parse(expr string) (sched cron.Schedule, err error) {
+	if strings.TrimSpace(expr) == "" {
+		return nil, errdefs.Invalid("cron: empty expression")
+	}
+	// The parser panics on some input ("TZ=" with nothing after it):
+	// user input must get a 400, never a crash.
+	defer func() {
+		if recover() != nil {
+			sched, err = nil, errdefs.Invalid("cron %q: not an expression it can read", expr)
+		}
+	}()
+	s, err := parser.Parse(expr)
+	if err != nil {
+		return nil, errdefs.Invalid("cron %q: %v (want five fields, minute hour day-of-month month day-of-week, like \"*/5 * * * *\", an optional seconds field first, or a descriptor like @hourly)", expr, err)
+	}
+	// The parser looks five years ahead, and gives the zero time for
+	// an expression that matches no day in them (February 31st).
+	if s.Next(time.Now()).IsZero() {
+		return nil, errdefs.Invalid("cron %q: matches no time", expr)
+	}
+	return s, nil
+}
+
+// Job is one function's schedule, as the source lists it.
+type Job struct {
+	Key  string // the function's id: a job is the same job while its key and cron are
+	Cron string
+	// Data is handed back to Fire.
+	Data any
+}
+
+// Config is the scheduler's.
+type Config struct {
+	// Jobs lists the schedules now, each Tick.
+	Jobs func() []Job
+	// Fire runs one job's event for time at, in its own goroutine; ctx
+	// ends when the scheduler is closed.
+	Fire   func(ctx context.Context, j Job, at time.Time)
+	Logger *slog.Logger
+}
+
+// Scheduler fires jobs at their times.
+type Scheduler struct {
+	cfg  Config
+	ctx  context.Context
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+
+	mu   sync.Mutex
+	next map[string]*entry // by Job.Key
+}
+
+type entry struct {
+	cron  string
+	sched cron.Schedule
+	at    time.Time // the next time it fires
+}
+
+// New returns a scheduler; call Run to tick it, Close to stop it.
+func New(cfg Config) *Scheduler {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	return &Scheduler{cfg: cfg, ctx: ctx, stop: stop, next: map[string]*entry{}}
+}
+
+// Tick fires the jobs whose time has come by now, once each however
+// many of their times have passed since the last tick (a server that
+// was stopped, or a slow tick, does not make up runs), and notes each
+// job's next time. A job first seen fires at its next time after now.
+func (s *Scheduler) Tick(now time.Time) {
+	jobs := s.cfg.Jobs()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ctx.Err() != nil {
+		return // closed
+	}
+	seen := make(map[string]bool, len(jobs))
+	for _, j := range jobs {
+		seen[j.Key] = true
+		e := s.next[j.Key]
+		if e == nil || e.cron != j.Cron {
+			sched, err := Parse(j.Cron)
+			if err != nil {
+				// Stored before a stricter parser, say: not fired.
+				s.cfg.Logger.Warn("a function's schedule does not parse", "key", j.Key, "err", err)
+				delete(s.next, j.Key)
+				continue
+			}
+			s.next[j.Key] = &entry{cron: j.Cron, sched: sched, at: sched.Next(now.UTC())}
+			continue
+		}
+		if e.at.IsZero() || now.Before(e.at) {
+			continue // never (it matches no time now), or not yet
+		}
+		at := e.at
+		e.at = e.sched.Next(now.UTC())
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.cfg.Fire(s.ctx, j, at)
+		}()
+	}
+	for k := range s.next {
+		if !seen[k] {
+			delete(s.next, k)
+		}
+	}
+}
+
+// Run ticks every second until ctx ends.
+func (s *Scheduler) Run(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			s.Tick(now)
+		}
+	}
+}
+
+// Close ends the runs under way (their ctx) and waits for them.
+func (s *Scheduler) Close() {
+	s.mu.Lock()
+	s.stop()
+	s.mu.Unlock()
+	s.wg.Wait()
+}
