@@ -55,8 +55,13 @@ type DeployBody struct {
 	Env      map[string]string `json:"env,omitempty"`
 	// Secrets are set like env but stored encrypted and never shown again.
 	Secrets map[string]string `json:"secrets,omitempty"`
-	// Per-function settings; empty keeps the live version's (or takes the
-	// server's default).
+	SettingsBody
+}
+
+// SettingsBody is the per-function settings of a deploy or a config
+// change; empty keeps the live version's (or takes the server's
+// default).
+type SettingsBody struct {
 	Memory      string `json:"memory,omitempty"`  // e.g. "128Mi"
 	Timeout     string `json:"timeout,omitempty"` // e.g. "2s"
 	Network     string `json:"network,omitempty"` // "none" or "egress"
@@ -67,10 +72,13 @@ type DeployBody struct {
 	Target      string `json:"target_utilization,omitempty"`  // e.g. "70"
 	Grace       string `json:"scale_to_zero_after,omitempty"` // e.g. "10m"
 	Isolation   string `json:"isolation,omitempty"`           // "standard" or "gvisor"
+	// Cron is the schedule of the function's scheduled handler; "" or
+	// "none" removes it, nil keeps the live version's.
+	Cron *string `json:"cron,omitempty"`
 }
 
 // settings turns the body's settings into the strings ParseLimits reads.
-func (d *DeployBody) settings() map[string]string {
+func (d *SettingsBody) settings() map[string]string {
 	m := map[string]string{}
 	put := func(k, v string) {
 		if v != "" {
@@ -92,6 +100,9 @@ func (d *DeployBody) settings() map[string]string {
 	put(functions.SettingTarget, d.Target)
 	put(functions.SettingGrace, d.Grace)
 	put(functions.SettingIsolation, d.Isolation)
+	if d.Cron != nil {
+		m[functions.SettingCron] = *d.Cron
+	}
 	return m
 }
 
@@ -375,17 +386,8 @@ func (a *API) deployFunction(w http.ResponseWriter, r *http.Request) error {
 // ConfigBody is the body of PATCH /api/v1/functions/{name}: a change of
 // configuration, made as a new version with the same code.
 type ConfigBody struct {
-	Runtime      string            `json:"runtime,omitempty"`
-	Memory       string            `json:"memory,omitempty"`
-	Timeout      string            `json:"timeout,omitempty"`
-	Network      string            `json:"network,omitempty"`
-	Min          *int              `json:"min,omitempty"`
-	Max          *int              `json:"max,omitempty"`
-	Concurrency  *int              `json:"concurrency,omitempty"`
-	CPU          string            `json:"cpu,omitempty"`
-	Target       string            `json:"target_utilization,omitempty"`
-	Grace        string            `json:"scale_to_zero_after,omitempty"`
-	Isolation    string            `json:"isolation,omitempty"`
+	Runtime string `json:"runtime,omitempty"`
+	SettingsBody
 	Env          map[string]string `json:"env,omitempty"`
 	UnsetEnv     []string          `json:"unset_env,omitempty"`
 	Secrets      map[string]string `json:"secrets,omitempty"`
@@ -401,11 +403,9 @@ func (a *API) configureFunction(w http.ResponseWriter, r *http.Request) error {
 	if err := readJSON(w, r, &body); err != nil {
 		return err
 	}
-	d := DeployBody{Memory: body.Memory, Timeout: body.Timeout, Network: body.Network, Min: body.Min, Max: body.Max,
-		Concurrency: body.Concurrency, CPU: body.CPU, Target: body.Target, Grace: body.Grace, Isolation: body.Isolation}
 	change := functions.Change{
 		Runtime:      body.Runtime,
-		Settings:     d.settings(),
+		Settings:     body.settings(),
 		SetEnv:       body.Env,
 		UnsetEnv:     body.UnsetEnv,
 		SetSecrets:   body.Secrets,

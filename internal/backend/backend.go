@@ -26,6 +26,7 @@ type Spec struct {
 	MemoryMiB  int
 	Network    string        // "none" or "egress"
 	Timeout    time.Duration // per invocation
+	Cron       string        // the schedule of its scheduled handler; "" for none
 	// Scaling policy.
 	MinScale          int
 	MaxScale          int
@@ -67,6 +68,7 @@ type Instance struct {
 	exit     Exit
 	diagnose func() (Exit, bool)
 	probe    func(context.Context) error
+	schedule func(ctx context.Context, cron string, at time.Time) error
 	load     atomic.Int32 // notLoading, loading or loadEnded
 	loadOnce sync.Once
 	loaded   chan struct{} // closed once the load has ended, well or not
@@ -116,6 +118,29 @@ func (i *Instance) Diagnose() (Exit, bool) {
 // answers (its event loop is not held by a handler that never returns).
 // Call it before the instance is handed out.
 func (i *Instance) SetProbe(f func(context.Context) error) { i.probe = f }
+
+// SetScheduled sets how the backend runs the function's scheduled
+// handler in the instance. Call it before the instance is handed out.
+func (i *Instance) SetScheduled(f func(ctx context.Context, cron string, at time.Time) error) {
+	i.schedule = f
+}
+
+// ErrNoScheduled: the backend cannot run scheduled handlers.
+var ErrNoScheduled = errors.New("the backend cannot run scheduled handlers")
+
+// ErrNoScheduledHandler: the function has a schedule but its module's
+// default export has no scheduled method.
+var ErrNoScheduledHandler = errors.New("the module's default export has no scheduled method")
+
+// RunScheduled runs the function's scheduled handler for the event of
+// schedule cron at time at, and returns once it has: nil if it returned,
+// else why not (ErrNoScheduledHandler when the function has none).
+func (i *Instance) RunScheduled(ctx context.Context, cron string, at time.Time) error {
+	if i.schedule == nil {
+		return ErrNoScheduled
+	}
+	return i.schedule(ctx, cron, at)
+}
 
 // ErrNoProbe: the backend cannot tell whether the instance answers.
 var ErrNoProbe = errors.New("the backend has no probe for its instances")

@@ -29,10 +29,8 @@ func newConfigCmd(conn *connFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var d api.DeployBody
-			lim.apply(cmd, &d)
-			body := api.ConfigBody{Runtime: runtime, Memory: d.Memory, Timeout: d.Timeout, Network: d.Network, Min: d.Min, Max: d.Max,
-				Concurrency: d.Concurrency, CPU: d.CPU, Target: d.Target, Grace: d.Grace, Isolation: d.Isolation}
+			body := api.ConfigBody{Runtime: runtime}
+			lim.apply(cmd, &body.SettingsBody)
 			v, err := c.Configure(cmd.Context(), owner, args[0], body)
 			if err != nil {
 				return err

@@ -82,7 +82,7 @@ bundled here instead (npm on this machine) and only the bundle is sent.`,
 				return err
 			}
 			body.Env = env
-			lim.apply(cmd, &body)
+			lim.apply(cmd, &body.SettingsBody)
 			v, err := c.Deploy(cmd.Context(), owner, name, body)
 			if err != nil {
 				return err
@@ -110,7 +110,7 @@ bundled here instead (npm on this machine) and only the bundle is sent.`,
 type limitFlags struct {
 	memory, timeout, network string
 	cpu, target, grace       string
-	isolation                string
+	isolation, cron          string
 	min, max, concurrency    int
 }
 
@@ -125,11 +125,12 @@ func (l *limitFlags) register(cmd *cobra.Command) {
 	f.StringVar(&l.cpu, "cpu", "", "CPU quota of each instance, e.g. 0.5 or 2 (default: the server's)")
 	f.StringVar(&l.target, "target-utilization", "", "share of --concurrency the autoscaler aims for, e.g. 70 (percent)")
 	f.StringVar(&l.grace, "scale-to-zero-after", "", "stop the last instance after this long without requests (default: the server's)")
+	f.StringVar(&l.cron, "cron", "", `run the function's scheduled handler on this schedule, a cron expression in UTC: "*/5 * * * *" (minute hour day month weekday; an optional seconds field first), or @hourly, @every 10m; "none" removes it`)
 	f.StringVar(&l.isolation, "isolation", "", "standard (bubblewrap), or gvisor: a user-space kernel in between (slower to start; no network)")
 }
 
 // apply copies the flags the user set into body.
-func (l *limitFlags) apply(cmd *cobra.Command, body *api.DeployBody) {
+func (l *limitFlags) apply(cmd *cobra.Command, body *api.SettingsBody) {
 	body.Memory, body.Timeout, body.Network = l.memory, l.timeout, l.network
 	body.CPU, body.Target, body.Grace, body.Isolation = l.cpu, l.target, l.grace, l.isolation
 	f := cmd.Flags()
@@ -141,6 +142,9 @@ func (l *limitFlags) apply(cmd *cobra.Command, body *api.DeployBody) {
 	}
 	if f.Changed("concurrency") {
 		body.Concurrency = &l.concurrency
+	}
+	if f.Changed("cron") {
+		body.Cron = &l.cron
 	}
 }
 

@@ -100,6 +100,7 @@ func (s *Service) specOf(fn store.Function, v store.Version) (spec *backend.Spec
 		TargetUtilization: float64(l.TargetPercent) / 100,
 		ScaleToZeroAfter:  time.Duration(l.ScaleToZeroMs) * time.Millisecond,
 		Isolation:         l.Isolation,
+		Cron:              l.Cron,
 	}
 	if spec.Network == "" {
 		spec.Network = s.cfg.DefaultNetwork
@@ -197,6 +198,20 @@ func (s *Service) makeLive(ctx context.Context, fn store.Function) error {
 		s.retirer.Ensure(sp)
 	}
 	return nil
+}
+
+// Scheduled lists the live versions that have a schedule (Spec.Cron):
+// with a traffic split, the version the function's live pointer names.
+func (s *Service) Scheduled() []*backend.Spec {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []*backend.Spec
+	for _, r := range s.routes {
+		if r.live != nil && r.live.Cron != "" && r.broken[r.live.Version] == nil {
+			out = append(out, r.live)
+		}
+	}
+	return out
 }
 
 func (r *route) versionsInUse() []*backend.Spec {

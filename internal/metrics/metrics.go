@@ -46,6 +46,7 @@ type Metrics struct {
 	coldStarts  *prometheus.CounterVec
 	coldStart   *prometheus.HistogramVec
 	evictions   prometheus.Counter
+	scheduled   *prometheus.CounterVec
 
 	// gone holds the IDs of the functions deleted lately, and when:
 	// requests still in flight when one was deleted end after Forget and
@@ -93,7 +94,11 @@ func New(g Gauges) *Metrics {
 		Name: "spry_memory_evictions_total",
 		Help: "Idle instances stopped before their time because the host's available memory was below spry serve --memory-reserve when another had to start.",
 	})
-	m.reg.MustRegister(m.invocations, m.duration, m.coldStarts, m.coldStart, m.evictions,
+	m.scheduled = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "spry_scheduled_runs_total",
+		Help: "Runs of functions' scheduled handlers, by outcome: ok, or error (it threw, timed out, has no scheduled method, or no instance could start).",
+	}, []string{"owner", "function", "result"})
+	m.reg.MustRegister(m.invocations, m.duration, m.coldStarts, m.coldStart, m.evictions, m.scheduled,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if g != nil {
 		m.reg.MustRegister(&gaugeCollector{g: g})
@@ -151,6 +156,20 @@ func (m *Metrics) ColdStart(owner, function, id, result string) {
 	m.recheck(owner, function, id)
 }
 
+// Scheduled records one run of the scheduled handler of the function
+// whose id is id.
+func (m *Metrics) Scheduled(owner, function, id string, ok bool) {
+	if m.isGone(id) {
+		return
+	}
+	result := "ok"
+	if !ok {
+		result = "error"
+	}
+	m.scheduled.WithLabelValues(owner, function, result).Inc()
+	m.recheck(owner, function, id)
+}
+
 // Eviction records one idle instance stopped for another's room.
 func (m *Metrics) Eviction() { m.evictions.Inc() }
 
@@ -204,6 +223,7 @@ func (m *Metrics) deleteSeries(owner, function string) {
 	m.invocations.DeletePartialMatch(labels)
 	m.duration.DeletePartialMatch(labels)
 	m.coldStarts.DeletePartialMatch(labels)
+	m.scheduled.DeletePartialMatch(labels)
 }
 
 var (

@@ -15,6 +15,8 @@ Deno.stdout.writeSync(encoder.encode("SPRY-BOOT\n"));
 const WARMUP = crypto.randomUUID();
 
 let handler = null;
+// The default export's scheduled method, bound, or null.
+let scheduled = null;
 // Set when the function's import failed: the message every waiting and
 // later request is answered with, since the supervisor no longer waits
 // for the import before it hands out the instance.
@@ -191,6 +193,9 @@ function loadFailure(err) {
 
 function pickHandler(mod) {
   const d = mod.default;
+  if (d && (typeof d === "object" || typeof d === "function") && typeof d.scheduled === "function") {
+    scheduled = d.scheduled.bind(d);
+  }
   // A fetch method wins, as on Node, whatever carries it: an object, a
   // class with a static one (which cannot be called as a function), or
   // a function.
@@ -210,7 +215,10 @@ function readSpecialization() {
   return new Promise((resolve) => {
     let taken = false;
     Deno.serve({ path: CONTROL, onListen }, async (req) => {
-      if (taken) return new Response("already specialized", { status: 409 });
+      if (taken) {
+        if (req.method === "POST" && new URL(req.url).pathname === "/scheduled") return runScheduled(req);
+        return new Response("already specialized", { status: 409 });
+      }
       taken = true;
       const spec = await req.json();
       const { promise, resolve: answer } = Promise.withResolvers();
@@ -218,6 +226,26 @@ function readSpecialization() {
       return await promise;
     });
   });
+}
+
+// runScheduled runs the function's scheduled method for the event the
+// supervisor sends on the control socket (which nothing but the
+// supervisor reaches): 200 once it has returned, 500 if it threw, 501 if
+// the module has none, 502 if the module failed to load.
+async function runScheduled(req) {
+  const { cron, scheduledTime } = await req.json();
+  await loaded;
+  if (failed !== null) return Response.json({ error: failed }, { status: 502 });
+  if (scheduled === null) {
+    return Response.json({ error: "the module's default export has no scheduled method" }, { status: 501 });
+  }
+  try {
+    await scheduled({ type: "scheduled", cron, scheduledTime }, makeContext(req));
+  } catch (err) {
+    console.error("scheduled run threw:", err);
+    return Response.json({ error: loadFailure(err) }, { status: 500 });
+  }
+  return Response.json({ ok: true });
 }
 
 // One specialization per life: the control socket refuses any other. Its

@@ -45,6 +45,8 @@ const MAX_BODY = 10 << 20; // express contract: bodies are read in full
 const STREAM_PREFETCH = 1 << 20; // bytes of a Response read before deciding on Content-Length
 
 let handler = null; // (req, res) => Promise<void>
+// The default export's scheduled method, bound, or null.
+let scheduled = null;
 // Set when the function's import failed: the message every waiting and
 // later request is answered with, since the supervisor no longer waits
 // for the import before it hands out the instance.
@@ -581,6 +583,9 @@ function pickHandler(mod) {
       (typeof d.default === "function" || typeof d.default?.fetch === "function")) {
     d = d.default;
   }
+  if (d !== null && (typeof d === "object" || typeof d === "function") && typeof d.scheduled === "function") {
+    scheduled = d.scheduled.bind(d);
+  }
   const contract = mod.contract ?? d?.contract;
   if (contract !== undefined && contract !== "fetch" && contract !== "express") {
     throw new TypeError(`the module's contract is ${JSON.stringify(contract)}; want "fetch" or "express"`);
@@ -610,6 +615,10 @@ function readSpecialization() {
     // before it sends anything: no header or request timeout here.
     const control = http.createServer({ headersTimeout: 0, requestTimeout: 0 }, (req, res) => {
       if (taken) {
+        if (req.method === "POST" && req.url === "/scheduled") {
+          runScheduled(req, res);
+          return;
+        }
         res.writeHead(409).end("already specialized");
         return;
       }
@@ -629,6 +638,39 @@ function readSpecialization() {
       });
     });
     control.listen(CONTROL, onListen);
+  });
+}
+
+// runScheduled runs the function's scheduled method for the event the
+// supervisor sends on the control socket (which nothing but the
+// supervisor reaches): 200 once it has returned, 500 if it threw, 501 if
+// the module has none, 502 if the module failed to load.
+function runScheduled(req, res) {
+  let body = "";
+  req.setEncoding("utf8");
+  req.on("data", (s) => (body += s));
+  req.on("end", async () => {
+    const answer = (status, obj) => {
+      res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(obj));
+    };
+    let event;
+    try {
+      const { cron, scheduledTime } = JSON.parse(body);
+      event = { type: "scheduled", cron, scheduledTime };
+    } catch (err) {
+      answer(400, { error: String(err) });
+      return;
+    }
+    await loaded;
+    if (failed !== null) return answer(502, { error: failed });
+    if (scheduled === null) return answer(501, { error: "the module's default export has no scheduled method" });
+    try {
+      await scheduled(event, makeContext(""));
+    } catch (err) {
+      console.error("scheduled run threw:", err);
+      return answer(500, { error: loadFailure(err) });
+    }
+    answer(200, { ok: true });
   });
 }
 

@@ -40,6 +40,7 @@ import (
 	"github.com/spry-run/spry/internal/router"
 	"github.com/spry-run/spry/internal/runtime"
 	"github.com/spry-run/spry/internal/sandbox"
+	"github.com/spry-run/spry/internal/schedule"
 	"github.com/spry-run/spry/internal/secrets"
 	"github.com/spry-run/spry/internal/store"
 	"github.com/spry-run/spry/internal/store/sqlite"
@@ -127,6 +128,7 @@ type Server struct {
 	back    *local.Backend
 	act     *activator.Activator
 	fns     *functions.Service
+	sched   *schedule.Scheduler
 	http    *fasthttp.Server
 	router  *router.Router
 	lane    *router.Lane
@@ -373,6 +375,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	s.router = rt
 	rest := httpserve.Adapt(cleanPaths(mux), log)
 	s.http = httpserve.New(dispatch(rt, rest), log)
+	s.sched = s.newScheduler()
 	return s, nil
 }
 
@@ -522,6 +525,9 @@ func (s *Server) Run(ctx context.Context) error {
 		blobsDone := make(chan struct{})
 		go func() { s.collectBlobs(bgCtx, time.Hour); close(blobsDone) }()
 		defer func() { <-blobsDone }()
+		schedDone := make(chan struct{})
+		go func() { s.sched.Run(bgCtx); close(schedDone) }()
+		defer func() { <-schedDone }()
 		// The autoscaler samples concurrency at each tick.
 		interval := max(min(s.cfg.AutoscaleWindow/60, 500*time.Millisecond), 20*time.Millisecond)
 		s.act.Run(bgCtx, interval)
@@ -605,6 +611,11 @@ func (s *Server) closeAll() {
 	if s.stop != nil {
 		s.stop()
 		<-s.bg
+	}
+	if s.sched != nil {
+		// Scheduled runs under way end (their context) before the
+		// instances they hold do.
+		s.sched.Close()
 	}
 	if s.back != nil {
 		s.back.Close()

@@ -1197,6 +1197,9 @@ func (b *Backend) specialize(ctx context.Context, p *proc, spec *backend.Spec, c
 	})
 	control := filepath.Join(p.dir, "sock", runtime.ControlSocketName)
 	inst.SetProbe(func(ctx context.Context) error { return probe(ctx, control) })
+	inst.SetScheduled(func(ctx context.Context, cron string, at time.Time) error {
+		return runScheduled(ctx, control, cron, at)
+	})
 	inst.SetLoading(true)
 	p.mu.Lock()
 	p.spec, p.inst = spec, inst
@@ -1327,6 +1330,54 @@ func probe(ctx context.Context, control string) error {
 	}
 	res.Body.Close()
 	return nil
+}
+
+// runScheduled asks a specialized runtime, on its control socket, to run
+// its function's scheduled handler for the event of schedule cron at
+// time at, and waits for it to return (or ctx to end).
+func runScheduled(ctx context.Context, control, cron string, at time.Time) error {
+	body, err := json.Marshal(struct {
+		Cron          string `json:"cron"`
+		ScheduledTime int64  `json:"scheduledTime"`
+	}{cron, at.UnixMilli()})
+	if err != nil {
+		return err
+	}
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", control)
+	if err != nil {
+		return fmt.Errorf("scheduled run: %w", err)
+	}
+	defer c.Close()
+	defer context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })()
+	head := fmt.Sprintf("POST /scheduled HTTP/1.1\r\nHost: instance\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n", len(body))
+	if _, err := c.Write(append([]byte(head), body...)); err != nil {
+		return fmt.Errorf("scheduled run: %w", err)
+	}
+	res, err := http.ReadResponse(bufio.NewReader(io.LimitReader(c, maxControlAnswer)), nil)
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("scheduled run: %w", errdefs.ErrTimeout)
+		}
+		return fmt.Errorf("scheduled run: no answer: %w", err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode == http.StatusOK {
+		return nil
+	}
+	b, _ := io.ReadAll(res.Body)
+	var e struct {
+		Error string `json:"error"`
+	}
+	_ = json.Unmarshal(b, &e)
+	msg := oneLine(e.Error)
+	if msg == "" {
+		msg = res.Status
+	}
+	if res.StatusCode == http.StatusNotImplemented {
+		return backend.ErrNoScheduledHandler
+	}
+	return errors.New(msg)
 }
 
 func oneLine(s string) string {
