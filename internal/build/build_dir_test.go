@@ -695,13 +695,18 @@ func TestBundleDirContext(t *testing.T) {
 	}
 }
 
-// fakeNPM writes a shell script standing in for npm.
 // fakeNPM is an npm that runs script, but answers the build's question
 // whether it knows the allow-* settings as the real one does (with the
 // value the environment gives).
 func fakeNPM(t *testing.T, script string) string {
 	t.Helper()
-	p := filepath.Join(t.TempDir(), "npm")
+	return fakeNPMIn(t, t.TempDir(), script)
+}
+
+// fakeNPMIn is fakeNPM, written in dir.
+func fakeNPMIn(t *testing.T, dir, script string) string {
+	t.Helper()
+	p := filepath.Join(dir, "npm")
 	ask := `if [ "$1 $2 $3" = "config get allow-git" ]; then echo "$npm_config_allow_git"; exit 0; fi`
 	if err := os.WriteFile(p, []byte("#!/bin/sh\n"+ask+"\n"+script+"\n"), 0o755); err != nil {
 		t.Fatal(err)

@@ -254,20 +254,13 @@ exec sleep 1000
 func TestBundleDirNPMWriteBound(t *testing.T) {
 	builds := testBuilds(t)
 	top := reachableDir(t)
-	npm := filepath.Join(top, "npm")
 	// Like npm, it writes into node_modules; each head is a process of
 	// its own. As many MiB as ./mib says, then it waits, to be seen by
 	// the watch.
-	script := `#!/bin/sh
-if [ "$1 $2 $3" = "config get allow-git" ]; then echo "$npm_config_allow_git"; exit 0; fi
-mkdir -p node_modules/big
+	npm := fakeNPMIn(t, top, `mkdir -p node_modules/big
 i=0
 while [ $i -lt $(cat mib) ]; do head -c 1048576 /dev/zero >> node_modules/big/data; i=$((i+1)); done
-sleep 0.5
-`
-	if err := os.WriteFile(npm, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
+sleep 0.5`)
 	for _, c := range []struct {
 		mib  int
 		want string // "" for success
@@ -346,16 +339,9 @@ func TestBundleDirNPMWroteTooMuch(t *testing.T) {
 func TestBundleDirNPMWriteBoundAfterNPMExits(t *testing.T) {
 	builds := testBuilds(t)
 	top := reachableDir(t)
-	npm := filepath.Join(top, "npm")
-	script := `#!/bin/sh
-if [ "$1 $2 $3" = "config get allow-git" ]; then echo "$npm_config_allow_git"; exit 0; fi
-mkdir -p node_modules/big
+	npm := fakeNPMIn(t, top, `mkdir -p node_modules/big
 (sleep 0.3; head -c 67108864 /dev/zero > node_modules/big/data; sleep 1) &
-exit 0
-`
-	if err := os.WriteFile(npm, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
+exit 0`)
 	dir := filepath.Join(top, "fn")
 	writeFiles(t, dir, map[string]string{
 		"index.ts":     "export default 1;\n",
