@@ -230,10 +230,16 @@ function readSpecialization() {
 
 // runScheduled runs the function's scheduled method for the event the
 // supervisor sends on the control socket (which nothing but the
-// supervisor reaches): 200 once it has returned, 500 if it threw, 501 if
-// the module has none, 502 if the module failed to load.
+// supervisor, and the function's own code, reach): 200 once it has
+// returned, 500 if it threw, 501 if the module has none, 502 if the
+// module failed to load, 400 for a body that is not an event.
 async function runScheduled(req) {
-  const { cron, scheduledTime } = await req.json();
+  let cron, scheduledTime;
+  try {
+    ({ cron, scheduledTime } = await req.json());
+  } catch (err) {
+    return Response.json({ error: String(err) }, { status: 400 });
+  }
   await loaded;
   if (failed !== null) return Response.json({ error: failed }, { status: 502 });
   if (scheduled === null) {

@@ -643,8 +643,9 @@ function readSpecialization() {
 
 // runScheduled runs the function's scheduled method for the event the
 // supervisor sends on the control socket (which nothing but the
-// supervisor reaches): 200 once it has returned, 500 if it threw, 501 if
-// the module has none, 502 if the module failed to load.
+// supervisor, and the function's own code, reach): 200 once it has
+// returned, 500 if it threw, 501 if the module has none, 502 if the
+// module failed to load, 400 for a body that is not an event.
 function runScheduled(req, res) {
   let body = "";
   req.setEncoding("utf8");

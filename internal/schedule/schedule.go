@@ -36,6 +36,13 @@ func Parse(expr string) (sched cron.Schedule, err error) {
 			sched, err = nil, errdefs.Invalid("cron %q: not an expression it can read", expr)
 		}
 	}()
+	if d, ok := strings.CutPrefix(strings.TrimSpace(expr), "@every "); ok {
+		// The parser takes any duration, and makes one under a second
+		// (a typo's "-1h", "0s") every second.
+		if n, err := time.ParseDuration(strings.TrimSpace(d)); err == nil && n < time.Second {
+			return nil, errdefs.Invalid("cron %q: @every needs a duration of at least 1s", expr)
+		}
+	}
 	s, err := parser.Parse(expr)
 	if err != nil {
 		return nil, errdefs.Invalid("cron %q: %v (want five fields, minute hour day-of-month month day-of-week, like \"*/5 * * * *\", an optional seconds field first, or a descriptor like @hourly)", expr, err)
@@ -73,14 +80,29 @@ type Scheduler struct {
 	stop context.CancelFunc
 	wg   sync.WaitGroup
 
-	mu   sync.Mutex
-	next map[string]*entry // by Job.Key
+	mu      sync.Mutex
+	stopped bool              // by Stop: Tick fires nothing more
+	next    map[string]*entry // by Job.Key
 }
 
 type entry struct {
 	cron  string
-	sched cron.Schedule
-	at    time.Time // the next time it fires
+	sched cron.Schedule // nil: the expression does not parse (said once)
+	at    time.Time     // the next time it fires
+}
+
+// after is the job's next time after now, past the time it just fired
+// for (at) when that is the same wall-clock time in its zone: on the
+// day clocks go back, 02:30 comes twice in CRON_TZ=Europe/Berlin, and a
+// daily job runs once, as cron(8) runs it.
+func (e *entry) after(now, at time.Time) time.Time {
+	next := e.sched.Next(now.UTC())
+	if ss, ok := e.sched.(*cron.SpecSchedule); ok && ss.Location != time.Local && !next.IsZero() {
+		if next.In(ss.Location).Format(time.DateTime) == at.In(ss.Location).Format(time.DateTime) {
+			next = e.sched.Next(next)
+		}
+	}
+	return next
 }
 
 // New returns a scheduler; call Run to tick it, Close to stop it.
@@ -100,8 +122,8 @@ func (s *Scheduler) Tick(now time.Time) {
 	jobs := s.cfg.Jobs()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.ctx.Err() != nil {
-		return // closed
+	if s.stopped || s.ctx.Err() != nil {
+		return // stopped, or closed
 	}
 	seen := make(map[string]bool, len(jobs))
 	for _, j := range jobs {
@@ -110,19 +132,20 @@ func (s *Scheduler) Tick(now time.Time) {
 		if e == nil || e.cron != j.Cron {
 			sched, err := Parse(j.Cron)
 			if err != nil {
-				// Stored before a stricter parser, say: not fired.
-				s.cfg.Logger.Warn("a function's schedule does not parse", "key", j.Key, "err", err)
-				delete(s.next, j.Key)
+				// Stored before a stricter parser, or its CRON_TZ zone
+				// gone from this host: not fired, and said once.
+				s.cfg.Logger.Warn("a function's schedule does not parse; it does not run", "key", j.Key, "err", err)
+				s.next[j.Key] = &entry{cron: j.Cron}
 				continue
 			}
 			s.next[j.Key] = &entry{cron: j.Cron, sched: sched, at: sched.Next(now.UTC())}
 			continue
 		}
-		if e.at.IsZero() || now.Before(e.at) {
-			continue // never (it matches no time now), or not yet
+		if e.sched == nil || e.at.IsZero() || now.Before(e.at) {
+			continue // never (it does not parse, or matches no time now), or not yet
 		}
 		at := e.at
-		e.at = e.sched.Next(now.UTC())
+		e.at = e.after(now, at)
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
@@ -148,6 +171,13 @@ func (s *Scheduler) Run(ctx context.Context) {
 			s.Tick(now)
 		}
 	}
+}
+
+// Stop makes Tick fire nothing more; runs under way go on.
+func (s *Scheduler) Stop() {
+	s.mu.Lock()
+	s.stopped = true
+	s.mu.Unlock()
 }
 
 // Close ends the runs under way (their ctx) and waits for them.

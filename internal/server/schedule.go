@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/spry-run/spry/internal/activator"
 	"github.com/spry-run/spry/internal/backend"
 	"github.com/spry-run/spry/internal/logstore"
 	"github.com/spry-run/spry/internal/schedule"
@@ -42,6 +43,15 @@ func (s *Server) runScheduled(ctx context.Context, j schedule.Job, at time.Time)
 	t0 := time.Now()
 	instance := ""
 	lease, err := s.act.Acquire(ctx, sp)
+	// A deploy or a config change made another version live while the
+	// run waited: it runs on that one, as a request would (the router
+	// resolves again too), if that one still has the schedule.
+	for tries := 0; errors.Is(err, activator.ErrRetired) && tries < 3; tries++ {
+		if sp = s.scheduledSpec(sp.FunctionID); sp == nil {
+			return // the schedule went with the version
+		}
+		lease, err = s.act.Acquire(ctx, sp)
+	}
 	if err == nil {
 		instance = lease.Instance().ID
 		err = lease.Instance().RunScheduled(ctx, sp.Cron, at)
@@ -57,10 +67,23 @@ func (s *Server) runScheduled(ctx context.Context, j schedule.Job, at time.Time)
 		line += fmt.Sprintf("done in %v", took)
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		line += fmt.Sprintf("timed out after %v", timeout)
+	case errors.Is(ctx.Err(), context.Canceled):
+		line += fmt.Sprintf("cut off after %v: the server is shutting down", took)
 	default:
 		line += fmt.Sprintf("failed after %v: %v", took, err)
 	}
 	s.logs.Append(logstore.Entry{Owner: sp.Owner, Function: sp.Name, FunctionID: sp.FunctionID, Version: sp.Version, Instance: instance,
 		Stream: logstore.StreamSystem, Line: line})
 	s.metrics.Scheduled(sp.Owner, sp.Name, sp.FunctionID, err == nil)
+}
+
+// scheduledSpec is the live version of function id if it has a
+// schedule, or nil.
+func (s *Server) scheduledSpec(id string) *backend.Spec {
+	for _, sp := range s.fns.Scheduled() {
+		if sp.FunctionID == id {
+			return sp
+		}
+	}
+	return nil
 }

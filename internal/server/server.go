@@ -567,6 +567,9 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.log.Info("shutting down")
 	s.ready.Store(false)
+	// No scheduled run starts while requests drain; those under way
+	// go on until closeAll.
+	s.sched.Stop()
 	s.logs.EndFollows()
 	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 	defer cancel()

@@ -1356,8 +1356,11 @@ func runScheduled(ctx context.Context, control, cron string, at time.Time) error
 	}
 	res, err := http.ReadResponse(bufio.NewReader(io.LimitReader(c, maxControlAnswer)), nil)
 	if err != nil {
-		if ctx.Err() != nil {
+		switch {
+		case errors.Is(ctx.Err(), context.DeadlineExceeded):
 			return fmt.Errorf("scheduled run: %w", errdefs.ErrTimeout)
+		case ctx.Err() != nil:
+			return fmt.Errorf("scheduled run: %w", ctx.Err())
 		}
 		return fmt.Errorf("scheduled run: no answer: %w", err)
 	}

@@ -1,0 +1,113 @@
+package schedule
+
+import (
+	"context"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// countFires ticks a scheduler with one job every step from from to to
+// and returns the times it fired for.
+func countFires(t *testing.T, cron string, from, to time.Time, step time.Duration) []string {
+	t.Helper()
+	rec := &recorder{}
+	s := New(Config{Jobs: func() []Job { return []Job{{Key: "a", Cron: cron}} }, Fire: func(ctx context.Context, j Job, at time.Time) {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		rec.fired = append(rec.fired, at.UTC().Format(time.RFC3339))
+	}})
+	defer s.Close()
+	for now := from; !now.After(to); now = now.Add(step) {
+		s.Tick(now)
+	}
+	return rec.take(s)
+}
+
+// A daily job in a zone with daylight saving time. On the day clocks go
+// back (Europe/Berlin, 2026-10-25, 03:00 CEST -> 02:00 CET) 02:30 local
+// comes twice, and the job runs once, as cron(8) runs it (it ran twice).
+// On the day clocks go forward (2026-03-29, 02:00 CET -> 03:00 CEST)
+// 02:30 does not exist, and the job does not run that day (cron(8) runs
+// it right after the jump; docs/functions.md says so).
+func TestDailyJobAcrossDST(t *testing.T) {
+	const cron = "CRON_TZ=Europe/Berlin 30 2 * * *"
+	t.Run("fall back", func(t *testing.T) {
+		// Two local days: 2026-10-25 and 2026-10-26.
+		got := countFires(t, cron, time.Date(2026, 10, 24, 12, 0, 0, 0, time.UTC), time.Date(2026, 10, 26, 12, 0, 0, 0, time.UTC), 30*time.Second)
+		if len(got) != 2 {
+			t.Errorf("fired %d times over two days, want 2: %v", len(got), got)
+		}
+	})
+	t.Run("spring forward", func(t *testing.T) {
+		// Two local days: 2026-03-29, which has no 02:30, and 2026-03-30.
+		got := countFires(t, cron, time.Date(2026, 3, 28, 12, 0, 0, 0, time.UTC), time.Date(2026, 3, 30, 12, 0, 0, 0, time.UTC), 30*time.Second)
+		if len(got) != 1 {
+			t.Errorf("fired %d times over two days, want 1: %v", len(got), got)
+		}
+	})
+}
+
+// "@every" with a duration under a second is refused: the parser rounds
+// it (zero and negative ones too) up to a second, so "@every -1h" (a
+// typo for 1h) or "@every 0s" would run the function every second.
+func TestEveryUnderASecondIsRefused(t *testing.T) {
+	for _, expr := range []string{"@every -1h", "@every 0s", "@every -5m"} {
+		if _, err := Parse(expr); err == nil {
+			got := countFires(t, expr, time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(2026, 1, 1, 0, 0, 10, 0, time.UTC), time.Second)
+			t.Errorf("Parse(%q) accepted it; it fires %d times in 10s", expr, len(got))
+		}
+	}
+}
+
+// A stored schedule that no longer parses (a zone this host's tzdata
+// lacks, say) is warned about once, not at every tick.
+func TestUnparsableScheduleWarnsOnce(t *testing.T) {
+	var h countHandler
+	s := New(Config{Jobs: func() []Job { return []Job{{Key: "a", Cron: "CRON_TZ=Nowhere/Else 0 9 * * *"}} },
+		Fire: func(context.Context, Job, time.Time) {}, Logger: slog.New(&h)})
+	defer s.Close()
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i := range 60 {
+		s.Tick(t0.Add(time.Duration(i) * time.Second))
+	}
+	if n := h.n.Load(); n > 1 {
+		t.Errorf("%d warnings in a minute for one unparsable schedule", n)
+	}
+}
+
+type countHandler struct{ n atomic.Int64 }
+
+func (h *countHandler) Enabled(context.Context, slog.Level) bool  { return true }
+func (h *countHandler) Handle(context.Context, slog.Record) error { h.n.Add(1); return nil }
+func (h *countHandler) WithAttrs([]slog.Attr) slog.Handler        { return h }
+func (h *countHandler) WithGroup(string) slog.Handler             { return h }
+
+// Concurrent Tick and Close: nothing fires after Close returns, and the
+// race detector is quiet.
+func TestTickAndCloseRace(t *testing.T) {
+	for range 50 {
+		var fired atomic.Int64
+		var closed atomic.Bool
+		s := New(Config{Jobs: func() []Job { return []Job{{Key: "a", Cron: "* * * * * *"}} },
+			Fire: func(ctx context.Context, j Job, at time.Time) {
+				if closed.Load() {
+					t.Error("fired after Close returned")
+				}
+				fired.Add(1)
+			}})
+		t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+		s.Tick(t0)
+		done := make(chan struct{})
+		go func() {
+			for i := 1; i < 200; i++ {
+				s.Tick(t0.Add(time.Duration(i) * time.Second))
+			}
+			close(done)
+		}()
+		s.Close()
+		closed.Store(true)
+		<-done
+	}
+}
