@@ -58,8 +58,11 @@ type Config struct {
 	// FunctionDomain, if set, is where each function has a host of its
 	// own, "<name>.<owner>.<FunctionDomain>": function URLs name that.
 	FunctionDomain string
-	Now            func() time.Time
-	Logger         *slog.Logger
+	// RunScheduled runs a function's scheduled handler now and returns
+	// how it went (POST .../scheduled); nil: not offered.
+	RunScheduled func(ctx context.Context, owner, name string) error
+	Now          func() time.Time
+	Logger       *slog.Logger
 }
 
 // API serves /api/v1.
@@ -104,6 +107,7 @@ func (a *API) Handler() http.Handler {
 	mux.Handle("/api/v1/functions/{name}/logs", methods{"GET": a.functionLogs})
 	mux.Handle("/api/v1/functions/{name}/versions", methods{"GET": a.listVersions})
 	mux.Handle("/api/v1/functions/{name}/rollback", methods{"POST": a.rollback})
+	mux.Handle("/api/v1/functions/{name}/scheduled", methods{"POST": a.runScheduled})
 	mux.Handle("/api/v1/functions/{name}/traffic", methods{"PUT": a.setTraffic})
 	mux.Handle("/api/v1/functions/{name}/tags/{tag}", methods{"PUT": a.setTag, "DELETE": a.deleteTag})
 	mux.Handle("/api/v1/users", methods{"GET": a.listUsers, "POST": a.createUser})

@@ -84,6 +84,24 @@ func (a *API) rollback(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, a.view(r, fn))
 }
 
+// runScheduled runs the function's scheduled handler now, on its live
+// version, and answers once it has: 200, or the run's error (400 when
+// the module has no scheduled method, 502 when it threw, 504 past the
+// function's timeout).
+func (a *API) runScheduled(w http.ResponseWriter, r *http.Request) error {
+	owner, name, err := a.target(r)
+	if err != nil {
+		return err
+	}
+	if a.cfg.RunScheduled == nil {
+		return errdefs.New(errdefs.ErrUnavailable, "this server runs no scheduled handlers")
+	}
+	if err := a.cfg.RunScheduled(r.Context(), owner, name); err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+}
+
 // TrafficBody is the body of PUT .../traffic: version number -> percent.
 type TrafficBody map[string]int
 

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/spry-run/spry/internal/errdefs"
 )
 
 // Spec is one function version, as a backend needs it to run instances.
@@ -128,9 +130,9 @@ func (i *Instance) SetScheduled(f func(ctx context.Context, cron string, at time
 // ErrNoScheduled: the backend cannot run scheduled handlers.
 var ErrNoScheduled = errors.New("the backend cannot run scheduled handlers")
 
-// ErrNoScheduledHandler: the function has a schedule but its module's
-// default export has no scheduled method.
-var ErrNoScheduledHandler = errors.New("the module's default export has no scheduled method")
+// ErrNoScheduledHandler: the function's module's default export has no
+// scheduled method (invalid input: the user's code).
+var ErrNoScheduledHandler = errdefs.New(errdefs.ErrInvalidArgument, "the module's default export has no scheduled method")
 
 // RunScheduled runs the function's scheduled handler for the event of
 // schedule cron at time at, and returns once it has: nil if it returned,

@@ -254,7 +254,7 @@ func newRmCmd(conn *connFlags) *cobra.Command {
 func newInvokeCmd(conn *connFlags) *cobra.Command {
 	var path, method, data, owner string
 	var headers []string
-	var include, fail bool
+	var include, fail, scheduled bool
 	cmd := &cobra.Command{
 		Use:   "invoke NAME",
 		Short: "Call a function over HTTP and print its response body",
@@ -263,6 +263,15 @@ func newInvokeCmd(conn *connFlags) *cobra.Command {
 			c, err := conn.client()
 			if err != nil {
 				return err
+			}
+			if scheduled {
+				// Through the API: the runtime is asked on its control
+				// socket, which no HTTP request reaches.
+				if err := c.RunScheduled(cmd.Context(), owner, args[0]); err != nil {
+					return err
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), "scheduled run done")
+				return nil
 			}
 			if owner == "" {
 				who, err := c.Whoami(cmd.Context())
@@ -327,6 +336,7 @@ func newInvokeCmd(conn *connFlags) *cobra.Command {
 	f.StringArrayVarP(&headers, "header", "H", nil, "request header 'Name: value' (repeatable)")
 	f.BoolVarP(&include, "include", "i", false, "print the response status and headers")
 	f.BoolVar(&fail, "fail", false, "exit with code 22 if the function answers 400 or more")
+	f.BoolVar(&scheduled, "scheduled", false, "run the function's scheduled handler now, as its schedule would (it need not have one), and wait for it")
 	f.StringVar(&owner, "owner", "", "the function's owner (default: you)")
 	return cmd
 }

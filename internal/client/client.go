@@ -409,6 +409,18 @@ func (c *Client) Rollback(ctx context.Context, owner, name string, version int64
 	return v, err
 }
 
+// RunScheduled runs the function's scheduled handler now and waits for
+// it.
+func (c *Client) RunScheduled(ctx context.Context, owner, name string) error {
+	// The function's timeout (up to --max-timeout) is the server's to
+	// enforce, as for Invoke: only ctx bounds the wait here.
+	hc := *c.HTTP
+	hc.Timeout = 0
+	u := *c
+	u.HTTP = &hc
+	return u.do(ctx, "POST", "/api/v1/functions/"+url.PathEscape(name)+"/scheduled", ownerQuery(owner), nil, "", nil)
+}
+
 // SetTraffic splits traffic between versions (version -> percent).
 func (c *Client) SetTraffic(ctx context.Context, owner, name string, split api.TrafficBody) (api.FunctionView, error) {
 	var v api.FunctionView

@@ -200,6 +200,16 @@ func (s *Service) makeLive(ctx context.Context, fn store.Function) error {
 	return nil
 }
 
+// Live returns the version owner/name's live pointer names (with a
+// traffic split, not one drawn from it).
+func (s *Service) Live(ctx context.Context, owner, name string) (*backend.Spec, error) {
+	r, err := s.loadRoute(ctx, owner, name)
+	if err != nil {
+		return nil, err
+	}
+	return r.live, nil
+}
+
 // Scheduled lists the live versions that have a schedule (Spec.Cron):
 // with a traffic split, the version the function's live pointer names.
 func (s *Service) Scheduled() []*backend.Spec {

@@ -23,17 +23,32 @@ func (s *Server) newScheduler() *schedule.Scheduler {
 			}
 			return jobs
 		},
-		Fire:   s.runScheduled,
+		Fire: func(ctx context.Context, j schedule.Job, at time.Time) {
+			_ = s.runEvent(ctx, j.Data.(*backend.Spec), j.Cron, at, true)
+		},
 		Logger: s.log,
 	})
 }
 
-// runScheduled runs one scheduled event of a function: an instance as a
+// RunScheduled runs owner/name's scheduled handler now, on its live
+// version, as its schedule would (spry invoke --scheduled), with the
+// schedule's expression in the event if it has one, and returns how it
+// went.
+func (s *Server) RunScheduled(ctx context.Context, owner, name string) error {
+	sp, err := s.fns.Live(ctx, owner, name)
+	if err != nil {
+		return err
+	}
+	return s.runEvent(ctx, sp, sp.Cron, time.Now(), false)
+}
+
+// runEvent runs one scheduled event of a function: an instance as a
 // request would get one (cold start, queue, limits and the function's
 // timeout alike), its scheduled handler run there, and a system line in
-// the function's logs saying how it went.
-func (s *Server) runScheduled(ctx context.Context, j schedule.Job, at time.Time) {
-	sp := j.Data.(*backend.Spec)
+// the function's logs saying how it went. timed: a run of the schedule
+// (not one asked for through the API), which on a version retired while
+// it waited goes to the new live one if that has the schedule too.
+func (s *Server) runEvent(ctx context.Context, sp *backend.Spec, cron string, at time.Time, timed bool) error {
 	timeout := sp.Timeout
 	if timeout <= 0 {
 		timeout = s.cfg.Timeout
@@ -46,28 +61,32 @@ func (s *Server) runScheduled(ctx context.Context, j schedule.Job, at time.Time)
 	// A deploy or a config change made another version live while the
 	// run waited: it runs on that one, as a request would (the router
 	// resolves again too), if that one still has the schedule.
-	for tries := 0; errors.Is(err, activator.ErrRetired) && tries < 3; tries++ {
+	for tries := 0; timed && errors.Is(err, activator.ErrRetired) && tries < 3; tries++ {
 		if sp = s.scheduledSpec(sp.FunctionID); sp == nil {
-			return // the schedule went with the version
+			return nil // the schedule went with the version
 		}
+		cron = sp.Cron
 		lease, err = s.act.Acquire(ctx, sp)
 	}
 	if err == nil {
 		instance = lease.Instance().ID
-		err = lease.Instance().RunScheduled(ctx, sp.Cron, at)
+		err = lease.Instance().RunScheduled(ctx, cron, at)
 		if ctx.Err() != nil && !errors.Is(ctx.Err(), context.Canceled) {
 			lease.TimedOut()
 		}
 		lease.Release()
 	}
 	took := time.Since(t0).Round(time.Millisecond)
-	line := fmt.Sprintf("scheduled run (%q, for %s): ", sp.Cron, at.UTC().Format(time.RFC3339))
+	line := fmt.Sprintf("scheduled run (%q, for %s): ", cron, at.UTC().Format(time.RFC3339))
+	if !timed {
+		line = fmt.Sprintf("scheduled run asked for (%q): ", cron)
+	}
 	switch {
 	case err == nil:
 		line += fmt.Sprintf("done in %v", took)
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		line += fmt.Sprintf("timed out after %v", timeout)
-	case errors.Is(ctx.Err(), context.Canceled):
+	case errors.Is(ctx.Err(), context.Canceled) && timed:
 		line += fmt.Sprintf("cut off after %v: the server is shutting down", took)
 	default:
 		line += fmt.Sprintf("failed after %v: %v", took, err)
@@ -75,6 +94,7 @@ func (s *Server) runScheduled(ctx context.Context, j schedule.Job, at time.Time)
 	s.logs.Append(logstore.Entry{Owner: sp.Owner, Function: sp.Name, FunctionID: sp.FunctionID, Version: sp.Version, Instance: instance,
 		Stream: logstore.StreamSystem, Line: line})
 	s.metrics.Scheduled(sp.Owner, sp.Name, sp.FunctionID, err == nil)
+	return err
 }
 
 // scheduledSpec is the live version of function id if it has a

@@ -342,6 +342,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		MaxCodeBytes:   cfg.MaxCodeBytes,
 		PublicURL:      cfg.PublicURL,
 		FunctionDomain: cfg.FunctionDomain,
+		RunScheduled:   s.RunScheduled,
 		Logger:         log,
 	})
 	s.access = newAccessSampler(s.logs, accessPerSecond, time.Now)

@@ -1380,7 +1380,7 @@ func runScheduled(ctx context.Context, control, cron string, at time.Time) error
 	if res.StatusCode == http.StatusNotImplemented {
 		return backend.ErrNoScheduledHandler
 	}
-	return errors.New(msg)
+	return errdefs.New(errdefs.ErrFunctionFailed, "the scheduled run failed: %s", msg)
 }
 
 func oneLine(s string) string {
