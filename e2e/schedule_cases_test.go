@@ -118,25 +118,16 @@ func TestScheduledTimeout(t *testing.T) {
 // cut off moments later).
 func TestNoScheduledRunsStartDuringShutdown(t *testing.T) {
 	s := startServer(t)
-	s.deployCode(t, "drain", []byte(`export default {
+	deployTicking(t, s, "drain", `export default {
 		async fetch() { await new Promise((r) => setTimeout(r, 5000)); return new Response("slow"); },
 		scheduled() { console.log("tick", Date.now()); },
-	}`), "timeout=20s&cron="+url.QueryEscape("* * * * * *"))
-	eventually(t, 10*time.Second, "a scheduled run", func() bool {
-		out, _, _ := s.spry("", "logs", "drain")
-		return strings.Contains(out, "tick ")
-	})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		_ = s.get("/fn/admin/drain/")
-	}()
+	}`, "timeout=20s&cron="+url.QueryEscape("* * * * * *"))
+	wait := getInBackground(s, "/fn/admin/drain/")
 	time.Sleep(500 * time.Millisecond)
 	sigterm := time.Now().UnixMilli()
 	s.stop()
 	stopped := time.Now().UnixMilli()
-	wg.Wait()
+	wait()
 	s.start()
 	out, _, _ := s.spry("", "logs", "drain")
 	var during []int64
@@ -159,26 +150,17 @@ func TestNoScheduledRunsStartDuringShutdown(t *testing.T) {
 // no longer live", and counted as an error.
 func TestQueuedScheduledRunAcrossConfigChange(t *testing.T) {
 	s := startServer(t)
-	s.deployCode(t, "requeue", []byte(`export default {
+	deployTicking(t, s, "requeue", `export default {
 		async fetch(req) {
 			if (new URL(req.url).pathname.endsWith("/slow")) await new Promise((r) => setTimeout(r, 3000));
 			return new Response("ok");
 		},
 		scheduled() { console.log("tick"); },
-	}`), "timeout=10s&max=1&concurrency=1&cron="+url.QueryEscape("* * * * * *"))
-	eventually(t, 10*time.Second, "a scheduled run", func() bool {
-		out, _, _ := s.spry("", "logs", "requeue")
-		return strings.Contains(out, "tick")
-	})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		_ = s.get("/fn/admin/requeue/slow")
-	}()
+	}`, "timeout=10s&max=1&concurrency=1&cron="+url.QueryEscape("* * * * * *"))
+	wait := getInBackground(s, "/fn/admin/requeue/slow")
 	time.Sleep(1500 * time.Millisecond) // a scheduled run or two now wait for the one instance
 	s.mustSpry("env", "set", "requeue", "X=1")
-	wg.Wait()
+	wait()
 	time.Sleep(2 * time.Second)
 	out, _, _ := s.spry("", "logs", "requeue")
 	if n := strings.Count(out, "no longer live"); n > 0 {
@@ -220,4 +202,26 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// deployTicking deploys code as name, with the settings in query, and
+// waits for a scheduled run's "tick" in its logs.
+func deployTicking(t *testing.T, s *server, name, code, query string) {
+	t.Helper()
+	s.deployCode(t, name, []byte(code), query)
+	eventually(t, 10*time.Second, "a scheduled run", func() bool {
+		out, _, _ := s.spry("", "logs", name)
+		return strings.Contains(out, "tick")
+	})
+}
+
+// getInBackground sends GET path and returns a wait for its answer.
+func getInBackground(s *server, path string) (wait func()) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_ = s.get(path)
+	}()
+	return wg.Wait
 }
