@@ -10,6 +10,15 @@ import (
 	"time"
 )
 
+// controlExport is controlCode's default export, on either runtime.
+const controlExport = `export default {
+  async fetch(req) {
+    const body = new URL(req.url).searchParams.get("body") ?? '{"cron":"forged","scheduledTime":0}';
+    return new Response(await control(body));
+  },
+  scheduled(event) { console.log("scheduled-ran", event.cron); },
+};`
+
 // controlCode is a function whose fetch handler posts to its own
 // instance's control socket, /scheduled, the body in ?body=, and answers
 // the status line it got.
@@ -30,13 +39,7 @@ async function control(body) {
   c.close();
   return out.split("\r\n")[0];
 }
-export default {
-  async fetch(req) {
-    const body = new URL(req.url).searchParams.get("body") ?? '{"cron":"forged","scheduledTime":0}';
-    return new Response(await control(body));
-  },
-  scheduled(event) { console.log("scheduled-ran", event.cron); },
-};`,
+` + controlExport,
 	"node": `
 import http from "node:http";
 function control(body) {
@@ -49,13 +52,7 @@ function control(body) {
     r.end(body);
   });
 }
-export default {
-  async fetch(req) {
-    const body = new URL(req.url).searchParams.get("body") ?? '{"cron":"forged","scheduledTime":0}';
-    return new Response(await control(body));
-  },
-  scheduled(event) { console.log("scheduled-ran", event.cron); },
-};`,
+` + controlExport,
 }
 
 // The control socket, which a function's own code reaches too (no more

@@ -78,6 +78,18 @@ func (c *rawConn) ended(what string) {
 	}
 }
 
+// refused reads the next answer and fails the test unless it is a 400
+// whose body says why (holds because, "" for any) and that closes the
+// connection.
+func (c *rawConn) refused(what, because string) {
+	c.t.Helper()
+	res := c.response()
+	b := body(res)
+	if res.StatusCode != 400 || !strings.Contains(b, because) || !res.Close {
+		c.t.Errorf("%s: %d %s (close %v); want 400 for %q, and the connection closed", what, res.StatusCode, b, res.Close, because)
+	}
+}
+
 // response reads the next answer; its body is left to read.
 func (c *rawConn) response() *http.Response {
 	c.t.Helper()

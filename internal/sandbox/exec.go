@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"runtime"
 	"strconv"
 	"syscall"
 
@@ -123,24 +122,17 @@ func raiseOOMScoreOf(pid, uid int) error {
 	if !errors.Is(err, fs.ErrPermission) {
 		return err
 	}
-	res := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		// setfsuid is the thread's own (Go's os/user calls would change
-		// every thread's ids; this raw call changes this one's) and
-		// returns the previous fsuid whatever happens: the second call
-		// reads back the first's effect.
-		unix.RawSyscall(unix.SYS_SETFSUID, uintptr(uid), 0, 0)
-		prev, _, _ := unix.RawSyscall(unix.SYS_SETFSUID, uintptr(uid), 0, 0)
-		if int(prev) != uid {
-			res <- fmt.Errorf("oom score: setfsuid %d failed", uid)
-		} else {
-			res <- raiseOOMScore(pid)
+	// setfsuid returns the previous fsuid whatever happens: the second
+	// call of each pair reads back the first's effect.
+	setfsuid := func(id int) bool {
+		unix.RawSyscall(unix.SYS_SETFSUID, uintptr(id), 0, 0)
+		now, _, _ := unix.RawSyscall(unix.SYS_SETFSUID, uintptr(id), 0, 0)
+		return int(now) == id
+	}
+	return onThread(func() error {
+		if !setfsuid(uid) {
+			return fmt.Errorf("oom score: setfsuid %d failed", uid)
 		}
-		unix.RawSyscall(unix.SYS_SETFSUID, 0, 0, 0)
-		if back, _, _ := unix.RawSyscall(unix.SYS_SETFSUID, 0, 0, 0); back == 0 {
-			runtime.UnlockOSThread()
-		} // else the thread stays locked, and ends with this goroutine
-	}()
-	return <-res
+		return nil
+	}, func() bool { return setfsuid(0) }, func() error { return raiseOOMScore(pid) })
 }

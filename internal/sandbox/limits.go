@@ -299,23 +299,41 @@ var raisesFiles = sync.OnceValue(RaisesOpenFiles)
 // them back; should that fail, the thread stays locked, and ends with
 // its goroutine.
 func asIDs(uid, gid int, f func() error) error {
+	keep := ^uintptr(0) // -1: unchanged
+	return onThread(func() error {
+		if _, _, e := unix.RawSyscall(unix.SYS_SETRESGID, uintptr(gid), keep, keep); e != 0 {
+			return fmt.Errorf("setresgid: %w", e)
+		}
+		if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, uintptr(uid), keep, keep); e != 0 {
+			return fmt.Errorf("setresuid: %w", e)
+		}
+		return nil
+	}, func() bool {
+		// Root's again (its gid first would need the uid's change undone).
+		_, _, e := unix.RawSyscall(unix.SYS_SETRESUID, 0, keep, keep)
+		if e == 0 {
+			_, _, e = unix.RawSyscall(unix.SYS_SETRESGID, 0, keep, keep)
+		}
+		return e == 0
+	}, f)
+}
+
+// onThread calls f on a thread locked for it, between enter, which
+// changes the thread's credentials (the kernel's are per thread; these
+// raw calls change only this one's, where Go's would change every
+// thread's), and leave, which sets them back. f runs only if enter
+// succeeded; leave runs whatever happened, and if it fails, the thread
+// stays locked and ends with its goroutine, never to run other code.
+func onThread(enter func() error, leave func() bool, f func() error) error {
 	res := make(chan error, 1)
 	go func() {
 		goruntime.LockOSThread()
-		keep := ^uintptr(0) // -1: unchanged
-		var err error
-		if _, _, e := unix.RawSyscall(unix.SYS_SETRESGID, uintptr(gid), keep, keep); e != 0 {
-			err = fmt.Errorf("setresgid: %w", e)
-		} else if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, uintptr(uid), keep, keep); e != 0 {
-			err = fmt.Errorf("setresuid: %w", e)
-		} else {
+		err := enter()
+		if err == nil {
 			err = f()
 		}
-		// Root's again (its gid first would need the uid's change undone).
-		if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, 0, keep, keep); e == 0 {
-			if _, _, e := unix.RawSyscall(unix.SYS_SETRESGID, 0, keep, keep); e == 0 {
-				goruntime.UnlockOSThread()
-			}
+		if leave() {
+			goruntime.UnlockOSThread()
 		}
 		res <- err
 	}()

@@ -1312,21 +1312,9 @@ const maxControlAnswer = 64 << 10
 // (it refuses a second specialization): any answer shows that its event
 // loop runs, which a handler stuck in a loop prevents.
 func probe(ctx context.Context, control string) error {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", control)
+	res, err := controlRequest(ctx, control, "GET / HTTP/1.1\r\nHost: instance\r\nConnection: close\r\n\r\n")
 	if err != nil {
 		return fmt.Errorf("probe the runtime: %w", err)
-	}
-	defer c.Close()
-	// Ends the wait when ctx does, deadline or not: a stuck runtime
-	// never answers.
-	defer context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })()
-	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: instance\r\nConnection: close\r\n\r\n"); err != nil {
-		return fmt.Errorf("probe the runtime: %w", err)
-	}
-	res, err := http.ReadResponse(bufio.NewReader(io.LimitReader(c, maxControlAnswer)), nil)
-	if err != nil {
-		return fmt.Errorf("probe the runtime: no answer: %w", err)
 	}
 	res.Body.Close()
 	return nil
@@ -1343,18 +1331,7 @@ func runScheduled(ctx context.Context, control, cron string, at time.Time) error
 	if err != nil {
 		return err
 	}
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", control)
-	if err != nil {
-		return fmt.Errorf("scheduled run: %w", err)
-	}
-	defer c.Close()
-	defer context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })()
-	head := fmt.Sprintf("POST /scheduled HTTP/1.1\r\nHost: instance\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n", len(body))
-	if _, err := c.Write(append([]byte(head), body...)); err != nil {
-		return fmt.Errorf("scheduled run: %w", err)
-	}
-	res, err := http.ReadResponse(bufio.NewReader(io.LimitReader(c, maxControlAnswer)), nil)
+	res, err := controlRequest(ctx, control, fmt.Sprintf("POST /scheduled HTTP/1.1\r\nHost: instance\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body))
 	if err != nil {
 		switch {
 		case errors.Is(ctx.Err(), context.DeadlineExceeded):
@@ -1362,7 +1339,7 @@ func runScheduled(ctx context.Context, control, cron string, at time.Time) error
 		case ctx.Err() != nil:
 			return fmt.Errorf("scheduled run: %w", ctx.Err())
 		}
-		return fmt.Errorf("scheduled run: no answer: %w", err)
+		return fmt.Errorf("scheduled run: %w", err)
 	}
 	defer res.Body.Close()
 	if res.StatusCode == http.StatusOK {
@@ -1381,6 +1358,45 @@ func runScheduled(ctx context.Context, control, cron string, at time.Time) error
 		return backend.ErrNoScheduledHandler
 	}
 	return errdefs.New(errdefs.ErrFunctionFailed, "the scheduled run failed: %s", msg)
+}
+
+// controlRequest sends req, a whole HTTP/1.1 request, on a runtime's
+// control socket and reads the answer, of at most maxControlAnswer
+// bytes; ctx's end, deadline or not, ends the wait (a stuck runtime
+// never answers). The caller closes the body, which the connection's
+// close also ends.
+func controlRequest(ctx context.Context, control, req string) (*http.Response, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", control)
+	if err != nil {
+		return nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })
+	if _, err := io.WriteString(c, req); err != nil {
+		stop()
+		c.Close()
+		return nil, err
+	}
+	res, err := http.ReadResponse(bufio.NewReader(io.LimitReader(c, maxControlAnswer)), nil)
+	if err != nil {
+		stop()
+		c.Close()
+		return nil, fmt.Errorf("no answer: %w", err)
+	}
+	res.Body = &connBody{ReadCloser: res.Body, close: func() { stop(); c.Close() }}
+	return res, nil
+}
+
+// connBody is a response body that closes its connection too.
+type connBody struct {
+	io.ReadCloser
+	close func()
+}
+
+func (b *connBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.close()
+	return err
 }
 
 func oneLine(s string) string {
