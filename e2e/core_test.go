@@ -503,19 +503,39 @@ func TestGracefulShutdown(t *testing.T) {
 // subtree, not only its instances' groups: one data directory per run (as
 // here, and in any throwaway setup) would otherwise leave empty groups
 // behind for good, thousands a day. While it runs, the subtree is
-// bounded by --all-pids.
+// bounded by --all-pids, and by --all-memory, which is by default the
+// host's memory less --memory-reserve.
 func TestStopLeavesNoCgroups(t *testing.T) {
-	s := startServer(t, "--all-pids", "5000")
+	total := memTotal(t)
+	s := startServer(t, "--all-pids", "5000", "--memory-reserve", "500")
+	wantMemory := fmt.Sprint((total>>20 - 500) << 20)
 	s.deployCode(t, "hello", []byte(`export default { fetch() { return new Response("hi"); } }`), "")
 	if r := s.get("/fn/admin/hello/"); r.status != 200 {
 		t.Fatalf("%d %s", r.status, r.body)
 	}
 	sum := sha256.Sum256([]byte(s.data))
 	id := hex.EncodeToString(sum[:6])
-	// v2: /sys/fs/cgroup/spry/<id>; v1: one per controller.
-	dirs, _ := filepath.Glob("/sys/fs/cgroup/*/spry/" + id)
+	// v2: /sys/fs/cgroup/spry/<id>; v1: one per controller, nested in
+	// the server's own group of that controller (the test's).
+	var dirs []string
 	if _, err := os.Stat("/sys/fs/cgroup/spry/" + id); err == nil {
 		dirs = append(dirs, "/sys/fs/cgroup/spry/"+id)
+	}
+	own, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(own)), "\n") {
+		f := strings.SplitN(line, ":", 3)
+		if len(f) != 3 || f[1] == "" || strings.HasPrefix(f[1], "name=") {
+			continue
+		}
+		for _, ctrl := range strings.Split(f[1], ",") {
+			d := filepath.Join("/sys/fs/cgroup", ctrl, f[2], "spry", id)
+			if _, err := os.Stat(d); err == nil && !slices.Contains(dirs, d) {
+				dirs = append(dirs, d)
+			}
+		}
 	}
 	if len(dirs) == 0 {
 		t.Skip("the server's cgroups are not where this test looks (a nested cgroup)")
@@ -531,6 +551,20 @@ func TestStopLeavesNoCgroups(t *testing.T) {
 	}
 	if bounded != 1 {
 		t.Errorf("%d of the server's cgroups %v have a pids.max, want 1", bounded, dirs)
+	}
+	bounded = 0
+	for _, d := range dirs {
+		for _, f := range []string{"memory.limit_in_bytes", "memory.max"} {
+			if b, err := os.ReadFile(filepath.Join(d, f)); err == nil {
+				if got := strings.TrimSpace(string(b)); got != wantMemory {
+					t.Errorf("%s/%s is %s, want %s (%d MiB less the reserve's 500)", d, f, got, wantMemory, total>>20)
+				}
+				bounded++
+			}
+		}
+	}
+	if bounded != 1 {
+		t.Errorf("%d of the server's cgroups %v have a memory limit, want 1", bounded, dirs)
 	}
 	s.stop()
 	for _, d := range dirs {

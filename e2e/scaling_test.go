@@ -398,14 +398,20 @@ func TestMemoryReserve(t *testing.T) {
 }
 
 // memAvailable reads the host's MemAvailable, in bytes.
-func memAvailable(t *testing.T) uint64 {
+func memAvailable(t *testing.T) uint64 { return meminfo(t, "MemAvailable") }
+
+// memTotal reads the host's MemTotal, in bytes.
+func memTotal(t *testing.T) uint64 { return meminfo(t, "MemTotal") }
+
+// meminfo reads one of /proc/meminfo's sizes, in bytes.
+func meminfo(t *testing.T, key string) uint64 {
 	t.Helper()
 	b, err := os.ReadFile("/proc/meminfo")
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) == 3 && f[0] == "MemAvailable:" {
+		if f := strings.Fields(line); len(f) == 3 && f[0] == key+":" {
 			kb, err := strconv.ParseUint(f[1], 10, 64)
 			if err != nil {
 				t.Fatal(err)
@@ -413,7 +419,7 @@ func memAvailable(t *testing.T) uint64 {
 			return kb << 10
 		}
 	}
-	t.Fatal("no MemAvailable in /proc/meminfo")
+	t.Fatalf("no %s in /proc/meminfo", key)
 	return 0
 }
 

@@ -49,7 +49,7 @@ func testBuilds(t *testing.T) *sandbox.Builds {
 		t.Skip("needs root for cgroups and uids")
 	}
 	parent := fmt.Sprintf("spry-test-npm/%d-%s", os.Getpid(), strings.ReplaceAll(t.Name(), "/", "-"))
-	b, err := sandbox.NewBuilds(parent, "", 0)
+	b, err := sandbox.NewBuilds(parent, "", sandbox.Tree{})
 	if err != nil {
 		t.Skip(err)
 	}

@@ -30,7 +30,7 @@ func newServeCmd(env Env) *cobra.Command {
 	var cfg server.Config
 	var logLevel, logFormat string
 	var egressAllow []string
-	var memoryReserve int
+	var memoryReserve, allMemory int
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the Spry platform: API, router, autoscaler and runtimes in one process",
@@ -43,6 +43,13 @@ func newServeCmd(env Env) *cobra.Command {
 				return errdefs.Invalid("--memory-reserve must be 0 (none) or more, and below the host's memory (%d MiB)", hostMemory()>>20)
 			}
 			cfg.MemoryReserve = uint64(memoryReserve) << 20
+			// Unless chosen, all instances together leave the reserve,
+			// whatever it was set to: the kernel then holds what a
+			// burst of starts, each finding room, would take from it.
+			if !cmd.Flags().Changed("all-memory") {
+				allMemory = max(0, int(hostMemory()>>20)-memoryReserve)
+			}
+			cfg.AllMemory = int64(allMemory) << 20
 			if err := validate(cfg); err != nil {
 				return err
 			}
@@ -123,6 +130,7 @@ func newServeCmd(env Env) *cobra.Command {
 	f.Int64Var(&cfg.AllPids, "all-pids", sandbox.HostPids()*3/4, "processes and threads all instances and builds may hold together (0: no bound); past it their forks fail, and the rest of the host's is the server's and the host's own (three quarters of kernel.pid_max by default)")
 	f.Int64Var(&cfg.UserFiles, "user-files", sandbox.HostFiles()/4, "open files one user's running instances may hold together (0: no bound); each instance process gets its share, from 21024 down to 1024 plus two per request of its concurrency, and a start that does not fit gets 429 (a quarter of fs.file-max by default)")
 	f.IntVar(&memoryReserve, "memory-reserve", defaultMemoryReserve(), "host memory, in MiB, that instance starts leave available: below it a start for a request first stops other functions' idle instances, least recently used first, and gets 503 if none is left to stop (0: no reserve; default 1/32 of the host's memory, at least 256)")
+	f.IntVar(&allMemory, "all-memory", int(hostMemory()>>20)-defaultMemoryReserve(), "memory, in MiB, all instances and builds may hold together, swap included (0: no bound); past it the kernel's OOM killer stops the largest of them, never the server (by default the host's memory less --memory-reserve)")
 	f.IntVar(&cfg.MaxFunctionsPerUser, "max-functions-per-user", 1000, "functions one user may have (0: no limit); deploying one more gets 403 quota_exceeded")
 	f.IntVar(&cfg.PoolSize, "pool-size", 4, "warm, generic Deno instances kept ready for cold starts")
 	f.IntVar(&cfg.NodePoolSize, "node-pool-size", 1, "warm, generic Node instances kept ready for cold starts")
@@ -181,6 +189,9 @@ func validate(cfg server.Config) error {
 		// One instance (the runtime and slirp4netns) at the highest
 		// concurrency must fit.
 		return errdefs.Invalid("--user-files must be 0 (no bound) or at least %d", 2*(2*server.MaxConcurrency+1024))
+	case cfg.AllMemory != 0 && cfg.AllMemory < 256<<20:
+		// A pool and an instance at its default limit must fit.
+		return errdefs.Invalid("--all-memory must be 0 (no bound) or at least 256 (MiB)")
 	case cfg.MemoryReserve >= hostMemory():
 		// Nothing could ever start.
 		return errdefs.Invalid("--memory-reserve must be below the host's memory (%d MiB)", hostMemory()>>20)

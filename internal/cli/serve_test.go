@@ -70,6 +70,8 @@ func TestValidateServeFlags(t *testing.T) {
 		{"debug without a port", func(c *server.Config) { c.DebugListen = "127.0.0.1" }, "--debug-listen"},
 		{"least all-pids", func(c *server.Config) { c.AllPids = 1024 }, ""},
 		{"all-pids under 1024", func(c *server.Config) { c.AllPids = 1023 }, "--all-pids"},
+		{"least all-memory", func(c *server.Config) { c.AllMemory = 256 << 20 }, ""},
+		{"all-memory under 256 MiB", func(c *server.Config) { c.AllMemory = 256<<20 - 1 }, "--all-memory"},
 		{"memory reserve", func(c *server.Config) { c.MemoryReserve = uint64(defaultMemoryReserve()) << 20 }, ""},
 		{"memory reserve all but a byte", func(c *server.Config) { c.MemoryReserve = hostMemory() - 1 }, ""},
 		{"memory reserve all of it", func(c *server.Config) { c.MemoryReserve = hostMemory() }, "--memory-reserve"},

@@ -29,9 +29,9 @@ type Builds struct {
 // (LimitWrites reads other uids' /proc/PID/io). parent is the
 // server's cgroup parent (Config.CgroupParent); self the spry binary that
 // runs the exec step ("" is /proc/self/exe, which must call MaybeExec);
-// treePids the subtree's bound, as Config.TreePids.
-func NewBuilds(parent, self string, treePids int64) (*Builds, error) {
-	cg, err := newCgroups(parent, treePids)
+// tree the subtree's bounds, as Config.Tree.
+func NewBuilds(parent, self string, tree Tree) (*Builds, error) {
+	cg, err := newCgroups(parent, tree)
 	if err != nil {
 		return nil, err
 	}

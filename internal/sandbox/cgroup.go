@@ -34,28 +34,36 @@ type Resources struct {
 type cgroups struct {
 	v2     bool
 	parent string // e.g. "spry/3f2a9c" (v2: relative to the root; v1: nested in ours)
-	// treePids bounds the processes and threads of the whole subtree
-	// (the parent's pids.max; 0: none), made before its first group
-	// and again after each sweep, which removes the parent.
-	treePids int64
+	// tree bounds the whole subtree (the parent's pids.max and memory
+	// limit; zero fields: none), made before its first group and again
+	// after each sweep, which removes the parent.
+	tree     Tree
 	treeMu   sync.Mutex
 	treeMade bool
 }
 
-func newCgroups(parent string, treePids int64) (*cgroups, error) {
+// Tree bounds what every sandbox and build of a server hold together,
+// whatever each one's own limits: what is left of the host's is the
+// server's and the host's own.
+type Tree struct {
+	Pids        int64 // processes and threads; past it forks fail (0: no bound)
+	MemoryBytes int64 // swap included; past it the kernel's OOM killer stops the largest (0: no bound)
+}
+
+func newCgroups(parent string, tree Tree) (*cgroups, error) {
 	switch cgv3.Mode() {
 	case cgv3.Unified:
-		return &cgroups{v2: true, parent: parent, treePids: treePids}, nil
+		return &cgroups{v2: true, parent: parent, tree: tree}, nil
 	case cgv3.Legacy, cgv3.Hybrid:
-		return &cgroups{parent: parent, treePids: treePids}, nil
+		return &cgroups{parent: parent, tree: tree}, nil
 	default:
 		return nil, errors.New("no cgroup filesystem mounted at /sys/fs/cgroup")
 	}
 }
 
-// makeTree makes the parent with its pids bound, unless it is made.
+// makeTree makes the parent with its bounds, unless it is made.
 func (c *cgroups) makeTree() error {
-	if c.treePids <= 0 {
+	if c.tree == (Tree{}) {
 		return nil
 	}
 	c.treeMu.Lock()
@@ -63,7 +71,7 @@ func (c *cgroups) makeTree() error {
 	if c.treeMade {
 		return nil
 	}
-	r := Resources{Pids: c.treePids}
+	r := Resources{Pids: c.tree.Pids, MemoryBytes: c.tree.MemoryBytes}
 	var err error
 	if c.v2 {
 		_, err = cgroup2.NewManager(cgroupRoot, "/"+c.parent, cgroup2.ToResources(r.spec()))

@@ -55,10 +55,8 @@ type Config struct {
 	Self string
 	// CgroupParent names this server's cgroup subtree, e.g. "spry/3f2a9c".
 	CgroupParent string
-	// TreePids bounds the processes and threads of the whole subtree,
-	// every sandbox and build together (0: no bound): what is left of
-	// the host's is the server's and the host's own.
-	TreePids int64
+	// Tree bounds the whole subtree, every sandbox and build together.
+	Tree Tree
 	// SystemLibs are host files (shared libraries) the runtime needs,
 	// bound read-only at the same path.
 	SystemLibs []string
@@ -123,7 +121,7 @@ func New(cfg Config) (*Sandbox, error) {
 	if cfg.Self == "" {
 		cfg.Self = "/proc/self/exe"
 	}
-	cg, err := newCgroups(cfg.CgroupParent, cfg.TreePids)
+	cg, err := newCgroups(cfg.CgroupParent, cfg.Tree)
 	if err != nil {
 		return nil, err
 	}

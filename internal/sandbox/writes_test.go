@@ -24,17 +24,16 @@ func TestMain(m *testing.M) {
 
 // testBuilds makes build cgroups under a parent of the test's own,
 // removed (with whatever is left in it) when the test ends.
-func testBuilds(t testing.TB) *Builds { return testBoundBuilds(t, 0) }
+func testBuilds(t testing.TB) *Builds { return testBoundBuilds(t, Tree{}) }
 
-// testBoundBuilds is testBuilds with the subtree bounded to treePids
-// processes and threads.
-func testBoundBuilds(t testing.TB, treePids int64) *Builds {
+// testBoundBuilds is testBuilds with the subtree bounded by tree.
+func testBoundBuilds(t testing.TB, tree Tree) *Builds {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for cgroups and uids")
 	}
 	parent := fmt.Sprintf("spry-test-writes/%d-%s", os.Getpid(), strings.ReplaceAll(t.Name(), "/", "-"))
-	b, err := NewBuilds(parent, "", treePids)
+	b, err := NewBuilds(parent, "", tree)
 	if err != nil {
 		t.Skip(err)
 	}
@@ -188,7 +187,7 @@ func BenchmarkWriteMeterPoll(b *testing.B) {
 // hold at most the tree's 40 together, and the forks past it fail.
 func TestTreePidsBound(t *testing.T) {
 	const tree = 40
-	b := testBoundBuilds(t, tree)
+	b := testBoundBuilds(t, Tree{Pids: tree})
 	script := `i=0; while [ $i -lt 30 ]; do sleep 3 & i=$((i+1)); done; wait`
 	var cmds []*BuildCmd
 	var outs []*bytes.Buffer
@@ -239,6 +238,56 @@ func TestTreePidsBound(t *testing.T) {
 	failed := strings.Contains(outs[0].String()+outs[1].String(), "fork")
 	if !failed {
 		t.Errorf("no fork failed past the bound; the shells said %q and %q", outs[0], outs[1])
+	}
+}
+
+// The subtree's memory bound holds for all its groups together: two
+// builds, each allowed 256 MiB, each fill 100 MiB under a tree of
+// 160 MiB, and the kernel's OOM killer stops one of them; the other
+// keeps its memory until its pipe's reader is gone.
+func TestTreeMemoryBound(t *testing.T) {
+	const tree = 160 << 20
+	b := testBoundBuilds(t, Tree{MemoryBytes: tree})
+	// dd holds its 100 MiB buffer, filled, blocked writing to a reader
+	// that never reads; it says how it ended: 137 killed, 141 when the
+	// reader left (SIGPIPE).
+	script := `(dd if=/dev/zero bs=100M count=1 status=none; echo dd=$? >&2) | sleep 2`
+	var cmds []*BuildCmd
+	var outs []*bytes.Buffer
+	for range 2 {
+		cmd, err := b.Command(context.Background(), Resources{MemoryBytes: 256 << 20, Pids: 64}, 0, []string{"/bin/sh", "-c", script})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cmd.Cleanup()
+		out := &bytes.Buffer{}
+		cmd.Stderr = out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		cmds, outs = append(cmds, cmd), append(outs, out)
+	}
+	file := filepath.Join(cgroupRoot, b.cg.parent, "memory.max")
+	if !b.cg.v2 {
+		p, err := cgroup1.NestedPath(b.cg.parent)(cgroup1.Memory)
+		if err != nil {
+			t.Fatal(err)
+		}
+		file = filepath.Join(cgroupRoot, string(cgroup1.Memory), p, "memory.limit_in_bytes")
+	}
+	got, err := os.ReadFile(file)
+	if err != nil || strings.TrimSpace(string(got)) != fmt.Sprint(tree) {
+		t.Fatalf("the tree's %s: %q, %v; want %d", filepath.Base(file), got, err, tree)
+	}
+	for _, cmd := range cmds {
+		_ = cmd.Wait()
+	}
+	said := outs[0].String() + outs[1].String()
+	if killed, left := strings.Count(said, "dd=137"), strings.Count(said, "dd=141"); killed != 1 || left != 1 {
+		t.Errorf("the builds' dd said %q; want one killed (137) and one left by its reader (141)", said)
+	}
+	if !cmds[0].OOMKilled() && !cmds[1].OOMKilled() {
+		t.Errorf("neither build reports an OOM kill")
 	}
 }
 

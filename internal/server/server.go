@@ -83,9 +83,11 @@ type Config struct {
 	// bound. spry serve's defaults are a quarter of the host's.
 	UserPids  int64
 	UserFiles int64
-	// AllPids bounds the processes and threads of every instance and
-	// build together (the server's cgroup subtree); 0: no bound.
-	AllPids int64
+	// AllPids and AllMemory bound the processes and threads, and the
+	// memory (bytes, swap included), of every instance and build
+	// together (the server's cgroup subtree); 0: no bound.
+	AllPids   int64
+	AllMemory int64
 	// MaxFunctionsPerUser bounds how many functions one user may have;
 	// 0 means no bound.
 	MaxFunctionsPerUser int
@@ -113,6 +115,11 @@ type Config struct {
 	// NewSecretKey lets a server whose secret key is missing make a new
 	// one although stored versions hold secrets sealed with the old.
 	NewSecretKey bool
+}
+
+// tree is the bound of the server's cgroup subtree.
+func (cfg Config) tree() sandbox.Tree {
+	return sandbox.Tree{Pids: cfg.AllPids, MemoryBytes: cfg.AllMemory}
 }
 
 // Server is a running Spry.
@@ -252,7 +259,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	}
 	slices.Sort(libs)
 	libs = slices.Compact(libs)
-	sb, err := sandbox.New(sandbox.Config{CgroupParent: "spry/" + id, TreePids: cfg.AllPids, SystemLibs: libs, StateDir: runDir, EgressAllow: cfg.EgressAllow})
+	sb, err := sandbox.New(sandbox.Config{CgroupParent: "spry/" + id, Tree: cfg.tree(), SystemLibs: libs, StateDir: runDir, EgressAllow: cfg.EgressAllow})
 	if err != nil {
 		return nil, err
 	}
@@ -298,7 +305,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	})
 	// Each deploy's npm runs in a cgroup of its own under the instances'
 	// parent: the sweeps at start and close take what a killed server left.
-	npmGroups, err := sandbox.NewBuilds("spry/"+id, "", cfg.AllPids)
+	npmGroups, err := sandbox.NewBuilds("spry/"+id, "", cfg.tree())
 	if err != nil {
 		return nil, err
 	}
