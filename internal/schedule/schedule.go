@@ -92,17 +92,53 @@ type entry struct {
 }
 
 // after is the job's next time after now, past the time it just fired
-// for (at) when that is the same wall-clock time in its zone: on the
-// day clocks go back, 02:30 comes twice in CRON_TZ=Europe/Berlin, and a
-// daily job runs once, as cron(8) runs it.
+// for (at; zero on first sight), in its zone as cron(8) keeps time
+// across daylight saving's changes:
+//   - on the day clocks go back, 02:30 comes twice in
+//     CRON_TZ=Europe/Berlin, and a daily job runs once;
+//   - on the day they go forward, 02:30 never comes, and a job set for
+//     an hour (not "*") whose time fell in the skipped hour runs at the
+//     jump; one that runs every hour simply has one hour fewer.
 func (e *entry) after(now, at time.Time) time.Time {
 	next := e.sched.Next(now.UTC())
-	if ss, ok := e.sched.(*cron.SpecSchedule); ok && ss.Location != time.Local && !next.IsZero() {
-		if next.In(ss.Location).Format(time.DateTime) == at.In(ss.Location).Format(time.DateTime) {
-			next = e.sched.Next(next)
+	ss, ok := e.sched.(*cron.SpecSchedule)
+	if !ok || ss.Location == time.Local || next.IsZero() {
+		return next // UTC (time.Local here means the time's own zone), or @every
+	}
+	if !at.IsZero() && next.In(ss.Location).Format(time.DateTime) == at.In(ss.Location).Format(time.DateTime) {
+		next = e.sched.Next(next)
+	}
+	if ss.Hour&starBit == 0 {
+		if jump := skipped(ss, now, next); !jump.IsZero() {
+			return jump
 		}
 	}
 	return next
+}
+
+// starBit marks a field written "*" in the library's bit sets.
+const starBit = 1 << 63
+
+// skipped is the first instant after now and before next at which the
+// clocks of ss's zone jump forward over a wall-clock time ss matches,
+// or zero.
+func skipped(ss *cron.SpecSchedule, now, next time.Time) time.Time {
+	_, end := now.In(ss.Location).ZoneBounds()
+	for jump := end; !jump.IsZero() && jump.Before(next); _, jump = jump.In(ss.Location).ZoneBounds() {
+		_, before := jump.Add(-time.Second).In(ss.Location).Zone()
+		_, after := jump.In(ss.Location).Zone()
+		if after <= before {
+			continue // clocks went back, or only the zone's name changed
+		}
+		// The wall times skipped, read in the zone as it was before the
+		// jump, are the instants [jump, jump+gap): does ss match one?
+		was := *ss
+		was.Location = time.FixedZone("", before)
+		if m := was.Next(jump.Add(-time.Second)); !m.IsZero() && m.Before(jump.Add(time.Duration(after-before)*time.Second)) {
+			return jump
+		}
+	}
+	return time.Time{}
 }
 
 // New returns a scheduler; call Run to tick it, Close to stop it.
@@ -138,7 +174,9 @@ func (s *Scheduler) Tick(now time.Time) {
 				s.next[j.Key] = &entry{cron: j.Cron}
 				continue
 			}
-			s.next[j.Key] = &entry{cron: j.Cron, sched: sched, at: sched.Next(now.UTC())}
+			e = &entry{cron: j.Cron, sched: sched}
+			e.at = e.after(now, time.Time{})
+			s.next[j.Key] = e
 			continue
 		}
 		if e.sched == nil || e.at.IsZero() || now.Before(e.at) {

@@ -3,6 +3,7 @@ package schedule
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -25,28 +26,49 @@ func countFires(t *testing.T, cron string, from, to time.Time, step time.Duratio
 	return rec.take(s)
 }
 
-// A daily job in a zone with daylight saving time. On the day clocks go
-// back (Europe/Berlin, 2026-10-25, 03:00 CEST -> 02:00 CET) 02:30 local
-// comes twice, and the job runs once, as cron(8) runs it (it ran twice).
-// On the day clocks go forward (2026-03-29, 02:00 CET -> 03:00 CEST)
-// 02:30 does not exist, and the job does not run that day (cron(8) runs
-// it right after the jump; docs/functions.md says so).
-func TestDailyJobAcrossDST(t *testing.T) {
-	const cron = "CRON_TZ=Europe/Berlin 30 2 * * *"
-	t.Run("fall back", func(t *testing.T) {
-		// Two local days: 2026-10-25 and 2026-10-26.
-		got := countFires(t, cron, time.Date(2026, 10, 24, 12, 0, 0, 0, time.UTC), time.Date(2026, 10, 26, 12, 0, 0, 0, time.UTC), 30*time.Second)
-		if len(got) != 2 {
-			t.Errorf("fired %d times over two days, want 2: %v", len(got), got)
-		}
-	})
-	t.Run("spring forward", func(t *testing.T) {
-		// Two local days: 2026-03-29, which has no 02:30, and 2026-03-30.
-		got := countFires(t, cron, time.Date(2026, 3, 28, 12, 0, 0, 0, time.UTC), time.Date(2026, 3, 30, 12, 0, 0, 0, time.UTC), 30*time.Second)
-		if len(got) != 1 {
-			t.Errorf("fired %d times over two days, want 1: %v", len(got), got)
-		}
-	})
+// Jobs in a zone with daylight saving time run as cron(8) runs them. On
+// the day clocks go back (Europe/Berlin, 2026-10-25, 03:00 CEST -> 02:00
+// CET) 02:30 local comes twice, and a daily job at 02:30 runs once (it
+// ran twice). On the day clocks go forward (2026-03-29, 02:00 CET ->
+// 03:00 CEST) 02:30 never comes: a job set for that hour runs at the
+// jump, 03:00 CEST (it did not run that day), and one that runs every
+// hour has one run fewer, as that day has an hour fewer.
+func TestJobsAcrossDST(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		cron     string
+		from, to time.Time
+		want     []string
+	}{
+		{"daily, fall back", "CRON_TZ=Europe/Berlin 30 2 * * *",
+			time.Date(2026, 10, 24, 12, 0, 0, 0, time.UTC), time.Date(2026, 10, 26, 12, 0, 0, 0, time.UTC),
+			[]string{"2026-10-25T00:30:00Z", "2026-10-26T01:30:00Z"}},
+		{"daily, spring forward", "CRON_TZ=Europe/Berlin 30 2 * * *",
+			time.Date(2026, 3, 28, 12, 0, 0, 0, time.UTC), time.Date(2026, 3, 30, 12, 0, 0, 0, time.UTC),
+			[]string{"2026-03-29T01:00:00Z", "2026-03-30T00:30:00Z"}},
+		{"twice in the skipped hour", "CRON_TZ=Europe/Berlin 15,45 2 * * *",
+			time.Date(2026, 3, 29, 0, 0, 0, 0, time.UTC), time.Date(2026, 3, 29, 12, 0, 0, 0, time.UTC),
+			[]string{"2026-03-29T01:00:00Z"}},
+		{"daily, outside the skipped hour", "CRON_TZ=Europe/Berlin 30 4 * * *",
+			time.Date(2026, 3, 28, 12, 0, 0, 0, time.UTC), time.Date(2026, 3, 30, 12, 0, 0, 0, time.UTC),
+			[]string{"2026-03-29T02:30:00Z", "2026-03-30T02:30:00Z"}},
+		{"hourly, spring forward", "CRON_TZ=Europe/Berlin 30 * * * *",
+			time.Date(2026, 3, 28, 23, 0, 0, 0, time.UTC), time.Date(2026, 3, 29, 3, 0, 0, 0, time.UTC),
+			[]string{"2026-03-28T23:30:00Z", "2026-03-29T00:30:00Z", "2026-03-29T01:30:00Z", "2026-03-29T02:30:00Z"}},
+		{"first seen just before the jump", "CRON_TZ=Europe/Berlin 30 2 * * *",
+			time.Date(2026, 3, 29, 0, 59, 0, 0, time.UTC), time.Date(2026, 3, 29, 2, 0, 0, 0, time.UTC),
+			[]string{"2026-03-29T01:00:00Z"}},
+		{"UTC has no jumps", "30 2 * * *",
+			time.Date(2026, 3, 28, 12, 0, 0, 0, time.UTC), time.Date(2026, 3, 30, 12, 0, 0, 0, time.UTC),
+			[]string{"2026-03-29T02:30:00Z", "2026-03-30T02:30:00Z"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got := countFires(t, tt.cron, tt.from, tt.to, 30*time.Second)
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("fired for %v, want %v", got, tt.want)
+			}
+		})
+	}
 }
 
 // "@every" with a duration under a second is refused: the parser rounds
