@@ -351,6 +351,25 @@ func (a *Activator) check(rev *revision, in *instance) {
 	a.backend.Kill(in.inst.ID, backend.ExitTimeout)
 }
 
+// RunScheduled runs spec's scheduled handler for the event (cron, at)
+// on an instance leased as a request's is (cold start, queue, limits),
+// within ctx's deadline, the function's timeout: one that runs out has
+// its instance checked, as a request's would. It returns the
+// instance's id ("" if none was leased) and how the run went; an
+// ErrRetired means it never ran.
+func (a *Activator) RunScheduled(ctx context.Context, spec *backend.Spec, cron string, at time.Time) (string, error) {
+	lease, err := a.Acquire(ctx, spec)
+	if err != nil {
+		return "", err
+	}
+	defer lease.Release()
+	err = lease.Instance().RunScheduled(ctx, cron, at)
+	if ctx.Err() != nil && !errors.Is(ctx.Err(), context.Canceled) {
+		lease.TimedOut()
+	}
+	return lease.Instance().ID, err
+}
+
 // Acquire returns a lease on an instance of spec's version with free
 // capacity, starting instances or queueing as needed, for no longer than
 // ctx allows.

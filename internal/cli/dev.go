@@ -126,6 +126,8 @@ needs root, as spry serve does.`,
 	f.StringVar(&memory, "memory", "128Mi", "memory limit of each instance, e.g. 128Mi or 1Gi")
 	f.DurationVar(&cfg.Timeout, "timeout", 30*time.Second, "longest an invocation may run, cold start included")
 	f.StringVar(&cfg.Network, "network", "egress", "network access: none, or egress (public internet only)")
+	f.StringVar(&cfg.Cron, "cron", "", "run the default export's scheduled(event, ctx) on this schedule, as a deployed function's --cron (e.g. \"*/5 * * * *\")")
+	f.BoolVar(&cfg.TestScheduled, "test-scheduled", false, "serve /__scheduled, which runs the scheduled handler once now (its event's cron from ?cron=, or --cron)")
 	f.StringVar(&cfg.Name, "name", "", "function name, as ctx.name (default: the file name without its extension; for index.* the directory's name)")
 	f.IntVar(&cfg.UIDBase, "uid-base", 0, "first host uid for instance sandboxes (default: 2100000 + 100 × the port)")
 	f.StringVar(&cfg.DenoBinary, "deno", "", "`PATH` of the deno binary (default: the pinned one make build installs)")

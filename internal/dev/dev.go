@@ -39,6 +39,7 @@ import (
 	"github.com/spry-run/spry/internal/router"
 	"github.com/spry-run/spry/internal/runtime"
 	"github.com/spry-run/spry/internal/sandbox"
+	"github.com/spry-run/spry/internal/schedule"
 )
 
 // Owner is the namespace the function runs in: ctx.owner.
@@ -71,6 +72,13 @@ type Config struct {
 	// SlowLoad is how long a new version may load before the terminal
 	// says it still is; 0 means 2s.
 	SlowLoad time.Duration
+	// Cron, if set, runs the scheduled handler on that schedule, as
+	// `spry serve` runs a deployed function's.
+	Cron string
+	// TestScheduled serves /__scheduled, which runs the scheduled
+	// handler once now (its event's cron from ?cron=, or Cron), as
+	// wrangler dev --test-scheduled does.
+	TestScheduled bool
 	// Out is the terminal: builds, reloads, the function's output and one
 	// access line per request.
 	Out io.Writer
@@ -132,6 +140,11 @@ func Run(ctx context.Context, cfg Config) error {
 	code, _, err := w.check()
 	if err != nil {
 		return errdefs.Invalid("%v", err)
+	}
+	if cfg.Cron != "" {
+		if _, err := schedule.Parse(cfg.Cron); err != nil {
+			return err
+		}
 	}
 	s := &session{cfg: cfg, log: cfg.Logger, prefix: router.Prefix + Owner + "/" + cfg.Name}
 
@@ -214,6 +227,14 @@ func Run(ctx context.Context, cfg Config) error {
 	go func() { defer wg.Done(); s.act.Run(bg, 500*time.Millisecond) }()
 	go func() { defer wg.Done(); s.watch(bg, w) }()
 	cleanups = append(cleanups, func() { stopBG(); wg.Wait() })
+	if cfg.Cron != "" {
+		sched := s.scheduler()
+		wg.Add(1)
+		go func() { defer wg.Done(); sched.Run(bg) }()
+		// Before the background stops: no run starts while the
+		// instances stop, and those under way are cut off.
+		cleanups = append(cleanups, sched.Close)
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(httpserve.Listener(ln, httpserve.WatchAfter, s.log)) }()
 	s.printf("serving %s (%s) on http://%s/\n", cfg.File, rt.Name(), ln.Addr())
@@ -300,8 +321,60 @@ func (s *session) handler(rt *router.Router) fasthttp.RequestHandler {
 		if !strings.HasPrefix(path, "/") {
 			path = "/" + path
 		}
+		if s.cfg.TestScheduled && path == scheduledPath {
+			s.testScheduled(ctx)
+			return
+		}
 		rt.ServeFunction(ctx, Owner, s.cfg.Name, path)
 	}
+}
+
+// scheduledPath runs the scheduled handler (Config.TestScheduled).
+const scheduledPath = "/__scheduled"
+
+// scheduler runs the live version's scheduled handler on Config.Cron.
+func (s *session) scheduler() *schedule.Scheduler {
+	return schedule.New(schedule.Config{
+		Jobs:   func() []schedule.Job { return []schedule.Job{{Key: s.cfg.Name, Cron: s.cfg.Cron}} },
+		Fire:   func(ctx context.Context, j schedule.Job, at time.Time) { _ = s.runScheduled(ctx, j.Cron, at, true) },
+		Logger: s.log,
+	})
+}
+
+// testScheduled answers a request for /__scheduled: the scheduled
+// handler run now, 200 once it has returned, or its error's status (400
+// without a scheduled method, 502 if it threw, 504 past the timeout).
+func (s *session) testScheduled(ctx *fasthttp.RequestCtx) {
+	start := time.Now()
+	cron := s.cfg.Cron
+	if c := ctx.QueryArgs().Peek("cron"); c != nil {
+		cron = string(c)
+	}
+	if err := s.runScheduled(ctx, cron, start, false); err != nil {
+		httpserve.WriteError(ctx, err)
+	} else {
+		ctx.SetContentType("text/plain; charset=utf-8")
+		ctx.SetBodyString("ran the scheduled handler\n")
+	}
+	s.access(s.live.Load(), string(ctx.Method()), string(ctx.RequestURI()), ctx.Response.StatusCode(), time.Since(start), false)
+}
+
+// runScheduled runs the live version's scheduled handler for the event
+// (cron, at) within the function's timeout, and prints how it went.
+func (s *session) runScheduled(ctx context.Context, cron string, at time.Time, timed bool) error {
+	spec := s.live.Load()
+	if spec == nil {
+		return s.notBuilt()
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	defer cancel()
+	t0 := time.Now()
+	_, err := s.act.RunScheduled(ctx, spec, cron, at)
+	s.printf("v%d %s\n", spec.Version, schedule.Outcome(ctx, cron, at, timed, time.Since(t0), s.cfg.Timeout, err))
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return errdefs.New(errdefs.ErrTimeout, "the scheduled handler did not return within %v", s.cfg.Timeout)
+	}
+	return err
 }
 
 // Resolve is the router's resolver: there is one function, and its live

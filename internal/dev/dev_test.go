@@ -267,3 +267,38 @@ func TestDevSameContentKeepsLoad(t *testing.T) {
 		t.Errorf("got %q, want v2", got)
 	}
 }
+
+// TestScheduled: --cron runs the scheduled handler on its schedule, and
+// --test-scheduled's /__scheduled runs it now, answering as `spry invoke
+// --scheduled` does: 200 once it returned, 400 for a module without
+// one, 502 when it threw. The function's own paths are served as ever.
+func TestScheduled(t *testing.T) {
+	d := runDev(t, `export default {
+		fetch() { return new Response("v1"); },
+		scheduled(event) { console.log("tick", event.type, JSON.stringify(event.cron)); },
+	};`, Config{Cron: "* * * * * *", TestScheduled: true})
+	d.wait(regexp.MustCompile(`(?m)^\S+ v1 \| tick scheduled "\* \* \* \* \* \*"$`), "a run of the schedule")
+	d.wait(regexp.MustCompile(`(?m)^\S+ v1 scheduled run \("\* \* \* \* \* \*", for \S+\): done in `), "the run's line")
+	if body := d.get("/__scheduled?cron=0+9+*+*+*"); body != "ran the scheduled handler\n" {
+		t.Errorf("/__scheduled answered %q", body)
+	}
+	d.wait(regexp.MustCompile(`(?m)^\S+ v1 \| tick scheduled "0 9 \* \* \*"$`), "the run asked for")
+	if body := d.get("/"); body != "v1" {
+		t.Errorf("/ answered %q", body)
+	}
+
+	for _, tt := range []struct {
+		version, code string
+		status        int
+	}{
+		{"2", answering("v2"), http.StatusBadRequest},
+		{"3", `export default { fetch() { return new Response("v3"); }, scheduled() { throw new Error("no"); } };`, http.StatusBadGateway},
+	} {
+		d.save(tt.code)
+		d.wait(regexp.MustCompile(`(?m)reloaded \(version `+tt.version+`\)$`), "version "+tt.version)
+		_, err := d.fetch("/__scheduled")
+		if se, ok := err.(*statusError); !ok || se.status != tt.status {
+			t.Errorf("version %s: /__scheduled: %v, want status %d", tt.version, err, tt.status)
+		}
+	}
+}

@@ -7,6 +7,8 @@ package schedule
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -224,4 +226,25 @@ func (s *Scheduler) Close() {
 	s.stop()
 	s.mu.Unlock()
 	s.wg.Wait()
+}
+
+// Outcome is the line that says how one run went, for the function's
+// logs: a run of the schedule (timed) for time at, or one asked for;
+// ctx is the run's, its deadline the function's timeout.
+func Outcome(ctx context.Context, cron string, at time.Time, timed bool, took, timeout time.Duration, err error) string {
+	line := fmt.Sprintf("scheduled run (%q, for %s): ", cron, at.UTC().Format(time.RFC3339))
+	if !timed {
+		line = fmt.Sprintf("scheduled run asked for (%q): ", cron)
+	}
+	took = took.Round(time.Millisecond)
+	switch {
+	case err == nil:
+		return line + fmt.Sprintf("done in %v", took)
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return line + fmt.Sprintf("timed out after %v", timeout)
+	case errors.Is(ctx.Err(), context.Canceled) && timed:
+		return line + fmt.Sprintf("cut off after %v: the server is shutting down", took)
+	default:
+		return line + fmt.Sprintf("failed after %v: %v", took, err)
+	}
 }

@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/spry-run/spry/internal/activator"
@@ -56,8 +55,7 @@ func (s *Server) runEvent(ctx context.Context, sp *backend.Spec, cron string, at
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	t0 := time.Now()
-	instance := ""
-	lease, err := s.act.Acquire(ctx, sp)
+	instance, err := s.act.RunScheduled(ctx, sp, cron, at)
 	// A deploy or a config change made another version live while the
 	// run waited: it runs on that one, as a request would (the router
 	// resolves again too), if that one still has the schedule.
@@ -66,31 +64,9 @@ func (s *Server) runEvent(ctx context.Context, sp *backend.Spec, cron string, at
 			return nil // the schedule went with the version
 		}
 		cron = sp.Cron
-		lease, err = s.act.Acquire(ctx, sp)
+		instance, err = s.act.RunScheduled(ctx, sp, cron, at)
 	}
-	if err == nil {
-		instance = lease.Instance().ID
-		err = lease.Instance().RunScheduled(ctx, cron, at)
-		if ctx.Err() != nil && !errors.Is(ctx.Err(), context.Canceled) {
-			lease.TimedOut()
-		}
-		lease.Release()
-	}
-	took := time.Since(t0).Round(time.Millisecond)
-	line := fmt.Sprintf("scheduled run (%q, for %s): ", cron, at.UTC().Format(time.RFC3339))
-	if !timed {
-		line = fmt.Sprintf("scheduled run asked for (%q): ", cron)
-	}
-	switch {
-	case err == nil:
-		line += fmt.Sprintf("done in %v", took)
-	case errors.Is(ctx.Err(), context.DeadlineExceeded):
-		line += fmt.Sprintf("timed out after %v", timeout)
-	case errors.Is(ctx.Err(), context.Canceled) && timed:
-		line += fmt.Sprintf("cut off after %v: the server is shutting down", took)
-	default:
-		line += fmt.Sprintf("failed after %v: %v", took, err)
-	}
+	line := schedule.Outcome(ctx, cron, at, timed, time.Since(t0), timeout, err)
 	s.logs.Append(logstore.Entry{Owner: sp.Owner, Function: sp.Name, FunctionID: sp.FunctionID, Version: sp.Version, Instance: instance,
 		Stream: logstore.StreamSystem, Line: line})
 	s.metrics.Scheduled(sp.Owner, sp.Name, sp.FunctionID, err == nil)
