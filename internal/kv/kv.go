@@ -1,0 +1,336 @@
+// Package kv is functions' key-value storage. Each function has a
+// namespace of its own, named by its id: kept across versions, deploys
+// and restarts, removed with the function. Its code reaches it as
+// ctx.kv, through a Unix socket in its sandbox that only its own
+// instances have (ServeConn); entries live in one SQLite file of the
+// server's data directory.
+package kv
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+	"unicode/utf8"
+
+	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/sqlitedb"
+)
+
+// Limits of one entry and one listing, as Deno KV's and Workers KV's
+// are of the same order: a key of a few hundred bytes, a value of 64 KiB.
+const (
+	MaxKeyBytes   = 512
+	MaxValueBytes = 64 << 10
+	MaxList       = 1000
+	DefaultList   = 100
+	// MaxExpireIn is the longest expiry a value may be given.
+	MaxExpireIn = 10 * 365 * 24 * time.Hour
+)
+
+// DefaultMaxBytes is a function's namespace's default bound, keys and
+// values together.
+const DefaultMaxBytes = 64 << 20
+
+var migrations = []string{
+	`CREATE TABLE entries (
+		fn TEXT NOT NULL,
+		key TEXT NOT NULL,
+		value BLOB NOT NULL,
+		expires INTEGER, -- Unix ms; NULL: never
+		size INTEGER NOT NULL, -- the key's and the value's bytes
+		PRIMARY KEY (fn, key)
+	) WITHOUT ROWID;
+	CREATE INDEX entries_expires ON entries (expires) WHERE expires IS NOT NULL;
+	-- What each namespace holds, keys and values, kept with every change
+	-- so that a write's bound check reads one row, not the namespace.
+	CREATE TABLE usage (
+		fn TEXT PRIMARY KEY,
+		bytes INTEGER NOT NULL
+	) WITHOUT ROWID;`,
+}
+
+// Store holds every function's entries.
+type Store struct {
+	db       *sql.DB
+	maxBytes int64
+	now      func() time.Time
+}
+
+// Options are the store's.
+type Options struct {
+	// MaxBytes bounds each namespace, keys and values together (0:
+	// DefaultMaxBytes).
+	MaxBytes int64
+	// Now is the clock expiries are read by (nil: time.Now).
+	Now func() time.Time
+}
+
+// Open opens (creating if needed) the store at path.
+func Open(ctx context.Context, path string, o Options) (*Store, error) {
+	db, err := sqlitedb.Open(ctx, path, nil, migrations)
+	if err != nil {
+		return nil, err
+	}
+	if o.MaxBytes <= 0 {
+		o.MaxBytes = DefaultMaxBytes
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return &Store{db: db, maxBytes: o.MaxBytes, now: o.Now}, nil
+}
+
+// Close closes the file.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Entry is one key and its value (JSON text).
+type Entry struct {
+	Key   string          `json:"key"`
+	Value json.RawMessage `json:"value"`
+}
+
+func checkKey(key string) error {
+	switch {
+	case key == "":
+		return errdefs.Invalid("kv: a key must not be empty")
+	case len(key) > MaxKeyBytes:
+		return errdefs.New(errdefs.ErrTooLarge, "kv: a key is at most %d bytes; this one is %d", MaxKeyBytes, len(key))
+	case !utf8.ValidString(key):
+		return errdefs.Invalid("kv: a key must be UTF-8 text")
+	}
+	return nil
+}
+
+// Get returns fn's value of key, or ok false if it has none (or it
+// expired).
+func (s *Store) Get(ctx context.Context, fn, key string) (value json.RawMessage, ok bool, err error) {
+	if err := checkKey(key); err != nil {
+		return nil, false, err
+	}
+	err = s.db.QueryRowContext(ctx, `SELECT value FROM entries WHERE fn = ? AND key = ? AND (expires IS NULL OR expires > ?)`,
+		fn, key, s.now().UnixMilli()).Scan(&value)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("kv get: %w", err)
+	}
+	return value, true, nil
+}
+
+// Set gives fn's key the value (JSON text), which expires after
+// expireIn unless that is 0. It fails with ErrQuotaExceeded if the
+// namespace would grow past its bound, and leaves it as it was.
+func (s *Store) Set(ctx context.Context, fn, key string, value json.RawMessage, expireIn time.Duration) error {
+	if err := checkKey(key); err != nil {
+		return err
+	}
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, value); err != nil || len(value) == 0 {
+		return errdefs.Invalid("kv: a value must be JSON")
+	}
+	value = compact.Bytes()
+	if len(value) > MaxValueBytes {
+		return errdefs.New(errdefs.ErrTooLarge, "kv: a value is at most %d bytes as JSON; this one is %d", MaxValueBytes, len(value))
+	}
+	if expireIn < 0 || expireIn > MaxExpireIn {
+		return errdefs.Invalid("kv: expireIn must be between 0 (never) and %v", MaxExpireIn)
+	}
+	var expires any
+	if expireIn > 0 {
+		expires = s.now().Add(expireIn).UnixMilli()
+	}
+	size := int64(len(key) + len(value))
+	return s.write(ctx, fn, func(tx *sql.Tx, used int64) (int64, error) {
+		var old int64
+		err := tx.QueryRowContext(ctx, `SELECT size FROM entries WHERE fn = ? AND key = ?`, fn, key).Scan(&old)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return 0, err
+		}
+		// A write that shrinks the namespace is always let through:
+		// a function over its bound (the bound lowered) can still
+		// make room.
+		if next := used - old + size; next > s.maxBytes && size > old {
+			return 0, errdefs.New(errdefs.ErrQuotaExceeded, "kv: the function's entries would take %d bytes, more than its %d (spry serve --kv-max-bytes); delete some first", next, s.maxBytes)
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO entries (fn, key, value, expires, size) VALUES (?, ?, ?, ?, ?)
+			ON CONFLICT (fn, key) DO UPDATE SET value = excluded.value, expires = excluded.expires, size = excluded.size`, fn, key, []byte(value), expires, size)
+		return size - old, err
+	})
+}
+
+// Delete removes fn's key, if it has one.
+func (s *Store) Delete(ctx context.Context, fn, key string) error {
+	if err := checkKey(key); err != nil {
+		return err
+	}
+	return s.write(ctx, fn, func(tx *sql.Tx, _ int64) (int64, error) {
+		var old int64
+		err := tx.QueryRowContext(ctx, `DELETE FROM entries WHERE fn = ? AND key = ? RETURNING size`, fn, key).Scan(&old)
+		if errors.Is(err, sql.ErrNoRows) {
+			return 0, nil
+		}
+		return -old, err
+	})
+}
+
+// write runs change in a transaction with what fn's namespace holds, and
+// adds the change's delta to it.
+func (s *Store) write(ctx context.Context, fn string, change func(tx *sql.Tx, used int64) (int64, error)) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("kv: %w", err)
+	}
+	defer tx.Rollback()
+	var used int64
+	if err := tx.QueryRowContext(ctx, `SELECT bytes FROM usage WHERE fn = ?`, fn).Scan(&used); err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("kv: %w", err)
+	}
+	delta, err := change(tx, used)
+	if err != nil {
+		if errdefs.Public(err) {
+			return err
+		}
+		return fmt.Errorf("kv: %w", err)
+	}
+	if delta != 0 {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO usage (fn, bytes) VALUES (?, ?)
+			ON CONFLICT (fn) DO UPDATE SET bytes = bytes + excluded.bytes`, fn, delta); err != nil {
+			return fmt.Errorf("kv: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("kv: %w", err)
+	}
+	return nil
+}
+
+// List returns up to limit of fn's entries whose keys start with
+// prefix, in key order (bytewise), after the key cursor (""; the start),
+// and the cursor of the next page ("" when there is none).
+func (s *Store) List(ctx context.Context, fn, prefix, cursor string, limit int) ([]Entry, string, error) {
+	switch {
+	case limit == 0:
+		limit = DefaultList
+	case limit < 0 || limit > MaxList:
+		return nil, "", errdefs.Invalid("kv: limit must be between 1 and %d", MaxList)
+	case len(prefix) > MaxKeyBytes || len(cursor) > MaxKeyBytes:
+		return nil, "", errdefs.Invalid("kv: prefix and cursor are at most %d bytes", MaxKeyBytes)
+	}
+	// Keys compare bytewise (SQLite's BINARY), so the keys with the
+	// prefix are one range: from the prefix to the prefix with its last
+	// byte below 0xff raised (none: to the end).
+	from := max(prefix, cursor)
+	q := `SELECT key, value FROM entries WHERE fn = ? AND key >= ? AND key > ? AND (expires IS NULL OR expires > ?)`
+	args := []any{fn, from, cursor, s.now().UnixMilli()}
+	if end, ok := prefixEnd(prefix); ok {
+		q += ` AND key < ?`
+		args = append(args, end)
+	}
+	q += ` ORDER BY key LIMIT ?`
+	args = append(args, limit+1)
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, "", fmt.Errorf("kv list: %w", err)
+	}
+	defer rows.Close()
+	var out []Entry
+	for rows.Next() {
+		var e Entry
+		var v []byte
+		if err := rows.Scan(&e.Key, &v); err != nil {
+			return nil, "", fmt.Errorf("kv list: %w", err)
+		}
+		e.Value = v
+		out = append(out, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, "", fmt.Errorf("kv list: %w", err)
+	}
+	next := ""
+	if len(out) > limit {
+		out = out[:limit]
+		next = out[limit-1].Key
+	}
+	return out, next, nil
+}
+
+// prefixEnd is the least string above every string with prefix p, or
+// false if there is none (p empty, or all 0xff bytes).
+func prefixEnd(p string) (string, bool) {
+	b := []byte(p)
+	for i := len(b) - 1; i >= 0; i-- {
+		if b[i] < 0xff {
+			b[i]++
+			return string(b[:i+1]), true
+		}
+	}
+	return "", false
+}
+
+// DeleteFunction removes fn's namespace.
+func (s *Store) DeleteFunction(ctx context.Context, fn string) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("kv: %w", err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `DELETE FROM entries WHERE fn = ?`, fn); err != nil {
+		return fmt.Errorf("kv: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM usage WHERE fn = ?`, fn); err != nil {
+		return fmt.Errorf("kv: %w", err)
+	}
+	return tx.Commit()
+}
+
+// Sweep removes the entries that have expired, and returns how many.
+// Until then they are not read, but count against their namespace's
+// bound.
+func (s *Store) Sweep(ctx context.Context) (int, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, fmt.Errorf("kv sweep: %w", err)
+	}
+	defer tx.Rollback()
+	rows, err := tx.QueryContext(ctx, `DELETE FROM entries WHERE expires IS NOT NULL AND expires <= ? RETURNING fn, size`, s.now().UnixMilli())
+	if err != nil {
+		return 0, fmt.Errorf("kv sweep: %w", err)
+	}
+	freed := map[string]int64{}
+	n := 0
+	for rows.Next() {
+		var fn string
+		var size int64
+		if err := rows.Scan(&fn, &size); err != nil {
+			rows.Close()
+			return 0, fmt.Errorf("kv sweep: %w", err)
+		}
+		freed[fn] += size
+		n++
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, fmt.Errorf("kv sweep: %w", err)
+	}
+	for fn, size := range freed {
+		if _, err := tx.ExecContext(ctx, `UPDATE usage SET bytes = bytes - ? WHERE fn = ?`, size, fn); err != nil {
+			return 0, fmt.Errorf("kv sweep: %w", err)
+		}
+	}
+	return n, tx.Commit()
+}
+
+// Used returns what fn's namespace holds, keys and values, in bytes.
+func (s *Store) Used(ctx context.Context, fn string) (int64, error) {
+	var used int64
+	err := s.db.QueryRowContext(ctx, `SELECT bytes FROM usage WHERE fn = ?`, fn).Scan(&used)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	return used, err
+}

@@ -1,0 +1,274 @@
+package kv
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/spry-run/spry/internal/errdefs"
+)
+
+// clock is a settable time for expiries.
+type clock struct{ t time.Time }
+
+func (c *clock) now() time.Time { return c.t }
+
+func open(t testing.TB, maxBytes int64) (*Store, *clock) {
+	t.Helper()
+	c := &clock{t: time.Date(2026, 11, 24, 9, 0, 0, 0, time.UTC)}
+	s, err := Open(context.Background(), filepath.Join(t.TempDir(), "kv.db"), Options{MaxBytes: maxBytes, Now: c.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, c
+}
+
+// call sends one request through ServeConn on a socket pair, as a
+// runtime does (its write side then closed), and returns the answer.
+func call(t testing.TB, s *Store, fn, req string) string {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns := make([]*net.UnixConn, 2)
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "kv")
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns[i] = c.(*net.UnixConn)
+	}
+	client, server := conns[0], conns[1]
+	defer client.Close()
+	done := make(chan struct{})
+	go func() { s.ServeConn(context.Background(), server, fn); close(done) }()
+	go func() { _, _ = client.Write([]byte(req)); _ = client.CloseWrite() }()
+	got, err := io.ReadAll(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	return string(got)
+}
+
+// consistent checks that what a namespace is said to hold is what its
+// entries add up to.
+func consistent(t testing.TB, s *Store, fn string) {
+	t.Helper()
+	var sum int64
+	if err := s.db.QueryRow(`SELECT coalesce(sum(length(CAST(key AS BLOB)) + length(value)), 0) FROM entries WHERE fn = ?`, fn).Scan(&sum); err != nil {
+		t.Fatal(err)
+	}
+	used, err := s.Used(context.Background(), fn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if used != sum {
+		t.Errorf("%s is said to hold %d bytes; its entries hold %d", fn, used, sum)
+	}
+}
+
+func TestProtocol(t *testing.T) {
+	s, _ := open(t, 0)
+	big := `"` + strings.Repeat("x", MaxValueBytes) + `"`
+	for _, tt := range []struct {
+		name, req, want string
+	}{
+		{"get of nothing", `{"op":"get","key":"a"}`, `{"value":null}`},
+		{"set", `{"op":"set","key":"a","value":{"n": 1, "s": "é"}}`, `{}`},
+		{"get", `{"op":"get","key":"a"}`, `{"value":{"n":1,"s":"é"}}`},
+		{"set a string", `{"op":"set","key":"b/1","value":"one"}`, `{}`},
+		{"set a number", `{"op":"set","key":"b/2","value":2}`, `{}`},
+		{"set null", `{"op":"set","key":"c","value":null}`, `{}`},
+		{"list", `{"op":"list"}`, `{"entries":[{"key":"a","value":{"n":1,"s":"é"}},{"key":"b/1","value":"one"},{"key":"b/2","value":2},{"key":"c","value":null}],"cursor":null}`},
+		{"list a prefix", `{"op":"list","prefix":"b/"}`, `{"entries":[{"key":"b/1","value":"one"},{"key":"b/2","value":2}],"cursor":null}`},
+		{"list a page", `{"op":"list","limit":2}`, `{"entries":[{"key":"a","value":{"n":1,"s":"é"}},{"key":"b/1","value":"one"}],"cursor":"b/1"}`},
+		{"list the next page", `{"op":"list","limit":2,"cursor":"b/1"}`, `{"entries":[{"key":"b/2","value":2},{"key":"c","value":null}],"cursor":null}`},
+		{"list a prefix's next page", `{"op":"list","prefix":"b/","limit":1,"cursor":"b/1"}`, `{"entries":[{"key":"b/2","value":2}],"cursor":null}`},
+		{"list nothing", `{"op":"list","prefix":"z"}`, `{"entries":[],"cursor":null}`},
+		{"delete", `{"op":"delete","key":"a"}`, `{}`},
+		{"delete again", `{"op":"delete","key":"a"}`, `{}`},
+		{"get deleted", `{"op":"get","key":"a"}`, `{"value":null}`},
+		{"empty key", `{"op":"set","key":"","value":1}`, `{"error":{"code":"invalid_argument","message":"kv: a key must not be empty"}}`},
+		{"long key", `{"op":"get","key":"` + strings.Repeat("k", MaxKeyBytes+1) + `"}`, `{"error":{"code":"too_large","message":"kv: a key is at most 512 bytes; this one is 513"}}`},
+		{"no value", `{"op":"set","key":"a"}`, `{"error":{"code":"invalid_argument","message":"kv: a value must be JSON"}}`},
+		{"large value", `{"op":"set","key":"a","value":` + big + `}`, `{"error":{"code":"too_large","message":"kv: a value is at most 65536 bytes as JSON; this one is 65538"}}`},
+		{"negative expiry", `{"op":"set","key":"a","value":1,"expireIn":-1}`, `{"error":{"code":"invalid_argument","message":"kv: expireIn must be between 0 (never) and 315360000000 ms"}}`},
+		{"limit too high", `{"op":"list","limit":1001}`, `{"error":{"code":"invalid_argument","message":"kv: limit must be between 1 and 1000"}}`},
+		{"unknown op", `{"op":"drop"}`, `{"error":{"code":"invalid_argument","message":"kv: unknown op \"drop\" (get, set, delete, list)"}}`},
+		{"not JSON", `get a`, `{"error":{"code":"invalid_argument","message":"kv: the request is not a JSON object: invalid character 'g' looking for beginning of value"}}`},
+		{"cut", `{"op":"get","key":"a`, `{"error":{"code":"invalid_argument","message":"kv: the request is not a JSON object: unexpected EOF"}}`},
+		{"too large", `{"op":"set","key":"a","value":"` + strings.Repeat("x", maxRequest) + `"}`, `{"error":{"code":"too_large","message":"kv: a request is at most ` + fmt.Sprint(maxRequest) + ` bytes"}}`},
+		{"a key of bad type", `{"op":"get","key":1}`, `{"error":{"code":"invalid_argument","message":"kv: the request is not a JSON object: json: cannot unmarshal number into Go struct field Request.key of type string"}}`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := call(t, s, "fn-1", tt.req); got != tt.want {
+				t.Errorf("%.200s\n got %.300s\nwant %.300s", tt.req, got, tt.want)
+			}
+		})
+	}
+	consistent(t, s, "fn-1")
+}
+
+// Each function sees its own namespace only, and a deleted function's
+// goes with it.
+func TestNamespaces(t *testing.T) {
+	s, _ := open(t, 0)
+	ctx := context.Background()
+	for _, fn := range []string{"a", "b"} {
+		if err := s.Set(ctx, fn, "k", json.RawMessage(`"`+fn+`"`), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := call(t, s, "a", `{"op":"get","key":"k"}`); got != `{"value":"a"}` {
+		t.Errorf("a reads %s", got)
+	}
+	if got := call(t, s, "b", `{"op":"list"}`); got != `{"entries":[{"key":"k","value":"b"}],"cursor":null}` {
+		t.Errorf("b lists %s", got)
+	}
+	if err := s.DeleteFunction(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if got := call(t, s, "a", `{"op":"get","key":"k"}`); got != `{"value":null}` {
+		t.Errorf("deleted a reads %s", got)
+	}
+	if got := call(t, s, "b", `{"op":"get","key":"k"}`); got != `{"value":"b"}` {
+		t.Errorf("b reads %s after a was deleted", got)
+	}
+	if used, _ := s.Used(ctx, "a"); used != 0 {
+		t.Errorf("deleted a holds %d bytes", used)
+	}
+	consistent(t, s, "b")
+}
+
+// A namespace stays within its bound: a write past it fails and
+// changes nothing, a write that shrinks it is let through, and deletes
+// make room.
+func TestBound(t *testing.T) {
+	const bound = 1000
+	s, _ := open(t, bound)
+	ctx := context.Background()
+	value := json.RawMessage(`"` + strings.Repeat("v", 297) + `"`) // 299 bytes, 300 with a one-byte key
+	for i := range 3 {
+		if err := s.Set(ctx, "f", fmt.Sprint(i), value, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := s.Set(ctx, "f", "3", value, 0)
+	if !errors.Is(err, errdefs.ErrQuotaExceeded) {
+		t.Fatalf("a write past the bound: %v, want quota_exceeded", err)
+	}
+	if _, ok, _ := s.Get(ctx, "f", "3"); ok {
+		t.Error("the refused write was stored")
+	}
+	// Another function has a bound of its own.
+	if err := s.Set(ctx, "g", "3", value, 0); err != nil {
+		t.Errorf("another function's write: %v", err)
+	}
+	// Overwriting a key with a value no larger is let through.
+	if err := s.Set(ctx, "f", "0", json.RawMessage(`1`), 0); err != nil {
+		t.Errorf("a write that shrinks: %v", err)
+	}
+	if err := s.Set(ctx, "f", "3", value, 0); err != nil {
+		t.Errorf("a write that fits after the shrink: %v", err)
+	}
+	if err := s.Delete(ctx, "f", "1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Set(ctx, "f", "4", value, 0); err != nil {
+		t.Errorf("a write after a delete: %v", err)
+	}
+	consistent(t, s, "f")
+	consistent(t, s, "g")
+}
+
+// An entry with an expiry is gone for reads once it has passed, and
+// Sweep frees its bytes.
+func TestExpiry(t *testing.T) {
+	s, c := open(t, 0)
+	ctx := context.Background()
+	if err := s.Set(ctx, "f", "short", json.RawMessage(`1`), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Set(ctx, "f", "long", json.RawMessage(`2`), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Set(ctx, "f", "never", json.RawMessage(`3`), 0); err != nil {
+		t.Fatal(err)
+	}
+	c.t = c.t.Add(2 * time.Minute)
+	if _, ok, _ := s.Get(ctx, "f", "short"); ok {
+		t.Error("an expired entry is read")
+	}
+	if got := call(t, s, "f", `{"op":"list"}`); got != `{"entries":[{"key":"long","value":2},{"key":"never","value":3}],"cursor":null}` {
+		t.Errorf("list after the expiry: %s", got)
+	}
+	n, err := s.Sweep(ctx)
+	if err != nil || n != 1 {
+		t.Errorf("Sweep: %d, %v; want 1", n, err)
+	}
+	consistent(t, s, "f")
+	// Set again, an expired key's expiry is the new one's.
+	if err := s.Set(ctx, "f", "long", json.RawMessage(`4`), 0); err != nil {
+		t.Fatal(err)
+	}
+	c.t = c.t.Add(2 * time.Hour)
+	if v, ok, _ := s.Get(ctx, "f", "long"); !ok || string(v) != "4" {
+		t.Errorf("a key set again without an expiry: %s, %v", v, ok)
+	}
+}
+
+func TestPrefixEnd(t *testing.T) {
+	for _, tt := range []struct {
+		p, want string
+		ok      bool
+	}{
+		{"", "", false},
+		{"a", "b", true},
+		{"ab", "ac", true},
+		{"a\xff", "b", true},
+		{"\xff\xff", "", false},
+	} {
+		if got, ok := prefixEnd(tt.p); got != tt.want || ok != tt.ok {
+			t.Errorf("prefixEnd(%q) = %q, %v; want %q, %v", tt.p, got, ok, tt.want, tt.ok)
+		}
+	}
+}
+
+// Whatever a function's code sends, the answer is JSON, and what its
+// namespace is said to hold stays what its entries add up to.
+func FuzzServe(f *testing.F) {
+	for _, seed := range []string{
+		`{"op":"set","key":"a","value":1}`,
+		`{"op":"set","key":"a","value":"xx","expireIn":5}`,
+		`{"op":"delete","key":"a"}`,
+		`{"op":"list","prefix":"a","limit":1}`,
+		`{"op":"get","key":"\u00e9"}`,
+		`{"op":"set","key":"a\xff","value":[1,2]}`,
+		`{`,
+	} {
+		f.Add(seed)
+	}
+	s, _ := open(f, 4096)
+	f.Fuzz(func(t *testing.T, req string) {
+		got := call(t, s, "f", req)
+		if !json.Valid([]byte(got)) {
+			t.Fatalf("%q: the answer %q is not JSON", req, got)
+		}
+		consistent(t, s, "f")
+	})
+}

@@ -1,0 +1,140 @@
+package kv
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"time"
+
+	"github.com/spry-run/spry/internal/errdefs"
+)
+
+// The runtime's side of ctx.kv speaks to ServeConn: one request per
+// connection, a JSON object, the connection's write side then closed;
+// one JSON object back, and the connection closed.
+//
+//	{"op":"get","key":"k"}                          -> {"value":V} or {"value":null}
+//	{"op":"set","key":"k","value":V,"expireIn":ms}  -> {}
+//	{"op":"delete","key":"k"}                       -> {}
+//	{"op":"list","prefix":"p","cursor":"c","limit":n} -> {"entries":[{"key":..,"value":..}],"cursor":"c2"|null}
+//
+// An error is {"error":{"code":"...","message":"..."}}, as the API's.
+
+// Request is one call of ctx.kv.
+type Request struct {
+	Op       string          `json:"op"`
+	Key      string          `json:"key"`
+	Value    json.RawMessage `json:"value"`
+	ExpireIn int64           `json:"expireIn"` // ms; 0: never
+	Prefix   string          `json:"prefix"`
+	Cursor   string          `json:"cursor"`
+	Limit    int             `json:"limit"`
+}
+
+// maxRequest bounds a request's bytes: the largest value, escaped at
+// worst six bytes for one, and a key with the rest.
+const maxRequest = 6*MaxValueBytes + 8*MaxKeyBytes + 1024
+
+// connTimeout bounds one connection: a request that has not been sent
+// whole in it is dropped.
+const connTimeout = 10 * time.Second
+
+// ServeConn answers one request of function fn's code on conn, and
+// closes it.
+func (s *Store) ServeConn(ctx context.Context, conn net.Conn, fn string) {
+	defer conn.Close()
+	_ = conn.SetReadDeadline(time.Now().Add(connTimeout))
+	ctx, cancel := context.WithTimeout(ctx, connTimeout)
+	defer cancel()
+	res := s.answer(ctx, fn, conn)
+	b, err := json.Marshal(res)
+	if err != nil {
+		b, _ = json.Marshal(errorBody(err))
+	}
+	_ = conn.SetWriteDeadline(time.Now().Add(connTimeout))
+	_, _ = conn.Write(b)
+	// What is left of a request refused before its end is read (until
+	// the client's end, a bound, or the deadline), so that the close does
+	// not reset the connection before the client reads the answer.
+	_, _ = io.Copy(io.Discard, io.LimitReader(conn, 4*maxRequest))
+}
+
+func (s *Store) answer(ctx context.Context, fn string, r io.Reader) any {
+	var req Request
+	lr := &io.LimitedReader{R: r, N: maxRequest}
+	if err := json.NewDecoder(lr).Decode(&req); err != nil {
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			return errorBody(errdefs.New(errdefs.ErrRequestTimeout, "kv: the request was not sent whole within %v", connTimeout))
+		case lr.N == 0:
+			return errorBody(errdefs.New(errdefs.ErrTooLarge, "kv: a request is at most %d bytes", maxRequest))
+		}
+		return errorBody(errdefs.Invalid("kv: the request is not a JSON object: %v", err))
+	}
+	switch req.Op {
+	case "get":
+		v, ok, err := s.Get(ctx, fn, req.Key)
+		if err != nil {
+			return errorBody(err)
+		}
+		if !ok {
+			v = json.RawMessage("null")
+		}
+		return struct {
+			Value json.RawMessage `json:"value"`
+		}{v}
+	case "set":
+		if req.ExpireIn < 0 || req.ExpireIn > MaxExpireIn.Milliseconds() {
+			return errorBody(errdefs.Invalid("kv: expireIn must be between 0 (never) and %d ms", MaxExpireIn.Milliseconds()))
+		}
+		if err := s.Set(ctx, fn, req.Key, req.Value, time.Duration(req.ExpireIn)*time.Millisecond); err != nil {
+			return errorBody(err)
+		}
+		return struct{}{}
+	case "delete":
+		if err := s.Delete(ctx, fn, req.Key); err != nil {
+			return errorBody(err)
+		}
+		return struct{}{}
+	case "list":
+		entries, next, err := s.List(ctx, fn, req.Prefix, req.Cursor, req.Limit)
+		if err != nil {
+			return errorBody(err)
+		}
+		if entries == nil {
+			entries = []Entry{}
+		}
+		var cursor *string
+		if next != "" {
+			cursor = &next
+		}
+		return struct {
+			Entries []Entry `json:"entries"`
+			Cursor  *string `json:"cursor"`
+		}{entries, cursor}
+	default:
+		return errorBody(errdefs.Invalid("kv: unknown op %q (get, set, delete, list)", req.Op))
+	}
+}
+
+type errorJSON struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+// errorBody is err as the API shows errors; one with no class (a disk
+// error, say) says only that storage failed.
+func errorBody(err error) errorJSON {
+	var e errorJSON
+	e.Error.Code = errdefs.Code(err)
+	e.Error.Message = "kv: storage failed"
+	if errdefs.Public(err) {
+		e.Error.Message = err.Error()
+	}
+	return e
+}
