@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spry-run/spry/internal/kv"
 	"github.com/spry-run/spry/internal/server"
 )
 
@@ -72,6 +73,8 @@ func TestValidateServeFlags(t *testing.T) {
 		{"all-pids under 1024", func(c *server.Config) { c.AllPids = 1023 }, "--all-pids"},
 		{"least all-memory", func(c *server.Config) { c.AllMemory = 256 << 20 }, ""},
 		{"all-memory under 256 MiB", func(c *server.Config) { c.AllMemory = 256<<20 - 1 }, "--all-memory"},
+		{"least kv bound", func(c *server.Config) { c.KVMaxBytes = kv.MaxKeyBytes + kv.MaxValueBytes }, ""},
+		{"kv bound under one entry", func(c *server.Config) { c.KVMaxBytes = kv.MaxKeyBytes + kv.MaxValueBytes - 1 }, "--kv-max-bytes"},
 		{"memory reserve", func(c *server.Config) { c.MemoryReserve = uint64(defaultMemoryReserve()) << 20 }, ""},
 		{"memory reserve all but a byte", func(c *server.Config) { c.MemoryReserve = hostMemory() - 1 }, ""},
 		{"memory reserve all of it", func(c *server.Config) { c.MemoryReserve = hostMemory() }, "--memory-reserve"},

@@ -36,6 +36,7 @@ import (
 	"github.com/spry-run/spry/internal/build"
 	"github.com/spry-run/spry/internal/errdefs"
 	"github.com/spry-run/spry/internal/httpserve"
+	"github.com/spry-run/spry/internal/kv"
 	"github.com/spry-run/spry/internal/router"
 	"github.com/spry-run/spry/internal/runtime"
 	"github.com/spry-run/spry/internal/sandbox"
@@ -175,6 +176,17 @@ func Run(ctx context.Context, cfg Config) error {
 	if s.blobs, err = blob.Open(blobDir); err != nil {
 		return err
 	}
+	// ctx.kv works as deployed, on entries that last the session.
+	kvDir, err := os.MkdirTemp("", "spry-"+id+"-kv-")
+	if err != nil {
+		return err
+	}
+	cleanups = append(cleanups, func() { os.RemoveAll(kvDir) })
+	store, err := kv.Open(ctx, filepath.Join(kvDir, "kv.db"), kv.Options{})
+	if err != nil {
+		return err
+	}
+	cleanups = append(cleanups, func() { store.Close() })
 	runDir := filepath.Join("/run/spry", id)
 	cleanups = append(cleanups, func() { os.RemoveAll(runDir) })
 	if err := sandbox.MkdirReachable(runDir); err != nil {
@@ -208,6 +220,7 @@ func Run(ctx context.Context, cfg Config) error {
 		CPUQuotaUs:       100000,
 		TmpBytes:         64 << 20,
 		NoFiles:          1024,
+		KV:               store,
 	})
 	if err != nil {
 		return err

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -300,5 +301,26 @@ func TestScheduled(t *testing.T) {
 		if se, ok := err.(*statusError); !ok || se.status != tt.status {
 			t.Errorf("version %s: /__scheduled: %v, want status %d", tt.version, err, tt.status)
 		}
+	}
+}
+
+// TestKV: ctx.kv works in a session as deployed, its entries lasting
+// across requests and reloads.
+func TestKV(t *testing.T) {
+	code := `export default { async fetch(req, ctx) {
+		const n = ((await ctx.kv.get("n")) ?? 0) + 1;
+		await ctx.kv.set("n", n);
+		return new Response("VERSION " + n);
+	} };`
+	d := runDev(t, strings.Replace(code, "VERSION", "v1", 1), Config{})
+	for _, want := range []string{"v1 1", "v1 2"} {
+		if got := d.get("/"); got != want {
+			t.Errorf("got %q, want %q", got, want)
+		}
+	}
+	d.save(strings.Replace(code, "VERSION", "v2", 1))
+	d.wait(regexp.MustCompile(`(?m)reloaded \(version 2\)$`), "version 2")
+	if got := d.get("/"); got != "v2 3" {
+		t.Errorf("after the reload: %q, want \"v2 3\"", got)
 	}
 }

@@ -32,9 +32,38 @@ function errorResponse(status, code, message) {
   });
 }
 
+// ctx.kv: the function's key-value storage, kept by the server (one
+// namespace per function, across versions and deploys). Each call is one
+// connection to the server's socket: the request as JSON, then the
+// answer. Values are anything JSON can hold.
+const KV_SOCKET = "/run/spry-kv.sock";
+
+async function kvCall(req) {
+  const body = encoder.encode(JSON.stringify(req));
+  let conn;
+  try {
+    conn = await Deno.connect({ transport: "unix", path: KV_SOCKET });
+  } catch (err) {
+    throw new Error(`ctx.kv: storage is not reachable: ${err.message}`);
+  }
+  let text;
+  try {
+    for (let off = 0; off < body.length;) off += await conn.write(body.subarray(off));
+    await conn.closeWrite();
+    text = await new Response(conn.readable).text();
+  } finally {
+    try { conn.close(); } catch { /* closed with its stream */ }
+  }
+  return kvAnswer(text);
+}
+
+// The part of ctx.kv both runtimes share (kv_client.js) goes here.
+/* @spry:kv-client */
+
 function makeContext(req) {
   return {
     env: meta.env,
+    kv,
     name: meta.name,
     owner: meta.owner,
     version: meta.version,

@@ -28,6 +28,7 @@
 import { randomUUID } from "node:crypto";
 import { writeSync } from "node:fs";
 import http from "node:http";
+import net from "node:net";
 import { createRequire } from "node:module";
 import querystring from "node:querystring";
 import { Readable } from "node:stream";
@@ -200,9 +201,42 @@ server.listen(SOCKET, onListen);
 // ---------------------------------------------------------------------------
 // The fetch contract.
 
+// ctx.kv: the function's key-value storage, kept by the server (one
+// namespace per function, across versions and deploys). Each call is one
+// connection to the server's socket: the request as JSON, then the
+// answer. Values are anything JSON can hold.
+const KV_SOCKET = "/run/spry-kv.sock";
+
+function kvCall(req) {
+  const body = JSON.stringify(req);
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    let connected = false;
+    const sock = net.createConnection(KV_SOCKET, () => {
+      connected = true;
+      sock.end(body);
+    });
+    sock.on("data", (c) => chunks.push(c));
+    sock.on("end", () => {
+      try {
+        resolve(kvAnswer(Buffer.concat(chunks).toString("utf8")));
+      } catch (err) {
+        reject(err);
+      }
+    });
+    sock.on("error", (err) => {
+      reject(new Error(connected ? `ctx.kv: ${err.message}` : `ctx.kv: storage is not reachable: ${err.message}`));
+    });
+  });
+}
+
+// The part of ctx.kv both runtimes share (kv_client.js) goes here.
+/* @spry:kv-client */
+
 function makeContext(requestId) {
   return {
     env: meta.env,
+    kv,
     name: meta.name,
     owner: meta.owner,
     version: meta.version,

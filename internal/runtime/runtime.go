@@ -5,6 +5,7 @@
 package runtime
 
 import (
+	"bytes"
 	_ "embed"
 	"fmt"
 	"os"
@@ -27,6 +28,10 @@ const (
 	// specialization (a POST of a Specialization); only the supervisor
 	// connects to it.
 	ControlSocketName = "control.sock"
+	// KVSocket is where the function's code reaches its key-value
+	// storage (ctx.kv): a socket of the server's, bound into the sandbox,
+	// that answers for this instance's function only.
+	KVSocket = "/run/spry-kv.sock"
 	// BootLine is the first line an instance writes on stdout, as soon
 	// as its bootstrap runs: the sandbox's setup is done, and the
 	// supervisor sets up the instance's network beside the rest of the
@@ -96,6 +101,18 @@ type Specialization struct {
 //go:embed deno_bootstrap.js
 var denoBootstrap []byte
 
+//go:embed kv_client.js
+var kvClient []byte
+
+// withKVClient is a bootstrap with the shared part of ctx.kv in place.
+func withKVClient(boot []byte) []byte {
+	const marker = "/* @spry:kv-client */"
+	if !bytes.Contains(boot, []byte(marker)) {
+		panic("runtime: a bootstrap has no " + marker)
+	}
+	return bytes.Replace(boot, []byte(marker), kvClient, 1)
+}
+
 // Deno is the Deno runtime.
 type Deno struct {
 	Binary    string // host path of the deno binary
@@ -123,7 +140,7 @@ func NewDeno(binary, dir string) (*Deno, error) {
 	}
 	version := strings.TrimPrefix(strings.Fields(string(out) + " ")[1], "v")
 	boot := filepath.Join(dir, "deno-bootstrap.js")
-	if err := os.WriteFile(boot, denoBootstrap, 0o644); err != nil {
+	if err := os.WriteFile(boot, withKVClient(denoBootstrap), 0o644); err != nil {
 		return nil, err
 	}
 	return &Deno{Binary: binary, bootstrap: boot, Version: version}, nil
@@ -139,7 +156,7 @@ func (d *Deno) Launch(o LaunchOptions) Launch {
 	if heap < 16 {
 		heap = 16
 	}
-	sockets := SocketDir + "/" + SocketName + "," + SocketDir + "/" + ControlSocketName
+	sockets := SocketDir + "/" + SocketName + "," + SocketDir + "/" + ControlSocketName + "," + KVSocket
 	args := []string{
 		"run",
 		"--no-prompt", "--no-config", "--no-lock", "--cached-only",
@@ -167,7 +184,7 @@ func (d *Deno) Launch(o LaunchOptions) Launch {
 		}
 	} else {
 		// Only its own socket: no network at all.
-		args = append(args, "--allow-net=unix:"+SocketDir+"/"+SocketName+",unix:"+SocketDir+"/"+ControlSocketName)
+		args = append(args, "--allow-net=unix:"+SocketDir+"/"+SocketName+",unix:"+SocketDir+"/"+ControlSocketName+",unix:"+KVSocket)
 	}
 	args = append(args, "/spry/bootstrap.js")
 	args = append(args, bootstrapArgs(o)...)

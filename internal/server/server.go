@@ -35,6 +35,7 @@ import (
 	"github.com/spry-run/spry/internal/errdefs"
 	"github.com/spry-run/spry/internal/functions"
 	"github.com/spry-run/spry/internal/httpserve"
+	"github.com/spry-run/spry/internal/kv"
 	"github.com/spry-run/spry/internal/logstore"
 	"github.com/spry-run/spry/internal/metrics"
 	"github.com/spry-run/spry/internal/router"
@@ -88,6 +89,9 @@ type Config struct {
 	// together (the server's cgroup subtree); 0: no bound.
 	AllPids   int64
 	AllMemory int64
+	// KVMaxBytes bounds each function's ctx.kv, keys and values
+	// together (0: kv.DefaultMaxBytes).
+	KVMaxBytes int64
 	// MaxFunctionsPerUser bounds how many functions one user may have;
 	// 0 means no bound.
 	MaxFunctionsPerUser int
@@ -130,6 +134,7 @@ type Server struct {
 	store   *sqlite.Store
 	blobs   *blob.Store
 	logs    *logstore.Store
+	kv      *kv.Store
 	metrics *metrics.Metrics
 	access  *accessSampler
 	back    *local.Backend
@@ -221,6 +226,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	if err != nil {
 		return nil, err
 	}
+	s.kv, err = kv.Open(ctx, filepath.Join(dataDir, "kv.db"), kv.Options{MaxBytes: cfg.KVMaxBytes})
+	if err != nil {
+		return nil, err
+	}
 
 	denoPath, err := runtime.FindDeno(cfg.DenoBinary)
 	if err != nil {
@@ -281,6 +290,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		NoFiles:          openFileLimit(instanceFiles),
 		UserPids:         cfg.UserPids,
 		UserFiles:        uint64(cfg.UserFiles),
+		KV:               s.kv,
 	})
 	if err != nil {
 		return nil, err
@@ -320,7 +330,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		DefaultConcurrency:   cfg.Concurrency,
 		DefaultMaxScale:      cfg.MaxScale,
 		MaxFunctionsPerOwner: cfg.MaxFunctionsPerUser,
-		Forget:               s.metrics.Forget,
+		Forget:               s.forget,
 		NPMCache:             npmCache,
 		NPMUID:               npmUID,
 		NPMCgroups:           npmGroups,
@@ -536,6 +546,9 @@ func (s *Server) Run(ctx context.Context) error {
 		schedDone := make(chan struct{})
 		go func() { s.sched.Run(bgCtx); close(schedDone) }()
 		defer func() { <-schedDone }()
+		kvDone := make(chan struct{})
+		go func() { s.sweepKV(bgCtx, time.Minute); close(kvDone) }()
+		defer func() { <-kvDone }()
 		// The autoscaler samples concurrency at each tick.
 		interval := max(min(s.cfg.AutoscaleWindow/60, 500*time.Millisecond), 20*time.Millisecond)
 		s.act.Run(bgCtx, interval)
@@ -642,6 +655,9 @@ func (s *Server) closeAll() {
 	}
 	if s.logs != nil {
 		s.logs.Close()
+	}
+	if s.kv != nil {
+		s.kv.Close()
 	}
 	if s.lock != nil {
 		s.lock.Close()
@@ -819,4 +835,31 @@ func idleAfter(d time.Duration) time.Duration {
 		return -1
 	}
 	return d
+}
+
+// forget drops what a deleted function leaves beside its versions: its
+// metrics and its ctx.kv entries.
+func (s *Server) forget(owner, name, id string) {
+	s.metrics.Forget(owner, name, id)
+	if err := s.kv.DeleteFunction(context.Background(), id); err != nil {
+		s.log.Error("delete a function's kv entries", "owner", owner, "function", name, "err", err)
+	}
+}
+
+// sweepKV removes expired ctx.kv entries every interval until ctx ends.
+func (s *Server) sweepKV(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if n, err := s.kv.Sweep(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("sweep expired kv entries", "err", err)
+			} else if n > 0 {
+				s.log.Debug("swept expired kv entries", "entries", n)
+			}
+		}
+	}
 }

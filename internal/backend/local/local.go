@@ -75,6 +75,14 @@ type Config struct {
 	// together (share.go); 0: no bound.
 	UserPids  int64
 	UserFiles uint64
+	// KV answers the functions' ctx.kv (nil: they have none).
+	KV KV
+}
+
+// KV answers one ctx.kv request of function functionID's code on conn,
+// and closes it (kv.Store).
+type KV interface {
+	ServeConn(ctx context.Context, conn net.Conn, functionID string)
 }
 
 // CPU weights (cgroup shares) of a generic instance waiting in the pool,
@@ -229,6 +237,8 @@ type proc struct {
 	// the process waits in the pool so that a cold start does not pay for
 	// connecting; used once, by specialize.
 	control net.Conn
+	// kv listens for the function's ctx.kv (nil without Config.KV).
+	kv net.Listener
 
 	mu       sync.Mutex
 	spec     *backend.Spec // nil while generic
@@ -793,6 +803,9 @@ func (b *Backend) spawn(ctx context.Context, key poolKey, shares uint64, givenUp
 	p := &proc{id: newID(), key: key, uid: uid, booted: make(chan struct{}), ready: make(chan struct{}), exited: make(chan struct{})}
 	p.dir = filepath.Join(b.cfg.RunDir, "i", p.id)
 	fail := func(err error) (*proc, error) {
+		if p.kv != nil {
+			p.kv.Close()
+		}
 		os.RemoveAll(p.dir)
 		b.freeUID(uid)
 		return nil, err
@@ -812,6 +825,18 @@ func (b *Backend) spawn(ctx context.Context, key poolKey, shares uint64, givenUp
 		sandbox.Mount{Source: filepath.Join(p.dir, "code"), Dest: runtime.CodeDir},
 		sandbox.Mount{Source: sock, Dest: runtime.SocketDir, Writable: true},
 	)
+	// Not under gVisor: its runsc (Debian's 2022 one) does not bring a
+	// connection to a host socket in (connect hangs), so there ctx.kv
+	// fails at once, finding no socket.
+	if b.cfg.KV != nil && key.isolation != sandbox.IsolationGVisor {
+		if p.kv, err = listenKV(filepath.Join(p.dir, "kv.sock"), uid); err != nil {
+			return fail(err)
+		}
+		// Read-only: the sandbox connects to the socket, and can neither
+		// remove nor replace it.
+		mounts = append(mounts, sandbox.Mount{Source: filepath.Join(p.dir, "kv.sock"), Dest: runtime.KVSocket})
+		go b.serveKV(p)
+	}
 	cmd, err := b.cfg.Sandbox.Command(sandbox.Spec{
 		Name:      p.id,
 		Program:   l.Program,
@@ -1089,6 +1114,9 @@ func (b *Backend) reap(p *proc, readers *sync.WaitGroup, outputs []*os.File) {
 	p.mu.Unlock()
 	if control != nil {
 		control.Close()
+	}
+	if p.kv != nil {
+		p.kv.Close()
 	}
 	oom := p.cmd.OOMKilled()
 	code := -1

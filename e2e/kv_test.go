@@ -1,0 +1,147 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// kvFunction exercises ctx.kv: /OP?key=K&... answers JSON, and an error
+// ctx.kv threw as 400 {"error": its code or name, "message"}.
+const kvFunction = `export default {
+  async fetch(req, ctx) {
+    const url = new URL(req.url);
+    const op = url.pathname.split("/").pop();
+    const q = (k, d) => url.searchParams.get(k) ?? d;
+    const key = q("key", "n");
+    try {
+      switch (op) {
+        case "incr": {
+          const n = (await ctx.kv.get(key)) ?? 0;
+          await ctx.kv.set(key, n + 1);
+          return Response.json(n + 1);
+        }
+        case "get": return Response.json(await ctx.kv.get(key));
+        case "set":
+          await ctx.kv.set(key, await req.json(), { expireIn: Number(q("expireIn", 0)) });
+          return Response.json("ok");
+        case "fill":
+          await ctx.kv.set(key, "x".repeat(Number(q("n", 0))));
+          return Response.json("ok");
+        case "delete":
+          await ctx.kv.delete(key);
+          return Response.json("ok");
+        case "list":
+          return Response.json(await ctx.kv.list({ prefix: q("prefix", ""), cursor: q("cursor", ""), limit: Number(q("limit", 0)) }));
+        case "badkey":
+          await ctx.kv.get(42);
+          return Response.json("no error");
+        case "badexpiry":
+          await ctx.kv.set(key, 1, { expireIn: -5 });
+          return Response.json("no error");
+      }
+    } catch (err) {
+      return Response.json({ error: err.code ?? err.name, message: err.message }, { status: 400 });
+    }
+    return new Response("no such op", { status: 404 });
+  },
+};
+`
+
+// TestKV: ctx.kv, in both runtimes, for real: a function's entries last
+// across requests, instances, deploys and a restart of the server; each
+// function sees its own only; values are JSON, listed by prefix in
+// pages, and may expire; bad input and the namespace's bound are errors
+// the code can catch; and a deleted function's entries go with it.
+func TestKV(t *testing.T) {
+	s := startServer(t, "--kv-max-bytes", "150000")
+	call := func(fn, path, body string) (int, string) {
+		t.Helper()
+		var r response
+		if body == "" {
+			r = s.get("/fn/admin/" + fn + "/" + path)
+		} else {
+			r = s.do("POST", "/fn/admin/"+fn+"/"+path, "", strings.NewReader(body), nil)
+		}
+		return r.status, strings.TrimSpace(string(r.body))
+	}
+	want := func(fn, path, body string, status int, answer string) {
+		t.Helper()
+		if st, got := call(fn, path, body); st != status || got != answer {
+			t.Errorf("%s/%s: %d %s, want %d %s", fn, path, st, got, status, answer)
+		}
+	}
+	for _, rt := range []string{"deno", "node"} {
+		t.Run(rt, func(t *testing.T) {
+			fn := "kv-" + rt
+			s.deployCode(t, fn, []byte(kvFunction), "runtime="+rt)
+			for i := 1; i <= 3; i++ {
+				want(fn, "incr", "", 200, fmt.Sprint(i))
+			}
+			want(fn, "set?key=obj", `{"a": [1, "é", null], "b": {"c": true}}`, 200, `"ok"`)
+			want(fn, "get?key=obj", "", 200, `{"a":[1,"é",null],"b":{"c":true}}`)
+			want(fn, "get?key=none", "", 200, `null`)
+			for _, k := range []string{"p/1", "p/2", "p/3", "q/1"} {
+				want(fn, "set?key="+k, `"`+k+`"`, 200, `"ok"`)
+			}
+			want(fn, "list?prefix=p/&limit=2", "", 200, `{"entries":[{"key":"p/1","value":"p/1"},{"key":"p/2","value":"p/2"}],"cursor":"p/2"}`)
+			want(fn, "list?prefix=p/&limit=2&cursor=p/2", "", 200, `{"entries":[{"key":"p/3","value":"p/3"}],"cursor":null}`)
+			want(fn, "delete?key=p/2", "", 200, `"ok"`)
+			want(fn, "list?prefix=p/", "", 200, `{"entries":[{"key":"p/1","value":"p/1"},{"key":"p/3","value":"p/3"}],"cursor":null}`)
+			// Expiry: gone for reads once it has passed.
+			want(fn, "set?key=tmp&expireIn=1", `"soon gone"`, 200, `"ok"`)
+			eventually(t, 5*time.Second, "the entry to expire", func() bool {
+				_, got := call(fn, "get?key=tmp", "")
+				return got == "null"
+			})
+			// Errors the code can catch.
+			want(fn, "badkey", "", 400, `{"error":"TypeError","message":"ctx.kv.get: the key must be a string"}`)
+			want(fn, "badexpiry", "", 400, `{"error":"TypeError","message":"ctx.kv.set: expireIn must be a whole number of milliseconds"}`)
+			want(fn, "fill?key=big&n=70000", "", 400, `{"error":"too_large","message":"kv: a value is at most 65536 bytes as JSON; this one is 70002"}`)
+			want(fn, "get?key="+strings.Repeat("k", 600), "", 400, `{"error":"too_large","message":"kv: a key is at most 512 bytes; this one is 600"}`)
+			// The bound: three values of 60,000 bytes do not fit in
+			// 150,000; a delete makes room.
+			want(fn, "fill?key=f1&n=60000", "", 200, `"ok"`)
+			want(fn, "fill?key=f2&n=60000", "", 200, `"ok"`)
+			st, got := call(fn, "fill?key=f3&n=60000", "")
+			var e struct{ Error string }
+			if st != 400 || json.Unmarshal([]byte(got), &e) != nil || e.Error != "quota_exceeded" {
+				t.Errorf("a write past the bound: %d %s, want 400 quota_exceeded", st, got)
+			}
+			want(fn, "delete?key=f1", "", 200, `"ok"`)
+			want(fn, "fill?key=f3&n=60000", "", 200, `"ok"`)
+			// A new version sees the entries.
+			if r := s.putCode(s.token, fn, []byte(kvFunction+"// v2\n"), "runtime="+rt); r.status != 200 {
+				t.Fatalf("redeploy: %d %s", r.status, r.body)
+			}
+			want(fn, "incr", "", 200, "4")
+		})
+	}
+	// Under gVisor ctx.kv is not there, and says so at once.
+	if r := s.putCode(s.token, "kv-gvisor", []byte(kvFunction), "isolation=gvisor"); r.status != 201 {
+		t.Fatalf("deploy under gVisor: %d %s", r.status, r.body)
+	}
+	if st, got := call("kv-gvisor", "get", ""); st != 400 || !strings.Contains(got, "ctx.kv: storage is not reachable") {
+		t.Errorf("ctx.kv under gVisor: %d %s", st, got)
+	}
+	// Each function has its own entries.
+	s.deployCode(t, "kv-other", []byte(kvFunction), "")
+	want("kv-other", "get", "", 200, "null")
+	want("kv-other", "incr", "", 200, "1")
+	want("kv-deno", "get", "", 200, "4")
+
+	s.restart()
+	want("kv-deno", "get", "", 200, "4")
+	want("kv-node", "get?key=obj", "", 200, `{"a":[1,"é",null],"b":{"c":true}}`)
+
+	// Deleted, a function's entries go: one made again with its name
+	// starts empty.
+	if r := s.do("DELETE", "/api/v1/functions/kv-deno", s.token, nil, nil); r.status != 204 {
+		t.Fatalf("delete: %d %s", r.status, r.body)
+	}
+	s.deployCode(t, "kv-deno", []byte(kvFunction), "")
+	want("kv-deno", "get", "", 200, "null")
+	want("kv-other", "get", "", 200, "1")
+}

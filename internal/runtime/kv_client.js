@@ -1,0 +1,52 @@
+// The part of ctx.kv that Spry's Deno and Node bootstraps share: each
+// gets it in place of its "@spry:kv-client" line, and defines kvCall,
+// the one call over the server's socket, its own way.
+function kvAnswer(text) {
+  let res;
+  try {
+    res = JSON.parse(text);
+  } catch {
+    throw new Error("ctx.kv: the storage's answer was cut off");
+  }
+  if (res.error) {
+    const err = new Error(res.error.message);
+    err.code = res.error.code;
+    throw err;
+  }
+  return res;
+}
+
+function kvKey(what, key) {
+  if (typeof key !== "string") throw new TypeError(`ctx.kv.${what}: the key must be a string`);
+  return key;
+}
+
+const kv = Object.freeze({
+  // get returns the key's value, or null if it has none.
+  async get(key) {
+    return (await kvCall({ op: "get", key: kvKey("get", key) })).value;
+  },
+  // set stores value (anything JSON can hold); options.expireIn (ms)
+  // makes it expire.
+  async set(key, value, options = {}) {
+    kvKey("set", key);
+    const expireIn = options?.expireIn ?? 0;
+    if (typeof expireIn !== "number" || !Number.isInteger(expireIn) || expireIn < 0) {
+      throw new TypeError("ctx.kv.set: expireIn must be a whole number of milliseconds");
+    }
+    const json = JSON.stringify(value);
+    if (json === undefined) throw new TypeError("ctx.kv.set: the value must be something JSON can hold");
+    await kvCall({ op: "set", key, value: JSON.parse(json), expireIn });
+  },
+  async delete(key) {
+    await kvCall({ op: "delete", key: kvKey("delete", key) });
+  },
+  // list returns { entries: [{ key, value }], cursor }: up to limit
+  // (100; at most 1000) entries whose keys start with prefix, in key
+  // order, after cursor; cursor is null on the last page.
+  async list(options = {}) {
+    const { prefix = "", cursor = "", limit = 0 } = options ?? {};
+    const res = await kvCall({ op: "list", prefix: String(prefix), cursor: cursor === null ? "" : String(cursor), limit });
+    return { entries: res.entries, cursor: res.cursor };
+  },
+});
