@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"sort"
 	"strconv"
 	"strings"
@@ -143,10 +144,32 @@ func (m methods) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		errdefs.WriteHTTP(w, errdefs.New(errdefs.ErrMethodNotAllowed, "method %s is not allowed here; use %s", r.Method, strings.Join(allow, ", ")))
 		return
 	}
-	if err := h(w, r); err != nil {
+	err := checkQuery(r.URL.RawQuery)
+	if err == nil {
+		err = h(w, r)
+	}
+	if err != nil {
 		api := r.Context().Value(apiKey).(*API)
 		api.fail(w, r, err)
 	}
+}
+
+// checkQuery refuses a query string that does not parse or names a
+// parameter twice: r.URL.Query() drops the pairs it cannot parse and
+// handlers take the first of repeated ones, so the request would go
+// ahead without what it asked for (an admin's ?owner= mistyped acted on
+// the admin's own functions).
+func checkQuery(raw string) error {
+	q, err := url.ParseQuery(raw)
+	if err != nil {
+		return errdefs.Invalid("malformed query string: %v", err)
+	}
+	for k, vs := range q {
+		if len(vs) > 1 {
+			return errdefs.Invalid("query parameter %q is given %d times; give it once", k, len(vs))
+		}
+	}
+	return nil
 }
 
 type ctxKey int
