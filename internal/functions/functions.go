@@ -265,10 +265,16 @@ func (s *Service) Deploy(ctx context.Context, req DeployRequest) (store.Function
 	}
 	// So is the quota, which newVersion checks again under deployMu: a
 	// deploy refused for it builds nothing and stores no bundle.
-	if _, err := s.store.GetFunction(ctx, req.Owner, req.Name); errors.Is(err, errdefs.ErrNotFound) {
+	cur, err := s.store.GetFunction(ctx, req.Owner, req.Name)
+	if errors.Is(err, errdefs.ErrNotFound) {
 		if err := s.checkFunctionQuota(ctx, req.Owner); err != nil {
 			return store.Function{}, err
 		}
+	} else if err == nil && req.Runtime == "" {
+		// An empty runtime keeps the live version's: the code is built
+		// for it (a package's "deno" or "node" condition), and the
+		// version keeps the runtime it was built for.
+		req.Runtime = cur.Live.Config.Runtime
 	}
 	res, err := s.build(ctx, req)
 	if err != nil {
