@@ -101,6 +101,8 @@ func (a *API) functionLogs(w http.ResponseWriter, r *http.Request) error {
 	if !follow {
 		user := principal(r).User
 		if err := a.openRead(user); err != nil {
+			// Reads end by themselves, unlike follows.
+			w.Header().Set("Retry-After", "1")
 			return err
 		}
 		defer a.closeRead(user)

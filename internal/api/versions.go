@@ -1,6 +1,7 @@
 package api
 
 import (
+	"errors"
 	"net/http"
 	"sort"
 	"time"
@@ -97,6 +98,11 @@ func (a *API) runScheduled(w http.ResponseWriter, r *http.Request) error {
 		return errdefs.New(errdefs.ErrUnavailable, "this server runs no scheduled handlers")
 	}
 	if err := a.cfg.RunScheduled(r.Context(), owner, name); err != nil {
+		// No instance for now (a full queue, the owner's instances), as
+		// the router answers a request.
+		if errors.Is(err, errdefs.ErrUnavailable) || errors.Is(err, errdefs.ErrRateLimited) {
+			w.Header().Set("Retry-After", "1")
+		}
 		return err
 	}
 	return writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
