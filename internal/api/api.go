@@ -267,7 +267,12 @@ var errEmptyBody = errdefs.Invalid("request body is empty; send a JSON object")
 // readJSON decodes a small JSON body strictly: unknown fields and
 // trailing data are errors.
 func readJSON(w http.ResponseWriter, r *http.Request, v any) error {
-	r.Body = http.MaxBytesReader(w, r.Body, maxJSONBody)
+	return readJSONLimit(w, r, v, maxJSONBody)
+}
+
+// readJSONLimit is readJSON for a body of up to limit bytes.
+func readJSONLimit(w http.ResponseWriter, r *http.Request, v any, limit int64) error {
+	r.Body = http.MaxBytesReader(w, r.Body, limit)
 	dec := json.NewDecoder(r.Body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {

@@ -43,6 +43,10 @@ func TestEnvLimits(t *testing.T) {
 		{"patch to 129 in two", "PATCH", body(vars("E", 100, 1), nil), body(nil, vars("S", 29, 1)), http.StatusRequestEntityTooLarge},
 		{"patch to 128 in two", "PATCH", body(vars("E", 100, 1), nil), body(nil, vars("S", 28, 1)), http.StatusOK},
 		{"patch over 64 KiB in two", "PATCH", body(vars("E", 2, 30<<10), nil), body(nil, vars("S", 1, 5<<10)), http.StatusRequestEntityTooLarge},
+		// A change up to the bound fits in a PATCH's body, JSON and its
+		// escapes around it: the body was bounded at 64 KiB itself.
+		{"patch 64 KiB at once", "PATCH", "", body(vars("E", 2, 32<<10-2), nil), http.StatusOK},
+		{"patch 64 KiB escaped", "PATCH", "", body(nil, map[string]string{"S": strings.Repeat("\"\x01", 21<<10)}), http.StatusOK},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)

@@ -400,7 +400,9 @@ func (a *API) configureFunction(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	var body ConfigBody
-	if err := readJSON(w, r, &body); err != nil {
+	// Env and secrets up to their bound, which JSON escaping can grow
+	// six-fold (\u00XX), fit; the bound itself is checked on them.
+	if err := readJSONLimit(w, r, &body, 6*functions.MaxEnvBytes+maxJSONBody); err != nil {
 		return err
 	}
 	change := functions.Change{
