@@ -338,6 +338,9 @@ func (a *API) deployFunction(w http.ResponseWriter, r *http.Request) error {
 		if dec.More() {
 			return errdefs.Invalid("invalid JSON body: more than one value")
 		}
+		if d.Code != "" && d.Archive != nil {
+			return errdefs.Invalid("the body has both code and an archive; send one of them")
+		}
 		req.Code = []byte(d.Code)
 		req.Archive, req.Entry = d.Archive, d.Entry
 		if d.Filename != "" {
