@@ -427,6 +427,27 @@ func TestBadInput(t *testing.T) {
 
 // TestRestartKeepsServing: functions survive a restart, and a kill -9
 // leaves nothing the next start does not clean up.
+// TestAPIRootIsNoRedirect: docs/api.md has every error in JSON and no
+// path answered with a redirect; GET /api was a 307 to /api/ with an
+// HTML body.
+func TestAPIRootIsNoRedirect(t *testing.T) {
+	s := startServer(t)
+	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	for _, path := range []string{"/api", "/api/"} {
+		req, _ := http.NewRequest("GET", s.url+path, nil)
+		req.Header.Set("Authorization", "Bearer "+s.token)
+		res, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != 404 || res.Header.Get("Content-Type") != "application/json" || !strings.Contains(string(body), `"not_found"`) {
+			t.Errorf("GET %s: %d %s %s, want a JSON 404", path, res.StatusCode, res.Header.Get("Content-Type"), body)
+		}
+	}
+}
+
 func TestRestartKeepsServing(t *testing.T) {
 	s := startServer(t)
 	s.mustSpry("deploy", "examples/hello.ts")

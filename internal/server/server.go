@@ -372,7 +372,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 
 	// Everything but functions is net/http, served through the adaptor.
 	mux := http.NewServeMux()
-	mux.Handle("/api/", apiS.Handler())
+	// "/api" too: the mux would answer it with a redirect to "/api/".
+	apiH := apiS.Handler()
+	mux.Handle("/api/", apiH)
+	mux.Handle("/api", apiH)
 	// Metrics name every function, so they are for the admin only.
 	mux.Handle("/metrics", apiS.RequireAdmin(s.metrics.Handler()))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
