@@ -56,6 +56,7 @@ var migrations = []string{
 // Store holds every function's entries.
 type Store struct {
 	db       *sql.DB
+	get      *sql.Stmt // prepared once: parsing it took a third of a read's time
 	maxBytes int64
 	now      func() time.Time
 }
@@ -81,11 +82,19 @@ func Open(ctx context.Context, path string, o Options) (*Store, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &Store{db: db, maxBytes: o.MaxBytes, now: o.Now}, nil
+	get, err := db.PrepareContext(ctx, `SELECT value FROM entries WHERE fn = ? AND key = ? AND (expires IS NULL OR expires > ?)`)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	return &Store{db: db, get: get, maxBytes: o.MaxBytes, now: o.Now}, nil
 }
 
 // Close closes the file.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error {
+	s.get.Close()
+	return s.db.Close()
+}
 
 // Entry is one key and its value (JSON text).
 type Entry struct {
@@ -111,8 +120,7 @@ func (s *Store) Get(ctx context.Context, fn, key string) (value json.RawMessage,
 	if err := checkKey(key); err != nil {
 		return nil, false, err
 	}
-	err = s.db.QueryRowContext(ctx, `SELECT value FROM entries WHERE fn = ? AND key = ? AND (expires IS NULL OR expires > ?)`,
-		fn, key, s.now().UnixMilli()).Scan(&value)
+	err = s.get.QueryRowContext(ctx, fn, key, s.now().UnixMilli()).Scan(&value)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, false, nil
 	}

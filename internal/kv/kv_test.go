@@ -272,3 +272,31 @@ func FuzzServe(f *testing.F) {
 		consistent(t, s, "f")
 	})
 }
+
+// BenchmarkServeConn: one ctx.kv call as the server answers it, on a
+// socket pair (the runtime's side, and the sandbox's socket, not
+// included).
+func BenchmarkServeConn(b *testing.B) {
+	s, _ := open(b, 0)
+	if err := s.Set(context.Background(), "f", "k", json.RawMessage(`{"n":1}`), 0); err != nil {
+		b.Fatal(err)
+	}
+	for _, bm := range []struct{ name, req string }{
+		{"get", `{"op":"get","key":"k"}`},
+		{"set", `{"op":"set","key":"k","value":{"n":2}}`},
+	} {
+		b.Run(bm.name, func(b *testing.B) {
+			for b.Loop() {
+				call(b, s, "f", bm.req)
+			}
+		})
+	}
+	// The store alone.
+	b.Run("store-get", func(b *testing.B) {
+		for b.Loop() {
+			if _, _, err := s.Get(context.Background(), "f", "k"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
