@@ -119,6 +119,59 @@ func TestKV(t *testing.T) {
 			want(fn, "incr", "", 200, "4")
 		})
 	}
+	// The owner reads and changes the entries through the API (the
+	// CLI); the function sees what it set.
+	if got := s.mustSpry("kv", "ls", "kv-deno", "--prefix", "p/"); got != "p/1\t\"p/1\"\np/3\t\"p/3\"\n" {
+		t.Errorf("spry kv ls --prefix p/: %q", got)
+	}
+	if got := s.mustSpry("kv", "get", "kv-node", "obj"); got != `{"a":[1,"é",null],"b":{"c":true}}`+"\n" {
+		t.Errorf("spry kv get: %q", got)
+	}
+	s.mustSpry("kv", "set", "kv-deno", "a/b", `{"x": 1}`)
+	want("kv-deno", "get?key=a/b", "", 200, `{"x":1}`)
+	if _, errOut, code := s.spry("", "kv", "set", "kv-deno", "s", "hello"); code != 2 || !strings.Contains(errOut, "--string") {
+		t.Errorf("spry kv set of text that is not JSON: exit %d %s", code, errOut)
+	}
+	s.mustSpry("kv", "set", "kv-deno", "s", "hello", "--string")
+	want("kv-deno", "get?key=s", "", 200, `"hello"`)
+	s.mustSpry("kv", "rm", "kv-deno", "a/b")
+	if _, errOut, code := s.spry("", "kv", "get", "kv-deno", "a/b"); code == 0 || !strings.Contains(errOut, "no key") {
+		t.Errorf("spry kv get of a removed key: exit %d %s", code, errOut)
+	}
+	var page struct {
+		Entries []struct{ Key string }
+		Cursor  *string
+		Bytes   int64
+	}
+	r := s.do("GET", "/api/v1/functions/kv-deno/kv?limit=2", s.token, nil, nil)
+	if r.status != 200 || json.Unmarshal(r.body, &page) != nil || len(page.Entries) != 2 || page.Cursor == nil || page.Bytes < 120000 {
+		t.Errorf("GET .../kv?limit=2: %d %s", r.status, r.body)
+	}
+	for _, bad := range []struct {
+		method, path string
+		status       int
+	}{
+		{"GET", "/api/v1/functions/kv-deno/kv?limit=0", 400},
+		{"GET", "/api/v1/functions/kv-deno/kv/", 400},
+		{"PUT", "/api/v1/functions/kv-deno/kv/k?expireIn=-1", 400},
+		{"PUT", "/api/v1/functions/kv-deno/kv/k", 400}, // no body: not JSON
+		{"GET", "/api/v1/functions/nosuch/kv", 404},
+	} {
+		if r := s.do(bad.method, bad.path, s.token, nil, nil); r.status != bad.status {
+			t.Errorf("%s %s: %d %s, want %d", bad.method, bad.path, r.status, r.body, bad.status)
+		}
+	}
+	// Another user may not read them.
+	bob := strings.TrimSpace(s.mustSpry("user", "create", "bob"))
+	for _, path := range []string{"/api/v1/functions/kv-deno/kv?owner=admin", "/api/v1/functions/kv-deno/kv/n?owner=admin"} {
+		if r := s.do("GET", path, bob, nil, nil); r.status != 403 {
+			t.Errorf("bob: GET %s: %d %s", path, r.status, r.body)
+		}
+	}
+	if r := s.do("GET", "/api/v1/functions/kv-deno/kv", bob, nil, nil); r.status != 404 {
+		t.Errorf("bob's own kv-deno, which he does not have: %d %s", r.status, r.body)
+	}
+
 	// Under gVisor ctx.kv is not there, and says so at once.
 	if r := s.putCode(s.token, "kv-gvisor", []byte(kvFunction), "isolation=gvisor"); r.status != 201 {
 		t.Fatalf("deploy under gVisor: %d %s", r.status, r.body)

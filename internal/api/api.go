@@ -62,8 +62,10 @@ type Config struct {
 	// RunScheduled runs a function's scheduled handler now and returns
 	// how it went (POST .../scheduled); nil: not offered.
 	RunScheduled func(ctx context.Context, owner, name string) error
-	Now          func() time.Time
-	Logger       *slog.Logger
+	// KV is the functions' key-value storage (GET .../kv); nil: none.
+	KV     KV
+	Now    func() time.Time
+	Logger *slog.Logger
 }
 
 // API serves /api/v1.
@@ -111,6 +113,8 @@ func (a *API) Handler() http.Handler {
 	mux.Handle("/api/v1/functions/{name}/scheduled", methods{"POST": a.runScheduled})
 	mux.Handle("/api/v1/functions/{name}/traffic", methods{"PUT": a.setTraffic})
 	mux.Handle("/api/v1/functions/{name}/tags/{tag}", methods{"PUT": a.setTag, "DELETE": a.deleteTag})
+	mux.Handle("/api/v1/functions/{name}/kv", methods{"GET": a.listKV})
+	mux.Handle("/api/v1/functions/{name}/kv/{key...}", methods{"GET": a.getKV, "PUT": a.putKV, "DELETE": a.deleteKV})
 	mux.Handle("/api/v1/users", methods{"GET": a.listUsers, "POST": a.createUser})
 	mux.Handle("/api/v1/users/{name}", methods{"GET": a.getUser, "DELETE": a.deleteUser})
 	mux.Handle("/api/v1/tokens", methods{"GET": a.listTokens, "POST": a.createToken})

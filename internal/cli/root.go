@@ -85,6 +85,7 @@ func NewRoot(env Env) *cobra.Command {
 		newTagCmd(conn),
 		newEnvCmd(conn),
 		newSecretCmd(conn),
+		newKVCmd(conn),
 		newLoginCmd(conn),
 		newUserCmd(conn),
 		newTokenCmd(conn),

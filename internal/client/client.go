@@ -450,3 +450,73 @@ func (e *unreachable) Error() string {
 	return "cannot reach the Spry server at " + e.url + ": " + e.err.Error()
 }
 func (e *unreachable) Unwrap() []error { return []error{e.err, errdefs.ErrUnavailable} }
+
+// KVOptions select a page of a function's key-value entries.
+type KVOptions struct {
+	Prefix, Cursor string
+	Limit          int
+}
+
+// KVList lists a page of a function's key-value entries.
+func (c *Client) KVList(ctx context.Context, owner, name string, o KVOptions) (api.KVList, error) {
+	q := ownerQuery(owner)
+	if q == nil {
+		q = url.Values{}
+	}
+	if o.Prefix != "" {
+		q.Set("prefix", o.Prefix)
+	}
+	if o.Cursor != "" {
+		q.Set("cursor", o.Cursor)
+	}
+	if o.Limit != 0 {
+		q.Set("limit", strconv.Itoa(o.Limit))
+	}
+	var out api.KVList
+	err := c.do(ctx, "GET", "/api/v1/functions/"+url.PathEscape(name)+"/kv", q, nil, "", &out)
+	for i := range out.Entries {
+		out.Entries[i].Value = compact(out.Entries[i].Value)
+	}
+	return out, err
+}
+
+// compact is a JSON value as stored: the API indents its answers.
+func compact(v json.RawMessage) json.RawMessage {
+	var b bytes.Buffer
+	if json.Compact(&b, v) != nil {
+		return v
+	}
+	return b.Bytes()
+}
+
+// KVGet returns a key's value (JSON text); a missing key is a not_found
+// error.
+func (c *Client) KVGet(ctx context.Context, owner, name, key string) (json.RawMessage, error) {
+	var e struct {
+		Value json.RawMessage `json:"value"`
+	}
+	err := c.do(ctx, "GET", kvPath(name, key), ownerQuery(owner), nil, "", &e)
+	return compact(e.Value), err
+}
+
+// KVSet stores value (JSON text) under key, expiring after expireIn
+// unless that is 0.
+func (c *Client) KVSet(ctx context.Context, owner, name, key string, value json.RawMessage, expireIn time.Duration) error {
+	q := ownerQuery(owner)
+	if expireIn > 0 {
+		if q == nil {
+			q = url.Values{}
+		}
+		q.Set("expireIn", strconv.FormatInt(expireIn.Milliseconds(), 10))
+	}
+	return c.do(ctx, "PUT", kvPath(name, key), q, bytes.NewReader(value), "application/json", nil)
+}
+
+// KVDelete removes a key.
+func (c *Client) KVDelete(ctx context.Context, owner, name, key string) error {
+	return c.do(ctx, "DELETE", kvPath(name, key), ownerQuery(owner), nil, "", nil)
+}
+
+func kvPath(name, key string) string {
+	return "/api/v1/functions/" + url.PathEscape(name) + "/kv/" + url.PathEscape(key)
+}

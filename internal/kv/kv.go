@@ -296,6 +296,24 @@ func (s *Store) DeleteFunction(ctx context.Context, fn string) error {
 	return tx.Commit()
 }
 
+// Namespaces lists the functions that have entries (or had).
+func (s *Store) Namespaces(ctx context.Context) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT fn FROM usage UNION SELECT DISTINCT fn FROM entries`)
+	if err != nil {
+		return nil, fmt.Errorf("kv: %w", err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var fn string
+		if err := rows.Scan(&fn); err != nil {
+			return nil, fmt.Errorf("kv: %w", err)
+		}
+		out = append(out, fn)
+	}
+	return out, rows.Err()
+}
+
 // Sweep removes the entries that have expired, and returns how many.
 // Until then they are not read, but count against their namespace's
 // bound.

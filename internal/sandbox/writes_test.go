@@ -182,13 +182,10 @@ func BenchmarkWriteMeterPoll(b *testing.B) {
 	_ = cmd.Kill()
 }
 
-// The subtree's bound holds for all its groups together, whatever each
-// group's own: two builds each forking 30 processes, each allowed 64,
-// hold at most the tree's 40 together, and the forks past it fail.
-func TestTreePidsBound(t *testing.T) {
-	const tree = 40
-	b := testBoundBuilds(t, Tree{Pids: tree})
-	script := `i=0; while [ $i -lt 30 ]; do sleep 3 & i=$((i+1)); done; wait`
+// startTwo starts script as two builds, each allowed 256 MiB and 64
+// processes, and returns them with their stderr.
+func startTwo(t *testing.T, b *Builds, script string) ([]*BuildCmd, []*bytes.Buffer) {
+	t.Helper()
 	var cmds []*BuildCmd
 	var outs []*bytes.Buffer
 	for range 2 {
@@ -196,7 +193,7 @@ func TestTreePidsBound(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer cmd.Cleanup()
+		t.Cleanup(cmd.Cleanup)
 		out := &bytes.Buffer{}
 		cmd.Stderr = out
 		if err := cmd.Start(); err != nil {
@@ -204,16 +201,32 @@ func TestTreePidsBound(t *testing.T) {
 		}
 		cmds, outs = append(cmds, cmd), append(outs, out)
 	}
-	dir := ""
+	return cmds, outs
+}
+
+// treeDir is the directory of the builds' subtree that holds ctrl's
+// files (v2: the one directory).
+func treeDir(t *testing.T, b *Builds, ctrl cgroup1.Name) string {
+	t.Helper()
 	if b.cg.v2 {
-		dir = filepath.Join(cgroupRoot, b.cg.parent)
-	} else {
-		p, err := cgroup1.NestedPath(b.cg.parent)(cgroup1.Pids)
-		if err != nil {
-			t.Fatal(err)
-		}
-		dir = filepath.Join(cgroupRoot, string(cgroup1.Pids), p)
+		return filepath.Join(cgroupRoot, b.cg.parent)
 	}
+	p, err := cgroup1.NestedPath(b.cg.parent)(ctrl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(cgroupRoot, string(ctrl), p)
+}
+
+// The subtree's bound holds for all its groups together, whatever each
+// group's own: two builds each forking 30 processes, each allowed 64,
+// hold at most the tree's 40 together, and the forks past it fail.
+func TestTreePidsBound(t *testing.T) {
+	const tree = 40
+	b := testBoundBuilds(t, Tree{Pids: tree})
+	script := `i=0; while [ $i -lt 30 ]; do sleep 3 & i=$((i+1)); done; wait`
+	cmds, outs := startTwo(t, b, script)
+	dir := treeDir(t, b, cgroup1.Pids)
 	max, err := os.ReadFile(filepath.Join(dir, "pids.max"))
 	if err != nil || strings.TrimSpace(string(max)) != fmt.Sprint(tree) {
 		t.Fatalf("the tree's pids.max: %q, %v; want %d", max, err, tree)
@@ -252,28 +265,10 @@ func TestTreeMemoryBound(t *testing.T) {
 	// that never reads; it says how it ended: 137 killed, 141 when the
 	// reader left (SIGPIPE).
 	script := `(dd if=/dev/zero bs=100M count=1 status=none; echo dd=$? >&2) | sleep 2`
-	var cmds []*BuildCmd
-	var outs []*bytes.Buffer
-	for range 2 {
-		cmd, err := b.Command(context.Background(), Resources{MemoryBytes: 256 << 20, Pids: 64}, 0, []string{"/bin/sh", "-c", script})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer cmd.Cleanup()
-		out := &bytes.Buffer{}
-		cmd.Stderr = out
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		cmds, outs = append(cmds, cmd), append(outs, out)
-	}
-	file := filepath.Join(cgroupRoot, b.cg.parent, "memory.max")
+	cmds, outs := startTwo(t, b, script)
+	file := filepath.Join(treeDir(t, b, cgroup1.Memory), "memory.max")
 	if !b.cg.v2 {
-		p, err := cgroup1.NestedPath(b.cg.parent)(cgroup1.Memory)
-		if err != nil {
-			t.Fatal(err)
-		}
-		file = filepath.Join(cgroupRoot, string(cgroup1.Memory), p, "memory.limit_in_bytes")
+		file = filepath.Join(treeDir(t, b, cgroup1.Memory), "memory.limit_in_bytes")
 	}
 	got, err := os.ReadFile(file)
 	if err != nil || strings.TrimSpace(string(got)) != fmt.Sprint(tree) {

@@ -360,6 +360,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		PublicURL:      cfg.PublicURL,
 		FunctionDomain: cfg.FunctionDomain,
 		RunScheduled:   s.RunScheduled,
+		KV:             s.kv,
 		Logger:         log,
 	})
 	s.access = newAccessSampler(s.logs, accessPerSecond, time.Now)
@@ -849,20 +850,59 @@ func (s *Server) forget(owner, name, id string) {
 	}
 }
 
-// sweepKV removes expired ctx.kv entries every interval until ctx ends.
+// sweepKV removes expired ctx.kv entries every interval, and the
+// entries of deleted functions at its start and every hour after, until
+// ctx ends.
 func (s *Server) sweepKV(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	lastPrune := time.Time{}
 	for {
+		if time.Since(lastPrune) >= time.Hour {
+			lastPrune = time.Now()
+			if err := s.pruneKV(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("remove deleted functions' kv entries", "err", err)
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if n, err := s.kv.Sweep(ctx); err != nil && ctx.Err() == nil {
-				s.log.Warn("sweep expired kv entries", "err", err)
-			} else if n > 0 {
-				s.log.Debug("swept expired kv entries", "entries", n)
-			}
+		}
+		if n, err := s.kv.Sweep(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("sweep expired kv entries", "err", err)
+		} else if n > 0 {
+			s.log.Debug("swept expired kv entries", "entries", n)
 		}
 	}
+}
+
+// pruneKV removes the entries of functions that no longer exist: a
+// write under way while its function was deleted (an instance's, or
+// the API's) may land after the deletion took the function's entries,
+// and a server stopped in between never took them.
+func (s *Server) pruneKV(ctx context.Context) error {
+	// Namespaces first: one listed then whose function lives was made
+	// before the functions are read, so the functions name it.
+	spaces, err := s.kv.Namespaces(ctx)
+	if err != nil || len(spaces) == 0 {
+		return err
+	}
+	fns, err := s.store.ListFunctions(ctx, "", store.Page{})
+	if err != nil {
+		return err
+	}
+	live := make(map[string]bool, len(fns))
+	for _, fn := range fns {
+		live[fn.ID] = true
+	}
+	for _, id := range spaces {
+		if !live[id] {
+			if err := s.kv.DeleteFunction(ctx, id); err != nil {
+				return err
+			}
+			s.log.Info("removed a deleted function's kv entries", "function_id", id)
+		}
+	}
+	return nil
 }

@@ -1,0 +1,137 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/kv"
+)
+
+// KV is the functions' key-value storage (kv.Store), by function id.
+type KV interface {
+	Get(ctx context.Context, fn, key string) (json.RawMessage, bool, error)
+	Set(ctx context.Context, fn, key string, value json.RawMessage, expireIn time.Duration) error
+	Delete(ctx context.Context, fn, key string) error
+	List(ctx context.Context, fn, prefix, cursor string, limit int) ([]kv.Entry, string, error)
+	Used(ctx context.Context, fn string) (int64, error)
+}
+
+// KVList is the answer to GET .../kv: a page of entries, the cursor of
+// the next (null on the last), and what the function's entries hold.
+type KVList struct {
+	Entries []kv.Entry `json:"entries"`
+	Cursor  *string    `json:"cursor"`
+	Bytes   int64      `json:"bytes"`
+}
+
+// kvFunction resolves the request's function to the id its entries are
+// kept under.
+func (a *API) kvFunction(r *http.Request) (string, error) {
+	if a.cfg.KV == nil {
+		return "", errdefs.New(errdefs.ErrUnavailable, "this server keeps no key-value storage")
+	}
+	owner, name, err := a.target(r)
+	if err != nil {
+		return "", err
+	}
+	fn, err := a.fns.Get(r.Context(), owner, name)
+	if err != nil {
+		return "", err
+	}
+	return fn.ID, nil
+}
+
+func (a *API) listKV(w http.ResponseWriter, r *http.Request) error {
+	id, err := a.kvFunction(r)
+	if err != nil {
+		return err
+	}
+	q := r.URL.Query()
+	limit := 0
+	if s := q.Get("limit"); s != "" {
+		if limit, err = strconv.Atoi(s); err != nil || limit < 1 {
+			return errdefs.Invalid("limit %q is not a number from 1 to %d", s, kv.MaxList)
+		}
+	}
+	entries, next, err := a.cfg.KV.List(r.Context(), id, q.Get("prefix"), q.Get("cursor"), limit)
+	if err != nil {
+		return err
+	}
+	used, err := a.cfg.KV.Used(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	out := KVList{Entries: entries, Bytes: used}
+	if out.Entries == nil {
+		out.Entries = []kv.Entry{}
+	}
+	if next != "" {
+		out.Cursor = &next
+	}
+	return writeJSON(w, http.StatusOK, out)
+}
+
+func (a *API) getKV(w http.ResponseWriter, r *http.Request) error {
+	id, err := a.kvFunction(r)
+	if err != nil {
+		return err
+	}
+	key := r.PathValue("key")
+	v, ok, err := a.cfg.KV.Get(r.Context(), id, key)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return errdefs.New(errdefs.ErrNotFound, "the function has no key %q", key)
+	}
+	return writeJSON(w, http.StatusOK, kv.Entry{Key: key, Value: v})
+}
+
+// putKV stores the body, a JSON value, under the key; ?expireIn= (ms)
+// makes it expire.
+func (a *API) putKV(w http.ResponseWriter, r *http.Request) error {
+	id, err := a.kvFunction(r)
+	if err != nil {
+		return err
+	}
+	var expireIn time.Duration
+	if s := r.URL.Query().Get("expireIn"); s != "" {
+		ms, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || ms < 0 || ms > kv.MaxExpireIn.Milliseconds() {
+			return errdefs.Invalid("expireIn %q is not a number of milliseconds from 0 (never) to %d", s, kv.MaxExpireIn.Milliseconds())
+		}
+		expireIn = time.Duration(ms) * time.Millisecond
+	}
+	// Room for the largest value with its escapes and spaces; its own
+	// bound is checked once it is compacted.
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 6*kv.MaxValueBytes))
+	if err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			return errdefs.New(errdefs.ErrTooLarge, "kv: a value is at most %d bytes as JSON", kv.MaxValueBytes)
+		}
+		return errdefs.Invalid("read the body: %v", err)
+	}
+	if err := a.cfg.KV.Set(r.Context(), id, r.PathValue("key"), body, expireIn); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (a *API) deleteKV(w http.ResponseWriter, r *http.Request) error {
+	id, err := a.kvFunction(r)
+	if err != nil {
+		return err
+	}
+	if err := a.cfg.KV.Delete(r.Context(), id, r.PathValue("key")); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}

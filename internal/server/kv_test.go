@@ -1,0 +1,54 @@
+package server
+
+import (
+	"encoding/json"
+	"log/slog"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/spry-run/spry/internal/kv"
+	"github.com/spry-run/spry/internal/store"
+	"github.com/spry-run/spry/internal/store/sqlite"
+)
+
+// pruneKV removes the entries of functions the store no longer has (a
+// write that landed after its function's deletion took its entries),
+// and keeps every live function's.
+func TestPruneKV(t *testing.T) {
+	ctx := t.Context()
+	dir := t.TempDir()
+	st, err := sqlite.Open(ctx, filepath.Join(dir, "spry.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	kvs, err := kv.Open(ctx, filepath.Join(dir, "kv.db"), kv.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kvs.Close()
+	if err := st.CreateUser(ctx, store.User{Name: "alice", CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Deploy(ctx, "fn-live", store.Version{Owner: "alice", Name: "hello", Digest: "sha256:1", Config: store.Config{Runtime: "deno"}, CreatedAt: time.Now(), CreatedBy: "alice"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"fn-live", "fn-gone"} {
+		if err := kvs.Set(ctx, id, "k", json.RawMessage(`1`), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := &Server{store: st, kv: kvs, log: slog.New(slog.DiscardHandler)}
+	if err := s.pruneKV(ctx); err != nil {
+		t.Fatal(err)
+	}
+	spaces, err := kvs.Namespaces(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(spaces, []string{"fn-live"}) {
+		t.Errorf("namespaces after the prune: %v, want [fn-live]", spaces)
+	}
+}
