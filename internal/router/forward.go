@@ -682,6 +682,14 @@ func (rt *Router) fixHeader(h *fasthttp.ResponseHeader, inv *invocation) (upClos
 		// read the start of the next response as its body.
 		h.Del(fasthttp.HeaderContentLength)
 	}
+	if h.StatusCode() == fasthttp.StatusResetContent && h.ContentLength() == -2 {
+		// A 205 has no body either (RFC 9110 15.3.6), but Deno sends it
+		// with no length and keeps the connection: read to its end, the
+		// body would end only at the timeout. It is empty, and the
+		// connection is not used again.
+		h.SetContentLength(0)
+		upClose = true
+	}
 	// One look for hop-by-hop headers first: responses rarely carry any,
 	// and deleting each by name costs more than the look.
 	hop := false

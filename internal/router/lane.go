@@ -1218,12 +1218,17 @@ func (lp *loop) readHead(u *laneUp) bool {
 	h := &u.h
 	inv := c.inv
 	u.status = h.StatusCode()
-	cl := h.ContentLength()
 	if u.codings != "" && c.http10 && hasAnswerBody(inv, h) {
 		// As on the slow path (see codings.go).
 		lp.fail(c, errBadAnswer)
 		return false
 	}
+	// Before the body's framing is read from the head: fixHeader gives an
+	// unframed 205 its length.
+	if lp.lane.rt.fixHeader(h, inv) {
+		u.keep = false
+	}
+	cl := h.ContentLength()
 	switch {
 	case !hasAnswerBody(inv, h):
 		u.mode = bodyNone
@@ -1233,9 +1238,6 @@ func (lp *loop) readHead(u *laneUp) bool {
 		u.mode = bodyChunked
 	default:
 		u.mode, u.keep = bodyToClose, false
-	}
-	if lp.lane.rt.fixHeader(h, inv) {
-		u.keep = false
 	}
 	switch u.mode {
 	case bodyChunked:
