@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"fmt"
+	"io"
 	"net/http"
 	"testing"
 	"time"
@@ -29,6 +31,65 @@ func TestResetContentEndsAtOnce(t *testing.T) {
 						}
 					}
 				})
+			}
+		})
+	}
+}
+
+// TestResponseContentLengthOfTheFunction: a Content-Length the function
+// sets that its body does not match neither waits for bytes that never
+// come nor passes extra bytes on as the answer to the next request on the
+// instance's connection (another client's, maybe): a whole body goes with
+// its own length, as Deno sends it, and a streamed one is cut at the
+// length.
+func TestResponseContentLengthOfTheFunction(t *testing.T) {
+	s := startServer(t)
+	const code = `export default { async fetch(req) {
+		const u = new URL(req.url), enc = new TextEncoder();
+		switch (u.searchParams.get("m")) {
+		case "stream": {
+			let i = 0;
+			return new Response(new ReadableStream({ async pull(c) {
+				await new Promise((r) => setTimeout(r, 100));
+				if (i++ === 0) c.enqueue(enc.encode("abc"));
+				else { c.enqueue(enc.encode("HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nleaked")); c.close(); }
+			} }), { headers: { "content-length": "3" } });
+		}
+		case "long": return new Response("12345", { headers: { "content-length": "10" } });
+		case "short": return new Response("12345", { headers: { "content-length": "3" } });
+		case "null": return new Response(null, { headers: { "content-length": "1234" } });
+		}
+		await new Promise((r) => setTimeout(r, 200));
+		return new Response("own-" + u.searchParams.get("n"));
+	} }`
+	// get does not stop the test at an answer cut short.
+	get := func(path string) (int, string, error) {
+		res, err := http.Get(s.url + path)
+		if err != nil {
+			return 0, "", err
+		}
+		defer res.Body.Close()
+		b, err := io.ReadAll(res.Body)
+		return res.StatusCode, string(b), err
+	}
+	for _, rt := range []string{"deno", "node"} {
+		t.Run(rt, func(t *testing.T) {
+			name := "length-" + rt
+			s.deployCode(t, name, []byte(code), "runtime="+rt+"&timeout=20s&max=1")
+			s.get("/fn/admin/" + name + "/?n=0") // the cold start
+			get("/fn/admin/" + name + "/?m=stream")
+			for i := 1; i <= 3; i++ {
+				want := fmt.Sprintf("own-%d", i)
+				if status, body, err := get(fmt.Sprintf("/fn/admin/%s/?n=%d", name, i)); status != 200 || body != want {
+					t.Errorf("request %d after the stream: got %d %q (%v), want 200 %q", i, status, body, err, want)
+				}
+			}
+			for _, tc := range []struct{ m, want string }{{"long", "12345"}, {"short", "12345"}, {"null", ""}} {
+				start := time.Now()
+				status, body, err := get("/fn/admin/" + name + "/?m=" + tc.m)
+				if took := time.Since(start); status != 200 || body != tc.want || err != nil || took > 5*time.Second {
+					t.Errorf("%s: got %d %q (%v) in %v, want 200 %q at once", tc.m, status, body, err, took, tc.want)
+				}
 			}
 		})
 	}

@@ -89,6 +89,11 @@ async function serve(req, res) {
   // mid-request is not worth a log line.
   res.on("error", (err) => console.error("response error:", err));
   req.on("error", () => {});
+  // A body longer than the Content-Length the function set fails rather
+  // than going out whole: the bytes past it would reach the platform as
+  // the answer to the next request on the connection. One that falls
+  // short fails too, rather than leave the answer waiting for the rest.
+  res.strictContentLength = true;
   try {
     if (handler === null) {
       if (req.headers["spry-warmup"] === WARMUP) {
@@ -341,9 +346,11 @@ function read(reader) {
 }
 
 // endWhole sends a body read in full, with its length: Node leaves it
-// out of the answer to a HEAD request, which Deno (and the GET) give.
-function endWhole(res, chunks, size) {
-  if (!res.hasHeader("content-length") && !res.hasHeader("transfer-encoding")) {
+// out of the answer to a HEAD request, which Deno (and the GET) give. As
+// on Deno, the length is the body's, whatever Content-Length the function
+// set, but for a HEAD's answer, which may give the GET's.
+function endWhole(res, chunks, size, head) {
+  if (!res.hasHeader("transfer-encoding") && !(head && res.hasHeader("content-length"))) {
     res.setHeader("content-length", size);
   }
   res.end(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size));
@@ -360,6 +367,9 @@ async function writeResponse(res, out, head) {
   const cookies = out.headers.getSetCookie();
   if (cookies.length > 0) res.setHeader("set-cookie", cookies);
   if (out.body === null) {
+    // No body is a length of 0, as on Deno, but in the answer to a HEAD
+    // or with a 304, whose length is the GET's.
+    if (!head && out.status !== 304 && res.hasHeader("content-length")) res.setHeader("content-length", 0);
     res.end();
     return;
   }
@@ -382,7 +392,7 @@ async function writeResponse(res, out, head) {
     const r = await Promise.race([pending, tick]);
     if (r === TICK) break;
     if (r.done) {
-      endWhole(res, early, size);
+      endWhole(res, early, size, head);
       return;
     }
     const chunk = chunkBytes(r.value);
@@ -394,7 +404,7 @@ async function writeResponse(res, out, head) {
       // and ends at once: one more look. (pending keeps what it yields.)
       const next = await Promise.race([pending, tick]);
       if (next !== TICK && next.done) {
-        endWhole(res, early, size);
+        endWhole(res, early, size, head);
         return;
       }
       break;
@@ -408,23 +418,37 @@ async function writeResponse(res, out, head) {
     return;
   }
   if (early.length === 0) res.flushHeaders(); // e.g. server-sent events: headers now
+  // A Content-Length the function set ends the answer there, as on Deno:
+  // what the stream yields past it is not sent (the platform would take
+  // it for the answer to the next request on the connection).
+  let left = Infinity;
+  if (res.hasHeader("content-length") && !res.hasHeader("transfer-encoding")) {
+    const n = Number(res.getHeader("content-length"));
+    if (Number.isSafeInteger(n) && n >= 0) left = n;
+  }
+  const send = (chunk) => {
+    if (chunk.byteLength > left) chunk = chunk.subarray(0, left);
+    left -= chunk.byteLength;
+    return write(res, chunk, gone);
+  };
   try {
     for (const chunk of early) {
-      if (!(await write(res, chunk, gone))) return;
+      if (left === 0 || !(await send(chunk))) break;
     }
-    for (;;) {
+    while (left > 0 && !gone.value) {
       const r = await pending;
       if (r.done) break;
-      if (!(await write(res, chunkBytes(r.value), gone))) return;
+      if (!(await send(chunkBytes(r.value)))) return;
       pending = read(reader);
     }
+    if (gone.value) return;
+    if (left === 0) reader.cancel().catch(() => {});
+    res.end();
   } catch (err) {
     if (gone.value) return;
     console.error("the function's response body failed:", err);
     res.destroy();
-    return;
   }
-  res.end();
 }
 
 // ---------------------------------------------------------------------------
