@@ -327,15 +327,22 @@ func asIDs(uid, gid int, f func() error) error {
 func onThread(enter func() error, leave func() bool, f func() error) error {
 	res := make(chan error, 1)
 	go func() {
+		// Deferred, so that f ending its goroutine (runtime.Goexit: a
+		// test's t.Fatal in a hook) still answers, rather than leave
+		// the caller waiting for ever.
+		err := errors.New("the credentials' thread ended before its call returned")
+		defer func() { res <- err }()
 		goruntime.LockOSThread()
-		err := enter()
-		if err == nil {
-			err = f()
+		defer func() {
+			if leave() {
+				goruntime.UnlockOSThread()
+			} // else the thread stays locked, and ends with its goroutine
+		}()
+		if e := enter(); e != nil {
+			err = e
+			return
 		}
-		if leave() {
-			goruntime.UnlockOSThread()
-		}
-		res <- err
+		err = f()
 	}()
 	return <-res
 }

@@ -3,8 +3,10 @@ package sandbox
 import (
 	"errors"
 	"os/exec"
+	goruntime "runtime"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -53,5 +55,30 @@ func TestAsIDsReachesOnlyItsIDs(t *testing.T) {
 		if _, err := lower(start(other[0], other[1])); !errors.Is(err, unix.EPERM) {
 			t.Errorf("lower the open-file limit of a process of uid %d, gid %d as uid %d, gid %d: %v, want EPERM", other[0], other[1], uid, gid, err)
 		}
+	}
+}
+
+// A call that ends its goroutine on the credentials' thread (a test's
+// t.Fatal in a hook does) gets an error back, and the thread's
+// credentials are set back: before, the caller waited for ever.
+func TestOnThreadSurvivesGoexit(t *testing.T) {
+	left := false
+	done := make(chan error, 1)
+	go func() {
+		done <- onThread(func() error { return nil }, func() bool { left = true; return true }, func() error {
+			goruntime.Goexit()
+			return nil
+		})
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Error("no error from a call that never returned")
+		}
+		if !left {
+			t.Error("leave did not run")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("onThread did not return within 10s")
 	}
 }
