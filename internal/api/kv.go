@@ -74,7 +74,7 @@ func (a *API) listKV(w http.ResponseWriter, r *http.Request) error {
 	if next != "" {
 		out.Cursor = &next
 	}
-	return writeJSON(w, http.StatusOK, out)
+	return writeCompact(w, http.StatusOK, out)
 }
 
 func (a *API) getKV(w http.ResponseWriter, r *http.Request) error {
@@ -90,7 +90,16 @@ func (a *API) getKV(w http.ResponseWriter, r *http.Request) error {
 	if !ok {
 		return errdefs.New(errdefs.ErrNotFound, "the function has no key %q", key)
 	}
-	return writeJSON(w, http.StatusOK, kv.Entry{Key: key, Value: v})
+	return writeCompact(w, http.StatusOK, kv.Entry{Key: key, Value: v})
+}
+
+// writeCompact is writeJSON without the indentation, for answers with
+// values: indenting a deeply nested value multiplies it (one of 20 KB,
+// 10,000 levels deep, would be 200 MB).
+func writeCompact(w http.ResponseWriter, status int, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	return json.NewEncoder(w).Encode(v)
 }
 
 // putKV stores the body, a JSON value, under the key; ?expireIn= (ms)

@@ -480,7 +480,8 @@ func (c *Client) KVList(ctx context.Context, owner, name string, o KVOptions) (a
 	return out, err
 }
 
-// compact is a JSON value as stored: the API indents its answers.
+// compact is a JSON value as stored (a server before this one indented
+// its kv answers).
 func compact(v json.RawMessage) json.RawMessage {
 	var b bytes.Buffer
 	if json.Compact(&b, v) != nil {
