@@ -27,6 +27,9 @@ const (
 	MaxValueBytes = 64 << 10
 	MaxList       = 1000
 	DefaultList   = 100
+	// MaxListBytes bounds a page's keys and values together: past it a
+	// page ends early, with its cursor (a page has one entry at least).
+	MaxListBytes = 1 << 20
 	// MaxExpireIn is the longest expiry a value may be given.
 	MaxExpireIn = 10 * 365 * 24 * time.Hour
 )
@@ -219,7 +222,8 @@ func (s *Store) write(ctx context.Context, fn string, change func(tx *sql.Tx, us
 
 // List returns up to limit of fn's entries whose keys start with
 // prefix, in key order (bytewise), after the key cursor (""; the start),
-// and the cursor of the next page ("" when there is none).
+// and the cursor of the next page ("" when there is none). A page ends
+// early past MaxListBytes.
 func (s *Store) List(ctx context.Context, fn, prefix, cursor string, limit int) ([]Entry, string, error) {
 	switch {
 	case limit == 0:
@@ -247,6 +251,7 @@ func (s *Store) List(ctx context.Context, fn, prefix, cursor string, limit int) 
 	}
 	defer rows.Close()
 	var out []Entry
+	size, full := 0, false
 	for rows.Next() {
 		var e Entry
 		var v []byte
@@ -254,13 +259,20 @@ func (s *Store) List(ctx context.Context, fn, prefix, cursor string, limit int) 
 			return nil, "", fmt.Errorf("kv list: %w", err)
 		}
 		e.Value = v
+		if size += len(e.Key) + len(v); size > MaxListBytes && len(out) > 0 {
+			full = true
+			break
+		}
 		out = append(out, e)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, "", fmt.Errorf("kv list: %w", err)
 	}
 	next := ""
-	if len(out) > limit {
+	switch {
+	case full:
+		next = out[len(out)-1].Key
+	case len(out) > limit:
 		out = out[:limit]
 		next = out[limit-1].Key
 	}

@@ -300,3 +300,51 @@ func BenchmarkServeConn(b *testing.B) {
 		}
 	})
 }
+
+// A page is bounded in bytes as well as entries: a thousand values of
+// 64 KiB (and '<' sent as \u003c, six times its byte) would make one
+// answer of up to 384 MB, built in the server's memory, eight at once
+// per instance. Past MaxListBytes a page ends early, with its cursor.
+func TestListPageBytes(t *testing.T) {
+	s, _ := open(t, 0)
+	ctx := context.Background()
+	value := json.RawMessage(`"` + strings.Repeat("<", 60000) + `"`)
+	const n = 40
+	for i := range n {
+		if err := s.Set(ctx, "f", fmt.Sprintf("k%02d", i), value, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var keys []string
+	cursor := ""
+	for pages := 0; ; pages++ {
+		if pages > n {
+			t.Fatal("the pages do not end")
+		}
+		req, _ := json.Marshal(Request{Op: "list", Cursor: cursor, Limit: MaxList})
+		answer := call(t, s, "f", string(req))
+		if len(answer) > MaxListBytes+len(value)+1024 {
+			t.Fatalf("a page of %d bytes", len(answer))
+		}
+		var page struct {
+			Entries []Entry
+			Cursor  *string
+		}
+		if err := json.Unmarshal([]byte(answer), &page); err != nil {
+			t.Fatalf("%v: %.200s", err, answer)
+		}
+		for _, e := range page.Entries {
+			if string(e.Value) != string(value) {
+				t.Fatalf("%s: %.50s...", e.Key, e.Value)
+			}
+			keys = append(keys, e.Key)
+		}
+		if page.Cursor == nil {
+			break
+		}
+		cursor = *page.Cursor
+	}
+	if len(keys) != n || keys[0] != "k00" || keys[n-1] != fmt.Sprintf("k%02d", n-1) {
+		t.Errorf("the pages have %d keys, %v", len(keys), keys)
+	}
+}

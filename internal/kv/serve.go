@@ -1,6 +1,7 @@
 package kv
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -50,10 +51,15 @@ func (s *Store) ServeConn(ctx context.Context, conn net.Conn, fn string) {
 	ctx, cancel := context.WithTimeout(ctx, connTimeout)
 	defer cancel()
 	res := s.answer(ctx, fn, conn)
-	b, err := json.Marshal(res)
-	if err != nil {
-		b, _ = json.Marshal(errorBody(err))
+	// Values go as stored: escaped for HTML, a '<' would be six bytes.
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(res); err != nil {
+		buf.Reset()
+		_ = enc.Encode(errorBody(err))
 	}
+	b := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
 	_ = conn.SetWriteDeadline(time.Now().Add(connTimeout))
 	_, _ = conn.Write(b)
 	// What is left of a request refused before its end is read (until
