@@ -198,3 +198,30 @@ func TestKV(t *testing.T) {
 	want("kv-deno", "get", "", 200, "null")
 	want("kv-other", "get", "", 200, "1")
 }
+
+// TestKVPathKeys: keys that as paths would not be clean ("/x", a URL's
+// path, which a function may well use; "a//b", "a/../b", ".", "..") are
+// keys like any other for the API and spry kv. The server refused them,
+// escaped or not, as paths with empty, . or .. segments (404), so
+// entries a function made under them could not be read or removed.
+func TestKVPathKeys(t *testing.T) {
+	s := startServer(t)
+	s.deployCode(t, "dots", []byte(kvFunction), "")
+	for _, key := range []string{".", "..", "/x", "a//b", "a/../b", "a/.", "x/"} {
+		if _, errOut, code := s.spry("", "kv", "set", "dots", key, `"`+key+`"`); code != 0 {
+			t.Errorf("spry kv set dots %s: exit %d %s", key, code, errOut)
+		}
+		if got, errOut, code := s.spry("", "kv", "get", "dots", key); code != 0 || got != `"`+key+`"`+"\n" {
+			t.Errorf("spry kv get dots %s: exit %d %q %s", key, code, got, errOut)
+		}
+		if _, errOut, code := s.spry("", "kv", "rm", "dots", key); code != 0 {
+			t.Errorf("spry kv rm dots %s: exit %d %s", key, code, errOut)
+		}
+		if r := s.do("GET", "/api/v1/functions/dots", s.token, nil, nil); r.status != 200 {
+			t.Fatalf("the function after spry kv rm dots %s: %d %s", key, r.status, r.body)
+		}
+		if _, errOut, code := s.spry("", "kv", "get", "dots", key); code == 0 || !strings.Contains(errOut, "no key") {
+			t.Errorf("spry kv get dots %s once removed: exit %d %s", key, code, errOut)
+		}
+	}
+}

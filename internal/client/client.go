@@ -519,5 +519,10 @@ func (c *Client) KVDelete(ctx context.Context, owner, name, key string) error {
 }
 
 func kvPath(name, key string) string {
-	return "/api/v1/functions/" + url.PathEscape(name) + "/kv/" + url.PathEscape(key)
+	k := url.PathEscape(key)
+	if key == "." || key == ".." {
+		// As they are, the path's own . and .. segments.
+		k = strings.ReplaceAll(k, ".", "%2E")
+	}
+	return "/api/v1/functions/" + url.PathEscape(name) + "/kv/" + k
 }

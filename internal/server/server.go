@@ -797,10 +797,13 @@ func (s *Server) collectBlobsOnce(ctx context.Context, before time.Time) error {
 
 // cleanPaths answers a path with an empty, . or .. segment with a JSON
 // 404 before the mux would answer it with a bare redirect, which clients
-// follow, method and all, to a resource the caller never named.
+// follow, method and all, to a resource the caller never named. The path
+// is read escaped, as the mux reads it: an escaped '/' or '.' is part of
+// a segment (a kv key's: "%2Fx", "a%2F%2Fb", "%2E"), not a separator or
+// a dot segment.
 func cleanPaths(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p := r.URL.Path
+		p := r.URL.EscapedPath()
 		c := path.Clean(p)
 		if strings.HasSuffix(p, "/") && c != "/" {
 			c += "/"
