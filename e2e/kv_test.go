@@ -225,3 +225,35 @@ func TestKVPathKeys(t *testing.T) {
 		}
 	}
 }
+
+// TestKVClientInputs: what ctx.kv makes of keys and options. A key
+// with a lone surrogate has no UTF-8 form: it was sent as JSON's escape,
+// which the server decodes to U+FFFD, so "\ud800", "\udc00" and "\ufffd"
+// were one key; now it is a TypeError. And list({ prefix: null }), as
+// list({ cursor: null }), is no prefix, not the prefix "null".
+func TestKVClientInputs(t *testing.T) {
+	s := startServer(t)
+	code := `export default {
+  async fetch(req, ctx) {
+    const name = (p) => p.then((v) => v, (err) => err.name);
+    const out = {};
+    out.lone = await name(ctx.kv.set("\ud800", "lone"));
+    out.replacement = await ctx.kv.get("\ufffd");
+    await ctx.kv.set("a", 1);
+    await ctx.kv.set("b", 2);
+    out.list = (await ctx.kv.list({ prefix: null, cursor: null })).entries.map((e) => e.key);
+    return Response.json(out);
+  },
+};
+`
+	for _, rt := range []string{"deno", "node"} {
+		t.Run(rt, func(t *testing.T) {
+			fn := "inputs-" + rt
+			s.deployCode(t, fn, []byte(code), "runtime="+rt)
+			r := s.get("/fn/admin/" + fn + "/")
+			if got := strings.TrimSpace(string(r.body)); r.status != 200 || got != `{"lone":"TypeError","replacement":null,"list":["a","b"]}` {
+				t.Errorf("%d %s", r.status, got)
+			}
+		})
+	}
+}

@@ -18,6 +18,9 @@ function kvAnswer(text) {
 
 function kvKey(what, key) {
   if (typeof key !== "string") throw new TypeError(`ctx.kv.${what}: the key must be a string`);
+  // A lone surrogate has no UTF-8 form: sent as JSON's escape, the
+  // server would read it as U+FFFD, making distinct keys one.
+  if (!key.isWellFormed()) throw new TypeError(`ctx.kv.${what}: the key must be well-formed Unicode (it has a lone surrogate)`);
   return key;
 }
 
@@ -46,7 +49,7 @@ const kv = Object.freeze({
   // order, after cursor; cursor is null on the last page.
   async list(options = {}) {
     const { prefix = "", cursor = "", limit = 0 } = options ?? {};
-    const res = await kvCall({ op: "list", prefix: String(prefix), cursor: cursor === null ? "" : String(cursor), limit });
+    const res = await kvCall({ op: "list", prefix: prefix === null ? "" : String(prefix), cursor: cursor === null ? "" : String(cursor), limit });
     return { entries: res.entries, cursor: res.cursor };
   },
 });
