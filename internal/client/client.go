@@ -508,7 +508,8 @@ func (c *Client) KVSet(ctx context.Context, owner, name, key string, value json.
 		if q == nil {
 			q = url.Values{}
 		}
-		q.Set("expireIn", strconv.FormatInt(expireIn.Milliseconds(), 10))
+		// Whole milliseconds, rounded up: 0 would be never.
+		q.Set("expireIn", strconv.FormatInt(int64((expireIn+time.Millisecond-1)/time.Millisecond), 10))
 	}
 	return c.do(ctx, "PUT", kvPath(name, key), q, bytes.NewReader(value), "application/json", nil)
 }

@@ -181,3 +181,26 @@ func TestInvokeOutlastsTheAPITimeout(t *testing.T) {
 		t.Errorf("body %q, err %v", body, err)
 	}
 }
+
+// An expiry under a millisecond (spry kv set --expire-in 500us) is one
+// millisecond, not 0, which the API takes for never.
+func TestKVSetExpiryUnderAMillisecond(t *testing.T) {
+	var got string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = r.URL.Query().Get("expireIn")
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer srv.Close()
+	c := New(srv.URL, "t")
+	for _, tt := range []struct {
+		d    time.Duration
+		want string
+	}{{500 * time.Microsecond, "1"}, {1500 * time.Microsecond, "2"}, {time.Second, "1000"}, {0, ""}} {
+		if err := c.KVSet(t.Context(), "", "f", "k", []byte("1"), tt.d); err != nil {
+			t.Fatal(err)
+		}
+		if got != tt.want {
+			t.Errorf("KVSet with an expiry of %v: expireIn=%q, want %q", tt.d, got, tt.want)
+		}
+	}
+}
