@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -33,6 +34,10 @@ const (
 	// MaxExpireIn is the longest expiry a value may be given.
 	MaxExpireIn = 10 * 365 * 24 * time.Hour
 )
+
+// deleteBatch is how many entries Sweep and DeleteFunction remove in
+// one transaction: the writer's lock is one for all functions.
+const deleteBatch = 1000
 
 // DefaultMaxBytes is a function's namespace's default bound, keys and
 // values together.
@@ -58,7 +63,11 @@ var migrations = []string{
 
 // Store holds every function's entries.
 type Store struct {
-	db       *sql.DB
+	db *sql.DB
+	// wmu is held by each write transaction: SQLite's writers poll for
+	// its lock, and lose it to a loop of transactions (Sweep's batches),
+	// where a mutex hands it to the one that waited.
+	wmu      sync.Mutex
 	get      *sql.Stmt // prepared once: parsing it took a third of a read's time
 	maxBytes int64
 	now      func() time.Time
@@ -192,6 +201,8 @@ func (s *Store) Delete(ctx context.Context, fn, key string) error {
 // write runs change in a transaction with what fn's namespace holds, and
 // adds the change's delta to it.
 func (s *Store) write(ctx context.Context, fn string, change func(tx *sql.Tx, used int64) (int64, error)) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("kv: %w", err)
@@ -292,20 +303,55 @@ func prefixEnd(p string) (string, bool) {
 	return "", false
 }
 
-// DeleteFunction removes fn's namespace.
+// DeleteFunction removes fn's namespace, deleteBatch entries a
+// transaction: the last takes what remains and the usage row together.
 func (s *Store) DeleteFunction(ctx context.Context, fn string) error {
+	for {
+		last, err := s.deleteBatch(ctx, fn)
+		if err != nil || last {
+			return err
+		}
+	}
+}
+
+func (s *Store) deleteBatch(ctx context.Context, fn string) (last bool, err error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("kv: %w", err)
+		return false, fmt.Errorf("kv: %w", err)
 	}
 	defer tx.Rollback()
-	if _, err := tx.ExecContext(ctx, `DELETE FROM entries WHERE fn = ?`, fn); err != nil {
-		return fmt.Errorf("kv: %w", err)
+	rows, err := tx.QueryContext(ctx, `DELETE FROM entries WHERE fn = ?1 AND key IN (SELECT key FROM entries WHERE fn = ?1 LIMIT ?2) RETURNING size`, fn, deleteBatch)
+	if err != nil {
+		return false, fmt.Errorf("kv: %w", err)
 	}
-	if _, err := tx.ExecContext(ctx, `DELETE FROM usage WHERE fn = ?`, fn); err != nil {
-		return fmt.Errorf("kv: %w", err)
+	n, freed := 0, int64(0)
+	for rows.Next() {
+		var size int64
+		if err := rows.Scan(&size); err != nil {
+			rows.Close()
+			return false, fmt.Errorf("kv: %w", err)
+		}
+		n, freed = n+1, freed+size
 	}
-	return tx.Commit()
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return false, fmt.Errorf("kv: %w", err)
+	}
+	last = n < deleteBatch
+	if last {
+		_, err = tx.ExecContext(ctx, `DELETE FROM usage WHERE fn = ?`, fn)
+	} else {
+		_, err = tx.ExecContext(ctx, `UPDATE usage SET bytes = bytes - ? WHERE fn = ?`, freed, fn)
+	}
+	if err != nil {
+		return false, fmt.Errorf("kv: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return false, fmt.Errorf("kv: %w", err)
+	}
+	return last, nil
 }
 
 // Namespaces lists the functions that have entries (or had).
@@ -328,14 +374,30 @@ func (s *Store) Namespaces(ctx context.Context) ([]string, error) {
 
 // Sweep removes the entries that have expired, and returns how many.
 // Until then they are not read, but count against their namespace's
-// bound.
+// bound. It removes deleteBatch a transaction.
 func (s *Store) Sweep(ctx context.Context) (int, error) {
+	now := s.now().UnixMilli()
+	total := 0
+	for {
+		n, err := s.sweepBatch(ctx, now)
+		total += n
+		if err != nil || n < deleteBatch {
+			return total, err
+		}
+	}
+}
+
+func (s *Store) sweepBatch(ctx context.Context, now int64) (int, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, fmt.Errorf("kv sweep: %w", err)
 	}
 	defer tx.Rollback()
-	rows, err := tx.QueryContext(ctx, `DELETE FROM entries WHERE expires IS NOT NULL AND expires <= ? RETURNING fn, size`, s.now().UnixMilli())
+	rows, err := tx.QueryContext(ctx, `DELETE FROM entries WHERE (fn, key) IN (
+			SELECT fn, key FROM entries WHERE expires IS NOT NULL AND expires <= ?1 LIMIT ?2
+		) RETURNING fn, size`, now, deleteBatch)
 	if err != nil {
 		return 0, fmt.Errorf("kv sweep: %w", err)
 	}
@@ -360,7 +422,10 @@ func (s *Store) Sweep(ctx context.Context) (int, error) {
 			return 0, fmt.Errorf("kv sweep: %w", err)
 		}
 	}
-	return n, tx.Commit()
+	if err := tx.Commit(); err != nil {
+		return 0, fmt.Errorf("kv sweep: %w", err)
+	}
+	return n, nil
 }
 
 // Used returns what fn's namespace holds, keys and values, in bytes.
