@@ -179,6 +179,19 @@ func TestKV(t *testing.T) {
 	if st, got := call("kv-gvisor", "get", ""); st != 400 || !strings.Contains(got, "ctx.kv: storage is not reachable") {
 		t.Errorf("ctx.kv under gVisor: %d %s", st, got)
 	}
+	// Code that speaks the socket's protocol itself, rather than through
+	// ctx.kv, reaches its own function's entries and no other's.
+	raw := `export default { async fetch(req, ctx) {
+		await ctx.kv.set("mine", 1);
+		const conn = await Deno.connect({ transport: "unix", path: "/run/spry-kv.sock" });
+		await conn.write(new TextEncoder().encode(await req.text()));
+		await conn.closeWrite();
+		return new Response(await new Response(conn.readable).text());
+	} };`
+	s.deployCode(t, "kv-raw", []byte(raw), "")
+	want("kv-raw", "", `{"op":"list"}`, 200, `{"entries":[{"key":"mine","value":1}],"cursor":null}`)
+	want("kv-raw", "", `{"op":"get","key":"n"}`, 200, `{"value":null}`)
+
 	// Each function has its own entries.
 	s.deployCode(t, "kv-other", []byte(kvFunction), "")
 	want("kv-other", "get", "", 200, "null")

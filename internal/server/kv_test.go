@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/spry-run/spry/internal/kv"
+	"github.com/spry-run/spry/internal/metrics"
 	"github.com/spry-run/spry/internal/store"
 	"github.com/spry-run/spry/internal/store/sqlite"
 )
@@ -50,5 +51,31 @@ func TestPruneKV(t *testing.T) {
 	}
 	if !slices.Equal(spaces, []string{"fn-live"}) {
 		t.Errorf("namespaces after the prune: %v, want [fn-live]", spaces)
+	}
+}
+
+// A deleted function's entries are removed in the background (the
+// deletion holds every deploy), and a server closing waits for that.
+func TestForgetRemovesKV(t *testing.T) {
+	ctx := t.Context()
+	kvs, err := kv.Open(ctx, filepath.Join(t.TempDir(), "kv.db"), kv.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kvs.Close()
+	for _, id := range []string{"fn-gone", "fn-kept"} {
+		if err := kvs.Set(ctx, id, "k", json.RawMessage(`1`), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := &Server{kv: kvs, log: slog.New(slog.DiscardHandler), metrics: metrics.New(nil)}
+	s.forget("alice", "gone", "fn-gone")
+	s.kvDeletes.Wait()
+	spaces, err := kvs.Namespaces(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(spaces, []string{"fn-kept"}) {
+		t.Errorf("namespaces after the deletion: %v, want [fn-kept]", spaces)
 	}
 }

@@ -20,6 +20,7 @@ import (
 	goruntime "runtime"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -128,28 +129,30 @@ func (cfg Config) tree() sandbox.Tree {
 
 // Server is a running Spry.
 type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	lock    *os.File
-	store   *sqlite.Store
-	blobs   *blob.Store
-	logs    *logstore.Store
-	kv      *kv.Store
-	metrics *metrics.Metrics
-	access  *accessSampler
-	back    *local.Backend
-	act     *activator.Activator
-	fns     *functions.Service
-	sched   *schedule.Scheduler
-	http    *fasthttp.Server
-	router  *router.Router
-	lane    *router.Lane
-	ln      net.Listener
-	dbgLn   net.Listener // --debug-listen's, nil without it
-	ready   atomic.Bool
-	stop    context.CancelFunc
-	bg      chan struct{}
-	runDir  string
+	cfg   Config
+	log   *slog.Logger
+	lock  *os.File
+	store *sqlite.Store
+	blobs *blob.Store
+	logs  *logstore.Store
+	kv    *kv.Store
+	// kvDeletes are deleted functions' entries being removed.
+	kvDeletes sync.WaitGroup
+	metrics   *metrics.Metrics
+	access    *accessSampler
+	back      *local.Backend
+	act       *activator.Activator
+	fns       *functions.Service
+	sched     *schedule.Scheduler
+	http      *fasthttp.Server
+	router    *router.Router
+	lane      *router.Lane
+	ln        net.Listener
+	dbgLn     net.Listener // --debug-listen's, nil without it
+	ready     atomic.Bool
+	stop      context.CancelFunc
+	bg        chan struct{}
+	runDir    string
 }
 
 const (
@@ -661,6 +664,7 @@ func (s *Server) closeAll() {
 		s.logs.Close()
 	}
 	if s.kv != nil {
+		s.kvDeletes.Wait()
 		s.kv.Close()
 	}
 	if s.lock != nil {
@@ -848,9 +852,16 @@ func idleAfter(d time.Duration) time.Duration {
 // metrics and its ctx.kv entries.
 func (s *Server) forget(owner, name, id string) {
 	s.metrics.Forget(owner, name, id)
-	if err := s.kv.DeleteFunction(context.Background(), id); err != nil {
-		s.log.Error("delete a function's kv entries", "owner", owner, "function", name, "err", err)
-	}
+	// In the background: the deletion holds every deploy (forget is
+	// called under the functions' deploy lock), and a function's
+	// millions of entries take seconds to remove. The function is gone
+	// already, and one made again with its name has another id; should
+	// the server stop first, pruneKV removes the rest.
+	s.kvDeletes.Go(func() {
+		if err := s.kv.DeleteFunction(context.Background(), id); err != nil {
+			s.log.Error("delete a function's kv entries", "owner", owner, "function", name, "err", err)
+		}
+	})
 }
 
 // sweepKV removes expired ctx.kv entries every interval, and the
