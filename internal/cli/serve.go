@@ -132,7 +132,7 @@ func newServeCmd(env Env) *cobra.Command {
 	f.Int64Var(&cfg.UserFiles, "user-files", sandbox.HostFiles()/4, "open files one user's running instances may hold together (0: no bound); each instance process gets its share, from 21024 down to 1024 plus two per request of its concurrency, and a start that does not fit gets 429 (a quarter of fs.file-max by default)")
 	f.IntVar(&memoryReserve, "memory-reserve", defaultMemoryReserve(), "host memory, in MiB, that instance starts leave available: below it a start for a request first stops other functions' idle instances, least recently used first, and gets 503 if none is left to stop (0: no reserve; default 1/32 of the host's memory, at least 256)")
 	f.IntVar(&allMemory, "all-memory", int(hostMemory()>>20)-defaultMemoryReserve(), "memory, in MiB, all instances and builds may hold together, swap included (0: no bound); past it the kernel's OOM killer stops the largest of them, never the server (by default the host's memory less --memory-reserve)")
-	f.Int64Var(&cfg.KVMaxBytes, "kv-max-bytes", kv.DefaultMaxBytes, "bytes of keys and values each function's ctx.kv may hold; a write past it fails with quota_exceeded")
+	f.Int64Var(&cfg.KVMaxBytes, "kv-max-bytes", kv.DefaultMaxBytes, "bytes of keys and values each function's ctx.kv may hold, each entry counted 100 bytes more; a write past it fails with quota_exceeded")
 	f.IntVar(&cfg.MaxFunctionsPerUser, "max-functions-per-user", 1000, "functions one user may have (0: no limit); deploying one more gets 403 quota_exceeded")
 	f.IntVar(&cfg.PoolSize, "pool-size", 4, "warm, generic Deno instances kept ready for cold starts")
 	f.IntVar(&cfg.NodePoolSize, "node-pool-size", 1, "warm, generic Node instances kept ready for cold starts")
@@ -194,9 +194,9 @@ func validate(cfg server.Config) error {
 	case cfg.AllMemory != 0 && cfg.AllMemory < 256<<20:
 		// A pool and an instance at its default limit must fit.
 		return errdefs.Invalid("--all-memory must be 0 (no bound) or at least 256 (MiB)")
-	case cfg.KVMaxBytes != 0 && cfg.KVMaxBytes < kv.MaxKeyBytes+kv.MaxValueBytes:
+	case cfg.KVMaxBytes != 0 && cfg.KVMaxBytes < kv.MaxKeyBytes+kv.MaxValueBytes+kv.EntryOverhead:
 		// One entry of the largest size must fit.
-		return errdefs.Invalid("--kv-max-bytes must be at least %d", kv.MaxKeyBytes+kv.MaxValueBytes)
+		return errdefs.Invalid("--kv-max-bytes must be at least %d", kv.MaxKeyBytes+kv.MaxValueBytes+kv.EntryOverhead)
 	case cfg.MemoryReserve >= hostMemory():
 		// Nothing could ever start.
 		return errdefs.Invalid("--memory-reserve must be below the host's memory (%d MiB)", hostMemory()>>20)

@@ -39,6 +39,12 @@ const (
 // one transaction: the writer's lock is one for all functions.
 const deleteBatch = 1000
 
+// EntryOverhead is what each entry counts against its namespace's bound
+// beyond its key's and value's bytes: about what a row costs SQLite in
+// its pages and index, so that millions of tiny entries cannot take
+// many times the bound of disk.
+const EntryOverhead = 100
+
 // DefaultMaxBytes is a function's namespace's default bound, keys and
 // values together.
 const DefaultMaxBytes = 64 << 20
@@ -49,7 +55,7 @@ var migrations = []string{
 		key TEXT NOT NULL,
 		value BLOB NOT NULL,
 		expires INTEGER, -- Unix ms; NULL: never
-		size INTEGER NOT NULL, -- the key's and the value's bytes
+		size INTEGER NOT NULL, -- the key's and the value's bytes, and EntryOverhead
 		PRIMARY KEY (fn, key)
 	) WITHOUT ROWID;
 	CREATE INDEX entries_expires ON entries (expires) WHERE expires IS NOT NULL;
@@ -164,7 +170,7 @@ func (s *Store) Set(ctx context.Context, fn, key string, value json.RawMessage, 
 	if expireIn > 0 {
 		expires = s.now().Add(expireIn).UnixMilli()
 	}
-	size := int64(len(key) + len(value))
+	size := int64(len(key)+len(value)) + EntryOverhead
 	return s.write(ctx, fn, func(tx *sql.Tx, used int64) (int64, error) {
 		var old int64
 		err := tx.QueryRowContext(ctx, `SELECT size FROM entries WHERE fn = ? AND key = ?`, fn, key).Scan(&old)

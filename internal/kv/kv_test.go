@@ -70,7 +70,7 @@ func call(t testing.TB, s *Store, fn, req string) string {
 func consistent(t testing.TB, s *Store, fn string) {
 	t.Helper()
 	var sum int64
-	if err := s.db.QueryRow(`SELECT coalesce(sum(length(CAST(key AS BLOB)) + length(value)), 0) FROM entries WHERE fn = ?`, fn).Scan(&sum); err != nil {
+	if err := s.db.QueryRow(`SELECT coalesce(sum(length(CAST(key AS BLOB)) + length(value) + ?), 0) FROM entries WHERE fn = ?`, EntryOverhead, fn).Scan(&sum); err != nil {
 		t.Fatal(err)
 	}
 	used, err := s.Used(context.Background(), fn)
@@ -159,10 +159,13 @@ func TestNamespaces(t *testing.T) {
 // changes nothing, a write that shrinks it is let through, and deletes
 // make room.
 func TestBound(t *testing.T) {
-	const bound = 1000
+	// Three entries of 300 bytes (a one-byte key, 299 of value) and
+	// their overhead fit, a fourth does not, and a shrunk one (102) and
+	// three leave it room.
+	const bound = 3*(300+EntryOverhead) + 150
 	s, _ := open(t, bound)
 	ctx := context.Background()
-	value := json.RawMessage(`"` + strings.Repeat("v", 297) + `"`) // 299 bytes, 300 with a one-byte key
+	value := json.RawMessage(`"` + strings.Repeat("v", 297) + `"`)
 	for i := range 3 {
 		if err := s.Set(ctx, "f", fmt.Sprint(i), value, 0); err != nil {
 			t.Fatal(err)
@@ -351,7 +354,8 @@ func TestListPageBytes(t *testing.T) {
 
 // bulk gives fn n entries expiring at exp (Unix ms; 0: never) straight in
 // the file, as a function's code could make them one write at a time
-// (a few bytes each: two million fit in 13 MB of a 64 MiB bound).
+// (a few bytes each; counted with EntryOverhead, some 600,000 fit in a
+// 64 MiB bound, and a bound raised a few times holds millions).
 func bulk(t testing.TB, s *Store, fn string, n int, exp int64) {
 	t.Helper()
 	var expires any
@@ -359,7 +363,7 @@ func bulk(t testing.TB, s *Store, fn string, n int, exp int64) {
 		expires = exp
 	}
 	_, err := s.db.Exec(`WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < ?)
-		INSERT INTO entries (fn, key, value, expires, size) SELECT ?, printf('%x', i), '1', ?, length(printf('%x', i)) + 1 FROM n`, n, fn, expires)
+		INSERT INTO entries (fn, key, value, expires, size) SELECT ?, printf('%x', i), '1', ?, length(printf('%x', i)) + 1 + ? FROM n`, n, fn, expires, EntryOverhead)
 	if err != nil {
 		t.Fatal(err)
 	}
