@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -23,6 +24,7 @@ const kvFunction = `export default {
           await ctx.kv.set(key, n + 1);
           return Response.json(n + 1);
         }
+        case "add": return Response.json(await ctx.kv.add(key, Number(q("delta", 1))));
         case "get": return Response.json(await ctx.kv.get(key));
         case "set":
           await ctx.kv.set(key, await req.json(), { expireIn: Number(q("expireIn", 0)) });
@@ -80,6 +82,17 @@ func TestKV(t *testing.T) {
 			for i := 1; i <= 3; i++ {
 				want(fn, "incr", "", 200, fmt.Sprint(i))
 			}
+			// add is atomic: 40 requests at once, 40 more.
+			var wg sync.WaitGroup
+			for range 40 {
+				wg.Go(func() { call(fn, "add?key=hits", "") })
+			}
+			wg.Wait()
+			want(fn, "get?key=hits", "", 200, "40")
+			want(fn, "add?key=hits&delta=-0.5", "", 200, "39.5")
+			want(fn, "set?key=str", `"x"`, 200, `"ok"`)
+			want(fn, "add?key=str", "", 400, `{"error":"invalid_argument","message":"kv: the value of \"str\" is not a number, to add to"}`)
+			want(fn, "delete?key=str", "", 200, `"ok"`)
 			want(fn, "set?key=obj", `{"a": [1, "é", null], "b": {"c": true}}`, 200, `"ok"`)
 			want(fn, "get?key=obj", "", 200, `{"a":[1,"é",null],"b":{"c":true}}`)
 			want(fn, "get?key=none", "", 200, `null`)

@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -152,31 +153,84 @@ func (s *Store) Get(ctx context.Context, fn, key string) (value json.RawMessage,
 // expireIn unless that is 0. It fails with ErrQuotaExceeded if the
 // namespace would grow past its bound, and leaves it as it was.
 func (s *Store) Set(ctx context.Context, fn, key string, value json.RawMessage, expireIn time.Duration) error {
-	if err := checkKey(key); err != nil {
-		return err
-	}
 	var compact bytes.Buffer
 	if err := json.Compact(&compact, value); err != nil || len(value) == 0 {
+		if err := checkKey(key); err != nil {
+			return err
+		}
 		return errdefs.Invalid("kv: a value must be JSON")
 	}
-	value = compact.Bytes()
-	if len(value) > MaxValueBytes {
-		return errdefs.New(errdefs.ErrTooLarge, "kv: a value is at most %d bytes as JSON; this one is %d", MaxValueBytes, len(value))
+	_, err := s.put(ctx, fn, key, expireIn, func(json.RawMessage) (json.RawMessage, bool, error) {
+		return compact.Bytes(), false, nil
+	})
+	return err
+}
+
+// Add adds delta to fn's number at key (0 if it has none, or it
+// expired), atomically, and returns the sum: a counter that concurrent
+// requests add to loses no update, as one made of Get and Set would.
+// expireIn, unless 0, gives the entry a new expiry; 0 keeps the one it
+// has. A value that is not a number is an invalid-argument error.
+func (s *Store) Add(ctx context.Context, fn, key string, delta float64, expireIn time.Duration) (float64, error) {
+	if math.IsNaN(delta) || math.IsInf(delta, 0) {
+		return 0, errdefs.Invalid("kv: add takes a finite number")
+	}
+	var sum float64
+	_, err := s.put(ctx, fn, key, expireIn, func(old json.RawMessage) (json.RawMessage, bool, error) {
+		var n float64
+		if old != nil {
+			if err := json.Unmarshal(old, &n); err != nil {
+				return nil, false, errdefs.Invalid("kv: the value of %q is not a number, to add to", key)
+			}
+		}
+		sum = n + delta
+		if math.IsInf(sum, 0) {
+			return nil, false, errdefs.Invalid("kv: the sum is past what a number holds")
+		}
+		b, err := json.Marshal(sum)
+		return b, expireIn == 0 && old != nil, err
+	})
+	return sum, err
+}
+
+// put stores what value makes of the key's present value (nil: none, or
+// expired), with a new expiry after expireIn (0: never), or with the
+// present one if value says to keep it; it returns the entry's size.
+func (s *Store) put(ctx context.Context, fn, key string, expireIn time.Duration, value func(old json.RawMessage) (json.RawMessage, bool, error)) (int64, error) {
+	if err := checkKey(key); err != nil {
+		return 0, err
 	}
 	if expireIn < 0 || expireIn > MaxExpireIn {
-		return errdefs.Invalid("kv: expireIn must be between 0 (never) and %v", MaxExpireIn)
+		return 0, errdefs.Invalid("kv: expireIn must be between 0 (never) and %v", MaxExpireIn)
 	}
+	now := s.now().UnixMilli()
 	var expires any
 	if expireIn > 0 {
 		expires = s.now().Add(expireIn).UnixMilli()
 	}
-	size := int64(len(key)+len(value)) + EntryOverhead
-	return s.write(ctx, fn, func(tx *sql.Tx, used int64) (int64, error) {
+	var size int64
+	err := s.write(ctx, fn, func(tx *sql.Tx, used int64) (int64, error) {
 		var old int64
-		err := tx.QueryRowContext(ctx, `SELECT size FROM entries WHERE fn = ? AND key = ?`, fn, key).Scan(&old)
+		var oldValue []byte
+		var oldExpires sql.NullInt64
+		err := tx.QueryRowContext(ctx, `SELECT size, value, expires FROM entries WHERE fn = ? AND key = ?`, fn, key).Scan(&old, &oldValue, &oldExpires)
 		if err != nil && !errors.Is(err, sql.ErrNoRows) {
 			return 0, err
 		}
+		if oldExpires.Valid && oldExpires.Int64 <= now {
+			oldValue = nil // expired: as if it were not there
+		}
+		v, keep, err := value(oldValue)
+		if err != nil {
+			return 0, err
+		}
+		if keep && oldExpires.Valid {
+			expires = oldExpires.Int64
+		}
+		if len(v) > MaxValueBytes {
+			return 0, errdefs.New(errdefs.ErrTooLarge, "kv: a value is at most %d bytes as JSON; this one is %d", MaxValueBytes, len(v))
+		}
+		size = int64(len(key)+len(v)) + EntryOverhead
 		// A write that shrinks the namespace is always let through:
 		// a function over its bound (the bound lowered) can still
 		// make room.
@@ -184,9 +238,10 @@ func (s *Store) Set(ctx context.Context, fn, key string, value json.RawMessage, 
 			return 0, errdefs.New(errdefs.ErrQuotaExceeded, "kv: the function's entries would take %d bytes, more than its %d (spry serve --kv-max-bytes); delete some first", next, s.maxBytes)
 		}
 		_, err = tx.ExecContext(ctx, `INSERT INTO entries (fn, key, value, expires, size) VALUES (?, ?, ?, ?, ?)
-			ON CONFLICT (fn, key) DO UPDATE SET value = excluded.value, expires = excluded.expires, size = excluded.size`, fn, key, []byte(value), expires, size)
+			ON CONFLICT (fn, key) DO UPDATE SET value = excluded.value, expires = excluded.expires, size = excluded.size`, fn, key, v, expires, size)
 		return size - old, err
 	})
+	return size, err
 }
 
 // Delete removes fn's key, if it has one.

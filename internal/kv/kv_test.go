@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -100,6 +102,13 @@ func TestProtocol(t *testing.T) {
 		{"list the next page", `{"op":"list","limit":2,"cursor":"b/1"}`, `{"entries":[{"key":"b/2","value":2},{"key":"c","value":null}],"cursor":null}`},
 		{"list a prefix's next page", `{"op":"list","prefix":"b/","limit":1,"cursor":"b/1"}`, `{"entries":[{"key":"b/2","value":2}],"cursor":null}`},
 		{"list nothing", `{"op":"list","prefix":"z"}`, `{"entries":[],"cursor":null}`},
+		{"add to nothing", `{"op":"add","key":"count","delta":2}`, `{"value":2}`},
+		{"add", `{"op":"add","key":"count","delta":-0.5}`, `{"value":1.5}`},
+		{"get the sum", `{"op":"get","key":"count"}`, `{"value":1.5}`},
+		{"add to a string", `{"op":"add","key":"b/1","delta":1}`, `{"error":{"code":"invalid_argument","message":"kv: the value of \"b/1\" is not a number, to add to"}}`},
+		{"add past a number's bound", `{"op":"add","key":"count","delta":1.7e308}`, `{"value":1.7e+308}`},
+		{"add past it again", `{"op":"add","key":"count","delta":1.7e308}`, `{"error":{"code":"invalid_argument","message":"kv: the sum is past what a number holds"}}`},
+		{"delete the sum", `{"op":"delete","key":"count"}`, `{}`},
 		{"delete", `{"op":"delete","key":"a"}`, `{}`},
 		{"delete again", `{"op":"delete","key":"a"}`, `{}`},
 		{"get deleted", `{"op":"get","key":"a"}`, `{"value":null}`},
@@ -109,7 +118,7 @@ func TestProtocol(t *testing.T) {
 		{"large value", `{"op":"set","key":"a","value":` + big + `}`, `{"error":{"code":"too_large","message":"kv: a value is at most 65536 bytes as JSON; this one is 65538"}}`},
 		{"negative expiry", `{"op":"set","key":"a","value":1,"expireIn":-1}`, `{"error":{"code":"invalid_argument","message":"kv: expireIn must be between 0 (never) and 315360000000 ms"}}`},
 		{"limit too high", `{"op":"list","limit":1001}`, `{"error":{"code":"invalid_argument","message":"kv: limit must be between 1 and 1000"}}`},
-		{"unknown op", `{"op":"drop"}`, `{"error":{"code":"invalid_argument","message":"kv: unknown op \"drop\" (get, set, delete, list)"}}`},
+		{"unknown op", `{"op":"drop"}`, `{"error":{"code":"invalid_argument","message":"kv: unknown op \"drop\" (get, set, add, delete, list)"}}`},
 		{"not JSON", `get a`, `{"error":{"code":"invalid_argument","message":"kv: the request is not a JSON object: invalid character 'g' looking for beginning of value"}}`},
 		{"cut", `{"op":"get","key":"a`, `{"error":{"code":"invalid_argument","message":"kv: the request is not a JSON object: unexpected EOF"}}`},
 		{"too large", `{"op":"set","key":"a","value":"` + strings.Repeat("x", maxRequest) + `"}`, `{"error":{"code":"too_large","message":"kv: a request is at most ` + fmt.Sprint(maxRequest) + ` bytes"}}`},
@@ -430,4 +439,46 @@ func TestLongDeletesLetOthersWrite(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Add is atomic: concurrent adds lose no update, as a get and a set
+// would; it keeps the entry's expiry unless given one, and starts an
+// expired entry again from 0.
+func TestAdd(t *testing.T) {
+	s, c := open(t, 0)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Go(func() {
+			for range 10 {
+				if _, err := s.Add(ctx, "f", "n", 1, 0); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if v, _, _ := s.Get(ctx, "f", "n"); string(v) != "200" {
+		t.Errorf("after 200 concurrent adds of 1: %s", v)
+	}
+	if _, err := s.Add(ctx, "f", "w", 1, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	c.t = c.t.Add(30 * time.Second)
+	if sum, err := s.Add(ctx, "f", "w", 1, 0); err != nil || sum != 2 {
+		t.Errorf("add within the window: %v, %v; want 2", sum, err)
+	}
+	c.t = c.t.Add(31 * time.Second)
+	if _, ok, _ := s.Get(ctx, "f", "w"); ok {
+		t.Error("an add without expireIn moved the entry's expiry")
+	}
+	if sum, err := s.Add(ctx, "f", "w", 1, time.Minute); err != nil || sum != 1 {
+		t.Errorf("add to an expired entry: %v, %v; want 1", sum, err)
+	}
+	for _, bad := range []float64{math.NaN(), math.Inf(1)} {
+		if _, err := s.Add(ctx, "f", "n", bad, 0); !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("add %v: %v", bad, err)
+		}
+	}
+	consistent(t, s, "f")
 }

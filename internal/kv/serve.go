@@ -19,6 +19,7 @@ import (
 //
 //	{"op":"get","key":"k"}                          -> {"value":V} or {"value":null}
 //	{"op":"set","key":"k","value":V,"expireIn":ms}  -> {}
+//	{"op":"add","key":"k","delta":n,"expireIn":ms}  -> {"value":sum}
 //	{"op":"delete","key":"k"}                       -> {}
 //	{"op":"list","prefix":"p","cursor":"c","limit":n} -> {"entries":[{"key":..,"value":..}],"cursor":"c2"|null}
 //
@@ -33,6 +34,7 @@ type Request struct {
 	Prefix   string          `json:"prefix"`
 	Cursor   string          `json:"cursor"`
 	Limit    int             `json:"limit"`
+	Delta    float64         `json:"delta"`
 }
 
 // maxRequest bounds a request's bytes: the largest value, escaped at
@@ -100,6 +102,17 @@ func (s *Store) answer(ctx context.Context, fn string, r io.Reader) any {
 			return errorBody(err)
 		}
 		return struct{}{}
+	case "add":
+		if req.ExpireIn < 0 || req.ExpireIn > MaxExpireIn.Milliseconds() {
+			return errorBody(errdefs.Invalid("kv: expireIn must be between 0 (keep) and %d ms", MaxExpireIn.Milliseconds()))
+		}
+		sum, err := s.Add(ctx, fn, req.Key, req.Delta, time.Duration(req.ExpireIn)*time.Millisecond)
+		if err != nil {
+			return errorBody(err)
+		}
+		return struct {
+			Value float64 `json:"value"`
+		}{sum}
 	case "delete":
 		if err := s.Delete(ctx, fn, req.Key); err != nil {
 			return errorBody(err)
@@ -122,7 +135,7 @@ func (s *Store) answer(ctx context.Context, fn string, r io.Reader) any {
 			Cursor  *string `json:"cursor"`
 		}{entries, cursor}
 	default:
-		return errorBody(errdefs.Invalid("kv: unknown op %q (get, set, delete, list)", req.Op))
+		return errorBody(errdefs.Invalid("kv: unknown op %q (get, set, add, delete, list)", req.Op))
 	}
 }
 

@@ -24,6 +24,14 @@ function kvKey(what, key) {
   return key;
 }
 
+function kvExpireIn(what, options) {
+  const expireIn = options?.expireIn ?? 0;
+  if (typeof expireIn !== "number" || !Number.isInteger(expireIn) || expireIn < 0) {
+    throw new TypeError(`ctx.kv.${what}: expireIn must be a whole number of milliseconds`);
+  }
+  return expireIn;
+}
+
 const kv = Object.freeze({
   // get returns the key's value, or null if it has none.
   async get(key) {
@@ -33,13 +41,20 @@ const kv = Object.freeze({
   // makes it expire.
   async set(key, value, options = {}) {
     kvKey("set", key);
-    const expireIn = options?.expireIn ?? 0;
-    if (typeof expireIn !== "number" || !Number.isInteger(expireIn) || expireIn < 0) {
-      throw new TypeError("ctx.kv.set: expireIn must be a whole number of milliseconds");
-    }
+    const expireIn = kvExpireIn("set", options);
     const json = JSON.stringify(value);
     if (json === undefined) throw new TypeError("ctx.kv.set: the value must be something JSON can hold");
     await kvCall({ op: "set", key, value: JSON.parse(json), expireIn });
+  },
+  // add adds delta (1 by default) to the key's number (0 if it has
+  // none), atomically, and returns the sum; options.expireIn (ms) gives
+  // the entry a new expiry, else it keeps the one it has.
+  async add(key, delta = 1, options = {}) {
+    kvKey("add", key);
+    if (typeof delta !== "number" || !Number.isFinite(delta)) {
+      throw new TypeError("ctx.kv.add: delta must be a finite number");
+    }
+    return (await kvCall({ op: "add", key, delta, expireIn: kvExpireIn("add", options) })).value;
   },
   async delete(key) {
     await kvCall({ op: "delete", key: kvKey("delete", key) });
