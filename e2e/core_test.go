@@ -133,6 +133,22 @@ func TestExamples(t *testing.T) {
 		}
 	}
 
+	t.Run("counter keeps its counts in ctx.kv", func(t *testing.T) {
+		s.mustSpry("deploy", "examples/counter.ts")
+		for _, want := range []string{"home: 1 visit\n", "home: 2 visits\n"} {
+			if r := s.get("/fn/admin/counter/home"); r.status != 200 || string(r.body) != want {
+				t.Fatalf("%d %q, want %q", r.status, r.body, want)
+			}
+		}
+		s.get("/fn/admin/counter/about")
+		if r := s.get("/fn/admin/counter/all"); r.status != 200 || string(r.body) != `{"about":1,"home":2}` {
+			t.Fatalf("%d %s", r.status, r.body)
+		}
+		if got := s.mustSpry("kv", "ls", "counter"); got != "visits/about\t1\nvisits/home\t2\n" {
+			t.Fatalf("spry kv ls counter: %q", got)
+		}
+	})
+
 	t.Run("json api routes on the sub-path", func(t *testing.T) {
 		r := s.get("/fn/admin/api/users/2")
 		if r.status != 200 || r.json(t)["name"] != "Grace" {
