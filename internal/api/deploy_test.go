@@ -4,7 +4,9 @@ import (
 	"archive/tar"
 	"bytes"
 	"encoding/base64"
+	"io"
 	"net/http"
+	"strings"
 	"testing"
 )
 
@@ -38,5 +40,55 @@ func TestDeployCodeAndArchive(t *testing.T) {
 	e.mustDo(e.admin, "GET", "/api/v1/functions/f", "", http.StatusOK, &fn)
 	if fn.Version != 1 {
 		t.Errorf("version %d after refused deploys, want 1", fn.Version)
+	}
+}
+
+// A deploy refuses a query parameter it would not read: a misspelt
+// setting, or a setting beside a JSON body, deployed without it, in
+// silence, and stores nothing.
+func TestDeployQuery(t *testing.T) {
+	e := newEnv(t)
+	e.deploy(e.admin, "/api/v1/functions/f")
+	raw := func(query string) (int, []byte) {
+		req, err := http.NewRequest("PUT", e.srv.URL+"/api/v1/functions/f?"+query, strings.NewReader("export default { fetch() { return new Response('x') } }"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+e.admin)
+		req.Header.Set("Content-Type", "application/typescript")
+		res, err := e.srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		return res.StatusCode, b
+	}
+	for _, tt := range []struct {
+		query string
+		json  bool
+		want  int
+	}{
+		{"memory=256Mi&target-utilization=50&filename=f.ts", false, http.StatusOK},
+		{"target_utilization=50", false, http.StatusBadRequest},
+		{"memroy=256Mi", false, http.StatusBadRequest},
+		{"memory=256Mi", true, http.StatusBadRequest},
+		{"owner=admin", true, http.StatusOK},
+	} {
+		var status int
+		var b []byte
+		if tt.json {
+			status, b = e.do(e.admin, "PUT", "/api/v1/functions/f?"+tt.query, `{"code":"export default { fetch() { return new Response('y') } }"}`)
+		} else {
+			status, b = raw(tt.query)
+		}
+		if status != tt.want {
+			t.Errorf("?%s (JSON %v): %d %s, want %d", tt.query, tt.json, status, b, tt.want)
+		}
+	}
+	var fn FunctionView
+	e.mustDo(e.admin, "GET", "/api/v1/functions/f", "", http.StatusOK, &fn)
+	if fn.Version != 3 {
+		t.Errorf("version %d after two good deploys and three refused, want 3", fn.Version)
 	}
 }

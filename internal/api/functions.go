@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -315,6 +316,9 @@ func (a *API) deployFunction(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
 	req := functions.DeployRequest{Owner: owner, Name: name, By: principal(r).User, Filename: q.Get("filename"), Runtime: q.Get("runtime")}
 	isJSON := mediaType(r.Header.Get("Content-Type")) == "application/json"
+	if err := checkDeployQuery(q, isJSON); err != nil {
+		return err
+	}
 	limit := a.cfg.MaxCodeBytes
 	if isJSON {
 		// JSON escaping can grow code up to six-fold (\u00XX); allow for
@@ -384,6 +388,29 @@ func (a *API) deployFunction(w http.ResponseWriter, r *http.Request) error {
 		status = http.StatusCreated
 	}
 	return writeJSON(w, status, a.view(r, fn))
+}
+
+// deployQuery are the query parameters a deploy reads besides the
+// settings, which a deploy of a raw body reads there too.
+var deployQuery = []string{"owner", "filename", "runtime", "entry"}
+
+// checkDeployQuery refuses a query parameter the deploy would not read:
+// a misspelt setting (target_utilization), or a setting beside a JSON
+// body, which carries its own, deployed the function without it, and
+// without a word.
+func checkDeployQuery(q url.Values, isJSON bool) error {
+	for k := range q {
+		switch {
+		case slices.Contains(deployQuery, k):
+		case slices.Contains(functions.Settings, k):
+			if isJSON {
+				return errdefs.Invalid("query parameter %q: a JSON deploy takes its settings in its body", k)
+			}
+		default:
+			return errdefs.Invalid("unknown query parameter %q: a deploy takes %s, and the settings %s", k, strings.Join(deployQuery, ", "), strings.Join(functions.Settings, ", "))
+		}
+	}
+	return nil
 }
 
 // ConfigBody is the body of PATCH /api/v1/functions/{name}: a change of
