@@ -254,10 +254,21 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) error {
+	return encodeJSON(w, status, v, "  ")
+}
+
+// writeCompact is writeJSON without the indentation, for answers with
+// the functions' values: indenting a deeply nested value multiplies it
+// (one of 20 KB, 10,000 levels deep, would be 200 MB).
+func writeCompact(w http.ResponseWriter, status int, v any) error {
+	return encodeJSON(w, status, v, "")
+}
+
+func encodeJSON(w http.ResponseWriter, status int, v any, indent string) error {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
+	enc.SetIndent("", indent)
 	return enc.Encode(v)
 }
 

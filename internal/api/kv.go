@@ -93,15 +93,6 @@ func (a *API) getKV(w http.ResponseWriter, r *http.Request) error {
 	return writeCompact(w, http.StatusOK, kv.Entry{Key: key, Value: v})
 }
 
-// writeCompact is writeJSON without the indentation, for answers with
-// values: indenting a deeply nested value multiplies it (one of 20 KB,
-// 10,000 levels deep, would be 200 MB).
-func writeCompact(w http.ResponseWriter, status int, v any) error {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	return json.NewEncoder(w).Encode(v)
-}
-
 // putKV stores the body, a JSON value, under the key; ?expireIn= (ms)
 // makes it expire.
 func (a *API) putKV(w http.ResponseWriter, r *http.Request) error {

@@ -262,6 +262,23 @@ func (s *Store) Delete(ctx context.Context, fn, key string) error {
 // write runs change in a transaction with what fn's namespace holds, and
 // adds the change's delta to it.
 func (s *Store) write(ctx context.Context, fn string, change func(tx *sql.Tx, used int64) (int64, error)) error {
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		var used int64
+		if err := tx.QueryRowContext(ctx, `SELECT bytes FROM usage WHERE fn = ?`, fn).Scan(&used); err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		delta, err := change(tx, used)
+		if err != nil || delta == 0 {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO usage (fn, bytes) VALUES (?, ?)
+			ON CONFLICT (fn) DO UPDATE SET bytes = bytes + excluded.bytes`, fn, delta)
+		return err
+	})
+}
+
+// inTx runs f in one write transaction, in the writers' turn (wmu).
+func (s *Store) inTx(ctx context.Context, f func(tx *sql.Tx) error) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	tx, err := s.db.BeginTx(ctx, nil)
@@ -269,22 +286,11 @@ func (s *Store) write(ctx context.Context, fn string, change func(tx *sql.Tx, us
 		return fmt.Errorf("kv: %w", err)
 	}
 	defer tx.Rollback()
-	var used int64
-	if err := tx.QueryRowContext(ctx, `SELECT bytes FROM usage WHERE fn = ?`, fn).Scan(&used); err != nil && !errors.Is(err, sql.ErrNoRows) {
-		return fmt.Errorf("kv: %w", err)
-	}
-	delta, err := change(tx, used)
-	if err != nil {
+	if err := f(tx); err != nil {
 		if errdefs.Public(err) {
 			return err
 		}
 		return fmt.Errorf("kv: %w", err)
-	}
-	if delta != 0 {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO usage (fn, bytes) VALUES (?, ?)
-			ON CONFLICT (fn) DO UPDATE SET bytes = bytes + excluded.bytes`, fn, delta); err != nil {
-			return fmt.Errorf("kv: %w", err)
-		}
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("kv: %w", err)
@@ -365,54 +371,21 @@ func prefixEnd(p string) (string, bool) {
 }
 
 // DeleteFunction removes fn's namespace, deleteBatch entries a
-// transaction: the last takes what remains and the usage row together.
+// transaction, and then what it holds.
 func (s *Store) DeleteFunction(ctx context.Context, fn string) error {
 	for {
-		last, err := s.deleteBatch(ctx, fn)
-		if err != nil || last {
+		n, err := s.removeBatch(ctx, `DELETE FROM entries WHERE fn = ?1 AND key IN (SELECT key FROM entries WHERE fn = ?1 LIMIT ?2) RETURNING fn, size`, fn, deleteBatch)
+		if err != nil {
 			return err
 		}
-	}
-}
-
-func (s *Store) deleteBatch(ctx context.Context, fn string) (last bool, err error) {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return false, fmt.Errorf("kv: %w", err)
-	}
-	defer tx.Rollback()
-	rows, err := tx.QueryContext(ctx, `DELETE FROM entries WHERE fn = ?1 AND key IN (SELECT key FROM entries WHERE fn = ?1 LIMIT ?2) RETURNING size`, fn, deleteBatch)
-	if err != nil {
-		return false, fmt.Errorf("kv: %w", err)
-	}
-	n, freed := 0, int64(0)
-	for rows.Next() {
-		var size int64
-		if err := rows.Scan(&size); err != nil {
-			rows.Close()
-			return false, fmt.Errorf("kv: %w", err)
+		if n < deleteBatch {
+			break
 		}
-		n, freed = n+1, freed+size
 	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return false, fmt.Errorf("kv: %w", err)
-	}
-	last = n < deleteBatch
-	if last {
-		_, err = tx.ExecContext(ctx, `DELETE FROM usage WHERE fn = ?`, fn)
-	} else {
-		_, err = tx.ExecContext(ctx, `UPDATE usage SET bytes = bytes - ? WHERE fn = ?`, freed, fn)
-	}
-	if err != nil {
-		return false, fmt.Errorf("kv: %w", err)
-	}
-	if err := tx.Commit(); err != nil {
-		return false, fmt.Errorf("kv: %w", err)
-	}
-	return last, nil
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `DELETE FROM usage WHERE fn = ?`, fn)
+		return err
+	})
 }
 
 // Namespaces lists the functions that have entries (or had).
@@ -440,7 +413,9 @@ func (s *Store) Sweep(ctx context.Context) (int, error) {
 	now := s.now().UnixMilli()
 	total := 0
 	for {
-		n, err := s.sweepBatch(ctx, now)
+		n, err := s.removeBatch(ctx, `DELETE FROM entries WHERE (fn, key) IN (
+				SELECT fn, key FROM entries WHERE expires IS NOT NULL AND expires <= ?1 LIMIT ?2
+			) RETURNING fn, size`, now, deleteBatch)
 		total += n
 		if err != nil || n < deleteBatch {
 			return total, err
@@ -448,43 +423,42 @@ func (s *Store) Sweep(ctx context.Context) (int, error) {
 	}
 }
 
-func (s *Store) sweepBatch(ctx context.Context, now int64) (int, error) {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return 0, fmt.Errorf("kv sweep: %w", err)
-	}
-	defer tx.Rollback()
-	rows, err := tx.QueryContext(ctx, `DELETE FROM entries WHERE (fn, key) IN (
-			SELECT fn, key FROM entries WHERE expires IS NOT NULL AND expires <= ?1 LIMIT ?2
-		) RETURNING fn, size`, now, deleteBatch)
-	if err != nil {
-		return 0, fmt.Errorf("kv sweep: %w", err)
-	}
-	freed := map[string]int64{}
+// removeBatch runs query, a DELETE of at most deleteBatch entries
+// returning each one's fn and size, in one transaction with the sizes
+// taken off what their namespaces hold, and returns how many it
+// deleted: a batch at a time, so that other functions' writes go
+// between the batches of a long removal.
+func (s *Store) removeBatch(ctx context.Context, query string, args ...any) (int, error) {
 	n := 0
-	for rows.Next() {
-		var fn string
-		var size int64
-		if err := rows.Scan(&fn, &size); err != nil {
-			rows.Close()
-			return 0, fmt.Errorf("kv sweep: %w", err)
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, query, args...)
+		if err != nil {
+			return err
 		}
-		freed[fn] += size
-		n++
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return 0, fmt.Errorf("kv sweep: %w", err)
-	}
-	for fn, size := range freed {
-		if _, err := tx.ExecContext(ctx, `UPDATE usage SET bytes = bytes - ? WHERE fn = ?`, size, fn); err != nil {
-			return 0, fmt.Errorf("kv sweep: %w", err)
+		freed := map[string]int64{}
+		for rows.Next() {
+			var fn string
+			var size int64
+			if err := rows.Scan(&fn, &size); err != nil {
+				rows.Close()
+				return err
+			}
+			freed[fn] += size
+			n++
 		}
-	}
-	if err := tx.Commit(); err != nil {
-		return 0, fmt.Errorf("kv sweep: %w", err)
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for fn, size := range freed {
+			if _, err := tx.ExecContext(ctx, `UPDATE usage SET bytes = bytes - ? WHERE fn = ?`, size, fn); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
 	}
 	return n, nil
 }

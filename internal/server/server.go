@@ -542,24 +542,16 @@ func (s *Server) Run(ctx context.Context) error {
 	s.stop = stop
 	go func() {
 		defer close(s.bg)
-		done := make(chan struct{})
-		go func() { s.fns.RunFlusher(bgCtx, 10*time.Second); close(done) }()
-		accessDone := make(chan struct{})
-		go func() { s.access.run(bgCtx); close(accessDone) }()
-		defer func() { <-accessDone }()
-		blobsDone := make(chan struct{})
-		go func() { s.collectBlobs(bgCtx, time.Hour); close(blobsDone) }()
-		defer func() { <-blobsDone }()
-		schedDone := make(chan struct{})
-		go func() { s.sched.Run(bgCtx); close(schedDone) }()
-		defer func() { <-schedDone }()
-		kvDone := make(chan struct{})
-		go func() { s.sweepKV(bgCtx, time.Minute); close(kvDone) }()
-		defer func() { <-kvDone }()
+		var wg sync.WaitGroup
+		defer wg.Wait()
+		wg.Go(func() { s.fns.RunFlusher(bgCtx, 10*time.Second) })
+		wg.Go(func() { s.access.run(bgCtx) })
+		wg.Go(func() { s.collectBlobs(bgCtx, time.Hour) })
+		wg.Go(func() { s.sched.Run(bgCtx) })
+		wg.Go(func() { s.sweepKV(bgCtx, time.Minute) })
 		// The autoscaler samples concurrency at each tick.
 		interval := max(min(s.cfg.AutoscaleWindow/60, 500*time.Millisecond), 20*time.Millisecond)
 		s.act.Run(bgCtx, interval)
-		<-done
 	}()
 	if s.dbgLn != nil {
 		dbg := &http.Server{Handler: debugMux(), ReadHeaderTimeout: 10 * time.Second}
