@@ -20,7 +20,8 @@ import (
 // the next fork takes pid, and tries again if another took it first.
 func startAt(t *testing.T, pid, uid, gid int) *exec.Cmd {
 	t.Helper()
-	for range 500 {
+	// Other processes of a loaded host may take the pid first: try often.
+	for range 5000 {
 		if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(pid-1)), 0); err != nil {
 			t.Skipf("cannot choose the next pid: %v", err)
 		}
@@ -48,7 +49,7 @@ func startAt(t *testing.T, pid, uid, gid int) *exec.Cmd {
 func endAndReap(t *testing.T, pid int) {
 	t.Helper()
 	_ = syscall.Kill(pid, syscall.SIGKILL)
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); errors.Is(err, os.ErrNotExist) {
 			return
