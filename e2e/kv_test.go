@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -35,8 +36,11 @@ const kvFunction = `export default {
         case "delete":
           await ctx.kv.delete(key);
           return Response.json("ok");
-        case "list":
-          return Response.json(await ctx.kv.list({ prefix: q("prefix", ""), cursor: q("cursor", ""), limit: Number(q("limit", 0)) }));
+        case "list": {
+          const page = await ctx.kv.list({ prefix: q("prefix", ""), cursor: q("cursor", ""), limit: Number(q("limit", 0)) });
+          if (!page.entries.every((e) => /^[0-9a-f]{16}$/.test(e.version))) return Response.json(page, { status: 500 });
+          return Response.json({ entries: page.entries.map(({ key, value }) => ({ key, value })), cursor: page.cursor });
+        }
         case "badkey":
           await ctx.kv.get(42);
           return Response.json("no error");
@@ -202,8 +206,10 @@ func TestKV(t *testing.T) {
 		return new Response(await new Response(conn.readable).text());
 	} };`
 	s.deployCode(t, "kv-raw", []byte(raw), "")
-	want("kv-raw", "", `{"op":"list"}`, 200, `{"entries":[{"key":"mine","value":1}],"cursor":null}`)
-	want("kv-raw", "", `{"op":"get","key":"n"}`, 200, `{"value":null}`)
+	if st, got := call("kv-raw", "", `{"op":"list"}`); st != 200 || !regexp.MustCompile(`^\{"entries":\[\{"key":"mine","value":1,"version":"[0-9a-f]{16}"\}\],"cursor":null\}$`).MatchString(got) {
+		t.Errorf("raw list: %d %s", st, got)
+	}
+	want("kv-raw", "", `{"op":"get","key":"n"}`, 200, `{"value":null,"version":null}`)
 
 	// Each function has its own entries.
 	s.deployCode(t, "kv-other", []byte(kvFunction), "")
@@ -280,6 +286,79 @@ func TestKVClientInputs(t *testing.T) {
 			if got := strings.TrimSpace(string(r.body)); r.status != 200 || got != `{"lone":"TypeError","replacement":null,"list":["a","b"]}` {
 				t.Errorf("%d %s", r.status, got)
 			}
+		})
+	}
+}
+
+// TestKVVersions: ctx.kv's conditional writes, in both runtimes. A
+// counter made of getEntry and set with ifVersion, retried on a
+// conflict, loses none of 30 concurrent requests' updates (one made of
+// get and set would); set and delete for a version since changed, or
+// with ifVersion null for a key that has a value, write nothing and say
+// ok: false; a bad ifVersion is a TypeError.
+func TestKVVersions(t *testing.T) {
+	s := startServer(t)
+	code := `export default {
+  async fetch(req, ctx) {
+    const op = new URL(req.url).pathname.split("/").pop();
+    if (op === "incr") {
+      for (let tries = 1; ; tries++) {
+        const e = await ctx.kv.getEntry("n");
+        const res = await ctx.kv.set("n", (e.value ?? 0) + 1, { ifVersion: e.version });
+        if (res.ok) return Response.json({ n: (e.value ?? 0) + 1, tries });
+      }
+    }
+    const out = {};
+    const first = await ctx.kv.set("k", "a", { ifVersion: null });
+    out.created = first.ok && /^[0-9a-f]{16}$/.test(first.version);
+    out.createdAgain = await ctx.kv.set("k", "b", { ifVersion: null });
+    const e = await ctx.kv.getEntry("k");
+    out.read = e.value === "a" && e.version === first.version && e.key === "k";
+    const second = await ctx.kv.set("k", "c", { ifVersion: e.version });
+    out.updated = second.ok && second.version > first.version;
+    out.stale = await ctx.kv.set("k", "d", { ifVersion: e.version });
+    out.staleDelete = await ctx.kv.delete("k", { ifVersion: e.version });
+    out.value = await ctx.kv.get("k");
+    out.deleted = await ctx.kv.delete("k", { ifVersion: second.version });
+    out.none = await ctx.kv.getEntry("k");
+    out.listed = (await ctx.kv.list()).entries.map((e) => e.key + "@" + (e.version === null ? "null" : typeof e.version));
+    out.bad = await ctx.kv.set("k", 1, { ifVersion: 7 }).then(() => "no error", (err) => err.name);
+    out.badForm = await ctx.kv.delete("k", { ifVersion: "x" }).then(() => "no error", (err) => err.code);
+    return Response.json(out);
+  },
+};
+`
+	for _, rt := range []string{"deno", "node"} {
+		t.Run(rt, func(t *testing.T) {
+			fn := "versions-" + rt
+			s.deployCode(t, fn, []byte(code), "runtime="+rt)
+			r := s.get("/fn/admin/" + fn + "/check")
+			want := `{"created":true,"createdAgain":{"ok":false,"version":null},"read":true,"updated":true,"stale":{"ok":false,"version":null},"staleDelete":{"ok":false},"value":"c","deleted":{"ok":true},"none":{"key":"k","value":null,"version":null},"listed":[],"bad":"TypeError","badForm":"invalid_argument"}`
+			if got := strings.TrimSpace(string(r.body)); r.status != 200 || got != want {
+				t.Errorf("%d %s\nwant %s", r.status, got, want)
+			}
+			var wg sync.WaitGroup
+			var mu sync.Mutex
+			retried := 0
+			for range 30 {
+				wg.Go(func() {
+					r := s.get("/fn/admin/" + fn + "/incr")
+					var out struct{ N, Tries int }
+					if r.status != 200 || json.Unmarshal(r.body, &out) != nil {
+						t.Errorf("incr: %d %s", r.status, r.body)
+						return
+					}
+					mu.Lock()
+					retried += out.Tries - 1
+					mu.Unlock()
+				})
+			}
+			wg.Wait()
+			r = s.get("/fn/admin/" + fn + "/incr")
+			if got := strings.TrimSpace(string(r.body)); !strings.HasPrefix(got, `{"n":31,`) {
+				t.Errorf("the 31st increment: %d %s", r.status, got)
+			}
+			t.Logf("%d retries over 30 concurrent increments", retried)
 		})
 	}
 }

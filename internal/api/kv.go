@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spry-run/spry/internal/errdefs"
@@ -15,9 +16,9 @@ import (
 
 // KV is the functions' key-value storage (kv.Store), by function id.
 type KV interface {
-	Get(ctx context.Context, fn, key string) (json.RawMessage, bool, error)
-	Set(ctx context.Context, fn, key string, value json.RawMessage, expireIn time.Duration) error
-	Delete(ctx context.Context, fn, key string) error
+	GetEntry(ctx context.Context, fn, key string) (kv.Entry, bool, error)
+	SetIf(ctx context.Context, fn, key string, value json.RawMessage, expireIn time.Duration, pre *kv.Precondition) (string, error)
+	DeleteIf(ctx context.Context, fn, key string, pre *kv.Precondition) error
 	List(ctx context.Context, fn, prefix, cursor string, limit int) ([]kv.Entry, string, error)
 	Used(ctx context.Context, fn string) (int64, error)
 }
@@ -83,14 +84,47 @@ func (a *API) getKV(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	key := r.PathValue("key")
-	v, ok, err := a.cfg.KV.Get(r.Context(), id, key)
+	e, ok, err := a.cfg.KV.GetEntry(r.Context(), id, key)
 	if err != nil {
 		return err
 	}
 	if !ok {
 		return errdefs.New(errdefs.ErrNotFound, "the function has no key %q", key)
 	}
-	return writeCompact(w, http.StatusOK, kv.Entry{Key: key, Value: v})
+	w.Header().Set("ETag", strconv.Quote(e.Version))
+	return writeCompact(w, http.StatusOK, e)
+}
+
+// kvPrecondition reads a write's condition from If-Match (an ETag a
+// read gave, or *: the key has a value) or If-None-Match (*: it has
+// none), as HTTP's conditional requests; nil if it has neither.
+func kvPrecondition(r *http.Request) (*kv.Precondition, error) {
+	match, hasMatch := r.Header["If-Match"]
+	none, hasNone := r.Header["If-None-Match"]
+	switch {
+	case hasMatch && hasNone:
+		return nil, errdefs.Invalid("give If-Match or If-None-Match, not both")
+	case hasNone:
+		if len(none) != 1 || strings.TrimSpace(none[0]) != "*" {
+			return nil, errdefs.Invalid("If-None-Match must be * (the key has no value)")
+		}
+		return &kv.Precondition{Absent: true}, nil
+	case hasMatch:
+		m := ""
+		if len(match) == 1 {
+			m = strings.TrimSpace(match[0])
+		}
+		if m == "*" {
+			return &kv.Precondition{}, nil
+		}
+		// One strong ETag, as GET gave it: versions are exact.
+		v, err := strconv.Unquote(m)
+		if err != nil || !strings.HasPrefix(m, `"`) || v == "" {
+			return nil, errdefs.Invalid("If-Match must be * or one ETag as a read of the key gave it, in quotes")
+		}
+		return &kv.Precondition{Version: v}, nil
+	}
+	return nil, nil
 }
 
 // putKV stores the body, a JSON value, under the key; ?expireIn= (ms)
@@ -117,9 +151,15 @@ func (a *API) putKV(w http.ResponseWriter, r *http.Request) error {
 		}
 		return errdefs.Invalid("read the body: %v", err)
 	}
-	if err := a.cfg.KV.Set(r.Context(), id, r.PathValue("key"), body, expireIn); err != nil {
+	pre, err := kvPrecondition(r)
+	if err != nil {
 		return err
 	}
+	version, err := a.cfg.KV.SetIf(r.Context(), id, r.PathValue("key"), body, expireIn, pre)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("ETag", strconv.Quote(version))
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
@@ -129,7 +169,11 @@ func (a *API) deleteKV(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if err := a.cfg.KV.Delete(r.Context(), id, r.PathValue("key")); err != nil {
+	pre, err := kvPrecondition(r)
+	if err != nil {
+		return err
+	}
+	if err := a.cfg.KV.DeleteIf(r.Context(), id, r.PathValue("key"), pre); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -20,6 +20,7 @@ var (
 	ErrMethodNotAllowed   = errors.New("method not allowed")
 	ErrAlreadyExists      = errors.New("already exists")
 	ErrConflict           = errors.New("conflict")
+	ErrPrecondition       = errors.New("precondition failed")
 	ErrTooLarge           = errors.New("too large")
 	ErrUnsupportedMedia   = errors.New("unsupported media type")
 	ErrRateLimited        = errors.New("rate limited")
@@ -50,6 +51,9 @@ var classes = []class{
 	{ErrMethodNotAllowed, http.StatusMethodNotAllowed, "method_not_allowed", 2},
 	{ErrAlreadyExists, http.StatusConflict, "already_exists", 5},
 	{ErrConflict, http.StatusConflict, "conflict", 5},
+	// A conditional write (If-Match, ifVersion) whose condition no
+	// longer holds: read again and retry.
+	{ErrPrecondition, http.StatusPreconditionFailed, "precondition_failed", 5},
 	{ErrTooLarge, http.StatusRequestEntityTooLarge, "too_large", 2},
 	{ErrRequestHeaderLarge, http.StatusRequestHeaderFieldsTooLarge, "header_too_large", 2},
 	{ErrUnsupportedMedia, http.StatusUnsupportedMediaType, "unsupported_media_type", 2},

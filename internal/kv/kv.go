@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strconv"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -66,6 +67,12 @@ var migrations = []string{
 		fn TEXT PRIMARY KEY,
 		bytes INTEGER NOT NULL
 	) WITHOUT ROWID;`,
+	// Each write gives its entry the next version of one clock, kept
+	// here so that a key deleted and set again (or the server
+	// restarted) never has a version it had before.
+	`ALTER TABLE entries ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+	CREATE TABLE clock (id INTEGER PRIMARY KEY CHECK (id = 0), version INTEGER NOT NULL);
+	INSERT INTO clock (id, version) VALUES (0, 0);`,
 }
 
 // Store holds every function's entries.
@@ -101,7 +108,7 @@ func Open(ctx context.Context, path string, o Options) (*Store, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	get, err := db.PrepareContext(ctx, `SELECT value FROM entries WHERE fn = ? AND key = ? AND (expires IS NULL OR expires > ?)`)
+	get, err := db.PrepareContext(ctx, `SELECT value, version FROM entries WHERE fn = ? AND key = ? AND (expires IS NULL OR expires > ?)`)
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
@@ -115,10 +122,45 @@ func (s *Store) Close() error {
 	return s.db.Close()
 }
 
-// Entry is one key and its value (JSON text).
+// Entry is one key, its value (JSON text) and the value's version.
 type Entry struct {
-	Key   string          `json:"key"`
-	Value json.RawMessage `json:"value"`
+	Key     string          `json:"key"`
+	Value   json.RawMessage `json:"value"`
+	Version string          `json:"version"`
+}
+
+// A version names one write of a key: every write gives the next of
+// one clock, as hex digits of a fixed width, so that versions compare
+// as strings as they do as numbers.
+func formatVersion(v int64) string { return fmt.Sprintf("%016x", v) }
+
+func parseVersion(s string) (int64, error) {
+	v, err := strconv.ParseInt(s, 16, 64)
+	if len(s) != 16 || err != nil || v < 0 {
+		return 0, errdefs.Invalid("kv: %q is not a version (16 hex digits, as a read gives)", s)
+	}
+	return v, nil
+}
+
+// A Precondition is what a conditional write needs of the key's entry
+// as it is: none (Absent), or one of Version ("": any).
+type Precondition struct {
+	Absent  bool
+	Version string
+}
+
+// check tells whether the key's present version (-1: none) meets p.
+func (p *Precondition) check(present int64) (bool, error) {
+	switch {
+	case p == nil:
+		return true, nil
+	case p.Absent:
+		return present < 0, nil
+	case p.Version == "":
+		return present >= 0, nil
+	}
+	want, err := parseVersion(p.Version)
+	return present >= 0 && present == want, err
 }
 
 func checkKey(key string) error {
@@ -136,34 +178,49 @@ func checkKey(key string) error {
 // Get returns fn's value of key, or ok false if it has none (or it
 // expired).
 func (s *Store) Get(ctx context.Context, fn, key string) (value json.RawMessage, ok bool, err error) {
+	e, ok, err := s.GetEntry(ctx, fn, key)
+	return e.Value, ok, err
+}
+
+// GetEntry returns fn's entry of key, with its version, or ok false if
+// it has none (or it expired).
+func (s *Store) GetEntry(ctx context.Context, fn, key string) (Entry, bool, error) {
 	if err := checkKey(key); err != nil {
-		return nil, false, err
+		return Entry{}, false, err
 	}
-	err = s.get.QueryRowContext(ctx, fn, key, s.now().UnixMilli()).Scan(&value)
+	var value []byte
+	var version int64
+	err := s.get.QueryRowContext(ctx, fn, key, s.now().UnixMilli()).Scan(&value, &version)
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, false, nil
+		return Entry{}, false, nil
 	}
 	if err != nil {
-		return nil, false, fmt.Errorf("kv get: %w", err)
+		return Entry{}, false, fmt.Errorf("kv get: %w", err)
 	}
-	return value, true, nil
+	return Entry{Key: key, Value: value, Version: formatVersion(version)}, true, nil
 }
 
 // Set gives fn's key the value (JSON text), which expires after
 // expireIn unless that is 0. It fails with ErrQuotaExceeded if the
 // namespace would grow past its bound, and leaves it as it was.
 func (s *Store) Set(ctx context.Context, fn, key string, value json.RawMessage, expireIn time.Duration) error {
+	_, err := s.SetIf(ctx, fn, key, value, expireIn, nil)
+	return err
+}
+
+// SetIf is Set if the key's entry meets pre (nil: always), else an
+// ErrPrecondition error, and returns the value's version.
+func (s *Store) SetIf(ctx context.Context, fn, key string, value json.RawMessage, expireIn time.Duration, pre *Precondition) (string, error) {
 	var compact bytes.Buffer
 	if err := json.Compact(&compact, value); err != nil || len(value) == 0 {
 		if err := checkKey(key); err != nil {
-			return err
+			return "", err
 		}
-		return errdefs.Invalid("kv: a value must be JSON")
+		return "", errdefs.Invalid("kv: a value must be JSON")
 	}
-	_, err := s.put(ctx, fn, key, expireIn, func(json.RawMessage) (json.RawMessage, bool, error) {
+	return s.put(ctx, fn, key, expireIn, pre, func(json.RawMessage) (json.RawMessage, bool, error) {
 		return compact.Bytes(), false, nil
 	})
-	return err
 }
 
 // Add adds delta to fn's number at key (0 if it has none, or it
@@ -176,7 +233,7 @@ func (s *Store) Add(ctx context.Context, fn, key string, delta float64, expireIn
 		return 0, errdefs.Invalid("kv: add takes a finite number")
 	}
 	var sum float64
-	_, err := s.put(ctx, fn, key, expireIn, func(old json.RawMessage) (json.RawMessage, bool, error) {
+	_, err := s.put(ctx, fn, key, expireIn, nil, func(old json.RawMessage) (json.RawMessage, bool, error) {
 		var n float64
 		if old != nil {
 			if err := json.Unmarshal(old, &n); err != nil {
@@ -194,31 +251,39 @@ func (s *Store) Add(ctx context.Context, fn, key string, delta float64, expireIn
 }
 
 // put stores what value makes of the key's present value (nil: none, or
-// expired), with a new expiry after expireIn (0: never), or with the
-// present one if value says to keep it; it returns the entry's size.
-func (s *Store) put(ctx context.Context, fn, key string, expireIn time.Duration, value func(old json.RawMessage) (json.RawMessage, bool, error)) (int64, error) {
+// expired), if the entry meets pre, with a new expiry after expireIn (0:
+// never), or with the present one if value says to keep it; it returns
+// the entry's new version.
+func (s *Store) put(ctx context.Context, fn, key string, expireIn time.Duration, pre *Precondition, value func(old json.RawMessage) (json.RawMessage, bool, error)) (string, error) {
 	if err := checkKey(key); err != nil {
-		return 0, err
+		return "", err
 	}
 	if expireIn < 0 || expireIn > MaxExpireIn {
-		return 0, errdefs.Invalid("kv: expireIn must be between 0 (never) and %v", MaxExpireIn)
+		return "", errdefs.Invalid("kv: expireIn must be between 0 (never) and %v", MaxExpireIn)
+	}
+	if _, err := pre.check(-1); err != nil {
+		return "", err
 	}
 	now := s.now().UnixMilli()
 	var expires any
 	if expireIn > 0 {
 		expires = s.now().Add(expireIn).UnixMilli()
 	}
-	var size int64
+	var version int64
 	err := s.write(ctx, fn, func(tx *sql.Tx, used int64) (int64, error) {
 		var old int64
 		var oldValue []byte
 		var oldExpires sql.NullInt64
-		err := tx.QueryRowContext(ctx, `SELECT size, value, expires FROM entries WHERE fn = ? AND key = ?`, fn, key).Scan(&old, &oldValue, &oldExpires)
+		present := int64(-1)
+		err := tx.QueryRowContext(ctx, `SELECT size, value, expires, version FROM entries WHERE fn = ? AND key = ?`, fn, key).Scan(&old, &oldValue, &oldExpires, &present)
 		if err != nil && !errors.Is(err, sql.ErrNoRows) {
 			return 0, err
 		}
 		if oldExpires.Valid && oldExpires.Int64 <= now {
-			oldValue = nil // expired: as if it were not there
+			oldValue, present = nil, -1 // expired: as if it were not there
+		}
+		if ok, _ := pre.check(present); !ok {
+			return 0, errdefs.New(errdefs.ErrPrecondition, "kv: the key %q has changed (its version is not the one the write was made for)", key)
 		}
 		v, keep, err := value(oldValue)
 		if err != nil {
@@ -230,32 +295,65 @@ func (s *Store) put(ctx context.Context, fn, key string, expireIn time.Duration,
 		if len(v) > MaxValueBytes {
 			return 0, errdefs.New(errdefs.ErrTooLarge, "kv: a value is at most %d bytes as JSON; this one is %d", MaxValueBytes, len(v))
 		}
-		size = int64(len(key)+len(v)) + EntryOverhead
+		size := int64(len(key)+len(v)) + EntryOverhead
 		// A write that shrinks the namespace is always let through:
 		// a function over its bound (the bound lowered) can still
 		// make room.
 		if next := used - old + size; next > s.maxBytes && size > old {
 			return 0, errdefs.New(errdefs.ErrQuotaExceeded, "kv: the function's entries would take %d bytes, more than its %d (spry serve --kv-max-bytes); delete some first", next, s.maxBytes)
 		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO entries (fn, key, value, expires, size) VALUES (?, ?, ?, ?, ?)
-			ON CONFLICT (fn, key) DO UPDATE SET value = excluded.value, expires = excluded.expires, size = excluded.size`, fn, key, v, expires, size)
+		if version, err = nextVersion(ctx, tx); err != nil {
+			return 0, err
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO entries (fn, key, value, expires, size, version) VALUES (?, ?, ?, ?, ?, ?)
+			ON CONFLICT (fn, key) DO UPDATE SET value = excluded.value, expires = excluded.expires, size = excluded.size, version = excluded.version`, fn, key, v, expires, size, version)
 		return size - old, err
 	})
-	return size, err
+	if err != nil {
+		return "", err
+	}
+	return formatVersion(version), nil
+}
+
+// nextVersion takes the clock's next version, in the write's
+// transaction.
+func nextVersion(ctx context.Context, tx *sql.Tx) (int64, error) {
+	var v int64
+	err := tx.QueryRowContext(ctx, `UPDATE clock SET version = version + 1 WHERE id = 0 RETURNING version`).Scan(&v)
+	return v, err
 }
 
 // Delete removes fn's key, if it has one.
 func (s *Store) Delete(ctx context.Context, fn, key string) error {
+	return s.DeleteIf(ctx, fn, key, nil)
+}
+
+// DeleteIf is Delete if the key's entry meets pre (nil: always), else
+// an ErrPrecondition error.
+func (s *Store) DeleteIf(ctx context.Context, fn, key string, pre *Precondition) error {
 	if err := checkKey(key); err != nil {
 		return err
 	}
+	if _, err := pre.check(-1); err != nil {
+		return err
+	}
+	now := s.now().UnixMilli()
 	return s.write(ctx, fn, func(tx *sql.Tx, _ int64) (int64, error) {
 		var old int64
-		err := tx.QueryRowContext(ctx, `DELETE FROM entries WHERE fn = ? AND key = ? RETURNING size`, fn, key).Scan(&old)
-		if errors.Is(err, sql.ErrNoRows) {
-			return 0, nil
+		var expires sql.NullInt64
+		present := int64(-1)
+		err := tx.QueryRowContext(ctx, `DELETE FROM entries WHERE fn = ? AND key = ? RETURNING size, version, expires`, fn, key).Scan(&old, &present, &expires)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return 0, err
 		}
-		return -old, err
+		if expires.Valid && expires.Int64 <= now {
+			present = -1
+		}
+		if ok, _ := pre.check(present); !ok {
+			// The transaction is rolled back: the entry stays.
+			return 0, errdefs.New(errdefs.ErrPrecondition, "kv: the key %q has changed (its version is not the one the delete was made for)", key)
+		}
+		return -old, nil
 	})
 }
 
@@ -315,7 +413,7 @@ func (s *Store) List(ctx context.Context, fn, prefix, cursor string, limit int) 
 	// prefix are one range: from the prefix to the prefix with its last
 	// byte below 0xff raised (none: to the end).
 	from := max(prefix, cursor)
-	q := `SELECT key, value FROM entries WHERE fn = ? AND key >= ? AND key > ? AND (expires IS NULL OR expires > ?)`
+	q := `SELECT key, value, version FROM entries WHERE fn = ? AND key >= ? AND key > ? AND (expires IS NULL OR expires > ?)`
 	args := []any{fn, from, cursor, s.now().UnixMilli()}
 	if end, ok := prefixEnd(prefix); ok {
 		q += ` AND key < ?`
@@ -333,10 +431,11 @@ func (s *Store) List(ctx context.Context, fn, prefix, cursor string, limit int) 
 	for rows.Next() {
 		var e Entry
 		var v []byte
-		if err := rows.Scan(&e.Key, &v); err != nil {
+		var version int64
+		if err := rows.Scan(&e.Key, &v, &version); err != nil {
 			return nil, "", fmt.Errorf("kv list: %w", err)
 		}
-		e.Value = v
+		e.Value, e.Version = v, formatVersion(version)
 		if size += len(e.Key) + len(v); size > MaxListBytes && len(out) > 0 {
 			full = true
 			break

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/sqlitedb"
 )
 
 // clock is a settable time for expiries.
@@ -90,28 +91,43 @@ func TestProtocol(t *testing.T) {
 	for _, tt := range []struct {
 		name, req, want string
 	}{
-		{"get of nothing", `{"op":"get","key":"a"}`, `{"value":null}`},
-		{"set", `{"op":"set","key":"a","value":{"n": 1, "s": "é"}}`, `{}`},
-		{"get", `{"op":"get","key":"a"}`, `{"value":{"n":1,"s":"é"}}`},
-		{"set a string", `{"op":"set","key":"b/1","value":"one"}`, `{}`},
-		{"set a number", `{"op":"set","key":"b/2","value":2}`, `{}`},
-		{"set null", `{"op":"set","key":"c","value":null}`, `{}`},
-		{"list", `{"op":"list"}`, `{"entries":[{"key":"a","value":{"n":1,"s":"é"}},{"key":"b/1","value":"one"},{"key":"b/2","value":2},{"key":"c","value":null}],"cursor":null}`},
-		{"list a prefix", `{"op":"list","prefix":"b/"}`, `{"entries":[{"key":"b/1","value":"one"},{"key":"b/2","value":2}],"cursor":null}`},
-		{"list a page", `{"op":"list","limit":2}`, `{"entries":[{"key":"a","value":{"n":1,"s":"é"}},{"key":"b/1","value":"one"}],"cursor":"b/1"}`},
-		{"list the next page", `{"op":"list","limit":2,"cursor":"b/1"}`, `{"entries":[{"key":"b/2","value":2},{"key":"c","value":null}],"cursor":null}`},
-		{"list a prefix's next page", `{"op":"list","prefix":"b/","limit":1,"cursor":"b/1"}`, `{"entries":[{"key":"b/2","value":2}],"cursor":null}`},
+		{"get of nothing", `{"op":"get","key":"a"}`, `{"value":null,"version":null}`},
+		{"set", `{"op":"set","key":"a","value":{"n": 1, "s": "é"}}`, `{"ok":true,"version":"0000000000000001"}`},
+		{"get", `{"op":"get","key":"a"}`, `{"value":{"n":1,"s":"é"},"version":"0000000000000001"}`},
+		{"set a string", `{"op":"set","key":"b/1","value":"one"}`, `{"ok":true,"version":"0000000000000002"}`},
+		{"set a number", `{"op":"set","key":"b/2","value":2}`, `{"ok":true,"version":"0000000000000003"}`},
+		{"set null", `{"op":"set","key":"c","value":null}`, `{"ok":true,"version":"0000000000000004"}`},
+		{"list", `{"op":"list"}`, `{"entries":[{"key":"a","value":{"n":1,"s":"é"},"version":"0000000000000001"},{"key":"b/1","value":"one","version":"0000000000000002"},{"key":"b/2","value":2,"version":"0000000000000003"},{"key":"c","value":null,"version":"0000000000000004"}],"cursor":null}`},
+		{"list a prefix", `{"op":"list","prefix":"b/"}`, `{"entries":[{"key":"b/1","value":"one","version":"0000000000000002"},{"key":"b/2","value":2,"version":"0000000000000003"}],"cursor":null}`},
+		{"list a page", `{"op":"list","limit":2}`, `{"entries":[{"key":"a","value":{"n":1,"s":"é"},"version":"0000000000000001"},{"key":"b/1","value":"one","version":"0000000000000002"}],"cursor":"b/1"}`},
+		{"list the next page", `{"op":"list","limit":2,"cursor":"b/1"}`, `{"entries":[{"key":"b/2","value":2,"version":"0000000000000003"},{"key":"c","value":null,"version":"0000000000000004"}],"cursor":null}`},
+		{"list a prefix's next page", `{"op":"list","prefix":"b/","limit":1,"cursor":"b/1"}`, `{"entries":[{"key":"b/2","value":2,"version":"0000000000000003"}],"cursor":null}`},
 		{"list nothing", `{"op":"list","prefix":"z"}`, `{"entries":[],"cursor":null}`},
 		{"add to nothing", `{"op":"add","key":"count","delta":2}`, `{"value":2}`},
 		{"add", `{"op":"add","key":"count","delta":-0.5}`, `{"value":1.5}`},
-		{"get the sum", `{"op":"get","key":"count"}`, `{"value":1.5}`},
+		{"get the sum", `{"op":"get","key":"count"}`, `{"value":1.5,"version":"0000000000000006"}`},
 		{"add to a string", `{"op":"add","key":"b/1","delta":1}`, `{"error":{"code":"invalid_argument","message":"kv: the value of \"b/1\" is not a number, to add to"}}`},
 		{"add past a number's bound", `{"op":"add","key":"count","delta":1.7e308}`, `{"value":1.7e+308}`},
 		{"add past it again", `{"op":"add","key":"count","delta":1.7e308}`, `{"error":{"code":"invalid_argument","message":"kv: the sum is past what a number holds"}}`},
-		{"delete the sum", `{"op":"delete","key":"count"}`, `{}`},
-		{"delete", `{"op":"delete","key":"a"}`, `{}`},
-		{"delete again", `{"op":"delete","key":"a"}`, `{}`},
-		{"get deleted", `{"op":"get","key":"a"}`, `{"value":null}`},
+		{"delete the sum", `{"op":"delete","key":"count"}`, `{"ok":true}`},
+		{"delete", `{"op":"delete","key":"a"}`, `{"ok":true}`},
+		{"delete again", `{"op":"delete","key":"a"}`, `{"ok":true}`},
+		{"get deleted", `{"op":"get","key":"a"}`, `{"value":null,"version":null}`},
+		// Conditional writes: made only if the key is as the code read it.
+		{"set if absent", `{"op":"set","key":"cas","value":1,"ifVersion":null}`, `{"ok":true,"version":"0000000000000008"}`},
+		{"set if absent, present", `{"op":"set","key":"cas","value":2,"ifVersion":null}`, `{"ok":false}`},
+		{"set if the version read", `{"op":"set","key":"cas","value":3,"ifVersion":"0000000000000008"}`, `{"ok":true,"version":"0000000000000009"}`},
+		{"set if a version gone", `{"op":"set","key":"cas","value":4,"ifVersion":"0000000000000008"}`, `{"ok":false}`},
+		{"delete if a version gone", `{"op":"delete","key":"cas","ifVersion":"0000000000000008"}`, `{"ok":false}`},
+		{"the entry the failed writes left", `{"op":"get","key":"cas"}`, `{"value":3,"version":"0000000000000009"}`},
+		{"delete if the version read", `{"op":"delete","key":"cas","ifVersion":"0000000000000009"}`, `{"ok":true}`},
+		{"set if a version, deleted", `{"op":"set","key":"cas","value":5,"ifVersion":"0000000000000009"}`, `{"ok":false}`},
+		{"delete if absent, absent", `{"op":"delete","key":"cas","ifVersion":null}`, `{"ok":true}`},
+		{"set again after a delete", `{"op":"set","key":"cas","value":6}`, `{"ok":true,"version":"000000000000000a"}`},
+		{"a version not of this store's form", `{"op":"set","key":"cas","value":1,"ifVersion":"zz"}`, `{"error":{"code":"invalid_argument","message":"kv: \"zz\" is not a version (16 hex digits, as a read gives)"}}`},
+		{"a version of bad type", `{"op":"delete","key":"cas","ifVersion":9}`, `{"error":{"code":"invalid_argument","message":"kv: ifVersion must be a version (a string, as a read gives) or null"}}`},
+		{"an empty version", `{"op":"set","key":"cas","value":1,"ifVersion":""}`, `{"error":{"code":"invalid_argument","message":"kv: ifVersion must be a version (a string, as a read gives) or null"}}`},
+		{"what the refused writes left", `{"op":"get","key":"cas"}`, `{"value":6,"version":"000000000000000a"}`},
 		{"empty key", `{"op":"set","key":"","value":1}`, `{"error":{"code":"invalid_argument","message":"kv: a key must not be empty"}}`},
 		{"long key", `{"op":"get","key":"` + strings.Repeat("k", MaxKeyBytes+1) + `"}`, `{"error":{"code":"too_large","message":"kv: a key is at most 512 bytes; this one is 513"}}`},
 		{"no value", `{"op":"set","key":"a"}`, `{"error":{"code":"invalid_argument","message":"kv: a value must be JSON"}}`},
@@ -143,19 +159,19 @@ func TestNamespaces(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got := call(t, s, "a", `{"op":"get","key":"k"}`); got != `{"value":"a"}` {
+	if got := call(t, s, "a", `{"op":"get","key":"k"}`); got != `{"value":"a","version":"0000000000000001"}` {
 		t.Errorf("a reads %s", got)
 	}
-	if got := call(t, s, "b", `{"op":"list"}`); got != `{"entries":[{"key":"k","value":"b"}],"cursor":null}` {
+	if got := call(t, s, "b", `{"op":"list"}`); got != `{"entries":[{"key":"k","value":"b","version":"0000000000000002"}],"cursor":null}` {
 		t.Errorf("b lists %s", got)
 	}
 	if err := s.DeleteFunction(ctx, "a"); err != nil {
 		t.Fatal(err)
 	}
-	if got := call(t, s, "a", `{"op":"get","key":"k"}`); got != `{"value":null}` {
+	if got := call(t, s, "a", `{"op":"get","key":"k"}`); got != `{"value":null,"version":null}` {
 		t.Errorf("deleted a reads %s", got)
 	}
-	if got := call(t, s, "b", `{"op":"get","key":"k"}`); got != `{"value":"b"}` {
+	if got := call(t, s, "b", `{"op":"get","key":"k"}`); got != `{"value":"b","version":"0000000000000002"}` {
 		t.Errorf("b reads %s after a was deleted", got)
 	}
 	if used, _ := s.Used(ctx, "a"); used != 0 {
@@ -226,7 +242,7 @@ func TestExpiry(t *testing.T) {
 	if _, ok, _ := s.Get(ctx, "f", "short"); ok {
 		t.Error("an expired entry is read")
 	}
-	if got := call(t, s, "f", `{"op":"list"}`); got != `{"entries":[{"key":"long","value":2},{"key":"never","value":3}],"cursor":null}` {
+	if got := call(t, s, "f", `{"op":"list"}`); got != `{"entries":[{"key":"long","value":2,"version":"0000000000000002"},{"key":"never","value":3,"version":"0000000000000003"}],"cursor":null}` {
 		t.Errorf("list after the expiry: %s", got)
 	}
 	n, err := s.Sweep(ctx)
@@ -479,6 +495,109 @@ func TestAdd(t *testing.T) {
 		if _, err := s.Add(ctx, "f", "n", bad, 0); !errors.Is(err, errdefs.ErrInvalidArgument) {
 			t.Errorf("add %v: %v", bad, err)
 		}
+	}
+	consistent(t, s, "f")
+}
+
+// Concurrent read-modify-writes made with SetIf lose no update: each
+// retries when another wrote between its read and its write.
+func TestSetIfUnderContention(t *testing.T) {
+	s, _ := open(t, 0)
+	ctx := context.Background()
+	const writers, each = 8, 25
+	var wg sync.WaitGroup
+	var conflicts sync.Map
+	for w := range writers {
+		wg.Go(func() {
+			for range each {
+				for {
+					e, ok, err := s.GetEntry(ctx, "f", "n")
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					var n int
+					pre := &Precondition{Absent: true}
+					if ok {
+						_ = json.Unmarshal(e.Value, &n)
+						pre = &Precondition{Version: e.Version}
+					}
+					_, err = s.SetIf(ctx, "f", "n", json.RawMessage(fmt.Sprint(n+1)), 0, pre)
+					if errors.Is(err, errdefs.ErrPrecondition) {
+						conflicts.Store(w, true)
+						continue
+					}
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					break
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if v, _, _ := s.Get(ctx, "f", "n"); string(v) != fmt.Sprint(writers*each) {
+		t.Errorf("the count is %s, want %d", v, writers*each)
+	}
+	n := 0
+	conflicts.Range(func(any, any) bool { n++; return true })
+	t.Logf("%d of %d writers met a conflict", n, writers)
+	consistent(t, s, "f")
+}
+
+// A key's versions are never given again: not after the key is deleted
+// and set again, nor after the store is opened again with the newest
+// entry gone; and entries written before versions existed have one
+// (0), which the next write moves on.
+func TestVersionsNeverRepeat(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "kv.db")
+	// A file of the store as it was before versions.
+	db, err := sqlitedb.Open(ctx, path, nil, migrations[:1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`INSERT INTO entries (fn, key, value, size) VALUES ('f', 'old', '1', 104); INSERT INTO usage VALUES ('f', 104)`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	s, err := Open(ctx, path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, ok, err := s.GetEntry(ctx, "f", "old")
+	if err != nil || !ok || e.Version != "0000000000000000" || string(e.Value) != "1" {
+		t.Fatalf("an entry from before versions: %+v %v %v", e, ok, err)
+	}
+	if _, err := s.SetIf(ctx, "f", "old", json.RawMessage(`2`), 0, &Precondition{Version: e.Version}); err != nil {
+		t.Fatalf("a write for its version: %v", err)
+	}
+	seen := map[string]bool{e.Version: true}
+	write := func() string {
+		t.Helper()
+		v, err := s.SetIf(ctx, "f", "k", json.RawMessage(`1`), 0, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[v] {
+			t.Fatalf("version %s given twice", v)
+		}
+		seen[v] = true
+		return v
+	}
+	write()
+	last := write()
+	if err := s.Delete(ctx, "f", "k"); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if s, err = Open(ctx, path, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if v := write(); v <= last {
+		t.Errorf("after a delete and a restart the key's version is %s, not past %s", v, last)
 	}
 	consistent(t, s, "f")
 }

@@ -17,11 +17,15 @@ import (
 // connection, a JSON object, the connection's write side then closed;
 // one JSON object back, and the connection closed.
 //
-//	{"op":"get","key":"k"}                          -> {"value":V} or {"value":null}
-//	{"op":"set","key":"k","value":V,"expireIn":ms}  -> {}
+//	{"op":"get","key":"k"}                          -> {"value":V,"version":"v"} or {"value":null,"version":null}
+//	{"op":"set","key":"k","value":V,"expireIn":ms}  -> {"ok":true,"version":"v"}
 //	{"op":"add","key":"k","delta":n,"expireIn":ms}  -> {"value":sum}
-//	{"op":"delete","key":"k"}                       -> {}
-//	{"op":"list","prefix":"p","cursor":"c","limit":n} -> {"entries":[{"key":..,"value":..}],"cursor":"c2"|null}
+//	{"op":"delete","key":"k"}                       -> {"ok":true}
+//	{"op":"list","prefix":"p","cursor":"c","limit":n} -> {"entries":[{"key":..,"value":..,"version":..}],"cursor":"c2"|null}
+//
+// set and delete may carry "ifVersion": a version, to be made only if
+// the key's value still has it, or null, only if the key has none; if
+// it does not hold, the answer is {"ok":false}.
 //
 // An error is {"error":{"code":"...","message":"..."}}, as the API's.
 
@@ -35,6 +39,42 @@ type Request struct {
 	Cursor   string          `json:"cursor"`
 	Limit    int             `json:"limit"`
 	Delta    float64         `json:"delta"`
+	// IfVersion, if present, makes set and delete conditional: a
+	// version (a JSON string), or null for none.
+	IfVersion json.RawMessage `json:"ifVersion"`
+}
+
+// precondition reads a request's ifVersion.
+func (r *Request) precondition() (*Precondition, error) {
+	if r.IfVersion == nil {
+		return nil, nil
+	}
+	if string(r.IfVersion) == "null" {
+		return &Precondition{Absent: true}, nil
+	}
+	var v string
+	if err := json.Unmarshal(r.IfVersion, &v); err != nil || v == "" {
+		return nil, errdefs.Invalid("kv: ifVersion must be a version (a string, as a read gives) or null")
+	}
+	return &Precondition{Version: v}, nil
+}
+
+// written is the answer to a set or delete.
+type written struct {
+	OK      bool    `json:"ok"`
+	Version *string `json:"version,omitempty"`
+}
+
+// outcome answers a set or delete: a precondition that did not hold is
+// not an error to the code, but ok false.
+func outcome(version *string, err error) any {
+	switch {
+	case errors.Is(err, errdefs.ErrPrecondition):
+		return written{}
+	case err != nil:
+		return errorBody(err)
+	}
+	return written{OK: true, Version: version}
 }
 
 // maxRequest bounds a request's bytes: the largest value, escaped at
@@ -84,24 +124,30 @@ func (s *Store) answer(ctx context.Context, fn string, r io.Reader) any {
 	}
 	switch req.Op {
 	case "get":
-		v, ok, err := s.Get(ctx, fn, req.Key)
+		e, ok, err := s.GetEntry(ctx, fn, req.Key)
 		if err != nil {
 			return errorBody(err)
 		}
-		if !ok {
-			v = json.RawMessage("null")
+		var version *string
+		if ok {
+			version = &e.Version
+		} else {
+			e.Value = json.RawMessage("null")
 		}
 		return struct {
-			Value json.RawMessage `json:"value"`
-		}{v}
+			Value   json.RawMessage `json:"value"`
+			Version *string         `json:"version"`
+		}{e.Value, version}
 	case "set":
 		if req.ExpireIn < 0 || req.ExpireIn > MaxExpireIn.Milliseconds() {
 			return errorBody(errdefs.Invalid("kv: expireIn must be between 0 (never) and %d ms", MaxExpireIn.Milliseconds()))
 		}
-		if err := s.Set(ctx, fn, req.Key, req.Value, time.Duration(req.ExpireIn)*time.Millisecond); err != nil {
+		pre, err := req.precondition()
+		if err != nil {
 			return errorBody(err)
 		}
-		return struct{}{}
+		version, err := s.SetIf(ctx, fn, req.Key, req.Value, time.Duration(req.ExpireIn)*time.Millisecond, pre)
+		return outcome(&version, err)
 	case "add":
 		if req.ExpireIn < 0 || req.ExpireIn > MaxExpireIn.Milliseconds() {
 			return errorBody(errdefs.Invalid("kv: expireIn must be between 0 (keep) and %d ms", MaxExpireIn.Milliseconds()))
@@ -114,10 +160,11 @@ func (s *Store) answer(ctx context.Context, fn string, r io.Reader) any {
 			Value float64 `json:"value"`
 		}{sum}
 	case "delete":
-		if err := s.Delete(ctx, fn, req.Key); err != nil {
+		pre, err := req.precondition()
+		if err != nil {
 			return errorBody(err)
 		}
-		return struct{}{}
+		return outcome(nil, s.DeleteIf(ctx, fn, req.Key, pre))
 	case "list":
 		entries, next, err := s.List(ctx, fn, req.Prefix, req.Cursor, req.Limit)
 		if err != nil {
