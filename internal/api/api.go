@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -104,21 +105,23 @@ func New(fns Functions, authn Authenticator, users store.Users, tokens store.Tok
 // Handler returns the API's routes, all behind authentication.
 func (a *API) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("/api/v1/whoami", methods{"GET": a.whoami})
-	mux.Handle("/api/v1/functions", methods{"GET": a.listFunctions})
-	mux.Handle("/api/v1/functions/{name}", methods{"GET": a.getFunction, "PUT": a.deployFunction, "PATCH": a.configureFunction, "DELETE": a.deleteFunction})
-	mux.Handle("/api/v1/functions/{name}/logs", methods{"GET": a.functionLogs})
-	mux.Handle("/api/v1/functions/{name}/versions", methods{"GET": a.listVersions})
-	mux.Handle("/api/v1/functions/{name}/rollback", methods{"POST": a.rollback})
-	mux.Handle("/api/v1/functions/{name}/scheduled", methods{"POST": a.runScheduled})
-	mux.Handle("/api/v1/functions/{name}/traffic", methods{"PUT": a.setTraffic})
-	mux.Handle("/api/v1/functions/{name}/tags/{tag}", methods{"PUT": a.setTag, "DELETE": a.deleteTag})
-	mux.Handle("/api/v1/functions/{name}/kv", methods{"GET": a.listKV})
-	mux.Handle("/api/v1/functions/{name}/kv/{key...}", methods{"GET": a.getKV, "PUT": a.putKV, "DELETE": a.deleteKV})
-	mux.Handle("/api/v1/users", methods{"GET": a.listUsers, "POST": a.createUser})
-	mux.Handle("/api/v1/users/{name}", methods{"GET": a.getUser, "DELETE": a.deleteUser})
-	mux.Handle("/api/v1/tokens", methods{"GET": a.listTokens, "POST": a.createToken})
-	mux.Handle("/api/v1/tokens/{id}", methods{"DELETE": a.revokeToken})
+	// Each handler names the query parameters it reads (see reads); the
+	// deploy checks its own, which depend on its body.
+	mux.Handle("/api/v1/whoami", methods{"GET": reads(a.whoami)})
+	mux.Handle("/api/v1/functions", methods{"GET": reads(a.listFunctions, "owner", "limit", "after")})
+	mux.Handle("/api/v1/functions/{name}", methods{"GET": reads(a.getFunction, "owner"), "PUT": a.deployFunction, "PATCH": reads(a.configureFunction, "owner"), "DELETE": reads(a.deleteFunction, "owner")})
+	mux.Handle("/api/v1/functions/{name}/logs", methods{"GET": reads(a.functionLogs, "owner", "since", "version", "after", "limit", "follow")})
+	mux.Handle("/api/v1/functions/{name}/versions", methods{"GET": reads(a.listVersions, "owner")})
+	mux.Handle("/api/v1/functions/{name}/rollback", methods{"POST": reads(a.rollback, "owner")})
+	mux.Handle("/api/v1/functions/{name}/scheduled", methods{"POST": reads(a.runScheduled, "owner")})
+	mux.Handle("/api/v1/functions/{name}/traffic", methods{"PUT": reads(a.setTraffic, "owner")})
+	mux.Handle("/api/v1/functions/{name}/tags/{tag}", methods{"PUT": reads(a.setTag, "owner"), "DELETE": reads(a.deleteTag, "owner")})
+	mux.Handle("/api/v1/functions/{name}/kv", methods{"GET": reads(a.listKV, "owner", "prefix", "cursor", "limit")})
+	mux.Handle("/api/v1/functions/{name}/kv/{key...}", methods{"GET": reads(a.getKV, "owner"), "PUT": reads(a.putKV, "owner", "expireIn"), "DELETE": reads(a.deleteKV, "owner")})
+	mux.Handle("/api/v1/users", methods{"GET": reads(a.listUsers), "POST": reads(a.createUser)})
+	mux.Handle("/api/v1/users/{name}", methods{"GET": reads(a.getUser), "DELETE": reads(a.deleteUser)})
+	mux.Handle("/api/v1/tokens", methods{"GET": reads(a.listTokens, "user"), "POST": reads(a.createToken)})
+	mux.Handle("/api/v1/tokens/{id}", methods{"DELETE": reads(a.revokeToken)})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, errdefs.New(errdefs.ErrNotFound, "no API endpoint at %s", r.URL.Path))
 	})
@@ -174,6 +177,26 @@ func checkQuery(raw string) error {
 		}
 	}
 	return nil
+}
+
+// reads is h for requests whose query names only keys: a parameter the
+// handler does not read is refused rather than ignored, since the request
+// would go ahead without it (an admin's DELETE with ?Owner=alice, or
+// ?user=alice as the tokens endpoint spells it, deleted the admin's own
+// function of that name).
+func reads(h handlerFunc, keys ...string) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		for k := range r.URL.Query() {
+			if slices.Contains(keys, k) {
+				continue
+			}
+			if len(keys) == 0 {
+				return errdefs.Invalid("unknown query parameter %q: this endpoint takes none", k)
+			}
+			return errdefs.Invalid("unknown query parameter %q: this endpoint takes %s", k, strings.Join(keys, ", "))
+		}
+		return h(w, r)
+	}
 }
 
 type ctxKey int

@@ -60,6 +60,10 @@ func (a *API) listTokens(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, map[string]any{"tokens": out})
 }
 
+// unprintable says whether r is not for a terminal as it is: a control
+// character, or a bidirectional control (Unicode's Bidi_Control).
+func unprintable(r rune) bool { return unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r) }
+
 // MaxTokensPerUser bounds a user's tokens not revoked: each is a row
 // every listing reads, and an unbounded count is a way to grow the store.
 const MaxTokensPerUser = 100
@@ -78,9 +82,11 @@ func (a *API) createToken(w http.ResponseWriter, r *http.Request) error {
 	if len(body.Name) > 200 {
 		return errdefs.Invalid("token name is over 200 bytes")
 	}
-	// It is shown in terminals (spry token ls): no control characters.
-	if strings.ContainsFunc(body.Name, unicode.IsControl) || !utf8.ValidString(body.Name) {
-		return errdefs.Invalid("token name has control characters or is not UTF-8")
+	// It is shown in terminals (spry token ls), the token's dates after
+	// it: no control characters, nor bidirectional ones, which a terminal
+	// applying the bidi algorithm reorders the rest of the line by.
+	if strings.ContainsFunc(body.Name, unprintable) || !utf8.ValidString(body.Name) {
+		return errdefs.Invalid("token name has control characters, bidirectional controls (U+202E...), or is not UTF-8")
 	}
 	user, err := tokenUser(r, body.User)
 	if err != nil {

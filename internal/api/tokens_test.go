@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"testing"
 
 	"github.com/spry-run/spry/internal/auth"
@@ -70,4 +71,22 @@ func TestTokensAreBounded(t *testing.T) {
 	wantError(t, "a token past the bound, made by the admin", s, body, http.StatusForbidden, "quota_exceeded")
 	e.mustDo(alice, "DELETE", "/api/v1/tokens/"+last.ID, "", http.StatusNoContent, nil)
 	e.mustDo(alice, "POST", "/api/v1/tokens", `{"name":"again"}`, http.StatusCreated, nil)
+}
+
+// A token's name is shown in the admin's terminal (spry token ls --user),
+// on a line with the token's dates after it: a bidirectional control
+// (U+202E RIGHT-TO-LEFT OVERRIDE, U+2066 LEFT-TO-RIGHT ISOLATE...) in it
+// would have a terminal that applies the Unicode bidi algorithm show the
+// rest of the line reordered, as control characters would overwrite it.
+func TestTokenNameRefusesBidiControls(t *testing.T) {
+	e := newEnv(t)
+	alice := e.user("alice")
+	for _, name := range []string{"a\u202eb", "\u2066x", "x\u200fy", "a\u061cb"} {
+		s, body := e.do(alice, "POST", "/api/v1/tokens", `{"name":"`+name+`"}`)
+		wantError(t, "token name "+strconv.Quote(name), s, body, http.StatusBadRequest, "invalid_argument")
+	}
+	// Other scripts, right-to-left ones included, are names like any.
+	for _, name := range []string{"ci \u05e9\u05dc\u05d5\u05dd", "d\u00e9ploy \U0001F680"} {
+		e.mustDo(alice, "POST", "/api/v1/tokens", `{"name":"`+name+`"}`, http.StatusCreated, nil)
+	}
 }

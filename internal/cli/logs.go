@@ -66,7 +66,9 @@ func newLogsCmd(conn *connFlags) *cobra.Command {
 // that shows it may be its owner's or the admin's: raw, an escape
 // sequence could set that terminal's title or clipboard, or a carriage
 // return and cursor moves could overwrite what the line's prefix says
-// (its stream, say "system") and the lines above it.
+// (its stream, say "system") and the lines above it. Bidirectional
+// controls (U+202E...) are written so too: a terminal that applies the
+// bidi algorithm would show the rest of the line reordered.
 func visible(line string) string {
 	i := strings.IndexFunc(line, isControl)
 	if i < 0 {
@@ -75,13 +77,18 @@ func visible(line string) string {
 	var b strings.Builder
 	b.WriteString(line[:i])
 	for _, r := range line[i:] {
-		if isControl(r) {
+		switch {
+		case !isControl(r):
+			b.WriteRune(r)
+		case r <= 0xff:
 			fmt.Fprintf(&b, "\\x%02x", r)
-			continue
+		default:
+			fmt.Fprintf(&b, "\\u%04x", r)
 		}
-		b.WriteRune(r)
 	}
 	return b.String()
 }
 
-func isControl(r rune) bool { return r != '\t' && unicode.IsControl(r) }
+func isControl(r rune) bool {
+	return r != '\t' && (unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r))
+}

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unicode"
 )
 
 // runCLI runs spry with args against the server at url.
@@ -233,5 +234,46 @@ func TestEnvLsEscapesControlCharacters(t *testing.T) {
 	}
 	if want := `A=x\x0aB=forged\x1b]0;t\x07` + "\n"; stdout != want {
 		t.Errorf("stdout %q, want %q", stdout, want)
+	}
+}
+
+// Bidirectional controls (U+202E RIGHT-TO-LEFT OVERRIDE, U+2066...) are
+// printed as escapes as control characters are: a terminal that applies
+// the bidi algorithm shows the rest of the line reordered by one. A
+// token's name, which its user chose, is followed on its line in
+// `spry token ls` by whether the token was revoked, which an override
+// could have shown otherwise to the admin.
+func TestBidiControlsAreEscaped(t *testing.T) {
+	const name = "ci\u202e 00:00:00 10-10-2026\u2066\u200f\x1b[2K"
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/api/v1/tokens":
+			body, _ := json.Marshal(map[string]any{"tokens": []map[string]any{{"id": "0123456789abcdef", "user": "alice", "name": name, "created_at": "2026-01-02T03:04:05Z"}}})
+			_, _ = w.Write(body)
+		case "/api/v1/functions/hello/logs":
+			body, _ := json.Marshal(map[string]any{"id": 1, "time": "2025-01-02T03:04:05Z", "version": 1, "stream": "stdout", "line": "x\u202ey"})
+			_, _ = w.Write(append(body, '\n'))
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"token", "ls", "--user", "alice"}, `ci\u202e 00:00:00 10-10-2026\u2066\u200f\x1b[2K`},
+		{[]string{"logs", "hello"}, `x\u202ey`},
+	} {
+		code, stdout, stderr := runCLI(t, srv.URL, tt.args...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d: %s", tt.args, code, stderr)
+		}
+		if strings.ContainsFunc(stdout, func(r rune) bool { return unicode.Is(unicode.Bidi_Control, r) || r == 0x1b }) {
+			t.Errorf("%v: a control printed raw: %q", tt.args, stdout)
+		}
+		if !strings.Contains(stdout, tt.want) {
+			t.Errorf("%v: stdout %q, want it to hold %q", tt.args, stdout, tt.want)
+		}
 	}
 }

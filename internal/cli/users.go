@@ -142,7 +142,7 @@ func newTokenCmd(conn *connFlags) *cobra.Command {
 				if t.RevokedAt != nil {
 					revoked = t.RevokedAt.Format("2006-01-02 15:04:05")
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.ID, t.User, t.Name, t.CreatedAt.Format("2006-01-02 15:04:05"), revoked)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.ID, t.User, visible(t.Name), t.CreatedAt.Format("2006-01-02 15:04:05"), revoked)
 			}
 			return tw.Flush()
 		},
