@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"net/http"
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
@@ -32,6 +33,13 @@ func (noInstances) Ensure(*backend.Spec)           {}
 // apiServer serves the real management API (over the real sqlite, blob
 // and log stores) with httptest, and returns its URL and an admin token.
 func apiServer(t *testing.T) (url, token string) {
+	t.Helper()
+	return apiServerWith(t, nil)
+}
+
+// apiServerWith is apiServer with fn serving /fn/, where spry serve has
+// its router.
+func apiServerWith(t *testing.T, fn http.Handler) (url, token string) {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -73,7 +81,12 @@ func apiServer(t *testing.T) (url, token string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(api.New(fns, authn, st, st, nil, logs, api.Config{MaxCodeBytes: 1 << 20}).Handler())
+	mux := http.NewServeMux()
+	mux.Handle("/", api.New(fns, authn, st, st, nil, logs, api.Config{MaxCodeBytes: 1 << 20}).Handler())
+	if fn != nil {
+		mux.Handle("/fn/", fn)
+	}
+	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
 	return srv.URL, tok
 }

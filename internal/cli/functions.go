@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -273,12 +274,18 @@ func newInvokeCmd(conn *connFlags) *cobra.Command {
 				fmt.Fprintln(cmd.OutOrStdout(), "scheduled run done")
 				return nil
 			}
-			if owner == "" {
-				who, err := c.Whoami(cmd.Context())
-				if err != nil {
-					return err
-				}
-				owner = who.User
+			// Ask the API whether the function is there (and whose it is,
+			// without --owner): the router's 404 for one that is not
+			// looks like a function's own answer, which is printed and
+			// exits 0.
+			switch fn, err := c.Function(cmd.Context(), owner, args[0]); {
+			case err == nil:
+				owner = fn.Owner
+			case owner != "" && errors.Is(err, errdefs.ErrPermissionDenied):
+				// Another user's function: anyone may call it, only its
+				// owner and the admins read it through the API.
+			default:
+				return err
 			}
 			var body io.Reader
 			switch {
