@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -49,6 +50,9 @@ func TestExitCodes(t *testing.T) {
 	}{
 		{[]string{"logs", "f", "-n", "abc"}, 2},
 		{[]string{"logs", "f", "-n", "0"}, 2},
+		// --version 0 or below was taken and ignored: every version's logs.
+		{[]string{"logs", "f", "--version", "0"}, 2},
+		{[]string{"logs", "f", "--version", "-1"}, 2},
 		{[]string{"ls", "--no-such-flag"}, 2},
 		{[]string{"ls", "--url", closed, "--token", "t"}, 6},
 	} {
@@ -99,6 +103,29 @@ func TestBadArgumentsExit2(t *testing.T) {
 		code := Main(context.Background(), Env{Args: args, Environ: []string{"SPRY_CONFIG=" + cfg}, Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr})
 		if code != 0 || !strings.Contains(stdout.String(), "Available Commands") {
 			t.Errorf("spry %s: exit %d, stdout %q", strings.Join(args, " "), code, stdout.String())
+		}
+	}
+}
+
+// A KEY=VALUE without "=" is named as what it was: an argument of `env
+// set`, not a --env flag, which that command does not have.
+func TestEnvSetBadPairNamesTheArgument(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "f.ts")
+	if err := os.WriteFile(file, []byte("export default {}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"env", "set", "f", "FOO"}, `error: "FOO": want KEY=VALUE` + "\n"},
+		{[]string{"env", "set", "f", "=x"}, `error: "=x": want KEY=VALUE` + "\n"},
+		{[]string{"deploy", file, "--env", "FOO"}, `error: --env "FOO": want KEY=VALUE` + "\n"},
+		{[]string{"dev", file, "--env", "FOO"}, `error: --env "FOO": want KEY=VALUE` + "\n"},
+	} {
+		code, _, stderr := spry(t, nil, "", append(tt.args, "--token", "t", "--url", "http://127.0.0.1:1")...)
+		if code != 2 || stderr != tt.want {
+			t.Errorf("spry %s: exit %d, stderr %q; want 2, %q", strings.Join(tt.args, " "), code, stderr, tt.want)
 		}
 	}
 }

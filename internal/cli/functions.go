@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -74,7 +75,7 @@ bundled here instead (npm on this machine) and only the bundle is sent.`,
 				base := filepath.Base(abs)
 				name = strings.TrimSuffix(base, filepath.Ext(base))
 			}
-			env, err := parseEnv(envs)
+			env, err := parseEnv("--env", envs)
 			if err != nil {
 				return err
 			}
@@ -149,7 +150,9 @@ func (l *limitFlags) apply(cmd *cobra.Command, body *api.SettingsBody) {
 	}
 }
 
-func parseEnv(kvs []string) (map[string]string, error) {
+// parseEnv parses KEY=VALUE pairs; flag names where they came from
+// ("--env"), or is "" for arguments.
+func parseEnv(flag string, kvs []string) (map[string]string, error) {
 	if len(kvs) == 0 {
 		return nil, nil
 	}
@@ -157,7 +160,7 @@ func parseEnv(kvs []string) (map[string]string, error) {
 	for _, kv := range kvs {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || k == "" {
-			return nil, errdefs.Invalid("--env %q: want KEY=VALUE", kv)
+			return nil, errdefs.Invalid("%s: want KEY=VALUE", strings.TrimSpace(flag+" "+strconv.Quote(kv)))
 		}
 		env[k] = v
 	}
