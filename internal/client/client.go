@@ -345,10 +345,32 @@ func (c *Client) Logs(ctx context.Context, name string, o LogOptions, fn func(ap
 		return err
 	}
 	req.Header.Set("Authorization", "Bearer "+c.Token)
-	// A followed stream has no end; only ctx bounds it.
-	hc := *c.HTTP
-	hc.Timeout = 0
+	hc := c.HTTP
+	var waited *time.Timer
+	if o.Follow {
+		// A followed stream has no end: only ctx bounds it, once the
+		// server has answered, which it does at once. Until then the
+		// client's timeout does, as for any call: a server that took the
+		// connection and never answered kept a follow waiting forever.
+		nc := *c.HTTP
+		nc.Timeout = 0
+		hc = &nc
+		if c.HTTP.Timeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithCancel(ctx)
+			defer cancel()
+			req = req.WithContext(ctx)
+			waited = time.AfterFunc(c.HTTP.Timeout, cancel)
+		}
+	}
 	res, err := hc.Do(req)
+	if waited != nil && !waited.Stop() {
+		// The timer cancelled ctx: no answer in time, whatever Do says.
+		if err == nil {
+			res.Body.Close()
+		}
+		return &unreachable{c.URL, fmt.Errorf("no answer within %s", c.HTTP.Timeout)}
+	}
 	if err != nil {
 		return c.netError(err)
 	}

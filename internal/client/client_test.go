@@ -204,3 +204,47 @@ func TestKVSetExpiryUnderAMillisecond(t *testing.T) {
 		}
 	}
 }
+
+// A log read is bounded by the client's timeout, as every API call is,
+// and so is the wait for a follow's answer (the server answers at once
+// and streams from there): a server that took the connection and never
+// answered kept `spry logs` and `spry logs -f` waiting forever. Once the
+// follow's answer has come, only ctx ends it, however long it is quiet.
+func TestLogsDoNotWaitForeverForAnAnswer(t *testing.T) {
+	line := `{"id":1,"time":"2025-01-02T03:04:05Z","version":1,"stream":"stdout","line":"hello"}` + "\n"
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("version") == "1" {
+			<-r.Context().Done() // never answers
+			return
+		}
+		// A follow that answers, is quiet for longer than the timeout,
+		// then ends with its last word.
+		_, _ = w.Write([]byte(line))
+		_ = http.NewResponseController(w).Flush()
+		time.Sleep(400 * time.Millisecond)
+		_, _ = w.Write([]byte(line + `{"error":{"code":"not_found","message":"function alice/f was deleted"}}` + "\n"))
+	}))
+	defer srv.Close()
+	c := New(srv.URL, "t")
+	c.HTTP.Timeout = 100 * time.Millisecond
+	for _, follow := range []bool{false, true} {
+		done := make(chan error, 1)
+		go func() {
+			done <- c.Logs(t.Context(), "f", LogOptions{Version: 1, Follow: follow}, func(api.LogLine) error { return nil })
+		}()
+		select {
+		case err := <-done:
+			if got := errdefs.ExitCode(err); got != 6 {
+				t.Errorf("follow %v: %v (exit %d), want unavailable (exit 6)", follow, err, got)
+			}
+		case <-time.After(5 * time.Second):
+			srv.CloseClientConnections()
+			t.Fatalf("follow %v: still waiting for a server that never answers", follow)
+		}
+	}
+	n := 0
+	err := c.Logs(t.Context(), "f", LogOptions{Follow: true}, func(api.LogLine) error { n++; return nil })
+	if n != 2 || !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("a follow quiet for longer than the timeout: %d lines, %v; want 2 and not found", n, err)
+	}
+}
