@@ -114,6 +114,12 @@ func (c *connFlags) resolve() (url, token string, bad, err error) {
 	// The saved token is the saved server's: sent to another one (named by
 	// --url or SPRY_URL), it would give that server the key to this one.
 	if strings.TrimRight(url, "/") != strings.TrimRight(first(fc.URL, defaultURL), "/") {
+		if fc.Token != "" {
+			// Said if no other token is given: the user who ran `spry
+			// login` thinks they have one.
+			p, _ := configPath(c.env.Environ)
+			bad = fmt.Errorf("the token in %s is for %s, not %s (%s); pass --token, or run `spry login` for this server", p, fc.URL, url, from)
+		}
 		fc.Token = ""
 	}
 	token = first(c.token, lookupEnv(c.env.Environ, "SPRY_TOKEN"), fc.Token)
