@@ -248,3 +248,47 @@ func TestLogsDoNotWaitForeverForAnAnswer(t *testing.T) {
 		t.Errorf("a follow quiet for longer than the timeout: %d lines, %v; want 2 and not found", n, err)
 	}
 }
+
+// A proxy's error page (nginx's 502, a load balancer's 503) is said in
+// one short line: its status and the start of its text. The whole page,
+// up to a MiB of HTML over many lines, was printed as the error, with any
+// control characters it held going to the terminal as they were.
+func TestProxyErrorPageIsOneLine(t *testing.T) {
+	page := "<html>\r\n<head><title>502 Bad Gateway</title></head>\n<body>\n<center><h1>502 Bad Gateway</h1></center>\n\x1b]0;owned\x07" +
+		strings.Repeat("<!-- padding -->\n", 1000) + "</body>\n</html>\n"
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		w.WriteHeader(http.StatusBadGateway)
+		_, _ = w.Write([]byte(page))
+	}))
+	defer srv.Close()
+	_, err := New(srv.URL, "t").Functions(context.Background(), "")
+	if err == nil {
+		t.Fatal("no error")
+	}
+	msg := err.Error()
+	if !strings.HasPrefix(msg, "server answered 502 Bad Gateway: <html> <head><title>502 Bad Gateway</title></head>") {
+		t.Errorf("message %q does not start with the status and the page's text", msg)
+	}
+	if len(msg) > 300 {
+		t.Errorf("message is %d bytes long: %q", len(msg), msg)
+	}
+	for _, r := range msg {
+		if r < 0x20 || r == 0x7f {
+			t.Fatalf("message holds control character %U: %q", r, msg)
+		}
+	}
+	if errdefs.ExitCode(err) != 6 {
+		t.Errorf("exit code %d, want 6", errdefs.ExitCode(err))
+	}
+	// The API's own JSON message too, from a server that is not Spry's.
+	apiLike := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = w.Write([]byte(`{"error":{"code":"not_found","message":"no\u001b[2J such\nthing"}}`))
+	}))
+	defer apiLike.Close()
+	_, err = New(apiLike.URL, "t").Functions(context.Background(), "")
+	if want := `no\x1b[2J such\x0athing`; err == nil || err.Error() != want {
+		t.Errorf("message %q, want %q", err, want)
+	}
+}
