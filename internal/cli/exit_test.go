@@ -129,3 +129,21 @@ func TestEnvSetBadPairNamesTheArgument(t *testing.T) {
 		}
 	}
 }
+
+// A name spry deploy makes from the file's (My_Func.ts) that is no
+// function name says so with the way out, --name, as spry dev does: the
+// server's answer named a name the user never gave.
+func TestDeployDerivedNameSaysPassName(t *testing.T) {
+	url, token := apiServer(t)
+	file := filepath.Join(t.TempDir(), "My_Func.ts")
+	if err := os.WriteFile(file, []byte(`export default { fetch() { return new Response("hi") } }`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := spry(t, nil, "", "deploy", file, "--url", url, "--token", token)
+	if code != 2 || !strings.HasSuffix(stderr, "; pass --name\n") {
+		t.Errorf("exit %d, stderr %q; want 2 and a hint to pass --name", code, stderr)
+	}
+	if code, _, stderr := spry(t, nil, "", "deploy", file, "--name", "my-func", "--url", url, "--token", token); code != 0 {
+		t.Errorf("with --name: exit %d: %s", code, stderr)
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"github.com/spry-run/spry/internal/archive"
 	"github.com/spry-run/spry/internal/build"
 	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/names"
 )
 
 func newDeployCmd(conn *connFlags) *cobra.Command {
@@ -74,6 +75,11 @@ bundled here instead (npm on this machine) and only the bundle is sent.`,
 				abs, _ := filepath.Abs(path)
 				base := filepath.Base(abs)
 				name = strings.TrimSuffix(base, filepath.Ext(base))
+				// Said here, with the way out: the server's answer would
+				// name a name the user never gave.
+				if err := names.Function(name); err != nil {
+					return errdefs.Invalid("%v; pass --name", err)
+				}
 			}
 			env, err := parseEnv("--env", envs)
 			if err != nil {
