@@ -53,6 +53,8 @@ func TestExitCodes(t *testing.T) {
 		// --version 0 or below was taken and ignored: every version's logs.
 		{[]string{"logs", "f", "--version", "0"}, 2},
 		{[]string{"logs", "f", "--version", "-1"}, 2},
+		// kv ls --limit 0 was the default page, as if not given.
+		{[]string{"kv", "ls", "f", "--limit", "0"}, 2},
 		{[]string{"ls", "--no-such-flag"}, 2},
 		{[]string{"ls", "--url", closed, "--token", "t"}, 6},
 	} {
