@@ -54,7 +54,7 @@ func newEnvCmd(conn *connFlags) *cobra.Command {
 		Short: "Set environment variables (a new version)",
 		Args:  cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			env, err := parseEnv(args[1:])
+			env, err := parseEnv("", args[1:])
 			if err != nil {
 				return err
 			}

@@ -137,6 +137,10 @@ func TestSavedTokenStaysWithItsServer(t *testing.T) {
 			if code != tt.code {
 				t.Fatalf("exit %d, want %d: %s", code, tt.code, stderr.String())
 			}
+			// Without a token, say where the saved one is and whose it is.
+			if code == 3 && tt.args[0] == "ls" && !strings.Contains(stderr.String(), "is for "+saved.URL+", not "+other.URL) {
+				t.Errorf("stderr %q does not say the saved token is for %s", stderr.String(), saved.URL)
+			}
 		})
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	neturl "net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -91,20 +92,68 @@ func writeFileConfig(environ []string, fc fileConfig) (string, error) {
 
 const defaultURL = "http://127.0.0.1:8080"
 
-func (c *connFlags) resolve() (url, token string, bad error) {
+// resolve returns the server URL and token to use. bad says why the
+// config file could not be read (it matters only to a command left
+// without a token); err is a server URL that is not one.
+func (c *connFlags) resolve() (url, token string, bad, err error) {
 	fc, bad := readFileConfig(c.env.Environ)
-	url = first(c.url, lookupEnv(c.env.Environ, "SPRY_URL"), fc.URL, defaultURL)
+	url, from := defaultURL, ""
+	switch {
+	case c.url != "":
+		url, from = c.url, "--url"
+	case lookupEnv(c.env.Environ, "SPRY_URL") != "":
+		url, from = lookupEnv(c.env.Environ, "SPRY_URL"), "SPRY_URL"
+	case fc.URL != "":
+		url = fc.URL
+		from, _ = configPath(c.env.Environ)
+		from = "the URL in " + from
+	}
+	if err := checkURL(url); err != nil {
+		return "", "", bad, errdefs.Invalid("%s %q is not a server URL (%v): want http://HOST[:PORT] or https://HOST[:PORT], with a path if a proxy serves the API under one", from, url, err)
+	}
 	// The saved token is the saved server's: sent to another one (named by
 	// --url or SPRY_URL), it would give that server the key to this one.
 	if strings.TrimRight(url, "/") != strings.TrimRight(first(fc.URL, defaultURL), "/") {
+		if fc.Token != "" {
+			// Said if no other token is given: the user who ran `spry
+			// login` thinks they have one.
+			p, _ := configPath(c.env.Environ)
+			bad = fmt.Errorf("the token in %s is for %s, not %s (%s); pass --token, or run `spry login` for this server", p, fc.URL, url, from)
+		}
 		fc.Token = ""
 	}
 	token = first(c.token, lookupEnv(c.env.Environ, "SPRY_TOKEN"), fc.Token)
-	return url, token, bad
+	return url, token, bad, nil
+}
+
+// checkURL checks that raw is an http(s) URL of a host that the API's
+// paths can be appended to. Without this, "127.0.0.1:8080" (no scheme)
+// failed as Go's parse error or as a server that cannot be reached, and a
+// query or fragment swallowed the paths appended after it.
+func checkURL(raw string) error {
+	u, err := neturl.Parse(raw)
+	switch {
+	case !strings.Contains(raw, "://"):
+		return errors.New("no http:// or https://") // whatever Parse made of it
+	case err != nil:
+		return errors.Unwrap(err) // the url.Error repeats raw
+	case u.Scheme != "http" && u.Scheme != "https":
+		return errors.New("no http:// or https://")
+	case u.Host == "":
+		return errors.New("no host")
+	case u.RawQuery != "" || u.ForceQuery:
+		return errors.New("a query")
+	case u.Fragment != "":
+		return errors.New("a fragment")
+	}
+	return nil
 }
 
 func (c *connFlags) client() (*client.Client, error) {
-	url, token, bad := c.resolve()
+	url, token, bad, err := c.resolve()
+	if err != nil {
+		return nil, err
+	}
 	if token == "" && bad != nil {
 		return nil, errdefs.New(errdefs.ErrUnauthenticated, "no API token: %v", bad)
 	}

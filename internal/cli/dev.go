@@ -73,7 +73,7 @@ needs root, as spry serve does.`,
 			if cfg.UIDBase != 0 && cfg.UIDBase < 1000 {
 				return errdefs.Invalid("--uid-base must be at least 1000")
 			}
-			if cfg.Env, err = parseEnv(envs); err != nil {
+			if cfg.Env, err = parseEnv("--env", envs); err != nil {
 				return err
 			}
 			var level slog.Level

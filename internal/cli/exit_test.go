@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -49,6 +50,11 @@ func TestExitCodes(t *testing.T) {
 	}{
 		{[]string{"logs", "f", "-n", "abc"}, 2},
 		{[]string{"logs", "f", "-n", "0"}, 2},
+		// --version 0 or below was taken and ignored: every version's logs.
+		{[]string{"logs", "f", "--version", "0"}, 2},
+		{[]string{"logs", "f", "--version", "-1"}, 2},
+		// kv ls --limit 0 was the default page, as if not given.
+		{[]string{"kv", "ls", "f", "--limit", "0"}, 2},
 		{[]string{"ls", "--no-such-flag"}, 2},
 		{[]string{"ls", "--url", closed, "--token", "t"}, 6},
 	} {
@@ -100,5 +106,46 @@ func TestBadArgumentsExit2(t *testing.T) {
 		if code != 0 || !strings.Contains(stdout.String(), "Available Commands") {
 			t.Errorf("spry %s: exit %d, stdout %q", strings.Join(args, " "), code, stdout.String())
 		}
+	}
+}
+
+// A KEY=VALUE without "=" is named as what it was: an argument of `env
+// set`, not a --env flag, which that command does not have.
+func TestEnvSetBadPairNamesTheArgument(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "f.ts")
+	if err := os.WriteFile(file, []byte("export default {}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"env", "set", "f", "FOO"}, `error: "FOO": want KEY=VALUE` + "\n"},
+		{[]string{"env", "set", "f", "=x"}, `error: "=x": want KEY=VALUE` + "\n"},
+		{[]string{"deploy", file, "--env", "FOO"}, `error: --env "FOO": want KEY=VALUE` + "\n"},
+		{[]string{"dev", file, "--env", "FOO"}, `error: --env "FOO": want KEY=VALUE` + "\n"},
+	} {
+		code, _, stderr := spry(t, nil, "", append(tt.args, "--token", "t", "--url", "http://127.0.0.1:1")...)
+		if code != 2 || stderr != tt.want {
+			t.Errorf("spry %s: exit %d, stderr %q; want 2, %q", strings.Join(tt.args, " "), code, stderr, tt.want)
+		}
+	}
+}
+
+// A name spry deploy makes from the file's (My_Func.ts) that is no
+// function name says so with the way out, --name, as spry dev does: the
+// server's answer named a name the user never gave.
+func TestDeployDerivedNameSaysPassName(t *testing.T) {
+	url, token := apiServer(t)
+	file := filepath.Join(t.TempDir(), "My_Func.ts")
+	if err := os.WriteFile(file, []byte(`export default { fetch() { return new Response("hi") } }`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := spry(t, nil, "", "deploy", file, "--url", url, "--token", token)
+	if code != 2 || !strings.HasSuffix(stderr, "; pass --name\n") {
+		t.Errorf("exit %d, stderr %q; want 2 and a hint to pass --name", code, stderr)
+	}
+	if code, _, stderr := spry(t, nil, "", "deploy", file, "--name", "my-func", "--url", url, "--token", token); code != 0 {
+		t.Errorf("with --name: exit %d: %s", code, stderr)
 	}
 }

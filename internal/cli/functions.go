@@ -3,11 +3,13 @@ package cli
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -18,6 +20,7 @@ import (
 	"github.com/spry-run/spry/internal/archive"
 	"github.com/spry-run/spry/internal/build"
 	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/names"
 )
 
 func newDeployCmd(conn *connFlags) *cobra.Command {
@@ -72,8 +75,13 @@ bundled here instead (npm on this machine) and only the bundle is sent.`,
 				abs, _ := filepath.Abs(path)
 				base := filepath.Base(abs)
 				name = strings.TrimSuffix(base, filepath.Ext(base))
+				// Said here, with the way out: the server's answer would
+				// name a name the user never gave.
+				if err := names.Function(name); err != nil {
+					return errdefs.Invalid("%v; pass --name", err)
+				}
 			}
-			env, err := parseEnv(envs)
+			env, err := parseEnv("--env", envs)
 			if err != nil {
 				return err
 			}
@@ -148,7 +156,9 @@ func (l *limitFlags) apply(cmd *cobra.Command, body *api.SettingsBody) {
 	}
 }
 
-func parseEnv(kvs []string) (map[string]string, error) {
+// parseEnv parses KEY=VALUE pairs; flag names where they came from
+// ("--env"), or is "" for arguments.
+func parseEnv(flag string, kvs []string) (map[string]string, error) {
 	if len(kvs) == 0 {
 		return nil, nil
 	}
@@ -156,7 +166,7 @@ func parseEnv(kvs []string) (map[string]string, error) {
 	for _, kv := range kvs {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || k == "" {
-			return nil, errdefs.Invalid("--env %q: want KEY=VALUE", kv)
+			return nil, errdefs.Invalid("%s: want KEY=VALUE", strings.TrimSpace(flag+" "+strconv.Quote(kv)))
 		}
 		env[k] = v
 	}
@@ -273,12 +283,18 @@ func newInvokeCmd(conn *connFlags) *cobra.Command {
 				fmt.Fprintln(cmd.OutOrStdout(), "scheduled run done")
 				return nil
 			}
-			if owner == "" {
-				who, err := c.Whoami(cmd.Context())
-				if err != nil {
-					return err
-				}
-				owner = who.User
+			// Ask the API whether the function is there (and whose it is,
+			// without --owner): the router's 404 for one that is not
+			// looks like a function's own answer, which is printed and
+			// exits 0.
+			switch fn, err := c.Function(cmd.Context(), owner, args[0]); {
+			case err == nil:
+				owner = fn.Owner
+			case owner != "" && errors.Is(err, errdefs.ErrPermissionDenied):
+				// Another user's function: anyone may call it, only its
+				// owner and the admins read it through the API.
+			default:
+				return err
 			}
 			var body io.Reader
 			switch {

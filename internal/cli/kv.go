@@ -23,6 +23,9 @@ func newKVCmd(conn *connFlags) *cobra.Command {
 		Short: "List keys and values, in key order (a page at a time: --cursor for the next)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if cmd.Flags().Changed("limit") && o.Limit < 1 {
+				return errdefs.Invalid("--limit %d: want 1 to 1000", o.Limit)
+			}
 			c, err := conn.client()
 			if err != nil {
 				return err

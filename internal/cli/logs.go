@@ -27,6 +27,9 @@ func newLogsCmd(conn *connFlags) *cobra.Command {
 			if cmd.Flags().Changed("tail") && o.Limit < 1 {
 				return errdefs.Invalid("--tail %d: want at least 1", o.Limit)
 			}
+			if cmd.Flags().Changed("version") && o.Version < 1 {
+				return errdefs.Invalid("--version %d: want a version number, 1 or more", o.Version)
+			}
 			c, err := conn.client()
 			if err != nil {
 				return err

@@ -17,7 +17,10 @@ func newLoginCmd(conn *connFlags) *cobra.Command {
 		Long:  "Check a server URL and token (from --url/--token or SPRY_URL/SPRY_TOKEN) and save them in $SPRY_CONFIG, else $XDG_CONFIG_HOME/spry/config.json, else ~/.config/spry/config.json (mode 0600).",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			url, token, _ := conn.resolve() // login rewrites a broken file
+			url, token, _, err := conn.resolve() // login rewrites a broken file
+			if err != nil {
+				return err
+			}
 			if token == "" {
 				return errdefs.New(errdefs.ErrUnauthenticated, "no token: pass --token or set SPRY_TOKEN")
 			}

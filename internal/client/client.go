@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/spry-run/spry/internal/api"
 	"github.com/spry-run/spry/internal/errdefs"
@@ -118,7 +120,7 @@ func decodeError(res *http.Response) error {
 	data, _ := io.ReadAll(io.LimitReader(res.Body, 1<<20))
 	var b errdefs.Body
 	if json.Unmarshal(data, &b) == nil && b.Error.Code != "" {
-		return &Error{Status: res.StatusCode, Code: b.Error.Code, Message: b.Error.Message}
+		return &Error{Status: res.StatusCode, Code: b.Error.Code, Message: printable(b.Error.Message)}
 	}
 	// Not the API's JSON: a proxy in front of the server answered. Its
 	// status still says what went wrong (and so the CLI's exit code).
@@ -126,7 +128,40 @@ func decodeError(res *http.Response) error {
 	if !ok {
 		code = "internal"
 	}
-	return &Error{Status: res.StatusCode, Code: code, Message: fmt.Sprintf("server answered %s: %s", res.Status, strings.TrimSpace(string(data)))}
+	return &Error{Status: res.StatusCode, Code: code, Message: fmt.Sprintf("server answered %s: %s", res.Status, printable(firstWords(string(data), 200)))}
+}
+
+// firstWords is s on one line, its runs of white space made one space,
+// cut after about n bytes: a proxy's error page is HTML over many lines,
+// of which the start says enough.
+func firstWords(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) <= n {
+		return s
+	}
+	i := n
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return s[:i] + "..."
+}
+
+// printable writes the control characters of what a server said as
+// escapes (\x1b): the CLI prints it on a terminal, which an escape
+// sequence from a proxy or a server that is not Spry's could drive.
+func printable(s string) string {
+	if !strings.ContainsFunc(s, unicode.IsControl) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if unicode.IsControl(r) {
+			fmt.Fprintf(&b, "\\x%02x", r)
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 // statusCodes are the API codes a bare HTTP status stands for.
@@ -345,10 +380,32 @@ func (c *Client) Logs(ctx context.Context, name string, o LogOptions, fn func(ap
 		return err
 	}
 	req.Header.Set("Authorization", "Bearer "+c.Token)
-	// A followed stream has no end; only ctx bounds it.
-	hc := *c.HTTP
-	hc.Timeout = 0
+	hc := c.HTTP
+	var waited *time.Timer
+	if o.Follow {
+		// A followed stream has no end: only ctx bounds it, once the
+		// server has answered, which it does at once. Until then the
+		// client's timeout does, as for any call: a server that took the
+		// connection and never answered kept a follow waiting forever.
+		nc := *c.HTTP
+		nc.Timeout = 0
+		hc = &nc
+		if c.HTTP.Timeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithCancel(ctx)
+			defer cancel()
+			req = req.WithContext(ctx)
+			waited = time.AfterFunc(c.HTTP.Timeout, cancel)
+		}
+	}
 	res, err := hc.Do(req)
+	if waited != nil && !waited.Stop() {
+		// The timer cancelled ctx: no answer in time, whatever Do says.
+		if err == nil {
+			res.Body.Close()
+		}
+		return &unreachable{c.URL, fmt.Errorf("no answer within %s", c.HTTP.Timeout)}
+	}
 	if err != nil {
 		return c.netError(err)
 	}

@@ -204,3 +204,91 @@ func TestKVSetExpiryUnderAMillisecond(t *testing.T) {
 		}
 	}
 }
+
+// A log read is bounded by the client's timeout, as every API call is,
+// and so is the wait for a follow's answer (the server answers at once
+// and streams from there): a server that took the connection and never
+// answered kept `spry logs` and `spry logs -f` waiting forever. Once the
+// follow's answer has come, only ctx ends it, however long it is quiet.
+func TestLogsDoNotWaitForeverForAnAnswer(t *testing.T) {
+	line := `{"id":1,"time":"2025-01-02T03:04:05Z","version":1,"stream":"stdout","line":"hello"}` + "\n"
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("version") == "1" {
+			<-r.Context().Done() // never answers
+			return
+		}
+		// A follow that answers, is quiet for longer than the timeout,
+		// then ends with its last word.
+		_, _ = w.Write([]byte(line))
+		_ = http.NewResponseController(w).Flush()
+		time.Sleep(400 * time.Millisecond)
+		_, _ = w.Write([]byte(line + `{"error":{"code":"not_found","message":"function alice/f was deleted"}}` + "\n"))
+	}))
+	defer srv.Close()
+	c := New(srv.URL, "t")
+	c.HTTP.Timeout = 100 * time.Millisecond
+	for _, follow := range []bool{false, true} {
+		done := make(chan error, 1)
+		go func() {
+			done <- c.Logs(t.Context(), "f", LogOptions{Version: 1, Follow: follow}, func(api.LogLine) error { return nil })
+		}()
+		select {
+		case err := <-done:
+			if got := errdefs.ExitCode(err); got != 6 {
+				t.Errorf("follow %v: %v (exit %d), want unavailable (exit 6)", follow, err, got)
+			}
+		case <-time.After(5 * time.Second):
+			srv.CloseClientConnections()
+			t.Fatalf("follow %v: still waiting for a server that never answers", follow)
+		}
+	}
+	n := 0
+	err := c.Logs(t.Context(), "f", LogOptions{Follow: true}, func(api.LogLine) error { n++; return nil })
+	if n != 2 || !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("a follow quiet for longer than the timeout: %d lines, %v; want 2 and not found", n, err)
+	}
+}
+
+// A proxy's error page (nginx's 502, a load balancer's 503) is said in
+// one short line: its status and the start of its text. The whole page,
+// up to a MiB of HTML over many lines, was printed as the error, with any
+// control characters it held going to the terminal as they were.
+func TestProxyErrorPageIsOneLine(t *testing.T) {
+	page := "<html>\r\n<head><title>502 Bad Gateway</title></head>\n<body>\n<center><h1>502 Bad Gateway</h1></center>\n\x1b]0;owned\x07" +
+		strings.Repeat("<!-- padding -->\n", 1000) + "</body>\n</html>\n"
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		w.WriteHeader(http.StatusBadGateway)
+		_, _ = w.Write([]byte(page))
+	}))
+	defer srv.Close()
+	_, err := New(srv.URL, "t").Functions(context.Background(), "")
+	if err == nil {
+		t.Fatal("no error")
+	}
+	msg := err.Error()
+	if !strings.HasPrefix(msg, "server answered 502 Bad Gateway: <html> <head><title>502 Bad Gateway</title></head>") {
+		t.Errorf("message %q does not start with the status and the page's text", msg)
+	}
+	if len(msg) > 300 {
+		t.Errorf("message is %d bytes long: %q", len(msg), msg)
+	}
+	for _, r := range msg {
+		if r < 0x20 || r == 0x7f {
+			t.Fatalf("message holds control character %U: %q", r, msg)
+		}
+	}
+	if errdefs.ExitCode(err) != 6 {
+		t.Errorf("exit code %d, want 6", errdefs.ExitCode(err))
+	}
+	// The API's own JSON message too, from a server that is not Spry's.
+	apiLike := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = w.Write([]byte(`{"error":{"code":"not_found","message":"no\u001b[2J such\nthing"}}`))
+	}))
+	defer apiLike.Close()
+	_, err = New(apiLike.URL, "t").Functions(context.Background(), "")
+	if want := `no\x1b[2J such\x0athing`; err == nil || err.Error() != want {
+		t.Errorf("message %q, want %q", err, want)
+	}
+}
