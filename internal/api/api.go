@@ -176,6 +176,21 @@ func checkQuery(raw string) error {
 	return nil
 }
 
+// queryBool reads the boolean query parameter key: def if it is absent,
+// else one of strconv.ParseBool's spellings (1, t, true, 0, f, false, in
+// lower, upper or title case). Anything else is a 400: a spelling taken
+// for false (follow=yes) made the request something else, in silence.
+func queryBool(q url.Values, key string, def bool) (bool, error) {
+	if !q.Has(key) {
+		return def, nil
+	}
+	b, err := strconv.ParseBool(q.Get(key))
+	if err != nil {
+		return false, errdefs.Invalid("query parameter %s=%q: want 1, t, true, 0, f or false", key, q.Get(key))
+	}
+	return b, nil
+}
+
 type ctxKey int
 
 const (
