@@ -1,10 +1,8 @@
 package api
 
 import (
-	"context"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -180,6 +178,9 @@ func (a *API) target(r *http.Request) (owner, name string, err error) {
 	}
 	if !p.CanManage(owner) {
 		return "", "", errdefs.New(errdefs.ErrPermissionDenied, "you may not manage functions of user %q", owner)
+	}
+	if err := a.holdUser(r, owner, errdefs.New(errdefs.ErrNotFound, "user %s was deleted", owner)); err != nil {
+		return "", "", err
 	}
 	name = r.PathValue("name")
 	if name != "" {
@@ -373,16 +374,9 @@ func (a *API) deployFunction(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	// The owner may have been deleted while this deploy built: its sweep
-	// of the owner's functions may have run before this one was stored.
-	// deleteUser sweeps again after the user is gone, so one of the two
-	// takes the function away; none outlives its owner.
-	if _, err := a.users.GetUser(r.Context(), owner); errors.Is(err, errdefs.ErrNotFound) {
-		if err := a.fns.Delete(context.WithoutCancel(r.Context()), owner, name); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
-			return err
-		}
-		return errdefs.New(errdefs.ErrNotFound, "user %s was deleted during the deploy", owner)
-	}
+	// The owner cannot have been deleted meanwhile: its deletion waits
+	// for this deploy (which holds the owner, see userGate) and then
+	// takes the function away with the rest.
 	status := http.StatusOK
 	if fn.LiveVersion == 1 {
 		status = http.StatusCreated
