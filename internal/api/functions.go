@@ -2,8 +2,6 @@ package api
 
 import (
 	"encoding/base64"
-	"encoding/json"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -11,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/spry-run/spry/internal/errdefs"
 	"github.com/spry-run/spry/internal/functions"
@@ -326,27 +323,16 @@ func (a *API) deployFunction(w http.ResponseWriter, r *http.Request) error {
 		// it here and apply the code limit to the decoded code.
 		limit = limit*6 + maxJSONBody
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
-	if err != nil {
-		return err
-	}
+	body := http.MaxBytesReader(w, r.Body, limit)
 	if isJSON {
-		if !utf8.Valid(body) {
-			return errdefs.Invalid("request body is not valid UTF-8")
+		d, err := decodeDeployBody(body, r.ContentLength, limit)
+		if err != nil {
+			return err
 		}
-		var d DeployBody
-		dec := json.NewDecoder(strings.NewReader(string(body)))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&d); err != nil {
-			return errdefs.Invalid("invalid JSON body: %v", err)
-		}
-		if dec.More() {
-			return errdefs.Invalid("invalid JSON body: more than one value")
-		}
-		if d.Code != "" && d.Archive != nil {
+		if d.Code != nil && d.Archive != nil {
 			return errdefs.Invalid("the body has both code and an archive; send one of them")
 		}
-		req.Code = []byte(d.Code)
+		req.Code = d.Code
 		req.Archive, req.Entry = d.Archive, d.Entry
 		if d.Filename != "" {
 			req.Filename = d.Filename
@@ -358,10 +344,14 @@ func (a *API) deployFunction(w http.ResponseWriter, r *http.Request) error {
 		req.Secrets = d.Secrets
 		req.Settings = d.settings()
 	} else {
+		code, err := readBody(body, r.ContentLength, limit)
+		if err != nil {
+			return err
+		}
 		if isArchive(r.Header.Get("Content-Type")) {
-			req.Archive, req.Entry = body, q.Get("entry")
+			req.Archive, req.Entry = code, q.Get("entry")
 		} else {
-			req.Code = body
+			req.Code = code
 		}
 		req.Settings = map[string]string{}
 		for _, k := range functions.Settings {
