@@ -53,6 +53,11 @@ type Instances interface {
 // Config is the API's setup.
 type Config struct {
 	MaxCodeBytes int64
+	// MaxDeploys bounds the deploys past admission at once (0:
+	// DefaultMaxDeploys); MaxDeploysWaiting those waiting for it (0:
+	// DefaultMaxDeploysWaiting).
+	MaxDeploys        int
+	MaxDeploysWaiting int
 	// PublicURL is the base of function URLs in responses; empty means
 	// "derive from the request's Host".
 	PublicURL string
@@ -81,6 +86,7 @@ type API struct {
 	log       *slog.Logger
 	deleting  chan struct{} // one user deletion at a time (deleteUser)
 	gate      *userGate
+	deploys   *deploySlots
 	tokenMu   sync.Mutex // one token made at a time (createToken)
 
 	followMu  sync.Mutex
@@ -97,9 +103,15 @@ func New(fns Functions, authn Authenticator, users store.Users, tokens store.Tok
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.MaxDeploys <= 0 {
+		cfg.MaxDeploys = DefaultMaxDeploys
+	}
+	if cfg.MaxDeploysWaiting <= 0 {
+		cfg.MaxDeploysWaiting = DefaultMaxDeploysWaiting
+	}
 	// Ten wrong tokens at once, then one every six seconds, per client.
 	limiter := auth.NewFailureLimiter(6*time.Second, 10, cfg.Now)
-	return &API{cfg: cfg, fns: fns, auth: authn, users: users, tokens: tokens, instances: instances, logs: logs, limiter: limiter, log: cfg.Logger, deleting: make(chan struct{}, 1), gate: newUserGate(), follows: perUser{}, followers: map[*follower]struct{}{}, reads: perUser{}}
+	return &API{cfg: cfg, fns: fns, auth: authn, users: users, tokens: tokens, instances: instances, logs: logs, limiter: limiter, log: cfg.Logger, deleting: make(chan struct{}, 1), gate: newUserGate(), deploys: newDeploySlots(cfg.MaxDeploys, cfg.MaxDeploysWaiting), follows: perUser{}, followers: map[*follower]struct{}{}, reads: perUser{}}
 }
 
 // Handler returns the API's routes, all behind authentication.

@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/base64"
+	"errors"
 	"net"
 	"net/http"
 	"net/url"
@@ -317,6 +318,15 @@ func (a *API) deployFunction(w http.ResponseWriter, r *http.Request) error {
 	if err := checkDeployQuery(q, isJSON); err != nil {
 		return err
 	}
+	// Admitted before the body is read: a deploy waiting holds no body.
+	user := principal(r).User
+	if err := a.deploys.acquire(r.Context(), user); err != nil {
+		if errors.Is(err, errdefs.ErrRateLimited) || errors.Is(err, errdefs.ErrUnavailable) {
+			w.Header().Set("Retry-After", deployRetryAfter)
+		}
+		return err
+	}
+	defer a.deploys.release(user)
 	limit := a.cfg.MaxCodeBytes
 	if isJSON {
 		// JSON escaping can grow code up to six-fold (\u00XX); allow for
