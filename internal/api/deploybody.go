@@ -48,6 +48,10 @@ func decodeDeployBody(body io.Reader, length, limit int64) (deployWire, error) {
 	// the decoder would (any case).
 	var names map[string]skipJSON
 	if err := json.Unmarshal(b, &names); err != nil {
+		// In the words a Decoder's More gave it.
+		if se, ok := errors.AsType[*json.SyntaxError](err); ok && strings.Contains(se.Error(), "after top-level value") {
+			return d, errdefs.Invalid("invalid JSON body: more than one value")
+		}
 		return d, errdefs.Invalid("invalid JSON body: %v", err)
 	}
 	for k := range names {

@@ -132,5 +132,8 @@ func TestDeployBodyStrict(t *testing.T) {
 		if (err == nil) != tc.ok {
 			t.Errorf("%q: %v, want ok %v", tc.body, err, tc.ok)
 		}
+		if tc.body == `{"code":"x"} {}` && (err == nil || !strings.Contains(err.Error(), "more than one value")) {
+			t.Errorf("%q: %v, want \"more than one value\"", tc.body, err)
+		}
 	}
 }
