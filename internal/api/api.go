@@ -54,6 +54,11 @@ type Instances interface {
 // Config is the API's setup.
 type Config struct {
 	MaxCodeBytes int64
+	// MaxDeploys bounds the deploys past admission at once (0:
+	// DefaultMaxDeploys); MaxDeploysWaiting those waiting for it (0:
+	// DefaultMaxDeploysWaiting).
+	MaxDeploys        int
+	MaxDeploysWaiting int
 	// PublicURL is the base of function URLs in responses; empty means
 	// "derive from the request's Host".
 	PublicURL string
@@ -80,7 +85,9 @@ type API struct {
 	logs      Logs
 	limiter   *auth.FailureLimiter
 	log       *slog.Logger
-	deleteMu  sync.Mutex // one user deletion at a time (deleteUser)
+	deleting  chan struct{} // one user deletion at a time (deleteUser)
+	gate      *userGate
+	deploys   *deploySlots
 	tokenMu   sync.Mutex // one token made at a time (createToken)
 
 	followMu  sync.Mutex
@@ -97,9 +104,15 @@ func New(fns Functions, authn Authenticator, users store.Users, tokens store.Tok
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.MaxDeploys <= 0 {
+		cfg.MaxDeploys = DefaultMaxDeploys
+	}
+	if cfg.MaxDeploysWaiting <= 0 {
+		cfg.MaxDeploysWaiting = DefaultMaxDeploysWaiting
+	}
 	// Ten wrong tokens at once, then one every six seconds, per client.
 	limiter := auth.NewFailureLimiter(6*time.Second, 10, cfg.Now)
-	return &API{cfg: cfg, fns: fns, auth: authn, users: users, tokens: tokens, instances: instances, logs: logs, limiter: limiter, log: cfg.Logger, follows: perUser{}, followers: map[*follower]struct{}{}, reads: perUser{}}
+	return &API{cfg: cfg, fns: fns, auth: authn, users: users, tokens: tokens, instances: instances, logs: logs, limiter: limiter, log: cfg.Logger, deleting: make(chan struct{}, 1), gate: newUserGate(), deploys: newDeploySlots(cfg.MaxDeploys, cfg.MaxDeploysWaiting), follows: perUser{}, followers: map[*follower]struct{}{}, reads: perUser{}}
 }
 
 // Handler returns the API's routes, all behind authentication.
@@ -199,11 +212,27 @@ func reads(h handlerFunc, keys ...string) handlerFunc {
 	}
 }
 
+// queryBool reads the boolean query parameter key: def if it is absent,
+// else one of strconv.ParseBool's spellings (1, t, true, 0, f, false, in
+// lower, upper or title case). Anything else is a 400: a spelling taken
+// for false (follow=yes) made the request something else, in silence.
+func queryBool(q url.Values, key string, def bool) (bool, error) {
+	if !q.Has(key) {
+		return def, nil
+	}
+	b, err := strconv.ParseBool(q.Get(key))
+	if err != nil {
+		return false, errdefs.Invalid("query parameter %s=%q: want 1, t, true, 0, f or false", key, q.Get(key))
+	}
+	return b, nil
+}
+
 type ctxKey int
 
 const (
 	principalKey ctxKey = iota
 	apiKey
+	holdsKey
 )
 
 func principal(r *http.Request) auth.Principal {
@@ -223,6 +252,7 @@ func (a *API) authenticate(next http.Handler) http.Handler {
 		// limit: clients behind one proxy share an address, and one of
 		// them guessing must not lock the rest out. Guessing gains
 		// nothing from that; a secret has 256 bits.
+		deletions := a.gate.deletions()
 		p, err := a.auth.Authenticate(r.Context(), tok)
 		if errors.Is(err, errdefs.ErrUnauthenticated) {
 			client := failureKey(r.RemoteAddr)
@@ -238,9 +268,29 @@ func (a *API) authenticate(next http.Handler) http.Handler {
 			a.fail(w, r, err)
 			return
 		}
-		ctx := context.WithValue(r.Context(), principalKey, p)
+		ctx, cancel := context.WithCancelCause(r.Context())
+		defer cancel(nil)
+		h := &holds{cancel: cancel, names: map[string]bool{}}
+		defer h.release()
+		ctx = context.WithValue(ctx, principalKey, p)
 		ctx = context.WithValue(ctx, apiKey, a)
-		next.ServeHTTP(w, r.WithContext(ctx))
+		ctx = context.WithValue(ctx, holdsKey, h)
+		r = r.WithContext(ctx)
+		if err := a.holdUser(r, p.User, errdefs.New(errdefs.ErrUnauthenticated, "user %s was deleted", p.User)); err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		// A deletion that ended since the token was checked may have
+		// been its user's (the hold waited for one that ran): check it
+		// again, now that no deletion of its user can run.
+		if a.gate.deletions() != deletions {
+			if _, err := a.auth.Authenticate(ctx, tok); err != nil {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="spry", error="invalid_token"`)
+				a.fail(w, r, err)
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
 	})
 }
 
@@ -268,7 +318,13 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 		err = errdefs.New(errdefs.ErrTooLarge, "request body is over the %d byte limit", mbe.Limit)
 	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		err = errdefs.New(errdefs.ErrTimeout, "request cancelled or timed out")
+		// Cancelled by the server with a cause (its user was deleted):
+		// that is the answer.
+		if cause := context.Cause(r.Context()); cause != nil && !errors.Is(cause, context.Canceled) && !errors.Is(cause, context.DeadlineExceeded) {
+			err = cause
+		} else {
+			err = errdefs.New(errdefs.ErrTimeout, "request cancelled or timed out")
+		}
 	}
 	if status := errdefs.HTTPStatus(err); status >= 500 {
 		a.log.Error("api error", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)

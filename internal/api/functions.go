@@ -1,11 +1,8 @@
 package api
 
 import (
-	"context"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -13,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/spry-run/spry/internal/errdefs"
 	"github.com/spry-run/spry/internal/functions"
@@ -181,6 +177,9 @@ func (a *API) target(r *http.Request) (owner, name string, err error) {
 	if !p.CanManage(owner) {
 		return "", "", errdefs.New(errdefs.ErrPermissionDenied, "you may not manage functions of user %q", owner)
 	}
+	if err := a.holdUser(r, owner, errdefs.New(errdefs.ErrNotFound, "user %s was deleted", owner)); err != nil {
+		return "", "", err
+	}
 	name = r.PathValue("name")
 	if name != "" {
 		if err := names.Function(name); err != nil {
@@ -319,33 +318,31 @@ func (a *API) deployFunction(w http.ResponseWriter, r *http.Request) error {
 	if err := checkDeployQuery(q, isJSON); err != nil {
 		return err
 	}
+	// Admitted before the body is read: a deploy waiting holds no body.
+	user := principal(r).User
+	if err := a.deploys.acquire(r.Context(), user); err != nil {
+		if errors.Is(err, errdefs.ErrRateLimited) || errors.Is(err, errdefs.ErrUnavailable) {
+			w.Header().Set("Retry-After", deployRetryAfter)
+		}
+		return err
+	}
+	defer a.deploys.release(user)
 	limit := a.cfg.MaxCodeBytes
 	if isJSON {
 		// JSON escaping can grow code up to six-fold (\u00XX); allow for
 		// it here and apply the code limit to the decoded code.
 		limit = limit*6 + maxJSONBody
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
-	if err != nil {
-		return err
-	}
+	body := http.MaxBytesReader(w, r.Body, limit)
 	if isJSON {
-		if !utf8.Valid(body) {
-			return errdefs.Invalid("request body is not valid UTF-8")
+		d, err := decodeDeployBody(body, r.ContentLength, limit)
+		if err != nil {
+			return err
 		}
-		var d DeployBody
-		dec := json.NewDecoder(strings.NewReader(string(body)))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&d); err != nil {
-			return errdefs.Invalid("invalid JSON body: %v", err)
-		}
-		if dec.More() {
-			return errdefs.Invalid("invalid JSON body: more than one value")
-		}
-		if d.Code != "" && d.Archive != nil {
+		if d.Code != nil && d.Archive != nil {
 			return errdefs.Invalid("the body has both code and an archive; send one of them")
 		}
-		req.Code = []byte(d.Code)
+		req.Code = d.Code
 		req.Archive, req.Entry = d.Archive, d.Entry
 		if d.Filename != "" {
 			req.Filename = d.Filename
@@ -357,10 +354,14 @@ func (a *API) deployFunction(w http.ResponseWriter, r *http.Request) error {
 		req.Secrets = d.Secrets
 		req.Settings = d.settings()
 	} else {
+		code, err := readBody(body, r.ContentLength, limit)
+		if err != nil {
+			return err
+		}
 		if isArchive(r.Header.Get("Content-Type")) {
-			req.Archive, req.Entry = body, q.Get("entry")
+			req.Archive, req.Entry = code, q.Get("entry")
 		} else {
-			req.Code = body
+			req.Code = code
 		}
 		req.Settings = map[string]string{}
 		for _, k := range functions.Settings {
@@ -373,16 +374,9 @@ func (a *API) deployFunction(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	// The owner may have been deleted while this deploy built: its sweep
-	// of the owner's functions may have run before this one was stored.
-	// deleteUser sweeps again after the user is gone, so one of the two
-	// takes the function away; none outlives its owner.
-	if _, err := a.users.GetUser(r.Context(), owner); errors.Is(err, errdefs.ErrNotFound) {
-		if err := a.fns.Delete(context.WithoutCancel(r.Context()), owner, name); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
-			return err
-		}
-		return errdefs.New(errdefs.ErrNotFound, "user %s was deleted during the deploy", owner)
-	}
+	// The owner cannot have been deleted meanwhile: its deletion waits
+	// for this deploy (which holds the owner, see userGate) and then
+	// takes the function away with the rest.
 	status := http.StatusOK
 	if fn.LiveVersion == 1 {
 		status = http.StatusCreated

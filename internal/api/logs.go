@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/spry-run/spry/internal/auth"
@@ -91,7 +90,10 @@ func (a *API) functionLogs(w http.ResponseWriter, r *http.Request) error {
 		}
 		q.Limit = n
 	}
-	follow := qv.Get("follow") == "1" || strings.EqualFold(qv.Get("follow"), "true")
+	follow, err := queryBool(qv, "follow", false)
+	if err != nil {
+		return err
+	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	enc := json.NewEncoder(w)

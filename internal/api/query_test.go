@@ -1,8 +1,13 @@
 package api
 
 import (
+	"context"
+	"errors"
+	"io"
 	"net/http"
+	"strings"
 	"testing"
+	"time"
 )
 
 // A query string that does not parse, or names a parameter twice, is a
@@ -90,5 +95,47 @@ func TestUnknownQueryParameter(t *testing.T) {
 		"/api/v1/tokens?user=alice",
 	} {
 		e.mustDo(e.admin, "GET", path, "", http.StatusOK, nil)
+	}
+}
+
+// A boolean query parameter takes strconv.ParseBool's spellings (1, t,
+// true, 0, f, false, in any of their cases) and nothing else: before,
+// follow=yes (or on, or follow with no value) was a plain read, in
+// silence. Anything else is a 400 naming the parameter.
+func TestBoolQuery(t *testing.T) {
+	e := newEnv(t)
+	e.deploy(e.admin, "/api/v1/functions/hello")
+	for _, tc := range []struct {
+		value  string
+		follow bool
+		bad    bool
+	}{
+		{"1", true, false}, {"true", true, false}, {"TRUE", true, false}, {"t", true, false}, {"True", true, false},
+		{"0", false, false}, {"false", false, false}, {"F", false, false},
+		{"yes", false, true}, {"on", false, true}, {"no", false, true}, {"", false, true}, {"2", false, true}, {"tRuE", false, true},
+	} {
+		path := "/api/v1/functions/hello/logs?follow=" + tc.value
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		req, _ := http.NewRequestWithContext(ctx, "GET", e.srv.URL+path, nil)
+		req.Header.Set("Authorization", "Bearer "+e.admin)
+		res, err := e.srv.Client().Do(req)
+		if err != nil {
+			cancel()
+			t.Fatalf("%s: %v", path, err)
+		}
+		body, err := io.ReadAll(res.Body)
+		res.Body.Close()
+		cancel()
+		// A follow's body never ends by itself: only the deadline ends it.
+		followed := errors.Is(err, context.DeadlineExceeded)
+		switch {
+		case tc.bad:
+			wantError(t, path, res.StatusCode, body, http.StatusBadRequest, "invalid_argument")
+			if !strings.Contains(string(body), "follow") {
+				t.Errorf("%s: the error does not name the parameter: %s", path, body)
+			}
+		case res.StatusCode != http.StatusOK || followed != tc.follow:
+			t.Errorf("%s: status %d, followed %v, want 200, followed %v", path, res.StatusCode, followed, tc.follow)
+		}
 	}
 }

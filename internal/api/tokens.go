@@ -92,6 +92,11 @@ func (a *API) createToken(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	// Held, so that the user is not deleted, and perhaps made again,
+	// before its token is stored: the token would be the new user's.
+	if err := a.holdUser(r, user, errdefs.New(errdefs.ErrNotFound, "user %s was deleted", user)); err != nil {
+		return err
+	}
 	if _, err := a.users.GetUser(r.Context(), user); err != nil {
 		return err
 	}

@@ -79,10 +79,21 @@ func (a *API) createUser(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	u := store.User{Name: body.Name, Admin: body.Admin, CreatedAt: a.cfg.Now()}
-	if err := a.users.CreateUser(r.Context(), u); err != nil {
+	var (
+		tok string
+		t   store.Token
+	)
+	// Not while a deletion of the name runs (its sweeps would take what
+	// the new user makes), nor the deletion while the user is being
+	// made, token and all.
+	err := a.gate.change(r.Context(), u.Name, false, func() error {
+		if err := a.users.CreateUser(r.Context(), u); err != nil {
+			return err
+		}
+		var err error
+		tok, t, err = a.auth.IssueToken(r.Context(), u.Name, "created with the user")
 		return err
-	}
-	tok, t, err := a.auth.IssueToken(r.Context(), u.Name, "created with the user")
+	})
 	if err != nil {
 		return err
 	}
@@ -101,29 +112,40 @@ func (a *API) deleteUser(w http.ResponseWriter, r *http.Request) error {
 	// deleting each other at once would otherwise both pass their checks,
 	// both delete the other's functions, and then the store would refuse
 	// the second (the last admin), who would be left without functions.
-	a.deleteMu.Lock()
-	defer a.deleteMu.Unlock()
+	// The wait ends with the request: the other deletion may be of this
+	// admin, and cancel it.
+	select {
+	case a.deleting <- struct{}{}:
+	case <-r.Context().Done():
+		return context.Cause(r.Context())
+	}
+	defer func() { <-a.deleting }()
 	if me, err := a.users.GetUser(r.Context(), principal(r).User); err != nil || !me.Admin {
 		if err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 			return err
 		}
 		return errdefs.New(errdefs.ErrUnauthenticated, "your user was deleted or is no longer an admin")
 	}
-	if _, err := a.users.GetUser(r.Context(), name); err != nil {
-		return err
-	}
-	// A user's functions go with the user: before (so that a failure
-	// leaves the user to delete again) and after the user is gone (a
-	// deploy stored in between; one stored after sees the user gone and
-	// takes its function away itself, see deployFunction).
-	if err := a.deleteFunctionsOf(r.Context(), name); err != nil {
-		return err
-	}
-	if err := a.users.DeleteUser(r.Context(), name); err != nil {
-		return err
-	}
-	a.endFollows(name, "", errdefs.New(errdefs.ErrUnauthenticated, "user %s was deleted", name))
-	if err := a.deleteFunctionsOf(context.WithoutCancel(r.Context()), name); err != nil {
+	// Alone at the gate: the requests made as or for the user have ended
+	// (cancelled), none starts, and the name is not made again, until
+	// the user and all it had are gone.
+	err := a.gate.change(r.Context(), name, true, func() error {
+		if _, err := a.users.GetUser(r.Context(), name); err != nil {
+			return err
+		}
+		// A user's functions go first, so that a failure leaves the user
+		// to delete again, not functions without a user (a user made
+		// again under the name would have them).
+		if err := a.deleteFunctionsOf(r.Context(), name); err != nil {
+			return err
+		}
+		if err := a.users.DeleteUser(r.Context(), name); err != nil {
+			return err
+		}
+		a.endFollows(name, "", errdefs.New(errdefs.ErrUnauthenticated, "user %s was deleted", name))
+		return nil
+	})
+	if err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -40,7 +40,7 @@ func newConfigCmd(conn *connFlags) *cobra.Command {
 		},
 	}
 	lim.register(cmd)
-	cmd.Flags().StringVar(&runtime, "runtime", "", "runtime: deno or node")
+	cmd.Flags().StringVar(&runtime, "runtime", "", "the live version's runtime only: to change it, redeploy with spry deploy --runtime")
 	cmd.Flags().StringVar(&owner, "owner", "", "the function's owner (admin only)")
 	return cmd
 }

@@ -6,6 +6,7 @@ package functions
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -457,6 +458,15 @@ func (s *Service) nextConfig(ctx context.Context, owner, name string, b *bundle,
 	case err == nil:
 		cfg = cur.Live.Config
 		if b == nil {
+			// The live bundle was built for its runtime (a package's
+			// "deno" or "node" export condition), and its source is not
+			// kept: run on another runtime, it would run the other's
+			// build. Checked here, under deployMu, against the version
+			// the change would be made from.
+			if live := cmp.Or(cfg.Runtime, s.cfg.DefaultRuntime); ch.Runtime != "" && ch.Runtime != live {
+				return store.Config{}, nil, store.Function{}, errdefs.New(errdefs.ErrConflict,
+					"%s/%s was built for %s; a change of runtime needs its code built again: redeploy it with the runtime (spry deploy FILE --runtime %s)", owner, name, live, ch.Runtime)
+			}
 			b = &bundle{digest: cur.Live.Digest, size: cur.Live.Size}
 		}
 	case errors.Is(err, errdefs.ErrNotFound) && b != nil:

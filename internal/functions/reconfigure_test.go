@@ -49,7 +49,6 @@ func TestReconfigureWithoutEffect(t *testing.T) {
 		{"new secret value", Change{SetSecrets: map[string]string{"S": "y"}}, true},
 		{"env moved to a secret", Change{UnsetEnv: []string{"K"}, SetSecrets: map[string]string{"K": "w"}}, true},
 		{"new memory", Change{Settings: map[string]string{SettingMemory: "512Mi"}}, true},
-		{"new runtime", Change{Runtime: "node"}, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			before, err := s.Get(ctx, "alice", "f")

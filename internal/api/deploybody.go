@@ -1,0 +1,187 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"unicode"
+	"unicode/utf16"
+	"unicode/utf8"
+
+	"github.com/spry-run/spry/internal/errdefs"
+)
+
+// deployWire is DeployBody as the server decodes it: the code straight
+// into bytes (see jsonText).
+type deployWire struct {
+	DeployBody
+	Code jsonText `json:"code,omitempty"`
+}
+
+// decodeDeployBody reads and decodes a JSON deploy, strictly, and
+// refuses one that is not UTF-8 (the decoder would replace the bytes it
+// cannot read, and deploy other code). It holds the body once, read
+// into a buffer of its announced size, and the code once: reading it
+// with io.ReadAll, copying it into a string for a json.Decoder (which
+// copies it again, into a buffer it grows as it reads), and the code
+// from a string into bytes allocated ten times the body and held five
+// or six at once.
+func decodeDeployBody(body io.Reader, length, limit int64) (deployWire, error) {
+	var d deployWire
+	b, err := readBody(body, length, limit)
+	if err != nil {
+		return d, err
+	}
+	if !utf8.Valid(b) {
+		return d, errdefs.Invalid("request body is not valid UTF-8")
+	}
+	if len(bytes.TrimSpace(b)) == 0 {
+		return d, errEmptyBody
+	}
+	// json.Unmarshal, unlike a Decoder, decodes from b where it is; it
+	// has no DisallowUnknownFields, so the names are checked first, as
+	// the decoder would (any case).
+	var names map[string]skipJSON
+	if err := json.Unmarshal(b, &names); err != nil {
+		// In the words a Decoder's More gave it.
+		if se, ok := errors.AsType[*json.SyntaxError](err); ok && strings.Contains(se.Error(), "after top-level value") {
+			return d, errdefs.Invalid("invalid JSON body: more than one value")
+		}
+		return d, errdefs.Invalid("invalid JSON body: %v", err)
+	}
+	for k := range names {
+		if !slices.ContainsFunc(deployFields, func(f string) bool { return strings.EqualFold(f, k) }) {
+			return d, errdefs.Invalid("invalid JSON body: json: unknown field %q", k)
+		}
+	}
+	if err := json.Unmarshal(b, &d); err != nil {
+		return d, errdefs.Invalid("invalid JSON body: %v", err)
+	}
+	return d, nil
+}
+
+// skipJSON takes any JSON value and keeps nothing of it.
+type skipJSON struct{}
+
+func (*skipJSON) UnmarshalJSON([]byte) error { return nil }
+
+// deployFields are the JSON names of deployWire's fields.
+var deployFields = jsonFields(reflect.TypeFor[deployWire]())
+
+// jsonFields are the names encoding/json gives t's fields, those of
+// embedded structs included.
+func jsonFields(t reflect.Type) []string {
+	var out []string
+	for f := range t.Fields() {
+		tag := f.Tag.Get("json")
+		name, _, _ := strings.Cut(tag, ",")
+		switch {
+		case name == "-" || !f.IsExported():
+		case f.Anonymous && name == "" && f.Type.Kind() == reflect.Struct:
+			out = append(out, jsonFields(f.Type)...)
+		case name == "":
+			out = append(out, f.Name)
+		default:
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// jsonText is a JSON string decoded into bytes (not base64, as []byte
+// would be), with the one copy the decoded text needs.
+type jsonText []byte
+
+// UnmarshalJSON unquotes data, which the decoder has checked is a valid
+// JSON value, as encoding/json unquotes a string: a lone surrogate
+// becomes U+FFFD.
+func (t *jsonText) UnmarshalJSON(data []byte) error {
+	if string(data) == "null" {
+		return nil
+	}
+	if len(data) < 2 || data[0] != '"' {
+		return errors.New("code is not a string")
+	}
+	if !utf8.Valid(data) {
+		// encoding/json makes each bad byte U+FFFD (decodeDeployBody
+		// refuses such bodies before).
+		var s string
+		if err := json.Unmarshal(data, &s); err != nil {
+			return err
+		}
+		*t = jsonText(s)
+		return nil
+	}
+	s := data[1 : len(data)-1]
+	out := make([]byte, 0, len(s))
+	for len(s) > 0 {
+		i := bytes.IndexByte(s, '\\')
+		if i < 0 {
+			out = append(out, s...)
+			break
+		}
+		out = append(out, s[:i]...)
+		s = s[i:]
+		switch c := s[1]; c {
+		case 'b':
+			out = append(out, '\b')
+		case 'f':
+			out = append(out, '\f')
+		case 'n':
+			out = append(out, '\n')
+		case 'r':
+			out = append(out, '\r')
+		case 't':
+			out = append(out, '\t')
+		case 'u':
+			r := u4(s)
+			s = s[6:]
+			if utf16.IsSurrogate(r) {
+				if dec := utf16.DecodeRune(r, u4(s)); dec != unicode.ReplacementChar {
+					r = dec
+					s = s[6:]
+				} else {
+					r = unicode.ReplacementChar
+				}
+			}
+			out = utf8.AppendRune(out, r)
+			continue
+		default: // '"', '\\', '/'
+			out = append(out, c)
+		}
+		s = s[2:]
+	}
+	*t = out
+	return nil
+}
+
+// u4 reads the \uXXXX at the start of s, or -1.
+func u4(s []byte) rune {
+	if len(s) < 6 || s[0] != '\\' || s[1] != 'u' {
+		return -1
+	}
+	n, err := strconv.ParseUint(string(s[2:6]), 16, 16)
+	if err != nil {
+		return -1
+	}
+	return rune(n)
+}
+
+// readBody reads a raw deploy's body into one buffer of its announced
+// size (io.ReadAll grows its buffer as it reads, allocating twice the
+// body), up to limit bytes.
+func readBody(body io.Reader, length, limit int64) ([]byte, error) {
+	var buf bytes.Buffer
+	if length > 0 && length <= limit {
+		buf.Grow(int(length) + bytes.MinRead)
+	}
+	if _, err := buf.ReadFrom(body); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
