@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -241,6 +242,9 @@ func validate(cfg server.Config) error {
 		// Every host below the domain is a function's: the API there
 		// would answer 404 to everything.
 		return errdefs.Invalid("--public-url %s is below --function-domain %s, where every host is a function's; give the API a host outside it (the domain itself will do)", cfg.PublicURL, cfg.FunctionDomain)
+	case !hostPort(cfg.Listen):
+		// Refused before anything is made in the data directory.
+		return errdefs.Invalid("--listen must be HOST:PORT or :PORT, like 127.0.0.1:8080; not %q", cfg.Listen)
 	case cfg.DebugListen != "" && !loopback(cfg.DebugListen):
 		// pprof shows the server's memory and stacks: secrets among them.
 		return errdefs.Invalid("--debug-listen must be a loopback address, like 127.0.0.1:6060")
@@ -256,6 +260,16 @@ func publicBelow(publicURL, domain string) bool {
 	}
 	host := strings.ToLower(strings.TrimSuffix(u.Hostname(), "."))
 	return strings.HasSuffix(host, "."+strings.ToLower(strings.TrimSuffix(domain, ".")))
+}
+
+// hostPort says whether addr is a host (or none) and a port number.
+func hostPort(addr string) bool {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	_, err = strconv.ParseUint(port, 10, 16)
+	return err == nil
 }
 
 // loopback says whether addr (host:port) is on a loopback address.

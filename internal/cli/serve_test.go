@@ -14,7 +14,7 @@ import (
 // kernel refuses (its least is 1 ms per 100 ms) or cannot be one (NaN,
 // Inf), and a --concurrency over what instances get descriptors for.
 func TestValidateServeFlags(t *testing.T) {
-	base := server.Config{
+	base := server.Config{Listen: "127.0.0.1:8080",
 		ScaleToZeroAfter: 5 * time.Minute, IdleCPUAfter: time.Second, AutoscaleWindow: time.Minute,
 		Timeout: time.Minute, MaxTimeout: 15 * time.Minute, MaxMemoryMiB: 2048, DefaultMemoryMiB: 128,
 		Concurrency: 50, MaxScale: 100, DefaultNetwork: "egress", MaxCodeBytes: 5 << 20,
@@ -69,6 +69,11 @@ func TestValidateServeFlags(t *testing.T) {
 		{"function domain with a port", func(c *server.Config) { c.FunctionDomain = "fn.example.com:8080" }, "--function-domain"},
 		{"function domain a URL", func(c *server.Config) { c.FunctionDomain = "https://fn.example.com" }, "--function-domain"},
 		{"debug without a port", func(c *server.Config) { c.DebugListen = "127.0.0.1" }, "--debug-listen"},
+		{"listen on every address", func(c *server.Config) { c.Listen = ":8080" }, ""},
+		{"listen on IPv6", func(c *server.Config) { c.Listen = "[::1]:0" }, ""},
+		{"listen on nonsense", func(c *server.Config) { c.Listen = "nonsense" }, "--listen"},
+		{"listen without a port", func(c *server.Config) { c.Listen = "127.0.0.1" }, "--listen"},
+		{"listen on a port past 65535", func(c *server.Config) { c.Listen = "127.0.0.1:65536" }, "--listen"},
 		{"least all-pids", func(c *server.Config) { c.AllPids = 1024 }, ""},
 		{"all-pids under 1024", func(c *server.Config) { c.AllPids = 1023 }, "--all-pids"},
 		{"least all-memory", func(c *server.Config) { c.AllMemory = 256 << 20 }, ""},
