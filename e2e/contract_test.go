@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -90,6 +92,132 @@ func TestResponseContentLengthOfTheFunction(t *testing.T) {
 				if took := time.Since(start); status != 200 || body != tc.want || err != nil || took > 5*time.Second {
 					t.Errorf("%s: got %d %q (%v) in %v, want 200 %q at once", tc.m, status, body, err, took, tc.want)
 				}
+			}
+		})
+	}
+}
+
+// contractCode is one function for TestRuntimesAgree: every path is one
+// case of the contract where Deno and Node once differed.
+const contractCode = `const enc = new TextEncoder();
+const later = () => new Promise((r) => setTimeout(r, 50));
+export default { async fetch(req) {
+	const q = new URL(req.url).searchParams;
+	switch (new URL(req.url).pathname) {
+	case "/status": return new Response("x", { status: Number(q.get("s")), statusText: q.get("text") });
+	case "/string": return new Response(new ReadableStream({ start(c) { c.enqueue("hello"); c.close(); } }));
+	case "/string-later": return new Response(new ReadableStream({ async start(c) {
+		c.enqueue(enc.encode("bytes, then ")); await later(); c.enqueue("a string"); c.close();
+	} }));
+	case "/fails": return new Response(new ReadableStream({ start(c) { c.error(new Error("failed at once")); } }));
+	case "/fails-later": return new Response(new ReadableStream({ async pull() { await later(); throw new Error("failed later"); } }));
+	case "/reject": Promise.reject(new Error("rejected late")); return new Response("ok");
+	case "/timer": setTimeout(() => { throw new Error("thrown from a timer"); }, 10); return new Response("ok");
+	case "/slow": await new Promise((r) => setTimeout(r, 1500)); return new Response("slow done");
+	}
+	return new Response("alive");
+} }`
+
+// TestRuntimesAgree: through the server and the router (both of its
+// paths), a Deno function and the same function on Node give the client
+// the same answers, and their logs the same lines, where the two
+// runtimes once differed: a custom statusText (the standard reason
+// phrase is sent), a body stream yielding strings (a TypeError), a body
+// stream that fails (a 500 if it fails at once, an answer cut short
+// later), and an error nothing handles (logged; the instance serves on,
+// its other requests too).
+func TestRuntimesAgree(t *testing.T) {
+	for _, loops := range []string{"1", "0"} {
+		t.Run("loops="+loops, func(t *testing.T) {
+			s := startServer(t, "--router-loops", loops)
+			for _, rt := range []string{"deno", "node"} {
+				t.Run(rt, func(t *testing.T) {
+					name := "agree-" + rt
+					fn := "/fn/admin/" + name
+					s.deployCode(t, name, []byte(contractCode), "runtime="+rt+"&timeout=20s&max=1")
+					s.get(fn + "/") // the cold start
+
+					// The status line, read as sent.
+					for _, tc := range []struct{ query, want string }{
+						{"s=200&text=Fine", "HTTP/1.1 200 OK\r\n"},
+						{"s=404&text=Nope", "HTTP/1.1 404 Not Found\r\n"},
+						{"s=418&text=Tea", "HTTP/1.1 418 I'm a teapot\r\n"},
+						{"s=599&text=Odd", "HTTP/1.1 599 Unknown Status Code\r\n"},
+					} {
+						c := s.dial(t)
+						c.SetDeadline(time.Now().Add(10 * time.Second))
+						fmt.Fprintf(c, "GET %s/status?%s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", fn, tc.query)
+						if line, err := bufio.NewReader(c).ReadString('\n'); line != tc.want {
+							t.Errorf("statusText %s: status line %q (%v), want %q", tc.query, line, err, tc.want)
+						}
+					}
+
+					// Body streams: a 500 for a failure at once, a 200 cut
+					// short for one after the head.
+					for _, path := range []string{"/string", "/fails"} {
+						r := s.get(fn + path)
+						if r.status != 500 || r.errorCode(t) != "function_error" {
+							t.Errorf("%s: got %d %q, want a 500 function_error", path, r.status, r.body)
+						}
+					}
+					for _, tc := range []struct{ path, body string }{{"/string-later", "bytes, then "}, {"/fails-later", ""}} {
+						res, err := http.Get(s.url + fn + tc.path)
+						if err != nil {
+							t.Fatal(err)
+						}
+						b, err := io.ReadAll(res.Body)
+						res.Body.Close()
+						if res.StatusCode != 200 || string(b) != tc.body || err == nil {
+							t.Errorf("%s: got %d %q (%v), want 200 %q cut short", tc.path, res.StatusCode, b, err, tc.body)
+						}
+					}
+
+					// Errors nothing handles, beside a request in flight.
+					slow := make(chan string, 1)
+					go func() {
+						res, err := http.Get(s.url + fn + "/slow")
+						if err != nil {
+							slow <- err.Error()
+							return
+						}
+						b, _ := io.ReadAll(res.Body)
+						res.Body.Close()
+						slow <- fmt.Sprint(res.StatusCode, " ", string(b))
+					}()
+					time.Sleep(200 * time.Millisecond)
+					for _, path := range []string{"/reject", "/timer"} {
+						if r := s.get(fn + path); r.status != 200 || string(r.body) != "ok" {
+							t.Errorf("%s: got %d %q", path, r.status, r.body)
+						}
+					}
+					if got := <-slow; got != "200 slow done" {
+						t.Errorf("the request in flight: got %q, want 200 slow done", got)
+					}
+					if r := s.get(fn + "/"); r.status != 200 || string(r.body) != "alive" || r.header.Get("Spry-Cold-Start") != "" {
+						t.Errorf("after: got %d %q %v, want the same instance alive", r.status, r.body, r.header)
+					}
+
+					wants := []string{
+						"stderr the function's response body failed: TypeError: a Response body stream must yield Uint8Array chunks, not a string",
+						"stderr the function's response body failed: Error: failed at once",
+						"stderr the function's response body failed: Error: failed later",
+						"stderr unhandled rejection in function: Error: rejected late",
+						"stderr uncaught exception in function: Error: thrown from a timer",
+					}
+					var out string
+					eventually(t, 5*time.Second, "the error lines in the logs", func() bool {
+						out, _, _ = s.spry("", "logs", name)
+						for _, w := range wants {
+							if !strings.Contains(out, w) {
+								return false
+							}
+						}
+						return true
+					})
+					if strings.Contains(out, "instance ended") || strings.Count(out, "uncaught exception") != 1 {
+						t.Errorf("logs:\n%s", out)
+					}
+				})
 			}
 		})
 	}

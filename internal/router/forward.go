@@ -675,6 +675,11 @@ var hopHeaders = []string{
 // the router says what was a cold start); the request id and cold start
 // come. It reports whether the instance will close the connection.
 func (rt *Router) fixHeader(h *fasthttp.ResponseHeader, inv *invocation) (upClose bool) {
+	// The status line gets the standard reason phrase for its code, not
+	// the instance's: Deno and Node write different ones (Node a
+	// function's statusText), and any bytes a function wrote there (a
+	// bare CR) would reach the client.
+	h.SetStatusMessage(nil)
 	upClose = h.ConnectionClose()
 	h.ResetConnectionClose()
 	if h.StatusCode() == fasthttp.StatusNoContent {

@@ -1518,6 +1518,54 @@ func TestForwardHeadFieldsTheRouterOwns(t *testing.T) {
 	}
 }
 
+// The client's status line has the standard reason phrase for the
+// status, whatever the instance wrote there: Deno and Node write
+// different ones (Node a function's statusText, or "unknown" for a code
+// it has none for), and a function may write any bytes in it (a bare CR,
+// obs-text), which must not reach the client.
+func TestStandardReasonPhrase(t *testing.T) {
+	for _, tc := range []struct{ name, line, want string }{
+		{"custom", "HTTP/1.1 200 Fine", "HTTP/1.1 200 OK"},
+		{"bare CR", "HTTP/1.1 200 Fi\rne: x", "HTTP/1.1 200 OK"},
+		{"obs-text and a control byte", "HTTP/1.1 404 Nope\xff\x01", "HTTP/1.1 404 Not Found"},
+		{"another case", "HTTP/1.1 418 I'm a Teapot", "HTTP/1.1 418 I'm a teapot"},
+		{"none", "HTTP/1.1 201", "HTTP/1.1 201 Created"},
+		{"empty", "HTTP/1.1 503 ", "HTTP/1.1 503 Service Unavailable"},
+		{"a code with none", "HTTP/1.1 599 unknown", "HTTP/1.1 599 Unknown Status Code"},
+	} {
+		for _, body := range []struct{ name, head, body string }{
+			{"length", "Content-Length: 2\r\n", "ok"},
+			{"chunked", "Transfer-Encoding: chunked\r\n", "2\r\nok\r\n0\r\n\r\n"},
+		} {
+			t.Run(tc.name+"/"+body.name, func(t *testing.T) {
+				sock := serveRawRequests(t, func(i int, c net.Conn) {
+					io.WriteString(c, tc.line+"\r\n"+body.head+"\r\n"+body.body)
+				})
+				srv := routerTo(t, sock, time.Millisecond)
+				c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				io.WriteString(c, "GET /fn/alice/fn/ HTTP/1.1\r\nHost: t\r\n\r\n")
+				br := bufio.NewReader(c)
+				line, err := br.ReadString('\n')
+				if err != nil || line != tc.want+"\r\n" {
+					t.Fatalf("status line %q (%v), want %q", line, err, tc.want+"\r\n")
+				}
+				res, err := http.ReadResponse(bufio.NewReader(io.MultiReader(strings.NewReader(line), br)), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if b, err := io.ReadAll(res.Body); err != nil || string(b) != "ok" {
+					t.Fatalf("body %q (%v)", b, err)
+				}
+			})
+		}
+	}
+}
+
 // An answer with Content-Length twice, at different values, is refused
 // (502): the router and a proxy in front would frame its body
 // differently. The same value repeated is one length.

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/valyala/fasthttp"
 )
 
 // FuzzInstanceResponse: a function is untrusted, so whatever bytes its
@@ -95,6 +97,9 @@ func FuzzInstanceResponse(f *testing.F) {
 					return
 				}
 				t.Fatalf("request %d: unreadable response (%v) to instance answer %q", i, err, b)
+			}
+			if want := strconv.Itoa(res.StatusCode) + " " + fasthttp.StatusMessage(res.StatusCode); res.Status != want {
+				t.Fatalf("request %d: status line %q, want the standard %q, to instance answer %q", i, res.Status, want, b)
 			}
 			id := res.Header.Get("Spry-Request-Id")
 			if id == "" {

@@ -1,14 +1,18 @@
 package runtime_test
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/spry-run/spry/internal/backend"
 	"github.com/spry-run/spry/internal/runtime/runtimetest"
 )
 
@@ -209,6 +213,227 @@ func TestContractHeadOfAStream(t *testing.T) {
 			if err != nil || res.StatusCode != 200 || string(b) != tc.want {
 				t.Fatalf("%s %s: got %d %q (%v), want %q", tc.method, tc.path, res.StatusCode, b, err, tc.want)
 			}
+		}
+	})
+}
+
+// get sends a GET to inst and reads the whole answer; err is the error
+// reading its body (an answer cut short), which do would fail on.
+func get(t *testing.T, inst *backend.Instance, path string) (r reply, err error) {
+	t.Helper()
+	res, err := client(inst).Get("http://instance.test" + path)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	return reply{res.StatusCode, res.Header, string(b), res.Status}, err
+}
+
+// A custom statusText is not sent: the status line has the standard
+// reason phrase, on Node as on Deno (which never sends statusText), as
+// over HTTP/2 and HTTP/3, which have no reason phrase at all.
+func TestContractStatusText(t *testing.T) {
+	eachRuntime(t, func(t *testing.T, e *nodeEnv) {
+		inst := e.start(t, `export default { fetch(req) {
+			const q = new URL(req.url).searchParams;
+			return new Response("x", { status: Number(q.get("status")), statusText: q.get("text") });
+		} }`)
+		for _, tc := range []struct{ status, text, want string }{
+			{"200", "Fine", "200 OK"},
+			{"404", "Nope, not here", "404 Not Found"},
+			{"201", "Caf\u00e9", "201 Created"},
+			{"200", "", "200 OK"},
+		} {
+			r := do(t, inst, "GET", "/?status="+tc.status+"&text="+url.QueryEscape(tc.text), nil, nil)
+			if r.statusLine != tc.want || r.body != "x" {
+				t.Errorf("status %s, statusText %q: got %q %q, want %q", tc.status, tc.text, r.statusLine, r.body, tc.want)
+			}
+		}
+	})
+}
+
+// A body stream must yield bytes (ArrayBufferViews, as Deno takes them);
+// a string chunk is a TypeError, as on Deno and Workers, with the same
+// words in the logs on both runtimes. One the stream yields at once fails
+// the answer with a 500 before its head goes out; one that comes after
+// the head cuts the answer short.
+func TestContractBodyStreamChunks(t *testing.T) {
+	eachRuntime(t, func(t *testing.T, e *nodeEnv) {
+		inst := e.start(t, `const enc = new TextEncoder();
+		const later = () => new Promise((r) => setTimeout(r, 50));
+		export default { fetch(req) {
+			switch (new URL(req.url).pathname) {
+			case "/string": return new Response(new ReadableStream({ start(c) { c.enqueue("hello"); c.close(); } }));
+			case "/string-later": return new Response(new ReadableStream({ async start(c) {
+				await later(); c.enqueue(enc.encode("bytes, then ")); await later(); c.enqueue("a string"); c.close();
+			} }));
+			case "/views": return new Response(new ReadableStream({ start(c) {
+				c.enqueue(enc.encode("u8 ")); c.enqueue(new DataView(enc.encode("dataview ").buffer)); c.enqueue(new Uint16Array([0x6f6b])); c.close();
+			} }));
+			case "/arraybuffer": return new Response(new ReadableStream({ start(c) { c.enqueue(enc.encode("ab").buffer); c.close(); } }));
+			case "/encoded": return new Response(new ReadableStream({ start(c) { c.enqueue("text "); c.enqueue("encoded"); c.close(); } }).pipeThrough(new TextEncoderStream()));
+			}
+			return new Response("alive");
+		} }`)
+		r, err := get(t, inst, "/string")
+		checkFunctionError(t, r, 500, "function_error")
+		if err != nil {
+			t.Fatalf("the 500 came cut short: %v", err)
+		}
+		if !e.logs.Await("stderr: the function's response body failed: TypeError: a Response body stream must yield Uint8Array chunks, not a string") {
+			t.Fatalf("no log line for the string chunk:\n%s", e.logs)
+		}
+		r, err = get(t, inst, "/string-later")
+		if r.status != 200 || r.body != "bytes, then " || err == nil {
+			t.Errorf("a string after the head: got %d %q (%v), want 200 %q cut short", r.status, r.body, err, "bytes, then ")
+		}
+		if r := do(t, inst, "GET", "/views", nil, nil); r.status != 200 || r.body != "u8 dataview ko" {
+			t.Errorf("typed arrays and DataViews: got %d %q", r.status, r.body)
+		}
+		r, _ = get(t, inst, "/arraybuffer")
+		checkFunctionError(t, r, 500, "function_error")
+		if !e.logs.Await("not an ArrayBuffer") {
+			t.Errorf("no log line for the ArrayBuffer chunk:\n%s", e.logs)
+		}
+		if r := do(t, inst, "GET", "/encoded", nil, nil); r.status != 200 || r.body != "text encoded" {
+			t.Errorf("through a TextEncoderStream: got %d %q", r.status, r.body)
+		}
+		if r := do(t, inst, "GET", "/", nil, nil); r.body != "alive" {
+			t.Fatalf("after: got %d %q", r.status, r.body)
+		}
+	})
+}
+
+// A body stream that fails: at once (before the answer's head went out)
+// the answer is a 500 function_error; later, before or after its first
+// byte, the head is gone and the answer is cut short. Either way the
+// logs say why, in the same words on both runtimes, and the instance
+// serves on.
+func TestContractBodyStreamFails(t *testing.T) {
+	eachRuntime(t, func(t *testing.T, e *nodeEnv) {
+		inst := e.start(t, `const enc = new TextEncoder();
+		const later = () => new Promise((r) => setTimeout(r, 50));
+		export default { fetch(req) {
+			switch (new URL(req.url).pathname) {
+			case "/start": return new Response(new ReadableStream({ start(c) { c.error(new Error("failed in start")); } }));
+			case "/pull": return new Response(new ReadableStream({ pull() { throw new Error("failed in pull"); } }), { headers: { "x-kept": "no" } });
+			case "/later": return new Response(new ReadableStream({ async pull() { await later(); throw new Error("failed later"); } }));
+			case "/midway": return new Response(new ReadableStream({ async start(c) { c.enqueue(enc.encode("some ")); await later(); c.error(new Error("failed midway")); } }));
+			}
+			return new Response("alive");
+		} }`)
+		for _, tc := range []struct{ path, log string }{{"/start", "Error: failed in start"}, {"/pull", "Error: failed in pull"}} {
+			r, err := get(t, inst, tc.path)
+			checkFunctionError(t, r, 500, "function_error")
+			if err != nil || r.header.Get("X-Kept") != "" {
+				t.Errorf("%s: the 500 came cut short (%v) or with the function's headers: %v", tc.path, err, r.header)
+			}
+			if !e.logs.Await("stderr: the function's response body failed: " + tc.log) {
+				t.Errorf("%s: no log line:\n%s", tc.path, e.logs)
+			}
+		}
+		for _, tc := range []struct{ path, body, log string }{{"/later", "", "Error: failed later"}, {"/midway", "some ", "Error: failed midway"}} {
+			r, err := get(t, inst, tc.path)
+			if r.status != 200 || r.body != tc.body || err == nil {
+				t.Errorf("%s: got %d %q (%v), want 200 %q cut short", tc.path, r.status, r.body, err, tc.body)
+			}
+			if !e.logs.Await("stderr: the function's response body failed: " + tc.log) {
+				t.Errorf("%s: no log line:\n%s", tc.path, e.logs)
+			}
+		}
+		if strings.Contains(e.logs.String(), "uncaught exception") {
+			t.Errorf("a body's failure logged as an uncaught exception:\n%s", e.logs)
+		}
+		if r := do(t, inst, "GET", "/", nil, nil); r.body != "alive" {
+			t.Fatalf("after: got %d %q", r.status, r.body)
+		}
+	})
+}
+
+// An unhandled rejection, or an exception thrown from a timer, after the
+// response (or beside it) is logged, with its stack, and the instance
+// serves on: its other requests in flight finish, and later ones are
+// served, as on Cloudflare Workers.
+func TestContractUnhandledErrors(t *testing.T) {
+	eachRuntime(t, func(t *testing.T, e *nodeEnv) {
+		inst := e.start(t, `export default { async fetch(req, ctx) {
+			switch (new URL(req.url).pathname) {
+			case "/reject": Promise.reject(new Error("late")); return new Response("ok");
+			case "/reject-string": Promise.reject("a plain string"); return new Response("ok");
+			case "/timer": setTimeout(() => { throw new Error("thrown from a timer"); }, 10); return new Response("ok");
+			case "/microtask": queueMicrotask(() => { throw new Error("thrown from a microtask"); }); return new Response("ok");
+			case "/slow": await new Promise((r) => setTimeout(r, 1000)); return new Response("slow done");
+			}
+			return new Response("alive");
+		} }`)
+		slow := make(chan string, 1)
+		go func() {
+			res, err := client(inst).Get("http://instance.test/slow")
+			if err != nil {
+				slow <- err.Error()
+				return
+			}
+			defer res.Body.Close()
+			b, err := io.ReadAll(res.Body)
+			slow <- fmt.Sprintf("%d %s %v", res.StatusCode, b, err)
+		}()
+		time.Sleep(100 * time.Millisecond) // /slow is in flight
+		for _, p := range []string{"/reject", "/reject-string", "/timer", "/microtask"} {
+			if r := do(t, inst, "GET", p, nil, nil); r.status != 200 || r.body != "ok" {
+				t.Errorf("%s: got %d %q", p, r.status, r.body)
+			}
+		}
+		if got := <-slow; got != "200 slow done <nil>" {
+			t.Errorf("the request in flight beside them: got %q", got)
+		}
+		if !e.logs.Await(
+			"stderr: unhandled rejection in function: Error: late",
+			"stderr: unhandled rejection in function: a plain string",
+			"stderr: uncaught exception in function: Error: thrown from a timer",
+			"stderr: uncaught exception in function: Error: thrown from a microtask",
+		) {
+			t.Fatalf("the errors are not all in the logs:\n%s", e.logs)
+		}
+		if !regexp.MustCompile(`in function: Error: late\nstderr: +at `).MatchString(e.logs.String()) {
+			t.Errorf("no stack under the error's line:\n%s", e.logs)
+		}
+		if r := do(t, inst, "GET", "/", nil, nil); r.body != "alive" {
+			t.Fatalf("after: got %d %q", r.status, r.body)
+		}
+		select {
+		case <-inst.Done():
+			t.Fatalf("the instance ended: %+v", inst.Exit())
+		default:
+		}
+	})
+}
+
+// An instance that is really broken still ends, as before: one out of
+// memory (its cgroup's, or V8's heap) is not kept serving by the
+// handlers of uncaught errors.
+func TestContractOutOfMemoryEnds(t *testing.T) {
+	eachRuntime(t, func(t *testing.T, e *nodeEnv) {
+		for _, tc := range []struct{ name, code string }{
+			{"memory", `const keep = []; export default { fetch() { for (;;) keep.push(new Uint8Array(1 << 20).fill(7)); } }`},
+			{"heap", `const keep = []; export default { fetch() { for (let i = 0; ; i++) keep.push({ i, s: "x" + i }); } }`},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				spec := e.spec(t, tc.code)
+				spec.MemoryMiB = 64
+				inst := e.run(t, spec)
+				if _, err := runtimetest.Client(inst, 30*time.Second).Get("http://instance/"); err == nil {
+					t.Fatal("a request to an instance that ran out of memory succeeded")
+				}
+				select {
+				case <-inst.Done():
+				case <-time.After(10 * time.Second):
+					t.Fatal("the instance did not end")
+				}
+				if ex := inst.Exit(); ex.Reason != backend.ExitOOM && ex.Reason != backend.ExitCrashed {
+					t.Fatalf("exit = %+v", ex)
+				}
+			})
 		}
 	})
 }

@@ -26,10 +26,94 @@ const loaded = new Promise((r) => (resolveLoaded = r));
 let meta = { name: "", owner: "", version: 0, env: {} };
 
 function errorResponse(status, code, message) {
-  return new Response(JSON.stringify({ error: { code, message } }), {
+  return new NativeResponse(JSON.stringify({ error: { code, message } }), {
     status,
     headers: { "content-type": "application/json", "spry-error": code },
   });
+}
+
+// How a body stream is read before the head goes out (body.js, which
+// both runtimes share) goes here.
+/* @spry:body */
+
+// Responses whose body is a stream (or an async iterable) the function
+// made: the Response class functions see marks them, and settle reads
+// their start before Deno sends the head, as Node's bootstrap does.
+// Others (a string's, a buffer's, fetch()'s, Response.json's) go to Deno
+// as they are, on its fast paths. A subclass costs a response next to
+// nothing; a Proxy's construct trap would cost each ~0.6 us.
+const NativeResponse = Response;
+const NativeReadableStream = ReadableStream;
+const streamed = new WeakSet();
+const FunctionsResponse = class Response extends NativeResponse {
+  constructor(body, init) {
+    super(body, init);
+    if (body instanceof NativeReadableStream ||
+        (body !== null && typeof body === "object" && typeof body[Symbol.asyncIterator] === "function")) {
+      streamed.add(this);
+    }
+  }
+
+  // The Responses Deno makes itself (fetch's, Response.json's) are
+  // Responses too; a function's own subclass keeps the usual test.
+  static [Symbol.hasInstance](value) {
+    if (this === FunctionsResponse) return value instanceof NativeResponse;
+    return Function.prototype[Symbol.hasInstance].call(this, value);
+  }
+};
+globalThis.Response = FunctionsResponse;
+
+// The error a settled body stream fails with once its head is gone: the
+// failure is logged already (bodyFailed), and Deno cuts the answer short.
+const BODY_FAILED = new Error("the function's response body failed");
+
+// concat is chunks, size bytes in all, as one array.
+function concat(chunks, size) {
+  if (chunks.length === 1) return chunks[0];
+  const whole = new Uint8Array(size);
+  let off = 0;
+  for (const c of chunks) {
+    whole.set(c, off);
+    off += c.byteLength;
+  }
+  return whole;
+}
+
+// settle is res with its body stream's start read (readEarly): a body
+// that ended at once goes whole, with its length; one that failed (or
+// yielded something not bytes) is a 500; anything else streams on, the
+// chunks read checked as they come.
+async function settle(res) {
+  if (res.bodyUsed || res.body.locked) return res; // Deno says what is wrong
+  const reader = res.body.getReader();
+  let early, size, done, pending;
+  try {
+    ({ early, size, done, pending } = await readEarly(reader));
+  } catch (err) {
+    bodyFailed(reader, err);
+    return errorResponse(500, "function_error", "the function's response body failed; see its logs");
+  }
+  if (done) return new NativeResponse(concat(early, size), res);
+  return new NativeResponse(new NativeReadableStream({
+    async pull(c) {
+      if (early.length > 0) {
+        c.enqueue(early.shift());
+        return;
+      }
+      try {
+        const r = await (pending ?? read(reader));
+        pending = null;
+        if (r.done) c.close();
+        else c.enqueue(chunkBytes(r.value));
+      } catch (err) {
+        bodyFailed(reader, err);
+        c.error(BODY_FAILED);
+      }
+    },
+    cancel(reason) {
+      return reader.cancel(reason);
+    },
+  }, { highWaterMark: 0 }), res);
 }
 
 // ctx.kv: the function's key-value storage, kept by the server (one
@@ -50,7 +134,7 @@ async function kvCall(req) {
   try {
     for (let off = 0; off < body.length;) off += await conn.write(body.subarray(off));
     await conn.closeWrite();
-    text = await new Response(conn.readable).text();
+    text = await new NativeResponse(conn.readable).text();
   } finally {
     try { conn.close(); } catch { /* closed with its stream */ }
   }
@@ -133,7 +217,7 @@ Deno.serve({
   path: SOCKET,
   onListen,
   onError(err) {
-    console.error("uncaught exception in function:", err);
+    if (err !== BODY_FAILED) console.error("uncaught exception in function:", err);
     return errorResponse(500, "function_error", "the function threw an uncaught exception; see its logs");
   },
 }, async (req) => {
@@ -150,11 +234,11 @@ Deno.serve({
   } else {
     res = await handler(req, makeContext(req));
   }
-  if (!(res instanceof Response)) {
+  if (!(res instanceof NativeResponse)) {
     console.error(`function returned ${res === null ? "null" : typeof res}, not a Response`);
     return errorResponse(500, "function_error", "the function did not return a Response; see its logs");
   }
-  return res;
+  return streamed.has(res) ? settle(res) : res;
 });
 
 // A default-exported function may also be written in the older
@@ -293,6 +377,20 @@ meta = {
   version: spec.version,
   env: Object.freeze({ ...(spec.env ?? {}) }),
 };
+// From here on, an error nothing handles (a promise rejected with no
+// handler, an exception thrown from a timer or an event) is the
+// function's: it is logged with its stack, and the instance serves on,
+// its other requests too, as on Cloudflare Workers. (Before, it is the
+// bootstrap's own, and ends the instance. An instance out of memory ends
+// all the same: that is no exception.)
+globalThis.addEventListener("unhandledrejection", (e) => {
+  e.preventDefault();
+  console.error("unhandled rejection in function:", e.reason);
+});
+globalThis.addEventListener("error", (e) => {
+  e.preventDefault();
+  console.error("uncaught exception in function:", e.error);
+});
 try {
   handler = pickHandler(await import(spec.module));
   // Before any request runs the function's code, and written at once: an

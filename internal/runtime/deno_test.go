@@ -51,3 +51,25 @@ func TestDenoRequestEventThrowsAfterAnswer(t *testing.T) {
 		t.Fatalf("the error is not in the logs:\n%s", e.logs)
 	}
 }
+
+// The Response class a Deno function sees marks the responses whose body
+// is a stream (so their start is read before the head goes out, as on
+// Node), and is otherwise the web's: Deno's own Responses (fetch's,
+// Response.json's) are instances of it, a function's subclass keeps the
+// usual instanceof.
+func TestDenoResponseClass(t *testing.T) {
+	e := newRuntimeEnv(t, "deno", 0, 311000)
+	inst := e.start(t, `class Mine extends Response {}
+	export default { async fetch(req) {
+		const j = Response.json({ a: 1 }), m = new Mine("m");
+		const s = new Response(new ReadableStream({ start(c) { c.enqueue(new Uint8Array([104, 105])); c.close(); } }));
+		const checks = [j instanceof Response, m instanceof Response, m instanceof Mine, !(j instanceof Mine),
+			!(new Response("x") instanceof Mine), Response.name === "Response", Response.error().type === "error",
+			Response.redirect("http://x/", 302).status === 302, new Response("x").constructor === Response,
+			Object.prototype.toString.call(j) === "[object Response]"];
+		return new Response(checks.join(",") + " " + await s.text());
+	} }`)
+	if r := do(t, inst, "GET", "/", nil, nil); r.body != "true,true,true,true,true,true,true,true,true,true hi" {
+		t.Fatalf("got %d %q", r.status, r.body)
+	}
+}

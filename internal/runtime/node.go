@@ -55,7 +55,7 @@ func NewNode(binary, dir string) (*Node, error) {
 		return nil, fmt.Errorf("%s is Node.js %q; Spry needs %d.%d or later (for --permission)", binary, version, nodeMinMajor, nodeMinMinor)
 	}
 	boot := filepath.Join(dir, "node-bootstrap.mjs")
-	if err := os.WriteFile(boot, withKVClient(nodeBootstrap), 0o644); err != nil {
+	if err := os.WriteFile(boot, withShared(nodeBootstrap), 0o644); err != nil {
 		return nil, err
 	}
 	return &Node{Binary: binary, bootstrap: boot, Version: version}, nil

@@ -43,7 +43,6 @@ const CONTROL = "/run/spry/control.sock";
 // Answers the bootstrap's own warm-up request; unknowable from outside.
 const WARMUP = randomUUID();
 const MAX_BODY = 10 << 20; // express contract: bodies are read in full
-const STREAM_PREFETCH = 1 << 20; // bytes of a Response read before deciding on Content-Length
 
 let handler = null; // (req, res) => Promise<void>
 // The default export's scheduled method, bound, or null.
@@ -310,13 +309,9 @@ function fetchAdapter(fn) {
   };
 }
 
-function chunkBytes(value) {
-  if (value instanceof Uint8Array) return value;
-  if (typeof value === "string") return Buffer.from(value);
-  if (ArrayBuffer.isView(value)) return new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
-  if (value instanceof ArrayBuffer) return new Uint8Array(value);
-  throw new TypeError("a Response body stream yielded a chunk that is not a Uint8Array");
-}
+// How a body stream is read before the head goes out (body.js, which
+// both runtimes share) goes here.
+/* @spry:body */
 
 // write writes chunk, waiting for the socket to drain; false once the
 // client is gone.
@@ -334,17 +329,6 @@ function write(res, chunk, gone) {
   });
 }
 
-const TICK = Symbol("tick");
-
-// read reads the next chunk. Its failure is handled where it is awaited,
-// possibly later (after writes); the no-op catch keeps it from counting
-// as an unhandled rejection, which would end the process, meanwhile.
-function read(reader) {
-  const p = reader.read();
-  p.catch(() => {});
-  return p;
-}
-
 // endWhole sends a body read in full, with its length: Node leaves it
 // out of the answer to a HEAD request, which Deno (and the GET) give. As
 // on Deno, the length is the body's, whatever Content-Length the function
@@ -357,10 +341,10 @@ function endWhole(res, chunks, size, head) {
 }
 
 // writeResponse sends out; head: the request was a HEAD, whose answer
-// has no body.
+// has no body. The status line has the standard reason phrase, as on
+// Deno: out.statusText is not sent.
 async function writeResponse(res, out, head) {
   res.statusCode = out.status;
-  if (out.statusText) res.statusMessage = out.statusText;
   for (const [name, value] of out.headers) {
     if (name !== "set-cookie") res.setHeader(name, value);
   }
@@ -384,31 +368,19 @@ async function writeResponse(res, out, head) {
   // What the stream yields within this turn of the event loop: a body made
   // from a string or buffer is complete by then and goes out with a
   // Content-Length; anything slower is streamed (chunked) as it comes.
-  const tick = new Promise((r) => setImmediate(r, TICK));
-  const early = [];
-  let size = 0;
-  let pending = read(reader);
-  for (;;) {
-    const r = await Promise.race([pending, tick]);
-    if (r === TICK) break;
-    if (r.done) {
+  let early, pending;
+  try {
+    let size, done;
+    ({ early, size, done, pending } = await readEarly(reader));
+    if (done) {
       endWhole(res, early, size, head);
       return;
     }
-    const chunk = chunkBytes(r.value);
-    early.push(chunk);
-    size += chunk.byteLength;
-    pending = read(reader);
-    if (size >= STREAM_PREFETCH) {
-      // A body given whole (a large buffer or string) comes as one chunk
-      // and ends at once: one more look. (pending keeps what it yields.)
-      const next = await Promise.race([pending, tick]);
-      if (next !== TICK && next.done) {
-        endWhole(res, early, size, head);
-        return;
-      }
-      break;
-    }
+  } catch (err) {
+    // Before the head: the answer can still say so.
+    bodyFailed(reader, err);
+    sendError(res, 500, "function_error", "the function's response body failed; see its logs");
+    return;
   }
   if (head) {
     // The body is not sent: reading on (an endless event stream, say)
@@ -446,7 +418,9 @@ async function writeResponse(res, out, head) {
     res.end();
   } catch (err) {
     if (gone.value) return;
-    console.error("the function's response body failed:", err);
+    // After the head: the answer is cut short, so the client sees it is
+    // incomplete.
+    bodyFailed(reader, err);
     res.destroy();
   }
 }
@@ -748,6 +722,14 @@ Object.assign(process.env, env);
 // Bundles are ES modules; CommonJS code bundled into one calls require()
 // for node: built-ins, which an ES module does not have.
 globalThis.require = createRequire(new URL(spec.module));
+// From here on, an error nothing handles (a promise rejected with no
+// handler, an exception thrown from a timer or an event) is the
+// function's: it is logged with its stack, and the instance serves on,
+// its other requests too, as on Cloudflare Workers. (Before, it is the
+// bootstrap's own, and ends the instance. An instance out of memory ends
+// all the same: that is no exception.)
+process.on("unhandledRejection", (reason) => console.error("unhandled rejection in function:", reason));
+process.on("uncaughtException", (err) => console.error("uncaught exception in function:", err));
 try {
   handler = pickHandler(await import(spec.module));
   // Before any request runs the function's code, and written at once: an

@@ -110,6 +110,8 @@ type reply struct {
 	status int
 	header http.Header
 	body   string
+	// statusLine is the status line's code and reason phrase ("200 OK").
+	statusLine string
 }
 
 func do(t *testing.T, inst *backend.Instance, method, path string, header http.Header, body io.Reader) reply {
@@ -130,7 +132,7 @@ func do(t *testing.T, inst *backend.Instance, method, path string, header http.H
 	if err != nil {
 		t.Fatalf("%s %s: read body: %v", method, path, err)
 	}
-	return reply{res.StatusCode, res.Header, string(b)}
+	return reply{res.StatusCode, res.Header, string(b), res.Status}
 }
 
 // raw sends a request by hand (head, then whatever body writes, ignoring
@@ -154,7 +156,7 @@ func raw(t *testing.T, inst *backend.Instance, head string, body func(w io.Write
 	}
 	defer res.Body.Close()
 	b, _ := io.ReadAll(res.Body)
-	return reply{res.StatusCode, res.Header, string(b)}
+	return reply{res.StatusCode, res.Header, string(b), res.Status}
 }
 
 func decode(t *testing.T, s string) map[string]any {
@@ -470,6 +472,33 @@ func TestNodeErrors(t *testing.T) {
 	}
 	if !e.logs.Await("stderr: uncaught exception in function: Error: fetch boom", "not a Response") {
 		t.Fatalf("logs:\n%s", e.logs)
+	}
+}
+
+// An Express-style handler's errors nothing handles (an event emitter's
+// 'error' with no listener among them) are logged, and the instance
+// serves on, as a fetch handler's are (TestContractUnhandledErrors).
+func TestNodeExpressUnhandledErrors(t *testing.T) {
+	e := newNodeEnv(t, 0)
+	inst := e.start(t, `import { EventEmitter } from "node:events";
+	export default function (req, res) {
+		if (req.path === "/timer") setTimeout(() => { throw new Error("express timer"); }, 5);
+		if (req.path === "/emitter") setTimeout(() => new EventEmitter().emit("error", new Error("no listener")), 5);
+		res.send("ok " + req.path);
+	}`)
+	for _, p := range []string{"/timer", "/emitter", "/"} {
+		if r := do(t, inst, "GET", p, nil, nil); r.body != "ok "+p {
+			t.Fatalf("%s: got %d %q", p, r.status, r.body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !e.logs.Await("stderr: uncaught exception in function: Error: express timer", "stderr: uncaught exception in function: Error: no listener") {
+		t.Fatalf("logs:\n%s", e.logs)
+	}
+	select {
+	case <-inst.Done():
+		t.Fatalf("the instance ended: %+v", inst.Exit())
+	default:
 	}
 }
 

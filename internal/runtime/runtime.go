@@ -104,13 +104,28 @@ var denoBootstrap []byte
 //go:embed kv_client.js
 var kvClient []byte
 
-// withKVClient is a bootstrap with the shared part of ctx.kv in place.
-func withKVClient(boot []byte) []byte {
-	const marker = "/* @spry:kv-client */"
-	if !bytes.Contains(boot, []byte(marker)) {
-		panic("runtime: a bootstrap has no " + marker)
+//go:embed body.js
+var bodyHelpers []byte
+
+// shared are the parts both bootstraps share, each put in place of its
+// marker line: ctx.kv's client, and how an answer's body stream is read.
+var shared = []struct {
+	marker string
+	code   []byte
+}{
+	{"/* @spry:kv-client */", kvClient},
+	{"/* @spry:body */", bodyHelpers},
+}
+
+// withShared is a bootstrap with the shared parts in place.
+func withShared(boot []byte) []byte {
+	for _, s := range shared {
+		if !bytes.Contains(boot, []byte(s.marker)) {
+			panic("runtime: a bootstrap has no " + s.marker)
+		}
+		boot = bytes.Replace(boot, []byte(s.marker), s.code, 1)
 	}
-	return bytes.Replace(boot, []byte(marker), kvClient, 1)
+	return boot
 }
 
 // Deno is the Deno runtime.
@@ -140,7 +155,7 @@ func NewDeno(binary, dir string) (*Deno, error) {
 	}
 	version := strings.TrimPrefix(strings.Fields(string(out) + " ")[1], "v")
 	boot := filepath.Join(dir, "deno-bootstrap.js")
-	if err := os.WriteFile(boot, withKVClient(denoBootstrap), 0o644); err != nil {
+	if err := os.WriteFile(boot, withShared(denoBootstrap), 0o644); err != nil {
 		return nil, err
 	}
 	return &Deno{Binary: binary, bootstrap: boot, Version: version}, nil
