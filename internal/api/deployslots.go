@@ -22,11 +22,14 @@ const (
 	// admission at once, so one user's deploys do not take every slot.
 	MaxDeploysPerUser = 2
 	// MaxDeploysQueuedPerUser is how many deploys one user may have in
-	// progress, waiting or not; one more is a 429.
-	MaxDeploysQueuedPerUser = 4
+	// progress, waiting or not; one more is a 429. A wait holds no body,
+	// so this is room for a script deploying a project's functions in
+	// parallel (at 4, e2e's eight parallel deploys got 429s), not a
+	// memory bound.
+	MaxDeploysQueuedPerUser = 16
 	// DefaultMaxDeploysWaiting is how many deploys may wait at once,
 	// server-wide; one more is a 503.
-	DefaultMaxDeploysWaiting = 32
+	DefaultMaxDeploysWaiting = 64
 	// deployRetryAfter is the Retry-After, in seconds, of a refused
 	// deploy: a deploy takes seconds.
 	deployRetryAfter = "5"
@@ -38,6 +41,7 @@ type deploySlots struct {
 	mu         sync.Mutex
 	free       int
 	maxWaiting int
+	perUser    int // MaxDeploysQueuedPerUser; tests set fewer
 	users      map[string]*deployUser
 	waiting    []*deployWaiter // in the order they came
 }
@@ -50,7 +54,7 @@ type deployWaiter struct {
 }
 
 func newDeploySlots(n, maxWaiting int) *deploySlots {
-	return &deploySlots{free: n, maxWaiting: maxWaiting, users: map[string]*deployUser{}}
+	return &deploySlots{free: n, maxWaiting: maxWaiting, perUser: MaxDeploysQueuedPerUser, users: map[string]*deployUser{}}
 }
 
 // acquire admits one deploy of user's, waiting while ctx lasts, or
@@ -63,10 +67,10 @@ func (d *deploySlots) acquire(ctx context.Context, user string) error {
 		d.users[user] = u
 	}
 	switch {
-	case u.running+u.waiting >= MaxDeploysQueuedPerUser:
+	case u.running+u.waiting >= d.perUser:
 		d.forget(user, u)
 		d.mu.Unlock()
-		return errdefs.New(errdefs.ErrRateLimited, "%s has %d deploys in progress, the most at once; retry once one has ended", user, MaxDeploysQueuedPerUser)
+		return errdefs.New(errdefs.ErrRateLimited, "%s has %d deploys in progress, the most at once; retry once one has ended", user, d.perUser)
 	case d.free > 0 && u.running < MaxDeploysPerUser:
 		// (Others may wait, but only those whose users hold their
 		// share, or slots would be free.)

@@ -17,6 +17,7 @@ import (
 func TestDeployAdmission(t *testing.T) {
 	e := newEnv(t)
 	e.api.deploys = newDeploySlots(2, 3)
+	e.api.deploys.perUser = 4
 	bob := e.user("bob")
 	carol := e.user("carol")
 	type deploy struct {
