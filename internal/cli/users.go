@@ -6,7 +6,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/spry-run/spry/internal/client"
 	"github.com/spry-run/spry/internal/errdefs"
 )
 
@@ -24,7 +23,7 @@ func newLoginCmd(conn *connFlags) *cobra.Command {
 			if token == "" {
 				return errdefs.New(errdefs.ErrUnauthenticated, "no token: pass --token or set SPRY_TOKEN")
 			}
-			who, err := client.New(url, token).Whoami(cmd.Context())
+			who, err := conn.newClient(url, token).Whoami(cmd.Context())
 			if err != nil {
 				return err
 			}
