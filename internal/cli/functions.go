@@ -19,6 +19,7 @@ import (
 	"github.com/spry-run/spry/internal/api"
 	"github.com/spry-run/spry/internal/archive"
 	"github.com/spry-run/spry/internal/build"
+	"github.com/spry-run/spry/internal/client"
 	"github.com/spry-run/spry/internal/errdefs"
 	"github.com/spry-run/spry/internal/names"
 )
@@ -335,7 +336,22 @@ func newInvokeCmd(conn *connFlags) *cobra.Command {
 				_ = res.Header.Write(out)
 				fmt.Fprintln(out)
 			}
+			// The platform's error (a timeout, a crash, a full queue) is
+			// printed as any answer is, and is the command's failure too;
+			// its body is short JSON, kept to say why.
+			var head []byte
+			if res.Header.Get("Spry-Error") != "" {
+				if head, err = io.ReadAll(io.LimitReader(res.Body, 1<<20)); err != nil {
+					return err
+				}
+				if _, err := out.Write(head); err != nil {
+					return err
+				}
+			}
 			if _, err := io.Copy(out, res.Body); err != nil {
+				return err
+			}
+			if err := client.InvokeError(res, head); err != nil {
 				return err
 			}
 			if fail && res.StatusCode >= 400 {

@@ -419,6 +419,24 @@ func (c *Client) Invoke(ctx context.Context, owner, name, method, path string, b
 	return res, nil
 }
 
+// InvokeError returns the platform's error that res, an invocation's
+// answer whose body began with body, is: the router's own (a timeout, an
+// instance that crashed, a full queue), which its Spry-Error header marks
+// and no function's answer has. It returns nil for the function's own
+// answer, whatever its status.
+func InvokeError(res *http.Response, body []byte) error {
+	code := res.Header.Get("Spry-Error")
+	if code == "" {
+		return nil
+	}
+	var b errdefs.Body
+	if json.Unmarshal(body, &b) == nil && b.Error.Code != "" {
+		return &Error{Status: res.StatusCode, Code: b.Error.Code, Message: printable(b.Error.Message)}
+	}
+	// A HEAD's answer has no body.
+	return &Error{Status: res.StatusCode, Code: code, Message: printable(fmt.Sprintf("the platform answered %s (%s)", res.Status, code))}
+}
+
 // Configure changes a function's configuration (a new version, same code).
 func (c *Client) Configure(ctx context.Context, owner, name string, body api.ConfigBody) (api.FunctionView, error) {
 	var v api.FunctionView
