@@ -174,6 +174,15 @@ func parseEnv(flag string, kvs []string) (map[string]string, error) {
 	return env, nil
 }
 
+// nonNil is s, or an empty slice for nil: a list prints as [], not
+// null, for jq '.[]'.
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
@@ -198,10 +207,7 @@ func newLsCmd(conn *connFlags) *cobra.Command {
 				return err
 			}
 			if asJSON {
-				if fns == nil {
-					fns = []api.FunctionView{} // [], not null, for jq '.[]'
-				}
-				return printJSON(cmd.OutOrStdout(), fns)
+				return printJSON(cmd.OutOrStdout(), nonNil(fns))
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tVERSION\tRUNTIME\tURL\tSTATE\tLAST INVOKED")

@@ -91,6 +91,7 @@ func NewRoot(env Env) *cobra.Command {
 		newSecretCmd(conn),
 		newKVCmd(conn),
 		newLoginCmd(conn),
+		newWhoamiCmd(conn),
 		newUserCmd(conn),
 		newTokenCmd(conn),
 		newVersionCmd(),
