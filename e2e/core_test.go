@@ -651,6 +651,46 @@ func TestCrashAndScaleToZero(t *testing.T) {
 	}
 }
 
+// TestInvokePlatformErrors: `spry invoke` of a function that outlives
+// its timeout (504) or ends its runtime mid-request (502) prints the
+// platform's JSON error and fails (exit 6, the error on stderr); it
+// exited 0. A function's own 5xx, even in the platform's words, exits 0.
+func TestInvokePlatformErrors(t *testing.T) {
+	s := startServer(t)
+	file := filepath.Join(t.TempDir(), "moody.ts")
+	code := `export default { async fetch(req) {
+		const p = new URL(req.url).pathname;
+		if (p === "/slow") await new Promise((r) => setTimeout(r, 10000));
+		if (p === "/crash") Deno.exit(7);
+		if (p === "/mine") return Response.json({ error: { code: "timeout", message: "upstream" } }, { status: 504 });
+		return new Response("ok");
+	} }`
+	if err := os.WriteFile(file, []byte(code), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.mustSpry("deploy", file, "--timeout", "3s")
+	// In this order: the first call's cold start is not in the timeout's
+	// way, and the crash comes last.
+	for _, tt := range []struct {
+		path   string
+		exit   int
+		code   string // the error code in the body printed
+		stderr string
+	}{
+		{"/", 0, "", ""},
+		{"/slow", 6, "timeout", "did not respond within its 3s timeout"},
+		{"/mine", 0, "timeout", ""},
+		{"/crash", 6, "function_failed", "ended while handling the request"},
+	} {
+		out, stderr, exit := s.spry("", "invoke", "moody", "--path", tt.path)
+		var body struct{ Error struct{ Code string } }
+		_ = json.Unmarshal([]byte(out), &body)
+		if exit != tt.exit || body.Error.Code != tt.code || (tt.stderr == "") != (stderr == "") || !strings.Contains(stderr, tt.stderr) {
+			t.Errorf("invoke %s: exit %d, stdout %q, stderr %q; want exit %d, code %q, stderr with %q", tt.path, exit, out, stderr, tt.exit, tt.code, tt.stderr)
+		}
+	}
+}
+
 // TestListPages: the function list comes in pages (100 by default, at
 // most 1000) joined by cursors, and `spry ls` walks them all.
 func TestListPages(t *testing.T) {

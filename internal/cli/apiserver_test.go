@@ -41,6 +41,12 @@ func apiServer(t *testing.T) (url, token string) {
 // its router.
 func apiServerWith(t *testing.T, fn http.Handler) (url, token string) {
 	t.Helper()
+	return apiServerConfig(t, fn, api.Config{MaxCodeBytes: 1 << 20})
+}
+
+// apiServerConfig is apiServerWith with the API's config.
+func apiServerConfig(t *testing.T, fn http.Handler, cfg api.Config) (url, token string) {
+	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
 	st, err := sqlite.Open(ctx, filepath.Join(dir, "spry.db"))
@@ -82,7 +88,7 @@ func apiServerWith(t *testing.T, fn http.Handler) (url, token string) {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/", api.New(fns, authn, st, st, nil, logs, api.Config{MaxCodeBytes: 1 << 20}).Handler())
+	mux.Handle("/", api.New(fns, authn, st, st, nil, logs, cfg).Handler())
 	if fn != nil {
 		mux.Handle("/fn/", fn)
 	}

@@ -69,6 +69,7 @@ func newEnvCmd(conn *connFlags) *cobra.Command {
 			return configure(cmd, conn, owner, args[0], api.ConfigBody{UnsetEnv: args[1:]})
 		},
 	}
+	var envJSON bool
 	ls := &cobra.Command{
 		Use:   "ls NAME",
 		Short: "List environment variables (secrets by name only)",
@@ -77,6 +78,17 @@ func newEnvCmd(conn *connFlags) *cobra.Command {
 			v, err := getFunction(cmd, conn, owner, args[0])
 			if err != nil {
 				return err
+			}
+			if envJSON {
+				// The function's view's, {} and [] rather than absent.
+				env := v.Env
+				if env == nil {
+					env = map[string]string{}
+				}
+				return printJSON(cmd.OutOrStdout(), struct {
+					Env     map[string]string `json:"env"`
+					Secrets []string          `json:"secrets"`
+				}{env, nonNil(v.Secrets)})
 			}
 			keys := make([]string, 0, len(v.Env))
 			for k := range v.Env {
@@ -92,6 +104,7 @@ func newEnvCmd(conn *connFlags) *cobra.Command {
 			return nil
 		},
 	}
+	ls.Flags().BoolVar(&envJSON, "json", false, `print JSON: {"env":{"KEY":"value"},"secrets":["NAME"]}`)
 	cmd.AddCommand(set, unset, ls)
 	return cmd
 }
@@ -120,6 +133,7 @@ func newSecretCmd(conn *connFlags) *cobra.Command {
 			return configure(cmd, conn, owner, args[0], api.ConfigBody{UnsetSecrets: args[1:]})
 		},
 	}
+	var secretsJSON bool
 	ls := &cobra.Command{
 		Use:   "ls NAME",
 		Short: "List secret names",
@@ -129,12 +143,16 @@ func newSecretCmd(conn *connFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if secretsJSON {
+				return printJSON(cmd.OutOrStdout(), nonNil(v.Secrets))
+			}
 			for _, k := range v.Secrets {
 				fmt.Fprintln(cmd.OutOrStdout(), k)
 			}
 			return nil
 		},
 	}
+	ls.Flags().BoolVar(&secretsJSON, "json", false, "print the names as JSON")
 	cmd.AddCommand(set, unset, ls)
 	return cmd
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spry-run/spry/internal/client"
 	"github.com/spry-run/spry/internal/errdefs"
@@ -160,7 +161,18 @@ func (c *connFlags) client() (*client.Client, error) {
 	if token == "" {
 		return nil, errdefs.New(errdefs.ErrUnauthenticated, "no API token: set SPRY_TOKEN, pass --token, or run `spry login`")
 	}
-	return client.New(url, token), nil
+	return c.newClient(url, token), nil
+}
+
+// newClient is a client of the server at url that says on stderr when it
+// waits for a busy server to send a request again.
+func (c *connFlags) newClient(url, token string) *client.Client {
+	cl := client.New(url, token)
+	cl.Sleep = c.env.Sleep
+	cl.Busy = func(wait time.Duration, why error) {
+		fmt.Fprintf(c.env.Stderr, "server busy, retrying in %s (%v)\n", wait, why)
+	}
+	return cl
 }
 
 func first(vals ...string) string {

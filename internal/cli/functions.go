@@ -19,6 +19,7 @@ import (
 	"github.com/spry-run/spry/internal/api"
 	"github.com/spry-run/spry/internal/archive"
 	"github.com/spry-run/spry/internal/build"
+	"github.com/spry-run/spry/internal/client"
 	"github.com/spry-run/spry/internal/errdefs"
 	"github.com/spry-run/spry/internal/names"
 )
@@ -173,6 +174,15 @@ func parseEnv(flag string, kvs []string) (map[string]string, error) {
 	return env, nil
 }
 
+// nonNil is s, or an empty slice for nil: a list prints as [], not
+// null, for jq '.[]'.
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
@@ -197,10 +207,7 @@ func newLsCmd(conn *connFlags) *cobra.Command {
 				return err
 			}
 			if asJSON {
-				if fns == nil {
-					fns = []api.FunctionView{} // [], not null, for jq '.[]'
-				}
-				return printJSON(cmd.OutOrStdout(), fns)
+				return printJSON(cmd.OutOrStdout(), nonNil(fns))
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tVERSION\tRUNTIME\tURL\tSTATE\tLAST INVOKED")
@@ -335,7 +342,22 @@ func newInvokeCmd(conn *connFlags) *cobra.Command {
 				_ = res.Header.Write(out)
 				fmt.Fprintln(out)
 			}
+			// The platform's error (a timeout, a crash, a full queue) is
+			// printed as any answer is, and is the command's failure too;
+			// its body is short JSON, kept to say why.
+			var head []byte
+			if res.Header.Get("Spry-Error") != "" {
+				if head, err = io.ReadAll(io.LimitReader(res.Body, 1<<20)); err != nil {
+					return err
+				}
+				if _, err := out.Write(head); err != nil {
+					return err
+				}
+			}
 			if _, err := io.Copy(out, res.Body); err != nil {
+				return err
+			}
+			if err := client.InvokeError(res, head); err != nil {
 				return err
 			}
 			if fail && res.StatusCode >= 400 {

@@ -67,3 +67,64 @@ func TestInvokeMissingFunction(t *testing.T) {
 		}
 	}
 }
+
+// An answer the platform gave instead of the function (marked by the
+// router's Spry-Error header: the function timed out, its instance
+// crashed, its queue is full) is printed as any answer is, and the
+// command fails with its class's exit code: it exited 0, so a script took
+// a timeout for the function's answer. A function's own 5xx, however it
+// looks, still exits 0 (22 with --fail).
+func TestInvokePlatformErrorFails(t *testing.T) {
+	timeout := `{"error":{"code":"timeout","message":"the function did not respond within its 2s timeout"}}` + "\n"
+	crashed := `{"error":{"code":"function_failed","message":"the function's instance ended while handling the request: exit status 7"}}` + "\n"
+	url, admin := apiServerWith(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Where spry serve's router would answer.
+		answer := func(status int, code, body string) {
+			if code != "" {
+				w.Header().Set("Spry-Error", code)
+			}
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(status)
+			_, _ = w.Write([]byte(body))
+		}
+		switch r.URL.Path {
+		case "/fn/admin/hello/timeout":
+			answer(504, "timeout", timeout)
+		case "/fn/admin/hello/crash":
+			answer(502, "function_failed", crashed)
+		case "/fn/admin/hello/full":
+			answer(503, "unavailable", `{"error":{"code":"unavailable","message":"the function is at its maximum scale and its queue is full; retry later"}}`)
+		case "/fn/admin/hello/mine":
+			answer(504, "", timeout) // the function's own, in the platform's words
+		case "/fn/admin/hello/head":
+			answer(504, "timeout", "")
+		}
+	}))
+	file := filepath.Join(t.TempDir(), "hello.ts")
+	if err := os.WriteFile(file, []byte(`export default { fetch() { return new Response("hi") } }`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, stderr := spry(t, nil, "", "deploy", file, "--url", url, "--token", admin); code != 0 {
+		t.Fatalf("deploy: exit %d: %s", code, stderr)
+	}
+	for _, tt := range []struct {
+		args   []string
+		want   int
+		out    string
+		stderr string
+	}{
+		{[]string{"--path", "/timeout"}, 6, timeout, "error: the function did not respond within its 2s timeout\n"},
+		{[]string{"--path", "/crash"}, 6, crashed, "error: the function's instance ended while handling the request: exit status 7\n"},
+		{[]string{"--path", "/crash", "--fail"}, 6, crashed, "error: the function's instance ended while handling the request: exit status 7\n"},
+		{[]string{"--path", "/full"}, 6, `{"error":{"code":"unavailable","message":"the function is at its maximum scale and its queue is full; retry later"}}`, "error: the function is at its maximum scale and its queue is full; retry later\n"},
+		{[]string{"--path", "/head", "-X", "HEAD"}, 6, "", "error: the platform answered 504 Gateway Timeout (timeout)\n"},
+		{[]string{"--path", "/mine"}, 0, timeout, ""},
+		{[]string{"--path", "/mine", "--fail"}, 22, timeout, "function answered 504 Gateway Timeout\n"},
+	} {
+		args := append([]string{"invoke", "hello", "--url", url, "--token", admin}, tt.args...)
+		code, stdout, stderr := spry(t, nil, "", args...)
+		if code != tt.want || stdout != tt.out || stderr != tt.stderr {
+			t.Errorf("spry %s: exit %d, stdout %q, stderr %q; want %d, %q, %q", strings.Join(tt.args, " "), code, stdout, stderr, tt.want, tt.out, tt.stderr)
+		}
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -25,6 +26,9 @@ type Env struct {
 	Stdin   io.Reader
 	Stdout  io.Writer
 	Stderr  io.Writer
+	// Sleep waits d or until ctx ends, before a request the server
+	// refused as busy is sent again; nil waits for real. Tests set it.
+	Sleep func(ctx context.Context, d time.Duration) error
 }
 
 // Main runs the CLI and returns the process exit code.
@@ -87,6 +91,7 @@ func NewRoot(env Env) *cobra.Command {
 		newSecretCmd(conn),
 		newKVCmd(conn),
 		newLoginCmd(conn),
+		newWhoamiCmd(conn),
 		newUserCmd(conn),
 		newTokenCmd(conn),
 		newVersionCmd(),

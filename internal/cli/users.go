@@ -6,7 +6,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/spry-run/spry/internal/client"
 	"github.com/spry-run/spry/internal/errdefs"
 )
 
@@ -24,7 +23,7 @@ func newLoginCmd(conn *connFlags) *cobra.Command {
 			if token == "" {
 				return errdefs.New(errdefs.ErrUnauthenticated, "no token: pass --token or set SPRY_TOKEN")
 			}
-			who, err := client.New(url, token).Whoami(cmd.Context())
+			who, err := conn.newClient(url, token).Whoami(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -60,6 +59,7 @@ func newUserCmd(conn *connFlags) *cobra.Command {
 		},
 	}
 	create.Flags().BoolVar(&admin, "admin", false, "make the user an admin")
+	var usersJSON bool
 	ls := &cobra.Command{
 		Use:   "ls",
 		Short: "List users",
@@ -73,6 +73,9 @@ func newUserCmd(conn *connFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if usersJSON {
+				return printJSON(cmd.OutOrStdout(), nonNil(us))
+			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tADMIN\tCREATED")
 			for _, u := range us {
@@ -81,6 +84,7 @@ func newUserCmd(conn *connFlags) *cobra.Command {
 			return tw.Flush()
 		},
 	}
+	ls.Flags().BoolVar(&usersJSON, "json", false, "print JSON")
 	rm := &cobra.Command{
 		Use:   "rm NAME",
 		Short: "Delete a user, their tokens and their functions",
@@ -125,6 +129,7 @@ func newTokenCmd(conn *connFlags) *cobra.Command {
 	create.Flags().StringVar(&name, "name", "", "a note saying what the token is for")
 	create.Flags().StringVar(&user, "user", "", "create it for another user (admin only)")
 	var lsUser string
+	var tokensJSON bool
 	ls := &cobra.Command{
 		Use:   "ls",
 		Short: "List API tokens",
@@ -137,6 +142,9 @@ func newTokenCmd(conn *connFlags) *cobra.Command {
 			ts, err := c.Tokens(cmd.Context(), lsUser)
 			if err != nil {
 				return err
+			}
+			if tokensJSON {
+				return printJSON(cmd.OutOrStdout(), nonNil(ts))
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tUSER\tNAME\tCREATED\tREVOKED")
@@ -151,6 +159,7 @@ func newTokenCmd(conn *connFlags) *cobra.Command {
 		},
 	}
 	ls.Flags().StringVar(&lsUser, "user", "", "list another user's tokens (admin only)")
+	ls.Flags().BoolVar(&tokensJSON, "json", false, "print JSON")
 	revoke := &cobra.Command{
 		Use:   "revoke ID",
 		Short: "Revoke an API token",
@@ -168,5 +177,35 @@ func newTokenCmd(conn *connFlags) *cobra.Command {
 		},
 	}
 	cmd.AddCommand(create, ls, revoke)
+	return cmd
+}
+
+func newWhoamiCmd(conn *connFlags) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "whoami",
+		Short: "Print whose the token is, whether they are an admin, and the token's id",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := conn.client()
+			if err != nil {
+				return err
+			}
+			who, err := c.Whoami(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), who)
+			}
+			admin := ""
+			if who.Admin {
+				admin = "admin, "
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s (%stoken %s)\n", who.User, admin, who.TokenID)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
 }

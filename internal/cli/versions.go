@@ -29,7 +29,7 @@ func newVersionsCmd(conn *connFlags) *cobra.Command {
 				return err
 			}
 			if asJSON {
-				return printJSON(cmd.OutOrStdout(), vs)
+				return printJSON(cmd.OutOrStdout(), nonNil(vs))
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "VERSION\tLIVE\tTRAFFIC\tTAGS\tRUNTIME\tSIZE\tDIGEST\tDEPLOYED\tBY")

@@ -26,6 +26,77 @@ type Client struct {
 	URL   string // e.g. http://127.0.0.1:8080
 	Token string
 	HTTP  *http.Client
+	// Busy, if set, is told of each wait before a request the server
+	// refused as busy is sent again, and why it was refused.
+	Busy func(wait time.Duration, why error)
+	// Sleep waits d or until ctx ends (nil: a timer); tests set it so
+	// as not to wait.
+	Sleep func(ctx context.Context, d time.Duration) error
+}
+
+// A request the API refused as busy is sent again at most
+// maxBusyRetries times, after the wait its Retry-After asks for if that
+// is at most maxBusyWait: a longer one is said at once, for the user to
+// decide.
+const (
+	maxBusyRetries = 4
+	maxBusyWait    = 30 * time.Second
+)
+
+// busyWait says whether res refuses its request as busy, and how long
+// the server asked the client to wait before sending it again: a 429 or
+// 503 with Retry-After (in seconds, as Spry sends it). The API answers
+// so only before it acts on a request (a deploy not admitted, a log read
+// past the user's limit, no instance for a scheduled run yet, too many
+// failed logins), so a request of any method may be sent again.
+func busyWait(res *http.Response) (time.Duration, bool) {
+	if res.StatusCode != http.StatusTooManyRequests && res.StatusCode != http.StatusServiceUnavailable {
+		return 0, false
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(res.Header.Get("Retry-After")))
+	if err != nil || n < 0 || time.Duration(n)*time.Second > maxBusyWait {
+		return 0, false
+	}
+	return time.Duration(n) * time.Second, true
+}
+
+// send sends a request made by attempt, again while the server refuses it
+// as busy (see busyWait), and returns the last answer. attempt returns a
+// network error already said (netError).
+func (c *Client) send(ctx context.Context, attempt func() (*http.Response, error)) (*http.Response, error) {
+	for tries := 0; ; tries++ {
+		res, err := attempt()
+		if err != nil {
+			return nil, err
+		}
+		wait, busy := busyWait(res)
+		if !busy || tries == maxBusyRetries {
+			return res, nil
+		}
+		why := decodeError(res)
+		res.Body.Close()
+		if c.Busy != nil {
+			c.Busy(wait, why)
+		}
+		sleep := c.Sleep
+		if sleep == nil {
+			sleep = sleepCtx
+		}
+		if err := sleep(ctx, wait); err != nil {
+			return nil, err
+		}
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
 }
 
 // New returns a client for the server at baseURL.
@@ -83,24 +154,34 @@ func (e *Error) Error() string { return e.Message }
 // works on the client side too.
 func (e *Error) Unwrap() error { return errdefs.FromCode(e.Code) }
 
-func (c *Client) do(ctx context.Context, method, path string, q url.Values, body io.Reader, contentType string, out any) error {
+func (c *Client) do(ctx context.Context, method, path string, q url.Values, body []byte, contentType string, out any) error {
 	u := c.URL + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}
-	req, err := http.NewRequestWithContext(ctx, method, u, body)
+	res, err := c.send(ctx, func() (*http.Response, error) {
+		var r io.Reader
+		if body != nil {
+			r = bytes.NewReader(body) // anew for each try
+		}
+		req, err := http.NewRequestWithContext(ctx, method, u, r)
+		if err != nil {
+			return nil, err
+		}
+		if c.Token != "" {
+			req.Header.Set("Authorization", "Bearer "+c.Token)
+		}
+		if contentType != "" {
+			req.Header.Set("Content-Type", contentType)
+		}
+		res, err := c.HTTP.Do(req)
+		if err != nil {
+			return nil, c.netError(err)
+		}
+		return res, nil
+	})
 	if err != nil {
 		return err
-	}
-	if c.Token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.Token)
-	}
-	if contentType != "" {
-		req.Header.Set("Content-Type", contentType)
-	}
-	res, err := c.HTTP.Do(req)
-	if err != nil {
-		return c.netError(err)
 	}
 	defer res.Body.Close()
 	if res.StatusCode >= 400 {
@@ -196,7 +277,7 @@ func (c *Client) Deploy(ctx context.Context, owner, name string, body api.Deploy
 	if err != nil {
 		return v, err
 	}
-	err = c.do(ctx, "PUT", "/api/v1/functions/"+url.PathEscape(name), ownerQuery(owner), bytes.NewReader(data), "application/json", &v)
+	err = c.do(ctx, "PUT", "/api/v1/functions/"+url.PathEscape(name), ownerQuery(owner), data, "application/json", &v)
 	return v, err
 }
 
@@ -258,7 +339,7 @@ type NewUser struct {
 func (c *Client) CreateUser(ctx context.Context, name string, admin bool) (NewUser, error) {
 	var out NewUser
 	data, _ := json.Marshal(api.CreateUserBody{Name: name, Admin: admin})
-	err := c.do(ctx, "POST", "/api/v1/users", nil, bytes.NewReader(data), "application/json", &out)
+	err := c.do(ctx, "POST", "/api/v1/users", nil, data, "application/json", &out)
 	return out, err
 }
 
@@ -288,7 +369,7 @@ type NewToken struct {
 func (c *Client) CreateToken(ctx context.Context, user, name string) (NewToken, error) {
 	var out NewToken
 	data, _ := json.Marshal(api.CreateTokenBody{Name: name, User: user})
-	err := c.do(ctx, "POST", "/api/v1/tokens", nil, bytes.NewReader(data), "application/json", &out)
+	err := c.do(ctx, "POST", "/api/v1/tokens", nil, data, "application/json", &out)
 	return out, err
 }
 
@@ -329,11 +410,31 @@ func (c *Client) Invoke(ctx context.Context, owner, name, method, path string, b
 	hc := *c.HTTP
 	hc.Timeout = 0
 	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	// Not sent again on a 429 or 503 (as the API's calls are): it is the
+	// function's answer, or the router's, for the caller to see.
 	res, err := hc.Do(req)
 	if err != nil {
 		return nil, &unreachable{c.URL, err}
 	}
 	return res, nil
+}
+
+// InvokeError returns the platform's error that res, an invocation's
+// answer whose body began with body, is: the router's own (a timeout, an
+// instance that crashed, a full queue), which its Spry-Error header marks
+// and no function's answer has. It returns nil for the function's own
+// answer, whatever its status.
+func InvokeError(res *http.Response, body []byte) error {
+	code := res.Header.Get("Spry-Error")
+	if code == "" {
+		return nil
+	}
+	var b errdefs.Body
+	if json.Unmarshal(body, &b) == nil && b.Error.Code != "" {
+		return &Error{Status: res.StatusCode, Code: b.Error.Code, Message: printable(b.Error.Message)}
+	}
+	// A HEAD's answer has no body.
+	return &Error{Status: res.StatusCode, Code: code, Message: printable(fmt.Sprintf("the platform answered %s (%s)", res.Status, code))}
 }
 
 // Configure changes a function's configuration (a new version, same code).
@@ -343,7 +444,7 @@ func (c *Client) Configure(ctx context.Context, owner, name string, body api.Con
 	if err != nil {
 		return v, err
 	}
-	err = c.do(ctx, "PATCH", "/api/v1/functions/"+url.PathEscape(name), ownerQuery(owner), bytes.NewReader(data), "application/json", &v)
+	err = c.do(ctx, "PATCH", "/api/v1/functions/"+url.PathEscape(name), ownerQuery(owner), data, "application/json", &v)
 	return v, err
 }
 
@@ -375,13 +476,8 @@ func (c *Client) Logs(ctx context.Context, name string, o LogOptions, fn func(ap
 	if o.Follow {
 		q.Set("follow", "1")
 	}
-	req, err := http.NewRequestWithContext(ctx, "GET", c.URL+"/api/v1/functions/"+url.PathEscape(name)+"/logs?"+q.Encode(), nil)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+c.Token)
+	u := c.URL + "/api/v1/functions/" + url.PathEscape(name) + "/logs?" + q.Encode()
 	hc := c.HTTP
-	var waited *time.Timer
 	if o.Follow {
 		// A followed stream has no end: only ctx bounds it, once the
 		// server has answered, which it does at once. Until then the
@@ -390,24 +486,37 @@ func (c *Client) Logs(ctx context.Context, name string, o LogOptions, fn func(ap
 		nc := *c.HTTP
 		nc.Timeout = 0
 		hc = &nc
-		if c.HTTP.Timeout > 0 {
-			var cancel context.CancelFunc
-			ctx, cancel = context.WithCancel(ctx)
-			defer cancel()
-			req = req.WithContext(ctx)
+	}
+	reqCtx, cancel := ctx, context.CancelFunc(nil)
+	if o.Follow && c.HTTP.Timeout > 0 {
+		reqCtx, cancel = context.WithCancel(ctx)
+		defer cancel()
+	}
+	res, err := c.send(ctx, func() (*http.Response, error) {
+		req, err := http.NewRequestWithContext(reqCtx, "GET", u, nil)
+		if err != nil {
+			return nil, err
+		}
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+		var waited *time.Timer
+		if cancel != nil {
 			waited = time.AfterFunc(c.HTTP.Timeout, cancel)
 		}
-	}
-	res, err := hc.Do(req)
-	if waited != nil && !waited.Stop() {
-		// The timer cancelled ctx: no answer in time, whatever Do says.
-		if err == nil {
-			res.Body.Close()
+		res, err := hc.Do(req)
+		if waited != nil && !waited.Stop() {
+			// The timer cancelled ctx: no answer in time, whatever Do says.
+			if err == nil {
+				res.Body.Close()
+			}
+			return nil, &unreachable{c.URL, fmt.Errorf("no answer within %s", c.HTTP.Timeout)}
 		}
-		return &unreachable{c.URL, fmt.Errorf("no answer within %s", c.HTTP.Timeout)}
-	}
+		if err != nil {
+			return nil, c.netError(err)
+		}
+		return res, nil
+	})
 	if err != nil {
-		return c.netError(err)
+		return err
 	}
 	defer res.Body.Close()
 	if res.StatusCode >= 400 {
@@ -462,7 +571,7 @@ func (c *Client) Rollback(ctx context.Context, owner, name string, version int64
 		body.Version = &version
 	}
 	data, _ := json.Marshal(body)
-	err := c.do(ctx, "POST", "/api/v1/functions/"+url.PathEscape(name)+"/rollback", ownerQuery(owner), bytes.NewReader(data), "application/json", &v)
+	err := c.do(ctx, "POST", "/api/v1/functions/"+url.PathEscape(name)+"/rollback", ownerQuery(owner), data, "application/json", &v)
 	return v, err
 }
 
@@ -482,7 +591,7 @@ func (c *Client) RunScheduled(ctx context.Context, owner, name string) error {
 func (c *Client) SetTraffic(ctx context.Context, owner, name string, split api.TrafficBody) (api.FunctionView, error) {
 	var v api.FunctionView
 	data, _ := json.Marshal(split)
-	err := c.do(ctx, "PUT", "/api/v1/functions/"+url.PathEscape(name)+"/traffic", ownerQuery(owner), bytes.NewReader(data), "application/json", &v)
+	err := c.do(ctx, "PUT", "/api/v1/functions/"+url.PathEscape(name)+"/traffic", ownerQuery(owner), data, "application/json", &v)
 	return v, err
 }
 
@@ -493,7 +602,7 @@ func (c *Client) SetTag(ctx context.Context, owner, name, tag string, version in
 		return c.do(ctx, "DELETE", path, ownerQuery(owner), nil, "", nil)
 	}
 	data, _ := json.Marshal(api.TagBody{Version: version})
-	return c.do(ctx, "PUT", path, ownerQuery(owner), bytes.NewReader(data), "application/json", nil)
+	return c.do(ctx, "PUT", path, ownerQuery(owner), data, "application/json", nil)
 }
 
 // unreachable is a failure to reach the server at all: unavailable (the
@@ -568,7 +677,7 @@ func (c *Client) KVSet(ctx context.Context, owner, name, key string, value json.
 		// Whole milliseconds, rounded up: 0 would be never.
 		q.Set("expireIn", strconv.FormatInt(int64((expireIn+time.Millisecond-1)/time.Millisecond), 10))
 	}
-	return c.do(ctx, "PUT", kvPath(name, key), q, bytes.NewReader(value), "application/json", nil)
+	return c.do(ctx, "PUT", kvPath(name, key), q, value, "application/json", nil)
 }
 
 // KVDelete removes a key.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -290,5 +291,110 @@ func TestProxyErrorPageIsOneLine(t *testing.T) {
 	_, err = New(apiLike.URL, "t").Functions(context.Background(), "")
 	if want := `no\x1b[2J such\x0athing`; err == nil || err.Error() != want {
 		t.Errorf("message %q, want %q", err, want)
+	}
+}
+
+// A request the API refused as busy (a 429 or 503 with Retry-After,
+// answered before it acted on anything) is sent again, body and all,
+// after the wait asked for, a few times; the caller is told of each wait.
+// Without Retry-After, past maxBusyWait, or after maxBusyRetries, the
+// refusal is the answer. An invocation is never sent again: a 503 may be
+// the function's own.
+func TestBusyServerIsAskedAgain(t *testing.T) {
+	for _, tt := range []struct {
+		name       string
+		status     int
+		retryAfter string
+		refusals   int
+		wantTries  int
+		wantWaits  []time.Duration
+		wantErr    error
+	}{
+		{"429 twice", http.StatusTooManyRequests, "5", 2, 3, []time.Duration{5 * time.Second, 5 * time.Second}, nil},
+		{"503 once", http.StatusServiceUnavailable, "1", 1, 2, []time.Duration{time.Second}, nil},
+		{"no wait", http.StatusTooManyRequests, "0", 1, 2, []time.Duration{0}, nil},
+		{"refused every time", http.StatusServiceUnavailable, "2", 100, maxBusyRetries + 1,
+			slices.Repeat([]time.Duration{2 * time.Second}, maxBusyRetries), errdefs.ErrUnavailable},
+		{"without Retry-After", http.StatusServiceUnavailable, "", 1, 1, nil, errdefs.ErrUnavailable},
+		{"a date", http.StatusTooManyRequests, "Wed, 21 Oct 2015 07:28:00 GMT", 1, 1, nil, errdefs.ErrRateLimited},
+		{"longer than the most", http.StatusTooManyRequests, "31", 1, 1, nil, errdefs.ErrRateLimited},
+		{"a 502", http.StatusBadGateway, "1", 1, 1, nil, errdefs.ErrBadGateway},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var tries int
+			var bodies []string
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				tries++
+				b, _ := io.ReadAll(r.Body)
+				bodies = append(bodies, r.Method+" "+string(b))
+				if tries <= tt.refusals {
+					if tt.retryAfter != "" {
+						w.Header().Set("Retry-After", tt.retryAfter)
+					}
+					errdefs.WriteHTTP(w, errdefs.New(errdefs.FromCode(map[int]string{429: "rate_limited", 503: "unavailable", 502: "bad_gateway"}[tt.status]), "busy"))
+					return
+				}
+				_, _ = w.Write([]byte(`{"name":"f","version":3}`))
+			}))
+			defer srv.Close()
+			c := New(srv.URL, "t")
+			var waits, told []time.Duration
+			c.Sleep = func(_ context.Context, d time.Duration) error { waits = append(waits, d); return nil }
+			c.Busy = func(d time.Duration, why error) {
+				told = append(told, d)
+				if why == nil || why.Error() != "busy" {
+					t.Errorf("told why %v, want the server's message", why)
+				}
+			}
+			v, err := c.Deploy(t.Context(), "", "f", api.DeployBody{Code: "code"})
+			if tt.wantErr == nil && (err != nil || v.Version != 3) {
+				t.Errorf("deploy: %+v, %v; want version 3", v, err)
+			}
+			if tt.wantErr != nil && !errors.Is(err, tt.wantErr) {
+				t.Errorf("deploy: %v, want %v", err, tt.wantErr)
+			}
+			if tries != tt.wantTries || !slices.Equal(waits, tt.wantWaits) || !slices.Equal(told, tt.wantWaits) {
+				t.Errorf("%d tries, waits %v, told %v; want %d, %v", tries, waits, told, tt.wantTries, tt.wantWaits)
+			}
+			for _, b := range bodies {
+				if b != bodies[0] || !strings.HasPrefix(b, `PUT {"code":"code"`) {
+					t.Errorf("sent %q, then %q", bodies[0], b)
+				}
+			}
+		})
+	}
+}
+
+// A wait is cut short by the end of ctx (Ctrl-C), which is the answer.
+// A log read is asked again as other calls are. An invocation is not.
+func TestBusyWaitEndsWithCtx(t *testing.T) {
+	var tries int
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tries++
+		w.Header().Set("Retry-After", "1")
+		errdefs.WriteHTTP(w, errdefs.New(errdefs.ErrRateLimited, "busy"))
+	}))
+	defer srv.Close()
+	c := New(srv.URL, "t")
+	ctx, cancel := context.WithCancel(t.Context())
+	c.Sleep = func(ctx context.Context, d time.Duration) error {
+		cancel()
+		return sleepCtx(ctx, time.Hour)
+	}
+	err := c.Logs(ctx, "f", LogOptions{}, func(api.LogLine) error { return nil })
+	if !errors.Is(err, context.Canceled) || tries != 1 {
+		t.Errorf("logs: %v after %d tries, want context.Canceled after 1", err, tries)
+	}
+	c.Sleep = func(context.Context, time.Duration) error {
+		t.Error("an invocation waited to be sent again")
+		return nil
+	}
+	res, err := c.Invoke(t.Context(), "alice", "f", "POST", "/", strings.NewReader("x"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusTooManyRequests || tries != 2 {
+		t.Errorf("invoke: %d after %d tries in all, want the 429 after 2", res.StatusCode, tries)
 	}
 }

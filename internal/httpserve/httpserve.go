@@ -260,13 +260,16 @@ func errorHandler(ctx *fasthttp.RequestCtx, err error) {
 	WriteError(ctx, err)
 }
 
-// WriteError answers with err as Spry's JSON error.
+// WriteError answers with err as Spry's JSON error, its code in the
+// Spry-Error header too: the platform's answer, which a function's (whose
+// own Spry-Error the router drops) cannot pass for.
 func WriteError(ctx *fasthttp.RequestCtx, err error) {
 	status, body := errdefs.Encode(err)
 	ctx.Response.ResetBody()
 	h := &ctx.Response.Header
 	h.SetContentType("application/json")
 	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Spry-Error", errdefs.Code(err))
 	ctx.SetStatusCode(status)
 	ctx.SetBody(body)
 }

@@ -671,8 +671,9 @@ var hopHeaders = []string{
 }
 
 // fixHeader makes the instance's response head the client's: hop-by-hop
-// headers go, and so does a Spry-Cold-Start of the function's own (only
-// the router says what was a cold start); the request id and cold start
+// headers go, and so do a Spry-Cold-Start and a Spry-Error of the
+// function's own (only the router says what was a cold start, and which
+// answers are the platform's errors); the request id and cold start
 // come. It reports whether the instance will close the connection.
 func (rt *Router) fixHeader(h *fasthttp.ResponseHeader, inv *invocation) (upClose bool) {
 	// The status line gets the standard reason phrase for its code, not
@@ -701,7 +702,7 @@ func (rt *Router) fixHeader(h *fasthttp.ResponseHeader, inv *invocation) (upClos
 	for k := range h.All() {
 		switch string(k) {
 		case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-			"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade", "Spry-Cold-Start":
+			"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade", "Spry-Cold-Start", "Spry-Error":
 			hop = true
 		}
 	}
@@ -717,6 +718,7 @@ func (rt *Router) fixHeader(h *fasthttp.ResponseHeader, inv *invocation) (upClos
 			h.Del(k)
 		}
 		h.Del("Spry-Cold-Start")
+		h.Del("Spry-Error")
 	}
 	h.Set("Spry-Request-Id", inv.reqID)
 	rt.markCold(h, inv)
@@ -1185,6 +1187,7 @@ func (rt *Router) upgrade(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 	}
 	h.Set("Spry-Request-Id", inv.reqID)
 	h.Del("Spry-Cold-Start")
+	h.Del("Spry-Error")
 	rt.markCold(h, inv)
 	head := h.AppendBytes(nil)
 	// The lease and the instance's connection are given back when the

@@ -831,8 +831,8 @@ func TestTimeoutProbesInstance(t *testing.T) {
 				t.Fatal(err)
 			}
 			res.Body.Close()
-			if res.StatusCode != 504 {
-				t.Fatalf("status %d, want 504", res.StatusCode)
+			if res.StatusCode != 504 || res.Header.Get("Spry-Error") != "timeout" {
+				t.Fatalf("status %d, Spry-Error %q; want 504, timeout", res.StatusCode, res.Header.Get("Spry-Error"))
 			}
 			if n := b.waitKills(tc.kills); n != tc.kills {
 				t.Fatalf("%d kills, want %d", n, tc.kills)
@@ -1062,8 +1062,8 @@ func TestForwardEarlyAnswerToLargeBody(t *testing.T) {
 	}
 	defer res.Body.Close()
 	got, _ := io.ReadAll(res.Body)
-	if res.StatusCode != http.StatusRequestEntityTooLarge || string(got) != "too big for me" {
-		t.Fatalf("got %d %q, want the function's 413", res.StatusCode, got)
+	if res.StatusCode != http.StatusRequestEntityTooLarge || string(got) != "too big for me" || res.Header.Get("Spry-Error") != "" {
+		t.Fatalf("got %d %q (Spry-Error %q), want the function's 413", res.StatusCode, got, res.Header.Get("Spry-Error"))
 	}
 }
 
@@ -1472,16 +1472,17 @@ func TestOutOfDescriptorsAnswers503(t *testing.T) {
 }
 
 // Some of a response head is the router's to say: a function's own
-// Spry-Cold-Start goes (only the router knows what was a cold start), and
+// Spry-Cold-Start goes (only the router knows what was a cold start), as
+// does its Spry-Error (which marks the platform's errors), and
 // so does a length on a 204, which would have a proxy in front read the
 // next response as its body.
 func TestForwardHeadFieldsTheRouterOwns(t *testing.T) {
 	sock := serveRawRequests(t, func(i int, c net.Conn) {
 		if i == 0 {
-			fmt.Fprint(c, "HTTP/1.1 204 No Content\r\nContent-Length: 40\r\nSpry-Cold-Start: 12345\r\n\r\n")
+			fmt.Fprint(c, "HTTP/1.1 204 No Content\r\nContent-Length: 40\r\nSpry-Cold-Start: 12345\r\nSpry-Error: timeout\r\n\r\n")
 			return
 		}
-		fmt.Fprint(c, "HTTP/1.1 200 OK\r\nSpry-Cold-Start: 1\r\nContent-Length: 2\r\n\r\nok")
+		fmt.Fprint(c, "HTTP/1.1 200 OK\r\nSpry-Cold-Start: 1\r\nSpry-Error: timeout\r\nContent-Length: 2\r\n\r\nok")
 	})
 	srv := routerTo(t, sock, time.Millisecond)
 	c := srv.dial(t, 5*time.Second)
@@ -1503,6 +1504,9 @@ func TestForwardHeadFieldsTheRouterOwns(t *testing.T) {
 		// (A cold start's own header, from the router, may come.)
 		if strings.Contains(h, "spry-cold-start: 12345\r\n") || strings.Contains(h, "spry-cold-start: 1\r\n") {
 			t.Errorf("response %d kept the function's Spry-Cold-Start:\n%s", i, head.String())
+		}
+		if strings.Contains(h, "spry-error") {
+			t.Errorf("response %d kept the function's Spry-Error:\n%s", i, head.String())
 		}
 		if i == 0 {
 			if !strings.HasPrefix(h, "http/1.1 204") || strings.Contains(h, "content-length: 40") {
