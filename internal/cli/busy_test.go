@@ -25,7 +25,9 @@ func TestDeployWaitsForABusyServer(t *testing.T) {
 		maxDeploys, queued int // the server's slots; deploys to have waiting
 		status             int
 	}{
-		{"429", 2, 2, http.StatusTooManyRequests},
+		// The user's deploys fill their share of the queue before the
+		// server's fills.
+		{"429", 2, api.MaxDeploysQueuedPerUser - 2, http.StatusTooManyRequests},
 		{"503", 1, 1, http.StatusServiceUnavailable},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
