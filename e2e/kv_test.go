@@ -206,10 +206,13 @@ func TestKV(t *testing.T) {
 		return new Response(await new Response(conn.readable).text());
 	} };`
 	s.deployCode(t, "kv-raw", []byte(raw), "")
-	if st, got := call("kv-raw", "", `{"op":"list"}`); st != 200 || !regexp.MustCompile(`^\{"entries":\[\{"key":"mine","value":1,"version":"[0-9a-f]{16}"\}\],"cursor":null\}$`).MatchString(got) {
+	if st, got := call("kv-raw", "", `{"id":1,"op":"list"}`+"\n"); st != 200 || !regexp.MustCompile(`^\{"id":1,"entries":\[\{"key":"mine","value":1,"version":"[0-9a-f]{16}"\}\],"cursor":null\}$`).MatchString(got) {
 		t.Errorf("raw list: %d %s", st, got)
 	}
-	want("kv-raw", "", `{"op":"get","key":"n"}`, 200, `{"value":null,"version":null}`)
+	// Requests are lines, each with an id its answer carries; one
+	// without is refused, and the connection closed.
+	want("kv-raw", "", `{"id":2,"op":"get","key":"n"}`+"\n"+`{"op":"get","key":"n"}`+"\n"+`{"id":4,"op":"get","key":"n"}`+"\n", 200,
+		`{"id":2,"value":null,"version":null}`+"\n"+`{"error":{"code":"invalid_argument","message":"kv: a request needs an id, a number"}}`)
 
 	// Each function has its own entries.
 	s.deployCode(t, "kv-other", []byte(kvFunction), "")

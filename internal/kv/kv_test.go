@@ -1,15 +1,16 @@
 package kv
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -37,9 +38,21 @@ func open(t testing.TB, maxBytes int64) (*Store, *clock) {
 	return s, c
 }
 
-// call sends one request through ServeConn on a socket pair, as a
-// runtime does (its write side then closed), and returns the answer.
-func call(t testing.TB, s *Store, fn, req string) string {
+// client is a runtime's end of one connection ServeConn answers, on a
+// socket pair.
+type client struct {
+	t    testing.TB
+	conn *net.UnixConn
+	r    *bufio.Reader
+	id   int
+	// done is closed when ServeConn has returned.
+	done chan struct{}
+}
+
+// dial starts ServeConn for fn on a socket pair, with slots (nil: its
+// own bound) and ctx; the test's end closes the client's end and waits
+// for ServeConn to return.
+func dial(t testing.TB, ctx context.Context, s *Store, fn string, slots chan struct{}) *client {
 	t.Helper()
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -55,17 +68,82 @@ func call(t testing.TB, s *Store, fn, req string) string {
 		}
 		conns[i] = c.(*net.UnixConn)
 	}
-	client, server := conns[0], conns[1]
-	defer client.Close()
-	done := make(chan struct{})
-	go func() { s.ServeConn(context.Background(), server, fn); close(done) }()
-	go func() { _, _ = client.Write([]byte(req)); _ = client.CloseWrite() }()
-	got, err := io.ReadAll(client)
-	if err != nil {
-		t.Fatal(err)
+	c := &client{t: t, conn: conns[0], r: bufio.NewReader(conns[0]), done: make(chan struct{})}
+	go func() { s.ServeConn(ctx, conns[1], fn, slots); close(c.done) }()
+	t.Cleanup(func() {
+		c.conn.Close()
+		<-c.done
+	})
+	return c
+}
+
+// send writes lines as they are, each with a newline, in order.
+func (c *client) send(lines ...string) {
+	c.t.Helper()
+	var b strings.Builder
+	for _, l := range lines {
+		b.WriteString(l + "\n")
 	}
-	<-done
-	return string(got)
+	if _, err := c.conn.Write([]byte(b.String())); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// request sends req, a JSON object, with the next id, and returns the id.
+func (c *client) request(req string) int {
+	c.id++
+	c.send(withID(req, c.id))
+	return c.id
+}
+
+// withID is req with "id":id first in it.
+func withID(req string, id int) string {
+	if req == "{}" {
+		return fmt.Sprintf(`{"id":%d}`, id)
+	}
+	return fmt.Sprintf(`{"id":%d,`, id) + strings.TrimPrefix(req, "{")
+}
+
+// read returns the next answer line, without its newline, or "" and the
+// error that ended the connection.
+func (c *client) read() (string, error) {
+	line, err := c.r.ReadString('\n')
+	if err != nil {
+		if line != "" {
+			c.t.Fatalf("an answer cut off: %.200q (%v)", line, err)
+		}
+		return "", err
+	}
+	return strings.TrimSuffix(line, "\n"), nil
+}
+
+// answer reads the next answer, which must be the one to request id,
+// and returns it without its id.
+func (c *client) answer(id int) string {
+	c.t.Helper()
+	got, err := c.read()
+	if err != nil {
+		c.t.Fatalf("the answer to %d: %v", id, err)
+	}
+	rest, ok := cutID(got, id)
+	if !ok {
+		c.t.Fatalf("the answer to %d: %.300s", id, got)
+	}
+	return rest
+}
+
+// cutID is answer without its leading "id":id, and whether it had it.
+func cutID(answer string, id int) (string, bool) {
+	rest, ok := strings.CutPrefix(answer, fmt.Sprintf(`{"id":%d,`, id))
+	return "{" + rest, ok
+}
+
+// call sends one request on a new connection, as a runtime's first, and
+// returns the answer without its id.
+func call(t testing.TB, s *Store, fn, req string) string {
+	t.Helper()
+	c := dial(t, context.Background(), s, fn, nil)
+	return c.answer(c.request(req))
 }
 
 // consistent checks that what a namespace is said to hold is what its
@@ -87,6 +165,7 @@ func consistent(t testing.TB, s *Store, fn string) {
 
 func TestProtocol(t *testing.T) {
 	s, _ := open(t, 0)
+	c := dial(t, context.Background(), s, "fn-1", nil)
 	big := `"` + strings.Repeat("x", MaxValueBytes) + `"`
 	for _, tt := range []struct {
 		name, req, want string
@@ -135,18 +214,225 @@ func TestProtocol(t *testing.T) {
 		{"negative expiry", `{"op":"set","key":"a","value":1,"expireIn":-1}`, `{"error":{"code":"invalid_argument","message":"kv: expireIn must be between 0 (never) and 315360000000 ms"}}`},
 		{"limit too high", `{"op":"list","limit":1001}`, `{"error":{"code":"invalid_argument","message":"kv: limit must be between 1 and 1000"}}`},
 		{"unknown op", `{"op":"drop"}`, `{"error":{"code":"invalid_argument","message":"kv: unknown op \"drop\" (get, set, add, delete, list)"}}`},
-		{"not JSON", `get a`, `{"error":{"code":"invalid_argument","message":"kv: the request is not a JSON object: invalid character 'g' looking for beginning of value"}}`},
-		{"cut", `{"op":"get","key":"a`, `{"error":{"code":"invalid_argument","message":"kv: the request is not a JSON object: unexpected EOF"}}`},
-		{"too large", `{"op":"set","key":"a","value":"` + strings.Repeat("x", maxRequest) + `"}`, `{"error":{"code":"too_large","message":"kv: a request is at most ` + fmt.Sprint(maxRequest) + ` bytes"}}`},
-		{"a key of bad type", `{"op":"get","key":1}`, `{"error":{"code":"invalid_argument","message":"kv: the request is not a JSON object: json: cannot unmarshal number into Go struct field Request.key of type string"}}`},
+		// The longest line there may be (with its two-digit id): a value
+		// past its own bound, answered on the connection kept.
+		{"a request of MaxRequest bytes", `{"op":"set","key":"a","value":"` + strings.Repeat("x", MaxRequest-len(`{"id":NN,"op":"set","key":"a","value":""}`)) + `"}`, `{"error":{"code":"too_large","message":"kv: a value is at most 65536 bytes as JSON; this one is ` + fmt.Sprint(MaxRequest-len(`{"id":NN,"op":"set","key":"a","value":}`)) + `"}}`},
+		{"an empty request", `{}`, `{"error":{"code":"invalid_argument","message":"kv: unknown op \"\" (get, set, add, delete, list)"}}`},
 	} {
+		// Each row a line on one connection, as one instance's calls.
 		t.Run(tt.name, func(t *testing.T) {
-			if got := call(t, s, "fn-1", tt.req); got != tt.want {
+			id := c.request(tt.req)
+			if got := c.answer(id); got != tt.want {
 				t.Errorf("%.200s\n got %.300s\nwant %.300s", tt.req, got, tt.want)
 			}
 		})
 	}
+	// An id is any number, given back as it came.
+	c.send(`{"id":-1.5e3,"op":"get","key":"z"}`)
+	if got, err := c.read(); got != `{"id":-1.5e3,"value":null,"version":null}` {
+		t.Errorf("a fractional id: %s (%v)", got, err)
+	}
 	consistent(t, s, "fn-1")
+}
+
+// A line that is not a request (too long, not JSON, no id, cut) is
+// answered with an error, with its id if it has one, after the requests
+// read before it; then the connection is closed, and nothing is stored.
+func TestBadLines(t *testing.T) {
+	tooLarge := `{"error":{"code":"too_large","message":"kv: a request is at most ` + fmt.Sprint(MaxRequest) + ` bytes"}}`
+	for _, tt := range []struct {
+		name  string
+		lines []string // sent, each with a newline
+		last  string   // sent after them, without one, then the write side closed
+		want  []string // the answers, then the connection's end
+	}{
+		{"not JSON", []string{`{"id":1,"op":"set","key":"a","value":1}`, `get a`, `{"id":3,"op":"set","key":"b","value":1}`}, "", []string{
+			`{"id":1,"ok":true,"version":"0000000000000001"}`,
+			`{"error":{"code":"invalid_argument","message":"kv: the request is not a JSON object: invalid character 'g' looking for beginning of value"}}`,
+		}},
+		{"no id", []string{`{"op":"set","key":"a","value":1}`}, "", []string{
+			`{"error":{"code":"invalid_argument","message":"kv: a request needs an id, a number"}}`,
+		}},
+		{"an id not a number", []string{`{"id":"1","op":"set","key":"a","value":1}`}, "", []string{
+			`{"error":{"code":"invalid_argument","message":"kv: a request needs an id, a number"}}`,
+		}},
+		{"an empty line", []string{``}, "", []string{
+			`{"error":{"code":"invalid_argument","message":"kv: the request is not a JSON object: unexpected end of JSON input"}}`,
+		}},
+		{"not an object", []string{`[1]`}, "", []string{
+			`{"error":{"code":"invalid_argument","message":"kv: the request is not a JSON object: json: cannot unmarshal array into Go value of type kv.Request"}}`,
+		}},
+		{"a key of bad type", []string{`{"id":7,"op":"get","key":1}`}, "", []string{
+			`{"id":7,"error":{"code":"invalid_argument","message":"kv: the request is not a JSON object: json: cannot unmarshal number into Go struct field Request.key of type string"}}`,
+		}},
+		{"two objects on a line", []string{`{"id":1,"op":"get","key":"a"}{"id":2,"op":"get","key":"b"}`}, "", []string{
+			`{"error":{"code":"invalid_argument","message":"kv: the request is not a JSON object: invalid character '{' after top-level value"}}`,
+		}},
+		{"too large", []string{`{"id":1,"op":"set","key":"a","value":"` + strings.Repeat("x", MaxRequest) + `"}`, `{"id":2,"op":"set","key":"b","value":1}`}, "", []string{tooLarge}},
+		{"too large by one byte", []string{`{"id":1,"op":"get","key":"a"}`, `{"id":2,"op":"set","key":"a","value":"` + strings.Repeat("x", MaxRequest-len(`{"id":2,"op":"set","key":"a","value":""}`)+1) + `"}`}, "", []string{
+			`{"id":1,"value":null,"version":null}`, tooLarge,
+		}},
+		{"too large, and no newline", nil, strings.Repeat("x", MaxRequest+1), []string{tooLarge}},
+		{"cut at the end", []string{`{"id":1,"op":"get","key":"a"}`}, `{"id":2,"op":"set","key":"a`, []string{
+			`{"id":1,"value":null,"version":null}`,
+			`{"error":{"code":"invalid_argument","message":"kv: the request is not a JSON object: unexpected end of JSON input"}}`,
+		}},
+		// Not bad: a last line without its newline is a request too.
+		{"a last line without its newline", nil, `{"id":1,"op":"get","key":"a"}`, []string{`{"id":1,"value":null,"version":null}`}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s, _ := open(t, 0)
+			c := dial(t, context.Background(), s, "f", nil)
+			var b strings.Builder
+			for _, l := range tt.lines {
+				b.WriteString(l + "\n")
+			}
+			b.WriteString(tt.last)
+			go func() {
+				_, _ = c.conn.Write([]byte(b.String()))
+				_ = c.conn.CloseWrite()
+			}()
+			for _, want := range tt.want {
+				if got, err := c.read(); got != want {
+					t.Errorf(" got %.300s (%v)\nwant %.300s", got, err, want)
+				}
+			}
+			if got, err := c.read(); err == nil {
+				t.Errorf("the connection goes on: %.300s", got)
+			}
+			<-c.done
+			if _, ok, _ := s.Get(context.Background(), "f", "b"); ok {
+				t.Error("a request after a bad line was stored")
+			}
+			consistent(t, s, "f")
+		})
+	}
+}
+
+// Requests on one connection are answered at once, and their answers
+// come as they are ready: reads while a write waits for the writers'
+// lock; and no more at once than the slots, shared by an instance's
+// connections.
+func TestConnConcurrent(t *testing.T) {
+	s, _ := open(t, 0)
+	ctx := context.Background()
+	if err := s.Set(ctx, "f", "a", json.RawMessage(`1`), 0); err != nil {
+		t.Fatal(err)
+	}
+	slots := make(chan struct{}, 3)
+	c := dial(t, ctx, s, "f", slots)
+	other := dial(t, ctx, s, "f", slots)
+	// Writes wait while the test holds the writers' lock.
+	s.wmu.Lock()
+	set1 := c.request(`{"op":"set","key":"a","value":2}`)
+	set2 := other.request(`{"op":"add","key":"n","delta":1}`)
+	get := c.request(`{"op":"get","key":"a"}`)
+	list := c.request(`{"op":"list"}`)
+	for range 2 {
+		got, err := c.read()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rest, ok := cutID(got, get); ok && rest == `{"value":1,"version":"0000000000000001"}` {
+			continue
+		}
+		if rest, ok := cutID(got, list); ok && rest == `{"entries":[{"key":"a","value":1,"version":"0000000000000001"}],"cursor":null}` {
+			continue
+		}
+		t.Fatalf("while a write waits: %s", got)
+	}
+	// The two writes hold two of three slots: a third takes the last,
+	// and a fourth is not read until one of them is done.
+	set3 := c.request(`{"op":"set","key":"b","value":3}`)
+	late := c.request(`{"op":"set","key":"d","value":4}`)
+	for deadline := time.Now().Add(10 * time.Second); len(slots) < 3; runtime.Gosched() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d slots taken, want 3", len(slots))
+		}
+	}
+	s.wmu.Unlock()
+	if got := other.answer(set2); got != `{"value":1}` {
+		t.Errorf("the other connection's add: %s", got)
+	}
+	versions := map[int]string{}
+	for range 3 {
+		got, err := c.read()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var a struct {
+			ID      int
+			OK      bool
+			Version string
+		}
+		if json.Unmarshal([]byte(got), &a) != nil || !a.OK {
+			t.Fatalf("a write's answer: %s", got)
+		}
+		versions[a.ID] = a.Version
+	}
+	n, _, err := s.GetEntry(ctx, "f", "n")
+	if err != nil || len(versions) != 3 {
+		t.Fatalf("the add's entry: %v; the writes' versions: %v", err, versions)
+	}
+	// Writes take versions in turn: the fourth, read only once a slot
+	// was given back, came after one of the three at least.
+	if v := versions[late]; v < versions[set1] && v < versions[set3] && v < n.Version {
+		t.Errorf("the write past the slots went first: %s, the others %s %s %s", v, versions[set1], versions[set3], n.Version)
+	}
+	// Each is given back once its answer is written.
+	for deadline := time.Now().Add(10 * time.Second); len(slots) != 0; runtime.Gosched() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d slots still taken", len(slots))
+		}
+	}
+	consistent(t, s, "f")
+}
+
+// ServeConn ends when its context does (its instance's end), closing
+// the connection, whether it is idle or has a request in flight, which
+// it waits for; and leaves no goroutine behind.
+func TestServeConnEnds(t *testing.T) {
+	s, _ := open(t, 0)
+	before := runtime.NumGoroutine()
+	// waitSlots spins until n slots are taken.
+	waitSlots := func(slots chan struct{}, n int) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); len(slots) != n; runtime.Gosched() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d slots taken, want %d", len(slots), n)
+			}
+		}
+	}
+	for _, busy := range []bool{false, true} {
+		ctx, cancel := context.WithCancel(context.Background())
+		slots := make(chan struct{}, ConnInFlight)
+		c := dial(t, ctx, s, "f", slots)
+		c.answer(c.request(`{"op":"get","key":"a"}`))
+		waitSlots(slots, 0)
+		if busy {
+			s.wmu.Lock()
+			c.request(`{"op":"set","key":"a","value":1}`)
+			waitSlots(slots, 1)
+		}
+		cancel()
+		if got, err := c.read(); err == nil {
+			t.Errorf("busy %v: the connection goes on after its context: %s", busy, got)
+		}
+		if busy {
+			select {
+			case <-c.done:
+				t.Error("ServeConn returned with a request in flight")
+			default:
+			}
+			s.wmu.Unlock()
+		}
+		<-c.done
+	}
+	for deadline := time.Now().Add(10 * time.Second); runtime.NumGoroutine() > before; runtime.Gosched() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines, %d before", runtime.NumGoroutine(), before)
+		}
+	}
 }
 
 // Each function sees its own namespace only, and a deleted function's
@@ -277,45 +563,102 @@ func TestPrefixEnd(t *testing.T) {
 	}
 }
 
-// Whatever a function's code sends, the answer is JSON, and what its
-// namespace is said to hold stays what its entries add up to.
+// Whatever a function's code sends on a connection, every answer is a
+// JSON object on a line of its own, carrying the id of a request sent
+// (each answered once at most), but for one error at the end; and what
+// its namespace is said to hold stays what its entries add up to.
 func FuzzServe(f *testing.F) {
 	for _, seed := range []string{
-		`{"op":"set","key":"a","value":1}`,
-		`{"op":"set","key":"a","value":"xx","expireIn":5}`,
-		`{"op":"delete","key":"a"}`,
-		`{"op":"list","prefix":"a","limit":1}`,
-		`{"op":"get","key":"\u00e9"}`,
-		`{"op":"set","key":"a\xff","value":[1,2]}`,
+		`{"id":1,"op":"set","key":"a","value":1}`,
+		"{\"id\":1,\"op\":\"set\",\"key\":\"a\",\"value\":\"xx\",\"expireIn\":5}\n{\"id\":2,\"op\":\"get\",\"key\":\"a\"}\n",
+		"{\"id\":1,\"op\":\"delete\",\"key\":\"a\"}\n{\"id\":1,\"op\":\"delete\",\"key\":\"a\"}\n",
+		"{\"id\":3,\"op\":\"list\",\"prefix\":\"a\",\"limit\":1}\n{\"id\":4,\"op\":\"add\",\"key\":\"n\",\"delta\":2}\n",
+		`{"id":5,"op":"get","key":"\u00e9"}`,
+		`{"id":6,"op":"set","key":"a\xff","value":[1,2]}`,
+		"{\"id\":7,\"op\":\"set\",\"key\":\"c\",\"value\":1,\"ifVersion\":null}\n{\"op\":\"get\"}\n{\"id\":8,\"op\":\"get\",\"key\":\"c\"}\n",
+		"\n",
 		`{`,
 	} {
 		f.Add(seed)
 	}
 	s, _ := open(f, 4096)
-	f.Fuzz(func(t *testing.T, req string) {
-		got := call(t, s, "f", req)
-		if !json.Valid([]byte(got)) {
-			t.Fatalf("%q: the answer %q is not JSON", req, got)
+	f.Fuzz(func(t *testing.T, in string) {
+		sent := map[string]int{}
+		for line := range strings.Lines(in) {
+			var r struct{ ID json.RawMessage }
+			if json.Unmarshal([]byte(strings.TrimSuffix(line, "\n")), &r) == nil && r.ID != nil {
+				sent[string(r.ID)]++
+			}
 		}
+		c := dial(t, context.Background(), s, "f", nil)
+		go func() {
+			_, _ = c.conn.Write([]byte(in))
+			_ = c.conn.CloseWrite()
+		}()
+		idless := false
+		for {
+			got, err := c.read()
+			if err != nil {
+				break
+			}
+			var a struct{ ID json.RawMessage }
+			if !strings.HasPrefix(got, "{") || json.Unmarshal([]byte(got), &a) != nil {
+				t.Fatalf("%q: the answer %q is not a JSON object", in, got)
+			}
+			if idless {
+				t.Fatalf("%q: an answer after one without an id: %q", in, got)
+			}
+			switch {
+			case a.ID == nil:
+				idless = true
+			case sent[string(a.ID)] == 0:
+				t.Fatalf("%q: an answer to an id not sent, or answered already: %q", in, got)
+			default:
+				sent[string(a.ID)]--
+			}
+		}
+		<-c.done
 		consistent(t, s, "f")
 	})
 }
 
-// BenchmarkServeConn: one ctx.kv call as the server answers it, on a
-// socket pair (the runtime's side, and the sandbox's socket, not
-// included).
+// BenchmarkServeConn: ctx.kv calls as the server answers them, on one
+// connection kept (a socket pair; the runtime's side, and the sandbox's
+// socket, not included): one at a time, each sent when the last was
+// answered, and eight in flight at once.
 func BenchmarkServeConn(b *testing.B) {
 	s, _ := open(b, 0)
 	if err := s.Set(context.Background(), "f", "k", json.RawMessage(`{"n":1}`), 0); err != nil {
 		b.Fatal(err)
 	}
-	for _, bm := range []struct{ name, req string }{
-		{"get", `{"op":"get","key":"k"}`},
-		{"set", `{"op":"set","key":"k","value":{"n":2}}`},
+	for _, bm := range []struct {
+		name, req string
+		inFlight  int
+	}{
+		{"get", `{"op":"get","key":"k"}`, 1},
+		{"set", `{"op":"set","key":"k","value":{"n":2}}`, 1},
+		{"get-8", `{"op":"get","key":"k"}`, 8},
 	} {
 		b.Run(bm.name, func(b *testing.B) {
+			c := dial(b, context.Background(), s, "f", nil)
+			line := []byte(withID(bm.req, 1) + "\n")
+			sent, answered := 0, 0
 			for b.Loop() {
-				call(b, s, "f", bm.req)
+				for sent-answered < bm.inFlight {
+					if _, err := c.conn.Write(line); err != nil {
+						b.Fatal(err)
+					}
+					sent++
+				}
+				if _, err := c.r.ReadSlice('\n'); err != nil {
+					b.Fatal(err)
+				}
+				answered++
+			}
+			for ; answered < sent; answered++ {
+				if _, err := c.r.ReadSlice('\n'); err != nil {
+					b.Fatal(err)
+				}
 			}
 		})
 	}
@@ -349,7 +692,7 @@ func TestListPageBytes(t *testing.T) {
 		if pages > n {
 			t.Fatal("the pages do not end")
 		}
-		req, _ := json.Marshal(Request{Op: "list", Cursor: cursor, Limit: MaxList})
+		req, _ := json.Marshal(map[string]any{"op": "list", "cursor": cursor, "limit": MaxList})
 		answer := call(t, s, "f", string(req))
 		if len(answer) > MaxListBytes+len(value)+1024 {
 			t.Fatalf("a page of %d bytes", len(answer))

@@ -1,11 +1,13 @@
 package runtime_test
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"github.com/spry-run/spry/internal/backend"
+	"github.com/spry-run/spry/internal/kv"
 	"github.com/spry-run/spry/internal/runtime/runtimetest"
 )
 
@@ -436,4 +439,112 @@ func TestContractOutOfMemoryEnds(t *testing.T) {
 			})
 		}
 	})
+}
+
+// ctx.kv keeps one connection to the server per instance: calls made at
+// once share it and are answered in any order; a request past the
+// server's bound is refused with its error and the connection kept; a
+// connection the server ends (here refused, past an instance's bound on
+// connections, which the code's own connections took) fails the calls
+// on it, and the next call connects again. The open connection changes
+// nothing else: an unhandled rejection beside it is logged and the
+// instance serves on, and a stop ends it as before.
+func TestContractKV(t *testing.T) {
+	eachRuntime(t, func(t *testing.T, e *nodeEnv) {
+		inst := e.start(t, `import net from "node:net";
+		const name = (p) => p.then((v) => v, (err) => err.code ?? err.message);
+		let held = [];
+		export default { async fetch(req, ctx) {
+			const kv = ctx.kv;
+			switch (new URL(req.url).pathname) {
+			case "/hold": {
+				// Connections of the code's own, up to the instance's bound,
+				// before ctx.kv makes its first.
+				held = await Promise.all(Array.from({ length: 8 }, () => new Promise((resolve, reject) => {
+					const c = net.createConnection("/run/spry-kv.sock", () => resolve(c));
+					c.on("error", reject);
+				})));
+				const refused = await name(kv.get("a"));
+				for (const c of held) c.destroy();
+				// The server sees them end soon after: until then ctx.kv's
+				// new connections are refused too.
+				let again;
+				for (let i = 0; i < 100; i++) {
+					again = await name(kv.get("a"));
+					if (again !== "rate_limited") break;
+					await new Promise((r) => setTimeout(r, 20));
+				}
+				return Response.json({ refused, again });
+			}
+			case "/seq": {
+				const set = await kv.set("a", { n: 1 });
+				const e = await kv.getEntry("a");
+				return Response.json({ ok: set.ok, same: e.version === set.version, value: await kv.get("a"), deleted: await kv.delete("none") });
+			}
+			case "/par": {
+				const adds = await Promise.all(Array.from({ length: 40 }, () => kv.add("n")));
+				const sets = await Promise.all(Array.from({ length: 20 }, (_, i) => kv.set("k" + i, i)));
+				const gets = await Promise.all(Array.from({ length: 20 }, (_, i) => kv.get("k" + i)));
+				const page = await kv.list({ prefix: "k1", limit: 3 });
+				return Response.json({ adds: [...new Set(adds)].sort((a, b) => a - b).join(), sets: sets.every((s) => s.ok), gets: gets.join(), listed: page.entries.map((e) => e.key).join() });
+			}
+			case "/big": {
+				const big = "x".repeat(500000);
+				const alone = await name(kv.set("big", big));
+				const beside = await Promise.all([name(kv.set("big", big)), name(kv.get("a")), name(kv.set("big", "é".repeat(140000)))]);
+				return Response.json({ alone, beside, after: await kv.get("a") });
+			}
+			case "/reject": Promise.reject(new Error("late")); return new Response("ok");
+			}
+			return new Response("alive");
+		} }`)
+		for _, tc := range []struct{ path, want string }{
+			{"/hold", `{"refused":"rate_limited","again":null}`},
+			{"/seq", `{"ok":true,"same":true,"value":{"n":1},"deleted":{"ok":true}}`},
+			{"/par", `{"adds":"` + seq(1, 40) + `","sets":true,"gets":"` + seq(0, 19) + `","listed":"k1,k10,k11"}`},
+			{"/big", `{"alone":"too_large","beside":["too_large",{"n":1},"too_large"],"after":{"n":1}}`},
+			// The connection is open and idle: an unhandled rejection is
+			// the function's, and the instance serves on, ctx.kv too.
+			{"/reject", "ok"},
+			{"/seq", `{"ok":true,"same":true,"value":{"n":1},"deleted":{"ok":true}}`},
+		} {
+			if r := do(t, inst, "GET", tc.path, nil, nil); r.status != 200 || r.body != tc.want {
+				t.Errorf("%s: got %d %s\nwant %s", tc.path, r.status, r.body, tc.want)
+			}
+		}
+		if !e.logs.Await("stderr: unhandled rejection in function: Error: late") {
+			t.Errorf("the rejection is not in the logs:\n%s", e.logs)
+		}
+		if strings.Contains(e.logs.String(), "ctx.kv") {
+			t.Errorf("ctx.kv logged:\n%s", e.logs)
+		}
+		if err := e.b.Stop(context.Background(), inst.ID); err != nil {
+			t.Fatal(err)
+		}
+		<-inst.Done()
+		if ex := inst.Exit(); ex.Reason != backend.ExitStopped {
+			t.Errorf("exit = %+v", ex)
+		}
+	})
+}
+
+// seq is the numbers from to through, joined by commas.
+func seq(from, through int) string {
+	var s []string
+	for i := from; i <= through; i++ {
+		s = append(s, strconv.Itoa(i))
+	}
+	return strings.Join(s, ",")
+}
+
+// The client refuses a request past the server's bound itself; the two
+// bounds must be one.
+func TestKVClientBound(t *testing.T) {
+	js, err := os.ReadFile("kv_client.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("const KV_MAX_REQUEST = %d;", kv.MaxRequest); !strings.Contains(string(js), want) {
+		t.Errorf("kv_client.js has no %q", want)
+	}
 }

@@ -117,28 +117,68 @@ async function settle(res) {
 }
 
 // ctx.kv: the function's key-value storage, kept by the server (one
-// namespace per function, across versions and deploys). Each call is one
-// connection to the server's socket: the request as JSON, then the
-// answer. Values are anything JSON can hold.
-const KV_SOCKET = "/run/spry-kv.sock";
-
-async function kvCall(req) {
-  const body = encoder.encode(JSON.stringify(req));
-  let conn;
-  try {
-    conn = await Deno.connect({ transport: "unix", path: KV_SOCKET });
-  } catch (err) {
-    throw new Error(`ctx.kv: storage is not reachable: ${err.message}`);
-  }
-  let text;
-  try {
-    for (let off = 0; off < body.length;) off += await conn.write(body.subarray(off));
-    await conn.closeWrite();
-    text = await new NativeResponse(conn.readable).text();
-  } finally {
-    try { conn.close(); } catch { /* closed with its stream */ }
-  }
-  return kvAnswer(text);
+// namespace per function, across versions and deploys), over one
+// connection to the server's socket (kv_client.js). Values are anything
+// JSON can hold.
+function kvDial(on) {
+  let conn = null;
+  let closed = false;
+  let out = []; // lines not yet written
+  let writing = false;
+  const fail = (err) => {
+    on.end(closed ? null : new Error(`ctx.kv: ${err.message}`));
+    close();
+  };
+  const close = () => {
+    closed = true;
+    try { conn?.close(); } catch { /* closed already */ }
+  };
+  // Lines sent while a write is under way go together in the next.
+  const flush = async () => {
+    writing = true;
+    try {
+      while (out.length > 0 && !closed) {
+        const bytes = encoder.encode(out.length === 1 ? out[0] : out.join(""));
+        out = [];
+        for (let off = 0; off < bytes.length;) off += await conn.write(bytes.subarray(off));
+      }
+    } catch (err) {
+      fail(err);
+    } finally {
+      writing = false;
+    }
+  };
+  const read = async () => {
+    const buf = new Uint8Array(64 << 10);
+    const decoder = new TextDecoder();
+    try {
+      for (let n; (n = await conn.read(buf)) !== null;) on.data(decoder.decode(buf.subarray(0, n), { stream: true }));
+      on.end(null);
+      close();
+    } catch (err) {
+      fail(err);
+    }
+  };
+  Deno.connect({ transport: "unix", path: KV_SOCKET }).then((c) => {
+    conn = c;
+    if (closed) return close();
+    // The connection waits for answers without keeping the event loop
+    // alive (the server it serves does that).
+    c.unref();
+    read();
+    if (out.length > 0) flush();
+  }, (err) => {
+    closed = true;
+    on.end(new Error(`ctx.kv: storage is not reachable: ${err.message}`));
+  });
+  return {
+    send(line) {
+      out.push(line);
+      if (conn !== null && !writing) flush();
+    },
+    busy() {},
+    close,
+  };
 }
 
 // The part of ctx.kv both runtimes share (kv_client.js) goes here.

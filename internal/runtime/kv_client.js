@@ -1,19 +1,106 @@
 // The part of ctx.kv that Spry's Deno and Node bootstraps share: each
-// gets it in place of its "@spry:kv-client" line, and defines kvCall,
-// the one call over the server's socket, its own way.
-function kvAnswer(text) {
+// gets it in place of its "@spry:kv-client" line, and defines kvDial,
+// which opens the server's socket its own way.
+//
+// ctx.kv speaks to the server over one connection an instance keeps,
+// made on the first call: each request is a line of JSON with an id,
+// which its answer, a line too, carries back, so that calls made at once
+// share the connection and are answered in any order. A connection that
+// fails fails the calls it carries; the next call makes another.
+//
+// kvDial(on) starts connecting to KV_SOCKET and returns { send(line),
+// busy(yes), close() }: send writes a line (queued until connected, and
+// in order); busy says whether calls wait for answers (an idle
+// connection must not keep the instance's event loop alive); close ends
+// it. It calls on.data(text) with the answers' text as it comes, and
+// on.end(err) once, when the connection ends: err is an Error to fail
+// the waiting calls with, or null.
+const KV_SOCKET = "/run/spry-kv.sock";
+
+// The server's bound on a request's bytes (kv.MaxRequest): past it, it
+// says so and closes the connection, failing every call on it; the call
+// is refused here instead, with the server's error.
+const KV_MAX_REQUEST = 398336;
+
+let kvLink = null; // the connection the next call goes on, if one is open
+let kvLastId = 0;
+
+function kvCall(req) {
+  req.id = ++kvLastId;
+  const line = JSON.stringify(req) + "\n";
+  // No UTF-16 unit takes more than three bytes in UTF-8.
+  if (3 * (line.length - 1) > KV_MAX_REQUEST && new TextEncoder().encode(line).length - 1 > KV_MAX_REQUEST) {
+    return Promise.reject(kvError({ code: "too_large", message: `kv: a request is at most ${KV_MAX_REQUEST} bytes` }));
+  }
+  const link = kvLink ?? (kvLink = kvOpen());
+  return new Promise((resolve, reject) => {
+    link.calls.set(req.id, { resolve, reject });
+    if (link.calls.size === 1) link.conn.busy(true);
+    link.conn.send(line);
+  });
+}
+
+function kvOpen() {
+  // calls: id -> the call waiting for its answer; rest: an answer's
+  // start, its end yet to come; last: the error the server answered a
+  // line it could not read with, before closing the connection.
+  const link = { calls: new Map(), rest: "", last: null, ended: false, conn: null };
+  link.conn = kvDial({
+    data: (text) => kvReceived(link, text),
+    end: (err) => kvEnded(link, err),
+  });
+  return link;
+}
+
+function kvReceived(link, text) {
+  let start = 0;
+  for (let nl; !link.ended && (nl = text.indexOf("\n", start)) !== -1; start = nl + 1) {
+    const line = link.rest + text.slice(start, nl);
+    link.rest = "";
+    kvAnswered(link, line);
+  }
+  link.rest += text.slice(start);
+}
+
+function kvAnswered(link, line) {
   let res;
   try {
-    res = JSON.parse(text);
+    res = JSON.parse(line);
   } catch {
-    throw new Error("ctx.kv: the storage's answer was cut off");
+    kvEnded(link, new Error("ctx.kv: the storage's answer was cut off"));
+    link.conn.close();
+    return;
   }
-  if (res.error) {
-    const err = new Error(res.error.message);
-    err.code = res.error.code;
-    throw err;
+  const call = link.calls.get(res?.id);
+  if (call === undefined) {
+    // No call's: the server could not read a line, and closes.
+    if (res?.error) link.last = res.error;
+    return;
   }
-  return res;
+  link.calls.delete(res.id);
+  if (link.calls.size === 0) link.conn.busy(false);
+  if (res.error) call.reject(kvError(res.error));
+  else call.resolve(res);
+}
+
+function kvEnded(link, err) {
+  if (link.ended) return;
+  link.ended = true;
+  if (kvLink === link) kvLink = null;
+  for (const call of link.calls.values()) {
+    if (link.last) call.reject(kvError(link.last));
+    else if (link.rest !== "") call.reject(new Error("ctx.kv: the storage's answer was cut off"));
+    else call.reject(err ?? new Error("ctx.kv: the connection to storage was closed"));
+  }
+  link.calls.clear();
+}
+
+// kvError is the server's error as the code sees it: its message, with
+// its code (invalid_argument, quota_exceeded, ...).
+function kvError(e) {
+  const err = new Error(e.message);
+  err.code = e.code;
+  return err;
 }
 
 function kvKey(what, key) {

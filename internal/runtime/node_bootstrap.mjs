@@ -206,32 +206,33 @@ server.listen(SOCKET, onListen);
 // The fetch contract.
 
 // ctx.kv: the function's key-value storage, kept by the server (one
-// namespace per function, across versions and deploys). Each call is one
-// connection to the server's socket: the request as JSON, then the
-// answer. Values are anything JSON can hold.
-const KV_SOCKET = "/run/spry-kv.sock";
-
-function kvCall(req) {
-  const body = JSON.stringify(req);
-  return new Promise((resolve, reject) => {
-    const chunks = [];
-    let connected = false;
-    const sock = net.createConnection(KV_SOCKET, () => {
-      connected = true;
-      sock.end(body);
-    });
-    sock.on("data", (c) => chunks.push(c));
-    sock.on("end", () => {
-      try {
-        resolve(kvAnswer(Buffer.concat(chunks).toString("utf8")));
-      } catch (err) {
-        reject(err);
-      }
-    });
-    sock.on("error", (err) => {
-      reject(new Error(connected ? `ctx.kv: ${err.message}` : `ctx.kv: storage is not reachable: ${err.message}`));
-    });
+// namespace per function, across versions and deploys), over one
+// connection to the server's socket (kv_client.js). Values are anything
+// JSON can hold.
+function kvDial(on) {
+  let connected = false;
+  let failure = null;
+  const sock = net.createConnection(KV_SOCKET, () => (connected = true));
+  sock.setEncoding("utf8");
+  sock.on("data", on.data);
+  sock.on("error", (err) => {
+    failure = new Error(connected ? `ctx.kv: ${err.message}` : `ctx.kv: storage is not reachable: ${err.message}`);
   });
+  sock.on("close", () => on.end(failure));
+  return {
+    send(line) {
+      sock.write(line);
+    },
+    // Waiting for answers, the socket keeps the event loop alive, as a
+    // connection per call did; idle, it does not.
+    busy(yes) {
+      if (yes) sock.ref();
+      else sock.unref();
+    },
+    close() {
+      sock.destroy();
+    },
+  };
 }
 
 // The part of ctx.kv both runtimes share (kv_client.js) goes here.

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -19,6 +20,7 @@ import (
 	"github.com/spry-run/spry/internal/backend"
 	"github.com/spry-run/spry/internal/backend/local"
 	"github.com/spry-run/spry/internal/blob"
+	"github.com/spry-run/spry/internal/kv"
 	"github.com/spry-run/spry/internal/nettest"
 	"github.com/spry-run/spry/internal/runtime"
 	"github.com/spry-run/spry/internal/runtime/runtimetest"
@@ -54,6 +56,12 @@ func newRuntimeEnv(t *testing.T, name string, poolSize, uidBase int) *nodeEnv {
 	if name == "deno" {
 		rt = re.Deno
 	}
+	// ctx.kv, as the server gives it, in a SQLite file of the test's.
+	store, err := kv.Open(context.Background(), filepath.Join(t.TempDir(), "kv.db"), kv.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
 	b, err := local.New(local.Config{
 		RunDir:           re.Dir,
 		Sandbox:          re.Sandbox,
@@ -70,6 +78,7 @@ func newRuntimeEnv(t *testing.T, name string, poolSize, uidBase int) *nodeEnv {
 		Pids:           256,
 		TmpBytes:       16 << 20,
 		NoFiles:        1024,
+		KV:             store,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -79,10 +79,11 @@ type Config struct {
 	KV KV
 }
 
-// KV answers one ctx.kv request of function functionID's code on conn,
-// and closes it (kv.Store).
+// KV answers the ctx.kv requests of function functionID's code on conn
+// until it ends or ctx is done, taking one of slots for each request
+// while it is answered, and closes conn (kv.Store).
 type KV interface {
-	ServeConn(ctx context.Context, conn net.Conn, functionID string)
+	ServeConn(ctx context.Context, conn net.Conn, functionID string, slots chan struct{})
 }
 
 // CPU weights (cgroup shares) of a generic instance waiting in the pool,
