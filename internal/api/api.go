@@ -59,6 +59,9 @@ type Config struct {
 	// DefaultMaxDeploysWaiting).
 	MaxDeploys        int
 	MaxDeploysWaiting int
+	// DeployBodyTimeout bounds reading a deploy's body, from its
+	// admission (0: DefaultDeployBodyTimeout).
+	DeployBodyTimeout time.Duration
 	// PublicURL is the base of function URLs in responses; empty means
 	// "derive from the request's Host".
 	PublicURL string
@@ -109,6 +112,9 @@ func New(fns Functions, authn Authenticator, users store.Users, tokens store.Tok
 	}
 	if cfg.MaxDeploysWaiting <= 0 {
 		cfg.MaxDeploysWaiting = DefaultMaxDeploysWaiting
+	}
+	if cfg.DeployBodyTimeout <= 0 {
+		cfg.DeployBodyTimeout = DefaultDeployBodyTimeout
 	}
 	// Ten wrong tokens at once, then one every six seconds, per client.
 	limiter := auth.NewFailureLimiter(6*time.Second, 10, cfg.Now)
