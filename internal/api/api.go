@@ -44,6 +44,9 @@ type Functions interface {
 type Authenticator interface {
 	Authenticate(ctx context.Context, token string) (auth.Principal, error)
 	IssueToken(ctx context.Context, user, name string) (string, store.Token, error)
+	// CreateUser creates u with a first token named name: both, or on
+	// any error neither.
+	CreateUser(ctx context.Context, u store.User, name string) (string, store.Token, error)
 }
 
 // Instances reports running instances per version key.

@@ -87,11 +87,8 @@ func (a *API) createUser(w http.ResponseWriter, r *http.Request) error {
 	// the new user makes), nor the deletion while the user is being
 	// made, token and all.
 	err := a.gate.change(r.Context(), u.Name, false, func() error {
-		if err := a.users.CreateUser(r.Context(), u); err != nil {
-			return err
-		}
 		var err error
-		tok, t, err = a.auth.IssueToken(r.Context(), u.Name, "created with the user")
+		tok, t, err = a.auth.CreateUser(r.Context(), u, "created with the user")
 		return err
 	})
 	if err != nil {

@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -170,5 +171,46 @@ func TestDeleteUserRacesItsRecreation(t *testing.T) {
 			t.FailNow()
 		}
 		e.mustDo(e.admin, "DELETE", "/api/v1/users/bob", "", http.StatusNoContent, nil)
+	}
+}
+
+// sqlExec runs stmt on the env's database file beside the store, with a
+// connection of its own: how a test makes the real store fail at a
+// chosen step.
+func (e *env) sqlExec(stmt string) {
+	e.t.Helper()
+	db, err := sql.Open("sqlite", "file:"+e.dbPath+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(stmt); err != nil {
+		e.t.Fatalf("%s: %v", stmt, err)
+	}
+}
+
+// POST /users makes the user and its first token together: if the
+// token cannot be stored, there is no user either, and the name can be
+// made again. Before, the user stayed without a token, and no one could
+// act as it.
+func TestCreateUserWithItsToken(t *testing.T) {
+	e := newEnv(t)
+	e.sqlExec(`CREATE TRIGGER refuse_tokens BEFORE INSERT ON tokens BEGIN SELECT RAISE(ABORT, 'the test refuses tokens'); END`)
+	status, body := e.do(e.admin, "POST", "/api/v1/users", `{"name":"bob"}`)
+	wantError(t, "POST /users with tokens refused", status, body, http.StatusInternalServerError, "internal")
+	status, body = e.do(e.admin, "GET", "/api/v1/users/bob", "")
+	wantError(t, "GET /users/bob after its creation failed", status, body, http.StatusNotFound, "not_found")
+	var users struct{ Users []UserView }
+	e.mustDo(e.admin, "GET", "/api/v1/users", "", http.StatusOK, &users)
+	if len(users.Users) != 1 || users.Users[0].Name != "admin" {
+		t.Errorf("users after bob's creation failed: %+v, want only admin", users.Users)
+	}
+
+	e.sqlExec(`DROP TRIGGER refuse_tokens`)
+	bob := e.user("bob")
+	var who struct{ User string }
+	e.mustDo(bob, "GET", "/api/v1/whoami", "", http.StatusOK, &who)
+	if who.User != "bob" {
+		t.Errorf("bob's token is %s's", who.User)
 	}
 }
