@@ -132,7 +132,8 @@ func (a *API) deleteUser(w http.ResponseWriter, r *http.Request) error {
 		}
 		// A user's functions go first, so that a failure leaves the user
 		// to delete again, not functions without a user (a user made
-		// again under the name would have them).
+		// again under the name would have them). Each goes whole, so the
+		// same DELETE again carries on with those left.
 		if err := a.deleteFunctionsOf(r.Context(), name); err != nil {
 			return err
 		}

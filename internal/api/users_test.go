@@ -214,3 +214,54 @@ func TestCreateUserWithItsToken(t *testing.T) {
 		t.Errorf("bob's token is %s's", who.User)
 	}
 }
+
+// A DELETE /users/{name} that fails part way (here the store refuses to
+// delete one of the user's functions) leaves the user, its tokens and
+// the functions it had not reached yet, each function wholly there or
+// wholly gone; the same DELETE again finishes the job, ending at 204.
+func TestDeleteUserResumes(t *testing.T) {
+	e := newEnv(t)
+	bob := e.user("bob")
+	for _, name := range []string{"a", "b", "c"} {
+		e.deploy(bob, "/api/v1/functions/"+name)
+	}
+	e.sqlExec(`CREATE TRIGGER keep_b BEFORE DELETE ON functions WHEN OLD.owner = 'bob' AND OLD.name = 'b'
+		BEGIN SELECT RAISE(ABORT, 'the test keeps bob/b'); END`)
+	status, body := e.do(e.admin, "DELETE", "/api/v1/users/bob", "")
+	wantError(t, "DELETE /users/bob with bob/b kept", status, body, http.StatusInternalServerError, "internal")
+
+	// Functions go in name order: a went, b and c are there, whole.
+	e.mustDo(e.admin, "GET", "/api/v1/users/bob", "", http.StatusOK, nil)
+	e.mustDo(bob, "GET", "/api/v1/whoami", "", http.StatusOK, nil)
+	var list FunctionList
+	e.mustDo(e.admin, "GET", "/api/v1/functions?owner=bob", "", http.StatusOK, &list)
+	var have []string
+	for _, fn := range list.Functions {
+		have = append(have, fn.Name)
+	}
+	if !slices.Equal(have, []string{"b", "c"}) {
+		t.Errorf("bob's functions after the failed delete: %v, want [b c]", have)
+	}
+	for _, name := range []string{"b", "c"} {
+		var vs struct{ Versions []VersionView }
+		e.mustDo(e.admin, "GET", "/api/v1/functions/"+name+"/versions?owner=bob", "", http.StatusOK, &vs)
+		if len(vs.Versions) != 1 {
+			t.Errorf("bob/%s has %d versions, want 1", name, len(vs.Versions))
+		}
+	}
+
+	e.sqlExec(`DROP TRIGGER keep_b`)
+	e.mustDo(e.admin, "DELETE", "/api/v1/users/bob", "", http.StatusNoContent, nil)
+	status, body = e.do(e.admin, "GET", "/api/v1/users/bob", "")
+	wantError(t, "GET /users/bob after the delete", status, body, http.StatusNotFound, "not_found")
+	e.mustDo(e.admin, "GET", "/api/v1/functions?owner=bob", "", http.StatusOK, &list)
+	if len(list.Functions) != 0 {
+		t.Errorf("bob's functions after the delete: %+v, want none", list.Functions)
+	}
+	if status, _ := e.do(bob, "GET", "/api/v1/whoami", ""); status != http.StatusUnauthorized {
+		t.Errorf("bob's token after the delete: %d, want 401", status)
+	}
+	// Once done, it is done: a third DELETE finds no user.
+	status, body = e.do(e.admin, "DELETE", "/api/v1/users/bob", "")
+	wantError(t, "DELETE /users/bob again", status, body, http.StatusNotFound, "not_found")
+}
