@@ -15,6 +15,7 @@ FUZZ := ./internal/names:FuzzValidate:300000x ./internal/auth:FuzzParse:200000x 
 	./internal/functions:FuzzParseLimits:100000x ./internal/functions:FuzzParseVersion:100000x \
 	./internal/archive:FuzzExtractTar:40000x \
 	./internal/archive:FuzzExtractZip:20000x ./internal/api:FuzzDecodeCursor:50000x \
+	./internal/api:FuzzJSONText:10000x \
 	./internal/router:FuzzInstanceResponse:300x ./internal/router:FuzzClientRequest:20000x \
 	./internal/router:FuzzChunkRelay:100000x ./internal/httpserve:FuzzValidHost:200000x ./internal/httpserve:FuzzBareLF:50000x \
 	./internal/httpserve:FuzzChunkScan:50000x ./internal/router:FuzzHostFunction:100000x \

@@ -44,6 +44,9 @@ type Functions interface {
 type Authenticator interface {
 	Authenticate(ctx context.Context, token string) (auth.Principal, error)
 	IssueToken(ctx context.Context, user, name string) (string, store.Token, error)
+	// CreateUser creates u with a first token named name: both, or on
+	// any error neither.
+	CreateUser(ctx context.Context, u store.User, name string) (string, store.Token, error)
 }
 
 // Instances reports running instances per version key.
@@ -59,6 +62,9 @@ type Config struct {
 	// DefaultMaxDeploysWaiting).
 	MaxDeploys        int
 	MaxDeploysWaiting int
+	// DeployBodyTimeout bounds reading a deploy's body, from its
+	// admission (0: DefaultDeployBodyTimeout).
+	DeployBodyTimeout time.Duration
 	// PublicURL is the base of function URLs in responses; empty means
 	// "derive from the request's Host".
 	PublicURL string
@@ -109,6 +115,9 @@ func New(fns Functions, authn Authenticator, users store.Users, tokens store.Tok
 	}
 	if cfg.MaxDeploysWaiting <= 0 {
 		cfg.MaxDeploysWaiting = DefaultMaxDeploysWaiting
+	}
+	if cfg.DeployBodyTimeout <= 0 {
+		cfg.DeployBodyTimeout = DefaultDeployBodyTimeout
 	}
 	// Ten wrong tokens at once, then one every six seconds, per client.
 	limiter := auth.NewFailureLimiter(6*time.Second, 10, cfg.Now)

@@ -4,11 +4,16 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"net"
+	"net/http"
+	"os"
 	"reflect"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf16"
 	"unicode/utf8"
@@ -184,4 +189,56 @@ func readBody(body io.Reader, length, limit int64) ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+// timedBody is a request body that must arrive within d of its start
+// (the server's own deadline covers the head, and fasthttp's the first
+// 8 KiB of the body, read with it); a read that meets the deadline is a
+// 408 request_timeout.
+type timedBody struct {
+	r       io.ReadCloser
+	rc      *http.ResponseController
+	d       time.Duration
+	expired bool
+}
+
+// newTimedBody starts r's body's deadline.
+func newTimedBody(w http.ResponseWriter, r *http.Request, d time.Duration) (*timedBody, error) {
+	rc := http.NewResponseController(w)
+	if err := rc.SetReadDeadline(time.Now().Add(d)); err != nil {
+		return nil, fmt.Errorf("bound the request body's time: %w", err)
+	}
+	return &timedBody{r: r.Body, rc: rc, d: d}, nil
+}
+
+func (b *timedBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && timedOut(err) {
+		b.expired = true
+		err = errdefs.New(errdefs.ErrRequestTimeout, "the request body did not arrive within %s of the deploy's admission; send it faster, or a smaller one", b.d)
+	}
+	return n, err
+}
+
+func (b *timedBody) Close() error { return b.r.Close() }
+
+// end lifts the deadline once the body is read (net/http then reads the
+// connection for a hang-up, and a deadline passing would cancel the
+// request; a kept-alive connection's next request has deadlines of its
+// own). A deadline that passed stays: the rest of the body is not read,
+// and the server closes the connection after its answer, rather than
+// read the rest first as net/http would.
+func (b *timedBody) end() {
+	if !b.expired {
+		_ = b.rc.SetReadDeadline(time.Time{})
+	}
+}
+
+// timedOut says whether a read failed on its deadline.
+func timedOut(err error) bool {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return true
+	}
+	ne, ok := errors.AsType[net.Error](err)
+	return ok && ne.Timeout()
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/spry-run/spry/internal/errdefs"
 )
@@ -30,6 +31,11 @@ const (
 	// DefaultMaxDeploysWaiting is how many deploys may wait at once,
 	// server-wide; one more is a 503.
 	DefaultMaxDeploysWaiting = 64
+	// DefaultDeployBodyTimeout is how long an admitted deploy's body may
+	// take to arrive (Config.DeployBodyTimeout): a slot held by a client
+	// that trickles its body stalls the deploys behind it. A minute
+	// takes the largest code (5 MiB) at about 90 KB/s.
+	DefaultDeployBodyTimeout = 60 * time.Second
 	// deployRetryAfter is the Retry-After, in seconds, of a refused
 	// deploy: a deploy takes seconds.
 	deployRetryAfter = "5"

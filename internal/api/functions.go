@@ -327,13 +327,20 @@ func (a *API) deployFunction(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	defer a.deploys.release(user)
+	// The body must come within the deadline, or the slot is held for
+	// as long as a client takes to send it.
+	timed, err := newTimedBody(w, r, a.cfg.DeployBodyTimeout)
+	if err != nil {
+		return err
+	}
+	defer timed.end()
 	limit := a.cfg.MaxCodeBytes
 	if isJSON {
 		// JSON escaping can grow code up to six-fold (\u00XX); allow for
 		// it here and apply the code limit to the decoded code.
 		limit = limit*6 + maxJSONBody
 	}
-	body := http.MaxBytesReader(w, r.Body, limit)
+	body := http.MaxBytesReader(w, timed, limit)
 	if isJSON {
 		d, err := decodeDeployBody(body, r.ContentLength, limit)
 		if err != nil {
@@ -370,6 +377,8 @@ func (a *API) deployFunction(w http.ResponseWriter, r *http.Request) error {
 			}
 		}
 	}
+	// Read whole: the build has no deadline but the request's.
+	timed.end()
 	fn, err := a.fns.Deploy(r.Context(), req)
 	if err != nil {
 		return err

@@ -37,6 +37,7 @@ type env struct {
 	srv    *httptest.Server
 	api    *API
 	st     *sqlite.Store
+	dbPath string // st's file
 	fns    *functions.Service
 	admin  string // the admin's token
 	tokens map[string]string
@@ -44,9 +45,16 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	return newEnvConfig(t, Config{MaxCodeBytes: 1 << 20})
+}
+
+// newEnvConfig is newEnv with the API's config cfg.
+func newEnvConfig(t *testing.T, cfg Config) *env {
+	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
-	st, err := sqlite.Open(ctx, filepath.Join(dir, "spry.db"))
+	dbPath := filepath.Join(dir, "spry.db")
+	st, err := sqlite.Open(ctx, dbPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,10 +92,10 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := New(fns, authn, st, st, nil, logs, Config{MaxCodeBytes: 1 << 20})
+	a := New(fns, authn, st, st, nil, logs, cfg)
 	srv := httptest.NewServer(a.Handler())
 	t.Cleanup(srv.Close)
-	return &env{t: t, srv: srv, api: a, st: st, fns: fns, admin: tok, tokens: map[string]string{"admin": tok}}
+	return &env{t: t, srv: srv, api: a, st: st, dbPath: dbPath, fns: fns, admin: tok, tokens: map[string]string{"admin": tok}}
 }
 
 // user creates a user through the API and returns its token.

@@ -87,11 +87,8 @@ func (a *API) createUser(w http.ResponseWriter, r *http.Request) error {
 	// the new user makes), nor the deletion while the user is being
 	// made, token and all.
 	err := a.gate.change(r.Context(), u.Name, false, func() error {
-		if err := a.users.CreateUser(r.Context(), u); err != nil {
-			return err
-		}
 		var err error
-		tok, t, err = a.auth.IssueToken(r.Context(), u.Name, "created with the user")
+		tok, t, err = a.auth.CreateUser(r.Context(), u, "created with the user")
 		return err
 	})
 	if err != nil {
@@ -135,7 +132,8 @@ func (a *API) deleteUser(w http.ResponseWriter, r *http.Request) error {
 		}
 		// A user's functions go first, so that a failure leaves the user
 		// to delete again, not functions without a user (a user made
-		// again under the name would have them).
+		// again under the name would have them). Each goes whole, so the
+		// same DELETE again carries on with those left.
 		if err := a.deleteFunctionsOf(r.Context(), name); err != nil {
 			return err
 		}

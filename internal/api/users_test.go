@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -171,4 +172,96 @@ func TestDeleteUserRacesItsRecreation(t *testing.T) {
 		}
 		e.mustDo(e.admin, "DELETE", "/api/v1/users/bob", "", http.StatusNoContent, nil)
 	}
+}
+
+// sqlExec runs stmt on the env's database file beside the store, with a
+// connection of its own: how a test makes the real store fail at a
+// chosen step.
+func (e *env) sqlExec(stmt string) {
+	e.t.Helper()
+	db, err := sql.Open("sqlite", "file:"+e.dbPath+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(stmt); err != nil {
+		e.t.Fatalf("%s: %v", stmt, err)
+	}
+}
+
+// POST /users makes the user and its first token together: if the
+// token cannot be stored, there is no user either, and the name can be
+// made again. Before, the user stayed without a token, and no one could
+// act as it.
+func TestCreateUserWithItsToken(t *testing.T) {
+	e := newEnv(t)
+	e.sqlExec(`CREATE TRIGGER refuse_tokens BEFORE INSERT ON tokens BEGIN SELECT RAISE(ABORT, 'the test refuses tokens'); END`)
+	status, body := e.do(e.admin, "POST", "/api/v1/users", `{"name":"bob"}`)
+	wantError(t, "POST /users with tokens refused", status, body, http.StatusInternalServerError, "internal")
+	status, body = e.do(e.admin, "GET", "/api/v1/users/bob", "")
+	wantError(t, "GET /users/bob after its creation failed", status, body, http.StatusNotFound, "not_found")
+	var users struct{ Users []UserView }
+	e.mustDo(e.admin, "GET", "/api/v1/users", "", http.StatusOK, &users)
+	if len(users.Users) != 1 || users.Users[0].Name != "admin" {
+		t.Errorf("users after bob's creation failed: %+v, want only admin", users.Users)
+	}
+
+	e.sqlExec(`DROP TRIGGER refuse_tokens`)
+	bob := e.user("bob")
+	var who struct{ User string }
+	e.mustDo(bob, "GET", "/api/v1/whoami", "", http.StatusOK, &who)
+	if who.User != "bob" {
+		t.Errorf("bob's token is %s's", who.User)
+	}
+}
+
+// A DELETE /users/{name} that fails part way (here the store refuses to
+// delete one of the user's functions) leaves the user, its tokens and
+// the functions it had not reached yet, each function wholly there or
+// wholly gone; the same DELETE again finishes the job, ending at 204.
+func TestDeleteUserResumes(t *testing.T) {
+	e := newEnv(t)
+	bob := e.user("bob")
+	for _, name := range []string{"a", "b", "c"} {
+		e.deploy(bob, "/api/v1/functions/"+name)
+	}
+	e.sqlExec(`CREATE TRIGGER keep_b BEFORE DELETE ON functions WHEN OLD.owner = 'bob' AND OLD.name = 'b'
+		BEGIN SELECT RAISE(ABORT, 'the test keeps bob/b'); END`)
+	status, body := e.do(e.admin, "DELETE", "/api/v1/users/bob", "")
+	wantError(t, "DELETE /users/bob with bob/b kept", status, body, http.StatusInternalServerError, "internal")
+
+	// Functions go in name order: a went, b and c are there, whole.
+	e.mustDo(e.admin, "GET", "/api/v1/users/bob", "", http.StatusOK, nil)
+	e.mustDo(bob, "GET", "/api/v1/whoami", "", http.StatusOK, nil)
+	var list FunctionList
+	e.mustDo(e.admin, "GET", "/api/v1/functions?owner=bob", "", http.StatusOK, &list)
+	var have []string
+	for _, fn := range list.Functions {
+		have = append(have, fn.Name)
+	}
+	if !slices.Equal(have, []string{"b", "c"}) {
+		t.Errorf("bob's functions after the failed delete: %v, want [b c]", have)
+	}
+	for _, name := range []string{"b", "c"} {
+		var vs struct{ Versions []VersionView }
+		e.mustDo(e.admin, "GET", "/api/v1/functions/"+name+"/versions?owner=bob", "", http.StatusOK, &vs)
+		if len(vs.Versions) != 1 {
+			t.Errorf("bob/%s has %d versions, want 1", name, len(vs.Versions))
+		}
+	}
+
+	e.sqlExec(`DROP TRIGGER keep_b`)
+	e.mustDo(e.admin, "DELETE", "/api/v1/users/bob", "", http.StatusNoContent, nil)
+	status, body = e.do(e.admin, "GET", "/api/v1/users/bob", "")
+	wantError(t, "GET /users/bob after the delete", status, body, http.StatusNotFound, "not_found")
+	e.mustDo(e.admin, "GET", "/api/v1/functions?owner=bob", "", http.StatusOK, &list)
+	if len(list.Functions) != 0 {
+		t.Errorf("bob's functions after the delete: %+v, want none", list.Functions)
+	}
+	if status, _ := e.do(bob, "GET", "/api/v1/whoami", ""); status != http.StatusUnauthorized {
+		t.Errorf("bob's token after the delete: %d, want 401", status)
+	}
+	// Once done, it is done: a third DELETE finds no user.
+	status, body = e.do(e.admin, "DELETE", "/api/v1/users/bob", "")
+	wantError(t, "DELETE /users/bob again", status, body, http.StatusNotFound, "not_found")
 }

@@ -83,21 +83,35 @@ func (s *Service) Authenticate(ctx context.Context, token string) (Principal, er
 // IssueToken creates a new token for user and returns its plaintext, which
 // is never stored and cannot be shown again.
 func (s *Service) IssueToken(ctx context.Context, user, name string) (string, store.Token, error) {
-	var idb [8]byte
-	var sec [32]byte
-	if _, err := rand.Read(idb[:]); err != nil {
-		return "", store.Token{}, err
-	}
-	if _, err := rand.Read(sec[:]); err != nil {
-		return "", store.Token{}, err
-	}
-	id := hex.EncodeToString(idb[:])
-	secret := base64.RawURLEncoding.EncodeToString(sec[:])
-	t := store.Token{ID: id, User: user, Hash: hash(secret), Name: name, CreatedAt: s.now()}
+	tok, t := s.newToken(user, name)
 	if err := s.store.CreateToken(ctx, t); err != nil {
 		return "", store.Token{}, fmt.Errorf("issue token: %w", err)
 	}
-	return "spry_" + id + "_" + secret, t, nil
+	return tok, t, nil
+}
+
+// CreateUser creates u with its first token, named name, in one
+// transaction: a failure leaves neither, never a user no one can act
+// as. It returns the token's plaintext, as IssueToken does.
+func (s *Service) CreateUser(ctx context.Context, u store.User, name string) (string, store.Token, error) {
+	tok, t := s.newToken(u.Name, name)
+	if err := s.store.CreateUser(ctx, u, t); err != nil {
+		return "", store.Token{}, err
+	}
+	return tok, t, nil
+}
+
+// newToken makes a token for user: its plaintext and its record.
+func (s *Service) newToken(user, name string) (string, store.Token) {
+	var idb [8]byte
+	var sec [32]byte
+	// crypto/rand.Read never fails (it crashes the program instead).
+	_, _ = rand.Read(idb[:])
+	_, _ = rand.Read(sec[:])
+	id := hex.EncodeToString(idb[:])
+	secret := base64.RawURLEncoding.EncodeToString(sec[:])
+	t := store.Token{ID: id, User: user, Hash: hash(secret), Name: name, CreatedAt: s.now()}
+	return "spry_" + id + "_" + secret, t
 }
 
 func hash(secret string) []byte {

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"fmt"
 	"io"
 	"log/slog"
 	"math"
@@ -18,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/spry-run/spry/internal/activator"
+	"github.com/spry-run/spry/internal/api"
 	"github.com/spry-run/spry/internal/build"
 	"github.com/spry-run/spry/internal/config"
 	"github.com/spry-run/spry/internal/errdefs"
@@ -135,6 +137,9 @@ func newServeCmd(env Env) *cobra.Command {
 	f.IntVar(&allMemory, "all-memory", int(hostMemory()>>20)-defaultMemoryReserve(), "memory, in MiB, all instances and builds may hold together, swap included (0: no bound); past it the kernel's OOM killer stops the largest of them, never the server (by default the host's memory less --memory-reserve)")
 	f.Int64Var(&cfg.KVMaxBytes, "kv-max-bytes", kv.DefaultMaxBytes, "bytes of keys and values each function's ctx.kv may hold, each entry counted 100 bytes more; a write past it fails with quota_exceeded")
 	f.IntVar(&cfg.MaxFunctionsPerUser, "max-functions-per-user", 1000, "functions one user may have (0: no limit); deploying one more gets 403 quota_exceeded")
+	f.IntVar(&cfg.MaxDeploys, "max-deploys", api.DefaultMaxDeploys, fmt.Sprintf("deploys past admission at once (reading their body, building, storing), at most %d of them one user's; the others wait, their bodies unread", api.MaxDeploysPerUser))
+	f.IntVar(&cfg.MaxDeploysWaiting, "max-deploys-waiting", api.DefaultMaxDeploysWaiting, "deploys that may wait for admission at once; one more gets 503 unavailable")
+	f.DurationVar(&cfg.DeployBodyTimeout, "deploy-body-timeout", api.DefaultDeployBodyTimeout, "how long an admitted deploy's body may take to arrive whole; past it the deploy gets 408 request_timeout and its slot goes to the next")
 	f.IntVar(&cfg.PoolSize, "pool-size", 4, "warm, generic Deno instances kept ready for cold starts")
 	f.IntVar(&cfg.NodePoolSize, "node-pool-size", 1, "warm, generic Node instances kept ready for cold starts")
 	f.IntVar(&cfg.DefaultMemoryMiB, "memory", 128, "default memory limit of an instance, in MiB")
@@ -209,6 +214,13 @@ func validate(cfg server.Config) error {
 		return errdefs.Invalid("--router-spin must be between 0 and 1ms")
 	case cfg.MaxFunctionsPerUser < 0:
 		return errdefs.Invalid("--max-functions-per-user must be 0 (no limit) or more")
+	case cfg.MaxDeploys < 1:
+		return errdefs.Invalid("--max-deploys must be at least 1")
+	case cfg.MaxDeploysWaiting < 1:
+		return errdefs.Invalid("--max-deploys-waiting must be at least 1")
+	case cfg.DeployBodyTimeout < time.Second:
+		// Less would refuse ordinary deploys over an ordinary link.
+		return errdefs.Invalid("--deploy-body-timeout must be at least 1s")
 	case cfg.PoolSize < 0 || cfg.NodePoolSize < 0:
 		return errdefs.Invalid("--pool-size must not be negative")
 	case cfg.NPMCacheBytes < 1<<20:

@@ -1,7 +1,13 @@
 package cli
 
 import (
+	"context"
+	"errors"
+	"io"
+	"io/fs"
 	"math"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -21,6 +27,7 @@ func TestValidateServeFlags(t *testing.T) {
 		MaxBundleBytes: 50 << 20, MaxBodyBytes: 100 << 20, CPU: 1, QueueSize: 1000, PoolSize: 4,
 		UIDBase: 2000000, ShutdownTimeout: 30 * time.Second, MaxLogBytes: 2 << 30,
 		NPMMemoryMiB: 1024, NPMDiskMiB: 2048, NPMCacheBytes: 1 << 30,
+		MaxDeploys: 4, MaxDeploysWaiting: 32, DeployBodyTimeout: time.Minute,
 	}
 	for _, tt := range []struct {
 		name string
@@ -83,6 +90,14 @@ func TestValidateServeFlags(t *testing.T) {
 		{"memory reserve", func(c *server.Config) { c.MemoryReserve = uint64(defaultMemoryReserve()) << 20 }, ""},
 		{"memory reserve all but a byte", func(c *server.Config) { c.MemoryReserve = hostMemory() - 1 }, ""},
 		{"memory reserve all of it", func(c *server.Config) { c.MemoryReserve = hostMemory() }, "--memory-reserve"},
+		{"one deploy at a time", func(c *server.Config) { c.MaxDeploys = 1 }, ""},
+		{"no deploys", func(c *server.Config) { c.MaxDeploys = 0 }, "--max-deploys"},
+		{"negative deploys", func(c *server.Config) { c.MaxDeploys = -1 }, "--max-deploys"},
+		{"one deploy waiting", func(c *server.Config) { c.MaxDeploysWaiting = 1 }, ""},
+		{"no deploys waiting", func(c *server.Config) { c.MaxDeploysWaiting = 0 }, "--max-deploys-waiting"},
+		{"shortest deploy body time", func(c *server.Config) { c.DeployBodyTimeout = time.Second }, ""},
+		{"deploy body time under a second", func(c *server.Config) { c.DeployBodyTimeout = time.Second - 1 }, "--deploy-body-timeout"},
+		{"no deploy body time", func(c *server.Config) { c.DeployBodyTimeout = 0 }, "--deploy-body-timeout"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := base
@@ -127,5 +142,41 @@ func TestServeLogFormat(t *testing.T) {
 		if json := strings.HasPrefix(b.String(), "{"); json != strings.EqualFold(tt.format, "json") {
 			t.Errorf("--log-format %q wrote %q", tt.format, b.String())
 		}
+	}
+}
+
+// The deploy admission flags are checked at start, on the command line
+// or in the environment: a bad value exits 2 before the data directory
+// is made.
+func TestServeDeployFlags(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		args    []string
+		environ []string
+	}{
+		{"no deploys", []string{"--max-deploys", "0"}, nil},
+		{"deploys not a number", []string{"--max-deploys", "four"}, nil},
+		{"no deploys waiting", []string{"--max-deploys-waiting", "0"}, nil},
+		{"negative deploys waiting in the environment", nil, []string{"SPRY_MAX_DEPLOYS_WAITING=-1"}},
+		{"deploy body time too short", []string{"--deploy-body-timeout", "500ms"}, nil},
+		{"deploy body time not a duration", nil, []string{"SPRY_DEPLOY_BODY_TIMEOUT=60"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			data := filepath.Join(t.TempDir(), "data")
+			var stderr strings.Builder
+			code := Main(context.Background(), Env{
+				Args:    append([]string{"serve", "--data", data, "--listen", "127.0.0.1:0"}, tt.args...),
+				Environ: tt.environ,
+				Stdin:   strings.NewReader(""),
+				Stdout:  io.Discard,
+				Stderr:  &stderr,
+			})
+			if code != 2 {
+				t.Errorf("exit %d (%s), want 2", code, stderr.String())
+			}
+			if _, err := os.Stat(data); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("the data directory: %v, want none made", err)
+			}
+		})
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"sync"
@@ -43,9 +44,9 @@ func Adapt(h http.Handler, log *slog.Logger) fasthttp.RequestHandler {
 			return
 		}
 		// Like net/http with only ReadHeaderTimeout: the body has no
-		// deadline of its own; the handler bounds it.
+		// deadline of its own; the handler bounds it (SetReadDeadline).
 		_ = ctx.Conn().SetReadDeadline(time.Time{})
-		w := &writer{header: http.Header{}, committed: make(chan struct{}), done: make(chan struct{})}
+		w := &writer{conn: ctx.Conn(), header: http.Header{}, committed: make(chan struct{}), done: make(chan struct{})}
 		go func() {
 			defer close(w.done)
 			defer cancel()
@@ -175,6 +176,7 @@ func (b *body) detach() {
 
 // writer is the handler's http.ResponseWriter.
 type writer struct {
+	conn      net.Conn
 	mu        sync.Mutex
 	cond      *sync.Cond // signals chunks and the end, once streaming
 	header    http.Header
@@ -239,6 +241,20 @@ func (w *writer) FlushError() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.gone
+}
+
+// SetReadDeadline sets the connection's read deadline, for
+// http.ResponseController: a handler bounds the time its body may take,
+// as on net/http. Not once the response streams: the connection is then
+// read for the client's hang-up, and the body is no longer the
+// handler's.
+func (w *writer) SetReadDeadline(t time.Time) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.streaming {
+		return errors.New("the response streams: the request body is no longer read")
+	}
+	return w.conn.SetReadDeadline(t)
 }
 
 func (w *writer) commitLocked() {

@@ -97,6 +97,13 @@ type Config struct {
 	// 0 means no bound.
 	MaxFunctionsPerUser int
 	MaxBodyBytes        int64 // largest invocation request body
+	// MaxDeploys and MaxDeploysWaiting bound the deploys past admission
+	// and those waiting for it, server-wide; DeployBodyTimeout is how
+	// long an admitted deploy's body may take (api.Config's; 0: the
+	// API's defaults).
+	MaxDeploys        int
+	MaxDeploysWaiting int
+	DeployBodyTimeout time.Duration
 	// RouterLoops is how many event loops serve the public listener's
 	// fast path (router.Lane); 0 serves every connection with fasthttp.
 	RouterLoops int
@@ -359,12 +366,15 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		return nil, err
 	}
 	apiS := api.New(s.fns, authn, s.store, s.store, s.act, s.logs, api.Config{
-		MaxCodeBytes:   cfg.MaxCodeBytes,
-		PublicURL:      cfg.PublicURL,
-		FunctionDomain: cfg.FunctionDomain,
-		RunScheduled:   s.RunScheduled,
-		KV:             s.kv,
-		Logger:         log,
+		MaxCodeBytes:      cfg.MaxCodeBytes,
+		MaxDeploys:        cfg.MaxDeploys,
+		MaxDeploysWaiting: cfg.MaxDeploysWaiting,
+		DeployBodyTimeout: cfg.DeployBodyTimeout,
+		PublicURL:         cfg.PublicURL,
+		FunctionDomain:    cfg.FunctionDomain,
+		RunScheduled:      s.RunScheduled,
+		KV:                s.kv,
+		Logger:            log,
 	})
 	s.access = newAccessSampler(s.logs, accessPerSecond, time.Now)
 	sink := logSink{s.logs, s.metrics, s.access}

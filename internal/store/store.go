@@ -109,7 +109,11 @@ type Routing struct {
 
 // Users stores accounts.
 type Users interface {
-	CreateUser(ctx context.Context, u User) error // ErrAlreadyExists
+	// CreateUser creates u and, in the same transaction, u's tokens:
+	// all of them or, on any error, none (ErrAlreadyExists for a name or
+	// a token id that is taken), so a user is never left without the
+	// token it was made with.
+	CreateUser(ctx context.Context, u User, tokens ...Token) error
 	GetUser(ctx context.Context, name string) (User, error)
 	ListUsers(ctx context.Context) ([]User, error)
 	// DeleteUser deletes a user and their tokens. The last admin is not

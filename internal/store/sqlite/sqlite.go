@@ -163,11 +163,24 @@ func fnName(owner, name string) string { return owner + "/" + name }
 
 // Users
 
-func (s *Store) CreateUser(ctx context.Context, u store.User) error {
-	_, err := s.db.ExecContext(ctx,
+func (s *Store) CreateUser(ctx context.Context, u store.User, tokens ...store.Token) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return errorf(ctx, err, "user %q", u.Name)
+	}
+	defer tx.Rollback()
+	_, err = tx.ExecContext(ctx,
 		`INSERT INTO users (name, admin, created_at) VALUES (?, ?, ?)`,
 		u.Name, u.Admin, millis(u.CreatedAt))
 	if err != nil {
+		return errorf(ctx, err, "user %q", u.Name)
+	}
+	for _, t := range tokens {
+		if err := createToken(ctx, tx, t); err != nil {
+			return err
+		}
+	}
+	if err := tx.Commit(); err != nil {
 		return errorf(ctx, err, "user %q", u.Name)
 	}
 	return nil
@@ -233,11 +246,20 @@ func (s *Store) DeleteUser(ctx context.Context, name string) error {
 // Tokens
 
 func (s *Store) CreateToken(ctx context.Context, t store.Token) error {
+	return createToken(ctx, s.db, t)
+}
+
+// execer is a database or a transaction.
+type execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+func createToken(ctx context.Context, db execer, t store.Token) error {
 	hash := t.Hash
 	if hash == nil {
 		hash = []byte{} // NULL is not a hash
 	}
-	_, err := s.db.ExecContext(ctx,
+	_, err := db.ExecContext(ctx,
 		`INSERT INTO tokens (id, user_name, hash, name, created_at, revoked_at)
 		 VALUES (?, ?, ?, ?, ?, ?)`,
 		t.ID, t.User, hash, t.Name, millis(t.CreatedAt), millis(t.RevokedAt))

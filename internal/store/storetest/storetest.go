@@ -27,6 +27,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		fn   func(*testing.T, store.Store)
 	}{
 		{"Users", testUsers},
+		{"CreateUserWithTokens", testCreateUserWithTokens},
 		{"DeleteUser", testDeleteUser},
 		{"Tokens", testTokens},
 		{"RevokedTokensBounded", testRevokedTokensBounded},
@@ -185,6 +186,45 @@ func testUsers(t *testing.T, s store.Store) {
 	if len(list) != 1 || list[0].Name != "alice" {
 		t.Errorf("ListUsers after delete: got %+v, want only alice", list)
 	}
+}
+
+// A user made with tokens is made with all of them or not at all.
+func testCreateUserWithTokens(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	carol := store.User{Name: "carol", CreatedAt: at(1)}
+	c1 := store.Token{ID: "c1", User: "carol", Hash: []byte{1}, Name: "first", CreatedAt: at(1)}
+	noErr(t, s.CreateUser(ctx, carol, c1), "CreateUser carol with a token")
+	got, err := s.GetUser(ctx, "carol")
+	noErr(t, err, "GetUser carol")
+	checkUser(t, got, carol)
+	tok, err := s.GetToken(ctx, "c1")
+	noErr(t, err, "GetToken c1")
+	checkToken(t, tok, c1)
+
+	// A token that cannot be stored (its id is taken) takes the user
+	// with it.
+	dave := store.User{Name: "dave", CreatedAt: at(2)}
+	err = s.CreateUser(ctx, dave, store.Token{ID: "d1", User: "dave", Hash: []byte{2}, CreatedAt: at(2)}, store.Token{ID: "c1", User: "dave", Hash: []byte{3}, CreatedAt: at(2)})
+	wantErr(t, err, errdefs.ErrAlreadyExists, "CreateUser dave with a taken token id")
+	_, err = s.GetUser(ctx, "dave")
+	wantErr(t, err, errdefs.ErrNotFound, "GetUser dave after a failed CreateUser")
+	_, err = s.GetToken(ctx, "d1")
+	wantErr(t, err, errdefs.ErrNotFound, "GetToken d1 after a failed CreateUser")
+	tok, err = s.GetToken(ctx, "c1")
+	noErr(t, err, "GetToken c1 after dave's failed CreateUser")
+	checkToken(t, tok, c1)
+
+	// Nor does a user whose name is taken get its tokens.
+	err = s.CreateUser(ctx, store.User{Name: "carol", CreatedAt: at(3)}, store.Token{ID: "c2", User: "carol", Hash: []byte{4}, CreatedAt: at(3)})
+	wantErr(t, err, errdefs.ErrAlreadyExists, "CreateUser carol again")
+	_, err = s.GetToken(ctx, "c2")
+	wantErr(t, err, errdefs.ErrNotFound, "GetToken c2 of a user made twice")
+
+	// The user and its tokens made so are ordinary ones.
+	noErr(t, s.CreateUser(ctx, dave, store.Token{ID: "d1", User: "dave", Hash: []byte{2}, CreatedAt: at(2)}), "CreateUser dave")
+	noErr(t, s.DeleteUser(ctx, "dave"), "DeleteUser dave")
+	_, err = s.GetToken(ctx, "d1")
+	wantErr(t, err, errdefs.ErrNotFound, "GetToken d1 of a deleted user")
 }
 
 func testDeleteUser(t *testing.T, s store.Store) {

@@ -1,0 +1,145 @@
+package api
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/httpserve"
+)
+
+// An admitted deploy's body must arrive within Config.DeployBodyTimeout:
+// a client that trickles it gets a 408 request_timeout in the API's
+// shape, and its slot goes to the deploy waiting for it, whose own time
+// starts at its admission. Before, a body sent a byte a minute held its
+// slot for good, and two users so stalled every deploy. Both servers the
+// API runs on are tried: net/http (httptest) and the server's own
+// fasthttp adaptor, which takes the deadline through the same
+// http.ResponseController.
+func TestDeployBodyTimeout(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	for _, tt := range []struct {
+		name  string
+		serve func(t *testing.T, e *env) string // the API's address
+	}{
+		{"net/http", func(t *testing.T, e *env) string { return e.srv.Listener.Addr().String() }},
+		{"httpserve", func(t *testing.T, e *env) string {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := httpserve.New(httpserve.Adapt(e.api.Handler(), nil), nil)
+			go func() { _ = srv.Serve(httpserve.Listener(ln, httpserve.WatchAfter, nil)) }()
+			t.Cleanup(func() { _ = srv.Shutdown() })
+			return ln.Addr().String()
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnvConfig(t, Config{MaxCodeBytes: 1 << 20, DeployBodyTimeout: timeout})
+			// One slot: the slow deploy holds it, the next one waits.
+			e.api.deploys = newDeploySlots(1, 8)
+			addr := tt.serve(t, e)
+			bob, carol := e.user("bob"), e.user("carol")
+			state := func() (running, waiting int) {
+				e.api.deploys.mu.Lock()
+				defer e.api.deploys.mu.Unlock()
+				return 1 - e.api.deploys.free, len(e.api.deploys.waiting)
+			}
+			waitFor := func(running, waiting int) {
+				t.Helper()
+				for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+					r, w := state()
+					if r == running && w == waiting {
+						return
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("%d admitted, %d waiting; want %d, %d", r, w, running, waiting)
+					}
+				}
+			}
+
+			// bob announces 1 MiB, sends 16 KiB of it at once (fasthttp
+			// reads the first 8 KiB with the head, under its own
+			// deadline), then a byte every 10 ms until he is answered.
+			conn, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			fmt.Fprintf(conn, "PUT /api/v1/functions/slow HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n"+
+				"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n{%s", addr, bob, 1<<20, strings.Repeat(" ", 16<<10))
+			answered := make(chan struct{})
+			defer close(answered)
+			go func() {
+				tick := time.NewTicker(10 * time.Millisecond)
+				defer tick.Stop()
+				for {
+					select {
+					case <-answered:
+						return
+					case <-tick.C:
+					}
+					if _, err := conn.Write([]byte(" ")); err != nil {
+						return
+					}
+				}
+			}()
+			waitFor(1, 0)
+			admitted := time.Now()
+
+			// carol's deploy, its body sent at once, waits for the slot.
+			fast := make(chan string, 1)
+			go func() {
+				req, _ := http.NewRequest("PUT", "http://"+addr+"/api/v1/functions/fast",
+					strings.NewReader(`{"code":"export default { fetch() { return new Response('hi') } }"}`))
+				req.Header.Set("Authorization", "Bearer "+carol)
+				req.Header.Set("Content-Type", "application/json")
+				res, err := (&http.Client{}).Do(req)
+				if err != nil {
+					fast <- err.Error()
+					return
+				}
+				defer res.Body.Close()
+				b, _ := io.ReadAll(res.Body)
+				fast <- fmt.Sprintf("%d %s", res.StatusCode, b)
+			}()
+			waitFor(1, 1)
+
+			_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil {
+				t.Fatalf("the slow deploy: %v", err)
+			}
+			took := time.Since(admitted)
+			b, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			var eb errdefs.Body
+			if res.StatusCode != http.StatusRequestTimeout || json.Unmarshal(b, &eb) != nil || eb.Error.Code != "request_timeout" {
+				t.Errorf("the slow deploy: %d %s, want 408 request_timeout", res.StatusCode, b)
+			}
+			// (admitted is when the test saw the admission, a poll after
+			// the deadline was set.)
+			if took < timeout/2 {
+				t.Errorf("the slow deploy was answered %s after its admission, well before its %s", took, timeout)
+			}
+			if got := <-fast; !strings.HasPrefix(got, "201 ") {
+				t.Errorf("the deploy that waited: %s, want 201", got)
+			}
+			waitFor(0, 0)
+			if len(e.api.deploys.users) != 0 {
+				t.Errorf("users left in the deploy slots: %v", e.api.deploys.users)
+			}
+			// Nothing of the slow deploy was stored.
+			if status, b := e.do(bob, "GET", "/api/v1/functions/slow", ""); status != http.StatusNotFound {
+				t.Errorf("the slow deploy's function: %d %s, want 404", status, b)
+			}
+		})
+	}
+}
