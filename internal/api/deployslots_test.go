@@ -50,23 +50,9 @@ func TestDeployAdmission(t *testing.T) {
 			d.body.Close()
 		}()
 	}
-	// state is how many deploys are admitted and how many wait.
-	state := func() (running, waiting int) {
-		e.api.deploys.mu.Lock()
-		defer e.api.deploys.mu.Unlock()
-		return 2 - e.api.deploys.free, len(e.api.deploys.waiting)
-	}
 	waitFor := func(running, waiting int) {
 		t.Helper()
-		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
-			r, w := state()
-			if r == running && w == waiting {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%d admitted, %d waiting; want %d, %d", r, w, running, waiting)
-			}
-		}
+		e.waitForDeploys(2, running, waiting)
 	}
 	refused := func(token, name string, status int) {
 		t.Helper()
@@ -120,5 +106,23 @@ func TestDeployAdmission(t *testing.T) {
 	waitFor(0, 0)
 	if len(e.api.deploys.users) != 0 {
 		t.Errorf("users left in the deploy slots: %v", e.api.deploys.users)
+	}
+}
+
+// waitForDeploys waits until running deploys are admitted of the slots
+// the API was given and waiting wait.
+func (e *env) waitForDeploys(slots, running, waiting int) {
+	e.t.Helper()
+	d := e.api.deploys
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		d.mu.Lock()
+		r, w := slots-d.free, len(d.waiting)
+		d.mu.Unlock()
+		if r == running && w == waiting {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("%d admitted, %d waiting; want %d, %d", r, w, running, waiting)
+		}
 	}
 }

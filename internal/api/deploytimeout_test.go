@@ -47,22 +47,9 @@ func TestDeployBodyTimeout(t *testing.T) {
 			e.api.deploys = newDeploySlots(1, 8)
 			addr := tt.serve(t, e)
 			bob, carol := e.user("bob"), e.user("carol")
-			state := func() (running, waiting int) {
-				e.api.deploys.mu.Lock()
-				defer e.api.deploys.mu.Unlock()
-				return 1 - e.api.deploys.free, len(e.api.deploys.waiting)
-			}
 			waitFor := func(running, waiting int) {
 				t.Helper()
-				for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
-					r, w := state()
-					if r == running && w == waiting {
-						return
-					}
-					if time.Now().After(deadline) {
-						t.Fatalf("%d admitted, %d waiting; want %d, %d", r, w, running, waiting)
-					}
-				}
+				e.waitForDeploys(1, running, waiting)
 			}
 
 			// bob announces 1 MiB, sends 16 KiB of it at once (fasthttp

@@ -2,33 +2,17 @@ package api
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"testing"
-	"time"
 
-	"github.com/spry-run/spry/internal/auth"
-	"github.com/spry-run/spry/internal/backend"
-	"github.com/spry-run/spry/internal/blob"
+	"github.com/spry-run/spry/internal/api/apitest"
 	"github.com/spry-run/spry/internal/errdefs"
 	"github.com/spry-run/spry/internal/functions"
-	"github.com/spry-run/spry/internal/logstore"
-	"github.com/spry-run/spry/internal/secrets"
-	"github.com/spry-run/spry/internal/store"
 	"github.com/spry-run/spry/internal/store/sqlite"
 )
-
-// nopRetirer runs no instances: these tests are about the API.
-type nopRetirer struct{}
-
-func (nopRetirer) Admit(string, ...string)        {}
-func (nopRetirer) RetireExcept(string, ...string) {}
-func (nopRetirer) Remove(string)                  {}
-func (nopRetirer) Ensure(*backend.Spec)           {}
 
 // env is a whole API over the real sqlite store, blob store, log store
 // and secret box, served by httptest.
@@ -51,51 +35,11 @@ func newEnv(t *testing.T) *env {
 // newEnvConfig is newEnv with the API's config cfg.
 func newEnvConfig(t *testing.T, cfg Config) *env {
 	t.Helper()
-	ctx := context.Background()
-	dir := t.TempDir()
-	dbPath := filepath.Join(dir, "spry.db")
-	st, err := sqlite.Open(ctx, dbPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	logs, err := logstore.Open(ctx, filepath.Join(dir, "logs.db"), logstore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { logs.Close() })
-	blobs, err := blob.Open(filepath.Join(dir, "blobs"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	box, err := secrets.New(bytes.Repeat([]byte{7}, 32))
-	if err != nil {
-		t.Fatal(err)
-	}
-	fns := functions.New(st, blobs, nopRetirer{}, box, logs, functions.Config{
-		MaxCodeBytes:       1 << 20,
-		DefaultRuntime:     "deno",
-		Runtimes:           []string{"deno", "node"},
-		DefaultMemoryMiB:   128,
-		DefaultTimeout:     time.Minute,
-		DefaultNetwork:     "egress",
-		DefaultConcurrency: 50,
-		DefaultMaxScale:    100,
-		Bounds:             functions.Bounds{MaxMemoryMiB: 4096, MaxTimeout: time.Hour, MaxScale: 100, MaxConcurrency: 1000, MaxCPUMilli: 4000},
-		Builds:             1,
-	})
-	authn := auth.New(st, nil)
-	if err := st.CreateUser(ctx, store.User{Name: "admin", Admin: true, CreatedAt: time.Now()}); err != nil {
-		t.Fatal(err)
-	}
-	tok, _, err := authn.IssueToken(ctx, "admin", "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := New(fns, authn, st, st, nil, logs, cfg)
+	d := apitest.New(t)
+	a := New(d.Functions, d.Auth, d.Store, d.Store, nil, d.Logs, cfg)
 	srv := httptest.NewServer(a.Handler())
 	t.Cleanup(srv.Close)
-	return &env{t: t, srv: srv, api: a, st: st, dbPath: dbPath, fns: fns, admin: tok, tokens: map[string]string{"admin": tok}}
+	return &env{t: t, srv: srv, api: a, st: d.Store, dbPath: d.DBPath, fns: d.Functions, admin: d.Admin, tokens: map[string]string{"admin": d.Admin}}
 }
 
 // user creates a user through the API and returns its token.
