@@ -280,6 +280,10 @@ type prefixConn struct {
 	// retried: its first request was tried on an instance already and
 	// not delivered; the slow path's attempt is the one retry.
 	retried bool
+	// arrived: when the loop had its first request, so that the slow
+	// path's cold start (Spry-Cold-Start, the metric) counts the hand-over
+	// too, as the client does.
+	arrived time.Time
 }
 
 // CloseWrite lets the server close lingering (see httpserve).
@@ -1491,7 +1495,7 @@ func (lp *loop) fail(c *laneClient, err error) {
 		// the request again, on another instance.
 		inv.lease.Kill(backend.ExitCrashed)
 		inv.lease.Release()
-		lp.handOff(c, handoffRetry)
+		lp.handOffAt(c, handoffRetry, inv.start)
 		return
 	}
 	// The connection stays here, waiting (as for an answer) while the
@@ -1531,6 +1535,11 @@ func (lp *loop) answered(c *laneClient, resp []byte) {
 
 // handOff gives c to the slow path with the bytes read from it.
 func (lp *loop) handOff(c *laneClient, why handoffReason) {
+	lp.handOffAt(c, why, time.Now())
+}
+
+// handOffAt is handOff for a request that arrived at arrived.
+func (lp *loop) handOffAt(c *laneClient, why handoffReason, arrived time.Time) {
 	lp.lane.handoffs[why].Add(1)
 	pre := bytes.Clone(c.in)
 	if nc, ok := lp.detach(c); ok {
@@ -1542,7 +1551,7 @@ func (lp *loop) handOff(c *laneClient, why handoffReason) {
 		// does (8 KiB POSTs: ~30% fewer requests a second).
 		back := why == handoffNoCapacity || why == handoffNotCached || why == handoffNotFunction ||
 			why == handoffDial || why == handoffRetry
-		lp.lane.handoff.give(&prefixConn{Conn: nc, pre: pre, back: back, retried: why == handoffRetry})
+		lp.lane.handoff.give(&prefixConn{Conn: nc, pre: pre, back: back, retried: why == handoffRetry, arrived: arrived})
 	}
 }
 

@@ -1015,27 +1015,35 @@ func TestLaneHTTP10(t *testing.T) {
 	}
 }
 
-// A request the loop tried and handed over as undelivered reaches the
-// slow path marked as retried once (it gets no second retry there); the
-// connection's later requests are not.
-func TestRetriedByLoop(t *testing.T) {
+// A request the loop handed over reaches the slow path with the time the
+// loop had it, and marked as retried once if the loop tried it (it gets
+// no second retry there); the connection's later requests are neither.
+func TestHandedOver(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
+	at := time.Unix(1700000000, 0)
+	type got struct {
+		retried bool
+		arrived time.Time
+	}
 	for _, tt := range []struct {
 		conn net.Conn
-		want []bool
+		want []got
 	}{
-		{&httpserve.Conn{Conn: &prefixConn{Conn: a, retried: true}}, []bool{true, false}},
-		{&httpserve.Conn{Conn: &prefixConn{Conn: a}}, []bool{false}},
-		{&httpserve.Conn{Conn: a}, []bool{false}},
-		{a, []bool{false}},
+		{&httpserve.Conn{Conn: &prefixConn{Conn: a, retried: true, arrived: at}}, []got{{true, at}, {false, time.Time{}}}},
+		{&httpserve.Conn{Conn: &prefixConn{Conn: a, arrived: at}}, []got{{false, at}, {false, time.Time{}}}},
+		{&httpserve.Conn{Conn: &prefixConn{Conn: a}}, []got{{false, time.Time{}}}},
+		{&httpserve.Conn{Conn: a}, []got{{false, time.Time{}}}},
+		{a, []got{{false, time.Time{}}}},
 	} {
 		var ctx fasthttp.RequestCtx
 		ctx.Init2(tt.conn, nil, false)
 		for i, want := range tt.want {
-			if got := retriedByLoop(&ctx); got != want {
-				t.Fatalf("%T request %d: retried %v, want %v", tt.conn, i, got, want)
+			var g got
+			g.retried, g.arrived = handedOver(&ctx)
+			if g != want {
+				t.Fatalf("%T request %d: %+v, want %+v", tt.conn, i, g, want)
 			}
 		}
 	}

@@ -219,8 +219,12 @@ func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string)
 	}
 	_, query, _ := strings.Cut(uri, "?")
 	cl := bodyLength(&ctx.Request.Header)
-	inv := &invocation{rt: rt, start: time.Now(), method: methodString(ctx.Method()), uri: uri, rest: rest, query: query,
-		reqID: newRequestID(), bodyPending: cl != 0, retried: retriedByLoop(ctx)}
+	retried, arrived := handedOver(ctx)
+	if arrived.IsZero() {
+		arrived = time.Now()
+	}
+	inv := &invocation{rt: rt, start: arrived, method: methodString(ctx.Method()), uri: uri, rest: rest, query: query,
+		reqID: newRequestID(), bodyPending: cl != 0, retried: retried}
 	defer func() {
 		// An answer given before the body was read leaves it unread, so
 		// the connection cannot carry another request.
@@ -362,20 +366,22 @@ func (c *lazyDeadline) stop() {
 	}
 }
 
-// retriedByLoop says whether ctx's request is one an event loop tried on
-// an instance that was gone and handed over: this path's attempt is its
-// one retry, and it gets no other.
-func retriedByLoop(ctx *fasthttp.RequestCtx) bool {
+// handedOver says, for the first request of a connection the loops
+// handed over, whether the loop tried it on an instance already (the
+// slow path's attempt is then the one retry) and when the loop had it;
+// for any other request, false and the zero time.
+func handedOver(ctx *fasthttp.RequestCtx) (retried bool, arrived time.Time) {
 	hc, ok := ctx.Conn().(*httpserve.Conn)
 	if !ok {
-		return false
+		return false, time.Time{}
 	}
 	pc, ok := hc.Conn.(*prefixConn)
-	if !ok || !pc.retried {
-		return false
+	if !ok {
+		return false, time.Time{}
 	}
-	pc.retried = false // (the requests after it are new)
-	return true
+	retried, arrived = pc.retried, pc.arrived
+	pc.retried, pc.arrived = false, time.Time{} // (the requests after it are new)
+	return retried, arrived
 }
 
 // finish ends the invocation: the lease is released and it is logged.
