@@ -16,11 +16,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/valyala/fasthttp"
 
 	"github.com/spry-run/spry/internal/activator"
 	"github.com/spry-run/spry/internal/backend"
-	"github.com/spry-run/spry/internal/httpserve"
 )
 
 // The whole router suite runs through the lane (see viaLane); these tests
@@ -1015,37 +1013,36 @@ func TestLaneHTTP10(t *testing.T) {
 	}
 }
 
-// A request the loop handed over reaches the slow path with the time the
-// loop had it, and marked as retried once if the loop tried it (it gets
-// no second retry there); the connection's later requests are neither.
-func TestHandedOver(t *testing.T) {
-	a, b := net.Pipe()
-	defer a.Close()
-	defer b.Close()
-	at := time.Unix(1700000000, 0)
-	type got struct {
-		retried bool
-		arrived time.Time
+// A cold start the loop handed over is timed from when the loop had the
+// request; one that comes after another request the connection's slow
+// path served (an error answer, which does not take the connection back)
+// is timed from its own arrival, not the first request's.
+func TestHandedOverColdStartIsTimedFromArrival(t *testing.T) {
+	if !*viaLane {
+		t.Skip("the lane is off (-lane=false)")
 	}
-	for _, tt := range []struct {
-		conn net.Conn
-		want []got
-	}{
-		{&httpserve.Conn{Conn: &prefixConn{Conn: a, retried: true, arrived: at}}, []got{{true, at}, {false, time.Time{}}}},
-		{&httpserve.Conn{Conn: &prefixConn{Conn: a, arrived: at}}, []got{{false, at}, {false, time.Time{}}}},
-		{&httpserve.Conn{Conn: &prefixConn{Conn: a}}, []got{{false, time.Time{}}}},
-		{&httpserve.Conn{Conn: a}, []got{{false, time.Time{}}}},
-		{a, []got{{false, time.Time{}}}},
-	} {
-		var ctx fasthttp.RequestCtx
-		ctx.Init2(tt.conn, nil, false)
-		for i, want := range tt.want {
-			var g got
-			g.retried, g.arrived = handedOver(&ctx)
-			if g != want {
-				t.Fatalf("%T request %d: %+v, want %+v", tt.conn, i, g, want)
-			}
-		}
+	sock := serveUnix(t, echo())
+	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 1, MaxScale: 1, Timeout: 5 * time.Second}
+	act := activator.New(&upstreamBackend{addr: sock}, activator.Config{})
+	colds := make(chan time.Duration, 1)
+	// (Not a oneSpec, which has the test server start an instance first.)
+	type noneStarted struct{ oneSpec }
+	srv := serveRouterWatching(t, New(noneStarted{oneSpec{spec}}, act, Config{OnColdStart: func(_ *backend.Spec, d time.Duration) { colds <- d }}), time.Minute)
+	c := dialRaw(t, srv.URL)
+	c.send("GET /nothing HTTP/1.1\r\nHost: h\r\n\r\n")
+	if res := c.response(); res.StatusCode != http.StatusNotFound {
+		t.Fatalf("/nothing: %d", res.StatusCode)
+	} else {
+		body(res)
+	}
+	time.Sleep(300 * time.Millisecond) // (time between the two requests, not a wait for anything)
+	start := time.Now()
+	if res := c.get("/x"); res.StatusCode != http.StatusOK || res.Header.Get("Spry-Cold-Start") == "" {
+		t.Fatalf("got %d, Spry-Cold-Start %q; want a cold 200", res.StatusCode, res.Header.Get("Spry-Cold-Start"))
+	}
+	took := time.Since(start)
+	if d := <-colds; d > took {
+		t.Fatalf("the cold start took %s by the router's count, longer than the client's %s: timed from the connection's first request", d, took)
 	}
 }
 

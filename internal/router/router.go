@@ -367,10 +367,16 @@ func (c *lazyDeadline) stop() {
 }
 
 // handedOver says, for the first request of a connection the loops
-// handed over, whether the loop tried it on an instance already (the
-// slow path's attempt is then the one retry) and when the loop had it;
-// for any other request, false and the zero time.
+// handed over (the one whose bytes the loop had read), whether the loop
+// tried it on an instance already (the slow path's attempt is then the
+// one retry) and when the loop had it; for any other request, false and
+// the zero time. The first is told by the server's count of requests on
+// the connection, so a first request that is not a function's (the API,
+// /healthz) leaves nothing behind for the next.
 func handedOver(ctx *fasthttp.RequestCtx) (retried bool, arrived time.Time) {
+	if ctx.ConnRequestNum() != 1 {
+		return false, time.Time{}
+	}
 	hc, ok := ctx.Conn().(*httpserve.Conn)
 	if !ok {
 		return false, time.Time{}
@@ -379,9 +385,7 @@ func handedOver(ctx *fasthttp.RequestCtx) (retried bool, arrived time.Time) {
 	if !ok {
 		return false, time.Time{}
 	}
-	retried, arrived = pc.retried, pc.arrived
-	pc.retried, pc.arrived = false, time.Time{} // (the requests after it are new)
-	return retried, arrived
+	return pc.retried, pc.arrived
 }
 
 // finish ends the invocation: the lease is released and it is logged.
