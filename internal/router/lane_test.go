@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/spry-run/spry/internal/activator"
 	"github.com/spry-run/spry/internal/backend"
 )
