@@ -33,7 +33,7 @@ import (
 func newServeCmd(env Env) *cobra.Command {
 	var cfg server.Config
 	var logLevel, logFormat string
-	var egressAllow []string
+	var egressAllow, trustedProxies []string
 	var memoryReserve, allMemory int
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -62,6 +62,11 @@ func newServeCmd(env Env) *cobra.Command {
 				return errdefs.Invalid("--egress-allow: %v", err)
 			}
 			cfg.EgressAllow = allow
+			proxies, err := sandbox.ParsePrefixes(trustedProxies)
+			if err != nil {
+				return errdefs.Invalid("--trusted-proxies: %v", err)
+			}
+			cfg.TrustedProxies = proxies
 			log, err := newLogger(env.Stderr, logLevel, logFormat)
 			if err != nil {
 				return err
@@ -109,6 +114,7 @@ func newServeCmd(env Env) *cobra.Command {
 	f.IntVar(&cfg.Concurrency, "concurrency", 50, "default for how many requests one instance handles at once")
 	f.IntVar(&cfg.MaxScale, "max-scale", 100, "default and ceiling for the instances of one function")
 	f.StringVar(&cfg.DefaultNetwork, "network", "egress", "default network of functions: egress (public internet only) or none")
+	f.StringSliceVar(&trustedProxies, "trusted-proxies", nil, "addresses or CIDR ranges of proxies in front of Spry (a TLS proxy, e.g. 127.0.0.1) whose X-Forwarded-For, -Proto and -Host are believed; anyone else's are replaced with what Spry saw")
 	f.StringSliceVar(&egressAllow, "egress-allow", nil, "private CIDR ranges egress functions may reach anyway (e.g. 10.1.2.0/24)")
 	f.Int64Var(&cfg.MaxCodeBytes, "max-code-size", 5<<20, "largest function source accepted, in bytes")
 	f.Int64Var(&cfg.MaxLogBytes, "max-log-size", logstore.DefaultMaxBytes, "the function log database's bound, in bytes: past it the users holding the most lose their oldest lines first")

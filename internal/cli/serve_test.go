@@ -145,7 +145,7 @@ func TestServeLogFormat(t *testing.T) {
 	}
 }
 
-// The deploy admission flags are checked at start, on the command line
+// The deploy admission flags (and the address lists) are checked at start, on the command line
 // or in the environment: a bad value exits 2 before the data directory
 // is made.
 func TestServeDeployFlags(t *testing.T) {
@@ -160,6 +160,9 @@ func TestServeDeployFlags(t *testing.T) {
 		{"negative deploys waiting in the environment", nil, []string{"SPRY_MAX_DEPLOYS_WAITING=-1"}},
 		{"deploy body time too short", []string{"--deploy-body-timeout", "500ms"}, nil},
 		{"deploy body time not a duration", nil, []string{"SPRY_DEPLOY_BODY_TIMEOUT=60"}},
+		{"trusted proxy by name", []string{"--trusted-proxies", "proxy.example"}, nil},
+		{"trusted proxy with a zone", []string{"--trusted-proxies", "127.0.0.1,fe80::1%eth0"}, nil},
+		{"egress range not a range", []string{"--egress-allow", "10.0.0.0/33"}, nil},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			data := filepath.Join(t.TempDir(), "data")

@@ -754,7 +754,8 @@ func skipRequestHeader(k, connection []byte) bool {
 func (rt *Router) writeRequest(bw *bufio.Writer, ctx *fasthttp.RequestCtx, inv *invocation, upgrade bool) error {
 	rh := &ctx.Request.Header
 	bufp := headPool.Get().(*[]byte)
-	head := appendRequestHead((*bufp)[:0], rh, inv, ctx.RemoteIP().String(), ctx.IsTLS())
+	ip := ctx.RemoteIP().String()
+	head := appendRequestHead((*bufp)[:0], rh, inv, ip, ctx.IsTLS(), rt.trusts(ip))
 	bw.Write(head)
 	*bufp = head
 	headPool.Put(bufp)
@@ -817,8 +818,12 @@ var headPool = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &
 // appendRequestHead appends the head of the request the instance gets,
 // all but its framing (Content-Length or Transfer-Encoding) and the blank
 // line: the function's own path and query, the client's method and
-// headers, and forwarding headers.
-func appendRequestHead(dst []byte, rh *fasthttp.RequestHeader, inv *invocation, remoteIP string, tls bool) []byte {
+// headers, and forwarding headers. A trusted peer's (a proxy's) X-Forwarded-For is kept, with
+// the peer's address after it, and its X-Forwarded-Proto and -Host stand
+// when they are well formed; anyone else's are replaced, as Traefik and
+// Envoy do by default: what the function is told of the client is what
+// the router saw, or what a proxy it trusts saw.
+func appendRequestHead(dst []byte, rh *fasthttp.RequestHeader, inv *invocation, remoteIP string, tls, trusted bool) []byte {
 	dst = append(dst, rh.Method()...)
 	dst = append(dst, ' ')
 	dst = append(dst, inv.rest...)
@@ -840,7 +845,7 @@ func appendRequestHead(dst []byte, rh *fasthttp.RequestHeader, inv *invocation, 
 		dst = append(dst, "\r\n"...)
 	}
 	dst = append(dst, "X-Forwarded-For: "...)
-	if xff {
+	if xff && trusted {
 		first := true
 		for k, v := range rh.All() {
 			if string(k) == "X-Forwarded-For" {
@@ -854,11 +859,24 @@ func appendRequestHead(dst []byte, rh *fasthttp.RequestHeader, inv *invocation, 
 		dst = append(dst, ", "...)
 	}
 	dst = append(dst, remoteIP...)
+	host, proto := rh.Host(), []byte(nil)
+	if trusted {
+		if h := rh.Peek("X-Forwarded-Host"); httpserve.ValidHost(h) {
+			host = h
+		}
+		if p := rh.Peek("X-Forwarded-Proto"); string(p) == "https" || string(p) == "http" {
+			proto = p
+		}
+	}
 	dst = append(dst, "\r\nX-Forwarded-Host: "...)
-	dst = append(dst, rh.Host()...)
-	if tls {
+	dst = append(dst, host...)
+	switch {
+	case proto != nil:
+		dst = append(dst, "\r\nX-Forwarded-Proto: "...)
+		dst = append(dst, proto...)
+	case tls:
 		dst = append(dst, "\r\nX-Forwarded-Proto: https"...)
-	} else {
+	default:
 		dst = append(dst, "\r\nX-Forwarded-Proto: http"...)
 	}
 	dst = append(dst, "\r\nSpry-Request-Id: "...)

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -240,6 +241,56 @@ func TestForwardRequestAndResponse(t *testing.T) {
 	}
 	if res.Header.Get("X-Hop") != "" || res.Header.Get("Spry-Request-Id") == "" {
 		t.Fatalf("headers: %v", res.Header)
+	}
+}
+
+// A function is told of the client what the router saw: the peer's own
+// address, the scheme and host of the request, whatever a client says in
+// X-Forwarded-*; only a peer among the trusted proxies has its
+// X-Forwarded-For kept (the peer's address after it) and its
+// X-Forwarded-Proto and -Host (when well formed) stand.
+func TestForwardingHeaders(t *testing.T) {
+	sock := serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%q %q %q", r.Header.Values("X-Forwarded-For"), r.Header.Get("X-Forwarded-Proto"), r.Header.Get("X-Forwarded-Host"))
+	}))
+	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 5 * time.Second}
+	loopback := httpserve.Proxies{netip.MustParsePrefix("127.0.0.0/8")}
+	other := httpserve.Proxies{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+	for _, tt := range []struct {
+		name    string
+		trusted httpserve.Proxies
+		headers map[string]string
+		want    string
+	}{
+		{"nothing said", nil, nil, `["127.0.0.1"] "http" "h.test"`},
+		{"untrusted client", nil, map[string]string{"X-Forwarded-For": "6.6.6.6", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "bank.test"},
+			`["127.0.0.1"] "http" "h.test"`},
+		{"peer not among the trusted", other, map[string]string{"X-Forwarded-For": "6.6.6.6", "X-Forwarded-Proto": "https"},
+			`["127.0.0.1"] "http" "h.test"`},
+		{"trusted proxy", loopback, map[string]string{"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "api.example.com"},
+			`["203.0.113.9, 127.0.0.1"] "https" "api.example.com"`},
+		{"trusted proxy, nothing said", loopback, nil, `["127.0.0.1"] "http" "h.test"`},
+		{"trusted proxy, malformed", loopback, map[string]string{"X-Forwarded-Proto": "javascript", "X-Forwarded-Host": "a b"},
+			`["127.0.0.1"] "http" "h.test"`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			act := activator.New(&upstreamBackend{addr: sock}, activator.Config{})
+			srv := serveRouter(t, New(oneSpec{spec}, act, Config{TrustedProxies: tt.trusted}))
+			req, _ := http.NewRequest("GET", srv.URL+"/fn/alice/fn/", nil)
+			req.Host = "h.test"
+			for k, v := range tt.headers {
+				req.Header.Set(k, v)
+			}
+			res, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			if string(body) != tt.want {
+				t.Fatalf("the function saw %s, want %s", body, tt.want)
+			}
+		})
 	}
 }
 

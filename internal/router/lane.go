@@ -973,7 +973,7 @@ func (lp *loop) start(c *laneClient, end int) handoffReason {
 		return served
 	}
 	u.c = c
-	u.out = appendRequestHead(u.out[:0], rh, inv, c.ip, false)
+	u.out = appendRequestHead(u.out[:0], rh, inv, c.ip, false, rt.trusts(c.ip))
 	if cl > 0 {
 		u.out = append(u.out, "Content-Length: "...)
 		u.out = fasthttp.AppendUint(u.out, cl)

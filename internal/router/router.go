@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -80,6 +81,12 @@ type Config struct {
 	// Domain, if set, serves each function at a host of its own as
 	// well, "<name>.<owner>.<Domain>" (see hosts.go).
 	Domain string
+	// TrustedProxies are the peers (a TLS proxy in front, say) whose
+	// X-Forwarded-For, -Proto and -Host a function is given. Anyone
+	// else's are dropped: the function is told the peer's own address,
+	// and the scheme and host the router saw, so that no client can
+	// pose as another address.
+	TrustedProxies httpserve.Proxies
 }
 
 // Router proxies invocations.
@@ -91,6 +98,16 @@ type Router struct {
 	log      *slog.Logger
 	lane     *Lane  // the event loops in front, if any
 	domain   string // Config.Domain, as normalDomain gives it
+}
+
+// trusts says whether the peer at ip (as a string, as the loops keep it)
+// is one of cfg.TrustedProxies.
+func (rt *Router) trusts(ip string) bool {
+	if len(rt.cfg.TrustedProxies) == 0 {
+		return false
+	}
+	a, err := netip.ParseAddr(ip)
+	return err == nil && rt.cfg.TrustedProxies.Trusts(a)
 }
 
 // New returns a Router.

@@ -450,7 +450,8 @@ func (c *Cmd) stopNetwork() {
 	}
 }
 
-// ParsePrefixes parses a list of CIDR prefixes (an operator flag).
+// ParsePrefixes parses a list of CIDR prefixes or bare addresses (an
+// operator flag).
 func ParsePrefixes(list []string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	for _, s := range list {
@@ -460,7 +461,13 @@ func ParsePrefixes(list []string) ([]netip.Prefix, error) {
 		}
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
-			return nil, fmt.Errorf("%q is not a CIDR prefix: %w", s, err)
+			// A bare address is its own range.
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil || a.Zone() != "" {
+				return nil, fmt.Errorf("%q is not an address or a CIDR prefix: %w", s, err)
+			}
+			a = a.Unmap()
+			p = netip.PrefixFrom(a, a.BitLen())
 		}
 		out = append(out, p.Masked())
 	}

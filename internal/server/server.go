@@ -69,10 +69,13 @@ type Config struct {
 	MaxScale        int // default and ceiling of instances per function
 	DefaultNetwork  string
 	EgressAllow     []netip.Prefix
-	MaxCodeBytes    int64
-	MaxLogBytes     int64 // the log database's bound (0: logstore's default)
-	MaxBundleBytes  int64
-	QueueSize       int // requests waiting for capacity, per version
+	// TrustedProxies are the peers whose X-Forwarded-* headers are
+	// believed (router.Config.TrustedProxies, httpserve.RealClient).
+	TrustedProxies httpserve.Proxies
+	MaxCodeBytes   int64
+	MaxLogBytes    int64 // the log database's bound (0: logstore's default)
+	MaxBundleBytes int64
+	QueueSize      int // requests waiting for capacity, per version
 	// MemoryReserve is the host memory instance starts leave free,
 	// stopping idle instances for it (activator.Config.MemoryReserve);
 	// 0: none.
@@ -381,7 +384,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	rt := router.New(s.fns, s.act, router.Config{
 		Timeout: cfg.Timeout, MaxBodyBytes: cfg.MaxBodyBytes, Logger: log, Access: sink,
 		OnColdStart: func(spec *backend.Spec, d time.Duration) { s.metrics.ColdStartLatency(spec.Runtime, d) },
-		Domain:      cfg.FunctionDomain,
+		Domain:      cfg.FunctionDomain, TrustedProxies: cfg.TrustedProxies,
 	})
 
 	// Everything but functions is net/http, served through the adaptor.
@@ -408,7 +411,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		errdefs.WriteHTTP(w, errdefs.New(errdefs.ErrNotFound, "nothing at %s: functions are under /fn/<owner>/<name>/, the API under /api/v1/", r.URL.Path))
 	})
 	s.router = rt
-	rest := httpserve.Adapt(cleanPaths(mux), log)
+	rest := httpserve.Adapt(httpserve.RealClient(cleanPaths(mux), cfg.TrustedProxies), log)
 	s.http = httpserve.New(dispatch(rt, rest), log)
 	s.sched = s.newScheduler()
 	return s, nil
