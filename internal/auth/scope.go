@@ -31,7 +31,7 @@ const (
 
 // Scopes are the scopes a token may be given, in the order they are
 // listed.
-var Scopes = []Scope{ScopeAll, ScopeRead, ScopeDeploy, ScopeMetrics}
+var Scopes = []Scope{ScopeRead, ScopeDeploy, ScopeMetrics, ScopeAll}
 
 // implies says which scopes each scope grants besides itself.
 var implies = map[Scope][]Scope{
@@ -179,7 +179,7 @@ func Expiry(now time.Time, lifetime, at string) (time.Time, error) {
 		if err != nil {
 			return time.Time{}, err
 		}
-		return now.Add(d), nil
+		return now.Add(d).UTC(), nil
 	case at != "":
 		t, err := time.Parse(time.RFC3339Nano, at)
 		if err != nil {
