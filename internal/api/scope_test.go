@@ -277,3 +277,33 @@ func TestCreateTokenRefusals(t *testing.T) {
 		t.Errorf("refused requests made tokens: %+v", out.Tokens)
 	}
 }
+
+// Expired tokens do not count against a user's bound: a CI job making a
+// short-lived token per run never runs out, and the expired ones are
+// recorded as revoked at their expiry (and so pruned as those are).
+func TestExpiredTokensDoNotCount(t *testing.T) {
+	e, c := newClockEnv(t)
+	alice := e.user("alice")
+	for i := 1; i < MaxTokensPerUser; i++ {
+		e.mustDo(alice, "POST", "/api/v1/tokens", `{"name":"run","expires_in":"1h"}`, http.StatusCreated, nil)
+	}
+	s, body := e.do(alice, "POST", "/api/v1/tokens", `{"name":"one more"}`)
+	wantError(t, "a token past the bound", s, body, http.StatusForbidden, "quota_exceeded")
+	expiry := c.Now().Add(time.Hour)
+	c.Advance(time.Hour)
+	e.mustDo(alice, "POST", "/api/v1/tokens", `{"name":"after"}`, http.StatusCreated, nil)
+	var out struct{ Tokens []TokenView }
+	e.mustDo(alice, "GET", "/api/v1/tokens", "", http.StatusOK, &out)
+	runs := 0
+	for _, v := range out.Tokens {
+		if v.Name == "run" {
+			runs++
+			if !v.Expired || v.RevokedAt == nil || !v.RevokedAt.Equal(expiry) {
+				t.Errorf("an expired token: %+v, want expired and revoked at %v", v, expiry)
+			}
+		}
+	}
+	if runs != MaxTokensPerUser-1 {
+		t.Errorf("%d expired tokens listed, want %d", runs, MaxTokensPerUser-1)
+	}
+}

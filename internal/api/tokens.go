@@ -154,9 +154,20 @@ func (a *API) createToken(w http.ResponseWriter, r *http.Request) error {
 	}
 	active := 0
 	for _, t := range ts {
-		if t.RevokedAt.IsZero() {
-			active++
+		if !t.RevokedAt.IsZero() {
+			continue
 		}
+		// An expired token is as dead as a revoked one: it is recorded
+		// as revoked when it expired, so that it neither counts against
+		// the bound (a CI job making a short-lived token per run would
+		// reach it) nor stays for good (revoked ones are pruned).
+		if auth.Expired(t, a.cfg.Now()) {
+			if err := a.tokens.RevokeToken(r.Context(), t.ID, t.ExpiresAt); err != nil {
+				return err
+			}
+			continue
+		}
+		active++
 	}
 	if active >= MaxTokensPerUser {
 		return errdefs.New(errdefs.ErrQuotaExceeded, "%s has %d tokens, as many as one user may; revoke one to make another", user, active)
