@@ -65,6 +65,9 @@ type Config struct {
 	// DeployBodyTimeout bounds reading a deploy's body, from its
 	// admission (0: DefaultDeployBodyTimeout).
 	DeployBodyTimeout time.Duration
+	// BodyTimeout bounds reading any other request's body (0:
+	// DefaultBodyTimeout; tests shorten it).
+	BodyTimeout time.Duration
 	// PublicURL is the base of function URLs in responses; empty means
 	// "derive from the request's Host".
 	PublicURL string
@@ -125,6 +128,9 @@ func New(fns Functions, authn Authenticator, users store.Users, tokens store.Tok
 	}
 	if cfg.DeployBodyTimeout <= 0 {
 		cfg.DeployBodyTimeout = DefaultDeployBodyTimeout
+	}
+	if cfg.BodyTimeout <= 0 {
+		cfg.BodyTimeout = DefaultBodyTimeout
 	}
 	// Ten wrong tokens at once, then one every six seconds, per client.
 	limiter := auth.NewFailureLimiter(6*time.Second, 10, cfg.Now)
@@ -446,14 +452,42 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	return readJSONLimit(w, r, v, maxJSONBody)
 }
 
+// DefaultBodyTimeout bounds reading the body of every request but a
+// deploy (Config.BodyTimeout), from when its handler starts to read it:
+// they are at most 448 KiB of JSON, and without it a client
+// sending one a byte at a time held its request, and what it holds
+// (a user's hold, the token mutex), for as long as it liked. Fasthttp
+// reads the first 8 KiB with the head, under the head's deadline.
+const DefaultBodyTimeout = 10 * time.Second
+
+// timeBody bounds r's body's time as the deploy's is (timedBody), for a
+// request that is not a deploy; the deadline is lifted by the returned
+// func once the body is read.
+func (a *API) timeBody(w http.ResponseWriter, r *http.Request) (end func(), err error) {
+	timed, err := newTimedBody(w, r, a.cfg.BodyTimeout, "the request's start")
+	if err != nil {
+		return nil, err
+	}
+	r.Body = timed
+	return timed.end, nil
+}
+
 // readJSONLimit is readJSON for a body of up to limit bytes.
 func readJSONLimit(w http.ResponseWriter, r *http.Request, v any, limit int64) error {
+	// Every request the API serves has it (authenticate puts it there).
+	if api, ok := r.Context().Value(apiKey).(*API); ok {
+		end, err := api.timeBody(w, r)
+		if err != nil {
+			return err
+		}
+		defer end()
+	}
 	r.Body = http.MaxBytesReader(w, r.Body, limit)
 	dec := json.NewDecoder(r.Body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
+		if errors.As(err, &mbe) || errors.Is(err, errdefs.ErrRequestTimeout) {
 			return err
 		}
 		if errors.Is(err, io.EOF) {
