@@ -359,3 +359,50 @@ func TestNoFunctionOutlivesItsOwner(t *testing.T) {
 	}
 
 }
+
+// TestTokenScopes: a read token made with the CLI lists functions but
+// its deploy is a 403 (exit 3), through the CLI and the API alike; a
+// metrics token of the admin's scrapes /metrics and does nothing else;
+// the admin's read token does not scrape. (Expiry is checked with an
+// injected clock in internal/api and internal/auth: its minimum is a
+// minute.)
+func TestTokenScopes(t *testing.T) {
+	s := startServer(t)
+	s.deployCode(t, "hello", []byte(`export default () => new Response("hi")`), "")
+	read := strings.TrimSpace(s.mustSpry("token", "create", "ro", "--scope", "read", "--expires", "1h"))
+	metrics := strings.TrimSpace(s.mustSpry("token", "create", "prom", "--scope", "metrics"))
+
+	if out, errOut, code := s.spry(read, "ls"); code != 0 || !strings.Contains(out, "hello") {
+		t.Fatalf("ls with a read token: exit %d: %s%s", code, out, errOut)
+	}
+	if out, errOut, code := s.spry(read, "whoami"); code != 0 || !strings.Contains(out, "scopes read, expires ") {
+		t.Fatalf("whoami with a read token: exit %d: %s%s", code, out, errOut)
+	}
+	file := filepath.Join(t.TempDir(), "hello.ts")
+	if err := os.WriteFile(file, []byte(`export default () => new Response("changed")`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, errOut, code := s.spry(read, "deploy", file, "--name", "hello"); code != 3 || !strings.Contains(errOut, "scope deploy") {
+		t.Fatalf("deploy with a read token: exit %d: %s", code, errOut)
+	}
+	r := s.putCode(read, "hello", []byte(`export default () => new Response("changed")`), "")
+	if r.status != 403 || r.errorCode(t) != "permission_denied" {
+		t.Fatalf("PUT with a read token: %d %s", r.status, r.body)
+	}
+	if got := s.get("/fn/admin/hello"); string(got.body) != "hi" {
+		t.Fatalf("the function now answers %q", got.body)
+	}
+	if r := s.do("GET", "/metrics", metrics, nil, nil); r.status != 200 || !strings.Contains(string(r.body), "spry_invocations_total") {
+		t.Fatalf("/metrics with a metrics token: %d", r.status)
+	}
+	if r := s.do("GET", "/metrics", read, nil, nil); r.status != 403 {
+		t.Fatalf("/metrics with a read token: %d %s", r.status, r.body)
+	}
+	if r := s.do("GET", "/api/v1/functions", metrics, nil, nil); r.status != 403 || r.errorCode(t) != "permission_denied" {
+		t.Fatalf("functions with a metrics token: %d %s", r.status, r.body)
+	}
+	out := s.mustSpry("token", "ls")
+	if !strings.Contains(out, "SCOPES") || !strings.Contains(out, "read") || !strings.Contains(out, "metrics") {
+		t.Fatalf("token ls: %s", out)
+	}
+}

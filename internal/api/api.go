@@ -43,10 +43,10 @@ type Functions interface {
 // Authenticator checks tokens and issues new ones.
 type Authenticator interface {
 	Authenticate(ctx context.Context, token string) (auth.Principal, error)
-	IssueToken(ctx context.Context, user, name string) (string, store.Token, error)
+	IssueToken(ctx context.Context, user, name string, opt auth.TokenOptions) (string, store.Token, error)
 	// CreateUser creates u with a first token named name: both, or on
 	// any error neither.
-	CreateUser(ctx context.Context, u store.User, name string) (string, store.Token, error)
+	CreateUser(ctx context.Context, u store.User, name string, opt auth.TokenOptions) (string, store.Token, error)
 }
 
 // Instances reports running instances per version key.
@@ -65,6 +65,9 @@ type Config struct {
 	// DeployBodyTimeout bounds reading a deploy's body, from its
 	// admission (0: DefaultDeployBodyTimeout).
 	DeployBodyTimeout time.Duration
+	// BodyTimeout bounds reading any other request's body (0:
+	// DefaultBodyTimeout; tests shorten it).
+	BodyTimeout time.Duration
 	// PublicURL is the base of function URLs in responses; empty means
 	// "derive from the request's Host".
 	PublicURL string
@@ -75,9 +78,13 @@ type Config struct {
 	// how it went (POST .../scheduled); nil: not offered.
 	RunScheduled func(ctx context.Context, owner, name string) error
 	// KV is the functions' key-value storage (GET .../kv); nil: none.
-	KV     KV
-	Now    func() time.Time
-	Logger *slog.Logger
+	KV  KV
+	Now func() time.Time
+	// AfterFunc runs f once d has passed, by the clock Now reads, and
+	// returns what stops it (nil: time.AfterFunc). It ends the log
+	// follows of tokens that expire; tests fire it themselves.
+	AfterFunc func(d time.Duration, f func()) (stop func() bool)
+	Logger    *slog.Logger
 }
 
 // API serves /api/v1.
@@ -110,6 +117,9 @@ func New(fns Functions, authn Authenticator, users store.Users, tokens store.Tok
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.AfterFunc == nil {
+		cfg.AfterFunc = func(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop }
+	}
 	if cfg.MaxDeploys <= 0 {
 		cfg.MaxDeploys = DefaultMaxDeploys
 	}
@@ -119,49 +129,115 @@ func New(fns Functions, authn Authenticator, users store.Users, tokens store.Tok
 	if cfg.DeployBodyTimeout <= 0 {
 		cfg.DeployBodyTimeout = DefaultDeployBodyTimeout
 	}
+	if cfg.BodyTimeout <= 0 {
+		cfg.BodyTimeout = DefaultBodyTimeout
+	}
 	// Ten wrong tokens at once, then one every six seconds, per client.
 	limiter := auth.NewFailureLimiter(6*time.Second, 10, cfg.Now)
 	return &API{cfg: cfg, fns: fns, auth: authn, users: users, tokens: tokens, instances: instances, logs: logs, limiter: limiter, log: cfg.Logger, deleting: make(chan struct{}, 1), gate: newUserGate(), deploys: newDeploySlots(cfg.MaxDeploys, cfg.MaxDeploysWaiting), follows: perUser{}, followers: map[*follower]struct{}{}, reads: perUser{}}
 }
 
+// route is one method of one API path: the scope its token needs and
+// its handler. routes is the one list of them, so that no route is
+// served without a decision on its scope.
+type route struct {
+	method, pattern string
+	need            auth.Scope
+	h               handlerFunc
+}
+
+// anyScope is the need of a route every token may call, whatever its
+// scopes (whoami). It is no scope a token can be given.
+const anyScope auth.Scope = "any"
+
+// routes are the API's routes. Each handler names the query parameters
+// it reads (see reads); the deploy checks its own, which depend on its
+// body. Scopes: reads of functions need read, changes to them deploy,
+// users and tokens all (a token never manages tokens unless it has every
+// right).
+func (a *API) routes() []route {
+	const (
+		read   = auth.ScopeRead
+		deploy = auth.ScopeDeploy
+		all    = auth.ScopeAll
+	)
+	return []route{
+		{"GET", "/api/v1/whoami", anyScope, reads(a.whoami)},
+		{"GET", "/api/v1/functions", read, reads(a.listFunctions, "owner", "limit", "after")},
+		{"GET", "/api/v1/functions/{name}", read, reads(a.getFunction, "owner")},
+		{"PUT", "/api/v1/functions/{name}", deploy, a.deployFunction},
+		{"PATCH", "/api/v1/functions/{name}", deploy, reads(a.configureFunction, "owner")},
+		{"DELETE", "/api/v1/functions/{name}", deploy, reads(a.deleteFunction, "owner")},
+		{"GET", "/api/v1/functions/{name}/logs", read, reads(a.functionLogs, "owner", "since", "version", "after", "limit", "follow")},
+		{"GET", "/api/v1/functions/{name}/versions", read, reads(a.listVersions, "owner")},
+		{"POST", "/api/v1/functions/{name}/rollback", deploy, reads(a.rollback, "owner")},
+		{"POST", "/api/v1/functions/{name}/scheduled", deploy, reads(a.runScheduled, "owner")},
+		{"PUT", "/api/v1/functions/{name}/traffic", deploy, reads(a.setTraffic, "owner")},
+		{"PUT", "/api/v1/functions/{name}/tags/{tag}", deploy, reads(a.setTag, "owner")},
+		{"DELETE", "/api/v1/functions/{name}/tags/{tag}", deploy, reads(a.deleteTag, "owner")},
+		{"GET", "/api/v1/functions/{name}/kv", read, reads(a.listKV, "owner", "prefix", "cursor", "limit")},
+		{"GET", "/api/v1/functions/{name}/kv/{key...}", read, reads(a.getKV, "owner")},
+		{"PUT", "/api/v1/functions/{name}/kv/{key...}", deploy, reads(a.putKV, "owner", "expireIn")},
+		{"DELETE", "/api/v1/functions/{name}/kv/{key...}", deploy, reads(a.deleteKV, "owner")},
+		{"GET", "/api/v1/users", all, reads(a.listUsers)},
+		{"POST", "/api/v1/users", all, reads(a.createUser)},
+		{"GET", "/api/v1/users/{name}", all, reads(a.getUser)},
+		{"DELETE", "/api/v1/users/{name}", all, reads(a.deleteUser)},
+		{"GET", "/api/v1/tokens", all, reads(a.listTokens, "user")},
+		{"POST", "/api/v1/tokens", all, reads(a.createToken)},
+		{"DELETE", "/api/v1/tokens/{id}", all, reads(a.revokeToken)},
+	}
+}
+
 // Handler returns the API's routes, all behind authentication.
 func (a *API) Handler() http.Handler {
 	mux := http.NewServeMux()
-	// Each handler names the query parameters it reads (see reads); the
-	// deploy checks its own, which depend on its body.
-	mux.Handle("/api/v1/whoami", methods{"GET": reads(a.whoami)})
-	mux.Handle("/api/v1/functions", methods{"GET": reads(a.listFunctions, "owner", "limit", "after")})
-	mux.Handle("/api/v1/functions/{name}", methods{"GET": reads(a.getFunction, "owner"), "PUT": a.deployFunction, "PATCH": reads(a.configureFunction, "owner"), "DELETE": reads(a.deleteFunction, "owner")})
-	mux.Handle("/api/v1/functions/{name}/logs", methods{"GET": reads(a.functionLogs, "owner", "since", "version", "after", "limit", "follow")})
-	mux.Handle("/api/v1/functions/{name}/versions", methods{"GET": reads(a.listVersions, "owner")})
-	mux.Handle("/api/v1/functions/{name}/rollback", methods{"POST": reads(a.rollback, "owner")})
-	mux.Handle("/api/v1/functions/{name}/scheduled", methods{"POST": reads(a.runScheduled, "owner")})
-	mux.Handle("/api/v1/functions/{name}/traffic", methods{"PUT": reads(a.setTraffic, "owner")})
-	mux.Handle("/api/v1/functions/{name}/tags/{tag}", methods{"PUT": reads(a.setTag, "owner"), "DELETE": reads(a.deleteTag, "owner")})
-	mux.Handle("/api/v1/functions/{name}/kv", methods{"GET": reads(a.listKV, "owner", "prefix", "cursor", "limit")})
-	mux.Handle("/api/v1/functions/{name}/kv/{key...}", methods{"GET": reads(a.getKV, "owner"), "PUT": reads(a.putKV, "owner", "expireIn"), "DELETE": reads(a.deleteKV, "owner")})
-	mux.Handle("/api/v1/users", methods{"GET": reads(a.listUsers), "POST": reads(a.createUser)})
-	mux.Handle("/api/v1/users/{name}", methods{"GET": reads(a.getUser), "DELETE": reads(a.deleteUser)})
-	mux.Handle("/api/v1/tokens", methods{"GET": reads(a.listTokens, "user"), "POST": reads(a.createToken)})
-	mux.Handle("/api/v1/tokens/{id}", methods{"DELETE": reads(a.revokeToken)})
+	byPattern := map[string]methods{}
+	for _, rt := range a.routes() {
+		m, ok := byPattern[rt.pattern]
+		if !ok {
+			m = methods{}
+			byPattern[rt.pattern] = m
+			mux.Handle(rt.pattern, m)
+		}
+		m[rt.method] = rt
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, errdefs.New(errdefs.ErrNotFound, "no API endpoint at %s", r.URL.Path))
 	})
 	return a.authenticate(mux)
 }
 
+// authorize is where scopes are enforced, for every route (and
+// /metrics): p's token may do what needs need, or the answer is a 403
+// naming the scopes that would.
+func authorize(p auth.Principal, need auth.Scope) error {
+	if need == anyScope || p.Allows(need) {
+		return nil
+	}
+	var grant []string
+	for _, s := range auth.Scopes {
+		if auth.Allows([]auth.Scope{s}, need) {
+			grant = append(grant, string(s))
+		}
+	}
+	return errdefs.New(errdefs.ErrPermissionDenied, "this needs a token with scope %s; this token has %s",
+		strings.Join(grant, " or "), strings.Join(auth.Strings(p.Scopes), ", "))
+}
+
 // handlerFunc is an API handler; it returns an error instead of writing
 // one, so failures are answered in one place.
 type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 
-// methods dispatches on the request method and answers others with a JSON
-// 405 and an Allow header.
-type methods map[string]handlerFunc
+// methods dispatches on the request method, once the token's scopes
+// allow the route, and answers other methods with a JSON 405 and an
+// Allow header.
+type methods map[string]route
 
 func (m methods) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	h, ok := m[r.Method]
+	rt, ok := m[r.Method]
 	if !ok && r.Method == http.MethodHead {
-		h, ok = m[http.MethodGet]
+		rt, ok = m[http.MethodGet]
 	}
 	if !ok {
 		allow := make([]string, 0, len(m))
@@ -173,9 +249,12 @@ func (m methods) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		errdefs.WriteHTTP(w, errdefs.New(errdefs.ErrMethodNotAllowed, "method %s is not allowed here; use %s", r.Method, strings.Join(allow, ", ")))
 		return
 	}
-	err := checkQuery(r.URL.RawQuery)
+	err := authorize(principal(r), rt.need)
 	if err == nil {
-		err = h(w, r)
+		err = checkQuery(r.URL.RawQuery)
+	}
+	if err == nil {
+		err = rt.h(w, r)
 	}
 	if err != nil {
 		api := r.Context().Value(apiKey).(*API)
@@ -373,14 +452,42 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	return readJSONLimit(w, r, v, maxJSONBody)
 }
 
+// DefaultBodyTimeout bounds reading the body of every request but a
+// deploy (Config.BodyTimeout), from when its handler starts to read it:
+// they are at most 448 KiB of JSON, and without it a client
+// sending one a byte at a time held its request, and what it holds
+// (a user's hold, the token mutex), for as long as it liked. Fasthttp
+// reads the first 8 KiB with the head, under the head's deadline.
+const DefaultBodyTimeout = 10 * time.Second
+
+// timeBody bounds r's body's time as the deploy's is (timedBody), for a
+// request that is not a deploy; the deadline is lifted by the returned
+// func once the body is read.
+func (a *API) timeBody(w http.ResponseWriter, r *http.Request) (end func(), err error) {
+	timed, err := newTimedBody(w, r, a.cfg.BodyTimeout, "the request's start")
+	if err != nil {
+		return nil, err
+	}
+	r.Body = timed
+	return timed.end, nil
+}
+
 // readJSONLimit is readJSON for a body of up to limit bytes.
 func readJSONLimit(w http.ResponseWriter, r *http.Request, v any, limit int64) error {
+	// Every request the API serves has it (authenticate puts it there).
+	if api, ok := r.Context().Value(apiKey).(*API); ok {
+		end, err := api.timeBody(w, r)
+		if err != nil {
+			return err
+		}
+		defer end()
+	}
 	r.Body = http.MaxBytesReader(w, r.Body, limit)
 	dec := json.NewDecoder(r.Body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
+		if errors.As(err, &mbe) || errors.Is(err, errdefs.ErrRequestTimeout) {
 			return err
 		}
 		if errors.Is(err, io.EOF) {
@@ -403,13 +510,20 @@ func (a *API) instanceCount(fn store.Function) int {
 	return a.instances.Counts()[spec.Key()]
 }
 
-// RequireAdmin serves h only to callers with an admin token. It
-// authenticates as the API does, so wrong tokens count against the
-// same per-client limit: /metrics is no side door for guessing them.
+// RequireAdmin serves h (/metrics) only to callers with an admin's
+// token whose scopes allow metrics (all, or metrics alone: what a
+// monitoring system is given). It authenticates as the API does, so
+// wrong tokens count against the same per-client limit: /metrics is no
+// side door for guessing them.
 func (a *API) RequireAdmin(h http.Handler) http.Handler {
 	return a.authenticate(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !principal(r).Admin {
+		p := principal(r)
+		if !p.Admin {
 			a.fail(w, r, errdefs.New(errdefs.ErrPermissionDenied, "only an admin may read metrics"))
+			return
+		}
+		if err := authorize(p, auth.ScopeMetrics); err != nil {
+			a.fail(w, r, err)
 			return
 		}
 		h.ServeHTTP(w, r)

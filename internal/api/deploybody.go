@@ -199,23 +199,25 @@ type timedBody struct {
 	r       io.ReadCloser
 	rc      *http.ResponseController
 	d       time.Duration
+	since   string // what d counts from, for the error
 	expired bool
 }
 
-// newTimedBody starts r's body's deadline.
-func newTimedBody(w http.ResponseWriter, r *http.Request, d time.Duration) (*timedBody, error) {
+// newTimedBody starts r's body's deadline, d from now, which is since
+// ("the deploy's admission").
+func newTimedBody(w http.ResponseWriter, r *http.Request, d time.Duration, since string) (*timedBody, error) {
 	rc := http.NewResponseController(w)
 	if err := rc.SetReadDeadline(time.Now().Add(d)); err != nil {
 		return nil, fmt.Errorf("bound the request body's time: %w", err)
 	}
-	return &timedBody{r: r.Body, rc: rc, d: d}, nil
+	return &timedBody{r: r.Body, rc: rc, d: d, since: since}, nil
 }
 
 func (b *timedBody) Read(p []byte) (int, error) {
 	n, err := b.r.Read(p)
 	if err != nil && timedOut(err) {
 		b.expired = true
-		err = errdefs.New(errdefs.ErrRequestTimeout, "the request body did not arrive within %s of the deploy's admission; send it faster, or a smaller one", b.d)
+		err = errdefs.New(errdefs.ErrRequestTimeout, "the request body did not arrive within %s of %s; send it faster, or a smaller one", b.d, b.since)
 	}
 	return n, err
 }

@@ -329,7 +329,7 @@ func (a *API) deployFunction(w http.ResponseWriter, r *http.Request) error {
 	defer a.deploys.release(user)
 	// The body must come within the deadline, or the slot is held for
 	// as long as a client takes to send it.
-	timed, err := newTimedBody(w, r, a.cfg.DeployBodyTimeout)
+	timed, err := newTimedBody(w, r, a.cfg.DeployBodyTimeout, "the deploy's admission")
 	if err != nil {
 		return err
 	}

@@ -6,9 +6,12 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/spry-run/spry/internal/api/apitest"
+	"github.com/spry-run/spry/internal/auth"
 	"github.com/spry-run/spry/internal/errdefs"
 	"github.com/spry-run/spry/internal/functions"
 	"github.com/spry-run/spry/internal/store/sqlite"
@@ -25,6 +28,7 @@ type env struct {
 	fns    *functions.Service
 	admin  string // the admin's token
 	tokens map[string]string
+	clock  *clock // nil but for newClockEnv
 }
 
 func newEnv(t *testing.T) *env {
@@ -36,10 +40,74 @@ func newEnv(t *testing.T) *env {
 func newEnvConfig(t *testing.T, cfg Config) *env {
 	t.Helper()
 	d := apitest.New(t)
-	a := New(d.Functions, d.Auth, d.Store, d.Store, nil, d.Logs, cfg)
+	var authn Authenticator = d.Auth
+	if cfg.Now != nil {
+		// Tokens expire by the API's clock.
+		authn = auth.New(d.Store, cfg.Now)
+	}
+	a := New(d.Functions, authn, d.Store, d.Store, nil, d.Logs, cfg)
 	srv := httptest.NewServer(a.Handler())
 	t.Cleanup(srv.Close)
 	return &env{t: t, srv: srv, api: a, st: d.Store, dbPath: d.DBPath, fns: d.Functions, admin: d.Admin, tokens: map[string]string{"admin": d.Admin}}
+}
+
+// newClockEnv is newEnv on a clock the test moves, whose timers fire
+// when it moves past them.
+func newClockEnv(t *testing.T) (*env, *clock) {
+	t.Helper()
+	c := &clock{now: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}
+	e := newEnvConfig(t, Config{MaxCodeBytes: 1 << 20, Now: c.Now, AfterFunc: c.AfterFunc})
+	e.clock = c
+	return e, c
+}
+
+// clock is a settable clock with timers (Config.Now, Config.AfterFunc).
+type clock struct {
+	mu     sync.Mutex
+	now    time.Time
+	timers map[*clockTimer]struct{}
+}
+
+type clockTimer struct {
+	at time.Time
+	f  func()
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *clock) AfterFunc(d time.Duration, f func()) func() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.timers == nil {
+		c.timers = map[*clockTimer]struct{}{}
+	}
+	ct := &clockTimer{at: c.now.Add(d), f: f}
+	c.timers[ct] = struct{}{}
+	return func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		_, ok := c.timers[ct]
+		delete(c.timers, ct)
+		return ok
+	}
+}
+
+// Advance moves the clock by d and runs the timers then due, as
+// time.AfterFunc would, each in its own goroutine.
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+	for ct := range c.timers {
+		if !ct.at.After(c.now) {
+			delete(c.timers, ct)
+			go ct.f()
+		}
+	}
 }
 
 // user creates a user through the API and returns its token.

@@ -144,10 +144,18 @@ func (a *API) putKV(w http.ResponseWriter, r *http.Request) error {
 	}
 	// Room for the largest value with its escapes and spaces; its own
 	// bound is checked once it is compacted.
+	end, err := a.timeBody(w, r)
+	if err != nil {
+		return err
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 6*kv.MaxValueBytes))
+	end()
 	if err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
 			return errdefs.New(errdefs.ErrTooLarge, "kv: a value is at most %d bytes as JSON", kv.MaxValueBytes)
+		}
+		if errors.Is(err, errdefs.ErrRequestTimeout) {
+			return err
 		}
 		return errdefs.Invalid("read the body: %v", err)
 	}

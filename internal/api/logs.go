@@ -128,8 +128,8 @@ func (a *API) functionLogs(w http.ResponseWriter, r *http.Request) error {
 	defer a.closeFollow(f)
 	// A revoke between the authentication and openFollow found no
 	// follow to end: look again now that this one is recorded.
-	if t, err := a.tokens.GetToken(ctx, f.token); errors.Is(err, errdefs.ErrNotFound) || err == nil && !t.RevokedAt.IsZero() {
-		return errdefs.New(errdefs.ErrUnauthenticated, "invalid or revoked token")
+	if t, err := a.tokens.GetToken(ctx, f.token); errors.Is(err, errdefs.ErrNotFound) || err == nil && (!t.RevokedAt.IsZero() || auth.Expired(t, a.cfg.Now())) {
+		return errdefs.New(errdefs.ErrUnauthenticated, "invalid, expired or revoked token")
 	} else if err != nil {
 		return err
 	}
@@ -150,7 +150,7 @@ func (a *API) functionLogs(w http.ResponseWriter, r *http.Request) error {
 		// shape: the head, 200, is long gone.
 		switch {
 		case ctx.Err() != nil:
-			// Its token was revoked or its user deleted.
+			// Its token was revoked or expired, or its user deleted.
 			err = context.Cause(ctx)
 		case errors.Is(err, logstore.ErrDeleted):
 			err = errdefs.New(errdefs.ErrNotFound, "function %s/%s was deleted", owner, name)
@@ -169,24 +169,51 @@ func (a *API) functionLogs(w http.ResponseWriter, r *http.Request) error {
 type follower struct {
 	user, token string
 	cancel      context.CancelCauseFunc
+	expires     time.Time   // when its token expires; zero: never
+	stop        func() bool // stops the expiry's timer (followMu)
 }
 
 // openFollow counts one more follow of p's, if MaxFollowsPerUser allows,
-// and records it so that revoking its token ends it.
+// and records it so that revoking its token, or its expiry, ends it.
 func (a *API) openFollow(p auth.Principal, cancel context.CancelCauseFunc) (*follower, error) {
 	a.followMu.Lock()
 	defer a.followMu.Unlock()
 	if !a.follows.take(p.User, MaxFollowsPerUser) {
 		return nil, errdefs.New(errdefs.ErrRateLimited, "%s already follows %d logs, the most at once; end one first", p.User, MaxFollowsPerUser)
 	}
-	f := &follower{user: p.User, token: p.TokenID, cancel: cancel}
+	f := &follower{user: p.User, token: p.TokenID, cancel: cancel, expires: p.ExpiresAt}
 	a.followers[f] = struct{}{}
+	if !f.expires.IsZero() {
+		a.armExpiry(f)
+	}
 	return f, nil
+}
+
+// armExpiry ends f when its token expires, as a revocation would (the
+// same cancel): a follow outlives its token in neither case. The time
+// is the API's clock's; a timer that fires before it says so is armed
+// again for the rest (followMu held).
+func (a *API) armExpiry(f *follower) {
+	f.stop = a.cfg.AfterFunc(f.expires.Sub(a.cfg.Now()), func() {
+		a.followMu.Lock()
+		defer a.followMu.Unlock()
+		if _, open := a.followers[f]; !open {
+			return
+		}
+		if a.cfg.Now().Before(f.expires) {
+			a.armExpiry(f)
+			return
+		}
+		f.cancel(errdefs.New(errdefs.ErrUnauthenticated, "token %s expired", f.token))
+	})
 }
 
 func (a *API) closeFollow(f *follower) {
 	a.followMu.Lock()
 	defer a.followMu.Unlock()
+	if f.stop != nil {
+		f.stop()
+	}
 	delete(a.followers, f)
 	a.follows.give(f.user)
 }

@@ -10,9 +10,9 @@ import (
 	"github.com/spry-run/spry/internal/errdefs"
 )
 
-// A log follow is read with a token: revoking the token, or deleting
-// its user, ends the follow at once, as it ends any other use of the
-// token, with a last line saying why.
+// A log follow is read with a token: revoking the token, its expiry, or
+// deleting its user, ends the follow at once, as it ends any other use
+// of the token, with a last line saying why.
 func TestFollowEndsWhenTokenGoes(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
@@ -21,6 +21,9 @@ func TestFollowEndsWhenTokenGoes(t *testing.T) {
 		{"revoked", func(e *env, id string) {
 			e.mustDo(e.tokens["alice"], "DELETE", "/api/v1/tokens/"+id, "", http.StatusNoContent, nil)
 		}},
+		// The token expires in an hour (see below): the clock moves
+		// there.
+		{"expired", func(e *env, id string) { e.clock.Advance(time.Hour) }},
 		// bob, an admin, follows alice's function; his functions (none)
 		// are not what ends the follow.
 		{"user deleted", func(e *env, id string) {
@@ -28,7 +31,7 @@ func TestFollowEndsWhenTokenGoes(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := newEnv(t)
+			e, _ := newClockEnv(t)
 			alice := e.user("alice")
 			e.deploy(alice, "/api/v1/functions/hello")
 			e.mustDo(e.admin, "POST", "/api/v1/users", `{"name":"bob","admin":true}`, http.StatusCreated, nil)
@@ -37,7 +40,7 @@ func TestFollowEndsWhenTokenGoes(t *testing.T) {
 			if tc.name == "user deleted" {
 				user, path = "bob", path+"&owner=alice"
 			}
-			e.mustDo(e.admin, "POST", "/api/v1/tokens", `{"name":"follow","user":"`+user+`"}`, http.StatusCreated, &tok)
+			e.mustDo(e.admin, "POST", "/api/v1/tokens", `{"name":"follow","user":"`+user+`","expires_in":"1h","scopes":["read"]}`, http.StatusCreated, &tok)
 
 			req, _ := http.NewRequest("GET", e.srv.URL+path, nil)
 			req.Header.Set("Authorization", "Bearer "+tok.Token)

@@ -3,11 +3,13 @@ package api
 import (
 	"errors"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/spry-run/spry/internal/auth"
 	"github.com/spry-run/spry/internal/errdefs"
 	"github.com/spry-run/spry/internal/store"
 )
@@ -18,17 +20,30 @@ type TokenView struct {
 	ID        string     `json:"id"`
 	User      string     `json:"user"`
 	Name      string     `json:"name"`
+	Scopes    []string   `json:"scopes"`
 	CreatedAt time.Time  `json:"created_at"`
 	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+	// ExpiresAt is null for a token that never expires.
+	ExpiresAt *time.Time `json:"expires_at"`
+	Expired   bool       `json:"expired"`
 }
 
-func tokenView(t store.Token) TokenView {
-	v := TokenView{ID: t.ID, User: t.User, Name: t.Name, CreatedAt: t.CreatedAt}
+func tokenView(t store.Token, now time.Time) TokenView {
+	v := TokenView{ID: t.ID, User: t.User, Name: t.Name, Scopes: auth.Strings(auth.FromStrings(t.Scopes)), CreatedAt: t.CreatedAt,
+		ExpiresAt: timeOrNil(t.ExpiresAt), Expired: auth.Expired(t, now)}
 	if !t.RevokedAt.IsZero() {
 		r := t.RevokedAt
 		v.RevokedAt = &r
 	}
 	return v
+}
+
+// timeOrNil is t, or nil (JSON null) for the zero time.
+func timeOrNil(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
 }
 
 // tokenUser is whose tokens a request is about: the caller's own, or any
@@ -55,7 +70,7 @@ func (a *API) listTokens(w http.ResponseWriter, r *http.Request) error {
 	}
 	out := make([]TokenView, 0, len(ts))
 	for _, t := range ts {
-		out = append(out, tokenView(t))
+		out = append(out, tokenView(t, a.cfg.Now()))
 	}
 	return writeJSON(w, http.StatusOK, map[string]any{"tokens": out})
 }
@@ -72,6 +87,17 @@ const MaxTokensPerUser = 100
 type CreateTokenBody struct {
 	Name string `json:"name,omitempty"`
 	User string `json:"user,omitempty"`
+	// Scopes limit the token (auth.Scope names; none: all).
+	Scopes []string `json:"scopes,omitempty"`
+	Expiry
+}
+
+// Expiry is when a new token expires: after ExpiresIn (a Go duration, or
+// days as "30d") or at ExpiresAt (RFC 3339), one of them or neither
+// (never).
+type Expiry struct {
+	ExpiresIn string `json:"expires_in,omitempty"`
+	ExpiresAt string `json:"expires_at,omitempty"`
 }
 
 func (a *API) createToken(w http.ResponseWriter, r *http.Request) error {
@@ -88,6 +114,21 @@ func (a *API) createToken(w http.ResponseWriter, r *http.Request) error {
 	if strings.ContainsFunc(body.Name, unprintable) || !utf8.ValidString(body.Name) {
 		return errdefs.Invalid("token name has control characters, bidirectional controls (U+202E...), or is not UTF-8")
 	}
+	scopes, err := auth.ParseScopes(body.Scopes)
+	if err != nil {
+		return err
+	}
+	expires, err := auth.Expiry(a.cfg.Now(), body.ExpiresIn, body.ExpiresAt)
+	if err != nil {
+		return err
+	}
+	// Only tokens with every right reach here (the route needs all),
+	// but the rule holds whatever the routes say: no token makes one
+	// with more rights than its own.
+	if p := principal(r); !auth.Within(scopes, p.Scopes) {
+		return errdefs.New(errdefs.ErrPermissionDenied, "a token with scopes %s cannot make one with scopes %s",
+			strings.Join(auth.Strings(p.Scopes), ", "), strings.Join(auth.Strings(scopes), ", "))
+	}
 	user, err := tokenUser(r, body.User)
 	if err != nil {
 		return err
@@ -97,8 +138,12 @@ func (a *API) createToken(w http.ResponseWriter, r *http.Request) error {
 	if err := a.holdUser(r, user, errdefs.New(errdefs.ErrNotFound, "user %s was deleted", user)); err != nil {
 		return err
 	}
-	if _, err := a.users.GetUser(r.Context(), user); err != nil {
+	u, err := a.users.GetUser(r.Context(), user)
+	if err != nil {
 		return err
+	}
+	if slices.Contains(scopes, auth.ScopeMetrics) && !u.Admin {
+		return errdefs.New(errdefs.ErrPermissionDenied, "only an admin's token may hold scope metrics; %s is not an admin", user)
 	}
 	// Counted and made one at a time, so the count cannot go stale.
 	a.tokenMu.Lock()
@@ -109,18 +154,30 @@ func (a *API) createToken(w http.ResponseWriter, r *http.Request) error {
 	}
 	active := 0
 	for _, t := range ts {
-		if t.RevokedAt.IsZero() {
-			active++
+		if !t.RevokedAt.IsZero() {
+			continue
 		}
+		// An expired token is as dead as a revoked one: it is recorded
+		// as revoked when it expired, so that it neither counts against
+		// the bound (a CI job making a short-lived token per run would
+		// reach it) nor stays for good (revoked ones are pruned).
+		if auth.Expired(t, a.cfg.Now()) {
+			if err := a.tokens.RevokeToken(r.Context(), t.ID, t.ExpiresAt); err != nil {
+				return err
+			}
+			continue
+		}
+		active++
 	}
 	if active >= MaxTokensPerUser {
 		return errdefs.New(errdefs.ErrQuotaExceeded, "%s has %d tokens, as many as one user may; revoke one to make another", user, active)
 	}
-	tok, t, err := a.auth.IssueToken(r.Context(), user, body.Name)
+	tok, t, err := a.auth.IssueToken(r.Context(), user, body.Name, auth.TokenOptions{Scopes: scopes, ExpiresAt: expires})
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusCreated, map[string]any{"token": tok, "id": t.ID, "user": t.User, "name": t.Name})
+	return writeJSON(w, http.StatusCreated, map[string]any{"token": tok, "id": t.ID, "user": t.User, "name": t.Name,
+		"scopes": t.Scopes, "expires_at": timeOrNil(t.ExpiresAt)})
 }
 
 func (a *API) revokeToken(w http.ResponseWriter, r *http.Request) error {

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/spry-run/spry/internal/auth"
 	"github.com/spry-run/spry/internal/errdefs"
 	"github.com/spry-run/spry/internal/names"
 	"github.com/spry-run/spry/internal/store"
@@ -31,7 +32,8 @@ func requireAdmin(r *http.Request) error {
 
 func (a *API) whoami(w http.ResponseWriter, r *http.Request) error {
 	p := principal(r)
-	return writeJSON(w, http.StatusOK, map[string]any{"user": p.User, "admin": p.Admin, "token_id": p.TokenID})
+	return writeJSON(w, http.StatusOK, map[string]any{"user": p.User, "admin": p.Admin, "token_id": p.TokenID,
+		"scopes": auth.Strings(p.Scopes), "expires_at": timeOrNil(p.ExpiresAt)})
 }
 
 func (a *API) listUsers(w http.ResponseWriter, r *http.Request) error {
@@ -61,10 +63,12 @@ func (a *API) getUser(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, userView(u))
 }
 
-// CreateUserBody is the body of POST /api/v1/users.
+// CreateUserBody is the body of POST /api/v1/users. The user's first
+// token has every right and, unless Expiry says otherwise, no expiry.
 type CreateUserBody struct {
 	Name  string `json:"name"`
 	Admin bool   `json:"admin,omitempty"`
+	Expiry
 }
 
 func (a *API) createUser(w http.ResponseWriter, r *http.Request) error {
@@ -78,6 +82,10 @@ func (a *API) createUser(w http.ResponseWriter, r *http.Request) error {
 	if err := names.User(body.Name); err != nil {
 		return err
 	}
+	expires, err := auth.Expiry(a.cfg.Now(), body.ExpiresIn, body.ExpiresAt)
+	if err != nil {
+		return err
+	}
 	u := store.User{Name: body.Name, Admin: body.Admin, CreatedAt: a.cfg.Now()}
 	var (
 		tok string
@@ -86,15 +94,15 @@ func (a *API) createUser(w http.ResponseWriter, r *http.Request) error {
 	// Not while a deletion of the name runs (its sweeps would take what
 	// the new user makes), nor the deletion while the user is being
 	// made, token and all.
-	err := a.gate.change(r.Context(), u.Name, false, func() error {
+	err = a.gate.change(r.Context(), u.Name, false, func() error {
 		var err error
-		tok, t, err = a.auth.CreateUser(r.Context(), u, "created with the user")
+		tok, t, err = a.auth.CreateUser(r.Context(), u, "created with the user", auth.TokenOptions{ExpiresAt: expires})
 		return err
 	})
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusCreated, map[string]any{"user": userView(u), "token": tok, "token_id": t.ID})
+	return writeJSON(w, http.StatusCreated, map[string]any{"user": userView(u), "token": tok, "token_id": t.ID, "expires_at": timeOrNil(t.ExpiresAt)})
 }
 
 func (a *API) deleteUser(w http.ResponseWriter, r *http.Request) error {

@@ -31,6 +31,20 @@ type Principal struct {
 	User    string
 	Admin   bool
 	TokenID string
+	// Scopes are what the token may do (never empty: ScopeAll for a
+	// token without any stored).
+	Scopes []Scope
+	// ExpiresAt is when the token stops working; zero: never.
+	ExpiresAt time.Time
+}
+
+// Allows reports whether p's token may do what needs need.
+func (p Principal) Allows(need Scope) bool { return Allows(p.Scopes, need) }
+
+// TokenOptions are what a new token may be limited to.
+type TokenOptions struct {
+	Scopes    []Scope   // none: ScopeAll
+	ExpiresAt time.Time // zero: never
 }
 
 // CanManage reports whether p may see and change functions owned by owner.
@@ -50,7 +64,9 @@ func New(s Store, now func() time.Time) *Service {
 	return &Service{store: s, now: now}
 }
 
-var errBadToken = errdefs.New(errdefs.ErrUnauthenticated, "invalid or revoked token")
+// errBadToken is the one answer for a token that is not one, is revoked
+// or has expired: which of them is no business of whoever holds it.
+var errBadToken = errdefs.New(errdefs.ErrUnauthenticated, "invalid, expired or revoked token")
 
 // Authenticate checks a bearer token and returns who it belongs to.
 func (s *Service) Authenticate(ctx context.Context, token string) (Principal, error) {
@@ -67,7 +83,7 @@ func (s *Service) Authenticate(ctx context.Context, token string) (Principal, er
 		}
 		return Principal{}, err
 	}
-	if subtle.ConstantTimeCompare(hash(secret), t.Hash) != 1 || !t.RevokedAt.IsZero() {
+	if subtle.ConstantTimeCompare(hash(secret), t.Hash) != 1 || !t.RevokedAt.IsZero() || Expired(t, s.now()) {
 		return Principal{}, errBadToken
 	}
 	u, err := s.store.GetUser(ctx, t.User)
@@ -77,13 +93,18 @@ func (s *Service) Authenticate(ctx context.Context, token string) (Principal, er
 		}
 		return Principal{}, err
 	}
-	return Principal{User: u.Name, Admin: u.Admin, TokenID: t.ID}, nil
+	return Principal{User: u.Name, Admin: u.Admin, TokenID: t.ID, Scopes: FromStrings(t.Scopes), ExpiresAt: t.ExpiresAt}, nil
+}
+
+// Expired reports whether t has expired at now.
+func Expired(t store.Token, now time.Time) bool {
+	return !t.ExpiresAt.IsZero() && !now.Before(t.ExpiresAt)
 }
 
 // IssueToken creates a new token for user and returns its plaintext, which
 // is never stored and cannot be shown again.
-func (s *Service) IssueToken(ctx context.Context, user, name string) (string, store.Token, error) {
-	tok, t := s.newToken(user, name)
+func (s *Service) IssueToken(ctx context.Context, user, name string, opt TokenOptions) (string, store.Token, error) {
+	tok, t := s.newToken(user, name, opt)
 	if err := s.store.CreateToken(ctx, t); err != nil {
 		return "", store.Token{}, fmt.Errorf("issue token: %w", err)
 	}
@@ -93,8 +114,8 @@ func (s *Service) IssueToken(ctx context.Context, user, name string) (string, st
 // CreateUser creates u with its first token, named name, in one
 // transaction: a failure leaves neither, never a user no one can act
 // as. It returns the token's plaintext, as IssueToken does.
-func (s *Service) CreateUser(ctx context.Context, u store.User, name string) (string, store.Token, error) {
-	tok, t := s.newToken(u.Name, name)
+func (s *Service) CreateUser(ctx context.Context, u store.User, name string, opt TokenOptions) (string, store.Token, error) {
+	tok, t := s.newToken(u.Name, name, opt)
 	if err := s.store.CreateUser(ctx, u, t); err != nil {
 		return "", store.Token{}, err
 	}
@@ -102,7 +123,7 @@ func (s *Service) CreateUser(ctx context.Context, u store.User, name string) (st
 }
 
 // newToken makes a token for user: its plaintext and its record.
-func (s *Service) newToken(user, name string) (string, store.Token) {
+func (s *Service) newToken(user, name string, opt TokenOptions) (string, store.Token) {
 	var idb [8]byte
 	var sec [32]byte
 	// crypto/rand.Read never fails (it crashes the program instead).
@@ -110,7 +131,7 @@ func (s *Service) newToken(user, name string) (string, store.Token) {
 	_, _ = rand.Read(sec[:])
 	id := hex.EncodeToString(idb[:])
 	secret := base64.RawURLEncoding.EncodeToString(sec[:])
-	t := store.Token{ID: id, User: user, Hash: hash(secret), Name: name, CreatedAt: s.now()}
+	t := store.Token{ID: id, User: user, Hash: hash(secret), Name: name, CreatedAt: s.now(), ExpiresAt: opt.ExpiresAt, Scopes: Strings(normalize(opt.Scopes))}
 	return "spry_" + id + "_" + secret, t
 }
 

@@ -2,12 +2,38 @@ package cli
 
 import (
 	"fmt"
+	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/spry-run/spry/internal/api"
+	"github.com/spry-run/spry/internal/auth"
 	"github.com/spry-run/spry/internal/errdefs"
 )
+
+// timeLayout is how token and user times are shown (in UTC, as the
+// server gives them).
+const timeLayout = "2006-01-02 15:04:05"
+
+// checkExpires checks an --expires value before anything is sent: it is
+// bad input (exit 2) named as the flag, not as the API's field.
+func checkExpires(v string) error {
+	if v == "" {
+		return nil
+	}
+	_, err := auth.ParseLifetime("--expires", v)
+	return err
+}
+
+// expiryNote is "; it expires at ..." for a token that does, else "".
+func expiryNote(at *time.Time) string {
+	if at == nil {
+		return ""
+	}
+	return "; it expires at " + at.UTC().Format(timeLayout) + " UTC"
+}
 
 func newLoginCmd(conn *connFlags) *cobra.Command {
 	return &cobra.Command{
@@ -40,25 +66,30 @@ func newLoginCmd(conn *connFlags) *cobra.Command {
 func newUserCmd(conn *connFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "user", Short: "Manage users (admin only)"}
 	var admin bool
+	var userExpires string
 	create := &cobra.Command{
 		Use:   "create NAME",
 		Short: "Create a user and print their API token",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkExpires(userExpires); err != nil {
+				return err
+			}
 			c, err := conn.client()
 			if err != nil {
 				return err
 			}
-			u, err := c.CreateUser(cmd.Context(), args[0], admin)
+			u, err := c.CreateUser(cmd.Context(), api.CreateUserBody{Name: args[0], Admin: admin, Expiry: api.Expiry{ExpiresIn: userExpires}})
 			if err != nil {
 				return err
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), u.Token)
-			fmt.Fprintf(cmd.ErrOrStderr(), "created user %s; the token above is shown only once\n", u.User.Name)
+			fmt.Fprintf(cmd.ErrOrStderr(), "created user %s; the token above is shown only once%s\n", u.User.Name, expiryNote(u.ExpiresAt))
 			return nil
 		},
 	}
 	create.Flags().BoolVar(&admin, "admin", false, "make the user an admin")
+	create.Flags().StringVar(&userExpires, "expires", "", "the first token expires after `duration` (720h, 30d; 1m to 3650d; default never)")
 	var usersJSON bool
 	ls := &cobra.Command{
 		Use:   "ls",
@@ -79,7 +110,7 @@ func newUserCmd(conn *connFlags) *cobra.Command {
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tADMIN\tCREATED")
 			for _, u := range us {
-				fmt.Fprintf(tw, "%s\t%v\t%s\n", u.Name, u.Admin, u.CreatedAt.Format("2006-01-02 15:04:05"))
+				fmt.Fprintf(tw, "%s\t%v\t%s\n", u.Name, u.Admin, u.CreatedAt.Format(timeLayout))
 			}
 			return tw.Flush()
 		},
@@ -107,27 +138,49 @@ func newUserCmd(conn *connFlags) *cobra.Command {
 
 func newTokenCmd(conn *connFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "token", Short: "Manage API tokens"}
-	var name, user string
+	var name, user, expires string
+	var scopes []string
 	create := &cobra.Command{
-		Use:   "create",
+		Use:   "create [NAME]",
 		Short: "Create an API token and print it",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		Long: `Create an API token and print it (only this once).
+
+--scope limits what it may do: read (see functions, versions, logs, kv,
+env), deploy (read, and change functions), metrics (GET /metrics only; an
+admin's tokens only), all (everything, the default; only all tokens
+manage tokens and users). --expires makes it stop working after a
+duration (Go's, like 720h, or days, like 30d).`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 1 {
+				if name != "" && name != args[0] {
+					return errdefs.Invalid("the token is named %q and --name %q: give one", args[0], name)
+				}
+				name = args[0]
+			}
+			if err := checkExpires(expires); err != nil {
+				return err
+			}
+			if _, err := auth.ParseScopes(scopes); err != nil {
+				return errdefs.Invalid("--scope: %v", err)
+			}
 			c, err := conn.client()
 			if err != nil {
 				return err
 			}
-			t, err := c.CreateToken(cmd.Context(), user, name)
+			t, err := c.CreateToken(cmd.Context(), api.CreateTokenBody{Name: name, User: user, Scopes: scopes, Expiry: api.Expiry{ExpiresIn: expires}})
 			if err != nil {
 				return err
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), t.Token)
-			fmt.Fprintf(cmd.ErrOrStderr(), "created token %s for %s; it is shown only once\n", t.ID, t.User)
+			fmt.Fprintf(cmd.ErrOrStderr(), "created token %s for %s, scopes %s; it is shown only once%s\n", t.ID, t.User, strings.Join(t.Scopes, ","), expiryNote(t.ExpiresAt))
 			return nil
 		},
 	}
-	create.Flags().StringVar(&name, "name", "", "a note saying what the token is for")
+	create.Flags().StringVar(&name, "name", "", "a note saying what the token is for (or give it as NAME)")
 	create.Flags().StringVar(&user, "user", "", "create it for another user (admin only)")
+	create.Flags().StringVar(&expires, "expires", "", "expire after `duration` (720h, 30d; 1m to 3650d; default never)")
+	create.Flags().StringSliceVar(&scopes, "scope", nil, "what it may do: `scope` read, deploy, metrics or all (repeat, or a comma list; default all)")
 	var lsUser string
 	var tokensJSON bool
 	ls := &cobra.Command{
@@ -147,13 +200,20 @@ func newTokenCmd(conn *connFlags) *cobra.Command {
 				return printJSON(cmd.OutOrStdout(), nonNil(ts))
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tUSER\tNAME\tCREATED\tREVOKED")
+			fmt.Fprintln(tw, "ID\tUSER\tNAME\tSCOPES\tCREATED\tEXPIRES\tREVOKED")
 			for _, t := range ts {
 				revoked := ""
 				if t.RevokedAt != nil {
-					revoked = t.RevokedAt.Format("2006-01-02 15:04:05")
+					revoked = t.RevokedAt.Format(timeLayout)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.ID, t.User, visible(t.Name), t.CreatedAt.Format("2006-01-02 15:04:05"), revoked)
+				expiry := "never"
+				if t.ExpiresAt != nil {
+					expiry = t.ExpiresAt.UTC().Format(timeLayout)
+				}
+				if t.Expired {
+					expiry += " (expired)"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.User, visible(t.Name), strings.Join(t.Scopes, ","), t.CreatedAt.Format(timeLayout), expiry, revoked)
 			}
 			return tw.Flush()
 		},
@@ -184,7 +244,7 @@ func newWhoamiCmd(conn *connFlags) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "whoami",
-		Short: "Print whose the token is, whether they are an admin, and the token's id",
+		Short: "Print whose the token is, whether they are an admin, the token's id, scopes and expiry",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := conn.client()
@@ -202,7 +262,11 @@ func newWhoamiCmd(conn *connFlags) *cobra.Command {
 			if who.Admin {
 				admin = "admin, "
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s (%stoken %s)\n", who.User, admin, who.TokenID)
+			expiry := "never expires"
+			if who.ExpiresAt != nil {
+				expiry = "expires " + who.ExpiresAt.UTC().Format(timeLayout) + " UTC"
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s (%stoken %s, scopes %s, %s)\n", who.User, admin, who.TokenID, strings.Join(who.Scopes, ","), expiry)
 			return nil
 		},
 	}

@@ -314,11 +314,13 @@ func (c *Client) DeleteFunction(ctx context.Context, owner, name string) error {
 	return c.do(ctx, "DELETE", "/api/v1/functions/"+url.PathEscape(name), ownerQuery(owner), nil, "", nil)
 }
 
-// Whoami says who the token belongs to.
+// Whoami says who the token belongs to, and what it may do until when.
 type Whoami struct {
-	User    string `json:"user"`
-	Admin   bool   `json:"admin"`
-	TokenID string `json:"token_id"`
+	User      string     `json:"user"`
+	Admin     bool       `json:"admin"`
+	TokenID   string     `json:"token_id"`
+	Scopes    []string   `json:"scopes"`
+	ExpiresAt *time.Time `json:"expires_at"` // nil: never
 }
 
 // Whoami asks the server who the client's token belongs to.
@@ -330,15 +332,16 @@ func (c *Client) Whoami(ctx context.Context) (Whoami, error) {
 
 // NewUser is a created user and its first token.
 type NewUser struct {
-	User    api.UserView `json:"user"`
-	Token   string       `json:"token"`
-	TokenID string       `json:"token_id"`
+	User      api.UserView `json:"user"`
+	Token     string       `json:"token"`
+	TokenID   string       `json:"token_id"`
+	ExpiresAt *time.Time   `json:"expires_at"`
 }
 
 // CreateUser creates a user (admin only) and returns its first token.
-func (c *Client) CreateUser(ctx context.Context, name string, admin bool) (NewUser, error) {
+func (c *Client) CreateUser(ctx context.Context, body api.CreateUserBody) (NewUser, error) {
 	var out NewUser
-	data, _ := json.Marshal(api.CreateUserBody{Name: name, Admin: admin})
+	data, _ := json.Marshal(body)
 	err := c.do(ctx, "POST", "/api/v1/users", nil, data, "application/json", &out)
 	return out, err
 }
@@ -359,16 +362,19 @@ func (c *Client) DeleteUser(ctx context.Context, name string) error {
 
 // NewToken is a created token; Token is shown only this once.
 type NewToken struct {
-	Token string `json:"token"`
-	ID    string `json:"id"`
-	User  string `json:"user"`
-	Name  string `json:"name"`
+	Token     string     `json:"token"`
+	ID        string     `json:"id"`
+	User      string     `json:"user"`
+	Name      string     `json:"name"`
+	Scopes    []string   `json:"scopes"`
+	ExpiresAt *time.Time `json:"expires_at"`
 }
 
-// CreateToken issues a token for the caller (or, for an admin, for user).
-func (c *Client) CreateToken(ctx context.Context, user, name string) (NewToken, error) {
+// CreateToken issues a token for the caller (or, for an admin, for
+// body.User).
+func (c *Client) CreateToken(ctx context.Context, body api.CreateTokenBody) (NewToken, error) {
 	var out NewToken
-	data, _ := json.Marshal(api.CreateTokenBody{Name: name, User: user})
+	data, _ := json.Marshal(body)
 	err := c.do(ctx, "POST", "/api/v1/tokens", nil, data, "application/json", &out)
 	return out, err
 }

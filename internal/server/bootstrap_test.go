@@ -29,7 +29,7 @@ func TestBootstrapAdmin(t *testing.T) {
 		}, "admin"},
 		{"died before the file", func(t *testing.T, st *sqlite.Store, authn *auth.Service) {
 			must(t, st.CreateUser(t.Context(), store.User{Name: "admin", Admin: true, CreatedAt: time.Now()}))
-			_, _, err := authn.IssueToken(t.Context(), "admin", bootstrapToken)
+			_, _, err := authn.IssueToken(t.Context(), "admin", bootstrapToken, auth.TokenOptions{})
 			must(t, err)
 		}, "admin"},
 		{"no admin left", func(t *testing.T, st *sqlite.Store, _ *auth.Service) {
@@ -37,7 +37,7 @@ func TestBootstrapAdmin(t *testing.T) {
 		}, "admin2"},
 		{"an admin has a token of their own", func(t *testing.T, st *sqlite.Store, authn *auth.Service) {
 			must(t, st.CreateUser(t.Context(), store.User{Name: "root", Admin: true, CreatedAt: time.Now()}))
-			_, _, err := authn.IssueToken(t.Context(), "root", "laptop")
+			_, _, err := authn.IssueToken(t.Context(), "root", "laptop", auth.TokenOptions{})
 			must(t, err)
 		}, ""},
 	}

@@ -507,7 +507,7 @@ func (s *Server) bootstrapAdmin(ctx context.Context, authn *auth.Service, dataDi
 			return err
 		}
 	}
-	tok, _, err := authn.IssueToken(ctx, admin, bootstrapToken)
+	tok, _, err := authn.IssueToken(ctx, admin, bootstrapToken, auth.TokenOptions{})
 	if err != nil {
 		return err
 	}

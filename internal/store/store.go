@@ -27,6 +27,12 @@ type Token struct {
 	Name      string
 	CreatedAt time.Time
 	RevokedAt time.Time // zero while the token is valid
+	// ExpiresAt is when the token stops working; zero: never (every
+	// token from before expiry existed).
+	ExpiresAt time.Time
+	// Scopes limit what the token may do (auth.Scope names); empty
+	// means all rights (every token from before scopes existed).
+	Scopes []string
 }
 
 // Limits are the per-version resource settings. Zero values mean "the

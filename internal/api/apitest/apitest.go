@@ -83,7 +83,7 @@ func New(t testing.TB) *Deps {
 	if err := st.CreateUser(ctx, store.User{Name: "admin", Admin: true, CreatedAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
-	if d.Admin, _, err = d.Auth.IssueToken(ctx, "admin", "test"); err != nil {
+	if d.Admin, _, err = d.Auth.IssueToken(ctx, "admin", "test", auth.TokenOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	return d

@@ -1,10 +1,15 @@
 package sqlite
 
 import (
+	"crypto/sha256"
 	"database/sql"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
+	"time"
 
+	"github.com/spry-run/spry/internal/auth"
 	"github.com/spry-run/spry/internal/store"
 )
 
@@ -49,6 +54,61 @@ func TestMigrateFromSchema1(t *testing.T) {
 	fn, err = s.GetFunction(ctx, "alice", "f")
 	if err != nil || fn.LiveVersion != 2 || len(fn.Routing.Traffic) != 2 || fn.Routing.Tags["old"] != 1 {
 		t.Fatalf("GetFunction after deploy and routing: %+v, %v", fn, err)
+	}
+	var v int
+	if err := s.db.QueryRow(`PRAGMA user_version`).Scan(&v); err != nil || v != len(migrations) {
+		t.Fatalf("user_version = %d, %v; want %d", v, err, len(migrations))
+	}
+}
+
+// A data dir from before token expiry and scopes (schema 2) opens, and
+// its tokens keep working as they did: no expiry, all rights.
+func TestMigrateTokensFromSchema2(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "spry.db")
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := strings.Repeat("A", 43)
+	sum := sha256.Sum256([]byte(secret))
+	for _, q := range []string{migrations[0], migrations[1], `PRAGMA user_version = 2`} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	if _, err := db.Exec(`INSERT INTO users (name, admin) VALUES ('alice', 1)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`INSERT INTO tokens (id, user_name, hash, name, created_at) VALUES ('0123456789abcdef', 'alice', ?, 'old', 1000)`, sum[:]); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	s, err := Open(t.Context(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := t.Context()
+	old, err := s.GetToken(ctx, "0123456789abcdef")
+	if err != nil || !old.ExpiresAt.IsZero() || len(old.Scopes) != 0 || old.Name != "old" {
+		t.Fatalf("old token after migrating: %+v, %v", old, err)
+	}
+	// Far in the future by the clock: an old token never expires.
+	later := func() time.Time { return time.Now().AddDate(50, 0, 0) }
+	p, err := auth.New(s, later).Authenticate(ctx, "spry_0123456789abcdef_"+secret)
+	if err != nil || p.User != "alice" || !p.Admin || !slices.Equal(p.Scopes, []auth.Scope{auth.ScopeAll}) || !p.ExpiresAt.IsZero() {
+		t.Fatalf("old token authenticates as %+v, %v; want alice with all rights, no expiry", p, err)
+	}
+	// New tokens take both.
+	exp := time.UnixMilli(5000).UTC()
+	nt := store.Token{ID: "new", User: "alice", Hash: []byte{1}, CreatedAt: time.UnixMilli(2000), ExpiresAt: exp, Scopes: []string{"read", "metrics"}}
+	if err := s.CreateToken(ctx, nt); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetToken(ctx, "new")
+	if err != nil || !got.ExpiresAt.Equal(exp) || !slices.Equal(got.Scopes, nt.Scopes) {
+		t.Fatalf("new token: %+v, %v", got, err)
 	}
 	var v int
 	if err := s.db.QueryRow(`PRAGMA user_version`).Scan(&v); err != nil || v != len(migrations) {

@@ -73,6 +73,12 @@ CREATE INDEX versions_by_digest ON versions (digest);
 `,
 	// 2: traffic splits and tags, as one JSON document (store.Routing).
 	`ALTER TABLE functions ADD COLUMN routing TEXT NOT NULL DEFAULT '{}';`,
+	// 3: tokens' expiry (NULL: never) and scopes (space-separated; '':
+	// all rights), which tokens made before keep.
+	`
+ALTER TABLE tokens ADD COLUMN expires_at INTEGER;
+ALTER TABLE tokens ADD COLUMN scopes TEXT NOT NULL DEFAULT '';
+`,
 }
 
 // Store is a store.Store kept in one SQLite database file. It is safe for
@@ -260,9 +266,9 @@ func createToken(ctx context.Context, db execer, t store.Token) error {
 		hash = []byte{} // NULL is not a hash
 	}
 	_, err := db.ExecContext(ctx,
-		`INSERT INTO tokens (id, user_name, hash, name, created_at, revoked_at)
-		 VALUES (?, ?, ?, ?, ?, ?)`,
-		t.ID, t.User, hash, t.Name, millis(t.CreatedAt), millis(t.RevokedAt))
+		`INSERT INTO tokens (id, user_name, hash, name, created_at, revoked_at, expires_at, scopes)
+		 VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+		t.ID, t.User, hash, t.Name, millis(t.CreatedAt), millis(t.RevokedAt), millis(t.ExpiresAt), strings.Join(t.Scopes, " "))
 	if isConstraint(err, sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY) {
 		return fmt.Errorf("token %q: user %q: %w", t.ID, t.User, errdefs.ErrNotFound)
 	}
@@ -272,11 +278,13 @@ func createToken(ctx context.Context, db execer, t store.Token) error {
 	return nil
 }
 
-const tokenColumns = `id, user_name, hash, name, created_at, revoked_at`
+const tokenColumns = `id, user_name, hash, name, created_at, revoked_at, expires_at, scopes`
 
 func scanToken(sc scanner) (store.Token, error) {
 	var t store.Token
-	err := sc.Scan(&t.ID, &t.User, &t.Hash, &t.Name, msTime{&t.CreatedAt}, msTime{&t.RevokedAt})
+	var scopes string
+	err := sc.Scan(&t.ID, &t.User, &t.Hash, &t.Name, msTime{&t.CreatedAt}, msTime{&t.RevokedAt}, msTime{&t.ExpiresAt}, &scopes)
+	t.Scopes = strings.Fields(scopes)
 	return t, err
 }
 

@@ -96,7 +96,8 @@ func checkToken(t *testing.T, got, want store.Token) {
 	t.Helper()
 	if got.ID != want.ID || got.User != want.User || !bytes.Equal(got.Hash, want.Hash) ||
 		got.Name != want.Name || !sameTime(got.CreatedAt, want.CreatedAt) ||
-		!sameTime(got.RevokedAt, want.RevokedAt) {
+		!sameTime(got.RevokedAt, want.RevokedAt) || !sameTime(got.ExpiresAt, want.ExpiresAt) ||
+		!slices.Equal(got.Scopes, want.Scopes) {
 		t.Errorf("token: got %+v, want %+v", got, want)
 	}
 }
@@ -281,7 +282,7 @@ func testTokens(t *testing.T, s store.Store) {
 	ctx := t.Context()
 	mustUser(t, s, "alice")
 	mustUser(t, s, "bob")
-	late := store.Token{ID: "tok1", User: "alice", Hash: bytes.Repeat([]byte{0xab}, 32), Name: "laptop", CreatedAt: at(2)}
+	late := store.Token{ID: "tok1", User: "alice", Hash: bytes.Repeat([]byte{0xab}, 32), Name: "laptop", CreatedAt: at(2), ExpiresAt: at(9), Scopes: []string{"deploy", "metrics"}}
 	early := store.Token{ID: "tok2", User: "alice", Hash: bytes.Repeat([]byte{0x00, 0xff}, 16), Name: "ci", CreatedAt: at(1)}
 	other := store.Token{ID: "tok3", User: "bob", Hash: []byte("h3"), Name: "", CreatedAt: at(3)}
 	for _, tok := range []store.Token{late, early, other} {
