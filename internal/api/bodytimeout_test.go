@@ -87,39 +87,51 @@ func TestBodyTimeout(t *testing.T) {
 				fmt.Fprintf(conn, "%s %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n"+
 					"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n{%s", rq.method, rq.path, addr, e.admin, 60<<10, strings.Repeat(" ", 16<<10))
 				start := time.Now()
-				answered := make(chan struct{})
-				defer close(answered)
-				go func() {
-					tick := time.NewTicker(10 * time.Millisecond)
-					defer tick.Stop()
-					for {
-						select {
-						case <-answered:
-							return
-						case <-tick.C:
-						}
-						if _, err := conn.Write([]byte(" ")); err != nil {
-							return
-						}
-					}
-				}()
-				_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-				res, err := http.ReadResponse(bufio.NewReader(conn), nil)
-				if err != nil {
-					t.Fatalf("the slow request: %v", err)
-				}
-				took := time.Since(start)
-				b, _ := io.ReadAll(res.Body)
-				res.Body.Close()
-				var eb errdefs.Body
-				if res.StatusCode != http.StatusRequestTimeout || json.Unmarshal(b, &eb) != nil || eb.Error.Code != "request_timeout" {
-					t.Errorf("the slow request: %d %s, want 408 request_timeout", res.StatusCode, b)
-				}
-				if took < timeout/2 {
+				defer trickle(conn)()
+				wantRequestTimeout(t, conn, "the slow request")
+				if took := time.Since(start); took < timeout/2 {
 					t.Errorf("answered after %s, well before its %s", took, timeout)
 				}
 				rq.unchanged(t, e)
 			})
 		}
+	}
+}
+
+// trickle writes a byte to conn every 10 ms, a body that never ends,
+// until the returned func is called.
+func trickle(conn net.Conn) (stop func()) {
+	answered := make(chan struct{})
+	go func() {
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-answered:
+				return
+			case <-tick.C:
+			}
+			if _, err := conn.Write([]byte(" ")); err != nil {
+				return
+			}
+		}
+	}()
+	return func() { close(answered) }
+}
+
+// wantRequestTimeout reads what's answer from conn and checks that it
+// is a 408 request_timeout.
+func wantRequestTimeout(t *testing.T, conn net.Conn, what string) {
+	t.Helper()
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	var eb errdefs.Body
+	if res.StatusCode != http.StatusRequestTimeout || json.Unmarshal(b, &eb) != nil || eb.Error.Code != "request_timeout" {
+		t.Errorf("%s: %d %s, want 408 request_timeout", what, res.StatusCode, b)
 	}
 }
