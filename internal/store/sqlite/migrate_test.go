@@ -3,6 +3,7 @@ package sqlite
 import (
 	"crypto/sha256"
 	"database/sql"
+	"fmt"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -13,32 +14,37 @@ import (
 	"github.com/spry-run/spry/internal/store"
 )
 
-// A data dir from before routing existed (schema 1) opens, keeps its
-// functions, and gets routing and version pruning like a new one.
-func TestMigrateFromSchema1(t *testing.T) {
+// openFromSchema opens a data file made at schema version n (its first
+// n migrations) with the rows rows, as an older spry left it.
+func openFromSchema(t *testing.T, n int, rows ...string) *Store {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "spry.db")
 	db, err := sql.Open("sqlite", path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, q := range []string{
-		migrations[0],
-		`PRAGMA user_version = 1`,
-		`INSERT INTO users (name, admin) VALUES ('alice', 1)`,
-		`INSERT INTO functions (owner, name, id, live_version) VALUES ('alice', 'f', 'id1', 1)`,
-		`INSERT INTO versions (owner, name, number, digest, size, config, created_by) VALUES ('alice', 'f', 1, 'sha256:1', 1, '{"runtime":"deno"}', 'alice')`,
-	} {
+	stmts := append(slices.Clone(migrations[:n]), fmt.Sprintf(`PRAGMA user_version = %d`, n))
+	for _, q := range append(stmts, rows...) {
 		if _, err := db.Exec(q); err != nil {
 			t.Fatalf("%s: %v", q, err)
 		}
 	}
 	db.Close()
-
 	s, err := Open(t.Context(), path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// A data dir from before routing existed (schema 1) opens, keeps its
+// functions, and gets routing and version pruning like a new one.
+func TestMigrateFromSchema1(t *testing.T) {
+	s := openFromSchema(t, 1,
+		`INSERT INTO users (name, admin) VALUES ('alice', 1)`,
+		`INSERT INTO functions (owner, name, id, live_version) VALUES ('alice', 'f', 'id1', 1)`,
+		`INSERT INTO versions (owner, name, number, digest, size, config, created_by) VALUES ('alice', 'f', 1, 'sha256:1', 1, '{"runtime":"deno"}', 'alice')`)
 	ctx := t.Context()
 	fn, err := s.GetFunction(ctx, "alice", "f")
 	if err != nil || fn.ID != "id1" || fn.Live.Config.Runtime != "deno" {
@@ -64,31 +70,11 @@ func TestMigrateFromSchema1(t *testing.T) {
 // A data dir from before token expiry and scopes (schema 2) opens, and
 // its tokens keep working as they did: no expiry, all rights.
 func TestMigrateTokensFromSchema2(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "spry.db")
-	db, err := sql.Open("sqlite", path)
-	if err != nil {
-		t.Fatal(err)
-	}
 	secret := strings.Repeat("A", 43)
 	sum := sha256.Sum256([]byte(secret))
-	for _, q := range []string{migrations[0], migrations[1], `PRAGMA user_version = 2`} {
-		if _, err := db.Exec(q); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
-	}
-	if _, err := db.Exec(`INSERT INTO users (name, admin) VALUES ('alice', 1)`); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Exec(`INSERT INTO tokens (id, user_name, hash, name, created_at) VALUES ('0123456789abcdef', 'alice', ?, 'old', 1000)`, sum[:]); err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
-
-	s, err := Open(t.Context(), path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openFromSchema(t, 2,
+		`INSERT INTO users (name, admin) VALUES ('alice', 1)`,
+		fmt.Sprintf(`INSERT INTO tokens (id, user_name, hash, name, created_at) VALUES ('0123456789abcdef', 'alice', X'%x', 'old', 1000)`, sum[:]))
 	ctx := t.Context()
 	old, err := s.GetToken(ctx, "0123456789abcdef")
 	if err != nil || !old.ExpiresAt.IsZero() || len(old.Scopes) != 0 || old.Name != "old" {
