@@ -23,22 +23,6 @@ import (
 // (TestDeployBodyTimeout).
 func TestBodyTimeout(t *testing.T) {
 	const timeout = 300 * time.Millisecond
-	servers := []struct {
-		name  string
-		serve func(t *testing.T, e *env) string
-	}{
-		{"net/http", func(t *testing.T, e *env) string { return e.srv.Listener.Addr().String() }},
-		{"httpserve", func(t *testing.T, e *env) string {
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			srv := httpserve.New(httpserve.Adapt(e.api.Handler(), nil), nil)
-			go func() { _ = srv.Serve(httpserve.Listener(ln, httpserve.WatchAfter, nil)) }()
-			t.Cleanup(func() { _ = srv.Shutdown() })
-			return ln.Addr().String()
-		}},
-	}
 	requests := []struct {
 		method, path string
 		// unchanged checks that nothing was stored.
@@ -70,7 +54,7 @@ func TestBodyTimeout(t *testing.T) {
 			wantError(t, "the key", status, b, http.StatusNotFound, "not_found")
 		}},
 	}
-	for _, srv := range servers {
+	for _, srv := range apiServers {
 		for _, rq := range requests {
 			t.Run(srv.name+" "+rq.method+" "+rq.path, func(t *testing.T) {
 				e := newEnvConfig(t, Config{MaxCodeBytes: 1 << 20, BodyTimeout: timeout})
@@ -134,4 +118,24 @@ func wantRequestTimeout(t *testing.T, conn net.Conn, what string) {
 	if res.StatusCode != http.StatusRequestTimeout || json.Unmarshal(b, &eb) != nil || eb.Error.Code != "request_timeout" {
 		t.Errorf("%s: %d %s, want 408 request_timeout", what, res.StatusCode, b)
 	}
+}
+
+// apiServers are the two servers the API runs on, each serving e's API
+// and giving its address: net/http (httptest) and the server's own
+// fasthttp adaptor.
+var apiServers = []struct {
+	name  string
+	serve func(t *testing.T, e *env) string
+}{
+	{"net/http", func(t *testing.T, e *env) string { return e.srv.Listener.Addr().String() }},
+	{"httpserve", func(t *testing.T, e *env) string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := httpserve.New(httpserve.Adapt(e.api.Handler(), nil), nil)
+		go func() { _ = srv.Serve(httpserve.Listener(ln, httpserve.WatchAfter, nil)) }()
+		t.Cleanup(func() { _ = srv.Shutdown() })
+		return ln.Addr().String()
+	}},
 }

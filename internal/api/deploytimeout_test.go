@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spry-run/spry/internal/httpserve"
 )
 
 // An admitted deploy's body must arrive within Config.DeployBodyTimeout:
@@ -22,22 +21,7 @@ import (
 // http.ResponseController.
 func TestDeployBodyTimeout(t *testing.T) {
 	const timeout = 300 * time.Millisecond
-	for _, tt := range []struct {
-		name  string
-		serve func(t *testing.T, e *env) string // the API's address
-	}{
-		{"net/http", func(t *testing.T, e *env) string { return e.srv.Listener.Addr().String() }},
-		{"httpserve", func(t *testing.T, e *env) string {
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			srv := httpserve.New(httpserve.Adapt(e.api.Handler(), nil), nil)
-			go func() { _ = srv.Serve(httpserve.Listener(ln, httpserve.WatchAfter, nil)) }()
-			t.Cleanup(func() { _ = srv.Shutdown() })
-			return ln.Addr().String()
-		}},
-	} {
+	for _, tt := range apiServers {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newEnvConfig(t, Config{MaxCodeBytes: 1 << 20, DeployBodyTimeout: timeout})
 			// One slot: the slow deploy holds it, the next one waits.
