@@ -8,7 +8,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
 )
 
 // An admitted deploy's body must arrive within Config.DeployBodyTimeout:
