@@ -277,6 +277,18 @@ func (s *Service) Deploy(ctx context.Context, req DeployRequest) (store.Function
 		// version keeps the runtime it was built for.
 		req.Runtime = cur.Live.Config.Runtime
 	}
+	// And the memory budget, against the settings the version would
+	// have (newVersion checks again against what is live then).
+	var limits store.Limits
+	if err == nil {
+		limits = cur.Live.Config.Limits
+	}
+	if limits, err = ApplySettings(limits, req.Settings, s.cfg.Bounds); err != nil {
+		return store.Function{}, err
+	}
+	if err := CheckMemoryBudget(limits, s.cfg.DefaultMemoryMiB, s.cfg.Bounds); err != nil {
+		return store.Function{}, err
+	}
 	res, err := s.build(ctx, req)
 	if err != nil {
 		return store.Function{}, err
@@ -483,6 +495,9 @@ func (s *Service) nextConfig(ctx context.Context, owner, name string, b *bundle,
 	// Checks min against a max set earlier, and the isolation against
 	// the server.
 	if cfg.Limits, err = ApplySettings(cfg.Limits, ch.Settings, s.cfg.Bounds); err != nil {
+		return store.Config{}, nil, store.Function{}, err
+	}
+	if err := CheckMemoryBudget(cfg.Limits, s.cfg.DefaultMemoryMiB, s.cfg.Bounds); err != nil {
 		return store.Config{}, nil, store.Function{}, err
 	}
 	// A name is one variable in ctx.env: an env var and a secret may not

@@ -80,6 +80,10 @@ type Config struct {
 	// MaxInstancesPerUser bounds the instances of one user's functions
 	// together; 0 means no bound.
 	MaxInstancesPerUser int
+	// MaxMemoryPerUserMiB bounds the memory limits of one user's
+	// instances added up, and what one function may ask for alone or at
+	// its min; 0 means no bound.
+	MaxMemoryPerUserMiB int
 	// UserPids and UserFiles bound the processes (threads included) and
 	// open files one user's running instances hold together; 0: no
 	// bound. spry serve's defaults are a quarter of the host's.
@@ -312,6 +316,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		StableWindow:         cfg.AutoscaleWindow,
 		QueueSize:            cfg.QueueSize,
 		MaxInstancesPerOwner: cfg.MaxInstancesPerUser,
+		MaxMemoryPerOwnerMiB: cfg.MaxMemoryPerUserMiB,
 		MemoryReserve:        cfg.MemoryReserve,
 		OnEvict:              func(*backend.Spec) { s.metrics.Eviction() },
 		Logger:               log,
@@ -355,6 +360,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 			MaxScale:       cfg.MaxScale,
 			MaxConcurrency: MaxConcurrency,
 			MaxCPUMilli:    goruntime.NumCPU() * 1000,
+			// Checked at deploy against the limits' defaults too.
+			MaxMemoryPerOwnerMiB: cfg.MaxMemoryPerUserMiB,
 		},
 		Logger: log,
 	})
