@@ -143,6 +143,7 @@ func newServeCmd(env Env) *cobra.Command {
 	f.IntVar(&memoryReserve, "memory-reserve", defaultMemoryReserve(), "host memory, in MiB, that instance starts leave available: below it a start for a request first stops other functions' idle instances, least recently used first, and gets 503 if none is left to stop (0: no reserve; default 1/32 of the host's memory, at least 256)")
 	f.IntVar(&allMemory, "all-memory", int(hostMemory()>>20)-defaultMemoryReserve(), "memory, in MiB, all instances and builds may hold together, swap included (0: no bound); past it the kernel's OOM killer stops the largest of them, never the server (by default the host's memory less --memory-reserve)")
 	f.Int64Var(&cfg.KVMaxBytes, "kv-max-bytes", kv.DefaultMaxBytes, "bytes of keys and values each function's ctx.kv may hold, each entry counted 100 bytes more; a write past it fails with quota_exceeded")
+	f.Int64Var(&cfg.KVMaxBytesPerUser, "kv-max-bytes-per-user", kv.DefaultMaxBytesPerOwner, "bytes of keys and values the ctx.kv of all of one user's functions may hold together, counted as for --kv-max-bytes (0: no bound); a write past it fails with quota_exceeded")
 	f.IntVar(&cfg.MaxFunctionsPerUser, "max-functions-per-user", 1000, "functions one user may have (0: no limit); deploying one more gets 403 quota_exceeded")
 	f.IntVar(&cfg.MaxDeploys, "max-deploys", api.DefaultMaxDeploys, fmt.Sprintf("deploys past admission at once (reading their body, building, storing), at most %d of them one user's; the others wait, their bodies unread", api.MaxDeploysPerUser))
 	f.IntVar(&cfg.MaxDeploysWaiting, "max-deploys-waiting", api.DefaultMaxDeploysWaiting, "deploys that may wait for admission at once; one more gets 503 unavailable")
@@ -210,6 +211,8 @@ func validate(cfg server.Config) error {
 	case cfg.KVMaxBytes != 0 && cfg.KVMaxBytes < kv.MaxKeyBytes+kv.MaxValueBytes+kv.EntryOverhead:
 		// One entry of the largest size must fit.
 		return errdefs.Invalid("--kv-max-bytes must be at least %d", kv.MaxKeyBytes+kv.MaxValueBytes+kv.EntryOverhead)
+	case cfg.KVMaxBytesPerUser < 0 || cfg.KVMaxBytesPerUser != 0 && cfg.KVMaxBytesPerUser < kv.MaxKeyBytes+kv.MaxValueBytes+kv.EntryOverhead:
+		return errdefs.Invalid("--kv-max-bytes-per-user must be 0 (no bound) or at least %d", kv.MaxKeyBytes+kv.MaxValueBytes+kv.EntryOverhead)
 	case cfg.MemoryReserve >= hostMemory():
 		// Nothing could ever start.
 		return errdefs.Invalid("--memory-reserve must be below the host's memory (%d MiB)", hostMemory()>>20)

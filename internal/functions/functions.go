@@ -655,6 +655,25 @@ func (s *Service) Delete(ctx context.Context, owner, name string) error {
 	return nil
 }
 
+// Owners returns the owners of the functions of ids that exist, by id,
+// from memory: the key-value store learns so whose namespace it is
+// (kv.Options.Owners), once for each.
+func (s *Service) Owners(ids []string) map[string]string {
+	want := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		want[id] = true
+	}
+	out := make(map[string]string, len(ids))
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for k, r := range s.routes {
+		if want[r.id] {
+			out[r.id] = k.Owner
+		}
+	}
+	return out
+}
+
 // Get returns one function with its live version.
 func (s *Service) Get(ctx context.Context, owner, name string) (store.Function, error) {
 	fn, err := s.store.GetFunction(ctx, owner, name)

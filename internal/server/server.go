@@ -95,8 +95,10 @@ type Config struct {
 	AllPids   int64
 	AllMemory int64
 	// KVMaxBytes bounds each function's ctx.kv, keys and values
-	// together (0: kv.DefaultMaxBytes).
-	KVMaxBytes int64
+	// together (0: kv.DefaultMaxBytes); KVMaxBytesPerUser, all of one
+	// user's functions' together (0: no bound).
+	KVMaxBytes        int64
+	KVMaxBytesPerUser int64
 	// MaxFunctionsPerUser bounds how many functions one user may have;
 	// 0 means no bound.
 	MaxFunctionsPerUser int
@@ -240,7 +242,15 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	if err != nil {
 		return nil, err
 	}
-	s.kv, err = kv.Open(ctx, filepath.Join(dataDir, "kv.db"), kv.Options{MaxBytes: cfg.KVMaxBytes})
+	s.kv, err = kv.Open(ctx, filepath.Join(dataDir, "kv.db"), kv.Options{MaxBytes: cfg.KVMaxBytes, MaxBytesPerOwner: cfg.KVMaxBytesPerUser,
+		// Asked at a namespace's first write, once the server serves:
+		// s.fns is set by then.
+		Owners: func(ids []string) map[string]string {
+			if s.fns == nil {
+				return nil
+			}
+			return s.fns.Owners(ids)
+		}})
 	if err != nil {
 		return nil, err
 	}
