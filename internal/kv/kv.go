@@ -106,6 +106,9 @@ type Store struct {
 	// before owners were kept); the next write learns theirs first.
 	unowned atomic.Bool
 	now     func() time.Time
+	// connIdle and lineTime are ServeConn's ConnIdleTimeout and
+	// LineTimeout (tests shorten them).
+	connIdle, lineTime time.Duration
 }
 
 // Options are the store's.
@@ -142,7 +145,8 @@ func Open(ctx context.Context, path string, o Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	s := &Store{db: db, get: get, maxBytes: o.MaxBytes, maxOwner: o.MaxBytesPerOwner, owners: o.Owners, now: o.Now}
+	s := &Store{db: db, get: get, maxBytes: o.MaxBytes, maxOwner: o.MaxBytesPerOwner, owners: o.Owners, now: o.Now,
+		connIdle: ConnIdleTimeout, lineTime: LineTimeout}
 	if err := s.recount(ctx); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net"
 	"os"
@@ -1139,4 +1140,87 @@ func TestOwnerBoundUnderContention(t *testing.T) {
 	consistent(t, s, "f")
 	consistent(t, s, "g")
 	ownerConsistent(t, s, "alice")
+}
+
+// A kept connection is closed once no request begins on it for the idle
+// bound, or a line that began does not end within the line bound; one
+// whose requests keep coming, or whose lines come in pieces within the
+// bound, stays. (The bounds are shortened here: a minute and 10 s.)
+func TestConnTimeouts(t *testing.T) {
+	const short, long = 150 * time.Millisecond, time.Minute
+	tests := []struct {
+		name           string
+		idle, line     time.Duration
+		talk           func(c *client)
+		closed         bool
+		atLeast, below time.Duration // when the close came, from the talk's end
+	}{
+		{"quiet, past the idle bound", short, long, func(c *client) {}, true, short, long / 2},
+		{"a partial line, past the line bound", long, short, func(c *client) {
+			if _, err := c.conn.Write([]byte(`{"id":1,"op":"get","ke`)); err != nil {
+				c.t.Fatal(err)
+			}
+		}, true, short, long / 2},
+		{"a partial line after a request, past the line bound", long, short, func(c *client) {
+			if got := c.answer(c.request(`{"op":"get","key":"k"}`)); got != `{"value":null,"version":null}` {
+				c.t.Fatalf("get: %s", got)
+			}
+			if _, err := c.conn.Write([]byte(`{"id":2,`)); err != nil {
+				c.t.Fatal(err)
+			}
+		}, true, short, long / 2},
+		{"requests within the idle bound, for twice it", 2 * short, 2 * short, func(c *client) {
+			for start := time.Now(); time.Since(start) < 4*short; time.Sleep(short / 8) {
+				if got := c.answer(c.request(`{"op":"add","key":"n"}`)); !strings.HasPrefix(got, `{"value":`) {
+					c.t.Fatalf("add: %s", got)
+				}
+			}
+		}, false, 0, 0},
+		{"a line in pieces within the line bound", 2 * short, 2 * short, func(c *client) {
+			c.id++
+			for _, piece := range []string{fmt.Sprintf(`{"id":%d,`, c.id), `"op":"get",`, `"key":"k"}` + "\n"} {
+				if _, err := c.conn.Write([]byte(piece)); err != nil {
+					c.t.Fatal(err)
+				}
+				time.Sleep(short / 4)
+			}
+			if got := c.answer(c.id); got != `{"value":null,"version":null}` {
+				c.t.Fatalf("get: %s", got)
+			}
+		}, false, 0, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s, _ := open(t, 0)
+			s.connIdle, s.lineTime = tt.idle, tt.line
+			c := dial(t, context.Background(), s, "f", nil)
+			tt.talk(c)
+			start := time.Now()
+			if !tt.closed {
+				// Still open: one more request is answered on it.
+				if got := c.answer(c.request(`{"op":"get","key":"k"}`)); got != `{"value":null,"version":null}` {
+					t.Fatalf("the connection was closed, or answered %s", got)
+				}
+				return
+			}
+			_ = c.conn.SetReadDeadline(time.Now().Add(tt.below))
+			line, err := c.r.ReadString('\n')
+			took := time.Since(start)
+			if !errors.Is(err, io.EOF) {
+				t.Fatalf("read %q, %v after %v; want the server's close", line, err, took)
+			}
+			if line != "" {
+				t.Fatalf("an answer to a line that never ended: %q", line)
+			}
+			if took < tt.atLeast-short/10 {
+				t.Fatalf("closed after %v, before the bound %v", took, tt.atLeast)
+			}
+			select {
+			case <-c.done:
+			case <-time.After(tt.below):
+				t.Fatal("ServeConn did not return after the close")
+			}
+		})
+	}
 }
