@@ -131,7 +131,7 @@ func newServeCmd(env Env) *cobra.Command {
 	f.Float64Var(&cfg.CPU, "cpu", 1, "CPUs one instance may use (a cgroup quota, at least 0.05; 0 for none)")
 	f.IntVar(&cfg.QueueSize, "queue-size", 1000, "requests that may wait for a busy function's capacity before new ones get 503")
 	f.IntVar(&cfg.MaxInstancesPerUser, "max-instances-per-user", 1000, "instances one user's functions may run together (0: no limit); past it a function with no instance gets 429")
-	f.Var(&userMemory, "max-memory-per-user", "memory limits one user's instances may add up to, in MiB or as a size like 8Gi or 8GiB (0: no bound); a start past it gets 429, and a deploy whose function alone, or its min instances together, would be past it gets 400 (default half of --all-memory, at least --memory)")
+	f.Var(&userMemory, "max-memory-per-user", "memory limits one user's instances may add up to, in MiB or as a size like 8Gi or 8GiB (0: no bound; by default half of --all-memory, at least --memory): a start past it gets 429, and a deploy whose function alone, or its min instances together, would be past it gets 400")
 	// A quarter of what the host has, read now: one user's instances
 	// (each up to 256 processes and 21,024 files a process) would
 	// otherwise take it all, from the server and every other user.
