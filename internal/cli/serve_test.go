@@ -161,15 +161,15 @@ func TestServeDeployFlags(t *testing.T) {
 		args    []string
 		environ []string
 	}{
+		{"user memory not a size", []string{"--max-memory-per-user", "lots"}, nil},
+		{"user memory under --memory", []string{"--max-memory-per-user", "64Mi"}, nil},
+		{"user memory in bytes in the environment", nil, []string{"SPRY_MAX_MEMORY_PER_USER=512B"}},
 		{"no deploys", []string{"--max-deploys", "0"}, nil},
 		{"deploys not a number", []string{"--max-deploys", "four"}, nil},
 		{"no deploys waiting", []string{"--max-deploys-waiting", "0"}, nil},
 		{"negative deploys waiting in the environment", nil, []string{"SPRY_MAX_DEPLOYS_WAITING=-1"}},
 		{"deploy body time too short", []string{"--deploy-body-timeout", "500ms"}, nil},
 		{"deploy body time not a duration", nil, []string{"SPRY_DEPLOY_BODY_TIMEOUT=60"}},
-		{"user memory not a size", []string{"--max-memory-per-user", "lots"}, nil},
-		{"user memory under --memory", []string{"--max-memory-per-user", "64Mi"}, nil},
-		{"user memory in bytes in the environment", nil, []string{"SPRY_MAX_MEMORY_PER_USER=512B"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			data := filepath.Join(t.TempDir(), "data")
