@@ -239,6 +239,38 @@ func TestKV(t *testing.T) {
 // keys like any other for the API and spry kv. The server refused them,
 // escaped or not, as paths with empty, . or .. segments (404), so
 // entries a function made under them could not be read or removed.
+// TestKVBoundPerUser: all of a user's functions' entries together stay
+// within --kv-max-bytes-per-user, whichever function writes (from its
+// code or through the API); a delete in one makes room for another.
+func TestKVBoundPerUser(t *testing.T) {
+	s := startServer(t, "--kv-max-bytes-per-user", "200000")
+	for _, fn := range []string{"kv-a", "kv-b"} {
+		s.deployCode(t, fn, []byte(kvFunction), "")
+	}
+	fill := func(fn, key string) (int, string) {
+		t.Helper()
+		r := s.get("/fn/admin/" + fn + "/fill?key=" + key + "&n=60000")
+		return r.status, strings.TrimSpace(string(r.body))
+	}
+	for _, w := range []struct{ fn, key string }{{"kv-a", "f1"}, {"kv-a", "f2"}, {"kv-b", "f1"}} {
+		if st, got := fill(w.fn, w.key); st != 200 {
+			t.Fatalf("%s %s: %d %s", w.fn, w.key, st, got)
+		}
+	}
+	if st, got := fill("kv-b", "f2"); st != 400 || !strings.Contains(got, "quota_exceeded") || !strings.Contains(got, "--kv-max-bytes-per-user") {
+		t.Fatalf("past the user's bound: %d %s, want 400 quota_exceeded naming --kv-max-bytes-per-user", st, got)
+	}
+	if r := s.do("PUT", "/api/v1/functions/kv-b/kv/f2", s.token, strings.NewReader(`"`+strings.Repeat("x", 60000)+`"`), nil); r.status != 403 || r.errorCode(t) != "quota_exceeded" {
+		t.Fatalf("past the user's bound through the API: %d %s", r.status, r.body)
+	}
+	if r := s.do("DELETE", "/api/v1/functions/kv-a/kv/f1", s.token, nil, nil); r.status != 204 {
+		t.Fatalf("delete: %d %s", r.status, r.body)
+	}
+	if st, got := fill("kv-b", "f2"); st != 200 {
+		t.Fatalf("after a delete in another function: %d %s", st, got)
+	}
+}
+
 func TestKVPathKeys(t *testing.T) {
 	s := startServer(t)
 	s.deployCode(t, "dots", []byte(kvFunction), "")

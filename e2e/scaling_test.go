@@ -352,6 +352,34 @@ func TestInstanceQuotaPerUser(t *testing.T) {
 	})
 }
 
+// TestMemoryQuotaPerUser: the memory limits of a user's instances add up
+// to at most --max-memory-per-user; past it a start gets 429 with
+// Retry-After, counted as a failed cold start, and a stopped instance
+// gives its memory back. A function that could never fit is refused at
+// deploy.
+func TestMemoryQuotaPerUser(t *testing.T) {
+	s := startServer(t, "--max-memory-per-user", "384Mi")
+	if r := s.putCode(s.token, "huge", example(t, "hello.ts"), "memory=512Mi"); r.status != 400 || r.errorCode(t) != "invalid_argument" || !strings.Contains(string(r.body), "max-memory-per-user") {
+		t.Fatalf("deploy of a function over the budget alone: %d %s", r.status, r.body)
+	}
+	s.deployCode(t, "first", example(t, "hello.ts"), "memory=256Mi")
+	s.deployCode(t, "second", example(t, "hello.ts"), "memory=256Mi")
+	if r := s.get("/fn/admin/first/?name=a"); r.status != 200 {
+		t.Fatalf("first: %d %s", r.status, r.body)
+	}
+	r := s.get("/fn/admin/second/?name=b")
+	if r.status != 429 || r.header.Get("Retry-After") == "" || r.errorCode(t) != "rate_limited" || !strings.Contains(string(r.body), "max-memory-per-user") {
+		t.Fatalf("over the budget: %d %v %s", r.status, r.header, r.body)
+	}
+	if n := s.metric(t, "spry_cold_starts_total{", `function="second"`, `result="error"`); n != 1 {
+		t.Fatalf("%v failed cold starts of second, want 1", n)
+	}
+	s.mustSpry("rm", "first")
+	eventually(t, 10*time.Second, "second served once first's instance stopped", func() bool {
+		return s.get("/fn/admin/second/?name=b").status == 200
+	})
+}
+
 // TestMemoryReserve: with the host's available memory below
 // --memory-reserve, a request's cold start first stops other functions'
 // idle instances, and, that not being enough, gets 503 with Retry-After,

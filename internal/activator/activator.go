@@ -72,6 +72,11 @@ type Config struct {
 	// stopping) of all of one owner's functions together, so one user
 	// cannot take the machine from the others; 0 means no bound.
 	MaxInstancesPerOwner int
+	// MaxMemoryPerOwnerMiB bounds the memory limits (Spec.MemoryMiB) of
+	// the same instances added up, so that one user's large functions
+	// cannot promise themselves the host's memory up to the instance
+	// bound; 0 means no bound.
+	MaxMemoryPerOwnerMiB int
 	// Now is the clock; tests inject one so they never sleep for policy.
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -121,14 +126,21 @@ type Activator struct {
 	closeMu sync.RWMutex
 	closed  bool
 
-	quotaMu sync.Mutex     // a leaf lock: taken under rev.mu
-	owned   map[string]int // instances counted against each owner's quota
+	quotaMu sync.Mutex          // a leaf lock: taken under rev.mu
+	owned   map[string]ownerUse // what is counted against each owner's quotas
 
 	// evicting makes starts short of memory take turns (a semaphore of
 	// one that a start's deadline may give up on): each stops what it
 	// needs, and the next reads what is left, so that a burst does not
 	// stop an instance per start for one start's room.
 	evicting chan struct{}
+}
+
+// ownerUse is one owner's instances (starting, running or stopping) and
+// the sum of their memory limits, in MiB.
+type ownerUse struct {
+	instances int
+	memoryMiB int
 }
 
 type revision struct {
@@ -194,6 +206,9 @@ var (
 	// ErrQuota: the version has no instance and its owner runs as many as
 	// one user may.
 	ErrQuota = errdefs.New(errdefs.ErrRateLimited, "the function's owner runs as many instances as one user may (spry serve --max-instances-per-user); retry later")
+	// ErrMemoryQuota: one more instance of the version would take its
+	// owner's instances' memory limits past one user's budget.
+	ErrMemoryQuota = errdefs.New(errdefs.ErrRateLimited, "the function's owner runs instances whose memory limits together leave no room for one more of this function within one user's budget (spry serve --max-memory-per-user); retry later")
 	// ErrClosed: the platform is shutting down and starts no instance.
 	ErrClosed = errdefs.New(errdefs.ErrUnavailable, "the platform is shutting down; retry later")
 	// ErrMemory: the host's available memory is below the reserve, and
@@ -224,7 +239,7 @@ func New(b Backend, cfg Config) *Activator {
 	if cfg.ReadMemAvailable == nil {
 		cfg.ReadMemAvailable = MemAvailable
 	}
-	return &Activator{cfg: cfg, backend: b, log: cfg.Logger, revs: map[string]*revision{}, retiring: map[*revision]struct{}{}, live: map[string][]string{}, removed: map[string]time.Time{}, owned: map[string]int{},
+	return &Activator{cfg: cfg, backend: b, log: cfg.Logger, revs: map[string]*revision{}, retiring: map[*revision]struct{}{}, live: map[string][]string{}, removed: map[string]time.Time{}, owned: map[string]ownerUse{},
 		evicting: make(chan struct{}, 1)}
 }
 
@@ -622,22 +637,29 @@ func (a *Activator) scaleForQueue(rev *revision) {
 	if rev.starting*limit >= rev.waiters.Len() {
 		return
 	}
-	if err := a.startLocked(rev, true); err != nil && rev.running()+rev.starting == 0 {
+	err := a.startLocked(rev, true)
+	if errors.Is(err, errdefs.ErrRateLimited) && a.cfg.OnStart != nil {
+		// A start requests wait for, refused by a quota: counted as a
+		// failed cold start, as one refused for want of memory is.
+		a.cfg.OnStart(rev.spec, 0, err)
+	}
+	if err != nil && rev.running()+rev.starting == 0 {
 		// Nothing would ever serve the queue.
 		rev.failAll(err)
 	}
 }
 
-// startLocked begins one instance start, unless the owner's quota is
-// used up (ErrQuota) or the activator is closed (ErrClosed). evict: the
+// startLocked begins one instance start, unless the owner's quotas are
+// used up (ErrQuota, ErrMemoryQuota) or the activator is closed
+// (ErrClosed). evict: the
 // start may stop idle instances of other versions if the host is short
 // of memory (see Config.MemoryReserve). Callers hold rev.mu.
 func (a *Activator) startLocked(rev *revision, evict bool) error {
-	if !a.reserve(rev.spec.Owner) {
-		return ErrQuota
+	if err := a.reserve(rev.spec); err != nil {
+		return err
 	}
 	if !a.track() {
-		a.unreserve(rev.spec.Owner)
+		a.unreserve(rev.spec)
 		return ErrClosed
 	}
 	rev.starting++
@@ -658,24 +680,36 @@ func (a *Activator) track() bool {
 	return true
 }
 
-// reserve counts one more instance against owner's quota, if it allows.
-func (a *Activator) reserve(owner string) bool {
+// reserve counts one more instance of spec, and its memory limit,
+// against its owner's quotas, if they allow.
+func (a *Activator) reserve(spec *backend.Spec) error {
 	a.quotaMu.Lock()
 	defer a.quotaMu.Unlock()
-	if limit := a.cfg.MaxInstancesPerOwner; limit > 0 && a.owned[owner] >= limit {
-		return false
+	use := a.owned[spec.Owner]
+	if limit := a.cfg.MaxInstancesPerOwner; limit > 0 && use.instances >= limit {
+		return ErrQuota
 	}
-	a.owned[owner]++
-	return true
+	if limit := a.cfg.MaxMemoryPerOwnerMiB; limit > 0 && use.memoryMiB+spec.MemoryMiB > limit {
+		return ErrMemoryQuota
+	}
+	use.instances++
+	use.memoryMiB += spec.MemoryMiB
+	a.owned[spec.Owner] = use
+	return nil
 }
 
 // unreserve gives back what reserve counted.
-func (a *Activator) unreserve(owner string) {
+func (a *Activator) unreserve(spec *backend.Spec) {
 	a.quotaMu.Lock()
 	defer a.quotaMu.Unlock()
-	if a.owned[owner]--; a.owned[owner] <= 0 {
-		delete(a.owned, owner)
+	use := a.owned[spec.Owner]
+	use.instances--
+	use.memoryMiB -= spec.MemoryMiB
+	if use.instances <= 0 {
+		delete(a.owned, spec.Owner)
+		return
 	}
+	a.owned[spec.Owner] = use
 }
 
 func (a *Activator) start(rev *revision, evict bool) {
@@ -698,7 +732,7 @@ func (a *Activator) start(rev *revision, evict bool) {
 	rev.mu.Lock()
 	rev.starting--
 	if err != nil {
-		a.unreserve(rev.spec.Owner)
+		a.unreserve(rev.spec)
 		err = fmt.Errorf("start %s/%s v%d: %w", rev.spec.Owner, rev.spec.Name, rev.spec.Version, err)
 		level := slog.LevelError
 		switch {
@@ -904,7 +938,7 @@ func parseMeminfo(b []byte, key string) (uint64, error) {
 func (a *Activator) watch(rev *revision, in *instance) {
 	defer a.wg.Done()
 	<-in.inst.Done()
-	a.unreserve(rev.spec.Owner)
+	a.unreserve(rev.spec)
 	now := a.cfg.Now()
 	rev.mu.Lock()
 	for i, x := range rev.instances {

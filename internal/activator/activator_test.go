@@ -722,6 +722,136 @@ func TestOwnerInstanceQuota(t *testing.T) {
 	a.settle()
 }
 
+// One owner's instances together hold memory limits within the budget: a
+// start that would take them past it is refused as the instance quota's
+// are (429, counted as a failed cold start), other owners' instances are
+// neither counted nor stopped for it, and the instance count is checked
+// too.
+func TestOwnerMemoryQuota(t *testing.T) {
+	type start struct {
+		owner string
+		mib   int
+	}
+	tests := []struct {
+		name      string
+		budget    int // MaxMemoryPerOwnerMiB
+		instances int // MaxInstancesPerOwner
+		running   []start
+		next      start
+		want      error
+	}{
+		{"fits exactly", 512, 0, []start{{"alice", 256}}, start{"alice", 256}, nil},
+		{"one MiB past it", 512, 0, []start{{"alice", 256}}, start{"alice", 257}, ErrMemoryQuota},
+		{"another owner's are not counted", 512, 0, []start{{"bob", 512}}, start{"alice", 512}, nil},
+		{"one instance alone past it", 256, 0, nil, start{"alice", 512}, ErrMemoryQuota},
+		{"no bound", 0, 0, []start{{"alice", 4096}, {"alice", 4096}}, start{"alice", 4096}, nil},
+		{"the instance quota still holds", 1024, 1, []start{{"alice", 128}}, start{"alice", 128}, ErrQuota},
+		{"the memory quota before a free instance place", 256, 10, []start{{"alice", 128}}, start{"alice", 256}, ErrMemoryQuota},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fb := &fakeBackend{}
+			clk := &clock{t: time.Unix(1000, 0)}
+			var mu sync.Mutex
+			var refused []error
+			a := New(fb, Config{ScaleToZeroAfter: time.Minute, MaxMemoryPerOwnerMiB: tt.budget, MaxInstancesPerOwner: tt.instances, Now: clk.now,
+				OnStart: func(_ *backend.Spec, _ time.Duration, err error) {
+					if err != nil {
+						mu.Lock()
+						refused = append(refused, err)
+						mu.Unlock()
+					}
+				}})
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			fn := func(i int, s start) *backend.Spec {
+				return &backend.Spec{FunctionID: fmt.Sprintf("%s/f%d", s.owner, i), Owner: s.owner, Name: fmt.Sprintf("f%d", i), Version: 1, Runtime: "deno", Concurrency: 1, MaxScale: 10, MemoryMiB: s.mib}
+			}
+			for i, s := range tt.running {
+				l, err := a.Acquire(ctx, fn(i, s))
+				if err != nil {
+					t.Fatalf("start %d (%s, %d MiB): %v", i, s.owner, s.mib, err)
+				}
+				defer l.Release()
+			}
+			l, err := a.Acquire(ctx, fn(len(tt.running), tt.next))
+			if l != nil {
+				l.Release()
+			}
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("next start: err = %v, want %v", err, tt.want)
+			}
+			if tt.want != nil {
+				if !errors.Is(err, errdefs.ErrRateLimited) {
+					t.Fatalf("err = %v, not rate limited (429)", err)
+				}
+				mu.Lock()
+				n := len(refused)
+				mu.Unlock()
+				if n != 1 {
+					t.Fatalf("the refused start was told to OnStart %d times, want once (spry_cold_starts_total{result=\"error\"})", n)
+				}
+			}
+			a.settle()
+			if stopped := fb.stoppedIDs(); len(stopped) != 0 {
+				t.Fatalf("instances %v were stopped; a quota stops none", stopped)
+			}
+			if n := int(fb.starts.Load()); tt.want == nil && n != len(tt.running)+1 || tt.want != nil && n != len(tt.running) {
+				t.Fatalf("%d starts reached the backend", n)
+			}
+		})
+	}
+}
+
+// A min past the memory budget starts what fits, and an instance that
+// ends gives its memory back to its owner's next start.
+func TestOwnerMemoryQuotaMinAndRelease(t *testing.T) {
+	fb := &fakeBackend{}
+	clk := &clock{t: time.Unix(1000, 0)}
+	a := New(fb, Config{ScaleToZeroAfter: time.Minute, MaxMemoryPerOwnerMiB: 1024, Now: clk.now})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	big := &backend.Spec{FunctionID: "alice/big", Owner: "alice", Name: "big", Version: 1, Runtime: "deno", Concurrency: 1, MinScale: 5, MaxScale: 10, MemoryMiB: 512}
+	a.Ensure(big)
+	for range 3 {
+		a.Tick(clk.add(time.Second))
+		a.settle()
+	}
+	if n := fb.starts.Load(); n != 2 {
+		t.Fatalf("min 5 of 512 MiB started %d instances, want the 1024 MiB budget's 2", n)
+	}
+	small := &backend.Spec{FunctionID: "alice/small", Owner: "alice", Name: "small", Version: 1, Runtime: "deno", Concurrency: 1, MaxScale: 10, MemoryMiB: 128}
+	if _, err := a.Acquire(ctx, small); !errors.Is(err, ErrMemoryQuota) {
+		t.Fatalf("over the budget: err = %v, want ErrMemoryQuota", err)
+	}
+	fb.Kill(fb.liveInstances()[0].ID, "test")
+	// The watch gives the memory back once it has seen the end.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		a.quotaMu.Lock()
+		used := a.owned["alice"].memoryMiB
+		a.quotaMu.Unlock()
+		if used == 512 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("alice's instances hold %d MiB after one of two ended, want 512", used)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	l, err := a.Acquire(ctx, small)
+	if err != nil {
+		t.Fatalf("after an instance ended: %v", err)
+	}
+	l.Release()
+	a.settle()
+	a.quotaMu.Lock()
+	defer a.quotaMu.Unlock()
+	if got := a.owned["alice"]; got != (ownerUse{instances: 2, memoryMiB: 640}) {
+		t.Fatalf("alice's use = %+v, want 2 instances of 640 MiB", got)
+	}
+}
+
 func TestTryAcquire(t *testing.T) {
 	one := *spec
 	one.Concurrency = 1

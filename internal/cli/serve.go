@@ -23,6 +23,7 @@ import (
 	"github.com/spry-run/spry/internal/build"
 	"github.com/spry-run/spry/internal/config"
 	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/functions"
 	"github.com/spry-run/spry/internal/kv"
 	"github.com/spry-run/spry/internal/logstore"
 	"github.com/spry-run/spry/internal/router"
@@ -35,6 +36,7 @@ func newServeCmd(env Env) *cobra.Command {
 	var logLevel, logFormat string
 	var egressAllow, trustedProxies []string
 	var memoryReserve, allMemory int
+	userMemory := mebibytes(defaultUserMemory(int(hostMemory()>>20)-defaultMemoryReserve(), 128))
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the Spry platform: API, router, autoscaler and runtimes in one process",
@@ -54,6 +56,10 @@ func newServeCmd(env Env) *cobra.Command {
 				allMemory = max(0, int(hostMemory()>>20)-memoryReserve)
 			}
 			cfg.AllMemory = int64(allMemory) << 20
+			if !cmd.Flags().Changed("max-memory-per-user") {
+				userMemory = mebibytes(defaultUserMemory(allMemory, cfg.DefaultMemoryMiB))
+			}
+			cfg.MaxMemoryPerUserMiB = int(userMemory)
 			if err := validate(cfg); err != nil {
 				return err
 			}
@@ -131,6 +137,7 @@ func newServeCmd(env Env) *cobra.Command {
 	f.Float64Var(&cfg.CPU, "cpu", 1, "CPUs one instance may use (a cgroup quota, at least 0.05; 0 for none)")
 	f.IntVar(&cfg.QueueSize, "queue-size", 1000, "requests that may wait for a busy function's capacity before new ones get 503")
 	f.IntVar(&cfg.MaxInstancesPerUser, "max-instances-per-user", 1000, "instances one user's functions may run together (0: no limit); past it a function with no instance gets 429")
+	f.Var(&userMemory, "max-memory-per-user", "memory limits one user's instances may add up to, in MiB or as a size like 8Gi or 8GiB (0: no bound; by default half of --all-memory, at least --memory): a start past it gets 429, and a deploy whose function alone, or its min instances together, would be past it gets 400")
 	// A quarter of what the host has, read now: one user's instances
 	// (each up to 256 processes and 21,024 files a process) would
 	// otherwise take it all, from the server and every other user.
@@ -142,6 +149,7 @@ func newServeCmd(env Env) *cobra.Command {
 	f.IntVar(&memoryReserve, "memory-reserve", defaultMemoryReserve(), "host memory, in MiB, that instance starts leave available: below it a start for a request first stops other functions' idle instances, least recently used first, and gets 503 if none is left to stop (0: no reserve; default 1/32 of the host's memory, at least 256)")
 	f.IntVar(&allMemory, "all-memory", int(hostMemory()>>20)-defaultMemoryReserve(), "memory, in MiB, all instances and builds may hold together, swap included (0: no bound); past it the kernel's OOM killer stops the largest of them, never the server (by default the host's memory less --memory-reserve)")
 	f.Int64Var(&cfg.KVMaxBytes, "kv-max-bytes", kv.DefaultMaxBytes, "bytes of keys and values each function's ctx.kv may hold, each entry counted 100 bytes more; a write past it fails with quota_exceeded")
+	f.Int64Var(&cfg.KVMaxBytesPerUser, "kv-max-bytes-per-user", kv.DefaultMaxBytesPerOwner, "bytes of keys and values the ctx.kv of all of one user's functions may hold together, counted as for --kv-max-bytes (0: no bound); a write past it fails with quota_exceeded")
 	f.IntVar(&cfg.MaxFunctionsPerUser, "max-functions-per-user", 1000, "functions one user may have (0: no limit); deploying one more gets 403 quota_exceeded")
 	f.IntVar(&cfg.MaxDeploys, "max-deploys", api.DefaultMaxDeploys, fmt.Sprintf("deploys past admission at once (reading their body, building, storing), at most %d of them one user's; the others wait, their bodies unread", api.MaxDeploysPerUser))
 	f.IntVar(&cfg.MaxDeploysWaiting, "max-deploys-waiting", api.DefaultMaxDeploysWaiting, "deploys that may wait for admission at once; one more gets 503 unavailable")
@@ -209,11 +217,16 @@ func validate(cfg server.Config) error {
 	case cfg.KVMaxBytes != 0 && cfg.KVMaxBytes < kv.MaxKeyBytes+kv.MaxValueBytes+kv.EntryOverhead:
 		// One entry of the largest size must fit.
 		return errdefs.Invalid("--kv-max-bytes must be at least %d", kv.MaxKeyBytes+kv.MaxValueBytes+kv.EntryOverhead)
+	case cfg.KVMaxBytesPerUser < 0 || cfg.KVMaxBytesPerUser != 0 && cfg.KVMaxBytesPerUser < kv.MaxKeyBytes+kv.MaxValueBytes+kv.EntryOverhead:
+		return errdefs.Invalid("--kv-max-bytes-per-user must be 0 (no bound) or at least %d", kv.MaxKeyBytes+kv.MaxValueBytes+kv.EntryOverhead)
 	case cfg.MemoryReserve >= hostMemory():
 		// Nothing could ever start.
 		return errdefs.Invalid("--memory-reserve must be below the host's memory (%d MiB)", hostMemory()>>20)
 	case cfg.MaxInstancesPerUser < 0:
 		return errdefs.Invalid("--max-instances-per-user must be 0 (no limit) or more")
+	case cfg.MaxMemoryPerUserMiB != 0 && cfg.MaxMemoryPerUserMiB < cfg.DefaultMemoryMiB:
+		// No function at the default memory could ever start.
+		return errdefs.Invalid("--max-memory-per-user must be 0 (no bound) or at least --memory (%d MiB)", cfg.DefaultMemoryMiB)
 	case cfg.RouterLoops < 0:
 		return errdefs.Invalid("--router-loops must be 0 (none) or more")
 	case cfg.RouterSpin < 0 || cfg.RouterSpin > time.Millisecond:
@@ -327,6 +340,44 @@ func hostMemory() uint64 {
 		return math.MaxUint64
 	}
 	return n
+}
+
+// defaultUserMemory is --max-memory-per-user's default, in MiB: half of
+// allMemory (--all-memory; the host's memory if that is 0), so that one
+// user's instances, at their limits, leave the other half to the rest;
+// at least defaultMiB (--memory), so that a function at the default
+// memory can start.
+func defaultUserMemory(allMemory, defaultMiB int) int {
+	if allMemory <= 0 {
+		allMemory = int(min(hostMemory()>>20, math.MaxInt32))
+	}
+	return max(allMemory/2, defaultMiB)
+}
+
+// mebibytes is a flag of a size in MiB: a bare number of MiB, or a size
+// as a function's memory setting takes it ("8Gi", "512Mi", "1G"), with an
+// optional trailing B ("8GiB"); 0 is none.
+type mebibytes int
+
+func (m *mebibytes) String() string { return strconv.Itoa(int(*m)) }
+func (m *mebibytes) Type() string   { return "size" }
+
+func (m *mebibytes) Set(s string) error {
+	v := strings.TrimSpace(s)
+	if v == "0" {
+		*m = 0
+		return nil
+	}
+	// "8GiB", "512MB": the B is the only thing ParseMemory does not take.
+	if n := len(v); n >= 2 && v[n-1] == 'B' && strings.ContainsRune("iKMG", rune(v[n-2])) {
+		v = v[:n-1]
+	}
+	mib, err := functions.ParseMemory(v)
+	if err != nil {
+		return fmt.Errorf("want MiB or a size like 8Gi or 8GiB, not %q", s)
+	}
+	*m = mebibytes(mib)
+	return nil
 }
 
 // defaultMemoryReserve is --memory-reserve's default, in MiB: 1/32 of

@@ -87,6 +87,13 @@ func TestValidateServeFlags(t *testing.T) {
 		{"all-memory under 256 MiB", func(c *server.Config) { c.AllMemory = 256<<20 - 1 }, "--all-memory"},
 		{"least kv bound", func(c *server.Config) { c.KVMaxBytes = kv.MaxKeyBytes + kv.MaxValueBytes + kv.EntryOverhead }, ""},
 		{"kv bound under one entry", func(c *server.Config) { c.KVMaxBytes = kv.MaxKeyBytes + kv.MaxValueBytes + kv.EntryOverhead - 1 }, "--kv-max-bytes"},
+		{"no user memory bound", func(c *server.Config) { c.MaxMemoryPerUserMiB = 0 }, ""},
+		{"user memory for one default instance", func(c *server.Config) { c.MaxMemoryPerUserMiB = 128 }, ""},
+		{"user memory under one default instance", func(c *server.Config) { c.MaxMemoryPerUserMiB = 127 }, "--max-memory-per-user"},
+		{"no kv bound per user", func(c *server.Config) { c.KVMaxBytesPerUser = 0 }, ""},
+		{"least kv bound per user", func(c *server.Config) { c.KVMaxBytesPerUser = kv.MaxKeyBytes + kv.MaxValueBytes + kv.EntryOverhead }, ""},
+		{"kv bound per user under one entry", func(c *server.Config) { c.KVMaxBytesPerUser = kv.MaxKeyBytes + kv.MaxValueBytes + kv.EntryOverhead - 1 }, "--kv-max-bytes-per-user"},
+		{"negative kv bound per user", func(c *server.Config) { c.KVMaxBytesPerUser = -1 }, "--kv-max-bytes-per-user"},
 		{"memory reserve", func(c *server.Config) { c.MemoryReserve = uint64(defaultMemoryReserve()) << 20 }, ""},
 		{"memory reserve all but a byte", func(c *server.Config) { c.MemoryReserve = hostMemory() - 1 }, ""},
 		{"memory reserve all of it", func(c *server.Config) { c.MemoryReserve = hostMemory() }, "--memory-reserve"},
@@ -154,6 +161,9 @@ func TestServeDeployFlags(t *testing.T) {
 		args    []string
 		environ []string
 	}{
+		{"user memory not a size", []string{"--max-memory-per-user", "lots"}, nil},
+		{"user memory under --memory", []string{"--max-memory-per-user", "64Mi"}, nil},
+		{"user memory in bytes in the environment", nil, []string{"SPRY_MAX_MEMORY_PER_USER=512B"}},
 		{"no deploys", []string{"--max-deploys", "0"}, nil},
 		{"deploys not a number", []string{"--max-deploys", "four"}, nil},
 		{"no deploys waiting", []string{"--max-deploys-waiting", "0"}, nil},
@@ -181,5 +191,34 @@ func TestServeDeployFlags(t *testing.T) {
 				t.Errorf("the data directory: %v, want none made", err)
 			}
 		})
+	}
+}
+
+// --max-memory-per-user takes MiB or a size as functions' memory settings
+// do, with or without a trailing B.
+func TestMebibytesFlag(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want int
+		ok   bool
+	}{
+		{"0", 0, true},
+		{"4096", 4096, true},
+		{"8Gi", 8192, true},
+		{"8GiB", 8192, true},
+		{" 512Mi ", 512, true},
+		{"512MiB", 512, true},
+		{"1G", 954, true},
+		{"1GB", 954, true},
+		{"512B", 0, false},
+		{"-1", 0, false},
+		{"lots", 0, false},
+		{"", 0, false},
+	} {
+		var m mebibytes
+		err := m.Set(tt.in)
+		if (err == nil) != tt.ok || tt.ok && int(m) != tt.want {
+			t.Errorf("Set(%q) = %d, %v; want %d, ok %v", tt.in, m, err, tt.want, tt.ok)
+		}
 	}
 }

@@ -277,6 +277,18 @@ func (s *Service) Deploy(ctx context.Context, req DeployRequest) (store.Function
 		// version keeps the runtime it was built for.
 		req.Runtime = cur.Live.Config.Runtime
 	}
+	// And the memory budget, against the settings the version would
+	// have (newVersion checks again against what is live then).
+	var limits store.Limits
+	if err == nil {
+		limits = cur.Live.Config.Limits
+	}
+	if limits, err = ApplySettings(limits, req.Settings, s.cfg.Bounds); err != nil {
+		return store.Function{}, err
+	}
+	if err := CheckMemoryBudget(limits, s.cfg.DefaultMemoryMiB, s.cfg.Bounds); err != nil {
+		return store.Function{}, err
+	}
 	res, err := s.build(ctx, req)
 	if err != nil {
 		return store.Function{}, err
@@ -485,6 +497,9 @@ func (s *Service) nextConfig(ctx context.Context, owner, name string, b *bundle,
 	if cfg.Limits, err = ApplySettings(cfg.Limits, ch.Settings, s.cfg.Bounds); err != nil {
 		return store.Config{}, nil, store.Function{}, err
 	}
+	if err := CheckMemoryBudget(cfg.Limits, s.cfg.DefaultMemoryMiB, s.cfg.Bounds); err != nil {
+		return store.Config{}, nil, store.Function{}, err
+	}
 	// A name is one variable in ctx.env: an env var and a secret may not
 	// share it. Set as one, it stops being the other; before, the secret
 	// went on winning, while the API showed the env var's new value.
@@ -638,6 +653,25 @@ func (s *Service) Delete(ctx context.Context, owner, name string) error {
 	}
 	s.log.Info("deleted", "owner", owner, "function", name)
 	return nil
+}
+
+// Owners returns the owners of the functions of ids that exist, by id,
+// from memory: the key-value store learns so whose namespace it is
+// (kv.Options.Owners), once for each.
+func (s *Service) Owners(ids []string) map[string]string {
+	want := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		want[id] = true
+	}
+	out := make(map[string]string, len(ids))
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for k, r := range s.routes {
+		if want[r.id] {
+			out[r.id] = k.Owner
+		}
+	}
+	return out
 }
 
 // Get returns one function with its live version.

@@ -37,6 +37,10 @@ type Bounds struct {
 	MaxScale       int
 	MaxConcurrency int
 	MaxCPUMilli    int
+	// MaxMemoryPerOwnerMiB is the most the memory limits of one owner's
+	// instances may add up to (spry serve --max-memory-per-user); 0: no
+	// bound.
+	MaxMemoryPerOwnerMiB int
 }
 
 // ParseLimits reads per-function settings given as strings ("memory":
@@ -154,6 +158,28 @@ func ApplySettings(l store.Limits, settings map[string]string, b Bounds) (store.
 		return l, err
 	}
 	return l, nil
+}
+
+// CheckMemoryBudget refuses limits l (memory 0: defaultMiB) whose
+// instances the owner's memory budget could never hold: one alone, or
+// its min together. Starts past the budget are refused at run time
+// anyway; a deploy that could never run as asked is refused now.
+func CheckMemoryBudget(l store.Limits, defaultMiB int, b Bounds) error {
+	budget := b.MaxMemoryPerOwnerMiB
+	if budget <= 0 {
+		return nil
+	}
+	mem := l.MemoryMiB
+	if mem == 0 {
+		mem = defaultMiB
+	}
+	switch {
+	case mem > budget:
+		return errdefs.Invalid("memory %dMi is over one user's budget of %dMi for all their instances together (spry serve --max-memory-per-user)", mem, budget)
+	case l.MinScale*mem > budget:
+		return errdefs.Invalid("min %d instances of %dMi (%dMi) is over one user's budget of %dMi for all their instances together (spry serve --max-memory-per-user): lower min or memory", l.MinScale, mem, l.MinScale*mem, budget)
+	}
+	return nil
 }
 
 // ParseMemory parses a memory size into MiB: "128Mi", "1Gi", "512M",

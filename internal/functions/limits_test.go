@@ -2,6 +2,7 @@ package functions
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -126,4 +127,60 @@ func FuzzParseLimits(f *testing.F) {
 			t.Fatalf("accepted out-of-bounds %q=%q: %+v", k, v, l)
 		}
 	})
+}
+
+// A function whose instances one user's memory budget could never hold,
+// one alone or its min together, is refused when deployed or changed,
+// against the settings it would have (the live version's, changed), and
+// stores nothing.
+func TestMemoryBudget(t *testing.T) {
+	ctx := t.Context()
+	st, blobs := stores(t)
+	s := New(st, blobs, retirer{}, box(t), noLogs{}, Config{DefaultRuntime: "deno", Runtimes: []string{"deno"}, MaxCodeBytes: 1 << 20, DefaultMemoryMiB: 128,
+		Bounds: Bounds{MaxMemoryMiB: 2048, MaxScale: 100, MaxMemoryPerOwnerMiB: 512}})
+	code := []byte("export default { fetch() { return new Response('hi') } }")
+	if _, err := s.Deploy(ctx, DeployRequest{Owner: "alice", Name: "live", Code: code, By: "alice", Settings: map[string]string{SettingMemory: "256Mi"}}); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name     string
+		fn       string
+		redeploy bool // a deploy rather than a change of settings
+		settings map[string]string
+		ok       bool
+	}{
+		{"new at the default memory", "a", true, nil, true},
+		{"new, one instance past the budget", "b", true, map[string]string{SettingMemory: "1Gi"}, false},
+		{"new, min fills the budget", "c", true, map[string]string{SettingMin: "4"}, true},
+		{"new, min past the budget", "d", true, map[string]string{SettingMin: "5"}, false},
+		{"redeploy, min past it at the live memory", "live", true, map[string]string{SettingMin: "3"}, false},
+		{"change, min past it at the live memory", "live", false, map[string]string{SettingMin: "3"}, false},
+		{"change, min within it at the live memory", "live", false, map[string]string{SettingMin: "2"}, true},
+		{"change, memory past it with the min now set", "live", false, map[string]string{SettingMemory: "300Mi"}, false},
+		{"change, memory past it alone", "live", false, map[string]string{SettingMemory: "513Mi", SettingMin: "0"}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before, _ := s.Get(ctx, "alice", tt.fn)
+			var err error
+			if tt.redeploy {
+				_, err = s.Deploy(ctx, DeployRequest{Owner: "alice", Name: tt.fn, Code: code, By: "alice", Settings: tt.settings})
+			} else {
+				_, err = s.Reconfigure(ctx, "alice", tt.fn, "alice", Change{Settings: tt.settings})
+			}
+			if (err == nil) != tt.ok {
+				t.Fatalf("err = %v, want ok %v", err, tt.ok)
+			}
+			if err == nil {
+				return
+			}
+			if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "--max-memory-per-user") {
+				t.Fatalf("err = %v, want an invalid argument naming --max-memory-per-user", err)
+			}
+			after, _ := s.Get(ctx, "alice", tt.fn)
+			if after.LiveVersion != before.LiveVersion {
+				t.Fatalf("a refused change made version %d live (was %d)", after.LiveVersion, before.LiveVersion)
+			}
+		})
+	}
 }

@@ -16,6 +16,7 @@ import (
 	"math"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -51,6 +52,10 @@ const EntryOverhead = 100
 // values together.
 const DefaultMaxBytes = 64 << 20
 
+// DefaultMaxBytesPerOwner is spry serve's default bound of all of one
+// owner's namespaces together: ten functions at their full bound.
+const DefaultMaxBytesPerOwner = 10 * DefaultMaxBytes
+
 var migrations = []string{
 	`CREATE TABLE entries (
 		fn TEXT NOT NULL,
@@ -73,6 +78,15 @@ var migrations = []string{
 	`ALTER TABLE entries ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
 	CREATE TABLE clock (id INTEGER PRIMARY KEY CHECK (id = 0), version INTEGER NOT NULL);
 	INSERT INTO clock (id, version) VALUES (0, 0);`,
+	// Each namespace's owner, learnt at its first write (Options.Owners;
+	// '': not yet), and what each owner's namespaces hold together, kept
+	// with every change as usage is. Open recomputes owners from usage,
+	// so it is never more than a sum of it.
+	`ALTER TABLE usage ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+	CREATE TABLE owners (
+		owner TEXT PRIMARY KEY,
+		bytes INTEGER NOT NULL
+	) WITHOUT ROWID;`,
 }
 
 // Store holds every function's entries.
@@ -84,7 +98,17 @@ type Store struct {
 	wmu      sync.Mutex
 	get      *sql.Stmt // prepared once: parsing it took a third of a read's time
 	maxBytes int64
-	now      func() time.Time
+	// maxOwner bounds an owner's namespaces together (0: no bound);
+	// owners resolves function ids to their owners.
+	maxOwner int64
+	owners   func(ids []string) map[string]string
+	// unowned: namespaces may have bytes and no owner yet (a file from
+	// before owners were kept); the next write learns theirs first.
+	unowned atomic.Bool
+	now     func() time.Time
+	// connIdle and lineTime are ServeConn's ConnIdleTimeout and
+	// LineTimeout (tests shorten them).
+	connIdle, lineTime time.Duration
 }
 
 // Options are the store's.
@@ -92,6 +116,14 @@ type Options struct {
 	// MaxBytes bounds each namespace, keys and values together (0:
 	// DefaultMaxBytes).
 	MaxBytes int64
+	// MaxBytesPerOwner bounds all of one owner's namespaces together
+	// (0: no bound). It needs Owners.
+	MaxBytesPerOwner int64
+	// Owners returns the owners of the functions of ids that exist, by
+	// id. It is called outside the store's locks, at the first write of a
+	// namespace whose owner the store has not recorded yet (nil: none is
+	// ever recorded, and no owner's bound applies).
+	Owners func(ids []string) map[string]string
 	// Now is the clock expiries are read by (nil: time.Now).
 	Now func() time.Time
 }
@@ -113,7 +145,97 @@ func Open(ctx context.Context, path string, o Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	return &Store{db: db, get: get, maxBytes: o.MaxBytes, now: o.Now}, nil
+	s := &Store{db: db, get: get, maxBytes: o.MaxBytes, maxOwner: o.MaxBytesPerOwner, owners: o.Owners, now: o.Now,
+		connIdle: ConnIdleTimeout, lineTime: LineTimeout}
+	if err := s.recount(ctx); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// recount makes each owner's total the sum of its namespaces' usage, as
+// they are recorded, and notes whether some have no owner yet: a file
+// from before owners were kept has none, and one whose write learnt no
+// owner (its function just deleted) may have some.
+func (s *Store) recount(ctx context.Context) error {
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM owners; INSERT INTO owners (owner, bytes) SELECT owner, sum(bytes) FROM usage WHERE owner != '' GROUP BY owner`); err != nil {
+			return err
+		}
+		var n int
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM usage WHERE owner = '' AND bytes != 0`).Scan(&n); err != nil {
+			return err
+		}
+		s.unowned.Store(n > 0)
+		return nil
+	})
+}
+
+// learnOwners records the owners of the namespaces that have bytes and
+// none yet, and adds their bytes to their owners' totals, so that an
+// owner's bound counts what its functions held before owners were kept.
+// Namespaces of functions that no longer exist stay without (the
+// server's prune removes them).
+func (s *Store) learnOwners(ctx context.Context) error {
+	if s.owners == nil || !s.unowned.Load() {
+		return nil
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT fn FROM usage WHERE owner = '' AND bytes != 0`)
+	if err != nil {
+		return fmt.Errorf("kv: %w", err)
+	}
+	var ids []string
+	for rows.Next() {
+		var fn string
+		if err := rows.Scan(&fn); err != nil {
+			rows.Close()
+			return fmt.Errorf("kv: %w", err)
+		}
+		ids = append(ids, fn)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("kv: %w", err)
+	}
+	// Outside the store's lock: the resolver takes its own.
+	owners := s.owners(ids)
+	err = s.inTx(ctx, func(tx *sql.Tx) error {
+		for fn, owner := range owners {
+			if err := setOwner(ctx, tx, fn, owner); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		s.unowned.Store(false)
+	}
+	return err
+}
+
+// setOwner records owner as fn's, unless fn has one, and adds what fn
+// holds to owner's total. A concurrent writer may have recorded it
+// since it was read: the guard makes that a no-op.
+func setOwner(ctx context.Context, tx *sql.Tx, fn, owner string) error {
+	var bytes int64
+	err := tx.QueryRowContext(ctx, `INSERT INTO usage (fn, bytes, owner) VALUES (?, 0, ?)
+		ON CONFLICT (fn) DO UPDATE SET owner = excluded.owner WHERE owner = ''
+		RETURNING bytes`, fn, owner).Scan(&bytes)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil // it had an owner
+	}
+	if err != nil || bytes == 0 {
+		return err
+	}
+	return addOwner(ctx, tx, owner, bytes)
+}
+
+// addOwner adds delta to owner's total.
+func addOwner(ctx context.Context, tx *sql.Tx, owner string, delta int64) error {
+	_, err := tx.ExecContext(ctx, `INSERT INTO owners (owner, bytes) VALUES (?, ?)
+		ON CONFLICT (owner) DO UPDATE SET bytes = bytes + excluded.bytes`, owner, delta)
+	return err
 }
 
 // Close closes the file.
@@ -270,7 +392,7 @@ func (s *Store) put(ctx context.Context, fn, key string, expireIn time.Duration,
 		expires = s.now().Add(expireIn).UnixMilli()
 	}
 	var version int64
-	err := s.write(ctx, fn, func(tx *sql.Tx, used int64) (int64, error) {
+	err := s.write(ctx, fn, func(tx *sql.Tx, used, ownerUsed int64) (int64, error) {
 		var old int64
 		var oldValue []byte
 		var oldExpires sql.NullInt64
@@ -301,6 +423,9 @@ func (s *Store) put(ctx context.Context, fn, key string, expireIn time.Duration,
 		// make room.
 		if next := used - old + size; next > s.maxBytes && size > old {
 			return 0, errdefs.New(errdefs.ErrQuotaExceeded, "kv: the function's entries would take %d bytes, more than its %d (spry serve --kv-max-bytes); delete some first", next, s.maxBytes)
+		}
+		if next := ownerUsed - old + size; ownerUsed >= 0 && s.maxOwner > 0 && next > s.maxOwner && size > old {
+			return 0, errdefs.New(errdefs.ErrQuotaExceeded, "kv: the entries of all of the user's functions would take %d bytes, more than one user's %d (spry serve --kv-max-bytes-per-user); delete some first", next, s.maxOwner)
 		}
 		if version, err = nextVersion(ctx, tx); err != nil {
 			return 0, err
@@ -338,7 +463,7 @@ func (s *Store) DeleteIf(ctx context.Context, fn, key string, pre *Precondition)
 		return err
 	}
 	now := s.now().UnixMilli()
-	return s.write(ctx, fn, func(tx *sql.Tx, _ int64) (int64, error) {
+	return s.write(ctx, fn, func(tx *sql.Tx, _, _ int64) (int64, error) {
 		var old int64
 		var expires sql.NullInt64
 		present := int64(-1)
@@ -357,23 +482,62 @@ func (s *Store) DeleteIf(ctx context.Context, fn, key string, pre *Precondition)
 	})
 }
 
-// write runs change in a transaction with what fn's namespace holds, and
-// adds the change's delta to it.
-func (s *Store) write(ctx context.Context, fn string, change func(tx *sql.Tx, used int64) (int64, error)) error {
-	return s.inTx(ctx, func(tx *sql.Tx) error {
-		var used int64
-		if err := tx.QueryRowContext(ctx, `SELECT bytes FROM usage WHERE fn = ?`, fn).Scan(&used); err != nil && !errors.Is(err, sql.ErrNoRows) {
-			return err
-		}
-		delta, err := change(tx, used)
-		if err != nil || delta == 0 {
-			return err
-		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO usage (fn, bytes) VALUES (?, ?)
-			ON CONFLICT (fn) DO UPDATE SET bytes = bytes + excluded.bytes`, fn, delta)
+// write runs change in a transaction with what fn's namespace holds and
+// what its owner's hold together (-1: no owner known), and adds the
+// change's delta to both.
+func (s *Store) write(ctx context.Context, fn string, change func(tx *sql.Tx, used, ownerUsed int64) (int64, error)) error {
+	if err := s.learnOwners(ctx); err != nil {
 		return err
-	})
+	}
+	// A namespace's owner is learnt at its first write: the transaction
+	// is given up, the owner resolved outside the lock (the resolver
+	// takes its own), and the write made again with it.
+	owner, asked := "", false
+	for {
+		err := s.inTx(ctx, func(tx *sql.Tx) error {
+			if owner != "" {
+				if err := setOwner(ctx, tx, fn, owner); err != nil {
+					return err
+				}
+			}
+			var used int64
+			var recorded string
+			if err := tx.QueryRowContext(ctx, `SELECT bytes, owner FROM usage WHERE fn = ?`, fn).Scan(&used, &recorded); err != nil && !errors.Is(err, sql.ErrNoRows) {
+				return err
+			}
+			if recorded == "" && s.owners != nil && !asked {
+				return errNoOwner
+			}
+			ownerUsed := int64(-1)
+			if recorded != "" {
+				ownerUsed = 0
+				if err := tx.QueryRowContext(ctx, `SELECT bytes FROM owners WHERE owner = ?`, recorded).Scan(&ownerUsed); err != nil && !errors.Is(err, sql.ErrNoRows) {
+					return err
+				}
+			}
+			delta, err := change(tx, used, ownerUsed)
+			if err != nil || delta == 0 {
+				return err
+			}
+			if _, err = tx.ExecContext(ctx, `INSERT INTO usage (fn, bytes) VALUES (?, ?)
+				ON CONFLICT (fn) DO UPDATE SET bytes = bytes + excluded.bytes`, fn, delta); err != nil {
+				return err
+			}
+			if recorded != "" {
+				return addOwner(ctx, tx, recorded, delta)
+			}
+			return nil
+		})
+		if !errors.Is(err, errNoOwner) {
+			return err
+		}
+		owner, asked = s.owners([]string{fn})[fn], true
+	}
 }
+
+// errNoOwner gives up a write's transaction to learn its namespace's
+// owner.
+var errNoOwner = errors.New("kv: the namespace's owner is not known yet")
 
 // inTx runs f in one write transaction, in the writers' turn (wmu).
 func (s *Store) inTx(ctx context.Context, f func(tx *sql.Tx) error) error {
@@ -482,8 +646,17 @@ func (s *Store) DeleteFunction(ctx context.Context, fn string) error {
 		}
 	}
 	return s.inTx(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `DELETE FROM usage WHERE fn = ?`, fn)
-		return err
+		var left int64
+		var owner string
+		err := tx.QueryRowContext(ctx, `DELETE FROM usage WHERE fn = ? RETURNING bytes, owner`, fn).Scan(&left, &owner)
+		if errors.Is(err, sql.ErrNoRows) || err == nil && (owner == "" || left == 0) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		// What a write let in after the last batch.
+		return addOwner(ctx, tx, owner, -left)
 	})
 }
 
@@ -550,8 +723,15 @@ func (s *Store) removeBatch(ctx context.Context, query string, args ...any) (int
 			return err
 		}
 		for fn, size := range freed {
-			if _, err := tx.ExecContext(ctx, `UPDATE usage SET bytes = bytes - ? WHERE fn = ?`, size, fn); err != nil {
+			var owner string
+			err := tx.QueryRowContext(ctx, `UPDATE usage SET bytes = bytes - ? WHERE fn = ? RETURNING owner`, size, fn).Scan(&owner)
+			if err != nil && !errors.Is(err, sql.ErrNoRows) {
 				return err
+			}
+			if owner != "" {
+				if err := addOwner(ctx, tx, owner, -size); err != nil {
+					return err
+				}
 			}
 		}
 		return nil
@@ -566,6 +746,17 @@ func (s *Store) removeBatch(ctx context.Context, query string, args ...any) (int
 func (s *Store) Used(ctx context.Context, fn string) (int64, error) {
 	var used int64
 	err := s.db.QueryRowContext(ctx, `SELECT bytes FROM usage WHERE fn = ?`, fn).Scan(&used)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	return used, err
+}
+
+// OwnerUsed returns what all of owner's namespaces hold together, as far
+// as their owner is recorded, in bytes.
+func (s *Store) OwnerUsed(ctx context.Context, owner string) (int64, error) {
+	var used int64
+	err := s.db.QueryRowContext(ctx, `SELECT bytes FROM owners WHERE owner = ?`, owner).Scan(&used)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, nil
 	}

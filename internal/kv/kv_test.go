@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -735,7 +737,7 @@ func bulk(t testing.TB, s *Store, fn string, n int, exp int64) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.db.Exec(`INSERT INTO usage SELECT fn, sum(size) FROM entries WHERE fn = ? GROUP BY fn
+	if _, err := s.db.Exec(`INSERT INTO usage (fn, bytes) SELECT fn, sum(size) FROM entries WHERE fn = ? GROUP BY fn
 		ON CONFLICT (fn) DO UPDATE SET bytes = excluded.bytes`, fn); err != nil {
 		t.Fatal(err)
 	}
@@ -943,4 +945,282 @@ func TestVersionsNeverRepeat(t *testing.T) {
 		t.Errorf("after a delete and a restart the key's version is %s, not past %s", v, last)
 	}
 	consistent(t, s, "f")
+}
+
+// ownerConsistent checks that what owner's namespaces are said to hold
+// together is what their entries add up to.
+func ownerConsistent(t testing.TB, s *Store, owner string) {
+	t.Helper()
+	var sum int64
+	if err := s.db.QueryRow(`SELECT coalesce(sum(length(CAST(key AS BLOB)) + length(value) + ?), 0) FROM entries WHERE fn IN (SELECT fn FROM usage WHERE owner = ?)`, EntryOverhead, owner).Scan(&sum); err != nil {
+		t.Fatal(err)
+	}
+	used, err := s.OwnerUsed(context.Background(), owner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if used != sum {
+		t.Errorf("%s's functions are said to hold %d bytes; their entries hold %d", owner, used, sum)
+	}
+}
+
+// owners resolves the test's function ids: f, g and gone's are alice's
+// (gone never resolves: a deleted function), h is bob's.
+func owners(ids []string) map[string]string {
+	known := map[string]string{"f": "alice", "g": "alice", "h": "bob"}
+	out := map[string]string{}
+	for _, id := range ids {
+		if o, ok := known[id]; ok {
+			out[id] = o
+		}
+	}
+	return out
+}
+
+func openOwned(t testing.TB, path string, perOwner int64) *Store {
+	t.Helper()
+	s, err := Open(context.Background(), path, Options{MaxBytesPerOwner: perOwner, Owners: owners})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// All of one owner's functions together hold at most the owner's bound:
+// a write past it fails with quota_exceeded naming the flag, another
+// owner's is not counted, and writes that shrink, deletes, sweeps and
+// a function's deletion give room back.
+func TestOwnerBound(t *testing.T) {
+	const entry = 300 + EntryOverhead // a one-byte key and 299 of value
+	const bound = 3*entry + 150
+	ctx := context.Background()
+	s := openOwned(t, filepath.Join(t.TempDir(), "kv.db"), bound)
+	value := json.RawMessage(`"` + strings.Repeat("v", 297) + `"`)
+	for i, fn := range []string{"f", "g", "f"} {
+		if err := s.Set(ctx, fn, fmt.Sprint(i), value, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := s.Set(ctx, "g", "3", value, 0)
+	if !errors.Is(err, errdefs.ErrQuotaExceeded) || !strings.Contains(err.Error(), "--kv-max-bytes-per-user") {
+		t.Fatalf("a write past the owner's bound: %v, want quota_exceeded naming --kv-max-bytes-per-user", err)
+	}
+	if _, err := s.Add(ctx, "g", strings.Repeat("n", 100), 1, 0); !errors.Is(err, errdefs.ErrQuotaExceeded) {
+		t.Fatalf("an add past the owner's bound: %v", err)
+	}
+	if err := s.Set(ctx, "h", "3", value, 0); err != nil {
+		t.Fatalf("bob's write: %v", err)
+	}
+	if err := s.Set(ctx, "f", "0", json.RawMessage(`1`), 0); err != nil {
+		t.Fatalf("a write that shrinks: %v", err)
+	}
+	if err := s.Set(ctx, "g", "3", value, 0); err != nil {
+		t.Fatalf("a write that fits after the shrink: %v", err)
+	}
+	if err := s.Delete(ctx, "g", "1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Set(ctx, "g", "4", value, time.Minute); err != nil {
+		t.Fatalf("a write after a delete: %v", err)
+	}
+	for _, fn := range []string{"f", "g", "h"} {
+		consistent(t, s, fn)
+	}
+	ownerConsistent(t, s, "alice")
+	ownerConsistent(t, s, "bob")
+
+	// An expired entry swept, and a function deleted, give back theirs.
+	s.now = func() time.Time { return time.Now().Add(2 * time.Minute) }
+	if n, err := s.Sweep(ctx); err != nil || n != 1 {
+		t.Fatalf("sweep: %d, %v", n, err)
+	}
+	ownerConsistent(t, s, "alice")
+	if err := s.DeleteFunction(ctx, "f"); err != nil {
+		t.Fatal(err)
+	}
+	ownerConsistent(t, s, "alice")
+	if used, _ := s.OwnerUsed(ctx, "alice"); used != entry {
+		t.Fatalf("alice holds %d bytes with g's one entry left, want %d", used, entry)
+	}
+}
+
+// A file from before owners were kept: its namespaces' bytes count
+// against their owners' bound from the first write after it is opened
+// (the owners learnt then), and a reopen counts them again from what
+// each namespace holds.
+func TestOwnerBoundOfAnOlderFile(t *testing.T) {
+	const entry = 300 + EntryOverhead
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "kv.db")
+	db, err := sqlitedb.Open(ctx, path, nil, migrations[:2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := strings.Repeat("v", 299)
+	if _, err := db.Exec(`INSERT INTO entries (fn, key, value, size) VALUES ('f', 'a', ?1, ?2), ('g', 'a', ?1, ?2), ('gone', 'a', ?1, ?2);
+		INSERT INTO usage (fn, bytes) VALUES ('f', ?2), ('g', ?2), ('gone', ?2)`, v, entry); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	s := openOwned(t, path, 3*entry)
+	// The first write, bob's, learns alice's too: her two functions'
+	// entries and one more fill her bound.
+	if err := s.Set(ctx, "h", "a", json.RawMessage(`1`), 0); err != nil {
+		t.Fatal(err)
+	}
+	if used, _ := s.OwnerUsed(ctx, "alice"); used != 2*entry {
+		t.Fatalf("alice holds %d bytes after the first write, want her two older entries' %d", used, 2*entry)
+	}
+	value := json.RawMessage(`"` + strings.Repeat("v", 297) + `"`)
+	if err := s.Set(ctx, "f", "b", value, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Set(ctx, "g", "b", value, 0); !errors.Is(err, errdefs.ErrQuotaExceeded) {
+		t.Fatalf("past alice's bound with her older entries: %v", err)
+	}
+	ownerConsistent(t, s, "alice")
+	ownerConsistent(t, s, "bob")
+	s.Close()
+
+	// Reopened, with the totals off (as a crash between versions of the
+	// code could leave them): recounted from the namespaces.
+	db, err = sqlitedb.Open(ctx, path, nil, migrations)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`UPDATE owners SET bytes = 1`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	s = openOwned(t, path, 3*entry)
+	ownerConsistent(t, s, "alice")
+	ownerConsistent(t, s, "bob")
+	if err := s.Set(ctx, "g", "b", value, 0); !errors.Is(err, errdefs.ErrQuotaExceeded) {
+		t.Fatalf("past alice's bound after a reopen: %v", err)
+	}
+}
+
+// Writers of one owner's functions at once never take it past its bound
+// together, and its total stays the sum of its namespaces.
+func TestOwnerBoundUnderContention(t *testing.T) {
+	const entry = 3 + 299 + EntryOverhead // keys "w-i"
+	const bound = 40 * entry
+	ctx := context.Background()
+	s := openOwned(t, filepath.Join(t.TempDir(), "kv.db"), bound)
+	value := json.RawMessage(`"` + strings.Repeat("v", 297) + `"`)
+	const writers, each = 8, 10
+	var wg sync.WaitGroup
+	var stored, refused atomic.Int32
+	for w := range writers {
+		fn := []string{"f", "g"}[w%2]
+		wg.Go(func() {
+			for i := range each {
+				err := s.Set(ctx, fn, fmt.Sprintf("%d-%d", w, i), value, 0)
+				switch {
+				case errors.Is(err, errdefs.ErrQuotaExceeded):
+					refused.Add(1)
+				case err != nil:
+					t.Error(err)
+					return
+				default:
+					stored.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if stored.Load() != 40 || refused.Load() != writers*each-40 {
+		t.Errorf("%d writes stored and %d refused, want 40 and %d", stored.Load(), refused.Load(), writers*each-40)
+	}
+	if used, _ := s.OwnerUsed(ctx, "alice"); used != bound {
+		t.Errorf("alice holds %d bytes, want her bound's %d", used, bound)
+	}
+	consistent(t, s, "f")
+	consistent(t, s, "g")
+	ownerConsistent(t, s, "alice")
+}
+
+// A kept connection is closed once no request begins on it for the idle
+// bound, or a line that began does not end within the line bound; one
+// whose requests keep coming, or whose lines come in pieces within the
+// bound, stays. (The bounds are shortened here: a minute and 10 s.)
+func TestConnTimeouts(t *testing.T) {
+	const short, long = 150 * time.Millisecond, time.Minute
+	tests := []struct {
+		name           string
+		idle, line     time.Duration
+		talk           func(c *client)
+		closed         bool
+		atLeast, below time.Duration // when the close came, from the talk's end
+	}{
+		{"quiet, past the idle bound", short, long, func(c *client) {}, true, short, long / 2},
+		{"a partial line, past the line bound", long, short, func(c *client) {
+			if _, err := c.conn.Write([]byte(`{"id":1,"op":"get","ke`)); err != nil {
+				c.t.Fatal(err)
+			}
+		}, true, short, long / 2},
+		{"a partial line after a request, past the line bound", long, short, func(c *client) {
+			if got := c.answer(c.request(`{"op":"get","key":"k"}`)); got != `{"value":null,"version":null}` {
+				c.t.Fatalf("get: %s", got)
+			}
+			if _, err := c.conn.Write([]byte(`{"id":2,`)); err != nil {
+				c.t.Fatal(err)
+			}
+		}, true, short, long / 2},
+		{"requests within the idle bound, for twice it", 2 * short, 2 * short, func(c *client) {
+			for start := time.Now(); time.Since(start) < 4*short; time.Sleep(short / 8) {
+				if got := c.answer(c.request(`{"op":"add","key":"n"}`)); !strings.HasPrefix(got, `{"value":`) {
+					c.t.Fatalf("add: %s", got)
+				}
+			}
+		}, false, 0, 0},
+		{"a line in pieces within the line bound", 2 * short, 2 * short, func(c *client) {
+			c.id++
+			for _, piece := range []string{fmt.Sprintf(`{"id":%d,`, c.id), `"op":"get",`, `"key":"k"}` + "\n"} {
+				if _, err := c.conn.Write([]byte(piece)); err != nil {
+					c.t.Fatal(err)
+				}
+				time.Sleep(short / 4)
+			}
+			if got := c.answer(c.id); got != `{"value":null,"version":null}` {
+				c.t.Fatalf("get: %s", got)
+			}
+		}, false, 0, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s, _ := open(t, 0)
+			s.connIdle, s.lineTime = tt.idle, tt.line
+			c := dial(t, context.Background(), s, "f", nil)
+			tt.talk(c)
+			start := time.Now()
+			if !tt.closed {
+				// Still open: one more request is answered on it.
+				if got := c.answer(c.request(`{"op":"get","key":"k"}`)); got != `{"value":null,"version":null}` {
+					t.Fatalf("the connection was closed, or answered %s", got)
+				}
+				return
+			}
+			_ = c.conn.SetReadDeadline(time.Now().Add(tt.below))
+			line, err := c.r.ReadString('\n')
+			took := time.Since(start)
+			if !errors.Is(err, io.EOF) {
+				t.Fatalf("read %q, %v after %v; want the server's close", line, err, took)
+			}
+			if line != "" {
+				t.Fatalf("an answer to a line that never ended: %q", line)
+			}
+			if took < tt.atLeast-short/10 {
+				t.Fatalf("closed after %v, before the bound %v", took, tt.atLeast)
+			}
+			select {
+			case <-c.done:
+			case <-time.After(tt.below):
+				t.Fatal("ServeConn did not return after the close")
+			}
+		})
+	}
 }

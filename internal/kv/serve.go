@@ -99,13 +99,26 @@ const (
 	writeTimeout   = 10 * time.Second
 )
 
+// A kept connection is closed once no request has begun on it for
+// ConnIdleTimeout, or a request has begun (its first byte came) and not
+// ended (its newline) within LineTimeout: else a connection that stops
+// in the middle of a line, or one an instance keeps and never uses,
+// holds its goroutine and buffer until the instance ends. The runtimes'
+// client connects again at its next call (kv_client.js).
+const (
+	ConnIdleTimeout = 60 * time.Second
+	LineTimeout     = 10 * time.Second
+)
+
 // ConnInFlight is how many requests of one connection are answered at
 // once when ServeConn is given no slots of its own.
 const ConnInFlight = 8
 
 // ServeConn answers the requests of function fn's code on conn until the
-// client closes it, a line is not a request, or ctx is done; then it
-// closes conn, and returns once every request it read is answered.
+// client closes it, a line is not a request, no line begins within
+// ConnIdleTimeout or one takes longer than LineTimeout, or ctx is done;
+// then it closes conn, and returns once every request it read is
+// answered.
 //
 // slots bounds the requests answered at once: one is taken for each
 // until its answer is written, and while none is free the next line is
@@ -127,7 +140,7 @@ func (s *Store) ServeConn(ctx context.Context, conn net.Conn, fn string, slots c
 	var inFlight sync.WaitGroup
 	r := bufio.NewReaderSize(conn, 16<<10)
 	for {
-		line, err := readLine(r)
+		line, err := s.nextLine(conn, r)
 		if len(line) == 0 && err != nil {
 			if errors.Is(err, errLineTooLong) {
 				inFlight.Wait()
@@ -168,6 +181,20 @@ func (s *Store) ServeConn(ctx context.Context, conn net.Conn, fn string, slots c
 		}
 	}
 	inFlight.Wait()
+}
+
+// nextLine reads the next line as readLine does, waiting at most
+// s.connIdle for its first byte and s.lineTime from then for the rest:
+// past either it fails with os.ErrDeadlineExceeded.
+func (s *Store) nextLine(conn net.Conn, r *bufio.Reader) ([]byte, error) {
+	if r.Buffered() == 0 {
+		_ = conn.SetReadDeadline(time.Now().Add(s.connIdle))
+		if _, err := r.Peek(1); err != nil {
+			return nil, err
+		}
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(s.lineTime))
+	return readLine(r)
 }
 
 // drainTimeout bounds lastWord's wait for the client's end.

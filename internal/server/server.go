@@ -83,6 +83,10 @@ type Config struct {
 	// MaxInstancesPerUser bounds the instances of one user's functions
 	// together; 0 means no bound.
 	MaxInstancesPerUser int
+	// MaxMemoryPerUserMiB bounds the memory limits of one user's
+	// instances added up, and what one function may ask for alone or at
+	// its min; 0 means no bound.
+	MaxMemoryPerUserMiB int
 	// UserPids and UserFiles bound the processes (threads included) and
 	// open files one user's running instances hold together; 0: no
 	// bound. spry serve's defaults are a quarter of the host's.
@@ -94,8 +98,10 @@ type Config struct {
 	AllPids   int64
 	AllMemory int64
 	// KVMaxBytes bounds each function's ctx.kv, keys and values
-	// together (0: kv.DefaultMaxBytes).
-	KVMaxBytes int64
+	// together (0: kv.DefaultMaxBytes); KVMaxBytesPerUser, all of one
+	// user's functions' together (0: no bound).
+	KVMaxBytes        int64
+	KVMaxBytesPerUser int64
 	// MaxFunctionsPerUser bounds how many functions one user may have;
 	// 0 means no bound.
 	MaxFunctionsPerUser int
@@ -239,7 +245,15 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	if err != nil {
 		return nil, err
 	}
-	s.kv, err = kv.Open(ctx, filepath.Join(dataDir, "kv.db"), kv.Options{MaxBytes: cfg.KVMaxBytes})
+	s.kv, err = kv.Open(ctx, filepath.Join(dataDir, "kv.db"), kv.Options{MaxBytes: cfg.KVMaxBytes, MaxBytesPerOwner: cfg.KVMaxBytesPerUser,
+		// Asked at a namespace's first write, once the server serves:
+		// s.fns is set by then.
+		Owners: func(ids []string) map[string]string {
+			if s.fns == nil {
+				return nil
+			}
+			return s.fns.Owners(ids)
+		}})
 	if err != nil {
 		return nil, err
 	}
@@ -315,6 +329,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		StableWindow:         cfg.AutoscaleWindow,
 		QueueSize:            cfg.QueueSize,
 		MaxInstancesPerOwner: cfg.MaxInstancesPerUser,
+		MaxMemoryPerOwnerMiB: cfg.MaxMemoryPerUserMiB,
 		MemoryReserve:        cfg.MemoryReserve,
 		OnEvict:              func(*backend.Spec) { s.metrics.Eviction() },
 		Logger:               log,
@@ -358,6 +373,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 			MaxScale:       cfg.MaxScale,
 			MaxConcurrency: MaxConcurrency,
 			MaxCPUMilli:    goruntime.NumCPU() * 1000,
+			// Checked at deploy against the limits' defaults too.
+			MaxMemoryPerOwnerMiB: cfg.MaxMemoryPerUserMiB,
 		},
 		Logger: log,
 	})
