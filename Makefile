@@ -19,6 +19,7 @@ FUZZ := ./internal/names:FuzzValidate:300000x ./internal/auth:FuzzParse:200000x 
 	./internal/router:FuzzInstanceResponse:300x ./internal/router:FuzzClientRequest:20000x \
 	./internal/router:FuzzChunkRelay:100000x ./internal/httpserve:FuzzValidHost:200000x ./internal/httpserve:FuzzBareLF:50000x \
 	./internal/httpserve:FuzzChunkScan:50000x ./internal/router:FuzzHostFunction:100000x \
+	./internal/httpserve:FuzzProxiesClient:100000x \
 	./internal/schedule:FuzzParse:100000x ./internal/kv:FuzzServe:15000x
 
 .PHONY: all build run test lint unit fuzz deps clean test-cgroupv2
