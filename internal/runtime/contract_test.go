@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/spry-run/spry/internal/backend"
 	"github.com/spry-run/spry/internal/kv"
+	"github.com/spry-run/spry/internal/runtime"
 	"github.com/spry-run/spry/internal/runtime/runtimetest"
 )
 
@@ -546,5 +549,66 @@ func TestKVClientBound(t *testing.T) {
 	}
 	if want := fmt.Sprintf("const KV_MAX_REQUEST = %d;", kv.MaxRequest); !strings.Contains(string(js), want) {
 		t.Errorf("kv_client.js has no %q", want)
+	}
+}
+
+// ctx.kv's client does not reuse a connection idle for KV_REUSE_IDLE_MS,
+// well before the server closes it (kv.ConnIdleTimeout): a call sent as
+// the server closed it would fail. The client's own code runs in Deno,
+// its connection faked and its clock set by the test.
+func TestKVClientLeavesIdleConnections(t *testing.T) {
+	js, err := os.ReadFile("kv_client.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`const KV_REUSE_IDLE_MS = (\d+);`).FindSubmatch(js)
+	if m == nil {
+		t.Fatal("kv_client.js has no KV_REUSE_IDLE_MS")
+	}
+	if ms, _ := strconv.Atoi(string(m[1])); time.Duration(ms)*time.Millisecond > kv.ConnIdleTimeout-5*time.Second {
+		t.Fatalf("KV_REUSE_IDLE_MS %d ms is not well under the server's %s", ms, kv.ConnIdleTimeout)
+	}
+	deno, err := runtime.FindDeno("")
+	if err != nil {
+		t.Skip(err)
+	}
+	script := `
+const conns = [];
+function kvDial(on) {
+  const c = {
+    closed: false,
+    send(line) {
+      const req = JSON.parse(line);
+      queueMicrotask(() => on.data(JSON.stringify({ id: req.id, value: conns.indexOf(c) }) + "\n"));
+    },
+    busy() {},
+    close() { c.closed = true; },
+  };
+  conns.push(c);
+  return c;
+}
+` + string(js) + `
+let t = 1000;
+kvNow = () => t;
+const got = [];
+for (const dt of [0, 30000, KV_REUSE_IDLE_MS - 1, KV_REUSE_IDLE_MS, 10]) {
+  t += dt;
+  got.push((await kvCall({ op: "get", key: "k" })).value);
+}
+console.log(JSON.stringify({ got, closed: conns.map((c) => c.closed) }));
+`
+	f := filepath.Join(t.TempDir(), "client.mjs")
+	if err := os.WriteFile(f, []byte(script), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(deno, "run", "--quiet", "--no-config", f).CombinedOutput()
+	if err != nil {
+		t.Fatalf("deno: %v\n%s", err, out)
+	}
+	// The first three calls share the first connection; the fourth comes
+	// after it was idle KV_REUSE_IDLE_MS, which is closed, and the fifth
+	// goes on the second.
+	if want := `{"got":[0,0,0,1,1],"closed":[true,false]}`; strings.TrimSpace(string(out)) != want {
+		t.Fatalf("got %s, want %s", out, want)
 	}
 }

@@ -22,8 +22,16 @@ const KV_SOCKET = "/run/spry-kv.sock";
 // is refused here instead, with the server's error.
 const KV_MAX_REQUEST = 398336;
 
+// The server closes a connection on which no request begins for a
+// minute (kv.ConnIdleTimeout). A call sent as it does so would fail, so
+// a connection idle this long is not used again: the call makes another.
+const KV_REUSE_IDLE_MS = 50000;
+
 let kvLink = null; // the connection the next call goes on, if one is open
 let kvLastId = 0;
+
+// kvNow is the clock the idle time is read by (a test sets another).
+let kvNow = () => performance.now();
 
 function kvCall(req) {
   req.id = ++kvLastId;
@@ -32,7 +40,14 @@ function kvCall(req) {
   if (3 * (line.length - 1) > KV_MAX_REQUEST && new TextEncoder().encode(line).length - 1 > KV_MAX_REQUEST) {
     return Promise.reject(kvError({ code: "too_large", message: `kv: a request is at most ${KV_MAX_REQUEST} bytes` }));
   }
+  const now = kvNow();
+  if (kvLink !== null && kvLink.calls.size === 0 && now - kvLink.lastUsed >= KV_REUSE_IDLE_MS) {
+    const idle = kvLink;
+    kvEnded(idle, null);
+    idle.conn.close();
+  }
   const link = kvLink ?? (kvLink = kvOpen());
+  link.lastUsed = now;
   return new Promise((resolve, reject) => {
     link.calls.set(req.id, { resolve, reject });
     if (link.calls.size === 1) link.conn.busy(true);
@@ -44,7 +59,8 @@ function kvOpen() {
   // calls: id -> the call waiting for its answer; rest: an answer's
   // start, its end yet to come; last: the error the server answered a
   // line it could not read with, before closing the connection.
-  const link = { calls: new Map(), rest: "", last: null, ended: false, conn: null };
+  // lastUsed: when a call last went or was answered (kvNow).
+  const link = { calls: new Map(), rest: "", last: null, ended: false, conn: null, lastUsed: 0 };
   link.conn = kvDial({
     data: (text) => kvReceived(link, text),
     end: (err) => kvEnded(link, err),
@@ -78,6 +94,7 @@ function kvAnswered(link, line) {
     return;
   }
   link.calls.delete(res.id);
+  link.lastUsed = kvNow();
   if (link.calls.size === 0) link.conn.busy(false);
   if (res.error) call.reject(kvError(res.error));
   else call.resolve(res);
