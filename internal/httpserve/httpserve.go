@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -288,9 +289,15 @@ func LeaveBody(ctx *fasthttp.RequestCtx) {
 type logger struct{ log *slog.Logger }
 
 func (l logger) Printf(format string, args ...any) {
-	if l.log != nil {
-		l.log.Warn(fmt.Sprintf(format, args...))
+	if l.log == nil {
+		return
 	}
+	msg := fmt.Sprintf(format, args...)
+	if strings.Contains(msg, handshakeFailed) {
+		l.log.Debug(msg)
+		return
+	}
+	l.log.Warn(msg)
 }
 
 // BodyStream returns the request's body as a stream. fasthttp ends a

@@ -3,6 +3,7 @@ package httpserve
 import (
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"time"
@@ -49,8 +50,17 @@ func (c *TLSConn) Handshake() error {
 			`{"error":{"code":"invalid_argument","message":"this server speaks HTTPS: send the request to an https:// URL"}}` + "\n"))
 		c.plain = true
 	}
-	return err
+	if err != nil {
+		return fmt.Errorf("%s %w", handshakeFailed, err)
+	}
+	return nil
 }
+
+// handshakeFailed begins the error of a failed handshake, which the
+// server's logger keeps to debug: it is the client's doing (a scanner,
+// plain HTTP, a client that does not trust the certificate), told on
+// its side.
+const handshakeFailed = "TLS handshake failed:"
 
 // ConnectionState is the TLS connection's state.
 func (c *TLSConn) ConnectionState() tls.ConnectionState { return c.tls.ConnectionState() }
