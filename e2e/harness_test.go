@@ -8,6 +8,8 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -90,6 +92,11 @@ type server struct {
 	cmd     *exec.Cmd
 	logs    *syncBuffer
 	done    chan struct{}
+	// ca, for a server started with --tls-cert (startTLSServer), is the
+	// file of the CA that signed its certificate: its URL is https, and
+	// httpc and the CLI (SPRY_CA_CERT) trust the CA.
+	ca    string
+	httpc *http.Client
 }
 
 type syncBuffer struct {
@@ -122,12 +129,37 @@ func freePort(t *testing.T) string {
 // startServer starts spry serve on a fresh data dir with extra flags.
 func startServer(t *testing.T, extra ...string) *server {
 	t.Helper()
+	return startServerCA(t, "", extra...)
+}
+
+// startTLSServer starts spry serve serving HTTPS with the certificate
+// and key in certFile and keyFile, signed by the CA whose certificate is
+// in caFile.
+func startTLSServer(t *testing.T, certFile, keyFile, caFile string, extra ...string) *server {
+	t.Helper()
+	return startServerCA(t, caFile, append([]string{"--tls-cert", certFile, "--tls-key", keyFile}, extra...)...)
+}
+
+func startServerCA(t *testing.T, caFile string, extra ...string) *server {
+	t.Helper()
 	s := &server{
 		t:       t,
 		bin:     binary(t),
 		data:    filepath.Join(t.TempDir(), "data"),
 		uidBase: 3000000 + int(uidBases.Add(1))*20000,
 		args:    extra,
+		ca:      caFile,
+		httpc:   http.DefaultClient,
+	}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(pem)
+		s.httpc = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+		t.Cleanup(s.httpc.CloseIdleConnections)
 	}
 	s.start()
 	t.Cleanup(func() {
@@ -149,6 +181,9 @@ func (s *server) start() {
 	}
 	s.addr = freePort(t)
 	s.url = "http://" + s.addr
+	if s.ca != "" {
+		s.url = "https://" + s.addr
+	}
 	args := append([]string{"serve", "--listen", s.addr, "--data", s.data, "--deno", deno,
 		"--uid-base", strconv.Itoa(s.uidBase), "--log-level", "debug"}, s.args...)
 	s.cmd = exec.Command(s.bin, args...)
@@ -163,7 +198,7 @@ func (s *server) start() {
 	go func() { _ = s.cmd.Wait(); close(s.done) }()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		res, err := http.Get(s.url + "/readyz")
+		res, err := s.httpc.Get(s.url + "/readyz")
 		if err == nil {
 			res.Body.Close()
 			if res.StatusCode == 200 {
@@ -305,6 +340,9 @@ func (s *server) spryIn(token string, stdin io.Reader, args ...string) (string, 
 	cmd := exec.Command(s.bin, args...)
 	cmd.Dir = repoRoot
 	cmd.Env = []string{"SPRY_URL=" + s.url, "SPRY_TOKEN=" + token, "HOME=" + s.t.TempDir(), "PATH=" + os.Getenv("PATH")}
+	if s.ca != "" {
+		cmd.Env = append(cmd.Env, "SPRY_CA_CERT="+s.ca)
+	}
 	cmd.Stdin = stdin
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -378,7 +416,7 @@ func (s *server) do(method, path, token string, body io.Reader, header map[strin
 	for k, v := range header {
 		req.Header.Set(k, v)
 	}
-	res, err := http.DefaultClient.Do(req)
+	res, err := s.httpc.Do(req)
 	if err != nil {
 		s.t.Fatalf("%s %s: %v", method, path, err)
 	}
@@ -394,7 +432,7 @@ func (s *server) do(method, path, token string, body io.Reader, header map[strin
 // hand (a body sent in part, a hang-up); it is closed after the test.
 func (s *server) dial(t *testing.T) net.Conn {
 	t.Helper()
-	c, err := net.Dial("tcp", strings.TrimPrefix(s.url, "http://"))
+	c, err := net.Dial("tcp", s.addr)
 	if err != nil {
 		t.Fatal(err)
 	}

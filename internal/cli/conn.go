@@ -21,12 +21,16 @@ type connFlags struct {
 	env   Env
 	url   string
 	token string
+	ca    string // --ca-cert
 }
 
 // fileConfig is the login config file.
 type fileConfig struct {
 	URL   string `json:"url"`
 	Token string `json:"token"`
+	// CACert is the certificate file of a CA the server's is signed by,
+	// trusted besides the system's (--ca-cert at login).
+	CACert string `json:"ca_cert,omitempty"`
 }
 
 func configPath(environ []string) (string, error) {
@@ -161,18 +165,47 @@ func (c *connFlags) client() (*client.Client, error) {
 	if token == "" {
 		return nil, errdefs.New(errdefs.ErrUnauthenticated, "no API token: set SPRY_TOKEN, pass --token, or run `spry login`")
 	}
-	return c.newClient(url, token), nil
+	return c.newClient(url, token)
 }
 
-// newClient is a client of the server at url that says on stderr when it
-// waits for a busy server to send a request again.
-func (c *connFlags) newClient(url, token string) *client.Client {
+// caCert is the file of the CA certificate to trust besides the
+// system's for the server at url, and where it was named: --ca-cert,
+// else SPRY_CA_CERT, else the login config's if url is the server saved
+// with it. "" is none.
+func (c *connFlags) caCert(url string) (file, from string) {
+	switch {
+	case c.ca != "":
+		return c.ca, "--ca-cert"
+	case lookupEnv(c.env.Environ, "SPRY_CA_CERT") != "":
+		return lookupEnv(c.env.Environ, "SPRY_CA_CERT"), "SPRY_CA_CERT"
+	}
+	fc, _ := readFileConfig(c.env.Environ)
+	if fc.CACert == "" || strings.TrimRight(url, "/") != strings.TrimRight(first(fc.URL, defaultURL), "/") {
+		return "", ""
+	}
+	p, _ := configPath(c.env.Environ)
+	return fc.CACert, "the CA certificate in " + p
+}
+
+// newClient is a client of the server at url, trusting the CA that
+// caCert names, that says on stderr when it waits for a busy server to
+// send a request again.
+func (c *connFlags) newClient(url, token string) (*client.Client, error) {
 	cl := client.New(url, token)
+	if file, from := c.caCert(url); file != "" {
+		pem, err := os.ReadFile(file)
+		if err == nil {
+			err = cl.TrustCA(pem)
+		}
+		if err != nil {
+			return nil, errdefs.Invalid("%s %s: %v", from, file, err)
+		}
+	}
 	cl.Sleep = c.env.Sleep
 	cl.Busy = func(wait time.Duration, why error) {
 		fmt.Fprintf(c.env.Stderr, "server busy, retrying in %s (%v)\n", wait, why)
 	}
-	return cl
+	return cl, nil
 }
 
 func first(vals ...string) string {

@@ -73,6 +73,7 @@ func NewRoot(env Env) *cobra.Command {
 	conn := &connFlags{env: env}
 	root.PersistentFlags().StringVar(&conn.url, "url", "", "Spry server URL (default $SPRY_URL, the login config, or http://127.0.0.1:8080)")
 	root.PersistentFlags().StringVar(&conn.token, "token", "", "API token (default $SPRY_TOKEN or the login config)")
+	root.PersistentFlags().StringVar(&conn.ca, "ca-cert", "", "PEM `file` of a CA certificate to trust besides the system's, for a server whose certificate a private CA signed or that signed its own (default $SPRY_CA_CERT or the login config)")
 	root.AddCommand(
 		newServeCmd(env),
 		newDevCmd(env),

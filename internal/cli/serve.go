@@ -109,6 +109,8 @@ func newServeCmd(env Env) *cobra.Command {
 	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:8080", "address to serve the API and functions on")
 	f.StringVar(&cfg.DataDir, "data", "./spry-data", "data directory: database, bundles, admin token")
 	f.StringVar(&cfg.RunDir, "run-dir", "", "directory for instance sockets and code (default /run/spry/<id of the data dir>)")
+	f.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM `file` of the listener's certificate (its chain after it): serve HTTPS, read again on SIGHUP and when the file changes; with --tls-key")
+	f.StringVar(&cfg.TLSKey, "tls-key", "", "PEM `file` of --tls-cert's private key")
 	f.StringVar(&cfg.PublicURL, "public-url", "", "base URL in function URLs the API returns (default: from the request)")
 	f.StringVar(&cfg.FunctionDomain, "function-domain", "", "serve each function at a host of its own too, <name>.<owner>.<this domain> (a wildcard DNS name pointing here; \"localhost\" works in browsers), so that browsers keep functions' cookies and storage apart; function URLs the API returns name that host")
 	f.DurationVar(&cfg.ScaleToZeroAfter, "scale-to-zero-after", 5*time.Minute, "stop a function's last instance after it has had no requests this long")
@@ -273,6 +275,8 @@ func validate(cfg server.Config) error {
 		// Every host below the domain is a function's: the API there
 		// would answer 404 to everything.
 		return errdefs.Invalid("--public-url %s is below --function-domain %s, where every host is a function's; give the API a host outside it (the domain itself will do)", cfg.PublicURL, cfg.FunctionDomain)
+	case (cfg.TLSCert == "") != (cfg.TLSKey == ""):
+		return errdefs.Invalid("--tls-cert and --tls-key go together: give both, or neither")
 	case !hostPort(cfg.Listen):
 		// Refused before anything is made in the data directory.
 		return errdefs.Invalid("--listen must be HOST:PORT or :PORT, like 127.0.0.1:8080; not %q", cfg.Listen)

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -39,7 +40,7 @@ func newLoginCmd(conn *connFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "login",
 		Short: "Check a server URL and token and save them for later commands",
-		Long:  "Check a server URL and token (from --url/--token or SPRY_URL/SPRY_TOKEN) and save them in $SPRY_CONFIG, else $XDG_CONFIG_HOME/spry/config.json, else ~/.config/spry/config.json (mode 0600).",
+		Long:  "Check a server URL and token (from --url/--token or SPRY_URL/SPRY_TOKEN), and the CA certificate to trust for it if one is given (--ca-cert or SPRY_CA_CERT), and save them in $SPRY_CONFIG, else $XDG_CONFIG_HOME/spry/config.json, else ~/.config/spry/config.json (mode 0600).",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			url, token, _, err := conn.resolve() // login rewrites a broken file
@@ -49,11 +50,22 @@ func newLoginCmd(conn *connFlags) *cobra.Command {
 			if token == "" {
 				return errdefs.New(errdefs.ErrUnauthenticated, "no token: pass --token or set SPRY_TOKEN")
 			}
-			who, err := conn.newClient(url, token).Whoami(cmd.Context())
+			c, err := conn.newClient(url, token)
 			if err != nil {
 				return err
 			}
-			p, err := writeFileConfig(conn.env.Environ, fileConfig{URL: url, Token: token})
+			who, err := c.Whoami(cmd.Context())
+			if err != nil {
+				return err
+			}
+			// Saved by its absolute name: later commands run elsewhere.
+			ca, _ := conn.caCert(url)
+			if ca != "" {
+				if ca, err = filepath.Abs(ca); err != nil {
+					return err
+				}
+			}
+			p, err := writeFileConfig(conn.env.Environ, fileConfig{URL: url, Token: token, CACert: ca})
 			if err != nil {
 				return err
 			}

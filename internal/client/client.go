@@ -5,6 +5,8 @@ package client
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -102,6 +104,22 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 // New returns a client for the server at baseURL.
 func New(baseURL, token string) *Client {
 	return &Client{URL: strings.TrimRight(baseURL, "/"), Token: token, HTTP: &http.Client{Timeout: 5 * time.Minute, CheckRedirect: checkRedirect}}
+}
+
+// TrustCA makes c trust the certificates in pemCerts (a private CA, or a
+// server's self-signed certificate) besides the system's.
+func (c *Client) TrustCA(pemCerts []byte) error {
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pemCerts) {
+		return errors.New("no PEM certificate in it")
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool}
+	c.HTTP.Transport = tr
+	return nil
 }
 
 // checkRedirect follows a redirect only to the same origin (or from http
@@ -619,6 +637,17 @@ type unreachable struct {
 }
 
 func (e *unreachable) Error() string {
+	var cve *tls.CertificateVerificationError
+	var he x509.HostnameError
+	switch {
+	case errors.As(e.err, &he):
+		return "cannot reach the Spry server at " + e.url + ": its TLS certificate is for another host (" + he.Error() + ")"
+	case errors.As(e.err, &cve):
+		// Go's words ("tls: failed to verify certificate: x509: ...")
+		// do not say what to do.
+		return "cannot reach the Spry server at " + e.url + ": its TLS certificate is not trusted (" + cve.Err.Error() +
+			"); if a private CA signed it, or it signed itself, pass that CA's certificate with --ca-cert FILE or SPRY_CA_CERT"
+	}
 	return "cannot reach the Spry server at " + e.url + ": " + e.err.Error()
 }
 func (e *unreachable) Unwrap() []error { return []error{e.err, errdefs.ErrUnavailable} }

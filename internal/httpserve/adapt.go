@@ -113,6 +113,9 @@ func request(ctx *fasthttp.RequestCtx, rctx context.Context) (*http.Request, err
 		RemoteAddr: ctx.RemoteAddr().String(),
 		RequestURI: uri,
 	}
+	if ctx.IsTLS() {
+		r.TLS = ctx.TLSConnectionState()
+	}
 	if !ctx.Request.Header.IsHTTP11() {
 		r.Proto, r.ProtoMinor = "HTTP/1.0", 0
 	}

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -73,7 +74,7 @@ func New(h fasthttp.RequestHandler, log *slog.Logger) *fasthttp.Server {
 		KeepHijackedConns: true,
 		// A connection's next head starts once an answer is written.
 		ConnState: func(nc net.Conn, st fasthttp.ConnState) {
-			if c, ok := nc.(*Conn); ok && st == fasthttp.StateIdle {
+			if c, ok := ConnOf(nc); ok && st == fasthttp.StateIdle {
 				c.headStarts()
 			}
 		},
@@ -87,7 +88,7 @@ func New(h fasthttp.RequestHandler, log *slog.Logger) *fasthttp.Server {
 // request.
 func refuseBadHead(h fasthttp.RequestHandler) fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
-		if c, ok := ctx.Conn().(*Conn); ok && c.headRead(ctx.Request.Header.ContentLength()) {
+		if c, ok := ConnOf(ctx.Conn()); ok && c.headRead(ctx.Request.Header.ContentLength()) {
 			WriteError(ctx, errdefs.New(errdefs.ErrInvalidArgument, "%v", errBareLF))
 			ctx.SetConnectionClose()
 			return
@@ -288,9 +289,15 @@ func LeaveBody(ctx *fasthttp.RequestCtx) {
 type logger struct{ log *slog.Logger }
 
 func (l logger) Printf(format string, args ...any) {
-	if l.log != nil {
-		l.log.Warn(fmt.Sprintf(format, args...))
+	if l.log == nil {
+		return
 	}
+	msg := fmt.Sprintf(format, args...)
+	if strings.Contains(msg, handshakeFailed) {
+		l.log.Debug(msg)
+		return
+	}
+	l.log.Warn(msg)
 }
 
 // BodyStream returns the request's body as a stream. fasthttp ends a
@@ -302,7 +309,7 @@ func (l logger) Printf(format string, args ...any) {
 // the connection, as for any body they could not read.
 func BodyStream(ctx *fasthttp.RequestCtx) io.Reader {
 	r := ctx.RequestBodyStream()
-	c, ok := ctx.Conn().(*Conn)
+	c, ok := ConnOf(ctx.Conn())
 	if r == nil || !ok || ctx.Request.Header.ContentLength() != -1 {
 		return r
 	}

@@ -1,6 +1,7 @@
 package httpserve
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -395,7 +396,14 @@ func (w *Wait) check(c *Conn) {
 func hungUp(nc net.Conn) bool {
 	sc, ok := nc.(syscall.Conn)
 	if !ok {
-		return false
+		// Over TLS the socket is the one below it: a FIN is a FIN.
+		tc, isTLS := nc.(*tls.Conn)
+		if !isTLS {
+			return false
+		}
+		if sc, ok = tc.NetConn().(syscall.Conn); !ok {
+			return false
+		}
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {

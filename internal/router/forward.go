@@ -1018,7 +1018,7 @@ func (rt *Router) sendRequest(ctx *fasthttp.RequestCtx, inv *invocation, c *upCo
 		// While the body goes, the client's connection cannot be read for
 		// a hang-up (it holds the body), and a write to an instance that
 		// does not read the body blocks: watch without reading.
-		hc, _ := ctx.Conn().(*httpserve.Conn)
+		hc, _ := httpserve.ConnOf(ctx.Conn())
 		if hc != nil {
 			hc.AwaitHangUp(&httpserve.Wait{}, inv.start, sendingGoner{s})
 		}
@@ -1223,7 +1223,7 @@ func (rt *Router) upgrade(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 		c.close()
 		inv.finish(fasthttp.StatusSwitchingProtocols)
 	}
-	if hc, ok := ctx.Conn().(*httpserve.Conn); ok {
+	if hc, ok := httpserve.ConnOf(ctx.Conn()); ok {
 		hc.OnClose(func() {
 			if state.CompareAndSwap(pending, dropped) {
 				end()

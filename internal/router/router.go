@@ -326,7 +326,7 @@ func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string)
 // that a client that hangs up leaves the queue at once rather than hold
 // its place until the timeout and then reach the function.
 func (rt *Router) acquireWatched(ctx *fasthttp.RequestCtx, inv *invocation, owner, name string, spec *backend.Spec) (*activator.Lease, error) {
-	if c, ok := ctx.Conn().(*httpserve.Conn); ok && inv.watched == nil {
+	if c, ok := httpserve.ConnOf(ctx.Conn()); ok && inv.watched == nil {
 		c.AwaitHangUp(&httpserve.Wait{}, inv.start, inv)
 		defer c.EndWait()
 	}

@@ -18,7 +18,7 @@ const StatusClientClosed = 499
 // client's connection until endWatch: the request's body must have been
 // read.
 func (inv *invocation) watchClient(ctx *fasthttp.RequestCtx) {
-	if c, ok := ctx.Conn().(*httpserve.Conn); ok && inv.watched == nil {
+	if c, ok := httpserve.ConnOf(ctx.Conn()); ok && inv.watched == nil {
 		inv.watched = c
 		c.Await(&inv.wait, inv.start, inv)
 	}

@@ -6,6 +6,7 @@ package server
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"net/http/pprof"
 	"net/netip"
 	"os"
+	"os/signal"
 	"path"
 	"path/filepath"
 	goruntime "runtime"
@@ -33,6 +35,7 @@ import (
 	"github.com/spry-run/spry/internal/backend"
 	"github.com/spry-run/spry/internal/backend/local"
 	"github.com/spry-run/spry/internal/blob"
+	"github.com/spry-run/spry/internal/certreload"
 	"github.com/spry-run/spry/internal/errdefs"
 	"github.com/spry-run/spry/internal/functions"
 	"github.com/spry-run/spry/internal/httpserve"
@@ -118,7 +121,12 @@ type Config struct {
 	RouterLoops int
 	// RouterSpin is how long an event loop polls before it sleeps while
 	// its waits are short (router.LaneConfig.Spin).
-	RouterSpin       time.Duration
+	RouterSpin time.Duration
+	// TLSCert and TLSKey, if set, are the files of the listener's
+	// certificate and key: it then serves HTTPS, without the event loops
+	// (they read raw sockets), and reads the pair again on SIGHUP and
+	// when the files change (certreload).
+	TLSCert, TLSKey  string
 	CPU              float64 // CPUs one instance may use
 	PoolSize         int
 	NodePoolSize     int
@@ -164,7 +172,8 @@ type Server struct {
 	router    *router.Router
 	lane      *router.Lane
 	ln        net.Listener
-	dbgLn     net.Listener // --debug-listen's, nil without it
+	certs     *certreload.Pair // --tls-cert's, nil without TLS
+	dbgLn     net.Listener     // --debug-listen's, nil without it
 	ready     atomic.Bool
 	stop      context.CancelFunc
 	bg        chan struct{}
@@ -198,6 +207,12 @@ func openFileLimit(want uint64) uint64 {
 // It does not listen yet.
 func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err error) {
 	s := &Server{cfg: cfg, log: log, bg: make(chan struct{})}
+	if cfg.TLSCert != "" || cfg.TLSKey != "" {
+		// Before anything is made: a bad pair is the operator's to fix.
+		if s.certs, err = certreload.Load(cfg.TLSCert, cfg.TLSKey, time.Now, log); err != nil {
+			return nil, errdefs.Invalid("%v", err)
+		}
+	}
 	defer func() {
 		if err != nil {
 			s.closeAll()
@@ -593,20 +608,32 @@ func (s *Server) Run(ctx context.Context) error {
 		defer dbg.Close()
 	}
 	errc := make(chan error, 1)
-	ln := s.ln
-	if s.cfg.RouterLoops > 0 {
-		lane, err := s.router.NewLane(s.ln, router.LaneConfig{Loops: s.cfg.RouterLoops, Spin: s.cfg.RouterSpin})
-		if err != nil {
-			s.closeAll()
-			return err
+	var ln net.Listener
+	if s.certs != nil {
+		// The event loops read raw sockets and cannot speak TLS: every
+		// connection is fasthttp's (docs/architecture.md says the cost).
+		// Notified before the server is ready: a SIGHUP would kill it.
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		go s.reloadOnHangUp(ctx, hup)
+		ln = httpserve.TLSListener(s.ln, s.tlsConfig(), httpserve.WatchAfter, s.log)
+	} else {
+		ln = s.ln
+		if s.cfg.RouterLoops > 0 {
+			lane, err := s.router.NewLane(s.ln, router.LaneConfig{Loops: s.cfg.RouterLoops, Spin: s.cfg.RouterSpin})
+			if err != nil {
+				s.closeAll()
+				return err
+			}
+			s.lane, ln = lane, lane.Handoff()
 		}
-		s.lane, ln = lane, lane.Handoff()
+		// Its connections can be watched for a client's hang-up while a
+		// function computes (see the router).
+		ln = httpserve.Listener(ln, httpserve.WatchAfter, s.log)
 	}
-	// Its connections can be watched for a client's hang-up while a
-	// function computes (see the router).
-	go func() { errc <- s.http.Serve(httpserve.Listener(ln, httpserve.WatchAfter, s.log)) }()
+	go func() { errc <- s.http.Serve(ln) }()
 	s.ready.Store(true)
-	s.log.Info("spry is serving", "addr", s.Addr(), "data", s.cfg.DataDir)
+	s.log.Info("spry is serving", "addr", s.Addr(), "data", s.cfg.DataDir, "tls", s.certs != nil)
 
 	select {
 	case err := <-errc:
@@ -634,6 +661,31 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.closeAll()
 	return err
+}
+
+// tlsConfig is the listener's: TLS 1.2 or later, Go's default cipher
+// suites, and HTTP/1.1 alone, which is all fasthttp speaks.
+func (s *Server) tlsConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion:     tls.VersionTLS12,
+		NextProtos:     []string{"http/1.1"},
+		GetCertificate: s.certs.GetCertificate,
+	}
+}
+
+// reloadOnHangUp reads the certificate and key again at each SIGHUP on
+// hup until ctx ends (a pair that does not load is logged and the old
+// one kept).
+func (s *Server) reloadOnHangUp(ctx context.Context, hup chan os.Signal) {
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			_ = s.certs.Reload()
+		}
+	}
 }
 
 // stopLane stops the event loops (letting their requests finish while

@@ -1,0 +1,140 @@
+package httpserve
+
+import (
+	"bufio"
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/spry-run/spry/internal/certreload/certtest"
+)
+
+// tlsServer serves h over TLSListener on loopback and returns its
+// address and a client config that trusts it.
+func tlsServer(t *testing.T, h fasthttp.RequestHandler) (string, *tls.Config) {
+	t.Helper()
+	ca := certtest.NewCA(t)
+	certPEM, keyPEM := ca.Server(t, 7)
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := New(h, nil)
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}
+	go func() { _ = srv.Serve(TLSListener(ln, cfg, 5*time.Millisecond, nil)) }()
+	t.Cleanup(func() { _ = srv.Shutdown() })
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca.PEM)
+	return ln.Addr().String(), &tls.Config{RootCAs: pool}
+}
+
+func TestTLS(t *testing.T) {
+	addr, ccfg := tlsServer(t, func(ctx *fasthttp.RequestCtx) {
+		c, ok := ConnOf(ctx.Conn())
+		if p := string(ctx.Path()); ok && (p == "/wait" || p == "/poll") {
+			// As the router waits on a function (Await: the watch reads
+			// the TLS connection) or sends a body (AwaitHangUp: it polls
+			// the socket below) for a hang-up.
+			gone := make(goner, 1)
+			if p == "/wait" {
+				c.Await(&Wait{}, time.Now(), gone)
+			} else {
+				c.AwaitHangUp(&Wait{}, time.Now(), gone)
+			}
+			select {
+			case <-gone:
+				ctx.SetBodyString("gone")
+			case <-time.After(5 * time.Second):
+				ctx.SetBodyString("not gone")
+			}
+			c.EndWait()
+			return
+		}
+		if ctx.IsTLS() && ok {
+			ctx.SetBodyString("tls " + ctx.TLSConnectionState().NegotiatedProtocol)
+		}
+	})
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: ccfg, ForceAttemptHTTP2: true}}
+
+	t.Run("a request is served over TLS, as HTTP/1.1", func(t *testing.T) {
+		res, err := hc.Get("https://" + addr + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if string(body) != "tls http/1.1" || res.ProtoMajor != 1 {
+			t.Fatalf("%s %q, want HTTP/1.1 and %q", res.Proto, body, "tls http/1.1")
+		}
+	})
+
+	t.Run("plain HTTP is answered 400 at once", func(t *testing.T) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		_, _ = io.WriteString(c, "GET /api/v1/whoami HTTP/1.1\r\nHost: x\r\n\r\n")
+		res, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		if res.StatusCode != 400 || !strings.Contains(string(body), "https://") {
+			t.Fatalf("%d %q", res.StatusCode, body)
+		}
+	})
+
+	t.Run("a hang-up is seen while the handler waits", func(t *testing.T) {
+		c, err := tls.Dial("tcp", addr, ccfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_, _ = io.WriteString(c, "GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
+		// close_notify: the client is gone (its reading side stays open,
+		// for the answer that tells what the handler saw).
+		_ = c.CloseWrite()
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		res, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		if string(body) != "gone" {
+			t.Fatalf("%q, want the hang-up seen", body)
+		}
+	})
+
+	t.Run("a hang-up is seen without reading", func(t *testing.T) {
+		c, err := tls.Dial("tcp", addr, ccfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_, _ = io.WriteString(c, "GET /poll HTTP/1.1\r\nHost: x\r\n\r\n")
+		// A FIN below TLS: the kernel's POLLRDHUP on the socket.
+		_ = c.NetConn().(*net.TCPConn).CloseWrite()
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		res, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		if string(body) != "gone" {
+			t.Fatalf("%q, want the hang-up seen", body)
+		}
+	})
+}
