@@ -107,11 +107,16 @@ func (a *API) baseURL(r *http.Request) string {
 	if a.cfg.PublicURL != "" {
 		return strings.TrimRight(a.cfg.PublicURL, "/")
 	}
-	scheme := "http"
-	if r.TLS != nil {
+	// (X-Forwarded-* reach the API only from a trusted proxy, and well
+	// formed: httpserve.RealClient.)
+	scheme, host := "http", r.Host
+	if r.TLS != nil || r.Header.Get("X-Forwarded-Proto") == "https" {
 		scheme = "https"
 	}
-	return scheme + "://" + r.Host
+	if h := r.Header.Get("X-Forwarded-Host"); h != "" {
+		host = h
+	}
+	return scheme + "://" + host
 }
 
 // functionURL is where owner/name answers: at its own host below the

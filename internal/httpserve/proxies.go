@@ -54,21 +54,35 @@ func (p Proxies) Client(peer netip.Addr, xff []string) netip.Addr {
 	return client
 }
 
-// RealClient sets each request's RemoteAddr to its client's address, as
-// p tells it (Client), for what h does by address (the API's limit on
-// failed authentications, say): behind a trusted proxy every request
-// would otherwise come from the proxy. The port is the peer's.
+// RealClient makes what h is told of a request's client true (for the
+// API: its limit on failed authentications, the URLs it returns): the
+// RemoteAddr of a request from a peer p trusts becomes the client's
+// address as p tells it (Client), the port the peer's, and its
+// X-Forwarded-Proto and -Host stay when well formed; any other
+// request's X-Forwarded-For, -Proto and -Host are dropped, as the
+// router drops them for functions.
 func RealClient(h http.Handler, p Proxies) http.Handler {
-	if len(p) == 0 {
-		return h
-	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
-			if c := p.Client(ap.Addr(), r.Header.Values("X-Forwarded-For")); c != ap.Addr().Unmap() {
-				r2 := *r
-				r2.RemoteAddr = netip.AddrPortFrom(c, ap.Port()).String()
-				r = &r2
+		ap, err := netip.ParseAddrPort(r.RemoteAddr)
+		trusted := err == nil && p.Trusts(ap.Addr())
+		hf, hp, hh := r.Header.Values("X-Forwarded-For"), r.Header.Values("X-Forwarded-Proto"), r.Header.Values("X-Forwarded-Host")
+		if !trusted {
+			if len(hf)+len(hp)+len(hh) > 0 {
+				r = r.Clone(r.Context())
+				r.Header.Del("X-Forwarded-For")
+				r.Header.Del("X-Forwarded-Proto")
+				r.Header.Del("X-Forwarded-Host")
 			}
+			h.ServeHTTP(w, r)
+			return
+		}
+		r = r.Clone(r.Context())
+		r.RemoteAddr = netip.AddrPortFrom(p.Client(ap.Addr(), hf), ap.Port()).String()
+		if len(hp) != 1 || (hp[0] != "http" && hp[0] != "https") {
+			r.Header.Del("X-Forwarded-Proto")
+		}
+		if len(hh) != 1 || !ValidHost([]byte(hh[0])) {
+			r.Header.Del("X-Forwarded-Host")
 		}
 		h.ServeHTTP(w, r)
 	})

@@ -53,21 +53,31 @@ func FuzzProxiesClient(f *testing.F) {
 }
 
 func TestRealClient(t *testing.T) {
-	var got string
-	h := RealClient(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { got = r.RemoteAddr }), Proxies{netip.MustParsePrefix("127.0.0.1/32")})
-	for _, tt := range []struct{ remote, xff, want string }{
-		{"127.0.0.1:5000", "198.51.100.7", "198.51.100.7:5000"},
-		{"192.0.2.1:5000", "198.51.100.7", "192.0.2.1:5000"},
-		{"127.0.0.1:5000", "", "127.0.0.1:5000"},
+	type seen struct{ remote, xff, proto, host string }
+	var got seen
+	h := RealClient(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = seen{r.RemoteAddr, r.Header.Get("X-Forwarded-For"), r.Header.Get("X-Forwarded-Proto"), r.Header.Get("X-Forwarded-Host")}
+	}), Proxies{netip.MustParsePrefix("127.0.0.1/32")})
+	for _, tt := range []struct {
+		remote, xff, proto, host string
+		want                     seen
+	}{
+		{"127.0.0.1:5000", "198.51.100.7", "https", "api.example.com", seen{"198.51.100.7:5000", "198.51.100.7", "https", "api.example.com"}},
+		{"127.0.0.1:5000", "", "", "", seen{"127.0.0.1:5000", "", "", ""}},
+		{"127.0.0.1:5000", "198.51.100.7", "javascript", "a b", seen{"198.51.100.7:5000", "198.51.100.7", "", ""}},
+		{"192.0.2.1:5000", "198.51.100.7", "https", "api.example.com", seen{"192.0.2.1:5000", "", "", ""}},
+		{"192.0.2.1:5000", "", "", "", seen{"192.0.2.1:5000", "", "", ""}},
 	} {
 		r := httptest.NewRequest("GET", "/", nil)
 		r.RemoteAddr = tt.remote
-		if tt.xff != "" {
-			r.Header.Set("X-Forwarded-For", tt.xff)
+		for k, v := range map[string]string{"X-Forwarded-For": tt.xff, "X-Forwarded-Proto": tt.proto, "X-Forwarded-Host": tt.host} {
+			if v != "" {
+				r.Header.Set(k, v)
+			}
 		}
 		h.ServeHTTP(httptest.NewRecorder(), r)
 		if got != tt.want {
-			t.Errorf("%s with %q: RemoteAddr %s, want %s", tt.remote, tt.xff, got, tt.want)
+			t.Errorf("%s with %q %q %q: %+v, want %+v", tt.remote, tt.xff, tt.proto, tt.host, got, tt.want)
 		}
 	}
 }
