@@ -25,14 +25,12 @@ func tlsAPIServer(t *testing.T) (url, token, caFile string) {
 	mux := http.NewServeMux()
 	mux.Handle("/", api.New(d.Functions, d.Auth, d.Store, d.Store, nil, d.Logs, api.Config{MaxCodeBytes: 1 << 20}).Handler())
 	ca := certtest.NewCA(t)
-	certPEM, keyPEM := ca.Server(t, 1)
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
 	srv := httptest.NewUnstartedServer(mux)
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the untrusting clients' handshakes
-	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	// (Certificates, not GetCertificate: StartTLS puts its own in an
+	// empty list, which a request without SNI would get.)
+	cert, _ := ca.Certificate(t, 1)(nil)
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{*cert}}
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	caFile = filepath.Join(t.TempDir(), "ca.pem")

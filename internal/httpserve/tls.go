@@ -9,6 +9,13 @@ import (
 	"time"
 )
 
+// TLSConfig is the listener's TLS settings: TLS 1.2 or later, Go's
+// default cipher suites, and HTTP/1.1 alone, which is all fasthttp
+// speaks; the certificate is cert's.
+func TLSConfig(cert func(*tls.ClientHelloInfo) (*tls.Certificate, error)) *tls.Config {
+	return &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}, GetCertificate: cert}
+}
+
 // TLSListener is Listener over TLS: its connections are *TLSConn, whose
 // handshake fasthttp runs (within its read timeout) and for which
 // ctx.IsTLS is true. A client that speaks plain HTTP to it is answered

@@ -3,7 +3,6 @@ package httpserve
 import (
 	"bufio"
 	"crypto/tls"
-	"crypto/x509"
 	"io"
 	"net"
 	"net/http"
@@ -21,22 +20,14 @@ import (
 func tlsServer(t *testing.T, h fasthttp.RequestHandler) (string, *tls.Config) {
 	t.Helper()
 	ca := certtest.NewCA(t)
-	certPEM, keyPEM := ca.Server(t, 7)
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := New(h, nil)
-	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}
-	go func() { _ = srv.Serve(TLSListener(ln, cfg, 5*time.Millisecond, nil)) }()
+	go func() { _ = srv.Serve(TLSListener(ln, TLSConfig(ca.Certificate(t, 7)), 5*time.Millisecond, nil)) }()
 	t.Cleanup(func() { _ = srv.Shutdown() })
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(ca.PEM)
-	return ln.Addr().String(), &tls.Config{RootCAs: pool}
+	return ln.Addr().String(), ca.Client()
 }
 
 func TestTLS(t *testing.T) {

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
@@ -26,11 +25,6 @@ import (
 func routerOverTLS(t *testing.T, upstream http.Handler) (string, *tls.Config) {
 	t.Helper()
 	ca := certtest.NewCA(t)
-	certPEM, keyPEM := ca.Server(t, 1)
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
 	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 5 * time.Second}
 	act := activator.New(&upstreamBackend{addr: serveUnix(t, upstream)}, activator.Config{})
 	rt := New(oneSpec{spec}, act, Config{})
@@ -39,12 +33,9 @@ func routerOverTLS(t *testing.T, upstream http.Handler) (string, *tls.Config) {
 		t.Fatal(err)
 	}
 	srv := httpserve.New(rt.Handle, nil)
-	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}
-	go srv.Serve(httpserve.TLSListener(ln, cfg, time.Millisecond, nil))
+	go srv.Serve(httpserve.TLSListener(ln, httpserve.TLSConfig(ca.Certificate(t, 1)), time.Millisecond, nil))
 	t.Cleanup(func() { _ = srv.Shutdown() })
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(ca.PEM)
-	return ln.Addr().String(), &tls.Config{RootCAs: pool}
+	return ln.Addr().String(), ca.Client()
 }
 
 // Over TLS the function is told https, streams flow as they are

@@ -663,15 +663,9 @@ func (s *Server) Run(ctx context.Context) error {
 	return err
 }
 
-// tlsConfig is the listener's: TLS 1.2 or later, Go's default cipher
-// suites, and HTTP/1.1 alone, which is all fasthttp speaks.
-func (s *Server) tlsConfig() *tls.Config {
-	return &tls.Config{
-		MinVersion:     tls.VersionTLS12,
-		NextProtos:     []string{"http/1.1"},
-		GetCertificate: s.certs.GetCertificate,
-	}
-}
+// tlsConfig is the listener's (httpserve.TLSConfig), with the
+// certificate the files hold now.
+func (s *Server) tlsConfig() *tls.Config { return httpserve.TLSConfig(s.certs.GetCertificate) }
 
 // reloadOnHangUp reads the certificate and key again at each SIGHUP on
 // hup until ctx ends (a pair that does not load is logged and the old

@@ -6,6 +6,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -78,6 +79,24 @@ func (ca *CA) Server(t testing.TB, serial int64) (certPEM, keyPEM []byte) {
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
 		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})
+}
+
+// Certificate is a server certificate of the given serial, parsed, as
+// a server's tls.Config wants it.
+func (ca *CA) Certificate(t testing.TB, serial int64) func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	t.Helper()
+	cert, err := tls.X509KeyPair(ca.Server(t, serial))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil }
+}
+
+// Client is a client's TLS config that trusts ca (and nothing else).
+func (ca *CA) Client() *tls.Config {
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca.PEM)
+	return &tls.Config{RootCAs: pool}
 }
 
 // WriteServer writes a server certificate of the given serial and its
