@@ -88,44 +88,33 @@ func TestTLS(t *testing.T) {
 		}
 	})
 
-	t.Run("a hang-up is seen while the handler waits", func(t *testing.T) {
-		c, err := tls.Dial("tcp", addr, ccfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		_, _ = io.WriteString(c, "GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
+	for _, tt := range []struct {
+		name, path string
+		hangUp     func(c *tls.Conn)
+	}{
 		// close_notify: the client is gone (its reading side stays open,
 		// for the answer that tells what the handler saw).
-		_ = c.CloseWrite()
-		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		res, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(res.Body)
-		if string(body) != "gone" {
-			t.Fatalf("%q, want the hang-up seen", body)
-		}
-	})
-
-	t.Run("a hang-up is seen without reading", func(t *testing.T) {
-		c, err := tls.Dial("tcp", addr, ccfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		_, _ = io.WriteString(c, "GET /poll HTTP/1.1\r\nHost: x\r\n\r\n")
+		{"a hang-up is seen while the handler waits", "/wait", func(c *tls.Conn) { _ = c.CloseWrite() }},
 		// A FIN below TLS: the kernel's POLLRDHUP on the socket.
-		_ = c.NetConn().(*net.TCPConn).CloseWrite()
-		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		res, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(res.Body)
-		if string(body) != "gone" {
-			t.Fatalf("%q, want the hang-up seen", body)
-		}
-	})
+		{"a hang-up is seen without reading", "/poll", func(c *tls.Conn) { _ = c.NetConn().(*net.TCPConn).CloseWrite() }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := tls.Dial("tcp", addr, ccfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			_, _ = io.WriteString(c, "GET "+tt.path+" HTTP/1.1\r\nHost: x\r\n\r\n")
+			tt.hangUp(c)
+			_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			res, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(res.Body)
+			if string(body) != "gone" {
+				t.Fatalf("%q, want the hang-up seen", body)
+			}
+		})
+	}
 }

@@ -1002,20 +1002,26 @@ func switchProtocols(w http.ResponseWriter) (net.Conn, *bufio.ReadWriter, bool) 
 }
 
 // Upgrades (WebSockets) are spliced: after the 101, bytes flow both ways.
+// echoUpgraded switches w's connection to the "echo" protocol and
+// answers its first line with "echo: " and the line.
+func echoUpgraded(w http.ResponseWriter) {
+	conn, brw, ok := switchProtocols(w)
+	if !ok {
+		return
+	}
+	defer conn.Close()
+	line, _ := brw.ReadString('\n')
+	brw.WriteString("echo: " + line)
+	brw.Flush()
+}
+
 func TestForwardUpgrade(t *testing.T) {
 	srv := newTestRouter(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Upgrade") != "echo" || r.URL.Path != "/ws" {
 			w.WriteHeader(400)
 			return
 		}
-		conn, brw, ok := switchProtocols(w)
-		if !ok {
-			return
-		}
-		defer conn.Close()
-		line, _ := brw.ReadString('\n')
-		brw.WriteString("echo: " + line)
-		brw.Flush()
+		echoUpgraded(w)
 	}))
 	conn := srv.dial(t, 5*time.Second)
 	fmt.Fprintf(conn, "GET /fn/alice/fn/ws HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")

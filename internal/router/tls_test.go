@@ -55,14 +55,7 @@ func TestServedOverTLS(t *testing.T) {
 			w.(http.Flusher).Flush()
 			<-hold
 		case "/ws":
-			conn, brw, ok := switchProtocols(w)
-			if !ok {
-				return
-			}
-			defer conn.Close()
-			line, _ := brw.ReadString('\n')
-			brw.WriteString("echo: " + line)
-			brw.Flush()
+			echoUpgraded(w)
 		case "/slow":
 			select {
 			case <-r.Context().Done():
