@@ -286,7 +286,7 @@ func (s *Service) Deploy(ctx context.Context, req DeployRequest) (store.Function
 	if limits, err = ApplySettings(limits, req.Settings, s.cfg.Bounds); err != nil {
 		return store.Function{}, err
 	}
-	if err := CheckMemoryBudget(limits, s.cfg.DefaultMemoryMiB, s.cfg.Bounds); err != nil {
+	if err := CheckOwnerBudgets(limits, s.cfg.DefaultMemoryMiB, s.cfg.Bounds); err != nil {
 		return store.Function{}, err
 	}
 	res, err := s.build(ctx, req)
@@ -497,7 +497,7 @@ func (s *Service) nextConfig(ctx context.Context, owner, name string, b *bundle,
 	if cfg.Limits, err = ApplySettings(cfg.Limits, ch.Settings, s.cfg.Bounds); err != nil {
 		return store.Config{}, nil, store.Function{}, err
 	}
-	if err := CheckMemoryBudget(cfg.Limits, s.cfg.DefaultMemoryMiB, s.cfg.Bounds); err != nil {
+	if err := CheckOwnerBudgets(cfg.Limits, s.cfg.DefaultMemoryMiB, s.cfg.Bounds); err != nil {
 		return store.Config{}, nil, store.Function{}, err
 	}
 	// A name is one variable in ctx.env: an env var and a secret may not

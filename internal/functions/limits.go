@@ -41,6 +41,9 @@ type Bounds struct {
 	// instances may add up to (spry serve --max-memory-per-user); 0: no
 	// bound.
 	MaxMemoryPerOwnerMiB int
+	// MaxInstancesPerOwner is how many instances one owner's functions
+	// may run together (spry serve --max-instances-per-user); 0: no bound.
+	MaxInstancesPerOwner int
 }
 
 // ParseLimits reads per-function settings given as strings ("memory":
@@ -160,11 +163,16 @@ func ApplySettings(l store.Limits, settings map[string]string, b Bounds) (store.
 	return l, nil
 }
 
-// CheckMemoryBudget refuses limits l (memory 0: defaultMiB) whose
-// instances the owner's memory budget could never hold: one alone, or
-// its min together. Starts past the budget are refused at run time
-// anyway; a deploy that could never run as asked is refused now.
-func CheckMemoryBudget(l store.Limits, defaultMiB int, b Bounds) error {
+// CheckOwnerBudgets refuses limits l (memory 0: defaultMiB) whose
+// instances the owner's budgets could never hold: its min more than the
+// instances one owner may run, or one instance alone, or its min
+// together, past the memory budget. Starts past the budgets are refused
+// at run time anyway; a deploy that could never run as asked is refused
+// now.
+func CheckOwnerBudgets(l store.Limits, defaultMiB int, b Bounds) error {
+	if n := b.MaxInstancesPerOwner; n > 0 && l.MinScale > n {
+		return errdefs.Invalid("min %d is over the %d instances one user's functions may run together (spry serve --max-instances-per-user)", l.MinScale, n)
+	}
 	budget := b.MaxMemoryPerOwnerMiB
 	if budget <= 0 {
 		return nil

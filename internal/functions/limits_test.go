@@ -129,15 +129,16 @@ func FuzzParseLimits(f *testing.F) {
 	})
 }
 
-// A function whose instances one user's memory budget could never hold,
-// one alone or its min together, is refused when deployed or changed,
+// A function whose instances one user's budgets could never hold (its
+// min past the instance quota, or one instance alone or its min together
+// past the memory budget) is refused when deployed or changed,
 // against the settings it would have (the live version's, changed), and
 // stores nothing.
-func TestMemoryBudget(t *testing.T) {
+func TestOwnerBudgets(t *testing.T) {
 	ctx := t.Context()
 	st, blobs := stores(t)
 	s := New(st, blobs, retirer{}, box(t), noLogs{}, Config{DefaultRuntime: "deno", Runtimes: []string{"deno"}, MaxCodeBytes: 1 << 20, DefaultMemoryMiB: 128,
-		Bounds: Bounds{MaxMemoryMiB: 2048, MaxScale: 100, MaxMemoryPerOwnerMiB: 512}})
+		Bounds: Bounds{MaxMemoryMiB: 2048, MaxScale: 100, MaxMemoryPerOwnerMiB: 512, MaxInstancesPerOwner: 8}})
 	code := []byte("export default { fetch() { return new Response('hi') } }")
 	if _, err := s.Deploy(ctx, DeployRequest{Owner: "alice", Name: "live", Code: code, By: "alice", Settings: map[string]string{SettingMemory: "256Mi"}}); err != nil {
 		t.Fatal(err)
@@ -158,6 +159,9 @@ func TestMemoryBudget(t *testing.T) {
 		{"change, min within it at the live memory", "live", false, map[string]string{SettingMin: "2"}, true},
 		{"change, memory past it with the min now set", "live", false, map[string]string{SettingMemory: "300Mi"}, false},
 		{"change, memory past it alone", "live", false, map[string]string{SettingMemory: "513Mi", SettingMin: "0"}, false},
+		{"new, min within the instance quota", "e", true, map[string]string{SettingMemory: "64Mi", SettingMin: "8"}, true},
+		{"new, min past the instance quota", "f", true, map[string]string{SettingMemory: "32Mi", SettingMin: "9"}, false},
+		{"change, min past the instance quota", "live", false, map[string]string{SettingMemory: "32Mi", SettingMin: "9"}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -174,8 +178,12 @@ func TestMemoryBudget(t *testing.T) {
 			if err == nil {
 				return
 			}
-			if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "--max-memory-per-user") {
-				t.Fatalf("err = %v, want an invalid argument naming --max-memory-per-user", err)
+			flag := "--max-memory-per-user"
+			if strings.Contains(tt.name, "instance quota") {
+				flag = "--max-instances-per-user"
+			}
+			if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), flag) {
+				t.Fatalf("err = %v, want an invalid argument naming %s", err, flag)
 			}
 			after, _ := s.Get(ctx, "alice", tt.fn)
 			if after.LiveVersion != before.LiveVersion {

@@ -390,6 +390,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 			MaxCPUMilli:    goruntime.NumCPU() * 1000,
 			// Checked at deploy against the limits' defaults too.
 			MaxMemoryPerOwnerMiB: cfg.MaxMemoryPerUserMiB,
+			MaxInstancesPerOwner: cfg.MaxInstancesPerUser,
 		},
 		Logger: log,
 	})
