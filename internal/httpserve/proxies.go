@@ -54,6 +54,10 @@ func (p Proxies) Client(peer netip.Addr, xff []string) netip.Addr {
 	return client
 }
 
+// ForwardedProto says whether p, a trusted proxy's X-Forwarded-Proto,
+// is one to pass on: http or https.
+func ForwardedProto(p []byte) bool { return string(p) == "http" || string(p) == "https" }
+
 // RealClient makes what h is told of a request's client true (for the
 // API: its limit on failed authentications, the URLs it returns): the
 // RemoteAddr of a request from a peer p trusts becomes the client's
@@ -78,7 +82,7 @@ func RealClient(h http.Handler, p Proxies) http.Handler {
 		}
 		r = r.Clone(r.Context())
 		r.RemoteAddr = netip.AddrPortFrom(p.Client(ap.Addr(), hf), ap.Port()).String()
-		if len(hp) != 1 || (hp[0] != "http" && hp[0] != "https") {
+		if len(hp) != 1 || !ForwardedProto([]byte(hp[0])) {
 			r.Header.Del("X-Forwarded-Proto")
 		}
 		if len(hh) != 1 || !ValidHost([]byte(hh[0])) {

@@ -864,7 +864,7 @@ func appendRequestHead(dst []byte, rh *fasthttp.RequestHeader, inv *invocation, 
 		if h := rh.Peek("X-Forwarded-Host"); httpserve.ValidHost(h) {
 			host = h
 		}
-		if p := rh.Peek("X-Forwarded-Proto"); string(p) == "https" || string(p) == "http" {
+		if p := rh.Peek("X-Forwarded-Proto"); httpserve.ForwardedProto(p) {
 			proto = p
 		}
 	}

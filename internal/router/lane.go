@@ -375,16 +375,19 @@ func (e ent) gen() uint32 {
 
 // laneClient is a client connection the loop serves.
 type laneClient struct {
-	fd     int
-	ip     string
-	in     []byte // read, not yet answered
-	reqLen int    // bytes of in that the request in flight took
-	out    []byte // written to the client's socket buffer later
-	inv    *invocation
-	up     *laneUp
-	h      fasthttp.RequestHeader
-	events uint32
-	gen    uint32 // of its epoll registration
+	fd int
+	ip string
+	// trusted: ip is one of the router's trusted proxies (Config.TrustedProxies),
+	// told once, not for each request.
+	trusted bool
+	in      []byte // read, not yet answered
+	reqLen  int    // bytes of in that the request in flight took
+	out     []byte // written to the client's socket buffer later
+	inv     *invocation
+	up      *laneUp
+	h       fasthttp.RequestHeader
+	events  uint32
+	gen     uint32 // of its epoll registration
 	// headSent: the answer's head went to the client (a failure can no
 	// longer be answered with an error).
 	headSent bool
@@ -742,6 +745,7 @@ func (lp *loop) accept() {
 		case *syscall.SockaddrInet6:
 			c.ip = net.IP(a.Addr[:]).String()
 		}
+		c.trusted = lp.lane.rt.trusts(c.ip)
 		c.events = syscall.EPOLLIN | syscall.EPOLLRDHUP
 		c.gen = lp.nextGen()
 		if err := lp.ctl(syscall.EPOLL_CTL_ADD, fd, c.events, c.gen); err != nil {
@@ -973,7 +977,7 @@ func (lp *loop) start(c *laneClient, end int) handoffReason {
 		return served
 	}
 	u.c = c
-	u.out = appendRequestHead(u.out[:0], rh, inv, c.ip, false, rt.trusts(c.ip))
+	u.out = appendRequestHead(u.out[:0], rh, inv, c.ip, false, c.trusted)
 	if cl > 0 {
 		u.out = append(u.out, "Content-Length: "...)
 		u.out = fasthttp.AppendUint(u.out, cl)
@@ -1624,7 +1628,7 @@ func (l *Lane) adopt(hj net.Conn, hc *httpserve.Conn, pc *prefixConn) {
 // adopt serves fd, a connection the server gave back, from this loop.
 func (lp *loop) adopt(fd int, ip string, pre []byte) {
 	_ = syscall.SetNonblock(fd, true)
-	c := &laneClient{fd: fd, ip: ip, served: true, lastActive: lp.now,
+	c := &laneClient{fd: fd, ip: ip, trusted: lp.lane.rt.trusts(ip), served: true, lastActive: lp.now,
 		events: syscall.EPOLLIN | syscall.EPOLLRDHUP, gen: lp.nextGen()}
 	if len(pre) > 0 {
 		lp.takeBuf(c)
