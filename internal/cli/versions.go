@@ -65,7 +65,7 @@ its instances finish the requests they have and stop, and its bundle goes
 at the next collection unless another version has the same code. Its log
 lines stay. Its number is never given again. Roll back, change the traffic
 or move the tag first to delete one that is.`,
-		Args:  cobra.ExactArgs(2),
+		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			version, err := versionArg(args[1])
 			if err != nil {
