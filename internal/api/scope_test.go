@@ -17,6 +17,7 @@ import (
 // TestEveryRouteHasItsScope, so none is served without a decision.
 var routeScopes = map[string]auth.Scope{
 	"GET /api/v1/whoami":                                 anyScope,
+	"GET /api/v1/usage":                                  auth.ScopeRead,
 	"GET /api/v1/functions":                              auth.ScopeRead,
 	"GET /api/v1/functions/{name}":                       auth.ScopeRead,
 	"PUT /api/v1/functions/{name}":                       auth.ScopeDeploy,

@@ -93,6 +93,7 @@ func NewRoot(env Env) *cobra.Command {
 		newKVCmd(conn),
 		newLoginCmd(conn),
 		newWhoamiCmd(conn),
+		newUsageCmd(conn),
 		newUserCmd(conn),
 		newTokenCmd(conn),
 		newVersionCmd(),

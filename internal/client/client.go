@@ -410,6 +410,18 @@ func (c *Client) Tokens(ctx context.Context, user string) ([]api.TokenView, erro
 	return out.Tokens, err
 }
 
+// Usage reports the caller's use of their budgets (or, for an admin,
+// user's).
+func (c *Client) Usage(ctx context.Context, user string) (api.UsageView, error) {
+	var out api.UsageView
+	var q url.Values
+	if user != "" {
+		q = url.Values{"user": {user}}
+	}
+	err := c.do(ctx, "GET", "/api/v1/usage", q, nil, "", &out)
+	return out, err
+}
+
 // RevokeToken revokes a token by id.
 func (c *Client) RevokeToken(ctx context.Context, id string) error {
 	return c.do(ctx, "DELETE", "/api/v1/tokens/"+url.PathEscape(id), nil, nil, "", nil)
