@@ -36,6 +36,7 @@ type Functions interface {
 	Rollback(ctx context.Context, owner, name string, version int64) (store.Function, error)
 	SetTraffic(ctx context.Context, owner, name string, split []store.Split) (store.Function, error)
 	SetTag(ctx context.Context, owner, name, tag string, version int64) (store.Function, error)
+	DeleteVersion(ctx context.Context, owner, name string, version int64) error
 	Delete(ctx context.Context, owner, name string) error
 	Get(ctx context.Context, owner, name string) (store.Function, error)
 	List(ctx context.Context, owner string, page store.Page) ([]store.Function, error)
@@ -177,6 +178,7 @@ func (a *API) routes() []route {
 		{"DELETE", "/api/v1/functions/{name}", deploy, reads(a.deleteFunction, "owner")},
 		{"GET", "/api/v1/functions/{name}/logs", read, reads(a.functionLogs, "owner", "since", "version", "after", "limit", "follow")},
 		{"GET", "/api/v1/functions/{name}/versions", read, reads(a.listVersions, "owner")},
+		{"DELETE", "/api/v1/functions/{name}/versions/{version}", deploy, reads(a.deleteVersion, "owner")},
 		{"POST", "/api/v1/functions/{name}/rollback", deploy, reads(a.rollback, "owner")},
 		{"POST", "/api/v1/functions/{name}/scheduled", deploy, reads(a.runScheduled, "owner")},
 		{"PUT", "/api/v1/functions/{name}/traffic", deploy, reads(a.setTraffic, "owner")},

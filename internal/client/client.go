@@ -599,6 +599,13 @@ func (c *Client) Versions(ctx context.Context, owner, name string) ([]api.Versio
 	return out.Versions, err
 }
 
+// DeleteVersion deletes one version of a function, which nothing may
+// route to (not live, in no traffic split, named by no tag).
+func (c *Client) DeleteVersion(ctx context.Context, owner, name string, version int64) error {
+	path := "/api/v1/functions/" + url.PathEscape(name) + "/versions/" + strconv.FormatInt(version, 10)
+	return c.do(ctx, "DELETE", path, ownerQuery(owner), nil, "", nil)
+}
+
 // Rollback makes an earlier version live (0: the one before the live one).
 func (c *Client) Rollback(ctx context.Context, owner, name string, version int64) (api.FunctionView, error) {
 	var v api.FunctionView
