@@ -95,6 +95,8 @@ func NewRoot(env Env) *cobra.Command {
 		newWhoamiCmd(conn),
 		newUserCmd(conn),
 		newTokenCmd(conn),
+		newBackupCmd(conn),
+		newRestoreCmd(),
 		newVersionCmd(),
 	)
 	argsAreInput(root)
