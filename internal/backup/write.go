@@ -133,6 +133,8 @@ func (src *Source) Write(ctx context.Context, w io.Writer, o Options) error {
 	}
 
 	cw := &ctxWriter{ctx: ctx, w: w}
+	// BestSpeed: twice the default's speed (about 100 MB/s of data on
+	// one core) for an archive a few percent larger.
 	zw, _ := gzip.NewWriterLevel(cw, gzip.BestSpeed)
 	tw := tar.NewWriter(zw)
 	manifest, _ := json.MarshalIndent(m, "", "  ")
