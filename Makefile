@@ -32,8 +32,10 @@ build: $(DENO) bin/spry
 bin/spry: FORCE
 	$(GO) build -o bin/spry ./cmd/spry
 
+# npm ci installs exactly what the lockfile pins and fails, rather than
+# rewriting it, when package.json and the lockfile disagree.
 $(DENO): runtimes/package.json runtimes/package-lock.json
-	cd runtimes && npm install --no-audit --no-fund --loglevel=error
+	cd runtimes && npm ci --no-audit --no-fund --loglevel=error
 	@test -x $(DENO) || { echo "npm did not install the Deno binary at $(DENO)"; exit 1; }
 	@test -x $(NODE) || { echo "npm did not install the Node binary at $(NODE)"; exit 1; }
 	touch $(DENO)

@@ -31,6 +31,9 @@ var managementEndpoints = []endpoint{
 	{"PATCH", "/api/v1/functions/{name}?owner={owner}", `{"env":{"X":"1"}}`},
 	{"GET", "/api/v1/functions/{name}/logs?owner={owner}", ""},
 	{"GET", "/api/v1/functions/{name}/versions?owner={owner}", ""},
+	// Neither live nor tagged when it comes: the deploy before each call
+	// makes a new live version, and tags come below.
+	{"DELETE", "/api/v1/functions/{name}/versions/2?owner={owner}", ""},
 	{"POST", "/api/v1/functions/{name}/rollback?owner={owner}", `{"version":1}`},
 	{"PUT", "/api/v1/functions/{name}/traffic?owner={owner}", `{"1":100}`},
 	{"PUT", "/api/v1/functions/{name}/tags/canary?owner={owner}", `{"version":1}`},

@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"os/exec"
 	"regexp"
 	"strings"
 	"sync"
@@ -56,11 +57,12 @@ const kvFunction = `export default {
 };
 `
 
-// TestKV: ctx.kv, in both runtimes, for real: a function's entries last
-// across requests, instances, deploys and a restart of the server; each
-// function sees its own only; values are JSON, listed by prefix in
-// pages, and may expire; bad input and the namespace's bound are errors
-// the code can catch; and a deleted function's entries go with it.
+// TestKV: ctx.kv, in both runtimes, for real (under gVisor too): a
+// function's entries last across requests, instances, deploys and a
+// restart of the server; each function sees its own only; values are
+// JSON, listed by prefix in pages, and may expire; bad input and the
+// namespace's bound are errors the code can catch; and a deleted
+// function's entries go with it.
 func TestKV(t *testing.T) {
 	s := startServer(t, "--kv-max-bytes", "150000")
 	call := func(fn, path, body string) (int, string) {
@@ -189,13 +191,27 @@ func TestKV(t *testing.T) {
 		t.Errorf("bob's own kv-deno, which he does not have: %d %s", r.status, r.body)
 	}
 
-	// Under gVisor ctx.kv is not there, and says so at once.
-	if r := s.putCode(s.token, "kv-gvisor", []byte(kvFunction), "isolation=gvisor"); r.status != 201 {
-		t.Fatalf("deploy under gVisor: %d %s", r.status, r.body)
-	}
-	if st, got := call("kv-gvisor", "get", ""); st != 400 || !strings.Contains(got, "ctx.kv: storage is not reachable") {
-		t.Errorf("ctx.kv under gVisor: %d %s", st, got)
-	}
+	// Under gVisor too, each in both runtimes: its own entries, and not
+	// kv-deno's (whose "n" is 4).
+	t.Run("gvisor", func(t *testing.T) {
+		if _, err := exec.LookPath("runsc"); err != nil {
+			t.Skip("runsc is not installed")
+		}
+		for _, rt := range []string{"deno", "node"} {
+			fn := "kv-gvisor-" + rt
+			if r := s.putCode(s.token, fn, []byte(kvFunction), "isolation=gvisor&runtime="+rt); r.status != 201 {
+				t.Fatalf("deploy under gVisor: %d %s", r.status, r.body)
+			}
+			want(fn, "get", "", 200, "null")
+			want(fn, "incr", "", 200, "1")
+			want(fn, "set?key=obj", `{"a": [1, "é"]}`, 200, `"ok"`)
+			want(fn, "get?key=obj", "", 200, `{"a":[1,"é"]}`)
+		}
+		want("kv-deno", "get", "", 200, "4")
+		if got := s.mustSpry("kv", "get", "kv-gvisor-node", "n"); got != "1\n" {
+			t.Errorf("spry kv get of an entry set under gVisor: %q", got)
+		}
+	})
 	// Code that speaks the socket's protocol itself, rather than through
 	// ctx.kv, reaches its own function's entries and no other's.
 	raw := `export default { async fetch(req, ctx) {

@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -213,4 +215,79 @@ func TestZeroDowntimeRedeploys(t *testing.T) {
 		}
 		return running == 1
 	})
+}
+
+// TestDeleteVersion: a version deployed with a secret since rotated is
+// deleted with spry versions rm; @1 then answers 404 as a version that
+// never was, its instance stops, the live version serves on, and the live
+// version itself cannot be deleted (409).
+func TestDeleteVersion(t *testing.T) {
+	s := startServer(t)
+	deploy := func(secret string) {
+		t.Helper()
+		body, _ := json.Marshal(map[string]any{
+			"code":    `export default { fetch(req, ctx) { return new Response(ctx.version + " " + ctx.env.KEY); } }`,
+			"secrets": map[string]string{"KEY": secret},
+		})
+		if r := s.do("PUT", "/api/v1/functions/rot", s.token, bytes.NewReader(body), map[string]string{"Content-Type": "application/json"}); r.status/100 != 2 {
+			t.Fatalf("deploy with secret %s: %d %s", secret, r.status, r.body)
+		}
+	}
+	deploy("secret-A")
+	deploy("secret-B")
+	if r := s.get("/fn/admin/rot@1/"); r.status != 200 || string(r.body) != "1 secret-A" {
+		t.Fatalf("@1 before rm: %d %q", r.status, r.body)
+	}
+	if r := s.get("/fn/admin/rot/"); r.status != 200 || string(r.body) != "2 secret-B" {
+		t.Fatalf("live before rm: %d %q", r.status, r.body)
+	}
+	running := func() int {
+		r := s.do("GET", "/metrics", s.token, nil, nil)
+		n := 0
+		for _, l := range strings.Split(string(r.body), "\n") {
+			if strings.HasPrefix(l, `spry_instances{function="rot"`) && (strings.Contains(l, `state="idle"`) || strings.Contains(l, `state="busy"`)) {
+				f := strings.Fields(l)
+				k, _ := strconv.Atoi(f[len(f)-1])
+				n += k
+			}
+		}
+		return n
+	}
+	if n := running(); n != 2 {
+		t.Fatalf("%d instances of rot before rm, want 2 (one per version)", n)
+	}
+
+	if out := s.mustSpry("versions", "rm", "rot", "1"); !strings.Contains(out, "removed version 1 of rot") {
+		t.Fatalf("versions rm: %q", out)
+	}
+	never := s.get("/fn/admin/rot@7/")
+	r := s.get("/fn/admin/rot@1/")
+	if r.status != 404 || never.status != 404 || r.errorCode(t) != "not_found" || strings.Contains(string(r.body), "secret-A") {
+		t.Fatalf("@1 after rm: %d %s; a version that never was: %d %s", r.status, r.body, never.status, never.body)
+	}
+	if r := s.get("/fn/admin/rot/"); r.status != 200 || string(r.body) != "2 secret-B" {
+		t.Fatalf("live after rm: %d %q", r.status, r.body)
+	}
+	if r := s.get("/fn/admin/rot@2/"); r.status != 200 || string(r.body) != "2 secret-B" {
+		t.Fatalf("@2 after rm: %d %q", r.status, r.body)
+	}
+	if out := s.mustSpry("versions", "rot"); len(lines(out)) != 2 || !strings.HasPrefix(lines(out)[1], "2 ") {
+		t.Fatalf("versions after rm:\n%s", out)
+	}
+	// Version 1's instance drains and stops; version 2's serves on.
+	eventually(t, 10*time.Second, "the deleted version's instance to stop", func() bool { return running() == 1 })
+
+	// The live version is refused: 409 over the API, exit 5 from the CLI.
+	r = s.do("DELETE", "/api/v1/functions/rot/versions/2", s.token, nil, nil)
+	if r.status != 409 || r.errorCode(t) != "conflict" || !strings.Contains(string(r.body), "is live") {
+		t.Fatalf("DELETE of the live version: %d %s", r.status, r.body)
+	}
+	if _, errOut, code := s.spry("", "versions", "rm", "rot", "2"); code != 5 || !strings.Contains(errOut, "is live") {
+		t.Fatalf("versions rm of the live version: exit %d %s", code, errOut)
+	}
+	// Numbers are not given again.
+	deploy("secret-C")
+	if r := s.get("/fn/admin/rot/"); string(r.body) != "3 secret-C" {
+		t.Fatalf("the deploy after rm: %q", r.body)
+	}
 }

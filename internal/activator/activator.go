@@ -667,6 +667,25 @@ func (a *Activator) startLocked(rev *revision, evict bool) error {
 	return nil
 }
 
+// OwnerUsage is what one owner's instances count against their quotas:
+// instances starting, running or stopping, the sum of their memory
+// limits, and the bounds of both (0: none).
+type OwnerUsage struct {
+	Instances, MaxInstances int
+	MemoryMiB, MaxMemoryMiB int
+}
+
+// OwnerUsage reports what owner's instances count against its quotas,
+// as reserve counts them: the totals kept with every start and end, read
+// under the leaf lock that guards them, so it is cheap to ask often.
+func (a *Activator) OwnerUsage(owner string) OwnerUsage {
+	a.quotaMu.Lock()
+	use := a.owned[owner]
+	a.quotaMu.Unlock()
+	return OwnerUsage{Instances: use.instances, MaxInstances: a.cfg.MaxInstancesPerOwner,
+		MemoryMiB: use.memoryMiB, MaxMemoryMiB: a.cfg.MaxMemoryPerOwnerMiB}
+}
+
 // track counts a goroutine about to start or stop an instance, unless the
 // activator is closed.
 func (a *Activator) track() bool {

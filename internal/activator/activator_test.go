@@ -828,14 +828,11 @@ func TestOwnerMemoryQuotaMinAndRelease(t *testing.T) {
 	// The watch gives the memory back once it has seen the end.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		a.quotaMu.Lock()
-		used := a.owned["alice"].memoryMiB
-		a.quotaMu.Unlock()
-		if used == 512 {
+		if used := a.OwnerUsage("alice").MemoryMiB; used == 512 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("alice's instances hold %d MiB after one of two ended, want 512", used)
+			t.Fatalf("alice's instances hold %d MiB after one of two ended, want 512", a.OwnerUsage("alice").MemoryMiB)
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -845,10 +842,11 @@ func TestOwnerMemoryQuotaMinAndRelease(t *testing.T) {
 	}
 	l.Release()
 	a.settle()
-	a.quotaMu.Lock()
-	defer a.quotaMu.Unlock()
-	if got := a.owned["alice"]; got != (ownerUse{instances: 2, memoryMiB: 640}) {
-		t.Fatalf("alice's use = %+v, want 2 instances of 640 MiB", got)
+	if got, want := a.OwnerUsage("alice"), (OwnerUsage{Instances: 2, MemoryMiB: 640, MaxMemoryMiB: 1024}); got != want {
+		t.Fatalf("alice's use = %+v, want %+v", got, want)
+	}
+	if got := a.OwnerUsage("bob"); got != (OwnerUsage{MaxMemoryMiB: 1024}) {
+		t.Fatalf("bob's use = %+v, want none", got)
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/spry-run/spry/internal/activator"
 	"github.com/spry-run/spry/internal/auth"
 	"github.com/spry-run/spry/internal/backend"
 	"github.com/spry-run/spry/internal/errdefs"
@@ -35,9 +36,13 @@ type Functions interface {
 	Rollback(ctx context.Context, owner, name string, version int64) (store.Function, error)
 	SetTraffic(ctx context.Context, owner, name string, split []store.Split) (store.Function, error)
 	SetTag(ctx context.Context, owner, name, tag string, version int64) (store.Function, error)
+	DeleteVersion(ctx context.Context, owner, name string, version int64) error
 	Delete(ctx context.Context, owner, name string) error
 	Get(ctx context.Context, owner, name string) (store.Function, error)
 	List(ctx context.Context, owner string, page store.Page) ([]store.Function, error)
+	// Count returns how many functions owner has and how many one owner
+	// may have (0: no limit).
+	Count(ctx context.Context, owner string) (n, limit int, err error)
 }
 
 // Authenticator checks tokens and issues new ones.
@@ -49,9 +54,11 @@ type Authenticator interface {
 	CreateUser(ctx context.Context, u store.User, name string, opt auth.TokenOptions) (string, store.Token, error)
 }
 
-// Instances reports running instances per version key.
+// Instances reports running instances per version key, and what each
+// owner's instances count against their quotas.
 type Instances interface {
 	Counts() map[string]int
+	OwnerUsage(owner string) activator.OwnerUsage
 }
 
 // Config is the API's setup.
@@ -156,10 +163,10 @@ const anyScope auth.Scope = "any"
 
 // routes are the API's routes. Each handler names the query parameters
 // it reads (see reads); the deploy checks its own, which depend on its
-// body. Scopes: reads of functions need read, changes to them deploy,
-// users, tokens and backups all (a token never manages tokens unless it
-// has every right; a backup holds every token's hash and the secrets'
-// key).
+// body. Scopes: reads of functions, and of one's usage, need read,
+// changes to functions deploy, users, tokens and backups all (a token
+// never manages tokens unless it has every right; a backup holds every
+// token's hash and the secrets' key).
 func (a *API) routes() []route {
 	const (
 		read   = auth.ScopeRead
@@ -168,6 +175,7 @@ func (a *API) routes() []route {
 	)
 	return []route{
 		{"GET", "/api/v1/whoami", anyScope, reads(a.whoami)},
+		{"GET", "/api/v1/usage", read, reads(a.usage, "user")},
 		{"GET", "/api/v1/functions", read, reads(a.listFunctions, "owner", "limit", "after")},
 		{"GET", "/api/v1/functions/{name}", read, reads(a.getFunction, "owner")},
 		{"PUT", "/api/v1/functions/{name}", deploy, a.deployFunction},
@@ -175,6 +183,7 @@ func (a *API) routes() []route {
 		{"DELETE", "/api/v1/functions/{name}", deploy, reads(a.deleteFunction, "owner")},
 		{"GET", "/api/v1/functions/{name}/logs", read, reads(a.functionLogs, "owner", "since", "version", "after", "limit", "follow")},
 		{"GET", "/api/v1/functions/{name}/versions", read, reads(a.listVersions, "owner")},
+		{"DELETE", "/api/v1/functions/{name}/versions/{version}", deploy, reads(a.deleteVersion, "owner")},
 		{"POST", "/api/v1/functions/{name}/rollback", deploy, reads(a.rollback, "owner")},
 		{"POST", "/api/v1/functions/{name}/scheduled", deploy, reads(a.runScheduled, "owner")},
 		{"PUT", "/api/v1/functions/{name}/traffic", deploy, reads(a.setTraffic, "owner")},

@@ -21,6 +21,10 @@ type KV interface {
 	DeleteIf(ctx context.Context, fn, key string, pre *kv.Precondition) error
 	List(ctx context.Context, fn, prefix, cursor string, limit int) ([]kv.Entry, string, error)
 	Used(ctx context.Context, fn string) (int64, error)
+	// OwnerUsed is what all of owner's functions' entries hold, and
+	// MaxBytesPerOwner its bound (0: none).
+	OwnerUsed(ctx context.Context, owner string) (int64, error)
+	MaxBytesPerOwner() int64
 }
 
 // KVList is the answer to GET .../kv: a page of entries, the cursor of

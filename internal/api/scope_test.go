@@ -16,31 +16,33 @@ import (
 // second time: a route added to the API without its line here fails
 // TestEveryRouteHasItsScope, so none is served without a decision.
 var routeScopes = map[string]auth.Scope{
-	"GET /api/v1/whoami":                          anyScope,
-	"GET /api/v1/functions":                       auth.ScopeRead,
-	"GET /api/v1/functions/{name}":                auth.ScopeRead,
-	"PUT /api/v1/functions/{name}":                auth.ScopeDeploy,
-	"PATCH /api/v1/functions/{name}":              auth.ScopeDeploy,
-	"DELETE /api/v1/functions/{name}":             auth.ScopeDeploy,
-	"GET /api/v1/functions/{name}/logs":           auth.ScopeRead,
-	"GET /api/v1/functions/{name}/versions":       auth.ScopeRead,
-	"POST /api/v1/functions/{name}/rollback":      auth.ScopeDeploy,
-	"POST /api/v1/functions/{name}/scheduled":     auth.ScopeDeploy,
-	"PUT /api/v1/functions/{name}/traffic":        auth.ScopeDeploy,
-	"PUT /api/v1/functions/{name}/tags/{tag}":     auth.ScopeDeploy,
-	"DELETE /api/v1/functions/{name}/tags/{tag}":  auth.ScopeDeploy,
-	"GET /api/v1/functions/{name}/kv":             auth.ScopeRead,
-	"GET /api/v1/functions/{name}/kv/{key...}":    auth.ScopeRead,
-	"PUT /api/v1/functions/{name}/kv/{key...}":    auth.ScopeDeploy,
-	"DELETE /api/v1/functions/{name}/kv/{key...}": auth.ScopeDeploy,
-	"GET /api/v1/users":                           auth.ScopeAll,
-	"POST /api/v1/users":                          auth.ScopeAll,
-	"GET /api/v1/users/{name}":                    auth.ScopeAll,
-	"DELETE /api/v1/users/{name}":                 auth.ScopeAll,
-	"GET /api/v1/tokens":                          auth.ScopeAll,
-	"POST /api/v1/tokens":                         auth.ScopeAll,
-	"DELETE /api/v1/tokens/{id}":                  auth.ScopeAll,
-	"GET /api/v1/backup":                          auth.ScopeAll,
+	"GET /api/v1/whoami":                                 anyScope,
+	"GET /api/v1/usage":                                  auth.ScopeRead,
+	"GET /api/v1/functions":                              auth.ScopeRead,
+	"GET /api/v1/functions/{name}":                       auth.ScopeRead,
+	"PUT /api/v1/functions/{name}":                       auth.ScopeDeploy,
+	"PATCH /api/v1/functions/{name}":                     auth.ScopeDeploy,
+	"DELETE /api/v1/functions/{name}":                    auth.ScopeDeploy,
+	"GET /api/v1/functions/{name}/logs":                  auth.ScopeRead,
+	"GET /api/v1/functions/{name}/versions":              auth.ScopeRead,
+	"DELETE /api/v1/functions/{name}/versions/{version}": auth.ScopeDeploy,
+	"POST /api/v1/functions/{name}/rollback":             auth.ScopeDeploy,
+	"POST /api/v1/functions/{name}/scheduled":            auth.ScopeDeploy,
+	"PUT /api/v1/functions/{name}/traffic":               auth.ScopeDeploy,
+	"PUT /api/v1/functions/{name}/tags/{tag}":            auth.ScopeDeploy,
+	"DELETE /api/v1/functions/{name}/tags/{tag}":         auth.ScopeDeploy,
+	"GET /api/v1/functions/{name}/kv":                    auth.ScopeRead,
+	"GET /api/v1/functions/{name}/kv/{key...}":           auth.ScopeRead,
+	"PUT /api/v1/functions/{name}/kv/{key...}":           auth.ScopeDeploy,
+	"DELETE /api/v1/functions/{name}/kv/{key...}":        auth.ScopeDeploy,
+	"GET /api/v1/users":                                  auth.ScopeAll,
+	"POST /api/v1/users":                                 auth.ScopeAll,
+	"GET /api/v1/users/{name}":                           auth.ScopeAll,
+	"DELETE /api/v1/users/{name}":                        auth.ScopeAll,
+	"GET /api/v1/tokens":                                 auth.ScopeAll,
+	"POST /api/v1/tokens":                                auth.ScopeAll,
+	"DELETE /api/v1/tokens/{id}":                         auth.ScopeAll,
+	"GET /api/v1/backup":                                 auth.ScopeAll,
 }
 
 // Every route the API serves has the scope decided above, and every
@@ -77,7 +79,7 @@ func TestEveryRouteHasItsScope(t *testing.T) {
 		e.mustDo(e.admin, "POST", "/api/v1/tokens", `{"name":"`+string(sc)+`","scopes":["`+string(sc)+`"]}`, http.StatusCreated, &tok)
 		tokens[sc] = tok.Token
 	}
-	fill := strings.NewReplacer("/users/{name}", "/users/nobody", "{name}", "nofn", "{tag}", "t", "{key...}", "k", "{id}", "0000000000000000")
+	fill := strings.NewReplacer("/users/{name}", "/users/nobody", "{name}", "nofn", "{tag}", "t", "{version}", "1", "{key...}", "k", "{id}", "0000000000000000")
 	for _, rt := range routes {
 		for _, held := range auth.Scopes {
 			t.Run(rt.method+" "+rt.pattern+" as "+string(held), func(t *testing.T) {

@@ -55,6 +55,24 @@ func (a *API) listVersions(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, map[string]any{"versions": out})
 }
 
+// deleteVersion deletes one version that nothing routes to (204); the
+// live one, or one a traffic split or tag names, is a 409 saying which.
+func (a *API) deleteVersion(w http.ResponseWriter, r *http.Request) error {
+	owner, name, err := a.target(r)
+	if err != nil {
+		return err
+	}
+	n, ok := functions.ParseVersion(r.PathValue("version"))
+	if !ok {
+		return errdefs.Invalid("%q is not a version number: write it in decimal, without sign or leading zeros", r.PathValue("version"))
+	}
+	if err := a.fns.DeleteVersion(r.Context(), owner, name, n); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
 // RollbackBody is the body of POST .../rollback; version 0 (or none)
 // means the version before the live one.
 type RollbackBody struct {

@@ -93,6 +93,7 @@ func NewRoot(env Env) *cobra.Command {
 		newKVCmd(conn),
 		newLoginCmd(conn),
 		newWhoamiCmd(conn),
+		newUsageCmd(conn),
 		newUserCmd(conn),
 		newTokenCmd(conn),
 		newBackupCmd(conn),
@@ -106,8 +107,10 @@ func NewRoot(env Env) *cobra.Command {
 // argsAreInput makes wrong arguments bad input (exit 2) throughout the
 // tree, as flags are: cobra's own errors have no class (exit 1), and a
 // group given a subcommand it does not know printed its help and exited 0.
+// A command with subcommands that takes arguments of its own (versions
+// NAME, besides versions rm) says so with its Args, and is checked by them.
 func argsAreInput(c *cobra.Command) {
-	if c.HasSubCommands() {
+	if c.HasSubCommands() && c.Args == nil {
 		if c.SuggestionsMinimumDistance <= 0 {
 			c.SuggestionsMinimumDistance = 2 // cobra's default, set only on its own path
 		}

@@ -48,9 +48,49 @@ func newVersionsCmd(conn *connFlags) *cobra.Command {
 			return tw.Flush()
 		},
 	}
-	cmd.Flags().StringVar(&owner, "owner", "", "the function's owner (admin only)")
+	// Persistent: rm takes it too.
+	cmd.PersistentFlags().StringVar(&owner, "owner", "", "the function's owner (admin only)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.AddCommand(newVersionsRmCmd(conn, &owner))
 	return cmd
+}
+
+func newVersionsRmCmd(conn *connFlags, owner *string) *cobra.Command {
+	return &cobra.Command{
+		Use:   "rm NAME VERSION",
+		Short: "Delete a version that is not live, in a traffic split or tagged",
+		Long: `Delete a version that is not live, in a traffic split or tagged: its record,
+env and sealed secrets go at once, /fn/<owner>/<name>@VERSION/ answers 404,
+its instances finish the requests they have and stop, and its bundle goes
+at the next collection unless another version has the same code. Its log
+lines stay. Its number is never given again. Roll back, change the traffic
+or move the tag first to delete one that is.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			version, err := versionArg(args[1])
+			if err != nil {
+				return err
+			}
+			c, err := conn.client()
+			if err != nil {
+				return err
+			}
+			if err := c.DeleteVersion(cmd.Context(), *owner, args[0], version); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed version %d of %s\n", version, args[0])
+			return nil
+		},
+	}
+}
+
+// versionArg reads a version number given as an argument.
+func versionArg(s string) (int64, error) {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, errdefs.Invalid("version %q is not a positive number", s)
+	}
+	return n, nil
 }
 
 func shortDigest(d string) string {
@@ -69,9 +109,9 @@ func newRollbackCmd(conn *connFlags) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var version int64
 			if len(args) == 2 {
-				n, err := strconv.ParseInt(args[1], 10, 64)
-				if err != nil || n <= 0 {
-					return errdefs.Invalid("version %q is not a positive number", args[1])
+				n, err := versionArg(args[1])
+				if err != nil {
+					return err
 				}
 				version = n
 			}
@@ -143,9 +183,9 @@ func newTagCmd(conn *connFlags) *cobra.Command {
 			switch {
 			case remove && len(args) == 2:
 			case !remove && len(args) == 3:
-				n, err := strconv.ParseInt(args[2], 10, 64)
-				if err != nil || n <= 0 {
-					return errdefs.Invalid("version %q is not a positive number", args[2])
+				n, err := versionArg(args[2])
+				if err != nil {
+					return err
 				}
 				version = n
 			default:

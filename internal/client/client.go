@@ -410,6 +410,18 @@ func (c *Client) Tokens(ctx context.Context, user string) ([]api.TokenView, erro
 	return out.Tokens, err
 }
 
+// Usage reports the caller's use of their budgets (or, for an admin,
+// user's).
+func (c *Client) Usage(ctx context.Context, user string) (api.UsageView, error) {
+	var out api.UsageView
+	var q url.Values
+	if user != "" {
+		q = url.Values{"user": {user}}
+	}
+	err := c.do(ctx, "GET", "/api/v1/usage", q, nil, "", &out)
+	return out, err
+}
+
 // RevokeToken revokes a token by id.
 func (c *Client) RevokeToken(ctx context.Context, id string) error {
 	return c.do(ctx, "DELETE", "/api/v1/tokens/"+url.PathEscape(id), nil, nil, "", nil)
@@ -644,6 +656,13 @@ func (c *Client) Versions(ctx context.Context, owner, name string) ([]api.Versio
 	}
 	err := c.do(ctx, "GET", "/api/v1/functions/"+url.PathEscape(name)+"/versions", ownerQuery(owner), nil, "", &out)
 	return out.Versions, err
+}
+
+// DeleteVersion deletes one version of a function, which nothing may
+// route to (not live, in no traffic split, named by no tag).
+func (c *Client) DeleteVersion(ctx context.Context, owner, name string, version int64) error {
+	path := "/api/v1/functions/" + url.PathEscape(name) + "/versions/" + strconv.FormatInt(version, 10)
+	return c.do(ctx, "DELETE", path, ownerQuery(owner), nil, "", nil)
 }
 
 // Rollback makes an earlier version live (0: the one before the live one).

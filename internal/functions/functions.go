@@ -563,6 +563,13 @@ func (s *Service) sameConfig(owner, name string, cur, next store.Config, set map
 	return true
 }
 
+// Count returns how many functions owner has, as checkFunctionQuota
+// counts them, and how many one owner may have (0: no limit).
+func (s *Service) Count(ctx context.Context, owner string) (n, limit int, err error) {
+	n, err = s.store.CountFunctions(ctx, owner)
+	return n, max(s.cfg.MaxFunctionsPerOwner, 0), err
+}
+
 // checkFunctionQuota refuses a new function to an owner at the limit.
 // Deploys are serialised by deployMu, so the count cannot go stale
 // before the new function is stored.

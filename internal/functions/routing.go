@@ -428,6 +428,26 @@ func (s *Service) Rollback(ctx context.Context, owner, name string, version int6
 	return s.reload(ctx, owner, name)
 }
 
+// DeleteVersion deletes one version of a function: not the live one, nor
+// one its traffic split or a tag names (the store refuses those, in the
+// transaction that deletes). Its instances are retired as a deploy retires
+// the versions it replaces, by making the routing without it live: they
+// finish the requests they have and stop, and a request for it by number
+// finds nothing. Its bundle goes at the blob collector's next pass if no
+// other version names it; its log lines stay, to age out as others do.
+func (s *Service) DeleteVersion(ctx context.Context, owner, name string, version int64) error {
+	s.deployMu.Lock()
+	defer s.deployMu.Unlock()
+	if err := s.store.DeleteVersion(ctx, owner, name, version, s.cfg.Now()); err != nil {
+		return err
+	}
+	if _, err := s.reload(ctx, owner, name); err != nil {
+		return err
+	}
+	s.log.Info("deleted version", "owner", owner, "function", name, "version", version)
+	return nil
+}
+
 // reload follows a committed change of the routing into the cache, so it
 // does so even if the client hangs up: else the router would go on
 // serving what the store no longer says.

@@ -762,6 +762,10 @@ func (s *Store) Used(ctx context.Context, fn string) (int64, error) {
 	return used, err
 }
 
+// MaxBytesPerOwner is the bound of all of one owner's namespaces
+// together (Options.MaxBytesPerOwner; 0: none).
+func (s *Store) MaxBytesPerOwner() int64 { return s.maxOwner }
+
 // OwnerUsed returns what all of owner's namespaces hold together, as far
 // as their owner is recorded, in bytes.
 func (s *Store) OwnerUsed(ctx context.Context, owner string) (int64, error) {

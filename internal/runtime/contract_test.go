@@ -2,6 +2,7 @@ package runtime_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -20,6 +21,7 @@ import (
 	"github.com/spry-run/spry/internal/kv"
 	"github.com/spry-run/spry/internal/runtime"
 	"github.com/spry-run/spry/internal/runtime/runtimetest"
+	"github.com/spry-run/spry/internal/sandbox"
 )
 
 // runtimes are the runtimes every contract test runs on, with the first
@@ -527,6 +529,72 @@ func TestContractKV(t *testing.T) {
 		<-inst.Done()
 		if ex := inst.Exit(); ex.Reason != backend.ExitStopped {
 			t.Errorf("exit = %+v", ex)
+		}
+	})
+}
+
+// ctx.kv works under either isolation, gVisor's too, through the same
+// socket bound read-only at runtime.KVSocket: code that speaks its
+// protocol itself, half-closing its connection, is answered to the end,
+// and the code can neither remove, replace nor listen on the socket.
+// (Node's permission model refuses the file system calls before the
+// sandbox sees them; Deno's allows them, so there the mount refuses.)
+func TestContractKVIsolation(t *testing.T) {
+	_, runscErr := exec.LookPath("runsc")
+	eachRuntime(t, func(t *testing.T, e *nodeEnv) {
+		for _, isolation := range []string{sandbox.IsolationStandard, sandbox.IsolationGVisor} {
+			t.Run(isolation, func(t *testing.T) {
+				if isolation == sandbox.IsolationGVisor && runscErr != nil {
+					t.Skip("runsc is not installed")
+				}
+				spec := e.spec(t, `import fs from "node:fs";
+				import net from "node:net";
+				const SOCK = "`+runtime.KVSocket+`";
+				const refused = (f) => { try { f(); return ""; } catch (err) { return err.code ?? err.name; } };
+				const listen = () => new Promise((resolve) => {
+					const s = net.createServer();
+					s.on("error", (err) => resolve(err.code ?? err.name));
+					s.listen(SOCK, () => { s.close(); resolve(""); });
+				});
+				const raw = (text) => new Promise((resolve, reject) => {
+					const c = net.createConnection(SOCK, () => c.end(text));
+					let got = "";
+					c.setEncoding("utf8");
+					c.on("data", (d) => { got += d; });
+					c.on("end", () => resolve(got));
+					c.on("error", reject);
+				});
+				export default { async fetch(req, ctx) {
+					await ctx.kv.set("k", { n: 1 });
+					return Response.json({
+						remove: refused(() => fs.unlinkSync(SOCK)),
+						replace: refused(() => { fs.writeFileSync("/tmp/x", ""); fs.renameSync("/tmp/x", SOCK); }),
+						listen: await listen(),
+						raw: await raw('{"id":1,"op":"get","key":"k"}\n'),
+						after: await ctx.kv.get("k"),
+					});
+				} }`)
+				spec.Isolation = isolation
+				if isolation == sandbox.IsolationGVisor {
+					spec.Network = runtime.NetworkNone
+				}
+				inst := e.run(t, spec)
+				r := do(t, inst, "GET", "/", nil, nil)
+				var got struct {
+					Remove, Replace, Listen, Raw string
+					After                        struct{ N int }
+				}
+				if r.status != 200 || json.Unmarshal([]byte(r.body), &got) != nil {
+					t.Fatalf("got %d %s\n%s", r.status, r.body, e.logs)
+				}
+				if got.Remove == "" || got.Replace == "" || got.Listen == "" {
+					t.Errorf("the code changed its kv socket: %s", r.body)
+				}
+				if !regexp.MustCompile(`^\{"id":1,"value":\{"n":1\},"version":"[0-9a-f]{16}"\}\n$`).MatchString(got.Raw) || got.After.N != 1 {
+					t.Errorf("ctx.kv: %s", r.body)
+				}
+				t.Logf("%s", r.body)
+			})
 		}
 	})
 }

@@ -39,8 +39,9 @@ func (s *Sandbox) runsc() (string, error) {
 // gvisorCommand builds the runsc invocation for spec: an OCI bundle in
 // spec.BundleDir whose mounts mirror what bubblewrap would bind, run with
 // no network, Unix sockets the sandbox creates exposed on the host (that is
-// how the router reaches the instance), and our cgroup (joined by the exec
-// step) rather than runsc's own.
+// how the router reaches the instance) and host sockets bound in
+// connectable (ctx.kv's), and our cgroup (joined by the exec step) rather
+// than runsc's own.
 func (s *Sandbox) gvisorCommand(c *Cmd, spec Spec) ([]string, error) {
 	if spec.Network != NetworkNone {
 		return nil, fmt.Errorf("sandbox %s: gVisor isolation supports only network none", spec.Name)

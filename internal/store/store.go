@@ -8,7 +8,11 @@ package store
 
 import (
 	"context"
+	"slices"
+	"strings"
 	"time"
+
+	"github.com/spry-run/spry/internal/errdefs"
 )
 
 // User is an account. Functions live in their owner's namespace.
@@ -113,6 +117,32 @@ type Routing struct {
 	Tags map[string]int64 `json:"tags,omitempty"`
 }
 
+// InUse says why version number of function fn ("owner/name") may not be
+// deleted, live being its live version and r its routing: an ErrConflict
+// naming what holds it and what to change first, or nil. Every
+// DeleteVersion calls it in its transaction, so all refuse alike.
+func InUse(fn string, number, live int64, r Routing) error {
+	if number == live {
+		return errdefs.New(errdefs.ErrConflict, "version %d of %s is live: roll back to another version, or deploy a new one, first", number, fn)
+	}
+	for _, sp := range r.Traffic {
+		if sp.Version == number {
+			return errdefs.New(errdefs.ErrConflict, "version %d of %s takes %d%% of its traffic split: change the traffic first", number, fn, sp.Percent)
+		}
+	}
+	var tags []string
+	for t, v := range r.Tags {
+		if v == number {
+			tags = append(tags, t)
+		}
+	}
+	if len(tags) > 0 {
+		slices.Sort(tags)
+		return errdefs.New(errdefs.ErrConflict, "version %d of %s is named by tag %s: move or remove the tag first", number, fn, strings.Join(tags, ", "))
+	}
+	return nil
+}
+
 // Users stores accounts.
 type Users interface {
 	// CreateUser creates u and, in the same transaction, u's tokens:
@@ -155,7 +185,9 @@ type Functions interface {
 	// function, with the given id, if it does not exist) and makes it live,
 	// atomically, clearing any traffic split (tags stay), and deletes the
 	// versions older than the newest MaxVersions that no tag names.
-	// v.Number is ignored and assigned; the stored version is returned.
+	// v.Number is ignored and assigned, one more than the highest the
+	// function has had (deleted versions included); the stored version is
+	// returned.
 	Deploy(ctx context.Context, id string, v Version) (Version, error)
 	GetFunction(ctx context.Context, owner, name string) (Function, error)
 	// ListFunctions lists owner's functions, or everyone's if owner is "",
@@ -171,6 +203,13 @@ type Functions interface {
 	// SetLive makes an existing version live (a rollback) and clears the
 	// traffic split.
 	SetLive(ctx context.Context, owner, name string, number int64, at time.Time) error
+	// DeleteVersion deletes one version of a function, that neither its
+	// live pointer, its traffic split nor a tag names: ErrConflict, saying
+	// which, if one does. The checks and the delete are one transaction,
+	// so a rollback, split or tag racing it never comes to name a deleted
+	// version. ErrNotFound for a function or version that does not exist.
+	// Its number is not given again.
+	DeleteVersion(ctx context.Context, owner, name string, number int64, at time.Time) error
 	// SetRouting replaces a function's traffic split and tags. Every
 	// version they name must exist (else ErrNotFound, changing nothing).
 	SetRouting(ctx context.Context, owner, name string, r Routing, at time.Time) error

@@ -43,10 +43,28 @@ func (noInstances) RetireExcept(string, ...string) {}
 func (noInstances) Remove(string)                  {}
 func (noInstances) Ensure(*backend.Spec)           {}
 
+// Options change what NewWith builds.
+type Options struct {
+	// Instances is told of the functions' versions as spry serve's
+	// activator is (nil: no instance runs).
+	Instances functions.Retirer
+	// MaxFunctionsPerOwner is functions.Config's (0: no limit).
+	MaxFunctionsPerOwner int
+}
+
 // New opens the stores in t's temporary directory, closed when t ends,
 // and makes the admin user "admin" and a token for it.
 func New(t testing.TB) *Deps {
 	t.Helper()
+	return NewWith(t, Options{})
+}
+
+// NewWith is New with o.
+func NewWith(t testing.TB, o Options) *Deps {
+	t.Helper()
+	if o.Instances == nil {
+		o.Instances = noInstances{}
+	}
 	ctx := context.Background()
 	dir := t.TempDir()
 	d := &Deps{DBPath: filepath.Join(dir, "spry.db"), Dir: dir}
@@ -69,7 +87,7 @@ func New(t testing.TB) *Deps {
 		t.Fatal(err)
 	}
 	d.Store, d.Logs, d.Blobs = st, logs, blobs
-	d.Functions = functions.New(st, blobs, noInstances{}, box, logs, functions.Config{
+	d.Functions = functions.New(st, blobs, o.Instances, box, logs, functions.Config{
 		MaxCodeBytes:       1 << 20,
 		DefaultRuntime:     "deno",
 		Runtimes:           []string{"deno", "node"},
@@ -80,6 +98,8 @@ func New(t testing.TB) *Deps {
 		DefaultMaxScale:    100,
 		Bounds:             functions.Bounds{MaxMemoryMiB: 4096, MaxTimeout: time.Hour, MaxScale: 100, MaxConcurrency: 1000, MaxCPUMilli: 4000},
 		Builds:             1,
+
+		MaxFunctionsPerOwner: o.MaxFunctionsPerOwner,
 	})
 	d.Auth = auth.New(st, nil)
 	if err := st.CreateUser(ctx, store.User{Name: "admin", Admin: true, CreatedAt: time.Now()}); err != nil {

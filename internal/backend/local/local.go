@@ -826,15 +826,13 @@ func (b *Backend) spawn(ctx context.Context, key poolKey, shares uint64, givenUp
 		sandbox.Mount{Source: filepath.Join(p.dir, "code"), Dest: runtime.CodeDir},
 		sandbox.Mount{Source: sock, Dest: runtime.SocketDir, Writable: true},
 	)
-	// Not under gVisor: its runsc (Debian's 2022 one) does not bring a
-	// connection to a host socket in (connect hangs), so there ctx.kv
-	// fails at once, finding no socket.
-	if b.cfg.KV != nil && key.isolation != sandbox.IsolationGVisor {
+	if b.cfg.KV != nil {
 		if p.kv, err = listenKV(filepath.Join(p.dir, "kv.sock"), uid); err != nil {
 			return fail(err)
 		}
 		// Read-only: the sandbox connects to the socket, and can neither
-		// remove nor replace it.
+		// remove nor replace it. The same bind under gVisor: runsc's
+		// --host-uds=all (open) connects to it from inside.
 		mounts = append(mounts, sandbox.Mount{Source: filepath.Join(p.dir, "kv.sock"), Dest: runtime.KVSocket})
 		go b.serveKV(p)
 	}

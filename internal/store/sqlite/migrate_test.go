@@ -101,3 +101,27 @@ func TestMigrateTokensFromSchema2(t *testing.T) {
 		t.Fatalf("user_version = %d, %v; want %d", v, err, len(migrations))
 	}
 }
+
+// A data dir from before versions could be deleted (schema 3) opens with
+// each function's highest number remembered: the next deploy follows its
+// newest version, and deleting that one does not give its number again.
+func TestMigrateLastVersionFromSchema3(t *testing.T) {
+	s := openFromSchema(t, 3,
+		`INSERT INTO users (name, admin) VALUES ('alice', 1)`,
+		`INSERT INTO functions (owner, name, id, live_version) VALUES ('alice', 'f', 'id1', 2)`,
+		`INSERT INTO versions (owner, name, number, digest, size, config, created_by) VALUES
+			('alice', 'f', 2, 'sha256:2', 1, '{"runtime":"deno"}', 'alice'),
+			('alice', 'f', 3, 'sha256:3', 1, '{"runtime":"deno"}', 'alice')`)
+	ctx := t.Context()
+	if err := s.DeleteVersion(ctx, "alice", "f", 3, time.UnixMilli(1000)); err != nil {
+		t.Fatal(err)
+	}
+	v, err := s.Deploy(ctx, "id2", store.Version{Owner: "alice", Name: "f", Digest: "sha256:4"})
+	if err != nil || v.Number != 4 {
+		t.Fatalf("Deploy after migrating and deleting version 3: %+v, %v; want number 4", v, err)
+	}
+	var n int
+	if err := s.db.QueryRow(`PRAGMA user_version`).Scan(&n); err != nil || n != len(migrations) {
+		t.Fatalf("user_version = %d, %v; want %d", n, err, len(migrations))
+	}
+}

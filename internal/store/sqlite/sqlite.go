@@ -79,6 +79,14 @@ CREATE INDEX versions_by_digest ON versions (digest);
 ALTER TABLE tokens ADD COLUMN expires_at INTEGER;
 ALTER TABLE tokens ADD COLUMN scopes TEXT NOT NULL DEFAULT '';
 `,
+	// 4: the highest version number each function has given, so that a
+	// deleted version's (DeleteVersion) is not given again. Until now it
+	// was the highest kept, which pruning never deletes.
+	`
+ALTER TABLE functions ADD COLUMN last_version INTEGER NOT NULL DEFAULT 0;
+UPDATE functions SET last_version = (SELECT COALESCE(MAX(number), 0) FROM versions v
+	WHERE v.owner = functions.owner AND v.name = functions.name);
+`,
 }
 
 // Store is a store.Store kept in one SQLite database file. It is safe for
@@ -377,7 +385,7 @@ func (s *Store) Deploy(ctx context.Context, id string, v store.Version) (store.V
 
 	// Safe without further locking: the transaction holds the write lock.
 	if err := tx.QueryRowContext(ctx,
-		`SELECT COALESCE(MAX(number), 0) + 1 FROM versions WHERE owner = ? AND name = ?`,
+		`SELECT last_version + 1 FROM functions WHERE owner = ? AND name = ?`,
 		v.Owner, v.Name).Scan(&v.Number); err != nil {
 		return store.Version{}, errorf(ctx, err, "deploy function %q", name)
 	}
@@ -388,8 +396,8 @@ func (s *Store) Deploy(ctx context.Context, id string, v store.Version) (store.V
 		return store.Version{}, errorf(ctx, err, "version %d of function %q", v.Number, name)
 	}
 	if _, err := tx.ExecContext(ctx,
-		`UPDATE functions SET live_version = ?, updated_at = ?, routing = json_remove(routing, '$.traffic')
-		 WHERE owner = ? AND name = ?`,
+		`UPDATE functions SET live_version = ?1, last_version = ?1, updated_at = ?2, routing = json_remove(routing, '$.traffic')
+		 WHERE owner = ?3 AND name = ?4`,
 		v.Number, millis(v.CreatedAt), v.Owner, v.Name); err != nil {
 		return store.Version{}, errorf(ctx, err, "deploy function %q", name)
 	}
@@ -550,6 +558,45 @@ func (s *Store) SetLive(ctx context.Context, owner, name string, number int64, a
 		return fmt.Errorf("function %q: %w", fnName(owner, name), errdefs.ErrNotFound)
 	}
 	return err
+}
+
+func (s *Store) DeleteVersion(ctx context.Context, owner, name string, number int64, at time.Time) error {
+	fn := fnName(owner, name)
+	// Immediate: the checks and the delete hold the write lock together.
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return errorf(ctx, err, "delete version %d of function %q", number, fn)
+	}
+	defer tx.Rollback()
+	var (
+		live    int64
+		routing string
+		r       store.Routing
+	)
+	if err := tx.QueryRowContext(ctx,
+		`SELECT live_version, routing FROM functions WHERE owner = ? AND name = ?`,
+		owner, name).Scan(&live, &routing); err != nil {
+		return errorf(ctx, err, "function %q", fn)
+	}
+	if err := json.Unmarshal([]byte(routing), &r); err != nil {
+		return fmt.Errorf("decode routing of function %q: %w", fn, err)
+	}
+	if err := store.InUse(fn, number, live, r); err != nil {
+		return err
+	}
+	res, err := tx.ExecContext(ctx,
+		`DELETE FROM versions WHERE owner = ? AND name = ? AND number = ?`, owner, name, number)
+	if err := affected(ctx, res, err, "version %d of function %q", number, fn); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx,
+		`UPDATE functions SET updated_at = ? WHERE owner = ? AND name = ?`, millis(at), owner, name); err != nil {
+		return errorf(ctx, err, "delete version %d of function %q", number, fn)
+	}
+	if err := tx.Commit(); err != nil {
+		return errorf(ctx, err, "delete version %d of function %q", number, fn)
+	}
+	return nil
 }
 
 func (s *Store) SetRouting(ctx context.Context, owner, name string, r store.Routing, at time.Time) error {

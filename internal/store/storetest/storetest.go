@@ -8,8 +8,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -44,6 +46,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"NotFound", testNotFound},
 		{"ConcurrentDeploy", testConcurrentDeploy},
 		{"VersionRetention", testVersionRetention},
+		{"DeleteVersion", testDeleteVersion},
+		{"DeleteVersionRacesRouting", testDeleteVersionRacesRouting},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -795,6 +799,8 @@ func testNotFound(t *testing.T, s store.Store) {
 		{"GetVersionMissingNumber", func() error { _, err := s.GetVersion(ctx, "alice", "hello", 2); return err }},
 		{"ListVersions", func() error { _, err := s.ListVersions(ctx, "alice", "nope"); return err }},
 		{"SetLive", func() error { return s.SetLive(ctx, "alice", "nope", 1, at(2)) }},
+		{"DeleteVersionMissingFunction", func() error { return s.DeleteVersion(ctx, "alice", "nope", 1, at(2)) }},
+		{"DeleteVersionMissingNumber", func() error { return s.DeleteVersion(ctx, "alice", "hello", 2, at(2)) }},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1005,5 +1011,144 @@ func testRevokedTokensBounded(t *testing.T, s store.Store) {
 	}
 	if _, err := s.GetToken(ctx, "bobs"); err != nil {
 		t.Errorf("another user's revoked token: %v", err)
+	}
+}
+
+// DeleteVersion deletes a version no routing names, and refuses, changing
+// nothing, one that is live, in the traffic split or tagged; the number of
+// a deleted version is not given again, even the newest's.
+func testDeleteVersion(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	var vs []store.Version
+	for n := 1; n <= 6; n++ {
+		vs = append(vs, deploy(t, s, "id", version("alice", "hello", n)))
+	}
+	deploy(t, s, "id-o", version("alice", "other", 7))
+	// Live 4 with 30% to 5, 3 tagged twice; 1, 2 and 6 are free.
+	noErr(t, s.SetRouting(ctx, "alice", "hello", store.Routing{Tags: map[string]int64{"stable": 3, "old": 3}}, at(10)), "SetRouting tags")
+	noErr(t, s.SetLive(ctx, "alice", "hello", 4, at(11)), "SetLive 4")
+	fn, err := s.GetFunction(ctx, "alice", "hello")
+	noErr(t, err, "GetFunction")
+	r := fn.Routing
+	r.Traffic = []store.Split{{Version: 4, Percent: 70}, {Version: 5, Percent: 30}}
+	noErr(t, s.SetRouting(ctx, "alice", "hello", r, at(12)), "SetRouting traffic")
+
+	cases := []struct {
+		name    string
+		fn      string
+		number  int64
+		want    error  // nil: deleted
+		message string // in the error's text
+	}{
+		{"Live", "hello", 4, errdefs.ErrConflict, "version 4 of alice/hello is live"},
+		{"InTrafficSplit", "hello", 5, errdefs.ErrConflict, "30% of its traffic split"},
+		{"Tagged", "hello", 3, errdefs.ErrConflict, "tag old, stable"},
+		{"Missing", "hello", 99, errdefs.ErrNotFound, "version 99"},
+		{"Zero", "hello", 0, errdefs.ErrNotFound, "version 0"},
+		{"MissingFunction", "nope", 1, errdefs.ErrNotFound, "nope"},
+		{"Old", "hello", 1, nil, ""},
+		{"Newest", "hello", 6, nil, ""},
+		{"Again", "hello", 1, errdefs.ErrNotFound, "version 1"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := s.DeleteVersion(ctx, "alice", tc.fn, tc.number, at(20))
+			if tc.want == nil {
+				noErr(t, err, "DeleteVersion")
+				_, err := s.GetVersion(ctx, "alice", tc.fn, tc.number)
+				wantErr(t, err, errdefs.ErrNotFound, "GetVersion of a deleted version")
+				return
+			}
+			wantErr(t, err, tc.want, "DeleteVersion")
+			if !strings.Contains(err.Error(), tc.message) {
+				t.Errorf("DeleteVersion: %q does not say %q", err, tc.message)
+			}
+		})
+	}
+
+	got, err := s.ListVersions(ctx, "alice", "hello")
+	noErr(t, err, "ListVersions")
+	var numbers []int64
+	for _, v := range got {
+		numbers = append(numbers, v.Number)
+	}
+	if !slices.Equal(numbers, []int64{5, 4, 3, 2}) {
+		t.Errorf("versions after deleting 1 and 6: %v, want [5 4 3 2]", numbers)
+	}
+	fn, err = s.GetFunction(ctx, "alice", "hello")
+	noErr(t, err, "GetFunction")
+	if fn.LiveVersion != 4 || len(fn.Routing.Traffic) != 2 || len(fn.Routing.Tags) != 2 || !sameTime(fn.UpdatedAt, at(20)) {
+		t.Errorf("function after deletes: live %d, routing %+v, updated %v", fn.LiveVersion, fn.Routing, fn.UpdatedAt)
+	}
+	checkVersion(t, fn.Live, vs[3])
+	digests, err := s.Digests(ctx)
+	noErr(t, err, "Digests")
+	if digests[vs[0].Digest] || digests[vs[5].Digest] || !digests[vs[1].Digest] {
+		t.Errorf("Digests after deletes: %v; want neither %s nor %s", digests, vs[0].Digest, vs[5].Digest)
+	}
+	// The other function is untouched.
+	if _, err := s.GetVersion(ctx, "alice", "other", 1); err != nil {
+		t.Errorf("another function's version 1: %v", err)
+	}
+
+	// 6 was the newest: the next deploy is 7, not 6 again.
+	if v := deploy(t, s, "id", version("alice", "hello", 8)); v.Number != 7 {
+		t.Errorf("the deploy after deleting the newest version is number %d, want 7", v.Number)
+	}
+}
+
+// A rollback, split or tag to a version, at the same time as its
+// deletion, either wins (and the deletion is a conflict) or comes after
+// it (and finds no version): never a function whose routing names a
+// deleted version, which it could not serve.
+func testDeleteVersionRacesRouting(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	change := []struct {
+		name string
+		to   func(n int64) error
+	}{
+		{"SetLive", func(n int64) error { return s.SetLive(ctx, "alice", "hello", n, at(30)) }},
+		{"Traffic", func(n int64) error {
+			return s.SetRouting(ctx, "alice", "hello", store.Routing{Traffic: []store.Split{{Version: 1, Percent: 50}, {Version: n, Percent: 50}}}, at(30))
+		}},
+		{"Tag", func(n int64) error {
+			return s.SetRouting(ctx, "alice", "hello", store.Routing{Tags: map[string]int64{"t": n}}, at(30))
+		}},
+	}
+	deploy(t, s, "id", version("alice", "hello", 1))
+	for _, ch := range change {
+		t.Run(ch.name, func(t *testing.T) {
+			for range 10 {
+				// A version to race over, and routing back to 1 alone.
+				v := deploy(t, s, "id", version("alice", "hello", 2))
+				noErr(t, s.SetLive(ctx, "alice", "hello", 1, at(31)), "SetLive 1")
+				noErr(t, s.SetRouting(ctx, "alice", "hello", store.Routing{}, at(31)), "SetRouting none")
+				var wg sync.WaitGroup
+				start := make(chan struct{})
+				var changeErr, deleteErr error
+				wg.Go(func() { <-start; changeErr = ch.to(v.Number) })
+				wg.Go(func() { <-start; deleteErr = s.DeleteVersion(ctx, "alice", "hello", v.Number, at(30)) })
+				close(start)
+				wg.Wait()
+				switch {
+				case changeErr == nil && errors.Is(deleteErr, errdefs.ErrConflict):
+				case deleteErr == nil && errors.Is(changeErr, errdefs.ErrNotFound):
+				default:
+					t.Fatalf("%s and DeleteVersion of %d at once: %v, %v; want one to win", ch.name, v.Number, changeErr, deleteErr)
+				}
+				fn, err := s.GetFunction(ctx, "alice", "hello")
+				noErr(t, err, "GetFunction")
+				for _, n := range append([]int64{fn.LiveVersion}, slices.Collect(maps.Values(fn.Routing.Tags))...) {
+					if _, err := s.GetVersion(ctx, "alice", "hello", n); err != nil {
+						t.Fatalf("the function names version %d, which is gone: %v", n, err)
+					}
+				}
+				for _, sp := range fn.Routing.Traffic {
+					if _, err := s.GetVersion(ctx, "alice", "hello", sp.Version); err != nil {
+						t.Fatalf("the split names version %d, which is gone: %v", sp.Version, err)
+					}
+				}
+			}
+		})
 	}
 }

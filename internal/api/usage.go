@@ -1,0 +1,106 @@
+package api
+
+import (
+	"net/http"
+
+	"github.com/spry-run/spry/internal/auth"
+	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/names"
+)
+
+// Use is one budget of a user: what they use of it, and its bound, which
+// is absent (omitted from the JSON) when the server sets none.
+type Use struct {
+	Used  int64 `json:"used"`
+	Limit int64 `json:"limit,omitempty"`
+}
+
+// UsageView is the answer to GET /api/v1/usage: what one user uses of
+// each budget the server holds them to, so that they can see how near a
+// 429 or a quota_exceeded they are before they meet it.
+type UsageView struct {
+	User string `json:"user"`
+	// Functions is how many functions they have (--max-functions-per-user).
+	Functions Use `json:"functions"`
+	// Instances are their functions' instances starting, running or
+	// stopping (--max-instances-per-user).
+	Instances Use `json:"instances"`
+	// MemoryBytes is the memory limits of those instances added up
+	// (--max-memory-per-user): what they are promised, not what they
+	// use of it.
+	MemoryBytes Use `json:"memory_bytes"`
+	// KVBytes is what the ctx.kv of all of their functions holds, keys
+	// and values (--kv-max-bytes-per-user).
+	KVBytes Use `json:"kv_bytes"`
+	// Tokens are their tokens neither revoked nor expired
+	// (MaxTokensPerUser).
+	Tokens Use `json:"tokens"`
+}
+
+// usageUser is whose usage a request is about: the caller's own, or, for
+// an admin, ?user='s. Others' usage is refused as others' functions are
+// (403), whether or not the user exists.
+func usageUser(r *http.Request) (string, error) {
+	p := principal(r)
+	user := r.URL.Query().Get("user")
+	if user == "" || user == p.User {
+		return p.User, nil
+	}
+	if err := names.User(user); err != nil {
+		return "", err
+	}
+	if !p.CanManage(user) {
+		return "", errdefs.New(errdefs.ErrPermissionDenied, "you may not see the usage of user %q", user)
+	}
+	return user, nil
+}
+
+// usage answers GET /api/v1/usage from the totals the server keeps as it
+// enforces each budget: the activator's per-owner counts (read under its
+// leaf lock), the key-value store's per-owner total, an indexed count of
+// the user's functions and an indexed read of their tokens (at most
+// MaxTokensPerUser live, and the revoked not yet pruned). No lock is
+// held across a query, so it may be asked often.
+func (a *API) usage(w http.ResponseWriter, r *http.Request) error {
+	user, err := usageUser(r)
+	if err != nil {
+		return err
+	}
+	ctx := r.Context()
+	if user != principal(r).User {
+		if _, err := a.users.GetUser(ctx, user); err != nil {
+			return err
+		}
+	}
+	out := UsageView{User: user}
+	n, limit, err := a.fns.Count(ctx, user)
+	if err != nil {
+		return err
+	}
+	out.Functions = Use{Used: int64(n), Limit: int64(limit)}
+	if a.instances != nil {
+		u := a.instances.OwnerUsage(user)
+		out.Instances = Use{Used: int64(u.Instances), Limit: int64(u.MaxInstances)}
+		out.MemoryBytes = Use{Used: int64(u.MemoryMiB) << 20, Limit: int64(u.MaxMemoryMiB) << 20}
+	}
+	if a.cfg.KV != nil {
+		used, err := a.cfg.KV.OwnerUsed(ctx, user)
+		if err != nil {
+			return err
+		}
+		out.KVBytes = Use{Used: used, Limit: a.cfg.KV.MaxBytesPerOwner()}
+	}
+	ts, err := a.tokens.ListTokens(ctx, user)
+	if err != nil {
+		return err
+	}
+	now := a.cfg.Now()
+	for _, t := range ts {
+		// As createToken counts them against the bound.
+		if t.RevokedAt.IsZero() && !auth.Expired(t, now) {
+			out.Tokens.Used++
+		}
+	}
+	out.Tokens.Limit = MaxTokensPerUser
+	return writeJSON(w, http.StatusOK, out)
+}

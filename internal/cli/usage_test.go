@@ -1,0 +1,98 @@
+package cli
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/spry-run/spry/internal/api"
+)
+
+// spry usage prints the caller's budgets as a table, --json the API's
+// view, and --user another's for an admin only.
+func TestUsageCommand(t *testing.T) {
+	url, admin := apiServer(t)
+	run := func(token string, args ...string) (int, string, string) {
+		t.Helper()
+		return spry(t, nil, "", append(args, "--url", url, "--token", token)...)
+	}
+	must := func(token string, args ...string) string {
+		t.Helper()
+		code, stdout, stderr := run(token, args...)
+		if code != 0 {
+			t.Fatalf("spry %s: exit %d: %s", strings.Join(args, " "), code, stderr)
+		}
+		return stdout
+	}
+	file := filepath.Join(t.TempDir(), "hello.ts")
+	if err := os.WriteFile(file, []byte(`export default { fetch() { return new Response("hi") } }`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bob := strings.TrimSpace(must(admin, "user", "create", "bob"))
+	must(bob, "deploy", file)
+
+	// This server bounds only tokens (no activator, no kv, no bound
+	// on functions): the rest show no limit.
+	want := `RESOURCE   USED  LIMIT  USED%
+functions  1     -      -
+instances  0     -      -
+memory     0 B   -      -
+kv         0 B   -      -
+tokens     1     100    1%
+`
+	if out := must(bob, "usage"); out != want {
+		t.Errorf("spry usage:\n%s\nwant:\n%s", out, want)
+	}
+	if out := must(admin, "usage", "--user", "bob"); out != want {
+		t.Errorf("spry usage --user bob, as the admin:\n%s\nwant:\n%s", out, want)
+	}
+
+	var u api.UsageView
+	if err := json.Unmarshal([]byte(must(admin, "usage", "--json")), &u); err != nil {
+		t.Fatal(err)
+	}
+	if u.User != "admin" || u.Functions.Used != 0 || u.Tokens != (api.Use{Used: 1, Limit: api.MaxTokensPerUser}) {
+		t.Errorf("spry usage --json: %+v", u)
+	}
+
+	if code, _, stderr := run(bob, "usage", "--user", "admin"); code != 3 || !strings.Contains(stderr, "may not see the usage") {
+		t.Errorf("bob's spry usage --user admin: exit %d, %s; want 3", code, stderr)
+	}
+	if code, _, stderr := run(admin, "usage", "--user", "nobody"); code != 4 {
+		t.Errorf("spry usage --user nobody: exit %d, %s; want 4", code, stderr)
+	}
+}
+
+// The table shows bytes in binary units and the share of each limit
+// used, rounded down so that 100% is a full budget.
+func TestPrintUsage(t *testing.T) {
+	var out bytes.Buffer
+	err := printUsage(&out, api.UsageView{User: "alice",
+		Functions:   api.Use{Used: 3, Limit: 1000},
+		Instances:   api.Use{Used: 2, Limit: 2},
+		MemoryBytes: api.Use{Used: 256 << 20, Limit: 12240000000},
+		KVBytes:     api.Use{Used: 1234, Limit: 640 << 20},
+		Tokens:      api.Use{Used: 99, Limit: 100},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `RESOURCE   USED     LIMIT     USED%
+functions  3        1000      <1%
+instances  2        2         100%
+memory     256 MiB  11.4 GiB  2%
+kv         1.2 KiB  640 MiB   <1%
+tokens     99       100       99%
+`
+	if out.String() != want {
+		t.Errorf("got:\n%s\nwant:\n%s", out.String(), want)
+	}
+	for n, want := range map[int64]string{0: "0 B", 1023: "1023 B", 1024: "1 KiB", 1536: "1.5 KiB", 5 << 30: "5 GiB", 1<<63 - 1: "8 EiB"} {
+		if got := sizeString(n); got != want {
+			t.Errorf("sizeString(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
