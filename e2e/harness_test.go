@@ -142,10 +142,17 @@ func startTLSServer(t *testing.T, certFile, keyFile, caFile string, extra ...str
 
 func startServerCA(t *testing.T, caFile string, extra ...string) *server {
 	t.Helper()
+	return startServerOn(t, filepath.Join(t.TempDir(), "data"), caFile, extra...)
+}
+
+// startServerOn starts spry serve on the data dir data (one restored
+// from a backup), trusting the CA in caFile if it is not "".
+func startServerOn(t *testing.T, data, caFile string, extra ...string) *server {
+	t.Helper()
 	s := &server{
 		t:       t,
 		bin:     binary(t),
-		data:    filepath.Join(t.TempDir(), "data"),
+		data:    data,
 		uidBase: 3000000 + int(uidBases.Add(1))*20000,
 		args:    extra,
 		ca:      caFile,

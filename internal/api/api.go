@@ -85,8 +85,11 @@ type Config struct {
 	// how it went (POST .../scheduled); nil: not offered.
 	RunScheduled func(ctx context.Context, owner, name string) error
 	// KV is the functions' key-value storage (GET .../kv); nil: none.
-	KV  KV
-	Now func() time.Time
+	KV KV
+	// Backups makes backups of the server's data (GET /backup); nil:
+	// none.
+	Backups Backups
+	Now     func() time.Time
 	// AfterFunc runs f once d has passed, by the clock Now reads, and
 	// returns what stops it (nil: time.AfterFunc). It ends the log
 	// follows of tokens that expire; tests fire it themselves.
@@ -108,7 +111,8 @@ type API struct {
 	deleting  chan struct{} // one user deletion at a time (deleteUser)
 	gate      *userGate
 	deploys   *deploySlots
-	tokenMu   sync.Mutex // one token made at a time (createToken)
+	tokenMu   sync.Mutex    // one token made at a time (createToken)
+	backups   chan struct{} // one backup at a time (backup)
 
 	followMu  sync.Mutex
 	follows   perUser // open log follows per user
@@ -141,7 +145,7 @@ func New(fns Functions, authn Authenticator, users store.Users, tokens store.Tok
 	}
 	// Ten wrong tokens at once, then one every six seconds, per client.
 	limiter := auth.NewFailureLimiter(6*time.Second, 10, cfg.Now)
-	return &API{cfg: cfg, fns: fns, auth: authn, users: users, tokens: tokens, instances: instances, logs: logs, limiter: limiter, log: cfg.Logger, deleting: make(chan struct{}, 1), gate: newUserGate(), deploys: newDeploySlots(cfg.MaxDeploys, cfg.MaxDeploysWaiting), follows: perUser{}, followers: map[*follower]struct{}{}, reads: perUser{}}
+	return &API{cfg: cfg, fns: fns, auth: authn, users: users, tokens: tokens, instances: instances, logs: logs, limiter: limiter, log: cfg.Logger, deleting: make(chan struct{}, 1), gate: newUserGate(), deploys: newDeploySlots(cfg.MaxDeploys, cfg.MaxDeploysWaiting), backups: make(chan struct{}, 1), follows: perUser{}, followers: map[*follower]struct{}{}, reads: perUser{}}
 }
 
 // route is one method of one API path: the scope its token needs and
@@ -160,8 +164,9 @@ const anyScope auth.Scope = "any"
 // routes are the API's routes. Each handler names the query parameters
 // it reads (see reads); the deploy checks its own, which depend on its
 // body. Scopes: reads of functions, and of one's usage, need read,
-// changes to functions deploy, users and tokens all (a token never
-// manages tokens unless it has every right).
+// changes to functions deploy, users, tokens and backups all (a token
+// never manages tokens unless it has every right; a backup holds every
+// token's hash and the secrets' key).
 func (a *API) routes() []route {
 	const (
 		read   = auth.ScopeRead
@@ -195,6 +200,7 @@ func (a *API) routes() []route {
 		{"GET", "/api/v1/tokens", all, reads(a.listTokens, "user")},
 		{"POST", "/api/v1/tokens", all, reads(a.createToken)},
 		{"DELETE", "/api/v1/tokens/{id}", all, reads(a.revokeToken)},
+		{"GET", "/api/v1/backup", all, reads(a.backup, "logs", "secret_key")},
 	}
 }
 

@@ -39,7 +39,12 @@ func newEnv(t *testing.T) *env {
 // newEnvConfig is newEnv with the API's config cfg.
 func newEnvConfig(t *testing.T, cfg Config) *env {
 	t.Helper()
-	d := apitest.New(t)
+	return newEnvOn(t, apitest.New(t), cfg)
+}
+
+// newEnvOn is newEnvConfig over the stores d.
+func newEnvOn(t *testing.T, d *apitest.Deps, cfg Config) *env {
+	t.Helper()
 	var authn Authenticator = d.Auth
 	if cfg.Now != nil {
 		// Tokens expire by the API's clock.

@@ -42,6 +42,7 @@ var routeScopes = map[string]auth.Scope{
 	"GET /api/v1/tokens":                                 auth.ScopeAll,
 	"POST /api/v1/tokens":                                auth.ScopeAll,
 	"DELETE /api/v1/tokens/{id}":                         auth.ScopeAll,
+	"GET /api/v1/backup":                                 auth.ScopeAll,
 }
 
 // Every route the API serves has the scope decided above, and every

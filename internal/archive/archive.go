@@ -548,6 +548,19 @@ func (x *extractor) copy(name string, f *os.File, r io.Reader) error {
 // destination, without "." components or trailing slash ("" for the
 // destination itself).
 func (x *extractor) clean(name string) (string, error) {
+	return cleanName(name, x.lim.MaxPathDepth)
+}
+
+// CleanName checks an entry name by Extract's rules (relative, no ".."
+// components or backslashes, valid UTF-8 without control characters, at
+// most DefaultMaxPathDepth components) and returns it without "."
+// components or trailing slash, for a reader of archives of its own
+// (a backup's) that refuses what Extract refuses, in the same words.
+func CleanName(name string) (string, error) {
+	return cleanName(name, DefaultMaxPathDepth)
+}
+
+func cleanName(name string, maxDepth int) (string, error) {
 	switch {
 	case name == "":
 		return "", errdefs.Invalid("entry with an empty name")
@@ -576,8 +589,8 @@ func (x *extractor) clean(name string) (string, error) {
 		}
 		parts = append(parts, c)
 	}
-	if len(parts) > x.lim.MaxPathDepth {
-		return "", errdefs.Invalid("entry %s: path is deeper than %d components", quote(name), x.lim.MaxPathDepth)
+	if len(parts) > maxDepth {
+		return "", errdefs.Invalid("entry %s: path is deeper than %d components", quote(name), maxDepth)
 	}
 	return strings.Join(parts, "/"), nil
 }

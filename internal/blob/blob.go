@@ -25,6 +25,9 @@ type Store struct {
 	// mu orders Put's touch of an existing blob and Collect's look at
 	// it, so that a blob put again is never collected under it.
 	mu sync.Mutex
+	// holds counts Hold's callers not yet released; Collect removes
+	// nothing while there are any. Under mu.
+	holds int
 }
 
 // Open opens (creating if needed) the blob store in dir.
@@ -147,6 +150,10 @@ func (s *Store) Collect(keep map[string]bool, before time.Time) (int, error) {
 		}
 		p := filepath.Join(s.dir, "sha256", e.Name())
 		s.mu.Lock()
+		if s.holds > 0 {
+			s.mu.Unlock()
+			return n, nil
+		}
 		fi, err := os.Lstat(p)
 		if err == nil && (before.IsZero() || fi.ModTime().Before(before)) && os.Remove(p) == nil {
 			n++
@@ -154,4 +161,23 @@ func (s *Store) Collect(keep map[string]bool, before time.Time) (int, error) {
 		s.mu.Unlock()
 	}
 	return n, nil
+}
+
+// Hold keeps Collect from removing anything until release is called: a
+// backup copies the blobs its snapshot of the versions names, and a
+// function deleted since would leave them to be collected under it.
+// Collect passes that meet a hold end early; the next pass does their
+// work.
+func (s *Store) Hold() (release func()) {
+	s.mu.Lock()
+	s.holds++
+	s.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.mu.Lock()
+			s.holds--
+			s.mu.Unlock()
+		})
+	}
 }

@@ -110,3 +110,32 @@ func TestPutSyncsDirectory(t *testing.T) {
 		t.Fatalf("directories synced after the blob got its name: %v, want [%s]", synced, filepath.Dir(final))
 	}
 }
+
+// While a hold is kept Collect removes nothing; once every hold is
+// released (twice is once), it removes what it would have.
+func TestHold(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := s.Put([]byte("a"))
+	b, _ := s.Put([]byte("b"))
+	r1, r2 := s.Hold(), s.Hold()
+	if n, err := s.Collect(map[string]bool{}, time.Time{}); err != nil || n != 0 {
+		t.Fatalf("Collect under two holds = %d, %v", n, err)
+	}
+	r1()
+	r1()
+	if n, err := s.Collect(map[string]bool{}, time.Time{}); err != nil || n != 0 {
+		t.Fatalf("Collect under one hold = %d, %v", n, err)
+	}
+	for _, d := range []string{a, b} {
+		if _, err := s.Path(d); err != nil {
+			t.Fatalf("held blob %s: %v", d, err)
+		}
+	}
+	r2()
+	if n, err := s.Collect(map[string]bool{a: true}, time.Time{}); err != nil || n != 1 {
+		t.Fatalf("Collect after release = %d, %v", n, err)
+	}
+}

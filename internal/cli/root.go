@@ -96,6 +96,8 @@ func NewRoot(env Env) *cobra.Command {
 		newUsageCmd(conn),
 		newUserCmd(conn),
 		newTokenCmd(conn),
+		newBackupCmd(conn),
+		newRestoreCmd(),
 		newVersionCmd(),
 	)
 	argsAreInput(root)

@@ -94,6 +94,7 @@ func newServeCmd(env Env) *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
+			cfg.Version = Version
 			s, err := server.New(ctx, cfg, log)
 			if err != nil {
 				return err

@@ -513,44 +513,7 @@ func (c *Client) Logs(ctx context.Context, name string, o LogOptions, fn func(ap
 		q.Set("follow", "1")
 	}
 	u := c.URL + "/api/v1/functions/" + url.PathEscape(name) + "/logs?" + q.Encode()
-	hc := c.HTTP
-	if o.Follow {
-		// A followed stream has no end: only ctx bounds it, once the
-		// server has answered, which it does at once. Until then the
-		// client's timeout does, as for any call: a server that took the
-		// connection and never answered kept a follow waiting forever.
-		nc := *c.HTTP
-		nc.Timeout = 0
-		hc = &nc
-	}
-	reqCtx, cancel := ctx, context.CancelFunc(nil)
-	if o.Follow && c.HTTP.Timeout > 0 {
-		reqCtx, cancel = context.WithCancel(ctx)
-		defer cancel()
-	}
-	res, err := c.send(ctx, func() (*http.Response, error) {
-		req, err := http.NewRequestWithContext(reqCtx, "GET", u, nil)
-		if err != nil {
-			return nil, err
-		}
-		req.Header.Set("Authorization", "Bearer "+c.Token)
-		var waited *time.Timer
-		if cancel != nil {
-			waited = time.AfterFunc(c.HTTP.Timeout, cancel)
-		}
-		res, err := hc.Do(req)
-		if waited != nil && !waited.Stop() {
-			// The timer cancelled ctx: no answer in time, whatever Do says.
-			if err == nil {
-				res.Body.Close()
-			}
-			return nil, &unreachable{c.URL, fmt.Errorf("no answer within %s", c.HTTP.Timeout)}
-		}
-		if err != nil {
-			return nil, c.netError(err)
-		}
-		return res, nil
-	})
+	res, err := c.get(ctx, u, o.Follow)
 	if err != nil {
 		return err
 	}
@@ -588,6 +551,102 @@ func (c *Client) Logs(ctx context.Context, name string, o LogOptions, fn func(ap
 			return err
 		}
 	}
+}
+
+// get sends a GET to u, again while the server is busy (send). An
+// answer that streams has no end (a log follow) or ends when it is all
+// sent (a backup): only ctx bounds it, once the server has answered.
+// Until then the client's timeout does, as for any call: a server that
+// took the connection and never answered kept a follow waiting forever.
+func (c *Client) get(ctx context.Context, u string, streams bool) (*http.Response, error) {
+	hc := c.HTTP
+	if streams {
+		nc := *c.HTTP
+		nc.Timeout = 0
+		hc = &nc
+	}
+	reqCtx, cancel := ctx, context.CancelFunc(nil)
+	if streams && c.HTTP.Timeout > 0 {
+		reqCtx, cancel = context.WithCancel(ctx)
+	}
+	res, err := c.send(ctx, func() (*http.Response, error) {
+		req, err := http.NewRequestWithContext(reqCtx, "GET", u, nil)
+		if err != nil {
+			return nil, err
+		}
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+		var waited *time.Timer
+		if cancel != nil {
+			waited = time.AfterFunc(c.HTTP.Timeout, cancel)
+		}
+		res, err := hc.Do(req)
+		if waited != nil && !waited.Stop() {
+			// The timer cancelled ctx: no answer in time, whatever Do says.
+			if err == nil {
+				res.Body.Close()
+			}
+			return nil, &unreachable{c.URL, fmt.Errorf("no answer within %s", c.HTTP.Timeout)}
+		}
+		if err != nil {
+			return nil, c.netError(err)
+		}
+		return res, nil
+	})
+	if err != nil {
+		if cancel != nil {
+			cancel()
+		}
+		return nil, err
+	}
+	if cancel != nil {
+		res.Body = &cancelBody{ReadCloser: res.Body, cancel: cancel}
+	}
+	return res, nil
+}
+
+// cancelBody ends its request's context when it is closed.
+type cancelBody struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (b *cancelBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
+}
+
+// BackupOptions say what a backup holds besides the databases and
+// bundles (api's GET /backup).
+type BackupOptions struct {
+	NoSecretKey bool
+	Logs        bool
+}
+
+// Backup asks the server for a backup of its data and returns its
+// stream (a gzip tar, backup.Read's) once the server has answered; the
+// caller closes it. Only ctx bounds how long the stream takes.
+func (c *Client) Backup(ctx context.Context, o BackupOptions) (io.ReadCloser, error) {
+	q := url.Values{}
+	if o.NoSecretKey {
+		q.Set("secret_key", "false")
+	}
+	if o.Logs {
+		q.Set("logs", "true")
+	}
+	u := c.URL + "/api/v1/backup"
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	res, err := c.get(ctx, u, true)
+	if err != nil {
+		return nil, err
+	}
+	if res.StatusCode >= 400 {
+		defer res.Body.Close()
+		return nil, decodeError(res)
+	}
+	return res.Body, nil
 }
 
 // Versions lists a function's versions, newest first.

@@ -244,6 +244,16 @@ func (s *Store) Close() error {
 	return s.db.Close()
 }
 
+// Snapshot writes a consistent copy of the entries to path, which must
+// not exist, while the store goes on serving (a backup's). Writers are
+// not held: the copy is one read transaction.
+func (s *Store) Snapshot(ctx context.Context, path string) error {
+	if err := sqlitedb.Snapshot(ctx, s.db, path); err != nil {
+		return fmt.Errorf("kv: %w", err)
+	}
+	return nil
+}
+
 // Entry is one key, its value (JSON text) and the value's version.
 type Entry struct {
 	Key     string          `json:"key"`

@@ -469,6 +469,16 @@ func (s *Store) Close() error {
 	return s.closeErr
 }
 
+// Snapshot writes a consistent copy of the stored entries to path, which
+// must not exist, while the store goes on serving (a backup's). Lines
+// still queued for the writer are not in it.
+func (s *Store) Snapshot(ctx context.Context, path string) error {
+	if err := sqlitedb.Snapshot(ctx, s.db, path); err != nil {
+		return fmt.Errorf("logstore: %w", err)
+	}
+	return nil
+}
+
 // run is the writer goroutine: the only one that writes to the database.
 func (s *Store) run() {
 	defer close(s.done)

@@ -34,6 +34,7 @@ import (
 	"github.com/spry-run/spry/internal/auth"
 	"github.com/spry-run/spry/internal/backend"
 	"github.com/spry-run/spry/internal/backend/local"
+	"github.com/spry-run/spry/internal/backup"
 	"github.com/spry-run/spry/internal/blob"
 	"github.com/spry-run/spry/internal/certreload"
 	"github.com/spry-run/spry/internal/errdefs"
@@ -144,6 +145,8 @@ type Config struct {
 	// NewSecretKey lets a server whose secret key is missing make a new
 	// one although stored versions hold secrets sealed with the old.
 	NewSecretKey bool
+	// Version is spry's, for the manifests of backups.
+	Version string
 }
 
 // tree is the bound of the server's cgroup subtree.
@@ -227,6 +230,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	}
 	if s.lock, err = lockDir(dataDir); err != nil {
 		return nil, err
+	}
+	if err := backup.RemoveTemp(dataDir); err != nil {
+		log.Warn("remove what a backup cut off by the last stop left", "err", err)
 	}
 	npmCache, npmUID, err := npmSetup(dataDir, cfg.UIDBase, log)
 	if err != nil {
@@ -401,6 +407,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	if err := s.bootstrapAdmin(ctx, authn, dataDir); err != nil {
 		return nil, err
 	}
+	// Snapshots are made in the data directory: its file system has room
+	// for a copy of what it holds.
+	backups := &backup.Source{Store: s.store, KV: s.kv, Logs: s.logs, Blobs: blobs,
+		SecretKey: filepath.Join(dataDir, "secret.key"), TempDir: dataDir, Version: cfg.Version}
 	apiS := api.New(s.fns, authn, s.store, s.store, s.act, s.logs, api.Config{
 		MaxCodeBytes:      cfg.MaxCodeBytes,
 		MaxDeploys:        cfg.MaxDeploys,
@@ -410,6 +420,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		FunctionDomain:    cfg.FunctionDomain,
 		RunScheduled:      s.RunScheduled,
 		KV:                s.kv,
+		Backups:           backups,
 		Logger:            log,
 	})
 	s.access = newAccessSampler(s.logs, accessPerSecond, time.Now)

@@ -110,3 +110,57 @@ func migrate(ctx context.Context, db *sql.DB, migrations []string) error {
 	}
 	return tx.Commit()
 }
+
+// Snapshot writes a consistent copy of db to path with VACUUM INTO: one
+// read transaction, so writers go on meanwhile (WAL) and the copy is the
+// database as of its start, compacted and without a -wal file of its
+// own. path must not exist (or be empty); ctx interrupts the copy, which
+// then leaves a partial file for the caller to remove.
+func Snapshot(ctx context.Context, db *sql.DB, path string) error {
+	if _, err := db.ExecContext(ctx, "VACUUM INTO ?", path); err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("snapshot to %s: %w", path, ctx.Err())
+		}
+		return fmt.Errorf("snapshot to %s: %w", path, err)
+	}
+	return nil
+}
+
+// Check opens the database file at path read-only and runs PRAGMA
+// integrity_check on it, for a file that came from elsewhere (a backup
+// restored) before anything opens it for writing. A file that is not
+// SQLite, or is damaged, is an error naming the first problem.
+func Check(ctx context.Context, path string) error {
+	if _, err := os.Stat(path); err != nil {
+		return err
+	}
+	q := url.Values{}
+	q.Set("mode", "ro")
+	db, err := sql.Open("sqlite", "file:"+(&url.URL{Path: path}).EscapedPath()+"?"+q.Encode())
+	if err != nil {
+		return fmt.Errorf("check %s: %w", path, err)
+	}
+	defer db.Close()
+	rows, err := db.QueryContext(ctx, "PRAGMA integrity_check")
+	if err != nil {
+		return fmt.Errorf("check %s: %w", path, err)
+	}
+	defer rows.Close()
+	var problems []string
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			return fmt.Errorf("check %s: %w", path, err)
+		}
+		if s != "ok" {
+			problems = append(problems, s)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("check %s: %w", path, err)
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("check %s: the database is damaged: %s", path, strings.Join(problems[:min(len(problems), 3)], "; "))
+	}
+	return nil
+}

@@ -26,7 +26,9 @@ import (
 type Deps struct {
 	Store     *sqlite.Store
 	DBPath    string // the SQLite file under Store
+	Dir       string // the directory of the stores' files
 	Logs      *logstore.Store
+	Blobs     *blob.Store
 	Functions *functions.Service
 	Auth      *auth.Service
 	Admin     string // the admin's token
@@ -65,7 +67,7 @@ func NewWith(t testing.TB, o Options) *Deps {
 	}
 	ctx := context.Background()
 	dir := t.TempDir()
-	d := &Deps{DBPath: filepath.Join(dir, "spry.db")}
+	d := &Deps{DBPath: filepath.Join(dir, "spry.db"), Dir: dir}
 	st, err := sqlite.Open(ctx, d.DBPath)
 	if err != nil {
 		t.Fatal(err)
@@ -84,7 +86,7 @@ func NewWith(t testing.TB, o Options) *Deps {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.Store, d.Logs = st, logs
+	d.Store, d.Logs, d.Blobs = st, logs, blobs
 	d.Functions = functions.New(st, blobs, o.Instances, box, logs, functions.Config{
 		MaxCodeBytes:       1 << 20,
 		DefaultRuntime:     "deno",

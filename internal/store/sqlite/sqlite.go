@@ -115,6 +115,15 @@ func (s *Store) Close() error {
 	return s.db.Close()
 }
 
+// Snapshot writes a consistent copy of the database to path, which must
+// not exist, while the store goes on serving (a backup's).
+func (s *Store) Snapshot(ctx context.Context, path string) error {
+	if err := sqlitedb.Snapshot(ctx, s.db, path); err != nil {
+		return fmt.Errorf("sqlite: %w", err)
+	}
+	return nil
+}
+
 // errorf gives a driver error its errdefs class and names the resource it
 // concerns. Errors without a class keep the driver error in their chain for
 // logs; errdefs keeps their text from clients.
