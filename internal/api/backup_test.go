@@ -7,30 +7,18 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"path/filepath"
 	"slices"
 	"testing"
 
 	"github.com/spry-run/spry/internal/api/apitest"
 	"github.com/spry-run/spry/internal/backup"
-	"github.com/spry-run/spry/internal/kv"
-	"github.com/spry-run/spry/internal/secrets"
 )
 
 // newBackupEnv is an API whose backups are of its real stores.
 func newBackupEnv(t *testing.T) *env {
 	t.Helper()
 	d := apitest.New(t)
-	kvs, err := kv.Open(t.Context(), filepath.Join(d.Dir, "kv.db"), kv.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { kvs.Close() })
-	keyFile := filepath.Join(d.Dir, "secret.key")
-	if _, err := secrets.OpenKeyFile(keyFile); err != nil {
-		t.Fatal(err)
-	}
-	src := &backup.Source{Store: d.Store, KV: kvs, Logs: d.Logs, Blobs: d.Blobs, SecretKey: keyFile, TempDir: d.Dir, Version: "test"}
+	kvs, src := apitest.Backups(t, d)
 	return newEnvOn(t, d, Config{MaxCodeBytes: 1 << 20, KV: kvs, Backups: src})
 }
 

@@ -102,7 +102,7 @@ func (l Limits) withDefaults() Limits {
 // it.
 func Extract(r io.Reader, format string, dst string, lim Limits) error {
 	lim = lim.withDefaults()
-	src := &sourceReader{r: r}
+	src := &SourceReader{R: r}
 	format = strings.ToLower(format)
 	switch format {
 	case FormatTar, FormatTarGz, "tgz", FormatZip, FormatAuto:
@@ -147,24 +147,25 @@ func Extract(r io.Reader, format string, dst string, lim Limits) error {
 		}
 		err = x.tar(tr)
 	}
-	if err != nil && src.err != nil {
+	if err != nil && src.Err != nil {
 		// The upload failed, not the archive.
-		return fmt.Errorf("archive: read upload: %w", src.err)
+		return fmt.Errorf("archive: read upload: %w", src.Err)
 	}
 	return err
 }
 
-// sourceReader remembers the first error of the upload reader, so that a
-// failed upload is not reported as a corrupt archive.
-type sourceReader struct {
-	r   io.Reader
-	err error
+// SourceReader remembers the first error of the reader under it, so
+// that a failed read (an upload cut off, a backup stream that broke) is
+// not reported as a damaged archive.
+type SourceReader struct {
+	R   io.Reader
+	Err error
 }
 
-func (s *sourceReader) Read(p []byte) (int, error) {
-	n, err := s.r.Read(p)
-	if err != nil && err != io.EOF && s.err == nil {
-		s.err = err
+func (s *SourceReader) Read(p []byte) (int, error) {
+	n, err := s.R.Read(p)
+	if err != nil && err != io.EOF && s.Err == nil {
+		s.Err = err
 	}
 	return n, err
 }

@@ -25,10 +25,10 @@ import (
 // stream that broke off) is an error. Errors about the archive are
 // errdefs.ErrInvalidArgument; an error reading r is returned wrapped.
 func Read(r io.Reader, file func(f File, content io.Reader) error) (*Manifest, error) {
-	src := &sourceReader{r: r}
+	src := &archive.SourceReader{R: r}
 	m, err := read(src, file)
-	if err != nil && src.err != nil {
-		return nil, fmt.Errorf("backup: read: %w", src.err)
+	if err != nil && src.Err != nil {
+		return nil, fmt.Errorf("backup: read: %w", src.Err)
 	}
 	return m, err
 }
@@ -167,20 +167,5 @@ type countReader struct {
 func (c *countReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += int64(n)
-	return n, err
-}
-
-// sourceReader remembers the first error of the underlying reader, so
-// that a failed read is not reported as a damaged backup.
-type sourceReader struct {
-	r   io.Reader
-	err error
-}
-
-func (s *sourceReader) Read(p []byte) (int, error) {
-	n, err := s.r.Read(p)
-	if err != nil && err != io.EOF && s.err == nil {
-		s.err = err
-	}
 	return n, err
 }

@@ -12,8 +12,6 @@ import (
 	"github.com/spry-run/spry/internal/api"
 	"github.com/spry-run/spry/internal/api/apitest"
 	"github.com/spry-run/spry/internal/backup"
-	"github.com/spry-run/spry/internal/kv"
-	"github.com/spry-run/spry/internal/secrets"
 	"github.com/spry-run/spry/internal/store/sqlite"
 )
 
@@ -21,16 +19,7 @@ import (
 func backupServer(t *testing.T) (url, token string) {
 	t.Helper()
 	d := apitest.New(t)
-	kvs, err := kv.Open(t.Context(), filepath.Join(d.Dir, "kv.db"), kv.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { kvs.Close() })
-	keyFile := filepath.Join(d.Dir, "secret.key")
-	if _, err := secrets.OpenKeyFile(keyFile); err != nil {
-		t.Fatal(err)
-	}
-	src := &backup.Source{Store: d.Store, KV: kvs, Logs: d.Logs, Blobs: d.Blobs, SecretKey: keyFile, TempDir: d.Dir, Version: "test"}
+	kvs, src := apitest.Backups(t, d)
 	srv := httptest.NewServer(api.New(d.Functions, d.Auth, d.Store, d.Store, nil, d.Logs, api.Config{MaxCodeBytes: 1 << 20, KV: kvs, Backups: src}).Handler())
 	t.Cleanup(srv.Close)
 	return srv.URL, d.Admin

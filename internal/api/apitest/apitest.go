@@ -14,8 +14,10 @@ import (
 
 	"github.com/spry-run/spry/internal/auth"
 	"github.com/spry-run/spry/internal/backend"
+	"github.com/spry-run/spry/internal/backup"
 	"github.com/spry-run/spry/internal/blob"
 	"github.com/spry-run/spry/internal/functions"
+	"github.com/spry-run/spry/internal/kv"
 	"github.com/spry-run/spry/internal/logstore"
 	"github.com/spry-run/spry/internal/secrets"
 	"github.com/spry-run/spry/internal/store"
@@ -109,4 +111,21 @@ func NewWith(t testing.TB, o Options) *Deps {
 		t.Fatal(err)
 	}
 	return d
+}
+
+// Backups opens a key-value store and a secret key beside d's stores,
+// closed when t ends, and the backup source over all of them: what spry
+// serve's backups read.
+func Backups(t testing.TB, d *Deps) (*kv.Store, *backup.Source) {
+	t.Helper()
+	kvs, err := kv.Open(t.Context(), filepath.Join(d.Dir, "kv.db"), kv.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { kvs.Close() })
+	keyFile := filepath.Join(d.Dir, "secret.key")
+	if _, err := secrets.OpenKeyFile(keyFile); err != nil {
+		t.Fatal(err)
+	}
+	return kvs, &backup.Source{Store: d.Store, KV: kvs, Logs: d.Logs, Blobs: d.Blobs, SecretKey: keyFile, TempDir: d.Dir, Version: "test"}
 }
