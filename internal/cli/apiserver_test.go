@@ -5,6 +5,7 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -55,4 +56,33 @@ func spry(t *testing.T, environ []string, stdin string, args ...string) (code in
 		Stderr:  &errb,
 	})
 	return code, out.String(), errb.String()
+}
+
+// helloFile writes a function that answers "hi" to a file called name in
+// a temporary directory of t's, and returns its path.
+func helloFile(t *testing.T, name string) string {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(file, []byte(`export default { fetch() { return new Response("hi") } }`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return file
+}
+
+// cliAt runs the CLI against the server at url with a token: run says
+// how it went, must fails t unless it exits 0 and returns its output.
+func cliAt(t *testing.T, url string) (run func(token string, args ...string) (int, string, string), must func(token string, args ...string) string) {
+	run = func(token string, args ...string) (int, string, string) {
+		t.Helper()
+		return spry(t, nil, "", append(args, "--url", url, "--token", token)...)
+	}
+	must = func(token string, args ...string) string {
+		t.Helper()
+		code, stdout, stderr := run(token, args...)
+		if code != 0 {
+			t.Fatalf("spry %s: exit %d: %s", strings.Join(args, " "), code, stderr)
+		}
+		return stdout
+	}
+	return run, must
 }

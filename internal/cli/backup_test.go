@@ -32,10 +32,7 @@ func TestBackupAndRestore(t *testing.T) {
 	url, token := backupServer(t)
 	env := []string{"SPRY_URL=" + url, "SPRY_TOKEN=" + token}
 	dir := t.TempDir()
-	src := filepath.Join(dir, "hello.ts")
-	if err := os.WriteFile(src, []byte(`export default { fetch() { return new Response("hi") } }`), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	src := helloFile(t, "hello.ts")
 	if code, _, errOut := spry(t, env, "", "deploy", src); code != 0 {
 		t.Fatalf("deploy: %d %s", code, errOut)
 	}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"io"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -78,10 +77,7 @@ func TestDeployWaitsForABusyServer(t *testing.T) {
 				t.Fatalf("a deploy answered %d before the server was full; want %d", s, tt.status)
 			}
 
-			file := filepath.Join(t.TempDir(), "hello.ts")
-			if err := os.WriteFile(file, []byte(`export default { fetch() { return new Response("hi") } }`), 0o644); err != nil {
-				t.Fatal(err)
-			}
+			file := helloFile(t, "hello.ts")
 			var waits []time.Duration
 			var out, errb bytes.Buffer
 			code := Main(context.Background(), Env{

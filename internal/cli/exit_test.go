@@ -137,10 +137,7 @@ func TestEnvSetBadPairNamesTheArgument(t *testing.T) {
 // server's answer named a name the user never gave.
 func TestDeployDerivedNameSaysPassName(t *testing.T) {
 	url, token := apiServer(t)
-	file := filepath.Join(t.TempDir(), "My_Func.ts")
-	if err := os.WriteFile(file, []byte(`export default { fetch() { return new Response("hi") } }`), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	file := helloFile(t, "My_Func.ts")
 	code, _, stderr := spry(t, nil, "", "deploy", file, "--url", url, "--token", token)
 	if code != 2 || !strings.HasSuffix(stderr, "; pass --name\n") {
 		t.Errorf("exit %d, stderr %q; want 2 and a hint to pass --name", code, stderr)

@@ -2,8 +2,6 @@ package cli
 
 import (
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -23,14 +21,8 @@ func TestInvokeMissingFunction(t *testing.T) {
 		w.WriteHeader(http.StatusNotFound)
 		_, _ = w.Write([]byte("the function's own 404"))
 	}))
-	dir := t.TempDir()
-	file := filepath.Join(dir, "hello.ts")
-	if err := os.WriteFile(file, []byte(`export default { fetch() { return new Response("hi") } }`), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	as := func(token string, args ...string) (int, string, string) {
-		return spry(t, nil, "", append(args, "--url", url, "--token", token)...)
-	}
+	file := helloFile(t, "hello.ts")
+	as, _ := cliAt(t, url)
 	if code, _, stderr := as(admin, "deploy", file); code != 0 {
 		t.Fatalf("deploy: exit %d: %s", code, stderr)
 	}
@@ -100,10 +92,7 @@ func TestInvokePlatformErrorFails(t *testing.T) {
 			answer(504, "timeout", "")
 		}
 	}))
-	file := filepath.Join(t.TempDir(), "hello.ts")
-	if err := os.WriteFile(file, []byte(`export default { fetch() { return new Response("hi") } }`), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	file := helloFile(t, "hello.ts")
 	if code, _, stderr := spry(t, nil, "", "deploy", file, "--url", url, "--token", admin); code != 0 {
 		t.Fatalf("deploy: exit %d: %s", code, stderr)
 	}

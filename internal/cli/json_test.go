@@ -2,8 +2,6 @@ package cli
 
 import (
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -25,10 +23,7 @@ func TestReadCommandsPrintJSON(t *testing.T) {
 		}
 		return stdout
 	}
-	file := filepath.Join(t.TempDir(), "hello.ts")
-	if err := os.WriteFile(file, []byte(`export default { fetch() { return new Response("hi") } }`), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	file := helloFile(t, "hello.ts")
 	as(admin, "deploy", file)
 	bob := strings.TrimSpace(as(admin, "user", "create", "bob"))
 	as(bob, "deploy", file, "--env", "A=1", "--env", "B=two")

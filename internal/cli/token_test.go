@@ -2,8 +2,6 @@ package cli
 
 import (
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -17,18 +15,7 @@ import (
 // deploy, and bad values are bad input before anything is sent.
 func TestTokenScopesAndExpiry(t *testing.T) {
 	url, admin := apiServer(t)
-	run := func(token string, args ...string) (int, string, string) {
-		t.Helper()
-		return spry(t, nil, "", append(args, "--url", url, "--token", token)...)
-	}
-	must := func(token string, args ...string) string {
-		t.Helper()
-		code, stdout, stderr := run(token, args...)
-		if code != 0 {
-			t.Fatalf("spry %s: exit %d: %s", strings.Join(args, " "), code, stderr)
-		}
-		return stdout
-	}
+	run, must := cliAt(t, url)
 	before := time.Now()
 	ci := strings.TrimSpace(must(admin, "token", "create", "ci", "--expires", "30d", "--scope", "read"))
 	mon := strings.TrimSpace(must(admin, "token", "create", "--name", "mon", "--scope", "read,metrics", "--scope", "metrics"))
@@ -76,10 +63,7 @@ func TestTokenScopesAndExpiry(t *testing.T) {
 
 	// A read token lists; it neither deploys nor makes tokens (exit 3,
 	// permission denied, naming the scope it would need).
-	file := filepath.Join(t.TempDir(), "hello.ts")
-	if err := os.WriteFile(file, []byte(`export default { fetch() { return new Response("hi") } }`), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	file := helloFile(t, "hello.ts")
 	must(admin, "deploy", file)
 	if out := must(ci, "ls"); !strings.Contains(out, "hello") {
 		t.Errorf("ls with a read token: %q", out)

@@ -3,8 +3,6 @@ package cli
 import (
 	"bytes"
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -15,22 +13,8 @@ import (
 // view, and --user another's for an admin only.
 func TestUsageCommand(t *testing.T) {
 	url, admin := apiServer(t)
-	run := func(token string, args ...string) (int, string, string) {
-		t.Helper()
-		return spry(t, nil, "", append(args, "--url", url, "--token", token)...)
-	}
-	must := func(token string, args ...string) string {
-		t.Helper()
-		code, stdout, stderr := run(token, args...)
-		if code != 0 {
-			t.Fatalf("spry %s: exit %d: %s", strings.Join(args, " "), code, stderr)
-		}
-		return stdout
-	}
-	file := filepath.Join(t.TempDir(), "hello.ts")
-	if err := os.WriteFile(file, []byte(`export default { fetch() { return new Response("hi") } }`), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	run, must := cliAt(t, url)
+	file := helloFile(t, "hello.ts")
 	bob := strings.TrimSpace(must(admin, "user", "create", "bob"))
 	must(bob, "deploy", file)
 

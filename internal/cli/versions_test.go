@@ -2,8 +2,6 @@ package cli
 
 import (
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -29,10 +27,7 @@ func TestVersionsRm(t *testing.T) {
 		}
 		return stdout
 	}
-	file := filepath.Join(t.TempDir(), "hello.ts")
-	if err := os.WriteFile(file, []byte(`export default { fetch() { return new Response("hi") } }`), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	file := helloFile(t, "hello.ts")
 	must("user", "create", "alice")
 	for range 5 {
 		// Each deploy of the same code is a version of its own.
