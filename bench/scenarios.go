@@ -116,9 +116,8 @@ func scenWarmTLS(ctx context.Context, env *benchEnv) error {
 	if err != nil {
 		return fmt.Errorf("TLS certificate: %w", err)
 	}
-	sc := scenarioName(9)
 	return runWarm(ctx, env, warmCase{label: "warm-tls", uidBase: uidBaseFor(9), tls: tlsc,
-		tput: sc, lat: sc, shared: sc, informational: true,
+		tput: "9 TLS warm throughput", lat: "9 TLS warm latency", shared: scenarioName(9), informational: true,
 		spryName: "spry router over TLS", nginxName: "nginx 1 worker, listen ssl -> same Deno socket"})
 }
 
