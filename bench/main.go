@@ -1,10 +1,11 @@
 // Command bench measures Spry on this machine: warm throughput and
 // latency against nginx proxying to the same Deno instance, cold starts
 // from a warm pool and with the pool exhausted, deploy to first response,
-// autoscaling under a step in load, and density. It installs wrk and nginx
-// from Debian when they are missing, builds spry with `make build`, prints
-// a table and writes JSON to bench/results/. Run it as root from the
-// repository (`make bench`, or `go run ./bench -quick -only 1,2`).
+// autoscaling under a step in load, density, an idle server's cost and,
+// when named (-only 9), warm throughput and latency over TLS. It installs
+// wrk and nginx from Debian when they are missing, builds spry with `make
+// build`, prints a table and writes JSON to bench/results/. Run it as root
+// from the repository (`make bench`, or `go run ./bench -quick -only 1,2`).
 package main
 
 import (
@@ -185,14 +186,19 @@ func main() {
 }
 
 // lastScenario is the highest scenario number.
-const lastScenario = 8
+const lastScenario = 9
+
+// optIn are the scenarios that run only when -only names them: a full
+// run would take too much longer for figures that are for information
+// (scenario 9 takes about as long as 1 and 2 together, ~95 s).
+var optIn = map[int]bool{9: true}
 
 func run() (code int) {
-	only := flag.String("only", "", fmt.Sprintf("comma-separated scenarios to run, e.g. 1,2 (default: all of 1-%d)", lastScenario))
+	only := flag.String("only", "", fmt.Sprintf("comma-separated scenarios to run, e.g. 1,2 (default: 1-%d; %d, TLS, runs only when named here)", lastScenario-1, lastScenario))
 	quick := flag.Bool("quick", false, "fewer iterations and shorter runs, for smoke testing")
 	pool := flag.Int("pool-size", 4, "spry serve --pool-size for the cold start, deploy, step and density scenarios")
-	dur := flag.Duration("d", 0, "wrk duration for scenarios 1 and 2 (default 5s, 3s with -quick)")
-	rounds := flag.Int("rounds", 0, "alternated rounds of each side in scenarios 1 and 2 (default 4, 1 with -quick); more narrow the ratio's noise")
+	dur := flag.Duration("d", 0, "wrk duration for scenarios 1, 2 and 9 (default 5s, 3s with -quick)")
+	rounds := flag.Int("rounds", 0, "alternated rounds of each side in scenarios 1, 2 and 9 (default 4, 1 with -quick); more narrow the ratio's noise")
 	noBuild := flag.Bool("no-build", false, "do not run `make build` (use the existing bin/spry)")
 	noInstall := flag.Bool("no-install", false, "do not apt-get install wrk or nginx when missing")
 	outDir := flag.String("out", "", "directory for the JSON results (default bench/results in the repository)")
@@ -219,7 +225,7 @@ func run() (code int) {
 		}
 	} else {
 		for i := 1; i <= lastScenario; i++ {
-			selected[i] = true
+			selected[i] = !optIn[i]
 		}
 	}
 	if *pool < 1 {
@@ -353,6 +359,7 @@ func run() (code int) {
 		{6, "step load", 3 * time.Minute, scenStep},
 		{7, "density", 8 * time.Minute, scenDensity},
 		{8, "idle server", 2 * time.Minute, scenIdle},
+		{9, "warm throughput + latency over TLS", 5 * time.Minute, scenWarmTLS},
 	}
 	harnessErrors := 0
 	for _, sc := range all {
@@ -438,6 +445,8 @@ func scenarioName(n int) string {
 		return "7 density"
 	case 8:
 		return "8 idle server"
+	case 9:
+		return "9 warm over TLS"
 	}
 	return strconv.Itoa(n)
 }

@@ -125,12 +125,29 @@ type spryServer struct {
 	args    []string
 	logPath string
 	api     *http.Client
-	stopped bool // shutdown ran
+	tls     *benchTLS // its certificate when it serves HTTPS, else nil
+	stopped bool      // shutdown ran
+}
+
+// client is newClient for this server: it trusts the server's CA when
+// the server serves HTTPS.
+func (s *spryServer) client(conns int, timeout time.Duration) *http.Client {
+	c := newClient(conns, timeout)
+	if s.tls != nil {
+		c.Transport.(*http.Transport).TLSClientConfig = s.tls.client.Clone()
+	}
+	return c
 }
 
 // startSpry starts `spry serve` on loopback with a fresh data dir under
 // env.tmp, with uids from uidBase, plus extra flags.
 func startSpry(ctx context.Context, env *benchEnv, label string, uidBase int, extra ...string) (*spryServer, error) {
+	return startSpryTLS(ctx, env, label, uidBase, nil, extra...)
+}
+
+// startSpryTLS is startSpry serving HTTPS with tlsc's certificate
+// (--tls-cert, --tls-key), or plain HTTP when tlsc is nil.
+func startSpryTLS(ctx context.Context, env *benchEnv, label string, uidBase int, tlsc *benchTLS, extra ...string) (*spryServer, error) {
 	dir := filepath.Join(env.tmp, label)
 	if err := os.MkdirAll(dir, 0o711); err != nil {
 		return nil, err
@@ -140,12 +157,16 @@ func startSpry(ctx context.Context, env *benchEnv, label string, uidBase int, ex
 		return nil, err
 	}
 	s := &spryServer{label: label, dir: dir, data: filepath.Join(dir, "data"), uidBase: uidBase,
-		url: fmt.Sprintf("http://127.0.0.1:%d", port), logPath: filepath.Join(dir, "spry.log"),
-		api: newClient(16, 2*time.Minute)}
+		url: fmt.Sprintf("http://127.0.0.1:%d", port), logPath: filepath.Join(dir, "spry.log"), tls: tlsc}
+	s.api = s.client(16, 2*time.Minute)
 	sum := sha256.Sum256([]byte(s.data))
 	s.runDir = filepath.Join("/run/spry", hex.EncodeToString(sum[:6]))
 	s.args = append([]string{"serve", "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--data", s.data,
 		"--uid-base", strconv.Itoa(uidBase), "--log-level", "warn"}, env.runtimeFlags...)
+	if tlsc != nil {
+		s.url = fmt.Sprintf("https://127.0.0.1:%d", port)
+		s.args = append(s.args, "--tls-cert", tlsc.certFile, "--tls-key", tlsc.keyFile)
+	}
 	s.args = append(s.args, extra...)
 	logf, err := os.Create(s.logPath)
 	if err != nil {
@@ -298,16 +319,18 @@ type nginxServer struct {
 	stopped bool
 }
 
-func startNginx(ctx context.Context, env *benchEnv, socket string) (*nginxServer, error) {
-	dir := filepath.Join(env.tmp, "nginx")
-	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o755); err != nil {
-		return nil, err
+// nginxConf is nginx's config: one worker, everything under dir, a
+// keep-alive upstream to socket, listening on 127.0.0.1:port, with TLS
+// (HTTP/1.1, as spry serve's, TLS 1.2 and 1.3) when tlsc is given.
+func nginxConf(dir, socket string, port int, tlsc *benchTLS) string {
+	listen := fmt.Sprintf("listen 127.0.0.1:%d;", port)
+	if tlsc != nil {
+		listen = fmt.Sprintf(`listen 127.0.0.1:%d ssl;
+        ssl_certificate %s;
+        ssl_certificate_key %s;
+        ssl_protocols TLSv1.2 TLSv1.3;`, port, tlsc.certFile, tlsc.keyFile)
 	}
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	conf := fmt.Sprintf(`# written by spry's bench; removed afterwards
+	return fmt.Sprintf(`# written by spry's bench; removed afterwards
 user root;
 worker_processes 1;
 daemon off;
@@ -330,7 +353,7 @@ http {
         keepalive_requests 10000000;
     }
     server {
-        listen 127.0.0.1:%[3]d;
+        %[3]s
         location / {
             proxy_pass http://deno;
             proxy_http_version 1.1;
@@ -339,7 +362,21 @@ http {
         }
     }
 }
-`, dir, socket, port)
+`, dir, socket, listen)
+}
+
+// startNginx starts nginx proxying to socket; with tlsc, it serves HTTPS
+// with tlsc's certificate.
+func startNginx(ctx context.Context, env *benchEnv, socket string, tlsc *benchTLS) (*nginxServer, error) {
+	dir := filepath.Join(env.tmp, "nginx")
+	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o755); err != nil {
+		return nil, err
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	conf := nginxConf(dir, socket, port, tlsc)
 	confPath := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		return nil, err
@@ -359,7 +396,11 @@ http {
 	if err != nil {
 		return nil, err
 	}
-	n := &nginxServer{proc: p, dir: dir, url: fmt.Sprintf("http://127.0.0.1:%d", port)}
+	scheme := "http"
+	if tlsc != nil {
+		scheme = "https"
+	}
+	n := &nginxServer{proc: p, dir: dir, url: fmt.Sprintf("%s://127.0.0.1:%d", scheme, port)}
 	env.nginxPIDs = append(env.nginxPIDs, cmd.Process.Pid)
 	deadline := time.Now().Add(10 * time.Second)
 	for {

@@ -75,17 +75,61 @@ func verdict(ok bool) string {
 }
 
 // ---------------------------------------------------------------------
-// Scenarios 1 and 2: warm throughput and latency, spry vs nginx.
+// Scenarios 1 and 2: warm throughput and latency, spry vs nginx; and
+// scenario 9, the same over TLS.
+
+// warmCase is one run of the warm comparison: one spry serve, one
+// function instance both spry and nginx send to, throughput at 32
+// connections and latency at one, each side's rounds alternated.
+type warmCase struct {
+	label   string // the spry server's label and the details key
+	uidBase int
+	tls     *benchTLS // nil: plain HTTP
+	tput    string    // scenario of the throughput rows; "" skips them
+	lat     string    // scenario of the latency rows; "" skips them
+	shared  string    // scenario of the rows about the server both share
+	// informational rows have no target: INFO, or INVALID when wrk saw
+	// errors.
+	informational bool
+	spryName      string // the metric naming spry's side
+	nginxName     string // the metric naming nginx's side
+}
 
 func scenWarm(ctx context.Context, env *benchEnv, do1, do2 bool) error {
+	wc := warmCase{label: "warm", uidBase: uidBaseFor(1), shared: "1+2 warm (shared server)",
+		spryName: "spry router /fn/admin/triv/", nginxName: "nginx 1 worker -> same Deno socket"}
+	if do1 {
+		wc.tput = "1 warm throughput"
+	}
+	if do2 {
+		wc.lat = "2 warm latency"
+	}
+	return runWarm(ctx, env, wc)
+}
+
+// scenWarmTLS is scenario 9: scenarios 1 and 2 with spry serve
+// --tls-cert/--tls-key and nginx `listen ... ssl` serving one
+// certificate, to measure the path every request takes over TLS
+// (fasthttp's goroutine per connection, not the router's loops).
+func scenWarmTLS(ctx context.Context, env *benchEnv) error {
+	tlsc, err := makeTLS(filepath.Join(env.tmp, "tls"))
+	if err != nil {
+		return fmt.Errorf("TLS certificate: %w", err)
+	}
+	return runWarm(ctx, env, warmCase{label: "warm-tls", uidBase: uidBaseFor(9), tls: tlsc,
+		tput: "9 TLS warm throughput", lat: "9 TLS warm latency", shared: scenarioName(9), informational: true,
+		spryName: "spry router over TLS", nginxName: "nginx 1 worker, listen ssl -> same Deno socket"})
+}
+
+func runWarm(ctx context.Context, env *benchEnv, wc warmCase) error {
 	// nginx sends its rounds to the instance directly, past the
 	// activator, which would take the instance for idle and throttle it.
-	s, err := startSpry(ctx, env, "warm", uidBaseFor(1), "--pool-size", strconv.Itoa(env.poolSize), "--idle-cpu-after", "0")
+	s, err := startSpryTLS(ctx, env, wc.label, wc.uidBase, wc.tls, "--pool-size", strconv.Itoa(env.poolSize), "--idle-cpu-after", "0")
 	defer s.shutdown(env)
 	if err != nil {
 		return err
 	}
-	c := newClient(4, 30*time.Second)
+	c := s.client(4, 30*time.Second)
 	settings := url.Values{"min": {"1"}, "max": {"1"}, "concurrency": {"1000"}}
 	if _, err := s.deploy(ctx, c, "triv", trivCode, settings); err != nil {
 		return err
@@ -99,7 +143,7 @@ func scenWarm(ctx context.Context, env *benchEnv, do1, do2 bool) error {
 		return fmt.Errorf("want exactly one specialized instance of triv (min=1, max=1), found %d: %v", len(insts), insts)
 	}
 	cur := insts[0] // the instance nginx proxies to
-	ng, err := startNginx(ctx, env, filepath.Join(cur, "sock", "http.sock"))
+	ng, err := startNginx(ctx, env, filepath.Join(cur, "sock", "http.sock"), wc.tls)
 	defer func() { ng.shutdown(env) }()
 	if err != nil {
 		return err
@@ -108,8 +152,8 @@ func scenWarm(ctx context.Context, env *benchEnv, do1, do2 bool) error {
 	if err := get(ctx, c, nginxURL).ok(helloBody); err != nil {
 		return fmt.Errorf("GET %s (nginx): %w", nginxURL, err)
 	}
-	details := map[string]any{"instance": filepath.Base(cur), "spry_url": spryURL}
-	defer env.detail("warm", details)
+	details := map[string]any{"instance": filepath.Base(cur), "spry_url": spryURL, "nginx_url": nginxURL}
+	defer env.detail(wc.label, details)
 	var replaced []string
 	// repoint makes sure nginx proxies to the function's current instance:
 	// if spry replaced it (min=1 starts a new one when one ends), nginx is
@@ -134,7 +178,7 @@ func scenWarm(ctx context.Context, env *benchEnv, do1, do2 bool) error {
 		replaced = append(replaced, filepath.Base(cur)+" -> "+filepath.Base(now[0]))
 		ng.shutdown(env)
 		cur = now[0]
-		if ng, err = startNginx(ctx, env, filepath.Join(cur, "sock", "http.sock")); err != nil {
+		if ng, err = startNginx(ctx, env, filepath.Join(cur, "sock", "http.sock"), wc.tls); err != nil {
 			return err
 		}
 		nginxURL = ng.url + "/"
@@ -193,6 +237,31 @@ func scenWarm(ctx context.Context, env *benchEnv, do1, do2 bool) error {
 		}
 		return t
 	}
+	// judge is a row's verdict and target: against its target in
+	// scenarios 1 and 2, INFO without one in an informational case; a
+	// figure taken while wrk saw errors is INVALID either way.
+	judge := func(ok bool, target string, errs float64) (string, string) {
+		v := verdict(ok)
+		if wc.informational {
+			v, target = info, ""
+		}
+		if errs > 0 {
+			v = invalid
+		}
+		return v, target
+	}
+	// errRow reports wrk's errors: a target of 0, or (informational) INFO
+	// when there were none and INVALID when there were.
+	errRow := func(sc string, errs float64) Row {
+		r := Row{Scenario: sc, Metric: "non-2xx + socket errors (both)", Value: errs, Unit: "count", Target: "0", Verdict: verdict(errs == 0)}
+		if wc.informational {
+			r.Target, r.Verdict = "", info
+			if errs > 0 {
+				r.Verdict = invalid
+			}
+		}
+		return r
+	}
 
 	// warmUp runs both paths once (JIT, connection pools) before measuring.
 	warmUp := func(threads, conns int) error {
@@ -211,8 +280,7 @@ func scenWarm(ctx context.Context, env *benchEnv, do1, do2 bool) error {
 		return nil
 	}
 
-	if do1 {
-		const sc = "1 warm throughput"
+	if sc := wc.tput; sc != "" {
 		if err := warmUp(2, 32); err != nil {
 			return err
 		}
@@ -224,14 +292,11 @@ func scenWarm(ctx context.Context, env *benchEnv, do1, do2 bool) error {
 		sr, nr := avg(sp, func(r *wrkResult) float64 { return r.RPS }), avg(nx, func(r *wrkResult) float64 { return r.RPS })
 		errs := sumErr(sp) + sumErr(nx)
 		note := fmt.Sprintf("wrk -t2 -c32 -d%s, mean of %d run(s) each, ABBA order", env.wrkDur, env.rounds)
-		env.add(Row{Scenario: sc, Metric: "spry router /fn/admin/triv/", Value: sr, Unit: "req/s", Verdict: info, Note: note})
-		env.add(Row{Scenario: sc, Metric: "nginx 1 worker -> same Deno socket", Value: nr, Unit: "req/s", Verdict: info, Note: note})
-		v := verdict(sr/nr >= 1.0)
-		if errs > 0 {
-			v = invalid
-		}
-		env.add(Row{Scenario: sc, Metric: "spry / nginx throughput", Value: sr / nr, Unit: "x", Target: ">= 1.00x", Ratio: ratioPtr(sr / nr), Verdict: v})
-		env.add(Row{Scenario: sc, Metric: "non-2xx + socket errors (both)", Value: errs, Unit: "count", Target: "0", Verdict: verdict(errs == 0)})
+		env.add(Row{Scenario: sc, Metric: wc.spryName, Value: sr, Unit: "req/s", Verdict: info, Note: note})
+		env.add(Row{Scenario: sc, Metric: wc.nginxName, Value: nr, Unit: "req/s", Verdict: info, Note: note})
+		v, target := judge(sr/nr >= 1.0, ">= 1.00x", errs)
+		env.add(Row{Scenario: sc, Metric: "spry / nginx throughput", Value: sr / nr, Unit: "x", Target: target, Ratio: ratioPtr(sr / nr), Verdict: v})
+		env.add(errRow(sc, errs))
 		thr := func(rs []*wrkResult) float64 {
 			return avg(rs, func(r *wrkResult) float64 { return float64(r.ThrottledMs) })
 		}
@@ -239,8 +304,7 @@ func scenWarm(ctx context.Context, env *benchEnv, do1, do2 bool) error {
 			Note: "per run, from the instance cgroup's cpu.stat (spry serve --cpu 1 quota)"})
 		env.add(Row{Scenario: sc, Metric: "Deno cgroup CPU-throttled time, nginx runs", Value: thr(nx), Unit: "ms", Verdict: info})
 	}
-	if do2 {
-		const sc = "2 warm latency"
+	if sc := wc.lat; sc != "" {
 		if err := warmUp(1, 1); err != nil {
 			return err
 		}
@@ -257,20 +321,21 @@ func scenWarm(ctx context.Context, env *benchEnv, do1, do2 bool) error {
 		env.add(Row{Scenario: sc, Metric: "spry p99", Value: sp99, Unit: "us", Verdict: info})
 		env.add(Row{Scenario: sc, Metric: "nginx p50", Value: np50, Unit: "us", Verdict: info})
 		env.add(Row{Scenario: sc, Metric: "nginx p99", Value: np99, Unit: "us", Verdict: info})
-		v := verdict(sp50-np50 <= 0)
-		if errs > 0 {
-			v = invalid
-		}
+		v, target := judge(sp50-np50 <= 0, "<= 0 us", errs)
 		env.add(Row{Scenario: sc, Metric: "spry p50 - nginx p50 (added-latency difference)", Value: sp50 - np50, Unit: "us",
-			Target: "<= 0 us", Ratio: ratioPtr(sp50 / np50), Verdict: v,
+			Target: target, Ratio: ratioPtr(sp50 / np50), Verdict: v,
 			Note: "Deno cannot be called over TCP here, so this is spry's added p50 minus nginx's; nginx's own added p50 over direct Deno is ~40 us on this machine kind (shared/PERF-BASELINES.md)"})
-		env.add(Row{Scenario: sc, Metric: "non-2xx + socket errors (both)", Value: errs, Unit: "count", Target: "0", Verdict: verdict(errs == 0)})
+		env.add(errRow(sc, errs))
 	}
 	details["instances_replaced"] = replaced
 	if len(replaced) > 0 {
-		env.add(Row{Scenario: "1+2 warm (shared server)", Metric: "times spry replaced the warm instance", Value: float64(len(replaced)), Unit: "count",
-			Target: "0", Verdict: miss, Note: "a min=1 instance under steady load should live on; nginx was re-pointed each time (see spry's warnings)"})
-		env.note("scenarios 1/2: spry replaced the function's only instance %d time(s) (%s); nginx was re-pointed to the new socket before its next run", len(replaced), strings.Join(replaced, ", "))
+		r := Row{Scenario: wc.shared, Metric: "times spry replaced the warm instance", Value: float64(len(replaced)), Unit: "count",
+			Target: "0", Verdict: miss, Note: "a min=1 instance under steady load should live on; nginx was re-pointed each time (see spry's warnings)"}
+		if wc.informational {
+			r.Target, r.Verdict = "", info
+		}
+		env.add(r)
+		env.note("scenario %q: spry replaced the function's only instance %d time(s) (%s); nginx was re-pointed to the new socket before its next run", wc.shared, len(replaced), strings.Join(replaced, ", "))
 	}
 	if ng.exited() {
 		env.note("nginx exited during the run")

@@ -144,7 +144,7 @@ func (s *spryServer) deploy(ctx context.Context, c *http.Client, name, code stri
 // deployMany deploys n functions with par deploys in flight and returns
 // each deploy's latency (index order). It stops at the first error.
 func (s *spryServer) deployMany(ctx context.Context, n, par int, name func(int) string, code func(int) string, settings url.Values, progress string) ([]time.Duration, error) {
-	c := newClient(par, 2*time.Minute)
+	c := s.client(par, 2*time.Minute)
 	lat := make([]time.Duration, n)
 	var next atomic.Int64
 	var mu sync.Mutex
