@@ -33,9 +33,12 @@ bin/spry: FORCE
 	$(GO) build -o bin/spry ./cmd/spry
 
 # npm ci installs exactly what the lockfile pins and fails, rather than
-# rewriting it, when package.json and the lockfile disagree.
+# rewriting it, when package.json and the lockfile disagree. It empties
+# node_modules first, through a link too: a worktree whose node_modules
+# links to another's keeps the other's install.
 $(DENO): runtimes/package.json runtimes/package-lock.json
-	cd runtimes && npm ci --no-audit --no-fund --loglevel=error
+	@if [ -L runtimes/node_modules ]; then echo "runtimes/node_modules is a link: not reinstalling through it"; \
+	else cd runtimes && npm ci --no-audit --no-fund --loglevel=error; fi
 	@test -x $(DENO) || { echo "npm did not install the Deno binary at $(DENO)"; exit 1; }
 	@test -x $(NODE) || { echo "npm did not install the Node binary at $(NODE)"; exit 1; }
 	touch $(DENO)
