@@ -92,7 +92,7 @@ type Config struct {
 	// Invocations runs asynchronous invocations (POST
 	// .../invocations); nil: none.
 	Invocations Invocations
-	Now     func() time.Time
+	Now         func() time.Time
 	// AfterFunc runs f once d has passed, by the clock Now reads, and
 	// returns what stops it (nil: time.AfterFunc). It ends the log
 	// follows of tokens that expire; tests fire it themselves.

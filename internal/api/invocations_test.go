@@ -63,7 +63,7 @@ func TestInvocations(t *testing.T) {
 	e := newEnv(t)
 	type sent struct {
 		path, ct, body string
-		attempt       int
+		attempt        int
 	}
 	got := make(chan sent, 10)
 	ran := make(chan string, 10)
