@@ -1,6 +1,7 @@
 package async
 
 import (
+	"fmt"
 	"time"
 )
 
@@ -20,6 +21,9 @@ type Result struct {
 	// Truncated says there was more.
 	Body      []byte
 	Truncated bool
+	// Version is the function's version the attempt went to, if known
+	// (for its log line).
+	Version int64
 }
 
 // MaxResponse is how much of an answer's body an invocation keeps.
@@ -84,4 +88,30 @@ func (p Policy) Next(n int, r Result, now time.Time, rnd float64) (status string
 	d := p.Delays[n-1]
 	d += time.Duration(float64(d) * p.Jitter * (2*rnd - 1))
 	return StatusQueued, now.Add(d)
+}
+
+// Outcome is the system log line for one attempt of inv (of at most
+// maxAttempts) that ended with r, and what follows: status, and for
+// one queued again, next (now is when the attempt ended).
+func Outcome(inv *Invocation, maxAttempts int, r Result, status string, now, next time.Time) string {
+	line := fmt.Sprintf("async invocation %s, attempt %d of %d: ", inv.ID, inv.Attempts, maxAttempts)
+	took := r.Duration.Round(100 * time.Microsecond)
+	if r.Status != 0 {
+		line += fmt.Sprintf("%d in %v", r.Status, took)
+	} else {
+		line += fmt.Sprintf("no answer after %v", took)
+	}
+	if r.Error != "" {
+		line += " (" + r.Error + ")"
+	}
+	switch status {
+	case StatusQueued:
+		return line + fmt.Sprintf("; next attempt in %v", next.Sub(now).Round(time.Second/10))
+	case StatusSucceeded:
+		return line + "; succeeded"
+	}
+	if r.Retryable() && inv.Attempts >= maxAttempts {
+		return line + "; failed, no attempts left"
+	}
+	return line + "; failed"
 }

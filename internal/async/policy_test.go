@@ -53,3 +53,30 @@ func TestPolicyNext(t *testing.T) {
 		t.Errorf("MaxAttempts = %d", p.MaxAttempts())
 	}
 }
+
+// Each attempt's log line says which, how it went and what follows.
+func TestOutcome(t *testing.T) {
+	now := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	inv := &Invocation{ID: "abc", Attempts: 1}
+	for _, tt := range []struct {
+		attempts int
+		r        Result
+		status   string
+		next     time.Time
+		want     string
+	}{
+		{1, Result{Status: 500, Duration: 12345 * time.Microsecond, Error: "the function answered 500 Internal Server Error"}, StatusQueued, now.Add(31 * time.Second),
+			"async invocation abc, attempt 1 of 3: 500 in 12.3ms (the function answered 500 Internal Server Error); next attempt in 31s"},
+		{2, Result{Status: 200, Duration: 4 * time.Millisecond}, StatusSucceeded, time.Time{},
+			"async invocation abc, attempt 2 of 3: 200 in 4ms; succeeded"},
+		{3, Result{Duration: time.Minute, Error: "timed out"}, StatusFailed, time.Time{},
+			"async invocation abc, attempt 3 of 3: no answer after 1m0s (timed out); failed, no attempts left"},
+		{1, Result{Status: 404, Duration: time.Millisecond, Error: "the function answered 404 Not Found"}, StatusFailed, time.Time{},
+			"async invocation abc, attempt 1 of 3: 404 in 1ms (the function answered 404 Not Found); failed"},
+	} {
+		inv.Attempts = tt.attempts
+		if got := Outcome(inv, 3, tt.r, tt.status, now, tt.next); got != tt.want {
+			t.Errorf("got  %q\nwant %q", got, tt.want)
+		}
+	}
+}

@@ -179,6 +179,22 @@ func (w *Worker) Stop() {
 	w.mu.Unlock()
 }
 
+// Drain stops the worker (Stop) and waits for the attempts running to
+// end, until ctx does: those still running then are cut off and queued
+// again, their attempt not counted. The server drains the worker before
+// it stops what attempts go through.
+func (w *Worker) Drain(ctx context.Context) {
+	w.Stop()
+	done := make(chan struct{})
+	go func() { w.attempts.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		w.cancel()
+		<-done
+	}
+}
+
 // Run runs invocations until ctx ends: first those a stopped server
 // left running (again), then each as it is due, and prunes finished
 // ones past their retention. When ctx ends, the attempts still running
