@@ -37,6 +37,8 @@ var managementEndpoints = []endpoint{
 	{"POST", "/api/v1/functions/{name}/rollback?owner={owner}", `{"version":1}`},
 	{"PUT", "/api/v1/functions/{name}/traffic?owner={owner}", `{"1":100}`},
 	{"PUT", "/api/v1/functions/{name}/tags/canary?owner={owner}", `{"version":1}`},
+	{"POST", "/api/v1/functions/{name}/invocations?owner={owner}&path=/event", `an event`},
+	{"GET", "/api/v1/functions/{name}/invocations?owner={owner}", ""},
 	{"DELETE", "/api/v1/functions/{name}?owner={owner}", ""},
 }
 

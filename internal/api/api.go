@@ -89,7 +89,10 @@ type Config struct {
 	// Backups makes backups of the server's data (GET /backup); nil:
 	// none.
 	Backups Backups
-	Now     func() time.Time
+	// Invocations runs asynchronous invocations (POST
+	// .../invocations); nil: none.
+	Invocations Invocations
+	Now         func() time.Time
 	// AfterFunc runs f once d has passed, by the clock Now reads, and
 	// returns what stops it (nil: time.AfterFunc). It ends the log
 	// follows of tokens that expire; tests fire it themselves.
@@ -193,6 +196,9 @@ func (a *API) routes() []route {
 		{"GET", "/api/v1/functions/{name}/kv/{key...}", read, reads(a.getKV, "owner")},
 		{"PUT", "/api/v1/functions/{name}/kv/{key...}", deploy, reads(a.putKV, "owner", "expireIn")},
 		{"DELETE", "/api/v1/functions/{name}/kv/{key...}", deploy, reads(a.deleteKV, "owner")},
+		{"POST", "/api/v1/functions/{name}/invocations", deploy, reads(a.enqueueInvocation, "owner", "path")},
+		{"GET", "/api/v1/functions/{name}/invocations", read, reads(a.listInvocations, "owner", "limit", "after")},
+		{"GET", "/api/v1/functions/{name}/invocations/{id}", read, reads(a.getInvocation, "owner")},
 		{"GET", "/api/v1/users", all, reads(a.listUsers)},
 		{"POST", "/api/v1/users", all, reads(a.createUser)},
 		{"GET", "/api/v1/users/{name}", all, reads(a.getUser)},

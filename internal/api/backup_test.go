@@ -69,7 +69,7 @@ func TestBackup(t *testing.T) {
 			for _, f := range m.Files {
 				names = append(names, f.Name)
 			}
-			if m.Bundles() != 2 || !slices.Contains(names, "spry.db") || !slices.Contains(names, "kv.db") ||
+			if m.Bundles() != 2 || !slices.Contains(names, "spry.db") || !slices.Contains(names, "kv.db") || !slices.Contains(names, "invocations.db") ||
 				slices.Contains(names, "secret.key") != tt.key || slices.Contains(names, "logs.db") != tt.logs {
 				t.Errorf("files %q", names)
 			}

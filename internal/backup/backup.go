@@ -3,8 +3,9 @@
 //
 // A backup is a gzip-compressed tar: manifest.json first (the format, the
 // spry that made it, when, and every file that follows with its size),
-// then spry.db and kv.db as SQLite snapshots (VACUUM INTO, each a
-// consistent database as of its start, spry.db's taken first), the
+// then spry.db, kv.db and invocations.db as SQLite snapshots (VACUUM
+// INTO, each a consistent database as of its start, spry.db's taken
+// first), the
 // bundles spry.db's snapshot names, and secret.key and logs.db as asked.
 // What a server makes for itself is left out: admin.token, the npm
 // cache, the lock, and the run directory.
@@ -21,19 +22,23 @@ import (
 	"github.com/spry-run/spry/internal/errdefs"
 )
 
-// FormatVersion is the archive layout this spry writes and reads. It
-// changes only when an older spry could not restore what a newer one
-// writes (a new required file, a new meaning of one).
-const FormatVersion = 1
+// FormatVersion is the archive layout this spry writes. It changes only
+// when an older spry could not restore what a newer one writes (a new
+// required file, a new meaning of one): 2 added invocations.db, which
+// a spry of format 1 refuses as a name no backup holds. This spry reads
+// both; a backup of format 1 restores without invocations.
+const FormatVersion = 2
 
 // The names in an archive, which are those in a data directory.
 const (
 	ManifestName = "manifest.json"
 	StoreFile    = "spry.db"
 	KVFile       = "kv.db"
-	LogsFile     = "logs.db"
-	SecretKey    = "secret.key"
-	BlobsDir     = "blobs"
+	// InvocationsFile holds the asynchronous invocations (from format 2).
+	InvocationsFile = "invocations.db"
+	LogsFile        = "logs.db"
+	SecretKey       = "secret.key"
+	BlobsDir        = "blobs"
 )
 
 // blobPrefix is where a bundle's file is, by its digest's hex, in the
@@ -102,7 +107,7 @@ func validHex(s string) bool {
 // no name can reach outside the data directory.
 func checkName(name string) error {
 	switch name {
-	case StoreFile, KVFile, LogsFile, SecretKey:
+	case StoreFile, KVFile, InvocationsFile, LogsFile, SecretKey:
 		return nil
 	}
 	if h, ok := strings.CutPrefix(name, blobPrefix); ok && validHex(h) {
@@ -122,8 +127,8 @@ func parseManifest(data []byte) (*Manifest, error) {
 	switch {
 	case m.Format > FormatVersion:
 		return nil, errdefs.Invalid("backup: format %d, made by a newer spry (%s); this one reads format %d: restore with that version or later", m.Format, m.Spry, FormatVersion)
-	case m.Format != FormatVersion:
-		return nil, errdefs.Invalid("backup: format %d is not one this spry reads (format %d)", m.Format, FormatVersion)
+	case m.Format < 1:
+		return nil, errdefs.Invalid("backup: format %d is not one this spry reads (formats 1 to %d)", m.Format, FormatVersion)
 	}
 	seen := map[string]bool{}
 	for _, f := range m.Files {
@@ -138,7 +143,11 @@ func parseManifest(data []byte) (*Manifest, error) {
 		}
 		seen[f.Name] = true
 	}
-	for _, need := range []string{StoreFile, KVFile} {
+	need := []string{StoreFile, KVFile}
+	if m.Format >= 2 {
+		need = append(need, InvocationsFile)
+	}
+	for _, need := range need {
 		if !seen[need] {
 			return nil, errdefs.Invalid("backup: the manifest does not name %s, which every backup holds", need)
 		}

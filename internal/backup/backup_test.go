@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spry-run/spry/internal/async"
 	"github.com/spry-run/spry/internal/blob"
 	"github.com/spry-run/spry/internal/errdefs"
 	"github.com/spry-run/spry/internal/kv"
@@ -30,6 +31,7 @@ type data struct {
 	dir   string
 	st    *sqlite.Store
 	kv    *kv.Store
+	invs  *async.Store
 	logs  *logstore.Store
 	blobs *blob.Store
 	src   *Source
@@ -48,6 +50,10 @@ func newData(t *testing.T) *data {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.kv.Close() })
+	if d.invs, err = async.Open(ctx, filepath.Join(d.dir, InvocationsFile)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.invs.Close() })
 	if d.logs, err = logstore.Open(ctx, filepath.Join(d.dir, LogsFile), logstore.Options{}); err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +64,7 @@ func newData(t *testing.T) *data {
 	if _, err := secrets.OpenKeyFile(filepath.Join(d.dir, SecretKey)); err != nil {
 		t.Fatal(err)
 	}
-	d.src = &Source{Store: d.st, KV: d.kv, Logs: d.logs, Blobs: d.blobs, SecretKey: filepath.Join(d.dir, SecretKey),
+	d.src = &Source{Store: d.st, KV: d.kv, Invocations: d.invs, Logs: d.logs, Blobs: d.blobs, SecretKey: filepath.Join(d.dir, SecretKey),
 		TempDir: d.dir, Version: "test", Now: func() time.Time { return time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC) }}
 	return d
 }
@@ -133,6 +139,10 @@ func TestRoundTrip(t *testing.T) {
 	if err := d.kv.Set(ctx, id, "greeting", json.RawMessage(`"hi"`), 0); err != nil {
 		t.Fatal(err)
 	}
+	queued := &async.Invocation{ID: async.NewID(), Owner: "admin", FunctionID: id, Function: "hello", Path: "/", Body: []byte("event"), CreatedAt: time.Now(), NextAt: time.Now()}
+	if err := d.invs.Add(ctx, queued, 0); err != nil {
+		t.Fatal(err)
+	}
 	d.logs.Append(logstore.Entry{Owner: "admin", Function: "hello", FunctionID: id, Version: 1, Stream: logstore.StreamStdout, Line: "a line"})
 	if err := d.logs.Flush(ctx); err != nil {
 		t.Fatal(err)
@@ -143,9 +153,9 @@ func TestRoundTrip(t *testing.T) {
 		o    Options
 		want []string
 	}{
-		{"default", Options{SecretKey: true}, []string{ManifestName, StoreFile, KVFile, "b1", "b2", SecretKey}},
-		{"logs", Options{SecretKey: true, Logs: true}, []string{ManifestName, StoreFile, KVFile, "b1", "b2", SecretKey, LogsFile}},
-		{"no key", Options{}, []string{ManifestName, StoreFile, KVFile, "b1", "b2"}},
+		{"default", Options{SecretKey: true}, []string{ManifestName, StoreFile, KVFile, InvocationsFile, "b1", "b2", SecretKey}},
+		{"logs", Options{SecretKey: true, Logs: true}, []string{ManifestName, StoreFile, KVFile, InvocationsFile, "b1", "b2", SecretKey, LogsFile}},
+		{"no key", Options{}, []string{ManifestName, StoreFile, KVFile, InvocationsFile, "b1", "b2"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			archive := d.backup(t, tt.o)
@@ -156,7 +166,7 @@ func TestRoundTrip(t *testing.T) {
 				b1, b2 = b2, b1
 			}
 			want := slices.Clone(tt.want)
-			want[3], want[4] = b1, b2
+			want[4], want[5] = b1, b2
 			if got := names(t, archive); !slices.Equal(got, want) {
 				t.Fatalf("entries %q, want %q", got, want)
 			}
@@ -203,6 +213,14 @@ func TestRoundTrip(t *testing.T) {
 			defer kvs.Close()
 			if v, ok, err := kvs.Get(ctx, id, "greeting"); err != nil || !ok || string(v) != `"hi"` {
 				t.Errorf("kv: %s %v %v", v, ok, err)
+			}
+			invs, err := async.Open(ctx, filepath.Join(dst, InvocationsFile))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer invs.Close()
+			if inv, err := invs.Get(ctx, id, queued.ID); err != nil || inv.Status != async.StatusQueued {
+				t.Errorf("invocation: %+v %v", inv, err)
 			}
 			key, keyErr := os.ReadFile(filepath.Join(dst, SecretKey))
 			orig, _ := os.ReadFile(d.src.SecretKey)
@@ -326,5 +344,71 @@ func TestRemoveTemp(t *testing.T) {
 	}
 	if !slices.Equal(got, []string{".backupfile", "blobs"}) {
 		t.Errorf("left %q", got)
+	}
+}
+
+// A backup of format 1, from before invocations.db, restores: the
+// server started on it makes an empty one.
+func TestRestoreFormat1(t *testing.T) {
+	d := newData(t)
+	d.deploy(t, "hello", "export default {}")
+	archive := d.backup(t, Options{SecretKey: true})
+	// Rewrite it as a spry of format 1 wrote it.
+	zr, err := gzip.NewReader(bytes.NewReader(archive))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(zr)
+	var out bytes.Buffer
+	zw := gzip.NewWriter(&out)
+	tw := tar.NewWriter(zw)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch hdr.Name {
+		case InvocationsFile:
+			continue
+		case ManifestName:
+			var m Manifest
+			if err := json.Unmarshal(body, &m); err != nil {
+				t.Fatal(err)
+			}
+			m.Format = 1
+			m.Files = slices.DeleteFunc(m.Files, func(f File) bool { return f.Name == InvocationsFile })
+			body, _ = json.Marshal(m)
+			hdr.Size = int64(len(body))
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write(body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(t.TempDir(), "restored")
+	m, err := Restore(t.Context(), &out, dst)
+	if err != nil || m.Format != 1 {
+		t.Fatalf("restore of format 1: %+v %v", m, err)
+	}
+	if _, err := os.Stat(filepath.Join(dst, InvocationsFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("invocations.db: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dst, StoreFile)); err != nil {
+		t.Error(err)
 	}
 }

@@ -77,11 +77,12 @@ func TestManifestCheck(t *testing.T) {
 	for _, tt := range []struct {
 		name, manifest, want string
 	}{
-		{"newer format", `{"format":2,"spry_version":"9.9","files":[{"name":"spry.db","size":1},{"name":"kv.db","size":1}]}`, "newer spry (9.9)"},
+		{"newer format", `{"format":3,"spry_version":"9.9","files":[{"name":"spry.db","size":1},{"name":"kv.db","size":1}]}`, "newer spry (9.9)"},
 		{"no format", `{"files":[{"name":"spry.db","size":1},{"name":"kv.db","size":1}]}`, "format 0"},
 		{"not json", `{"format":1,`, "not valid JSON"},
 		{"no spry.db", mustJSON(Manifest{Format: 1, Files: dbs[1:]}), "does not name spry.db"},
 		{"no kv.db", mustJSON(Manifest{Format: 1, Files: dbs[:1]}), "does not name kv.db"},
+		{"format 2 without invocations.db", mustJSON(Manifest{Format: 2, Files: dbs}), "does not name invocations.db"},
 		{"twice", mustJSON(Manifest{Format: 1, Files: append(dbs, File{StoreFile, 1})}), "twice"},
 		{"negative", mustJSON(Manifest{Format: 1, Files: append(dbs, File{SecretKey, -1})}), "negative"},
 		{"other file", mustJSON(Manifest{Format: 1, Files: append(dbs, File{"admin.token", 1})}), `"admin.token"`},
@@ -97,8 +98,12 @@ func TestManifestCheck(t *testing.T) {
 			}
 		})
 	}
+	// Format 1 (before invocations.db) is read still.
 	if m, err := parseManifest([]byte(mustJSON(Manifest{Format: 1, Files: append(dbs, File{blob, 3}, File{SecretKey, 32}, File{LogsFile, 0})}))); err != nil || m.Bundles() != 1 {
-		t.Errorf("a good manifest: %+v %v", m, err)
+		t.Errorf("a good manifest of format 1: %+v %v", m, err)
+	}
+	if m, err := parseManifest([]byte(mustJSON(Manifest{Format: 2, Files: append(dbs, File{InvocationsFile, 1}, File{blob, 3})}))); err != nil || m.Bundles() != 1 {
+		t.Errorf("a good manifest of format 2: %+v %v", m, err)
 	}
 }
 
@@ -116,8 +121,10 @@ func TestRestoreRefusesBadArchives(t *testing.T) {
 	sum := sha256.Sum256([]byte("code"))
 	blob := blobPrefix + hex.EncodeToString(sum[:])
 	wrongBlob := blobPrefix + strings.Repeat("0", 64)
+	// Format 1's: its archives are read still, and need no
+	// invocations.db.
 	dbs := func(extra ...File) entry {
-		return manifestOf(FormatVersion, append([]File{{StoreFile, 2}, {KVFile, 2}}, extra...)...)
+		return manifestOf(1, append([]File{{StoreFile, 2}, {KVFile, 2}}, extra...)...)
 	}
 	for _, tt := range []struct {
 		name    string
@@ -165,7 +172,7 @@ func TestRestoreRefusesBadArchives(t *testing.T) {
 func TestRestoreRefusesTakenDirs(t *testing.T) {
 	d := newData(t)
 	archive := d.backup(t, Options{SecretKey: true})
-	for _, name := range []string{StoreFile, KVFile, SecretKey, "admin.token", BlobsDir} {
+	for _, name := range []string{StoreFile, KVFile, InvocationsFile, SecretKey, "admin.token", BlobsDir} {
 		t.Run(name, func(t *testing.T) {
 			dst := t.TempDir()
 			if err := os.WriteFile(filepath.Join(dst, name), []byte("mine"), 0o600); err != nil {

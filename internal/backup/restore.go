@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/spry-run/spry/internal/async"
 	"github.com/spry-run/spry/internal/errdefs"
 	"github.com/spry-run/spry/internal/kv"
 	"github.com/spry-run/spry/internal/logstore"
@@ -27,7 +28,7 @@ const restorePrefix = ".restore-"
 // that would make a server started on it something else than the backup
 // (an admin.token from another server keeps the restored one from
 // making its own).
-var taken = []string{StoreFile, StoreFile + "-wal", KVFile, LogsFile, SecretKey, BlobsDir, "admin.token"}
+var taken = []string{StoreFile, StoreFile + "-wal", KVFile, InvocationsFile, LogsFile, SecretKey, BlobsDir, "admin.token"}
 
 // Restore puts the backup read from r into the data directory dir, for
 // `spry serve --data dir`. dir may not exist yet, or be empty; one that
@@ -77,7 +78,7 @@ func Restore(ctx context.Context, r io.Reader, dir string) (*Manifest, error) {
 	}
 	// spry.db last: until it is there, dir is no server's data.
 	var names []string
-	for _, name := range []string{BlobsDir, KVFile, LogsFile, SecretKey, StoreFile} {
+	for _, name := range []string{BlobsDir, KVFile, InvocationsFile, LogsFile, SecretKey, StoreFile} {
 		if _, err := os.Lstat(filepath.Join(stage, name)); err == nil {
 			names = append(names, name)
 		}
@@ -159,7 +160,7 @@ func unpack(ctx context.Context, r io.Reader, stage string) (*Manifest, error) {
 // opens with its store; the bundles spry.db's versions name are all
 // there; the key is a key.
 func verify(ctx context.Context, stage string, m *Manifest) error {
-	for _, name := range []string{StoreFile, KVFile, LogsFile} {
+	for _, name := range []string{StoreFile, KVFile, InvocationsFile, LogsFile} {
 		if !m.Has(name) {
 			continue
 		}
@@ -187,6 +188,13 @@ func verify(ctx context.Context, stage string, m *Manifest) error {
 		return errdefs.Invalid("restore: %s: %v", KVFile, err)
 	}
 	kvs.Close()
+	if m.Has(InvocationsFile) {
+		invs, err := async.Open(ctx, filepath.Join(stage, InvocationsFile))
+		if err != nil {
+			return errdefs.Invalid("restore: %s: %v", InvocationsFile, err)
+		}
+		invs.Close()
+	}
 	if m.Has(LogsFile) {
 		logs, err := logstore.Open(ctx, filepath.Join(stage, LogsFile), logstore.Options{})
 		if err != nil {

@@ -33,8 +33,10 @@ type blobs interface {
 type Source struct {
 	Store snapshotter // spry.db
 	KV    snapshotter // kv.db
-	Logs  snapshotter // logs.db
-	Blobs blobs
+	// Invocations is invocations.db.
+	Invocations snapshotter
+	Logs        snapshotter // logs.db
+	Blobs       blobs
 	// SecretKey is the key file's path.
 	SecretKey string
 	// TempDir is where snapshots are written before they are sent, and
@@ -99,6 +101,9 @@ func (src *Source) Write(ctx context.Context, w io.Writer, o Options) error {
 		return err
 	}
 	if err := snap(KVFile, src.KV); err != nil {
+		return err
+	}
+	if err := snap(InvocationsFile, src.Invocations); err != nil {
 		return err
 	}
 	for _, d := range digests {

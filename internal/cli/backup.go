@@ -148,7 +148,11 @@ func (c *countWriter) Write(p []byte) (int, error) {
 
 // describe lists what a backup holds, for people.
 func describe(m *backup.Manifest) string {
-	parts := []string{backup.StoreFile, backup.KVFile, fmt.Sprintf("%d bundles", m.Bundles())}
+	parts := []string{backup.StoreFile, backup.KVFile}
+	if m.Has(backup.InvocationsFile) {
+		parts = append(parts, backup.InvocationsFile)
+	}
+	parts = append(parts, fmt.Sprintf("%d bundles", m.Bundles()))
 	for _, name := range []string{backup.SecretKey, backup.LogsFile} {
 		if m.Has(name) {
 			parts = append(parts, name)

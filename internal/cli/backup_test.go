@@ -45,7 +45,7 @@ func TestBackupAndRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	exit, out, errOut := spry(t, env, "", "backup", file, "--logs")
-	if exit != 0 || !strings.Contains(out, "spry.db, kv.db, 1 bundles, secret.key, logs.db") {
+	if exit != 0 || !strings.Contains(out, "spry.db, kv.db, invocations.db, 1 bundles, secret.key, logs.db") {
 		t.Fatalf("backup: %d %q %q", exit, out, errOut)
 	}
 	if fi, err := os.Stat(file); err != nil || fi.Mode().Perm() != 0o600 {

@@ -271,10 +271,10 @@ func newRmCmd(conn *connFlags) *cobra.Command {
 func newInvokeCmd(conn *connFlags) *cobra.Command {
 	var path, method, data, owner string
 	var headers []string
-	var include, fail, scheduled bool
+	var include, fail, scheduled, async bool
 	cmd := &cobra.Command{
 		Use:   "invoke NAME",
-		Short: "Call a function over HTTP and print its response body",
+		Short: "Call a function over HTTP and print its response body (or, with --async, queue the call and print its id)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := conn.client()
@@ -289,6 +289,9 @@ func newInvokeCmd(conn *connFlags) *cobra.Command {
 				}
 				fmt.Fprintln(cmd.OutOrStdout(), "scheduled run done")
 				return nil
+			}
+			if async {
+				return invokeAsync(cmd, c, owner, args[0], path, data, method, headers, include || fail)
 			}
 			// Ask the API whether the function is there (and whose it is,
 			// without --owner): the router's 404 for one that is not
@@ -374,7 +377,53 @@ func newInvokeCmd(conn *connFlags) *cobra.Command {
 	f.StringArrayVarP(&headers, "header", "H", nil, "request header 'Name: value' (repeatable)")
 	f.BoolVarP(&include, "include", "i", false, "print the response status and headers")
 	f.BoolVar(&fail, "fail", false, "exit with code 22 if the function answers 400 or more")
+	f.BoolVar(&async, "async", false, "queue the call instead (a POST of --data to --path, with its Content-Type from -H), run later with retries, and print the invocation's id; see spry invocations")
 	f.BoolVar(&scheduled, "scheduled", false, "run the function's scheduled handler now, as its schedule would (it need not have one), and wait for it")
 	f.StringVar(&owner, "owner", "", "the function's owner (default: you)")
 	return cmd
+}
+
+// invokeAsync is invoke --async: the call is queued through the API and
+// its id printed. It is always a POST with the data's Content-Type (-H
+// 'Content-Type: ...'), which is all an asynchronous invocation keeps.
+func invokeAsync(cmd *cobra.Command, c *client.Client, owner, name, path, data, method string, headers []string, waits bool) error {
+	if method != "" && !strings.EqualFold(method, "POST") {
+		return errdefs.Invalid("--async sends a POST; --method %s cannot go with it", method)
+	}
+	if waits {
+		return errdefs.Invalid("--include and --fail are about an answer, which --async does not wait for: see spry invocations %s ID", name)
+	}
+	contentType := ""
+	for _, hv := range headers {
+		k, v, ok := strings.Cut(hv, ":")
+		if !ok || !strings.EqualFold(strings.TrimSpace(k), "Content-Type") {
+			return errdefs.Invalid("--header %q: with --async only Content-Type is kept", hv)
+		}
+		contentType = strings.TrimSpace(v)
+	}
+	var body io.Reader
+	switch {
+	case strings.HasPrefix(data, "@"):
+		f, err := os.Open(data[1:])
+		if err != nil {
+			return errdefs.Invalid("%v", err)
+		}
+		defer f.Close()
+		body = f
+	case data == "-":
+		body = cmd.InOrStdin()
+	default:
+		body = strings.NewReader(data)
+	}
+	// One byte over the bound is enough for the server to refuse it.
+	b, err := io.ReadAll(io.LimitReader(body, api.MaxInvocationBody+1))
+	if err != nil {
+		return err
+	}
+	v, err := c.Enqueue(cmd.Context(), owner, name, path, b, contentType)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(cmd.OutOrStdout(), v.ID)
+	return nil
 }

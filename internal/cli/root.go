@@ -80,6 +80,7 @@ func NewRoot(env Env) *cobra.Command {
 		newInitCmd(),
 		newDeployCmd(conn),
 		newInvokeCmd(conn),
+		newInvocationsCmd(conn),
 		newLsCmd(conn),
 		newRmCmd(conn),
 		newConfigCmd(conn),

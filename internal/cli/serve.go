@@ -20,6 +20,7 @@ import (
 
 	"github.com/spry-run/spry/internal/activator"
 	"github.com/spry-run/spry/internal/api"
+	"github.com/spry-run/spry/internal/async"
 	"github.com/spry-run/spry/internal/build"
 	"github.com/spry-run/spry/internal/config"
 	"github.com/spry-run/spry/internal/errdefs"
@@ -95,6 +96,9 @@ func newServeCmd(env Env) *cobra.Command {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			cfg.Version = Version
+			if cfg.AsyncMaxPerUser == 0 {
+				cfg.AsyncMaxPerUser = -1 // the server's "no bound"
+			}
 			s, err := server.New(ctx, cfg, log)
 			if err != nil {
 				return err
@@ -157,6 +161,11 @@ func newServeCmd(env Env) *cobra.Command {
 	f.IntVar(&cfg.MaxDeploys, "max-deploys", api.DefaultMaxDeploys, fmt.Sprintf("deploys past admission at once (reading their body, building, storing), at most %d of them one user's; the others wait, their bodies unread", api.MaxDeploysPerUser))
 	f.IntVar(&cfg.MaxDeploysWaiting, "max-deploys-waiting", api.DefaultMaxDeploysWaiting, "deploys that may wait for admission at once; one more gets 503 unavailable")
 	f.DurationVar(&cfg.DeployBodyTimeout, "deploy-body-timeout", api.DefaultDeployBodyTimeout, "how long an admitted deploy's body may take to arrive whole; past it the deploy gets 408 request_timeout and its slot goes to the next")
+	f.IntVar(&cfg.AsyncWorkers, "async-workers", async.DefaultWorkers, "attempts of asynchronous invocations that run at once, server-wide; the others wait their turn")
+	f.IntVar(&cfg.AsyncWorkersPerUser, "async-workers-per-user", async.DefaultWorkersPerOwner, "attempts of one user's asynchronous invocations that run at once, so that one user's flood leaves room to the others (at most --async-workers)")
+	f.IntVar(&cfg.AsyncMaxPerUser, "async-max-per-user", async.DefaultMaxPendingPerOwner, "asynchronous invocations one user may have not finished (queued, waiting for a retry, or running); one more gets 429 rate_limited (0: no bound)")
+	f.DurationVar(&cfg.AsyncRetryDelay, "async-retry-delay", async.DefaultRetryDelay, "wait before an asynchronous invocation's first retry; the second waits four times as long (each ±20%)")
+	f.DurationVar(&cfg.AsyncRetention, "async-retention", async.DefaultRetention, "how long finished asynchronous invocations are kept, to be read")
 	f.IntVar(&cfg.PoolSize, "pool-size", 4, "warm, generic Deno instances kept ready for cold starts")
 	f.IntVar(&cfg.NodePoolSize, "node-pool-size", 1, "warm, generic Node instances kept ready for cold starts")
 	f.IntVar(&cfg.DefaultMemoryMiB, "memory", 128, "default memory limit of an instance, in MiB")
@@ -243,6 +252,16 @@ func validate(cfg server.Config) error {
 	case cfg.DeployBodyTimeout < time.Second:
 		// Less would refuse ordinary deploys over an ordinary link.
 		return errdefs.Invalid("--deploy-body-timeout must be at least 1s")
+	case cfg.AsyncWorkers < 1 || cfg.AsyncWorkers > 1024:
+		return errdefs.Invalid("--async-workers must be from 1 to 1024")
+	case cfg.AsyncWorkersPerUser < 1 || cfg.AsyncWorkersPerUser > cfg.AsyncWorkers:
+		return errdefs.Invalid("--async-workers-per-user must be from 1 to --async-workers (%d)", cfg.AsyncWorkers)
+	case cfg.AsyncMaxPerUser < 0:
+		return errdefs.Invalid("--async-max-per-user must be 0 (no bound) or more")
+	case cfg.AsyncRetryDelay < 10*time.Millisecond || cfg.AsyncRetryDelay > time.Hour:
+		return errdefs.Invalid("--async-retry-delay must be from 10ms to 1h")
+	case cfg.AsyncRetention < time.Minute:
+		return errdefs.Invalid("--async-retention must be at least 1m")
 	case cfg.PoolSize < 0 || cfg.NodePoolSize < 0:
 		return errdefs.Invalid("--pool-size must not be negative")
 	case cfg.NPMCacheBytes < 1<<20:

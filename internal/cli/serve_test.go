@@ -28,6 +28,7 @@ func TestValidateServeFlags(t *testing.T) {
 		UIDBase: 2000000, ShutdownTimeout: 30 * time.Second, MaxLogBytes: 2 << 30,
 		NPMMemoryMiB: 1024, NPMDiskMiB: 2048, NPMCacheBytes: 1 << 30,
 		MaxDeploys: 4, MaxDeploysWaiting: 32, DeployBodyTimeout: time.Minute,
+		AsyncWorkers: 16, AsyncWorkersPerUser: 4, AsyncMaxPerUser: 10000, AsyncRetryDelay: 30 * time.Second, AsyncRetention: 24 * time.Hour,
 	}
 	for _, tt := range []struct {
 		name string
@@ -35,6 +36,14 @@ func TestValidateServeFlags(t *testing.T) {
 		flag string // "" if valid
 	}{
 		{"defaults", func(*server.Config) {}, ""},
+		{"one async worker", func(c *server.Config) { c.AsyncWorkers, c.AsyncWorkersPerUser = 1, 1 }, ""},
+		{"no async workers", func(c *server.Config) { c.AsyncWorkers = 0 }, "--async-workers"},
+		{"more per user than in all", func(c *server.Config) { c.AsyncWorkersPerUser = 17 }, "--async-workers-per-user"},
+		{"no async bound", func(c *server.Config) { c.AsyncMaxPerUser = 0 }, ""},
+		{"negative async bound", func(c *server.Config) { c.AsyncMaxPerUser = -1 }, "--async-max-per-user"},
+		{"short retry delay", func(c *server.Config) { c.AsyncRetryDelay = 10 * time.Millisecond }, ""},
+		{"retry delay too short", func(c *server.Config) { c.AsyncRetryDelay = time.Millisecond }, "--async-retry-delay"},
+		{"retention too short", func(c *server.Config) { c.AsyncRetention = time.Second }, "--async-retention"},
 		{"no cpu quota", func(c *server.Config) { c.CPU = 0 }, ""},
 		{"least cpu", func(c *server.Config) { c.CPU = 0.05 }, ""},
 		{"many cpus", func(c *server.Config) { c.CPU = 64 }, ""},

@@ -806,3 +806,49 @@ func kvPath(name, key string) string {
 	}
 	return "/api/v1/functions/" + url.PathEscape(name) + "/kv/" + k
 }
+
+// Enqueue queues an asynchronous invocation of a function: a POST of
+// body (with contentType, if set) to path, later, with retries. It
+// returns the invocation as queued.
+func (c *Client) Enqueue(ctx context.Context, owner, name, path string, body []byte, contentType string) (api.InvocationView, error) {
+	var v api.InvocationView
+	q := url.Values{"path": {path}}
+	if owner != "" {
+		q.Set("owner", owner)
+	}
+	if body == nil {
+		body = []byte{}
+	}
+	err := c.do(ctx, "POST", "/api/v1/functions/"+url.PathEscape(name)+"/invocations", q, body, contentType, &v)
+	return v, err
+}
+
+// Invocation gets one asynchronous invocation, with its last answer.
+func (c *Client) Invocation(ctx context.Context, owner, name, id string) (api.InvocationView, error) {
+	var v api.InvocationView
+	err := c.do(ctx, "GET", "/api/v1/functions/"+url.PathEscape(name)+"/invocations/"+url.PathEscape(id), ownerQuery(owner), nil, "", &v)
+	return v, err
+}
+
+// Invocations lists a function's newest asynchronous invocations, up to
+// limit, page after page.
+func (c *Client) Invocations(ctx context.Context, owner, name string, limit int) ([]api.InvocationView, error) {
+	var all []api.InvocationView
+	q := url.Values{}
+	if owner != "" {
+		q.Set("owner", owner)
+	}
+	for len(all) < limit {
+		q.Set("limit", strconv.Itoa(min(limit-len(all), api.MaxPageSize)))
+		var page api.InvocationList
+		if err := c.do(ctx, "GET", "/api/v1/functions/"+url.PathEscape(name)+"/invocations", q, nil, "", &page); err != nil {
+			return all, err
+		}
+		all = append(all, page.Invocations...)
+		if page.Next == "" {
+			break
+		}
+		q.Set("after", page.Next)
+	}
+	return all, nil
+}

@@ -30,6 +30,9 @@ type Gauges interface {
 	// LogLinesDropped reports, as a counter, the log lines lost because
 	// the log store fell behind.
 	LogLinesDropped() uint64
+	// AsyncQueue reports the asynchronous invocations queued (due, or
+	// waiting for a retry) and those running.
+	AsyncQueue() (queued, running int)
 }
 
 // InstanceCount is one row of the spry_instances gauge.
@@ -47,6 +50,7 @@ type Metrics struct {
 	coldStart   *prometheus.HistogramVec
 	evictions   prometheus.Counter
 	scheduled   *prometheus.CounterVec
+	async       *prometheus.CounterVec
 
 	// gone holds the IDs of the functions deleted lately, and when:
 	// requests still in flight when one was deleted end after Forget and
@@ -98,7 +102,11 @@ func New(g Gauges) *Metrics {
 		Name: "spry_scheduled_runs_total",
 		Help: "Runs of functions' scheduled handlers, by outcome: ok, or error (it threw, timed out, has no scheduled method, or no instance could start).",
 	}, []string{"owner", "function", "result"})
-	m.reg.MustRegister(m.invocations, m.duration, m.coldStarts, m.coldStart, m.evictions, m.scheduled,
+	m.async = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "spry_async_invocations_total",
+		Help: "Asynchronous invocations that finished, by outcome: succeeded (a 2xx answer), or failed (another answer, or none, on the last attempt allowed).",
+	}, []string{"owner", "function", "outcome"})
+	m.reg.MustRegister(m.invocations, m.duration, m.coldStarts, m.coldStart, m.evictions, m.scheduled, m.async,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if g != nil {
 		m.reg.MustRegister(&gaugeCollector{g: g})
@@ -170,6 +178,16 @@ func (m *Metrics) Scheduled(owner, function, id string, ok bool) {
 	m.recheck(owner, function, id)
 }
 
+// Async records one asynchronous invocation of the function whose id is
+// id that finished with outcome (succeeded or failed).
+func (m *Metrics) Async(owner, function, id, outcome string) {
+	if m.isGone(id) {
+		return
+	}
+	m.async.WithLabelValues(owner, function, outcome).Inc()
+	m.recheck(owner, function, id)
+}
+
 // Eviction records one idle instance stopped for another's room.
 func (m *Metrics) Eviction() { m.evictions.Inc() }
 
@@ -224,6 +242,7 @@ func (m *Metrics) deleteSeries(owner, function string) {
 	m.duration.DeletePartialMatch(labels)
 	m.coldStarts.DeletePartialMatch(labels)
 	m.scheduled.DeletePartialMatch(labels)
+	m.async.DeletePartialMatch(labels)
 }
 
 var (
@@ -233,6 +252,8 @@ var (
 	loopDesc      = prometheus.NewDesc("spry_router_loop_requests_total", "Requests the router's event loops served in place (its fast path).", nil, nil)
 	backDesc      = prometheus.NewDesc("spry_router_taken_back_total", "Connections the router's event loops took back after the other path served a function request on them.", nil, nil)
 	droppedDesc   = prometheus.NewDesc("spry_log_lines_dropped_total", "Log lines lost because the log store fell behind (each function that lost lines also gets a system line saying how many).", nil, nil)
+	asyncDesc     = prometheus.NewDesc("spry_async_queue_depth", "Asynchronous invocations queued: due, or waiting for a retry (not those running).", nil, nil)
+	asyncRunDesc  = prometheus.NewDesc("spry_async_running", "Attempts of asynchronous invocations running now.", nil, nil)
 	handoffDesc   = prometheus.NewDesc("spry_router_handoffs_total", "Connections the router's event loops handed to the goroutine-per-connection path, by reason (no_capacity: a cold start or a queue; body: chunked, large or split; protocol: upgrades, HTTP/1.0 without Host; not_function: the API).", []string{"reason"}, nil)
 )
 
@@ -246,6 +267,8 @@ func (c *gaugeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- backDesc
 	ch <- handoffDesc
 	ch <- droppedDesc
+	ch <- asyncDesc
+	ch <- asyncRunDesc
 }
 
 func (c *gaugeCollector) Collect(ch chan<- prometheus.Metric) {
@@ -270,4 +293,7 @@ func (c *gaugeCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(handoffDesc, prometheus.CounterValue, float64(n), reason)
 	}
 	ch <- prometheus.MustNewConstMetric(droppedDesc, prometheus.CounterValue, float64(c.g.LogLinesDropped()))
+	queued, running := c.g.AsyncQueue()
+	ch <- prometheus.MustNewConstMetric(asyncDesc, prometheus.GaugeValue, float64(queued))
+	ch <- prometheus.MustNewConstMetric(asyncRunDesc, prometheus.GaugeValue, float64(running))
 }

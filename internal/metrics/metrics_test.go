@@ -13,6 +13,7 @@ func (gauges) PoolIdle() map[string]int                      { return map[string
 func (gauges) QueueDepth() int                               { return 0 }
 func (gauges) RouterPaths() (int64, int64, map[string]int64) { return 0, 0, nil }
 func (gauges) LogLinesDropped() uint64                       { return 7 }
+func (gauges) AsyncQueue() (int, int)                        { return 5, 2 }
 
 // Two versions of one function (a traffic split, or one draining) are one
 // series per state, summed: a series collected twice fails the scrape.
@@ -42,6 +43,8 @@ func TestInstancesSummedPerFunction(t *testing.T) {
 		"spry_instances function=hello owner=alice state=stopping": 1,
 		"spry_instances function=hello owner=bob state=busy":       4,
 		"spry_log_lines_dropped_total":                             7,
+		"spry_async_queue_depth":                                   5,
+		"spry_async_running":                                       2,
 	} {
 		if got[k] != v {
 			t.Errorf("%s = %v, want %v", k, got[k], v)
@@ -70,7 +73,7 @@ func TestForgetOutlastsLateRequests(t *testing.T) {
 		}
 		n := 0.0
 		for _, f := range families {
-			if f.GetName() == "spry_invocations_total" || f.GetName() == "spry_cold_starts_total" {
+			if f.GetName() == "spry_invocations_total" || f.GetName() == "spry_cold_starts_total" || f.GetName() == "spry_async_invocations_total" {
 				for _, mt := range f.GetMetric() {
 					n += mt.GetCounter().GetValue()
 				}
@@ -80,12 +83,14 @@ func TestForgetOutlastsLateRequests(t *testing.T) {
 	}
 	m.ColdStart("alice", "hello", "id-1", "ok")
 	m.Invocation("alice", "hello", "id-1", 200, time.Millisecond)
-	if n := count(); n != 2 {
-		t.Fatalf("before the delete: %v, want 2", n)
+	m.Async("alice", "hello", "id-1", "succeeded")
+	if n := count(); n != 3 {
+		t.Fatalf("before the delete: %v, want 3", n)
 	}
 	m.Forget("alice", "hello", "id-1")
 	m.Invocation("alice", "hello", "id-1", 200, time.Millisecond) // late
 	m.ColdStart("alice", "hello", "id-1", "ok")
+	m.Async("alice", "hello", "id-1", "failed")
 	if n := count(); n != 0 {
 		t.Fatalf("after the delete and late requests: %v, want 0", n)
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spry-run/spry/internal/async"
 	"github.com/spry-run/spry/internal/kv"
 	"github.com/spry-run/spry/internal/metrics"
 	"github.com/spry-run/spry/internal/store"
@@ -54,8 +55,9 @@ func TestPruneKV(t *testing.T) {
 	}
 }
 
-// A deleted function's entries are removed in the background (the
-// deletion holds every deploy), and a server closing waits for that.
+// A deleted function's entries and asynchronous invocations are removed
+// in the background (the deletion holds every deploy), and a server
+// closing waits for that.
 func TestForgetRemovesKV(t *testing.T) {
 	ctx := t.Context()
 	kvs, err := kv.Open(ctx, filepath.Join(t.TempDir(), "kv.db"), kv.Options{})
@@ -68,9 +70,22 @@ func TestForgetRemovesKV(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	s := &Server{kv: kvs, log: slog.New(slog.DiscardHandler), metrics: metrics.New(nil)}
+	invs, err := async.Open(ctx, filepath.Join(t.TempDir(), InvocationsFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer invs.Close()
+	for _, id := range []string{"fn-gone", "fn-kept"} {
+		if err := invs.Add(ctx, &async.Invocation{ID: async.NewID(), Owner: "alice", FunctionID: id, Function: id, Path: "/"}, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := &Server{kv: kvs, invocations: invs, log: slog.New(slog.DiscardHandler), metrics: metrics.New(nil)}
 	s.forget("alice", "gone", "fn-gone")
 	s.kvDeletes.Wait()
+	if fns, err := invs.Functions(ctx); err != nil || !slices.Equal(fns, []string{"fn-kept"}) {
+		t.Errorf("invocations' functions after the deletion: %v %v, want [fn-kept]", fns, err)
+	}
 	spaces, err := kvs.Namespaces(ctx)
 	if err != nil {
 		t.Fatal(err)

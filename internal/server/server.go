@@ -28,9 +28,11 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttputil"
 
 	"github.com/spry-run/spry/internal/activator"
 	"github.com/spry-run/spry/internal/api"
+	"github.com/spry-run/spry/internal/async"
 	"github.com/spry-run/spry/internal/auth"
 	"github.com/spry-run/spry/internal/backend"
 	"github.com/spry-run/spry/internal/backend/local"
@@ -142,6 +144,17 @@ type Config struct {
 	NPMMemoryMiB     int    // one npm install's memory limit (0: build.DefaultNPMLimits')
 	NPMDiskMiB       int    // what one npm install may write (0: build.DefaultNPMWriteBytes)
 	NPMCacheBytes    int64  // the npm cache's bound (0: build.DefaultNPMCacheMaxBytes)
+	// AsyncWorkers and AsyncWorkersPerUser bound the attempts of
+	// asynchronous invocations running at once, server-wide and of one
+	// user's; AsyncMaxPerUser bounds one user's invocations not finished
+	// (-1: no bound); AsyncRetryDelay is the wait before the first retry
+	// (the second waits four times as long); AsyncRetention is how long
+	// finished invocations are kept. 0: async's defaults.
+	AsyncWorkers        int
+	AsyncWorkersPerUser int
+	AsyncMaxPerUser     int
+	AsyncRetryDelay     time.Duration
+	AsyncRetention      time.Duration
 	// NewSecretKey lets a server whose secret key is missing make a new
 	// one although stored versions hold secrets sealed with the old.
 	NewSecretKey bool
@@ -171,16 +184,24 @@ type Server struct {
 	act       *activator.Activator
 	fns       *functions.Service
 	sched     *schedule.Scheduler
-	http      *fasthttp.Server
-	router    *router.Router
-	lane      *router.Lane
-	ln        net.Listener
-	certs     *certreload.Pair // --tls-cert's, nil without TLS
-	dbgLn     net.Listener     // --debug-listen's, nil without it
-	ready     atomic.Bool
-	stop      context.CancelFunc
-	bg        chan struct{}
-	runDir    string
+	// invocations are the asynchronous invocations, which async runs,
+	// sending each attempt to the router through asyncLn (served by
+	// asyncHTTP) with asyncClient.
+	invocations *async.Store
+	async       *async.Worker
+	asyncLn     *fasthttputil.InmemoryListener
+	asyncHTTP   *fasthttp.Server
+	asyncClient *http.Client
+	http        *fasthttp.Server
+	router      *router.Router
+	lane        *router.Lane
+	ln          net.Listener
+	certs       *certreload.Pair // --tls-cert's, nil without TLS
+	dbgLn       net.Listener     // --debug-listen's, nil without it
+	ready       atomic.Bool
+	stop        context.CancelFunc
+	bg          chan struct{}
+	runDir      string
 }
 
 const (
@@ -276,6 +297,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 			return s.fns.Owners(ids)
 		}})
 	if err != nil {
+		return nil, err
+	}
+	if err := s.openAsync(ctx, dataDir); err != nil {
 		return nil, err
 	}
 
@@ -409,7 +433,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	}
 	// Snapshots are made in the data directory: its file system has room
 	// for a copy of what it holds.
-	backups := &backup.Source{Store: s.store, KV: s.kv, Logs: s.logs, Blobs: blobs,
+	backups := &backup.Source{Store: s.store, KV: s.kv, Invocations: s.invocations, Logs: s.logs, Blobs: blobs,
 		SecretKey: filepath.Join(dataDir, "secret.key"), TempDir: dataDir, Version: cfg.Version}
 	apiS := api.New(s.fns, authn, s.store, s.store, s.act, s.logs, api.Config{
 		MaxCodeBytes:      cfg.MaxCodeBytes,
@@ -421,6 +445,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		RunScheduled:      s.RunScheduled,
 		KV:                s.kv,
 		Backups:           backups,
+		Invocations:       s.async,
 		Logger:            log,
 	})
 	s.access = newAccessSampler(s.logs, accessPerSecond, time.Now)
@@ -455,6 +480,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		errdefs.WriteHTTP(w, errdefs.New(errdefs.ErrNotFound, "nothing at %s: functions are under /fn/<owner>/<name>/, the API under /api/v1/", r.URL.Path))
 	})
 	s.router = rt
+	s.serveAsync(rt)
 	rest := httpserve.Adapt(httpserve.RealClient(cleanPaths(mux), cfg.TrustedProxies), log)
 	s.http = httpserve.New(dispatch(rt, rest), log)
 	s.sched = s.newScheduler()
@@ -606,6 +632,12 @@ func (s *Server) Run(ctx context.Context) error {
 		wg.Go(func() { s.collectBlobs(bgCtx, time.Hour) })
 		wg.Go(func() { s.sched.Run(bgCtx) })
 		wg.Go(func() { s.sweepKV(bgCtx, time.Minute) })
+		wg.Go(func() {
+			if err := s.pruneAsync(bgCtx); err != nil && bgCtx.Err() == nil {
+				s.log.Warn("remove deleted functions' invocations", "err", err)
+			}
+			s.async.Run(bgCtx)
+		})
 		// The autoscaler samples concurrency at each tick.
 		interval := max(min(s.cfg.AutoscaleWindow/60, 500*time.Millisecond), 20*time.Millisecond)
 		s.act.Run(bgCtx, interval)
@@ -644,6 +676,11 @@ func (s *Server) Run(ctx context.Context) error {
 		ln = httpserve.Listener(ln, httpserve.WatchAfter, s.log)
 	}
 	go func() { errc <- s.http.Serve(ln) }()
+	go func() {
+		if err := s.asyncHTTP.Serve(s.asyncLn); err != nil && !errors.Is(err, fasthttputil.ErrInmemoryListenerClosed) {
+			s.log.Error("the router's listener for asynchronous invocations", "err", err)
+		}
+	}()
 	s.ready.Store(true)
 	s.log.Info("spry is serving", "addr", s.Addr(), "data", s.cfg.DataDir, "tls", s.certs != nil)
 
@@ -664,8 +701,17 @@ func (s *Server) Run(ctx context.Context) error {
 	defer cancel()
 	laneDone := make(chan struct{})
 	go func() { s.stopLane(sctx); close(laneDone) }()
+	// Asynchronous attempts under way finish as requests do; those cut
+	// off at the timeout are queued again, and the next start runs them.
+	asyncDone := make(chan struct{})
+	go func() {
+		s.async.Drain(sctx)
+		_ = s.asyncHTTP.ShutdownWithContext(sctx)
+		close(asyncDone)
+	}()
 	err := s.http.ShutdownWithContext(sctx)
 	<-laneDone
+	<-asyncDone
 	if errors.Is(err, context.DeadlineExceeded) {
 		// What is still in flight ends with the instances, below.
 		s.log.Warn("in-flight requests did not finish in time", "timeout", s.cfg.ShutdownTimeout)
@@ -719,6 +765,10 @@ func (s *Server) closeAll() {
 	if s.dbgLn != nil {
 		_ = s.dbgLn.Close()
 	}
+	if s.asyncLn != nil {
+		// Closed already unless Run failed before its shutdown.
+		_ = s.asyncLn.Close()
+	}
 	if s.stop != nil {
 		s.stop()
 		<-s.bg
@@ -746,6 +796,10 @@ func (s *Server) closeAll() {
 	if s.kv != nil {
 		s.kvDeletes.Wait()
 		s.kv.Close()
+	}
+	if s.invocations != nil {
+		s.kvDeletes.Wait()
+		s.invocations.Close()
 	}
 	if s.lock != nil {
 		s.lock.Close()
@@ -800,6 +854,16 @@ func (g gauges) Instances() []metrics.InstanceCount {
 func (g gauges) PoolIdle() map[string]int { return g.s.back.PoolIdle() }
 func (g gauges) QueueDepth() int          { return g.s.act.QueueDepth() }
 func (g gauges) LogLinesDropped() uint64  { return g.s.logs.Dropped() }
+
+func (g gauges) AsyncQueue() (queued, running int) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	queued, err := g.s.invocations.Queued(ctx)
+	if err != nil {
+		g.s.log.Warn("count the queued invocations", "err", err)
+	}
+	return queued, g.s.async.Running()
+}
 
 func (g gauges) RouterPaths() (int64, int64, map[string]int64) {
 	if lane := g.s.lane; lane != nil {
@@ -929,7 +993,7 @@ func idleAfter(d time.Duration) time.Duration {
 }
 
 // forget drops what a deleted function leaves beside its versions: its
-// metrics and its ctx.kv entries.
+// metrics, its ctx.kv entries and its asynchronous invocations.
 func (s *Server) forget(owner, name, id string) {
 	s.metrics.Forget(owner, name, id)
 	// In the background: the deletion holds every deploy (forget is
@@ -940,6 +1004,13 @@ func (s *Server) forget(owner, name, id string) {
 	s.kvDeletes.Go(func() {
 		if err := s.kv.DeleteFunction(context.Background(), id); err != nil {
 			s.log.Error("delete a function's kv entries", "owner", owner, "function", name, "err", err)
+		}
+	})
+	// Those of its attempts under way record nothing: their rows are
+	// gone. pruneAsync takes what a stop in between leaves.
+	s.kvDeletes.Go(func() {
+		if err := s.invocations.DeleteFunction(context.Background(), id); err != nil {
+			s.log.Error("delete a function's invocations", "owner", owner, "function", name, "err", err)
 		}
 	})
 }

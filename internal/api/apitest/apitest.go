@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spry-run/spry/internal/async"
 	"github.com/spry-run/spry/internal/auth"
 	"github.com/spry-run/spry/internal/backend"
 	"github.com/spry-run/spry/internal/backup"
@@ -113,7 +114,8 @@ func NewWith(t testing.TB, o Options) *Deps {
 	return d
 }
 
-// Backups opens a key-value store and a secret key beside d's stores,
+// Backups opens a key-value store, an invocation store and a secret key
+// beside d's stores,
 // closed when t ends, and the backup source over all of them: what spry
 // serve's backups read.
 func Backups(t testing.TB, d *Deps) (*kv.Store, *backup.Source) {
@@ -123,9 +125,14 @@ func Backups(t testing.TB, d *Deps) (*kv.Store, *backup.Source) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { kvs.Close() })
+	invs, err := async.Open(t.Context(), filepath.Join(d.Dir, "invocations.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { invs.Close() })
 	keyFile := filepath.Join(d.Dir, "secret.key")
 	if _, err := secrets.OpenKeyFile(keyFile); err != nil {
 		t.Fatal(err)
 	}
-	return kvs, &backup.Source{Store: d.Store, KV: kvs, Logs: d.Logs, Blobs: d.Blobs, SecretKey: keyFile, TempDir: d.Dir, Version: "test"}
+	return kvs, &backup.Source{Store: d.Store, KV: kvs, Invocations: invs, Logs: d.Logs, Blobs: d.Blobs, SecretKey: keyFile, TempDir: d.Dir, Version: "test"}
 }

@@ -1,0 +1,379 @@
+package async
+
+import (
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Defaults of a Worker's bounds (spry serve's flags).
+const (
+	// DefaultWorkers bounds the attempts running at once, server-wide.
+	DefaultWorkers = 16
+	// DefaultWorkersPerOwner bounds one owner's attempts running at
+	// once, so that one user's flood leaves the rest to the others.
+	DefaultWorkersPerOwner = 4
+	// DefaultMaxPendingPerOwner bounds one owner's invocations not
+	// finished (queued, waiting for a retry, or running).
+	DefaultMaxPendingPerOwner = 10000
+	// DefaultRetention is how long finished invocations are kept.
+	DefaultRetention = 24 * time.Hour
+)
+
+// pruneEvery is how often finished invocations past their retention
+// are removed.
+const pruneEvery = 10 * time.Minute
+
+// Config is a Worker's setup.
+type Config struct {
+	// Send makes one attempt of inv (inv.Attempts is its number) and
+	// says how it went; ctx ends when the server stops.
+	Send func(ctx context.Context, inv *Invocation) Result
+	// Workers, WorkersPerOwner, MaxPendingPerOwner and Retention: 0
+	// takes the defaults above; MaxPendingPerOwner < 0 is no bound.
+	Workers            int
+	WorkersPerOwner    int
+	MaxPendingPerOwner int
+	Retention          time.Duration
+	// Policy is when attempts are retried (zero: DefaultPolicy of
+	// DefaultRetryDelay).
+	Policy Policy
+	// Now is the clock (nil: time.Now); Rand picks the jitter of retry
+	// delays, in [0, 1) (nil: math/rand).
+	Now  func() time.Time
+	Rand func() float64
+	// OnAttempt, if set, is told of every attempt that ended (not those
+	// the server's stop cut off): its result, and what follows: status,
+	// and for one queued again, when.
+	OnAttempt func(inv *Invocation, r Result, status string, next time.Time)
+	Logger    *slog.Logger
+}
+
+// Worker runs the invocations of a Store.
+type Worker struct {
+	cfg Config
+	st  *Store
+
+	mu      sync.Mutex
+	owners  map[string]*ownerState
+	running int
+	turn    int  // whose turn is first at the next dispatch
+	stopped bool // Stop: no more attempts start
+	kick    chan struct{}
+
+	attempts sync.WaitGroup
+	actx     context.Context
+	cancel   context.CancelFunc
+}
+
+// ownerState is what the dispatcher knows of one owner's invocations.
+type ownerState struct {
+	queued  bool      // it may have queued invocations
+	next    time.Time // the earliest of them is due then
+	gen     uint64    // changes when an invocation is queued for it
+	running int
+}
+
+// NewWorker returns a worker for st; Run runs it.
+func NewWorker(st *Store, cfg Config) *Worker {
+	if cfg.Workers <= 0 {
+		cfg.Workers = DefaultWorkers
+	}
+	if cfg.WorkersPerOwner <= 0 {
+		cfg.WorkersPerOwner = DefaultWorkersPerOwner
+	}
+	switch {
+	case cfg.MaxPendingPerOwner == 0:
+		cfg.MaxPendingPerOwner = DefaultMaxPendingPerOwner
+	case cfg.MaxPendingPerOwner < 0:
+		cfg.MaxPendingPerOwner = 0
+	}
+	if cfg.Retention <= 0 {
+		cfg.Retention = DefaultRetention
+	}
+	if len(cfg.Policy.Delays) == 0 {
+		cfg.Policy = DefaultPolicy(DefaultRetryDelay)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Float64
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	actx, cancel := context.WithCancel(context.Background())
+	return &Worker{cfg: cfg, st: st, owners: map[string]*ownerState{}, kick: make(chan struct{}, 1), actx: actx, cancel: cancel}
+}
+
+// MaxAttempts is how many attempts an invocation gets at most.
+func (w *Worker) MaxAttempts() int { return w.cfg.Policy.MaxAttempts() }
+
+// Enqueue stores inv (its owner, function, path, host, content type and
+// body set) as a new invocation, due now, and sets its id, status and
+// times. Past its owner's bound of invocations not finished it is an
+// errdefs.ErrRateLimited, and nothing is stored.
+func (w *Worker) Enqueue(ctx context.Context, inv *Invocation) error {
+	now := w.cfg.Now()
+	inv.ID = NewID()
+	inv.Status = StatusQueued
+	inv.CreatedAt, inv.NextAt = now, now
+	if err := w.st.Add(ctx, inv, w.cfg.MaxPendingPerOwner); err != nil {
+		return err
+	}
+	w.mu.Lock()
+	w.queued(inv.Owner, now)
+	w.mu.Unlock()
+	w.wake()
+	return nil
+}
+
+// Get returns the invocation id of the function whose id is fn.
+func (w *Worker) Get(ctx context.Context, fn, id string) (Invocation, error) {
+	return w.st.Get(ctx, fn, id)
+}
+
+// List returns up to limit of fn's invocations, newest first, those
+// before the one numbered before (0: from the newest).
+func (w *Worker) List(ctx context.Context, fn string, before int64, limit int) ([]Invocation, error) {
+	return w.st.List(ctx, fn, before, limit)
+}
+
+// Running is how many attempts run now.
+func (w *Worker) Running() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.running
+}
+
+// queued notes that owner has an invocation due at at (w.mu held).
+func (w *Worker) queued(owner string, at time.Time) {
+	o := w.owners[owner]
+	if o == nil {
+		o = &ownerState{}
+		w.owners[owner] = o
+	}
+	if !o.queued || at.Before(o.next) {
+		o.next = at
+	}
+	o.queued = true
+	o.gen++
+}
+
+func (w *Worker) wake() {
+	select {
+	case w.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Stop starts no more attempts; those running go on until Run's ctx
+// ends. The server calls it as its shutdown begins.
+func (w *Worker) Stop() {
+	w.mu.Lock()
+	w.stopped = true
+	w.mu.Unlock()
+}
+
+// Drain stops the worker (Stop) and waits for the attempts running to
+// end, until ctx does: those still running then are cut off and queued
+// again, their attempt not counted. The server drains the worker before
+// it stops what attempts go through.
+func (w *Worker) Drain(ctx context.Context) {
+	w.Stop()
+	done := make(chan struct{})
+	go func() { w.attempts.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		w.cancel()
+		<-done
+	}
+}
+
+// Run runs invocations until ctx ends: first those a stopped server
+// left running (again), then each as it is due, and prunes finished
+// ones past their retention. When ctx ends, the attempts still running
+// are cut off and queued again, their attempt not counted, and Run
+// returns once they are.
+func (w *Worker) Run(ctx context.Context) {
+	defer func() {
+		w.Stop()
+		w.cancel()
+		w.attempts.Wait()
+	}()
+	if n, err := w.st.Recover(ctx, w.cfg.Now()); err != nil {
+		w.cfg.Logger.Error("queue again the invocations a stopped server left running", "err", err)
+	} else if n > 0 {
+		w.cfg.Logger.Info("queued again the invocations the last server left running; they run again", "count", n)
+	}
+	// Until the store answers, nothing is known to be due.
+	for {
+		due, err := w.st.Due(ctx)
+		if err == nil {
+			w.mu.Lock()
+			for owner, at := range due {
+				w.queued(owner, at)
+			}
+			w.mu.Unlock()
+			break
+		}
+		w.cfg.Logger.Error("read the queued invocations", "err", err)
+		if !sleep(ctx, time.Second) {
+			return
+		}
+	}
+	w.prune(ctx)
+	lastPrune := w.cfg.Now()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		wait := w.dispatch(ctx)
+		if wait <= 0 || wait > pruneEvery {
+			wait = pruneEvery
+		}
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.kick:
+		case <-timer.C:
+		}
+		if now := w.cfg.Now(); now.Sub(lastPrune) >= pruneEvery {
+			lastPrune = now
+			w.prune(ctx)
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+func (w *Worker) prune(ctx context.Context) {
+	n, err := w.st.Prune(ctx, w.cfg.Now().Add(-w.cfg.Retention))
+	if err != nil && ctx.Err() == nil {
+		w.cfg.Logger.Warn("prune finished invocations", "err", err)
+	} else if n > 0 {
+		w.cfg.Logger.Debug("pruned finished invocations", "count", n)
+	}
+}
+
+// dispatch starts the attempts that are due and fit, owners taking
+// turns one invocation at a time, and returns how long until the next
+// is due (0: none is known).
+func (w *Worker) dispatch(ctx context.Context) time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	now := w.cfg.Now()
+	order := make([]string, 0, len(w.owners))
+	for name, o := range w.owners {
+		if !o.queued && o.running == 0 {
+			delete(w.owners, name)
+			continue
+		}
+		order = append(order, name)
+	}
+	slices.Sort(order)
+	if n := len(order); n > 0 {
+		// Whoever went first last time goes later now.
+		w.turn = (w.turn + 1) % n
+		order = append(order[w.turn:], order[:w.turn]...)
+	}
+	for !w.stopped && w.running < w.cfg.Workers {
+		started := false
+		for _, name := range order {
+			o := w.owners[name]
+			if w.stopped || w.running >= w.cfg.Workers {
+				break
+			}
+			if !o.queued || o.running >= w.cfg.WorkersPerOwner || o.next.After(now) {
+				continue
+			}
+			gen := o.gen
+			w.mu.Unlock()
+			inv, err := w.st.Claim(ctx, name, now)
+			var next time.Time
+			more := true
+			if err == nil && inv == nil {
+				next, more, err = w.st.NextDue(ctx, name)
+			}
+			w.mu.Lock()
+			switch {
+			case err != nil:
+				if ctx.Err() == nil {
+					w.cfg.Logger.Error("claim an invocation", "owner", name, "err", err)
+				}
+				return time.Second
+			case inv != nil:
+				o.running++
+				w.running++
+				started = true
+				w.attempts.Add(1)
+				go w.attempt(inv)
+			case o.gen == gen:
+				// Unless one was queued meanwhile, the store's word
+				// stands.
+				o.queued, o.next = more, next
+			}
+		}
+		if !started {
+			break
+		}
+	}
+	var wait time.Duration
+	for _, o := range w.owners {
+		if o.queued && o.running < w.cfg.WorkersPerOwner {
+			d := max(o.next.Sub(now), time.Millisecond)
+			if wait == 0 || d < wait {
+				wait = d
+			}
+		}
+	}
+	return wait
+}
+
+// attempt makes one attempt of inv and records how it went.
+func (w *Worker) attempt(inv *Invocation) {
+	defer w.attempts.Done()
+	r := w.cfg.Send(w.actx, inv)
+	now := w.cfg.Now()
+	// Writes go on after the stop: each is one short transaction, and
+	// what they record is what the next start goes by.
+	ctx := context.Background()
+	status, next := StatusQueued, now
+	if w.actx.Err() != nil {
+		// Cut off by the server's stop: the attempt does not count.
+		if err := w.st.Release(ctx, inv.ID, now); err != nil {
+			w.cfg.Logger.Error("queue again an invocation cut off by the stop", "owner", inv.Owner, "function", inv.Function, "err", err)
+		}
+	} else {
+		status, next = w.cfg.Policy.Next(inv.Attempts, r, now, w.cfg.Rand())
+		if err := w.st.Record(ctx, inv.ID, r, status, now, next); err != nil {
+			w.cfg.Logger.Error("record an invocation's attempt", "owner", inv.Owner, "function", inv.Function, "err", err)
+		}
+		if w.cfg.OnAttempt != nil {
+			w.cfg.OnAttempt(inv, r, status, next)
+		}
+	}
+	w.mu.Lock()
+	w.running--
+	o := w.owners[inv.Owner]
+	o.running--
+	if status == StatusQueued {
+		w.queued(inv.Owner, next)
+	}
+	w.mu.Unlock()
+	w.wake()
+}
