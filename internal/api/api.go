@@ -92,7 +92,12 @@ type Config struct {
 	// Invocations runs asynchronous invocations (POST
 	// .../invocations); nil: none.
 	Invocations Invocations
-	Now         func() time.Time
+	// MaxInvocationBytes bounds an asynchronous invocation's body
+	// (0: MaxInvocationBody): the server sets it no larger than the
+	// router takes, so an event it could never deliver is refused when
+	// it is sent, not failed when it runs.
+	MaxInvocationBytes int64
+	Now                func() time.Time
 	// AfterFunc runs f once d has passed, by the clock Now reads, and
 	// returns what stops it (nil: time.AfterFunc). It ends the log
 	// follows of tokens that expire; tests fire it themselves.

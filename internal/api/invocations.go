@@ -162,7 +162,11 @@ func (a *API) enqueueInvocation(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxInvocationBody))
+	max := a.cfg.MaxInvocationBytes
+	if max <= 0 {
+		max = MaxInvocationBody
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, max))
 	end()
 	if err != nil {
 		return err

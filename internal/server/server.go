@@ -446,7 +446,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		KV:                s.kv,
 		Backups:           backups,
 		Invocations:       s.async,
-		Logger:            log,
+		// The router's own bound, if lower: larger events could never run.
+		MaxInvocationBytes: min(api.MaxInvocationBody, cfg.MaxBodyBytes),
+		Logger:             log,
 	})
 	s.access = newAccessSampler(s.logs, accessPerSecond, time.Now)
 	sink := logSink{s.logs, s.metrics, s.access}
