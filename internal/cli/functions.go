@@ -119,7 +119,7 @@ bundled here instead (npm on this machine) and only the bundle is sent.`,
 type limitFlags struct {
 	memory, timeout, network string
 	cpu, target, grace       string
-	isolation, cron          string
+	isolation, cron, access  string
 	min, max, concurrency    int
 }
 
@@ -135,6 +135,7 @@ func (l *limitFlags) register(cmd *cobra.Command) {
 	f.StringVar(&l.target, "target-utilization", "", "share of --concurrency the autoscaler aims for, e.g. 70 (percent)")
 	f.StringVar(&l.grace, "scale-to-zero-after", "", "stop the last instance after this long without requests (default: the server's)")
 	f.StringVar(&l.cron, "cron", "", `run the function's scheduled handler on this schedule, a cron expression in UTC: "*/5 * * * *" (minute hour day month weekday; an optional seconds field first), or @hourly, @every 10m; "none" removes it`)
+	f.StringVar(&l.access, "access", "", "public (anyone may call it; the default), or private: only a token of the owner's or an admin's with scope invoke")
 	f.StringVar(&l.isolation, "isolation", "", "standard (bubblewrap), or gvisor: a user-space kernel in between (slower to start; no network)")
 }
 
@@ -142,6 +143,7 @@ func (l *limitFlags) register(cmd *cobra.Command) {
 func (l *limitFlags) apply(cmd *cobra.Command, body *api.SettingsBody) {
 	body.Memory, body.Timeout, body.Network = l.memory, l.timeout, l.network
 	body.CPU, body.Target, body.Grace, body.Isolation = l.cpu, l.target, l.grace, l.isolation
+	body.Access = l.access
 	f := cmd.Flags()
 	if f.Changed("min") {
 		body.Min = &l.min

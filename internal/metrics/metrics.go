@@ -233,7 +233,7 @@ var (
 	loopDesc      = prometheus.NewDesc("spry_router_loop_requests_total", "Requests the router's event loops served in place (its fast path).", nil, nil)
 	backDesc      = prometheus.NewDesc("spry_router_taken_back_total", "Connections the router's event loops took back after the other path served a function request on them.", nil, nil)
 	droppedDesc   = prometheus.NewDesc("spry_log_lines_dropped_total", "Log lines lost because the log store fell behind (each function that lost lines also gets a system line saying how many).", nil, nil)
-	handoffDesc   = prometheus.NewDesc("spry_router_handoffs_total", "Connections the router's event loops handed to the goroutine-per-connection path, by reason (no_capacity: a cold start or a queue; body: chunked, large or split; protocol: upgrades, HTTP/1.0 without Host; not_function: the API).", []string{"reason"}, nil)
+	handoffDesc   = prometheus.NewDesc("spry_router_handoffs_total", "Connections the router's event loops handed to the goroutine-per-connection path, by reason (no_capacity: a cold start or a queue; body: chunked, large or split; protocol: upgrades, HTTP/1.0 without Host; not_function: the API; private: a private function's call, whose token is checked there).", []string{"reason"}, nil)
 )
 
 type gaugeCollector struct{ g Gauges }

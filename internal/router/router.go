@@ -28,6 +28,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/spry-run/spry/internal/activator"
+	"github.com/spry-run/spry/internal/auth"
 	"github.com/spry-run/spry/internal/backend"
 	"github.com/spry-run/spry/internal/errdefs"
 	"github.com/spry-run/spry/internal/httpserve"
@@ -44,6 +45,12 @@ type Resolver interface {
 // Leaser leases instances.
 type Leaser interface {
 	Acquire(ctx context.Context, spec *backend.Spec) (*activator.Lease, error)
+}
+
+// Tokens checks bearer tokens (auth.Cache: on the request path, it
+// answers from memory).
+type Tokens interface {
+	Authenticate(ctx context.Context, token string) (auth.Principal, error)
 }
 
 // Prefix is where functions are served.
@@ -81,6 +88,9 @@ type Config struct {
 	// Domain, if set, serves each function at a host of its own as
 	// well, "<name>.<owner>.<Domain>" (see hosts.go).
 	Domain string
+	// Tokens checks the tokens of calls to private functions; nil: no
+	// call to one is let through.
+	Tokens Tokens
 	// TrustedProxies are the peers (a TLS proxy in front, say) whose
 	// X-Forwarded-For, -Proto and -Host a function is given. Anyone
 	// else's are dropped: the function is told the peer's own address,
@@ -259,6 +269,16 @@ func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string)
 		return
 	}
 	inv.spec = spec
+	if spec.Private {
+		// Checked before any instance is sought: a refused call starts
+		// none.
+		if err := rt.admit(ctx, spec); err != nil {
+			rt.writeError(ctx, inv.reqID, err)
+			inv.status = ctx.Response.StatusCode()
+			rt.finished(inv, "", false)
+			return
+		}
+	}
 	// One timeout covers the whole invocation, cold start included.
 	timeout := spec.Timeout
 	if timeout <= 0 {
@@ -318,6 +338,40 @@ func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string)
 		inv.lease, inv.retry, inv.retried = lease, false, true
 		inv.spec = lease.Instance().Spec
 	}
+}
+
+// admit lets a call to private function spec through if it carries a
+// token of the function's owner's, or an admin's, whose scopes allow
+// invoke, and takes the token out of the request: the function never
+// sees its caller's Spry token. Otherwise it says why not: 401 (with
+// WWW-Authenticate, as the API's) without a valid token, 403 with one
+// that may not call the function.
+func (rt *Router) admit(ctx *fasthttp.RequestCtx, spec *backend.Spec) error {
+	rh := &ctx.Request.Header
+	tok, ok := auth.BearerToken(string(rh.Peek(fasthttp.HeaderAuthorization)))
+	if !ok || rt.cfg.Tokens == nil {
+		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="spry"`)
+		return errdefs.New(errdefs.ErrUnauthenticated, "%s/%s is private: send Authorization: Bearer <token>, a token of its owner's with scope invoke", spec.Owner, spec.Name)
+	}
+	p, err := rt.cfg.Tokens.Authenticate(context.Background(), tok)
+	if err != nil {
+		if errors.Is(err, errdefs.ErrUnauthenticated) {
+			ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="spry", error="invalid_token"`)
+		} else {
+			rt.log.Error("cannot check a token", "owner", spec.Owner, "function", spec.Name, "err", err)
+			err = errdefs.New(errdefs.ErrUnavailable, "the token cannot be checked now; try again")
+		}
+		return err
+	}
+	if !p.CanManage(spec.Owner) {
+		return errdefs.New(errdefs.ErrPermissionDenied, "%s/%s is private: only its owner's tokens (or an admin's) may call it", spec.Owner, spec.Name)
+	}
+	if !p.Allows(auth.ScopeInvoke) {
+		return errdefs.New(errdefs.ErrPermissionDenied, "calling a private function needs a token with scope invoke, deploy or all; this token has %s",
+			strings.Join(auth.Strings(p.Scopes), ", "))
+	}
+	rh.Del(fasthttp.HeaderAuthorization)
+	return nil
 }
 
 // acquireWatched is acquire for a request that may wait in the queue:

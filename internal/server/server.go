@@ -409,6 +409,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	}
 	// Snapshots are made in the data directory: its file system has room
 	// for a copy of what it holds.
+	// Private functions' calls check their tokens in memory; the API
+	// tells the cache of each revocation and user deletion.
+	tokens := auth.NewCache(authn, 0, 0)
 	backups := &backup.Source{Store: s.store, KV: s.kv, Logs: s.logs, Blobs: blobs,
 		SecretKey: filepath.Join(dataDir, "secret.key"), TempDir: dataDir, Version: cfg.Version}
 	apiS := api.New(s.fns, authn, s.store, s.store, s.act, s.logs, api.Config{
@@ -421,6 +424,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		RunScheduled:      s.RunScheduled,
 		KV:                s.kv,
 		Backups:           backups,
+		Forget:            tokens,
 		Logger:            log,
 	})
 	s.access = newAccessSampler(s.logs, accessPerSecond, time.Now)
@@ -428,7 +432,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	rt := router.New(s.fns, s.act, router.Config{
 		Timeout: cfg.Timeout, MaxBodyBytes: cfg.MaxBodyBytes, Logger: log, Access: sink,
 		OnColdStart: func(spec *backend.Spec, d time.Duration) { s.metrics.ColdStartLatency(spec.Runtime, d) },
-		Domain:      cfg.FunctionDomain, TrustedProxies: cfg.TrustedProxies,
+		Domain:      cfg.FunctionDomain, TrustedProxies: cfg.TrustedProxies, Tokens: tokens,
 	})
 
 	// Everything but functions is net/http, served through the adaptor.
