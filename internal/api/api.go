@@ -101,7 +101,7 @@ type Config struct {
 	// (the router's, for private functions) drops them at once; nil:
 	// none.
 	Forget TokenForgetter
-	Now     func() time.Time
+	Now    func() time.Time
 	// AfterFunc runs f once d has passed, by the clock Now reads, and
 	// returns what stops it (nil: time.AfterFunc). It ends the log
 	// follows of tokens that expire; tests fire it themselves.

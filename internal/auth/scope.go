@@ -40,7 +40,7 @@ var Scopes = []Scope{ScopeRead, ScopeInvoke, ScopeDeploy, ScopeMetrics, ScopeAll
 
 // implies says which scopes each scope grants besides itself.
 var implies = map[Scope][]Scope{
-	ScopeAll:    {ScopeRead, ScopeInvoke, ScopeDeploy, ScopeMetrics},
+	ScopeAll: {ScopeRead, ScopeInvoke, ScopeDeploy, ScopeMetrics},
 	// A deployer may call what it deploys, to try it.
 	ScopeDeploy: {ScopeRead, ScopeInvoke},
 }
