@@ -20,7 +20,7 @@ type Cache struct {
 	ttl time.Duration
 	max int
 
-	mu sync.Mutex
+	mu sync.RWMutex
 	// Keyed by the SHA-256 of the token's secret, as the store keeps it:
 	// no plaintext token is held.
 	m map[[sha256.Size]byte]cached
@@ -60,10 +60,10 @@ func (c *Cache) Authenticate(ctx context.Context, token string) (Principal, erro
 	}
 	key := [sha256.Size]byte(hash(secret))
 	now := c.s.now()
-	c.mu.Lock()
+	c.mu.RLock()
 	e, hit := c.m[key]
 	gen := c.gen
-	c.mu.Unlock()
+	c.mu.RUnlock()
 	// The id too: a secret is a token's only with its own id.
 	if hit && e.p.TokenID == id && now.Before(e.until) {
 		return e.p, nil
@@ -124,7 +124,7 @@ func (c *Cache) forget(match func(Principal) bool) {
 
 // Len is how many tokens c remembers (for tests).
 func (c *Cache) Len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.mu.RLock()
+	defer c.mu.RUnlock()
 	return len(c.m)
 }

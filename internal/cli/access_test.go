@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"net/http"
 	"strings"
 	"testing"
 
@@ -53,5 +54,26 @@ func TestAccessFlag(t *testing.T) {
 	}
 	if code, _, _ := run(svc, "ls"); code == 0 {
 		t.Fatal("an invoke token listed functions")
+	}
+}
+
+// spry invoke sends the caller's token to a private function (the router
+// checks it, and takes it out), and never to a public one, which would
+// see it.
+func TestInvokePrivateSendsTheToken(t *testing.T) {
+	var got []string
+	url, admin := apiServerWith(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Where spry serve's router would run the function.
+		got = append(got, r.Header.Get("Authorization"))
+	}))
+	_, must := cliAt(t, url)
+	must(admin, "deploy", helloFile(t, "open.ts"))
+	must(admin, "deploy", helloFile(t, "hook.ts"), "--access", "private")
+	must(admin, "invoke", "open")
+	must(admin, "invoke", "hook")
+	must(admin, "invoke", "hook", "-H", "Authorization: Bearer mine")
+	want := []string{"", "Bearer " + admin, "Bearer mine"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Fatalf("the functions were sent Authorization %q, want %q", got, want)
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/spry-run/spry/internal/build"
 	"github.com/spry-run/spry/internal/client"
 	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/functions"
 	"github.com/spry-run/spry/internal/names"
 )
 
@@ -296,9 +297,10 @@ func newInvokeCmd(conn *connFlags) *cobra.Command {
 			// without --owner): the router's 404 for one that is not
 			// looks like a function's own answer, which is printed and
 			// exits 0.
+			private := false
 			switch fn, err := c.Function(cmd.Context(), owner, args[0]); {
 			case err == nil:
-				owner = fn.Owner
+				owner, private = fn.Owner, fn.Access == functions.AccessPrivate
 			case owner != "" && errors.Is(err, errdefs.ErrPermissionDenied):
 				// Another user's function: anyone may call it, only its
 				// owner and the admins read it through the API.
@@ -332,6 +334,11 @@ func newInvokeCmd(conn *connFlags) *cobra.Command {
 					return errdefs.Invalid("--header %q: want 'Name: value'", hv)
 				}
 				h.Add(strings.TrimSpace(k), strings.TrimSpace(v))
+			}
+			if private && h.Get("Authorization") == "" {
+				// The router takes it out before the function sees it;
+				// a public function is never sent it.
+				h.Set("Authorization", "Bearer "+c.Token)
 			}
 			res, err := c.Invoke(cmd.Context(), owner, args[0], strings.ToUpper(method), path, body, h)
 			if err != nil {

@@ -52,7 +52,7 @@ func (e *privateEnv) advance(d time.Duration) {
 // public function "open", and tokens: alice's of each scope, one revoked,
 // one expired, bob's (another user), root's (an admin). The instance
 // answers with whether it saw an Authorization header, and which.
-func newPrivateEnv(t *testing.T) *privateEnv {
+func newPrivateEnv(t testing.TB) *privateEnv {
 	t.Helper()
 	ctx := context.Background()
 	e := &privateEnv{now: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC), tokens: map[string]string{}, ids: map[string]string{}}
@@ -270,5 +270,42 @@ func TestPrivateTokenCache(t *testing.T) {
 	e.cache.ForgetUser("alice")
 	if s := call(e.tokens["invoke"]); s != 401 {
 		t.Fatalf("after ForgetUser: %d, want 401", s)
+	}
+}
+
+// BenchmarkPrivateCall is the cost of a private function's call (a
+// cached token, handed to the slow path) beside a public one's, each
+// client on a kept-alive connection.
+func BenchmarkPrivateCall(b *testing.B) {
+	e := newPrivateEnv(b)
+	for _, tt := range []struct{ name, path, authz string }{
+		{"public", "/fn/alice/open/", ""},
+		{"private", "/fn/alice/secret/", "Bearer " + e.tokens["invoke"]},
+	} {
+		b.Run(tt.name, func(b *testing.B) {
+			tr := &http.Transport{MaxIdleConnsPerHost: 64}
+			defer tr.CloseIdleConnections()
+			client := &http.Client{Transport: tr}
+			b.SetParallelism(4)
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					req, _ := http.NewRequest("GET", e.srv.URL+tt.path, nil)
+					if tt.authz != "" {
+						req.Header.Set("Authorization", tt.authz)
+					}
+					res, err := client.Do(req)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					_, _ = io.Copy(io.Discard, res.Body)
+					res.Body.Close()
+					if res.StatusCode != 200 {
+						b.Errorf("status %d", res.StatusCode)
+						return
+					}
+				}
+			})
+		})
 	}
 }
