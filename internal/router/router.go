@@ -269,16 +269,6 @@ func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string)
 		return
 	}
 	inv.spec = spec
-	if spec.Private {
-		// Checked before any instance is sought: a refused call starts
-		// none.
-		if err := rt.admit(ctx, spec); err != nil {
-			rt.writeError(ctx, inv.reqID, err)
-			inv.status = ctx.Response.StatusCode()
-			rt.finished(inv, "", false)
-			return
-		}
-	}
 	// One timeout covers the whole invocation, cold start included.
 	timeout := spec.Timeout
 	if timeout <= 0 {
@@ -293,6 +283,16 @@ func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string)
 	actx := &lazyDeadline{deadline: inv.deadline}
 	defer actx.stop()
 	inv.actx = actx
+	if spec.Private {
+		// Checked before any instance is sought: a refused call starts
+		// none.
+		if err := rt.admit(ctx, actx, spec); err != nil {
+			rt.writeError(ctx, inv.reqID, err)
+			inv.status = ctx.Response.StatusCode()
+			rt.finished(inv, "", false)
+			return
+		}
+	}
 	upgrade := isUpgrade(&ctx.Request.Header)
 	defer inv.endWatch()
 	if !upgrade && cl == 0 {
@@ -342,18 +342,19 @@ func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string)
 
 // admit lets a call to private function spec through if it carries a
 // token of the function's owner's, or an admin's, whose scopes allow
-// invoke, and takes the token out of the request: the function never
+// invoke (checked within actx, the invocation's time), and takes the token out of the request: the function never
 // sees its caller's Spry token. Otherwise it says why not: 401 (with
 // WWW-Authenticate, as the API's) without a valid token, 403 with one
 // that may not call the function.
-func (rt *Router) admit(ctx *fasthttp.RequestCtx, spec *backend.Spec) error {
+func (rt *Router) admit(ctx *fasthttp.RequestCtx, actx context.Context, spec *backend.Spec) error {
 	rh := &ctx.Request.Header
 	tok, ok := auth.BearerToken(string(rh.Peek(fasthttp.HeaderAuthorization)))
 	if !ok || rt.cfg.Tokens == nil {
 		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="spry"`)
 		return errdefs.New(errdefs.ErrUnauthenticated, "%s/%s is private: send Authorization: Bearer <token>, a token of its owner's with scope invoke", spec.Owner, spec.Name)
 	}
-	p, err := rt.cfg.Tokens.Authenticate(context.Background(), tok)
+	// A cached token's check never looks at actx, so starts no timer.
+	p, err := rt.cfg.Tokens.Authenticate(actx, tok)
 	if err != nil {
 		if errors.Is(err, errdefs.ErrUnauthenticated) {
 			ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="spry", error="invalid_token"`)
