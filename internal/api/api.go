@@ -54,6 +54,13 @@ type Authenticator interface {
 	CreateUser(ctx context.Context, u store.User, name string, opt auth.TokenOptions) (string, store.Token, error)
 }
 
+// TokenForgetter drops what it remembers of a token or of a user's
+// tokens (auth.Cache).
+type TokenForgetter interface {
+	ForgetToken(id string)
+	ForgetUser(name string)
+}
+
 // Instances reports running instances per version key, and what each
 // owner's instances count against their quotas.
 type Instances interface {
@@ -97,7 +104,12 @@ type Config struct {
 	// router takes, so an event it could never deliver is refused when
 	// it is sent, not failed when it runs.
 	MaxInvocationBytes int64
-	Now                func() time.Time
+	// Forget is told of each token the API revokes and each user it
+	// deletes, once the store has it, so that a cache of verified tokens
+	// (the router's, for private functions) drops them at once; nil:
+	// none.
+	Forget TokenForgetter
+	Now    func() time.Time
 	// AfterFunc runs f once d has passed, by the clock Now reads, and
 	// returns what stops it (nil: time.AfterFunc). It ends the log
 	// follows of tokens that expire; tests fire it themselves.

@@ -23,6 +23,7 @@ type FunctionView struct {
 	Name          string            `json:"name"`
 	Version       int64             `json:"version"`
 	Runtime       string            `json:"runtime"`
+	Access        string            `json:"access"` // "public" or "private"
 	URL           string            `json:"url"`
 	Digest        string            `json:"digest"`
 	Size          int64             `json:"size"`
@@ -72,6 +73,9 @@ type SettingsBody struct {
 	// Cron is the schedule of the function's scheduled handler; "" or
 	// "none" removes it, nil keeps the live version's.
 	Cron *string `json:"cron,omitempty"`
+	// Access is "public" or "private" (callable only with a token of
+	// the owner's or an admin's with scope invoke).
+	Access string `json:"access,omitempty"`
 }
 
 // settings turns the body's settings into the strings ParseLimits reads.
@@ -97,6 +101,7 @@ func (d *SettingsBody) settings() map[string]string {
 	put(functions.SettingTarget, d.Target)
 	put(functions.SettingGrace, d.Grace)
 	put(functions.SettingIsolation, d.Isolation)
+	put(functions.SettingAccess, d.Access)
 	if d.Cron != nil {
 		m[functions.SettingCron] = *d.Cron
 	}
@@ -147,6 +152,7 @@ func (a *API) view(r *http.Request, fn store.Function) FunctionView {
 		Name:       fn.Name,
 		Version:    fn.LiveVersion,
 		Runtime:    fn.Live.Config.Runtime,
+		Access:     functions.Access(fn.Live.Config.Limits),
 		URL:        a.functionURL(r, fn.Owner, fn.Name),
 		Digest:     fn.Live.Digest,
 		Size:       fn.Live.Size,

@@ -77,7 +77,7 @@ func TestEveryRouteHasItsScope(t *testing.T) {
 	// or the body is refused, so that what is let through changes
 	// nothing.
 	tokens := map[auth.Scope]string{auth.ScopeAll: e.admin}
-	for _, sc := range []auth.Scope{auth.ScopeRead, auth.ScopeDeploy, auth.ScopeMetrics} {
+	for _, sc := range []auth.Scope{auth.ScopeRead, auth.ScopeInvoke, auth.ScopeDeploy, auth.ScopeMetrics} {
 		var tok struct{ Token string }
 		e.mustDo(e.admin, "POST", "/api/v1/tokens", `{"name":"`+string(sc)+`","scopes":["`+string(sc)+`"]}`, http.StatusCreated, &tok)
 		tokens[sc] = tok.Token

@@ -199,6 +199,9 @@ func (a *API) revokeToken(w http.ResponseWriter, r *http.Request) error {
 	if err := a.tokens.RevokeToken(r.Context(), id, a.cfg.Now()); err != nil {
 		return err
 	}
+	if a.cfg.Forget != nil {
+		a.cfg.Forget.ForgetToken(id)
+	}
 	a.endFollows(t.User, id, errdefs.New(errdefs.ErrUnauthenticated, "token %s was revoked", id))
 	w.WriteHeader(http.StatusNoContent)
 	return nil

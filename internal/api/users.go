@@ -148,6 +148,9 @@ func (a *API) deleteUser(w http.ResponseWriter, r *http.Request) error {
 		if err := a.users.DeleteUser(r.Context(), name); err != nil {
 			return err
 		}
+		if a.cfg.Forget != nil {
+			a.cfg.Forget.ForgetUser(name)
+		}
 		a.endFollows(name, "", errdefs.New(errdefs.ErrUnauthenticated, "user %s was deleted", name))
 		return nil
 	})

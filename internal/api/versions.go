@@ -18,6 +18,7 @@ type VersionView struct {
 	Percent   int       `json:"traffic_percent"`
 	Tags      []string  `json:"tags,omitempty"`
 	Runtime   string    `json:"runtime"`
+	Access    string    `json:"access"` // "public" or "private", as this version was made
 	Digest    string    `json:"digest"`
 	Size      int64     `json:"size"`
 	CreatedAt time.Time `json:"created_at"`
@@ -49,7 +50,7 @@ func (a *API) listVersions(w http.ResponseWriter, r *http.Request) error {
 		sort.Strings(tags[v.Number])
 		out = append(out, VersionView{
 			Version: v.Number, Live: v.Number == fn.LiveVersion, Percent: percent[v.Number], Tags: tags[v.Number],
-			Runtime: v.Config.Runtime, Digest: v.Digest, Size: v.Size, CreatedAt: v.CreatedAt, CreatedBy: v.CreatedBy,
+			Runtime: v.Config.Runtime, Access: functions.Access(v.Config.Limits), Digest: v.Digest, Size: v.Size, CreatedAt: v.CreatedAt, CreatedBy: v.CreatedBy,
 		})
 	}
 	return writeJSON(w, http.StatusOK, map[string]any{"versions": out})

@@ -27,16 +27,22 @@ const (
 	// may hold it (it is how a monitoring system scrapes without a full
 	// admin token).
 	ScopeMetrics Scope = "metrics"
+	// ScopeInvoke calls the private functions the token's user may
+	// manage (an admin's: everyone's), and nothing else: what a service
+	// calling an internal function is given. It reads nothing, so a
+	// leaked one shows neither code, env nor logs.
+	ScopeInvoke Scope = "invoke"
 )
 
 // Scopes are the scopes a token may be given, in the order they are
 // listed.
-var Scopes = []Scope{ScopeRead, ScopeDeploy, ScopeMetrics, ScopeAll}
+var Scopes = []Scope{ScopeRead, ScopeInvoke, ScopeDeploy, ScopeMetrics, ScopeAll}
 
 // implies says which scopes each scope grants besides itself.
 var implies = map[Scope][]Scope{
-	ScopeAll:    {ScopeRead, ScopeDeploy, ScopeMetrics},
-	ScopeDeploy: {ScopeRead},
+	ScopeAll: {ScopeRead, ScopeInvoke, ScopeDeploy, ScopeMetrics},
+	// A deployer may call what it deploys, to try it.
+	ScopeDeploy: {ScopeRead, ScopeInvoke},
 }
 
 // Allows reports whether a token holding held may do what needs need.

@@ -37,6 +37,10 @@ type Spec struct {
 	ScaleToZeroAfter  time.Duration // 0: the server's default
 	CPUMilli          int           // CPU quota in thousandths of a CPU; 0: the server's default
 	Isolation         string        // "" (standard) or "gvisor"
+	// Private says a request needs a token to reach the version (the
+	// router's concern, not the backend's: it is here because the spec
+	// is what the router's lookup yields).
+	Private bool
 }
 
 // Key identifies the version across the platform.

@@ -21,6 +21,7 @@ import (
 	"github.com/spry-run/spry/internal/build"
 	"github.com/spry-run/spry/internal/client"
 	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/functions"
 	"github.com/spry-run/spry/internal/names"
 )
 
@@ -119,7 +120,7 @@ bundled here instead (npm on this machine) and only the bundle is sent.`,
 type limitFlags struct {
 	memory, timeout, network string
 	cpu, target, grace       string
-	isolation, cron          string
+	isolation, cron, access  string
 	min, max, concurrency    int
 }
 
@@ -135,6 +136,7 @@ func (l *limitFlags) register(cmd *cobra.Command) {
 	f.StringVar(&l.target, "target-utilization", "", "share of --concurrency the autoscaler aims for, e.g. 70 (percent)")
 	f.StringVar(&l.grace, "scale-to-zero-after", "", "stop the last instance after this long without requests (default: the server's)")
 	f.StringVar(&l.cron, "cron", "", `run the function's scheduled handler on this schedule, a cron expression in UTC: "*/5 * * * *" (minute hour day month weekday; an optional seconds field first), or @hourly, @every 10m; "none" removes it`)
+	f.StringVar(&l.access, "access", "", "public (anyone may call it; the default), or private: only a token of the owner's or an admin's with scope invoke")
 	f.StringVar(&l.isolation, "isolation", "", "standard (bubblewrap), or gvisor: a user-space kernel in between (slower to start; no network)")
 }
 
@@ -142,6 +144,7 @@ func (l *limitFlags) register(cmd *cobra.Command) {
 func (l *limitFlags) apply(cmd *cobra.Command, body *api.SettingsBody) {
 	body.Memory, body.Timeout, body.Network = l.memory, l.timeout, l.network
 	body.CPU, body.Target, body.Grace, body.Isolation = l.cpu, l.target, l.grace, l.isolation
+	body.Access = l.access
 	f := cmd.Flags()
 	if f.Changed("min") {
 		body.Min = &l.min
@@ -297,9 +300,10 @@ func newInvokeCmd(conn *connFlags) *cobra.Command {
 			// without --owner): the router's 404 for one that is not
 			// looks like a function's own answer, which is printed and
 			// exits 0.
+			private := false
 			switch fn, err := c.Function(cmd.Context(), owner, args[0]); {
 			case err == nil:
-				owner = fn.Owner
+				owner, private = fn.Owner, fn.Access == functions.AccessPrivate
 			case owner != "" && errors.Is(err, errdefs.ErrPermissionDenied):
 				// Another user's function: anyone may call it, only its
 				// owner and the admins read it through the API.
@@ -333,6 +337,11 @@ func newInvokeCmd(conn *connFlags) *cobra.Command {
 					return errdefs.Invalid("--header %q: want 'Name: value'", hv)
 				}
 				h.Add(strings.TrimSpace(k), strings.TrimSpace(v))
+			}
+			if private && h.Get("Authorization") == "" {
+				// The router takes it out before the function sees it;
+				// a public function is never sent it.
+				h.Set("Authorization", "Bearer "+c.Token)
 			}
 			res, err := c.Invoke(cmd.Context(), owner, args[0], strings.ToUpper(method), path, body, h)
 			if err != nil {

@@ -158,9 +158,10 @@ func newTokenCmd(conn *connFlags) *cobra.Command {
 		Long: `Create an API token and print it (only this once).
 
 --scope limits what it may do: read (see functions, versions, logs, kv,
-env), deploy (read, and change functions), metrics (GET /metrics only; an
-admin's tokens only), all (everything, the default; only all tokens
-manage tokens and users). --expires makes it stop working after a
+env), invoke (call private functions, and nothing else), deploy (read,
+invoke, and change functions), metrics (GET /metrics only; an admin's
+tokens only), all (everything, the default; only all tokens manage
+tokens and users). --expires makes it stop working after a
 duration (Go's, like 720h, or days, like 30d).`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -192,7 +193,7 @@ duration (Go's, like 720h, or days, like 30d).`,
 	create.Flags().StringVar(&name, "name", "", "a note saying what the token is for (or give it as NAME)")
 	create.Flags().StringVar(&user, "user", "", "create it for another user (admin only)")
 	create.Flags().StringVar(&expires, "expires", "", "expire after `duration` (720h, 30d; 1m to 3650d; default never)")
-	create.Flags().StringSliceVar(&scopes, "scope", nil, "what it may do: `scope` read, deploy, metrics or all (repeat, or a comma list; default all)")
+	create.Flags().StringSliceVar(&scopes, "scope", nil, "what it may do: `scope` read, invoke, deploy, metrics or all (repeat, or a comma list; default all)")
 	var lsUser string
 	var tokensJSON bool
 	ls := &cobra.Command{

@@ -25,10 +25,26 @@ const (
 	SettingGrace       = "scale-to-zero-after"
 	SettingIsolation   = "isolation"
 	SettingCron        = "cron"
+	SettingAccess      = "access"
 )
 
+// Access values: who may call a function. Limits.Access stores public as
+// "", as it stores every default.
+const (
+	AccessPublic  = "public"
+	AccessPrivate = "private"
+)
+
+// Access is how l's access is shown: public or private.
+func Access(l store.Limits) string {
+	if l.Access == AccessPrivate {
+		return AccessPrivate
+	}
+	return AccessPublic
+}
+
 // Settings lists the setting names ParseLimits understands.
-var Settings = []string{SettingMemory, SettingTimeout, SettingNetwork, SettingMin, SettingMax, SettingConcurrency, SettingCPU, SettingTarget, SettingGrace, SettingIsolation, SettingCron}
+var Settings = []string{SettingMemory, SettingTimeout, SettingNetwork, SettingMin, SettingMax, SettingConcurrency, SettingCPU, SettingTarget, SettingGrace, SettingIsolation, SettingCron, SettingAccess}
 
 // Bounds are the server's limits on what a function may ask for.
 type Bounds struct {
@@ -111,6 +127,15 @@ func ApplySettings(l store.Limits, settings map[string]string, b Bounds) (store.
 				l.Isolation = v
 			default:
 				return l, errdefs.Invalid("isolation %q: want standard or gvisor", v)
+			}
+		case SettingAccess:
+			switch v {
+			case AccessPublic:
+				l.Access = ""
+			case AccessPrivate:
+				l.Access = v
+			default:
+				return l, errdefs.Invalid("access %q: want public or private", v)
 			}
 		case SettingCron:
 			// "" or "none" removes the schedule.

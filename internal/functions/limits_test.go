@@ -47,6 +47,10 @@ func TestParseLimits(t *testing.T) {
 		{"cron none", map[string]string{"cron": "none"}, store.Limits{}, true},
 		{"bad cron", map[string]string{"cron": "61 * * * *"}, store.Limits{}, false},
 		{"cron of four fields", map[string]string{"cron": "* * * *"}, store.Limits{}, false},
+		{"private", map[string]string{"access": " private "}, store.Limits{Access: "private"}, true},
+		{"public", map[string]string{"access": "public"}, store.Limits{}, true},
+		{"bad access", map[string]string{"access": "internal"}, store.Limits{}, false},
+		{"access spelt in capitals", map[string]string{"access": "Private"}, store.Limits{}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -87,6 +91,8 @@ func TestApplySettings(t *testing.T) {
 		{"egress with the stored gvisor", map[string]string{"network": "egress"}, store.Limits{}, false},
 		{"a schedule", map[string]string{"cron": "@hourly"},
 			store.Limits{MemoryMiB: 256, MinScale: 2, MaxScale: 4, Isolation: "gvisor", Network: "none", Cron: "@hourly"}, true},
+		{"private", map[string]string{"access": "private"},
+			store.Limits{MemoryMiB: 256, MinScale: 2, MaxScale: 4, Isolation: "gvisor", Network: "none", Access: "private"}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -26,6 +26,10 @@ type route struct {
 	// their secrets do not open with this server's key. The rest of the
 	// function still routes, and changes to it still apply.
 	broken map[int64]error
+	// private: the live version is private, and so, while it is, is
+	// every version of the function (a function made private must not
+	// stay open at @<n> or a tag naming an older, public version).
+	private bool
 }
 
 type weighted struct {
@@ -101,6 +105,7 @@ func (s *Service) specOf(fn store.Function, v store.Version) (spec *backend.Spec
 		ScaleToZeroAfter:  time.Duration(l.ScaleToZeroMs) * time.Millisecond,
 		Isolation:         l.Isolation,
 		Cron:              l.Cron,
+		Private:           l.Access == AccessPrivate,
 	}
 	if spec.Network == "" {
 		spec.Network = s.cfg.DefaultNetwork
@@ -118,6 +123,8 @@ func (s *Service) specOf(fn store.Function, v store.Version) (spec *backend.Spec
 func (s *Service) buildRoute(ctx context.Context, fn store.Function) (*route, error) {
 	r := &route{id: fn.ID, tags: map[string]*backend.Spec{}, versions: map[int64]*backend.Spec{}, broken: map[int64]error{}}
 	r.live = r.add(s.specOf(fn, fn.Live))
+	// Set before any other version is added: add marks them by it.
+	r.private = r.live.Private
 	version := func(n int64) (*backend.Spec, error) {
 		if sp := r.versions[n]; sp != nil {
 			return sp, nil
@@ -150,6 +157,9 @@ func (s *Service) buildRoute(ctx context.Context, fn store.Function) (*route, er
 // add records a version specOf built, and lost, why it cannot run. The
 // caller holds s.mu if r is published.
 func (r *route) add(sp *backend.Spec, lost error) *backend.Spec {
+	// A version made private stays so; any version is while the live
+	// one is.
+	sp.Private = sp.Private || r.private
 	r.versions[sp.Version] = sp
 	if lost != nil {
 		r.broken[sp.Version] = lost

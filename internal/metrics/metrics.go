@@ -254,7 +254,7 @@ var (
 	droppedDesc   = prometheus.NewDesc("spry_log_lines_dropped_total", "Log lines lost because the log store fell behind (each function that lost lines also gets a system line saying how many).", nil, nil)
 	asyncDesc     = prometheus.NewDesc("spry_async_queue_depth", "Asynchronous invocations queued: due, or waiting for a retry (not those running).", nil, nil)
 	asyncRunDesc  = prometheus.NewDesc("spry_async_running", "Attempts of asynchronous invocations running now.", nil, nil)
-	handoffDesc   = prometheus.NewDesc("spry_router_handoffs_total", "Connections the router's event loops handed to the goroutine-per-connection path, by reason (no_capacity: a cold start or a queue; body: chunked, large or split; protocol: upgrades, HTTP/1.0 without Host; not_function: the API).", []string{"reason"}, nil)
+	handoffDesc   = prometheus.NewDesc("spry_router_handoffs_total", "Connections the router's event loops handed to the goroutine-per-connection path, by reason (no_capacity: a cold start or a queue; body: chunked, large or split; protocol: upgrades, HTTP/1.0 without Host; not_function: the API; private: a private function's call, whose token is checked there).", []string{"reason"}, nil)
 )
 
 type gaugeCollector struct{ g Gauges }

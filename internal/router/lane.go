@@ -93,11 +93,12 @@ const (
 	handoffNetwork                          // the instance is not on a Unix socket
 	handoffDial                             // the instance could not be dialled
 	handoffRetry                            // the request never reached its instance: served again elsewhere
+	handoffPrivate                          // a private function: its token is checked there
 	handoffReasons
 )
 
 var handoffNames = [handoffReasons]string{"", "not_function", "protocol", "body", "head", "malformed",
-	"not_cached", "no_capacity", "network", "dial", "retry"}
+	"not_cached", "no_capacity", "network", "dial", "retry", "private"}
 
 // Counts reports the requests the loops served, the connections the
 // slow path gave back, and, by reason, the connections the loops handed
@@ -937,6 +938,12 @@ func (lp *loop) start(c *laneClient, end int) handoffReason {
 	spec := lp.lane.cache.Cached(owner, fn, tag)
 	if spec == nil {
 		return handoffNotCached
+	}
+	if spec.Private {
+		// The token check has one implementation, the slow path's. The
+		// connection stays there (handOffAt): its client is likely to
+		// call private functions again.
+		return handoffPrivate
 	}
 	lease := lp.lane.try.TryAcquire(spec)
 	if lease == nil {

@@ -28,6 +28,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/spry-run/spry/internal/activator"
+	"github.com/spry-run/spry/internal/auth"
 	"github.com/spry-run/spry/internal/backend"
 	"github.com/spry-run/spry/internal/errdefs"
 	"github.com/spry-run/spry/internal/httpserve"
@@ -44,6 +45,12 @@ type Resolver interface {
 // Leaser leases instances.
 type Leaser interface {
 	Acquire(ctx context.Context, spec *backend.Spec) (*activator.Lease, error)
+}
+
+// Tokens checks bearer tokens (auth.Cache: on the request path, it
+// answers from memory).
+type Tokens interface {
+	Authenticate(ctx context.Context, token string) (auth.Principal, error)
 }
 
 // Prefix is where functions are served.
@@ -81,6 +88,9 @@ type Config struct {
 	// Domain, if set, serves each function at a host of its own as
 	// well, "<name>.<owner>.<Domain>" (see hosts.go).
 	Domain string
+	// Tokens checks the tokens of calls to private functions; nil: no
+	// call to one is let through.
+	Tokens Tokens
 	// TrustedProxies are the peers (a TLS proxy in front, say) whose
 	// X-Forwarded-For, -Proto and -Host a function is given. Anyone
 	// else's are dropped: the function is told the peer's own address,
@@ -175,7 +185,7 @@ func (rt *Router) Handle(ctx *fasthttp.RequestCtx) {
 				rt.writeError(ctx, "", errdefs.New(errdefs.ErrInvalidArgument, "malformed request target"))
 				ctx.SetConnectionClose()
 			default:
-				rt.serve(ctx, owner, name, path, uri)
+				rt.serve(ctx, owner, name, path, uri, false)
 			}
 			return
 		}
@@ -186,16 +196,26 @@ func (rt *Router) Handle(ctx *fasthttp.RequestCtx) {
 		httpserve.LeaveBody(ctx)
 		return
 	}
-	rt.serve(ctx, owner, name, rest, uri)
+	rt.serve(ctx, owner, name, rest, uri, false)
 }
 
 // ServeFunction serves the request in ctx with function owner/name, as if
 // it had come to Prefix+owner/name+rest (rest is the escaped path).
 func (rt *Router) ServeFunction(ctx *fasthttp.RequestCtx, owner, name, rest string) {
-	rt.serve(ctx, owner, name, rest, string(ctx.Request.Header.RequestURI()))
+	rt.serve(ctx, owner, name, rest, string(ctx.Request.Header.RequestURI()), false)
 }
 
-func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string) {
+// ServeAdmitted is ServeFunction for a request the caller has already
+// let through, as it would a private function's: an asynchronous
+// invocation, which a token that may deploy the function enqueued. No
+// token is asked for.
+func (rt *Router) ServeAdmitted(ctx *fasthttp.RequestCtx, owner, name, rest string) {
+	rt.serve(ctx, owner, name, rest, string(ctx.Request.Header.RequestURI()), true)
+}
+
+// serve serves a function's request; admitted: the caller has checked
+// its right to call a private function.
+func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string, admitted bool) {
 	if string(ctx.Method()) == fasthttp.MethodConnect {
 		// CONNECT asks for a tunnel, and its target is a host:port
 		// (authority-form, RFC 9112 3.2.3), never a function's path. A
@@ -273,6 +293,16 @@ func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string)
 	actx := &lazyDeadline{deadline: inv.deadline}
 	defer actx.stop()
 	inv.actx = actx
+	if spec.Private && !admitted {
+		// Checked before any instance is sought: a refused call starts
+		// none.
+		if err := rt.admit(ctx, actx, spec); err != nil {
+			rt.writeError(ctx, inv.reqID, err)
+			inv.status = ctx.Response.StatusCode()
+			rt.finished(inv, "", false)
+			return
+		}
+	}
 	upgrade := isUpgrade(&ctx.Request.Header)
 	defer inv.endWatch()
 	if !upgrade && cl == 0 {
@@ -318,6 +348,41 @@ func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string)
 		inv.lease, inv.retry, inv.retried = lease, false, true
 		inv.spec = lease.Instance().Spec
 	}
+}
+
+// admit lets a call to private function spec through if it carries a
+// token of the function's owner's, or an admin's, whose scopes allow
+// invoke (checked within actx, the invocation's time), and takes the token out of the request: the function never
+// sees its caller's Spry token. Otherwise it says why not: 401 (with
+// WWW-Authenticate, as the API's) without a valid token, 403 with one
+// that may not call the function.
+func (rt *Router) admit(ctx *fasthttp.RequestCtx, actx context.Context, spec *backend.Spec) error {
+	rh := &ctx.Request.Header
+	tok, ok := auth.BearerToken(string(rh.Peek(fasthttp.HeaderAuthorization)))
+	if !ok || rt.cfg.Tokens == nil {
+		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="spry"`)
+		return errdefs.New(errdefs.ErrUnauthenticated, "%s/%s is private: send Authorization: Bearer <token>, a token of its owner's with scope invoke", spec.Owner, spec.Name)
+	}
+	// A cached token's check never looks at actx, so starts no timer.
+	p, err := rt.cfg.Tokens.Authenticate(actx, tok)
+	if err != nil {
+		if errors.Is(err, errdefs.ErrUnauthenticated) {
+			ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="spry", error="invalid_token"`)
+		} else {
+			rt.log.Error("cannot check a token", "owner", spec.Owner, "function", spec.Name, "err", err)
+			err = errdefs.New(errdefs.ErrUnavailable, "the token cannot be checked now; try again")
+		}
+		return err
+	}
+	if !p.CanManage(spec.Owner) {
+		return errdefs.New(errdefs.ErrPermissionDenied, "%s/%s is private: only its owner's tokens (or an admin's) may call it", spec.Owner, spec.Name)
+	}
+	if !p.Allows(auth.ScopeInvoke) {
+		return errdefs.New(errdefs.ErrPermissionDenied, "calling a private function needs a token with scope invoke, deploy or all; this token has %s",
+			strings.Join(auth.Strings(p.Scopes), ", "))
+	}
+	rh.Del(fasthttp.HeaderAuthorization)
+	return nil
 }
 
 // acquireWatched is acquire for a request that may wait in the queue:

@@ -78,7 +78,9 @@ func (s *Server) serveAsync(rt *router.Router) {
 			httpserve.WriteError(ctx, err)
 			return
 		}
-		rt.ServeFunction(ctx, owner, name, rest)
+		// Enqueued with a token that may deploy the function, so
+		// that may call it if it is private.
+		rt.ServeAdmitted(ctx, owner, name, rest)
 	}, s.log)
 	loopback := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}
 	s.asyncClient = &http.Client{

@@ -433,6 +433,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	}
 	// Snapshots are made in the data directory: its file system has room
 	// for a copy of what it holds.
+	// Private functions' calls check their tokens in memory; the API
+	// tells the cache of each revocation and user deletion.
+	tokens := auth.NewCache(authn, 0, 0)
 	backups := &backup.Source{Store: s.store, KV: s.kv, Invocations: s.invocations, Logs: s.logs, Blobs: blobs,
 		SecretKey: filepath.Join(dataDir, "secret.key"), TempDir: dataDir, Version: cfg.Version}
 	apiS := api.New(s.fns, authn, s.store, s.store, s.act, s.logs, api.Config{
@@ -448,6 +451,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		Invocations:       s.async,
 		// The router's own bound, if lower: larger events could never run.
 		MaxInvocationBytes: min(api.MaxInvocationBody, cfg.MaxBodyBytes),
+		Forget:             tokens,
 		Logger:             log,
 	})
 	s.access = newAccessSampler(s.logs, accessPerSecond, time.Now)
@@ -455,7 +459,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	rt := router.New(s.fns, s.act, router.Config{
 		Timeout: cfg.Timeout, MaxBodyBytes: cfg.MaxBodyBytes, Logger: log, Access: sink,
 		OnColdStart: func(spec *backend.Spec, d time.Duration) { s.metrics.ColdStartLatency(spec.Runtime, d) },
-		Domain:      cfg.FunctionDomain, TrustedProxies: cfg.TrustedProxies,
+		Domain:      cfg.FunctionDomain, TrustedProxies: cfg.TrustedProxies, Tokens: tokens,
 	})
 
 	// Everything but functions is net/http, served through the adaptor.

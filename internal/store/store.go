@@ -60,6 +60,9 @@ type Limits struct {
 	// Cron is the schedule the function runs on (its scheduled
 	// handler), a cron expression; "" for none.
 	Cron string `json:"cron,omitempty"`
+	// Access is "" (public: anyone may call the function) or "private":
+	// only a token of the owner's or an admin's, with scope invoke, may.
+	Access string `json:"access,omitempty"`
 }
 
 // Config is everything about a version besides its code. It is stored as
