@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -81,5 +82,40 @@ func TestPrivateFunction(t *testing.T) {
 	inv := s.waitInvocation(t, "hook", r.json(t)["id"].(string), "succeeded")
 	if resp, _ := inv["response"].(map[string]any); resp == nil || resp["body"] != "no authorization" {
 		t.Fatalf("the private function's asynchronous invocation: %v", inv)
+	}
+}
+
+// TestPrivateFailureLimit: wrong tokens sent to a private function count
+// against the same limiter as the API's, so that a client cannot guess
+// tokens at the router past the API's limit: after ten of them, the
+// API answers the next wrong token 429 (a right one it still lets
+// through), and the router refuses even a right token with 429, starting
+// no instance.
+func TestPrivateFailureLimit(t *testing.T) {
+	s := startServer(t)
+	code := `export default { fetch() { return new Response("hi") } }`
+	if r := s.do("PUT", "/api/v1/functions/hook", s.token, strings.NewReader(`{"code":`+strconv.Quote(code)+`,"access":"private"}`),
+		map[string]string{"Content-Type": "application/json"}); r.status != 201 {
+		t.Fatalf("deploy: %d %s", r.status, r.body)
+	}
+	const wrong = "spry_0123456789abcdef_" + "wrongwrongwrongwrongwrongwrongwrongwrongwro"
+	for i := 1; i <= 10; i++ {
+		if r := s.do("GET", "/fn/admin/hook/", wrong, nil, nil); r.status != 401 || r.errorCode(t) != "unauthenticated" {
+			t.Fatalf("wrong token %d at the router: %d %s", i, r.status, r.body)
+		}
+	}
+	r := s.do("GET", "/api/v1/whoami", wrong, nil, nil)
+	if r.status != 429 || r.errorCode(t) != "rate_limited" || r.header.Get("Retry-After") == "" {
+		t.Fatalf("a wrong token at the API after ten at the router: %d %s %v", r.status, r.body, r.header)
+	}
+	if r := s.do("GET", "/api/v1/whoami", s.token, nil, nil); r.status != 200 {
+		t.Fatalf("the admin's token at the API: %d %s", r.status, r.body)
+	}
+	r = s.do("GET", "/fn/admin/hook/", s.token, nil, nil)
+	if r.status != 429 || r.errorCode(t) != "rate_limited" || r.header.Get("Retry-After") == "" {
+		t.Fatalf("the admin's token at the router, over the limit: %d %s %v", r.status, r.body, r.header)
+	}
+	if r.header.Get("Spry-Cold-Start") != "" {
+		t.Fatalf("a refused call started an instance: %v", r.header)
 	}
 }

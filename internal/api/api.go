@@ -9,7 +9,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -109,7 +108,12 @@ type Config struct {
 	// (the router's, for private functions) drops them at once; nil:
 	// none.
 	Forget TokenForgetter
-	Now    func() time.Time
+	// Limiter counts failed authentications per client; the server
+	// gives the API and the router (private functions) the same one, so
+	// that neither is a side door for guessing tokens. nil: one of the
+	// API's own (auth.FailureBurst, auth.FailureEvery, by Now).
+	Limiter *auth.FailureLimiter
+	Now     func() time.Time
 	// AfterFunc runs f once d has passed, by the clock Now reads, and
 	// returns what stops it (nil: time.AfterFunc). It ends the log
 	// follows of tokens that expire; tests fire it themselves.
@@ -163,8 +167,10 @@ func New(fns Functions, authn Authenticator, users store.Users, tokens store.Tok
 	if cfg.BodyTimeout <= 0 {
 		cfg.BodyTimeout = DefaultBodyTimeout
 	}
-	// Ten wrong tokens at once, then one every six seconds, per client.
-	limiter := auth.NewFailureLimiter(6*time.Second, 10, cfg.Now)
+	limiter := cfg.Limiter
+	if limiter == nil {
+		limiter = auth.NewFailureLimiter(auth.FailureEvery, auth.FailureBurst, cfg.Now)
+	}
 	return &API{cfg: cfg, fns: fns, auth: authn, users: users, tokens: tokens, instances: instances, logs: logs, limiter: limiter, log: cfg.Logger, deleting: make(chan struct{}, 1), gate: newUserGate(), deploys: newDeploySlots(cfg.MaxDeploys, cfg.MaxDeploysWaiting), backups: make(chan struct{}, 1), follows: perUser{}, followers: map[*follower]struct{}{}, reads: perUser{}}
 }
 
@@ -381,10 +387,14 @@ func (a *API) authenticate(next http.Handler) http.Handler {
 		deletions := a.gate.deletions()
 		p, err := a.auth.Authenticate(r.Context(), tok)
 		if errors.Is(err, errdefs.ErrUnauthenticated) {
-			client := failureKey(r.RemoteAddr)
+			// The real client's address, with trusted proxies
+			// (httpserve.RealClient).
+			ap, _ := netip.ParseAddrPort(r.RemoteAddr)
+			client := auth.ClientKey(ap.Addr())
 			if ok, wait := a.limiter.Allowed(client); !ok {
-				w.Header().Set("Retry-After", strconv.Itoa(int(wait.Seconds())+1))
-				a.fail(w, r, errdefs.New(errdefs.ErrRateLimited, "too many failed authentication attempts; retry in %s", wait.Round(time.Second)+time.Second))
+				retryAfter, err := auth.Refusal(wait)
+				w.Header().Set("Retry-After", retryAfter)
+				a.fail(w, r, err)
 				return
 			}
 			a.limiter.Failed(client)
@@ -418,22 +428,6 @@ func (a *API) authenticate(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
-}
-
-// failureKey is whom the failure limiter counts a request against: its
-// address, but for IPv6 its /64, which one host or site is given whole
-// (each new address of it would otherwise be a new client).
-func failureKey(remoteAddr string) string {
-	ap, err := netip.ParseAddrPort(remoteAddr)
-	if err != nil {
-		host, _, _ := net.SplitHostPort(remoteAddr)
-		return host
-	}
-	ip := ap.Addr().Unmap().WithZone("")
-	if ip.Is4() {
-		return ip.String()
-	}
-	return netip.PrefixFrom(ip, 64).Masked().String()
 }
 
 // fail answers with err's class and logs errors that are the server's

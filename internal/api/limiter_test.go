@@ -7,22 +7,6 @@ import (
 	"testing"
 )
 
-func TestFailureKey(t *testing.T) {
-	for _, tt := range []struct{ addr, want string }{
-		{"192.0.2.7:5000", "192.0.2.7"},
-		{"[::ffff:192.0.2.7]:5000", "192.0.2.7"},
-		{"[2001:db8:1:2:3:4:5:6]:443", "2001:db8:1:2::/64"},
-		{"[2001:db8:1:2::9]:80", "2001:db8:1:2::/64"},
-		{"[fe80::1%eth0]:80", "fe80::/64"},
-		{"[::1]:80", "::/64"},
-		{"not an address", ""},
-	} {
-		if got := failureKey(tt.addr); got != tt.want {
-			t.Errorf("failureKey(%q) = %q, want %q", tt.addr, got, tt.want)
-		}
-	}
-}
-
 // A client failing from ever new IPv6 addresses of its /64 is limited as
 // one client; another /64 is not held back by it.
 func TestFailureLimitPerIPv6Prefix(t *testing.T) {

@@ -2,11 +2,15 @@ package auth
 
 import (
 	"cmp"
+	"net/netip"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/spry-run/spry/internal/errdefs"
 )
 
 // FailureLimiter rate-limits failed authentication per client: each
@@ -30,6 +34,14 @@ type FailureLimiter struct {
 // is a quarter of maxClients failures away: an attacker failing from ever
 // new addresses neither grows the map nor makes every failure a sweep.
 const maxClients = 10000
+
+// The server's limit, one for the API and the router's private
+// functions alike: ten wrong tokens at once, then one every six seconds,
+// per client.
+const (
+	FailureBurst = 10
+	FailureEvery = 6 * time.Second
+)
 
 // NewFailureLimiter allows burst failures, then one per every.
 func NewFailureLimiter(every time.Duration, burst int, now func() time.Time) *FailureLimiter {
@@ -95,4 +107,27 @@ func (l *FailureLimiter) prune(now time.Time) {
 	for _, c := range rest[:len(rest)-keep] {
 		delete(l.clients, c.key)
 	}
+}
+
+// ClientKey is whom a FailureLimiter counts the client at ip against:
+// ip, but for IPv6 its /64, which one host or site is given whole (each
+// new address of it would otherwise be a new client). A peer with no IP
+// address (the invalid Addr) is "": all such share one count.
+func ClientKey(ip netip.Addr) string {
+	if !ip.IsValid() {
+		return ""
+	}
+	ip = ip.Unmap().WithZone("")
+	if ip.Is4() {
+		return ip.String()
+	}
+	return netip.PrefixFrom(ip, 64).Masked().String()
+}
+
+// Refusal is the answer to a client Allowed refused for wait: the value
+// of its Retry-After header (whole seconds, rounded up past wait, so that
+// a client that waits so long is let in) and a rate_limited error.
+func Refusal(wait time.Duration) (retryAfter string, err error) {
+	return strconv.Itoa(int(wait.Seconds()) + 1),
+		errdefs.New(errdefs.ErrRateLimited, "too many failed authentication attempts; retry in %s", wait.Round(time.Second)+time.Second)
 }

@@ -2,6 +2,7 @@ package auth
 
 import (
 	"fmt"
+	"net/netip"
 	"testing"
 	"time"
 )
@@ -57,5 +58,22 @@ func TestFailureLimiterBounded(t *testing.T) {
 	}
 	if ok, _ := l.Allowed("guesser"); ok {
 		t.Fatal("a client over its limit was forgotten to make room for clients within theirs")
+	}
+}
+
+func TestClientKey(t *testing.T) {
+	for _, tt := range []struct{ addr, want string }{
+		{"192.0.2.7:5000", "192.0.2.7"},
+		{"[::ffff:192.0.2.7]:5000", "192.0.2.7"},
+		{"[2001:db8:1:2:3:4:5:6]:443", "2001:db8:1:2::/64"},
+		{"[2001:db8:1:2::9]:80", "2001:db8:1:2::/64"},
+		{"[fe80::1%eth0]:80", "fe80::/64"},
+		{"[::1]:80", "::/64"},
+		{"not an address", ""},
+	} {
+		ap, _ := netip.ParseAddrPort(tt.addr)
+		if got := ClientKey(ap.Addr()); got != tt.want {
+			t.Errorf("ClientKey(%q) = %q, want %q", tt.addr, got, tt.want)
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -33,6 +34,8 @@ type privateEnv struct {
 	now    time.Time
 	tokens map[string]string // by name
 	ids    map[string]string // token ids, by name
+	// limiter counts failed authentications, by the env's clock.
+	limiter *auth.FailureLimiter
 }
 
 func (e *privateEnv) clock() time.Time {
@@ -52,7 +55,10 @@ func (e *privateEnv) advance(d time.Duration) {
 // public function "open", and tokens: alice's of each scope, one revoked,
 // one expired, bob's (another user), root's (an admin). The instance
 // answers with whether it saw an Authorization header, and which.
-func newPrivateEnv(t testing.TB) *privateEnv {
+func newPrivateEnv(t testing.TB) *privateEnv { return newPrivateEnvConfig(t, Config{}) }
+
+// newPrivateEnvConfig is newPrivateEnv with cfg's TrustedProxies.
+func newPrivateEnvConfig(t testing.TB, cfg Config) *privateEnv {
 	t.Helper()
 	ctx := context.Background()
 	e := &privateEnv{now: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC), tokens: map[string]string{}, ids: map[string]string{}}
@@ -64,6 +70,7 @@ func newPrivateEnv(t testing.TB) *privateEnv {
 	e.st = st
 	e.svc = auth.New(st, e.clock)
 	e.cache = auth.NewCache(e.svc, 10*time.Second, 0)
+	e.limiter = auth.NewFailureLimiter(auth.FailureEvery, auth.FailureBurst, e.clock)
 	for _, u := range []store.User{{Name: "alice"}, {Name: "bob"}, {Name: "root", Admin: true}} {
 		tok, tr, err := e.svc.CreateUser(ctx, u, u.Name, auth.TokenOptions{})
 		if err != nil {
@@ -97,7 +104,7 @@ func newPrivateEnv(t testing.TB) *privateEnv {
 	v1 := &backend.Spec{FunctionID: "s", Owner: "alice", Name: "secret", Version: 1, Concurrency: 100, Timeout: 5 * time.Second, Private: true}
 	open := &backend.Spec{FunctionID: "o", Owner: "alice", Name: "open", Version: 1, Concurrency: 100, Timeout: 5 * time.Second}
 	rt := New(specsByName{"alice/secret": v2, "alice/secret@1": v1, "alice/secret@old": v1, "alice/open": open}, act,
-		Config{Domain: "fn.test", Tokens: e.cache})
+		Config{Domain: "fn.test", Tokens: e.cache, Limiter: e.limiter, TrustedProxies: cfg.TrustedProxies})
 	// The public function's instance is up, so the lane serves it.
 	if lease, err := act.Acquire(ctx, open); err == nil {
 		lease.Release()
@@ -110,10 +117,21 @@ func newPrivateEnv(t testing.TB) *privateEnv {
 // returns its answer and body.
 func (e *privateEnv) call(t *testing.T, target, host string, authz ...string) (*http.Response, string) {
 	t.Helper()
+	var fields []string
+	for _, a := range authz {
+		fields = append(fields, "Authorization: "+a)
+	}
+	return e.send(t, target, host, fields...)
+}
+
+// send sends one request (path, host, header fields "Name: value") on a
+// connection of its own and returns its answer and body.
+func (e *privateEnv) send(t *testing.T, target, host string, fields ...string) (*http.Response, string) {
+	t.Helper()
 	c := e.srv.dial(t, 5*time.Second)
 	req := fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s\r\n", target, host)
-	for _, a := range authz {
-		req += "Authorization: " + a + "\r\n"
+	for _, f := range fields {
+		req += f + "\r\n"
 	}
 	fmt.Fprint(c, req+"\r\n")
 	res, err := http.ReadResponse(bufio.NewReader(c), nil)
@@ -199,6 +217,135 @@ func TestPrivateFunctionNeedsAToken(t *testing.T) {
 		if _, _, handoffs := e.srv.lane.Counts(); handoffs["private"] == 0 {
 			t.Errorf("no call was handed over as private: %v", handoffs)
 		}
+	}
+}
+
+// Wrong tokens sent to a private function count against the failure
+// limiter (the one the server shares with the API), per client: past
+// auth.FailureBurst of them, the client's next call, a right token's
+// too, is answered 429 with Retry-After and starts nothing, until the
+// limit recovers. A missing token and a valid one that may not call the
+// function are not failures. The client is the peer, or, behind a
+// trusted proxy, the client it names in X-Forwarded-For.
+func TestPrivateFailureLimit(t *testing.T) {
+	const (
+		secret = "/fn/alice/secret/x"
+		host   = "router.test"
+		wrong  = "Authorization: Bearer spry_0123456789abcdef_nope"
+	)
+	type call struct {
+		n      int    // times sent (0: once)
+		target string // secret if ""
+		host   string // host if ""
+		fields []string
+		status int
+	}
+	// e's tokens are only known once it is made.
+	bearer := func(name string) string { return "Authorization: Bearer " + name }
+	proxied := []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
+	tests := []struct {
+		name    string
+		proxies []netip.Prefix // the router's TrustedProxies
+		before  []call
+		advance time.Duration // on the limiter's clock, after before
+		last    call
+		retry   string // the last call's Retry-After, for a 429
+	}{
+		{name: "ten wrong tokens, then a right one",
+			before: []call{{n: 10, fields: []string{wrong}, status: 401}},
+			last:   call{fields: []string{bearer("invoke")}, status: 429}, retry: "7"},
+		{name: "invalid, revoked and expired tokens, at every way to it",
+			before: []call{
+				{n: 3, fields: []string{"Authorization: Bearer nonsense"}, status: 401},
+				{n: 3, target: "/fn/alice/secret@1/", fields: []string{bearer("revoked")}, status: 401},
+				{n: 4, target: "/h", host: "secret.alice.fn.test", fields: []string{bearer("expired")}, status: 401},
+			},
+			last: call{fields: []string{bearer("alice")}, status: 429}, retry: "7"},
+		{name: "nine wrong tokens, then a right one",
+			before: []call{{n: 9, fields: []string{wrong}, status: 401}},
+			last:   call{fields: []string{bearer("invoke")}, status: 200}},
+		{name: "over the limit, a wrong token",
+			before: []call{{n: 10, fields: []string{wrong}, status: 401}, {n: 5, fields: []string{wrong}, status: 429}},
+			last:   call{fields: []string{wrong}, status: 429}, retry: "7"},
+		{name: "the limit recovers",
+			before:  []call{{n: 10, fields: []string{wrong}, status: 401}},
+			advance: auth.FailureEvery,
+			last:    call{fields: []string{bearer("invoke")}, status: 200}},
+		{name: "partly recovered: Retry-After rounds up",
+			before:  []call{{n: 10, fields: []string{wrong}, status: 401}},
+			advance: 2500 * time.Millisecond,
+			last:    call{fields: []string{bearer("invoke")}, status: 429}, retry: "4"},
+		{name: "no token is no failure",
+			before: []call{{n: 20, status: 401}, {n: 20, fields: []string{"Authorization: Basic YWxpY2U6cHc="}, status: 401}},
+			last:   call{fields: []string{bearer("invoke")}, status: 200}},
+		{name: "over the limit, no token is still 401",
+			before: []call{{n: 10, fields: []string{wrong}, status: 401}},
+			last:   call{status: 401}},
+		{name: "a valid token that may not call it is no failure",
+			before: []call{{n: 12, fields: []string{bearer("bob")}, status: 403}, {n: 12, fields: []string{bearer("read")}, status: 403}},
+			last:   call{fields: []string{bearer("invoke")}, status: 200}},
+		{name: "a public function checks no token",
+			before: []call{{n: 12, target: "/fn/alice/open/", fields: []string{wrong}, status: 200}},
+			last:   call{fields: []string{bearer("invoke")}, status: 200}},
+		{name: "behind a trusted proxy, the client it names counts", proxies: proxied,
+			before: []call{{n: 10, fields: []string{wrong, "X-Forwarded-For: 192.0.2.1"}, status: 401}},
+			last:   call{fields: []string{bearer("invoke"), "X-Forwarded-For: 192.0.2.1"}, status: 429}, retry: "7"},
+		{name: "behind a trusted proxy, another client is not held back", proxies: proxied,
+			before: []call{{n: 10, fields: []string{wrong, "X-Forwarded-For: 192.0.2.1"}, status: 401}},
+			last:   call{fields: []string{bearer("invoke"), "X-Forwarded-For: 192.0.2.2"}, status: 200}},
+		{name: "behind a trusted proxy, the proxy itself is another client", proxies: proxied,
+			before: []call{{n: 10, fields: []string{wrong, "X-Forwarded-For: 192.0.2.1"}, status: 401}},
+			last:   call{fields: []string{bearer("invoke")}, status: 200}},
+		{name: "an untrusted peer's X-Forwarded-For is not believed",
+			before: []call{{n: 10, fields: []string{wrong, "X-Forwarded-For: 192.0.2.1"}, status: 401}},
+			last:   call{fields: []string{bearer("invoke"), "X-Forwarded-For: 192.0.2.2"}, status: 429}, retry: "7"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newPrivateEnvConfig(t, Config{TrustedProxies: tt.proxies})
+			send := func(c call) (*http.Response, string) {
+				target, h := c.target, c.host
+				if target == "" {
+					target = secret
+				}
+				if h == "" {
+					h = host
+				}
+				fields := make([]string, len(c.fields))
+				for i, f := range c.fields {
+					if name, ok := strings.CutPrefix(f, "Authorization: Bearer "); ok && e.tokens[name] != "" {
+						f = "Authorization: Bearer " + e.tokens[name]
+					}
+					fields[i] = f
+				}
+				return e.send(t, target, h, fields...)
+			}
+			for _, c := range tt.before {
+				for i := range max(c.n, 1) {
+					if res, body := send(c); res.StatusCode != c.status {
+						t.Fatalf("call %d of %v: %d %s, want %d", i+1, c, res.StatusCode, body, c.status)
+					}
+				}
+			}
+			e.advance(tt.advance)
+			starts := e.be.starts.Load()
+			res, body := send(tt.last)
+			if res.StatusCode != tt.last.status {
+				t.Fatalf("got %d %s, want %d", res.StatusCode, body, tt.last.status)
+			}
+			if got := res.Header.Get("Retry-After"); got != tt.retry {
+				t.Errorf("Retry-After %q, want %q", got, tt.retry)
+			}
+			if tt.last.status == 429 {
+				var eb errdefs.Body
+				if err := json.Unmarshal([]byte(body), &eb); err != nil || eb.Error.Code != "rate_limited" || res.Header.Get("Spry-Error") != "rate_limited" {
+					t.Fatalf("body %s, Spry-Error %q; want code rate_limited", body, res.Header.Get("Spry-Error"))
+				}
+				if n := e.be.starts.Load(); n != starts || res.Header.Get("Spry-Cold-Start") != "" {
+					t.Errorf("a refused call started %d instances (Spry-Cold-Start %q)", n-starts, res.Header.Get("Spry-Cold-Start"))
+				}
+			}
+		})
 	}
 }
 

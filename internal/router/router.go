@@ -97,6 +97,12 @@ type Config struct {
 	// and the scheme and host the router saw, so that no client can
 	// pose as another address.
 	TrustedProxies httpserve.Proxies
+	// Limiter counts the wrong tokens sent to private functions per
+	// client (the peer, or with TrustedProxies the client a proxy names);
+	// the server shares it with the API, so that neither is a side door
+	// for guessing tokens. nil: one of the router's own
+	// (auth.FailureBurst, auth.FailureEvery).
+	Limiter *auth.FailureLimiter
 }
 
 // Router proxies invocations.
@@ -130,6 +136,9 @@ func New(res Resolver, leaser Leaser, cfg Config) *Router {
 	}
 	if cfg.MaxBodyBytes == 0 {
 		cfg.MaxBodyBytes = 100 << 20
+	}
+	if cfg.Limiter == nil {
+		cfg.Limiter = auth.NewFailureLimiter(auth.FailureEvery, auth.FailureBurst, nil)
 	}
 	return &Router{cfg: cfg, resolver: res, leaser: leaser, log: cfg.Logger, pool: pool{idle: map[string][]*upConn{}},
 		domain: normalDomain(cfg.Domain)}
@@ -352,10 +361,11 @@ func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string,
 
 // admit lets a call to private function spec through if it carries a
 // token of the function's owner's, or an admin's, whose scopes allow
-// invoke (checked within actx, the invocation's time), and takes the token out of the request: the function never
-// sees its caller's Spry token. Otherwise it says why not: 401 (with
-// WWW-Authenticate, as the API's) without a valid token, 403 with one
-// that may not call the function.
+// invoke (checked within actx, the invocation's time), and takes the
+// token out of the request: the function never sees its caller's Spry
+// token. Otherwise it says why not: 401 (with WWW-Authenticate, as the
+// API's) without a valid token, 403 with one that may not call the
+// function, 429 (with Retry-After) to a client over the failure limit.
 func (rt *Router) admit(ctx *fasthttp.RequestCtx, actx context.Context, spec *backend.Spec) error {
 	rh := &ctx.Request.Header
 	tok, ok := auth.BearerToken(string(rh.Peek(fasthttp.HeaderAuthorization)))
@@ -363,10 +373,21 @@ func (rt *Router) admit(ctx *fasthttp.RequestCtx, actx context.Context, spec *ba
 		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="spry"`)
 		return errdefs.New(errdefs.ErrUnauthenticated, "%s/%s is private: send Authorization: Bearer <token>, a token of its owner's with scope invoke", spec.Owner, spec.Name)
 	}
+	// Unlike the API, which checks every token, a client over the limit
+	// is refused before its token is looked at, a right one too: a
+	// private function is on the open internet's path, and a refused
+	// guess then costs no database read.
+	client := auth.ClientKey(rt.client(ctx))
+	if ok, wait := rt.cfg.Limiter.Allowed(client); !ok {
+		retryAfter, err := auth.Refusal(wait)
+		ctx.Response.Header.Set("Retry-After", retryAfter)
+		return err
+	}
 	// A cached token's check never looks at actx, so starts no timer.
 	p, err := rt.cfg.Tokens.Authenticate(actx, tok)
 	if err != nil {
 		if errors.Is(err, errdefs.ErrUnauthenticated) {
+			rt.cfg.Limiter.Failed(client)
 			ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="spry", error="invalid_token"`)
 		} else {
 			rt.log.Error("cannot check a token", "owner", spec.Owner, "function", spec.Name, "err", err)
@@ -383,6 +404,24 @@ func (rt *Router) admit(ctx *fasthttp.RequestCtx, actx context.Context, spec *ba
 	}
 	rh.Del(fasthttp.HeaderAuthorization)
 	return nil
+}
+
+// client is the address of the request's client: its peer, or, from a
+// trusted proxy, the client the proxy names in X-Forwarded-For (what the
+// API is told of it too: httpserve.RealClient).
+func (rt *Router) client(ctx *fasthttp.RequestCtx) netip.Addr {
+	peer, _ := netip.AddrFromSlice(ctx.RemoteIP())
+	peer = peer.Unmap()
+	if !rt.cfg.TrustedProxies.Trusts(peer) {
+		return peer
+	}
+	var xff []string
+	for k, v := range ctx.Request.Header.All() {
+		if string(k) == "X-Forwarded-For" {
+			xff = append(xff, string(v))
+		}
+	}
+	return rt.cfg.TrustedProxies.Client(peer, xff)
 }
 
 // acquireWatched is acquire for a request that may wait in the queue:

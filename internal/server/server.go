@@ -436,6 +436,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	// Private functions' calls check their tokens in memory; the API
 	// tells the cache of each revocation and user deletion.
 	tokens := auth.NewCache(authn, 0, 0)
+	// One count of failed authentications per client, the API's and the
+	// private functions' alike: neither is a side door for guessing
+	// tokens past the other's limit.
+	failures := auth.NewFailureLimiter(auth.FailureEvery, auth.FailureBurst, nil)
 	backups := &backup.Source{Store: s.store, KV: s.kv, Invocations: s.invocations, Logs: s.logs, Blobs: blobs,
 		SecretKey: filepath.Join(dataDir, "secret.key"), TempDir: dataDir, Version: cfg.Version}
 	apiS := api.New(s.fns, authn, s.store, s.store, s.act, s.logs, api.Config{
@@ -452,6 +456,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		// The router's own bound, if lower: larger events could never run.
 		MaxInvocationBytes: min(api.MaxInvocationBody, cfg.MaxBodyBytes),
 		Forget:             tokens,
+		Limiter:            failures,
 		Logger:             log,
 	})
 	s.access = newAccessSampler(s.logs, accessPerSecond, time.Now)
@@ -459,7 +464,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	rt := router.New(s.fns, s.act, router.Config{
 		Timeout: cfg.Timeout, MaxBodyBytes: cfg.MaxBodyBytes, Logger: log, Access: sink,
 		OnColdStart: func(spec *backend.Spec, d time.Duration) { s.metrics.ColdStartLatency(spec.Runtime, d) },
-		Domain:      cfg.FunctionDomain, TrustedProxies: cfg.TrustedProxies, Tokens: tokens,
+		Domain:      cfg.FunctionDomain, TrustedProxies: cfg.TrustedProxies, Tokens: tokens, Limiter: failures,
 	})
 
 	// Everything but functions is net/http, served through the adaptor.
