@@ -89,8 +89,8 @@ func TestPrivateFunction(t *testing.T) {
 // against the same limiter as the API's, so that a client cannot guess
 // tokens at the router past the API's limit: after ten of them, the
 // API answers the next wrong token 429 (a right one it still lets
-// through), and the router refuses even a right token with 429, starting
-// no instance.
+// through), and the router refuses with 429 even a right token it has
+// not verified lately, starting no instance.
 func TestPrivateFailureLimit(t *testing.T) {
 	s := startServer(t)
 	code := `export default { fetch() { return new Response("hi") } }`

@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"sync"
 	"time"
 )
@@ -54,21 +55,14 @@ func NewCache(s *Service, ttl time.Duration, max int) *Cache {
 
 // Authenticate is Service.Authenticate, from memory when it can be.
 func (c *Cache) Authenticate(ctx context.Context, token string) (Principal, error) {
-	id, secret, ok := parse(token)
-	if !ok {
-		return Principal{}, errBadToken
+	p, key, gen, now, err := c.lookup(token)
+	if err == nil {
+		return p, nil
 	}
-	key := [sha256.Size]byte(hash(secret))
-	now := c.s.now()
-	c.mu.RLock()
-	e, hit := c.m[key]
-	gen := c.gen
-	c.mu.RUnlock()
-	// The id too: a secret is a token's only with its own id.
-	if hit && e.p.TokenID == id && now.Before(e.until) {
-		return e.p, nil
+	if err != errNotCached {
+		return p, err
 	}
-	p, err := c.s.Authenticate(ctx, token)
+	p, err = c.s.Authenticate(ctx, token)
 	if err != nil {
 		return p, err
 	}
@@ -86,6 +80,37 @@ func (c *Cache) Authenticate(ctx context.Context, token string) (Principal, erro
 	}
 	c.m[key] = cached{p: p, until: until}
 	return p, nil
+}
+
+// Cached is Authenticate from memory only: a token verified lately and
+// not forgotten since, or false. It never reads the store, so it may
+// answer a client that is refused store reads (over the failure limit).
+func (c *Cache) Cached(token string) (Principal, bool) {
+	p, _, _, _, err := c.lookup(token)
+	return p, err == nil
+}
+
+var errNotCached = errors.New("not cached")
+
+// lookup finds token in memory: its principal, or errNotCached (with
+// what remembering it needs: its key, the forget count read and the
+// time), or errBadToken.
+func (c *Cache) lookup(token string) (p Principal, key [sha256.Size]byte, gen uint64, now time.Time, err error) {
+	id, secret, ok := parse(token)
+	if !ok {
+		return Principal{}, key, 0, now, errBadToken
+	}
+	key = [sha256.Size]byte(hash(secret))
+	now = c.s.now()
+	c.mu.RLock()
+	e, hit := c.m[key]
+	gen = c.gen
+	c.mu.RUnlock()
+	// The id too: a secret is a token's only with its own id.
+	if hit && e.p.TokenID == id && now.Before(e.until) {
+		return e.p, key, gen, now, nil
+	}
+	return Principal{}, key, gen, now, errNotCached
 }
 
 // prune drops what has expired, or, if that leaves the cache full,

@@ -76,6 +76,17 @@ func TestCache(t *testing.T) {
 	if p, _ := c.Authenticate(ctx, tok); p.User != "alice" || p.TokenID != id || !p.Allows(ScopeInvoke) || p.Allows(ScopeRead) {
 		t.Fatalf("cached principal %+v", p)
 	}
+	// Cached answers what memory holds, and never reads the store.
+	before := st.reads.Load()
+	if p, ok := c.Cached(tok); !ok || p.TokenID != id {
+		t.Fatalf("Cached of a verified token: %+v %v", p, ok)
+	}
+	if _, ok := c.Cached(tok[:len(tok)-4] + "AAAA"); ok {
+		t.Fatal("Cached of a wrong secret")
+	}
+	if st.reads.Load() != before {
+		t.Fatal("Cached read the store")
+	}
 	// Its secret with another id is no token, cached or not.
 	other := "spry_" + "0123456789abcdef" + tok[len("spry_")+16:]
 	if n := check(other, true); n != 1 {
@@ -100,6 +111,9 @@ func TestCache(t *testing.T) {
 	}
 	check(tok, false) // cached: the store's revocation alone counts at the TTL
 	c.ForgetToken(id)
+	if _, ok := c.Cached(tok); ok {
+		t.Fatal("Cached of a forgotten token")
+	}
 	check(tok, true)
 
 	bobs, _ := issue("bob", TokenOptions{})

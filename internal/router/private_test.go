@@ -251,7 +251,7 @@ func TestPrivateFailureLimit(t *testing.T) {
 		last    call
 		retry   string // the last call's Retry-After, for a 429
 	}{
-		{name: "ten wrong tokens, then a right one",
+		{name: "ten wrong tokens, then a right one not verified lately",
 			before: []call{{n: 10, fields: []string{wrong}, status: 401}},
 			last:   call{fields: []string{bearer("invoke")}, status: 429}, retry: "7"},
 		{name: "invalid, revoked and expired tokens, at every way to it",
@@ -261,6 +261,12 @@ func TestPrivateFailureLimit(t *testing.T) {
 				{n: 4, target: "/h", host: "secret.alice.fn.test", fields: []string{bearer("expired")}, status: 401},
 			},
 			last: call{fields: []string{bearer("alice")}, status: 429}, retry: "7"},
+		{name: "over the limit, a token verified lately still calls it",
+			before: []call{{fields: []string{bearer("invoke")}, status: 200}, {n: 10, fields: []string{wrong}, status: 401}},
+			last:   call{fields: []string{bearer("invoke")}, status: 200}},
+		{name: "over the limit, a revoked token is refused unread",
+			before: []call{{fields: []string{bearer("revoked")}, status: 401}, {n: 9, fields: []string{wrong}, status: 401}},
+			last:   call{fields: []string{bearer("revoked")}, status: 429}, retry: "7"},
 		{name: "nine wrong tokens, then a right one",
 			before: []call{{n: 9, fields: []string{wrong}, status: 401}},
 			last:   call{fields: []string{bearer("invoke")}, status: 200}},

@@ -51,6 +51,9 @@ type Leaser interface {
 // answers from memory).
 type Tokens interface {
 	Authenticate(ctx context.Context, token string) (auth.Principal, error)
+	// Cached answers from memory only (a token verified lately), never
+	// reading the store.
+	Cached(token string) (auth.Principal, bool)
 }
 
 // Prefix is where functions are served.
@@ -373,19 +376,24 @@ func (rt *Router) admit(ctx *fasthttp.RequestCtx, actx context.Context, spec *ba
 		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="spry"`)
 		return errdefs.New(errdefs.ErrUnauthenticated, "%s/%s is private: send Authorization: Bearer <token>, a token of its owner's with scope invoke", spec.Owner, spec.Name)
 	}
-	// Unlike the API, which checks every token, a client over the limit
-	// is refused before its token is looked at, a right one too: a
-	// private function is on the open internet's path, and a refused
-	// guess then costs no database read.
+	// A client over the limit is answered from memory only: a token
+	// verified lately goes through (so one guesser behind a NAT or a
+	// proxy does not lock out the services calling from there, as the
+	// API lets right tokens through), any other is refused without a
+	// store read.
 	client := auth.ClientKey(rt.client(ctx))
+	var p auth.Principal
+	var err error
 	if ok, wait := rt.cfg.Limiter.Allowed(client); !ok {
-		retryAfter, err := auth.Refusal(wait)
-		ctx.Response.Header.Set("Retry-After", retryAfter)
-		return err
-	}
-	// A cached token's check never looks at actx, so starts no timer.
-	p, err := rt.cfg.Tokens.Authenticate(actx, tok)
-	if err != nil {
+		var hit bool
+		if p, hit = rt.cfg.Tokens.Cached(tok); !hit {
+			retryAfter, err := auth.Refusal(wait)
+			ctx.Response.Header.Set("Retry-After", retryAfter)
+			return err
+		}
+	} else if p, err = rt.cfg.Tokens.Authenticate(actx, tok); err != nil {
+		// (A cached token's check never looks at actx, so starts no
+		// timer.)
 		if errors.Is(err, errdefs.ErrUnauthenticated) {
 			rt.cfg.Limiter.Failed(client)
 			ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="spry", error="invalid_token"`)
