@@ -23,6 +23,10 @@ type Invocations interface {
 	Get(ctx context.Context, fn, id string) (async.Invocation, error)
 	List(ctx context.Context, fn string, before int64, limit int) ([]async.Invocation, error)
 	MaxAttempts() int
+	// Usage and Bounds are what an owner's invocations take, and what
+	// they may (0: no bound), for GET /api/v1/usage.
+	Usage(ctx context.Context, owner string) (async.Usage, error)
+	Bounds() async.Bounds
 }
 
 // MaxInvocationBody bounds an asynchronous invocation's body, as

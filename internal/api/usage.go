@@ -32,6 +32,14 @@ type UsageView struct {
 	// KVBytes is what the ctx.kv of all of their functions holds, keys
 	// and values (--kv-max-bytes-per-user).
 	KVBytes Use `json:"kv_bytes"`
+	// AsyncInvocations are their asynchronous invocations not finished
+	// (--async-max-per-user).
+	AsyncInvocations Use `json:"async_invocations"`
+	// AsyncBytes is what their asynchronous invocations hold
+	// (--async-max-bytes-per-user): the bodies of those not finished,
+	// each counted with async.MaxResponse for the response it may keep,
+	// and the responses kept of those finished.
+	AsyncBytes Use `json:"async_bytes"`
 	// Tokens are their tokens neither revoked nor expired
 	// (MaxTokensPerUser).
 	Tokens Use `json:"tokens"`
@@ -58,7 +66,9 @@ func usageUser(r *http.Request) (string, error) {
 // usage answers GET /api/v1/usage from the totals the server keeps as it
 // enforces each budget: the activator's per-owner counts (read under its
 // leaf lock), the key-value store's per-owner total, an indexed count of
-// the user's functions and an indexed read of their tokens (at most
+// the user's functions, the invocation store's per-owner bytes (kept by
+// triggers) and indexed count of those not finished (at most
+// --async-max-per-user), and an indexed read of their tokens (at most
 // MaxTokensPerUser live, and the revoked not yet pruned). No lock is
 // held across a query, so it may be asked often.
 func (a *API) usage(w http.ResponseWriter, r *http.Request) error {
@@ -89,6 +99,15 @@ func (a *API) usage(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		out.KVBytes = Use{Used: used, Limit: a.cfg.KV.MaxBytesPerOwner()}
+	}
+	if a.cfg.Invocations != nil {
+		u, err := a.cfg.Invocations.Usage(ctx, user)
+		if err != nil {
+			return err
+		}
+		b := a.cfg.Invocations.Bounds()
+		out.AsyncInvocations = Use{Used: int64(u.Pending), Limit: int64(b.Pending)}
+		out.AsyncBytes = Use{Used: u.Bytes, Limit: b.Bytes}
 	}
 	ts, err := a.tokens.ListTokens(ctx, user)
 	if err != nil {

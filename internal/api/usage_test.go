@@ -4,15 +4,18 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/spry-run/spry/internal/activator"
 	"github.com/spry-run/spry/internal/api/apitest"
+	"github.com/spry-run/spry/internal/async"
 	"github.com/spry-run/spry/internal/backend"
 	"github.com/spry-run/spry/internal/kv"
 )
@@ -219,12 +222,70 @@ func TestUsageWithoutLimits(t *testing.T) {
 		}
 		return m
 	}
-	for _, k := range []string{"functions", "instances", "memory_bytes", "kv_bytes"} {
+	for _, k := range []string{"functions", "instances", "memory_bytes", "kv_bytes", "async_invocations", "async_bytes"} {
 		if m := use(k); len(m) != 1 || m["used"] != 0 {
 			t.Errorf("%s: %v, want used 0 and no limit", k, m)
 		}
 	}
 	if m := use("tokens"); m["limit"] != MaxTokensPerUser || m["used"] != 1 {
 		t.Errorf("tokens: %v", m)
+	}
+}
+
+// A user's asynchronous invocations count as the store holds them to
+// its bounds: those not finished, and their bytes (each body with
+// async.MaxResponse for its response); past the byte bound an enqueue
+// gets the count bound's 429, naming its own flag; a finished one counts
+// its response only; another user's are theirs.
+func TestUsageOfInvocations(t *testing.T) {
+	e := newEnv(t)
+	per := int64(10 + async.MaxResponse)
+	recorded := make(chan struct{}, 10)
+	w := withInvocations(t, e, async.Config{MaxPendingPerOwner: 5, MaxBytesPerOwner: 2*per + 1,
+		Send: func(context.Context, *async.Invocation) async.Result {
+			return async.Result{Status: 200, Body: []byte("ok")}
+		},
+		OnAttempt: func(*async.Invocation, async.Result, string, time.Time) { recorded <- struct{}{} }}, false)
+	alice := e.user("alice")
+	e.deploy(alice, "/api/v1/functions/f")
+	e.deploy(e.admin, "/api/v1/functions/g")
+	check := func(step, token string, invocations, bytes Use) {
+		t.Helper()
+		if u := e.usageOf(token, ""); u.AsyncInvocations != invocations || u.AsyncBytes != bytes {
+			t.Errorf("%s: async_invocations %+v, async_bytes %+v; want %+v, %+v", step, u.AsyncInvocations, u.AsyncBytes, invocations, bytes)
+		}
+	}
+	check("none yet", alice, Use{0, 5}, Use{0, 2*per + 1})
+	for range 2 {
+		if res := e.post(alice, "/api/v1/functions/f/invocations", "", make([]byte, 10)); res.StatusCode != 202 {
+			t.Fatalf("enqueue: %d", res.StatusCode)
+		}
+	}
+	check("two", alice, Use{2, 5}, Use{2 * per, 2*per + 1})
+	res := e.post(alice, "/api/v1/functions/f/invocations", "", nil)
+	b, _ := io.ReadAll(res.Body)
+	wantError(t, "past the byte bound", res.StatusCode, b, 429, "rate_limited")
+	if res.Header.Get("Retry-After") != "60" || !strings.Contains(string(b), "--async-max-bytes-per-user") {
+		t.Errorf("past the byte bound: Retry-After %q, %s", res.Header.Get("Retry-After"), b)
+	}
+	check("the refusal", alice, Use{2, 5}, Use{2 * per, 2*per + 1})
+	check("the admin's own", e.admin, Use{0, 5}, Use{0, 2*per + 1})
+
+	// Once they have run, only their responses count.
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() { w.Run(ctx); close(ran) }()
+	for range 2 {
+		select {
+		case <-recorded:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the invocations did not run")
+		}
+	}
+	cancel()
+	<-ran
+	check("their runs", alice, Use{0, 5}, Use{2 * int64(len("ok")), 2*per + 1})
+	if u := e.usageOf(e.admin, "?user=alice"); u.AsyncBytes.Used != 4 {
+		t.Errorf("the admin's view of alice: %+v", u.AsyncBytes)
 	}
 }

@@ -53,6 +53,36 @@ var migrations = []string{
 	CREATE INDEX invocations_queued ON invocations (owner, next, seq) WHERE status = 'queued';
 	CREATE INDEX invocations_running ON invocations (owner) WHERE status = 'running';
 	CREATE INDEX invocations_finished ON invocations (finished) WHERE finished IS NOT NULL;`,
+	// Each owner's bytes (Add's byte bound), kept by triggers in the
+	// transaction of every write, so that checking them reads one row.
+	// An invocation counts its request's body, and the response it
+	// keeps: once finished the one it has (its body is then dropped:
+	// nothing reads it), until then MaxResponse, the most it may get,
+	// so that finishing never adds to its owner's bytes. Finished ones'
+	// bodies are dropped here too.
+	`UPDATE invocations SET body = x'' WHERE finished IS NOT NULL;
+	CREATE TABLE owner_bytes (
+		owner TEXT PRIMARY KEY,
+		bytes INTEGER NOT NULL
+	) STRICT, WITHOUT ROWID;
+	INSERT INTO owner_bytes (owner, bytes)
+		SELECT owner, sum(length(body) + iif(finished IS NULL, 65536, ifnull(length(response), 0))) FROM invocations GROUP BY owner;
+	CREATE TRIGGER invocations_bytes_insert AFTER INSERT ON invocations BEGIN
+		INSERT INTO owner_bytes (owner, bytes)
+			VALUES (new.owner, length(new.body) + iif(new.finished IS NULL, 65536, ifnull(length(new.response), 0)))
+			ON CONFLICT (owner) DO UPDATE SET bytes = bytes + excluded.bytes;
+	END;
+	CREATE TRIGGER invocations_bytes_update AFTER UPDATE OF body, response, finished ON invocations BEGIN
+		UPDATE owner_bytes SET bytes = bytes
+			- (length(old.body) + iif(old.finished IS NULL, 65536, ifnull(length(old.response), 0)))
+			+ (length(new.body) + iif(new.finished IS NULL, 65536, ifnull(length(new.response), 0)))
+			WHERE owner = new.owner;
+	END;
+	CREATE TRIGGER invocations_bytes_delete AFTER DELETE ON invocations BEGIN
+		UPDATE owner_bytes SET bytes = bytes
+			- (length(old.body) + iif(old.finished IS NULL, 65536, ifnull(length(old.response), 0)))
+			WHERE owner = old.owner;
+	END;`,
 }
 
 // Invocation is one asynchronous invocation and how it went so far.
@@ -142,18 +172,34 @@ func NewID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// Add stores inv, queued, unless its owner has maxPending (>0) or more
-// not finished already: then it is an errdefs.ErrRateLimited. inv's
-// Seq is set.
-func (s *Store) Add(ctx context.Context, inv *Invocation, maxPending int) error {
+// Bounds are what Add holds each owner to; 0 is no bound.
+type Bounds struct {
+	// Pending bounds an owner's invocations not finished.
+	Pending int
+	// Bytes bounds an owner's bytes, as Usage counts them.
+	Bytes int64
+}
+
+// Add stores inv, queued, unless that would put its owner past b: then
+// it is an errdefs.ErrRateLimited. inv's Seq is set.
+func (s *Store) Add(ctx context.Context, inv *Invocation, b Bounds) error {
 	return s.inTx(ctx, func(tx *sql.Tx) error {
-		if maxPending > 0 {
+		if b.Pending > 0 {
 			n, err := pending(ctx, tx, inv.Owner)
 			if err != nil {
 				return err
 			}
-			if n >= maxPending {
+			if n >= b.Pending {
 				return errdefs.New(errdefs.ErrRateLimited, "user %s has %d asynchronous invocations not finished, the most one may have (spry serve --async-max-per-user); wait for some to finish", inv.Owner, n)
+			}
+		}
+		if b.Bytes > 0 {
+			used, err := ownerBytes(ctx, tx, inv.Owner)
+			if err != nil {
+				return err
+			}
+			if need := int64(len(inv.Body)) + MaxResponse; used+need > b.Bytes {
+				return errdefs.New(errdefs.ErrRateLimited, "user %s's asynchronous invocations hold %d bytes; this one would take %d more (its body, and %d for its response), past one user's %d (spry serve --async-max-bytes-per-user); wait for some to finish, or for finished ones to be removed", inv.Owner, used, need, MaxResponse, b.Bytes)
 			}
 		}
 		return tx.QueryRowContext(ctx, `INSERT INTO invocations (id, owner, fn, name, path, host, content_type, body, status, created, next)
@@ -178,6 +224,41 @@ func (s *Store) Pending(ctx context.Context, owner string) (int, error) {
 		return 0, fmt.Errorf("invocations: %w", err)
 	}
 	return n, nil
+}
+
+// Usage is what one owner's invocations take of Bounds.
+type Usage struct {
+	// Pending counts their invocations not finished.
+	Pending int
+	// Bytes counts their request bodies (those not finished: a finished
+	// one's is dropped) and responses, each not finished counted as
+	// keeping MaxResponse (the most it may get), so that finishing never
+	// adds to it. What else a row holds (its path, host, content type
+	// and error, each bounded) is not counted.
+	Bytes int64
+}
+
+// Usage says what owner's invocations take of Bounds.
+func (s *Store) Usage(ctx context.Context, owner string) (Usage, error) {
+	var u Usage
+	var err error
+	if u.Pending, err = pending(ctx, s.db, owner); err == nil {
+		u.Bytes, err = ownerBytes(ctx, s.db, owner)
+	}
+	if err != nil {
+		return Usage{}, fmt.Errorf("invocations: %w", err)
+	}
+	return u, nil
+}
+
+// ownerBytes reads owner's bytes as the triggers keep them.
+func ownerBytes(ctx context.Context, q querier, owner string) (int64, error) {
+	var n int64
+	err := q.QueryRowContext(ctx, `SELECT bytes FROM owner_bytes WHERE owner = ?`, owner).Scan(&n)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	return n, err
 }
 
 type querier interface {
@@ -331,8 +412,10 @@ func (s *Store) NextDue(ctx context.Context, owner string) (time.Time, bool, err
 }
 
 // Record stores how the running invocation id's attempt went: queued
-// again for next if retry, else finished at now with status. An
-// invocation no longer there (its function deleted) is no error.
+// again for next if retry, else finished at now with status, its
+// request's body dropped (nothing reads it then, and it would count
+// against its owner's bytes). An invocation no longer there (its
+// function deleted) is no error.
 func (s *Store) Record(ctx context.Context, id string, r Result, status string, now, next time.Time) error {
 	var finished any
 	if status != StatusQueued {
@@ -340,10 +423,14 @@ func (s *Store) Record(ctx context.Context, id string, r Result, status string, 
 	}
 	var body any
 	if r.Body != nil {
+		// No more than its owner's bytes counted it for.
+		if len(r.Body) > MaxResponse {
+			r.Body, r.Truncated = r.Body[:MaxResponse], true
+		}
 		body = r.Body
 	}
-	_, err := s.exec(ctx, `UPDATE invocations SET status = ?, finished = ?, next = ?, http_status = ?, duration = ?, error = ?,
-		response = ?, response_type = ?, truncated = ? WHERE id = ? AND status = 'running'`,
+	_, err := s.exec(ctx, `UPDATE invocations SET status = ?1, finished = ?2, next = ?3, http_status = ?4, duration = ?5, error = ?6,
+		response = ?7, response_type = ?8, truncated = ?9, body = iif(?2 IS NULL, body, x'') WHERE id = ?10 AND status = 'running'`,
 		status, finished, next.UnixNano(), r.Status, int64(r.Duration), truncate(r.Error, maxError), body, truncate(r.ContentType, maxContentType), r.Truncated, id)
 	return err
 }

@@ -19,6 +19,10 @@ const (
 	// DefaultMaxPendingPerOwner bounds one owner's invocations not
 	// finished (queued, waiting for a retry, or running).
 	DefaultMaxPendingPerOwner = 10000
+	// DefaultMaxBytesPerOwner bounds one owner's bytes (Usage.Bytes):
+	// 10,240 invocations not finished, each counted as keeping a whole
+	// response, so that the count bound is what small ones meet first.
+	DefaultMaxBytesPerOwner = 640 << 20
 	// DefaultRetention is how long finished invocations are kept.
 	DefaultRetention = 24 * time.Hour
 )
@@ -32,11 +36,13 @@ type Config struct {
 	// Send makes one attempt of inv (inv.Attempts is its number) and
 	// says how it went; ctx ends when the server stops.
 	Send func(ctx context.Context, inv *Invocation) Result
-	// Workers, WorkersPerOwner, MaxPendingPerOwner and Retention: 0
-	// takes the defaults above; MaxPendingPerOwner < 0 is no bound.
+	// Workers, WorkersPerOwner, MaxPendingPerOwner, MaxBytesPerOwner
+	// and Retention: 0 takes the defaults above; MaxPendingPerOwner or
+	// MaxBytesPerOwner < 0 is no bound.
 	Workers            int
 	WorkersPerOwner    int
 	MaxPendingPerOwner int
+	MaxBytesPerOwner   int64
 	Retention          time.Duration
 	// Policy is when attempts are retried (zero: DefaultPolicy of
 	// DefaultRetryDelay).
@@ -91,6 +97,12 @@ func NewWorker(st *Store, cfg Config) *Worker {
 	case cfg.MaxPendingPerOwner < 0:
 		cfg.MaxPendingPerOwner = 0
 	}
+	switch {
+	case cfg.MaxBytesPerOwner == 0:
+		cfg.MaxBytesPerOwner = DefaultMaxBytesPerOwner
+	case cfg.MaxBytesPerOwner < 0:
+		cfg.MaxBytesPerOwner = 0
+	}
 	if cfg.Retention <= 0 {
 		cfg.Retention = DefaultRetention
 	}
@@ -115,14 +127,14 @@ func (w *Worker) MaxAttempts() int { return w.cfg.Policy.MaxAttempts() }
 
 // Enqueue stores inv (its owner, function, path, host, content type and
 // body set) as a new invocation, due now, and sets its id, status and
-// times. Past its owner's bound of invocations not finished it is an
-// errdefs.ErrRateLimited, and nothing is stored.
+// times. Past its owner's bounds (of invocations not finished, of bytes)
+// it is an errdefs.ErrRateLimited, and nothing is stored.
 func (w *Worker) Enqueue(ctx context.Context, inv *Invocation) error {
 	now := w.cfg.Now()
 	inv.ID = NewID()
 	inv.Status = StatusQueued
 	inv.CreatedAt, inv.NextAt = now, now
-	if err := w.st.Add(ctx, inv, w.cfg.MaxPendingPerOwner); err != nil {
+	if err := w.st.Add(ctx, inv, w.Bounds()); err != nil {
 		return err
 	}
 	w.mu.Lock()
@@ -130,6 +142,16 @@ func (w *Worker) Enqueue(ctx context.Context, inv *Invocation) error {
 	w.mu.Unlock()
 	w.wake()
 	return nil
+}
+
+// Bounds are what the worker holds each owner to (0: no bound).
+func (w *Worker) Bounds() Bounds {
+	return Bounds{Pending: w.cfg.MaxPendingPerOwner, Bytes: w.cfg.MaxBytesPerOwner}
+}
+
+// Usage says what owner's invocations take of Bounds.
+func (w *Worker) Usage(ctx context.Context, owner string) (Usage, error) {
+	return w.st.Usage(ctx, owner)
 }
 
 // Get returns the invocation id of the function whose id is fn.

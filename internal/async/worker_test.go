@@ -37,14 +37,14 @@ func TestStore(t *testing.T) {
 	for i := range 5 {
 		inv := newInv("alice", "f", fmt.Sprint("body", i))
 		inv.ID, inv.CreatedAt, inv.NextAt = NewID(), t0, t0.Add(time.Duration(i)*time.Second)
-		if err := st.Add(ctx, inv, 5); err != nil {
+		if err := st.Add(ctx, inv, Bounds{Pending: 5}); err != nil {
 			t.Fatal(err)
 		}
 		ids = append(ids, inv.ID)
 	}
 	over := newInv("alice", "g", "")
 	over.ID = NewID()
-	if err := st.Add(ctx, over, 5); !errors.Is(err, errdefs.ErrRateLimited) {
+	if err := st.Add(ctx, over, Bounds{Pending: 5}); !errors.Is(err, errdefs.ErrRateLimited) {
 		t.Errorf("a sixth of five pending: %v", err)
 	}
 	if n, err := st.Pending(ctx, "alice"); err != nil || n != 5 {
@@ -52,7 +52,7 @@ func TestStore(t *testing.T) {
 	}
 	other := newInv("bob", "h", "b")
 	other.ID = NewID()
-	if err := st.Add(ctx, other, 5); err != nil {
+	if err := st.Add(ctx, other, Bounds{Pending: 5}); err != nil {
 		t.Fatal(err)
 	}
 

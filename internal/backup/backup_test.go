@@ -140,7 +140,7 @@ func TestRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	queued := &async.Invocation{ID: async.NewID(), Owner: "admin", FunctionID: id, Function: "hello", Path: "/", Body: []byte("event"), CreatedAt: time.Now(), NextAt: time.Now()}
-	if err := d.invs.Add(ctx, queued, 0); err != nil {
+	if err := d.invs.Add(ctx, queued, async.Bounds{}); err != nil {
 		t.Fatal(err)
 	}
 	d.logs.Append(logstore.Entry{Owner: "admin", Function: "hello", FunctionID: id, Version: 1, Stream: logstore.StreamStdout, Line: "a line"})

@@ -37,6 +37,7 @@ func newServeCmd(env Env) *cobra.Command {
 	var logLevel, logFormat string
 	var egressAllow, trustedProxies []string
 	var memoryReserve, allMemory int
+	asyncBytes := byteSize(async.DefaultMaxBytesPerOwner)
 	userMemory := mebibytes(defaultUserMemory(int(hostMemory()>>20)-defaultMemoryReserve(), 128))
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -61,6 +62,7 @@ func newServeCmd(env Env) *cobra.Command {
 				userMemory = mebibytes(defaultUserMemory(allMemory, cfg.DefaultMemoryMiB))
 			}
 			cfg.MaxMemoryPerUserMiB = int(userMemory)
+			cfg.AsyncMaxBytesPerUser = int64(asyncBytes)
 			if err := validate(cfg); err != nil {
 				return err
 			}
@@ -98,6 +100,9 @@ func newServeCmd(env Env) *cobra.Command {
 			cfg.Version = Version
 			if cfg.AsyncMaxPerUser == 0 {
 				cfg.AsyncMaxPerUser = -1 // the server's "no bound"
+			}
+			if cfg.AsyncMaxBytesPerUser == 0 {
+				cfg.AsyncMaxBytesPerUser = -1
 			}
 			s, err := server.New(ctx, cfg, log)
 			if err != nil {
@@ -164,6 +169,7 @@ func newServeCmd(env Env) *cobra.Command {
 	f.IntVar(&cfg.AsyncWorkers, "async-workers", async.DefaultWorkers, "attempts of asynchronous invocations that run at once, server-wide; the others wait their turn")
 	f.IntVar(&cfg.AsyncWorkersPerUser, "async-workers-per-user", async.DefaultWorkersPerOwner, "attempts of one user's asynchronous invocations that run at once, so that one user's flood leaves room to the others (at most --async-workers)")
 	f.IntVar(&cfg.AsyncMaxPerUser, "async-max-per-user", async.DefaultMaxPendingPerOwner, "asynchronous invocations one user may have not finished (queued, waiting for a retry, or running); one more gets 429 rate_limited (0: no bound)")
+	f.Var(&asyncBytes, "async-max-bytes-per-user", "bytes one user's asynchronous invocations may hold, in bytes or as a size like 640Mi or 1GiB: the bodies of those not finished, each counted with 64 KiB for the response it may keep, and the responses kept of those finished (0: no bound); one more past it gets 429 rate_limited")
 	f.DurationVar(&cfg.AsyncRetryDelay, "async-retry-delay", async.DefaultRetryDelay, "wait before an asynchronous invocation's first retry; the second waits four times as long (each ±20%)")
 	f.DurationVar(&cfg.AsyncRetention, "async-retention", async.DefaultRetention, "how long finished asynchronous invocations are kept, to be read")
 	f.IntVar(&cfg.PoolSize, "pool-size", 4, "warm, generic Deno instances kept ready for cold starts")
@@ -258,6 +264,9 @@ func validate(cfg server.Config) error {
 		return errdefs.Invalid("--async-workers-per-user must be from 1 to --async-workers (%d)", cfg.AsyncWorkers)
 	case cfg.AsyncMaxPerUser < 0:
 		return errdefs.Invalid("--async-max-per-user must be 0 (no bound) or more")
+	case cfg.AsyncMaxBytesPerUser < 0 || cfg.AsyncMaxBytesPerUser != 0 && cfg.AsyncMaxBytesPerUser < 1<<20:
+		// An invocation of the largest body, and its response, must fit.
+		return errdefs.Invalid("--async-max-bytes-per-user must be 0 (no bound) or at least 1 MiB (1048576)")
 	case cfg.AsyncRetryDelay < 10*time.Millisecond || cfg.AsyncRetryDelay > time.Hour:
 		return errdefs.Invalid("--async-retry-delay must be from 10ms to 1h")
 	case cfg.AsyncRetention < time.Minute:
@@ -392,15 +401,50 @@ func (m *mebibytes) Set(s string) error {
 		*m = 0
 		return nil
 	}
-	// "8GiB", "512MB": the B is the only thing ParseMemory does not take.
-	if n := len(v); n >= 2 && v[n-1] == 'B' && strings.ContainsRune("iKMG", rune(v[n-2])) {
-		v = v[:n-1]
-	}
-	mib, err := functions.ParseMemory(v)
+	mib, err := parseMiB(v)
 	if err != nil {
 		return fmt.Errorf("want MiB or a size like 8Gi or 8GiB, not %q", s)
 	}
 	*m = mebibytes(mib)
+	return nil
+}
+
+// parseMiB reads a size as a function's memory setting takes it, with an
+// optional trailing B, into MiB (rounded up).
+func parseMiB(v string) (int, error) {
+	// "8GiB", "512MB": the B is the only thing ParseMemory does not take.
+	if n := len(v); n >= 2 && v[n-1] == 'B' && strings.ContainsRune("iKMG", rune(v[n-2])) {
+		v = v[:n-1]
+	}
+	return functions.ParseMemory(v)
+}
+
+// byteSize is a flag of a size in bytes: a bare number of bytes, as
+// --kv-max-bytes-per-user takes, or a size as mebibytes takes it
+// ("640Mi", "1GiB"), rounded up to a MiB; 0 is none.
+type byteSize int64
+
+func (b *byteSize) String() string {
+	if n := int64(*b); n > 0 && n%(1<<20) == 0 {
+		return strconv.FormatInt(n>>20, 10) + "Mi"
+	}
+	return strconv.FormatInt(int64(*b), 10)
+}
+
+func (b *byteSize) Type() string { return "size" }
+
+func (b *byteSize) Set(s string) error {
+	v := strings.TrimSpace(s)
+	if n, err := strconv.ParseInt(v, 10, 64); err == nil && n >= 0 {
+		*b = byteSize(n)
+		return nil
+	}
+	// A bare number is bytes here, never ParseMemory's MiB.
+	mib, err := parseMiB(v)
+	if err != nil || strings.TrimRight(v, "0123456789.") == "" {
+		return fmt.Errorf("want bytes or a size like 640Mi or 1GiB, not %q", s)
+	}
+	*b = byteSize(int64(mib) << 20)
 	return nil
 }
 

@@ -28,7 +28,7 @@ func TestValidateServeFlags(t *testing.T) {
 		UIDBase: 2000000, ShutdownTimeout: 30 * time.Second, MaxLogBytes: 2 << 30,
 		NPMMemoryMiB: 1024, NPMDiskMiB: 2048, NPMCacheBytes: 1 << 30,
 		MaxDeploys: 4, MaxDeploysWaiting: 32, DeployBodyTimeout: time.Minute,
-		AsyncWorkers: 16, AsyncWorkersPerUser: 4, AsyncMaxPerUser: 10000, AsyncRetryDelay: 30 * time.Second, AsyncRetention: 24 * time.Hour,
+		AsyncWorkers: 16, AsyncWorkersPerUser: 4, AsyncMaxPerUser: 10000, AsyncMaxBytesPerUser: 640 << 20, AsyncRetryDelay: 30 * time.Second, AsyncRetention: 24 * time.Hour,
 	}
 	for _, tt := range []struct {
 		name string
@@ -41,6 +41,10 @@ func TestValidateServeFlags(t *testing.T) {
 		{"more per user than in all", func(c *server.Config) { c.AsyncWorkersPerUser = 17 }, "--async-workers-per-user"},
 		{"no async bound", func(c *server.Config) { c.AsyncMaxPerUser = 0 }, ""},
 		{"negative async bound", func(c *server.Config) { c.AsyncMaxPerUser = -1 }, "--async-max-per-user"},
+		{"no async byte bound", func(c *server.Config) { c.AsyncMaxBytesPerUser = 0 }, ""},
+		{"least async byte bound", func(c *server.Config) { c.AsyncMaxBytesPerUser = 1 << 20 }, ""},
+		{"async byte bound under 1 MiB", func(c *server.Config) { c.AsyncMaxBytesPerUser = 1<<20 - 1 }, "--async-max-bytes-per-user"},
+		{"negative async byte bound", func(c *server.Config) { c.AsyncMaxBytesPerUser = -1 }, "--async-max-bytes-per-user"},
 		{"short retry delay", func(c *server.Config) { c.AsyncRetryDelay = 10 * time.Millisecond }, ""},
 		{"retry delay too short", func(c *server.Config) { c.AsyncRetryDelay = time.Millisecond }, "--async-retry-delay"},
 		{"retention too short", func(c *server.Config) { c.AsyncRetention = time.Second }, "--async-retention"},
@@ -185,6 +189,9 @@ func TestServeDeployFlags(t *testing.T) {
 		{"trusted proxy by name", []string{"--trusted-proxies", "proxy.example"}, nil},
 		{"trusted proxy with a zone", []string{"--trusted-proxies", "127.0.0.1,fe80::1%eth0"}, nil},
 		{"egress range not a range", []string{"--egress-allow", "10.0.0.0/33"}, nil},
+		{"async bytes not a size", []string{"--async-max-bytes-per-user", "lots"}, nil},
+		{"async bytes under 1 MiB", []string{"--async-max-bytes-per-user", "1000"}, nil},
+		{"async bytes negative in the environment", nil, []string{"SPRY_ASYNC_MAX_BYTES_PER_USER=-1"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			data := filepath.Join(t.TempDir(), "data")
@@ -203,6 +210,45 @@ func TestServeDeployFlags(t *testing.T) {
 				t.Errorf("the data directory: %v, want none made", err)
 			}
 		})
+	}
+}
+
+// --async-max-bytes-per-user takes bytes, as --kv-max-bytes-per-user
+// does, or a size as --max-memory-per-user does; its default reads back
+// as a size.
+func TestByteSizeFlag(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want int64
+		ok   bool
+	}{
+		{"0", 0, true},
+		{"1048576", 1 << 20, true},
+		{" 671088640 ", 640 << 20, true},
+		{"640Mi", 640 << 20, true},
+		{"640MiB", 640 << 20, true},
+		{"1Gi", 1 << 30, true},
+		{"1GB", 954 << 20, true},
+		{"1.5", 0, false}, // not bytes, and no unit to say otherwise
+		{"512B", 0, false},
+		{"-1", 0, false},
+		{"lots", 0, false},
+		{"", 0, false},
+	} {
+		var b byteSize
+		err := b.Set(tt.in)
+		if (err == nil) != tt.ok || tt.ok && int64(b) != tt.want {
+			t.Errorf("Set(%q) = %d, %v; want %d, ok %v", tt.in, b, err, tt.want, tt.ok)
+		}
+	}
+	for n, want := range map[byteSize]string{640 << 20: "640Mi", 1<<20 + 1: "1048577", 0: "0"} {
+		if got := n.String(); got != want {
+			t.Errorf("%d.String() = %q, want %q", int64(n), got, want)
+		}
+		var back byteSize
+		if err := back.Set(want); err != nil || back != n {
+			t.Errorf("Set(%q) = %d, %v; want %d", want, back, err, n)
+		}
 	}
 }
 

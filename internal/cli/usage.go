@@ -17,13 +17,17 @@ func newUsageCmd(conn *connFlags) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "usage",
-		Short: "Show what you use of the server's per-user budgets: functions, instances, their memory, kv bytes, tokens",
+		Short: "Show what you use of the server's per-user budgets: functions, instances, their memory, kv bytes, async invocations and their bytes, tokens",
 		Long: `Show what you use of each per-user budget the server holds you to, and
 its limit: functions (--max-functions-per-user), instances starting,
 running or stopping (--max-instances-per-user), the memory limits of
 those instances added up (--max-memory-per-user), the bytes of your
-functions' ctx.kv entries (--kv-max-bytes-per-user) and tokens neither
-revoked nor expired. A budget the server does not bound shows "-".`,
+functions' ctx.kv entries (--kv-max-bytes-per-user), your asynchronous
+invocations not finished (--async-max-per-user) and the bytes they all
+hold (--async-max-bytes-per-user: bodies of those not finished, each
+with 64 KiB for its response, and responses of those finished), and
+tokens neither revoked nor expired. A budget the server does not bound
+shows "-".`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := conn.client()
@@ -59,6 +63,8 @@ func printUsage(w io.Writer, u api.UsageView) error {
 		{"instances", u.Instances, false},
 		{"memory", u.MemoryBytes, true},
 		{"kv", u.KVBytes, true},
+		{"async invocations", u.AsyncInvocations, false},
+		{"async bytes", u.AsyncBytes, true},
 		{"tokens", u.Tokens, false},
 	} {
 		show := strconv.FormatInt

@@ -3,10 +3,12 @@ package cli
 import (
 	"bytes"
 	"encoding/json"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/spry-run/spry/internal/api"
+	"github.com/spry-run/spry/internal/async"
 )
 
 // spry usage prints the caller's budgets as a table, --json the API's
@@ -20,12 +22,14 @@ func TestUsageCommand(t *testing.T) {
 
 	// This server bounds only tokens (no activator, no kv, no bound
 	// on functions): the rest show no limit.
-	want := `RESOURCE   USED  LIMIT  USED%
-functions  1     -      -
-instances  0     -      -
-memory     0 B   -      -
-kv         0 B   -      -
-tokens     1     100    1%
+	want := `RESOURCE           USED  LIMIT  USED%
+functions          1     -      -
+instances          0     -      -
+memory             0 B   -      -
+kv                 0 B   -      -
+async invocations  0     -      -
+async bytes        0 B   -      -
+tokens             1     100    1%
 `
 	if out := must(bob, "usage"); out != want {
 		t.Errorf("spry usage:\n%s\nwant:\n%s", out, want)
@@ -55,21 +59,25 @@ tokens     1     100    1%
 func TestPrintUsage(t *testing.T) {
 	var out bytes.Buffer
 	err := printUsage(&out, api.UsageView{User: "alice",
-		Functions:   api.Use{Used: 3, Limit: 1000},
-		Instances:   api.Use{Used: 2, Limit: 2},
-		MemoryBytes: api.Use{Used: 256 << 20, Limit: 12240000000},
-		KVBytes:     api.Use{Used: 1234, Limit: 640 << 20},
-		Tokens:      api.Use{Used: 99, Limit: 100},
+		Functions:        api.Use{Used: 3, Limit: 1000},
+		Instances:        api.Use{Used: 2, Limit: 2},
+		MemoryBytes:      api.Use{Used: 256 << 20, Limit: 12240000000},
+		KVBytes:          api.Use{Used: 1234, Limit: 640 << 20},
+		AsyncInvocations: api.Use{Used: 10000, Limit: 10000},
+		AsyncBytes:       api.Use{Used: 3 << 20, Limit: 640 << 20},
+		Tokens:           api.Use{Used: 99, Limit: 100},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := `RESOURCE   USED     LIMIT     USED%
-functions  3        1000      <1%
-instances  2        2         100%
-memory     256 MiB  11.4 GiB  2%
-kv         1.2 KiB  640 MiB   <1%
-tokens     99       100       99%
+	want := `RESOURCE           USED     LIMIT     USED%
+functions          3        1000      <1%
+instances          2        2         100%
+memory             256 MiB  11.4 GiB  2%
+kv                 1.2 KiB  640 MiB   <1%
+async invocations  10000    10000     100%
+async bytes        3 MiB    640 MiB   <1%
+tokens             99       100       99%
 `
 	if out.String() != want {
 		t.Errorf("got:\n%s\nwant:\n%s", out.String(), want)
@@ -78,5 +86,42 @@ tokens     99       100       99%
 		if got := sizeString(n); got != want {
 			t.Errorf("sizeString(%d) = %q, want %q", n, got, want)
 		}
+	}
+}
+
+// spry usage shows a user's asynchronous invocations not finished and
+// their bytes against the server's bounds, and the refusal past the
+// byte bound names its flag.
+func TestUsageCommandAsync(t *testing.T) {
+	st, err := async.Open(t.Context(), filepath.Join(t.TempDir(), "invocations.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	// Not run: what is enqueued stays queued.
+	w := async.NewWorker(st, async.Config{MaxPendingPerOwner: 100, MaxBytesPerOwner: 1 << 20})
+	url, admin := apiServerConfig(t, nil, api.Config{MaxCodeBytes: 1 << 20, Invocations: w})
+	run, must := cliAt(t, url)
+	bob := strings.TrimSpace(must(admin, "user", "create", "bob"))
+	must(bob, "deploy", helloFile(t, "hello.ts"))
+	// 15 of 64 KiB reserved for responses, and their bodies of 5 bytes:
+	// 960.1 KiB of 1 MiB; one more would pass it.
+	for range 15 {
+		must(bob, "invoke", "hello", "--async", "-d", "event")
+	}
+	if code, _, stderr := run(bob, "invoke", "hello", "--async", "-d", "event"); code == 0 || !strings.Contains(stderr, "--async-max-bytes-per-user") {
+		t.Errorf("past the byte bound: exit %d, %s", code, stderr)
+	}
+	want := `RESOURCE           USED       LIMIT  USED%
+functions          1          -      -
+instances          0          -      -
+memory             0 B        -      -
+kv                 0 B        -      -
+async invocations  15         100    15%
+async bytes        960.1 KiB  1 MiB  93%
+tokens             1          100    1%
+`
+	if out := must(bob, "usage"); out != want {
+		t.Errorf("spry usage:\n%s\nwant:\n%s", out, want)
 	}
 }

@@ -54,6 +54,7 @@ func (s *Server) openAsync(ctx context.Context, dataDir string) error {
 		Workers:            s.cfg.AsyncWorkers,
 		WorkersPerOwner:    s.cfg.AsyncWorkersPerUser,
 		MaxPendingPerOwner: s.cfg.AsyncMaxPerUser,
+		MaxBytesPerOwner:   s.cfg.AsyncMaxBytesPerUser,
 		Retention:          s.cfg.AsyncRetention,
 		Policy:             async.DefaultPolicy(delay),
 		OnAttempt:          s.asyncAttempt,

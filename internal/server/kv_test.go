@@ -76,7 +76,7 @@ func TestForgetRemovesKV(t *testing.T) {
 	}
 	defer invs.Close()
 	for _, id := range []string{"fn-gone", "fn-kept"} {
-		if err := invs.Add(ctx, &async.Invocation{ID: async.NewID(), Owner: "alice", FunctionID: id, Function: id, Path: "/"}, 0); err != nil {
+		if err := invs.Add(ctx, &async.Invocation{ID: async.NewID(), Owner: "alice", FunctionID: id, Function: id, Path: "/"}, async.Bounds{}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -147,14 +147,16 @@ type Config struct {
 	// AsyncWorkers and AsyncWorkersPerUser bound the attempts of
 	// asynchronous invocations running at once, server-wide and of one
 	// user's; AsyncMaxPerUser bounds one user's invocations not finished
-	// (-1: no bound); AsyncRetryDelay is the wait before the first retry
+	// and AsyncMaxBytesPerUser their bytes (async.Usage; -1: no bound);
+	// AsyncRetryDelay is the wait before the first retry
 	// (the second waits four times as long); AsyncRetention is how long
 	// finished invocations are kept. 0: async's defaults.
-	AsyncWorkers        int
-	AsyncWorkersPerUser int
-	AsyncMaxPerUser     int
-	AsyncRetryDelay     time.Duration
-	AsyncRetention      time.Duration
+	AsyncWorkers         int
+	AsyncWorkersPerUser  int
+	AsyncMaxPerUser      int
+	AsyncMaxBytesPerUser int64
+	AsyncRetryDelay      time.Duration
+	AsyncRetention       time.Duration
 	// NewSecretKey lets a server whose secret key is missing make a new
 	// one although stored versions hold secrets sealed with the old.
 	NewSecretKey bool
