@@ -311,18 +311,13 @@ func newInvokeCmd(conn *connFlags) *cobra.Command {
 				return err
 			}
 			var body io.Reader
-			switch {
-			case strings.HasPrefix(data, "@"):
-				f, err := os.Open(data[1:])
+			if data != "" {
+				b, done, err := dataBody(cmd, data)
 				if err != nil {
-					return errdefs.Invalid("%v", err)
+					return err
 				}
-				defer f.Close()
-				body = f
-			case data == "-":
-				body = cmd.InOrStdin()
-			case data != "":
-				body = strings.NewReader(data)
+				defer done()
+				body = b
 			}
 			if method == "" {
 				method = "GET"
@@ -410,20 +405,11 @@ func invokeAsync(cmd *cobra.Command, c *client.Client, owner, name, path, data, 
 		}
 		contentType = strings.TrimSpace(v)
 	}
-	var body io.Reader
-	switch {
-	case strings.HasPrefix(data, "@"):
-		f, err := os.Open(data[1:])
-		if err != nil {
-			return errdefs.Invalid("%v", err)
-		}
-		defer f.Close()
-		body = f
-	case data == "-":
-		body = cmd.InOrStdin()
-	default:
-		body = strings.NewReader(data)
+	body, done, err := dataBody(cmd, data)
+	if err != nil {
+		return err
 	}
+	defer done()
 	// One byte over the bound is enough for the server to refuse it.
 	b, err := io.ReadAll(io.LimitReader(body, api.MaxInvocationBody+1))
 	if err != nil {
@@ -435,4 +421,22 @@ func invokeAsync(cmd *cobra.Command, c *client.Client, owner, name, path, data, 
 	}
 	fmt.Fprintln(cmd.OutOrStdout(), v.ID)
 	return nil
+}
+
+// dataBody is what -d names: @FILE's contents, - for stdin, or the
+// text itself (curl's convention), and what to call when it has been
+// read. The text is a *strings.Reader, so that its request has a
+// Content-Length.
+func dataBody(cmd *cobra.Command, data string) (io.Reader, func(), error) {
+	switch {
+	case strings.HasPrefix(data, "@"):
+		f, err := os.Open(data[1:])
+		if err != nil {
+			return nil, nil, errdefs.Invalid("%v", err)
+		}
+		return f, func() { f.Close() }, nil
+	case data == "-":
+		return cmd.InOrStdin(), func() {}, nil
+	}
+	return strings.NewReader(data), func() {}, nil
 }
