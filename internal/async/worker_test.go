@@ -130,16 +130,16 @@ func TestStore(t *testing.T) {
 // recorder is a Send that answers from a script and tells of each
 // attempt.
 type recorder struct {
-	mu       sync.Mutex
-	answers  map[string][]int // by body: the status of each attempt
+	mu      sync.Mutex
+	answers map[string][]int // by body: the status of each attempt
 	// maxAttempts, by body: what the version live at each attempt
 	// allows (Result.MaxAttempts); none: 0, the policy's.
 	maxAttempts map[string][]int
-	attempts map[string]int
-	block    chan struct{} // if set, each attempt waits for it (or ctx)
-	inFlight map[string]int
-	peak     map[string]int
-	seen     chan string // bodies as their attempts start
+	attempts    map[string]int
+	block       chan struct{} // if set, each attempt waits for it (or ctx)
+	inFlight    map[string]int
+	peak        map[string]int
+	seen        chan string // bodies as their attempts start
 }
 
 func newRecorder() *recorder {
