@@ -3,6 +3,8 @@ package e2e
 import (
 	"encoding/json"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -70,7 +72,8 @@ func (s *server) seen(t *testing.T, name, id string) map[string]any {
 // --async reaches a real Deno function as a POST with its path, body,
 // content type and id; a failed first attempt is retried (the backoff
 // shortened by --async-retry-delay) and the second succeeds; one that
-// always fails ends failed after three attempts. Each attempt has its
+// always fails ends failed after three attempts, and after one if its
+// function was deployed with --async-retries 0. Each attempt has its
 // line in the function's logs, and the outcomes are counted.
 func TestAsyncRetries(t *testing.T) {
 	s := startServer(t, "--async-retry-delay", "100ms")
@@ -93,9 +96,28 @@ func TestAsyncRetries(t *testing.T) {
 	}
 	broken := r.json(t)["id"].(string)
 	v = s.waitInvocation(t, "jobs", broken, "failed")
-	if v["attempts"] != 3.0 || v["http_status"] != 503.0 || !strings.Contains(v["error"].(string), "503") {
+	if v["attempts"] != 3.0 || v["max_attempts"] != 3.0 || v["http_status"] != 503.0 || !strings.Contains(v["error"].(string), "503") {
 		t.Errorf("broken: %v", v)
 	}
+
+	// A function that must not run twice: no retries.
+	path := filepath.Join(t.TempDir(), "once.ts")
+	if err := os.WriteFile(path, []byte(asyncFunction), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.mustSpry("deploy", path, "--async-retries", "0")
+	once := strings.TrimSpace(s.mustSpry("invoke", "once", "--async", "-d", "broken"))
+	v = s.waitInvocation(t, "once", once, "failed")
+	if v["attempts"] != 1.0 || v["max_attempts"] != 1.0 || v["http_status"] != 503.0 {
+		t.Errorf("broken, without retries: %v", v)
+	}
+	if seen := s.seen(t, "once", once); seen["n"] != 1.0 {
+		t.Errorf("the function without retries saw %v", seen)
+	}
+	eventually(t, 10*time.Second, "the one attempt's log line", func() bool {
+		logs := s.mustSpry("logs", "once")
+		return strings.Contains(logs, "async invocation "+once+", attempt 1 of 1: 503") && strings.Contains(logs, "failed, no attempts left")
+	})
 
 	// Log lines are written in the background.
 	eventually(t, 10*time.Second, "each attempt's log line", func() bool {
@@ -120,6 +142,7 @@ func TestAsyncRetries(t *testing.T) {
 	for _, want := range []string{
 		`spry_async_invocations_total{function="jobs",outcome="succeeded",owner="admin"} 1`,
 		`spry_async_invocations_total{function="jobs",outcome="failed",owner="admin"} 1`,
+		`spry_async_invocations_total{function="once",outcome="failed",owner="admin"} 1`,
 		"spry_async_queue_depth 0",
 	} {
 		if !strings.Contains(metrics, want) {

@@ -19,11 +19,14 @@ import (
 
 // FunctionView is a function as the API shows it.
 type FunctionView struct {
-	Owner         string            `json:"owner"`
-	Name          string            `json:"name"`
-	Version       int64             `json:"version"`
-	Runtime       string            `json:"runtime"`
-	Access        string            `json:"access"` // "public" or "private"
+	Owner   string `json:"owner"`
+	Name    string `json:"name"`
+	Version int64  `json:"version"`
+	Runtime string `json:"runtime"`
+	Access  string `json:"access"` // "public" or "private"
+	// AsyncRetries is how many times a failed asynchronous invocation
+	// is tried again (also in Limits when not the default).
+	AsyncRetries  int               `json:"async_retries"`
 	URL           string            `json:"url"`
 	Digest        string            `json:"digest"`
 	Size          int64             `json:"size"`
@@ -76,6 +79,9 @@ type SettingsBody struct {
 	// Access is "public" or "private" (callable only with a token of
 	// the owner's or an admin's with scope invoke).
 	Access string `json:"access,omitempty"`
+	// AsyncRetries is how many times a failed asynchronous invocation
+	// is tried again: 0, 1 or 2.
+	AsyncRetries *int `json:"async_retries,omitempty"`
 }
 
 // settings turns the body's settings into the strings ParseLimits reads.
@@ -97,6 +103,7 @@ func (d *SettingsBody) settings() map[string]string {
 	putInt(functions.SettingMin, d.Min)
 	putInt(functions.SettingMax, d.Max)
 	putInt(functions.SettingConcurrency, d.Concurrency)
+	putInt(functions.SettingAsyncRetries, d.AsyncRetries)
 	put(functions.SettingCPU, d.CPU)
 	put(functions.SettingTarget, d.Target)
 	put(functions.SettingGrace, d.Grace)
@@ -148,24 +155,25 @@ func (a *API) view(r *http.Request, fn store.Function) FunctionView {
 		state = "running"
 	}
 	v := FunctionView{
-		Owner:      fn.Owner,
-		Name:       fn.Name,
-		Version:    fn.LiveVersion,
-		Runtime:    fn.Live.Config.Runtime,
-		Access:     functions.Access(fn.Live.Config.Limits),
-		URL:        a.functionURL(r, fn.Owner, fn.Name),
-		Digest:     fn.Live.Digest,
-		Size:       fn.Live.Size,
-		State:      state,
-		Instances:  n,
-		Env:        fn.Live.Config.Env,
-		Secrets:    functions.EnvKeys(fn.Live.Config.Secrets),
-		Traffic:    fn.Routing.Traffic,
-		Tags:       fn.Routing.Tags,
-		Limits:     fn.Live.Config.Limits,
-		CreatedAt:  fn.CreatedAt,
-		UpdatedAt:  fn.UpdatedAt,
-		DeployedBy: fn.Live.CreatedBy,
+		Owner:        fn.Owner,
+		Name:         fn.Name,
+		Version:      fn.LiveVersion,
+		Runtime:      fn.Live.Config.Runtime,
+		Access:       functions.Access(fn.Live.Config.Limits),
+		AsyncRetries: functions.AsyncRetries(fn.Live.Config.Limits),
+		URL:          a.functionURL(r, fn.Owner, fn.Name),
+		Digest:       fn.Live.Digest,
+		Size:         fn.Live.Size,
+		State:        state,
+		Instances:    n,
+		Env:          fn.Live.Config.Env,
+		Secrets:      functions.EnvKeys(fn.Live.Config.Secrets),
+		Traffic:      fn.Routing.Traffic,
+		Tags:         fn.Routing.Tags,
+		Limits:       fn.Live.Config.Limits,
+		CreatedAt:    fn.CreatedAt,
+		UpdatedAt:    fn.UpdatedAt,
+		DeployedBy:   fn.Live.CreatedBy,
 	}
 	if !fn.LastInvokedAt.IsZero() {
 		t := fn.LastInvokedAt

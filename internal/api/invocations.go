@@ -13,6 +13,7 @@ import (
 
 	"github.com/spry-run/spry/internal/async"
 	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/functions"
 )
 
 // Invocations are functions' asynchronous invocations (async.Worker).
@@ -22,7 +23,9 @@ type Invocations interface {
 	Enqueue(ctx context.Context, inv *async.Invocation) error
 	Get(ctx context.Context, fn, id string) (async.Invocation, error)
 	List(ctx context.Context, fn string, before int64, limit int) ([]async.Invocation, error)
-	MaxAttempts() int
+	// Attempts is how many attempts an invocation of a function that
+	// allows max gets.
+	Attempts(max int) int
 	// Usage and Bounds are what an owner's invocations take, and what
 	// they may (0: no bound), for GET /api/v1/usage.
 	Usage(ctx context.Context, owner string) (async.Usage, error)
@@ -87,9 +90,11 @@ func timePtr(t time.Time) *time.Time {
 	return &t
 }
 
-func (a *API) invocationView(inv async.Invocation, withResponse bool) InvocationView {
+// invocationView shows inv, an invocation of a function whose
+// invocations get maxAttempts (invocationsTarget).
+func invocationView(inv async.Invocation, maxAttempts int, withResponse bool) InvocationView {
 	v := InvocationView{ID: inv.ID, Owner: inv.Owner, Function: inv.Function, Path: inv.Path, ContentType: inv.ContentType,
-		Status: inv.Status, Attempts: inv.Attempts, MaxAttempts: a.cfg.Invocations.MaxAttempts(),
+		Status: inv.Status, Attempts: inv.Attempts, MaxAttempts: maxAttempts,
 		CreatedAt: inv.CreatedAt.UTC(), StartedAt: timePtr(inv.StartedAt), FinishedAt: timePtr(inv.FinishedAt),
 		HTTPStatus: inv.Last.Status, DurationMS: float64(inv.Last.Duration.Microseconds()) / 1000, Error: inv.Last.Error}
 	if inv.Status == async.StatusQueued {
@@ -105,20 +110,30 @@ func (a *API) invocationView(inv async.Invocation, withResponse bool) Invocation
 	return v
 }
 
-// invocationsFunction resolves the request's function to its id.
-func (a *API) invocationsFunction(r *http.Request) (owner, name, id string, err error) {
+// invocationsTarget is the function an invocations request is about.
+type invocationsTarget struct {
+	owner, name, id string
+	// maxAttempts is how many attempts its invocations get, as its live
+	// version allows now (an attempt goes by the version live when it
+	// runs).
+	maxAttempts int
+}
+
+// invocationsFunction resolves the request's function.
+func (a *API) invocationsFunction(r *http.Request) (invocationsTarget, error) {
 	if a.cfg.Invocations == nil {
-		return "", "", "", errdefs.New(errdefs.ErrUnavailable, "this server runs no asynchronous invocations")
+		return invocationsTarget{}, errdefs.New(errdefs.ErrUnavailable, "this server runs no asynchronous invocations")
 	}
-	owner, name, err = a.target(r)
+	owner, name, err := a.target(r)
 	if err != nil {
-		return "", "", "", err
+		return invocationsTarget{}, err
 	}
 	fn, err := a.fns.Get(r.Context(), owner, name)
 	if err != nil {
-		return "", "", "", err
+		return invocationsTarget{}, err
 	}
-	return owner, name, fn.ID, nil
+	max := a.cfg.Invocations.Attempts(functions.AsyncRetries(fn.Live.Config.Limits) + 1)
+	return invocationsTarget{owner: owner, name: name, id: fn.ID, maxAttempts: max}, nil
 }
 
 // checkInvocationPath refuses a path a request could not be sent to:
@@ -147,10 +162,11 @@ func checkInvocationPath(p string) error {
 }
 
 func (a *API) enqueueInvocation(w http.ResponseWriter, r *http.Request) error {
-	owner, name, id, err := a.invocationsFunction(r)
+	t, err := a.invocationsFunction(r)
 	if err != nil {
 		return err
 	}
+	owner, name := t.owner, t.name
 	path := r.URL.Query().Get("path")
 	if path == "" {
 		path = "/"
@@ -175,7 +191,7 @@ func (a *API) enqueueInvocation(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	inv := &async.Invocation{Owner: owner, FunctionID: id, Function: name, Path: path, Host: r.Host, ContentType: ct, Body: body}
+	inv := &async.Invocation{Owner: owner, FunctionID: t.id, Function: name, Path: path, Host: r.Host, ContentType: ct, Body: body}
 	if err := a.cfg.Invocations.Enqueue(r.Context(), inv); err != nil {
 		if errdefs.HTTPStatus(err) == http.StatusTooManyRequests {
 			// Longer than a client retries by itself: invocations
@@ -189,23 +205,23 @@ func (a *API) enqueueInvocation(w http.ResponseWriter, r *http.Request) error {
 		loc += "?" + url.Values{"owner": {owner}}.Encode()
 	}
 	w.Header().Set("Location", loc)
-	return writeJSON(w, http.StatusAccepted, a.invocationView(*inv, false))
+	return writeJSON(w, http.StatusAccepted, invocationView(*inv, t.maxAttempts, false))
 }
 
 func (a *API) getInvocation(w http.ResponseWriter, r *http.Request) error {
-	_, _, id, err := a.invocationsFunction(r)
+	t, err := a.invocationsFunction(r)
 	if err != nil {
 		return err
 	}
-	inv, err := a.cfg.Invocations.Get(r.Context(), id, r.PathValue("id"))
+	inv, err := a.cfg.Invocations.Get(r.Context(), t.id, r.PathValue("id"))
 	if err != nil {
 		return err
 	}
-	return writeCompact(w, http.StatusOK, a.invocationView(inv, true))
+	return writeCompact(w, http.StatusOK, invocationView(inv, t.maxAttempts, true))
 }
 
 func (a *API) listInvocations(w http.ResponseWriter, r *http.Request) error {
-	_, _, id, err := a.invocationsFunction(r)
+	t, err := a.invocationsFunction(r)
 	if err != nil {
 		return err
 	}
@@ -228,7 +244,7 @@ func (a *API) listInvocations(w http.ResponseWriter, r *http.Request) error {
 			return errdefs.Invalid("after is not a cursor from this list's next")
 		}
 	}
-	invs, err := a.cfg.Invocations.List(r.Context(), id, before, limit+1)
+	invs, err := a.cfg.Invocations.List(r.Context(), t.id, before, limit+1)
 	if err != nil {
 		return err
 	}
@@ -238,7 +254,7 @@ func (a *API) listInvocations(w http.ResponseWriter, r *http.Request) error {
 		res.Next = base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(invs[limit-1].Seq, 10)))
 	}
 	for _, inv := range invs {
-		res.Invocations = append(res.Invocations, a.invocationView(inv, false))
+		res.Invocations = append(res.Invocations, invocationView(inv, t.maxAttempts, false))
 	}
 	return writeJSON(w, http.StatusOK, res)
 }

@@ -13,16 +13,19 @@ import (
 
 // VersionView is one version as the API shows it.
 type VersionView struct {
-	Version   int64     `json:"version"`
-	Live      bool      `json:"live"`
-	Percent   int       `json:"traffic_percent"`
-	Tags      []string  `json:"tags,omitempty"`
-	Runtime   string    `json:"runtime"`
-	Access    string    `json:"access"` // "public" or "private", as this version was made
-	Digest    string    `json:"digest"`
-	Size      int64     `json:"size"`
-	CreatedAt time.Time `json:"created_at"`
-	CreatedBy string    `json:"created_by"`
+	Version int64    `json:"version"`
+	Live    bool     `json:"live"`
+	Percent int      `json:"traffic_percent"`
+	Tags    []string `json:"tags,omitempty"`
+	Runtime string   `json:"runtime"`
+	Access  string   `json:"access"` // "public" or "private", as this version was made
+	// AsyncRetries is the version's: how many times a failed
+	// asynchronous invocation is tried again.
+	AsyncRetries int       `json:"async_retries"`
+	Digest       string    `json:"digest"`
+	Size         int64     `json:"size"`
+	CreatedAt    time.Time `json:"created_at"`
+	CreatedBy    string    `json:"created_by"`
 }
 
 func (a *API) listVersions(w http.ResponseWriter, r *http.Request) error {
@@ -50,7 +53,8 @@ func (a *API) listVersions(w http.ResponseWriter, r *http.Request) error {
 		sort.Strings(tags[v.Number])
 		out = append(out, VersionView{
 			Version: v.Number, Live: v.Number == fn.LiveVersion, Percent: percent[v.Number], Tags: tags[v.Number],
-			Runtime: v.Config.Runtime, Access: functions.Access(v.Config.Limits), Digest: v.Digest, Size: v.Size, CreatedAt: v.CreatedAt, CreatedBy: v.CreatedBy,
+			Runtime: v.Config.Runtime, Access: functions.Access(v.Config.Limits),
+			AsyncRetries: functions.AsyncRetries(v.Config.Limits), Digest: v.Digest, Size: v.Size, CreatedAt: v.CreatedAt, CreatedBy: v.CreatedBy,
 		})
 	}
 	return writeJSON(w, http.StatusOK, map[string]any{"versions": out})

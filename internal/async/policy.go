@@ -24,6 +24,10 @@ type Result struct {
 	// Version is the function's version the attempt went to, if known
 	// (for its log line).
 	Version int64
+	// MaxAttempts is how many attempts that version allows (its async
+	// retries and one); 0 if unknown (the function was not reached):
+	// the policy's.
+	MaxAttempts int
 }
 
 // MaxResponse is how much of an answer's body an invocation keeps.
@@ -75,14 +79,25 @@ func DefaultPolicy(delay time.Duration) Policy {
 // MaxAttempts is how many attempts an invocation gets at most.
 func (p Policy) MaxAttempts() int { return len(p.Delays) + 1 }
 
+// Attempts is how many attempts an invocation of a function that allows
+// max (0: any number) gets: the fewer of max and the policy's.
+func (p Policy) Attempts(max int) int {
+	if max <= 0 {
+		return p.MaxAttempts()
+	}
+	return min(max, p.MaxAttempts())
+}
+
 // Next decides what follows attempt n (1 for the first) that ended with
 // r at now: the invocation's status, and for one queued again, when its
-// next attempt may start. rnd, in [0, 1), picks the jitter.
+// next attempt may start. rnd, in [0, 1), picks the jitter. The attempts
+// r.MaxAttempts allows are those of the version the attempt ran on: a
+// function changed between attempts is retried as it is now.
 func (p Policy) Next(n int, r Result, now time.Time, rnd float64) (status string, at time.Time) {
 	switch {
 	case r.Succeeded():
 		return StatusSucceeded, time.Time{}
-	case !r.Retryable() || n >= p.MaxAttempts() || n < 1:
+	case !r.Retryable() || n >= p.Attempts(r.MaxAttempts) || n < 1:
 		return StatusFailed, time.Time{}
 	}
 	d := p.Delays[n-1]

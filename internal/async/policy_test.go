@@ -32,6 +32,16 @@ func TestPolicyNext(t *testing.T) {
 		{"most jitter", 2, Result{Status: 500}, 0.999999, StatusQueued, 2*time.Minute + 24*time.Second - 12*time.Microsecond},
 		{"a final failure is not retried", 1, Result{Error: "function deleted", Final: true}, 0.5, StatusFailed, 0},
 		{"an attempt number out of range fails", 0, Result{Status: 500}, 0.5, StatusFailed, 0},
+		// The function's own retries (Result.MaxAttempts: its version's
+		// retries and one) cap the policy's.
+		{"no retries: the first 500 ends it", 1, Result{Status: 500, MaxAttempts: 1}, 0.5, StatusFailed, 0},
+		{"no retries: nor is no answer retried", 1, Result{Error: "timed out", MaxAttempts: 1}, 0.5, StatusFailed, 0},
+		{"no retries: a success is one", 1, Result{Status: 200, MaxAttempts: 1}, 0.5, StatusSucceeded, 0},
+		{"one retry: the first 500 is retried", 1, Result{Status: 500, MaxAttempts: 2}, 0.5, StatusQueued, 30 * time.Second},
+		{"one retry: the second ends it", 2, Result{Status: 500, MaxAttempts: 2}, 0.5, StatusFailed, 0},
+		{"two retries: as the policy", 2, Result{Status: 500, MaxAttempts: 3}, 0.5, StatusQueued, 2 * time.Minute},
+		{"more than the policy's: the policy's", 3, Result{Status: 500, MaxAttempts: 5}, 0.5, StatusFailed, 0},
+		{"lowered after the attempts it allowed: ends it", 3, Result{Status: 500, MaxAttempts: 1}, 0.5, StatusFailed, 0},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			status, at := p.Next(tt.attempt, tt.r, now, tt.rnd)
@@ -51,6 +61,11 @@ func TestPolicyNext(t *testing.T) {
 	}
 	if p.MaxAttempts() != DefaultAttempts {
 		t.Errorf("MaxAttempts = %d", p.MaxAttempts())
+	}
+	for max, want := range map[int]int{0: 3, 1: 1, 2: 2, 3: 3, 4: 3} {
+		if got := p.Attempts(max); got != want {
+			t.Errorf("Attempts(%d) = %d, want %d", max, got, want)
+		}
 	}
 }
 
@@ -73,9 +88,12 @@ func TestOutcome(t *testing.T) {
 			"async invocation abc, attempt 3 of 3: no answer after 1m0s (timed out); failed, no attempts left"},
 		{1, Result{Status: 404, Duration: time.Millisecond, Error: "the function answered 404 Not Found"}, StatusFailed, time.Time{},
 			"async invocation abc, attempt 1 of 3: 404 in 1ms (the function answered 404 Not Found); failed"},
+		// A function without retries.
+		{1, Result{Status: 500, Duration: time.Millisecond, Error: "the function answered 500 Internal Server Error", MaxAttempts: 1}, StatusFailed, time.Time{},
+			"async invocation abc, attempt 1 of 1: 500 in 1ms (the function answered 500 Internal Server Error); failed, no attempts left"},
 	} {
 		inv.Attempts = tt.attempts
-		if got := Outcome(inv, 3, tt.r, tt.status, now, tt.next); got != tt.want {
+		if got := Outcome(inv, DefaultPolicy(time.Second).Attempts(tt.r.MaxAttempts), tt.r, tt.status, now, tt.next); got != tt.want {
 			t.Errorf("got  %q\nwant %q", got, tt.want)
 		}
 	}

@@ -122,8 +122,9 @@ func NewWorker(st *Store, cfg Config) *Worker {
 	return &Worker{cfg: cfg, st: st, owners: map[string]*ownerState{}, kick: make(chan struct{}, 1), actx: actx, cancel: cancel}
 }
 
-// MaxAttempts is how many attempts an invocation gets at most.
-func (w *Worker) MaxAttempts() int { return w.cfg.Policy.MaxAttempts() }
+// Attempts is how many attempts an invocation of a function that allows
+// max (0: any number) gets (Policy.Attempts).
+func (w *Worker) Attempts(max int) int { return w.cfg.Policy.Attempts(max) }
 
 // Enqueue stores inv (its owner, function, path, host, content type and
 // body set) as a new invocation, due now, and sets its id, status and

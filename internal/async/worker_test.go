@@ -130,17 +130,20 @@ func TestStore(t *testing.T) {
 // recorder is a Send that answers from a script and tells of each
 // attempt.
 type recorder struct {
-	mu       sync.Mutex
-	answers  map[string][]int // by body: the status of each attempt
-	attempts map[string]int
-	block    chan struct{} // if set, each attempt waits for it (or ctx)
-	inFlight map[string]int
-	peak     map[string]int
-	seen     chan string // bodies as their attempts start
+	mu      sync.Mutex
+	answers map[string][]int // by body: the status of each attempt
+	// maxAttempts, by body: what the version live at each attempt
+	// allows (Result.MaxAttempts); none: 0, the policy's.
+	maxAttempts map[string][]int
+	attempts    map[string]int
+	block       chan struct{} // if set, each attempt waits for it (or ctx)
+	inFlight    map[string]int
+	peak        map[string]int
+	seen        chan string // bodies as their attempts start
 }
 
 func newRecorder() *recorder {
-	return &recorder{answers: map[string][]int{}, attempts: map[string]int{}, inFlight: map[string]int{}, peak: map[string]int{}, seen: make(chan string, 1000)}
+	return &recorder{answers: map[string][]int{}, maxAttempts: map[string][]int{}, attempts: map[string]int{}, inFlight: map[string]int{}, peak: map[string]int{}, seen: make(chan string, 1000)}
 }
 
 func (rc *recorder) send(ctx context.Context, inv *Invocation) Result {
@@ -150,6 +153,10 @@ func (rc *recorder) send(ctx context.Context, inv *Invocation) Result {
 	rc.inFlight[inv.Owner]++
 	rc.peak[inv.Owner] = max(rc.peak[inv.Owner], rc.inFlight[inv.Owner])
 	script := rc.answers[string(inv.Body)]
+	var maxAttempts int
+	if m := rc.maxAttempts[string(inv.Body)]; n < len(m) {
+		maxAttempts = m[n]
+	}
 	rc.mu.Unlock()
 	defer func() {
 		rc.mu.Lock()
@@ -168,7 +175,7 @@ func (rc *recorder) send(ctx context.Context, inv *Invocation) Result {
 	if n < len(script) {
 		status = script[n]
 	}
-	return Result{Status: status, Body: []byte(fmt.Sprint("attempt ", n+1))}
+	return Result{Status: status, Body: []byte(fmt.Sprint("attempt ", n+1)), MaxAttempts: maxAttempts}
 }
 
 // events collects OnAttempt's calls.
@@ -239,6 +246,51 @@ func TestWorkerRetries(t *testing.T) {
 			string(got.Last.Body) != fmt.Sprint("attempt ", want.attempts) || got.FinishedAt.IsZero() {
 			t.Errorf("%s: %+v %v", body, got, err)
 		}
+	}
+}
+
+// A function's own async retries cap the policy's: with 0 a failed
+// attempt ends the invocation, with 1 the second does, and an attempt
+// goes by the version live when it ran (a function whose retries were
+// lowered after its first attempt stops at its second).
+func TestWorkerFunctionRetries(t *testing.T) {
+	ctx := t.Context()
+	st := openStore(t, filepath.Join(t.TempDir(), "invocations.db"))
+	rc := newRecorder()
+	for body, max := range map[string][]int{
+		"none":    {1},
+		"one":     {2, 2},
+		"lowered": {3, 1},
+		"more":    {5, 5, 5}, // more than the policy's: the policy's
+	} {
+		rc.answers[body] = []int{500, 500, 500, 500, 500}
+		rc.maxAttempts[body] = max
+	}
+	ev := make(events, 100)
+	w := NewWorker(st, Config{Send: rc.send, OnAttempt: ev.on, Policy: Policy{Delays: []time.Duration{time.Millisecond, 2 * time.Millisecond}}})
+	runWorker(t, w)
+	invs := map[string]*Invocation{}
+	for _, body := range []string{"none", "one", "lowered", "more"} {
+		inv := newInv("alice", "f", body)
+		if err := w.Enqueue(ctx, inv); err != nil {
+			t.Fatal(err)
+		}
+		invs[body] = inv
+	}
+	ev.want(t, "none #1 500 failed",
+		"one #1 500 queued", "one #2 500 failed",
+		"lowered #1 500 queued", "lowered #2 500 failed",
+		"more #1 500 queued", "more #2 500 queued", "more #3 500 failed")
+	for body, attempts := range map[string]int{"none": 1, "one": 2, "lowered": 2, "more": 3} {
+		got, err := w.Get(ctx, "id-f", invs[body].ID)
+		if err != nil || got.Status != StatusFailed || got.Attempts != attempts || got.Last.Status != 500 {
+			t.Errorf("%s: %+v %v", body, got, err)
+		}
+	}
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	if n := rc.attempts["none"]; n != 1 {
+		t.Errorf("a function without retries was attempted %d times", n)
 	}
 }
 

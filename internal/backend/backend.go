@@ -41,6 +41,10 @@ type Spec struct {
 	// router's concern, not the backend's: it is here because the spec
 	// is what the router's lookup yields).
 	Private bool
+	// AsyncRetries is how many times a failed asynchronous invocation
+	// of the version is tried again (the async worker's concern, here
+	// for the same reason).
+	AsyncRetries int
 }
 
 // Key identifies the version across the platform.

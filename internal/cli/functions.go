@@ -122,6 +122,7 @@ type limitFlags struct {
 	cpu, target, grace       string
 	isolation, cron, access  string
 	min, max, concurrency    int
+	asyncRetries             int
 }
 
 func (l *limitFlags) register(cmd *cobra.Command) {
@@ -138,6 +139,7 @@ func (l *limitFlags) register(cmd *cobra.Command) {
 	f.StringVar(&l.cron, "cron", "", `run the function's scheduled handler on this schedule, a cron expression in UTC: "*/5 * * * *" (minute hour day month weekday; an optional seconds field first), or @hourly, @every 10m; "none" removes it`)
 	f.StringVar(&l.access, "access", "", "public (anyone may call it; the default), or private: only a token of the owner's or an admin's with scope invoke")
 	f.StringVar(&l.isolation, "isolation", "", "standard (bubblewrap), or gvisor: a user-space kernel in between (slower to start; no network)")
+	f.IntVar(&l.asyncRetries, "async-retries", 2, "how many times a failed asynchronous invocation is tried again: 0 (for a function that must not run twice), 1 or 2")
 }
 
 // apply copies the flags the user set into body.
@@ -157,6 +159,9 @@ func (l *limitFlags) apply(cmd *cobra.Command, body *api.SettingsBody) {
 	}
 	if f.Changed("cron") {
 		body.Cron = &l.cron
+	}
+	if f.Changed("async-retries") {
+		body.AsyncRetries = &l.asyncRetries
 	}
 }
 

@@ -26,7 +26,19 @@ const (
 	SettingIsolation   = "isolation"
 	SettingCron        = "cron"
 	SettingAccess      = "access"
+	// SettingAsyncRetries is how many times a failed asynchronous
+	// invocation is tried again: 0 to MaxAsyncRetries.
+	SettingAsyncRetries = "async-retries"
 )
+
+// MaxAsyncRetries is the most, and the default, of a function's async
+// retries: two, as Lambda's MaximumRetryAttempts. Limits.AsyncRetries
+// stores it as unset, as it stores every default.
+const MaxAsyncRetries = 2
+
+// AsyncRetries is how many times l's failed asynchronous invocations
+// are tried again.
+func AsyncRetries(l store.Limits) int { return l.AsyncRetries.Or(MaxAsyncRetries) }
 
 // Access values: who may call a function. Limits.Access stores public as
 // "", as it stores every default.
@@ -44,7 +56,7 @@ func Access(l store.Limits) string {
 }
 
 // Settings lists the setting names ParseLimits understands.
-var Settings = []string{SettingMemory, SettingTimeout, SettingNetwork, SettingMin, SettingMax, SettingConcurrency, SettingCPU, SettingTarget, SettingGrace, SettingIsolation, SettingCron, SettingAccess}
+var Settings = []string{SettingMemory, SettingTimeout, SettingNetwork, SettingMin, SettingMax, SettingConcurrency, SettingCPU, SettingTarget, SettingGrace, SettingIsolation, SettingCron, SettingAccess, SettingAsyncRetries}
 
 // Bounds are the server's limits on what a function may ask for.
 type Bounds struct {
@@ -136,6 +148,15 @@ func ApplySettings(l store.Limits, settings map[string]string, b Bounds) (store.
 				l.Access = v
 			default:
 				return l, errdefs.Invalid("access %q: want public or private", v)
+			}
+		case SettingAsyncRetries:
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 || n > MaxAsyncRetries {
+				return l, errdefs.Invalid("async-retries %q: want 0, 1 or %d", v, MaxAsyncRetries)
+			}
+			l.AsyncRetries = store.SomeInt(n)
+			if n == MaxAsyncRetries {
+				l.AsyncRetries = store.OptionalInt{}
 			}
 		case SettingCron:
 			// "" or "none" removes the schedule.

@@ -51,6 +51,13 @@ func TestParseLimits(t *testing.T) {
 		{"public", map[string]string{"access": "public"}, store.Limits{}, true},
 		{"bad access", map[string]string{"access": "internal"}, store.Limits{}, false},
 		{"access spelt in capitals", map[string]string{"access": "Private"}, store.Limits{}, false},
+		{"no async retries", map[string]string{"async-retries": "0"}, store.Limits{AsyncRetries: store.SomeInt(0)}, true},
+		{"one async retry", map[string]string{"async-retries": " 1 "}, store.Limits{AsyncRetries: store.SomeInt(1)}, true},
+		{"two async retries: the default", map[string]string{"async-retries": "2"}, store.Limits{}, true},
+		{"negative async retries", map[string]string{"async-retries": "-1"}, store.Limits{}, false},
+		{"three async retries", map[string]string{"async-retries": "3"}, store.Limits{}, false},
+		{"async retries not a number", map[string]string{"async-retries": "x"}, store.Limits{}, false},
+		{"async retries empty", map[string]string{"async-retries": ""}, store.Limits{}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -93,6 +100,8 @@ func TestApplySettings(t *testing.T) {
 			store.Limits{MemoryMiB: 256, MinScale: 2, MaxScale: 4, Isolation: "gvisor", Network: "none", Cron: "@hourly"}, true},
 		{"private", map[string]string{"access": "private"},
 			store.Limits{MemoryMiB: 256, MinScale: 2, MaxScale: 4, Isolation: "gvisor", Network: "none", Access: "private"}, true},
+		{"no async retries", map[string]string{"async-retries": "0"},
+			store.Limits{MemoryMiB: 256, MinScale: 2, MaxScale: 4, Isolation: "gvisor", Network: "none", AsyncRetries: store.SomeInt(0)}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -49,6 +49,10 @@ func TestReconfigureWithoutEffect(t *testing.T) {
 		{"new secret value", Change{SetSecrets: map[string]string{"S": "y"}}, true},
 		{"env moved to a secret", Change{UnsetEnv: []string{"K"}, SetSecrets: map[string]string{"K": "w"}}, true},
 		{"new memory", Change{Settings: map[string]string{SettingMemory: "512Mi"}}, true},
+		{"async retries at their default", Change{Settings: map[string]string{SettingAsyncRetries: "2"}}, false},
+		{"no async retries", Change{Settings: map[string]string{SettingAsyncRetries: "0"}}, true},
+		{"no async retries again", Change{Settings: map[string]string{SettingAsyncRetries: "0"}}, false},
+		{"async retries back to the default", Change{Settings: map[string]string{SettingAsyncRetries: "2"}}, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			before, err := s.Get(ctx, "alice", "f")

@@ -106,6 +106,7 @@ func (s *Service) specOf(fn store.Function, v store.Version) (spec *backend.Spec
 		Isolation:         l.Isolation,
 		Cron:              l.Cron,
 		Private:           l.Access == AccessPrivate,
+		AsyncRetries:      AsyncRetries(l),
 	}
 	if spec.Network == "" {
 		spec.Network = s.cfg.DefaultNetwork

@@ -137,7 +137,7 @@ func (s *Server) sendAsync(ctx context.Context, inv *async.Invocation) async.Res
 	req.Header.Set("Spry-Attempt", strconv.Itoa(inv.Attempts))
 	t0 := time.Now()
 	res, err := s.asyncClient.Do(req)
-	r := async.Result{Version: sp.Version}
+	r := async.Result{Version: sp.Version, MaxAttempts: sp.AsyncRetries + 1}
 	if err != nil {
 		r.Duration = time.Since(t0)
 		r.Error = attemptError(ctx, err, timeout)
@@ -191,7 +191,7 @@ func attemptError(ctx context.Context, err error, timeout time.Duration) string 
 // asyncAttempt logs one attempt in the function's logs, and counts
 // finished invocations.
 func (s *Server) asyncAttempt(inv *async.Invocation, r async.Result, status string, next time.Time) {
-	line := async.Outcome(inv, s.async.MaxAttempts(), r, status, time.Now(), next)
+	line := async.Outcome(inv, s.async.Attempts(r.MaxAttempts), r, status, time.Now(), next)
 	s.logs.Append(logstore.Entry{Owner: inv.Owner, Function: inv.Function, FunctionID: inv.FunctionID, Version: r.Version,
 		Stream: logstore.StreamSystem, Line: line})
 	if status != async.StatusQueued {

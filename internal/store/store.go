@@ -8,7 +8,9 @@ package store
 
 import (
 	"context"
+	"encoding/json"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -63,6 +65,54 @@ type Limits struct {
 	// Access is "" (public: anyone may call the function) or "private":
 	// only a token of the owner's or an admin's, with scope invoke, may.
 	Access string `json:"access,omitempty"`
+	// AsyncRetries is how many times a failed asynchronous invocation
+	// is tried again (0 to 2); unset: the server's default.
+	AsyncRetries OptionalInt `json:"async_retries,omitzero"`
+}
+
+// OptionalInt is an int that tells 0 from unset, for a setting whose 0
+// is not its default. Unlike a pointer it keeps Limits comparable with
+// ==. Its zero value is unset; in JSON it is a number, left out unset.
+type OptionalInt struct {
+	n   int
+	set bool
+}
+
+// SomeInt is n, set.
+func SomeInt(n int) OptionalInt { return OptionalInt{n: n, set: true} }
+
+// Or is o's value, or def if o is unset.
+func (o OptionalInt) Or(def int) int {
+	if !o.set {
+		return def
+	}
+	return o.n
+}
+
+// IsZero says whether o is unset (json's omitzero).
+func (o OptionalInt) IsZero() bool { return !o.set }
+
+// MarshalJSON writes o's value (null unset, though omitzero leaves it
+// out).
+func (o OptionalInt) MarshalJSON() ([]byte, error) {
+	if !o.set {
+		return []byte("null"), nil
+	}
+	return strconv.AppendInt(nil, int64(o.n), 10), nil
+}
+
+// UnmarshalJSON reads a number, or null for unset.
+func (o *OptionalInt) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		*o = OptionalInt{}
+		return nil
+	}
+	var n int
+	if err := json.Unmarshal(b, &n); err != nil {
+		return err
+	}
+	*o = SomeInt(n)
+	return nil
 }
 
 // Config is everything about a version besides its code. It is stored as

@@ -450,6 +450,8 @@ func testConfigRoundTrip(t *testing.T, s store.Store) {
 			},
 		}},
 		{"LimitsOnly", store.Config{Runtime: "go", Limits: store.Limits{MaxScale: 3}}},
+		// 0 is a setting of its own, not the default.
+		{"NoAsyncRetries", store.Config{Runtime: "go", Limits: store.Limits{AsyncRetries: store.SomeInt(0)}}},
 	}
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
