@@ -46,9 +46,9 @@ type UsageView struct {
 	// Pids and OpenFiles are what their instances count against the
 	// budgets of processes (threads included) and open files
 	// (--user-pids, --user-files): each admitted instance not yet ended
-	// at the larger of its limits and what it holds, as last counted
-	// when the shares were given or rewritten, added up; what a start is
-	// checked against. Absent when the server does not report them.
+	// at its limits, or more if it holds more, as last counted when the
+	// shares were given or rewritten, added up; what a start is checked
+	// against. Absent when the server does not report them.
 	Pids      *Use `json:"pids,omitempty"`
 	OpenFiles *Use `json:"open_files,omitempty"`
 }

@@ -23,8 +23,8 @@ its limit: functions (--max-functions-per-user), instances starting,
 running or stopping (--max-instances-per-user), the memory limits of
 those instances added up (--max-memory-per-user), the processes and
 open files they count against your budgets (--user-pids, --user-files:
-each instance at the larger of its share and what it holds, as the
-server checks a start against them), the bytes of your
+each instance at its share, or more if it holds more, as the server
+checks a start against them), the bytes of your
 functions' ctx.kv entries (--kv-max-bytes-per-user), your asynchronous
 invocations not finished (--async-max-per-user) and the bytes they all
 hold (--async-max-bytes-per-user: bodies of those not finished, each
