@@ -119,9 +119,9 @@ func (l *ledger) count(ps []*proc) {
 // OwnerBudgets reports owner's use of the per-user budgets of processes
 // and open files (Config.UserPids, Config.UserFiles; 0: none), as the
 // budget check counts it: each of their admitted instances not yet
-// reaped (stopping ones too) at the larger of its limit and what it
-// holds, added up as last counted when the shares were given or
-// rewritten. It waits for no /proc read or limit change.
+// reaped (stopping ones too) at its limits, or more if it holds more
+// (sandbox.Cmd.SetPids, SetNoFiles), added up as last counted when the
+// shares were given or rewritten. It waits for no /proc read or limit change.
 func (b *Backend) OwnerBudgets(owner string) (pidsUsed, pidsLimit int64, filesUsed, filesLimit uint64) {
 	b.mu.Lock()
 	l := b.ledgers[owner]
