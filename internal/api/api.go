@@ -67,6 +67,14 @@ type Instances interface {
 	OwnerUsage(owner string) activator.OwnerUsage
 }
 
+// Budgets reports what each owner's instances count against the
+// per-user budgets of processes and open files, and the budgets (0:
+// none), from totals kept apart, so that asking waits for no slow work
+// (local.Backend).
+type Budgets interface {
+	OwnerBudgets(owner string) (pidsUsed, pidsLimit int64, filesUsed, filesLimit uint64)
+}
+
 // Config is the API's setup.
 type Config struct {
 	MaxCodeBytes int64
@@ -98,6 +106,9 @@ type Config struct {
 	// Invocations runs asynchronous invocations (POST
 	// .../invocations); nil: none.
 	Invocations Invocations
+	// Budgets reports the per-user budgets of processes and open files
+	// (GET /usage's pids and open_files); nil: not reported.
+	Budgets Budgets
 	// MaxInvocationBytes bounds an asynchronous invocation's body
 	// (0: MaxInvocationBody): the server sets it no larger than the
 	// router takes, so an event it could never deliver is refused when

@@ -43,6 +43,14 @@ type UsageView struct {
 	// Tokens are their tokens neither revoked nor expired
 	// (MaxTokensPerUser).
 	Tokens Use `json:"tokens"`
+	// Pids and OpenFiles are what their instances count against the
+	// budgets of processes (threads included) and open files
+	// (--user-pids, --user-files): each admitted instance not yet ended
+	// at its limits, or more if it holds more, as last counted when the
+	// shares were given or rewritten, added up; what a start is checked
+	// against. Absent when the server does not report them.
+	Pids      *Use `json:"pids,omitempty"`
+	OpenFiles *Use `json:"open_files,omitempty"`
 }
 
 // usageUser is whose usage a request is about: the caller's own, or, for
@@ -65,7 +73,8 @@ func usageUser(r *http.Request) (string, error) {
 
 // usage answers GET /api/v1/usage from the totals the server keeps as it
 // enforces each budget: the activator's per-owner counts (read under its
-// leaf lock), the key-value store's per-owner total, an indexed count of
+// leaf lock), the backend's per-owner pids and open files (atomics, not
+// the lock held across its /proc reads), the key-value store's per-owner total, an indexed count of
 // the user's functions, the invocation store's per-owner bytes (kept by
 // triggers) and indexed count of those not finished (at most
 // --async-max-per-user), and an indexed read of their tokens (at most
@@ -92,6 +101,11 @@ func (a *API) usage(w http.ResponseWriter, r *http.Request) error {
 		u := a.instances.OwnerUsage(user)
 		out.Instances = Use{Used: int64(u.Instances), Limit: int64(u.MaxInstances)}
 		out.MemoryBytes = Use{Used: int64(u.MemoryMiB) << 20, Limit: int64(u.MaxMemoryMiB) << 20}
+	}
+	if a.cfg.Budgets != nil {
+		pids, pidsLimit, files, filesLimit := a.cfg.Budgets.OwnerBudgets(user)
+		out.Pids = &Use{Used: pids, Limit: pidsLimit}
+		out.OpenFiles = &Use{Used: int64(files), Limit: int64(filesLimit)}
 	}
 	if a.cfg.KV != nil {
 		used, err := a.cfg.KV.OwnerUsed(ctx, user)

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -222,6 +223,11 @@ func TestUsageWithoutLimits(t *testing.T) {
 		}
 		return m
 	}
+	for _, k := range []string{"pids", "open_files"} {
+		if _, ok := raw[k]; ok {
+			t.Errorf("%s reported without a backend that keeps it: %s", k, raw[k])
+		}
+	}
 	for _, k := range []string{"functions", "instances", "memory_bytes", "kv_bytes", "async_invocations", "async_bytes"} {
 		if m := use(k); len(m) != 1 || m["used"] != 0 {
 			t.Errorf("%s: %v, want used 0 and no limit", k, m)
@@ -287,5 +293,54 @@ func TestUsageOfInvocations(t *testing.T) {
 	check("their runs", alice, Use{0, 5}, Use{2 * int64(len("ok")), 2*per + 1})
 	if u := e.usageOf(e.admin, "?user=alice"); u.AsyncBytes.Used != 4 {
 		t.Errorf("the admin's view of alice: %+v", u.AsyncBytes)
+	}
+}
+
+// stubBudgets reports fixed budgets per owner: what is under test is the
+// API's report of them (the local backend's own test proves the numbers).
+type stubBudgets map[string][4]int64
+
+func (s stubBudgets) OwnerBudgets(owner string) (pidsUsed, pidsLimit int64, filesUsed, filesLimit uint64) {
+	b := s[owner]
+	return b[0], b[1], uint64(b[2]), uint64(b[3])
+}
+
+// The pids and open-files budgets are reported as the backend counts
+// them, for whoever's usage is asked; one the server does not bound has
+// no limit.
+func TestUsageOfPidsAndFiles(t *testing.T) {
+	e := newEnvConfig(t, Config{MaxCodeBytes: 1 << 20, Budgets: stubBudgets{
+		"alice": {160, 8192, 4096, 616546},
+		"bob":   {256, 0, 0, 616546},
+	}})
+	alice := e.user("alice")
+	bob := e.user("bob")
+	for _, tt := range []struct {
+		name, token, query string
+		pids, files        Use
+	}{
+		{"alice's own", alice, "", Use{160, 8192}, Use{4096, 616546}},
+		{"alice's, as the admin", e.admin, "?user=alice", Use{160, 8192}, Use{4096, 616546}},
+		{"bob's, pids unbounded", bob, "", Use{256, 0}, Use{0, 616546}},
+		{"the admin's, none running", e.admin, "", Use{0, 0}, Use{0, 0}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			u := e.usageOf(tt.token, tt.query)
+			if u.Pids == nil || u.OpenFiles == nil || *u.Pids != tt.pids || *u.OpenFiles != tt.files {
+				t.Errorf("pids %v, open_files %v; want %+v, %+v", u.Pids, u.OpenFiles, tt.pids, tt.files)
+			}
+		})
+	}
+	// JSON as documented: an unbounded budget has no limit key.
+	var raw map[string]json.RawMessage
+	e.mustDo(bob, "GET", "/api/v1/usage", "", http.StatusOK, &raw)
+	var got bytes.Buffer
+	for _, k := range []string{"pids", "open_files"} {
+		if err := json.Compact(&got, raw[k]); err != nil {
+			t.Fatalf("%s: %v", k, err)
+		}
+	}
+	if got.String() != `{"used":256}{"used":0,"limit":616546}` {
+		t.Errorf("bob's pids and open_files: %s", got.String())
 	}
 }

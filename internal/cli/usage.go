@@ -17,17 +17,21 @@ func newUsageCmd(conn *connFlags) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "usage",
-		Short: "Show what you use of the server's per-user budgets: functions, instances, their memory, kv bytes, async invocations and their bytes, tokens",
+		Short: "Show what you use of the server's per-user budgets: functions, instances, their memory, pids and open files, kv bytes, async invocations and their bytes, tokens",
 		Long: `Show what you use of each per-user budget the server holds you to, and
 its limit: functions (--max-functions-per-user), instances starting,
 running or stopping (--max-instances-per-user), the memory limits of
-those instances added up (--max-memory-per-user), the bytes of your
+those instances added up (--max-memory-per-user), the processes and
+open files they count against your budgets (--user-pids, --user-files:
+each instance at its share, or more if it holds more, as the server
+checks a start against them), the bytes of your
 functions' ctx.kv entries (--kv-max-bytes-per-user), your asynchronous
 invocations not finished (--async-max-per-user) and the bytes they all
 hold (--async-max-bytes-per-user: bodies of those not finished, each
 with 64 KiB for its response, and responses of those finished), and
 tokens neither revoked nor expired. A budget the server does not bound
-shows "-".`,
+shows "-"; one the server does not report (pids and open files,
+without those budgets) has no row.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := conn.client()
@@ -54,19 +58,30 @@ shows "-".`,
 func printUsage(w io.Writer, u api.UsageView) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "RESOURCE\tUSED\tLIMIT\tUSED%")
-	for _, r := range []struct {
+	type row struct {
 		name  string
 		use   api.Use
 		bytes bool
-	}{
+	}
+	rows := []row{
 		{"functions", u.Functions, false},
 		{"instances", u.Instances, false},
 		{"memory", u.MemoryBytes, true},
-		{"kv", u.KVBytes, true},
-		{"async invocations", u.AsyncInvocations, false},
-		{"async bytes", u.AsyncBytes, true},
-		{"tokens", u.Tokens, false},
-	} {
+	}
+	// Reported by servers that keep them.
+	if u.Pids != nil {
+		rows = append(rows, row{"pids", *u.Pids, false})
+	}
+	if u.OpenFiles != nil {
+		rows = append(rows, row{"open files", *u.OpenFiles, false})
+	}
+	rows = append(rows,
+		row{"kv", u.KVBytes, true},
+		row{"async invocations", u.AsyncInvocations, false},
+		row{"async bytes", u.AsyncBytes, true},
+		row{"tokens", u.Tokens, false},
+	)
+	for _, r := range rows {
 		show := strconv.FormatInt
 		if r.bytes {
 			show = func(n int64, _ int) string { return sizeString(n) }

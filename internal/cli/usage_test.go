@@ -21,7 +21,8 @@ func TestUsageCommand(t *testing.T) {
 	must(bob, "deploy", file)
 
 	// This server bounds only tokens (no activator, no kv, no bound
-	// on functions): the rest show no limit.
+	// on functions): the rest show no limit, and pids and open files,
+	// which it does not report, no row.
 	want := `RESOURCE           USED  LIMIT  USED%
 functions          1     -      -
 instances          0     -      -
@@ -62,6 +63,8 @@ func TestPrintUsage(t *testing.T) {
 		Functions:        api.Use{Used: 3, Limit: 1000},
 		Instances:        api.Use{Used: 2, Limit: 2},
 		MemoryBytes:      api.Use{Used: 256 << 20, Limit: 12240000000},
+		Pids:             &api.Use{Used: 160, Limit: 8192},
+		OpenFiles:        &api.Use{Used: 4096, Limit: 616546},
 		KVBytes:          api.Use{Used: 1234, Limit: 640 << 20},
 		AsyncInvocations: api.Use{Used: 10000, Limit: 10000},
 		AsyncBytes:       api.Use{Used: 3 << 20, Limit: 640 << 20},
@@ -74,6 +77,8 @@ func TestPrintUsage(t *testing.T) {
 functions          3        1000      <1%
 instances          2        2         100%
 memory             256 MiB  11.4 GiB  2%
+pids               160      8192      1%
+open files         4096     616546    <1%
 kv                 1.2 KiB  640 MiB   <1%
 async invocations  10000    10000     100%
 async bytes        3 MiB    640 MiB   <1%
@@ -123,5 +128,43 @@ tokens             1          100    1%
 `
 	if out := must(bob, "usage"); out != want {
 		t.Errorf("spry usage:\n%s\nwant:\n%s", out, want)
+	}
+}
+
+// budgets is a backend's count of each user's pids and open files: what
+// is under test is how spry usage shows them.
+type budgets map[string][4]int64
+
+func (b budgets) OwnerBudgets(owner string) (pidsUsed, pidsLimit int64, filesUsed, filesLimit uint64) {
+	u := b[owner]
+	return u[0], u[1], uint64(u[2]), uint64(u[3])
+}
+
+// spry usage shows the pids and open files a server reports, against
+// their budgets, or without a limit where it sets none.
+func TestUsageCommandBudgets(t *testing.T) {
+	url, admin := apiServerConfig(t, nil, api.Config{MaxCodeBytes: 1 << 20, Budgets: budgets{"bob": {224, 0, 6144, 16384}}})
+	_, must := cliAt(t, url)
+	bob := strings.TrimSpace(must(admin, "user", "create", "bob"))
+	want := `RESOURCE           USED  LIMIT  USED%
+functions          0     -      -
+instances          0     -      -
+memory             0 B   -      -
+pids               224   -      -
+open files         6144  16384  37%
+kv                 0 B   -      -
+async invocations  0     -      -
+async bytes        0 B   -      -
+tokens             1     100    1%
+`
+	if out := must(bob, "usage"); out != want {
+		t.Errorf("spry usage:\n%s\nwant:\n%s", out, want)
+	}
+	var u api.UsageView
+	if err := json.Unmarshal([]byte(must(bob, "usage", "--json")), &u); err != nil {
+		t.Fatal(err)
+	}
+	if u.Pids == nil || *u.Pids != (api.Use{Used: 224}) || u.OpenFiles == nil || *u.OpenFiles != (api.Use{Used: 6144, Limit: 16384}) {
+		t.Errorf("spry usage --json: pids %v, open_files %v", u.Pids, u.OpenFiles)
 	}
 }

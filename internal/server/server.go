@@ -444,6 +444,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	failures := auth.NewFailureLimiter(auth.FailureEvery, auth.FailureBurst, nil)
 	backups := &backup.Source{Store: s.store, KV: s.kv, Invocations: s.invocations, Logs: s.logs, Blobs: blobs,
 		SecretKey: filepath.Join(dataDir, "secret.key"), TempDir: dataDir, Version: cfg.Version}
+	// Reported only where kept: with neither bound, no instance is
+	// counted.
+	var budgets api.Budgets
+	if cfg.UserPids > 0 || cfg.UserFiles > 0 {
+		budgets = s.back
+	}
 	apiS := api.New(s.fns, authn, s.store, s.store, s.act, s.logs, api.Config{
 		MaxCodeBytes:      cfg.MaxCodeBytes,
 		MaxDeploys:        cfg.MaxDeploys,
@@ -455,6 +461,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		KV:                s.kv,
 		Backups:           backups,
 		Invocations:       s.async,
+		Budgets:           budgets,
 		// The router's own bound, if lower: larger events could never run.
 		MaxInvocationBytes: min(api.MaxInvocationBody, cfg.MaxBodyBytes),
 		Forget:             tokens,

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/bits"
 	"sync"
+	"sync/atomic"
 
 	"github.com/spry-run/spry/internal/backend"
 	"github.com/spry-run/spry/internal/errdefs"
@@ -99,6 +100,36 @@ type ledger struct {
 	// power of two, not at every start and end, which took the CPU from
 	// the cold starts of a user with hundreds of instances).
 	bucket int
+	// pidsHeld and filesHeld are what the user's admitted instances are
+	// counted at, added up, as mu's holder last counted them: atomics,
+	// so that OwnerBudgets reads them without waiting for mu, which is
+	// held across /proc reads and limit-setting calls.
+	pidsHeld  atomic.Int64
+	filesHeld atomic.Uint64
+}
+
+// count records what ps, all of the user's admitted instances, are
+// counted at, for OwnerBudgets; l.mu held.
+func (l *ledger) count(ps []*proc) {
+	pids, files := heldBy(ps)
+	l.pidsHeld.Store(pids)
+	l.filesHeld.Store(files)
+}
+
+// OwnerBudgets reports owner's use of the per-user budgets of processes
+// and open files (Config.UserPids, Config.UserFiles; 0: none), as the
+// budget check counts it: each of their admitted instances not yet
+// reaped (stopping ones too) at its limits, or more if it holds more
+// (sandbox.Cmd.SetPids, SetNoFiles), added up as last counted when the
+// shares were given or rewritten. It waits for no /proc read or limit change.
+func (b *Backend) OwnerBudgets(owner string) (pidsUsed, pidsLimit int64, filesUsed, filesLimit uint64) {
+	b.mu.Lock()
+	l := b.ledgers[owner]
+	b.mu.Unlock()
+	if l != nil {
+		pidsUsed, filesUsed = l.pidsHeld.Load(), l.filesHeld.Load()
+	}
+	return pidsUsed, b.cfg.UserPids, filesUsed, b.cfg.UserFiles
 }
 
 // holding is an instance's part in its user's budgets; guarded by its
@@ -166,6 +197,10 @@ func (b *Backend) admit(p *proc, spec *backend.Spec) error {
 	defer l.mu.Unlock()
 	h := holding{minFiles: min(b.cfg.NoFiles, minFiles(spec)), fixed: spec.Isolation == sandbox.IsolationGVisor}
 	others, active := b.members(spec.Owner, p)
+	// The others may be lowered below even if p is refused; p counts
+	// once it joins.
+	counted := others
+	defer func() { l.count(counted) }()
 	n := active + 1
 	wantPids, wantFiles := b.pidsShare(n), b.filesShare(n, h.minFiles)
 	openers, err := p.cmd.Openers()
@@ -209,6 +244,7 @@ func (b *Backend) admit(p *proc, spec *backend.Spec) error {
 			return fmt.Errorf("admit instance: %w: %w", err, errdefs.ErrUnavailable)
 		}
 		b.join(p, spec.Owner, h)
+		counted = append(others, p)
 		return nil
 	}
 	h.pids, h.files = b.cfg.Pids, b.cfg.NoFiles
@@ -230,6 +266,7 @@ func (b *Backend) admit(p *proc, spec *backend.Spec) error {
 	}
 	h.pidsHeld, h.filesHeld, h.openers = h.pids, k*h.files, k
 	b.join(p, spec.Owner, h)
+	counted = append(others, p)
 	return nil
 }
 
@@ -241,14 +278,18 @@ func (b *Backend) join(p *proc, owner string, h holding) {
 	b.mu.Unlock()
 }
 
+// heldBy is what ps are counted at against their user's budgets, added up.
+func heldBy(ps []*proc) (pids int64, files uint64) {
+	for _, p := range ps {
+		pids += p.share.pidsHeld
+		files += p.share.filesHeld
+	}
+	return pids, files
+}
+
 // free is what the budgets leave beside what ps hold (0 if none).
 func (b *Backend) free(ps []*proc) (pids int64, files uint64) {
-	var hp int64
-	var hf uint64
-	for _, p := range ps {
-		hp += p.share.pidsHeld
-		hf += p.share.filesHeld
-	}
+	hp, hf := heldBy(ps)
 	return max(0, b.cfg.UserPids-hp), b.cfg.UserFiles - min(b.cfg.UserFiles, hf)
 }
 
@@ -337,6 +378,9 @@ func (b *Backend) rebalance(owner string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	ps, n := b.members(owner, nil)
+	// Counted whatever is changed below, and when only stopping ones,
+	// or none, are left.
+	defer l.count(ps)
 	if n == 0 {
 		return
 	}

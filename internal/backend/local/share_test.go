@@ -468,3 +468,106 @@ func TestRefusedStartLeavesTheShares(t *testing.T) {
 		}
 	}
 }
+
+// OwnerBudgets reports what the budget check counts a user's instances
+// at, added up: at first their limits, as the kernel has them; once an
+// instance holds more tasks than a lowered limit, those tasks (more than
+// the limits' sum, never more than the budget); and nothing once they
+// have ended. Another user's count is theirs.
+func TestOwnerBudgetsCountWhatTheCheckCounts(t *testing.T) {
+	e := budgetEnv(t)
+	ctx := context.Background()
+	check := func(when, owner string, wantPids int64, wantFiles uint64) {
+		t.Helper()
+		pids, pidsLimit, files, filesLimit := e.b.OwnerBudgets(owner)
+		if pids != wantPids || files != wantFiles || pidsLimit != e.b.cfg.UserPids || filesLimit != e.b.cfg.UserFiles {
+			t.Fatalf("%s: %s's budgets: pids %d of %d, files %d of %d; want %d of %d, %d of %d", when, owner,
+				pids, pidsLimit, files, filesLimit, wantPids, e.b.cfg.UserPids, wantFiles, e.b.cfg.UserFiles)
+		}
+	}
+	check("before any instance", "alice", 0, 0)
+	start := func(owner string) *backend.Instance {
+		t.Helper()
+		spec := e.spec(t, bombs)
+		// Room for the thread bomb's 64 workers.
+		spec.Owner, spec.MemoryMiB = owner, 1024
+		inst, err := e.b.Start(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = e.b.Stop(ctx, inst.ID) })
+		wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		if err := inst.WaitLoaded(wctx); err != nil {
+			t.Fatal(err)
+		}
+		// The start's own rebalance runs off its path, and the runtime's
+		// loaded line may end WaitLoaded first: one more settles the
+		// shares (the ledger orders them).
+		e.b.rebalance(owner)
+		return inst
+	}
+	var alice []*backend.Instance
+	for i := range 3 {
+		alice = append(alice, start("alice"))
+		// Each below its limits: counted at them.
+		h := e.held(t, "alice")
+		check(fmt.Sprintf("%d instances", i+1), "alice", h.pidsMax, uint64(h.files))
+	}
+	bob := start("bob")
+	h := e.held(t, "bob")
+	check("bob's instance", "bob", h.pidsMax, uint64(h.files))
+
+	// The first fills its pids limit (the share of three, 64) with
+	// threads; the fourth lowers it to the share of four (32), which
+	// stops its forks and takes nothing: it counts at its tasks.
+	e.b.mu.Lock()
+	first := e.b.procs[alice[0].ID]
+	e.b.mu.Unlock()
+	go func() {
+		// A thread bomb may leave its request unanswered.
+		if res, err := runtimetest.Client(alice[0], 3*time.Second).Get("http://instance/threads"); err == nil {
+			res.Body.Close()
+		}
+	}()
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		limit, cur, err := first.cmd.Pids()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cur >= limit {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the thread bomb holds %d tasks of %d", cur, limit)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	alice = append(alice, start("alice"))
+	pids, _, _, _ := e.b.OwnerBudgets("alice")
+	var limits, counted int64
+	for _, inst := range alice {
+		e.b.mu.Lock()
+		p := e.b.procs[inst.ID]
+		e.b.mu.Unlock()
+		limit, cur, err := p.cmd.Pids()
+		if err != nil {
+			t.Fatal(err)
+		}
+		limits += limit
+		// Tasks past a limit only end: the count, read earlier, is at
+		// least what the kernel holds now.
+		counted += max(limit, cur)
+	}
+	if pids <= limits || pids < counted || pids > e.b.cfg.UserPids {
+		t.Fatalf("after the bomb: alice's pids counted at %d; their limits add up to %d, the larger of limit and tasks to %d, the budget %d", pids, limits, counted, e.b.cfg.UserPids)
+	}
+	t.Logf("alice's four instances: limits %d, counted at %d", limits, pids)
+
+	for _, inst := range append(alice, bob) {
+		_ = e.b.Stop(ctx, inst.ID)
+		<-inst.Done()
+	}
+	check("their ends", "alice", 0, 0)
+	check("his end", "bob", 0, 0)
+}
