@@ -47,7 +47,7 @@ func TestTour(t *testing.T) {
 	if len(ls) != 2 {
 		t.Fatalf("ls printed %d lines:\n%s", len(ls), strings.Join(ls, "\n"))
 	}
-	for _, col := range []string{"NAME", "VERSION", "RUNTIME", "URL", "STATE", "LAST INVOKED"} {
+	for _, col := range []string{"NAME", "VERSION", "RUNTIME", "ACCESS", "URL", "STATE", "LAST INVOKED"} {
 		if !strings.Contains(ls[0], col) {
 			t.Errorf("ls header %q lacks %s", ls[0], col)
 		}

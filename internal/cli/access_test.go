@@ -11,7 +11,7 @@ import (
 )
 
 // spry deploy --access and spry config --access set who may call a
-// function, each a new version shown by ls --json and versions --json; a
+// function, each a new version shown by ls and versions (and --json); a
 // wrong value is bad input (exit 2) and changes nothing; a token of scope
 // invoke can be made.
 func TestAccessFlag(t *testing.T) {
@@ -45,6 +45,13 @@ func TestAccessFlag(t *testing.T) {
 	}
 	if len(vs) != 2 || vs[0].Access != "public" || vs[1].Access != "private" {
 		t.Fatalf("versions --json: %+v", vs)
+	}
+	// The tables show it too.
+	if out := must(admin, "ls"); !strings.Contains(out, "ACCESS") || !strings.Contains(out, " public ") {
+		t.Fatalf("ls: %q", out)
+	}
+	if out := must(admin, "versions", "hook"); !strings.Contains(out, "ACCESS") || !strings.Contains(out, " private ") || !strings.Contains(out, " public ") {
+		t.Fatalf("versions: %q", out)
 	}
 
 	svc := strings.TrimSpace(must(admin, "token", "create", "svc", "--scope", "invoke"))

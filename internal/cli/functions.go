@@ -218,7 +218,7 @@ func newLsCmd(conn *connFlags) *cobra.Command {
 				return printJSON(cmd.OutOrStdout(), nonNil(fns))
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tVERSION\tRUNTIME\tURL\tSTATE\tLAST INVOKED")
+			fmt.Fprintln(tw, "NAME\tVERSION\tRUNTIME\tACCESS\tURL\tSTATE\tLAST INVOKED")
 			for _, f := range fns {
 				last := "never"
 				if f.LastInvokedAt != nil {
@@ -228,7 +228,7 @@ func newLsCmd(conn *connFlags) *cobra.Command {
 				if f.Instances > 0 {
 					state = fmt.Sprintf("%s (%d)", f.State, f.Instances)
 				}
-				fmt.Fprintf(tw, "%s/%s\t%d\t%s\t%s\t%s\t%s\n", f.Owner, f.Name, f.Version, f.Runtime, f.URL, state, last)
+				fmt.Fprintf(tw, "%s/%s\t%d\t%s\t%s\t%s\t%s\t%s\n", f.Owner, f.Name, f.Version, f.Runtime, f.Access, f.URL, state, last)
 			}
 			return tw.Flush()
 		},

@@ -32,7 +32,7 @@ func newVersionsCmd(conn *connFlags) *cobra.Command {
 				return printJSON(cmd.OutOrStdout(), nonNil(vs))
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "VERSION\tLIVE\tTRAFFIC\tTAGS\tRUNTIME\tSIZE\tDIGEST\tDEPLOYED\tBY")
+			fmt.Fprintln(tw, "VERSION\tLIVE\tTRAFFIC\tTAGS\tRUNTIME\tACCESS\tSIZE\tDIGEST\tDEPLOYED\tBY")
 			for _, v := range vs {
 				live := ""
 				if v.Live {
@@ -42,8 +42,8 @@ func newVersionsCmd(conn *connFlags) *cobra.Command {
 				if v.Percent > 0 {
 					traffic = strconv.Itoa(v.Percent) + "%"
 				}
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", v.Version, live, traffic, strings.Join(v.Tags, ","),
-					v.Runtime, v.Size, shortDigest(v.Digest), v.CreatedAt.Local().Format("2006-01-02 15:04:05"), v.CreatedBy)
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", v.Version, live, traffic, strings.Join(v.Tags, ","),
+					v.Runtime, v.Access, v.Size, shortDigest(v.Digest), v.CreatedAt.Local().Format("2006-01-02 15:04:05"), v.CreatedBy)
 			}
 			return tw.Flush()
 		},
