@@ -623,6 +623,10 @@ type BackupOptions struct {
 	Logs        bool
 }
 
+// BackupHeadWait is how long Backup waits for the server's answer to
+// begin.
+const BackupHeadWait = time.Hour
+
 // Backup asks the server for a backup of its data and returns its
 // stream (a gzip tar, backup.Read's) once the server has answered; the
 // caller closes it. Only ctx bounds how long the stream takes.
@@ -638,7 +642,14 @@ func (c *Client) Backup(ctx context.Context, o BackupOptions) (io.ReadCloser, er
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}
-	res, err := c.get(ctx, u, true)
+	// The server snapshots every database before its first byte, which
+	// on a large data directory can take longer than an answer's usual
+	// wait.
+	hc := *c.HTTP
+	hc.Timeout = max(hc.Timeout, BackupHeadWait)
+	bc := *c
+	bc.HTTP = &hc
+	res, err := bc.get(ctx, u, true)
 	if err != nil {
 		return nil, err
 	}
