@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -160,7 +161,7 @@ func TestWorkerForward(t *testing.T) {
 		// The source shows where it went, and its body is dropped all
 		// the same.
 		s, err := w.Get(ctx, "id-f", src.ID)
-		if err != nil || s.Status != StatusFailed || s.ForwardedTo != evt.ID {
+		if err != nil || s.Status != StatusFailed || s.ForwardedTo != evt.ID || !slices.Contains(fwdIDs, evt.ID) {
 			t.Errorf("the source: %+v %v", s, err)
 		}
 		g, err := w.Get(ctx, "id-g", evt.ID)
