@@ -198,7 +198,7 @@ func TestStoreForward(t *testing.T) {
 		{name: "within", bounds: Bounds{Pending: 2}, forwards: true},
 		{name: "past pending", bounds: Bounds{Pending: 1}, other: true, refused: errdefs.ErrRateLimited},
 		{name: "past bytes", bounds: Bounds{Bytes: MaxResponse + 10}, refused: errdefs.ErrRateLimited},
-		{name: "gone", bounds: Bounds{}, gone: true, refused: errdefs.ErrNotFound},
+		{name: "gone", bounds: Bounds{}, gone: true, refused: ErrGone},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			owner := strings.ReplaceAll(tc.name, " ", "-")

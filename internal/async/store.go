@@ -457,7 +457,7 @@ func (s *Store) Forward(ctx context.Context, id string, r Result, now time.Time,
 		}
 		if n == 0 {
 			// Its function was deleted meanwhile: nothing to send on.
-			refused = errdefs.New(errdefs.ErrNotFound, "invocation %s is gone: its function was deleted", id)
+			refused = ErrGone
 			return nil
 		}
 		if err := add(ctx, tx, fwd, b); err != nil {
@@ -472,6 +472,10 @@ func (s *Store) Forward(ctx context.Context, id string, r Result, now time.Time,
 	})
 	return refused, err
 }
+
+// ErrGone is Forward's refusal of an invocation no longer there: its
+// function was deleted meanwhile.
+var ErrGone = errdefs.New(errdefs.ErrNotFound, "the invocation is gone: its function was deleted")
 
 // record is Record's, in tx.
 // It returns how many rows it changed: 0 if id is no longer there.

@@ -2,6 +2,7 @@ package async
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"slices"
@@ -447,6 +448,9 @@ func (w *Worker) forward(ctx context.Context, inv *Invocation, r Result, now tim
 	case err != nil:
 		w.cfg.Logger.Error("record an invocation's attempt and send it on", "owner", inv.Owner, "function", inv.Function, "err", err)
 		return nil, err
+	case errors.Is(refused, ErrGone):
+		// Its function's deletion took its invocations: nothing to say.
+		return nil, nil
 	case refused != nil:
 		return nil, refused
 	}
