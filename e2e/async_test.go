@@ -33,6 +33,18 @@ const asyncFunction = `export default {
 };
 `
 
+// dlqFunction is an on-failure destination: it records each event it
+// gets in its kv, under the id of the invocation that failed.
+const dlqFunction = `export default {
+  async fetch(req, ctx) {
+    const failed = req.headers.get("spry-failed-invocation-id");
+    await ctx.kv.set("event:" + failed, { type: req.headers.get("content-type"), path: new URL(req.url).pathname,
+      event: await req.json() });
+    return new Response("kept");
+  },
+};
+`
+
 // invocation reads one invocation through the API.
 func (s *server) invocation(t *testing.T, name, id string) map[string]any {
 	t.Helper()
@@ -73,8 +85,10 @@ func (s *server) seen(t *testing.T, name, id string) map[string]any {
 // content type and id; a failed first attempt is retried (the backoff
 // shortened by --async-retry-delay) and the second succeeds; one that
 // always fails ends failed after three attempts, and after one if its
-// function was deployed with --async-retries 0. Each attempt has its
-// line in the function's logs, and the outcomes are counted.
+// function was deployed with --async-retries 0. The one that failed is
+// sent on, as an event with its request, to the function its function
+// names with --async-on-failure. Each attempt has its line in the
+// function's logs, and the outcomes are counted.
 func TestAsyncRetries(t *testing.T) {
 	s := startServer(t, "--async-retry-delay", "100ms")
 	s.deployCode(t, "jobs", []byte(asyncFunction), "")
@@ -90,6 +104,11 @@ func TestAsyncRetries(t *testing.T) {
 		t.Errorf("the function saw %v", seen)
 	}
 
+	// Its failures go to dlq, deployed after it was named.
+	if out := s.mustSpry("config", "jobs", "--async-on-failure", "dlq"); !strings.Contains(out, "is now version 2") {
+		t.Fatalf("config --async-on-failure dlq: %q", out)
+	}
+	s.deployCode(t, "dlq", []byte(dlqFunction), "")
 	r := s.do("POST", "/api/v1/functions/jobs/invocations?path="+url.QueryEscape("/other"), s.token, strings.NewReader("broken"), nil)
 	if r.status != 202 || !strings.HasPrefix(r.header.Get("Location"), "/api/v1/functions/jobs/invocations/") {
 		t.Fatalf("enqueue: %d %v %s", r.status, r.header, r.body)
@@ -98,6 +117,39 @@ func TestAsyncRetries(t *testing.T) {
 	v = s.waitInvocation(t, "jobs", broken, "failed")
 	if v["attempts"] != 3.0 || v["max_attempts"] != 3.0 || v["http_status"] != 503.0 || !strings.Contains(v["error"].(string), "503") {
 		t.Errorf("broken: %v", v)
+	}
+	// Its event went on to dlq, with the request it failed with.
+	fwd, _ := v["forwarded_to"].(string)
+	if fwd == "" {
+		t.Fatalf("broken was not sent on: %v", v)
+	}
+	if ev := s.waitInvocation(t, "dlq", fwd, "succeeded"); ev["failure_of"] != broken {
+		t.Errorf("dlq's invocation: %v", ev)
+	}
+	kr := s.do("GET", "/api/v1/functions/dlq/kv/event:"+broken, s.token, nil, nil)
+	var got struct {
+		Value struct {
+			Type, Path string
+			Event      struct {
+				Invocation struct {
+					ID, Function, Path string
+					Attempts           int
+				}
+				LastAttempt struct {
+					Status int
+					Error  string
+				} `json:"last_attempt"`
+				Request struct{ Body, Encoding string }
+			}
+		}
+	}
+	if kr.status != 200 || json.Unmarshal(kr.body, &got) != nil {
+		t.Fatalf("dlq's kv: %d %s", kr.status, kr.body)
+	}
+	if e := got.Value.Event; got.Value.Type != "application/json" || got.Value.Path != "/" || e.Invocation.ID != broken || e.Invocation.Function != "jobs" ||
+		e.Invocation.Path != "/other" || e.Invocation.Attempts != 3 || e.LastAttempt.Status != 503 || !strings.Contains(e.LastAttempt.Error, "503") ||
+		e.Request.Body != "broken" || e.Request.Encoding != "text" {
+		t.Errorf("dlq got %s", kr.body)
 	}
 
 	// A function that must not run twice: no retries.
@@ -127,6 +179,7 @@ func TestAsyncRetries(t *testing.T) {
 			"async invocation " + id + ", attempt 2 of 3: 200",
 			"async invocation " + broken + ", attempt 3 of 3: 503",
 			"failed, no attempts left",
+			"async invocation " + broken + ": sent on to dlq as invocation " + fwd,
 		} {
 			if !strings.Contains(logs, want) {
 				return false
@@ -143,6 +196,8 @@ func TestAsyncRetries(t *testing.T) {
 		`spry_async_invocations_total{function="jobs",outcome="succeeded",owner="admin"} 1`,
 		`spry_async_invocations_total{function="jobs",outcome="failed",owner="admin"} 1`,
 		`spry_async_invocations_total{function="once",outcome="failed",owner="admin"} 1`,
+		`spry_async_invocations_total{function="jobs",outcome="forwarded",owner="admin"} 1`,
+		`spry_async_invocations_total{function="dlq",outcome="succeeded",owner="admin"} 1`,
 		"spry_async_queue_depth 0",
 	} {
 		if !strings.Contains(metrics, want) {

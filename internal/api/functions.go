@@ -26,21 +26,24 @@ type FunctionView struct {
 	Access  string `json:"access"` // "public" or "private"
 	// AsyncRetries is how many times a failed asynchronous invocation
 	// is tried again (also in Limits when not the default).
-	AsyncRetries  int               `json:"async_retries"`
-	URL           string            `json:"url"`
-	Digest        string            `json:"digest"`
-	Size          int64             `json:"size"`
-	State         string            `json:"state"`
-	Instances     int               `json:"instances"`
-	Env           map[string]string `json:"env,omitempty"`
-	Secrets       []string          `json:"secrets,omitempty"` // names only; values are never returned
-	Limits        store.Limits      `json:"limits"`
-	Traffic       []store.Split     `json:"traffic,omitempty"`
-	Tags          map[string]int64  `json:"tags,omitempty"`
-	CreatedAt     time.Time         `json:"created_at"`
-	UpdatedAt     time.Time         `json:"updated_at"`
-	DeployedBy    string            `json:"deployed_by,omitempty"`
-	LastInvokedAt *time.Time        `json:"last_invoked_at"`
+	AsyncRetries int `json:"async_retries"`
+	// AsyncOnFailure is the function (of the same owner) its failed
+	// asynchronous invocations are sent on to; none if empty.
+	AsyncOnFailure string            `json:"async_on_failure,omitempty"`
+	URL            string            `json:"url"`
+	Digest         string            `json:"digest"`
+	Size           int64             `json:"size"`
+	State          string            `json:"state"`
+	Instances      int               `json:"instances"`
+	Env            map[string]string `json:"env,omitempty"`
+	Secrets        []string          `json:"secrets,omitempty"` // names only; values are never returned
+	Limits         store.Limits      `json:"limits"`
+	Traffic        []store.Split     `json:"traffic,omitempty"`
+	Tags           map[string]int64  `json:"tags,omitempty"`
+	CreatedAt      time.Time         `json:"created_at"`
+	UpdatedAt      time.Time         `json:"updated_at"`
+	DeployedBy     string            `json:"deployed_by,omitempty"`
+	LastInvokedAt  *time.Time        `json:"last_invoked_at"`
 }
 
 // DeployBody is the JSON form of a deploy (the CLI's); a body of any
@@ -82,6 +85,11 @@ type SettingsBody struct {
 	// AsyncRetries is how many times a failed asynchronous invocation
 	// is tried again: 0, 1 or 2.
 	AsyncRetries *int `json:"async_retries,omitempty"`
+	// AsyncOnFailure names another function of the same owner that gets
+	// the event of each asynchronous invocation that failed; "" or
+	// "none" removes it, nil keeps the live version's. It need not
+	// exist yet: it is looked up when an invocation fails.
+	AsyncOnFailure *string `json:"async_on_failure,omitempty"`
 }
 
 // settings turns the body's settings into the strings ParseLimits reads.
@@ -111,6 +119,9 @@ func (d *SettingsBody) settings() map[string]string {
 	put(functions.SettingAccess, d.Access)
 	if d.Cron != nil {
 		m[functions.SettingCron] = *d.Cron
+	}
+	if d.AsyncOnFailure != nil {
+		m[functions.SettingAsyncOnFailure] = *d.AsyncOnFailure
 	}
 	return m
 }
@@ -155,25 +166,26 @@ func (a *API) view(r *http.Request, fn store.Function) FunctionView {
 		state = "running"
 	}
 	v := FunctionView{
-		Owner:        fn.Owner,
-		Name:         fn.Name,
-		Version:      fn.LiveVersion,
-		Runtime:      fn.Live.Config.Runtime,
-		Access:       functions.Access(fn.Live.Config.Limits),
-		AsyncRetries: functions.AsyncRetries(fn.Live.Config.Limits),
-		URL:          a.functionURL(r, fn.Owner, fn.Name),
-		Digest:       fn.Live.Digest,
-		Size:         fn.Live.Size,
-		State:        state,
-		Instances:    n,
-		Env:          fn.Live.Config.Env,
-		Secrets:      functions.EnvKeys(fn.Live.Config.Secrets),
-		Traffic:      fn.Routing.Traffic,
-		Tags:         fn.Routing.Tags,
-		Limits:       fn.Live.Config.Limits,
-		CreatedAt:    fn.CreatedAt,
-		UpdatedAt:    fn.UpdatedAt,
-		DeployedBy:   fn.Live.CreatedBy,
+		Owner:          fn.Owner,
+		Name:           fn.Name,
+		Version:        fn.LiveVersion,
+		Runtime:        fn.Live.Config.Runtime,
+		Access:         functions.Access(fn.Live.Config.Limits),
+		AsyncRetries:   functions.AsyncRetries(fn.Live.Config.Limits),
+		AsyncOnFailure: fn.Live.Config.Limits.AsyncOnFailure,
+		URL:            a.functionURL(r, fn.Owner, fn.Name),
+		Digest:         fn.Live.Digest,
+		Size:           fn.Live.Size,
+		State:          state,
+		Instances:      n,
+		Env:            fn.Live.Config.Env,
+		Secrets:        functions.EnvKeys(fn.Live.Config.Secrets),
+		Traffic:        fn.Routing.Traffic,
+		Tags:           fn.Routing.Tags,
+		Limits:         fn.Live.Config.Limits,
+		CreatedAt:      fn.CreatedAt,
+		UpdatedAt:      fn.UpdatedAt,
+		DeployedBy:     fn.Live.CreatedBy,
 	}
 	if !fn.LastInvokedAt.IsZero() {
 		t := fn.LastInvokedAt

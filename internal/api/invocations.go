@@ -62,6 +62,12 @@ type InvocationView struct {
 	HTTPStatus int     `json:"http_status,omitempty"`
 	DurationMS float64 `json:"duration_ms,omitempty"`
 	Error      string  `json:"error,omitempty"`
+	// ForwardedTo is, for a failed one, the id of the invocation of its
+	// function's on-failure destination its event was sent on as.
+	ForwardedTo string `json:"forwarded_to,omitempty"`
+	// FailureOf is, for an on-failure destination's invocation, the id
+	// of the failed invocation whose event it carries.
+	FailureOf string `json:"failure_of,omitempty"`
 	// Response is the last attempt's answer, in GET of one invocation.
 	Response *ResponseView `json:"response,omitempty"`
 }
@@ -96,7 +102,8 @@ func invocationView(inv async.Invocation, maxAttempts int, withResponse bool) In
 	v := InvocationView{ID: inv.ID, Owner: inv.Owner, Function: inv.Function, Path: inv.Path, ContentType: inv.ContentType,
 		Status: inv.Status, Attempts: inv.Attempts, MaxAttempts: maxAttempts,
 		CreatedAt: inv.CreatedAt.UTC(), StartedAt: timePtr(inv.StartedAt), FinishedAt: timePtr(inv.FinishedAt),
-		HTTPStatus: inv.Last.Status, DurationMS: float64(inv.Last.Duration.Microseconds()) / 1000, Error: inv.Last.Error}
+		HTTPStatus: inv.Last.Status, DurationMS: float64(inv.Last.Duration.Microseconds()) / 1000, Error: inv.Last.Error,
+		ForwardedTo: inv.ForwardedTo, FailureOf: inv.FailureOf}
 	if inv.Status == async.StatusQueued {
 		v.NextAttemptAt = timePtr(inv.NextAt)
 	}

@@ -21,11 +21,14 @@ type VersionView struct {
 	Access  string   `json:"access"` // "public" or "private", as this version was made
 	// AsyncRetries is the version's: how many times a failed
 	// asynchronous invocation is tried again.
-	AsyncRetries int       `json:"async_retries"`
-	Digest       string    `json:"digest"`
-	Size         int64     `json:"size"`
-	CreatedAt    time.Time `json:"created_at"`
-	CreatedBy    string    `json:"created_by"`
+	AsyncRetries int `json:"async_retries"`
+	// AsyncOnFailure is the version's: the function its failed
+	// asynchronous invocations are sent on to (none if empty).
+	AsyncOnFailure string    `json:"async_on_failure,omitempty"`
+	Digest         string    `json:"digest"`
+	Size           int64     `json:"size"`
+	CreatedAt      time.Time `json:"created_at"`
+	CreatedBy      string    `json:"created_by"`
 }
 
 func (a *API) listVersions(w http.ResponseWriter, r *http.Request) error {
@@ -54,7 +57,7 @@ func (a *API) listVersions(w http.ResponseWriter, r *http.Request) error {
 		out = append(out, VersionView{
 			Version: v.Number, Live: v.Number == fn.LiveVersion, Percent: percent[v.Number], Tags: tags[v.Number],
 			Runtime: v.Config.Runtime, Access: functions.Access(v.Config.Limits),
-			AsyncRetries: functions.AsyncRetries(v.Config.Limits), Digest: v.Digest, Size: v.Size, CreatedAt: v.CreatedAt, CreatedBy: v.CreatedBy,
+			AsyncRetries: functions.AsyncRetries(v.Config.Limits), AsyncOnFailure: v.Config.Limits.AsyncOnFailure, Digest: v.Digest, Size: v.Size, CreatedAt: v.CreatedAt, CreatedBy: v.CreatedBy,
 		})
 	}
 	return writeJSON(w, http.StatusOK, map[string]any{"versions": out})

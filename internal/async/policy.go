@@ -28,6 +28,10 @@ type Result struct {
 	// retries and one); 0 if unknown (the function was not reached):
 	// the policy's.
 	MaxAttempts int
+	// OnFailure is that version's on-failure destination: the function
+	// of the same owner that gets the invocation's event if it fails
+	// now ("": none).
+	OnFailure string
 }
 
 // MaxResponse is how much of an answer's body an invocation keeps.

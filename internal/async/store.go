@@ -83,6 +83,12 @@ var migrations = []string{
 			- (length(old.body) + iif(old.finished IS NULL, 65536, ifnull(length(old.response), 0)))
 			WHERE owner = old.owner;
 	END;`,
+	// failure_of: the id of the failed invocation whose event this one
+	// carries (its function's on-failure destination's); its own
+	// failure is never sent on. forwarded_to: the id of the event a
+	// failed one was sent on as.
+	`ALTER TABLE invocations ADD COLUMN failure_of TEXT NOT NULL DEFAULT '';
+	ALTER TABLE invocations ADD COLUMN forwarded_to TEXT NOT NULL DEFAULT '';`,
 }
 
 // Invocation is one asynchronous invocation and how it went so far.
@@ -104,6 +110,13 @@ type Invocation struct {
 	NextAt      time.Time // a queued one's next attempt
 	// Last is the last attempt's outcome (zero before the first ends).
 	Last Result
+	// FailureOf is, for the event of a failed invocation sent on to its
+	// function's on-failure destination, the failed one's id; such an
+	// event's own failure is never sent on (no chains, no loops).
+	FailureOf string
+	// ForwardedTo is, for a failed invocation sent on to its function's
+	// on-failure destination, the id of the event it was sent as.
+	ForwardedTo string
 }
 
 // Store keeps invocations in one SQLite file of the data directory.
@@ -183,30 +196,33 @@ type Bounds struct {
 // Add stores inv, queued, unless that would put its owner past b: then
 // it is an errdefs.ErrRateLimited. inv's Seq is set.
 func (s *Store) Add(ctx context.Context, inv *Invocation, b Bounds) error {
-	return s.inTx(ctx, func(tx *sql.Tx) error {
-		if b.Pending > 0 {
-			n, err := pending(ctx, tx, inv.Owner)
-			if err != nil {
-				return err
-			}
-			if n >= b.Pending {
-				return errdefs.New(errdefs.ErrRateLimited, "user %s has %d asynchronous invocations not finished, the most one may have (spry serve --async-max-per-user); wait for some to finish", inv.Owner, n)
-			}
+	return s.inTx(ctx, func(tx *sql.Tx) error { return add(ctx, tx, inv, b) })
+}
+
+// add is Add's, in tx.
+func add(ctx context.Context, tx *sql.Tx, inv *Invocation, b Bounds) error {
+	if b.Pending > 0 {
+		n, err := pending(ctx, tx, inv.Owner)
+		if err != nil {
+			return err
 		}
-		if b.Bytes > 0 {
-			used, err := ownerBytes(ctx, tx, inv.Owner)
-			if err != nil {
-				return err
-			}
-			if need := int64(len(inv.Body)) + MaxResponse; used+need > b.Bytes {
-				return errdefs.New(errdefs.ErrRateLimited, "user %s's asynchronous invocations hold %d bytes; this one would take %d more (its body, and %d for its response), past one user's %d (spry serve --async-max-bytes-per-user); wait for some to finish, or for finished ones to be removed", inv.Owner, used, need, MaxResponse, b.Bytes)
-			}
+		if n >= b.Pending {
+			return errdefs.New(errdefs.ErrRateLimited, "user %s has %d asynchronous invocations not finished, the most one may have (spry serve --async-max-per-user); wait for some to finish", inv.Owner, n)
 		}
-		return tx.QueryRowContext(ctx, `INSERT INTO invocations (id, owner, fn, name, path, host, content_type, body, status, created, next)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?) RETURNING seq`,
-			inv.ID, inv.Owner, inv.FunctionID, inv.Function, inv.Path, inv.Host, inv.ContentType, nonNil(inv.Body),
-			inv.CreatedAt.UnixNano(), inv.NextAt.UnixNano()).Scan(&inv.Seq)
-	})
+	}
+	if b.Bytes > 0 {
+		used, err := ownerBytes(ctx, tx, inv.Owner)
+		if err != nil {
+			return err
+		}
+		if need := int64(len(inv.Body)) + MaxResponse; used+need > b.Bytes {
+			return errdefs.New(errdefs.ErrRateLimited, "user %s's asynchronous invocations hold %d bytes; this one would take %d more (its body, and %d for its response), past one user's %d (spry serve --async-max-bytes-per-user); wait for some to finish, or for finished ones to be removed", inv.Owner, used, need, MaxResponse, b.Bytes)
+		}
+	}
+	return tx.QueryRowContext(ctx, `INSERT INTO invocations (id, owner, fn, name, path, host, content_type, body, status, created, next, failure_of)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?) RETURNING seq`,
+		inv.ID, inv.Owner, inv.FunctionID, inv.Function, inv.Path, inv.Host, inv.ContentType, nonNil(inv.Body),
+		inv.CreatedAt.UnixNano(), inv.NextAt.UnixNano(), inv.FailureOf).Scan(&inv.Seq)
 }
 
 func nonNil(b []byte) []byte {
@@ -287,7 +303,7 @@ func (s *Store) Queued(ctx context.Context) (int, error) {
 
 // columns are what Get and List read: everything but the request's body.
 const columns = `seq, id, owner, fn, name, path, host, content_type, status, attempts, created, started, finished, next,
-	http_status, duration, error, response, response_type, truncated`
+	http_status, duration, error, response, response_type, truncated, failure_of, forwarded_to`
 
 type scanner interface{ Scan(dst ...any) error }
 
@@ -298,7 +314,8 @@ func scan(r scanner, extra ...any) (Invocation, error) {
 	var truncated int
 	dst := append([]any{&inv.Seq, &inv.ID, &inv.Owner, &inv.FunctionID, &inv.Function, &inv.Path, &inv.Host, &inv.ContentType,
 		&inv.Status, &inv.Attempts, &created, &started, &finished, &next,
-		&inv.Last.Status, &duration, &inv.Last.Error, &inv.Last.Body, &inv.Last.ContentType, &truncated}, extra...)
+		&inv.Last.Status, &duration, &inv.Last.Error, &inv.Last.Body, &inv.Last.ContentType, &truncated,
+		&inv.FailureOf, &inv.ForwardedTo}, extra...)
 	if err := r.Scan(dst...); err != nil {
 		return inv, err
 	}
@@ -417,6 +434,52 @@ func (s *Store) NextDue(ctx context.Context, owner string) (time.Time, bool, err
 // against its owner's bytes). An invocation no longer there (its
 // function deleted) is no error.
 func (s *Store) Record(ctx context.Context, id string, r Result, status string, now, next time.Time) error {
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		_, err := record(ctx, tx, id, r, status, now, next)
+		return err
+	})
+}
+
+// Forward records the running invocation id as failed, as Record does,
+// and in the same transaction (so that the event is built from the body
+// Record drops, and is never lost nor stored twice) stores fwd, queued,
+// the event of its failure for its function's on-failure destination,
+// and notes fwd's id as where id was forwarded to. If fwd would put its
+// owner past b, id is recorded all the same, nothing else is stored,
+// and the refusal (an errdefs.ErrRateLimited) is returned as refused.
+func (s *Store) Forward(ctx context.Context, id string, r Result, now time.Time, fwd *Invocation, b Bounds) (refused, err error) {
+	err = s.inTx(ctx, func(tx *sql.Tx) error {
+		// Finished first: the failed one's body and response reserve
+		// leave its owner's bytes before fwd's are counted.
+		n, err := record(ctx, tx, id, r, StatusFailed, now, now)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			// Its function was deleted meanwhile: nothing to send on.
+			refused = ErrGone
+			return nil
+		}
+		if err := add(ctx, tx, fwd, b); err != nil {
+			if errors.Is(err, errdefs.ErrRateLimited) {
+				refused = err
+				return nil
+			}
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE invocations SET forwarded_to = ? WHERE id = ?`, fwd.ID, id)
+		return err
+	})
+	return refused, err
+}
+
+// ErrGone is Forward's refusal of an invocation no longer there: its
+// function was deleted meanwhile.
+var ErrGone = errdefs.New(errdefs.ErrNotFound, "the invocation is gone: its function was deleted")
+
+// record is Record's, in tx.
+// It returns how many rows it changed: 0 if id is no longer there.
+func record(ctx context.Context, tx *sql.Tx, id string, r Result, status string, now, next time.Time) (int64, error) {
 	var finished any
 	if status != StatusQueued {
 		finished = now.UnixNano()
@@ -429,10 +492,13 @@ func (s *Store) Record(ctx context.Context, id string, r Result, status string, 
 		}
 		body = r.Body
 	}
-	_, err := s.exec(ctx, `UPDATE invocations SET status = ?1, finished = ?2, next = ?3, http_status = ?4, duration = ?5, error = ?6,
+	res, err := tx.ExecContext(ctx, `UPDATE invocations SET status = ?1, finished = ?2, next = ?3, http_status = ?4, duration = ?5, error = ?6,
 		response = ?7, response_type = ?8, truncated = ?9, body = iif(?2 IS NULL, body, x'') WHERE id = ?10 AND status = 'running'`,
 		status, finished, next.UnixNano(), r.Status, int64(r.Duration), truncate(r.Error, maxError), body, truncate(r.ContentType, maxContentType), r.Truncated, id)
-	return err
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
 }
 
 // Release puts the running invocation id back in the queue, due at

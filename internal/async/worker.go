@@ -2,6 +2,7 @@ package async
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"slices"
@@ -55,6 +56,16 @@ type Config struct {
 	// the server's stop cut off): its result, and what follows: status,
 	// and for one queued again, when.
 	OnAttempt func(inv *Invocation, r Result, status string, next time.Time)
+	// Destination resolves the on-failure destination of a failed
+	// invocation (Result.OnFailure): the id of owner's function name,
+	// or an error (errdefs.ErrNotFound if there is none). Nil: failed
+	// invocations are not sent on.
+	Destination func(ctx context.Context, owner, name string) (string, error)
+	// OnForward, if set, is told, after OnAttempt, of each failed
+	// invocation with a destination: fwd is the event enqueued for it,
+	// or nil and err says why none was (no such function, or its owner's
+	// bounds).
+	OnForward func(inv *Invocation, dest string, fwd *Invocation, err error)
 	Logger    *slog.Logger
 }
 
@@ -376,6 +387,7 @@ func (w *Worker) attempt(inv *Invocation) {
 	// what they record is what the next start goes by.
 	ctx := context.Background()
 	status, next := StatusQueued, now
+	forwarded := false
 	if w.actx.Err() != nil {
 		// Cut off by the server's stop: the attempt does not count.
 		if err := w.st.Release(ctx, inv.ID, now); err != nil {
@@ -383,12 +395,22 @@ func (w *Worker) attempt(inv *Invocation) {
 		}
 	} else {
 		status, next = w.cfg.Policy.Next(inv.Attempts, r, now, w.cfg.Rand())
-		if err := w.st.Record(ctx, inv.ID, r, status, now, next); err != nil {
+		var fwd *Invocation
+		var fwdErr error
+		if status == StatusFailed && r.OnFailure != "" && inv.FailureOf == "" && w.cfg.Destination != nil {
+			fwd, fwdErr = w.forward(ctx, inv, r, now)
+		} else if err := w.st.Record(ctx, inv.ID, r, status, now, next); err != nil {
 			w.cfg.Logger.Error("record an invocation's attempt", "owner", inv.Owner, "function", inv.Function, "err", err)
 		}
 		if w.cfg.OnAttempt != nil {
 			w.cfg.OnAttempt(inv, r, status, next)
 		}
+		if fwd != nil || fwdErr != nil {
+			if w.cfg.OnForward != nil {
+				w.cfg.OnForward(inv, r.OnFailure, fwd, fwdErr)
+			}
+		}
+		forwarded = fwd != nil
 	}
 	w.mu.Lock()
 	w.running--
@@ -397,6 +419,41 @@ func (w *Worker) attempt(inv *Invocation) {
 	if status == StatusQueued {
 		w.queued(inv.Owner, next)
 	}
+	if forwarded {
+		// Same owner: its event is due now.
+		w.queued(inv.Owner, now)
+	}
 	w.mu.Unlock()
 	w.wake()
+}
+
+// forward records inv failed and, in the same transaction, enqueues the
+// event of its failure for its destination r.OnFailure (Store.Forward),
+// held to the same bounds as any enqueue. It returns the event, or nil
+// and why none was enqueued: no such function, or the owner's bounds.
+// That is final: the event is not tried again.
+func (w *Worker) forward(ctx context.Context, inv *Invocation, r Result, now time.Time) (*Invocation, error) {
+	id, err := w.cfg.Destination(ctx, inv.Owner, r.OnFailure)
+	if err != nil {
+		if rerr := w.st.Record(ctx, inv.ID, r, StatusFailed, now, now); rerr != nil {
+			w.cfg.Logger.Error("record an invocation's attempt", "owner", inv.Owner, "function", inv.Function, "err", rerr)
+		}
+		return nil, err
+	}
+	fwd := &Invocation{ID: NewID(), Owner: inv.Owner, FunctionID: id, Function: r.OnFailure, Path: "/",
+		ContentType: "application/json", Body: failureEvent(inv, r), Status: StatusQueued,
+		CreatedAt: now, NextAt: now, FailureOf: inv.ID}
+	refused, err := w.st.Forward(ctx, inv.ID, r, now, fwd, w.Bounds())
+	switch {
+	case err != nil:
+		w.cfg.Logger.Error("record an invocation's attempt and send it on", "owner", inv.Owner, "function", inv.Function, "err", err)
+		return nil, err
+	case errors.Is(refused, ErrGone):
+		// Its function's deletion took its invocations: nothing to say.
+		return nil, nil
+	case refused != nil:
+		return nil, refused
+	}
+	inv.ForwardedTo = fwd.ID
+	return fwd, nil
 }

@@ -45,6 +45,10 @@ type Spec struct {
 	// of the version is tried again (the async worker's concern, here
 	// for the same reason).
 	AsyncRetries int
+	// AsyncOnFailure names the function of the same owner that gets
+	// the events of the version's failed asynchronous invocations ("":
+	// none; the async worker's concern too).
+	AsyncOnFailure string
 }
 
 // Key identifies the version across the platform.

@@ -121,6 +121,7 @@ type limitFlags struct {
 	memory, timeout, network string
 	cpu, target, grace       string
 	isolation, cron, access  string
+	asyncOnFailure           string
 	min, max, concurrency    int
 	asyncRetries             int
 }
@@ -140,6 +141,7 @@ func (l *limitFlags) register(cmd *cobra.Command) {
 	f.StringVar(&l.access, "access", "", "public (anyone may call it; the default), or private: only a token of the owner's or an admin's with scope invoke")
 	f.StringVar(&l.isolation, "isolation", "", "standard (bubblewrap), or gvisor: a user-space kernel in between (slower to start; no network)")
 	f.IntVar(&l.asyncRetries, "async-retries", 2, "how many times a failed asynchronous invocation is tried again: 0 (for a function that must not run twice), 1 or 2")
+	f.StringVar(&l.asyncOnFailure, "async-on-failure", "", `another function of yours that gets the event of each asynchronous invocation that failed (it need not exist yet); "none" removes it`)
 }
 
 // apply copies the flags the user set into body.
@@ -162,6 +164,9 @@ func (l *limitFlags) apply(cmd *cobra.Command, body *api.SettingsBody) {
 	}
 	if f.Changed("async-retries") {
 		body.AsyncRetries = &l.asyncRetries
+	}
+	if f.Changed("async-on-failure") {
+		body.AsyncOnFailure = &l.asyncOnFailure
 	}
 }
 

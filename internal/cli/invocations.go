@@ -108,6 +108,12 @@ func printInvocation(w io.Writer, v api.InvocationView) error {
 	if v.Error != "" {
 		fmt.Fprintf(tw, "error:\t%s\n", visible(v.Error))
 	}
+	if v.ForwardedTo != "" {
+		fmt.Fprintf(tw, "sent on as:\t%s (of its --async-on-failure function)\n", v.ForwardedTo)
+	}
+	if v.FailureOf != "" {
+		fmt.Fprintf(tw, "failure of:\t%s\n", v.FailureOf)
+	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}

@@ -286,6 +286,9 @@ func (s *Service) Deploy(ctx context.Context, req DeployRequest) (store.Function
 	if limits, err = ApplySettings(limits, req.Settings, s.cfg.Bounds); err != nil {
 		return store.Function{}, err
 	}
+	if err := CheckOnFailure(limits, req.Name); err != nil {
+		return store.Function{}, err
+	}
 	if err := CheckOwnerBudgets(limits, s.cfg.DefaultMemoryMiB, s.cfg.Bounds); err != nil {
 		return store.Function{}, err
 	}
@@ -495,6 +498,9 @@ func (s *Service) nextConfig(ctx context.Context, owner, name string, b *bundle,
 	// Checks min against a max set earlier, and the isolation against
 	// the server.
 	if cfg.Limits, err = ApplySettings(cfg.Limits, ch.Settings, s.cfg.Bounds); err != nil {
+		return store.Config{}, nil, store.Function{}, err
+	}
+	if err := CheckOnFailure(cfg.Limits, name); err != nil {
 		return store.Config{}, nil, store.Function{}, err
 	}
 	if err := CheckOwnerBudgets(cfg.Limits, s.cfg.DefaultMemoryMiB, s.cfg.Bounds); err != nil {

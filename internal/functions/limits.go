@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/names"
 	"github.com/spry-run/spry/internal/schedule"
 	"github.com/spry-run/spry/internal/store"
 )
@@ -29,6 +30,10 @@ const (
 	// SettingAsyncRetries is how many times a failed asynchronous
 	// invocation is tried again: 0 to MaxAsyncRetries.
 	SettingAsyncRetries = "async-retries"
+	// SettingAsyncOnFailure names the function (of the same owner) that
+	// gets the event of each asynchronous invocation that failed; "" or
+	// "none": no such function.
+	SettingAsyncOnFailure = "async-on-failure"
 )
 
 // MaxAsyncRetries is the most, and the default, of a function's async
@@ -56,7 +61,7 @@ func Access(l store.Limits) string {
 }
 
 // Settings lists the setting names ParseLimits understands.
-var Settings = []string{SettingMemory, SettingTimeout, SettingNetwork, SettingMin, SettingMax, SettingConcurrency, SettingCPU, SettingTarget, SettingGrace, SettingIsolation, SettingCron, SettingAccess, SettingAsyncRetries}
+var Settings = []string{SettingMemory, SettingTimeout, SettingNetwork, SettingMin, SettingMax, SettingConcurrency, SettingCPU, SettingTarget, SettingGrace, SettingIsolation, SettingCron, SettingAccess, SettingAsyncRetries, SettingAsyncOnFailure}
 
 // Bounds are the server's limits on what a function may ask for.
 type Bounds struct {
@@ -158,6 +163,18 @@ func ApplySettings(l store.Limits, settings map[string]string, b Bounds) (store.
 			if n == MaxAsyncRetries {
 				l.AsyncRetries = store.OptionalInt{}
 			}
+		case SettingAsyncOnFailure:
+			// The function need not exist yet: it is looked up when an
+			// invocation fails.
+			if v == "none" {
+				v = ""
+			}
+			if v != "" {
+				if err := names.Function(v); err != nil {
+					return l, errdefs.Invalid("async-on-failure: %v", err)
+				}
+			}
+			l.AsyncOnFailure = v
 		case SettingCron:
 			// "" or "none" removes the schedule.
 			if v == "none" {
@@ -207,6 +224,15 @@ func ApplySettings(l store.Limits, settings map[string]string, b Bounds) (store.
 		return l, err
 	}
 	return l, nil
+}
+
+// CheckOnFailure refuses limits l of the function name whose failed
+// asynchronous invocations would go to name itself: a loop.
+func CheckOnFailure(l store.Limits, name string) error {
+	if l.AsyncOnFailure != "" && l.AsyncOnFailure == name {
+		return errdefs.Invalid("async-on-failure %q is the function itself: name another function, or none", name)
+	}
+	return nil
 }
 
 // CheckOwnerBudgets refuses limits l (memory 0: defaultMiB) whose

@@ -107,6 +107,7 @@ func (s *Service) specOf(fn store.Function, v store.Version) (spec *backend.Spec
 		Cron:              l.Cron,
 		Private:           l.Access == AccessPrivate,
 		AsyncRetries:      AsyncRetries(l),
+		AsyncOnFailure:    l.AsyncOnFailure,
 	}
 	if spec.Network == "" {
 		spec.Network = s.cfg.DefaultNetwork

@@ -104,7 +104,7 @@ func New(g Gauges) *Metrics {
 	}, []string{"owner", "function", "result"})
 	m.async = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "spry_async_invocations_total",
-		Help: "Asynchronous invocations that finished, by outcome: succeeded (a 2xx answer), or failed (another answer, or none, on the last attempt allowed).",
+		Help: "Asynchronous invocations that finished, by outcome: succeeded (a 2xx answer), or failed (another answer, or none, on the last attempt allowed); and of failed ones whose function has an on-failure destination, also forwarded (their event enqueued for it) or forward_failed (no such function, or the user's bounds).",
 	}, []string{"owner", "function", "outcome"})
 	m.reg.MustRegister(m.invocations, m.duration, m.coldStarts, m.coldStart, m.evictions, m.scheduled, m.async,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

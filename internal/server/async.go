@@ -58,6 +58,8 @@ func (s *Server) openAsync(ctx context.Context, dataDir string) error {
 		Retention:          s.cfg.AsyncRetention,
 		Policy:             async.DefaultPolicy(delay),
 		OnAttempt:          s.asyncAttempt,
+		Destination:        s.asyncDestination,
+		OnForward:          s.asyncForward,
 		Logger:             s.log,
 	})
 	return nil
@@ -135,9 +137,12 @@ func (s *Server) sendAsync(ctx context.Context, inv *async.Invocation) async.Res
 	req.Header.Set("User-Agent", "spry-async")
 	req.Header.Set("Spry-Invocation-Id", inv.ID)
 	req.Header.Set("Spry-Attempt", strconv.Itoa(inv.Attempts))
+	if inv.FailureOf != "" {
+		req.Header.Set(async.FailureHeader, inv.FailureOf)
+	}
 	t0 := time.Now()
 	res, err := s.asyncClient.Do(req)
-	r := async.Result{Version: sp.Version, MaxAttempts: sp.AsyncRetries + 1}
+	r := async.Result{Version: sp.Version, MaxAttempts: sp.AsyncRetries + 1, OnFailure: sp.AsyncOnFailure}
 	if err != nil {
 		r.Duration = time.Since(t0)
 		r.Error = attemptError(ctx, err, timeout)
@@ -197,6 +202,33 @@ func (s *Server) asyncAttempt(inv *async.Invocation, r async.Result, status stri
 	if status != async.StatusQueued {
 		s.metrics.Async(inv.Owner, inv.Function, inv.FunctionID, status)
 	}
+}
+
+// asyncDestination resolves a failed invocation's on-failure
+// destination, owner's function name, to its id.
+func (s *Server) asyncDestination(ctx context.Context, owner, name string) (string, error) {
+	sp, err := s.fns.Live(ctx, owner, name)
+	if err != nil {
+		return "", err
+	}
+	return sp.FunctionID, nil
+}
+
+// asyncForward logs, in the failed invocation's function's logs, where
+// its event went (or why it went nowhere), and counts it.
+func (s *Server) asyncForward(inv *async.Invocation, dest string, fwd *async.Invocation, err error) {
+	line, outcome := fmt.Sprintf("async invocation %s: sent on to %s as invocation %s", inv.ID, dest, inv.ForwardedTo), "forwarded"
+	if fwd == nil {
+		outcome = "forward_failed"
+		if errors.Is(err, errdefs.ErrNotFound) {
+			line = fmt.Sprintf("async invocation %s: not sent on: its on-failure destination %s does not exist", inv.ID, dest)
+		} else {
+			line = fmt.Sprintf("async invocation %s: not sent on to %s: %v", inv.ID, dest, err)
+		}
+	}
+	s.logs.Append(logstore.Entry{Owner: inv.Owner, Function: inv.Function, FunctionID: inv.FunctionID,
+		Stream: logstore.StreamSystem, Line: line})
+	s.metrics.Async(inv.Owner, inv.Function, inv.FunctionID, outcome)
 }
 
 // pruneAsync removes the invocations of functions that no longer exist:

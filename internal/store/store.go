@@ -68,6 +68,9 @@ type Limits struct {
 	// AsyncRetries is how many times a failed asynchronous invocation
 	// is tried again (0 to 2); unset: the server's default.
 	AsyncRetries OptionalInt `json:"async_retries,omitzero"`
+	// AsyncOnFailure names the function of the same owner that gets
+	// the event of each failed asynchronous invocation; "" for none.
+	AsyncOnFailure string `json:"async_on_failure,omitempty"`
 }
 
 // OptionalInt is an int that tells 0 from unset, for a setting whose 0
