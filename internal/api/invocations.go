@@ -108,10 +108,8 @@ func invocationView(inv async.Invocation, maxAttempts int, withResponse bool) In
 		v.NextAttemptAt = timePtr(inv.NextAt)
 	}
 	if withResponse && inv.Last.Status != 0 {
-		r := &ResponseView{ContentType: inv.Last.ContentType, Truncated: inv.Last.Truncated, Encoding: "text", Body: string(inv.Last.Body)}
-		if !utf8.Valid(inv.Last.Body) {
-			r.Encoding, r.Body = "base64", base64.StdEncoding.EncodeToString(inv.Last.Body)
-		}
+		r := &ResponseView{ContentType: inv.Last.ContentType, Truncated: inv.Last.Truncated}
+		r.Body, r.Encoding = async.EncodeBody(inv.Last.Body)
 		v.Response = r
 	}
 	return v

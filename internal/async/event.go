@@ -50,15 +50,23 @@ func failureEvent(inv *Invocation, r Result) []byte {
 	ev := FailureEvent{
 		Invocation:  FailedInvocation{ID: inv.ID, Function: inv.Function, Path: inv.Path, Attempts: inv.Attempts, CreatedAt: inv.CreatedAt.UTC()},
 		LastAttempt: LastAttempt{Status: r.Status, Error: r.Error, DurationMS: float64(r.Duration.Microseconds()) / 1000},
-		Request:     EventRequest{ContentType: inv.ContentType, Body: string(inv.Body), Encoding: "text"},
+		Request:     EventRequest{ContentType: inv.ContentType},
 	}
-	if !utf8.Valid(inv.Body) {
-		ev.Request.Body, ev.Request.Encoding = base64.StdEncoding.EncodeToString(inv.Body), "base64"
-	}
+	ev.Request.Body, ev.Request.Encoding = EncodeBody(inv.Body)
 	b, err := json.Marshal(ev)
 	if err != nil {
 		// Of strings, numbers and a time: it cannot fail.
 		panic(err)
 	}
 	return b
+}
+
+// EncodeBody is how a body is shown in JSON (an invocation's response in
+// the API, a failed request in its event): as text if it is UTF-8, else
+// as base64.
+func EncodeBody(b []byte) (body, encoding string) {
+	if utf8.Valid(b) {
+		return string(b), "text"
+	}
+	return base64.StdEncoding.EncodeToString(b), "base64"
 }

@@ -286,10 +286,7 @@ func (s *Service) Deploy(ctx context.Context, req DeployRequest) (store.Function
 	if limits, err = ApplySettings(limits, req.Settings, s.cfg.Bounds); err != nil {
 		return store.Function{}, err
 	}
-	if err := CheckOnFailure(limits, req.Name); err != nil {
-		return store.Function{}, err
-	}
-	if err := CheckOwnerBudgets(limits, s.cfg.DefaultMemoryMiB, s.cfg.Bounds); err != nil {
+	if err := s.checkLimits(limits, req.Name); err != nil {
 		return store.Function{}, err
 	}
 	res, err := s.build(ctx, req)
@@ -500,10 +497,7 @@ func (s *Service) nextConfig(ctx context.Context, owner, name string, b *bundle,
 	if cfg.Limits, err = ApplySettings(cfg.Limits, ch.Settings, s.cfg.Bounds); err != nil {
 		return store.Config{}, nil, store.Function{}, err
 	}
-	if err := CheckOnFailure(cfg.Limits, name); err != nil {
-		return store.Config{}, nil, store.Function{}, err
-	}
-	if err := CheckOwnerBudgets(cfg.Limits, s.cfg.DefaultMemoryMiB, s.cfg.Bounds); err != nil {
+	if err := s.checkLimits(cfg.Limits, name); err != nil {
 		return store.Config{}, nil, store.Function{}, err
 	}
 	// A name is one variable in ctx.env: an env var and a secret may not
@@ -567,6 +561,17 @@ func (s *Service) sameConfig(owner, name string, cur, next store.Config, set map
 		}
 	}
 	return true
+}
+
+// checkLimits refuses the limits l of function name, at a deploy or a
+// change, that are whole but could never work: an on-failure
+// destination that is the function itself, or instances the owner's
+// budgets could never hold.
+func (s *Service) checkLimits(l store.Limits, name string) error {
+	if err := checkOnFailure(l, name); err != nil {
+		return err
+	}
+	return checkOwnerBudgets(l, s.cfg.DefaultMemoryMiB, s.cfg.Bounds)
 }
 
 // Count returns how many functions owner has, as checkFunctionQuota

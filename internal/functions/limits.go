@@ -226,22 +226,22 @@ func ApplySettings(l store.Limits, settings map[string]string, b Bounds) (store.
 	return l, nil
 }
 
-// CheckOnFailure refuses limits l of the function name whose failed
+// checkOnFailure refuses limits l of the function name whose failed
 // asynchronous invocations would go to name itself: a loop.
-func CheckOnFailure(l store.Limits, name string) error {
+func checkOnFailure(l store.Limits, name string) error {
 	if l.AsyncOnFailure != "" && l.AsyncOnFailure == name {
 		return errdefs.Invalid("async-on-failure %q is the function itself: name another function, or none", name)
 	}
 	return nil
 }
 
-// CheckOwnerBudgets refuses limits l (memory 0: defaultMiB) whose
+// checkOwnerBudgets refuses limits l (memory 0: defaultMiB) whose
 // instances the owner's budgets could never hold: its min more than the
 // instances one owner may run, or one instance alone, or its min
 // together, past the memory budget. Starts past the budgets are refused
 // at run time anyway; a deploy that could never run as asked is refused
 // now.
-func CheckOwnerBudgets(l store.Limits, defaultMiB int, b Bounds) error {
+func checkOwnerBudgets(l store.Limits, defaultMiB int, b Bounds) error {
 	if n := b.MaxInstancesPerOwner; n > 0 && l.MinScale > n {
 		return errdefs.Invalid("min %d is over the %d instances one user's functions may run together (spry serve --max-instances-per-user)", l.MinScale, n)
 	}
