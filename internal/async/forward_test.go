@@ -226,8 +226,12 @@ func TestStoreForward(t *testing.T) {
 				}
 			}
 			r := Result{Status: 400, Error: "bad"}
+			ev, err := failureEvent(claimed, r, MaxBody)
+			if err != nil {
+				t.Fatal(err)
+			}
 			fwd := &Invocation{ID: NewID(), Owner: owner, FunctionID: "id-g", Function: "g", Path: "/", ContentType: "application/json",
-				Body: failureEvent(claimed, r), CreatedAt: t0, NextAt: t0, FailureOf: inv.ID}
+				Body: ev, CreatedAt: t0, NextAt: t0, FailureOf: inv.ID}
 			refused, err := st.Forward(ctx, inv.ID, r, t0, fwd, tc.bounds)
 			if err != nil {
 				t.Fatal(err)

@@ -462,8 +462,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		Backups:           backups,
 		Invocations:       s.async,
 		Budgets:           budgets,
-		// The router's own bound, if lower: larger events could never run.
-		MaxInvocationBytes: min(api.MaxInvocationBody, cfg.MaxBodyBytes),
+		// The worker's too: failures' events are cut to fit it.
+		MaxInvocationBytes: s.asyncMaxBody(),
 		Forget:             tokens,
 		Limiter:            failures,
 		Logger:             log,
