@@ -874,6 +874,7 @@ func (g gauges) Instances() []metrics.InstanceCount {
 func (g gauges) PoolIdle() map[string]int { return g.s.back.PoolIdle() }
 func (g gauges) QueueDepth() int          { return g.s.act.QueueDepth() }
 func (g gauges) LogLinesDropped() uint64  { return g.s.logs.Dropped() }
+func (g gauges) BundleHolds() int         { return g.s.blobs.Holds() }
 
 func (g gauges) AsyncQueue() (queued, running int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
