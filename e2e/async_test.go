@@ -259,3 +259,100 @@ func TestAsyncSurvivesRestart(t *testing.T) {
 		})
 	}
 }
+
+// bigFailure answers every event 400 (failed at once: no retry) with a
+// 100 KiB body, of which the invocation keeps 64 KiB.
+const bigFailure = `export default {
+  async fetch(req) {
+    await req.arrayBuffer();
+    return new Response("r".repeat(100 * 1024), { status: 400, headers: { "content-type": "text/plain" } });
+  },
+};
+`
+
+// dlqSizes records, per failed invocation, the size of the event it
+// got and what the event says was cut.
+const dlqSizes = `export default {
+  async fetch(req, ctx) {
+    const raw = new Uint8Array(await req.arrayBuffer());
+    const e = JSON.parse(new TextDecoder().decode(raw));
+    const r = e.last_attempt.response;
+    await ctx.kv.set("event:" + req.headers.get("spry-failed-invocation-id"), {
+      bytes: raw.length, status: e.last_attempt.status,
+      request: { size: e.request.size, truncated: e.request.truncated, encoding: e.request.encoding,
+        length: e.request.body.length, start: e.request.body.startsWith("a".repeat(1000)) },
+      response: { truncated: r.truncated, length: r.body.length, start: r.body.startsWith("r") },
+    });
+    return new Response("kept");
+  },
+};
+`
+
+// TestAsyncFailureEventBound: the event of a failed invocation whose
+// body is 256 KiB (the most an invocation may have) and whose answer
+// was large is delivered to the on-failure destination within the same
+// 256 KiB, saying what it cut: the response first (all of it here),
+// then the request's body, whose size it gives. One with a 200 KiB
+// body keeps it whole, and as much of the response as fits.
+func TestAsyncFailureEventBound(t *testing.T) {
+	s := startServer(t)
+	s.deployCode(t, "dlq", []byte(dlqSizes), "")
+	s.deployCode(t, "big", []byte(bigFailure), "async-retries=0&async-on-failure=dlq")
+	const maxBody = 256 << 10
+	type sizes struct {
+		Bytes, Status int
+		Request       struct {
+			Size, Length int
+			Truncated    bool
+			Encoding     string
+			Start        bool
+		}
+		Response struct {
+			Truncated bool
+			Length    int
+			Start     bool
+		}
+	}
+	event := func(size int) sizes {
+		t.Helper()
+		r := s.do("POST", "/api/v1/functions/big/invocations", s.token, strings.NewReader(strings.Repeat("a", size)), map[string]string{"Content-Type": "text/plain"})
+		if r.status != 202 {
+			t.Fatalf("enqueue %d bytes: %d %s", size, r.status, r.body)
+		}
+		id := r.json(t)["id"].(string)
+		v := s.waitInvocation(t, "big", id, "failed")
+		fwd, _ := v["forwarded_to"].(string)
+		if fwd == "" {
+			t.Fatalf("not sent on: %v\n%s", v, s.mustSpry("logs", "big"))
+		}
+		s.waitInvocation(t, "dlq", fwd, "succeeded")
+		kr := s.do("GET", "/api/v1/functions/dlq/kv/event:"+id, s.token, nil, nil)
+		var got struct{ Value sizes }
+		if kr.status != 200 || json.Unmarshal(kr.body, &got) != nil {
+			t.Fatalf("dlq's kv: %d %s", kr.status, kr.body)
+		}
+		return got.Value
+	}
+
+	e := event(maxBody)
+	if e.Bytes > maxBody || e.Bytes < maxBody-6 || e.Status != 400 {
+		t.Errorf("a 256 KiB body's event: %d bytes (bound %d), status %d", e.Bytes, maxBody, e.Status)
+	}
+	if q := e.Request; q.Size != maxBody || !q.Truncated || q.Encoding != "text" || q.Length >= maxBody || q.Length < maxBody-2048 || !q.Start {
+		t.Errorf("a 256 KiB body's event: request %+v", q)
+	}
+	if p := e.Response; !p.Truncated || p.Length != 0 {
+		t.Errorf("a 256 KiB body's event: response %+v", p)
+	}
+
+	e = event(200 << 10)
+	if e.Bytes > maxBody || e.Bytes < maxBody-6 {
+		t.Errorf("a 200 KiB body's event: %d bytes (bound %d)", e.Bytes, maxBody)
+	}
+	if q := e.Request; q.Size != 200<<10 || q.Truncated || q.Length != 200<<10 {
+		t.Errorf("a 200 KiB body's event: request %+v", q)
+	}
+	if p := e.Response; !p.Truncated || p.Length == 0 || p.Length >= 56<<10 || !p.Start {
+		t.Errorf("a 200 KiB body's event: response %+v", p)
+	}
+}

@@ -89,6 +89,7 @@ type server struct {
 	token   string
 	uidBase int
 	args    []string
+	env     []string // more of spry serve's environment (TMPDIR=...)
 	cmd     *exec.Cmd
 	logs    *syncBuffer
 	done    chan struct{}
@@ -194,7 +195,7 @@ func (s *server) start() {
 	args := append([]string{"serve", "--listen", s.addr, "--data", s.data, "--deno", deno,
 		"--uid-base", strconv.Itoa(s.uidBase), "--log-level", "debug"}, s.args...)
 	s.cmd = exec.Command(s.bin, args...)
-	s.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}
+	s.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}, s.env...)
 	s.logs = &syncBuffer{}
 	s.cmd.Stdout = s.logs
 	s.cmd.Stderr = s.logs

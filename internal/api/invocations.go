@@ -32,9 +32,9 @@ type Invocations interface {
 	Bounds() async.Bounds
 }
 
-// MaxInvocationBody bounds an asynchronous invocation's body, as
-// Lambda's asynchronous payloads are: each is stored until it has run.
-const MaxInvocationBody = 256 << 10
+// MaxInvocationBody bounds an asynchronous invocation's body
+// (async.MaxBody).
+const MaxInvocationBody = async.MaxBody
 
 // maxInvocationPath bounds the path (and query) an invocation is sent
 // to.

@@ -226,8 +226,12 @@ func TestStoreForward(t *testing.T) {
 				}
 			}
 			r := Result{Status: 400, Error: "bad"}
+			ev, err := failureEvent(claimed, r, MaxBody)
+			if err != nil {
+				t.Fatal(err)
+			}
 			fwd := &Invocation{ID: NewID(), Owner: owner, FunctionID: "id-g", Function: "g", Path: "/", ContentType: "application/json",
-				Body: failureEvent(claimed, r), CreatedAt: t0, NextAt: t0, FailureOf: inv.ID}
+				Body: ev, CreatedAt: t0, NextAt: t0, FailureOf: inv.ID}
 			refused, err := st.Forward(ctx, inv.ID, r, t0, fwd, tc.bounds)
 			if err != nil {
 				t.Fatal(err)
@@ -259,6 +263,76 @@ func TestStoreForward(t *testing.T) {
 			}
 			if err != nil || src.Status != StatusFailed || src.FinishedAt.IsZero() || src.ForwardedTo != wantTo {
 				t.Fatalf("the source: %+v %v", src, err)
+			}
+		})
+	}
+}
+
+// A worker whose bound on bodies leaves no room for a failure's event
+// (its path and error alone pass it) records the failure and says why
+// nothing was sent on; one whose bound leaves some cuts the event to
+// it.
+func TestWorkerForwardBound(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		maxBody int64
+		sent    bool
+	}{
+		{"no room", 64, false},
+		{"cut", 1 << 10, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := t.Context()
+			st := openStore(t, filepath.Join(t.TempDir(), "invocations.db"))
+			send := func(_ context.Context, inv *Invocation) Result {
+				r := Result{Status: 400, Error: "the function answered 400 Bad Request", Body: []byte(strings.Repeat("r", 2<<10))}
+				if inv.Function == "f" {
+					r.OnFailure = "g"
+				} else {
+					r.Status, r.Error = 200, ""
+				}
+				return r
+			}
+			dest := func(context.Context, string, string) (string, error) { return "id-g", nil }
+			fw := make(forwards, 10)
+			gotEvent := make(chan []byte, 10)
+			w := NewWorker(st, Config{Send: func(ctx context.Context, inv *Invocation) Result {
+				if inv.Function == "g" {
+					gotEvent <- inv.Body
+				}
+				return send(ctx, inv)
+			}, Destination: dest, OnForward: fw.on, MaxBody: tc.maxBody})
+			runWorker(t, w)
+			inv := newInv("alice", "f", strings.Repeat("a", 2<<10))
+			if err := w.Enqueue(ctx, inv); err != nil {
+				t.Fatal(err)
+			}
+			var s string
+			select {
+			case s = <-fw:
+			case <-time.After(10 * time.Second):
+				t.Fatal("OnForward: not called")
+			}
+			if sent := !strings.Contains(s, ":"); sent != tc.sent || !tc.sent && !strings.Contains(s, "past the 64") {
+				t.Fatalf("OnForward: %q", s)
+			}
+			src, err := w.Get(ctx, "id-f", inv.ID)
+			if err != nil || src.Status != StatusFailed || (src.ForwardedTo != "") != tc.sent {
+				t.Fatalf("the failed one: %+v %v", src, err)
+			}
+			if !tc.sent {
+				return
+			}
+			var got []byte
+			select {
+			case got = <-gotEvent:
+			case <-time.After(10 * time.Second):
+				t.Fatal("g got no event")
+			}
+			var e FailureEvent
+			if err := json.Unmarshal(got, &e); err != nil || len(got) > int(tc.maxBody) || !e.Request.Truncated || e.Request.Size != 2<<10 ||
+				e.LastAttempt.Response == nil || !e.LastAttempt.Response.Truncated || e.LastAttempt.Response.Body != "" {
+				t.Errorf("the event (%d bytes): %s %v", len(got), got, err)
 			}
 		})
 	}

@@ -66,7 +66,10 @@ type Config struct {
 	// or nil and err says why none was (no such function, or its owner's
 	// bounds).
 	OnForward func(inv *Invocation, dest string, fwd *Invocation, err error)
-	Logger    *slog.Logger
+	// MaxBody bounds an invocation's body, as the server takes it when
+	// one is enqueued (0: MaxBody): a failure's event is cut to fit it.
+	MaxBody int64
+	Logger  *slog.Logger
 }
 
 // Worker runs the invocations of a Store.
@@ -116,6 +119,9 @@ func NewWorker(st *Store, cfg Config) *Worker {
 	}
 	if cfg.Retention <= 0 {
 		cfg.Retention = DefaultRetention
+	}
+	if cfg.MaxBody <= 0 {
+		cfg.MaxBody = MaxBody
 	}
 	if len(cfg.Policy.Delays) == 0 {
 		cfg.Policy = DefaultPolicy(DefaultRetryDelay)
@@ -429,11 +435,16 @@ func (w *Worker) attempt(inv *Invocation) {
 
 // forward records inv failed and, in the same transaction, enqueues the
 // event of its failure for its destination r.OnFailure (Store.Forward),
-// held to the same bounds as any enqueue. It returns the event, or nil
-// and why none was enqueued: no such function, or the owner's bounds.
-// That is final: the event is not tried again.
+// held to the same bounds as any enqueue, its body to MaxBody (cut to
+// fit). It returns the event, or nil and why none was enqueued: no such
+// function, the owner's bounds, or a bound on bodies too small for the
+// event. That is final: the event is not tried again.
 func (w *Worker) forward(ctx context.Context, inv *Invocation, r Result, now time.Time) (*Invocation, error) {
 	id, err := w.cfg.Destination(ctx, inv.Owner, r.OnFailure)
+	var body []byte
+	if err == nil {
+		body, err = failureEvent(inv, r, int(w.cfg.MaxBody))
+	}
 	if err != nil {
 		if rerr := w.st.Record(ctx, inv.ID, r, StatusFailed, now, now); rerr != nil {
 			w.cfg.Logger.Error("record an invocation's attempt", "owner", inv.Owner, "function", inv.Function, "err", rerr)
@@ -441,7 +452,7 @@ func (w *Worker) forward(ctx context.Context, inv *Invocation, r Result, now tim
 		return nil, err
 	}
 	fwd := &Invocation{ID: NewID(), Owner: inv.Owner, FunctionID: id, Function: r.OnFailure, Path: "/",
-		ContentType: "application/json", Body: failureEvent(inv, r), Status: StatusQueued,
+		ContentType: "application/json", Body: body, Status: StatusQueued,
 		CreatedAt: now, NextAt: now, FailureOf: inv.ID}
 	refused, err := w.st.Forward(ctx, inv.ID, r, now, fwd, w.Bounds())
 	switch {

@@ -163,6 +163,14 @@ func (s *Store) Collect(keep map[string]bool, before time.Time) (int, error) {
 	return n, nil
 }
 
+// Holds counts the holds not released: while there is one, Collect
+// removes nothing.
+func (s *Store) Holds() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.holds
+}
+
 // Hold keeps Collect from removing anything until release is called: a
 // backup copies the blobs its snapshot of the versions names, and a
 // function deleted since would leave them to be collected under it.

@@ -33,6 +33,9 @@ type Gauges interface {
 	// AsyncQueue reports the asynchronous invocations queued (due, or
 	// waiting for a retry) and those running.
 	AsyncQueue() (queued, running int)
+	// BundleHolds reports the holds keeping bundle collection off: the
+	// backups under way.
+	BundleHolds() int
 }
 
 // InstanceCount is one row of the spry_instances gauge.
@@ -254,6 +257,7 @@ var (
 	droppedDesc   = prometheus.NewDesc("spry_log_lines_dropped_total", "Log lines lost because the log store fell behind (each function that lost lines also gets a system line saying how many).", nil, nil)
 	asyncDesc     = prometheus.NewDesc("spry_async_queue_depth", "Asynchronous invocations queued: due, or waiting for a retry (not those running).", nil, nil)
 	asyncRunDesc  = prometheus.NewDesc("spry_async_running", "Attempts of asynchronous invocations running now.", nil, nil)
+	holdsDesc     = prometheus.NewDesc("spry_bundle_collection_holds", "Backups under way that keep the bundle collector from removing anything until they end.", nil, nil)
 	handoffDesc   = prometheus.NewDesc("spry_router_handoffs_total", "Connections the router's event loops handed to the goroutine-per-connection path, by reason (no_capacity: a cold start or a queue; body: chunked, large or split; protocol: upgrades, HTTP/1.0 without Host; not_function: the API; private: a private function's call, whose token is checked there).", []string{"reason"}, nil)
 )
 
@@ -269,6 +273,7 @@ func (c *gaugeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- droppedDesc
 	ch <- asyncDesc
 	ch <- asyncRunDesc
+	ch <- holdsDesc
 }
 
 func (c *gaugeCollector) Collect(ch chan<- prometheus.Metric) {
@@ -296,4 +301,5 @@ func (c *gaugeCollector) Collect(ch chan<- prometheus.Metric) {
 	queued, running := c.g.AsyncQueue()
 	ch <- prometheus.MustNewConstMetric(asyncDesc, prometheus.GaugeValue, float64(queued))
 	ch <- prometheus.MustNewConstMetric(asyncRunDesc, prometheus.GaugeValue, float64(running))
+	ch <- prometheus.MustNewConstMetric(holdsDesc, prometheus.GaugeValue, float64(c.g.BundleHolds()))
 }

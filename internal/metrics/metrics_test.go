@@ -14,6 +14,7 @@ func (gauges) QueueDepth() int                               { return 0 }
 func (gauges) RouterPaths() (int64, int64, map[string]int64) { return 0, 0, nil }
 func (gauges) LogLinesDropped() uint64                       { return 7 }
 func (gauges) AsyncQueue() (int, int)                        { return 5, 2 }
+func (gauges) BundleHolds() int                              { return 1 }
 
 // Two versions of one function (a traffic split, or one draining) are one
 // series per state, summed: a series collected twice fails the scrape.
@@ -45,6 +46,7 @@ func TestInstancesSummedPerFunction(t *testing.T) {
 		"spry_log_lines_dropped_total":                             7,
 		"spry_async_queue_depth":                                   5,
 		"spry_async_running":                                       2,
+		"spry_bundle_collection_holds":                             1,
 	} {
 		if got[k] != v {
 			t.Errorf("%s = %v, want %v", k, got[k], v)

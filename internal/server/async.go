@@ -60,10 +60,16 @@ func (s *Server) openAsync(ctx context.Context, dataDir string) error {
 		OnAttempt:          s.asyncAttempt,
 		Destination:        s.asyncDestination,
 		OnForward:          s.asyncForward,
+		MaxBody:            s.asyncMaxBody(),
 		Logger:             s.log,
 	})
 	return nil
 }
+
+// asyncMaxBody bounds an asynchronous invocation's body, the one
+// enqueued and a failure's event alike: async.MaxBody, or the router's
+// own bound if lower, since a larger one could never run.
+func (s *Server) asyncMaxBody() int64 { return min(async.MaxBody, s.cfg.MaxBodyBytes) }
 
 // serveAsync gives the worker its way to the router: an in-memory
 // listener served by a fasthttp server of its own, whose every request

@@ -462,8 +462,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		Backups:           backups,
 		Invocations:       s.async,
 		Budgets:           budgets,
-		// The router's own bound, if lower: larger events could never run.
-		MaxInvocationBytes: min(api.MaxInvocationBody, cfg.MaxBodyBytes),
+		// The worker's too: failures' events are cut to fit it.
+		MaxInvocationBytes: s.asyncMaxBody(),
 		Forget:             tokens,
 		Limiter:            failures,
 		Logger:             log,
@@ -874,6 +874,7 @@ func (g gauges) Instances() []metrics.InstanceCount {
 func (g gauges) PoolIdle() map[string]int { return g.s.back.PoolIdle() }
 func (g gauges) QueueDepth() int          { return g.s.act.QueueDepth() }
 func (g gauges) LogLinesDropped() uint64  { return g.s.logs.Dropped() }
+func (g gauges) BundleHolds() int         { return g.s.blobs.Holds() }
 
 func (g gauges) AsyncQueue() (queued, running int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
