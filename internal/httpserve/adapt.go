@@ -21,6 +21,13 @@ import (
 // the rest (as net/http's server does once its buffer fills).
 const streamAfter = 64 << 10
 
+// sendTimeout bounds how long a client may take to accept each part of a
+// streamed response, as nginx's send_timeout does: a client that stops
+// reading but keeps its connection would otherwise hold the handler, and
+// whatever the handler holds (a backup's hold on bundle collection and
+// the one backup slot), for ever. A var so that tests can shorten it.
+var sendTimeout = 60 * time.Second
+
 // Adapt serves a net/http handler. The handler runs in its own goroutine,
 // so that its response can stream: a response is buffered until the
 // handler returns, flushes or writes more than streamAfter, and from then
@@ -332,6 +339,9 @@ func (s *stream) Read(p []byte) (int, error) {
 	}
 	n, _ := w.buf.Read(p)
 	w.cond.Broadcast()
+	// Set per part, just before fasthttp writes it, so that a follow's
+	// idle minutes between parts are not counted.
+	_ = w.conn.SetWriteDeadline(time.Now().Add(sendTimeout))
 	return n, nil
 }
 

@@ -768,3 +768,39 @@ func sendPieces(t *testing.T, url string, pieces []string) (net.Conn, *bufio.Rea
 	}
 	return c, bufio.NewReader(c)
 }
+
+// A client that stops reading a streamed response but keeps its
+// connection does not hold the handler for ever: once a part waits past
+// sendTimeout, the handler's writes fail and its context ends.
+func TestAdaptStalledReaderEndsStream(t *testing.T) {
+	old := sendTimeout
+	sendTimeout = 200 * time.Millisecond
+	t.Cleanup(func() { sendTimeout = old })
+	ended := make(chan error, 1)
+	url := serve(t, Adapt(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		chunk := make([]byte, 32<<10)
+		for range 4096 { // 128 MiB: more than any socket buffers
+			if _, err := w.Write(chunk); err != nil {
+				ended <- err
+				return
+			}
+		}
+		ended <- nil
+	}), nil))
+	c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "GET /backup HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-ended:
+		if err == nil {
+			t.Fatal("the handler wrote all of it to a client that reads nothing")
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the handler is still held by a client that stopped reading")
+	}
+}
