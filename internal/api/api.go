@@ -4,6 +4,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,6 +13,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"reflect"
 	"slices"
 	"sort"
 	"strconv"
@@ -295,9 +297,14 @@ func (m methods) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rt, ok = m[http.MethodGet]
 	}
 	if !ok {
-		allow := make([]string, 0, len(m))
+		allow := make([]string, 0, len(m)+1)
 		for k := range m {
 			allow = append(allow, k)
+		}
+		if _, ok := m[http.MethodGet]; ok {
+			// Served as the GET is, so allowed (RFC 9110's Allow lists
+			// every method the resource supports).
+			allow = append(allow, http.MethodHead)
 		}
 		sort.Strings(allow)
 		w.Header().Set("Allow", strings.Join(allow, ", "))
@@ -489,8 +496,9 @@ const maxJSONBody = 64 << 10
 // some requests take for "no body".
 var errEmptyBody = errdefs.Invalid("request body is empty; send a JSON object")
 
-// readJSON decodes a small JSON body strictly: unknown fields and
-// trailing data are errors.
+// readJSON decodes a small JSON body strictly: unknown fields, fields
+// given twice, nulls that would be taken for values, text that is not
+// UTF-8 and trailing data are errors (checkJSON).
 func readJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	return readJSONLimit(w, r, v, maxJSONBody)
 }
@@ -525,23 +533,32 @@ func readJSONLimit(w http.ResponseWriter, r *http.Request, v any, limit int64) e
 		}
 		defer end()
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, limit)
-	dec := json.NewDecoder(r.Body)
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		return bodyError(err)
+	}
+	if len(bytes.TrimSpace(b)) == 0 {
+		return errEmptyBody
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) || errors.Is(err, errdefs.ErrRequestTimeout) {
-			return err
-		}
-		if errors.Is(err, io.EOF) {
-			return errEmptyBody
-		}
 		return errdefs.Invalid("invalid JSON body: %v", err)
 	}
-	if dec.More() {
-		return errdefs.Invalid("invalid JSON body: more than one value")
+	// What the decoder takes without a word, though it is not what
+	// the body says (see checkJSON), and anything after the value.
+	return checkJSON(b, reflect.TypeOf(v).Elem())
+}
+
+// bodyError is the answer for a request body that could not be read
+// whole: over its limit (413) or its deadline (408) as they say, else
+// a 400. A body cut short or badly framed (a broken chunked encoding)
+// is the client's doing, and was a 500 logged as the server's.
+func bodyError(err error) error {
+	if _, ok := errors.AsType[*http.MaxBytesError](err); ok || errors.Is(err, errdefs.ErrRequestTimeout) {
+		return err
 	}
-	return nil
+	return errdefs.Invalid("read the request body: %v", err)
 }
 
 // instanceCount is the number of running instances of fn's live version.

@@ -67,6 +67,9 @@ func decodeDeployBody(body io.Reader, length, limit int64) (deployWire, error) {
 	if err := json.Unmarshal(b, &d); err != nil {
 		return d, errdefs.Invalid("invalid JSON body: %v", err)
 	}
+	if err := checkJSON(b, reflect.TypeFor[deployWire]()); err != nil {
+		return deployWire{}, err
+	}
 	return d, nil
 }
 
@@ -76,27 +79,13 @@ type skipJSON struct{}
 func (*skipJSON) UnmarshalJSON([]byte) error { return nil }
 
 // deployFields are the JSON names of deployWire's fields.
-var deployFields = jsonFields(reflect.TypeFor[deployWire]())
-
-// jsonFields are the names encoding/json gives t's fields, those of
-// embedded structs included.
-func jsonFields(t reflect.Type) []string {
+var deployFields = func() []string {
 	var out []string
-	for f := range t.Fields() {
-		tag := f.Tag.Get("json")
-		name, _, _ := strings.Cut(tag, ",")
-		switch {
-		case name == "-" || !f.IsExported():
-		case f.Anonymous && name == "" && f.Type.Kind() == reflect.Struct:
-			out = append(out, jsonFields(f.Type)...)
-		case name == "":
-			out = append(out, f.Name)
-		default:
-			out = append(out, name)
-		}
+	for _, f := range jsonFieldsOf(reflect.TypeFor[deployWire]()) {
+		out = append(out, f.name)
 	}
 	return out
-}
+}()
 
 // jsonText is a JSON string decoded into bytes (not base64, as []byte
 // would be), with the one copy the decoded text needs.
@@ -186,7 +175,7 @@ func readBody(body io.Reader, length, limit int64) ([]byte, error) {
 		buf.Grow(int(length) + bytes.MinRead)
 	}
 	if _, err := buf.ReadFrom(body); err != nil {
-		return nil, err
+		return nil, bodyError(err)
 	}
 	return buf.Bytes(), nil
 }

@@ -194,7 +194,7 @@ func (a *API) enqueueInvocation(w http.ResponseWriter, r *http.Request) error {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, max))
 	end()
 	if err != nil {
-		return err
+		return bodyError(err)
 	}
 	inv := &async.Invocation{Owner: owner, FunctionID: t.id, Function: name, Path: path, Host: r.Host, ContentType: ct, Body: body}
 	if err := a.cfg.Invocations.Enqueue(r.Context(), inv); err != nil {

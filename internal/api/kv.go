@@ -158,10 +158,7 @@ func (a *API) putKV(w http.ResponseWriter, r *http.Request) error {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
 			return errdefs.New(errdefs.ErrTooLarge, "kv: a value is at most %d bytes as JSON", kv.MaxValueBytes)
 		}
-		if errors.Is(err, errdefs.ErrRequestTimeout) {
-			return err
-		}
-		return errdefs.Invalid("read the body: %v", err)
+		return bodyError(err)
 	}
 	pre, err := kvPrecondition(r)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spry-run/spry/internal/auth"
 	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/names"
 	"github.com/spry-run/spry/internal/store"
 )
 
@@ -47,11 +48,14 @@ func timeOrNil(t time.Time) *time.Time {
 }
 
 // tokenUser is whose tokens a request is about: the caller's own, or any
-// user's for an admin.
+// user's for an admin. A name no user may have is a 400, as usage's.
 func tokenUser(r *http.Request, user string) (string, error) {
 	p := principal(r)
 	if user == "" || user == p.User {
 		return p.User, nil
+	}
+	if err := names.User(user); err != nil {
+		return "", err
 	}
 	if !p.Admin {
 		return "", errdefs.New(errdefs.ErrPermissionDenied, "you may not manage tokens of user %q", user)
@@ -63,6 +67,13 @@ func (a *API) listTokens(w http.ResponseWriter, r *http.Request) error {
 	user, err := tokenUser(r, r.URL.Query().Get("user"))
 	if err != nil {
 		return err
+	}
+	if user != principal(r).User {
+		// An admin's ?user= of no user is a 404, as for usage: an empty
+		// list said a mistyped name had no tokens.
+		if _, err := a.users.GetUser(r.Context(), user); err != nil {
+			return err
+		}
 	}
 	ts, err := a.tokens.ListTokens(r.Context(), user)
 	if err != nil {

@@ -53,6 +53,9 @@ func (a *API) listUsers(w http.ResponseWriter, r *http.Request) error {
 
 func (a *API) getUser(w http.ResponseWriter, r *http.Request) error {
 	name := r.PathValue("name")
+	if err := names.User(name); err != nil {
+		return err
+	}
 	if p := principal(r); !p.Admin && p.User != name {
 		return errdefs.New(errdefs.ErrPermissionDenied, "only an admin may see other users")
 	}
@@ -110,6 +113,9 @@ func (a *API) deleteUser(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	name := r.PathValue("name")
+	if err := names.User(name); err != nil {
+		return err
+	}
 	if name == principal(r).User {
 		return errdefs.New(errdefs.ErrConflict, "you cannot delete yourself")
 	}
