@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -43,7 +44,42 @@ func contained(body string) string {
 	} }`
 }
 
-func hostileAttacks(dataDir, spryAddr, otherSocket string) []attack {
+// hostTargets are what the test puts on the host for the attacks to
+// try: a TCP listener on its loopback, an abstract Unix socket, and the
+// server's pid.
+type hostTargets struct {
+	port      string
+	udpPort   string
+	abstract  string // without its leading NUL
+	serverPid int
+}
+
+// nodeConnect is a Node function's body that connects with net.connect
+// options opts (a JavaScript object) and says so.
+func nodeConnect(opts string) string {
+	return `const net = await import("node:net");
+		return await new Promise((resolve, reject) => {
+			const c = net.connect(` + opts + `, () => { c.destroy(); resolve("connected"); });
+			c.on("error", reject);
+			setTimeout(() => { c.destroy(); reject(new Error("no answer in 3 s")); }, 3000);
+		});`
+}
+
+// nodeUDP is a Node function's body that sends a datagram to port on the
+// host's loopback and through slirp4netns's gateway (the host), then
+// throws: whether any arrived, the host's listener tells.
+func nodeUDP(port string) string {
+	return `const dgram = await import("node:dgram");
+		const s = dgram.createSocket("udp4");
+		const errs = [];
+		for (const to of ["127.0.0.1", "10.0.2.2"]) {
+			await new Promise((resolve) => s.send("x", ` + port + `, to, (err) => { if (err) errs.push(to + ": " + err.code); resolve(); }));
+		}
+		s.close();
+		throw new Error("sent (" + errs.join(", ") + "); the host counts what arrives");`
+}
+
+func hostileAttacks(dataDir, spryAddr, otherSocket string, host hostTargets) []attack {
 	return []attack{
 		{name: "read-shadow", code: contained(`return await Deno.readTextFile("/etc/shadow");`)},
 		{name: "read-passwd", code: contained(`return await Deno.readTextFile("/etc/passwd");`)},
@@ -66,6 +102,40 @@ func hostileAttacks(dataDir, spryAddr, otherSocket string) []attack {
 		{name: "private-range", query: "network=egress", code: contained(`const r = await fetch("http://10.213.0.1:8080/", { signal: AbortSignal.timeout(3000) }); return await r.text();`)},
 		{name: "no-network", query: "network=none", code: contained(`const r = await fetch("http://198.51.100.20:8080/", { signal: AbortSignal.timeout(3000) }); return await r.text();`)},
 		{name: "raw-udp-to-host", query: "network=egress", code: contained(`const l = Deno.listenDatagram({ transport: "udp", hostname: "0.0.0.0", port: 0 }); await l.send(new Uint8Array([1]), { transport: "udp", hostname: "127.0.0.1", port: 53 }); return "sent";`)},
+		// The host's loopback, where the test listens: Deno's permissions
+		// stop it first, the network namespace and the egress rules after.
+		{name: "connect-host-listener", code: contained(`const c = await Deno.connect({ hostname: "127.0.0.1", port: ` + host.port + ` }); c.close(); return "connected";`)},
+		{name: "fetch-host-listener-egress", query: "network=egress", code: contained(`const r = await fetch("http://127.0.0.1:` + host.port + `/", { signal: AbortSignal.timeout(3000) }); return "status " + r.status;`)},
+		{name: "connect-abstract-socket", code: contained(`const c = await Deno.connect({ transport: "unix", path: "\0` + host.abstract + `" }); c.close(); return "connected";`)},
+		{name: "read-neighbour-tmp", code: contained(`return await Deno.readTextFile("/tmp/spry-neighbour");`)},
+		// Node's permission model has no network scope: only the sandbox
+		// stands between a Node function and the host's sockets.
+		{name: "node-connect-spry-api", query: "runtime=node&network=none", code: contained(nodeConnect(`{ host: "127.0.0.1", port: ` + spryPort(spryAddr) + ` }`))},
+		{name: "node-connect-spry-api-egress", query: "runtime=node&network=egress", code: contained(nodeConnect(`{ host: "127.0.0.1", port: ` + spryPort(spryAddr) + ` }`))},
+		{name: "node-connect-host-listener", query: "runtime=node&network=none", code: contained(nodeConnect(`{ host: "127.0.0.1", port: ` + host.port + ` }`))},
+		{name: "node-connect-host-listener-egress", query: "runtime=node&network=egress", code: contained(nodeConnect(`{ host: "127.0.0.1", port: ` + host.port + ` }`))},
+		{name: "node-connect-gateway-egress", query: "runtime=node&network=egress", code: contained(nodeConnect(`{ host: "10.0.2.2", port: ` + host.port + ` }`))},
+		{name: "node-connect-abstract-socket", query: "runtime=node&network=none", code: contained(nodeConnect(`{ path: "\0` + host.abstract + `" }`))},
+		{name: "node-connect-abstract-socket-egress", query: "runtime=node&network=egress", code: contained(nodeConnect(`{ path: "\0` + host.abstract + `" }`))},
+		{name: "node-connect-other-instance-socket", query: "runtime=node", code: contained(nodeConnect(`{ path: "` + otherSocket + `" }`))},
+		{name: "node-connect-metadata", query: "runtime=node&network=egress", code: contained(nodeConnect(`{ host: "169.254.169.254", port: 8080 }`))},
+		// UDP says nothing of where a datagram went: the host counts what
+		// arrives at its listener.
+		{name: "node-udp-to-host", query: "runtime=node&network=none", code: contained(nodeUDP(host.udpPort))},
+		{name: "node-udp-to-host-egress", query: "runtime=node&network=egress", code: contained(nodeUDP(host.udpPort))},
+		{name: "node-signal-everyone", query: "runtime=node", code: contained(`process.kill(-1, 0); return "another process is in reach";`)},
+		{name: "node-signal-server", query: "runtime=node", code: contained(`process.kill(` + strconv.Itoa(host.serverPid) + `, 0); return "the server is in reach";`)},
+		{name: "node-read-proc-cgroups", query: "runtime=node", code: contained(`const fs = await import("node:fs"); return fs.readFileSync("/proc/cgroups", "utf8");`)},
+		{name: "node-read-mountinfo", query: "runtime=node", code: contained(`const fs = await import("node:fs"); return fs.readFileSync("/proc/self/mountinfo", "utf8");`)},
+		{name: "node-list-fds", query: "runtime=node", code: contained(`const fs = await import("node:fs"); return fs.readdirSync("/proc/self/fd").join(",");`)},
+		{name: "node-lower-oom-score", query: "runtime=node", code: contained(`const fs = await import("node:fs"); fs.writeFileSync("/proc/self/oom_score_adj", "0"); return "lowered";`)},
+		{name: "node-symlink-out", query: "runtime=node", code: contained(`const fs = await import("node:fs"); fs.symlinkSync("/proc/self/environ", "/tmp/env"); return fs.readFileSync("/tmp/env", "utf8");`)},
+		{name: "node-v8-natives", query: "runtime=node", code: contained(`const v8 = await import("node:v8"); v8.setFlagsFromString("--allow-natives-syntax");
+			return "natives: " + new Function("return %GetOptimizationStatus(function () {})")();`)},
+		{name: "node-read-neighbour-tmp", query: "runtime=node", code: contained(`const fs = await import("node:fs"); return fs.readFileSync("/tmp/spry-neighbour", "utf8");`)},
+		{name: "node-list-other-code", query: "runtime=node", code: contained(`const fs = await import("node:fs"); return fs.readdirSync("/run").join(",");`)},
+		{name: "node-fill-tmp", query: "runtime=node", code: contained(`const fs = await import("node:fs"); const chunk = Buffer.alloc(1 << 20);
+			const fd = fs.openSync("/tmp/fill", "w"); for (let i = 0; i < 1024; i++) fs.writeSync(fd, chunk); return "wrote 1 GiB to /tmp";`)},
 		{name: "fill-tmp", code: contained(`const chunk = new Uint8Array(1 << 20); const f = await Deno.open("/tmp/fill", { write: true, create: true });
 			for (let i = 0; i < 1024; i++) await f.write(chunk); return "wrote 1 GiB to /tmp";`)},
 		{name: "worker-bomb", code: contained(`const ws = []; for (let i = 0; i < 2000; i++) ws.push(new Worker("data:text/javascript,setInterval(()=>{},1000)", { type: "module" }));
@@ -96,7 +166,55 @@ func TestHostileFunctions(t *testing.T) {
 	// owns, so no packet can leave the machine.
 	host := nettest.New(t, 8080, "198.51.100.20", "169.254.169.254", "10.213.0.1")
 
+	// A listener on the host's loopback and an abstract Unix socket,
+	// which no function may reach.
+	var hostHits atomic.Int64
+	accept := func(ln net.Listener) {
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				hostHits.Add(1)
+				c.Close()
+			}
+		}()
+	}
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	accept(tcp)
+	abstract := fmt.Sprintf("spry-hostile-%d", os.Getpid())
+	aln, err := net.Listen("unix", "@"+abstract)
+	if err != nil {
+		t.Fatal(err)
+	}
+	accept(aln)
+	udp, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { udp.Close() })
+	go func() {
+		b := make([]byte, 64)
+		for {
+			if _, _, err := udp.ReadFrom(b); err != nil {
+				return
+			}
+			hostHits.Add(1)
+		}
+	}()
+	targets := hostTargets{port: spryPort(tcp.Addr().String()), udpPort: spryPort(udp.LocalAddr().String()), abstract: abstract, serverPid: s.cmd.Process.Pid}
+
 	s.deployCode(t, "innocent", example(t, "hello.ts"), "")
+	// A neighbour leaves a file in its /tmp, which no other function sees.
+	s.deployCode(t, "neighbour", []byte(`export default { async fetch() { await Deno.writeTextFile("/tmp/spry-neighbour", "secret"); return new Response("wrote"); } }`), "")
+	if r := s.get("/fn/admin/neighbour"); r.status != 200 || string(r.body) != "wrote" {
+		t.Fatalf("neighbour: %d %s", r.status, r.body)
+	}
 	// The innocent function answers throughout the attacks.
 	stop := make(chan struct{})
 	var innocentFailures, innocentCalls atomic.Int64
@@ -133,7 +251,7 @@ func TestHostileFunctions(t *testing.T) {
 	if len(socks) == 0 {
 		t.Fatal("found no instance socket")
 	}
-	attacks := hostileAttacks(s.data, s.addr, socks[0])
+	attacks := hostileAttacks(s.data, s.addr, socks[0], targets)
 	for _, a := range attacks {
 		a := a
 		t.Run(a.name, func(t *testing.T) {
@@ -191,6 +309,9 @@ func TestHostileFunctions(t *testing.T) {
 	}
 	if n := host.Hits.Load(); n != 0 {
 		t.Errorf("%d connections reached the test hosts", n)
+	}
+	if n := hostHits.Load(); n != 0 {
+		t.Errorf("%d connections reached the host's listeners", n)
 	}
 	close(stop)
 	wg.Wait()

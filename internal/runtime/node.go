@@ -82,7 +82,8 @@ func (n *Node) Name() string { return "node" }
 //
 // Node's permission model confines the file system to reading the code,
 // the bootstrap and /tmp, and writing /tmp; child processes, worker
-// threads, native addons, WASI and the inspector are denied. Listening on
+// threads, native addons, WASI and the inspector are denied, and V8's
+// flags cannot be changed at run time. Listening on
 // the instance's Unix socket needs no file system permission. Node 22's
 // permission model has no network scope: the network mode (o.Network) is
 // enforced by the sandbox alone.
@@ -102,6 +103,8 @@ func (n *Node) Launch(o LaunchOptions) Launch {
 			"--allow-fs-read=/tmp/*",
 			"--allow-fs-write=/tmp/*",
 			"--no-addons",
+			// V8's flags cannot change once it runs (see the bootstrap).
+			"--freeze-flags-after-init",
 			// Bundles carry inline source maps: stack traces in the
 			// function's logs then point into its own source.
 			"--enable-source-maps",

@@ -29,9 +29,24 @@ import { randomUUID } from "node:crypto";
 import { writeSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
-import { createRequire } from "node:module";
+import { createRequire, syncBuiltinESMExports } from "node:module";
 import querystring from "node:querystring";
 import { Readable } from "node:stream";
+import v8 from "node:v8";
+
+// V8's flags are the instance's, set at its start: a function that set
+// them at run time (v8.setFlagsFromString, which the permission model
+// leaves open) reached V8's natives syntax, its internal functions
+// unchecked, or turned off WebAssembly's bounds checks, a way past the
+// permission model into the process's memory. The flags are frozen
+// after V8 starts (--freeze-flags-after-init), where setting one aborts
+// the process; this makes it a plain error.
+v8.setFlagsFromString = function setFlagsFromString() {
+  const err = new Error("Access to this API has been restricted: V8's flags are set when the instance starts");
+  err.code = "ERR_ACCESS_DENIED";
+  throw err;
+};
+syncBuiltinESMExports();
 
 // The first line on stdout: the sandbox's setup is done (the supervisor
 // sets up the network beside the rest of the start). Writes to a pipe

@@ -560,6 +560,7 @@ func TestNodeSandbox(t *testing.T) {
 	inst := e.start(t, `import fs from "node:fs";
 	import cp from "node:child_process";
 	import { Worker } from "node:worker_threads";
+	import v8, { setFlagsFromString } from "node:v8";
 	export default { async fetch(req) {
 		const q = new URL(req.url).searchParams;
 		try {
@@ -572,6 +573,11 @@ func TestNodeSandbox(t *testing.T) {
 			case "spawn": cp.spawnSync("/spry/node", ["-e", "1"]); return new Response("spawned");
 			case "worker": new Worker("1", { eval: true }); return new Response("worker");
 			case "addon": process.dlopen({ exports: {} }, "/tmp/x.node"); return new Response("loaded");
+			case "v8flags":
+				// V8's natives syntax: its internal functions, unchecked.
+				v8.setFlagsFromString("--allow-natives-syntax");
+				return new Response("natives: " + new Function("return %GetOptimizationStatus(function () {})")());
+			case "v8flags-named": setFlagsFromString("--no-wasm-bounds-checks"); return new Response("set");
 			}
 		} catch (e) { return new Response("denied: " + e.code, { status: 403 }); }
 		return new Response("?", { status: 400 });
@@ -591,6 +597,9 @@ func TestNodeSandbox(t *testing.T) {
 		{"what=spawn", "denied: ERR_ACCESS_DENIED"},
 		{"what=worker", "denied: ERR_ACCESS_DENIED"},
 		{"what=addon", "denied: ERR_"},
+		{"what=v8flags", "denied: ERR_ACCESS_DENIED"},
+		{"what=v8flags-named", "denied: ERR_ACCESS_DENIED"},
+		{"what=tmp", "ok"}, // (the instance lives on)
 	} {
 		if r := do(t, inst, "GET", "/?"+tc.q, nil, nil); !strings.HasPrefix(r.body, tc.want) {
 			t.Errorf("%s: got %q, want prefix %q", tc.q, r.body, tc.want)
@@ -671,7 +680,7 @@ func TestNodeLaunch(t *testing.T) {
 	}
 	l := n.Launch(runtime.LaunchOptions{MemoryMiB: 256})
 	args := strings.Join(l.Args, " ")
-	for _, want := range []string{"--max-old-space-size=192", "--permission", "--allow-fs-read=/code/*", "--allow-fs-write=/tmp/*"} {
+	for _, want := range []string{"--max-old-space-size=192", "--permission", "--allow-fs-read=/code/*", "--allow-fs-write=/tmp/*", "--freeze-flags-after-init"} {
 		if !strings.Contains(args, want) {
 			t.Errorf("args %q lack %q", args, want)
 		}

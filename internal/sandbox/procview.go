@@ -42,14 +42,28 @@ func procViews(memoryBytes int64) map[string]string {
 // maskedProc are the world-readable files and directories of /proc that
 // show the whole host's activity, which no runtime API reads: memory
 // and paging (vmstat, zoneinfo, buddyinfo), disks (diskstats,
-// partitions, swaps), interrupts (interrupts, softirqs), other
-// processes' file locks (locks), the key counts of every user
-// (key-users) and pressure stall information (pressure/). Read over
-// time, they tell a function what its neighbours do (Docker masks
-// several for the same reason). A function reaches /proc only past its
-// runtime's permissions; then these cannot be read (a device node on a
-// nodev mount).
-var maskedProc = []string{"vmstat", "zoneinfo", "buddyinfo", "diskstats", "partitions", "swaps", "interrupts", "softirqs", "locks", "key-users", "pressure"}
+// partitions, swaps, and fs/: ext4's map of each disk's free blocks,
+// which moves with every tenant's writes), interrupts (interrupts,
+// softirqs), other processes' file locks (locks), the key counts of
+// every user (key-users), pressure stall information (pressure/), the
+// number of cgroups of each controller (cgroups: one more for each
+// instance any user starts), the host's open files, inodes, dentries,
+// AIO contexts, quota operations and terminals (sys/fs/file-nr,
+// inode-nr, inode-state, dentry-state, aio-nr, quota/,
+// sys/kernel/pty/nr: a login shows there). Read over time, they tell a
+// function what its neighbours do (Docker masks several for the same
+// reason). Two more say which host it is, not what happens there: the
+// kernel's command line (cmdline: the host's boot settings) and the
+// boot's id (sys/kernel/random/boot_id, which two functions compare to
+// learn they share a machine, the first step of a side channel). A
+// function reaches /proc only past its runtime's permissions; then these
+// cannot be read (a device node on a nodev mount, or an empty
+// directory).
+var maskedProc = []string{
+	"vmstat", "zoneinfo", "buddyinfo", "diskstats", "partitions", "swaps", "fs", "interrupts", "softirqs", "locks", "key-users", "pressure",
+	"cgroups", "sys/fs/file-nr", "sys/fs/inode-nr", "sys/fs/inode-state", "sys/fs/dentry-state", "sys/fs/aio-nr", "sys/fs/quota", "sys/kernel/pty/nr",
+	"cmdline", "sys/kernel/random/boot_id",
+}
 
 // procMasks are bubblewrap's arguments that mask maskedProc, those the
 // host's /proc has (the sandbox's is the same kernel's): /dev/null over

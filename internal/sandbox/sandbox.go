@@ -288,6 +288,12 @@ func (s *Sandbox) Command(spec Spec) (*Cmd, error) {
 		bw = append(bw, "--ro-bind-data", c.addFile(r), "/proc/"+name)
 	}
 	bw = append(bw, procMasks()...)
+	// Nothing in /proc is written from inside: a process there lowered
+	// its own oom_score_adj from 1000 back to the server's 0 (without
+	// CAP_SYS_RESOURCE, which this host's root lacks, the server's write
+	// sets no floor), and so had the host's OOM killer take the server
+	// first.
+	bw = append(bw, "--remount-ro", "/proc")
 	// Only the harmless devices: no /dev/shm, ttys or anything else.
 	bw = append(bw, "--tmpfs", "/dev")
 	for _, d := range []string{"null", "zero", "random", "urandom"} {

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -35,12 +36,24 @@ func TestStartChild(t *testing.T) {
 	b, _ := os.ReadFile("/proc/self/cgroup")
 	fmt.Println("cgroup", strings.ReplaceAll(strings.TrimSpace(string(b)), "\n", ";"))
 	// What it reads of /proc's host-wide files: name=bytes, or name=error.
+	// A directory reads as the bytes of every file under it.
 	var read []string
-	for _, name := range []string{"vmstat", "zoneinfo", "buddyinfo", "diskstats", "partitions", "swaps", "interrupts", "softirqs", "locks", "key-users", "pressure/memory", "pressure/cpu", "cpuinfo"} {
-		if b, err := os.ReadFile("/proc/" + name); err != nil {
-			read = append(read, name+"=error")
+	for _, name := range []string{"vmstat", "zoneinfo", "buddyinfo", "diskstats", "partitions", "swaps", "interrupts", "softirqs", "locks", "key-users", "pressure/memory", "pressure/cpu",
+		"cgroups", "fs", "cmdline", "sys/fs/file-nr", "sys/fs/inode-nr", "sys/fs/inode-state", "sys/fs/dentry-state", "sys/fs/aio-nr", "sys/fs/quota", "sys/kernel/pty/nr", "sys/kernel/random/boot_id",
+		"cpuinfo"} {
+		n, ok := 0, false
+		_ = filepath.WalkDir("/proc/"+name, func(p string, d fs.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				if b, err := os.ReadFile(p); err == nil {
+					n, ok = n+len(b), true
+				}
+			}
+			return nil
+		})
+		if ok {
+			read = append(read, fmt.Sprintf("%s=%d", name, n))
 		} else {
-			read = append(read, fmt.Sprintf("%s=%d", name, len(b)))
+			read = append(read, name+"=error")
 		}
 	}
 	fmt.Println("proc", strings.Join(read, " "))
