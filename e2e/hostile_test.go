@@ -169,19 +169,7 @@ func TestHostileFunctions(t *testing.T) {
 	// A listener on the host's loopback and an abstract Unix socket,
 	// which no function may reach.
 	var hostHits atomic.Int64
-	accept := func(ln net.Listener) {
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				hostHits.Add(1)
-				c.Close()
-			}
-		}()
-	}
+	accept := func(ln net.Listener) { nettest.CountAccepts(t, ln, &hostHits) }
 	tcp, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

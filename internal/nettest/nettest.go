@@ -159,3 +159,20 @@ func lockFile(t testing.TB, name string) func() {
 	var once sync.Once
 	return func() { once.Do(func() { f.Close() }) }
 }
+
+// CountAccepts accepts connections on ln until the test ends, closing
+// each at once, and counts them in hits: a listener that an attack must
+// not reach, the count saying whether it did.
+func CountAccepts(t testing.TB, ln net.Listener, hits *atomic.Int64) {
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			hits.Add(1)
+			c.Close()
+		}
+	}()
+}

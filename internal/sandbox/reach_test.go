@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/spry-run/spry/internal/nettest"
 	"github.com/spry-run/spry/internal/sandbox"
 )
 
@@ -173,19 +174,7 @@ func TestNothingOfTheHostWithin(t *testing.T) {
 			_, _ = rand.Read(rnd[:])
 			tag := hex.EncodeToString(rnd[:])
 			var hits atomic.Int64
-			serve := func(ln net.Listener) {
-				t.Cleanup(func() { ln.Close() })
-				go func() {
-					for {
-						c, err := ln.Accept()
-						if err != nil {
-							return
-						}
-						hits.Add(1)
-						c.Close()
-					}
-				}()
-			}
+			serve := func(ln net.Listener) { nettest.CountAccepts(t, ln, &hits) }
 			tcp, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
 				t.Fatal(err)
