@@ -124,20 +124,38 @@ func (e *env) user(name string) string {
 	return res.Token
 }
 
-// do sends a request and returns its status and body.
+// do sends a request, body as JSON, and returns its status and body.
 func (e *env) do(token, method, path, body string) (int, []byte) {
 	e.t.Helper()
-	var rd io.Reader
+	var b []byte
+	contentType := ""
 	if body != "" {
-		rd = bytes.NewReader([]byte(body))
+		b, contentType = []byte(body), "application/json"
+	}
+	status, _, out := e.raw(token, method, path, contentType, b, nil)
+	return status, out
+}
+
+// raw sends body as it is, with contentType (none if empty) and header, and
+// returns the answer's status, head and body.
+func (e *env) raw(token, method, path, contentType string, body []byte, header http.Header) (int, http.Header, []byte) {
+	e.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
 	}
 	req, err := http.NewRequest(method, e.srv.URL+path, rd)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	req.Header.Set("Authorization", "Bearer "+token)
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	for k, vs := range header {
+		req.Header[k] = vs
 	}
 	res, err := e.srv.Client().Do(req)
 	if err != nil {
@@ -148,7 +166,7 @@ func (e *env) do(token, method, path, body string) (int, []byte) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	return res.StatusCode, b
+	return res.StatusCode, res.Header, b
 }
 
 // mustDo sends a request, wants status, and decodes the body into out.

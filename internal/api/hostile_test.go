@@ -87,39 +87,6 @@ func (e *env) stored() string {
 	return string(b)
 }
 
-// raw sends body as it is, with contentType (none if empty) and header, and
-// returns the answer's status, head and body.
-func (e *env) raw(token, method, path, contentType string, body []byte, header http.Header) (int, http.Header, []byte) {
-	e.t.Helper()
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequest(method, e.srv.URL+path, rd)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	if contentType != "" {
-		req.Header.Set("Content-Type", contentType)
-	}
-	for k, vs := range header {
-		req.Header[k] = vs
-	}
-	res, err := e.srv.Client().Do(req)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer res.Body.Close()
-	b, err := io.ReadAll(res.Body)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return res.StatusCode, res.Header, b
-}
-
 // wantAPIError checks that an answer is an error in the API's shape,
 // JSON with its class's status.
 func wantAPIError(t *testing.T, what string, status int, h http.Header, body []byte, wantStatus int, wantCode string) {
