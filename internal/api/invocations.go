@@ -73,13 +73,9 @@ type InvocationView struct {
 }
 
 // ResponseView is the answer of an invocation's last attempt: its
-// body's first 64 KiB, as text if they are UTF-8, else base64.
-type ResponseView struct {
-	ContentType string `json:"content_type,omitempty"`
-	Body        string `json:"body"`
-	Encoding    string `json:"encoding"` // text or base64
-	Truncated   bool   `json:"truncated"`
-}
+// body's first 64 KiB, as text if they are UTF-8, else base64; shown as
+// a failure's event shows it.
+type ResponseView = async.EventResponse
 
 // InvocationList is one page of invocations, newest first; Next, if
 // set, is the cursor (?after=) of the page after it.

@@ -53,7 +53,7 @@ type LastAttempt struct {
 // invocation kept its first MaxResponse bytes, or the event cut it to
 // fit.
 type EventResponse struct {
-	ContentType string `json:"content_type"`
+	ContentType string `json:"content_type,omitempty"`
 	Body        string `json:"body"`
 	Encoding    string `json:"encoding"` // text or base64
 	Truncated   bool   `json:"truncated"`
