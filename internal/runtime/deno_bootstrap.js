@@ -24,11 +24,15 @@ let failed = null;
 let resolveLoaded;
 const loaded = new Promise((r) => (resolveLoaded = r));
 let meta = { name: "", owner: "", version: 0, env: {} };
+// The specialization's error_mark: this bootstrap's error answers carry
+// it, so that the router tells them from the function's (which it never
+// reaches: it is in no object the function is given).
+let errorMark = "";
 
 function errorResponse(status, code, message) {
   return new NativeResponse(JSON.stringify({ error: { code, message } }), {
     status,
-    headers: { "content-type": "application/json", "spry-error": code },
+    headers: { "content-type": "application/json", "spry-error": code, "spry-error-mark": errorMark },
   });
 }
 
@@ -411,6 +415,7 @@ async function runScheduled(req) {
 // 409 is also the answer to the supervisor's probe of a suspect instance
 // (one a request ran out of time on): proof that the event loop runs.
 const { spec, answer } = await readSpecialization();
+errorMark = String(spec.error_mark ?? "");
 meta = {
   name: spec.name,
   owner: spec.owner,
