@@ -55,8 +55,10 @@ let resolveLoaded;
 const loaded = new Promise((r) => (resolveLoaded = r));
 let meta = { name: "", owner: "", version: 0, env: Object.freeze({}) };
 // The specialization's error_mark: this bootstrap's error answers carry
-// it, so that the router tells them from the function's (which it never
-// reaches: it is in no object the function is given).
+// it, so that the router tells them from the function's. It is in no
+// object the function is given; a function that patches the runtime's
+// own classes to read it could only pass its answers for the platform's
+// errors, misleading nobody but its own callers.
 let errorMark = "";
 let specReadDone;
 const specRead = new Promise((r) => (specReadDone = r));
