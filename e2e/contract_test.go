@@ -222,3 +222,45 @@ func TestRuntimesAgree(t *testing.T) {
 		})
 	}
 }
+
+// The runtime's own error answers are the platform's, on Deno as on
+// Node and on both of the router's paths: a handler that threw (500
+// function_error) and a module that did not load (502 function_failed)
+// carry Spry-Error, so that spry invoke fails with them; a function's
+// own Spry-Error, with a mark it made up, is dropped, and no mark
+// reaches the client.
+func TestRuntimeErrorsArePlatformAnswers(t *testing.T) {
+	for _, loops := range []string{"1", "0"} {
+		t.Run("loops="+loops, func(t *testing.T) {
+			s := startServer(t, "--router-loops", loops)
+			for _, rt := range []string{"deno", "node"} {
+				t.Run(rt, func(t *testing.T) {
+					s.deployCode(t, "errs-"+rt, []byte(`export default { fetch(req) {
+						if (new URL(req.url).pathname === "/throw") throw new Error("thrown");
+						return new Response("mine", { status: 504, headers: { "spry-error": "timeout", "spry-error-mark": "ABCDEFGHIJKLMNOPQRSTUVWXYZ" } });
+					} }`), "runtime="+rt)
+					s.deployCode(t, "noload-"+rt, []byte(`throw new Error("at load"); export default { fetch: () => new Response("never") }`), "runtime="+rt)
+					for _, tc := range []struct {
+						path         string
+						status       int
+						code, invoke string // the Spry-Error; spry invoke's exit
+					}{
+						{"/fn/admin/errs-" + rt + "/throw", 500, "function_error", "6"},
+						{"/fn/admin/noload-" + rt + "/", 502, "function_failed", "6"},
+						{"/fn/admin/errs-" + rt + "/own", 504, "", "0"},
+					} {
+						r := s.get(tc.path)
+						if r.status != tc.status || r.header.Get("Spry-Error") != tc.code || r.header.Get("Spry-Error-Mark") != "" {
+							t.Errorf("%s: got %d, Spry-Error %q, Spry-Error-Mark %q; want %d, %q, none",
+								tc.path, r.status, r.header.Get("Spry-Error"), r.header.Get("Spry-Error-Mark"), tc.status, tc.code)
+						}
+						fn, path, _ := strings.Cut(strings.TrimPrefix(tc.path, "/fn/admin/"), "/")
+						if _, stderr, code := s.spry("", "invoke", fn, "--path", "/"+path); fmt.Sprint(code) != tc.invoke {
+							t.Errorf("spry invoke %s --path /%s: exit %d (%s), want %s", fn, path, code, stderr, tc.invoke)
+						}
+					}
+				})
+			}
+		})
+	}
+}

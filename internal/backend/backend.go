@@ -70,12 +70,20 @@ const (
 	ExitTimeout = "timeout"
 )
 
+// ErrorMarkHeader is the response field in which an instance's runtime
+// marks its own error answers with the instance's ErrorMark; it never
+// reaches the client.
+const ErrorMarkHeader = "Spry-Error-Mark"
+
 // Instance is one running, specialized instance of a function version.
 type Instance struct {
 	ID      string
 	Spec    *Spec
 	Network string // "unix" or "tcp"
 	Address string
+	// ErrorMark is what the runtime's own error answers carry in
+	// ErrorMarkHeader (runtime.Specialization); "" trusts none.
+	ErrorMark string
 
 	done     chan struct{}
 	exitOnce sync.Once

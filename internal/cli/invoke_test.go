@@ -69,6 +69,7 @@ func TestInvokeMissingFunction(t *testing.T) {
 func TestInvokePlatformErrorFails(t *testing.T) {
 	timeout := `{"error":{"code":"timeout","message":"the function did not respond within its 2s timeout"}}` + "\n"
 	crashed := `{"error":{"code":"function_failed","message":"the function's instance ended while handling the request: exit status 7"}}` + "\n"
+	threw := `{"error":{"code":"function_error","message":"the function threw an uncaught exception; see its logs"}}`
 	url, admin := apiServerWith(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// Where spry serve's router would answer.
 		answer := func(status int, code, body string) {
@@ -86,6 +87,10 @@ func TestInvokePlatformErrorFails(t *testing.T) {
 			answer(502, "function_failed", crashed)
 		case "/fn/admin/hello/full":
 			answer(503, "unavailable", `{"error":{"code":"unavailable","message":"the function is at its maximum scale and its queue is full; retry later"}}`)
+		case "/fn/admin/hello/throw":
+			answer(500, "function_error", threw)
+		case "/fn/admin/hello/frob":
+			answer(501, "not_implemented", `{"error":{"code":"not_implemented","message":"Node.js serves only the request methods it knows"}}`)
 		case "/fn/admin/hello/mine":
 			answer(504, "", timeout) // the function's own, in the platform's words
 		case "/fn/admin/hello/head":
@@ -107,6 +112,8 @@ func TestInvokePlatformErrorFails(t *testing.T) {
 		{[]string{"--path", "/crash", "--fail"}, 6, crashed, "error: the function's instance ended while handling the request: exit status 7\n"},
 		{[]string{"--path", "/full"}, 6, `{"error":{"code":"unavailable","message":"the function is at its maximum scale and its queue is full; retry later"}}`, "error: the function is at its maximum scale and its queue is full; retry later\n"},
 		{[]string{"--path", "/head", "-X", "HEAD"}, 6, "", "error: the platform answered 504 Gateway Timeout (timeout)\n"},
+		{[]string{"--path", "/throw"}, 6, threw, "error: the function threw an uncaught exception; see its logs\n"},
+		{[]string{"--path", "/frob", "-X", "FROB"}, 2, `{"error":{"code":"not_implemented","message":"Node.js serves only the request methods it knows"}}`, "error: Node.js serves only the request methods it knows\n"},
 		{[]string{"--path", "/mine"}, 0, timeout, ""},
 		{[]string{"--path", "/mine", "--fail"}, 22, timeout, "function answered 504 Gateway Timeout\n"},
 	} {

@@ -193,7 +193,7 @@ duration (Go's, like 720h, or days, like 30d).`,
 	create.Flags().StringVar(&name, "name", "", "a note saying what the token is for (or give it as NAME)")
 	create.Flags().StringVar(&user, "user", "", "create it for another user (admin only)")
 	create.Flags().StringVar(&expires, "expires", "", "expire after `duration` (720h, 30d; 1m to 3650d; default never)")
-	create.Flags().StringSliceVar(&scopes, "scope", nil, "what it may do: `scope` read, invoke, deploy, metrics or all (repeat, or a comma list; default all)")
+	create.Flags().StringSliceVar(&scopes, "scope", nil, "a `scope`, what it may do: read, invoke, deploy, metrics or all (repeat, or a comma list; default all)")
 	var lsUser string
 	var tokensJSON bool
 	ls := &cobra.Command{

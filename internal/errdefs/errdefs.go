@@ -13,22 +13,27 @@ import (
 // Error classes. Wrap them with fmt.Errorf("...: %w", errdefs.ErrNotFound)
 // or build one with the helpers below.
 var (
-	ErrInvalidArgument    = errors.New("invalid argument")
-	ErrUnauthenticated    = errors.New("unauthenticated")
-	ErrPermissionDenied   = errors.New("permission denied")
-	ErrNotFound           = errors.New("not found")
-	ErrMethodNotAllowed   = errors.New("method not allowed")
-	ErrAlreadyExists      = errors.New("already exists")
-	ErrConflict           = errors.New("conflict")
-	ErrPrecondition       = errors.New("precondition failed")
-	ErrTooLarge           = errors.New("too large")
-	ErrUnsupportedMedia   = errors.New("unsupported media type")
-	ErrRateLimited        = errors.New("rate limited")
-	ErrQuotaExceeded      = errors.New("quota exceeded")
-	ErrUnavailable        = errors.New("unavailable")
-	ErrTimeout            = errors.New("timeout")
-	ErrBadGateway         = errors.New("bad gateway")
-	ErrFunctionFailed     = errors.New("function failed")
+	ErrInvalidArgument  = errors.New("invalid argument")
+	ErrUnauthenticated  = errors.New("unauthenticated")
+	ErrPermissionDenied = errors.New("permission denied")
+	ErrNotFound         = errors.New("not found")
+	ErrMethodNotAllowed = errors.New("method not allowed")
+	ErrAlreadyExists    = errors.New("already exists")
+	ErrConflict         = errors.New("conflict")
+	ErrPrecondition     = errors.New("precondition failed")
+	ErrTooLarge         = errors.New("too large")
+	ErrUnsupportedMedia = errors.New("unsupported media type")
+	ErrRateLimited      = errors.New("rate limited")
+	ErrQuotaExceeded    = errors.New("quota exceeded")
+	ErrUnavailable      = errors.New("unavailable")
+	ErrTimeout          = errors.New("timeout")
+	ErrBadGateway       = errors.New("bad gateway")
+	ErrFunctionFailed   = errors.New("function failed")
+	// The runtime's answers for a function (the router's client sees
+	// them; the API never gives them): a handler that threw, a method
+	// Node.js does not know.
+	ErrFunctionError      = errors.New("function error")
+	ErrNotImplemented     = errors.New("not implemented")
 	ErrInternal           = errors.New("internal error")
 	ErrRequestHeaderLarge = errors.New("request header too large")
 	ErrRequestTimeout     = errors.New("request timeout")
@@ -67,6 +72,8 @@ var classes = []class{
 	{ErrRequestTimeout, http.StatusRequestTimeout, "request_timeout", 6},
 	{ErrBadGateway, http.StatusBadGateway, "bad_gateway", 6},
 	{ErrFunctionFailed, http.StatusBadGateway, "function_failed", 6},
+	{ErrFunctionError, http.StatusInternalServerError, "function_error", 6},
+	{ErrNotImplemented, http.StatusNotImplemented, "not_implemented", 2},
 	{ErrInternal, http.StatusInternalServerError, "internal", 1},
 }
 

@@ -19,6 +19,8 @@ func TestClasses(t *testing.T) {
 		{New(ErrTooLarge, "code is over 1 MiB"), http.StatusRequestEntityTooLarge, "too_large", true},
 		{errors.New("disk on fire"), http.StatusInternalServerError, "internal", false},
 		{fmt.Errorf("x: %w", ErrInternal), http.StatusInternalServerError, "internal", true},
+		{New(ErrFunctionError, "the function threw"), http.StatusInternalServerError, "function_error", true},
+		{New(ErrNotImplemented, "FROB"), http.StatusNotImplemented, "not_implemented", true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.err.Error(), func(t *testing.T) {

@@ -295,6 +295,19 @@ func (p *Precondition) check(present int64) (bool, error) {
 	return present >= 0 && present == want, err
 }
 
+// failed is the error of an op ("write", "delete") on key refused by p,
+// the key's present version being present (-1: none): it says what the
+// key holds against what the op was made for.
+func (p *Precondition) failed(key, op string, present int64) error {
+	switch {
+	case present < 0:
+		return errdefs.New(errdefs.ErrPrecondition, "kv: the key %q has no value (the %s was made for one)", key, op)
+	case p.Absent:
+		return errdefs.New(errdefs.ErrPrecondition, "kv: the key %q has a value (the %s was made for none)", key, op)
+	}
+	return errdefs.New(errdefs.ErrPrecondition, "kv: the key %q has changed (its version is not the one the %s was made for)", key, op)
+}
+
 func checkKey(key string) error {
 	switch {
 	case key == "":
@@ -415,7 +428,7 @@ func (s *Store) put(ctx context.Context, fn, key string, expireIn time.Duration,
 			oldValue, present = nil, -1 // expired: as if it were not there
 		}
 		if ok, _ := pre.check(present); !ok {
-			return 0, errdefs.New(errdefs.ErrPrecondition, "kv: the key %q has changed (its version is not the one the write was made for)", key)
+			return 0, pre.failed(key, "write", present)
 		}
 		v, keep, err := value(oldValue)
 		if err != nil {
@@ -486,7 +499,7 @@ func (s *Store) DeleteIf(ctx context.Context, fn, key string, pre *Precondition)
 		}
 		if ok, _ := pre.check(present); !ok {
 			// The transaction is rolled back: the entry stays.
-			return 0, errdefs.New(errdefs.ErrPrecondition, "kv: the key %q has changed (its version is not the one the delete was made for)", key)
+			return 0, pre.failed(key, "delete", present)
 		}
 		return -old, nil
 	})

@@ -895,6 +895,47 @@ func TestSetIfUnderContention(t *testing.T) {
 // and set again, nor after the store is opened again with the newest
 // entry gone; and entries written before versions existed have one
 // (0), which the next write moves on.
+// A conditional write or delete that is refused says why: the key has
+// no value, has one, or has another version than the one it was made
+// for; and it changes nothing.
+func TestPreconditionFailures(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(ctx, filepath.Join(t.TempDir(), "kv.db"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	v, err := s.SetIf(ctx, "f", "k", json.RawMessage(`1`), 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := "00000000000000ff"
+	for _, tc := range []struct {
+		name, key string
+		pre       Precondition
+		want      string
+	}{
+		{"a value, none there", "missing", Precondition{}, `kv: the key "missing" has no value (the %s was made for one)`},
+		{"a version, none there", "missing", Precondition{Version: v}, `kv: the key "missing" has no value (the %s was made for one)`},
+		{"none, one there", "k", Precondition{Absent: true}, `kv: the key "k" has a value (the %s was made for none)`},
+		{"another version", "k", Precondition{Version: other}, `kv: the key "k" has changed (its version is not the one the %s was made for)`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := s.SetIf(ctx, "f", tc.key, json.RawMessage(`2`), 0, &tc.pre)
+			if !errors.Is(err, errdefs.ErrPrecondition) || err.Error() != fmt.Sprintf(tc.want, "write") {
+				t.Errorf("write: %v, want %q", err, fmt.Sprintf(tc.want, "write"))
+			}
+			err = s.DeleteIf(ctx, "f", tc.key, &tc.pre)
+			if !errors.Is(err, errdefs.ErrPrecondition) || err.Error() != fmt.Sprintf(tc.want, "delete") {
+				t.Errorf("delete: %v, want %q", err, fmt.Sprintf(tc.want, "delete"))
+			}
+			if e, ok, err := s.GetEntry(ctx, "f", "k"); err != nil || !ok || string(e.Value) != "1" || e.Version != v {
+				t.Errorf("k is now %+v %v %v, want 1 at %s", e, ok, err, v)
+			}
+		})
+	}
+}
+
 func TestVersionsNeverRepeat(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "kv.db")

@@ -3,6 +3,7 @@ package router
 import (
 	"bufio"
 	"bytes"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
@@ -673,8 +674,10 @@ var hopHeaders = []string{
 // fixHeader makes the instance's response head the client's: hop-by-hop
 // headers go, and so do a Spry-Cold-Start and a Spry-Error of the
 // function's own (only the router says what was a cold start, and which
-// answers are the platform's errors); the request id and cold start
-// come. It reports whether the instance will close the connection.
+// answers are the platform's errors: the runtime's own, a handler that
+// threw or a module that did not load, carry the instance's error mark,
+// which never goes on); the request id and cold start come. It reports
+// whether the instance will close the connection.
 func (rt *Router) fixHeader(h *fasthttp.ResponseHeader, inv *invocation) (upClose bool) {
 	// The status line gets the standard reason phrase for its code, not
 	// the instance's: Deno and Node write different ones (Node a
@@ -702,7 +705,8 @@ func (rt *Router) fixHeader(h *fasthttp.ResponseHeader, inv *invocation) (upClos
 	for k := range h.All() {
 		switch string(k) {
 		case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-			"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade", "Spry-Cold-Start", "Spry-Error":
+			"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade", "Spry-Cold-Start", "Spry-Error",
+			backend.ErrorMarkHeader:
 			hop = true
 		}
 	}
@@ -718,11 +722,26 @@ func (rt *Router) fixHeader(h *fasthttp.ResponseHeader, inv *invocation) (upClos
 			h.Del(k)
 		}
 		h.Del("Spry-Cold-Start")
-		h.Del("Spry-Error")
+		if !runtimeError(h, inv) {
+			h.Del("Spry-Error")
+		}
+		h.Del(backend.ErrorMarkHeader)
 	}
 	h.Set("Spry-Request-Id", inv.reqID)
 	rt.markCold(h, inv)
 	return upClose
+}
+
+// runtimeError says whether the answer in h is the instance runtime's own
+// error, marked with the instance's error mark: a platform's answer,
+// whose Spry-Error stays.
+func runtimeError(h *fasthttp.ResponseHeader, inv *invocation) bool {
+	if inv.lease == nil {
+		return false
+	}
+	mark := inv.lease.Instance().ErrorMark
+	return mark != "" && len(h.Peek("Spry-Error")) > 0 &&
+		subtle.ConstantTimeCompare(h.Peek(backend.ErrorMarkHeader), []byte(mark)) == 1
 }
 
 // skipRequestHeader says whether a client header stays behind: hop-by-hop
@@ -1206,6 +1225,7 @@ func (rt *Router) upgrade(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 	h.Set("Spry-Request-Id", inv.reqID)
 	h.Del("Spry-Cold-Start")
 	h.Del("Spry-Error")
+	h.Del(backend.ErrorMarkHeader)
 	rt.markCold(h, inv)
 	head := h.AppendBytes(nil)
 	// The lease and the instance's connection are given back when the

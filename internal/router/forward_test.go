@@ -32,6 +32,7 @@ import (
 
 type upstreamBackend struct {
 	addr   string
+	mark   string // the instances' error mark
 	starts atomic.Int32
 	kills  atomic.Int32
 	probe  func(context.Context) error // the instances' (none: taken for stuck)
@@ -40,6 +41,7 @@ type upstreamBackend struct {
 func (b *upstreamBackend) Start(ctx context.Context, spec *backend.Spec) (*backend.Instance, error) {
 	n := b.starts.Add(1)
 	inst := backend.NewInstance(fmt.Sprintf("i-%d", n), spec, "unix", b.addr)
+	inst.ErrorMark = b.mark
 	if b.probe != nil {
 		inst.SetProbe(b.probe)
 	}
@@ -1576,6 +1578,46 @@ func TestForwardHeadFieldsTheRouterOwns(t *testing.T) {
 		} else if _, err := io.ReadFull(br, body); err != nil || string(body) != "ok" {
 			t.Errorf("response %d body %q, %v", i, body, err)
 		}
+	}
+}
+
+// The runtime's own error answers (a handler that threw, a module that
+// did not load) carry the instance's error mark: their Spry-Error stays,
+// so that clients (spry invoke, asynchronous invocations) take them for
+// the platform's; a Spry-Error with another mark, or none, is the
+// function's and goes. The mark never reaches the client.
+func TestForwardKeepsRuntimeErrors(t *testing.T) {
+	const mark = "MARK0123456789ABCDEFGHIJKL"
+	for _, tc := range []struct {
+		name, fields string
+		want         string // the Spry-Error the client gets
+	}{
+		{"marked", "Spry-Error: function_error\r\nSpry-Error-Mark: " + mark + "\r\n", "function_error"},
+		{"mark first", "Spry-Error-Mark: " + mark + "\r\nSpry-Error: function_failed\r\n", "function_failed"},
+		{"another mark", "Spry-Error: function_error\r\nSpry-Error-Mark: " + mark[:25] + "X\r\n", ""},
+		{"empty mark", "Spry-Error: function_error\r\nSpry-Error-Mark: \r\n", ""},
+		{"no mark", "Spry-Error: function_error\r\n", ""},
+		{"a mark alone", "Spry-Error-Mark: " + mark + "\r\n", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sock := serveRawRequests(t, func(i int, c net.Conn) {
+				fmt.Fprintf(c, "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n%sContent-Length: 2\r\n\r\n{}", tc.fields)
+			})
+			spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 5 * time.Second}
+			act := activator.New(&upstreamBackend{addr: sock, mark: mark}, activator.Config{})
+			srv := serveRouter(t, New(oneSpec{spec}, act, Config{}))
+			for i := range 2 { // a cold start, then a warm request
+				res, err := http.Get(srv.URL + "/fn/alice/fn/")
+				if err != nil {
+					t.Fatal(err)
+				}
+				res.Body.Close()
+				if res.StatusCode != 500 || res.Header.Get("Spry-Error") != tc.want || res.Header.Get("Spry-Error-Mark") != "" {
+					t.Fatalf("request %d: got %d, Spry-Error %q, Spry-Error-Mark %q; want 500, %q, none",
+						i, res.StatusCode, res.Header.Get("Spry-Error"), res.Header.Get("Spry-Error-Mark"), tc.want)
+				}
+			}
+		})
 	}
 }
 

@@ -171,7 +171,7 @@ func TestContractMethods(t *testing.T) {
 		for _, m := range []string{"GET", "PATCH", "OPTIONS", "PURGE", "QUERY", "PROPFIND", "FROB"} {
 			r := raw(t, inst, m+" / HTTP/1.1\r\nHost: i\r\nConnection: close\r\n\r\n", func(io.Writer) {})
 			if e.runtime == "node" && m == "FROB" {
-				checkFunctionError(t, r, 501, "not_implemented")
+				checkFunctionError(t, inst, r, 501, "not_implemented")
 				continue
 			}
 			if r.status != 200 || r.body != "method "+m {
@@ -285,7 +285,7 @@ func TestContractBodyStreamChunks(t *testing.T) {
 			return new Response("alive");
 		} }`)
 		r, err := get(t, inst, "/string")
-		checkFunctionError(t, r, 500, "function_error")
+		checkFunctionError(t, inst, r, 500, "function_error")
 		if err != nil {
 			t.Fatalf("the 500 came cut short: %v", err)
 		}
@@ -300,7 +300,7 @@ func TestContractBodyStreamChunks(t *testing.T) {
 			t.Errorf("typed arrays and DataViews: got %d %q", r.status, r.body)
 		}
 		r, _ = get(t, inst, "/arraybuffer")
-		checkFunctionError(t, r, 500, "function_error")
+		checkFunctionError(t, inst, r, 500, "function_error")
 		if !e.logs.Await("not an ArrayBuffer") {
 			t.Errorf("no log line for the ArrayBuffer chunk:\n%s", e.logs)
 		}
@@ -333,7 +333,7 @@ func TestContractBodyStreamFails(t *testing.T) {
 		} }`)
 		for _, tc := range []struct{ path, log string }{{"/start", "Error: failed in start"}, {"/pull", "Error: failed in pull"}} {
 			r, err := get(t, inst, tc.path)
-			checkFunctionError(t, r, 500, "function_error")
+			checkFunctionError(t, inst, r, 500, "function_error")
 			if err != nil || r.header.Get("X-Kept") != "" {
 				t.Errorf("%s: the 500 came cut short (%v) or with the function's headers: %v", tc.path, err, r.header)
 			}

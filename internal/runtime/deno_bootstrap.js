@@ -24,11 +24,17 @@ let failed = null;
 let resolveLoaded;
 const loaded = new Promise((r) => (resolveLoaded = r));
 let meta = { name: "", owner: "", version: 0, env: {} };
+// The specialization's error_mark: this bootstrap's error answers carry
+// it, so that the router tells them from the function's. It is in no
+// object the function is given; a function that patches the runtime's
+// own classes to read it could only pass its answers for the platform's
+// errors, misleading nobody but its own callers.
+let errorMark = "";
 
 function errorResponse(status, code, message) {
   return new NativeResponse(JSON.stringify({ error: { code, message } }), {
     status,
-    headers: { "content-type": "application/json", "spry-error": code },
+    headers: { "content-type": "application/json", "spry-error": code, "spry-error-mark": errorMark },
   });
 }
 
@@ -411,6 +417,7 @@ async function runScheduled(req) {
 // 409 is also the answer to the supervisor's probe of a suspect instance
 // (one a request ran out of time on): proof that the event loop runs.
 const { spec, answer } = await readSpecialization();
+errorMark = String(spec.error_mark ?? "");
 meta = {
   name: spec.name,
   owner: spec.owner,

@@ -69,6 +69,14 @@ let failed = null;
 let resolveLoaded;
 const loaded = new Promise((r) => (resolveLoaded = r));
 let meta = { name: "", owner: "", version: 0, env: Object.freeze({}) };
+// The specialization's error_mark: this bootstrap's error answers carry
+// it, so that the router tells them from the function's. It is in no
+// object the function is given; a function that patches the runtime's
+// own classes to read it could only pass its answers for the platform's
+// errors, misleading nobody but its own callers.
+let errorMark = "";
+let specReadDone;
+const specRead = new Promise((r) => (specReadDone = r));
 
 class HTTPError extends Error {
   constructor(status, code, message) {
@@ -92,6 +100,7 @@ function sendError(res, status, code, message, extraHeaders = {}) {
     "content-type": "application/json",
     "content-length": Buffer.byteLength(body),
     "spry-error": code,
+    "spry-error-mark": errorMark,
     ...extraHeaders,
   });
   res.end(body);
@@ -158,13 +167,20 @@ const unknownMethodBody = JSON.stringify({ error: {
   message: "Node.js serves only the request methods it knows: " + http.METHODS.join(", "),
 } });
 server.on("clientError", (err, socket) => {
-  if (socket.writable && (!socket._httpMessage || !socket._httpMessage._headerSent)) {
-    socket.write(err.code === "HPE_INVALID_METHOD"
-      ? "HTTP/1.1 501 Not Implemented\r\nContent-Type: application/json\r\nSpry-Error: not_implemented\r\n" +
-        `Content-Length: ${Buffer.byteLength(unknownMethodBody)}\r\nConnection: close\r\n\r\n` + unknownMethodBody
-      : clientErrorAnswers[err.code] ?? "HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n");
-  }
-  socket.destroy(err);
+  const answer = () => {
+    if (socket.writable && (!socket._httpMessage || !socket._httpMessage._headerSent)) {
+      socket.write(err.code === "HPE_INVALID_METHOD"
+        ? "HTTP/1.1 501 Not Implemented\r\nContent-Type: application/json\r\nSpry-Error: not_implemented\r\n" +
+          `Spry-Error-Mark: ${errorMark}\r\n` +
+          `Content-Length: ${Buffer.byteLength(unknownMethodBody)}\r\nConnection: close\r\n\r\n` + unknownMethodBody
+        : clientErrorAnswers[err.code] ?? "HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n");
+    }
+    socket.destroy(err);
+  };
+  // A request can come before the specialization is read: the 501,
+  // the platform's answer, waits for the mark that says so.
+  if (err.code === "HPE_INVALID_METHOD") specRead.then(answer);
+  else answer();
 });
 server.keepAliveTimeout = 120_000;
 server.headersTimeout = 0;
@@ -447,7 +463,7 @@ async function writeResponse(res, out, head) {
 function readBody(req) {
   const declared = Number(req.headers["content-length"]);
   if (declared > MAX_BODY) {
-    return Promise.reject(new HTTPError(413, "payload_too_large", "the request body is larger than 10 MiB"));
+    return Promise.reject(new HTTPError(413, "too_large", "the request body is larger than 10 MiB"));
   }
   return new Promise((resolve, reject) => {
     const chunks = [];
@@ -457,7 +473,7 @@ function readBody(req) {
       if (size > MAX_BODY) {
         req.off("data", onData);
         req.pause();
-        reject(new HTTPError(413, "payload_too_large", "the request body is larger than 10 MiB"));
+        reject(new HTTPError(413, "too_large", "the request body is larger than 10 MiB"));
         return;
       }
       chunks.push(chunk);
@@ -465,7 +481,7 @@ function readBody(req) {
     req.on("data", onData);
     req.once("end", () => resolve(Buffer.concat(chunks, size)));
     // The client went away mid-body: nobody to answer, nothing to log.
-    const cut = () => reject(new HTTPError(400, "bad_request", "the request body was cut short"));
+    const cut = () => reject(new HTTPError(400, "invalid_argument", "the request body was cut short"));
     req.once("error", cut);
     req.once("close", () => {
       if (!req.complete) cut();
@@ -480,7 +496,7 @@ function parseBody(req, raw) {
     try {
       return JSON.parse(raw.toString("utf8"));
     } catch (err) {
-      throw new HTTPError(400, "bad_request", "the request body is not valid JSON: " + err.message);
+      throw new HTTPError(400, "invalid_argument", "the request body is not valid JSON: " + err.message);
     }
   }
   if (type === "application/x-www-form-urlencoded") return querystring.parse(raw.toString("utf8"));
@@ -730,6 +746,8 @@ function loadFailure(err) {
 }
 
 const { spec, answer } = await readSpecialization();
+errorMark = String(spec.error_mark ?? "");
+specReadDone();
 const env = Object.fromEntries(Object.entries(spec.env ?? {}).map(([k, v]) => [k, String(v)]));
 meta = { name: spec.name, owner: spec.owner, version: spec.version, env: Object.freeze(env) };
 // The function's environment, and nothing else.

@@ -178,10 +178,15 @@ func decode(t *testing.T, s string) map[string]any {
 }
 
 // checkFunctionError checks a platform error reply.
-func checkFunctionError(t *testing.T, r reply, status int, code string) {
+func checkFunctionError(t *testing.T, inst *backend.Instance, r reply, status int, code string) {
 	t.Helper()
 	if r.status != status || r.header.Get("Spry-Error") != code || !strings.HasPrefix(r.header.Get("Content-Type"), "application/json") {
 		t.Fatalf("got %d %v %q, want %d with spry-error %s", r.status, r.header, r.body, status, code)
+	}
+	// The mark that has the router keep its Spry-Error: the runtime's
+	// own answer, not the function's.
+	if inst.ErrorMark == "" || r.header.Get(backend.ErrorMarkHeader) != inst.ErrorMark {
+		t.Fatalf("%s: Spry-Error-Mark %q, want the instance's %q", code, r.header.Get(backend.ErrorMarkHeader), inst.ErrorMark)
 	}
 	var e struct {
 		Error struct{ Code, Message string }
@@ -346,7 +351,7 @@ func TestNodeExpressContract(t *testing.T) {
 		t.Fatalf("binary body: %v", got)
 	}
 	r = do(t, inst, "POST", "/bad", http.Header{"Content-Type": {"application/json"}}, strings.NewReader("{nope"))
-	checkFunctionError(t, r, 400, "bad_request")
+	checkFunctionError(t, inst, r, 400, "invalid_argument")
 
 	for _, tc := range []struct {
 		path, ctype, body string
@@ -368,23 +373,23 @@ func TestNodeExpressContract(t *testing.T) {
 	if r.body != "done" || r.header.Get("X-One") != "1" || r.header.Get("X-Two") != "2" || !reflect.DeepEqual(r.header.Values("Set-Cookie"), []string{"c=1", "d=2"}) {
 		t.Fatalf("/set: %d %v %q", r.status, r.header, r.body)
 	}
-	checkFunctionError(t, do(t, inst, "GET", "/throw", nil, nil), 500, "function_error")
-	checkFunctionError(t, do(t, inst, "GET", "/reject", nil, nil), 500, "function_error")
+	checkFunctionError(t, inst, do(t, inst, "GET", "/throw", nil, nil), 500, "function_error")
+	checkFunctionError(t, inst, do(t, inst, "GET", "/reject", nil, nil), 500, "function_error")
 	if !e.logs.Await("express boom") {
 		t.Errorf("the handler's error is not in the logs:\n%s", e.logs)
 	}
 
 	// Bodies are bounded: 413, whether announced or streamed.
 	big := bytes.Repeat([]byte("x"), 10<<20+1)
-	checkFunctionError(t, raw(t, inst, "POST / HTTP/1.1\r\nHost: i\r\nContent-Type: text/plain\r\nContent-Length: 10485761\r\n\r\n", func(w io.Writer) {
+	checkFunctionError(t, inst, raw(t, inst, "POST / HTTP/1.1\r\nHost: i\r\nContent-Type: text/plain\r\nContent-Length: 10485761\r\n\r\n", func(w io.Writer) {
 		w.Write(big)
-	}), 413, "payload_too_large")
-	checkFunctionError(t, raw(t, inst, "POST / HTTP/1.1\r\nHost: i\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n", func(w io.Writer) {
+	}), 413, "too_large")
+	checkFunctionError(t, inst, raw(t, inst, "POST / HTTP/1.1\r\nHost: i\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n", func(w io.Writer) {
 		for i := 0; i < 11; i++ {
 			fmt.Fprintf(w, "%x\r\n%s\r\n", 1<<20, big[:1<<20])
 		}
 		io.WriteString(w, "0\r\n\r\n")
-	}), 413, "payload_too_large")
+	}), 413, "too_large")
 	// The instance still serves.
 	if r := do(t, inst, "GET", "/str", nil, nil); r.body != "hello" {
 		t.Fatalf("after 413: %d %q", r.status, r.body)
@@ -473,9 +478,9 @@ func TestNodeErrors(t *testing.T) {
 		if (p === "/string") return "not a response";
 		return new Response("fine");
 	} }`)
-	checkFunctionError(t, do(t, inst, "GET", "/throw", nil, nil), 500, "function_error")
-	checkFunctionError(t, do(t, inst, "GET", "/nothing", nil, nil), 500, "function_error")
-	checkFunctionError(t, do(t, inst, "GET", "/string", nil, nil), 500, "function_error")
+	checkFunctionError(t, inst, do(t, inst, "GET", "/throw", nil, nil), 500, "function_error")
+	checkFunctionError(t, inst, do(t, inst, "GET", "/nothing", nil, nil), 500, "function_error")
+	checkFunctionError(t, inst, do(t, inst, "GET", "/string", nil, nil), 500, "function_error")
 	if r := do(t, inst, "GET", "/", nil, nil); r.body != "fine" {
 		t.Fatalf("after errors: %d %q", r.status, r.body)
 	}
@@ -520,7 +525,9 @@ func TestNodeImportFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 	const want = "the function failed to load: boom at import"
-	if r := do(t, inst, "GET", "/", nil, nil); r.status != 502 || !strings.Contains(r.body, `"code":"function_failed"`) || !strings.Contains(r.body, want) {
+	r := do(t, inst, "GET", "/", nil, nil)
+	checkFunctionError(t, inst, r, 502, "function_failed")
+	if !strings.Contains(r.body, want) {
 		t.Fatalf("got %d %s, want 502 function_failed naming the cause", r.status, r.body)
 	}
 	select {

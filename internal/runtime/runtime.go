@@ -96,6 +96,12 @@ type Specialization struct {
 	Owner   string            `json:"owner"`
 	Version int64             `json:"version"`
 	Env     map[string]string `json:"env"`
+	// ErrorMark goes with the runtime's own error answers (a handler
+	// that threw, a module that did not load), in
+	// backend.ErrorMarkHeader: the router keeps their Spry-Error only
+	// with it, and drops any other, such as one a function copied from
+	// a fetch's answer.
+	ErrorMark string `json:"error_mark"`
 }
 
 //go:embed deno_bootstrap.js

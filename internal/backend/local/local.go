@@ -1205,17 +1205,22 @@ func (b *Backend) specialize(ctx context.Context, p *proc, spec *backend.Spec, c
 	if err := linkOrCopy(codePath, dst); err != nil {
 		return nil, fmt.Errorf("install bundle: %w", err)
 	}
+	// Unguessable, so that a function's answer cannot pass for the
+	// runtime's errors by carrying it.
+	mark := rand.Text()
 	msg, err := json.Marshal(runtime.Specialization{
-		Module:  "file://" + runtime.CodeDir + "/" + file,
-		Name:    spec.Name,
-		Owner:   spec.Owner,
-		Version: spec.Version,
-		Env:     spec.Env,
+		Module:    "file://" + runtime.CodeDir + "/" + file,
+		Name:      spec.Name,
+		Owner:     spec.Owner,
+		Version:   spec.Version,
+		Env:       spec.Env,
+		ErrorMark: mark,
 	})
 	if err != nil {
 		return nil, err
 	}
 	inst := backend.NewInstance(p.id, spec, "unix", filepath.Join(p.dir, "sock", runtime.SocketName))
+	inst.ErrorMark = mark
 	inst.SetDiagnose(func() (backend.Exit, bool) {
 		if p.cmd.OOMKilled() {
 			return oomExit(p), true
