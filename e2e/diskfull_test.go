@@ -119,6 +119,7 @@ func TestDiskFull(t *testing.T) {
 	s.deployCode(t, "cold", []byte(`export default { fetch() { return new Response("cold\n"); } }`), "")
 	s.deployCode(t, "chatty", []byte(chattyCode), "")
 	s.deployCode(t, "kvfn", []byte(kvCode), "")
+	s.deployCode(t, "slowjob", []byte(`export default { async fetch() { await new Promise((r) => setTimeout(r, 1000)); return new Response("done"); } }`), "")
 	for i := range 20 {
 		if r := s.doTimed(t, "PUT", fmt.Sprintf("/api/v1/functions/kvfn/kv/k%d", i), s.token, []byte(fmt.Sprintf(`"v%d"`, i)), nil); r.status != 204 {
 			t.Fatalf("kv put: %d %s", r.status, r.body)
@@ -139,6 +140,15 @@ func TestDiskFull(t *testing.T) {
 		t.Fatalf("token: %d %s", tr.status, tr.body)
 	}
 	token := tr.json(t)["token"].(string)
+
+	// An invocation whose attempt ends on the full disk: its result
+	// cannot be stored then, and must be once space is freed.
+	sr := s.doTimed(t, "POST", "/api/v1/functions/slowjob/invocations", s.token, []byte("slow"), nil)
+	if sr.status != 202 {
+		t.Fatalf("enqueue: %d %s", sr.status, sr.body)
+	}
+	slow := sr.json(t)["id"].(string)
+	s.waitInvocation(t, "slowjob", slow, "running")
 
 	filler := filepath.Join(disk, "filler")
 	fillDisk(t, filler)
@@ -180,6 +190,9 @@ func TestDiskFull(t *testing.T) {
 		}
 	}
 	noTempFiles(t, data)
+	eventually(t, 10*time.Second, "the slow invocation's attempt to end on the full disk", func() bool {
+		return strings.Contains(s.logs.String(), "record an invocation's attempt")
+	})
 
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
@@ -198,7 +211,7 @@ func TestDiskFull(t *testing.T) {
 	for _, f := range fns.Functions {
 		got[f.Name] = f.Version
 	}
-	if want := map[string]int{"hello": 1, "cold": 1, "chatty": 1, "kvfn": 1}; !maps.Equal(got, want) {
+	if want := map[string]int{"hello": 1, "cold": 1, "chatty": 1, "kvfn": 1, "slowjob": 1}; !maps.Equal(got, want) {
 		t.Errorf("functions after the full disk: %v, want %v", got, want)
 	}
 	for i := range 20 {
@@ -215,6 +228,7 @@ func TestDiskFull(t *testing.T) {
 		t.Errorf("the token made before: %d %s", r.status, r.body)
 	}
 	s.waitInvocation(t, "hello", invocation, "succeeded")
+	s.waitInvocation(t, "slowjob", slow, "succeeded")
 	// And everything works again, without a restart.
 	for _, w := range writes[:len(writes)-1] {
 		if r := s.doTimed(t, w.method, w.path, s.token, w.body, w.header); r.status >= 300 {
