@@ -64,6 +64,9 @@ type Limits struct {
 	MaxTotalBytes int64 // decompressed bytes of all files; default 200 MiB
 	MaxFileBytes  int64 // decompressed bytes of one file; default 50 MiB
 	MaxPathDepth  int   // components of one path; default 32
+	// SpoolDir is where a zip archive past 4 MiB is spooled; empty means
+	// os.TempDir().
+	SpoolDir string
 }
 
 func (l Limits) withDefaults() Limits {
@@ -287,7 +290,7 @@ func (c *countingReader) Read(p []byte) (int, error) {
 func (x *extractor) zip(r io.Reader) error {
 	lim := x.lim
 	max := lim.MaxTotalBytes + int64(lim.MaxFiles+16)*entryOverhead
-	ra, size, cleanup, err := spool(r, max)
+	ra, size, cleanup, err := spool(r, max, lim.SpoolDir)
 	if err != nil {
 		return err
 	}
@@ -335,7 +338,7 @@ func (x *extractor) zip(r io.Reader) error {
 }
 
 // spool returns random access to r's content, refusing more than max bytes.
-func spool(r io.Reader, max int64) (io.ReaderAt, int64, func(), error) {
+func spool(r io.Reader, max int64, dir string) (io.ReaderAt, int64, func(), error) {
 	nop := func() {}
 	tooLarge := errdefs.New(errdefs.ErrTooLarge, "archive is larger than %d bytes", max)
 	var buf bytes.Buffer
@@ -349,7 +352,7 @@ func spool(r io.Reader, max int64) (io.ReaderAt, int64, func(), error) {
 	if n < memSpool {
 		return bytes.NewReader(buf.Bytes()), n, nop, nil
 	}
-	f, err := os.CreateTemp("", "spry-archive-*.zip")
+	f, err := os.CreateTemp(dir, "spry-archive-*.zip")
 	if err != nil {
 		return nil, 0, nop, fmt.Errorf("archive: spool: %w", err)
 	}

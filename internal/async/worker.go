@@ -405,8 +405,8 @@ func (w *Worker) attempt(inv *Invocation) {
 		var fwdErr error
 		if status == StatusFailed && r.OnFailure != "" && inv.FailureOf == "" && w.cfg.Destination != nil {
 			fwd, fwdErr = w.forward(ctx, inv, r, now)
-		} else if err := w.st.Record(ctx, inv.ID, r, status, now, next); err != nil {
-			w.cfg.Logger.Error("record an invocation's attempt", "owner", inv.Owner, "function", inv.Function, "err", err)
+		} else {
+			w.record(ctx, inv, r, status, now, next)
 		}
 		if w.cfg.OnAttempt != nil {
 			w.cfg.OnAttempt(inv, r, status, next)
@@ -431,6 +431,26 @@ func (w *Worker) attempt(inv *Invocation) {
 	}
 	w.mu.Unlock()
 	w.wake()
+}
+
+// record stores how inv's attempt went. A write that fails (the disk is
+// full) is tried again, every second and then less often, until it is
+// stored or the worker stops: inv is running in the file until then, and
+// forgotten it would stay so until the next start, which queues it again
+// (as after a kill -9).
+func (w *Worker) record(ctx context.Context, inv *Invocation, r Result, status string, now, next time.Time) {
+	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
+		err := w.st.Record(ctx, inv.ID, r, status, now, next)
+		if err == nil {
+			return
+		}
+		w.cfg.Logger.Error("record an invocation's attempt", "owner", inv.Owner, "function", inv.Function, "err", err, "retry_in", wait)
+		select {
+		case <-time.After(wait):
+		case <-w.actx.Done():
+			return
+		}
+	}
 }
 
 // forward records inv failed and, in the same transaction, enqueues the

@@ -35,6 +35,17 @@ func Open(dir string) (*Store, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "sha256"), 0o700); err != nil {
 		return nil, err
 	}
+	// A Put cut off by a kill left its temporary file; only one Store
+	// (the server holding the data directory's lock) uses dir.
+	tmps, err := filepath.Glob(filepath.Join(dir, "sha256", ".tmp-*"))
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range tmps {
+		if err := os.Remove(p); err != nil {
+			return nil, err
+		}
+	}
 	return &Store{dir: dir}, nil
 }
 

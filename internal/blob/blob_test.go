@@ -139,3 +139,30 @@ func TestHold(t *testing.T) {
 		t.Fatalf("Collect after release = %d, %v", n, err)
 	}
 }
+
+// TestOpenRemovesCutOffPuts: a Put's temporary file, left by a kill,
+// is gone once the store is opened again; blobs stay.
+func TestOpenRemovesCutOffPuts(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := s.Put([]byte("kept"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := filepath.Join(dir, "sha256", ".tmp-123")
+	if err := os.WriteFile(tmp, []byte("half"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if s, err = Open(dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(tmp); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the cut-off Put's file is still there: %v", err)
+	}
+	if got, err := s.Get(d); err != nil || string(got) != "kept" {
+		t.Errorf("Get = %q, %v", got, err)
+	}
+}

@@ -45,6 +45,10 @@ type DirOptions struct {
 	// NPMCache is npm's cache directory, created if missing; empty means a
 	// temporary one for this build.
 	NPMCache string
+	// TempDir is where the build's scratch directories are made; empty
+	// means os.TempDir(). A server gives its own, cleared at its start, so
+	// that a build cut off by a kill leaves nothing for good.
+	TempDir string
 	// NPMCacheMaxBytes bounds NPMCache, which builds share: past it, after
 	// an install, the least recently written entries go until it is down
 	// to 3/4 of it. 0 means DefaultNPMCacheMaxBytes.
@@ -201,7 +205,7 @@ func BundleFile(ctx context.Context, src Source, opts DirOptions) (Result, error
 	if err != nil || len(res.Fetched) == 0 {
 		return res, err
 	}
-	tmp, err := os.MkdirTemp("", "spry-build-")
+	tmp, err := os.MkdirTemp(opts.TempDir, "spry-build-")
 	if err != nil {
 		return Result{}, fmt.Errorf("build: %w", err)
 	}
@@ -772,7 +776,7 @@ func (b *dirBuild) npm() (*npmRunner, error) {
 		return nil, fmt.Errorf("build: npm is needed to install dependencies: %w", err)
 	}
 	if b.tmp == "" {
-		if b.tmp, err = os.MkdirTemp("", "spry-build-*"); err != nil {
+		if b.tmp, err = os.MkdirTemp(b.opts.TempDir, "spry-build-*"); err != nil {
 			return nil, fmt.Errorf("build: %w", err)
 		}
 		if err := os.Chmod(b.tmp, 0o711); err != nil {

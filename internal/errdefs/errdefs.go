@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"syscall"
 )
 
 // Error classes. Wrap them with fmt.Errorf("...: %w", errdefs.ErrNotFound)
@@ -37,6 +38,10 @@ var (
 	ErrInternal           = errors.New("internal error")
 	ErrRequestHeaderLarge = errors.New("request header too large")
 	ErrRequestTimeout     = errors.New("request timeout")
+	// ErrInsufficientStorage: the data directory's disk is full. An
+	// error whose cause is a full disk (ENOSPC, EDQUOT, SQLite's
+	// SQLITE_FULL) has this class without being wrapped with it.
+	ErrInsufficientStorage = errors.New("insufficient storage")
 )
 
 type class struct {
@@ -67,6 +72,9 @@ var classes = []class{
 	// something or have the limit raised.
 	{ErrQuotaExceeded, http.StatusForbidden, "quota_exceeded", 3},
 	{ErrUnavailable, http.StatusServiceUnavailable, "unavailable", 6},
+	// Not 503: the server is up and answers the rest; writes fail until
+	// an operator frees space (then they work again, without a restart).
+	{ErrInsufficientStorage, http.StatusInsufficientStorage, "insufficient_storage", 6},
 	{ErrTimeout, http.StatusGatewayTimeout, "timeout", 6},
 	// The client did not send its request (its body) in time.
 	{ErrRequestTimeout, http.StatusRequestTimeout, "request_timeout", 6},
@@ -83,7 +91,26 @@ func lookup(err error) class {
 			return c
 		}
 	}
+	if diskFull(err) {
+		return lookup(ErrInsufficientStorage)
+	}
 	return class{ErrInternal, http.StatusInternalServerError, "internal", 1}
+}
+
+// sqliteFull is SQLite's SQLITE_FULL result code.
+const sqliteFull = 13
+
+// diskFull reports whether err's cause is a full disk, so that no store
+// need wrap each of its writes' errors: the kernel's ENOSPC or EDQUOT,
+// or SQLite's SQLITE_FULL, which the driver (modernc.org/sqlite, kept
+// out of this package) reports as an error with a result code rather
+// than the errno.
+func diskFull(err error) bool {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return true
+	}
+	var coded interface{ Code() int }
+	return errors.As(err, &coded) && coded.Code()&0xff == sqliteFull
 }
 
 // HTTPStatus returns the HTTP status for err's class (500 when it has none).
@@ -111,7 +138,20 @@ func FromCode(code string) error {
 // driver details) is replaced by a generic message.
 func Public(err error) bool {
 	c := lookup(err)
-	return c.err != ErrInternal || errors.Is(err, ErrInternal)
+	return errors.Is(err, c.err)
+}
+
+// Message is the message a client is shown for err: its own if Public,
+// else its class's, since the cause's text may name paths or driver
+// details.
+func Message(err error) string {
+	if Public(err) {
+		return err.Error()
+	}
+	if errors.Is(lookup(err).err, ErrInsufficientStorage) {
+		return "the server's disk is full"
+	}
+	return "internal error"
 }
 
 // Invalid returns an ErrInvalidArgument with a formatted message.

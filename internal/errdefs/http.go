@@ -20,11 +20,7 @@ type Body struct {
 func Encode(err error) (status int, body []byte) {
 	var b Body
 	b.Error.Code = Code(err)
-	if Public(err) {
-		b.Error.Message = err.Error()
-	} else {
-		b.Error.Message = "internal error"
-	}
+	b.Error.Message = Message(err)
 	data, _ := json.Marshal(b)
 	return HTTPStatus(err), append(data, '\n')
 }

@@ -82,6 +82,9 @@ type Config struct {
 	// deploy time.
 	NPMCache    string
 	NPMRegistry string
+	// TempDir is where builds make their scratch directories (uploads
+	// unpacked, npm's home); empty means os.TempDir().
+	TempDir string
 	// NPMCacheMaxBytes bounds NPMCache (build.DirOptions).
 	NPMCacheMaxBytes int64
 	JSRRegistry      string
@@ -329,7 +332,7 @@ func (s *Service) bundleArchive(ctx context.Context, req DeployRequest) (build.R
 	if int64(len(req.Archive)) > s.cfg.MaxCodeBytes {
 		return build.Result{}, errdefs.New(errdefs.ErrTooLarge, "archive is %d bytes; the limit is %d", len(req.Archive), s.cfg.MaxCodeBytes)
 	}
-	tmp, err := os.MkdirTemp("", "spry-build-")
+	tmp, err := os.MkdirTemp(s.cfg.TempDir, "spry-build-")
 	if err != nil {
 		return build.Result{}, err
 	}
@@ -338,7 +341,7 @@ func (s *Service) bundleArchive(ctx context.Context, req DeployRequest) (build.R
 		return build.Result{}, err
 	}
 	dir := filepath.Join(tmp, "src")
-	if err := archive.Extract(bytes.NewReader(req.Archive), archive.FormatAuto, dir, archive.Limits{}); err != nil {
+	if err := archive.Extract(bytes.NewReader(req.Archive), archive.FormatAuto, dir, archive.Limits{SpoolDir: s.cfg.TempDir}); err != nil {
 		return build.Result{}, err
 	}
 	return build.BundleDir(ctx, dir, s.dirOptions(req))
@@ -362,6 +365,7 @@ func (s *Service) dirOptions(req DeployRequest) build.DirOptions {
 		NPMLimits:        s.cfg.NPMLimits,
 		NPMWriteBytes:    s.cfg.NPMWriteBytes,
 		NPMCacheMaxBytes: s.cfg.NPMCacheMaxBytes,
+		TempDir:          s.cfg.TempDir,
 		Logger:           s.log,
 	}
 }

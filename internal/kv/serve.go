@@ -370,13 +370,13 @@ type errorJSON struct {
 }
 
 // errorBody is err as the API shows errors; one with no class (a disk
-// error, say) says only that storage failed.
+// error, say) says only what its class says.
 func errorBody(err error) errorJSON {
 	var e errorJSON
 	e.Error.Code = errdefs.Code(err)
-	e.Error.Message = "kv: storage failed"
-	if errdefs.Public(err) {
-		e.Error.Message = err.Error()
+	e.Error.Message = errdefs.Message(err)
+	if !errdefs.Public(err) {
+		e.Error.Message = "kv: " + e.Error.Message
 	}
 	return e
 }

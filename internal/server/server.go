@@ -204,6 +204,7 @@ type Server struct {
 	stop        context.CancelFunc
 	bg          chan struct{}
 	runDir      string
+	scratch     string // builds' scratch directories; see freshDir
 }
 
 const (
@@ -263,6 +264,13 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	}
 	sum := sha256.Sum256([]byte(dataDir))
 	id := hex.EncodeToString(sum[:6])
+	// Builds' scratch directories (an upload unpacked, npm's home) go in
+	// one of the server's own, made afresh here under the data
+	// directory's lock: what a build cut off by a kill left goes now.
+	if err := freshDir(filepath.Join(os.TempDir(), "spry-"+id)); err != nil {
+		return nil, fmt.Errorf("scratch dir: %w", err)
+	}
+	s.scratch = filepath.Join(os.TempDir(), "spry-"+id)
 	runDir := cfg.RunDir
 	if runDir == "" {
 		runDir = filepath.Join("/run/spry", id)
@@ -410,6 +418,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		NPMUID:               npmUID,
 		NPMCgroups:           npmGroups,
 		NPMCacheMaxBytes:     cfg.NPMCacheBytes,
+		TempDir:              s.scratch,
 		NPMLimits:            sandbox.Resources{MemoryBytes: int64(cfg.NPMMemoryMiB) << 20},
 		NPMWriteBytes:        int64(cfg.NPMDiskMiB) << 20,
 		NPMRegistry:          cfg.NPMRegistry,
@@ -505,6 +514,20 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	s.http = httpserve.New(dispatch(rt, rest), log)
 	s.sched = s.newScheduler()
 	return s, nil
+}
+
+// freshDir removes dir and whatever is in it, and makes it again, empty:
+// 0711, so that npm, as its own uid, reaches the build directories in it.
+// Mkdir, not MkdirAll: in a shared /tmp, a path another user made
+// between the two (a symbolic link) is an error, not a place to write.
+func freshDir(dir string) error {
+	if err := os.RemoveAll(dir); err != nil {
+		return err
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return err
+	}
+	return os.Chmod(dir, 0o711)
 }
 
 // dispatch sends functions' requests to the router, the rest to rest.
@@ -806,6 +829,10 @@ func (s *Server) closeAll() {
 	}
 	if s.act != nil {
 		s.act.Close()
+	}
+	if s.scratch != "" {
+		// The API has stopped: no build runs.
+		_ = os.RemoveAll(s.scratch)
 	}
 	if s.store != nil {
 		s.store.Close()
