@@ -832,7 +832,7 @@ func appendRequestHead(dst []byte, rh *fasthttp.RequestHeader, inv *invocation, 
 		dst = append(dst, inv.query...)
 	}
 	dst = append(dst, " HTTP/1.1\r\n"...)
-	connection := rh.Peek("Connection")
+	connection := connectionOptions(rh)
 	xff := false
 	for k, v := range rh.All() {
 		xff = xff || string(k) == "X-Forwarded-For"
@@ -882,6 +882,34 @@ func appendRequestHead(dst []byte, rh *fasthttp.RequestHeader, inv *invocation, 
 	dst = append(dst, "\r\nSpry-Request-Id: "...)
 	dst = append(dst, inv.reqID...)
 	return append(dst, "\r\n"...)
+}
+
+// connectionOptions is what the request's Connection fields list, all
+// of them (RFC 9110 7.6.1: the fields they name stay behind too).
+// fasthttp's Peek gives the first field only, and just "close" once the
+// connection is to close.
+func connectionOptions(rh *fasthttp.RequestHeader) []byte {
+	if !rh.ConnectionClose() {
+		switch all := rh.PeekAll("Connection"); len(all) {
+		case 0:
+			return nil
+		case 1:
+			return all[0]
+		}
+	}
+	return joinConnectionFields(rh)
+}
+
+// joinConnectionFields joins the values of every Connection field of rh
+// (rare: a closing request, or one with several such fields).
+func joinConnectionFields(rh *fasthttp.RequestHeader) []byte {
+	var opts []byte
+	for k, v := range rh.All() {
+		if string(k) == "Connection" {
+			opts = append(append(opts, v...), ',')
+		}
+	}
+	return opts
 }
 
 // copyBody copies the client's body: n bytes, or (n < 0) until it ends,

@@ -243,3 +243,58 @@ func TestBareLFTrailerIsRefused(t *testing.T) {
 		t.Fatalf("the function got %d smuggled requests", n)
 	}
 }
+
+// A request whose Connection field names "close" ends its connection
+// after its answer (RFC 9112 9.6), whatever the case and whatever else
+// the field lists, on either path; and every field a Connection field
+// names stays behind, not only those the first one names (RFC 9110
+// 7.6.1). fasthttp's parser took only "Connection: close" exactly (and
+// a later "Connection: keep-alive" undid it): the others were served as
+// keep-alive, and the request pipelined behind them answered, where a
+// proxy in front had taken the connection for closed. Nor did the
+// router see past the first Connection field, or past "close".
+func TestConnectionOptions(t *testing.T) {
+	seen := make(chan http.Header, 4)
+	srv := newTestRouter(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.Header.Clone()
+	}))
+	for _, tc := range []struct {
+		fields string
+		close  bool
+		gone   []string // fields the function must not get
+	}{
+		{"Connection: close\r\n", true, nil},
+		{"Connection: Close\r\n", true, nil},
+		{"Connection: CLOSE\r\n", true, nil},
+		{"Connection: close, X-A\r\nX-A: 1\r\n", true, []string{"X-A"}},
+		{"Connection: X-A ,\tclose \r\nX-A: 1\r\n", true, []string{"X-A"}},
+		{"Connection: close\r\nConnection: keep-alive\r\n", true, nil},
+		{"Connection: X-A\r\nConnection: X-B\r\nX-A: 1\r\nX-B: 2\r\n", false, []string{"X-A", "X-B"}},
+		{"Connection: X-A\r\nX-A: 1\r\nX-B: 2\r\nConnection: close, X-B\r\n", true, []string{"X-A", "X-B"}},
+		{"Connection: keep-alive\r\n", false, nil},
+		{"Connection: closed, x-close\r\n", false, nil},
+	} {
+		c := dialRaw(t, srv.URL)
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		c.send("GET /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n" + tc.fields + "\r\nGET /fn/alice/fn/next HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+		res := c.response()
+		body(res)
+		if res.StatusCode != 200 || res.Close != tc.close {
+			t.Errorf("%q: %d, close %v; want 200, close %v", tc.fields, res.StatusCode, res.Close, tc.close)
+		}
+		h := <-seen
+		for _, f := range tc.gone {
+			if v, ok := h[f]; ok {
+				t.Errorf("%q: the function got %s: %q", tc.fields, f, v)
+			}
+		}
+		if tc.close {
+			c.ended(fmt.Sprintf("%q", tc.fields))
+			continue
+		}
+		if res := c.response(); res.StatusCode != 200 {
+			t.Errorf("%q: the next request's answer is %d", tc.fields, res.StatusCode)
+		}
+		<-seen
+	}
+}
