@@ -115,6 +115,8 @@ func refuseBadHead(h fasthttp.RequestHandler) fasthttp.RequestHandler {
 //     second (6.1);
 //   - a Transfer-Encoding other than one "chunked": fasthttp drops
 //     "identity", and the body would then be read as the next request;
+//   - a Transfer-Encoding in an HTTP/1.0 request (6.1), which fasthttp
+//     reads chunked and keeps the connection of;
 //   - whitespace between a field's name and its colon (5.1): fasthttp
 //     keeps "Content-Length : 5" as a field of another name;
 //   - more than one Host, or one that is not host[:port] (3.2): a Host
@@ -179,6 +181,11 @@ func CheckHead(h *fasthttp.RequestHeader) error {
 		return errdefs.New(errdefs.ErrInvalidArgument, "the request has both Transfer-Encoding and Content-Length")
 	case bad || codings > 1:
 		return errdefs.New(errdefs.ErrInvalidArgument, "unsupported Transfer-Encoding: only a single chunked is accepted")
+	case codings > 0 && !h.IsHTTP11():
+		// HTTP/1.0 has no transfer codings: a proxy in front may frame
+		// the body without it, and RFC 9112 6.1 has the message's
+		// framing taken for faulty (nginx answers 400 too).
+		return errdefs.New(errdefs.ErrInvalidArgument, "Transfer-Encoding in an HTTP/1.0 request")
 	case hosts > 1:
 		return errdefs.New(errdefs.ErrInvalidArgument, "more than one Host header")
 	case !validHost(h.Host()):

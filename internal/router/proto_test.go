@@ -298,3 +298,32 @@ func TestConnectionOptions(t *testing.T) {
 		<-seen
 	}
 }
+
+// An HTTP/1.0 request with a Transfer-Encoding is refused (400, and the
+// connection closes) on either path, as nginx refuses it: HTTP/1.0 has
+// no transfer codings, so a proxy in front may frame its body without
+// one (RFC 9112 6.1 has such framing taken for faulty), and see the
+// request below in it where the router read it as chunks. The router
+// read the body chunked, and, asked to keep the connection, served the
+// request after it.
+func TestHTTP10TransferEncodingIsRefused(t *testing.T) {
+	var got atomic.Int32
+	srv := routerTo(t, serveRawRequests(t, func(i int, c net.Conn) {
+		got.Add(1)
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	}), time.Millisecond)
+	for _, req := range []string{
+		"POST /fn/alice/fn/ HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n" +
+			"2f\r\nGET /fn/alice/fn/smuggled HTTP/1.0\r\nHost: h\r\n\r\n\r\n0\r\n\r\n",
+		"POST /fn/alice/fn/ HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+	} {
+		c := dialRaw(t, srv.URL)
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		c.send(req)
+		c.refused(fmt.Sprintf("%q", req), "HTTP/1.0")
+		c.ended(fmt.Sprintf("%q", req))
+	}
+	if n := got.Load(); n != 0 {
+		t.Fatalf("the function got %d requests", n)
+	}
+}
