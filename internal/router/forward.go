@@ -394,6 +394,12 @@ func (rt *Router) respond(ctx *fasthttp.RequestCtx, inv *invocation, c *upConn, 
 	// cut short (as through any proxy) rather than as a connection closed
 	// with nothing on it.
 	ctx.Response.ImmediateHeaderFlush = true
+	// The server writes with no deadline of its own: a client that never
+	// reads would block it, and hold the instance's slot and connection,
+	// for as long as it keeps its connection. The function's time covers
+	// the answer (the answer is cut), and CloseWithError lifts it.
+	body.client = ctx.Conn()
+	_ = body.client.SetWriteDeadline(inv.deadline)
 	ctx.SetBodyStream(body, body.length)
 	return true
 }
@@ -423,6 +429,7 @@ type respBody struct {
 	eof     bool
 	err     error
 	closed  bool
+	client  net.Conn // with the write deadline set for the body
 	// late: the failure is not the function's. The read that failed
 	// began after the deadline (the time went on writing to a slow
 	// client), or, in a duplex exchange, the client failed its body.
@@ -461,6 +468,10 @@ func (b *respBody) CloseWithError(err error) error {
 		return nil
 	}
 	b.closed = true
+	if b.client != nil {
+		// The connection's next answer has a time of its own.
+		_ = b.client.SetWriteDeadline(time.Time{})
+	}
 	b.end(true)
 	b.inv.finish(b.status)
 	return nil
