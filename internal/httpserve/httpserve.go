@@ -99,6 +99,12 @@ func refuseBadHead(h fasthttp.RequestHandler) fasthttp.RequestHandler {
 			return
 		}
 		h(ctx)
+		if ctx.Request.Header.ConnectionClose() {
+			// The server took the request's close from its parser, before
+			// the handler, and that parser knows only "Connection: close"
+			// exactly; CheckHead found one it did not.
+			ctx.SetConnectionClose()
+		}
 	}
 }
 
@@ -109,6 +115,8 @@ func refuseBadHead(h fasthttp.RequestHandler) fasthttp.RequestHandler {
 //     second (6.1);
 //   - a Transfer-Encoding other than one "chunked": fasthttp drops
 //     "identity", and the body would then be read as the next request;
+//   - a Transfer-Encoding in an HTTP/1.0 request (6.1), which fasthttp
+//     reads chunked and keeps the connection of;
 //   - whitespace between a field's name and its colon (5.1): fasthttp
 //     keeps "Content-Length : 5" as a field of another name;
 //   - more than one Host, or one that is not host[:port] (3.2): a Host
@@ -120,9 +128,15 @@ func refuseBadHead(h fasthttp.RequestHandler) fasthttp.RequestHandler {
 //
 // These differences smuggle requests past a proxy in front, or confuse
 // the function. The event loops make the same check.
+//
+// CheckHead also marks h to close its connection (SetConnectionClose)
+// when a Connection field names "close" among other options, in other
+// case, or before a "keep-alive" (RFC 9110 7.6.1, 9112 9.6: the server
+// MUST close after its answer): fasthttp's parser takes only a field
+// that is "close" exactly, and a later Connection field undoes it.
 func CheckHead(h *fasthttp.RequestHeader) error {
 	hosts, codings, lengths, fields := 0, 0, 0, 0
-	bad, spaced, bare := false, false, false
+	bad, spaced, bare, closing := false, false, false, false
 	raw := h.RawHeaders()
 	for len(raw) > 0 {
 		var line []byte
@@ -145,11 +159,16 @@ func CheckHead(h *fasthttp.RequestHeader) error {
 			hosts++
 		case line[0]|0x20 == 'c' && hasName(line, "content-length:"):
 			lengths++
+		case line[0]|0x20 == 'c' && hasName(line, "connection:"):
+			closing = closing || hasClose(line[len("connection:"):])
 		case line[0]|0x20 == 't' && hasName(line, "transfer-encoding:"):
 			codings++
 			v := bytes.TrimSpace(line[len("transfer-encoding:"):])
 			bad = bad || !bytes.EqualFold(v, []byte("chunked"))
 		}
+	}
+	if closing && !h.ConnectionClose() {
+		h.SetConnectionClose()
 	}
 	switch {
 	case bare:
@@ -162,6 +181,11 @@ func CheckHead(h *fasthttp.RequestHeader) error {
 		return errdefs.New(errdefs.ErrInvalidArgument, "the request has both Transfer-Encoding and Content-Length")
 	case bad || codings > 1:
 		return errdefs.New(errdefs.ErrInvalidArgument, "unsupported Transfer-Encoding: only a single chunked is accepted")
+	case codings > 0 && !h.IsHTTP11():
+		// HTTP/1.0 has no transfer codings: a proxy in front may frame
+		// the body without it, and RFC 9112 6.1 has the message's
+		// framing taken for faulty (nginx answers 400 too).
+		return errdefs.New(errdefs.ErrInvalidArgument, "Transfer-Encoding in an HTTP/1.0 request")
 	case hosts > 1:
 		return errdefs.New(errdefs.ErrInvalidArgument, "more than one Host header")
 	case !validHost(h.Host()):
@@ -172,6 +196,19 @@ func CheckHead(h *fasthttp.RequestHeader) error {
 
 func hasName(line []byte, name string) bool {
 	return len(line) >= len(name) && bytes.EqualFold(line[:len(name)], []byte(name))
+}
+
+// hasClose says whether a Connection field's value (its CR included)
+// lists the option "close", in any case.
+func hasClose(v []byte) bool {
+	for len(v) > 0 {
+		var opt []byte
+		opt, v, _ = bytes.Cut(v, []byte{','})
+		if bytes.EqualFold(bytes.Trim(opt, " \t\r"), []byte("close")) {
+			return true
+		}
+	}
+	return false
 }
 
 // ValidHost says whether h is host[:port] as CheckHead takes a Host.

@@ -1,11 +1,15 @@
 package router
 
 import (
+	"bufio"
 	"bytes"
 	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/valyala/fasthttp"
 )
 
 // BenchmarkForwardUpload sends a 16 MiB body through the router's slow
@@ -50,5 +54,35 @@ func BenchmarkAnswerCodings(b *testing.B) {
 		if c, ok := answerCodings(head); !ok || c != "" {
 			b.Fatal(c, ok)
 		}
+	}
+}
+
+// BenchmarkRequestHead is the upstream head both paths write for every
+// request (appendRequestHead), with the look for dot segments that climb
+// out of the function (climbs), for a load generator's head and a
+// browser's.
+func BenchmarkRequestHead(b *testing.B) {
+	for _, tc := range []struct{ name, head string }{
+		{"wrk", "GET /fn/admin/triv/ HTTP/1.1\r\nHost: 127.0.0.1:18080\r\n\r\n"},
+		{"browser", "GET /fn/admin/triv/static/app.js HTTP/1.1\r\nHost: example.com\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/120.0\r\nAccept: text/html,application/xhtml+xml\r\nAccept-Language: en-US,en;q=0.5\r\nAccept-Encoding: gzip, deflate, br\r\nConnection: keep-alive\r\nCookie: a=b; c=d\r\nUpgrade-Insecure-Requests: 1\r\nSec-Fetch-Dest: document\r\nSec-Fetch-Mode: navigate\r\n\r\n"},
+	} {
+		var h fasthttp.RequestHeader
+		if err := h.Read(bufio.NewReader(strings.NewReader(tc.head))); err != nil {
+			b.Fatal(err)
+		}
+		_, _, rest, err := SplitPath(string(h.RequestURI()))
+		if err != nil {
+			b.Fatal(err)
+		}
+		inv := &invocation{rest: rest, reqID: "0123456789abcdef"}
+		var dst []byte
+		b.Run(tc.name, func(b *testing.B) {
+			for b.Loop() {
+				if climbs(inv.rest) {
+					b.Fatal("climbs")
+				}
+				dst = appendRequestHead(dst[:0], &h, inv, "127.0.0.1", false, false)
+			}
+		})
 	}
 }

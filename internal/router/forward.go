@@ -395,6 +395,12 @@ func (rt *Router) respond(ctx *fasthttp.RequestCtx, inv *invocation, c *upConn, 
 	// cut short (as through any proxy) rather than as a connection closed
 	// with nothing on it.
 	ctx.Response.ImmediateHeaderFlush = true
+	// The server writes with no deadline of its own: a client that never
+	// reads would block it, and hold the instance's slot and connection,
+	// for as long as it keeps its connection. The function's time covers
+	// the answer (the answer is cut), and CloseWithError lifts it.
+	body.client = ctx.Conn()
+	_ = body.client.SetWriteDeadline(inv.deadline)
 	ctx.SetBodyStream(body, body.length)
 	return true
 }
@@ -424,6 +430,7 @@ type respBody struct {
 	eof     bool
 	err     error
 	closed  bool
+	client  net.Conn // with the write deadline set for the body
 	// late: the failure is not the function's. The read that failed
 	// began after the deadline (the time went on writing to a slow
 	// client), or, in a duplex exchange, the client failed its body.
@@ -462,6 +469,10 @@ func (b *respBody) CloseWithError(err error) error {
 		return nil
 	}
 	b.closed = true
+	if b.client != nil {
+		// The connection's next answer has a time of its own.
+		_ = b.client.SetWriteDeadline(time.Time{})
+	}
 	b.end(true)
 	b.inv.finish(b.status)
 	return nil
@@ -851,7 +862,7 @@ func appendRequestHead(dst []byte, rh *fasthttp.RequestHeader, inv *invocation, 
 		dst = append(dst, inv.query...)
 	}
 	dst = append(dst, " HTTP/1.1\r\n"...)
-	connection := rh.Peek("Connection")
+	connection := connectionOptions(rh)
 	xff := false
 	for k, v := range rh.All() {
 		xff = xff || string(k) == "X-Forwarded-For"
@@ -901,6 +912,34 @@ func appendRequestHead(dst []byte, rh *fasthttp.RequestHeader, inv *invocation, 
 	dst = append(dst, "\r\nSpry-Request-Id: "...)
 	dst = append(dst, inv.reqID...)
 	return append(dst, "\r\n"...)
+}
+
+// connectionOptions is what the request's Connection fields list, all
+// of them (RFC 9110 7.6.1: the fields they name stay behind too).
+// fasthttp's Peek gives the first field only, and just "close" once the
+// connection is to close.
+func connectionOptions(rh *fasthttp.RequestHeader) []byte {
+	if !rh.ConnectionClose() {
+		switch all := rh.PeekAll("Connection"); len(all) {
+		case 0:
+			return nil
+		case 1:
+			return all[0]
+		}
+	}
+	return joinConnectionFields(rh)
+}
+
+// joinConnectionFields joins the values of every Connection field of rh
+// (rare: a closing request, or one with several such fields).
+func joinConnectionFields(rh *fasthttp.RequestHeader) []byte {
+	var opts []byte
+	for k, v := range rh.All() {
+		if string(k) == "Connection" {
+			opts = append(append(opts, v...), ',')
+		}
+	}
+	return opts
 }
 
 // copyBody copies the client's body: n bytes, or (n < 0) until it ends,

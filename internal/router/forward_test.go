@@ -1961,3 +1961,44 @@ func TestRetiredVersionLogsTheVersionThatServed(t *testing.T) {
 		t.Fatalf("access line names version %d, want 2 (the one that served)", v)
 	}
 }
+
+// A client that never reads its answer has it cut at the function's
+// timeout, on either path, of a known length or not: the invocation ends
+// (logged, its lease and the instance's connection let go). On the
+// goroutine path the server wrote the
+// body with no deadline, so once the client's socket was full the write
+// blocked for as long as the client kept its connection: the instance's
+// slot, its connection and the function's request held for good, by
+// a client that did nothing.
+func TestClientThatNeverReadsIsCutAtTheTimeout(t *testing.T) {
+	for _, known := range []bool{false, true} {
+		ended := make(chan struct{}, 1)
+		b := &upstreamBackend{}
+		b.addr = serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			defer func() { ended <- struct{}{} }()
+			if known {
+				w.Header().Set("Content-Length", strconv.Itoa(1<<40))
+			}
+			piece := make([]byte, 64<<10)
+			for {
+				if _, err := w.Write(piece); err != nil {
+					return
+				}
+				w.(http.Flusher).Flush()
+			}
+		}))
+		c, access := dialRouter(t, b, 300*time.Millisecond)
+		_ = c.(*net.TCPConn).SetReadBuffer(4 << 10)
+		io.WriteString(c, "GET /fn/alice/fn/ HTTP/1.1\r\nHost: x\r\n\r\n")
+		select {
+		case <-access:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("known length %v: the invocation did not end at its timeout", known)
+		}
+		select {
+		case <-ended:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("known length %v: the function's request did not end", known)
+		}
+	}
+}

@@ -930,8 +930,8 @@ func (lp *loop) start(c *laneClient, end int) handoffReason {
 	rest := path
 	if !hosted {
 		var err error
-		if owner, name, rest, err = SplitPath(path); err != nil {
-			return handoffMalformed
+		if owner, name, rest, err = SplitPath(path); err != nil || climbs(rest) {
+			return handoffMalformed // the slow path's 404 or 400
 		}
 	}
 	fn, tag, _ := strings.Cut(name, "@")

@@ -243,3 +243,87 @@ func TestBareLFTrailerIsRefused(t *testing.T) {
 		t.Fatalf("the function got %d smuggled requests", n)
 	}
 }
+
+// A request whose Connection field names "close" ends its connection
+// after its answer (RFC 9112 9.6), whatever the case and whatever else
+// the field lists, on either path; and every field a Connection field
+// names stays behind, not only those the first one names (RFC 9110
+// 7.6.1). fasthttp's parser took only "Connection: close" exactly (and
+// a later "Connection: keep-alive" undid it): the others were served as
+// keep-alive, and the request pipelined behind them answered, where a
+// proxy in front had taken the connection for closed. Nor did the
+// router see past the first Connection field, or past "close".
+func TestConnectionOptions(t *testing.T) {
+	seen := make(chan http.Header, 4)
+	srv := newTestRouter(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.Header.Clone()
+	}))
+	for _, tc := range []struct {
+		fields string
+		close  bool
+		gone   []string // fields the function must not get
+	}{
+		{"Connection: close\r\n", true, nil},
+		{"Connection: Close\r\n", true, nil},
+		{"Connection: CLOSE\r\n", true, nil},
+		{"Connection: close, X-A\r\nX-A: 1\r\n", true, []string{"X-A"}},
+		{"Connection: X-A ,\tclose \r\nX-A: 1\r\n", true, []string{"X-A"}},
+		{"Connection: close\r\nConnection: keep-alive\r\n", true, nil},
+		{"Connection: X-A\r\nConnection: X-B\r\nX-A: 1\r\nX-B: 2\r\n", false, []string{"X-A", "X-B"}},
+		{"Connection: X-A\r\nX-A: 1\r\nX-B: 2\r\nConnection: close, X-B\r\n", true, []string{"X-A", "X-B"}},
+		{"Connection: keep-alive\r\n", false, nil},
+		{"Connection: closed, x-close\r\n", false, nil},
+	} {
+		c := dialRaw(t, srv.URL)
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		c.send("GET /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\n" + tc.fields + "\r\nGET /fn/alice/fn/next HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+		res := c.response()
+		body(res)
+		if res.StatusCode != 200 || res.Close != tc.close {
+			t.Errorf("%q: %d, close %v; want 200, close %v", tc.fields, res.StatusCode, res.Close, tc.close)
+		}
+		h := <-seen
+		for _, f := range tc.gone {
+			if v, ok := h[f]; ok {
+				t.Errorf("%q: the function got %s: %q", tc.fields, f, v)
+			}
+		}
+		if tc.close {
+			c.ended(fmt.Sprintf("%q", tc.fields))
+			continue
+		}
+		if res := c.response(); res.StatusCode != 200 {
+			t.Errorf("%q: the next request's answer is %d", tc.fields, res.StatusCode)
+		}
+		<-seen
+	}
+}
+
+// An HTTP/1.0 request with a Transfer-Encoding is refused (400, and the
+// connection closes) on either path, as nginx refuses it: HTTP/1.0 has
+// no transfer codings, so a proxy in front may frame its body without
+// one (RFC 9112 6.1 has such framing taken for faulty), and see the
+// request below in it where the router read it as chunks. The router
+// read the body chunked, and, asked to keep the connection, served the
+// request after it.
+func TestHTTP10TransferEncodingIsRefused(t *testing.T) {
+	var got atomic.Int32
+	srv := routerTo(t, serveRawRequests(t, func(i int, c net.Conn) {
+		got.Add(1)
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	}), time.Millisecond)
+	for _, req := range []string{
+		"POST /fn/alice/fn/ HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n" +
+			"2f\r\nGET /fn/alice/fn/smuggled HTTP/1.0\r\nHost: h\r\n\r\n\r\n0\r\n\r\n",
+		"POST /fn/alice/fn/ HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+	} {
+		c := dialRaw(t, srv.URL)
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		c.send(req)
+		c.refused(fmt.Sprintf("%q", req), "HTTP/1.0")
+		c.ended(fmt.Sprintf("%q", req))
+	}
+	if n := got.Load(); n != 0 {
+		t.Fatalf("the function got %d requests", n)
+	}
+}

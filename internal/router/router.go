@@ -203,6 +203,9 @@ func (rt *Router) Handle(ctx *fasthttp.RequestCtx) {
 		}
 	}
 	owner, name, rest, err := SplitPath(path)
+	if err == nil && climbs(rest) {
+		err = errdefs.New(errdefs.ErrInvalidArgument, "the path's dot segments climb out of /fn/<owner>/<name>/")
+	}
 	if err != nil {
 		rt.writeError(ctx, newRequestID(), err)
 		httpserve.LeaveBody(ctx)
@@ -769,6 +772,64 @@ func SplitPath(p string) (owner, name, rest string, err error) {
 		rest = "/"
 	}
 	return owner, name, rest, nil
+}
+
+// climbs says whether rest, a function's escaped path, has ".." segments
+// that climb above its root: "/fn/bob/fn/../../alice/fn" is bob's
+// function to the router (it splits the path as it comes), and alice's
+// to whatever removes dot segments first (RFC 3986 5.2.4), as nginx does
+// before it matches a location and a browser before it sends a URL, so a
+// proxy in front that allows or denies by path would decide for one
+// function and the router serve another. Such a path is refused rather
+// than taken either way. A dot may be escaped (%2e, which nginx decodes
+// first), and "%2F" and "\" count as slashes (nginx decodes the one,
+// URL parsers of the WHATWG's kind take the other for a slash), empty
+// segments not at all (merged, as nginx does): whatever some reader
+// takes to climb, climbs. Dot segments within the function's path are
+// the function's.
+func climbs(rest string) bool {
+	if !strings.Contains(rest, "/.") && strings.IndexByte(rest, '%') < 0 && strings.IndexByte(rest, '\\') < 0 {
+		return false // (most paths: a dot segment starts "/.")
+	}
+	rest = escapedSlash.Replace(rest)
+	depth := 0
+	for seg := range strings.FieldsFuncSeq(rest, isSlash) {
+		switch dots(seg) {
+		case 1:
+		case 2:
+			if depth--; depth < 0 {
+				return true
+			}
+		default:
+			depth++
+		}
+	}
+	return false
+}
+
+var escapedSlash = strings.NewReplacer("%2f", "/", "%2F", "/")
+
+// isSlash says whether c separates path segments to some reader.
+func isSlash(c rune) bool { return c == '/' || c == '\\' }
+
+// dots is 1 for a segment "." and 2 for "..", a dot perhaps escaped
+// ("%2e"); else 0.
+func dots(seg string) int {
+	n := 0
+	for len(seg) > 0 {
+		switch {
+		case seg[0] == '.':
+			seg = seg[1:]
+		case len(seg) >= 3 && seg[0] == '%' && seg[1] == '2' && seg[2]|0x20 == 'e':
+			seg = seg[3:]
+		default:
+			return 0
+		}
+		if n++; n > 2 {
+			return 0
+		}
+	}
+	return n
 }
 
 func truncate(s string) string {
