@@ -2000,5 +2000,36 @@ func TestClientThatNeverReadsIsCutAtTheTimeout(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatalf("known length %v: the function's request did not end", known)
 		}
+		// And the router lets the client go: it closes its side, rather
+		// than keep the connection while the client reads what is left
+		// at its pace (the kernel sends what it holds, then the end).
+		for deadline := time.Now().Add(5 * time.Second); routerSideOpen(t, c); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("known length %v: the router keeps the client's connection after its answer was cut", known)
+			}
+		}
 	}
+}
+
+// routerSideOpen says whether the router's end of c is still open: its
+// socket (the one whose local address is c's remote one) is ESTABLISHED
+// in /proc/net/tcp, not closed and in FIN-WAIT.
+func routerSideOpen(t *testing.T, c net.Conn) bool {
+	t.Helper()
+	hexAddr := func(a net.Addr) string {
+		ta := a.(*net.TCPAddr)
+		ip := ta.IP.To4()
+		return fmt.Sprintf("%02X%02X%02X%02X:%04X", ip[3], ip[2], ip[1], ip[0], ta.Port)
+	}
+	local, remote := hexAddr(c.RemoteAddr()), hexAddr(c.LocalAddr())
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		if f := strings.Fields(line); len(f) > 3 && f[1] == local && f[2] == remote {
+			return f[3] == "01"
+		}
+	}
+	return false
 }

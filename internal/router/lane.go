@@ -1466,7 +1466,11 @@ func (lp *loop) cutOff(c *laneClient) {
 	}
 	inv.finish(u.status)
 	c.closeAfter = true
-	if len(c.out) == 0 {
+	if len(c.out) == 0 || u.paused {
+		// A client too slow to take the answer in the function's time
+		// gets no more of it: its connection is not kept while it reads
+		// what is left at its pace (the slow path's server closes too).
+		c.out = nil
 		lp.closeClient(c)
 	}
 }
