@@ -241,7 +241,7 @@ func TestDiskFull(t *testing.T) {
 	s.mustSpry("backup", filepath.Join(t.TempDir(), "backup.tar.gz"))
 	// The lines lost are told, not silently missing.
 	eventually(t, 10*time.Second, "the chatty function's lost lines to be told", func() bool {
-		return strings.Contains(s.mustSpry("logs", "chatty"), "dropped")
+		return strings.Contains(s.mustSpry("logs", "chatty"), "dropped because the log store could not write them")
 	})
 	noTempFiles(t, data)
 }

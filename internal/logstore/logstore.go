@@ -239,8 +239,13 @@ type Store struct {
 	touched        map[fnKey]struct{}   // functions written to since their last count check
 	gone           map[string]time.Time // IDs of deleted functions, and when: their late lines are dropped
 	sinceRetention int
-	err            error  // first failure since the last Flush
-	beforeWrite    func() // test hook, called before each batch is written
+	err            error // first failure since the last Flush
+	// writeFailures counts the writes failed in a row (a full disk):
+	// notices are tried again ever more slowly, and the failure is
+	// logged at the first and then at most every failLogEvery.
+	writeFailures int
+	failLogged    time.Time
+	beforeWrite   func() // test hook, called before each batch is written
 
 	// Test hook, called by Follow's goroutine after it subscribes and
 	// after its initial query. Set before calling Follow.
@@ -268,6 +273,7 @@ type dropCount struct {
 	n        uint64
 	version  int64 // of the last line lost, so that --version N shows the notice
 	instance string
+	unstored bool // some were lost to a failed write (a full disk), not to a full queue
 }
 
 // item is what the queue carries: an entry, or a request for the writer.
@@ -350,7 +356,7 @@ func (s *Store) Append(e Entry) {
 	}
 	n.Add(-1)
 	s.dropped.Add(1)
-	s.countDrop(&e, 1)
+	s.countDrop(&e, 1, false)
 }
 
 // queuedOf returns the count of id's queued entries.
@@ -364,12 +370,13 @@ func (s *Store) queuedOf(id string) *atomic.Int32 {
 
 // countDrop remembers n lost lines of e's function for a drop notice. The
 // lock is only taken when lines are lost, never on Append's usual path.
-func (s *Store) countDrop(e *Entry, n uint64) {
+func (s *Store) countDrop(e *Entry, n uint64, unstored bool) {
 	s.dropMu.Lock()
 	k := dropKey{keyOf(e), e.FunctionID}
 	d := s.drops[k]
 	d.n += n
 	d.version, d.instance = e.Version, e.Instance
+	d.unstored = d.unstored || unstored
 	s.drops[k] = d
 	s.dropMu.Unlock()
 }
@@ -519,8 +526,10 @@ func (s *Store) run() {
 			armed = false
 			s.write()
 			if s.dropsPending() {
-				// A failed write's notices are tried again.
-				arm()
+				// A failed write's notices are tried again, ever more
+				// slowly while writes fail (a full disk).
+				flush.Reset(retryDelay(s.opts.FlushInterval, s.writeFailures))
+				armed = true
 			}
 		case <-retention.C:
 			s.write()
@@ -563,6 +572,19 @@ func (s *Store) handle(it item) {
 	s.err = nil
 }
 
+// failLogEvery bounds how often writes failing in a row are logged.
+const failLogEvery = 30 * time.Second
+
+// retryDelay is the wait before the next try after failures writes
+// failed in a row: every doubling from interval, up to 30 s.
+func retryDelay(interval time.Duration, failures int) time.Duration {
+	d := interval
+	for i := 1; i < failures && d < 30*time.Second; i++ {
+		d *= 2
+	}
+	return min(d, 30*time.Second)
+}
+
 // fail logs a writer error and keeps the first one for Flush.
 func (s *Store) fail(what string, err error) {
 	s.opts.Logger.Error("logstore: "+what, "err", err)
@@ -583,18 +605,29 @@ func (s *Store) write() {
 	batch := s.batch
 	s.batch = s.batch[:0] // reused: publish copies what it sends
 	if err := s.insert(batch); err != nil {
-		s.fail(fmt.Sprintf("write %d entries", len(batch)), err)
+		s.writeFailures++
+		what := fmt.Sprintf("write %d entries", len(batch))
+		if now := time.Now(); s.writeFailures == 1 || now.Sub(s.failLogged) >= failLogEvery {
+			s.failLogged = now
+			s.fail(fmt.Sprintf("%s (%d failed writes in a row)", what, s.writeFailures), err)
+		} else if s.err == nil {
+			s.err = fmt.Errorf("logstore: %s: %w", what, err)
+		}
 		for i := range batch {
 			p := &batch[i]
 			if p.notice > 0 {
 				// Still lost, and the loss still to be told.
-				s.countDrop(&p.e, p.notice)
+				s.countDrop(&p.e, p.notice, true)
 			} else {
 				s.dropped.Add(1)
-				s.countDrop(&p.e, 1)
+				s.countDrop(&p.e, 1, true)
 			}
 		}
 		return
+	}
+	if s.writeFailures > 0 {
+		s.opts.Logger.Info("logstore: writes succeed again", "failed_writes", s.writeFailures)
+		s.writeFailures = 0
 	}
 	for i := range batch {
 		s.touched[keyOf(&batch[i].e)] = struct{}{}
@@ -626,9 +659,13 @@ func (s *Store) addDropNotices() {
 		if _, ok := s.gone[k.id]; ok {
 			continue
 		}
-		line := "spry: 1 log line was dropped because the log store fell behind"
+		why := "the log store fell behind"
+		if d.unstored {
+			why = "the log store could not write them (the server's log says why)"
+		}
+		line := "spry: 1 log line was dropped because " + why
 		if d.n != 1 {
-			line = fmt.Sprintf("spry: %d log lines were dropped because the log store fell behind", d.n)
+			line = fmt.Sprintf("spry: %d log lines were dropped because %s", d.n, why)
 		}
 		s.batch = append(s.batch, pending{
 			e: Entry{

@@ -1,9 +1,11 @@
 package logstore
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -848,6 +850,46 @@ func TestWriteFailure(t *testing.T) {
 	}
 	if d := s.Dropped(); d != 2 {
 		t.Errorf("after Close, Dropped() = %d, want 2", d)
+	}
+}
+
+// Writes that keep failing (a full disk) are logged at the first, then at
+// most every failLogEvery, not at each flush; and their notices are tried
+// again ever more slowly.
+func TestWriteFailuresLoggedOnce(t *testing.T) {
+	var logged bytes.Buffer
+	s := openAt(t, filepath.Join(t.TempDir(), "logs.db"), Options{Logger: slog.New(slog.NewTextHandler(&logged, nil))})
+	if err := s.db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		appendLines(s, "alice", "hello", 1)
+		if err := s.Flush(t.Context()); err == nil {
+			t.Fatal("Flush reported no error for a failed write")
+		}
+	}
+	if n := strings.Count(logged.String(), `msg="logstore: write`); n != 1 {
+		t.Errorf("%d error lines of writes for 5 failed writes in a row, want 1:\n%s", n, logged.String())
+	}
+	_ = s.Close()
+}
+
+func TestRetryDelay(t *testing.T) {
+	for _, tt := range []struct {
+		failures int
+		want     time.Duration
+	}{
+		{0, 200 * time.Millisecond},
+		{1, 200 * time.Millisecond},
+		{2, 400 * time.Millisecond},
+		{4, 1600 * time.Millisecond},
+		{8, 25600 * time.Millisecond},
+		{9, 30 * time.Second},
+		{1000, 30 * time.Second},
+	} {
+		if got := retryDelay(200*time.Millisecond, tt.failures); got != tt.want {
+			t.Errorf("retryDelay(200ms, %d) = %v, want %v", tt.failures, got, tt.want)
+		}
 	}
 }
 
