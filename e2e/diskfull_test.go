@@ -120,6 +120,9 @@ func TestDiskFull(t *testing.T) {
 	s.deployCode(t, "chatty", []byte(chattyCode), "")
 	s.deployCode(t, "kvfn", []byte(kvCode), "")
 	s.deployCode(t, "slowjob", []byte(`export default { async fetch() { await new Promise((r) => setTimeout(r, 1000)); return new Response("done"); } }`), "")
+	// One whose attempt fails (a 4xx is final) on the full disk, to be
+	// recorded failed and its event sent on to hello in one transaction.
+	s.deployCode(t, "slowfail", []byte(`export default { async fetch() { await new Promise((r) => setTimeout(r, 1000)); return new Response("no", { status: 400 }); } }`), "async-on-failure=hello")
 	for i := range 20 {
 		if r := s.doTimed(t, "PUT", fmt.Sprintf("/api/v1/functions/kvfn/kv/k%d", i), s.token, []byte(fmt.Sprintf(`"v%d"`, i)), nil); r.status != 204 {
 			t.Fatalf("kv put: %d %s", r.status, r.body)
@@ -148,7 +151,13 @@ func TestDiskFull(t *testing.T) {
 		t.Fatalf("enqueue: %d %s", sr.status, sr.body)
 	}
 	slow := sr.json(t)["id"].(string)
+	fr := s.doTimed(t, "POST", "/api/v1/functions/slowfail/invocations", s.token, []byte("fail"), nil)
+	if fr.status != 202 {
+		t.Fatalf("enqueue: %d %s", fr.status, fr.body)
+	}
+	slowFail := fr.json(t)["id"].(string)
 	s.waitInvocation(t, "slowjob", slow, "running")
+	s.waitInvocation(t, "slowfail", slowFail, "running")
 
 	filler := filepath.Join(disk, "filler")
 	fillDisk(t, filler)
@@ -211,7 +220,7 @@ func TestDiskFull(t *testing.T) {
 	for _, f := range fns.Functions {
 		got[f.Name] = f.Version
 	}
-	if want := map[string]int{"hello": 1, "cold": 1, "chatty": 1, "kvfn": 1, "slowjob": 1}; !maps.Equal(got, want) {
+	if want := map[string]int{"hello": 1, "cold": 1, "chatty": 1, "kvfn": 1, "slowjob": 1, "slowfail": 1}; !maps.Equal(got, want) {
 		t.Errorf("functions after the full disk: %v, want %v", got, want)
 	}
 	for i := range 20 {
@@ -229,6 +238,11 @@ func TestDiskFull(t *testing.T) {
 	}
 	s.waitInvocation(t, "hello", invocation, "succeeded")
 	s.waitInvocation(t, "slowjob", slow, "succeeded")
+	if v := s.waitInvocation(t, "slowfail", slowFail, "failed"); v["forwarded_to"] == nil {
+		t.Errorf("the failure ended on the full disk was not sent on: %v", v)
+	} else {
+		s.waitInvocation(t, "hello", v["forwarded_to"].(string), "succeeded")
+	}
 	// And everything works again, without a restart.
 	for _, w := range writes[:len(writes)-1] {
 		if r := s.doTimed(t, w.method, w.path, s.token, w.body, w.header); r.status >= 300 {

@@ -439,16 +439,25 @@ func (w *Worker) attempt(inv *Invocation) {
 // forgotten it would stay so until the next start, which queues it again
 // (as after a kill -9).
 func (w *Worker) record(ctx context.Context, inv *Invocation, r Result, status string, now, next time.Time) {
+	_ = w.store(inv, "record an invocation's attempt", func() error {
+		return w.st.Record(ctx, inv.ID, r, status, now, next)
+	})
+}
+
+// store runs write until it succeeds or the worker stops, waiting a
+// second after the first failure and then twice as long each time, up
+// to 30 s (record says why), and returns its last error.
+func (w *Worker) store(inv *Invocation, what string, write func() error) error {
 	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
-		err := w.st.Record(ctx, inv.ID, r, status, now, next)
+		err := write()
 		if err == nil {
-			return
+			return nil
 		}
-		w.cfg.Logger.Error("record an invocation's attempt", "owner", inv.Owner, "function", inv.Function, "err", err, "retry_in", wait)
+		w.cfg.Logger.Error(what, "owner", inv.Owner, "function", inv.Function, "err", err, "retry_in", wait)
 		select {
 		case <-time.After(wait):
 		case <-w.actx.Done():
-			return
+			return err
 		}
 	}
 }
@@ -466,18 +475,20 @@ func (w *Worker) forward(ctx context.Context, inv *Invocation, r Result, now tim
 		body, err = failureEvent(inv, r, int(w.cfg.MaxBody))
 	}
 	if err != nil {
-		if rerr := w.st.Record(ctx, inv.ID, r, StatusFailed, now, now); rerr != nil {
-			w.cfg.Logger.Error("record an invocation's attempt", "owner", inv.Owner, "function", inv.Function, "err", rerr)
-		}
+		w.record(ctx, inv, r, StatusFailed, now, now)
 		return nil, err
 	}
 	fwd := &Invocation{ID: NewID(), Owner: inv.Owner, FunctionID: id, Function: r.OnFailure, Path: "/",
 		ContentType: "application/json", Body: body, Status: StatusQueued,
 		CreatedAt: now, NextAt: now, FailureOf: inv.ID}
-	refused, err := w.st.Forward(ctx, inv.ID, r, now, fwd, w.Bounds())
+	// One transaction, tried again whole while it fails (a full disk).
+	var refused error
+	err = w.store(inv, "record an invocation's attempt and send it on", func() (err error) {
+		refused, err = w.st.Forward(ctx, inv.ID, r, now, fwd, w.Bounds())
+		return err
+	})
 	switch {
 	case err != nil:
-		w.cfg.Logger.Error("record an invocation's attempt and send it on", "owner", inv.Owner, "function", inv.Function, "err", err)
 		return nil, err
 	case errors.Is(refused, ErrGone):
 		// Its function's deletion took its invocations: nothing to say.
