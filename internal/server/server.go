@@ -201,9 +201,12 @@ type Server struct {
 	certs       *certreload.Pair // --tls-cert's, nil without TLS
 	dbgLn       net.Listener     // --debug-listen's, nil without it
 	ready       atomic.Bool
-	stop        context.CancelFunc
-	bg          chan struct{}
-	runDir      string
+	// hurry is closed by Hurry: the drain ends at once.
+	hurry     chan struct{}
+	hurryOnce sync.Once
+	stop      context.CancelFunc
+	bg        chan struct{}
+	runDir    string
 }
 
 const (
@@ -232,7 +235,7 @@ func openFileLimit(want uint64) uint64 {
 // cleans up after a previous run that was killed, and starts the warm pool.
 // It does not listen yet.
 func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err error) {
-	s := &Server{cfg: cfg, log: log, bg: make(chan struct{})}
+	s := &Server{cfg: cfg, log: log, bg: make(chan struct{}), hurry: make(chan struct{})}
 	if cfg.TLSCert != "" || cfg.TLSKey != "" {
 		// Before anything is made: a bad pair is the operator's to fix.
 		if s.certs, err = certreload.Load(cfg.TLSCert, cfg.TLSKey, time.Now, log); err != nil {
@@ -719,6 +722,14 @@ func (s *Server) Run(ctx context.Context) error {
 	s.logs.EndFollows()
 	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 	defer cancel()
+	go func() {
+		select {
+		case <-s.hurry:
+			s.log.Warn("told again to stop: in-flight requests are cut off now")
+			cancel()
+		case <-sctx.Done():
+		}
+	}()
 	laneDone := make(chan struct{})
 	go func() { s.stopLane(sctx); close(laneDone) }()
 	// Asynchronous attempts under way finish as requests do; those cut
@@ -732,14 +743,22 @@ func (s *Server) Run(ctx context.Context) error {
 	err := s.http.ShutdownWithContext(sctx)
 	<-laneDone
 	<-asyncDone
-	if errors.Is(err, context.DeadlineExceeded) {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		// What is still in flight ends with the instances, below.
-		s.log.Warn("in-flight requests did not finish in time", "timeout", s.cfg.ShutdownTimeout)
+		if errors.Is(err, context.DeadlineExceeded) {
+			s.log.Warn("in-flight requests did not finish in time", "timeout", s.cfg.ShutdownTimeout)
+		}
 		err = nil
 	}
 	s.closeAll()
 	return err
 }
+
+// Hurry ends the drain of a Run shutting down at once (a second signal):
+// what is still in flight is cut off as at ShutdownTimeout, and the
+// instances are stopped and cleared all the same. Before the shutdown
+// it makes the drain none.
+func (s *Server) Hurry() { s.hurryOnce.Do(func() { close(s.hurry) }) }
 
 // tlsConfig is the listener's (httpserve.TLSConfig), with the
 // certificate the files hold now.
