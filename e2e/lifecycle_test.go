@@ -127,19 +127,46 @@ func (s *server) refusesConnections() bool {
 	return false
 }
 
+// slirps lists the server's slirp4netns processes (its children: one
+// per sandbox with a network), as "pid cmdline".
+func (s *server) slirps() []string {
+	ppid := fmt.Sprintf("\nPPid:\t%d\n", s.cmd.Process.Pid)
+	var out []string
+	for _, p := range liveProcs(func(_ int, cmd string) bool { return strings.Contains(cmd, "slirp4netns") }) {
+		var pid int
+		if _, err := fmt.Sscanf(p, "pid %d", &pid); err != nil {
+			continue
+		}
+		if status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil && strings.Contains(string(status), ppid) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// stillLive lists those of procs (liveProcs' lines) that still run.
+func stillLive(procs []string) []string {
+	var out []string
+	now := liveProcs(func(int, string) bool { return true })
+	for _, p := range procs {
+		if slices.Contains(now, p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // checkNoLeftovers fails t if anything of the stopped server's is left:
-// a process of its uids, a slirp4netns of its sandboxes, its cgroup
-// subtree, its run directory (the instances' sockets, network
-// namespaces and code).
-func (s *server) checkNoLeftovers(t *testing.T) {
+// a process of its uids, one of slirps (its slirp4netns processes, as
+// slirps listed them while it ran), its cgroup subtree, its run
+// directory (the instances' sockets and code).
+func (s *server) checkNoLeftovers(t *testing.T, slirps []string) {
 	t.Helper()
 	s.checkNothingLeft()
-	run := s.runDir()
-	if left := liveProcs(func(_ int, cmd string) bool {
-		return strings.Contains(cmd, "slirp4netns") && strings.Contains(cmd, run)
-	}); len(left) > 0 {
+	if left := stillLive(slirps); len(left) > 0 {
 		t.Errorf("slirp4netns left behind:\n%s", strings.Join(left, "\n"))
 	}
+	run := s.runDir()
 	if _, err := os.Stat(run); !os.IsNotExist(err) {
 		t.Errorf("run dir %s left behind (%v)", run, err)
 	}
@@ -215,6 +242,10 @@ func TestShutdownDrains(t *testing.T) {
 		return s.metric(t, "spry_instances{", `function="slow"`, `state="busy"`) == 1 && strings.Contains(st.String(), "chunk0")
 	})
 
+	slirps := s.slirps()
+	if len(slirps) == 0 {
+		t.Error("no slirp4netns to see gone: the functions have no network")
+	}
 	s.signal(t, syscall.SIGTERM)
 	t0 := time.Now()
 	eventually(t, 5*time.Second, "new connections to be refused", s.refusesConnections)
@@ -249,7 +280,7 @@ func TestShutdownDrains(t *testing.T) {
 		t.Errorf("exit code %d", exit)
 	}
 	t.Logf("exited %v after SIGTERM", time.Since(t0))
-	s.checkNoLeftovers(t)
+	s.checkNoLeftovers(t, slirps)
 
 	// The next start: the invocation finished (once), the deploy is there.
 	s.start()
@@ -301,6 +332,7 @@ func TestShutdownDrainBounded(t *testing.T) {
 	s.deployCode(t, "endless", []byte(endlessFn), "")
 	st := s.openStream(t, "/fn/admin/endless/")
 	eventually(t, 10*time.Second, "the stream under way", func() bool { return strings.Contains(st.String(), "tick") })
+	slirps := s.slirps()
 	s.signal(t, syscall.SIGTERM)
 	took, exit := s.waitExit(t, 15*time.Second)
 	if exit != 0 {
@@ -315,7 +347,7 @@ func TestShutdownDrainBounded(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the stream goes on after the server exited")
 	}
-	s.checkNoLeftovers(t)
+	s.checkNoLeftovers(t, slirps)
 }
 
 // TestShutdownSecondSignal: a second SIGTERM or SIGINT during the drain
@@ -329,6 +361,7 @@ func TestShutdownSecondSignal(t *testing.T) {
 			s.deployCode(t, "endless", []byte(endlessFn), "")
 			st := s.openStream(t, "/fn/admin/endless/")
 			eventually(t, 10*time.Second, "the stream under way", func() bool { return strings.Contains(st.String(), "tick") })
+			slirps := s.slirps()
 			s.signal(t, syscall.SIGTERM)
 			// Draining: the stream goes on.
 			eventually(t, 5*time.Second, "new connections to be refused", s.refusesConnections)
@@ -343,7 +376,7 @@ func TestShutdownSecondSignal(t *testing.T) {
 				t.Errorf("exited %v after the second signal, want at once", took)
 			}
 			<-st.done
-			s.checkNoLeftovers(t)
+			s.checkNoLeftovers(t, slirps)
 		})
 	}
 }
@@ -390,23 +423,15 @@ func TestRestartAfterKill(t *testing.T) {
 		eventually(t, 10*time.Second, "a warm instance", func() bool { return s.running(t, "ticker") == 1 })
 		before := len(ticks())
 		eventually(t, 10*time.Second, "two more scheduled runs", func() bool { return len(ticks()) >= before+2 })
-		left := s.sandboxProcs()
+		left := append(s.sandboxProcs(), s.slirps()...)
 		if how == "kill -9" {
 			s.kill9()
 		} else {
 			s.stop()
-			s.checkNoLeftovers(t)
+			s.checkNoLeftovers(t, left)
 		}
 		s.start()
-		eventually(t, 10*time.Second, "the last server's sandboxes to be gone", func() bool {
-			now := strings.Join(s.sandboxProcs(), "\n")
-			for _, p := range left {
-				if strings.Contains(now, strings.Fields(p)[0]+" "+strings.Fields(p)[1]+" ") {
-					return false
-				}
-			}
-			return true
-		})
+		eventually(t, 10*time.Second, "the last server's sandboxes and slirp4netns to be gone", func() bool { return len(stillLive(left)) == 0 })
 		eventually(t, 10*time.Second, "a warm instance after the "+how, func() bool { return s.running(t, "ticker") == 1 })
 		n := len(ticks())
 		eventually(t, 10*time.Second, "scheduled runs after the "+how, func() bool { return len(ticks()) >= n+2 })
