@@ -741,6 +741,10 @@ func (s *Server) Run(ctx context.Context) error {
 		close(asyncDone)
 	}()
 	err := s.http.ShutdownWithContext(sctx)
+	if err == nil {
+		// WebSockets: Shutdown does not wait for hijacked connections.
+		err = s.router.WaitUpgrades(sctx)
+	}
 	<-laneDone
 	<-asyncDone
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
