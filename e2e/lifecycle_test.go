@@ -448,3 +448,37 @@ func TestRestartAfterKill(t *testing.T) {
 		}
 	}
 }
+
+// TestHangUpDoesNotKill: without TLS, SIGHUP has nothing to reload; the
+// server serves on (it used to die of it, with no drain and nothing
+// cleared), and SIGTERM then stops it cleanly.
+func TestHangUpDoesNotKill(t *testing.T) {
+	s := startServer(t)
+	s.deployCode(t, "hello", example(t, "hello.ts"), "")
+	if r := s.get("/fn/admin/hello?name=A"); r.status != 200 {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	slirps := s.slirps()
+	s.signal(t, syscall.SIGHUP)
+	died := false
+	eventually(t, 5*time.Second, "the SIGHUP to be logged", func() bool {
+		select {
+		case <-s.done:
+			died = true
+			return true
+		default:
+		}
+		return strings.Contains(s.logs.String(), "SIGHUP: nothing to reload")
+	})
+	if died {
+		t.Fatalf("spry serve died of SIGHUP: %v", s.cmd.ProcessState)
+	}
+	if r := s.get("/fn/admin/hello?name=B"); r.status != 200 || string(r.body) != "Hello, B\n" {
+		t.Fatalf("after SIGHUP: %d %q", r.status, r.body)
+	}
+	s.signal(t, syscall.SIGTERM)
+	if _, exit := s.waitExit(t, 15*time.Second); exit != 0 {
+		t.Errorf("exit code %d", exit)
+	}
+	s.checkNoLeftovers(t, slirps)
+}

@@ -676,13 +676,18 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	errc := make(chan error, 1)
 	var ln net.Listener
+	// Notified before the server is ready, with or without TLS: a SIGHUP
+	// (a reload, a closed terminal) would otherwise kill it outright,
+	// with no drain and its instances' cgroups and run dir left behind.
+	// Until Run returns: the drain is no time to die of one either.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	hupCtx, hupDone := context.WithCancel(context.Background())
+	defer hupDone()
+	go s.reloadOnHangUp(hupCtx, hup)
 	if s.certs != nil {
 		// The event loops read raw sockets and cannot speak TLS: every
 		// connection is fasthttp's (docs/architecture.md says the cost).
-		// Notified before the server is ready: a SIGHUP would kill it.
-		hup := make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
-		go s.reloadOnHangUp(ctx, hup)
 		ln = httpserve.TLSListener(s.ln, s.tlsConfig(), httpserve.WatchAfter, s.log)
 	} else {
 		ln = s.ln
@@ -770,7 +775,8 @@ func (s *Server) tlsConfig() *tls.Config { return httpserve.TLSConfig(s.certs.Ge
 
 // reloadOnHangUp reads the certificate and key again at each SIGHUP on
 // hup until ctx ends (a pair that does not load is logged and the old
-// one kept).
+// one kept); without TLS there is nothing to read again, and the signal
+// is only logged.
 func (s *Server) reloadOnHangUp(ctx context.Context, hup chan os.Signal) {
 	defer signal.Stop(hup)
 	for {
@@ -778,6 +784,10 @@ func (s *Server) reloadOnHangUp(ctx context.Context, hup chan os.Signal) {
 		case <-ctx.Done():
 			return
 		case <-hup:
+			if s.certs == nil {
+				s.log.Info("SIGHUP: nothing to reload (no --tls-cert); SIGTERM stops the server")
+				continue
+			}
 			_ = s.certs.Reload()
 		}
 	}
