@@ -550,30 +550,7 @@ func TestStopLeavesNoCgroups(t *testing.T) {
 	if r := s.get("/fn/admin/hello/"); r.status != 200 {
 		t.Fatalf("%d %s", r.status, r.body)
 	}
-	sum := sha256.Sum256([]byte(s.data))
-	id := hex.EncodeToString(sum[:6])
-	// v2: /sys/fs/cgroup/spry/<id>; v1: one per controller, nested in
-	// the server's own group of that controller (the test's).
-	var dirs []string
-	if _, err := os.Stat("/sys/fs/cgroup/spry/" + id); err == nil {
-		dirs = append(dirs, "/sys/fs/cgroup/spry/"+id)
-	}
-	own, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(strings.TrimSpace(string(own)), "\n") {
-		f := strings.SplitN(line, ":", 3)
-		if len(f) != 3 || f[1] == "" || strings.HasPrefix(f[1], "name=") {
-			continue
-		}
-		for _, ctrl := range strings.Split(f[1], ",") {
-			d := filepath.Join("/sys/fs/cgroup", ctrl, f[2], "spry", id)
-			if _, err := os.Stat(d); err == nil && !slices.Contains(dirs, d) {
-				dirs = append(dirs, d)
-			}
-		}
-	}
+	dirs := s.cgroupDirs(t)
 	if len(dirs) == 0 {
 		t.Skip("the server's cgroups are not where this test looks (a nested cgroup)")
 	}

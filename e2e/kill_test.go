@@ -21,29 +21,12 @@ import (
 	"github.com/spry-run/spry/internal/sqlitedb"
 )
 
-// cgroupDirs lists the server's cgroup subtree (spry/<id>: v2's, or one
-// per v1 controller, nested in the test's own group) and every group
-// under it.
-func (s *server) cgroupDirs(t *testing.T) []string {
+// cgroupTree lists the server's cgroup subtrees (cgroupDirs) and every
+// group under them.
+func (s *server) cgroupTree(t *testing.T) []string {
 	t.Helper()
-	sum := sha256.Sum256([]byte(s.data))
-	id := hex.EncodeToString(sum[:6])
-	roots := []string{"/sys/fs/cgroup/spry/" + id}
-	own, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(strings.TrimSpace(string(own)), "\n") {
-		f := strings.SplitN(line, ":", 3)
-		if len(f) != 3 || f[1] == "" || strings.HasPrefix(f[1], "name=") {
-			continue
-		}
-		for _, ctrl := range strings.Split(f[1], ",") {
-			roots = append(roots, filepath.Join("/sys/fs/cgroup", ctrl, f[2], "spry", id))
-		}
-	}
 	var dirs []string
-	for _, r := range roots {
+	for _, r := range s.cgroupDirs(t) {
 		_ = filepath.WalkDir(r, func(p string, d os.DirEntry, err error) error {
 			if err == nil && d.IsDir() && !slices.Contains(dirs, p) {
 				dirs = append(dirs, p)
@@ -66,7 +49,7 @@ func (s *server) hostState(t *testing.T) []string {
 			out = append(out, filepath.Join(dir, e.Name()))
 		}
 	}
-	return append(out, s.cgroupDirs(t)...)
+	return append(out, s.cgroupTree(t)...)
 }
 
 // killAndRestart kills the server with SIGKILL, checks that its databases

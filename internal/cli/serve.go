@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -8,11 +9,13 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"os"
 	"os/signal"
 	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -95,7 +98,13 @@ func newServeCmd(env Env) *cobra.Command {
 			if lookupEnv(env.Environ, "GOMAXPROCS") == "" {
 				runtime.GOMAXPROCS(4 * runtime.GOMAXPROCS(0))
 			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			// The server, once made, for a second signal.
+			var srv atomic.Pointer[server.Server]
+			ctx, stop := stopSignals(cmd.Context(), log, func() {
+				if s := srv.Load(); s != nil {
+					s.Hurry()
+				}
+			})
 			defer stop()
 			cfg.Version = Version
 			if cfg.AsyncMaxPerUser == 0 {
@@ -112,6 +121,7 @@ func newServeCmd(env Env) *cobra.Command {
 				s.Close()
 				return err
 			}
+			srv.Store(s)
 			return s.Run(ctx)
 		},
 	}
@@ -458,4 +468,34 @@ func defaultMemoryReserve() int {
 		return 256
 	}
 	return max(256, int(n>>20)/32)
+}
+
+// stopSignals is spry serve's ctx, which SIGINT or SIGTERM ends (the
+// drain begins); a second one calls hurry (the drain ends at once).
+// stop releases the signals.
+func stopSignals(parent context.Context, log *slog.Logger, hurry func()) (ctx context.Context, stop func()) {
+	ctx, cancel := context.WithCancel(parent)
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		for n := 0; ; n++ {
+			select {
+			case sig := <-sigs:
+				if n == 0 {
+					log.Info("stopping: in-flight requests may finish first; another signal stops at once", "signal", sig.String())
+					cancel()
+					continue
+				}
+				hurry()
+			case <-done:
+			}
+			return
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(sigs)
+		close(done)
+		cancel()
+	}
 }

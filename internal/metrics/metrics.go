@@ -139,20 +139,35 @@ func (m *Metrics) Invocation(owner, function, id string, code int, d time.Durati
 	m.recheck(owner, function, id)
 }
 
-// codeLabels are the status codes' labels, made once: strconv.Itoa
-// allocates for each code past 99, and this is on every request's path.
+// codeLabels are the status codes' labels, made once (this is on every
+// request's path). A function picks its statuses (Node sends any of
+// 100-999), and each label is a series kept as long as the function:
+// the codes HTTP registers (net/http's), and 499 (nginx's, the router's
+// for a client gone), keep their number; any other of 100-599 is its
+// class ("2xx"); the rest are "other". A function so makes at most 70 or
+// so code series, whatever it answers.
 var codeLabels = func() (l [600]string) {
 	for i := range l {
-		l[i] = strconv.Itoa(i)
+		switch {
+		case i < 100:
+			l[i] = codeOther
+		case http.StatusText(i) != "" || i == 499:
+			l[i] = strconv.Itoa(i)
+		default:
+			l[i] = strconv.Itoa(i/100) + "xx"
+		}
 	}
 	return l
 }()
+
+// codeOther is the code label of a status outside 100-599.
+const codeOther = "other"
 
 func codeLabel(code int) string {
 	if code >= 0 && code < len(codeLabels) {
 		return codeLabels[code]
 	}
-	return strconv.Itoa(code)
+	return codeOther
 }
 
 // ColdStart records one instance start for the function whose id is id.

@@ -163,3 +163,35 @@ func TestForgetTwiceUnderOneName(t *testing.T) {
 		t.Errorf("after both deletes: %v counted, want 0", n)
 	}
 }
+
+// The code label takes a bounded set of values, whatever statuses a
+// function answers: registered codes as they are, others by class.
+func TestCodeLabelBounded(t *testing.T) {
+	for _, c := range []struct {
+		code int
+		want string
+	}{
+		{200, "200"}, {204, "204"}, {404, "404"}, {429, "429"}, {499, "499"}, {502, "502"}, {504, "504"},
+		{100, "100"}, {299, "2xx"}, {342, "3xx"}, {452, "4xx"}, {599, "5xx"}, {199, "1xx"},
+		{0, "other"}, {99, "other"}, {600, "other"}, {999, "other"}, {-1, "other"}, {1 << 20, "other"},
+	} {
+		if got := codeLabel(c.code); got != c.want {
+			t.Errorf("codeLabel(%d) = %q, want %q", c.code, got, c.want)
+		}
+	}
+	m := New(nil)
+	for code := -10; code < 2000; code++ {
+		m.Invocation("alice", "hostile", "id", code, time.Millisecond)
+	}
+	families, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() == "spry_invocations_total" {
+			if n := len(f.GetMetric()); n > 70 {
+				t.Errorf("%d code series for one function", n)
+			}
+		}
+	}
+}

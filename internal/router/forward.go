@@ -1278,9 +1278,11 @@ func (rt *Router) upgrade(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 		dropped
 	)
 	var state atomic.Int32
+	rt.upgrades.add()
 	end := func() {
 		c.close()
 		inv.finish(fasthttp.StatusSwitchingProtocols)
+		rt.upgrades.done()
 	}
 	if hc, ok := httpserve.ConnOf(ctx.Conn()); ok {
 		hc.OnClose(func() {

@@ -117,6 +117,7 @@ type Router struct {
 	log      *slog.Logger
 	lane     *Lane  // the event loops in front, if any
 	domain   string // Config.Domain, as normalDomain gives it
+	upgrades upgrades
 }
 
 // trusts says whether the peer at ip (as a string, as the loops keep it)

@@ -201,10 +201,13 @@ type Server struct {
 	certs       *certreload.Pair // --tls-cert's, nil without TLS
 	dbgLn       net.Listener     // --debug-listen's, nil without it
 	ready       atomic.Bool
-	stop        context.CancelFunc
-	bg          chan struct{}
-	runDir      string
-	scratch     string // builds' scratch directories; see freshDir
+	// hurry is closed by Hurry: the drain ends at once.
+	hurry     chan struct{}
+	hurryOnce sync.Once
+	stop      context.CancelFunc
+	bg        chan struct{}
+	runDir    string
+	scratch   string // builds' scratch directories; see freshDir
 }
 
 const (
@@ -233,7 +236,7 @@ func openFileLimit(want uint64) uint64 {
 // cleans up after a previous run that was killed, and starts the warm pool.
 // It does not listen yet.
 func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err error) {
-	s := &Server{cfg: cfg, log: log, bg: make(chan struct{})}
+	s := &Server{cfg: cfg, log: log, bg: make(chan struct{}), hurry: make(chan struct{})}
 	if cfg.TLSCert != "" || cfg.TLSKey != "" {
 		// Before anything is made: a bad pair is the operator's to fix.
 		if s.certs, err = certreload.Load(cfg.TLSCert, cfg.TLSKey, time.Now, log); err != nil {
@@ -696,13 +699,18 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	errc := make(chan error, 1)
 	var ln net.Listener
+	// Notified before the server is ready, with or without TLS: a SIGHUP
+	// (a reload, a closed terminal) would otherwise kill it outright,
+	// with no drain and its instances' cgroups and run dir left behind.
+	// Until Run returns: the drain is no time to die of one either.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	hupCtx, hupDone := context.WithCancel(context.Background())
+	defer hupDone()
+	go s.reloadOnHangUp(hupCtx, hup)
 	if s.certs != nil {
 		// The event loops read raw sockets and cannot speak TLS: every
 		// connection is fasthttp's (docs/architecture.md says the cost).
-		// Notified before the server is ready: a SIGHUP would kill it.
-		hup := make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
-		go s.reloadOnHangUp(ctx, hup)
 		ln = httpserve.TLSListener(s.ln, s.tlsConfig(), httpserve.WatchAfter, s.log)
 	} else {
 		ln = s.ln
@@ -742,6 +750,14 @@ func (s *Server) Run(ctx context.Context) error {
 	s.logs.EndFollows()
 	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 	defer cancel()
+	go func() {
+		select {
+		case <-s.hurry:
+			s.log.Warn("told again to stop: in-flight requests are cut off now")
+			cancel()
+		case <-sctx.Done():
+		}
+	}()
 	laneDone := make(chan struct{})
 	go func() { s.stopLane(sctx); close(laneDone) }()
 	// Asynchronous attempts under way finish as requests do; those cut
@@ -753,16 +769,28 @@ func (s *Server) Run(ctx context.Context) error {
 		close(asyncDone)
 	}()
 	err := s.http.ShutdownWithContext(sctx)
+	if err == nil {
+		// WebSockets: Shutdown does not wait for hijacked connections.
+		err = s.router.WaitUpgrades(sctx)
+	}
 	<-laneDone
 	<-asyncDone
-	if errors.Is(err, context.DeadlineExceeded) {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		// What is still in flight ends with the instances, below.
-		s.log.Warn("in-flight requests did not finish in time", "timeout", s.cfg.ShutdownTimeout)
+		if errors.Is(err, context.DeadlineExceeded) {
+			s.log.Warn("in-flight requests did not finish in time", "timeout", s.cfg.ShutdownTimeout)
+		}
 		err = nil
 	}
 	s.closeAll()
 	return err
 }
+
+// Hurry ends the drain of a Run shutting down at once (a second signal):
+// what is still in flight is cut off as at ShutdownTimeout, and the
+// instances are stopped and cleared all the same. Before the shutdown
+// it makes the drain none.
+func (s *Server) Hurry() { s.hurryOnce.Do(func() { close(s.hurry) }) }
 
 // tlsConfig is the listener's (httpserve.TLSConfig), with the
 // certificate the files hold now.
@@ -770,7 +798,8 @@ func (s *Server) tlsConfig() *tls.Config { return httpserve.TLSConfig(s.certs.Ge
 
 // reloadOnHangUp reads the certificate and key again at each SIGHUP on
 // hup until ctx ends (a pair that does not load is logged and the old
-// one kept).
+// one kept); without TLS there is nothing to read again, and the signal
+// is only logged.
 func (s *Server) reloadOnHangUp(ctx context.Context, hup chan os.Signal) {
 	defer signal.Stop(hup)
 	for {
@@ -778,6 +807,10 @@ func (s *Server) reloadOnHangUp(ctx context.Context, hup chan os.Signal) {
 		case <-ctx.Done():
 			return
 		case <-hup:
+			if s.certs == nil {
+				s.log.Info("SIGHUP: nothing to reload (no --tls-cert); SIGTERM stops the server")
+				continue
+			}
 			_ = s.certs.Reload()
 		}
 	}
