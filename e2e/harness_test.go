@@ -169,6 +169,15 @@ func startServerOn(t *testing.T, data, caFile string, extra ...string) *server {
 		s.httpc = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 		t.Cleanup(s.httpc.CloseIdleConnections)
 	}
+	s.launch()
+	return s
+}
+
+// launch starts s, to be stopped when the test ends, with nothing of it
+// left behind.
+func (s *server) launch() {
+	t := s.t
+	t.Helper()
 	s.start()
 	t.Cleanup(func() {
 		s.stop()
@@ -177,7 +186,6 @@ func startServerOn(t *testing.T, data, caFile string, extra ...string) *server {
 			t.Logf("server log:\n%s", s.logs.String())
 		}
 	})
-	return s
 }
 
 func (s *server) start() {

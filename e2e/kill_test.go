@@ -184,14 +184,7 @@ func TestKill9(t *testing.T) {
 	s := &server{t: t, bin: binary(t), data: filepath.Join(t.TempDir(), "data"),
 		uidBase: 3000000 + int(uidBases.Add(1))*20000, httpc: http.DefaultClient,
 		args: []string{"--pool-size", "1", "--node-pool-size", "0"}, env: []string{"TMPDIR=" + tmp}}
-	s.start()
-	t.Cleanup(func() {
-		s.stop()
-		s.checkNothingLeft()
-		if t.Failed() {
-			t.Logf("server log:\n%s", s.logs.String())
-		}
-	})
+	s.launch()
 	s.deployCode(t, "hello", []byte(`export default { fetch() { return new Response("hello\n"); } }`), "")
 	if r := s.get("/fn/admin/hello/"); r.status != 200 {
 		t.Fatalf("hello: %d %s", r.status, r.body)

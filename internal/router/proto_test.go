@@ -99,12 +99,7 @@ func TestBareLFHeadIsRefused(t *testing.T) {
 		"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\n\nhello\r\n\r\nXXXXX",
 		"GET /fn/alice/fn/a HTTP/1.1\nHost: h\n\nGET /fn/alice/fn/b HTTP/1.1\r\nHost: h\r\n\r\n",
 	} {
-		c := dialRaw(t, srv.URL)
-		// Well under the head timeout.
-		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
-		c.send(req)
-		c.refused(fmt.Sprintf("%q", req), "bare LF")
-		c.ended(fmt.Sprintf("%q", req))
+		refusedAndEnded(t, srv.URL, req, "bare LF")
 	}
 	if n := got.Load(); n != 0 {
 		t.Fatalf("the function got %d requests", n)
@@ -317,13 +312,21 @@ func TestHTTP10TransferEncodingIsRefused(t *testing.T) {
 			"2f\r\nGET /fn/alice/fn/smuggled HTTP/1.0\r\nHost: h\r\n\r\n\r\n0\r\n\r\n",
 		"POST /fn/alice/fn/ HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
 	} {
-		c := dialRaw(t, srv.URL)
-		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
-		c.send(req)
-		c.refused(fmt.Sprintf("%q", req), "HTTP/1.0")
-		c.ended(fmt.Sprintf("%q", req))
+		refusedAndEnded(t, srv.URL, req, "HTTP/1.0")
 	}
 	if n := got.Load(); n != 0 {
 		t.Fatalf("the function got %d requests", n)
 	}
+}
+
+// refusedAndEnded sends req on a connection of its own and wants it
+// refused with a 400 whose message holds want, and the connection ended,
+// all well under the head timeout.
+func refusedAndEnded(t *testing.T, url, req, want string) {
+	t.Helper()
+	c := dialRaw(t, url)
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	c.send(req)
+	c.refused(fmt.Sprintf("%q", req), want)
+	c.ended(fmt.Sprintf("%q", req))
 }
