@@ -344,6 +344,19 @@ Object.defineProperty(Request.prototype, "url", {
   },
 });
 
+// Deno.upgradeWebSocket closes the request before it reads req.url (for
+// the socket's inspector), and the getter above then cannot read the
+// header: the upgrade failed silently (an error event on the socket, no
+// open event, nothing sent after the 101). The request's url is fixed on
+// it first; it stays readable after the upgrade, as in bare Deno.
+const nativeUpgradeWebSocket = Deno.upgradeWebSocket;
+Deno.upgradeWebSocket = function upgradeWebSocket(req, options) {
+  if (req instanceof Request && !Object.hasOwn(req, "url")) {
+    Object.defineProperty(req, "url", { configurable: true, enumerable: true, value: req.url });
+  }
+  return nativeUpgradeWebSocket(req, options);
+};
+
 // loadFailure is an import's error as one short line.
 function loadFailure(err) {
   const s = String(err?.message ?? err).replace(/\s+/g, " ").trim();
