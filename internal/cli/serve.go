@@ -137,6 +137,7 @@ func newServeCmd(env Env) *cobra.Command {
 	f.DurationVar(&cfg.IdleCPUAfter, "idle-cpu-after", time.Second, "throttle an instance to 5% of a CPU once it has had no request in flight this long, until its next request (0: never)")
 	f.DurationVar(&cfg.AutoscaleWindow, "autoscale-window", 60*time.Second, "the autoscaler's stable window: scale-down follows the average concurrency over it")
 	f.DurationVar(&cfg.Timeout, "timeout", 60*time.Second, "default for how long an invocation may take, cold start included")
+	f.DurationVar(&cfg.WebSocketIdleTimeout, "websocket-idle-timeout", router.DefaultUpgradeIdleTimeout, "close a WebSocket (any upgraded connection) over which neither side has sent anything this long; a function's timeout bounds it only until its 101")
 	f.DurationVar(&cfg.MaxTimeout, "max-timeout", 15*time.Minute, "longest timeout a function may ask for")
 	f.IntVar(&cfg.MaxMemoryMiB, "max-memory", 2048, "most memory a function may ask for, in MiB")
 	f.IntVar(&cfg.Concurrency, "concurrency", 50, "default for how many requests one instance handles at once")
@@ -213,6 +214,8 @@ func validate(cfg server.Config) error {
 		return errdefs.Invalid("--autoscale-window must be between 1s and 1h")
 	case cfg.Timeout <= 0:
 		return errdefs.Invalid("--timeout must be positive")
+	case cfg.WebSocketIdleTimeout <= 0:
+		return errdefs.Invalid("--websocket-idle-timeout must be positive")
 	case cfg.ShutdownTimeout < 0:
 		return errdefs.Invalid("--shutdown-timeout must not be negative")
 	case cfg.MaxLogBytes < 1<<20:

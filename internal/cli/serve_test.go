@@ -22,7 +22,7 @@ import (
 func TestValidateServeFlags(t *testing.T) {
 	base := server.Config{Listen: "127.0.0.1:8080",
 		ScaleToZeroAfter: 5 * time.Minute, IdleCPUAfter: time.Second, AutoscaleWindow: time.Minute,
-		Timeout: time.Minute, MaxTimeout: 15 * time.Minute, MaxMemoryMiB: 2048, DefaultMemoryMiB: 128,
+		Timeout: time.Minute, WebSocketIdleTimeout: 2 * time.Minute, MaxTimeout: 15 * time.Minute, MaxMemoryMiB: 2048, DefaultMemoryMiB: 128,
 		Concurrency: 50, MaxScale: 100, DefaultNetwork: "egress", MaxCodeBytes: 5 << 20,
 		MaxBundleBytes: 50 << 20, MaxBodyBytes: 100 << 20, CPU: 1, QueueSize: 1000, PoolSize: 4,
 		UIDBase: 2000000, ShutdownTimeout: 30 * time.Second, MaxLogBytes: 2 << 30,
@@ -68,6 +68,8 @@ func TestValidateServeFlags(t *testing.T) {
 		{"npm memory under 64 MiB", func(c *server.Config) { c.NPMMemoryMiB = 63 }, "--npm-memory"},
 		{"least npm disk", func(c *server.Config) { c.NPMDiskMiB = 64 }, ""},
 		{"npm disk under 64 MiB", func(c *server.Config) { c.NPMDiskMiB = 63 }, "--npm-disk"},
+		{"shortest WebSocket idle time", func(c *server.Config) { c.WebSocketIdleTimeout = time.Nanosecond }, ""},
+		{"no WebSocket idle time", func(c *server.Config) { c.WebSocketIdleTimeout = 0 }, "--websocket-idle-timeout"},
 		{"no shutdown wait", func(c *server.Config) { c.ShutdownTimeout = 0 }, ""},
 		{"negative shutdown wait", func(c *server.Config) { c.ShutdownTimeout = -time.Second }, "--shutdown-timeout"},
 		{"debug on loopback", func(c *server.Config) { c.DebugListen = "127.0.0.1:6060" }, ""},

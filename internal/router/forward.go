@@ -1235,8 +1235,11 @@ func isUpgrade(h *fasthttp.RequestHeader) bool {
 }
 
 // upgrade forwards a protocol upgrade (WebSocket) on a connection of its
-// own; if the instance switches protocols, the client's connection is
-// spliced to it until either side closes or the function's time is up.
+// own; if the instance switches protocols within the function's time, the
+// client's connection is spliced to it until either side closes or
+// neither sends anything for Config.UpgradeIdleTimeout. The lease is held
+// meanwhile: an open WebSocket counts as a request in flight, so its
+// instance is neither stopped as idle nor throttled.
 func (rt *Router) upgrade(ctx *fasthttp.RequestCtx, inv *invocation) (streaming bool, err error) {
 	inst := inv.lease.Instance()
 	if !time.Now().Before(inv.deadline) {
@@ -1305,14 +1308,12 @@ func (rt *Router) upgrade(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 		if _, err := client.Write(head); err != nil {
 			return
 		}
-		done := make(chan struct{}, 2)
-		go func() { _, _ = io.Copy(c.conn, client); done <- struct{}{} }()
-		go func() { _, _ = io.Copy(client, c.br); done <- struct{}{} }()
-		<-done
-		// One side ended: end the other.
-		client.Close()
-		c.conn.Close()
-		<-done
+		// The function's timeout bounded the request up to its 101; an
+		// open WebSocket may last for hours, and is ended when neither
+		// side has sent anything for the idle timeout instead.
+		_ = client.SetDeadline(time.Time{})
+		_ = c.conn.SetDeadline(time.Time{})
+		splice(client, c.conn, c.br, rt.cfg.UpgradeIdleTimeout)
 	})
 	return true, nil
 }

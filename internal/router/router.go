@@ -79,8 +79,13 @@ type Access struct {
 // Config is the router's setup.
 type Config struct {
 	// Timeout bounds one invocation, cold start included, for functions
-	// that do not set their own.
+	// that do not set their own. An upgrade's (a WebSocket's) ends at its
+	// 101: the upgraded connection is bounded by UpgradeIdleTimeout.
 	Timeout time.Duration
+	// UpgradeIdleTimeout ends an upgraded connection over which neither
+	// side has sent anything for so long; 0 means
+	// DefaultUpgradeIdleTimeout.
+	UpgradeIdleTimeout time.Duration
 	// MaxBodyBytes bounds a request body (413 beyond it); 0 means 100 MiB.
 	MaxBodyBytes int64
 	Logger       *slog.Logger
@@ -140,6 +145,9 @@ func New(res Resolver, leaser Leaser, cfg Config) *Router {
 	}
 	if cfg.MaxBodyBytes == 0 {
 		cfg.MaxBodyBytes = 100 << 20
+	}
+	if cfg.UpgradeIdleTimeout <= 0 {
+		cfg.UpgradeIdleTimeout = DefaultUpgradeIdleTimeout
 	}
 	if cfg.Limiter == nil {
 		cfg.Limiter = auth.NewFailureLimiter(auth.FailureEvery, auth.FailureBurst, nil)

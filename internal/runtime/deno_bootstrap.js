@@ -344,6 +344,19 @@ Object.defineProperty(Request.prototype, "url", {
   },
 });
 
+// Deno.upgradeWebSocket closes the request, and then reads req.url (for
+// the socket's inspector): the getter above then read a header Deno had
+// not read yet, which throws once the request is closed, and the upgrade
+// failed silently (an error event on the socket, no open event, nothing
+// sent after the 101). The headers are read first, all of them (a few
+// microseconds, on upgrades only): the url, and the headers, stay
+// readable after the upgrade, in the socket's handlers too.
+const nativeUpgradeWebSocket = Deno.upgradeWebSocket;
+Deno.upgradeWebSocket = function upgradeWebSocket(req, options) {
+  if (req instanceof Request) for (const _ of req.headers) { /* read them all */ }
+  return nativeUpgradeWebSocket(req, options);
+};
+
 // loadFailure is an import's error as one short line.
 function loadFailure(err) {
   const s = String(err?.message ?? err).replace(/\s+/g, " ").trim();

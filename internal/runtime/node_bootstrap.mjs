@@ -106,6 +106,9 @@ function sendError(res, status, code, message, extraHeaders = {}) {
   res.end(body);
 }
 
+// An Upgrade header that asks for a WebSocket (a list of protocols).
+const WEBSOCKET = /(^|,)\s*websocket\s*(,|$)/i;
+
 async function serve(req, res) {
   // Misuse such as writing after end() is logged rather than left to crash
   // the instance as an unhandled 'error' event; a client that goes away
@@ -127,6 +130,13 @@ async function serve(req, res) {
     }
     if (failed !== null) {
       sendError(res, 502, "function_failed", failed);
+      return;
+    }
+    if (WEBSOCKET.test(req.headers.upgrade ?? "")) {
+      // Node has no web-standard way for a fetch handler to accept one
+      // (Deno.upgradeWebSocket is Deno's): the platform says so, rather
+      // than the function failing on a missing API.
+      sendError(res, 501, "not_implemented", "WebSockets need the Deno runtime (deploy with --runtime deno); a Node.js function cannot accept them");
       return;
     }
     await handler(req, res);

@@ -69,12 +69,16 @@ type Config struct {
 	IdleCPUAfter    time.Duration
 	AutoscaleWindow time.Duration
 	Timeout         time.Duration // default per invocation
-	MaxTimeout      time.Duration
-	MaxMemoryMiB    int
-	Concurrency     int // default per instance
-	MaxScale        int // default and ceiling of instances per function
-	DefaultNetwork  string
-	EgressAllow     []netip.Prefix
+	// WebSocketIdleTimeout ends an upgraded connection (a WebSocket)
+	// over which neither side has sent anything this long; the function's
+	// timeout bounds it only until its 101.
+	WebSocketIdleTimeout time.Duration
+	MaxTimeout           time.Duration
+	MaxMemoryMiB         int
+	Concurrency          int // default per instance
+	MaxScale             int // default and ceiling of instances per function
+	DefaultNetwork       string
+	EgressAllow          []netip.Prefix
 	// TrustedProxies are the peers whose X-Forwarded-* headers are
 	// believed (router.Config.TrustedProxies, httpserve.RealClient).
 	TrustedProxies httpserve.Proxies
@@ -483,7 +487,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	s.access = newAccessSampler(s.logs, accessPerSecond, time.Now)
 	sink := logSink{s.logs, s.metrics, s.access}
 	rt := router.New(s.fns, s.act, router.Config{
-		Timeout: cfg.Timeout, MaxBodyBytes: cfg.MaxBodyBytes, Logger: log, Access: sink,
+		Timeout: cfg.Timeout, UpgradeIdleTimeout: cfg.WebSocketIdleTimeout, MaxBodyBytes: cfg.MaxBodyBytes, Logger: log, Access: sink,
 		OnColdStart: func(spec *backend.Spec, d time.Duration) { s.metrics.ColdStartLatency(spec.Runtime, d) },
 		Domain:      cfg.FunctionDomain, TrustedProxies: cfg.TrustedProxies, Tokens: tokens, Limiter: failures,
 	})
