@@ -159,7 +159,9 @@ func TestUpgradeOutlivesTheTimeoutUntilIdle(t *testing.T) {
 			if err != nil {
 				t.Fatalf("the client's connection ended with %v (rest %q), not a close", err, rest)
 			}
-			if d := time.Since(quiet); d < idle-every || d > idle+2*time.Second {
+			// (The last byte may have gone up to every before quiet, in
+			// either direction, and the deadline's timer has its jitter.)
+			if d := time.Since(quiet); d < idle/2 || d > idle+2*time.Second {
 				t.Fatalf("closed %v after the last byte, want about %v", d, idle)
 			}
 			select {
