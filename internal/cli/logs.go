@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"strings"
@@ -49,7 +50,7 @@ func newLogsCmd(conn *connFlags) *cobra.Command {
 				if asJSON {
 					return enc.Encode(l)
 				}
-				_, err := fmt.Fprintf(out, "%s v%d %s %-6s %s\n", l.Time.UTC().Format("2006-01-02T15:04:05.000Z"), l.Version, l.Instance, l.Stream, visible(l.Line))
+				_, err := io.WriteString(out, logLine(l))
 				return err
 			})
 		},
@@ -94,4 +95,18 @@ func visible(line string) string {
 
 func isControl(r rune) bool {
 	return r != '\t' && (unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r))
+}
+
+// logLine is how spry logs prints an entry. The platform's lines about no
+// one version or instance (a failure sent on to its destination) show
+// "-" for them.
+func logLine(l api.LogLine) string {
+	version, instance := "-", "-"
+	if l.Version > 0 {
+		version = fmt.Sprintf("v%d", l.Version)
+	}
+	if l.Instance != "" {
+		instance = l.Instance
+	}
+	return fmt.Sprintf("%s %s %s %-6s %s\n", l.Time.UTC().Format("2006-01-02T15:04:05.000Z"), version, instance, l.Stream, visible(l.Line))
 }

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 	"unicode"
+
+	"github.com/spry-run/spry/internal/api"
 )
 
 // runCLI runs spry with args against the server at url.
@@ -274,6 +276,23 @@ func TestBidiControlsAreEscaped(t *testing.T) {
 		}
 		if !strings.Contains(stdout, tt.want) {
 			t.Errorf("%v: stdout %q, want it to hold %q", tt.args, stdout, tt.want)
+		}
+	}
+}
+
+func TestLogLine(t *testing.T) {
+	at := time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
+	for _, tt := range []struct {
+		l    api.LogLine
+		want string
+	}{
+		{api.LogLine{Time: at, Version: 3, Instance: "i-1", Stream: "stdout", Line: "hi"}, "2026-11-24T12:00:00.000Z v3 i-1 stdout hi\n"},
+		// A line of the platform's about no version or instance.
+		{api.LogLine{Time: at, Stream: "system", Line: "sent on"}, "2026-11-24T12:00:00.000Z - - system sent on\n"},
+		{api.LogLine{Time: at, Version: 1, Stream: "stderr", Line: "a\x1b[31m"}, "2026-11-24T12:00:00.000Z v1 - stderr a\\x1b[31m\n"},
+	} {
+		if got := logLine(tt.l); got != tt.want {
+			t.Errorf("logLine(%+v) = %q, want %q", tt.l, got, tt.want)
 		}
 	}
 }
