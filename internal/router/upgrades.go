@@ -52,6 +52,11 @@ func (sp *splicing) pipe(dst, src net.Conn, r io.Reader) {
 	buf := make([]byte, 32<<10)
 	for {
 		_ = src.SetReadDeadline(sp.base.Add(time.Duration(sp.last.Load()) + sp.idle))
+		if sp.ended.Load() {
+			// The other way ended, and its deadline of now may have come
+			// before the one just set, which would wait out the idle time.
+			return
+		}
 		n, err := r.Read(buf)
 		if n > 0 {
 			sp.last.Store(int64(time.Since(sp.base)))
