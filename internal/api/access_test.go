@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"net/http"
-	"strings"
 	"testing"
 
 	"github.com/spry-run/spry/internal/api/apitest"
@@ -40,19 +39,8 @@ func TestAccessSetting(t *testing.T) {
 	}
 
 	// A raw deploy takes it in the query.
-	req, err := http.NewRequest("PUT", e.srv.URL+"/api/v1/functions/g?access=private", strings.NewReader("export default { fetch() { return new Response('x') } }"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+alice)
-	req.Header.Set("Content-Type", "application/typescript")
-	res, err := e.srv.Client().Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res.Body.Close()
-	if res.StatusCode != http.StatusCreated {
-		t.Fatalf("raw deploy: %d", res.StatusCode)
+	if status, b := e.deployRaw(alice, "g", "access=private"); status != http.StatusCreated {
+		t.Fatalf("raw deploy: %d %s", status, b)
 	}
 	e.mustDo(alice, "GET", "/api/v1/functions/g", "", http.StatusOK, &fn)
 	if fn.Access != "private" {

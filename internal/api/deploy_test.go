@@ -4,9 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"encoding/base64"
-	"io"
 	"net/http"
-	"strings"
 	"testing"
 )
 
@@ -49,21 +47,6 @@ func TestDeployCodeAndArchive(t *testing.T) {
 func TestDeployQuery(t *testing.T) {
 	e := newEnv(t)
 	e.deploy(e.admin, "/api/v1/functions/f")
-	raw := func(query string) (int, []byte) {
-		req, err := http.NewRequest("PUT", e.srv.URL+"/api/v1/functions/f?"+query, strings.NewReader("export default { fetch() { return new Response('x') } }"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Authorization", "Bearer "+e.admin)
-		req.Header.Set("Content-Type", "application/typescript")
-		res, err := e.srv.Client().Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer res.Body.Close()
-		b, _ := io.ReadAll(res.Body)
-		return res.StatusCode, b
-	}
 	for _, tt := range []struct {
 		query string
 		json  bool
@@ -80,7 +63,7 @@ func TestDeployQuery(t *testing.T) {
 		if tt.json {
 			status, b = e.do(e.admin, "PUT", "/api/v1/functions/f?"+tt.query, `{"code":"export default { fetch() { return new Response('y') } }"}`)
 		} else {
-			status, b = raw(tt.query)
+			status, b = e.deployRaw(e.admin, "f", tt.query)
 		}
 		if status != tt.want {
 			t.Errorf("?%s (JSON %v): %d %s, want %d", tt.query, tt.json, status, b, tt.want)

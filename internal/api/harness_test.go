@@ -192,6 +192,15 @@ func wantError(t *testing.T, what string, status int, body []byte, wantStatus in
 	}
 }
 
+// deployRaw deploys a small TypeScript function as a raw body, its
+// settings in query, and returns the answer's status and body.
+func (e *env) deployRaw(token, name, query string) (int, []byte) {
+	e.t.Helper()
+	status, _, b := e.raw(token, "PUT", "/api/v1/functions/"+name+"?"+query, "application/typescript",
+		[]byte("export default { fetch() { return new Response('x') } }"), nil)
+	return status, b
+}
+
 // deploy deploys a small function as token's user (or owner, for the admin).
 func (e *env) deploy(token, path string) FunctionView {
 	e.t.Helper()

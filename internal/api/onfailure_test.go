@@ -2,9 +2,7 @@ package api
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
-	"strings"
 	"testing"
 	"time"
 
@@ -83,30 +81,12 @@ func TestAsyncOnFailureSetting(t *testing.T) {
 	}
 
 	// A raw deploy takes it in the query.
-	rawDeploy := func(name, query string) *http.Response {
-		t.Helper()
-		req, err := http.NewRequest("PUT", e.srv.URL+"/api/v1/functions/"+name+"?"+query, strings.NewReader("export default { fetch() { return new Response('x') } }"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Authorization", "Bearer "+alice)
-		req.Header.Set("Content-Type", "application/typescript")
-		res, err := e.srv.Client().Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { res.Body.Close() })
-		return res
-	}
 	for _, q := range []string{"async-on-failure=h", "async-on-failure=Bad!"} {
-		res := rawDeploy("h", q)
-		var eb struct{ Error struct{ Code string } }
-		if err := json.NewDecoder(res.Body).Decode(&eb); err != nil || res.StatusCode != http.StatusBadRequest || eb.Error.Code != "invalid_argument" {
-			t.Fatalf("raw deploy with ?%s: %d %+v %v", q, res.StatusCode, eb, err)
-		}
+		status, b := e.deployRaw(alice, "h", q)
+		wantError(t, "raw deploy with ?"+q, status, b, http.StatusBadRequest, "invalid_argument")
 	}
-	if res := rawDeploy("h", "async-on-failure=f"); res.StatusCode != http.StatusCreated {
-		t.Fatalf("raw deploy: %d", res.StatusCode)
+	if status, b := e.deployRaw(alice, "h", "async-on-failure=f"); status != http.StatusCreated {
+		t.Fatalf("raw deploy: %d %s", status, b)
 	}
 	e.mustDo(alice, "GET", "/api/v1/functions/h", "", http.StatusOK, &fn)
 	if fn.AsyncOnFailure != "f" {
