@@ -607,7 +607,7 @@ func (s *Store) write() {
 	if err := s.insert(batch); err != nil {
 		s.writeFailures++
 		what := fmt.Sprintf("write %d entries", len(batch))
-		if now := time.Now(); s.writeFailures == 1 || now.Sub(s.failLogged) >= failLogEvery {
+		if now := s.opts.Now(); s.writeFailures == 1 || now.Sub(s.failLogged) >= failLogEvery {
 			s.failLogged = now
 			s.fail(fmt.Sprintf("%s (%d failed writes in a row)", what, s.writeFailures), err)
 		} else if s.err == nil {
