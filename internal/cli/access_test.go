@@ -84,3 +84,26 @@ func TestInvokePrivateSendsTheToken(t *testing.T) {
 		t.Fatalf("the functions were sent Authorization %q, want %q", got, want)
 	}
 }
+
+// A change that changes nothing makes no version, and the CLI says so
+// rather than "is now version N".
+func TestUnchangedConfig(t *testing.T) {
+	url, admin := apiServer(t)
+	_, must := cliAt(t, url)
+	must(admin, "deploy", helloFile(t, "same.ts"), "--env", "A=1", "--access", "public")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"config", "same", "--access", "public"}, "admin/same unchanged: still version 1"},
+		{[]string{"env", "set", "same", "A=1"}, "admin/same unchanged: still version 1"},
+		{[]string{"env", "unset", "same", "B"}, "admin/same unchanged: still version 1"},
+		{[]string{"secret", "unset", "same", "S"}, "admin/same unchanged: still version 1"},
+		{[]string{"env", "set", "same", "A=2"}, "admin/same is now version 2"},
+		{[]string{"env", "set", "same", "A=2"}, "admin/same unchanged: still version 2"},
+	} {
+		if out := must(admin, tc.args...); strings.TrimSpace(out) != tc.want {
+			t.Errorf("%v: %q, want %q", tc.args, out, tc.want)
+		}
+	}
+}

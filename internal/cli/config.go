@@ -13,9 +13,6 @@ import (
 	"github.com/spry-run/spry/internal/errdefs"
 )
 
-func printVersion(cmd *cobra.Command, v api.FunctionView) {
-	fmt.Fprintf(cmd.OutOrStdout(), "%s/%s is now version %d\n", v.Owner, v.Name, v.Version)
-}
 
 func newConfigCmd(conn *connFlags) *cobra.Command {
 	var owner, runtime string
@@ -25,18 +22,9 @@ func newConfigCmd(conn *connFlags) *cobra.Command {
 		Short: "Change a function's settings (a new version with the same code)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := conn.client()
-			if err != nil {
-				return err
-			}
 			body := api.ConfigBody{Runtime: runtime}
 			lim.apply(cmd, &body.SettingsBody)
-			v, err := c.Configure(cmd.Context(), owner, args[0], body)
-			if err != nil {
-				return err
-			}
-			printVersion(cmd, v)
-			return nil
+			return configure(cmd, conn, owner, args[0], body)
 		},
 	}
 	lim.register(cmd)
@@ -182,8 +170,16 @@ func getFunction(cmd *cobra.Command, conn *connFlags, owner, name string) (api.F
 	return c.Function(cmd.Context(), owner, name)
 }
 
+// configure applies a change and says whether it made a version. A
+// change that changes nothing makes none, and the API answers 200 with
+// the function as it was either way, so the version is read first, as
+// kubectl apply reads the object to say "unchanged".
 func configure(cmd *cobra.Command, conn *connFlags, owner, name string, body api.ConfigBody) error {
 	c, err := conn.client()
+	if err != nil {
+		return err
+	}
+	before, err := c.Function(cmd.Context(), owner, name)
 	if err != nil {
 		return err
 	}
@@ -191,6 +187,10 @@ func configure(cmd *cobra.Command, conn *connFlags, owner, name string, body api
 	if err != nil {
 		return err
 	}
-	printVersion(cmd, v)
+	if v.Version == before.Version {
+		fmt.Fprintf(cmd.OutOrStdout(), "%s/%s unchanged: still version %d\n", v.Owner, v.Name, v.Version)
+		return nil
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "%s/%s is now version %d\n", v.Owner, v.Name, v.Version)
 	return nil
 }
