@@ -13,7 +13,6 @@ import (
 	"github.com/spry-run/spry/internal/errdefs"
 )
 
-
 func newConfigCmd(conn *connFlags) *cobra.Command {
 	var owner, runtime string
 	var lim limitFlags

@@ -38,6 +38,9 @@ var (
 	ErrInternal           = errors.New("internal error")
 	ErrRequestHeaderLarge = errors.New("request header too large")
 	ErrRequestTimeout     = errors.New("request timeout")
+	// ErrVersionNotSupported: a request line of an HTTP major version
+	// other than 1 (RFC 9110 15.6.6).
+	ErrVersionNotSupported = errors.New("HTTP version not supported")
 	// ErrInsufficientStorage: the data directory's disk is full. An
 	// error whose cause is a full disk (ENOSPC, EDQUOT, SQLite's
 	// SQLITE_FULL) has this class without being wrapped with it.
@@ -82,6 +85,7 @@ var classes = []class{
 	{ErrFunctionFailed, http.StatusBadGateway, "function_failed", 6},
 	{ErrFunctionError, http.StatusInternalServerError, "function_error", 6},
 	{ErrNotImplemented, http.StatusNotImplemented, "not_implemented", 2},
+	{ErrVersionNotSupported, http.StatusHTTPVersionNotSupported, "http_version_not_supported", 2},
 	{ErrInternal, http.StatusInternalServerError, "internal", 1},
 }
 

@@ -30,6 +30,7 @@ func TestClasses(t *testing.T) {
 		{fmt.Errorf("x: %w", ErrInternal), http.StatusInternalServerError, "internal", true},
 		{New(ErrFunctionError, "the function threw"), http.StatusInternalServerError, "function_error", true},
 		{New(ErrNotImplemented, "FROB"), http.StatusNotImplemented, "not_implemented", true},
+		{New(ErrVersionNotSupported, "HTTP/2.0"), http.StatusHTTPVersionNotSupported, "http_version_not_supported", true},
 		// A full disk, however it is reported, is a 507 whose text (a
 		// path, the driver's words) stays in the logs.
 		{fmt.Errorf("store bundle: %w", &fs.PathError{Op: "write", Path: "/data/blobs/x", Err: syscall.ENOSPC}), http.StatusInsufficientStorage, "insufficient_storage", false},

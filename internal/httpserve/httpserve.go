@@ -124,7 +124,10 @@ func refuseBadHead(h fasthttp.RequestHandler) fasthttp.RequestHandler {
 //   - more than MaxHeaderFields fields (431), which Deno would refuse
 //     with a bare 400 of its own;
 //   - a line ended by LF alone (2.2; see lf.go), which a proxy in front
-//     may not take for a line's end.
+//     may not take for a line's end;
+//   - a request line of a major version other than 1, such as HTTP/2.0
+//     or HTTP/0.9 (505, RFC 9110 15.6.6): fasthttp serves any HTTP/d.d
+//     as HTTP/1.0.
 //
 // These differences smuggle requests past a proxy in front, or confuse
 // the function. The event loops make the same check.
@@ -173,6 +176,8 @@ func CheckHead(h *fasthttp.RequestHeader) error {
 	switch {
 	case bare:
 		return errdefs.New(errdefs.ErrInvalidArgument, "%v", errBareLF)
+	case !majorOne(h.Protocol()):
+		return errdefs.New(errdefs.ErrVersionNotSupported, "%s is not served: only HTTP/1.x here", h.Protocol())
 	case spaced:
 		return errdefs.New(errdefs.ErrInvalidArgument, "whitespace in a header field name")
 	case fields > MaxHeaderFields:
@@ -193,6 +198,10 @@ func CheckHead(h *fasthttp.RequestHeader) error {
 	}
 	return nil
 }
+
+// majorOne says whether a request line's version (fasthttp takes only
+// "HTTP/d.d") is of major version 1.
+func majorOne(proto []byte) bool { return len(proto) > 5 && proto[5] == '1' }
 
 func hasName(line []byte, name string) bool {
 	return len(line) >= len(name) && bytes.EqualFold(line[:len(name)], []byte(name))

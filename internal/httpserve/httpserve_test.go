@@ -804,3 +804,52 @@ func TestAdaptStalledReaderEndsStream(t *testing.T) {
 		t.Fatal("the handler is still held by a client that stopped reading")
 	}
 }
+
+// A request line of another major version than 1 gets 505 and its
+// connection closed (fasthttp would serve any HTTP/d.d as HTTP/1.0);
+// HTTP/1.x's minor versions are served (RFC 9110 2.5).
+func TestVersions(t *testing.T) {
+	called := 0
+	url := serve(t, func(ctx *fasthttp.RequestCtx) { called++ })
+	for _, tc := range []struct {
+		proto  string
+		status int
+	}{
+		{"HTTP/1.1", 200},
+		{"HTTP/1.0", 200},
+		{"HTTP/1.2", 200},
+		{"HTTP/1.9", 200},
+		{"HTTP/2.0", 505},
+		{"HTTP/3.0", 505},
+		{"HTTP/0.9", 505},
+	} {
+		c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(c, "GET / %s\r\nHost: a\r\n\r\nGET /second HTTP/1.1\r\nHost: a\r\n\r\n", tc.proto)
+		br := bufio.NewReader(c)
+		res, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != tc.status {
+			t.Errorf("%s: status %d %s, want %d", tc.proto, res.StatusCode, b, tc.status)
+		}
+		if tc.status == 505 {
+			if !strings.Contains(string(b), "http_version_not_supported") {
+				t.Errorf("%s: %s", tc.proto, b)
+			}
+			if _, err := http.ReadResponse(br, nil); err == nil {
+				t.Errorf("%s: a second response on the connection", tc.proto)
+			}
+		}
+		c.Close()
+	}
+	if called < 4 {
+		t.Fatalf("the handler ran %d times, want 4 or more", called)
+	}
+}

@@ -80,10 +80,16 @@ func (c *rawConn) ended(what string) {
 // connection.
 func (c *rawConn) refused(what, because string) {
 	c.t.Helper()
+	c.refusedWith(what, 400, because)
+}
+
+// refusedWith is refused with another status than 400.
+func (c *rawConn) refusedWith(what string, status int, because string) {
+	c.t.Helper()
 	res := c.response()
 	b := body(res)
-	if res.StatusCode != 400 || !strings.Contains(b, because) || !res.Close {
-		c.t.Errorf("%s: %d %s (close %v); want 400 for %q, and the connection closed", what, res.StatusCode, b, res.Close, because)
+	if res.StatusCode != status || !strings.Contains(b, because) || !res.Close {
+		c.t.Errorf("%s: %d %s (close %v); want %d for %q, and the connection closed", what, res.StatusCode, b, res.Close, status, because)
 	}
 }
 

@@ -319,6 +319,34 @@ func TestHTTP10TransferEncodingIsRefused(t *testing.T) {
 	}
 }
 
+// A request line of a major version other than 1 gets 505 and its
+// connection closed, on either path (the loops hand it over); a minor
+// version past 1 is served (RFC 9110 2.5).
+func TestOtherHTTPVersions(t *testing.T) {
+	var got atomic.Int32
+	srv := routerTo(t, serveRawRequests(t, func(i int, c net.Conn) {
+		got.Add(1)
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	}), time.Millisecond)
+	for _, proto := range []string{"HTTP/2.0", "HTTP/3.0", "HTTP/0.9"} {
+		req := "GET /fn/alice/fn/ " + proto + "\r\nHost: h\r\n\r\nGET /fn/alice/fn/next HTTP/1.1\r\nHost: h\r\n\r\n"
+		c := dialRaw(t, srv.URL)
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		c.send(req)
+		c.refusedWith(proto, 505, "only HTTP/1.x")
+		c.ended(proto)
+	}
+	if n := got.Load(); n != 0 {
+		t.Fatalf("the function got %d requests", n)
+	}
+	c := dialRaw(t, srv.URL)
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	c.send("GET /fn/alice/fn/ HTTP/1.2\r\nHost: h\r\n\r\n")
+	if res := c.response(); res.StatusCode != 200 {
+		t.Fatalf("HTTP/1.2: %d", res.StatusCode)
+	}
+}
+
 // refusedAndEnded sends req on a connection of its own and wants it
 // refused with a 400 whose message holds want, and the connection ended,
 // all well under the head timeout.
