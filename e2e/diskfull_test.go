@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -12,53 +11,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/spry-run/spry/internal/disktest"
 )
-
-// smallDisk mounts a tmpfs of size bytes for the test and returns its
-// directory; the test is skipped where mounting is not permitted.
-func smallDisk(t *testing.T, size int64) string {
-	t.Helper()
-	dir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%d,mode=0755", size)); err != nil {
-		t.Skipf("cannot mount a tmpfs for a small disk (%v): the full-disk test needs CAP_SYS_ADMIN", err)
-	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
-			t.Errorf("unmount %s: %v", dir, err)
-		}
-	})
-	return dir
-}
-
-// fillDisk writes a file at path until the file system holding it is full.
-func fillDisk(t *testing.T, path string) {
-	t.Helper()
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	chunk := bytes.Repeat([]byte{'x'}, 1<<20)
-	for {
-		if _, err := f.Write(chunk); err != nil {
-			if !errors.Is(err, syscall.ENOSPC) {
-				t.Fatalf("fill %s: %v", path, err)
-			}
-			break
-		}
-	}
-	// The last pages: a write of what is left of a page.
-	for _, n := range []int{4096, 512, 1} {
-		for {
-			if _, err := f.Write(chunk[:n]); err != nil {
-				break
-			}
-		}
-	}
-}
 
 // doTimed is s.do with a bound: on a full disk nothing may hang.
 func (s *server) doTimed(t *testing.T, method, path, token string, body []byte, header map[string]string) response {
@@ -111,7 +68,7 @@ const kvCode = `export default { async fetch(req, ctx) {
 // works again without a restart, and every earlier piece of data is
 // there.
 func TestDiskFull(t *testing.T) {
-	disk := smallDisk(t, 64<<20)
+	disk := disktest.Small(t, 64<<20)
 	data := filepath.Join(disk, "data")
 	s := startServerOn(t, data, "", "--pool-size", "1", "--node-pool-size", "0")
 	hello := []byte(`export default { fetch() { return new Response("hello\n"); } }`)
@@ -160,7 +117,7 @@ func TestDiskFull(t *testing.T) {
 	s.waitInvocation(t, "slowfail", slowFail, "running")
 
 	filler := filepath.Join(disk, "filler")
-	fillDisk(t, filler)
+	disktest.Fill(t, filler)
 
 	ts := map[string]string{"Content-Type": "application/typescript"}
 	writes := []struct {

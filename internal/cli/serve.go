@@ -147,6 +147,7 @@ func newServeCmd(env Env) *cobra.Command {
 	f.StringSliceVar(&egressAllow, "egress-allow", nil, "private CIDR ranges egress functions may reach anyway (e.g. 10.1.2.0/24)")
 	f.Int64Var(&cfg.MaxCodeBytes, "max-code-size", 5<<20, "largest function source accepted, in bytes")
 	f.Int64Var(&cfg.MaxLogBytes, "max-log-size", logstore.DefaultMaxBytes, "the function log database's bound, in bytes: past it the users holding the most lose their oldest lines first")
+	f.Int64Var(&cfg.LogKeepFree, "log-keep-free", 0, "free space, in bytes, the function log database leaves on its disk: while less is free, its file stops growing and new lines take the oldest lines' room (0: 15% of the disk, at most 4 GiB, as journald)")
 	f.Int64Var(&cfg.MaxBundleBytes, "max-bundle-size", 50<<20, "largest bundle a deploy may build (code and its dependencies), in bytes")
 	f.Int64Var(&cfg.MaxBodyBytes, "max-body-size", 100<<20, "largest request body a function may be sent, in bytes")
 	f.IntVar(&cfg.RouterLoops, "router-loops", max(1, runtime.NumCPU()/2), "event loops serving the router's fast path (0: none, every request takes the goroutine-per-connection path)")
@@ -218,6 +219,8 @@ func validate(cfg server.Config) error {
 		return errdefs.Invalid("--websocket-idle-timeout must be positive")
 	case cfg.ShutdownTimeout < 0:
 		return errdefs.Invalid("--shutdown-timeout must not be negative")
+	case cfg.LogKeepFree < 0:
+		return errdefs.Invalid("--log-keep-free must not be negative")
 	case cfg.MaxLogBytes < 1<<20:
 		return errdefs.Invalid("--max-log-size must be at least 1 MiB (1048576)")
 	case cfg.MaxCodeBytes <= 0:

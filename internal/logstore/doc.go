@@ -21,7 +21,11 @@
 // keeps every line however much another one prints; two that both hold
 // more are cut to the same. A pass may delete somewhat more than the
 // excess: a page is freed only once mostly empty, and pages the deleted
-// lines shared with other owners' stay in use.
+// lines shared with other owners' stay in use. While the database's disk
+// has less than Options.KeepFree free, the file stops growing: lines go
+// as past MaxBytes, the file less a tenth taken for the bound, so new
+// lines reuse the oldest lines' pages rather than take the disk's last
+// space, which the metadata and bundles need.
 //
 // Append is called on a function's output path and never blocks: lines go to
 // a bounded in-memory queue that a single writer goroutine drains, writing

@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
+	"golang.org/x/sys/unix"
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
 
@@ -40,7 +42,9 @@ const (
 	DefaultMaxAge                = 7 * 24 * time.Hour
 	// DefaultMaxBytes bounds the log database as a whole: the bound per
 	// function times the functions users may have is no bound on disk.
-	DefaultMaxBytes      = 2 << 30
+	DefaultMaxBytes = 2 << 30
+	// DefaultMaxKeepFree caps the default KeepFree, as journald's.
+	DefaultMaxKeepFree   = 4 << 30
 	DefaultBufferSize    = 8192
 	DefaultFlushInterval = 200 * time.Millisecond
 	DefaultFollowBuffer  = 1024
@@ -161,6 +165,7 @@ type Options struct {
 	MaxEntriesPerFunction int              // oldest entries beyond it are deleted; default 10000
 	MaxAge                time.Duration    // older entries are deleted; default 7 days
 	MaxBytes              int64            // past it, entries are deleted down to 90%, the oldest of the owners holding the most first; default 2 GiB
+	KeepFree              int64            // while less is free on the database's disk, its file stops growing (see sizeLimit); default 15% of that disk, at most 4 GiB
 	BufferSize            int              // entries Append can queue before it drops; default 8192
 	FlushInterval         time.Duration    // how often queued entries are written; default 200ms
 	FollowBuffer          int              // entries queued for each follower before it catches up from the database; default 1024
@@ -170,7 +175,7 @@ type Options struct {
 }
 
 func (o *Options) setDefaults() error {
-	if o.MaxEntriesPerFunction < 0 || o.MaxAge < 0 || o.MaxBytes < 0 || o.BufferSize < 0 || o.FlushInterval < 0 || o.FollowBuffer < 0 || o.MaxQueuedPerFunction < 0 {
+	if o.MaxEntriesPerFunction < 0 || o.MaxAge < 0 || o.MaxBytes < 0 || o.KeepFree < 0 || o.BufferSize < 0 || o.FlushInterval < 0 || o.FollowBuffer < 0 || o.MaxQueuedPerFunction < 0 {
 		return errdefs.Invalid("logstore: options must not be negative")
 	}
 	if o.MaxEntriesPerFunction == 0 {
@@ -208,6 +213,7 @@ func (o *Options) setDefaults() error {
 type Store struct {
 	db   *sql.DB
 	opts Options
+	dir  string // the database's directory, whose disk's free space sizeLimit reads
 
 	queue chan item
 	stop  chan struct{} // closed by Close
@@ -307,6 +313,14 @@ func open(ctx context.Context, path string, opts Options, beforeWrite func()) (*
 	if err := opts.setDefaults(); err != nil {
 		return nil, err
 	}
+	dir := filepath.Dir(path)
+	if opts.KeepFree == 0 {
+		// journald's SystemKeepFree: 15% of the disk, at most 4 GiB.
+		var st unix.Statfs_t
+		if err := unix.Statfs(dir, &st); err == nil {
+			opts.KeepFree = min(int64(st.Blocks)*st.Bsize/100*15, DefaultMaxKeepFree)
+		}
+	}
 	db, err := sqlitedb.Open(ctx, path, []string{fmt.Sprintf("journal_size_limit(%d)", journalSizeLimit)}, migrations)
 	if err != nil {
 		return nil, fmt.Errorf("logstore: %w", err)
@@ -314,6 +328,7 @@ func open(ctx context.Context, path string, opts Options, beforeWrite func()) (*
 	s := &Store{
 		db:          db,
 		opts:        opts,
+		dir:         dir,
 		queue:       make(chan item, opts.BufferSize),
 		stop:        make(chan struct{}),
 		done:        make(chan struct{}),
@@ -794,18 +809,22 @@ func (s *Store) retain() {
 	}
 }
 
-// trimToSize keeps the database's pages in use within MaxBytes. Past it,
+// trimToSize keeps the database's pages in use within sizeLimit. Past it,
 // entries are deleted down to nine tenths of it (so that the next pass is
 // not at once), fairly between owners: the owners holding the most bytes
 // lose their oldest entries first, down to a common level (see
 // waterLevel), and an owner holding no more than the level loses none.
 // Freed pages are reused, so the file stays about that size.
 func (s *Store) trimToSize(ctx context.Context) error {
-	used, err := s.usedBytes(ctx)
-	if err != nil || used <= s.opts.MaxBytes {
+	used, file, err := s.pageBytes(ctx)
+	if err != nil {
 		return err
 	}
-	target := s.opts.MaxBytes / 10 * 9
+	limit := s.sizeLimit(file)
+	if used <= limit {
+		return nil
+	}
+	target := limit / 10 * 9
 	for used > target {
 		owners, err := s.owners(ctx)
 		if err != nil {
@@ -838,7 +857,7 @@ func (s *Store) trimToSize(ctx context.Context) error {
 		if deleted == 0 {
 			return nil
 		}
-		if used, err = s.usedBytes(ctx); err != nil {
+		if used, _, err = s.pageBytes(ctx); err != nil {
 			return err
 		}
 	}
@@ -928,15 +947,31 @@ func (s *Store) trimOwner(ctx context.Context, o ownerUsage, level int64) (int64
 	return deleted, nil
 }
 
-// usedBytes is the size of the database's pages that are not free.
-func (s *Store) usedBytes(ctx context.Context) (int64, error) {
+// sizeLimit is the bytes of pages the database may hold, its file
+// holding file: MaxBytes, and while its disk has less than KeepFree free,
+// nine tenths of the file as it is. The file then stops growing: deleted
+// entries' pages are reused, not given back, so the lines written next
+// take the oldest lines' pages rather than the disk's last free space,
+// which the metadata and bundles need (journald keeps SystemKeepFree
+// so). The lines are not deleted further: that would free no disk.
+func (s *Store) sizeLimit(file int64) int64 {
+	var st unix.Statfs_t
+	if err := unix.Statfs(s.dir, &st); err != nil || int64(st.Bavail)*st.Bsize >= s.opts.KeepFree {
+		return s.opts.MaxBytes
+	}
+	return min(s.opts.MaxBytes, file-file/10)
+}
+
+// pageBytes is the size of the database's pages that are not free, and
+// of all its pages (its file's size).
+func (s *Store) pageBytes(ctx context.Context) (used, file int64, err error) {
 	var pages, free, size int64
 	for q, v := range map[string]*int64{"PRAGMA page_count": &pages, "PRAGMA freelist_count": &free, "PRAGMA page_size": &size} {
 		if err := s.db.QueryRowContext(ctx, q).Scan(v); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 	}
-	return (pages - free) * size, nil
+	return (pages - free) * size, pages * size, nil
 }
 
 // deleteBatches runs query, whose last parameter is a LIMIT, until it

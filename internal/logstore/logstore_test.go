@@ -15,6 +15,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/spry-run/spry/internal/disktest"
 	"github.com/spry-run/spry/internal/errdefs"
 	"github.com/spry-run/spry/internal/sqlitedb"
 )
@@ -1110,7 +1111,7 @@ func TestRetentionBySize(t *testing.T) {
 		s.Append(Entry{Owner: "bob", Function: "new", Line: fmt.Sprintf("%04d %s", i, pad)})
 	}
 	flush(t, s)
-	used, err := s.usedBytes(t.Context())
+	used, _, err := s.pageBytes(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1159,7 +1160,7 @@ func checkNewest(t *testing.T, what string, got []Entry, n int) {
 // checkWithinBound fails if the database's pages in use pass max.
 func checkWithinBound(t *testing.T, s *Store, max int64) {
 	t.Helper()
-	used, err := s.usedBytes(t.Context())
+	used, _, err := s.pageBytes(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1462,5 +1463,44 @@ func TestDeleteFunctionForgetsCounts(t *testing.T) {
 	flush(t, s)
 	if counted("id-1") {
 		t.Errorf("the deleted function's count is kept after Append dropped its late lines")
+	}
+}
+
+// While its disk has less than KeepFree free, the database's file stops
+// growing: lines go on being stored, in the pages of the oldest, and the
+// disk's last space stays for the metadata and bundles. Before, the store
+// grew to MaxBytes, or until the disk was full.
+func TestKeepFree(t *testing.T) {
+	dir := disktest.Small(t, 32<<20)
+	s := openAt(t, filepath.Join(dir, "logs.db"), Options{KeepFree: 16 << 20, MaxEntriesPerFunction: 1 << 20})
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	pad := strings.Repeat("x", 1000)
+	least := disktest.Free(t, dir)
+	for chunk := range 40 { // 40 MiB of lines, more than the disk
+		for i := range 1000 {
+			s.Append(Entry{Owner: "alice", Function: "chatty", Line: fmt.Sprintf("%05d %s", chunk*1000+i, pad)})
+		}
+		flush(t, s)
+		least = min(least, disktest.Free(t, dir))
+	}
+	// The file may pass the mark by what one pass writes, and the WAL
+	// holds up to a checkpoint's pages besides.
+	if least < 4<<20 {
+		t.Errorf("the disk went down to %d bytes free; the store keeps 16 MiB free", least)
+	}
+	got := all(t, s, "alice", "chatty")
+	t.Logf("least free %d bytes, %d lines kept", least, len(got))
+	if len(got) == 0 || !strings.HasPrefix(got[len(got)-1].Line, "39999 ") {
+		t.Fatalf("the newest line is not stored: %d lines", len(got))
+	}
+	if len(got) > 20000 {
+		t.Errorf("%d lines kept of 40,000 on a disk that holds about 16,000 beside its free 16 MiB", len(got))
+	}
+	if n := s.Dropped(); n != 0 {
+		t.Errorf("%d lines dropped", n)
 	}
 }

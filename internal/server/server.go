@@ -84,6 +84,7 @@ type Config struct {
 	TrustedProxies httpserve.Proxies
 	MaxCodeBytes   int64
 	MaxLogBytes    int64 // the log database's bound (0: logstore's default)
+	LogKeepFree    int64 // the free space the log database leaves on its disk (0: logstore's default)
 	MaxBundleBytes int64
 	QueueSize      int // requests waiting for capacity, per version
 	// MemoryReserve is the host memory instance starts leave free,
@@ -300,7 +301,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	if err != nil {
 		return nil, err
 	}
-	s.logs, err = logstore.Open(ctx, filepath.Join(dataDir, "logs.db"), logstore.Options{Logger: log, MaxBytes: cfg.MaxLogBytes})
+	s.logs, err = logstore.Open(ctx, filepath.Join(dataDir, "logs.db"), logstore.Options{Logger: log, MaxBytes: cfg.MaxLogBytes, KeepFree: cfg.LogKeepFree})
 	if err != nil {
 		return nil, err
 	}
