@@ -25,7 +25,7 @@
 // has less than Options.KeepFree free, the file stops growing: lines go
 // as past MaxBytes, the file less a tenth taken for the bound, so new
 // lines reuse the oldest lines' pages rather than take the disk's last
-// space, which the metadata and bundles need.
+// space, which the metadata and bundles need (once it holds 16 MiB).
 //
 // Append is called on a function's output path and never blocks: lines go to
 // a bounded in-memory queue that a single writer goroutine drains, writing

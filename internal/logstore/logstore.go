@@ -54,6 +54,9 @@ const (
 	// journalSizeLimit is what the WAL file is truncated to after a
 	// checkpoint, so that a burst of output does not leave it large.
 	journalSizeLimit = 64 << 20
+	// keptAnyway is what the database may hold however short of
+	// KeepFree its disk is.
+	keptAnyway = 16 << 20
 	// maxBatch bounds the entries written in one transaction: a full batch
 	// is written at once rather than when the flush timer fires.
 	maxBatch = 1024
@@ -953,13 +956,15 @@ func (s *Store) trimOwner(ctx context.Context, o ownerUsage, level int64) (int64
 // entries' pages are reused, not given back, so the lines written next
 // take the oldest lines' pages rather than the disk's last free space,
 // which the metadata and bundles need (journald keeps SystemKeepFree
-// so). The lines are not deleted further: that would free no disk.
+// so). The lines are not deleted further: that would free no disk. It
+// is never below keptAnyway, so that a store made on a disk that is
+// already short still keeps some lines.
 func (s *Store) sizeLimit(file int64) int64 {
 	var st unix.Statfs_t
 	if err := unix.Statfs(s.dir, &st); err != nil || int64(st.Bavail)*st.Bsize >= s.opts.KeepFree {
 		return s.opts.MaxBytes
 	}
-	return min(s.opts.MaxBytes, file-file/10)
+	return min(s.opts.MaxBytes, max(file-file/10, keptAnyway))
 }
 
 // pageBytes is the size of the database's pages that are not free, and
