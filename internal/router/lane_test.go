@@ -1075,12 +1075,7 @@ func TestAnswerHeadEndedByBareLF(t *testing.T) {
 // passed on beside its own, and a proxy in front may frame a request by
 // "Transfer-Encoding : chunked".
 func TestSpaceBeforeColonIsRefused(t *testing.T) {
-	var got atomic.Int32
-	sock := serveRawRequests(t, func(i int, c net.Conn) {
-		got.Add(1)
-		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-	})
-	srv := routerTo(t, sock, time.Millisecond)
+	srv, got := countingRouter(t, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
 	for _, field := range []string{
 		"Spry-Request-Id : forged",
 		"X-Forwarded-For : 6.6.6.6",

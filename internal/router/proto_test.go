@@ -59,11 +59,7 @@ func TestHTTP10UnknownLengthAnswer(t *testing.T) {
 // a tunnel opened (RFC 9110 9.3.6), while the router went on reading what
 // came next on the connection as requests.
 func TestConnectIsRefused(t *testing.T) {
-	var got atomic.Int32
-	srv := routerTo(t, serveRawRequests(t, func(i int, c net.Conn) {
-		got.Add(1)
-		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-	}), time.Millisecond)
+	srv, got := countingRouter(t, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
 	for _, target := range []string{"/fn/alice/fn/", "http://h/fn/alice/fn/"} {
 		c := dialRaw(t, srv.URL)
 		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
@@ -83,11 +79,7 @@ func TestConnectIsRefused(t *testing.T) {
 // in front that does not take LF alone for a line's end would not end
 // it (the smuggled request below).
 func TestBareLFHeadIsRefused(t *testing.T) {
-	var got atomic.Int32
-	srv := routerTo(t, serveRawRequests(t, func(i int, c net.Conn) {
-		got.Add(1)
-		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-	}), time.Millisecond)
+	srv, got := countingRouter(t, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 	for _, req := range []string{
 		"GET /fn/alice/fn/ HTTP/1.1\nHost: h\n\n",
 		"GET /fn/alice/fn/ HTTP/1.1\r\nHost: h\n\r\n",
@@ -183,11 +175,7 @@ func TestAnswerTransferCodings(t *testing.T) {
 // request before it, is refused too, on either path (the lane hands a
 // chunked body to the goroutine path).
 func TestPipelinedBareLFHeadIsRefused(t *testing.T) {
-	var got atomic.Int32
-	srv := routerTo(t, serveRawRequests(t, func(i int, c net.Conn) {
-		got.Add(1)
-		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-	}), time.Millisecond)
+	srv, got := countingRouter(t, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 	for _, req := range []string{
 		"GET /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\n\r\nGET /fn/alice/fn/b HTTP/1.1\nHost: h\r\n\r\n",
 		"POST /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nabGET /fn/alice/fn/b HTTP/1.1\nHost: h\n\n",
@@ -302,11 +290,7 @@ func TestConnectionOptions(t *testing.T) {
 // read the body chunked, and, asked to keep the connection, served the
 // request after it.
 func TestHTTP10TransferEncodingIsRefused(t *testing.T) {
-	var got atomic.Int32
-	srv := routerTo(t, serveRawRequests(t, func(i int, c net.Conn) {
-		got.Add(1)
-		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-	}), time.Millisecond)
+	srv, got := countingRouter(t, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 	for _, req := range []string{
 		"POST /fn/alice/fn/ HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n" +
 			"2f\r\nGET /fn/alice/fn/smuggled HTTP/1.0\r\nHost: h\r\n\r\n\r\n0\r\n\r\n",
@@ -323,11 +307,7 @@ func TestHTTP10TransferEncodingIsRefused(t *testing.T) {
 // connection closed, on either path (the loops hand it over); a minor
 // version past 1 is served (RFC 9110 2.5).
 func TestOtherHTTPVersions(t *testing.T) {
-	var got atomic.Int32
-	srv := routerTo(t, serveRawRequests(t, func(i int, c net.Conn) {
-		got.Add(1)
-		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-	}), time.Millisecond)
+	srv, got := countingRouter(t, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 	for _, proto := range []string{"HTTP/2.0", "HTTP/3.0", "HTTP/0.9"} {
 		req := "GET /fn/alice/fn/ " + proto + "\r\nHost: h\r\n\r\nGET /fn/alice/fn/next HTTP/1.1\r\nHost: h\r\n\r\n"
 		c := dialRaw(t, srv.URL)
@@ -345,6 +325,17 @@ func TestOtherHTTPVersions(t *testing.T) {
 	if res := c.response(); res.StatusCode != 200 {
 		t.Fatalf("HTTP/1.2: %d", res.StatusCode)
 	}
+}
+
+// countingRouter is a router to a function that gives every request
+// answer, and the count of the requests it got.
+func countingRouter(t *testing.T, answer string) (*testServer, *atomic.Int32) {
+	got := new(atomic.Int32)
+	srv := routerTo(t, serveRawRequests(t, func(i int, c net.Conn) {
+		got.Add(1)
+		io.WriteString(c, answer)
+	}), time.Millisecond)
+	return srv, got
 }
 
 // refusedAndEnded sends req on a connection of its own and wants it
