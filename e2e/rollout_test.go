@@ -2,10 +2,12 @@ package e2e
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -264,5 +266,404 @@ func TestRolloutUnderLoad(t *testing.T) {
 	}
 }
 
-var _ = bytes.NewReader
-var _ = rand.IntN
+
+// versions lists "from" to "to" as the answers of versionCode.
+func versions(from, to int) []string {
+	var out []string
+	for n := from; n <= to; n++ {
+		out = append(out, fmt.Sprint(n))
+	}
+	return out
+}
+
+// TestSettingsUnderLoad: PATCHes of concurrency, max, min, memory,
+// timeout and access (public, private, public) while every instance is
+// busy and requests queue: each makes a new version, the queued and
+// in-flight requests of the one replaced are served (by it or by the
+// new one), and none is answered by an older version once the PATCH has
+// returned.
+func TestSettingsUnderLoad(t *testing.T) {
+	s := startServer(t)
+	s.deployCode(t, "busy", []byte(`export default { async fetch(req, ctx) {
+		await new Promise((r) => setTimeout(r, 30));
+		return new Response(String(ctx.version));
+	} }`), "concurrency=4&max=2&timeout=10s")
+	if r := s.get("/fn/admin/busy/"); r.status != 200 {
+		t.Fatalf("warm-up: %d %s", r.status, r.body)
+	}
+	// The admin's token throughout: the function is private for a while.
+	load := s.drive(t, 24, "/fn/admin/busy/", map[string]string{"Authorization": "Bearer " + s.token}, nil)
+	c := newChanges(t, "1")
+	api := "/api/v1/functions/busy"
+	for i, patch := range []string{
+		`{"concurrency":1}`, // 2 requests at once, 22 queued
+		`{"max":1}`,         // 1 at once
+		`{"min":1}`,
+		`{"max":3,"concurrency":8}`,
+		`{"memory":"256Mi"}`,
+		`{"timeout":"5s"}`,
+		`{"access":"private"}`,
+		`{"access":"public"}`,
+		`{"concurrency":2,"max":1}`,
+	} {
+		time.Sleep(300 * time.Millisecond)
+		c.do(s, "PATCH "+patch, "PATCH", api, patch, fmt.Sprint(i+2))
+	}
+	time.Sleep(500 * time.Millisecond)
+	shots := load.end()
+	report(t, "PATCHes", shots, c.check(shots))
+}
+
+// TestLowerMaxUnderOverload: with a short queue and timeout, lowering
+// max and concurrency of a function whose queue is full gets each
+// request an answer, 200 or the documented 503 (queue full) or 504
+// (timeout), never a hang or another error.
+func TestLowerMaxUnderOverload(t *testing.T) {
+	s := startServer(t, "--queue-size", "4")
+	s.deployCode(t, "over", []byte(`export default { async fetch(req, ctx) {
+		await new Promise((r) => setTimeout(r, 200));
+		return new Response(String(ctx.version));
+	} }`), "concurrency=2&max=2&timeout=1s")
+	if r := s.get("/fn/admin/over/"); r.status != 200 {
+		t.Fatalf("warm-up: %d %s", r.status, r.body)
+	}
+	load := s.drive(t, 24, "/fn/admin/over/", nil, func() time.Duration { return 10 * time.Millisecond })
+	time.Sleep(500 * time.Millisecond)
+	changed := time.Now()
+	if r := s.do("PATCH", "/api/v1/functions/over", s.token, strings.NewReader(`{"max":1,"concurrency":1}`), nil); r.status != 200 {
+		t.Fatalf("PATCH: %d %s", r.status, r.body)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	shots := load.end()
+	var bad []string
+	counts := map[string]int{}
+	for _, h := range shots {
+		key := fmt.Sprint(h.status, " ", h.code)
+		switch {
+		case h.err != nil:
+			bad = append(bad, h.String())
+		case h.status == 200 && (h.body == "1" || h.body == "2"):
+			key = "200 v" + h.body
+			if h.body == "1" && h.start.After(changed.Add(time.Second)) {
+				bad = append(bad, h.String()+" (the old version, long after the PATCH)")
+			}
+		case h.status == 503 && h.code == "unavailable", h.status == 504 && h.code == "timeout":
+		default:
+			bad = append(bad, h.String())
+		}
+		if d := h.end.Sub(h.start); d > 3*time.Second {
+			bad = append(bad, h.String()+" (took longer than the timeout by far)")
+		}
+		counts[key]++
+	}
+	t.Logf("answers: %v", counts)
+	report(t, "overload", shots, bad)
+}
+
+// TestDeleteUnderLoad: a function deleted while traffic runs on both
+// router paths: requests in flight get their answer or the documented
+// 502, every request sent once the DELETE has returned gets 404 at
+// once, nothing hangs, and no sandbox or cgroup of it is left. Made
+// again under the same name right after, it serves its own code, with
+// none of the old one's env or key-value entries.
+func TestDeleteUnderLoad(t *testing.T) {
+	// No warm pool: every sandbox process is a function's.
+	s := startServer(t, "--pool-size", "0", "--node-pool-size", "0")
+	code := `export default { async fetch(req, ctx) {
+		const seen = (await ctx.kv.get("mark")) ?? "-";
+		if (new URL(req.url).pathname === "/mark") await ctx.kv.set("mark", ctx.env.WHO);
+		await new Promise((r) => setTimeout(r, 20));
+		return new Response(ctx.env.WHO + " " + (ctx.env.OLD ?? "-") + " " + seen);
+	} }`
+	deployJSON := func(fields map[string]any) {
+		t.Helper()
+		fields["code"] = code
+		b, _ := json.Marshal(fields)
+		if r := s.do("PUT", "/api/v1/functions/gone", s.token, bytes.NewReader(b), map[string]string{"Content-Type": "application/json"}); r.status != 201 {
+			t.Fatalf("deploy: %d %s", r.status, r.body)
+		}
+	}
+	deployJSON(map[string]any{"env": map[string]string{"WHO": "old", "OLD": "yes"}, "concurrency": 4})
+	if r := s.get("/fn/admin/gone/mark"); r.status != 200 || string(r.body) != "old yes -" {
+		t.Fatalf("first call: %d %s", r.status, r.body)
+	}
+	public := s.drive(t, 16, "/fn/admin/gone/", nil, nil)
+	// A token sends its requests the goroutine-per-connection way.
+	slow := s.drive(t, 8, "/fn/admin/gone/", map[string]string{"Authorization": "Bearer " + s.token}, nil)
+	eventually(t, 10*time.Second, "several instances", func() bool { return s.running(t, "gone") >= 2 })
+	sent := time.Now()
+	if r := s.do("DELETE", "/api/v1/functions/gone", s.token, nil, nil); r.status != 204 {
+		t.Fatalf("delete: %d %s", r.status, r.body)
+	}
+	deleted := time.Now()
+	time.Sleep(500 * time.Millisecond)
+	shots := append(public.end(), slow.end()...)
+	var bad []string
+	after := 0
+	for _, h := range shots {
+		switch {
+		case h.err != nil:
+			bad = append(bad, h.String())
+		case h.end.Sub(h.start) > 2*time.Second:
+			bad = append(bad, h.String()+" (slow)")
+		case h.start.After(deleted):
+			after++
+			if h.status != 404 || h.code != "not_found" {
+				bad = append(bad, h.String()+" (sent after the delete)")
+			}
+		case h.status == 200 && h.body == "old yes old",
+			h.status == 502 && h.code == "function_failed" && h.end.After(sent),
+			h.status == 404 && h.code == "not_found" && h.end.After(sent):
+		default:
+			bad = append(bad, h.String())
+		}
+	}
+	t.Logf("DELETE sent at %s, returned at %s", sent.Format("15:04:05.000"), deleted.Format("15:04:05.000"))
+	report(t, "delete", shots, bad)
+	if after == 0 {
+		t.Errorf("no request was sent after the delete")
+	}
+	eventually(t, 5*time.Second, "the deleted function's sandboxes to end", func() bool { return len(s.sandboxProcs()) == 0 })
+	// Only the server's own groups are left, no instance's.
+	eventually(t, 5*time.Second, "the deleted function's cgroups and run directories to go", func() bool {
+		for _, p := range s.hostState(t) {
+			if strings.Contains(filepath.Base(p), "i-") {
+				return false
+			}
+		}
+		return true
+	})
+	if n := s.running(t, "gone"); n != 0 {
+		t.Errorf("%d instances of the deleted function counted", n)
+	}
+
+	// The same name again, at once: its own env, an empty kv.
+	deployJSON(map[string]any{"env": map[string]string{"WHO": "new"}})
+	for i := 0; i < 3; i++ {
+		if r := s.get("/fn/admin/gone/"); r.status != 200 || string(r.body) != "new - -" {
+			t.Fatalf("the function made again: %d %s", r.status, r.body)
+		}
+	}
+	if r := s.do("GET", "/api/v1/functions/gone/versions", s.token, nil, nil); r.status != 200 || strings.Count(string(r.body), `"version"`) != 1 {
+		t.Fatalf("versions of the function made again: %d %s", r.status, r.body)
+	}
+}
+
+// since returns what was written to b from off on, and where it ends.
+func (s *syncBuffer) since(off int) (string, int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return string(s.b.Bytes()[off:]), s.b.Len()
+}
+
+// scaledDown watches s's log for the autoscaler's "scaling down" lines
+// and sends, on the channel of the function each names, when it saw one.
+func (s *server) scaledDown(t *testing.T, fns ...string) map[string]chan time.Time {
+	chans := map[string]chan time.Time{}
+	for _, fn := range fns {
+		chans[fn] = make(chan time.Time, 64)
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	t.Cleanup(func() { close(stop); <-done })
+	go func() {
+		defer close(done)
+		off, partial := 0, ""
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+			var more string
+			more, off = s.logs.since(off)
+			more = partial + more
+			i := strings.LastIndexByte(more, '\n')
+			partial = more[i+1:]
+			now := time.Now()
+			for _, l := range strings.Split(more[:i+1], "\n") {
+				if !strings.Contains(l, "scaling down") {
+					continue
+				}
+				for fn, ch := range chans {
+					if strings.Contains(l, " function="+fn+" ") {
+						select {
+						case ch <- now:
+						default:
+						}
+					}
+				}
+			}
+		}
+	}()
+	return chans
+}
+
+// TestScaleToZeroRace: with a short scale-to-zero grace and ticks every
+// 20 ms, requests come at jittered times around the moment the last
+// instance is stopped (learnt from the server's log), many times over:
+// each gets its answer (from the instance, or from a new one started for
+// it), never a 502 or a reset.
+func TestScaleToZeroRace(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		flags []string
+		auth  bool
+	}{
+		{name: "lane"},
+		{name: "private (no lane)", auth: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := startServer(t, append([]string{"--scale-to-zero-after", "100ms", "--autoscale-window", "1s"}, tc.flags...)...)
+			var auth map[string]string
+			if tc.auth {
+				auth = map[string]string{"Authorization": "Bearer " + s.token}
+			}
+			var fns []string
+			for i := 0; i < 6; i++ {
+				fns = append(fns, fmt.Sprintf("nap%d", i))
+				s.deployCode(t, fns[i], []byte(`export default { fetch(req, ctx) { return new Response("v" + ctx.version); } }`), "")
+			}
+			downs := s.scaledDown(t, fns...)
+			client := &http.Client{Transport: &http.Transport{DisableCompression: true}, Timeout: 15 * time.Second}
+			defer client.CloseIdleConnections()
+			var mu sync.Mutex
+			var shots []shot
+			var wg sync.WaitGroup
+			end := time.Now().Add(5 * time.Second)
+			for _, fn := range fns {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					shoot := func() shot {
+						h := shoot(client, s.url+"/fn/admin/"+fn+"/", auth)
+						mu.Lock()
+						shots = append(shots, h)
+						mu.Unlock()
+						return h
+					}
+					// The first stop: how long after a request it comes.
+					h := shoot()
+					var gap time.Duration
+					select {
+					case at := <-downs[fn]:
+						gap = at.Sub(h.end)
+					case <-time.After(5 * time.Second):
+						return
+					}
+					for time.Now().Before(end) {
+						h := shoot()
+						time.Sleep(time.Until(h.end.Add(gap + time.Duration(rand.IntN(40)-25)*time.Millisecond)))
+						for len(downs[fn]) > 0 {
+							<-downs[fn]
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			var bad []string
+			var slowest time.Duration
+			for _, h := range shots {
+				if h.err != nil || h.status != 200 || h.body != "v1" {
+					bad = append(bad, h.String())
+				}
+				slowest = max(slowest, h.end.Sub(h.start))
+			}
+			cold := s.metric(t, "spry_cold_starts_total{", `result="ok"`)
+			t.Logf("%v cold starts in %d requests; the slowest answer took %v", cold, len(shots), slowest.Round(time.Millisecond))
+			if cold < 10 {
+				t.Errorf("only %v cold starts: the race was not run", cold)
+			}
+			report(t, tc.name, shots, bad)
+		})
+	}
+}
+
+// TestIdleThrottleRace: with the idle CPU throttle after 50 ms, requests
+// come at jittered times across it: each is answered, at full speed.
+func TestIdleThrottleRace(t *testing.T) {
+	for _, auth := range []bool{false, true} {
+		t.Run(fmt.Sprint("private=", auth), func(t *testing.T) {
+			s := startServer(t, "--idle-cpu-after", "50ms", "--autoscale-window", "1s")
+			s.deployCode(t, "nap", []byte(`export default { fetch(req, ctx) { return new Response("v" + ctx.version); } }`), "")
+			var hdr map[string]string
+			if auth {
+				hdr = map[string]string{"Authorization": "Bearer " + s.token}
+			}
+			load := s.drive(t, 2, "/fn/admin/nap/", hdr, func() time.Duration { return time.Duration(10+rand.IntN(110)) * time.Millisecond })
+			time.Sleep(3 * time.Second)
+			shots := load.end()
+			var bad []string
+			var slowest time.Duration
+			for _, h := range shots {
+				if h.err != nil || h.status != 200 || h.body != "v1" {
+					bad = append(bad, h.String())
+				}
+				slowest = max(slowest, h.end.Sub(h.start))
+			}
+			t.Logf("the slowest answer took %v", slowest.Round(time.Millisecond))
+			report(t, "idle throttle", shots, bad)
+		})
+	}
+}
+
+// TestCrashUnderLoad: an instance that ends (Deno.exit) on some requests
+// while others are in flight on it: those get the documented 502
+// function_failed (never a reset, a hang or another error), the rest are
+// answered, and once the crashes stop every request is.
+func TestCrashUnderLoad(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		flags []string
+		auth  bool
+	}{
+		{name: "lane"},
+		{name: "private", auth: true},
+		{name: "no lane", flags: []string{"--router-loops", "0"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := startServer(t, tc.flags...)
+			s.deployCode(t, "crashy", []byte(`export default { async fetch(req) {
+				if (new URL(req.url).pathname === "/crash") {
+					await new Promise((r) => setTimeout(r, 10));
+					Deno.exit(3);
+				}
+				await new Promise((r) => setTimeout(r, 20));
+				return new Response("ok");
+			} }`), "concurrency=8")
+			var hdr map[string]string
+			if tc.auth {
+				hdr = map[string]string{"Authorization": "Bearer " + s.token}
+			}
+			load := s.drive(t, 16, "/fn/admin/crashy/", hdr, nil)
+			var crashes []shot
+			for i := 0; i < 10; i++ {
+				time.Sleep(150 * time.Millisecond)
+				crashes = append(crashes, shoot(http.DefaultClient, s.url+"/fn/admin/crashy/crash", hdr))
+			}
+			lastCrash := time.Now()
+			time.Sleep(time.Second)
+			shots := load.end()
+			var bad []string
+			failed := 0
+			for _, h := range crashes {
+				if h.err != nil || h.status != 502 || h.code != "function_failed" {
+					bad = append(bad, h.String()+" (a crash)")
+				}
+			}
+			for _, h := range shots {
+				switch {
+				case h.err != nil || h.end.Sub(h.start) > 5*time.Second:
+					bad = append(bad, h.String())
+				case h.status == 200 && h.body == "ok":
+				case h.status == 502 && h.code == "function_failed" && h.start.Before(lastCrash):
+					failed++
+				default:
+					bad = append(bad, h.String())
+				}
+			}
+			t.Logf("%d requests in flight on a crashing instance got 502", failed)
+			report(t, "crashes", append(shots, crashes...), bad)
+		})
+	}
+}
