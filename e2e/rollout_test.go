@@ -190,7 +190,17 @@ func report(t *testing.T, what string, shots []shot, bad []string) {
 		t.Errorf("%s: %d of %d requests wrong; the first:\n%s", what, len(bad), len(shots), strings.Join(bad[:min(len(bad), 10)], "\n"))
 		return
 	}
-	t.Logf("%s: %d requests, all as expected", what, len(shots))
+	var ds []time.Duration
+	for _, h := range shots {
+		ds = append(ds, h.end.Sub(h.start))
+	}
+	slices.Sort(ds)
+	if len(ds) == 0 {
+		t.Errorf("%s: no request was sent", what)
+		return
+	}
+	t.Logf("%s: %d requests, all as expected; latency p50 %v, p99 %v, max %v", what, len(shots),
+		ds[len(ds)/2].Round(time.Millisecond/10), ds[len(ds)*99/100].Round(time.Millisecond/10), ds[len(ds)-1].Round(time.Millisecond/10))
 }
 
 // rollCode answers with its version, env FOO and secret S.
@@ -215,6 +225,9 @@ func TestRolloutUnderLoad(t *testing.T) {
 		{name: "lane"},
 		{name: "private", private: true},
 		{name: "no-lane", flags: []string{"--router-loops", "0"}},
+		// Every new version's first instance a sandbox started while
+		// requests queue for it.
+		{name: "no-pool", flags: []string{"--pool-size", "0"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := startServer(t, tc.flags...)
@@ -238,23 +251,23 @@ func TestRolloutUnderLoad(t *testing.T) {
 			pause := func() { time.Sleep(250 * time.Millisecond) }
 			pause()
 			// Deploys in a row, with no pause between them.
-			for n := 2; n <= 4; n++ {
+			for n := 2; n <= 8; n++ {
 				c.do(s, fmt.Sprintf("deploy %d", n), "PUT", api+"?"+query, rollCode(n), fmt.Sprintf("%d - -", n))
 			}
 			pause()
-			c.do(s, "rollback", "POST", api+"/rollback", "", "3 - -")
+			c.do(s, "rollback", "POST", api+"/rollback", "", "7 - -")
 			pause()
-			c.do(s, "split 3/4", "PUT", api+"/traffic", `{"3":50,"4":50}`, "3 - -", "4 - -")
+			c.do(s, "split 3/8", "PUT", api+"/traffic", `{"3":50,"8":50}`, "3 - -", "8 - -")
 			pause()
-			c.do(s, "4 at 100", "PUT", api+"/traffic", `{"4":100}`, "4 - -")
+			c.do(s, "8 at 100", "PUT", api+"/traffic", `{"8":100}`, "8 - -")
 			pause()
-			c.do(s, "env set", "PATCH", api, `{"env":{"FOO":"a"}}`, "5 a -")
+			c.do(s, "env set", "PATCH", api, `{"env":{"FOO":"a"}}`, "9 a -")
 			pause()
-			c.do(s, "env unset", "PATCH", api, `{"unset_env":["FOO"]}`, "6 - -")
+			c.do(s, "env unset", "PATCH", api, `{"unset_env":["FOO"]}`, "10 - -")
 			pause()
-			c.do(s, "secret set", "PATCH", api, `{"secrets":{"S":"x"}}`, "7 - x")
+			c.do(s, "secret set", "PATCH", api, `{"secrets":{"S":"x"}}`, "11 - x")
 			pause()
-			tagged.do(s, "tag canary 7", "PUT", api+"/tags/canary", `{"version":7}`, "7 - x")
+			tagged.do(s, "tag canary 11", "PUT", api+"/tags/canary", `{"version":11}`, "11 - x")
 			pause()
 			tagged.do(s, "tag canary 3", "PUT", api+"/tags/canary", `{"version":3}`, "3 - -")
 			pause()
@@ -264,16 +277,6 @@ func TestRolloutUnderLoad(t *testing.T) {
 			report(t, "@canary", tshots, tagged.check(tshots))
 		})
 	}
-}
-
-
-// versions lists "from" to "to" as the answers of versionCode.
-func versions(from, to int) []string {
-	var out []string
-	for n := from; n <= to; n++ {
-		out = append(out, fmt.Sprint(n))
-	}
-	return out
 }
 
 // TestSettingsUnderLoad: PATCHes of concurrency, max, min, memory,
@@ -664,6 +667,102 @@ func TestCrashUnderLoad(t *testing.T) {
 			}
 			t.Logf("%d requests in flight on a crashing instance got 502", failed)
 			report(t, "crashes", append(shots, crashes...), bad)
+		})
+	}
+}
+
+// TestAccessUnderLoad: a public function made private under traffic
+// that carries no token: once the PATCH has returned, no request is
+// answered by the function (401, on either router path), and once it is
+// public again every one is. A version deleted (@1) and a tag removed
+// under traffic answer 404 once the call has returned, and a request
+// in flight across a deploy and a change of memory is answered whole by
+// the version it started on.
+func TestAccessUnderLoad(t *testing.T) {
+	for _, flags := range [][]string{nil, {"--router-loops", "0"}} {
+		t.Run(fmt.Sprint("flags=", flags), func(t *testing.T) {
+			s := startServer(t, flags...)
+			s.deployCode(t, "door", []byte(`export default { async fetch(req, ctx) {
+				const ms = Number(new URL(req.url).searchParams.get("ms") ?? 2);
+				await new Promise((r) => setTimeout(r, ms));
+				return new Response("v" + ctx.version);
+			} }`), "")
+			api := "/api/v1/functions/door"
+			if r := s.do("PUT", api+"/tags/old", s.token, strings.NewReader(`{"version":1}`), nil); r.status != 200 {
+				t.Fatalf("tag: %d %s", r.status, r.body)
+			}
+			// A request in flight across two changes.
+			long := make(chan shot, 1)
+			go func() { long <- shoot(http.DefaultClient, s.url+"/fn/admin/door/?ms=1500", nil) }()
+			time.Sleep(200 * time.Millisecond)
+			anon := s.drive(t, 16, "/fn/admin/door/", nil, nil)
+			tagged := s.drive(t, 4, "/fn/admin/door@old/", nil, nil)
+			byNumber := s.drive(t, 4, "/fn/admin/door@1/", nil, nil)
+			patch := func(body string) (time.Time, time.Time) {
+				t.Helper()
+				sent := time.Now()
+				if r := s.do("PATCH", api, s.token, strings.NewReader(body), nil); r.status != 200 {
+					t.Fatalf("PATCH %s: %d %s", body, r.status, r.body)
+				}
+				return sent, time.Now()
+			}
+			time.Sleep(200 * time.Millisecond)
+			patch(`{"memory":"256Mi"}`) // v2
+			time.Sleep(200 * time.Millisecond)
+			privSent, priv := patch(`{"access":"private"}`) // v3
+			time.Sleep(300 * time.Millisecond)
+			pubSent, pub := patch(`{"access":"public"}`) // v4
+			time.Sleep(300 * time.Millisecond)
+			untagSent := time.Now()
+			if r := s.do("DELETE", api+"/tags/old", s.token, nil, nil); r.status/100 != 2 {
+				t.Fatalf("untag: %d %s", r.status, r.body)
+			}
+			untag := time.Now()
+			time.Sleep(200 * time.Millisecond)
+			rmSent := time.Now()
+			if r := s.do("DELETE", api+"/versions/1", s.token, nil, nil); r.status != 204 {
+				t.Fatalf("versions rm: %d %s", r.status, r.body)
+			}
+			rm := time.Now()
+			time.Sleep(300 * time.Millisecond)
+			if h := <-long; h.err != nil || h.status != 200 || h.body != "v1" {
+				t.Errorf("the request in flight across a deploy and a change of memory: %v", h)
+			}
+
+			var bad []string
+			shots := anon.end()
+			for _, h := range shots {
+				private := h.start.After(priv) && h.end.Before(pubSent)
+				public := h.end.Before(privSent) || h.start.After(pub)
+				switch {
+				case h.err != nil:
+					bad = append(bad, h.String())
+				case h.status == 200 && private:
+					bad = append(bad, h.String()+" (answered by the function while it was private)")
+				case h.status == 401 && public:
+					bad = append(bad, h.String()+" (refused while the function was public)")
+				case h.status != 200 && h.status != 401:
+					bad = append(bad, h.String())
+				}
+			}
+			report(t, "access", shots, bad)
+			gone := func(what string, shots []shot, sent, done time.Time) {
+				t.Helper()
+				var bad []string
+				for _, h := range shots {
+					switch {
+					case h.err != nil:
+						bad = append(bad, h.String())
+					case h.start.After(done) && (h.status != 404 || h.code != "not_found"):
+						bad = append(bad, h.String()+" (sent once it was gone)")
+					case h.end.Before(sent) && h.status != 200 && h.status != 401:
+						bad = append(bad, h.String()+" (before it went)")
+					}
+				}
+				report(t, what, shots, bad)
+			}
+			gone("@old", tagged.end(), untagSent, untag)
+			gone("@1", byNumber.end(), rmSent, rm)
 		})
 	}
 }
