@@ -319,12 +319,20 @@ func (g *group) oomKills() uint64 {
 
 // destroy kills whatever is still in the cgroup and removes it.
 func (g *group) destroy() error {
+	g.kill()
 	if g.v2 != nil {
-		_ = g.v2.Kill()
 		return g.v2.Delete()
 	}
-	killV1(g.dirs)
 	return g.v1.Delete()
+}
+
+// kill kills every process in the cgroup.
+func (g *group) kill() {
+	if g.v2 != nil {
+		_ = g.v2.Kill()
+		return
+	}
+	killV1(g.dirs)
 }
 
 // killV1 kills every process in the given v1 cgroup directories. Freezing

@@ -547,6 +547,20 @@ func (c *Cmd) CloseFiles() {
 	c.fds = nil
 }
 
+// Kill ends the sandbox at once: every process in its cgroups, the
+// runtime among them, and bubblewrap. Killing bubblewrap alone ends the
+// runtime only by its parent-death signal, which the kernel sends once
+// bubblewrap's exit has torn its namespaces down: on a busy host a few
+// hundred milliseconds in which the runtime still serves, a deleted
+// function's code among them after its data is gone.
+func (c *Cmd) Kill() error {
+	c.group.kill()
+	if c.Process == nil {
+		return nil
+	}
+	return c.Process.Kill()
+}
+
 // Cleanup kills anything left in the sandbox's cgroup and removes it.
 func (c *Cmd) Cleanup() {
 	c.once.Do(func() {

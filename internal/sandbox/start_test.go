@@ -509,3 +509,40 @@ func TestStartWithoutDACOverride(t *testing.T) {
 		t.Fatalf("a sandbox start without CAP_DAC_OVERRIDE: %v\n%s", err, out)
 	}
 }
+
+// Kill ends every process of the sandbox by the time it returns: each is
+// gone, dead, or has SIGKILL pending. Killing bubblewrap alone left the
+// sandbox's processes running until bubblewrap's exit had torn its
+// namespaces down (their parent-death signal comes after), on a busy
+// host hundreds of milliseconds in which a deleted function served on.
+func TestKillEndsEveryProcessAtOnce(t *testing.T) {
+	sb, spec := holdSpec(t, 2999937, 100)
+	c, _ := startRunning(t, sb, spec)
+	pids := tree(t, c.Process.Pid)
+	if len(pids) < 3 {
+		t.Fatalf("sandbox processes %v, want bubblewrap, its pid 1 and the program", pids)
+	}
+	if err := c.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	for _, pid := range pids[1:] {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			continue // gone
+		}
+		status := string(b)
+		if s := field(status, "State:"); strings.HasPrefix(s, "Z") || strings.HasPrefix(s, "X") {
+			continue
+		}
+		const sigkill = 1 << (9 - 1)
+		pending := false
+		for _, key := range []string{"SigPnd:", "ShdPnd:"} {
+			if mask, err := strconv.ParseUint(field(status, key), 16, 64); err == nil && mask&sigkill != 0 {
+				pending = true
+			}
+		}
+		if !pending {
+			t.Errorf("pid %d of the sandbox runs on after Kill returned, no SIGKILL pending:\n%s", pid, status)
+		}
+	}
+}

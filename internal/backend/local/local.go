@@ -708,13 +708,11 @@ func (b *Backend) kill(p *proc, reason string) {
 	if p.cmd.Process == nil {
 		return
 	}
-	// Killing bwrap kills the sandbox: its child has the parent-death
-	// signal and is the pid namespace's init.
 	if gone {
-		time.AfterFunc(goneGrace, func() { _ = p.cmd.Process.Kill() })
+		time.AfterFunc(goneGrace, func() { _ = p.cmd.Kill() })
 		return
 	}
-	_ = p.cmd.Process.Kill()
+	_ = p.cmd.Kill()
 }
 
 // goneGrace is how long a sandbox whose runtime has ended has to exit by
