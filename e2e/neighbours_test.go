@@ -291,7 +291,7 @@ func TestNeighbourHoldsConnections(t *testing.T) {
 	var held, refused atomic.Int64
 	var firstErr atomic.Value
 	var peak atomic.Int64
-	under := during(q, 3*time.Second, 6*time.Second, func(ctx context.Context) {
+	under := during(q, 7*time.Second, 6*time.Second, func(ctx context.Context) {
 		go func() {
 			for ctx.Err() == nil {
 				if h := held.Load(); h > peak.Load() {
@@ -304,11 +304,11 @@ func TestNeighbourHoldsConnections(t *testing.T) {
 		var n atomic.Int64
 		hammer(ctx, 19500, func(ctx context.Context) {
 			if n.Add(1) <= 19500 {
-				// A opens its connections over 2 s, as fast as the
+				// A opens its connections over 6 s, as fast as the
 				// kernel's accept queue (4096) takes them: a faster
 				// storm of connects is a SYN flood, for the network in
 				// front to stop.
-				time.Sleep(time.Duration(n.Load()) * 100 * time.Microsecond)
+				time.Sleep(time.Duration(n.Load()) * 300 * time.Microsecond)
 			}
 			c, err := d.DialContext(ctx, "tcp", s.addr)
 			if err != nil {
@@ -347,7 +347,7 @@ func TestNeighbourHoldsConnections(t *testing.T) {
 // after round, draining the warm pool: past --max-instances-per-user A
 // gets 429 rate_limited, and B is served.
 func TestNeighbourBurstsColdStarts(t *testing.T) {
-	s := startServer(t, "--max-instances-per-user", "80")
+	s := startServer(t, "--max-instances-per-user", "30")
 	q := newQuietUser(t, s)
 	a := newHostile(t, s)
 	const fns = 50
