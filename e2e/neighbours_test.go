@@ -6,7 +6,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -282,8 +284,11 @@ func TestNeighbourSaturatesItsFunction(t *testing.T) {
 }
 
 // TestNeighbourHoldsConnections: A opens as many connections as it can
-// to the public listener and sends nothing on them, opening another for
-// each the server closes (a slowloris with no bytes at all).
+// to the public listener, opening another for each the server closes: on
+// a third it sends nothing, on the others a request head to /fn or to
+// /api/v1 that it never ends, a byte every 2 s (slowloris). A holds at
+// most --max-conns-per-client (a quarter of the server's open files by
+// default), and B is served.
 func TestNeighbourHoldsConnections(t *testing.T) {
 	s := startServer(t)
 	q := newQuietUser(t, s)
@@ -301,7 +306,7 @@ func TestNeighbourHoldsConnections(t *testing.T) {
 			}
 		}()
 		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
-		var n atomic.Int64
+		var n, kinds atomic.Int64
 		hammer(ctx, 19500, func(ctx context.Context) {
 			if n.Add(1) <= 19500 {
 				// A opens its connections over 6 s, as fast as the
@@ -324,8 +329,24 @@ func TestNeighbourHoldsConnections(t *testing.T) {
 			held.Add(1)
 			t0 := time.Now()
 			go func() { <-ctx.Done(); c.Close() }()
+			kind := kinds.Add(1) % 3
+			switch kind {
+			case 1:
+				_, _ = io.WriteString(c, "GET /fn/alice/slow/ HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+			case 2:
+				_, _ = io.WriteString(c, "GET /api/v1/functions HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+			}
 			buf := make([]byte, 1)
-			_, _ = c.Read(buf)
+			for {
+				_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+				_, err := c.Read(buf)
+				if ne, ok := err.(net.Error); !ok || !ne.Timeout() || ctx.Err() != nil {
+					break
+				}
+				if kind != 0 {
+					_, _ = io.WriteString(c, "x")
+				}
+			}
 			c.Close()
 			held.Add(-1)
 			if time.Since(t0) < time.Second {
@@ -340,6 +361,30 @@ func TestNeighbourHoldsConnections(t *testing.T) {
 	})
 	t.Logf("A held at most %d connections at once, %d dials failed (%v)", peak.Load(), refused.Load(), firstErr.Load())
 	compare(t, "A's idle connections", quiet, under)
+	// A's count includes those the server is about to close: a tenth more.
+	if bound := s.openFileLimit(t) / 4; peak.Load() > bound*11/10 {
+		t.Errorf("A held %d connections, past a quarter of the server's open files (%d)", peak.Load(), bound)
+	}
+}
+
+// openFileLimit is the running server's soft limit of open files.
+func (s *server) openFileLimit(t *testing.T) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/limits", s.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(strings.TrimPrefix(l, "Max open files")); len(f) > 0 && strings.HasPrefix(l, "Max open files") {
+			n, err := strconv.ParseInt(f[0], 10, 64)
+			if err != nil {
+				t.Fatalf("%q: %v", l, err)
+			}
+			return n
+		}
+	}
+	t.Fatal("no open-file limit in /proc/PID/limits")
+	return 0
 }
 
 // TestNeighbourBurstsColdStarts: A deploys 50 functions and calls them
