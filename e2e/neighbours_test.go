@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -14,6 +15,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/spry-run/spry/internal/archive"
+	"github.com/spry-run/spry/internal/npmtest"
 )
 
 // The noisy-neighbour tests: user A (alice) misbehaves, greedily or with
@@ -486,28 +490,48 @@ export default { fetch() { const ws = []; for (let i = 0; i < 1000; i++) ws.push
 	compare(t, "A's hostile code", quiet, under)
 }
 
-// TestNeighbourFloodsTheAPI: A deploys 2 MiB projects in a loop, sends
+// TestNeighbourFloodsTheAPI: A deploys 2 MiB projects and projects with
+// npm dependencies (from a test registry) in a loop, sends
 // wrong tokens and bad requests, and floods asynchronous invocations: A's
 // deploys wait their turn (2 of --max-deploys' 4 slots at most), wrong
 // tokens get 429 past the failure limit, invocations get 429 past
 // --async-max-per-user, and B is served and deploys.
 func TestNeighbourFloodsTheAPI(t *testing.T) {
-	s := startServer(t, "--async-max-per-user", "300")
+	reg := npmtest.Start(t, npmtest.IsNumber, npmtest.MS)
+	s := startServer(t, "--async-max-per-user", "300", "--npm-registry", reg.URL)
 	q := newQuietUser(t, s)
 	a := newHostile(t, s)
 	if r := s.putCode(a.token, "sink", []byte(`export default { async fetch() { await new Promise((r) => setTimeout(r, 200)); return new Response("ok"); } }`), ""); r.status != 201 {
 		t.Fatalf("A's deploy: %d %s", r.status, r.body)
 	}
-	projects := [][]byte{bigProject(t, 2<<20, "a"), bigProject(t, 2<<20, "b")}
+	type project struct {
+		body  []byte
+		ctype string
+	}
+	projects := []project{{bigProject(t, 2<<20, "a"), "application/x-tar"}, {bigProject(t, 2<<20, "b"), "application/x-tar"}}
+	for _, dep := range []string{"is-number", "ms"} {
+		var buf bytes.Buffer
+		dir := writeTree(t, map[string]string{
+			"index.ts":     `import x from "` + dep + `"; export default { fetch() { return new Response(typeof x); } };`,
+			"package.json": `{"dependencies": {"` + dep + `": "*"}}`,
+		})
+		if err := archive.Pack(dir, &buf, nil); err != nil {
+			t.Fatal(err)
+		}
+		projects = append(projects, project{buf.Bytes(), "application/gzip"})
+	}
+	var next atomic.Int64
 	quiet := q.measure(4 * time.Second)
 	var deploys, tokens, bad, async statuses
 	under := during(q, time.Second, 10*time.Second, func(ctx context.Context) {
 		var wg sync.WaitGroup
 		wg.Go(func() {
 			hammer(ctx, 4, func(ctx context.Context) {
-				req, _ := http.NewRequestWithContext(ctx, "PUT", s.url+"/api/v1/functions/big", strings.NewReader(string(projects[time.Now().Nanosecond()%2])))
+				i := next.Add(1)
+				p := projects[i%int64(len(projects))]
+				req, _ := http.NewRequestWithContext(ctx, "PUT", fmt.Sprintf("%s/api/v1/functions/big%d", s.url, i%3), bytes.NewReader(p.body))
 				req.Header.Set("Authorization", "Bearer "+a.token)
-				req.Header.Set("Content-Type", "application/x-tar")
+				req.Header.Set("Content-Type", p.ctype)
 				if res, err := a.client.Do(req); err == nil {
 					b, _ := io.ReadAll(io.LimitReader(res.Body, 4096))
 					res.Body.Close()
