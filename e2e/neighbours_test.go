@@ -156,7 +156,7 @@ loop:
 
 // compare fails t unless B was served under A as promised: every call
 // answered, and latency within a generous factor of the quiet baseline
-// (plus a second, so that a loaded CI machine's scheduling is no
+// (plus 2 s, so that a loaded CI machine's scheduling is no
 // failure, while a B starved for seconds is).
 func compare(t *testing.T, what string, quiet, under served) {
 	t.Helper()
@@ -168,8 +168,8 @@ func compare(t *testing.T, what string, quiet, under served) {
 	if under.n < 20 {
 		t.Errorf("B under %s: only %d calls", what, under.n)
 	}
-	if bound := 20*quiet.p99 + time.Second; under.p99 > bound {
-		t.Errorf("B under %s: p99 %v, past %v (20 times quiet's %v, plus 1 s)", what, under.p99, bound, quiet.p99)
+	if bound := 20*quiet.p99 + 2*time.Second; under.p99 > bound {
+		t.Errorf("B under %s: p99 %v, past %v (20 times quiet's %v, plus 2 s)", what, under.p99, bound, quiet.p99)
 	}
 	if bound := 10*quiet.deploy + 5*time.Second; under.deploy > bound {
 		t.Errorf("B under %s: deploy took %v, past %v (10 times quiet's %v, plus 5 s)", what, under.deploy, bound, quiet.deploy)
