@@ -158,6 +158,10 @@ func newServeCmd(env Env) *cobra.Command {
 		spin = 0
 	}
 	f.DurationVar(&cfg.RouterSpin, "router-spin", spin, "how long an event loop polls for the next event before it sleeps, while its waits are shorter than that: lower latency under load for some CPU (0: never poll; the default is 0 on one CPU)")
+	// A quarter of the server's own open files, read now: without a
+	// bound one client's idle connections took them all, and every other
+	// client's connections waited in the kernel's queue.
+	f.IntVar(&cfg.MaxConnsPerClient, "max-conns-per-client", ownFiles()/4, "connections one client address (an IPv6 client's /64) may hold open on the listener at once; more are closed as they come (0: no bound; --trusted-proxies are not bounded; a quarter of spry serve's open-file limit by default)")
 	f.Float64Var(&cfg.CPU, "cpu", 1, "CPUs one instance may use (a cgroup quota, at least 0.05; 0 for none)")
 	f.IntVar(&cfg.QueueSize, "queue-size", 1000, "requests that may wait for a busy function's capacity before new ones get 503")
 	f.IntVar(&cfg.MaxInstancesPerUser, "max-instances-per-user", 1000, "instances one user's functions may run together (0: no limit); past it a function with no instance gets 429")
@@ -261,6 +265,8 @@ func validate(cfg server.Config) error {
 	case cfg.MaxMemoryPerUserMiB != 0 && cfg.MaxMemoryPerUserMiB < cfg.DefaultMemoryMiB:
 		// No function at the default memory could ever start.
 		return errdefs.Invalid("--max-memory-per-user must be 0 (no bound) or at least --memory (%d MiB)", cfg.DefaultMemoryMiB)
+	case cfg.MaxConnsPerClient < 0:
+		return errdefs.Invalid("--max-conns-per-client must be 0 (no bound) or more")
 	case cfg.RouterLoops < 0:
 		return errdefs.Invalid("--router-loops must be 0 (none) or more")
 	case cfg.RouterSpin < 0 || cfg.RouterSpin > time.Millisecond:
@@ -504,4 +510,14 @@ func stopSignals(parent context.Context, log *slog.Logger, hurry func()) (ctx co
 		close(done)
 		cancel()
 	}
+}
+
+// ownFiles is this process's open-file limit (Go's runtime raised the
+// soft limit to the hard one at start).
+func ownFiles() int {
+	var l syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil || l.Cur > 1<<30 {
+		return 1 << 30
+	}
+	return int(l.Cur)
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/netip"
 	"os"
 	"runtime"
 	"strings"
@@ -54,6 +55,7 @@ type Lane struct {
 	handoff *handoffListener
 	closing atomic.Bool
 	conns   atomic.Int64 // client connections the loops hold
+	limit   *httpserve.ConnLimit
 	wg      sync.WaitGroup
 	// served counts requests answered in the loops; handoffs, connections
 	// given to the slow path, by reason.
@@ -129,6 +131,9 @@ type LaneConfig struct {
 	// Spin is how long a loop polls for events before it sleeps, while
 	// its recent waits have been shorter than that (0: never).
 	Spin time.Duration
+	// Limit bounds each client's connections (nil: no bound); a
+	// connection's slot goes with it to the slow path and back.
+	Limit *httpserve.ConnLimit
 }
 
 // DefaultSpin is spry serve's --router-spin: longer than a trivial
@@ -154,7 +159,7 @@ func (rt *Router) NewLane(ln net.Listener, cfg LaneConfig) (*Lane, error) {
 	if !ok1 || !ok2 {
 		return nil, errors.New("lane: the resolver or the leaser cannot answer without waiting")
 	}
-	l := &Lane{rt: rt, ln: ln, cache: cache, try: try, handoff: &handoffListener{ch: make(chan net.Conn, 1024), done: make(chan struct{}), addr: ln.Addr()}}
+	l := &Lane{rt: rt, ln: ln, cache: cache, try: try, limit: cfg.Limit, handoff: &handoffListener{ch: make(chan net.Conn, 1024), done: make(chan struct{}), addr: ln.Addr()}}
 	l.headerTimeout.Store(int64(httpserve.HeaderTimeout))
 	l.idleTimeout.Store(int64(httpserve.IdleTimeout))
 	if err := rc.Control(func(fd uintptr) { l.lnFD = int(fd) }); err != nil {
@@ -285,6 +290,13 @@ type prefixConn struct {
 	// path's cold start (Spry-Cold-Start, the metric) counts the hand-over
 	// too, as the client does.
 	arrived time.Time
+	slot    *httpserve.ConnSlot // its client's count, released at Close
+}
+
+func (c *prefixConn) Close() error {
+	err := c.Conn.Close()
+	c.slot.Release()
+	return err
 }
 
 // CloseWrite lets the server close lingering (see httpserve).
@@ -403,6 +415,7 @@ type laneClient struct {
 	closeAfter         bool
 	http10             bool // the request in flight is HTTP/1.0
 	lastActive         time.Time
+	slot               *httpserve.ConnSlot // its client's count (Lane.limit)
 }
 
 // laneUp is a connection to an instance.
@@ -738,19 +751,30 @@ func (lp *loop) accept() {
 			}
 			return
 		}
-		_ = syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1)
-		c := &laneClient{fd: fd, lastActive: lp.now}
+		var ip netip.Addr
 		switch a := sa.(type) {
 		case *syscall.SockaddrInet4:
-			c.ip = net.IP(a.Addr[:]).String()
+			ip = netip.AddrFrom4(a.Addr)
 		case *syscall.SockaddrInet6:
-			c.ip = net.IP(a.Addr[:]).String()
+			ip = netip.AddrFrom16(a.Addr)
+		}
+		slot, ok := lp.lane.limit.Take(ip)
+		if !ok {
+			// Its client holds the most already: closed before any read.
+			syscall.Close(fd)
+			continue
+		}
+		_ = syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1)
+		c := &laneClient{fd: fd, lastActive: lp.now, slot: slot}
+		if ip.IsValid() {
+			c.ip = net.IP(ip.AsSlice()).String()
 		}
 		c.trusted = lp.lane.rt.trusts(c.ip)
 		c.events = syscall.EPOLLIN | syscall.EPOLLRDHUP
 		c.gen = lp.nextGen()
 		if err := lp.ctl(syscall.EPOLL_CTL_ADD, fd, c.events, c.gen); err != nil {
 			syscall.Close(fd)
+			slot.Release()
 			continue
 		}
 		lp.set(fd, ent{c: c})
@@ -1557,6 +1581,7 @@ func (lp *loop) handOff(c *laneClient, why handoffReason) {
 func (lp *loop) handOffAt(c *laneClient, why handoffReason, arrived time.Time) {
 	lp.lane.handoffs[why].Add(1)
 	pre := bytes.Clone(c.in)
+	slot := c.slot
 	if nc, ok := lp.detach(c); ok {
 		// A connection handed over for a passing reason (no instance free,
 		// a function not in memory yet, the API) may come back (takeBack).
@@ -1566,7 +1591,9 @@ func (lp *loop) handOffAt(c *laneClient, why handoffReason, arrived time.Time) {
 		// does (8 KiB POSTs: ~30% fewer requests a second).
 		back := why == handoffNoCapacity || why == handoffNotCached || why == handoffNotFunction ||
 			why == handoffDial || why == handoffRetry
-		lp.lane.handoff.give(&prefixConn{Conn: nc, pre: pre, back: back, retried: why == handoffRetry, arrived: arrived})
+		lp.lane.handoff.give(&prefixConn{Conn: nc, pre: pre, back: back, retried: why == handoffRetry, arrived: arrived, slot: slot})
+	} else {
+		slot.Release()
 	}
 }
 
@@ -1602,6 +1629,9 @@ func (l *Lane) adopt(hj net.Conn, hc *httpserve.Conn, pc *prefixConn) {
 			break
 		}
 	}
+	// The slot goes with the connection, wherever it is served next.
+	slot := pc.slot
+	pc.slot = nil
 	tcp, ok := pc.Conn.(*net.TCPConn)
 	fd := -1
 	if ok && len(pre) <= laneReadBuf && !l.closing.Load() {
@@ -1619,7 +1649,7 @@ func (l *Lane) adopt(hj net.Conn, hc *httpserve.Conn, pc *prefixConn) {
 		// it had read first (the server's reader for it is gone).
 		_ = hj.SetReadDeadline(time.Time{})
 		hc.Detach()
-		l.handoff.give(&prefixConn{Conn: pc.Conn, pre: pre})
+		l.handoff.give(&prefixConn{Conn: pc.Conn, pre: pre, slot: slot})
 		return
 	}
 	// The socket lives on in fd: the server's descriptor is closed
@@ -1631,15 +1661,16 @@ func (l *Lane) adopt(hj net.Conn, hc *httpserve.Conn, pc *prefixConn) {
 		ip = a.IP.String()
 	}
 	lp := l.loops[fd%len(l.loops)]
-	if !lp.post(func() { lp.adopt(fd, ip, pre) }) {
+	if !lp.post(func() { lp.adopt(fd, ip, pre, slot) }) {
 		syscall.Close(fd) // the loops have ended
+		slot.Release()
 	}
 }
 
 // adopt serves fd, a connection the server gave back, from this loop.
-func (lp *loop) adopt(fd int, ip string, pre []byte) {
+func (lp *loop) adopt(fd int, ip string, pre []byte, slot *httpserve.ConnSlot) {
 	_ = syscall.SetNonblock(fd, true)
-	c := &laneClient{fd: fd, ip: ip, trusted: lp.lane.rt.trusts(ip), served: true, lastActive: lp.now,
+	c := &laneClient{fd: fd, ip: ip, trusted: lp.lane.rt.trusts(ip), served: true, lastActive: lp.now, slot: slot,
 		events: syscall.EPOLLIN | syscall.EPOLLRDHUP, gen: lp.nextGen()}
 	if len(pre) > 0 {
 		lp.takeBuf(c)
@@ -1647,6 +1678,7 @@ func (lp *loop) adopt(fd int, ip string, pre []byte) {
 	}
 	if lp.quit || lp.ctl(syscall.EPOLL_CTL_ADD, fd, c.events, c.gen) != nil {
 		syscall.Close(fd)
+		slot.Release()
 		return
 	}
 	lp.set(fd, ent{c: c})
@@ -1726,6 +1758,7 @@ func (lp *loop) closeClient(c *laneClient) {
 		return
 	}
 	syscall.Close(lp.forget(c))
+	c.slot.Release()
 }
 
 func (lp *loop) closeUp(u *laneUp) {

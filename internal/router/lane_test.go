@@ -18,6 +18,7 @@ import (
 
 	"github.com/spry-run/spry/internal/activator"
 	"github.com/spry-run/spry/internal/backend"
+	"github.com/spry-run/spry/internal/httpserve"
 )
 
 // The whole router suite runs through the lane (see viaLane); these tests
@@ -1191,6 +1192,82 @@ func TestUnaskedSwitchingProtocolsIsRefused(t *testing.T) {
 		c.send(req)
 		if res := c.response(); res.StatusCode != 502 {
 			t.Errorf("%q: status %d, want 502", req, res.StatusCode)
+		}
+	}
+}
+
+// TestLaneBoundsConnectionsPerClient: past its client's bound a
+// connection is closed before anything is read; a connection counts
+// once whether the loops serve it or hand it to the slow path, and
+// gives its place back when it ends on either.
+func TestLaneBoundsConnectionsPerClient(t *testing.T) {
+	if !*viaLane {
+		t.Skip("the lane is off (-lane=false)")
+	}
+	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 5 * time.Second}
+	act := activator.New(&upstreamBackend{addr: serveUnix(t, echo())}, activator.Config{})
+	rt := New(oneSpec{spec}, act, Config{})
+	if lease, err := act.Acquire(context.Background(), spec); err == nil {
+		lease.Release()
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lane, err := rt.NewLane(ln, LaneConfig{Loops: 1, Limit: httpserve.NewConnLimit(2, nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httpserve.New(rt.Handle, nil)
+	go srv.Serve(httpserve.Listener(lane.Handoff(), time.Millisecond, nil))
+	t.Cleanup(func() {
+		_ = srv.Shutdown()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = lane.Shutdown(ctx)
+		ln.Close()
+	})
+	url := "http://" + ln.Addr().String()
+	// chunked answers a chunked request on the slow path, where it stays.
+	chunked := func(c *rawConn) {
+		t.Helper()
+		c.send("POST /fn/alice/fn/c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n")
+		if res := c.response(); res.StatusCode != 200 || body(res) != "hi" {
+			t.Fatalf("on the slow path: %d", res.StatusCode)
+		}
+	}
+	// admitted is a connection that got an answer in the loop: a place
+	// given back on the slow path comes once its lingering close ends,
+	// just after fasthttp counts the connection closed.
+	admitted := func() *rawConn {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			c := dialRaw(t, url)
+			c.send("GET /fn/alice/fn/a HTTP/1.1\r\nHost: h\r\n\r\n")
+			if res, err := http.ReadResponse(c.br, nil); err == nil && res.StatusCode == 200 {
+				body(res)
+				return c
+			}
+			c.Close()
+		}
+		t.Fatal("no connection admitted within 5 s")
+		return nil
+	}
+	for round := range 3 {
+		inLoop, slow := admitted(), admitted()
+		chunked(slow)
+		over := dialRaw(t, url)
+		over.ended(fmt.Sprintf("round %d: a third connection", round))
+		// Both end, one in the loop and one on the slow path: the next
+		// round has both places again, and no more.
+		inLoop.Close()
+		slow.Close()
+		deadline := time.Now().Add(5 * time.Second)
+		for lane.conns.Load() > 0 || srv.GetOpenConnectionsCount() > 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: connections still held", round)
+			}
+			time.Sleep(time.Millisecond)
 		}
 	}
 }

@@ -130,6 +130,10 @@ type Config struct {
 	// RouterSpin is how long an event loop polls before it sleeps while
 	// its waits are short (router.LaneConfig.Spin).
 	RouterSpin time.Duration
+	// MaxConnsPerClient bounds the connections one client address (an
+	// IPv6 client's /64) holds on the public listener; the trusted
+	// proxies are not bounded. 0: no bound (httpserve.ConnLimit).
+	MaxConnsPerClient int
 	// TLSCert and TLSKey, if set, are the files of the listener's
 	// certificate and key: it then serves HTTPS, without the event loops
 	// (they read raw sockets), and reads the pair again on SIGHUP and
@@ -713,14 +717,17 @@ func (s *Server) Run(ctx context.Context) error {
 	hupCtx, hupDone := context.WithCancel(context.Background())
 	defer hupDone()
 	go s.reloadOnHangUp(hupCtx, hup)
+	limit := httpserve.NewConnLimit(s.cfg.MaxConnsPerClient, s.cfg.TrustedProxies)
 	if s.certs != nil {
 		// The event loops read raw sockets and cannot speak TLS: every
 		// connection is fasthttp's (docs/architecture.md says the cost).
-		ln = httpserve.TLSListener(s.ln, s.tlsConfig(), httpserve.WatchAfter, s.log)
+		ln = httpserve.TLSListener(limit.Listener(s.ln), s.tlsConfig(), httpserve.WatchAfter, s.log)
 	} else {
-		ln = s.ln
+		// The loops count what they accept themselves, and the slot goes
+		// with a connection they hand to fasthttp.
+		ln = limit.Listener(s.ln)
 		if s.cfg.RouterLoops > 0 {
-			lane, err := s.router.NewLane(s.ln, router.LaneConfig{Loops: s.cfg.RouterLoops, Spin: s.cfg.RouterSpin})
+			lane, err := s.router.NewLane(s.ln, router.LaneConfig{Loops: s.cfg.RouterLoops, Spin: s.cfg.RouterSpin, Limit: limit})
 			if err != nil {
 				s.closeAll()
 				return err
