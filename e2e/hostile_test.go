@@ -142,6 +142,12 @@ func hostileAttacks(dataDir, spryAddr, otherSocket string, host hostTargets) []a
 			await new Promise((r) => setTimeout(r, 3000)); return "2000 workers";`), status: 502},
 		{name: "out-of-memory", query: "memory=64Mi", code: `const keep = []; export default { fetch() { for (;;) keep.push(new Uint8Array(1 << 20).fill(1)); } }`,
 			status: 502, errCode: "function_failed", logWants: "out of memory"},
+		// V8 aborts at its heap limit before the cgroup kills: the user is
+		// told it was memory, not "exit status 133" (Deno) or 134 (Node).
+		{name: "heap-out-of-memory", query: "memory=64Mi", code: `const keep = []; export default { fetch() { for (;;) keep.push(new Array(100000).fill({ x: 1 })); } }`,
+			status: 502, errCode: "function_failed", logWants: "JavaScript heap reached its limit"},
+		{name: "node-heap-out-of-memory", query: "memory=64Mi&runtime=node", code: `const keep = []; export default { fetch() { for (;;) keep.push(new Array(100000).fill({ x: 1 })); } }`,
+			status: 502, errCode: "function_failed", logWants: "JavaScript heap reached its limit"},
 		{name: "spin-forever", query: "timeout=1s", code: `export default { fetch() { for (;;) {} } }`,
 			status: 504, errCode: "timeout", logWants: "timeout"},
 		{name: "huge-response", query: "timeout=3s", code: `export default { fetch() {

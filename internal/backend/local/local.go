@@ -25,6 +25,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unicode/utf8"
@@ -248,6 +249,9 @@ type proc struct {
 	// loadFailure says why the function did not load, once the runtime
 	// has said so (or did not say in time).
 	loadFailure string
+	// heapFull: the runtime wrote V8's fatal "Reached heap limit" to
+	// stderr; if it then dies, it ran out of JavaScript heap.
+	heapFull atomic.Bool
 
 	weight uint64 // CPU shares reweigh last wrote; guarded by weighMu
 
@@ -1034,6 +1038,9 @@ func (b *Backend) readOutput(p *proc, stream string, r io.Reader, watchReady boo
 				}
 				continue
 			}
+			if !watchReady && bytes.Contains(line, heapLimitLine) {
+				p.heapFull.Store(true)
+			}
 			b.output(p, stream, line)
 		}
 		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
@@ -1041,6 +1048,12 @@ func (b *Backend) readOutput(p *proc, stream string, r io.Reader, watchReady boo
 		}
 	}
 }
+
+// heapLimitLine is in what both runtimes' V8 writes to stderr as it
+// aborts at its heap limit: Deno's "# Fatal JavaScript out of memory:
+// Reached heap limit", Node's "FATAL ERROR: Reached heap limit
+// Allocation failed - JavaScript heap out of memory".
+var heapLimitLine = []byte("Reached heap limit")
 
 // runeCut is where to split b, a line too long to keep whole, so that
 // no UTF-8 character is cut in two: before a last character b holds only
@@ -1125,6 +1138,11 @@ func (b *Backend) reap(p *proc, readers *sync.WaitGroup, outputs []*os.File) {
 	case oom:
 		exit = oomExit(p)
 		exit.Code = code
+	case p.heapFull.Load() && reason == "":
+		// V8 aborts (Deno: SIGTRAP, Node: SIGABRT) at its heap limit,
+		// before the cgroup's: "exit status 133" told the user nothing.
+		exit = backend.Exit{Reason: backend.ExitOOM, Code: code,
+			Detail: fmt.Sprintf("out of memory: the JavaScript heap reached its limit (three quarters of the instance's %d MiB) and the runtime ended", p.key.memoryMiB)}
 	case reason == backend.ExitTimeout:
 		exit.Detail = "killed after the function's timeout"
 	case loadFailure != "" && reason != backend.ExitStopped:

@@ -445,20 +445,31 @@ func TestImportThatHangsEndsTheInstance(t *testing.T) {
 	}
 }
 
+// An instance out of memory ends as such, whether the cgroup's limit
+// killed it (buffers, off V8's heap) or V8 aborted at its heap limit (JS
+// objects; before, "the runtime exited unexpectedly: exit status 133").
 func TestOutOfMemory(t *testing.T) {
-	e := newEnv(t, 0)
-	spec := e.spec(t, `const keep = []; export default { fetch() { for (;;) keep.push(new Uint8Array(1 << 20).fill(7)); } }`)
-	spec.MemoryMiB = 64
-	inst, err := e.b.Start(context.Background(), spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := client(inst).Get("http://instance/"); err == nil {
-		t.Fatal("request to an instance that ran out of memory succeeded")
-	}
-	<-inst.Done()
-	if ex := inst.Exit(); ex.Reason != backend.ExitOOM {
-		t.Fatalf("exit = %+v", ex)
+	for _, tc := range []struct{ name, runtime, code, detail string }{
+		{"buffers", "deno", `const keep = []; export default { fetch() { for (;;) keep.push(new Uint8Array(1 << 20).fill(7)); } }`, "exceeded its 64 MiB limit"},
+		{"heap", "deno", `const keep = []; export default { fetch() { for (;;) keep.push(new Array(100000).fill({ x: 1 })); } }`, "JavaScript heap reached its limit"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, 0)
+			spec := e.spec(t, tc.code)
+			spec.MemoryMiB = 64
+			spec.Runtime = tc.runtime
+			inst, err := e.b.Start(context.Background(), spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := client(inst).Get("http://instance/"); err == nil {
+				t.Fatal("request to an instance that ran out of memory succeeded")
+			}
+			<-inst.Done()
+			if ex := inst.Exit(); ex.Reason != backend.ExitOOM || !strings.Contains(ex.Detail, tc.detail) {
+				t.Fatalf("exit = %+v", ex)
+			}
+		})
 	}
 }
 
