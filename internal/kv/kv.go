@@ -357,11 +357,14 @@ func (s *Store) Set(ctx context.Context, fn, key string, value json.RawMessage, 
 // ErrPrecondition error, and returns the value's version.
 func (s *Store) SetIf(ctx context.Context, fn, key string, value json.RawMessage, expireIn time.Duration, pre *Precondition) (string, error) {
 	var compact bytes.Buffer
-	if err := json.Compact(&compact, value); err != nil || len(value) == 0 {
+	// JSON is UTF-8 text, which Compact does not check: bytes that are
+	// not would be read back as they are by the API, and as U+FFFD by
+	// the function.
+	if err := json.Compact(&compact, value); err != nil || len(value) == 0 || !utf8.Valid(compact.Bytes()) {
 		if err := checkKey(key); err != nil {
 			return "", err
 		}
-		return "", errdefs.Invalid("kv: a value must be JSON")
+		return "", errdefs.Invalid("kv: a value must be JSON (UTF-8 text)")
 	}
 	return s.put(ctx, fn, key, expireIn, pre, func(json.RawMessage) (json.RawMessage, bool, error) {
 		return compact.Bytes(), false, nil
@@ -381,9 +384,13 @@ func (s *Store) Add(ctx context.Context, fn, key string, delta float64, expireIn
 	_, err := s.put(ctx, fn, key, expireIn, nil, func(old json.RawMessage) (json.RawMessage, bool, error) {
 		var n float64
 		if old != nil {
-			if err := json.Unmarshal(old, &n); err != nil {
+			// Through a pointer: null, which Unmarshal leaves a float
+			// as it was, is not a number either.
+			var p *float64
+			if err := json.Unmarshal(old, &p); err != nil || p == nil {
 				return nil, false, errdefs.Invalid("kv: the value of %q is not a number, to add to", key)
 			}
+			n = *p
 		}
 		sum = n + delta
 		if math.IsInf(sum, 0) {

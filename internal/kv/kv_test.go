@@ -211,7 +211,7 @@ func TestProtocol(t *testing.T) {
 		{"what the refused writes left", `{"op":"get","key":"cas"}`, `{"value":6,"version":"000000000000000a"}`},
 		{"empty key", `{"op":"set","key":"","value":1}`, `{"error":{"code":"invalid_argument","message":"kv: a key must not be empty"}}`},
 		{"long key", `{"op":"get","key":"` + strings.Repeat("k", MaxKeyBytes+1) + `"}`, `{"error":{"code":"too_large","message":"kv: a key is at most 512 bytes; this one is 513"}}`},
-		{"no value", `{"op":"set","key":"a"}`, `{"error":{"code":"invalid_argument","message":"kv: a value must be JSON"}}`},
+		{"no value", `{"op":"set","key":"a"}`, `{"error":{"code":"invalid_argument","message":"kv: a value must be JSON (UTF-8 text)"}}`},
 		{"large value", `{"op":"set","key":"a","value":` + big + `}`, `{"error":{"code":"too_large","message":"kv: a value is at most 65536 bytes as JSON; this one is 65538"}}`},
 		{"negative expiry", `{"op":"set","key":"a","value":1,"expireIn":-1}`, `{"error":{"code":"invalid_argument","message":"kv: expireIn must be between 0 (never) and 315360000000 ms"}}`},
 		{"limit too high", `{"op":"list","limit":1001}`, `{"error":{"code":"invalid_argument","message":"kv: limit must be between 1 and 1000"}}`},
@@ -1264,4 +1264,35 @@ func TestConnTimeouts(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Values are JSON text, UTF-8 as JSON must be: bytes that are not (an
+// API body's, a raw socket's) were stored as they came, and read back
+// as they were by the API but as U+FFFD by the function. And add's
+// "not a number" includes null, which it took for 0.
+func TestValuesNotStored(t *testing.T) {
+	s, _ := open(t, 0)
+	ctx := context.Background()
+	for _, v := range []string{"\"\xff\"", "{\"a\xc3\":1}", "\"\xed\xa0\x80\""} {
+		if err := s.Set(ctx, "f", "k", json.RawMessage(v), 0); !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("set %q: %v, want invalid_argument", v, err)
+		}
+	}
+	if _, ok, _ := s.Get(ctx, "f", "k"); ok {
+		t.Error("a value not UTF-8 was stored")
+	}
+	// An escaped lone surrogate is JSON's own, as JSON.stringify writes it.
+	if err := s.Set(ctx, "f", "k", json.RawMessage(`"\ud800"`), 0); err != nil {
+		t.Errorf("an escaped lone surrogate: %v", err)
+	}
+	if err := s.Set(ctx, "f", "null", json.RawMessage(`null`), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Add(ctx, "f", "null", 1, 0); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("add to null: %v, want invalid_argument", err)
+	}
+	if v, _, _ := s.Get(ctx, "f", "null"); string(v) != "null" {
+		t.Errorf("null after a refused add: %s", v)
+	}
+	consistent(t, s, "f")
 }
