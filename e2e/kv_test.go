@@ -413,3 +413,135 @@ func TestKVVersions(t *testing.T) {
 		})
 	}
 }
+
+// kvRaceFunction is ctx.kv's atomic operations from many instances at
+// once: each names itself, and holds its request a moment so that
+// requests at once spread over the instances.
+const kvRaceFunction = `const instance = crypto.randomUUID();
+export default {
+  async fetch(req, ctx) {
+    const url = new URL(req.url);
+    const op = url.pathname.split("/").pop();
+    await new Promise((r) => setTimeout(r, 10));
+    switch (op) {
+      case "add":
+        return Response.json({ instance, value: await ctx.kv.add("hits") });
+      case "cas":
+        for (let tries = 1; ; tries++) {
+          const e = await ctx.kv.getEntry("cas");
+          const res = await ctx.kv.set("cas", [...(e.value ?? []), instance], { ifVersion: e.version });
+          if (res.ok) return Response.json({ instance, tries, versions: [res.version] });
+        }
+      case "fill": {
+        // A queue: n items, each set only if absent.
+        const n = Number(url.searchParams.get("n"));
+        const res = await Promise.all(Array.from({ length: n }, (_, i) => ctx.kv.set("q/" + String(i).padStart(3, "0"), i, { ifVersion: null })));
+        return Response.json({ instance, ok: res.every((r) => r.ok), versions: res.map((r) => r.version) });
+      }
+      case "claim": {
+        // Take items until none is left: an item is this worker's if
+        // its delete for the version listed went through.
+        const claimed = [];
+        for (;;) {
+          const { entries } = await ctx.kv.list({ prefix: "q/", limit: 5 });
+          if (entries.length === 0) return Response.json({ instance, claimed });
+          for (const e of entries) {
+            if ((await ctx.kv.delete(e.key, { ifVersion: e.version })).ok) claimed.push(e.key);
+          }
+        }
+      }
+    }
+    return new Response("no such op", { status: 404 });
+  },
+};
+`
+
+// TestKVManyInstances: ctx.kv's guarantees hold across the instances of
+// one function, in both runtimes: 60 adds at once lose none; 30
+// read-modify-writes with ifVersion at once make exactly 30 updates;
+// workers taking items of a queue with delete and ifVersion take each
+// once and all; every write's version is new, a key set again after
+// its delete's too.
+func TestKVManyInstances(t *testing.T) {
+	s := startServer(t)
+	for _, rt := range []string{"deno", "node"} {
+		t.Run(rt, func(t *testing.T) {
+			fn := "race-" + rt
+			s.deployCode(t, fn, []byte(kvRaceFunction), "runtime="+rt+"&min=3&max=4&concurrency=4")
+			type answer struct {
+				Instance string
+				Value    float64
+				Tries    int
+				OK       bool
+				Versions []string
+				Claimed  []string
+			}
+			var mu sync.Mutex
+			instances := map[string]bool{}
+			versions := map[string]bool{}
+			note := func(a answer) {
+				mu.Lock()
+				defer mu.Unlock()
+				instances[a.Instance] = true
+				for _, v := range a.Versions {
+					if versions[v] {
+						t.Errorf("the version %s was given twice", v)
+					}
+					versions[v] = true
+				}
+			}
+			at := func(n int, path string) []answer {
+				out := make([]answer, n)
+				var wg sync.WaitGroup
+				for i := range n {
+					wg.Go(func() {
+						r := s.get("/fn/admin/" + fn + path)
+						if r.status != 200 || json.Unmarshal(r.body, &out[i]) != nil {
+							t.Errorf("%s: %d %s", path, r.status, r.body)
+							return
+						}
+						note(out[i])
+					})
+				}
+				wg.Wait()
+				return out
+			}
+			sums := map[float64]bool{}
+			for _, a := range at(60, "/add") {
+				sums[a.Value] = true
+			}
+			if len(sums) != 60 || !sums[1] || !sums[60] {
+				t.Errorf("60 adds at once gave %d distinct sums, want 1 to 60", len(sums))
+			}
+			retries := 0
+			for _, a := range at(30, "/cas") {
+				retries += a.Tries - 1
+			}
+			if got := s.mustSpry("kv", "get", fn, "cas"); strings.Count(got, ",")+1 != 30 {
+				t.Errorf("after 30 compare-and-sets at once the list has %d items, want 30: %s", strings.Count(got, ",")+1, got)
+			}
+			if a := at(1, "/fill?n=40"); !a[0].OK {
+				t.Fatalf("fill: %+v", a)
+			}
+			claimed := map[string]int{}
+			for _, a := range at(8, "/claim") {
+				for _, k := range a.Claimed {
+					claimed[k]++
+				}
+			}
+			for i := range 40 {
+				if k := fmt.Sprintf("q/%03d", i); claimed[k] != 1 {
+					t.Errorf("%s was claimed %d times, want once", k, claimed[k])
+				}
+			}
+			// Set again after its delete, an item has a version none had.
+			if a := at(1, "/fill?n=1"); !a[0].OK {
+				t.Fatalf("fill again: %+v", a)
+			}
+			if len(instances) < 2 {
+				t.Errorf("the requests were served by %d instance(s), want several", len(instances))
+			}
+			t.Logf("%d instances; %d retries over 30 compare-and-sets; %d versions, all distinct", len(instances), retries, len(versions))
+		})
+	}
+}
