@@ -596,12 +596,12 @@ func (s *Store) inTx(ctx context.Context, f func(tx *sql.Tx) error) error {
 // early past MaxListBytes.
 func (s *Store) List(ctx context.Context, fn, prefix, cursor string, limit int) ([]Entry, string, error) {
 	switch {
-	case limit == 0:
-		limit = DefaultList
 	case limit < 0 || limit > MaxList:
 		return nil, "", errdefs.Invalid("kv: limit must be between 1 and %d", MaxList)
 	case len(prefix) > MaxKeyBytes || len(cursor) > MaxKeyBytes:
 		return nil, "", errdefs.Invalid("kv: prefix and cursor are at most %d bytes", MaxKeyBytes)
+	case limit == 0:
+		limit = DefaultList
 	}
 	// Keys compare bytewise (SQLite's BINARY), so the keys with the
 	// prefix are one range: from the prefix to the prefix with its last

@@ -1296,3 +1296,21 @@ func TestValuesNotStored(t *testing.T) {
 	}
 	consistent(t, s, "f")
 }
+
+// List's bounds on its prefix and cursor hold whatever the limit: a
+// limit of 0 (the default) skipped them.
+func TestListBounds(t *testing.T) {
+	s, _ := open(t, 0)
+	long := strings.Repeat("k", MaxKeyBytes+1)
+	for _, tt := range []struct {
+		prefix, cursor string
+		limit          int
+	}{
+		{long, "", 0}, {"", long, 0}, {long, "", 10}, {"", long, 10},
+		{"", "", -1}, {"", "", MaxList + 1},
+	} {
+		if _, _, err := s.List(context.Background(), "f", tt.prefix, tt.cursor, tt.limit); !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("List(prefix %d bytes, cursor %d bytes, limit %d): %v, want invalid_argument", len(tt.prefix), len(tt.cursor), tt.limit, err)
+		}
+	}
+}
