@@ -545,3 +545,159 @@ func TestKVManyInstances(t *testing.T) {
 		})
 	}
 }
+
+// kvEdgesFunction answers /OP with what ctx.kv made of edge cases: each
+// call's value, or the code (else the name) of the error it threw.
+const kvEdgesFunction = `export default {
+  async fetch(req, ctx) {
+    const kv = ctx.kv;
+    const op = new URL(req.url).pathname.split("/").pop();
+    const r = (p) => p.then((v) => v, (err) => err.code ?? err.name);
+    const out = {};
+    switch (op) {
+      case "values": {
+        out.undef = await r(kv.set("v", undefined));
+        out.fn = await r(kv.set("v", () => 1));
+        out.bigint = await r(kv.set("v", 1n));
+        const cyclic = {};
+        cyclic.self = cyclic;
+        out.cyclic = await r(kv.set("v", cyclic));
+        out.nothingStored = await kv.getEntry("v");
+        await kv.set("v", { nan: NaN, inf: -Infinity, negz: -0, u: undefined, big: 1.7e308, tiny: 5e-324, unsafe: 2 ** 53 + 1, arr: [undefined, NaN], date: new Date(0), lone: "\ud800" });
+        out.converted = await kv.get("v");
+        out.loneKept = (await kv.get("v")).lone === "\ud800";
+        await kv.set("null", null);
+        out.addNull = await r(kv.add("null"));
+        await kv.set("huge", 1.7e308);
+        out.addHuge = await r(kv.add("huge", 1.7e308));
+        // Options the server could not read would close the connection
+        // the instance shares, failing the calls beside them.
+        [out.expireOverflow, out.beside] = await Promise.all([r(kv.set("e", 1, { expireIn: 1e20 })), r(kv.get("null"))]);
+        out.expireTooLong = await r(kv.set("e", 1, { expireIn: 4e11 }));
+        out.limitText = await r(kv.list({ limit: "10" }));
+        out.limitFraction = await r(kv.list({ limit: 2.5 }));
+        out.limitHigh = await r(kv.list({ limit: 1001 }));
+        out.limitMax = (await kv.list({ limit: 1000 })).entries.length;
+        await kv.set("\ufffd", 1);
+        out.prefixLone = await r(kv.list({ prefix: "\ud800" }));
+        out.cursorLong = await r(kv.list({ cursor: "c".repeat(513) }));
+        break;
+      }
+      case "keys": {
+        out.empty = await r(kv.set("", 1));
+        out.nul = await r(kv.set("\0", "nul"));
+        out.nulRead = await kv.get("\0");
+        out.long = (await r(kv.set("é".repeat(256), 1))).ok;
+        out.tooLong = await r(kv.set("é".repeat(256) + "x", 1));
+        for (const k of ["o/z", "o/é", "o/\uffff", "o/\u{10000}", "o/😀", "o/a\0b", "o/a", "o/ab"]) await kv.set(k, 1);
+        out.order = (await kv.list({ prefix: "o/" })).entries.map((e) => [...e.key].map((c) => c.codePointAt(0).toString(16)).join(" "));
+        break;
+      }
+      case "paging": {
+        // 200 keys, listed 7 a page while keys ahead and behind are
+        // deleted and added between pages.
+        const key = (i) => "p/" + String(i).padStart(4, "0");
+        await Promise.all(Array.from({ length: 200 }, (_, i) => kv.set(key(i * 10), i)));
+        const seen = [];
+        let cursor = null, page = 0;
+        do {
+          const res = await kv.list({ prefix: "p/", limit: 7, cursor });
+          seen.push(...res.entries.map((e) => e.key));
+          cursor = res.cursor;
+          page++;
+          // Churn: delete one key ahead (a multiple of 70 is never
+          // deleted) and one behind, add one ahead and one behind.
+          const at = page * 70 + 35;
+          await Promise.all([kv.delete(key(at)), kv.delete(key(at - 200)), kv.set(key(at + 5), "new"), kv.set(key(at - 205), "new")]);
+        } while (cursor !== null);
+        const kept = Array.from({ length: 200 }, (_, i) => key(i * 10)).filter((k) => Number(k.slice(2)) % 70 === 0);
+        out.sorted = seen.every((k, i) => i === 0 || seen[i - 1] < k);
+        out.keptAll = kept.every((k) => seen.includes(k));
+        out.pages = page;
+        break;
+      }
+      case "pagebytes": {
+        const big = "x".repeat(60000);
+        await Promise.all(Array.from({ length: 20 }, (_, i) => kv.set("big/" + String(i).padStart(2, "0"), big)));
+        const first = await kv.list({ prefix: "big/", limit: 1000 });
+        const second = await kv.list({ prefix: "big/", limit: 1000, cursor: first.cursor });
+        out.pages = [first.entries.length, first.cursor, second.entries.length, second.cursor];
+        break;
+      }
+      case "expire": {
+        await kv.set("t/gone", "soon", { expireIn: 300 });
+        await kv.add("t/count", 5, { expireIn: 300 });
+        await kv.set("t/kept", "always");
+        out.set = true;
+        break;
+      }
+      case "expired": {
+        out.get = await kv.get("t/gone");
+        out.entry = await kv.getEntry("t/gone");
+        out.list = (await kv.list({ prefix: "t/" })).entries.map((e) => e.key);
+        out.add = await kv.add("t/count");
+        out.ifAbsent = (await kv.set("t/gone", "again", { ifVersion: null })).ok;
+        break;
+      }
+      default:
+        return new Response("no such op", { status: 404 });
+    }
+    return Response.json(out);
+  },
+};
+`
+
+// TestKVEdges: what ctx.kv does at its edges, in both runtimes. Values
+// JSON cannot hold are a TypeError and store nothing; the ones
+// JSON.stringify converts are stored as it converts them; options the
+// server could not read are refused before they are sent (they closed
+// the instance's connection, failing the calls beside them, and a
+// prefix with a lone surrogate listed the keys with U+FFFD); keys are
+// any UTF-8 of 1 to 512 bytes, NUL included, and list in bytewise
+// order; paging skips and repeats nothing while keys come and go
+// between pages; a page ends at 1 MiB; and an entry expired is gone
+// for every call, add starting again from 0.
+func TestKVEdges(t *testing.T) {
+	s := startServer(t)
+	call := func(t *testing.T, fn, op string) string {
+		t.Helper()
+		r := s.get("/fn/admin/" + fn + "/" + op)
+		if r.status != 200 {
+			t.Fatalf("%s: %d %s", op, r.status, r.body)
+		}
+		return strings.TrimSpace(string(r.body))
+	}
+	for _, rt := range []string{"deno", "node"} {
+		t.Run(rt, func(t *testing.T) {
+			fn := "edges-" + rt
+			s.deployCode(t, fn, []byte(kvEdgesFunction), "runtime="+rt)
+			for _, tt := range []struct{ op, want string }{
+				{"values", `{"undef":"TypeError","fn":"TypeError","bigint":"TypeError","cyclic":"TypeError","nothingStored":{"key":"v","value":null,"version":null},` +
+					`"converted":{"nan":null,"inf":null,"negz":0,"big":1.7e+308,"tiny":5e-324,"unsafe":9007199254740992,"arr":[null,null],"date":"1970-01-01T00:00:00.000Z","lone":"\ud800"},"loneKept":true,` +
+					`"addNull":"invalid_argument","addHuge":"invalid_argument","expireOverflow":"TypeError","beside":null,"expireTooLong":"invalid_argument",` +
+					`"limitText":"TypeError","limitFraction":"TypeError","limitHigh":"invalid_argument","limitMax":3,"prefixLone":"TypeError","cursorLong":"invalid_argument"}`},
+				{"keys", `{"empty":"invalid_argument","nul":{"ok":true,"version":"VERSION"},"nulRead":"nul","long":true,"tooLong":"too_large",` +
+					`"order":["6f 2f 61","6f 2f 61 0 62","6f 2f 61 62","6f 2f 7a","6f 2f e9","6f 2f ffff","6f 2f 10000","6f 2f 1f600"]}`},
+				{"paging", `{"sorted":true,"keptAll":true,"pages":29}`},
+				{"pagebytes", `{"pages":[17,"big/16",3,null]}`},
+				{"expire", `{"set":true}`},
+			} {
+				got := call(t, fn, tt.op)
+				got = regexp.MustCompile(`"version":"[0-9a-f]{16}"`).ReplaceAllString(got, `"version":"VERSION"`)
+				if got != tt.want {
+					t.Errorf("%s:\n got %s\nwant %s", tt.op, got, tt.want)
+				}
+			}
+			// The owner's view of the expired entries is the function's.
+			eventually(t, 5*time.Second, "the entries to expire", func() bool {
+				return s.do("GET", "/api/v1/functions/"+fn+"/kv/t%2Fgone", s.token, nil, nil).status == 404
+			})
+			if got := s.mustSpry("kv", "ls", fn, "--prefix", "t/"); got != "t/kept\t\"always\"\n" {
+				t.Errorf("spry kv ls of the expired entries: %q", got)
+			}
+			if got, want := call(t, fn, "expired"), `{"get":null,"entry":{"key":"t/gone","value":null,"version":null},"list":["t/kept"],"add":1,"ifAbsent":true}`; got != want {
+				t.Errorf("expired:\n got %s\nwant %s", got, want)
+			}
+		})
+	}
+}
