@@ -701,3 +701,54 @@ func TestKVEdges(t *testing.T) {
 		})
 	}
 }
+
+// TestKVBoundsUnderContention: the function's bound and the user's hold
+// under writers racing from many instances of two functions (one in
+// each runtime): exactly as many entries go in as fit, the rest are
+// refused with quota_exceeded, and what the API counts is what went in.
+func TestKVBoundsUnderContention(t *testing.T) {
+	s := startServer(t, "--kv-max-bytes", "200000", "--kv-max-bytes-per-user", "300000")
+	fns := []string{"bound-deno", "bound-node"}
+	for _, fn := range fns {
+		s.deployCode(t, fn, []byte(kvFunction), "runtime="+strings.TrimPrefix(fn, "bound-")+"&min=2&max=3&concurrency=8")
+	}
+	// Each entry: a 3-byte key, a 10,002-byte value and the overhead.
+	const entry = 3 + 10002 + 100
+	var mu sync.Mutex
+	stored := map[string]int{}
+	var wg sync.WaitGroup
+	for _, fn := range fns {
+		for i := range 40 {
+			wg.Go(func() {
+				r := s.get(fmt.Sprintf("/fn/admin/%s/fill?key=f%02d&n=10000", fn, i))
+				var e struct{ Error string }
+				switch {
+				case r.status == 200:
+					mu.Lock()
+					stored[fn]++
+					mu.Unlock()
+				case r.status != 400 || json.Unmarshal(r.body, &e) != nil || e.Error != "quota_exceeded":
+					t.Errorf("%s f%02d: %d %s", fn, i, r.status, r.body)
+				}
+			})
+		}
+	}
+	wg.Wait()
+	if total := stored[fns[0]] + stored[fns[1]]; total != 300000/entry || stored[fns[0]] > 200000/entry || stored[fns[1]] > 200000/entry {
+		t.Errorf("stored %v entries, want %d in all and at most %d in each", stored, 300000/entry, 200000/entry)
+	}
+	for _, fn := range fns {
+		var page struct{ Bytes int64 }
+		r := s.do("GET", "/api/v1/functions/"+fn+"/kv?limit=1", s.token, nil, nil)
+		if r.status != 200 || json.Unmarshal(r.body, &page) != nil || page.Bytes != int64(stored[fn]*entry) {
+			t.Errorf("GET %s's kv: %d %s, want %d bytes", fn, r.status, r.body, stored[fn]*entry)
+		}
+	}
+	var usage struct {
+		KVBytes struct{ Used, Limit int64 } `json:"kv_bytes"`
+	}
+	r := s.do("GET", "/api/v1/usage", s.token, nil, nil)
+	if r.status != 200 || json.Unmarshal(r.body, &usage) != nil || usage.KVBytes.Used != int64((stored[fns[0]]+stored[fns[1]])*entry) || usage.KVBytes.Limit != 300000 {
+		t.Errorf("GET /api/v1/usage: %d %s", r.status, r.body)
+	}
+}
