@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -750,5 +751,119 @@ func TestKVBoundsUnderContention(t *testing.T) {
 	r := s.do("GET", "/api/v1/usage", s.token, nil, nil)
 	if r.status != 200 || json.Unmarshal(r.body, &usage) != nil || usage.KVBytes.Used != int64((stored[fns[0]]+stored[fns[1]])*entry) || usage.KVBytes.Limit != 300000 {
 		t.Errorf("GET /api/v1/usage: %d %s", r.status, r.body)
+	}
+}
+
+// TestKVOwnersView: the API and spry kv see a function's entries as its
+// code does, versions and expiry included, in both runtimes: a version
+// the code wrote is the API's ETag and spry kv ls --json's, and one the
+// API wrote is the code's; a write made for a version since changed on
+// the other side is refused; an expiry set through either side ends the
+// entry for both.
+func TestKVOwnersView(t *testing.T) {
+	s := startServer(t)
+	code := `export default {
+  async fetch(req, ctx) {
+    const url = new URL(req.url);
+    const op = url.pathname.split("/").pop();
+    const key = url.searchParams.get("key");
+    const v = url.searchParams.get("ifVersion");
+    switch (op) {
+      case "entry": return Response.json(await ctx.kv.getEntry(key));
+      case "set": {
+        const opts = { expireIn: Number(url.searchParams.get("expireIn") ?? 0) };
+        if (v !== null) opts.ifVersion = v;
+        return Response.json(await ctx.kv.set(key, await req.json(), opts));
+      }
+    }
+    return new Response("no such op", { status: 404 });
+  },
+};
+`
+	type entry struct {
+		Key     string
+		Value   json.RawMessage
+		Version *string
+	}
+	for _, rt := range []string{"deno", "node"} {
+		t.Run(rt, func(t *testing.T) {
+			fn := "view-" + rt
+			s.deployCode(t, fn, []byte(code), "runtime="+rt)
+			fnCall := func(method, path, body string, out any) {
+				t.Helper()
+				r := s.do(method, "/fn/admin/"+fn+"/"+path, "", strings.NewReader(body), nil)
+				if r.status != 200 || json.Unmarshal(r.body, out) != nil {
+					t.Fatalf("%s: %d %s", path, r.status, r.body)
+				}
+			}
+			api := func(method, key, body string, header map[string]string) response {
+				t.Helper()
+				var rd *strings.Reader
+				if body != "" {
+					rd = strings.NewReader(body)
+				}
+				if rd == nil {
+					return s.do(method, "/api/v1/functions/"+fn+"/kv/"+key, s.token, nil, header)
+				}
+				return s.do(method, "/api/v1/functions/"+fn+"/kv/"+key, s.token, rd, header)
+			}
+			var set struct {
+				OK      bool
+				Version *string
+			}
+			fnCall("POST", "set?key=k", `{"n":1}`, &set)
+			if !set.OK || set.Version == nil {
+				t.Fatalf("set: %+v", set)
+			}
+			v1 := *set.Version
+			r := api("GET", "k", "", nil)
+			var e entry
+			if r.status != 200 || json.Unmarshal(r.body, &e) != nil || e.Version == nil || *e.Version != v1 || string(e.Value) != `{"n":1}` || r.header.Get("ETag") != `"`+v1+`"` {
+				t.Errorf("the API's read of the code's write (version %s): %d %s ETag %s", v1, r.status, r.body, r.header.Get("ETag"))
+			}
+			var page struct{ Entries []entry }
+			if out := s.mustSpry("kv", "ls", fn, "--json"); json.Unmarshal([]byte(out), &page) != nil || len(page.Entries) != 1 || *page.Entries[0].Version != v1 {
+				t.Errorf("spry kv ls --json: %s", out)
+			}
+			// The API writes for the code's version; the code sees the
+			// API's, and its own write for v1 is refused.
+			r = api("PUT", "k", `{"n":2}`, map[string]string{"If-Match": `"` + v1 + `"`})
+			v2, _ := strconv.Unquote(r.header.Get("ETag"))
+			if r.status != 204 || v2 <= v1 {
+				t.Fatalf("PUT If-Match the code's version: %d %s ETag %q", r.status, r.body, v2)
+			}
+			fnCall("GET", "entry?key=k", "", &e)
+			if e.Version == nil || *e.Version != v2 || string(e.Value) != `{"n":2}` {
+				t.Errorf("the code's read of the API's write (version %s): %+v %s", v2, e, e.Value)
+			}
+			fnCall("POST", "set?key=k&ifVersion="+v1, `{"n":3}`, &set)
+			if set.OK || set.Version != nil {
+				t.Errorf("the code's write for a version the API changed: %+v", set)
+			}
+			if r := api("PUT", "k", `{"n":4}`, map[string]string{"If-Match": `"` + v1 + `"`}); r.status != 412 {
+				t.Errorf("the API's write for a version gone: %d %s", r.status, r.body)
+			}
+			// Expiries, set by either side, end the entry for both.
+			fnCall("POST", "set?key=soon&expireIn=300", `"code's"`, &set)
+			s.mustSpry("kv", "set", fn, "later", `"api's"`, "--expire-in", "300ms")
+			fnCall("GET", "entry?key=later", "", &e)
+			if string(e.Value) != `"api's"` {
+				t.Errorf("the code's read of an entry that expires: %s", e.Value)
+			}
+			eventually(t, 5*time.Second, "the entries to expire", func() bool {
+				return api("GET", "soon", "", nil).status == 404 && api("GET", "later", "", nil).status == 404
+			})
+			fnCall("GET", "entry?key=later", "", &e)
+			if e.Version != nil || string(e.Value) != "null" {
+				t.Errorf("the code's read of an entry expired: %+v %s", e, e.Value)
+			}
+			if out := s.mustSpry("kv", "ls", fn); out != "k\t{\"n\":2}\n" {
+				t.Errorf("spry kv ls once they expired: %q", out)
+			}
+			// For the API too an expired entry is none.
+			if r := api("PUT", "soon", `1`, map[string]string{"If-None-Match": "*"}); r.status != 204 {
+				t.Errorf("PUT If-None-Match * of an entry expired: %d %s", r.status, r.body)
+			}
+		})
 	}
 }
