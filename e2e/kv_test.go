@@ -707,6 +707,8 @@ func TestKVEdges(t *testing.T) {
 // under writers racing from many instances of two functions (one in
 // each runtime): exactly as many entries go in as fit, the rest are
 // refused with quota_exceeded, and what the API counts is what went in.
+// Expired entries make room for a write that needs it at once: they held
+// the bound until the sweep, up to a minute later.
 func TestKVBoundsUnderContention(t *testing.T) {
 	s := startServer(t, "--kv-max-bytes", "200000", "--kv-max-bytes-per-user", "300000")
 	fns := []string{"bound-deno", "bound-node"}
@@ -748,9 +750,47 @@ func TestKVBoundsUnderContention(t *testing.T) {
 	var usage struct {
 		KVBytes struct{ Used, Limit int64 } `json:"kv_bytes"`
 	}
-	r := s.do("GET", "/api/v1/usage", s.token, nil, nil)
-	if r.status != 200 || json.Unmarshal(r.body, &usage) != nil || usage.KVBytes.Used != int64((stored[fns[0]]+stored[fns[1]])*entry) || usage.KVBytes.Limit != 300000 {
-		t.Errorf("GET /api/v1/usage: %d %s", r.status, r.body)
+	kvUsed := func() int64 {
+		t.Helper()
+		r := s.do("GET", "/api/v1/usage", s.token, nil, nil)
+		if r.status != 200 || json.Unmarshal(r.body, &usage) != nil || usage.KVBytes.Limit != 300000 {
+			t.Fatalf("GET /api/v1/usage: %d %s", r.status, r.body)
+		}
+		return usage.KVBytes.Used
+	}
+	if used := kvUsed(); used != int64((stored[fns[0]]+stored[fns[1]])*entry) {
+		t.Errorf("the user's kv bytes: %d, want %d", used, (stored[fns[0]]+stored[fns[1]])*entry)
+	}
+
+	// Expired entries make room at once for a write that needs it (the
+	// sweep is a minute away).
+	fn := fns[0]
+	var page struct{ Entries []struct{ Key string } }
+	if r := s.do("GET", "/api/v1/functions/"+fn+"/kv?limit=4", s.token, nil, nil); r.status != 200 || json.Unmarshal(r.body, &page) != nil || len(page.Entries) != 4 {
+		t.Fatalf("GET %s's kv: %d %s", fn, r.status, r.body)
+	}
+	for _, e := range page.Entries {
+		if r := s.do("DELETE", "/api/v1/functions/"+fn+"/kv/"+e.Key, s.token, nil, nil); r.status != 204 {
+			t.Fatalf("delete %s: %d %s", e.Key, r.status, r.body)
+		}
+	}
+	// Four entries' room: two that expire, then three that need theirs.
+	before := kvUsed()
+	for _, k := range []string{"e1", "e2"} {
+		if r := s.do("POST", "/fn/admin/"+fn+"/set?expireIn=300&key="+k, "", strings.NewReader(`"`+strings.Repeat("x", 10000)+`"`), nil); r.status != 200 {
+			t.Fatalf("set %s to expire: %d %s", k, r.status, r.body)
+		}
+	}
+	eventually(t, 5*time.Second, "the entries to expire", func() bool {
+		return s.do("GET", "/api/v1/functions/"+fn+"/kv/e2", s.token, nil, nil).status == 404
+	})
+	for _, k := range []string{"g1", "g2", "g3"} {
+		if r := s.get("/fn/admin/" + fn + "/fill?n=10000&key=" + k); r.status != 200 {
+			t.Errorf("fill %s with the expired entries' room: %d %s", k, r.status, r.body)
+		}
+	}
+	if used, want := kvUsed(), before+3*(entry-1); used != want { // 2-byte keys
+		t.Errorf("the user's kv bytes once the expired entries made room: %d, want %d", used, want)
 	}
 }
 

@@ -448,6 +448,18 @@ func (s *Store) put(ctx context.Context, fn, key string, expireIn time.Duration,
 			return 0, errdefs.New(errdefs.ErrTooLarge, "kv: a value is at most %d bytes as JSON; this one is %d", MaxValueBytes, len(v))
 		}
 		size := int64(len(key)+len(v)) + EntryOverhead
+		// Expired entries are not read, but hold their bytes until the
+		// sweep: past a bound, the function's own make room first.
+		var freed int64
+		if size > old && (used-old+size > s.maxBytes || ownerUsed >= 0 && s.maxOwner > 0 && ownerUsed-old+size > s.maxOwner) {
+			if freed, err = removeExpired(ctx, tx, fn, key, now); err != nil {
+				return 0, err
+			}
+			used -= freed
+			if ownerUsed >= 0 {
+				ownerUsed -= freed
+			}
+		}
 		// A write that shrinks the namespace is always let through:
 		// a function over its bound (the bound lowered) can still
 		// make room.
@@ -462,12 +474,36 @@ func (s *Store) put(ctx context.Context, fn, key string, expireIn time.Duration,
 		}
 		_, err = tx.ExecContext(ctx, `INSERT INTO entries (fn, key, value, expires, size, version) VALUES (?, ?, ?, ?, ?, ?)
 			ON CONFLICT (fn, key) DO UPDATE SET value = excluded.value, expires = excluded.expires, size = excluded.size, version = excluded.version`, fn, key, v, expires, size, version)
-		return size - old, err
+		return size - old - freed, err
 	})
 	if err != nil {
 		return "", err
 	}
 	return formatVersion(version), nil
+}
+
+// removeExpired removes up to deleteBatch of fn's entries expired at
+// now, in the write's transaction, but key's (which the write replaces,
+// counting its size as the old), and returns the bytes they held. The
+// expiries' index finds them: it holds no more than what expired since
+// the last sweep, where fn's keys may be hundreds of thousands.
+func removeExpired(ctx context.Context, tx *sql.Tx, fn, key string, now int64) (int64, error) {
+	rows, err := tx.QueryContext(ctx, `DELETE FROM entries WHERE (fn, key) IN (
+			SELECT fn, key FROM entries INDEXED BY entries_expires WHERE expires <= ?3 AND fn = ?1 AND key != ?2 LIMIT ?4
+		) RETURNING size`, fn, key, now, deleteBatch)
+	if err != nil {
+		return 0, err
+	}
+	defer rows.Close()
+	var freed int64
+	for rows.Next() {
+		var size int64
+		if err := rows.Scan(&size); err != nil {
+			return 0, err
+		}
+		freed += size
+	}
+	return freed, rows.Err()
 }
 
 // nextVersion takes the clock's next version, in the write's

@@ -1314,3 +1314,67 @@ func TestListBounds(t *testing.T) {
 		}
 	}
 }
+
+// A write that would pass a bound first removes the function's own
+// expired entries (all but its key's, which it replaces): they are not
+// read, and held the bound until the next sweep, up to a minute, so
+// that a store of sessions full of expired ones refused new ones.
+func TestExpiredMakeRoom(t *testing.T) {
+	const entry = 300 + EntryOverhead // a one-byte key and 299 of value
+	value := json.RawMessage(`"` + strings.Repeat("v", 297) + `"`)
+	ctx := context.Background()
+	t.Run("function", func(t *testing.T) {
+		s, c := open(t, 3*entry+150)
+		for i := range 3 {
+			if err := s.Set(ctx, "f", fmt.Sprint(i), value, time.Duration(i+1)*time.Minute); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.Set(ctx, "f", "3", value, 0); !errors.Is(err, errdefs.ErrQuotaExceeded) {
+			t.Fatalf("a write past the bound, none expired: %v", err)
+		}
+		c.t = c.t.Add(90 * time.Second) // "0" expired
+		if err := s.Set(ctx, "f", "3", value, 0); err != nil {
+			t.Fatalf("a write past the bound with an entry expired: %v", err)
+		}
+		consistent(t, s, "f")
+		if used, _ := s.Used(ctx, "f"); used != 3*entry {
+			t.Errorf("f holds %d bytes, want %d", used, 3*entry)
+		}
+		c.t = c.t.Add(2 * time.Minute) // "1" and "2" expired
+		// Its own key expired too: it is replaced, counted once, so
+		// that a value too large even with the others gone is refused.
+		if err := s.Set(ctx, "f", "2", json.RawMessage(`"`+strings.Repeat("w", 1000)+`"`), 0); !errors.Is(err, errdefs.ErrQuotaExceeded) {
+			t.Fatalf("a write whose key expired, too large even then: %v", err)
+		}
+		consistent(t, s, "f")
+		if err := s.Set(ctx, "f", "4", value, 0); err != nil {
+			t.Fatalf("a write past the bound with entries expired: %v", err)
+		}
+		consistent(t, s, "f")
+		if used, _ := s.Used(ctx, "f"); used != 2*entry {
+			t.Errorf("f holds %d bytes, want %d", used, 2*entry)
+		}
+	})
+	t.Run("owner", func(t *testing.T) {
+		c := &clock{t: time.Date(2026, 11, 24, 9, 0, 0, 0, time.UTC)}
+		s, err := Open(ctx, filepath.Join(t.TempDir(), "kv.db"), Options{MaxBytesPerOwner: 3*entry + 150, Owners: owners, Now: c.now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		for i, fn := range []string{"f", "g", "g"} {
+			if err := s.Set(ctx, fn, fmt.Sprint(i), value, time.Minute); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.t = c.t.Add(2 * time.Minute)
+		if err := s.Set(ctx, "g", "3", value, 0); err != nil {
+			t.Fatalf("a write past the owner's bound with its own entries expired: %v", err)
+		}
+		for _, fn := range []string{"f", "g"} {
+			consistent(t, s, fn)
+		}
+		ownerConsistent(t, s, "alice")
+	})
+}
