@@ -606,14 +606,16 @@ const kvEdgesFunction = `export default {
           seen.push(...res.entries.map((e) => e.key));
           cursor = res.cursor;
           page++;
-          // Churn: delete one key ahead (a multiple of 70 is never
-          // deleted) and one behind, add one ahead and one behind.
-          const at = page * 70 + 35;
-          await Promise.all([kv.delete(key(at)), kv.delete(key(at - 200)), kv.set(key(at + 5), "new"), kv.set(key(at - 205), "new")]);
+          // Churn: delete a key ahead and one behind (never a multiple
+          // of 70), add one ahead and one behind (not multiples of 10).
+          const at = page * 70 + 30;
+          const churn = await Promise.all([kv.delete(key(at)), kv.delete(key(at - 200)), kv.set(key(at + 5), "new"), kv.set(key(at - 205), "new")]);
+          if (!churn.every((r) => r.ok)) return Response.json(churn, { status: 500 });
         } while (cursor !== null);
         const kept = Array.from({ length: 200 }, (_, i) => key(i * 10)).filter((k) => Number(k.slice(2)) % 70 === 0);
         out.sorted = seen.every((k, i) => i === 0 || seen[i - 1] < k);
         out.keptAll = kept.every((k) => seen.includes(k));
+        out.deletedAhead = !seen.includes(key(100)) && seen.includes(key(105));
         out.pages = page;
         break;
       }
@@ -679,7 +681,7 @@ func TestKVEdges(t *testing.T) {
 					`"limitText":"TypeError","limitFraction":"TypeError","limitHigh":"invalid_argument","limitMax":3,"prefixLone":"TypeError","cursorLong":"invalid_argument"}`},
 				{"keys", `{"empty":"invalid_argument","nul":{"ok":true,"version":"VERSION"},"nulRead":"nul","long":true,"tooLong":"too_large",` +
 					`"order":["6f 2f 61","6f 2f 61 0 62","6f 2f 61 62","6f 2f 7a","6f 2f e9","6f 2f ffff","6f 2f 10000","6f 2f 1f600"]}`},
-				{"paging", `{"sorted":true,"keptAll":true,"pages":29}`},
+				{"paging", `{"sorted":true,"keptAll":true,"deletedAhead":true,"pages":29}`},
 				{"pagebytes", `{"pages":[17,"big/16",3,null]}`},
 				{"expire", `{"set":true}`},
 			} {
