@@ -416,13 +416,16 @@ func (s *Store) put(ctx context.Context, fn, key string, expireIn time.Duration,
 	if _, err := pre.check(-1); err != nil {
 		return "", err
 	}
-	now := s.now().UnixMilli()
-	var expires any
-	if expireIn > 0 {
-		expires = s.now().Add(expireIn).UnixMilli()
-	}
 	var version int64
 	err := s.write(ctx, fn, func(tx *sql.Tx, used, ownerUsed int64) (int64, error) {
+		// The time is read in the writers' turn, not before its wait:
+		// else an entry that expired meanwhile would be taken as there.
+		t := s.now()
+		now := t.UnixMilli()
+		var expires any
+		if expireIn > 0 {
+			expires = t.Add(expireIn).UnixMilli()
+		}
 		var old int64
 		var oldValue []byte
 		var oldExpires sql.NullInt64
@@ -528,8 +531,8 @@ func (s *Store) DeleteIf(ctx context.Context, fn, key string, pre *Precondition)
 	if _, err := pre.check(-1); err != nil {
 		return err
 	}
-	now := s.now().UnixMilli()
 	return s.write(ctx, fn, func(tx *sql.Tx, _, _ int64) (int64, error) {
+		now := s.now().UnixMilli() // in the writers' turn, as put's
 		var old int64
 		var expires sql.NullInt64
 		present := int64(-1)

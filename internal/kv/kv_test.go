@@ -1378,3 +1378,58 @@ func TestExpiredMakeRoom(t *testing.T) {
 		ownerConsistent(t, s, "alice")
 	})
 }
+
+// A conditional write reads the time once it holds the writers' turn:
+// read before, an entry that expired while the write waited (here for
+// its namespace's owner, which the store asks of the server outside
+// its lock) was taken as there, and a write made for it went through,
+// after reads had seen it gone.
+func TestWriteReadsTheTimeInItsTurn(t *testing.T) {
+	var now atomic.Int64
+	start := time.Date(2026, 11, 24, 9, 0, 0, 0, time.UTC)
+	now.Store(start.UnixMilli())
+	var asking atomic.Bool
+	s, err := Open(context.Background(), filepath.Join(t.TempDir(), "kv.db"), Options{
+		Now: func() time.Time { return time.UnixMilli(now.Load()) },
+		// The function is not known (no owner recorded): each write asks.
+		Owners: func([]string) map[string]string {
+			if asking.Load() {
+				now.Add(2 * time.Minute.Milliseconds())
+			}
+			return nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	version, err := s.SetIf(ctx, "f", "k", json.RawMessage(`1`), time.Minute, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	asking.Store(true)
+	if _, err := s.SetIf(ctx, "f", "k", json.RawMessage(`2`), 0, &Precondition{Version: version}); !errors.Is(err, errdefs.ErrPrecondition) {
+		t.Errorf("a write for an entry that expired while it waited: %v, want precondition_failed", err)
+	}
+	asking.Store(false)
+	now.Store(start.UnixMilli())
+	version, err = s.SetIf(ctx, "f", "d", json.RawMessage(`1`), time.Minute, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	asking.Store(true)
+	if err := s.DeleteIf(ctx, "f", "d", &Precondition{Version: version}); !errors.Is(err, errdefs.ErrPrecondition) {
+		t.Errorf("a delete for an entry that expired while it waited: %v, want precondition_failed", err)
+	}
+	// An expiry counts from the write, not from its wait.
+	now.Store(start.UnixMilli())
+	if err := s.Set(ctx, "f", "e", json.RawMessage(`1`), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	asking.Store(false)
+	now.Add(time.Minute.Milliseconds() - 1000) // the wait took two minutes: not yet a minute since the write
+	if _, ok, _ := s.Get(ctx, "f", "e"); !ok {
+		t.Error("an entry expired a minute after its write's wait began, not a minute after the write")
+	}
+}
