@@ -509,6 +509,19 @@ func removeExpired(ctx context.Context, tx *sql.Tx, fn, key string, now int64) (
 	return freed, rows.Err()
 }
 
+// Restored moves the version clock of a store restored from a backup
+// ahead of every version the server it was copied from may have given
+// since: to the time in microseconds (unless it is past that already),
+// which no count of writes reaches. Else the restored server would give
+// again the versions of writes made after the backup, and a write made
+// for one of them would go through against another value.
+func (s *Store) Restored(ctx context.Context) error {
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `UPDATE clock SET version = max(version, ?) WHERE id = 0`, s.now().UnixMicro())
+		return err
+	})
+}
+
 // nextVersion takes the clock's next version, in the write's
 // transaction.
 func nextVersion(ctx context.Context, tx *sql.Tx) (int64, error) {
