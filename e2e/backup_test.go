@@ -90,6 +90,7 @@ func TestBackupRestore(t *testing.T) {
 	// After the backup: another function, another value.
 	s.deployCode(t, "late", []byte(`export default { fetch() { return new Response("late") } }`), "")
 	s.mustSpry("kv", "set", "keeper", "k", `{"n":2}`)
+	late := s.do("GET", "/api/v1/functions/keeper/kv/k", s.token, nil, nil).header.Get("ETag")
 	oldToken := s.token
 	s.stop()
 
@@ -114,6 +115,12 @@ func TestBackupRestore(t *testing.T) {
 	}
 	if out := s2.mustSpry("kv", "get", "keeper", "k"); strings.TrimSpace(out) != `{"n":1}` {
 		t.Errorf("kv get on the restored server: %q", out)
+	}
+	// A write on the restored server has a version none had, not the
+	// one a write after the backup had: a write made for that version
+	// would go through against another value.
+	if r := s2.do("PUT", "/api/v1/functions/keeper/kv/k", s2.token, strings.NewReader(`{"n":3}`), nil); r.status != 204 || r.header.Get("ETag") <= late {
+		t.Errorf("a write on the restored server: %d %s, version %s; the version given after the backup: %s", r.status, r.body, r.header.Get("ETag"), late)
 	}
 	// Restoring again into the same directory is refused.
 	if _, errOut, code := s2.spry("", "restore", file, "--data", data); code == 0 || !strings.Contains(errOut, "already") && !strings.Contains(errOut, "using") {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -410,6 +411,501 @@ func TestKVVersions(t *testing.T) {
 				t.Errorf("the 31st increment: %d %s", r.status, got)
 			}
 			t.Logf("%d retries over 30 concurrent increments", retried)
+		})
+	}
+}
+
+// kvRaceFunction is ctx.kv's atomic operations from many instances at
+// once: each names itself, and holds its request a moment so that
+// requests at once spread over the instances.
+const kvRaceFunction = `const instance = crypto.randomUUID();
+export default {
+  async fetch(req, ctx) {
+    const url = new URL(req.url);
+    const op = url.pathname.split("/").pop();
+    await new Promise((r) => setTimeout(r, 10));
+    switch (op) {
+      case "add":
+        return Response.json({ instance, value: await ctx.kv.add("hits") });
+      case "cas":
+        for (let tries = 1; ; tries++) {
+          const e = await ctx.kv.getEntry("cas");
+          const res = await ctx.kv.set("cas", [...(e.value ?? []), instance], { ifVersion: e.version });
+          if (res.ok) return Response.json({ instance, tries, versions: [res.version] });
+        }
+      case "fill": {
+        // A queue: n items, each set only if absent.
+        const n = Number(url.searchParams.get("n"));
+        const res = await Promise.all(Array.from({ length: n }, (_, i) => ctx.kv.set("q/" + String(i).padStart(3, "0"), i, { ifVersion: null })));
+        return Response.json({ instance, ok: res.every((r) => r.ok), versions: res.map((r) => r.version) });
+      }
+      case "claim": {
+        // Take items until none is left: an item is this worker's if
+        // its delete for the version listed went through.
+        const claimed = [];
+        for (;;) {
+          const { entries } = await ctx.kv.list({ prefix: "q/", limit: 5 });
+          if (entries.length === 0) return Response.json({ instance, claimed });
+          for (const e of entries) {
+            if ((await ctx.kv.delete(e.key, { ifVersion: e.version })).ok) claimed.push(e.key);
+          }
+        }
+      }
+    }
+    return new Response("no such op", { status: 404 });
+  },
+};
+`
+
+// TestKVManyInstances: ctx.kv's guarantees hold across the instances of
+// one function, in both runtimes: 60 adds at once lose none; 30
+// read-modify-writes with ifVersion at once make exactly 30 updates;
+// workers taking items of a queue with delete and ifVersion take each
+// once and all; every write's version is new, a key set again after
+// its delete's too.
+func TestKVManyInstances(t *testing.T) {
+	s := startServer(t)
+	for _, rt := range []string{"deno", "node"} {
+		t.Run(rt, func(t *testing.T) {
+			fn := "race-" + rt
+			s.deployCode(t, fn, []byte(kvRaceFunction), "runtime="+rt+"&min=3&max=4&concurrency=4")
+			type answer struct {
+				Instance string
+				Value    float64
+				Tries    int
+				OK       bool
+				Versions []string
+				Claimed  []string
+			}
+			var mu sync.Mutex
+			instances := map[string]bool{}
+			versions := map[string]bool{}
+			note := func(a answer) {
+				mu.Lock()
+				defer mu.Unlock()
+				instances[a.Instance] = true
+				for _, v := range a.Versions {
+					if versions[v] {
+						t.Errorf("the version %s was given twice", v)
+					}
+					versions[v] = true
+				}
+			}
+			at := func(n int, path string) []answer {
+				out := make([]answer, n)
+				var wg sync.WaitGroup
+				for i := range n {
+					wg.Go(func() {
+						r := s.get("/fn/admin/" + fn + path)
+						if r.status != 200 || json.Unmarshal(r.body, &out[i]) != nil {
+							t.Errorf("%s: %d %s", path, r.status, r.body)
+							return
+						}
+						note(out[i])
+					})
+				}
+				wg.Wait()
+				return out
+			}
+			sums := map[float64]bool{}
+			for _, a := range at(60, "/add") {
+				sums[a.Value] = true
+			}
+			if len(sums) != 60 || !sums[1] || !sums[60] {
+				t.Errorf("60 adds at once gave %d distinct sums, want 1 to 60", len(sums))
+			}
+			retries := 0
+			for _, a := range at(30, "/cas") {
+				retries += a.Tries - 1
+			}
+			if got := s.mustSpry("kv", "get", fn, "cas"); strings.Count(got, ",")+1 != 30 {
+				t.Errorf("after 30 compare-and-sets at once the list has %d items, want 30: %s", strings.Count(got, ",")+1, got)
+			}
+			if a := at(1, "/fill?n=40"); !a[0].OK {
+				t.Fatalf("fill: %+v", a)
+			}
+			claimed := map[string]int{}
+			for _, a := range at(8, "/claim") {
+				for _, k := range a.Claimed {
+					claimed[k]++
+				}
+			}
+			for i := range 40 {
+				if k := fmt.Sprintf("q/%03d", i); claimed[k] != 1 {
+					t.Errorf("%s was claimed %d times, want once", k, claimed[k])
+				}
+			}
+			// Set again after its delete, an item has a version none had.
+			if a := at(1, "/fill?n=1"); !a[0].OK {
+				t.Fatalf("fill again: %+v", a)
+			}
+			if len(instances) < 2 {
+				t.Errorf("the requests were served by %d instance(s), want several", len(instances))
+			}
+			t.Logf("%d instances; %d retries over 30 compare-and-sets; %d versions, all distinct", len(instances), retries, len(versions))
+		})
+	}
+}
+
+// kvEdgesFunction answers /OP with what ctx.kv made of edge cases: each
+// call's value, or the code (else the name) of the error it threw.
+const kvEdgesFunction = `export default {
+  async fetch(req, ctx) {
+    const kv = ctx.kv;
+    const op = new URL(req.url).pathname.split("/").pop();
+    const r = (p) => p.then((v) => v, (err) => err.code ?? err.name);
+    const out = {};
+    switch (op) {
+      case "values": {
+        out.undef = await r(kv.set("v", undefined));
+        out.fn = await r(kv.set("v", () => 1));
+        out.bigint = await r(kv.set("v", 1n));
+        const cyclic = {};
+        cyclic.self = cyclic;
+        out.cyclic = await r(kv.set("v", cyclic));
+        out.nothingStored = await kv.getEntry("v");
+        await kv.set("v", { nan: NaN, inf: -Infinity, negz: -0, u: undefined, big: 1.7e308, tiny: 5e-324, unsafe: 2 ** 53 + 1, arr: [undefined, NaN], date: new Date(0), lone: "\ud800" });
+        out.converted = await kv.get("v");
+        out.loneKept = (await kv.get("v")).lone === "\ud800";
+        await kv.set("null", null);
+        out.addNull = await r(kv.add("null"));
+        await kv.set("huge", 1.7e308);
+        out.addHuge = await r(kv.add("huge", 1.7e308));
+        // Options the server could not read would close the connection
+        // the instance shares, failing the calls beside them.
+        [out.expireOverflow, out.beside] = await Promise.all([r(kv.set("e", 1, { expireIn: 1e20 })), r(kv.get("null"))]);
+        out.expireTooLong = await r(kv.set("e", 1, { expireIn: 4e11 }));
+        out.limitText = await r(kv.list({ limit: "10" }));
+        out.limitFraction = await r(kv.list({ limit: 2.5 }));
+        out.limitHigh = await r(kv.list({ limit: 1001 }));
+        out.limitMax = (await kv.list({ limit: 1000 })).entries.length;
+        await kv.set("\ufffd", 1);
+        out.prefixLone = await r(kv.list({ prefix: "\ud800" }));
+        out.cursorLong = await r(kv.list({ cursor: "c".repeat(513) }));
+        break;
+      }
+      case "keys": {
+        out.empty = await r(kv.set("", 1));
+        out.nul = await r(kv.set("\0", "nul"));
+        out.nulRead = await kv.get("\0");
+        out.long = (await r(kv.set("é".repeat(256), 1))).ok;
+        out.tooLong = await r(kv.set("é".repeat(256) + "x", 1));
+        for (const k of ["o/z", "o/é", "o/\uffff", "o/\u{10000}", "o/😀", "o/a\0b", "o/a", "o/ab"]) await kv.set(k, 1);
+        out.order = (await kv.list({ prefix: "o/" })).entries.map((e) => [...e.key].map((c) => c.codePointAt(0).toString(16)).join(" "));
+        break;
+      }
+      case "paging": {
+        // 200 keys, listed 7 a page while keys ahead and behind are
+        // deleted and added between pages.
+        const key = (i) => "p/" + String(i).padStart(4, "0");
+        await Promise.all(Array.from({ length: 200 }, (_, i) => kv.set(key(i * 10), i)));
+        const seen = [];
+        let cursor = null, page = 0;
+        do {
+          const res = await kv.list({ prefix: "p/", limit: 7, cursor });
+          seen.push(...res.entries.map((e) => e.key));
+          cursor = res.cursor;
+          page++;
+          // Churn: delete a key ahead and one behind (never a multiple
+          // of 70), add one ahead and one behind (not multiples of 10).
+          const at = page * 70 + 30;
+          const churn = await Promise.all([kv.delete(key(at)), kv.delete(key(at - 200)), kv.set(key(at + 5), "new"), kv.set(key(at - 205), "new")]);
+          if (!churn.every((r) => r.ok)) return Response.json(churn, { status: 500 });
+        } while (cursor !== null);
+        const kept = Array.from({ length: 200 }, (_, i) => key(i * 10)).filter((k) => Number(k.slice(2)) % 70 === 0);
+        out.sorted = seen.every((k, i) => i === 0 || seen[i - 1] < k);
+        out.keptAll = kept.every((k) => seen.includes(k));
+        out.deletedAhead = !seen.includes(key(100)) && seen.includes(key(105));
+        out.pages = page;
+        break;
+      }
+      case "pagebytes": {
+        const big = "x".repeat(60000);
+        await Promise.all(Array.from({ length: 20 }, (_, i) => kv.set("big/" + String(i).padStart(2, "0"), big)));
+        const first = await kv.list({ prefix: "big/", limit: 1000 });
+        const second = await kv.list({ prefix: "big/", limit: 1000, cursor: first.cursor });
+        out.pages = [first.entries.length, first.cursor, second.entries.length, second.cursor];
+        break;
+      }
+      case "expire": {
+        await kv.set("t/gone", "soon", { expireIn: 300 });
+        await kv.add("t/count", 5, { expireIn: 300 });
+        await kv.set("t/kept", "always");
+        out.set = true;
+        break;
+      }
+      case "expired": {
+        out.get = await kv.get("t/gone");
+        out.entry = await kv.getEntry("t/gone");
+        out.list = (await kv.list({ prefix: "t/" })).entries.map((e) => e.key);
+        out.add = await kv.add("t/count");
+        out.ifAbsent = (await kv.set("t/gone", "again", { ifVersion: null })).ok;
+        break;
+      }
+      default:
+        return new Response("no such op", { status: 404 });
+    }
+    return Response.json(out);
+  },
+};
+`
+
+// TestKVEdges: what ctx.kv does at its edges, in both runtimes. Values
+// JSON cannot hold are a TypeError and store nothing; the ones
+// JSON.stringify converts are stored as it converts them; options the
+// server could not read are refused before they are sent (they closed
+// the instance's connection, failing the calls beside them, and a
+// prefix with a lone surrogate listed the keys with U+FFFD); keys are
+// any UTF-8 of 1 to 512 bytes, NUL included, and list in bytewise
+// order; paging skips and repeats nothing while keys come and go
+// between pages; a page ends at 1 MiB; and an entry expired is gone
+// for every call, add starting again from 0.
+func TestKVEdges(t *testing.T) {
+	s := startServer(t)
+	call := func(t *testing.T, fn, op string) string {
+		t.Helper()
+		r := s.get("/fn/admin/" + fn + "/" + op)
+		if r.status != 200 {
+			t.Fatalf("%s: %d %s", op, r.status, r.body)
+		}
+		return strings.TrimSpace(string(r.body))
+	}
+	for _, rt := range []string{"deno", "node"} {
+		t.Run(rt, func(t *testing.T) {
+			fn := "edges-" + rt
+			s.deployCode(t, fn, []byte(kvEdgesFunction), "runtime="+rt)
+			for _, tt := range []struct{ op, want string }{
+				{"values", `{"undef":"TypeError","fn":"TypeError","bigint":"TypeError","cyclic":"TypeError","nothingStored":{"key":"v","value":null,"version":null},` +
+					`"converted":{"nan":null,"inf":null,"negz":0,"big":1.7e+308,"tiny":5e-324,"unsafe":9007199254740992,"arr":[null,null],"date":"1970-01-01T00:00:00.000Z","lone":"\ud800"},"loneKept":true,` +
+					`"addNull":"invalid_argument","addHuge":"invalid_argument","expireOverflow":"TypeError","beside":null,"expireTooLong":"invalid_argument",` +
+					`"limitText":"TypeError","limitFraction":"TypeError","limitHigh":"invalid_argument","limitMax":3,"prefixLone":"TypeError","cursorLong":"invalid_argument"}`},
+				{"keys", `{"empty":"invalid_argument","nul":{"ok":true,"version":"VERSION"},"nulRead":"nul","long":true,"tooLong":"too_large",` +
+					`"order":["6f 2f 61","6f 2f 61 0 62","6f 2f 61 62","6f 2f 7a","6f 2f e9","6f 2f ffff","6f 2f 10000","6f 2f 1f600"]}`},
+				{"paging", `{"sorted":true,"keptAll":true,"deletedAhead":true,"pages":29}`},
+				{"pagebytes", `{"pages":[17,"big/16",3,null]}`},
+				{"expire", `{"set":true}`},
+			} {
+				got := call(t, fn, tt.op)
+				got = regexp.MustCompile(`"version":"[0-9a-f]{16}"`).ReplaceAllString(got, `"version":"VERSION"`)
+				if got != tt.want {
+					t.Errorf("%s:\n got %s\nwant %s", tt.op, got, tt.want)
+				}
+			}
+			// The owner's view of the expired entries is the function's.
+			eventually(t, 5*time.Second, "the entries to expire", func() bool {
+				return s.do("GET", "/api/v1/functions/"+fn+"/kv/t%2Fgone", s.token, nil, nil).status == 404
+			})
+			if got := s.mustSpry("kv", "ls", fn, "--prefix", "t/"); got != "t/kept\t\"always\"\n" {
+				t.Errorf("spry kv ls of the expired entries: %q", got)
+			}
+			if got, want := call(t, fn, "expired"), `{"get":null,"entry":{"key":"t/gone","value":null,"version":null},"list":["t/kept"],"add":1,"ifAbsent":true}`; got != want {
+				t.Errorf("expired:\n got %s\nwant %s", got, want)
+			}
+		})
+	}
+}
+
+// TestKVBoundsUnderContention: the function's bound and the user's hold
+// under writers racing from many instances of two functions (one in
+// each runtime): exactly as many entries go in as fit, the rest are
+// refused with quota_exceeded, and what the API counts is what went in.
+// Expired entries make room for a write that needs it at once: they held
+// the bound until the sweep, up to a minute later.
+func TestKVBoundsUnderContention(t *testing.T) {
+	s := startServer(t, "--kv-max-bytes", "200000", "--kv-max-bytes-per-user", "300000")
+	fns := []string{"bound-deno", "bound-node"}
+	for _, fn := range fns {
+		s.deployCode(t, fn, []byte(kvFunction), "runtime="+strings.TrimPrefix(fn, "bound-")+"&min=2&max=3&concurrency=8")
+	}
+	// Each entry: a 3-byte key, a 10,002-byte value and the overhead.
+	const entry = 3 + 10002 + 100
+	var mu sync.Mutex
+	stored := map[string]int{}
+	var wg sync.WaitGroup
+	for _, fn := range fns {
+		for i := range 40 {
+			wg.Go(func() {
+				r := s.get(fmt.Sprintf("/fn/admin/%s/fill?key=f%02d&n=10000", fn, i))
+				var e struct{ Error string }
+				switch {
+				case r.status == 200:
+					mu.Lock()
+					stored[fn]++
+					mu.Unlock()
+				case r.status != 400 || json.Unmarshal(r.body, &e) != nil || e.Error != "quota_exceeded":
+					t.Errorf("%s f%02d: %d %s", fn, i, r.status, r.body)
+				}
+			})
+		}
+	}
+	wg.Wait()
+	if total := stored[fns[0]] + stored[fns[1]]; total != 300000/entry || stored[fns[0]] > 200000/entry || stored[fns[1]] > 200000/entry {
+		t.Errorf("stored %v entries, want %d in all and at most %d in each", stored, 300000/entry, 200000/entry)
+	}
+	for _, fn := range fns {
+		var page struct{ Bytes int64 }
+		r := s.do("GET", "/api/v1/functions/"+fn+"/kv?limit=1", s.token, nil, nil)
+		if r.status != 200 || json.Unmarshal(r.body, &page) != nil || page.Bytes != int64(stored[fn]*entry) {
+			t.Errorf("GET %s's kv: %d %s, want %d bytes", fn, r.status, r.body, stored[fn]*entry)
+		}
+	}
+	var usage struct {
+		KVBytes struct{ Used, Limit int64 } `json:"kv_bytes"`
+	}
+	kvUsed := func() int64 {
+		t.Helper()
+		r := s.do("GET", "/api/v1/usage", s.token, nil, nil)
+		if r.status != 200 || json.Unmarshal(r.body, &usage) != nil || usage.KVBytes.Limit != 300000 {
+			t.Fatalf("GET /api/v1/usage: %d %s", r.status, r.body)
+		}
+		return usage.KVBytes.Used
+	}
+	if used := kvUsed(); used != int64((stored[fns[0]]+stored[fns[1]])*entry) {
+		t.Errorf("the user's kv bytes: %d, want %d", used, (stored[fns[0]]+stored[fns[1]])*entry)
+	}
+
+	// Expired entries make room at once for a write that needs it (the
+	// sweep is a minute away).
+	fn := fns[0]
+	var page struct{ Entries []struct{ Key string } }
+	if r := s.do("GET", "/api/v1/functions/"+fn+"/kv?limit=4", s.token, nil, nil); r.status != 200 || json.Unmarshal(r.body, &page) != nil || len(page.Entries) != 4 {
+		t.Fatalf("GET %s's kv: %d %s", fn, r.status, r.body)
+	}
+	for _, e := range page.Entries {
+		if r := s.do("DELETE", "/api/v1/functions/"+fn+"/kv/"+e.Key, s.token, nil, nil); r.status != 204 {
+			t.Fatalf("delete %s: %d %s", e.Key, r.status, r.body)
+		}
+	}
+	// Four entries' room: two that expire, then three that need theirs.
+	before := kvUsed()
+	for _, k := range []string{"e1", "e2"} {
+		if r := s.do("POST", "/fn/admin/"+fn+"/set?expireIn=300&key="+k, "", strings.NewReader(`"`+strings.Repeat("x", 10000)+`"`), nil); r.status != 200 {
+			t.Fatalf("set %s to expire: %d %s", k, r.status, r.body)
+		}
+	}
+	eventually(t, 5*time.Second, "the entries to expire", func() bool {
+		return s.do("GET", "/api/v1/functions/"+fn+"/kv/e2", s.token, nil, nil).status == 404
+	})
+	for _, k := range []string{"g1", "g2", "g3"} {
+		if r := s.get("/fn/admin/" + fn + "/fill?n=10000&key=" + k); r.status != 200 {
+			t.Errorf("fill %s with the expired entries' room: %d %s", k, r.status, r.body)
+		}
+	}
+	if used, want := kvUsed(), before+3*(entry-1); used != want { // 2-byte keys
+		t.Errorf("the user's kv bytes once the expired entries made room: %d, want %d", used, want)
+	}
+}
+
+// TestKVOwnersView: the API and spry kv see a function's entries as its
+// code does, versions and expiry included, in both runtimes: a version
+// the code wrote is the API's ETag and spry kv ls --json's, and one the
+// API wrote is the code's; a write made for a version since changed on
+// the other side is refused; an expiry set through either side ends the
+// entry for both.
+func TestKVOwnersView(t *testing.T) {
+	s := startServer(t)
+	code := `export default {
+  async fetch(req, ctx) {
+    const url = new URL(req.url);
+    const op = url.pathname.split("/").pop();
+    const key = url.searchParams.get("key");
+    const v = url.searchParams.get("ifVersion");
+    switch (op) {
+      case "entry": return Response.json(await ctx.kv.getEntry(key));
+      case "set": {
+        const opts = { expireIn: Number(url.searchParams.get("expireIn") ?? 0) };
+        if (v !== null) opts.ifVersion = v;
+        return Response.json(await ctx.kv.set(key, await req.json(), opts));
+      }
+    }
+    return new Response("no such op", { status: 404 });
+  },
+};
+`
+	type entry struct {
+		Key     string
+		Value   json.RawMessage
+		Version *string
+	}
+	for _, rt := range []string{"deno", "node"} {
+		t.Run(rt, func(t *testing.T) {
+			fn := "view-" + rt
+			s.deployCode(t, fn, []byte(code), "runtime="+rt)
+			fnCall := func(method, path, body string, out any) {
+				t.Helper()
+				r := s.do(method, "/fn/admin/"+fn+"/"+path, "", strings.NewReader(body), nil)
+				if r.status != 200 || json.Unmarshal(r.body, out) != nil {
+					t.Fatalf("%s: %d %s", path, r.status, r.body)
+				}
+			}
+			api := func(method, key, body string, header map[string]string) response {
+				t.Helper()
+				var rd *strings.Reader
+				if body != "" {
+					rd = strings.NewReader(body)
+				}
+				if rd == nil {
+					return s.do(method, "/api/v1/functions/"+fn+"/kv/"+key, s.token, nil, header)
+				}
+				return s.do(method, "/api/v1/functions/"+fn+"/kv/"+key, s.token, rd, header)
+			}
+			var set struct {
+				OK      bool
+				Version *string
+			}
+			fnCall("POST", "set?key=k", `{"n":1}`, &set)
+			if !set.OK || set.Version == nil {
+				t.Fatalf("set: %+v", set)
+			}
+			v1 := *set.Version
+			r := api("GET", "k", "", nil)
+			var e entry
+			if r.status != 200 || json.Unmarshal(r.body, &e) != nil || e.Version == nil || *e.Version != v1 || string(e.Value) != `{"n":1}` || r.header.Get("ETag") != `"`+v1+`"` {
+				t.Errorf("the API's read of the code's write (version %s): %d %s ETag %s", v1, r.status, r.body, r.header.Get("ETag"))
+			}
+			var page struct{ Entries []entry }
+			if out := s.mustSpry("kv", "ls", fn, "--json"); json.Unmarshal([]byte(out), &page) != nil || len(page.Entries) != 1 || *page.Entries[0].Version != v1 {
+				t.Errorf("spry kv ls --json: %s", out)
+			}
+			// The API writes for the code's version; the code sees the
+			// API's, and its own write for v1 is refused.
+			r = api("PUT", "k", `{"n":2}`, map[string]string{"If-Match": `"` + v1 + `"`})
+			v2, _ := strconv.Unquote(r.header.Get("ETag"))
+			if r.status != 204 || v2 <= v1 {
+				t.Fatalf("PUT If-Match the code's version: %d %s ETag %q", r.status, r.body, v2)
+			}
+			fnCall("GET", "entry?key=k", "", &e)
+			if e.Version == nil || *e.Version != v2 || string(e.Value) != `{"n":2}` {
+				t.Errorf("the code's read of the API's write (version %s): %+v %s", v2, e, e.Value)
+			}
+			fnCall("POST", "set?key=k&ifVersion="+v1, `{"n":3}`, &set)
+			if set.OK || set.Version != nil {
+				t.Errorf("the code's write for a version the API changed: %+v", set)
+			}
+			if r := api("PUT", "k", `{"n":4}`, map[string]string{"If-Match": `"` + v1 + `"`}); r.status != 412 {
+				t.Errorf("the API's write for a version gone: %d %s", r.status, r.body)
+			}
+			// Expiries, set by either side, end the entry for both.
+			fnCall("POST", "set?key=soon&expireIn=300", `"code's"`, &set)
+			s.mustSpry("kv", "set", fn, "later", `"api's"`, "--expire-in", "300ms")
+			fnCall("GET", "entry?key=later", "", &e)
+			if string(e.Value) != `"api's"` {
+				t.Errorf("the code's read of an entry that expires: %s", e.Value)
+			}
+			eventually(t, 5*time.Second, "the entries to expire", func() bool {
+				return api("GET", "soon", "", nil).status == 404 && api("GET", "later", "", nil).status == 404
+			})
+			fnCall("GET", "entry?key=later", "", &e)
+			if e.Version != nil || string(e.Value) != "null" {
+				t.Errorf("the code's read of an entry expired: %+v %s", e, e.Value)
+			}
+			if out := s.mustSpry("kv", "ls", fn); out != "k\t{\"n\":2}\n" {
+				t.Errorf("spry kv ls once they expired: %q", out)
+			}
+			// For the API too an expired entry is none.
+			if r := api("PUT", "soon", `1`, map[string]string{"If-None-Match": "*"}); r.status != 204 {
+				t.Errorf("PUT If-None-Match * of an entry expired: %d %s", r.status, r.body)
+			}
 		})
 	}
 }

@@ -187,7 +187,12 @@ func verify(ctx context.Context, stage string, m *Manifest) error {
 	if err != nil {
 		return errdefs.Invalid("restore: %s: %v", KVFile, err)
 	}
+	// Versions given after the backup must not be given again.
+	err = kvs.Restored(ctx)
 	kvs.Close()
+	if err != nil {
+		return fmt.Errorf("restore: %s: %w", KVFile, err)
+	}
 	if m.Has(InvocationsFile) {
 		invs, err := async.Open(ctx, filepath.Join(stage, InvocationsFile))
 		if err != nil {

@@ -357,11 +357,14 @@ func (s *Store) Set(ctx context.Context, fn, key string, value json.RawMessage, 
 // ErrPrecondition error, and returns the value's version.
 func (s *Store) SetIf(ctx context.Context, fn, key string, value json.RawMessage, expireIn time.Duration, pre *Precondition) (string, error) {
 	var compact bytes.Buffer
-	if err := json.Compact(&compact, value); err != nil || len(value) == 0 {
+	// JSON is UTF-8 text, which Compact does not check: bytes that are
+	// not would be read back as they are by the API, and as U+FFFD by
+	// the function.
+	if err := json.Compact(&compact, value); err != nil || len(value) == 0 || !utf8.Valid(compact.Bytes()) {
 		if err := checkKey(key); err != nil {
 			return "", err
 		}
-		return "", errdefs.Invalid("kv: a value must be JSON")
+		return "", errdefs.Invalid("kv: a value must be JSON (UTF-8 text)")
 	}
 	return s.put(ctx, fn, key, expireIn, pre, func(json.RawMessage) (json.RawMessage, bool, error) {
 		return compact.Bytes(), false, nil
@@ -381,9 +384,13 @@ func (s *Store) Add(ctx context.Context, fn, key string, delta float64, expireIn
 	_, err := s.put(ctx, fn, key, expireIn, nil, func(old json.RawMessage) (json.RawMessage, bool, error) {
 		var n float64
 		if old != nil {
-			if err := json.Unmarshal(old, &n); err != nil {
+			// Through a pointer: null, which Unmarshal leaves a float
+			// as it was, is not a number either.
+			var p *float64
+			if err := json.Unmarshal(old, &p); err != nil || p == nil {
 				return nil, false, errdefs.Invalid("kv: the value of %q is not a number, to add to", key)
 			}
+			n = *p
 		}
 		sum = n + delta
 		if math.IsInf(sum, 0) {
@@ -409,13 +416,16 @@ func (s *Store) put(ctx context.Context, fn, key string, expireIn time.Duration,
 	if _, err := pre.check(-1); err != nil {
 		return "", err
 	}
-	now := s.now().UnixMilli()
-	var expires any
-	if expireIn > 0 {
-		expires = s.now().Add(expireIn).UnixMilli()
-	}
 	var version int64
 	err := s.write(ctx, fn, func(tx *sql.Tx, used, ownerUsed int64) (int64, error) {
+		// The time is read in the writers' turn, not before its wait:
+		// else an entry that expired meanwhile would be taken as there.
+		t := s.now()
+		now := t.UnixMilli()
+		var expires any
+		if expireIn > 0 {
+			expires = t.Add(expireIn).UnixMilli()
+		}
 		var old int64
 		var oldValue []byte
 		var oldExpires sql.NullInt64
@@ -441,6 +451,18 @@ func (s *Store) put(ctx context.Context, fn, key string, expireIn time.Duration,
 			return 0, errdefs.New(errdefs.ErrTooLarge, "kv: a value is at most %d bytes as JSON; this one is %d", MaxValueBytes, len(v))
 		}
 		size := int64(len(key)+len(v)) + EntryOverhead
+		// Expired entries are not read, but hold their bytes until the
+		// sweep: past a bound, the function's own make room first.
+		var freed int64
+		if size > old && (used-old+size > s.maxBytes || ownerUsed >= 0 && s.maxOwner > 0 && ownerUsed-old+size > s.maxOwner) {
+			if freed, err = removeExpired(ctx, tx, fn, key, now); err != nil {
+				return 0, err
+			}
+			used -= freed
+			if ownerUsed >= 0 {
+				ownerUsed -= freed
+			}
+		}
 		// A write that shrinks the namespace is always let through:
 		// a function over its bound (the bound lowered) can still
 		// make room.
@@ -455,12 +477,49 @@ func (s *Store) put(ctx context.Context, fn, key string, expireIn time.Duration,
 		}
 		_, err = tx.ExecContext(ctx, `INSERT INTO entries (fn, key, value, expires, size, version) VALUES (?, ?, ?, ?, ?, ?)
 			ON CONFLICT (fn, key) DO UPDATE SET value = excluded.value, expires = excluded.expires, size = excluded.size, version = excluded.version`, fn, key, v, expires, size, version)
-		return size - old, err
+		return size - old - freed, err
 	})
 	if err != nil {
 		return "", err
 	}
 	return formatVersion(version), nil
+}
+
+// removeExpired removes up to deleteBatch of fn's entries expired at
+// now, in the write's transaction, but key's (which the write replaces,
+// counting its size as the old), and returns the bytes they held. The
+// expiries' index finds them: it holds no more than what expired since
+// the last sweep, where fn's keys may be hundreds of thousands.
+func removeExpired(ctx context.Context, tx *sql.Tx, fn, key string, now int64) (int64, error) {
+	rows, err := tx.QueryContext(ctx, `DELETE FROM entries WHERE (fn, key) IN (
+			SELECT fn, key FROM entries INDEXED BY entries_expires WHERE expires <= ?3 AND fn = ?1 AND key != ?2 LIMIT ?4
+		) RETURNING size`, fn, key, now, deleteBatch)
+	if err != nil {
+		return 0, err
+	}
+	defer rows.Close()
+	var freed int64
+	for rows.Next() {
+		var size int64
+		if err := rows.Scan(&size); err != nil {
+			return 0, err
+		}
+		freed += size
+	}
+	return freed, rows.Err()
+}
+
+// Restored moves the version clock of a store restored from a backup
+// ahead of every version the server it was copied from may have given
+// since: to the time in microseconds (unless it is past that already),
+// which no count of writes reaches. Else the restored server would give
+// again the versions of writes made after the backup, and a write made
+// for one of them would go through against another value.
+func (s *Store) Restored(ctx context.Context) error {
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `UPDATE clock SET version = max(version, ?) WHERE id = 0`, s.now().UnixMicro())
+		return err
+	})
 }
 
 // nextVersion takes the clock's next version, in the write's
@@ -485,8 +544,8 @@ func (s *Store) DeleteIf(ctx context.Context, fn, key string, pre *Precondition)
 	if _, err := pre.check(-1); err != nil {
 		return err
 	}
-	now := s.now().UnixMilli()
 	return s.write(ctx, fn, func(tx *sql.Tx, _, _ int64) (int64, error) {
+		now := s.now().UnixMilli() // in the writers' turn, as put's
 		var old int64
 		var expires sql.NullInt64
 		present := int64(-1)
@@ -589,12 +648,12 @@ func (s *Store) inTx(ctx context.Context, f func(tx *sql.Tx) error) error {
 // early past MaxListBytes.
 func (s *Store) List(ctx context.Context, fn, prefix, cursor string, limit int) ([]Entry, string, error) {
 	switch {
-	case limit == 0:
-		limit = DefaultList
 	case limit < 0 || limit > MaxList:
 		return nil, "", errdefs.Invalid("kv: limit must be between 1 and %d", MaxList)
 	case len(prefix) > MaxKeyBytes || len(cursor) > MaxKeyBytes:
 		return nil, "", errdefs.Invalid("kv: prefix and cursor are at most %d bytes", MaxKeyBytes)
+	case limit == 0:
+		limit = DefaultList
 	}
 	// Keys compare bytewise (SQLite's BINARY), so the keys with the
 	// prefix are one range: from the prefix to the prefix with its last

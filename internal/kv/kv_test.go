@@ -211,7 +211,7 @@ func TestProtocol(t *testing.T) {
 		{"what the refused writes left", `{"op":"get","key":"cas"}`, `{"value":6,"version":"000000000000000a"}`},
 		{"empty key", `{"op":"set","key":"","value":1}`, `{"error":{"code":"invalid_argument","message":"kv: a key must not be empty"}}`},
 		{"long key", `{"op":"get","key":"` + strings.Repeat("k", MaxKeyBytes+1) + `"}`, `{"error":{"code":"too_large","message":"kv: a key is at most 512 bytes; this one is 513"}}`},
-		{"no value", `{"op":"set","key":"a"}`, `{"error":{"code":"invalid_argument","message":"kv: a value must be JSON"}}`},
+		{"no value", `{"op":"set","key":"a"}`, `{"error":{"code":"invalid_argument","message":"kv: a value must be JSON (UTF-8 text)"}}`},
 		{"large value", `{"op":"set","key":"a","value":` + big + `}`, `{"error":{"code":"too_large","message":"kv: a value is at most 65536 bytes as JSON; this one is 65538"}}`},
 		{"negative expiry", `{"op":"set","key":"a","value":1,"expireIn":-1}`, `{"error":{"code":"invalid_argument","message":"kv: expireIn must be between 0 (never) and 315360000000 ms"}}`},
 		{"limit too high", `{"op":"list","limit":1001}`, `{"error":{"code":"invalid_argument","message":"kv: limit must be between 1 and 1000"}}`},
@@ -1263,5 +1263,173 @@ func TestConnTimeouts(t *testing.T) {
 				t.Fatal("ServeConn did not return after the close")
 			}
 		})
+	}
+}
+
+// Values are JSON text, UTF-8 as JSON must be: bytes that are not (an
+// API body's, a raw socket's) were stored as they came, and read back
+// as they were by the API but as U+FFFD by the function. And add's
+// "not a number" includes null, which it took for 0.
+func TestValuesNotStored(t *testing.T) {
+	s, _ := open(t, 0)
+	ctx := context.Background()
+	for _, v := range []string{"\"\xff\"", "{\"a\xc3\":1}", "\"\xed\xa0\x80\""} {
+		if err := s.Set(ctx, "f", "k", json.RawMessage(v), 0); !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("set %q: %v, want invalid_argument", v, err)
+		}
+	}
+	if _, ok, _ := s.Get(ctx, "f", "k"); ok {
+		t.Error("a value not UTF-8 was stored")
+	}
+	// An escaped lone surrogate is JSON's own, as JSON.stringify writes it.
+	if err := s.Set(ctx, "f", "k", json.RawMessage(`"\ud800"`), 0); err != nil {
+		t.Errorf("an escaped lone surrogate: %v", err)
+	}
+	if err := s.Set(ctx, "f", "null", json.RawMessage(`null`), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Add(ctx, "f", "null", 1, 0); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("add to null: %v, want invalid_argument", err)
+	}
+	if v, _, _ := s.Get(ctx, "f", "null"); string(v) != "null" {
+		t.Errorf("null after a refused add: %s", v)
+	}
+	consistent(t, s, "f")
+}
+
+// List's bounds on its prefix and cursor hold whatever the limit: a
+// limit of 0 (the default) skipped them.
+func TestListBounds(t *testing.T) {
+	s, _ := open(t, 0)
+	long := strings.Repeat("k", MaxKeyBytes+1)
+	for _, tt := range []struct {
+		prefix, cursor string
+		limit          int
+	}{
+		{long, "", 0}, {"", long, 0}, {long, "", 10}, {"", long, 10},
+		{"", "", -1}, {"", "", MaxList + 1},
+	} {
+		if _, _, err := s.List(context.Background(), "f", tt.prefix, tt.cursor, tt.limit); !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("List(prefix %d bytes, cursor %d bytes, limit %d): %v, want invalid_argument", len(tt.prefix), len(tt.cursor), tt.limit, err)
+		}
+	}
+}
+
+// A write that would pass a bound first removes the function's own
+// expired entries (all but its key's, which it replaces): they are not
+// read, and held the bound until the next sweep, up to a minute, so
+// that a store of sessions full of expired ones refused new ones.
+func TestExpiredMakeRoom(t *testing.T) {
+	const entry = 300 + EntryOverhead // a one-byte key and 299 of value
+	value := json.RawMessage(`"` + strings.Repeat("v", 297) + `"`)
+	ctx := context.Background()
+	t.Run("function", func(t *testing.T) {
+		s, c := open(t, 3*entry+150)
+		for i := range 3 {
+			if err := s.Set(ctx, "f", fmt.Sprint(i), value, time.Duration(i+1)*time.Minute); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.Set(ctx, "f", "3", value, 0); !errors.Is(err, errdefs.ErrQuotaExceeded) {
+			t.Fatalf("a write past the bound, none expired: %v", err)
+		}
+		c.t = c.t.Add(90 * time.Second) // "0" expired
+		if err := s.Set(ctx, "f", "3", value, 0); err != nil {
+			t.Fatalf("a write past the bound with an entry expired: %v", err)
+		}
+		consistent(t, s, "f")
+		if used, _ := s.Used(ctx, "f"); used != 3*entry {
+			t.Errorf("f holds %d bytes, want %d", used, 3*entry)
+		}
+		c.t = c.t.Add(2 * time.Minute) // "1" and "2" expired
+		// Its own key expired too: it is replaced, counted once, so
+		// that a value too large even with the others gone is refused.
+		if err := s.Set(ctx, "f", "2", json.RawMessage(`"`+strings.Repeat("w", 1000)+`"`), 0); !errors.Is(err, errdefs.ErrQuotaExceeded) {
+			t.Fatalf("a write whose key expired, too large even then: %v", err)
+		}
+		consistent(t, s, "f")
+		if err := s.Set(ctx, "f", "4", value, 0); err != nil {
+			t.Fatalf("a write past the bound with entries expired: %v", err)
+		}
+		consistent(t, s, "f")
+		if used, _ := s.Used(ctx, "f"); used != 2*entry {
+			t.Errorf("f holds %d bytes, want %d", used, 2*entry)
+		}
+	})
+	t.Run("owner", func(t *testing.T) {
+		c := &clock{t: time.Date(2026, 11, 24, 9, 0, 0, 0, time.UTC)}
+		s, err := Open(ctx, filepath.Join(t.TempDir(), "kv.db"), Options{MaxBytesPerOwner: 3*entry + 150, Owners: owners, Now: c.now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		for i, fn := range []string{"f", "g", "g"} {
+			if err := s.Set(ctx, fn, fmt.Sprint(i), value, time.Minute); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.t = c.t.Add(2 * time.Minute)
+		if err := s.Set(ctx, "g", "3", value, 0); err != nil {
+			t.Fatalf("a write past the owner's bound with its own entries expired: %v", err)
+		}
+		for _, fn := range []string{"f", "g"} {
+			consistent(t, s, fn)
+		}
+		ownerConsistent(t, s, "alice")
+	})
+}
+
+// A conditional write reads the time once it holds the writers' turn:
+// read before, an entry that expired while the write waited (here for
+// its namespace's owner, which the store asks of the server outside
+// its lock) was taken as there, and a write made for it went through,
+// after reads had seen it gone.
+func TestWriteReadsTheTimeInItsTurn(t *testing.T) {
+	var now atomic.Int64
+	start := time.Date(2026, 11, 24, 9, 0, 0, 0, time.UTC)
+	now.Store(start.UnixMilli())
+	var asking atomic.Bool
+	s, err := Open(context.Background(), filepath.Join(t.TempDir(), "kv.db"), Options{
+		Now: func() time.Time { return time.UnixMilli(now.Load()) },
+		// The function is not known (no owner recorded): each write asks.
+		Owners: func([]string) map[string]string {
+			if asking.Load() {
+				now.Add(2 * time.Minute.Milliseconds())
+			}
+			return nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	version, err := s.SetIf(ctx, "f", "k", json.RawMessage(`1`), time.Minute, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	asking.Store(true)
+	if _, err := s.SetIf(ctx, "f", "k", json.RawMessage(`2`), 0, &Precondition{Version: version}); !errors.Is(err, errdefs.ErrPrecondition) {
+		t.Errorf("a write for an entry that expired while it waited: %v, want precondition_failed", err)
+	}
+	asking.Store(false)
+	now.Store(start.UnixMilli())
+	version, err = s.SetIf(ctx, "f", "d", json.RawMessage(`1`), time.Minute, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	asking.Store(true)
+	if err := s.DeleteIf(ctx, "f", "d", &Precondition{Version: version}); !errors.Is(err, errdefs.ErrPrecondition) {
+		t.Errorf("a delete for an entry that expired while it waited: %v, want precondition_failed", err)
+	}
+	// An expiry counts from the write, not from its wait.
+	now.Store(start.UnixMilli())
+	if err := s.Set(ctx, "f", "e", json.RawMessage(`1`), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	asking.Store(false)
+	now.Add(time.Minute.Milliseconds() - 1000) // the wait took two minutes: not yet a minute since the write
+	if _, ok, _ := s.Get(ctx, "f", "e"); !ok {
+		t.Error("an entry expired a minute after its write's wait began, not a minute after the write")
 	}
 }

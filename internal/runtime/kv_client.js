@@ -128,9 +128,17 @@ function kvKey(what, key) {
   return key;
 }
 
+// A number the server reads as a whole one (an int64): past
+// Number.MAX_SAFE_INTEGER a double is no exact whole number, and past
+// int64's range the server could not read the request at all, and would
+// close the connection, failing every call on it.
+function kvWhole(n) {
+  return typeof n === "number" && Number.isSafeInteger(n);
+}
+
 function kvExpireIn(what, options) {
   const expireIn = options?.expireIn ?? 0;
-  if (typeof expireIn !== "number" || !Number.isInteger(expireIn) || expireIn < 0) {
+  if (!kvWhole(expireIn) || expireIn < 0) {
     throw new TypeError(`ctx.kv.${what}: expireIn must be a whole number of milliseconds`);
   }
   return expireIn;
@@ -193,7 +201,14 @@ const kv = Object.freeze({
   // order, after cursor; cursor is null on the last page.
   async list(options = {}) {
     const { prefix = "", cursor = "", limit = 0 } = options ?? {};
-    const res = await kvCall({ op: "list", prefix: prefix === null ? "" : String(prefix), cursor: cursor === null ? "" : String(cursor), limit });
+    const text = (what, v) => {
+      const s = v === null ? "" : String(v);
+      // As a key's: sent escaped, the server would read U+FFFD.
+      if (!s.isWellFormed()) throw new TypeError(`ctx.kv.list: the ${what} must be well-formed Unicode (it has a lone surrogate)`);
+      return s;
+    };
+    if (limit !== null && !kvWhole(limit)) throw new TypeError("ctx.kv.list: limit must be a whole number (1 to 1000)");
+    const res = await kvCall({ op: "list", prefix: text("prefix", prefix), cursor: text("cursor", cursor), limit: limit ?? 0 });
     return { entries: res.entries, cursor: res.cursor };
   },
 });
