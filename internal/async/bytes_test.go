@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -206,5 +207,122 @@ func TestWorkerByteBound(t *testing.T) {
 	}
 	if u, err := w.Usage(ctx, "alice"); err != nil || u != (Usage{Pending: 1, Bytes: 1 + MaxResponse}) {
 		t.Errorf("Usage = %+v, %v", u, err)
+	}
+}
+
+// An owner whose invocations are all gone (pruned, its functions or the
+// user deleted), or hold no bytes, keeps no row of owner_bytes: one
+// stayed for every owner that ever enqueued, at 0. A row that went
+// comes back with the owner's next bytes, right.
+func TestOwnerBytesRowGoesAtZero(t *testing.T) {
+	ctx := t.Context()
+	st := openStore(t, filepath.Join(t.TempDir(), "invocations.db"))
+	t0 := time.Unix(1000, 0)
+	add := func(owner, fn, body string) *Invocation {
+		t.Helper()
+		inv := newInv(owner, fn, body)
+		inv.ID, inv.CreatedAt, inv.NextAt = NewID(), t0, t0
+		if err := st.Add(ctx, inv, Bounds{}); err != nil {
+			t.Fatal(err)
+		}
+		return inv
+	}
+	finish := func(owner string, response string) {
+		t.Helper()
+		inv, err := st.Claim(ctx, owner, t0)
+		if err != nil || inv == nil {
+			t.Fatalf("claim: %+v %v", inv, err)
+		}
+		if err := st.Record(ctx, inv.ID, Result{Status: 200, Body: []byte(response)}, StatusSucceeded, t0.Add(time.Second), time.Time{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rows := func(step string, want ...string) {
+		t.Helper()
+		r, err := st.db.Query(`SELECT owner FROM owner_bytes ORDER BY owner`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		var got []string
+		for r.Next() {
+			var o string
+			if err := r.Scan(&o); err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, o)
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: owners with a row %q, want %q", step, got, want)
+		}
+		for owner, n := range counted(t, st) {
+			if u, err := st.Usage(ctx, owner); err != nil || u.Bytes != n {
+				t.Errorf("%s: %s's total %d (%v), its rows count %d", step, owner, u.Bytes, err, n)
+			}
+		}
+	}
+
+	add("alice", "f", "x")
+	add("bob", "g", "y")
+	rows("two owners", "alice", "bob")
+	if err := st.DeleteFunction(ctx, "id-f"); err != nil {
+		t.Fatal(err)
+	}
+	rows("alice's function deleted", "bob")
+
+	// Finished with nothing kept: the row goes while the invocation
+	// stays, and comes back with the next one.
+	finish("bob", "")
+	rows("bob's finished, empty", []string{}...)
+	add("bob", "g", "zz")
+	rows("bob's next", "bob")
+	finish("bob", "ok")
+	rows("bob's next finished", "bob")
+	if n, err := st.Prune(ctx, t0.Add(time.Hour)); err != nil || n != 2 {
+		t.Fatalf("Prune = %d, %v", n, err)
+	}
+	rows("pruned", []string{}...)
+}
+
+// A file whose deleted owners kept their rows at 0 loses them as it
+// opens.
+func TestOwnerBytesZeroRowsMigration(t *testing.T) {
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "invocations.db")
+	db, err := sqlitedb.Open(ctx, path, nil, migrations[:3])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		`INSERT INTO invocations (id, owner, fn, name, path, host, content_type, body, status, created, next)
+			VALUES ('a', 'alice', 'f', 'f', '/', 'h', '', x'0102', 'queued', 1, 1)`,
+		`INSERT INTO invocations (id, owner, fn, name, path, host, content_type, body, status, created, next)
+			VALUES ('b', 'gone', 'g', 'g', '/', 'h', '', x'01', 'queued', 1, 1)`,
+		`DELETE FROM invocations WHERE id = 'b'`,
+	} {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.Close()
+	st := openStore(t, path)
+	var owners []string
+	r, err := st.db.Query(`SELECT owner FROM owner_bytes ORDER BY owner`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	for r.Next() {
+		var o string
+		if err := r.Scan(&o); err != nil {
+			t.Fatal(err)
+		}
+		owners = append(owners, o)
+	}
+	if !slices.Equal(owners, []string{"alice"}) {
+		t.Errorf("owners with a row after the migration: %q, want alice's alone", owners)
+	}
+	if u, err := st.Usage(ctx, "alice"); err != nil || u.Bytes != 2+MaxResponse {
+		t.Errorf("alice: %+v, %v", u, err)
 	}
 }

@@ -89,6 +89,27 @@ var migrations = []string{
 	// failed one was sent on as.
 	`ALTER TABLE invocations ADD COLUMN failure_of TEXT NOT NULL DEFAULT '';
 	ALTER TABLE invocations ADD COLUMN forwarded_to TEXT NOT NULL DEFAULT '';`,
+	// An owner's total down to 0 goes (a missing one reads 0): every
+	// owner that ever enqueued (users since deleted) kept a row. The
+	// update adds its change as the insert does, so it makes the row
+	// again if it went.
+	`DROP TRIGGER invocations_bytes_update;
+	CREATE TRIGGER invocations_bytes_update AFTER UPDATE OF body, response, finished ON invocations BEGIN
+		INSERT INTO owner_bytes (owner, bytes)
+			VALUES (new.owner,
+				(length(new.body) + iif(new.finished IS NULL, 65536, ifnull(length(new.response), 0)))
+				- (length(old.body) + iif(old.finished IS NULL, 65536, ifnull(length(old.response), 0))))
+			ON CONFLICT (owner) DO UPDATE SET bytes = bytes + excluded.bytes;
+		DELETE FROM owner_bytes WHERE owner = new.owner AND bytes = 0;
+	END;
+	DROP TRIGGER invocations_bytes_delete;
+	CREATE TRIGGER invocations_bytes_delete AFTER DELETE ON invocations BEGIN
+		UPDATE owner_bytes SET bytes = bytes
+			- (length(old.body) + iif(old.finished IS NULL, 65536, ifnull(length(old.response), 0)))
+			WHERE owner = old.owner;
+		DELETE FROM owner_bytes WHERE owner = old.owner AND bytes = 0;
+	END;
+	DELETE FROM owner_bytes WHERE bytes = 0;`,
 }
 
 // Invocation is one asynchronous invocation and how it went so far.

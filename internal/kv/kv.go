@@ -160,7 +160,7 @@ func Open(ctx context.Context, path string, o Options) (*Store, error) {
 // owner (its function just deleted) may have some.
 func (s *Store) recount(ctx context.Context) error {
 	return s.inTx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `DELETE FROM owners; INSERT INTO owners (owner, bytes) SELECT owner, sum(bytes) FROM usage WHERE owner != '' GROUP BY owner`); err != nil {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM owners; INSERT INTO owners (owner, bytes) SELECT owner, sum(bytes) FROM usage WHERE owner != '' GROUP BY owner HAVING sum(bytes) != 0`); err != nil {
 			return err
 		}
 		var n int
@@ -231,10 +231,15 @@ func setOwner(ctx context.Context, tx *sql.Tx, fn, owner string) error {
 	return addOwner(ctx, tx, owner, bytes)
 }
 
-// addOwner adds delta to owner's total.
+// addOwner adds delta to owner's total. A total down to 0 goes, as a
+// missing one reads 0: else every owner that ever wrote (users since
+// deleted) kept a row.
 func addOwner(ctx context.Context, tx *sql.Tx, owner string, delta int64) error {
 	_, err := tx.ExecContext(ctx, `INSERT INTO owners (owner, bytes) VALUES (?, ?)
 		ON CONFLICT (owner) DO UPDATE SET bytes = bytes + excluded.bytes`, owner, delta)
+	if err == nil && delta < 0 {
+		_, err = tx.ExecContext(ctx, `DELETE FROM owners WHERE owner = ? AND bytes = 0`, owner)
+	}
 	return err
 }
 

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -1431,5 +1432,67 @@ func TestWriteReadsTheTimeInItsTurn(t *testing.T) {
 	now.Add(time.Minute.Milliseconds() - 1000) // the wait took two minutes: not yet a minute since the write
 	if _, ok, _ := s.Get(ctx, "f", "e"); !ok {
 		t.Error("an entry expired a minute after its write's wait began, not a minute after the write")
+	}
+}
+
+// An owner whose namespaces hold nothing any more (their functions
+// deleted, their entries deleted or swept, the user deleted) keeps no
+// row of owners: one stayed for every owner that ever wrote, at 0.
+func TestOwnerRowGoesWithItsLastByte(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name  string
+		empty func(s *Store) error
+		want  []string // the owners left with a row
+	}{
+		{"functions deleted", func(s *Store) error {
+			if err := s.DeleteFunction(ctx, "f"); err != nil {
+				return err
+			}
+			return s.DeleteFunction(ctx, "g")
+		}, []string{"bob"}},
+		{"entries deleted", func(s *Store) error {
+			for _, k := range [][2]string{{"f", "a"}, {"f", "b"}, {"g", "a"}} {
+				if err := s.Delete(ctx, k[0], k[1]); err != nil {
+					return err
+				}
+			}
+			return nil
+		}, []string{"bob"}},
+		{"entries expired", func(s *Store) error {
+			s.now = func() time.Time { return time.Now().Add(2 * time.Minute) }
+			_, err := s.Sweep(ctx)
+			return err
+		}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := openOwned(t, filepath.Join(t.TempDir(), "kv.db"), 1<<20)
+			for _, k := range [][2]string{{"f", "a"}, {"f", "b"}, {"g", "a"}, {"h", "a"}} {
+				if err := s.Set(ctx, k[0], k[1], json.RawMessage(`"v"`), time.Minute); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := tc.empty(s); err != nil {
+				t.Fatal(err)
+			}
+			rows, err := s.db.Query(`SELECT owner FROM owners ORDER BY owner`)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var left []string
+			for rows.Next() {
+				var o string
+				if err := rows.Scan(&o); err != nil {
+					t.Fatal(err)
+				}
+				left = append(left, o)
+			}
+			rows.Close()
+			if !slices.Equal(left, tc.want) {
+				t.Fatalf("owners with a row: %q, want %q", left, tc.want)
+			}
+			ownerConsistent(t, s, "alice")
+			ownerConsistent(t, s, "bob")
+		})
 	}
 }

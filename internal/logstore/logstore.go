@@ -51,9 +51,6 @@ const (
 )
 
 const (
-	// journalSizeLimit is what the WAL file is truncated to after a
-	// checkpoint, so that a burst of output does not leave it large.
-	journalSizeLimit = 64 << 20
 	// keptAnyway is what the database may hold however short of
 	// KeepFree its disk is.
 	keptAnyway = 16 << 20
@@ -324,7 +321,7 @@ func open(ctx context.Context, path string, opts Options, beforeWrite func()) (*
 			opts.KeepFree = min(int64(st.Blocks)*st.Bsize/100*15, DefaultMaxKeepFree)
 		}
 	}
-	db, err := sqlitedb.Open(ctx, path, []string{fmt.Sprintf("journal_size_limit(%d)", journalSizeLimit)}, migrations)
+	db, err := sqlitedb.Open(ctx, path, nil, migrations)
 	if err != nil {
 		return nil, fmt.Errorf("logstore: %w", err)
 	}

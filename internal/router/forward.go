@@ -88,14 +88,27 @@ func (p *pool) put(inst *backend.Instance, c *upConn) {
 	default:
 	}
 	p.mu.Lock()
-	if len(p.idle[inst.ID]) >= maxIdlePerInstance {
+	cs, known := p.idle[inst.ID]
+	if len(cs) >= maxIdlePerInstance {
 		p.mu.Unlock()
 		c.close()
 		return
 	}
 	c.idleSince = time.Now()
-	p.idle[inst.ID] = append(p.idle[inst.ID], c)
+	p.idle[inst.ID] = append(cs, c)
 	p.mu.Unlock()
+	if !known {
+		// An instance's entry stays until it ends (get leaves it empty),
+		// so this runs once per instance. Nothing else would close its
+		// idle connections once it ends (scaled to zero, deleted, crashed)
+		// and no request for it comes again: each kept an fd and two
+		// 64 KiB buffers for good. A put that raced the drop makes the
+		// entry again, and a watch that ends at once.
+		go func() {
+			<-inst.Done()
+			p.drop(inst.ID)
+		}()
+	}
 }
 
 // drop closes an ended instance's idle connections.

@@ -2033,3 +2033,34 @@ func routerSideOpen(t *testing.T, c net.Conn) bool {
 	}
 	return false
 }
+
+// An instance that ends with connections idle in the pool (it served a
+// request, then scaled to zero or was deleted) has them closed, and its
+// entry dropped, though no request for it ever comes again: they were
+// kept for good, an fd and two buffers each per instance ever served.
+func TestPoolClosesAnEndedInstancesIdleConnections(t *testing.T) {
+	for _, n := range []int{1, 3} {
+		t.Run(fmt.Sprint(n, " idle"), func(t *testing.T) {
+			p := pool{idle: map[string][]*upConn{}}
+			inst := backend.NewInstance("i-1", &backend.Spec{FunctionID: "f"}, "unix", "")
+			var peers []net.Conn
+			for range n {
+				a, b := net.Pipe()
+				peers = append(peers, b)
+				p.put(inst, &upConn{conn: a, br: readerPool.Get().(*bufio.Reader), bw: writerPool.Get().(*bufio.Writer)})
+			}
+			inst.Finish(backend.Exit{})
+			for i, b := range peers {
+				_ = b.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if _, err := b.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+					t.Fatalf("idle connection %d: read %v, want EOF (closed once its instance ended)", i, err)
+				}
+			}
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			if cs, ok := p.idle[inst.ID]; ok {
+				t.Fatalf("the ended instance still has an entry in the pool (%d connections)", len(cs))
+			}
+		})
+	}
+}

@@ -700,7 +700,9 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.dbgLn != nil {
 		dbg := &http.Server{Handler: debugMux(), ReadHeaderTimeout: 10 * time.Second}
 		go func() {
-			if err := dbg.Serve(s.dbgLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			// closeAll may close the listener before dbg is closed: the
+			// end of a shutdown, not a failure.
+			if err := dbg.Serve(s.dbgLn); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 				s.log.Error("debug listener", "err", err)
 			}
 		}()

@@ -16,16 +16,23 @@ import (
 	_ "modernc.org/sqlite" // the driver
 )
 
+// JournalSizeLimit is what a WAL file is truncated to when a checkpoint
+// starts it over. A WAL grows past SQLite's automatic checkpoints (1000
+// pages, ~4 MiB) while a reader keeps them from finishing (a backup's
+// snapshot, a long list), and without a limit keeps the largest size it
+// ever reached until the file is closed. A variable for the tests.
+var JournalSizeLimit int64 = 64 << 20
+
 // BusyTimeout is how long a writer waits for the write lock. Writes hold
 // it for milliseconds, so reaching it means something is wrong rather than
 // merely busy.
 const BusyTimeout = 10 * time.Second
 
 // Open opens (creating if needed) the database at path with the given
-// per-connection pragmas (besides busy_timeout and synchronous(NORMAL),
-// which every file gets) and applies the migrations it lacks. Migrations
-// are only ever appended: a database's user_version is the number of them
-// it has applied.
+// per-connection pragmas (besides busy_timeout, synchronous(NORMAL) and
+// journal_size_limit, which every file gets) and applies the migrations
+// it lacks. Migrations are only ever appended: a database's user_version
+// is the number of them it has applied.
 func Open(ctx context.Context, path string, pragmas []string, migrations []string) (*sql.DB, error) {
 	// SQLite would create the file world-readable, and it holds secrets'
 	// hashes or functions' output. Creating it first fixes its mode; SQLite
@@ -56,6 +63,7 @@ func dsn(path string, pragmas []string) string {
 	// NORMAL is durable across application crashes in WAL mode; only a power
 	// loss can drop the last commits, and never corrupts the file.
 	q.Add("_pragma", "synchronous(NORMAL)")
+	q.Add("_pragma", fmt.Sprintf("journal_size_limit(%d)", JournalSizeLimit))
 	for _, p := range pragmas {
 		q.Add("_pragma", p)
 	}

@@ -163,3 +163,58 @@ func TestCheckRefuses(t *testing.T) {
 		t.Error("Check passed a missing file")
 	}
 }
+
+// A WAL that grew while a reader kept the writers' checkpoints from
+// starting it over (a backup's snapshot, a long list) is truncated back
+// to JournalSizeLimit once a checkpoint does: left as it was, every file
+// but the log store's kept the largest size it ever reached until the
+// server stopped.
+func TestWALTruncatedAfterItGrew(t *testing.T) {
+	defer func(n int64) { JournalSizeLimit = n }(JournalSizeLimit)
+	JournalSizeLimit = 256 << 10
+	path := filepath.Join(t.TempDir(), "db")
+	db := openTest(t, path)
+	ctx := t.Context()
+	walSize := func() int64 {
+		fi, err := os.Stat(path + "-wal")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Size()
+	}
+	reader, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close()
+	// A read transaction the writes below cannot checkpoint past.
+	if _, err := reader.ExecContext(ctx, "BEGIN DEFERRED"); err != nil {
+		t.Fatal(err)
+	}
+	if n := 0; reader.QueryRowContext(ctx, "SELECT count(*) FROM t").Scan(&n) != nil {
+		t.Fatal("read")
+	}
+	pad := strings.Repeat("x", 4000)
+	for i := range 2000 {
+		if _, err := db.Exec(`INSERT INTO t (v) VALUES (?)`, pad); err != nil {
+			t.Fatalf("insert %d: %v", i, err)
+		}
+	}
+	grown := walSize()
+	if grown < 4*JournalSizeLimit {
+		t.Fatalf("the WAL grew to %d bytes only; the test needs it well past %d", grown, JournalSizeLimit)
+	}
+	if _, err := reader.ExecContext(ctx, "COMMIT"); err != nil {
+		t.Fatal(err)
+	}
+	// The next write checkpoints (the WAL is past 1000 pages), and the
+	// one after starts the WAL over, which is when it is truncated.
+	for i := range 3 {
+		if _, err := db.Exec(`INSERT INTO t (v) VALUES ('y')`); err != nil {
+			t.Fatalf("insert %d: %v", i, err)
+		}
+	}
+	if got := walSize(); got > JournalSizeLimit {
+		t.Fatalf("the WAL is %d bytes after checkpoints (it grew to %d); want at most %d", got, grown, JournalSizeLimit)
+	}
+}

@@ -149,15 +149,28 @@ type holding struct {
 	openers uint64
 }
 
-func (b *Backend) ledger(owner string) *ledger {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	l := b.ledgers[owner]
-	if l == nil {
-		l = &ledger{}
-		b.ledgers[owner] = l
+// lockLedger returns owner's ledger, locked. rebalance removes the
+// ledger of an owner left with no instance (else one stayed for every
+// user that ever ran one), so the one found may be gone by the time its
+// lock is held: then the one that replaced it is taken.
+func (b *Backend) lockLedger(owner string) *ledger {
+	for {
+		b.mu.Lock()
+		l := b.ledgers[owner]
+		if l == nil {
+			l = &ledger{}
+			b.ledgers[owner] = l
+		}
+		b.mu.Unlock()
+		l.mu.Lock()
+		b.mu.Lock()
+		current := b.ledgers[owner] == l
+		b.mu.Unlock()
+		if current {
+			return l
+		}
+		l.mu.Unlock()
 	}
-	return l
 }
 
 // members are the instances admitted to owner's budget that have not
@@ -192,8 +205,7 @@ func (b *Backend) admit(p *proc, spec *backend.Spec) error {
 	if !b.budgeted() {
 		return nil
 	}
-	l := b.ledger(spec.Owner)
-	l.mu.Lock()
+	l := b.lockLedger(spec.Owner)
 	defer l.mu.Unlock()
 	h := holding{minFiles: min(b.cfg.NoFiles, minFiles(spec)), fixed: spec.Isolation == sandbox.IsolationGVisor}
 	others, active := b.members(spec.Owner, p)
@@ -374,12 +386,19 @@ func (b *Backend) rebalance(owner string) {
 		// Every instance is going.
 		return
 	}
-	l := b.ledger(owner)
-	l.mu.Lock()
+	l := b.lockLedger(owner)
 	defer l.mu.Unlock()
 	ps, n := b.members(owner, nil)
-	// Counted whatever is changed below, and when only stopping ones,
-	// or none, are left.
+	if len(ps) == 0 {
+		// None is left, and none joins while l is held (join is under
+		// it): the owner's next start makes a new ledger.
+		b.mu.Lock()
+		delete(b.ledgers, owner)
+		b.mu.Unlock()
+		return
+	}
+	// Counted whatever is changed below, and when only stopping ones
+	// are left.
 	defer l.count(ps)
 	if n == 0 {
 		return

@@ -571,3 +571,45 @@ func TestOwnerBudgetsCountWhatTheCheckCounts(t *testing.T) {
 	check("their ends", "alice", 0, 0)
 	check("his end", "bob", 0, 0)
 }
+
+// A user left with no instance leaves no ledger behind: one stayed for
+// every user that ever ran an instance (users since deleted too). The
+// next start of theirs makes a new one, and is counted.
+func TestLedgerGoesWithTheLastInstance(t *testing.T) {
+	e := budgetEnv(t)
+	ctx := context.Background()
+	ledgers := func() int {
+		e.b.mu.Lock()
+		defer e.b.mu.Unlock()
+		return len(e.b.ledgers)
+	}
+	for round := range 2 {
+		var insts []*backend.Instance
+		for i := range 3 {
+			spec := e.spec(t, `export default () => new Response("ok")`)
+			spec.Owner = fmt.Sprint("user", i)
+			inst, err := e.b.Start(ctx, spec)
+			if err != nil {
+				t.Fatalf("round %d: user%d's start: %v", round, i, err)
+			}
+			insts = append(insts, inst)
+		}
+		if n := ledgers(); n != 3 {
+			t.Fatalf("round %d: %d ledgers with three users' instances running, want 3", round, n)
+		}
+		if pids, _, _, _ := e.b.OwnerBudgets("user0"); pids == 0 {
+			t.Fatalf("round %d: user0's running instance is not counted", round)
+		}
+		for _, inst := range insts {
+			if err := e.b.Stop(ctx, inst.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n := ledgers(); n != 0 {
+			t.Fatalf("round %d: %d ledgers left with every instance stopped, want none", round, n)
+		}
+		if pids, _, files, _ := e.b.OwnerBudgets("user0"); pids != 0 || files != 0 {
+			t.Fatalf("round %d: user0 holds %d pids and %d files with no instance", round, pids, files)
+		}
+	}
+}
