@@ -339,12 +339,21 @@ func (l logger) Printf(format string, args ...any) {
 		return
 	}
 	msg := fmt.Sprintf(format, args...)
-	if strings.Contains(msg, handshakeFailed) {
+	if strings.Contains(msg, handshakeFailed) || strings.HasPrefix(msg, servingFailed) {
 		l.log.Debug(msg)
 		return
 	}
 	l.log.Warn(msg)
 }
+
+// servingFailed starts what fasthttp logs when a connection's request
+// could not be read: a malformed head, a body cut short. It is the
+// client's doing, answered with a 4xx where one can be, so it goes to
+// debug (nginx logs "client sent invalid request" at info, below its
+// default error_log level): at warn, a client sending garbage in a loop
+// wrote a line per request to the server's log. Accept errors, the
+// server's own trouble, stay warnings.
+const servingFailed = "error when serving connection"
 
 // BodyStream returns the request's body as a stream. fasthttp ends a
 // chunked body cleanly when the connection ends at a chunk boundary

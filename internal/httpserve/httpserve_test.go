@@ -2,8 +2,10 @@ package httpserve
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -853,3 +855,52 @@ func TestVersions(t *testing.T) {
 		t.Fatalf("the handler ran %d times, want 4 or more", called)
 	}
 }
+
+// A request the server cannot read is the client's doing: it is logged
+// at debug, not as a warning, so a client sending garbage in a loop does
+// not fill the server's log with a line per request.
+func TestMalformedRequestsAreNotWarnings(t *testing.T) {
+	var mu sync.Mutex
+	var out bytes.Buffer
+	log := slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return out.Write(p)
+	}), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := New(func(ctx *fasthttp.RequestCtx) {}, log)
+	go srv.Serve(Listener(ln, WatchAfter, nil))
+	t.Cleanup(func() { _ = srv.Shutdown() })
+	for _, garbage := range []string{"GARBAGE\r\n\r\n", "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n"} {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, garbage)
+		if res, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil || res.StatusCode != 400 {
+			t.Fatalf("%q: %v %v", garbage, res, err)
+		}
+		c.Close()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mu.Lock()
+		logged := out.String()
+		mu.Unlock()
+		if strings.Contains(logged, "level=WARN") {
+			t.Fatalf("a malformed request logged a warning:\n%s", logged)
+		}
+		if strings.Count(logged, "error when serving connection") >= 2 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
