@@ -102,13 +102,13 @@ func (ll *limitListener) Accept() (net.Conn, error) {
 			nc.Close()
 			continue
 		}
-		return &limitConn{Conn: nc, slot: slot}, nil
+		return &limitConn{Wrapped: Wrapped{nc}, slot: slot}, nil
 	}
 }
 
 // limitConn releases its slot when closed.
 type limitConn struct {
-	net.Conn
+	Wrapped
 	slot *ConnSlot
 }
 
@@ -118,16 +118,21 @@ func (c *limitConn) Close() error {
 	return err
 }
 
-// CloseWrite and SyscallConn pass through, for the lingering close and
-// the connection watch.
-func (c *limitConn) CloseWrite() error {
+// Wrapped is a connection's wrapper that keeps what the server asks of
+// the socket beneath: CloseWrite, for the lingering close, and
+// SyscallConn, for the connection watch. Wrappers embed it.
+type Wrapped struct{ net.Conn }
+
+// CloseWrite half-closes the socket beneath.
+func (c Wrapped) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
 	}
 	return errors.ErrUnsupported
 }
 
-func (c *limitConn) SyscallConn() (syscall.RawConn, error) {
+// SyscallConn is the socket beneath's.
+func (c Wrapped) SyscallConn() (syscall.RawConn, error) {
 	if sc, ok := c.Conn.(syscall.Conn); ok {
 		return sc.SyscallConn()
 	}

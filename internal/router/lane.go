@@ -280,9 +280,9 @@ func (h *handoffListener) give(c net.Conn) {
 // once the slow path has answered a function request on it
 // (Lane.takeBack).
 type prefixConn struct {
-	net.Conn
-	pre  []byte
-	back bool
+	httpserve.Wrapped // CloseWrite and SyscallConn, for the server's lingering close and client watch
+	pre               []byte
+	back              bool
 	// retried: its first request was tried on an instance already and
 	// not delivered; the slow path's attempt is the one retry.
 	retried bool
@@ -297,22 +297,6 @@ func (c *prefixConn) Close() error {
 	err := c.Conn.Close()
 	c.slot.Release()
 	return err
-}
-
-// CloseWrite lets the server close lingering (see httpserve).
-func (c *prefixConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return errors.ErrUnsupported
-}
-
-// SyscallConn lets the client watch ask the kernel about the socket.
-func (c *prefixConn) SyscallConn() (syscall.RawConn, error) {
-	if sc, ok := c.Conn.(syscall.Conn); ok {
-		return sc.SyscallConn()
-	}
-	return nil, errors.ErrUnsupported
 }
 
 func (c *prefixConn) Read(p []byte) (int, error) {
@@ -1591,7 +1575,7 @@ func (lp *loop) handOffAt(c *laneClient, why handoffReason, arrived time.Time) {
 		// does (8 KiB POSTs: ~30% fewer requests a second).
 		back := why == handoffNoCapacity || why == handoffNotCached || why == handoffNotFunction ||
 			why == handoffDial || why == handoffRetry
-		lp.lane.handoff.give(&prefixConn{Conn: nc, pre: pre, back: back, retried: why == handoffRetry, arrived: arrived, slot: slot})
+		lp.lane.handoff.give(&prefixConn{Wrapped: httpserve.Wrapped{Conn: nc}, pre: pre, back: back, retried: why == handoffRetry, arrived: arrived, slot: slot})
 	} else {
 		slot.Release()
 	}
@@ -1649,7 +1633,7 @@ func (l *Lane) adopt(hj net.Conn, hc *httpserve.Conn, pc *prefixConn) {
 		// it had read first (the server's reader for it is gone).
 		_ = hj.SetReadDeadline(time.Time{})
 		hc.Detach()
-		l.handoff.give(&prefixConn{Conn: pc.Conn, pre: pre, slot: slot})
+		l.handoff.give(&prefixConn{Wrapped: httpserve.Wrapped{Conn: pc.Conn}, pre: pre, slot: slot})
 		return
 	}
 	// The socket lives on in fd: the server's descriptor is closed
