@@ -468,6 +468,20 @@ func (s *Store) put(ctx context.Context, fn, key string, expireIn time.Duration,
 				ownerUsed -= freed
 			}
 		}
+		// Still past the user's bound: the user's other functions'
+		// expired entries make room too (their bytes come off their own
+		// namespaces here; the sweep would take them within a minute).
+		if size > old && ownerUsed >= 0 && s.maxOwner > 0 && ownerUsed-old+size > s.maxOwner {
+			_, others, err := removeIn(ctx, tx, `DELETE FROM entries WHERE (fn, key) IN (
+					SELECT fn, key FROM entries INDEXED BY entries_expires WHERE expires <= ?1 AND fn != ?2
+						AND fn IN (SELECT fn FROM usage WHERE owner = (SELECT owner FROM usage WHERE fn = ?2) AND owner != '')
+					LIMIT ?3
+				) RETURNING fn, size`, now, fn, deleteBatch)
+			if err != nil {
+				return 0, err
+			}
+			ownerUsed -= others
+		}
 		// A write that shrinks the namespace is always let through:
 		// a function over its bound (the bound lowered) can still
 		// make room.
@@ -790,43 +804,54 @@ func (s *Store) Sweep(ctx context.Context) (int, error) {
 func (s *Store) removeBatch(ctx context.Context, query string, args ...any) (int, error) {
 	n := 0
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, query, args...)
-		if err != nil {
-			return err
-		}
-		freed := map[string]int64{}
-		for rows.Next() {
-			var fn string
-			var size int64
-			if err := rows.Scan(&fn, &size); err != nil {
-				rows.Close()
-				return err
-			}
-			freed[fn] += size
-			n++
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		for fn, size := range freed {
-			var owner string
-			err := tx.QueryRowContext(ctx, `UPDATE usage SET bytes = bytes - ? WHERE fn = ? RETURNING owner`, size, fn).Scan(&owner)
-			if err != nil && !errors.Is(err, sql.ErrNoRows) {
-				return err
-			}
-			if owner != "" {
-				if err := addOwner(ctx, tx, owner, -size); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
+		var err error
+		n, _, err = removeIn(ctx, tx, query, args...)
+		return err
 	})
 	if err != nil {
 		return 0, err
 	}
 	return n, nil
+}
+
+// removeIn runs query, a DELETE returning each entry's fn and size, in
+// tx, takes the sizes off what their namespaces and owners hold, and
+// returns how many entries and bytes it removed.
+func removeIn(ctx context.Context, tx *sql.Tx, query string, args ...any) (int, int64, error) {
+	rows, err := tx.QueryContext(ctx, query, args...)
+	if err != nil {
+		return 0, 0, err
+	}
+	n, total := 0, int64(0)
+	freed := map[string]int64{}
+	for rows.Next() {
+		var fn string
+		var size int64
+		if err := rows.Scan(&fn, &size); err != nil {
+			rows.Close()
+			return 0, 0, err
+		}
+		freed[fn] += size
+		total += size
+		n++
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, 0, err
+	}
+	for fn, size := range freed {
+		var owner string
+		err := tx.QueryRowContext(ctx, `UPDATE usage SET bytes = bytes - ? WHERE fn = ? RETURNING owner`, size, fn).Scan(&owner)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return 0, 0, err
+		}
+		if owner != "" {
+			if err := addOwner(ctx, tx, owner, -size); err != nil {
+				return 0, 0, err
+			}
+		}
+	}
+	return n, total, nil
 }
 
 // Used returns what fn's namespace holds, keys and values, in bytes.

@@ -1378,6 +1378,44 @@ func TestExpiredMakeRoom(t *testing.T) {
 		}
 		ownerConsistent(t, s, "alice")
 	})
+	// Another of the user's functions' expired entries make room too
+	// (they held the bound until the sweep, up to a minute); another
+	// user's never do.
+	t.Run("owner's other functions", func(t *testing.T) {
+		c := &clock{t: time.Date(2026, 11, 24, 9, 0, 0, 0, time.UTC)}
+		s, err := Open(ctx, filepath.Join(t.TempDir(), "kv.db"), Options{MaxBytesPerOwner: 3*entry + 150, Owners: owners, Now: c.now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		for i, fn := range []string{"f", "f", "g", "h", "h", "h"} {
+			expire := time.Minute
+			if fn == "g" {
+				expire = 0 // g's stays
+			}
+			if err := s.Set(ctx, fn, fmt.Sprint(i), value, expire); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.Set(ctx, "g", "x", value, 0); !errors.Is(err, errdefs.ErrQuotaExceeded) {
+			t.Fatalf("a write past the owner's bound, none expired: %v", err)
+		}
+		c.t = c.t.Add(2 * time.Minute) // f's and bob's h's expired
+		if err := s.Set(ctx, "g", "x", value, 0); err != nil {
+			t.Fatalf("a write past the owner's bound with another function's entries expired: %v", err)
+		}
+		for _, fn := range []string{"f", "g", "h"} {
+			consistent(t, s, fn)
+		}
+		ownerConsistent(t, s, "alice")
+		ownerConsistent(t, s, "bob")
+		if used, _ := s.Used(ctx, "h"); used != 3*entry {
+			t.Errorf("bob's h holds %d bytes, want %d: another user's expired entries went", used, 3*entry)
+		}
+		if used, _ := s.Used(ctx, "f"); used != 0 {
+			t.Errorf("f holds %d bytes, want 0", used)
+		}
+	})
 }
 
 // A conditional write reads the time once it holds the writers' turn:
