@@ -240,6 +240,11 @@ func (a *API) listFunctions(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if owner != "" && page.After.Owner != "" && page.After.Owner != owner {
+		// A cursor of another owner's list (or of everyone's) would
+		// give an empty or wrong page, not an error.
+		return errdefs.Invalid("after is a cursor of another list than user %s's functions", owner)
+	}
 	want := page.Limit
 	page.Limit++ // one more says whether there is a next page
 	fns, err := a.fns.List(r.Context(), owner, page)
@@ -281,8 +286,10 @@ func parsePage(q url.Values) (store.Page, error) {
 		}
 		page.Limit = n
 	}
-	if s := q.Get("after"); s != "" {
-		key, ok := decodeCursor(s)
+	if q.Has("after") {
+		// An empty one is no cursor a page gave: a script passing on
+		// the last page's missing next would start over, for ever.
+		key, ok := decodeCursor(q.Get("after"))
 		if !ok {
 			return page, errdefs.Invalid("after is not a cursor from this list's next")
 		}

@@ -236,8 +236,9 @@ func (a *API) listInvocations(w http.ResponseWriter, r *http.Request) error {
 		limit = n
 	}
 	var before int64
-	if s := q.Get("after"); s != "" {
-		b, err := base64.RawURLEncoding.DecodeString(s)
+	if q.Has("after") {
+		// Empty is no cursor (see parsePage).
+		b, err := base64.RawURLEncoding.DecodeString(q.Get("after"))
 		if err == nil {
 			before, err = strconv.ParseInt(string(b), 10, 64)
 		}

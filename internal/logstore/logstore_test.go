@@ -172,7 +172,7 @@ func TestQueryFilters(t *testing.T) {
 		{"limit over count", Query{Limit: 50}, numbered("line ", 0, 10)},
 		{"limit and version", Query{Version: 1, Limit: 2}, numbered("line ", 3, 5)},
 		{"after ID", Query{AfterID: stored[5].ID}, numbered("line ", 6, 10)},
-		{"after ID and limit", Query{AfterID: stored[2].ID, Limit: 2}, numbered("line ", 8, 10)},
+		{"after ID and limit takes oldest", Query{AfterID: stored[2].ID, Limit: 2}, numbered("line ", 3, 5)},
 		{"after last ID", Query{AfterID: stored[9].ID}, nil},
 	}
 	for _, tt := range tests {
@@ -1502,5 +1502,41 @@ func TestKeepFree(t *testing.T) {
 	}
 	if n := s.Dropped(); n != 0 {
 		t.Errorf("%d lines dropped", n)
+	}
+}
+
+// Paging with after= the last ID read, and a follow resumed from one,
+// skip nothing: with an after ID a page is the oldest entries after it,
+// not the newest (which left a gap whenever more than a page followed
+// it), while entries go on arriving between pages.
+func TestPagingAfterSkipsNothing(t *testing.T) {
+	s := openTemp(t, Options{})
+	appendLines(s, "alice", "hello", 25)
+	flush(t, s)
+	var got []string
+	after := all(t, s, "alice", "hello")[0].ID // the first page without after is the tail
+	for round := 0; ; round++ {
+		page := query(t, s, Query{Owner: "alice", Function: "hello", AfterID: after, Limit: 10})
+		if len(page) == 0 {
+			break
+		}
+		for _, e := range page {
+			got = append(got, e.Line)
+		}
+		after = page[len(page)-1].ID
+		if round == 0 {
+			appendLines(s, "alice", "hello", 5) // "line 0".."line 4" again, after the 25
+			flush(t, s)
+		}
+	}
+	want := append(numbered("line ", 1, 25), numbered("line ", 0, 5)...)
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("paged %q, want %q", got, want)
+	}
+
+	stored := all(t, s, "alice", "hello")
+	ch, errf := s.Follow(t.Context(), Query{Owner: "alice", Function: "hello", AfterID: stored[1].ID, Limit: 3})
+	if got := lines(receive(t, ch, errf, len(stored)-2)); !reflect.DeepEqual(got, lines(stored[2:])) {
+		t.Errorf("resumed follow got %q, want every entry after the second", got)
 	}
 }

@@ -36,7 +36,7 @@ type Query struct {
 	Since           time.Time // entries at or after it; zero: no bound
 	Version         int64     // entries of this version; 0: all
 	AfterID         int64     // entries with a greater ID, for paging and resuming a follow
-	Limit           int       // at most this many, the newest; 0: DefaultLimit; at most MaxLimit (and MaxQueryBytes)
+	Limit           int       // at most this many, the newest (with AfterID, the oldest); 0: DefaultLimit; at most MaxLimit (and MaxQueryBytes)
 }
 
 func (q *Query) check() error {
@@ -68,11 +68,16 @@ const entryColumns = `id, time_us, owner, name, function_id, version, instance, 
 
 // Query returns the newest q.Limit stored entries that pass q's filters, in
 // ascending ID order, like tail; when their lines hold more than
-// MaxQueryBytes, only the newest of them that fit. Entries still queued are
+// MaxQueryBytes, only the newest of them that fit. With q.AfterID it
+// returns the oldest instead, those right after it, so that a reader
+// paging with the last ID it got skips none. Entries still queued are
 // not seen; Flush first to see them.
 func (s *Store) Query(ctx context.Context, q Query) ([]Entry, error) {
 	if err := q.check(); err != nil {
 		return nil, err
+	}
+	if q.AfterID > 0 {
+		return s.scan(ctx, &q, "ASC")
 	}
 	// Walks entries_by_function back from the newest entry.
 	entries, err := s.scan(ctx, &q, "DESC")
@@ -134,8 +139,9 @@ type subscriber struct {
 	err error      // why ch was closed
 }
 
-// Follow sends the entries Query(ctx, q) returns, then each entry passing
-// q's filters as it is stored, in ID order, with no gaps or repeats. It
+// Follow sends the entries Query(ctx, q) returns (with q.AfterID, every
+// stored entry after it, however many), then each entry passing q's
+// filters as it is stored, in ID order, with no gaps or repeats. It
 // goes on until ctx ends, the store closes (ErrClosed) or the function is
 // deleted (ErrDeleted). The channel is then closed, and the returned
 // function reports why: ctx.Err() when ctx ended. Call it after the
@@ -202,16 +208,27 @@ func (s *Store) follow(ctx context.Context, q Query, sub *subscriber, out chan<-
 	if s.followHook != nil {
 		s.followHook("subscribed")
 	}
-	backlog, err := s.Query(ctx, q)
-	if err != nil {
-		return err
-	}
-	if s.followHook != nil {
-		s.followHook("queried")
-	}
-	for _, e := range backlog {
-		if err := send(e); err != nil {
+	if q.AfterID > 0 {
+		// A resumed follow goes on where it left off: a page of the
+		// oldest after it and then the live entries would skip the rest.
+		if err := s.catchUp(ctx, q, q.AfterID, send); err != nil {
 			return err
+		}
+		if s.followHook != nil {
+			s.followHook("queried")
+		}
+	} else {
+		backlog, err := s.Query(ctx, q)
+		if err != nil {
+			return err
+		}
+		if s.followHook != nil {
+			s.followHook("queried")
+		}
+		for _, e := range backlog {
+			if err := send(e); err != nil {
+				return err
+			}
 		}
 	}
 	for {
