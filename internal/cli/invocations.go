@@ -42,9 +42,14 @@ func newInvocationsCmd(conn *connFlags) *cobra.Command {
 			if limit < 1 || limit > 10000 {
 				return errdefs.Invalid("--limit must be from 1 to 10000")
 			}
-			vs, err := c.Invocations(cmd.Context(), owner, args[0], limit)
+			vs, more, err := c.Invocations(cmd.Context(), owner, args[0], limit)
 			if err != nil {
 				return err
+			}
+			if more {
+				// Said on stderr, as kv ls says it: a script reading
+				// stdout would otherwise take the newest for all.
+				fmt.Fprintf(cmd.ErrOrStderr(), "more: the newest %d are shown; spry invocations %s --limit %d for more\n", len(vs), args[0], min(2*limit, 10000))
 			}
 			if asJSON {
 				return printJSON(out, nonNil(vs))

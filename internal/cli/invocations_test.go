@@ -75,6 +75,17 @@ func TestInvokeAsync(t *testing.T) {
 	if s := <-got; s != (sent{"/", "", ""}) {
 		t.Errorf("sent %+v", s)
 	}
+	// Two now: a list cut at its --limit says so on stderr; one that is
+	// all says nothing.
+	for _, tt := range []struct {
+		limit string
+		more  bool
+	}{{"1", true}, {"2", false}, {"20", false}} {
+		code, stdout, stderr := as(admin, "invocations", "hello", "--limit", tt.limit)
+		if code != 0 || strings.Contains(stderr, "more: the newest 1 are shown; spry invocations hello --limit 2") != tt.more || strings.Contains(stdout, "more:") {
+			t.Errorf("invocations --limit %s: exit %d, stdout %q, stderr %q; want more told: %v", tt.limit, code, stdout, stderr, tt.more)
+		}
+	}
 
 	for _, tt := range []struct {
 		args []string

@@ -842,8 +842,8 @@ func (c *Client) Invocation(ctx context.Context, owner, name, id string) (api.In
 }
 
 // Invocations lists a function's newest asynchronous invocations, up to
-// limit, page after page.
-func (c *Client) Invocations(ctx context.Context, owner, name string, limit int) ([]api.InvocationView, error) {
+// limit, page after page, and says whether there are more.
+func (c *Client) Invocations(ctx context.Context, owner, name string, limit int) ([]api.InvocationView, bool, error) {
 	var all []api.InvocationView
 	q := url.Values{}
 	if owner != "" {
@@ -853,13 +853,13 @@ func (c *Client) Invocations(ctx context.Context, owner, name string, limit int)
 		q.Set("limit", strconv.Itoa(min(limit-len(all), api.MaxPageSize)))
 		var page api.InvocationList
 		if err := c.do(ctx, "GET", "/api/v1/functions/"+url.PathEscape(name)+"/invocations", q, nil, "", &page); err != nil {
-			return all, err
+			return all, false, err
 		}
 		all = append(all, page.Invocations...)
 		if page.Next == "" {
-			break
+			return all, false, nil
 		}
 		q.Set("after", page.Next)
 	}
-	return all, nil
+	return all, true, nil
 }
