@@ -1358,12 +1358,7 @@ func TestExpiredMakeRoom(t *testing.T) {
 		}
 	})
 	t.Run("owner", func(t *testing.T) {
-		c := &clock{t: time.Date(2026, 11, 24, 9, 0, 0, 0, time.UTC)}
-		s, err := Open(ctx, filepath.Join(t.TempDir(), "kv.db"), Options{MaxBytesPerOwner: 3*entry + 150, Owners: owners, Now: c.now})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
+		s, c := openPerOwner(t, 3*entry+150)
 		for i, fn := range []string{"f", "g", "g"} {
 			if err := s.Set(ctx, fn, fmt.Sprint(i), value, time.Minute); err != nil {
 				t.Fatal(err)
@@ -1382,12 +1377,7 @@ func TestExpiredMakeRoom(t *testing.T) {
 	// (they held the bound until the sweep, up to a minute); another
 	// user's never do.
 	t.Run("owner's other functions", func(t *testing.T) {
-		c := &clock{t: time.Date(2026, 11, 24, 9, 0, 0, 0, time.UTC)}
-		s, err := Open(ctx, filepath.Join(t.TempDir(), "kv.db"), Options{MaxBytesPerOwner: 3*entry + 150, Owners: owners, Now: c.now})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
+		s, c := openPerOwner(t, 3*entry+150)
 		for i, fn := range []string{"f", "f", "g", "h", "h", "h"} {
 			expire := time.Minute
 			if fn == "g" {
@@ -1416,6 +1406,19 @@ func TestExpiredMakeRoom(t *testing.T) {
 			t.Errorf("f holds %d bytes, want 0", used)
 		}
 	})
+}
+
+// openPerOwner opens a store whose owners (see owners) hold at most
+// bound bytes each, on a clock of the test's.
+func openPerOwner(t *testing.T, bound int64) (*Store, *clock) {
+	t.Helper()
+	c := &clock{t: time.Date(2026, 11, 24, 9, 0, 0, 0, time.UTC)}
+	s, err := Open(t.Context(), filepath.Join(t.TempDir(), "kv.db"), Options{MaxBytesPerOwner: bound, Owners: owners, Now: c.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, c
 }
 
 // A conditional write reads the time once it holds the writers' turn:
