@@ -457,10 +457,16 @@ func (s *Store) put(ctx context.Context, fn, key string, expireIn time.Duration,
 		}
 		size := int64(len(key)+len(v)) + EntryOverhead
 		// Expired entries are not read, but hold their bytes until the
-		// sweep: past a bound, the function's own make room first.
-		var freed int64
+		// sweep: past a bound, the function's own make room first, but
+		// key's (which the write replaces, counting its size as the
+		// old). The expiries' index finds them: it holds no more than
+		// what expired since the last sweep, where fn's keys may be
+		// hundreds of thousands.
 		if size > old && (used-old+size > s.maxBytes || ownerUsed >= 0 && s.maxOwner > 0 && ownerUsed-old+size > s.maxOwner) {
-			if freed, err = removeExpired(ctx, tx, fn, key, now); err != nil {
+			_, freed, err := removeIn(ctx, tx, `DELETE FROM entries WHERE (fn, key) IN (
+					SELECT fn, key FROM entries INDEXED BY entries_expires WHERE expires <= ?3 AND fn = ?1 AND key != ?2 LIMIT ?4
+				) RETURNING fn, size`, fn, key, now, deleteBatch)
+			if err != nil {
 				return 0, err
 			}
 			used -= freed
@@ -496,36 +502,12 @@ func (s *Store) put(ctx context.Context, fn, key string, expireIn time.Duration,
 		}
 		_, err = tx.ExecContext(ctx, `INSERT INTO entries (fn, key, value, expires, size, version) VALUES (?, ?, ?, ?, ?, ?)
 			ON CONFLICT (fn, key) DO UPDATE SET value = excluded.value, expires = excluded.expires, size = excluded.size, version = excluded.version`, fn, key, v, expires, size, version)
-		return size - old - freed, err
+		return size - old, err
 	})
 	if err != nil {
 		return "", err
 	}
 	return formatVersion(version), nil
-}
-
-// removeExpired removes up to deleteBatch of fn's entries expired at
-// now, in the write's transaction, but key's (which the write replaces,
-// counting its size as the old), and returns the bytes they held. The
-// expiries' index finds them: it holds no more than what expired since
-// the last sweep, where fn's keys may be hundreds of thousands.
-func removeExpired(ctx context.Context, tx *sql.Tx, fn, key string, now int64) (int64, error) {
-	rows, err := tx.QueryContext(ctx, `DELETE FROM entries WHERE (fn, key) IN (
-			SELECT fn, key FROM entries INDEXED BY entries_expires WHERE expires <= ?3 AND fn = ?1 AND key != ?2 LIMIT ?4
-		) RETURNING size`, fn, key, now, deleteBatch)
-	if err != nil {
-		return 0, err
-	}
-	defer rows.Close()
-	var freed int64
-	for rows.Next() {
-		var size int64
-		if err := rows.Scan(&size); err != nil {
-			return 0, err
-		}
-		freed += size
-	}
-	return freed, rows.Err()
 }
 
 // Restored moves the version clock of a store restored from a backup

@@ -316,9 +316,8 @@ func open(ctx context.Context, path string, opts Options, beforeWrite func()) (*
 	dir := filepath.Dir(path)
 	if opts.KeepFree == 0 {
 		// journald's SystemKeepFree: 15% of the disk, at most 4 GiB.
-		var st unix.Statfs_t
-		if err := unix.Statfs(dir, &st); err == nil {
-			opts.KeepFree = min(int64(st.Blocks)*st.Bsize/100*15, DefaultMaxKeepFree)
+		if _, size, err := disk(dir); err == nil {
+			opts.KeepFree = min(size/100*15, DefaultMaxKeepFree)
 		}
 	}
 	db, err := sqlitedb.Open(ctx, path, nil, migrations)
@@ -957,11 +956,20 @@ func (s *Store) trimOwner(ctx context.Context, o ownerUsage, level int64) (int64
 // is never below keptAnyway, so that a store made on a disk that is
 // already short still keeps some lines.
 func (s *Store) sizeLimit(file int64) int64 {
-	var st unix.Statfs_t
-	if err := unix.Statfs(s.dir, &st); err != nil || int64(st.Bavail)*st.Bsize >= s.opts.KeepFree {
+	if free, _, err := disk(s.dir); err != nil || free >= s.opts.KeepFree {
 		return s.opts.MaxBytes
 	}
 	return min(s.opts.MaxBytes, max(file-file/10, keptAnyway))
+}
+
+// disk is what is free (to an unprivileged writer) on dir's disk, and its
+// size, in bytes.
+func disk(dir string) (free, size int64, err error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, 0, err
+	}
+	return int64(st.Bavail) * st.Bsize, int64(st.Blocks) * st.Bsize, nil
 }
 
 // pageBytes is the size of the database's pages that are not free, and
