@@ -371,9 +371,39 @@ func (s *Store) SetIf(ctx context.Context, fn, key string, value json.RawMessage
 		}
 		return "", errdefs.Invalid("kv: a value must be JSON (UTF-8 text)")
 	}
+	if n, ok := outOfRange(compact.Bytes()); ok {
+		if err := checkKey(key); err != nil {
+			return "", err
+		}
+		return "", errdefs.Invalid("kv: the number %s is out of range of a double: a function would read it as Infinity", n)
+	}
 	return s.put(ctx, fn, key, expireIn, pre, func(json.RawMessage) (json.RawMessage, bool, error) {
 		return compact.Bytes(), false, nil
 	})
+}
+
+// outOfRange returns the first number of the valid JSON text v that a
+// double cannot hold (1e400): JSON allows it, but the function's
+// JSON.parse reads it as Infinity, which it can never write back.
+// Only a number with an exponent or more digits than a double's
+// largest can be one, so most values are not tokenized.
+func outOfRange(v []byte) (string, bool) {
+	if bytes.IndexAny(v, "eE") < 0 && len(v) <= 309 {
+		return "", false
+	}
+	d := json.NewDecoder(bytes.NewReader(v))
+	d.UseNumber()
+	for {
+		t, err := d.Token()
+		if err != nil {
+			return "", false
+		}
+		if n, ok := t.(json.Number); ok {
+			if _, err := strconv.ParseFloat(string(n), 64); err != nil {
+				return string(n), true
+			}
+		}
+	}
 }
 
 // Add adds delta to fn's number at key (0 if it has none, or it

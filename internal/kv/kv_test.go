@@ -1282,6 +1282,19 @@ func TestValuesNotStored(t *testing.T) {
 	if _, ok, _ := s.Get(ctx, "f", "k"); ok {
 		t.Error("a value not UTF-8 was stored")
 	}
+	// A number a double cannot hold is valid JSON, but the function
+	// would read it as Infinity; one that underflows reads as 0, as
+	// JSON.parse reads it.
+	for _, v := range []string{`1e400`, `-1E+309`, `{"a":[1,2e999]}`, strings.Repeat("9", 400)} {
+		if err := s.Set(ctx, "f", "k", json.RawMessage(v), 0); !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("set %.20s: %v, want invalid_argument", v, err)
+		}
+	}
+	for _, v := range []string{`1e-400`, `"1e400"`, `{"e":1.5e300}`, strings.Repeat("9", 300)} {
+		if err := s.Set(ctx, "f", "k2", json.RawMessage(v), 0); err != nil {
+			t.Errorf("set %.20s: %v", v, err)
+		}
+	}
 	// An escaped lone surrogate is JSON's own, as JSON.stringify writes it.
 	if err := s.Set(ctx, "f", "k", json.RawMessage(`"\ud800"`), 0); err != nil {
 		t.Errorf("an escaped lone surrogate: %v", err)
