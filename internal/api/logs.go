@@ -15,9 +15,15 @@ import (
 
 // Logs reads function logs.
 type Logs interface {
-	Query(ctx context.Context, q logstore.Query) ([]logstore.Entry, error)
+	QueryMore(ctx context.Context, q logstore.Query) ([]logstore.Entry, bool, error)
 	Follow(ctx context.Context, q logstore.Query) (<-chan logstore.Entry, func() error)
 }
+
+// LogsTruncatedHeader, on a log read (not a follow), says that the
+// limit left out entries that pass its filters: "older" ones (a tail),
+// or "newer" ones (a page after an id; the next page is after the last
+// id sent).
+const LogsTruncatedHeader = "Spry-Logs-Truncated"
 
 // MaxFollowsPerUser bounds the log follows one user keeps open at once:
 // each holds a connection, a goroutine and a buffer of up to
@@ -108,9 +114,19 @@ func (a *API) functionLogs(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		defer a.closeRead(user)
-		entries, err := a.logs.Query(r.Context(), q)
+		entries, more, err := a.logs.QueryMore(r.Context(), q)
 		if err != nil {
 			return err
+		}
+		if more {
+			// The head is the only place left to say so: the body is
+			// the entries, one a line. A tail is cut at its old end, a
+			// page after an id at its new end.
+			cut := "older"
+			if q.AfterID > 0 {
+				cut = "newer"
+			}
+			w.Header().Set(LogsTruncatedHeader, cut)
 		}
 		for _, e := range entries {
 			if err := write(e); err != nil {

@@ -3,11 +3,14 @@ package api
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
 
+	"github.com/spry-run/spry/internal/api/apitest"
 	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/logstore"
 )
 
 // A log follow is read with a token: revoking the token, its expiry, or
@@ -84,5 +87,39 @@ func TestFollowEndsWhenTokenGoes(t *testing.T) {
 			status, body := e.do(tok.Token, "GET", "/api/v1/whoami", "")
 			wantError(t, "whoami", status, body, http.StatusUnauthorized, "unauthenticated")
 		})
+	}
+}
+
+// A log read says in its head when its limit left entries out, which
+// the client cannot tell from a page as long as the limit: a tail cut
+// at its old end, a page after an id at its new end.
+func TestLogsTruncated(t *testing.T) {
+	d := apitest.New(t)
+	e := newEnvOn(t, d, Config{MaxCodeBytes: 1 << 20})
+	alice := e.user("alice")
+	e.deploy(alice, "/api/v1/functions/hello")
+	for i := range 5 {
+		d.Logs.Append(logstore.Entry{Owner: "alice", Function: "hello", Version: 1, Stream: logstore.StreamStdout, Line: fmt.Sprint("line ", i)})
+	}
+	if err := d.Logs.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	stored, err := d.Logs.Query(t.Context(), logstore.Query{Owner: "alice", Function: "hello"})
+	if err != nil || len(stored) != 5 {
+		t.Fatalf("stored %d entries, %v", len(stored), err)
+	}
+	for _, c := range []struct{ query, want string }{
+		{"", ""},
+		{"limit=5", ""},
+		{"limit=4", "older"},
+		{"limit=2&version=1", "older"},
+		{"limit=2&version=2", ""},
+		{fmt.Sprintf("after=%d&limit=3", stored[1].ID), ""},
+		{fmt.Sprintf("after=%d&limit=2", stored[1].ID), "newer"},
+	} {
+		status, head, _ := e.raw(alice, "GET", "/api/v1/functions/hello/logs?"+c.query, "", nil, nil)
+		if got := head.Get(LogsTruncatedHeader); status != http.StatusOK || got != c.want {
+			t.Errorf("logs?%s: %d, %s %q; want 200, %q", c.query, status, LogsTruncatedHeader, got, c.want)
+		}
 	}
 }

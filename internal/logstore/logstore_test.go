@@ -1012,6 +1012,48 @@ func TestQueryBytes(t *testing.T) {
 	if last := got[len(got)-1].Line; !strings.HasPrefix(last, fmt.Sprintf("%09d ", n-1)) {
 		t.Errorf("the last line is not the newest")
 	}
+	if _, more, err := s.QueryMore(t.Context(), Query{Owner: "alice", Function: "hello", Limit: MaxLimit}); err != nil || !more {
+		t.Errorf("QueryMore cut by bytes: more %v, %v; want true", more, err)
+	}
+}
+
+// QueryMore says whether the limit left entries out, which a reader
+// cannot tell from a page as long as the limit: older ones for the
+// tail, newer ones when paging with after.
+func TestQueryMore(t *testing.T) {
+	s := openTemp(t, Options{})
+	appendLines(s, "alice", "hello", 10)
+	flush(t, s)
+	ids := all(t, s, "alice", "hello")
+	for _, c := range []struct {
+		name      string
+		q         Query
+		n         int
+		wantFirst string
+		wantMore  bool
+	}{
+		{"tail, fewer", Query{Limit: 20}, 10, "line 0", false},
+		{"tail, as many", Query{Limit: 10}, 10, "line 0", false},
+		{"tail, cut", Query{Limit: 9}, 9, "line 1", true},
+		{"after, rest fits", Query{AfterID: ids[4].ID, Limit: 5}, 5, "line 5", false},
+		{"after, cut", Query{AfterID: ids[4].ID, Limit: 4}, 4, "line 5", true},
+		{"filtered out", Query{Version: 2, Limit: 1}, 0, "", false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			c.q.Owner, c.q.Function = "alice", "hello"
+			got, more, err := s.QueryMore(t.Context(), c.q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			first := ""
+			if len(got) > 0 {
+				first = got[0].Line
+			}
+			if len(got) != c.n || first != c.wantFirst || more != c.wantMore {
+				t.Errorf("got %d entries from %q, more %v; want %d from %q, more %v", len(got), first, more, c.n, c.wantFirst, c.wantMore)
+			}
+		})
+	}
 }
 
 // drainWithin reads ch until it closes, failing the test if it is still

@@ -73,23 +73,33 @@ const entryColumns = `id, time_us, owner, name, function_id, version, instance, 
 // paging with the last ID it got skips none. Entries still queued are
 // not seen; Flush first to see them.
 func (s *Store) Query(ctx context.Context, q Query) ([]Entry, error) {
+	entries, _, err := s.QueryMore(ctx, q)
+	return entries, err
+}
+
+// QueryMore is Query, and also reports whether the limit (or
+// MaxQueryBytes) left out entries that pass q's filters: older ones,
+// or with q.AfterID newer ones, which a next page after the last ID
+// returned would start with.
+func (s *Store) QueryMore(ctx context.Context, q Query) ([]Entry, bool, error) {
 	if err := q.check(); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if q.AfterID > 0 {
 		return s.scan(ctx, &q, "ASC")
 	}
 	// Walks entries_by_function back from the newest entry.
-	entries, err := s.scan(ctx, &q, "DESC")
+	entries, more, err := s.scan(ctx, &q, "DESC")
 	slices.Reverse(entries)
-	return entries, err
+	return entries, more, err
 }
 
 // scan returns up to q.Limit entries passing q's filters, in the order
-// given (by ID), stopping early when their lines pass MaxQueryBytes.
-func (s *Store) scan(ctx context.Context, q *Query, order string) ([]Entry, error) {
+// given (by ID), stopping early when their lines pass MaxQueryBytes,
+// and whether it left any out: it reads one row past the limit to know.
+func (s *Store) scan(ctx context.Context, q *Query, order string) ([]Entry, bool, error) {
 	if s.closed.Load() {
-		return nil, ErrClosed
+		return nil, false, ErrClosed
 	}
 	where := `owner = ? AND name = ? AND id > ?`
 	args := []any{q.Owner, q.Function, q.AfterID}
@@ -105,31 +115,32 @@ func (s *Store) scan(ctx context.Context, q *Query, order string) ([]Entry, erro
 		where += ` AND version = ?`
 		args = append(args, q.Version)
 	}
-	args = append(args, q.Limit)
+	args = append(args, q.Limit+1)
 	rows, err := s.db.QueryContext(ctx, `SELECT `+entryColumns+` FROM entries WHERE `+where+` ORDER BY id `+order+` LIMIT ?`, args...)
 	if err != nil {
-		return nil, errorf(ctx, err, "query logs of %s/%s", q.Owner, q.Function)
+		return nil, false, errorf(ctx, err, "query logs of %s/%s", q.Owner, q.Function)
 	}
 	defer rows.Close()
 	var entries []Entry
-	size := 0
+	size, more := 0, false
 	for rows.Next() {
 		var e Entry
 		var us int64
 		if err := rows.Scan(&e.ID, &us, &e.Owner, &e.Function, &e.FunctionID, &e.Version,
 			&e.Instance, &e.Stream, &e.RequestID, &e.Line); err != nil {
-			return nil, errorf(ctx, err, "query logs of %s/%s", q.Owner, q.Function)
+			return nil, false, errorf(ctx, err, "query logs of %s/%s", q.Owner, q.Function)
 		}
-		if size += len(e.Line); size > MaxQueryBytes && len(entries) > 0 {
+		if size += len(e.Line); len(entries) == q.Limit || size > MaxQueryBytes && len(entries) > 0 {
+			more = true
 			break
 		}
 		e.Time = time.UnixMicro(us).UTC()
 		entries = append(entries, e)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, errorf(ctx, err, "query logs of %s/%s", q.Owner, q.Function)
+		return nil, false, errorf(ctx, err, "query logs of %s/%s", q.Owner, q.Function)
 	}
-	return entries, nil
+	return entries, more, nil
 }
 
 // subscriber receives the entries of one function as the writer stores them.
@@ -268,7 +279,7 @@ func (s *Store) catchUp(ctx context.Context, q Query, after int64, send func(Ent
 	q.Limit = followPage
 	for {
 		q.AfterID = after
-		page, err := s.scan(ctx, &q, "ASC")
+		page, more, err := s.scan(ctx, &q, "ASC")
 		if err != nil {
 			return err
 		}
@@ -278,7 +289,7 @@ func (s *Store) catchUp(ctx context.Context, q Query, after int64, send func(Ent
 			}
 			after = e.ID
 		}
-		if len(page) < followPage {
+		if !more {
 			return nil
 		}
 	}
