@@ -161,6 +161,10 @@ func newServeCmd(env Env) *cobra.Command {
 	// A quarter of the server's own open files, read now: without a
 	// bound one client's idle connections took them all, and every other
 	// client's connections waited in the kernel's queue.
+	// Half of them for all clients together: the other half stays for
+	// the instances' sockets and pipes and the databases, whatever many
+	// clients do at once.
+	f.IntVar(&cfg.MaxConns, "max-conns", ownFiles()/2, "client connections the listener holds open at once; at the bound the longest idle keep-alive connections are closed to make room (as nginx does when worker_connections run out), and with none idle a new connection is closed at once (0: no bound; half of spry serve's open-file limit by default)")
 	f.IntVar(&cfg.MaxConnsPerClient, "max-conns-per-client", ownFiles()/4, "connections one client address (an IPv6 client's /64) may hold open on the listener at once; more are closed as they come (0: no bound; --trusted-proxies are not bounded; a quarter of spry serve's open-file limit by default)")
 	f.Float64Var(&cfg.CPU, "cpu", 1, "CPUs one instance may use (a cgroup quota, at least 0.05; 0 for none)")
 	f.IntVar(&cfg.QueueSize, "queue-size", 1000, "requests that may wait for a busy function's capacity before new ones get 503")
@@ -267,6 +271,8 @@ func validate(cfg server.Config) error {
 		return errdefs.Invalid("--max-memory-per-user must be 0 (no bound) or at least --memory (%d MiB)", cfg.DefaultMemoryMiB)
 	case cfg.MaxConnsPerClient < 0:
 		return errdefs.Invalid("--max-conns-per-client must be 0 (no bound) or more")
+	case cfg.MaxConns < 0:
+		return errdefs.Invalid("--max-conns must be 0 (no bound) or more")
 	case cfg.RouterLoops < 0:
 		return errdefs.Invalid("--router-loops must be 0 (none) or more")
 	case cfg.RouterSpin < 0 || cfg.RouterSpin > time.Millisecond:

@@ -9,8 +9,14 @@ import (
 )
 
 func TestConnLimitTake(t *testing.T) {
-	l := NewConnLimit(2, Proxies{netip.MustParsePrefix("10.0.0.1/32")})
-	take := func(ip string) (*ConnSlot, bool) { return l.Take(netip.MustParseAddr(ip)) }
+	l := NewConnLimit(2, 0, Proxies{netip.MustParsePrefix("10.0.0.1/32")})
+	take := func(ip string) (*ConnSlot, bool) {
+		s, err := l.Take(netip.MustParseAddr(ip))
+		if err != nil && err != ErrClientBound {
+			t.Fatalf("take %s: %v", ip, err)
+		}
+		return s, err == nil
+	}
 	a1, ok1 := take("192.0.2.1")
 	_, ok2 := take("192.0.2.1")
 	if _, ok := take("192.0.2.1"); !ok1 || !ok2 || ok {
@@ -41,12 +47,41 @@ func TestConnLimitTake(t *testing.T) {
 	if _, ok := take("192.0.2.1"); ok {
 		t.Fatal("a slot released twice given back twice")
 	}
-	if NewConnLimit(0, nil) != nil {
+	if NewConnLimit(0, 0, nil) != nil {
 		t.Fatal("0 bounds")
 	}
 	var none *ConnLimit
-	if s, ok := none.Take(netip.MustParseAddr("192.0.2.1")); !ok || s != nil {
+	if s, err := none.Take(netip.MustParseAddr("192.0.2.1")); err != nil || s != nil {
 		t.Fatal("a nil limit bounds")
+	}
+}
+
+// The total bounds every client together, trusted proxies included,
+// and says so apart from a client's own bound.
+func TestConnLimitTotal(t *testing.T) {
+	for _, perClient := range []int{0, 2} {
+		l := NewConnLimit(perClient, 3, Proxies{netip.MustParsePrefix("10.0.0.1/32")})
+		var slots []*ConnSlot
+		for _, ip := range []string{"192.0.2.1", "10.0.0.1", "192.0.2.2"} {
+			s, err := l.Take(netip.MustParseAddr(ip))
+			if err != nil || s == nil {
+				t.Fatalf("per client %d: %s refused below the total: %v", perClient, ip, err)
+			}
+			slots = append(slots, s)
+		}
+		for _, ip := range []string{"192.0.2.3", "10.0.0.1"} {
+			if _, err := l.Take(netip.MustParseAddr(ip)); err != ErrServerFull {
+				t.Errorf("per client %d: %s at the total: %v, want ErrServerFull", perClient, ip, err)
+			}
+		}
+		slots[1].Release() // the proxy's
+		slots[1].Release()
+		if _, err := l.Take(netip.MustParseAddr("192.0.2.3")); err != nil {
+			t.Errorf("per client %d: no room after a release: %v", perClient, err)
+		}
+		if _, err := l.Take(netip.MustParseAddr("192.0.2.4")); err != ErrServerFull {
+			t.Errorf("per client %d: a slot released twice given back twice: %v", perClient, err)
+		}
 	}
 }
 
@@ -57,7 +92,7 @@ func TestConnLimitListener(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln := NewConnLimit(1, nil).Listener(raw)
+	ln := NewConnLimit(1, 0, nil).Listener(raw)
 	defer ln.Close()
 	accepted := make(chan net.Conn, 4)
 	go func() {

@@ -388,7 +388,7 @@ func (s *Store) SetIf(ctx context.Context, fn, key string, value json.RawMessage
 // Only a number with an exponent or more digits than a double's
 // largest can be one, so most values are not tokenized.
 func outOfRange(v []byte) (string, bool) {
-	if bytes.IndexAny(v, "eE") < 0 && len(v) <= 309 {
+	if !bytes.ContainsAny(v, "eE") && len(v) <= 309 {
 		return "", false
 	}
 	d := json.NewDecoder(bytes.NewReader(v))

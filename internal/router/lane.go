@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -352,6 +353,7 @@ type loop struct {
 	// (pauseAccepting), and warnedAccept is when that was last logged.
 	resumeAccept bool
 	warnedAccept time.Time
+	warnedDrain  time.Time // when drainIdle last logged
 }
 
 type ent struct {
@@ -685,6 +687,43 @@ func (lp *loop) pauseAccepting(err error) {
 	}
 }
 
+// drainCount is how many idle connections drainIdle closes at once, as
+// nginx's ngx_drain_connections: a scan of the loop's entries is paid
+// once for as many accepts.
+const drainCount = 32
+
+// drainIdle makes room for a new connection, when the server holds the
+// most it may (why: ErrServerFull), by closing up to drainCount of the loop's clients that
+// wait for a request with nothing unanswered (and at most half of
+// those), the longest idle first,
+// as nginx closes its reusable connections when worker_connections run
+// out. A keep-alive client takes such a close as it takes an idle
+// timeout, and sends again on a new connection. It returns how many
+// it closed.
+func (lp *loop) drainIdle(why error) int {
+	var idle []*laneClient
+	for _, e := range lp.ents {
+		if c := e.c; c != nil && c.fd >= 0 && c.lingerUntil.IsZero() && c.inv == nil && c.up == nil &&
+			!c.pending && !c.hup && len(c.in) == 0 && len(c.out) == 0 {
+			idle = append(idle, c)
+		}
+	}
+	// At most half of them: the newest idle are likeliest to send next,
+	// and one just accepted has had no time to.
+	if n := min(drainCount, (len(idle)+1)/2); n < len(idle) {
+		slices.SortFunc(idle, func(a, b *laneClient) int { return a.lastActive.Compare(b.lastActive) })
+		idle = idle[:n]
+	}
+	for _, c := range idle {
+		lp.closeClient(c)
+	}
+	if len(idle) > 0 && lp.now.Sub(lp.warnedDrain) >= 10*time.Second {
+		lp.warnedDrain = lp.now
+		lp.lane.rt.log.Warn("closing idle connections to make room for new ones", "why", why, "closed", len(idle), "open_connections", lp.lane.conns.Load())
+	}
+	return len(idle)
+}
+
 func (lp *loop) stopAccepting() {
 	lp.resumeAccept = false
 	if lp.listen {
@@ -730,6 +769,9 @@ func (lp *loop) accept() {
 		fd, sa, err := syscall.Accept4(lp.lane.lnFD, syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
 		if err != nil {
 			// EAGAIN: another loop took it, or none is left.
+			// Out of descriptors it pauses, as nginx does, and drains
+			// nothing: accept4 says EMFILE before it looks for a
+			// connection, so it may come with none waiting.
 			if httpserve.OutOfResources(err) {
 				lp.pauseAccepting(err)
 			}
@@ -742,9 +784,14 @@ func (lp *loop) accept() {
 		case *syscall.SockaddrInet6:
 			ip = netip.AddrFrom16(a.Addr)
 		}
-		slot, ok := lp.lane.limit.Take(ip)
-		if !ok {
-			// Its client holds the most already: closed before any read.
+		slot, err := lp.lane.limit.Take(ip)
+		if err == httpserve.ErrServerFull && lp.drainIdle(err) > 0 {
+			slot, err = lp.lane.limit.Take(ip)
+		}
+		if err != nil {
+			// Its client holds the most already, or the server does
+			// and had no idle connection to close: closed before any
+			// read.
 			syscall.Close(fd)
 			continue
 		}

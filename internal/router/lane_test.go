@@ -1214,7 +1214,7 @@ func TestLaneBoundsConnectionsPerClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lane, err := rt.NewLane(ln, LaneConfig{Loops: 1, Limit: httpserve.NewConnLimit(2, nil)})
+	lane, err := rt.NewLane(ln, LaneConfig{Loops: 1, Limit: httpserve.NewConnLimit(2, 0, nil)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1268,6 +1268,85 @@ func TestLaneBoundsConnectionsPerClient(t *testing.T) {
 				t.Fatalf("round %d: connections still held", round)
 			}
 			time.Sleep(time.Millisecond)
+		}
+	}
+}
+
+// At the server's bound on connections the loops close their longest
+// idle ones to make room for a new one, never one with a request in
+// flight; with none idle, the new one is closed at once.
+func TestLaneDrainsIdleAtTheBound(t *testing.T) {
+	if !*viaLane {
+		t.Skip("the lane is off (-lane=false)")
+	}
+	release := make(chan struct{})
+	var slow atomic.Int32 // requests waiting for release
+	sock := serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			slow.Add(1)
+			<-release
+		}
+		_, _ = io.WriteString(w, r.URL.Path)
+	}))
+	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 10 * time.Second}
+	act := activator.New(&upstreamBackend{addr: sock}, activator.Config{})
+	rt := New(oneSpec{spec}, act, Config{})
+	if lease, err := act.Acquire(context.Background(), spec); err == nil {
+		lease.Release()
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lane, err := rt.NewLane(ln, LaneConfig{Loops: 1, Limit: httpserve.NewConnLimit(0, 3, nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httpserve.New(rt.Handle, nil)
+	go srv.Serve(httpserve.Listener(lane.Handoff(), time.Millisecond, nil))
+	t.Cleanup(func() {
+		_ = srv.Shutdown()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = lane.Shutdown(ctx)
+		ln.Close()
+	})
+	url := "http://" + ln.Addr().String()
+
+	busy := dialRaw(t, url)
+	busy.send("GET /fn/alice/fn/slow HTTP/1.1\r\nHost: h\r\n\r\n")
+	idle1, idle2 := dialRaw(t, url), dialRaw(t, url)
+	for _, c := range []*rawConn{idle1, idle2} {
+		if got := body(c.get("/a")); got != "/a" {
+			t.Fatalf("got %q", got)
+		}
+	}
+	// The bound is reached: the new connection is served, and the
+	// longest idle one is closed to make room; the other is kept.
+	fresh := dialRaw(t, url)
+	if got := body(fresh.get("/b")); got != "/b" {
+		t.Fatalf("a new connection at the bound: %q", got)
+	}
+	idle1.ended("the longest idle connection")
+	if got := body(idle2.get("/c")); got != "/c" {
+		t.Fatalf("the newer idle connection: %q", got)
+	}
+
+	// With every connection's request in flight, none is idle: a new
+	// connection is closed at once, and those in flight are answered.
+	for _, c := range []*rawConn{idle2, fresh} {
+		c.send("GET /fn/alice/fn/slow HTTP/1.1\r\nHost: h\r\n\r\n")
+	}
+	for deadline := time.Now().Add(5 * time.Second); slow.Load() < 3; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d requests in flight, want 3", slow.Load())
+		}
+	}
+	dialRaw(t, url).ended("a connection at the bound with none idle")
+	close(release)
+	for _, c := range []*rawConn{busy, idle2, fresh} {
+		if got := body(c.response()); got != "/slow" {
+			t.Errorf("a request in flight at the bound: %q", got)
 		}
 	}
 }

@@ -134,6 +134,10 @@ type Config struct {
 	// IPv6 client's /64) holds on the public listener; the trusted
 	// proxies are not bounded. 0: no bound (httpserve.ConnLimit).
 	MaxConnsPerClient int
+	// MaxConns bounds the client connections of the public listener
+	// together; at it the event loops close their longest idle ones to
+	// make room. 0: no bound (httpserve.ConnLimit).
+	MaxConns int
 	// TLSCert and TLSKey, if set, are the files of the listener's
 	// certificate and key: it then serves HTTPS, without the event loops
 	// (they read raw sockets), and reads the pair again on SIGHUP and
@@ -719,7 +723,7 @@ func (s *Server) Run(ctx context.Context) error {
 	hupCtx, hupDone := context.WithCancel(context.Background())
 	defer hupDone()
 	go s.reloadOnHangUp(hupCtx, hup)
-	limit := httpserve.NewConnLimit(s.cfg.MaxConnsPerClient, s.cfg.TrustedProxies)
+	limit := httpserve.NewConnLimit(s.cfg.MaxConnsPerClient, s.cfg.MaxConns, s.cfg.TrustedProxies)
 	if s.certs != nil {
 		// The event loops read raw sockets and cannot speak TLS: every
 		// connection is fasthttp's (docs/architecture.md says the cost).
