@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -576,5 +577,65 @@ func TestNeighbourFloodsTheAPI(t *testing.T) {
 	}
 	if async.counts[202] == 0 || async.counts[429] == 0 || !strings.Contains(async.bodies[429], "rate_limited") {
 		t.Errorf("A's asynchronous invocations: %v %v, want 202 then 429 rate_limited", &async, async.bodies)
+	}
+}
+
+// TestManyClientsHoldIdleConnections: many client addresses together,
+// each within its own bound, hold every connection the server allows
+// (--max-conns) idle after a request; new clients are still served, as
+// the longest idle connections are closed to make room, and the server
+// never holds more than its bound.
+func TestManyClientsHoldIdleConnections(t *testing.T) {
+	const bound = 60
+	s := startServer(t, "--max-conns", strconv.Itoa(bound))
+	q := newQuietUser(t, s)
+	if _, err := q.call(); err != nil {
+		t.Fatal(err)
+	}
+	// Each "client" of 200, from an address of its own, sends one
+	// request and keeps its connection.
+	var conns []net.Conn
+	t.Cleanup(func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	for i := range 200 {
+		ip := fmt.Sprintf("127.0.%d.%d", 10+i/200, 1+i%200)
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 10 * time.Second}
+		c, err := d.Dial("tcp", s.addr)
+		if err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+		conns = append(conns, c)
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+		if _, err := io.WriteString(c, "GET /fn/bob/small/ HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+		res, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("client %d, a new connection with %d held before it: %v", i, i, err)
+		}
+		_, _ = io.Copy(io.Discard, res.Body)
+		if res.StatusCode != 200 {
+			t.Fatalf("client %d: %d", i, res.StatusCode)
+		}
+	}
+	// The server closed the longest idle ones: at most the bound are
+	// still open (a closed one reads its end at once).
+	open := 0
+	for _, c := range conns {
+		_ = c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		if _, err := c.Read(make([]byte, 1)); err != nil {
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				open++
+			}
+		}
+	}
+	if open > bound || open < bound/4 {
+		t.Errorf("%d of the clients' connections still open; want at most the bound, %d, and not all closed", open, bound)
+	}
+	if _, err := q.call(); err != nil {
+		t.Errorf("the quiet user after the clients: %v", err)
 	}
 }
