@@ -437,7 +437,7 @@ func (c *Client) Invoke(ctx context.Context, owner, name, method, path string, b
 	}
 	req, err := http.NewRequestWithContext(ctx, method, c.URL+"/fn/"+owner+"/"+name+path, body)
 	if err != nil {
-		return nil, err
+		return nil, errdefs.Invalid("%v", err) // a method or path that is not one
 	}
 	for k, vs := range header {
 		req.Header[k] = vs
