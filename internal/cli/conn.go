@@ -175,6 +175,10 @@ func checkURL(raw string) error {
 		return errors.New("a query")
 	case u.Fragment != "":
 		return errors.New("a fragment")
+	case strings.HasSuffix(strings.TrimRight(u.Path, "/"), "/api/v1"):
+		// The API's base URL, as docs/api.md names it: every command
+		// answered "no API endpoint at /api/v1/api/v1/...".
+		return errors.New("it ends in /api/v1, which spry adds itself: give the server's URL without it")
 	}
 	return nil
 }
