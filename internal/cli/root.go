@@ -107,6 +107,7 @@ func newRoot(env Env) (*cobra.Command, *connFlags) {
 		newSecretCmd(conn),
 		newKVCmd(conn),
 		newLoginCmd(conn),
+		newLogoutCmd(env),
 		newWhoamiCmd(conn),
 		newUsageCmd(conn),
 		newUserCmd(conn),
