@@ -144,3 +144,26 @@ func TestSavedTokenStaysWithItsServer(t *testing.T) {
 		})
 	}
 }
+
+// spry logout removes what spry login saved, so that later commands have
+// no token; a second logout, with nothing saved, is no failure.
+func TestLogoutRemovesTheSavedLogin(t *testing.T) {
+	url, admin := apiServer(t)
+	cfg := filepath.Join(t.TempDir(), "config.json")
+	env := []string{"SPRY_CONFIG=" + cfg}
+	if code, _, stderr := spry(t, env, "", "login", "--url", url, "--token", admin); code != 0 {
+		t.Fatalf("login: exit %d: %s", code, stderr)
+	}
+	if code, stdout, stderr := spry(t, env, "", "logout"); code != 0 || stdout != "logged out of "+url+"; removed "+cfg+"\n" {
+		t.Fatalf("logout: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	if _, err := os.Stat(cfg); !os.IsNotExist(err) {
+		t.Errorf("the config file is still there (%v)", err)
+	}
+	if code, _, stderr := spry(t, env, "", "whoami"); code != 3 {
+		t.Errorf("whoami after logout: exit %d, want 3 (stderr %q)", code, stderr)
+	}
+	if code, stdout, stderr := spry(t, env, "", "logout"); code != 0 || stdout != "" || !strings.Contains(stderr, "not logged in") {
+		t.Errorf("second logout: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+}

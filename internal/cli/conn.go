@@ -22,6 +22,9 @@ type connFlags struct {
 	url   string
 	token string
 	ca    string // --ca-cert
+	// tokenFrom is where resolve found the token (--token, SPRY_TOKEN or
+	// the config file's name), for a refusal of it to say which it was.
+	tokenFrom string
 }
 
 // fileConfig is the login config file.
@@ -114,7 +117,11 @@ func (c *connFlags) resolve() (url, token string, bad, err error) {
 		from = "the URL in " + from
 	}
 	if err := checkURL(url); err != nil {
-		return "", "", bad, errdefs.Invalid("%s %q is not a server URL (%v): want http://HOST[:PORT] or https://HOST[:PORT], with a path if a proxy serves the API under one", from, url, err)
+		shown := url
+		if u, perr := neturl.Parse(url); perr == nil && u.User != nil {
+			shown = u.Redacted()
+		}
+		return "", "", bad, errdefs.Invalid("%s %q is not a server URL (%v): want http://HOST[:PORT] or https://HOST[:PORT], with a path if a proxy serves the API under one", from, shown, err)
 	}
 	// The saved token is the saved server's: sent to another one (named by
 	// --url or SPRY_URL), it would give that server the key to this one.
@@ -127,7 +134,21 @@ func (c *connFlags) resolve() (url, token string, bad, err error) {
 		}
 		fc.Token = ""
 	}
-	token = first(c.token, lookupEnv(c.env.Environ, "SPRY_TOKEN"), fc.Token)
+	switch p, _ := configPath(c.env.Environ); {
+	case c.token != "":
+		token, c.tokenFrom = c.token, "--token"
+	case lookupEnv(c.env.Environ, "SPRY_TOKEN") != "":
+		token, c.tokenFrom = lookupEnv(c.env.Environ, "SPRY_TOKEN"), "SPRY_TOKEN"
+	case fc.Token != "":
+		token, c.tokenFrom = fc.Token, p
+	}
+	// A token read from a file ($(cat token) keeps a \r) or pasted may
+	// come with white space around it, which no token holds; inside it,
+	// Go refused the header as if the server could not be reached.
+	token = strings.TrimSpace(token)
+	if strings.ContainsFunc(token, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		return "", "", bad, errdefs.New(errdefs.ErrUnauthenticated, "the token from %s is not a Spry token: it holds a space or a control character", c.tokenFrom)
+	}
 	return url, token, bad, nil
 }
 
@@ -146,10 +167,18 @@ func checkURL(raw string) error {
 		return errors.New("no http:// or https://")
 	case u.Host == "":
 		return errors.New("no host")
+	case u.User != nil:
+		// Never sent (the token is), and a password would be printed
+		// with the URL in every message that names the server.
+		return errors.New("a user name or password, which Spry does not use: the token goes in --token or SPRY_TOKEN")
 	case u.RawQuery != "" || u.ForceQuery:
 		return errors.New("a query")
 	case u.Fragment != "":
 		return errors.New("a fragment")
+	case strings.HasSuffix(strings.TrimRight(u.Path, "/"), "/api/v1"):
+		// The API's base URL, as docs/api.md names it: every command
+		// answered "no API endpoint at /api/v1/api/v1/...".
+		return errors.New("it ends in /api/v1, which spry adds itself: give the server's URL without it")
 	}
 	return nil
 }

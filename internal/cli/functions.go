@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -306,6 +307,13 @@ func newInvokeCmd(conn *connFlags) *cobra.Command {
 			if async {
 				return invokeAsync(cmd, c, owner, args[0], path, data, method, headers, include || fail)
 			}
+			// Bad input is said as such before anything is sent: Go's
+			// request refused it as a parse error (exit 1) or, sent, as a
+			// server that cannot be reached (exit 6).
+			h, err := invokeRequest(method, path, headers)
+			if err != nil {
+				return err
+			}
 			// Ask the API whether the function is there (and whose it is,
 			// without --owner): the router's 404 for one that is not
 			// looks like a function's own answer, which is printed and
@@ -321,27 +329,21 @@ func newInvokeCmd(conn *connFlags) *cobra.Command {
 				return err
 			}
 			var body io.Reader
+			var read *readErr
 			if data != "" {
 				b, done, err := dataBody(cmd, data)
 				if err != nil {
 					return err
 				}
 				defer done()
-				body = b
+				read = &readErr{r: b}
+				body = read
 			}
 			if method == "" {
 				method = "GET"
 				if body != nil {
 					method = "POST"
 				}
-			}
-			h := http.Header{}
-			for _, hv := range headers {
-				k, v, ok := strings.Cut(hv, ":")
-				if !ok {
-					return errdefs.Invalid("--header %q: want 'Name: value'", hv)
-				}
-				h.Add(strings.TrimSpace(k), strings.TrimSpace(v))
 			}
 			if private && h.Get("Authorization") == "" {
 				// The router takes it out before the function sees it;
@@ -350,6 +352,10 @@ func newInvokeCmd(conn *connFlags) *cobra.Command {
 			}
 			res, err := c.Invoke(cmd.Context(), owner, args[0], strings.ToUpper(method), path, body, h)
 			if err != nil {
+				if read != nil && read.err != nil {
+					// Not the server's fault: the body could not be read.
+					return errdefs.Invalid("--data %s: %v", data, read.err)
+				}
 				return err
 			}
 			defer res.Body.Close()
@@ -395,6 +401,62 @@ func newInvokeCmd(conn *connFlags) *cobra.Command {
 	f.BoolVar(&scheduled, "scheduled", false, "run the function's scheduled handler now, as its schedule would (it need not have one), and wait for it")
 	f.StringVar(&owner, "owner", "", "the function's owner (default: you)")
 	return cmd
+}
+
+// invokeRequest checks invoke's method, path and headers, and returns
+// the headers.
+func invokeRequest(method, path string, headers []string) (http.Header, error) {
+	// A method is a token, as a header's name is.
+	if method != "" && !isToken(method) {
+		return nil, errdefs.Invalid("--method %q: not an HTTP method", method)
+	}
+	if _, err := url.Parse(path); err != nil {
+		return nil, errdefs.Invalid("--path %q: %v", path, errors.Unwrap(err))
+	}
+	h := http.Header{}
+	for _, hv := range headers {
+		k, v, ok := strings.Cut(hv, ":")
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		switch {
+		case !ok:
+			return nil, errdefs.Invalid("--header %q: want 'Name: value'", hv)
+		case !isToken(k):
+			return nil, errdefs.Invalid("--header %q: %q is not a header name", hv, k)
+		case strings.ContainsFunc(v, func(r rune) bool { return r < ' ' && r != '\t' || r == 0x7f }):
+			return nil, errdefs.Invalid("--header %q: a value may not hold control characters such as a newline", hv)
+		}
+		h.Add(k, v)
+	}
+	return h, nil
+}
+
+// isToken says whether s is an HTTP token (RFC 9110 5.6.2), as a method
+// and a header's name are. (x/net's httpguts would pull in x/text.)
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, r := range s {
+		if r > '~' || r <= ' ' || strings.ContainsRune(`"(),/:;<=>?@[\]{}`, r) {
+			return false
+		}
+	}
+	return true
+}
+
+// readErr keeps the error its reader gave, which Go's client reports as
+// the request's failure, as if the server could not be reached.
+type readErr struct {
+	r   io.Reader
+	err error
+}
+
+func (r *readErr) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if err != nil && err != io.EOF && r.err == nil {
+		r.err = err
+	}
+	return n, err
 }
 
 // invokeAsync is invoke --async: the call is queued through the API and
@@ -443,6 +505,10 @@ func dataBody(cmd *cobra.Command, data string) (io.Reader, func(), error) {
 		f, err := os.Open(data[1:])
 		if err != nil {
 			return nil, nil, errdefs.Invalid("%v", err)
+		}
+		if fi, err := f.Stat(); err == nil && fi.IsDir() {
+			f.Close()
+			return nil, nil, errdefs.Invalid("--data %s: a directory, not a file", data)
 		}
 		return f, func() { f.Close() }, nil
 	case data == "-":

@@ -124,3 +124,37 @@ func TestInvokePlatformErrorFails(t *testing.T) {
 		}
 	}
 }
+
+// A method, path or header that is not one, or a body that cannot be
+// read, is bad input (exit 2) said in one line naming the flag, and
+// nothing reaches the function. Go's client refused them after the
+// command had asked the API for the function: an invalid method or path
+// as a parse error (exit 1), a header as a server that cannot be reached
+// (exit 6), and so was a -d @FILE that is a directory.
+func TestInvokeBadRequestExits2(t *testing.T) {
+	url, admin := apiServerWith(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t.Errorf("invoked %s %s", r.Method, r.URL)
+	}))
+	file := helloFile(t, "hello.ts")
+	as, _ := cliAt(t, url)
+	if code, _, stderr := as(admin, "deploy", file); code != 0 {
+		t.Fatalf("deploy: exit %d: %s", code, stderr)
+	}
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-X", "BAD METHOD"}, `--method "BAD METHOD"`},
+		{[]string{"-X", "GET\r\nX: y"}, `--method`},
+		{[]string{"--path", "/%zz"}, `--path "/%zz": invalid URL escape "%zz"`},
+		{[]string{"-H", "Bad Name: v"}, `--header "Bad Name: v": "Bad Name" is not a header name`},
+		{[]string{"-H", ": v"}, `--header ": v"`},
+		{[]string{"-H", "X-A: a\nb"}, `--header "X-A: a\nb": a value may not hold control characters`},
+		{[]string{"-d", "@" + t.TempDir()}, `--data @`},
+	} {
+		code, stdout, stderr := as(admin, append([]string{"invoke", "hello"}, tt.args...)...)
+		if code != 2 || stdout != "" || !strings.Contains(stderr, tt.want) || strings.Count(stderr, "\n") != 1 {
+			t.Errorf("spry invoke hello %q: exit %d, stdout %q, stderr %q; want 2 and one line saying %q", tt.args, code, stdout, stderr, tt.want)
+		}
+	}
+}

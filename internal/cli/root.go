@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"strings"
 	"time"
@@ -33,7 +34,7 @@ type Env struct {
 
 // Main runs the CLI and returns the process exit code.
 func Main(ctx context.Context, env Env) int {
-	root := NewRoot(env)
+	root, conn := newRoot(env)
 	root.SetArgs(env.Args)
 	err := root.ExecuteContext(ctx)
 	if err == nil {
@@ -43,8 +44,14 @@ func Main(ctx context.Context, env Env) int {
 	if errors.As(err, &exit) {
 		return exit.code
 	}
-	fmt.Fprintln(env.Stderr, "error:", err)
 	var ce *client.Error
+	if errors.As(err, &ce) && ce.Status == http.StatusUnauthorized && conn.tokenFrom != "" {
+		// Which token the server refused: a stale SPRY_TOKEN wins over
+		// a fresh spry login, and the message alone did not say so.
+		fmt.Fprintf(env.Stderr, "error: %v (the token from %s)\n", err, conn.tokenFrom)
+		return errdefs.ExitCode(err)
+	}
+	fmt.Fprintln(env.Stderr, "error:", err)
 	if errors.As(err, &ce) || errdefs.Code(err) != "internal" {
 		return errdefs.ExitCode(err)
 	}
@@ -58,6 +65,13 @@ func (e *exitError) Error() string { return fmt.Sprintf("exit %d", e.code) }
 
 // NewRoot builds the command tree.
 func NewRoot(env Env) *cobra.Command {
+	root, _ := newRoot(env)
+	return root
+}
+
+// newRoot builds the command tree and returns with it where its commands
+// find their server and token.
+func newRoot(env Env) (*cobra.Command, *connFlags) {
 	root := &cobra.Command{
 		Use:           "spry",
 		Short:         "Spry: deploy JavaScript and TypeScript functions and call them over HTTP",
@@ -93,6 +107,7 @@ func NewRoot(env Env) *cobra.Command {
 		newSecretCmd(conn),
 		newKVCmd(conn),
 		newLoginCmd(conn),
+		newLogoutCmd(env),
 		newWhoamiCmd(conn),
 		newUsageCmd(conn),
 		newUserCmd(conn),
@@ -102,7 +117,7 @@ func NewRoot(env Env) *cobra.Command {
 		newVersionCmd(),
 	)
 	argsAreInput(root)
-	return root
+	return root, conn
 }
 
 // argsAreInput makes wrong arguments bad input (exit 2) throughout the

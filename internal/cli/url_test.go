@@ -16,15 +16,17 @@ func TestServerURLMustBeHTTP(t *testing.T) {
 	srvURL, token := apiServer(t)
 	host := strings.TrimPrefix(srvURL, "http://")
 	for _, bad := range []string{
-		host,              // 127.0.0.1:PORT: no scheme
-		"localhost:8080",  // parsed as scheme "localhost"
-		"ftp://" + host,   // not HTTP
-		"http://",         // no host
-		"http:///api",     // no host
-		srvURL + "/?a=b",  // a query the API's path would follow
-		srvURL + "/?",     // an empty one too
-		srvURL + "/#frag", // a fragment
-		"http//" + host,   // a typo: a relative path
+		host,               // 127.0.0.1:PORT: no scheme
+		"localhost:8080",   // parsed as scheme "localhost"
+		"ftp://" + host,    // not HTTP
+		"http://",          // no host
+		"http:///api",      // no host
+		srvURL + "/?a=b",   // a query the API's path would follow
+		srvURL + "/?",      // an empty one too
+		srvURL + "/#frag",  // a fragment
+		"http//" + host,    // a typo: a relative path
+		srvURL + "/api/v1", // the API's base, to which spry adds /api/v1
+		srvURL + "/api/v1/",
 	} {
 		for _, how := range []string{"--url", "SPRY_URL"} {
 			t.Run(how+" "+bad, func(t *testing.T) {

@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
@@ -70,6 +72,36 @@ func newLoginCmd(conn *connFlags) *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "logged in to %s as %s; saved to %s\n", url, who.User, p)
+			return nil
+		},
+	}
+}
+
+// newLogoutCmd removes what spry login saved. The token stays valid on
+// the server (as gh auth logout leaves it): spry token revoke ends it.
+func newLogoutCmd(env Env) *cobra.Command {
+	return &cobra.Command{
+		Use:   "logout",
+		Short: "Remove the server URL and token spry login saved (the token stays valid: spry token revoke ID ends it)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			p, err := configPath(env.Environ)
+			if err != nil {
+				return err
+			}
+			fc, _ := readFileConfig(env.Environ)
+			switch err := os.Remove(p); {
+			case errors.Is(err, os.ErrNotExist):
+				fmt.Fprintf(cmd.ErrOrStderr(), "not logged in: no %s\n", p)
+				return nil
+			case err != nil:
+				return err
+			}
+			if fc.URL != "" {
+				fmt.Fprintf(cmd.OutOrStdout(), "logged out of %s; removed %s\n", fc.URL, p)
+			} else {
+				fmt.Fprintf(cmd.OutOrStdout(), "removed %s\n", p)
+			}
 			return nil
 		},
 	}

@@ -11,10 +11,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -435,7 +437,7 @@ func (c *Client) Invoke(ctx context.Context, owner, name, method, path string, b
 	}
 	req, err := http.NewRequestWithContext(ctx, method, c.URL+"/fn/"+owner+"/"+name+path, body)
 	if err != nil {
-		return nil, err
+		return nil, errdefs.Invalid("%v", err) // a method or path that is not one
 	}
 	for k, vs := range header {
 		req.Header[k] = vs
@@ -737,7 +739,35 @@ func (e *unreachable) Error() string {
 		return "cannot reach the Spry server at " + e.url + ": its TLS certificate is not trusted (" + cve.Err.Error() +
 			"); if a private CA signed it, or it signed itself, pass that CA's certificate with --ca-cert FILE or SPRY_CA_CERT"
 	}
-	return "cannot reach the Spry server at " + e.url + ": " + e.err.Error()
+	why, hint := netReason(e.err)
+	if hint {
+		return "cannot reach the Spry server at " + e.url + " (" + why + "): is spry serve running there? Name the server with --url, SPRY_URL or spry login"
+	}
+	return "cannot reach the Spry server at " + e.url + ": " + why
+}
+
+// netReason says why a request got no answer in the words a user needs,
+// without Go's chain ("Get \"http://...\": dial tcp 127.0.0.1:1: connect:
+// connection refused" repeats the URL and the address), and whether the
+// server is likely not where the URL says (refused, or no such host).
+func netReason(err error) (why string, wrongServer bool) {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	var dns *net.DNSError
+	var ne net.Error
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused", true
+	case errors.As(err, &dns) && dns.IsNotFound:
+		return "no such host " + dns.Name, true
+	case errors.As(err, &dns):
+		return "cannot look up " + dns.Name + ": " + dns.Err, false
+	case errors.As(err, &ne) && ne.Timeout():
+		return "no answer in time", false
+	}
+	return err.Error(), false
 }
 func (e *unreachable) Unwrap() []error { return []error{e.err, errdefs.ErrUnavailable} }
 

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"slices"
 	"strings"
 	"testing"
@@ -396,5 +398,52 @@ func TestBusyWaitEndsWithCtx(t *testing.T) {
 	res.Body.Close()
 	if res.StatusCode != http.StatusTooManyRequests || tries != 2 {
 		t.Errorf("invoke: %d after %d tries in all, want the 429 after 2", res.StatusCode, tries)
+	}
+}
+
+// A server that cannot be reached is said in one line with what to do,
+// not Go's chain (Get "http://...": dial tcp ...: connect: connection
+// refused), which repeats the URL and the address.
+func TestUnreachableIsOneLineWithAHint(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := "http://" + ln.Addr().String()
+	ln.Close()
+	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }))
+	defer hang.Close()
+	slow := New(hang.URL, "t")
+	slow.HTTP.Timeout = 50 * time.Millisecond
+
+	_, refused := New(closed, "t").Functions(context.Background(), "")
+	_, timedOut := slow.Functions(context.Background(), "")
+	noHost := &unreachable{"http://spry.invalid:8080", &url.Error{Op: "Get", URL: "http://spry.invalid:8080/api/v1/functions",
+		Err: &net.OpError{Op: "dial", Net: "tcp", Err: &net.DNSError{Err: "no such host", Name: "spry.invalid", IsNotFound: true}}}}
+	for _, tt := range []struct {
+		name string
+		err  error
+		want []string
+	}{
+		{"refused", refused, []string{"cannot reach the Spry server at " + closed + " (connection refused)", "--url"}},
+		{"no such host", noHost, []string{"(no such host spry.invalid)", "--url"}},
+		{"timeout", timedOut, []string{"cannot reach the Spry server at " + hang.URL + ": no answer in time"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			msg := tt.err.Error()
+			for _, w := range tt.want {
+				if !strings.Contains(msg, w) {
+					t.Errorf("%q does not say %q", msg, w)
+				}
+			}
+			for _, chain := range []string{`Get "`, "dial tcp", "\n"} {
+				if strings.Contains(msg, chain) {
+					t.Errorf("%q holds Go's %q", msg, chain)
+				}
+			}
+			if got := errdefs.ExitCode(tt.err); got != 6 {
+				t.Errorf("exit code %d, want 6", got)
+			}
+		})
 	}
 }
