@@ -46,13 +46,21 @@ func newLogsCmd(conn *connFlags) *cobra.Command {
 			out := cmd.OutOrStdout()
 			// JSON lines: one entry a line, not indented.
 			enc := json.NewEncoder(out)
-			return c.Logs(ctx, args[0], o, func(l api.LogLine) error {
+			n := 0
+			cut, err := c.Logs(ctx, args[0], o, func(l api.LogLine) error {
+				n++
 				if asJSON {
 					return enc.Encode(l)
 				}
 				_, err := io.WriteString(out, logLine(l))
 				return err
 			})
+			if err == nil && cut != "" {
+				// Said on stderr, as spry invocations says it: a script
+				// reading stdout would otherwise take the newest for all.
+				fmt.Fprintf(cmd.ErrOrStderr(), "more: the newest %d entries are shown; spry logs %s --tail %d, or --since, for more\n", n, args[0], min(2*max(n, 1), 10000))
+			}
+			return err
 		},
 	}
 	f := cmd.Flags()

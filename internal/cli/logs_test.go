@@ -296,3 +296,23 @@ func TestLogLine(t *testing.T) {
 		}
 	}
 }
+
+// When the server's limit cut a read, spry logs says so on stderr (the
+// entries it printed are the newest, not all), and not when it did not.
+func TestLogsSaysWhenCut(t *testing.T) {
+	for _, cut := range []string{"", "older"} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/x-ndjson")
+			if cut != "" {
+				w.Header().Set(api.LogsTruncatedHeader, cut)
+			}
+			_, _ = w.Write([]byte(`{"id":1,"time":"2025-01-02T03:04:05Z","version":1,"stream":"stdout","line":"hello"}` + "\n"))
+		}))
+		code, stdout, stderr := runCLI(t, srv.URL, "logs", "hello", "-n", "1")
+		srv.Close()
+		said := strings.Contains(stderr, "more: the newest 1 entries are shown; spry logs hello --tail 2")
+		if code != 0 || !strings.Contains(stdout, "hello") || said != (cut != "") {
+			t.Errorf("cut %q: exit %d, stdout %q, stderr %q", cut, code, stdout, stderr)
+		}
+	}
+}

@@ -496,8 +496,10 @@ type LogOptions struct {
 }
 
 // Logs streams a function's log entries to fn until the server ends the
-// stream (at once, unless following) or ctx ends.
-func (c *Client) Logs(ctx context.Context, name string, o LogOptions, fn func(api.LogLine) error) error {
+// stream (at once, unless following) or ctx ends. cut, of a read that
+// is not a follow, says whether the limit left entries out: "older"
+// ones, as the server's api.LogsTruncatedHeader says; "" if none.
+func (c *Client) Logs(ctx context.Context, name string, o LogOptions, fn func(api.LogLine) error) (cut string, err error) {
 	q := url.Values{}
 	if o.Owner != "" {
 		q.Set("owner", o.Owner)
@@ -517,12 +519,13 @@ func (c *Client) Logs(ctx context.Context, name string, o LogOptions, fn func(ap
 	u := c.URL + "/api/v1/functions/" + url.PathEscape(name) + "/logs?" + q.Encode()
 	res, err := c.get(ctx, u, o.Follow)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer res.Body.Close()
 	if res.StatusCode >= 400 {
-		return decodeError(res)
+		return "", decodeError(res)
 	}
+	cut = res.Header.Get(api.LogsTruncatedHeader)
 	dec := json.NewDecoder(res.Body)
 	for {
 		// A follow's last line may be an error saying why it ended.
@@ -535,22 +538,22 @@ func (c *Client) Logs(ctx context.Context, name string, o LogOptions, fn func(ap
 			var typ *json.UnmarshalTypeError
 			switch {
 			case ctx.Err() != nil, err == io.EOF && !o.Follow:
-				return nil
+				return cut, nil
 			case err == io.EOF:
 				// A follow ends with a line saying why; without one the
 				// server (or a proxy) went away.
-				return errdefs.New(errdefs.ErrUnavailable, "the server at %s ended the follow without saying why; follow again once it is back", c.URL)
+				return "", errdefs.New(errdefs.ErrUnavailable, "the server at %s ended the follow without saying why; follow again once it is back", c.URL)
 			case errors.As(err, &syntax), errors.As(err, &typ):
-				return fmt.Errorf("decode logs: %w", err)
+				return "", fmt.Errorf("decode logs: %w", err)
 			default:
-				return errdefs.New(errdefs.ErrUnavailable, "the log stream from %s broke off: %v", c.URL, err)
+				return "", errdefs.New(errdefs.ErrUnavailable, "the log stream from %s broke off: %v", c.URL, err)
 			}
 		}
 		if l.Error != nil {
-			return &Error{Status: errdefs.HTTPStatus(errdefs.FromCode(l.Error.Code)), Code: l.Error.Code, Message: l.Error.Message}
+			return "", &Error{Status: errdefs.HTTPStatus(errdefs.FromCode(l.Error.Code)), Code: l.Error.Code, Message: l.Error.Message}
 		}
 		if err := fn(l.LogLine); err != nil {
-			return err
+			return "", err
 		}
 	}
 }

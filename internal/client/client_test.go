@@ -124,7 +124,7 @@ func TestRedirectKeepsTheTokenAtHome(t *testing.T) {
 		t.Errorf("no error though the server redirected to %s", other.URL)
 	}
 	_, _ = c.Whoami(context.Background())
-	_ = c.Logs(context.Background(), "hello", LogOptions{}, func(api.LogLine) error { return nil })
+	_, _ = c.Logs(context.Background(), "hello", LogOptions{}, func(api.LogLine) error { return nil })
 	if len(leaked) > 0 {
 		t.Errorf("the token reached %s: %q", other.URL, leaked)
 	}
@@ -233,7 +233,8 @@ func TestLogsDoNotWaitForeverForAnAnswer(t *testing.T) {
 	for _, follow := range []bool{false, true} {
 		done := make(chan error, 1)
 		go func() {
-			done <- c.Logs(t.Context(), "f", LogOptions{Version: 1, Follow: follow}, func(api.LogLine) error { return nil })
+			_, err := c.Logs(t.Context(), "f", LogOptions{Version: 1, Follow: follow}, func(api.LogLine) error { return nil })
+			done <- err
 		}()
 		select {
 		case err := <-done:
@@ -246,7 +247,7 @@ func TestLogsDoNotWaitForeverForAnAnswer(t *testing.T) {
 		}
 	}
 	n := 0
-	err := c.Logs(t.Context(), "f", LogOptions{Follow: true}, func(api.LogLine) error { n++; return nil })
+	_, err := c.Logs(t.Context(), "f", LogOptions{Follow: true}, func(api.LogLine) error { n++; return nil })
 	if n != 2 || !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("a follow quiet for longer than the timeout: %d lines, %v; want 2 and not found", n, err)
 	}
@@ -383,7 +384,7 @@ func TestBusyWaitEndsWithCtx(t *testing.T) {
 		cancel()
 		return sleepCtx(ctx, time.Hour)
 	}
-	err := c.Logs(ctx, "f", LogOptions{}, func(api.LogLine) error { return nil })
+	_, err := c.Logs(ctx, "f", LogOptions{}, func(api.LogLine) error { return nil })
 	if !errors.Is(err, context.Canceled) || tries != 1 {
 		t.Errorf("logs: %v after %d tries, want context.Canceled after 1", err, tries)
 	}
