@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -22,7 +23,7 @@ import (
 // parser reads standard five-field expressions (minute, hour, day of
 // month, month, day of week), an optional leading seconds field, and
 // descriptors (@hourly, @every 10m); CRON_TZ=Zone first picks a time
-// zone (UTC otherwise).
+// zone (UTC otherwise). Parse reads a day of week 7 as Sunday before it.
 var parser = cron.NewParser(cron.SecondOptional | cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
 
 // Parse checks a cron expression: nil, or an invalid-input error that
@@ -45,16 +46,103 @@ func Parse(expr string) (sched cron.Schedule, err error) {
 			return nil, errdefs.Invalid("cron %q: @every needs a duration of at least 1s", expr)
 		}
 	}
-	s, err := parser.Parse(expr)
+	zone, fields := splitExpr(expr)
+	if len(fields) > 0 && !strings.HasPrefix(fields[0], "@") {
+		// cron(8) reads 7 as Sunday too; the parser knows only 0.
+		fields[len(fields)-1] = sundaySeven(fields[len(fields)-1])
+	}
+	s, err := parser.Parse(zone + strings.Join(fields, " "))
 	if err != nil {
+		if f := badField(zone, fields); f != "" {
+			return nil, errdefs.Invalid("cron %q: %s: %v", expr, f, err)
+		}
 		return nil, errdefs.Invalid("cron %q: %v (want five fields, minute hour day-of-month month day-of-week, like \"*/5 * * * *\", an optional seconds field first, or a descriptor like @hourly)", expr, err)
 	}
 	// The parser looks five years ahead, and gives the zero time for
 	// an expression that matches no day in them (February 31st).
 	if s.Next(time.Now()).IsZero() {
+		if n := len(fields); n >= 5 {
+			return nil, errdefs.Invalid("cron %q: matches no time: day-of-month %q never comes in month %q", expr, fields[n-3], fields[n-2])
+		}
 		return nil, errdefs.Invalid("cron %q: matches no time", expr)
 	}
 	return s, nil
+}
+
+// splitExpr splits expr into its CRON_TZ= or TZ= prefix (with its
+// space, or "") and its fields.
+func splitExpr(expr string) (zone string, fields []string) {
+	fields = strings.Fields(expr)
+	if len(fields) > 0 && (strings.HasPrefix(fields[0], "CRON_TZ=") || strings.HasPrefix(fields[0], "TZ=")) {
+		zone, fields = fields[0]+" ", fields[1:]
+	}
+	return zone, fields
+}
+
+// fieldNames names the fields of a five-field expression, and of a
+// six-field one with seconds first.
+var fieldNames = map[int][]string{
+	5: {"minute", "hour", "day-of-month", "month", "day-of-week"},
+	6: {"second", "minute", "hour", "day-of-month", "month", "day-of-week"},
+}
+
+// badField names the first field of an expression the parser refused
+// that it refuses alone (every other field "*"), or "" (the count of
+// fields is wrong, or a descriptor, or the zone).
+func badField(zone string, fields []string) string {
+	names := fieldNames[len(fields)]
+	for i, name := range names {
+		alone := make([]string, len(fields))
+		for j := range alone {
+			alone[j] = "*"
+		}
+		alone[i] = fields[i]
+		if _, err := parser.Parse(zone + strings.Join(alone, " ")); err != nil {
+			return name
+		}
+	}
+	return ""
+}
+
+// sundaySeven rewrites a day-of-week field's 7 (Sunday, as cron(8) and
+// crontab(5) allow) as the parser's 0: "7" is "0", and a range that
+// ends at 7, "5-7" or "1-7/2", ends at 6 and adds 0 when its step
+// lands on 7. Anything else is left for the parser to judge.
+func sundaySeven(field string) string {
+	parts := strings.Split(field, ",")
+	for i, p := range parts {
+		rng, step, hasStep := strings.Cut(p, "/")
+		lo, hi, isRange := strings.Cut(rng, "-")
+		if !isRange {
+			if rng == "7" && !hasStep {
+				parts[i] = "0"
+			}
+			continue
+		}
+		from, err := strconv.Atoi(lo)
+		if hi != "7" || err != nil || from < 0 || from > 7 {
+			continue
+		}
+		by := 1
+		if hasStep {
+			if by, err = strconv.Atoi(step); err != nil || by <= 0 {
+				continue
+			}
+		}
+		var out []string
+		if from <= 6 {
+			r := fmt.Sprintf("%d-6", from)
+			if hasStep {
+				r += "/" + step
+			}
+			out = append(out, r)
+		}
+		if (7-from)%by == 0 {
+			out = append(out, "0")
+		}
+		parts[i] = strings.Join(out, ",")
+	}
+	return strings.Join(parts, ",")
 }
 
 // Job is one function's schedule, as the source lists it.
