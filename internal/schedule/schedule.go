@@ -179,7 +179,15 @@ type entry struct {
 	cron  string
 	sched cron.Schedule // nil: the expression does not parse (said once)
 	at    time.Time     // the next time it fires
+	seen  time.Time     // the last tick's time
 }
+
+// stepBack is how far back a clock must step for a job to start over
+// from the clock's new time, as cron(8) does: a shorter step waits for
+// the times not yet run (none runs twice), a longer one (a clock that
+// was far ahead, set right) does not wait for the wrong time to come
+// again, which could be a year without runs.
+const stepBack = 3 * time.Hour
 
 // after is the job's next time after now, past the time it just fired
 // for (at; zero on first sight), in its zone as cron(8) keeps time
@@ -243,8 +251,13 @@ func New(cfg Config) *Scheduler {
 // Tick fires the jobs whose time has come by now, once each however
 // many of their times have passed since the last tick (a server that
 // was stopped, or a slow tick, does not make up runs), and notes each
-// job's next time. A job first seen fires at its next time after now.
+// job's next time. A job first seen fires at its next time after now;
+// so does one whose clock stepped back more than stepBack.
 func (s *Scheduler) Tick(now time.Time) {
+	// Schedules keep wall-clock time: a ticker's time carries a
+	// monotonic reading, which would hide a clock that steps back (and
+	// stands still while the machine is suspended).
+	now = now.Round(0)
 	jobs := s.cfg.Jobs()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -264,11 +277,15 @@ func (s *Scheduler) Tick(now time.Time) {
 				s.next[j.Key] = &entry{cron: j.Cron}
 				continue
 			}
-			e = &entry{cron: j.Cron, sched: sched}
+			e = &entry{cron: j.Cron, sched: sched, seen: now}
 			e.at = e.after(now, time.Time{})
 			s.next[j.Key] = e
 			continue
 		}
+		if e.sched != nil && now.Before(e.seen.Add(-stepBack)) {
+			e.at = e.after(now, time.Time{})
+		}
+		e.seen = now
 		if e.sched == nil || e.at.IsZero() || now.Before(e.at) {
 			continue // never (it does not parse, or matches no time now), or not yet
 		}

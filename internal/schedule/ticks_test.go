@@ -133,3 +133,49 @@ func TestTickAndCloseRace(t *testing.T) {
 		<-done
 	}
 }
+
+// A clock that steps back (NTP, a host's clock set right) makes no
+// burst and no time run twice: a step of minutes waits for the times
+// not yet run; a step of more than three hours (a clock that was far
+// ahead) starts the schedule over from the clock's new time, as
+// cron(8) does, rather than waiting for the wrong time to come again
+// (a year without runs).
+func TestClockStepsBack(t *testing.T) {
+	day := func(h, m, s int) time.Time { return time.Date(2026, 11, 24, h, m, s, 0, time.UTC) }
+	yearAhead := func(h, m, s int) time.Time { return day(h, m, s).AddDate(1, 0, 0) }
+	span := func(from, to time.Time) []time.Time {
+		var out []time.Time
+		for now := from; !now.After(to); now = now.Add(30 * time.Second) {
+			out = append(out, now)
+		}
+		return out
+	}
+	for _, tt := range []struct {
+		name  string
+		ticks []time.Time
+		want  []string
+	}{
+		{"back a minute", append(span(day(10, 0, 30), day(10, 2, 0)), span(day(10, 1, 0), day(10, 4, 0))...),
+			[]string{"2026-11-24T10:01:00Z", "2026-11-24T10:02:00Z", "2026-11-24T10:03:00Z", "2026-11-24T10:04:00Z"}},
+		{"back an hour", append(span(day(10, 0, 30), day(10, 1, 0)), span(day(9, 0, 0), day(10, 3, 0))...),
+			[]string{"2026-11-24T10:01:00Z", "2026-11-24T10:02:00Z", "2026-11-24T10:03:00Z"}},
+		{"back a year", append(span(yearAhead(10, 0, 30), yearAhead(10, 1, 0)), span(day(10, 0, 30), day(10, 3, 0))...),
+			[]string{"2026-11-24T10:01:00Z", "2026-11-24T10:02:00Z", "2026-11-24T10:03:00Z", "2027-11-24T10:01:00Z"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := &recorder{}
+			s := New(Config{Jobs: func() []Job { return []Job{{Key: "a", Cron: "* * * * *"}} }, Fire: func(ctx context.Context, j Job, at time.Time) {
+				rec.mu.Lock()
+				defer rec.mu.Unlock()
+				rec.fired = append(rec.fired, at.UTC().Format(time.RFC3339))
+			}})
+			defer s.Close()
+			for _, now := range tt.ticks {
+				s.Tick(now)
+			}
+			if got := rec.take(s); !slices.Equal(got, tt.want) {
+				t.Errorf("fired for %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
