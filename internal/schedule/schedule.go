@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -157,10 +158,13 @@ type Job struct {
 type Config struct {
 	// Jobs lists the schedules now, each Tick.
 	Jobs func() []Job
-	// Fire runs one job's event for time at, in its own goroutine; ctx
-	// ends when the scheduler is closed.
-	Fire   func(ctx context.Context, j Job, at time.Time)
+	// Fire runs one job's event for time at, in its own goroutine, and
+	// returns how it went; ctx ends when the scheduler is closed.
+	Fire   func(ctx context.Context, j Job, at time.Time) error
 	Logger *slog.Logger
+	// Now is the clock a run's end is read by (time.Now if nil); its
+	// start is the tick's time.
+	Now func() time.Time
 }
 
 // Scheduler fires jobs at their times.
@@ -180,6 +184,28 @@ type entry struct {
 	sched cron.Schedule // nil: the expression does not parse (said once)
 	at    time.Time     // the next time it fires
 	seen  time.Time     // the last tick's time
+	runs  []*Run        // the last keepRuns, oldest first
+}
+
+// keepRuns is how many of a job's last runs Status shows.
+const keepRuns = 20
+
+// Run is one run of a job.
+type Run struct {
+	At       time.Time // the time it ran for
+	Started  time.Time
+	Finished time.Time // zero while it runs
+	Err      error     // how it failed
+}
+
+// ErrSkipped is a run's error when the time came but the run did not
+// start: its function was deleted, or lost the schedule, before it.
+var ErrSkipped = errors.New("skipped")
+
+// Status is a job's schedule as Status shows it.
+type Status struct {
+	Next time.Time // zero: none (it matches no time now, or does not parse)
+	Runs []Run     // its last runs, newest first, since the server started
 }
 
 // stepBack is how far back a clock must step for a job to start over
@@ -244,6 +270,9 @@ func New(cfg Config) *Scheduler {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	ctx, stop := context.WithCancel(context.Background())
 	return &Scheduler{cfg: cfg, ctx: ctx, stop: stop, next: map[string]*entry{}}
 }
@@ -277,7 +306,12 @@ func (s *Scheduler) Tick(now time.Time) {
 				s.next[j.Key] = &entry{cron: j.Cron}
 				continue
 			}
-			e = &entry{cron: j.Cron, sched: sched, seen: now}
+			// A changed schedule keeps the runs it made.
+			var runs []*Run
+			if e != nil {
+				runs = e.runs
+			}
+			e = &entry{cron: j.Cron, sched: sched, seen: now, runs: runs}
 			e.at = e.after(now, time.Time{})
 			s.next[j.Key] = e
 			continue
@@ -291,10 +325,18 @@ func (s *Scheduler) Tick(now time.Time) {
 		}
 		at := e.at
 		e.at = e.after(now, at)
+		run := &Run{At: at, Started: now}
+		e.runs = append(e.runs, run)
+		if len(e.runs) > keepRuns {
+			e.runs = slices.Delete(e.runs, 0, len(e.runs)-keepRuns)
+		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			s.cfg.Fire(s.ctx, j, at)
+			err := s.cfg.Fire(s.ctx, j, at)
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			run.Finished, run.Err = s.cfg.Now(), err
 		}()
 	}
 	for k := range s.next {
@@ -302,6 +344,30 @@ func (s *Scheduler) Tick(now time.Time) {
 			delete(s.next, k)
 		}
 	}
+}
+
+// Status is the schedule of the job key, whose expression is now cron:
+// its next time, as the scheduler will fire it (or, before its first
+// tick sees it, as the expression reads after now), and its last runs.
+func (s *Scheduler) Status(key, cron string, now time.Time) Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var st Status
+	e := s.next[key]
+	if e != nil {
+		for _, r := range slices.Backward(e.runs) {
+			st.Runs = append(st.Runs, *r)
+		}
+	}
+	switch {
+	case e != nil && e.cron == cron:
+		st.Next = e.at
+	case cron != "":
+		if sched, err := Parse(cron); err == nil {
+			st.Next = (&entry{cron: cron, sched: sched}).after(now.Round(0), time.Time{})
+		}
+	}
+	return st
 }
 
 // Run ticks every second until ctx ends.

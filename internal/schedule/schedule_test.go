@@ -103,10 +103,11 @@ type recorder struct {
 	fired []string // "key at", at in UTC
 }
 
-func (r *recorder) fire(_ context.Context, j Job, at time.Time) {
+func (r *recorder) fire(_ context.Context, j Job, at time.Time) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.fired = append(r.fired, j.Key+" "+at.UTC().Format("15:04:05"))
+	return nil
 }
 
 func (r *recorder) take(s *Scheduler) []string {
@@ -202,4 +203,60 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("%q parses, and its next time after %v is %v", expr, from, next)
 		}
 	})
+}
+
+// Status shows a job's next time and its last runs, newest first: one
+// under way without an end, one done with its error, kept when the
+// expression changes, at most keepRuns of them; before a tick has seen
+// a job, its next time is read from its expression.
+func TestStatus(t *testing.T) {
+	t0 := time.Date(2026, 11, 24, 10, 0, 30, 0, time.UTC)
+	clock := t0
+	release := make(chan struct{})
+	cron := "* * * * *"
+	s := New(Config{
+		Jobs: func() []Job { return []Job{{Key: "a", Cron: cron}} },
+		Fire: func(_ context.Context, _ Job, at time.Time) error {
+			if at.Minute() == 1 {
+				<-release // the first run is under way until released
+				return errors.New("boom")
+			}
+			return nil
+		},
+		Now: func() time.Time { return clock },
+	})
+	defer s.Close()
+	if st := s.Status("a", cron, t0); !st.Next.Equal(t0.Add(30*time.Second)) || len(st.Runs) != 0 {
+		t.Fatalf("before a tick: %+v", st)
+	}
+	s.Tick(t0)
+	s.Tick(t0.Add(30 * time.Second)) // fires for 10:01
+	st := s.Status("a", cron, t0)
+	if len(st.Runs) != 1 || !st.Runs[0].At.Equal(t0.Add(30*time.Second)) || !st.Runs[0].Finished.IsZero() || !st.Next.Equal(t0.Add(90*time.Second)) {
+		t.Fatalf("a run under way: %+v", st)
+	}
+	clock = t0.Add(40 * time.Second)
+	close(release)
+	s.wg.Wait()
+	s.Tick(t0.Add(90 * time.Second)) // 10:02, done at once
+	s.wg.Wait()
+	st = s.Status("a", cron, t0)
+	if len(st.Runs) != 2 || st.Runs[0].Err != nil || st.Runs[1].Err == nil || !st.Runs[1].Finished.Equal(clock) {
+		t.Fatalf("two runs: %+v", st)
+	}
+	cron = "*/10 * * * * *"
+	if st := s.Status("a", cron, t0.Add(91*time.Second)); !st.Next.Equal(t0.Add(100*time.Second)) || len(st.Runs) != 2 {
+		t.Fatalf("changed, before a tick: %+v", st)
+	}
+	for i := range 3 * keepRuns {
+		s.Tick(t0.Add(91*time.Second + time.Duration(i)*10*time.Second))
+	}
+	s.wg.Wait()
+	st = s.Status("a", cron, t0)
+	if len(st.Runs) != keepRuns || !st.Runs[0].At.After(st.Runs[1].At) {
+		t.Fatalf("after many runs: %d runs, first %v, second %v", len(st.Runs), st.Runs[0].At, st.Runs[1].At)
+	}
+	if st := s.Status("gone", "", t0); !st.Next.IsZero() || st.Runs != nil {
+		t.Fatalf("no job: %+v", st)
+	}
 }

@@ -14,10 +14,11 @@ import (
 func countFires(t *testing.T, cron string, from, to time.Time, step time.Duration) []string {
 	t.Helper()
 	rec := &recorder{}
-	s := New(Config{Jobs: func() []Job { return []Job{{Key: "a", Cron: cron}} }, Fire: func(ctx context.Context, j Job, at time.Time) {
+	s := New(Config{Jobs: func() []Job { return []Job{{Key: "a", Cron: cron}} }, Fire: func(ctx context.Context, j Job, at time.Time) error {
 		rec.mu.Lock()
 		defer rec.mu.Unlock()
 		rec.fired = append(rec.fired, at.UTC().Format(time.RFC3339))
+		return nil
 	}})
 	defer s.Close()
 	for now := from; !now.After(to); now = now.Add(step) {
@@ -88,7 +89,7 @@ func TestEveryUnderASecondIsRefused(t *testing.T) {
 func TestUnparsableScheduleWarnsOnce(t *testing.T) {
 	var h countHandler
 	s := New(Config{Jobs: func() []Job { return []Job{{Key: "a", Cron: "CRON_TZ=Nowhere/Else 0 9 * * *"}} },
-		Fire: func(context.Context, Job, time.Time) {}, Logger: slog.New(&h)})
+		Fire: func(context.Context, Job, time.Time) error { return nil }, Logger: slog.New(&h)})
 	defer s.Close()
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	for i := range 60 {
@@ -113,11 +114,12 @@ func TestTickAndCloseRace(t *testing.T) {
 		var fired atomic.Int64
 		var closed atomic.Bool
 		s := New(Config{Jobs: func() []Job { return []Job{{Key: "a", Cron: "* * * * * *"}} },
-			Fire: func(ctx context.Context, j Job, at time.Time) {
+			Fire: func(ctx context.Context, j Job, at time.Time) error {
 				if closed.Load() {
 					t.Error("fired after Close returned")
 				}
 				fired.Add(1)
+				return nil
 			}})
 		t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 		s.Tick(t0)
@@ -164,10 +166,11 @@ func TestClockStepsBack(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			rec := &recorder{}
-			s := New(Config{Jobs: func() []Job { return []Job{{Key: "a", Cron: "* * * * *"}} }, Fire: func(ctx context.Context, j Job, at time.Time) {
+			s := New(Config{Jobs: func() []Job { return []Job{{Key: "a", Cron: "* * * * *"}} }, Fire: func(ctx context.Context, j Job, at time.Time) error {
 				rec.mu.Lock()
 				defer rec.mu.Unlock()
 				rec.fired = append(rec.fired, at.UTC().Format(time.RFC3339))
+				return nil
 			}})
 			defer s.Close()
 			for _, now := range tt.ticks {

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/spry-run/spry/internal/activator"
@@ -22,8 +23,8 @@ func (s *Server) newScheduler() *schedule.Scheduler {
 			}
 			return jobs
 		},
-		Fire: func(ctx context.Context, j schedule.Job, at time.Time) {
-			_ = s.runEvent(ctx, j.Data.(*backend.Spec), j.Cron, at, true)
+		Fire: func(ctx context.Context, j schedule.Job, at time.Time) error {
+			return s.runEvent(ctx, j.Data.(*backend.Spec), j.Cron, at, true)
 		},
 		Logger: s.log,
 	})
@@ -61,7 +62,7 @@ func (s *Server) runEvent(ctx context.Context, sp *backend.Spec, cron string, at
 	// resolves again too), if that one still has the schedule.
 	for tries := 0; timed && errors.Is(err, activator.ErrRetired) && tries < 3; tries++ {
 		if sp = s.scheduledSpec(sp.FunctionID); sp == nil {
-			return nil // the schedule went with the version
+			return fmt.Errorf("%w: the function was deleted, or its live version has no schedule now", schedule.ErrSkipped)
 		}
 		cron = sp.Cron
 		instance, err = s.act.RunScheduled(ctx, sp, cron, at)
