@@ -81,6 +81,7 @@ func NewRoot(env Env) *cobra.Command {
 		newDeployCmd(conn),
 		newInvokeCmd(conn),
 		newInvocationsCmd(conn),
+		newScheduleCmd(conn),
 		newLsCmd(conn),
 		newRmCmd(conn),
 		newConfigCmd(conn),

@@ -42,6 +42,16 @@ func (s *Server) RunScheduled(ctx context.Context, owner, name string) error {
 	return s.runEvent(ctx, sp, sp.Cron, time.Now(), false)
 }
 
+// ScheduleStatus is owner/name's schedule (its live version's), when it
+// runs next and how its last runs went.
+func (s *Server) ScheduleStatus(ctx context.Context, owner, name string) (string, schedule.Status, error) {
+	sp, err := s.fns.Live(ctx, owner, name)
+	if err != nil {
+		return "", schedule.Status{}, err
+	}
+	return sp.Cron, s.sched.Status(sp.FunctionID, sp.Cron, time.Now()), nil
+}
+
 // runEvent runs one scheduled event of a function: an instance as a
 // request would get one (cold start, queue, limits and the function's
 // timeout alike), its scheduled handler run there, and a system line in
