@@ -3,6 +3,7 @@ package schedule
 import (
 	"context"
 	"log/slog"
+	"runtime"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -181,4 +182,31 @@ func TestClockStepsBack(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A run that outlasts its period overlaps the next, as the docs say
+// (Cloudflare's cron triggers, a CronJob's Allow): the next time fires
+// while the first still runs, and Status shows both running.
+func TestRunsOverlap(t *testing.T) {
+	release := make(chan struct{})
+	var running atomic.Int64
+	s := New(Config{Jobs: func() []Job { return []Job{{Key: "a", Cron: "* * * * * *"}} },
+		Fire: func(context.Context, Job, time.Time) error {
+			running.Add(1)
+			<-release
+			return nil
+		}})
+	defer s.Close()
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i := range 3 {
+		s.Tick(t0.Add(time.Duration(i) * time.Second))
+	}
+	for running.Load() < 2 {
+		runtime.Gosched() // the two goroutines Tick started
+	}
+	st := s.Status("a", "* * * * * *", t0)
+	if len(st.Runs) != 2 || !st.Runs[0].Finished.IsZero() || !st.Runs[1].Finished.IsZero() {
+		t.Errorf("two runs under way, Status: %+v", st)
+	}
+	close(release)
 }
