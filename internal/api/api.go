@@ -100,6 +100,9 @@ type Config struct {
 	// RunScheduled runs a function's scheduled handler now and returns
 	// how it went (POST .../scheduled); nil: not offered.
 	RunScheduled func(ctx context.Context, owner, name string) error
+	// ScheduleStatus tells a function's schedule, next time and last
+	// runs (GET .../scheduled); nil: not offered.
+	ScheduleStatus ScheduleStatus
 	// KV is the functions' key-value storage (GET .../kv); nil: none.
 	KV KV
 	// Backups makes backups of the server's data (GET /backup); nil:
@@ -224,6 +227,7 @@ func (a *API) routes() []route {
 		{"GET", "/api/v1/functions/{name}/versions", read, reads(a.listVersions, "owner")},
 		{"DELETE", "/api/v1/functions/{name}/versions/{version}", deploy, reads(a.deleteVersion, "owner")},
 		{"POST", "/api/v1/functions/{name}/rollback", deploy, reads(a.rollback, "owner")},
+		{"GET", "/api/v1/functions/{name}/scheduled", read, reads(a.getScheduled, "owner")},
 		{"POST", "/api/v1/functions/{name}/scheduled", deploy, reads(a.runScheduled, "owner")},
 		{"PUT", "/api/v1/functions/{name}/traffic", deploy, reads(a.setTraffic, "owner")},
 		{"PUT", "/api/v1/functions/{name}/tags/{tag}", deploy, reads(a.setTag, "owner")},

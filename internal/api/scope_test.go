@@ -27,6 +27,7 @@ var routeScopes = map[string]auth.Scope{
 	"GET /api/v1/functions/{name}/versions":              auth.ScopeRead,
 	"DELETE /api/v1/functions/{name}/versions/{version}": auth.ScopeDeploy,
 	"POST /api/v1/functions/{name}/rollback":             auth.ScopeDeploy,
+	"GET /api/v1/functions/{name}/scheduled":             auth.ScopeRead,
 	"POST /api/v1/functions/{name}/scheduled":            auth.ScopeDeploy,
 	"PUT /api/v1/functions/{name}/traffic":               auth.ScopeDeploy,
 	"PUT /api/v1/functions/{name}/tags/{tag}":            auth.ScopeDeploy,

@@ -95,6 +95,7 @@ func newRoot(env Env) (*cobra.Command, *connFlags) {
 		newDeployCmd(conn),
 		newInvokeCmd(conn),
 		newInvocationsCmd(conn),
+		newScheduleCmd(conn),
 		newLsCmd(conn),
 		newRmCmd(conn),
 		newConfigCmd(conn),

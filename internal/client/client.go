@@ -705,6 +705,13 @@ func (c *Client) RunScheduled(ctx context.Context, owner, name string) error {
 	return u.do(ctx, "POST", "/api/v1/functions/"+url.PathEscape(name)+"/scheduled", ownerQuery(owner), nil, "", nil)
 }
 
+// Schedule is a function's schedule, its next time and its last runs.
+func (c *Client) Schedule(ctx context.Context, owner, name string) (api.ScheduleView, error) {
+	var v api.ScheduleView
+	err := c.do(ctx, "GET", "/api/v1/functions/"+url.PathEscape(name)+"/scheduled", ownerQuery(owner), nil, "", &v)
+	return v, err
+}
+
 // SetTraffic splits traffic between versions (version -> percent).
 func (c *Client) SetTraffic(ctx context.Context, owner, name string, split api.TrafficBody) (api.FunctionView, error) {
 	var v api.FunctionView

@@ -348,8 +348,10 @@ const scheduledPath = "/__scheduled"
 // scheduler runs the live version's scheduled handler on Config.Cron.
 func (s *session) scheduler() *schedule.Scheduler {
 	return schedule.New(schedule.Config{
-		Jobs:   func() []schedule.Job { return []schedule.Job{{Key: s.cfg.Name, Cron: s.cfg.Cron}} },
-		Fire:   func(ctx context.Context, j schedule.Job, at time.Time) { _ = s.runScheduled(ctx, j.Cron, at, true) },
+		Jobs: func() []schedule.Job { return []schedule.Job{{Key: s.cfg.Name, Cron: s.cfg.Cron}} },
+		Fire: func(ctx context.Context, j schedule.Job, at time.Time) error {
+			return s.runScheduled(ctx, j.Cron, at, true)
+		},
 		Logger: s.log,
 	})
 }

@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -22,7 +24,7 @@ import (
 // parser reads standard five-field expressions (minute, hour, day of
 // month, month, day of week), an optional leading seconds field, and
 // descriptors (@hourly, @every 10m); CRON_TZ=Zone first picks a time
-// zone (UTC otherwise).
+// zone (UTC otherwise). Parse reads a day of week 7 as Sunday before it.
 var parser = cron.NewParser(cron.SecondOptional | cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
 
 // Parse checks a cron expression: nil, or an invalid-input error that
@@ -45,16 +47,103 @@ func Parse(expr string) (sched cron.Schedule, err error) {
 			return nil, errdefs.Invalid("cron %q: @every needs a duration of at least 1s", expr)
 		}
 	}
-	s, err := parser.Parse(expr)
+	zone, fields := splitExpr(expr)
+	if len(fields) > 0 && !strings.HasPrefix(fields[0], "@") {
+		// cron(8) reads 7 as Sunday too; the parser knows only 0.
+		fields[len(fields)-1] = sundaySeven(fields[len(fields)-1])
+	}
+	s, err := parser.Parse(zone + strings.Join(fields, " "))
 	if err != nil {
+		if f := badField(zone, fields); f != "" {
+			return nil, errdefs.Invalid("cron %q: %s: %v", expr, f, err)
+		}
 		return nil, errdefs.Invalid("cron %q: %v (want five fields, minute hour day-of-month month day-of-week, like \"*/5 * * * *\", an optional seconds field first, or a descriptor like @hourly)", expr, err)
 	}
 	// The parser looks five years ahead, and gives the zero time for
 	// an expression that matches no day in them (February 31st).
 	if s.Next(time.Now()).IsZero() {
+		if n := len(fields); n >= 5 {
+			return nil, errdefs.Invalid("cron %q: matches no time: day-of-month %q never comes in month %q", expr, fields[n-3], fields[n-2])
+		}
 		return nil, errdefs.Invalid("cron %q: matches no time", expr)
 	}
 	return s, nil
+}
+
+// splitExpr splits expr into its CRON_TZ= or TZ= prefix (with its
+// space, or "") and its fields.
+func splitExpr(expr string) (zone string, fields []string) {
+	fields = strings.Fields(expr)
+	if len(fields) > 0 && (strings.HasPrefix(fields[0], "CRON_TZ=") || strings.HasPrefix(fields[0], "TZ=")) {
+		zone, fields = fields[0]+" ", fields[1:]
+	}
+	return zone, fields
+}
+
+// fieldNames names the fields of a five-field expression, and of a
+// six-field one with seconds first.
+var fieldNames = map[int][]string{
+	5: {"minute", "hour", "day-of-month", "month", "day-of-week"},
+	6: {"second", "minute", "hour", "day-of-month", "month", "day-of-week"},
+}
+
+// badField names the first field of an expression the parser refused
+// that it refuses alone (every other field "*"), or "" (the count of
+// fields is wrong, or a descriptor, or the zone).
+func badField(zone string, fields []string) string {
+	names := fieldNames[len(fields)]
+	for i, name := range names {
+		alone := make([]string, len(fields))
+		for j := range alone {
+			alone[j] = "*"
+		}
+		alone[i] = fields[i]
+		if _, err := parser.Parse(zone + strings.Join(alone, " ")); err != nil {
+			return name
+		}
+	}
+	return ""
+}
+
+// sundaySeven rewrites a day-of-week field's 7 (Sunday, as cron(8) and
+// crontab(5) allow) as the parser's 0: "7" is "0", and a range that
+// ends at 7, "5-7" or "1-7/2", ends at 6 and adds 0 when its step
+// lands on 7. Anything else is left for the parser to judge.
+func sundaySeven(field string) string {
+	parts := strings.Split(field, ",")
+	for i, p := range parts {
+		rng, step, hasStep := strings.Cut(p, "/")
+		lo, hi, isRange := strings.Cut(rng, "-")
+		if !isRange {
+			if rng == "7" && !hasStep {
+				parts[i] = "0"
+			}
+			continue
+		}
+		from, err := strconv.Atoi(lo)
+		if hi != "7" || err != nil || from < 0 || from > 7 {
+			continue
+		}
+		by := 1
+		if hasStep {
+			if by, err = strconv.Atoi(step); err != nil || by <= 0 {
+				continue
+			}
+		}
+		var out []string
+		if from <= 6 {
+			r := fmt.Sprintf("%d-6", from)
+			if hasStep {
+				r += "/" + step
+			}
+			out = append(out, r)
+		}
+		if (7-from)%by == 0 {
+			out = append(out, "0")
+		}
+		parts[i] = strings.Join(out, ",")
+	}
+	return strings.Join(parts, ",")
 }
 
 // Job is one function's schedule, as the source lists it.
@@ -69,10 +158,13 @@ type Job struct {
 type Config struct {
 	// Jobs lists the schedules now, each Tick.
 	Jobs func() []Job
-	// Fire runs one job's event for time at, in its own goroutine; ctx
-	// ends when the scheduler is closed.
-	Fire   func(ctx context.Context, j Job, at time.Time)
+	// Fire runs one job's event for time at, in its own goroutine, and
+	// returns how it went; ctx ends when the scheduler is closed.
+	Fire   func(ctx context.Context, j Job, at time.Time) error
 	Logger *slog.Logger
+	// Now is the clock a run's end is read by (time.Now if nil); its
+	// start is the tick's time.
+	Now func() time.Time
 }
 
 // Scheduler fires jobs at their times.
@@ -91,7 +183,37 @@ type entry struct {
 	cron  string
 	sched cron.Schedule // nil: the expression does not parse (said once)
 	at    time.Time     // the next time it fires
+	seen  time.Time     // the last tick's time
+	runs  []*Run        // the last keepRuns, oldest first
 }
+
+// keepRuns is how many of a job's last runs Status shows.
+const keepRuns = 20
+
+// Run is one run of a job.
+type Run struct {
+	At       time.Time // the time it ran for
+	Started  time.Time
+	Finished time.Time // zero while it runs
+	Err      error     // how it failed
+}
+
+// ErrSkipped is a run's error when the time came but the run did not
+// start: its function was deleted, or lost the schedule, before it.
+var ErrSkipped = errors.New("skipped")
+
+// Status is a job's schedule as Status shows it.
+type Status struct {
+	Next time.Time // zero: none (it matches no time now, or does not parse)
+	Runs []Run     // its last runs, newest first, since the server started
+}
+
+// stepBack is how far back a clock must step for a job to start over
+// from the clock's new time, as cron(8) does: a shorter step waits for
+// the times not yet run (none runs twice), a longer one (a clock that
+// was far ahead, set right) does not wait for the wrong time to come
+// again, which could be a year without runs.
+const stepBack = 3 * time.Hour
 
 // after is the job's next time after now, past the time it just fired
 // for (at; zero on first sight), in its zone as cron(8) keeps time
@@ -148,6 +270,9 @@ func New(cfg Config) *Scheduler {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	ctx, stop := context.WithCancel(context.Background())
 	return &Scheduler{cfg: cfg, ctx: ctx, stop: stop, next: map[string]*entry{}}
 }
@@ -155,8 +280,13 @@ func New(cfg Config) *Scheduler {
 // Tick fires the jobs whose time has come by now, once each however
 // many of their times have passed since the last tick (a server that
 // was stopped, or a slow tick, does not make up runs), and notes each
-// job's next time. A job first seen fires at its next time after now.
+// job's next time. A job first seen fires at its next time after now;
+// so does one whose clock stepped back more than stepBack.
 func (s *Scheduler) Tick(now time.Time) {
+	// Schedules keep wall-clock time: a ticker's time carries a
+	// monotonic reading, which would hide a clock that steps back (and
+	// stands still while the machine is suspended).
+	now = now.Round(0)
 	jobs := s.cfg.Jobs()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -176,20 +306,37 @@ func (s *Scheduler) Tick(now time.Time) {
 				s.next[j.Key] = &entry{cron: j.Cron}
 				continue
 			}
-			e = &entry{cron: j.Cron, sched: sched}
+			// A changed schedule keeps the runs it made.
+			var runs []*Run
+			if e != nil {
+				runs = e.runs
+			}
+			e = &entry{cron: j.Cron, sched: sched, seen: now, runs: runs}
 			e.at = e.after(now, time.Time{})
 			s.next[j.Key] = e
 			continue
 		}
+		if e.sched != nil && now.Before(e.seen.Add(-stepBack)) {
+			e.at = e.after(now, time.Time{})
+		}
+		e.seen = now
 		if e.sched == nil || e.at.IsZero() || now.Before(e.at) {
 			continue // never (it does not parse, or matches no time now), or not yet
 		}
 		at := e.at
 		e.at = e.after(now, at)
+		run := &Run{At: at, Started: now}
+		e.runs = append(e.runs, run)
+		if len(e.runs) > keepRuns {
+			e.runs = slices.Delete(e.runs, 0, len(e.runs)-keepRuns)
+		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			s.cfg.Fire(s.ctx, j, at)
+			err := s.cfg.Fire(s.ctx, j, at)
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			run.Finished, run.Err = s.cfg.Now(), err
 		}()
 	}
 	for k := range s.next {
@@ -197,6 +344,30 @@ func (s *Scheduler) Tick(now time.Time) {
 			delete(s.next, k)
 		}
 	}
+}
+
+// Status is the schedule of the job key, whose expression is now cron:
+// its next time, as the scheduler will fire it (or, before its first
+// tick sees it, as the expression reads after now), and its last runs.
+func (s *Scheduler) Status(key, cron string, now time.Time) Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var st Status
+	e := s.next[key]
+	if e != nil {
+		for _, r := range slices.Backward(e.runs) {
+			st.Runs = append(st.Runs, *r)
+		}
+	}
+	switch {
+	case e != nil && e.cron == cron:
+		st.Next = e.at
+	case cron != "":
+		if sched, err := Parse(cron); err == nil {
+			st.Next = (&entry{cron: cron, sched: sched}).after(now.Round(0), time.Time{})
+		}
+	}
+	return st
 }
 
 // Run ticks every second until ctx ends.

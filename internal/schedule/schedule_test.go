@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -11,34 +12,87 @@ import (
 	"github.com/spry-run/spry/internal/errdefs"
 )
 
+// Parse takes every syntax the docs name, and refuses the rest with
+// invalid input that names the field at fault where there is one.
 func TestParse(t *testing.T) {
+	from := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC) // a Thursday
 	for _, c := range []struct {
 		expr string
-		ok   bool
+		next string // the first time after from, UTC; "" if refused
+		says string // in the error when refused
 	}{
-		{"*/5 * * * *", true},
-		{"0 3 * * mon-fri", true},
-		{"30 */2 * * * *", true}, // seconds first
-		{"@hourly", true},
-		{"@every 10m", true},
-		{"CRON_TZ=Europe/Paris 0 9 * * *", true},
-		{"", false},
-		{"  ", false},
-		{"* * * *", false},
-		{"61 * * * *", false},
-		{"* * * * * * *", false},
-		{"@sometimes", false},
-		{"CRON_TZ=Nowhere/Else 0 9 * * *", false},
-		{"TZ=", false}, // the parser panics on it
-		{"CRON_TZ=UTC", false},
-		{"0 0 31 2 *", false}, // February 31st
+		{"*/5 * * * *", "2026-01-01T00:05:00Z", ""},
+		{"0 3 * * mon-fri", "2026-01-01T03:00:00Z", ""},
+		{"0 3 * * SAT", "2026-01-03T03:00:00Z", ""},
+		{"0 0 1-31/2 jan,mar *", "2026-01-03T00:00:00Z", ""},
+		{"15,45 9-17/4 * * *", "2026-01-01T09:15:00Z", ""},
+		{"0 0 ? * *", "2026-01-02T00:00:00Z", ""},
+		{"0 0 29 2 *", "2028-02-29T00:00:00Z", ""},
+		{"0 0 13 * 5", "2026-01-02T00:00:00Z", ""},     // day of month or day of week, as cron(8)
+		{"30 */2 * * * *", "2026-01-01T00:00:30Z", ""}, // seconds first
+		{"  0	0 * * *  ", "2026-01-02T00:00:00Z", ""},
+		{"@yearly", "2027-01-01T00:00:00Z", ""},
+		{"@annually", "2027-01-01T00:00:00Z", ""},
+		{"@monthly", "2026-02-01T00:00:00Z", ""},
+		{"@weekly", "2026-01-04T00:00:00Z", ""},
+		{"@daily", "2026-01-02T00:00:00Z", ""},
+		{"@midnight", "2026-01-02T00:00:00Z", ""},
+		{"@hourly", "2026-01-01T01:00:00Z", ""},
+		{"@every 10m", "2026-01-01T00:10:00Z", ""},
+		{"CRON_TZ=Europe/Paris 0 9 * * *", "2026-01-01T08:00:00Z", ""},
+		{"TZ=Asia/Tokyo 0 9 * * *", "2026-01-02T00:00:00Z", ""},
+		{"CRON_TZ=Europe/Berlin @daily", "2026-01-01T23:00:00Z", ""},
+		// 7 is Sunday too, as in crontab(5).
+		{"0 0 * * 7", "2026-01-04T00:00:00Z", ""},
+		{"0 0 * * 6-7", "2026-01-03T00:00:00Z", ""},
+		{"0 0 * * 5-7/2", "2026-01-02T00:00:00Z", ""},
+		{"0 0 * * 1,7", "2026-01-04T00:00:00Z", ""},
+		{"", "", "empty"},
+		{"  ", "", "empty"},
+		{"* * * *", "", "five fields"},
+		{"* * * * * * *", "", "five fields"},
+		{"61 * * * *", "", "minute"},
+		{"0 25 * * *", "", "hour"},
+		{"0 0 0 * *", "", "day-of-month"},
+		{"0 0 32 * *", "", "day-of-month"},
+		{"0 0 * 13 *", "", "month"},
+		{"0 0 * * 8", "", "day-of-week"},
+		{"0 0 * * 5-8", "", "day-of-week"},
+		{"*/0 * * * *", "", "minute"},
+		{"0 */0 * * *", "", "hour"},
+		{"5-1 * * * *", "", "minute"},
+		{"60 * * * * *", "", "second"},
+		{"0 0 L * *", "", "day-of-month"},
+		{"0 0 * * 1#2", "", "day-of-week"},
+		{"0 0 * foo *", "", "month"},
+		{"@sometimes", "", "@sometimes"},
+		{"@reboot", "", "@reboot"},
+		{"@every", "", "@every"},
+		{"@every 500ms", "", "at least 1s"},
+		{"CRON_TZ=Nowhere/Else 0 9 * * *", "", "Nowhere/Else"},
+		{"TZ=", "", "five fields"}, // the parser panics on it alone
+		{"CRON_TZ=UTC", "", "five fields"},
+		{"0 0 31 2 *", "", "matches no time"}, // February 31st
+		{"0 0 30 2 *", "", "day-of-month \"30\" never comes in month \"2\""},
+		{"0 0 31 4,6 *", "", "matches no time"},
 	} {
-		_, err := Parse(c.expr)
-		if (err == nil) != c.ok {
-			t.Errorf("%q: %v, want ok %v", c.expr, err, c.ok)
+		s, err := Parse(c.expr)
+		if c.next == "" {
+			if err == nil {
+				t.Errorf("%q: accepted, next %v", c.expr, s.Next(from))
+			} else if !errors.Is(err, errdefs.ErrInvalidArgument) {
+				t.Errorf("%q: %v is not invalid input", c.expr, err)
+			} else if !strings.Contains(err.Error(), c.says) {
+				t.Errorf("%q: %q does not say %q", c.expr, err, c.says)
+			}
+			continue
 		}
-		if err != nil && !errors.Is(err, errdefs.ErrInvalidArgument) {
-			t.Errorf("%q: %v is not invalid input", c.expr, err)
+		if err != nil {
+			t.Errorf("%q: %v", c.expr, err)
+			continue
+		}
+		if got := s.Next(from).UTC().Format(time.RFC3339); got != c.next {
+			t.Errorf("%q: next %s, want %s", c.expr, got, c.next)
 		}
 	}
 }
@@ -49,10 +103,11 @@ type recorder struct {
 	fired []string // "key at", at in UTC
 }
 
-func (r *recorder) fire(_ context.Context, j Job, at time.Time) {
+func (r *recorder) fire(_ context.Context, j Job, at time.Time) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.fired = append(r.fired, j.Key+" "+at.UTC().Format("15:04:05"))
+	return nil
 }
 
 func (r *recorder) take(s *Scheduler) []string {
@@ -132,7 +187,7 @@ func TestTickSkipsABadExpression(t *testing.T) {
 // FuzzParse: any expression parses or gets invalid input, never a
 // panic, and one that parses has a next time.
 func FuzzParse(f *testing.F) {
-	for _, s := range []string{"*/5 * * * *", "30 0 * * * *", "@every 10m", "CRON_TZ=Europe/Paris 0 9 * * *", "TZ=", "0 0 31 2 *"} {
+	for _, s := range []string{"*/5 * * * *", "30 0 * * * *", "@every 10m", "CRON_TZ=Europe/Paris 0 9 * * *", "TZ=", "0 0 31 2 *", "0 0 * * 5-7/2", "61 * * * *"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, expr string) {
@@ -143,6 +198,65 @@ func FuzzParse(f *testing.F) {
 			}
 			return
 		}
-		_ = s.Next(time.Date(2026, 11, 24, 0, 0, 0, 0, time.UTC))
+		from := time.Date(2026, 11, 24, 0, 0, 0, 0, time.UTC)
+		if next := s.Next(from); !next.After(from) {
+			t.Fatalf("%q parses, and its next time after %v is %v", expr, from, next)
+		}
 	})
+}
+
+// Status shows a job's next time and its last runs, newest first: one
+// under way without an end, one done with its error, kept when the
+// expression changes, at most keepRuns of them; before a tick has seen
+// a job, its next time is read from its expression.
+func TestStatus(t *testing.T) {
+	t0 := time.Date(2026, 11, 24, 10, 0, 30, 0, time.UTC)
+	clock := t0
+	release := make(chan struct{})
+	cron := "* * * * *"
+	s := New(Config{
+		Jobs: func() []Job { return []Job{{Key: "a", Cron: cron}} },
+		Fire: func(_ context.Context, _ Job, at time.Time) error {
+			if at.Minute() == 1 {
+				<-release // the first run is under way until released
+				return errors.New("boom")
+			}
+			return nil
+		},
+		Now: func() time.Time { return clock },
+	})
+	defer s.Close()
+	if st := s.Status("a", cron, t0); !st.Next.Equal(t0.Add(30*time.Second)) || len(st.Runs) != 0 {
+		t.Fatalf("before a tick: %+v", st)
+	}
+	s.Tick(t0)
+	s.Tick(t0.Add(30 * time.Second)) // fires for 10:01
+	st := s.Status("a", cron, t0)
+	if len(st.Runs) != 1 || !st.Runs[0].At.Equal(t0.Add(30*time.Second)) || !st.Runs[0].Finished.IsZero() || !st.Next.Equal(t0.Add(90*time.Second)) {
+		t.Fatalf("a run under way: %+v", st)
+	}
+	clock = t0.Add(40 * time.Second)
+	close(release)
+	s.wg.Wait()
+	s.Tick(t0.Add(90 * time.Second)) // 10:02, done at once
+	s.wg.Wait()
+	st = s.Status("a", cron, t0)
+	if len(st.Runs) != 2 || st.Runs[0].Err != nil || st.Runs[1].Err == nil || !st.Runs[1].Finished.Equal(clock) {
+		t.Fatalf("two runs: %+v", st)
+	}
+	cron = "*/10 * * * * *"
+	if st := s.Status("a", cron, t0.Add(91*time.Second)); !st.Next.Equal(t0.Add(100*time.Second)) || len(st.Runs) != 2 {
+		t.Fatalf("changed, before a tick: %+v", st)
+	}
+	for i := range 3 * keepRuns {
+		s.Tick(t0.Add(91*time.Second + time.Duration(i)*10*time.Second))
+	}
+	s.wg.Wait()
+	st = s.Status("a", cron, t0)
+	if len(st.Runs) != keepRuns || !st.Runs[0].At.After(st.Runs[1].At) {
+		t.Fatalf("after many runs: %d runs, first %v, second %v", len(st.Runs), st.Runs[0].At, st.Runs[1].At)
+	}
+	if st := s.Status("gone", "", t0); !st.Next.IsZero() || st.Runs != nil {
+		t.Fatalf("no job: %+v", st)
+	}
 }

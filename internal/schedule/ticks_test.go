@@ -3,6 +3,7 @@ package schedule
 import (
 	"context"
 	"log/slog"
+	"runtime"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -14,10 +15,11 @@ import (
 func countFires(t *testing.T, cron string, from, to time.Time, step time.Duration) []string {
 	t.Helper()
 	rec := &recorder{}
-	s := New(Config{Jobs: func() []Job { return []Job{{Key: "a", Cron: cron}} }, Fire: func(ctx context.Context, j Job, at time.Time) {
+	s := New(Config{Jobs: func() []Job { return []Job{{Key: "a", Cron: cron}} }, Fire: func(ctx context.Context, j Job, at time.Time) error {
 		rec.mu.Lock()
 		defer rec.mu.Unlock()
 		rec.fired = append(rec.fired, at.UTC().Format(time.RFC3339))
+		return nil
 	}})
 	defer s.Close()
 	for now := from; !now.After(to); now = now.Add(step) {
@@ -88,7 +90,7 @@ func TestEveryUnderASecondIsRefused(t *testing.T) {
 func TestUnparsableScheduleWarnsOnce(t *testing.T) {
 	var h countHandler
 	s := New(Config{Jobs: func() []Job { return []Job{{Key: "a", Cron: "CRON_TZ=Nowhere/Else 0 9 * * *"}} },
-		Fire: func(context.Context, Job, time.Time) {}, Logger: slog.New(&h)})
+		Fire: func(context.Context, Job, time.Time) error { return nil }, Logger: slog.New(&h)})
 	defer s.Close()
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	for i := range 60 {
@@ -113,11 +115,12 @@ func TestTickAndCloseRace(t *testing.T) {
 		var fired atomic.Int64
 		var closed atomic.Bool
 		s := New(Config{Jobs: func() []Job { return []Job{{Key: "a", Cron: "* * * * * *"}} },
-			Fire: func(ctx context.Context, j Job, at time.Time) {
+			Fire: func(ctx context.Context, j Job, at time.Time) error {
 				if closed.Load() {
 					t.Error("fired after Close returned")
 				}
 				fired.Add(1)
+				return nil
 			}})
 		t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 		s.Tick(t0)
@@ -132,4 +135,78 @@ func TestTickAndCloseRace(t *testing.T) {
 		closed.Store(true)
 		<-done
 	}
+}
+
+// A clock that steps back (NTP, a host's clock set right) makes no
+// burst and no time run twice: a step of minutes waits for the times
+// not yet run; a step of more than three hours (a clock that was far
+// ahead) starts the schedule over from the clock's new time, as
+// cron(8) does, rather than waiting for the wrong time to come again
+// (a year without runs).
+func TestClockStepsBack(t *testing.T) {
+	day := func(h, m, s int) time.Time { return time.Date(2026, 11, 24, h, m, s, 0, time.UTC) }
+	yearAhead := func(h, m, s int) time.Time { return day(h, m, s).AddDate(1, 0, 0) }
+	span := func(from, to time.Time) []time.Time {
+		var out []time.Time
+		for now := from; !now.After(to); now = now.Add(30 * time.Second) {
+			out = append(out, now)
+		}
+		return out
+	}
+	for _, tt := range []struct {
+		name  string
+		ticks []time.Time
+		want  []string
+	}{
+		{"back a minute", append(span(day(10, 0, 30), day(10, 2, 0)), span(day(10, 1, 0), day(10, 4, 0))...),
+			[]string{"2026-11-24T10:01:00Z", "2026-11-24T10:02:00Z", "2026-11-24T10:03:00Z", "2026-11-24T10:04:00Z"}},
+		{"back an hour", append(span(day(10, 0, 30), day(10, 1, 0)), span(day(9, 0, 0), day(10, 3, 0))...),
+			[]string{"2026-11-24T10:01:00Z", "2026-11-24T10:02:00Z", "2026-11-24T10:03:00Z"}},
+		{"back a year", append(span(yearAhead(10, 0, 30), yearAhead(10, 1, 0)), span(day(10, 0, 30), day(10, 3, 0))...),
+			[]string{"2026-11-24T10:01:00Z", "2026-11-24T10:02:00Z", "2026-11-24T10:03:00Z", "2027-11-24T10:01:00Z"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := &recorder{}
+			s := New(Config{Jobs: func() []Job { return []Job{{Key: "a", Cron: "* * * * *"}} }, Fire: func(ctx context.Context, j Job, at time.Time) error {
+				rec.mu.Lock()
+				defer rec.mu.Unlock()
+				rec.fired = append(rec.fired, at.UTC().Format(time.RFC3339))
+				return nil
+			}})
+			defer s.Close()
+			for _, now := range tt.ticks {
+				s.Tick(now)
+			}
+			if got := rec.take(s); !slices.Equal(got, tt.want) {
+				t.Errorf("fired for %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// A run that outlasts its period overlaps the next, as the docs say
+// (Cloudflare's cron triggers, a CronJob's Allow): the next time fires
+// while the first still runs, and Status shows both running.
+func TestRunsOverlap(t *testing.T) {
+	release := make(chan struct{})
+	var running atomic.Int64
+	s := New(Config{Jobs: func() []Job { return []Job{{Key: "a", Cron: "* * * * * *"}} },
+		Fire: func(context.Context, Job, time.Time) error {
+			running.Add(1)
+			<-release
+			return nil
+		}})
+	defer s.Close()
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i := range 3 {
+		s.Tick(t0.Add(time.Duration(i) * time.Second))
+	}
+	for running.Load() < 2 {
+		runtime.Gosched() // the two goroutines Tick started
+	}
+	st := s.Status("a", "* * * * * *", t0)
+	if len(st.Runs) != 2 || !st.Runs[0].Finished.IsZero() || !st.Runs[1].Finished.IsZero() {
+		t.Errorf("two runs under way, Status: %+v", st)
+	}
+	close(release)
 }

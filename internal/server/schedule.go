@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/spry-run/spry/internal/activator"
@@ -22,8 +23,8 @@ func (s *Server) newScheduler() *schedule.Scheduler {
 			}
 			return jobs
 		},
-		Fire: func(ctx context.Context, j schedule.Job, at time.Time) {
-			_ = s.runEvent(ctx, j.Data.(*backend.Spec), j.Cron, at, true)
+		Fire: func(ctx context.Context, j schedule.Job, at time.Time) error {
+			return s.runEvent(ctx, j.Data.(*backend.Spec), j.Cron, at, true)
 		},
 		Logger: s.log,
 	})
@@ -39,6 +40,16 @@ func (s *Server) RunScheduled(ctx context.Context, owner, name string) error {
 		return err
 	}
 	return s.runEvent(ctx, sp, sp.Cron, time.Now(), false)
+}
+
+// ScheduleStatus is owner/name's schedule (its live version's), when it
+// runs next and how its last runs went.
+func (s *Server) ScheduleStatus(ctx context.Context, owner, name string) (string, schedule.Status, error) {
+	sp, err := s.fns.Live(ctx, owner, name)
+	if err != nil {
+		return "", schedule.Status{}, err
+	}
+	return sp.Cron, s.sched.Status(sp.FunctionID, sp.Cron, time.Now()), nil
 }
 
 // runEvent runs one scheduled event of a function: an instance as a
@@ -61,7 +72,7 @@ func (s *Server) runEvent(ctx context.Context, sp *backend.Spec, cron string, at
 	// resolves again too), if that one still has the schedule.
 	for tries := 0; timed && errors.Is(err, activator.ErrRetired) && tries < 3; tries++ {
 		if sp = s.scheduledSpec(sp.FunctionID); sp == nil {
-			return nil // the schedule went with the version
+			return fmt.Errorf("%w: the function was deleted, or its live version has no schedule now", schedule.ErrSkipped)
 		}
 		cron = sp.Cron
 		instance, err = s.act.RunScheduled(ctx, sp, cron, at)

@@ -483,6 +483,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		PublicURL:         cfg.PublicURL,
 		FunctionDomain:    cfg.FunctionDomain,
 		RunScheduled:      s.RunScheduled,
+		ScheduleStatus:    s.ScheduleStatus,
 		KV:                s.kv,
 		Backups:           backups,
 		Invocations:       s.async,
