@@ -155,6 +155,10 @@ func TestBundleDirEntry(t *testing.T) {
 		{name: "option absolute", files: map[string]string{"index.ts": fmt.Sprintf(def, "index.ts")}, entry: "/etc/passwd", wantErr: "must be relative to the project"},
 		{name: "option bad extension", files: map[string]string{"index.py": "x"}, entry: "index.py", wantErr: "must end in .ts"},
 		{name: "none", files: map[string]string{"lib/util.ts": fmt.Sprintf(def, "x"), "README.md": "hi"}, wantErr: `no entry point found: looked for package.json "main", "module" and "exports", then index.ts, index.js, main.ts, main.js, mod.ts, src/index.ts`},
+		{name: "package.json main commonjs", files: map[string]string{"package.json": `{"main": "main.cjs"}`, "main.cjs": "module.exports = { fetch: () => new Response(\"cjs main\") };\n"}, want: "cjs main"},
+		{name: "option commonjs typescript", files: map[string]string{"fn.cts": "export = { fetch: () => new Response(\"cts\") };\n"}, entry: "fn.cts", want: "cts"},
+		{name: "package.json main not an entry", files: map[string]string{"package.json": `{"main": "data.json"}`, "data.json": "{}"}, wantErr: `(package.json names "data.json", which must end in .ts, .mts, .cts, .tsx, .js, .mjs, .cjs or .jsx)`},
+		{name: "package.json main missing, no fallback", files: map[string]string{"package.json": `{"main": "dist/index.js", "module": "../up.js"}`}, wantErr: `(package.json names "dist/index.js", which does not exist; package.json names "../up.js": path "../up.js" is outside the project)`},
 		{name: "bad package.json", files: map[string]string{"package.json": `{"main": }`, "index.ts": fmt.Sprintf(def, "x")}, wantErr: "package.json: invalid character '}' looking for beginning of value at line 1, column 10"},
 	}
 	for _, tt := range tests {

@@ -869,15 +869,22 @@ func findEntry(dir, entry string, pkg *packageJSON, runtime string) (string, err
 		}
 		return rel, nil
 	}
+	// Why each entry package.json names was passed over, for the error
+	// if nothing is found: a project whose "main" is not built yet falls
+	// back to index.ts, but one whose "main" cannot be an entry must say so.
+	var skipped []string
 	if pkg != nil {
 		for _, c := range packageEntries(pkg, runtime) {
 			rel, err := localPath(c)
 			if err != nil {
+				skipped = append(skipped, fmt.Sprintf("package.json names %s: %v", quoteName(c), err))
 				continue
 			}
-			if checkEntryFile(dir, rel) == nil {
+			err = checkEntryFile(dir, rel)
+			if err == nil {
 				return rel, nil
 			}
+			skipped = append(skipped, fmt.Sprintf("package.json names %s, which %v", quoteName(c), err))
 		}
 	}
 	for _, c := range DefaultEntries {
@@ -885,7 +892,11 @@ func findEntry(dir, entry string, pkg *packageJSON, runtime string) (string, err
 			return c, nil
 		}
 	}
-	return "", errdefs.Invalid("no entry point found: looked for package.json \"main\", \"module\" and \"exports\", then %s; add one of them or name the entry file", strings.Join(DefaultEntries, ", "))
+	msg := fmt.Sprintf("no entry point found: looked for package.json \"main\", \"module\" and \"exports\", then %s; add one of them or name the entry file", strings.Join(DefaultEntries, ", "))
+	if len(skipped) > 0 {
+		msg += " (" + strings.Join(skipped, "; ") + ")"
+	}
+	return "", errdefs.Invalid("%s", msg)
 }
 
 // packageEntries lists the entry candidates package.json names, in order:
@@ -943,11 +954,13 @@ func exportTarget(v any, conditions []string, depth int) string {
 }
 
 // checkEntryFile checks that rel is a regular file in dir (not through a
-// symbolic link out of it) with an extension an entry may have.
+// symbolic link out of it) with an extension an entry may have: any
+// module a project may import, CommonJS included (esbuild makes its
+// module.exports the bundle's default export), but JSON.
 func checkEntryFile(dir, rel string) error {
 	ext := strings.ToLower(filepath.Ext(rel))
-	if _, ok := loaders[ext]; !ok {
-		return errors.New("must end in .ts, .mts, .tsx, .js, .mjs or .jsx")
+	if _, ok := dirLoaders[ext]; !ok || ext == ".json" {
+		return errors.New("must end in .ts, .mts, .cts, .tsx, .js, .mjs, .cjs or .jsx")
 	}
 	p := filepath.Join(dir, filepath.FromSlash(rel))
 	real, err := filepath.EvalSymlinks(p)
