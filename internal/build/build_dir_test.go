@@ -206,6 +206,17 @@ func TestBundleDirErrors(t *testing.T) {
 			wantMsg: []string{`lib/util.ts:3:5: Expected ";" but found "b" (in "a b;")`},
 		},
 		{
+			// Only the bundle is deployed: the file such an import names
+			// is not there at run time.
+			name: "computed import in a project file",
+			files: map[string]string{
+				"index.ts":    "import { load } from './lib/load.ts';\nexport default { fetch: async () => new Response(await load('x')) };\n",
+				"lib/load.ts": "export async function load(name: string) {\n  const path = `./${name}.ts`;\n  return (await import(path)).default;\n}\n",
+				"lib/x.ts":    "export default 'x';\n",
+			},
+			wantMsg: []string{"lib/load.ts:3:17: import() of a computed specifier cannot be bundled"},
+		},
+		{
 			name: "missing import",
 			files: map[string]string{
 				"index.ts": "export { default } from './lib/x.ts';\n",
@@ -1228,5 +1239,29 @@ if [ "$1 $2 $3" = "config get allow-git" ]; then echo "$npm_config_allow_git"; e
 	// files (0640 root:root, say) it could read.
 	if got, want := string(b), fmt.Sprintf("%d\n%d\ndenied\ndenied\ncache-ok\n", uid, uid); got != want {
 		t.Errorf("npm saw %q, want %q", got, want)
+	}
+}
+
+// TestBundleDirComputedImports: an import() of a template literal bundles
+// every file it may name, and a dependency's computed import() (its
+// code, not the user's to change) is left as it is.
+func TestBundleDirComputedImports(t *testing.T) {
+	dir := writeProject(t, map[string]string{
+		"index.ts": `import dep from "dep";
+const lang = "fr";
+const t = await import(` + "`./locales/${lang}.ts`" + `);
+export default { fetch: () => new Response(t.hello + " " + dep) };
+`,
+		"locales/en.ts":                 `export const hello = "hello";`,
+		"locales/fr.ts":                 `export const hello = "bonjour";`,
+		"node_modules/dep/package.json": `{"name": "dep", "main": "index.js"}`,
+		"node_modules/dep/index.js":     "let opt = null;\ntry { opt = require(process.env.OPTIONAL_DEP || 'x'); } catch {}\nmodule.exports = opt ? 'with' : 'without';\n",
+	})
+	res, err := BundleDir(context.Background(), dir, DirOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out := runDeno(t, res.Code); out != "bonjour without" {
+		t.Errorf("bundle answered %q", out)
 	}
 }

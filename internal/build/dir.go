@@ -341,7 +341,15 @@ func (b *dirBuild) build(collect, banner bool) (api.BuildResult, error) {
 func (b *dirBuild) messageFormat() messageFormat {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return messageFormat{name: b.entry, maxFile: 4096, class: b.class, scrub: b.scrub}
+	return messageFormat{name: b.entry, maxFile: 4096, class: b.class, scrub: b.scrub, own: ownFile}
+}
+
+// ownFile says whether esbuild's name of a file is one of the project's
+// own, not a dependency's or a fetched module's: those may import what
+// they compute where they can do without (in a try, say), and the user
+// cannot change them.
+func ownFile(file string) bool {
+	return !strings.HasPrefix(file, "http-url:") && !isDependency(file)
 }
 
 // setClass records the class of a plugin's error: the build error that
