@@ -159,6 +159,8 @@ func TestBundleDirEntry(t *testing.T) {
 		{name: "option commonjs typescript", files: map[string]string{"fn.cts": "export = { fetch: () => new Response(\"cts\") };\n"}, entry: "fn.cts", want: "cts"},
 		{name: "package.json main not an entry", files: map[string]string{"package.json": `{"main": "data.json"}`, "data.json": "{}"}, wantErr: `(package.json names "data.json", which must end in .ts, .mts, .cts, .tsx, .js, .mjs, .cjs or .jsx)`},
 		{name: "package.json main missing, no fallback", files: map[string]string{"package.json": `{"main": "dist/index.js", "module": "../up.js"}`}, wantErr: `(package.json names "dist/index.js", which does not exist; package.json names "../up.js": path "../up.js" is outside the project)`},
+		{name: "package.json dependencies not an object", files: map[string]string{"package.json": `{"dependencies": "x"}`, "index.ts": fmt.Sprintf(def, "x")}, wantErr: `package.json: in "dependencies": a string where an object of strings must be, at line 1, column 20`},
+		{name: "package.json dependency version not a string", files: map[string]string{"package.json": "{\"dependencies\": {\n  \"ms\": 2}}", "index.ts": fmt.Sprintf(def, "x")}, wantErr: `package.json: in "dependencies": a number where a string must be, at line 2, column 9`},
 		{name: "bad package.json", files: map[string]string{"package.json": `{"main": }`, "index.ts": fmt.Sprintf(def, "x")}, wantErr: "package.json: invalid character '}' looking for beginning of value at line 1, column 10"},
 	}
 	for _, tt := range tests {
