@@ -206,3 +206,79 @@ func TestDeployNPMOutOfMemory(t *testing.T) {
 		t.Fatalf("the next deploy: %d %s", r.status, r.body)
 	}
 }
+
+// TestDeployRefusalsKeepServing: with the real binary, project shapes
+// that cannot work are refused with a 400 naming the file and line (a
+// syntax error in another file, a missing import, a computed import(),
+// a package.json of the wrong shape, a hostile archive), each leaving
+// version 1 live and alone, and nothing in the build's scratch
+// directory; a CommonJS entry package.json names deploys.
+func TestDeployRefusalsKeepServing(t *testing.T) {
+	s := startServer(t)
+	tmp := t.TempDir()
+	s.env = []string{"TMPDIR=" + tmp}
+	s.restart()
+	good := writeTree(t, map[string]string{"index.ts": `export default { fetch: () => new Response("v1") };`})
+	s.mustSpry("deploy", good, "--name", "app")
+
+	tests := []struct {
+		name  string
+		files map[string]string
+		want  string
+	}{
+		{"syntax error in an imported file", map[string]string{
+			"index.ts": `import { x } from "./lib/x.ts"; export default { fetch: () => new Response(x) };`,
+			"lib/x.ts": "export const x: string = (1 +;\n",
+		}, `lib/x.ts:1:30: Unexpected ";"`},
+		{"missing import", map[string]string{
+			"index.ts": `import { x } from "./nope.ts"; export default { fetch: () => new Response(x) };`,
+		}, `index.ts:1:19: Could not resolve "./nope.ts"`},
+		{"computed import", map[string]string{
+			"index.ts": "export default { async fetch() {\n  const name = \"./x.ts\";\n  return new Response((await import(name)).x);\n} };\n",
+			"x.ts":     `export const x = "x";`,
+		}, "index.ts:3:30: import() of a computed specifier cannot be bundled"},
+		{"no default export", map[string]string{
+			"index.ts": `export const fetch = () => new Response("x");`,
+		}, "index.ts: no default export"},
+		{"package.json of the wrong shape", map[string]string{
+			"package.json": `{"dependencies": ["is-number"]}`,
+			"index.ts":     `export default { fetch: () => new Response("x") };`,
+		}, `package.json: in "dependencies": an array where an object of strings must be`},
+	}
+	for _, tt := range tests {
+		_, errOut, code := s.spry("", "deploy", writeTree(t, tt.files), "--name", "app")
+		if code == 0 || !strings.Contains(errOut, tt.want) {
+			t.Errorf("%s: exit %d, stderr %q, want %q", tt.name, code, errOut, tt.want)
+		}
+	}
+	evil := s.do("PUT", "/api/v1/functions/app", s.token, bytes.NewReader(tarWithEntry(t, "/etc/x.ts", "x")), map[string]string{"Content-Type": "application/x-tar"})
+	if evil.status != 400 || !strings.Contains(string(evil.body), "absolute paths are not allowed") {
+		t.Errorf("absolute path in an archive: %d %s", evil.status, evil.body)
+	}
+	if r := s.get("/fn/admin/app/"); r.status != 200 || string(r.body) != "v1" {
+		t.Errorf("after the refusals: %d %q", r.status, r.body)
+	}
+	if out := s.mustSpry("versions", "app"); len(lines(out)) != 2 {
+		t.Errorf("versions after the refusals:\n%s", out)
+	}
+	// The scratch directory (TMPDIR/spry-<id>) holds nothing of them.
+	err := filepath.WalkDir(tmp, func(p string, d os.DirEntry, err error) error {
+		if err == nil && p != tmp && (!d.IsDir() || filepath.Dir(p) != tmp) {
+			t.Errorf("left in the temporary directory: %s", p)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	cjs := writeTree(t, map[string]string{
+		"package.json": `{"main": "server.cjs"}`,
+		"server.cjs":   `const { x } = require("./x.json"); module.exports = { fetch: () => new Response(x) };`,
+		"x.json":       `{"x": "v2 from cjs"}`,
+	})
+	s.mustSpry("deploy", cjs, "--name", "app")
+	if r := s.get("/fn/admin/app/"); r.status != 200 || string(r.body) != "v2 from cjs" {
+		t.Errorf("a CommonJS entry: %d %q", r.status, r.body)
+	}
+}

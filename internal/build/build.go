@@ -142,7 +142,38 @@ func commonOptions() api.BuildOptions {
 		// the mappings.
 		SourcesContent: api.SourcesContentExclude,
 		Charset:        api.CharsetUTF8,
+		// esbuild only notes (at debug level) an import() or require()
+		// of a computed specifier it leaves as is; as warnings, finish
+		// can refuse them: only the bundle is deployed, so such an
+		// import of a file fails at run time.
+		LogOverride: map[string]api.LogLevel{
+			"unsupported-dynamic-import": api.LogLevelWarning,
+			"unsupported-require-call":   api.LogLevelWarning,
+		},
 	}
+}
+
+// computedImportIDs are the esbuild message IDs of the imports
+// commonOptions makes warnings of.
+var computedImportIDs = map[string]string{
+	"unsupported-dynamic-import": "import()",
+	"unsupported-require-call":   "require()",
+}
+
+// computedImports turns esbuild's warnings about imports of a computed
+// specifier in the user's own files (those mf.own accepts) into errors.
+func computedImports(mf messageFormat, warnings []api.Message) []api.Message {
+	var out []api.Message
+	for _, w := range warnings {
+		what, ok := computedImportIDs[w.ID]
+		if !ok || w.Location == nil || (mf.own != nil && !mf.own(w.Location.File)) {
+			continue
+		}
+		w.Text = what + " of a computed specifier cannot be bundled, and only the bundle is deployed: " +
+			"give it a string literal (or a template literal such as `./dir/${name}.ts`, which bundles every file it matches)"
+		out = append(out, w)
+	}
+	return out
 }
 
 // finish turns an esbuild result into a Result: errors become one
@@ -150,6 +181,9 @@ func commonOptions() api.BuildOptions {
 func finish(res api.BuildResult, mf messageFormat) (Result, error) {
 	if len(res.Errors) > 0 {
 		return Result{}, buildError(mf, res.Errors)
+	}
+	if msgs := computedImports(mf, res.Warnings); len(msgs) > 0 {
+		return Result{}, buildError(mf, msgs)
 	}
 	if len(res.OutputFiles) != 1 {
 		return Result{}, fmt.Errorf("build: esbuild wrote %d output files, want 1: %w", len(res.OutputFiles), errdefs.ErrInternal)
@@ -331,6 +365,9 @@ type messageFormat struct {
 	maxFile int                 // longer file names are replaced by name
 	class   error               // the error's class; nil means ErrInvalidArgument
 	scrub   func(string) string // if set, applied to each message line
+	// own, if set, says whether a message's file is the user's own code
+	// (not a dependency's or a fetched module's); nil means every file.
+	own func(file string) bool
 }
 
 // buildError turns esbuild's errors into one error (of class mf.class,

@@ -155,6 +155,12 @@ func TestBundleDirEntry(t *testing.T) {
 		{name: "option absolute", files: map[string]string{"index.ts": fmt.Sprintf(def, "index.ts")}, entry: "/etc/passwd", wantErr: "must be relative to the project"},
 		{name: "option bad extension", files: map[string]string{"index.py": "x"}, entry: "index.py", wantErr: "must end in .ts"},
 		{name: "none", files: map[string]string{"lib/util.ts": fmt.Sprintf(def, "x"), "README.md": "hi"}, wantErr: `no entry point found: looked for package.json "main", "module" and "exports", then index.ts, index.js, main.ts, main.js, mod.ts, src/index.ts`},
+		{name: "package.json main commonjs", files: map[string]string{"package.json": `{"main": "main.cjs"}`, "main.cjs": "module.exports = { fetch: () => new Response(\"cjs main\") };\n"}, want: "cjs main"},
+		{name: "option commonjs typescript", files: map[string]string{"fn.cts": "export = { fetch: () => new Response(\"cts\") };\n"}, entry: "fn.cts", want: "cts"},
+		{name: "package.json main not an entry", files: map[string]string{"package.json": `{"main": "data.json"}`, "data.json": "{}"}, wantErr: `(package.json names "data.json", which must end in .ts, .mts, .cts, .tsx, .js, .mjs, .cjs or .jsx)`},
+		{name: "package.json main missing, no fallback", files: map[string]string{"package.json": `{"main": "dist/index.js", "module": "../up.js"}`}, wantErr: `(package.json names "dist/index.js", which does not exist; package.json names "../up.js": path "../up.js" is outside the project)`},
+		{name: "package.json dependencies not an object", files: map[string]string{"package.json": `{"dependencies": "x"}`, "index.ts": fmt.Sprintf(def, "x")}, wantErr: `package.json: in "dependencies": a string where an object of strings must be, at line 1, column 20`},
+		{name: "package.json dependency version not a string", files: map[string]string{"package.json": "{\"dependencies\": {\n  \"ms\": 2}}", "index.ts": fmt.Sprintf(def, "x")}, wantErr: `package.json: in "dependencies": a number where a string must be, at line 2, column 9`},
 		{name: "bad package.json", files: map[string]string{"package.json": `{"main": }`, "index.ts": fmt.Sprintf(def, "x")}, wantErr: "package.json: invalid character '}' looking for beginning of value at line 1, column 10"},
 	}
 	for _, tt := range tests {
@@ -200,6 +206,17 @@ func TestBundleDirErrors(t *testing.T) {
 				"lib/util.ts": "export function f() {\n  const a = 1;\n  a b;\n  return 'x';\n}\n",
 			},
 			wantMsg: []string{`lib/util.ts:3:5: Expected ";" but found "b" (in "a b;")`},
+		},
+		{
+			// Only the bundle is deployed: the file such an import names
+			// is not there at run time.
+			name: "computed import in a project file",
+			files: map[string]string{
+				"index.ts":    "import { load } from './lib/load.ts';\nexport default { fetch: async () => new Response(await load('x')) };\n",
+				"lib/load.ts": "export async function load(name: string) {\n  const path = `./${name}.ts`;\n  return (await import(path)).default;\n}\n",
+				"lib/x.ts":    "export default 'x';\n",
+			},
+			wantMsg: []string{"lib/load.ts:3:17: import() of a computed specifier cannot be bundled"},
 		},
 		{
 			name: "missing import",
@@ -1224,5 +1241,29 @@ if [ "$1 $2 $3" = "config get allow-git" ]; then echo "$npm_config_allow_git"; e
 	// files (0640 root:root, say) it could read.
 	if got, want := string(b), fmt.Sprintf("%d\n%d\ndenied\ndenied\ncache-ok\n", uid, uid); got != want {
 		t.Errorf("npm saw %q, want %q", got, want)
+	}
+}
+
+// TestBundleDirComputedImports: an import() of a template literal bundles
+// every file it may name, and a dependency's computed import() (its
+// code, not the user's to change) is left as it is.
+func TestBundleDirComputedImports(t *testing.T) {
+	dir := writeProject(t, map[string]string{
+		"index.ts": `import dep from "dep";
+const lang = "fr";
+const t = await import(` + "`./locales/${lang}.ts`" + `);
+export default { fetch: () => new Response(t.hello + " " + dep) };
+`,
+		"locales/en.ts":                 `export const hello = "hello";`,
+		"locales/fr.ts":                 `export const hello = "bonjour";`,
+		"node_modules/dep/package.json": `{"name": "dep", "main": "index.js"}`,
+		"node_modules/dep/index.js":     "let opt = null;\ntry { opt = require(process.env.OPTIONAL_DEP || 'x'); } catch {}\nmodule.exports = opt ? 'with' : 'without';\n",
+	})
+	res, err := BundleDir(context.Background(), dir, DirOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out := runDeno(t, res.Code); out != "bonjour without" {
+		t.Errorf("bundle answered %q", out)
 	}
 }

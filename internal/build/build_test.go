@@ -227,6 +227,23 @@ export default { fetch: () => new Response(String([Hono, serve, Buffer, a, b, c]
 			wantMsg: []string{"hello.js:2:5: sourceMappingURL must not be a file: URL"},
 		},
 		{
+			name:    "computed import() is refused",
+			src:     Source{Filename: "hello.ts", Code: []byte("const name = './extra.ts';\nexport default { async fetch() { return new Response((await import(name)).x) } };\n")},
+			wantErr: errdefs.ErrInvalidArgument,
+			wantMsg: []string{"hello.ts:2:61: import() of a computed specifier cannot be bundled"},
+		},
+		{
+			name:    "computed require() is refused",
+			src:     Source{Filename: "hello.js", Code: []byte("const n = 'fs';\nconst fs = require(n);\nexport default () => new Response(typeof fs);\n")},
+			wantErr: errdefs.ErrInvalidArgument,
+			wantMsg: []string{"hello.js:2:12: require() of a computed specifier cannot be bundled"},
+		},
+		{
+			name:     "literal import() stays",
+			src:      Source{Filename: "hello.ts", Code: []byte("export default { async fetch() { return new Response(String(await import('node:os'))) } };\n")},
+			contains: []string{`import("node:os")`},
+		},
+		{
 			name:     "relative source map is ignored",
 			src:      Source{Filename: "hello.js", Code: []byte("export default 1;\n//# sourceMappingURL=hello.js.map\n")},
 			contains: []string{"as default"},

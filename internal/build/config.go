@@ -9,6 +9,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"strings"
 
@@ -185,7 +186,54 @@ func jsonError(b []byte, err error) error {
 		line, col := position(b, int(se.Offset)-1)
 		return fmt.Errorf("%s at line %d, column %d", strings.TrimPrefix(err.Error(), "json: "), line, col)
 	}
+	// Go's own words name the Go struct and types ("cannot unmarshal
+	// string into Go struct field packageJSON.dependencies of type
+	// map[string]string"); the user wrote JSON.
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) && te.Field != "" {
+		// Field names a map, not its element, whose type te.Type is.
+		msg := fmt.Sprintf("in %s: %s where %s must be", quoteName(te.Field), jsonArticle(te.Value), jsonKind(te.Type))
+		if te.Offset > 0 && int(te.Offset) <= len(b) {
+			line, col := position(b, int(te.Offset)-1)
+			msg += fmt.Sprintf(", at line %d, column %d", line, col)
+		}
+		return errors.New(msg)
+	}
 	return errors.New(strings.TrimPrefix(err.Error(), "json: "))
+}
+
+// jsonKind names the JSON value a Go type is decoded from.
+func jsonKind(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Map:
+		return "an object of " + strings.TrimPrefix(strings.TrimPrefix(jsonKind(t.Elem()), "a "), "an ") + "s"
+	case reflect.Struct:
+		return "an object"
+	case reflect.Slice, reflect.Array:
+		return "an array"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64, reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Float32, reflect.Float64:
+		return "a number"
+	}
+	return "another kind of value"
+}
+
+// jsonArticle puts an article before the JSON kind encoding/json names
+// ("string", "number", "object", "array", "bool").
+func jsonArticle(v string) string {
+	switch v {
+	case "object", "array":
+		return "an " + v
+	case "bool":
+		return "true or false"
+	}
+	if strings.HasPrefix(v, "number") {
+		return "a number"
+	}
+	return "a " + v
 }
 
 // unmarshalJSONC decodes JSON with comments and trailing commas, as

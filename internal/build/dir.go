@@ -341,7 +341,15 @@ func (b *dirBuild) build(collect, banner bool) (api.BuildResult, error) {
 func (b *dirBuild) messageFormat() messageFormat {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return messageFormat{name: b.entry, maxFile: 4096, class: b.class, scrub: b.scrub}
+	return messageFormat{name: b.entry, maxFile: 4096, class: b.class, scrub: b.scrub, own: ownFile}
+}
+
+// ownFile says whether esbuild's name of a file is one of the project's
+// own, not a dependency's or a fetched module's: those may import what
+// they compute where they can do without (in a try, say), and the user
+// cannot change them.
+func ownFile(file string) bool {
+	return !strings.HasPrefix(file, "http-url:") && !isDependency(file)
 }
 
 // setClass records the class of a plugin's error: the build error that
@@ -869,15 +877,22 @@ func findEntry(dir, entry string, pkg *packageJSON, runtime string) (string, err
 		}
 		return rel, nil
 	}
+	// Why each entry package.json names was passed over, for the error
+	// if nothing is found: a project whose "main" is not built yet falls
+	// back to index.ts, but one whose "main" cannot be an entry must say so.
+	var skipped []string
 	if pkg != nil {
 		for _, c := range packageEntries(pkg, runtime) {
 			rel, err := localPath(c)
 			if err != nil {
+				skipped = append(skipped, fmt.Sprintf("package.json names %s: %v", quoteName(c), err))
 				continue
 			}
-			if checkEntryFile(dir, rel) == nil {
+			err = checkEntryFile(dir, rel)
+			if err == nil {
 				return rel, nil
 			}
+			skipped = append(skipped, fmt.Sprintf("package.json names %s, which %v", quoteName(c), err))
 		}
 	}
 	for _, c := range DefaultEntries {
@@ -885,7 +900,11 @@ func findEntry(dir, entry string, pkg *packageJSON, runtime string) (string, err
 			return c, nil
 		}
 	}
-	return "", errdefs.Invalid("no entry point found: looked for package.json \"main\", \"module\" and \"exports\", then %s; add one of them or name the entry file", strings.Join(DefaultEntries, ", "))
+	msg := fmt.Sprintf("no entry point found: looked for package.json \"main\", \"module\" and \"exports\", then %s; add one of them or name the entry file", strings.Join(DefaultEntries, ", "))
+	if len(skipped) > 0 {
+		msg += " (" + strings.Join(skipped, "; ") + ")"
+	}
+	return "", errdefs.Invalid("%s", msg)
 }
 
 // packageEntries lists the entry candidates package.json names, in order:
@@ -943,11 +962,13 @@ func exportTarget(v any, conditions []string, depth int) string {
 }
 
 // checkEntryFile checks that rel is a regular file in dir (not through a
-// symbolic link out of it) with an extension an entry may have.
+// symbolic link out of it) with an extension an entry may have: any
+// module a project may import, CommonJS included (esbuild makes its
+// module.exports the bundle's default export), but JSON.
 func checkEntryFile(dir, rel string) error {
 	ext := strings.ToLower(filepath.Ext(rel))
-	if _, ok := loaders[ext]; !ok {
-		return errors.New("must end in .ts, .mts, .tsx, .js, .mjs or .jsx")
+	if _, ok := dirLoaders[ext]; !ok || ext == ".json" {
+		return errors.New("must end in .ts, .mts, .cts, .tsx, .js, .mjs, .cjs or .jsx")
 	}
 	p := filepath.Join(dir, filepath.FromSlash(rel))
 	real, err := filepath.EvalSymlinks(p)

@@ -250,19 +250,25 @@ func firstWords(s string, n int) string {
 // printable writes the control characters of what a server said as
 // escapes (\x1b): the CLI prints it on a terminal, which an escape
 // sequence from a proxy or a server that is not Spry's could drive.
+// Newlines and tabs drive nothing and stay: a build error has a line per
+// error, and npm's message is lines of its own.
 func printable(s string) string {
-	if !strings.ContainsFunc(s, unicode.IsControl) {
+	if !strings.ContainsFunc(s, escaped) {
 		return s
 	}
 	var b strings.Builder
 	for _, r := range s {
-		if unicode.IsControl(r) {
+		if escaped(r) {
 			fmt.Fprintf(&b, "\\x%02x", r)
 			continue
 		}
 		b.WriteRune(r)
 	}
 	return b.String()
+}
+
+func escaped(r rune) bool {
+	return r != '\n' && r != '\t' && unicode.IsControl(r)
 }
 
 // statusCodes are the API codes a bare HTTP status stands for.

@@ -288,11 +288,13 @@ func TestProxyErrorPageIsOneLine(t *testing.T) {
 	// The API's own JSON message too, from a server that is not Spry's.
 	apiLike := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNotFound)
-		_, _ = w.Write([]byte(`{"error":{"code":"not_found","message":"no\u001b[2J such\nthing"}}`))
+		_, _ = w.Write([]byte(`{"error":{"code":"not_found","message":"no\u001b[2J such\r\nthing\n\tat x.ts:1:2"}}`))
 	}))
 	defer apiLike.Close()
 	_, err = New(apiLike.URL, "t").Functions(context.Background(), "")
-	if want := `no\x1b[2J such\x0athing`; err == nil || err.Error() != want {
+	// Newlines and tabs stay (a build error's lines), which drive no
+	// terminal.
+	if want := "no\\x1b[2J such\\x0d\nthing\n\tat x.ts:1:2"; err == nil || err.Error() != want {
 		t.Errorf("message %q, want %q", err, want)
 	}
 }
