@@ -208,3 +208,48 @@ func TestEveryRouteHasItsPrincipals(t *testing.T) {
 		}
 	}
 }
+
+// The Authorization header as the API reads it: scheme Bearer in any
+// case, then spaces and the token; only the first field; never a token
+// from the query string. Everything else is the one 401 (a malformed
+// token answers as an unknown or wrong one does), never a 500.
+func TestAuthorizationHeader(t *testing.T) {
+	limiter := auth.NewFailureLimiter(auth.FailureEvery, 1<<20, nil)
+	e := newEnvConfig(t, Config{MaxCodeBytes: 1 << 20, Limiter: limiter})
+	alice := e.user("alice")
+	wrong := alice[:len(alice)-4] + "AAAA"
+	if wrong == alice {
+		wrong = alice[:len(alice)-4] + "BBBB"
+	}
+	const invalid = `{"error":{"code":"unauthenticated","message":"invalid, expired or revoked token"}}`
+	const missing = `{"error":{"code":"unauthenticated","message":"missing bearer token: send Authorization: Bearer \u003ctoken\u003e"}}`
+	for _, tt := range []struct {
+		name   string
+		fields []string
+		query  string
+		status int
+		body   string // for refusals
+	}{
+		{"bearer", []string{"Bearer " + alice}, "", 200, ""},
+		{"scheme in any case, spaces", []string{"bEaReR   " + alice + " "}, "", 200, ""},
+		{"the first of two", []string{"Bearer " + alice, "Bearer " + wrong}, "", 200, ""},
+		{"a wrong first of two", []string{"Bearer " + wrong, "Bearer " + alice}, "", 401, invalid},
+		{"Basic first", []string{"Basic YWxpY2U6cHc=", "Bearer " + alice}, "", 401, missing},
+		{"no scheme", []string{alice}, "", 401, missing},
+		{"tab", []string{"Bearer\t" + alice}, "", 401, missing},
+		{"token and more", []string{"Bearer " + alice + " x"}, "", 401, invalid},
+		{"wrong secret", []string{"Bearer " + wrong}, "", 401, invalid},
+		{"unknown id", []string{"Bearer spry_0123456789abcdef_" + strings.Repeat("A", 43)}, "", 401, invalid},
+		{"not a token", []string{"Bearer x"}, "", 401, invalid},
+		{"long", []string{"Bearer " + strings.Repeat("a", 6000)}, "", 401, invalid},
+		{"in the query", nil, "?access_token=" + alice, 401, missing},
+		{"in the query too", []string{"Bearer " + alice}, "?access_token=" + alice, 400, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			status, _, body := e.raw("", "GET", "/api/v1/whoami"+tt.query, "", nil, http.Header{"Authorization": tt.fields})
+			if status != tt.status || tt.body != "" && strings.TrimSpace(string(body)) != tt.body {
+				t.Errorf("%d %s, want %d %s", status, body, tt.status, tt.body)
+			}
+		})
+	}
+}
