@@ -571,3 +571,31 @@ func (c upgraded) closed() {
 		c.t.Fatalf("the connection ended with %q %v, want a close", rest, err)
 	}
 }
+
+// A browser's CORS preflight carries no token: a private function's is
+// refused as any call without one (401, no Access-Control-* field, no
+// instance started), so that no page of another origin calls it.
+func TestPrivatePreflightIsRefused(t *testing.T) {
+	e := newPrivateEnv(t)
+	starts := e.be.starts.Load()
+	c := e.srv.dial(t, 5*time.Second)
+	defer c.Close()
+	fmt.Fprint(c, "OPTIONS /fn/alice/secret/x HTTP/1.1\r\nHost: x\r\nOrigin: https://elsewhere.test\r\n"+
+		"Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization\r\n\r\n")
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusUnauthorized || res.Header.Get("Spry-Error") != "unauthenticated" {
+		t.Fatalf("preflight: %d %v", res.StatusCode, res.Header)
+	}
+	for k := range res.Header {
+		if strings.HasPrefix(k, "Access-Control-") {
+			t.Errorf("the refusal has %s", k)
+		}
+	}
+	if n := e.be.starts.Load(); n != starts {
+		t.Errorf("a preflight started %d instances", n-starts)
+	}
+}
