@@ -7,10 +7,13 @@ import (
 	"crypto/sha1"
 	"encoding/base64"
 	bin "encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -340,6 +343,26 @@ func TestWebSocketPrivate(t *testing.T) {
 	w, _ := s.wsDial(t, "/fn/admin/ws/", map[string]string{"Authorization": "Bearer " + s.token}, 101)
 	if op, p, err := w.message(); err != nil || op != wsText || !strings.HasPrefix(string(p), "hello ") {
 		t.Fatalf("%d %q %v", op, p, err)
+	}
+	w.send("auth?")
+	w.expect(wsText, []byte("auth: none"))
+
+	// Revoking the token that opened one closes it; the admin's stays.
+	tok, stderr, code := s.spry("", "token", "create", "svc", "--scope", "invoke")
+	id := regexp.MustCompile(`created token ([0-9a-f]{16})`).FindStringSubmatch(stderr)
+	if code != 0 || id == nil {
+		t.Fatalf("token create: %d %s", code, stderr)
+	}
+	svc, _ := s.wsDial(t, "/fn/admin/ws/", map[string]string{"Authorization": "Bearer " + strings.TrimSpace(tok)}, 101)
+	if _, _, err := svc.message(); err != nil {
+		t.Fatal(err)
+	}
+	s.mustSpry("token", "revoke", id[1])
+	_ = svc.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if op, p, err := svc.message(); err == nil {
+		t.Fatalf("the revoked token's WebSocket is open: %d %q", op, p)
+	} else if errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatal("the revoked token's WebSocket was not closed")
 	}
 	w.send("auth?")
 	w.expect(wsText, []byte("auth: none"))

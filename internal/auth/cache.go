@@ -28,6 +28,19 @@ type Cache struct {
 	// gen counts forgets: a check that began before one may have read
 	// what was then forgotten, and is not remembered.
 	gen uint64
+	// watches are the connections let through with a token that outlast
+	// their request (a private function's WebSockets), ended when the
+	// token stops working (Watch).
+	watches map[*watch]struct{}
+	// afterFunc is time.AfterFunc (tests fire their own).
+	afterFunc func(d time.Duration, f func()) (stop func() bool)
+}
+
+// watch is one Watch.
+type watch struct {
+	p         Principal
+	end       func()
+	stopTimer func() bool
 }
 
 type cached struct {
@@ -50,7 +63,8 @@ func NewCache(s *Service, ttl time.Duration, max int) *Cache {
 	if max <= 0 {
 		max = DefaultCacheSize
 	}
-	return &Cache{s: s, ttl: ttl, max: max, m: map[[sha256.Size]byte]cached{}}
+	return &Cache{s: s, ttl: ttl, max: max, m: map[[sha256.Size]byte]cached{}, watches: map[*watch]struct{}{},
+		afterFunc: func(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop }}
 }
 
 // Authenticate is Service.Authenticate, from memory when it can be.
@@ -126,25 +140,83 @@ func (c *Cache) prune(now time.Time) {
 	}
 }
 
-// ForgetToken drops token id (revoked).
+// ForgetToken drops token id (revoked), and ends its watches.
 func (c *Cache) ForgetToken(id string) {
 	c.forget(func(p Principal) bool { return p.TokenID == id })
 }
 
-// ForgetUser drops the tokens of user (deleted).
+// ForgetUser drops the tokens of user (deleted), and ends their
+// watches.
 func (c *Cache) ForgetUser(user string) {
 	c.forget(func(p Principal) bool { return p.User == user })
 }
 
 func (c *Cache) forget(match func(Principal) bool) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.gen++
 	for k, e := range c.m {
 		if match(e.p) {
 			delete(c.m, k)
 		}
 	}
+	var ended []*watch
+	for w := range c.watches {
+		if match(w.p) {
+			delete(c.watches, w)
+			ended = append(ended, w)
+		}
+	}
+	c.mu.Unlock()
+	for _, w := range ended {
+		w.stop()
+		w.end()
+	}
+}
+
+// Watch calls end once p's token stops working while a connection it
+// let through is open (a private function's WebSocket, which outlasts
+// the request that was checked): when it is revoked, or its user
+// deleted, through this server's API (ForgetToken, ForgetUser), or when
+// it expires. It is not told of a revocation made elsewhere (another
+// server on the same store). The caller calls stop when the connection
+// ends; end is then never called. end runs at most once, without c's
+// lock, and should only close the connection.
+func (c *Cache) Watch(p Principal, end func()) (stop func()) {
+	w := &watch{p: p, end: end}
+	c.mu.Lock()
+	c.watches[w] = struct{}{}
+	if !p.ExpiresAt.IsZero() {
+		w.stopTimer = c.afterFunc(p.ExpiresAt.Sub(c.s.now()), func() {
+			c.mu.Lock()
+			_, ok := c.watches[w]
+			delete(c.watches, w)
+			c.mu.Unlock()
+			if ok {
+				w.end()
+			}
+		})
+	}
+	c.mu.Unlock()
+	return func() {
+		c.mu.Lock()
+		delete(c.watches, w)
+		c.mu.Unlock()
+		w.stop()
+	}
+}
+
+// stop stops w's expiry timer, if it has one.
+func (w *watch) stop() {
+	if w.stopTimer != nil {
+		w.stopTimer()
+	}
+}
+
+// Watches is how many watches are open (for tests).
+func (c *Cache) Watches() int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.watches)
 }
 
 // Len is how many tokens c remembers (for tests).

@@ -140,3 +140,48 @@ func TestCache(t *testing.T) {
 		}
 	}
 }
+
+// A watch ends when its token is forgotten (revoked), when its user is
+// (deleted), or when the token expires, once; a watch stopped first, or
+// of another token or user, is not ended.
+func TestCacheWatch(t *testing.T) {
+	now := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	c := NewCache(New(nil, func() time.Time { return now }), 0, 0)
+	var timers []func()
+	var delays []time.Duration
+	c.afterFunc = func(d time.Duration, f func()) func() bool {
+		timers, delays = append(timers, f), append(delays, d)
+		return func() bool { return true }
+	}
+	ended := map[string]int{}
+	watch := func(name, id, user string, expires time.Time) func() {
+		return c.Watch(Principal{User: user, TokenID: id, ExpiresAt: expires}, func() { ended[name]++ })
+	}
+	watch("revoked", "t1", "alice", time.Time{})
+	watch("alice's other", "t2", "alice", time.Time{})
+	watch("bob's", "t3", "bob", time.Time{})
+	stop := watch("stopped", "t1", "alice", time.Time{})
+	watch("expiring", "t4", "carol", now.Add(time.Hour))
+	if len(delays) != 1 || delays[0] != time.Hour {
+		t.Fatalf("expiry timers %v, want one of 1h", delays)
+	}
+	stop()
+	c.ForgetToken("t1")
+	c.ForgetToken("t1")
+	if ended["revoked"] != 1 || ended["stopped"] != 0 || ended["alice's other"] != 0 || ended["bob's"] != 0 {
+		t.Fatalf("after revoking t1: %v", ended)
+	}
+	c.ForgetUser("alice")
+	if ended["alice's other"] != 1 || ended["bob's"] != 0 {
+		t.Fatalf("after deleting alice: %v", ended)
+	}
+	timers[0]()
+	timers[0]()
+	c.ForgetUser("carol")
+	if ended["expiring"] != 1 || ended["bob's"] != 0 {
+		t.Fatalf("after the expiry: %v", ended)
+	}
+	if n := c.Watches(); n != 1 {
+		t.Fatalf("%d watches left, want bob's", n)
+	}
+}

@@ -1317,6 +1317,13 @@ func (rt *Router) upgrade(ctx *fasthttp.RequestCtx, inv *invocation) (streaming 
 		// The server keeps hijacked connections (KeepHijackedConns): the
 		// handler closes them.
 		defer client.Close()
+		if inv.caller != nil {
+			stop, ok := rt.watchCaller(inv.caller, c.conn)
+			if !ok {
+				return
+			}
+			defer stop()
+		}
 		_ = client.SetDeadline(inv.deadline)
 		if _, err := client.Write(head); err != nil {
 			return

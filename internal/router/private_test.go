@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"path/filepath"
@@ -96,6 +97,23 @@ func newPrivateEnvConfig(t testing.TB, cfg Config) *privateEnv {
 	issue("expired", "alice", auth.TokenOptions{ExpiresAt: e.now.Add(-time.Minute)})
 
 	sock := serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "" {
+			// An echo of each line, until either side closes.
+			conn, brw, ok := switchProtocols(w)
+			if !ok {
+				return
+			}
+			defer conn.Close()
+			fmt.Fprintf(brw, "auth=%q\n", strings.Join(r.Header.Values("Authorization"), ","))
+			for brw.Flush() == nil {
+				line, err := brw.ReadString('\n')
+				if err != nil {
+					return
+				}
+				brw.WriteString("echo: " + line)
+			}
+			return
+		}
 		fmt.Fprintf(w, "%s auth=%q", r.URL.Path, strings.Join(r.Header.Values("Authorization"), ","))
 	}))
 	e.be = &upstreamBackend{addr: sock}
@@ -460,5 +478,124 @@ func BenchmarkPrivateCall(b *testing.B) {
 				}
 			})
 		})
+	}
+}
+
+// A private function's upgraded connection (a WebSocket) is closed once
+// the token that opened it is revoked, or its user deleted, through the
+// API (which tells the cache), as a log follow ends; the connections of
+// other tokens stay open. The function never sees the token. (The
+// cache's own test has a watch end at the token's expiry.)
+func TestPrivateUpgradeEndsWithItsToken(t *testing.T) {
+	e := newPrivateEnv(t)
+	ctx := context.Background()
+	issue := func() (string, string) {
+		tok, tr, err := e.svc.IssueToken(ctx, "alice", "ws", auth.TokenOptions{Scopes: []auth.Scope{auth.ScopeInvoke}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok, tr.ID
+	}
+	// open opens an upgraded connection to alice's private function
+	// with tok and checks that it echoes.
+	open := func(tok string) upgraded {
+		t.Helper()
+		c := upgraded{t: t, Conn: e.srv.dial(t, 10*time.Second)}
+		t.Cleanup(func() { c.Close() })
+		fmt.Fprintf(c, "GET /fn/alice/secret/ws HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: Upgrade\r\nAuthorization: Bearer %s\r\n\r\n", tok)
+		c.br = bufio.NewReader(c)
+		res, err := http.ReadResponse(c.br, nil)
+		if err != nil || res.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("upgrade: %v %v", res, err)
+		}
+		if line, err := c.br.ReadString('\n'); line != "auth=\"\"\n" {
+			t.Fatalf("the function saw %q %v", line, err)
+		}
+		c.echoes()
+		return c
+	}
+	revoke := func(id string) {
+		if err := e.st.RevokeToken(ctx, id, e.clock()); err != nil {
+			t.Fatal(err)
+		}
+		e.cache.ForgetToken(id)
+	}
+
+	tok, id := issue()
+	other, _ := issue()
+	ws, wsOther, wsRoot := open(tok), open(other), open(e.tokens["root"])
+	revoke(id)
+	ws.closed()
+	wsOther.echoes()
+	wsRoot.echoes()
+	e.cache.ForgetUser("root")
+	wsRoot.closed()
+	wsOther.echoes()
+	// A token revoked before its upgrade's 101 is not let through.
+	late, lateID := issue()
+	revoke(lateID)
+	res, body := e.call(t, "/fn/alice/secret/ws", "x", "Bearer "+late)
+	if res.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("a revoked token's upgrade: %d %s", res.StatusCode, body)
+	}
+	wsOther.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for e.cache.Watches() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d watches left after the connections ended", e.cache.Watches())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// upgraded is a client's upgraded connection to the echo protocol.
+type upgraded struct {
+	t *testing.T
+	net.Conn
+	br *bufio.Reader
+}
+
+// echoes checks that the connection is open: a line comes back.
+func (c upgraded) echoes() {
+	c.t.Helper()
+	fmt.Fprint(c, "hello\n")
+	if line, err := c.br.ReadString('\n'); line != "echo: hello\n" {
+		c.t.Fatalf("echo: %q %v", line, err)
+	}
+}
+
+// closed checks that the router closes the connection.
+func (c upgraded) closed() {
+	c.t.Helper()
+	if rest, err := io.ReadAll(c.br); err != nil || len(rest) != 0 {
+		c.t.Fatalf("the connection ended with %q %v, want a close", rest, err)
+	}
+}
+
+// A browser's CORS preflight carries no token: a private function's is
+// refused as any call without one (401, no Access-Control-* field, no
+// instance started), so that no page of another origin calls it.
+func TestPrivatePreflightIsRefused(t *testing.T) {
+	e := newPrivateEnv(t)
+	starts := e.be.starts.Load()
+	c := e.srv.dial(t, 5*time.Second)
+	defer c.Close()
+	fmt.Fprint(c, "OPTIONS /fn/alice/secret/x HTTP/1.1\r\nHost: x\r\nOrigin: https://elsewhere.test\r\n"+
+		"Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization\r\n\r\n")
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusUnauthorized || res.Header.Get("Spry-Error") != "unauthenticated" {
+		t.Fatalf("preflight: %d %v", res.StatusCode, res.Header)
+	}
+	for k := range res.Header {
+		if strings.HasPrefix(k, "Access-Control-") {
+			t.Errorf("the refusal has %s", k)
+		}
+	}
+	if n := e.be.starts.Load(); n != starts {
+		t.Errorf("a preflight started %d instances", n-starts)
 	}
 }

@@ -54,6 +54,10 @@ type Tokens interface {
 	// Cached answers from memory only (a token verified lately), never
 	// reading the store.
 	Cached(token string) (auth.Principal, bool)
+	// Watch calls end once p's token is revoked, its user deleted, or
+	// it expires, until stop is called: a private function's WebSocket
+	// is closed then, as a log follow is.
+	Watch(p auth.Principal, end func()) (stop func())
 }
 
 // Prefix is where functions are served.
@@ -188,6 +192,16 @@ type invocation struct {
 	actx    *lazyDeadline
 	gone    atomic.Bool
 	up      atomic.Pointer[upConn]
+	// caller is who a private function's upgrade was let through for,
+	// with the token it sent: the upgraded connection is watched
+	// (rt.cfg.Tokens.Watch). Nil otherwise.
+	caller *admitted
+}
+
+// admitted is a private function's caller and its token.
+type admitted struct {
+	p     auth.Principal
+	token string
 }
 
 // Handle serves a request Serves says is a function's.
@@ -317,17 +331,21 @@ func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string,
 	actx := &lazyDeadline{deadline: inv.deadline}
 	defer actx.stop()
 	inv.actx = actx
+	upgrade := isUpgrade(&ctx.Request.Header)
 	if spec.Private && !admitted {
 		// Checked before any instance is sought: a refused call starts
 		// none.
-		if err := rt.admit(ctx, actx, spec); err != nil {
+		caller, err := rt.admit(ctx, actx, spec)
+		if err != nil {
 			rt.writeError(ctx, inv.reqID, err)
 			inv.status = ctx.Response.StatusCode()
 			rt.finished(inv, "", false)
 			return
 		}
+		if upgrade {
+			inv.caller = caller
+		}
 	}
-	upgrade := isUpgrade(&ctx.Request.Header)
 	defer inv.endWatch()
 	if !upgrade && cl == 0 {
 		// A request with a body is watched once the body is read (see
@@ -381,12 +399,12 @@ func (rt *Router) serve(ctx *fasthttp.RequestCtx, owner, name, rest, uri string,
 // token. Otherwise it says why not: 401 (with WWW-Authenticate, as the
 // API's) without a valid token, 403 with one that may not call the
 // function, 429 (with Retry-After) to a client over the failure limit.
-func (rt *Router) admit(ctx *fasthttp.RequestCtx, actx context.Context, spec *backend.Spec) error {
+func (rt *Router) admit(ctx *fasthttp.RequestCtx, actx context.Context, spec *backend.Spec) (*admitted, error) {
 	rh := &ctx.Request.Header
 	tok, ok := auth.BearerToken(string(rh.Peek(fasthttp.HeaderAuthorization)))
 	if !ok || rt.cfg.Tokens == nil {
 		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="spry"`)
-		return errdefs.New(errdefs.ErrUnauthenticated, "%s/%s is private: send Authorization: Bearer <token>, a token of its owner's with scope invoke", spec.Owner, spec.Name)
+		return nil, errdefs.New(errdefs.ErrUnauthenticated, "%s/%s is private: send Authorization: Bearer <token>, a token of its owner's with scope invoke", spec.Owner, spec.Name)
 	}
 	// A client over the limit is answered from memory only: a token
 	// verified lately goes through (so one guesser behind a NAT or a
@@ -401,7 +419,7 @@ func (rt *Router) admit(ctx *fasthttp.RequestCtx, actx context.Context, spec *ba
 		if p, hit = rt.cfg.Tokens.Cached(tok); !hit {
 			retryAfter, err := auth.Refusal(wait)
 			ctx.Response.Header.Set("Retry-After", retryAfter)
-			return err
+			return nil, err
 		}
 	} else if p, err = rt.cfg.Tokens.Authenticate(actx, tok); err != nil {
 		// (A cached token's check never looks at actx, so starts no
@@ -413,18 +431,43 @@ func (rt *Router) admit(ctx *fasthttp.RequestCtx, actx context.Context, spec *ba
 			rt.log.Error("cannot check a token", "owner", spec.Owner, "function", spec.Name, "err", err)
 			err = errdefs.New(errdefs.ErrUnavailable, "the token cannot be checked now; try again")
 		}
-		return err
+		return nil, err
 	}
 	if !p.CanManage(spec.Owner) {
-		return errdefs.New(errdefs.ErrPermissionDenied, "%s/%s is private: only its owner's tokens (or an admin's) may call it", spec.Owner, spec.Name)
+		return nil, errdefs.New(errdefs.ErrPermissionDenied, "%s/%s is private: only its owner's tokens (or an admin's) may call it", spec.Owner, spec.Name)
 	}
 	if !p.Allows(auth.ScopeInvoke) {
-		return errdefs.New(errdefs.ErrPermissionDenied, "calling a private function needs a token with scope invoke, deploy or all; this token has %s",
+		return nil, errdefs.New(errdefs.ErrPermissionDenied, "calling a private function needs a token with scope invoke, deploy or all; this token has %s",
 			strings.Join(auth.Strings(p.Scopes), ", "))
 	}
 	rh.Del(fasthttp.HeaderAuthorization)
-	return nil
+	return &admitted{p: p, token: tok}, nil
 }
+
+// watchCaller has a private function's upgraded connection (to the
+// instance, up) closed once the token that opened it stops working, as a log
+// follow ends, until stop is called (when the connection has ended); ok
+// is false if the token was revoked meanwhile. The token is checked
+// again once the watch is in place (from memory, unless it was
+// forgotten), so a revocation between the first check and the watch is
+// not missed.
+func (rt *Router) watchCaller(caller *admitted, up net.Conn) (stop func(), ok bool) {
+	// Closing the instance's side ends the splice as the instance's own
+	// close would: the client's side is closed after it.
+	stop = rt.cfg.Tokens.Watch(caller.p, func() { up.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), recheckTimeout)
+	defer cancel()
+	if _, err := rt.cfg.Tokens.Authenticate(ctx, caller.token); errors.Is(err, errdefs.ErrUnauthenticated) {
+		stop()
+		return nil, false
+	}
+	// (Any other error is the store's, not the token's: the watch stays.)
+	return stop, true
+}
+
+// recheckTimeout bounds watchCaller's second check of a token, which
+// reads the store if the token is no longer remembered.
+const recheckTimeout = 5 * time.Second
 
 // client is the address of the request's client: its peer, or, from a
 // trusted proxy, the client the proxy names in X-Forwarded-For (what the
