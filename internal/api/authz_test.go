@@ -11,6 +11,7 @@ import (
 	"github.com/spry-run/spry/internal/api/apitest"
 	"github.com/spry-run/spry/internal/async"
 	"github.com/spry-run/spry/internal/auth"
+	"github.com/spry-run/spry/internal/schedule"
 )
 
 // who says which callers a route serves.
@@ -52,6 +53,7 @@ var routeRules = map[string]routeRule{
 	"DELETE /api/v1/functions/{name}/versions/{version}": {ownOrAdmin, "/api/v1/functions/{fn}/versions/1?owner={owner}", ""},
 	"POST /api/v1/functions/{name}/rollback":             {ownOrAdmin, "/api/v1/functions/{fn}/rollback?owner={owner}", `{"version":1}`},
 	"POST /api/v1/functions/{name}/scheduled":            {ownOrAdmin, "/api/v1/functions/{fn}/scheduled?owner={owner}", ""},
+	"GET /api/v1/functions/{name}/scheduled":             {ownOrAdmin, "/api/v1/functions/{fn}/scheduled?owner={owner}", ""},
 	"PUT /api/v1/functions/{name}/traffic":               {ownOrAdmin, "/api/v1/functions/{fn}/traffic?owner={owner}", `{"1":100}`},
 	"PUT /api/v1/functions/{name}/tags/{tag}":            {ownOrAdmin, "/api/v1/functions/{fn}/tags/t?owner={owner}", `{"version":1}`},
 	"DELETE /api/v1/functions/{name}/tags/{tag}":         {ownOrAdmin, "/api/v1/functions/{fn}/tags/keep?owner={owner}", ""},
@@ -92,6 +94,13 @@ func TestEveryRouteHasItsPrincipals(t *testing.T) {
 			defer mu.Unlock()
 			scheduled = append(scheduled, owner+"/"+name)
 			return nil
+		},
+		ScheduleStatus: func(ctx context.Context, owner, name string) (string, schedule.Status, error) {
+			sp, err := d.Functions.Live(ctx, owner, name)
+			if err != nil {
+				return "", schedule.Status{}, err
+			}
+			return sp.Cron, schedule.Status{}, nil
 		}})
 	withInvocations(t, e, async.Config{Send: func(context.Context, *async.Invocation) async.Result { return async.Result{Status: 200} }}, false)
 	alice := e.user("alice")
