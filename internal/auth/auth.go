@@ -5,6 +5,7 @@
 package auth
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -142,21 +143,36 @@ func hash(secret string) []byte {
 
 // parse splits "spry_<16 hex>_<43 base64url>".
 func parse(token string) (id, secret string, ok bool) {
-	rest, ok := strings.CutPrefix(token, "spry_")
-	if !ok {
+	if !shaped(token) {
 		return "", "", false
 	}
-	id, secret, ok = strings.Cut(rest, "_")
-	if !ok || len(id) != 16 || len(secret) != 43 {
-		return "", "", false
+	return token[5:21], token[22:], true
+}
+
+// shaped says whether tok is "spry_<16 hex>_<43 base64url>", without
+// allocating. (The decoders would also take the CR and LF that base64
+// skips.)
+func shaped[T string | []byte](tok T) bool {
+	if len(tok) != len("spry_")+16+1+43 || string(tok[:5]) != "spry_" || tok[21] != '_' {
+		return false
 	}
-	if _, err := hex.DecodeString(id); err != nil {
-		return "", "", false
+	for i := 5; i < len(tok); i++ {
+		c := tok[i]
+		hex := '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+		b64 := '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || c == '-' || c == '_'
+		if i < 21 && !hex || i > 21 && !b64 {
+			return false
+		}
 	}
-	if _, err := base64.RawURLEncoding.DecodeString(secret); err != nil {
-		return "", "", false
-	}
-	return id, secret, true
+	return true
+}
+
+// IsSpryBearer says whether the Authorization value v carries a token of
+// Spry's shape, valid or not, without allocating (the router asks it of
+// every request that has one).
+func IsSpryBearer(v []byte) bool {
+	scheme, tok, ok := bytes.Cut(v, []byte{' '})
+	return ok && bytes.EqualFold(scheme, []byte("Bearer")) && shaped(bytes.TrimSpace(tok))
 }
 
 // BearerToken extracts the token from an Authorization header value.

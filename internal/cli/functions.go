@@ -347,7 +347,9 @@ func newInvokeCmd(conn *connFlags) *cobra.Command {
 			}
 			if private && h.Get("Authorization") == "" {
 				// The router takes it out before the function sees it;
-				// a public function is never sent it.
+				// a public function is never sent it (and the router takes a
+				// Spry token out of any function's request, for one made
+				// public since the API said it was private).
 				h.Set("Authorization", "Bearer "+c.Token)
 			}
 			res, err := c.Invoke(cmd.Context(), owner, args[0], strings.ToUpper(method), path, body, h)

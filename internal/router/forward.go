@@ -18,6 +18,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/spry-run/spry/internal/auth"
 	"github.com/spry-run/spry/internal/backend"
 	"github.com/spry-run/spry/internal/httpserve"
 )
@@ -768,11 +769,16 @@ func runtimeError(h *fasthttp.ResponseHeader, inv *invocation) bool {
 		subtle.ConstantTimeCompare(h.Peek(backend.ErrorMarkHeader), []byte(mark)) == 1
 }
 
-// skipRequestHeader says whether a client header stays behind: hop-by-hop
-// ones (including those the client's Connection names, but never Host,
-// which the function contract promises), framing (set anew) and those the
-// router sets itself.
-func skipRequestHeader(k, connection []byte) bool {
+// skipRequestHeader says whether a client header (k: v) stays behind:
+// hop-by-hop ones (including those the client's Connection names, but
+// never Host, which the function contract promises), framing (set anew),
+// those the router sets itself, and an Authorization that carries a
+// Spry token. A private function's caller's is taken out before (admit);
+// a public function gets none either, whoever sent it: spry invoke sends
+// the caller's token to a function the API said was private, which its
+// owner may have made public since, and the function would have read an
+// admin's token.
+func skipRequestHeader(k, v, connection []byte) bool {
 	switch string(k) {
 	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
 		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
@@ -780,6 +786,10 @@ func skipRequestHeader(k, connection []byte) bool {
 		return true
 	case "Host":
 		return false
+	case "Authorization":
+		if auth.IsSpryBearer(v) {
+			return true
+		}
 	}
 	for len(connection) > 0 {
 		var f []byte
@@ -879,7 +889,7 @@ func appendRequestHead(dst []byte, rh *fasthttp.RequestHeader, inv *invocation, 
 	xff := false
 	for k, v := range rh.All() {
 		xff = xff || string(k) == "X-Forwarded-For"
-		if skipRequestHeader(k, connection) {
+		if skipRequestHeader(k, v, connection) {
 			continue
 		}
 		dst = append(dst, k...)

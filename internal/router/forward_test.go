@@ -2064,3 +2064,26 @@ func TestPoolClosesAnEndedInstancesIdleConnections(t *testing.T) {
 		})
 	}
 }
+
+// A public function never sees a Spry token in Authorization, whoever
+// sent it (spry invoke sends one to a function the API said was private,
+// which may be public by the time of the call); its own tokens, of
+// another shape, reach it as they came.
+func TestSpryTokenNeverReachesAFunction(t *testing.T) {
+	srv := newTestRouter(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, strings.Join(r.Header.Values("Authorization"), "|"))
+	}))
+	spry := "spry_0123456789abcdef_" + strings.Repeat("Ab-_", 10) + "xyz"
+	for _, c := range []struct{ sent, want string }{
+		{"Bearer " + spry, ""},
+		{"bearer " + spry, ""},
+		{"Bearer my-own-token", "Bearer my-own-token"},
+		{"Basic " + spry, "Basic " + spry},
+	} {
+		conn := dialRaw(t, srv.URL)
+		conn.send("GET /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\nAuthorization: " + c.sent + "\r\n\r\n")
+		if got := body(conn.response()); got != c.want {
+			t.Errorf("sent %q: the function saw %q, want %q", c.sent, got, c.want)
+		}
+	}
+}
