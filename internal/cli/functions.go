@@ -287,10 +287,21 @@ func newInvokeCmd(conn *connFlags) *cobra.Command {
 	var headers []string
 	var include, fail, scheduled, async bool
 	cmd := &cobra.Command{
-		Use:   "invoke NAME",
+		Use:   "invoke NAME[@TAG|@VERSION]",
 		Short: "Call a function over HTTP and print its response body (or, with --async, queue the call and print its id)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// NAME@TAG or NAME@VERSION calls that version, at the URL the
+			// router gives it; the function is looked up by its name.
+			name, at, pinned := strings.Cut(args[0], "@")
+			if pinned {
+				if err := names.Validate("tag or version", at); err != nil {
+					return fmt.Errorf("%s: %w", args[0], err)
+				}
+				if scheduled || async {
+					return errdefs.Invalid("%s: --scheduled and --async run the live version; call %s@%s without them, or %s with them", args[0], name, at, name)
+				}
+			}
 			c, err := conn.client()
 			if err != nil {
 				return err
@@ -319,7 +330,7 @@ func newInvokeCmd(conn *connFlags) *cobra.Command {
 			// looks like a function's own answer, which is printed and
 			// exits 0.
 			private := false
-			switch fn, err := c.Function(cmd.Context(), owner, args[0]); {
+			switch fn, err := c.Function(cmd.Context(), owner, name); {
 			case err == nil:
 				owner, private = fn.Owner, fn.Access == functions.AccessPrivate
 			case owner != "" && errors.Is(err, errdefs.ErrPermissionDenied):
@@ -352,7 +363,7 @@ func newInvokeCmd(conn *connFlags) *cobra.Command {
 				// public since the API said it was private).
 				h.Set("Authorization", "Bearer "+c.Token)
 			}
-			res, err := c.Invoke(cmd.Context(), owner, args[0], strings.ToUpper(method), path, body, h)
+			res, err := c.Invoke(cmd.Context(), owner, args[0], strings.ToUpper(method), path, body, h) // with its @
 			if err != nil {
 				if read != nil && read.err != nil {
 					// Not the server's fault: the body could not be read.

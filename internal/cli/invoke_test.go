@@ -158,3 +158,41 @@ func TestInvokeBadRequestExits2(t *testing.T) {
 		}
 	}
 }
+
+// `spry invoke NAME@TAG` (or @VERSION) calls that version at the URL the
+// router gives it, as /fn/OWNER/NAME@TAG/ does; it was refused as an
+// invalid name.
+func TestInvokePinnedVersion(t *testing.T) {
+	var got []string
+	url, admin := apiServerWith(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = append(got, r.URL.Path)
+		_, _ = w.Write([]byte("ok"))
+	}))
+	as, _ := cliAt(t, url)
+	if code, _, stderr := as(admin, "deploy", helloFile(t, "hello.ts")); code != 0 {
+		t.Fatalf("deploy: exit %d: %s", code, stderr)
+	}
+	for _, tt := range []struct {
+		args []string
+		code int
+		path string
+	}{
+		{[]string{"invoke", "hello@canary"}, 0, "/fn/admin/hello@canary/"},
+		{[]string{"invoke", "hello@2", "--path", "/x?y=1"}, 0, "/fn/admin/hello@2/x"},
+		{[]string{"invoke", "nope@canary"}, 4, ""},
+		{[]string{"invoke", "hello@"}, 2, ""},
+		{[]string{"invoke", "hello@Bad"}, 2, ""},
+		{[]string{"invoke", "hello@canary", "--async"}, 2, ""},
+		{[]string{"invoke", "hello@canary", "--scheduled"}, 2, ""},
+	} {
+		got = nil
+		code, _, stderr := as(admin, tt.args...)
+		path := ""
+		if len(got) > 0 {
+			path = got[0]
+		}
+		if code != tt.code || path != tt.path {
+			t.Errorf("spry %s: exit %d, called %q; want %d, %q (stderr %q)", strings.Join(tt.args, " "), code, path, tt.code, tt.path, stderr)
+		}
+	}
+}
