@@ -176,6 +176,10 @@ func ApplySettings(l store.Limits, settings map[string]string, b Bounds) (store.
 			}
 			l.AsyncOnFailure = v
 		case SettingCron:
+			// Stored as the parser reads it, one space between fields:
+			// a value from a file or YAML kept its newline, which the
+			// scheduled event's cron field then carried.
+			v = strings.Join(strings.Fields(v), " ")
 			// "" or "none" removes the schedule.
 			if v == "none" {
 				v = ""

@@ -42,6 +42,7 @@ func TestParseLimits(t *testing.T) {
 		{"short grace", map[string]string{"scale-to-zero-after": "10ms"}, store.Limits{}, false},
 		{"unknown", map[string]string{"gpu": "2"}, store.Limits{}, false},
 		{"cron", map[string]string{"cron": " */5 * * * * "}, store.Limits{Cron: "*/5 * * * *"}, true},
+		{"cron with a newline and wide gaps", map[string]string{"cron": "0  9 * * 1-5\n"}, store.Limits{Cron: "0 9 * * 1-5"}, true},
 		{"cron with seconds", map[string]string{"cron": "30 0 * * * *"}, store.Limits{Cron: "30 0 * * * *"}, true},
 		{"cron descriptor", map[string]string{"cron": "@every 10m"}, store.Limits{Cron: "@every 10m"}, true},
 		{"cron none", map[string]string{"cron": "none"}, store.Limits{}, true},
