@@ -88,3 +88,37 @@ func TestScheduleStatus(t *testing.T) {
 		t.Errorf("no schedule: cron %q, next %v", v.Cron, v.NextRunAt)
 	}
 }
+
+// A time that came while the server was down runs once when it starts
+// again, for the first time missed (as systemd's persistent timers and
+// a CronJob within its deadline do); the others are not made up.
+func TestScheduleMissedWhileDownRunsOnce(t *testing.T) {
+	s := startServer(t)
+	s.deployCode(t, "ticks", []byte(`export default { fetch() { return new Response("hi"); }, scheduled() {} }`), "cron="+url.QueryEscape("* * * * * *"))
+	var before time.Time
+	eventually(t, 15*time.Second, "a run", func() bool {
+		v := s.scheduleOf(t, "ticks")
+		if len(v.Runs) > 0 {
+			before = v.Runs[0].ScheduledTime
+		}
+		return !before.IsZero()
+	})
+	s.stop()
+	time.Sleep(3 * time.Second) // the server is down across three times
+	restarted := time.Now()
+	s.start()
+	var v api.ScheduleView
+	eventually(t, 15*time.Second, "runs after the restart", func() bool {
+		v = s.scheduleOf(t, "ticks")
+		return len(v.Runs) >= 3
+	})
+	var missed []time.Time
+	for _, r := range v.Runs {
+		if r.ScheduledTime.Before(restarted) {
+			missed = append(missed, r.ScheduledTime)
+		}
+	}
+	if len(missed) != 1 || !missed[0].After(before) {
+		t.Errorf("runs for times while down: %v (the last before the stop: %v); want one, after it", missed, before)
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"github.com/robfig/cron/v3"
 
 	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/store"
 )
 
 // parser reads standard five-field expressions (minute, hour, day of
@@ -165,6 +166,20 @@ type Config struct {
 	// Now is the clock a run's end is read by (time.Now if nil); its
 	// start is the tick's time.
 	Now func() time.Time
+	// Marks, if set, keeps how far each job has run across restarts
+	// (nil: a time missed while the server was down is not made up).
+	Marks Marks
+}
+
+// Marks keeps each job's store.ScheduleMark, by Job.Key: the time it
+// last ran for, or when it was first seen. At the first tick a job
+// whose mark (of its expression) is older than a time it had runs once,
+// for the first time it missed, as a late tick does; its runs, and
+// jobs seen anew, are marked before they start, so that none runs
+// twice.
+type Marks interface {
+	ScheduleMarks(ctx context.Context) (map[string]store.ScheduleMark, error)
+	MarkSchedules(ctx context.Context, marks map[string]store.ScheduleMark) error
 }
 
 // Scheduler fires jobs at their times.
@@ -173,6 +188,8 @@ type Scheduler struct {
 	ctx  context.Context
 	stop context.CancelFunc
 	wg   sync.WaitGroup
+
+	first sync.Once // the first Tick reads the marks
 
 	mu      sync.Mutex
 	stopped bool              // by Stop: Tick fires nothing more
@@ -278,19 +295,33 @@ func New(cfg Config) *Scheduler {
 }
 
 // Tick fires the jobs whose time has come by now, once each however
-// many of their times have passed since the last tick (a server that
-// was stopped, or a slow tick, does not make up runs), and notes each
-// job's next time. A job first seen fires at its next time after now;
-// so does one whose clock stepped back more than stepBack.
+// many of their times have passed since the last tick (a slow tick, or
+// a machine suspended, does not make up runs), and notes each job's next
+// time. A job first seen fires at its next time after now; so does one
+// whose clock stepped back more than stepBack. At the first tick, with
+// Marks, a job that missed a time while the server was down fires once
+// for the first of them.
 func (s *Scheduler) Tick(now time.Time) {
 	// Schedules keep wall-clock time: a ticker's time carries a
 	// monotonic reading, which would hide a clock that steps back (and
 	// stands still while the machine is suspended).
 	now = now.Round(0)
+	var loaded map[string]store.ScheduleMark
+	s.first.Do(func() {
+		if s.cfg.Marks == nil {
+			return
+		}
+		var err error
+		if loaded, err = s.cfg.Marks.ScheduleMarks(s.ctx); err != nil {
+			s.cfg.Logger.Warn("cannot read how far the schedules ran; times missed while the server was down are not made up", "err", err)
+		}
+	})
 	jobs := s.cfg.Jobs()
+	marks := map[string]store.ScheduleMark{}
+	var fires []func()
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.stopped || s.ctx.Err() != nil {
+		s.mu.Unlock()
 		return // stopped, or closed
 	}
 	seen := make(map[string]bool, len(jobs))
@@ -312,9 +343,18 @@ func (s *Scheduler) Tick(now time.Time) {
 				runs = e.runs
 			}
 			e = &entry{cron: j.Cron, sched: sched, seen: now, runs: runs}
-			e.at = e.after(now, time.Time{})
 			s.next[j.Key] = e
-			continue
+			if m, ok := loaded[j.Key]; ok && m.Cron == j.Cron {
+				if missed := e.after(m.At, m.At); !missed.IsZero() && !missed.After(now) {
+					s.cfg.Logger.Info("a scheduled time came while the server was down; it runs now", "key", j.Key, "cron", j.Cron, "for", missed)
+					e.at = missed // fired below, as a late tick's
+				}
+			}
+			if e.at.IsZero() {
+				e.at = e.after(now, time.Time{})
+				marks[j.Key] = store.ScheduleMark{Cron: j.Cron, At: now}
+				continue
+			}
 		}
 		if e.sched != nil && now.Before(e.seen.Add(-stepBack)) {
 			e.at = e.after(now, time.Time{})
@@ -325,24 +365,38 @@ func (s *Scheduler) Tick(now time.Time) {
 		}
 		at := e.at
 		e.at = e.after(now, at)
+		marks[j.Key] = store.ScheduleMark{Cron: j.Cron, At: at}
 		run := &Run{At: at, Started: now}
 		e.runs = append(e.runs, run)
 		if len(e.runs) > keepRuns {
 			e.runs = slices.Delete(e.runs, 0, len(e.runs)-keepRuns)
 		}
+		// Counted now, under the lock, for Close to wait for; started
+		// once the marks are kept.
 		s.wg.Add(1)
-		go func() {
+		fires = append(fires, func() {
 			defer s.wg.Done()
 			err := s.cfg.Fire(s.ctx, j, at)
 			s.mu.Lock()
 			defer s.mu.Unlock()
 			run.Finished, run.Err = s.cfg.Now(), err
-		}()
+		})
 	}
 	for k := range s.next {
 		if !seen[k] {
 			delete(s.next, k)
 		}
+	}
+	s.mu.Unlock()
+	if s.cfg.Marks != nil && len(marks) > 0 {
+		// A run whose mark could not be kept still runs: only a restart
+		// right after would run its time again.
+		if err := s.cfg.Marks.MarkSchedules(s.ctx, marks); err != nil && s.ctx.Err() == nil {
+			s.cfg.Logger.Warn("cannot keep how far the schedules ran", "err", err)
+		}
+	}
+	for _, f := range fires {
+		go f()
 	}
 }
 

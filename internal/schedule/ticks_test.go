@@ -3,11 +3,15 @@ package schedule
 import (
 	"context"
 	"log/slog"
+	"maps"
 	"runtime"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/spry-run/spry/internal/store"
 )
 
 // countFires ticks a scheduler with one job every step from from to to
@@ -209,4 +213,95 @@ func TestRunsOverlap(t *testing.T) {
 		t.Errorf("two runs under way, Status: %+v", st)
 	}
 	close(release)
+}
+
+// memMarks keeps marks in memory, as the store keeps them in its file.
+type memMarks struct {
+	mu sync.Mutex
+	m  map[string]store.ScheduleMark
+}
+
+func (k *memMarks) ScheduleMarks(context.Context) (map[string]store.ScheduleMark, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return maps.Clone(k.m), nil
+}
+
+func (k *memMarks) MarkSchedules(_ context.Context, m map[string]store.ScheduleMark) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	maps.Copy(k.m, m)
+	return nil
+}
+
+// A time that came while the server was down runs once when it starts
+// again, for the first time missed, as a late tick does; none runs twice,
+// a job whose expression changed (a mark of another) or that appears
+// after the first tick makes nothing up, nor does a clock that went back.
+func TestMissedWhileDownRunsOnce(t *testing.T) {
+	at := func(hms string) time.Time {
+		tm, err := time.Parse(time.DateTime, "2026-11-25 "+hms)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tm
+	}
+	// run is one server's life: jobs, and its ticks, in order.
+	type life struct {
+		jobs  []Job
+		ticks []string
+		late  []Job // listed from the second tick on
+	}
+	for _, tt := range []struct {
+		name  string
+		lives []life
+		want  [][]string // fired, per life
+	}{
+		{"down across two times", []life{
+			{jobs: []Job{{Key: "a", Cron: "*/5 * * * *"}}, ticks: []string{"10:01:00", "10:05:00"}},
+			{jobs: []Job{{Key: "a", Cron: "*/5 * * * *"}}, ticks: []string{"10:17:30", "10:18:00", "10:20:00"}},
+		}, [][]string{{"a 10:05:00"}, {"a 10:10:00", "a 10:20:00"}}},
+		{"down across none", []life{
+			{jobs: []Job{{Key: "a", Cron: "*/5 * * * *"}}, ticks: []string{"10:01:00", "10:05:00"}},
+			{jobs: []Job{{Key: "a", Cron: "*/5 * * * *"}}, ticks: []string{"10:07:00", "10:10:00"}},
+		}, [][]string{{"a 10:05:00"}, {"a 10:10:00"}}},
+		{"seen, not yet run, then down", []life{
+			{jobs: []Job{{Key: "a", Cron: "0 * * * *"}}, ticks: []string{"10:01:00"}},
+			{jobs: []Job{{Key: "a", Cron: "0 * * * *"}}, ticks: []string{"13:30:00", "13:31:00"}},
+		}, [][]string{nil, {"a 11:00:00"}}},
+		{"another expression's mark", []life{
+			{jobs: []Job{{Key: "a", Cron: "*/5 * * * *"}}, ticks: []string{"10:01:00"}},
+			{jobs: []Job{{Key: "a", Cron: "*/7 * * * *"}}, ticks: []string{"10:30:00", "10:35:00"}},
+		}, [][]string{nil, {"a 10:35:00"}}},
+		{"listed after the first tick", []life{
+			{jobs: []Job{{Key: "a", Cron: "*/5 * * * *"}}, ticks: []string{"10:01:00"}},
+			{late: []Job{{Key: "a", Cron: "*/5 * * * *"}}, ticks: []string{"10:30:00", "10:31:00", "10:35:00"}},
+		}, [][]string{nil, {"a 10:35:00"}}},
+		{"the clock went back while down", []life{
+			{jobs: []Job{{Key: "a", Cron: "*/5 * * * *"}}, ticks: []string{"10:01:00", "10:05:00"}},
+			{jobs: []Job{{Key: "a", Cron: "*/5 * * * *"}}, ticks: []string{"09:00:30", "09:05:00"}},
+		}, [][]string{{"a 10:05:00"}, {"a 09:05:00"}}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			marks := &memMarks{m: map[string]store.ScheduleMark{}}
+			for i, l := range tt.lives {
+				rec := &recorder{}
+				var ticked atomic.Int32
+				s := New(Config{Jobs: func() []Job {
+					if ticked.Add(1) > 1 {
+						return append(slices.Clone(l.jobs), l.late...)
+					}
+					return l.jobs
+				}, Fire: rec.fire, Marks: marks})
+				for _, tick := range l.ticks {
+					s.Tick(at(tick))
+				}
+				got := rec.take(s)
+				s.Close()
+				if !slices.Equal(got, tt.want[i]) {
+					t.Errorf("life %d fired %q, want %q", i+1, got, tt.want[i])
+				}
+			}
+		})
+	}
 }

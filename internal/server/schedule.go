@@ -27,6 +27,9 @@ func (s *Server) newScheduler() *schedule.Scheduler {
 			return s.runEvent(ctx, j.Data.(*backend.Spec), j.Cron, at, true)
 		},
 		Logger: s.log,
+		// Kept in spry.db: a time that came while the server was down
+		// runs once at its start.
+		Marks: s.store,
 	})
 }
 

@@ -292,10 +292,30 @@ type Page struct {
 	Limit int
 }
 
+// ScheduleMark is how far a function's schedule has run: the last time
+// it was run for, or, until it first runs, when it was first seen. The
+// scheduler reads the marks at its start to run once a time that came
+// while the server was down.
+type ScheduleMark struct {
+	Cron string // the expression it is of: another one's is not its
+	At   time.Time
+}
+
+// Schedules keeps the schedules' marks.
+type Schedules interface {
+	// MarkSchedules records marks, by function id, in one batch; marks
+	// of functions that no longer exist are dropped. A function's mark
+	// goes with it.
+	MarkSchedules(ctx context.Context, marks map[string]ScheduleMark) error
+	// ScheduleMarks lists every function's mark, by its id.
+	ScheduleMarks(ctx context.Context) (map[string]ScheduleMark, error)
+}
+
 // Store is the whole metadata store.
 type Store interface {
 	Users
 	Tokens
 	Functions
+	Schedules
 	Close() error
 }

@@ -87,6 +87,15 @@ ALTER TABLE functions ADD COLUMN last_version INTEGER NOT NULL DEFAULT 0;
 UPDATE functions SET last_version = (SELECT COALESCE(MAX(number), 0) FROM versions v
 	WHERE v.owner = functions.owner AND v.name = functions.name);
 `,
+	// 5: how far each function's schedule has run (store.ScheduleMark),
+	// so that a time missed while the server was down runs at its start.
+	`
+CREATE TABLE schedule_marks (
+	function_id TEXT PRIMARY KEY REFERENCES functions (id) ON DELETE CASCADE,
+	cron        TEXT NOT NULL,
+	at          INTEGER NOT NULL
+) STRICT;
+`,
 }
 
 // Store is a store.Store kept in one SQLite database file. It is safe for
@@ -666,6 +675,56 @@ func (s *Store) SetLastInvoked(ctx context.Context, at map[store.FunctionKey]tim
 		return errorf(ctx, err, "set last invoked")
 	}
 	return nil
+}
+
+func (s *Store) MarkSchedules(ctx context.Context, marks map[string]store.ScheduleMark) error {
+	if len(marks) == 0 {
+		return nil
+	}
+	// One transaction, so the batch costs one fsync rather than one each.
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return errorf(ctx, err, "mark schedules")
+	}
+	defer tx.Rollback()
+	// A function deleted since is not an error: its mark is not kept.
+	stmt, err := tx.PrepareContext(ctx, `INSERT INTO schedule_marks (function_id, cron, at)
+		SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM functions WHERE id = ?1)
+		ON CONFLICT (function_id) DO UPDATE SET cron = excluded.cron, at = excluded.at`)
+	if err != nil {
+		return errorf(ctx, err, "mark schedules")
+	}
+	defer stmt.Close()
+	for id, m := range marks {
+		if _, err := stmt.ExecContext(ctx, id, m.Cron, m.At.UnixMilli()); err != nil {
+			return errorf(ctx, err, "mark the schedule of function %s", id)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return errorf(ctx, err, "mark schedules")
+	}
+	return nil
+}
+
+func (s *Store) ScheduleMarks(ctx context.Context) (map[string]store.ScheduleMark, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT function_id, cron, at FROM schedule_marks`)
+	if err != nil {
+		return nil, errorf(ctx, err, "list schedule marks")
+	}
+	defer rows.Close()
+	marks := map[string]store.ScheduleMark{}
+	for rows.Next() {
+		var id string
+		var m store.ScheduleMark
+		if err := rows.Scan(&id, &m.Cron, msTime{&m.At}); err != nil {
+			return nil, errorf(ctx, err, "list schedule marks")
+		}
+		marks[id] = m
+	}
+	if err := rows.Err(); err != nil {
+		return nil, errorf(ctx, err, "list schedule marks")
+	}
+	return marks, nil
 }
 
 func (s *Store) Digests(ctx context.Context) (map[string]bool, error) {

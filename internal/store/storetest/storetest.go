@@ -41,6 +41,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"SetLive", testSetLive},
 		{"Routing", testRouting},
 		{"SetLastInvoked", testSetLastInvoked},
+		{"ScheduleMarks", testScheduleMarks},
 		{"Digests", testDigests},
 		{"CountSecretVersions", testCountSecretVersions},
 		{"NotFound", testNotFound},
@@ -738,6 +739,39 @@ func testSetLastInvoked(t *testing.T, s store.Store) {
 	for _, k := range []store.FunctionKey{{Owner: "ghost", Name: "x"}, {Owner: "alice", Name: "zz"}} {
 		_, err := s.GetFunction(ctx, k.Owner, k.Name)
 		wantErr(t, err, errdefs.ErrNotFound, "SetLastInvoked must not create "+k.Owner+"/"+k.Name)
+	}
+}
+
+func testScheduleMarks(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	deploy(t, s, "id-aa", version("alice", "a", 1))
+	deploy(t, s, "id-ab", version("alice", "b", 2))
+
+	noErr(t, s.MarkSchedules(ctx, nil), "MarkSchedules nil")
+	noErr(t, s.MarkSchedules(ctx, map[string]store.ScheduleMark{
+		"id-aa":    {Cron: "@hourly", At: at(10)},
+		"id-ab":    {Cron: "*/5 * * * *", At: at(11)},
+		"id-ghost": {Cron: "@daily", At: at(12)}, // no such function: dropped
+	}), "MarkSchedules")
+	noErr(t, s.MarkSchedules(ctx, map[string]store.ScheduleMark{"id-aa": {Cron: "@daily", At: at(20)}}), "MarkSchedules again")
+
+	marks, err := s.ScheduleMarks(ctx)
+	noErr(t, err, "ScheduleMarks")
+	want := map[string]store.ScheduleMark{"id-aa": {Cron: "@daily", At: at(20)}, "id-ab": {Cron: "*/5 * * * *", At: at(11)}}
+	if len(marks) != len(want) {
+		t.Fatalf("ScheduleMarks: %v, want %v", marks, want)
+	}
+	for id, w := range want {
+		if m := marks[id]; m.Cron != w.Cron || !sameTime(m.At, w.At) {
+			t.Errorf("mark of %s: %+v, want %+v", id, m, w)
+		}
+	}
+	// A function's mark goes with it.
+	noErr(t, s.DeleteFunction(ctx, "alice", "a"), "DeleteFunction")
+	marks, err = s.ScheduleMarks(ctx)
+	noErr(t, err, "ScheduleMarks")
+	if _, ok := marks["id-aa"]; ok || len(marks) != 1 {
+		t.Errorf("after the delete: %v, want only id-ab's", marks)
 	}
 }
 
