@@ -109,6 +109,9 @@ func newSecretCmd(conn *connFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if err := checkUTF8("secret", args[1], value); err != nil {
+				return err
+			}
 			return configure(cmd, conn, owner, args[0], api.ConfigBody{Secrets: map[string]string{args[1]: value}})
 		},
 	}

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
@@ -183,9 +184,22 @@ func parseEnv(flag string, kvs []string) (map[string]string, error) {
 		if !ok || k == "" {
 			return nil, errdefs.Invalid("%s: want KEY=VALUE", strings.TrimSpace(flag+" "+strconv.Quote(kv)))
 		}
+		if err := checkUTF8("environment variable", k, v); err != nil {
+			return nil, err
+		}
 		env[k] = v
 	}
 	return env, nil
+}
+
+// checkUTF8 refuses a value that is not UTF-8 before it is sent: JSON
+// would carry each of its bad bytes as U+FFFD, and the function get
+// another value than the one set, without a word.
+func checkUTF8(what, k, v string) error {
+	if !utf8.ValidString(v) {
+		return errdefs.Invalid("%s %s is not valid UTF-8 (encode a binary value, in base64 say, and decode it in the function)", what, k)
+	}
+	return nil
 }
 
 // nonNil is s, or an empty slice for nil: a list prints as [], not
