@@ -131,3 +131,19 @@ func (b *Box) Open(sealed, context string) (string, error) {
 	}
 	return string(pt), nil
 }
+
+// checkContext binds the key check: no secret's place (owner/name/KEY)
+// has a colon, so no sealed secret passes for it.
+const checkContext = "spry:secret-key-check"
+
+// KeyCheck seals a value that CheckKey opens again with this key only:
+// kept beside the secrets, it tells whether a key is theirs.
+func (b *Box) KeyCheck() (string, error) {
+	return b.Seal("spry", checkContext)
+}
+
+// CheckKey reports whether check was made by KeyCheck with this key.
+func (b *Box) CheckKey(check string) bool {
+	v, err := b.Open(check, checkContext)
+	return err == nil && v == "spry"
+}

@@ -98,3 +98,26 @@ func TestOpenKeyFileBroken(t *testing.T) {
 		t.Fatalf("err = %v, want one naming %s", err, path)
 	}
 }
+
+// A key's check opens with that key only, and no sealed secret passes
+// for a check.
+func TestKeyCheck(t *testing.T) {
+	a, _ := New(make([]byte, 32))
+	b, _ := New([]byte(strings.Repeat("b", 32)))
+	check, err := a.KeyCheck()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !a.CheckKey(check) {
+		t.Error("a key does not pass its own check")
+	}
+	if b.CheckKey(check) {
+		t.Error("another key passes the check")
+	}
+	secret, _ := a.Seal("spry", "alice/f/KEY")
+	for _, bad := range []string{"", "enc:v1:", secret} {
+		if a.CheckKey(bad) {
+			t.Errorf("CheckKey(%q) passes", bad)
+		}
+	}
+}

@@ -1067,9 +1067,15 @@ func cleanPaths(next http.Handler) http.Handler {
 // openSecretKey opens the key that seals functions' secrets, making one
 // at first start. A missing key when versions hold secrets means the key
 // was lost: a new one would seal new secrets beside old ones that never
-// open again, so that takes the operator's word (--new-secret-key).
+// open again, so that takes the operator's word (--new-secret-key). So
+// does a key that is there but not theirs (another server's, a damaged
+// file), which the check sealed with the right key in spry.db tells;
+// the file is never replaced, as it may be some other data dir's key.
 func (s *Server) openSecretKey(ctx context.Context, path string) (*secrets.Box, error) {
-	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+	made := false
+	fi, err := os.Stat(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
 		n, err := s.store.CountSecretVersions(ctx)
 		if err != nil {
 			return nil, err
@@ -1080,8 +1086,48 @@ func (s *Server) openSecretKey(ctx context.Context, path string) (*secrets.Box, 
 			}
 			s.log.Warn("making a new secret key; secrets sealed with the lost one will not open", "path", path, "versions", n)
 		}
+		made = true
+	case err != nil:
+		return nil, fmt.Errorf("secret key: %w", err)
+	case fi.Mode().Perm()&0o077 != 0:
+		// A key copied in by hand (after a restore without it) takes
+		// the umask's mode, and the data dir is searchable by others
+		// (npm's uid reaches its cache through it).
+		if err := os.Chmod(path, 0o600); err != nil {
+			return nil, fmt.Errorf("secret key: %w", err)
+		}
+		s.log.Warn("the secret key was readable by other users; made it 0600 (if one may have read it, rotate it: docs/security.md)", "path", path, "mode", fi.Mode().Perm().String())
 	}
-	return secrets.OpenKeyFile(path)
+	box, err := secrets.OpenKeyFile(path)
+	if err != nil {
+		return nil, err
+	}
+	check, err := s.store.SecretKeyCheck(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if check != "" && box.CheckKey(check) {
+		return box, nil
+	}
+	if check != "" && !made {
+		n, err := s.store.CountSecretVersions(ctx)
+		if err != nil {
+			return nil, err
+		}
+		// With no secret stored, the old key sealed nothing kept.
+		if n > 0 {
+			return nil, fmt.Errorf("%s is not the key the secrets of %d stored versions were sealed with (another server's, or a damaged file): put the right one back, or move it aside and start once with --new-secret-key to make a new key (those secrets will not open again; set them anew)", path, n)
+		}
+	}
+	// A new key, or the first start that keeps a check: this key is the
+	// secrets' from now on.
+	if check, err = box.KeyCheck(); err != nil {
+		return nil, err
+	}
+	if err := s.store.SetSecretKeyCheck(ctx, check); err != nil {
+		return nil, err
+	}
+	return box, nil
 }
 
 // idleAfter is the activator's IdleAfter for --idle-cpu-after d (0: never).

@@ -278,6 +278,13 @@ type Functions interface {
 	// a server that finds its secret key missing knows whether one was
 	// lost.
 	CountSecretVersions(ctx context.Context) (int, error)
+	// SecretKeyCheck is a value sealed with the secret key the stored
+	// secrets are sealed with ("" if none was set), so that a server
+	// started with another key (one of another server's, or damaged)
+	// knows it before it seals anything with it.
+	SecretKeyCheck(ctx context.Context) (string, error)
+	// SetSecretKeyCheck replaces it.
+	SetSecretKeyCheck(ctx context.Context, sealed string) error
 }
 
 // FunctionKey names a function.

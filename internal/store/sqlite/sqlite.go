@@ -96,6 +96,14 @@ CREATE TABLE schedule_marks (
 	at          INTEGER NOT NULL
 ) STRICT;
 `,
+	// 6: a value sealed with the secret key (store.Functions'
+	// SecretKeyCheck), so that a server started with another key knows.
+	`
+CREATE TABLE secret_key_check (
+	id     INTEGER PRIMARY KEY CHECK (id = 1),
+	sealed TEXT NOT NULL
+) STRICT;
+`,
 }
 
 // Store is a store.Store kept in one SQLite database file. It is safe for
@@ -755,6 +763,29 @@ func (s *Store) CountSecretVersions(ctx context.Context) (int, error) {
 		return 0, errorf(ctx, err, "count versions with secrets")
 	}
 	return n, nil
+}
+
+// SecretKeyCheck implements store.Functions.
+func (s *Store) SecretKeyCheck(ctx context.Context) (string, error) {
+	var sealed string
+	err := s.db.QueryRowContext(ctx, `SELECT sealed FROM secret_key_check`).Scan(&sealed)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	if err != nil {
+		return "", errorf(ctx, err, "read the secret key's check")
+	}
+	return sealed, nil
+}
+
+// SetSecretKeyCheck implements store.Functions.
+func (s *Store) SetSecretKeyCheck(ctx context.Context, sealed string) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO secret_key_check (id, sealed) VALUES (1, ?)
+		ON CONFLICT (id) DO UPDATE SET sealed = excluded.sealed`, sealed)
+	if err != nil {
+		return errorf(ctx, err, "write the secret key's check")
+	}
+	return nil
 }
 
 // list runs a query and scans every row with scan.

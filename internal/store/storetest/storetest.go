@@ -44,6 +44,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ScheduleMarks", testScheduleMarks},
 		{"Digests", testDigests},
 		{"CountSecretVersions", testCountSecretVersions},
+		{"SecretKeyCheck", testSecretKeyCheck},
 		{"NotFound", testNotFound},
 		{"ConcurrentDeploy", testConcurrentDeploy},
 		{"VersionRetention", testVersionRetention},
@@ -979,6 +980,20 @@ func testVersionRetention(t *testing.T, s store.Store) {
 	wantErr(t, err, errdefs.ErrNotFound, "GetVersion of a pruned version")
 	if _, err := s.GetVersion(ctx, "alice", "hello", 2); err != nil {
 		t.Errorf("the tagged version was pruned: %v", err)
+	}
+}
+
+func testSecretKeyCheck(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	for _, want := range []string{"", "enc:v1:first", "enc:v1:second"} {
+		if want != "" {
+			noErr(t, s.SetSecretKeyCheck(ctx, want), "SetSecretKeyCheck")
+		}
+		got, err := s.SecretKeyCheck(ctx)
+		noErr(t, err, "SecretKeyCheck")
+		if got != want {
+			t.Errorf("SecretKeyCheck = %q, want %q", got, want)
+		}
 	}
 }
 
