@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/spry-run/spry/internal/errdefs"
 )
 
 // env and secrets are bounded together, 128 entries and 64 KiB, with 413
@@ -71,5 +73,53 @@ func TestEnvLimits(t *testing.T) {
 				t.Errorf("a refused change made version %d", after.Version)
 			}
 		})
+	}
+}
+
+// A bad name or value, in env or secrets, at deploy or PATCH, is a 400
+// invalid_argument naming it (a long name cut short, the limit said)
+// and stores nothing. A secret's value is never in the answer.
+func TestEnvBadInput(t *testing.T) {
+	long := strings.Repeat("N", 300)
+	for _, tc := range []struct {
+		name, key, value, want string
+	}{
+		{"empty name", "", "v", `""`},
+		{"name with =", "A=B", "v", `"A=B"`},
+		{"name with NUL", "A\x00B", "v", `"A\x00B"`},
+		{"name starting with a digit", "1A", "v", `"1A"`},
+		{"name with -", "A-B", "v", `"A-B"`},
+		{"name not ASCII", "CAFÉ", "v", `"CAF`},
+		{"name too long", long, "v", "at most 256"},
+		{"value with NUL", "K", "hunter2\x00", "K contains a NUL byte"},
+	} {
+		for _, kind := range []string{"env", "secrets"} {
+			for _, method := range []string{"PUT", "PATCH"} {
+				t.Run(tc.name+" "+kind+" "+method, func(t *testing.T) {
+					e := newEnv(t)
+					alice := e.user("alice")
+					e.deploy(alice, "/api/v1/functions/f")
+					var before FunctionView
+					e.mustDo(alice, "GET", "/api/v1/functions/f", "", http.StatusOK, &before)
+					m := map[string]any{kind: map[string]string{tc.key: tc.value}}
+					if method == "PUT" {
+						m["code"] = "export default { fetch() { return new Response('x') } }"
+					}
+					body, _ := json.Marshal(m)
+					status, b := e.do(alice, method, "/api/v1/functions/f", string(body))
+					wantError(t, tc.name, status, b, http.StatusBadRequest, "invalid_argument")
+					var eb errdefs.Body
+					_ = json.Unmarshal(b, &eb)
+					if msg := eb.Error.Message; !strings.Contains(msg, tc.want) || strings.Contains(msg, "hunter2") || len(msg) > 200 {
+						t.Errorf("message %q, want one naming %s, without the value, short", msg, tc.want)
+					}
+					var after FunctionView
+					e.mustDo(alice, "GET", "/api/v1/functions/f", "", http.StatusOK, &after)
+					if after.Version != before.Version {
+						t.Errorf("a refused change made version %d", after.Version)
+					}
+				})
+			}
+		}
 	}
 }

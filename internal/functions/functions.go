@@ -218,6 +218,10 @@ func ValidateEnv(env map[string]string) error {
 		return errdefs.New(errdefs.ErrTooLarge, "%d environment variables; the limit is %d", len(env), MaxEnvVars)
 	}
 	for k, v := range env {
+		if len(k) > maxEnvName {
+			// Named by its start: the whole would fill the message.
+			return errdefs.Invalid("environment variable name %q... is %d bytes; names are at most %d", k[:32], len(k), maxEnvName)
+		}
 		if !validEnvName(k) {
 			return errdefs.Invalid("invalid environment variable name %q: use letters, digits and '_', not starting with a digit", k)
 		}
@@ -236,8 +240,11 @@ func ValidateEnv(env map[string]string) error {
 	return nil
 }
 
+// maxEnvName bounds an env var's name, in bytes.
+const maxEnvName = 256
+
 func validEnvName(k string) bool {
-	if k == "" || len(k) > 256 {
+	if k == "" || len(k) > maxEnvName {
 		return false
 	}
 	for i := 0; i < len(k); i++ {
