@@ -144,3 +144,39 @@ func TestEnvAndSecretShareNoName(t *testing.T) {
 	}
 	check("refused", "again", true)
 }
+
+// A rollback brings back the env and secrets of the version it makes
+// live, and every version keeps its own at @<number>.
+func TestRollbackRestoresEnvAndSecrets(t *testing.T) {
+	ctx := t.Context()
+	st, blobs := stores(t)
+	s := New(st, blobs, retirer{}, box(t), noLogs{}, Config{DefaultRuntime: "deno", Runtimes: []string{"deno"}, MaxCodeBytes: 1 << 20})
+	code := []byte("export default { fetch() { return new Response('hi') } }")
+	if _, err := s.Deploy(ctx, DeployRequest{Owner: "alice", Name: "f", Code: code, By: "alice",
+		Env: map[string]string{"E": "1"}, Secrets: map[string]string{"S": "old"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Reconfigure(ctx, "alice", "f", "alice", Change{SetEnv: map[string]string{"E": "2"}, SetSecrets: map[string]string{"S": "new"}}); err != nil {
+		t.Fatal(err)
+	}
+	env := func(tag string) map[string]string {
+		t.Helper()
+		sp, err := s.Resolve(ctx, "alice", "f", tag)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sp.Env
+	}
+	if e := env(""); e["E"] != "2" || e["S"] != "new" {
+		t.Fatalf("after the change: %v", e)
+	}
+	if _, err := s.Rollback(ctx, "alice", "f", 1); err != nil {
+		t.Fatal(err)
+	}
+	if e := env(""); e["E"] != "1" || e["S"] != "old" {
+		t.Errorf("after the rollback: %v", e)
+	}
+	if e := env("2"); e["E"] != "2" || e["S"] != "new" {
+		t.Errorf("@2: %v", e)
+	}
+}
