@@ -323,12 +323,18 @@ function toRequest(req, signal) {
       // A header Node accepted but Headers does not: leave it out.
     }
   }
-  const init = { method: req.method, headers, signal };
+  // The Fetch standard's Request refuses TRACE (and TRACK, which Node's
+  // parser does not know); Deno hands it to the function, and so does
+  // this: made as a POST, it then says TRACE.
+  const trace = req.method === "TRACE";
+  const init = { method: trace ? "POST" : req.method, headers, signal };
   if (req.method !== "GET" && req.method !== "HEAD") {
     init.body = Readable.toWeb(req);
     init.duplex = "half";
   }
-  return new Request(requestURL(req), init);
+  const request = new Request(requestURL(req), init);
+  if (trace) Object.defineProperty(request, "method", { value: "TRACE", enumerable: true });
+  return request;
 }
 
 function fetchAdapter(fn) {
@@ -345,6 +351,12 @@ function fetchAdapter(fn) {
     if (!(out instanceof Response)) {
       console.error(`function returned ${out === null ? "null" : typeof out}, not a Response`);
       sendError(res, 500, "function_error", "the function did not return a Response; see its logs");
+      return;
+    }
+    if (out.type === "error") {
+      // Its status is 0, which Node's own error would name instead; Deno's words.
+      console.error("uncaught exception in function:", new TypeError("Return value from serve handler must not be an error response (like Response.error())"));
+      sendError(res, 500, "function_error", "the function threw an uncaught exception; see its logs");
       return;
     }
     await writeResponse(res, out, req.method === "HEAD");
