@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -257,6 +258,64 @@ func TestRuntimeErrorsArePlatformAnswers(t *testing.T) {
 						fn, path, _ := strings.Cut(strings.TrimPrefix(tc.path, "/fn/admin/"), "/")
 						if _, stderr, code := s.spry("", "invoke", fn, "--path", "/"+path); fmt.Sprint(code) != tc.invoke {
 							t.Errorf("spry invoke %s --path /%s: exit %d (%s), want %s", fn, path, code, stderr, tc.invoke)
+						}
+					}
+				})
+			}
+		})
+	}
+}
+
+// TestRequestURLAgrees: a Deno function and the same function on Node
+// see the same req.url, the URL as the client sent it (its Host as
+// written, dot segments and characters a URL would escape as they came),
+// and so the same new URL(req.url), on both of the router's paths; raw
+// UTF-8 in the target (which Node's parser refused with a bare 400)
+// arrives percent-encoded, as URL parsing would have it anyway.
+func TestRequestURLAgrees(t *testing.T) {
+	const code = `export default { fetch(req) {
+		const u = new URL(req.url);
+		return Response.json({ url: req.url, path: u.pathname, x: u.searchParams.getAll("x") });
+	} }`
+	tests := []struct {
+		host, target string // target: after /fn/admin/<name>
+		url, path    string
+		x            []string
+	}{
+		{"h", "/a/b?x=1&x=2&x=", "http://h/a/b?x=1&x=2&x=", "/a/b", []string{"1", "2", ""}},
+		{"h", "", "http://h/", "/", []string{}},
+		{"h", "//a//b", "http://h//a//b", "//a//b", []string{}},
+		{"h", "/a/../b", "http://h/a/../b", "/b", []string{}},
+		{"h", "/a/%2e%2e/b/.", "http://h/a/%2e%2e/b/.", "/b/", []string{}},
+		{"h", `/a\b`, `http://h/a\b`, "/a/b", []string{}},
+		{"h", "/a%2Fb%20c", "http://h/a%2Fb%20c", "/a%2Fb%20c", []string{}},
+		{"h", "/a<b>{c}?x='\"", "http://h/a<b>{c}?x='\"", "/a%3Cb%3E%7Bc%7D", []string{`'"`}},
+		{"h", "/caf\xc3\xa9?x=\xc3\xa9", "http://h/caf%C3%A9?x=%C3%A9", "/caf%C3%A9", []string{"é"}},
+		{"Example.COM:80", "/", "http://Example.COM:80/", "/", []string{}},
+	}
+	for _, loops := range []string{"1", "0"} {
+		t.Run("loops="+loops, func(t *testing.T) {
+			s := startServer(t, "--router-loops", loops)
+			for _, rt := range []string{"deno", "node"} {
+				t.Run(rt, func(t *testing.T) {
+					name := "url-" + rt
+					s.deployCode(t, name, []byte(code), "runtime="+rt)
+					for _, tc := range tests {
+						c := s.dial(t)
+						c.SetDeadline(time.Now().Add(10 * time.Second))
+						fmt.Fprintf(c, "GET /fn/admin/%s%s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", name, tc.target, tc.host)
+						res, err := http.ReadResponse(bufio.NewReader(c), nil)
+						if err != nil {
+							t.Fatalf("%q: %v", tc.target, err)
+						}
+						var got struct {
+							URL, Path string
+							X         []string
+						}
+						err = json.NewDecoder(res.Body).Decode(&got)
+						res.Body.Close()
+						if res.StatusCode != 200 || err != nil || got.URL != tc.url || got.Path != tc.path || fmt.Sprint(got.X) != fmt.Sprint(tc.x) {
+							t.Errorf("%q: got %d %+v (%v), want url %q, pathname %q, x %q", tc.target, res.StatusCode, got, err, tc.url, tc.path, tc.x)
 						}
 					}
 				})

@@ -869,10 +869,10 @@ var headPool = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &
 func appendRequestHead(dst []byte, rh *fasthttp.RequestHeader, inv *invocation, remoteIP string, tls, trusted bool) []byte {
 	dst = append(dst, rh.Method()...)
 	dst = append(dst, ' ')
-	dst = append(dst, inv.rest...)
+	dst = appendTarget(dst, inv.rest)
 	if inv.query != "" {
 		dst = append(dst, '?')
-		dst = append(dst, inv.query...)
+		dst = appendTarget(dst, inv.query)
 	}
 	dst = append(dst, " HTTP/1.1\r\n"...)
 	connection := connectionOptions(rh)
@@ -925,6 +925,28 @@ func appendRequestHead(dst []byte, rh *fasthttp.RequestHeader, inv *invocation, 
 	dst = append(dst, "\r\nSpry-Request-Id: "...)
 	dst = append(dst, inv.reqID...)
 	return append(dst, "\r\n"...)
+}
+
+// appendTarget appends s, a part of the request target, with its bytes
+// past ASCII (raw UTF-8, which validTarget let through) percent-encoded:
+// Node's HTTP parser refuses them with a bare 400, and the URL a function
+// reads (new URL(req.url)) encodes them so anyway, on Deno as on Node.
+func appendTarget(dst []byte, s string) []byte {
+	const hex = "0123456789ABCDEF"
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c >= 0x80 {
+			dst = append(dst, s[:i]...)
+			for ; i < len(s); i++ {
+				if c = s[i]; c < 0x80 {
+					dst = append(dst, c)
+				} else {
+					dst = append(dst, '%', hex[c>>4], hex[c&15])
+				}
+			}
+			return dst
+		}
+	}
+	return append(dst, s...)
 }
 
 // connectionOptions is what the request's Connection fields list, all

@@ -2064,3 +2064,21 @@ func TestPoolClosesAnEndedInstancesIdleConnections(t *testing.T) {
 		})
 	}
 }
+
+// A target's bytes past ASCII reach the instance percent-encoded, as
+// URL parsing encodes them (Node's parser refuses them raw); the rest of
+// it as sent.
+func TestAppendTarget(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"/a/b", "/a/b"},
+		{"", ""},
+		{"/caf\xc3\xa9", "/caf%C3%A9"},
+		{"x=\xc3\xa9&y=%C3%A9", "x=%C3%A9&y=%C3%A9"},
+		{"/a/../b\\c<\"'>", "/a/../b\\c<\"'>"},
+		{"\xf0\x9f\x98\x80", "%F0%9F%98%80"},
+	} {
+		if got := string(appendTarget([]byte("GET "), tc.in)); got != "GET "+tc.want {
+			t.Errorf("%q: got %q, want %q", tc.in, got, "GET "+tc.want)
+		}
+	}
+}

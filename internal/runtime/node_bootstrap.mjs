@@ -293,16 +293,23 @@ function makeContext(requestId) {
   };
 }
 
-function requestURL(req) {
-  // The scheme the client used, as on Deno: the router says which.
-  const scheme = req.headers["x-forwarded-proto"] === "https" ? "https://" : "http://";
-  // A Host header that is not just an authority (one with a path, query,
-  // fragment or userinfo in it) must not change the URL's path.
+// sentURL is the request's URL as the client sent it, as Deno's req.url
+// is: the scheme the client used (the router says which), the Host as
+// written, and the target (its dot segments, say, not resolved); "" if
+// the Host is not just an authority (one with a path, query, fragment or
+// userinfo in it must not change the URL's path) or the target not a path.
+function sentURL(req) {
   const h = req.headers.host;
-  const host = h && /^[^/?#@\\\s]+$/.test(h) ? h : "localhost";
+  if (!h || !/^[^/?#@\\\s]+$/.test(h) || !req.url.startsWith("/")) return "";
+  // Concatenate rather than resolve: a path like //a/b must stay a path.
+  return (req.headers["x-forwarded-proto"] === "https" ? "https://" : "http://") + h + req.url;
+}
+
+function requestURL(req, sent = sentURL(req)) {
+  const scheme = req.headers["x-forwarded-proto"] === "https" ? "https://" : "http://";
   try {
-    // Concatenate rather than resolve: a path like //a/b must stay a path.
-    if (req.url.startsWith("/")) return new URL(scheme + host + req.url);
+    if (sent !== "") return new URL(sent);
+    if (req.url.startsWith("/")) return new URL(scheme + "localhost" + req.url);
     return new URL(req.url);
   } catch {
     try {
@@ -332,10 +339,27 @@ function toRequest(req, signal) {
     init.body = Readable.toWeb(req);
     init.duplex = "half";
   }
-  const request = new Request(requestURL(req), init);
+  const sent = sentURL(req);
+  const url = requestURL(req, sent);
+  const request = new Request(url, init);
   if (trace) Object.defineProperty(request, "method", { value: "TRACE", enumerable: true });
+  if (sent !== "" && sent !== url.href) sentURLs.set(request, sent);
   return request;
 }
+
+// req.url is the URL as sent, as on Deno, where new URL(req.url) would
+// change it (a Host in capitals or with its default port, a path with dot
+// segments or characters a URL escapes): sentURLs holds those, and the
+// getter gives them. new URL(req.url) is the same URL on both runtimes.
+const sentURLs = new WeakMap();
+const nativeURL = Object.getOwnPropertyDescriptor(Request.prototype, "url");
+Object.defineProperty(Request.prototype, "url", {
+  configurable: true,
+  enumerable: nativeURL.enumerable,
+  get() {
+    return sentURLs.get(this) ?? nativeURL.get.call(this);
+  },
+});
 
 function fetchAdapter(fn) {
   return async (req, res) => {
