@@ -211,6 +211,10 @@ func TestContractOddResponses(t *testing.T) {
 			case "/error": return Response.error();
 			case "/blob": return new Response(new Blob(["<p>hi</p>"], { type: "text/html" }));
 			case "/form": { const f = new FormData(); f.append("a", "1"); return new Response(f); }
+			case "/trailer": return new Response("t", { headers: { trailer: "x-t", "x-kept": "yes" } });
+			case "/trailer-stream": return new Response(new ReadableStream({ async pull(c) {
+				await new Promise((r) => setTimeout(r, 10)); c.enqueue(new TextEncoder().encode("t")); c.close();
+			} }), { headers: { trailer: "x-t", "x-kept": "yes" } });
 			}
 			return new Response("alive");
 		} }`)
@@ -239,6 +243,15 @@ func TestContractOddResponses(t *testing.T) {
 			if r.status != 200 || !strings.HasPrefix(r.header.Get("Content-Type"), tc.ctype) || !strings.Contains(r.body, tc.body) ||
 				r.header.Get("Content-Length") != strconv.Itoa(len(r.body)) {
 				t.Errorf("%s: got %d %v %q, want a 200 of %q with its Content-Length", tc.path, r.status, r.header, r.body, tc.ctype)
+			}
+		}
+		// A Response has no trailers to send: a Trailer field that
+		// announces some does not fail the answer (Node failed it, and
+		// the router took the instance for unreachable). The router
+		// drops the field, as the hop-by-hop field it is.
+		for _, path := range []string{"/trailer", "/trailer-stream"} {
+			if r := do(t, inst, "GET", path, nil, nil); r.status != 200 || r.body != "t" || r.header.Get("X-Kept") != "yes" {
+				t.Errorf("%s: got %d %v %q, want 200 \"t\"", path, r.status, r.header, r.body)
 			}
 		}
 		if r := do(t, inst, "GET", "/", nil, nil); r.body != "alive" {

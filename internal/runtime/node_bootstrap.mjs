@@ -424,7 +424,10 @@ function endWhole(res, chunks, size, head) {
 async function writeResponse(res, out, head) {
   res.statusCode = out.status;
   for (const [name, value] of out.headers) {
-    if (name !== "set-cookie") res.setHeader(name, value);
+    // A Response has no trailers to announce, and Node fails the answer
+    // that names some without sending them chunked: Trailer is dropped,
+    // as on Deno.
+    if (name !== "set-cookie" && name !== "trailer") res.setHeader(name, value);
   }
   const cookies = out.headers.getSetCookie();
   if (cookies.length > 0) res.setHeader("set-cookie", cookies);
