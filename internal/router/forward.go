@@ -861,7 +861,8 @@ var headPool = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &
 // appendRequestHead appends the head of the request the instance gets,
 // all but its framing (Content-Length or Transfer-Encoding) and the blank
 // line: the function's own path and query, the client's method and
-// headers, and forwarding headers. A trusted peer's (a proxy's) X-Forwarded-For is kept, with
+// headers, and forwarding headers. A trusted peer's (a proxy's) Forwarded
+// is kept, anyone else's dropped; its X-Forwarded-For is kept, with
 // the peer's address after it, and its X-Forwarded-Proto and -Host stand
 // when they are well formed; anyone else's are replaced, as Traefik and
 // Envoy do by default: what the function is told of the client is what
@@ -879,7 +880,9 @@ func appendRequestHead(dst []byte, rh *fasthttp.RequestHeader, inv *invocation, 
 	xff := false
 	for k, v := range rh.All() {
 		xff = xff || string(k) == "X-Forwarded-For"
-		if skipRequestHeader(k, connection) {
+		// RFC 7239's Forwarded says what the X-Forwarded fields say, and
+		// is believed as far as they are: a client's own is dropped.
+		if skipRequestHeader(k, connection) || (!trusted && string(k) == "Forwarded") {
 			continue
 		}
 		dst = append(dst, k...)

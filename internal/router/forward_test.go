@@ -254,6 +254,9 @@ func TestForwardRequestAndResponse(t *testing.T) {
 func TestForwardingHeaders(t *testing.T) {
 	sock := serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "%q %q %q", r.Header.Values("X-Forwarded-For"), r.Header.Get("X-Forwarded-Proto"), r.Header.Get("X-Forwarded-Host"))
+		if f := r.Header.Values("Forwarded"); f != nil {
+			fmt.Fprintf(w, " %q", f)
+		}
 	}))
 	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 5 * time.Second}
 	loopback := httpserve.Proxies{netip.MustParsePrefix("127.0.0.0/8")}
@@ -272,6 +275,12 @@ func TestForwardingHeaders(t *testing.T) {
 		{"trusted proxy", loopback, map[string]string{"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "api.example.com"},
 			`["203.0.113.9, 127.0.0.1"] "https" "api.example.com"`},
 		{"trusted proxy, nothing said", loopback, nil, `["127.0.0.1"] "http" "h.test"`},
+		// RFC 7239's Forwarded says the same as the X-Forwarded fields,
+		// and is believed as far as they are.
+		{"untrusted Forwarded", nil, map[string]string{"Forwarded": "for=6.6.6.6;proto=https"}, `["127.0.0.1"] "http" "h.test"`},
+		{"Forwarded from a peer not among the trusted", other, map[string]string{"Forwarded": "for=6.6.6.6"}, `["127.0.0.1"] "http" "h.test"`},
+		{"trusted proxy's Forwarded", loopback, map[string]string{"Forwarded": "for=203.0.113.9;proto=https"},
+			`["127.0.0.1"] "http" "h.test" ["for=203.0.113.9;proto=https"]`},
 		{"trusted proxy, malformed", loopback, map[string]string{"X-Forwarded-Proto": "javascript", "X-Forwarded-Host": "a b"},
 			`["127.0.0.1"] "http" "h.test"`},
 	} {
