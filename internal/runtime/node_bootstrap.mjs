@@ -95,6 +95,10 @@ function sendError(res, status, code, message, extraHeaders = {}) {
   }
   for (const name of res.getHeaderNames()) res.removeHeader(name);
   res.statusMessage = undefined;
+  // An answer that failed as it began (a status Node refuses, say) left
+  // the length of its body counted: the check would fail this one too,
+  // whose length is set right here.
+  res.strictContentLength = false;
   const body = JSON.stringify({ error: { code, message } });
   res.writeHead(status, {
     "content-type": "application/json",
@@ -560,6 +564,18 @@ const MIME = {
   bin: "application/octet-stream",
 };
 
+// checkStatus is code if a Response could have it (200 to 599), as on
+// the fetch contract; else it throws as a Response does (a 500). Node
+// would send a 1xx as an interim answer with the body after it, which
+// no client reads as the answer, and fail the answer for a 0.
+function checkStatus(code) {
+  const n = Number(code);
+  if (!Number.isInteger(n) || n < 200 || n > 599) {
+    throw new RangeError(`res.status(${JSON.stringify(code)}): a status must be an integer in the range of 200 to 599, inclusive.`);
+  }
+  return n;
+}
+
 function decorate(req, res, raw) {
   const url = requestURL(req);
   req.originalUrl = req.url;
@@ -577,7 +593,7 @@ function decorate(req, res, raw) {
 
   res.locals = {};
   res.status = (code) => {
-    res.statusCode = code;
+    res.statusCode = checkStatus(code);
     return res;
   };
   res.set = res.header = (field, value) => {
@@ -618,14 +634,14 @@ function decorate(req, res, raw) {
     return res;
   };
   res.sendStatus = (code) => {
-    res.statusCode = code;
+    res.statusCode = checkStatus(code);
     res.setHeader("content-type", MIME.text);
     res.end(http.STATUS_CODES[code] ?? String(code));
     return res;
   };
   res.redirect = (a, b) => {
     const [code, location] = typeof a === "number" ? [a, b] : [302, a];
-    res.statusCode = code;
+    res.statusCode = checkStatus(code);
     res.setHeader("location", location);
     res.end();
     return res;
