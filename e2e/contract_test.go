@@ -323,3 +323,56 @@ func TestRequestURLAgrees(t *testing.T) {
 		})
 	}
 }
+
+// TestStreamEndsWithItsRequest: an answer still streaming when its
+// client hangs up, or when the function's timeout is up, ends there on
+// both runtimes: the client's answer is cut short (no last chunk), and
+// the function hears it, its req.signal aborted and its stream
+// cancelled, so that it can stop.
+func TestStreamEndsWithItsRequest(t *testing.T) {
+	s := startServer(t)
+	const code = `export default { fetch(req, ctx) {
+		const id = new URL(req.url).searchParams.get("id");
+		req.signal.addEventListener("abort", () => console.log("aborted", id));
+		let i = 0;
+		return new Response(new ReadableStream({
+			async pull(c) { await new Promise((r) => setTimeout(r, 100)); c.enqueue(new TextEncoder().encode("data: " + i++ + "\n\n")); },
+			cancel() { console.log("cancelled", id); },
+		}), { headers: { "content-type": "text/event-stream" } });
+	} }`
+	for _, rt := range []string{"deno", "node"} {
+		t.Run(rt, func(t *testing.T) {
+			name := "sse-" + rt
+			s.deployCode(t, name, []byte(code), "runtime="+rt+"&timeout=2s")
+			for _, id := range []string{"hangup", "timeout"} {
+				c := s.dial(t)
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				fmt.Fprintf(c, "GET /fn/admin/%s/?id=%s HTTP/1.1\r\nHost: x\r\n\r\n", name, id)
+				res, err := http.ReadResponse(bufio.NewReader(c), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if id == "hangup" {
+					if line, err := bufio.NewReader(res.Body).ReadString('\n'); line != "data: 0\n" {
+						t.Fatalf("%s: first line %q (%v)", id, line, err)
+					}
+					c.Close()
+				} else {
+					start := time.Now()
+					b, err := io.ReadAll(res.Body)
+					if took := time.Since(start); err == nil || !strings.HasPrefix(string(b), "data: 0\n\n") || took > 5*time.Second {
+						t.Errorf("%s: got %q (%v) after %v, want the stream cut short at the 2s timeout", id, b, err, took)
+					}
+				}
+				var out string
+				deadline := time.Now().Add(5 * time.Second)
+				for out, _, _ = s.spry("", "logs", name); !strings.Contains(out, "stdout aborted "+id) || !strings.Contains(out, "stdout cancelled "+id); out, _, _ = s.spry("", "logs", name) {
+					if time.Now().After(deadline) {
+						t.Fatalf("%s: no abort and cancel in the logs:\n%s", id, out)
+					}
+					time.Sleep(25 * time.Millisecond)
+				}
+			}
+		})
+	}
+}

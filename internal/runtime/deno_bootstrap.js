@@ -100,7 +100,7 @@ function concat(chunks, size) {
 // that ended at once goes whole, with its length; one that failed (or
 // yielded something not bytes) is a 500; anything else streams on, the
 // chunks read checked as they come.
-async function settle(res) {
+async function settle(res, req) {
   if (res.bodyUsed || res.body.locked) return res; // Deno says what is wrong
   const reader = res.body.getReader();
   let early, size, done, pending;
@@ -134,6 +134,7 @@ async function settle(res) {
     },
     cancel(reason) {
       cancelled = true;
+      abortRequest(req);
       return reader.cancel(reason);
     },
   }, { highWaterMark: 0 }), res);
@@ -305,7 +306,35 @@ Deno.serve({
     console.error("uncaught exception in function:", new RangeError(STATUS_RANGE));
     return errorResponse(500, "function_error", "the function threw an uncaught exception; see its logs");
   }
-  return streamed.has(res) ? settle(res) : res;
+  return streamed.has(res) ? settle(res, req) : res;
+});
+
+// Deno aborts req.signal when the client hangs up, but not always when
+// it cancels an answer's body mid-way (the client left, or the router
+// cut it at the timeout): it may take the body's end for the request's.
+// Node always does, and so does this: a request's signal also aborts
+// when its streamed answer is cancelled. The signal a function reads is
+// made at its first read, which most functions never make.
+const nativeSignal = Object.getOwnPropertyDescriptor(Request.prototype, "signal");
+const signals = new WeakMap();
+function requestSignal(req) {
+  let s = signals.get(req);
+  if (s === undefined) {
+    const ac = new AbortController();
+    s = { ac, signal: AbortSignal.any([nativeSignal.get.call(req), ac.signal]) };
+    signals.set(req, s);
+  }
+  return s;
+}
+function abortRequest(req) {
+  requestSignal(req).ac.abort();
+}
+Object.defineProperty(Request.prototype, "signal", {
+  configurable: true,
+  enumerable: nativeSignal.enumerable,
+  get() {
+    return requestSignal(this).signal;
+  },
 });
 
 // A default-exported function may also be written in the older
