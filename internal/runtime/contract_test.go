@@ -260,6 +260,24 @@ func TestContractOddResponses(t *testing.T) {
 	})
 }
 
+// process.env holds the function's env vars on Deno as on Node, where
+// npm code looks for them (NODE_ENV, say); on Deno reading it threw, the
+// sandbox giving no env permission. Each instance has its own copy.
+func TestContractProcessEnv(t *testing.T) {
+	eachRuntime(t, func(t *testing.T, e *nodeEnv) {
+		inst := e.start(t, `import proc from "node:process";
+		export default { fetch(req, ctx) {
+			process.env.SET_HERE = "x";
+			return Response.json({ env: { ...process.env }, same: proc.env === process.env, ctx: ctx.env.FOO });
+		} }`)
+		r := do(t, inst, "GET", "/", nil, nil)
+		want := `{"env":{"FOO":"bar","GREETING":"hi","SET_HERE":"x"},"same":true,"ctx":"bar"}`
+		if r.status != 200 || r.body != want {
+			t.Fatalf("got %d %s, want %s", r.status, r.body, want)
+		}
+	})
+}
+
 // A streamed answer the platform stops reading (the client left, or the
 // timeout came) is cancelled without a word in the function's logs: on
 // Deno the bootstrap's own read then failed, and logged that the body

@@ -489,6 +489,11 @@ meta = {
   version: spec.version,
   env: Object.freeze({ ...(spec.env ?? {}) }),
 };
+// process.env holds the function's env vars, as on Node (a copy the
+// function may change), rather than read the sandbox's through Deno.env,
+// which throws (no env permission): npm code reads it, NODE_ENV say.
+// (The named export, import { env } from "node:process", still throws.)
+if (globalThis.process) Object.defineProperty(globalThis.process, "env", { value: { ...meta.env }, writable: true, enumerable: true, configurable: true });
 // From here on, an error nothing handles (a promise rejected with no
 // handler, an exception thrown from a timer or an event) is the
 // function's: it is logged with its stack, and the instance serves on,
