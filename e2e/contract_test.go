@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -260,6 +261,117 @@ func TestRuntimeErrorsArePlatformAnswers(t *testing.T) {
 						}
 					}
 				})
+			}
+		})
+	}
+}
+
+// TestRequestURLAgrees: a Deno function and the same function on Node
+// see the same req.url, the URL as the client sent it (its Host as
+// written, dot segments and characters a URL would escape as they came),
+// and so the same new URL(req.url), on both of the router's paths; raw
+// UTF-8 in the target (which Node's parser refused with a bare 400)
+// arrives percent-encoded, as URL parsing would have it anyway.
+func TestRequestURLAgrees(t *testing.T) {
+	const code = `export default { fetch(req) {
+		const u = new URL(req.url);
+		return Response.json({ url: req.url, path: u.pathname, x: u.searchParams.getAll("x") });
+	} }`
+	tests := []struct {
+		host, target string // target: after /fn/admin/<name>
+		url, path    string
+		x            []string
+	}{
+		{"h", "/a/b?x=1&x=2&x=", "http://h/a/b?x=1&x=2&x=", "/a/b", []string{"1", "2", ""}},
+		{"h", "", "http://h/", "/", []string{}},
+		{"h", "//a//b", "http://h//a//b", "//a//b", []string{}},
+		{"h", "/a/../b", "http://h/a/../b", "/b", []string{}},
+		{"h", "/a/%2e%2e/b/.", "http://h/a/%2e%2e/b/.", "/b/", []string{}},
+		{"h", `/a\b`, `http://h/a\b`, "/a/b", []string{}},
+		{"h", "/a%2Fb%20c", "http://h/a%2Fb%20c", "/a%2Fb%20c", []string{}},
+		{"h", "/a<b>{c}?x='\"", "http://h/a<b>{c}?x='\"", "/a%3Cb%3E%7Bc%7D", []string{`'"`}},
+		{"h", "/caf\xc3\xa9?x=\xc3\xa9", "http://h/caf%C3%A9?x=%C3%A9", "/caf%C3%A9", []string{"é"}},
+		{"Example.COM:80", "/", "http://Example.COM:80/", "/", []string{}},
+	}
+	for _, loops := range []string{"1", "0"} {
+		t.Run("loops="+loops, func(t *testing.T) {
+			s := startServer(t, "--router-loops", loops)
+			for _, rt := range []string{"deno", "node"} {
+				t.Run(rt, func(t *testing.T) {
+					name := "url-" + rt
+					s.deployCode(t, name, []byte(code), "runtime="+rt)
+					for _, tc := range tests {
+						c := s.dial(t)
+						c.SetDeadline(time.Now().Add(10 * time.Second))
+						fmt.Fprintf(c, "GET /fn/admin/%s%s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", name, tc.target, tc.host)
+						res, err := http.ReadResponse(bufio.NewReader(c), nil)
+						if err != nil {
+							t.Fatalf("%q: %v", tc.target, err)
+						}
+						var got struct {
+							URL, Path string
+							X         []string
+						}
+						err = json.NewDecoder(res.Body).Decode(&got)
+						res.Body.Close()
+						if res.StatusCode != 200 || err != nil || got.URL != tc.url || got.Path != tc.path || fmt.Sprint(got.X) != fmt.Sprint(tc.x) {
+							t.Errorf("%q: got %d %+v (%v), want url %q, pathname %q, x %q", tc.target, res.StatusCode, got, err, tc.url, tc.path, tc.x)
+						}
+					}
+				})
+			}
+		})
+	}
+}
+
+// TestStreamEndsWithItsRequest: an answer still streaming when its
+// client hangs up, or when the function's timeout is up, ends there on
+// both runtimes: the client's answer is cut short (no last chunk), and
+// the function hears it, its req.signal aborted and its stream
+// cancelled, so that it can stop.
+func TestStreamEndsWithItsRequest(t *testing.T) {
+	s := startServer(t)
+	const code = `export default { fetch(req, ctx) {
+		const id = new URL(req.url).searchParams.get("id");
+		req.signal.addEventListener("abort", () => console.log("aborted", id));
+		let i = 0;
+		return new Response(new ReadableStream({
+			async pull(c) { await new Promise((r) => setTimeout(r, 100)); c.enqueue(new TextEncoder().encode("data: " + i++ + "\n\n")); },
+			cancel() { console.log("cancelled", id); },
+		}), { headers: { "content-type": "text/event-stream" } });
+	} }`
+	for _, rt := range []string{"deno", "node"} {
+		t.Run(rt, func(t *testing.T) {
+			name := "sse-" + rt
+			s.deployCode(t, name, []byte(code), "runtime="+rt+"&timeout=2s")
+			for _, id := range []string{"hangup", "timeout"} {
+				c := s.dial(t)
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				fmt.Fprintf(c, "GET /fn/admin/%s/?id=%s HTTP/1.1\r\nHost: x\r\n\r\n", name, id)
+				res, err := http.ReadResponse(bufio.NewReader(c), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if id == "hangup" {
+					if line, err := bufio.NewReader(res.Body).ReadString('\n'); line != "data: 0\n" {
+						t.Fatalf("%s: first line %q (%v)", id, line, err)
+					}
+					c.Close()
+				} else {
+					start := time.Now()
+					b, err := io.ReadAll(res.Body)
+					if took := time.Since(start); err == nil || !strings.HasPrefix(string(b), "data: 0\n\n") || took > 5*time.Second {
+						t.Errorf("%s: got %q (%v) after %v, want the stream cut short at the 2s timeout", id, b, err, took)
+					}
+				}
+				var out string
+				deadline := time.Now().Add(5 * time.Second)
+				for out, _, _ = s.spry("", "logs", name); !strings.Contains(out, "stdout aborted "+id) || !strings.Contains(out, "stdout cancelled "+id); out, _, _ = s.spry("", "logs", name) {
+					if time.Now().After(deadline) {
+						t.Fatalf("%s: no abort and cancel in the logs:\n%s", id, out)
+					}
+					time.Sleep(25 * time.Millisecond)
+				}
 			}
 		})
 	}

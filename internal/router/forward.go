@@ -871,7 +871,8 @@ var headPool = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &
 // appendRequestHead appends the head of the request the instance gets,
 // all but its framing (Content-Length or Transfer-Encoding) and the blank
 // line: the function's own path and query, the client's method and
-// headers, and forwarding headers. A trusted peer's (a proxy's) X-Forwarded-For is kept, with
+// headers, and forwarding headers. A trusted peer's (a proxy's) Forwarded
+// is kept, anyone else's dropped; its X-Forwarded-For is kept, with
 // the peer's address after it, and its X-Forwarded-Proto and -Host stand
 // when they are well formed; anyone else's are replaced, as Traefik and
 // Envoy do by default: what the function is told of the client is what
@@ -879,17 +880,19 @@ var headPool = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &
 func appendRequestHead(dst []byte, rh *fasthttp.RequestHeader, inv *invocation, remoteIP string, tls, trusted bool) []byte {
 	dst = append(dst, rh.Method()...)
 	dst = append(dst, ' ')
-	dst = append(dst, inv.rest...)
+	dst = appendTarget(dst, inv.rest)
 	if inv.query != "" {
 		dst = append(dst, '?')
-		dst = append(dst, inv.query...)
+		dst = appendTarget(dst, inv.query)
 	}
 	dst = append(dst, " HTTP/1.1\r\n"...)
 	connection := connectionOptions(rh)
 	xff := false
 	for k, v := range rh.All() {
 		xff = xff || string(k) == "X-Forwarded-For"
-		if skipRequestHeader(k, v, connection) {
+		// RFC 7239's Forwarded says what the X-Forwarded fields say, and
+		// is believed as far as they are: a client's own is dropped.
+		if skipRequestHeader(k, v, connection) || (!trusted && string(k) == "Forwarded") {
 			continue
 		}
 		dst = append(dst, k...)
@@ -935,6 +938,28 @@ func appendRequestHead(dst []byte, rh *fasthttp.RequestHeader, inv *invocation, 
 	dst = append(dst, "\r\nSpry-Request-Id: "...)
 	dst = append(dst, inv.reqID...)
 	return append(dst, "\r\n"...)
+}
+
+// appendTarget appends s, a part of the request target, with its bytes
+// past ASCII (raw UTF-8, which validTarget let through) percent-encoded:
+// Node's HTTP parser refuses them with a bare 400, and the URL a function
+// reads (new URL(req.url)) encodes them so anyway, on Deno as on Node.
+func appendTarget(dst []byte, s string) []byte {
+	const hex = "0123456789ABCDEF"
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c >= 0x80 {
+			dst = append(dst, s[:i]...)
+			for ; i < len(s); i++ {
+				if c = s[i]; c < 0x80 {
+					dst = append(dst, c)
+				} else {
+					dst = append(dst, '%', hex[c>>4], hex[c&15])
+				}
+			}
+			return dst
+		}
+	}
+	return append(dst, s...)
 }
 
 // connectionOptions is what the request's Connection fields list, all

@@ -254,6 +254,9 @@ func TestForwardRequestAndResponse(t *testing.T) {
 func TestForwardingHeaders(t *testing.T) {
 	sock := serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "%q %q %q", r.Header.Values("X-Forwarded-For"), r.Header.Get("X-Forwarded-Proto"), r.Header.Get("X-Forwarded-Host"))
+		if f := r.Header.Values("Forwarded"); f != nil {
+			fmt.Fprintf(w, " %q", f)
+		}
 	}))
 	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 5 * time.Second}
 	loopback := httpserve.Proxies{netip.MustParsePrefix("127.0.0.0/8")}
@@ -272,6 +275,12 @@ func TestForwardingHeaders(t *testing.T) {
 		{"trusted proxy", loopback, map[string]string{"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "api.example.com"},
 			`["203.0.113.9, 127.0.0.1"] "https" "api.example.com"`},
 		{"trusted proxy, nothing said", loopback, nil, `["127.0.0.1"] "http" "h.test"`},
+		// RFC 7239's Forwarded says the same as the X-Forwarded fields,
+		// and is believed as far as they are.
+		{"untrusted Forwarded", nil, map[string]string{"Forwarded": "for=6.6.6.6;proto=https"}, `["127.0.0.1"] "http" "h.test"`},
+		{"Forwarded from a peer not among the trusted", other, map[string]string{"Forwarded": "for=6.6.6.6"}, `["127.0.0.1"] "http" "h.test"`},
+		{"trusted proxy's Forwarded", loopback, map[string]string{"Forwarded": "for=203.0.113.9;proto=https"},
+			`["127.0.0.1"] "http" "h.test" ["for=203.0.113.9;proto=https"]`},
 		{"trusted proxy, malformed", loopback, map[string]string{"X-Forwarded-Proto": "javascript", "X-Forwarded-Host": "a b"},
 			`["127.0.0.1"] "http" "h.test"`},
 	} {
@@ -2084,6 +2093,24 @@ func TestSpryTokenNeverReachesAFunction(t *testing.T) {
 		conn.send("GET /fn/alice/fn/ HTTP/1.1\r\nHost: h\r\nAuthorization: " + c.sent + "\r\n\r\n")
 		if got := body(conn.response()); got != c.want {
 			t.Errorf("sent %q: the function saw %q, want %q", c.sent, got, c.want)
+		}
+	}
+}
+
+// A target's bytes past ASCII reach the instance percent-encoded, as
+// URL parsing encodes them (Node's parser refuses them raw); the rest of
+// it as sent.
+func TestAppendTarget(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"/a/b", "/a/b"},
+		{"", ""},
+		{"/caf\xc3\xa9", "/caf%C3%A9"},
+		{"x=\xc3\xa9&y=%C3%A9", "x=%C3%A9&y=%C3%A9"},
+		{"/a/../b\\c<\"'>", "/a/../b\\c<\"'>"},
+		{"\xf0\x9f\x98\x80", "%F0%9F%98%80"},
+	} {
+		if got := string(appendTarget([]byte("GET "), tc.in)); got != "GET "+tc.want {
+			t.Errorf("%q: got %q, want %q", tc.in, got, "GET "+tc.want)
 		}
 	}
 }

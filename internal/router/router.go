@@ -761,8 +761,9 @@ func validTarget(uri string) bool {
 			}
 		}
 	}
-	// Raw UTF-8 passes (Deno and Node take it); bytes that are not
-	// UTF-8 the instance would refuse with a bare 400.
+	// Raw UTF-8 passes, percent-encoded on its way to the instance
+	// (appendTarget); bytes that are not UTF-8 the instance would refuse
+	// with a bare 400.
 	return !high || utf8.ValidString(uri)
 }
 

@@ -1,6 +1,7 @@
 package runtime_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -168,7 +169,7 @@ func TestContractContentLength(t *testing.T) {
 func TestContractMethods(t *testing.T) {
 	eachRuntime(t, func(t *testing.T, e *nodeEnv) {
 		inst := e.start(t, `export default { fetch: (req) => new Response("method " + req.method) }`)
-		for _, m := range []string{"GET", "PATCH", "OPTIONS", "PURGE", "QUERY", "PROPFIND", "FROB"} {
+		for _, m := range []string{"GET", "PATCH", "OPTIONS", "PURGE", "QUERY", "PROPFIND", "TRACE", "FROB"} {
 			r := raw(t, inst, m+" / HTTP/1.1\r\nHost: i\r\nConnection: close\r\n\r\n", func(io.Writer) {})
 			if e.runtime == "node" && m == "FROB" {
 				checkFunctionError(t, inst, r, 501, "not_implemented")
@@ -189,6 +190,134 @@ func TestContractMethods(t *testing.T) {
 		}
 		if r := do(t, inst, "GET", "/", nil, nil); r.body != "method GET" {
 			t.Fatalf("after: %d %q", r.status, r.body)
+		}
+	})
+}
+
+// Answers the Fetch standard does not allow, or that Deno and Node
+// once sent differently, are the same on both runtimes: a 101 that is
+// no WebSocket's upgrade is the RangeError Node's Response throws (on
+// Deno it went out as an upgrade that never came, a 502), Response.error()
+// is a 500 with Deno's words in the logs (on Node a RangeError about a
+// status 0), and a Blob's or FormData's body goes with its length (Deno
+// sent it chunked).
+func TestContractOddResponses(t *testing.T) {
+	eachRuntime(t, func(t *testing.T, e *nodeEnv) {
+		inst := e.start(t, `export default { fetch(req) {
+			switch (new URL(req.url).pathname) {
+			case "/101": return new Response(null, { status: 101 });
+			case "/json101": return Response.json({}, { status: 101 });
+			case "/catch101": try { new Response(null, { status: 101 }); } catch (e) { return new Response(e.name); } return new Response("taken");
+			case "/error": return Response.error();
+			case "/blob": return new Response(new Blob(["<p>hi</p>"], { type: "text/html" }));
+			case "/form": { const f = new FormData(); f.append("a", "1"); return new Response(f); }
+			case "/trailer": return new Response("t", { headers: { trailer: "x-t", "x-kept": "yes" } });
+			case "/trailer-stream": return new Response(new ReadableStream({ async pull(c) {
+				await new Promise((r) => setTimeout(r, 10)); c.enqueue(new TextEncoder().encode("t")); c.close();
+			} }), { headers: { trailer: "x-t", "x-kept": "yes" } });
+			}
+			return new Response("alive");
+		} }`)
+		for _, tc := range []struct{ path, log string }{
+			{"/101", `RangeError: init["status"] must be in the range of 200 to 599, inclusive.`},
+			{"/json101", `RangeError: init["status"] must be in the range of 200 to 599, inclusive.`},
+			{"/error", "TypeError: Return value from serve handler must not be an error response (like Response.error())"},
+		} {
+			r, err := get(t, inst, tc.path)
+			if err != nil {
+				t.Fatalf("%s: %v", tc.path, err)
+			}
+			checkFunctionError(t, inst, r, 500, "function_error")
+			if !e.logs.Await("stderr: uncaught exception in function: " + tc.log) {
+				t.Errorf("%s: no log line:\n%s", tc.path, e.logs)
+			}
+		}
+		if r := do(t, inst, "GET", "/catch101", nil, nil); r.body != "RangeError" {
+			t.Errorf("/catch101: got %d %q, want the constructor's RangeError", r.status, r.body)
+		}
+		for _, tc := range []struct{ path, ctype, body string }{
+			{"/blob", "text/html", "<p>hi</p>"},
+			{"/form", "multipart/form-data; boundary=", `Content-Disposition: form-data; name="a"`},
+		} {
+			r := do(t, inst, "GET", tc.path, nil, nil)
+			if r.status != 200 || !strings.HasPrefix(r.header.Get("Content-Type"), tc.ctype) || !strings.Contains(r.body, tc.body) ||
+				r.header.Get("Content-Length") != strconv.Itoa(len(r.body)) {
+				t.Errorf("%s: got %d %v %q, want a 200 of %q with its Content-Length", tc.path, r.status, r.header, r.body, tc.ctype)
+			}
+		}
+		// A Response has no trailers to send: a Trailer field that
+		// announces some does not fail the answer (Node failed it, and
+		// the router took the instance for unreachable). The router
+		// drops the field, as the hop-by-hop field it is.
+		for _, path := range []string{"/trailer", "/trailer-stream"} {
+			if r := do(t, inst, "GET", path, nil, nil); r.status != 200 || r.body != "t" || r.header.Get("X-Kept") != "yes" {
+				t.Errorf("%s: got %d %v %q, want 200 \"t\"", path, r.status, r.header, r.body)
+			}
+		}
+		if r := do(t, inst, "GET", "/", nil, nil); r.body != "alive" {
+			t.Fatalf("after: got %d %q", r.status, r.body)
+		}
+	})
+}
+
+// process.env holds the function's env vars on Deno as on Node, where
+// npm code looks for them (NODE_ENV, say); on Deno reading it threw, the
+// sandbox giving no env permission. Each instance has its own copy.
+func TestContractProcessEnv(t *testing.T) {
+	eachRuntime(t, func(t *testing.T, e *nodeEnv) {
+		inst := e.start(t, `import proc from "node:process";
+		export default { fetch(req, ctx) {
+			process.env.SET_HERE = "x";
+			return Response.json({ env: { ...process.env }, same: proc.env === process.env, ctx: ctx.env.FOO });
+		} }`)
+		r := do(t, inst, "GET", "/", nil, nil)
+		want := `{"env":{"FOO":"bar","GREETING":"hi","SET_HERE":"x"},"same":true,"ctx":"bar"}`
+		if r.status != 200 || r.body != want {
+			t.Fatalf("got %d %s, want %s", r.status, r.body, want)
+		}
+	})
+}
+
+// A streamed answer the platform stops reading (the client left, or the
+// timeout came) is cancelled without a word in the function's logs: on
+// Deno the bootstrap's own read then failed, and logged that the body
+// had failed.
+func TestContractStreamCancelledQuietly(t *testing.T) {
+	eachRuntime(t, func(t *testing.T, e *nodeEnv) {
+		inst := e.start(t, `let cancelled = false;
+		export default { fetch(req) {
+			if (new URL(req.url).pathname === "/cancelled") return new Response(String(cancelled));
+			return new Response(new ReadableStream({
+				start(c) { c.enqueue(new TextEncoder().encode("begin\n")); },
+				cancel() { cancelled = true; },
+			}));
+		} }`)
+		conn, err := net.Dial("unix", inst.Address)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(conn, "GET /never HTTP/1.1\r\nHost: i\r\n\r\n")
+		br := bufio.NewReader(conn)
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				t.Fatal(err)
+			}
+			if line == "begin\n" {
+				break
+			}
+		}
+		conn.Close()
+		deadline := time.Now().Add(5 * time.Second)
+		for do(t, inst, "GET", "/cancelled", nil, nil).body != "true" {
+			if time.Now().After(deadline) {
+				t.Fatal("the stream was not cancelled")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if strings.Contains(e.logs.String(), "failed") {
+			t.Errorf("logs:\n%s", e.logs)
 		}
 	})
 }

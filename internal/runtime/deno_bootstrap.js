@@ -49,15 +49,26 @@ function errorResponse(status, code, message) {
 // as they are, on its fast paths. A subclass costs a response next to
 // nothing; a Proxy's construct trap would cost each ~0.6 us.
 const NativeResponse = Response;
+// Node's words for a status the Fetch standard does not take.
+const STATUS_RANGE = 'init["status"] must be in the range of 200 to 599, inclusive.';
+// The 101s Deno.upgradeWebSocket made: any other 101 (Response.json's,
+// say) is refused as a status out of range, not sent as an upgrade that
+// never happens.
+const upgrades = new WeakSet();
 const NativeReadableStream = ReadableStream;
 const streamed = new WeakSet();
 const FunctionsResponse = class Response extends NativeResponse {
   constructor(body, init) {
     super(body, init);
-    if (body instanceof NativeReadableStream ||
+    // A Blob's or FormData's body is a stream to Deno, which would send
+    // it chunked: read at once, it goes with its length, as on Node.
+    if (body instanceof NativeReadableStream || body instanceof Blob || body instanceof FormData ||
         (body !== null && typeof body === "object" && typeof body[Symbol.asyncIterator] === "function")) {
       streamed.add(this);
     }
+    // Deno takes a 101 here (for its own upgradeWebSocket), Node and the
+    // Fetch standard do not: the same RangeError on both runtimes.
+    if (init?.status !== undefined && this.status === 101) throw new RangeError(STATUS_RANGE);
   }
 
   // The Responses Deno makes itself (fetch's, Response.json's) are
@@ -89,7 +100,7 @@ function concat(chunks, size) {
 // that ended at once goes whole, with its length; one that failed (or
 // yielded something not bytes) is a 500; anything else streams on, the
 // chunks read checked as they come.
-async function settle(res) {
+async function settle(res, req) {
   if (res.bodyUsed || res.body.locked) return res; // Deno says what is wrong
   const reader = res.body.getReader();
   let early, size, done, pending;
@@ -100,6 +111,9 @@ async function settle(res) {
     return errorResponse(500, "function_error", "the function's response body failed; see its logs");
   }
   if (done) return new NativeResponse(concat(early, size), res);
+  // Set once Deno cancels the answer (the client left, the timeout came):
+  // the read under way then ends, and there is nothing left to fail.
+  let cancelled = false;
   return new NativeResponse(new NativeReadableStream({
     async pull(c) {
       if (early.length > 0) {
@@ -109,14 +123,18 @@ async function settle(res) {
       try {
         const r = await (pending ?? read(reader));
         pending = null;
+        if (cancelled) return;
         if (r.done) c.close();
         else c.enqueue(chunkBytes(r.value));
       } catch (err) {
+        if (cancelled) return;
         bodyFailed(reader, err);
         c.error(BODY_FAILED);
       }
     },
     cancel(reason) {
+      cancelled = true;
+      abortRequest(req);
       return reader.cancel(reason);
     },
   }, { highWaterMark: 0 }), res);
@@ -284,7 +302,39 @@ Deno.serve({
     console.error(`function returned ${res === null ? "null" : typeof res}, not a Response`);
     return errorResponse(500, "function_error", "the function did not return a Response; see its logs");
   }
-  return streamed.has(res) ? settle(res) : res;
+  if (res.status === 101 && !upgrades.has(res)) {
+    console.error("uncaught exception in function:", new RangeError(STATUS_RANGE));
+    return errorResponse(500, "function_error", "the function threw an uncaught exception; see its logs");
+  }
+  return streamed.has(res) ? settle(res, req) : res;
+});
+
+// Deno aborts req.signal when the client hangs up, but not always when
+// it cancels an answer's body mid-way (the client left, or the router
+// cut it at the timeout): it may take the body's end for the request's.
+// Node always does, and so does this: a request's signal also aborts
+// when its streamed answer is cancelled. The signal a function reads is
+// made at its first read, which most functions never make.
+const nativeSignal = Object.getOwnPropertyDescriptor(Request.prototype, "signal");
+const signals = new WeakMap();
+function requestSignal(req) {
+  let s = signals.get(req);
+  if (s === undefined) {
+    const ac = new AbortController();
+    s = { ac, signal: AbortSignal.any([nativeSignal.get.call(req), ac.signal]) };
+    signals.set(req, s);
+  }
+  return s;
+}
+function abortRequest(req) {
+  requestSignal(req).ac.abort();
+}
+Object.defineProperty(Request.prototype, "signal", {
+  configurable: true,
+  enumerable: nativeSignal.enumerable,
+  get() {
+    return requestSignal(this).signal;
+  },
 });
 
 // A default-exported function may also be written in the older
@@ -354,7 +404,9 @@ Object.defineProperty(Request.prototype, "url", {
 const nativeUpgradeWebSocket = Deno.upgradeWebSocket;
 Deno.upgradeWebSocket = function upgradeWebSocket(req, options) {
   if (req instanceof Request) for (const _ of req.headers) { /* read them all */ }
-  return nativeUpgradeWebSocket(req, options);
+  const upgrade = nativeUpgradeWebSocket(req, options);
+  upgrades.add(upgrade.response);
+  return upgrade;
 };
 
 // loadFailure is an import's error as one short line.
@@ -437,6 +489,11 @@ meta = {
   version: spec.version,
   env: Object.freeze({ ...(spec.env ?? {}) }),
 };
+// process.env holds the function's env vars, as on Node (a copy the
+// function may change), rather than read the sandbox's through Deno.env,
+// which throws (no env permission): npm code reads it, NODE_ENV say.
+// (The named export, import { env } from "node:process", still throws.)
+if (globalThis.process) Object.defineProperty(globalThis.process, "env", { value: { ...meta.env }, writable: true, enumerable: true, configurable: true });
 // From here on, an error nothing handles (a promise rejected with no
 // handler, an exception thrown from a timer or an event) is the
 // function's: it is logged with its stack, and the instance serves on,

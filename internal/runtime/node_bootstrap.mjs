@@ -95,6 +95,10 @@ function sendError(res, status, code, message, extraHeaders = {}) {
   }
   for (const name of res.getHeaderNames()) res.removeHeader(name);
   res.statusMessage = undefined;
+  // An answer that failed as it began (a status Node refuses, say) left
+  // the length of its body counted: the check would fail this one too,
+  // whose length is set right here.
+  res.strictContentLength = false;
   const body = JSON.stringify({ error: { code, message } });
   res.writeHead(status, {
     "content-type": "application/json",
@@ -293,16 +297,23 @@ function makeContext(requestId) {
   };
 }
 
-function requestURL(req) {
-  // The scheme the client used, as on Deno: the router says which.
-  const scheme = req.headers["x-forwarded-proto"] === "https" ? "https://" : "http://";
-  // A Host header that is not just an authority (one with a path, query,
-  // fragment or userinfo in it) must not change the URL's path.
+// sentURL is the request's URL as the client sent it, as Deno's req.url
+// is: the scheme the client used (the router says which), the Host as
+// written, and the target (its dot segments, say, not resolved); "" if
+// the Host is not just an authority (one with a path, query, fragment or
+// userinfo in it must not change the URL's path) or the target not a path.
+function sentURL(req) {
   const h = req.headers.host;
-  const host = h && /^[^/?#@\\\s]+$/.test(h) ? h : "localhost";
+  if (!h || !/^[^/?#@\\\s]+$/.test(h) || !req.url.startsWith("/")) return "";
+  // Concatenate rather than resolve: a path like //a/b must stay a path.
+  return (req.headers["x-forwarded-proto"] === "https" ? "https://" : "http://") + h + req.url;
+}
+
+function requestURL(req, sent = sentURL(req)) {
+  const scheme = req.headers["x-forwarded-proto"] === "https" ? "https://" : "http://";
   try {
-    // Concatenate rather than resolve: a path like //a/b must stay a path.
-    if (req.url.startsWith("/")) return new URL(scheme + host + req.url);
+    if (sent !== "") return new URL(sent);
+    if (req.url.startsWith("/")) return new URL(scheme + "localhost" + req.url);
     return new URL(req.url);
   } catch {
     try {
@@ -323,13 +334,36 @@ function toRequest(req, signal) {
       // A header Node accepted but Headers does not: leave it out.
     }
   }
-  const init = { method: req.method, headers, signal };
+  // The Fetch standard's Request refuses TRACE (and TRACK, which Node's
+  // parser does not know); Deno hands it to the function, and so does
+  // this: made as a POST, it then says TRACE.
+  const trace = req.method === "TRACE";
+  const init = { method: trace ? "POST" : req.method, headers, signal };
   if (req.method !== "GET" && req.method !== "HEAD") {
     init.body = Readable.toWeb(req);
     init.duplex = "half";
   }
-  return new Request(requestURL(req), init);
+  const sent = sentURL(req);
+  const url = requestURL(req, sent);
+  const request = new Request(url, init);
+  if (trace) Object.defineProperty(request, "method", { value: "TRACE", enumerable: true });
+  if (sent !== "" && sent !== url.href) sentURLs.set(request, sent);
+  return request;
 }
+
+// req.url is the URL as sent, as on Deno, where new URL(req.url) would
+// change it (a Host in capitals or with its default port, a path with dot
+// segments or characters a URL escapes): sentURLs holds those, and the
+// getter gives them. new URL(req.url) is the same URL on both runtimes.
+const sentURLs = new WeakMap();
+const nativeURL = Object.getOwnPropertyDescriptor(Request.prototype, "url");
+Object.defineProperty(Request.prototype, "url", {
+  configurable: true,
+  enumerable: nativeURL.enumerable,
+  get() {
+    return sentURLs.get(this) ?? nativeURL.get.call(this);
+  },
+});
 
 function fetchAdapter(fn) {
   return async (req, res) => {
@@ -345,6 +379,12 @@ function fetchAdapter(fn) {
     if (!(out instanceof Response)) {
       console.error(`function returned ${out === null ? "null" : typeof out}, not a Response`);
       sendError(res, 500, "function_error", "the function did not return a Response; see its logs");
+      return;
+    }
+    if (out.type === "error") {
+      // Its status is 0, which Node's own error would name instead; Deno's words.
+      console.error("uncaught exception in function:", new TypeError("Return value from serve handler must not be an error response (like Response.error())"));
+      sendError(res, 500, "function_error", "the function threw an uncaught exception; see its logs");
       return;
     }
     await writeResponse(res, out, req.method === "HEAD");
@@ -388,7 +428,10 @@ function endWhole(res, chunks, size, head) {
 async function writeResponse(res, out, head) {
   res.statusCode = out.status;
   for (const [name, value] of out.headers) {
-    if (name !== "set-cookie") res.setHeader(name, value);
+    // A Response has no trailers to announce, and Node fails the answer
+    // that names some without sending them chunked: Trailer is dropped,
+    // as on Deno.
+    if (name !== "set-cookie" && name !== "trailer") res.setHeader(name, value);
   }
   const cookies = out.headers.getSetCookie();
   if (cookies.length > 0) res.setHeader("set-cookie", cookies);
@@ -521,6 +564,18 @@ const MIME = {
   bin: "application/octet-stream",
 };
 
+// checkStatus is code if a Response could have it (200 to 599), as on
+// the fetch contract; else it throws as a Response does (a 500). Node
+// would send a 1xx as an interim answer with the body after it, which
+// no client reads as the answer, and fail the answer for a 0.
+function checkStatus(code) {
+  const n = Number(code);
+  if (!Number.isInteger(n) || n < 200 || n > 599) {
+    throw new RangeError(`res.status(${JSON.stringify(code)}): a status must be an integer in the range of 200 to 599, inclusive.`);
+  }
+  return n;
+}
+
 function decorate(req, res, raw) {
   const url = requestURL(req);
   req.originalUrl = req.url;
@@ -538,7 +593,7 @@ function decorate(req, res, raw) {
 
   res.locals = {};
   res.status = (code) => {
-    res.statusCode = code;
+    res.statusCode = checkStatus(code);
     return res;
   };
   res.set = res.header = (field, value) => {
@@ -579,14 +634,14 @@ function decorate(req, res, raw) {
     return res;
   };
   res.sendStatus = (code) => {
-    res.statusCode = code;
+    res.statusCode = checkStatus(code);
     res.setHeader("content-type", MIME.text);
     res.end(http.STATUS_CODES[code] ?? String(code));
     return res;
   };
   res.redirect = (a, b) => {
     const [code, location] = typeof a === "number" ? [a, b] : [302, a];
-    res.statusCode = code;
+    res.statusCode = checkStatus(code);
     res.setHeader("location", location);
     res.end();
     return res;

@@ -307,6 +307,8 @@ const expressCode = `export default function (req, res) {
 	case "/reject": return Promise.reject(new Error("async boom"));
 	case "/later": setTimeout(() => res.json({ late: true }), 20); return;
 	case "/twice": res.send("once"); res.write("again"); return; // logged, not a crash
+	case "/code": return res.status(req.query.s).send("x");
+	case "/raw-code": res.statusCode = Number(req.query.s); return res.send("x");
 	}
 	res.status(201).json({
 		method: req.method, path: req.path, q: req.query, body: req.body,
@@ -372,6 +374,15 @@ func TestNodeExpressContract(t *testing.T) {
 	r = do(t, inst, "GET", "/set", nil, nil)
 	if r.body != "done" || r.header.Get("X-One") != "1" || r.header.Get("X-Two") != "2" || !reflect.DeepEqual(r.header.Values("Set-Cookie"), []string{"c=1", "d=2"}) {
 		t.Fatalf("/set: %d %v %q", r.status, r.header, r.body)
+	}
+	// A status a Response could not have is the function's error, as on
+	// the fetch contract: Node sent a 1xx, with the body after it, and
+	// failed the whole answer for a 0 (each a 502 at the router).
+	for _, path := range []string{"/code?s=101", "/code?s=0", "/code?s=600", "/code?s=x", "/raw-code?s=0"} {
+		checkFunctionError(t, inst, do(t, inst, "GET", path, nil, nil), 500, "function_error")
+	}
+	if r := do(t, inst, "GET", "/code?s=418", nil, nil); r.status != 418 || r.body != "x" {
+		t.Errorf("/code?s=418: got %d %q", r.status, r.body)
 	}
 	checkFunctionError(t, inst, do(t, inst, "GET", "/throw", nil, nil), 500, "function_error")
 	checkFunctionError(t, inst, do(t, inst, "GET", "/reject", nil, nil), 500, "function_error")
