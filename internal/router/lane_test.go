@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/valyala/fasthttp"
+
 	"github.com/spry-run/spry/internal/activator"
 	"github.com/spry-run/spry/internal/backend"
 	"github.com/spry-run/spry/internal/httpserve"
@@ -1204,30 +1206,7 @@ func TestLaneBoundsConnectionsPerClient(t *testing.T) {
 	if !*viaLane {
 		t.Skip("the lane is off (-lane=false)")
 	}
-	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 5 * time.Second}
-	act := activator.New(&upstreamBackend{addr: serveUnix(t, echo())}, activator.Config{})
-	rt := New(oneSpec{spec}, act, Config{})
-	if lease, err := act.Acquire(context.Background(), spec); err == nil {
-		lease.Release()
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	lane, err := rt.NewLane(ln, LaneConfig{Loops: 1, Limit: httpserve.NewConnLimit(2, 0, nil)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httpserve.New(rt.Handle, nil)
-	go srv.Serve(httpserve.Listener(lane.Handoff(), time.Millisecond, nil))
-	t.Cleanup(func() {
-		_ = srv.Shutdown()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = lane.Shutdown(ctx)
-		ln.Close()
-	})
-	url := "http://" + ln.Addr().String()
+	lane, srv, url := laneWithLimit(t, echo(), httpserve.NewConnLimit(2, 0, nil))
 	// chunked answers a chunked request on the slow path, where it stays.
 	chunked := func(c *rawConn) {
 		t.Helper()
@@ -1281,37 +1260,14 @@ func TestLaneDrainsIdleAtTheBound(t *testing.T) {
 	}
 	release := make(chan struct{})
 	var slow atomic.Int32 // requests waiting for release
-	sock := serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	upstream := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/slow" {
 			slow.Add(1)
 			<-release
 		}
 		_, _ = io.WriteString(w, r.URL.Path)
-	}))
-	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 10 * time.Second}
-	act := activator.New(&upstreamBackend{addr: sock}, activator.Config{})
-	rt := New(oneSpec{spec}, act, Config{})
-	if lease, err := act.Acquire(context.Background(), spec); err == nil {
-		lease.Release()
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	lane, err := rt.NewLane(ln, LaneConfig{Loops: 1, Limit: httpserve.NewConnLimit(0, 3, nil)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httpserve.New(rt.Handle, nil)
-	go srv.Serve(httpserve.Listener(lane.Handoff(), time.Millisecond, nil))
-	t.Cleanup(func() {
-		_ = srv.Shutdown()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = lane.Shutdown(ctx)
-		ln.Close()
 	})
-	url := "http://" + ln.Addr().String()
+	_, _, url := laneWithLimit(t, upstream, httpserve.NewConnLimit(0, 3, nil))
 
 	busy := dialRaw(t, url)
 	busy.send("GET /fn/alice/fn/slow HTTP/1.1\r\nHost: h\r\n\r\n")
@@ -1349,4 +1305,36 @@ func TestLaneDrainsIdleAtTheBound(t *testing.T) {
 			t.Errorf("a request in flight at the bound: %q", got)
 		}
 	}
+}
+
+// laneWithLimit serves a router with one function, its instance serving
+// upstream and warm, through one event loop bounded by limit, and the
+// slow path behind it; it returns the lane, the slow path's server and
+// the URL.
+func laneWithLimit(t *testing.T, upstream http.Handler, limit *httpserve.ConnLimit) (*Lane, *fasthttp.Server, string) {
+	t.Helper()
+	spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 10 * time.Second}
+	act := activator.New(&upstreamBackend{addr: serveUnix(t, upstream)}, activator.Config{})
+	rt := New(oneSpec{spec}, act, Config{})
+	if lease, err := act.Acquire(context.Background(), spec); err == nil {
+		lease.Release()
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lane, err := rt.NewLane(ln, LaneConfig{Loops: 1, Limit: limit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httpserve.New(rt.Handle, nil)
+	go srv.Serve(httpserve.Listener(lane.Handoff(), time.Millisecond, nil))
+	t.Cleanup(func() {
+		_ = srv.Shutdown()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = lane.Shutdown(ctx)
+		ln.Close()
+	})
+	return lane, srv, "http://" + ln.Addr().String()
 }
