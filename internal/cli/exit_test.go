@@ -125,7 +125,11 @@ func TestEnvSetBadPairNamesTheArgument(t *testing.T) {
 		{[]string{"deploy", file, "--env", "FOO"}, `error: --env "FOO": want KEY=VALUE` + "\n"},
 		{[]string{"dev", file, "--env", "FOO"}, `error: --env "FOO": want KEY=VALUE` + "\n"},
 	} {
-		code, _, stderr := spry(t, nil, "", append(tt.args, "--token", "t", "--url", "http://127.0.0.1:1")...)
+		args := tt.args
+		if args[0] != "dev" { // which calls no server
+			args = append(args, "--token", "t", "--url", "http://127.0.0.1:1")
+		}
+		code, _, stderr := spry(t, nil, "", args...)
 		if code != 2 || stderr != tt.want {
 			t.Errorf("spry %s: exit %d, stderr %q; want 2, %q", strings.Join(tt.args, " "), code, stderr, tt.want)
 		}
@@ -144,5 +148,28 @@ func TestDeployDerivedNameSaysPassName(t *testing.T) {
 	}
 	if code, _, stderr := spry(t, nil, "", "deploy", file, "--name", "my-func", "--url", url, "--token", token); code != 0 {
 		t.Errorf("with --name: exit %d: %s", code, stderr)
+	}
+}
+
+// The commands that call no server do not show --url, --token and
+// --ca-cert in their help, and refuse them (they were taken and
+// ignored); the others show them.
+func TestOfflineCommandsRefuseConnFlags(t *testing.T) {
+	for _, cmd := range []string{"serve", "dev", "init", "logout", "restore", "version"} {
+		code, stdout, stderr := spry(t, nil, "", cmd, "--help")
+		if code != 0 || strings.Contains(stdout, "--token") || strings.Contains(stdout, "--ca-cert") || strings.Contains(stdout, "--url") {
+			t.Errorf("spry %s --help: exit %d, shows the server's flags:\n%s%s", cmd, code, stdout, stderr)
+		}
+		args := []string{cmd, "--token", "t"}
+		if cmd == "dev" || cmd == "init" || cmd == "restore" {
+			args = append(args, filepath.Join(t.TempDir(), "x")) // refused before it is read
+		}
+		code, _, stderr = spry(t, nil, "", args...)
+		if code != 2 || !strings.Contains(stderr, "--token means nothing to spry "+cmd) {
+			t.Errorf("spry %s --token t: exit %d, %q; want 2", cmd, code, stderr)
+		}
+	}
+	if code, stdout, _ := spry(t, nil, "", "ls", "--help"); code != 0 || !strings.Contains(stdout, "--token") {
+		t.Errorf("spry ls --help lost --token:\n%s", stdout)
 	}
 }

@@ -88,10 +88,10 @@ func newRoot(env Env) (*cobra.Command, *connFlags) {
 	root.PersistentFlags().StringVar(&conn.url, "url", "", "Spry server URL (default $SPRY_URL, the login config, or http://127.0.0.1:8080)")
 	root.PersistentFlags().StringVar(&conn.token, "token", "", "API token (default $SPRY_TOKEN or the login config)")
 	root.PersistentFlags().StringVar(&conn.ca, "ca-cert", "", "PEM `file` of a CA certificate to trust besides the system's, for a server whose certificate a private CA signed or that signed its own (default $SPRY_CA_CERT or the login config)")
+	offline := []*cobra.Command{newServeCmd(env), newDevCmd(env), newInitCmd(), newLogoutCmd(env), newRestoreCmd(), newVersionCmd()}
+	reachesNoServer(offline...)
+	root.AddCommand(offline...)
 	root.AddCommand(
-		newServeCmd(env),
-		newDevCmd(env),
-		newInitCmd(),
 		newDeployCmd(conn),
 		newInvokeCmd(conn),
 		newInvocationsCmd(conn),
@@ -108,17 +108,43 @@ func newRoot(env Env) (*cobra.Command, *connFlags) {
 		newSecretCmd(conn),
 		newKVCmd(conn),
 		newLoginCmd(conn),
-		newLogoutCmd(env),
 		newWhoamiCmd(conn),
 		newUsageCmd(conn),
 		newUserCmd(conn),
 		newTokenCmd(conn),
 		newBackupCmd(conn),
-		newRestoreCmd(),
-		newVersionCmd(),
 	)
 	argsAreInput(root)
 	return root, conn
+}
+
+// connFlags' names: where the other commands find their server.
+var connFlagNames = []string{"url", "token", "ca-cert"}
+
+// reachesNoServer is for the commands that call no server (serve, dev,
+// init, logout, restore, version): --url, --token and --ca-cert, which
+// every command inherits, are left out of their help, and given, they
+// are bad input rather than ignored (spry serve --token T made no
+// admin token of T).
+func reachesNoServer(cmds ...*cobra.Command) {
+	for _, c := range cmds {
+		c.SetHelpFunc(func(c *cobra.Command, args []string) {
+			for _, name := range connFlagNames {
+				if f := c.InheritedFlags().Lookup(name); f != nil {
+					f.Hidden = true
+				}
+			}
+			c.Root().HelpFunc()(c, args)
+		})
+		c.PreRunE = func(c *cobra.Command, _ []string) error {
+			for _, name := range connFlagNames {
+				if c.Flags().Changed(name) {
+					return errdefs.Invalid("--%s means nothing to spry %s, which calls no server", name, c.Name())
+				}
+			}
+			return nil
+		}
+	}
 }
 
 // argsAreInput makes wrong arguments bad input (exit 2) throughout the
