@@ -1440,3 +1440,53 @@ func TestShortOfMemoryQueuedBehindALoadStartIsNotFailedUnevicted(t *testing.T) {
 		t.Fatal("queued request still waiting")
 	}
 }
+
+// A queued request whose client left (its context ended) just as it was
+// woken for a freed slot is not sent on: it leaves, and the slot goes to
+// the next request in the queue.
+func TestQueuedRequestWhoseClientLeftIsNotSentOn(t *testing.T) {
+	fb := &fakeBackend{}
+	a := New(fb, Config{QueueSize: 10})
+	sp := specWith(1, 0, 1)
+	held, err := a.Acquire(context.Background(), sp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	gone := make(chan error, 1)
+	go func() {
+		l, err := a.Acquire(ctx, sp)
+		if l != nil {
+			l.Release()
+		}
+		gone <- err
+	}()
+	waitFor(t, func() bool { return a.QueueDepth() == 1 })
+	next := make(chan *Lease, 1)
+	go func() {
+		l, err := a.Acquire(context.Background(), sp)
+		if err != nil {
+			t.Error(err)
+		}
+		next <- l
+	}()
+	waitFor(t, func() bool { return a.QueueDepth() == 2 })
+	// The slot frees and the client goes in one step, as the waiter sees
+	// them: woken first, its context done by the time it has the lock.
+	rev := a.revision(sp)
+	rev.mu.Lock()
+	held.in.inflight--
+	rev.wakeOne()
+	cancel()
+	rev.mu.Unlock()
+	if err := <-gone; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the request whose client left: err %v, want context.Canceled (it took an instance)", err)
+	}
+	select {
+	case l := <-next:
+		l.Release()
+	case <-time.After(5 * time.Second):
+		t.Fatal("the next queued request did not get the slot the departed one was woken for")
+	}
+}
