@@ -1490,3 +1490,69 @@ func TestQueuedRequestWhoseClientLeftIsNotSentOn(t *testing.T) {
 		t.Fatal("the next queued request did not get the slot the departed one was woken for")
 	}
 }
+
+// At the owner's instance bound, one function's queue does not hold up
+// another's: each queues on its own instances, in its own order, and a
+// flood of one takes none of the other's capacity.
+func TestOwnerBoundQueuesEachFunctionOnItsOwn(t *testing.T) {
+	fb := &fakeBackend{}
+	a := New(fb, Config{MaxInstancesPerOwner: 2, QueueSize: 100})
+	fn := func(name string) *backend.Spec {
+		return &backend.Spec{FunctionID: "alice/" + name, Owner: "alice", Name: name, Version: 1, Runtime: "deno", Concurrency: 1, MaxScale: 10}
+	}
+	flood, quiet := fn("flood"), fn("quiet")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	lf, err := a.Acquire(ctx, flood)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lq, err := a.Acquire(ctx, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The bound is reached: flood's queue grows and starts nothing.
+	var wg sync.WaitGroup
+	served := make(chan *Lease, 20)
+	for range 20 {
+		wg.Go(func() {
+			l, err := a.Acquire(ctx, flood)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			served <- l
+		})
+	}
+	waitFor(t, func() bool { return a.QueueDepth() == 20 })
+	// quiet's next request waits for quiet's instance only, and gets it
+	// as soon as it is free, however long flood's queue.
+	got := make(chan *Lease, 1)
+	go func() {
+		l, err := a.Acquire(ctx, quiet)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- l
+	}()
+	waitFor(t, func() bool { return a.QueueDepth() == 21 })
+	lq.Release()
+	select {
+	case l := <-got:
+		if l.Instance().Spec != quiet {
+			t.Fatalf("quiet got an instance of %s", l.Instance().Spec.Name)
+		}
+		l.Release()
+	case <-time.After(5 * time.Second):
+		t.Fatal("quiet's request waited behind flood's queue")
+	}
+	if n := fb.starts.Load(); n != 2 {
+		t.Fatalf("%d starts past the bound of 2", n)
+	}
+	// flood's queue drains through its one instance.
+	lf.Release()
+	for range 20 {
+		(<-served).Release()
+	}
+	wg.Wait()
+}
