@@ -430,12 +430,6 @@ func (a *Activator) Acquire(ctx context.Context, spec *backend.Spec) (*Lease, er
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			rev.mu.Lock()
-			rev.awake(w)
-			rev.unqueue(w)
-			rev.wakeIfSpare()
-			rev.mu.Unlock()
-			return nil, fmt.Errorf("waiting for an instance of %s/%s: %w", spec.Owner, spec.Name, ctxErr(ctx))
 		}
 		rev.mu.Lock()
 		rev.awake(w)
@@ -443,6 +437,15 @@ func (a *Activator) Acquire(ctx context.Context, spec *backend.Spec) (*Lease, er
 			err := w.err
 			rev.mu.Unlock()
 			return nil, err
+		}
+		// Also when woken: a wake-up and the client's leaving may come
+		// together, and a request nobody waits for must not take the
+		// slot (nor reach the function); the next in line gets it.
+		if ctx.Err() != nil {
+			rev.unqueue(w)
+			rev.wakeIfSpare()
+			rev.mu.Unlock()
+			return nil, fmt.Errorf("waiting for an instance of %s/%s: %w", spec.Owner, spec.Name, ctxErr(ctx))
 		}
 	}
 }

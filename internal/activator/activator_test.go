@@ -1440,3 +1440,119 @@ func TestShortOfMemoryQueuedBehindALoadStartIsNotFailedUnevicted(t *testing.T) {
 		t.Fatal("queued request still waiting")
 	}
 }
+
+// A queued request whose client left (its context ended) just as it was
+// woken for a freed slot is not sent on: it leaves, and the slot goes to
+// the next request in the queue.
+func TestQueuedRequestWhoseClientLeftIsNotSentOn(t *testing.T) {
+	fb := &fakeBackend{}
+	a := New(fb, Config{QueueSize: 10})
+	sp := specWith(1, 0, 1)
+	held, err := a.Acquire(context.Background(), sp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	gone := make(chan error, 1)
+	go func() {
+		l, err := a.Acquire(ctx, sp)
+		if l != nil {
+			l.Release()
+		}
+		gone <- err
+	}()
+	waitFor(t, func() bool { return a.QueueDepth() == 1 })
+	next := make(chan *Lease, 1)
+	go func() {
+		l, err := a.Acquire(context.Background(), sp)
+		if err != nil {
+			t.Error(err)
+		}
+		next <- l
+	}()
+	waitFor(t, func() bool { return a.QueueDepth() == 2 })
+	// The slot frees and the client goes in one step, as the waiter sees
+	// them: woken first, its context done by the time it has the lock.
+	rev := a.revision(sp)
+	rev.mu.Lock()
+	held.in.inflight--
+	rev.wakeOne()
+	cancel()
+	rev.mu.Unlock()
+	if err := <-gone; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the request whose client left: err %v, want context.Canceled (it took an instance)", err)
+	}
+	select {
+	case l := <-next:
+		l.Release()
+	case <-time.After(5 * time.Second):
+		t.Fatal("the next queued request did not get the slot the departed one was woken for")
+	}
+}
+
+// At the owner's instance bound, one function's queue does not hold up
+// another's: each queues on its own instances, in its own order, and a
+// flood of one takes none of the other's capacity.
+func TestOwnerBoundQueuesEachFunctionOnItsOwn(t *testing.T) {
+	fb := &fakeBackend{}
+	a := New(fb, Config{MaxInstancesPerOwner: 2, QueueSize: 100})
+	fn := func(name string) *backend.Spec {
+		return &backend.Spec{FunctionID: "alice/" + name, Owner: "alice", Name: name, Version: 1, Runtime: "deno", Concurrency: 1, MaxScale: 10}
+	}
+	flood, quiet := fn("flood"), fn("quiet")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	lf, err := a.Acquire(ctx, flood)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lq, err := a.Acquire(ctx, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The bound is reached: flood's queue grows and starts nothing.
+	var wg sync.WaitGroup
+	served := make(chan *Lease, 20)
+	for range 20 {
+		wg.Go(func() {
+			l, err := a.Acquire(ctx, flood)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			served <- l
+		})
+	}
+	waitFor(t, func() bool { return a.QueueDepth() == 20 })
+	// quiet's next request waits for quiet's instance only, and gets it
+	// as soon as it is free, however long flood's queue.
+	got := make(chan *Lease, 1)
+	go func() {
+		l, err := a.Acquire(ctx, quiet)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- l
+	}()
+	waitFor(t, func() bool { return a.QueueDepth() == 21 })
+	lq.Release()
+	select {
+	case l := <-got:
+		if l.Instance().Spec != quiet {
+			t.Fatalf("quiet got an instance of %s", l.Instance().Spec.Name)
+		}
+		l.Release()
+	case <-time.After(5 * time.Second):
+		t.Fatal("quiet's request waited behind flood's queue")
+	}
+	if n := fb.starts.Load(); n != 2 {
+		t.Fatalf("%d starts past the bound of 2", n)
+	}
+	// flood's queue drains through its one instance.
+	lf.Release()
+	for range 20 {
+		(<-served).Release()
+	}
+	wg.Wait()
+}

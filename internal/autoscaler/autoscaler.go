@@ -256,6 +256,14 @@ func (s *Scaler) Decide(now time.Time, ready int) Decision {
 	// instances the step had just started.
 	peak := s.win.peak(sec, max(c.seconds(c.PanicWindow), 2))
 	desired = max(desired, min(instancesFor(peak, float64(c.Concurrency)), float64(ready)))
+	// Nor does it remove instances that a second of the stable window
+	// needed at the target: load that comes back within the window (bursts
+	// every 30s, a load swinging about one instance's target) would
+	// otherwise see its instances stopped between two bursts, once panic
+	// mode has ended, and started again by the next one's panic, every
+	// stable window.
+	busiest := s.win.maxMean(sec, c.seconds(c.StableWindow))
+	desired = max(desired, min(instancesFor(busiest, target), float64(ready)))
 	if panicking {
 		// Never scale down while panicking: keep the highest count
 		// asked for in this panic, and the instances already ready.

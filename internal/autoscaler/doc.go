@@ -5,7 +5,9 @@
 // window (6s) to react to bursts; a burst big enough for the short window to
 // ask for at least PanicThreshold times the ready instances starts panic
 // mode, in which the count only grows, until a stable window has passed
-// without a new burst. Scale-up and scale-down are rate limited per
+// without a new burst. Outside panic mode, the count does not fall below
+// what the busiest second of the stable window needed, so that bursts that
+// recur within the window keep their instances. Scale-up and scale-down are rate limited per
 // decision, the result is clamped to the policy's [Min, Max], and a version
 // goes to zero instances only after ScaleToZeroGrace without traffic.
 //

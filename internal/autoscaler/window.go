@@ -83,6 +83,17 @@ func (w *window) latest(now int64, span int) float64 {
 	return best.mean()
 }
 
+// maxMean returns the highest per-second average in (now-span, now], or 0.
+func (w *window) maxMean(now int64, span int) float64 {
+	m := 0.0
+	for _, b := range w.buckets {
+		if b.n > 0 && b.sec <= now && b.sec > now-int64(span) {
+			m = max(m, b.mean())
+		}
+	}
+	return m
+}
+
 // peak returns the highest observation in (now-span, now], or 0.
 func (w *window) peak(now int64, span int) float64 {
 	p := 0.0
