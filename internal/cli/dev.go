@@ -26,12 +26,18 @@ func newDevCmd(env Env) *cobra.Command {
 	var host, memory, logLevel string
 	var envs []string
 	cmd := &cobra.Command{
-		Use:   "dev FILE",
+		Use:   "dev FILE_OR_DIR",
 		Short: "Run one function locally, in the platform's runtime and sandbox, reloading it on save",
 		Long: `Run one function locally, in the platform's runtime and sandbox, reloading it on save.
 
+FILE is built as spry deploy FILE builds it: one module. A directory is a
+project, built as spry deploy DIR builds it: from --entry, its package.json,
+or index.ts/index.js/main.ts/mod.ts, with its relative imports, deno.json and
+package.json dependencies (installed with npm); a save of any of its files
+(node_modules and .git aside) reloads it.
+
 The function answers at the root of the port: http://127.0.0.1:8787/a/b?q=1
-reaches it as /a/b?q=1. Saving the file rebuilds it and loads the new
+reaches it as /a/b?q=1. Saving rebuilds it and loads the new
 version before it serves; a build error, or a module that does not load
 (its top level throws, exits, or has not ended after 30s), is printed and
 the previous version keeps serving. A version still loading after 2s is
@@ -83,6 +89,9 @@ needs root, as spry serve does.`,
 			if cfg.Listen, err = devListen(host, port, cmd.Flags().Changed("port")); err != nil {
 				return err
 			}
+			if cfg.NPMRegistry == "" {
+				cfg.NPMRegistry = os.Getenv("npm_config_registry")
+			}
 			cfg.Out = env.Stdout
 			cfg.Logger = slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: level}))
 			ctx, cancel := context.WithCancel(cmd.Context())
@@ -122,13 +131,15 @@ needs root, as spry serve does.`,
 	f.IntVar(&port, "port", 8787, "port to serve the function on (0 picks a free one)")
 	f.StringVar(&host, "listen", "127.0.0.1", "address to serve the function on (or ADDRESS:PORT)")
 	f.StringVar(&cfg.Runtime, "runtime", "deno", "runtime: deno or node")
+	f.StringVar(&cfg.Entry, "entry", "", "a project directory's entry file, relative to it")
+	f.StringVar(&cfg.NPMRegistry, "npm-registry", "", "npm registry for a project's dependencies (default: $npm_config_registry, else npm's public registry)")
 	f.StringArrayVarP(&envs, "env", "e", nil, "environment variable KEY=VALUE, available as ctx.env (repeatable)")
 	f.StringVar(&memory, "memory", "128Mi", "memory limit of each instance, e.g. 128Mi or 1Gi")
 	f.DurationVar(&cfg.Timeout, "timeout", 30*time.Second, "longest an invocation may run, cold start included")
 	f.StringVar(&cfg.Network, "network", "egress", "network access: none, or egress (public internet only)")
 	f.StringVar(&cfg.Cron, "cron", "", "run the default export's scheduled(event, ctx) on this schedule, as a deployed function's --cron (e.g. \"*/5 * * * *\")")
 	f.BoolVar(&cfg.TestScheduled, "test-scheduled", false, "serve /__scheduled, which runs the scheduled handler once now (its event's cron from ?cron=, or --cron)")
-	f.StringVar(&cfg.Name, "name", "", "function name, as ctx.name (default: the file name without its extension; for index.* the directory's name)")
+	f.StringVar(&cfg.Name, "name", "", "function name, as ctx.name (default: the file name without its extension; for index.* or a directory, the directory's name)")
 	f.IntVar(&cfg.UIDBase, "uid-base", 0, "first host uid for instance sandboxes (default: 2100000 + 100 × the port)")
 	f.StringVar(&cfg.DenoBinary, "deno", "", "`PATH` of the deno binary (default: the pinned one make build installs)")
 	f.StringVar(&cfg.NodeBinary, "node", "", "`PATH` of the node binary, 22.13 or newer (default: the pinned one make build installs)")
@@ -153,12 +164,19 @@ func devListen(host string, port int, portSet bool) (string, error) {
 }
 
 // defaultDevName is the function's name when --name is not given: the
-// file's name without its extension, or for index.ts and the like the
-// directory's name, as a project made by `spry init NAME` has it.
+// file's name without its extension, or for index.ts and the like, or a
+// directory, the directory's name, as a project made by `spry init NAME`
+// has it.
 func defaultDevName(file string) (string, error) {
 	base := filepath.Base(file)
 	name := strings.TrimSuffix(base, filepath.Ext(base))
-	if name == "index" {
+	if fi, err := os.Stat(file); err == nil && fi.IsDir() {
+		abs, err := filepath.Abs(file)
+		if err != nil {
+			return "", err
+		}
+		name = filepath.Base(abs)
+	} else if name == "index" {
 		if abs, err := filepath.Abs(file); err == nil {
 			name = filepath.Base(filepath.Dir(abs))
 		}
