@@ -24,6 +24,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -165,6 +166,9 @@ func Run(ctx context.Context, cfg Config) error {
 	s := &session{cfg: cfg, dir: w.dir, log: cfg.Logger, prefix: router.Prefix + Owner + "/" + cfg.Name}
 
 	ln, err := net.Listen("tcp", cfg.Listen)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return errdefs.New(errdefs.ErrUnavailable, "%s is in use (another spry dev?): pass another --port, or --port 0 for a free one", cfg.Listen)
+	}
 	if err != nil {
 		return errdefs.New(errdefs.ErrUnavailable, "%v", err)
 	}

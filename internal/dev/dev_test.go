@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -453,5 +454,24 @@ func TestDevProjectDependencies(t *testing.T) {
 				t.Fatalf("after the dependency was added: got %q, want \"true 1m\"", got)
 			}
 		})
+	}
+}
+
+// TestDevPortInUse: a port another program listens on is refused at the
+// start with the way out, before anything is made.
+func TestDevPortInUse(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	file := filepath.Join(t.TempDir(), "fn.ts")
+	if err := os.WriteFile(file, []byte(answering("v1")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err = Run(context.Background(), Config{File: file, Name: "fn", Listen: ln.Addr().String(), Runtime: "deno",
+		MemoryMiB: 128, Timeout: time.Second, Network: "none", Out: io.Discard})
+	if err == nil || !strings.Contains(err.Error(), ln.Addr().String()+" is in use") || !strings.Contains(err.Error(), "--port 0") {
+		t.Fatalf("Run on a port in use: %v", err)
 	}
 }
