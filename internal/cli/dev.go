@@ -135,7 +135,7 @@ needs root, as spry serve does.`,
 	f.StringVar(&cfg.NPMRegistry, "npm-registry", "", "npm registry for a project's dependencies (default: $npm_config_registry, else npm's public registry)")
 	f.StringArrayVarP(&envs, "env", "e", nil, "environment variable KEY=VALUE, available as ctx.env (repeatable)")
 	f.StringVar(&memory, "memory", "128Mi", "memory limit of each instance, e.g. 128Mi or 1Gi")
-	f.DurationVar(&cfg.Timeout, "timeout", 30*time.Second, "longest an invocation may run, cold start included")
+	f.DurationVar(&cfg.Timeout, "timeout", 60*time.Second, "longest an invocation may run, cold start included (as spry serve's default)")
 	f.StringVar(&cfg.Network, "network", "egress", "network access: none, or egress (public internet only)")
 	f.StringVar(&cfg.Cron, "cron", "", "run the default export's scheduled(event, ctx) on this schedule, as a deployed function's --cron (e.g. \"*/5 * * * *\")")
 	f.BoolVar(&cfg.TestScheduled, "test-scheduled", false, "serve /__scheduled, which runs the scheduled handler once now (its event's cron from ?cron=, or --cron)")

@@ -1,0 +1,36 @@
+package cli
+
+import "testing"
+
+// TestDevDefaultsAreServes: what spry dev runs a function with by default
+// is what a server gives a deployed function by default, so that what
+// works in one works in the other: a call of 45s did not time out when
+// deployed, and did in spry dev.
+func TestDevDefaultsAreServes(t *testing.T) {
+	root := NewRoot(Env{})
+	dev, _, err := root.Find([]string{"dev"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve, _, err := root.Find([]string{"serve"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct{ dev, serve string }{
+		{"timeout", "timeout"},
+		{"network", "network"},
+		{"memory", "memory"},
+	} {
+		d, s := dev.Flags().Lookup(tt.dev), serve.Flags().Lookup(tt.serve)
+		if d == nil || s == nil {
+			t.Fatalf("no dev --%s or serve --%s", tt.dev, tt.serve)
+		}
+		dv, sv := d.DefValue, s.DefValue
+		if tt.dev == "memory" {
+			dv = dv[:len(dv)-len("Mi")] // dev takes 128Mi, serve MiB
+		}
+		if dv != sv {
+			t.Errorf("spry dev --%s defaults to %s, spry serve --%s to %s", tt.dev, d.DefValue, tt.serve, sv)
+		}
+	}
+}
