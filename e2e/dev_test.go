@@ -568,7 +568,7 @@ func TestInitDeno(t *testing.T) {
 		}
 	}
 	readme, _ := os.ReadFile(filepath.Join(dir, "README.md"))
-	for _, s := range []string{"spry dev index.ts", "deno test", "spry deploy index.ts --name demo"} {
+	for _, s := range []string{"spry dev .", "deno test", "spry deploy . --name demo"} {
 		if !strings.Contains(string(readme), s) {
 			t.Errorf("README.md does not mention %q:\n%s", s, readme)
 		}
@@ -593,8 +593,9 @@ func TestInitDeno(t *testing.T) {
 		t.Errorf("spry init Bad_Name made a directory")
 	}
 
-	// spry dev serves it, named after its directory.
-	d := startDev(t, filepath.Join(dir, "index.ts"))
+	// spry dev serves it, as README.md says (the project directory),
+	// named after its directory.
+	d := startDev(t, dir)
 	status, body := d.get("/hello?name=Ada")
 	var got map[string]any
 	if err := json.Unmarshal([]byte(body), &got); status != 200 || err != nil || got["message"] != "Hello, Ada!" || got["function"] != "demo" || got["path"] != "/hello" {
@@ -631,7 +632,7 @@ func TestInitNode(t *testing.T) {
 		t.Fatalf("node --test: exit %d\n%s", code, out)
 	}
 
-	d := startDev(t, filepath.Join(dir, "index.mjs"), "--runtime", "node", "--node", node)
+	d := startDev(t, dir, "--runtime", "node", "--node", node)
 	status, body := d.get("/hello?name=Ada")
 	var got map[string]any
 	if err := json.Unmarshal([]byte(body), &got); status != 200 || err != nil || got["message"] != "Hello, Ada!" || got["function"] != "demo" {
