@@ -82,6 +82,10 @@ needs root, as spry serve does.`,
 			if cfg.Env, err = parseEnv("--env", envs); err != nil {
 				return err
 			}
+			// As a deploy's: a name a server refuses must not work here.
+			if err := functions.ValidateEnv(cfg.Env); err != nil {
+				return err
+			}
 			var level slog.Level
 			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
 				return errdefs.Invalid("--log-level: %v", err)

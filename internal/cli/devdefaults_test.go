@@ -1,6 +1,10 @@
 package cli
 
-import "testing"
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+)
 
 // TestDevDefaultsAreServes: what spry dev runs a function with by default
 // is what a server gives a deployed function by default, so that what
@@ -31,6 +35,24 @@ func TestDevDefaultsAreServes(t *testing.T) {
 		}
 		if dv != sv {
 			t.Errorf("spry dev --%s defaults to %s, spry serve --%s to %s", tt.dev, d.DefValue, tt.serve, sv)
+		}
+	}
+}
+
+// TestDevEnvAsDeployed: spry dev refuses an environment a deploy's
+// server refuses (a bad name, a NUL byte), before it reads the file: it
+// ran with it, and the deploy of what worked failed.
+func TestDevEnvAsDeployed(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "missing.ts") // never reached
+	for _, tt := range []struct{ env, want string }{
+		{"1BAD=x", `invalid environment variable name "1BAD"`},
+		{"MY-KEY=x", `invalid environment variable name "MY-KEY"`},
+		{"K=a\x00b", "environment variable K contains a NUL byte"},
+	} {
+		env := strings.ReplaceAll(tt.env, `\x00`, "\x00")
+		code, _, stderr := spry(t, nil, "", "dev", file, "--env", env)
+		if code != 2 || !strings.Contains(stderr, tt.want) {
+			t.Errorf("spry dev --env %q: exit %d, stderr %q; want 2 and %q", tt.env, code, stderr, tt.want)
 		}
 	}
 }
