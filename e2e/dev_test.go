@@ -409,11 +409,15 @@ func TestDevNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	file := filepath.Join(t.TempDir(), "fn.js")
-	writeFile(t, file, `module.exports = (req, res) => { console.log("node saw " + req.path); res.send("hi"); };`+"\n", 0)
-	d := startDev(t, file, "--runtime", "node", "--node", node, "--network", "none")
-	if status, body := d.get("/x?y=1"); status != 200 || body != "hi" {
-		t.Fatalf("got %d %q, want 200 \"hi\"", status, body)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "fn.js")
+	writeFile(t, file, `module.exports = (req, res) => { console.log("node saw " + req.path); res.send("hi " + process.env.SECRET); };`+"\n", 0)
+	// A secret from a file (--env-file), not the command line.
+	envFile := filepath.Join(dir, ".env")
+	writeFile(t, envFile, "# for spry dev\nSECRET=\"s3cret\"\n", 0)
+	d := startDev(t, file, "--runtime", "node", "--node", node, "--network", "none", "--env-file", envFile)
+	if status, body := d.get("/x?y=1"); status != 200 || body != "hi s3cret" {
+		t.Fatalf("got %d %q, want 200 \"hi s3cret\"", status, body)
 	}
 	d.waitOutput(regexp.MustCompile(`(?m)v1 GET /x\?y=1 200 [0-9.]+ms (cold|warm)$`), "the access line")
 	d.waitOutput(regexp.MustCompile(`(?m)v1 \| node saw /x$`), "the function's console.log")

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"os/signal"
@@ -24,7 +25,7 @@ func newDevCmd(env Env) *cobra.Command {
 	var cfg dev.Config
 	var port int
 	var host, memory, logLevel string
-	var envs []string
+	var envs, envFiles []string
 	cmd := &cobra.Command{
 		Use:   "dev FILE_OR_DIR",
 		Short: "Run one function locally, in the platform's runtime and sandbox, reloading it on save",
@@ -79,11 +80,7 @@ needs root, as spry serve does.`,
 			if cfg.UIDBase != 0 && cfg.UIDBase < 1000 {
 				return errdefs.Invalid("--uid-base must be at least 1000")
 			}
-			if cfg.Env, err = parseEnv("--env", envs); err != nil {
-				return err
-			}
-			// As a deploy's: a name a server refuses must not work here.
-			if err := functions.ValidateEnv(cfg.Env); err != nil {
+			if cfg.Env, err = devEnv(envs, envFiles); err != nil {
 				return err
 			}
 			var level slog.Level
@@ -138,6 +135,7 @@ needs root, as spry serve does.`,
 	f.StringVar(&cfg.Entry, "entry", "", "a project directory's entry file, relative to it")
 	f.StringVar(&cfg.NPMRegistry, "npm-registry", "", "npm registry for a project's dependencies (default: $npm_config_registry, else npm's public registry)")
 	f.StringArrayVarP(&envs, "env", "e", nil, "environment variable KEY=VALUE, available as ctx.env (repeatable)")
+	f.StringArrayVar(&envFiles, "env-file", nil, "read ctx.env variables from a file of KEY=VALUE lines (# comments, optional quotes), read at the start; a later file, and --env, win (repeatable)")
 	f.StringVar(&memory, "memory", "128Mi", "memory limit of each instance, e.g. 128Mi or 1Gi")
 	f.DurationVar(&cfg.Timeout, "timeout", 60*time.Second, "longest an invocation may run, cold start included (as spry serve's default)")
 	f.StringVar(&cfg.Network, "network", "egress", "network access: none, or egress (public internet only)")
@@ -149,6 +147,59 @@ needs root, as spry serve does.`,
 	f.StringVar(&cfg.NodeBinary, "node", "", "`PATH` of the node binary, 22.13 or newer (default: the pinned one make build installs)")
 	f.StringVar(&logLevel, "log-level", "warn", "level of the platform's own log lines (on stderr): debug, info, warn, error")
 	return cmd
+}
+
+// devEnv is ctx.env from --env-file files (a later one wins over an
+// earlier) and --env pairs (which win over all), checked as a deploy's.
+func devEnv(envs, files []string) (map[string]string, error) {
+	env := map[string]string{}
+	for _, f := range files {
+		fileEnv, err := readEnvFile(f)
+		if err != nil {
+			return nil, err
+		}
+		maps.Copy(env, fileEnv)
+	}
+	flagEnv, err := parseEnv("--env", envs)
+	if err != nil {
+		return nil, err
+	}
+	maps.Copy(env, flagEnv)
+	// As a deploy's: what a server refuses must not work here.
+	if err := functions.ValidateEnv(env); err != nil {
+		return nil, err
+	}
+	return env, nil
+}
+
+// readEnvFile reads a dotenv file, as `deno --env-file` and `node
+// --env-file` take it: KEY=VALUE lines, blank lines and # comments
+// skipped, an optional "export " in front, and a value in matching
+// single or double quotes taken without them. No escapes, no ${VAR}. A
+// secret in a file, unlike one in --env, is not on the command line for
+// ps and sudo's log to show.
+func readEnvFile(path string) (map[string]string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, errdefs.Invalid("--env-file: %v", err)
+	}
+	env := map[string]string{}
+	for i, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(strings.TrimSuffix(line, "\r"))
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(strings.TrimPrefix(line, "export "), "=")
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		if !ok || k == "" {
+			return nil, errdefs.Invalid("--env-file %s:%d: want KEY=VALUE", path, i+1)
+		}
+		if len(v) >= 2 && (v[0] == '"' || v[0] == '\'') && v[len(v)-1] == v[0] {
+			v = v[1 : len(v)-1]
+		}
+		env[k] = v
+	}
+	return env, nil
 }
 
 // devListen is the address spry dev listens on: --listen HOST with

@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"maps"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -54,5 +56,59 @@ func TestDevEnvAsDeployed(t *testing.T) {
 		if code != 2 || !strings.Contains(stderr, tt.want) {
 			t.Errorf("spry dev --env %q: exit %d, stderr %q; want 2 and %q", tt.env, code, stderr, tt.want)
 		}
+	}
+}
+
+// TestReadEnvFile: --env-file reads a dotenv file as deno and node
+// --env-file do, for the subset they share.
+func TestReadEnvFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), ".env")
+	content := "# secrets for spry dev\n\nAPI_KEY=abc=def\nexport REGION = eu \nQUOTED=\"a b # c\"\nSINGLE='x'\r\nEMPTY=\n"
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, err := readEnvFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"API_KEY": "abc=def", "REGION": "eu", "QUOTED": "a b # c", "SINGLE": "x", "EMPTY": ""}
+	if !maps.Equal(got, want) {
+		t.Errorf("got %q, want %q", got, want)
+	}
+
+	if err := os.WriteFile(path, []byte("OK=1\nno equals sign\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readEnvFile(path); err == nil || !strings.Contains(err.Error(), ".env:2: want KEY=VALUE") {
+		t.Errorf("a line without '=': %v", err)
+	}
+
+	// What a deploy refuses is refused from a file too.
+	if err := os.WriteFile(path, []byte("MY-KEY=1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := spry(t, nil, "", "dev", filepath.Join(t.TempDir(), "missing.ts"), "--env-file", path)
+	if code != 2 || !strings.Contains(stderr, `invalid environment variable name "MY-KEY"`) {
+		t.Errorf("spry dev --env-file with MY-KEY: exit %d, stderr %q", code, stderr)
+	}
+}
+
+// TestDevEnv: a later --env-file wins over an earlier one, and --env over
+// both.
+func TestDevEnv(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a.env"), filepath.Join(dir, "b.env")
+	if err := os.WriteFile(a, []byte("A=a\nB=a\nC=a\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(b, []byte("B=b\nC=b\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, err := devEnv([]string{"C=flag"}, []string{a, b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]string{"A": "a", "B": "b", "C": "flag"}; !maps.Equal(got, want) {
+		t.Errorf("got %q, want %q", got, want)
 	}
 }
