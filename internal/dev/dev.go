@@ -21,6 +21,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -555,6 +556,11 @@ func (s *session) reload(ctx context.Context, code []byte) *pending {
 	}
 	if err != nil {
 		msg := err.Error()
+		if !s.dir && relativeImport.MatchString(msg) {
+			// As `spry deploy FILE`, which sends the file alone; a user
+			// of deno serve --watch FILE expects its imports to build.
+			msg += fmt.Sprintf("\n(a file is built alone, as spry deploy FILE sends it: serve its project to build the files it imports: spry dev %s)", projectOf(s.cfg.File))
+		}
 		s.lastErr.Store(&msg)
 		if cur == nil {
 			s.printf("build failed:\n%s\n", indent(msg))
@@ -651,6 +657,18 @@ func (s *session) build(ctx context.Context, code []byte) (build.Result, error) 
 	}
 	opts.Entry = s.cfg.Entry
 	return build.BundleDir(ctx, dir, opts)
+}
+
+// relativeImport matches esbuild's error for an import of another file
+// that a single file's build cannot resolve.
+var relativeImport = regexp.MustCompile(`Could not resolve "\.\.?/`)
+
+// projectOf is how to name file's directory on the command line.
+func projectOf(file string) string {
+	if dir := filepath.Dir(file); dir != "." {
+		return dir
+	}
+	return "."
 }
 
 // collect removes the bundles no instance can need any more: all but

@@ -475,3 +475,10 @@ func TestDevPortInUse(t *testing.T) {
 		t.Fatalf("Run on a port in use: %v", err)
 	}
 }
+
+// TestDevFileImportsAFile: a file that imports another is built alone,
+// as a deploy of it is, and the error says how to serve its project.
+func TestDevFileImportsAFile(t *testing.T) {
+	d := runDev(t, `import { v } from "./lib.ts";`+"\nexport default { fetch() { return new Response(v); } };\n", Config{})
+	d.wait(regexp.MustCompile(`(?m)Could not resolve "\./lib\.ts".*\n.*serve its project to build the files it imports: spry dev /\S+$`), "the hint to serve the project")
+}
