@@ -409,11 +409,15 @@ func TestDevNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	file := filepath.Join(t.TempDir(), "fn.js")
-	writeFile(t, file, `module.exports = (req, res) => { console.log("node saw " + req.path); res.send("hi"); };`+"\n", 0)
-	d := startDev(t, file, "--runtime", "node", "--node", node, "--network", "none")
-	if status, body := d.get("/x?y=1"); status != 200 || body != "hi" {
-		t.Fatalf("got %d %q, want 200 \"hi\"", status, body)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "fn.js")
+	writeFile(t, file, `module.exports = (req, res) => { console.log("node saw " + req.path); res.send("hi " + process.env.SECRET); };`+"\n", 0)
+	// A secret from a file (--env-file), not the command line.
+	envFile := filepath.Join(dir, ".env")
+	writeFile(t, envFile, "# for spry dev\nSECRET=\"s3cret\"\n", 0)
+	d := startDev(t, file, "--runtime", "node", "--node", node, "--network", "none", "--env-file", envFile)
+	if status, body := d.get("/x?y=1"); status != 200 || body != "hi s3cret" {
+		t.Fatalf("got %d %q, want 200 \"hi s3cret\"", status, body)
 	}
 	d.waitOutput(regexp.MustCompile(`(?m)v1 GET /x\?y=1 200 [0-9.]+ms (cold|warm)$`), "the access line")
 	d.waitOutput(regexp.MustCompile(`(?m)v1 \| node saw /x$`), "the function's console.log")
@@ -568,7 +572,7 @@ func TestInitDeno(t *testing.T) {
 		}
 	}
 	readme, _ := os.ReadFile(filepath.Join(dir, "README.md"))
-	for _, s := range []string{"spry dev index.ts", "deno test", "spry deploy index.ts --name demo"} {
+	for _, s := range []string{"spry dev .", "deno test", "spry deploy . --name demo"} {
 		if !strings.Contains(string(readme), s) {
 			t.Errorf("README.md does not mention %q:\n%s", s, readme)
 		}
@@ -593,8 +597,9 @@ func TestInitDeno(t *testing.T) {
 		t.Errorf("spry init Bad_Name made a directory")
 	}
 
-	// spry dev serves it, named after its directory.
-	d := startDev(t, filepath.Join(dir, "index.ts"))
+	// spry dev serves it, as README.md says (the project directory),
+	// named after its directory.
+	d := startDev(t, dir)
 	status, body := d.get("/hello?name=Ada")
 	var got map[string]any
 	if err := json.Unmarshal([]byte(body), &got); status != 200 || err != nil || got["message"] != "Hello, Ada!" || got["function"] != "demo" || got["path"] != "/hello" {
@@ -631,7 +636,7 @@ func TestInitNode(t *testing.T) {
 		t.Fatalf("node --test: exit %d\n%s", code, out)
 	}
 
-	d := startDev(t, filepath.Join(dir, "index.mjs"), "--runtime", "node", "--node", node)
+	d := startDev(t, dir, "--runtime", "node", "--node", node)
 	status, body := d.get("/hello?name=Ada")
 	var got map[string]any
 	if err := json.Unmarshal([]byte(body), &got); status != 200 || err != nil || got["message"] != "Hello, Ada!" || got["function"] != "demo" {

@@ -1089,6 +1089,38 @@ func TestBundleDirNPMFailure(t *testing.T) {
 	checkNoPaths(t, msg, dir)
 }
 
+// TestBundleDirNPMLockOutOfStep: a dependency added to package.json but
+// not to its lockfile fails npm ci with npm's reason, not the page of
+// ci's options npm prints after it (all the failure showed).
+func TestBundleDirNPMLockOutOfStep(t *testing.T) {
+	reg := needNPM(t)
+	t.Parallel()
+	files := map[string]string{
+		"package.json": `{"name": "fn", "dependencies": {"is-number": "7.0.0"}}`,
+		"index.ts":     "export default { fetch: () => new Response('ok') };\n",
+	}
+	dir := writeProject(t, files)
+	cache := t.TempDir()
+	if _, err := BundleDir(context.Background(), dir, DirOptions{NPMCache: cache, Registry: reg.URL}); err != nil {
+		t.Fatal(err)
+	}
+	// The lockfile npm wrote, and a dependency added since.
+	writeFiles(t, dir, map[string]string{"package.json": `{"name": "fn", "dependencies": {"is-number": "7.0.0", "ms": "2.1.3"}}`})
+	_, err := BundleDir(context.Background(), dir, DirOptions{NPMCache: cache, Registry: reg.URL})
+	if !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Fatalf("err = %v, want ErrInvalidArgument", err)
+	}
+	msg := err.Error()
+	for _, want := range []string{"are in sync", "npm install", "Missing: ms@2.1.3 from lock file"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("message lacks %q:\n%s", want, msg)
+		}
+	}
+	if strings.Contains(msg, "Usage:") || strings.Contains(msg, "--dry-run") {
+		t.Errorf("message holds npm ci's usage:\n%s", msg)
+	}
+}
+
 // denoPath is the pinned Deno, relative to this package.
 const denoPath = "../../runtimes/node_modules/@deno/linux-x64-glibc/deno"
 

@@ -306,6 +306,7 @@ func (n *npmRunner) tail(s string) string {
 		}
 		lines = append(lines, oneLine(line))
 	}
+	lines = dropUsage(lines)
 	if len(lines) > stderrLines {
 		lines = lines[len(lines)-stderrLines:]
 	}
@@ -317,6 +318,35 @@ func (n *npmRunner) tail(s string) string {
 		out = n.scrub(out)
 	}
 	return out
+}
+
+// dropUsage drops the usage npm prints after a usage error (`npm ci`
+// with a lockfile out of step with package.json): its description,
+// "Usage:" and a page of options, which left the error itself out of the
+// lines kept, up to its closing `Run "npm help ci" for more info`.
+func dropUsage(lines []string) []string {
+	content := func(l string) string { return strings.TrimSpace(strings.TrimPrefix(l, "npm error")) }
+	for i, l := range lines {
+		if content(l) != "Usage:" {
+			continue
+		}
+		start := i
+		for start > 0 && content(lines[start-1]) == "" {
+			start--
+		}
+		if start > 0 && strings.HasPrefix(lines[start-1], "npm error ") {
+			start-- // the command's description
+		}
+		end := len(lines)
+		for j := i + 1; j < len(lines); j++ {
+			if strings.HasPrefix(content(lines[j]), `Run "npm help`) {
+				end = j
+				break
+			}
+		}
+		return append(lines[:start:start], lines[end:]...)
+	}
+	return lines
 }
 
 // tailBuffer keeps the last max bytes written to it.

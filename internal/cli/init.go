@@ -26,12 +26,15 @@ func newInitCmd() *cobra.Command {
 			for _, f := range files {
 				fmt.Fprintf(w, "created %s\n", filepath.Join(dir, f))
 			}
-			main, test, flag := "index.ts", "deno test --allow-read index_test.ts", ""
+			// The project, not its entry file: an import of another of
+			// its files, or a dependency added to package.json, then
+			// works in both.
+			test, flag := "deno test --allow-read index_test.ts", ""
 			if runtime == "node" {
-				main, test, flag = "index.mjs", "node --test", " --runtime node"
+				test, flag = "node --test", " --runtime node"
 			}
-			fmt.Fprintf(w, "\nNext:\n  cd %s\n  sudo spry dev %s%s   # serve it on http://127.0.0.1:8787/, reloading on save\n  %s\n  spry deploy %s --name %s%s\n",
-				dir, main, flag, test, main, name, flag)
+			fmt.Fprintf(w, "\nNext:\n  cd %s\n  sudo spry dev .%s   # serve it on http://127.0.0.1:8787/, reloading on save\n  %s\n  spry deploy . --name %s%s\n",
+				dir, flag, test, name, flag)
 			return nil
 		},
 	}

@@ -1,18 +1,18 @@
 // Package dev runs one function on this machine for development (`spry
-// dev`). It assembles the platform's own parts around a single source file
-// — build, blob, sandbox, a runtime, backend/local, the activator and the
-// router — so the function runs exactly as it would when deployed, with no
-// data directory, store or token. It serves the function's paths at the
-// root of a local port, rebuilds and swaps in a new version whenever the
-// file changes (a build error, or a module that does not load, keeps the
+// dev`). It assembles the platform's own parts around one source file or
+// project directory — build, blob, sandbox, a runtime, backend/local, the
+// activator and the router — so the function runs exactly as it would
+// when deployed, with no data directory, store or token. It serves the
+// function's paths at the root of a local port, rebuilds and swaps in a
+// new version whenever the source changes (a build error, or a module that does not load, keeps the
 // previous version serving), and prints the function's output and one
 // line per request.
 package dev
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -21,6 +21,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,6 +31,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/spry-run/spry/internal/activator"
+	"github.com/spry-run/spry/internal/archive"
 	"github.com/spry-run/spry/internal/backend"
 	"github.com/spry-run/spry/internal/backend/local"
 	"github.com/spry-run/spry/internal/blob"
@@ -56,14 +58,19 @@ const (
 
 // Config is one `spry dev` session.
 type Config struct {
-	File      string            // the function's source
-	Name      string            // ctx.name; a valid function name
-	Listen    string            // host:port to serve on
-	Runtime   string            // "deno" or "node"
-	Env       map[string]string // ctx.env
-	MemoryMiB int
-	Timeout   time.Duration // per invocation
-	Network   string        // "egress" or "none"
+	// File is the function's source: one file, built as `spry deploy
+	// FILE` builds it, or a project directory, built as `spry deploy
+	// DIR` builds it (its imports, package.json dependencies, deno.json).
+	File        string
+	Entry       string            // a project's entry file, relative to it; "" finds it
+	NPMRegistry string            // the npm registry for dependencies; "" is npm's
+	Name        string            // ctx.name; a valid function name
+	Listen      string            // host:port to serve on
+	Runtime     string            // "deno" or "node"
+	Env         map[string]string // ctx.env
+	MemoryMiB   int
+	Timeout     time.Duration // per invocation
+	Network     string        // "egress" or "none"
 	// UIDBase is the first host uid for instances; 0 picks one from the
 	// port.
 	UIDBase    int
@@ -101,11 +108,14 @@ const drainTimeout = 5 * time.Second
 
 // session is a running `spry dev`.
 type session struct {
-	cfg    Config
-	log    *slog.Logger
-	blobs  *blob.Store
-	act    *activator.Activator
-	prefix string // "/fn/dev/<name>", what the router expects in front of the path
+	cfg      Config
+	id       string // "dev-<random>": names what the session makes
+	dir      bool   // cfg.File is a project directory
+	npmCache string // npm's cache for the session's builds
+	log      *slog.Logger
+	blobs    *blob.Store
+	act      *activator.Activator
+	prefix   string // "/fn/dev/<name>", what the router expects in front of the path
 
 	live    atomic.Pointer[backend.Spec]
 	lastErr atomic.Pointer[string] // the build error while nothing is live
@@ -135,9 +145,16 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	// The file is read before anything is made: one that cannot be read
-	// (missing, a directory) stops the session here.
-	w := &watcher{path: cfg.File, now: time.Now}
+	// The source is read before anything is made: one that cannot be
+	// read (missing, unreadable) stops the session here.
+	fi, err := os.Stat(cfg.File)
+	if err != nil {
+		return errdefs.Invalid("%v", err)
+	}
+	if cfg.Entry != "" && !fi.IsDir() {
+		return errdefs.Invalid("--entry is for a project directory; %s is a file", cfg.File)
+	}
+	w := &watcher{path: cfg.File, dir: fi.IsDir(), now: time.Now}
 	code, _, err := w.check()
 	if err != nil {
 		return errdefs.Invalid("%v", err)
@@ -147,9 +164,12 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 	}
-	s := &session{cfg: cfg, log: cfg.Logger, prefix: router.Prefix + Owner + "/" + cfg.Name}
+	s := &session{cfg: cfg, dir: w.dir, log: cfg.Logger, prefix: router.Prefix + Owner + "/" + cfg.Name}
 
 	ln, err := net.Listen("tcp", cfg.Listen)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return errdefs.New(errdefs.ErrUnavailable, "%s is in use (another spry dev?): pass another --port, or --port 0 for a free one", cfg.Listen)
+	}
 	if err != nil {
 		return errdefs.New(errdefs.ErrUnavailable, "%v", err)
 	}
@@ -168,6 +188,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}()
 	id := "dev-" + randomHex(6)
+	s.id = id
 	blobDir, err := os.MkdirTemp("", "spry-"+id+"-")
 	if err != nil {
 		return err
@@ -182,6 +203,12 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	cleanups = append(cleanups, func() { os.RemoveAll(kvDir) })
+	// npm's cache lasts the session, so that a save does not fetch the
+	// dependencies again.
+	if s.npmCache, err = os.MkdirTemp("", "spry-"+id+"-npm-"); err != nil {
+		return err
+	}
+	cleanups = append(cleanups, func() { os.RemoveAll(s.npmCache) })
 	store, err := kv.Open(ctx, filepath.Join(kvDir, "kv.db"), kv.Options{})
 	if err != nil {
 		return err
@@ -409,116 +436,24 @@ func (s *session) notBuilt() error {
 	if p := s.lastErr.Load(); p != nil {
 		msg = *p
 	}
-	return errdefs.New(errdefs.ErrUnavailable, "%s does not build yet; fix it and save: %s", filepath.Base(s.cfg.File), msg)
+	return errdefs.New(errdefs.ErrUnavailable, "%s does not build yet; fix it and save: %s", s.label(), msg)
+}
+
+// label names the source in the terminal: the file's name, or the
+// project directory's with a slash.
+func (s *session) label() string {
+	if !s.dir {
+		return filepath.Base(s.cfg.File)
+	}
+	abs, err := filepath.Abs(s.cfg.File)
+	if err != nil {
+		abs = s.cfg.File
+	}
+	return filepath.Base(abs) + "/"
 }
 
 // Invoked is part of the resolver; nothing records invocations here.
 func (s *session) Invoked(*backend.Spec) {}
-
-// racyWindow is how long after a change the file's stamp may still hide
-// another: a file system stamps times with a coarse clock (a kernel tick,
-// or seconds on some), so two saves of the same size within one tick
-// leave the same stamp. While the last change is this recent, every poll
-// reads the file again and compares its content.
-const racyWindow = 2 * time.Second
-
-// settleTime is how old a change must be before it is read as a save:
-// writing a file takes a few writes, and a check between them would read
-// it cut.
-const settleTime = 50 * time.Millisecond
-
-// stamp is what stat tells of the file: a save changes at least one of
-// these. The change time and inode catch what size and modification
-// time miss: a save that keeps the size and restores the modification
-// time (cp -p, rsync -t, tar, touch -r) or renames another file over
-// this one.
-type stamp struct {
-	size        int64
-	mod, change time.Time
-	dev, ino    uint64
-}
-
-func stampOf(fi os.FileInfo) stamp {
-	st := stamp{size: fi.Size(), mod: fi.ModTime()}
-	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
-		st.change = time.Unix(sys.Ctim.Sec, sys.Ctim.Nsec)
-		st.dev, st.ino = sys.Dev, sys.Ino
-	}
-	return st
-}
-
-// watcher tells when the file changes: it stats the file on each check
-// and reports a change when the stamp differs from the last, or when the
-// stamp may hide a save (see racyWindow) and the content differs from
-// what it last read. A save that changes nothing but the stamp (a touch)
-// is a change too: it builds again, which retries what failed (fetching
-// an npm: import, say). Not safe for concurrent use.
-type watcher struct {
-	path string
-	now  func() time.Time
-
-	seen stamp    // the stamp when the file was last read
-	racy bool     // seen was recent when read: read again on each check
-	sum  [32]byte // SHA-256 of the content last read
-	read bool     // whether the file was read at all
-
-	afterRead func() // tests: runs between the read and the stat after it
-}
-
-// check returns the file's content and true when it changed since the
-// last check (the first check always reads it), or an error when the
-// file cannot be stat'ed or read.
-func (w *watcher) check() ([]byte, bool, error) {
-	start := w.now()
-	fi, err := os.Stat(w.path)
-	if err != nil {
-		return nil, false, err
-	}
-	if fi.IsDir() {
-		return nil, false, fmt.Errorf("%s is a directory; spry dev serves one file", w.path)
-	}
-	st := stampOf(fi)
-	if w.read && st == w.seen && !w.racy {
-		return nil, false, nil
-	}
-	last := st.change
-	if last.IsZero() {
-		last = st.mod
-	}
-	// A save still being written (an editor that truncates the file and
-	// writes it in place) reads as an empty or cut file: a change this
-	// fresh is left for the next check, which sees it whole, rather than
-	// built and reported as an error that the next check takes back.
-	if w.read && st != w.seen && start.Sub(last) < settleTime {
-		return nil, false, nil
-	}
-	code, err := os.ReadFile(w.path)
-	if err != nil {
-		return nil, false, err
-	}
-	if w.afterRead != nil {
-		w.afterRead()
-	}
-	// A write that began between the stat and the read (an editor
-	// writing in place) may have left the read cut, and the settle rule
-	// above could not see it: the stamp has moved since, so the next
-	// check reads the file again, once it has settled.
-	if fi, err := os.Stat(w.path); err != nil || stampOf(fi) != st {
-		return nil, false, nil
-	}
-	sum := sha256.Sum256(code)
-	changed := !w.read || st != w.seen || sum != w.sum
-	// The stamp is what was read (the stat after the read found it
-	// unchanged). A later save sets both times to the kernel's clock, so
-	// the change time (which nothing else sets) tells whether one could
-	// still leave this stamp.
-	w.seen, w.sum, w.read = st, sum, true
-	w.racy = start.Sub(last) < racyWindow
-	if !changed {
-		return nil, false, nil
-	}
-	return code, true, nil
-}
 
 // watch rebuilds the function whenever w reports that the file changed,
 // checking every Poll. A new version loads while the checks go on: a
@@ -612,7 +547,7 @@ func (p *pending) wait() {
 // pending.
 func (s *session) reload(ctx context.Context, code []byte) *pending {
 	cur := s.live.Load()
-	res, err := build.BundleFile(ctx, build.Source{Filename: filepath.Base(s.cfg.File), Code: code}, build.DirOptions{Runtime: s.cfg.Runtime})
+	res, err := s.build(ctx, code)
 	if ctx.Err() != nil {
 		return nil
 	}
@@ -621,6 +556,11 @@ func (s *session) reload(ctx context.Context, code []byte) *pending {
 	}
 	if err != nil {
 		msg := err.Error()
+		if !s.dir && relativeImport.MatchString(msg) {
+			// As `spry deploy FILE`, which sends the file alone; a user
+			// of deno serve --watch FILE expects its imports to build.
+			msg += fmt.Sprintf("\n(a file is built alone, as spry deploy FILE sends it: serve its project to build the files it imports: spry dev %s)", projectOf(s.cfg.File))
+		}
 		s.lastErr.Store(&msg)
 		if cur == nil {
 			s.printf("build failed:\n%s\n", indent(msg))
@@ -656,7 +596,7 @@ func (s *session) reload(ctx context.Context, code []byte) *pending {
 	if cur == nil {
 		s.live.Store(spec)
 		s.act.RetireExcept(spec.FunctionID, spec.Key())
-		s.printf("built %s (version 1)\n", filepath.Base(s.cfg.File))
+		s.printf("built %s (version 1)\n", s.label())
 		return nil
 	}
 	// A version that does not load must not replace one that serves:
@@ -686,6 +626,49 @@ func (s *session) reload(ctx context.Context, code []byte) *pending {
 		}
 	}()
 	return p
+}
+
+// build bundles the function as a deploy would: code, the file's
+// content, or the project directory, packed as `spry deploy DIR` packs
+// it (without node_modules, .git and what .gitignore excludes) and
+// unpacked in a scratch directory, as the server does. So what builds
+// here builds deployed, and npm writes nothing in the project.
+func (s *session) build(ctx context.Context, code []byte) (build.Result, error) {
+	opts := build.DirOptions{Runtime: s.cfg.Runtime, Registry: s.cfg.NPMRegistry, NPMCache: s.npmCache}
+	if !s.dir {
+		return build.BundleFile(ctx, build.Source{Filename: filepath.Base(s.cfg.File), Code: code}, opts)
+	}
+	ignore, err := archive.LoadGitignore(s.cfg.File)
+	if err != nil {
+		return build.Result{}, errdefs.Invalid("%v", err)
+	}
+	var buf bytes.Buffer
+	if err := archive.Pack(s.cfg.File, &buf, ignore); err != nil {
+		return build.Result{}, err
+	}
+	tmp, err := os.MkdirTemp("", "spry-"+s.id+"-build-")
+	if err != nil {
+		return build.Result{}, err
+	}
+	defer os.RemoveAll(tmp)
+	dir := filepath.Join(tmp, "src")
+	if err := archive.Extract(&buf, archive.FormatTarGz, dir, archive.Limits{}); err != nil {
+		return build.Result{}, err
+	}
+	opts.Entry = s.cfg.Entry
+	return build.BundleDir(ctx, dir, opts)
+}
+
+// relativeImport matches esbuild's error for an import of another file
+// that a single file's build cannot resolve.
+var relativeImport = regexp.MustCompile(`Could not resolve "\.\.?/`)
+
+// projectOf is how to name file's directory on the command line.
+func projectOf(file string) string {
+	if dir := filepath.Dir(file); dir != "." {
+		return dir
+	}
+	return "."
 }
 
 // collect removes the bundles no instance can need any more: all but

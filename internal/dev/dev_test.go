@@ -5,8 +5,10 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -17,6 +19,7 @@ import (
 
 	"github.com/spry-run/spry/internal/backend/local"
 	"github.com/spry-run/spry/internal/blob"
+	"github.com/spry-run/spry/internal/npmtest"
 	"github.com/spry-run/spry/internal/sandbox"
 )
 
@@ -52,15 +55,39 @@ type devRun struct {
 	url  string
 }
 
-var servingLine = regexp.MustCompile(`serving \S+ \(deno\) on (http://[^/]+)/`)
+var servingLine = regexp.MustCompile(`serving \S+ \((?:deno|node)\) on (http://[^/]+)/`)
 
 // runDev serves code from a file in a temporary directory until the test
 // ends, with cfg's policy where it is set.
 func runDev(t *testing.T, code string, cfg Config) *devRun {
 	t.Helper()
-	d := &devRun{t: t, file: filepath.Join(t.TempDir(), "fn.ts"), out: &syncBuffer{}, logs: &syncBuffer{}}
+	file := filepath.Join(t.TempDir(), "fn.ts")
+	d := &devRun{t: t, file: file}
 	d.save(code)
-	cfg.File, cfg.Name, cfg.Listen, cfg.Runtime = d.file, "fn", "127.0.0.1:0", "deno"
+	return startDev(t, file, cfg)
+}
+
+// runProject serves a project directory of files until the test ends;
+// d.file is the directory.
+func runProject(t *testing.T, files map[string]string, cfg Config) *devRun {
+	t.Helper()
+	dir := t.TempDir()
+	d := &devRun{t: t, file: dir}
+	for name, content := range files {
+		d.saveAs(name, content)
+	}
+	return startDev(t, dir, cfg)
+}
+
+// startDev serves path (a file or a project directory) until the test
+// ends.
+func startDev(t *testing.T, path string, cfg Config) *devRun {
+	t.Helper()
+	d := &devRun{t: t, file: path, out: &syncBuffer{}, logs: &syncBuffer{}}
+	if cfg.Runtime == "" {
+		cfg.Runtime = "deno"
+	}
+	cfg.File, cfg.Name, cfg.Listen = d.file, "fn", "127.0.0.1:0"
 	cfg.MemoryMiB, cfg.Timeout, cfg.Network = 128, 30*time.Second, "none"
 	cfg.Poll = 10 * time.Millisecond
 	cfg.Out = d.out
@@ -96,6 +123,23 @@ func (d *devRun) save(code string) {
 		d.t.Fatal(err)
 	}
 	if err := os.Rename(tmp, d.file); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+// saveAs replaces the file name (slash-separated, relative to the
+// project directory d.file) at once, as save does.
+func (d *devRun) saveAs(name, code string) {
+	d.t.Helper()
+	p := filepath.Join(d.file, filepath.FromSlash(name))
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		d.t.Fatal(err)
+	}
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, []byte(code), 0o644); err != nil {
+		d.t.Fatal(err)
+	}
+	if err := os.Rename(tmp, p); err != nil {
 		d.t.Fatal(err)
 	}
 }
@@ -323,4 +367,118 @@ func TestKV(t *testing.T) {
 	if got := d.get("/"); got != "v2 3" {
 		t.Errorf("after the reload: %q, want \"v2 3\"", got)
 	}
+}
+
+// TestDevProject: a project directory builds as a deploy of it does, its
+// relative imports included; a save of an imported file reloads it, a
+// syntax error there is printed with its file:line:col while the last
+// good version serves, and the next good save recovers. A burst of saves,
+// or an editor's atomic save (the file removed, then written anew), is
+// one reload.
+func TestDevProject(t *testing.T) {
+	lib := func(v string) string { return `export const version = "` + v + `";` + "\n" }
+	d := runProject(t, map[string]string{
+		"index.ts":   `import { version } from "./src/lib.ts";` + "\nexport default { fetch() { return new Response(version); } };\n",
+		"src/lib.ts": lib("v1"),
+	}, Config{})
+	d.wait(regexp.MustCompile(`(?m)built \S+/ \(version 1\)$`), "version 1")
+	if got := d.get("/"); got != "v1" {
+		t.Fatalf("got %q, want v1", got)
+	}
+
+	d.saveAs("src/lib.ts", lib("v2"))
+	d.wait(regexp.MustCompile(`(?m)reloaded \(version 2\)$`), "version 2")
+	if got := d.get("/"); got != "v2" {
+		t.Fatalf("after a save of the imported file: got %q, want v2", got)
+	}
+
+	d.saveAs("src/lib.ts", "export const version = ;\n")
+	d.wait(regexp.MustCompile(`(?m)build failed; still serving version 2:\n\s+src/lib\.ts:1:24: Unexpected`), "the build error")
+	if got := d.get("/"); got != "v2" {
+		t.Fatalf("after a syntax error: got %q, want v2", got)
+	}
+	d.saveAs("src/lib.ts", lib("v3"))
+	d.wait(regexp.MustCompile(`(?m)reloaded \(version 3\)$`), "version 3")
+
+	// A burst of saves, then an atomic save: one reload each.
+	for i := range 5 {
+		d.saveAs("src/lib.ts", lib("v4-"+string(rune('a'+i))))
+		time.Sleep(5 * time.Millisecond) // an editor's save-all, or a formatter after the save
+	}
+	d.wait(regexp.MustCompile(`(?m)reloaded \(version 4\)$`), "version 4")
+	if got := d.get("/"); got != "v4-e" {
+		t.Fatalf("after a burst: got %q, want v4-e", got)
+	}
+	p := filepath.Join(d.file, "src", "lib.ts")
+	if err := os.Remove(p); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Millisecond) // the editor writing the new file
+	if err := os.WriteFile(p, []byte(lib("v5")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.wait(regexp.MustCompile(`(?m)reloaded \(version 5\)$`), "version 5")
+	if got := d.get("/"); got != "v5" {
+		t.Fatalf("after an atomic save: got %q, want v5", got)
+	}
+	if out := d.out.String(); regexp.MustCompile(`version 6|Could not resolve|cannot read`).MatchString(out) {
+		t.Errorf("a burst or an atomic save was seen as more than one save:\n%s", out)
+	}
+}
+
+// TestDevProjectDependencies: a project's package.json dependencies are
+// installed (from a registry on loopback) and bundled, in both runtimes,
+// and a dependency added to package.json is installed on its save.
+func TestDevProjectDependencies(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs npm")
+	}
+	if _, err := exec.LookPath("npm"); err != nil {
+		t.Skip("npm not found")
+	}
+	reg := npmtest.Start(t, npmtest.IsNumber, npmtest.MS)
+	for _, runtime := range []string{"deno", "node"} {
+		t.Run(runtime, func(t *testing.T) {
+			d := runProject(t, map[string]string{
+				"package.json": `{"name": "fn", "type": "module", "dependencies": {"is-number": "7.0.0"}}`,
+				"index.js":     "import isNumber from 'is-number';\nexport default { fetch() { return new Response(String(isNumber('42'))); } };\n",
+			}, Config{Runtime: runtime, NPMRegistry: reg.URL})
+			if got := d.get("/"); got != "true" {
+				t.Fatalf("got %q, want true", got)
+			}
+
+			d.saveAs("package.json", `{"name": "fn", "type": "module", "dependencies": {"is-number": "7.0.0", "ms": "2.1.3"}}`)
+			d.saveAs("index.js", "import isNumber from 'is-number';\nimport ms from 'ms';\nexport default { fetch() { return new Response(isNumber('42') + ' ' + ms(60000)); } };\n")
+			d.wait(regexp.MustCompile(`(?m)reloaded \(version \d+\)$`), "the version with the new dependency")
+			if got := d.get("/"); got != "true 1m" {
+				t.Fatalf("after the dependency was added: got %q, want \"true 1m\"", got)
+			}
+		})
+	}
+}
+
+// TestDevPortInUse: a port another program listens on is refused at the
+// start with the way out, before anything is made.
+func TestDevPortInUse(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	file := filepath.Join(t.TempDir(), "fn.ts")
+	if err := os.WriteFile(file, []byte(answering("v1")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err = Run(context.Background(), Config{File: file, Name: "fn", Listen: ln.Addr().String(), Runtime: "deno",
+		MemoryMiB: 128, Timeout: time.Second, Network: "none", Out: io.Discard})
+	if err == nil || !strings.Contains(err.Error(), ln.Addr().String()+" is in use") || !strings.Contains(err.Error(), "--port 0") {
+		t.Fatalf("Run on a port in use: %v", err)
+	}
+}
+
+// TestDevFileImportsAFile: a file that imports another is built alone,
+// as a deploy of it is, and the error says how to serve its project.
+func TestDevFileImportsAFile(t *testing.T) {
+	d := runDev(t, `import { v } from "./lib.ts";`+"\nexport default { fetch() { return new Response(v); } };\n", Config{})
+	d.wait(regexp.MustCompile(`(?m)Could not resolve "\./lib\.ts".*\n.*serve its project to build the files it imports: spry dev /\S+$`), "the hint to serve the project")
 }

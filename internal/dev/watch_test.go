@@ -1,6 +1,7 @@
 package dev
 
 import (
+	"crypto/sha256"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,6 +23,14 @@ func write(t *testing.T, path, content string, mod time.Time) {
 	if err := os.Chtimes(path, mod, mod); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// takeForSeen makes the watcher take fi's stamp for the one it read, as
+// when a second save in one clock tick leaves the same stamp.
+func takeForSeen(w *watcher, path string, fi os.FileInfo) {
+	f := w.seen[path]
+	f.st = stampOf(fi)
+	w.seen[path] = f
 }
 
 func expect(t *testing.T, w *watcher, want string) {
@@ -98,7 +107,7 @@ func TestWatcherRacy(t *testing.T) {
 	now := time.Now()
 	w := &watcher{path: path, now: func() time.Time { return now }}
 	expect(t, w, "version 1")
-	if !w.racy {
+	if !w.seen[path].racy {
 		t.Fatalf("a stamp from just now is not racy")
 	}
 
@@ -109,7 +118,7 @@ func TestWatcherRacy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.seen = stampOf(fi)
+	takeForSeen(w, path, fi)
 	expect(t, w, "version 2")
 	// Read again while racy, the same content is no change.
 	expect(t, w, "")
@@ -119,7 +128,7 @@ func TestWatcherRacy(t *testing.T) {
 	// one last time and the stamp is trusted from then on.
 	now = now.Add(racyWindow + time.Second)
 	expect(t, w, "")
-	if w.racy {
+	if w.seen[path].racy {
 		t.Fatalf("a stamp %v old is still racy", racyWindow+time.Second)
 	}
 	write(t, path, "version 3", mod)
@@ -127,7 +136,7 @@ func TestWatcherRacy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.seen = stampOf(fi)
+	takeForSeen(w, path, fi)
 	expect(t, w, "")
 }
 
@@ -199,4 +208,87 @@ func TestWatcherReadsAgainAfterAWriteDuringTheRead(t *testing.T) {
 	expect(t, w, "")
 	expect(t, w, "version 2")
 	expect(t, w, "")
+}
+
+// TestWatcherProject: a project directory's files are watched, an
+// imported one as the entry, and a file added or removed is a change;
+// what npm and git write (node_modules, .git) is not.
+func TestWatcherProject(t *testing.T) {
+	dir := t.TempDir()
+	old := time.Now().Add(-time.Minute)
+	for _, d := range []string{"src", "node_modules/dep", ".git"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(t, filepath.Join(dir, "index.ts"), "import './src/lib.ts';", old)
+	write(t, filepath.Join(dir, "src/lib.ts"), "version 1", old)
+	w := &watcher{path: dir, dir: true, now: later}
+	changed := func(what string, want bool) {
+		t.Helper()
+		code, got, err := w.check()
+		if err != nil {
+			t.Fatalf("%s: check: %v", what, err)
+		}
+		if got != want || code != nil {
+			t.Fatalf("%s: check reports a change %v (code %q), want %v", what, got, code, want)
+		}
+	}
+	changed("the first check", true)
+	changed("nothing", false)
+
+	write(t, filepath.Join(dir, "src/lib.ts"), "version 2", old) // same size and time
+	changed("an imported file saved", true)
+	changed("nothing", false)
+
+	write(t, filepath.Join(dir, "package.json"), `{"dependencies": {}}`, old)
+	changed("a file added", true)
+	if err := os.Remove(filepath.Join(dir, "package.json")); err != nil {
+		t.Fatal(err)
+	}
+	changed("a file removed", true)
+
+	write(t, filepath.Join(dir, "node_modules/dep/index.js"), "npm", old)
+	write(t, filepath.Join(dir, ".git/index"), "git", old)
+	changed("node_modules and .git written", false)
+}
+
+// TestWatcherProjectAtomicSave: an editor that saves by removing the file
+// and writing it anew leaves the project without it for a moment; a
+// check then (the directory changed just now) waits, and the next sees
+// the file back: one change, never a missing file.
+func TestWatcherProjectAtomicSave(t *testing.T) {
+	dir := t.TempDir()
+	lib := filepath.Join(dir, "lib.ts")
+	write(t, filepath.Join(dir, "index.ts"), "import './lib.ts';", time.Now().Add(-time.Minute))
+	write(t, lib, "version 1", time.Now().Add(-time.Minute))
+	var now time.Time
+	w := &watcher{path: dir, dir: true, now: func() time.Time { return now }}
+	now = time.Now().Add(time.Hour)
+	if _, changed, err := w.check(); err != nil || !changed {
+		t.Fatalf("first check: %v, %v", changed, err)
+	}
+
+	if err := os.Remove(lib); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now = stampOf(fi).change
+	if _, changed, err := w.check(); err != nil || changed {
+		t.Fatalf("check with the file just removed: changed %v, %v; want it left for the next", changed, err)
+	}
+	write(t, lib, "version 2", time.Now().Add(-time.Minute))
+	if fi, err = os.Stat(lib); err != nil {
+		t.Fatal(err)
+	}
+	now = stampOf(fi).change.Add(settleTime)
+	if _, changed, err := w.check(); err != nil || !changed {
+		t.Fatalf("check with the file back: changed %v, %v", changed, err)
+	}
+	if f, ok := w.seen[lib]; !ok || f.sum != sha256.Sum256([]byte("version 2")) {
+		t.Fatalf("the file back was not read: %+v", w.seen)
+	}
 }

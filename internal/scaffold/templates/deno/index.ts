@@ -1,4 +1,4 @@
-// __NAME__: a Spry function. Run it locally with `spry dev index.ts`.
+// __NAME__: a Spry function. Run it locally with `spry dev .`.
 
 // What the platform passes along with each request.
 interface Context {

@@ -1,4 +1,4 @@
-// __NAME__: a Spry function. Run it locally with `spry dev index.mjs --runtime node`.
+// __NAME__: a Spry function. Run it locally with `spry dev . --runtime node`.
 
 export default {
   /**
