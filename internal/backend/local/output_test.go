@@ -70,3 +70,25 @@ func TestLongLineSplitBetweenCharacters(t *testing.T) {
 		t.Errorf("the parts hold %d bytes, want %d", total, want)
 	}
 }
+
+// V8's abort at its heap limit is known on either runtime, for either
+// reason V8 gives: the lines are theirs, as the pinned Deno and Node
+// write them.
+func TestHeapAbort(t *testing.T) {
+	for _, tc := range []struct {
+		line string
+		want bool
+	}{
+		{"# Fatal JavaScript out of memory: Reached heap limit", true},
+		{"# Fatal JavaScript out of memory: Ineffective mark-compacts near heap limit", true},
+		{"FATAL ERROR: Reached heap limit Allocation failed - JavaScript heap out of memory", true},
+		{"FATAL ERROR: Ineffective mark-compacts near heap limit Allocation failed - JavaScript heap out of memory", true},
+		{"<--- Last few GCs --->", false},
+		{"[28793:0x563a688b4000]      314 ms: Mark-Compact (reduce) 48.0 (48.4) -> 48.0 (48.4) MB", false},
+		{"RangeError: Maximum call stack size exceeded", false},
+	} {
+		if got := heapAbort([]byte(tc.line)); got != tc.want {
+			t.Errorf("heapAbort(%q) = %v, want %v", tc.line, got, tc.want)
+		}
+	}
+}
