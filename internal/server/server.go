@@ -151,6 +151,11 @@ type Config struct {
 	NodeBinary       string
 	UIDBase          int
 	ShutdownTimeout  time.Duration
+	// ShutdownDelay is how long a shutdown keeps serving everything,
+	// /readyz answering 503, before it stops taking connections: the
+	// time a load balancer or Kubernetes needs to see it not ready and
+	// send no more (connections refused meanwhile would be errors).
+	ShutdownDelay time.Duration
 	DebugListen      string // pprof, on its own listener
 	NPMRegistry      string // for dependencies at deploy time; "" is npm's public registry
 	JSRRegistry      string // for jsr: imports at deploy time; "" is JSR's npm registry
@@ -671,8 +676,8 @@ func (s *Server) Listen() error {
 // Addr is the address the server listens on.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
 
-// Run serves until ctx ends, then shuts down gracefully: it stops taking
-// new connections, lets in-flight requests finish (up to ShutdownTimeout),
+// Run serves until ctx ends, then shuts down gracefully: it reports not
+// ready, serves on for ShutdownDelay, stops taking new connections, lets in-flight requests finish (up to ShutdownTimeout),
 // stops every instance and flushes state.
 func (s *Server) Run(ctx context.Context) error {
 	if s.ln == nil {
@@ -763,6 +768,15 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.log.Info("shutting down")
 	s.ready.Store(false)
+	if d := s.cfg.ShutdownDelay; d > 0 {
+		s.log.Info("not ready; serving on until load balancers have seen it", "shutdown_delay", d)
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-s.hurry:
+		}
+		t.Stop()
+	}
 	// No scheduled run starts while requests drain; those under way
 	// go on until closeAll.
 	s.sched.Stop()
@@ -805,7 +819,8 @@ func (s *Server) Run(ctx context.Context) error {
 	return err
 }
 
-// Hurry ends the drain of a Run shutting down at once (a second signal):
+// Hurry ends the shutdown delay and the drain of a Run shutting down at
+// once (a second signal):
 // what is still in flight is cut off as at ShutdownTimeout, and the
 // instances are stopped and cleared all the same. Before the shutdown
 // it makes the drain none.
