@@ -151,11 +151,7 @@ type Config struct {
 	NodeBinary       string
 	UIDBase          int
 	ShutdownTimeout  time.Duration
-	// ShutdownDelay is how long a shutdown keeps serving everything,
-	// /readyz answering 503, before it stops taking connections: the
-	// time a load balancer or Kubernetes needs to see it not ready and
-	// send no more (connections refused meanwhile would be errors).
-	ShutdownDelay time.Duration
+	ShutdownDelay    time.Duration // serving on, not ready, before the listener closes (Run)
 	DebugListen      string // pprof, on its own listener
 	NPMRegistry      string // for dependencies at deploy time; "" is npm's public registry
 	JSRRegistry      string // for jsr: imports at deploy time; "" is JSR's npm registry
@@ -768,6 +764,9 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.log.Info("shutting down")
 	s.ready.Store(false)
+	// Served on, /readyz answering 503, for the time a load balancer or
+	// Kubernetes needs to see it and send no more: connections refused
+	// meanwhile would be errors for the clients still sent here.
 	if d := s.cfg.ShutdownDelay; d > 0 {
 		s.log.Info("not ready; serving on until load balancers have seen it", "shutdown_delay", d)
 		t := time.NewTimer(d)
