@@ -152,12 +152,12 @@ type Config struct {
 	UIDBase          int
 	ShutdownTimeout  time.Duration
 	ShutdownDelay    time.Duration // serving on, not ready, before the listener closes (Run)
-	DebugListen      string // pprof, on its own listener
-	NPMRegistry      string // for dependencies at deploy time; "" is npm's public registry
-	JSRRegistry      string // for jsr: imports at deploy time; "" is JSR's npm registry
-	NPMMemoryMiB     int    // one npm install's memory limit (0: build.DefaultNPMLimits')
-	NPMDiskMiB       int    // what one npm install may write (0: build.DefaultNPMWriteBytes)
-	NPMCacheBytes    int64  // the npm cache's bound (0: build.DefaultNPMCacheMaxBytes)
+	DebugListen      string        // pprof, on its own listener
+	NPMRegistry      string        // for dependencies at deploy time; "" is npm's public registry
+	JSRRegistry      string        // for jsr: imports at deploy time; "" is JSR's npm registry
+	NPMMemoryMiB     int           // one npm install's memory limit (0: build.DefaultNPMLimits')
+	NPMDiskMiB       int           // what one npm install may write (0: build.DefaultNPMWriteBytes)
+	NPMCacheBytes    int64         // the npm cache's bound (0: build.DefaultNPMCacheMaxBytes)
 	// AsyncWorkers and AsyncWorkersPerUser bound the attempts of
 	// asynchronous invocations running at once, server-wide and of one
 	// user's; AsyncMaxPerUser bounds one user's invocations not finished
