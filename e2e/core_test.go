@@ -536,6 +536,42 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 }
 
+// TestShutdownDelay: with --shutdown-delay, a SIGTERM makes /readyz
+// answer 503 at once while everything else is served as before, on new
+// connections too, so that a load balancer or Kubernetes stops sending
+// traffic before the listener closes (without it, the probe could only
+// see a refused connection, and so could clients still sent there); a
+// second signal ends the delay, and the server stops cleanly.
+func TestShutdownDelay(t *testing.T) {
+	s := startServer(t, "--shutdown-delay", "10m")
+	s.deployCode(t, "hello", []byte(`export default { fetch() { return new Response("hi"); } }`), "")
+	if r := s.get("/readyz"); r.status != 200 {
+		t.Fatalf("readyz before the signal: %d %s", r.status, r.body)
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	eventually(t, 10*time.Second, "/readyz to answer 503", func() bool { return s.get("/readyz").status == 503 })
+	fresh := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	for _, p := range []string{"/healthz", "/fn/admin/hello/", "/readyz"} {
+		res, err := fresh.Get(s.url + p)
+		if err != nil {
+			t.Fatalf("%s on a new connection during the delay: %v", p, err)
+		}
+		res.Body.Close()
+		if want := map[bool]int{true: 503, false: 200}[p == "/readyz"]; res.StatusCode != want {
+			t.Errorf("%s during the delay: %d, want %d", p, res.StatusCode, want)
+		}
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("a second signal did not end the shutdown delay")
+	}
+	if code := s.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+}
+
 // TestStopLeavesNoCgroups: a server that stops removes its cgroup
 // subtree, not only its instances' groups: one data directory per run (as
 // here, and in any throwaway setup) would otherwise leave empty groups

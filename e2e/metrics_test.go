@@ -1,11 +1,14 @@
 package e2e
 
 import (
+	"bytes"
 	"fmt"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 )
 
 // series lists the spry_ series /metrics has now, one per line (name and
@@ -119,5 +122,47 @@ func TestMetricsSeriesGoWithFunctions(t *testing.T) {
 	})
 	if after := strings.Join(s.series(t), "\n"); after != strings.Join(base, "\n") {
 		t.Errorf("series after the functions went:\n%s\nwant:\n%s", after, strings.Join(base, "\n"))
+	}
+}
+
+// TestMetricsForAMonitoringSystem: what a Prometheus given a metrics-only
+// token scrapes passes promtool's lint rules as a whole (the Go runtime's
+// and process's metrics too), and holds none of what functions are told
+// in confidence or asked for: env values, secrets, paths, queries,
+// tokens.
+func TestMetricsForAMonitoringSystem(t *testing.T) {
+	s := startServer(t)
+	s.deployCode(t, "hello", []byte(`export default { fetch() { return new Response("hi"); } }`), "")
+	r := s.do("PATCH", "/api/v1/functions/hello", s.token, strings.NewReader(`{"env":{"PLAIN":"env-value-4817"},"secrets":{"SECRET":"secret-value-9263"}}`), map[string]string{"Content-Type": "application/json"})
+	if r.status != 200 {
+		t.Fatalf("set env and secrets: %d %s", r.status, r.body)
+	}
+	for range 3 {
+		if r := s.get("/fn/admin/hello/private-path-5521?key=query-value-3390"); r.status != 200 {
+			t.Fatalf("%d %s", r.status, r.body)
+		}
+	}
+	prom := strings.TrimSpace(s.mustSpry("token", "create", "prometheus", "--scope", "metrics"))
+	r = s.do("GET", "/metrics", prom, nil, nil)
+	if r.status != 200 {
+		t.Fatalf("metrics with a metrics token: %d %s", r.status, r.body)
+	}
+	problems, err := promlint.New(bytes.NewReader(r.body)).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("%s: %s", p.Metric, p.Text)
+	}
+	if !strings.Contains(string(r.body), `spry_invocations_total{code="200",function="hello",owner="admin"} 3`) {
+		t.Error("the three calls are not counted")
+	}
+	for _, secret := range []string{"env-value-4817", "secret-value-9263", "private-path-5521", "query-value-3390", "PLAIN", "SECRET", s.token, prom} {
+		if strings.Contains(string(r.body), secret) {
+			t.Errorf("/metrics shows %q", secret)
+		}
+	}
+	if r := s.do("GET", "/api/v1/functions", prom, nil, nil); r.status != 403 {
+		t.Errorf("a metrics token listed functions: %d", r.status)
 	}
 }

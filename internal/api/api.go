@@ -459,19 +459,35 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 	if errors.As(err, &mbe) {
 		err = errdefs.New(errdefs.ErrTooLarge, "request body is over the %d byte limit", mbe.Limit)
 	}
+	clientGone := false
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		// Cancelled by the server with a cause (its user was deleted):
 		// that is the answer.
 		if cause := context.Cause(r.Context()); cause != nil && !errors.Is(cause, context.Canceled) && !errors.Is(cause, context.DeadlineExceeded) {
 			err = cause
 		} else {
+			clientGone = r.Context().Err() != nil
 			err = errdefs.New(errdefs.ErrTimeout, "request cancelled or timed out")
 		}
 	}
 	if status := errdefs.HTTPStatus(err); status >= 500 {
-		a.log.Error("api error", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
+		if clientGone || notServerFault(err) {
+			a.log.Debug("api error", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
+		} else {
+			a.log.Error("api error", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
+		}
 	}
 	errdefs.WriteHTTP(w, err)
+}
+
+// notServerFault says whether err, a 5xx, is a user's doing: their
+// function threw, failed to load or ran out of its time (a scheduled run,
+// a build). The answer and the function's logs say it; it is nothing for
+// an operator to act on, so not an ERROR line per request. (Unavailable
+// is not among them: a runtime that does not start is the server's.)
+func notServerFault(err error) bool {
+	return errors.Is(err, errdefs.ErrFunctionFailed) || errors.Is(err, errdefs.ErrFunctionError) ||
+		errors.Is(err, errdefs.ErrTimeout)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) error {

@@ -199,6 +199,7 @@ func newServeCmd(env Env) *cobra.Command {
 	f.StringVar(&cfg.NodeBinary, "node", "", "`PATH` of the node binary, 22.13 or newer (default: the pinned one make build installs)")
 	f.IntVar(&cfg.UIDBase, "uid-base", 2000000, "first host uid for instance sandboxes (each instance gets its own; npm installs run as the uid below it)")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long shutdown waits for in-flight requests")
+	f.DurationVar(&cfg.ShutdownDelay, "shutdown-delay", 0, "how long, after SIGTERM, the server serves on with /readyz answering 503 before it stops taking connections (the time a load balancer or Kubernetes takes to see it not ready; a second signal ends it)")
 	f.StringVar(&cfg.NPMRegistry, "npm-registry", "", "npm registry for function dependencies at deploy time (default: npm's public registry)")
 	f.IntVar(&cfg.NPMMemoryMiB, "npm-memory", int(build.DefaultNPMLimits.MemoryBytes>>20), "memory (swap included) one deploy's npm install may use, in MiB; past it the deploy fails with 413")
 	f.IntVar(&cfg.NPMDiskMiB, "npm-disk", build.DefaultNPMWriteBytes>>20, "what one deploy's npm install may write, in MiB: node_modules, the npm cache and temporary files together; past it the deploy fails with 413")
@@ -227,6 +228,8 @@ func validate(cfg server.Config) error {
 		return errdefs.Invalid("--websocket-idle-timeout must be positive")
 	case cfg.ShutdownTimeout < 0:
 		return errdefs.Invalid("--shutdown-timeout must not be negative")
+	case cfg.ShutdownDelay < 0:
+		return errdefs.Invalid("--shutdown-delay must not be negative")
 	case cfg.LogKeepFree < 0:
 		return errdefs.Invalid("--log-keep-free must not be negative")
 	case cfg.MaxLogBytes < 1<<20:
@@ -388,6 +391,15 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	case "text":
 		return slog.New(slog.NewTextHandler(w, opts)), nil
 	case "json":
+		// A duration as the text format writes it ("1.5s"), not as
+		// slog's JSON does (nanoseconds, a bare number a log pipeline
+		// cannot tell from seconds or bytes).
+		opts.ReplaceAttr = func(_ []string, a slog.Attr) slog.Attr {
+			if a.Value.Kind() == slog.KindDuration {
+				a.Value = slog.StringValue(a.Value.Duration().String())
+			}
+			return a
+		}
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, errdefs.Invalid("--log-format must be text or json")

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"io/fs"
@@ -160,9 +161,25 @@ func TestServeLogFormat(t *testing.T) {
 		if err != nil {
 			continue
 		}
-		log.Error("x")
-		if json := strings.HasPrefix(b.String(), "{"); json != strings.EqualFold(tt.format, "json") {
+		log.Error("x", "timeout", 1500*time.Millisecond, "request_id", "abc")
+		if isJSON := strings.HasPrefix(b.String(), "{"); isJSON != strings.EqualFold(tt.format, "json") {
 			t.Errorf("--log-format %q wrote %q", tt.format, b.String())
+		}
+		// A duration says its unit in both formats, as "1.5s"; JSON's
+		// one object a line has the keys time, level and msg.
+		if !strings.Contains(b.String(), "1.5s") {
+			t.Errorf("--log-format %q wrote a duration without its unit: %q", tt.format, b.String())
+		}
+		if strings.EqualFold(tt.format, "json") {
+			var line map[string]any
+			if err := json.Unmarshal([]byte(b.String()), &line); err != nil || strings.Count(b.String(), "\n") != 1 {
+				t.Errorf("not one JSON object a line: %q (%v)", b.String(), err)
+			}
+			for _, k := range []string{"time", "level", "msg", "request_id"} {
+				if _, ok := line[k]; !ok {
+					t.Errorf("JSON line without %q: %q", k, b.String())
+				}
+			}
 		}
 	}
 }

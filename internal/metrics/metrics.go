@@ -85,7 +85,7 @@ func New(g Gauges) *Metrics {
 	}, []string{"owner", "function", "code"})
 	m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "spry_invocation_duration_seconds",
-		Help:    "Time from a request's arrival to the end of its response, cold starts included.",
+		Help:    "Time, in seconds, from a request's arrival to the end of its response, cold starts included.",
 		Buckets: latencyBuckets,
 	}, []string{"owner", "function"})
 	m.coldStarts = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -94,7 +94,7 @@ func New(g Gauges) *Metrics {
 	}, []string{"owner", "function", "result"})
 	m.coldStart = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "spry_cold_start_duration_seconds",
-		Help:    "Time from a request finding no instance to the first byte of its response.",
+		Help:    "Time, in seconds, from a request finding no instance to the first byte of its response.",
 		Buckets: latencyBuckets,
 	}, []string{"runtime"})
 	m.evictions = prometheus.NewCounter(prometheus.CounterOpts{
@@ -273,7 +273,7 @@ var (
 	asyncDesc     = prometheus.NewDesc("spry_async_queue_depth", "Asynchronous invocations queued: due, or waiting for a retry (not those running).", nil, nil)
 	asyncRunDesc  = prometheus.NewDesc("spry_async_running", "Attempts of asynchronous invocations running now.", nil, nil)
 	holdsDesc     = prometheus.NewDesc("spry_bundle_collection_holds", "Backups under way that keep the bundle collector from removing anything until they end.", nil, nil)
-	handoffDesc   = prometheus.NewDesc("spry_router_handoffs_total", "Connections the router's event loops handed to the goroutine-per-connection path, by reason (no_capacity: a cold start or a queue; body: chunked, large or split; protocol: upgrades, HTTP/1.0 without Host; not_function: the API; private: a private function's call, whose token is checked there).", []string{"reason"}, nil)
+	handoffDesc   = prometheus.NewDesc("spry_router_handoffs_total", "Connections the router's event loops handed to the goroutine-per-connection path, by reason (no_capacity: a cold start or a queue; not_cached: a function not in memory yet, or none; body: chunked, large or split; head: split or large; protocol: upgrades, HTTP/1.0 without Host; malformed: a request the router refuses; not_function: the API, metrics, health; network: an instance not on a Unix socket; dial: an instance that could not be dialled; retry: a request served again elsewhere; private: a private function's call, whose token is checked there).", []string{"reason"}, nil)
 )
 
 type gaugeCollector struct{ g Gauges }

@@ -1,8 +1,11 @@
 package metrics
 
 import (
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 )
 
 // gauges reports fixed numbers, as the server's parts would.
@@ -192,6 +195,36 @@ func TestCodeLabelBounded(t *testing.T) {
 			if n := len(f.GetMetric()); n > 70 {
 				t.Errorf("%d code series for one function", n)
 			}
+		}
+	}
+}
+
+// Every metric passes promtool's lint rules (names, _total on counters,
+// base units), and the HELP of every spry_ metric with a unit says it:
+// an operator reading a dashboard's tooltip sees the unit.
+func TestMetricsLint(t *testing.T) {
+	m := New(gauges{instances: []InstanceCount{{Owner: "alice", Function: "hello", State: "busy", Count: 1}}})
+	m.Invocation("alice", "hello", "id1", 200, time.Millisecond)
+	m.ColdStart("alice", "hello", "id1", "ok")
+	m.ColdStartLatency("deno", time.Millisecond)
+	m.Scheduled("alice", "hello", "id1", true)
+	m.Async("alice", "hello", "id1", "succeeded")
+	m.Eviction()
+	families, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	problems, err := promlint.NewWithMetricFamilies(families).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("%s: %s", p.Metric, p.Text)
+	}
+	for _, f := range families {
+		name := f.GetName()
+		if strings.HasPrefix(name, "spry_") && strings.Contains(name, "_seconds") && !strings.Contains(f.GetHelp(), "seconds") {
+			t.Errorf("%s: HELP does not say its unit: %q", name, f.GetHelp())
 		}
 	}
 }

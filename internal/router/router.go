@@ -508,7 +508,13 @@ func (rt *Router) noInstance(ctx *fasthttp.RequestCtx, inv *invocation, err erro
 		rt.finished(inv, "", false)
 		return
 	}
-	rt.log.Warn("no instance", "owner", inv.spec.Owner, "function", inv.spec.Name, "request_id", inv.reqID, "err", err)
+	// A function that does not load, or a user at their bounds, is the
+	// user's business (the answer says it): not a WARN per request.
+	level := slog.LevelWarn
+	if errors.Is(err, errdefs.ErrFunctionFailed) || errors.Is(err, errdefs.ErrRateLimited) {
+		level = slog.LevelInfo
+	}
+	rt.log.Log(context.Background(), level, "no instance", "owner", inv.spec.Owner, "function", inv.spec.Name, "request_id", inv.reqID, "err", err)
 	if errors.Is(err, errdefs.ErrUnavailable) || errors.Is(err, errdefs.ErrRateLimited) {
 		ctx.Response.Header.Set("Retry-After", "1")
 	}
@@ -647,11 +653,11 @@ func (rt *Router) fail(ctx *fasthttp.RequestCtx, inv *invocation, err error) {
 		case undelivered && !busy:
 			// The wait for an instance took the time: the instance never
 			// had the request, so nothing says it is stuck.
-			rt.log.Warn("invocation timed out before it reached an instance", "instance", inst.ID, "request_id", inv.reqID, "timeout", timeout)
+			rt.log.Info("invocation timed out before it reached an instance", "owner", inst.Spec.Owner, "function", inst.Spec.Name, "instance", inst.ID, "request_id", inv.reqID, "timeout", timeout)
 		case inv.lease.TimedOut():
-			rt.log.Warn("invocation timed out; checking that the instance still answers", "instance", inst.ID, "request_id", inv.reqID, "timeout", timeout)
+			rt.log.Info("invocation timed out; checking that the instance still answers", "owner", inst.Spec.Owner, "function", inst.Spec.Name, "instance", inst.ID, "request_id", inv.reqID, "timeout", timeout)
 		default:
-			rt.log.Warn("invocation timed out while the instance loaded the function", "instance", inst.ID, "request_id", inv.reqID, "timeout", timeout)
+			rt.log.Info("invocation timed out while the instance loaded the function", "owner", inst.Spec.Owner, "function", inst.Spec.Name, "instance", inst.ID, "request_id", inv.reqID, "timeout", timeout)
 		}
 		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrTimeout, "the function did not respond within its %s timeout", timeout))
 		return
@@ -663,7 +669,7 @@ func (rt *Router) fail(ctx *fasthttp.RequestCtx, inv *invocation, err error) {
 		return
 	}
 	if errors.Is(err, errBadAnswer) {
-		rt.log.Warn("malformed response", "instance", inst.ID, "request_id", inv.reqID, "err", err)
+		rt.log.Info("malformed response", "owner", inst.Spec.Owner, "function", inst.Spec.Name, "instance", inst.ID, "request_id", inv.reqID, "err", err)
 		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrBadGateway, "the function's instance sent a malformed response"))
 		return
 	}
@@ -671,7 +677,7 @@ func (rt *Router) fail(ctx *fasthttp.RequestCtx, inv *invocation, err error) {
 		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrFunctionFailed, "the function's instance ended while handling the request: %s", ex.Detail))
 		return
 	}
-	rt.log.Warn("proxy error", "instance", inst.ID, "request_id", inv.reqID, "err", err)
+	rt.log.Warn("proxy error", "owner", inst.Spec.Owner, "function", inst.Spec.Name, "instance", inst.ID, "request_id", inv.reqID, "err", err)
 	rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrBadGateway, "the function's instance could not be reached"))
 }
 

@@ -151,12 +151,13 @@ type Config struct {
 	NodeBinary       string
 	UIDBase          int
 	ShutdownTimeout  time.Duration
-	DebugListen      string // pprof, on its own listener
-	NPMRegistry      string // for dependencies at deploy time; "" is npm's public registry
-	JSRRegistry      string // for jsr: imports at deploy time; "" is JSR's npm registry
-	NPMMemoryMiB     int    // one npm install's memory limit (0: build.DefaultNPMLimits')
-	NPMDiskMiB       int    // what one npm install may write (0: build.DefaultNPMWriteBytes)
-	NPMCacheBytes    int64  // the npm cache's bound (0: build.DefaultNPMCacheMaxBytes)
+	ShutdownDelay    time.Duration // serving on, not ready, before the listener closes (Run)
+	DebugListen      string        // pprof, on its own listener
+	NPMRegistry      string        // for dependencies at deploy time; "" is npm's public registry
+	JSRRegistry      string        // for jsr: imports at deploy time; "" is JSR's npm registry
+	NPMMemoryMiB     int           // one npm install's memory limit (0: build.DefaultNPMLimits')
+	NPMDiskMiB       int           // what one npm install may write (0: build.DefaultNPMWriteBytes)
+	NPMCacheBytes    int64         // the npm cache's bound (0: build.DefaultNPMCacheMaxBytes)
 	// AsyncWorkers and AsyncWorkersPerUser bound the attempts of
 	// asynchronous invocations running at once, server-wide and of one
 	// user's; AsyncMaxPerUser bounds one user's invocations not finished
@@ -671,8 +672,8 @@ func (s *Server) Listen() error {
 // Addr is the address the server listens on.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
 
-// Run serves until ctx ends, then shuts down gracefully: it stops taking
-// new connections, lets in-flight requests finish (up to ShutdownTimeout),
+// Run serves until ctx ends, then shuts down gracefully: it reports not
+// ready, serves on for ShutdownDelay, stops taking new connections, lets in-flight requests finish (up to ShutdownTimeout),
 // stops every instance and flushes state.
 func (s *Server) Run(ctx context.Context) error {
 	if s.ln == nil {
@@ -763,6 +764,18 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.log.Info("shutting down")
 	s.ready.Store(false)
+	// Served on, /readyz answering 503, for the time a load balancer or
+	// Kubernetes needs to see it and send no more: connections refused
+	// meanwhile would be errors for the clients still sent here.
+	if d := s.cfg.ShutdownDelay; d > 0 {
+		s.log.Info("not ready; serving on until load balancers have seen it", "shutdown_delay", d)
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-s.hurry:
+		}
+		t.Stop()
+	}
 	// No scheduled run starts while requests drain; those under way
 	// go on until closeAll.
 	s.sched.Stop()
@@ -805,7 +818,8 @@ func (s *Server) Run(ctx context.Context) error {
 	return err
 }
 
-// Hurry ends the drain of a Run shutting down at once (a second signal):
+// Hurry ends the shutdown delay and the drain of a Run shutting down at
+// once (a second signal):
 // what is still in flight is cut off as at ShutdownTimeout, and the
 // instances are stopped and cleared all the same. Before the shutdown
 // it makes the drain none.
