@@ -508,7 +508,14 @@ func (rt *Router) noInstance(ctx *fasthttp.RequestCtx, inv *invocation, err erro
 		rt.finished(inv, "", false)
 		return
 	}
-	rt.log.Warn("no instance", "owner", inv.spec.Owner, "function", inv.spec.Name, "request_id", inv.reqID, "err", err)
+	level := slog.LevelWarn
+	if errors.Is(err, errdefs.ErrFunctionFailed) {
+		// A version whose instances fail to load, refused during its
+		// backoff: the activator logged the failure once, and a line per
+		// request would be thousands (the access log has each).
+		level = slog.LevelDebug
+	}
+	rt.log.Log(context.Background(), level, "no instance", "owner", inv.spec.Owner, "function", inv.spec.Name, "request_id", inv.reqID, "err", err)
 	if errors.Is(err, errdefs.ErrUnavailable) || errors.Is(err, errdefs.ErrRateLimited) {
 		ctx.Response.Header.Set("Retry-After", "1")
 	}
@@ -667,7 +674,12 @@ func (rt *Router) fail(ctx *fasthttp.RequestCtx, inv *invocation, err error) {
 		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrBadGateway, "the function's instance sent a malformed response"))
 		return
 	}
-	if ex, ok := whyEnded(inst); ok {
+	if ex, ok := whyEnded(inst); ok && ex.BeforeLoad {
+		// It never handled the request: its function did not load, as
+		// the requests that waited in it were told.
+		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrFunctionFailed, "%s", ex.LoadFailure()))
+		return
+	} else if ok {
 		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrFunctionFailed, "the function's instance ended while handling the request: %s", ex.Detail))
 		return
 	}
