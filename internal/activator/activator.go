@@ -425,11 +425,14 @@ func (a *Activator) Acquire(ctx context.Context, spec *backend.Spec) (*Lease, er
 			a.woken(l)
 			return l, nil
 		}
+		// (A waiter woken by a release, not yet back when the queue was
+		// failed, sees the failure here.)
+		if err := rev.crashLooping(a.cfg.Now); err != nil {
+			rev.unqueue(w)
+			rev.mu.Unlock()
+			return nil, err
+		}
 		if w == nil {
-			if err := rev.crashLooping(a.cfg.Now); err != nil {
-				rev.mu.Unlock()
-				return nil, err
-			}
 			if rev.waiters.Len() >= a.cfg.QueueSize {
 				rev.mu.Unlock()
 				return nil, ErrOverloaded
