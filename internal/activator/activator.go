@@ -95,6 +95,10 @@ type Config struct {
 	ReadMemAvailable func() (uint64, error)
 	// OnEvict, if set, is told of each instance stopped to make room.
 	OnEvict func(spec *backend.Spec)
+	// OnExit, if set, is told of each instance that ended other than
+	// stopped (crashed, out of memory, killed after a timeout, or before
+	// its function loaded).
+	OnExit func(spec *backend.Spec, ex backend.Exit)
 }
 
 // Activator tracks the instances of every version.
@@ -154,10 +158,15 @@ type revision struct {
 	woken        int       // waiters woken, not yet back under the lock: load all the same
 	retired      bool
 	lastActivity time.Time // last request in or out, for the scale-to-zero grace
-	// Crash-loop backoff: instances that crashed soon after they started,
-	// in a row, and when the autoscaler may start one again.
+	// Crash-loop backoff: instances that crashed soon after they started
+	// (or before their function loaded), in a row, and when another may
+	// start again.
 	crashes   int
 	restartAt time.Time
+	// failure is why the last of them ended, if it ended before its
+	// function loaded: until restartAt, a request that finds no instance
+	// gets it at once rather than start one that would fail the same.
+	failure error
 }
 
 type instance struct {
@@ -177,14 +186,21 @@ type instance struct {
 }
 
 // Crash-loop backoff (as Kubernetes's CrashLoopBackOff): after an
-// instance crashes within quickCrash of its start, the autoscaler waits
-// before it starts another for the minimum or the load, 1 s doubling to
-// maxBackoff. A version whose module fails to load would otherwise burn a
-// sandbox at every tick, for good. Requests that wait start one anyway,
-// and get the failure.
+// instance crashes within quickCrash of its start, or before its function
+// loaded, the autoscaler waits before it starts another for the minimum or
+// the load, 1 s doubling to maxBackoff. A version whose module fails to
+// load would otherwise burn a sandbox at every tick, for good. Requests
+// meanwhile: if the instance ended before its function loaded, those that
+// find no instance get its failure at once (another would fail the same
+// way, and one sandbox per request is a CPU each under steady traffic);
+// after a crash of a loaded function they start one anyway, which may
+// serve them. A crash more than backoffReset after the backoff's end
+// starts it over at 1 s. A new version (a deploy, a change of settings)
+// starts with none.
 const (
-	quickCrash = 10 * time.Second
-	maxBackoff = time.Minute
+	quickCrash   = 10 * time.Second
+	maxBackoff   = time.Minute
+	backoffReset = 10 * time.Minute
 )
 
 // waiter is a request queued for capacity. ch is closed to wake it; err,
@@ -409,6 +425,13 @@ func (a *Activator) Acquire(ctx context.Context, spec *backend.Spec) (*Lease, er
 			a.woken(l)
 			return l, nil
 		}
+		// (A waiter woken by a release, not yet back when the queue was
+		// failed, sees the failure here.)
+		if err := rev.crashLooping(a.cfg.Now); err != nil {
+			rev.unqueue(w)
+			rev.mu.Unlock()
+			return nil, err
+		}
 		if w == nil {
 			if rev.waiters.Len() >= a.cfg.QueueSize {
 				rev.mu.Unlock()
@@ -524,13 +547,8 @@ func (r *revision) pick() *instance {
 	var best *instance
 	limit := max(r.spec.Concurrency, 1)
 	for _, in := range r.instances {
-		if in.stopping || in.suspect || in.inflight >= limit {
+		if in.stopping || in.suspect || in.inflight >= limit || in.ending() {
 			continue
-		}
-		select {
-		case <-in.inst.Done():
-			continue
-		default:
 		}
 		if best == nil || in.inflight < best.inflight {
 			best = in
@@ -552,16 +570,34 @@ func (r *revision) spare() bool {
 	limit := max(r.spec.Concurrency, 1)
 	free := 0
 	for _, in := range r.instances {
-		if in.stopping || in.suspect || in.inflight >= limit {
+		if in.stopping || in.suspect || in.inflight >= limit || in.ending() {
 			continue
 		}
-		select {
-		case <-in.inst.Done():
-		default:
-			free += limit - in.inflight
-		}
+		free += limit - in.inflight
 	}
 	return free > ahead
+}
+
+// crashLooping returns the failure a request that finds no instance
+// gets at once, during the backoff after an instance that ended before its
+// function loaded; nil if it may start one. Callers hold r.mu.
+func (r *revision) crashLooping(now func() time.Time) error {
+	if r.failure == nil || r.running()+r.starting > 0 || !now().Before(r.restartAt) {
+		return nil
+	}
+	return r.failure
+}
+
+// ending says whether in has ended, or failed to load and is ending, and
+// watch has not yet forgotten it: it takes no request, and requests that
+// find no other wait for watch, which knows whether to start another.
+func (in *instance) ending() bool {
+	select {
+	case <-in.inst.Done():
+		return true
+	default:
+		return in.inst.LoadFailed()
+	}
 }
 
 // running counts instances that take requests (not stopping).
@@ -637,7 +673,13 @@ func (a *Activator) scaleForQueue(rev *revision) {
 	if rev.running()+rev.starting >= maxScale {
 		return
 	}
-	if rev.starting*limit >= rev.waiters.Len() {
+	pending := rev.starting
+	for _, in := range rev.instances {
+		if !in.stopping && in.ending() {
+			pending++ // watch starts another, unless it should not
+		}
+	}
+	if pending*limit >= rev.waiters.Len() {
 		return
 	}
 	err := a.startLocked(rev, true)
@@ -969,20 +1011,44 @@ func (a *Activator) watch(rev *revision, in *instance) {
 			break
 		}
 	}
-	switch ex := in.inst.Exit(); {
-	case ex.Reason != backend.ExitStopped && now.Sub(in.started) < quickCrash:
+	ex := in.inst.Exit()
+	switch {
+	case ex.Reason != backend.ExitStopped && (ex.BeforeLoad || now.Sub(in.started) < quickCrash):
+		if now.Sub(rev.restartAt) > backoffReset {
+			rev.crashes = 0 // crashes long apart: not a loop
+		}
 		rev.crashes++
 		rev.restartAt = now.Add(min(time.Second<<min(rev.crashes-1, 10), maxBackoff))
+		rev.failure = nil
+		if ex.BeforeLoad {
+			rev.failure = errdefs.New(errdefs.ErrFunctionFailed, "%s", ex.LoadFailure())
+		}
 	default:
-		rev.crashes, rev.restartAt = 0, time.Time{}
+		rev.crashes, rev.restartAt, rev.failure = 0, time.Time{}, nil
 	}
-	// Requests queued for it must not wait for a tick: start another.
 	if rev.waiters.Len() > 0 && !rev.retired {
-		a.scaleForQueue(rev)
+		if err := rev.crashLooping(a.cfg.Now); err != nil {
+			// They would start another that fails the same way.
+			rev.failAll(err)
+		} else {
+			// Requests queued for it must not wait for a tick: start
+			// another.
+			a.scaleForQueue(rev)
+		}
 	}
+	crashes, restartAt := rev.crashes, rev.restartAt
 	rev.mu.Unlock()
-	if ex := in.inst.Exit(); ex.Reason != backend.ExitStopped {
-		a.log.Warn("instance ended", "owner", rev.spec.Owner, "function", rev.spec.Name, "version", rev.spec.Version, "instance", in.inst.ID, "reason", ex.Reason, "detail", ex.Detail)
+	if ex.Reason != backend.ExitStopped {
+		// One line per instance, whatever the requests: those refused
+		// during the backoff are not logged one by one.
+		args := []any{"owner", rev.spec.Owner, "function", rev.spec.Name, "version", rev.spec.Version, "instance", in.inst.ID, "reason", ex.Reason, "detail", ex.Detail}
+		if crashes > 1 {
+			args = append(args, "crashes_in_a_row", crashes, "next_start_after", restartAt.Sub(now).Round(time.Millisecond))
+		}
+		a.log.Warn("instance ended", args...)
+		if a.cfg.OnExit != nil {
+			a.cfg.OnExit(rev.spec, ex)
+		}
 	}
 }
 

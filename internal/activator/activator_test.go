@@ -25,6 +25,9 @@ type fakeBackend struct {
 	fail    error
 	live    map[string]*backend.Instance
 	idle    []string // SetIdle calls, "id idle" or "id busy"
+	// loading: instances are handed out loading their function, as the
+	// local backend's are; the test ends their load.
+	loading bool
 }
 
 func (f *fakeBackend) Start(ctx context.Context, spec *backend.Spec) (*backend.Instance, error) {
@@ -36,6 +39,9 @@ func (f *fakeBackend) Start(ctx context.Context, spec *backend.Spec) (*backend.I
 		return nil, f.fail
 	}
 	inst := backend.NewInstance(fmt.Sprintf("i-%d", n), spec, "unix", "/nowhere")
+	if f.loading {
+		inst.SetLoading(true)
+	}
 	f.mu.Lock()
 	if f.live == nil {
 		f.live = map[string]*backend.Instance{}
@@ -63,6 +69,14 @@ func (f *fakeBackend) Kill(id, reason string) {
 		inst.Finish(backend.Exit{Reason: reason})
 		delete(f.live, id)
 	}
+}
+
+// finish ends an instance as the backend's reaper would, with ex.
+func (f *fakeBackend) finish(inst *backend.Instance, ex backend.Exit) {
+	f.mu.Lock()
+	delete(f.live, inst.ID)
+	f.mu.Unlock()
+	inst.Finish(ex)
 }
 
 func (f *fakeBackend) SetIdle(id string, idle bool) {
@@ -559,6 +573,140 @@ func TestCrashLoopBackoff(t *testing.T) {
 	starts := fb.starts.Load()
 	if n := tick(1500 * time.Millisecond); n != starts+1 {
 		t.Fatal("the backoff did not start over after an instance that lived")
+	}
+}
+
+// A version whose instances end before their function loads (an import
+// that throws or exits) is not started again for each request: during the
+// crash-loop backoff a request that finds no instance gets the failure at
+// once, and so do requests queued when it came; requests that come while a
+// failed instance is still ending wait for its end rather than start
+// another. After the backoff one start tries again; a crash of a function
+// that had loaded, or another version, is not refused.
+func TestLoadFailureRefusedDuringBackoff(t *testing.T) {
+	c := &clock{t: time.Unix(10000, 0)}
+	fb := &fakeBackend{loading: true}
+	a := New(fb, Config{ScaleToZeroAfter: time.Minute, Now: c.now})
+	sp := specWith(1, 0, 1) // max 1: a request past the first queues
+	boom := "the function failed to load: boom at import"
+	failLoad := func(inst *backend.Instance) {
+		inst.Loaded(errors.New(boom))
+		fb.finish(inst, backend.Exit{Reason: backend.ExitCrashed, Detail: boom, BeforeLoad: true})
+	}
+	only := func() *backend.Instance {
+		t.Helper()
+		waitFor(t, func() bool { return len(fb.liveInstances()) == 1 })
+		a.settle()
+		return fb.liveInstances()[0]
+	}
+	gone := func() {
+		t.Helper()
+		waitFor(t, func() bool {
+			a.mu.Lock()
+			rev := a.revs[sp.Key()]
+			a.mu.Unlock()
+			rev.mu.Lock()
+			defer rev.mu.Unlock()
+			return len(rev.instances) == 0
+		})
+	}
+	acquire := func() chan error {
+		got := make(chan error, 1)
+		go func() {
+			l, err := a.Acquire(context.Background(), sp)
+			if err == nil {
+				l.Release()
+			}
+			got <- err
+		}()
+		return got
+	}
+	refused := func(what string) {
+		t.Helper()
+		starts := fb.starts.Load()
+		_, err := a.Acquire(context.Background(), sp)
+		if !errors.Is(err, errdefs.ErrFunctionFailed) || err.Error() != boom {
+			t.Fatalf("%s: got %v, want the load's failure", what, err)
+		}
+		a.settle()
+		if n := fb.starts.Load(); n != starts {
+			t.Fatalf("%s: %d more starts, want none", what, n-starts)
+		}
+	}
+
+	// The first request leases the loading instance; a second, past its
+	// concurrency, queues.
+	first, err := a.Acquire(context.Background(), sp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst := only()
+	queued := acquire()
+	waitFor(t, func() bool { return a.QueueDepth() == 1 })
+	// Its load fails: until it has ended, a request waits for that.
+	inst.Loaded(errors.New(boom))
+	third := acquire()
+	waitFor(t, func() bool { return a.QueueDepth() == 2 })
+	a.settle()
+	if n := fb.starts.Load(); n != 1 {
+		t.Fatalf("%d starts while the failed instance ended, want 1", n)
+	}
+	fb.finish(inst, backend.Exit{Reason: backend.ExitCrashed, Detail: boom, BeforeLoad: true})
+	first.Release() // (the instance itself answered its request)
+	for _, ch := range []chan error{queued, third} {
+		if err := <-ch; !errors.Is(err, errdefs.ErrFunctionFailed) || err.Error() != boom {
+			t.Fatalf("a queued request got %v, want the load's failure", err)
+		}
+	}
+	gone()
+	refused("within the first backoff")
+
+	// Each backoff over, one start tries again, and doubles it.
+	for i, wait := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second} {
+		c.add(wait - time.Millisecond)
+		refused(fmt.Sprintf("backoff %d, not yet over", i+1))
+		c.add(time.Millisecond)
+		got := acquire()
+		failLoad(only())
+		if err := <-got; err != nil {
+			t.Fatal(err)
+		}
+		gone()
+		if n := fb.starts.Load(); n != int32(i+2) {
+			t.Fatalf("backoff %d: %d starts, want %d", i+1, n, i+2)
+		}
+		refused(fmt.Sprintf("after try %d", i+1))
+	}
+
+	// Another version (a deploy that fixes it) starts at once.
+	fixed := *sp
+	fixed.Version = 2
+	l, err := a.Acquire(context.Background(), &fixed)
+	if err != nil {
+		t.Fatalf("another version: %v", err)
+	}
+	l.Release()
+	fb.Kill(l.Instance().ID, backend.ExitStopped)
+
+	// One that loads, then crashes, does not refuse the next request: it
+	// may serve.
+	c.add(8 * time.Second)
+	got := acquire()
+	inst = only()
+	inst.Loaded(nil)
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+	fb.finish(inst, backend.Exit{Reason: backend.ExitCrashed, Detail: "the runtime exited unexpectedly: exit status 1"})
+	gone()
+	starts := fb.starts.Load()
+	got = acquire()
+	only().Loaded(nil)
+	if err := <-got; err != nil {
+		t.Fatalf("after a crash of a loaded function: %v", err)
+	}
+	if n := fb.starts.Load(); n != starts+1 {
+		t.Fatalf("%d starts after a crash of a loaded function, want 1", n-starts)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -60,6 +61,21 @@ type Exit struct {
 	Reason string // ExitStopped, ExitCrashed, ExitOOM, ExitTimeout
 	Code   int    // exit code, or -1 if killed by a signal
 	Detail string // human-readable, for logs and error messages
+	// BeforeLoad: it ended, not stopped, before its function had loaded
+	// (the module's top level threw or exited, ran out of memory or of
+	// the start's time). Another instance of the version would most
+	// likely fail the same way.
+	BeforeLoad bool
+}
+
+// LoadFailure says, for a client, why an instance that ended BeforeLoad
+// did not load: its Detail, as "the function failed to load: ..." when
+// the Detail does not already say what failed.
+func (e Exit) LoadFailure() string {
+	if strings.HasPrefix(e.Detail, "the function ") {
+		return e.Detail
+	}
+	return "the function failed to load: " + e.Detail
 }
 
 // Exit reasons.
@@ -253,6 +269,30 @@ func (i *Instance) WaitLoaded(ctx context.Context) error {
 		return errors.New(i.exit.Detail)
 	}
 	return fmt.Errorf("instance %s ended (%s) before its function loaded", i.ID, i.exit.Reason)
+}
+
+// LoadFailed reports, without waiting, whether the instance's load has
+// ended without its function loading (it is then ending).
+func (i *Instance) LoadFailed() bool {
+	// loadErr is written before the state is stored.
+	return i.load.Load() == loadEnded && i.loadErr != nil
+}
+
+// LoadError waits, within ctx, for the instance's load to end, and
+// returns why its function did not load, or nil if it did (or if its
+// backend never said it was loading). A load still under way when ctx
+// ends returns ctx's error. Unlike WaitLoaded it does not wait for the
+// instance's end: a backend reaping the instance asks it.
+func (i *Instance) LoadError(ctx context.Context) error {
+	if i.load.Load() == notLoading {
+		return nil
+	}
+	select {
+	case <-i.loaded:
+		return i.loadErr
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // Finish records the instance's end; only the first call counts.

@@ -52,6 +52,7 @@ type Metrics struct {
 	coldStarts  *prometheus.CounterVec
 	coldStart   *prometheus.HistogramVec
 	evictions   prometheus.Counter
+	failures    *prometheus.CounterVec
 	scheduled   *prometheus.CounterVec
 	async       *prometheus.CounterVec
 
@@ -101,6 +102,10 @@ func New(g Gauges) *Metrics {
 		Name: "spry_memory_evictions_total",
 		Help: "Idle instances stopped before their time because the host's available memory was below spry serve --memory-reserve when another had to start.",
 	})
+	m.failures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "spry_instance_failures_total",
+		Help: "Instances that ended other than stopped, by reason: load_failed (before the function loaded: its top level threw or exited, ran out of memory or of the start's time), crashed, out_of_memory, timeout (killed after a request ran out of time and the instance did not answer).",
+	}, []string{"owner", "function", "reason"})
 	m.scheduled = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "spry_scheduled_runs_total",
 		Help: "Runs of functions' scheduled handlers, by outcome: ok, or error (it threw, timed out, has no scheduled method, or no instance could start).",
@@ -109,7 +114,7 @@ func New(g Gauges) *Metrics {
 		Name: "spry_async_invocations_total",
 		Help: "Asynchronous invocations that finished, by outcome: succeeded (a 2xx answer), or failed (another answer, or none, on the last attempt allowed); and of failed ones whose function has an on-failure destination, also forwarded (their event enqueued for it) or forward_failed (no such function, or the user's bounds).",
 	}, []string{"owner", "function", "outcome"})
-	m.reg.MustRegister(m.invocations, m.duration, m.coldStarts, m.coldStart, m.evictions, m.scheduled, m.async,
+	m.reg.MustRegister(m.invocations, m.duration, m.coldStarts, m.coldStart, m.evictions, m.failures, m.scheduled, m.async,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if g != nil {
 		m.reg.MustRegister(&gaugeCollector{g: g})
@@ -179,6 +184,16 @@ func (m *Metrics) ColdStart(owner, function, id, result string) {
 		m.counting()
 	}
 	m.coldStarts.WithLabelValues(owner, function, result).Inc()
+	m.recheck(owner, function, id)
+}
+
+// InstanceFailure records one instance of the function whose id is id
+// that ended for reason (load_failed, crashed, out_of_memory, timeout).
+func (m *Metrics) InstanceFailure(owner, function, id, reason string) {
+	if m.isGone(id) {
+		return
+	}
+	m.failures.WithLabelValues(owner, function, reason).Inc()
 	m.recheck(owner, function, id)
 }
 
@@ -259,6 +274,7 @@ func (m *Metrics) deleteSeries(owner, function string) {
 	m.invocations.DeletePartialMatch(labels)
 	m.duration.DeletePartialMatch(labels)
 	m.coldStarts.DeletePartialMatch(labels)
+	m.failures.DeletePartialMatch(labels)
 	m.scheduled.DeletePartialMatch(labels)
 	m.async.DeletePartialMatch(labels)
 }

@@ -508,10 +508,16 @@ func (rt *Router) noInstance(ctx *fasthttp.RequestCtx, inv *invocation, err erro
 		rt.finished(inv, "", false)
 		return
 	}
-	// A function that does not load, or a user at their bounds, is the
-	// user's business (the answer says it): not a WARN per request.
+	// A user at their bounds is the user's business (the answer says
+	// it): not a WARN per request. Nor is a function that does not
+	// load: refused during its backoff, the activator logged the failure
+	// once, and a line per request would be thousands (the access log
+	// has each).
 	level := slog.LevelWarn
-	if errors.Is(err, errdefs.ErrFunctionFailed) || errors.Is(err, errdefs.ErrRateLimited) {
+	switch {
+	case errors.Is(err, errdefs.ErrFunctionFailed):
+		level = slog.LevelDebug
+	case errors.Is(err, errdefs.ErrRateLimited):
 		level = slog.LevelInfo
 	}
 	rt.log.Log(context.Background(), level, "no instance", "owner", inv.spec.Owner, "function", inv.spec.Name, "request_id", inv.reqID, "err", err)
@@ -673,7 +679,12 @@ func (rt *Router) fail(ctx *fasthttp.RequestCtx, inv *invocation, err error) {
 		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrBadGateway, "the function's instance sent a malformed response"))
 		return
 	}
-	if ex, ok := whyEnded(inst); ok {
+	if ex, ok := whyEnded(inst); ok && ex.BeforeLoad {
+		// It never handled the request: its function did not load, as
+		// the requests that waited in it were told.
+		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrFunctionFailed, "%s", ex.LoadFailure()))
+		return
+	} else if ok {
 		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrFunctionFailed, "the function's instance ended while handling the request: %s", ex.Detail))
 		return
 	}

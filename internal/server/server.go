@@ -404,7 +404,14 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		MaxMemoryPerOwnerMiB: cfg.MaxMemoryPerUserMiB,
 		MemoryReserve:        cfg.MemoryReserve,
 		OnEvict:              func(*backend.Spec) { s.metrics.Eviction() },
-		Logger:               log,
+		OnExit: func(spec *backend.Spec, ex backend.Exit) {
+			reason := ex.Reason
+			if ex.BeforeLoad {
+				reason = "load_failed"
+			}
+			s.metrics.InstanceFailure(spec.Owner, spec.Name, spec.FunctionID, reason)
+		},
+		Logger: log,
 		OnStart: func(spec *backend.Spec, d time.Duration, err error) {
 			result := "ok"
 			if err != nil {

@@ -1159,6 +1159,15 @@ func (b *Backend) reap(p *proc, readers *sync.WaitGroup, outputs []*os.File) {
 		exit.Reason = backend.ExitCrashed
 		exit.Detail = "the runtime exited unexpectedly: " + describeExit(p, waitErr)
 	}
+	if inst != nil && exit.Reason != backend.ExitStopped {
+		// Whether its function had loaded: the load's reader sees the
+		// control connection end with the runtime, at once, but may not
+		// have yet. The activator keeps a version whose instances end
+		// before they load from starting one per request.
+		ctx, cancel := context.WithTimeout(context.Background(), outputGrace)
+		exit.BeforeLoad = inst.LoadError(ctx) != nil
+		cancel()
+	}
 	p.cmd.Cleanup()
 	_ = os.RemoveAll(p.dir)
 	b.freeUID(p.uid)

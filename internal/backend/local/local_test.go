@@ -1043,7 +1043,9 @@ func TestProbeEndsWithItsContext(t *testing.T) {
 }
 
 // WaitLoaded tells, without a request sent to the function, whether its
-// module loaded, and if not why: in the words of the instance's exit.
+// module loaded, and if not why: in the words of the instance's exit,
+// which says it ended BeforeLoad (the activator's crash-loop backoff
+// answers requests with it), and does not for one that had loaded.
 func TestWaitLoadedWithoutARequest(t *testing.T) {
 	for _, tc := range []struct {
 		name, code, want string
@@ -1053,6 +1055,7 @@ func TestWaitLoadedWithoutARequest(t *testing.T) {
 		{name: "throws", code: `await new Promise((r) => setTimeout(r, 100)); throw new Error("boom")`, want: "the function failed to load: boom"},
 		{name: "exits", code: `Deno.exit(3); export default () => new Response("never")`, want: "the runtime exited unexpectedly: exit status 3"},
 		{name: "hangs", code: `await new Promise(() => {}); export default () => new Response("never")`, want: "did not load in time", deadline: 500 * time.Millisecond},
+		{name: "runs out of memory", code: `const a = []; for (;;) a.push(new Array(1e6).fill(1));`, want: "out of memory"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, 1)
@@ -1080,6 +1083,11 @@ func TestWaitLoadedWithoutARequest(t *testing.T) {
 				if code, body := get(t, inst, "/"); code != 200 || body != "loaded" {
 					t.Fatalf("got %d %q", code, body)
 				}
+				e.b.Kill(inst.ID, backend.ExitCrashed)
+				<-inst.Done()
+				if inst.Exit().BeforeLoad {
+					t.Fatalf("an instance that had loaded ended BeforeLoad: %+v", inst.Exit())
+				}
 				return
 			}
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -1089,6 +1097,9 @@ func TestWaitLoadedWithoutARequest(t *testing.T) {
 			case <-inst.Done():
 			default:
 				t.Fatal("WaitLoaded reported a failure before the instance ended")
+			}
+			if ex := inst.Exit(); !ex.BeforeLoad || !strings.HasPrefix(ex.LoadFailure(), "the function ") {
+				t.Fatalf("exit %+v: not BeforeLoad, or says %q", ex, ex.LoadFailure())
 			}
 		})
 	}
