@@ -493,7 +493,30 @@ meta = {
 // function may change), rather than read the sandbox's through Deno.env,
 // which throws (no env permission): npm code reads it, NODE_ENV say.
 // (The named export, import { env } from "node:process", still throws.)
-if (globalThis.process) Object.defineProperty(globalThis.process, "env", { value: { ...meta.env }, writable: true, enumerable: true, configurable: true });
+// Set at the first read of the global: Deno loads its Node layer then,
+// ~17 ms of a cold start that most functions never pay (read here, it
+// made every cold start that much slower).
+const processGlobal = Object.getOwnPropertyDescriptor(globalThis, "process");
+if (processGlobal?.get) {
+  let env = null;
+  Object.defineProperty(globalThis, "process", {
+    configurable: true,
+    enumerable: processGlobal.enumerable,
+    get() {
+      const p = processGlobal.get.call(globalThis);
+      if (env === null && p) {
+        env = { ...meta.env };
+        Object.defineProperty(p, "env", { value: env, writable: true, enumerable: true, configurable: true });
+      }
+      return p;
+    },
+    set(v) {
+      Object.defineProperty(globalThis, "process", { value: v, writable: true, enumerable: processGlobal.enumerable, configurable: true });
+    },
+  });
+} else if (processGlobal?.value) {
+  Object.defineProperty(processGlobal.value, "env", { value: { ...meta.env }, writable: true, enumerable: true, configurable: true });
+}
 // From here on, an error nothing handles (a promise rejected with no
 // handler, an exception thrown from a timer or an event) is the
 // function's: it is logged with its stack, and the instance serves on,
