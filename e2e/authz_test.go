@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -278,6 +279,13 @@ func TestLostSecretKey(t *testing.T) {
 	}
 	s.mustSpry("deploy", path)                                                      // v1: no secrets
 	s.spryIn("", strings.NewReader("hunter2"), "secret", "set", "vault", "API_KEY") // v2
+	// A scheduled function with a secret: once its secret is lost, its
+	// schedule does not run, and says it has no next time.
+	s.deployCode(t, "nightly", []byte(`export default { fetch() { return new Response("hi"); }, scheduled() {} }`), "cron="+url.QueryEscape("0 3 * * *"))
+	s.spryIn("", strings.NewReader("s3cret"), "secret", "set", "nightly", "TOKEN")
+	if v := s.scheduleOf(t, "nightly"); v.NextRunAt == nil {
+		t.Fatalf("before: no next run: %+v", v)
+	}
 	if env := s.get("/fn/admin/vault").json(t); env["API_KEY"] != "hunter2" {
 		t.Fatalf("before: %v", env)
 	}
@@ -298,6 +306,9 @@ func TestLostSecretKey(t *testing.T) {
 
 	s.args = append(s.args, "--new-secret-key")
 	s.start()
+	if v := s.scheduleOf(t, "nightly"); v.NextRunAt != nil || v.Cron != "0 3 * * *" {
+		t.Errorf("a schedule whose secrets are lost: cron %q, next run %v; want its cron and no next run", v.Cron, v.NextRunAt)
+	}
 	r := s.get("/fn/admin/vault")
 	if r.status != 500 || bytes.Contains(r.body, []byte("API_KEY")) || !bytes.Contains(r.body, []byte("set them again")) {
 		t.Fatalf("invoking a version whose secret is lost: %d %s", r.status, r.body)

@@ -222,6 +222,17 @@ func (s *Service) Live(ctx context.Context, owner, name string) (*backend.Spec, 
 	return r.live, nil
 }
 
+// Runnable says why version sp cannot run (its secrets do not open with
+// this server's key), or nil.
+func (s *Service) Runnable(ctx context.Context, sp *backend.Spec) error {
+	r, err := s.loadRoute(ctx, sp.Owner, sp.Name)
+	if err != nil {
+		return err
+	}
+	_, err = s.runnable(r, sp)
+	return err
+}
+
 // Scheduled lists the live versions that have a schedule (Spec.Cron):
 // with a traffic split, the version the function's live pointer names.
 func (s *Service) Scheduled() []*backend.Spec {

@@ -52,7 +52,13 @@ func (s *Server) ScheduleStatus(ctx context.Context, owner, name string) (string
 	if err != nil {
 		return "", schedule.Status{}, err
 	}
-	return sp.Cron, s.sched.Status(sp.FunctionID, sp.Cron, time.Now()), nil
+	st := s.sched.Status(sp.FunctionID, sp.Cron, time.Now())
+	if s.fns.Runnable(ctx, sp) != nil {
+		// Its secrets do not open: the scheduler does not run it
+		// (Scheduled leaves it out), so it has no next time.
+		st.Next = time.Time{}
+	}
+	return sp.Cron, st, nil
 }
 
 // runEvent runs one scheduled event of a function: an instance as a
