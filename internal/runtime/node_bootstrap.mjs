@@ -592,6 +592,18 @@ function decorate(req, res, raw) {
   };
 
   res.locals = {};
+  // Set directly too (res.statusCode = 101, or writeHead's), a status
+  // is checked as res.status checks it: a 101 went out as an upgrade
+  // that never happened, a 502 at the router.
+  let statusCode = res.statusCode;
+  Object.defineProperty(res, "statusCode", {
+    configurable: true,
+    enumerable: true,
+    get: () => statusCode,
+    set: (code) => {
+      statusCode = checkStatus(code);
+    },
+  });
   res.status = (code) => {
     res.statusCode = checkStatus(code);
     return res;

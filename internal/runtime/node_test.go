@@ -378,7 +378,7 @@ func TestNodeExpressContract(t *testing.T) {
 	// A status a Response could not have is the function's error, as on
 	// the fetch contract: Node sent a 1xx, with the body after it, and
 	// failed the whole answer for a 0 (each a 502 at the router).
-	for _, path := range []string{"/code?s=101", "/code?s=0", "/code?s=600", "/code?s=x", "/raw-code?s=0"} {
+	for _, path := range []string{"/code?s=101", "/code?s=0", "/code?s=600", "/code?s=x", "/raw-code?s=0", "/raw-code?s=101", "/raw-code?s=700"} {
 		checkFunctionError(t, inst, do(t, inst, "GET", path, nil, nil), 500, "function_error")
 	}
 	if r := do(t, inst, "GET", "/code?s=418", nil, nil); r.status != 418 || r.body != "x" {
