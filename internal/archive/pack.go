@@ -2,6 +2,7 @@ package archive
 
 import (
 	"archive/tar"
+	"bytes"
 	"compress/gzip"
 	"fmt"
 	"io"
@@ -16,6 +17,21 @@ import (
 // epoch is the modification time of every packed entry: the archive of the
 // same files is the same bytes, whenever and wherever it is made.
 var epoch = time.Unix(0, 0)
+
+// PackProject packs the project directory dir as spry deploy DIR sends
+// it and spry dev builds it: Pack with dir's .gitignore files
+// (LoadGitignore).
+func PackProject(dir string) ([]byte, error) {
+	ignore, err := LoadGitignore(dir)
+	if err != nil {
+		return nil, errdefs.Invalid("%v", err)
+	}
+	var buf bytes.Buffer
+	if err := Pack(dir, &buf, ignore); err != nil {
+		return nil, errdefs.Invalid("pack %s: %v", dir, err)
+	}
+	return buf.Bytes(), nil
+}
 
 // Pack writes dir as a gzip-compressed tar to w, for Extract to unpack.
 // Entries come in lexical order with fixed metadata (mode 0644 or 0755 for

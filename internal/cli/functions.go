@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -65,15 +64,9 @@ bundled here instead (npm on this machine) and only the bundle is sent.`,
 				}
 				body.Code, body.Filename = string(res.Code), "bundle.js"
 			default:
-				ignore, err := archive.LoadGitignore(path)
-				if err != nil {
-					return errdefs.Invalid("%v", err)
+				if body.Archive, err = archive.PackProject(path); err != nil {
+					return err
 				}
-				var buf bytes.Buffer
-				if err := archive.Pack(path, &buf, ignore); err != nil {
-					return errdefs.Invalid("pack %s: %v", path, err)
-				}
-				body.Archive = buf.Bytes()
 			}
 			if name == "" {
 				abs, _ := filepath.Abs(path)

@@ -638,12 +638,8 @@ func (s *session) build(ctx context.Context, code []byte) (build.Result, error) 
 	if !s.dir {
 		return build.BundleFile(ctx, build.Source{Filename: filepath.Base(s.cfg.File), Code: code}, opts)
 	}
-	ignore, err := archive.LoadGitignore(s.cfg.File)
+	packed, err := archive.PackProject(s.cfg.File)
 	if err != nil {
-		return build.Result{}, errdefs.Invalid("%v", err)
-	}
-	var buf bytes.Buffer
-	if err := archive.Pack(s.cfg.File, &buf, ignore); err != nil {
 		return build.Result{}, err
 	}
 	tmp, err := os.MkdirTemp("", "spry-"+s.id+"-build-")
@@ -652,7 +648,7 @@ func (s *session) build(ctx context.Context, code []byte) (build.Result, error) 
 	}
 	defer os.RemoveAll(tmp)
 	dir := filepath.Join(tmp, "src")
-	if err := archive.Extract(&buf, archive.FormatTarGz, dir, archive.Limits{}); err != nil {
+	if err := archive.Extract(bytes.NewReader(packed), archive.FormatTarGz, dir, archive.Limits{}); err != nil {
 		return build.Result{}, err
 	}
 	opts.Entry = s.cfg.Entry
