@@ -254,7 +254,7 @@ func (s *Scaler) Decide(now time.Time, ready int) Decision {
 	// mean mixes the samples before it with those after), while the
 	// activator's starts answer it at once: a decision in between stopped
 	// instances the step had just started.
-	peak := s.win.peak(sec, max(c.seconds(c.PanicWindow), 2))
+	peak := s.win.highest(sec, max(c.seconds(c.PanicWindow), 2), func(b bucket) float64 { return b.peak })
 	desired = max(desired, min(instancesFor(peak, float64(c.Concurrency)), float64(ready)))
 	// Nor does it remove instances that a second of the stable window
 	// needed at the target: load that comes back within the window (bursts
@@ -262,7 +262,7 @@ func (s *Scaler) Decide(now time.Time, ready int) Decision {
 	// otherwise see its instances stopped between two bursts, once panic
 	// mode has ended, and started again by the next one's panic, every
 	// stable window.
-	busiest := s.win.maxMean(sec, c.seconds(c.StableWindow))
+	busiest := s.win.highest(sec, c.seconds(c.StableWindow), bucket.mean)
 	desired = max(desired, min(instancesFor(busiest, target), float64(ready)))
 	if panicking {
 		// Never scale down while panicking: keep the highest count

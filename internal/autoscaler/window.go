@@ -83,26 +83,17 @@ func (w *window) latest(now int64, span int) float64 {
 	return best.mean()
 }
 
-// maxMean returns the highest per-second average in (now-span, now], or 0.
-func (w *window) maxMean(now int64, span int) float64 {
+// highest returns the highest of of(b) over the seconds b in
+// (now-span, now] that have observations, or 0: the busiest second's
+// average (bucket.mean), or the highest observation (its peak).
+func (w *window) highest(now int64, span int, of func(bucket) float64) float64 {
 	m := 0.0
 	for _, b := range w.buckets {
 		if b.n > 0 && b.sec <= now && b.sec > now-int64(span) {
-			m = max(m, b.mean())
+			m = max(m, of(b))
 		}
 	}
 	return m
-}
-
-// peak returns the highest observation in (now-span, now], or 0.
-func (w *window) peak(now int64, span int) float64 {
-	p := 0.0
-	for _, b := range w.buckets {
-		if b.n > 0 && b.sec <= now && b.sec > now-int64(span) {
-			p = max(p, b.peak)
-		}
-	}
-	return p
 }
 
 // resized returns a window of the given size holding the buckets of w that
