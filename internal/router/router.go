@@ -655,16 +655,16 @@ func (rt *Router) fail(ctx *fasthttp.RequestCtx, inv *invocation, err error) {
 	}
 	if !time.Now().Before(inv.deadline) || isTimeout(err) || busy {
 		timeout := inst.Spec.Timeout
+		msg := "invocation timed out while the instance loaded the function"
 		switch {
 		case undelivered && !busy:
 			// The wait for an instance took the time: the instance never
 			// had the request, so nothing says it is stuck.
-			rt.log.Info("invocation timed out before it reached an instance", "owner", inst.Spec.Owner, "function", inst.Spec.Name, "instance", inst.ID, "request_id", inv.reqID, "timeout", timeout)
+			msg = "invocation timed out before it reached an instance"
 		case inv.lease.TimedOut():
-			rt.log.Info("invocation timed out; checking that the instance still answers", "owner", inst.Spec.Owner, "function", inst.Spec.Name, "instance", inst.ID, "request_id", inv.reqID, "timeout", timeout)
-		default:
-			rt.log.Info("invocation timed out while the instance loaded the function", "owner", inst.Spec.Owner, "function", inst.Spec.Name, "instance", inst.ID, "request_id", inv.reqID, "timeout", timeout)
+			msg = "invocation timed out; checking that the instance still answers"
 		}
+		rt.log.Info(msg, logAttrs(inst, inv, "timeout", timeout)...)
 		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrTimeout, "the function did not respond within its %s timeout", timeout))
 		return
 	}
@@ -675,7 +675,7 @@ func (rt *Router) fail(ctx *fasthttp.RequestCtx, inv *invocation, err error) {
 		return
 	}
 	if errors.Is(err, errBadAnswer) {
-		rt.log.Info("malformed response", "owner", inst.Spec.Owner, "function", inst.Spec.Name, "instance", inst.ID, "request_id", inv.reqID, "err", err)
+		rt.log.Info("malformed response", logAttrs(inst, inv, "err", err)...)
 		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrBadGateway, "the function's instance sent a malformed response"))
 		return
 	}
@@ -688,8 +688,14 @@ func (rt *Router) fail(ctx *fasthttp.RequestCtx, inv *invocation, err error) {
 		rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrFunctionFailed, "the function's instance ended while handling the request: %s", ex.Detail))
 		return
 	}
-	rt.log.Warn("proxy error", "owner", inst.Spec.Owner, "function", inst.Spec.Name, "instance", inst.ID, "request_id", inv.reqID, "err", err)
+	rt.log.Warn("proxy error", logAttrs(inst, inv, "err", err)...)
 	rt.writeError(ctx, inv.reqID, errdefs.New(errdefs.ErrBadGateway, "the function's instance could not be reached"))
+}
+
+// logAttrs names inst's function, inst and inv's request in a log line,
+// before more.
+func logAttrs(inst *backend.Instance, inv *invocation, more ...any) []any {
+	return append([]any{"owner", inst.Spec.Owner, "function", inst.Spec.Name, "instance", inst.ID, "request_id", inv.reqID}, more...)
 }
 
 // ended says whether inst has ended.
