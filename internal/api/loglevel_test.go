@@ -1,36 +1,17 @@
 package api
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/spry-run/spry/internal/errdefs"
+	"github.com/spry-run/spry/internal/logtest"
 )
-
-// lockedBuffer is a log sink handlers may write from several goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // The server's log says ERROR only for the server's own faults, which an
 // operator must look at: a user's function that threw or timed out in a
@@ -68,7 +49,7 @@ func TestAPIErrorLogLevels(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
 			e.deploy(e.admin, "/api/v1/functions/hello")
-			var buf lockedBuffer
+			var buf logtest.Buffer
 			e.api.log = slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 			started := make(chan struct{})
 			done := make(chan struct{})

@@ -11,13 +11,13 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 	"unicode"
 
 	"github.com/spry-run/spry/internal/api"
+	"github.com/spry-run/spry/internal/logtest"
 )
 
 // runCLI runs spry with args against the server at url.
@@ -139,8 +139,8 @@ func TestLogsFollowCtrlCExits0(t *testing.T) {
 	defer srv.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	out := &syncBuffer{}
-	var errb syncBuffer
+	out := &logtest.Buffer{}
+	var errb logtest.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- Main(ctx, Env{
@@ -170,23 +170,6 @@ func TestLogsFollowCtrlCExits0(t *testing.T) {
 		<-done
 		t.Fatal("Ctrl-C did not end the follow")
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // `spry logs` prints a function's output, which may hold terminal escape

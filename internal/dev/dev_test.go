@@ -1,7 +1,6 @@
 package dev
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -12,13 +11,13 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/spry-run/spry/internal/backend/local"
 	"github.com/spry-run/spry/internal/blob"
+	"github.com/spry-run/spry/internal/logtest"
 	"github.com/spry-run/spry/internal/npmtest"
 	"github.com/spry-run/spry/internal/sandbox"
 )
@@ -28,30 +27,12 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// syncBuffer is a terminal the session and the test share.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // devRun is a session run in the test's process, in the real sandbox.
 type devRun struct {
 	t    *testing.T
 	file string
-	out  *syncBuffer // the terminal
-	logs *syncBuffer // the parts' own logs
+	out  *logtest.Buffer // the terminal
+	logs *logtest.Buffer // the parts' own logs
 	url  string
 }
 
@@ -83,7 +64,7 @@ func runProject(t *testing.T, files map[string]string, cfg Config) *devRun {
 // ends.
 func startDev(t *testing.T, path string, cfg Config) *devRun {
 	t.Helper()
-	d := &devRun{t: t, file: path, out: &syncBuffer{}, logs: &syncBuffer{}}
+	d := &devRun{t: t, file: path, out: &logtest.Buffer{}, logs: &logtest.Buffer{}}
 	if cfg.Runtime == "" {
 		cfg.Runtime = "deno"
 	}

@@ -1,37 +1,18 @@
 package router
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/spry-run/spry/internal/activator"
 	"github.com/spry-run/spry/internal/backend"
+	"github.com/spry-run/spry/internal/logtest"
 )
-
-// logBuffer is a log sink several goroutines write to.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // What a user's function does to one request (it runs out of its time,
 // it answers bytes that are not HTTP) is no WARN in the server's log: a
@@ -58,7 +39,7 @@ func TestFunctionFaultsLoggedAtInfo(t *testing.T) {
 		}, http.StatusBadGateway},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var buf logBuffer
+			var buf logtest.Buffer
 			log := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 			b := &upstreamBackend{addr: tc.sock(t), probe: func(ctx context.Context) error { return nil }}
 			spec := &backend.Spec{FunctionID: "f", Owner: "alice", Name: "fn", Version: 1, Concurrency: 100, Timeout: 100 * time.Millisecond}
